@@ -1,0 +1,209 @@
+//! The rules no ban may break, whoever asks for it.
+//!
+//! Before any ban reaches an enforcer, [`Guard::check_ban`] refuses it if:
+//! - an allow entry covers the whole target (the allowlist always wins);
+//! - it touches an address that must never be blocked (loopback,
+//!   "this network", multicast, broadcast, link-local, where neighbour
+//!   discovery and cloud metadata live);
+//! - it is wider than the configured minimum prefix (a typo like
+//!   `10.0.0.0/1` would cut a server off half the internet).
+//!
+//! A ban of a network that merely *contains* an allowed host is accepted:
+//! the enforcer checks allows before bans, so the allowed host keeps getting
+//! through while the rest of the network is dropped.
+
+use std::fmt;
+
+use crate::net::{Family, Net};
+use crate::netmap::NetMap;
+
+/// Ranges that palisade never bans, with the reason shown to the operator.
+pub const PROTECTED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\" (unspecified source)"),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local (includes cloud metadata services)",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255", "broadcast"),
+    ("::/128", "the unspecified address"),
+    ("::1", "loopback"),
+    ("fe80::/10", "link-local (neighbour discovery)"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Why a ban was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{target} is allowed by {}{}; unallow that entry first if it really must be banned",
+        describe_allow(target, allow), comment.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Allowed {
+        target: Net,
+        allow: Net,
+        comment: Option<String>,
+    },
+    #[error("{target} overlaps {range}, which is {why}; palisade never bans it")]
+    Protected {
+        target: Net,
+        range: Net,
+        why: &'static str,
+    },
+    #[error("{target} is wider than /{min}, the widest {family} ban allowed; ban narrower networks or lower min_prefix_{} in the config",
+        if *family == Family::V4 { "v4" } else { "v6" })]
+    TooBroad {
+        target: Net,
+        family: Family,
+        min: u8,
+    },
+}
+
+fn describe_allow(target: &Net, allow: &Net) -> String {
+    if allow == target {
+        "an allow entry".to_string()
+    } else {
+        format!("the allow entry {allow}")
+    }
+}
+
+/// Checks bans against the allowlist and the ranges that must stay reachable.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    protected: Vec<(Net, &'static str)>,
+    /// Widest IPv4 ban accepted (default /8).
+    pub min_prefix_v4: u8,
+    /// Widest IPv6 ban accepted (default /16).
+    pub min_prefix_v6: u8,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard::new(8, 16)
+    }
+}
+
+impl Guard {
+    pub fn new(min_prefix_v4: u8, min_prefix_v6: u8) -> Guard {
+        Guard {
+            protected: PROTECTED
+                .iter()
+                .map(|(net, why)| (net.parse().expect("built-in range"), *why))
+                .collect(),
+            min_prefix_v4,
+            min_prefix_v6,
+        }
+    }
+
+    /// Refuses a ban of `target` if the allowlist or the safety rules forbid
+    /// it. `comment` turns an allow entry's value into its comment.
+    pub fn check_ban<V>(
+        &self,
+        target: &Net,
+        allows: &NetMap<V>,
+        comment: impl Fn(&V) -> Option<String>,
+    ) -> Result<(), Refusal> {
+        if let Some((allow, v)) = allows.covering(target).next() {
+            return Err(Refusal::Allowed {
+                target: *target,
+                allow,
+                comment: comment(v),
+            });
+        }
+        if let Some((range, why)) = self.protected.iter().find(|(r, _)| r.overlaps(target)) {
+            return Err(Refusal::Protected {
+                target: *target,
+                range: *range,
+                why,
+            });
+        }
+        let min = match target.family() {
+            Family::V4 => self.min_prefix_v4,
+            Family::V6 => self.min_prefix_v6,
+        };
+        if target.prefix() < min {
+            return Err(Refusal::TooBroad {
+                target: *target,
+                family: target.family(),
+                min,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "widest bans /{} (IPv4) and /{} (IPv6); {} protected ranges",
+            self.min_prefix_v4,
+            self.min_prefix_v6,
+            self.protected.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Net {
+        s.parse().unwrap()
+    }
+
+    fn allows() -> NetMap<Option<String>> {
+        let mut m = NetMap::new();
+        m.insert(n("198.18.0.0/24"), Some("office".to_string()));
+        m.insert(n("2001:db8:1::7"), None);
+        m
+    }
+
+    fn check(s: &str) -> Result<(), Refusal> {
+        Guard::default().check_ban(&n(s), &allows(), |c| c.clone())
+    }
+
+    #[test]
+    fn allowlist_wins() {
+        let err = check("198.18.0.5").unwrap_err();
+        assert!(matches!(err, Refusal::Allowed { .. }));
+        assert_eq!(
+            err.to_string(),
+            "198.18.0.5 is allowed by the allow entry 198.18.0.0/24 (office); unallow that entry first if it really must be banned"
+        );
+        assert!(check("198.18.0.0/25").is_err());
+        assert!(check("2001:db8:1::7").is_err());
+    }
+
+    #[test]
+    fn a_network_containing_an_allowed_host_may_be_banned() {
+        assert!(check("198.18.0.0/16").is_ok());
+        assert!(check("2001:db8:1::/48").is_ok());
+        assert!(check("198.18.1.5").is_ok());
+    }
+
+    #[test]
+    fn protected_ranges_are_refused() {
+        for s in [
+            "127.0.0.1",
+            "127.0.0.0/8",
+            "::1",
+            "fe80::1",
+            "169.254.169.254",
+            "224.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(matches!(check(s), Err(Refusal::Protected { .. })), "{s}");
+        }
+        // A wide IPv6 net that contains ::1 is refused too.
+        assert!(matches!(check("::/16"), Err(Refusal::Protected { .. })));
+    }
+
+    #[test]
+    fn too_broad_is_refused() {
+        assert!(matches!(check("10.0.0.0/7"), Err(Refusal::TooBroad { .. })));
+        assert!(check("10.0.0.0/8").is_ok());
+        assert!(matches!(check("2000::/15"), Err(Refusal::TooBroad { .. })));
+        let msg = check("10.0.0.0/7").unwrap_err().to_string();
+        assert!(msg.contains("min_prefix_v4"), "{msg}");
+    }
+}
