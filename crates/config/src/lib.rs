@@ -1,0 +1,366 @@
+//! palisade's configuration: one TOML file, every key optional and
+//! documented in [`TEMPLATE`] (what `palisade config init` prints).
+//!
+//! Values are validated while parsing (addresses, durations, ranges), so
+//! every mistake is reported with the line and column where it is, in the
+//! `path:line:column: message` form editors understand. Unknown keys are
+//! errors too: a misspelt key silently ignored is a firewall rule silently
+//! missing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use palisade_model::{Net, Span};
+use serde::{Deserialize, Deserializer};
+
+/// The default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/palisade/palisade.toml";
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/palisade";
+/// The default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
+
+/// The commented default configuration. Every key it shows is set to its
+/// default, so a copy of it behaves exactly like no file at all.
+pub const TEMPLATE: &str = include_str!("template.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub agent: AgentConfig,
+    pub guard: GuardConfig,
+    /// Static allowlist: never banned, whoever asks.
+    pub allow: Vec<AllowEntry>,
+    pub nftables: NftablesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This server's name in decisions and logs; the host name if unset.
+    #[serde(deserialize_with = "node_name")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub local_only: bool,
+    pub default_ban: Span,
+    pub kill_connections: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            local_only: false,
+            default_ban: Span::For(std::time::Duration::from_secs(86_400)),
+            kill_connections: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    #[serde(deserialize_with = "prefix_v4")]
+    pub min_prefix_v4: u8,
+    #[serde(deserialize_with = "prefix_v6")]
+    pub min_prefix_v6: u8,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        let g = palisade_model::Guard::default();
+        GuardConfig {
+            min_prefix_v4: g.min_prefix_v4,
+            min_prefix_v6: g.min_prefix_v6,
+        }
+    }
+}
+
+/// One static allowlist entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub net: Net,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NftablesConfig {
+    #[serde(deserialize_with = "nft_name")]
+    pub table: String,
+    pub priority: i32,
+}
+
+impl Default for NftablesConfig {
+    fn default() -> Self {
+        NftablesConfig {
+            table: "palisade".into(),
+            priority: -10,
+        }
+    }
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when the error has a place.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    /// The offending line, for display under the message.
+    pub excerpt: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let (Some(text), Some(c)) = (&self.excerpt, self.column) {
+            write!(f, "\n    {text}\n    {}^", " ".repeat(c.saturating_sub(1)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column, excerpt) = match e.span() {
+                Some(span) => {
+                    let (l, c, t) = locate(text, span.start);
+                    (Some(l), Some(c), Some(t))
+                }
+                None => (None, None, None),
+            };
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+                excerpt,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Loads `path`. When `required` is false a missing file means "all
+    /// defaults" (the agent runs without any configuration file); when true
+    /// (the operator named the file) it is an error.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                column: None,
+                message: format!("cannot read the configuration file: {e}"),
+                excerpt: None,
+            }),
+        }
+    }
+
+    /// The guard built from `[guard]`.
+    pub fn guard(&self) -> palisade_model::Guard {
+        palisade_model::Guard::new(self.guard.min_prefix_v4, self.guard.min_prefix_v6)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`, and that line.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
+    (line, column, line_text)
+}
+
+fn prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_in(d, 32)
+}
+
+fn prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_in(d, 128)
+}
+
+fn prefix_in<'de, D: Deserializer<'de>>(d: D, max: u8) -> Result<u8, D::Error> {
+    let v = i64::deserialize(d)?;
+    u8::try_from(v).ok().filter(|p| *p <= max).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "a prefix length must be between 0 and {max}, not {v}"
+        ))
+    })
+}
+
+/// nftables object names: a letter, then letters, digits, `_` or `.`.
+fn nft_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a valid nftables table name (a letter, then letters, digits, '_' or '.', at most 64)"
+        )))
+    }
+}
+
+fn node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(Some(s))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a valid node name (1 to 64 letters, digits, '-', '_' or '.')"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/palisade/palisade.toml"))
+    }
+
+    #[test]
+    fn template_is_valid_and_equals_the_defaults() {
+        assert_eq!(parse(TEMPLATE).unwrap(), Config::default());
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn template_documents_every_key() {
+        // Each key of each section appears in the template, commented or not.
+        for key in [
+            "[node]",
+            "name",
+            "[agent]",
+            "state_dir",
+            "socket",
+            "local_only",
+            "default_ban",
+            "kill_connections",
+            "[guard]",
+            "min_prefix_v4",
+            "min_prefix_v6",
+            "[[allow]]",
+            "net",
+            "comment",
+            "[nftables]",
+            "table",
+            "priority",
+        ] {
+            assert!(TEMPLATE.contains(key), "template lacks {key}");
+        }
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let c = parse(
+            r#"
+[node]
+name = "web1"
+[agent]
+state_dir = "/tmp/x"
+local_only = true
+default_ban = "2h"
+[[allow]]
+net = "198.18.0.0/24"
+comment = "office"
+[[allow]]
+net = "::ffff:192.0.2.1"
+[nftables]
+table = "pal"
+priority = -150
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.node.name.as_deref(), Some("web1"));
+        assert!(c.agent.local_only);
+        assert_eq!(c.agent.default_ban.to_string(), "2h");
+        assert_eq!(c.allow.len(), 2);
+        assert_eq!(c.allow[1].net.to_string(), "192.0.2.1");
+        assert_eq!(c.nftables.table, "pal");
+        assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let err = parse("[agent]\nlocal_only = true\ndefault_ban = \"60\"\n").unwrap_err();
+        assert_eq!((err.line, err.column), (Some(3), Some(15)));
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("/etc/palisade/palisade.toml:3:15: "),
+            "{shown}"
+        );
+        assert!(shown.contains("is not a duration"), "{shown}");
+        assert!(shown.contains("default_ban = \"60\""), "{shown}");
+
+        let err = parse("[[allow]]\nnet = \"1.2.3.4/24\"\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message.contains("did you mean 1.2.3.0/24"),
+            "{}",
+            err.message
+        );
+
+        let err = parse("[agent]\nsocket_path = \"/x\"\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message.contains("unknown field `socket_path`"),
+            "{}",
+            err.message
+        );
+
+        let err = parse("[guard]\nmin_prefix_v4 = 40\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("between 0 and 32"), "{}", err.message);
+
+        let err = parse("[nftables]\ntable = \"bad name\"\n").unwrap_err();
+        assert!(err.message.contains("not a valid nftables table name"));
+
+        let err = parse("[agent\n").unwrap_err();
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn missing_file_is_defaults_only_when_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("none.toml");
+        assert_eq!(Config::load(&p, false).unwrap(), Config::default());
+        let err = Config::load(&p, true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read the configuration file")
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! A blocking client for the control socket, used by the CLI.
+//!
+//! Blocking on purpose: `palisade ban` and `palisade report` are run from
+//! fail2ban actions and scripts, and must start and finish in milliseconds
+//! without spinning up an async runtime.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::proto::{ControlError, Request, Response};
+
+/// Why talking to the agent failed, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the palisade agent is not running (no control socket at {path}); start it with `palisade agent --local-only` or `systemctl start palisade`, or point --socket / PALISADE_SOCKET at the right agent"
+    )]
+    NotRunning { path: PathBuf },
+    #[error(
+        "no palisade agent is listening on {path} (the socket file is left over from an agent that stopped); start the agent again"
+    )]
+    Stale { path: PathBuf },
+    #[error(
+        "permission denied on {path}: the control socket is root-only; run this command as root (e.g. with sudo)"
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error("talking to the agent on {path} failed: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the agent on {path} sent something this palisade does not understand ({detail}); are the CLI and agent the same version?"
+    )]
+    Protocol { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Agent(ControlError),
+}
+
+/// A connection to one agent.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let path_buf = path.to_path_buf();
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ClientError::NotRunning {
+                path: path_buf.clone(),
+            },
+            io::ErrorKind::ConnectionRefused => ClientError::Stale {
+                path: path_buf.clone(),
+            },
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                path: path_buf.clone(),
+            },
+            _ => ClientError::Io {
+                path: path_buf.clone(),
+                source: e,
+            },
+        })?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            path: path_buf,
+        })
+    }
+
+    /// Sends `request` and returns its single final response. An agent-side
+    /// error comes back as [`ClientError::Agent`].
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.stream(request, |_| {})
+    }
+
+    /// Sends `request`, hands every streamed item to `on_item`, and returns
+    /// the final response.
+    pub fn stream(
+        &mut self,
+        request: &Request,
+        mut on_item: impl FnMut(Response),
+    ) -> Result<Response, ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| self.protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| self.io(e))?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = self.reader.read_line(&mut buf).map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.protocol("the connection closed before the answer".into()));
+            }
+            let response: Response =
+                serde_json::from_str(&buf).map_err(|e| self.protocol(e.to_string()))?;
+            match response {
+                Response::Error(e) => {
+                    // The socket may be root-only at the file level and still
+                    // refuse a peer by credentials; say so the same way.
+                    return Err(ClientError::Agent(e));
+                }
+                r if r.is_final() => return Ok(r),
+                item => on_item(item),
+            }
+        }
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, detail: String) -> ClientError {
+        ClientError::Protocol {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn missing_and_stale_sockets_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.sock");
+        let err = Client::connect(&path).err().unwrap();
+        assert!(matches!(err, ClientError::NotRunning { .. }));
+        assert!(err.to_string().contains("palisade agent --local-only"));
+        drop(UnixListener::bind(&path).unwrap());
+        let err = Client::connect(&path).err().unwrap();
+        assert!(matches!(err, ClientError::Stale { .. }), "{err}");
+    }
+
+    #[test]
+    fn call_reads_streamed_items_then_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.contains("\"op\":\"list\""));
+            s.write_all(b"{\"kind\":\"end\",\"count\":0}\n").unwrap();
+        });
+        let mut c = Client::connect(&path).unwrap();
+        let mut items = 0;
+        let fin = c
+            .stream(&Request::List(Default::default()), |_| items += 1)
+            .unwrap();
+        assert_eq!(fin, Response::End { count: 0 });
+        assert_eq!(items, 0);
+        server.join().unwrap();
+    }
+}

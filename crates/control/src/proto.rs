@@ -1,0 +1,262 @@
+//! Messages on the control socket.
+//!
+//! Framing is one JSON object per line in each direction. A client sends one
+//! [`Request`] and reads [`Response`] lines until one with `"end": true`
+//! style finality ([`Response::is_final`]): most requests get exactly one
+//! response; `list` streams one [`Response::Item`] per decision and then
+//! [`Response::End`], so a million decisions never sit in one buffer.
+
+use palisade_model::{Action, Decision, Net, Scope, Span, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Largest request line the agent accepts (a bulk ban of ~1M addresses fits).
+pub const MAX_REQUEST_BYTES: usize = 256 << 20;
+
+/// What a client asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ban(BanRequest),
+    Unban(TargetsRequest),
+    Allow(AllowRequest),
+    Unallow(TargetsRequest),
+    List(ListRequest),
+    Explain { address: Net },
+    Status,
+}
+
+/// Ban one or more targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRequest {
+    pub targets: Vec<Net>,
+    /// How long; `None` uses the agent's configured default.
+    #[serde(default)]
+    pub span: Option<Span>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The rule, jail or command behind the ban (defaults to `ban`).
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// Who asks (user name, program).
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Allow one or more targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRequest {
+    pub targets: Vec<Net>,
+    /// How long; `None` means forever.
+    #[serde(default)]
+    pub span: Option<Span>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Unban or unallow one or more targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetsRequest {
+    pub targets: Vec<Net>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Only bans or only allows; `None` lists both.
+    #[serde(default)]
+    pub action: Option<Action>,
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// The outcome of a ban, unban, allow or unallow, one per target.
+    Outcomes {
+        outcomes: Vec<Outcome>,
+    },
+    /// One decision of a `list`; more follow until [`Response::End`].
+    Item {
+        decision: Decision,
+    },
+    /// The end of a `list`.
+    End {
+        count: u64,
+    },
+    Explanation(Explanation),
+    Status(Box<AgentStatus>),
+    Error(ControlError),
+}
+
+impl Response {
+    /// True if no more responses follow this one.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Response::Item { .. })
+    }
+}
+
+/// What happened to one target of a mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub target: Net,
+    pub result: OutcomeKind,
+    /// Details for the operator: what a refusal means, which bans an allow
+    /// lifted, which network ban covers a host that was not banned itself.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// When the decision now expires (`None`: forever or not applicable).
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// A new decision was made and enforced.
+    Added,
+    /// An existing decision was made again; its expiry moved later.
+    Extended,
+    /// An existing decision was made again; nothing changed in the kernel.
+    Unchanged,
+    /// The decision was removed.
+    Removed,
+    /// There was nothing to remove.
+    NotFound,
+    /// The request was refused (allowlisted, protected, too broad).
+    Refused,
+}
+
+impl OutcomeKind {
+    /// True for results that mean the request did not do what was asked.
+    pub fn is_failure(self) -> bool {
+        matches!(self, OutcomeKind::NotFound | OutcomeKind::Refused)
+    }
+}
+
+/// Why an address is, or is not, blocked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub address: Net,
+    pub verdict: Verdict,
+    /// Allow entries covering the address, widest first.
+    pub allowed_by: Vec<Decision>,
+    /// Ban entries covering the address, widest first.
+    pub banned_by: Vec<Decision>,
+    /// Bans strictly inside the queried network (only for network queries).
+    #[serde(default)]
+    pub bans_inside: u64,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Traffic from the address is dropped.
+    Blocked,
+    /// An allow entry covers the address; no ban applies to it.
+    Allowed,
+    /// Neither banned nor allowed.
+    Open,
+}
+
+/// The agent's health and numbers, for `palisade status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub started: Timestamp,
+    pub now: Timestamp,
+    pub mode: String,
+    pub state_dir: String,
+    pub socket: String,
+    pub bans: u64,
+    pub ban_networks: u64,
+    pub allows: u64,
+    pub next_expiry: Option<Timestamp>,
+    pub default_ban: Span,
+    pub enforcers: Vec<EnforcerStatus>,
+    pub connections_killed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcerStatus {
+    pub name: String,
+    pub healthy: bool,
+    /// What the enforcer holds or why it is unhealthy.
+    pub detail: String,
+}
+
+/// A request that failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request could not be parsed.
+    BadRequest,
+    /// The peer is not allowed to use the socket.
+    Forbidden,
+    /// The agent failed (store or kernel error).
+    Internal,
+}
+
+impl ControlError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ControlError {
+        ControlError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let r = Request::Ban(BanRequest {
+            targets: vec!["198.51.100.7".parse().unwrap()],
+            span: Some("1h".parse().unwrap()),
+            reason: Some("ssh".into()),
+            rule: None,
+            evidence: vec![],
+            actor: None,
+            scope: Scope::Local,
+        });
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            line,
+            r#"{"op":"ban","targets":["198.51.100.7"],"span":"1h","reason":"ssh","rule":null,"evidence":[],"actor":null,"scope":"local"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        // Optional fields may be left out by hand-written clients.
+        let min: Request =
+            serde_json::from_str(r#"{"op":"ban","targets":["2001:db8::1"]}"#).unwrap();
+        assert!(matches!(min, Request::Ban(b) if b.span.is_none() && b.scope == Scope::Network));
+        let st: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
+        assert_eq!(st, Request::Status);
+    }
+
+    #[test]
+    fn bad_targets_fail_to_parse() {
+        let err = serde_json::from_str::<Request>(r#"{"op":"ban","targets":["1.2.3.4/24"]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("did you mean 1.2.3.0/24"), "{err}");
+    }
+}

@@ -1,0 +1,569 @@
+//! palisade's crash-safe embedded store of decisions.
+//!
+//! One [redb] file holds every active decision, indexed two ways:
+//! - by `(action, network)`, ordered by family, address, then prefix, so
+//!   "which entries cover this address?" is one point lookup per prefix
+//!   length and "which entries lie inside this network?" is one range scan;
+//! - by expiry, so pruning reads only what has expired.
+//!
+//! Nothing is kept in memory beyond redb's page cache (bounded by
+//! [`Options::cache_bytes`]), which is what lets an agent hold a million
+//! decisions in little RSS. Every write is one transaction, committed with
+//! fsync before it returns: a decision acknowledged is a decision kept.
+
+use std::path::{Path, PathBuf};
+
+use palisade_model::{Action, Decision, Family, Net, Timestamp};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const DECISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("decisions");
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the encoding of stored values. Bump it, and teach
+/// [`decode`] the old one, whenever [`Decision`] changes shape: postcard is
+/// not self-describing, so an old value cannot be read with a new layout.
+const FORMAT: u8 = 1;
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state database {path} is in use by another process; is another palisade agent running with the same --state-dir?"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "the state database {path} was written by a newer palisade (format {found}, this one reads up to {FORMAT}); upgrade palisade"
+    )]
+    TooNew { path: PathBuf, found: u64 },
+    #[error("state database error: {0}")]
+    Db(String),
+    #[error("a stored decision could not be decoded (format {format}): {reason}")]
+    Corrupt { format: u8, reason: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError
+);
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Tuning for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Memory for redb's page cache. Small is fine: the working set of an
+    /// agent is the recent writes and the expiry index head.
+    pub cache_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The decision store. Cheap to share behind an `Arc`; writes are serialised
+/// by redb (one writer at a time), reads run concurrently with writes.
+pub struct Store {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, options: &Options) -> Result<Store> {
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                    path: path.to_path_buf(),
+                },
+                source => StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(DECISIONS)?;
+            tx.open_table(EXPIRY)?;
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("format")?.map(|v| v.value());
+            match found {
+                Some(f) if f > u64::from(FORMAT) => {
+                    return Err(StoreError::TooNew {
+                        path: self.path.clone(),
+                        found: f,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", u64::from(FORMAT))?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` in one write transaction and commits it durably. If `f`
+    /// fails, nothing it did is kept.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut w = Writer {
+                decisions: tx.open_table(DECISIONS)?,
+                expiry: tx.open_table(EXPIRY)?,
+            };
+            f(&mut w)?
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn read(&self) -> Result<Reader> {
+        let tx = self.db.begin_read()?;
+        Ok(Reader {
+            decisions: tx.open_table(DECISIONS)?,
+            expiry: tx.open_table(EXPIRY)?,
+        })
+    }
+}
+
+/// Changes inside one write transaction (see [`Store::write`]).
+pub struct Writer<'tx> {
+    decisions: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    expiry: redb::Table<'tx, &'static [u8], ()>,
+}
+
+impl Writer<'_> {
+    pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
+        let key = Key::new(action, net);
+        self.decisions
+            .get(key.as_bytes())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// Stores `d`, replacing any decision with the same action and target.
+    pub fn put(&mut self, d: &Decision) -> Result<Option<Decision>> {
+        let key = Key::new(d.action, &d.target);
+        let value = encode(d);
+        let old = self
+            .decisions
+            .insert(key.as_bytes(), value.as_slice())?
+            .map(|v| decode(v.value()))
+            .transpose()?;
+        if let Some(old) = &old
+            && old.expires != d.expires
+            && let Some(e) = old.expires
+        {
+            self.expiry.remove(expiry_key(e, &key).as_slice())?;
+        }
+        if let Some(e) = d.expires {
+            self.expiry.insert(expiry_key(e, &key).as_slice(), ())?;
+        }
+        Ok(old)
+    }
+
+    /// Removes the decision with this action and target, returning it.
+    pub fn remove(&mut self, action: Action, net: &Net) -> Result<Option<Decision>> {
+        let key = Key::new(action, net);
+        let old = self
+            .decisions
+            .remove(key.as_bytes())?
+            .map(|v| decode(v.value()))
+            .transpose()?;
+        if let Some(e) = old.as_ref().and_then(|d| d.expires) {
+            self.expiry.remove(expiry_key(e, &key).as_slice())?;
+        }
+        Ok(old)
+    }
+
+    /// Removes and returns every decision that expired at or before `now`,
+    /// at most `limit` of them (call again until it returns fewer).
+    pub fn take_expired(&mut self, now: Timestamp, limit: usize) -> Result<Vec<Decision>> {
+        let mut keys = Vec::new();
+        for item in self.expiry.range(..expiry_upper_bound(now).as_slice())? {
+            let (k, _) = item?;
+            keys.push(k.value().to_vec());
+            if keys.len() >= limit {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            self.expiry.remove(k.as_slice())?;
+            if let Some(v) = self.decisions.remove(&k[8..])? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads from one consistent snapshot (see [`Store::read`]).
+pub struct Reader {
+    decisions: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    expiry: redb::ReadOnlyTable<&'static [u8], ()>,
+}
+
+impl Reader {
+    pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
+        self.decisions
+            .get(Key::new(action, net).as_bytes())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// Decisions of `action` whose target contains `net` (including `net`
+    /// itself), widest first.
+    pub fn covering(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        let mut out = Vec::new();
+        for sup in net.supernets() {
+            if let Some(d) = self.get(action, &sup)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decisions of `action` whose target lies inside `net`, excluding `net`
+    /// itself, in address order.
+    pub fn within(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        let (first, last) = net.range();
+        let lo = Key::from_parts(action, net.family(), first, 0);
+        let hi = Key::from_parts(action, net.family(), last, u8::MAX);
+        let mut out = Vec::new();
+        for item in self.decisions.range(lo.as_bytes()..=hi.as_bytes())? {
+            let (_, v) = item?;
+            let d = decode(v.value())?;
+            if d.target != *net && net.contains(&d.target) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every decision (of one action, or all), in key order: bans before
+    /// allows, IPv4 before IPv6, by address.
+    pub fn iter(
+        &self,
+        action: Option<Action>,
+    ) -> Result<impl Iterator<Item = Result<Decision>> + '_> {
+        let range = match action {
+            None => self.decisions.range::<&[u8]>(..)?,
+            Some(a) => {
+                let lo = [action_byte(a)];
+                let hi = [action_byte(a) + 1];
+                self.decisions.range(lo.as_slice()..hi.as_slice())?
+            }
+        };
+        Ok(range.map(|item| {
+            let (_, v) = item?;
+            decode(v.value())
+        }))
+    }
+
+    /// The earliest expiry of any stored decision.
+    pub fn next_expiry(&self) -> Result<Option<Timestamp>> {
+        Ok(self.expiry.first()?.map(|(k, _)| {
+            let bytes: [u8; 8] = k.value()[..8].try_into().expect("expiry key");
+            Timestamp::from_millis(u64::from_be_bytes(bytes))
+        }))
+    }
+}
+
+/// `[action][family][address, 4 or 16 bytes, big-endian][prefix]`: sorts by
+/// action, family, address, then wider networks first.
+struct Key {
+    buf: [u8; 19],
+    len: usize,
+}
+
+impl Key {
+    fn new(action: Action, net: &Net) -> Key {
+        Key::from_parts(action, net.family(), net.range().0, net.prefix())
+    }
+
+    fn from_parts(action: Action, family: Family, addr: u128, prefix: u8) -> Key {
+        let mut buf = [0u8; 19];
+        buf[0] = action_byte(action);
+        let len = match family {
+            Family::V4 => {
+                buf[1] = 4;
+                buf[2..6].copy_from_slice(&(addr as u32).to_be_bytes());
+                buf[6] = prefix;
+                7
+            }
+            Family::V6 => {
+                buf[1] = 6;
+                buf[2..18].copy_from_slice(&addr.to_be_bytes());
+                buf[18] = prefix;
+                19
+            }
+        };
+        Key { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+fn action_byte(a: Action) -> u8 {
+    match a {
+        Action::Ban => 1,
+        Action::Allow => 2,
+    }
+}
+
+fn expiry_key(at: Timestamp, key: &Key) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len);
+    k.extend_from_slice(&at.as_millis().to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Sorts after every expiry key at or before `now`.
+fn expiry_upper_bound(now: Timestamp) -> Vec<u8> {
+    let mut k = now.as_millis().to_be_bytes().to_vec();
+    k.push(u8::MAX);
+    k
+}
+
+fn encode(d: &Decision) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    // Serialising a plain struct into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(d).expect("postcard encodes a Decision"));
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Decision> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt {
+            format: FORMAT,
+            reason: e.to_string(),
+        }),
+        Some((&other, _)) => Err(StoreError::Corrupt {
+            format: other,
+            reason: "unknown format".into(),
+        }),
+        None => Err(StoreError::Corrupt {
+            format: 0,
+            reason: "empty value".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Origin, Source, Span};
+    use std::time::Duration;
+
+    fn n(s: &str) -> Net {
+        s.parse().unwrap()
+    }
+
+    fn ban(s: &str, at: u64, secs: Option<u64>) -> Decision {
+        let span = secs.map_or(Span::Forever, |s| Span::For(Duration::from_secs(s)));
+        Decision::new(
+            Action::Ban,
+            n(s),
+            Timestamp::from_millis(at),
+            span,
+            Origin::new("test", Source::Cli),
+        )
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("state.redb"), &Options::default()).unwrap()
+    }
+
+    #[test]
+    fn put_get_remove_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(&dir);
+            s.write(|w| {
+                w.put(&ban("198.51.100.7", 0, Some(60)))?;
+                w.put(&ban("203.0.113.0/24", 0, None).with_reason("scanner"))?;
+                w.put(&ban("2001:db8::1", 0, Some(10)))?;
+                Ok(())
+            })
+            .unwrap();
+            let removed = s
+                .write(|w| w.remove(Action::Ban, &n("2001:db8::1")))
+                .unwrap();
+            assert!(removed.is_some());
+        }
+        let s = open(&dir);
+        let r = s.read().unwrap();
+        let got = r.get(Action::Ban, &n("203.0.113.0/24")).unwrap().unwrap();
+        assert_eq!(got.reason.as_deref(), Some("scanner"));
+        assert!(r.get(Action::Ban, &n("2001:db8::1")).unwrap().is_none());
+        assert!(r.get(Action::Allow, &n("198.51.100.7")).unwrap().is_none());
+        assert_eq!(r.iter(None).unwrap().count(), 2);
+        assert_eq!(
+            r.next_expiry().unwrap(),
+            Some(Timestamp::from_millis(60_000))
+        );
+    }
+
+    #[test]
+    fn a_second_open_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(&dir);
+        let err = Store::open(&dir.path().join("state.redb"), &Options::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("--state-dir"));
+    }
+
+    #[test]
+    fn covering_and_within() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            for t in [
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "10.1.2.3",
+                "10.2.0.1",
+                "11.0.0.1",
+                "2001:db8::/32",
+                "2001:db8::5",
+            ] {
+                w.put(&ban(t, 0, None))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let r = s.read().unwrap();
+        let cov: Vec<String> = r
+            .covering(Action::Ban, &n("10.1.2.3"))
+            .unwrap()
+            .iter()
+            .map(|d| d.target.to_string())
+            .collect();
+        assert_eq!(cov, ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3"]);
+        let inside: Vec<String> = r
+            .within(Action::Ban, &n("10.0.0.0/8"))
+            .unwrap()
+            .iter()
+            .map(|d| d.target.to_string())
+            .collect();
+        assert_eq!(inside, ["10.1.0.0/16", "10.1.2.3", "10.2.0.1"]);
+        let inside6 = r.within(Action::Ban, &n("2001:db8::/32")).unwrap();
+        assert_eq!(inside6.len(), 1);
+        assert!(
+            r.within(Action::Allow, &n("10.0.0.0/8"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn expiry_index_follows_updates_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            w.put(&ban("198.51.100.1", 0, Some(10)))?;
+            w.put(&ban("198.51.100.2", 0, Some(20)))?;
+            w.put(&ban("198.51.100.3", 0, None))?;
+            // Extending .1 must move its expiry-index entry, not duplicate it.
+            w.put(&ban("198.51.100.1", 0, Some(30)))?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            s.read().unwrap().next_expiry().unwrap(),
+            Some(Timestamp::from_millis(20_000))
+        );
+        let gone = s
+            .write(|w| w.take_expired(Timestamp::from_millis(25_000), 100))
+            .unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].target, n("198.51.100.2"));
+        let gone = s
+            .write(|w| w.take_expired(Timestamp::from_millis(30_000), 100))
+            .unwrap();
+        assert_eq!(gone.len(), 1, "expiry exactly at now counts as expired");
+        let r = s.read().unwrap();
+        assert_eq!(r.next_expiry().unwrap(), None);
+        assert_eq!(r.iter(Some(Action::Ban)).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_write_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let res: Result<()> = s.write(|w| {
+            w.put(&ban("198.51.100.1", 0, None))?;
+            Err(StoreError::Db("boom".into()))
+        });
+        assert!(res.is_err());
+        assert!(s.read().unwrap().iter(None).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn iter_filters_by_action_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            w.put(&ban("2001:db8::1", 0, None))?;
+            w.put(&ban("198.51.100.9", 0, None))?;
+            let mut a = ban("198.18.0.0/24", 0, None);
+            a.action = Action::Allow;
+            w.put(&a)?;
+            Ok(())
+        })
+        .unwrap();
+        let r = s.read().unwrap();
+        let bans: Vec<String> = r
+            .iter(Some(Action::Ban))
+            .unwrap()
+            .map(|d| d.unwrap().target.to_string())
+            .collect();
+        assert_eq!(bans, ["198.51.100.9", "2001:db8::1"]);
+        assert_eq!(r.iter(Some(Action::Allow)).unwrap().count(), 1);
+    }
+}
