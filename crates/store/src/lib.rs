@@ -149,6 +149,7 @@ impl Store {
             let mut w = Writer {
                 decisions: tx.open_table(DECISIONS)?,
                 expiry: tx.open_table(EXPIRY)?,
+                meta: tx.open_table(META)?,
             };
             f(&mut w)?
         };
@@ -162,6 +163,7 @@ impl Store {
         Ok(Reader {
             decisions: tx.open_table(DECISIONS)?,
             expiry: tx.open_table(EXPIRY)?,
+            meta: tx.open_table(META)?,
         })
     }
 }
@@ -170,6 +172,7 @@ impl Store {
 pub struct Writer<'tx> {
     decisions: redb::Table<'tx, &'static [u8], &'static [u8]>,
     expiry: redb::Table<'tx, &'static [u8], ()>,
+    meta: redb::Table<'tx, &'static str, u64>,
 }
 
 impl Writer<'_> {
@@ -199,7 +202,19 @@ impl Writer<'_> {
         if let Some(e) = d.expires {
             self.expiry.insert(expiry_key(e, &key).as_slice(), ())?;
         }
+        if old.is_none() {
+            self.count(d.action, &d.target, 1)?;
+        }
         Ok(old)
+    }
+
+    /// Adjusts the stored count of decisions of this kind.
+    fn count(&mut self, action: Action, net: &Net, delta: i64) -> Result<()> {
+        let name = counter_name(action, net);
+        let cur = self.meta.get(name)?.map_or(0, |v| v.value());
+        let new = cur.saturating_add_signed(delta);
+        self.meta.insert(name, new)?;
+        Ok(())
     }
 
     /// Removes the decision with this action and target, returning it.
@@ -212,6 +227,9 @@ impl Writer<'_> {
             .transpose()?;
         if let Some(e) = old.as_ref().and_then(|d| d.expires) {
             self.expiry.remove(expiry_key(e, &key).as_slice())?;
+        }
+        if old.is_some() {
+            self.count(action, net, -1)?;
         }
         Ok(old)
     }
@@ -234,6 +252,9 @@ impl Writer<'_> {
                 out.push(decode(v.value())?);
             }
         }
+        for d in &out {
+            self.count(d.action, &d.target, -1)?;
+        }
         Ok(out)
     }
 }
@@ -242,6 +263,7 @@ impl Writer<'_> {
 pub struct Reader {
     decisions: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     expiry: redb::ReadOnlyTable<&'static [u8], ()>,
+    meta: redb::ReadOnlyTable<&'static str, u64>,
 }
 
 impl Reader {
@@ -301,12 +323,43 @@ impl Reader {
         }))
     }
 
+    /// How many decisions of each kind are stored (kept exact in every
+    /// write transaction, so this never scans).
+    pub fn counts(&self) -> Result<Counts> {
+        let get = |name: &str| -> Result<u64> { Ok(self.meta.get(name)?.map_or(0, |v| v.value())) };
+        Ok(Counts {
+            ban_hosts: get(COUNT_BAN_HOSTS)?,
+            ban_networks: get(COUNT_BAN_NETWORKS)?,
+            allows: get(COUNT_ALLOWS)?,
+        })
+    }
+
     /// The earliest expiry of any stored decision.
     pub fn next_expiry(&self) -> Result<Option<Timestamp>> {
         Ok(self.expiry.first()?.map(|(k, _)| {
             let bytes: [u8; 8] = k.value()[..8].try_into().expect("expiry key");
             Timestamp::from_millis(u64::from_be_bytes(bytes))
         }))
+    }
+}
+
+/// Numbers of stored decisions, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ban_hosts: u64,
+    pub ban_networks: u64,
+    pub allows: u64,
+}
+
+const COUNT_BAN_HOSTS: &str = "count.ban.hosts";
+const COUNT_BAN_NETWORKS: &str = "count.ban.networks";
+const COUNT_ALLOWS: &str = "count.allows";
+
+fn counter_name(action: Action, net: &Net) -> &'static str {
+    match (action, net.is_host()) {
+        (Action::Allow, _) => COUNT_ALLOWS,
+        (Action::Ban, true) => COUNT_BAN_HOSTS,
+        (Action::Ban, false) => COUNT_BAN_NETWORKS,
     }
 }
 
@@ -530,6 +583,46 @@ mod tests {
         let r = s.read().unwrap();
         assert_eq!(r.next_expiry().unwrap(), None);
         assert_eq!(r.iter(Some(Action::Ban)).unwrap().count(), 1);
+        assert_eq!(r.counts().unwrap().ban_hosts, 1);
+    }
+
+    #[test]
+    fn counts_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            w.put(&ban("198.51.100.1", 0, None))?;
+            w.put(&ban("198.51.100.1", 0, Some(5)))?; // replace: no new count
+            w.put(&ban("198.51.100.0/24", 0, None))?;
+            let mut a = ban("198.18.0.0/24", 0, None);
+            a.action = Action::Allow;
+            w.put(&a)?;
+            w.remove(Action::Ban, &n("203.0.113.9"))?; // absent: no change
+            Ok(())
+        })
+        .unwrap();
+        let c = s.read().unwrap().counts().unwrap();
+        assert_eq!(
+            c,
+            Counts {
+                ban_hosts: 1,
+                ban_networks: 1,
+                allows: 1
+            }
+        );
+        s.write(|w| w.take_expired(Timestamp::from_millis(10_000), 10))
+            .unwrap();
+        s.write(|w| w.remove(Action::Ban, &n("198.51.100.0/24")))
+            .unwrap();
+        let c = s.read().unwrap().counts().unwrap();
+        assert_eq!(
+            c,
+            Counts {
+                ban_hosts: 0,
+                ban_networks: 0,
+                allows: 1
+            }
+        );
     }
 
     #[test]

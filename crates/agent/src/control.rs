@@ -1,0 +1,291 @@
+//! The control socket server.
+//!
+//! Root only, twice over: the socket file is mode 0600 (only root can
+//! connect), and every peer's credentials are checked with `SO_PEERCRED`
+//! (so a socket made reachable by mistake still refuses other users).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use palisade_control::{
+    AgentStatus, ControlError, ErrorCode, ListRequest, MAX_REQUEST_BYTES, Request, Response,
+};
+use palisade_model::{Span, Timestamp};
+use palisade_store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::worker::{Command, WorkerHandle};
+
+/// Facts about the agent shown by `palisade status`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node: String,
+    pub mode: String,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub started: Timestamp,
+    pub default_ban: Span,
+}
+
+/// Everything a connection handler needs.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub worker: WorkerHandle,
+    pub identity: Arc<Identity>,
+    pub killed: Arc<AtomicU64>,
+}
+
+/// Creates the control socket: a root-only directory if it has to make one,
+/// a stale socket from a crashed agent replaced, a live one refused.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another palisade agent is already listening on {}; stop it, or give this one its own --socket and --state-dir",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    // Connecting needs write permission on the socket, so the moment between
+    // bind and chmod never lets anyone but root in.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the listener fails or the task is dropped.
+pub async fn serve(listener: UnixListener, shared: Shared) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, shared).await {
+                        debug!(error = %e, "control connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a control connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, shared: Shared) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() != 0 && cred.uid() != me {
+        warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control connection from a non-root user");
+        let e = ControlError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the palisade control socket is root-only and uid {} is not root; run this command as root (e.g. with sudo)",
+                cred.uid()
+            ),
+        );
+        send(&mut write, &Response::Error(e)).await?;
+        return Ok(());
+    }
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if n > MAX_REQUEST_BYTES {
+            let e = ControlError::new(
+                ErrorCode::BadRequest,
+                format!("request larger than {MAX_REQUEST_BYTES} bytes; split it"),
+            );
+            return send(&mut write, &Response::Error(e)).await;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ControlError::new(ErrorCode::BadRequest, format!("bad request: {e}"));
+                send(&mut write, &Response::Error(e)).await?;
+                continue;
+            }
+        };
+        respond(request, &shared, &mut write).await?;
+    }
+}
+
+async fn respond(
+    request: Request,
+    shared: &Shared,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> io::Result<()> {
+    let response = match request {
+        Request::Ban(r) => mutate(shared, |reply| Command::Ban(r, reply)).await,
+        Request::Unban(r) => mutate(shared, |reply| Command::Unban(r, reply)).await,
+        Request::Allow(r) => mutate(shared, |reply| Command::Allow(r, reply)).await,
+        Request::Unallow(r) => mutate(shared, |reply| Command::Unallow(r, reply)).await,
+        Request::List(r) => return list(shared, r, write).await,
+        Request::Explain { address } => {
+            let store = shared.store.clone();
+            blocking(move || {
+                let reader = store.read().map_err(internal)?;
+                crate::core::explain(&reader, address, Timestamp::now())
+                    .map(Response::Explanation)
+                    .map_err(internal)
+            })
+            .await
+        }
+        Request::Status => status(shared).await,
+    };
+    send(write, &response).await
+}
+
+async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Command) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = shared.worker.send(make(tx)) {
+        return Response::Error(ControlError::new(ErrorCode::Internal, e));
+    }
+    match rx.await {
+        Ok(Ok(outcomes)) => Response::Outcomes { outcomes },
+        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+        Err(_) => Response::Error(ControlError::new(
+            ErrorCode::Internal,
+            "the agent stopped before answering",
+        )),
+    }
+}
+
+/// Streams every decision, one line each, from a store snapshot.
+async fn list(
+    shared: &Shared,
+    req: ListRequest,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let store = shared.store.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let now = Timestamp::now();
+        let mut count = 0u64;
+        let mut chunk = Vec::with_capacity(64 << 10);
+        let result: Result<(), String> = (|| {
+            let reader = store.read().map_err(|e| e.to_string())?;
+            for d in reader.iter(req.action).map_err(|e| e.to_string())? {
+                let d = d.map_err(|e| e.to_string())?;
+                if !d.is_active(now) {
+                    continue;
+                }
+                serde_json::to_writer(&mut chunk, &Response::Item { decision: d })
+                    .map_err(|e| e.to_string())?;
+                chunk.push(b'\n');
+                count += 1;
+                if chunk.len() >= 60 << 10 {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(64 << 10));
+                    if tx.blocking_send(full).is_err() {
+                        return Ok(()); // client went away
+                    }
+                }
+            }
+            Ok(())
+        })();
+        let last = match result {
+            Ok(()) => Response::End { count },
+            Err(e) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+        };
+        serde_json::to_writer(&mut chunk, &last).expect("serialize a response");
+        chunk.push(b'\n');
+        let _ = tx.blocking_send(chunk);
+    });
+    while let Some(bytes) = rx.recv().await {
+        write.write_all(&bytes).await?;
+    }
+    producer.await.map_err(io::Error::other)?;
+    Ok(())
+}
+
+async fn status(shared: &Shared) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let enforcers = match shared.worker.send(Command::EnforcerStatus(tx)) {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let store = shared.store.clone();
+    let id = shared.identity.clone();
+    let killed = shared.killed.load(Ordering::Relaxed);
+    blocking(move || {
+        let reader = store.read().map_err(internal)?;
+        let counts = reader.counts().map_err(internal)?;
+        let next_expiry = reader.next_expiry().map_err(internal)?;
+        Ok(Response::Status(Box::new(AgentStatus {
+            node: id.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started: id.started,
+            now: Timestamp::now(),
+            mode: id.mode.clone(),
+            state_dir: id.state_dir.display().to_string(),
+            socket: id.socket.display().to_string(),
+            bans: counts.ban_hosts,
+            ban_networks: counts.ban_networks,
+            allows: counts.allows,
+            next_expiry,
+            default_ban: id.default_ban,
+            enforcers,
+            connections_killed: killed,
+        })))
+    })
+    .await
+}
+
+async fn blocking(f: impl FnOnce() -> Result<Response, ControlError> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Response::Error(e),
+        Err(e) => Response::Error(internal(e)),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ControlError {
+    ControlError::new(ErrorCode::Internal, e.to_string())
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}

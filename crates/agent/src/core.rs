@@ -1,0 +1,1020 @@
+//! The agent's decision logic, free of threads and sockets.
+//!
+//! [`Core`] owns the store, the enforcers and the in-memory allowlist, and
+//! turns requests into decisions: the guard refuses what must never be
+//! banned, repeats refresh instead of duplicating, an allow lifts the bans it
+//! covers. Every mutation goes to the kernel first (protection as early as
+//! possible), then to the store (durably) before it is acknowledged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use palisade_control::{
+    AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, TargetsRequest,
+    Verdict,
+};
+use palisade_enforce::{Change, Enforcer, Entry};
+use palisade_model::{
+    Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
+};
+use palisade_store::{Reader, Store, StoreError};
+use tracing::{info, warn};
+
+/// How many expired decisions are pruned per store transaction.
+const PRUNE_BATCH: usize = 10_000;
+
+/// What the agent needs to know to make decisions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name, recorded in every decision it makes.
+    pub node: String,
+    /// How long a ban lasts when the request does not say.
+    pub default_ban: Span,
+    pub guard: Guard,
+    /// Allow entries from the configuration file (re-applied at every start).
+    pub static_allows: Vec<(Net, Option<String>)>,
+}
+
+/// An allow entry as kept in memory for the guard.
+#[derive(Debug, Clone)]
+struct AllowInfo {
+    comment: Option<String>,
+    source: Source,
+}
+
+/// A failure that affects a whole request.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{what} is enforced in the kernel now but could not be saved ({source}); it will be lost when the agent restarts"
+    )]
+    NotSaved {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The result of a mutation: per-target outcomes, plus the bans that were
+/// newly enforced (so their open connections can be killed).
+pub struct Applied {
+    pub outcomes: Vec<Outcome>,
+    pub newly_banned: Vec<Net>,
+}
+
+pub struct Core {
+    store: Arc<Store>,
+    enforcers: Vec<Box<dyn Enforcer>>,
+    enforcer_errors: Vec<Option<String>>,
+    allows: NetMap<AllowInfo>,
+    settings: Settings,
+}
+
+impl Core {
+    /// Opens the agent's state: re-applies the configuration's allowlist,
+    /// prunes what expired while it was stopped, drops bans the allowlist
+    /// now forbids, and makes every enforcer's kernel state match the store.
+    pub fn start(
+        store: Arc<Store>,
+        enforcers: Vec<Box<dyn Enforcer>>,
+        settings: Settings,
+    ) -> Result<Core, CoreError> {
+        let n = enforcers.len();
+        let mut core = Core {
+            store,
+            enforcers,
+            enforcer_errors: vec![None; n],
+            allows: NetMap::new(),
+            settings,
+        };
+        core.sync_static_allows()?;
+        let now = Timestamp::now();
+        while core
+            .store
+            .write(|w| w.take_expired(now, PRUNE_BATCH))?
+            .len()
+            == PRUNE_BATCH
+        {}
+        core.load_allows()?;
+        core.drop_bans_under_allows()?;
+        core.reconcile()?;
+        Ok(core)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Makes every enforcer's kernel state exactly what the store holds.
+    pub fn reconcile(&mut self) -> Result<(), CoreError> {
+        let reader = self.store.read()?;
+        for i in 0..self.enforcers.len() {
+            let mut failed: Option<StoreError> = None;
+            let mut entries = reader.iter(None)?.filter_map(|d| match d {
+                Ok(d) => Some(entry(&d)),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    None
+                }
+            });
+            let result = self.enforcers[i].replace_all(&mut entries);
+            drop(entries);
+            self.record_enforcer(i, result.map_err(|e| e.to_string()));
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        let c = reader.counts()?;
+        info!(
+            bans = c.ban_hosts,
+            ban_networks = c.ban_networks,
+            allows = c.allows,
+            "kernel state reconciled with the store"
+        );
+        Ok(())
+    }
+
+    pub fn ban(&mut self, req: BanRequest, now: Timestamp) -> Result<Applied, CoreError> {
+        let span = req.span.unwrap_or(self.settings.default_ban);
+        let mut outcomes = Vec::with_capacity(req.targets.len());
+        let mut changes = Vec::new();
+        let mut newly_banned = Vec::new();
+        let mut to_store = Vec::new();
+        let reader = self.store.read()?;
+        for target in dedup(req.targets) {
+            if let Err(refusal) = self
+                .settings
+                .guard
+                .check_ban(&target, &self.allows, |a| a.comment.clone())
+            {
+                outcomes.push(outcome(
+                    target,
+                    OutcomeKind::Refused,
+                    Some(refusal.to_string()),
+                    None,
+                ));
+                continue;
+            }
+            let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
+            if let Some(actor) = &req.actor {
+                origin = origin.with_actor(actor.clone());
+            }
+            let mut fresh = Decision::new(Action::Ban, target, now, span, origin)
+                .with_rule(req.rule.clone().unwrap_or_else(|| "ban".into()))
+                .with_evidence(req.evidence.iter())
+                .with_scope(req.scope);
+            if let Some(r) = &req.reason {
+                fresh = fresh.with_reason(r.clone());
+            }
+            let (decision, kind) = match reader.get(Action::Ban, &target)? {
+                Some(mut old) if old.is_active(now) => {
+                    let moved = old.absorb(fresh);
+                    (
+                        old,
+                        if moved {
+                            OutcomeKind::Extended
+                        } else {
+                            OutcomeKind::Unchanged
+                        },
+                    )
+                }
+                _ => (fresh, OutcomeKind::Added),
+            };
+            let note = self.allowed_inside(&target);
+            // A repeat is put to the kernel too: it refreshes the timeout and
+            // repairs an element someone removed by hand.
+            changes.push(Change::Put(entry(&decision)));
+            if kind != OutcomeKind::Unchanged {
+                newly_banned.push(target);
+            }
+            outcomes.push(outcome(target, kind, note, decision.expires));
+            to_store.push(decision);
+        }
+        drop(reader);
+        self.enforce(&changes);
+        self.save(&format!("the ban of {}", describe(&to_store)), |w| {
+            for d in &to_store {
+                w.put(d)?;
+            }
+            Ok(())
+        })?;
+        for d in &to_store {
+            info!(target = %d.target, expires = ?d.expires.map(|e| e.rfc3339()), origin = %d.origin,
+                reason = d.reason.as_deref().unwrap_or(""), "banned");
+        }
+        Ok(Applied {
+            outcomes,
+            newly_banned,
+        })
+    }
+
+    pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
+        let reader = self.store.read()?;
+        let mut outcomes = Vec::new();
+        let mut removed = Vec::new();
+        for target in dedup(req.targets) {
+            if reader.get(Action::Ban, &target)?.is_some() {
+                removed.push(target);
+                outcomes.push(outcome(target, OutcomeKind::Removed, None, None));
+            } else {
+                let covering = reader.covering(Action::Ban, &target)?;
+                let note = match covering.last() {
+                    Some(d) => format!(
+                        "{target} is not banned itself but is inside the ban of {}; unban {} to lift it, or allow {target} to exempt it",
+                        d.target, d.target
+                    ),
+                    None => format!("{target} is not banned"),
+                };
+                outcomes.push(outcome(target, OutcomeKind::NotFound, Some(note), None));
+            }
+        }
+        drop(reader);
+        self.remove_all(Action::Ban, &removed, "unbanned")?;
+        Ok(Applied {
+            outcomes,
+            newly_banned: Vec::new(),
+        })
+    }
+
+    pub fn allow(&mut self, req: AllowRequest, now: Timestamp) -> Result<Applied, CoreError> {
+        let span = req.span.unwrap_or(Span::Forever);
+        let reader = self.store.read()?;
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        let mut to_store = Vec::new();
+        let mut lifted: Vec<Net> = Vec::new();
+        for target in dedup(req.targets) {
+            let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
+            if let Some(actor) = &req.actor {
+                origin = origin.with_actor(actor.clone());
+            }
+            let mut fresh =
+                Decision::new(Action::Allow, target, now, span, origin).with_scope(req.scope);
+            if let Some(c) = &req.comment {
+                fresh = fresh.with_reason(c.clone());
+            }
+            let (decision, kind) = match reader.get(Action::Allow, &target)? {
+                Some(mut old) if old.is_active(now) => {
+                    if old.origin.source == Source::Config {
+                        outcomes.push(outcome(
+                            target,
+                            OutcomeKind::Unchanged,
+                            Some("already allowed by the configuration file".into()),
+                            None,
+                        ));
+                        continue;
+                    }
+                    let moved = old.absorb(fresh);
+                    (
+                        old,
+                        if moved {
+                            OutcomeKind::Extended
+                        } else {
+                            OutcomeKind::Unchanged
+                        },
+                    )
+                }
+                _ => (fresh, OutcomeKind::Added),
+            };
+            // The allowlist wins: bans inside the allowed network are lifted.
+            let mut inside: Vec<Net> = reader
+                .within(Action::Ban, &target)?
+                .into_iter()
+                .map(|d| d.target)
+                .collect();
+            if reader.get(Action::Ban, &target)?.is_some() {
+                inside.insert(0, target);
+            }
+            let note = (!inside.is_empty()).then(|| {
+                let shown: Vec<String> = inside.iter().take(5).map(|n| n.to_string()).collect();
+                let more = inside.len().saturating_sub(5);
+                format!(
+                    "lifted {} ban{} it covers: {}{}",
+                    inside.len(),
+                    if inside.len() == 1 { "" } else { "s" },
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )
+            });
+            lifted.extend(inside);
+            changes.push(Change::Put(entry(&decision)));
+            outcomes.push(outcome(target, kind, note, decision.expires));
+            to_store.push(decision);
+        }
+        drop(reader);
+        lifted.sort();
+        lifted.dedup();
+        changes.extend(lifted.iter().map(|n| Change::Remove {
+            action: Action::Ban,
+            net: *n,
+        }));
+        self.enforce(&changes);
+        self.save(&format!("the allow of {}", describe(&to_store)), |w| {
+            for d in &to_store {
+                w.put(d)?;
+            }
+            for n in &lifted {
+                w.remove(Action::Ban, n)?;
+            }
+            Ok(())
+        })?;
+        for d in &to_store {
+            self.allows.insert(
+                d.target,
+                AllowInfo {
+                    comment: d.reason.clone(),
+                    source: d.origin.source,
+                },
+            );
+            info!(target = %d.target, comment = d.reason.as_deref().unwrap_or(""), origin = %d.origin, "allowed");
+        }
+        Ok(Applied {
+            outcomes,
+            newly_banned: Vec::new(),
+        })
+    }
+
+    pub fn unallow(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
+        let mut outcomes = Vec::new();
+        let mut removed = Vec::new();
+        for target in dedup(req.targets) {
+            match self.allows.get(&target) {
+                Some(info) if info.source == Source::Config => outcomes.push(outcome(
+                    target,
+                    OutcomeKind::Refused,
+                    Some(format!(
+                        "{target} is allowed by the configuration file; remove its [[allow]] entry there and restart the agent"
+                    )),
+                    None,
+                )),
+                Some(_) => {
+                    removed.push(target);
+                    outcomes.push(outcome(target, OutcomeKind::Removed, None, None));
+                }
+                None => {
+                    let note = match self.allows.most_specific(&target) {
+                        Some((net, _)) => format!(
+                            "{target} is not an allow entry itself but is inside the allow entry {net}"
+                        ),
+                        None => format!("{target} is not allowed"),
+                    };
+                    outcomes.push(outcome(target, OutcomeKind::NotFound, Some(note), None));
+                }
+            }
+        }
+        self.remove_all(Action::Allow, &removed, "unallowed")?;
+        Ok(Applied {
+            outcomes,
+            newly_banned: Vec::new(),
+        })
+    }
+
+    /// Removes decisions that have expired. The kernel has already expired
+    /// their elements by itself; this keeps the store, the allowlist and the
+    /// enforcers' own bookkeeping in step.
+    pub fn prune(&mut self, now: Timestamp) -> Result<usize, CoreError> {
+        let mut total = 0;
+        loop {
+            let gone = self.store.write(|w| w.take_expired(now, PRUNE_BATCH))?;
+            let changes: Vec<Change> = gone
+                .iter()
+                .map(|d| Change::Remove {
+                    action: d.action,
+                    net: d.target,
+                })
+                .collect();
+            self.enforce(&changes);
+            for d in &gone {
+                self.forget(d.action, &d.target);
+                info!(action = %d.action, target = %d.target, "expired");
+            }
+            total += gone.len();
+            if gone.len() < PRUNE_BATCH {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// When the next decision expires, if any.
+    pub fn next_expiry(&self) -> Result<Option<Timestamp>, CoreError> {
+        Ok(self.store.read()?.next_expiry()?)
+    }
+
+    pub fn enforcer_status(&self) -> Vec<EnforcerStatus> {
+        self.enforcers
+            .iter()
+            .zip(&self.enforcer_errors)
+            .map(|(e, err)| EnforcerStatus {
+                name: e.name().to_string(),
+                healthy: err.is_none(),
+                detail: err.clone().unwrap_or_else(|| "in sync".into()),
+            })
+            .collect()
+    }
+
+    fn remove_all(&mut self, action: Action, targets: &[Net], verb: &str) -> Result<(), CoreError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<Change> = targets
+            .iter()
+            .map(|n| Change::Remove { action, net: *n })
+            .collect();
+        self.enforce(&changes);
+        let what = format!("the removal of {}", describe_nets(targets));
+        self.save(&what, |w| {
+            for n in targets {
+                w.remove(action, n)?;
+            }
+            Ok(())
+        })?;
+        for n in targets {
+            self.forget(action, n);
+            info!(target = %n, "{verb}");
+        }
+        Ok(())
+    }
+
+    /// Updates in-memory state after a decision is gone from the store.
+    fn forget(&mut self, action: Action, net: &Net) {
+        if action == Action::Allow {
+            self.allows.remove(net);
+        }
+    }
+
+    /// Applies changes to every enforcer. A failing enforcer is recorded and
+    /// reported by `status`, but never stops the agent or the others.
+    fn enforce(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        for i in 0..self.enforcers.len() {
+            let result = self.enforcers[i].apply(changes).map_err(|e| e.to_string());
+            self.record_enforcer(i, result);
+        }
+    }
+
+    fn record_enforcer(&mut self, i: usize, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.enforcer_errors[i] = None,
+            Err(e) => {
+                warn!(enforcer = self.enforcers[i].name(), error = %e, "enforcer failed");
+                self.enforcer_errors[i] = Some(e);
+            }
+        }
+    }
+
+    fn save(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut palisade_store::Writer<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), CoreError> {
+        self.store.write(f).map_err(|source| CoreError::NotSaved {
+            what: what.to_string(),
+            source,
+        })
+    }
+
+    /// A note for a network ban that contains allowed addresses.
+    fn allowed_inside(&self, target: &Net) -> Option<String> {
+        if target.is_host() {
+            return None;
+        }
+        let inside: Vec<String> = self
+            .allows
+            .within(target)
+            .take(5)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        (!inside.is_empty()).then(|| {
+            format!(
+                "allowed addresses inside it stay reachable: {}",
+                inside.join(", ")
+            )
+        })
+    }
+
+    fn sync_static_allows(&mut self) -> Result<(), CoreError> {
+        let now = Timestamp::now();
+        let wanted: HashMap<Net, Option<String>> =
+            self.settings.static_allows.iter().cloned().collect();
+        let stale: Vec<Net> = self
+            .store
+            .read()?
+            .iter(Some(Action::Allow))?
+            .filter_map(|d| d.ok())
+            .filter(|d| d.origin.source == Source::Config && !wanted.contains_key(&d.target))
+            .map(|d| d.target)
+            .collect();
+        let node = self.settings.node.clone();
+        self.store.write(|w| {
+            for n in &stale {
+                w.remove(Action::Allow, n)?;
+            }
+            for (net, comment) in &wanted {
+                let existing = w.get(Action::Allow, net)?;
+                let mut d = Decision::new(
+                    Action::Allow,
+                    *net,
+                    now,
+                    Span::Forever,
+                    Origin::new(node.clone(), Source::Config),
+                )
+                .with_scope(Scope::Local);
+                if let Some(c) = comment {
+                    d = d.with_reason(c.clone());
+                }
+                if let Some(old) = existing
+                    && old.origin.source == Source::Config
+                {
+                    d.created = old.created;
+                }
+                w.put(&d)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn load_allows(&mut self) -> Result<(), CoreError> {
+        self.allows = NetMap::new();
+        for d in self.store.read()?.iter(Some(Action::Allow))? {
+            let d = d?;
+            self.allows.insert(
+                d.target,
+                AllowInfo {
+                    comment: d.reason,
+                    source: d.origin.source,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Bans the allowlist forbids (an allow added to the configuration while
+    /// the agent was stopped) are dropped at start: the allowlist wins.
+    fn drop_bans_under_allows(&mut self) -> Result<(), CoreError> {
+        let reader = self.store.read()?;
+        let mut doomed = Vec::new();
+        for (allow, _) in self.allows.iter() {
+            if reader.get(Action::Ban, allow)?.is_some() {
+                doomed.push(*allow);
+            }
+            doomed.extend(
+                reader
+                    .within(Action::Ban, allow)?
+                    .into_iter()
+                    .map(|d| d.target),
+            );
+        }
+        drop(reader);
+        if !doomed.is_empty() {
+            warn!(
+                count = doomed.len(),
+                "dropping stored bans that the allowlist now covers"
+            );
+            self.store.write(|w| {
+                for n in &doomed {
+                    w.remove(Action::Ban, n)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Answers `palisade explain` from a store snapshot.
+pub fn explain(reader: &Reader, address: Net, now: Timestamp) -> Result<Explanation, StoreError> {
+    let active = |v: Vec<Decision>| -> Vec<Decision> {
+        v.into_iter().filter(|d| d.is_active(now)).collect()
+    };
+    let allowed_by = active(reader.covering(Action::Allow, &address)?);
+    let banned_by = active(reader.covering(Action::Ban, &address)?);
+    let bans_inside = if address.is_host() {
+        0
+    } else {
+        reader.within(Action::Ban, &address)?.len() as u64
+    };
+    let verdict = if !allowed_by.is_empty() {
+        Verdict::Allowed
+    } else if !banned_by.is_empty() {
+        Verdict::Blocked
+    } else {
+        Verdict::Open
+    };
+    Ok(Explanation {
+        address,
+        verdict,
+        allowed_by,
+        banned_by,
+        bans_inside,
+        now,
+    })
+}
+
+fn entry(d: &Decision) -> Entry {
+    Entry {
+        action: d.action,
+        net: d.target,
+        expires: d.expires,
+        comment: d.reason.clone(),
+        rule: d.rule.clone(),
+    }
+}
+
+fn outcome(
+    target: Net,
+    result: OutcomeKind,
+    note: Option<String>,
+    expires: Option<Timestamp>,
+) -> Outcome {
+    Outcome {
+        target,
+        result,
+        note,
+        expires,
+    }
+}
+
+fn dedup(targets: Vec<Net>) -> Vec<Net> {
+    let mut seen = HashSet::new();
+    targets.into_iter().filter(|t| seen.insert(*t)).collect()
+}
+
+fn describe(ds: &[Decision]) -> String {
+    let nets: Vec<Net> = ds.iter().map(|d| d.target).collect();
+    describe_nets(&nets)
+}
+
+fn describe_nets(nets: &[Net]) -> String {
+    match nets {
+        [one] => one.to_string(),
+        many => format!("{} addresses", many.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_enforce::EnforceError;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Keeps what an enforcer was told, so the tests can compare it with the
+    /// store. (The real kernel is exercised by the lab tests.)
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<BTreeMap<(Action, Net), Option<Timestamp>>>>);
+
+    impl Enforcer for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn replace_all(
+            &mut self,
+            entries: &mut dyn Iterator<Item = Entry>,
+        ) -> Result<(), EnforceError> {
+            let mut m = self.0.lock().unwrap();
+            m.clear();
+            for e in entries {
+                m.insert((e.action, e.net), e.expires);
+            }
+            Ok(())
+        }
+        fn apply(&mut self, changes: &[Change]) -> Result<(), EnforceError> {
+            let mut m = self.0.lock().unwrap();
+            for c in changes {
+                match c {
+                    Change::Put(e) => {
+                        m.insert((e.action, e.net), e.expires);
+                    }
+                    Change::Remove { action, net } => {
+                        m.remove(&(*action, *net));
+                    }
+                }
+            }
+            Ok(())
+        }
+        fn remove(&mut self) -> Result<(), EnforceError> {
+            self.0.lock().unwrap().clear();
+            Ok(())
+        }
+    }
+
+    fn n(s: &str) -> Net {
+        s.parse().unwrap()
+    }
+
+    fn settings(static_allows: &[(&str, &str)]) -> Settings {
+        Settings {
+            node: "web1".into(),
+            default_ban: Span::For(Duration::from_secs(3600)),
+            guard: Guard::default(),
+            static_allows: static_allows
+                .iter()
+                .map(|(net, c)| (n(net), Some(c.to_string())))
+                .collect(),
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        kernel: Recorder,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("decisions.redb");
+            Fixture {
+                _dir: dir,
+                path,
+                kernel: Recorder::default(),
+            }
+        }
+        fn core(&self, static_allows: &[(&str, &str)]) -> Core {
+            let store = Arc::new(Store::open(&self.path, &Default::default()).unwrap());
+            Core::start(
+                store,
+                vec![Box::new(self.kernel.clone())],
+                settings(static_allows),
+            )
+            .unwrap()
+        }
+        fn kernel(&self) -> Vec<String> {
+            self.kernel
+                .0
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect()
+        }
+    }
+
+    fn ban(targets: &[&str], span: Option<&str>) -> BanRequest {
+        BanRequest {
+            targets: targets.iter().map(|t| n(t)).collect(),
+            span: span.map(|s| s.parse().unwrap()),
+            reason: Some("test".into()),
+            rule: None,
+            evidence: vec!["Failed password for root from 198.51.100.7".into()],
+            actor: Some("alice".into()),
+            scope: Scope::Local,
+        }
+    }
+
+    fn allow(targets: &[&str], comment: &str) -> AllowRequest {
+        AllowRequest {
+            targets: targets.iter().map(|t| n(t)).collect(),
+            span: None,
+            comment: Some(comment.into()),
+            actor: None,
+            scope: Scope::Local,
+        }
+    }
+
+    fn targets(t: &[&str]) -> TargetsRequest {
+        TargetsRequest {
+            targets: t.iter().map(|x| n(x)).collect(),
+            actor: None,
+        }
+    }
+
+    fn kinds(a: &Applied) -> Vec<OutcomeKind> {
+        a.outcomes.iter().map(|o| o.result).collect()
+    }
+
+    #[test]
+    fn ban_is_enforced_stored_and_explained() {
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let now = Timestamp::now();
+        let a = core
+            .ban(ban(&["198.51.100.7", "2001:db8::7"], Some("10m")), now)
+            .unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Added, OutcomeKind::Added]);
+        assert_eq!(a.newly_banned.len(), 2);
+        assert_eq!(f.kernel(), ["ban 198.51.100.7", "ban 2001:db8::7"]);
+        let e = explain(&core.store().read().unwrap(), n("198.51.100.7"), now).unwrap();
+        assert_eq!(e.verdict, Verdict::Blocked);
+        let d = &e.banned_by[0];
+        assert_eq!(d.origin.actor.as_deref(), Some("alice"));
+        assert_eq!(d.origin.node, "web1");
+        assert_eq!(d.rule.as_deref(), Some("ban"));
+        assert_eq!(d.evidence.len(), 1);
+        assert_eq!(
+            d.expires,
+            Some(now.saturating_add(Duration::from_secs(600)))
+        );
+    }
+
+    #[test]
+    fn a_repeat_refreshes_instead_of_duplicating() {
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let t0 = Timestamp::now();
+        core.ban(ban(&["198.51.100.7"], Some("10m")), t0).unwrap();
+        let a = core.ban(ban(&["198.51.100.7"], Some("1h")), t0).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Extended]);
+        let a = core.ban(ban(&["198.51.100.7"], Some("1m")), t0).unwrap();
+        assert_eq!(
+            kinds(&a),
+            [OutcomeKind::Unchanged],
+            "a shorter repeat never shortens"
+        );
+        assert!(a.newly_banned.is_empty());
+        let k = f.kernel.0.lock().unwrap();
+        assert_eq!(k.len(), 1);
+        assert_eq!(
+            k[&(Action::Ban, n("198.51.100.7"))],
+            Some(t0.saturating_add(Duration::from_secs(3600))),
+            "the kernel got the refreshed expiry"
+        );
+        drop(k);
+        let d = core
+            .store()
+            .read()
+            .unwrap()
+            .get(Action::Ban, &n("198.51.100.7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.hits, 3);
+    }
+
+    #[test]
+    fn the_allowlist_always_wins() {
+        let f = Fixture::new();
+        let mut core = f.core(&[("198.18.0.0/24", "lab")]);
+        let now = Timestamp::now();
+        let a = core
+            .ban(ban(&["198.18.0.5", "127.0.0.1", "10.0.0.0/7"], None), now)
+            .unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Refused; 3]);
+        assert!(
+            a.outcomes[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("198.18.0.0/24 (lab)")
+        );
+        assert_eq!(f.kernel(), ["allow 198.18.0.0/24"]);
+
+        // A network containing the allowed one may be banned; the note says
+        // the allowed part stays reachable.
+        let a = core.ban(ban(&["198.18.0.0/16"], None), now).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Added]);
+        assert!(
+            a.outcomes[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("stay reachable")
+        );
+        let e = explain(&core.store().read().unwrap(), n("198.18.0.5"), now).unwrap();
+        assert_eq!(e.verdict, Verdict::Allowed);
+        assert_eq!(e.banned_by.len(), 1);
+        let e = explain(&core.store().read().unwrap(), n("198.18.1.5"), now).unwrap();
+        assert_eq!(e.verdict, Verdict::Blocked);
+    }
+
+    #[test]
+    fn an_allow_lifts_the_bans_it_covers() {
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let now = Timestamp::now();
+        core.ban(
+            ban(
+                &[
+                    "203.0.113.5",
+                    "203.0.113.6",
+                    "203.0.113.0/28",
+                    "198.51.100.1",
+                ],
+                None,
+            ),
+            now,
+        )
+        .unwrap();
+        let a = core
+            .allow(allow(&["203.0.113.0/24"], "partner"), now)
+            .unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Added]);
+        assert!(
+            a.outcomes[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .starts_with("lifted 3 bans"),
+            "{:?}",
+            a.outcomes[0].note
+        );
+        assert_eq!(f.kernel(), ["ban 198.51.100.1", "allow 203.0.113.0/24"]);
+        let c = core.store().read().unwrap().counts().unwrap();
+        assert_eq!((c.ban_hosts, c.ban_networks, c.allows), (1, 0, 1));
+        // And later bans inside it are refused.
+        let a = core.ban(ban(&["203.0.113.9"], None), now).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Refused]);
+        // Until it is unallowed.
+        let a = core.unallow(targets(&["203.0.113.0/24"])).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Removed]);
+        let a = core.ban(ban(&["203.0.113.9"], None), now).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Added]);
+    }
+
+    #[test]
+    fn unban_explains_what_it_could_not_do() {
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let now = Timestamp::now();
+        core.ban(ban(&["203.0.113.0/24", "198.51.100.1"], None), now)
+            .unwrap();
+        let a = core
+            .unban(targets(&["198.51.100.1", "203.0.113.9", "192.0.2.1"]))
+            .unwrap();
+        assert_eq!(
+            kinds(&a),
+            [
+                OutcomeKind::Removed,
+                OutcomeKind::NotFound,
+                OutcomeKind::NotFound
+            ]
+        );
+        assert!(
+            a.outcomes[1]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("inside the ban of 203.0.113.0/24")
+        );
+        assert_eq!(
+            a.outcomes[2].note.as_deref(),
+            Some("192.0.2.1 is not banned")
+        );
+        assert_eq!(f.kernel(), ["ban 203.0.113.0/24"]);
+    }
+
+    #[test]
+    fn static_allows_cannot_be_unallowed_and_follow_the_config() {
+        let f = Fixture::new();
+        {
+            let mut core = f.core(&[("198.18.0.0/24", "lab")]);
+            let a = core.unallow(targets(&["198.18.0.0/24"])).unwrap();
+            assert_eq!(kinds(&a), [OutcomeKind::Refused]);
+            core.ban(ban(&["192.0.2.1"], None), Timestamp::now())
+                .unwrap();
+        }
+        // The entry leaves the config, and one arrives that covers a stored ban.
+        let core = f.core(&[("192.0.2.0/24", "new")]);
+        assert_eq!(f.kernel(), ["allow 192.0.2.0/24"]);
+        let c = core.store().read().unwrap().counts().unwrap();
+        assert_eq!((c.ban_hosts, c.allows), (0, 1));
+    }
+
+    #[test]
+    fn restart_keeps_decisions_and_reconciles_the_kernel() {
+        let f = Fixture::new();
+        {
+            let mut core = f.core(&[]);
+            let now = Timestamp::now();
+            core.ban(ban(&["198.51.100.7", "203.0.113.0/24"], Some("1h")), now)
+                .unwrap();
+            core.allow(allow(&["192.0.2.10"], "monitor"), now).unwrap();
+        }
+        // Someone (or a reboot) emptied the kernel.
+        f.kernel.0.lock().unwrap().clear();
+        let _core = f.core(&[]);
+        assert_eq!(
+            f.kernel(),
+            ["ban 198.51.100.7", "ban 203.0.113.0/24", "allow 192.0.2.10"]
+        );
+    }
+
+    #[test]
+    fn expired_decisions_are_pruned() {
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let t0 = Timestamp::now();
+        core.ban(ban(&["198.51.100.1"], Some("1m")), t0).unwrap();
+        core.ban(ban(&["198.51.100.2"], Some("1h")), t0).unwrap();
+        assert_eq!(
+            core.next_expiry().unwrap(),
+            Some(t0.saturating_add(Duration::from_secs(60)))
+        );
+        let later = t0.saturating_add(Duration::from_secs(61));
+        assert_eq!(core.prune(later).unwrap(), 1);
+        assert_eq!(f.kernel(), ["ban 198.51.100.2"]);
+        // An expired ban that is asked for again starts afresh.
+        let a = core.ban(ban(&["198.51.100.1"], Some("1m")), later).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Added]);
+    }
+}

@@ -1,0 +1,167 @@
+//! The palisade agent: one per server.
+//!
+//! It keeps the server's decisions in a crash-safe store, enforces them in
+//! the kernel through one or more [`Enforcer`]s, kills the open connections
+//! of what it bans, and answers the CLI on a root-only control socket.
+//!
+//! Threads, and why:
+//! - the **worker** ([`worker`]) is the only writer: every ban, unban,
+//!   allow, unallow and expiry runs there in order ([`core::Core`]);
+//! - the **killer** ([`killer`]) cuts connections without delaying bans;
+//! - the **control server** ([`control`]) runs on a small tokio runtime and
+//!   serves reads (list, explain, status) from store snapshots.
+//!
+//! When the agent stops, the kernel keeps every ban and expires each on
+//! time by itself; the next start reconciles the kernel with the store.
+
+pub mod control;
+pub mod core;
+pub mod killer;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use palisade_enforce::Enforcer;
+use palisade_store::{Options, Store};
+use tracing::info;
+
+pub use crate::core::Settings;
+pub use crate::killer::KillFn;
+
+/// Where the agent lives and how it behaves.
+pub struct AgentOptions {
+    pub settings: Settings,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Shown by `palisade status` (e.g. `local-only`).
+    pub mode: String,
+    /// Cuts open connections of new bans; `None` disables killing.
+    pub kill: Option<KillFn>,
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    #[error(transparent)]
+    Core(#[from] crate::core::CoreError),
+    #[error("cannot create the control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(std::io::Error),
+}
+
+/// The file inside the state directory that holds the decisions.
+pub const STORE_FILE: &str = "decisions.redb";
+
+/// Runs the agent in the foreground until SIGINT or SIGTERM.
+pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(), AgentError> {
+    let started = palisade_model::Timestamp::now();
+    create_private_dir(&options.state_dir)?;
+    let store = Arc::new(Store::open(
+        &options.state_dir.join(STORE_FILE),
+        &Options::default(),
+    )?);
+    let names: Vec<String> = enforcers.iter().map(|e| e.name().to_string()).collect();
+    let identity = control::Identity {
+        node: options.settings.node.clone(),
+        mode: options.mode.clone(),
+        state_dir: options.state_dir.clone(),
+        socket: options.socket.clone(),
+        started,
+        default_ban: options.settings.default_ban,
+    };
+    let core = core::Core::start(store.clone(), enforcers, options.settings)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("palisade-control")
+        .build()
+        .map_err(AgentError::Runtime)?;
+
+    let killed = Arc::new(AtomicU64::new(0));
+    let (kill_tx, killer) = match options.kill {
+        Some(kill) => {
+            let (tx, handle) = killer::spawn(kill, killed.clone());
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
+    let (worker, worker_thread) = worker::spawn(core, kill_tx);
+
+    let socket = options.socket.clone();
+    let result = runtime.block_on(async {
+        let listener = control::bind(&socket).map_err(|source| AgentError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
+        info!(
+            node = %identity.node,
+            mode = %identity.mode,
+            socket = %socket.display(),
+            state = %identity.state_dir.display(),
+            enforcers = %names.join(","),
+            "palisade agent running"
+        );
+        let shared = control::Shared {
+            store,
+            worker,
+            identity: Arc::new(identity),
+            killed,
+        };
+        tokio::select! {
+            _ = control::serve(listener, shared) => {}
+            _ = shutdown_signal() => {}
+        }
+        Ok(())
+    });
+    // Dropping the runtime drops the control tasks and with them the last
+    // worker handle, so the worker finishes its queue and stops.
+    drop(runtime);
+    let _ = std::fs::remove_file(&options.socket);
+    let _ = worker_thread.join();
+    if let Some(k) = killer {
+        let _ = k.join();
+    }
+    info!("palisade agent stopped; bans stay in the kernel and expire on time");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, stopping"),
+        _ = int.recv() => info!("SIGINT received, stopping"),
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| AgentError::StateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}

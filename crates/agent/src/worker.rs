@@ -1,0 +1,105 @@
+//! The one thread that changes decisions.
+//!
+//! Every mutation (ban, unban, allow, unallow, expiry) runs on this thread,
+//! in arrival order, so the store and the kernel never see two writers and
+//! never disagree about order. Reads (list, explain) do not come here: they
+//! read a store snapshot on their own threads.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use palisade_control::{AllowRequest, BanRequest, EnforcerStatus, Outcome, TargetsRequest};
+use palisade_model::{Net, Timestamp};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use crate::core::{Applied, Core, CoreError};
+
+/// Longest sleep between expiry checks, in case the clock jumps.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+pub type Reply = oneshot::Sender<Result<Vec<Outcome>, String>>;
+
+/// A request for the worker.
+pub enum Command {
+    Ban(BanRequest, Reply),
+    Unban(TargetsRequest, Reply),
+    Allow(AllowRequest, Reply),
+    Unallow(TargetsRequest, Reply),
+    EnforcerStatus(oneshot::Sender<Vec<EnforcerStatus>>),
+}
+
+/// Handle to the worker thread; dropping every [`WorkerHandle`] sender stops
+/// it after the queued commands are done.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, cmd: Command) -> Result<(), String> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| "the agent is shutting down".to_string())
+    }
+}
+
+/// Starts the worker. `on_banned` receives every newly enforced ban (to kill
+/// its open connections).
+pub fn spawn(
+    mut core: Core,
+    on_banned: Option<mpsc::Sender<Net>>,
+) -> (WorkerHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Command>();
+    let thread = std::thread::Builder::new()
+        .name("palisade-worker".into())
+        .spawn(move || {
+            loop {
+                let wait = match core.next_expiry() {
+                    Ok(Some(t)) => t.since(Timestamp::now()).min(MAX_IDLE),
+                    Ok(None) => MAX_IDLE,
+                    Err(e) => {
+                        error!(error = %e, "cannot read the next expiry");
+                        MAX_IDLE
+                    }
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(cmd) => handle(&mut core, cmd, on_banned.as_ref()),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if let Err(e) = core.prune(Timestamp::now()) {
+                    error!(error = %e, "pruning expired decisions failed");
+                }
+            }
+        })
+        .expect("spawn the worker thread");
+    (WorkerHandle { tx }, thread)
+}
+
+fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) {
+    let now = Timestamp::now();
+    let (result, reply): (Result<Applied, CoreError>, Reply) = match cmd {
+        Command::Ban(req, reply) => (core.ban(req, now), reply),
+        Command::Unban(req, reply) => (core.unban(req), reply),
+        Command::Allow(req, reply) => (core.allow(req, now), reply),
+        Command::Unallow(req, reply) => (core.unallow(req), reply),
+        Command::EnforcerStatus(reply) => {
+            let _ = reply.send(core.enforcer_status());
+            return;
+        }
+    };
+    let result = result.map(|applied| {
+        if let Some(tx) = on_banned {
+            for net in applied.newly_banned {
+                if tx.send(net).is_err() {
+                    warn!("the connection killer has stopped");
+                }
+            }
+        }
+        applied.outcomes
+    });
+    // The client may have gone away; the decision stands either way.
+    let _ = reply.send(result.map_err(|e| e.to_string()));
+}
