@@ -1,0 +1,1 @@
+//! Python `re` syntax to Rust regex syntax (placeholder).

@@ -1,0 +1,356 @@
+//! Splitting a syslog line into its header (time, host, program) and the
+//! message, which palisade's own patterns are matched against.
+//!
+//! Understood shapes (an optional `<PRI>` first):
+//! - BSD / RFC 3164: `Mar  3 12:00:00 host sshd[123]: message` (the host may
+//!   be absent, as in lines sent to a local socket);
+//! - RFC 3339 time: `2024-03-03T12:00:00.123+01:00 host sshd[123]: message`;
+//! - RFC 5424: `<38>1 2024-03-03T12:00:00Z host sshd 123 - - message`.
+//!
+//! Anything else is a line without a header: the whole line is the message
+//! (an nginx access log, for instance).
+
+use palisade_model::Timestamp;
+
+/// The parts of a syslog line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The time text, if the line starts with one.
+    pub time: Option<&'a str>,
+    pub host: Option<&'a str>,
+    /// The tag before `[pid]:` or `:`.
+    pub program: Option<&'a str>,
+    /// The text after the header (the whole line if there is none).
+    pub message: &'a str,
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Splits `line` (see the module docs).
+pub fn parse(line: &str) -> Header<'_> {
+    let none = Header {
+        time: None,
+        host: None,
+        program: None,
+        message: line,
+    };
+    let mut rest = line;
+    // <PRI>
+    if let Some(r) = rest.strip_prefix('<') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if (1..=3).contains(&digits) && r.as_bytes().get(digits) == Some(&b'>') {
+            rest = &r[digits + 1..];
+            // RFC 5424: version "1 " then fields.
+            if let Some(r5) = rest.strip_prefix("1 ") {
+                return parse_5424(r5).unwrap_or(none);
+            }
+        }
+    }
+    let Some(tlen) = time_len(rest) else {
+        return none;
+    };
+    let time = &rest[..tlen];
+    let after = rest[tlen..].trim_start_matches(' ');
+    if after.len() == rest.len() - tlen {
+        return none; // no space after the time
+    }
+    let (first, tail) = split_word(after);
+    if let Some((prog, msg)) = tag(first, tail) {
+        return Header {
+            time: Some(time),
+            host: None,
+            program: Some(prog),
+            message: msg,
+        };
+    }
+    let host = first;
+    let (second, tail2) = split_word(tail);
+    if let Some((prog, msg)) = tag(second, tail2) {
+        return Header {
+            time: Some(time),
+            host: Some(host),
+            program: Some(prog),
+            message: msg,
+        };
+    }
+    Header {
+        time: Some(time),
+        host: Some(host),
+        program: None,
+        message: tail,
+    }
+}
+
+fn parse_5424(s: &str) -> Option<Header<'_>> {
+    let (time, s) = split_word(s);
+    let (host, s) = split_word(s);
+    let (app, s) = split_word(s);
+    let (_procid, s) = split_word(s);
+    let (_msgid, s) = split_word(s);
+    let msg = if let Some(r) = s.strip_prefix("- ") {
+        r
+    } else if s == "-" {
+        ""
+    } else if s.starts_with('[') {
+        // Structured data: skip `[...]` elements, honouring \] escapes.
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() && b[i] == b'[' {
+            let mut esc = false;
+            i += 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if !esc => esc = true,
+                    b']' if !esc => break,
+                    _ => esc = false,
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+        s.get(i..).unwrap_or("").trim_start_matches(' ')
+    } else {
+        s
+    };
+    let msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
+    Some(Header {
+        time: Some(time),
+        host: (host != "-").then_some(host),
+        program: (app != "-").then_some(app),
+        message: msg,
+    })
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    match s.find(' ') {
+        Some(i) => (&s[..i], s[i + 1..].trim_start_matches(' ')),
+        None => (s, ""),
+    }
+}
+
+/// `sshd[123]:` or `sshd:` followed by the message.
+fn tag<'a>(word: &'a str, tail: &'a str) -> Option<(&'a str, &'a str)> {
+    let w = word.strip_suffix(':')?;
+    let prog = match w.find('[') {
+        Some(i) => {
+            let pid = w[i + 1..].strip_suffix(']')?;
+            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            &w[..i]
+        }
+        None => w,
+    };
+    if prog.is_empty()
+        || prog.len() > 64
+        || !prog
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./@()".contains(&b))
+    {
+        return None;
+    }
+    Some((prog, tail))
+}
+
+/// Length of a leading BSD or RFC 3339 time, if any.
+fn time_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.len() >= 15 && MONTHS.iter().any(|m| s.starts_with(m)) && b[3] == b' ' {
+        // "Mar  3 12:00:00" or "Mar 03 12:00:00", optional ".123456"
+        let d = &b[4..6];
+        let day_ok = (d[0] == b' ' || d[0].is_ascii_digit()) && d[1].is_ascii_digit();
+        let t = &b[6..15];
+        let time_ok = t[0] == b' '
+            && t[1].is_ascii_digit()
+            && t[2].is_ascii_digit()
+            && t[3] == b':'
+            && t[4].is_ascii_digit()
+            && t[5].is_ascii_digit()
+            && t[6] == b':'
+            && t[7].is_ascii_digit()
+            && t[8].is_ascii_digit();
+        if day_ok && time_ok {
+            let mut n = 15;
+            if b.get(n) == Some(&b'.') {
+                n += 1;
+                while b.get(n).is_some_and(u8::is_ascii_digit) {
+                    n += 1;
+                }
+            }
+            return Some(n);
+        }
+        return None;
+    }
+    // 2024-03-03T12:00:00[.frac][Z|+hh:mm]
+    if b.len() >= 19
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+    {
+        let n = s.find(' ').unwrap_or(s.len());
+        return Some(n);
+    }
+    None
+}
+
+/// The instant a header's time text names. BSD times carry no year or zone:
+/// they are taken in UTC in `year`.
+pub fn parse_time(text: &str, year: i64) -> Option<Timestamp> {
+    let b = text.as_bytes();
+    if b.len() >= 15 && b[3] == b' ' {
+        let month = MONTHS.iter().position(|m| text.starts_with(m))? as u32 + 1;
+        let day: u32 = text[4..6].trim().parse().ok()?;
+        let h: u32 = text[7..9].parse().ok()?;
+        let mi: u32 = text[10..12].parse().ok()?;
+        let se: u32 = text[13..15].parse().ok()?;
+        let ms = frac_ms(&text[15..]);
+        return civil(year, month, day, h, mi, se, ms, 0);
+    }
+    if b.len() >= 19 && b[10] == b'T' {
+        let y: i64 = text[0..4].parse().ok()?;
+        let mo: u32 = text[5..7].parse().ok()?;
+        let d: u32 = text[8..10].parse().ok()?;
+        let h: u32 = text[11..13].parse().ok()?;
+        let mi: u32 = text[14..16].parse().ok()?;
+        let se: u32 = text[17..19].parse().ok()?;
+        let rest = &text[19..];
+        let ms = frac_ms(rest);
+        let zone = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+        let offset = match zone {
+            "" | "Z" | "z" => 0,
+            z if z.len() >= 5 && (z.starts_with('+') || z.starts_with('-')) => {
+                let sign = if z.starts_with('-') { -1 } else { 1 };
+                let zh: i64 = z[1..3].parse().ok()?;
+                let zm: i64 = z[z.len() - 2..].parse().ok()?;
+                sign * (zh * 3600 + zm * 60)
+            }
+            _ => return None,
+        };
+        return civil(y, mo, d, h, mi, se, ms, offset);
+    }
+    None
+}
+
+fn frac_ms(s: &str) -> u64 {
+    let Some(f) = s.strip_prefix('.') else {
+        return 0;
+    };
+    let digits: String = f
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .chain("000".chars())
+        .take(3)
+        .collect();
+    digits.parse().unwrap_or(0)
+}
+
+/// Milliseconds since the epoch of a civil UTC time minus `offset` seconds.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn civil(
+    y: i64,
+    mo: u32,
+    d: u32,
+    h: u32,
+    mi: u32,
+    s: u32,
+    ms: u64,
+    offset: i64,
+) -> Option<Timestamp> {
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s) - offset;
+    if secs < 0 {
+        return None;
+    }
+    Some(Timestamp::from_millis(secs as u64 * 1000 + ms))
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The current UTC year.
+pub fn current_year() -> i64 {
+    let days = (Timestamp::now().as_millis() / 86_400_000) as i64;
+    // Inverse of days_from_civil, year only.
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    yoe + era * 400 + i64::from(m <= 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bsd_with_host() {
+        let h = parse("Mar  3 12:00:01 web1 sshd[123]: Failed password for root");
+        assert_eq!(h.time, Some("Mar  3 12:00:01"));
+        assert_eq!(h.host, Some("web1"));
+        assert_eq!(h.program, Some("sshd"));
+        assert_eq!(h.message, "Failed password for root");
+    }
+
+    #[test]
+    fn bsd_without_host_and_pri() {
+        let h = parse("<38>Mar 13 12:00:01 sshd[123]: hello");
+        assert_eq!(h.host, None);
+        assert_eq!(h.program, Some("sshd"));
+        assert_eq!(h.message, "hello");
+        let h = parse("Mar 13 12:00:01 host kernel: [ 1.2] IN=eth0");
+        assert_eq!(h.program, Some("kernel"));
+        assert_eq!(h.message, "[ 1.2] IN=eth0");
+    }
+
+    #[test]
+    fn rfc3339_and_5424() {
+        let h = parse("2024-03-03T12:00:00.123456+01:00 web1 postfix/smtpd[9]: warning: x");
+        assert_eq!(h.program, Some("postfix/smtpd"));
+        assert_eq!(h.message, "warning: x");
+        let h = parse("<38>1 2024-03-03T12:00:00Z web1 sshd 123 - - Invalid user x");
+        assert_eq!(h.program, Some("sshd"));
+        assert_eq!(h.message, "Invalid user x");
+        let h =
+            parse("<38>1 2024-03-03T12:00:00Z web1 sshd 123 ID [a b=\"\\]\\]\"][c d=\"e\"] msg");
+        assert_eq!(h.message, "msg");
+    }
+
+    #[test]
+    fn no_header() {
+        let l = "203.0.113.9 - - [03/Mar/2024:12:00:00 +0000] \"GET / HTTP/1.1\" 401 0";
+        assert_eq!(parse(l).message, l);
+        assert_eq!(parse(l).program, None);
+        // A user name cannot make itself the program.
+        let h = parse("Mar  3 12:00:01 web1 hello sshd[1]: x");
+        assert_eq!(h.program, None);
+    }
+
+    #[test]
+    fn times() {
+        let t = parse_time("Mar  3 12:00:01", 2024).unwrap();
+        assert_eq!(t.rfc3339(), "2024-03-03T12:00:01Z");
+        let t = parse_time("2024-03-03T12:00:00.250+01:00", 0).unwrap();
+        assert_eq!(t.as_millis() % 1000, 250);
+        assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
+        assert!(current_year() >= 2024);
+    }
+}
