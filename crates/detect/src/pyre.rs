@@ -1,1 +1,432 @@
-//! Python `re` syntax to Rust regex syntax (placeholder).
+//! Python `re` patterns (as fail2ban writes them) compiled for Rust.
+//!
+//! [`translate`] rewrites the places where Python's syntax means something
+//! else in Rust's `regex`/`fancy-regex`:
+//! - `$` outside a class: Python matches at the end *or before a final
+//!   newline* (fail2ban searches `line + "\n"`), so it becomes `(?:\n?\z)`
+//!   (in multi-line mode `(?m:$)`);
+//! - `\Z` (Python's end of text) becomes `\z`;
+//! - escaped punctuation that is an assertion in Rust (`\<`, `\>`) or not
+//!   escapable there becomes the literal;
+//! - `[` inside a class, and `&&`, `--`, `~~` (class set operations in
+//!   Rust) are escaped;
+//! - `{` that is not a repetition (`{`, `{a}`) is a literal in Python, so
+//!   it is escaped; `{,n}` becomes `{0,n}`;
+//! - `(?#...)` comments are dropped.
+//!
+//! [`Pattern::compile`] then uses the `regex` crate when it accepts the
+//! result (linear time), and `fancy-regex` for look-around, back
+//! references, conditionals and atomic groups. [`relax`] gives a pattern
+//! that matches a superset (look-around dropped, conditionals and back
+//! references widened) for a `RegexSet` prefilter.
+
+use std::collections::HashMap;
+
+/// Rewrites Python regex syntax into Rust regex syntax (see module docs).
+pub fn translate(p: &str, multiline: bool) -> String {
+    let b: Vec<char> = p.chars().collect();
+    let mut out = String::with_capacity(p.len() + 16);
+    if multiline {
+        // Python's re.MULTILINE: ^ and $ at every line.
+        out.push_str("(?m)");
+    }
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_class {
+            match c {
+                '\\' if i + 1 < b.len() => {
+                    push_escape(&mut out, b[i + 1], true);
+                    i += 2;
+                    continue;
+                }
+                ']' => {
+                    in_class = false;
+                    out.push(']');
+                }
+                '[' => out.push_str("\\["),
+                '&' | '-' | '~' if b.get(i + 1) == Some(&c) => {
+                    out.push('\\');
+                    out.push(c);
+                    out.push('\\');
+                    out.push(c);
+                    i += 2;
+                    continue;
+                }
+                _ => out.push(c),
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '\\' if i + 1 < b.len() => {
+                let n = b[i + 1];
+                if n == 'Z' {
+                    out.push_str("\\z");
+                } else {
+                    push_escape(&mut out, n, false);
+                }
+                i += 2;
+                continue;
+            }
+            '[' => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                if b.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                // A leading ']' is a literal.
+                if b.get(i) == Some(&']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+                continue;
+            }
+            '$' => {
+                out.push_str(if multiline { "$" } else { "(?:\\n?\\z)" });
+            }
+            '(' if b.get(i + 1) == Some(&'?') && b.get(i + 2) == Some(&'(') => {
+                // Conditional on a named group: fancy-regex wants (?(<name>).
+                let name: String = b[i + 3..]
+                    .iter()
+                    .take_while(|c| c.is_alphanumeric() || **c == '_')
+                    .collect();
+                if !name.is_empty()
+                    && !name.chars().all(|c| c.is_ascii_digit())
+                    && b.get(i + 3 + name.chars().count()) == Some(&')')
+                {
+                    out.push_str(&format!("(?(<{name}>)"));
+                    i += 4 + name.chars().count();
+                    continue;
+                }
+                out.push_str("(?(");
+                i += 3;
+                continue;
+            }
+            '(' if b.get(i + 1) == Some(&'?') && b.get(i + 2) == Some(&'#') => {
+                // Comment: skip to the closing parenthesis.
+                while i < b.len() && b[i] != ')' {
+                    i += 1;
+                }
+            }
+            '{' => {
+                let rest: String = b[i + 1..].iter().take(24).collect();
+                match rest.find('}') {
+                    Some(end) if is_quantifier(&rest[..end]) && i > 0 => {
+                        let q = &rest[..end];
+                        if let Some(m) = q.strip_prefix(',') {
+                            out.push_str(&format!("{{0,{m}}}"));
+                        } else {
+                            out.push('{');
+                            out.push_str(q);
+                            out.push('}');
+                        }
+                        i += end + 2;
+                        continue;
+                    }
+                    _ => out.push_str("\\{"),
+                }
+            }
+            '}' => out.push_str("\\}"),
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn is_quantifier(q: &str) -> bool {
+    let (a, b) = match q.split_once(',') {
+        Some((a, b)) => (a, Some(b)),
+        None => (q, None),
+    };
+    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+    match b {
+        None => !a.is_empty() && digits(a),
+        Some(b) => digits(a) && digits(b) && !(a.is_empty() && b.is_empty()),
+    }
+}
+
+fn push_escape(out: &mut String, n: char, in_class: bool) {
+    if n.is_ascii_alphanumeric() {
+        // \d \w \s \b \A \n \t \x.. \u.. and back references \1.
+        out.push('\\');
+        out.push(n);
+    } else if "\\.+*?()|[]{}^$#&-~".contains(n) || (in_class && n == ']') {
+        out.push('\\');
+        out.push(n);
+    } else {
+        // `\<`, `\>`, `\'`, `\/`, `\ `, `\:`... are plain literals in Python.
+        out.push_str(&regex::escape(&n.to_string()));
+    }
+}
+
+/// A superset of a translated pattern that the `regex` crate accepts:
+/// look-around removed, conditionals made alternations, back references
+/// replaced by `.*?`, atomic groups and possessive quantifiers made
+/// ordinary. `None` if the result still does not compile.
+pub fn relax(t: &str) -> Option<String> {
+    let b: Vec<char> = t.chars().collect();
+    let mut out = String::with_capacity(t.len());
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_class {
+            if c == '\\' && i + 1 < b.len() {
+                out.push(c);
+                out.push(b[i + 1]);
+                i += 2;
+                continue;
+            }
+            if c == ']' {
+                in_class = false;
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        match c {
+            '\\' if i + 1 < b.len() => {
+                let n = b[i + 1];
+                if n.is_ascii_digit() && n != '0' {
+                    out.push_str("(?s:.*?)");
+                    i += 2;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    continue;
+                }
+                if n == 'k' && b.get(i + 2) == Some(&'<') {
+                    while i < b.len() && b[i] != '>' {
+                        i += 1;
+                    }
+                    out.push_str("(?s:.*?)");
+                    i += 1;
+                    continue;
+                }
+                out.push(c);
+                out.push(n);
+                i += 2;
+                continue;
+            }
+            '[' => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                if b.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if b.get(i) == Some(&']') {
+                    out.push(']');
+                    i += 1;
+                }
+                continue;
+            }
+            '(' if b.get(i + 1) == Some(&'?') => {
+                let rest: String = b[i + 2..].iter().take(3).collect();
+                if rest.starts_with('=')
+                    || rest.starts_with('!')
+                    || rest.starts_with("<=")
+                    || rest.starts_with("<!")
+                {
+                    // Drop the whole look-around group.
+                    let end = group_end(&b, i)?;
+                    i = end + 1;
+                    // A quantifier on a look-around is meaningless; drop it.
+                    while i < b.len() && "*+?".contains(b[i]) {
+                        i += 1;
+                    }
+                    continue;
+                }
+                if rest.starts_with("P=") {
+                    let end = b[i..].iter().position(|&x| x == ')')? + i;
+                    out.push_str("(?s:.*?)");
+                    i = end + 1;
+                    continue;
+                }
+                if rest.starts_with('>') {
+                    out.push_str("(?:");
+                    i += 3;
+                    continue;
+                }
+                if rest.starts_with('(') {
+                    // Conditional (?(name)yes|no): either branch.
+                    let close = b[i + 3..].iter().position(|&x| x == ')')? + i + 3;
+                    out.push_str("(?:");
+                    i = close + 1;
+                    continue;
+                }
+                out.push(c);
+                i += 1;
+            }
+            '*' | '+' | '?' | '}' if b.get(i + 1) == Some(&'+') => {
+                out.push(c);
+                i += 2;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    regex::Regex::new(&out).ok().map(|_| out)
+}
+
+/// Index of the `)` closing the group opened at `open`.
+fn group_end(b: &[char], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = open;
+    let mut in_class = false;
+    while i < b.len() {
+        match b[i] {
+            '\\' => i += 1,
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '(' if !in_class => depth += 1,
+            ')' if !in_class => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A compiled pattern: the `regex` crate when possible, else fancy-regex.
+#[derive(Debug)]
+pub enum Pattern {
+    Std(regex::Regex),
+    Fancy(Box<fancy_regex::Regex>),
+}
+
+/// Named groups of one match: name -> (start, end) or absent.
+#[derive(Debug, Default, Clone)]
+pub struct Groups<'t> {
+    pub text: &'t str,
+    pub start: usize,
+    pub end: usize,
+    pub named: Vec<(usize, Option<(usize, usize)>)>,
+}
+
+impl Pattern {
+    /// Compiles an already translated pattern.
+    pub fn compile(translated: &str) -> Result<Pattern, String> {
+        match regex::RegexBuilder::new(translated)
+            .size_limit(32 << 20)
+            .build()
+        {
+            Ok(r) => Ok(Pattern::Std(r)),
+            Err(std_err) => match fancy_regex::RegexBuilder::new(translated)
+                .backtrack_limit(200_000)
+                .build()
+            {
+                Ok(r) => Ok(Pattern::Fancy(Box::new(r))),
+                Err(e) => Err(format!("{e} ({})", first_line(&std_err.to_string()))),
+            },
+        }
+    }
+
+    pub fn is_fancy(&self) -> bool {
+        matches!(self, Pattern::Fancy(_))
+    }
+
+    /// Group names in index order (index 0 is the whole match).
+    pub fn names(&self) -> Vec<Option<String>> {
+        match self {
+            Pattern::Std(r) => r.capture_names().map(|n| n.map(String::from)).collect(),
+            Pattern::Fancy(r) => r.capture_names().map(|n| n.map(String::from)).collect(),
+        }
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        match self {
+            Pattern::Std(r) => r.is_match(text),
+            Pattern::Fancy(r) => r.is_match(text).unwrap_or(false),
+        }
+    }
+
+    /// The first match's group spans, by index.
+    pub fn captures(&self, text: &str) -> Option<Vec<Option<(usize, usize)>>> {
+        self.captures_at(text, 0)
+    }
+
+    pub fn captures_at(&self, text: &str, at: usize) -> Option<Vec<Option<(usize, usize)>>> {
+        match self {
+            Pattern::Std(r) => {
+                let c = r.captures_at(text, at)?;
+                Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+            }
+            Pattern::Fancy(r) => {
+                let c = r.captures_from_pos(text, at).ok()??;
+                Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+            }
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Group name -> index, for a compiled pattern.
+pub fn name_index(p: &Pattern) -> HashMap<String, usize> {
+    p.names()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.map(|n| (n, i)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translations() {
+        assert_eq!(translate(r"^a$", false), r"^a(?:\n?\z)");
+        assert_eq!(translate(r"^a$", true), r"(?m)^a$");
+        assert_eq!(translate(r"[$]\$", false), r"[$]\$");
+        assert_eq!(translate(r"a\Z", false), r"a\z");
+        assert_eq!(translate(r"\<x\>", false), r"<x>");
+        assert_eq!(translate(r"[[\]a-z&&]", false), r"[\[\]a-z\&\&]");
+        assert_eq!(translate(r"a{2}b{,3}c{x}{", false), r"a{2}b{0,3}c\{x\}\{");
+        assert_eq!(translate(r"[]a]", false), r"[\]a]");
+        assert_eq!(translate(r"a(?#note)b", false), r"ab");
+        assert_eq!(translate(r"\'\/\ ", false), r"'/ ");
+    }
+
+    #[test]
+    fn compiles_python_features() {
+        let p = Pattern::compile(&translate(r"^(?P<a>x)(?P=a)$", false)).unwrap();
+        assert!(p.is_fancy());
+        assert!(p.is_match("xx\n"));
+        let p = Pattern::compile(&translate(r"^(?P<c>i )?u(?(c)1|2)$", false)).unwrap();
+        assert!(p.is_match("i u1"));
+        assert!(p.is_match("u2"));
+        assert!(!p.is_match("u1"));
+        let p = Pattern::compile(&translate(r"^foo\s+$", false)).unwrap();
+        assert!(!p.is_fancy());
+        assert!(
+            p.is_match("foo\n"),
+            "Python's $ matches before the final newline"
+        );
+    }
+
+    #[test]
+    fn relaxed_is_a_superset() {
+        let t = translate(r"^(?P<a>x)(?!y)(?P=a)(?(a)b|c)(?>d)e*+$", false);
+        let r = relax(&t).unwrap();
+        let re = regex::Regex::new(&r).unwrap();
+        assert!(re.is_match("xxbde"));
+        assert!(re.is_match("xxcd"));
+    }
+}

@@ -1,22 +1,847 @@
-//! fail2ban filters (placeholder).
-use palisade_model::Net;
-use std::collections::BTreeMap;
+//! fail2ban filters (`filter.d/*.conf`), read and run as fail2ban does.
+//!
+//! Loading ([`Filter::load`]) follows fail2ban's `FilterReader`: the INI
+//! file with its includes and `.local` overrides ([`ini`]), `[Init]`
+//! options and jail parameters (such as `mode`), `%(name)s` interpolation,
+//! then the recursive `<tag>` substitution (`<mdre-<mode>>`,
+//! `<lt_<logtype>/__prefix_line>`), then the `<HOST>` family of tags.
+//!
+//! Matching ([`Filter::process_line`]) follows fail2ban's `Filter.processLine`
+//! and `findFailure`: the date is found ([`date`]) and cut out, the line (or
+//! the last `maxlines` lines) is searched with `prefregex`, whose
+//! `<F-CONTENT>` replaces the text the `failregex`es see, `ignoreregex`
+//! vetoes, and multi-line failure ids (`<F-MLFID>`) carry state between
+//! lines (`<F-NOFAIL>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`).
+//!
+//! Python regex syntax is translated ([`crate::pyre`]); patterns that need
+//! look-around, back references or conditionals run on fancy-regex, and a
+//! `RegexSet` of relaxed forms skips the failregexes that cannot match.
+//!
+//! `<HOST>` also matches DNS names in fail2ban. palisade never resolves
+//! names: a failure whose host is a name (or a `<F-ID>` that is not an
+//! address) has no [`Failure::address`] and is never counted.
+
+pub mod date;
+pub mod ini;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
+use palisade_model::Net;
+
+use crate::host::parse_addr;
+use crate::pyre::{Pattern, name_index, relax, translate};
+use date::DateDetector;
+use ini::{Config, Map};
+
+/// Why a filter could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Error(pub String);
-
-pub struct Failure {
-    pub address: Option<Net>,
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Regex(String),
 }
 
-pub struct Filter;
-impl Filter {
-    pub fn load(_p: &Path, _o: &BTreeMap<String, String>) -> Result<Filter, Error> {
-        Err(Error("todo".into()))
+/// A failure found by a filter in a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Index of the failregex that matched.
+    pub regex: usize,
+    /// What fail2ban would report as the host (raw address, DNS name, or
+    /// failure id).
+    pub host: Option<String>,
+    /// The address to count, if the host is an IP address.
+    pub address: Option<Net>,
+    /// Set when the match is a "no failure" helper (`<F-NOFAIL>`, or a
+    /// multi-line failure not yet complete).
+    pub nofail: bool,
+}
+
+const IP4: &str = r"(?:\d{1,3}\.){3}\d{1,3}";
+const IP6: &str = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):)";
+
+fn r_ip4() -> String {
+    format!(r"(?:::f{{4,6}}:)?(?P<ip4>{IP4})")
+}
+fn r_ip6() -> String {
+    format!(r"(?P<ip6>{IP6})")
+}
+fn r_dns() -> &'static str {
+    r"(?P<dns>[\w\-.^_]*\w)"
+}
+fn r_addr() -> String {
+    format!(r"\[?(?:{}|{})\]?", r_ip4(), r_ip6())
+}
+
+/// `Regex._resolveHostTag`: `<HOST>`, `<ADDR>`, `<IP4>`, `<F-USER>` ...
+pub fn resolve_tags(regex: &str, use_dns: bool) -> String {
+    let tag_re = regex::Regex::new(r"</?[\w\-]+/?>").expect("static");
+    let mut open: BTreeSet<String> = BTreeSet::new();
+    let mut skiplines = 0;
+    tag_re
+        .replace_all(regex, |c: &regex::Captures| {
+            let tag = &c[0];
+            let tn = &tag[1..tag.len() - 1];
+            match tn {
+                "HOST" => {
+                    if use_dns {
+                        format!("(?:{}|{})", r_addr(), r_dns())
+                    } else {
+                        r_addr()
+                    }
+                }
+                "SKIPLINES" => {
+                    skiplines += 1;
+                    format!(r"\n(?P<skiplines{}>(?:(?:.*\n)*?))", skiplines - 1)
+                }
+                "IP4" | "F-IP4/" => r_ip4(),
+                "IP6" | "F-IP6/" => r_ip6(),
+                "ADDR" | "F-ADDR/" => r_addr(),
+                "CIDR" | "F-CIDR/" => r"(?P<cidr>\d+)".into(),
+                "SUBNET" | "F-SUBNET/" => {
+                    format!(r"\[?(?:{}|{})(?:/(?P<cidr>\d+))?\]?", r_ip4(), r_ip6())
+                }
+                "DNS" | "F-DNS/" => r_dns().into(),
+                "F-ID/" => r"(?P<fid>\S+)".into(),
+                "F-PORT/" => r"(?P<fport>\w+)".into(),
+                _ => {
+                    let custom = regex::Regex::new(r"^(/?)F-([A-Z0-9_\-]+)$").expect("static");
+                    if let Some(m) = custom.captures(tn) {
+                        let name = m[2].to_string();
+                        if !m[1].is_empty() {
+                            if open.contains(&name) {
+                                return ")".into();
+                            }
+                            return tag.to_string();
+                        }
+                        open.insert(name.clone());
+                        let lower = name.to_lowercase();
+                        let mapped = match lower.as_str() {
+                            "id" => "fid".to_string(),
+                            "port" => "fport".to_string(),
+                            _ => lower,
+                        };
+                        return format!("(?P<{mapped}>");
+                    }
+                    tag.to_string()
+                }
+            }
+        })
+        .into_owned()
+}
+
+/// Maps `((?i)x)` to `(?i:x)` as fail2ban does.
+fn glob_to_local_flags(r: &str) -> String {
+    let re = regex::Regex::new(r"\((?:\?:)?(\(\?[a-z]+)\)").expect("static");
+    // Skip matches preceded by a backslash.
+    let mut out = String::new();
+    let mut last = 0;
+    for m in re.captures_iter(r) {
+        let whole = m.get(0).unwrap();
+        if whole.start() > 0 && r.as_bytes()[whole.start() - 1] == b'\\' {
+            continue;
+        }
+        out.push_str(&r[last..whole.start()]);
+        out.push_str(&m[1]);
+        out.push(':');
+        last = whole.end();
     }
-    pub fn process_line(&mut self, _l: &str) -> Vec<Failure> {
-        Vec::new()
+    out.push_str(&r[last..]);
+    out
+}
+
+/// One compiled fail2ban regex.
+struct Re {
+    source: String,
+    pat: Pattern,
+    names: HashMap<String, usize>,
+}
+
+impl Re {
+    fn new(raw: &str, multiline: bool, what: &str) -> Result<Re, Error> {
+        let resolved = glob_to_local_flags(&resolve_tags(raw, true));
+        if resolved.trim().is_empty() {
+            return Err(Error::Regex(format!("{what}: empty regex")));
+        }
+        let t = translate(&resolved, multiline);
+        let pat = Pattern::compile(&t).map_err(|e| Error::Regex(format!("{what} {raw:?}: {e}")))?;
+        let names = name_index(&pat);
+        Ok(Re {
+            source: t,
+            pat,
+            names,
+        })
+    }
+
+    fn search<'t>(&'t self, buf: &'t str) -> Option<Match<'t>> {
+        let caps = self.pat.captures(buf)?;
+        Some(Match {
+            text: buf,
+            caps,
+            names: &self.names,
+        })
+    }
+}
+
+struct Match<'a> {
+    text: &'a str,
+    caps: Vec<Option<(usize, usize)>>,
+    names: &'a HashMap<String, usize>,
+}
+
+impl Match<'_> {
+    fn whole(&self) -> (usize, usize) {
+        self.caps[0].expect("group 0")
+    }
+
+    /// Named groups (all of them, `None` when not participating).
+    fn groups(&self) -> Fail {
+        let mut f = Fail::new();
+        for (name, &i) in self.names {
+            let v = self
+                .caps
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|(s, e)| self.text[s..e].to_string());
+            f.insert(name.clone(), v.map(Val::Str).unwrap_or(Val::None));
+        }
+        // alt_ names merge into their base name, tuple_ names are ignored.
+        let alts: Vec<(String, String)> = f
+            .keys()
+            .filter_map(|k| {
+                let rest = k.strip_prefix("alt_")?;
+                let base = strip_num_suffix(rest);
+                Some((k.clone(), map_tag(base)))
+            })
+            .collect();
+        let mut alts = alts;
+        alts.sort();
+        for (k, n) in alts {
+            if let Some(Val::Str(v)) = f.get(&k).cloned()
+                && !v.is_empty()
+                && !f.get(&n).is_some_and(Val::truthy)
+            {
+                f.insert(n, Val::Str(v));
+            }
+        }
+        f
+    }
+}
+
+fn strip_num_suffix(s: &str) -> &str {
+    match s.rfind('_') {
+        Some(i) if s[i + 1..].bytes().all(|b| b.is_ascii_digit()) && i + 1 < s.len() => &s[..i],
+        _ => s,
+    }
+}
+
+fn map_tag(s: &str) -> String {
+    match s {
+        "id" => "fid".into(),
+        "port" => "fport".into(),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    None,
+    Str(String),
+    Users(BTreeSet<String>),
+    Int(i64),
+}
+
+impl Val {
+    fn truthy(&self) -> bool {
+        match self {
+            Val::None => false,
+            Val::Str(s) => !s.is_empty(),
+            Val::Users(u) => !u.is_empty(),
+            Val::Int(i) => *i != 0,
+        }
+    }
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+type Fail = BTreeMap<String, Val>;
+type Shared = Rc<RefCell<Fail>>;
+
+/// A loaded fail2ban filter with its matching state.
+pub struct Filter {
+    prefregex: Option<Re>,
+    failregex: Vec<Re>,
+    ignoreregex: Vec<Re>,
+    prefilter: Option<(regex::RegexSet, Vec<usize>, Vec<usize>)>,
+    maxlines: usize,
+    dates: DateDetector,
+    buffer: Vec<String>,
+    mlfid: HashMap<String, Shared>,
+    mlfid_order: std::collections::VecDeque<String>,
+    /// Evaluate every failregex (fail2ban's sample tests do); the default
+    /// stops at the first, as fail2ban does in operation.
+    pub check_all: bool,
+}
+
+/// What the resolved definition of a filter says (for `palisade detect`).
+#[derive(Debug, Clone, Default)]
+pub struct Definition {
+    pub prefregex: Option<String>,
+    pub failregex: Vec<String>,
+    pub ignoreregex: Vec<String>,
+    pub maxlines: usize,
+    pub datepattern: Option<String>,
+}
+
+impl Filter {
+    /// Loads `path` with jail parameters `opts` (e.g. `mode`).
+    pub fn load(path: &Path, opts: &BTreeMap<String, String>) -> Result<Filter, Error> {
+        let def = Self::definition(path, opts)?;
+        Self::from_definition(&def)
+    }
+
+    /// Reads and resolves a filter's options without compiling them.
+    pub fn definition(path: &Path, opts: &BTreeMap<String, String>) -> Result<Definition, Error> {
+        let cfg = Config::load(path)?;
+        if !cfg.has_section("Definition") {
+            return Err(Error::Config(format!(
+                "{} has no [Definition]",
+                path.display()
+            )));
+        }
+        // Jail options are the init options; [Init] adds its own.
+        let mut init: Map = opts
+            .iter()
+            .map(|(k, v)| (k.to_lowercase(), v.clone()))
+            .collect();
+        let pvars = init.clone();
+        let keys = [
+            "usedns",
+            "prefregex",
+            "ignoreregex",
+            "failregex",
+            "maxlines",
+            "datepattern",
+            "journalmatch",
+        ];
+        let mut combined = Map::new();
+        for k in keys {
+            if let Some(v) = cfg.get("Definition", k, &pvars)? {
+                combined.insert(k.to_string(), v);
+            }
+        }
+        if cfg.has_section("Init") {
+            for o in cfg.own_options("Init") {
+                let v = cfg.get("Init", &o, &Map::new())?.unwrap_or_default();
+                if !o.starts_with("known/") {
+                    init.insert(format!("known/{o}"), v.clone());
+                }
+                init.entry(o).or_insert(v);
+            }
+        }
+        for (k, v) in &init {
+            combined.insert(k.clone(), v.clone());
+        }
+        let get_comb = |name: &str| -> Option<String> {
+            cfg.get_ex("Definition", name, &pvars).ok().flatten()
+        };
+        let resolved = |k: &str| -> Result<Option<String>, Error> {
+            match combined.get(k) {
+                Some(v) => substitute(v, &combined, &get_comb).map(Some),
+                None => Ok(None),
+            }
+        };
+        let lines = |v: Option<String>| -> Vec<String> {
+            v.map(|v| {
+                v.split('\n')
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let maxlines = match resolved("maxlines")? {
+            Some(m) => m
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&m| m > 0)
+                .ok_or_else(|| {
+                    Error::Config(format!("maxlines {m:?} is not a positive integer"))
+                })?,
+            None => 1,
+        };
+        Ok(Definition {
+            prefregex: resolved("prefregex")?.filter(|p| !p.trim().is_empty()),
+            failregex: lines(resolved("failregex")?),
+            ignoreregex: lines(resolved("ignoreregex")?),
+            maxlines,
+            datepattern: resolved("datepattern")?.filter(|p| !p.trim().is_empty()),
+        })
+    }
+
+    /// Compiles a resolved definition.
+    pub fn from_definition(def: &Definition) -> Result<Filter, Error> {
+        let ml = def.maxlines > 1;
+        let prefregex = def
+            .prefregex
+            .as_deref()
+            .map(|p| Re::new(p, ml, "prefregex"))
+            .transpose()?;
+        let failregex = def
+            .failregex
+            .iter()
+            .map(|r| Re::new(r, ml, "failregex"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if failregex.is_empty() {
+            return Err(Error::Config("the filter has no failregex".into()));
+        }
+        for (i, r) in failregex.iter().enumerate() {
+            let has_id = ["fid", "ip4", "ip6", "dns", "mlfid"].iter().any(|g| {
+                r.names.contains_key(*g)
+                    || prefregex.as_ref().is_some_and(|p| p.names.contains_key(*g))
+            });
+            if !has_id {
+                return Err(Error::Regex(format!(
+                    "failregex {i} has no <HOST> or other failure id: {:?}",
+                    def.failregex[i]
+                )));
+            }
+        }
+        let ignoreregex = def
+            .ignoreregex
+            .iter()
+            .map(|r| Re::new(r, ml, "ignoreregex"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Prefilter: failregexes whose relaxed form compiles go in a set;
+        // the others are always tried.
+        let mut in_set = Vec::new();
+        let mut always = Vec::new();
+        let mut relaxed = Vec::new();
+        for (i, r) in failregex.iter().enumerate() {
+            match relax(&r.source) {
+                Some(x) => {
+                    in_set.push(i);
+                    relaxed.push(x);
+                }
+                None => always.push(i),
+            }
+        }
+        let prefilter = regex::RegexSetBuilder::new(&relaxed)
+            .size_limit(64 << 20)
+            .build()
+            .ok()
+            .map(|s| (s, in_set, always));
+        Ok(Filter {
+            prefregex,
+            failregex,
+            ignoreregex,
+            prefilter,
+            maxlines: def.maxlines,
+            dates: DateDetector::new(def.datepattern.as_deref())?,
+            buffer: Vec::new(),
+            mlfid: HashMap::new(),
+            mlfid_order: std::collections::VecDeque::new(),
+            check_all: false,
+        })
+    }
+
+    /// Processes one log line (date found and cut out first).
+    pub fn process_line(&mut self, line: &str) -> Vec<Failure> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let text = match self.dates.find(line) {
+            Some((s, e)) => {
+                let mut t = String::with_capacity(line.len());
+                t.push_str(&line[..s]);
+                t.push_str(&line[e..]);
+                t
+            }
+            None => line.to_string(),
+        };
+        self.find_failure(text)
+    }
+
+    /// Processes a line whose time is known (as fail2ban does for journal
+    /// entries): nothing is cut out.
+    pub fn process_line_nodate(&mut self, line: &str) -> Vec<Failure> {
+        self.find_failure(line.to_string())
+    }
+
+    fn buf(lines: &[String]) -> String {
+        let mut b = lines.join("\n");
+        b.push('\n');
+        b
+    }
+
+    fn find_failure(&mut self, text: String) -> Vec<Failure> {
+        let mut out = Vec::new();
+        if self.maxlines > 1 {
+            self.buffer.push(text);
+            let n = self.buffer.len();
+            if n > self.maxlines {
+                self.buffer.drain(..n - self.maxlines);
+            }
+        } else {
+            self.buffer.clear();
+            self.buffer.push(text);
+        }
+        let mut buf = Some(Self::buf(&self.buffer));
+        if !self.ignoreregex.is_empty()
+            && self.ignoreregex.len() + 2 < self.failregex.len()
+            && self
+                .ignoreregex
+                .iter()
+                .any(|r| r.pat.is_match(buf.as_deref().unwrap()))
+        {
+            return out;
+        }
+        let mut pre: Fail = Fail::new();
+        if let Some(p) = &self.prefregex {
+            let b = buf.as_deref().unwrap();
+            let Some(m) = p.search(b) else {
+                return out;
+            };
+            pre = m.groups();
+            if let Some(Val::Str(content)) = pre.remove("content")
+                && !content.is_empty()
+            {
+                self.buffer = vec![content];
+                buf = None;
+            }
+        }
+        let b = match buf {
+            Some(b) => b,
+            None => Self::buf(&self.buffer),
+        };
+        let candidates: Vec<usize> = match &self.prefilter {
+            Some((set, in_set, always)) => {
+                let mut c: Vec<usize> = set.matches(&b).into_iter().map(|i| in_set[i]).collect();
+                c.extend(always.iter().copied());
+                c.sort_unstable();
+                c
+            }
+            None => (0..self.failregex.len()).collect(),
+        };
+        let mut b = Some(b);
+        for i in candidates {
+            if b.is_none() {
+                b = Some(Self::buf(&self.buffer));
+            }
+            let bs = b.as_deref().unwrap();
+            let Some(m) = self.failregex[i].search(bs) else {
+                continue;
+            };
+            let mut fail = m.groups();
+            let (ms, me) = m.whole();
+            let matched_lines = (bs[..ms].matches('\n').count(), {
+                let end = bs[me.saturating_sub(1)..]
+                    .find('\n')
+                    .map_or(bs.len(), |x| me.saturating_sub(1) + x + 1);
+                bs[..end].matches('\n').count()
+            });
+            // ignoreregex on the matched text.
+            if !self.ignoreregex.is_empty() {
+                let ib = if self.maxlines > 1 {
+                    Self::buf(&self.buffer[matched_lines.0..matched_lines.1.min(self.buffer.len())])
+                } else {
+                    bs.to_string()
+                };
+                if self.ignoreregex.iter().any(|r| r.pat.is_match(&ib)) {
+                    if self.maxlines > 1 {
+                        self.remove_matched(matched_lines);
+                    }
+                    b = None;
+                    if !self.check_all {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if !self.check_all || self.maxlines > 1 {
+                self.remove_matched(matched_lines);
+                b = None;
+            }
+            if !pre.is_empty() {
+                let mut merged = pre.clone();
+                for (k, v) in fail {
+                    merged.insert(k, v);
+                }
+                fail = merged;
+            }
+            let mlfid = fail.get("mlfid").and_then(|v| v.as_str().map(String::from));
+            let shared: Shared = match &mlfid {
+                Some(id) => self.merge_failure(id, fail),
+                None => Rc::new(RefCell::new(fail)),
+            };
+            let nofail;
+            let host;
+            {
+                let f = shared.borrow();
+                nofail = f.get("nofail").is_some_and(Val::truthy);
+                let fid = f.get("fid").and_then(|v| v.as_str().map(String::from));
+                let ip = ["ip4", "ip6", "dns"]
+                    .iter()
+                    .find_map(|k| f.get(*k).and_then(|v| v.as_str().map(String::from)));
+                let cidr = f
+                    .get("cidr")
+                    .and_then(|v| v.as_str())
+                    .and_then(|c| c.parse::<u8>().ok());
+                host = match (&ip, &fid) {
+                    (Some(ip), Some(fid)) if fid != ip => Some(fid.clone()),
+                    (Some(ip), _) => Some(match cidr {
+                        Some(c) => with_cidr(ip, c),
+                        None => ip.clone(),
+                    }),
+                    (None, Some(fid)) => Some(fid.clone()),
+                    (None, None) => None,
+                };
+            }
+            if host.is_none() && mlfid.is_some() {
+                shared.borrow_mut().insert("mlfpending".into(), Val::Int(1));
+            }
+            if !nofail || self.check_all {
+                let address = host.as_deref().and_then(parse_addr).filter(|_| {
+                    // Only ip4/ip6 groups give an address, never a DNS name.
+                    let f = shared.borrow();
+                    f.get("ip4").is_some_and(Val::truthy) || f.get("ip6").is_some_and(Val::truthy)
+                });
+                let nofail = nofail || host.is_none();
+                out.push(Failure {
+                    regex: i,
+                    host,
+                    address: if nofail { None } else { address },
+                    nofail,
+                });
+            }
+            if !self.check_all {
+                break;
+            }
+        }
+        out
+    }
+
+    fn remove_matched(&mut self, (a, b): (usize, usize)) {
+        if self.maxlines <= 1 {
+            self.buffer.clear();
+            return;
+        }
+        let b = b.min(self.buffer.len());
+        if a < b {
+            self.buffer.drain(a..b);
+        }
+    }
+
+    /// fail2ban's `_mergeFailure` (multi-line failure ids).
+    fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Shared {
+        let cached = self.mlfid.get(mlfid).cloned();
+        let mut users: Option<BTreeSet<String>> = None;
+        let mut fl = 0u8;
+        if fail.get("mlfgained").is_some_and(Val::truthy) {
+            fl |= 8 | 1;
+            if !fail.get("nofail").is_some_and(Val::truthy) {
+                let g = fail["mlfgained"].clone();
+                fail.insert("nofail".into(), g);
+            }
+        } else if fail.get("nofail").is_some_and(Val::truthy) {
+            fl |= 1;
+        }
+        if fail.remove("mlfforget").is_some_and(|v| v.truthy()) {
+            fl |= 2;
+        }
+        let user = fail
+            .get("user")
+            .and_then(|v| v.as_str().map(String::from))
+            .filter(|u| !u.is_empty());
+        let shared = match cached {
+            Some(sh) => {
+                {
+                    let mut g = sh.borrow_mut();
+                    users = update_users(&mut g, user.as_deref());
+                    if g.remove("nofail").is_some_and(|v| v.truthy()) {
+                        fl |= 4;
+                    }
+                    if g.remove("mlfgained").is_some_and(|v| v.truthy()) {
+                        fl |= 4;
+                    }
+                    if fl & 8 != 0 {
+                        g.remove("mlfpending");
+                    }
+                    for (k, v) in fail {
+                        if v != Val::None {
+                            g.insert(k, v);
+                        }
+                    }
+                }
+                if fl & 2 != 0 {
+                    self.mlfid.remove(mlfid);
+                }
+                sh
+            }
+            None => {
+                if fl & 2 == 0 {
+                    users = update_users(&mut fail, user.as_deref());
+                    let sh = Rc::new(RefCell::new(fail));
+                    self.cache_mlfid(mlfid, sh.clone());
+                    sh
+                } else {
+                    Rc::new(RefCell::new(fail))
+                }
+            }
+        };
+        {
+            let mut g = shared.borrow_mut();
+            let pending = g.remove("mlfpending").is_some_and(|v| v.truthy());
+            if pending || users.as_ref().is_some_and(|u| u.len() > 1) {
+                g.remove("nofail");
+                g.remove("mlfgained");
+            }
+        }
+        shared
+    }
+
+    fn cache_mlfid(&mut self, id: &str, sh: Shared) {
+        if self.mlfid.len() >= 1000
+            && let Some(old) = self.mlfid_order.pop_front()
+        {
+            self.mlfid.remove(&old);
+        }
+        self.mlfid_order.push_back(id.to_string());
+        self.mlfid.insert(id.to_string(), sh);
+    }
+}
+
+fn update_users(f: &mut Fail, user: Option<&str>) -> Option<BTreeSet<String>> {
+    match user {
+        Some(u) => {
+            let set = match f.get_mut("users") {
+                Some(Val::Users(s)) => s,
+                _ => {
+                    f.insert("users".into(), Val::Users(BTreeSet::new()));
+                    match f.get_mut("users") {
+                        Some(Val::Users(s)) => s,
+                        _ => unreachable!(),
+                    }
+                }
+            };
+            set.insert(u.to_string());
+            Some(set.clone())
+        }
+        None => match f.get("users") {
+            Some(Val::Users(s)) => Some(s.clone()),
+            _ => None,
+        },
+    }
+}
+
+fn with_cidr(ip: &str, cidr: u8) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(a) => {
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            if cidr >= max {
+                ip.to_string()
+            } else {
+                Net::truncating(a, cidr).to_string()
+            }
+        }
+        Err(_) => ip.to_string(),
+    }
+}
+
+/// fail2ban's `substituteRecursiveTags` for one value: `<name>` is replaced
+/// by another option (innermost first, so `<mdre-<mode>>` works), else
+/// left alone (`<HOST>`, `<F-USER>`).
+fn substitute(
+    value: &str,
+    combined: &Map,
+    get_comb: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Error> {
+    let tag = regex::Regex::new(r"<([^ <>]+)>").expect("static");
+    let mut v = value.to_string();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    // Passes over the value until nothing changes (a replacement can
+    // complete a tag that started earlier, as in `<mdre-<mode>>`).
+    for _pass in 0..64 {
+        let before = v.clone();
+        let mut from = 0;
+        while let Some(c) = tag.captures_at(&v, from) {
+            let m = c.get(0).unwrap();
+            let name = c[1].to_string();
+            let repl = combined.get(&name).cloned().or_else(|| get_comb(&name));
+            let Some(repl) = repl else {
+                from = m.end();
+                continue;
+            };
+            let n = counts.entry(name.clone()).or_insert(0);
+            *n += 1;
+            if *n > 200 {
+                return Err(Error::Config(format!(
+                    "options refer to each other in a loop (at <{name}>)"
+                )));
+            }
+            let start = m.start();
+            v = v.replace(&format!("<{name}>"), &repl);
+            from = start;
+        }
+        if v == before {
+            break;
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sshd(mode: &str) -> Filter {
+        let mut o = BTreeMap::new();
+        o.insert("mode".to_string(), mode.to_string());
+        Filter::load(Path::new("/etc/fail2ban/filter.d/sshd.conf"), &o).unwrap()
+    }
+
+    #[test]
+    fn sshd_filter_from_debian() {
+        if !Path::new("/etc/fail2ban/filter.d/sshd.conf").exists() {
+            println!("SKIPPED sshd_filter_from_debian: fail2ban is not installed");
+            return;
+        }
+        let mut f = sshd("normal");
+        let r = f.process_line(
+            "Mar  3 12:00:01 web1 sshd[4242]: Failed password for invalid user admin from 198.51.100.7 port 52144 ssh2",
+        );
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].address.unwrap().to_string(), "198.51.100.7");
+        let r = f.process_line("Mar  3 12:00:01 web1 sshd[4242]: Server listening on :: port 22.");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn sshd_definition() {
+        if !Path::new("/etc/fail2ban/filter.d/sshd.conf").exists() {
+            return;
+        }
+        let d = Filter::definition(
+            Path::new("/etc/fail2ban/filter.d/sshd.conf"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        println!("{d:#?}");
+        let f = Filter::from_definition(&d).unwrap();
+        println!("pref: {}", f.prefregex.as_ref().unwrap().source);
+    }
+
+    #[test]
+    fn tags() {
+        let r = resolve_tags("^x <F-USER>.*</F-USER> from <HOST> </F-NOPE>", false);
+        assert!(r.starts_with("^x (?P<user>.*) from "), "{r}");
+        assert!(r.ends_with("</F-NOPE>"), "{r}");
     }
 }

@@ -1,0 +1,553 @@
+//! fail2ban's date detection, which finds the timestamp in a line so it can
+//! be cut out before the failregex is matched.
+//!
+//! The templates are built exactly as fail2ban builds them (its default
+//! list, `{^LN-BEG}` anchoring, `{DATE}`, `{UNB}`, `{NONE}`, `EPOCH`,
+//! `TAI64N`, strptime-like `%` directives with fail2ban's `Ex` variants,
+//! word-boundary guards). Choosing among templates is simplified: the
+//! template that matched last is tried first; otherwise the first
+//! line-anchored match wins, else the leftmost.
+
+use super::Error;
+use crate::pyre::{Pattern, translate};
+
+/// fail2ban's default date templates (`datedetector.py`).
+const DEFAULT_TEMPLATES: &[&str] = &[
+    r"%ExY(?P<_sep>[-/.])%m(?P=_sep)%d(?:T|  ?)%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
+    r"(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%a )?%b %d %ExY %k:%M:%S(?:\.%f)?",
+    r"%d(?P<_sep>[-/])%m(?P=_sep)(?:%ExY|%Exy) %k:%M:%S",
+    r"%d(?P<_sep>[-/])%b(?P=_sep)%ExY[ :]?%H:%M:%S(?:\.%f)?(?: %z)?",
+    r"%m/%d/%ExY:%H:%M:%S",
+    r"%m-%d-%ExY %k:%M:%S(?:\.%f)?",
+    r"EPOCH",
+    r"{^LN-BEG}%H:%M:%S",
+    r"^<%m/%d/%Exy@%H:%M:%S>",
+    r"%Exy%Exm%Exd  ?%H:%M:%S",
+    r"%b %d, %ExY %I:%M:%S %p",
+    r"^%b-%d-%Exy %k:%M:%S",
+    r"%ExY%Exm%Exd(?:T|  ?)%ExH%ExM%ExS(?:[.,]%f)?(?:\s*%z)?",
+    r"(?:%Z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"TAI64N",
+];
+
+const TZ_ABBR: &str = r"[A-Z](?:[A-Z]{2,4})?";
+
+fn directive(key: &str) -> Option<String> {
+    let v = match key {
+        "%" => "%".to_string(),
+        "a" => r"(?P<a>mon|tue|wed|thu|fri|sat|sun)".into(),
+        "A" => r"(?P<A>wednesday|thursday|saturday|tuesday|monday|friday|sunday)".into(),
+        "b" => r"(?P<b>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)".into(),
+        "B" => r"(?P<B>september|february|november|december|january|october|august|march|april|june|july|may)".into(),
+        "d" => r"(?P<d>[1-2]\d|[0 ]?[1-9]|3[0-1])".into(),
+        "f" => r"(?P<f>[0-9]{1,6})".into(),
+        "H" => r"(?P<H>[0-1]?\d|2[0-3])".into(),
+        "I" => r"(?P<I>1[0-2]|0[1-9]|[1-9])".into(),
+        "j" => r"(?P<j>36[0-6]|3[0-5]\d|[1-2]\d\d|0[1-9]\d|00[1-9]|[1-9]\d|0[1-9]|[1-9])".into(),
+        "k" => r" ?(?P<H>[0-2]?\d)".into(),
+        "l" => r" ?(?P<I>1?\d)".into(),
+        "m" => r"(?P<m>0?[1-9]|1[0-2])".into(),
+        "M" => r"(?P<M>[0-5]?\d)".into(),
+        "p" => r"(?P<p>am|pm)".into(),
+        "S" => r"(?P<S>[0-5]?\d|6[0-1])".into(),
+        "u" => r"(?P<u>[1-7])".into(),
+        "w" => r"(?P<w>[0-6])".into(),
+        "U" => r"(?P<U>5[0-3]|[0-4]\d|\d)".into(),
+        "W" => r"(?P<W>5[0-3]|[0-4]\d|\d)".into(),
+        "y" => r"(?P<y>\d\d)".into(),
+        "Y" => r"(?P<Y>\d{4})".into(),
+        "z" => r"(?P<z>Z|UTC|GMT|[+-][01]\d(?::?\d{2})?)".into(),
+        "Z" => r"(?P<Z>Z|[A-Z]{3,5})".into(),
+        "ExH" => r"(?P<H>[0-1]\d|2[0-3])".into(),
+        "ExM" => r"(?P<M>[0-5]\d)".into(),
+        "ExS" => r"(?P<S>[0-5]\d|6[0-1])".into(),
+        "ExY" => r"(?P<Y>20[0-3]\d)".into(),
+        "ExZ" => format!(r"(?P<Z>{TZ_ABBR})"),
+        "Exd" => r"(?P<d>[1-2]\d|0[1-9]|3[0-1])".into(),
+        "Exk" => r" ?(?P<H>[0-1]?\d|2[0-3])".into(),
+        "Exl" => r" ?(?P<I>1[0-2]|\d)".into(),
+        "Exm" => r"(?P<m>0[1-9]|1[0-2])".into(),
+        "Exy" => r"(?P<y>\d{2})".into(),
+        "Exz" => format!(r"(?P<z>(?:{TZ_ABBR})?[+-][01]\d(?::?\d{{2}})?|{TZ_ABBR})"),
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// Replaces `%X` directives; `None` on an unknown directive.
+fn expand_directives(p: &str) -> Result<(String, bool), String> {
+    let mut out = String::new();
+    let mut alpha = false;
+    let mut rest = p;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let key3: String = rest.chars().take(3).collect();
+        let key1: String = rest.chars().take(1).collect();
+        if key3.len() == 3 && key3.starts_with("Ex") && directive(&key3).is_some() {
+            out.push_str(&directive(&key3).unwrap());
+            rest = &rest[3..];
+        } else if let Some(v) = directive(&key1) {
+            if "aAbBpc".contains(key1.as_str()) {
+                alpha = true;
+            }
+            out.push_str(&v);
+            rest = &rest[key1.len()..];
+        } else {
+            return Err(format!("unknown date directive %{key1} in {p:?}"));
+        }
+    }
+    out.push_str(rest);
+    Ok((out, alpha))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wb {
+    No,
+    Yes,
+    Start,
+}
+
+struct Template {
+    name: String,
+    /// Fast form: without the boundary look-aheads, checked by hand.
+    fast: Option<(regex::Regex, bool, bool)>,
+    full: Pattern,
+    group: usize,
+    line_begin: bool,
+}
+
+fn has_plain_group(r: &str) -> bool {
+    let b = r.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i] == b'('
+            && b.get(i + 1) != Some(&b'?')
+            && (i == 0 || b[i - 1] != b'\\')
+            && !(i >= 2 && &b[i - 2..i] == b"(?")
+    })
+}
+
+/// fail2ban's `DateTemplate.setRegex`.
+fn set_regex(regex: &str, wb: Wb, we: bool) -> (String, bool) {
+    let mut regex = regex.trim().to_string();
+    // Global flags like (?iu) move to the front.
+    let mut gf = String::new();
+    if let Some(s) = regex.find("(?")
+        && let Some(e) = regex[s + 2..].find(')')
+        && regex[s + 2..s + 2 + e]
+            .chars()
+            .all(|c| c.is_ascii_lowercase())
+        && e > 0
+    {
+        gf = regex[s..s + 3 + e].to_string();
+        regex.replace_range(s..s + 3 + e, "");
+    }
+    let no_wb_beg = {
+        let r = regex.trim_start_matches('(');
+        regex.starts_with('^')
+            || r.starts_with("**")
+            || regex.starts_with("(^")
+            || regex.starts_with("(?:^")
+            || r.starts_with('^')
+    };
+    let no_wb_end = {
+        let r = regex.trim_end_matches(')');
+        (regex.ends_with('$') && !regex.ends_with("\\$"))
+            || regex.ends_with("$)")
+            || regex.ends_with("\\b")
+            || regex.ends_with("\\s")
+            || r.ends_with("**")
+    };
+    let bound_begin = wb != Wb::No && !no_wb_beg;
+    let bound_end = we && !no_wb_end;
+    if !has_plain_group(&regex) {
+        // ^((?:\(\?\w+\))?\^?(?:\(\?\w+\))?)(.*?)(\$?)$ -> \1(\2)\3
+        let (head, body) = if let Some(b) = regex.strip_prefix('^') {
+            ("^", b.to_string())
+        } else {
+            ("", regex.clone())
+        };
+        let (body, tail) = match body.strip_suffix('$') {
+            Some(b) if !b.ends_with('\\') => (b.to_string(), "$"),
+            _ => (body, ""),
+        };
+        regex = format!("{head}({body}){tail}");
+    }
+    let mut line_begin = false;
+    if bound_begin {
+        if wb == Wb::Start {
+            regex = format!(r"^(?:\W{{0,2}})?{regex}");
+            line_begin = true;
+        } else {
+            regex = format!(r"(?=^|\b|\W){regex}");
+        }
+    }
+    if bound_end {
+        regex.push_str(r"(?=\b|\W|$)");
+    }
+    if regex.starts_with('^') || regex.starts_with("(^") || regex.starts_with("(?:^") {
+        line_begin = true;
+    }
+    // Remove ** markers.
+    let regex = regex.replace("**", "");
+    (format!("{gf}{regex}"), line_begin)
+}
+
+fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Template, Error> {
+    let translated = translate(&regex, false);
+    let full = Pattern::compile(&translated)
+        .map_err(|e| Error::Regex(format!("date pattern {name:?}: {e}")))?;
+    // Fast form: drop the leading and trailing boundary guards.
+    let mut core = translated.clone();
+    let mut gf = String::new();
+    if core.starts_with("(?") && !core.starts_with("(?=") && !core.starts_with("(?:") {
+        if let Some(e) = core.find(')') {
+            gf = core[..=e].to_string();
+            core = core[e + 1..].to_string();
+        }
+    }
+    let sb = core.starts_with(r"(?=^|\b|\W)");
+    if sb {
+        core = core[r"(?=^|\b|\W)".len()..].to_string();
+    }
+    let translated_end = r"(?=\b|\W|(?:\n?\z))";
+    let se = core.ends_with(translated_end);
+    if se {
+        core.truncate(core.len() - translated_end.len());
+    }
+    let fast = regex::Regex::new(&format!("{gf}{core}"))
+        .ok()
+        .map(|r| (r, sb, se));
+    Ok(Template {
+        name: name.to_string(),
+        fast,
+        full,
+        group,
+        line_begin,
+    })
+}
+
+fn epoch(pattern: Option<&str>, line_begin_only: bool, long: bool) -> Result<Template, Error> {
+    let epoch_re = if long {
+        r"\d{10,11}(?:\d{3}(?:\.\d{1,6}|\d{3})?)?"
+    } else {
+        r"\d{10,11}\b(?:\.\d{3,6})?"
+    };
+    if let Some(p) = pattern {
+        let re = regex::Regex::new(r"(?i)\{L?EPOCH\}").expect("static");
+        let body = re
+            .replace_all(p, format!("({epoch_re})").as_str())
+            .into_owned();
+        let (r, lb) = set_regex(&format!("({body})"), Wb::Yes, true);
+        return build(p, r, 2, lb);
+    }
+    if !line_begin_only {
+        let r = r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\()))%s)(?:(?(selinux)(?=:\d+\)))|(?(square)(?=\])))"
+            .replace("%s", epoch_re);
+        let (r, lb) = set_regex(&r, Wb::No, true);
+        build("Epoch", r, 1, lb)
+    } else {
+        let r = format!(r"((?P<square>(?<=^\[))?{epoch_re})(?(square)(?=\]))");
+        let (r, lb) = set_regex(&r, Wb::Start, true);
+        build("{^LN-BEG}Epoch", r, 1, lb)
+    }
+}
+
+fn tai64n(start: bool) -> Result<Template, Error> {
+    let (r, lb) = set_regex(
+        "(@[0-9a-f]{24})",
+        if start { Wb::Start } else { Wb::No },
+        true,
+    );
+    build(if start { "{^LN-BEG}TAI64N" } else { "TAI64N" }, r, 1, lb)
+}
+
+/// `_getPatternTemplate`.
+fn pattern_template(pattern: &str) -> Result<Template, Error> {
+    let key = if pattern.contains('%') {
+        pattern.to_string()
+    } else {
+        pattern.to_uppercase()
+    };
+    if key.contains("EPOCH") {
+        let re = regex::Regex::new(r"(?i)(?:^|[^\\])\{L?EPOCH\}").expect("static");
+        if re.is_match(pattern) {
+            return epoch(Some(pattern), false, key.contains("LEPOCH"));
+        }
+        match key.as_str() {
+            "EPOCH" | "{^LN-BEG}EPOCH" | "^EPOCH" => return epoch(None, key != "EPOCH", false),
+            "LEPOCH" | "{^LN-BEG}LEPOCH" | "^LEPOCH" => {
+                return epoch(None, key != "LEPOCH", true);
+            }
+            _ => {}
+        }
+    }
+    if matches!(key.as_str(), "TAI64N" | "{^LN-BEG}TAI64N" | "^TAI64N") {
+        return tai64n(key != "TAI64N");
+    }
+    // DatePatternRegex
+    let mut p = pattern;
+    let mut wb = Wb::Yes;
+    let mut we = true;
+    if let Some(r) = p.strip_prefix("{UNB}") {
+        p = r;
+        wb = Wb::No;
+        we = false;
+    }
+    if wb != Wb::No
+        && let Some(r) = p.strip_prefix("{^LN-BEG}")
+    {
+        p = r;
+        wb = Wb::Start;
+    }
+    let (fmt, alpha) = expand_directives(p).map_err(Error::Regex)?;
+    let regex = if alpha { format!("(?iu){fmt}") } else { fmt };
+    let (r, lb) = set_regex(&regex, wb, we);
+    build(pattern, r, 1, lb)
+}
+
+fn anchored(p: &str) -> String {
+    if p.starts_with("{^LN-BEG}") || p.starts_with('^') {
+        p.to_string()
+    } else {
+        format!("{{^LN-BEG}}{p}")
+    }
+}
+
+/// `DateTemplate.unboundPattern`.
+fn unbound(p: &str) -> String {
+    let p = p.strip_prefix("{UNB}").unwrap_or(p);
+    let p = p.strip_prefix("{^LN-BEG}").unwrap_or(p);
+    let p = p
+        .strip_prefix(r"(?=^|\b|\W)")
+        .or_else(|| p.strip_prefix(r"(^|\b|\W)"))
+        .unwrap_or(p);
+    p.strip_suffix(r"(?=\b|\W|$)").unwrap_or(p).to_string()
+}
+
+/// Finds dates the way a fail2ban filter with a given `datepattern` does.
+pub struct DateDetector {
+    templates: Vec<Template>,
+    last: Option<usize>,
+}
+
+impl DateDetector {
+    /// `datepattern` as the filter gives it (one template per line), or
+    /// `None` for fail2ban's default list.
+    pub fn new(datepattern: Option<&str>) -> Result<DateDetector, Error> {
+        let mut templates = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut add = |t: Template, templates: &mut Vec<Template>| {
+            if names.insert(t.name.clone()) {
+                templates.push(t);
+            }
+        };
+        let lines: Vec<&str> = match datepattern {
+            None => vec!["{DEFAULT}"],
+            Some(d) => d
+                .split('\n')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect(),
+        };
+        for line in lines {
+            let key = if line.contains('%') {
+                line.to_string()
+            } else {
+                line.to_uppercase()
+            };
+            if key == "{^LN-BEG}" || key == "{DEFAULT}" {
+                for t in Self::defaults()? {
+                    if key == "{DEFAULT}" || t.line_begin {
+                        add(t, &mut templates);
+                    }
+                }
+            } else if key.contains("{DATE}") {
+                for d in DEFAULT_TEMPLATES {
+                    if matches!(*d, "EPOCH" | "TAI64N") {
+                        continue;
+                    }
+                    let wrapped = line.replace("{DATE}", &unbound(d));
+                    add(pattern_template(&wrapped)?, &mut templates);
+                }
+            } else if key == "{NONE}" {
+                add(pattern_template("{UNB}^")?, &mut templates);
+            } else {
+                add(pattern_template(line)?, &mut templates);
+            }
+        }
+        Ok(DateDetector {
+            templates,
+            last: None,
+        })
+    }
+
+    fn defaults() -> Result<Vec<Template>, Error> {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for d in DEFAULT_TEMPLATES {
+            if !d.starts_with("{^LN-BEG}") && !d.starts_with('^') {
+                let a = anchored(d);
+                first.push(pattern_template(&a)?);
+            }
+            second.push(pattern_template(d)?);
+        }
+        first.extend(second);
+        Ok(first)
+    }
+
+    fn try_template(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
+        let t = &self.templates[i];
+        let caps = match &t.fast {
+            Some((re, sb, se)) => {
+                let c = re.captures(line)?;
+                let m = c.get(0)?;
+                let ok_begin = !*sb || boundary_begin_ok(line, m.start());
+                let ok_end = !*se || boundary_end_ok(line, m.end());
+                if ok_begin && ok_end {
+                    let g = c.get(t.group)?;
+                    (m.start(), g.start(), g.end())
+                } else {
+                    // Rare: let the full pattern decide (it may backtrack).
+                    let c = t.full.captures(line)?;
+                    let whole = c[0]?;
+                    let g = c.get(t.group).copied().flatten()?;
+                    (whole.0, g.0, g.1)
+                }
+            }
+            None => {
+                let c = t.full.captures(line)?;
+                let whole = c[0]?;
+                let g = c.get(t.group).copied().flatten()?;
+                (whole.0, g.0, g.1)
+            }
+        };
+        Some(caps)
+    }
+
+    /// The span of the date in `line` (possibly empty), if a template
+    /// matched.
+    pub fn find(&mut self, line: &str) -> Option<(usize, usize)> {
+        if let Some(i) = self.last
+            && let Some((_, s, e)) = self.try_template(i, line)
+        {
+            return Some((s, e));
+        }
+        let mut best: Option<(usize, usize, usize)> = None;
+        for i in 0..self.templates.len() {
+            if Some(i) == self.last {
+                continue;
+            }
+            if let Some((start, s, e)) = self.try_template(i, line) {
+                if self.templates[i].line_begin {
+                    best = Some((i, s, e));
+                    break;
+                }
+                match best {
+                    Some((bi, _, _))
+                        if {
+                            let bs = self
+                                .try_template(bi, line)
+                                .map(|x| x.0)
+                                .unwrap_or(usize::MAX);
+                            bs <= start
+                        } => {}
+                    _ => best = Some((i, s, e)),
+                }
+                if start == 0 {
+                    break;
+                }
+            }
+        }
+        let (i, s, e) = best?;
+        self.last = Some(i);
+        Some((s, e))
+    }
+
+    pub fn template_names(&self) -> Vec<&str> {
+        self.templates.iter().map(|t| t.name.as_str()).collect()
+    }
+}
+
+fn is_word(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// `(?=^|\b|\W)` at `at`.
+fn boundary_begin_ok(line: &str, at: usize) -> bool {
+    if at == 0 {
+        return true;
+    }
+    let prev = line[..at].chars().next_back();
+    let next = line[at..].chars().next();
+    !(is_word(prev) && is_word(next))
+}
+
+/// `(?=\b|\W|$)` at `at`.
+fn boundary_end_ok(line: &str, at: usize) -> bool {
+    let prev = line[..at].chars().next_back();
+    let next = line[at..].chars().next();
+    !(is_word(prev) && is_word(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(d: &mut DateDetector, line: &str) -> String {
+        match d.find(line) {
+            Some((s, e)) => format!("{}{}", &line[..s], &line[e..]),
+            None => line.to_string(),
+        }
+    }
+
+    #[test]
+    fn line_begin_defaults() {
+        let mut d = DateDetector::new(Some("{^LN-BEG}")).unwrap();
+        assert_eq!(
+            cut(&mut d, "Mar  3 12:00:01 web1 sshd[1]: x"),
+            " web1 sshd[1]: x"
+        );
+        assert_eq!(cut(&mut d, "2024-03-03 12:00:01,123 web1 x"), " web1 x");
+        assert_eq!(cut(&mut d, "[2024-03-03T12:00:01] x"), "[] x");
+        assert_eq!(
+            cut(&mut d, "web1 x Mar  3 12:00:01"),
+            "web1 x Mar  3 12:00:01"
+        );
+    }
+
+    #[test]
+    fn defaults_search_anywhere() {
+        let mut d = DateDetector::new(None).unwrap();
+        assert_eq!(
+            cut(
+                &mut d,
+                r#"1.2.3.4 - - [03/Mar/2024:12:00:01 +0000] "GET /""#
+            ),
+            r#"1.2.3.4 - - [] "GET /""#
+        );
+    }
+
+    #[test]
+    fn custom_patterns() {
+        let mut d = DateDetector::new(Some(r"^%Y-%m-%d %H:%M:%S")).unwrap();
+        assert_eq!(cut(&mut d, "2024-03-03 12:00:01 x"), " x");
+        let mut d = DateDetector::new(Some(r"^[^\[]*\[({DATE})")).unwrap();
+        assert_eq!(
+            cut(&mut d, "host [03/Mar/2024:12:00:01 +0000] x"),
+            "host [] x"
+        );
+        let mut d = DateDetector::new(Some("{^LN-BEG}Epoch")).unwrap();
+        assert_eq!(cut(&mut d, "1700000000.123 x"), " x");
+        let mut d = DateDetector::new(Some("{NONE}")).unwrap();
+        assert_eq!(cut(&mut d, "Mar  3 12:00:01 x"), "Mar  3 12:00:01 x");
+    }
+
+    #[test]
+    fn all_defaults_compile() {
+        let d = DateDetector::new(None).unwrap();
+        assert_eq!(d.template_names().len(), 14 + 17);
+    }
+}
