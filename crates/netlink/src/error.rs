@@ -2,8 +2,13 @@ use std::fmt;
 
 /// A netlink failure: what was being done, the errno, and what the kernel
 /// said about it (extended ack message), if anything.
+///
+/// Boxed inside, so that results carrying it stay small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inner {
     errno: i32,
     context: String,
     kernel: Option<String>,
@@ -13,12 +18,12 @@ pub struct Error {
 impl Error {
     /// An error with a positive errno value (`libc::ENOENT`, ...).
     pub fn new(context: impl Into<String>, errno: i32) -> Error {
-        Error {
+        Error(Box::new(Inner {
             errno,
             context: context.into(),
             kernel: None,
             more: 0,
-        }
+        }))
     }
 
     /// The error of the last failed system call.
@@ -30,56 +35,56 @@ impl Error {
     }
 
     pub(crate) fn with_kernel_message(mut self, msg: Option<String>) -> Error {
-        self.kernel = msg.filter(|m| !m.is_empty());
+        self.0.kernel = msg.filter(|m| !m.is_empty());
         self
     }
 
     pub(crate) fn with_more(mut self, more: usize) -> Error {
-        self.more = more;
+        self.0.more = more;
         self
     }
 
     /// The positive errno value.
     pub fn errno(&self) -> i32 {
-        self.errno
+        self.0.errno
     }
 
     /// What was being done, e.g. `NEWSETELEM inet palisade block4, element
     /// 198.18.0.5`.
     pub fn context(&self) -> &str {
-        &self.context
+        &self.0.context
     }
 
     /// The kernel's own explanation (netlink extended ack), if it gave one.
     pub fn kernel_message(&self) -> Option<&str> {
-        self.kernel.as_deref()
+        self.0.kernel.as_deref()
     }
 
     /// How many other messages of the same batch failed too.
     pub fn more(&self) -> usize {
-        self.more
+        self.0.more
     }
 
     pub fn is_not_found(&self) -> bool {
-        self.errno == libc::ENOENT
+        self.0.errno == libc::ENOENT
     }
 
     pub fn is_permission_denied(&self) -> bool {
-        self.errno == libc::EPERM || self.errno == libc::EACCES
+        self.0.errno == libc::EPERM || self.0.errno == libc::EACCES
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, explain(self.errno))?;
-        if let Some(k) = &self.kernel {
+        write!(f, "{}: {}", self.0.context, explain(self.0.errno))?;
+        if let Some(k) = &self.0.kernel {
             write!(f, " (kernel: {k})")?;
         }
-        if self.more > 0 {
+        if self.0.more > 0 {
             write!(
                 f,
                 "; {} more message(s) of the same batch failed too",
-                self.more
+                self.0.more
             )?;
         }
         Ok(())

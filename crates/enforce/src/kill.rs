@@ -1,0 +1,99 @@
+//! Cutting the open connections of a banned network.
+//!
+//! A ban drops new packets, but a connection that is already established
+//! would stall rather than end, and a conntrack entry in `ESTABLISHED` may
+//! let its packets through rulesets that accept established traffic before
+//! palisade's chain sees them. [`kill_connections`] therefore
+//!
+//! 1. destroys local TCP sockets whose remote address is in the network
+//!    (sock_diag `SOCK_DESTROY`, like `ss -K dst NET`): the kernel aborts
+//!    them and sends a reset to the peer;
+//! 2. deletes conntrack entries whose original source or destination is in
+//!    the network.
+//!
+//! It acts on the network namespace of the thread that created the
+//! [`Killer`].
+
+use palisade_model::{Family, Net};
+use palisade_netlink::{Socket, ct, diag};
+
+use crate::EnforceError;
+
+/// What [`Killer::kill`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KillReport {
+    /// TCP sockets destroyed.
+    pub sockets: usize,
+    /// Conntrack entries deleted.
+    pub conntrack: usize,
+}
+
+impl KillReport {
+    pub fn total(&self) -> usize {
+        self.sockets + self.conntrack
+    }
+}
+
+/// Holds the two netlink sockets, so a killer thread opens them once.
+#[derive(Debug)]
+pub struct Killer {
+    diag: Socket,
+    ct: Socket,
+}
+
+impl Killer {
+    pub fn new() -> Result<Killer, EnforceError> {
+        Ok(Killer {
+            diag: Socket::sock_diag()?,
+            ct: Socket::netfilter()?,
+        })
+    }
+
+    /// Kills the connections of `net` (see the module docs). Both steps are
+    /// tried even if the first fails; the first error is returned.
+    pub fn kill(&mut self, net: &Net) -> Result<KillReport, EnforceError> {
+        let mut report = KillReport::default();
+        let sockets = self.kill_sockets(net);
+        let conntrack = self.kill_conntrack(net);
+        report.sockets = sockets?;
+        report.conntrack = conntrack?;
+        Ok(report)
+    }
+
+    fn kill_sockets(&mut self, net: &Net) -> Result<usize, EnforceError> {
+        // IPv4 peers of dual-stack sockets show up in the IPv6 dump with
+        // mapped addresses, so IPv4 networks look at both.
+        let families: &[i32] = match net.family() {
+            Family::V4 => &[libc::AF_INET, libc::AF_INET6],
+            Family::V6 => &[libc::AF_INET6],
+        };
+        let mut killed = 0;
+        for &f in families {
+            let victims: Vec<diag::TcpSocket> =
+                diag::dump_tcp(&mut self.diag, f as u8, diag::CONNECTED_STATES)?
+                    .into_iter()
+                    .filter(|s| net.contains_addr(s.remote_ip()))
+                    .collect();
+            killed += diag::destroy(&mut self.diag, &victims)?;
+        }
+        Ok(killed)
+    }
+
+    fn kill_conntrack(&mut self, net: &Net) -> Result<usize, EnforceError> {
+        let family = match net.family() {
+            Family::V4 => ct::AF_INET,
+            Family::V6 => ct::AF_INET6,
+        };
+        let victims: Vec<ct::CtEntry> = ct::dump(&mut self.ct, family)?
+            .into_iter()
+            .filter(|e| net.contains_addr(e.src) || net.contains_addr(e.dst))
+            .collect();
+        Ok(ct::delete(&mut self.ct, &victims)?)
+    }
+}
+
+/// Kills the connections of `net` in the calling thread's network
+/// namespace (see the module docs).
+pub fn kill_connections(net: &Net) -> Result<KillReport, EnforceError> {
+    Killer::new()?.kill(net)
+}
