@@ -40,11 +40,10 @@ pub enum CompileError {
         pattern: String,
         message: String,
     },
-    #[error("rule {rule:?}: fail2ban filter {path}: {source}")]
+    #[error("rule {rule:?}: fail2ban filter {}: {source}", path.display())]
     Fail2ban {
         rule: String,
         path: PathBuf,
-        #[source]
         source: fail2ban::Error,
     },
     #[error("rule {rule:?}: {message}")]

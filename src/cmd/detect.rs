@@ -1,0 +1,351 @@
+//! `palisade detect`: try rules on a log file, like `fail2ban-regex`.
+//!
+//! Rules are the configured ones (`[[rule]]` in the configuration, passed in
+//! by the caller), a TOML file of `[[rule]]` tables (`--rules`), the built-in
+//! pack (`--builtin`, the default when nothing else is given) and fail2ban
+//! filters (`--fail2ban-filter FILE[mode=aggressive]`). Thresholds are
+//! simulated with the log's own timestamps where a line has one (syslog,
+//! RFC 3339, web access logs), else the previous line's time. Probes of
+//! ports open on this machine are not filtered out (the log may come from
+//! elsewhere).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use palisade_detect::{Engine, Event, HitKind, Limits, RuleConfig, Tracker, builtin, syslog};
+use palisade_model::Timestamp;
+
+/// Arguments of `palisade detect`.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// The log file to read, or `-` for standard input
+    #[arg(value_name = "LOG")]
+    pub log: PathBuf,
+
+    /// Also use the built-in rules (the default when no other rules are given)
+    #[arg(long)]
+    pub builtin: bool,
+
+    /// A TOML file of [[rule]] tables to use (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
+
+    /// A fail2ban filter to use, with optional parameters as a jail gives
+    /// them: `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]` (repeatable)
+    #[arg(long = "fail2ban-filter", value_name = "FILE[OPTS]")]
+    pub fail2ban_filter: Vec<String>,
+
+    /// Print every line a rule matched
+    #[arg(long)]
+    pub show_matches: bool,
+
+    /// Print one JSON object per matched line (line, rule, address, kind,
+    /// stage when a ban fires) instead of the report
+    #[arg(long)]
+    pub json: bool,
+
+    /// The year of syslog timestamps without one [default: this year]
+    #[arg(long, value_name = "YEAR")]
+    pub year: Option<i64>,
+}
+
+#[derive(Default)]
+struct RuleStats {
+    bad: u64,
+    good: u64,
+    ignored: u64,
+}
+
+/// Runs `palisade detect` with the rules of the configuration file.
+pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Result<ExitCode> {
+    let rules = collect_rules(&args, rules_from_config)?;
+    let engine = Engine::compile(&rules).context("compiling the rules")?;
+    let mut tracker = Tracker::new(engine, Limits::default());
+    tracker.engine_mut().check_open_ports(false);
+
+    let input: Box<dyn Read> = if args.log.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.log)
+                .with_context(|| format!("cannot read {}", args.log.display()))?,
+        )
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let year = args.year.unwrap_or_else(syslog::current_year);
+    let names: Vec<String> = tracker
+        .engine()
+        .rules()
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let mut stats: Vec<RuleStats> = names.iter().map(|_| RuleStats::default()).collect();
+    let mut bans: Vec<(usize, String, Event, Timestamp)> = Vec::new();
+    let mut forgiven: HashMap<String, u64> = HashMap::new();
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut buf = Vec::new();
+    let mut lineno = 0usize;
+    let mut last_time = Timestamp::now();
+    let mut timed = 0u64;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}", args.log.display()))?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if let Some(t) = line_time(text, year) {
+            last_time = t;
+            timed += 1;
+        }
+        let (events, hits) = tracker.observe_text("detect", text, last_time);
+        for h in &hits {
+            let s = &mut stats[h.rule];
+            match h.kind {
+                HitKind::Bad => s.bad += 1,
+                HitKind::Good => s.good += 1,
+                HitKind::Ignored => s.ignored += 1,
+            }
+        }
+        for e in &events {
+            if let Event::Forgive { rule, .. } = e {
+                *forgiven.entry(rule.clone()).or_default() += 1;
+            }
+        }
+        if args.json {
+            for h in &hits {
+                let rule = &names[h.rule];
+                let mut obj = serde_json::json!({
+                    "line": lineno,
+                    "rule": rule,
+                    "kind": match h.kind { HitKind::Bad => "bad", HitKind::Good => "good", HitKind::Ignored => "ignored" },
+                    "address": h.address.map(|a| a.to_string()),
+                    "time": last_time.rfc3339(),
+                });
+                if let Some(p) = h.port {
+                    obj["port"] = p.into();
+                }
+                for e in &events {
+                    if let Event::Ban {
+                        rule: r,
+                        address,
+                        stage,
+                        span,
+                        count,
+                        ..
+                    } = e
+                        && r == rule
+                        && Some(*address) == h.address
+                    {
+                        obj["stage"] = serde_json::json!({
+                            "index": stage.index,
+                            "name": stage.name,
+                            "list": stage.list,
+                            "ban": span.to_string(),
+                            "count": count,
+                        });
+                    }
+                }
+                writeln!(out, "{obj}")?;
+            }
+        } else if args.show_matches && !hits.is_empty() {
+            for h in &hits {
+                let kind = match h.kind {
+                    HitKind::Bad => "bad",
+                    HitKind::Good => "good",
+                    HitKind::Ignored => "ignored",
+                };
+                let addr = h
+                    .address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{lineno}: {} {kind} {addr}: {}",
+                    names[h.rule],
+                    palisade_model::decision::clean_text(text)
+                )?;
+            }
+        }
+        for e in events {
+            if let Event::Ban { rule, .. } = &e {
+                bans.push((lineno, rule.clone(), e.clone(), last_time));
+            }
+        }
+    }
+    if args.json {
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "Lines: {lineno} ({timed} with a timestamp)")?;
+    writeln!(out, "Rules:")?;
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+    for (name, s) in names.iter().zip(&stats) {
+        writeln!(
+            out,
+            "  {name:<width$}  matched {:>6}  ignored {:>6}  good {:>6}  forgiven {:>6}",
+            s.bad,
+            s.ignored,
+            s.good,
+            forgiven.get(name).copied().unwrap_or(0)
+        )?;
+    }
+    let total: u64 = stats.iter().map(|s| s.bad).sum();
+    writeln!(out, "Matched lines: {total}")?;
+    if bans.is_empty() {
+        writeln!(out, "Bans: none would be made")?;
+    } else {
+        writeln!(out, "Bans that would be made:")?;
+        for (line, rule, e, t) in &bans {
+            if let Event::Ban {
+                address,
+                stage,
+                span,
+                count,
+                scope,
+                ..
+            } = e
+            {
+                writeln!(
+                    out,
+                    "  {address:<39} {rule:<width$}  stage {} ({} failures) ban {span} {scope}  at line {line} ({t})",
+                    stage.name, count
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_rules(
+    args: &DetectArgs,
+    from_config: Vec<RuleConfig>,
+) -> anyhow::Result<Vec<RuleConfig>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RulesFile {
+        #[serde(default)]
+        rule: Vec<RuleConfig>,
+    }
+    let mut rules = from_config;
+    for path in &args.rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let f: RulesFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        rules.extend(f.rule);
+    }
+    for (i, spec) in args.fail2ban_filter.iter().enumerate() {
+        let (path, opts) = parse_filter_spec(spec)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("filter{i}"));
+        let mut rule: RuleConfig = toml::from_str(&format!(
+            "name = {:?}\nfail2ban_filter = {:?}\n",
+            format!("fail2ban/{stem}"),
+            path.display().to_string()
+        ))
+        .context("building the filter rule")?;
+        let mut opts = opts;
+        rule.mode = opts.remove("mode");
+        rule.fail2ban_options = opts;
+        if rules.iter().any(|r| r.name == rule.name) {
+            rule.name = format!("{}-{i}", rule.name);
+        }
+        rules.push(rule);
+    }
+    if args.builtin || rules.is_empty() {
+        rules.extend(builtin::rules());
+    }
+    Ok(rules)
+}
+
+/// `FILE`, `FILE[mode=aggressive,publickey=invalid]` or `FILE[aggressive]`.
+fn parse_filter_spec(spec: &str) -> anyhow::Result<(PathBuf, BTreeMap<String, String>)> {
+    let mut opts = BTreeMap::new();
+    let Some(open) = spec.find('[').filter(|_| spec.ends_with(']')) else {
+        return Ok((PathBuf::from(spec), opts));
+    };
+    let inner = &spec[open + 1..spec.len() - 1];
+    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some((k, v)) => {
+                opts.insert(
+                    k.trim().to_string(),
+                    v.trim().trim_matches(['"', '\'']).to_string(),
+                );
+            }
+            None if opts.is_empty() => {
+                opts.insert("mode".into(), part.to_string());
+            }
+            None => bail!("{spec:?}: write filter options as name=value"),
+        }
+    }
+    Ok((PathBuf::from(&spec[..open]), opts))
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// The time of a line: a syslog header, else `[03/Mar/2024:12:00:00 +0000]`
+/// as web servers write it.
+fn line_time(text: &str, year: i64) -> Option<Timestamp> {
+    if let Some(t) = syslog::parse(text).time
+        && let Some(ts) = syslog::parse_time(t, year)
+    {
+        return Some(ts);
+    }
+    let open = text.find('[')?;
+    let s = text.get(open + 1..open + 27)?;
+    // 03/Mar/2024:12:00:00 +0000
+    let b = s.as_bytes();
+    if b.len() < 26 || b[2] != b'/' || b[6] != b'/' || b[11] != b':' || b[20] != b' ' {
+        return None;
+    }
+    let day: u32 = s[0..2].parse().ok()?;
+    let month = MONTHS.iter().position(|m| *m == &s[3..6])? as u32 + 1;
+    let y: i64 = s[7..11].parse().ok()?;
+    let iso = format!(
+        "{y:04}-{month:02}-{day:02}T{}{}:{}",
+        &s[12..20],
+        &s[21..24],
+        &s[24..26]
+    );
+    syslog::parse_time(&iso, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_specs() {
+        let (p, o) = parse_filter_spec("/x/sshd.conf[mode=aggressive, publickey=invalid]").unwrap();
+        assert_eq!(p, PathBuf::from("/x/sshd.conf"));
+        assert_eq!(o["mode"], "aggressive");
+        assert_eq!(o["publickey"], "invalid");
+        let (_, o) = parse_filter_spec("sshd.conf[ddos]").unwrap();
+        assert_eq!(o["mode"], "ddos");
+        assert!(parse_filter_spec("sshd.conf").unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn times() {
+        let t = line_time(r#"1.2.3.4 - - [03/Mar/2024:12:00:00 +0100] "GET /""#, 0).unwrap();
+        assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
+        let t = line_time("Mar  3 12:00:00 h sshd[1]: x", 2023).unwrap();
+        assert_eq!(t.rfc3339(), "2023-03-03T12:00:00Z");
+    }
+}
