@@ -108,6 +108,7 @@ pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Resu
             timed += 1;
         }
         let (events, hits) = tracker.observe_text("detect", text, last_time);
+        let hits = hits.to_vec();
         for h in &hits {
             let s = &mut stats[h.rule];
             match h.kind {

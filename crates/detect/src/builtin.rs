@@ -114,9 +114,11 @@ ban = "1d"
 
 # Port probes: kernel LOG lines (iptables -j LOG, nftables `log`) arriving
 # through syslog or the journal, and NFLOG packets (the nflog source writes
-# the same format). A probe of a port that is open right now is not counted.
+# the same format, without a syslog header, so the program filter lets it
+# through). A probe of a port that is open right now is not counted.
 [[rule]]
 name = "port-probe"
+program = "kernel"
 closed_ports_only = true
 bad = [
   '^(?:\[\s*\d+\.\d+\]\s*)?(?:NFLOG )?.*?IN=\S* OUT=\S* (?:MAC=\S* )?SRC=<HOST> DST=\S+ (?:.* )?PROTO=(?:TCP|UDP|SCTP|tcp|udp|sctp) SPT=\d+ DPT=(?P<port>\d+)(?: .*)?$',

@@ -33,7 +33,8 @@ pub struct RuleConfig {
     /// Patterns of a rule are matched against the message after the header.
     #[serde(default)]
     pub program: Option<String>,
-    /// Failure patterns (Rust regex syntax) with one `<HOST>` placeholder.
+    /// Failure patterns (Rust regex syntax, with ASCII `\d`, `\w`, `\s`;
+    /// `(?u:\w)` for Unicode) with one `<HOST>` placeholder.
     /// Each must start with `^` (the start of the message), and must end
     /// with `$` if anything unbounded (`*`, `+`, `{n,}`) comes before
     /// `<HOST>`, so text the attacker controls cannot supply the address.

@@ -10,8 +10,10 @@ use std::net::IpAddr;
 use palisade_model::Net;
 
 /// The regex `<HOST>` expands to in palisade's own patterns; the address
-/// is the `host` group.
-pub const HOST_RE: &str = r"\[?(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){1,7}(?:\.[0-9]{1,3}){0,3})\]?";
+/// is the `host` group. It is deliberately loose (small and fast to
+/// match): what it captures must then parse as an address.
+pub const HOST_RE: &str =
+    r"\[?(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)\]?";
 
 /// The address in `text` (a matched `<HOST>`), as a host [`Net`].
 /// Brackets are accepted; unspecified addresses (`0.0.0.0`, `::`) and

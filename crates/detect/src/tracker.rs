@@ -61,11 +61,63 @@ struct Entry {
 
 type Key = (u32, IpAddr);
 
+/// A small, fast hasher for (rule, address) keys. Addresses are chosen by
+/// attackers, so the seed is random per tracker (no precomputed
+/// collisions); the multiply-rotate mix is FxHash's.
+#[derive(Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct KeyHash(u64);
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        Timestamp::now().as_millis() ^ u64::from(std::process::id())
+    }
+}
+
 /// Counting state over an [`Engine`].
 pub struct Tracker {
     engine: Engine,
     limits: Limits,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, Entry, KeyHash>,
     order: VecDeque<(Key, u64)>,
     seq: u64,
     hits: Vec<Hit>,
@@ -84,7 +136,7 @@ impl Tracker {
         Tracker {
             engine,
             limits,
-            entries: HashMap::new(),
+            entries: HashMap::with_hasher(KeyHash(random_seed())),
             order: VecDeque::new(),
             seq: 0,
             hits: Vec::new(),
@@ -123,7 +175,7 @@ impl Tracker {
         source: &str,
         text: &str,
         now: Timestamp,
-    ) -> (Vec<Event>, Vec<Hit>) {
+    ) -> (Vec<Event>, &[Hit]) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         self.engine.check(source, text, &mut hits);
@@ -148,9 +200,8 @@ impl Tracker {
                 }
             }
         }
-        let out = hits.clone();
         self.hits = hits;
-        (events, out)
+        (events, &self.hits)
     }
 
     fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
@@ -176,12 +227,15 @@ impl Tracker {
         }
         entry.times.push_back(t);
         if self.limits.evidence_lines > 0 {
-            if entry.evidence.len() >= self.limits.evidence_lines {
-                entry.evidence.pop_front();
-            }
-            entry
-                .evidence
-                .push_back(cap(text.trim_end(), self.limits.evidence_len));
+            let text = text.trim_end();
+            // Reuse the oldest line's allocation once the list is full.
+            let mut line = if entry.evidence.len() >= self.limits.evidence_lines {
+                entry.evidence.pop_front().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            cap_into(&mut line, text, self.limits.evidence_len);
+            entry.evidence.push_back(line);
         }
         if let Some((_, until)) = entry.fired
             && until <= t
@@ -269,12 +323,41 @@ impl Tracker {
     }
 }
 
+fn cap_into(out: &mut String, s: &str, max: usize) {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &s[..end];
+    out.clear();
+    if head
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
+        out.push_str(head);
+    } else {
+        out.push_str(&clean_text(head));
+    }
+    if end < s.len() {
+        out.push('…');
+    }
+}
+
+#[cfg(test)]
 fn cap(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    let mut out = clean_text(&s[..end]);
+    let head = &s[..end];
+    let plain = head
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
+    let mut out = if plain {
+        head.to_string()
+    } else {
+        clean_text(head)
+    };
     if end < s.len() {
         out.push('…');
     }

@@ -437,6 +437,7 @@ impl Filter {
         }
         let prefilter = regex::RegexSetBuilder::new(&relaxed)
             .size_limit(64 << 20)
+            .dfa_size_limit(64 << 20)
             .build()
             .ok()
             .map(|s| (s, in_set, always));
