@@ -10,7 +10,9 @@
 //! file every 100 ms; while lines arrive it reads without sleeping.
 //!
 //! After a rename, the old file stays open for 5 s and is drained, so lines
-//! a writer appends before it reopens the path are not lost.
+//! a writer appends before it reopens the path are not lost. (A file that
+//! is created and renamed away again between two polls, within 100 ms, is
+//! never seen; real rotations are hours apart.)
 //!
 //! The position (device, inode, offset of the last whole line sent, first
 //! bytes) is saved in the state directory after every batch. At start, a
@@ -154,14 +156,14 @@ impl Follower {
                 }
             }
             if let Some(mut cur) = self.cur.take() {
+                // Truncation first: after a copytruncate the writer may
+                // already have written past our old offset.
+                self.check_truncation(&mut cur)?;
                 let (n, flow) = self.drain(&mut cur)?;
                 if let Flow::Closed = flow {
                     return Ok(());
                 }
                 progressed |= n > 0;
-                if n == 0 {
-                    self.check_truncation(&mut cur)?;
-                }
                 self.cur = Some(cur);
                 self.check_rotation()?;
                 self.save();
@@ -286,8 +288,6 @@ impl Follower {
             self.flush_partial(o);
             o.seek(0)?;
             o.head.clear();
-            // Read the new content now, before more can be appended.
-            self.drain(o)?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 //!
 //! The cursor of the last entry passed on is saved in the state directory
 //! (at most once a second and when stopping); at start `--after-cursor`
-//! resumes there, or `--lines=0` starts at the end the first time. If
+//! resumes there, or `--since=@NOW` starts at the present the first time. If
 //! journalctl exits, it is restarted after a second.
 
 use std::io::{BufRead, BufReader, Read};
@@ -113,7 +113,9 @@ pub fn args(opts: &Options, cursor: Option<&str>) -> Vec<String> {
     }
     match cursor {
         Some(c) => a.push(format!("--after-cursor={c}")),
-        None => a.push("--lines=0".into()),
+        // Not --lines=0: journalctl finds "the end" lazily and would skip
+        // entries written between its start and its first wake-up.
+        None => a.push(format!("--since=@{}", Timestamp::now().as_millis() / 1000)),
     }
     for u in &opts.units {
         a.push(format!("--unit={u}"));
@@ -298,6 +300,6 @@ mod tests {
                 "_COMM=sshd"
             ]
         );
-        assert!(args(&o, None).contains(&"--lines=0".to_string()));
+        assert!(args(&o, None).iter().any(|a| a.starts_with("--since=@")));
     }
 }
