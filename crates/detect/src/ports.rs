@@ -24,8 +24,15 @@ impl Default for OpenPorts {
 }
 
 impl OpenPorts {
+    /// The tables of the calling thread's network namespace
+    /// (`/proc/thread-self/net`, so a thread that joined another namespace
+    /// sees that namespace's sockets).
     pub fn new() -> OpenPorts {
-        OpenPorts::with_root("/proc/net")
+        if std::path::Path::new("/proc/thread-self/net/tcp").exists() {
+            OpenPorts::with_root("/proc/thread-self/net")
+        } else {
+            OpenPorts::with_root("/proc/net")
+        }
     }
 
     /// Reads the tables under `root` (for tests).
