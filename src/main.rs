@@ -1,1 +1,78 @@
-fn main() {}
+//! `palisade`: one binary for the agent and every command that talks to it.
+
+mod cmd;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A distributed firewall: every server drops what one server sees.
+///
+/// Run `palisade agent --local-only` on a server to protect it on its own,
+/// then ban, allow and explain addresses with the commands below. They talk
+/// to the agent over its control socket, which only root may use.
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, max_term_width = 100)]
+struct Cli {
+    /// Configuration file [default: /etc/palisade/palisade.toml, if present]
+    #[arg(long, global = true, env = "PALISADE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The agent's control socket [default: from the config, else /run/palisade/palisade.sock]
+    #[arg(long, global = true, env = "PALISADE_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent on this server, in the foreground
+    Agent(cmd::agent::AgentArgs),
+    /// Ban addresses or networks: drop their traffic and cut their connections
+    Ban(cmd::decide::BanArgs),
+    /// Lift bans
+    Unban(cmd::decide::UnbanArgs),
+    /// Never ban these addresses or networks, whoever asks
+    Allow(cmd::decide::AllowArgs),
+    /// Remove allow entries
+    Unallow(cmd::decide::UnallowArgs),
+    /// List the active bans and allows
+    List(cmd::show::ListArgs),
+    /// Tell whether an address is blocked, by which entry, since when and why
+    Explain(cmd::show::ExplainArgs),
+    /// Show whether the agent runs and what it holds
+    Status(cmd::show::StatusArgs),
+    /// Print the default configuration, or check a configuration file
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = cmd::Context {
+        config: cli.config,
+        socket: cli.socket,
+    };
+    let result = match cli.command {
+        Command::Agent(a) => cmd::agent::run(&ctx, a),
+        Command::Ban(a) => cmd::decide::ban(&ctx, a),
+        Command::Unban(a) => cmd::decide::unban(&ctx, a),
+        Command::Allow(a) => cmd::decide::allow(&ctx, a),
+        Command::Unallow(a) => cmd::decide::unallow(&ctx, a),
+        Command::List(a) => cmd::show::list(&ctx, a),
+        Command::Explain(a) => cmd::show::explain(&ctx, a),
+        Command::Status(a) => cmd::show::status(&ctx, a),
+        Command::Config(c) => cmd::config::run(&ctx, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -106,10 +106,21 @@ pub async fn serve(listener: UnixListener, shared: Shared) {
 async fn connection(stream: UnixStream, shared: Shared) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if cred.uid() != 0 && cred.uid() != me {
         warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control connection from a non-root user");
+        // Read (and ignore) the request first: closing a UNIX socket with
+        // unread data resets the peer, which would lose this answer.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            (&mut reader)
+                .take(MAX_REQUEST_BYTES as u64)
+                .read_line(&mut line),
+        )
+        .await;
         let e = ControlError::new(
             ErrorCode::Forbidden,
             format!(
@@ -120,8 +131,6 @@ async fn connection(stream: UnixStream, shared: Shared) -> io::Result<()> {
         send(&mut write, &Response::Error(e)).await?;
         return Ok(());
     }
-    let mut reader = BufReader::new(read);
-    let mut line = String::new();
     loop {
         line.clear();
         let n = (&mut reader)

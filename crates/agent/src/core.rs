@@ -407,16 +407,43 @@ impl Core {
         Ok(self.store.read()?.next_expiry()?)
     }
 
-    pub fn enforcer_status(&self) -> Vec<EnforcerStatus> {
-        self.enforcers
-            .iter()
-            .zip(&self.enforcer_errors)
-            .map(|(e, err)| EnforcerStatus {
+    /// Each enforcer's health and what it holds (read back from the kernel).
+    pub fn enforcer_status(&mut self) -> Vec<EnforcerStatus> {
+        let mut out = Vec::with_capacity(self.enforcers.len());
+        for (e, err) in self.enforcers.iter_mut().zip(&self.enforcer_errors) {
+            let (healthy, detail) = match (err, e.status()) {
+                (Some(err), _) => (false, err.clone()),
+                (None, Err(read)) => (false, format!("cannot read the kernel state: {read}")),
+                (None, Ok(s)) => {
+                    let objects: Vec<String> = s
+                        .objects
+                        .iter()
+                        .map(|o| match o.in_kernel {
+                            Some(k) => {
+                                format!("{} {} entries ({k} kernel elements)", o.name, o.entries)
+                            }
+                            None => format!("{} {} entries", o.name, o.entries),
+                        })
+                        .collect();
+                    let summary = if objects.is_empty() {
+                        "in sync".to_string()
+                    } else {
+                        objects.join(", ")
+                    };
+                    if s.in_sync {
+                        (true, summary)
+                    } else {
+                        (false, format!("out of sync with the kernel: {summary}"))
+                    }
+                }
+            };
+            out.push(EnforcerStatus {
                 name: e.name().to_string(),
-                healthy: err.is_none(),
-                detail: err.clone().unwrap_or_else(|| "in sync".into()),
-            })
-            .collect()
+                healthy,
+                detail,
+            });
+        }
+        out
     }
 
     fn remove_all(&mut self, action: Action, targets: &[Net], verb: &str) -> Result<(), CoreError> {

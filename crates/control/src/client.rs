@@ -98,11 +98,7 @@ impl Client {
             let response: Response =
                 serde_json::from_str(&buf).map_err(|e| self.protocol(e.to_string()))?;
             match response {
-                Response::Error(e) => {
-                    // The socket may be root-only at the file level and still
-                    // refuse a peer by credentials; say so the same way.
-                    return Err(ClientError::Agent(e));
-                }
+                Response::Error(e) => return Err(ClientError::Agent(e)),
                 r if r.is_final() => return Ok(r),
                 item => on_item(item),
             }

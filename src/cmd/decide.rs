@@ -1,0 +1,276 @@
+//! `ban`, `unban`, `allow`, `unallow`: change decisions through the agent.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use palisade_control::{
+    AllowRequest, BanRequest, Outcome, OutcomeKind, Request, Response, TargetsRequest,
+};
+use palisade_model::{Net, Scope, Span, Timestamp};
+
+use super::{Context, actor};
+use crate::render;
+
+/// Addresses given on the command line and/or in a file.
+#[derive(Debug, Args)]
+pub struct Targets {
+    /// Addresses or networks: 198.51.100.7, 2001:db8::7, 203.0.113.0/24
+    #[arg(value_name = "ADDR", value_parser = parse_net, required_unless_present = "file")]
+    targets: Vec<Net>,
+
+    /// Also read addresses from FILE, one per line (`-` for stdin; blank
+    /// lines and `#` comments are skipped)
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  palisade ban 198.51.100.7 --for 1h --reason 'ssh brute force'
+  palisade ban 203.0.113.0/24 --for forever
+  palisade ban --file blocklist.txt --for 2d")]
+pub struct BanArgs {
+    #[command(flatten)]
+    targets: Targets,
+
+    /// How long: 90s, 10m, 1h, 2d, 1w, 1h30m or forever [default: the
+    /// agent's default_ban, 1d unless configured]
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_span)]
+    span: Option<Span>,
+
+    /// Why, shown by `palisade explain`
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnbanArgs {
+    #[command(flatten)]
+    targets: Targets,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Allowed addresses are never banned, whoever asks: a ban of a network that
+contains one still lets it through. Allowing an address lifts the bans it covers.
+
+Examples:
+  palisade allow 198.51.100.0/24 --comment office
+  palisade allow 2001:db8::10 --comment monitoring --for 1w"
+)]
+pub struct AllowArgs {
+    #[command(flatten)]
+    targets: Targets,
+
+    /// Why it is allowed, shown by `palisade list` and `explain`
+    #[arg(long)]
+    comment: Option<String>,
+
+    /// How long [default: forever]
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_span)]
+    span: Option<Span>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnallowArgs {
+    #[command(flatten)]
+    targets: Targets,
+}
+
+pub fn ban(ctx: &Context, args: BanArgs) -> Result<ExitCode> {
+    let (targets, bad) = args.targets.collect()?;
+    let req = Request::Ban(BanRequest {
+        targets,
+        span: args.span,
+        reason: args.reason,
+        rule: None,
+        evidence: Vec::new(),
+        actor: actor(),
+        scope: Scope::Local,
+    });
+    send(ctx, req, bad)
+}
+
+pub fn unban(ctx: &Context, args: UnbanArgs) -> Result<ExitCode> {
+    let (targets, bad) = args.targets.collect()?;
+    send(
+        ctx,
+        Request::Unban(TargetsRequest {
+            targets,
+            actor: actor(),
+        }),
+        bad,
+    )
+}
+
+pub fn allow(ctx: &Context, args: AllowArgs) -> Result<ExitCode> {
+    let (targets, bad) = args.targets.collect()?;
+    let req = Request::Allow(AllowRequest {
+        targets,
+        span: args.span,
+        comment: args.comment,
+        actor: actor(),
+        scope: Scope::Local,
+    });
+    send(ctx, req, bad)
+}
+
+pub fn unallow(ctx: &Context, args: UnallowArgs) -> Result<ExitCode> {
+    let (targets, bad) = args.targets.collect()?;
+    send(
+        ctx,
+        Request::Unallow(TargetsRequest {
+            targets,
+            actor: actor(),
+        }),
+        bad,
+    )
+}
+
+/// Sends a mutation and prints one line per target. Exits non-zero if any
+/// target (or input line) did not get what was asked.
+fn send(ctx: &Context, req: Request, bad_lines: usize) -> Result<ExitCode> {
+    let empty = match &req {
+        Request::Ban(r) => r.targets.is_empty(),
+        Request::Allow(r) => r.targets.is_empty(),
+        Request::Unban(r) | Request::Unallow(r) => r.targets.is_empty(),
+        _ => false,
+    };
+    if empty {
+        anyhow::bail!("no valid address given");
+    }
+    let verb = match &req {
+        Request::Ban(_) => Verb::Ban,
+        Request::Unban(_) => Verb::Unban,
+        Request::Allow(_) => Verb::Allow,
+        _ => Verb::Unallow,
+    };
+    let response = ctx.connect()?.call(&req)?;
+    let Response::Outcomes { outcomes } = response else {
+        anyhow::bail!("unexpected answer from the agent: {response:?}");
+    };
+    let now = Timestamp::now();
+    let mut failed = bad_lines > 0;
+    // Bulk operations print a summary instead of a line per address.
+    if outcomes.len() > 20 {
+        let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+        for o in &outcomes {
+            *by_kind
+                .entry(format!("{:?}", o.result).to_lowercase())
+                .or_default() += 1;
+            if o.result.is_failure() {
+                failed = true;
+                eprintln!("palisade: {}", failure(o));
+            }
+        }
+        let parts: Vec<String> = by_kind.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("{}", parts.join(", "));
+    } else {
+        for o in &outcomes {
+            if o.result.is_failure() {
+                failed = true;
+                eprintln!("palisade: {}", failure(o));
+            } else {
+                println!("{}", success(verb, o, now));
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Verb {
+    Ban,
+    Unban,
+    Allow,
+    Unallow,
+}
+
+fn success(verb: Verb, o: &Outcome, now: Timestamp) -> String {
+    let until = render::until(o.expires, now);
+    let line = match (verb, o.result) {
+        (Verb::Ban, OutcomeKind::Added) => format!("banned {} {until}", o.target),
+        (Verb::Ban, OutcomeKind::Extended) => format!("extended the ban of {} {until}", o.target),
+        (Verb::Ban, _) => format!("{} is already banned {until}", o.target),
+        (Verb::Allow, OutcomeKind::Added) => format!("allowed {} {until}", o.target),
+        (Verb::Allow, OutcomeKind::Extended) => {
+            format!("extended the allow of {} {until}", o.target)
+        }
+        (Verb::Allow, _) => format!("{} is already allowed {until}", o.target),
+        (Verb::Unban, _) => format!("unbanned {}", o.target),
+        (Verb::Unallow, _) => format!("removed the allow entry {}", o.target),
+    };
+    match &o.note {
+        Some(note) => format!("{line}\n  note: {note}"),
+        None => line,
+    }
+}
+
+fn failure(o: &Outcome) -> String {
+    match (&o.note, o.result) {
+        (Some(note), _) => note.clone(),
+        (None, OutcomeKind::Refused) => format!("{}: refused", o.target),
+        (None, _) => format!("{}: not found", o.target),
+    }
+}
+
+impl Targets {
+    /// The targets from the command line and the file, and how many file
+    /// lines were invalid (each reported on stderr; the valid ones are
+    /// still applied).
+    fn collect(self) -> Result<(Vec<Net>, usize)> {
+        let mut targets = self.targets;
+        let mut bad = 0;
+        if let Some(path) = self.file {
+            let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                Box::new(BufReader::new(std::io::stdin()))
+            } else {
+                Box::new(BufReader::new(
+                    std::fs::File::open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?,
+                ))
+            };
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                let text = line.split('#').next().unwrap_or("").trim();
+                if text.is_empty() {
+                    continue;
+                }
+                match text.parse::<Net>() {
+                    Ok(n) => targets.push(n),
+                    Err(e) => {
+                        bad += 1;
+                        if bad <= 20 {
+                            eprintln!("palisade: {}:{}: {e}", path.display(), i + 1);
+                        }
+                    }
+                }
+            }
+            if bad > 20 {
+                eprintln!(
+                    "palisade: {} more invalid lines in {}",
+                    bad - 20,
+                    path.display()
+                );
+            }
+        }
+        Ok((targets, bad))
+    }
+}
+
+pub fn parse_net(s: &str) -> Result<Net, String> {
+    s.parse()
+        .map_err(|e: palisade_model::NetError| e.to_string())
+}
+
+pub fn parse_span(s: &str) -> Result<Span, String> {
+    s.parse()
+        .map_err(|e: palisade_model::SpanError| e.to_string())
+}

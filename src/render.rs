@@ -1,0 +1,202 @@
+//! Human-readable output: times, decision tables, explanations, status.
+
+use std::fmt::Write as _;
+
+use palisade_control::{AgentStatus, Explanation, Verdict};
+use palisade_model::time::{compact_duration, relative};
+use palisade_model::{Action, Decision, Timestamp};
+
+/// `until 2026-11-21T11:00:00Z (in 1h)` or `forever`.
+pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
+    match expires {
+        Some(t) => format!("until {} ({})", t.rfc3339(), relative(t, now)),
+        None => "forever".into(),
+    }
+}
+
+/// The header and one row per decision, in aligned columns.
+pub struct Table {
+    rows: Vec<[String; 5]>,
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table {
+            rows: vec![["ACTION", "TARGET", "EXPIRES", "ORIGIN", "REASON"].map(String::from)],
+        }
+    }
+
+    pub fn push(&mut self, d: &Decision, now: Timestamp) {
+        let expires = match d.expires {
+            Some(t) => relative(t, now),
+            None => "never".into(),
+        };
+        let mut reason = d.reason.clone().unwrap_or_default();
+        if let Some(rule) = d.rule.as_deref().filter(|r| *r != "ban") {
+            reason = if reason.is_empty() {
+                format!("[{rule}]")
+            } else {
+                format!("[{rule}] {reason}")
+            };
+        }
+        self.rows.push([
+            d.action.to_string(),
+            d.target.to_string(),
+            expires,
+            d.origin.to_string(),
+            reason,
+        ]);
+    }
+
+    pub fn print(&self) {
+        let mut widths = [0usize; 5];
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i == 4 {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{:<w$}  ", cell, w = widths[i]);
+                }
+            }
+            println!("{}", line.trim_end());
+        }
+    }
+}
+
+/// The story of one address, for `palisade explain`.
+pub fn explanation(e: &Explanation) -> String {
+    let mut out = String::new();
+    let what = if e.address.is_host() {
+        ""
+    } else {
+        " (network)"
+    };
+    let _ = match e.verdict {
+        Verdict::Blocked => writeln!(out, "{}{what}: BLOCKED", e.address),
+        Verdict::Allowed => writeln!(out, "{}{what}: ALLOWED (never banned)", e.address),
+        Verdict::Open => writeln!(
+            out,
+            "{}{what}: not blocked: no ban or allow entry covers it",
+            e.address
+        ),
+    };
+    for d in &e.allowed_by {
+        let _ = writeln!(out, "  allowed by {}", entry_name(d, e));
+        decision_details(&mut out, d, e.now);
+    }
+    for d in &e.banned_by {
+        let lead = if e.verdict == Verdict::Allowed {
+            "ban that does not apply to it (allow entries win):"
+        } else {
+            "banned by"
+        };
+        let _ = writeln!(out, "  {lead} {}", entry_name(d, e));
+        decision_details(&mut out, d, e.now);
+    }
+    if e.bans_inside > 0 {
+        let _ = writeln!(
+            out,
+            "  {} narrower ban{} inside it (see `palisade list`)",
+            e.bans_inside,
+            if e.bans_inside == 1 { "" } else { "s" }
+        );
+    }
+    out
+}
+
+fn entry_name(d: &Decision, e: &Explanation) -> String {
+    if d.target == e.address {
+        format!("{} (its own entry)", d.target)
+    } else {
+        format!("{} (network entry)", d.target)
+    }
+}
+
+fn decision_details(out: &mut String, d: &Decision, now: Timestamp) {
+    let _ = writeln!(
+        out,
+        "    since    {} ({})",
+        d.created.rfc3339(),
+        relative(d.created, now)
+    );
+    let _ = match d.expires {
+        Some(t) => writeln!(out, "    until    {} ({})", t.rfc3339(), relative(t, now)),
+        None => writeln!(out, "    until    forever"),
+    };
+    let _ = writeln!(out, "    by       {}", d.origin);
+    if let Some(rule) = &d.rule {
+        let _ = writeln!(out, "    rule     {rule}");
+    }
+    if let Some(reason) = &d.reason {
+        let label = if d.action == Action::Allow {
+            "comment"
+        } else {
+            "reason"
+        };
+        let _ = writeln!(out, "    {label:<8} {reason}");
+    }
+    if d.hits > 1 {
+        let _ = writeln!(
+            out,
+            "    repeats  {} (last {})",
+            d.hits,
+            relative(d.updated, now)
+        );
+    }
+    if d.scope == palisade_model::Scope::Local {
+        let _ = writeln!(out, "    scope    this server only");
+    }
+    if !d.evidence.is_empty() {
+        let _ = writeln!(out, "    evidence:");
+        for line in &d.evidence {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+}
+
+/// `palisade status` as text.
+pub fn status(s: &AgentStatus) -> String {
+    let mut out = String::new();
+    let up = compact_duration(s.now.since(s.started));
+    let _ = writeln!(
+        out,
+        "palisade agent {} on {} (pid {}), {}, up {up}",
+        s.version, s.node, s.pid, s.mode
+    );
+    let _ = writeln!(out, "  state      {}", s.state_dir);
+    let _ = writeln!(out, "  socket     {}", s.socket);
+    let next = match s.next_expiry {
+        Some(t) => format!(" (next expiry {})", relative(t, s.now)),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  bans       {} address{}, {} network{}{next}",
+        s.bans,
+        if s.bans == 1 { "" } else { "es" },
+        s.ban_networks,
+        if s.ban_networks == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out, "  allows     {}", s.allows);
+    let _ = writeln!(
+        out,
+        "  bans last  {} unless --for says otherwise",
+        s.default_ban
+    );
+    for e in &s.enforcers {
+        let health = if e.healthy { "ok" } else { "FAILING" };
+        let _ = writeln!(out, "  enforcer   {} {health}: {}", e.name, e.detail);
+    }
+    let _ = writeln!(
+        out,
+        "  killed     {} open connection(s) of banned addresses",
+        s.connections_killed
+    );
+    out
+}

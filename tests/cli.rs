@@ -1,0 +1,121 @@
+//! The CLI on its own: help, configuration, and errors when no agent runs.
+//! None of these need root or a kernel.
+
+mod support;
+
+use std::process::Command;
+
+use support::BIN;
+
+fn palisade(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("PALISADE_CONFIG")
+        .env_remove("PALISADE_SOCKET")
+        .output()
+        .expect("run palisade")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn config_init_prints_a_file_that_config_check_accepts() {
+    let out = palisade(&["config", "init"]);
+    assert!(out.status.success());
+    let template = text(&out.stdout);
+    assert!(template.contains("[agent]") && template.contains("default_ban = \"1d\""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisade.toml");
+    std::fs::write(&path, &template).unwrap();
+    let out = palisade(&["config", "check", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(": ok"));
+}
+
+#[test]
+fn config_check_points_at_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[agent]\nlocal_only = true\n\n[[allow]]\nnet = \"10.1.2.3/8\"\n",
+    )
+    .unwrap();
+    let out = palisade(&["--config", path.to_str().unwrap(), "config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let expected = format!("{}:5:7: ", path.display());
+    assert!(err.starts_with(&expected), "{err}");
+    assert!(err.contains("did you mean 10.0.0.0/8"), "{err}");
+    assert!(err.contains("net = \"10.1.2.3/8\""), "{err}");
+
+    let out = palisade(&["config", "check", "/nonexistent/palisade.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read the configuration file"));
+}
+
+#[test]
+fn commands_explain_a_missing_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("palisade.sock");
+    for args in [
+        vec!["ban", "198.51.100.1"],
+        vec!["list"],
+        vec!["status"],
+        vec!["explain", "198.51.100.1"],
+    ] {
+        let mut all = vec!["--socket", sock.to_str().unwrap()];
+        all.extend(args.iter());
+        let out = palisade(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("the palisade agent is not running"), "{err}");
+        assert!(err.contains("palisade agent --local-only"), "{err}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let out = palisade(&["ban", "1.2.3.4/24"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("did you mean 1.2.3.0/24"));
+    let out = palisade(&["ban", "198.51.100.1", "--for", "ten minutes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("such as 90s, 10m, 1h, 2d"));
+    let out = palisade(&["ban"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_agent_needs_a_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let out = palisade(&["--config", cfg.to_str().unwrap(), "agent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--local-only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_teaches() {
+    let out = palisade(&["--help"]);
+    let help = text(&out.stdout);
+    for cmd in [
+        "agent", "ban", "unban", "allow", "unallow", "list", "explain", "status", "config",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}");
+    }
+    let ban = text(&palisade(&["ban", "--help"]).stdout);
+    assert!(ban.contains("Examples:") && ban.contains("--for"), "{ban}");
+    let agent = text(&palisade(&["agent", "--help"]).stdout);
+    assert!(
+        agent.contains("PALISADE_STATE_DIR") && agent.contains("--remove-rules"),
+        "{agent}"
+    );
+}

@@ -1,0 +1,187 @@
+//! Shared helpers for the `palisade` binary's end-to-end tests: run an agent
+//! inside a lab host's namespace and drive it with the real CLI.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use palisade_lab::{Netns, Proc};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+/// A palisade agent running in a namespace, with its own state directory,
+/// control socket and configuration file.
+pub struct Agent {
+    pub proc: Option<Proc>,
+    pub dir: tempfile::TempDir,
+    ns: String,
+}
+
+impl Agent {
+    /// Starts `palisade agent --local-only` inside `ns` with `config` as its
+    /// configuration file, and waits until it serves its socket.
+    pub fn start(ns: &Netns, config: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
+        let mut agent = Agent {
+            proc: None,
+            dir,
+            ns: ns.name().to_string(),
+        };
+        agent.restart();
+        agent
+    }
+
+    /// Starts the agent again (after [`Agent::stop`]) with the same paths.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "the agent is already running");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, BIN, "agent", "--local-only"])
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .env("PALISADE_LOG", "info,palisade_agent=debug")
+            .env_remove("PALISADE_CONFIG");
+        let proc = Proc::spawn(cmd).expect("start the agent");
+        let ready = proc.wait_for_stderr("palisade agent running", Duration::from_secs(20));
+        assert!(ready, "the agent did not start:\n{}", proc.describe());
+        self.proc = Some(proc);
+    }
+
+    /// Stops the agent with SIGTERM and checks that it exited cleanly.
+    pub fn stop(&mut self) {
+        let mut proc = self.proc.take().expect("the agent is running");
+        let status = proc.stop();
+        assert!(
+            status.success(),
+            "the agent did not stop cleanly:\n{}",
+            proc.describe()
+        );
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("palisade.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("palisade.toml")
+    }
+
+    /// Runs the CLI against this agent and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.socket(), args)
+    }
+
+    /// Runs the CLI and panics with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "palisade {} failed: {}\n{}\nagent log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
+    }
+}
+
+/// Runs `palisade --socket SOCKET ARGS...` outside any namespace (the
+/// control socket is a file, not a network address).
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("PALISADE_CONFIG")
+        .output()
+        .expect("run palisade")
+}
+
+/// `nft` output inside a namespace (panics if nft fails).
+pub fn nft(ns: &Netns, args: &[&str]) -> String {
+    let out = ns.output("nft", args);
+    assert!(
+        out.status.success(),
+        "nft {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Loads a ruleset with `nft -f -` inside a namespace (panics if it fails).
+pub fn nft_load(ns: &Netns, ruleset: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .expect("write to nft");
+    let out = child.wait_with_output().expect("wait for nft");
+    assert!(
+        out.status.success(),
+        "nft -f failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every element of `table inet palisade`'s sets, as `set: element` strings,
+/// read with `nft -j` as an independent observer of the kernel.
+pub fn kernel_elements(ns: &Netns) -> Vec<String> {
+    let out = ns.output("nft", &["-j", "list", "table", "inet", "palisade"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft json");
+    let mut found = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item.get("set") else { continue };
+        let name = set["name"].as_str().unwrap_or("?");
+        for e in set["elem"].as_array().into_iter().flatten() {
+            found.push(format!("{name}: {}", element_text(e)));
+        }
+    }
+    found
+}
+
+fn element_text(e: &serde_json::Value) -> String {
+    let inner = e.get("elem").map(|x| &x["val"]).unwrap_or(e);
+    if let Some(p) = inner.get("prefix") {
+        format!("{}/{}", p["addr"].as_str().unwrap_or("?"), p["len"])
+    } else if let Some(r) = inner.get("range") {
+        format!(
+            "{}-{}",
+            r[0].as_str().unwrap_or("?"),
+            r[1].as_str().unwrap_or("?")
+        )
+    } else {
+        inner
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| inner.to_string())
+    }
+}
