@@ -108,6 +108,18 @@ struct NativePattern {
     /// Capture group indexes.
     host: Option<usize>,
     port: Option<usize>,
+    /// Reused capture slots (no allocation per match).
+    locs: std::cell::RefCell<regex::bytes::CaptureLocations>,
+}
+
+impl NativePattern {
+    /// The host text and the port text of a match, if the pattern matches.
+    fn extract<'m>(&self, msg: &'m str) -> Option<(Option<&'m str>, Option<&'m str>)> {
+        let mut locs = self.locs.borrow_mut();
+        self.re.captures_read(&mut locs, msg.as_bytes())?;
+        let get = |g: Option<usize>| g.and_then(|g| locs.get(g)).and_then(|(s, e)| msg.get(s..e));
+        Some((get(self.host), get(self.port)))
+    }
 }
 
 /// A RegexSet over the patterns of a subset of the rules.
@@ -185,12 +197,14 @@ impl Engine {
                             message: "closed_ports_only needs a (?P<port>\\d+) group".into(),
                         });
                     }
+                    let locs = std::cell::RefCell::new(re.capture_locations());
                     patterns.push(NativePattern {
                         rule: idx,
                         kind,
                         re,
                         host,
                         port,
+                        locs,
                     });
                 }
             }
@@ -364,20 +378,13 @@ impl Engine {
                     });
                 }
                 PatternKind::Bad => {
-                    let Some(caps) = pat.re.captures(msg.as_bytes()) else {
+                    let Some((host, port)) = pat.extract(msg) else {
                         continue;
                     };
-                    let Some(address) = pat
-                        .host
-                        .and_then(|h| caps.get(h))
-                        .and_then(|m| parse_addr(as_str(m.as_bytes())))
-                    else {
+                    let Some(address) = host.and_then(parse_addr) else {
                         continue;
                     };
-                    let port = pat
-                        .port
-                        .and_then(|g| caps.get(g))
-                        .and_then(|m| as_str(m.as_bytes()).parse::<u16>().ok());
+                    let port = port.and_then(|p| p.parse::<u16>().ok());
                     if self.rules[rule].closed_ports_only
                         && let Some(port) = port
                         && self
@@ -402,11 +409,8 @@ impl Engine {
                 }
                 PatternKind::Good => {
                     if good.is_none()
-                        && let Some(caps) = pat.re.captures(msg.as_bytes())
-                        && let Some(address) = pat
-                            .host
-                            .and_then(|h| caps.get(h))
-                            .and_then(|m| parse_addr(as_str(m.as_bytes())))
+                        && let Some((Some(host), _)) = pat.extract(msg)
+                        && let Some(address) = parse_addr(host)
                     {
                         good = Some(Hit {
                             rule,
@@ -420,10 +424,6 @@ impl Engine {
         }
         good
     }
-}
-
-fn as_str(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
 }
 
 fn group_index(re: &Regex, name: &str) -> Option<usize> {

@@ -53,7 +53,9 @@ pub enum Event {
 struct Entry {
     /// Failure times in ms, oldest first.
     times: VecDeque<u64>,
-    evidence: VecDeque<String>,
+    /// The last evidence lines, each ending in '\n' (one allocation).
+    evidence: String,
+    evidence_count: usize,
     /// The highest stage in force and when it stops being in force.
     fired: Option<(usize, u64)>,
     seq: u64,
@@ -216,7 +218,8 @@ impl Tracker {
         }
         let entry = self.entries.entry(key).or_insert_with(|| Entry {
             times: VecDeque::new(),
-            evidence: VecDeque::new(),
+            evidence: String::new(),
+            evidence_count: 0,
             fired: None,
             seq,
         });
@@ -227,15 +230,21 @@ impl Tracker {
         }
         entry.times.push_back(t);
         if self.limits.evidence_lines > 0 {
-            let text = text.trim_end();
-            // Reuse the oldest line's allocation once the list is full.
-            let mut line = if entry.evidence.len() >= self.limits.evidence_lines {
-                entry.evidence.pop_front().unwrap_or_default()
-            } else {
-                String::new()
-            };
-            cap_into(&mut line, text, self.limits.evidence_len);
-            entry.evidence.push_back(line);
+            if entry.evidence_count >= self.limits.evidence_lines {
+                let first = entry
+                    .evidence
+                    .find('\n')
+                    .map_or(entry.evidence.len(), |i| i + 1);
+                entry.evidence.drain(..first);
+                entry.evidence_count -= 1;
+            }
+            push_capped(
+                &mut entry.evidence,
+                text.trim_end(),
+                self.limits.evidence_len,
+            );
+            entry.evidence.push('\n');
+            entry.evidence_count += 1;
         }
         if let Some((_, until)) = entry.fired
             && until <= t
@@ -271,7 +280,7 @@ impl Tracker {
                     span: stage.ban,
                     scope: info.scope,
                     count: n as u32,
-                    evidence: entry.evidence.iter().cloned().collect(),
+                    evidence: entry.evidence.lines().map(String::from).collect(),
                 })
             }
             _ => None,
@@ -323,13 +332,14 @@ impl Tracker {
     }
 }
 
-fn cap_into(out: &mut String, s: &str, max: usize) {
+/// Appends `s`, cleaned (no control characters, so no newline either) and
+/// capped at `max` bytes.
+fn push_capped(out: &mut String, s: &str, max: usize) {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     let head = &s[..end];
-    out.clear();
     if head
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
@@ -345,22 +355,8 @@ fn cap_into(out: &mut String, s: &str, max: usize) {
 
 #[cfg(test)]
 fn cap(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let head = &s[..end];
-    let plain = head
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
-    let mut out = if plain {
-        head.to_string()
-    } else {
-        clean_text(head)
-    };
-    if end < s.len() {
-        out.push('…');
-    }
+    let mut out = String::new();
+    push_capped(&mut out, s, max);
     out
 }
 
