@@ -211,7 +211,9 @@ impl Tracker {
         let t = now.as_millis();
         self.seq += 1;
         let seq = self.seq;
-        if !self.entries.contains_key(&key) {
+        // One hash probe in the common case (not full).
+        if self.entries.len() >= self.limits.max_tracked.max(1) && !self.entries.contains_key(&key)
+        {
             while self.entries.len() >= self.limits.max_tracked.max(1) {
                 self.evict_one();
             }
