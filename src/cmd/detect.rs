@@ -267,7 +267,12 @@ fn collect_rules(
         rules.push(rule);
     }
     if args.builtin || rules.is_empty() {
-        rules.extend(builtin::rules());
+        // A configured rule of the same name replaces the built-in one.
+        let builtin: Vec<RuleConfig> = builtin::rules()
+            .into_iter()
+            .filter(|b| !rules.iter().any(|r| r.name == b.name))
+            .collect();
+        rules.extend(builtin);
     }
     Ok(rules)
 }
