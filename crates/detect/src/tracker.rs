@@ -401,6 +401,13 @@ mod tests {
     }
 
     #[test]
+    fn tracker_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Tracker>();
+        send::<Engine>();
+    }
+
+    #[test]
     fn stages_fire_in_order_with_evidence() {
         let mut t = tracker(Limits::default());
         let mut fired = Vec::new();

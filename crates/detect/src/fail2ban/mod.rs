@@ -24,10 +24,9 @@
 pub mod date;
 pub mod ini;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use palisade_model::Net;
 
@@ -273,7 +272,7 @@ impl Val {
 }
 
 type Fail = BTreeMap<String, Val>;
-type Shared = Rc<RefCell<Fail>>;
+type Shared = Arc<Mutex<Fail>>;
 
 /// A loaded fail2ban filter with its matching state.
 pub struct Filter {
@@ -580,12 +579,12 @@ impl Filter {
             let mlfid = fail.get("mlfid").and_then(|v| v.as_str().map(String::from));
             let shared: Shared = match &mlfid {
                 Some(id) => self.merge_failure(id, fail),
-                None => Rc::new(RefCell::new(fail)),
+                None => Arc::new(Mutex::new(fail)),
             };
             let nofail;
             let host;
             {
-                let f = shared.borrow();
+                let f = shared.lock().unwrap();
                 nofail = f.get("nofail").is_some_and(Val::truthy);
                 let fid = f.get("fid").and_then(|v| v.as_str().map(String::from));
                 let ip = ["ip4", "ip6", "dns"]
@@ -606,12 +605,15 @@ impl Filter {
                 };
             }
             if host.is_none() && mlfid.is_some() {
-                shared.borrow_mut().insert("mlfpending".into(), Val::Int(1));
+                shared
+                    .lock()
+                    .unwrap()
+                    .insert("mlfpending".into(), Val::Int(1));
             }
             if !nofail || self.check_all {
                 let address = host.as_deref().and_then(parse_addr).filter(|_| {
                     // Only ip4/ip6 groups give an address, never a DNS name.
-                    let f = shared.borrow();
+                    let f = shared.lock().unwrap();
                     f.get("ip4").is_some_and(Val::truthy) || f.get("ip6").is_some_and(Val::truthy)
                 });
                 let nofail = nofail || host.is_none();
@@ -664,7 +666,7 @@ impl Filter {
         let shared = match cached {
             Some(sh) => {
                 {
-                    let mut g = sh.borrow_mut();
+                    let mut g = sh.lock().unwrap();
                     users = update_users(&mut g, user.as_deref());
                     if g.remove("nofail").is_some_and(|v| v.truthy()) {
                         fl |= 4;
@@ -689,16 +691,16 @@ impl Filter {
             None => {
                 if fl & 2 == 0 {
                     users = update_users(&mut fail, user.as_deref());
-                    let sh = Rc::new(RefCell::new(fail));
+                    let sh = Arc::new(Mutex::new(fail));
                     self.cache_mlfid(mlfid, sh.clone());
                     sh
                 } else {
-                    Rc::new(RefCell::new(fail))
+                    Arc::new(Mutex::new(fail))
                 }
             }
         };
         {
-            let mut g = shared.borrow_mut();
+            let mut g = shared.lock().unwrap();
             let pending = g.remove("mlfpending").is_some_and(|v| v.truthy());
             if pending || users.as_ref().is_some_and(|u| u.len() > 1) {
                 g.remove("nofail");
