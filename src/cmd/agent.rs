@@ -95,8 +95,16 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
             .collect(),
     };
     let kill: Option<palisade_agent::KillFn> = config.agent.kill_connections.then(|| {
-        Box::new(|net: &palisade_model::Net| {
-            palisade_enforce::kill::kill_connections(net)
+        // Opened on first use, on the killer's own thread, and kept.
+        let mut killer: Option<palisade_enforce::kill::Killer> = None;
+        Box::new(move |nets: &[palisade_model::Net]| {
+            let k = match &mut killer {
+                Some(k) => k,
+                None => {
+                    killer.insert(palisade_enforce::kill::Killer::new().map_err(|e| e.to_string())?)
+                }
+            };
+            k.kill_all(nets)
                 .map(|r| r.total() as u64)
                 .map_err(|e| e.to_string())
         }) as palisade_agent::KillFn

@@ -134,9 +134,10 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
     drop(runtime);
     let _ = std::fs::remove_file(&options.socket);
     let _ = worker_thread.join();
-    if let Some(k) = killer {
-        let _ = k.join();
-    }
+    // The killer is not waited for: connections it has not cut yet are
+    // dropped by the kernel anyway, and a long backlog must not hold up a
+    // restart.
+    drop(killer);
     info!("palisade agent stopped; bans stay in the kernel and expire on time");
     result
 }

@@ -14,7 +14,7 @@
 //! It acts on the network namespace of the thread that created the
 //! [`Killer`].
 
-use palisade_model::{Family, Net};
+use palisade_model::{Family, Net, NetMap};
 use palisade_netlink::{Socket, ct, diag};
 
 use crate::EnforceError;
@@ -52,43 +52,73 @@ impl Killer {
     /// Kills the connections of `net` (see the module docs). Both steps are
     /// tried even if the first fails; the first error is returned.
     pub fn kill(&mut self, net: &Net) -> Result<KillReport, EnforceError> {
+        self.kill_all(std::slice::from_ref(net))
+    }
+
+    /// Kills the connections of every network in `nets` with one socket dump
+    /// and one conntrack dump per family, however many networks there are
+    /// (a bulk ban of a million addresses must not dump a million times).
+    pub fn kill_all(&mut self, nets: &[Net]) -> Result<KillReport, EnforceError> {
+        let mut targets = NetMap::new();
+        for n in nets {
+            targets.insert(*n, ());
+        }
+        let hit = |addr: std::net::IpAddr| targets.covering(&Net::host(addr)).next().is_some();
+        let has = |f: Family| nets.iter().any(|n| n.family() == f);
         let mut report = KillReport::default();
-        let sockets = self.kill_sockets(net);
-        let conntrack = self.kill_conntrack(net);
+        let sockets = self.kill_sockets(has(Family::V4), has(Family::V6), &hit);
+        let conntrack = self.kill_conntrack(has(Family::V4), has(Family::V6), &hit);
         report.sockets = sockets?;
         report.conntrack = conntrack?;
         Ok(report)
     }
 
-    fn kill_sockets(&mut self, net: &Net) -> Result<usize, EnforceError> {
+    fn kill_sockets(
+        &mut self,
+        v4: bool,
+        v6: bool,
+        hit: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> Result<usize, EnforceError> {
         // IPv4 peers of dual-stack sockets show up in the IPv6 dump with
-        // mapped addresses, so IPv4 networks look at both.
-        let families: &[i32] = match net.family() {
-            Family::V4 => &[libc::AF_INET, libc::AF_INET6],
-            Family::V6 => &[libc::AF_INET6],
-        };
+        // mapped addresses (the model maps them back to IPv4), so IPv4
+        // networks look at both dumps.
+        let mut families = Vec::new();
+        if v4 {
+            families.push(libc::AF_INET);
+        }
+        if v4 || v6 {
+            families.push(libc::AF_INET6);
+        }
         let mut killed = 0;
-        for &f in families {
+        for f in families {
             let victims: Vec<diag::TcpSocket> =
                 diag::dump_tcp(&mut self.diag, f as u8, diag::CONNECTED_STATES)?
                     .into_iter()
-                    .filter(|s| net.contains_addr(s.remote_ip()))
+                    .filter(|s| hit(s.remote_ip()))
                     .collect();
             killed += diag::destroy(&mut self.diag, &victims)?;
         }
         Ok(killed)
     }
 
-    fn kill_conntrack(&mut self, net: &Net) -> Result<usize, EnforceError> {
-        let family = match net.family() {
-            Family::V4 => ct::AF_INET,
-            Family::V6 => ct::AF_INET6,
-        };
-        let victims: Vec<ct::CtEntry> = ct::dump(&mut self.ct, family)?
-            .into_iter()
-            .filter(|e| net.contains_addr(e.src) || net.contains_addr(e.dst))
-            .collect();
-        Ok(ct::delete(&mut self.ct, &victims)?)
+    fn kill_conntrack(
+        &mut self,
+        v4: bool,
+        v6: bool,
+        hit: &dyn Fn(std::net::IpAddr) -> bool,
+    ) -> Result<usize, EnforceError> {
+        let mut killed = 0;
+        for (wanted, family) in [(v4, ct::AF_INET), (v6, ct::AF_INET6)] {
+            if !wanted {
+                continue;
+            }
+            let victims: Vec<ct::CtEntry> = ct::dump(&mut self.ct, family)?
+                .into_iter()
+                .filter(|e| hit(e.src) || hit(e.dst))
+                .collect();
+            killed += ct::delete(&mut self.ct, &victims)?;
+        }
+        Ok(killed)
     }
 }
 
