@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use palisade_control::{AgentStatus, Explanation, Verdict};
+use palisade_control::{AgentStatus, Explanation, Summary, Verdict};
 use palisade_model::time::{compact_duration, relative};
 use palisade_model::{Action, Decision, Timestamp};
 
@@ -11,6 +11,27 @@ pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
     match expires {
         Some(t) => format!("until {} ({})", t.rfc3339(), relative(t, now)),
         None => "forever".into(),
+    }
+}
+
+/// `1000 added, 3 refused` for bulk requests.
+pub fn summary(s: &Summary) -> String {
+    let parts: Vec<String> = [
+        (s.added, "added"),
+        (s.extended, "extended"),
+        (s.unchanged, "unchanged"),
+        (s.removed, "removed"),
+        (s.not_found, "not found"),
+        (s.refused, "refused"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        "nothing to do".into()
+    } else {
+        parts.join(", ")
     }
 }
 

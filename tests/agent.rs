@@ -526,3 +526,45 @@ fn two_agents_on_one_machine_stay_separate() {
     );
     assert!(a2.ok(&["list"]).contains("no active bans"));
 }
+
+#[test]
+fn a_bulk_ban_from_a_file_is_summarised_and_enforced() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    let agent = Agent::start(victim, "");
+    // 5000 addresses plus the attacker's, one duplicate and one refused.
+    let mut lines: Vec<String> = (0..5000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x6440_0000u32 + 2 * i).to_string())
+        .collect();
+    lines.push(attacker.v4().to_string());
+    lines.push(lines[0].clone());
+    lines.push("127.0.0.1".into());
+    let file = agent.dir.path().join("bulk.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = agent.cli(&["ban", "--file", file.to_str().unwrap(), "--for", "1h"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "one target was refused");
+    assert_eq!(stdout.trim(), "5001 added, 1 refused", "{stdout}");
+    assert!(
+        stderr.contains("loopback"),
+        "the refusal is named: {stderr}"
+    );
+    assert!(!reachable(attacker, victim.v4().into()));
+    let status = agent.ok(&["status"]);
+    assert!(status.contains("bans       5001 addresses"), "{status}");
+    let kernel = kernel_elements(victim);
+    assert_eq!(
+        kernel.iter().filter(|e| e.starts_with("block4: ")).count(),
+        5001
+    );
+    // Repeating it a moment later only moves the expiry: nothing is added.
+    let out = agent.cli(&["ban", "--file", file.to_str().unwrap(), "--for", "1h"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "5001 extended, 1 refused", "{stdout}");
+    assert!(agent.ok(&["status"]).contains("bans       5001 addresses"));
+}

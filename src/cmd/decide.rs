@@ -90,6 +90,7 @@ pub fn ban(ctx: &Context, args: BanArgs) -> Result<ExitCode> {
         evidence: Vec::new(),
         actor: actor(),
         scope: Scope::Local,
+        brief: false,
     });
     send(ctx, req, bad)
 }
@@ -101,6 +102,7 @@ pub fn unban(ctx: &Context, args: UnbanArgs) -> Result<ExitCode> {
         Request::Unban(TargetsRequest {
             targets,
             actor: actor(),
+            brief: false,
         }),
         bad,
     )
@@ -114,6 +116,7 @@ pub fn allow(ctx: &Context, args: AllowArgs) -> Result<ExitCode> {
         comment: args.comment,
         actor: actor(),
         scope: Scope::Local,
+        brief: false,
     });
     send(ctx, req, bad)
 }
@@ -125,59 +128,53 @@ pub fn unallow(ctx: &Context, args: UnallowArgs) -> Result<ExitCode> {
         Request::Unallow(TargetsRequest {
             targets,
             actor: actor(),
+            brief: false,
         }),
         bad,
     )
 }
 
-/// Sends a mutation and prints one line per target. Exits non-zero if any
-/// target (or input line) did not get what was asked.
-fn send(ctx: &Context, req: Request, bad_lines: usize) -> Result<ExitCode> {
-    let empty = match &req {
-        Request::Ban(r) => r.targets.is_empty(),
-        Request::Allow(r) => r.targets.is_empty(),
-        Request::Unban(r) | Request::Unallow(r) => r.targets.is_empty(),
-        _ => false,
+/// Requests with more targets than this are sent brief and answered with
+/// a summary plus the failures.
+const DETAILED_UP_TO: usize = 20;
+
+/// Sends a mutation and prints one line per target (a summary for bulk
+/// requests). Exits non-zero if any target (or input line) did not get
+/// what was asked.
+fn send(ctx: &Context, mut req: Request, bad_lines: usize) -> Result<ExitCode> {
+    let (count, verb) = match &mut req {
+        Request::Ban(r) => (r.targets.len(), Verb::Ban),
+        Request::Allow(r) => (r.targets.len(), Verb::Allow),
+        Request::Unban(r) => (r.targets.len(), Verb::Unban),
+        Request::Unallow(r) => (r.targets.len(), Verb::Unallow),
+        _ => unreachable!("only mutations are sent here"),
     };
-    if empty {
+    if count == 0 {
         anyhow::bail!("no valid address given");
     }
-    let verb = match &req {
-        Request::Ban(_) => Verb::Ban,
-        Request::Unban(_) => Verb::Unban,
-        Request::Allow(_) => Verb::Allow,
-        _ => Verb::Unallow,
-    };
+    let brief = count > DETAILED_UP_TO;
+    match &mut req {
+        Request::Ban(r) => r.brief = brief,
+        Request::Allow(r) => r.brief = brief,
+        Request::Unban(r) | Request::Unallow(r) => r.brief = brief,
+        _ => {}
+    }
     let response = ctx.connect()?.call(&req)?;
-    let Response::Outcomes { outcomes } = response else {
+    let Response::Outcomes { summary, outcomes } = response else {
         anyhow::bail!("unexpected answer from the agent: {response:?}");
     };
     let now = Timestamp::now();
-    let mut failed = bad_lines > 0;
-    // Bulk operations print a summary instead of a line per address.
-    if outcomes.len() > 20 {
-        let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
-        for o in &outcomes {
-            *by_kind
-                .entry(format!("{:?}", o.result).to_lowercase())
-                .or_default() += 1;
-            if o.result.is_failure() {
-                failed = true;
-                eprintln!("palisade: {}", failure(o));
-            }
-        }
-        let parts: Vec<String> = by_kind.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        println!("{}", parts.join(", "));
-    } else {
-        for o in &outcomes {
-            if o.result.is_failure() {
-                failed = true;
-                eprintln!("palisade: {}", failure(o));
-            } else {
-                println!("{}", success(verb, o, now));
-            }
+    for o in &outcomes {
+        if o.result.is_failure() {
+            eprintln!("palisade: {}", failure(o));
+        } else {
+            println!("{}", success(verb, o, now));
         }
     }
+    if brief {
+        println!("{}", render::summary(&summary));
+    }
+    let failed = bad_lines > 0 || summary.failures() > 0;
     Ok(if failed {
         ExitCode::FAILURE
     } else {

@@ -191,7 +191,7 @@ async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Comm
         return Response::Error(ControlError::new(ErrorCode::Internal, e));
     }
     match rx.await {
-        Ok(Ok(outcomes)) => Response::Outcomes { outcomes },
+        Ok(Ok((summary, outcomes))) => Response::Outcomes { summary, outcomes },
         Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
         Err(_) => Response::Error(ControlError::new(
             ErrorCode::Internal,

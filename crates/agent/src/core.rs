@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use palisade_control::{
-    AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, TargetsRequest,
-    Verdict,
+    AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, Summary,
+    TargetsRequest, Verdict,
 };
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
@@ -22,6 +22,11 @@ use tracing::{info, warn};
 
 /// How many expired decisions are pruned per store transaction.
 const PRUNE_BATCH: usize = 10_000;
+/// How many targets of one request go into one kernel transaction and one
+/// store transaction: bounds the memory a bulk request needs.
+const CHUNK: usize = 10_000;
+/// Requests with up to this many targets log each decision.
+const LOG_EACH_UP_TO: usize = 100;
 
 /// What the agent needs to know to make decisions.
 #[derive(Debug, Clone)]
@@ -57,11 +62,56 @@ pub enum CoreError {
     },
 }
 
-/// The result of a mutation: per-target outcomes, plus the bans that were
-/// newly enforced (so their open connections can be killed).
+/// The result of a mutation: how targets ended, per-target outcomes (only
+/// the failed ones for a brief request), and the bans that were newly
+/// enforced (so their open connections can be killed).
 pub struct Applied {
+    pub summary: Summary,
     pub outcomes: Vec<Outcome>,
     pub newly_banned: Vec<Net>,
+    brief: bool,
+    /// Individual decisions are logged for small requests, a summary for
+    /// bulk ones.
+    log_each: bool,
+}
+
+impl Applied {
+    fn new(brief: bool, targets: usize) -> Applied {
+        Applied {
+            summary: Summary::default(),
+            outcomes: Vec::new(),
+            newly_banned: Vec::new(),
+            brief,
+            log_each: targets <= LOG_EACH_UP_TO,
+        }
+    }
+
+    fn push(
+        &mut self,
+        target: Net,
+        result: OutcomeKind,
+        note: Option<String>,
+        expires: Option<Timestamp>,
+    ) {
+        self.summary.count(result);
+        if self.log_each && !result.is_failure() {
+            info!(target = %target, result = ?result, expires = ?expires.map(|e| e.rfc3339()), note = note.as_deref().unwrap_or(""), "decision");
+        }
+        if !self.brief || result.is_failure() {
+            self.outcomes.push(Outcome {
+                target,
+                result,
+                note,
+                expires,
+            });
+        }
+    }
+
+    fn log(&self, verb: &str) {
+        if !self.log_each {
+            info!(summary = ?self.summary, "{verb} in bulk");
+        }
+    }
 }
 
 pub struct Core {
@@ -109,15 +159,24 @@ impl Core {
 
     /// Makes every enforcer's kernel state exactly what the store holds.
     pub fn reconcile(&mut self) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
         let reader = self.store.read()?;
+        let mut reading = std::time::Duration::ZERO;
         for i in 0..self.enforcers.len() {
             let mut failed: Option<StoreError> = None;
-            let mut entries = reader.iter(None)?.filter_map(|d| match d {
-                Ok(d) => Some(entry(&d)),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    None
-                }
+            let mut decisions = reader.iter(None)?;
+            let mut entries = std::iter::from_fn(|| {
+                let t = std::time::Instant::now();
+                let next = loop {
+                    match decisions.next()? {
+                        Ok(d) => break entry(&d),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                };
+                reading += t.elapsed();
+                Some(next)
             });
             let result = self.enforcers[i].replace_all(&mut entries);
             drop(entries);
@@ -131,30 +190,47 @@ impl Core {
             bans = c.ban_hosts,
             ban_networks = c.ban_networks,
             allows = c.allows,
+            seconds = started.elapsed().as_secs_f64(),
+            reading_store = reading.as_secs_f64(),
             "kernel state reconciled with the store"
         );
         Ok(())
     }
 
-    pub fn ban(&mut self, req: BanRequest, now: Timestamp) -> Result<Applied, CoreError> {
+    pub fn ban(&mut self, mut req: BanRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(self.settings.default_ban);
-        let mut outcomes = Vec::with_capacity(req.targets.len());
-        let mut changes = Vec::new();
-        let mut newly_banned = Vec::new();
-        let mut to_store = Vec::new();
+        let targets = dedup(std::mem::take(&mut req.targets));
+        let mut applied = Applied::new(req.brief, targets.len());
+        for chunk in targets.chunks(CHUNK) {
+            self.ban_chunk(chunk, &req, span, now, &mut applied)?;
+        }
+        applied.log("banned");
+        Ok(applied)
+    }
+
+    fn ban_chunk(
+        &mut self,
+        targets: &[Net],
+        req: &BanRequest,
+        span: Span,
+        now: Timestamp,
+        applied: &mut Applied,
+    ) -> Result<(), CoreError> {
+        let mut changes = Vec::with_capacity(targets.len());
+        let mut to_store = Vec::with_capacity(targets.len());
         let reader = self.store.read()?;
-        for target in dedup(req.targets) {
+        for &target in targets {
             if let Err(refusal) = self
                 .settings
                 .guard
                 .check_ban(&target, &self.allows, |a| a.comment.clone())
             {
-                outcomes.push(outcome(
+                applied.push(
                     target,
                     OutcomeKind::Refused,
                     Some(refusal.to_string()),
                     None,
-                ));
+                );
                 continue;
             }
             let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
@@ -171,25 +247,22 @@ impl Core {
             let (decision, kind) = match reader.get(Action::Ban, &target)? {
                 Some(mut old) if old.is_active(now) => {
                     let moved = old.absorb(fresh);
-                    (
-                        old,
-                        if moved {
-                            OutcomeKind::Extended
-                        } else {
-                            OutcomeKind::Unchanged
-                        },
-                    )
+                    let kind = if moved {
+                        OutcomeKind::Extended
+                    } else {
+                        OutcomeKind::Unchanged
+                    };
+                    (old, kind)
                 }
                 _ => (fresh, OutcomeKind::Added),
             };
-            let note = self.allowed_inside(&target);
             // A repeat is put to the kernel too: it refreshes the timeout and
             // repairs an element someone removed by hand.
             changes.push(Change::Put(entry(&decision)));
             if kind != OutcomeKind::Unchanged {
-                newly_banned.push(target);
+                applied.newly_banned.push(target);
             }
-            outcomes.push(outcome(target, kind, note, decision.expires));
+            applied.push(target, kind, self.allowed_inside(&target), decision.expires);
             to_store.push(decision);
         }
         drop(reader);
@@ -199,53 +272,61 @@ impl Core {
                 w.put(d)?;
             }
             Ok(())
-        })?;
-        for d in &to_store {
-            info!(target = %d.target, expires = ?d.expires.map(|e| e.rfc3339()), origin = %d.origin,
-                reason = d.reason.as_deref().unwrap_or(""), "banned");
-        }
-        Ok(Applied {
-            outcomes,
-            newly_banned,
         })
     }
 
     pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
-        let reader = self.store.read()?;
-        let mut outcomes = Vec::new();
-        let mut removed = Vec::new();
-        for target in dedup(req.targets) {
-            if reader.get(Action::Ban, &target)?.is_some() {
-                removed.push(target);
-                outcomes.push(outcome(target, OutcomeKind::Removed, None, None));
-            } else {
-                let covering = reader.covering(Action::Ban, &target)?;
-                let note = match covering.last() {
+        let targets = dedup(req.targets);
+        let mut applied = Applied::new(req.brief, targets.len());
+        for chunk in targets.chunks(CHUNK) {
+            let reader = self.store.read()?;
+            let mut removed = Vec::new();
+            for &target in chunk {
+                if reader.get(Action::Ban, &target)?.is_some() {
+                    removed.push(target);
+                    applied.push(target, OutcomeKind::Removed, None, None);
+                    continue;
+                }
+                let note = match reader.covering(Action::Ban, &target)?.last() {
                     Some(d) => format!(
                         "{target} is not banned itself but is inside the ban of {}; unban {} to lift it, or allow {target} to exempt it",
                         d.target, d.target
                     ),
                     None => format!("{target} is not banned"),
                 };
-                outcomes.push(outcome(target, OutcomeKind::NotFound, Some(note), None));
+                applied.push(target, OutcomeKind::NotFound, Some(note), None);
             }
+            drop(reader);
+            self.remove_all(Action::Ban, &removed)?;
         }
-        drop(reader);
-        self.remove_all(Action::Ban, &removed, "unbanned")?;
-        Ok(Applied {
-            outcomes,
-            newly_banned: Vec::new(),
-        })
+        applied.log("unbanned");
+        Ok(applied)
     }
 
-    pub fn allow(&mut self, req: AllowRequest, now: Timestamp) -> Result<Applied, CoreError> {
+    pub fn allow(&mut self, mut req: AllowRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(Span::Forever);
+        let targets = dedup(std::mem::take(&mut req.targets));
+        let mut applied = Applied::new(req.brief, targets.len());
+        for chunk in targets.chunks(CHUNK) {
+            self.allow_chunk(chunk, &req, span, now, &mut applied)?;
+        }
+        applied.log("allowed");
+        Ok(applied)
+    }
+
+    fn allow_chunk(
+        &mut self,
+        targets: &[Net],
+        req: &AllowRequest,
+        span: Span,
+        now: Timestamp,
+        applied: &mut Applied,
+    ) -> Result<(), CoreError> {
         let reader = self.store.read()?;
-        let mut outcomes = Vec::new();
         let mut changes = Vec::new();
         let mut to_store = Vec::new();
         let mut lifted: Vec<Net> = Vec::new();
-        for target in dedup(req.targets) {
+        for &target in targets {
             let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
             if let Some(actor) = &req.actor {
                 origin = origin.with_actor(actor.clone());
@@ -256,25 +337,19 @@ impl Core {
                 fresh = fresh.with_reason(c.clone());
             }
             let (decision, kind) = match reader.get(Action::Allow, &target)? {
+                Some(old) if old.is_active(now) && old.origin.source == Source::Config => {
+                    let note = "already allowed by the configuration file".to_string();
+                    applied.push(target, OutcomeKind::Unchanged, Some(note), None);
+                    continue;
+                }
                 Some(mut old) if old.is_active(now) => {
-                    if old.origin.source == Source::Config {
-                        outcomes.push(outcome(
-                            target,
-                            OutcomeKind::Unchanged,
-                            Some("already allowed by the configuration file".into()),
-                            None,
-                        ));
-                        continue;
-                    }
                     let moved = old.absorb(fresh);
-                    (
-                        old,
-                        if moved {
-                            OutcomeKind::Extended
-                        } else {
-                            OutcomeKind::Unchanged
-                        },
-                    )
+                    let kind = if moved {
+                        OutcomeKind::Extended
+                    } else {
+                        OutcomeKind::Unchanged
+                    };
+                    (old, kind)
                 }
                 _ => (fresh, OutcomeKind::Added),
             };
@@ -304,7 +379,7 @@ impl Core {
             });
             lifted.extend(inside);
             changes.push(Change::Put(entry(&decision)));
-            outcomes.push(outcome(target, kind, note, decision.expires));
+            applied.push(target, kind, note, decision.expires);
             to_store.push(decision);
         }
         drop(reader);
@@ -332,47 +407,42 @@ impl Core {
                     source: d.origin.source,
                 },
             );
-            info!(target = %d.target, comment = d.reason.as_deref().unwrap_or(""), origin = %d.origin, "allowed");
         }
-        Ok(Applied {
-            outcomes,
-            newly_banned: Vec::new(),
-        })
+        Ok(())
     }
 
     pub fn unallow(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
-        let mut outcomes = Vec::new();
-        let mut removed = Vec::new();
-        for target in dedup(req.targets) {
-            match self.allows.get(&target) {
-                Some(info) if info.source == Source::Config => outcomes.push(outcome(
-                    target,
-                    OutcomeKind::Refused,
-                    Some(format!(
-                        "{target} is allowed by the configuration file; remove its [[allow]] entry there and restart the agent"
-                    )),
-                    None,
-                )),
-                Some(_) => {
-                    removed.push(target);
-                    outcomes.push(outcome(target, OutcomeKind::Removed, None, None));
-                }
-                None => {
-                    let note = match self.allows.most_specific(&target) {
-                        Some((net, _)) => format!(
-                            "{target} is not an allow entry itself but is inside the allow entry {net}"
-                        ),
-                        None => format!("{target} is not allowed"),
-                    };
-                    outcomes.push(outcome(target, OutcomeKind::NotFound, Some(note), None));
+        let targets = dedup(req.targets);
+        let mut applied = Applied::new(req.brief, targets.len());
+        for chunk in targets.chunks(CHUNK) {
+            let mut removed = Vec::new();
+            for &target in chunk {
+                match self.allows.get(&target) {
+                    Some(info) if info.source == Source::Config => {
+                        let note = format!(
+                            "{target} is allowed by the configuration file; remove its [[allow]] entry there and restart the agent"
+                        );
+                        applied.push(target, OutcomeKind::Refused, Some(note), None);
+                    }
+                    Some(_) => {
+                        removed.push(target);
+                        applied.push(target, OutcomeKind::Removed, None, None);
+                    }
+                    None => {
+                        let note = match self.allows.most_specific(&target) {
+                            Some((net, _)) => format!(
+                                "{target} is not an allow entry itself but is inside the allow entry {net}"
+                            ),
+                            None => format!("{target} is not allowed"),
+                        };
+                        applied.push(target, OutcomeKind::NotFound, Some(note), None);
+                    }
                 }
             }
+            self.remove_all(Action::Allow, &removed)?;
         }
-        self.remove_all(Action::Allow, &removed, "unallowed")?;
-        Ok(Applied {
-            outcomes,
-            newly_banned: Vec::new(),
-        })
+        applied.log("unallowed");
+        Ok(applied)
     }
 
     /// Removes decisions that have expired. The kernel has already expired
@@ -446,7 +516,7 @@ impl Core {
         out
     }
 
-    fn remove_all(&mut self, action: Action, targets: &[Net], verb: &str) -> Result<(), CoreError> {
+    fn remove_all(&mut self, action: Action, targets: &[Net]) -> Result<(), CoreError> {
         if targets.is_empty() {
             return Ok(());
         }
@@ -464,7 +534,6 @@ impl Core {
         })?;
         for n in targets {
             self.forget(action, n);
-            info!(target = %n, "{verb}");
         }
         Ok(())
     }
@@ -657,20 +726,6 @@ fn entry(d: &Decision) -> Entry {
     }
 }
 
-fn outcome(
-    target: Net,
-    result: OutcomeKind,
-    note: Option<String>,
-    expires: Option<Timestamp>,
-) -> Outcome {
-    Outcome {
-        target,
-        result,
-        note,
-        expires,
-    }
-}
-
 fn dedup(targets: Vec<Net>) -> Vec<Net> {
     let mut seen = HashSet::new();
     targets.into_iter().filter(|t| seen.insert(*t)).collect()
@@ -797,6 +852,7 @@ mod tests {
             evidence: vec!["Failed password for root from 198.51.100.7".into()],
             actor: Some("alice".into()),
             scope: Scope::Local,
+            brief: false,
         }
     }
 
@@ -807,6 +863,7 @@ mod tests {
             comment: Some(comment.into()),
             actor: None,
             scope: Scope::Local,
+            brief: false,
         }
     }
 
@@ -814,6 +871,7 @@ mod tests {
         TargetsRequest {
             targets: t.iter().map(|x| n(x)).collect(),
             actor: None,
+            brief: false,
         }
     }
 

@@ -9,7 +9,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use palisade_control::{AllowRequest, BanRequest, EnforcerStatus, Outcome, TargetsRequest};
+use palisade_control::{
+    AllowRequest, BanRequest, EnforcerStatus, Outcome, Summary, TargetsRequest,
+};
 use palisade_model::{Net, Timestamp};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -19,7 +21,7 @@ use crate::core::{Applied, Core, CoreError};
 /// Longest sleep between expiry checks, in case the clock jumps.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
-pub type Reply = oneshot::Sender<Result<Vec<Outcome>, String>>;
+pub type Reply = oneshot::Sender<Result<(Summary, Vec<Outcome>), String>>;
 
 /// A request for the worker.
 pub enum Command {
@@ -98,7 +100,7 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
                 }
             }
         }
-        applied.outcomes
+        (applied.summary, applied.outcomes)
     });
     // The client may have gone away; the decision stands either way.
     let _ = reply.send(result.map_err(|e| e.to_string()));

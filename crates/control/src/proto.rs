@@ -44,6 +44,10 @@ pub struct BanRequest {
     pub actor: Option<String>,
     #[serde(default)]
     pub scope: Scope,
+    /// Answer with the summary and only the targets that failed (for bulk
+    /// requests, where a line per target would be noise).
+    #[serde(default)]
+    pub brief: bool,
 }
 
 /// Allow one or more targets.
@@ -59,6 +63,9 @@ pub struct AllowRequest {
     pub actor: Option<String>,
     #[serde(default)]
     pub scope: Scope,
+    /// See [`BanRequest::brief`].
+    #[serde(default)]
+    pub brief: bool,
 }
 
 /// Unban or unallow one or more targets.
@@ -67,6 +74,9 @@ pub struct TargetsRequest {
     pub targets: Vec<Net>,
     #[serde(default)]
     pub actor: Option<String>,
+    /// See [`BanRequest::brief`].
+    #[serde(default)]
+    pub brief: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +90,11 @@ pub struct ListRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    /// The outcome of a ban, unban, allow or unallow, one per target.
+    /// The outcome of a ban, unban, allow or unallow: how many targets
+    /// ended how, and one [`Outcome`] per target (only the failed ones for
+    /// a brief request).
     Outcomes {
+        summary: Summary,
         outcomes: Vec<Outcome>,
     },
     /// One decision of a `list`; more follow until [`Response::End`].
@@ -133,6 +146,35 @@ pub enum OutcomeKind {
     NotFound,
     /// The request was refused (allowlisted, protected, too broad).
     Refused,
+}
+
+/// How many targets of a request ended each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub added: u64,
+    pub extended: u64,
+    pub unchanged: u64,
+    pub removed: u64,
+    pub not_found: u64,
+    pub refused: u64,
+}
+
+impl Summary {
+    pub fn count(&mut self, kind: OutcomeKind) {
+        let slot = match kind {
+            OutcomeKind::Added => &mut self.added,
+            OutcomeKind::Extended => &mut self.extended,
+            OutcomeKind::Unchanged => &mut self.unchanged,
+            OutcomeKind::Removed => &mut self.removed,
+            OutcomeKind::NotFound => &mut self.not_found,
+            OutcomeKind::Refused => &mut self.refused,
+        };
+        *slot += 1;
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.not_found + self.refused
+    }
 }
 
 impl OutcomeKind {
@@ -238,11 +280,12 @@ mod tests {
             evidence: vec![],
             actor: None,
             scope: Scope::Local,
+            brief: false,
         });
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(
             line,
-            r#"{"op":"ban","targets":["198.51.100.7"],"span":"1h","reason":"ssh","rule":null,"evidence":[],"actor":null,"scope":"local"}"#
+            r#"{"op":"ban","targets":["198.51.100.7"],"span":"1h","reason":"ssh","rule":null,"evidence":[],"actor":null,"scope":"local","brief":false}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
         // Optional fields may be left out by hand-written clients.

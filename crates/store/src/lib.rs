@@ -150,8 +150,11 @@ impl Store {
                 decisions: tx.open_table(DECISIONS)?,
                 expiry: tx.open_table(EXPIRY)?,
                 meta: tx.open_table(META)?,
+                deltas: [0; 3],
             };
-            f(&mut w)?
+            let out = f(&mut w)?;
+            w.flush_counts()?;
+            out
         };
         tx.commit()?;
         Ok(out)
@@ -173,6 +176,8 @@ pub struct Writer<'tx> {
     decisions: redb::Table<'tx, &'static [u8], &'static [u8]>,
     expiry: redb::Table<'tx, &'static [u8], ()>,
     meta: redb::Table<'tx, &'static str, u64>,
+    /// Changes to the counts, written once when the transaction commits.
+    deltas: [i64; 3],
 }
 
 impl Writer<'_> {
@@ -208,12 +213,20 @@ impl Writer<'_> {
         Ok(old)
     }
 
-    /// Adjusts the stored count of decisions of this kind.
+    /// Adjusts the count of decisions of this kind (stored at commit).
     fn count(&mut self, action: Action, net: &Net, delta: i64) -> Result<()> {
-        let name = counter_name(action, net);
-        let cur = self.meta.get(name)?.map_or(0, |v| v.value());
-        let new = cur.saturating_add_signed(delta);
-        self.meta.insert(name, new)?;
+        self.deltas[counter_index(action, net)] += delta;
+        Ok(())
+    }
+
+    fn flush_counts(&mut self) -> Result<()> {
+        for (i, name) in COUNTERS.iter().enumerate() {
+            if self.deltas[i] != 0 {
+                let cur = self.meta.get(*name)?.map_or(0, |v| v.value());
+                self.meta
+                    .insert(*name, cur.saturating_add_signed(self.deltas[i]))?;
+            }
+        }
         Ok(())
     }
 
@@ -354,12 +367,14 @@ pub struct Counts {
 const COUNT_BAN_HOSTS: &str = "count.ban.hosts";
 const COUNT_BAN_NETWORKS: &str = "count.ban.networks";
 const COUNT_ALLOWS: &str = "count.allows";
+/// In the order of [`counter_index`].
+const COUNTERS: [&str; 3] = [COUNT_BAN_HOSTS, COUNT_BAN_NETWORKS, COUNT_ALLOWS];
 
-fn counter_name(action: Action, net: &Net) -> &'static str {
+fn counter_index(action: Action, net: &Net) -> usize {
     match (action, net.is_host()) {
-        (Action::Allow, _) => COUNT_ALLOWS,
-        (Action::Ban, true) => COUNT_BAN_HOSTS,
-        (Action::Ban, false) => COUNT_BAN_NETWORKS,
+        (Action::Ban, true) => 0,
+        (Action::Ban, false) => 1,
+        (Action::Allow, _) => 2,
     }
 }
 
