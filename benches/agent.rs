@@ -1,4 +1,4 @@
-//! Agent benchmarks, run as root: `cargo bench --bench agent [-- QUICK]`.
+//! Agent benchmarks, run as root: `cargo bench --bench agent [-- QUICK] [latency|memory]`.
 //!
 //! 1. Ban latency: how long from a ban request until the element is in the
 //!    kernel, observed independently through an nftables netlink monitor
@@ -30,8 +30,23 @@ fn main() {
     } else {
         (2000, 300, 1_000_000)
     };
-    latency(samples, cli_samples);
-    memory(bulk);
+    // `-- latency` or `-- memory` runs one part only.
+    let only = |part: &str| {
+        !std::env::args().any(|a| a == "latency" || a == "memory")
+            || std::env::args().any(|a| a == part)
+    };
+    if only("latency") {
+        latency(samples, cli_samples);
+    }
+    if only("memory") {
+        if let Some(secs) = std::env::var("BENCH_PAUSE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            std::thread::sleep(Duration::from_secs(secs));
+        }
+        memory(bulk);
+    }
 }
 
 struct Agent {
@@ -101,6 +116,7 @@ fn ban_request(targets: Vec<Net>) -> Request {
         evidence: vec![],
         actor: Some("bench".into()),
         scope: Scope::Local,
+        brief: true,
     })
 }
 
@@ -108,7 +124,7 @@ fn latency(samples: usize, cli_samples: usize) {
     let agent = Agent::start();
     // The observer: a netlink socket in the agent's namespace subscribed to
     // nftables notifications, timestamping every committed NEWSETELEM.
-    let (tx, rx) = mpsc::channel::<Instant>();
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let ns_name = agent.ns.name().to_string();
     std::thread::spawn(move || {
@@ -125,6 +141,7 @@ fn latency(samples: usize, cli_samples: usize) {
     let mut client = Client::connect(&agent.socket()).unwrap();
     let mut to_kernel = Vec::with_capacity(samples);
     let mut to_reply = Vec::with_capacity(samples);
+    let mut seen_first = 0;
     for i in 0..samples {
         let addr = Ipv4Addr::from(0xC633_6400u32 + 2 * i as u32); // 198.51.100.0 onward
         let t0 = Instant::now();
@@ -133,13 +150,10 @@ fn latency(samples: usize, cli_samples: usize) {
             .unwrap();
         let t_reply = Instant::now();
         assert!(matches!(r, Response::Outcomes { .. }));
-        let t_kernel = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("kernel notification");
-        assert!(
-            t_kernel <= t_reply,
-            "the reply came before the kernel had the element"
-        );
+        let t_kernel = committed(&rx, addr);
+        if t_kernel <= t_reply {
+            seen_first += 1;
+        }
         to_kernel.push(t_kernel - t0);
         to_reply.push(t_reply - t0);
     }
@@ -155,10 +169,10 @@ fn latency(samples: usize, cli_samples: usize) {
             .unwrap();
         let t1 = Instant::now();
         assert!(out.status.success());
-        let t_kernel = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("kernel notification");
-        assert!(t_kernel <= t1);
+        let t_kernel = committed(&rx, addr.parse().unwrap());
+        if t_kernel <= t1 {
+            seen_first += 1;
+        }
         cli.push(t1 - t0);
     }
     println!(
@@ -175,10 +189,28 @@ fn latency(samples: usize, cli_samples: usize) {
         &mut cli,
     );
     println!(
-        "  every element was in the kernel before its ban returned: yes ({} of {})",
-        samples + cli_samples,
+        "  the observer saw the element before the ban returned in {seen_first} of {} cases",
         samples + cli_samples
     );
+    println!("  (the agent commits to the kernel before it answers; the observer timestamps");
+    println!("   notifications when it wakes up, so its figures are an upper bound)");
+}
+
+/// When the kernel announced the element `addr`: the first notification
+/// whose attributes hold the 4-byte key (an NFTA_DATA_VALUE of length 8).
+/// Other notifications (the interval's end element, earlier bans) are
+/// skipped.
+fn committed(rx: &mpsc::Receiver<(Instant, Vec<u8>)>, addr: Ipv4Addr) -> Instant {
+    let mut key = vec![8, 0, 1, 0];
+    key.extend_from_slice(&addr.octets());
+    loop {
+        let (t, msg) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("kernel notification");
+        if msg.windows(key.len()).any(|w| w == key.as_slice()) {
+            return t;
+        }
+    }
 }
 
 fn row(label: &str, v: &mut [Duration]) {
@@ -197,9 +229,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Subscribes to NFNLGRP_NFTABLES and sends the arrival time of every
-/// NEWSETELEM notification.
-fn monitor(tx: mpsc::Sender<Instant>, ready: mpsc::Sender<()>) {
+/// Subscribes to NFNLGRP_NFTABLES and sends every NEWSETELEM notification
+/// with its arrival time.
+fn monitor(tx: mpsc::Sender<(Instant, Vec<u8>)>, ready: mpsc::Sender<()>) {
     const NFNLGRP_NFTABLES: libc::c_int = 7;
     const NFT_MSG_NEWSETELEM: u16 = 12;
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -252,11 +284,13 @@ fn monitor(tx: mpsc::Sender<Instant>, ready: mpsc::Sender<()>) {
             while off + 16 <= n as usize {
                 let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
                 let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                if ty == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM) && tx.send(now).is_err() {
-                    return;
-                }
-                if len < 16 {
+                if len < 16 || off + len > n as usize {
                     break;
+                }
+                if ty == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM)
+                    && tx.send((now, buf[off..off + len].to_vec())).is_err()
+                {
+                    return;
                 }
                 off += (len + 3) & !3;
             }
@@ -279,7 +313,7 @@ fn memory(total: usize) {
             .map(|i| Net::host(Ipv4Addr::from(0x6440_0000u32 + 2 * i).into()))
             .collect();
         match client.call(&ban_request(targets)).unwrap() {
-            Response::Outcomes { outcomes } => assert_eq!(outcomes.len(), n as usize),
+            Response::Outcomes { summary, .. } => assert_eq!(summary.added, n as u64),
             other => panic!("{other:?}"),
         }
         next += n;
@@ -293,6 +327,18 @@ fn memory(total: usize) {
     agent.proc.take().unwrap().stop();
     let restart = agent.launch();
     let after = rss(agent.pid());
+    let log = agent.proc.as_ref().unwrap().stderr();
+    let reconciled = log
+        .lines()
+        .find(|l| l.contains("reconciled"))
+        .map(|l| {
+            l.split("reconciled")
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
     assert_eq!(kernel_count(&agent.ns), total);
 
     println!(
@@ -308,6 +354,7 @@ fn memory(total: usize) {
         "  restart (store -> kernel, one txn)   {:>8.2} s",
         restart.as_secs_f64()
     );
+    println!("  agent's own account of the restart:  {reconciled}");
     println!("  RSS idle (empty)                     {:>8.1} MB", idle.0);
     println!(
         "  RSS after loading                    {:>8.1} MB  (peak {:.1} MB)",
