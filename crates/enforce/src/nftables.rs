@@ -56,6 +56,9 @@ const PRUNE_EVERY_MS: u64 = 60_000;
 /// kernel expires a little late is still deleted explicitly if replaced.
 const PRUNE_GRACE_MS: u64 = 10_000;
 
+/// Most connection attempts per second reported to the probe NFLOG group.
+const PROBE_LOG_PER_SECOND: u32 = 200;
+
 /// Where the enforcer puts its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftConfig {
@@ -64,6 +67,10 @@ pub struct NftConfig {
     /// Priority of the input and forward chains (default -10, before the
     /// usual `filter` chains at 0).
     pub priority: i32,
+    /// When set, the input chain also reports connection attempts (TCP SYN,
+    /// new UDP flows; not from loopback, not from allowed or banned
+    /// sources) to this NFLOG group, for port-probe detection.
+    pub probe_log_group: Option<u16>,
 }
 
 impl Default for NftConfig {
@@ -71,6 +78,7 @@ impl Default for NftConfig {
         NftConfig {
             table: "palisade".to_string(),
             priority: -10,
+            probe_log_group: None,
         }
     }
 }
@@ -332,6 +340,9 @@ impl Nftables {
                     Verdict::Drop
                 };
                 nft::new_saddr_rule(&mut b, table, chain, spec, verdict);
+            }
+            if let (Hook::Input, Some(group)) = (hook, self.config.probe_log_group) {
+                nft::new_probe_log_rules(&mut b, table, chain, group, PROBE_LOG_PER_SECOND);
             }
         }
         for spec in &specs {

@@ -185,6 +185,7 @@ fn layout_matches_the_specification() {
         Nftables::new(NftConfig {
             table: "pal2".into(),
             priority: 5,
+            ..NftConfig::default()
         })
         .unwrap()
     });
@@ -194,6 +195,46 @@ fn layout_matches_the_specification() {
         json.iter()
             .filter_map(|o| o.get("chain"))
             .all(|c| c["prio"] == 5)
+    );
+}
+
+#[test]
+fn probe_logging_rules_read_back_as_written() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new();
+    let mut nft = ns.run(|| {
+        Nftables::new(NftConfig {
+            probe_log_group: Some(7405),
+            ..NftConfig::default()
+        })
+        .unwrap()
+    });
+    load(&mut nft, vec![]);
+    let input = ns.exec("nft", &["list", "chain", "inet", "palisade", "input"]);
+    let forward = ns.exec("nft", &["list", "chain", "inet", "palisade", "forward"]);
+    let rules: Vec<&str> = input
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("saddr") || l.contains("log group"))
+        .collect();
+    // After the allow and block rules, the two logging rules, in that order.
+    assert_eq!(
+        rules,
+        [
+            "ip saddr @allow4 accept",
+            "ip6 saddr @allow6 accept",
+            "ip saddr @block4 drop",
+            "ip6 saddr @block6 drop",
+            "iifname != \"lo\" tcp flags syn / fin,syn,rst,ack limit rate 200/second burst 400 packets log group 7405",
+            "iifname != \"lo\" meta l4proto udp ct state new limit rate 200/second burst 400 packets log group 7405",
+        ],
+        "{input}"
+    );
+    assert!(
+        !forward.contains("log group"),
+        "only the input chain logs probes: {forward}"
     );
 }
 

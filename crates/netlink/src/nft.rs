@@ -537,6 +537,118 @@ pub fn new_saddr_rule(
     b.end(m);
 }
 
+/// Adds the two rules that report connection attempts to NFLOG `group` for
+/// port-probe detection, appended to `chain` of an inet table:
+///
+/// ```text
+/// iifname != "lo" tcp flags syn / fin,syn,rst,ack limit rate R/second burst 2R packets log group G
+/// iifname != "lo" meta l4proto udp ct state new limit rate R/second burst 2R packets log group G
+/// ```
+///
+/// The expressions are the ones `nft` itself emits for these rules, so
+/// `nft list` prints them exactly as written above. The limit bounds what a
+/// flood can cost; userspace decides which ports count (open ones never do).
+pub fn new_probe_log_rules(b: &mut Batch, table: &str, chain: &str, group: u16, per_second: u32) {
+    const NFT_META_IIFNAME: u32 = 6;
+    const NFT_META_L4PROTO: u32 = 16;
+    const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+    const NFT_CT_STATE: u32 = 0;
+    const NFT_CT_STATE_NEW: u32 = 8;
+    const NFT_CMP_EQ: u32 = 0;
+    const NFT_CMP_NEQ: u32 = 1;
+    const NFTA_BITWISE_SREG: u16 = 1;
+    const NFTA_BITWISE_DREG: u16 = 2;
+    const NFTA_BITWISE_LEN: u16 = 3;
+    const NFTA_BITWISE_MASK: u16 = 4;
+    const NFTA_BITWISE_XOR: u16 = 5;
+    const NFTA_CT_DREG: u16 = 1;
+    const NFTA_CT_KEY: u16 = 2;
+    const NFTA_LIMIT_RATE: u16 = 1;
+    const NFTA_LIMIT_UNIT: u16 = 2;
+    const NFTA_LIMIT_BURST: u16 = 3;
+    const NFTA_LIMIT_TYPE: u16 = 4;
+    const NFTA_LIMIT_FLAGS: u16 = 5;
+    const NFTA_LOG_GROUP: u16 = 1;
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+
+    fn meta(buf: &mut MsgBuf, key: u32) {
+        let e = expr_begin(buf, "meta");
+        buf.put_u32_be(NFTA_META_KEY, key);
+        buf.put_u32_be(NFTA_META_DREG, NFT_REG_1);
+        expr_end(buf, e);
+    }
+    fn cmp(buf: &mut MsgBuf, op: u32, data: &[u8]) {
+        let e = expr_begin(buf, "cmp");
+        buf.put_u32_be(NFTA_CMP_SREG, NFT_REG_1);
+        buf.put_u32_be(NFTA_CMP_OP, op);
+        let d = buf.nest(NFTA_CMP_DATA);
+        buf.put(NFTA_DATA_VALUE, data);
+        buf.nest_end(d);
+        expr_end(buf, e);
+    }
+    fn bitwise(buf: &mut MsgBuf, mask: &[u8]) {
+        let e = expr_begin(buf, "bitwise");
+        buf.put_u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
+        buf.put_u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
+        buf.put_u32_be(NFTA_BITWISE_LEN, mask.len() as u32);
+        let m = buf.nest(NFTA_BITWISE_MASK);
+        buf.put(NFTA_DATA_VALUE, mask);
+        buf.nest_end(m);
+        let x = buf.nest(NFTA_BITWISE_XOR);
+        buf.put(NFTA_DATA_VALUE, &vec![0u8; mask.len()]);
+        buf.nest_end(x);
+        expr_end(buf, e);
+    }
+
+    for proto in [TCP, UDP] {
+        let m = b.begin(msg::NEWRULE, family::INET, NLM_F_CREATE | NLM_F_APPEND);
+        let buf = b.buf();
+        buf.put_str(NFTA_RULE_TABLE, table);
+        buf.put_str(NFTA_RULE_CHAIN, chain);
+        let exprs = buf.nest(NFTA_RULE_EXPRESSIONS);
+        // iifname != "lo"
+        meta(buf, NFT_META_IIFNAME);
+        let mut lo = [0u8; 16];
+        lo[..2].copy_from_slice(b"lo");
+        cmp(buf, NFT_CMP_NEQ, &lo);
+        // meta l4proto PROTO
+        meta(buf, NFT_META_L4PROTO);
+        cmp(buf, NFT_CMP_EQ, &[proto]);
+        if proto == TCP {
+            // tcp flags & (fin|syn|rst|ack) == syn
+            let e = expr_begin(buf, "payload");
+            buf.put_u32_be(NFTA_PAYLOAD_DREG, NFT_REG_1);
+            buf.put_u32_be(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+            buf.put_u32_be(NFTA_PAYLOAD_OFFSET, 13);
+            buf.put_u32_be(NFTA_PAYLOAD_LEN, 1);
+            expr_end(buf, e);
+            bitwise(buf, &[0x17]);
+            cmp(buf, NFT_CMP_EQ, &[0x02]);
+        } else {
+            // ct state new (the state is a host-endian bit mask)
+            let e = expr_begin(buf, "ct");
+            buf.put_u32_be(NFTA_CT_KEY, NFT_CT_STATE);
+            buf.put_u32_be(NFTA_CT_DREG, NFT_REG_1);
+            expr_end(buf, e);
+            bitwise(buf, &NFT_CT_STATE_NEW.to_ne_bytes());
+            cmp(buf, NFT_CMP_NEQ, &0u32.to_ne_bytes());
+        }
+        let e = expr_begin(buf, "limit");
+        buf.put_u64_be(NFTA_LIMIT_RATE, u64::from(per_second));
+        buf.put_u64_be(NFTA_LIMIT_UNIT, 1);
+        buf.put_u32_be(NFTA_LIMIT_BURST, per_second.saturating_mul(2));
+        buf.put_u32_be(NFTA_LIMIT_TYPE, 0); // packets
+        buf.put_u32_be(NFTA_LIMIT_FLAGS, 0);
+        expr_end(buf, e);
+        let e = expr_begin(buf, "log");
+        buf.put_u16_be(NFTA_LOG_GROUP, group);
+        expr_end(buf, e);
+        buf.nest_end(exprs);
+        b.end(m);
+    }
+}
+
 /// Opens `NFTA_LIST_ELEM { NFTA_EXPR_NAME name, NFTA_EXPR_DATA { ... } }`.
 fn expr_begin(buf: &mut MsgBuf, name: &str) -> (Nest, Nest) {
     let elem = buf.nest(NFTA_LIST_ELEM);
