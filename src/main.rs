@@ -46,6 +46,8 @@ enum Command {
     Explain(cmd::show::ExplainArgs),
     /// Show whether the agent runs and what it holds
     Status(cmd::show::StatusArgs),
+    /// Try detection rules on a log file, like fail2ban-regex (nothing is banned)
+    Detect(cmd::detect::DetectArgs),
     /// Print the default configuration, or check a configuration file
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::show::list(&ctx, a),
         Command::Explain(a) => cmd::show::explain(&ctx, a),
         Command::Status(a) => cmd::show::status(&ctx, a),
+        Command::Detect(a) => ctx.load_config().and_then(|c| cmd::detect::run(a, c.rule)),
         Command::Config(c) => cmd::config::run(&ctx, c),
     };
     match result {

@@ -109,12 +109,26 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
                 .map_err(|e| e.to_string())
         }) as palisade_agent::KillFn
     });
+    let rules = if config.detect.builtin {
+        palisade_detect::builtin::with_builtin(config.rule.clone())
+    } else {
+        config.rule.clone()
+    };
+    let detect = palisade_agent::DetectOptions {
+        rules,
+        sources: config.source.clone(),
+        limits: palisade_detect::Limits {
+            max_tracked: config.detect.max_tracked,
+            ..Default::default()
+        },
+    };
     let options = AgentOptions {
         settings,
         state_dir: args.state_dir.unwrap_or(config.agent.state_dir.clone()),
         socket: ctx.socket.clone().unwrap_or(config.agent.socket.clone()),
         mode: "local-only".into(),
         kill,
+        detect,
     };
     let enforcers: Vec<Box<dyn Enforcer>> = vec![Box::new(nftables(&config)?)];
     palisade_agent::run(options, enforcers)?;
@@ -126,6 +140,12 @@ fn nftables(config: &Config) -> Result<palisade_enforce::nftables::Nftables> {
         palisade_enforce::nftables::NftConfig {
             table: config.nftables.table.clone(),
             priority: config.nftables.priority,
+            // An NFLOG source means port-probe detection: palisade's own
+            // table reports connection attempts to that group.
+            probe_log_group: config.source.iter().find_map(|s| match s {
+                palisade_detect::SourceConfig::Nflog { group, .. } => Some(*group),
+                _ => None,
+            }),
         },
     )?)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use palisade_config::{Config, DEFAULT_PATH, TEMPLATE};
+use palisade_config::{Config, DEFAULT_PATH};
 
 use super::Context;
 
@@ -25,7 +25,7 @@ pub enum ConfigCommand {
 pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
     match cmd {
         ConfigCommand::Init => {
-            print!("{TEMPLATE}");
+            print!("{}", palisade_config::template());
             Ok(ExitCode::SUCCESS)
         }
         ConfigCommand::Check { file } => {
@@ -43,6 +43,24 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
                         c.allow.len(),
                         if c.allow.len() == 1 { "y" } else { "ies" },
                         c.nftables.table
+                    );
+                    // Rules are only fully checked (fail2ban filters read,
+                    // patterns compiled) by compiling them.
+                    let rules = if c.detect.builtin {
+                        palisade_detect::builtin::with_builtin(c.rule.clone())
+                    } else {
+                        c.rule.clone()
+                    };
+                    if let Err(e) = palisade_detect::Engine::compile(&rules) {
+                        eprintln!("{}: {e}", path.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    println!(
+                        "  detection: {} source{}, {} rule{}",
+                        c.source.len(),
+                        if c.source.len() == 1 { "" } else { "s" },
+                        rules.iter().filter(|r| r.enabled).count(),
+                        if rules.len() == 1 { "" } else { "s" }
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -267,12 +267,7 @@ fn collect_rules(
         rules.push(rule);
     }
     if args.builtin || rules.is_empty() {
-        // A configured rule of the same name replaces the built-in one.
-        let builtin: Vec<RuleConfig> = builtin::rules()
-            .into_iter()
-            .filter(|b| !rules.iter().any(|r| r.name == b.name))
-            .collect();
-        rules.extend(builtin);
+        rules = builtin::with_builtin(rules);
     }
     Ok(rules)
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod decide;
+pub mod detect;
 pub mod show;
 
 use std::path::{Path, PathBuf};

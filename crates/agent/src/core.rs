@@ -13,6 +13,7 @@ use palisade_control::{
     AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, Summary,
     TargetsRequest, Verdict,
 };
+use palisade_detect::Event;
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
@@ -60,6 +61,18 @@ pub enum CoreError {
         #[source]
         source: StoreError,
     },
+}
+
+/// One ban to make, whoever asked for it.
+struct Want {
+    target: Net,
+    span: Span,
+    source: Source,
+    actor: Option<String>,
+    rule: String,
+    reason: Option<String>,
+    evidence: Vec<String>,
+    scope: Scope,
 }
 
 /// The result of a mutation: how targets ended, per-target outcomes (only
@@ -201,25 +214,91 @@ impl Core {
         let span = req.span.unwrap_or(self.settings.default_ban);
         let targets = dedup(std::mem::take(&mut req.targets));
         let mut applied = Applied::new(req.brief, targets.len());
+        let rule = req.rule.clone().unwrap_or_else(|| "ban".into());
         for chunk in targets.chunks(CHUNK) {
-            self.ban_chunk(chunk, &req, span, now, &mut applied)?;
+            let wants = chunk.iter().map(|&target| Want {
+                target,
+                span,
+                source: Source::Cli,
+                actor: req.actor.clone(),
+                rule: rule.clone(),
+                reason: req.reason.clone(),
+                evidence: req.evidence.clone(),
+                scope: req.scope,
+            });
+            self.ban_wanted(wants.collect(), now, &mut applied)?;
         }
         applied.log("banned");
         Ok(applied)
     }
 
-    fn ban_chunk(
+    /// Acts on what the detectors found: bans at the stage's length, and
+    /// forgiveness (a good pattern lifts the bans that rule made for that
+    /// address). Refusals (allowlisted addresses) are logged, not errors.
+    pub fn detected(&mut self, events: Vec<Event>, now: Timestamp) -> Result<Applied, CoreError> {
+        let mut applied = Applied::new(true, events.len());
+        let mut wants = Vec::new();
+        let mut forgiven = Vec::new();
+        for event in events {
+            match event {
+                Event::Ban {
+                    rule,
+                    address,
+                    stage,
+                    span,
+                    scope,
+                    count,
+                    evidence,
+                } => wants.push(Want {
+                    target: address,
+                    span,
+                    source: Source::Detector,
+                    actor: None,
+                    reason: Some(format!("{count} failures, stage {}", stage.name)),
+                    rule,
+                    evidence,
+                    scope,
+                }),
+                Event::Forgive { rule, address } => forgiven.push((rule, address)),
+            }
+        }
+        self.ban_wanted(wants, now, &mut applied)?;
+        for o in &applied.outcomes {
+            tracing::debug!(target = %o.target, note = o.note.as_deref().unwrap_or(""), "detection not acted on");
+        }
+        if !forgiven.is_empty() {
+            let reader = self.store.read()?;
+            let mut lift = Vec::new();
+            for (rule, address) in forgiven {
+                if let Some(d) = reader.get(Action::Ban, &address)?
+                    && d.origin.source == Source::Detector
+                    && d.rule.as_deref() == Some(rule.as_str())
+                {
+                    info!(target = %address, rule = %rule, "forgiven: lifting the detector's ban");
+                    lift.push(address);
+                }
+            }
+            drop(reader);
+            self.remove_all(Action::Ban, &lift)?;
+            applied.summary.removed += lift.len() as u64;
+        }
+        Ok(applied)
+    }
+
+    /// Bans each wanted target unless the guard refuses it; a repeat
+    /// refreshes the existing decision. One kernel and one store
+    /// transaction.
+    fn ban_wanted(
         &mut self,
-        targets: &[Net],
-        req: &BanRequest,
-        span: Span,
+        wants: Vec<Want>,
         now: Timestamp,
         applied: &mut Applied,
     ) -> Result<(), CoreError> {
-        let mut changes = Vec::with_capacity(targets.len());
-        let mut to_store = Vec::with_capacity(targets.len());
+        let mut changes = Vec::with_capacity(wants.len());
+        let mut to_store: Vec<Decision> = Vec::with_capacity(wants.len());
         let reader = self.store.read()?;
-        for &target in targets {
+        for want in wants {
+            let target = want.target;
             if let Err(refusal) = self
                 .settings
                 .guard
@@ -233,16 +312,22 @@ impl Core {
                 );
                 continue;
             }
-            let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
-            if let Some(actor) = &req.actor {
-                origin = origin.with_actor(actor.clone());
+            let mut origin = Origin::new(self.settings.node.clone(), want.source);
+            if let Some(actor) = want.actor {
+                origin = origin.with_actor(actor);
             }
-            let mut fresh = Decision::new(Action::Ban, target, now, span, origin)
-                .with_rule(req.rule.clone().unwrap_or_else(|| "ban".into()))
-                .with_evidence(req.evidence.iter())
-                .with_scope(req.scope);
-            if let Some(r) = &req.reason {
-                fresh = fresh.with_reason(r.clone());
+            let mut fresh = Decision::new(Action::Ban, target, now, want.span, origin)
+                .with_rule(want.rule)
+                .with_evidence(want.evidence)
+                .with_scope(want.scope);
+            if let Some(r) = want.reason {
+                fresh = fresh.with_reason(r);
+            }
+            // Within one transaction the same target may come twice (two
+            // detector stages firing together): merge into the first.
+            if let Some(pending) = to_store.iter_mut().find(|d| d.target == target) {
+                pending.absorb(fresh);
+                continue;
             }
             let (decision, kind) = match reader.get(Action::Ban, &target)? {
                 Some(mut old) if old.is_active(now) => {
@@ -256,9 +341,6 @@ impl Core {
                 }
                 _ => (fresh, OutcomeKind::Added),
             };
-            // A repeat is put to the kernel too: it refreshes the timeout and
-            // repairs an element someone removed by hand.
-            changes.push(Change::Put(entry(&decision)));
             if kind != OutcomeKind::Unchanged {
                 applied.newly_banned.push(target);
             }
@@ -266,6 +348,9 @@ impl Core {
             to_store.push(decision);
         }
         drop(reader);
+        // A repeat is put to the kernel too: it refreshes the timeout and
+        // repairs an element someone removed by hand.
+        changes.extend(to_store.iter().map(|d| Change::Put(entry(d))));
         self.enforce(&changes);
         self.save(&format!("the ban of {}", describe(&to_store)), |w| {
             for d in &to_store {

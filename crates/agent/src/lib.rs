@@ -16,6 +16,7 @@
 
 pub mod control;
 pub mod core;
+pub mod detection;
 pub mod killer;
 pub mod worker;
 
@@ -28,6 +29,7 @@ use palisade_store::{Options, Store};
 use tracing::info;
 
 pub use crate::core::Settings;
+pub use crate::detection::DetectOptions;
 pub use crate::killer::KillFn;
 
 /// Where the agent lives and how it behaves.
@@ -39,6 +41,7 @@ pub struct AgentOptions {
     pub mode: String,
     /// Cuts open connections of new bans; `None` disables killing.
     pub kill: Option<KillFn>,
+    pub detect: DetectOptions,
 }
 
 /// Why the agent could not start or had to stop.
@@ -60,6 +63,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Detect(#[from] crate::detection::DetectError),
     #[error("{0}")]
     Runtime(std::io::Error),
 }
@@ -102,6 +107,8 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         None => (None, None),
     };
     let (worker, worker_thread) = worker::spawn(core, kill_tx);
+    let detection =
+        detection::Detection::start(options.detect, &options.state_dir, worker.clone())?;
 
     let socket = options.socket.clone();
     let result = runtime.block_on(async {
@@ -129,9 +136,10 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         }
         Ok(())
     });
-    // Dropping the runtime drops the control tasks and with them the last
-    // worker handle, so the worker finishes its queue and stops.
+    // Dropping the runtime and the detectors drops the last worker handles,
+    // so the worker finishes its queue and stops.
     drop(runtime);
+    drop(detection);
     let _ = std::fs::remove_file(&options.socket);
     let _ = worker_thread.join();
     // The killer is not waited for: connections it has not cut yet are

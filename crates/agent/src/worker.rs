@@ -29,6 +29,8 @@ pub enum Command {
     Unban(TargetsRequest, Reply),
     Allow(AllowRequest, Reply),
     Unallow(TargetsRequest, Reply),
+    /// What the detectors found (no one waits for an answer).
+    Detected(Vec<palisade_detect::Event>),
     EnforcerStatus(oneshot::Sender<Vec<EnforcerStatus>>),
 }
 
@@ -83,6 +85,13 @@ pub fn spawn(
 fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) {
     let now = Timestamp::now();
     let (result, reply): (Result<Applied, CoreError>, Reply) = match cmd {
+        Command::Detected(events) => {
+            match core.detected(events, now) {
+                Ok(applied) => kill(on_banned, applied.newly_banned),
+                Err(e) => error!(error = %e, "acting on detections failed"),
+            }
+            return;
+        }
         Command::Ban(req, reply) => (core.ban(req, now), reply),
         Command::Unban(req, reply) => (core.unban(req), reply),
         Command::Allow(req, reply) => (core.allow(req, now), reply),
@@ -93,15 +102,21 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
         }
     };
     let result = result.map(|applied| {
-        if let Some(tx) = on_banned {
-            for net in applied.newly_banned {
-                if tx.send(net).is_err() {
-                    warn!("the connection killer has stopped");
-                }
-            }
-        }
+        kill(on_banned, applied.newly_banned);
         (applied.summary, applied.outcomes)
     });
     // The client may have gone away; the decision stands either way.
     let _ = reply.send(result.map_err(|e| e.to_string()));
+}
+
+/// Hands newly banned networks to the connection killer, if there is one.
+fn kill(on_banned: Option<&mpsc::Sender<Net>>, nets: Vec<Net>) {
+    if let Some(tx) = on_banned {
+        for net in nets {
+            if tx.send(net).is_err() {
+                warn!("the connection killer has stopped");
+                return;
+            }
+        }
+    }
 }

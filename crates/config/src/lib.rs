@@ -10,6 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use palisade_detect::{RuleConfig, SourceConfig};
 use palisade_model::{Net, Span};
 use serde::{Deserialize, Deserializer};
 
@@ -20,9 +21,29 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/palisade";
 /// The default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
 
-/// The commented default configuration. Every key it shows is set to its
-/// default, so a copy of it behaves exactly like no file at all.
+/// The commented default configuration without the detection examples; see
+/// [`template`] for the whole file `palisade config init` prints.
 pub const TEMPLATE: &str = include_str!("template.toml");
+
+/// The commented default configuration: [`TEMPLATE`] followed by the
+/// detection examples, commented out. Every key it sets is at its default,
+/// so a copy of it behaves exactly like no file at all.
+pub fn template() -> String {
+    let mut out = String::from(TEMPLATE);
+    for line in palisade_detect::EXAMPLE_TOML
+        .trim_start_matches('\n')
+        .lines()
+    {
+        if line.is_empty() || line.starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str("# ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -34,6 +55,31 @@ pub struct Config {
     /// Static allowlist: never banned, whoever asks.
     pub allow: Vec<AllowEntry>,
     pub nftables: NftablesConfig,
+    pub detect: DetectConfig,
+    /// Where log lines come from (`[[source]]`).
+    pub source: Vec<SourceConfig>,
+    /// Detection rules (`[[rule]]`), besides or replacing the built-in ones.
+    pub rule: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Use the built-in rule pack (a `[[rule]]` with the same name as a
+    /// built-in rule replaces it).
+    pub builtin: bool,
+    /// Most addresses whose failures are being counted at once; the oldest
+    /// are forgotten first when attackers bring more.
+    pub max_tracked: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            builtin: true,
+            max_tracked: palisade_detect::Limits::default().max_tracked,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -253,8 +299,22 @@ mod tests {
 
     #[test]
     fn template_is_valid_and_equals_the_defaults() {
-        assert_eq!(parse(TEMPLATE).unwrap(), Config::default());
+        assert_eq!(parse(&template()).unwrap(), Config::default());
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_detection_example_parses_inside_the_config() {
+        let c = parse(palisade_detect::EXAMPLE_TOML).unwrap();
+        assert!(!c.source.is_empty() && !c.rule.is_empty());
+        // Commented out in the template, each of its lines is there.
+        let t = template();
+        for line in palisade_detect::EXAMPLE_TOML
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            assert!(t.contains(&format!("# {line}")), "{line}");
+        }
     }
 
     #[test]

@@ -130,6 +130,17 @@ within = "10m"
 ban = "1d"
 "#####;
 
+/// `configured` followed by the built-in rules that no configured rule
+/// replaces (a configured rule with a built-in rule's name replaces it).
+pub fn with_builtin(mut configured: Vec<RuleConfig>) -> Vec<RuleConfig> {
+    let builtin: Vec<RuleConfig> = rules()
+        .into_iter()
+        .filter(|b| !configured.iter().any(|r| r.name == b.name))
+        .collect();
+    configured.extend(builtin);
+    configured
+}
+
 /// The built-in rules.
 pub fn rules() -> Vec<RuleConfig> {
     #[derive(serde::Deserialize)]

@@ -1,0 +1,147 @@
+//! Running the detectors inside the agent.
+//!
+//! Every source runs on its own thread and sends its lines into one channel;
+//! one detection thread owns the [`Tracker`] (the counting state) and hands
+//! what it finds to the worker, which bans through the same guard as every
+//! other ban. The channel is bounded: if the agent cannot keep up, sources
+//! wait (a followed file is simply read later) rather than memory growing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, bounded};
+use palisade_detect::{Engine, Limits, RuleConfig, SourceConfig, SourceHandle, Tracker};
+use palisade_model::Timestamp;
+use tracing::{info, warn};
+
+use crate::worker::{Command, WorkerHandle};
+
+/// Lines waiting for the detection thread.
+const QUEUE: usize = 16_384;
+/// How often the counting state forgets what has aged out.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long the detection thread may take to notice that it must stop.
+const STOP_CHECK: Duration = Duration::from_millis(500);
+
+/// What to detect and where to read it.
+#[derive(Debug, Clone, Default)]
+pub struct DetectOptions {
+    /// The rules, built-in ones already merged in.
+    pub rules: Vec<RuleConfig>,
+    pub sources: Vec<SourceConfig>,
+    pub limits: Limits,
+}
+
+/// Why detection could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("the detection rules do not compile: {0}")]
+    Rules(#[from] palisade_detect::CompileError),
+    #[error("cannot start the log source {name:?}: {error:#}")]
+    Source { name: String, error: anyhow::Error },
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running detectors. Dropping it stops the sources; the detection
+/// thread stops once they are gone.
+pub struct Detection {
+    sources: Vec<SourceHandle>,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Detection {
+    /// Compiles the rules, starts every source and the detection thread.
+    /// Nothing is started if anything fails.
+    pub fn start(
+        options: DetectOptions,
+        state_dir: &Path,
+        worker: WorkerHandle,
+    ) -> Result<Option<Detection>, DetectError> {
+        if options.sources.is_empty() {
+            info!("no log sources configured: detection is off");
+            return Ok(None);
+        }
+        let engine = Engine::compile(&options.rules)?;
+        let dir = state_dir.join("detect");
+        std::fs::create_dir_all(&dir).map_err(|source| DetectError::StateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let (tx, rx) = bounded(QUEUE);
+        let mut sources = Vec::new();
+        for s in &options.sources {
+            let handle = palisade_detect::spawn(s, &dir, tx.clone()).map_err(|error| {
+                DetectError::Source {
+                    name: s.name(),
+                    error,
+                }
+            })?;
+            sources.push(handle);
+        }
+        drop(tx);
+        let names: Vec<String> = options.sources.iter().map(|s| s.name()).collect();
+        let rule_count = options.rules.iter().filter(|r| r.enabled).count();
+        let mut tracker = Tracker::new(engine, options.limits);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("palisade-detect".into())
+            .spawn(move || {
+                let mut last_prune = Instant::now();
+                // Stopping is checked between lines, so a source stuck in a
+                // blocking read cannot hold up the agent's shutdown.
+                while !stopped.load(Ordering::Relaxed) {
+                    match rx.recv_timeout(STOP_CHECK) {
+                        Ok(line) => {
+                            let mut events = tracker.observe(&line, Timestamp::now());
+                            // Drain what is already queued into the same batch.
+                            for line in rx.try_iter().take(1023) {
+                                events.extend(tracker.observe(&line, Timestamp::now()));
+                            }
+                            if !events.is_empty() && worker.send(Command::Detected(events)).is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        tracker.prune(Timestamp::now());
+                        last_prune = Instant::now();
+                    }
+                }
+            })
+            .expect("spawn the detection thread");
+        info!(sources = %names.join(","), rules = rule_count, "detection running");
+        Ok(Some(Detection {
+            sources,
+            thread: Some(thread),
+            stop,
+        }))
+    }
+}
+
+impl Drop for Detection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.sources.drain(..) {
+            let name = s.name().to_string();
+            if let Err(e) = s.stop() {
+                warn!(source = %name, error = %e, "log source stopped with an error");
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
