@@ -14,6 +14,9 @@
 //! - [`ct`]: conntrack entries, listed and deleted by original tuple.
 //! - [`diag`]: TCP sockets, listed and destroyed (`SOCK_DESTROY`, like
 //!   `ss -K`).
+//! - [`ipset`]: ipset sets (create, header, swap, destroy, test, list) and
+//!   bulk element changes in an [`ipset::Batch`] (many messages in one
+//!   `sendmsg`, each acked: ipset has no transactions).
 //!
 //! Errors ([`Error`]) say what was being done, the errno in words, and the
 //! kernel's extended-ack message.
@@ -31,6 +34,7 @@
 pub mod ct;
 pub mod diag;
 mod error;
+pub mod ipset;
 pub mod msg;
 pub mod nft;
 mod socket;
