@@ -10,6 +10,11 @@
 //! [`Options::cache_bytes`]), which is what lets an agent hold a million
 //! decisions in little RSS. Every write is one transaction, committed with
 //! fsync before it returns: a decision acknowledged is a decision kept.
+//!
+//! Beside decisions, the same transactions can touch [`Queue`]s (append-only
+//! sequences: the agent's outbox of reports for the hub, the hub's stream of
+//! decision events) and [`Map`]s (small named tables: tokens, offender
+//! history), so that a decision and what follows from it commit together.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +24,66 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 const DECISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("decisions");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("queue.outbox");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue.events");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.tokens");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("map.nodes");
+const OFFENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.offenders");
+const QUORUM: TableDefinition<&str, &[u8]> = TableDefinition::new("map.quorum");
+const GROUP_ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.group_allows");
+
+/// An append-only sequence of opaque records, numbered from 1. Numbers are
+/// never reused, also after the oldest records are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// The agent's reports and requests waiting for the hub.
+    Outbox,
+    /// The hub's stream of decision events.
+    Events,
+}
+
+impl Queue {
+    fn table(self) -> TableDefinition<'static, u64, &'static [u8]> {
+        match self {
+            Queue::Outbox => OUTBOX,
+            Queue::Events => EVENTS,
+        }
+    }
+
+    fn next_key(self) -> &'static str {
+        match self {
+            Queue::Outbox => "queue.outbox.next",
+            Queue::Events => "queue.events.next",
+        }
+    }
+}
+
+/// A small named table of opaque records keyed by text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Map {
+    /// Hub: join tokens and node credentials, by token id.
+    Tokens,
+    /// Hub: what is known about each node (address, last seen, cursor).
+    Nodes,
+    /// Hub: past bans of an address, for escalation.
+    Offenders,
+    /// Hub: distinct reporters of an address, for quorums.
+    Quorum,
+    /// Hub: allow entries that apply to one group of nodes only.
+    GroupAllows,
+}
+
+impl Map {
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Map::Tokens => TOKENS,
+            Map::Nodes => NODES,
+            Map::Offenders => OFFENDERS,
+            Map::Quorum => QUORUM,
+            Map::GroupAllows => GROUP_ALLOWS,
+        }
+    }
+}
 
 /// Version of the encoding of stored values. Bump it, and teach
 /// [`decode`] the old one, whenever [`Decision`] changes shape: postcard is
@@ -122,6 +187,18 @@ impl Store {
         {
             tx.open_table(DECISIONS)?;
             tx.open_table(EXPIRY)?;
+            for q in [Queue::Outbox, Queue::Events] {
+                tx.open_table(q.table())?;
+            }
+            for m in [
+                Map::Tokens,
+                Map::Nodes,
+                Map::Offenders,
+                Map::Quorum,
+                Map::GroupAllows,
+            ] {
+                tx.open_table(m.table())?;
+            }
             let mut meta = tx.open_table(META)?;
             let found = meta.get("format")?.map(|v| v.value());
             match found {
@@ -147,6 +224,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         let out = {
             let mut w = Writer {
+                tx: &tx,
                 decisions: tx.open_table(DECISIONS)?,
                 expiry: tx.open_table(EXPIRY)?,
                 meta: tx.open_table(META)?,
@@ -167,12 +245,14 @@ impl Store {
             decisions: tx.open_table(DECISIONS)?,
             expiry: tx.open_table(EXPIRY)?,
             meta: tx.open_table(META)?,
+            tx,
         })
     }
 }
 
 /// Changes inside one write transaction (see [`Store::write`]).
 pub struct Writer<'tx> {
+    tx: &'tx redb::WriteTransaction,
     decisions: redb::Table<'tx, &'static [u8], &'static [u8]>,
     expiry: redb::Table<'tx, &'static [u8], ()>,
     meta: redb::Table<'tx, &'static str, u64>,
@@ -211,6 +291,65 @@ impl Writer<'_> {
             self.count(d.action, &d.target, 1)?;
         }
         Ok(old)
+    }
+
+    /// Appends `record` to `queue`; returns its number.
+    pub fn push(&mut self, queue: Queue, record: &[u8]) -> Result<u64> {
+        let seq = self.meta.get(queue.next_key())?.map_or(1, |v| v.value());
+        self.tx.open_table(queue.table())?.insert(seq, record)?;
+        self.meta.insert(queue.next_key(), seq + 1)?;
+        Ok(seq)
+    }
+
+    /// Removes the records of `queue` numbered `through` or lower.
+    pub fn drop_through(&mut self, queue: Queue, through: u64) -> Result<()> {
+        self.tx
+            .open_table(queue.table())?
+            .retain_in(..=through, |_, _| false)?;
+        Ok(())
+    }
+
+    /// Stores `record` under `key` in `map`, replacing any old one.
+    pub fn map_put(&mut self, map: Map, key: &str, record: &[u8]) -> Result<()> {
+        self.tx.open_table(map.table())?.insert(key, record)?;
+        Ok(())
+    }
+
+    pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tx
+            .open_table(map.table())?
+            .get(key)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn map_remove(&mut self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tx
+            .open_table(map.table())?
+            .remove(key)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Every record of `map`, in key order.
+    pub fn map_entries(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>> {
+        let table = self.tx.open_table(map.table())?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A named number (e.g. a stream cursor), 0 if never set.
+    pub fn meta(&self, name: &str) -> Result<u64> {
+        Ok(self.meta.get(name)?.map_or(0, |v| v.value()))
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: u64) -> Result<()> {
+        self.meta.insert(name, value)?;
+        Ok(())
     }
 
     /// Adjusts the count of decisions of this kind (stored at commit).
@@ -274,6 +413,7 @@ impl Writer<'_> {
 
 /// Reads from one consistent snapshot (see [`Store::read`]).
 pub struct Reader {
+    tx: redb::ReadTransaction,
     decisions: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     expiry: redb::ReadOnlyTable<&'static [u8], ()>,
     meta: redb::ReadOnlyTable<&'static str, u64>,
@@ -345,6 +485,57 @@ impl Reader {
             ban_networks: get(COUNT_BAN_NETWORKS)?,
             allows: get(COUNT_ALLOWS)?,
         })
+    }
+
+    /// Up to `limit` records of `queue` numbered after `after`, in order.
+    pub fn queue(&self, queue: Queue, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let table = self.tx.open_table(queue.table())?;
+        let mut out = Vec::new();
+        for item in table.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The numbers of the oldest and newest records still in `queue`.
+    pub fn queue_bounds(&self, queue: Queue) -> Result<Option<(u64, u64)>> {
+        let table = self.tx.open_table(queue.table())?;
+        let first = table.first()?.map(|(k, _)| k.value());
+        let last = table.last()?.map(|(k, _)| k.value());
+        Ok(first.zip(last))
+    }
+
+    /// The number the next record of `queue` will get (1 for a new queue).
+    pub fn queue_next(&self, queue: Queue) -> Result<u64> {
+        Ok(self.meta.get(queue.next_key())?.map_or(1, |v| v.value()))
+    }
+
+    pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tx
+            .open_table(map.table())?
+            .get(key)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Every record of `map`, in key order.
+    pub fn map_entries(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>> {
+        let table = self.tx.open_table(map.table())?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A named number (e.g. a stream cursor), 0 if never set.
+    pub fn meta(&self, name: &str) -> Result<u64> {
+        Ok(self.meta.get(name)?.map_or(0, |v| v.value()))
     }
 
     /// The earliest expiry of any stored decision.
@@ -599,6 +790,71 @@ mod tests {
         assert_eq!(r.next_expiry().unwrap(), None);
         assert_eq!(r.iter(Some(Action::Ban)).unwrap().count(), 1);
         assert_eq!(r.counts().unwrap().ban_hosts, 1);
+    }
+
+    #[test]
+    fn queues_number_records_forever_and_drop_what_was_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let seqs = s
+            .write(|w| {
+                Ok([
+                    w.push(Queue::Outbox, b"a")?,
+                    w.push(Queue::Outbox, b"b")?,
+                    w.push(Queue::Outbox, b"c")?,
+                ])
+            })
+            .unwrap();
+        assert_eq!(seqs, [1, 2, 3]);
+        s.write(|w| w.drop_through(Queue::Outbox, 2)).unwrap();
+        let r = s.read().unwrap();
+        assert_eq!(
+            r.queue(Queue::Outbox, 0, 10).unwrap(),
+            vec![(3, b"c".to_vec())]
+        );
+        assert_eq!(r.queue_bounds(Queue::Outbox).unwrap(), Some((3, 3)));
+        drop(r);
+        s.write(|w| w.drop_through(Queue::Outbox, 3)).unwrap();
+        // Numbers are not reused once the queue is empty.
+        assert_eq!(s.write(|w| w.push(Queue::Outbox, b"d")).unwrap(), 4);
+        let r = s.read().unwrap();
+        assert_eq!(r.queue_next(Queue::Outbox).unwrap(), 5);
+        assert_eq!(r.queue(Queue::Outbox, 3, 10).unwrap().len(), 1);
+        assert!(r.queue(Queue::Events, 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn maps_and_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            w.map_put(Map::Tokens, "b", b"2")?;
+            w.map_put(Map::Tokens, "a", b"1")?;
+            w.set_meta("hub.cursor", 42)?;
+            assert_eq!(w.map_get(Map::Tokens, "a")?, Some(b"1".to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let r = s.read().unwrap();
+        let all: Vec<String> = r
+            .map_entries(Map::Tokens)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(all, ["a", "b"]);
+        assert_eq!(r.meta("hub.cursor").unwrap(), 42);
+        assert_eq!(r.meta("never.set").unwrap(), 0);
+        drop(r);
+        s.write(|w| w.map_remove(Map::Tokens, "a").map(|_| ()))
+            .unwrap();
+        assert!(
+            s.read()
+                .unwrap()
+                .map_get(Map::Tokens, "a")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
