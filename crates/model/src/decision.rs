@@ -153,6 +153,10 @@ pub struct Decision {
     /// How many times it was asked for (1 on creation).
     pub hits: u32,
     pub scope: Scope,
+    /// When set, the decision applies only to the nodes of this group (a
+    /// per-group allowlist, like diswall's per-client allow list).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Decision {
@@ -176,7 +180,13 @@ impl Decision {
             evidence: Vec::new(),
             hits: 1,
             scope: Scope::default(),
+            group: None,
         }
+    }
+
+    pub fn with_group(mut self, group: Option<String>) -> Decision {
+        self.group = group.map(|g| clean_name(&g));
+        self
     }
 
     pub fn with_rule(mut self, rule: impl Into<String>) -> Decision {
