@@ -11,7 +11,8 @@
 //! namespace (read through `/proc/thread-self/net`, so the namespace is the
 //! one of the thread that created the enforcer). Writing `+ADDR` adds an
 //! address or refreshes its last-seen time, `-ADDR` removes it, `/` empties
-//! the list; every write is one address, at offset 0.
+//! the list; every command is one `write` at offset 0 of a freshly opened
+//! file (the kernel refuses anything else with `ESPIPE`).
 //!
 //! - A ban goes to one list: that of the first `route` whose rule pattern
 //!   matches the decision's rule, else `default_list` (banban's "target").
@@ -32,7 +33,7 @@
 //!   limit is read at start from `/sys/module/xt_recent/parameters/
 //!   ip_list_tot`, logged with how to raise it, and shown in the status.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -130,7 +131,6 @@ pub struct XtRecent {
     dir_path: PathBuf,
     /// The lists' directory, opened in the creating thread's namespace.
     dir: Option<OwnedFd>,
-    files: HashMap<String, OwnedFd>,
     /// What palisade put in each list (bans it still holds).
     held: BTreeMap<String, HashSet<Net>>,
     ip_list_tot: Option<usize>,
@@ -182,7 +182,6 @@ impl XtRecent {
             lists,
             dir_path,
             dir,
-            files: HashMap::new(),
             held: BTreeMap::new(),
             ip_list_tot,
             in_sync: false,
@@ -235,10 +234,10 @@ impl XtRecent {
         Ok(self.dir.as_ref().expect("just set").as_raw_fd())
     }
 
-    fn file(&mut self, list: &str) -> Result<i32, EnforceError> {
-        if let Some(f) = self.files.get(list) {
-            return Ok(f.as_raw_fd());
-        }
+    /// Opens a list for one write: the kernel accepts a command only at
+    /// offset 0 and moves the offset past it, and the file cannot seek, so
+    /// every command gets its own open file.
+    fn open_list(&mut self, list: &str) -> Result<OwnedFd, EnforceError> {
         let dir = self.dir_fd()?;
         let c = CString::new(list).map_err(|_| self.missing(list))?;
         // SAFETY: dir is an open directory fd, c a NUL-terminated name.
@@ -251,25 +250,23 @@ impl XtRecent {
             });
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
-        self.files.insert(list.to_string(), fd);
-        Ok(raw)
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Writes one command (`+ADDR`, `-ADDR`, `/`) to a list.
     fn write(&mut self, list: &str, line: &str) -> Result<(), EnforceError> {
-        let fd = self.file(list)?;
+        let fd = self.open_list(list)?;
         let buf = format!("{line}\n");
         // SAFETY: buf is valid for reads of its length.
-        let rc = unsafe { libc::pwrite(fd, buf.as_ptr() as *const libc::c_void, buf.len(), 0) };
+        let rc = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+            )
+        };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                // The list went away with its last rule.
-                self.files.remove(list);
-                return Err(self.missing(list));
-            }
             return Err(EnforceError::Other(format!(
                 "writing {line:?} to xt_recent list {list} failed: {e}"
             )));
