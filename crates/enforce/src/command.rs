@@ -23,12 +23,15 @@
 //! for the same address replaces a queued one, so the last word wins, and a
 //! ban that never ran is dropped when its unban arrives.
 //!
+//! A removal carries no rule, so the enforcer remembers the rule each ban
+//! was run with and gives its unban the same `{jail}`.
+//!
 //! `replace_all` cannot know what the other program holds: it runs the ban
 //! command again for every active ban (unless `replay = false`), which such
 //! programs treat as a refresh. Stale bans in the other program are not
 //! removed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -431,6 +434,9 @@ pub struct CommandEnforcer {
     config: CommandConfig,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// The rule each ban or allow was put with, for its removal's
+    /// `{jail}`/`{rule}` (a removal carries no rule).
+    rules: HashMap<Key, String>,
 }
 
 impl CommandEnforcer {
@@ -485,6 +491,7 @@ impl CommandEnforcer {
             config,
             shared,
             workers,
+            rules: HashMap::new(),
         })
     }
 
@@ -515,7 +522,7 @@ impl CommandEnforcer {
     }
 
     /// The command line for a change, or why there is none.
-    fn command_for(&self, c: &Change, now: Timestamp) -> Result<Option<Job>, String> {
+    fn command_for(&mut self, c: &Change, now: Timestamp) -> Result<Option<Job>, String> {
         let (key, put, template, rule, expires) = match c {
             Change::Put(e) => {
                 if e.expires.is_some_and(|t| t <= now) {
@@ -525,16 +532,18 @@ impl CommandEnforcer {
                     Action::Ban => Some(&self.config.ban),
                     Action::Allow => self.config.allow.as_ref(),
                 };
-                ((e.action, e.net), true, t, e.rule.as_deref(), e.expires)
+                ((e.action, e.net), true, t, e.rule.clone(), e.expires)
             }
             Change::Remove { action, net } => {
                 let t = match action {
                     Action::Ban => self.config.unban.as_ref(),
                     Action::Allow => self.config.unallow.as_ref(),
                 };
-                ((*action, *net), false, t, None, None)
+                let rule = self.rules.remove(&(*action, *net));
+                ((*action, *net), false, t, rule, None)
             }
         };
+        let rule = rule.as_deref();
         let Some(template) = template else {
             return Ok(None);
         };
@@ -547,6 +556,16 @@ impl CommandEnforcer {
         }
         let rule = rule.or(self.config.jail.as_deref());
         let needs_rule = template.uses(Placeholder::Jail) || template.uses(Placeholder::Rule);
+        if put && needs_rule {
+            match rule {
+                Some(r) if check_rule(r).is_ok() => {
+                    self.rules.insert(key, r.to_string());
+                }
+                _ => {
+                    self.rules.remove(&key);
+                }
+            }
+        }
         let rule = match rule {
             Some(r) if needs_rule => {
                 check_rule(r).map_err(|e| {
@@ -609,7 +628,7 @@ impl CommandEnforcer {
         dropped
     }
 
-    fn submit(&self, changes: &[Change]) -> Result<(), EnforceError> {
+    fn submit(&mut self, changes: &[Change]) -> Result<(), EnforceError> {
         let now = Timestamp::now();
         let mut jobs = Vec::with_capacity(changes.len());
         let mut refused: Vec<String> = Vec::new();

@@ -339,8 +339,9 @@ filter = { actions = ["ban"], hosts_only = true }
 
 # A command per ban and unban, run without a shell. Placeholders: {ip}
 # (single addresses only), {net} (CIDR), {jail} and {rule} (the decision's
-# rule, else `jail`), {duration} (seconds left, `forever` for permanent
-# bans), {family} (4 or 6).
+# rule, else `jail`), {duration} (seconds left; `forever_duration`, -1 by
+# default, for permanent bans), {family} (4 or 6). Commands run on worker
+# threads with a timeout, failures are retried and logged with their output.
 [[enforcer]]
 kind = "command"
 name = "fail2ban-sshd"
