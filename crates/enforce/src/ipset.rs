@@ -329,11 +329,11 @@ impl Skips {
 
     fn log(&self, sets: &mut [SetState]) {
         for (&i, (n, first, why)) in &self.by_set {
+            if why.is_empty() {
+                continue; // `only` sends it elsewhere: nothing to report
+            }
             let s = &mut sets[i];
             s.skipped += n;
-            if why.is_empty() {
-                continue; // `only` says so: nothing to warn about
-            }
             warn!(
                 set = s.name(),
                 count = n,

@@ -437,6 +437,19 @@ fn bitmap_sets_keep_overlapping_bans_and_report_out_of_range() {
     assert_eq!(members(&ns, "bm"), ["198.18.0.5"]);
     let st = ns.run(|| e.status()).unwrap();
     assert!(st.objects[0].name.contains("1 entries skipped"), "{st:?}");
+    // A whole new list goes in through a swapped bitmap of the same range.
+    let list = vec![
+        entry(Action::Ban, "198.18.0.9", HOUR),
+        entry(Action::Ban, "198.18.0.16/31", None),
+    ];
+    ns.run(|| e.replace_all(&mut list.into_iter())).unwrap();
+    assert_eq!(
+        members(&ns, "bm"),
+        ["198.18.0.16", "198.18.0.17", "198.18.0.9"]
+    );
+    let header = ns.exec("ipset", &["list", "-t", "bm"]);
+    assert!(header.contains("range 198.18.0.0-198.18.0.255"), "{header}");
+    assert_eq!(ns.exec("ipset", &["list", "-n"]).trim(), "bm");
 }
 
 #[test]
