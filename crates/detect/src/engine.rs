@@ -2,11 +2,16 @@
 //! address, which forgave an address, which ignored the line.
 //!
 //! palisade's own patterns (Rust regex syntax with `<HOST>`) are matched
-//! against the syslog message (see [`crate::syslog`]). All patterns of the
-//! rules that can apply to a program are compiled into one [`RegexSet`]: a
-//! line is scanned once, and capture groups are extracted only for the
-//! patterns that matched. Lines from a program no rule names are checked by
-//! the rules without a `program` only.
+//! against the syslog message (see [`crate::syslog`]). Each rule's patterns
+//! are compiled into one lazy DFA searched anchored at the start of the
+//! message, which says which pattern matches first (ignore, then bad, then
+//! good patterns, in the rule's order) and where its match ends; the
+//! address is then found with reverse DFAs ([`crate::dfa`]), exactly where
+//! the `regex` crate's capture group would put it, without its backtracking
+//! engine. The `regex` crate is asked only when that cannot tell (an
+//! ambiguous or unusual pattern, an address that does not parse, a `port`
+//! group). Lines from a program no rule names are checked by the rules
+//! without a `program` only.
 //!
 //! fail2ban filters run their own pipeline ([`crate::fail2ban`]) on the
 //! whole line.
@@ -15,9 +20,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use palisade_model::{Net, Scope};
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::Regex;
 
 use crate::config::{RuleConfig, StageConfig};
+use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
 use crate::fail2ban;
 use crate::host::{HOST_RE, parse_addr};
 use crate::ports::OpenPorts;
@@ -109,24 +115,32 @@ struct NativePattern {
     host: Option<usize>,
     port: Option<usize>,
     /// Reused capture slots (no allocation per match).
-    locs: std::cell::RefCell<regex::bytes::CaptureLocations>,
+    locs: regex::bytes::CaptureLocations,
+    /// The DFAs that find the host without `re` (patterns without a `port`
+    /// group whose `host` group is at the top level).
+    split: Option<HostSplit>,
 }
 
 impl NativePattern {
     /// The host text and the port text of a match, if the pattern matches.
-    fn extract<'m>(&self, msg: &'m str) -> Option<(Option<&'m str>, Option<&'m str>)> {
-        let mut locs = self.locs.borrow_mut();
-        self.re.captures_read(&mut locs, msg.as_bytes())?;
+    fn extract<'m>(&mut self, msg: &'m str) -> Option<(Option<&'m str>, Option<&'m str>)> {
+        self.re.captures_read(&mut self.locs, msg.as_bytes())?;
+        let locs = &self.locs;
         let get = |g: Option<usize>| g.and_then(|g| locs.get(g)).and_then(|(s, e)| msg.get(s..e));
         Some((get(self.host), get(self.port)))
     }
 }
 
-/// A RegexSet over the patterns of a subset of the rules.
+/// A rule's own patterns: indexes into `Engine::patterns` (ignore, bad,
+/// good, in the rule's order) and their DFA.
+struct NativeRule {
+    patterns: std::ops::Range<usize>,
+    dfa: Option<RuleDfa>,
+}
+
+/// The rules that can apply to lines of one program.
 struct Group {
-    set: RegexSet,
-    /// Pattern indexes (into `Engine::patterns`), in set order.
-    members: Vec<usize>,
+    rules: Vec<usize>,
 }
 
 /// The compiled rules. Stateful (fail2ban multi-line buffers, date-template
@@ -134,16 +148,20 @@ struct Group {
 pub struct Engine {
     rules: Vec<RuleInfo>,
     patterns: Vec<NativePattern>,
+    /// Per rule (empty for fail2ban rules).
+    native: Vec<NativeRule>,
+    dfas: Dfas,
     /// One per distinct set of applicable rules, built on demand; the first
     /// holds the rules without `program` (for lines from other programs).
     groups: Vec<Group>,
     group_of_rules: HashMap<Vec<usize>, usize>,
     group_of_program: HashMap<String, usize>,
+    /// The last program seen and its group (lines come in runs).
+    last_program: Option<(String, usize)>,
     /// The group of all rules (for lines without a header).
     all_group: usize,
     f2b: Vec<(usize, fail2ban::Filter)>,
-    open_ports: std::cell::RefCell<Option<OpenPorts>>,
-    matched: Vec<usize>,
+    open_ports: Option<OpenPorts>,
 }
 
 const MAX_GROUPS: usize = 64;
@@ -155,6 +173,8 @@ impl Engine {
     pub fn compile(rules: &[RuleConfig]) -> Result<Engine, CompileError> {
         let mut infos = Vec::new();
         let mut patterns = Vec::new();
+        let mut native = Vec::new();
+        let mut dfas = Dfas::default();
         let mut f2b = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for rc in rules.iter().filter(|r| r.enabled) {
@@ -177,6 +197,8 @@ impl Engine {
                     message: "has no stages".into(),
                 });
             }
+            let first = patterns.len();
+            let mut hirs = Vec::new();
             for (list, kind) in [
                 (&rc.ignore, PatternKind::Ignore),
                 (&rc.bad, PatternKind::Bad),
@@ -197,7 +219,13 @@ impl Engine {
                             message: "closed_ports_only needs a (?P<port>\\d+) group".into(),
                         });
                     }
-                    let locs = std::cell::RefCell::new(re.capture_locations());
+                    let locs = re.capture_locations();
+                    let hir = dfa::parse(re.as_str()).map(dfa::anchored_form);
+                    let split = hir
+                        .as_ref()
+                        .filter(|_| kind != PatternKind::Ignore && port.is_none())
+                        .and_then(|h| dfas.split(h));
+                    hirs.extend(hir);
                     patterns.push(NativePattern {
                         rule: idx,
                         kind,
@@ -205,9 +233,19 @@ impl Engine {
                         host,
                         port,
                         locs,
+                        split,
                     });
                 }
             }
+            let all_parsed = hirs.len() == patterns.len() - first;
+            native.push(NativeRule {
+                patterns: first..patterns.len(),
+                dfa: if all_parsed && !hirs.is_empty() {
+                    dfas.rule(&hirs)
+                } else {
+                    None
+                },
+            });
             if let Some(path) = &rc.fail2ban_filter {
                 let mut opts = rc.fail2ban_options.clone();
                 if let Some(mode) = &rc.mode {
@@ -234,13 +272,15 @@ impl Engine {
         let mut engine = Engine {
             rules: infos,
             patterns,
+            native,
+            dfas,
             groups: Vec::new(),
             group_of_rules: HashMap::new(),
             group_of_program: HashMap::new(),
+            last_program: None,
             all_group: 0,
             f2b,
-            open_ports: std::cell::RefCell::new(Some(OpenPorts::new())),
-            matched: Vec::new(),
+            open_ports: Some(OpenPorts::new()),
         };
         let no_program: Vec<usize> = (0..engine.rules.len())
             .filter(|&i| engine.rules[i].program.is_none())
@@ -259,25 +299,21 @@ impl Engine {
     /// Turns the open-ports check of `closed_ports_only` rules on or off
     /// (off for dry runs of logs from another machine).
     pub fn check_open_ports(&mut self, on: bool) {
-        *self.open_ports.get_mut() = on.then(OpenPorts::new);
+        self.open_ports = on.then(OpenPorts::new);
     }
 
     fn group_for(&mut self, rules: Vec<usize>) -> usize {
         if let Some(&g) = self.group_of_rules.get(&rules) {
             return g;
         }
-        let members: Vec<usize> = (0..self.patterns.len())
-            .filter(|&p| rules.contains(&self.patterns[p].rule))
+        let with_patterns = rules
+            .iter()
+            .copied()
+            .filter(|&r| !self.native[r].patterns.is_empty())
             .collect();
-        let set = regex::bytes::RegexSetBuilder::new(
-            members.iter().map(|&p| self.patterns[p].re.as_str()),
-        )
-        .unicode(false)
-        .size_limit(64 << 20)
-        .dfa_size_limit(16 << 20)
-        .build()
-        .unwrap_or_else(|e| panic!("patterns compiled one by one compile as a set: {e}"));
-        self.groups.push(Group { set, members });
+        self.groups.push(Group {
+            rules: with_patterns,
+        });
         let g = self.groups.len() - 1;
         self.group_of_rules.insert(rules, g);
         g
@@ -287,19 +323,36 @@ impl Engine {
         let Some(program) = program else {
             return self.all_group;
         };
-        if let Some(&g) = self.group_of_program.get(program) {
-            return g;
+        if let Some((last, g)) = &self.last_program
+            && last == program
+        {
+            return *g;
         }
-        let rules: Vec<usize> = (0..self.rules.len())
-            .filter(|&i| self.rules[i].program_matches(Some(program)))
-            .collect();
-        let g = if self.groups.len() < MAX_GROUPS || self.group_of_rules.contains_key(&rules) {
-            self.group_for(rules)
-        } else {
-            self.all_group
+        let g = match self.group_of_program.get(program) {
+            Some(&g) => g,
+            None => {
+                let rules: Vec<usize> = (0..self.rules.len())
+                    .filter(|&i| self.rules[i].program_matches(Some(program)))
+                    .collect();
+                let g =
+                    if self.groups.len() < MAX_GROUPS || self.group_of_rules.contains_key(&rules) {
+                        self.group_for(rules)
+                    } else {
+                        self.all_group
+                    };
+                if self.group_of_program.len() < MAX_PROGRAMS_CACHED {
+                    self.group_of_program.insert(program.to_string(), g);
+                }
+                g
+            }
         };
-        if self.group_of_program.len() < MAX_PROGRAMS_CACHED {
-            self.group_of_program.insert(program.to_string(), g);
+        match &mut self.last_program {
+            Some((last, lg)) => {
+                last.clear();
+                last.push_str(program);
+                *lg = g;
+            }
+            None => self.last_program = Some((program.to_string(), g)),
         }
         g
     }
@@ -312,18 +365,15 @@ impl Engine {
         if !self.patterns.is_empty() {
             let header = syslog::parse(line);
             let g = self.group_of(header.program);
-            let group = &self.groups[g];
             let msg = header.message;
-            self.matched.clear();
-            self.matched.extend(
-                group
-                    .set
-                    .matches(msg.as_bytes())
-                    .into_iter()
-                    .map(|i| group.members[i]),
-            );
-            if !self.matched.is_empty() {
-                self.native_hits(source, header.program, msg, out);
+            for n in 0..self.groups[g].rules.len() {
+                let rule = self.groups[g].rules[n];
+                let info = &self.rules[rule];
+                let applies = info.program_matches(header.program)
+                    && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
+                if applies && let Some(hit) = self.rule_hit(rule, msg) {
+                    out.push(hit);
+                }
             }
         }
         for (rule, filter) in &mut self.f2b {
@@ -345,84 +395,142 @@ impl Engine {
         }
     }
 
-    fn native_hits(&mut self, source: &str, program: Option<&str>, msg: &str, out: &mut Vec<Hit>) {
-        // `matched` is in pattern order: per rule, ignore then bad then good.
-        let mut i = 0;
-        while i < self.matched.len() {
-            let rule = self.patterns[self.matched[i]].rule;
-            let end = i + self.matched[i..]
-                .iter()
-                .take_while(|&&p| self.patterns[p].rule == rule)
-                .count();
+    /// The rule's verdict on `msg`: the first of its patterns that matches
+    /// decides (ignore, bad and good patterns in that order), except that a
+    /// bad or good pattern whose host is no address passes to the next one.
+    fn rule_hit(&mut self, rule: usize, msg: &str) -> Option<Hit> {
+        let range = self.native[rule].patterns.clone();
+        let Some(rule_dfa) = &self.native[rule].dfa else {
+            return self.rule_hit_slow(rule, range, msg);
+        };
+        let (p, end) = match self.dfas.search(rule_dfa, msg.as_bytes()) {
+            Ok(Some((n, end))) => (range.start + n, end),
+            Ok(None) => return None,
+            Err(()) => return self.rule_hit_slow(rule, range, msg),
+        };
+        let pat = &self.patterns[p];
+        let kind = pat.kind;
+        if kind == PatternKind::Ignore {
+            return Some(Hit {
+                rule,
+                kind: HitKind::Ignored,
+                address: None,
+                port: None,
+            });
+        }
+        let host = match &pat.split {
+            Some(split) => self
+                .dfas
+                .host(split, msg.as_bytes(), end)
+                .and_then(|(s, e)| msg.get(s..e)),
+            None => None,
+        };
+        let hit = match host {
+            Some(host) => parse_addr(host).map(|address| Hit {
+                rule,
+                kind: if kind == PatternKind::Bad {
+                    HitKind::Bad
+                } else {
+                    HitKind::Good
+                },
+                address: Some(address),
+                port: None,
+            }),
+            None => self.pattern_hit(p, msg),
+        };
+        // A host that is no address: the next patterns decide.
+        hit.or_else(|| self.rule_hit_slow(rule, p + 1..range.end, msg))
+    }
+
+    /// [`Engine::check`] for palisade's own patterns with the `regex` crate
+    /// only (what the DFAs must agree with).
+    #[cfg(test)]
+    fn check_with_regex(&mut self, source: &str, line: &str, out: &mut Vec<Hit>) {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let header = syslog::parse(line);
+        for rule in 0..self.rules.len() {
             let info = &self.rules[rule];
-            let applies = info.program_matches(program)
+            let applies = info.program_matches(header.program)
                 && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
-            if applies && let Some(hit) = self.rule_hit(rule, &self.matched[i..end], msg) {
+            let range = self.native[rule].patterns.clone();
+            if applies && let Some(hit) = self.rule_hit_slow(rule, range, header.message) {
                 out.push(hit);
             }
-            i = end;
         }
     }
 
-    fn rule_hit(&self, rule: usize, matched: &[usize], msg: &str) -> Option<Hit> {
+    /// [`Engine::rule_hit`] with the `regex` crate, over `patterns` of the
+    /// rule.
+    fn rule_hit_slow(
+        &mut self,
+        rule: usize,
+        patterns: std::ops::Range<usize>,
+        msg: &str,
+    ) -> Option<Hit> {
         let mut good = None;
-        for &p in matched {
-            let pat = &self.patterns[p];
-            match pat.kind {
+        for p in patterns {
+            match self.patterns[p].kind {
                 PatternKind::Ignore => {
-                    return Some(Hit {
-                        rule,
-                        kind: HitKind::Ignored,
-                        address: None,
-                        port: None,
-                    });
-                }
-                PatternKind::Bad => {
-                    let Some((host, port)) = pat.extract(msg) else {
-                        continue;
-                    };
-                    let Some(address) = host.and_then(parse_addr) else {
-                        continue;
-                    };
-                    let port = port.and_then(|p| p.parse::<u16>().ok());
-                    if self.rules[rule].closed_ports_only
-                        && let Some(port) = port
-                        && self
-                            .open_ports
-                            .borrow_mut()
-                            .as_mut()
-                            .is_some_and(|ports| ports.is_open(port))
-                    {
+                    if self.patterns[p].re.is_match(msg.as_bytes()) {
                         return Some(Hit {
                             rule,
                             kind: HitKind::Ignored,
-                            address: Some(address),
-                            port: Some(port),
-                        });
-                    }
-                    return Some(Hit {
-                        rule,
-                        kind: HitKind::Bad,
-                        address: Some(address),
-                        port,
-                    });
-                }
-                PatternKind::Good => {
-                    if good.is_none()
-                        && let Some((Some(host), _)) = pat.extract(msg)
-                        && let Some(address) = parse_addr(host)
-                    {
-                        good = Some(Hit {
-                            rule,
-                            kind: HitKind::Good,
-                            address: Some(address),
+                            address: None,
                             port: None,
                         });
+                    }
+                }
+                PatternKind::Bad => {
+                    if let Some(hit) = self.pattern_hit(p, msg) {
+                        return Some(hit);
+                    }
+                }
+                PatternKind::Good => {
+                    if good.is_none() {
+                        good = self.pattern_hit(p, msg);
                     }
                 }
             }
         }
         good
+    }
+
+    /// The hit of bad or good pattern `p` on `msg` with the `regex` crate,
+    /// if it matches with an address.
+    fn pattern_hit(&mut self, p: usize, msg: &str) -> Option<Hit> {
+        let rule = self.patterns[p].rule;
+        let kind = self.patterns[p].kind;
+        let (host, port) = self.patterns[p].extract(msg)?;
+        let address = host.and_then(parse_addr)?;
+        if kind == PatternKind::Good {
+            return Some(Hit {
+                rule,
+                kind: HitKind::Good,
+                address: Some(address),
+                port: None,
+            });
+        }
+        let port = port.and_then(|p| p.parse::<u16>().ok());
+        if self.rules[rule].closed_ports_only
+            && let Some(port) = port
+            && self
+                .open_ports
+                .as_mut()
+                .is_some_and(|ports| ports.is_open(port))
+        {
+            return Some(Hit {
+                rule,
+                kind: HitKind::Ignored,
+                address: Some(address),
+                port: Some(port),
+            });
+        }
+        Some(Hit {
+            rule,
+            kind: HitKind::Bad,
+            address: Some(address),
+            port,
+        })
     }
 }
 
@@ -583,6 +691,119 @@ mod tests {
         assert_eq!(h.len(), 1);
         let h = check(&mut e, "probe from 999.0.2.1");
         assert!(h.is_empty());
+    }
+
+    use crate::loggen;
+
+    /// The DFAs find the same verdicts and addresses as the `regex` crate's
+    /// captures, on generated sshd lines, on lines whose user names and
+    /// addresses are made to confuse them, and on random edits of both.
+    #[test]
+    fn dfas_agree_with_regex() {
+        let mut rules = crate::builtin::rules();
+        rules.push(rule(
+            r#"name = "odd"
+            program = "sshd"
+            ignore = ['backup', '^Failed password for (?:invalid user )?nagios ']
+            bad = [
+              '^Failed \S+ for (?:invalid user )?.* from <HOST>(?: port \d+)?(?: ssh2)?$',
+              '^Invalid user .* from <HOST>(?: .*)?$',
+              '^(?:\w{1,9} )?<HOST>\b',
+              '^x <HOST>:?\d*$',
+              '^Connection closed by (?:\S+ )*<HOST> port (?P<port>\d+)(?: .*)?$',
+            ]
+            good = ['^Accepted \S+ for \S+ from <HOST>(?: .*)?$']"#,
+        ));
+        let mut e = Engine::compile(&rules).unwrap();
+        e.check_open_ports(false);
+        let mut text = Vec::new();
+        loggen::write_auth_log(&mut text, 20_000, 7).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let users = [
+            "x from 6.6.6.6 port 22 ssh2",
+            "from 1.2.3.4",
+            "[1.2.3.4]",
+            "2001:db8::66",
+            "::ffff:1.2.3.4",
+            "a b c",
+            "",
+            "x port 1",
+            "999.1.1.1",
+            "y [preauth]",
+            "1.2.3.4 port 5 [preauth]",
+            "nagios",
+            "backup",
+            "invalid user z from 1:2::3",
+        ];
+        let addrs = [
+            "198.51.100.7",
+            "2001:db8:1a:2b::3f9c",
+            "[2001:db8::1]",
+            "::ffff:192.0.2.1",
+            "999.1.2.3",
+            "1.2.3",
+            "host.example",
+            "::",
+            "0.0.0.0",
+            "fe80::1:2:3:4",
+        ];
+        let templates: Vec<String> = lines.iter().take(400).cloned().collect();
+        for (n, t) in templates.iter().enumerate() {
+            let mut l = t.clone();
+            for u in ["admin", "root", "deploy", "test", "oracle"] {
+                l = l.replace(&format!(" {u} "), &format!(" {} ", users[n % users.len()]));
+            }
+            for a in addrs {
+                let mut parts = l.split(' ').map(String::from).collect::<Vec<_>>();
+                for w in &mut parts {
+                    if w.parse::<std::net::IpAddr>().is_ok() {
+                        *w = a.to_string();
+                    }
+                }
+                lines.push(parts.join(" "));
+            }
+            lines.push(l);
+        }
+        // Random edits with the characters that matter.
+        let mut r = loggen::Rng::new(99);
+        let alphabet = b" .:[]0123456789abcdef";
+        let words = [
+            " from ",
+            " port 22",
+            " ssh2",
+            " [preauth]",
+            "1.2.3.4",
+            "::1",
+            " user ",
+        ];
+        for n in 0..30_000 {
+            let mut b = lines[n % 5_000].clone().into_bytes();
+            for _ in 0..1 + r.below(3) {
+                let at = r.below(b.len() as u64 + 1) as usize;
+                match r.below(3) {
+                    0 => b.insert(at, alphabet[r.below(alphabet.len() as u64) as usize]),
+                    1 if at < b.len() => {
+                        b.remove(at);
+                    }
+                    _ => {
+                        let w = words[r.below(words.len() as u64) as usize].as_bytes();
+                        b.splice(at..at, w.iter().copied());
+                    }
+                }
+            }
+            lines.push(String::from_utf8(b).unwrap());
+        }
+        let (mut hits, mut fast) = (0, 0);
+        for l in &lines {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            e.check("test", l, &mut a);
+            e.check_with_regex("test", l, &mut b);
+            assert_eq!(a, b, "{l}");
+            hits += a.len();
+            fast += a.iter().filter(|h| h.address.is_some()).count();
+        }
+        assert!(hits > 20_000 && fast > 20_000, "{hits} {fast}");
     }
 
     #[test]

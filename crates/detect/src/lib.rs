@@ -19,6 +19,7 @@
 
 pub mod builtin;
 pub mod config;
+mod dfa;
 pub mod engine;
 pub mod fail2ban;
 pub mod host;
@@ -27,6 +28,11 @@ pub mod pyre;
 pub mod sources;
 pub mod syslog;
 pub mod tracker;
+
+/// The benchmark's log generator, for tests.
+#[cfg(test)]
+#[path = "../benches/loggen/mod.rs"]
+mod loggen;
 
 pub use config::{EXAMPLE_TOML, Limits, RuleConfig, SourceConfig, StageConfig};
 pub use engine::{CompileError, Engine, Hit, HitKind};

@@ -1,0 +1,413 @@
+//! DFA-only matching of palisade's own patterns, with the `host` group found
+//! without a backtracking engine.
+//!
+//! The `regex` crate finds a match with a lazy DFA, then runs a
+//! backtracking engine over it to fill in the groups; on a typical sshd
+//! failure that second step costs several times the first. The engine
+//! avoids it:
+//!
+//! - [`RuleDfa`]: one lazy DFA per rule over its patterns (ignore, bad,
+//!   good, in that order), searched anchored at the start of the message
+//!   with leftmost-first semantics. It says which of the rule's patterns
+//!   matches first in that order (what asking each pattern in turn would
+//!   say) and where that pattern's match ends. A pattern that is not
+//!   anchored at the start gets a leading `(?s-u:.)*?`, so the anchored
+//!   search finds what an unanchored one would. A table of the bytes a
+//!   match can begin with skips the search for most other lines.
+//! - [`HostSplit`]: a pattern whose `host` group is a part of its top-level
+//!   sequence, `P (?P<host>H) S`, is split into three reverse DFAs. Given
+//!   the end of the match, the starts of `S` ending there are the candidate
+//!   ends of the host, the starts of `H` ending at one of those the
+//!   candidate starts, and a candidate is the group only if `P` matches
+//!   everything before it. Every (start, end) pair that passes is a way the
+//!   pattern matches the same text, so when exactly one passes it is the
+//!   span any regex engine reports: nothing is approximated. When several
+//!   pass (contrived patterns or lines), the caller asks the `regex` crate.
+//!
+//! Every search can fail (a cache that gives up, a quit byte for a Unicode
+//! word boundary); the caller then asks the `regex` crate too.
+
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson;
+use regex_automata::util::start;
+use regex_automata::{Anchored, Input, MatchKind};
+use regex_syntax::hir::{Dot, Hir, HirKind, Look, Repetition};
+
+/// Parses a pattern the way `regex::bytes::RegexBuilder::new(p).unicode(false)`
+/// does (ASCII classes, matching arbitrary bytes).
+pub(crate) fn parse(pattern: &str) -> Option<Hir> {
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()
+}
+
+/// `hir` made to find, when searched anchored at the start, what an
+/// unanchored search finds: a leading lazy `(?s-u:.)*?` unless every match
+/// already starts at the start of the text.
+pub(crate) fn anchored_form(hir: Hir) -> Hir {
+    if hir.properties().look_set_prefix().contains(Look::Start) {
+        return hir;
+    }
+    let any = Hir::repetition(Repetition {
+        min: 0,
+        max: None,
+        greedy: false,
+        sub: Box::new(Hir::dot(Dot::AnyByte)),
+    });
+    Hir::concat(vec![any, hir])
+}
+
+/// The rule's patterns in one leftmost-first DFA.
+pub(crate) struct RuleDfa {
+    dfa: usize,
+    /// Bytes a match can begin with (the DFA is not dead after them).
+    first: [u64; 4],
+}
+
+/// The three reverse DFAs of a pattern `P (?P<host>H) S`.
+pub(crate) struct HostSplit {
+    p: usize,
+    h: usize,
+    s: usize,
+}
+
+/// Compiled DFAs with their caches, and scratch space for the searches.
+#[derive(Default)]
+pub(crate) struct Dfas {
+    dfas: Vec<DFA>,
+    caches: Vec<Cache>,
+    /// Reverse DFAs already built, by the expression they match (the host
+    /// expression is shared by every pattern).
+    reverse: Vec<(Hir, usize)>,
+    ends: Vec<usize>,
+    starts: Vec<usize>,
+    pairs: Vec<(usize, usize)>,
+}
+
+/// Most candidate host ends and starts looked at before asking the `regex`
+/// crate (an IPv6 address has one start per character).
+const MAX_ENDS: usize = 8;
+const MAX_PAIRS: usize = 96;
+
+fn nfa_config(reverse: bool) -> thompson::Config {
+    thompson::Config::new()
+        .utf8(false)
+        .reverse(reverse)
+        .shrink(reverse)
+        .which_captures(thompson::WhichCaptures::None)
+}
+
+fn dfa_config(kind: MatchKind) -> regex_automata::hybrid::dfa::Config {
+    DFA::config()
+        .match_kind(kind)
+        // `(?u:\b)` makes the DFA quit on non-ASCII bytes (the search then
+        // fails and the caller asks the `regex` crate) instead of failing
+        // to build.
+        .unicode_word_boundary(true)
+}
+
+impl Dfas {
+    fn add(&mut self, dfa: DFA) -> usize {
+        self.caches.push(dfa.create_cache());
+        self.dfas.push(dfa);
+        self.dfas.len() - 1
+    }
+
+    /// A leftmost-first DFA over `hirs` (already in [`anchored_form`]), or
+    /// `None` if it cannot be built.
+    pub(crate) fn rule(&mut self, hirs: &[Hir]) -> Option<RuleDfa> {
+        let nfa = thompson::Compiler::new()
+            .configure(nfa_config(false))
+            .build_many_from_hir(hirs)
+            .ok()?;
+        let dfa = DFA::builder()
+            .configure(dfa_config(MatchKind::LeftmostFirst))
+            .build_from_nfa(nfa)
+            .ok()?;
+        let mut first = [u64::MAX; 4];
+        let mut cache = dfa.create_cache();
+        let config = start::Config::new().anchored(Anchored::Yes);
+        if let Ok(s) = dfa.start_state(&mut cache, &config) {
+            for b in 0..=255u8 {
+                if dfa.next_state(&mut cache, s, b).is_ok_and(|n| n.is_dead()) {
+                    first[usize::from(b >> 6)] &= !(1u64 << (b & 63));
+                }
+            }
+        }
+        let dfa = self.add(dfa);
+        Some(RuleDfa { dfa, first })
+    }
+
+    fn reverse(&mut self, hir: Hir) -> Option<usize> {
+        if let Some((_, id)) = self.reverse.iter().find(|(h, _)| *h == hir) {
+            return Some(*id);
+        }
+        let nfa = thompson::Compiler::new()
+            .configure(nfa_config(true))
+            .build_from_hir(&hir)
+            .ok()?;
+        let dfa = DFA::builder()
+            .configure(dfa_config(MatchKind::All))
+            .build_from_nfa(nfa)
+            .ok()?;
+        let id = self.add(dfa);
+        self.reverse.push((hir, id));
+        Some(id)
+    }
+
+    /// Splits `hir` (in [`anchored_form`]) around its top-level `host`
+    /// group, if it has one.
+    pub(crate) fn split(&mut self, hir: &Hir) -> Option<HostSplit> {
+        let HirKind::Concat(parts) = hir.kind() else {
+            return None;
+        };
+        let k = parts.iter().position(
+            |p| matches!(p.kind(), HirKind::Capture(c) if c.name.as_deref() == Some("host")),
+        )?;
+        let HirKind::Capture(host) = parts[k].kind() else {
+            return None;
+        };
+        let p = self.reverse(Hir::concat(parts[..k].to_vec()))?;
+        let h = self.reverse((*host.sub).clone())?;
+        let s = self.reverse(Hir::concat(parts[k + 1..].to_vec()))?;
+        Some(HostSplit { p, h, s })
+    }
+
+    /// The first of the rule's patterns (by position in the rule) that
+    /// matches `hay`, and the end of its match. `Err` if the search failed.
+    pub(crate) fn search(
+        &mut self,
+        rule: &RuleDfa,
+        hay: &[u8],
+    ) -> Result<Option<(usize, usize)>, ()> {
+        if let Some(&b) = hay.first()
+            && rule.first[usize::from(b >> 6)] & (1u64 << (b & 63)) == 0
+        {
+            return Ok(None);
+        }
+        let input = Input::new(hay).anchored(Anchored::Yes);
+        match self.dfas[rule.dfa].try_search_fwd(&mut self.caches[rule.dfa], &input) {
+            Ok(m) => Ok(m.map(|m| (m.pattern().as_usize(), m.offset()))),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// The span of the `host` group in the match of a split pattern that
+    /// ends at `end` (the match starts at 0). `None`: ask the `regex` crate.
+    pub(crate) fn host(
+        &mut self,
+        split: &HostSplit,
+        hay: &[u8],
+        end: usize,
+    ) -> Option<(usize, usize)> {
+        let mut ends = std::mem::take(&mut self.ends);
+        let mut starts = std::mem::take(&mut self.starts);
+        let mut pairs = std::mem::take(&mut self.pairs);
+        let found = self.host_with(split, hay, end, &mut ends, &mut starts, &mut pairs);
+        self.ends = ends;
+        self.starts = starts;
+        self.pairs = pairs;
+        found.ok().flatten()
+    }
+
+    fn host_with(
+        &mut self,
+        split: &HostSplit,
+        hay: &[u8],
+        end: usize,
+        ends: &mut Vec<usize>,
+        starts: &mut Vec<usize>,
+        pairs: &mut Vec<(usize, usize)>,
+    ) -> Result<Option<(usize, usize)>, ()> {
+        ends.clear();
+        pairs.clear();
+        let (s, h) = (split.s, split.h);
+        rev_starts(&self.dfas[s], &mut self.caches[s], hay, end, ends, MAX_ENDS)?;
+        for &j in ends.iter() {
+            starts.clear();
+            rev_starts(
+                &self.dfas[h],
+                &mut self.caches[h],
+                hay,
+                j,
+                starts,
+                MAX_PAIRS,
+            )?;
+            pairs.extend(starts.iter().map(|&i| (i, j)));
+            if pairs.len() > MAX_PAIRS {
+                return Err(());
+            }
+        }
+        if pairs.len() <= 1 {
+            // One candidate: the group must be it (the pattern matched).
+            return Ok(pairs.first().copied());
+        }
+        // Several: `P` must match the text before the group. One that is
+        // not checked (the longest host, usually the one) is the group if
+        // all the others fail.
+        let skip = (0..pairs.len()).min_by_key(|&n| pairs[n].0).unwrap_or(0);
+        let p = split.p;
+        let mut passed = None;
+        for (n, &(i, j)) in pairs.iter().enumerate() {
+            if n != skip && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)? {
+                if passed.is_some() {
+                    return Ok(None);
+                }
+                passed = Some((i, j));
+            }
+        }
+        match passed {
+            None => Ok(Some(pairs[skip])),
+            Some(pair) => {
+                if rev_whole(&self.dfas[p], &mut self.caches[p], hay, pairs[skip].0)? {
+                    Ok(None)
+                } else {
+                    Ok(Some(pair))
+                }
+            }
+        }
+    }
+}
+
+fn rev_start(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<LazyStateID, ()> {
+    let config = start::Config::new()
+        .anchored(Anchored::Yes)
+        .look_behind(hay.get(hi).copied());
+    dfa.start_state(cache, &config).map_err(drop)
+}
+
+/// Pushes onto `out` the start of every match of the reverse DFA `dfa`
+/// that ends at `hi` (latest start first). `Err` past `max` matches or if
+/// the search fails.
+fn rev_starts(
+    dfa: &DFA,
+    cache: &mut Cache,
+    hay: &[u8],
+    hi: usize,
+    out: &mut Vec<usize>,
+    max: usize,
+) -> Result<(), ()> {
+    let mut sid = rev_start(dfa, cache, hay, hi)?;
+    let mut at = hi;
+    while at > 0 {
+        at -= 1;
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_tagged() {
+            if sid.is_match() {
+                // Matches are reported one byte late.
+                out.push(at + 1);
+                if out.len() > max {
+                    return Err(());
+                }
+            } else if sid.is_dead() {
+                return Ok(());
+            } else if sid.is_quit() {
+                return Err(());
+            }
+        }
+    }
+    sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
+    if sid.is_match() {
+        out.push(0);
+    }
+    Ok(())
+}
+
+/// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
+fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
+    let mut sid = rev_start(dfa, cache, hay, hi)?;
+    let mut at = hi;
+    while at > 0 {
+        at -= 1;
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_tagged() {
+            if sid.is_dead() {
+                return Ok(false);
+            } else if sid.is_quit() {
+                return Err(());
+            }
+        }
+    }
+    sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
+    Ok(sid.is_match())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host span the DFAs find, against the `regex` crate's captures,
+    /// for the anchored pattern `p` on `line`.
+    fn agree(p: &str, line: &str) -> Option<(usize, usize)> {
+        let mut d = Dfas::default();
+        let hir = anchored_form(parse(p).unwrap());
+        let rule = d.rule(std::slice::from_ref(&hir)).unwrap();
+        let split = d.split(&hir).unwrap();
+        let re = regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .build()
+            .unwrap();
+        let want = re
+            .captures(line.as_bytes())
+            .and_then(|c| c.name("host").map(|m| (m.start(), m.end())));
+        let got = d
+            .search(&rule, line.as_bytes())
+            .unwrap()
+            .and_then(|(_, end)| d.host(&split, line.as_bytes(), end));
+        if let Some(got) = got {
+            assert_eq!(Some(got), want, "{p:?} on {line:?}");
+        }
+        got
+    }
+
+    #[test]
+    fn host_spans_agree_with_captures() {
+        let host = crate::host::HOST_RE;
+        let p = format!(
+            r"^Failed password for (?:invalid user )?.*? from {host} port \d+(?: ssh\d*)?$"
+        );
+        for line in [
+            "Failed password for root from 198.51.100.7 port 22 ssh2",
+            "Failed password for invalid user x from 2001:db8::1 port 22 ssh2",
+            "Failed password for invalid user x from [2001:db8::1] port 22 ssh2",
+            "Failed password for x from 6.6.6.6 port 22 ssh2 from 198.51.100.7 port 22 ssh2",
+            "Failed password for invalid user from 1.2.3.4 from 5.6.7.8 port 1",
+        ] {
+            assert!(agree(&p, line).is_some(), "{line}");
+        }
+        assert!(agree(&p, "Failed password for root from x port 22 ssh2").is_none());
+        // Greedy, lazy and unanchored ends. Two ways to match: ask regex.
+        let p = format!(r"^a .* b {host}(?: .*)?$");
+        assert_eq!(agree(&p, "a x b 1.2.3.4 b 5.6.7.8 y"), None);
+        assert!(agree(&p, "a x b 1.2.3.4 y").is_some());
+        let p = format!(r"^a .*? b {host}");
+        assert!(agree(&p, "a x b 1.2.3.4 b 5.6.7.8 y").is_some());
+        let p = format!(r"^(?:\w+ )?{host}\b");
+        assert!(agree(&p, "abc 1.2.3.4 x").is_some());
+        assert!(agree(&p, "1.2.3.4").is_some());
+        // A host that can end in several places.
+        let p = format!(r"^x {host}:?\d*$");
+        assert_eq!(agree(&p, "x 2001:db8::1:80"), None, "ambiguous: ask regex");
+    }
+
+    #[test]
+    fn rule_search_is_leftmost_first_by_pattern() {
+        let mut d = Dfas::default();
+        let hirs: Vec<Hir> = ["a", "^ab$", "^a"]
+            .iter()
+            .map(|p| anchored_form(parse(p).unwrap()))
+            .collect();
+        let rule = d.rule(&hirs).unwrap();
+        assert_eq!(d.search(&rule, b"xxa").unwrap(), Some((0, 3)));
+        assert_eq!(d.search(&rule, b"ab").unwrap(), Some((0, 1)));
+        let rule = d.rule(&hirs[1..]).unwrap();
+        assert_eq!(d.search(&rule, b"ab").unwrap(), Some((0, 2)));
+        assert_eq!(d.search(&rule, b"abc").unwrap(), Some((1, 1)));
+        assert_eq!(d.search(&rule, b"b").unwrap(), None);
+        assert_eq!(d.search(&rule, b"").unwrap(), None);
+    }
+}
