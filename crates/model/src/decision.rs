@@ -40,7 +40,9 @@ impl fmt::Display for Action {
 }
 
 /// What kind of thing asked for a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// An operator on the command line (`palisade ban`, `palisade allow`).
