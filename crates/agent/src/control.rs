@@ -174,7 +174,8 @@ async fn respond(
             let store = shared.store.clone();
             blocking(move || {
                 let reader = store.read().map_err(internal)?;
-                crate::core::explain(&reader, address, Timestamp::now())
+                reader
+                    .explain(address, Timestamp::now())
                     .map(Response::Explanation)
                     .map_err(internal)
             })

@@ -10,15 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use palisade_control::{
-    AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, Summary,
-    TargetsRequest, Verdict,
+    AllowRequest, BanRequest, EnforcerStatus, Outcome, OutcomeKind, Summary, TargetsRequest,
 };
 use palisade_detect::Event;
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
 };
-use palisade_store::{Reader, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use tracing::{info, warn};
 
 /// How many expired decisions are pruned per store transaction.
@@ -772,35 +771,6 @@ impl Core {
     }
 }
 
-/// Answers `palisade explain` from a store snapshot.
-pub fn explain(reader: &Reader, address: Net, now: Timestamp) -> Result<Explanation, StoreError> {
-    let active = |v: Vec<Decision>| -> Vec<Decision> {
-        v.into_iter().filter(|d| d.is_active(now)).collect()
-    };
-    let allowed_by = active(reader.covering(Action::Allow, &address)?);
-    let banned_by = active(reader.covering(Action::Ban, &address)?);
-    let bans_inside = if address.is_host() {
-        0
-    } else {
-        reader.within(Action::Ban, &address)?.len() as u64
-    };
-    let verdict = if !allowed_by.is_empty() {
-        Verdict::Allowed
-    } else if !banned_by.is_empty() {
-        Verdict::Blocked
-    } else {
-        Verdict::Open
-    };
-    Ok(Explanation {
-        address,
-        verdict,
-        allowed_by,
-        banned_by,
-        bans_inside,
-        now,
-    })
-}
-
 fn entry(d: &Decision) -> Entry {
     Entry {
         action: d.action,
@@ -832,6 +802,7 @@ fn describe_nets(nets: &[Net]) -> String {
 mod tests {
     use super::*;
     use palisade_enforce::EnforceError;
+    use palisade_model::explain::Verdict;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::time::Duration;
@@ -975,7 +946,12 @@ mod tests {
         assert_eq!(kinds(&a), [OutcomeKind::Added, OutcomeKind::Added]);
         assert_eq!(a.newly_banned.len(), 2);
         assert_eq!(f.kernel(), ["ban 198.51.100.7", "ban 2001:db8::7"]);
-        let e = explain(&core.store().read().unwrap(), n("198.51.100.7"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.51.100.7"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Blocked);
         let d = &e.banned_by[0];
         assert_eq!(d.origin.actor.as_deref(), Some("alice"));
@@ -1050,10 +1026,20 @@ mod tests {
                 .unwrap()
                 .contains("stay reachable")
         );
-        let e = explain(&core.store().read().unwrap(), n("198.18.0.5"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.18.0.5"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Allowed);
         assert_eq!(e.banned_by.len(), 1);
-        let e = explain(&core.store().read().unwrap(), n("198.18.1.5"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.18.1.5"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Blocked);
     }
 

@@ -6,6 +6,7 @@
 //! response; `list` streams one [`Response::Item`] per decision and then
 //! [`Response::End`], so a million decisions never sit in one buffer.
 
+pub use palisade_model::explain::{Explanation, Verdict};
 use palisade_model::{Action, Decision, Net, Scope, Span, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -182,32 +183,6 @@ impl OutcomeKind {
     pub fn is_failure(self) -> bool {
         matches!(self, OutcomeKind::NotFound | OutcomeKind::Refused)
     }
-}
-
-/// Why an address is, or is not, blocked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Explanation {
-    pub address: Net,
-    pub verdict: Verdict,
-    /// Allow entries covering the address, widest first.
-    pub allowed_by: Vec<Decision>,
-    /// Ban entries covering the address, widest first.
-    pub banned_by: Vec<Decision>,
-    /// Bans strictly inside the queried network (only for network queries).
-    #[serde(default)]
-    pub bans_inside: u64,
-    pub now: Timestamp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Traffic from the address is dropped.
-    Blocked,
-    /// An allow entry covers the address; no ban applies to it.
-    Allowed,
-    /// Neither banned nor allowed.
-    Open,
 }
 
 /// The agent's health and numbers, for `palisade status`.

@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
+use palisade_model::explain::{Explanation, Verdict};
 use palisade_model::{Action, Decision, Family, Net, Timestamp};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -295,8 +296,16 @@ impl Writer<'_> {
 
     /// Appends `record` to `queue`; returns its number.
     pub fn push(&mut self, queue: Queue, record: &[u8]) -> Result<u64> {
+        self.push_with(queue, |_| record.to_vec())
+    }
+
+    /// Appends the record `make` builds from its number (for records that
+    /// carry their own number); returns the number.
+    pub fn push_with(&mut self, queue: Queue, make: impl FnOnce(u64) -> Vec<u8>) -> Result<u64> {
         let seq = self.meta.get(queue.next_key())?.map_or(1, |v| v.value());
-        self.tx.open_table(queue.table())?.insert(seq, record)?;
+        self.tx
+            .open_table(queue.table())?
+            .insert(seq, make(seq).as_slice())?;
         self.meta.insert(queue.next_key(), seq + 1)?;
         Ok(seq)
     }
@@ -484,6 +493,37 @@ impl Reader {
             ban_hosts: get(COUNT_BAN_HOSTS)?,
             ban_networks: get(COUNT_BAN_NETWORKS)?,
             allows: get(COUNT_ALLOWS)?,
+        })
+    }
+
+    /// Why `address` is, or is not, blocked: the active allow and ban
+    /// entries covering it (allow entries win), and for a network, how many
+    /// bans lie inside it.
+    pub fn explain(&self, address: Net, now: Timestamp) -> Result<Explanation> {
+        let active = |v: Vec<Decision>| -> Vec<Decision> {
+            v.into_iter().filter(|d| d.is_active(now)).collect()
+        };
+        let allowed_by = active(self.covering(Action::Allow, &address)?);
+        let banned_by = active(self.covering(Action::Ban, &address)?);
+        let bans_inside = if address.is_host() {
+            0
+        } else {
+            self.within(Action::Ban, &address)?.len() as u64
+        };
+        let verdict = if !allowed_by.is_empty() {
+            Verdict::Allowed
+        } else if !banned_by.is_empty() {
+            Verdict::Blocked
+        } else {
+            Verdict::Open
+        };
+        Ok(Explanation {
+            address,
+            verdict,
+            allowed_by,
+            banned_by,
+            bans_inside,
+            now,
         })
     }
 
