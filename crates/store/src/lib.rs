@@ -263,11 +263,28 @@ pub struct Writer<'tx> {
 
 impl Writer<'_> {
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
-        let key = Key::new(action, net);
-        self.decisions
-            .get(key.as_bytes())?
-            .map(|v| decode(v.value()))
-            .transpose()
+        get_in(&self.decisions, action, net)
+    }
+
+    /// See [`Reader::covering`].
+    pub fn covering(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        covering_in(&self.decisions, action, net)
+    }
+
+    /// See [`Reader::within`].
+    pub fn within(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        within_in(&self.decisions, action, net)
+    }
+
+    /// Every decision of `action` (for small sets such as allowlists).
+    pub fn all(&self, action: Action) -> Result<Vec<Decision>> {
+        let lo = [action_byte(action)];
+        let hi = [action_byte(action) + 1];
+        let mut out = Vec::new();
+        for item in self.decisions.range(lo.as_slice()..hi.as_slice())? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Stores `d`, replacing any decision with the same action and target.
@@ -430,39 +447,19 @@ pub struct Reader {
 
 impl Reader {
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
-        self.decisions
-            .get(Key::new(action, net).as_bytes())?
-            .map(|v| decode(v.value()))
-            .transpose()
+        get_in(&self.decisions, action, net)
     }
 
     /// Decisions of `action` whose target contains `net` (including `net`
     /// itself), widest first.
     pub fn covering(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
-        let mut out = Vec::new();
-        for sup in net.supernets() {
-            if let Some(d) = self.get(action, &sup)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        covering_in(&self.decisions, action, net)
     }
 
     /// Decisions of `action` whose target lies inside `net`, excluding `net`
     /// itself, in address order.
     pub fn within(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
-        let (first, last) = net.range();
-        let lo = Key::from_parts(action, net.family(), first, 0);
-        let hi = Key::from_parts(action, net.family(), last, u8::MAX);
-        let mut out = Vec::new();
-        for item in self.decisions.range(lo.as_bytes()..=hi.as_bytes())? {
-            let (_, v) = item?;
-            let d = decode(v.value())?;
-            if d.target != *net && net.contains(&d.target) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        within_in(&self.decisions, action, net)
     }
 
     /// Every decision (of one action, or all), in key order: bans before
@@ -585,6 +582,50 @@ impl Reader {
             Timestamp::from_millis(u64::from_be_bytes(bytes))
         }))
     }
+}
+
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Option<Decision>> {
+    table
+        .get(Key::new(action, net).as_bytes())?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+fn covering_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Vec<Decision>> {
+    let mut out = Vec::new();
+    for sup in net.supernets() {
+        if let Some(d) = get_in(table, action, &sup)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn within_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Vec<Decision>> {
+    let (first, last) = net.range();
+    let lo = Key::from_parts(action, net.family(), first, 0);
+    let hi = Key::from_parts(action, net.family(), last, u8::MAX);
+    let mut out = Vec::new();
+    for item in table.range(lo.as_bytes()..=hi.as_bytes())? {
+        let (_, v) = item?;
+        let d = decode(v.value())?;
+        if d.target != *net && net.contains(&d.target) {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 /// Numbers of stored decisions, by kind.
