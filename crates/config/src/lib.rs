@@ -56,6 +56,7 @@ pub struct Config {
     pub allow: Vec<AllowEntry>,
     pub nftables: NftablesConfig,
     pub detect: DetectConfig,
+    pub hub: HubConfig,
     /// Where log lines come from (`[[source]]`).
     pub source: Vec<SourceConfig>,
     /// Detection rules (`[[rule]]`), besides or replacing the built-in ones.
@@ -98,6 +99,12 @@ pub struct AgentConfig {
     pub local_only: bool,
     pub default_ban: Span,
     pub kill_connections: bool,
+    /// The hub to join (`https://host:port`).
+    #[serde(deserialize_with = "join_url")]
+    pub join: Option<String>,
+    /// The token to join with (or `token_file`).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -108,8 +115,114 @@ impl Default for AgentConfig {
             local_only: false,
             default_ban: Span::For(std::time::Duration::from_secs(86_400)),
             kill_connections: true,
+            join: None,
+            token: None,
+            token_file: None,
         }
     }
+}
+
+/// The hub (`palisade hub`, `palisade up`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    pub listen: std::net::SocketAddr,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// An operator's certificate and key (PEM) instead of the hub's own.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Names and addresses to put in the hub's own certificate.
+    pub names: Vec<String>,
+    /// The address other servers reach the hub at, for the join command
+    /// `palisade up` prints (default: this host's first public address).
+    #[serde(deserialize_with = "join_url")]
+    pub public_url: Option<String>,
+    /// Stream events kept for agents that reconnect; one that missed more
+    /// gets a full snapshot.
+    pub events_kept: u64,
+    /// How long a ban lasts when the report does not say.
+    pub default_ban: Span,
+    /// A repeat of an active ban within this long is recorded, not
+    /// broadcast again (banshare's 5 minutes).
+    pub suppress_window: Span,
+    pub escalation: EscalationConfig,
+    /// Distinct nodes that must report an address before it is banned, per
+    /// source (`detector`, `report`, `feed`). Operators' bans never wait.
+    pub quorum: std::collections::BTreeMap<String, u32>,
+    pub quorum_window: Span,
+    pub rate: RateConfig,
+    /// Allow entries for the whole network, or one group (`group = "dmz"`).
+    pub allow: Vec<HubAllowEntry>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: "0.0.0.0:7470".parse().expect("a valid address"),
+            state_dir: "/var/lib/palisade/hub".into(),
+            socket: "/run/palisade/hub.sock".into(),
+            certificate: None,
+            key: None,
+            names: Vec::new(),
+            public_url: None,
+            events_kept: 1_000_000,
+            default_ban: Span::For(std::time::Duration::from_secs(86_400)),
+            suppress_window: Span::For(std::time::Duration::from_secs(300)),
+            escalation: EscalationConfig::default(),
+            quorum: Default::default(),
+            quorum_window: Span::For(std::time::Duration::from_secs(3600)),
+            rate: RateConfig::default(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// Longer bans for repeat offenders (fail2ban's `bantime.increment`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    pub enabled: bool,
+    pub factor: f64,
+    pub max: Span,
+    pub forget_after: Span,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        EscalationConfig {
+            enabled: true,
+            factor: 2.0,
+            max: Span::For(std::time::Duration::from_secs(30 * 86_400)),
+            forget_after: Span::For(std::time::Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            per_second: 50.0,
+            burst: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubAllowEntry {
+    pub net: Net,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default, deserialize_with = "group_name")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -272,6 +385,24 @@ fn nft_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             "{s:?} is not a valid nftables table name (a letter, then letters, digits, '_' or '.', at most 64)"
         )))
     }
+}
+
+fn join_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+    if ok {
+        Ok(Some(s))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a hub address: use https://HOST:PORT"
+        )))
+    }
+}
+
+fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    node_name(d)
 }
 
 fn node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
