@@ -11,14 +11,32 @@
 //!   changes go in batches. Overlapping hosts and networks are kept as a
 //!   disjoint partition in memory, because the kernel's interval sets reject
 //!   overlaps.
+//! - [`ipset::Ipset`]: puts decisions into ipsets the operator made or
+//!   palisade creates (`hash:ip`, `hash:net`, `bitmap:ip`; IPv4 and IPv6),
+//!   for firewalls built around `-m set --match-set` (vallumd, diswall,
+//!   maltrail); a whole list is replaced with `ipset swap`.
+//! - [`xt_recent::XtRecent`]: primes iptables' `recent` match lists under
+//!   `/proc/net/xt_recent/` (banban's `THROTTLE` and `BLOCKER`).
+//! - [`command::CommandEnforcer`]: runs a ban and an unban command per
+//!   address (`fail2ban-client set {jail} banip {ip}`, `psad
+//!   --fw-block-ip {ip}`), without a shell, on worker threads.
+//! - [`filter`]: several enforcers at once, each with a [`filter::Filter`]
+//!   of what it applies; [`filter::EnforcerConfig`] and [`filter::build`]
+//!   turn `[[enforcer]]` tables of the configuration into enforcers.
 //! - [`kill`]: cuts the open connections of a banned network (conntrack
 //!   entries and local TCP sockets).
 
 use palisade_model::{Action, Net, Timestamp};
 
+pub mod command;
+pub mod filter;
+pub mod ipset;
 pub mod kill;
 pub mod nftables;
 mod partition;
+pub mod xt_recent;
+
+pub use filter::{EXAMPLE_TOML, EnforcerConfig, Filter, Filtered, build};
 
 pub use palisade_netlink::Error as NetlinkError;
 
@@ -62,8 +80,55 @@ pub enum EnforceError {
         error: NetlinkError,
         reload: NetlinkError,
     },
+    /// The configuration cannot work (an unknown placeholder in a command
+    /// template, a set type palisade cannot fill, ...).
+    #[error("{0}")]
+    Config(String),
+    /// A kernel object the configuration names does not exist (an ipset
+    /// palisade may not create, an xt_recent list no rule has made).
+    #[error("{0}")]
+    Missing(String),
+    /// An ipset is full: these elements were not added; every other change
+    /// was applied.
+    #[error(
+        "ipset {set} is full (maxelem {maxelem}): {failed} element(s) were not added (first: {first}); the other changes were applied. Raise maxelem (recreate the set with a larger `maxelem`, or give palisade's `maxelem` for a set it creates) or ban fewer addresses"
+    )]
+    SetFull {
+        set: String,
+        maxelem: u32,
+        failed: usize,
+        first: String,
+    },
+    /// Several independent failures (different sets or lists); everything
+    /// else was applied.
+    #[error("{}", join_errors(.0))]
+    Several(Vec<EnforceError>),
     #[error("{0}")]
     Other(String),
+}
+
+fn join_errors(errors: &[EnforceError]) -> String {
+    let parts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    parts.join("; ")
+}
+
+impl EnforceError {
+    /// One error from several: `None` for none, the error itself for one.
+    pub fn from_many(mut errors: Vec<EnforceError>) -> Option<EnforceError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(EnforceError::Several(errors)),
+        }
+    }
+
+    /// `Err` of [`EnforceError::from_many`], or `Ok` when there are none.
+    pub fn check(errors: Vec<EnforceError>) -> Result<(), EnforceError> {
+        match EnforceError::from_many(errors) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
 }
 
 impl EnforceError {
@@ -74,7 +139,11 @@ impl EnforceError {
                 e.is_permission_denied()
             }
             EnforceError::Unrecovered { error, .. } => error.is_permission_denied(),
-            EnforceError::Other(_) => false,
+            EnforceError::Several(v) => v.iter().any(EnforceError::is_permission_denied),
+            EnforceError::Config(_)
+            | EnforceError::Missing(_)
+            | EnforceError::SetFull { .. }
+            | EnforceError::Other(_) => false,
         }
     }
 }

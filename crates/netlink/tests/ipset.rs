@@ -298,7 +298,7 @@ fn swap_exchanges_contents_under_the_names() {
     });
     // A rule refers to the set, as an operator's firewall would.
     ns.exec(
-        "iptables-legacy",
+        "iptables",
         &[
             "-A",
             "INPUT",
