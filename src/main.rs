@@ -56,6 +56,8 @@ enum Command {
     Detect(cmd::detect::DetectArgs),
     /// Hand an attacker to palisade from fail2ban, psad or any program
     Report(cmd::report::ReportArgs),
+    /// Be sshguard's firewall backend: its blocks become bans shared with the network
+    SshguardBackend(cmd::sshguard::SshguardArgs),
     /// Install the binary, a hardened systemd unit and the fail2ban action
     Install(cmd::install::InstallArgs),
     /// Print the default configuration, or check a configuration file
@@ -74,6 +76,9 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(&ctx, a),
         Command::Hub(a) => cmd::hub::run(&ctx, a),
         Command::Report(a) => cmd::report::run(&ctx, a),
+        Command::SshguardBackend(a) => ctx
+            .socket_path()
+            .and_then(|socket| cmd::sshguard::run(a, &socket)),
         Command::Install(a) => cmd::install::run(&ctx, a),
         Command::Ban(a) => cmd::decide::ban(&ctx, a),
         Command::Unban(a) => cmd::decide::unban(&ctx, a),

@@ -76,12 +76,13 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     init_logging(&args.log)?;
     let config = ctx.load_config()?;
     if args.remove_rules {
-        let mut nft = nftables(&config)?;
-        nft.remove()?;
-        println!(
-            "removed table inet {} (stored decisions are kept)",
-            config.nftables.table
-        );
+        for mut e in enforcers(&config)? {
+            e.remove()?;
+            println!(
+                "{}: removed what palisade put in the kernel (stored decisions are kept)",
+                e.name()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     require_root()?;
@@ -171,8 +172,7 @@ pub fn agent_options(
         detect,
         network,
     };
-    let enforcers: Vec<Box<dyn Enforcer>> = vec![Box::new(nftables(config)?)];
-    Ok((options, enforcers))
+    Ok((options, enforcers(config)?))
 }
 
 /// The token from the flag, the config or the config's token file.
@@ -255,19 +255,26 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-fn nftables(config: &Config) -> Result<palisade_enforce::nftables::Nftables> {
-    Ok(palisade_enforce::nftables::Nftables::new(
-        palisade_enforce::nftables::NftConfig {
-            table: config.nftables.table.clone(),
-            priority: config.nftables.priority,
-            // An NFLOG source means port-probe detection: palisade's own
-            // table reports connection attempts to that group.
-            probe_log_group: config.source.iter().find_map(|s| match s {
-                palisade_detect::SourceConfig::Nflog { group, .. } => Some(*group),
-                _ => None,
-            }),
-        },
-    )?)
+/// The configured enforcers (palisade's nftables table when none is).
+fn enforcers(config: &Config) -> Result<Vec<Box<dyn Enforcer>>> {
+    config
+        .enforcers()
+        .iter()
+        .map(|e| {
+            palisade_enforce::build(e)
+                .map_err(|err| anyhow::anyhow!("[[enforcer]] {}: {err}", kind(e)))
+        })
+        .collect()
+}
+
+fn kind(e: &palisade_enforce::EnforcerConfig) -> &'static str {
+    use palisade_enforce::EnforcerConfig::*;
+    match e {
+        Nftables(_) => "nftables",
+        Ipset(_) => "ipset",
+        XtRecent(_) => "xt-recent",
+        Command(_) => "command",
+    }
 }
 
 /// The kernel's host name (of this UTS namespace).

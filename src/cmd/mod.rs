@@ -9,6 +9,7 @@ pub mod hub;
 pub mod install;
 pub mod report;
 pub mod show;
+pub mod sshguard;
 pub mod up;
 
 use std::path::{Path, PathBuf};

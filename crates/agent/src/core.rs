@@ -73,6 +73,8 @@ struct Want {
     /// The length asked for (`None`: the default), passed on to the network
     /// so its policy can apply its own default and escalation.
     asked: Option<Span>,
+    /// The kernel list a detector stage named.
+    list: Option<String>,
     source: Source,
     actor: Option<String>,
     rule: String,
@@ -238,6 +240,7 @@ impl Core {
                 reason: req.reason.clone(),
                 evidence: req.evidence.clone(),
                 scope: self.scope(req.scope),
+                list: None,
             });
             self.ban_wanted(wants.collect(), now, &mut applied)?;
         }
@@ -272,6 +275,7 @@ impl Core {
                     rule,
                     evidence,
                     scope: self.scope(scope),
+                    list: stage.list.clone(),
                 }),
                 Event::Forgive { rule, address } => forgiven.push((rule, address)),
             }
@@ -340,6 +344,7 @@ impl Core {
                 intents.push(Intent::Ban {
                     target,
                     span: want.asked,
+                    list: want.list.clone(),
                     rule: Some(want.rule.clone()),
                     reason: want.reason.clone(),
                     evidence: want.evidence.clone(),
@@ -352,6 +357,7 @@ impl Core {
                 origin = origin.with_actor(actor);
             }
             let mut fresh = Decision::new(Action::Ban, target, now, want.span, origin)
+                .with_list(want.list)
                 .with_rule(want.rule)
                 .with_evidence(want.evidence)
                 .with_scope(want.scope);
@@ -632,6 +638,16 @@ impl Core {
         Ok(total)
     }
 
+    /// Lets every enforcer do its periodic work (an ipset enforcer refreshes
+    /// timeouts longer than the kernel allows; nftables forgets pieces the
+    /// kernel has expired). Called when the worker is idle.
+    pub fn tick(&mut self) {
+        for i in 0..self.enforcers.len() {
+            let result = self.enforcers[i].apply(&[]).map_err(|e| e.to_string());
+            self.record_enforcer(i, result);
+        }
+    }
+
     /// When the next decision expires, if any.
     pub fn next_expiry(&self) -> Result<Option<Timestamp>, CoreError> {
         Ok(self.store.read()?.next_expiry()?)
@@ -887,6 +903,7 @@ pub(crate) fn entry(d: &Decision) -> Entry {
         expires: d.expires,
         comment: d.reason.clone(),
         rule: d.rule.clone(),
+        list: d.list.clone(),
     }
 }
 

@@ -81,7 +81,7 @@ pub fn spawn(
                 };
                 match rx.recv_timeout(wait) {
                     Ok(cmd) => handle(&mut core, cmd, on_banned.as_ref()),
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Timeout) => core.tick(),
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 if let Err(e) = core.prune(Timestamp::now()) {

@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use palisade_detect::{RuleConfig, SourceConfig};
+use palisade_enforce::EnforcerConfig;
 use palisade_model::{Net, Span};
 use serde::{Deserialize, Deserializer};
 
@@ -30,17 +31,19 @@ pub const TEMPLATE: &str = include_str!("template.toml");
 /// so a copy of it behaves exactly like no file at all.
 pub fn template() -> String {
     let mut out = String::from(TEMPLATE);
-    for line in palisade_detect::EXAMPLE_TOML
-        .trim_start_matches('\n')
-        .lines()
-    {
-        if line.is_empty() || line.starts_with('#') {
-            out.push_str(line);
-        } else {
-            out.push_str("# ");
-            out.push_str(line);
+    for example in [
+        palisade_enforce::EXAMPLE_TOML,
+        palisade_detect::EXAMPLE_TOML,
+    ] {
+        for line in example.trim_start_matches('\n').lines() {
+            if line.is_empty() || line.starts_with('#') {
+                out.push_str(line);
+            } else {
+                out.push_str("# ");
+                out.push_str(line);
+            }
+            out.push('\n');
         }
-        out.push('\n');
     }
     out
 }
@@ -54,7 +57,9 @@ pub struct Config {
     pub guard: GuardConfig,
     /// Static allowlist: never banned, whoever asks.
     pub allow: Vec<AllowEntry>,
-    pub nftables: NftablesConfig,
+    /// Where decisions go (`[[enforcer]]`); none means palisade's own
+    /// nftables table.
+    pub enforcer: Vec<EnforcerConfig>,
     pub detect: DetectConfig,
     pub hub: HubConfig,
     /// Where log lines come from (`[[source]]`).
@@ -253,23 +258,6 @@ pub struct AllowEntry {
     pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NftablesConfig {
-    #[serde(deserialize_with = "nft_name")]
-    pub table: String,
-    pub priority: i32,
-}
-
-impl Default for NftablesConfig {
-    fn default() -> Self {
-        NftablesConfig {
-            table: "palisade".into(),
-            priority: -10,
-        }
-    }
-}
-
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -337,6 +325,27 @@ impl Config {
         }
     }
 
+    /// The enforcers to run: the configured ones, else palisade's own
+    /// nftables table. The nftables ones report connection attempts to the
+    /// NFLOG group of a port-probe source, if one is configured.
+    pub fn enforcers(&self) -> Vec<EnforcerConfig> {
+        let mut all = if self.enforcer.is_empty() {
+            vec![EnforcerConfig::Nftables(Default::default())]
+        } else {
+            self.enforcer.clone()
+        };
+        let group = self.source.iter().find_map(|s| match s {
+            SourceConfig::Nflog { group, .. } => Some(*group),
+            _ => None,
+        });
+        for e in &mut all {
+            if let EnforcerConfig::Nftables(n) = e {
+                n.probe_log_group = group;
+            }
+        }
+        all
+    }
+
     /// The guard built from `[guard]`.
     pub fn guard(&self) -> palisade_model::Guard {
         palisade_model::Guard::new(self.guard.min_prefix_v4, self.guard.min_prefix_v6)
@@ -369,22 +378,6 @@ fn prefix_in<'de, D: Deserializer<'de>>(d: D, max: u8) -> Result<u8, D::Error> {
             "a prefix length must be between 0 and {max}, not {v}"
         ))
     })
-}
-
-/// nftables object names: a letter, then letters, digits, `_` or `.`.
-fn nft_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    let ok = s.len() <= 64
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    if ok {
-        Ok(s)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "{s:?} is not a valid nftables table name (a letter, then letters, digits, '_' or '.', at most 64)"
-        )))
-    }
 }
 
 fn join_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -460,17 +453,44 @@ mod tests {
             "local_only",
             "default_ban",
             "kill_connections",
+            "join",
+            "token",
+            "token_file",
             "[guard]",
             "min_prefix_v4",
             "min_prefix_v6",
             "[[allow]]",
             "net",
             "comment",
-            "[nftables]",
+            "[[enforcer]]",
             "table",
             "priority",
+            "[detect]",
+            "builtin",
+            "max_tracked",
+            "[[source]]",
+            "[[rule]]",
+            "[hub]",
+            "listen",
+            "certificate",
+            "key",
+            "names",
+            "public_url",
+            "events_kept",
+            "suppress_window",
+            "[hub.escalation]",
+            "factor",
+            "max",
+            "forget_after",
+            "[hub.quorum]",
+            "quorum_window",
+            "[hub.rate]",
+            "per_second",
+            "burst",
+            "[[hub.allow]]",
+            "group",
         ] {
-            assert!(TEMPLATE.contains(key), "template lacks {key}");
+            assert!(template().contains(key), "template lacks {key}");
         }
     }
 
@@ -489,9 +509,13 @@ net = "198.18.0.0/24"
 comment = "office"
 [[allow]]
 net = "::ffff:192.0.2.1"
-[nftables]
+[[enforcer]]
+kind = "nftables"
 table = "pal"
 priority = -150
+[[source]]
+kind = "nflog"
+group = 9
 "#,
         )
         .unwrap();
@@ -500,7 +524,10 @@ priority = -150
         assert_eq!(c.agent.default_ban.to_string(), "2h");
         assert_eq!(c.allow.len(), 2);
         assert_eq!(c.allow[1].net.to_string(), "192.0.2.1");
-        assert_eq!(c.nftables.table, "pal");
+        let e = c.enforcers();
+        assert!(
+            matches!(&e[0], EnforcerConfig::Nftables(n) if n.table == "pal" && n.probe_log_group == Some(9))
+        );
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
     }
 
@@ -536,8 +563,12 @@ priority = -150
         assert_eq!(err.line, Some(2));
         assert!(err.message.contains("between 0 and 32"), "{}", err.message);
 
-        let err = parse("[nftables]\ntable = \"bad name\"\n").unwrap_err();
-        assert!(err.message.contains("not a valid nftables table name"));
+        let err = parse("[[enforcer]]\nkind = \"nftables\"\ntabel = \"x\"\n").unwrap_err();
+        assert!(
+            err.message.contains("unknown field `tabel`"),
+            "{}",
+            err.message
+        );
 
         let err = parse("[agent\n").unwrap_err();
         assert_eq!(err.line, Some(1));

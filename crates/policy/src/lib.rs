@@ -224,6 +224,7 @@ impl Policy {
                 evidence,
                 source,
                 actor,
+                list,
             } => {
                 if let Some(refusal) = self.refuse_ban(ledger, target)? {
                     return Ok(result(IntentOutcome::Refused, Some(refusal), None));
@@ -254,7 +255,8 @@ impl Policy {
                     let base = span.unwrap_or(self.config.default_ban);
                     let mut fresh = Decision::new(Action::Ban, *target, now, base, origin)
                         .with_evidence(evidence.iter())
-                        .with_scope(Scope::Network);
+                        .with_scope(Scope::Network)
+                        .with_list(list.clone());
                     if let Some(r) = rule {
                         fresh = fresh.with_rule(r.clone());
                     }
@@ -288,7 +290,8 @@ impl Policy {
                 };
                 let mut d = Decision::new(Action::Ban, *target, now, lasting, origin)
                     .with_evidence(evidence.iter())
-                    .with_scope(Scope::Network);
+                    .with_scope(Scope::Network)
+                    .with_list(list.clone());
                 if let Some(r) = rule {
                     d = d.with_rule(r.clone());
                 }

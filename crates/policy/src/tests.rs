@@ -114,6 +114,7 @@ fn report(id: u64, target: &str, source: Source, span: Option<&str>) -> Envelope
             evidence: vec![format!("evidence {id}")],
             source,
             actor: None,
+            list: None,
         },
     }
 }

@@ -27,6 +27,9 @@ pub enum Intent {
         #[serde(default)]
         evidence: Vec<String>,
         source: Source,
+        /// The kernel list a detector's stage named (xt_recent).
+        #[serde(default)]
+        list: Option<String>,
         #[serde(default)]
         actor: Option<String>,
     },
@@ -208,6 +211,7 @@ mod tests {
                 evidence: vec![],
                 source: Source::Report,
                 actor: Some("fail2ban".into()),
+                list: None,
             },
         };
         let json = serde_json::to_string(&e).unwrap();
