@@ -117,6 +117,7 @@ fn ban_request(targets: Vec<Net>) -> Request {
         actor: Some("bench".into()),
         scope: Scope::Local,
         brief: true,
+        source: palisade_model::Source::Cli,
     })
 }
 

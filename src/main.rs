@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand};
 
 /// A distributed firewall: every server drops what one server sees.
 ///
-/// Run `palisade agent --local-only` on a server to protect it on its own,
-/// then ban, allow and explain addresses with the commands below. They talk
-/// to the agent over its control socket, which only root may use.
+/// Start with `palisade up` on one server: it runs the hub and this server's
+/// agent, and prints the command that joins other servers. Or run
+/// `palisade agent --local-only` to protect one server on its own. Then ban,
+/// allow and explain addresses with the commands below; they talk to the
+/// agent over its control socket, which only root may use.
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, max_term_width = 100)]
 struct Cli {
@@ -30,8 +32,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the hub and this server's agent in one process: start here
+    Up(cmd::up::UpArgs),
     /// Run the agent on this server, in the foreground
     Agent(cmd::agent::AgentArgs),
+    /// Run the hub that agents join, or manage its tokens
+    Hub(cmd::hub::HubArgs),
     /// Ban addresses or networks: drop their traffic and cut their connections
     Ban(cmd::decide::BanArgs),
     /// Lift bans
@@ -48,6 +54,12 @@ enum Command {
     Status(cmd::show::StatusArgs),
     /// Try detection rules on a log file, like fail2ban-regex (nothing is banned)
     Detect(cmd::detect::DetectArgs),
+    /// Hand an attacker to palisade from fail2ban, psad or any program
+    Report(cmd::report::ReportArgs),
+    /// Be sshguard's firewall backend: its blocks become bans shared with the network
+    SshguardBackend(cmd::sshguard::SshguardArgs),
+    /// Install the binary, a hardened systemd unit and the fail2ban action
+    Install(cmd::install::InstallArgs),
     /// Print the default configuration, or check a configuration file
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -60,7 +72,14 @@ fn main() -> ExitCode {
         socket: cli.socket,
     };
     let result = match cli.command {
+        Command::Up(a) => cmd::up::run(&ctx, a),
         Command::Agent(a) => cmd::agent::run(&ctx, a),
+        Command::Hub(a) => cmd::hub::run(&ctx, a),
+        Command::Report(a) => cmd::report::run(&ctx, a),
+        Command::SshguardBackend(a) => ctx
+            .socket_path()
+            .and_then(|socket| cmd::sshguard::run(a, &socket)),
+        Command::Install(a) => cmd::install::run(&ctx, a),
         Command::Ban(a) => cmd::decide::ban(&ctx, a),
         Command::Unban(a) => cmd::decide::unban(&ctx, a),
         Command::Allow(a) => cmd::decide::allow(&ctx, a),
@@ -77,5 +96,16 @@ fn main() -> ExitCode {
             eprintln!("palisade: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

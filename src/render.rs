@@ -219,5 +219,83 @@ pub fn status(s: &AgentStatus) -> String {
         "  killed     {} open connection(s) of banned addresses",
         s.connections_killed
     );
+    if let Some(n) = &s.network {
+        let state = if n.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED (enforcing what it has, queueing reports)"
+        };
+        let _ = writeln!(out, "  network    {}: {state}", n.bus);
+        let latest = n.latest.max(n.cursor);
+        let _ = writeln!(
+            out,
+            "  stream     at {} of {latest} ({} behind), {} request(s) queued",
+            n.cursor,
+            latest - n.cursor,
+            n.pending
+        );
+        if let Some(e) = &n.last_error {
+            let _ = writeln!(out, "  last error {e}");
+        }
+    }
+    out
+}
+
+/// `palisade hub status` as text.
+pub fn hub_status(s: &palisade_control::hub::HubStatus) -> String {
+    let mut out = String::new();
+    let up = compact_duration(s.now.since(s.started));
+    let _ = writeln!(out, "palisade hub {} on {}, up {up}", s.version, s.listen);
+    if let Some(pin) = &s.pin {
+        let _ = writeln!(
+            out,
+            "  pin        {pin} (agents pin this certificate through their tokens)"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  decisions  {} banned addresses, {} networks, {} allows",
+        s.bans, s.ban_networks, s.allows
+    );
+    let _ = writeln!(out, "  stream     at {}", s.seq);
+    let _ = writeln!(
+        out,
+        "  nodes      {} with valid tokens, {} connected now",
+        s.nodes, s.connected
+    );
+    out
+}
+
+/// `palisade hub token list` as text.
+pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
+    let now = Timestamp::now();
+    if tokens.is_empty() {
+        return "no tokens yet: create one with `palisade hub token create NAME`\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<5} {:<10} {:<9} {:<14} {:<16} CREATED",
+        "NAME", "KIND", "GROUP", "ID", "STATE", "ADDRESS"
+    );
+    for t in tokens {
+        let state = match (t.revoked, t.connected, t.last_seen) {
+            (Some(_), _, _) => "revoked".to_string(),
+            (None, true, _) => "connected".to_string(),
+            (None, false, Some(seen)) => format!("seen {}", relative(seen, now)),
+            (None, false, None) => "unused".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<5} {:<10} {:<9} {:<14} {:<16} {}",
+            t.name,
+            t.kind,
+            t.group.as_deref().unwrap_or("-"),
+            t.id,
+            state,
+            t.address.as_deref().unwrap_or("-"),
+            relative(t.created, now)
+        );
+    }
     out
 }

@@ -122,10 +122,14 @@ fn sshguard_blocks_become_bans_in_the_agent_and_its_release_and_flush_lift_them(
         list.contains("\"rule\": \"sshguard\"") || list.contains("\"rule\":\"sshguard\""),
         "{list}"
     );
+    // sshguard's blocks are reported (source report, actor sshguard); this
+    // agent is local-only, so it keeps them here (a joined agent sends them
+    // to the network, like every report: see tests/hub.rs).
     assert!(
-        list.contains("\"scope\": \"network\"") || list.contains("\"scope\":\"network\""),
+        list.contains("\"source\":\"report\",\"actor\":\"sshguard\""),
         "{list}"
     );
+    assert!(list.contains("\"scope\":\"local\""), "{list}");
     assert!(
         kernel_elements(victim).contains(&format!("block4: {me}")),
         "{:?}",

@@ -1,13 +1,15 @@
 //! `palisade agent`: run the agent in the foreground.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use palisade_agent::{AgentOptions, Settings};
 use palisade_config::Config;
 use palisade_enforce::Enforcer;
+use palisade_wire::{Bus, Token, TokenKind};
 
 use super::Context;
 
@@ -21,15 +23,31 @@ agents can run on one machine (for example one per network namespace):
 
 When the agent stops, its bans stay in the kernel and expire on time by
 themselves; the next start reconciles the kernel with its stored decisions.
+A joined agent keeps enforcing what it has while the hub is away, queues
+what it reports, and catches up when the hub is back.
 
 Examples:
   palisade agent --local-only
+  palisade agent --join https://198.51.100.1:7470 --token palisade1.join.…
   palisade agent --remove-rules"
 )]
 pub struct AgentArgs {
     /// Protect this server on its own, without joining a network of agents
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     local_only: bool,
+
+    /// The hub to join: https://HOST:PORT [default: [agent] join]
+    #[arg(long, env = "PALISADE_JOIN", value_name = "URL")]
+    join: Option<String>,
+
+    /// The token `palisade hub token create` printed [default: [agent] token or token_file]
+    #[arg(
+        long,
+        env = "PALISADE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 
     /// Remove palisade's nftables table from the kernel and exit (stored
     /// decisions are kept; the next start puts them back)
@@ -55,34 +73,56 @@ pub struct AgentArgs {
 }
 
 pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&args.log)?;
     let config = ctx.load_config()?;
     if args.remove_rules {
-        let mut nft = nftables(&config)?;
-        nft.remove()?;
-        println!(
-            "removed table inet {} (stored decisions are kept)",
-            config.nftables.table
-        );
+        for mut e in enforcers(&config)? {
+            e.remove()?;
+            println!(
+                "{}: removed what palisade put in the kernel (stored decisions are kept)",
+                e.name()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    if !(args.local_only || config.agent.local_only) {
-        bail!(
-            "this agent has no network to join: run it with --local-only (or set local_only = true in [agent]) to protect this server on its own"
-        );
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "the agent must run as root: it changes the kernel's firewall and owns a root-only control socket"
-        );
-    }
-    let node = match args.node_name.or(config.node.name.clone()) {
-        Some(n) => n,
-        None => host_name(),
+    require_root()?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or(config.agent.state_dir.clone());
+    let node = args
+        .node_name
+        .clone()
+        .or(config.node.name.clone())
+        .unwrap_or_else(host_name);
+    let join = args.join.clone().or(config.agent.join.clone());
+    let network: Option<Arc<dyn Bus>> = match join {
+        None if args.local_only || config.agent.local_only => None,
+        None => bail!(
+            "this agent has no network to join: run it with --join https://HUB:PORT --token TOKEN (from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
+        ),
+        Some(url) => {
+            let token = token_from(&args.token, &config)?;
+            Some(Arc::new(link(&url, token, &state_dir, &node)?))
+        }
+    };
+    let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
+    let (options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    palisade_agent::run(options, enforcers)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything the agent needs, from the configuration.
+pub fn agent_options(
+    config: &Config,
+    node: String,
+    state_dir: PathBuf,
+    socket: PathBuf,
+    network: Option<Arc<dyn Bus>>,
+) -> Result<(AgentOptions, Vec<Box<dyn Enforcer>>)> {
+    let mode = match &network {
+        Some(bus) => format!("joined to {}", bus.describe()),
+        None => "local-only".into(),
     };
     let settings = Settings {
         node,
@@ -93,6 +133,7 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
             .iter()
             .map(|a| (a.net, a.comment.clone()))
             .collect(),
+        joined: network.is_some(),
     };
     let kill: Option<palisade_agent::KillFn> = config.agent.kill_connections.then(|| {
         // Opened on first use, on the killer's own thread, and kept.
@@ -124,34 +165,120 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     };
     let options = AgentOptions {
         settings,
-        state_dir: args.state_dir.unwrap_or(config.agent.state_dir.clone()),
-        socket: ctx.socket.clone().unwrap_or(config.agent.socket.clone()),
-        mode: "local-only".into(),
+        state_dir,
+        socket,
+        mode,
         kill,
         detect,
+        network,
     };
-    let enforcers: Vec<Box<dyn Enforcer>> = vec![Box::new(nftables(&config)?)];
-    palisade_agent::run(options, enforcers)?;
-    Ok(ExitCode::SUCCESS)
+    Ok((options, enforcers(config)?))
 }
 
-fn nftables(config: &Config) -> Result<palisade_enforce::nftables::Nftables> {
-    Ok(palisade_enforce::nftables::Nftables::new(
-        palisade_enforce::nftables::NftConfig {
-            table: config.nftables.table.clone(),
-            priority: config.nftables.priority,
-            // An NFLOG source means port-probe detection: palisade's own
-            // table reports connection attempts to that group.
-            probe_log_group: config.source.iter().find_map(|s| match s {
-                palisade_detect::SourceConfig::Nflog { group, .. } => Some(*group),
-                _ => None,
-            }),
+/// The token from the flag, the config or the config's token file.
+fn token_from(flag: &Option<String>, config: &Config) -> Result<Token> {
+    let text = match (flag, &config.agent.token, &config.agent.token_file) {
+        (Some(t), _, _) | (None, Some(t), _) => t.clone(),
+        (None, None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file {}", file.display()))?,
+        (None, None, None) => bail!(
+            "joining a hub needs a token: --token TOKEN (or [agent] token / token_file); create one on the hub with `palisade hub token create NAME`"
+        ),
+    };
+    Ok(text.trim().parse()?)
+}
+
+/// The link to the hub at `url`, exchanging a join token for this node's
+/// own credential on first contact (kept in the state directory, so later
+/// starts use it).
+pub fn link(
+    url: &str,
+    token: Token,
+    state_dir: &Path,
+    node: &str,
+) -> Result<palisade_link::HubLink> {
+    let kept = state_dir.join("node.token");
+    if token.kind == TokenKind::Read {
+        bail!(
+            "a read token cannot join: create a node or join token with `palisade hub token create`"
+        );
+    }
+    if token.kind == TokenKind::Node {
+        return Ok(palisade_link::HubLink::new(url, &token)?);
+    }
+    if let Ok(text) = std::fs::read_to_string(&kept)
+        && let Ok(mine) = text.trim().parse::<Token>()
+    {
+        return Ok(palisade_link::HubLink::new(
+            url,
+            &Token {
+                pin: token.pin,
+                ..mine
+            },
+        )?);
+    }
+    let joiner = palisade_link::HubLink::new(url, &token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime
+        .block_on(joiner.join(node))
+        .with_context(|| format!("joining the hub at {url} as {node:?}"))?;
+    let mine: Token = answer.token.parse()?;
+    std::fs::create_dir_all(state_dir)?;
+    palisade_hub::identity::write_private(&kept, mine.to_string().as_bytes())?;
+    tracing::info!(node = %answer.name, group = ?answer.group, "joined the hub; this node's credential is kept in {}", kept.display());
+    Ok(palisade_link::HubLink::new(
+        url,
+        &Token {
+            pin: token.pin,
+            ..mine
         },
     )?)
 }
 
+pub fn init_logging(filter: &str) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
+
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "palisade must run as root: it changes the kernel's firewall and owns root-only control sockets"
+        );
+    }
+    Ok(())
+}
+
+/// The configured enforcers (palisade's nftables table when none is).
+fn enforcers(config: &Config) -> Result<Vec<Box<dyn Enforcer>>> {
+    config
+        .enforcers()
+        .iter()
+        .map(|e| {
+            palisade_enforce::build(e)
+                .map_err(|err| anyhow::anyhow!("[[enforcer]] {}: {err}", kind(e)))
+        })
+        .collect()
+}
+
+fn kind(e: &palisade_enforce::EnforcerConfig) -> &'static str {
+    use palisade_enforce::EnforcerConfig::*;
+    match e {
+        Nftables(_) => "nftables",
+        Ipset(_) => "ipset",
+        XtRecent(_) => "xt-recent",
+        Command(_) => "command",
+    }
+}
+
 /// The kernel's host name (of this UTS namespace).
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

@@ -36,13 +36,13 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
                 Ok(c) => {
                     println!("{}: ok", path.display());
                     println!(
-                        "  state_dir {}, socket {}, default ban {}, {} static allow entr{}, nftables table inet {}",
+                        "  state_dir {}, socket {}, default ban {}, {} static allow entr{}, {} enforcer(s)",
                         c.agent.state_dir.display(),
                         c.agent.socket.display(),
                         c.agent.default_ban,
                         c.allow.len(),
                         if c.allow.len() == 1 { "y" } else { "ies" },
-                        c.nftables.table
+                        c.enforcers().len()
                     );
                     // Rules are only fully checked (fail2ban filters read,
                     // patterns compiled) by compiling them.

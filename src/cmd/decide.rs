@@ -9,7 +9,7 @@ use clap::Args;
 use palisade_control::{
     AllowRequest, BanRequest, Outcome, OutcomeKind, Request, Response, TargetsRequest,
 };
-use palisade_model::{Net, Scope, Span, Timestamp};
+use palisade_model::{Net, Scope, Source, Span, Timestamp};
 
 use super::{Context, actor};
 use crate::render;
@@ -44,12 +44,20 @@ pub struct BanArgs {
     /// Why, shown by `palisade explain`
     #[arg(long)]
     reason: Option<String>,
+
+    /// On a joined server: ban here only, not on the whole network
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct UnbanArgs {
     #[command(flatten)]
     targets: Targets,
+
+    /// On a joined server: unban here only, not on the whole network
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,12 +80,20 @@ pub struct AllowArgs {
     /// How long [default: forever]
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_span)]
     span: Option<Span>,
+
+    /// On a joined server: allow here only, not on the whole network
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct UnallowArgs {
     #[command(flatten)]
     targets: Targets,
+
+    /// On a joined server: unallow here only, not on the whole network
+    #[arg(long)]
+    local: bool,
 }
 
 pub fn ban(ctx: &Context, args: BanArgs) -> Result<ExitCode> {
@@ -89,10 +105,17 @@ pub fn ban(ctx: &Context, args: BanArgs) -> Result<ExitCode> {
         rule: None,
         evidence: Vec::new(),
         actor: actor(),
-        scope: Scope::Local,
+        scope: scope(args.local),
         brief: false,
+        source: Source::Cli,
     });
     send(ctx, req, bad)
+}
+
+/// Network-wide unless `--local` (a local-only agent keeps everything
+/// local anyway).
+fn scope(local: bool) -> Scope {
+    if local { Scope::Local } else { Scope::Network }
 }
 
 pub fn unban(ctx: &Context, args: UnbanArgs) -> Result<ExitCode> {
@@ -103,6 +126,7 @@ pub fn unban(ctx: &Context, args: UnbanArgs) -> Result<ExitCode> {
             targets,
             actor: actor(),
             brief: false,
+            local: args.local,
         }),
         bad,
     )
@@ -115,7 +139,7 @@ pub fn allow(ctx: &Context, args: AllowArgs) -> Result<ExitCode> {
         span: args.span,
         comment: args.comment,
         actor: actor(),
-        scope: Scope::Local,
+        scope: scope(args.local),
         brief: false,
     });
     send(ctx, req, bad)
@@ -129,6 +153,7 @@ pub fn unallow(ctx: &Context, args: UnallowArgs) -> Result<ExitCode> {
             targets,
             actor: actor(),
             brief: false,
+            local: args.local,
         }),
         bad,
     )

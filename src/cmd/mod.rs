@@ -5,7 +5,12 @@ pub mod agent;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod hub;
+pub mod install;
+pub mod report;
 pub mod show;
+pub mod sshguard;
+pub mod up;
 
 use std::path::{Path, PathBuf};
 

@@ -48,7 +48,7 @@ use clap::Args;
 use palisade_control::{
     BanRequest, Client, ClientError, ListRequest, OutcomeKind, Request, Response, TargetsRequest,
 };
-use palisade_model::{Action, Decision, Net, Scope, Span};
+use palisade_model::{Action, Decision, Net, Scope, Source, Span};
 
 /// Most commands kept while the agent cannot be reached; older ones are
 /// dropped beyond this (with a message).
@@ -407,6 +407,7 @@ impl Backend {
                         Scope::Network
                     },
                     brief: false,
+                    source: Source::Report,
                 });
                 let resp = self.client()?.call(&req)?;
                 if let Response::Outcomes { outcomes, .. } = resp {
@@ -462,10 +463,12 @@ impl Backend {
 
     fn unban(&mut self, targets: Vec<Net>) -> Result<(), ClientError> {
         let brief = targets.len() > 20;
+        let local = self.args.local;
         self.client()?.call(&Request::Unban(TargetsRequest {
             targets,
             actor: Some(ACTOR.into()),
             brief,
+            local,
         }))?;
         Ok(())
     }

@@ -17,18 +17,47 @@ pub struct Agent {
     pub proc: Option<Proc>,
     pub dir: tempfile::TempDir,
     ns: String,
+    /// How it runs: `--local-only`, or `--join URL --token T --node-name N`.
+    mode: Vec<String>,
 }
 
 impl Agent {
     /// Starts `palisade agent --local-only` inside `ns` with `config` as its
     /// configuration file, and waits until it serves its socket.
     pub fn start(ns: &Netns, config: &str) -> Agent {
+        Agent::start_with(ns, config, vec!["--local-only".to_string()])
+    }
+
+    /// Starts an agent that joins the hub at `url` with `token` as `name`,
+    /// and waits until it follows the hub's stream.
+    pub fn join(ns: &Netns, config: &str, url: &str, token: &str, name: &str) -> Agent {
+        let mode = ["--join", url, "--token", token, "--node-name", name]
+            .map(String::from)
+            .to_vec();
+        let agent = Agent::start_with(ns, config, mode);
+        let connected = palisade_lab::wait_until(Duration::from_secs(20), || {
+            agent
+                .cli(&["status"])
+                .stdout
+                .windows(11)
+                .any(|w| w == b": connected")
+        });
+        assert!(
+            connected,
+            "agent {name} did not connect to the hub:\n{}",
+            agent.log()
+        );
+        agent
+    }
+
+    fn start_with(ns: &Netns, config: &str, mode: Vec<String>) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
         let mut agent = Agent {
             proc: None,
             dir,
             ns: ns.name().to_string(),
+            mode,
         };
         agent.restart();
         agent
@@ -38,7 +67,8 @@ impl Agent {
     pub fn restart(&mut self) {
         assert!(self.proc.is_none(), "the agent is already running");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, BIN, "agent", "--local-only"])
+        cmd.args(["netns", "exec", &self.ns, BIN, "agent"])
+            .args(&self.mode)
             .arg("--config")
             .arg(self.config_path())
             .arg("--state-dir")
@@ -46,7 +76,9 @@ impl Agent {
             .arg("--socket")
             .arg(self.socket())
             .env("PALISADE_LOG", "info,palisade_agent=debug")
-            .env_remove("PALISADE_CONFIG");
+            .env_remove("PALISADE_CONFIG")
+            .env_remove("PALISADE_JOIN")
+            .env_remove("PALISADE_TOKEN");
         let proc = Proc::spawn(cmd).expect("start the agent");
         let ready = proc.wait_for_stderr("palisade agent running", Duration::from_secs(20));
         assert!(ready, "the agent did not start:\n{}", proc.describe());
@@ -98,6 +130,107 @@ impl Agent {
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
+    }
+}
+
+/// A hub running in a namespace, with its own state directory, control
+/// socket and configuration file.
+pub struct Hub {
+    pub proc: Option<Proc>,
+    pub dir: tempfile::TempDir,
+    ns: String,
+    pub listen: String,
+}
+
+impl Hub {
+    /// Starts `palisade hub` in `ns`, listening on `listen` (ADDR:PORT).
+    pub fn start(ns: &Netns, listen: &str, config: &str) -> Hub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
+        let mut hub = Hub {
+            proc: None,
+            dir,
+            ns: ns.name().to_string(),
+            listen: listen.to_string(),
+        };
+        hub.restart();
+        hub
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "the hub is already running");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, BIN, "--config"])
+            .arg(self.dir.path().join("palisade.toml"))
+            .args(["hub", "--listen", &self.listen])
+            .args(self.place())
+            .env("PALISADE_LOG", "info,palisade_hub=debug")
+            .env_remove("PALISADE_CONFIG");
+        let proc = Proc::spawn(cmd).expect("start the hub");
+        let ready = proc.wait_for_stderr("palisade hub running", Duration::from_secs(20));
+        assert!(ready, "the hub did not start:\n{}", proc.describe());
+        self.proc = Some(proc);
+    }
+
+    /// `--hub-state-dir DIR --hub-socket PATH`.
+    pub fn place(&self) -> Vec<String> {
+        vec![
+            "--hub-state-dir".into(),
+            self.dir.path().join("state").display().to_string(),
+            "--hub-socket".into(),
+            self.dir.path().join("hub.sock").display().to_string(),
+        ]
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    /// Runs `palisade hub ARGS...` against this hub; panics unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("palisade.toml"))
+            .arg("hub")
+            .args(args)
+            .args(self.place())
+            .output()
+            .expect("run palisade hub");
+        assert!(
+            out.status.success(),
+            "palisade hub {} failed: {}\nhub log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// A new token of `kind` named `name`.
+    pub fn token(&self, kind: &str, name: &str) -> String {
+        self.ok(&["token", "create", "--kind", kind, name])
+            .trim()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
+    }
+
+    /// Kills the hub without warning (SIGKILL).
+    pub fn kill9(&mut self) {
+        let mut proc = self.proc.take().expect("the hub is running");
+        proc.signal(libc::SIGKILL);
+        let _ = proc.wait_timeout(Duration::from_secs(5));
+    }
+
+    pub fn stop(&mut self) {
+        let mut proc = self.proc.take().expect("the hub is running");
+        assert!(
+            proc.stop().success(),
+            "the hub did not stop cleanly:\n{}",
+            proc.describe()
+        );
     }
 }
 

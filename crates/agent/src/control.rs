@@ -5,7 +5,6 @@
 //! (so a socket made reachable by mistake still refuses other users).
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,47 +39,13 @@ pub struct Shared {
     pub worker: WorkerHandle,
     pub identity: Arc<Identity>,
     pub killed: Arc<AtomicU64>,
+    /// What the agent is joined to, and how that goes.
+    pub network: Option<(String, Arc<crate::network::NetState>)>,
 }
 
-/// Creates the control socket: a root-only directory if it has to make one,
-/// a stale socket from a crashed agent replaced, a live one refused.
+/// Creates the agent's root-only control socket.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "another palisade agent is already listening on {}; stop it, or give this one its own --socket and --state-dir",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    // Connecting needs write permission on the socket, so the moment between
-    // bind and chmod never lets anyone but root in.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    UnixListener::from_std(palisade_control::socket::bind_root_only(path, "agent")?)
 }
 
 /// Accepts connections until the listener fails or the task is dropped.
@@ -108,9 +73,7 @@ async fn connection(stream: UnixStream, shared: Shared) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if cred.uid() != 0 && cred.uid() != me {
+    if !palisade_control::socket::peer_allowed(cred.uid()) {
         warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control connection from a non-root user");
         // Read (and ignore) the request first: closing a UNIX socket with
         // unread data resets the peer, which would lose this answer.
@@ -123,10 +86,7 @@ async fn connection(stream: UnixStream, shared: Shared) -> io::Result<()> {
         .await;
         let e = ControlError::new(
             ErrorCode::Forbidden,
-            format!(
-                "the palisade control socket is root-only and uid {} is not root; run this command as root (e.g. with sudo)",
-                cred.uid()
-            ),
+            palisade_control::socket::refusal(cred.uid()),
         );
         send(&mut write, &Response::Error(e)).await?;
         return Ok(());
@@ -174,7 +134,8 @@ async fn respond(
             let store = shared.store.clone();
             blocking(move || {
                 let reader = store.read().map_err(internal)?;
-                crate::core::explain(&reader, address, Timestamp::now())
+                reader
+                    .explain(address, Timestamp::now())
                     .map(Response::Explanation)
                     .map_err(internal)
             })
@@ -256,10 +217,25 @@ async fn status(shared: &Shared) -> Response {
     let store = shared.store.clone();
     let id = shared.identity.clone();
     let killed = shared.killed.load(Ordering::Relaxed);
+    let net = shared.network.clone();
     blocking(move || {
         let reader = store.read().map_err(internal)?;
         let counts = reader.counts().map_err(internal)?;
         let next_expiry = reader.next_expiry().map_err(internal)?;
+        let network = match net {
+            Some((bus, state)) => Some(palisade_control::NetworkStatus {
+                bus,
+                connected: state.connected.load(Ordering::Relaxed),
+                cursor: reader.meta(crate::remote::CURSOR).map_err(internal)?,
+                latest: state.latest.load(Ordering::Relaxed),
+                pending: reader
+                    .queue_bounds(palisade_store::Queue::Outbox)
+                    .map_err(internal)?
+                    .map_or(0, |(a, b)| b - a + 1),
+                last_error: state.last_error.lock().unwrap().clone(),
+            }),
+            None => None,
+        };
         Ok(Response::Status(Box::new(AgentStatus {
             node: id.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -276,6 +252,7 @@ async fn status(shared: &Shared) -> Response {
             default_ban: id.default_ban,
             enforcers,
             connections_killed: killed,
+            network,
         })))
     })
     .await

@@ -10,15 +10,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use palisade_control::{
-    AllowRequest, BanRequest, EnforcerStatus, Explanation, Outcome, OutcomeKind, Summary,
-    TargetsRequest, Verdict,
+    AllowRequest, BanRequest, EnforcerStatus, Outcome, OutcomeKind, Summary, TargetsRequest,
 };
 use palisade_detect::Event;
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
 };
-use palisade_store::{Reader, Store, StoreError};
+use palisade_store::{Queue, Store, StoreError};
+use palisade_wire::Intent;
 use tracing::{info, warn};
 
 /// How many expired decisions are pruned per store transaction.
@@ -39,13 +39,16 @@ pub struct Settings {
     pub guard: Guard,
     /// Allow entries from the configuration file (re-applied at every start).
     pub static_allows: Vec<(Net, Option<String>)>,
+    /// Joined to a network: decisions of scope `network` are also sent to
+    /// it (through the outbox), and its decision stream is applied here.
+    pub joined: bool,
 }
 
 /// An allow entry as kept in memory for the guard.
 #[derive(Debug, Clone)]
-struct AllowInfo {
-    comment: Option<String>,
-    source: Source,
+pub(crate) struct AllowInfo {
+    pub(crate) comment: Option<String>,
+    pub(crate) source: Source,
 }
 
 /// A failure that affects a whole request.
@@ -67,6 +70,11 @@ pub enum CoreError {
 struct Want {
     target: Net,
     span: Span,
+    /// The length asked for (`None`: the default), passed on to the network
+    /// so its policy can apply its own default and escalation.
+    asked: Option<Span>,
+    /// The kernel list a detector stage named.
+    list: Option<String>,
     source: Source,
     actor: Option<String>,
     rule: String,
@@ -128,11 +136,15 @@ impl Applied {
 }
 
 pub struct Core {
-    store: Arc<Store>,
-    enforcers: Vec<Box<dyn Enforcer>>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) enforcers: Vec<Box<dyn Enforcer>>,
     enforcer_errors: Vec<Option<String>>,
-    allows: NetMap<AllowInfo>,
-    settings: Settings,
+    pub(crate) allows: NetMap<AllowInfo>,
+    pub(crate) settings: Settings,
+    /// Wakes the task that sends the outbox to the network.
+    pub(crate) outbox_ready: Option<Arc<tokio::sync::Notify>>,
+    /// A snapshot from the network being received.
+    pub(crate) snapshot: Option<crate::remote::Snapshot>,
 }
 
 impl Core {
@@ -151,6 +163,8 @@ impl Core {
             enforcer_errors: vec![None; n],
             allows: NetMap::new(),
             settings,
+            outbox_ready: None,
+            snapshot: None,
         };
         core.sync_static_allows()?;
         let now = Timestamp::now();
@@ -219,12 +233,14 @@ impl Core {
             let wants = chunk.iter().map(|&target| Want {
                 target,
                 span,
-                source: Source::Cli,
+                asked: req.span,
+                source: req.source,
                 actor: req.actor.clone(),
                 rule: rule.clone(),
                 reason: req.reason.clone(),
                 evidence: req.evidence.clone(),
-                scope: req.scope,
+                scope: self.scope(req.scope),
+                list: None,
             });
             self.ban_wanted(wants.collect(), now, &mut applied)?;
         }
@@ -252,12 +268,14 @@ impl Core {
                 } => wants.push(Want {
                     target: address,
                     span,
+                    asked: Some(span),
                     source: Source::Detector,
                     actor: None,
                     reason: Some(format!("{count} failures, stage {}", stage.name)),
                     rule,
                     evidence,
-                    scope,
+                    scope: self.scope(scope),
+                    list: stage.list.clone(),
                 }),
                 Event::Forgive { rule, address } => forgiven.push((rule, address)),
             }
@@ -269,6 +287,7 @@ impl Core {
         if !forgiven.is_empty() {
             let reader = self.store.read()?;
             let mut lift = Vec::new();
+            let mut intents = Vec::new();
             for (rule, address) in forgiven {
                 if let Some(d) = reader.get(Action::Ban, &address)?
                     && d.origin.source == Source::Detector
@@ -276,10 +295,18 @@ impl Core {
                 {
                     info!(target = %address, rule = %rule, "forgiven: lifting the detector's ban");
                     lift.push(address);
+                    // The network lifts it too when this node's detector
+                    // asked for it in the first place.
+                    if d.scope == Scope::Network && d.origin.node == self.settings.node {
+                        intents.push(Intent::Unban {
+                            target: address,
+                            actor: None,
+                        });
+                    }
                 }
             }
             drop(reader);
-            self.remove_all(Action::Ban, &lift)?;
+            self.remove_all(Action::Ban, &lift, &intents)?;
             applied.summary.removed += lift.len() as u64;
         }
         Ok(applied)
@@ -296,6 +323,7 @@ impl Core {
     ) -> Result<(), CoreError> {
         let mut changes = Vec::with_capacity(wants.len());
         let mut to_store: Vec<Decision> = Vec::with_capacity(wants.len());
+        let mut intents = Vec::new();
         let reader = self.store.read()?;
         for want in wants {
             let target = want.target;
@@ -312,11 +340,24 @@ impl Core {
                 );
                 continue;
             }
+            if want.scope == Scope::Network {
+                intents.push(Intent::Ban {
+                    target,
+                    span: want.asked,
+                    list: want.list.clone(),
+                    rule: Some(want.rule.clone()),
+                    reason: want.reason.clone(),
+                    evidence: want.evidence.clone(),
+                    source: want.source,
+                    actor: want.actor.clone(),
+                });
+            }
             let mut origin = Origin::new(self.settings.node.clone(), want.source);
             if let Some(actor) = want.actor {
                 origin = origin.with_actor(actor);
             }
             let mut fresh = Decision::new(Action::Ban, target, now, want.span, origin)
+                .with_list(want.list)
                 .with_rule(want.rule)
                 .with_evidence(want.evidence)
                 .with_scope(want.scope);
@@ -351,13 +392,17 @@ impl Core {
         // A repeat is put to the kernel too: it refreshes the timeout and
         // repairs an element someone removed by hand.
         changes.extend(to_store.iter().map(|d| Change::Put(entry(d))));
-        self.enforce(&changes);
-        self.save(&format!("the ban of {}", describe(&to_store)), |w| {
-            for d in &to_store {
-                w.put(d)?;
-            }
-            Ok(())
-        })
+        self.enforce_changes(&changes);
+        self.save(
+            &format!("the ban of {}", describe(&to_store)),
+            &intents,
+            |w| {
+                for d in &to_store {
+                    w.put(d)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
@@ -366,7 +411,14 @@ impl Core {
         for chunk in targets.chunks(CHUNK) {
             let reader = self.store.read()?;
             let mut removed = Vec::new();
+            let mut intents = Vec::new();
             for &target in chunk {
+                if self.settings.joined && !req.local {
+                    intents.push(Intent::Unban {
+                        target,
+                        actor: req.actor.clone(),
+                    });
+                }
                 if reader.get(Action::Ban, &target)?.is_some() {
                     removed.push(target);
                     applied.push(target, OutcomeKind::Removed, None, None);
@@ -382,7 +434,7 @@ impl Core {
                 applied.push(target, OutcomeKind::NotFound, Some(note), None);
             }
             drop(reader);
-            self.remove_all(Action::Ban, &removed)?;
+            self.remove_all(Action::Ban, &removed, &intents)?;
         }
         applied.log("unbanned");
         Ok(applied)
@@ -411,13 +463,24 @@ impl Core {
         let mut changes = Vec::new();
         let mut to_store = Vec::new();
         let mut lifted: Vec<Net> = Vec::new();
+        let mut intents = Vec::new();
+        let scope = self.scope(req.scope);
         for &target in targets {
+            if scope == Scope::Network {
+                intents.push(Intent::Allow {
+                    target,
+                    span: req.span,
+                    comment: req.comment.clone(),
+                    group: None,
+                    actor: req.actor.clone(),
+                });
+            }
             let mut origin = Origin::new(self.settings.node.clone(), Source::Cli);
             if let Some(actor) = &req.actor {
                 origin = origin.with_actor(actor.clone());
             }
             let mut fresh =
-                Decision::new(Action::Allow, target, now, span, origin).with_scope(req.scope);
+                Decision::new(Action::Allow, target, now, span, origin).with_scope(scope);
             if let Some(c) = &req.comment {
                 fresh = fresh.with_reason(c.clone());
             }
@@ -474,16 +537,20 @@ impl Core {
             action: Action::Ban,
             net: *n,
         }));
-        self.enforce(&changes);
-        self.save(&format!("the allow of {}", describe(&to_store)), |w| {
-            for d in &to_store {
-                w.put(d)?;
-            }
-            for n in &lifted {
-                w.remove(Action::Ban, n)?;
-            }
-            Ok(())
-        })?;
+        self.enforce_changes(&changes);
+        self.save(
+            &format!("the allow of {}", describe(&to_store)),
+            &intents,
+            |w| {
+                for d in &to_store {
+                    w.put(d)?;
+                }
+                for n in &lifted {
+                    w.remove(Action::Ban, n)?;
+                }
+                Ok(())
+            },
+        )?;
         for d in &to_store {
             self.allows.insert(
                 d.target,
@@ -501,7 +568,21 @@ impl Core {
         let mut applied = Applied::new(req.brief, targets.len());
         for chunk in targets.chunks(CHUNK) {
             let mut removed = Vec::new();
+            let mut intents = Vec::new();
             for &target in chunk {
+                if self.settings.joined
+                    && !req.local
+                    && self
+                        .allows
+                        .get(&target)
+                        .is_none_or(|a| a.source != Source::Config)
+                {
+                    intents.push(Intent::Unallow {
+                        target,
+                        group: None,
+                        actor: req.actor.clone(),
+                    });
+                }
                 match self.allows.get(&target) {
                     Some(info) if info.source == Source::Config => {
                         let note = format!(
@@ -524,7 +605,7 @@ impl Core {
                     }
                 }
             }
-            self.remove_all(Action::Allow, &removed)?;
+            self.remove_all(Action::Allow, &removed, &intents)?;
         }
         applied.log("unallowed");
         Ok(applied)
@@ -544,7 +625,7 @@ impl Core {
                     net: d.target,
                 })
                 .collect();
-            self.enforce(&changes);
+            self.enforce_changes(&changes);
             for d in &gone {
                 self.forget(d.action, &d.target);
                 info!(action = %d.action, target = %d.target, "expired");
@@ -555,6 +636,16 @@ impl Core {
             }
         }
         Ok(total)
+    }
+
+    /// Lets every enforcer do its periodic work (an ipset enforcer refreshes
+    /// timeouts longer than the kernel allows; nftables forgets pieces the
+    /// kernel has expired). Called when the worker is idle.
+    pub fn tick(&mut self) {
+        for i in 0..self.enforcers.len() {
+            let result = self.enforcers[i].apply(&[]).map_err(|e| e.to_string());
+            self.record_enforcer(i, result);
+        }
     }
 
     /// When the next decision expires, if any.
@@ -601,17 +692,22 @@ impl Core {
         out
     }
 
-    fn remove_all(&mut self, action: Action, targets: &[Net]) -> Result<(), CoreError> {
-        if targets.is_empty() {
+    pub(crate) fn remove_all(
+        &mut self,
+        action: Action,
+        targets: &[Net],
+        intents: &[Intent],
+    ) -> Result<(), CoreError> {
+        if targets.is_empty() && intents.is_empty() {
             return Ok(());
         }
         let changes: Vec<Change> = targets
             .iter()
             .map(|n| Change::Remove { action, net: *n })
             .collect();
-        self.enforce(&changes);
+        self.enforce_changes(&changes);
         let what = format!("the removal of {}", describe_nets(targets));
-        self.save(&what, |w| {
+        self.save(&what, intents, |w| {
             for n in targets {
                 w.remove(action, n)?;
             }
@@ -632,7 +728,7 @@ impl Core {
 
     /// Applies changes to every enforcer. A failing enforcer is recorded and
     /// reported by `status`, but never stops the agent or the others.
-    fn enforce(&mut self, changes: &[Change]) {
+    pub(crate) fn enforce_changes(&mut self, changes: &[Change]) {
         if changes.is_empty() {
             return;
         }
@@ -652,15 +748,43 @@ impl Core {
         }
     }
 
-    fn save(
+    /// Commits a local change, and the intents it sends to the network, in
+    /// one store transaction: a change made here is never lost on its way
+    /// to the network, nor sent without being made here.
+    pub(crate) fn save(
         &self,
         what: &str,
+        intents: &[Intent],
         f: impl FnOnce(&mut palisade_store::Writer<'_>) -> Result<(), StoreError>,
     ) -> Result<(), CoreError> {
-        self.store.write(f).map_err(|source| CoreError::NotSaved {
-            what: what.to_string(),
-            source,
-        })
+        let now = Timestamp::now();
+        self.store
+            .write(|w| {
+                f(w)?;
+                for intent in intents {
+                    w.push(Queue::Outbox, &crate::remote::outbox_record(now, intent))?;
+                }
+                Ok(())
+            })
+            .map_err(|source| CoreError::NotSaved {
+                what: what.to_string(),
+                source,
+            })?;
+        if !intents.is_empty()
+            && let Some(ready) = &self.outbox_ready
+        {
+            ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Decisions stay on this node unless it is joined to a network.
+    fn scope(&self, asked: Scope) -> Scope {
+        if self.settings.joined {
+            asked
+        } else {
+            Scope::Local
+        }
     }
 
     /// A note for a network ban that contains allowed addresses.
@@ -772,42 +896,14 @@ impl Core {
     }
 }
 
-/// Answers `palisade explain` from a store snapshot.
-pub fn explain(reader: &Reader, address: Net, now: Timestamp) -> Result<Explanation, StoreError> {
-    let active = |v: Vec<Decision>| -> Vec<Decision> {
-        v.into_iter().filter(|d| d.is_active(now)).collect()
-    };
-    let allowed_by = active(reader.covering(Action::Allow, &address)?);
-    let banned_by = active(reader.covering(Action::Ban, &address)?);
-    let bans_inside = if address.is_host() {
-        0
-    } else {
-        reader.within(Action::Ban, &address)?.len() as u64
-    };
-    let verdict = if !allowed_by.is_empty() {
-        Verdict::Allowed
-    } else if !banned_by.is_empty() {
-        Verdict::Blocked
-    } else {
-        Verdict::Open
-    };
-    Ok(Explanation {
-        address,
-        verdict,
-        allowed_by,
-        banned_by,
-        bans_inside,
-        now,
-    })
-}
-
-fn entry(d: &Decision) -> Entry {
+pub(crate) fn entry(d: &Decision) -> Entry {
     Entry {
         action: d.action,
         net: d.target,
         expires: d.expires,
         comment: d.reason.clone(),
         rule: d.rule.clone(),
+        list: d.list.clone(),
     }
 }
 
@@ -832,6 +928,7 @@ fn describe_nets(nets: &[Net]) -> String {
 mod tests {
     use super::*;
     use palisade_enforce::EnforceError;
+    use palisade_model::explain::Verdict;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::time::Duration;
@@ -889,6 +986,7 @@ mod tests {
                 .iter()
                 .map(|(net, c)| (n(net), Some(c.to_string())))
                 .collect(),
+            joined: false,
         }
     }
 
@@ -938,6 +1036,7 @@ mod tests {
             actor: Some("alice".into()),
             scope: Scope::Local,
             brief: false,
+            source: Source::Cli,
         }
     }
 
@@ -957,6 +1056,7 @@ mod tests {
             targets: t.iter().map(|x| n(x)).collect(),
             actor: None,
             brief: false,
+            local: false,
         }
     }
 
@@ -975,7 +1075,12 @@ mod tests {
         assert_eq!(kinds(&a), [OutcomeKind::Added, OutcomeKind::Added]);
         assert_eq!(a.newly_banned.len(), 2);
         assert_eq!(f.kernel(), ["ban 198.51.100.7", "ban 2001:db8::7"]);
-        let e = explain(&core.store().read().unwrap(), n("198.51.100.7"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.51.100.7"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Blocked);
         let d = &e.banned_by[0];
         assert_eq!(d.origin.actor.as_deref(), Some("alice"));
@@ -1050,10 +1155,20 @@ mod tests {
                 .unwrap()
                 .contains("stay reachable")
         );
-        let e = explain(&core.store().read().unwrap(), n("198.18.0.5"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.18.0.5"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Allowed);
         assert_eq!(e.banned_by.len(), 1);
-        let e = explain(&core.store().read().unwrap(), n("198.18.1.5"), now).unwrap();
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.18.1.5"), now)
+            .unwrap();
         assert_eq!(e.verdict, Verdict::Blocked);
     }
 

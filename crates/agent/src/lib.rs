@@ -18,6 +18,8 @@ pub mod control;
 pub mod core;
 pub mod detection;
 pub mod killer;
+pub mod network;
+pub mod remote;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -42,6 +44,9 @@ pub struct AgentOptions {
     /// Cuts open connections of new bans; `None` disables killing.
     pub kill: Option<KillFn>,
     pub detect: DetectOptions,
+    /// The network to join (`Settings::joined` must be true); `None` for a
+    /// local-only agent.
+    pub network: Option<std::sync::Arc<dyn palisade_wire::Bus>>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -89,7 +94,13 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         started,
         default_ban: options.settings.default_ban,
     };
-    let core = core::Core::start(store.clone(), enforcers, options.settings)?;
+    if options.network.is_some() {
+        remote::ensure_id_base(&store)?;
+    }
+    let mut core = core::Core::start(store.clone(), enforcers, options.settings)?;
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    core.outbox_ready = Some(outbox_ready.clone());
+    let net_state = Arc::new(network::NetState::default());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,7 +122,17 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         detection::Detection::start(options.detect, &options.state_dir, worker.clone())?;
 
     let socket = options.socket.clone();
+    let network_desc = options.network.as_ref().map(|b| b.describe());
     let result = runtime.block_on(async {
+        if let Some(bus) = options.network.clone() {
+            network::spawn(
+                bus,
+                store.clone(),
+                worker.clone(),
+                outbox_ready,
+                net_state.clone(),
+            );
+        }
         let listener = control::bind(&socket).map_err(|source| AgentError::Socket {
             path: socket.clone(),
             source,
@@ -129,6 +150,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             worker,
             identity: Arc::new(identity),
             killed,
+            network: network_desc.map(|d| (d, net_state.clone())),
         };
         tokio::select! {
             _ = control::serve(listener, shared) => {}

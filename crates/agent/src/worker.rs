@@ -31,6 +31,17 @@ pub enum Command {
     Unallow(TargetsRequest, Reply),
     /// What the detectors found (no one waits for an answer).
     Detected(Vec<palisade_detect::Event>),
+    /// Items of the network's decision stream; answered once applied (and
+    /// stored, with the cursor).
+    Remote(
+        Vec<palisade_wire::StreamItem>,
+        oneshot::Sender<Result<(), String>>,
+    ),
+    /// The network's answers to intents sent from the outbox.
+    Results(
+        Vec<palisade_wire::IntentResult>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     EnforcerStatus(oneshot::Sender<Vec<EnforcerStatus>>),
 }
 
@@ -70,7 +81,7 @@ pub fn spawn(
                 };
                 match rx.recv_timeout(wait) {
                     Ok(cmd) => handle(&mut core, cmd, on_banned.as_ref()),
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Timeout) => core.tick(),
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 if let Err(e) = core.prune(Timestamp::now()) {
@@ -90,6 +101,22 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
                 Ok(applied) => kill(on_banned, applied.newly_banned),
                 Err(e) => error!(error = %e, "acting on detections failed"),
             }
+            return;
+        }
+        Command::Remote(items, reply) => {
+            let r = core.remote(items, now).map(|newly| kill(on_banned, newly));
+            if let Err(e) = &r {
+                error!(error = %e, "applying the network's decisions failed");
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+            return;
+        }
+        Command::Results(results, reply) => {
+            let r = core.results(&results);
+            if let Err(e) = &r {
+                error!(error = %e, "handling the network's answers failed");
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
             return;
         }
         Command::Ban(req, reply) => (core.ban(req, now), reply),

@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use palisade_detect::{RuleConfig, SourceConfig};
+use palisade_enforce::EnforcerConfig;
 use palisade_model::{Net, Span};
 use serde::{Deserialize, Deserializer};
 
@@ -30,17 +31,19 @@ pub const TEMPLATE: &str = include_str!("template.toml");
 /// so a copy of it behaves exactly like no file at all.
 pub fn template() -> String {
     let mut out = String::from(TEMPLATE);
-    for line in palisade_detect::EXAMPLE_TOML
-        .trim_start_matches('\n')
-        .lines()
-    {
-        if line.is_empty() || line.starts_with('#') {
-            out.push_str(line);
-        } else {
-            out.push_str("# ");
-            out.push_str(line);
+    for example in [
+        palisade_enforce::EXAMPLE_TOML,
+        palisade_detect::EXAMPLE_TOML,
+    ] {
+        for line in example.trim_start_matches('\n').lines() {
+            if line.is_empty() || line.starts_with('#') {
+                out.push_str(line);
+            } else {
+                out.push_str("# ");
+                out.push_str(line);
+            }
+            out.push('\n');
         }
-        out.push('\n');
     }
     out
 }
@@ -54,8 +57,11 @@ pub struct Config {
     pub guard: GuardConfig,
     /// Static allowlist: never banned, whoever asks.
     pub allow: Vec<AllowEntry>,
-    pub nftables: NftablesConfig,
+    /// Where decisions go (`[[enforcer]]`); none means palisade's own
+    /// nftables table.
+    pub enforcer: Vec<EnforcerConfig>,
     pub detect: DetectConfig,
+    pub hub: HubConfig,
     /// Where log lines come from (`[[source]]`).
     pub source: Vec<SourceConfig>,
     /// Detection rules (`[[rule]]`), besides or replacing the built-in ones.
@@ -98,6 +104,12 @@ pub struct AgentConfig {
     pub local_only: bool,
     pub default_ban: Span,
     pub kill_connections: bool,
+    /// The hub to join (`https://host:port`).
+    #[serde(deserialize_with = "join_url")]
+    pub join: Option<String>,
+    /// The token to join with (or `token_file`).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -108,8 +120,114 @@ impl Default for AgentConfig {
             local_only: false,
             default_ban: Span::For(std::time::Duration::from_secs(86_400)),
             kill_connections: true,
+            join: None,
+            token: None,
+            token_file: None,
         }
     }
+}
+
+/// The hub (`palisade hub`, `palisade up`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    pub listen: std::net::SocketAddr,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// An operator's certificate and key (PEM) instead of the hub's own.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Names and addresses to put in the hub's own certificate.
+    pub names: Vec<String>,
+    /// The address other servers reach the hub at, for the join command
+    /// `palisade up` prints (default: this host's first public address).
+    #[serde(deserialize_with = "join_url")]
+    pub public_url: Option<String>,
+    /// Stream events kept for agents that reconnect; one that missed more
+    /// gets a full snapshot.
+    pub events_kept: u64,
+    /// How long a ban lasts when the report does not say.
+    pub default_ban: Span,
+    /// A repeat of an active ban within this long is recorded, not
+    /// broadcast again (banshare's 5 minutes).
+    pub suppress_window: Span,
+    pub escalation: EscalationConfig,
+    /// Distinct nodes that must report an address before it is banned, per
+    /// source (`detector`, `report`, `feed`). Operators' bans never wait.
+    pub quorum: std::collections::BTreeMap<String, u32>,
+    pub quorum_window: Span,
+    pub rate: RateConfig,
+    /// Allow entries for the whole network, or one group (`group = "dmz"`).
+    pub allow: Vec<HubAllowEntry>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: "0.0.0.0:7470".parse().expect("a valid address"),
+            state_dir: "/var/lib/palisade/hub".into(),
+            socket: "/run/palisade/hub.sock".into(),
+            certificate: None,
+            key: None,
+            names: Vec::new(),
+            public_url: None,
+            events_kept: 1_000_000,
+            default_ban: Span::For(std::time::Duration::from_secs(86_400)),
+            suppress_window: Span::For(std::time::Duration::from_secs(300)),
+            escalation: EscalationConfig::default(),
+            quorum: Default::default(),
+            quorum_window: Span::For(std::time::Duration::from_secs(3600)),
+            rate: RateConfig::default(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// Longer bans for repeat offenders (fail2ban's `bantime.increment`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    pub enabled: bool,
+    pub factor: f64,
+    pub max: Span,
+    pub forget_after: Span,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        EscalationConfig {
+            enabled: true,
+            factor: 2.0,
+            max: Span::For(std::time::Duration::from_secs(30 * 86_400)),
+            forget_after: Span::For(std::time::Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            per_second: 50.0,
+            burst: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubAllowEntry {
+    pub net: Net,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default, deserialize_with = "group_name")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -138,23 +256,6 @@ pub struct AllowEntry {
     pub net: Net,
     #[serde(default)]
     pub comment: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NftablesConfig {
-    #[serde(deserialize_with = "nft_name")]
-    pub table: String,
-    pub priority: i32,
-}
-
-impl Default for NftablesConfig {
-    fn default() -> Self {
-        NftablesConfig {
-            table: "palisade".into(),
-            priority: -10,
-        }
-    }
 }
 
 /// A configuration error, located in its file.
@@ -224,6 +325,27 @@ impl Config {
         }
     }
 
+    /// The enforcers to run: the configured ones, else palisade's own
+    /// nftables table. The nftables ones report connection attempts to the
+    /// NFLOG group of a port-probe source, if one is configured.
+    pub fn enforcers(&self) -> Vec<EnforcerConfig> {
+        let mut all = if self.enforcer.is_empty() {
+            vec![EnforcerConfig::Nftables(Default::default())]
+        } else {
+            self.enforcer.clone()
+        };
+        let group = self.source.iter().find_map(|s| match s {
+            SourceConfig::Nflog { group, .. } => Some(*group),
+            _ => None,
+        });
+        for e in &mut all {
+            if let EnforcerConfig::Nftables(n) = e {
+                n.probe_log_group = group;
+            }
+        }
+        all
+    }
+
     /// The guard built from `[guard]`.
     pub fn guard(&self) -> palisade_model::Guard {
         palisade_model::Guard::new(self.guard.min_prefix_v4, self.guard.min_prefix_v6)
@@ -258,20 +380,22 @@ fn prefix_in<'de, D: Deserializer<'de>>(d: D, max: u8) -> Result<u8, D::Error> {
     })
 }
 
-/// nftables object names: a letter, then letters, digits, `_` or `.`.
-fn nft_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn join_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    let ok = s.len() <= 64
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let ok = s
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
     if ok {
-        Ok(s)
+        Ok(Some(s))
     } else {
         Err(serde::de::Error::custom(format!(
-            "{s:?} is not a valid nftables table name (a letter, then letters, digits, '_' or '.', at most 64)"
+            "{s:?} is not a hub address: use https://HOST:PORT"
         )))
     }
+}
+
+fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    node_name(d)
 }
 
 fn node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -329,17 +453,44 @@ mod tests {
             "local_only",
             "default_ban",
             "kill_connections",
+            "join",
+            "token",
+            "token_file",
             "[guard]",
             "min_prefix_v4",
             "min_prefix_v6",
             "[[allow]]",
             "net",
             "comment",
-            "[nftables]",
+            "[[enforcer]]",
             "table",
             "priority",
+            "[detect]",
+            "builtin",
+            "max_tracked",
+            "[[source]]",
+            "[[rule]]",
+            "[hub]",
+            "listen",
+            "certificate",
+            "key",
+            "names",
+            "public_url",
+            "events_kept",
+            "suppress_window",
+            "[hub.escalation]",
+            "factor",
+            "max",
+            "forget_after",
+            "[hub.quorum]",
+            "quorum_window",
+            "[hub.rate]",
+            "per_second",
+            "burst",
+            "[[hub.allow]]",
+            "group",
         ] {
-            assert!(TEMPLATE.contains(key), "template lacks {key}");
+            assert!(template().contains(key), "template lacks {key}");
         }
     }
 
@@ -358,9 +509,13 @@ net = "198.18.0.0/24"
 comment = "office"
 [[allow]]
 net = "::ffff:192.0.2.1"
-[nftables]
+[[enforcer]]
+kind = "nftables"
 table = "pal"
 priority = -150
+[[source]]
+kind = "nflog"
+group = 9
 "#,
         )
         .unwrap();
@@ -369,7 +524,10 @@ priority = -150
         assert_eq!(c.agent.default_ban.to_string(), "2h");
         assert_eq!(c.allow.len(), 2);
         assert_eq!(c.allow[1].net.to_string(), "192.0.2.1");
-        assert_eq!(c.nftables.table, "pal");
+        let e = c.enforcers();
+        assert!(
+            matches!(&e[0], EnforcerConfig::Nftables(n) if n.table == "pal" && n.probe_log_group == Some(9))
+        );
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
     }
 
@@ -405,8 +563,12 @@ priority = -150
         assert_eq!(err.line, Some(2));
         assert!(err.message.contains("between 0 and 32"), "{}", err.message);
 
-        let err = parse("[nftables]\ntable = \"bad name\"\n").unwrap_err();
-        assert!(err.message.contains("not a valid nftables table name"));
+        let err = parse("[[enforcer]]\nkind = \"nftables\"\ntabel = \"x\"\n").unwrap_err();
+        assert!(
+            err.message.contains("unknown field `tabel`"),
+            "{}",
+            err.message
+        );
 
         let err = parse("[agent\n").unwrap_err();
         assert_eq!(err.line, Some(1));

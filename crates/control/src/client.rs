@@ -105,6 +105,25 @@ impl Client {
         }
     }
 
+    /// Sends any request and reads exactly one answer line of type `R` (the
+    /// hub's control socket speaks this way).
+    pub fn request<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &mut self,
+        request: &Q,
+    ) -> Result<R, ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| self.protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| self.io(e))?;
+        let mut buf = String::new();
+        if self.reader.read_line(&mut buf).map_err(|e| self.io(e))? == 0 {
+            return Err(self.protocol("the connection closed before the answer".into()));
+        }
+        serde_json::from_str(&buf).map_err(|e| self.protocol(e.to_string()))
+    }
+
     fn io(&self, source: io::Error) -> ClientError {
         ClientError::Io {
             path: self.path.clone(),

@@ -7,7 +7,9 @@
 //! ([`proto`]); [`client`] is the blocking client the CLI uses.
 
 pub mod client;
+pub mod hub;
 pub mod proto;
+pub mod socket;
 
 pub use client::{Client, ClientError};
 pub use proto::*;

@@ -6,7 +6,8 @@
 //! response; `list` streams one [`Response::Item`] per decision and then
 //! [`Response::End`], so a million decisions never sit in one buffer.
 
-use palisade_model::{Action, Decision, Net, Scope, Span, Timestamp};
+pub use palisade_model::explain::{Explanation, Verdict};
+use palisade_model::{Action, Decision, Net, Scope, Source, Span, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// Largest request line the agent accepts (a bulk ban of ~1M addresses fits).
@@ -48,6 +49,13 @@ pub struct BanRequest {
     /// requests, where a line per target would be noise).
     #[serde(default)]
     pub brief: bool,
+    /// `cli` for operators, `report` for other programs (`palisade report`).
+    #[serde(default = "cli")]
+    pub source: Source,
+}
+
+fn cli() -> Source {
+    Source::Cli
 }
 
 /// Allow one or more targets.
@@ -77,6 +85,9 @@ pub struct TargetsRequest {
     /// See [`BanRequest::brief`].
     #[serde(default)]
     pub brief: bool,
+    /// On a joined node: act on this node only, not the network.
+    #[serde(default)]
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,32 +195,6 @@ impl OutcomeKind {
     }
 }
 
-/// Why an address is, or is not, blocked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Explanation {
-    pub address: Net,
-    pub verdict: Verdict,
-    /// Allow entries covering the address, widest first.
-    pub allowed_by: Vec<Decision>,
-    /// Ban entries covering the address, widest first.
-    pub banned_by: Vec<Decision>,
-    /// Bans strictly inside the queried network (only for network queries).
-    #[serde(default)]
-    pub bans_inside: u64,
-    pub now: Timestamp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Traffic from the address is dropped.
-    Blocked,
-    /// An allow entry covers the address; no ban applies to it.
-    Allowed,
-    /// Neither banned nor allowed.
-    Open,
-}
-
 /// The agent's health and numbers, for `palisade status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -228,6 +213,25 @@ pub struct AgentStatus {
     pub default_ban: Span,
     pub enforcers: Vec<EnforcerStatus>,
     pub connections_killed: u64,
+    /// The network this agent is joined to (`None`: local only).
+    #[serde(default)]
+    pub network: Option<NetworkStatus>,
+}
+
+/// How an agent's link to the network is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// What it is joined to (`hub https://…`).
+    pub bus: String,
+    /// The decision stream is open now.
+    pub connected: bool,
+    /// The last stream number applied here.
+    pub cursor: u64,
+    /// The newest stream number the network has announced.
+    pub latest: u64,
+    /// Requests waiting in the outbox.
+    pub pending: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,11 +285,12 @@ mod tests {
             actor: None,
             scope: Scope::Local,
             brief: false,
+            source: Source::Cli,
         });
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(
             line,
-            r#"{"op":"ban","targets":["198.51.100.7"],"span":"1h","reason":"ssh","rule":null,"evidence":[],"actor":null,"scope":"local","brief":false}"#
+            r#"{"op":"ban","targets":["198.51.100.7"],"span":"1h","reason":"ssh","rule":null,"evidence":[],"actor":null,"scope":"local","brief":false,"source":"cli"}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
         // Optional fields may be left out by hand-written clients.

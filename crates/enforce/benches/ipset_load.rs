@@ -94,6 +94,7 @@ fn palisade(n: u32, replace: bool) -> Duration {
             expires: Some(now.saturating_add(Duration::from_secs(timeout_of(i)))),
             comment: None,
             rule: None,
+            list: None,
         })
         .collect();
     let config = IpsetConfig {

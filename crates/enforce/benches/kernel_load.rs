@@ -142,6 +142,7 @@ fn load_palisade(n: u32) -> f64 {
         expires,
         comment: None,
         rule: None,
+        list: None,
     });
     let start = Instant::now();
     nft.replace_all(&mut entries).expect("replace_all");

@@ -244,10 +244,31 @@ impl EnforcerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct NftablesConfig {
     /// The `inet` table palisade owns.
+    #[serde(deserialize_with = "nft_name")]
     pub table: String,
     /// Priority of its input and forward chains.
     pub priority: i32,
     pub filter: Filter,
+    /// Set by the agent, not the operator: the NFLOG group of a configured
+    /// port-probe source, reported to by the table's input chain.
+    #[serde(skip)]
+    pub probe_log_group: Option<u16>,
+}
+
+/// nftables object names: a letter, then letters, digits, `_` or `.`.
+fn nft_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a valid nftables table name (a letter, then letters, digits, '_' or '.', at most 64)"
+        )))
+    }
 }
 
 impl Default for NftablesConfig {
@@ -257,6 +278,7 @@ impl Default for NftablesConfig {
             table: d.table,
             priority: d.priority,
             filter: Filter::default(),
+            probe_log_group: None,
         }
     }
 }
@@ -278,7 +300,7 @@ pub fn build(config: &EnforcerConfig) -> Result<Box<dyn Enforcer>, EnforceError>
             Nftables::new(NftConfig {
                 table: c.table.clone(),
                 priority: c.priority,
-                ..NftConfig::default()
+                probe_log_group: c.probe_log_group,
             })?,
             &c.filter,
         ),
@@ -365,6 +387,7 @@ mod tests {
             expires: None,
             comment: None,
             rule: rule.map(str::to_string),
+            list: None,
         }
     }
 

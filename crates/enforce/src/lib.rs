@@ -52,6 +52,9 @@ pub struct Entry {
     pub comment: Option<String>,
     /// The rule or jail behind the decision, for backends that route by it.
     pub rule: Option<String>,
+    /// The kernel list a detector's stage asked for (xt_recent's THROTTLE or
+    /// BLOCKER), for backends with named lists.
+    pub list: Option<String>,
 }
 
 /// A change to apply.

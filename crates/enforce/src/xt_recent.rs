@@ -199,6 +199,14 @@ impl XtRecent {
     }
 
     /// The list a ban with this rule goes to.
+    /// The list an entry goes to: the one its detector stage named, else
+    /// the route for its rule, else the default list.
+    pub fn list_for_entry<'a>(&'a self, e: &'a Entry) -> Option<&'a str> {
+        e.list
+            .as_deref()
+            .or_else(|| self.list_for(e.rule.as_deref()))
+    }
+
     pub fn list_for(&self, rule: Option<&str>) -> Option<&str> {
         let r = rule.unwrap_or("");
         self.config
@@ -315,7 +323,7 @@ impl XtRecent {
             skipped.push(e.net);
             return;
         }
-        let Some(list) = self.list_for(e.rule.as_deref()).map(str::to_string) else {
+        let Some(list) = self.list_for_entry(e).map(str::to_string) else {
             debug!(net = %e.net, rule = ?e.rule, "no xt_recent list for this rule");
             return;
         };
@@ -434,7 +442,7 @@ impl Enforcer for XtRecent {
                 skipped.push(e.net);
                 continue;
             }
-            if let Some(list) = self.list_for(e.rule.as_deref()) {
+            if let Some(list) = self.list_for_entry(&e) {
                 wanted.entry(list.to_string()).or_default().push(e.net);
             }
         }

@@ -22,6 +22,7 @@ fn entry(n: &str, rule: Option<&str>) -> Entry {
         expires: Some(Timestamp::now().saturating_add(Duration::from_secs(3600))),
         comment: None,
         rule: rule.map(str::to_string),
+        list: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn entry(action: Action, n: &str, lasts: Option<Duration>) -> Entry {
         expires: lasts.map(|d| Timestamp::now().saturating_add(d)),
         comment: None,
         rule: None,
+        list: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn entry(action: Action, n: &str, lasts: Option<Duration>, comment: Option<&str>
         expires: lasts.map(|d| Timestamp::now().saturating_add(d)),
         comment: comment.map(str::to_string),
         rule: None,
+        list: None,
     }
 }
 
@@ -599,6 +600,7 @@ fn replace_all_drops_stale_elements_and_foreign_rules() {
             expires: Some(Timestamp::from_millis(1000)),
             comment: None,
             rule: None,
+            list: None,
         }],
     );
     assert!(nft_elements(&ns, "palisade", "block4").is_empty());

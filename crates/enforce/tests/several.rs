@@ -23,6 +23,7 @@ fn entry(action: Action, n: &str, rule: Option<&str>) -> Entry {
         expires: Some(Timestamp::now().saturating_add(Duration::from_secs(3600))),
         comment: None,
         rule: rule.map(str::to_string),
+        list: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn ban(n: &str, rule: &str) -> Change {
         expires: Some(Timestamp::now().saturating_add(Duration::from_secs(3600))),
         comment: None,
         rule: Some(rule.into()),
+        list: None,
     })
 }
 
@@ -156,6 +157,7 @@ fn throttle_then_block_then_unblock_from_every_list() {
         expires: None,
         comment: None,
         rule: Some("sshd".into()),
+        list: None,
     }];
     victim
         .run(|| x.replace_all(&mut entries.into_iter()))
@@ -202,6 +204,7 @@ fn missing_lists_networks_and_the_list_size_limit_are_explained() {
             expires: None,
             comment: None,
             rule: Some("sshd".into()),
+            list: None,
         })
         .collect();
     ns.run(|| x.replace_all(&mut many.into_iter())).unwrap();

@@ -40,7 +40,9 @@ impl fmt::Display for Action {
 }
 
 /// What kind of thing asked for a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// An operator on the command line (`palisade ban`, `palisade allow`).
@@ -157,6 +159,10 @@ pub struct Decision {
     /// per-group allowlist, like diswall's per-client allow list).
     #[serde(default)]
     pub group: Option<String>,
+    /// The kernel list a detector's stage named (banban's THROTTLE or
+    /// BLOCKER), for enforcers with named lists such as xt_recent.
+    #[serde(default)]
+    pub list: Option<String>,
 }
 
 impl Decision {
@@ -181,7 +187,13 @@ impl Decision {
             hits: 1,
             scope: Scope::default(),
             group: None,
+            list: None,
         }
+    }
+
+    pub fn with_list(mut self, list: Option<String>) -> Decision {
+        self.list = list.map(|l| clean_name(&l));
+        self
     }
 
     pub fn with_group(mut self, group: Option<String>) -> Decision {
@@ -245,6 +257,9 @@ impl Decision {
         }
         if newer.reason.is_some() {
             self.reason = newer.reason;
+        }
+        if newer.list.is_some() {
+            self.list = newer.list;
         }
         self.push_evidence(newer.evidence);
         self.expires != old_expiry

@@ -9,6 +9,7 @@
 //! This crate does no I/O.
 
 pub mod decision;
+pub mod explain;
 pub mod guard;
 pub mod net;
 pub mod netmap;

@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
+use palisade_model::explain::{Explanation, Verdict};
 use palisade_model::{Action, Decision, Family, Net, Timestamp};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -262,11 +263,28 @@ pub struct Writer<'tx> {
 
 impl Writer<'_> {
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
-        let key = Key::new(action, net);
-        self.decisions
-            .get(key.as_bytes())?
-            .map(|v| decode(v.value()))
-            .transpose()
+        get_in(&self.decisions, action, net)
+    }
+
+    /// See [`Reader::covering`].
+    pub fn covering(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        covering_in(&self.decisions, action, net)
+    }
+
+    /// See [`Reader::within`].
+    pub fn within(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
+        within_in(&self.decisions, action, net)
+    }
+
+    /// Every decision of `action` (for small sets such as allowlists).
+    pub fn all(&self, action: Action) -> Result<Vec<Decision>> {
+        let lo = [action_byte(action)];
+        let hi = [action_byte(action) + 1];
+        let mut out = Vec::new();
+        for item in self.decisions.range(lo.as_slice()..hi.as_slice())? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
     }
 
     /// Stores `d`, replacing any decision with the same action and target.
@@ -295,8 +313,16 @@ impl Writer<'_> {
 
     /// Appends `record` to `queue`; returns its number.
     pub fn push(&mut self, queue: Queue, record: &[u8]) -> Result<u64> {
+        self.push_with(queue, |_| record.to_vec())
+    }
+
+    /// Appends the record `make` builds from its number (for records that
+    /// carry their own number); returns the number.
+    pub fn push_with(&mut self, queue: Queue, make: impl FnOnce(u64) -> Vec<u8>) -> Result<u64> {
         let seq = self.meta.get(queue.next_key())?.map_or(1, |v| v.value());
-        self.tx.open_table(queue.table())?.insert(seq, record)?;
+        self.tx
+            .open_table(queue.table())?
+            .insert(seq, make(seq).as_slice())?;
         self.meta.insert(queue.next_key(), seq + 1)?;
         Ok(seq)
     }
@@ -421,39 +447,19 @@ pub struct Reader {
 
 impl Reader {
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
-        self.decisions
-            .get(Key::new(action, net).as_bytes())?
-            .map(|v| decode(v.value()))
-            .transpose()
+        get_in(&self.decisions, action, net)
     }
 
     /// Decisions of `action` whose target contains `net` (including `net`
     /// itself), widest first.
     pub fn covering(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
-        let mut out = Vec::new();
-        for sup in net.supernets() {
-            if let Some(d) = self.get(action, &sup)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        covering_in(&self.decisions, action, net)
     }
 
     /// Decisions of `action` whose target lies inside `net`, excluding `net`
     /// itself, in address order.
     pub fn within(&self, action: Action, net: &Net) -> Result<Vec<Decision>> {
-        let (first, last) = net.range();
-        let lo = Key::from_parts(action, net.family(), first, 0);
-        let hi = Key::from_parts(action, net.family(), last, u8::MAX);
-        let mut out = Vec::new();
-        for item in self.decisions.range(lo.as_bytes()..=hi.as_bytes())? {
-            let (_, v) = item?;
-            let d = decode(v.value())?;
-            if d.target != *net && net.contains(&d.target) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        within_in(&self.decisions, action, net)
     }
 
     /// Every decision (of one action, or all), in key order: bans before
@@ -484,6 +490,37 @@ impl Reader {
             ban_hosts: get(COUNT_BAN_HOSTS)?,
             ban_networks: get(COUNT_BAN_NETWORKS)?,
             allows: get(COUNT_ALLOWS)?,
+        })
+    }
+
+    /// Why `address` is, or is not, blocked: the active allow and ban
+    /// entries covering it (allow entries win), and for a network, how many
+    /// bans lie inside it.
+    pub fn explain(&self, address: Net, now: Timestamp) -> Result<Explanation> {
+        let active = |v: Vec<Decision>| -> Vec<Decision> {
+            v.into_iter().filter(|d| d.is_active(now)).collect()
+        };
+        let allowed_by = active(self.covering(Action::Allow, &address)?);
+        let banned_by = active(self.covering(Action::Ban, &address)?);
+        let bans_inside = if address.is_host() {
+            0
+        } else {
+            self.within(Action::Ban, &address)?.len() as u64
+        };
+        let verdict = if !allowed_by.is_empty() {
+            Verdict::Allowed
+        } else if !banned_by.is_empty() {
+            Verdict::Blocked
+        } else {
+            Verdict::Open
+        };
+        Ok(Explanation {
+            address,
+            verdict,
+            allowed_by,
+            banned_by,
+            bans_inside,
+            now,
         })
     }
 
@@ -545,6 +582,50 @@ impl Reader {
             Timestamp::from_millis(u64::from_be_bytes(bytes))
         }))
     }
+}
+
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Option<Decision>> {
+    table
+        .get(Key::new(action, net).as_bytes())?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+fn covering_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Vec<Decision>> {
+    let mut out = Vec::new();
+    for sup in net.supernets() {
+        if let Some(d) = get_in(table, action, &sup)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn within_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+    net: &Net,
+) -> Result<Vec<Decision>> {
+    let (first, last) = net.range();
+    let lo = Key::from_parts(action, net.family(), first, 0);
+    let hi = Key::from_parts(action, net.family(), last, u8::MAX);
+    let mut out = Vec::new();
+    for item in table.range(lo.as_bytes()..=hi.as_bytes())? {
+        let (_, v) = item?;
+        let d = decode(v.value())?;
+        if d.target != *net && net.contains(&d.target) {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 /// Numbers of stored decisions, by kind.

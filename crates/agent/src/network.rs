@@ -1,0 +1,259 @@
+//! The agent's tasks that talk to the network, whatever carries it (any
+//! [`Bus`]):
+//!
+//! - **follow**: reads the decision stream from the stored cursor and hands
+//!   it to the worker, which applies it and stores the cursor;
+//! - **send**: sends the outbox (intents made here, stored durably) in
+//!   order and hands the answers to the worker, which drops what was
+//!   answered;
+//! - **heartbeat**: tells the network this node is alive and how far it
+//!   has read.
+//!
+//! Every task reconnects with capped exponential backoff and jitter. While
+//! the network is away, the node keeps enforcing what it has and keeps its
+//! outbox; nothing is lost, nothing is applied twice.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use palisade_model::Timestamp;
+use palisade_store::Store;
+use palisade_wire::{Bus, BusError, Heartbeat, StreamItem};
+use tokio::sync::{Notify, oneshot};
+use tracing::{info, warn};
+
+use crate::remote::{CURSOR, pending};
+use crate::worker::{Command, WorkerHandle};
+
+/// Intents sent per request.
+const SEND_BATCH: usize = 500;
+/// Stream items applied per worker command.
+const APPLY_BATCH: usize = 10_000;
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What `palisade status` shows about the network.
+#[derive(Debug, Default)]
+pub struct NetState {
+    pub connected: std::sync::atomic::AtomicBool,
+    pub latest: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl NetState {
+    fn failed(&self, e: &BusError) {
+        *self.last_error.lock().unwrap() = Some(e.to_string());
+    }
+}
+
+/// Starts the network tasks on the current tokio runtime.
+pub fn spawn(
+    bus: Arc<dyn Bus>,
+    store: Arc<Store>,
+    worker: WorkerHandle,
+    outbox_ready: Arc<Notify>,
+    state: Arc<NetState>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    info!(network = %bus.describe(), "joining the network");
+    vec![
+        tokio::spawn(follow(
+            bus.clone(),
+            store.clone(),
+            worker.clone(),
+            state.clone(),
+        )),
+        tokio::spawn(send(
+            bus.clone(),
+            store.clone(),
+            worker,
+            outbox_ready,
+            state.clone(),
+        )),
+        tokio::spawn(heartbeat(bus, store, state)),
+    ]
+}
+
+async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, state: Arc<NetState>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let cursor = match read_cursor(&store).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the stream cursor");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        match bus.follow(cursor).await {
+            Ok(mut stream) => {
+                info!(cursor, "following the network's decisions");
+                state.connected.store(true, Ordering::Relaxed);
+                *state.last_error.lock().unwrap() = None;
+                backoff.reset();
+                loop {
+                    let first = match stream.next().await {
+                        Some(Ok(item)) => item,
+                        Some(Err(e)) => {
+                            warn!(error = %e, "the network's stream stopped");
+                            state.failed(&e);
+                            break;
+                        }
+                        None => break,
+                    };
+                    let mut batch = vec![first];
+                    // Take whatever is already there, without waiting.
+                    while batch.len() < APPLY_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(item))) => batch.push(item),
+                            _ => break,
+                        }
+                    }
+                    if let Some(StreamItem::Ping { seq, .. }) = batch.last() {
+                        state.latest.store(*seq, Ordering::Relaxed);
+                    }
+                    if let Some(seq) = batch.iter().rev().find_map(StreamItem::cursor) {
+                        state.latest.fetch_max(seq, Ordering::Relaxed);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Command::Remote(batch, tx)).is_err() {
+                        return;
+                    }
+                    match rx.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            // Not stored: reconnect and get it again.
+                            warn!(error = %e, "could not apply the network's decisions; will fetch them again");
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                state.connected.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !e.is_transient() {
+                    warn!(error = %e, "the network refused this node; fix its token (retrying in a while)");
+                    state.failed(&e);
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
+                }
+                warn!(error = %e, "cannot reach the network; keeping what is enforced and retrying");
+                state.failed(&e);
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn send(
+    bus: Arc<dyn Bus>,
+    store: Arc<Store>,
+    worker: WorkerHandle,
+    ready: Arc<Notify>,
+    state: Arc<NetState>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let s = store.clone();
+        let batch = match tokio::task::spawn_blocking(move || pending(&s, SEND_BATCH)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the outbox");
+                backoff.wait().await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            // Woken when the worker queues an intent; the timeout is a
+            // safety net only.
+            let _ = tokio::time::timeout(Duration::from_secs(5), ready.notified()).await;
+            continue;
+        }
+        match bus.send(&batch).await {
+            Ok(results) => {
+                let partial = results.len() < batch.len();
+                let (tx, rx) = oneshot::channel();
+                if worker.send(Command::Results(results, tx)).is_err() {
+                    return;
+                }
+                let _ = rx.await;
+                if partial {
+                    // Over the network's rate limit: the rest later.
+                    backoff.wait().await;
+                } else {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, pending = batch.len(), "cannot send to the network; the requests stay queued");
+                state.failed(&e);
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(bus: Arc<dyn Bus>, store: Arc<Store>, state: Arc<NetState>) {
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        every.tick().await;
+        if !state.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        let s = store.clone();
+        let Ok(Ok((cursor, bans))) = tokio::task::spawn_blocking(move || {
+            let r = s.read()?;
+            let c = r.counts()?;
+            Ok::<_, palisade_store::StoreError>((r.meta(CURSOR)?, c.ban_hosts + c.ban_networks))
+        })
+        .await
+        else {
+            continue;
+        };
+        let beat = Heartbeat {
+            cursor,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            bans,
+        };
+        if let Err(e) = bus.heartbeat(&beat).await {
+            state.failed(&e);
+        }
+    }
+}
+
+async fn read_cursor(store: &Arc<Store>) -> Result<u64, String> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        s.read()
+            .and_then(|r| r.meta(CURSOR))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Capped exponential backoff with jitter, so many agents coming back at
+/// once do not knock on the network in step.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    async fn wait(&mut self) {
+        let jitter = 0.5 + (Timestamp::now().as_millis() % 1000) as f64 / 1000.0;
+        tokio::time::sleep(self.next.mul_f64(jitter)).await;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,349 @@
+//! The network's side of the core: applying the decision stream, and what
+//! the network answered about this node's intents.
+//!
+//! Decisions from the network are applied through the same guard as local
+//! ones (this node's allowlist wins here too) and keep their provenance.
+//! Decisions of scope `local` are this node's own and the network never
+//! touches them. The stream's cursor is stored in the same transaction as
+//! the decisions it brought, so a crash can neither skip nor repeat them.
+
+use std::collections::HashSet;
+
+use palisade_enforce::Change;
+use palisade_model::{Action, Decision, Net, Scope, Source, Timestamp};
+use palisade_store::Queue;
+use palisade_wire::{Envelope, Intent, IntentResult, StreamItem};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::core::{AllowInfo, Core, CoreError, entry};
+
+/// Where the stream position is kept (store meta).
+pub const CURSOR: &str = "net.cursor";
+/// Added to outbox numbers to make intent ids, so a node whose state was
+/// wiped never reuses ids the hub has seen (it would skip them as retries).
+pub const ID_BASE: &str = "net.id_base";
+
+/// A snapshot being received: what it has brought so far.
+pub struct Snapshot {
+    seq: u64,
+    seen: HashSet<(Action, Net)>,
+}
+
+/// An outbox record: when the intent was made, and the intent.
+#[derive(Debug, Serialize, Deserialize)]
+struct OutboxRecord {
+    at: Timestamp,
+    intent: Intent,
+}
+
+pub fn outbox_record(at: Timestamp, intent: &Intent) -> Vec<u8> {
+    serde_json::to_vec(&OutboxRecord {
+        at,
+        intent: intent.clone(),
+    })
+    .expect("an intent serializes")
+}
+
+/// The outbox as envelopes, oldest first, at most `limit`.
+pub fn pending(
+    store: &palisade_store::Store,
+    limit: usize,
+) -> Result<Vec<Envelope>, palisade_store::StoreError> {
+    let r = store.read()?;
+    let base = r.meta(ID_BASE)?;
+    Ok(r.queue(Queue::Outbox, 0, limit)?
+        .into_iter()
+        .filter_map(|(seq, bytes)| {
+            let rec: OutboxRecord = serde_json::from_slice(&bytes).ok()?;
+            Some(Envelope {
+                id: base + seq,
+                at: rec.at,
+                intent: rec.intent,
+            })
+        })
+        .collect())
+}
+
+/// Gives intent ids a base larger than any a previous incarnation of this
+/// node used (milliseconds since the epoch times a thousand).
+pub fn ensure_id_base(store: &palisade_store::Store) -> Result<(), palisade_store::StoreError> {
+    store.write(|w| {
+        if w.meta(ID_BASE)? == 0 {
+            w.set_meta(ID_BASE, Timestamp::now().as_millis() * 1000)?;
+        }
+        Ok(())
+    })
+}
+
+impl Core {
+    /// Applies items of the decision stream; returns the networks newly
+    /// banned (to cut their connections).
+    pub fn remote(
+        &mut self,
+        items: Vec<StreamItem>,
+        now: Timestamp,
+    ) -> Result<Vec<Net>, CoreError> {
+        let mut changes = Vec::new();
+        let mut to_store: Vec<Decision> = Vec::new();
+        let mut to_remove: Vec<(Action, Net)> = Vec::new();
+        let mut newly = Vec::new();
+        let mut cursor = None;
+        let mut sweep: Option<Snapshot> = None;
+        let reader = self.store.read()?;
+        for item in items {
+            match item {
+                StreamItem::Snapshot { seq } => {
+                    info!(seq, "receiving a snapshot of the network's decisions");
+                    self.snapshot = Some(Snapshot {
+                        seq,
+                        seen: HashSet::new(),
+                    });
+                }
+                StreamItem::Put { seq, decision } => {
+                    match &mut self.snapshot {
+                        Some(s) => {
+                            s.seen.insert((decision.action, decision.target));
+                        }
+                        None => cursor = Some(seq),
+                    }
+                    self.remote_put(
+                        decision,
+                        &reader,
+                        now,
+                        &mut changes,
+                        &mut to_store,
+                        &mut to_remove,
+                        &mut newly,
+                    )?;
+                }
+                StreamItem::Remove {
+                    seq,
+                    action,
+                    target,
+                    ..
+                } => {
+                    if self.snapshot.is_none() {
+                        cursor = Some(seq);
+                    }
+                    if let Some(d) = reader.get(action, &target)?
+                        && d.scope == Scope::Network
+                    {
+                        to_remove.push((action, target));
+                        changes.push(Change::Remove {
+                            action,
+                            net: target,
+                        });
+                    }
+                }
+                StreamItem::SnapshotEnd { seq } => {
+                    if let Some(s) = self.snapshot.take() {
+                        if s.seq == seq {
+                            sweep = Some(s);
+                        } else {
+                            warn!(
+                                begun = s.seq,
+                                ended = seq,
+                                "a snapshot ended with another number than it began; ignored"
+                            );
+                        }
+                    }
+                    cursor = Some(seq);
+                }
+                StreamItem::Ping { .. } => {}
+            }
+        }
+        drop(reader);
+        // Network decisions the snapshot did not bring are gone from the
+        // network; this node's own intents still on their way are kept.
+        if let Some(s) = sweep {
+            let waiting: HashSet<Net> = pending(&self.store, usize::MAX)?
+                .iter()
+                .map(|e| e.intent.target())
+                .collect();
+            let reader = self.store.read()?;
+            let mut stale = 0;
+            for d in reader.iter(None)? {
+                let d = d?;
+                let key = (d.action, d.target);
+                if d.scope == Scope::Network
+                    && !s.seen.contains(&key)
+                    && !waiting.contains(&d.target)
+                    && !to_store.iter().any(|p| (p.action, p.target) == key)
+                {
+                    to_remove.push(key);
+                    changes.push(Change::Remove {
+                        action: d.action,
+                        net: d.target,
+                    });
+                    stale += 1;
+                }
+            }
+            info!(
+                decisions = s.seen.len(),
+                removed_stale = stale,
+                "snapshot applied"
+            );
+        }
+        if changes.is_empty() && to_store.is_empty() && to_remove.is_empty() && cursor.is_none() {
+            return Ok(newly);
+        }
+        self.enforce_changes(&changes);
+        self.store
+            .write(|w| {
+                for d in &to_store {
+                    w.put(d)?;
+                }
+                for (action, net) in &to_remove {
+                    w.remove(*action, net)?;
+                }
+                if let Some(c) = cursor {
+                    w.set_meta(CURSOR, c)?;
+                }
+                Ok(())
+            })
+            .map_err(|source| CoreError::NotSaved {
+                what: "decisions from the network".into(),
+                source,
+            })?;
+        for d in &to_store {
+            if d.action == Action::Allow {
+                self.allows.insert(
+                    d.target,
+                    AllowInfo {
+                        comment: d.reason.clone(),
+                        source: d.origin.source,
+                    },
+                );
+            }
+        }
+        for (action, net) in &to_remove {
+            if *action == Action::Allow {
+                self.allows.remove(net);
+            }
+        }
+        if to_store.len() + to_remove.len() <= 20 {
+            for d in &to_store {
+                info!(action = %d.action, target = %d.target, origin = %d.origin, "from the network");
+            }
+            for (action, net) in &to_remove {
+                info!(action = %action, target = %net, "lifted by the network");
+            }
+        }
+        Ok(newly)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remote_put(
+        &mut self,
+        mut d: Decision,
+        reader: &palisade_store::Reader,
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+        to_store: &mut Vec<Decision>,
+        to_remove: &mut Vec<(Action, Net)>,
+        newly: &mut Vec<Net>,
+    ) -> Result<(), CoreError> {
+        if !d.is_active(now) {
+            return Ok(());
+        }
+        d.scope = Scope::Network;
+        let existing = reader.get(d.action, &d.target)?;
+        if existing
+            .as_ref()
+            .is_some_and(|e| e.scope == Scope::Local && e.is_active(now))
+        {
+            // This node's own decision stays as it is.
+            return Ok(());
+        }
+        match d.action {
+            Action::Ban => {
+                if let Err(refusal) = self
+                    .settings
+                    .guard
+                    .check_ban(&d.target, &self.allows, |a| a.comment.clone())
+                {
+                    debug!(target = %d.target, reason = %refusal, "a ban from the network does not apply here");
+                    return Ok(());
+                }
+                if existing.is_none_or(|e| !e.is_active(now)) {
+                    newly.push(d.target);
+                }
+            }
+            Action::Allow => {
+                // The allowlist wins here too: bans inside it are lifted.
+                let mut inside: Vec<Net> = reader
+                    .within(Action::Ban, &d.target)?
+                    .into_iter()
+                    .map(|b| b.target)
+                    .collect();
+                if reader.get(Action::Ban, &d.target)?.is_some() {
+                    inside.push(d.target);
+                }
+                for n in inside {
+                    to_remove.push((Action::Ban, n));
+                    changes.push(Change::Remove {
+                        action: Action::Ban,
+                        net: n,
+                    });
+                }
+                // An allow that arrives after a ban in the same batch wins.
+                to_store.retain(|p| !(p.action == Action::Ban && d.target.contains(&p.target)));
+            }
+        }
+        changes.push(Change::Put(entry(&d)));
+        if let Some(p) = to_store
+            .iter_mut()
+            .find(|p| p.action == d.action && p.target == d.target)
+        {
+            *p = d;
+        } else {
+            to_store.push(d);
+        }
+        Ok(())
+    }
+
+    /// What the network answered about intents sent from the outbox: they
+    /// leave the outbox, and a refused one takes back what this node did
+    /// on its own in the meantime.
+    pub fn results(&mut self, results: &[IntentResult]) -> Result<(), CoreError> {
+        let Some(last) = results.iter().map(|r| r.id).max() else {
+            return Ok(());
+        };
+        let sent = pending(&self.store, results.len().max(1) * 2 + 16)?;
+        let mut take_back = Vec::new();
+        for r in results {
+            if !r.outcome.is_refusal() {
+                continue;
+            }
+            let Some(env) = sent.iter().find(|e| e.id == r.id) else {
+                continue;
+            };
+            warn!(
+                intent = ?env.intent,
+                reason = r.reason.as_deref().unwrap_or("no reason given"),
+                "the network refused this node's request"
+            );
+            if let Intent::Ban { target, source, .. } = &env.intent
+                && let Some(d) = self.store.read()?.get(Action::Ban, target)?
+                && d.scope == Scope::Network
+                && d.origin.node == self.settings.node
+                && d.origin.source == *source
+                && *source != Source::Detector
+            {
+                // A detector's own ban protects this node whatever the
+                // network decides; an operator's or a program's request
+                // for the network is taken back.
+                take_back.push(*target);
+            }
+        }
+        let base = self.store.read()?.meta(ID_BASE)?;
+        let through = last.saturating_sub(base);
+        self.store
+            .write(|w| w.drop_through(Queue::Outbox, through))?;
+        if !take_back.is_empty() {
+            self.remove_all(Action::Ban, &take_back, &[])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! The hub's control socket: token management and status, root only, with
+//! the same framing as the agent's (one JSON object per line).
+
+use palisade_model::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// What `palisade hub …` asks the running hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HubRequest {
+    /// Create a token; the answer carries it, the hub keeps only its hash.
+    TokenCreate {
+        name: String,
+        /// `node`, `join` or `read`.
+        kind: String,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    TokenList,
+    /// Revoke every valid token with this name (and cut its streams).
+    TokenRevoke {
+        name: String,
+    },
+    Status,
+}
+
+/// What the hub answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HubResponse {
+    Token { token: String, name: String },
+    Tokens { tokens: Vec<TokenInfo> },
+    Revoked { name: String, count: u64 },
+    Status(Box<HubStatus>),
+    Error { message: String },
+}
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub kind: String,
+    pub group: Option<String>,
+    pub created: Timestamp,
+    pub revoked: Option<Timestamp>,
+    /// The first characters of the token's hash, to tell tokens apart.
+    pub id: String,
+    /// Node tokens: the node's last contact and address, if it connected.
+    #[serde(default)]
+    pub last_seen: Option<Timestamp>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub connected: bool,
+}
+
+/// The hub's health and numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HubStatus {
+    pub version: String,
+    pub listen: String,
+    pub pin: Option<String>,
+    pub started: Timestamp,
+    pub now: Timestamp,
+    pub bans: u64,
+    pub ban_networks: u64,
+    pub allows: u64,
+    /// The newest stream number.
+    pub seq: u64,
+    pub nodes: u64,
+    pub connected: u64,
+}

@@ -1,0 +1,542 @@
+//! The hub's HTTPS API (see `palisade_wire::paths`). Every route needs a
+//! token; errors are JSON `{"error": "..."}` that say what to do.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use palisade_model::{Action, Net, Timestamp};
+use palisade_store::Queue;
+use palisade_wire::{Envelope, Heartbeat, JoinRequest, JoinResponse, StreamItem, TokenKind, paths};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::state::{AuthError, Caller, Hub};
+use crate::writer::Job;
+
+/// The peer address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// How often an idle stream gets a ping (and its token is re-checked).
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// Stream records read from the store per batch when catching up.
+const CATCH_UP_BATCH: usize = 10_000;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route(paths::JOIN, post(join))
+        .route(paths::INTENTS, post(intents))
+        .route(paths::STREAM, get(stream))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::DECISIONS, get(decisions))
+        .route(&format!("{}/{{address}}", paths::EXPLAIN), get(explain))
+        .route(paths::EXPORT, get(export))
+        .route(paths::METRICS, get(metrics))
+        .with_state(hub)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() });
+    (status, axum::Json(body)).into_response()
+}
+
+fn auth(hub: &Hub, headers: &HeaderMap, kinds: &[TokenKind]) -> Result<Caller, Response> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    hub.authenticate(value, kinds).map_err(|e| {
+        hub.metrics.refused_auth.inc();
+        let status = match e {
+            AuthError::WrongKind { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        error(status, e.to_string())
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+async fn join(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match auth(&hub, &headers, &[TokenKind::Join]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req: JoinRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let store = hub.store.clone();
+    let group = caller.record.group.clone();
+    let label = caller.record.name.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        crate::tokens::create(&store, &req.name, TokenKind::Node, group, None, Some(label))
+    })
+    .await;
+    match made {
+        Ok(Ok((token, record))) => {
+            let _ = hub.reload_tokens();
+            info!(node = %record.name, group = ?record.group, via = %caller.record.name, "a node joined");
+            axum::Json(JoinResponse {
+                name: record.name,
+                group: record.group,
+                token: token.to_string(),
+            })
+            .into_response()
+        }
+        Ok(Err(e @ crate::tokens::TokenError::Taken(_))) => error(
+            StatusCode::CONFLICT,
+            format!("{e}; or start the agent with another --node-name"),
+        ),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn intents(
+    State(hub): State<Arc<Hub>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match auth(&hub, &headers, &[TokenKind::Node]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    hub.seen(&caller, peer.0.ip());
+    let envelopes: Vec<Envelope> = match parse(&body) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let sent = envelopes.len();
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Intents {
+        node: caller.node(),
+        envelopes,
+        reply: tx,
+    };
+    if let Err(e) = hub.writer.send(job) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    match rx.await {
+        Ok(Ok(results)) => {
+            // Fewer results than intents: the node is over its rate limit;
+            // it keeps the rest and sends them again later.
+            let status = if results.len() < sent {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(results)).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub stopped before answering",
+        ),
+    }
+}
+
+async fn heartbeat(
+    State(hub): State<Arc<Hub>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match auth(&hub, &headers, &[TokenKind::Node]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    hub.seen(&caller, peer.0.ip());
+    match parse::<Heartbeat>(&body) {
+        Ok(beat) => {
+            hub.heartbeat(&caller, &beat);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    cursor: u64,
+}
+
+/// The decision stream: what came after `cursor`, or a snapshot when the
+/// cursor is 0, too old (its events were trimmed) or from another hub's
+/// history; then live events, with pings when idle. One JSON object per
+/// line.
+async fn stream(
+    State(hub): State<Arc<Hub>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Response {
+    let caller = match auth(&hub, &headers, &[TokenKind::Node]) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    hub.seen(&caller, peer.0.ip());
+    // Subscribe before reading the store, so nothing falls between the two.
+    let live = hub.live.subscribe();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let name = caller.record.name.clone();
+    hub.stream_opened(&name);
+    let h = hub.clone();
+    tokio::spawn(async move {
+        if let Err(e) = feed(&h, &caller, q.cursor, live, &tx).await {
+            debug!(node = %caller.record.name, reason = %e, "stream ended");
+        }
+        h.stream_closed(&caller.record.name);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(body))
+        .expect("a valid response")
+}
+
+/// Writes the stream for one node until it goes away or loses its token.
+async fn feed(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    cursor: u64,
+    mut live: broadcast::Receiver<crate::ledger::LiveEvent>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), String> {
+    let group = caller.record.group.clone();
+    let mut last = start(hub, group.clone(), cursor, tx).await?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            event = live.recv() => match event {
+                Ok(e) => {
+                    if e.seq <= last {
+                        continue;
+                    }
+                    if e.seq > last + 1 {
+                        last = catch_up(hub, group.clone(), last, tx).await?;
+                        if e.seq <= last {
+                            continue;
+                        }
+                    }
+                    if !hub.still_valid(&caller.id) {
+                        return Err("token revoked".into());
+                    }
+                    if e.group.as_deref().is_none_or(|g| Some(g) == group.as_deref()) {
+                        send(hub, tx, e.line.clone()).await?;
+                    }
+                    last = e.seq;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow for the live channel: read from the store.
+                    last = catch_up(hub, group.clone(), last, tx).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = ping.tick() => {
+                if !hub.still_valid(&caller.id) {
+                    return Err("token revoked".into());
+                }
+                let item = StreamItem::Ping { seq: last, time: Timestamp::now() };
+                send(hub, tx, line(&item)).await?;
+            }
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Sends the missed events after `cursor`, or a snapshot; returns the last
+/// stream number sent.
+async fn start(
+    hub: &Arc<Hub>,
+    group: Option<String>,
+    cursor: u64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<u64, String> {
+    let store = hub.store.clone();
+    let (oldest, next) = tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
+        let r = store.read().map_err(|e| e.to_string())?;
+        let next = r.queue_next(Queue::Events).map_err(|e| e.to_string())?;
+        let oldest = r
+            .queue_bounds(Queue::Events)
+            .map_err(|e| e.to_string())?
+            .map_or(next, |(o, _)| o);
+        Ok((oldest, next))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    // Resumable: the cursor is from this history and nothing it needs was
+    // trimmed.
+    if cursor > 0 && cursor < next && cursor + 1 >= oldest {
+        return catch_up(hub, group, cursor, tx).await;
+    }
+    if cursor > 0 && cursor + 1 == next {
+        return Ok(cursor);
+    }
+    snapshot(hub, group, tx).await
+}
+
+/// Sends every stored event after `last` (for this node's group); returns
+/// the last number read.
+async fn catch_up(
+    hub: &Arc<Hub>,
+    group: Option<String>,
+    mut last: u64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<u64, String> {
+    loop {
+        let store = hub.store.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            store
+                .read()
+                .and_then(|r| r.queue(Queue::Events, last, CATCH_UP_BATCH))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let done = batch.len() < CATCH_UP_BATCH;
+        for (seq, record) in batch {
+            if seq != last + 1 {
+                // Trimmed under our feet: only a snapshot can help.
+                warn!(
+                    missing_after = last,
+                    found = seq,
+                    "stream events were trimmed during catch-up; sending a snapshot"
+                );
+                return snapshot(hub, group, tx).await;
+            }
+            let (event_group, json) = crate::ledger::split_record(&record);
+            if event_group.is_none_or(|g| Some(g) == group.as_deref()) {
+                send(hub, tx, Bytes::copy_from_slice(json)).await?;
+            }
+            last = seq;
+        }
+        if done {
+            return Ok(last);
+        }
+    }
+}
+
+/// Sends every active decision for this node (global ones and its group's
+/// allows) as one snapshot; returns its stream number.
+async fn snapshot(
+    hub: &Arc<Hub>,
+    group: Option<String>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<u64, String> {
+    hub.metrics.snapshots.inc();
+    let store = hub.store.clone();
+    let out = tx.clone();
+    let metrics = hub.metrics.clone();
+    tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let now = Timestamp::now();
+        let r = store.read().map_err(|e| e.to_string())?;
+        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let mut chunk = Vec::with_capacity(64 << 10);
+        let flush = |chunk: &mut Vec<u8>, force: bool| -> Result<(), String> {
+            if !chunk.is_empty() && (force || chunk.len() >= 60 << 10) {
+                let full = std::mem::replace(chunk, Vec::with_capacity(64 << 10));
+                out.blocking_send(Bytes::from(full))
+                    .map_err(|_| "the node went away".to_string())?;
+            }
+            Ok(())
+        };
+        write_line(&mut chunk, &StreamItem::Snapshot { seq });
+        let mut count = 0u64;
+        // Allows first, so the receiver never briefly bans what is allowed.
+        let mut group_allows = Vec::new();
+        if let Some(g) = &group {
+            for (key, bytes) in r
+                .map_entries(palisade_store::Map::GroupAllows)
+                .map_err(|e| e.to_string())?
+            {
+                if key.split('\u{0}').next() == Some(g.as_str())
+                    && let Ok(d) = serde_json::from_slice::<palisade_model::Decision>(&bytes)
+                {
+                    group_allows.push(d);
+                }
+            }
+        }
+        let globals = r
+            .iter(Some(Action::Allow))
+            .map_err(|e| e.to_string())?
+            .chain(r.iter(Some(Action::Ban)).map_err(|e| e.to_string())?);
+        for d in group_allows.into_iter().map(Ok).chain(globals) {
+            let d = d.map_err(|e| e.to_string())?;
+            if !d.is_active(now) {
+                continue;
+            }
+            write_line(&mut chunk, &StreamItem::Put { seq, decision: d });
+            count += 1;
+            flush(&mut chunk, false)?;
+        }
+        write_line(&mut chunk, &StreamItem::SnapshotEnd { seq });
+        flush(&mut chunk, true)?;
+        metrics.stream_items.add(count + 2);
+        Ok(seq)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+fn write_line(out: &mut Vec<u8>, item: &StreamItem) {
+    serde_json::to_writer(&mut *out, item).expect("a stream item serializes");
+    out.push(b'\n');
+}
+
+fn line(item: &StreamItem) -> Bytes {
+    let mut v = Vec::new();
+    write_line(&mut v, item);
+    Bytes::from(v)
+}
+
+async fn send(hub: &Hub, tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), String> {
+    hub.metrics.stream_items.inc();
+    tx.send(bytes)
+        .await
+        .map_err(|_| "the node went away".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionsQuery {
+    #[serde(default)]
+    action: Option<Action>,
+}
+
+async fn decisions(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<DecisionsQuery>,
+) -> Response {
+    if let Err(r) = auth(&hub, &headers, &[TokenKind::Node, TokenKind::Read]) {
+        return r;
+    }
+    let store = hub.store.clone();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let now = Timestamp::now();
+        let r = store.read().map_err(|e| e.to_string())?;
+        let mut out = b"[".to_vec();
+        let mut first = true;
+        for d in r.iter(q.action).map_err(|e| e.to_string())? {
+            let d = d.map_err(|e| e.to_string())?;
+            if !d.is_active(now) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(b"\n  ");
+            serde_json::to_writer(&mut out, &d).map_err(|e| e.to_string())?;
+        }
+        out.extend_from_slice(b"\n]\n");
+        Ok(out)
+    })
+    .await;
+    match body {
+        Ok(Ok(b)) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Active bans, one address or network per line (what maltrail's
+/// `/fail2ban` served to cron scripts).
+async fn export(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = auth(&hub, &headers, &[TokenKind::Node, TokenKind::Read]) {
+        return r;
+    }
+    let store = hub.store.clone();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        use std::io::Write;
+        let now = Timestamp::now();
+        let r = store.read().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for d in r.iter(Some(Action::Ban)).map_err(|e| e.to_string())? {
+            let d = d.map_err(|e| e.to_string())?;
+            if d.is_active(now) {
+                let _ = writeln!(out, "{}", d.target);
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match body {
+        Ok(Ok(b)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn explain(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(address): Path<String>,
+) -> Response {
+    if let Err(r) = auth(&hub, &headers, &[TokenKind::Node, TokenKind::Read]) {
+        return r;
+    }
+    let net: Net = match address.parse() {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+    };
+    let store = hub.store.clone();
+    match tokio::task::spawn_blocking(move || {
+        store.read().and_then(|r| r.explain(net, Timestamp::now()))
+    })
+    .await
+    {
+        Ok(Ok(e)) => axum::Json(e).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(r) = auth(&hub, &headers, &[TokenKind::Node, TokenKind::Read]) {
+        return r;
+    }
+    let h = hub.clone();
+    let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let r = h.store.read().map_err(|e| e.to_string())?;
+        let counts = r.counts().map_err(|e| e.to_string())?;
+        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let lag = h
+            .node_status()
+            .into_iter()
+            .map(|(n, _)| (n.name, seq.saturating_sub(n.cursor)))
+            .collect();
+        let g = crate::metrics::Gauges {
+            bans: counts.ban_hosts,
+            ban_networks: counts.ban_networks,
+            allows: counts.allows,
+            seq,
+            nodes: h.node_count(),
+            lag,
+        };
+        Ok(crate::metrics::render(&h.metrics, &g))
+    })
+    .await;
+    match text {
+        Ok(Ok(t)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

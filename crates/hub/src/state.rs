@@ -1,0 +1,267 @@
+//! What every request handler shares: the store, the token cache, the live
+//! status of nodes, the writer, the live event channel, the counters.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+
+use palisade_model::Timestamp;
+use palisade_policy::Node;
+use palisade_store::Store;
+use palisade_wire::{Heartbeat, Token, TokenKind};
+use tokio::sync::broadcast;
+
+use crate::ledger::LiveEvent;
+use crate::metrics::Metrics;
+use crate::records::{NodeRecord, TokenRecord};
+use crate::writer::{Job, WriterHandle};
+
+/// Who is calling, once its token checked out.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's id (its hash).
+    pub id: String,
+    pub record: TokenRecord,
+}
+
+impl Caller {
+    pub fn node(&self) -> Node {
+        Node {
+            name: self.record.name.clone(),
+            group: self.record.group.clone(),
+        }
+    }
+}
+
+/// Why a request was refused before doing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Invalid,
+    Revoked,
+    WrongKind { have: TokenKind, need: &'static str },
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Missing => {
+                f.write_str("this needs a palisade token: send `Authorization: Bearer palisade1.…`")
+            }
+            AuthError::Invalid => f.write_str(
+                "this token is not known to this hub (a token from another hub, or a typo)",
+            ),
+            AuthError::Revoked => f.write_str(
+                "this token was revoked; ask for a new one (`palisade hub token create`)",
+            ),
+            AuthError::WrongKind { have, need } => {
+                write!(f, "a {have} token cannot do this; it needs {need}")
+            }
+        }
+    }
+}
+
+pub struct Hub {
+    pub store: Arc<Store>,
+    pub pin: Option<[u8; 32]>,
+    pub listen: SocketAddr,
+    pub started: Timestamp,
+    pub live: broadcast::Sender<LiveEvent>,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    tokens: RwLock<HashMap<String, TokenRecord>>,
+    nodes: Mutex<HashMap<String, NodeLive>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeLive {
+    record: NodeRecord,
+    streams: u32,
+    /// Changed since last written to the store.
+    dirty: bool,
+}
+
+impl Hub {
+    pub fn new(
+        store: Arc<Store>,
+        pin: Option<[u8; 32]>,
+        listen: SocketAddr,
+        live: broadcast::Sender<LiveEvent>,
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Hub> {
+        let hub = Hub {
+            store,
+            pin,
+            listen,
+            started: Timestamp::now(),
+            live,
+            writer,
+            metrics,
+            tokens: RwLock::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+        };
+        hub.reload_tokens()?;
+        let reader = hub.store.read()?;
+        let mut nodes = hub.nodes.lock().unwrap();
+        for (name, bytes) in reader.map_entries(palisade_store::Map::Nodes)? {
+            if let Ok(record) = serde_json::from_slice::<NodeRecord>(&bytes) {
+                nodes.insert(
+                    name,
+                    NodeLive {
+                        record,
+                        ..NodeLive::default()
+                    },
+                );
+            }
+        }
+        drop(nodes);
+        Ok(hub)
+    }
+
+    /// Re-reads the tokens from the store (after one was created or
+    /// revoked).
+    pub fn reload_tokens(&self) -> anyhow::Result<()> {
+        let all: HashMap<String, TokenRecord> =
+            crate::tokens::all(&self.store)?.into_iter().collect();
+        *self.tokens.write().unwrap() = all;
+        Ok(())
+    }
+
+    /// Checks an `Authorization` header value against the valid tokens.
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        kinds: &[TokenKind],
+    ) -> Result<Caller, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?;
+        let bearer = value.strip_prefix("Bearer ").ok_or(AuthError::Missing)?;
+        let token: Token = bearer.parse().map_err(|_| AuthError::Invalid)?;
+        let id = token.id();
+        let record = self
+            .tokens
+            .read()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or(AuthError::Invalid)?;
+        if record.kind != token.kind {
+            return Err(AuthError::Invalid);
+        }
+        if !record.is_valid() {
+            return Err(AuthError::Revoked);
+        }
+        if !kinds.contains(&record.kind) {
+            let need = match kinds {
+                [TokenKind::Join] => "a join token",
+                k if k.contains(&TokenKind::Read) => "a node or read token",
+                _ => "a node token",
+            };
+            return Err(AuthError::WrongKind {
+                have: record.kind,
+                need,
+            });
+        }
+        Ok(Caller { id, record })
+    }
+
+    /// True while the token with this id is valid (streams check it, so a
+    /// revoked node is cut off).
+    pub fn still_valid(&self, id: &str) -> bool {
+        self.tokens
+            .read()
+            .unwrap()
+            .get(id)
+            .is_some_and(TokenRecord::is_valid)
+    }
+
+    /// Records that a node made contact from `peer`; a new address gets the
+    /// node's automatic allow entry (loopback needs none: it is never
+    /// banned).
+    pub fn seen(&self, caller: &Caller, peer: IpAddr) {
+        if caller.record.kind != TokenKind::Node {
+            return;
+        }
+        let peer = palisade_model::net::canonical_addr(peer);
+        let mut nodes = self.nodes.lock().unwrap();
+        let live = nodes
+            .entry(caller.record.name.clone())
+            .or_insert_with(|| NodeLive {
+                record: NodeRecord {
+                    name: caller.record.name.clone(),
+                    group: caller.record.group.clone(),
+                    ..NodeRecord::default()
+                },
+                ..NodeLive::default()
+            });
+        live.record.last_seen = Some(Timestamp::now());
+        live.dirty = true;
+        if live.record.address != Some(peer) && !peer.is_loopback() {
+            let old = live.record.address.replace(peer);
+            let _ = self.writer.send(Job::NodeAddress {
+                name: caller.record.name.clone(),
+                address: peer,
+                old,
+            });
+        }
+    }
+
+    pub fn heartbeat(&self, caller: &Caller, beat: &Heartbeat) {
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(live) = nodes.get_mut(&caller.record.name) {
+            live.record.cursor = beat.cursor;
+            live.record.bans = beat.bans;
+            live.record.version = Some(beat.version.clone());
+            live.record.last_seen = Some(Timestamp::now());
+            live.dirty = true;
+        }
+    }
+
+    pub fn stream_opened(&self, name: &str) {
+        self.metrics.streams.fetch_add(1, Ordering::Relaxed);
+        if let Some(live) = self.nodes.lock().unwrap().get_mut(name) {
+            live.streams += 1;
+        }
+    }
+
+    pub fn stream_closed(&self, name: &str) {
+        self.metrics.streams.fetch_sub(1, Ordering::Relaxed);
+        if let Some(live) = self.nodes.lock().unwrap().get_mut(name) {
+            live.streams = live.streams.saturating_sub(1);
+        }
+    }
+
+    /// Node status changed since the last call, to be written to the store.
+    pub fn take_dirty_nodes(&self) -> Vec<NodeRecord> {
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes
+            .values_mut()
+            .filter(|l| l.dirty)
+            .map(|l| {
+                l.dirty = false;
+                l.record.clone()
+            })
+            .collect()
+    }
+
+    /// (name, connected streams, cursor, record) of every known node.
+    pub fn node_status(&self) -> Vec<(NodeRecord, u32)> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|l| (l.record.clone(), l.streams))
+            .collect()
+    }
+
+    /// Names of nodes with a valid node token.
+    pub fn node_count(&self) -> u64 {
+        self.tokens
+            .read()
+            .unwrap()
+            .values()
+            .filter(|r| r.kind == TokenKind::Node && r.is_valid())
+            .count() as u64
+    }
+}

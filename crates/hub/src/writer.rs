@@ -1,0 +1,364 @@
+//! The one thread that changes the hub's decisions.
+//!
+//! Everything that changes decisions or node records comes here as a
+//! [`Job`]. Jobs that arrive together are applied in one store transaction
+//! (one fsync for many reports: group commit), then their events go to the
+//! live streams in order, then each job gets its answer. So an answer
+//! always means "on disk", and the stream order is the commit order.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
+use palisade_policy::{Ledger, Node, Policy};
+use palisade_store::{Map, Queue, Store, StoreError};
+use palisade_wire::{Envelope, IntentOutcome, IntentResult};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{error, info, warn};
+
+use crate::ledger::{LiveEvent, StoreLedger, json};
+use crate::metrics::Metrics;
+use crate::records::NodeRecord;
+
+/// Most jobs applied in one transaction.
+const GROUP_COMMIT: usize = 256;
+/// How often expired decisions and old events are cleaned up.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+
+pub type IntentReply = oneshot::Sender<Result<Vec<IntentResult>, String>>;
+
+/// Work for the writer.
+pub enum Job {
+    /// Intents from a node, in order; the answer has one result per intent
+    /// applied (fewer than sent when the node is over its rate limit).
+    Intents {
+        node: Node,
+        envelopes: Vec<Envelope>,
+        reply: IntentReply,
+    },
+    /// A node was seen at a new address: allow it automatically, and drop
+    /// the allow of its old address.
+    NodeAddress {
+        name: String,
+        address: IpAddr,
+        old: Option<IpAddr>,
+    },
+    /// A node's credentials were revoked: its automatic allow goes.
+    NodeGone { name: String },
+    /// Live node status (heartbeats) to keep.
+    PersistNodes(Vec<NodeRecord>),
+    /// The configuration's allow entries: (network, comment, group).
+    StaticAllows(Vec<(Net, Option<String>, Option<String>)>),
+    /// Finish what came before, then stop.
+    Stop,
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl WriterHandle {
+    pub fn send(&self, job: Job) -> Result<(), String> {
+        self.tx
+            .send(job)
+            .map_err(|_| "the hub is shutting down".to_string())
+    }
+}
+
+pub struct WriterSetup {
+    pub store: Arc<Store>,
+    pub policy: Policy,
+    pub live: broadcast::Sender<LiveEvent>,
+    pub metrics: Arc<Metrics>,
+    /// Events kept for agents that reconnect; older ones mean a snapshot.
+    pub events_kept: u64,
+}
+
+pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let thread = std::thread::Builder::new()
+        .name("palisade-hub-writer".into())
+        .spawn(move || {
+            let mut w = Writer { setup };
+            let mut last_maintain = std::time::Instant::now();
+            loop {
+                match rx.recv_timeout(MAINTAIN_EVERY) {
+                    Ok(first) => {
+                        let mut jobs = vec![first];
+                        jobs.extend(rx.try_iter().take(GROUP_COMMIT - 1));
+                        let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
+                        jobs.retain(|j| !matches!(j, Job::Stop));
+                        if !jobs.is_empty() {
+                            w.apply(jobs);
+                        }
+                        if stop {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if last_maintain.elapsed() >= MAINTAIN_EVERY {
+                    w.maintain();
+                    last_maintain = std::time::Instant::now();
+                }
+            }
+        })
+        .expect("spawn the hub writer");
+    (WriterHandle { tx }, thread)
+}
+
+struct Writer {
+    setup: WriterSetup,
+}
+
+impl Writer {
+    fn apply(&mut self, jobs: Vec<Job>) {
+        let now = Timestamp::now();
+        let policy = &mut self.setup.policy;
+        let metrics = &self.setup.metrics;
+        let result = self.setup.store.write(|w| {
+            let mut ledger = StoreLedger::new(w, now);
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                results.push(apply_job(policy, metrics, &mut ledger, job, now)?);
+            }
+            Ok((results, ledger.events))
+        });
+        match result {
+            Ok((results, events)) => {
+                for e in events {
+                    // No receivers is fine: nobody is connected.
+                    let _ = self.setup.live.send(e);
+                }
+                for (job, r) in jobs.into_iter().zip(results) {
+                    if let (Job::Intents { reply, .. }, Some(r)) = (job, r) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "the hub could not store a change");
+                metrics.store_errors.inc();
+                for job in jobs {
+                    if let Job::Intents { reply, .. } = job {
+                        let _ = reply.send(Err(format!("the hub could not store this: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prunes expired decisions (agents expire them by themselves, so no
+    /// events), old stream events, and stale quorum and offender records.
+    fn maintain(&mut self) {
+        let now = Timestamp::now();
+        let kept = self.setup.events_kept;
+        let r = self.setup.store.write(|w| {
+            let mut pruned = 0;
+            loop {
+                let gone = w.take_expired(now, 10_000)?.len();
+                pruned += gone;
+                if gone < 10_000 {
+                    break;
+                }
+            }
+            let next = w.meta("queue.events.next")?.max(1);
+            if next > kept + 1 {
+                w.drop_through(Queue::Events, next - kept - 1)?;
+            }
+            Ok(pruned)
+        });
+        match r {
+            Ok(n) if n > 0 => info!(expired = n, "pruned expired decisions"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "hub maintenance failed"),
+        }
+    }
+}
+
+/// Applies one job inside the writer's transaction; intents return their
+/// results.
+fn apply_job(
+    policy: &mut Policy,
+    metrics: &Metrics,
+    ledger: &mut StoreLedger<'_, '_>,
+    job: &Job,
+    now: Timestamp,
+) -> Result<Option<Vec<IntentResult>>, StoreError> {
+    match job {
+        Job::Intents {
+            node, envelopes, ..
+        } => {
+            let mut record: NodeRecord = ledger
+                .w
+                .map_get(Map::Nodes, &node.name)?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_else(|| NodeRecord {
+                    name: node.name.clone(),
+                    group: node.group.clone(),
+                    ..NodeRecord::default()
+                });
+            let mut results = Vec::with_capacity(envelopes.len());
+            for env in envelopes {
+                if env.id <= record.last_intent {
+                    results.push(IntentResult {
+                        id: env.id,
+                        outcome: IntentOutcome::Duplicate,
+                        reason: None,
+                        expires: None,
+                    });
+                    continue;
+                }
+                if !policy.admit(&node.name) {
+                    metrics.rate_limited.inc();
+                    break;
+                }
+                let r = policy.decide(ledger, node, env, now)?;
+                metrics.intent(&env.intent, r.outcome);
+                record.last_intent = env.id;
+                record.intents += 1;
+                results.push(r);
+            }
+            ledger.w.map_put(Map::Nodes, &node.name, &json(&record))?;
+            Ok(Some(results))
+        }
+        Job::NodeAddress { name, address, old } => {
+            let (name, address) = (name.clone(), *address);
+            if let Some(old) = *old
+                && let Some(d) = ledger.get(Action::Allow, &Net::host(old), None)?
+                && d.origin.source == Source::Policy
+                && d.origin.node == name
+            {
+                ledger.remove(Action::Allow, &Net::host(old), None)?;
+            }
+            let target = Net::host(address);
+            let existing = ledger.get(Action::Allow, &target, None)?;
+            if existing.is_none_or(|d| d.origin.source == Source::Policy && d.origin.node != name) {
+                let d = Decision::new(
+                    Action::Allow,
+                    target,
+                    now,
+                    Span::Forever,
+                    Origin::new(name.clone(), Source::Policy),
+                )
+                .with_reason(format!("palisade node {name}"))
+                .with_scope(Scope::Network);
+                ledger.put(&d)?;
+                // A node's own address is never banned: lift a ban of it.
+                if ledger.get(Action::Ban, &target, None)?.is_some() {
+                    ledger.remove(Action::Ban, &target, None)?;
+                }
+                info!(node = %name, address = %address, "allowed a palisade node's address");
+            }
+            let mut record: NodeRecord = ledger
+                .w
+                .map_get(Map::Nodes, &name)?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_else(|| NodeRecord {
+                    name: name.clone(),
+                    ..NodeRecord::default()
+                });
+            record.address = Some(address);
+            ledger.w.map_put(Map::Nodes, &name, &json(&record))?;
+            Ok(None)
+        }
+        Job::NodeGone { name } => {
+            let record: Option<NodeRecord> = ledger
+                .w
+                .map_get(Map::Nodes, name)?
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(addr) = record.and_then(|r| r.address)
+                && let Some(d) = ledger.get(Action::Allow, &Net::host(addr), None)?
+                && d.origin.source == Source::Policy
+                && d.origin.node == *name
+            {
+                ledger.remove(Action::Allow, &Net::host(addr), None)?;
+                info!(node = %name, address = %addr, "removed the allow of a revoked node's address");
+            }
+            Ok(None)
+        }
+        Job::PersistNodes(records) => {
+            for live in records.iter().cloned() {
+                let mut stored: NodeRecord = ledger
+                    .w
+                    .map_get(Map::Nodes, &live.name)?
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_else(|| live.clone());
+                stored.last_seen = live.last_seen;
+                stored.cursor = live.cursor;
+                stored.bans = live.bans;
+                stored.version = live.version.clone();
+                stored.group = live.group.clone();
+                ledger.w.map_put(Map::Nodes, &live.name, &json(&stored))?;
+            }
+            Ok(None)
+        }
+        Job::Stop => Ok(None),
+        Job::StaticAllows(entries) => {
+            // Entries of the configuration are decisions of source config;
+            // ones no longer configured are removed.
+            let mut wanted = std::collections::HashSet::new();
+            for (net, comment, group) in entries {
+                wanted.insert((*net, group.clone()));
+                let existing = ledger.get(Action::Allow, net, group.as_deref())?;
+                if existing
+                    .as_ref()
+                    .is_some_and(|d| d.reason == *comment && d.origin.source == Source::Config)
+                {
+                    continue;
+                }
+                let mut d = Decision::new(
+                    Action::Allow,
+                    *net,
+                    now,
+                    Span::Forever,
+                    Origin::new("hub", Source::Config),
+                )
+                .with_scope(Scope::Network)
+                .with_group(group.clone());
+                if let Some(c) = comment {
+                    d = d.with_reason(c.clone());
+                }
+                ledger.put(&d)?;
+                if group.is_none() {
+                    let mut lifted: Vec<Net> = ledger
+                        .bans_within(net)?
+                        .into_iter()
+                        .map(|b| b.target)
+                        .collect();
+                    if ledger.get(Action::Ban, net, None)?.is_some() {
+                        lifted.push(*net);
+                    }
+                    for n in lifted {
+                        ledger.remove(Action::Ban, &n, None)?;
+                    }
+                }
+            }
+            let stale: Vec<Decision> = ledger
+                .w
+                .all(Action::Allow)?
+                .into_iter()
+                .filter(|d| {
+                    d.origin.source == Source::Config && !wanted.contains(&(d.target, None))
+                })
+                .collect();
+            for d in stale {
+                ledger.remove(Action::Allow, &d.target, None)?;
+            }
+            for (_, bytes) in ledger.w.map_entries(Map::GroupAllows)? {
+                if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
+                    && d.origin.source == Source::Config
+                    && !wanted.contains(&(d.target, d.group.clone()))
+                {
+                    ledger.remove(Action::Allow, &d.target, d.group.as_deref())?;
+                }
+            }
+            Ok(None)
+        }
+    }
+}

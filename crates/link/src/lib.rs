@@ -1,0 +1,293 @@
+//! An agent's link to the embedded hub: the [`Bus`] over HTTPS.
+//!
+//! TLS trusts exactly the certificate pinned in the node's token (or the
+//! system CAs when the token has no pin); every request carries the token.
+//! The decision stream is one long HTTP response of JSON lines, read
+//! incrementally; silence longer than three ping intervals counts as a
+//! dead connection, so a half-open TCP connection never stalls an agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use palisade_wire::bus::{BoxFuture, ItemStream};
+use palisade_wire::{
+    Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, StreamItem, Token,
+    paths,
+};
+use tracing::debug;
+
+/// Longest wait for an answer to a request (not the stream).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A stream silent this long is taken for dead (the hub pings every 10 s).
+const STREAM_SILENCE: Duration = Duration::from_secs(35);
+/// Largest stream line accepted (a decision with its evidence is a few kB).
+const MAX_LINE: usize = 1 << 20;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A node's link to one hub.
+#[derive(Clone)]
+pub struct HubLink {
+    base: String,
+    bearer: Arc<str>,
+    client: HttpsClient,
+}
+
+/// Why a hub address or token is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "{0:?} is not a hub address: use https://HOST:PORT (the command `palisade up` printed)"
+    )]
+    BadUrl(String),
+    #[error(transparent)]
+    Tls(#[from] palisade_wire::tls::TlsError),
+}
+
+impl HubLink {
+    /// A link to the hub at `url` (`https://host:port`) with `token`; the
+    /// token's pin, if any, decides which certificate is trusted.
+    pub fn new(url: &str, token: &Token) -> Result<HubLink, LinkError> {
+        let base = url.trim_end_matches('/').to_string();
+        let uri: Uri = base
+            .parse()
+            .map_err(|_| LinkError::BadUrl(url.to_string()))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(LinkError::BadUrl(url.to_string()));
+        }
+        let tls = palisade_wire::tls::client_config(token.pin)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HubLink {
+            base,
+            bearer: Arc::from(format!("Bearer {}", token.bearer())),
+            client,
+        })
+    }
+
+    /// Exchanges a join token for this node's own credential.
+    pub async fn join(&self, name: &str) -> Result<JoinResponse, BusError> {
+        let body = serde_json::to_vec(&JoinRequest {
+            name: name.to_string(),
+        })
+        .expect("serializes");
+        let bytes = self.call(Method::POST, paths::JOIN, body).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| BusError::Protocol(format!("the hub's join answer: {e}")))
+    }
+
+    /// A GET returning the body (for `export`, `decisions`, `metrics`).
+    pub async fn get(&self, path: &str) -> Result<Bytes, BusError> {
+        self.call(Method::GET, path, Vec::new()).await
+    }
+
+    fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, &*self.bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("palisade/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request")
+    }
+
+    /// Sends a request and returns the body of a 2xx answer (429 too: the
+    /// intents route answers partial results with it).
+    async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Bytes, BusError> {
+        let req = self.request(method, path, body);
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .to_bytes();
+            check(status, &bytes)?;
+            Ok(bytes)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, work)
+            .await
+            .map_err(|_| {
+                BusError::Unreachable(format!(
+                    "the hub at {} did not answer within {REQUEST_TIMEOUT:?}",
+                    self.base
+                ))
+            })?
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display + std::fmt::Debug) -> BusError {
+        // hyper's Display is terse ("client error (Connect)"); the source
+        // chain says why (refused, certificate pin mismatch, ...).
+        BusError::Unreachable(format!("cannot reach the hub at {}: {e:?}", self.base))
+    }
+}
+
+/// Turns an HTTP status into the bus's errors, keeping the hub's message.
+fn check(status: StatusCode, body: &[u8]) -> Result<(), BusError> {
+    if status.is_success() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Ok(());
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    Err(match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            BusError::Unauthorized(format!("the hub refused this node: {message}"))
+        }
+        StatusCode::CONFLICT | StatusCode::BAD_REQUEST => {
+            BusError::Protocol(format!("the hub refused the request: {message}"))
+        }
+        _ => BusError::Unreachable(format!("the hub answered {status}: {message}")),
+    })
+}
+
+impl Bus for HubLink {
+    fn describe(&self) -> String {
+        format!("hub {}", self.base)
+    }
+
+    fn send<'a>(
+        &'a self,
+        batch: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<Vec<IntentResult>, BusError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(batch).expect("envelopes serialize");
+            let bytes = self.call(Method::POST, paths::INTENTS, body).await?;
+            // Fewer results than intents (rate limit): the caller keeps the
+            // rest and sends them again later.
+            serde_json::from_slice(&bytes)
+                .map_err(|e| BusError::Protocol(format!("the hub's answer to intents: {e}")))
+        })
+    }
+
+    fn follow(&self, cursor: u64) -> BoxFuture<'_, Result<ItemStream, BusError>> {
+        Box::pin(async move {
+            let req = self.request(
+                Method::GET,
+                &format!("{}?cursor={cursor}", paths::STREAM),
+                Vec::new(),
+            );
+            let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+                .await
+                .map_err(|_| {
+                    BusError::Unreachable(format!("the hub at {} did not answer", self.base))
+                })?
+                .map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(check(status, &body).err().unwrap_or_else(|| {
+                    BusError::Protocol(format!("the hub answered the stream with {status}"))
+                }));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<StreamItem, BusError>>(1024);
+            let base = self.base.clone();
+            tokio::spawn(async move {
+                let mut body = resp.into_body().into_data_stream();
+                let mut buf = BytesMut::new();
+                loop {
+                    let chunk = match tokio::time::timeout(STREAM_SILENCE, body.next()).await {
+                        Ok(Some(Ok(c))) => c,
+                        Ok(Some(Err(e))) => {
+                            let _ = tx
+                                .send(Err(BusError::Unreachable(format!(
+                                    "the stream from {base} broke: {e}"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Ok(None) => {
+                            let _ = tx
+                                .send(Err(BusError::Unreachable(format!(
+                                    "the hub at {base} closed the stream"
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = tx
+                                .send(Err(BusError::Unreachable(format!(
+                                    "the stream from {base} went silent"
+                                ))))
+                                .await;
+                            return;
+                        }
+                    };
+                    buf.extend_from_slice(&chunk);
+                    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                        let line = buf.split_to(pos + 1);
+                        let item =
+                            serde_json::from_slice::<StreamItem>(&line[..pos]).map_err(|e| {
+                                BusError::Protocol(format!("a stream line from the hub: {e}"))
+                            });
+                        let fatal = item.is_err();
+                        if tx.send(item).await.is_err() || fatal {
+                            return;
+                        }
+                    }
+                    if buf.len() > MAX_LINE {
+                        let _ = tx
+                            .send(Err(BusError::Protocol(
+                                "a stream line from the hub is too long".into(),
+                            )))
+                            .await;
+                        return;
+                    }
+                    if buf.is_empty() {
+                        buf.clear();
+                    } else if buf.capacity() > 4 * MAX_LINE {
+                        let rest = buf.copy_to_bytes(buf.len());
+                        buf = BytesMut::from(&rest[..]);
+                    }
+                }
+            });
+            debug!(cursor, "following the hub's stream");
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|i| (i, rx))
+            });
+            Ok(Box::pin(stream) as ItemStream)
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, beat: &'a Heartbeat) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(beat).expect("a heartbeat serializes");
+            self.call(Method::POST, paths::HEARTBEAT, body)
+                .await
+                .map(|_| ())
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! The messages agents and hubs exchange, whatever carries them.
+//!
+//! Agents send [`Envelope`]s (an [`Intent`] numbered by the sending node, so
+//! a retry after a lost answer is recognised and not applied twice) and get
+//! an [`IntentResult`] for each. Hubs send the decision stream: [`StreamItem`]s
+//! numbered by the hub, so an agent that reconnects asks for what came
+//! after the last number it applied, or gets a full snapshot.
+
+use palisade_model::{Action, Decision, Net, Source, Span, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// What a node asks the network to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intent {
+    /// Ban an address: an operator's ban, or a report from a detector or
+    /// another program (the source says which; policy treats them apart).
+    Ban {
+        target: Net,
+        /// `None`: the policy's default for this source.
+        #[serde(default)]
+        span: Option<Span>,
+        #[serde(default)]
+        rule: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        evidence: Vec<String>,
+        source: Source,
+        /// The kernel list a detector's stage named (xt_recent).
+        #[serde(default)]
+        list: Option<String>,
+        #[serde(default)]
+        actor: Option<String>,
+    },
+    Unban {
+        target: Net,
+        #[serde(default)]
+        actor: Option<String>,
+    },
+    Allow {
+        target: Net,
+        #[serde(default)]
+        span: Option<Span>,
+        #[serde(default)]
+        comment: Option<String>,
+        /// Only for the nodes of this group.
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        actor: Option<String>,
+    },
+    Unallow {
+        target: Net,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        actor: Option<String>,
+    },
+}
+
+impl Intent {
+    pub fn target(&self) -> Net {
+        match self {
+            Intent::Ban { target, .. }
+            | Intent::Unban { target, .. }
+            | Intent::Allow { target, .. }
+            | Intent::Unallow { target, .. } => *target,
+        }
+    }
+}
+
+/// An intent as sent: numbered by the node (increasing, never reused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    /// When the node made it.
+    pub at: Timestamp,
+    pub intent: Intent,
+}
+
+/// What became of one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentResult {
+    pub id: u64,
+    pub outcome: IntentOutcome,
+    /// Why, for refusals and pending reports.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The decision's expiry where one was made.
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentOutcome {
+    /// A decision was made (or lifted) and streamed to every node.
+    Accepted,
+    /// A repeat inside the suppression window: recorded, not re-broadcast.
+    Suppressed,
+    /// Recorded, waiting for more nodes to report it (quorum).
+    Pending,
+    /// There was nothing to lift.
+    NotFound,
+    /// Refused: allowlisted, a palisade node, protected, too broad, or the
+    /// node may not do this.
+    Refused,
+    /// Already received (a retry): nothing done again.
+    Duplicate,
+}
+
+impl IntentOutcome {
+    /// True when the sender should take its own provisional action back.
+    pub fn is_refusal(self) -> bool {
+        self == IntentOutcome::Refused
+    }
+}
+
+/// One item of the decision stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamItem {
+    /// A full snapshot follows: what the receiver had from the network is
+    /// replaced by the decisions up to [`StreamItem::SnapshotEnd`].
+    Snapshot { seq: u64 },
+    /// A decision made or changed (inside a snapshot: `seq` is the
+    /// snapshot's).
+    Put { seq: u64, decision: Decision },
+    /// A decision lifted.
+    Remove {
+        seq: u64,
+        action: Action,
+        target: Net,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    /// The end of a snapshot; the stream continues live after `seq`.
+    SnapshotEnd { seq: u64 },
+    /// Sent when idle: the newest number, so the receiver can tell it is
+    /// current and how far behind it is.
+    Ping { seq: u64, time: Timestamp },
+}
+
+impl StreamItem {
+    /// The stream position this item brings its receiver to. Inside a
+    /// snapshot, only [`StreamItem::SnapshotEnd`]'s position may be
+    /// remembered: a receiver interrupted mid-snapshot must start over.
+    pub fn cursor(&self) -> Option<u64> {
+        match self {
+            StreamItem::Remove { seq, .. } | StreamItem::SnapshotEnd { seq } => Some(*seq),
+            StreamItem::Put { seq, .. } => Some(*seq),
+            StreamItem::Snapshot { .. } | StreamItem::Ping { .. } => None,
+        }
+    }
+}
+
+/// Sent with a join token to become a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The name the node wants (its host name by default).
+    pub name: String,
+}
+
+/// The node credential the hub issues in exchange for a join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub name: String,
+    pub group: Option<String>,
+    /// A `node` token (without pin: the node keeps the join token's pin).
+    pub token: String,
+}
+
+/// A node's periodic sign of life, for `palisade status` at the hub and the
+/// stream-lag metric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The last stream number the node applied.
+    pub cursor: u64,
+    pub version: String,
+    /// Bans the node enforces (hosts and networks).
+    pub bans: u64,
+}
+
+/// Paths of the hub's HTTPS API.
+pub mod paths {
+    pub const JOIN: &str = "/v1/join";
+    pub const INTENTS: &str = "/v1/intents";
+    pub const STREAM: &str = "/v1/stream";
+    pub const HEARTBEAT: &str = "/v1/heartbeat";
+    pub const DECISIONS: &str = "/v1/decisions";
+    pub const EXPLAIN: &str = "/v1/explain";
+    pub const EXPORT: &str = "/v1/export.txt";
+    pub const METRICS: &str = "/metrics";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let e = Envelope {
+            id: 7,
+            at: Timestamp::from_millis(0),
+            intent: Intent::Ban {
+                target: "198.51.100.7".parse().unwrap(),
+                span: Some("1h".parse().unwrap()),
+                rule: Some("fail2ban/sshd".into()),
+                reason: None,
+                evidence: vec![],
+                source: Source::Report,
+                actor: Some("fail2ban".into()),
+                list: None,
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.contains(r#""intent":{"op":"ban","target":"198.51.100.7","span":"1h""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
+
+        let r = StreamItem::Remove {
+            seq: 9,
+            action: Action::Ban,
+            target: "198.51.100.7".parse().unwrap(),
+            group: None,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"remove":{"seq":9,"action":"ban","target":"198.51.100.7","group":null}}"#
+        );
+        assert_eq!(serde_json::from_str::<StreamItem>(&json).unwrap(), r);
+        assert_eq!(r.cursor(), Some(9));
+        assert_eq!(StreamItem::Snapshot { seq: 3 }.cursor(), None);
+    }
+}

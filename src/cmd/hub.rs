@@ -1,0 +1,296 @@
+//! `palisade hub`: run the hub, and manage its tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use palisade_config::Config;
+use palisade_control::hub::{HubRequest, HubResponse};
+use palisade_control::{Client, ClientError};
+use palisade_hub::HubOptions;
+use palisade_model::Source;
+use palisade_policy::{Escalation, PolicyConfig, RateLimit};
+
+use super::Context;
+use crate::render;
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Run without a subcommand, the hub serves in the foreground. Agents join it with
+  palisade agent --join https://HUB:7470 --token TOKEN
+where TOKEN comes from `palisade hub token create NAME`.
+
+Examples:
+  palisade hub --listen 0.0.0.0:7470
+  palisade hub token create web1
+  palisade hub token create --kind join --group dmz dmz-servers
+  palisade hub token list
+  palisade hub token revoke web1"
+)]
+pub struct HubArgs {
+    #[command(subcommand)]
+    command: Option<HubCommand>,
+
+    #[command(flatten)]
+    place: HubPlace,
+}
+
+/// Where the hub lives (also used by `palisade up`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HubPlace {
+    /// Address and port agents connect to [default: from the config, else 0.0.0.0:7470]
+    #[arg(long, value_name = "ADDR:PORT", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// The hub's state directory [default: from the config, else /var/lib/palisade/hub]
+    #[arg(
+        long = "hub-state-dir",
+        env = "PALISADE_HUB_STATE_DIR",
+        value_name = "DIR",
+        global = true
+    )]
+    pub hub_state_dir: Option<PathBuf>,
+
+    /// The hub's root-only control socket [default: from the config, else /run/palisade/hub.sock]
+    #[arg(
+        long = "hub-socket",
+        env = "PALISADE_HUB_SOCKET",
+        value_name = "PATH",
+        global = true
+    )]
+    pub hub_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Create, list or revoke tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show whether the hub runs and what it holds
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown once; the hub keeps only a hash)
+    Create {
+        /// The node's name (node tokens) or a label (join and read tokens)
+        name: String,
+        /// node: one server's credential; join: lets servers join (each gets
+        /// its own credential); read: export, listing and metrics only
+        #[arg(long, default_value = "node", value_parser = ["node", "join", "read"])]
+        kind: String,
+        /// The group of the node(s): group allow entries apply to them
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List tokens (never the secrets)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every token with this name; its streams are cut and a node's
+    /// automatic allow entry is removed
+    Revoke { name: String },
+}
+
+pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
+    let config = ctx.load_config()?;
+    match args.command {
+        None => {
+            super::agent::init_logging("info")?;
+            palisade_hub::run(options(&config, &args.place)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(HubCommand::Token(t)) => token(&config, &args.place, t),
+        Some(HubCommand::Status { json }) => {
+            let socket = args
+                .place
+                .hub_socket
+                .clone()
+                .unwrap_or(config.hub.socket.clone());
+            match ask(&socket, &HubRequest::Status) {
+                Ok(HubResponse::Status(s)) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                    } else {
+                        print!("{}", render::hub_status(&s));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(other) => bail!("unexpected answer from the hub: {other:?}"),
+                Err(e) => Err(hub_error(e, &socket)),
+            }
+        }
+    }
+}
+
+/// The hub's options from the configuration and flags.
+pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
+    let h = &config.hub;
+    let certificate = match (&h.certificate, &h.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("[hub] needs both `certificate` and `key`, or neither"),
+    };
+    let mut quorum = std::collections::BTreeMap::new();
+    for (source, k) in &h.quorum {
+        let s = match source.as_str() {
+            "detector" => Source::Detector,
+            "report" => Source::Report,
+            "feed" => Source::Feed,
+            other => bail!(
+                "[hub.quorum] {other:?} is not a source that can need a quorum: use detector, report or feed"
+            ),
+        };
+        quorum.insert(s, *k);
+    }
+    let span = |s: palisade_model::Span, what: &str| -> Result<std::time::Duration> {
+        s.duration()
+            .with_context(|| format!("[hub] {what} cannot be forever"))
+    };
+    Ok(HubOptions {
+        state_dir: place.hub_state_dir.clone().unwrap_or(h.state_dir.clone()),
+        listen: place.listen.unwrap_or(h.listen),
+        socket: place.hub_socket.clone().unwrap_or(h.socket.clone()),
+        certificate,
+        names: h.names.clone(),
+        policy: PolicyConfig {
+            default_ban: h.default_ban,
+            suppress_window: span(h.suppress_window, "suppress_window")?,
+            escalation: h
+                .escalation
+                .enabled
+                .then(|| -> Result<Escalation> {
+                    Ok(Escalation {
+                        factor: h.escalation.factor,
+                        max: span(h.escalation.max, "escalation.max")?,
+                        forget_after: span(h.escalation.forget_after, "escalation.forget_after")?,
+                    })
+                })
+                .transpose()?,
+            quorum,
+            quorum_window: span(h.quorum_window, "quorum_window")?,
+            rate: RateLimit {
+                per_second: h.rate.per_second,
+                burst: h.rate.burst,
+            },
+            guard: config.guard(),
+        },
+        allows: h
+            .allow
+            .iter()
+            .map(|a| (a.net, a.comment.clone(), a.group.clone()))
+            .collect(),
+        events_kept: h.events_kept.max(1),
+    })
+}
+
+fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCode> {
+    let socket = place
+        .hub_socket
+        .clone()
+        .unwrap_or(config.hub.socket.clone());
+    let request = match &cmd {
+        TokenCommand::Create { name, kind, group } => HubRequest::TokenCreate {
+            name: name.clone(),
+            kind: kind.clone(),
+            group: group.clone(),
+        },
+        TokenCommand::List { .. } => HubRequest::TokenList,
+        TokenCommand::Revoke { name } => HubRequest::TokenRevoke { name: name.clone() },
+    };
+    let answer = match ask(&socket, &request) {
+        Ok(a) => a,
+        // The hub is not running: work on its store directly.
+        Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => {
+            offline(config, place, &request)?
+        }
+        Err(e) => return Err(hub_error(e, &socket)),
+    };
+    match answer {
+        HubResponse::Token { token, name } => {
+            println!("{token}");
+            eprintln!(
+                "the token for {name:?} is shown only this once; join with:\n  palisade agent --join https://HUB:PORT --token {token}"
+            );
+        }
+        HubResponse::Tokens { tokens } => {
+            if matches!(cmd, TokenCommand::List { json: true }) {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                print!("{}", render::tokens(&tokens));
+            }
+        }
+        HubResponse::Revoked { name, count } => println!("revoked {count} token(s) named {name}"),
+        HubResponse::Error { message } => bail!("{message}"),
+        HubResponse::Status(_) => bail!("unexpected answer from the hub"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Token operations on the hub's store while the hub is stopped.
+fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<HubResponse> {
+    let options = options(config, place)?;
+    let store = palisade_hub::open_store(&options.state_dir)?;
+    let err = |e: &dyn std::fmt::Display| HubResponse::Error {
+        message: e.to_string(),
+    };
+    Ok(match request {
+        HubRequest::TokenCreate { name, kind, group } => {
+            // Make the hub's certificate now if it has none, so the token
+            // carries its pin.
+            let identity = palisade_hub::identity::ensure(
+                &options.state_dir,
+                options.certificate.clone(),
+                &options.names,
+            )?;
+            let kind = palisade_hub::tokens::parse_kind(kind)?;
+            match palisade_hub::tokens::create(
+                &store,
+                name,
+                kind,
+                group.clone(),
+                identity.pin,
+                None,
+            ) {
+                Ok((t, r)) => HubResponse::Token {
+                    token: t.to_string(),
+                    name: r.name,
+                },
+                Err(e) => err(&e),
+            }
+        }
+        HubRequest::TokenList => HubResponse::Tokens {
+            tokens: palisade_hub::tokens::list(&store)?,
+        },
+        HubRequest::TokenRevoke { name } => match palisade_hub::tokens::revoke(&store, name) {
+            Ok(ids) => HubResponse::Revoked {
+                name: name.clone(),
+                count: ids.len() as u64,
+            },
+            Err(e) => err(&e),
+        },
+        HubRequest::Status => bail!("the hub is not running"),
+    })
+}
+
+fn ask(socket: &std::path::Path, request: &HubRequest) -> Result<HubResponse, ClientError> {
+    Client::connect(socket)?.request(request)
+}
+
+fn hub_error(e: ClientError, socket: &std::path::Path) -> anyhow::Error {
+    match e {
+        ClientError::NotRunning { .. } | ClientError::Stale { .. } => anyhow::anyhow!(
+            "the palisade hub is not running (no control socket at {}); start it with `palisade hub` or `palisade up`",
+            socket.display()
+        ),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,234 @@
+//! `palisade up`: the hub and an agent in one process on this server, the
+//! first thing a newcomer runs. It prints the command that joins another
+//! server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::Args;
+use palisade_wire::{Token, TokenKind};
+
+use super::Context;
+use super::hub::HubPlace;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "palisade up runs the hub (with its embedded store) and this server's agent,
+joined to it, in the foreground. It prints the command that joins another
+server; the join token it contains stays valid until revoked
+(`palisade hub token revoke join`), and each server that uses it gets its
+own credential.
+
+Examples:
+  palisade up
+  palisade up --listen 198.51.100.1:7470"
+)]
+pub struct UpArgs {
+    #[command(flatten)]
+    place: HubPlace,
+
+    /// Where this server's agent stores its decisions [default: from the config, else /var/lib/palisade]
+    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// This server's name [default: from the config, else the host name]
+    #[arg(long, env = "PALISADE_NODE", value_name = "NAME")]
+    node_name: Option<String>,
+
+    #[arg(
+        long,
+        env = "PALISADE_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+}
+
+/// What the hub thread hands to the agent once it listens.
+struct Ready {
+    listen: SocketAddr,
+    local: Token,
+    join: Token,
+}
+
+pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
+    super::agent::init_logging(&args.log)?;
+    super::agent::require_root()?;
+    let config = ctx.load_config()?;
+    let hub_options = super::hub::options(&config, &args.place)?;
+    let node = args
+        .node_name
+        .clone()
+        .or(config.node.name.clone())
+        .unwrap_or_else(super::agent::host_name);
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
+    let hub_dir = hub_options.state_dir.clone();
+    let local_name = node.clone();
+    let hub_thread = std::thread::Builder::new()
+        .name("palisade-hub".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("palisade-hub")
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let hub = match palisade_hub::start(hub_options).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let tokens = (|| -> Result<(Token, Token)> {
+                    let store = &hub.hub.store;
+                    let local = palisade_hub::kept_token(
+                        store,
+                        &hub_dir.join("local-agent.token"),
+                        &local_name,
+                        TokenKind::Node,
+                        hub.pin(),
+                    )?;
+                    let join = palisade_hub::kept_token(
+                        store,
+                        &hub_dir.join("join.token"),
+                        "join",
+                        TokenKind::Join,
+                        hub.pin(),
+                    )?;
+                    hub.hub.reload_tokens()?;
+                    Ok((local, join))
+                })();
+                match tokens {
+                    Ok((local, join)) => {
+                        let _ = ready_tx.send(Ok(Ready {
+                            listen: hub.listen(),
+                            local,
+                            join,
+                        }));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        hub.stop().await;
+                        return;
+                    }
+                }
+                palisade_hub::wait_for_signal().await;
+                hub.stop().await;
+            });
+        })?;
+    let ready = ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the hub stopped while starting"))?
+        .context("starting the hub")?;
+
+    let local_url = format!("https://{}", loopback_for(ready.listen));
+    let public = config
+        .hub
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", public_for(ready.listen)));
+    println!(
+        "palisade is up on this server: the hub listens on {}, and this server's agent ({node}) has joined it.",
+        ready.listen
+    );
+    println!("To protect another server too, run this there as root:");
+    println!();
+    println!("  palisade agent --join {public} --token {}", ready.join);
+    println!();
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let link = palisade_link::HubLink::new(&local_url, &ready.local)?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or(config.agent.state_dir.clone());
+    let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
+    let (options, enforcers) =
+        super::agent::agent_options(&config, node, state_dir, socket, Some(Arc::new(link)))?;
+    let result = palisade_agent::run(options, enforcers);
+    // The agent stopped on a signal, which also stops the hub.
+    let _ = hub_thread.join();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The address the local agent uses to reach a hub listening on `listen`.
+fn loopback_for(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() && listen.is_ipv4() => {
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), listen.port())
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+/// The address other servers probably reach the hub at: the listen address
+/// if it is specific, else this host's first non-loopback address.
+fn public_for(listen: SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() {
+        host_addresses()
+            .into_iter()
+            .find(|a| !a.is_loopback() && !is_link_local(a) && a.is_ipv4() == listen.is_ipv4())
+            .unwrap_or(listen.ip())
+    } else {
+        listen.ip()
+    };
+    SocketAddr::new(ip, listen.port()).to_string()
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The addresses of this host's interfaces (getifaddrs).
+fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list we only read and then free; every
+    // pointer is checked before use and the family decides the sockaddr type.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}

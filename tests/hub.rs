@@ -1,0 +1,705 @@
+//! The hub and its agents end to end: a hub and three agents on their own
+//! lab hosts, real kernels, real traffic.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use palisade_lab::{Lab, LabBuilder, TcpServer, require_root_and, tcp_connect, wait_until};
+use support::{Agent, Hub};
+
+const PORT: u16 = 8080;
+const SPREAD: Duration = Duration::from_secs(10);
+
+/// hub 198.18.0.1, web1..3 .2-.4, attacker .5 (IPv6 ::1..::5).
+struct Net {
+    lab: Lab,
+    hub: Hub,
+    agents: Vec<Agent>,
+    _servers: Vec<TcpServer>,
+}
+
+impl Net {
+    fn start() -> Net {
+        Net::start_with("", "")
+    }
+
+    fn start_with(hub_config: &str, agent_config: &str) -> Net {
+        let lab = LabBuilder::new()
+            .hosts(["hub", "web1", "web2", "web3", "attacker"])
+            .build();
+        let hub = Hub::start(
+            lab.host("hub"),
+            &format!("{}:7470", lab.host("hub").v4()),
+            hub_config,
+        );
+        let join = hub.token("join", "lab");
+        let mut agents = Vec::new();
+        let mut servers = Vec::new();
+        for name in ["web1", "web2", "web3"] {
+            let host = lab.host(name);
+            servers.push(TcpServer::start(host, PORT));
+            agents.push(Agent::join(host, agent_config, &hub.url(), &join, name));
+        }
+        Net {
+            lab,
+            hub,
+            agents,
+            _servers: servers,
+        }
+    }
+
+    fn attacker(&self) -> String {
+        self.lab.host("attacker").v4().to_string()
+    }
+
+    fn web(&self, i: usize) -> &palisade_lab::Host {
+        self.lab.host(["web1", "web2", "web3"][i])
+    }
+
+    /// Whether the attacker reaches web `i` over TCP.
+    fn reaches(&self, i: usize) -> bool {
+        let to = SocketAddr::new(IpAddr::V4(self.web(i).v4()), PORT);
+        tcp_connect(self.lab.host("attacker"), to, Duration::from_millis(600))
+    }
+
+    /// Runs `palisade ARGS...` on web `i`, inside its namespace (traffic
+    /// must stay in the lab).
+    fn palisade(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.web(i)
+            .command(support::BIN)
+            .args(args)
+            .env_remove("PALISADE_CONFIG")
+            .output()
+            .expect("run palisade")
+    }
+
+    fn all_block(&self) -> bool {
+        (0..3).all(|i| !self.reaches(i))
+    }
+
+    fn none_block(&self) -> bool {
+        (0..3).all(|i| self.reaches(i))
+    }
+}
+
+#[test]
+fn a_ban_on_one_agent_reaches_the_others_and_an_unban_opens_everywhere() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    assert!(net.none_block());
+    net.agents[0].ok(&[
+        "ban",
+        &attacker,
+        "--for",
+        "1h",
+        "--reason",
+        "ssh brute force",
+    ]);
+    assert!(
+        wait_until(SPREAD, || net.all_block()),
+        "the ban did not reach every server\nweb2: {}\nhub: {}",
+        net.agents[1].log(),
+        net.hub.log()
+    );
+    // Every node can tell the whole story.
+    let story = net.agents[2].ok(&["explain", &attacker]);
+    assert!(
+        story.contains("BLOCKED") && story.contains("via cli on web1"),
+        "{story}"
+    );
+    assert!(story.contains("reason   ssh brute force"), "{story}");
+
+    net.agents[1].ok(&["unban", &attacker]);
+    assert!(
+        wait_until(SPREAD, || net.none_block()),
+        "the unban did not reach every server"
+    );
+    for a in &net.agents {
+        assert!(!a.ok(&["list"]).contains(&attacker));
+    }
+}
+
+#[test]
+fn a_report_from_another_program_bans_everywhere() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    let out = net.agents[2].cli(&["report", "fail2ban", "sshd", &attacker]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(SPREAD, || net.all_block()));
+    let story = net.agents[0].ok(&["explain", &attacker]);
+    assert!(
+        story.contains("rule     fail2ban/sshd") && story.contains("fail2ban via report on web3"),
+        "{story}"
+    );
+}
+
+#[test]
+fn agents_catch_up_after_downtime_and_reports_wait_for_the_hub() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let mut net = Net::start();
+    let attacker = net.attacker();
+
+    // web3 is down while web1 bans: it catches up when it returns.
+    net.agents[2].stop();
+    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(wait_until(SPREAD, || !net.reaches(1)));
+    assert!(net.reaches(2), "web3 is down and does not know yet");
+    net.agents[2].restart();
+    assert!(
+        wait_until(SPREAD, || !net.reaches(2)),
+        "web3 did not catch up:\n{}",
+        net.agents[2].log()
+    );
+    net.agents[0].ok(&["unban", &attacker]);
+    assert!(wait_until(SPREAD, || net.none_block()));
+
+    // The hub is down: bans still protect the node that made them, are
+    // queued durably, and spread once the hub is back.
+    net.hub.stop();
+    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(!net.reaches(0), "the ban protects its own server at once");
+    assert!(net.reaches(1), "the others do not know yet");
+    let status = net.agents[0].ok(&["status"]);
+    assert!(
+        status.contains("NOT CONNECTED") && status.contains("1 request(s) queued"),
+        "{status}"
+    );
+    // Even across a restart of the agent itself.
+    net.agents[0].stop();
+    net.agents[0].restart();
+    net.hub.restart();
+    assert!(
+        wait_until(Duration::from_secs(40), || net.all_block()),
+        "the queued ban did not spread:\n{}",
+        net.agents[0].log()
+    );
+}
+
+#[test]
+fn the_hub_killed_with_sigkill_loses_no_decision_it_acknowledged() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let mut net = Net::start();
+    let reporter = net.hub.token("node", "reporter");
+    // Each report returns once the hub has committed it.
+    let targets: Vec<String> = (1..=20).map(|i| format!("203.0.113.{i}")).collect();
+    for t in &targets {
+        let out = net.palisade(
+            0,
+            &[
+                "report",
+                "--hub",
+                &net.hub.url(),
+                "--token",
+                &reporter,
+                "psad",
+                "anything",
+                t,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    net.hub.kill9();
+    net.hub.restart();
+    let listed = net.hub.ok(&["status"]);
+    assert!(listed.contains("20 banned addresses"), "{listed}");
+    assert!(
+        wait_until(SPREAD, || {
+            let l = net.agents[1].ok(&["list"]);
+            targets.iter().all(|t| l.contains(&format!("{t} ")))
+        }),
+        "web2 did not get every acknowledged decision"
+    );
+}
+
+#[test]
+fn a_nodes_own_address_can_not_be_banned_through_the_hub() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let web2 = net.web(1).v4().to_string();
+    // web1 knows web2 is a palisade node (the hub allowed its address).
+    let out = net.agents[0].cli(&["ban", &web2]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("palisade node web2"), "{err}");
+    // A program reporting straight to the hub is refused too.
+    let reporter = net.hub.token("node", "reporter");
+    let out = net.palisade(
+        0,
+        &[
+            "report",
+            "--hub",
+            &net.hub.url(),
+            "--token",
+            &reporter,
+            "psad",
+            "x",
+            &web2,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("palisade node web2"));
+    // And web2 stays reachable from web3.
+    let to = SocketAddr::new(IpAddr::V4(net.web(1).v4()), PORT);
+    assert!(tcp_connect(net.web(2), to, Duration::from_secs(1)));
+}
+
+#[test]
+fn bad_and_revoked_tokens_are_refused() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    // A token the hub never issued (right pin, unknown secret).
+    let real = net.hub.token("node", "real");
+    let mut parts: Vec<&str> = real.split('.').collect();
+    parts[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let fake = parts.join(".");
+    let out = net.palisade(
+        0,
+        &[
+            "report",
+            "--hub",
+            &net.hub.url(),
+            "--token",
+            &fake,
+            "psad",
+            "x",
+            "203.0.113.9",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not known to this hub"), "{err}");
+    // A token of another hub: its pin does not match this hub's certificate.
+    let mut parts: Vec<&str> = real.split('.').collect();
+    parts[3] = "BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let other = parts.join(".");
+    let out = net.palisade(
+        0,
+        &[
+            "report",
+            "--hub",
+            &net.hub.url(),
+            "--token",
+            &other,
+            "psad",
+            "x",
+            "203.0.113.9",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not the one pinned in the token"), "{err}");
+
+    // A revoked node is cut off: its stream ends and its requests fail.
+    net.hub.ok(&["token", "revoke", "web3"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let s = net.agents[2].ok(&["status"]);
+            s.contains("NOT CONNECTED") && s.contains("revoked")
+        }),
+        "web3 was not cut off: {}",
+        net.agents[2].ok(&["status"])
+    );
+    let list = net.hub.ok(&["token", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web3") && l.contains("revoked")),
+        "{list}"
+    );
+    // Its address is no longer protected as a node's.
+    let web3 = net.web(2).v4().to_string();
+    assert!(wait_until(SPREAD, || !net.agents[0]
+        .ok(&["list"])
+        .contains(&web3)));
+}
+
+#[test]
+fn the_export_lists_bans_one_per_line_for_read_tokens() {
+    if !require_root_and(&["nft", "curl"]) {
+        return;
+    }
+    let net = Net::start();
+    net.agents[0].ok(&["ban", "203.0.113.7", "--for", "1h"]);
+    net.agents[0].ok(&["ban", "198.51.100.0/24", "--for", "1h"]);
+    let read = net.hub.token("read", "maltrail-cron");
+    let cert = net.hub.dir.path().join("state").join("hub.crt");
+    let get = |path: &str, token: &str| {
+        let out = net
+            .web(0)
+            .command("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&cert)
+            .args([
+                "--resolve",
+                &format!("palisade-hub:7470:{}", net.lab.host("hub").v4()),
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://palisade-hub:7470{path}"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(wait_until(SPREAD, || get("/v1/export.txt", &read)
+        .1
+        .contains("198.51.100.0/24")));
+    let (ok, text) = get("/v1/export.txt", &read);
+    assert!(ok);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["198.51.100.0/24", "203.0.113.7"]);
+    let (ok, json) = get("/v1/decisions?action=ban", &read);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let (ok, metrics) = get("/metrics", &read);
+    assert!(ok);
+    assert!(
+        metrics.contains("palisade_hub_connected_agents 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_hub_intents_total{outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_hub_stream_lag{node=\"web1\"}"),
+        "{metrics}"
+    );
+    // Without a token, or with a read token where a node's is needed: refused.
+    let (ok, body) = get("/v1/export.txt", "nothing");
+    assert!(!ok && body.contains("not known to this hub"), "{body}");
+    let (ok, _) = get("/v1/stream", &read);
+    assert!(!ok, "a read token cannot follow the stream");
+}
+
+#[test]
+fn a_real_fail2ban_with_the_shipped_action_bans_network_wide() {
+    if !require_root_and(&["nft", "fail2ban-server", "fail2ban-client"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    let dir = tempfile::tempdir().unwrap();
+    // The action `palisade install` ships, pointed at this build and agent.
+    let root = dir.path().join("root");
+    let out = std::process::Command::new(support::BIN)
+        .args(["install", "--fail2ban", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped =
+        std::fs::read_to_string(root.join("etc/fail2ban/action.d/palisade.conf")).unwrap();
+    assert!(shipped.contains("actionban = /usr/local/bin/palisade report fail2ban <name> <ip>"));
+    let conf = dir.path().join("fail2ban");
+    std::fs::create_dir_all(conf.join("action.d")).unwrap();
+    std::fs::create_dir_all(conf.join("filter.d")).unwrap();
+    std::fs::write(
+        conf.join("action.d/palisade.conf"),
+        shipped.replace(
+            "/usr/local/bin/palisade",
+            &format!(
+                "{} --socket {}",
+                support::BIN,
+                net.agents[0].socket().display()
+            ),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("filter.d/lab.conf"),
+        "[Definition]\nfailregex = ^login failed from <HOST>$\ndatepattern = {NONE}\n",
+    )
+    .unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let sock = dir.path().join("f2b.sock");
+    std::fs::write(
+        conf.join("fail2ban.conf"),
+        format!(
+            "[Definition]\nloglevel = INFO\nlogtarget = STDERR\nsocket = {}\npidfile = {}\ndbfile = :memory:\n",
+            sock.display(),
+            dir.path().join("f2b.pid").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("jail.conf"),
+        format!(
+            "[lab]\nenabled = true\nfilter = lab\nlogpath = {}\nbackend = polling\nmaxretry = 2\nfindtime = 600\nbantime = 600\naction = palisade\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut server = net.web(0).command("fail2ban-server");
+    server
+        .args(["-f", "-x", "-c"])
+        .arg(&conf)
+        .args(["-s"])
+        .arg(&sock);
+    let f2b = palisade_lab::Proc::spawn(server).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || net
+            .web(0)
+            .output("fail2ban-client", &["-s", sock.to_str().unwrap(), "ping"])
+            .status
+            .success()),
+        "fail2ban did not start:\n{}",
+        f2b.describe()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for _ in 0..3 {
+        writeln!(f, "login failed from {attacker}").unwrap();
+    }
+    drop(f);
+    assert!(
+        wait_until(Duration::from_secs(30), || net.all_block()),
+        "fail2ban's ban did not reach the network\nfail2ban:\n{}\nweb1:\n{}",
+        f2b.describe(),
+        net.agents[0].log()
+    );
+    let story = net.agents[2].ok(&["explain", &attacker]);
+    assert!(story.contains("rule     fail2ban/lab"), "{story}");
+}
+
+#[test]
+fn group_allows_apply_to_their_group_only() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["hub", "web1", "web2", "web3", "attacker"])
+        .build();
+    let attacker = lab.host("attacker").v4().to_string();
+    let hub_config = format!(
+        "[[hub.allow]]\nnet = \"{attacker}\"\ncomment = \"partner\"\ngroup = \"partners\"\n"
+    );
+    let hub = Hub::start(
+        lab.host("hub"),
+        &format!("{}:7470", lab.host("hub").v4()),
+        &hub_config,
+    );
+    let plain = hub.token("join", "plain");
+    let partner = hub
+        .ok(&[
+            "token",
+            "create",
+            "--kind",
+            "join",
+            "--group",
+            "partners",
+            "partner-servers",
+        ])
+        .trim()
+        .to_string();
+    let mut servers = Vec::new();
+    let mut agents = Vec::new();
+    for (name, token) in [("web1", &partner), ("web2", &plain), ("web3", &plain)] {
+        servers.push(TcpServer::start(lab.host(name), PORT));
+        agents.push(Agent::join(lab.host(name), "", &hub.url(), token, name));
+    }
+    let reaches = |name: &str| {
+        let to = SocketAddr::new(IpAddr::V4(lab.host(name).v4()), PORT);
+        tcp_connect(lab.host("attacker"), to, Duration::from_millis(600))
+    };
+    agents[2].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(wait_until(SPREAD, || !reaches("web2") && !reaches("web3")));
+    assert!(reaches("web1"), "the partners' group allow wins on web1");
+    let story = agents[0].ok(&["explain", &attacker]);
+    assert!(
+        story.contains("ALLOWED") && story.contains("comment  partner"),
+        "{story}"
+    );
+}
+
+#[test]
+fn a_quorum_waits_for_enough_distinct_nodes() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start_with("[hub.quorum]\nreport = 2\n", "");
+    let attacker = net.attacker();
+    net.agents[0].ok(&["report", "fail2ban", "sshd", &attacker]);
+    // The reporting node protects itself at once; the network waits.
+    assert!(!net.reaches(0));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(net.reaches(2), "one report is not a quorum of two");
+    net.agents[1].ok(&["report", "fail2ban", "sshd", &attacker]);
+    assert!(
+        wait_until(SPREAD, || !net.reaches(2)),
+        "two nodes reported: web3 should drop it"
+    );
+}
+
+#[test]
+fn palisade_up_prints_the_command_that_joins_another_server() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["main", "second", "attacker"])
+        .build();
+    let (main, second) = (lab.host("main"), lab.host("second"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.toml"), "").unwrap();
+    let mut up = main.command(support::BIN);
+    up.arg("--config")
+        .arg(dir.path().join("p.toml"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .args(["up", "--node-name", "main", "--hub-state-dir"])
+        .arg(dir.path().join("hub"))
+        .arg("--hub-socket")
+        .arg(dir.path().join("hub.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("agent"))
+        .env_remove("PALISADE_CONFIG");
+    let up = palisade_lab::Proc::spawn(up).unwrap();
+    assert!(
+        up.wait_for_stdout("--token", Duration::from_secs(20)),
+        "{}",
+        up.describe()
+    );
+    let printed = up.stdout();
+    let line = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("palisade agent --join"))
+        .expect("a join command");
+    // The printed address is this server's address in the lab.
+    assert!(
+        line.contains(&format!("https://{}:7470", main.v4())),
+        "{line}"
+    );
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let join_url = args[2];
+    let token = args[4];
+    let _s1 = TcpServer::start(main, PORT);
+    let _s2 = TcpServer::start(second, PORT);
+    let other = Agent::join(second, "", join_url, token, "second");
+    let main_sock = dir.path().join("agent.sock");
+    assert!(wait_until(Duration::from_secs(10), || support::cli(
+        &main_sock,
+        &["status"]
+    )
+    .status
+    .success()));
+    let attacker = lab.host("attacker").v4().to_string();
+    let out = support::cli(&main_sock, &["ban", &attacker, "--for", "1h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reaches = |h: &palisade_lab::Host| {
+        tcp_connect(
+            lab.host("attacker"),
+            SocketAddr::new(IpAddr::V4(h.v4()), PORT),
+            Duration::from_millis(600),
+        )
+    };
+    assert!(
+        wait_until(SPREAD, || !reaches(main) && !reaches(second)),
+        "{}",
+        other.log()
+    );
+}
+
+#[test]
+fn install_writes_a_hardened_unit_and_the_fail2ban_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("etc/fail2ban")).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["install", "--role", "up", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("EXTERNAL_BLOCK_SCRIPT")
+            && stdout.contains("systemctl enable --now palisade"),
+        "{stdout}"
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/palisade.service")).unwrap();
+    for hardening in [
+        "ExecStart=/usr/local/bin/palisade up",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    ] {
+        assert!(unit.contains(hardening), "unit lacks {hardening}");
+    }
+    assert!(root.join("usr/local/bin/palisade").exists());
+    let config = std::fs::read_to_string(root.join("etc/palisade/palisade.toml")).unwrap();
+    assert!(config.contains("[agent]"));
+    // A second run keeps the operator's configuration.
+    std::fs::write(root.join("etc/palisade/palisade.toml"), "# mine\n").unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["install", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/palisade/palisade.toml")).unwrap(),
+        "# mine\n"
+    );
+    if which("systemd-analyze") {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--root"])
+            .arg(root)
+            .arg(root.join("etc/systemd/system/palisade.service"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("Unknown key") && !err.contains("Invalid"),
+            "systemd-analyze: {err}"
+        );
+    }
+}
+
+fn which(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
