@@ -136,9 +136,21 @@ fn skip_spaces(s: &str) -> &str {
     &s[n..]
 }
 
-/// A byte allowed in a program name.
+/// The bytes allowed in a program name.
+const PROGRAM_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'_' | b'.' | b'/' | b'@' | b'(' | b')');
+        b += 1;
+    }
+    t
+};
+
 fn program_byte(b: u8) -> bool {
-    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'@' | b'(' | b')')
+    PROGRAM_BYTES[usize::from(b)]
 }
 
 /// `sshd[123]:` or `sshd:` followed by the message.
