@@ -601,9 +601,13 @@ impl Tracker {
     }
 
     fn find(&self, rule: u32, addr: &[u8; 16]) -> Option<u32> {
+        self.find_hashed(self.keys.hash(rule, addr), rule, addr)
+    }
+
+    fn find_hashed(&self, hash: u64, rule: u32, addr: &[u8; 16]) -> Option<u32> {
         let slots = &self.slots;
         self.table
-            .find(self.keys.hash(rule, addr), |&i| {
+            .find(hash, |&i| {
                 let s = &slots[i as usize];
                 s.rule == rule && s.addr == *addr
             })
@@ -702,10 +706,19 @@ impl Tracker {
     fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
         let addr = key(&address.addr());
         let t = now.as_millis();
+        // Ask for the slot (most likely the first candidate of the table)
+        // before writing the last failure's evidence.
+        let hash = self.keys.hash(rule as u32, &addr);
+        if let Some(&i) = self.table.iter_hash(hash).next() {
+            let slot = &self.slots[i as usize];
+            prefetch(slot);
+            prefetch(&slot.base);
+            prefetch(&slot.ev);
+        }
         self.flush();
         self.seq += 1;
         let seq = self.seq;
-        let i = match self.find(rule as u32, &addr) {
+        let i = match self.find_hashed(hash, rule as u32, &addr) {
             Some(i) => i,
             None => {
                 while self.table.len() >= self.limits.max_tracked.max(1) {
