@@ -403,7 +403,7 @@ impl Engine {
     /// bad or good pattern whose host is no address passes to the next one.
     fn rule_hit(&mut self, rule: usize, msg: &str) -> Option<Hit> {
         let range = self.native[rule].patterns.clone();
-        let Some(rule_dfa) = &self.native[rule].dfa else {
+        let Some(rule_dfa) = &mut self.native[rule].dfa else {
             return self.rule_hit_slow(rule, range, msg);
         };
         let (p, end) = match self.dfas.search(rule_dfa, msg.as_bytes()) {
