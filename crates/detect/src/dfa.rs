@@ -118,23 +118,38 @@ impl Forward {
         from: usize,
         to: usize,
     ) -> Result<(), ()> {
-        for (at, &b) in hay[from..to].iter().enumerate() {
-            if self.done {
-                return Ok(());
-            }
-            self.sid = step(dfa, cache, self.sid, b)?;
-            if self.sid.is_tagged() {
-                if self.sid.is_match() {
-                    // Matches are reported one byte late.
-                    let pattern = dfa.match_pattern(cache, self.sid, 0).as_u32();
-                    self.found = Some((pattern, (from + at) as u32));
-                } else if self.sid.is_dead() {
-                    self.done = true;
-                } else if self.sid.is_quit() {
-                    return Err(());
+        let hay = &hay[..to];
+        let mut at = from;
+        let mut sid = self.sid;
+        while at < hay.len() && !self.done {
+            // Ordinary states, one after the other.
+            if !sid.is_tagged() {
+                while at < hay.len() {
+                    let next = dfa.next_state_untagged(cache, sid, hay[at]);
+                    if next.is_tagged() {
+                        break;
+                    }
+                    sid = next;
+                    at += 1;
+                }
+                if at == hay.len() {
+                    break;
                 }
             }
+            // A match, dead, quit or not yet computed state next.
+            sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+            if sid.is_match() {
+                // Matches are reported one byte late.
+                let pattern = dfa.match_pattern(cache, sid, 0).as_u32();
+                self.found = Some((pattern, at as u32));
+            } else if sid.is_dead() {
+                self.done = true;
+            } else if sid.is_quit() {
+                return Err(());
+            }
+            at += 1;
         }
+        self.sid = sid;
         Ok(())
     }
 
@@ -488,23 +503,37 @@ fn memo(hay: &[u8], len: usize, generation: usize, fwd: &Forward) -> Memo {
     }
 }
 
-/// One step of a search, cheaper when `sid` is an ordinary state.
-#[inline(always)]
-fn step(dfa: &DFA, cache: &mut Cache, sid: LazyStateID, b: u8) -> Result<LazyStateID, ()> {
-    if !sid.is_tagged() {
-        let next = dfa.next_state_untagged(cache, sid, b);
-        if !next.is_unknown() {
-            return Ok(next);
-        }
-    }
-    dfa.next_state(cache, sid, b).map_err(drop)
-}
-
 fn rev_start(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<LazyStateID, ()> {
     let config = start::Config::new()
         .anchored(Anchored::Yes)
         .look_behind(hay.get(hi).copied());
     dfa.start_state(cache, &config).map_err(drop)
+}
+
+/// Steps the reverse DFA from `sid` backwards over `hay[..*at]` through
+/// ordinary states; stops at the byte leading to a match, dead, quit or not
+/// yet computed state (`*at` at that byte, the state not taken), or at the
+/// start of the text.
+#[inline(always)]
+fn rev_ordinary(
+    dfa: &DFA,
+    cache: &Cache,
+    hay: &[u8],
+    at: &mut usize,
+    mut sid: LazyStateID,
+) -> LazyStateID {
+    if sid.is_tagged() {
+        return sid;
+    }
+    while *at > 0 {
+        let next = dfa.next_state_untagged(cache, sid, hay[*at - 1]);
+        if next.is_tagged() {
+            break;
+        }
+        sid = next;
+        *at -= 1;
+    }
+    sid
 }
 
 /// Pushes onto `out` the start of every match of the reverse DFA `dfa`
@@ -518,23 +547,25 @@ fn rev_starts(
     out: &mut Vec<usize>,
     max: usize,
 ) -> Result<(), ()> {
-    let mut sid = rev_start(dfa, cache, hay, hi)?;
     let mut at = hi.min(hay.len());
-    while at > 0 {
+    let mut sid = rev_start(dfa, cache, hay, at)?;
+    loop {
+        sid = rev_ordinary(dfa, cache, hay, &mut at, sid);
+        if at == 0 {
+            break;
+        }
         at -= 1;
-        sid = step(dfa, cache, sid, hay[at])?;
-        if sid.is_tagged() {
-            if sid.is_match() {
-                // Matches are reported one byte late.
-                out.push(at + 1);
-                if out.len() > max {
-                    return Err(());
-                }
-            } else if sid.is_dead() {
-                return Ok(());
-            } else if sid.is_quit() {
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_match() {
+            // Matches are reported one byte late.
+            out.push(at + 1);
+            if out.len() > max {
                 return Err(());
             }
+        } else if sid.is_dead() {
+            return Ok(());
+        } else if sid.is_quit() {
+            return Err(());
         }
     }
     sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
@@ -546,17 +577,19 @@ fn rev_starts(
 
 /// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
 fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
-    let mut sid = rev_start(dfa, cache, hay, hi)?;
     let mut at = hi.min(hay.len());
-    while at > 0 {
+    let mut sid = rev_start(dfa, cache, hay, at)?;
+    loop {
+        sid = rev_ordinary(dfa, cache, hay, &mut at, sid);
+        if at == 0 {
+            break;
+        }
         at -= 1;
-        sid = step(dfa, cache, sid, hay[at])?;
-        if sid.is_tagged() {
-            if sid.is_dead() {
-                return Ok(false);
-            } else if sid.is_quit() {
-                return Err(());
-            }
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_dead() {
+            return Ok(false);
+        } else if sid.is_quit() {
+            return Err(());
         }
     }
     sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
@@ -631,7 +664,7 @@ mod tests {
             format!(
                 r"^Failed password for (?:invalid user )?.*? from {host} port \d+(?: ssh\d*)?$"
             ),
-            format!(r"^Failed password for root from 1\d+\.51"),
+            r"^Failed password for root from 1\d+\.51".to_string(),
             r"^Failed password for root".to_string(),
             format!(
                 r"^(?:Connection closed|Disconnected) by (?:(?:invalid|authenticating) user .*? )?{host} port \d+ \[preauth\]$"

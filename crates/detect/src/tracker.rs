@@ -716,6 +716,15 @@ impl Tracker {
             prefetch(&slot.ev);
         }
         self.flush();
+        // Then this failure's evidence line, while the slot comes.
+        if self.limits.evidence_lines > 0 {
+            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+            self.staged.clear();
+            self.staged.extend_from_slice(line.as_bytes());
+            if more {
+                self.staged.extend_from_slice("…".as_bytes());
+            }
+        }
         self.seq += 1;
         let seq = self.seq;
         let i = match self.find_hashed(hash, rule as u32, &addr) {
@@ -765,12 +774,6 @@ impl Tracker {
         let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
         let ring = &mut self.slots[iu].ev;
         if self.limits.evidence_lines > 0 {
-            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
-            self.staged.clear();
-            self.staged.extend_from_slice(line.as_bytes());
-            if more {
-                self.staged.extend_from_slice("…".as_bytes());
-            }
             if fire.is_some() {
                 ring.push(region, &self.staged, self.limits.evidence_lines);
             } else {
