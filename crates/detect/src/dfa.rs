@@ -179,6 +179,48 @@ pub(crate) struct HostSplit {
     /// Bytes `P` can end with (whatever follows): a candidate host after
     /// any other byte is rejected without running the DFA.
     p_last: [u64; 4],
+    /// Bytes `H` can match, if none of them is in `p_last`: then the host
+    /// ending at a given place starts where the run of such bytes before
+    /// it starts (a later start would follow a byte `P` cannot end with).
+    h_bytes: Option<[u64; 4]>,
+}
+
+/// The bytes `hir` can match (`None` if that is not simple to tell).
+fn byte_set(hir: &Hir) -> Option<[u64; 4]> {
+    fn add(set: &mut [u64; 4], lo: u8, hi: u8) {
+        for b in lo..=hi {
+            set[usize::from(b >> 6)] |= 1u64 << (b & 63);
+        }
+    }
+    fn walk(hir: &Hir, set: &mut [u64; 4]) -> Option<()> {
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(lit) => lit.0.iter().for_each(|&b| add(set, b, b)),
+            HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => {
+                c.ranges().iter().for_each(|r| add(set, r.start(), r.end()));
+            }
+            HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => {
+                for r in c.ranges() {
+                    let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                    if hi >= 0x80 {
+                        return None;
+                    }
+                    add(set, lo as u8, hi as u8);
+                }
+            }
+            HirKind::Repetition(r) => walk(&r.sub, set)?,
+            HirKind::Capture(c) => walk(&c.sub, set)?,
+            HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+                for sub in subs {
+                    walk(sub, set)?;
+                }
+            }
+        }
+        Some(())
+    }
+    let mut set = [0; 4];
+    walk(hir, &mut set)?;
+    Some(set)
 }
 
 fn has(set: &[u64; 4], b: u8) -> bool {
@@ -329,7 +371,14 @@ impl Dfas {
                 }
             }
         }
-        Some(HostSplit { p, h, s, p_last })
+        let h_bytes = byte_set(&host.sub).filter(|h| (0..4).all(|k| h[k] & p_last[k] == 0));
+        Some(HostSplit {
+            p,
+            h,
+            s,
+            p_last,
+            h_bytes,
+        })
     }
 
     /// The first of the rule's patterns (by position in the rule) that
@@ -441,6 +490,14 @@ impl Dfas {
         pairs.clear();
         let (s, h) = (split.s, split.h);
         rev_starts(&self.dfas[s], &mut self.caches[s], hay, end, ends, MAX_ENDS)?;
+        if let (Some(h_bytes), &[j]) = (&split.h_bytes, ends.as_slice()) {
+            // The only end: the host is the run of its bytes before it.
+            let mut i = j;
+            while i > 0 && has(h_bytes, hay[i - 1]) {
+                i -= 1;
+            }
+            return Ok((i < j).then_some((i, j)));
+        }
         for &j in ends.iter() {
             starts.clear();
             rev_starts(
