@@ -410,7 +410,7 @@ impl Dfas {
         );
         let current = cache.clear_count() + 1;
         let hit = |m: &Memo, len: usize| {
-            m.generation == current && usize::from(m.len) == len && m.key[..len] == hay[..len]
+            m.generation == current && usize::from(m.len) == len && same_start(&m.key, hay, len)
         };
         let (mut fwd, at) = if long && hit(&rule.memo[ls], MEMO_LONG) {
             let m = &rule.memo[ls];
@@ -545,6 +545,20 @@ impl Dfas {
             }
         }
     }
+}
+
+/// `key[..len] == hay[..len]`, eight bytes at a time (`len` a multiple of
+/// eight, at most the lengths of both).
+fn same_start(key: &[u8; MEMO_LONG], hay: &[u8], len: usize) -> bool {
+    key[..len]
+        .chunks_exact(8)
+        .zip(hay[..len].chunks_exact(8))
+        .fold(0, |acc, (a, b)| {
+            let a = u64::from_le_bytes(a.try_into().unwrap_or([0; 8]));
+            let b = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            acc | (a ^ b)
+        })
+        == 0
 }
 
 fn memo(hay: &[u8], len: usize, generation: usize, fwd: &Forward) -> Memo {

@@ -610,9 +610,9 @@ impl Tracker {
                     .unwrap_or(0)
             })
             .collect();
-        // Room for evidence lines of up to 128 bytes in the arena; a slot
+        // Room for evidence lines of 112 bytes on average in the arena; a slot
         // whose lines need more moves them to the heap.
-        let region = (limits.evidence_lines * 128).next_multiple_of(64);
+        let region = (limits.evidence_lines * 112).next_multiple_of(64);
         // Reserved (not touched) up front, so that huge pages can back it.
         let reserve = limits.max_tracked.clamp(1, 1 << 16);
         let slots = Vec::with_capacity(reserve);
@@ -1183,12 +1183,12 @@ mod tests {
             // Few distinct hash bits: long runs, wrapping, shifts.
             let hash = r.below(64) | (r.below(4) << 40);
             let slot = r.below(300) as u32;
-            if model.contains_key(&slot) {
-                let h = model.remove(&slot).unwrap();
-                t.remove(h, slot);
-            } else {
-                t.insert(hash, slot);
-                model.insert(slot, hash);
+            match model.entry(slot) {
+                std::collections::hash_map::Entry::Occupied(e) => t.remove(e.remove(), slot),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    t.insert(hash, slot);
+                    e.insert(hash);
+                }
             }
             assert_eq!(t.len, model.len(), "{step}");
             if step % 97 == 0 {
