@@ -617,7 +617,9 @@ impl Tracker {
         let reserve = limits.max_tracked.clamp(1, 1 << 16);
         let slots = Vec::with_capacity(reserve);
         let table = SlotTable::with_capacity(reserve);
-        let arena = Vec::with_capacity(reserve * region);
+        // Zeroed by the allocator from fresh pages: touched (and counted)
+        // only where evidence is written.
+        let arena = vec![0u8; reserve * region];
         advise_huge(&slots);
         advise_huge(&arena);
         Tracker {
@@ -761,7 +763,9 @@ impl Tracker {
                     t_cap: 0,
                     ev: Ring::default(),
                 });
-                self.arena.resize(self.slots.len() * self.region, 0);
+                if self.arena.len() < self.slots.len() * self.region {
+                    self.arena.resize(self.slots.len() * self.region, 0);
+                }
                 (self.slots.len() - 1) as u32
             }
         };
