@@ -218,7 +218,8 @@ impl Match<'_> {
 
     /// Named groups (all of them, `None` when not participating).
     fn groups(&self) -> Fail {
-        let mut f = Fail::new();
+        let mut f = Fail(Vec::with_capacity(self.re.names.len() + self.re.alts.len()));
+        // Names are unique within a regex.
         for (name, i) in &self.re.names {
             let v = self
                 .caps
@@ -226,7 +227,7 @@ impl Match<'_> {
                 .copied()
                 .flatten()
                 .map(|(s, e)| self.text[s..e].to_string());
-            f.insert(name.clone(), v.map(Val::Str).unwrap_or(Val::None));
+            f.0.push((name.clone(), v.map(Val::Str).unwrap_or(Val::None)));
         }
         for (k, n) in &self.re.alts {
             if let Some(Val::Str(v)) = f.get(k).cloned()
@@ -643,7 +644,7 @@ impl Filter {
                 let fid = f.get("fid").and_then(|v| v.as_str().map(String::from));
                 let ip = ["ip4", "ip6", "dns"]
                     .iter()
-                    .find_map(|k| f.get(*k).and_then(|v| v.as_str().map(String::from)));
+                    .find_map(|k| f.get(k).and_then(|v| v.as_str().map(String::from)));
                 let cidr = f
                     .get("cidr")
                     .and_then(|v| v.as_str())
