@@ -238,8 +238,11 @@ pub fn link(
 }
 
 pub fn init_logging(filter: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    // Colours only on a terminal: the journal and log files get plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
     Ok(())

@@ -39,6 +39,10 @@ pub struct StatusArgs {
     /// Print the status as JSON
     #[arg(long)]
     json: bool,
+    /// Also read every enforcer's state back from the kernel and compare
+    /// (a full dump: takes a while with very many bans)
+    #[arg(long)]
+    kernel: bool,
 }
 
 pub fn list(ctx: &Context, args: ListArgs) -> Result<ExitCode> {
@@ -110,7 +114,9 @@ pub fn explain(ctx: &Context, args: ExplainArgs) -> Result<ExitCode> {
 }
 
 pub fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
-    let response = ctx.connect()?.call(&Request::Status)?;
+    let response = ctx.connect()?.call(&Request::Status {
+        kernel: args.kernel,
+    })?;
     let Response::Status(s) = response else {
         anyhow::bail!("unexpected answer from the agent: {response:?}");
     };

@@ -375,7 +375,7 @@ impl Backend {
         if let Some(n) = &self.node {
             return Ok(n.clone());
         }
-        let node = match self.client()?.call(&Request::Status)? {
+        let node = match self.client()?.call(&Request::Status { kernel: false })? {
             Response::Status(st) => st.node,
             other => return Err(unexpected(&self.socket, &other)),
         };

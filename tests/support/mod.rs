@@ -145,16 +145,27 @@ pub struct Hub {
 impl Hub {
     /// Starts `palisade hub` in `ns`, listening on `listen` (ADDR:PORT).
     pub fn start(ns: &Netns, listen: &str, config: &str) -> Hub {
+        let mut hub = Hub::prepare(ns, listen, config);
+        hub.restart();
+        hub
+    }
+
+    /// A hub's directory and configuration, not started yet (so its store
+    /// can be filled first: [`Hub::store_path`]).
+    pub fn prepare(ns: &Netns, listen: &str, config: &str) -> Hub {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
-        let mut hub = Hub {
+        Hub {
             proc: None,
             dir,
             ns: ns.name().to_string(),
             listen: listen.to_string(),
-        };
-        hub.restart();
-        hub
+        }
+    }
+
+    /// Where the hub keeps its store.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("state").join("hub.redb")
     }
 
     pub fn restart(&mut self) {

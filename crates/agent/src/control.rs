@@ -141,7 +141,7 @@ async fn respond(
             })
             .await
         }
-        Request::Status => status(shared).await,
+        Request::Status { kernel } => status(shared, kernel).await,
     };
     send(write, &response).await
 }
@@ -208,9 +208,9 @@ async fn list(
     Ok(())
 }
 
-async fn status(shared: &Shared) -> Response {
+async fn status(shared: &Shared, kernel: bool) -> Response {
     let (tx, rx) = oneshot::channel();
-    let enforcers = match shared.worker.send(Command::EnforcerStatus(tx)) {
+    let enforcers = match shared.worker.send(Command::EnforcerStatus(kernel, tx)) {
         Ok(()) => rx.await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };

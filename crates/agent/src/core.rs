@@ -206,7 +206,6 @@ impl Core {
                 Some(next)
             });
             let result = self.enforcers[i].replace_all(&mut entries);
-            drop(entries);
             self.record_enforcer(i, result.map_err(|e| e.to_string()));
             if let Some(e) = failed {
                 return Err(e.into());
@@ -615,6 +614,11 @@ impl Core {
     /// their elements by itself; this keeps the store, the allowlist and the
     /// enforcers' own bookkeeping in step.
     pub fn prune(&mut self, now: Timestamp) -> Result<usize, CoreError> {
+        // Most calls find nothing due: a read says so without a write
+        // transaction (and its fsync).
+        if self.next_expiry()?.is_none_or(|t| t > now) {
+            return Ok(0);
+        }
         let mut total = 0;
         loop {
             let gone = self.store.write(|w| w.take_expired(now, PRUNE_BATCH))?;
@@ -642,6 +646,9 @@ impl Core {
     /// timeouts longer than the kernel allows; nftables forgets pieces the
     /// kernel has expired). Called when the worker is idle.
     pub fn tick(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "could not flush the store");
+        }
         for i in 0..self.enforcers.len() {
             let result = self.enforcers[i].apply(&[]).map_err(|e| e.to_string());
             self.record_enforcer(i, result);
@@ -654,10 +661,10 @@ impl Core {
     }
 
     /// Each enforcer's health and what it holds (read back from the kernel).
-    pub fn enforcer_status(&mut self) -> Vec<EnforcerStatus> {
+    pub fn enforcer_status(&mut self, kernel: bool) -> Vec<EnforcerStatus> {
         let mut out = Vec::with_capacity(self.enforcers.len());
         for (e, err) in self.enforcers.iter_mut().zip(&self.enforcer_errors) {
-            let (healthy, detail) = match (err, e.status()) {
+            let (healthy, detail) = match (err, e.status(kernel)) {
                 (Some(err), _) => (false, err.clone()),
                 (None, Err(read)) => (false, format!("cannot read the kernel state: {read}")),
                 (None, Ok(s)) => {
@@ -665,9 +672,10 @@ impl Core {
                         .objects
                         .iter()
                         .map(|o| match o.in_kernel {
-                            Some(k) => {
-                                format!("{} {} entries ({k} kernel elements)", o.name, o.entries)
-                            }
+                            Some(k) => format!(
+                                "{} {} entries ({} kernel elements expected, {k} found)",
+                                o.name, o.entries, o.expected
+                            ),
                             None => format!("{} {} entries", o.name, o.entries),
                         })
                         .collect();
@@ -935,8 +943,10 @@ mod tests {
 
     /// Keeps what an enforcer was told, so the tests can compare it with the
     /// store. (The real kernel is exercised by the lab tests.)
+    type Told = BTreeMap<(Action, Net), Option<Timestamp>>;
+
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<BTreeMap<(Action, Net), Option<Timestamp>>>>);
+    struct Recorder(Arc<Mutex<Told>>);
 
     impl Enforcer for Recorder {
         fn name(&self) -> &str {

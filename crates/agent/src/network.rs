@@ -117,6 +117,7 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
                     if let Some(seq) = batch.iter().rev().find_map(StreamItem::cursor) {
                         state.latest.fetch_max(seq, Ordering::Relaxed);
                     }
+                    tracing::debug!(items = batch.len(), "stream items received");
                     let (tx, rx) = oneshot::channel();
                     if worker.send(Command::Remote(batch, tx)).is_err() {
                         return;
@@ -173,8 +174,10 @@ async fn send(
             let _ = tokio::time::timeout(Duration::from_secs(5), ready.notified()).await;
             continue;
         }
+        tracing::debug!(intents = batch.len(), "sending to the network");
         match bus.send(&batch).await {
             Ok(results) => {
+                tracing::debug!(answered = results.len(), "the network answered");
                 let partial = results.len() < batch.len();
                 let (tx, rx) = oneshot::channel();
                 if worker.send(Command::Results(results, tx)).is_err() {

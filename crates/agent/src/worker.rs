@@ -42,7 +42,8 @@ pub enum Command {
         Vec<palisade_wire::IntentResult>,
         oneshot::Sender<Result<(), String>>,
     ),
-    EnforcerStatus(oneshot::Sender<Vec<EnforcerStatus>>),
+    /// Each enforcer's status; with `true`, read back from the kernel.
+    EnforcerStatus(bool, oneshot::Sender<Vec<EnforcerStatus>>),
 }
 
 /// Handle to the worker thread; dropping every [`WorkerHandle`] sender stops
@@ -123,8 +124,8 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
         Command::Unban(req, reply) => (core.unban(req), reply),
         Command::Allow(req, reply) => (core.allow(req, now), reply),
         Command::Unallow(req, reply) => (core.unallow(req), reply),
-        Command::EnforcerStatus(reply) => {
-            let _ = reply.send(core.enforcer_status());
+        Command::EnforcerStatus(kernel, reply) => {
+            let _ = reply.send(core.enforcer_status(kernel));
             return;
         }
     };

@@ -22,8 +22,15 @@ pub enum Request {
     Allow(AllowRequest),
     Unallow(TargetsRequest),
     List(ListRequest),
-    Explain { address: Net },
-    Status,
+    Explain {
+        address: Net,
+    },
+    Status {
+        /// Also read each enforcer's state back from the kernel (a full
+        /// dump of large sets: slower, and it holds up decisions meanwhile).
+        #[serde(default)]
+        kernel: bool,
+    },
 }
 
 /// Ban one or more targets.
@@ -298,7 +305,7 @@ mod tests {
             serde_json::from_str(r#"{"op":"ban","targets":["2001:db8::1"]}"#).unwrap();
         assert!(matches!(min, Request::Ban(b) if b.span.is_none() && b.scope == Scope::Network));
         let st: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
-        assert_eq!(st, Request::Status);
+        assert_eq!(st, Request::Status { kernel: false });
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Loading many banned IPv4 hosts into the kernel: palisade's nftables
 //! enforcer (`replace_all`, raw netlink) against `nft -f` of a file with the
-//! same elements in the same layout.
+//! same elements in the same layout; then the cost of one more ban at that
+//! size: palisade's `apply` against one `nft add element` process, and
+//! against `nft add element` into an interval set of the same hosts (the
+//! layout palisade does not use for hosts, because each transaction into an
+//! interval set costs time proportional to the set's size).
 //!
 //! Run as root: `cargo bench -p palisade-enforce --bench kernel_load`.
 //! Sizes can be chosen with `PALISADE_BENCH_SIZES=10000,100000`.
@@ -18,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_enforce::nftables::{NftConfig, Nftables};
-use palisade_enforce::{Enforcer, Entry};
+use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_lab::Netns;
 use palisade_model::{Action, Net, Timestamp};
 
@@ -53,33 +57,64 @@ fn main() {
     );
     println!();
     println!(
-        "{:>9}  {:>13}  {:>10}  {:>17}  {:>14}  {:>15}",
-        "hosts", "palisade (s)", "nft -f (s)", "nft / palisade", "peak RSS (MB)", "RSS after (MB)"
+        "{:>9}  {:>12}  {:>10}  {:>14}  {:>13}  {:>14}  {:>11}  {:>11}  {:>14}",
+        "hosts",
+        "palisade (s)",
+        "nft -f (s)",
+        "nft / palisade",
+        "peak RSS (MB)",
+        "RSS after (MB)",
+        "+1 ban (ms)",
+        "nft add (ms)",
+        "interval (ms)"
     );
     for n in sizes {
         let ours = run_child("palisade", n);
         let theirs = run_child("nft", n);
-        let (t_ours, t_theirs) = (ours.seconds, theirs.seconds);
+        let interval = run_child("nft-interval", n);
         println!(
-            "{:>9}  {:>13.3}  {:>10.3}  {:>16.2}x  {:>14.1}  {:>15.1}",
+            "{:>9}  {:>12.3}  {:>10.3}  {:>13.2}x  {:>13.1}  {:>14.1}  {:>11.3}  {:>11.3}  {:>14.3}",
             n,
-            t_ours,
-            t_theirs,
-            t_theirs / t_ours,
+            ours.seconds,
+            theirs.seconds,
+            theirs.seconds / ours.seconds,
             ours.peak_kb as f64 / 1024.0,
             ours.rss_kb as f64 / 1024.0,
+            ours.one_more_ms,
+            theirs.one_more_ms,
+            interval.one_more_ms,
         );
     }
     println!();
     println!(
         "peak RSS / RSS after: the palisade child process (VmHWM / VmRSS), holding the loaded state"
     );
+    println!(
+        "+1 ban: median of {ONE_MORE} single bans added to the loaded set (palisade: one apply; \
+         nft add: one `nft add element` process, hash set; interval: the same into an interval set, \
+         median of {ONE_MORE_INTERVAL})"
+    );
+}
+
+/// Single bans timed after the load, per side.
+const ONE_MORE: u32 = 21;
+/// The same for the interval-set peer, fewer: `nft` reads the whole
+/// interval set back before each change (tens of seconds at a million).
+const ONE_MORE_INTERVAL: u32 = 3;
+
+fn one_more(side: &str) -> u32 {
+    if side == "nft-interval" {
+        ONE_MORE_INTERVAL
+    } else {
+        ONE_MORE
+    }
 }
 
 struct Outcome {
     seconds: f64,
     peak_kb: u64,
     rss_kb: u64,
+    one_more_ms: f64,
 }
 
 fn run_child(side: &str, n: u32) -> Outcome {
@@ -105,20 +140,22 @@ fn run_child(side: &str, n: u32) -> Outcome {
         seconds: field("seconds"),
         peak_kb: field("peak_kb") as u64,
         rss_kb: field("rss_kb") as u64,
+        one_more_ms: field("one_more_ms"),
     }
 }
 
 fn child(side: &str, n: u32) {
     let ns = Netns::new();
-    let seconds = ns.run(|| match side {
+    let (seconds, one_more_ms) = ns.run(|| match side {
         "palisade" => load_palisade(n),
-        "nft" => load_nft(n),
+        "nft" => load_nft(n, false),
+        "nft-interval" => load_nft(n, true),
         other => panic!("unknown side {other}"),
     });
-    // Both sides must have loaded every host.
+    // Every side must have loaded every host, and the extra ones.
     let in_kernel = ns.run(|| {
         let mut nft = Nftables::new(NftConfig::default()).expect("netlink");
-        let status = nft.status().expect("status");
+        let status = nft.status(true).expect("status");
         status
             .objects
             .iter()
@@ -126,52 +163,91 @@ fn child(side: &str, n: u32) {
             .and_then(|o| o.in_kernel)
             .unwrap_or(0)
     });
-    assert_eq!(in_kernel, n as usize, "{side}: elements in the kernel");
+    assert_eq!(
+        in_kernel,
+        (n + one_more(side)) as usize,
+        "{side}: elements in the kernel"
+    );
     let (peak_kb, rss_kb) = memory();
-    println!("RESULT seconds={seconds:.6} peak_kb={peak_kb} rss_kb={rss_kb}");
+    println!(
+        "RESULT seconds={seconds:.6} peak_kb={peak_kb} rss_kb={rss_kb} one_more_ms={one_more_ms:.4}"
+    );
+}
+
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
 }
 
 /// Times `replace_all` with entries generated on the fly, and keeps the
 /// enforcer alive until the memory was read.
-fn load_palisade(n: u32) -> f64 {
+fn load_palisade(n: u32) -> (f64, f64) {
     let mut nft = Nftables::new(NftConfig::default()).expect("netlink");
     let expires = Some(Timestamp::now().saturating_add(Duration::from_secs(TIMEOUT_SECS)));
-    let mut entries = (0..n).map(|i| Entry {
+    let entry = |i: u32| Entry {
         action: Action::Ban,
         net: Net::host(host(i).into()),
         expires,
         comment: None,
         rule: None,
         list: None,
-    });
+    };
+    let mut entries = (0..n).map(entry);
     let start = Instant::now();
     nft.replace_all(&mut entries).expect("replace_all");
     let elapsed = start.elapsed().as_secs_f64();
+    let one_more = (n..n + ONE_MORE)
+        .map(|i| {
+            let change = [Change::Put(entry(i))];
+            let start = Instant::now();
+            nft.apply(&change).expect("apply");
+            start.elapsed()
+        })
+        .collect();
     std::mem::forget(nft); // counted in RSS after, like an agent holding it
-    elapsed
+    (elapsed, median_ms(one_more))
 }
 
 /// Times `nft -f` of a file with the same layout and elements (writing the
 /// file is not timed).
-fn load_nft(n: u32) -> f64 {
+fn load_nft(n: u32, interval: bool) -> (f64, f64) {
+    let extra = if interval {
+        ONE_MORE_INTERVAL
+    } else {
+        ONE_MORE
+    };
     let path = std::env::temp_dir().join(format!("palisade-bench-{}-{n}.nft", std::process::id()));
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
         writeln!(f, "table inet palisade {{").unwrap();
-        for set in ["allow4", "allow6", "block4", "block6"] {
-            let ty = if set.ends_with('4') {
+        for set in [
+            "allow4",
+            "allow6",
+            "block4",
+            "block6",
+            "block4_net",
+            "block6_net",
+        ] {
+            let ty = if set.contains('4') {
                 "ipv4_addr"
             } else {
                 "ipv6_addr"
             };
-            writeln!(f, "  set {set} {{ type {ty}; flags interval,timeout; }}").unwrap();
+            let hosts = set == "block4" || set == "block6";
+            let flags = if hosts && !interval {
+                "timeout"
+            } else {
+                "interval,timeout"
+            };
+            writeln!(f, "  set {set} {{ type {ty}; flags {flags}; }}").unwrap();
         }
         for (chain, hook) in [("input", "input"), ("forward", "forward")] {
             writeln!(
                 f,
                 "  chain {chain} {{ type filter hook {hook} priority -10; policy accept; \
                  ip saddr @allow4 accept; ip6 saddr @allow6 accept; \
-                 ip saddr @block4 drop; ip6 saddr @block6 drop; }}"
+                 ip saddr @block4 drop; ip6 saddr @block6 drop; \
+                 ip saddr @block4_net drop; ip6 saddr @block6_net drop; }}"
             )
             .unwrap();
         }
@@ -194,7 +270,20 @@ fn load_nft(n: u32) -> f64 {
     let elapsed = start.elapsed().as_secs_f64();
     std::fs::remove_file(&path).ok();
     assert!(status.success(), "nft -f failed");
-    elapsed
+    let one_more = (n..n + extra)
+        .map(|i| {
+            let element = format!("{{ {} timeout {TIMEOUT_SECS}s }}", host(i));
+            let start = Instant::now();
+            let status = Command::new("nft")
+                .args(["add", "element", "inet", "palisade", "block4", &element])
+                .status()
+                .expect("run nft");
+            let took = start.elapsed();
+            assert!(status.success(), "nft add element failed");
+            took
+        })
+        .collect();
+    (elapsed, median_ms(one_more))
 }
 
 /// (VmHWM, VmRSS) of this process, in kB.

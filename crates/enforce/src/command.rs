@@ -877,7 +877,7 @@ impl Enforcer for CommandEnforcer {
         Ok(())
     }
 
-    fn status(&mut self) -> Result<Status, EnforceError> {
+    fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
         let q = self.shared.queue.lock().unwrap();
         let mut name = format!(
             "command {} ({} queued, {} run, {} failed",

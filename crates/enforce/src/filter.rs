@@ -207,8 +207,8 @@ impl<E: Enforcer> Enforcer for Filtered<E> {
         self.inner.remove()
     }
 
-    fn status(&mut self) -> Result<Status, EnforceError> {
-        self.inner.status()
+    fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
+        self.inner.status(kernel)
     }
 }
 

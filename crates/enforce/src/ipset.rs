@@ -932,7 +932,7 @@ impl Enforcer for IpsetEnforcer {
         EnforceError::check(errors)
     }
 
-    fn status(&mut self) -> Result<Status, EnforceError> {
+    fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
         let now = now_ms();
         let mut batch = Batch::new();
         self.refresh_capped(now, &mut batch);

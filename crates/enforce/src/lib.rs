@@ -30,6 +30,7 @@ use palisade_model::{Action, Net, Timestamp};
 
 pub mod command;
 pub mod filter;
+mod hosts;
 pub mod ipset;
 pub mod kill;
 pub mod nftables;
@@ -193,9 +194,11 @@ pub trait Enforcer: Send {
     /// Removes every kernel object this backend owns.
     fn remove(&mut self) -> Result<(), EnforceError>;
 
-    /// What the backend holds and what the kernel reports. Backends that
+    /// What the backend holds; with `kernel`, also what the kernel reports
+    /// (which can take a while for large sets: a full dump). Backends that
     /// cannot read the kernel back return an empty status.
-    fn status(&mut self) -> Result<Status, EnforceError> {
+    fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
+        let _ = kernel;
         Ok(Status {
             objects: Vec::new(),
             in_sync: true,

@@ -119,7 +119,7 @@ pub(crate) struct Val {
 }
 
 impl Val {
-    fn alive(self, now: u64) -> bool {
+    pub fn alive(self, now: u64) -> bool {
         self.expiry > now
     }
 }
@@ -159,7 +159,7 @@ pub(crate) struct Comments {
 }
 
 impl Comments {
-    fn intern(&mut self, text: Option<&str>) -> u32 {
+    pub fn intern(&mut self, text: Option<&str>) -> u32 {
         let Some(text) = text.filter(|t| !t.is_empty()) else {
             return 0;
         };
@@ -182,7 +182,7 @@ impl Comments {
         id
     }
 
-    fn release(&mut self, id: u32) {
+    pub fn release(&mut self, id: u32) {
         if id == 0 {
             return;
         }
@@ -243,7 +243,7 @@ pub(crate) enum Op {
 }
 
 impl<K: Key> Diff<K> {
-    fn removed(&mut self, start: K, end: K, val: Val) {
+    pub fn removed(&mut self, start: K, end: K, val: Val) {
         use std::collections::btree_map::Entry::*;
         match self.map.entry((start, end)) {
             Occupied(mut o) => {
@@ -261,7 +261,7 @@ impl<K: Key> Diff<K> {
         }
     }
 
-    fn added(&mut self, start: K, end: K, val: Val) {
+    pub fn added(&mut self, start: K, end: K, val: Val) {
         use std::collections::btree_map::Entry::*;
         match self.map.entry((start, end)) {
             Occupied(mut o) => {

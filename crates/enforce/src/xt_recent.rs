@@ -516,7 +516,7 @@ impl Enforcer for XtRecent {
         EnforceError::check(errors)
     }
 
-    fn status(&mut self) -> Result<Status, EnforceError> {
+    fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
         let mut objects = Vec::new();
         let mut in_sync = self.in_sync;
         for list in self.lists.clone() {

@@ -182,7 +182,7 @@ fn bans_and_unbans_go_through_a_real_fail2ban_jail() {
         .unwrap();
     assert!(e.wait_idle(Duration::from_secs(30)));
     assert_eq!(f2b.banned(), "203.0.113.5");
-    let st = e.status().unwrap();
+    let st = e.status(true).unwrap();
     assert!(!st.in_sync);
     let line = &st.objects[0].name;
     assert!(
@@ -264,7 +264,7 @@ fn slow_and_failing_commands_never_block_and_are_reported() {
         "{:?}",
         started.elapsed()
     );
-    let line = slow.status().unwrap().objects[0].name.clone();
+    let line = slow.status(true).unwrap().objects[0].name.clone();
     assert!(
         line.contains("was killed") && line.contains("1 failed"),
         "{line}"
@@ -285,7 +285,7 @@ fn slow_and_failing_commands_never_block_and_are_reported() {
         .apply(&[Change::Put(entry("198.18.0.2", None))])
         .unwrap();
     assert!(flaky.wait_idle(Duration::from_secs(10)));
-    let st = flaky.status().unwrap();
+    let st = flaky.status(true).unwrap();
     assert!(st.in_sync, "{st:?}");
     assert!(st.objects[0].name.contains("2 run, 0 failed"), "{st:?}");
 
@@ -295,7 +295,7 @@ fn slow_and_failing_commands_never_block_and_are_reported() {
     bad.apply(&[Change::Put(entry("198.18.0.3", None))])
         .unwrap();
     assert!(bad.wait_idle(Duration::from_secs(10)));
-    let line = bad.status().unwrap().objects[0].name.clone();
+    let line = bad.status(true).unwrap().objects[0].name.clone();
     assert!(
         line.contains("exit status: 3") && line.contains("stderr: oops"),
         "{line}"

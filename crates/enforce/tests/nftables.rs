@@ -140,14 +140,25 @@ fn layout_matches_the_specification() {
 
 	set block4 {
 		type ipv4_addr
-		flags interval,timeout
-		elements = { 198.18.0.7 comment "sshd", 198.18.1.0/24 }
+		flags timeout
+		elements = { 198.18.0.7 comment "sshd" }
 	}
 
 	set block6 {
 		type ipv6_addr
-		flags interval,timeout
+		flags timeout
 		elements = { 2001:db8::66 }
+	}
+
+	set block4_net {
+		type ipv4_addr
+		flags interval,timeout
+		elements = { 198.18.1.0/24 }
+	}
+
+	set block6_net {
+		type ipv6_addr
+		flags interval,timeout
 	}
 
 	chain input {
@@ -156,6 +167,8 @@ fn layout_matches_the_specification() {
 		ip6 saddr @allow6 accept
 		ip saddr @block4 drop
 		ip6 saddr @block6 drop
+		ip saddr @block4_net drop
+		ip6 saddr @block6_net drop
 	}
 
 	chain forward {
@@ -164,6 +177,8 @@ fn layout_matches_the_specification() {
 		ip6 saddr @allow6 accept
 		ip saddr @block4 drop
 		ip6 saddr @block6 drop
+		ip saddr @block4_net drop
+		ip6 saddr @block6_net drop
 	}
 }
 "#;
@@ -179,7 +194,7 @@ fn layout_matches_the_specification() {
         assert!(c["hook"] == "input" || c["hook"] == "forward");
     }
     let rules = json.iter().filter(|o| o.get("rule").is_some()).count();
-    assert_eq!(rules, 8);
+    assert_eq!(rules, 12);
     // A configured table name and priority are honoured.
     let ns2 = Netns::new();
     let mut other = ns2.run(|| {
@@ -228,6 +243,8 @@ fn probe_logging_rules_read_back_as_written() {
             "ip6 saddr @allow6 accept",
             "ip saddr @block4 drop",
             "ip6 saddr @block6 drop",
+            "ip saddr @block4_net drop",
+            "ip6 saddr @block6_net drop",
             "iifname != \"lo\" tcp flags syn / fin,syn,rst,ack limit rate 200/second burst 400 packets log group 7405",
             "iifname != \"lo\" meta l4proto udp ct state new limit rate 200/second burst 400 packets log group 7405",
         ],
@@ -434,55 +451,65 @@ fn overlapping_hosts_and_networks_across_adds_and_removes() {
     let put = |n: &str, s: u64, c: &str| Change::Put(entry(Action::Ban, n, secs(s), Some(c)));
     nft.apply(&[put("198.18.0.5", 2000, "host")]).unwrap();
     nft.apply(&[put("198.18.0.0/24", 1000, "net")]).unwrap();
+    // Hosts and networks live in different sets: each keeps its own expiry.
     assert_eq!(
         assert_kernel_matches(&mut nft, SetName::Block4),
-        [
-            "198.18.0.0-198.18.0.4 net",
-            "198.18.0.5 host",
-            "198.18.0.6-198.18.0.255 net"
-        ]
+        ["198.18.0.5 host"]
     );
-    let k = nft.kernel_intervals(SetName::Block4).unwrap();
-    assert!(
-        k[1].expires_in.unwrap() > Duration::from_secs(1900),
-        "host keeps its longer ban"
-    );
-    assert!(k[0].expires_in.unwrap() < Duration::from_secs(1001));
-    // Unban the host: the /24 is whole again.
-    nft.apply(&[unban("198.18.0.5")]).unwrap();
     assert_eq!(
-        assert_kernel_matches(&mut nft, SetName::Block4),
+        assert_kernel_matches(&mut nft, SetName::Block4Net),
         ["198.18.0.0-198.18.0.255 net"]
     );
-    // A shorter host ban inside is hidden; a forever one shows.
+    let host = nft.kernel_intervals(SetName::Block4).unwrap();
+    assert!(
+        host[0].expires_in.unwrap() > Duration::from_secs(1900),
+        "host keeps its longer ban"
+    );
+    let net = nft.kernel_intervals(SetName::Block4Net).unwrap();
+    assert!(net[0].expires_in.unwrap() < Duration::from_secs(1001));
+    // Unban the host: the /24 stays.
+    nft.apply(&[unban("198.18.0.5")]).unwrap();
+    assert!(assert_kernel_matches(&mut nft, SetName::Block4).is_empty());
+    assert_eq!(
+        assert_kernel_matches(&mut nft, SetName::Block4Net),
+        ["198.18.0.0-198.18.0.255 net"]
+    );
+    // A short and a forever host inside it.
     nft.apply(&[put("198.18.0.9", 10, "short"), ban("198.18.0.10", None)])
         .unwrap();
     assert_eq!(
         assert_kernel_matches(&mut nft, SetName::Block4),
-        [
-            "198.18.0.0-198.18.0.9 net",
-            "198.18.0.10 -",
-            "198.18.0.11-198.18.0.255 net"
-        ]
+        ["198.18.0.9 short", "198.18.0.10 -"]
     );
     // Unban the network: hosts stay.
     nft.apply(&[unban("198.18.0.0/24")]).unwrap();
+    assert!(assert_kernel_matches(&mut nft, SetName::Block4Net).is_empty());
     assert_eq!(
         assert_kernel_matches(&mut nft, SetName::Block4),
         ["198.18.0.9 short", "198.18.0.10 -"]
     );
-    // A wider network over everything, then a /16 around it, then removals.
+    // Overlapping networks become disjoint pieces with the latest expiry.
     nft.apply(&[
         put("198.18.0.0/23", 3000, "wide"),
         put("198.18.0.0/16", 100, "wider"),
     ])
     .unwrap();
-    assert_kernel_matches(&mut nft, SetName::Block4);
+    assert_eq!(
+        assert_kernel_matches(&mut nft, SetName::Block4Net),
+        [
+            "198.18.0.0-198.18.1.255 wide",
+            "198.18.2.0-198.18.255.255 wider"
+        ]
+    );
     nft.apply(&[unban("198.18.0.0/23"), unban("198.18.0.10")])
         .unwrap();
     assert_eq!(
-        assert_kernel_matches(&mut nft, SetName::Block4),
+        assert_kernel_matches(&mut nft, SetName::Block4Net),
         ["198.18.0.0-198.18.255.255 wider"]
+    );
+    assert_eq!(
+        assert_kernel_matches(&mut nft, SetName::Block4),
+        ["198.18.0.9 short"]
     );
     // IPv6 the same way.
     nft.apply(&[
@@ -492,11 +519,11 @@ fn overlapping_hosts_and_networks_across_adds_and_removes() {
     .unwrap();
     assert_eq!(
         assert_kernel_matches(&mut nft, SetName::Block6),
-        [
-            "2001:db8::-2001:db8::4 net6",
-            "2001:db8::5 host6",
-            "2001:db8::6-2001:db8::ffff:ffff:ffff:ffff net6"
-        ]
+        ["2001:db8::5 host6"]
+    );
+    assert_eq!(
+        assert_kernel_matches(&mut nft, SetName::Block6Net),
+        ["2001:db8::-2001:db8::ffff:ffff:ffff:ffff net6"]
     );
 }
 
@@ -549,6 +576,7 @@ fn many_random_changes_keep_kernel_and_memory_equal() {
         }
         nft.apply(&batch).unwrap();
         assert_kernel_matches(&mut nft, SetName::Block4);
+        assert_kernel_matches(&mut nft, SetName::Block4Net);
     }
 }
 
@@ -577,7 +605,11 @@ fn replace_all_drops_stale_elements_and_foreign_rules() {
     );
     assert_eq!(
         names(&nft_elements(&ns, "palisade", "block4")),
-        ["198.18.0.2", "198.18.7.0/24"]
+        ["198.18.0.2"]
+    );
+    assert_eq!(
+        names(&nft_elements(&ns, "palisade", "block4_net")),
+        ["198.18.7.0/24"]
     );
     assert_eq!(
         names(&nft_elements(&ns, "palisade", "allow4")),
@@ -590,7 +622,7 @@ fn replace_all_drops_stale_elements_and_foreign_rules() {
         .iter()
         .filter(|o| o.get("rule").is_some())
         .count();
-    assert_eq!(rules, 8);
+    assert_eq!(rules, 12);
     // Entries already expired are skipped.
     load(
         &mut nft,
@@ -639,11 +671,10 @@ fn removing_an_element_the_kernel_already_expired_does_not_fail() {
         ban("198.18.5.5", secs(600)),
     ])
     .unwrap();
-    assert!(wait_until(Duration::from_secs(4), || nft_elements(
-        &ns, "palisade", "block4"
-    )
-    .len()
-        == 1));
+    assert!(wait_until(Duration::from_secs(4), || {
+        nft_elements(&ns, "palisade", "block4").len() == 1
+            && nft_elements(&ns, "palisade", "block4_net").is_empty()
+    }));
     // Both removals target pieces the kernel dropped already; a Put in the
     // same batch must still go through.
     nft.apply(&[
@@ -662,6 +693,7 @@ fn removing_an_element_the_kernel_already_expired_does_not_fail() {
         names(&nft_elements(&ns, "palisade", "block4")),
         ["198.18.0.1", "198.18.5.5", "198.18.6.6"]
     );
+    assert!(nft_elements(&ns, "palisade", "block4_net").is_empty());
 }
 
 #[test]
@@ -686,8 +718,8 @@ fn a_failed_transaction_is_repaired_by_a_full_reload() {
         .iter()
         .filter(|o| o.get("rule").is_some())
         .count();
-    assert_eq!(rules, 8);
-    let status = nft.status().unwrap();
+    assert_eq!(rules, 12);
+    let status = nft.status(true).unwrap();
     assert!(status.in_sync);
 }
 
@@ -726,16 +758,31 @@ fn status_reports_what_the_kernel_holds() {
             entry(Action::Allow, "2001:db8::1", None, None),
         ],
     );
-    let status = nft.status().unwrap();
+    let status = nft.status(true).unwrap();
     assert!(status.in_sync);
     let block4 = status
         .objects
         .iter()
         .find(|o| o.name == "inet palisade block4")
         .unwrap();
-    assert_eq!(block4.entries, 3);
-    assert_eq!(block4.expected, 2, "the host inside the /24 merges into it");
-    assert_eq!(block4.in_kernel, Some(2));
+    assert_eq!(
+        (block4.entries, block4.expected, block4.in_kernel),
+        (2, 2, Some(2)),
+        "hosts, one element each"
+    );
+    let block4_net = status
+        .objects
+        .iter()
+        .find(|o| o.name == "inet palisade block4_net")
+        .unwrap();
+    assert_eq!(
+        (
+            block4_net.entries,
+            block4_net.expected,
+            block4_net.in_kernel
+        ),
+        (1, 1, Some(1))
+    );
     let allow6 = status
         .objects
         .iter()
@@ -743,7 +790,7 @@ fn status_reports_what_the_kernel_holds() {
         .unwrap();
     assert_eq!((allow6.entries, allow6.in_kernel), (1, Some(1)));
     nft.remove().unwrap();
-    let status = nft.status().unwrap();
+    let status = nft.status(true).unwrap();
     assert!(status.objects.iter().all(|o| o.in_kernel == Some(0)));
 }
 

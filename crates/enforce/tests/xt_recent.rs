@@ -208,7 +208,7 @@ fn missing_lists_networks_and_the_list_size_limit_are_explained() {
         })
         .collect();
     ns.run(|| x.replace_all(&mut many.into_iter())).unwrap();
-    let st = ns.run(|| x.status()).unwrap();
+    let st = ns.run(|| x.status(true)).unwrap();
     assert!(!st.in_sync, "{st:?}");
     let blocker = st
         .objects

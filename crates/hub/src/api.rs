@@ -49,6 +49,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+// Handlers answer with a `Response` either way; boxing the error would only
+// add an allocation.
+#[allow(clippy::result_large_err)]
 fn auth(hub: &Hub, headers: &HeaderMap, kinds: &[TokenKind]) -> Result<Caller, Response> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -63,6 +66,7 @@ fn auth(hub: &Hub, headers: &HeaderMap, kinds: &[TokenKind]) -> Result<Caller, R
     })
 }
 
+#[allow(clippy::result_large_err)]
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
@@ -120,6 +124,7 @@ async fn intents(
         Err(r) => return r,
     };
     let sent = envelopes.len();
+    debug!(node = %caller.record.name, intents = sent, "intents received");
     let (tx, rx) = oneshot::channel();
     let job = Job::Intents {
         node: caller.node(),
@@ -241,6 +246,7 @@ async fn feed(
                     }
                     if e.group.as_deref().is_none_or(|g| Some(g) == group.as_deref()) {
                         send(hub, tx, e.line.clone()).await?;
+                        debug!(node = %caller.record.name, seq = e.seq, "event streamed");
                     }
                     last = e.seq;
                 }

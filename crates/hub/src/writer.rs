@@ -131,6 +131,7 @@ impl Writer {
         });
         match result {
             Ok((results, events)) => {
+                tracing::debug!(jobs = results.len(), events = events.len(), "committed");
                 for e in events {
                     // No receivers is fine: nobody is connected.
                     let _ = self.setup.live.send(e);

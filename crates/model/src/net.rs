@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn order_is_family_then_address_then_wider_first() {
-        let mut v = vec![
+        let mut v = [
             n("2001:db8::1"),
             n("10.0.0.1"),
             n("10.0.0.0/8"),

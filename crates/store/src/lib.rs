@@ -222,7 +222,31 @@ impl Store {
     /// Runs `f` in one write transaction and commits it durably. If `f`
     /// fails, nothing it did is kept.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.db.begin_write()?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Like [`Store::write`], atomic but not flushed to disk: after a crash
+    /// the store is back at an earlier consistent state (this commit and
+    /// the lazy ones before it lost together), until the next durable
+    /// commit or [`Store::flush`] keeps them. For what can be fetched
+    /// again, such as decisions from the network with their cursor.
+    pub fn write_lazy<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    /// Makes every earlier lazy commit durable.
+    pub fn flush(&self) -> Result<()> {
+        self.write(|_| Ok(()))
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)
+            .map_err(|e| StoreError::Db(e.to_string()))?;
         let out = {
             let mut w = Writer {
                 tx: &tx,
@@ -974,6 +998,32 @@ mod tests {
                 ban_networks: 0,
                 allows: 1
             }
+        );
+    }
+
+    #[test]
+    fn lazy_writes_are_seen_at_once_and_kept_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(&dir);
+            s.write_lazy(|w| w.put(&ban("198.51.100.1", 0, None)).map(|_| ()))
+                .unwrap();
+            assert!(
+                s.read()
+                    .unwrap()
+                    .get(Action::Ban, &n("198.51.100.1"))
+                    .unwrap()
+                    .is_some()
+            );
+            s.flush().unwrap();
+        }
+        let s = open(&dir);
+        assert!(
+            s.read()
+                .unwrap()
+                .get(Action::Ban, &n("198.51.100.1"))
+                .unwrap()
+                .is_some()
         );
     }
 
