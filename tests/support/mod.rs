@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -145,16 +147,49 @@ pub struct Hub {
 impl Hub {
     /// Starts `palisade hub` in `ns`, listening on `listen` (ADDR:PORT).
     pub fn start(ns: &Netns, listen: &str, config: &str) -> Hub {
+        let mut hub = Hub::stopped(ns, listen, config);
+        hub.restart();
+        hub
+    }
+
+    /// A hub's directories and configuration, not started yet (so that a
+    /// test can prepare its store); start it with [`Hub::restart`].
+    pub fn stopped(ns: &Netns, listen: &str, config: &str) -> Hub {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
-        let mut hub = Hub {
+        Hub {
             proc: None,
             dir,
             ns: ns.name().to_string(),
             listen: listen.to_string(),
-        };
-        hub.restart();
-        hub
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Creates a dashboard administrator (`palisade hub admin create NAME
+    /// --password-stdin`), through the running hub or on its store.
+    pub fn admin(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("palisade.toml"))
+            .args(["hub", "admin", "create", name, "--password-stdin"])
+            .args(self.place())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run palisade hub admin create");
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "palisade hub admin create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn restart(&mut self) {

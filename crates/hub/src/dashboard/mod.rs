@@ -599,7 +599,8 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
                 streams: if t.is_valid() { streams } else { 0 },
                 last_seen: rec.last_seen,
                 cursor: rec.cursor,
-                lag: if rec.last_seen.is_some() {
+                // Known from heartbeats only (the node's applied cursor).
+                lag: if rec.version.is_some() {
                     seq.saturating_sub(rec.cursor)
                 } else {
                     0

@@ -270,7 +270,7 @@ async function viewDecisions() {
   });
   main.replaceChildren(
     el("div", { class: "titlebar" }, el("h1", {}, "Decisions"), el("span", { id: "counts", class: "muted" }), el("span", { id: "timing", class: "muted small" })),
-    tabs, form, extra, el("div", { id: "results" }));
+    ...[tabs, form, extra, el("div", { id: "results" })].filter(Boolean));
   await loadDecisions();
 }
 
@@ -464,8 +464,8 @@ async function viewNodes() {
       el("td", {}, x.version || ""),
       el("td", { class: "state" }, el("span", { class: "dot" }), state),
       el("td", { title: when(x.last_seen) }, x.last_seen ? relative(x.last_seen) : "never"),
-      el("td", { class: "num", title: "applied through event " + x.cursor + " of " + n.seq }, x.last_seen ? x.lag : ""),
-      el("td", { class: "num" }, x.bans),
+      el("td", { class: "num", title: x.version ? "applied through event " + x.cursor + " of " + n.seq : "no heartbeat yet" }, x.version ? x.lag : "–"),
+      el("td", { class: "num" }, x.version ? x.bans : "–"),
       el("td", { class: "num" }, x.reported),
       el("td", { class: "actions" }, x.revoked ? el("span", { class: "muted small" }, "revoked " + relative(x.revoked)) :
         el("button", {
