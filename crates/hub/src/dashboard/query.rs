@@ -15,7 +15,7 @@ use palisade_store::{Map, Order, Position, Queue, Reader, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Most decisions one listing request examines when filtering.
-pub const EXAMINE: usize = 20_000;
+pub const EXAMINE: usize = 10_000;
 /// Most rows a page has.
 pub const MAX_LIMIT: usize = 200;
 /// Newest stream events searched for an address's history.
@@ -58,6 +58,9 @@ pub struct ListPage {
     pub rows: Vec<Decision>,
     /// Decisions that cover the searched network or address.
     pub covering: Vec<Decision>,
+    /// Allows for one group's nodes only (first page of the allows; they
+    /// are few and kept apart from the global decisions).
+    pub group_allows: Vec<Decision>,
     /// Where to continue; `None` at the end.
     pub next: Option<String>,
     /// Decisions examined for this page.
@@ -135,6 +138,7 @@ pub fn list(
         mode: "ordered",
         rows: Vec::new(),
         covering: Vec::new(),
+        group_allows: Vec::new(),
         next: None,
         examined: 0,
         stopped: false,
@@ -190,6 +194,15 @@ pub fn list(
             }
         }
         None => {
+            if action == Action::Allow && after.is_none() {
+                for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(e)? {
+                    if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
+                        && filter.keeps(&d)
+                    {
+                        page.group_allows.push(d);
+                    }
+                }
+            }
             let order = match q.sort.as_deref() {
                 Some("expires") => Order::Expires,
                 _ => Order::Updated,
@@ -311,4 +324,168 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
         history,
         history_examined: examined,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Origin, Span};
+    use palisade_store::{Options, Store};
+    use std::time::Duration;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        let s = Store::open(
+            &dir.path().join("hub.redb"),
+            &Options {
+                ordered: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        s.write(|w| {
+            for i in 0..30u64 {
+                let target: Net = format!("198.51.100.{i}").parse().unwrap();
+                let d = Decision::new(
+                    Action::Ban,
+                    target,
+                    Timestamp::from_millis(1_000_000 + i * 1000),
+                    Span::For(Duration::from_secs(10_000_000 - 2 * i)),
+                    Origin::new(
+                        format!("web{}", i % 3),
+                        if i % 2 == 0 {
+                            Source::Detector
+                        } else {
+                            Source::Cli
+                        },
+                    ),
+                )
+                .with_rule(if i % 5 == 0 { "postfix" } else { "sshd" });
+                w.put(&d)?;
+            }
+            w.put(&Decision::new(
+                Action::Ban,
+                "203.0.113.0/24".parse().unwrap(),
+                Timestamp::from_millis(1),
+                Span::Forever,
+                Origin::new("web0", Source::Feed),
+            ))?;
+            Ok(())
+        })
+        .unwrap();
+        s
+    }
+
+    fn q(f: impl FnOnce(&mut ListQuery)) -> ListQuery {
+        let mut q = ListQuery {
+            limit: Some(10),
+            ..ListQuery::default()
+        };
+        f(&mut q);
+        q
+    }
+
+    #[test]
+    fn pages_filters_and_searches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let r = s.read().unwrap();
+        let now = Timestamp::from_millis(2_000_000);
+        let groups = HashMap::from([("web1".to_string(), Some("dmz".to_string()))]);
+        let targets = |p: &ListPage| {
+            p.rows
+                .iter()
+                .map(|d| d.target.to_string())
+                .collect::<Vec<_>>()
+        };
+
+        // Newest first, ten at a time, continuing where a page ended.
+        let p1 = list(&r, &q(|_| {}), &groups, now).unwrap();
+        assert_eq!(targets(&p1)[0], "198.51.100.29");
+        assert_eq!(p1.rows.len(), 10);
+        let p2 = list(&r, &q(|q| q.after = p1.next.clone()), &groups, now).unwrap();
+        assert_eq!(targets(&p2)[0], "198.51.100.19");
+        let p4 = list(
+            &r,
+            &q(|q| {
+                q.after = list(&r, &q_after(&p2), &groups, now).unwrap().next;
+            }),
+            &groups,
+            now,
+        )
+        .unwrap();
+        assert_eq!(targets(&p4), ["203.0.113.0/24"]);
+        assert!(p4.next.is_none());
+
+        // By expiry, soonest first: the never-ending feed ban comes last.
+        let exp = list(
+            &r,
+            &q(|q| {
+                q.sort = Some("expires".into());
+                q.dir = Some("asc".into());
+                q.limit = Some(200);
+            }),
+            &groups,
+            now,
+        )
+        .unwrap();
+        assert_eq!(targets(&exp).last().unwrap(), "203.0.113.0/24");
+        assert_eq!(targets(&exp)[0], "198.51.100.29");
+
+        // Filters: rule, node, source, and group (the origin node's).
+        let f = list(
+            &r,
+            &q(|q| {
+                q.rule = Some("postfix".into());
+                q.source = Some(Source::Detector);
+            }),
+            &groups,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            targets(&f),
+            ["198.51.100.20", "198.51.100.10", "198.51.100.0"]
+        );
+        let g = list(&r, &q(|q| q.group = Some("dmz".into())), &groups, now).unwrap();
+        assert!(g.rows.iter().all(|d| d.origin.node == "web1"));
+        assert_eq!(g.rows.len(), 10);
+
+        // An address finds the network ban that covers it.
+        let a = list(&r, &q(|q| q.q = Some("203.0.113.9".into())), &groups, now).unwrap();
+        assert_eq!(a.mode, "address");
+        assert_eq!(a.covering[0].target.to_string(), "203.0.113.0/24");
+        // A network: what covers it, then what lies inside, paged.
+        let n = list(
+            &r,
+            &q(|q| q.q = Some("198.51.100.0/24".into())),
+            &groups,
+            now,
+        )
+        .unwrap();
+        assert_eq!(n.mode, "network");
+        assert_eq!(targets(&n)[..2], ["198.51.100.0", "198.51.100.1"]);
+        let n2 = list(
+            &r,
+            &q(|q| {
+                q.q = Some("198.51.100.0/24".into());
+                q.after = n.next.clone();
+            }),
+            &groups,
+            now,
+        )
+        .unwrap();
+        assert_eq!(targets(&n2)[0], "198.51.100.10");
+        assert!(list(&r, &q(|q| q.q = Some("nonsense".into())), &groups, now).is_err());
+
+        let story = story(&r, "203.0.113.9".parse().unwrap(), now).unwrap();
+        assert_eq!(story.explanation.banned_by.len(), 1);
+    }
+
+    fn q_after(p: &ListPage) -> ListQuery {
+        ListQuery {
+            limit: Some(10),
+            after: p.next.clone(),
+            ..ListQuery::default()
+        }
+    }
 }

@@ -307,6 +307,10 @@ async function loadDecisions(after) {
         "No ban or allow covers " + what + ". ", el("a", { href: "/dashboard/explain?addr=" + encodeURIComponent(what) }, "Explain it")));
     if (page.mode === "network") parts.push(el("h2", {}, (p.get("action") === "allow" ? "Allows" : "Bans") + " inside " + what));
   }
+  if (page.group_allows && page.group_allows.length) {
+    parts.push(el("h2", {}, "Allows for one group only"), decisionTable(page.group_allows, refresh, "group-allows"),
+      el("h2", {}, "Allows for every node"));
+  }
   if (page.mode !== "address") {
     parts.push(page.rows.length || page.next ? decisionTable(page.rows, refresh, "decisions") : el("p", { class: "muted", id: "empty" }, "No decisions match."));
     const nav = el("p", { class: "pager" });
