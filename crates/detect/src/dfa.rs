@@ -73,6 +73,13 @@ pub(crate) struct HostSplit {
     p: usize,
     h: usize,
     s: usize,
+    /// Bytes `P` can end with (whatever follows): a candidate host after
+    /// any other byte is rejected without running the DFA.
+    p_last: [u64; 4],
+}
+
+fn has(set: &[u64; 4], b: u8) -> bool {
+    set[usize::from(b >> 6)] & (1u64 << (b & 63)) != 0
 }
 
 /// Compiled DFAs with their caches, and scratch space for the searches.
@@ -174,7 +181,29 @@ impl Dfas {
         let p = self.reverse(Hir::concat(parts[..k].to_vec()))?;
         let h = self.reverse((*host.sub).clone())?;
         let s = self.reverse(Hir::concat(parts[k + 1..].to_vec()))?;
-        Some(HostSplit { p, h, s })
+        // Every start state (one per byte after the end of P, or none),
+        // every first byte read backwards.
+        let dfa = &self.dfas[p];
+        let mut cache = dfa.create_cache();
+        let mut p_last = [0u64; 4];
+        for after in (0..=255u8).map(Some).chain([None]) {
+            let config = start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(after);
+            let Ok(start) = dfa.start_state(&mut cache, &config) else {
+                p_last = [u64::MAX; 4];
+                break;
+            };
+            for b in 0..=255u8 {
+                if !dfa
+                    .next_state(&mut cache, start, b)
+                    .is_ok_and(|n| n.is_dead())
+                {
+                    p_last[usize::from(b >> 6)] |= 1u64 << (b & 63);
+                }
+            }
+        }
+        Some(HostSplit { p, h, s, p_last })
     }
 
     /// The first of the rule's patterns (by position in the rule) that
@@ -185,7 +214,7 @@ impl Dfas {
         hay: &[u8],
     ) -> Result<Option<(usize, usize)>, ()> {
         if let Some(&b) = hay.first()
-            && rule.first[usize::from(b >> 6)] & (1u64 << (b & 63)) == 0
+            && !has(&rule.first, b)
         {
             return Ok(None);
         }
@@ -253,7 +282,10 @@ impl Dfas {
         let p = split.p;
         let mut passed = None;
         for (n, &(i, j)) in pairs.iter().enumerate() {
-            if n != skip && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)? {
+            if n != skip
+                && (i == 0 || has(&split.p_last, hay[i - 1]))
+                && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)?
+            {
                 if passed.is_some() {
                     return Ok(None);
                 }
@@ -271,6 +303,18 @@ impl Dfas {
             }
         }
     }
+}
+
+/// One step of a search, cheaper when `sid` is an ordinary state.
+#[inline(always)]
+fn step(dfa: &DFA, cache: &mut Cache, sid: LazyStateID, b: u8) -> Result<LazyStateID, ()> {
+    if !sid.is_tagged() {
+        let next = dfa.next_state_untagged(cache, sid, b);
+        if !next.is_unknown() {
+            return Ok(next);
+        }
+    }
+    dfa.next_state(cache, sid, b).map_err(drop)
 }
 
 fn rev_start(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<LazyStateID, ()> {
@@ -292,10 +336,10 @@ fn rev_starts(
     max: usize,
 ) -> Result<(), ()> {
     let mut sid = rev_start(dfa, cache, hay, hi)?;
-    let mut at = hi;
+    let mut at = hi.min(hay.len());
     while at > 0 {
         at -= 1;
-        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        sid = step(dfa, cache, sid, hay[at])?;
         if sid.is_tagged() {
             if sid.is_match() {
                 // Matches are reported one byte late.
@@ -320,10 +364,10 @@ fn rev_starts(
 /// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
 fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
     let mut sid = rev_start(dfa, cache, hay, hi)?;
-    let mut at = hi;
+    let mut at = hi.min(hay.len());
     while at > 0 {
         at -= 1;
-        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        sid = step(dfa, cache, sid, hay[at])?;
         if sid.is_tagged() {
             if sid.is_dead() {
                 return Ok(false);

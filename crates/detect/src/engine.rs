@@ -365,11 +365,14 @@ impl Engine {
         if !self.patterns.is_empty() {
             let header = syslog::parse(line);
             let g = self.group_of(header.program);
+            // Groups of a program hold the rules for it; the group of all
+            // rules is also used for programs past the cache.
+            let any_program = g == self.all_group;
             let msg = header.message;
             for n in 0..self.groups[g].rules.len() {
                 let rule = self.groups[g].rules[n];
                 let info = &self.rules[rule];
-                let applies = info.program_matches(header.program)
+                let applies = (!any_program || info.program_matches(header.program))
                     && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
                 if applies && let Some(hit) = self.rule_hit(rule, msg) {
                     out.push(hit);

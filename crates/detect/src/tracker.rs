@@ -10,10 +10,18 @@
 //!
 //! Memory is bounded: at most [`Limits::max_tracked`] (rule, address) pairs;
 //! when full, the least recently seen pair is forgotten.
+//!
+//! Layout, for speed with many attackers: the pairs live in a slab whose
+//! slots are reused (a forgotten pair's slot, with its buffers, serves the
+//! next new pair, so steady state allocates nothing); a hash table of slot
+//! numbers finds them; each slot keeps its times and its evidence lines in
+//! ring buffers; the least recently seen pair is found through a queue of
+//! (slot, touch) records, stale records being skipped and dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use hashbrown::HashTable;
 use palisade_model::decision::clean_text;
 use palisade_model::{Net, Scope, Span, Timestamp};
 
@@ -50,57 +58,227 @@ pub enum Event {
     Forgive { rule: String, address: Net },
 }
 
-struct Entry {
-    /// Failure times in ms, oldest first.
-    times: VecDeque<u64>,
-    /// The last evidence lines, each ending in '\n' (one allocation).
-    evidence: String,
-    evidence_count: usize,
-    /// The highest stage in force and when it stops being in force.
-    fired: Option<(usize, u64)>,
+/// No stage in force.
+const NONE_FIRED: u32 = u32::MAX;
+
+/// Failure times kept in the slot itself (more go to the heap).
+const INLINE_TIMES: usize = 20;
+
+/// Most evidence lines kept per pair.
+const MAX_LINES: usize = palisade_model::decision::MAX_EVIDENCE_LINES;
+
+/// One (rule, address) pair being counted. The fields used for every
+/// failure come first.
+struct Slot {
+    /// The last touch (0: the slot is free).
     seq: u64,
+    addr: IpAddr,
+    rule: u32,
+    /// The highest stage in force (or [`NONE_FIRED`]) and until when.
+    fired: u32,
+    until: u64,
+    /// The failure times ring: capacity (the rule's largest stage count),
+    /// index of the oldest, how many are kept.
+    t_cap: u32,
+    t_head: u32,
+    t_len: u32,
+    /// How many of the newest times are in order (oldest to newest): for
+    /// those, the n-th newest is also the earliest of the n newest.
+    t_sorted: u32,
+    evidence: Ring,
+    /// Failure times in ms (`more` when the capacity is over
+    /// [`INLINE_TIMES`]).
+    times: [u64; INLINE_TIMES],
+    more: Box<[u64]>,
 }
 
-type Key = (u32, IpAddr);
-
-/// A small, fast hasher for (rule, address) keys. Addresses are chosen by
-/// attackers, so the seed is random per tracker (no precomputed
-/// collisions); the multiply-rotate mix is FxHash's.
-#[derive(Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
+impl Slot {
+    fn times(&self) -> &[u64] {
+        if self.t_cap as usize <= INLINE_TIMES {
+            &self.times[..self.t_cap as usize]
+        } else {
+            &self.more
         }
     }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
+
+    fn times_mut(&mut self) -> &mut [u64] {
+        if self.t_cap as usize <= INLINE_TIMES {
+            &mut self.times[..self.t_cap as usize]
+        } else {
+            &mut self.more
+        }
     }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
+
+    /// The time `back` failures before the newest (0 = the newest).
+    fn time(&self, back: usize) -> u64 {
+        let cap = self.t_cap as usize;
+        let mut i = self.t_head as usize + self.t_len as usize - 1 - back;
+        if i >= cap {
+            i -= cap;
+        }
+        self.times()[i]
     }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    fn push_time(&mut self, t: u64) {
+        self.t_sorted = if self.t_len > 0 && t >= self.time(0) {
+            (self.t_sorted + 1).min(self.t_cap)
+        } else {
+            1
+        };
+        let cap = self.t_cap as usize;
+        let (head, len) = (self.t_head as usize, self.t_len as usize);
+        if len == cap {
+            self.times_mut()[head] = t;
+            self.t_head = if head + 1 == cap { 0 } else { head as u32 + 1 };
+        } else {
+            let i = if head + len >= cap {
+                head + len - cap
+            } else {
+                head + len
+            };
+            self.times_mut()[i] = t;
+            self.t_len += 1;
+        }
     }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
+
+    /// How many of the newest failures in a row are later than `since`.
+    fn recent(&self, since: u64) -> usize {
+        (0..self.t_len as usize)
+            .take_while(|&k| self.time(k) > since)
+            .count()
+    }
+
+    /// Whether the `count` newest failures are all later than `since`
+    /// (`recent(since) >= count`).
+    fn reached(&self, since: u64, count: usize) -> bool {
+        if count == 0 {
+            return true;
+        }
+        if count > self.t_len as usize {
+            return false;
+        }
+        if count <= self.t_sorted as usize {
+            return self.time(count - 1) > since;
+        }
+        (0..count).all(|k| self.time(k) > since)
     }
 }
 
-#[derive(Clone, Copy)]
-struct KeyHash(u64);
+/// Evidence lines in a ring of bytes, their lengths in a ring beside it.
+/// Grows until it holds the lines it must keep, then reuses its room.
+#[derive(Default)]
+struct Ring {
+    buf: Vec<u8>,
+    head: u32,
+    used: u32,
+    /// Lengths of the kept lines, oldest at `first`.
+    lens: [u32; MAX_LINES],
+    first: u8,
+    count: u8,
+}
 
-impl std::hash::BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(self.0)
+impl Ring {
+    fn clear(&mut self) {
+        self.head = 0;
+        self.used = 0;
+        self.first = 0;
+        self.count = 0;
+    }
+
+    fn read(&self, at: usize, out: &mut [u8]) {
+        let cap = self.buf.len();
+        let first = out.len().min(cap - at);
+        out[..first].copy_from_slice(&self.buf[at..at + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
+    }
+
+    fn write(&mut self, at: usize, data: &[u8]) {
+        let cap = self.buf.len();
+        let first = data.len().min(cap - at);
+        self.buf[at..at + first].copy_from_slice(&data[..first]);
+        let rest = data.len() - first;
+        self.buf[..rest].copy_from_slice(&data[first..]);
+    }
+
+    fn wrap(&self, at: usize) -> usize {
+        if at >= self.buf.len() {
+            at - self.buf.len()
+        } else {
+            at
+        }
+    }
+
+    fn len_at(&self, n: usize) -> usize {
+        self.lens[(self.first as usize + n) % MAX_LINES] as usize
+    }
+
+    /// Appends a line made of `parts`, keeping at most `max` lines
+    /// (`max` <= [`MAX_LINES`]).
+    fn push(&mut self, parts: &[&[u8]], max: usize) {
+        if self.count as usize >= max {
+            let n = self.len_at(0);
+            self.head = self.wrap(self.head as usize + n) as u32;
+            self.used -= n as u32;
+            self.first = ((self.first as usize + 1) % MAX_LINES) as u8;
+            self.count -= 1;
+        }
+        let need: usize = parts.iter().map(|p| p.len()).sum();
+        let used = self.used as usize;
+        if used + need > self.buf.len() {
+            let mut bigger = vec![0u8; (used + need).max(2 * self.buf.len()).max(256)];
+            self.read(self.head as usize, &mut bigger[..used]);
+            self.buf = bigger;
+            self.head = 0;
+        }
+        let mut at = self.wrap(self.head as usize + used);
+        for p in parts {
+            self.write(at, p);
+            at = self.wrap(at + p.len());
+        }
+        self.used += need as u32;
+        self.lens[(self.first as usize + self.count as usize) % MAX_LINES] = need as u32;
+        self.count += 1;
+    }
+
+    /// The lines, oldest first.
+    fn lines(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.count as usize);
+        let mut at = self.head as usize;
+        for n in 0..self.count as usize {
+            let len = self.len_at(n);
+            let mut text = vec![0u8; len];
+            self.read(at, &mut text);
+            at = self.wrap(at + len);
+            // Written from whole `str`s.
+            out.push(String::from_utf8(text).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// Hashes (rule, address) keys. Addresses are chosen by attackers, so the
+/// keys are random per tracker (no precomputed collisions), mixed by
+/// folded multiplications.
+#[derive(Clone, Copy)]
+struct KeyHash([u64; 3]);
+
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl KeyHash {
+    fn hash(&self, rule: u32, addr: &IpAddr) -> u64 {
+        let (a, b) = match addr {
+            IpAddr::V4(v) => (u64::from(u32::from(*v)) | (1 << 32), 0),
+            IpAddr::V6(v) => {
+                let x = u128::from(*v);
+                (x as u64, (x >> 64) as u64)
+            }
+        };
+        let h = folded_mul(a ^ self.0[0], b ^ self.0[1] ^ u64::from(rule));
+        folded_mul(h, self.0[2])
     }
 }
 
@@ -119,30 +297,66 @@ fn random_seed() -> u64 {
 pub struct Tracker {
     engine: Engine,
     limits: Limits,
-    entries: HashMap<Key, Entry, KeyHash>,
-    order: VecDeque<(Key, u64)>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slot numbers, by hash of (rule, address).
+    table: HashTable<u32>,
+    keys: KeyHash,
+    /// (slot, low bits of the touch) per touch, oldest first; a record is
+    /// stale when the slot was touched again since (or freed).
+    order: VecDeque<(u32, u32)>,
     seq: u64,
     hits: Vec<Hit>,
-    /// Per rule: the largest stage count.
+    /// Per rule: the largest stage count, and the longest window in ms.
     max_count: Vec<usize>,
+    max_window: Vec<u64>,
+    /// A cleaned evidence line, when the line needs cleaning.
+    line: String,
     evicted: u64,
 }
 
 impl Tracker {
-    pub fn new(engine: Engine, limits: Limits) -> Tracker {
+    /// A tracker over `engine`. Evidence lines are capped at
+    /// [`palisade_model::decision::MAX_EVIDENCE_LINES`] (what a decision
+    /// keeps).
+    pub fn new(engine: Engine, mut limits: Limits) -> Tracker {
+        limits.evidence_lines = limits.evidence_lines.min(MAX_LINES);
         let max_count = engine
             .rules()
             .iter()
-            .map(|r| r.stages.iter().map(|s| s.count as usize).max().unwrap_or(1))
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .map(|s| s.count as usize)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1)
+            })
+            .collect();
+        let max_window = engine
+            .rules()
+            .iter()
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .map(|s| s.within.as_millis() as u64)
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         Tracker {
             engine,
             limits,
-            entries: HashMap::with_hasher(KeyHash(random_seed())),
+            slots: Vec::new(),
+            free: Vec::new(),
+            table: HashTable::new(),
+            keys: KeyHash([random_seed(), random_seed(), random_seed() | 1]),
             order: VecDeque::new(),
             seq: 0,
             hits: Vec::new(),
             max_count,
+            max_window,
+            line: String::new(),
             evicted: 0,
         }
     }
@@ -157,7 +371,7 @@ impl Tracker {
 
     /// Number of (rule, address) pairs being counted.
     pub fn tracked(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     /// Pairs forgotten because the tracker was full.
@@ -189,7 +403,7 @@ impl Tracker {
             match hit.kind {
                 HitKind::Ignored => {}
                 HitKind::Good => {
-                    self.entries.remove(&(hit.rule as u32, address.addr()));
+                    self.forget(hit.rule as u32, &address.addr());
                     events.push(Event::Forgive {
                         rule: self.engine.rules()[hit.rule].name.clone(),
                         address,
@@ -206,83 +420,138 @@ impl Tracker {
         (events, &self.hits)
     }
 
+    fn find(&self, rule: u32, addr: &IpAddr) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(self.keys.hash(rule, addr), |&i| {
+                let s = &slots[i as usize];
+                s.rule == rule && s.addr == *addr
+            })
+            .copied()
+    }
+
+    /// Drops slot `i` from the table and frees it.
+    fn release(&mut self, i: u32) {
+        let s = &self.slots[i as usize];
+        let h = self.keys.hash(s.rule, &s.addr);
+        if let Ok(e) = self.table.find_entry(h, |&x| x == i) {
+            e.remove();
+        }
+        self.slots[i as usize].seq = 0;
+        self.free.push(i);
+    }
+
+    fn forget(&mut self, rule: u32, addr: &IpAddr) {
+        if let Some(i) = self.find(rule, addr) {
+            self.release(i);
+        }
+    }
+
+    /// A slot for a new pair, its buffers emptied.
+    fn new_slot(&mut self, rule: usize, addr: IpAddr) -> u32 {
+        let cap = self.max_count[rule];
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    seq: 0,
+                    addr,
+                    rule: 0,
+                    fired: NONE_FIRED,
+                    until: 0,
+                    t_cap: 0,
+                    t_head: 0,
+                    t_len: 0,
+                    t_sorted: 0,
+                    evidence: Ring::default(),
+                    times: [0; INLINE_TIMES],
+                    more: Box::default(),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[i as usize];
+        s.rule = rule as u32;
+        s.addr = addr;
+        s.fired = NONE_FIRED;
+        s.until = 0;
+        if cap > INLINE_TIMES && s.more.len() != cap {
+            s.more = vec![0; cap].into_boxed_slice();
+        }
+        s.t_cap = cap as u32;
+        s.t_head = 0;
+        s.t_len = 0;
+        s.t_sorted = 0;
+        s.evidence.clear();
+        let slots = &self.slots;
+        let keys = self.keys;
+        self.table
+            .insert_unique(keys.hash(rule as u32, &addr), i, |&x| {
+                let s = &slots[x as usize];
+                keys.hash(s.rule, &s.addr)
+            });
+        i
+    }
+
     fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
-        let key = (rule as u32, address.addr());
+        let addr = address.addr();
         let t = now.as_millis();
         self.seq += 1;
         let seq = self.seq;
-        // One hash probe in the common case (not full).
-        if self.entries.len() >= self.limits.max_tracked.max(1) && !self.entries.contains_key(&key)
-        {
-            while self.entries.len() >= self.limits.max_tracked.max(1) {
-                self.evict_one();
+        let i = match self.find(rule as u32, &addr) {
+            Some(i) => i,
+            None => {
+                while self.table.len() >= self.limits.max_tracked.max(1) {
+                    self.evict_one();
+                }
+                self.new_slot(rule, addr)
             }
-        }
-        let entry = self.entries.entry(key).or_insert_with(|| Entry {
-            times: VecDeque::new(),
-            evidence: String::new(),
-            evidence_count: 0,
-            fired: None,
-            seq,
-        });
-        entry.seq = seq;
-        self.order.push_back((key, seq));
-        if entry.times.len() >= self.max_count[rule] {
-            entry.times.pop_front();
-        }
-        entry.times.push_back(t);
+        };
+        self.order.push_back((i, seq as u32));
+        let s = &mut self.slots[i as usize];
+        s.seq = seq;
+        s.push_time(t);
         if self.limits.evidence_lines > 0 {
-            if entry.evidence_count >= self.limits.evidence_lines {
-                let first = entry
-                    .evidence
-                    .find('\n')
-                    .map_or(entry.evidence.len(), |i| i + 1);
-                entry.evidence.drain(..first);
-                entry.evidence_count -= 1;
-            }
-            push_capped(
-                &mut entry.evidence,
-                text.trim_end(),
-                self.limits.evidence_len,
-            );
-            entry.evidence.push('\n');
-            entry.evidence_count += 1;
+            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+            let tail: &[u8] = if more { "…".as_bytes() } else { b"" };
+            s.evidence
+                .push(&[line.as_bytes(), tail], self.limits.evidence_lines);
         }
-        if let Some((_, until)) = entry.fired
-            && until <= t
-        {
-            entry.fired = None;
+        if s.fired != NONE_FIRED && s.until <= t {
+            s.fired = NONE_FIRED;
         }
         let info = &self.engine.rules()[rule];
         // The highest stage whose threshold is reached now.
         let mut fire = None;
-        for (i, stage) in info.stages.iter().enumerate() {
+        for (n, stage) in info.stages.iter().enumerate() {
             let since = t.saturating_sub(stage.within.as_millis() as u64);
-            let n = entry.times.iter().rev().take_while(|&&x| x > since).count();
-            if n >= stage.count as usize {
-                fire = Some((i, n));
+            let count = stage.count as usize;
+            if s.reached(since, count) {
+                fire = Some(n);
             }
         }
         let event = match fire {
-            Some((i, n)) if entry.fired.is_none_or(|(f, _)| i > f) => {
-                let stage = &info.stages[i];
-                let until = match stage.ban {
+            Some(n) if s.fired == NONE_FIRED || n as u32 > s.fired => {
+                let stage = &info.stages[n];
+                let since = t.saturating_sub(stage.within.as_millis() as u64);
+                let count = s.recent(since);
+                s.until = match stage.ban {
                     Span::For(d) => t.saturating_add(d.as_millis() as u64),
                     Span::Forever => u64::MAX,
                 };
-                entry.fired = Some((i, until));
+                s.fired = n as u32;
                 Some(Event::Ban {
                     rule: info.name.clone(),
                     address,
                     stage: StageRef {
-                        index: i,
+                        index: n,
                         name: stage.name.clone(),
                         list: stage.list.clone(),
                     },
                     span: stage.ban,
                     scope: info.scope,
-                    count: n as u32,
-                    evidence: entry.evidence.lines().map(String::from).collect(),
+                    count: count as u32,
+                    evidence: s.evidence.lines(),
                 })
             }
             _ => None,
@@ -293,72 +562,89 @@ impl Tracker {
         event
     }
 
+    fn live(&self, (i, seq): (u32, u32)) -> bool {
+        let s = self.slots[i as usize].seq;
+        s != 0 && s as u32 == seq
+    }
+
     fn evict_one(&mut self) {
-        while let Some((key, seq)) = self.order.pop_front() {
-            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
-                self.entries.remove(&key);
+        while let Some(rec) = self.order.pop_front() {
+            if self.live(rec) {
+                self.release(rec.0);
                 self.evicted += 1;
                 return;
             }
         }
         // The order queue lost track (cannot happen); drop anything.
-        if let Some(&key) = self.entries.keys().next() {
-            self.entries.remove(&key);
+        if let Some(i) = (0..self.slots.len() as u32).find(|&i| self.slots[i as usize].seq != 0) {
+            self.release(i);
             self.evicted += 1;
         }
     }
 
+    /// Drops the stale records of the order queue (keeps the order).
     fn compact(&mut self) {
-        let mut live: Vec<(Key, u64)> = self.entries.iter().map(|(k, e)| (*k, e.seq)).collect();
-        live.sort_by_key(|&(_, s)| s);
-        self.order = live.into();
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|&rec| self.live(rec));
+        self.order = order;
     }
 
     /// Forgets pairs with no failure inside their rule's largest window and
     /// no stage in force. Call now and then (e.g. every minute).
     pub fn prune(&mut self, now: Timestamp) {
         let t = now.as_millis();
-        let rules = self.engine.rules();
-        self.entries.retain(|(rule, _), e| {
-            let window = rules[*rule as usize]
-                .stages
-                .iter()
-                .map(|s| s.within.as_millis() as u64)
-                .max()
-                .unwrap_or(0);
-            let recent = e.times.back().is_some_and(|&x| x + window > t);
-            let in_force = e.fired.is_some_and(|(_, until)| until > t);
-            recent || in_force
-        });
+        for i in 0..self.slots.len() as u32 {
+            let s = &self.slots[i as usize];
+            if s.seq == 0 {
+                continue;
+            }
+            let window = self.max_window[s.rule as usize];
+            let recent = s.t_len > 0 && s.time(0) + window > t;
+            let in_force = s.fired != NONE_FIRED && s.until > t;
+            if !(recent || in_force) {
+                self.release(i);
+            }
+        }
         self.compact();
     }
 }
 
-/// Appends `s`, cleaned (no control characters, so no newline either) and
-/// capped at `max` bytes.
-fn push_capped(out: &mut String, s: &str, max: usize) {
+/// `s` cleaned (no control characters, so no newline either) and capped at
+/// `max` bytes, and whether it was cut (then `…` follows). Cleaning, when
+/// needed, happens in `scratch`.
+fn capped<'a>(s: &'a str, max: usize, scratch: &'a mut String) -> (&'a str, bool) {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     let head = &s[..end];
-    if head
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
-    {
-        out.push_str(head);
+    let cut = end < s.len();
+    if printable(head.as_bytes()) {
+        (head, cut)
     } else {
-        out.push_str(&clean_text(head));
+        *scratch = clean_text(head);
+        (scratch.as_str(), cut)
     }
-    if end < s.len() {
-        out.push('…');
+}
+
+/// Only printable ASCII and tabs (written without early exit, so that it
+/// compiles to vector instructions).
+fn printable(b: &[u8]) -> bool {
+    let mut bad = false;
+    for &c in b {
+        bad |= (c < 0x20 && c != b'\t') | (c >= 0x7f);
     }
+    !bad
 }
 
 #[cfg(test)]
 fn cap(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    push_capped(&mut out, s, max);
+    let mut scratch = String::new();
+    let (head, cut) = capped(s, max, &mut scratch);
+    let mut out = head.to_string();
+    if cut {
+        out.push('…');
+    }
     out
 }
 
@@ -546,5 +832,155 @@ mod tests {
         };
         assert_eq!(evidence[0], text);
         assert_eq!(cap("a\u{1b}[31mbcdef", 5), "a\\u{1b}[31…");
+    }
+
+    /// The counting rules written plainly (a map, queues, a scan for the
+    /// least recently seen pair), to check the tracker against.
+    struct Model {
+        stages: Vec<crate::config::StageConfig>,
+        max_count: usize,
+        limits: Limits,
+        entries: std::collections::HashMap<IpAddr, ModelEntry>,
+        seq: u64,
+    }
+
+    struct ModelEntry {
+        times: VecDeque<u64>,
+        evidence: VecDeque<String>,
+        fired: Option<(usize, u64)>,
+        seq: u64,
+    }
+
+    impl Model {
+        fn failure(
+            &mut self,
+            addr: IpAddr,
+            text: &str,
+            t: u64,
+        ) -> Option<(usize, u32, Vec<String>)> {
+            self.seq += 1;
+            if !self.entries.contains_key(&addr) && self.entries.len() >= self.limits.max_tracked {
+                let oldest = *self.entries.iter().min_by_key(|(_, e)| e.seq).unwrap().0;
+                self.entries.remove(&oldest);
+            }
+            let e = self.entries.entry(addr).or_insert(ModelEntry {
+                times: VecDeque::new(),
+                evidence: VecDeque::new(),
+                fired: None,
+                seq: 0,
+            });
+            e.seq = self.seq;
+            if e.times.len() >= self.max_count {
+                e.times.pop_front();
+            }
+            e.times.push_back(t);
+            if e.evidence.len() >= self.limits.evidence_lines {
+                e.evidence.pop_front();
+            }
+            e.evidence
+                .push_back(cap(text.trim_end(), self.limits.evidence_len));
+            if e.fired.is_some_and(|(_, until)| until <= t) {
+                e.fired = None;
+            }
+            let mut fire = None;
+            for (i, stage) in self.stages.iter().enumerate() {
+                let since = t.saturating_sub(stage.within.as_millis() as u64);
+                let n = e.times.iter().rev().take_while(|&&x| x > since).count();
+                if n >= stage.count as usize {
+                    fire = Some((i, n));
+                }
+            }
+            match fire {
+                Some((i, n)) if e.fired.is_none_or(|(f, _)| i > f) => {
+                    let until = match self.stages[i].ban {
+                        Span::For(d) => t.saturating_add(d.as_millis() as u64),
+                        Span::Forever => u64::MAX,
+                    };
+                    e.fired = Some((i, until));
+                    Some((i, n as u32, e.evidence.iter().cloned().collect()))
+                }
+                _ => None,
+            }
+        }
+
+        fn prune(&mut self, t: u64) {
+            let window = self
+                .stages
+                .iter()
+                .map(|s| s.within.as_millis() as u64)
+                .max()
+                .unwrap();
+            self.entries.retain(|_, e| {
+                e.times.back().is_some_and(|&x| x + window > t)
+                    || e.fired.is_some_and(|(_, until)| until > t)
+            });
+        }
+    }
+
+    #[test]
+    fn tracker_agrees_with_a_plain_model() {
+        let limits = Limits {
+            max_tracked: 40,
+            evidence_lines: 4,
+            evidence_len: 17,
+        };
+        let mut t = tracker(limits);
+        let mut model = Model {
+            stages: t.engine().rules()[0].stages.clone(),
+            max_count: 10,
+            limits,
+            entries: Default::default(),
+            seq: 0,
+        };
+        let mut r = crate::loggen::Rng::new(5);
+        let mut now = 1_700_000_000_000u64;
+        for step in 0..200_000u32 {
+            // Time mostly moves on, sometimes back (clock steps, old logs).
+            now = if r.below(50) == 0 {
+                now.saturating_sub(r.below(120_000))
+            } else {
+                now + r.below(4_000)
+            };
+            let a = r.below(60);
+            let addr: IpAddr = if a % 3 == 0 {
+                format!("2001:db8::{a:x}").parse().unwrap()
+            } else {
+                format!("198.51.100.{a}").parse().unwrap()
+            };
+            let at = Timestamp::from_millis(now);
+            match r.below(100) {
+                0 => {
+                    t.observe(&line(&format!("good from {addr}")), at);
+                    model.entries.remove(&addr);
+                }
+                1 if step % 7 == 0 => {
+                    t.prune(at);
+                    model.prune(now);
+                }
+                _ => {
+                    let text = format!("bad from {addr}");
+                    let got = t.observe(&line(&text), at);
+                    let want = model.failure(addr, &text, now);
+                    match (got.as_slice(), want) {
+                        ([], None) => {}
+                        (
+                            [
+                                Event::Ban {
+                                    stage,
+                                    count,
+                                    evidence,
+                                    ..
+                                },
+                            ],
+                            Some((i, n, ev)),
+                        ) => {
+                            assert_eq!((stage.index, *count, evidence), (i, n, &ev), "step {step}");
+                        }
+                        (got, want) => panic!("step {step}: {got:?} vs {want:?}"),
+                    }
+                }
+            }
+            assert_eq!(t.tracked(), model.entries.len(), "step {step}");
+        }
     }
 }
