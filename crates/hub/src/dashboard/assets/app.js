@@ -215,7 +215,8 @@ function decisionRow(d, refresh) {
   const explain = el("a", { href: "/dashboard/explain?addr=" + encodeURIComponent(d.target), class: "explain" }, "Explain");
   const buttons = d.action === "ban"
     ? [explain, " ", extendButton(d.target, refresh), " ", unbanButton(d.target, refresh)]
-    : [explain, " ", unallowButton(d, refresh)];
+    : d.origin.source === "policy" ? [explain, " ", el("span", { class: "muted small", title: "a palisade node's address: revoke the node's token to remove it" }, "node")]
+      : [explain, " ", unallowButton(d, refresh)];
   return el("tr", { "data-target": d.target, class: d.action },
     el("td", { class: "target" }, el("a", { href: "/dashboard/explain?addr=" + encodeURIComponent(d.target) }, d.target)),
     el("td", {}, d.rule || ""),
