@@ -339,7 +339,7 @@ fn fanout(clients: usize) {
 
 fn snapshot(total: usize) {
     let (lab, names) = hub_lab(1);
-    let mut hub = Hub::prepare(
+    let mut hub = Hub::stopped(
         lab.host("hub"),
         &format!("{}:7470", lab.host("hub").v4()),
         HUB_CONFIG,

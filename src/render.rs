@@ -267,6 +267,27 @@ pub fn hub_status(s: &palisade_control::hub::HubStatus) -> String {
 }
 
 /// `palisade hub token list` as text.
+pub fn admins(admins: &[palisade_control::hub::AdminInfo]) -> String {
+    let now = Timestamp::now();
+    if admins.is_empty() {
+        return "no dashboard administrators yet: create one with `palisade hub admin create NAME`\n"
+            .into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:<16} LAST LOGIN", "NAME", "CREATED");
+    for a in admins {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<16} {}",
+            a.name,
+            relative(a.created, now),
+            a.last_login
+                .map_or("never".to_string(), |t| relative(t, now))
+        );
+    }
+    out
+}
+
 pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
     let now = Timestamp::now();
     if tokens.is_empty() {

@@ -28,7 +28,8 @@ Examples:
   palisade hub token create web1
   palisade hub token create --kind join --group dmz dmz-servers
   palisade hub token list
-  palisade hub token revoke web1"
+  palisade hub token revoke web1
+  palisade hub admin create alice      # a dashboard login: https://HUB:7470/dashboard/"
 )]
 pub struct HubArgs {
     #[command(subcommand)]
@@ -69,6 +70,9 @@ enum HubCommand {
     /// Create, list or revoke tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create, list or delete the web dashboard's administrators
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Show whether the hub runs and what it holds
     Status {
         #[arg(long)]
@@ -100,6 +104,25 @@ enum TokenCommand {
     Revoke { name: String },
 }
 
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an administrator of the web dashboard (https://HUB:PORT/dashboard/);
+    /// asks for the password twice, or reads one line from standard input
+    Create {
+        name: String,
+        /// Read the password from standard input (one line) instead of asking
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List administrators (never their passwords)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an administrator; their dashboard sessions end at once
+    Delete { name: String },
+}
+
 pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     let config = ctx.load_config()?;
     match args.command {
@@ -109,6 +132,7 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(HubCommand::Token(t)) => token(&config, &args.place, t),
+        Some(HubCommand::Admin(a)) => admin(&config, &args.place, a),
         Some(HubCommand::Status { json }) => {
             let socket = args
                 .place
@@ -206,14 +230,7 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
         TokenCommand::List { .. } => HubRequest::TokenList,
         TokenCommand::Revoke { name } => HubRequest::TokenRevoke { name: name.clone() },
     };
-    let answer = match ask(&socket, &request) {
-        Ok(a) => a,
-        // The hub is not running: work on its store directly.
-        Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => {
-            offline(config, place, &request)?
-        }
-        Err(e) => return Err(hub_error(e, &socket)),
-    };
+    let answer = ask_or_offline(config, place, &socket, &request)?;
     match answer {
         HubResponse::Token { token, name } => {
             println!("{token}");
@@ -230,9 +247,107 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
         }
         HubResponse::Revoked { name, count } => println!("revoked {count} token(s) named {name}"),
         HubResponse::Error { message } => bail!("{message}"),
-        HubResponse::Status(_) => bail!("unexpected answer from the hub"),
+        other => bail!("unexpected answer from the hub: {other:?}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the running hub, or works on its store when it is stopped.
+fn ask_or_offline(
+    config: &Config,
+    place: &HubPlace,
+    socket: &std::path::Path,
+    request: &HubRequest,
+) -> Result<HubResponse> {
+    match ask(socket, request) {
+        Ok(a) => Ok(a),
+        Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => {
+            offline(config, place, request)
+        }
+        Err(e) => Err(hub_error(e, socket)),
+    }
+}
+
+fn admin(config: &Config, place: &HubPlace, cmd: AdminCommand) -> Result<ExitCode> {
+    let socket = place
+        .hub_socket
+        .clone()
+        .unwrap_or(config.hub.socket.clone());
+    let request = match &cmd {
+        AdminCommand::Create {
+            name,
+            password_stdin,
+        } => {
+            palisade_hub::tokens::check_name(name)?;
+            let password = if *password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                line.trim_end_matches(['\n', '\r']).to_string()
+            } else {
+                let first = prompt_password(&format!("password for {name}: "))?;
+                palisade_hub::dashboard::admins::check_password(&first)?;
+                let again = prompt_password("the same password again: ")?;
+                if first != again {
+                    bail!("the two passwords differ; nothing was created");
+                }
+                first
+            };
+            palisade_hub::dashboard::admins::check_password(&password)?;
+            HubRequest::AdminCreate {
+                name: name.clone(),
+                password,
+            }
+        }
+        AdminCommand::List { .. } => HubRequest::AdminList,
+        AdminCommand::Delete { name } => HubRequest::AdminDelete { name: name.clone() },
+    };
+    match ask_or_offline(config, place, &socket, &request)? {
+        HubResponse::AdminCreated { name } => {
+            println!("created dashboard administrator {name}");
+            eprintln!("log in at https://HUB:PORT/dashboard/ (the hub's address and port)");
+        }
+        HubResponse::Admins { admins } => {
+            if matches!(cmd, AdminCommand::List { json: true }) {
+                println!("{}", serde_json::to_string_pretty(&admins)?);
+            } else {
+                print!("{}", render::admins(&admins));
+            }
+        }
+        HubResponse::AdminDeleted { name } => println!("deleted dashboard administrator {name}"),
+        HubResponse::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the hub: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a password from the terminal without echoing it.
+fn prompt_password(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("no terminal to ask for the password: use --password-stdin");
+    }
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        bail!("cannot read the terminal's settings: use --password-stdin");
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above; the settings are restored below.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    // SAFETY: restores what tcgetattr returned.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Token operations on the hub's store while the hub is stopped.
@@ -277,6 +392,21 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
             },
             Err(e) => err(&e),
         },
+        HubRequest::AdminCreate { name, password } => {
+            match palisade_hub::dashboard::admins::create(&store, name, password) {
+                Ok(r) => HubResponse::AdminCreated { name: r.name },
+                Err(e) => err(&e),
+            }
+        }
+        HubRequest::AdminList => HubResponse::Admins {
+            admins: palisade_hub::dashboard::admins::list(&store)?,
+        },
+        HubRequest::AdminDelete { name } => {
+            match palisade_hub::dashboard::admins::delete(&store, name) {
+                Ok(()) => HubResponse::AdminDeleted { name: name.clone() },
+                Err(e) => err(&e),
+            }
+        }
         HubRequest::Status => bail!("the hub is not running"),
     })
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -145,14 +147,15 @@ pub struct Hub {
 impl Hub {
     /// Starts `palisade hub` in `ns`, listening on `listen` (ADDR:PORT).
     pub fn start(ns: &Netns, listen: &str, config: &str) -> Hub {
-        let mut hub = Hub::prepare(ns, listen, config);
+        let mut hub = Hub::stopped(ns, listen, config);
         hub.restart();
         hub
     }
 
-    /// A hub's directory and configuration, not started yet (so its store
-    /// can be filled first: [`Hub::store_path`]).
-    pub fn prepare(ns: &Netns, listen: &str, config: &str) -> Hub {
+    /// A hub's directories and configuration, not started yet (so that a
+    /// test can prepare its store: [`Hub::store_path`]); start it with
+    /// [`Hub::restart`].
+    pub fn stopped(ns: &Netns, listen: &str, config: &str) -> Hub {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
         Hub {
@@ -165,7 +168,34 @@ impl Hub {
 
     /// Where the hub keeps its store.
     pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("state").join("hub.redb")
+        self.state_dir().join("hub.redb")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Creates a dashboard administrator (`palisade hub admin create NAME
+    /// --password-stdin`), through the running hub or on its store.
+    pub fn admin(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("palisade.toml"))
+            .args(["hub", "admin", "create", name, "--password-stdin"])
+            .args(self.place())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run palisade hub admin create");
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "palisade hub admin create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn restart(&mut self) {

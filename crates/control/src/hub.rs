@@ -22,6 +22,17 @@ pub enum HubRequest {
         name: String,
     },
     Status,
+    /// Create a dashboard administrator; the hub keeps only a hash of the
+    /// password.
+    AdminCreate {
+        name: String,
+        password: String,
+    },
+    AdminList,
+    /// Delete an administrator (and end their dashboard sessions).
+    AdminDelete {
+        name: String,
+    },
 }
 
 /// What the hub answers.
@@ -32,7 +43,19 @@ pub enum HubResponse {
     Tokens { tokens: Vec<TokenInfo> },
     Revoked { name: String, count: u64 },
     Status(Box<HubStatus>),
+    AdminCreated { name: String },
+    Admins { admins: Vec<AdminInfo> },
+    AdminDeleted { name: String },
     Error { message: String },
+}
+
+/// A dashboard administrator as listed (never the password's hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminInfo {
+    pub name: String,
+    pub created: Timestamp,
+    #[serde(default)]
+    pub last_login: Option<Timestamp>,
 }
 
 /// A token as listed (never the secret).

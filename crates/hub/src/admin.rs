@@ -13,7 +13,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use crate::state::Hub;
-use crate::writer::Job;
 
 pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
     loop {
@@ -107,18 +106,36 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
             }
             Err(e) => err(&e),
         },
-        HubRequest::TokenRevoke { name } => match crate::tokens::revoke(&hub.store, &name) {
-            Ok(ids) => {
-                let _ = hub.reload_tokens();
-                let _ = hub.writer.send(Job::NodeGone { name: name.clone() });
-                info!(name = %name, count = ids.len(), "token revoked");
-                HubResponse::Revoked {
-                    name,
-                    count: ids.len() as u64,
-                }
-            }
+        HubRequest::TokenRevoke { name } => match hub.revoke_token(&name) {
+            Ok(count) => HubResponse::Revoked {
+                name,
+                count: count as u64,
+            },
             Err(e) => err(&e),
         },
+        HubRequest::AdminCreate { name, password } => {
+            match crate::dashboard::admins::create(&hub.store, &name, &password) {
+                Ok(r) => {
+                    info!(admin = %r.name, "dashboard administrator created");
+                    HubResponse::AdminCreated { name: r.name }
+                }
+                Err(e) => err(&e),
+            }
+        }
+        HubRequest::AdminList => match crate::dashboard::admins::list(&hub.store) {
+            Ok(admins) => HubResponse::Admins { admins },
+            Err(e) => err(&e),
+        },
+        HubRequest::AdminDelete { name } => {
+            match crate::dashboard::admins::delete(&hub.store, &name) {
+                Ok(()) => {
+                    hub.dashboard.sessions.end_admin(&name);
+                    info!(admin = %name, "dashboard administrator deleted");
+                    HubResponse::AdminDeleted { name }
+                }
+                Err(e) => err(&e),
+            }
+        }
         HubRequest::Status => {
             let r = match hub.store.read() {
                 Ok(r) => r,

@@ -41,7 +41,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(&format!("{}/{{address}}", paths::EXPLAIN), get(explain))
         .route(paths::EXPORT, get(export))
         .route(paths::METRICS, get(metrics))
-        .with_state(hub)
+        .with_state(hub.clone())
+        .merge(crate::dashboard::router(hub))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

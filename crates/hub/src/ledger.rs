@@ -27,6 +27,9 @@ pub struct StoreLedger<'w, 'tx> {
     pub w: &'w mut Writer<'tx>,
     pub events: Vec<LiveEvent>,
     pub now: Timestamp,
+    /// New bans made in this transaction: (rule, target), for the
+    /// dashboard's activity counters.
+    pub new_bans: Vec<(Option<String>, Net)>,
 }
 
 impl<'w, 'tx> StoreLedger<'w, 'tx> {
@@ -35,6 +38,7 @@ impl<'w, 'tx> StoreLedger<'w, 'tx> {
             w,
             events: Vec::new(),
             now,
+            new_bans: Vec::new(),
         }
     }
 
@@ -106,6 +110,9 @@ impl Ledger for StoreLedger<'_, '_> {
 
     fn put(&mut self, d: &Decision) -> Result<(), StoreError> {
         self.store(d)?;
+        if d.action == Action::Ban && d.created == d.updated {
+            self.new_bans.push((d.rule.clone(), d.target));
+        }
         let decision = d.clone();
         self.emit(d.group.as_deref(), |seq| StreamItem::Put { seq, decision })
     }

@@ -14,10 +14,15 @@
 //! - [`writer`]: the single writer with group commit;
 //! - [`api`] and [`server`]: HTTPS routes and the TLS accept loop;
 //! - [`admin`]: the root-only control socket for `palisade hub …`;
-//! - [`metrics`]: Prometheus counters.
+//! - [`metrics`]: Prometheus counters;
+//! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
+
+// Handlers return ready HTTP responses as their errors.
+#![allow(clippy::result_large_err)]
 
 pub mod admin;
 pub mod api;
+pub mod dashboard;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
@@ -108,7 +113,11 @@ pub fn open_store(state_dir: &Path) -> Result<Store> {
     create_private_dir(state_dir)?;
     Ok(Store::open(
         &state_dir.join(STORE_FILE),
-        &Options::default(),
+        &Options {
+            // The dashboard pages through decisions by time and expiry.
+            ordered: true,
+            ..Options::default()
+        },
     )?)
 }
 
@@ -142,12 +151,14 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
 
     let metrics = Arc::new(metrics::Metrics::default());
     let (live, _) = tokio::sync::broadcast::channel(LIVE_CHANNEL);
+    let activity = Arc::new(dashboard::Activity::default());
     let (writer_handle, writer_thread) = writer::spawn(writer::WriterSetup {
         store: store.clone(),
         policy: Policy::new(options.policy.clone()),
         live: live.clone(),
         metrics: metrics.clone(),
         events_kept: options.events_kept,
+        activity: activity.clone(),
     });
     writer_handle
         .send(writer::Job::StaticAllows(options.allows.clone()))
@@ -159,6 +170,7 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
         live,
         writer_handle,
         metrics,
+        activity,
     )?);
 
     let mut tasks = Vec::new();

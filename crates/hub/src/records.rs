@@ -53,4 +53,7 @@ pub struct NodeRecord {
     /// Intents received from this node, all outcomes.
     #[serde(default)]
     pub intents: u64,
+    /// Ban reports (ban intents) received from this node, all outcomes.
+    #[serde(default)]
+    pub reported: u64,
 }

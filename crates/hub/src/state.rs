@@ -70,6 +70,7 @@ pub struct Hub {
     pub live: broadcast::Sender<LiveEvent>,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
+    pub dashboard: crate::dashboard::Dashboard,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     nodes: Mutex<HashMap<String, NodeLive>>,
 }
@@ -90,6 +91,7 @@ impl Hub {
         live: broadcast::Sender<LiveEvent>,
         writer: WriterHandle,
         metrics: Arc<Metrics>,
+        activity: Arc<crate::dashboard::Activity>,
     ) -> anyhow::Result<Hub> {
         let hub = Hub {
             store,
@@ -99,6 +101,10 @@ impl Hub {
             live,
             writer,
             metrics,
+            dashboard: crate::dashboard::Dashboard {
+                activity,
+                ..Default::default()
+            },
             tokens: RwLock::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         };
@@ -164,6 +170,19 @@ impl Hub {
             });
         }
         Ok(Caller { id, record })
+    }
+
+    /// Revokes every valid token named `name`: its streams are cut at their
+    /// next event or ping, and a node's automatic allow entry goes. Returns
+    /// how many were revoked.
+    pub fn revoke_token(&self, name: &str) -> Result<usize, crate::tokens::TokenError> {
+        let ids = crate::tokens::revoke(&self.store, name)?;
+        let _ = self.reload_tokens();
+        let _ = self.writer.send(Job::NodeGone {
+            name: name.to_string(),
+        });
+        tracing::info!(name = %name, count = ids.len(), "token revoked");
+        Ok(ids.len())
     }
 
     /// True while the token with this id is valid (streams check it, so a

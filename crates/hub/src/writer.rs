@@ -15,10 +15,11 @@ use std::time::Duration;
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use palisade_policy::{Ledger, Node, Policy};
 use palisade_store::{Map, Queue, Store, StoreError};
-use palisade_wire::{Envelope, IntentOutcome, IntentResult};
+use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
 
+use crate::dashboard::Activity;
 use crate::ledger::{LiveEvent, StoreLedger, json};
 use crate::metrics::Metrics;
 use crate::records::NodeRecord;
@@ -29,6 +30,20 @@ const GROUP_COMMIT: usize = 256;
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 
 pub type IntentReply = oneshot::Sender<Result<Vec<IntentResult>, String>>;
+
+/// What an administrator asks from the dashboard.
+#[derive(Debug, Clone)]
+pub enum OperatorAction {
+    /// Unban, allow or unallow, decided by the policy like a node's intent.
+    Intent(Intent),
+    /// Make an active ban last `by` longer (from now if it would already
+    /// have ended), broadcast at once: unlike a repeated ban, never
+    /// suppressed.
+    Extend { target: Net, by: Span },
+}
+
+/// The node name dashboard actions are made on.
+pub const DASHBOARD_NODE: &str = "dashboard";
 
 /// Work for the writer.
 pub enum Job {
@@ -52,6 +67,12 @@ pub enum Job {
     PersistNodes(Vec<NodeRecord>),
     /// The configuration's allow entries: (network, comment, group).
     StaticAllows(Vec<(Net, Option<String>, Option<String>)>),
+    /// An administrator's action from the dashboard.
+    Operator {
+        actor: String,
+        action: OperatorAction,
+        reply: oneshot::Sender<Result<IntentResult, String>>,
+    },
     /// Finish what came before, then stop.
     Stop,
 }
@@ -76,6 +97,8 @@ pub struct WriterSetup {
     pub metrics: Arc<Metrics>,
     /// Events kept for agents that reconnect; older ones mean a snapshot.
     pub events_kept: u64,
+    /// The dashboard's counters of new bans.
+    pub activity: Arc<Activity>,
 }
 
 pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
@@ -127,18 +150,27 @@ impl Writer {
             for job in &jobs {
                 results.push(apply_job(policy, metrics, &mut ledger, job, now)?);
             }
-            Ok((results, ledger.events))
+            Ok((results, ledger.events, ledger.new_bans))
         });
         match result {
-            Ok((results, events)) => {
+            Ok((results, events, new_bans)) => {
                 tracing::debug!(jobs = results.len(), events = events.len(), "committed");
+                for (rule, target) in &new_bans {
+                    self.setup.activity.record(rule.as_deref(), target, now);
+                }
                 for e in events {
                     // No receivers is fine: nobody is connected.
                     let _ = self.setup.live.send(e);
                 }
                 for (job, r) in jobs.into_iter().zip(results) {
-                    if let (Job::Intents { reply, .. }, Some(r)) = (job, r) {
-                        let _ = reply.send(Ok(r));
+                    match (job, r) {
+                        (Job::Intents { reply, .. }, Some(r)) => {
+                            let _ = reply.send(Ok(r));
+                        }
+                        (Job::Operator { reply, .. }, Some(mut r)) => {
+                            let _ = reply.send(r.pop().ok_or_else(|| "no answer".to_string()));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -146,8 +178,15 @@ impl Writer {
                 error!(error = %e, "the hub could not store a change");
                 metrics.store_errors.inc();
                 for job in jobs {
-                    if let Job::Intents { reply, .. } = job {
-                        let _ = reply.send(Err(format!("the hub could not store this: {e}")));
+                    let why = format!("the hub could not store this: {e}");
+                    match job {
+                        Job::Intents { reply, .. } => {
+                            let _ = reply.send(Err(why));
+                        }
+                        Job::Operator { reply, .. } => {
+                            let _ = reply.send(Err(why));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -223,6 +262,9 @@ fn apply_job(
                 metrics.intent(&env.intent, r.outcome);
                 record.last_intent = env.id;
                 record.intents += 1;
+                if matches!(env.intent, Intent::Ban { .. }) {
+                    record.reported += 1;
+                }
                 results.push(r);
             }
             ledger.w.map_put(Map::Nodes, &node.name, &json(&record))?;
@@ -299,6 +341,26 @@ fn apply_job(
             }
             Ok(None)
         }
+        Job::Operator { actor, action, .. } => {
+            let r = match action {
+                OperatorAction::Intent(intent) => {
+                    let node = Node {
+                        name: DASHBOARD_NODE.to_string(),
+                        group: None,
+                    };
+                    let env = Envelope {
+                        id: 0,
+                        at: now,
+                        intent: intent.clone(),
+                    };
+                    let r = policy.decide(ledger, &node, &env, now)?;
+                    metrics.intent(&env.intent, r.outcome);
+                    r
+                }
+                OperatorAction::Extend { target, by } => extend(ledger, actor, target, *by, now)?,
+            };
+            Ok(Some(vec![r]))
+        }
         Job::Stop => Ok(None),
         Job::StaticAllows(entries) => {
             // Entries of the configuration are decisions of source config;
@@ -362,4 +424,47 @@ fn apply_job(
             Ok(None)
         }
     }
+}
+
+/// Extends an active ban by `by`, keeping who made it and noting who
+/// extended it.
+fn extend(
+    ledger: &mut StoreLedger<'_, '_>,
+    actor: &str,
+    target: &Net,
+    by: Span,
+    now: Timestamp,
+) -> Result<IntentResult, StoreError> {
+    let answer = |outcome, reason: Option<String>, expires| IntentResult {
+        id: 0,
+        outcome,
+        reason,
+        expires,
+    };
+    let Some(mut d) = ledger
+        .get(Action::Ban, target, None)?
+        .filter(|d| d.is_active(now))
+    else {
+        return Ok(answer(
+            IntentOutcome::NotFound,
+            Some(format!("{target} is not banned")),
+            None,
+        ));
+    };
+    d.expires = match (d.expires, by) {
+        (None, _) | (_, Span::Forever) => None,
+        (Some(e), Span::For(len)) => Some(e.max(now).saturating_add(len)),
+    };
+    d.updated = now;
+    d.hits = d.hits.saturating_add(1);
+    let fact = format!("extended by {by} by {actor} on the {DASHBOARD_NODE}");
+    d.evidence.push(palisade_model::decision::clean_text(&fact));
+    let excess = d
+        .evidence
+        .len()
+        .saturating_sub(palisade_model::decision::MAX_EVIDENCE_LINES);
+    d.evidence.drain(..excess);
+    ledger.put(&d)?;
+    info!(target = %target, by = %by, admin = %actor, "ban extended from the dashboard");
+    Ok(answer(IntentOutcome::Accepted, None, d.expires))
 }

@@ -15,6 +15,10 @@
 //! sequences: the agent's outbox of reports for the hub, the hub's stream of
 //! decision events) and [`Map`]s (small named tables: tokens, offender
 //! history), so that a decision and what follows from it commit together.
+//!
+//! A store opened with [`Options::ordered`] also keeps decisions ordered by
+//! last update and by expiry ([`Reader::ordered`]): what the hub's dashboard
+//! pages through with a million decisions, one short range scan per page.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +36,12 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("map.nodes");
 const OFFENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.offenders");
 const QUORUM: TableDefinition<&str, &[u8]> = TableDefinition::new("map.quorum");
 const GROUP_ALLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.group_allows");
+const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.admins");
+/// `[order][action][time, 8 bytes BE][decision key]`, see [`Order`].
+const ORDERED: TableDefinition<&[u8], ()> = TableDefinition::new("index.ordered");
+/// Meta key set while [`ORDERED`] is kept (its layout version).
+const ORDERED_META: &str = "index.ordered";
+const ORDERED_VERSION: u64 = 1;
 
 /// An append-only sequence of opaque records, numbered from 1. Numbers are
 /// never reused, also after the oldest records are removed.
@@ -72,6 +82,8 @@ pub enum Map {
     Quorum,
     /// Hub: allow entries that apply to one group of nodes only.
     GroupAllows,
+    /// Hub: the dashboard's administrators (password hashes), by name.
+    Admins,
 }
 
 impl Map {
@@ -82,6 +94,7 @@ impl Map {
             Map::Offenders => OFFENDERS,
             Map::Quorum => QUORUM,
             Map::GroupAllows => GROUP_ALLOWS,
+            Map::Admins => ADMINS,
         }
     }
 }
@@ -139,14 +152,86 @@ pub struct Options {
     /// Memory for redb's page cache. Small is fine: the working set of an
     /// agent is the recent writes and the expiry index head.
     pub cache_bytes: usize,
+    /// Keep decisions ordered by last update and by expiry as well
+    /// ([`Reader::ordered`]); two more index entries per decision. The hub
+    /// keeps them for its dashboard; agents do not need them. Turning it on
+    /// builds the index from the stored decisions once; turning it off drops
+    /// it.
+    pub ordered: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             cache_bytes: 16 << 20,
+            ordered: false,
         }
     }
+}
+
+/// The orders [`Reader::ordered`] lists decisions in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Order {
+    /// By [`Decision::updated`]: when it was made or last extended.
+    Updated,
+    /// By [`Decision::expires`]; decisions that never expire come last.
+    Expires,
+}
+
+impl Order {
+    fn byte(self) -> u8 {
+        match self {
+            Order::Updated => 1,
+            Order::Expires => 2,
+        }
+    }
+
+    fn time(self, d: &Decision) -> u64 {
+        match self {
+            Order::Updated => d.updated.as_millis(),
+            Order::Expires => d.expires.map_or(u64::MAX, |e| e.as_millis()),
+        }
+    }
+}
+
+/// A place in an ordered listing, to continue after it (keyset paging: a
+/// page costs the same wherever it is). Printable as hex for URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position(Vec<u8>);
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Position> {
+        let bad = || StoreError::Db(format!("{s:?} is not a listing position"));
+        if s.len() % 2 != 0 || s.len() > 80 {
+            return Err(bad());
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>>>()
+            .map(Position)
+    }
+}
+
+fn ordered_key(order: Order, d: &Decision) -> Vec<u8> {
+    let key = Key::new(d.action, &d.target);
+    let mut k = Vec::with_capacity(10 + key.len);
+    k.push(order.byte());
+    k.push(action_byte(d.action));
+    k.extend_from_slice(&order.time(d).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The decision store. Cheap to share behind an `Arc`; writes are serialised
@@ -154,6 +239,7 @@ impl Default for Options {
 pub struct Store {
     db: redb::Database,
     path: PathBuf,
+    ordered: bool,
 }
 
 impl Store {
@@ -174,6 +260,7 @@ impl Store {
         let store = Store {
             db,
             path: path.to_path_buf(),
+            ordered: options.ordered,
         };
         store.init()?;
         Ok(store)
@@ -197,6 +284,7 @@ impl Store {
                 Map::Offenders,
                 Map::Quorum,
                 Map::GroupAllows,
+                Map::Admins,
             ] {
                 tx.open_table(m.table())?;
             }
@@ -212,6 +300,25 @@ impl Store {
                 Some(_) => {}
                 None => {
                     meta.insert("format", u64::from(FORMAT))?;
+                }
+            }
+            let kept = meta.get(ORDERED_META)?.map(|v| v.value());
+            if kept != self.ordered.then_some(ORDERED_VERSION) {
+                // Build the ordered index from scratch, or drop it so that it
+                // cannot go stale while not kept.
+                let mut index = tx.open_table(ORDERED)?;
+                index.retain(|_, _| false)?;
+                if self.ordered {
+                    let decisions = tx.open_table(DECISIONS)?;
+                    for item in decisions.iter()? {
+                        let d = decode(item?.1.value())?;
+                        for order in [Order::Updated, Order::Expires] {
+                            index.insert(ordered_key(order, &d).as_slice(), ())?;
+                        }
+                    }
+                    meta.insert(ORDERED_META, ORDERED_VERSION)?;
+                } else {
+                    meta.remove(ORDERED_META)?;
                 }
             }
         }
@@ -253,6 +360,11 @@ impl Store {
                 decisions: tx.open_table(DECISIONS)?,
                 expiry: tx.open_table(EXPIRY)?,
                 meta: tx.open_table(META)?,
+                ordered: if self.ordered {
+                    Some(tx.open_table(ORDERED)?)
+                } else {
+                    None
+                },
                 deltas: [0; 3],
             };
             let out = f(&mut w)?;
@@ -270,6 +382,11 @@ impl Store {
             decisions: tx.open_table(DECISIONS)?,
             expiry: tx.open_table(EXPIRY)?,
             meta: tx.open_table(META)?,
+            ordered: if self.ordered {
+                Some(tx.open_table(ORDERED)?)
+            } else {
+                None
+            },
             tx,
         })
     }
@@ -281,6 +398,8 @@ pub struct Writer<'tx> {
     decisions: redb::Table<'tx, &'static [u8], &'static [u8]>,
     expiry: redb::Table<'tx, &'static [u8], ()>,
     meta: redb::Table<'tx, &'static str, u64>,
+    /// The ordered index, when kept.
+    ordered: Option<redb::Table<'tx, &'static [u8], ()>>,
     /// Changes to the counts, written once when the transaction commits.
     deltas: [i64; 3],
 }
@@ -332,7 +451,29 @@ impl Writer<'_> {
         if old.is_none() {
             self.count(d.action, &d.target, 1)?;
         }
+        self.reorder(old.as_ref(), Some(d))?;
         Ok(old)
+    }
+
+    /// Moves a decision's ordered-index entries from `old` to `new`.
+    fn reorder(&mut self, old: Option<&Decision>, new: Option<&Decision>) -> Result<()> {
+        let Some(index) = self.ordered.as_mut() else {
+            return Ok(());
+        };
+        for order in [Order::Updated, Order::Expires] {
+            let old_key = old.map(|d| ordered_key(order, d));
+            let new_key = new.map(|d| ordered_key(order, d));
+            if old_key == new_key {
+                continue;
+            }
+            if let Some(k) = old_key {
+                index.remove(k.as_slice())?;
+            }
+            if let Some(k) = new_key {
+                index.insert(k.as_slice(), ())?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends `record` to `queue`; returns its number.
@@ -433,6 +574,7 @@ impl Writer<'_> {
         if old.is_some() {
             self.count(action, net, -1)?;
         }
+        self.reorder(old.as_ref(), None)?;
         Ok(old)
     }
 
@@ -456,6 +598,7 @@ impl Writer<'_> {
         }
         for d in &out {
             self.count(d.action, &d.target, -1)?;
+            self.reorder(Some(d), None)?;
         }
         Ok(out)
     }
@@ -467,9 +610,105 @@ pub struct Reader {
     decisions: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     expiry: redb::ReadOnlyTable<&'static [u8], ()>,
     meta: redb::ReadOnlyTable<&'static str, u64>,
+    ordered: Option<redb::ReadOnlyTable<&'static [u8], ()>>,
 }
 
 impl Reader {
+    /// Decisions of `action` in `order` (newest or latest first when
+    /// `descending`), starting after `after`, each with its position to
+    /// continue from. Each item costs one index step and one lookup, so a
+    /// page is as cheap at the millionth decision as at the first. Needs a
+    /// store opened with [`Options::ordered`].
+    pub fn ordered(
+        &self,
+        action: Action,
+        order: Order,
+        descending: bool,
+        after: Option<&Position>,
+    ) -> Result<impl Iterator<Item = Result<(Position, Decision)>> + '_> {
+        use std::ops::Bound;
+        let index = self.ordered.as_ref().ok_or_else(|| {
+            StoreError::Db("this store was opened without the ordered index".into())
+        })?;
+        let lo = [order.byte(), action_byte(action)];
+        let hi = [order.byte(), action_byte(action) + 1];
+        let after = after.map(|p| p.0.as_slice());
+        let (start, end) = match (descending, after) {
+            (false, Some(a)) => (Bound::Excluded(a), Bound::Excluded(hi.as_slice())),
+            (true, Some(a)) => (Bound::Included(lo.as_slice()), Bound::Excluded(a)),
+            (_, None) => (
+                Bound::Included(lo.as_slice()),
+                Bound::Excluded(hi.as_slice()),
+            ),
+        };
+        // An `after` outside this listing's range gives an empty one.
+        let range = if start_after_end(&start, &end) {
+            None
+        } else {
+            Some(index.range::<&[u8]>((start, end))?)
+        };
+        let iter: Box<dyn Iterator<Item = _>> = match range {
+            None => Box::new(std::iter::empty()),
+            Some(r) if descending => Box::new(r.rev()),
+            Some(r) => Box::new(r),
+        };
+        Ok(iter.filter_map(move |item| {
+            let key = match item {
+                Ok((k, _)) => k.value().to_vec(),
+                Err(e) => return Some(Err(e.into())),
+            };
+            match self.decisions.get(&key[10..]) {
+                Ok(Some(v)) => Some(decode(v.value()).map(|d| (Position(key), d))),
+                // Cannot happen within one snapshot; skip rather than fail.
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        }))
+    }
+
+    /// Whether [`Reader::ordered`] works on this store.
+    pub fn is_ordered(&self) -> bool {
+        self.ordered.is_some()
+    }
+
+    /// Decisions of `action` inside `net` (including `net` itself), in
+    /// address order, starting after the decision for `after`: a network's
+    /// bans a page at a time, however many it holds.
+    pub fn inside(
+        &self,
+        action: Action,
+        net: &Net,
+        after: Option<&Net>,
+    ) -> Result<impl Iterator<Item = Result<Decision>> + '_> {
+        use std::ops::Bound;
+        let (first, last) = net.range();
+        let lo = Key::from_parts(action, net.family(), first, 0);
+        let hi = Key::from_parts(action, net.family(), last, u8::MAX);
+        let after = after.map(|a| Key::new(action, a));
+        let start = match &after {
+            Some(a) if a.as_bytes() >= lo.as_bytes() => Bound::Excluded(a.as_bytes()),
+            _ => Bound::Included(lo.as_bytes()),
+        };
+        let end = Bound::Included(hi.as_bytes());
+        let range = if start_after_end(&start, &end) {
+            None
+        } else {
+            Some(self.decisions.range::<&[u8]>((start, end))?)
+        };
+        let net = *net;
+        Ok(range.into_iter().flatten().filter_map(move |item| {
+            let d = match item {
+                Ok((_, v)) => decode(v.value()),
+                Err(e) => return Some(Err(e.into())),
+            };
+            match d {
+                Ok(d) if net.contains(&d.target) => Some(Ok(d)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }))
+    }
+
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
         get_in(&self.decisions, action, net)
     }
@@ -605,6 +844,17 @@ impl Reader {
             let bytes: [u8; 8] = k.value()[..8].try_into().expect("expiry key");
             Timestamp::from_millis(u64::from_be_bytes(bytes))
         }))
+    }
+}
+
+/// True when a range from `start` to `end` would be empty or inverted
+/// (redb refuses inverted ranges).
+fn start_after_end(start: &std::ops::Bound<&[u8]>, end: &std::ops::Bound<&[u8]>) -> bool {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    match (start, end) {
+        (Unbounded, _) | (_, Unbounded) => false,
+        (Included(s), Included(e)) => s > e,
+        (Included(s) | Excluded(s), Excluded(e)) | (Excluded(s), Included(e)) => s >= e,
     }
 }
 
@@ -1037,6 +1287,150 @@ mod tests {
         });
         assert!(res.is_err());
         assert!(s.read().unwrap().iter(None).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn ordered_index_pages_by_update_and_expiry_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            // Written without the index: it is built when first asked for.
+            let s = Store::open(&path, &Options::default()).unwrap();
+            s.write(|w| {
+                w.put(&ban("198.51.100.1", 3_000, Some(100)))?;
+                w.put(&ban("198.51.100.2", 1_000, None))?;
+                Ok(())
+            })
+            .unwrap();
+            assert!(!s.read().unwrap().is_ordered());
+        }
+        let opts = Options {
+            ordered: true,
+            ..Options::default()
+        };
+        let s = Store::open(&path, &opts).unwrap();
+        s.write(|w| {
+            w.put(&ban("198.51.100.3", 2_000, Some(10)))?;
+            w.put(&ban("2001:db8::9", 4_000, Some(1)))?;
+            let mut a = ban("198.18.0.0/24", 9_000, None);
+            a.action = Action::Allow;
+            w.put(&a)?;
+            Ok(())
+        })
+        .unwrap();
+        let list = |order, desc, after: Option<&Position>| -> Vec<(Position, String)> {
+            let r = s.read().unwrap();
+            r.ordered(Action::Ban, order, desc, after)
+                .unwrap()
+                .map(|i| i.map(|(p, d)| (p, d.target.to_string())).unwrap())
+                .collect()
+        };
+        let names = |v: &[(Position, String)]| v.iter().map(|x| x.1.clone()).collect::<Vec<_>>();
+        let newest = list(Order::Updated, true, None);
+        assert_eq!(
+            names(&newest),
+            [
+                "2001:db8::9",
+                "198.51.100.1",
+                "198.51.100.3",
+                "198.51.100.2"
+            ]
+        );
+        // Keyset paging: continue after the second entry, either way.
+        let p = newest[1].0.to_string().parse::<Position>().unwrap();
+        assert_eq!(
+            names(&list(Order::Updated, true, Some(&p))),
+            ["198.51.100.3", "198.51.100.2"]
+        );
+        assert_eq!(
+            names(&list(Order::Updated, false, Some(&p))),
+            ["2001:db8::9"]
+        );
+        // By expiry: soonest first, forever last.
+        assert_eq!(
+            names(&list(Order::Expires, false, None)),
+            [
+                "2001:db8::9",
+                "198.51.100.3",
+                "198.51.100.1",
+                "198.51.100.2"
+            ]
+        );
+        // Changes move entries; removals and expiry drop them.
+        s.write(|w| {
+            w.put(&ban("198.51.100.2", 5_000, Some(1)))?;
+            w.remove(Action::Ban, &n("198.51.100.1"))?;
+            w.take_expired(Timestamp::from_millis(5_000), 10)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            names(&list(Order::Updated, true, None)),
+            ["198.51.100.2", "198.51.100.3"]
+        );
+        assert_eq!(
+            names(&list(Order::Expires, false, None)),
+            ["198.51.100.2", "198.51.100.3"]
+        );
+        let r = s.read().unwrap();
+        let allows: Vec<_> = r
+            .ordered(Action::Allow, Order::Expires, false, None)
+            .unwrap()
+            .collect();
+        assert_eq!(allows.len(), 1);
+        assert!("zz".parse::<Position>().is_err());
+        drop(r);
+        drop(s);
+        // Opened without it again: the index is dropped, not left stale.
+        let s = Store::open(&path, &Options::default()).unwrap();
+        s.write(|w| w.remove(Action::Ban, &n("198.51.100.3")).map(|_| ()))
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path, &opts).unwrap();
+        let r = s.read().unwrap();
+        assert_eq!(
+            r.ordered(Action::Ban, Order::Updated, true, None)
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn inside_pages_through_a_network_in_address_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(|w| {
+            for t in [
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "10.1.2.3",
+                "10.2.0.1",
+                "11.0.0.1",
+            ] {
+                w.put(&ban(t, 0, None))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let r = s.read().unwrap();
+        let inside = |net: &str, after: Option<&str>| -> Vec<String> {
+            let after = after.map(n);
+            r.inside(Action::Ban, &n(net), after.as_ref())
+                .unwrap()
+                .map(|d| d.unwrap().target.to_string())
+                .collect()
+        };
+        assert_eq!(
+            inside("10.0.0.0/8", None),
+            ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "10.2.0.1"]
+        );
+        assert_eq!(
+            inside("10.0.0.0/8", Some("10.1.0.0/16")),
+            ["10.1.2.3", "10.2.0.1"]
+        );
+        assert_eq!(inside("10.0.0.0/8", Some("10.2.0.1")), Vec::<String>::new());
+        assert_eq!(inside("10.1.2.3", None), ["10.1.2.3"]);
     }
 
     #[test]
