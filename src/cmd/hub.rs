@@ -34,6 +34,12 @@ pub struct HubArgs {
     #[command(subcommand)]
     command: Option<HubCommand>,
 
+    /// Run on a bus: nats://HOST:PORT[,…] runs a stateless policy worker
+    /// (instead of an HTTPS hub; start several), mqtt://HOST:PORT bridges
+    /// this hub to an MQTT broker [default: [hub] join]
+    #[arg(long, env = "PALISADE_HUB_JOIN", value_name = "URL")]
+    join: Option<String>,
+
     #[command(flatten)]
     place: HubPlace,
 }
@@ -105,7 +111,17 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     match args.command {
         None => {
             super::agent::init_logging("info")?;
-            palisade_hub::run(options(&config, &args.place)?)?;
+            let options = options(&config, &args.place)?;
+            match args.join.clone().or(config.hub.join.clone()) {
+                None => palisade_hub::run(options)?,
+                Some(url) => match super::bus::kind(&url)? {
+                    super::bus::Kind::Nats => nats_worker(&config, &url, options)?,
+                    super::bus::Kind::Mqtt => mqtt_hub(&config, &url, options)?,
+                    super::bus::Kind::Hub => {
+                        bail!("a hub does not join another hub: --join takes nats://… or mqtt://…")
+                    }
+                },
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(HubCommand::Token(t)) => token(&config, &args.place, t),
@@ -129,6 +145,51 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `palisade hub --join nats://…`: a stateless policy worker.
+fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+    let worker = palisade_nats::WorkerOptions {
+        nats: super::bus::nats_options(url, config)?,
+        policy: options.policy,
+        allows: options.allows,
+        node_networks: config.hub.node_networks.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade-worker")
+        .build()?;
+    runtime
+        .block_on(palisade_nats::run_worker(
+            worker,
+            palisade_hub::wait_for_signal(),
+        ))
+        .map_err(anyhow::Error::msg)
+}
+
+/// `palisade hub --join mqtt://…`: the hub, bridged to an MQTT broker.
+fn mqtt_hub(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+    let bridge = palisade_mqtt::BridgeOptions {
+        mqtt: super::bus::mqtt_options(url, config)?,
+        vallumd_topic: config.mqtt.vallumd_topic.clone(),
+        vallumd_ban: config.mqtt.vallumd_ban,
+        node_networks: config.hub.node_networks.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade-hub")
+        .build()?;
+    runtime.block_on(async {
+        let hub = palisade_hub::start(options).await?;
+        let decider = std::sync::Arc::new(super::hubbus::HubDecider {
+            hub: hub.hub.clone(),
+        });
+        let task = tokio::spawn(palisade_mqtt::run_bridge(bridge, decider));
+        palisade_hub::wait_for_signal().await;
+        task.abort();
+        hub.stop().await;
+        Ok(())
+    })
 }
 
 /// The hub's options from the configuration and flags.

