@@ -123,7 +123,9 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         }),
     };
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let (options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    let (mut options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    // No hub runs in this process: the agent pulls the feeds itself.
+    options.feeds = agent_feeds(&config)?;
     palisade_agent::run(options, enforcers)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -187,8 +189,26 @@ pub fn agent_options(
         kill,
         detect,
         network,
+        feeds: Vec::new(),
     };
     Ok((options, enforcers(config)?))
+}
+
+/// The configured feeds, for an agent that pulls them itself.
+pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Scheduled>> {
+    config
+        .feed
+        .iter()
+        .map(|f| {
+            Ok(palisade_agent::feeds::Scheduled {
+                feed: super::feed::feed(f),
+                every: f
+                    .every
+                    .duration()
+                    .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?,
+            })
+        })
+        .collect()
 }
 
 /// The token from the flag, the config or the config's token file.

@@ -149,6 +149,11 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
 
 /// `palisade hub --join nats://…`: a stateless policy worker.
 fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+    if !config.feed.is_empty() {
+        tracing::warn!(
+            "policy workers do not pull feeds (several would race); on a NATS bus each agent pulls the [[feed]]s of its own configuration"
+        );
+    }
     let worker = palisade_nats::WorkerOptions {
         nats: super::bus::nats_options(url, config)?,
         policy: options.policy,
@@ -250,6 +255,17 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             .map(|a| (a.net, a.comment.clone(), a.group.clone()))
             .collect(),
         events_kept: h.events_kept.max(1),
+        feeds: config
+            .feed
+            .iter()
+            .map(|f| -> Result<_> {
+                let every = f
+                    .every
+                    .duration()
+                    .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?;
+                Ok((super::feed::feed(f), every))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -291,7 +307,7 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
         }
         HubResponse::Revoked { name, count } => println!("revoked {count} token(s) named {name}"),
         HubResponse::Error { message } => bail!("{message}"),
-        HubResponse::Status(_) => bail!("unexpected answer from the hub"),
+        HubResponse::Status(_) | HubResponse::Feed(_) => bail!("unexpected answer from the hub"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -328,6 +344,9 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 Err(e) => err(&e),
             }
         }
+        HubRequest::Status | HubRequest::FeedLoad { .. } => {
+            bail!("the hub is not running")
+        }
         HubRequest::TokenList => HubResponse::Tokens {
             tokens: palisade_hub::tokens::list(&store)?,
         },
@@ -338,11 +357,10 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
             },
             Err(e) => err(&e),
         },
-        HubRequest::Status => bail!("the hub is not running"),
     })
 }
 
-fn ask(socket: &std::path::Path, request: &HubRequest) -> Result<HubResponse, ClientError> {
+pub fn ask(socket: &std::path::Path, request: &HubRequest) -> Result<HubResponse, ClientError> {
     Client::connect(socket)?.request(request)
 }
 

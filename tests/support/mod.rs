@@ -537,3 +537,124 @@ impl Mosquitto {
         Mosquitto { proc, _dir: dir }
     }
 }
+
+/// A plain HTTP server for feeds, inside a lab host: one list, with an
+/// ETag and Last-Modified, answering conditional requests with 304.
+pub struct FeedServer {
+    pub state: std::sync::Arc<std::sync::Mutex<FeedServerState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub addr: std::net::SocketAddr,
+}
+
+#[derive(Default)]
+pub struct FeedServerState {
+    pub body: Vec<u8>,
+    /// Changes with each new body.
+    pub version: u64,
+    /// Answer 500 to everything.
+    pub failing: bool,
+    /// (path, If-None-Match) of each request, and the status answered.
+    pub requests: Vec<(String, Option<String>, u16)>,
+}
+
+impl FeedServer {
+    pub fn start(ns: &Netns, addr: std::net::SocketAddr) -> FeedServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = ns
+            .run(|| std::net::TcpListener::bind(addr))
+            .expect("bind the feed server");
+        listener.set_nonblocking(true).unwrap();
+        let state: std::sync::Arc<std::sync::Mutex<FeedServerState>> = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let (conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut inm = None;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("if-none-match")
+                    {
+                        inm = Some(v.trim().to_string());
+                    }
+                }
+                let mut state = s.lock().unwrap();
+                let etag = format!("\"v{}\"", state.version);
+                let mut conn = conn;
+                let status = if state.failing {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    500
+                } else if inm.as_deref() == Some(etag.as_str()) {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                    );
+                    304
+                } else {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: {etag}\r\nLast-Modified: Sat, 21 Nov 2026 07:00:00 GMT\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        state.body.len()
+                    );
+                    let _ = conn.write_all(&state.body);
+                    200
+                };
+                state.requests.push((path, inm, status));
+            }
+        });
+        FeedServer {
+            state,
+            stop,
+            thread: Some(thread),
+            addr,
+        }
+    }
+
+    /// Serves a new list.
+    pub fn set(&self, body: impl Into<Vec<u8>>) {
+        let mut s = self.state.lock().unwrap();
+        s.body = body.into();
+        s.version += 1;
+    }
+
+    pub fn fail(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
+    }
+
+    pub fn last_status(&self) -> Option<u16> {
+        self.state.lock().unwrap().requests.last().map(|r| r.2)
+    }
+
+    /// Stops serving: connections are refused from now on.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

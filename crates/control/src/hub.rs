@@ -22,6 +22,11 @@ pub enum HubRequest {
         name: String,
     },
     Status,
+    /// Replace a feed's entries with its last good list (kept in the hub's
+    /// state directory by `palisade feed pull`).
+    FeedLoad {
+        name: String,
+    },
 }
 
 /// What the hub answers.
@@ -32,6 +37,7 @@ pub enum HubResponse {
     Tokens { tokens: Vec<TokenInfo> },
     Revoked { name: String, count: u64 },
     Status(Box<HubStatus>),
+    Feed(crate::proto::FeedApplied),
     Error { message: String },
 }
 

@@ -70,6 +70,8 @@ pub struct Hub {
     pub live: broadcast::Sender<LiveEvent>,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
+    /// Where the hub keeps its files (feeds' last good lists too).
+    pub state_dir: std::path::PathBuf,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     nodes: Mutex<HashMap<String, NodeLive>>,
 }
@@ -90,6 +92,7 @@ impl Hub {
         live: broadcast::Sender<LiveEvent>,
         writer: WriterHandle,
         metrics: Arc<Metrics>,
+        state_dir: std::path::PathBuf,
     ) -> anyhow::Result<Hub> {
         let hub = Hub {
             store,
@@ -99,6 +102,7 @@ impl Hub {
             live,
             writer,
             metrics,
+            state_dir,
             tokens: RwLock::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         };

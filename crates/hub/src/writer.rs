@@ -52,8 +52,23 @@ pub enum Job {
     PersistNodes(Vec<NodeRecord>),
     /// The configuration's allow entries: (network, comment, group).
     StaticAllows(Vec<(Net, Option<String>, Option<String>)>),
+    /// A feed's new list: it replaces the feed's entries, network-wide.
+    Feed {
+        name: String,
+        entries: Vec<Net>,
+        reply: oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
+    },
+    /// The feeds still configured: the others' entries go.
+    RetireFeeds(Vec<String>),
     /// Finish what came before, then stop.
     Stop,
+}
+
+/// What a job gives back once committed.
+enum Done {
+    Nothing,
+    Intents(Vec<IntentResult>),
+    Feed(palisade_control::FeedApplied),
 }
 
 #[derive(Clone)]
@@ -136,8 +151,15 @@ impl Writer {
                     let _ = self.setup.live.send(e);
                 }
                 for (job, r) in jobs.into_iter().zip(results) {
-                    if let (Job::Intents { reply, .. }, Some(r)) = (job, r) {
-                        let _ = reply.send(Ok(r));
+                    match (job, r) {
+                        (Job::Intents { reply, .. }, Done::Intents(r)) => {
+                            let _ = reply.send(Ok(r));
+                        }
+                        (Job::Feed { reply, name, .. }, Done::Feed(a)) => {
+                            info!(feed = %name, total = a.total, added = a.added, removed = a.removed, refused = a.refused, kept = a.kept, "feed applied");
+                            let _ = reply.send(Ok(a));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -145,8 +167,14 @@ impl Writer {
                 error!(error = %e, "the hub could not store a change");
                 metrics.store_errors.inc();
                 for job in jobs {
-                    if let Job::Intents { reply, .. } = job {
-                        let _ = reply.send(Err(format!("the hub could not store this: {e}")));
+                    match job {
+                        Job::Intents { reply, .. } => {
+                            let _ = reply.send(Err(format!("the hub could not store this: {e}")));
+                        }
+                        Job::Feed { reply, .. } => {
+                            let _ = reply.send(Err(format!("the hub could not store this: {e}")));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -189,8 +217,27 @@ fn apply_job(
     ledger: &mut StoreLedger<'_, '_>,
     job: &Job,
     now: Timestamp,
-) -> Result<Option<Vec<IntentResult>>, StoreError> {
+) -> Result<Done, StoreError> {
     match job {
+        Job::Feed { name, entries, .. } => Ok(Done::Feed(replace_feed(
+            policy, ledger, name, entries, now,
+        )?)),
+        Job::RetireFeeds(keep) => {
+            let mut gone = std::collections::HashSet::new();
+            for d in ledger.w.all(Action::Ban)? {
+                if d.origin.source == Source::Feed
+                    && let Some(name) = d.rule.as_deref().and_then(|r| r.strip_prefix("feed:"))
+                    && !keep.iter().any(|k| k == name)
+                {
+                    gone.insert(name.to_string());
+                }
+            }
+            for name in gone {
+                info!(feed = %name, "the feed is no longer configured; removing its entries");
+                replace_feed(policy, ledger, &name, &[], now)?;
+            }
+            Ok(Done::Nothing)
+        }
         Job::Intents {
             node, envelopes, ..
         } => {
@@ -225,7 +272,7 @@ fn apply_job(
                 results.push(r);
             }
             ledger.w.map_put(Map::Nodes, &node.name, &json(&record))?;
-            Ok(Some(results))
+            Ok(Done::Intents(results))
         }
         Job::NodeAddress { name, address, old } => {
             let (name, address) = (name.clone(), *address);
@@ -265,7 +312,7 @@ fn apply_job(
                 });
             record.address = Some(address);
             ledger.w.map_put(Map::Nodes, &name, &json(&record))?;
-            Ok(None)
+            Ok(Done::Nothing)
         }
         Job::NodeGone { name } => {
             let record: Option<NodeRecord> = ledger
@@ -280,7 +327,7 @@ fn apply_job(
                 ledger.remove(Action::Allow, &Net::host(addr), None)?;
                 info!(node = %name, address = %addr, "removed the allow of a revoked node's address");
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
         Job::PersistNodes(records) => {
             for live in records.iter().cloned() {
@@ -296,9 +343,9 @@ fn apply_job(
                 stored.group = live.group.clone();
                 ledger.w.map_put(Map::Nodes, &live.name, &json(&stored))?;
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
-        Job::Stop => Ok(None),
+        Job::Stop => Ok(Done::Nothing),
         Job::StaticAllows(entries) => {
             // Entries of the configuration are decisions of source config;
             // ones no longer configured are removed.
@@ -358,7 +405,63 @@ fn apply_job(
                     ledger.remove(Action::Allow, &d.target, d.group.as_deref())?;
                 }
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
     }
+}
+
+/// Makes `entries` the feed's whole set of bans, network-wide: removes
+/// what it no longer lists, adds the new entries (allow entries and the
+/// guard still win; an address banned for another reason is left as it
+/// is), all in the writer's one transaction.
+fn replace_feed(
+    policy: &Policy,
+    ledger: &mut StoreLedger<'_, '_>,
+    name: &str,
+    entries: &[Net],
+    now: Timestamp,
+) -> Result<palisade_control::FeedApplied, StoreError> {
+    let rule = format!("feed:{name}");
+    let current: std::collections::HashSet<Net> = ledger
+        .w
+        .all(Action::Ban)?
+        .into_iter()
+        .filter(|d| d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()))
+        .map(|d| d.target)
+        .collect();
+    let wanted: std::collections::HashSet<Net> = entries.iter().copied().collect();
+    let mut applied = palisade_control::FeedApplied {
+        total: wanted.len() as u64,
+        ..Default::default()
+    };
+    for n in current.iter().filter(|n| !wanted.contains(n)) {
+        ledger.remove(Action::Ban, n, None)?;
+        applied.removed += 1;
+    }
+    for n in wanted.iter().filter(|n| !current.contains(n)) {
+        if policy.refusal(ledger, n)?.is_some() {
+            applied.refused += 1;
+            continue;
+        }
+        if ledger
+            .get(Action::Ban, n, None)?
+            .is_some_and(|d| d.is_active(now))
+        {
+            applied.kept += 1;
+            continue;
+        }
+        let d = Decision::new(
+            Action::Ban,
+            *n,
+            now,
+            Span::Forever,
+            Origin::new("hub", Source::Feed).with_actor(name),
+        )
+        .with_rule(rule.clone())
+        .with_reason(format!("listed by the feed {name}"))
+        .with_scope(Scope::Network);
+        ledger.put(&d)?;
+        applied.added += 1;
+    }
+    Ok(applied)
 }
