@@ -465,11 +465,12 @@ impl NatsServer {
         let routes: Vec<String> = peers.iter().map(|p| format!("nats://{p}:6222")).collect();
         let mut cmd = ns.command(bin);
         cmd.args(["-a", addr, "-p", "4222", "-n", name, "-js", "-sd"])
-            .arg(dir.path())
-            .args(["--cluster_name", "palisade-lab"])
-            .args(["--cluster", &format!("nats://{addr}:6222")]);
+            .arg(dir.path());
+        // No peers: a single server, no cluster.
         if !routes.is_empty() {
-            cmd.args(["--routes", &routes.join(",")]);
+            cmd.args(["--cluster_name", "palisade-lab"])
+                .args(["--cluster", &format!("nats://{addr}:6222")])
+                .args(["--routes", &routes.join(",")]);
         }
         let proc = Proc::spawn(cmd).expect("start nats-server");
         assert!(
@@ -502,7 +503,9 @@ impl Mosquitto {
     /// may connect.
     pub fn start(ns: &Netns, addr: &str, users: &[(&str, &str)]) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut conf = format!("listener 1883 {addr}\npersistence false\n");
+        // Without set_tcp_nodelay, mosquitto holds small messages behind
+        // delayed acknowledgements (tens of milliseconds each).
+        let mut conf = format!("listener 1883 {addr}\npersistence false\nset_tcp_nodelay true\n");
         if users.is_empty() {
             conf.push_str("allow_anonymous true\n");
         } else {

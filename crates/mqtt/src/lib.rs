@@ -142,6 +142,12 @@ impl MqttOptions {
         o.set_clean_start(true);
         o.set_max_packet_size(Some(MAX_PACKET));
         o.set_connection_timeout(5);
+        // Small messages, sent at once: Nagle's algorithm would hold each
+        // behind the previous one's acknowledgement.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        o.set_network_options(net);
         if let Some(u) = &self.username {
             o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
         }
