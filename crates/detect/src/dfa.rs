@@ -66,6 +66,94 @@ pub(crate) struct RuleDfa {
     dfa: usize,
     /// Bytes a match can begin with (the DFA is not dead after them).
     first: [u64; 4],
+    /// Where the search stood after the first [`MEMO_LONG`] or
+    /// [`MEMO_SHORT`] bytes of recent messages (log lines of one kind start
+    /// alike), in two direct-mapped tables of [`MEMO_SLOTS`].
+    memo: Box<[Memo]>,
+}
+
+const MEMO_LONG: usize = 32;
+const MEMO_SHORT: usize = 16;
+const MEMO_SLOTS: usize = 128;
+
+/// The search state after a message's first `len` bytes.
+#[derive(Clone, Copy)]
+struct Memo {
+    key: [u8; MEMO_LONG],
+    len: u8,
+    /// The lazy DFA's cache generation the state belongs to, plus one (0:
+    /// empty); a cleared cache invalidates its states.
+    generation: usize,
+    /// Where the search stood: its state, the last match so far (pattern,
+    /// end), and whether it already ended (dead state).
+    sid: LazyStateID,
+    found: Option<(u32, u32)>,
+    done: bool,
+}
+
+fn memo_slot(key: &[u8]) -> usize {
+    let mut h = key.len() as u64;
+    for chunk in key.chunks_exact(8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+    (h >> 32) as usize % MEMO_SLOTS
+}
+
+/// A forward search in progress (leftmost-first: the last match seen
+/// before the DFA dies or the text ends is the match).
+struct Forward {
+    sid: LazyStateID,
+    found: Option<(u32, u32)>,
+    done: bool,
+}
+
+impl Forward {
+    /// Steps over `hay[from..to]`.
+    fn run(
+        &mut self,
+        dfa: &DFA,
+        cache: &mut Cache,
+        hay: &[u8],
+        from: usize,
+        to: usize,
+    ) -> Result<(), ()> {
+        for (at, &b) in hay[from..to].iter().enumerate() {
+            if self.done {
+                return Ok(());
+            }
+            self.sid = step(dfa, cache, self.sid, b)?;
+            if self.sid.is_tagged() {
+                if self.sid.is_match() {
+                    // Matches are reported one byte late.
+                    let pattern = dfa.match_pattern(cache, self.sid, 0).as_u32();
+                    self.found = Some((pattern, (from + at) as u32));
+                } else if self.sid.is_dead() {
+                    self.done = true;
+                } else if self.sid.is_quit() {
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the search at the end of `hay`.
+    fn finish(
+        mut self,
+        dfa: &DFA,
+        cache: &mut Cache,
+        hay: &[u8],
+    ) -> Result<Option<(usize, usize)>, ()> {
+        if !self.done {
+            self.sid = dfa.next_eoi_state(cache, self.sid).map_err(drop)?;
+            if self.sid.is_match() {
+                let pattern = dfa.match_pattern(cache, self.sid, 0).as_u32();
+                self.found = Some((pattern, hay.len() as u32));
+            }
+        }
+        Ok(self.found.map(|(p, e)| (p as usize, e as usize)))
+    }
 }
 
 /// The three reverse DFAs of a pattern `P (?P<host>H) S`.
@@ -73,6 +161,13 @@ pub(crate) struct HostSplit {
     p: usize,
     h: usize,
     s: usize,
+    /// Bytes `P` can end with (whatever follows): a candidate host after
+    /// any other byte is rejected without running the DFA.
+    p_last: [u64; 4],
+}
+
+fn has(set: &[u64; 4], b: u8) -> bool {
+    set[usize::from(b >> 6)] & (1u64 << (b & 63)) != 0
 }
 
 /// Compiled DFAs with their caches, and scratch space for the searches.
@@ -86,6 +181,8 @@ pub(crate) struct Dfas {
     ends: Vec<usize>,
     starts: Vec<usize>,
     pairs: Vec<(usize, usize)>,
+    /// A smaller lazy DFA cache than the default (tests: frequent clears).
+    cache_capacity: Option<usize>,
 }
 
 /// Most candidate host ends and starts looked at before asking the `regex`
@@ -101,8 +198,14 @@ fn nfa_config(reverse: bool) -> thompson::Config {
         .which_captures(thompson::WhichCaptures::None)
 }
 
-fn dfa_config(kind: MatchKind) -> regex_automata::hybrid::dfa::Config {
-    DFA::config()
+fn dfa_config(kind: MatchKind, capacity: Option<usize>) -> regex_automata::hybrid::dfa::Config {
+    let config = match capacity {
+        Some(bytes) => DFA::config()
+            .cache_capacity(bytes)
+            .skip_cache_capacity_check(true),
+        None => DFA::config(),
+    };
+    config
         .match_kind(kind)
         // `(?u:\b)` makes the DFA quit on non-ASCII bytes (the search then
         // fails and the caller asks the `regex` crate) instead of failing
@@ -125,7 +228,7 @@ impl Dfas {
             .build_many_from_hir(hirs)
             .ok()?;
         let dfa = DFA::builder()
-            .configure(dfa_config(MatchKind::LeftmostFirst))
+            .configure(dfa_config(MatchKind::LeftmostFirst, self.cache_capacity))
             .build_from_nfa(nfa)
             .ok()?;
         let mut first = [u64::MAX; 4];
@@ -139,7 +242,22 @@ impl Dfas {
             }
         }
         let dfa = self.add(dfa);
-        Some(RuleDfa { dfa, first })
+        Some(RuleDfa {
+            dfa,
+            first,
+            memo: vec![
+                Memo {
+                    key: [0; MEMO_LONG],
+                    len: 0,
+                    generation: 0,
+                    sid: LazyStateID::default(),
+                    found: None,
+                    done: false,
+                };
+                2 * MEMO_SLOTS
+            ]
+            .into_boxed_slice(),
+        })
     }
 
     fn reverse(&mut self, hir: Hir) -> Option<usize> {
@@ -151,7 +269,7 @@ impl Dfas {
             .build_from_hir(&hir)
             .ok()?;
         let dfa = DFA::builder()
-            .configure(dfa_config(MatchKind::All))
+            .configure(dfa_config(MatchKind::All, self.cache_capacity))
             .build_from_nfa(nfa)
             .ok()?;
         let id = self.add(dfa);
@@ -174,26 +292,107 @@ impl Dfas {
         let p = self.reverse(Hir::concat(parts[..k].to_vec()))?;
         let h = self.reverse((*host.sub).clone())?;
         let s = self.reverse(Hir::concat(parts[k + 1..].to_vec()))?;
-        Some(HostSplit { p, h, s })
+        // Every start state (one per byte after the end of P, or none),
+        // every first byte read backwards.
+        let dfa = &self.dfas[p];
+        let mut cache = dfa.create_cache();
+        let mut p_last = [0u64; 4];
+        for after in (0..=255u8).map(Some).chain([None]) {
+            let config = start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(after);
+            let Ok(start) = dfa.start_state(&mut cache, &config) else {
+                p_last = [u64::MAX; 4];
+                break;
+            };
+            for b in 0..=255u8 {
+                if !dfa
+                    .next_state(&mut cache, start, b)
+                    .is_ok_and(|n| n.is_dead())
+                {
+                    p_last[usize::from(b >> 6)] |= 1u64 << (b & 63);
+                }
+            }
+        }
+        Some(HostSplit { p, h, s, p_last })
     }
 
     /// The first of the rule's patterns (by position in the rule) that
     /// matches `hay`, and the end of its match. `Err` if the search failed.
     pub(crate) fn search(
         &mut self,
-        rule: &RuleDfa,
+        rule: &mut RuleDfa,
         hay: &[u8],
     ) -> Result<Option<(usize, usize)>, ()> {
         if let Some(&b) = hay.first()
-            && rule.first[usize::from(b >> 6)] & (1u64 << (b & 63)) == 0
+            && !has(&rule.first, b)
         {
             return Ok(None);
         }
-        let input = Input::new(hay).anchored(Anchored::Yes);
-        match self.dfas[rule.dfa].try_search_fwd(&mut self.caches[rule.dfa], &input) {
-            Ok(m) => Ok(m.map(|m| (m.pattern().as_usize(), m.offset()))),
-            Err(_) => Err(()),
+        let (dfa, cache) = (&self.dfas[rule.dfa], &mut self.caches[rule.dfa]);
+        if hay.len() < MEMO_SHORT {
+            let input = Input::new(hay).anchored(Anchored::Yes);
+            return match dfa.try_search_fwd(cache, &input) {
+                Ok(m) => Ok(m.map(|m| (m.pattern().as_usize(), m.offset()))),
+                Err(_) => Err(()),
+            };
         }
+        // Resume from where the search stood after this message's first 32
+        // or 16 bytes, if a recent message started the same way.
+        let long = hay.len() >= MEMO_LONG;
+        let (ls, ss) = (
+            memo_slot(&hay[..MEMO_LONG.min(hay.len())]),
+            MEMO_SLOTS + memo_slot(&hay[..MEMO_SHORT]),
+        );
+        let current = cache.clear_count() + 1;
+        let hit = |m: &Memo, len: usize| {
+            m.generation == current && usize::from(m.len) == len && m.key[..len] == hay[..len]
+        };
+        let (mut fwd, at) = if long && hit(&rule.memo[ls], MEMO_LONG) {
+            let m = &rule.memo[ls];
+            (
+                Forward {
+                    sid: m.sid,
+                    found: m.found,
+                    done: m.done,
+                },
+                MEMO_LONG,
+            )
+        } else if hit(&rule.memo[ss], MEMO_SHORT) {
+            let m = &rule.memo[ss];
+            (
+                Forward {
+                    sid: m.sid,
+                    found: m.found,
+                    done: m.done,
+                },
+                MEMO_SHORT,
+            )
+        } else {
+            let config = start::Config::new().anchored(Anchored::Yes);
+            let sid = dfa.start_state(cache, &config).map_err(drop)?;
+            let mut fwd = Forward {
+                sid,
+                found: None,
+                done: false,
+            };
+            fwd.run(dfa, cache, hay, 0, MEMO_SHORT)?;
+            if cache.clear_count() + 1 == current {
+                rule.memo[ss] = memo(hay, MEMO_SHORT, current, &fwd);
+            }
+            (fwd, MEMO_SHORT)
+        };
+        let at = if long && at == MEMO_SHORT {
+            fwd.run(dfa, cache, hay, MEMO_SHORT, MEMO_LONG)?;
+            if cache.clear_count() + 1 == current {
+                rule.memo[ls] = memo(hay, MEMO_LONG, current, &fwd);
+            }
+            MEMO_LONG
+        } else {
+            at
+        };
+        fwd.run(dfa, cache, hay, at, hay.len())?;
+        fwd.finish(dfa, cache, hay)
     }
 
     /// The span of the `host` group in the match of a split pattern that
@@ -253,7 +452,10 @@ impl Dfas {
         let p = split.p;
         let mut passed = None;
         for (n, &(i, j)) in pairs.iter().enumerate() {
-            if n != skip && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)? {
+            if n != skip
+                && (i == 0 || has(&split.p_last, hay[i - 1]))
+                && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)?
+            {
                 if passed.is_some() {
                     return Ok(None);
                 }
@@ -271,6 +473,31 @@ impl Dfas {
             }
         }
     }
+}
+
+fn memo(hay: &[u8], len: usize, generation: usize, fwd: &Forward) -> Memo {
+    let mut key = [0; MEMO_LONG];
+    key[..len].copy_from_slice(&hay[..len]);
+    Memo {
+        key,
+        len: len as u8,
+        generation,
+        sid: fwd.sid,
+        found: fwd.found,
+        done: fwd.done,
+    }
+}
+
+/// One step of a search, cheaper when `sid` is an ordinary state.
+#[inline(always)]
+fn step(dfa: &DFA, cache: &mut Cache, sid: LazyStateID, b: u8) -> Result<LazyStateID, ()> {
+    if !sid.is_tagged() {
+        let next = dfa.next_state_untagged(cache, sid, b);
+        if !next.is_unknown() {
+            return Ok(next);
+        }
+    }
+    dfa.next_state(cache, sid, b).map_err(drop)
 }
 
 fn rev_start(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<LazyStateID, ()> {
@@ -292,10 +519,10 @@ fn rev_starts(
     max: usize,
 ) -> Result<(), ()> {
     let mut sid = rev_start(dfa, cache, hay, hi)?;
-    let mut at = hi;
+    let mut at = hi.min(hay.len());
     while at > 0 {
         at -= 1;
-        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        sid = step(dfa, cache, sid, hay[at])?;
         if sid.is_tagged() {
             if sid.is_match() {
                 // Matches are reported one byte late.
@@ -320,10 +547,10 @@ fn rev_starts(
 /// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
 fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
     let mut sid = rev_start(dfa, cache, hay, hi)?;
-    let mut at = hi;
+    let mut at = hi.min(hay.len());
     while at > 0 {
         at -= 1;
-        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        sid = step(dfa, cache, sid, hay[at])?;
         if sid.is_tagged() {
             if sid.is_dead() {
                 return Ok(false);
@@ -345,7 +572,7 @@ mod tests {
     fn agree(p: &str, line: &str) -> Option<(usize, usize)> {
         let mut d = Dfas::default();
         let hir = anchored_form(parse(p).unwrap());
-        let rule = d.rule(std::slice::from_ref(&hir)).unwrap();
+        let mut rule = d.rule(std::slice::from_ref(&hir)).unwrap();
         let split = d.split(&hir).unwrap();
         let re = regex::bytes::RegexBuilder::new(p)
             .unicode(false)
@@ -355,7 +582,7 @@ mod tests {
             .captures(line.as_bytes())
             .and_then(|c| c.name("host").map(|m| (m.start(), m.end())));
         let got = d
-            .search(&rule, line.as_bytes())
+            .search(&mut rule, line.as_bytes())
             .unwrap()
             .and_then(|(_, end)| d.host(&split, line.as_bytes(), end));
         if let Some(got) = got {
@@ -394,6 +621,61 @@ mod tests {
         assert_eq!(agree(&p, "x 2001:db8::1:80"), None, "ambiguous: ask regex");
     }
 
+    /// The search resumed from remembered message starts finds what a
+    /// search from the start finds, also when the lazy DFA's cache is
+    /// cleared all the time.
+    #[test]
+    fn remembered_starts_agree_with_whole_searches() {
+        let host = crate::host::HOST_RE;
+        let patterns = [
+            format!(
+                r"^Failed password for (?:invalid user )?.*? from {host} port \d+(?: ssh\d*)?$"
+            ),
+            format!(r"^Failed password for root from 1\d+\.51"),
+            r"^Failed password for root".to_string(),
+            format!(
+                r"^(?:Connection closed|Disconnected) by (?:(?:invalid|authenticating) user .*? )?{host} port \d+ \[preauth\]$"
+            ),
+            r"^x{0,40}$".to_string(),
+        ];
+        let hirs: Vec<Hir> = patterns
+            .iter()
+            .map(|p| anchored_form(parse(p).unwrap()))
+            .collect();
+        let mut text = Vec::new();
+        crate::loggen::write_auth_log(&mut text, 3_000, 11).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split_once("]: ").map(|(_, m)| m.to_string()))
+            .collect();
+        lines.extend((0..60).map(|n| "x".repeat(n)));
+        lines.push("Failed password for root from 198.51.100.7 port 1 ssh2".into());
+        for capacity in [None, Some(1)] {
+            let mut d = Dfas {
+                cache_capacity: capacity,
+                ..Dfas::default()
+            };
+            let mut rule = d.rule(&hirs).unwrap();
+            for round in 0..3 {
+                for l in &lines {
+                    let want = d.dfas[rule.dfa]
+                        .try_search_fwd(
+                            &mut d.caches[rule.dfa],
+                            &Input::new(l.as_bytes()).anchored(Anchored::Yes),
+                        )
+                        .unwrap()
+                        .map(|m| (m.pattern().as_usize(), m.offset()));
+                    assert_eq!(
+                        d.search(&mut rule, l.as_bytes()).unwrap(),
+                        want,
+                        "{round} {l}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn rule_search_is_leftmost_first_by_pattern() {
         let mut d = Dfas::default();
@@ -401,13 +683,13 @@ mod tests {
             .iter()
             .map(|p| anchored_form(parse(p).unwrap()))
             .collect();
-        let rule = d.rule(&hirs).unwrap();
-        assert_eq!(d.search(&rule, b"xxa").unwrap(), Some((0, 3)));
-        assert_eq!(d.search(&rule, b"ab").unwrap(), Some((0, 1)));
-        let rule = d.rule(&hirs[1..]).unwrap();
-        assert_eq!(d.search(&rule, b"ab").unwrap(), Some((0, 2)));
-        assert_eq!(d.search(&rule, b"abc").unwrap(), Some((1, 1)));
-        assert_eq!(d.search(&rule, b"b").unwrap(), None);
-        assert_eq!(d.search(&rule, b"").unwrap(), None);
+        let mut rule = d.rule(&hirs).unwrap();
+        assert_eq!(d.search(&mut rule, b"xxa").unwrap(), Some((0, 3)));
+        assert_eq!(d.search(&mut rule, b"ab").unwrap(), Some((0, 1)));
+        let mut rule = d.rule(&hirs[1..]).unwrap();
+        assert_eq!(d.search(&mut rule, b"ab").unwrap(), Some((0, 2)));
+        assert_eq!(d.search(&mut rule, b"abc").unwrap(), Some((1, 1)));
+        assert_eq!(d.search(&mut rule, b"b").unwrap(), None);
+        assert_eq!(d.search(&mut rule, b"").unwrap(), None);
     }
 }

@@ -365,11 +365,14 @@ impl Engine {
         if !self.patterns.is_empty() {
             let header = syslog::parse(line);
             let g = self.group_of(header.program);
+            // Groups of a program hold the rules for it; the group of all
+            // rules is also used for programs past the cache.
+            let any_program = g == self.all_group;
             let msg = header.message;
             for n in 0..self.groups[g].rules.len() {
                 let rule = self.groups[g].rules[n];
                 let info = &self.rules[rule];
-                let applies = info.program_matches(header.program)
+                let applies = (!any_program || info.program_matches(header.program))
                     && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
                 if applies && let Some(hit) = self.rule_hit(rule, msg) {
                     out.push(hit);
@@ -400,7 +403,7 @@ impl Engine {
     /// bad or good pattern whose host is no address passes to the next one.
     fn rule_hit(&mut self, rule: usize, msg: &str) -> Option<Hit> {
         let range = self.native[rule].patterns.clone();
-        let Some(rule_dfa) = &self.native[rule].dfa else {
+        let Some(rule_dfa) = &mut self.native[rule].dfa else {
             return self.rule_hit_slow(rule, range, msg);
         };
         let (p, end) = match self.dfas.search(rule_dfa, msg.as_bytes()) {

@@ -52,7 +52,7 @@ pub fn parse(line: &str) -> Header<'_> {
         return none;
     };
     let time = &rest[..tlen];
-    let after = rest[tlen..].trim_start_matches(' ');
+    let after = skip_spaces(&rest[tlen..]);
     if after.len() == rest.len() - tlen {
         return none; // no space after the time
     }
@@ -124,40 +124,77 @@ fn parse_5424(s: &str) -> Option<Header<'_>> {
 }
 
 fn split_word(s: &str) -> (&str, &str) {
-    match s.find(' ') {
-        Some(i) => (&s[..i], s[i + 1..].trim_start_matches(' ')),
+    let b = s.as_bytes();
+    match b.iter().position(|&c| c == b' ') {
+        Some(i) => (&s[..i], skip_spaces(&s[i + 1..])),
         None => (s, ""),
     }
+}
+
+fn skip_spaces(s: &str) -> &str {
+    let n = s.bytes().take_while(|&c| c == b' ').count();
+    &s[n..]
+}
+
+/// The bytes allowed in a program name.
+const PROGRAM_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'_' | b'.' | b'/' | b'@' | b'(' | b')');
+        b += 1;
+    }
+    t
+};
+
+fn program_byte(b: u8) -> bool {
+    PROGRAM_BYTES[usize::from(b)]
 }
 
 /// `sshd[123]:` or `sshd:` followed by the message.
 fn tag<'a>(word: &'a str, tail: &'a str) -> Option<(&'a str, &'a str)> {
     let w = word.strip_suffix(':')?;
-    let prog = match w.find('[') {
+    let wb = w.as_bytes();
+    let prog = match wb.iter().position(|&c| c == b'[') {
         Some(i) => {
-            let pid = w[i + 1..].strip_suffix(']')?;
-            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            let pid = wb[i + 1..].strip_suffix(b"]")?;
+            if pid.is_empty() || !pid.iter().all(u8::is_ascii_digit) {
                 return None;
             }
             &w[..i]
         }
         None => w,
     };
-    if prog.is_empty()
-        || prog.len() > 64
-        || !prog
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./@()".contains(&b))
-    {
+    if prog.is_empty() || prog.len() > 64 || !prog.bytes().all(program_byte) {
         return None;
     }
     Some((prog, tail))
 }
 
+fn is_month(m: &[u8]) -> bool {
+    matches!(
+        m,
+        b"Jan"
+            | b"Feb"
+            | b"Mar"
+            | b"Apr"
+            | b"May"
+            | b"Jun"
+            | b"Jul"
+            | b"Aug"
+            | b"Sep"
+            | b"Oct"
+            | b"Nov"
+            | b"Dec"
+    )
+}
+
 /// Length of a leading BSD or RFC 3339 time, if any.
 fn time_len(s: &str) -> Option<usize> {
     let b = s.as_bytes();
-    if b.len() >= 15 && MONTHS.iter().any(|m| s.starts_with(m)) && b[3] == b' ' {
+    if b.len() >= 15 && is_month(&b[..3]) && b[3] == b' ' {
         // "Mar  3 12:00:00" or "Mar 03 12:00:00", optional ".123456"
         let d = &b[4..6];
         let day_ok = (d[0] == b' ' || d[0].is_ascii_digit()) && d[1].is_ascii_digit();

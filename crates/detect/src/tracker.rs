@@ -10,10 +10,18 @@
 //!
 //! Memory is bounded: at most [`Limits::max_tracked`] (rule, address) pairs;
 //! when full, the least recently seen pair is forgotten.
+//!
+//! Layout, for speed with many attackers: the pairs live in a slab whose
+//! slots are reused (a forgotten pair's slot, with its buffers, serves the
+//! next new pair, so steady state allocates nothing); a hash table of slot
+//! numbers finds them; each slot keeps its times and its evidence lines in
+//! ring buffers; the least recently seen pair is found through a queue of
+//! (slot, touch) records, stale records being skipped and dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use hashbrown::HashTable;
 use palisade_model::decision::clean_text;
 use palisade_model::{Net, Scope, Span, Timestamp};
 
@@ -50,57 +58,382 @@ pub enum Event {
     Forgive { rule: String, address: Net },
 }
 
-struct Entry {
-    /// Failure times in ms, oldest first.
-    times: VecDeque<u64>,
-    /// The last evidence lines, each ending in '\n' (one allocation).
-    evidence: String,
-    evidence_count: usize,
-    /// The highest stage in force and when it stops being in force.
-    fired: Option<(usize, u64)>,
-    seq: u64,
+/// No stage in force.
+const NONE_FIRED: u16 = u16::MAX;
+
+/// `rule` of a free slot.
+const FREE: u32 = u32::MAX;
+
+/// Failure times kept in the slot itself (as offsets from its base time);
+/// rules with larger stage counts keep them in [`Wide`] rings.
+const INLINE_TIMES: usize = 20;
+
+/// `Slot::t_cap` flag: this slot's times are in `Tracker::wide`.
+const WIDE: u8 = 0x80;
+
+/// Most evidence lines kept per pair.
+const MAX_LINES: usize = palisade_model::decision::MAX_EVIDENCE_LINES;
+
+/// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
+const MAX_LINE_LEN: usize = 16 * 1024;
+
+/// One (rule, address) pair being counted, in three cache lines: the times
+/// and state a failure reads, then where its evidence lines are (their
+/// bytes are in `Tracker::arena`, or on the heap when they outgrow it).
+#[repr(C, align(64))]
+struct Slot {
+    /// Failure times: a ring of the rule's largest stage count, in ms after
+    /// `base`.
+    times: [u32; INLINE_TIMES],
+    base: u64,
+    /// When the stage in force stops being in force.
+    until: u64,
+    /// The address (IPv4 as IPv4-mapped IPv6).
+    addr: [u8; 16],
+    /// Low bits of the last touch.
+    seq: u32,
+    /// The rule, or [`FREE`].
+    rule: u32,
+    /// The highest stage in force, or [`NONE_FIRED`].
+    fired: u16,
+    /// The times ring: index of the oldest, how many are kept, how many of
+    /// the newest are in order (for those, the n-th newest is also the
+    /// earliest of the n newest), capacity (with [`WIDE`]).
+    t_head: u8,
+    t_len: u8,
+    t_sorted: u8,
+    t_cap: u8,
+    /// The evidence ring (third cache line).
+    ev: Ring,
 }
 
-type Key = (u32, IpAddr);
+const _: () = assert!(std::mem::size_of::<Slot>() == 192);
 
-/// A small, fast hasher for (rule, address) keys. Addresses are chosen by
-/// attackers, so the seed is random per tracker (no precomputed
-/// collisions); the multiply-rotate mix is FxHash's.
-#[derive(Clone, Copy)]
-struct KeyHasher(u64);
+/// The times of a slot whose rule counts more than [`INLINE_TIMES`]
+/// failures, or whose times span more than 32 bits of milliseconds.
+struct Wide {
+    times: Vec<u64>,
+    head: usize,
+    len: usize,
+    sorted: usize,
+}
 
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+/// Read access to a ring of failure times, newest first.
+trait Times {
+    fn len(&self) -> usize;
+    fn sorted(&self) -> usize;
+    /// The time `back` failures before the newest (0 = the newest).
+    fn time(&self, back: usize) -> u64;
+
+    /// How many of the newest failures in a row are later than `since`.
+    fn recent(&self, since: u64) -> usize {
+        (0..self.len())
+            .take_while(|&k| self.time(k) > since)
+            .count()
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
+
+    /// Whether the `count` newest failures are all later than `since`
+    /// (`recent(since) >= count`).
+    fn reached(&self, since: u64, count: usize) -> bool {
+        if count == 0 {
+            return true;
+        }
+        if count > self.len() {
+            return false;
+        }
+        if count <= self.sorted() {
+            return self.time(count - 1) > since;
+        }
+        (0..count).all(|k| self.time(k) > since)
+    }
+}
+
+fn ring_index(head: usize, k: usize, cap: usize) -> usize {
+    let i = head + k;
+    if i >= cap { i - cap } else { i }
+}
+
+impl Times for Slot {
+    fn len(&self) -> usize {
+        usize::from(self.t_len)
+    }
+    fn sorted(&self) -> usize {
+        usize::from(self.t_sorted)
+    }
+    fn time(&self, back: usize) -> u64 {
+        let cap = usize::from(self.t_cap);
+        let i = ring_index(
+            usize::from(self.t_head),
+            usize::from(self.t_len) - 1 - back,
+            cap,
+        );
+        self.base + u64::from(self.times[i])
+    }
+}
+
+impl Times for Wide {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn sorted(&self) -> usize {
+        self.sorted
+    }
+    fn time(&self, back: usize) -> u64 {
+        self.times[ring_index(self.head, self.len - 1 - back, self.times.len())]
+    }
+}
+
+impl Wide {
+    fn push(&mut self, t: u64) {
+        let cap = self.times.len();
+        self.sorted = if self.len > 0 && t >= self.time(0) {
+            (self.sorted + 1).min(cap)
+        } else {
+            1
+        };
+        if self.len == cap {
+            self.times[self.head] = t;
+            self.head = ring_index(self.head, 1, cap);
+        } else {
+            self.times[ring_index(self.head, self.len, cap)] = t;
+            self.len += 1;
         }
     }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
+}
+
+impl Slot {
+    fn is_wide(&self) -> bool {
+        self.t_cap & WIDE != 0
     }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
+
+    /// Adds a failure time; `false` (nothing changed) if `t` and the kept
+    /// times do not fit 32-bit offsets from one base.
+    fn push_time(&mut self, t: u64) -> bool {
+        let cap = usize::from(self.t_cap);
+        let len = usize::from(self.t_len);
+        if len == 0 {
+            self.base = t;
+        } else if t < self.base || t - self.base > u64::from(u32::MAX) {
+            let (mut lo, mut hi) = (t, t);
+            for k in 0..len {
+                let x = self.time(k);
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+            if hi - lo > u64::from(u32::MAX) {
+                return false;
+            }
+            let shift = (self.base - lo) as u32;
+            for x in &mut self.times[..cap] {
+                *x = x.wrapping_add(shift);
+            }
+            self.base = lo;
+        }
+        self.t_sorted = if len > 0 && t >= self.time(0) {
+            (self.t_sorted + 1).min(self.t_cap)
+        } else {
+            1
+        };
+        let head = usize::from(self.t_head);
+        let at = if len == cap {
+            self.t_head = ring_index(head, 1, cap) as u8;
+            head
+        } else {
+            self.t_len += 1;
+            ring_index(head, len, cap)
+        };
+        self.times[at] = (t - self.base) as u32;
+        true
     }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
+
+    /// The times as a [`Wide`] ring of capacity `cap`.
+    fn widen(&self, cap: usize) -> Wide {
+        let len = usize::from(self.t_len);
+        let mut times = vec![0; cap];
+        for (k, x) in times.iter_mut().take(len).enumerate() {
+            *x = self.time(len - 1 - k);
+        }
+        Wide {
+            times,
+            head: 0,
+            len,
+            sorted: usize::from(self.t_sorted),
+        }
     }
 }
 
-#[derive(Clone, Copy)]
-struct KeyHash(u64);
+fn key(addr: &IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    }
+}
 
-impl std::hash::BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(self.0)
+/// Evidence lines in a ring of bytes, their lengths in a ring beside it.
+/// The bytes are the slot's region of the arena, or `heap` once the lines
+/// to keep do not fit there.
+#[derive(Default)]
+struct Ring {
+    heap: Option<Box<[u8]>>,
+    head: u32,
+    used: u32,
+    /// Lengths of the kept lines, oldest at `first`.
+    lens: [u16; MAX_LINES],
+    first: u8,
+    count: u8,
+}
+
+fn ring_read(buf: &[u8], at: usize, out: &mut [u8]) {
+    let cap = buf.len();
+    let first = out.len().min(cap - at);
+    out[..first].copy_from_slice(&buf[at..at + first]);
+    let rest = out.len() - first;
+    out[first..].copy_from_slice(&buf[..rest]);
+}
+
+fn ring_write(buf: &mut [u8], at: usize, data: &[u8]) {
+    let cap = buf.len();
+    let first = data.len().min(cap - at);
+    buf[at..at + first].copy_from_slice(&data[..first]);
+    let rest = data.len() - first;
+    buf[..rest].copy_from_slice(&data[first..]);
+}
+
+fn wrap(at: usize, cap: usize) -> usize {
+    if at >= cap { at - cap } else { at }
+}
+
+impl Ring {
+    fn clear(&mut self) {
+        self.head = 0;
+        self.used = 0;
+        self.first = 0;
+        self.count = 0;
+    }
+
+    fn len_at(&self, n: usize) -> usize {
+        usize::from(self.lens[(usize::from(self.first) + n) % MAX_LINES])
+    }
+
+    /// Appends `line` (at most [`MAX_LINE_LEN`] + 3 bytes), keeping at most
+    /// `max` lines (`max` <= [`MAX_LINES`]); `region` is the slot's room in
+    /// the arena.
+    fn push(&mut self, region: &mut [u8], line: &[u8], max: usize) {
+        let mut heap = self.heap.take();
+        let cap = heap.as_ref().map_or(region.len(), |h| h.len());
+        if usize::from(self.count) >= max {
+            let n = self.len_at(0);
+            self.head = wrap(self.head as usize + n, cap) as u32;
+            self.used -= n as u32;
+            self.first = ((usize::from(self.first) + 1) % MAX_LINES) as u8;
+            self.count -= 1;
+        }
+        let need = line.len();
+        let used = self.used as usize;
+        if used + need > cap {
+            let mut bigger =
+                vec![0u8; (used + need).max(cap + cap / 2).max(256)].into_boxed_slice();
+            let buf: &[u8] = heap.as_deref().unwrap_or(region);
+            ring_read(buf, self.head as usize, &mut bigger[..used]);
+            heap = Some(bigger);
+            self.head = 0;
+        }
+        let buf: &mut [u8] = match &mut heap {
+            Some(h) => h,
+            None => region,
+        };
+        let at = wrap(self.head as usize + used, buf.len());
+        ring_write(buf, at, line);
+        self.heap = heap;
+        self.used += need as u32;
+        self.lens[(usize::from(self.first) + usize::from(self.count)) % MAX_LINES] = need as u16;
+        self.count += 1;
+    }
+
+    /// Asks the processor to fetch the room the next `len` bytes will be
+    /// written to.
+    fn prefetch_next(&self, region: &[u8], len: usize) {
+        let buf: &[u8] = self.heap.as_deref().unwrap_or(region);
+        if self.used as usize + len > buf.len() {
+            return; // it will grow
+        }
+        let at = wrap(self.head as usize + self.used as usize, buf.len());
+        let mut off = 0;
+        while off < len + 64 {
+            prefetch(&buf[wrap(at + off.min(len), buf.len())]);
+            off += 64;
+        }
+    }
+
+    /// The lines, oldest first.
+    fn lines(&self, region: &[u8]) -> Vec<String> {
+        let buf: &[u8] = self.heap.as_deref().unwrap_or(region);
+        let mut out = Vec::with_capacity(usize::from(self.count));
+        let mut at = self.head as usize;
+        for n in 0..usize::from(self.count) {
+            let len = self.len_at(n);
+            let mut text = vec![0u8; len];
+            ring_read(buf, at, &mut text);
+            at = wrap(at + len, buf.len());
+            // Written from whole `str`s.
+            out.push(String::from_utf8(text).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// Asks the kernel to back `v`'s buffer with huge pages where it can (the
+/// slots and evidence are read at random: fewer TLB misses).
+fn advise_huge<T>(v: &Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let end = start + v.capacity() * std::mem::size_of::<T>();
+        let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if b > a {
+            // SAFETY: advice on whole pages inside the vector's own
+            // allocation; it changes how they are backed, not their contents.
+            unsafe {
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
+/// Asks the processor to bring the cache line of `p` in (no effect on
+/// other targets).
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; `p` is a valid reference.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Hashes (rule, address) keys. Addresses are chosen by attackers, so the
+/// keys are random per tracker (no precomputed collisions), mixed by
+/// folded multiplications.
+#[derive(Clone, Copy)]
+struct KeyHash([u64; 3]);
+
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl KeyHash {
+    fn hash(&self, rule: u32, addr: &[u8; 16]) -> u64 {
+        let x = u128::from_le_bytes(*addr);
+        let (a, b) = (x as u64, (x >> 64) as u64);
+        let h = folded_mul(a ^ self.0[0], b ^ self.0[1] ^ u64::from(rule));
+        folded_mul(h, self.0[2])
     }
 }
 
@@ -119,30 +452,91 @@ fn random_seed() -> u64 {
 pub struct Tracker {
     engine: Engine,
     limits: Limits,
-    entries: HashMap<Key, Entry, KeyHash>,
-    order: VecDeque<(Key, u64)>,
+    slots: Vec<Slot>,
+    /// Evidence bytes: `region` bytes per slot, slot after slot.
+    arena: Vec<u8>,
+    region: usize,
+    /// Times of the slots marked [`WIDE`].
+    wide: std::collections::HashMap<u32, Wide>,
+    free: Vec<u32>,
+    /// Slot numbers, by hash of (rule, address).
+    table: HashTable<u32>,
+    keys: KeyHash,
+    /// (slot, low bits of the touch) per touch, oldest first; a record is
+    /// stale when the slot was touched again since (or freed).
+    order: VecDeque<(u32, u32)>,
     seq: u64,
     hits: Vec<Hit>,
-    /// Per rule: the largest stage count.
+    /// Per rule: the largest stage count, and the longest window in ms.
     max_count: Vec<usize>,
+    max_window: Vec<u64>,
+    /// A cleaned evidence line, when the line needs cleaning.
+    line: String,
+    /// The evidence line of the last failure and its slot, written into
+    /// the slot's ring at the next failure (its room is prefetched in the
+    /// meantime), or sooner when a stage fires or slots are released.
+    staged: Vec<u8>,
+    staged_slot: Option<u32>,
     evicted: u64,
 }
 
 impl Tracker {
-    pub fn new(engine: Engine, limits: Limits) -> Tracker {
+    /// A tracker over `engine`. Evidence is capped at
+    /// [`palisade_model::decision::MAX_EVIDENCE_LINES`] lines (what a
+    /// decision keeps) of at most 16 KiB (what a source passes on).
+    pub fn new(engine: Engine, mut limits: Limits) -> Tracker {
+        limits.evidence_lines = limits.evidence_lines.min(MAX_LINES);
+        limits.evidence_len = limits.evidence_len.min(MAX_LINE_LEN);
         let max_count = engine
             .rules()
             .iter()
-            .map(|r| r.stages.iter().map(|s| s.count as usize).max().unwrap_or(1))
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .map(|s| s.count as usize)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1)
+            })
             .collect();
+        let max_window = engine
+            .rules()
+            .iter()
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .map(|s| s.within.as_millis() as u64)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        // Room for evidence lines of up to 128 bytes in the arena; a slot
+        // whose lines need more moves them to the heap.
+        let region = (limits.evidence_lines * 128).next_multiple_of(64);
+        // Reserved (not touched) up front, so that huge pages can back it.
+        let reserve = limits.max_tracked.clamp(1, 1 << 16);
+        let slots = Vec::with_capacity(reserve);
+        let arena = Vec::with_capacity(reserve * region);
+        advise_huge(&slots);
+        advise_huge(&arena);
         Tracker {
             engine,
             limits,
-            entries: HashMap::with_hasher(KeyHash(random_seed())),
+            slots,
+            arena,
+            region,
+            wide: Default::default(),
+            free: Vec::new(),
+            table: HashTable::new(),
+            keys: KeyHash([random_seed(), random_seed(), random_seed() | 1]),
             order: VecDeque::new(),
             seq: 0,
             hits: Vec::new(),
             max_count,
+            max_window,
+            line: String::new(),
+            staged: Vec::new(),
+            staged_slot: None,
             evicted: 0,
         }
     }
@@ -157,7 +551,7 @@ impl Tracker {
 
     /// Number of (rule, address) pairs being counted.
     pub fn tracked(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     /// Pairs forgotten because the tracker was full.
@@ -189,7 +583,7 @@ impl Tracker {
             match hit.kind {
                 HitKind::Ignored => {}
                 HitKind::Good => {
-                    self.entries.remove(&(hit.rule as u32, address.addr()));
+                    self.forget(hit.rule as u32, &key(&address.addr()));
                     events.push(Event::Forgive {
                         rule: self.engine.rules()[hit.rule].name.clone(),
                         address,
@@ -206,83 +600,207 @@ impl Tracker {
         (events, &self.hits)
     }
 
+    fn find(&self, rule: u32, addr: &[u8; 16]) -> Option<u32> {
+        self.find_hashed(self.keys.hash(rule, addr), rule, addr)
+    }
+
+    fn find_hashed(&self, hash: u64, rule: u32, addr: &[u8; 16]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.rule == rule && s.addr == *addr
+            })
+            .copied()
+    }
+
+    /// Drops slot `i` from the table and frees it.
+    fn release(&mut self, i: u32) {
+        let s = &self.slots[i as usize];
+        let h = self.keys.hash(s.rule, &s.addr);
+        if let Ok(e) = self.table.find_entry(h, |&x| x == i) {
+            e.remove();
+        }
+        if s.is_wide() {
+            self.wide.remove(&i);
+        }
+        self.slots[i as usize].rule = FREE;
+        self.free.push(i);
+    }
+
+    /// Writes the staged evidence line into its slot's ring.
+    fn flush(&mut self) {
+        if let Some(i) = self.staged_slot.take() {
+            let i = i as usize;
+            let region = &mut self.arena[i * self.region..(i + 1) * self.region];
+            self.slots[i]
+                .ev
+                .push(region, &self.staged, self.limits.evidence_lines);
+        }
+    }
+
+    fn forget(&mut self, rule: u32, addr: &[u8; 16]) {
+        self.flush();
+        if let Some(i) = self.find(rule, addr) {
+            self.release(i);
+        }
+    }
+
+    /// A slot for a new pair, its buffers emptied.
+    fn new_slot(&mut self, rule: usize, addr: [u8; 16]) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    times: [0; INLINE_TIMES],
+                    base: 0,
+                    until: 0,
+                    addr,
+                    seq: 0,
+                    rule: FREE,
+                    fired: NONE_FIRED,
+                    t_head: 0,
+                    t_len: 0,
+                    t_sorted: 0,
+                    t_cap: 0,
+                    ev: Ring::default(),
+                });
+                self.arena.resize(self.slots.len() * self.region, 0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let cap = self.max_count[rule];
+        let s = &mut self.slots[i as usize];
+        s.rule = rule as u32;
+        s.addr = addr;
+        s.fired = NONE_FIRED;
+        s.until = 0;
+        s.t_head = 0;
+        s.t_len = 0;
+        s.t_sorted = 0;
+        if cap <= INLINE_TIMES {
+            s.t_cap = cap as u8;
+        } else {
+            s.t_cap = WIDE;
+            self.wide.insert(
+                i,
+                Wide {
+                    times: vec![0; cap],
+                    head: 0,
+                    len: 0,
+                    sorted: 0,
+                },
+            );
+        }
+        self.slots[i as usize].ev.clear();
+        let slots = &self.slots;
+        let keys = self.keys;
+        self.table
+            .insert_unique(keys.hash(rule as u32, &addr), i, |&x| {
+                let s = &slots[x as usize];
+                keys.hash(s.rule, &s.addr)
+            });
+        i
+    }
+
     fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
-        let key = (rule as u32, address.addr());
+        let addr = key(&address.addr());
         let t = now.as_millis();
+        // Ask for the slot (most likely the first candidate of the table)
+        // before writing the last failure's evidence.
+        let hash = self.keys.hash(rule as u32, &addr);
+        if let Some(&i) = self.table.iter_hash(hash).next() {
+            let slot = &self.slots[i as usize];
+            prefetch(slot);
+            prefetch(&slot.base);
+            prefetch(&slot.ev);
+        }
+        self.flush();
         self.seq += 1;
         let seq = self.seq;
-        // One hash probe in the common case (not full).
-        if self.entries.len() >= self.limits.max_tracked.max(1) && !self.entries.contains_key(&key)
-        {
-            while self.entries.len() >= self.limits.max_tracked.max(1) {
-                self.evict_one();
+        let i = match self.find_hashed(hash, rule as u32, &addr) {
+            Some(i) => i,
+            None => {
+                while self.table.len() >= self.limits.max_tracked.max(1) {
+                    self.evict_one();
+                }
+                self.new_slot(rule, addr)
             }
+        };
+        let iu = i as usize;
+        self.order.push_back((i, seq as u32));
+        let s = &mut self.slots[iu];
+        s.seq = seq as u32;
+        if !s.is_wide() && !s.push_time(t) {
+            // Times more than 49 days apart: keep them in full.
+            self.wide.insert(i, s.widen(usize::from(s.t_cap)));
+            s.t_cap = WIDE;
         }
-        let entry = self.entries.entry(key).or_insert_with(|| Entry {
-            times: VecDeque::new(),
-            evidence: String::new(),
-            evidence_count: 0,
-            fired: None,
-            seq,
-        });
-        entry.seq = seq;
-        self.order.push_back((key, seq));
-        if entry.times.len() >= self.max_count[rule] {
-            entry.times.pop_front();
-        }
-        entry.times.push_back(t);
-        if self.limits.evidence_lines > 0 {
-            if entry.evidence_count >= self.limits.evidence_lines {
-                let first = entry
-                    .evidence
-                    .find('\n')
-                    .map_or(entry.evidence.len(), |i| i + 1);
-                entry.evidence.drain(..first);
-                entry.evidence_count -= 1;
-            }
-            push_capped(
-                &mut entry.evidence,
-                text.trim_end(),
-                self.limits.evidence_len,
-            );
-            entry.evidence.push('\n');
-            entry.evidence_count += 1;
-        }
-        if let Some((_, until)) = entry.fired
-            && until <= t
+        if s.is_wide()
+            && let Some(w) = self.wide.get_mut(&i)
         {
-            entry.fired = None;
+            w.push(t);
         }
+        if s.fired != NONE_FIRED && s.until <= t {
+            s.fired = NONE_FIRED;
+        }
+        let times: &dyn Times = match self.wide.get(&i) {
+            Some(w) if s.is_wide() => w,
+            _ => &*s,
+        };
         let info = &self.engine.rules()[rule];
         // The highest stage whose threshold is reached now.
         let mut fire = None;
-        for (i, stage) in info.stages.iter().enumerate() {
+        for (n, stage) in info.stages.iter().enumerate() {
             let since = t.saturating_sub(stage.within.as_millis() as u64);
-            let n = entry.times.iter().rev().take_while(|&&x| x > since).count();
-            if n >= stage.count as usize {
-                fire = Some((i, n));
+            if times.reached(since, stage.count as usize) {
+                fire = Some(n);
             }
         }
-        let event = match fire {
-            Some((i, n)) if entry.fired.is_none_or(|(f, _)| i > f) => {
-                let stage = &info.stages[i];
-                let until = match stage.ban {
+        let fire = fire.filter(|&n| s.fired == NONE_FIRED || n > usize::from(s.fired));
+        let count = fire.map(|n| {
+            let since = t.saturating_sub(info.stages[n].within.as_millis() as u64);
+            times.recent(since)
+        });
+        let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
+        let ring = &mut self.slots[iu].ev;
+        if self.limits.evidence_lines > 0 {
+            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+            self.staged.clear();
+            self.staged.extend_from_slice(line.as_bytes());
+            if more {
+                self.staged.extend_from_slice("…".as_bytes());
+            }
+            if fire.is_some() {
+                ring.push(region, &self.staged, self.limits.evidence_lines);
+            } else {
+                ring.prefetch_next(region, self.staged.len());
+                self.staged_slot = Some(i);
+            }
+        }
+        let event = match (fire, count) {
+            (Some(n), Some(count)) => {
+                let stage = &info.stages[n];
+                let s = &mut self.slots[iu];
+                s.until = match stage.ban {
                     Span::For(d) => t.saturating_add(d.as_millis() as u64),
                     Span::Forever => u64::MAX,
                 };
-                entry.fired = Some((i, until));
+                s.fired = n as u16;
                 Some(Event::Ban {
                     rule: info.name.clone(),
                     address,
                     stage: StageRef {
-                        index: i,
+                        index: n,
                         name: stage.name.clone(),
                         list: stage.list.clone(),
                     },
                     span: stage.ban,
                     scope: info.scope,
-                    count: n as u32,
-                    evidence: entry.evidence.lines().map(String::from).collect(),
+                    count: count as u32,
+                    evidence: s
+                        .ev
+                        .lines(&self.arena[iu * self.region..(iu + 1) * self.region]),
                 })
             }
             _ => None,
@@ -293,72 +811,101 @@ impl Tracker {
         event
     }
 
+    fn live(&self, (i, seq): (u32, u32)) -> bool {
+        let s = &self.slots[i as usize];
+        s.rule != FREE && s.seq == seq
+    }
+
     fn evict_one(&mut self) {
-        while let Some((key, seq)) = self.order.pop_front() {
-            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
-                self.entries.remove(&key);
+        while let Some(rec) = self.order.pop_front() {
+            if self.live(rec) {
+                self.release(rec.0);
                 self.evicted += 1;
                 return;
             }
         }
         // The order queue lost track (cannot happen); drop anything.
-        if let Some(&key) = self.entries.keys().next() {
-            self.entries.remove(&key);
+        if let Some(i) = (0..self.slots.len() as u32).find(|&i| self.slots[i as usize].rule != FREE)
+        {
+            self.release(i);
             self.evicted += 1;
         }
     }
 
+    /// Drops the stale records of the order queue (keeps the order).
     fn compact(&mut self) {
-        let mut live: Vec<(Key, u64)> = self.entries.iter().map(|(k, e)| (*k, e.seq)).collect();
-        live.sort_by_key(|&(_, s)| s);
-        self.order = live.into();
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|&rec| self.live(rec));
+        self.order = order;
     }
 
     /// Forgets pairs with no failure inside their rule's largest window and
     /// no stage in force. Call now and then (e.g. every minute).
     pub fn prune(&mut self, now: Timestamp) {
+        self.flush();
         let t = now.as_millis();
-        let rules = self.engine.rules();
-        self.entries.retain(|(rule, _), e| {
-            let window = rules[*rule as usize]
-                .stages
-                .iter()
-                .map(|s| s.within.as_millis() as u64)
-                .max()
-                .unwrap_or(0);
-            let recent = e.times.back().is_some_and(|&x| x + window > t);
-            let in_force = e.fired.is_some_and(|(_, until)| until > t);
-            recent || in_force
-        });
+        for i in 0..self.slots.len() as u32 {
+            let s = &self.slots[i as usize];
+            if s.rule == FREE {
+                continue;
+            }
+            let newest = match self.wide.get(&i) {
+                Some(w) if s.is_wide() => (w.len > 0).then(|| w.time(0)),
+                _ => (s.t_len > 0).then(|| s.time(0)),
+            };
+            let window = self.max_window[s.rule as usize];
+            let recent = newest.is_some_and(|x| x + window > t);
+            let in_force = s.fired != NONE_FIRED && s.until > t;
+            if !(recent || in_force) {
+                self.release(i);
+            }
+        }
         self.compact();
     }
 }
 
-/// Appends `s`, cleaned (no control characters, so no newline either) and
-/// capped at `max` bytes.
-fn push_capped(out: &mut String, s: &str, max: usize) {
+/// `s` cleaned (no control characters, so no newline either) and capped at
+/// `max` bytes, and whether it was cut (then `…` follows). Cleaning, when
+/// needed, happens in `scratch`.
+fn capped<'a>(s: &'a str, max: usize, scratch: &'a mut String) -> (&'a str, bool) {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     let head = &s[..end];
-    if head
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
-    {
-        out.push_str(head);
+    let cut = end < s.len();
+    if printable(head.as_bytes()) {
+        (head, cut)
     } else {
-        out.push_str(&clean_text(head));
+        *scratch = clean_text(head);
+        (scratch.as_str(), cut)
     }
-    if end < s.len() {
-        out.push('…');
+}
+
+/// Only printable ASCII and tabs (16 bytes at a time, written so that it
+/// compiles to vector instructions).
+fn printable(b: &[u8]) -> bool {
+    fn bad(c: u8) -> u8 {
+        // c < 0x20 or c >= 0x7f, except tab
+        u8::from(c.wrapping_sub(0x20) >= 0x5f) & u8::from(c != b'\t')
     }
+    let mut chunks = b.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(0, |acc, &c| acc | bad(c)) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&c| bad(c) == 0)
 }
 
 #[cfg(test)]
 fn cap(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    push_capped(&mut out, s, max);
+    let mut scratch = String::new();
+    let (head, cut) = capped(s, max, &mut scratch);
+    let mut out = head.to_string();
+    if cut {
+        out.push('…');
+    }
     out
 }
 
@@ -530,6 +1077,20 @@ mod tests {
     }
 
     #[test]
+    fn printable_is_printable_ascii_and_tabs() {
+        for len in 0..40 {
+            for c in 0..=255u8 {
+                let mut b = vec![b'a'; len];
+                if len > 0 {
+                    b[len / 2] = c;
+                }
+                let want = b.iter().all(|&c| (0x20..0x7f).contains(&c) || c == b'\t');
+                assert_eq!(printable(&b), want, "{len} {c}");
+            }
+        }
+    }
+
+    #[test]
     fn evidence_is_capped_and_cleaned() {
         let mut t = tracker(Limits {
             evidence_len: 40,
@@ -546,5 +1107,186 @@ mod tests {
         };
         assert_eq!(evidence[0], text);
         assert_eq!(cap("a\u{1b}[31mbcdef", 5), "a\\u{1b}[31…");
+    }
+
+    /// The counting rules written plainly (a map, queues, a scan for the
+    /// least recently seen pair), to check the tracker against.
+    struct Model {
+        stages: Vec<crate::config::StageConfig>,
+        max_count: usize,
+        limits: Limits,
+        entries: std::collections::HashMap<IpAddr, ModelEntry>,
+        seq: u64,
+    }
+
+    struct ModelEntry {
+        times: VecDeque<u64>,
+        evidence: VecDeque<String>,
+        fired: Option<(usize, u64)>,
+        seq: u64,
+    }
+
+    impl Model {
+        fn failure(
+            &mut self,
+            addr: IpAddr,
+            text: &str,
+            t: u64,
+        ) -> Option<(usize, u32, Vec<String>)> {
+            self.seq += 1;
+            if !self.entries.contains_key(&addr) && self.entries.len() >= self.limits.max_tracked {
+                let oldest = *self.entries.iter().min_by_key(|(_, e)| e.seq).unwrap().0;
+                self.entries.remove(&oldest);
+            }
+            let e = self.entries.entry(addr).or_insert(ModelEntry {
+                times: VecDeque::new(),
+                evidence: VecDeque::new(),
+                fired: None,
+                seq: 0,
+            });
+            e.seq = self.seq;
+            if e.times.len() >= self.max_count {
+                e.times.pop_front();
+            }
+            e.times.push_back(t);
+            if e.evidence.len() >= self.limits.evidence_lines {
+                e.evidence.pop_front();
+            }
+            e.evidence
+                .push_back(cap(text.trim_end(), self.limits.evidence_len));
+            if e.fired.is_some_and(|(_, until)| until <= t) {
+                e.fired = None;
+            }
+            let mut fire = None;
+            for (i, stage) in self.stages.iter().enumerate() {
+                let since = t.saturating_sub(stage.within.as_millis() as u64);
+                let n = e.times.iter().rev().take_while(|&&x| x > since).count();
+                if n >= stage.count as usize {
+                    fire = Some((i, n));
+                }
+            }
+            match fire {
+                Some((i, n)) if e.fired.is_none_or(|(f, _)| i > f) => {
+                    let until = match self.stages[i].ban {
+                        Span::For(d) => t.saturating_add(d.as_millis() as u64),
+                        Span::Forever => u64::MAX,
+                    };
+                    e.fired = Some((i, until));
+                    Some((i, n as u32, e.evidence.iter().cloned().collect()))
+                }
+                _ => None,
+            }
+        }
+
+        fn prune(&mut self, t: u64) {
+            let window = self
+                .stages
+                .iter()
+                .map(|s| s.within.as_millis() as u64)
+                .max()
+                .unwrap();
+            self.entries.retain(|_, e| {
+                e.times.back().is_some_and(|&x| x + window > t)
+                    || e.fired.is_some_and(|(_, until)| until > t)
+            });
+        }
+    }
+
+    /// Runs random failures, successes and prunes through the tracker and
+    /// the model, which must agree on every event.
+    fn agree_with_model(t: &mut Tracker, limits: Limits, seed: u64, leaps: bool) {
+        let mut model = Model {
+            stages: t.engine().rules()[0].stages.clone(),
+            max_count: t.max_count[0],
+            limits,
+            entries: Default::default(),
+            seq: 0,
+        };
+        let mut r = crate::loggen::Rng::new(seed);
+        let mut now = 1_700_000_000_000u64;
+        let day = 86_400_000;
+        for step in 0..200_000u32 {
+            // Time mostly moves on, sometimes back (clock steps, old logs),
+            // sometimes by months.
+            now = match r.below(400) {
+                0..=7 => now.saturating_sub(r.below(120_000)),
+                8 if leaps => now + 60 * day,
+                9 if leaps => now - 60 * day,
+                _ => now + r.below(4_000),
+            };
+            let a = r.below(60);
+            let addr: IpAddr = if a % 3 == 0 {
+                format!("2001:db8::{a:x}").parse().unwrap()
+            } else {
+                format!("198.51.100.{a}").parse().unwrap()
+            };
+            let at = Timestamp::from_millis(now);
+            match r.below(100) {
+                0 => {
+                    t.observe(&line(&format!("good from {addr}")), at);
+                    model.entries.remove(&addr);
+                }
+                1 if step % 7 == 0 => {
+                    t.prune(at);
+                    model.prune(now);
+                }
+                _ => {
+                    let text = format!("bad from {addr}");
+                    let got = t.observe(&line(&text), at);
+                    let want = model.failure(addr, &text, now);
+                    match (got.as_slice(), want) {
+                        ([], None) => {}
+                        (
+                            [
+                                Event::Ban {
+                                    stage,
+                                    count,
+                                    evidence,
+                                    ..
+                                },
+                            ],
+                            Some((i, n, ev)),
+                        ) => {
+                            assert_eq!((stage.index, *count, evidence), (i, n, &ev), "step {step}");
+                        }
+                        (got, want) => panic!("step {step}: {got:?} vs {want:?}"),
+                    }
+                }
+            }
+            assert_eq!(t.tracked(), model.entries.len(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn tracker_agrees_with_a_plain_model() {
+        let limits = Limits {
+            max_tracked: 40,
+            evidence_lines: 4,
+            evidence_len: 17,
+        };
+        agree_with_model(&mut tracker(limits), limits, 5, false);
+        // Times months apart (kept in full), and a rule counting more
+        // failures than a slot holds inline.
+        agree_with_model(&mut tracker(limits), limits, 6, true);
+        let rule: RuleConfig = toml::from_str(
+            r#"
+            name = "many"
+            bad = ['^bad from <HOST>$']
+            good = ['^good from <HOST>$']
+            [[stages]]
+            name = "short"
+            count = 4
+            within = "20s"
+            ban = "1m"
+            [[stages]]
+            name = "long"
+            count = 30
+            within = "100d"
+            ban = "1h"
+            "#,
+        )
+        .unwrap();
+        let mut t = Tracker::new(Engine::compile(&[rule]).unwrap(), limits);
+        agree_with_model(&mut t, limits, 7, true);
     }
 }

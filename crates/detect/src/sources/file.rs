@@ -331,7 +331,7 @@ impl Follower {
 }
 
 fn memchr(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 fn parse_state(s: &str) -> Option<(u64, u64, u64, Vec<u8>)> {
