@@ -20,7 +20,7 @@ use crate::{Lazy, NatsOptions};
 /// for being empty (its last values may expire between the two).
 const EMPTY_CHECK: Duration = Duration::from_secs(2);
 /// Longest wait for a JetStream API answer when starting a watch.
-const JS_TIMEOUT: Duration = Duration::from_secs(3);
+const JS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node's connection to a palisade network on NATS.
 #[derive(Clone)]
