@@ -53,7 +53,12 @@ fn main() {
     let agents = arg("AGENTS", 20);
     let samples = arg("SAMPLES", if quick { 50 } else { 200 });
     let mut rows = Vec::new();
+    // `ONLY=mqtt` measures one bus (the table then has that row only).
+    let only = std::env::args().find_map(|a| a.strip_prefix("ONLY=").map(String::from));
     for (i, bus) in ["hub", "nats", "mqtt"].iter().enumerate() {
+        if only.as_deref().is_some_and(|o| o != *bus) {
+            continue;
+        }
         eprintln!("{bus}: starting {agents} agents");
         let r = run(bus, &nats_bin, agents, samples, i as u32);
         rows.push((*bus, r));
@@ -66,7 +71,10 @@ fn main() {
         "  {:<34} {:>9} {:>9} {:>9} {:>12} {:>12}",
         "bus", "p50 all", "p99 all", "max all", "p50 each", "p99 each"
     );
-    let hub_p50 = rows[0].1.all_p50();
+    let hub_p50 = rows
+        .iter()
+        .find(|(b, _)| *b == "hub")
+        .map(|(_, r)| r.all_p50());
     for (bus, r) in &mut rows {
         let label = match *bus {
             "hub" => "embedded hub (HTTPS stream)".to_string(),
@@ -89,11 +97,13 @@ fn main() {
             );
         }
     }
-    for (bus, r) in &rows[1..] {
-        println!(
-            "  {bus}: p50 {:.2}x the embedded hub's",
-            ms(r.all_p50()) / ms(hub_p50)
-        );
+    if let Some(hub_p50) = hub_p50 {
+        for (bus, r) in rows.iter().filter(|(b, _)| *b != "hub") {
+            println!(
+                "  {bus}: p50 {:.2}x the embedded hub's",
+                ms(r.all_p50()) / ms(hub_p50)
+            );
+        }
     }
 }
 
@@ -234,6 +244,10 @@ fn run(bus: &str, nats_bin: &str, n: usize, samples: usize, salt: u32) -> Figure
         figures.each.extend(each);
     }
     drop(client);
+    if std::env::args().any(|a| a == "LOGS") {
+        eprintln!("--- reporter ---\n{}", agents[0].log());
+        eprintln!("--- a2 ---\n{}", agents[1].log());
+    }
     drop(agents);
     drop(carrier);
     figures

@@ -347,6 +347,23 @@ impl Worker {
 
     /// Writes staged changes, each conditional on the revision read.
     async fn commit(&self, writes: Writes, now: Timestamp) -> Result<(), Failed> {
+        // Every write is sent before any acknowledgement is awaited (the
+        // keys are distinct), decisions first: they are what nodes wait
+        // for, and the batch costs about one round trip, not one per key.
+        enum Value {
+            Decision(Option<Box<Decision>>),
+            State(Option<Vec<u8>>),
+        }
+        struct Pending {
+            bucket: String,
+            key: String,
+            value: Value,
+            payload: Option<Vec<u8>>,
+            expected: u64,
+            ttl: Option<u64>,
+            ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+        }
+        let mut pending = Vec::with_capacity(writes.decisions.len() + writes.state.len());
         for (key, value) in writes.decisions {
             let expected = self.mirror.lock().unwrap().decision_rev(&key);
             let payload = value
@@ -360,33 +377,83 @@ impl Worker {
                     let ms = e.as_millis().saturating_sub(now.as_millis());
                     ms.div_ceil(1000).max(1)
                 });
-            let rev = self
-                .write(
-                    &self.buckets.decisions_name,
-                    &key,
-                    payload,
-                    expected,
-                    ttl,
-                    false,
-                )
-                .await?;
-            self.mirror.lock().unwrap().set_decision(&key, rev, value);
+            pending.push(Pending {
+                bucket: self.buckets.decisions_name.clone(),
+                key,
+                value: Value::Decision(value.map(Box::new)),
+                payload,
+                expected,
+                ttl,
+                ack: None,
+            });
         }
         for (key, value) in writes.state {
             let expected = self.mirror.lock().unwrap().state_rev(&key);
-            let rev = self
-                .write(
-                    &self.buckets.state_name,
-                    &key,
-                    value.clone(),
-                    expected,
-                    None,
-                    false,
-                )
-                .await?;
-            self.mirror.lock().unwrap().set_state(&key, rev, value);
+            pending.push(Pending {
+                bucket: self.buckets.state_name.clone(),
+                key,
+                payload: value.clone(),
+                value: Value::State(value),
+                expected,
+                ttl: None,
+                ack: None,
+            });
         }
-        Ok(())
+        for p in &mut pending {
+            let (subject, headers) = write_headers(
+                &p.bucket,
+                &p.key,
+                p.payload.is_none(),
+                p.expected,
+                p.ttl,
+                false,
+            );
+            let body: bytes::Bytes = p.payload.clone().unwrap_or_default().into();
+            // A send that fails is retried below, one by one.
+            p.ack = self
+                .buckets
+                .js
+                .publish_with_headers(subject, headers, body)
+                .await
+                .ok();
+        }
+        let mut conflict = None;
+        for p in pending {
+            let acked = match p.ack {
+                Some(ack) => ack.await.map_err(|e| e.kind()),
+                None => Err(PublishErrorKind::BrokenPipe),
+            };
+            let rev = match acked {
+                Ok(a) => a.sequence,
+                Err(PublishErrorKind::WrongLastSequence) => {
+                    self.refresh(&p.bucket, &p.key).await;
+                    conflict = Some(p.key);
+                    continue;
+                }
+                // Anything else once more, one by one, waiting out a bucket
+                // without a leader.
+                Err(_) => match self
+                    .write(&p.bucket, &p.key, p.payload, p.expected, p.ttl, false)
+                    .await
+                {
+                    Ok(rev) => rev,
+                    Err(Failed::Conflict(k)) => {
+                        conflict = Some(k);
+                        continue;
+                    }
+                    Err(fatal) => return Err(fatal),
+                },
+            };
+            let mut m = self.mirror.lock().unwrap();
+            match p.value {
+                Value::Decision(v) => m.set_decision(&p.key, rev, v.map(|d| *d)),
+                Value::State(v) => m.set_state(&p.key, rev, v),
+            }
+        }
+        match conflict {
+            Some(k) => Err(Failed::Conflict(k)),
+            None => Ok(()),
+        }
     }
 
     /// Publishes one KV operation with `expected` as the key's last
@@ -400,23 +467,8 @@ impl Worker {
         ttl_secs: Option<u64>,
         purge: bool,
     ) -> Result<u64, Failed> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.to_string().as_str(),
-        );
-        if let Some(t) = ttl_secs {
-            headers.insert("Nats-TTL", t.to_string().as_str());
-        }
-        if value.is_none() {
-            if purge {
-                headers.insert("KV-Operation", "PURGE");
-                headers.insert("Nats-Rollup", "sub");
-            } else {
-                headers.insert("KV-Operation", "DEL");
-            }
-        }
-        let subject = format!("$KV.{bucket}.{key}");
+        let (subject, headers) =
+            write_headers(bucket, key, value.is_none(), expected, ttl_secs, purge);
         let payload: bytes::Bytes = value.unwrap_or_default().into();
         let started = Instant::now();
         loop {
@@ -628,6 +680,35 @@ impl Worker {
             info!(purged, "purged expired decisions from the bucket");
         }
     }
+}
+
+/// The subject and headers of a conditional KV write (a removal when
+/// `remove`: a delete marker, or a purge).
+fn write_headers(
+    bucket: &str,
+    key: &str,
+    remove: bool,
+    expected: u64,
+    ttl_secs: Option<u64>,
+    purge: bool,
+) -> (String, HeaderMap) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected.to_string().as_str(),
+    );
+    if let Some(t) = ttl_secs {
+        headers.insert("Nats-TTL", t.to_string().as_str());
+    }
+    if remove {
+        if purge {
+            headers.insert("KV-Operation", "PURGE");
+            headers.insert("Nats-Rollup", "sub");
+        } else {
+            headers.insert("KV-Operation", "DEL");
+        }
+    }
+    (format!("$KV.{bucket}.{key}"), headers)
 }
 
 /// Allows a node's new address (and drops the allow of its old one), and
