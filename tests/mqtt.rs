@@ -226,3 +226,68 @@ fn an_mqtt_broker_carries_bans_retained_state_expiry_and_vallumd_topics() {
     let status = late.ok(&["status"]);
     assert!(status.contains("NOT CONNECTED"), "{status}");
 }
+
+#[test]
+fn mqtts_with_a_private_ca() {
+    if !require_root_and(&["nft", "mosquitto", "mosquitto_passwd", "openssl"]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["broker", "hub", "web1", "web2", "attacker"])
+        .build();
+    let ip = lab.host("broker").v4().to_string();
+    let (certs, ca, cert, key) = support::lab_certificates(&ip);
+    let passwords = certs.path().join("passwords");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["palisade", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _ = std::process::Command::new("chmod")
+        .args(["a+r"])
+        .arg(&passwords)
+        .status();
+    let _broker = Mosquitto::with_config(
+        lab.host("broker"),
+        &format!(
+            "listener 8883 {ip}\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\npersistence false\nset_tcp_nodelay true\n",
+            ca.display(),
+            cert.display(),
+            key.display(),
+            passwords.display()
+        ),
+    );
+    let url = format!("mqtts://{ip}:8883");
+    let config = format!(
+        "[mqtt]\nusername = \"palisade\"\npassword = \"s3cret\"\nca = \"{}\"\n",
+        ca.display()
+    );
+    let hub = BusHub::mqtt_hub(
+        lab.host("hub"),
+        &url,
+        &format!("{}:7470", lab.host("hub").v4()),
+        &config,
+    );
+    let _tcp: Vec<TcpServer> = ["web1", "web2"]
+        .iter()
+        .map(|h| TcpServer::start(lab.host(h), PORT))
+        .collect();
+    let web1 = Agent::join_bus(lab.host("web1"), &config, &url, "web1");
+    let web2 = Agent::join_bus(lab.host("web2"), &config, &url, "web2");
+    let attacker = lab.host("attacker").v4().to_string();
+    web1.ok(&["ban", &attacker, "--for", "1h"]);
+    let to = SocketAddr::new(IpAddr::V4(lab.host("web2").v4()), PORT);
+    assert!(
+        wait_until(SPREAD, || !tcp_connect(
+            lab.host("attacker"),
+            to,
+            Duration::from_millis(600)
+        )),
+        "the ban did not cross TLS\nhub:\n{}\nweb1:\n{}\nweb2:\n{}",
+        hub.log(),
+        web1.log(),
+        web2.log()
+    );
+}

@@ -246,3 +246,70 @@ fn a_nats_cluster_carries_bans_with_a_current_server() {
     }
     cluster_flow("current", &bin);
 }
+
+#[test]
+fn nats_with_tls_a_password_and_an_nkey() {
+    if !require_root_and(&["nft", "openssl", "/usr/sbin/nats-server"]) {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LabBuilder::new()
+        .hosts(["nats", "web1", "web2", "attacker"])
+        .build();
+    let ip = lab.host("nats").v4().to_string();
+    let (certs, ca, cert, key) = support::lab_certificates(&ip);
+    let nkey = nkeys::KeyPair::new_user();
+    let seed_file = certs.path().join("web1.nk");
+    std::fs::write(&seed_file, nkey.seed().unwrap()).unwrap();
+    let _server = NatsServer::with_config(
+        "/usr/sbin/nats-server",
+        lab.host("nats"),
+        &format!(
+            "listen: \"{ip}:4222\"\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\nauthorization {{ users = [ {{ user: palisade, password: s3cret }}, {{ nkey: {} }} ] }}\n",
+            cert.display(),
+            key.display(),
+            nkey.public_key()
+        ),
+    );
+    let url = format!("tls://{ip}:4222");
+    let password = format!(
+        "[nats]\nuser = \"palisade\"\npassword = \"s3cret\"\nca = \"{}\"\n",
+        ca.display()
+    );
+    let with_nkey = format!(
+        "[nats]\nnkey_seed_file = \"{}\"\nca = \"{}\"\n",
+        seed_file.display(),
+        ca.display()
+    );
+    let worker = BusHub::nats_worker(lab.host("nats"), &url, &password);
+    let _tcp: Vec<TcpServer> = ["web1", "web2"]
+        .iter()
+        .map(|h| TcpServer::start(lab.host(h), PORT))
+        .collect();
+    let web1 = Agent::join_bus(lab.host("web1"), &with_nkey, &url, "web1");
+    // The password in the address this time.
+    let web2 = Agent::join_bus(
+        lab.host("web2"),
+        &format!("[nats]\nca = \"{}\"\n", ca.display()),
+        &format!("tls://palisade:s3cret@{ip}:4222"),
+        "web2",
+    );
+    let attacker = lab.host("attacker").v4().to_string();
+    web1.ok(&["ban", &attacker, "--for", "1h"]);
+    let to = SocketAddr::new(IpAddr::V4(lab.host("web2").v4()), PORT);
+    assert!(
+        wait_until(SPREAD, || !tcp_connect(
+            lab.host("attacker"),
+            to,
+            Duration::from_millis(600)
+        )),
+        "the ban did not cross TLS\nworker:\n{}\nweb1:\n{}\nweb2:\n{}",
+        worker.log(),
+        web1.log(),
+        web2.log()
+    );
+    // Without the CA, the server's certificate is not trusted.
+    let stranger = Agent::start_bus(lab.host("attacker"), "", &url, "stranger");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(stranger.ok(&["status"]).contains("NOT CONNECTED"));
+}

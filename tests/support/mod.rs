@@ -661,3 +661,137 @@ impl Drop for FeedServer {
         self.stop();
     }
 }
+
+impl NatsServer {
+    /// Starts `bin` in `ns` with a configuration file holding `conf` (a
+    /// JetStream store directory is added).
+    pub fn with_config(bin: &str, ns: &Netns, conf: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{conf}\njetstream {{ store_dir: \"{}\" }}\n",
+            dir.path().join("js").display()
+        );
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = ns.command(bin);
+        cmd.arg("-c").arg(&path);
+        let proc = Proc::spawn(cmd).expect("start nats-server");
+        assert!(
+            proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
+            "nats-server did not start:\n{}",
+            proc.describe()
+        );
+        NatsServer {
+            proc: Some(proc),
+            _dir: dir,
+        }
+    }
+}
+
+impl Mosquitto {
+    /// Starts mosquitto in `ns` with exactly `conf` as its configuration;
+    /// `ready` is the address it listens on, for the readiness check.
+    pub fn with_config(ns: &Netns, conf: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let mut cmd = ns.command("mosquitto");
+        cmd.arg("-c").arg(&path).arg("-v");
+        let proc = Proc::spawn(cmd).expect("start mosquitto");
+        assert!(
+            proc.wait_for_stderr(" running", Duration::from_secs(10)),
+            "mosquitto did not start:\n{}",
+            proc.describe()
+        );
+        Mosquitto { proc, _dir: dir }
+    }
+}
+
+/// A CA and a server certificate for `ip`, made with openssl, in a
+/// directory anyone may read (brokers drop their privileges):
+/// (dir, ca.pem, server.pem, server.key).
+pub fn lab_certificates(ip: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let s = |p: &PathBuf| p.display().to_string();
+    let (ca, ca_key, key, csr, cert, ext) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    let (ca_s, ca_key_s) = (s(&ca), s(&ca_key));
+    args.extend([
+        "-keyout",
+        &ca_key_s,
+        "-out",
+        &ca_s,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=palisade lab CA",
+    ]);
+    run(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    let (key_s, csr_s) = (s(&key), s(&csr));
+    args.extend([
+        "-keyout",
+        &key_s,
+        "-out",
+        &csr_s,
+        "-subj",
+        "/CN=palisade lab broker",
+    ]);
+    run(&args);
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    let (cert_s, ext_s) = (s(&cert), s(&ext));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_s,
+        "-CAkey",
+        &ca_key_s,
+        "-CAcreateserial",
+        "-out",
+        &cert_s,
+        "-days",
+        "2",
+        "-extfile",
+        &ext_s,
+    ]);
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status();
+    (dir, ca, cert, key)
+}
