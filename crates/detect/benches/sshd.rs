@@ -53,7 +53,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// Calls `f` with each line of the file (with its newline), read in 1 MiB
-/// pieces.
+/// pieces, each piece's whole lines checked as UTF-8 at once.
 fn for_each_line(path: &Path, mut f: impl FnMut(&str)) {
     let mut file = std::fs::File::open(path).unwrap();
     let mut buf = vec![0u8; 1 << 20];
@@ -70,14 +70,18 @@ fn for_each_line(path: &Path, mut f: impl FnMut(&str)) {
             return;
         }
         len += n;
+        let Some(last) = memchr::memrchr(b'\n', &buf[..len]) else {
+            continue;
+        };
+        let text = std::str::from_utf8(&buf[..=last]).expect("UTF-8");
         let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &buf[start..len]) {
+        while let Some(nl) = memchr::memchr(b'\n', &text.as_bytes()[start..]) {
             let end = start + nl + 1;
-            f(std::str::from_utf8(&buf[start..end]).expect("UTF-8"));
+            f(&text[start..end]);
             start = end;
         }
-        buf.copy_within(start..len, 0);
-        len -= start;
+        buf.copy_within(last + 1..len, 0);
+        len -= last + 1;
     }
 }
 

@@ -118,23 +118,38 @@ impl Forward {
         from: usize,
         to: usize,
     ) -> Result<(), ()> {
-        for (at, &b) in hay[from..to].iter().enumerate() {
-            if self.done {
-                return Ok(());
-            }
-            self.sid = step(dfa, cache, self.sid, b)?;
-            if self.sid.is_tagged() {
-                if self.sid.is_match() {
-                    // Matches are reported one byte late.
-                    let pattern = dfa.match_pattern(cache, self.sid, 0).as_u32();
-                    self.found = Some((pattern, (from + at) as u32));
-                } else if self.sid.is_dead() {
-                    self.done = true;
-                } else if self.sid.is_quit() {
-                    return Err(());
+        let hay = &hay[..to];
+        let mut at = from;
+        let mut sid = self.sid;
+        while at < hay.len() && !self.done {
+            // Ordinary states, one after the other.
+            if !sid.is_tagged() {
+                while at < hay.len() {
+                    let next = dfa.next_state_untagged(cache, sid, hay[at]);
+                    if next.is_tagged() {
+                        break;
+                    }
+                    sid = next;
+                    at += 1;
+                }
+                if at == hay.len() {
+                    break;
                 }
             }
+            // A match, dead, quit or not yet computed state next.
+            sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+            if sid.is_match() {
+                // Matches are reported one byte late.
+                let pattern = dfa.match_pattern(cache, sid, 0).as_u32();
+                self.found = Some((pattern, at as u32));
+            } else if sid.is_dead() {
+                self.done = true;
+            } else if sid.is_quit() {
+                return Err(());
+            }
+            at += 1;
         }
+        self.sid = sid;
         Ok(())
     }
 
@@ -164,6 +179,48 @@ pub(crate) struct HostSplit {
     /// Bytes `P` can end with (whatever follows): a candidate host after
     /// any other byte is rejected without running the DFA.
     p_last: [u64; 4],
+    /// Bytes `H` can match, if none of them is in `p_last`: then the host
+    /// ending at a given place starts where the run of such bytes before
+    /// it starts (a later start would follow a byte `P` cannot end with).
+    h_bytes: Option<[u64; 4]>,
+}
+
+/// The bytes `hir` can match (`None` if that is not simple to tell).
+fn byte_set(hir: &Hir) -> Option<[u64; 4]> {
+    fn add(set: &mut [u64; 4], lo: u8, hi: u8) {
+        for b in lo..=hi {
+            set[usize::from(b >> 6)] |= 1u64 << (b & 63);
+        }
+    }
+    fn walk(hir: &Hir, set: &mut [u64; 4]) -> Option<()> {
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(lit) => lit.0.iter().for_each(|&b| add(set, b, b)),
+            HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => {
+                c.ranges().iter().for_each(|r| add(set, r.start(), r.end()));
+            }
+            HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => {
+                for r in c.ranges() {
+                    let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                    if hi >= 0x80 {
+                        return None;
+                    }
+                    add(set, lo as u8, hi as u8);
+                }
+            }
+            HirKind::Repetition(r) => walk(&r.sub, set)?,
+            HirKind::Capture(c) => walk(&c.sub, set)?,
+            HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+                for sub in subs {
+                    walk(sub, set)?;
+                }
+            }
+        }
+        Some(())
+    }
+    let mut set = [0; 4];
+    walk(hir, &mut set)?;
+    Some(set)
 }
 
 fn has(set: &[u64; 4], b: u8) -> bool {
@@ -314,7 +371,14 @@ impl Dfas {
                 }
             }
         }
-        Some(HostSplit { p, h, s, p_last })
+        let h_bytes = byte_set(&host.sub).filter(|h| (0..4).all(|k| h[k] & p_last[k] == 0));
+        Some(HostSplit {
+            p,
+            h,
+            s,
+            p_last,
+            h_bytes,
+        })
     }
 
     /// The first of the rule's patterns (by position in the rule) that
@@ -346,7 +410,7 @@ impl Dfas {
         );
         let current = cache.clear_count() + 1;
         let hit = |m: &Memo, len: usize| {
-            m.generation == current && usize::from(m.len) == len && m.key[..len] == hay[..len]
+            m.generation == current && usize::from(m.len) == len && same_start(&m.key, hay, len)
         };
         let (mut fwd, at) = if long && hit(&rule.memo[ls], MEMO_LONG) {
             let m = &rule.memo[ls];
@@ -426,6 +490,14 @@ impl Dfas {
         pairs.clear();
         let (s, h) = (split.s, split.h);
         rev_starts(&self.dfas[s], &mut self.caches[s], hay, end, ends, MAX_ENDS)?;
+        if let (Some(h_bytes), &[j]) = (&split.h_bytes, ends.as_slice()) {
+            // The only end: the host is the run of its bytes before it.
+            let mut i = j;
+            while i > 0 && has(h_bytes, hay[i - 1]) {
+                i -= 1;
+            }
+            return Ok((i < j).then_some((i, j)));
+        }
         for &j in ends.iter() {
             starts.clear();
             rev_starts(
@@ -475,6 +547,20 @@ impl Dfas {
     }
 }
 
+/// `key[..len] == hay[..len]`, eight bytes at a time (`len` a multiple of
+/// eight, at most the lengths of both).
+fn same_start(key: &[u8; MEMO_LONG], hay: &[u8], len: usize) -> bool {
+    key[..len]
+        .chunks_exact(8)
+        .zip(hay[..len].chunks_exact(8))
+        .fold(0, |acc, (a, b)| {
+            let a = u64::from_le_bytes(a.try_into().unwrap_or([0; 8]));
+            let b = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            acc | (a ^ b)
+        })
+        == 0
+}
+
 fn memo(hay: &[u8], len: usize, generation: usize, fwd: &Forward) -> Memo {
     let mut key = [0; MEMO_LONG];
     key[..len].copy_from_slice(&hay[..len]);
@@ -488,23 +574,37 @@ fn memo(hay: &[u8], len: usize, generation: usize, fwd: &Forward) -> Memo {
     }
 }
 
-/// One step of a search, cheaper when `sid` is an ordinary state.
-#[inline(always)]
-fn step(dfa: &DFA, cache: &mut Cache, sid: LazyStateID, b: u8) -> Result<LazyStateID, ()> {
-    if !sid.is_tagged() {
-        let next = dfa.next_state_untagged(cache, sid, b);
-        if !next.is_unknown() {
-            return Ok(next);
-        }
-    }
-    dfa.next_state(cache, sid, b).map_err(drop)
-}
-
 fn rev_start(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<LazyStateID, ()> {
     let config = start::Config::new()
         .anchored(Anchored::Yes)
         .look_behind(hay.get(hi).copied());
     dfa.start_state(cache, &config).map_err(drop)
+}
+
+/// Steps the reverse DFA from `sid` backwards over `hay[..*at]` through
+/// ordinary states; stops at the byte leading to a match, dead, quit or not
+/// yet computed state (`*at` at that byte, the state not taken), or at the
+/// start of the text.
+#[inline(always)]
+fn rev_ordinary(
+    dfa: &DFA,
+    cache: &Cache,
+    hay: &[u8],
+    at: &mut usize,
+    mut sid: LazyStateID,
+) -> LazyStateID {
+    if sid.is_tagged() {
+        return sid;
+    }
+    while *at > 0 {
+        let next = dfa.next_state_untagged(cache, sid, hay[*at - 1]);
+        if next.is_tagged() {
+            break;
+        }
+        sid = next;
+        *at -= 1;
+    }
+    sid
 }
 
 /// Pushes onto `out` the start of every match of the reverse DFA `dfa`
@@ -518,23 +618,25 @@ fn rev_starts(
     out: &mut Vec<usize>,
     max: usize,
 ) -> Result<(), ()> {
-    let mut sid = rev_start(dfa, cache, hay, hi)?;
     let mut at = hi.min(hay.len());
-    while at > 0 {
+    let mut sid = rev_start(dfa, cache, hay, at)?;
+    loop {
+        sid = rev_ordinary(dfa, cache, hay, &mut at, sid);
+        if at == 0 {
+            break;
+        }
         at -= 1;
-        sid = step(dfa, cache, sid, hay[at])?;
-        if sid.is_tagged() {
-            if sid.is_match() {
-                // Matches are reported one byte late.
-                out.push(at + 1);
-                if out.len() > max {
-                    return Err(());
-                }
-            } else if sid.is_dead() {
-                return Ok(());
-            } else if sid.is_quit() {
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_match() {
+            // Matches are reported one byte late.
+            out.push(at + 1);
+            if out.len() > max {
                 return Err(());
             }
+        } else if sid.is_dead() {
+            return Ok(());
+        } else if sid.is_quit() {
+            return Err(());
         }
     }
     sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
@@ -546,17 +648,19 @@ fn rev_starts(
 
 /// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
 fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
-    let mut sid = rev_start(dfa, cache, hay, hi)?;
     let mut at = hi.min(hay.len());
-    while at > 0 {
+    let mut sid = rev_start(dfa, cache, hay, at)?;
+    loop {
+        sid = rev_ordinary(dfa, cache, hay, &mut at, sid);
+        if at == 0 {
+            break;
+        }
         at -= 1;
-        sid = step(dfa, cache, sid, hay[at])?;
-        if sid.is_tagged() {
-            if sid.is_dead() {
-                return Ok(false);
-            } else if sid.is_quit() {
-                return Err(());
-            }
+        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        if sid.is_dead() {
+            return Ok(false);
+        } else if sid.is_quit() {
+            return Err(());
         }
     }
     sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
@@ -631,7 +735,7 @@ mod tests {
             format!(
                 r"^Failed password for (?:invalid user )?.*? from {host} port \d+(?: ssh\d*)?$"
             ),
-            format!(r"^Failed password for root from 1\d+\.51"),
+            r"^Failed password for root from 1\d+\.51".to_string(),
             r"^Failed password for root".to_string(),
             format!(
                 r"^(?:Connection closed|Disconnected) by (?:(?:invalid|authenticating) user .*? )?{host} port \d+ \[preauth\]$"

@@ -155,9 +155,9 @@ pub struct Engine {
     /// holds the rules without `program` (for lines from other programs).
     groups: Vec<Group>,
     group_of_rules: HashMap<Vec<usize>, usize>,
-    group_of_program: HashMap<String, usize>,
+    group_of_program: HashMap<String, (usize, bool)>,
     /// The last program seen and its group (lines come in runs).
-    last_program: Option<(String, usize)>,
+    last_program: Option<(String, (usize, bool))>,
     /// The group of all rules (for lines without a header).
     all_group: usize,
     f2b: Vec<(usize, fail2ban::Filter)>,
@@ -319,9 +319,12 @@ impl Engine {
         g
     }
 
-    fn group_of(&mut self, program: Option<&str>) -> usize {
+    /// The group of rules for lines of `program`, and whether its rules must
+    /// still be matched against the program one by one (the group of all
+    /// rules, used once too many groups exist).
+    fn group_of(&mut self, program: Option<&str>) -> (usize, bool) {
         let Some(program) = program else {
-            return self.all_group;
+            return (self.all_group, false);
         };
         if let Some((last, g)) = &self.last_program
             && last == program
@@ -336,9 +339,9 @@ impl Engine {
                     .collect();
                 let g =
                     if self.groups.len() < MAX_GROUPS || self.group_of_rules.contains_key(&rules) {
-                        self.group_for(rules)
+                        (self.group_for(rules), false)
                     } else {
-                        self.all_group
+                        (self.all_group, true)
                     };
                 if self.group_of_program.len() < MAX_PROGRAMS_CACHED {
                     self.group_of_program.insert(program.to_string(), g);
@@ -360,19 +363,16 @@ impl Engine {
     /// Checks one line from `source`, appending the verdicts to `out`: at most
     /// one per rule (an ignore beats a failure, a failure beats a success).
     pub fn check(&mut self, source: &str, line: &str, out: &mut Vec<Hit>) {
-        let line = line.strip_suffix('\n').unwrap_or(line);
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.strip_suffix("\n").unwrap_or(line);
+        let line = line.strip_suffix("\r").unwrap_or(line);
         if !self.patterns.is_empty() {
             let header = syslog::parse(line);
-            let g = self.group_of(header.program);
-            // Groups of a program hold the rules for it; the group of all
-            // rules is also used for programs past the cache.
-            let any_program = g == self.all_group;
+            let (g, filter) = self.group_of(header.program);
             let msg = header.message;
             for n in 0..self.groups[g].rules.len() {
                 let rule = self.groups[g].rules[n];
                 let info = &self.rules[rule];
-                let applies = (!any_program || info.program_matches(header.program))
+                let applies = (!filter || info.program_matches(header.program))
                     && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
                 if applies && let Some(hit) = self.rule_hit(rule, msg) {
                     out.push(hit);

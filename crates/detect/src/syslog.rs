@@ -124,11 +124,30 @@ fn parse_5424(s: &str) -> Option<Header<'_>> {
 }
 
 fn split_word(s: &str) -> (&str, &str) {
-    let b = s.as_bytes();
-    match b.iter().position(|&c| c == b' ') {
+    match first_space(s.as_bytes()) {
         Some(i) => (&s[..i], skip_spaces(&s[i + 1..])),
         None => (s, ""),
     }
+}
+
+/// The index of the first space, eight bytes at a time (words are short
+/// and of every length: byte-by-byte loops mispredict their ends).
+fn first_space(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const SPACES: u64 = 0x2020_2020_2020_2020;
+    let mut chunks = b.chunks_exact(8);
+    for (n, chunk) in (&mut chunks).enumerate() {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ SPACES;
+        // The lowest set high bit marks the first zero byte of x exactly.
+        let zero = x.wrapping_sub(ONES) & !x & (ONES << 7);
+        if zero != 0 {
+            return Some(n * 8 + zero.trailing_zeros() as usize / 8);
+        }
+    }
+    let rest = chunks.remainder();
+    rest.iter()
+        .position(|&c| c == b' ')
+        .map(|i| b.len() - rest.len() + i)
 }
 
 fn skip_spaces(s: &str) -> &str {
@@ -379,6 +398,25 @@ mod tests {
         // A user name cannot make itself the program.
         let h = parse("Mar  3 12:00:01 web1 hello sshd[1]: x");
         assert_eq!(h.program, None);
+    }
+
+    #[test]
+    fn first_space_is_the_first_space() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut b = vec![b'x'; len];
+                if at < len {
+                    b[at] = b' ';
+                }
+                for later in at + 1..len {
+                    let mut c = b.clone();
+                    c[later] = b' ';
+                    assert_eq!(first_space(&c), (at < len).then_some(at));
+                }
+                assert_eq!(first_space(&b), (at < len).then_some(at));
+            }
+        }
+        assert_eq!(first_space("\u{a0}\u{2020} a".as_bytes()), Some(5));
     }
 
     #[test]

@@ -21,7 +21,6 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use hashbrown::HashTable;
 use palisade_model::decision::clean_text;
 use palisade_model::{Net, Scope, Span, Timestamp};
 
@@ -372,8 +371,10 @@ impl Ring {
         let mut at = self.head as usize;
         for n in 0..usize::from(self.count) {
             let len = self.len_at(n);
-            let mut text = vec![0u8; len];
-            ring_read(buf, at, &mut text);
+            let first = len.min(buf.len() - at);
+            let mut text = Vec::with_capacity(len);
+            text.extend_from_slice(&buf[at..at + first]);
+            text.extend_from_slice(&buf[..len - first]);
             at = wrap(at + len, buf.len());
             // Written from whole `str`s.
             out.push(String::from_utf8(text).unwrap_or_default());
@@ -415,6 +416,105 @@ fn prefetch<T>(p: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Slot numbers by hash of (rule, address): open addressing with linear
+/// probing, each entry one word (32 bits of the hash, which also places it,
+/// and the slot number plus one; 0 is empty), so a lookup reads one cache
+/// line before the slot. At most half full; removal shifts the entries
+/// after the hole back (no tombstones).
+struct SlotTable {
+    entries: Vec<u64>,
+    len: usize,
+}
+
+impl SlotTable {
+    fn with_capacity(n: usize) -> SlotTable {
+        SlotTable {
+            entries: vec![0; (2 * n).next_power_of_two().max(16)],
+            len: 0,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    /// The first place to look for `hash`.
+    fn home(&self, hash: u64) -> usize {
+        hash as u32 as usize & self.mask()
+    }
+
+    fn prefetch(&self, hash: u64) {
+        prefetch(&self.entries[self.home(hash)]);
+    }
+
+    /// The slot whose entry has `hash`'s bits and for which `eq` holds.
+    fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let (mask, tag) = (self.mask(), hash as u32);
+        let mut at = self.home(hash);
+        loop {
+            let e = self.entries[at];
+            if e == 0 {
+                return None;
+            }
+            if (e >> 32) as u32 == tag && eq(e as u32 - 1) {
+                return Some(e as u32 - 1);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, hash: u64, slot: u32) {
+        if 2 * (self.len + 1) > self.entries.len() {
+            let bigger = vec![0; 2 * self.entries.len()];
+            let old = std::mem::replace(&mut self.entries, bigger);
+            self.len = 0;
+            for e in old.into_iter().filter(|&e| e != 0) {
+                self.place(e);
+            }
+        }
+        self.place(u64::from(hash as u32) << 32 | u64::from(slot + 1));
+    }
+
+    fn place(&mut self, e: u64) {
+        let mask = self.mask();
+        let mut at = (e >> 32) as usize & mask;
+        while self.entries[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        self.entries[at] = e;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, hash: u64, slot: u32) {
+        let mask = self.mask();
+        let want = u64::from(hash as u32) << 32 | u64::from(slot + 1);
+        let mut hole = self.home(hash);
+        loop {
+            match self.entries[hole] {
+                0 => return,
+                e if e == want => break,
+                _ => hole = (hole + 1) & mask,
+            }
+        }
+        let mut at = (hole + 1) & mask;
+        loop {
+            let e = self.entries[at];
+            if e == 0 {
+                break;
+            }
+            // Move back an entry whose home is not between the hole and it.
+            let home = (e >> 32) as usize & mask;
+            if at.wrapping_sub(home) & mask >= at.wrapping_sub(hole) & mask {
+                self.entries[hole] = e;
+                hole = at;
+            }
+            at = (at + 1) & mask;
+        }
+        self.entries[hole] = 0;
+        self.len -= 1;
+    }
 }
 
 /// Hashes (rule, address) keys. Addresses are chosen by attackers, so the
@@ -460,7 +560,7 @@ pub struct Tracker {
     wide: std::collections::HashMap<u32, Wide>,
     free: Vec<u32>,
     /// Slot numbers, by hash of (rule, address).
-    table: HashTable<u32>,
+    table: SlotTable,
     keys: KeyHash,
     /// (slot, low bits of the touch) per touch, oldest first; a record is
     /// stale when the slot was touched again since (or freed).
@@ -510,13 +610,16 @@ impl Tracker {
                     .unwrap_or(0)
             })
             .collect();
-        // Room for evidence lines of up to 128 bytes in the arena; a slot
+        // Room for evidence lines of 112 bytes on average in the arena; a slot
         // whose lines need more moves them to the heap.
-        let region = (limits.evidence_lines * 128).next_multiple_of(64);
+        let region = (limits.evidence_lines * 112).next_multiple_of(64);
         // Reserved (not touched) up front, so that huge pages can back it.
         let reserve = limits.max_tracked.clamp(1, 1 << 16);
         let slots = Vec::with_capacity(reserve);
-        let arena = Vec::with_capacity(reserve * region);
+        let table = SlotTable::with_capacity(reserve);
+        // Zeroed by the allocator from fresh pages: touched (and counted)
+        // only where evidence is written.
+        let arena = vec![0u8; reserve * region];
         advise_huge(&slots);
         advise_huge(&arena);
         Tracker {
@@ -527,7 +630,7 @@ impl Tracker {
             region,
             wide: Default::default(),
             free: Vec::new(),
-            table: HashTable::new(),
+            table,
             keys: KeyHash([random_seed(), random_seed(), random_seed() | 1]),
             order: VecDeque::new(),
             seq: 0,
@@ -551,7 +654,7 @@ impl Tracker {
 
     /// Number of (rule, address) pairs being counted.
     pub fn tracked(&self) -> usize {
-        self.table.len()
+        self.table.len
     }
 
     /// Pairs forgotten because the tracker was full.
@@ -606,21 +709,16 @@ impl Tracker {
 
     fn find_hashed(&self, hash: u64, rule: u32, addr: &[u8; 16]) -> Option<u32> {
         let slots = &self.slots;
-        self.table
-            .find(hash, |&i| {
-                let s = &slots[i as usize];
-                s.rule == rule && s.addr == *addr
-            })
-            .copied()
+        self.table.find(hash, |i| {
+            let s = &slots[i as usize];
+            s.rule == rule && s.addr == *addr
+        })
     }
 
     /// Drops slot `i` from the table and frees it.
     fn release(&mut self, i: u32) {
         let s = &self.slots[i as usize];
-        let h = self.keys.hash(s.rule, &s.addr);
-        if let Ok(e) = self.table.find_entry(h, |&x| x == i) {
-            e.remove();
-        }
+        self.table.remove(self.keys.hash(s.rule, &s.addr), i);
         if s.is_wide() {
             self.wide.remove(&i);
         }
@@ -665,7 +763,9 @@ impl Tracker {
                     t_cap: 0,
                     ev: Ring::default(),
                 });
-                self.arena.resize(self.slots.len() * self.region, 0);
+                if self.arena.len() < self.slots.len() * self.region {
+                    self.arena.resize(self.slots.len() * self.region, 0);
+                }
                 (self.slots.len() - 1) as u32
             }
         };
@@ -693,35 +793,39 @@ impl Tracker {
             );
         }
         self.slots[i as usize].ev.clear();
-        let slots = &self.slots;
-        let keys = self.keys;
-        self.table
-            .insert_unique(keys.hash(rule as u32, &addr), i, |&x| {
-                let s = &slots[x as usize];
-                keys.hash(s.rule, &s.addr)
-            });
+        self.table.insert(self.keys.hash(rule as u32, &addr), i);
         i
     }
 
     fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
         let addr = key(&address.addr());
         let t = now.as_millis();
-        // Ask for the slot (most likely the first candidate of the table)
-        // before writing the last failure's evidence.
+        // Ask for the table entry before writing the last failure's
+        // evidence, then for the slot.
         let hash = self.keys.hash(rule as u32, &addr);
-        if let Some(&i) = self.table.iter_hash(hash).next() {
+        self.table.prefetch(hash);
+        self.flush();
+        if let Some(i) = self.table.find(hash, |_| true) {
             let slot = &self.slots[i as usize];
             prefetch(slot);
             prefetch(&slot.base);
             prefetch(&slot.ev);
         }
-        self.flush();
+        // Then this failure's evidence line, while the slot comes.
+        if self.limits.evidence_lines > 0 {
+            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+            self.staged.clear();
+            self.staged.extend_from_slice(line.as_bytes());
+            if more {
+                self.staged.extend_from_slice("…".as_bytes());
+            }
+        }
         self.seq += 1;
         let seq = self.seq;
         let i = match self.find_hashed(hash, rule as u32, &addr) {
             Some(i) => i,
             None => {
-                while self.table.len() >= self.limits.max_tracked.max(1) {
+                while self.table.len >= self.limits.max_tracked.max(1) {
                     self.evict_one();
                 }
                 self.new_slot(rule, addr)
@@ -765,12 +869,6 @@ impl Tracker {
         let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
         let ring = &mut self.slots[iu].ev;
         if self.limits.evidence_lines > 0 {
-            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
-            self.staged.clear();
-            self.staged.extend_from_slice(line.as_bytes());
-            if more {
-                self.staged.extend_from_slice("…".as_bytes());
-            }
             if fire.is_some() {
                 ring.push(region, &self.staged, self.limits.evidence_lines);
             } else {
@@ -821,6 +919,10 @@ impl Tracker {
             if self.live(rec) {
                 self.release(rec.0);
                 self.evicted += 1;
+                // The next ones to look at, for the next eviction.
+                for &(i, _) in self.order.iter().take(2) {
+                    prefetch(&self.slots[i as usize].addr);
+                }
                 return;
             }
         }
@@ -1074,6 +1176,32 @@ mod tests {
         assert_eq!(t.tracked(), 1, "only the address failing within the hour");
         t.prune(at(1_000_000));
         assert_eq!(t.tracked(), 0);
+    }
+
+    #[test]
+    fn slot_table_finds_what_it_holds() {
+        let mut t = SlotTable::with_capacity(4);
+        let mut model = std::collections::HashMap::new();
+        let mut r = crate::loggen::Rng::new(9);
+        for step in 0..50_000u32 {
+            // Few distinct hash bits: long runs, wrapping, shifts.
+            let hash = r.below(64) | (r.below(4) << 40);
+            let slot = r.below(300) as u32;
+            match model.entry(slot) {
+                std::collections::hash_map::Entry::Occupied(e) => t.remove(e.remove(), slot),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    t.insert(hash, slot);
+                    e.insert(hash);
+                }
+            }
+            assert_eq!(t.len, model.len(), "{step}");
+            if step % 97 == 0 {
+                for (&slot, &hash) in &model {
+                    assert_eq!(t.find(hash, |s| s == slot), Some(slot), "{step}");
+                }
+                assert_eq!(t.find(12345, |_| true), None);
+            }
+        }
     }
 
     #[test]

@@ -156,7 +156,10 @@ fn glob_to_local_flags(r: &str) -> String {
 struct Re {
     source: String,
     pat: Pattern,
-    names: HashMap<String, usize>,
+    /// Named groups and their indexes.
+    names: Vec<(Arc<str>, usize)>,
+    /// `alt_` groups and the group each stands in for, sorted.
+    alts: Vec<(Arc<str>, Arc<str>)>,
 }
 
 impl Re {
@@ -167,12 +170,29 @@ impl Re {
         }
         let t = translate(&resolved, multiline);
         let pat = Pattern::compile(&t).map_err(|e| Error::Regex(format!("{what} {raw:?}: {e}")))?;
-        let names = name_index(&pat);
+        let names: Vec<(Arc<str>, usize)> = name_index(&pat)
+            .into_iter()
+            .map(|(n, i)| (Arc::from(n), i))
+            .collect();
+        // alt_ names merge into their base name, tuple_ names are ignored.
+        let mut alts: Vec<(Arc<str>, Arc<str>)> = names
+            .iter()
+            .filter_map(|(k, _)| {
+                let rest = k.strip_prefix("alt_")?;
+                Some((k.clone(), Arc::from(map_tag(strip_num_suffix(rest)))))
+            })
+            .collect();
+        alts.sort();
         Ok(Re {
             source: t,
             pat,
             names,
+            alts,
         })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|(n, _)| &**n == name)
     }
 
     fn search<'t>(&'t self, buf: &'t str) -> Option<Match<'t>> {
@@ -180,7 +200,7 @@ impl Re {
         Some(Match {
             text: buf,
             caps,
-            names: &self.names,
+            re: self,
         })
     }
 }
@@ -188,7 +208,7 @@ impl Re {
 struct Match<'a> {
     text: &'a str,
     caps: Vec<Option<(usize, usize)>>,
-    names: &'a HashMap<String, usize>,
+    re: &'a Re,
 }
 
 impl Match<'_> {
@@ -199,32 +219,21 @@ impl Match<'_> {
     /// Named groups (all of them, `None` when not participating).
     fn groups(&self) -> Fail {
         let mut f = Fail::new();
-        for (name, &i) in self.names {
+        for (name, i) in &self.re.names {
             let v = self
                 .caps
-                .get(i)
+                .get(*i)
                 .copied()
                 .flatten()
                 .map(|(s, e)| self.text[s..e].to_string());
             f.insert(name.clone(), v.map(Val::Str).unwrap_or(Val::None));
         }
-        // alt_ names merge into their base name, tuple_ names are ignored.
-        let alts: Vec<(String, String)> = f
-            .keys()
-            .filter_map(|k| {
-                let rest = k.strip_prefix("alt_")?;
-                let base = strip_num_suffix(rest);
-                Some((k.clone(), map_tag(base)))
-            })
-            .collect();
-        let mut alts = alts;
-        alts.sort();
-        for (k, n) in alts {
-            if let Some(Val::Str(v)) = f.get(&k).cloned()
+        for (k, n) in &self.re.alts {
+            if let Some(Val::Str(v)) = f.get(k).cloned()
                 && !v.is_empty()
-                && !f.get(&n).is_some_and(Val::truthy)
+                && !f.get(n).is_some_and(Val::truthy)
             {
-                f.insert(n, Val::Str(v));
+                f.insert(n.clone(), Val::Str(v));
             }
         }
         f
@@ -271,7 +280,53 @@ impl Val {
     }
 }
 
-type Fail = BTreeMap<String, Val>;
+/// A failure's named values (a few dozen at most), found by name in a
+/// vector: cheaper to fill, copy and drop than a map.
+#[derive(Debug, Clone, Default)]
+struct Fail(Vec<(Arc<str>, Val)>);
+
+impl Fail {
+    fn new() -> Fail {
+        Fail(Vec::new())
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|(n, _)| n.len() == name.len() && **n == *name)
+    }
+
+    fn get(&self, name: &str) -> Option<&Val> {
+        self.position(name).map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Val> {
+        self.position(name).map(|i| &mut self.0[i].1)
+    }
+
+    fn insert(&mut self, name: Arc<str>, v: Val) {
+        match self.position(&name) {
+            Some(i) => self.0[i].1 = v,
+            None => self.0.push((name, v)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Val> {
+        self.position(name).map(|i| self.0.swap_remove(i).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for Fail {
+    type Item = (Arc<str>, Val);
+    type IntoIter = std::vec::IntoIter<(Arc<str>, Val)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
 type Shared = Arc<Mutex<Fail>>;
 
 /// A loaded fail2ban filter with its matching state.
@@ -404,10 +459,9 @@ impl Filter {
             return Err(Error::Config("the filter has no failregex".into()));
         }
         for (i, r) in failregex.iter().enumerate() {
-            let has_id = ["fid", "ip4", "ip6", "dns", "mlfid"].iter().any(|g| {
-                r.names.contains_key(*g)
-                    || prefregex.as_ref().is_some_and(|p| p.names.contains_key(*g))
-            });
+            let has_id = ["fid", "ip4", "ip6", "dns", "mlfid"]
+                .iter()
+                .any(|g| r.has(g) || prefregex.as_ref().is_some_and(|p| p.has(g)));
             if !has_id {
                 return Err(Error::Regex(format!(
                     "failregex {i} has no <HOST> or other failure id: {:?}",
@@ -650,7 +704,7 @@ impl Filter {
         if fail.get("mlfgained").is_some_and(Val::truthy) {
             fl |= 8 | 1;
             if !fail.get("nofail").is_some_and(Val::truthy) {
-                let g = fail["mlfgained"].clone();
+                let g = fail.get("mlfgained").cloned().unwrap_or(Val::None);
                 fail.insert("nofail".into(), g);
             }
         } else if fail.get("nofail").is_some_and(Val::truthy) {
