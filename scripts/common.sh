@@ -22,7 +22,7 @@ apt_install() {
     fi
 }
 
-# ensure_rust: cargo >= 1.85 on PATH, from rustup if the system has none.
+# ensure_rust: cargo >= 1.89 on PATH, from rustup if the system has none.
 ensure_rust() {
     export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v cargo >/dev/null 2>&1; then
@@ -38,8 +38,8 @@ ensure_rust() {
     fi
     local v
     v=$(cargo --version | awk '{print $2}')
-    if [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | head -1)" != "1.85.0" ]; then
-        echo "cargo $v is too old: palisade needs Rust 1.85 or newer (rustup update stable)" >&2
+    if [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -1)" != "1.89.0" ]; then
+        echo "cargo $v is too old: palisade needs Rust 1.89 or newer (rustup update stable)" >&2
         exit 1
     fi
 }

@@ -60,6 +60,9 @@ enum Command {
     SshguardBackend(cmd::sshguard::SshguardArgs),
     /// Install the binary, a hardened systemd unit and the fail2ban action
     Install(cmd::install::InstallArgs),
+    /// Pull external blocklists now, or show their state
+    #[command(subcommand)]
+    Feed(cmd::feed::FeedCommand),
     /// Print the default configuration, or check a configuration file
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::show::status(&ctx, a),
         Command::Detect(a) => ctx.load_config().and_then(|c| cmd::detect::run(a, c.rule)),
         Command::Config(c) => cmd::config::run(&ctx, c),
+        Command::Feed(c) => cmd::feed::run(&ctx, c),
     };
     match result {
         Ok(code) => code,

@@ -29,6 +29,8 @@ what it reports, and catches up when the hub is back.
 Examples:
   palisade agent --local-only
   palisade agent --join https://198.51.100.1:7470 --token palisade1.join.…
+  palisade agent --join nats://nats1:4222,nats2:4222,nats3:4222
+  palisade agent --join mqtt://broker.example.com:1883
   palisade agent --remove-rules"
 )]
 pub struct AgentArgs {
@@ -36,7 +38,9 @@ pub struct AgentArgs {
     #[arg(long, conflicts_with = "join")]
     local_only: bool,
 
-    /// The hub to join: https://HOST:PORT [default: [agent] join]
+    /// The network to join: https://HUB:PORT (a palisade hub, with --token),
+    /// nats://HOST:PORT[,HOST:PORT…] (NATS JetStream) or mqtt://HOST:PORT
+    /// (an MQTT broker) [default: [agent] join]
     #[arg(long, env = "PALISADE_JOIN", value_name = "URL")]
     join: Option<String>,
 
@@ -101,13 +105,27 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         None => bail!(
             "this agent has no network to join: run it with --join https://HUB:PORT --token TOKEN (from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
         ),
-        Some(url) => {
-            let token = token_from(&args.token, &config)?;
-            Some(Arc::new(link(&url, token, &state_dir, &node)?))
-        }
+        Some(url) => Some(match super::bus::kind(&url)? {
+            super::bus::Kind::Hub => {
+                let token = token_from(&args.token, &config)?;
+                Arc::new(link(&url, token, &state_dir, &node)?) as Arc<dyn Bus>
+            }
+            super::bus::Kind::Nats => Arc::new(palisade_nats::NatsBus::new(
+                super::bus::nats_options(&url, &config)?,
+                &node,
+                config.node.group.clone(),
+            )),
+            super::bus::Kind::Mqtt => Arc::new(palisade_mqtt::MqttBus::new(
+                super::bus::mqtt_options(&url, &config)?,
+                &node,
+                config.node.group.clone(),
+            )),
+        }),
     };
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let (options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    let (mut options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    // No hub runs in this process: the agent pulls the feeds itself.
+    options.feeds = agent_feeds(&config)?;
     palisade_agent::run(options, enforcers)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -171,8 +189,26 @@ pub fn agent_options(
         kill,
         detect,
         network,
+        feeds: Vec::new(),
     };
     Ok((options, enforcers(config)?))
+}
+
+/// The configured feeds, for an agent that pulls them itself.
+pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Scheduled>> {
+    config
+        .feed
+        .iter()
+        .map(|f| {
+            Ok(palisade_agent::feeds::Scheduled {
+                feed: super::feed::feed(f),
+                every: f
+                    .every
+                    .duration()
+                    .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?,
+            })
+        })
+        .collect()
 }
 
 /// The token from the flag, the config or the config's token file.

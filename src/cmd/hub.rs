@@ -35,6 +35,12 @@ pub struct HubArgs {
     #[command(subcommand)]
     command: Option<HubCommand>,
 
+    /// Run on a bus: nats://HOST:PORT[,…] runs a stateless policy worker
+    /// (instead of an HTTPS hub; start several), mqtt://HOST:PORT bridges
+    /// this hub to an MQTT broker [default: [hub] join]
+    #[arg(long, env = "PALISADE_HUB_JOIN", value_name = "URL")]
+    join: Option<String>,
+
     #[command(flatten)]
     place: HubPlace,
 }
@@ -128,7 +134,17 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     match args.command {
         None => {
             super::agent::init_logging("info")?;
-            palisade_hub::run(options(&config, &args.place)?)?;
+            let options = options(&config, &args.place)?;
+            match args.join.clone().or(config.hub.join.clone()) {
+                None => palisade_hub::run(options)?,
+                Some(url) => match super::bus::kind(&url)? {
+                    super::bus::Kind::Nats => nats_worker(&config, &url, options)?,
+                    super::bus::Kind::Mqtt => mqtt_hub(&config, &url, options)?,
+                    super::bus::Kind::Hub => {
+                        bail!("a hub does not join another hub: --join takes nats://… or mqtt://…")
+                    }
+                },
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(HubCommand::Token(t)) => token(&config, &args.place, t),
@@ -153,6 +169,56 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `palisade hub --join nats://…`: a stateless policy worker.
+fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+    if !config.feed.is_empty() {
+        tracing::warn!(
+            "policy workers do not pull feeds (several would race); on a NATS bus each agent pulls the [[feed]]s of its own configuration"
+        );
+    }
+    let worker = palisade_nats::WorkerOptions {
+        nats: super::bus::nats_options(url, config)?,
+        policy: options.policy,
+        allows: options.allows,
+        node_networks: config.hub.node_networks.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade-worker")
+        .build()?;
+    runtime
+        .block_on(palisade_nats::run_worker(
+            worker,
+            palisade_hub::wait_for_signal(),
+        ))
+        .map_err(anyhow::Error::msg)
+}
+
+/// `palisade hub --join mqtt://…`: the hub, bridged to an MQTT broker.
+fn mqtt_hub(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+    let bridge = palisade_mqtt::BridgeOptions {
+        mqtt: super::bus::mqtt_options(url, config)?,
+        vallumd_topic: config.mqtt.vallumd_topic.clone(),
+        vallumd_ban: config.mqtt.vallumd_ban,
+        node_networks: config.hub.node_networks.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("palisade-hub")
+        .build()?;
+    runtime.block_on(async {
+        let hub = palisade_hub::start(options).await?;
+        let decider = std::sync::Arc::new(super::hubbus::HubDecider {
+            hub: hub.hub.clone(),
+        });
+        let task = tokio::spawn(palisade_mqtt::run_bridge(bridge, decider));
+        palisade_hub::wait_for_signal().await;
+        task.abort();
+        hub.stop().await;
+        Ok(())
+    })
 }
 
 /// The hub's options from the configuration and flags.
@@ -213,6 +279,17 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             .map(|a| (a.net, a.comment.clone(), a.group.clone()))
             .collect(),
         events_kept: h.events_kept.max(1),
+        feeds: config
+            .feed
+            .iter()
+            .map(|f| -> Result<_> {
+                let every = f
+                    .every
+                    .duration()
+                    .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?;
+                Ok((super::feed::feed(f), every))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -382,6 +459,9 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 Err(e) => err(&e),
             }
         }
+        HubRequest::Status | HubRequest::FeedLoad { .. } => {
+            bail!("the hub is not running")
+        }
         HubRequest::TokenList => HubResponse::Tokens {
             tokens: palisade_hub::tokens::list(&store)?,
         },
@@ -407,11 +487,10 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 Err(e) => err(&e),
             }
         }
-        HubRequest::Status => bail!("the hub is not running"),
     })
 }
 
-fn ask(socket: &std::path::Path, request: &HubRequest) -> Result<HubResponse, ClientError> {
+pub fn ask(socket: &std::path::Path, request: &HubRequest) -> Result<HubResponse, ClientError> {
     Client::connect(socket)?.request(request)
 }
 

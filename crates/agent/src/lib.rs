@@ -17,6 +17,7 @@
 pub mod control;
 pub mod core;
 pub mod detection;
+pub mod feeds;
 pub mod killer;
 pub mod network;
 pub mod remote;
@@ -47,6 +48,9 @@ pub struct AgentOptions {
     /// The network to join (`Settings::joined` must be true); `None` for a
     /// local-only agent.
     pub network: Option<std::sync::Arc<dyn palisade_wire::Bus>>,
+    /// Feeds this agent pulls itself (bans for this node only); empty when
+    /// a hub in the same process pulls them for the network.
+    pub feeds: Vec<feeds::Scheduled>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -133,6 +137,11 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
                 net_state.clone(),
             );
         }
+        feeds::spawn(
+            options.feeds,
+            palisade_feed::dir(&options.state_dir),
+            worker.clone(),
+        );
         let listener = control::bind(&socket).map_err(|source| AgentError::Socket {
             path: socket.clone(),
             source,

@@ -44,6 +44,14 @@ pub enum Command {
     ),
     /// Each enforcer's status; with `true`, read back from the kernel.
     EnforcerStatus(bool, oneshot::Sender<Vec<EnforcerStatus>>),
+    /// A feed's new list: it replaces the feed's entries at once.
+    Feed(
+        String,
+        Vec<Net>,
+        oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
+    ),
+    /// The feeds still configured: the others' entries go.
+    RetireFeeds(Vec<String>),
 }
 
 /// Handle to the worker thread; dropping every [`WorkerHandle`] sender stops
@@ -126,6 +134,20 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
         Command::Unallow(req, reply) => (core.unallow(req), reply),
         Command::EnforcerStatus(kernel, reply) => {
             let _ = reply.send(core.enforcer_status(kernel));
+            return;
+        }
+        Command::Feed(name, entries, reply) => {
+            let r = core.replace_feed(&name, &entries, now);
+            if let Err(e) = &r {
+                error!(feed = %name, error = %e, "applying a feed failed");
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+            return;
+        }
+        Command::RetireFeeds(keep) => {
+            if let Err(e) = core.retire_feeds(&keep, now) {
+                error!(error = %e, "removing the entries of old feeds failed");
+            }
             return;
         }
     };

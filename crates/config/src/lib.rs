@@ -66,6 +66,117 @@ pub struct Config {
     pub source: Vec<SourceConfig>,
     /// Detection rules (`[[rule]]`), besides or replacing the built-in ones.
     pub rule: Vec<RuleConfig>,
+    /// The NATS bus (`nats://` and `tls://` join addresses).
+    pub nats: NatsConfig,
+    /// The MQTT bus (`mqtt://` and `mqtts://` join addresses).
+    pub mqtt: MqttConfig,
+    /// External blocklists pulled over HTTP(S) (`[[feed]]`).
+    pub feed: Vec<FeedConfig>,
+}
+
+/// Credentials, TLS and names on a NATS server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A file holding an nkey seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and seed), as `nsc` makes them.
+    pub creds: Option<PathBuf>,
+    /// CA certificates to trust (PEM) instead of the system's; implies TLS.
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    #[serde(deserialize_with = "bus_name")]
+    pub subject_prefix: String,
+    #[serde(deserialize_with = "bus_name")]
+    pub bucket_prefix: String,
+    /// Replicas of the buckets the first worker creates.
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed_file: None,
+            creds: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            subject_prefix: "palisade".into(),
+            bucket_prefix: "palisade".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// Credentials, TLS and topics on an MQTT broker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// CA certificates to trust (PEM) for `mqtts://` instead of the system's.
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// First level of every topic palisade uses.
+    #[serde(deserialize_with = "topic_prefix")]
+    pub topic_prefix: String,
+    /// A topic on which every message is a bare address to ban network-wide
+    /// (as vallumd read them: `mosquitto_pub -t vallumd -m 192.0.2.7`).
+    #[serde(deserialize_with = "optional_topic")]
+    pub vallumd_topic: Option<String>,
+    /// How long such an address is banned.
+    pub vallumd_ban: Span,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            username: None,
+            password: None,
+            password_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            topic_prefix: "palisade".into(),
+            vallumd_topic: None,
+            vallumd_ban: Span::For(std::time::Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// An external blocklist pulled over HTTP(S).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    #[serde(deserialize_with = "feed_name")]
+    pub name: String,
+    /// `http://` or `https://`.
+    #[serde(deserialize_with = "feed_url")]
+    pub url: String,
+    /// How often to pull it.
+    #[serde(default = "default_feed_every")]
+    pub every: Span,
+    /// The most entries taken from it (a list that grows past this is
+    /// refused and the last good one kept).
+    #[serde(default = "default_feed_max")]
+    pub max_entries: usize,
+}
+
+fn default_feed_every() -> Span {
+    Span::For(std::time::Duration::from_secs(3600))
+}
+
+fn default_feed_max() -> usize {
+    2_000_000
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,6 +205,10 @@ pub struct NodeConfig {
     /// This server's name in decisions and logs; the host name if unset.
     #[serde(deserialize_with = "node_name")]
     pub name: Option<String>,
+    /// This server's group on a NATS or MQTT bus (the hub gets it from the
+    /// token): group allow entries apply to it.
+    #[serde(deserialize_with = "group_name")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,8 +219,9 @@ pub struct AgentConfig {
     pub local_only: bool,
     pub default_ban: Span,
     pub kill_connections: bool,
-    /// The hub to join (`https://host:port`).
-    #[serde(deserialize_with = "join_url")]
+    /// The network to join: `https://host:port` (a hub), `nats://…`,
+    /// `mqtt://…`.
+    #[serde(deserialize_with = "any_join_url")]
     pub join: Option<String>,
     /// The token to join with (or `token_file`).
     pub token: Option<String>,
@@ -159,6 +275,13 @@ pub struct HubConfig {
     pub rate: RateConfig,
     /// Allow entries for the whole network, or one group (`group = "dmz"`).
     pub allow: Vec<HubAllowEntry>,
+    /// Run as a policy worker on this bus (`nats://…`, `mqtt://…`) instead
+    /// of (NATS) or besides (MQTT) serving agents over HTTPS.
+    #[serde(deserialize_with = "bus_url")]
+    pub join: Option<String>,
+    /// On a NATS or MQTT bus, where palisade nodes live: the address a node
+    /// declares is allowed automatically only inside these networks.
+    pub node_networks: Vec<Net>,
 }
 
 impl Default for HubConfig {
@@ -179,6 +302,8 @@ impl Default for HubConfig {
             quorum_window: Span::For(std::time::Duration::from_secs(3600)),
             rate: RateConfig::default(),
             allow: Vec::new(),
+            join: None,
+            node_networks: Vec::new(),
         }
     }
 }
@@ -394,6 +519,92 @@ fn join_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     }
 }
 
+/// The schemes a node can join: the hub, NATS, MQTT.
+pub const JOIN_SCHEMES: [&str; 5] = ["https://", "nats://", "tls://", "mqtt://", "mqtts://"];
+
+fn any_join_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    url_with(d, &JOIN_SCHEMES)
+}
+
+fn bus_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    url_with(d, &JOIN_SCHEMES[1..])
+}
+
+fn url_with<'de, D: Deserializer<'de>>(d: D, schemes: &[&str]) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = schemes.iter().any(|p| {
+        s.strip_prefix(p)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+    });
+    if ok {
+        Ok(Some(s))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a usable address: use {}HOST:PORT",
+            schemes.join("HOST:PORT or ")
+        )))
+    }
+}
+
+fn feed_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    url_with(d, &["http://", "https://"]).map(|u| u.unwrap_or_default())
+}
+
+fn feed_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a valid feed name (1 to 64 letters, digits, '-' or '_')"
+        )))
+    }
+}
+
+fn bus_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} may hold only letters, digits, '-' and '_'"
+        )))
+    }
+}
+
+fn topic_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if valid_topic(&s) && !s.contains('/') {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a topic prefix: one topic level, without '+', '#' or '/'"
+        )))
+    }
+}
+
+fn optional_topic<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if valid_topic(&s) {
+        Ok(Some(s))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not an MQTT topic name (no '+' or '#', not empty)"
+        )))
+    }
+}
+
+fn valid_topic(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['+', '#', '\0']) && !s.starts_with('$')
+}
+
 fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     node_name(d)
 }
@@ -489,6 +700,28 @@ mod tests {
             "burst",
             "[[hub.allow]]",
             "group",
+            "node_networks",
+            "[nats]",
+            "user",
+            "password",
+            "nkey_seed_file",
+            "creds",
+            "ca",
+            "client_cert",
+            "client_key",
+            "subject_prefix",
+            "bucket_prefix",
+            "replicas",
+            "[mqtt]",
+            "username",
+            "password_file",
+            "topic_prefix",
+            "vallumd_topic",
+            "vallumd_ban",
+            "[[feed]]",
+            "url",
+            "every",
+            "max_entries",
         ] {
             assert!(template().contains(key), "template lacks {key}");
         }
@@ -572,6 +805,48 @@ group = 9
 
         let err = parse("[agent\n").unwrap_err();
         assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn buses_and_feeds() {
+        let c = parse(
+            r#"
+[node]
+group = "dmz"
+[agent]
+join = "nats://a:4222,b:4222"
+[hub]
+join = "mqtt://broker:1883"
+node_networks = ["198.18.0.0/24"]
+[nats]
+creds = "/etc/palisade/nats.creds"
+bucket_prefix = "lab_2"
+[mqtt]
+vallumd_topic = "vallumd"
+vallumd_ban = "2h"
+[[feed]]
+name = "drop"
+url = "https://example.org/drop.txt"
+every = "30m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.node.group.as_deref(), Some("dmz"));
+        assert_eq!(c.agent.join.as_deref(), Some("nats://a:4222,b:4222"));
+        assert_eq!(c.hub.join.as_deref(), Some("mqtt://broker:1883"));
+        assert_eq!(c.nats.bucket_prefix, "lab_2");
+        assert_eq!(c.mqtt.vallumd_topic.as_deref(), Some("vallumd"));
+        assert_eq!(c.feed[0].every.to_string(), "30m");
+        assert_eq!(c.feed[0].max_entries, 2_000_000);
+        for bad in [
+            "[hub]\njoin = \"https://h:1\"\n",
+            "[nats]\nbucket_prefix = \"a.b\"\n",
+            "[mqtt]\ntopic_prefix = \"a/#\"\n",
+            "[[feed]]\nname = \"x y\"\nurl = \"https://h/\"\n",
+            "[[feed]]\nname = \"x\"\nurl = \"ftp://h/\"\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

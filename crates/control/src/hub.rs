@@ -33,6 +33,11 @@ pub enum HubRequest {
     AdminDelete {
         name: String,
     },
+    /// Replace a feed's entries with its last good list (kept in the hub's
+    /// state directory by `palisade feed pull`).
+    FeedLoad {
+        name: String,
+    },
 }
 
 /// What the hub answers.
@@ -46,6 +51,7 @@ pub enum HubResponse {
     AdminCreated { name: String },
     Admins { admins: Vec<AdminInfo> },
     AdminDeleted { name: String },
+    Feed(crate::proto::FeedApplied),
     Error { message: String },
 }
 

@@ -31,6 +31,24 @@ pub enum Request {
         #[serde(default)]
         kernel: bool,
     },
+    /// Replace a feed's entries with its last good list (kept in the
+    /// agent's state directory by `palisade feed pull`).
+    FeedLoad {
+        name: String,
+    },
+}
+
+/// What replacing a feed's entries did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedApplied {
+    /// Entries in the list.
+    pub total: u64,
+    pub added: u64,
+    pub removed: u64,
+    /// Refused: allowed, or forbidden by the guard (too broad, loopback).
+    pub refused: u64,
+    /// Already banned for another reason: left as they are.
+    pub kept: u64,
 }
 
 /// Ban one or more targets.
@@ -125,6 +143,7 @@ pub enum Response {
     },
     Explanation(Explanation),
     Status(Box<AgentStatus>),
+    Feed(FeedApplied),
     Error(ControlError),
 }
 

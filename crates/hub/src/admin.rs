@@ -136,6 +136,27 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
                 Err(e) => err(&e),
             }
         }
+        HubRequest::FeedLoad { name } => {
+            let dir = palisade_feed::dir(&hub.state_dir);
+            let Some(entries) = palisade_feed::last_good(&dir, &name) else {
+                return err(&format!(
+                    "there is no list of the feed {name} here; pull it first"
+                ));
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if let Err(e) = hub.writer.send(crate::writer::Job::Feed {
+                name,
+                entries,
+                reply: tx,
+            }) {
+                return err(&e);
+            }
+            match rx.blocking_recv() {
+                Ok(Ok(applied)) => HubResponse::Feed(applied),
+                Ok(Err(e)) => err(&e),
+                Err(_) => err(&"the hub stopped before answering"),
+            }
+        }
         HubRequest::Status => {
             let r = match hub.store.read() {
                 Ok(r) => r,

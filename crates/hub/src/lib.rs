@@ -71,6 +71,8 @@ pub struct HubOptions {
     pub allows: Vec<(Net, Option<String>, Option<String>)>,
     /// Stream events kept for nodes that reconnect.
     pub events_kept: u64,
+    /// Feeds the hub pulls for the whole network: (feed, how often).
+    pub feeds: Vec<(palisade_feed::Feed, Duration)>,
 }
 
 /// A hub running on the current tokio runtime.
@@ -171,6 +173,7 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
         writer_handle,
         metrics,
         activity,
+        options.state_dir.clone(),
     )?);
 
     let mut tasks = Vec::new();
@@ -191,6 +194,30 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
             }
         }
     }));
+    let keep = options.feeds.iter().map(|(f, _)| f.name.clone()).collect();
+    let _ = hub.writer.send(writer::Job::RetireFeeds(keep));
+    for (feed, every) in options.feeds.clone() {
+        let h = hub.clone();
+        let dir = palisade_feed::dir(&options.state_dir);
+        tasks.push(tokio::spawn(async move {
+            let apply = |entries| {
+                let h = h.clone();
+                let name = feed.name.clone();
+                async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    h.writer.send(writer::Job::Feed {
+                        name,
+                        entries,
+                        reply: tx,
+                    })?;
+                    rx.await
+                        .map_err(|_| "the hub is stopping".to_string())?
+                        .map(|_| ())
+                }
+            };
+            palisade_feed::keep_pulling(feed.clone(), every, dir, apply).await;
+        }));
+    }
     info!(
         listen = %listen,
         pin = ?identity.pin.as_ref().map(palisade_wire::token::show_pin),

@@ -71,6 +71,8 @@ pub struct Hub {
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub dashboard: crate::dashboard::Dashboard,
+    /// Where the hub keeps its files (feeds' last good lists too).
+    pub state_dir: std::path::PathBuf,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     nodes: Mutex<HashMap<String, NodeLive>>,
 }
@@ -92,6 +94,7 @@ impl Hub {
         writer: WriterHandle,
         metrics: Arc<Metrics>,
         activity: Arc<crate::dashboard::Activity>,
+        state_dir: std::path::PathBuf,
     ) -> anyhow::Result<Hub> {
         let hub = Hub {
             store,
@@ -105,6 +108,7 @@ impl Hub {
                 activity,
                 ..Default::default()
             },
+            state_dir,
             tokens: RwLock::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         };

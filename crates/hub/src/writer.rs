@@ -73,8 +73,23 @@ pub enum Job {
         action: OperatorAction,
         reply: oneshot::Sender<Result<IntentResult, String>>,
     },
+    /// A feed's new list: it replaces the feed's entries, network-wide.
+    Feed {
+        name: String,
+        entries: Vec<Net>,
+        reply: oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
+    },
+    /// The feeds still configured: the others' entries go.
+    RetireFeeds(Vec<String>),
     /// Finish what came before, then stop.
     Stop,
+}
+
+/// What a job gives back once committed.
+enum Done {
+    Nothing,
+    Intents(Vec<IntentResult>),
+    Feed(palisade_control::FeedApplied),
 }
 
 #[derive(Clone)]
@@ -164,11 +179,15 @@ impl Writer {
                 }
                 for (job, r) in jobs.into_iter().zip(results) {
                     match (job, r) {
-                        (Job::Intents { reply, .. }, Some(r)) => {
+                        (Job::Intents { reply, .. }, Done::Intents(r)) => {
                             let _ = reply.send(Ok(r));
                         }
-                        (Job::Operator { reply, .. }, Some(mut r)) => {
+                        (Job::Operator { reply, .. }, Done::Intents(mut r)) => {
                             let _ = reply.send(r.pop().ok_or_else(|| "no answer".to_string()));
+                        }
+                        (Job::Feed { reply, name, .. }, Done::Feed(a)) => {
+                            info!(feed = %name, total = a.total, added = a.added, removed = a.removed, refused = a.refused, kept = a.kept, "feed applied");
+                            let _ = reply.send(Ok(a));
                         }
                         _ => {}
                     }
@@ -184,6 +203,9 @@ impl Writer {
                             let _ = reply.send(Err(why));
                         }
                         Job::Operator { reply, .. } => {
+                            let _ = reply.send(Err(why));
+                        }
+                        Job::Feed { reply, .. } => {
                             let _ = reply.send(Err(why));
                         }
                         _ => {}
@@ -229,8 +251,27 @@ fn apply_job(
     ledger: &mut StoreLedger<'_, '_>,
     job: &Job,
     now: Timestamp,
-) -> Result<Option<Vec<IntentResult>>, StoreError> {
+) -> Result<Done, StoreError> {
     match job {
+        Job::Feed { name, entries, .. } => Ok(Done::Feed(replace_feed(
+            policy, ledger, name, entries, now,
+        )?)),
+        Job::RetireFeeds(keep) => {
+            let mut gone = std::collections::HashSet::new();
+            for d in ledger.w.all(Action::Ban)? {
+                if d.origin.source == Source::Feed
+                    && let Some(name) = d.rule.as_deref().and_then(|r| r.strip_prefix("feed:"))
+                    && !keep.iter().any(|k| k == name)
+                {
+                    gone.insert(name.to_string());
+                }
+            }
+            for name in gone {
+                info!(feed = %name, "the feed is no longer configured; removing its entries");
+                replace_feed(policy, ledger, &name, &[], now)?;
+            }
+            Ok(Done::Nothing)
+        }
         Job::Intents {
             node, envelopes, ..
         } => {
@@ -268,7 +309,7 @@ fn apply_job(
                 results.push(r);
             }
             ledger.w.map_put(Map::Nodes, &node.name, &json(&record))?;
-            Ok(Some(results))
+            Ok(Done::Intents(results))
         }
         Job::NodeAddress { name, address, old } => {
             let (name, address) = (name.clone(), *address);
@@ -308,7 +349,7 @@ fn apply_job(
                 });
             record.address = Some(address);
             ledger.w.map_put(Map::Nodes, &name, &json(&record))?;
-            Ok(None)
+            Ok(Done::Nothing)
         }
         Job::NodeGone { name } => {
             let record: Option<NodeRecord> = ledger
@@ -323,7 +364,7 @@ fn apply_job(
                 ledger.remove(Action::Allow, &Net::host(addr), None)?;
                 info!(node = %name, address = %addr, "removed the allow of a revoked node's address");
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
         Job::PersistNodes(records) => {
             for live in records.iter().cloned() {
@@ -339,7 +380,7 @@ fn apply_job(
                 stored.group = live.group.clone();
                 ledger.w.map_put(Map::Nodes, &live.name, &json(&stored))?;
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
         Job::Operator { actor, action, .. } => {
             let r = match action {
@@ -359,9 +400,9 @@ fn apply_job(
                 }
                 OperatorAction::Extend { target, by } => extend(ledger, actor, target, *by, now)?,
             };
-            Ok(Some(vec![r]))
+            Ok(Done::Intents(vec![r]))
         }
-        Job::Stop => Ok(None),
+        Job::Stop => Ok(Done::Nothing),
         Job::StaticAllows(entries) => {
             // Entries of the configuration are decisions of source config;
             // ones no longer configured are removed.
@@ -421,7 +462,7 @@ fn apply_job(
                     ledger.remove(Action::Allow, &d.target, d.group.as_deref())?;
                 }
             }
-            Ok(None)
+            Ok(Done::Nothing)
         }
     }
 }
@@ -467,4 +508,60 @@ fn extend(
     ledger.put(&d)?;
     info!(target = %target, by = %by, admin = %actor, "ban extended from the dashboard");
     Ok(answer(IntentOutcome::Accepted, None, d.expires))
+}
+
+/// Makes `entries` the feed's whole set of bans, network-wide: removes
+/// what it no longer lists, adds the new entries (allow entries and the
+/// guard still win; an address banned for another reason is left as it
+/// is), all in the writer's one transaction.
+fn replace_feed(
+    policy: &Policy,
+    ledger: &mut StoreLedger<'_, '_>,
+    name: &str,
+    entries: &[Net],
+    now: Timestamp,
+) -> Result<palisade_control::FeedApplied, StoreError> {
+    let rule = format!("feed:{name}");
+    let current: std::collections::HashSet<Net> = ledger
+        .w
+        .all(Action::Ban)?
+        .into_iter()
+        .filter(|d| d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()))
+        .map(|d| d.target)
+        .collect();
+    let wanted: std::collections::HashSet<Net> = entries.iter().copied().collect();
+    let mut applied = palisade_control::FeedApplied {
+        total: wanted.len() as u64,
+        ..Default::default()
+    };
+    for n in current.iter().filter(|n| !wanted.contains(n)) {
+        ledger.remove(Action::Ban, n, None)?;
+        applied.removed += 1;
+    }
+    for n in wanted.iter().filter(|n| !current.contains(n)) {
+        if policy.refusal(ledger, n)?.is_some() {
+            applied.refused += 1;
+            continue;
+        }
+        if ledger
+            .get(Action::Ban, n, None)?
+            .is_some_and(|d| d.is_active(now))
+        {
+            applied.kept += 1;
+            continue;
+        }
+        let d = Decision::new(
+            Action::Ban,
+            *n,
+            now,
+            Span::Forever,
+            Origin::new("hub", Source::Feed).with_actor(name),
+        )
+        .with_rule(rule.clone())
+        .with_reason(format!("listed by the feed {name}"))
+        .with_scope(Scope::Network);
+        ledger.put(&d)?;
+        applied.added += 1;
+    }
+    Ok(applied)
 }

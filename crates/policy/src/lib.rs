@@ -386,7 +386,12 @@ impl Policy {
         }
     }
 
-    /// Why a ban of `target` must not be made, if it must not.
+    /// Why a ban of `target` must not be made, if it must not (an allow
+    /// entry covers it, or the guard forbids it).
+    pub fn refusal<L: Ledger>(&self, ledger: &L, target: &Net) -> Result<Option<String>, L::Error> {
+        self.refuse_ban(ledger, target)
+    }
+
     fn refuse_ban<L: Ledger>(&self, ledger: &L, target: &Net) -> Result<Option<String>, L::Error> {
         let allows = ledger.allows_covering(target)?;
         let mut map = NetMap::new();

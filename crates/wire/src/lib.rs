@@ -1,6 +1,8 @@
 //! What palisade agents and hubs say to each other.
 //!
 //! - [`proto`]: intents from nodes, results, the numbered decision stream;
+//! - [`keys`]: decision keys for buses that store decisions by key (NATS
+//!   KV, MQTT retained topics);
 //! - [`bus`]: the [`Bus`] trait every transport (hub, NATS, MQTT)
 //!   implements, so agents behave the same whichever carries them;
 //! - [`token`]: node credentials and join tokens, with the hub
@@ -9,6 +11,7 @@
 //!   certificate.
 
 pub mod bus;
+pub mod keys;
 pub mod proto;
 pub mod tls;
 pub mod token;

@@ -182,6 +182,38 @@ pub struct Heartbeat {
     pub bans: u64,
 }
 
+/// Intents sent over a message bus (NATS, MQTT), where the subject or
+/// topic names the sending node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusRequest {
+    /// The sender's group, as configured on the node.
+    #[serde(default)]
+    pub group: Option<String>,
+    pub envelopes: Vec<Envelope>,
+}
+
+/// The answer to a [`BusRequest`]: one result per intent applied (fewer
+/// than sent when the node is over its rate limit), or why none was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusReply {
+    Results(Vec<IntentResult>),
+    Error(String),
+}
+
+/// A node's periodic sign of life on a message bus: its heartbeat, and the
+/// address the bus sees it at (a policy worker allows it automatically
+/// when it lies inside the networks configured for palisade nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBeat {
+    #[serde(flatten)]
+    pub beat: Heartbeat,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
+}
+
 /// Paths of the hub's HTTPS API.
 pub mod paths {
     pub const JOIN: &str = "/v1/join";

@@ -1,0 +1,466 @@
+//! External blocklists pulled over HTTP(S): maltrail's `/fail2ban` list,
+//! FireHOL `.netset`/`.ipset`, Spamhaus DROP, or any list of one address or
+//! network per line.
+//!
+//! [`pull`] fetches a feed with a conditional request (`If-None-Match`,
+//! `If-Modified-Since`), reads the body as it arrives (the text is never
+//! held whole: lines are parsed one by one, so memory is bounded by the
+//! entries, at most `max_entries`), and keeps the result in the feed's
+//! directory: the last good list (`NAME.list`, one canonical network per
+//! line) and its state (`NAME.json`: validators, counts, the last error).
+//! A feed that fails (unreachable, an HTTP error, too many or no usable
+//! entries) leaves the last good list as it was and says why.
+//!
+//! Applying a list is the caller's: the agent and the hub replace a feed's
+//! entries with a new list in one store transaction and one kernel
+//! transaction (removals and additions together), never leaving a moment
+//! without them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use palisade_model::{Net, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Longest line read (longer ones are malformed and skipped).
+const MAX_LINE: usize = 4096;
+/// Malformed lines kept as examples in the state.
+const EXAMPLES: usize = 5;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence while reading a body.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One feed, as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feed {
+    pub name: String,
+    pub url: String,
+    pub max_entries: usize,
+}
+
+/// What is known about a feed, kept next to its last good list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeedState {
+    pub url: String,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    /// When the last good list was fetched.
+    #[serde(default)]
+    pub fetched: Option<Timestamp>,
+    /// When the feed was last asked (successfully or not).
+    #[serde(default)]
+    pub checked: Option<Timestamp>,
+    /// Entries in the last good list.
+    #[serde(default)]
+    pub entries: u64,
+    /// Lines of the last good list that were not addresses or networks.
+    #[serde(default)]
+    pub malformed: u64,
+    #[serde(default)]
+    pub malformed_examples: Vec<String>,
+    /// Why the last pull failed (the last good list was kept).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// How far a pull has come (for progress bars).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub bytes: u64,
+    /// The body's length, when the server said.
+    pub total: Option<u64>,
+    pub lines: u64,
+    pub entries: u64,
+}
+
+/// What a pull brought.
+#[derive(Debug)]
+pub enum Pulled {
+    /// The server says the list did not change (304).
+    NotModified,
+    /// A new list, stored as the last good one.
+    Updated {
+        entries: Vec<Net>,
+        malformed: u64,
+        examples: Vec<String>,
+    },
+}
+
+/// Why a pull failed; the last good list is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("{0:?} is not an http:// or https:// address")]
+    BadUrl(String),
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("{url} answered {status}")]
+    Status { url: String, status: StatusCode },
+    #[error("{url} went silent while sending the list")]
+    Silent { url: String },
+    #[error("{url} has more than {max} entries; raise max_entries if that is right")]
+    TooMany { url: String, max: usize },
+    #[error("{url} sent no address or network ({malformed} malformed line(s), e.g. {example:?})")]
+    Empty {
+        url: String,
+        malformed: u64,
+        example: Option<String>,
+    },
+    #[error("cannot keep the list in {path}: {detail}")]
+    Io { path: String, detail: String },
+}
+
+/// The feeds' directory inside a state directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("feeds")
+}
+
+pub fn list_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.list"))
+}
+
+pub fn state_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+/// The feed's state, or a fresh one.
+pub fn state(dir: &Path, name: &str) -> FeedState {
+    std::fs::read(state_path(dir, name))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The last good list, if there is one.
+pub fn last_good(dir: &Path, name: &str) -> Option<Vec<Net>> {
+    let text = std::fs::read_to_string(list_path(dir, name)).ok()?;
+    Some(text.lines().filter_map(|l| l.parse().ok()).collect())
+}
+
+/// Records a failure in the feed's state (its last good list stays).
+pub fn record_error(dir: &Path, feed: &Feed, error: &str) {
+    let mut s = state(dir, &feed.name);
+    s.url = feed.url.clone();
+    s.checked = Some(Timestamp::now());
+    s.last_error = Some(error.to_string());
+    let _ = write_atomic(
+        &state_path(dir, &feed.name),
+        &serde_json::to_vec_pretty(&s).expect("state serializes"),
+    );
+}
+
+/// One line of a list: the address or network it names, `Ok(None)` for a
+/// blank or comment line, `Err` for anything else. Comments start with `#`
+/// or `;` (Spamhaus), anywhere on the line; text after the first field is
+/// ignored.
+pub fn parse_line(line: &str) -> Result<Option<Net>, String> {
+    let content = line.split(['#', ';']).next().unwrap_or_default().trim();
+    let Some(field) = content.split_whitespace().next() else {
+        return Ok(None);
+    };
+    field.parse::<Net>().map(Some).map_err(|e| e.to_string())
+}
+
+/// Pulls `feed` into `dir`: a conditional request when a last good list
+/// exists, the body parsed line by line as it arrives.
+pub async fn pull(
+    feed: &Feed,
+    dir: &Path,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Pulled, FeedError> {
+    std::fs::create_dir_all(dir).map_err(|e| FeedError::Io {
+        path: dir.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let url = feed.url.clone();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(FeedError::BadUrl(url));
+    }
+    let mut st = state(dir, &feed.name);
+    let have_list = list_path(dir, &feed.name).exists() && st.url == url;
+    let mut req = Request::get(url.as_str()).header(
+        header::USER_AGENT,
+        concat!("palisade/", env!("CARGO_PKG_VERSION")),
+    );
+    if have_list {
+        if let Some(e) = &st.etag {
+            req = req.header(header::IF_NONE_MATCH, e.as_str());
+        }
+        if let Some(m) = &st.last_modified {
+            req = req.header(header::IF_MODIFIED_SINCE, m.as_str());
+        }
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| FeedError::BadUrl(url.clone()))?;
+    let unreachable = |detail: String| FeedError::Unreachable {
+        url: url.clone(),
+        detail,
+    };
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT * 3, client()?.request(req))
+        .await
+        .map_err(|_| unreachable("no answer".into()))?
+        .map_err(|e| unreachable(format!("{e:?}")))?;
+    st.url = url.clone();
+    st.checked = Some(Timestamp::now());
+    let status = resp.status();
+    if status == StatusCode::NOT_MODIFIED && have_list {
+        st.last_error = None;
+        save_state(dir, &feed.name, &st)?;
+        return Ok(Pulled::NotModified);
+    }
+    if !status.is_success() {
+        return Err(FeedError::Status { url, status });
+    }
+    let header_text = |h| {
+        resp.headers()
+            .get(h)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .map(String::from)
+    };
+    let etag = header_text(header::ETAG);
+    let last_modified = header_text(header::LAST_MODIFIED);
+    let mut p = Progress {
+        total: header_text(header::CONTENT_LENGTH).and_then(|l| l.parse().ok()),
+        ..Progress::default()
+    };
+    let mut body = resp.into_body();
+    let mut entries: Vec<Net> = Vec::new();
+    let mut malformed = 0u64;
+    let mut examples = Vec::new();
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut too_long = false;
+    let mut take = |line: &[u8], too_long: bool, p: &mut Progress| -> Result<(), FeedError> {
+        p.lines += 1;
+        let parsed = if too_long {
+            Err("the line is too long".to_string())
+        } else {
+            std::str::from_utf8(line)
+                .map_err(|_| "not text".to_string())
+                .and_then(|l| parse_line(l.trim_end_matches('\r')))
+        };
+        match parsed {
+            Ok(Some(n)) => {
+                if entries.len() >= feed.max_entries {
+                    return Err(FeedError::TooMany {
+                        url: url.clone(),
+                        max: feed.max_entries,
+                    });
+                }
+                entries.push(n);
+                p.entries += 1;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                malformed += 1;
+                if examples.len() < EXAMPLES {
+                    let text = String::from_utf8_lossy(&line[..line.len().min(80)]);
+                    examples.push(format!("line {}: {:?}: {e}", p.lines, text.trim_end()));
+                }
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(FeedError::Silent { url }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(unreachable(format!("the list broke off: {e}"))),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        p.bytes += data.len() as u64;
+        for &b in data.iter() {
+            if b == b'\n' {
+                take(&line, too_long, &mut p)?;
+                line.clear();
+                too_long = false;
+            } else if line.len() < MAX_LINE {
+                line.push(b);
+            } else {
+                too_long = true;
+            }
+        }
+        progress(&p);
+    }
+    if !line.is_empty() {
+        take(&line, too_long, &mut p)?;
+    }
+    progress(&p);
+    if entries.is_empty() {
+        return Err(FeedError::Empty {
+            url,
+            malformed,
+            example: examples.first().cloned(),
+        });
+    }
+    entries.sort_unstable();
+    entries.dedup();
+    let mut text = String::with_capacity(entries.len() * 16);
+    for n in &entries {
+        text.push_str(&n.to_string());
+        text.push('\n');
+    }
+    write_atomic(&list_path(dir, &feed.name), text.as_bytes())?;
+    st.etag = etag;
+    st.last_modified = last_modified;
+    st.fetched = st.checked;
+    st.entries = entries.len() as u64;
+    st.malformed = malformed;
+    st.malformed_examples = examples.clone();
+    st.last_error = None;
+    save_state(dir, &feed.name, &st)?;
+    Ok(Pulled::Updated {
+        entries,
+        malformed,
+        examples,
+    })
+}
+
+fn save_state(dir: &Path, name: &str, st: &FeedState) -> Result<(), FeedError> {
+    write_atomic(
+        &state_path(dir, name),
+        &serde_json::to_vec_pretty(st).expect("state serializes"),
+    )
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FeedError> {
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| FeedError::Io {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    std::fs::write(&tmp, data).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn client() -> Result<HttpClient, FeedError> {
+    let tls = palisade_wire::tls::client_config(None).map_err(|e| FeedError::Unreachable {
+        url: String::new(),
+        detail: e.to_string(),
+    })?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Pulls `feed` every `every`, forever, handing each new list to `apply`.
+/// It starts by applying the last good list, so after a restart the
+/// feed's entries are right at once whatever the server says; a failure
+/// is recorded and logged, and the last good list stays.
+pub async fn keep_pulling<F, Fut>(feed: Feed, every: Duration, dir: PathBuf, apply: F)
+where
+    F: Fn(Vec<Net>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let name = feed.name.as_str();
+    if state(&dir, name).url == feed.url
+        && let Some(list) = last_good(&dir, name)
+        && let Err(e) = apply(list).await
+    {
+        tracing::warn!(feed = name, error = %e, "cannot apply the feed's last good list");
+    }
+    loop {
+        match pull(&feed, &dir, |_| {}).await {
+            Ok(Pulled::Updated {
+                entries,
+                malformed,
+                examples,
+            }) => {
+                if malformed > 0 {
+                    tracing::warn!(feed = name, malformed, examples = ?examples, "lines that are not addresses or networks were skipped");
+                }
+                let n = entries.len();
+                match apply(entries).await {
+                    Ok(()) => tracing::info!(feed = name, entries = n, "feed pulled"),
+                    Err(e) => tracing::warn!(feed = name, error = %e, "cannot apply the feed"),
+                }
+            }
+            Ok(Pulled::NotModified) => tracing::debug!(feed = name, "feed not modified"),
+            Err(e) => {
+                record_error(&dir, &feed, &e.to_string());
+                let kept = state(&dir, name).entries;
+                tracing::warn!(feed = name, error = %e, kept, "the feed failed; its last good list stays");
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The difference between a feed's current entries and a new list: what
+/// to remove and what to add (both sorted).
+pub fn diff(current: &[Net], new: &[Net]) -> (Vec<Net>, Vec<Net>) {
+    let cur: std::collections::HashSet<&Net> = current.iter().collect();
+    let new_set: std::collections::HashSet<&Net> = new.iter().collect();
+    let mut removed: Vec<Net> = current
+        .iter()
+        .filter(|n| !new_set.contains(n))
+        .copied()
+        .collect();
+    let mut added: Vec<Net> = new.iter().filter(|n| !cur.contains(n)).copied().collect();
+    removed.sort_unstable();
+    added.sort_unstable();
+    (removed, added)
+}
+
+/// The rule a feed's decisions carry.
+pub fn rule(name: &str) -> String {
+    format!("feed:{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_list_formats() {
+        let ok = |l: &str| parse_line(l).unwrap().map(|n| n.to_string());
+        // maltrail /fail2ban, FireHOL .ipset: one address per line.
+        assert_eq!(ok("198.51.100.7").as_deref(), Some("198.51.100.7"));
+        // FireHOL .netset, with its comment header.
+        assert_eq!(ok("# FireHOL level 1"), None);
+        assert_eq!(ok("203.0.113.0/24").as_deref(), Some("203.0.113.0/24"));
+        // Spamhaus DROP.
+        assert_eq!(ok("; Spamhaus DROP List 2024/01/01"), None);
+        assert_eq!(
+            ok("1.10.16.0/20 ; SBL256894").as_deref(),
+            Some("1.10.16.0/20")
+        );
+        assert_eq!(ok("2001:db8::/32").as_deref(), Some("2001:db8::/32"));
+        assert_eq!(
+            ok("  198.51.100.8\t# seen 3 times").as_deref(),
+            Some("198.51.100.8")
+        );
+        assert_eq!(ok(""), None);
+        assert!(parse_line("not-an-address").is_err());
+        assert!(parse_line("198.51.100.7/24").is_err());
+    }
+
+    #[test]
+    fn diffs() {
+        let n = |s: &str| s.parse::<Net>().unwrap();
+        let (removed, added) = diff(
+            &[n("192.0.2.1"), n("192.0.2.2")],
+            &[n("192.0.2.2"), n("192.0.2.3")],
+        );
+        assert_eq!(removed, [n("192.0.2.1")]);
+        assert_eq!(added, [n("192.0.2.3")]);
+    }
+}

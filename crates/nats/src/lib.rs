@@ -1,0 +1,505 @@
+//! palisade over NATS JetStream.
+//!
+//! - A replicated KV bucket, `<bucket_prefix>_decisions`, holds the current
+//!   decisions, one key per decision (`palisade_wire::keys`), the value the
+//!   decision's JSON. Agents watch it ([`NatsBus`]): the full state first,
+//!   then live changes, numbered by the KV revision, so an agent that
+//!   reconnects resumes from the revision it stored.
+//! - Nodes send intents as requests on `<subject_prefix>.intents.<node>`
+//!   and heartbeats on `<subject_prefix>.beat.<node>`. Stateless policy
+//!   workers ([`worker`], `palisade hub --join nats://…`) consume them as a
+//!   queue group, apply palisade's policy against the buckets (a
+//!   [`ledger::MirrorLedger`]) and write the decisions; any number of them
+//!   can run, and any of them can stop.
+//! - `<bucket_prefix>_state` holds what the policy remembers besides
+//!   decisions: repeat offenders, quorum reports, nodes (the last intent
+//!   applied from each, so retries are recognised).
+//!
+//! Expiry: on servers with per-message TTL (2.11 and newer) each decision
+//! is written with a TTL matching its expiry; on older ones (Debian's
+//! 2.9) workers purge expired keys. Agents ignore expired values either
+//! way, and the kernel expires bans by itself.
+//!
+//! The buckets' streams are created by workers with plain JetStream API
+//! requests holding exactly the KV settings, which every server since 2.9
+//! understands.
+
+pub mod bus;
+pub mod ledger;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde::Deserialize;
+
+pub use bus::NatsBus;
+pub use worker::{WorkerOptions, run_worker};
+
+/// How a node or worker reaches NATS, and which palisade network on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsOptions {
+    /// `host:port` of each server to try.
+    pub servers: Vec<String>,
+    pub auth: Auth,
+    /// TLS (the `tls://` scheme, or a CA or client certificate configured).
+    pub tls: Option<TlsOptions>,
+    /// First token of every subject palisade uses (`palisade`).
+    pub subject_prefix: String,
+    /// Start of every bucket name (`palisade` gives `palisade_decisions`).
+    pub bucket_prefix: String,
+    /// Replicas of the buckets a worker creates (1 for a single server, 3
+    /// for a cluster).
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// An nkey seed (`SU…`).
+    Nkey(String),
+    /// A `.creds` file (JWT and nkey seed).
+    Creds(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) to trust instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (PEM), for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Why NATS options are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("{0:?} is not a NATS address: use nats://HOST:PORT[,HOST:PORT…] (or tls://… for TLS)")]
+    BadUrl(String),
+    #[error("{what} {value:?} may hold only letters, digits, '-' and '_'")]
+    BadName { what: &'static str, value: String },
+}
+
+impl NatsOptions {
+    /// Options from a join URL: `nats://[user:password@]host:port[,host:port…]`
+    /// or `tls://…`; prefixes default to `palisade`.
+    pub fn from_url(url: &str) -> Result<NatsOptions, OptionsError> {
+        let bad = || OptionsError::BadUrl(url.to_string());
+        let (tls, rest) = if let Some(r) = url.strip_prefix("nats://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("tls://") {
+            (true, r)
+        } else {
+            return Err(bad());
+        };
+        let rest = rest.trim_end_matches('/');
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((cred, hosts)) => {
+                let auth = match cred.split_once(':') {
+                    Some((u, p)) => Auth::UserPassword {
+                        user: u.to_string(),
+                        password: p.to_string(),
+                    },
+                    None => Auth::Token(cred.to_string()),
+                };
+                (auth, hosts)
+            }
+            None => (Auth::None, rest),
+        };
+        let servers: Vec<String> = hosts
+            .split(',')
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if servers.is_empty()
+            || servers
+                .iter()
+                .any(|s| s.contains('/') || s.contains(char::is_whitespace))
+        {
+            return Err(bad());
+        }
+        Ok(NatsOptions {
+            servers,
+            auth,
+            tls: tls.then(TlsOptions::default),
+            subject_prefix: "palisade".into(),
+            bucket_prefix: "palisade".into(),
+            replicas: 1,
+        })
+    }
+
+    /// Checks the prefixes (they become subject tokens and bucket names).
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        for (what, value) in [
+            ("the subject prefix", &self.subject_prefix),
+            ("the bucket prefix", &self.bucket_prefix),
+        ] {
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(OptionsError::BadName {
+                    what,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decisions_bucket(&self) -> String {
+        format!("{}_decisions", self.bucket_prefix)
+    }
+
+    pub fn state_bucket(&self) -> String {
+        format!("{}_state", self.bucket_prefix)
+    }
+
+    pub fn intents_subject(&self, node: &str) -> String {
+        format!("{}.intents.{}", self.subject_prefix, subject_token(node))
+    }
+
+    pub fn beat_subject(&self, node: &str) -> String {
+        format!("{}.beat.{}", self.subject_prefix, subject_token(node))
+    }
+
+    /// What logs and `palisade status` show.
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("nats {scheme}://{}", self.servers.join(","))
+    }
+
+    /// The URLs handed to the client.
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        self.servers
+            .iter()
+            .map(|s| format!("{scheme}://{s}"))
+            .collect()
+    }
+}
+
+/// A node name as one subject token (dots would add tokens).
+pub fn subject_token(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Connects to NATS. `name` identifies the connection in the server's
+/// monitoring; `connections` counts each (re)connection, so watches can
+/// start again after one (a consumer on a server that died may never
+/// deliver again).
+pub async fn connect(
+    options: &NatsOptions,
+    name: &str,
+    connections: Arc<AtomicU64>,
+) -> Result<async_nats::Client, String> {
+    let mut co = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let connections = connections.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .name(format!("palisade {name}"))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(15)))
+        .ping_interval(Duration::from_secs(10))
+        .retain_servers_order()
+        // Reconnect quickly: bans must keep flowing when a server dies.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
+        });
+    co = match &options.auth {
+        Auth::None => co,
+        Auth::UserPassword { user, password } => {
+            co.user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(t) => co.token(t.clone()),
+        Auth::Nkey(seed) => co.nkey(seed.clone()),
+        Auth::Creds(path) => co
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("cannot read the NATS credentials {}: {e}", path.display()))?,
+    };
+    if let Some(tls) = &options.tls {
+        co = co.require_tls(true).tls_client_config(tls_config(tls)?);
+    }
+    co.connect(options.urls())
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", options.describe()))
+}
+
+/// rustls (ring) trusting the configured CA, else the system's CAs.
+fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, String> {
+    let provider = palisade_wire::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            for cert in palisade_wire::tls::load_certs(ca).map_err(|e| e.to_string())? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match &tls.client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            use rustls::pki_types::PrivateKeyDer;
+            use rustls::pki_types::pem::PemObject;
+            let chain = palisade_wire::tls::load_certs(cert).map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The buckets of one palisade network, opened.
+#[derive(Clone)]
+pub struct Buckets {
+    pub js: jetstream::Context,
+    pub decisions: jetstream::kv::Store,
+    /// Opened by workers only.
+    pub state: Option<jetstream::kv::Store>,
+    pub decisions_name: String,
+    pub state_name: String,
+    /// The server keeps per-message TTLs (2.11+) and the decisions bucket
+    /// was made for them.
+    pub ttl: bool,
+}
+
+/// True for servers with per-message TTL (2.11 and newer).
+pub fn server_has_ttl(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (2, 11)
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    error: Option<ApiErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    #[serde(default)]
+    code: u32,
+    #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
+    description: String,
+}
+
+/// Creates the stream of KV bucket `bucket` if it does not exist, with the
+/// settings of a KV bucket holding one value per key; with `ttl`, made for
+/// per-message TTLs.
+pub async fn ensure_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    replicas: usize,
+    ttl: bool,
+) -> Result<(), String> {
+    let stream = format!("KV_{bucket}");
+    let info = client
+        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
+        .await
+        .map_err(|e| format!("asking NATS about {stream}: {e} (is JetStream enabled?)"))?;
+    let answer: ApiError = serde_json::from_slice(&info.payload)
+        .map_err(|e| format!("NATS's answer about {stream}: {e}"))?;
+    match answer.error {
+        None => return Ok(()),
+        // 10059: stream not found.
+        Some(e) if e.err_code == 10059 || e.code == 404 => {}
+        Some(e) => return Err(format!("NATS about {stream}: {}", e.description)),
+    }
+    let mut config = serde_json::json!({
+        "name": stream,
+        "subjects": [format!("$KV.{bucket}.>")],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": 1,
+        "max_msg_size": -1,
+        "storage": "file",
+        "discard": "new",
+        "num_replicas": replicas.max(1),
+        "duplicate_window": 120_000_000_000u64,
+        "allow_rollup_hdrs": true,
+        "deny_delete": true,
+        "deny_purge": false,
+        "allow_direct": true,
+        "mirror_direct": false,
+    });
+    if ttl {
+        config["allow_msg_ttl"] = serde_json::Value::Bool(true);
+    }
+    let created = client
+        .request(
+            format!("$JS.API.STREAM.CREATE.{stream}"),
+            serde_json::to_vec(&config).expect("json").into(),
+        )
+        .await
+        .map_err(|e| format!("creating {stream}: {e}"))?;
+    let answer: ApiError = serde_json::from_slice(&created.payload)
+        .map_err(|e| format!("NATS's answer creating {stream}: {e}"))?;
+    match answer.error {
+        None => {
+            tracing::info!(bucket, replicas, ttl, "created a KV bucket");
+            Ok(())
+        }
+        // 10058: already exists (another worker was faster).
+        Some(e) if e.err_code == 10058 => Ok(()),
+        Some(e) => Err(format!(
+            "NATS refused to create {stream}: {}",
+            e.description
+        )),
+    }
+}
+
+/// Opens the buckets; with `create`, makes them first when missing (workers
+/// do, nodes do not).
+pub async fn open_buckets(
+    client: &async_nats::Client,
+    options: &NatsOptions,
+    create: bool,
+) -> Result<Buckets, String> {
+    let decisions_name = options.decisions_bucket();
+    let state_name = options.state_bucket();
+    if create {
+        let ttl = server_has_ttl(&client.server_info().version);
+        ensure_bucket(client, &decisions_name, options.replicas, ttl).await?;
+        ensure_bucket(client, &state_name, options.replicas, false).await?;
+    }
+    let js = jetstream::new(client.clone());
+    let open = |name: String| {
+        let js = js.clone();
+        async move {
+            js.get_key_value(name.clone()).await.map_err(|e| {
+                format!(
+                    "cannot open the NATS bucket {name}: {e}; it is made by the first `palisade hub --join nats://…` worker"
+                )
+            })
+        }
+    };
+    let decisions = open(decisions_name.clone()).await?;
+    // Nodes read decisions only.
+    let (state, ttl) = if create {
+        let state = open(state_name.clone()).await?;
+        let ttl = js
+            .get_stream(format!("KV_{decisions_name}"))
+            .await
+            .map(|s| s.cached_info().config.allow_message_ttl)
+            .unwrap_or(false);
+        (Some(state), ttl)
+    } else {
+        (None, false)
+    };
+    Ok(Buckets {
+        js,
+        decisions,
+        state,
+        decisions_name,
+        state_name,
+        ttl,
+    })
+}
+
+/// A shared, lazily made connection: nodes are built before any runtime
+/// runs, and must start (and enforce) while NATS is away.
+#[derive(Clone)]
+pub(crate) struct Lazy {
+    options: Arc<NatsOptions>,
+    name: String,
+    cell: Arc<tokio::sync::Mutex<Option<(async_nats::Client, Buckets)>>>,
+    pub(crate) connections: Arc<AtomicU64>,
+}
+
+impl Lazy {
+    pub(crate) fn new(options: NatsOptions, name: &str) -> Lazy {
+        Lazy {
+            options: Arc::new(options),
+            name: name.to_string(),
+            cell: Arc::default(),
+            connections: Arc::default(),
+        }
+    }
+
+    pub(crate) fn options(&self) -> &NatsOptions {
+        &self.options
+    }
+
+    pub(crate) async fn get(&self) -> Result<(async_nats::Client, Buckets), String> {
+        let mut cell = self.cell.lock().await;
+        if let Some(c) = &*cell {
+            return Ok(c.clone());
+        }
+        let client = connect(&self.options, &self.name, self.connections.clone()).await?;
+        let buckets = open_buckets(&client, &self.options, false).await?;
+        *cell = Some((client.clone(), buckets.clone()));
+        Ok((client, buckets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let o = NatsOptions::from_url("nats://a:4222,b:4223").unwrap();
+        assert_eq!(o.servers, ["a:4222", "b:4223"]);
+        assert_eq!(o.auth, Auth::None);
+        assert!(o.tls.is_none());
+        let o = NatsOptions::from_url("tls://u:p@h:4222").unwrap();
+        assert_eq!(
+            o.auth,
+            Auth::UserPassword {
+                user: "u".into(),
+                password: "p".into()
+            }
+        );
+        assert!(o.tls.is_some());
+        assert_eq!(o.describe(), "nats tls://h:4222");
+        for bad in ["https://h:1", "nats://", "nats://h:1/x"] {
+            assert!(NatsOptions::from_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(o.intents_subject("web.1"), "palisade.intents.web_1");
+        assert!(server_has_ttl("2.11.0") && server_has_ttl("2.15.1"));
+        assert!(!server_has_ttl("2.9.10") && !server_has_ttl("2.10.22"));
+    }
+}

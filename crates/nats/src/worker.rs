@@ -1,0 +1,808 @@
+//! A stateless policy worker: `palisade hub --join nats://…`.
+//!
+//! It consumes the nodes' intents and heartbeats as a member of a queue
+//! group (each message goes to one worker), decides with palisade's policy
+//! over a mirror of the buckets, and writes decisions with the revision it
+//! read as a precondition (see [`crate::ledger`]). Everything it knows is
+//! in the buckets, so workers can be started, stopped and killed at will;
+//! while none runs, nodes keep their intents queued and keep enforcing.
+//!
+//! On servers without per-message TTL, workers also purge expired
+//! decisions from the bucket (each purge is conditional on the revision,
+//! so a ban extended meanwhile is never purged).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{Entry, Operation, Store};
+use futures_util::StreamExt;
+use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
+use palisade_policy::{Ledger, Node, Policy, PolicyConfig};
+use palisade_wire::{BusReply, BusRequest, IntentOutcome, IntentResult, NodeBeat, keys};
+use tracing::{debug, info, warn};
+
+use crate::ledger::{Mirror, MirrorLedger, NodeRecord, Writes};
+use crate::{Buckets, NatsOptions};
+
+/// Attempts at one batch when other workers keep changing the same keys.
+const ATTEMPTS: usize = 8;
+/// How often expired decisions are purged and old records forgotten.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
+/// How long a write waits for a bucket that lost its leader.
+const TRANSIENT: Duration = Duration::from_secs(12);
+/// A node's record is rewritten on a heartbeat at most this often.
+const NODE_WRITE_EVERY: Duration = Duration::from_secs(60);
+
+/// What a worker decides with.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub nats: NatsOptions,
+    pub policy: PolicyConfig,
+    /// Allow entries from the configuration: (network, comment, group).
+    /// Every worker should have the same.
+    pub allows: Vec<(Net, Option<String>, Option<String>)>,
+    /// Where palisade nodes live: a node's address (as the NATS server
+    /// sees it) is allowed automatically only inside these networks, so no
+    /// node can allowlist an arbitrary address network-wide. Empty: no
+    /// automatic allows.
+    pub node_networks: Vec<Net>,
+}
+
+/// Why a batch was not written.
+enum Failed {
+    /// Another worker changed a key first: read again, decide again.
+    Conflict(String),
+    Fatal(String),
+}
+
+struct Worker {
+    options: WorkerOptions,
+    buckets: Buckets,
+    mirror: Arc<Mutex<Mirror>>,
+    policy: Policy,
+    node_writes: HashMap<String, Instant>,
+}
+
+/// Runs a worker until `stop` resolves.
+pub async fn run_worker(
+    options: WorkerOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    options.nats.validate().map_err(|e| e.to_string())?;
+    tokio::pin!(stop);
+    // A cluster that is starting (or has no JetStream leader yet) is waited
+    // for.
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (client, buckets) = loop {
+        let opened = async {
+            let client =
+                crate::connect(&options.nats, "policy worker", connections.clone()).await?;
+            let buckets = crate::open_buckets(&client, &options.nats, true).await?;
+            Ok::<_, String>((client, buckets))
+        };
+        match opened.await {
+            Ok(c) => break c,
+            Err(e) => warn!(error = %e, "cannot open the buckets yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut stop => return Ok(()),
+        }
+    };
+    let mirror = Arc::new(Mutex::new(Mirror::default()));
+    let mut watchers = Vec::new();
+    for (kv, is_decisions) in [
+        (buckets.decisions.clone(), true),
+        (
+            buckets
+                .state
+                .clone()
+                .expect("workers open the state bucket"),
+            false,
+        ),
+    ] {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        watchers.push(tokio::spawn(mirror_bucket(
+            kv,
+            buckets.js.clone(),
+            is_decisions,
+            mirror.clone(),
+            ready_tx,
+            connections.clone(),
+        )));
+        ready_rx
+            .await
+            .map_err(|_| "the bucket watch stopped while reading the buckets".to_string())?;
+    }
+    let prefix = &options.nats.subject_prefix;
+    let group = format!("{prefix}-workers");
+    let mut intents = client
+        .queue_subscribe(format!("{prefix}.intents.*"), group.clone())
+        .await
+        .map_err(|e| format!("subscribing to intents: {e}"))?;
+    let mut beats = client
+        .queue_subscribe(format!("{prefix}.beat.*"), group)
+        .await
+        .map_err(|e| format!("subscribing to heartbeats: {e}"))?;
+    let (count, ttl) = {
+        let m = mirror.lock().unwrap();
+        (m.decisions.len(), buckets.ttl)
+    };
+    let mut w = Worker {
+        policy: Policy::new(options.policy.clone()),
+        options,
+        buckets,
+        mirror,
+        node_writes: HashMap::new(),
+    };
+    w.static_allows().await;
+    info!(
+        network = %w.options.nats.describe(),
+        bucket = %w.buckets.decisions_name,
+        decisions = count,
+        per_key_ttl = ttl,
+        "palisade policy worker running"
+    );
+    let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+    loop {
+        tokio::select! {
+            Some(msg) = intents.next() => w.intents(&client, msg).await,
+            Some(msg) = beats.next() => w.beat(msg).await,
+            _ = maintain.tick() => w.maintain().await,
+            _ = &mut stop => break,
+        }
+    }
+    for t in watchers {
+        t.abort();
+    }
+    let _ = client.drain().await;
+    info!("palisade policy worker stopped");
+    Ok(())
+}
+
+/// Keeps the mirror of one bucket current; signals `ready` once it holds
+/// everything the bucket held when it began.
+async fn mirror_bucket(
+    kv: Store,
+    js: async_nats::jetstream::Context,
+    is_decisions: bool,
+    mirror: Arc<Mutex<Mirror>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut ready = Some(ready);
+    let stream_name = format!("KV_{}", kv.name);
+    loop {
+        let messages = match js.get_stream(&stream_name).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(1),
+            Err(_) => 1,
+        };
+        if messages == 0
+            && let Some(r) = ready.take()
+        {
+            let _ = r.send(());
+        }
+        let connected = connections.load(std::sync::atomic::Ordering::SeqCst);
+        let mut watch = match kv.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(bucket = %kv.name, error = %e, "cannot watch a bucket; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = if ready.is_some() {
+                match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        // Values may have expired since they were counted.
+                        let empty = match js.get_stream(&stream_name).await {
+                            Ok(mut s) => s.info().await.is_ok_and(|i| i.state.messages == 0),
+                            Err(_) => false,
+                        };
+                        if empty && let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match tokio::time::timeout(Duration::from_secs(1), watch.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        // After a reconnection, read the bucket again: the
+                        // watch's consumer may have died with its server.
+                        if connections.load(std::sync::atomic::Ordering::SeqCst) != connected {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(Ok(e)) = next else { break };
+            apply_entry(&mirror, is_decisions, &e);
+            if e.delta == 0
+                && let Some(r) = ready.take()
+            {
+                let _ = r.send(());
+            }
+        }
+        warn!(bucket = %kv.name, "the bucket watch ended; watching again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn apply_entry(mirror: &Mutex<Mirror>, is_decisions: bool, e: &Entry) {
+    let live = e.operation == Operation::Put;
+    let mut m = mirror.lock().unwrap();
+    if is_decisions {
+        let value = live
+            .then(|| serde_json::from_slice::<Decision>(&e.value).ok())
+            .flatten();
+        m.set_decision(&e.key, e.revision, value);
+    } else {
+        m.set_state(&e.key, e.revision, live.then(|| e.value.to_vec()));
+    }
+}
+
+impl Worker {
+    async fn intents(&mut self, client: &async_nats::Client, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let name = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let answer = match serde_json::from_slice::<BusRequest>(&msg.payload) {
+            Ok(req) => {
+                let node = Node {
+                    name: name.clone(),
+                    group: req.group.clone(),
+                };
+                match self.decide(&node, &req).await {
+                    Ok(r) => BusReply::Results(r),
+                    Err(e) => {
+                        warn!(node = %name, error = %e, "could not apply a node's intents");
+                        BusReply::Error(e)
+                    }
+                }
+            }
+            Err(e) => BusReply::Error(format!("an unreadable request: {e}")),
+        };
+        let body = serde_json::to_vec(&answer).expect("a reply serializes");
+        if let Err(e) = client.publish(reply, body.into()).await {
+            debug!(error = %e, "could not answer a node");
+        }
+    }
+
+    /// Applies one node's batch, deciding again when another worker
+    /// changed what it read.
+    async fn decide(&mut self, node: &Node, req: &BusRequest) -> Result<Vec<IntentResult>, String> {
+        // Rate limits are counted once per batch, not once per attempt.
+        let mut admitted = None;
+        for attempt in 0..ATTEMPTS {
+            let now = Timestamp::now();
+            let (results, writes) = {
+                let mirror = self.mirror.lock().unwrap();
+                let mut ledger = MirrorLedger::new(&mirror, now);
+                let mut record = ledger.node(&node.name).unwrap_or_else(|| NodeRecord {
+                    name: node.name.clone(),
+                    ..NodeRecord::default()
+                });
+                record.group = node.group.clone();
+                let mut results = Vec::with_capacity(req.envelopes.len());
+                for (i, env) in req.envelopes.iter().enumerate() {
+                    if env.id <= record.last_intent {
+                        results.push(IntentResult {
+                            id: env.id,
+                            outcome: IntentOutcome::Duplicate,
+                            reason: None,
+                            expires: None,
+                        });
+                        continue;
+                    }
+                    let over = match admitted {
+                        Some(n) => i >= n,
+                        None => !self.policy.admit(&node.name),
+                    };
+                    if over {
+                        admitted.get_or_insert(i);
+                        break;
+                    }
+                    let Ok(r) = self.policy.decide(&mut ledger, node, env, now);
+                    record.last_intent = env.id;
+                    record.intents += 1;
+                    results.push(r);
+                }
+                admitted.get_or_insert(req.envelopes.len());
+                ledger.set_node(&record);
+                (results, ledger.into_writes())
+            };
+            match self.commit(writes, now).await {
+                Ok(()) => {
+                    for (env, r) in req.envelopes.iter().zip(&results) {
+                        debug!(node = %node.name, intent = ?env.intent, outcome = ?r.outcome, "decided");
+                    }
+                    return Ok(results);
+                }
+                Err(Failed::Conflict(key)) => {
+                    debug!(
+                        key,
+                        attempt, "another worker changed a key first; deciding again"
+                    );
+                }
+                Err(Failed::Fatal(e)) => return Err(e),
+            }
+        }
+        Err("the buckets kept changing under this worker; try again".into())
+    }
+
+    /// Writes staged changes, each conditional on the revision read.
+    async fn commit(&self, writes: Writes, now: Timestamp) -> Result<(), Failed> {
+        // Every write is sent before any acknowledgement is awaited (the
+        // keys are distinct), decisions first: they are what nodes wait
+        // for, and the batch costs about one round trip, not one per key.
+        enum Value {
+            Decision(Option<Box<Decision>>),
+            State(Option<Vec<u8>>),
+        }
+        struct Pending {
+            bucket: String,
+            key: String,
+            value: Value,
+            payload: Option<Vec<u8>>,
+            expected: u64,
+            ttl: Option<u64>,
+            ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+        }
+        let mut pending = Vec::with_capacity(writes.decisions.len() + writes.state.len());
+        for (key, value) in writes.decisions {
+            let expected = self.mirror.lock().unwrap().decision_rev(&key);
+            let payload = value
+                .as_ref()
+                .map(|d| serde_json::to_vec(d).expect("a decision serializes"));
+            let ttl = value
+                .as_ref()
+                .and_then(|d| d.expires)
+                .filter(|_| self.buckets.ttl)
+                .map(|e| {
+                    let ms = e.as_millis().saturating_sub(now.as_millis());
+                    ms.div_ceil(1000).max(1)
+                });
+            pending.push(Pending {
+                bucket: self.buckets.decisions_name.clone(),
+                key,
+                value: Value::Decision(value.map(Box::new)),
+                payload,
+                expected,
+                ttl,
+                ack: None,
+            });
+        }
+        for (key, value) in writes.state {
+            let expected = self.mirror.lock().unwrap().state_rev(&key);
+            pending.push(Pending {
+                bucket: self.buckets.state_name.clone(),
+                key,
+                payload: value.clone(),
+                value: Value::State(value),
+                expected,
+                ttl: None,
+                ack: None,
+            });
+        }
+        for p in &mut pending {
+            let (subject, headers) = write_headers(
+                &p.bucket,
+                &p.key,
+                p.payload.is_none(),
+                p.expected,
+                p.ttl,
+                false,
+            );
+            let body: bytes::Bytes = p.payload.clone().unwrap_or_default().into();
+            // A send that fails is retried below, one by one.
+            p.ack = self
+                .buckets
+                .js
+                .publish_with_headers(subject, headers, body)
+                .await
+                .ok();
+        }
+        let mut conflict = None;
+        for p in pending {
+            let acked = match p.ack {
+                Some(ack) => ack.await.map_err(|e| e.kind()),
+                None => Err(PublishErrorKind::BrokenPipe),
+            };
+            let rev = match acked {
+                Ok(a) => a.sequence,
+                Err(PublishErrorKind::WrongLastSequence) => {
+                    self.refresh(&p.bucket, &p.key).await;
+                    conflict = Some(p.key);
+                    continue;
+                }
+                // Anything else once more, one by one, waiting out a bucket
+                // without a leader.
+                Err(_) => match self
+                    .write(&p.bucket, &p.key, p.payload, p.expected, p.ttl, false)
+                    .await
+                {
+                    Ok(rev) => rev,
+                    Err(Failed::Conflict(k)) => {
+                        conflict = Some(k);
+                        continue;
+                    }
+                    Err(fatal) => return Err(fatal),
+                },
+            };
+            let mut m = self.mirror.lock().unwrap();
+            match p.value {
+                Value::Decision(v) => m.set_decision(&p.key, rev, v.map(|d| *d)),
+                Value::State(v) => m.set_state(&p.key, rev, v),
+            }
+        }
+        match conflict {
+            Some(k) => Err(Failed::Conflict(k)),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes one KV operation with `expected` as the key's last
+    /// revision; returns the new revision. A conflict refreshes the key.
+    async fn write(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expected: u64,
+        ttl_secs: Option<u64>,
+        purge: bool,
+    ) -> Result<u64, Failed> {
+        let (subject, headers) =
+            write_headers(bucket, key, value.is_none(), expected, ttl_secs, purge);
+        let payload: bytes::Bytes = value.unwrap_or_default().into();
+        let started = Instant::now();
+        loop {
+            let sent = self
+                .buckets
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            let ack = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(a) => return Ok(a.sequence),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    self.refresh(bucket, key).await;
+                    return Err(Failed::Conflict(key.to_string()));
+                }
+                // The bucket has no leader for a moment (a server died and
+                // its replicas elect another): wait for it rather than
+                // sending nodes away.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::StreamNotFound
+                            | PublishErrorKind::TimedOut
+                            | PublishErrorKind::BrokenPipe
+                    ) && started.elapsed() < TRANSIENT =>
+                {
+                    debug!(key, error = %e, "the bucket is not writable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Failed::Fatal(format!("writing {key} to {bucket}: {e}"))),
+            }
+        }
+    }
+
+    /// Reads a key again after a conflict.
+    async fn refresh(&self, bucket: &str, key: &str) {
+        let is_decisions = bucket == self.buckets.decisions_name;
+        let kv = match (&self.buckets.state, is_decisions) {
+            (Some(state), false) => state,
+            _ => &self.buckets.decisions,
+        };
+        match kv.entry(key).await {
+            Ok(Some(e)) => apply_entry(&self.mirror, is_decisions, &e),
+            Ok(None) => {
+                let mut m = self.mirror.lock().unwrap();
+                if is_decisions {
+                    m.decisions.remove(key);
+                } else {
+                    m.state.remove(key);
+                }
+            }
+            Err(e) => warn!(key, error = %e, "cannot read a key again"),
+        }
+    }
+
+    /// A node's heartbeat: its record, and the automatic allow of its
+    /// address when that lies where palisade nodes live.
+    async fn beat(&mut self, msg: async_nats::Message) {
+        let name = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let Ok(beat) = serde_json::from_slice::<NodeBeat>(&msg.payload) else {
+            return;
+        };
+        let address = beat.address.filter(|a| {
+            self.options
+                .node_networks
+                .iter()
+                .any(|n| n.contains_addr(*a))
+        });
+        for _ in 0..ATTEMPTS {
+            let now = Timestamp::now();
+            let writes = {
+                let mirror = self.mirror.lock().unwrap();
+                let mut ledger = MirrorLedger::new(&mirror, now);
+                let mut record = ledger.node(&name).unwrap_or_else(|| NodeRecord {
+                    name: name.clone(),
+                    ..NodeRecord::default()
+                });
+                let moved = address.is_some() && record.address != address;
+                let due = self
+                    .node_writes
+                    .get(&name)
+                    .is_none_or(|t| t.elapsed() >= NODE_WRITE_EVERY);
+                if !moved && !due {
+                    return;
+                }
+                record.last_seen = Some(now);
+                record.cursor = beat.beat.cursor;
+                record.bans = beat.beat.bans;
+                record.version = Some(beat.beat.version.clone());
+                record.group = beat.group.clone();
+                if moved && let Some(addr) = address {
+                    allow_node(&mut ledger, &name, addr, record.address, now);
+                    record.address = Some(addr);
+                }
+                ledger.set_node(&record);
+                ledger.into_writes()
+            };
+            match self.commit(writes, now).await {
+                Ok(()) => {
+                    self.node_writes.insert(name, Instant::now());
+                    return;
+                }
+                Err(Failed::Conflict(_)) => continue,
+                Err(Failed::Fatal(e)) => {
+                    warn!(node = %name, error = %e, "cannot record a node's heartbeat");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the configuration's allow entries and removes those no longer
+    /// configured (every worker should have the same).
+    async fn static_allows(&mut self) {
+        for _ in 0..ATTEMPTS {
+            let now = Timestamp::now();
+            let writes = {
+                let mirror = self.mirror.lock().unwrap();
+                let mut ledger = MirrorLedger::new(&mirror, now);
+                static_allows(&mut ledger, &self.options.allows, now);
+                ledger.into_writes()
+            };
+            if writes.is_empty() {
+                return;
+            }
+            match self.commit(writes, now).await {
+                Ok(()) => return,
+                Err(Failed::Conflict(_)) => continue,
+                Err(Failed::Fatal(e)) => {
+                    warn!(error = %e, "cannot write the configured allow entries");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Purges expired decisions (conditional on their revision) and
+    /// forgets stale offender and quorum records.
+    async fn maintain(&mut self) {
+        let now = Timestamp::now();
+        let (expired, stale) = {
+            let m = self.mirror.lock().unwrap();
+            let expired: Vec<(String, u64)> = m
+                .decisions
+                .iter()
+                .filter(|(_, s)| s.value.as_ref().is_some_and(|d| !d.is_active(now)))
+                .map(|(k, s)| (k.clone(), s.rev))
+                .collect();
+            let forget = self
+                .policy
+                .config()
+                .escalation
+                .as_ref()
+                .map_or(Duration::from_secs(30 * 86_400), |e| e.forget_after);
+            let window = self.policy.config().quorum_window;
+            let stale: Vec<(String, u64)> = m
+                .state
+                .iter()
+                .filter(|(k, s)| {
+                    let Some(v) = &s.value else { return false };
+                    if k.starts_with("offender.") {
+                        serde_json::from_slice::<palisade_policy::Offender>(v)
+                            .is_ok_and(|o| now.since(o.last) > forget)
+                    } else if k.starts_with("quorum.") {
+                        serde_json::from_slice::<Vec<palisade_policy::Report>>(v)
+                            .is_ok_and(|r| r.iter().all(|r| now.since(r.at) > window))
+                    } else {
+                        false
+                    }
+                })
+                .map(|(k, s)| (k.clone(), s.rev))
+                .collect();
+            (expired, stale)
+        };
+        let mut purged = 0;
+        for (key, rev) in expired {
+            match self
+                .write(&self.buckets.decisions_name, &key, None, rev, None, true)
+                .await
+            {
+                Ok(new) => {
+                    self.mirror.lock().unwrap().set_decision(&key, new, None);
+                    purged += 1;
+                }
+                Err(Failed::Conflict(_)) => {}
+                Err(Failed::Fatal(e)) => {
+                    warn!(error = %e, "cannot purge expired decisions");
+                    break;
+                }
+            }
+        }
+        for (key, rev) in stale {
+            if let Ok(new) = self
+                .write(&self.buckets.state_name, &key, None, rev, None, true)
+                .await
+            {
+                self.mirror.lock().unwrap().set_state(&key, new, None);
+            }
+        }
+        if purged > 0 {
+            info!(purged, "purged expired decisions from the bucket");
+        }
+    }
+}
+
+/// The subject and headers of a conditional KV write (a removal when
+/// `remove`: a delete marker, or a purge).
+fn write_headers(
+    bucket: &str,
+    key: &str,
+    remove: bool,
+    expected: u64,
+    ttl_secs: Option<u64>,
+    purge: bool,
+) -> (String, HeaderMap) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected.to_string().as_str(),
+    );
+    if let Some(t) = ttl_secs {
+        headers.insert("Nats-TTL", t.to_string().as_str());
+    }
+    if remove {
+        if purge {
+            headers.insert("KV-Operation", "PURGE");
+            headers.insert("Nats-Rollup", "sub");
+        } else {
+            headers.insert("KV-Operation", "DEL");
+        }
+    }
+    (format!("$KV.{bucket}.{key}"), headers)
+}
+
+/// Allows a node's new address (and drops the allow of its old one), and
+/// lifts a ban of it, as the embedded hub does.
+fn allow_node(
+    ledger: &mut MirrorLedger<'_>,
+    name: &str,
+    address: std::net::IpAddr,
+    old: Option<std::net::IpAddr>,
+    now: Timestamp,
+) {
+    if let Some(old) = old
+        && let Ok(Some(d)) = ledger.get(Action::Allow, &Net::host(old), None)
+        && d.origin.source == Source::Policy
+        && d.origin.node == name
+    {
+        let _ = ledger.remove(Action::Allow, &Net::host(old), None);
+    }
+    let target = Net::host(address);
+    let existing = ledger.get(Action::Allow, &target, None).ok().flatten();
+    if existing.is_none_or(|d| d.origin.source == Source::Policy && d.origin.node != name) {
+        let d = Decision::new(
+            Action::Allow,
+            target,
+            now,
+            Span::Forever,
+            Origin::new(name, Source::Policy),
+        )
+        .with_reason(format!("palisade node {name}"))
+        .with_scope(Scope::Network);
+        let _ = ledger.put(&d);
+        if let Ok(Some(_)) = ledger.get(Action::Ban, &target, None) {
+            let _ = ledger.remove(Action::Ban, &target, None);
+        }
+        info!(node = %name, address = %address, "allowed a palisade node's address");
+    }
+}
+
+/// The configuration's allow entries as decisions of source `config`.
+fn static_allows(
+    ledger: &mut MirrorLedger<'_>,
+    entries: &[(Net, Option<String>, Option<String>)],
+    now: Timestamp,
+) {
+    let mut wanted = std::collections::HashSet::new();
+    for (net, comment, group) in entries {
+        wanted.insert(keys::decision_key(Action::Allow, net, group.as_deref()));
+        let existing = ledger
+            .get(Action::Allow, net, group.as_deref())
+            .ok()
+            .flatten();
+        if existing
+            .as_ref()
+            .is_some_and(|d| d.reason == *comment && d.origin.source == Source::Config)
+        {
+            continue;
+        }
+        let mut d = Decision::new(
+            Action::Allow,
+            *net,
+            now,
+            Span::Forever,
+            Origin::new("hub", Source::Config),
+        )
+        .with_scope(Scope::Network)
+        .with_group(group.clone());
+        if let Some(c) = comment {
+            d = d.with_reason(c.clone());
+        }
+        let _ = ledger.put(&d);
+        if group.is_none() {
+            let mut lifted: Vec<Net> = ledger
+                .bans_within(net)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| b.target)
+                .collect();
+            if let Ok(Some(_)) = ledger.get(Action::Ban, net, None) {
+                lifted.push(*net);
+            }
+            for n in lifted {
+                let _ = ledger.remove(Action::Ban, &n, None);
+            }
+        }
+    }
+    let stale: Vec<Decision> = ledger
+        .all(Action::Allow)
+        .into_iter()
+        .filter(|d| {
+            d.origin.source == Source::Config
+                && !wanted.contains(&keys::decision_key(Action::Allow, &d.target, None))
+        })
+        .collect();
+    for d in stale {
+        let _ = ledger.remove(Action::Allow, &d.target, None);
+    }
+}

@@ -1,0 +1,282 @@
+//! External blocklists: pulled over HTTP from a server in the lab, with
+//! conditional requests, malformed lines reported, atomic replacement, the
+//! last good list kept when the feed breaks; on a local agent and on a hub
+//! for the whole network.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use palisade_lab::{Host, LabBuilder, require_root_and, wait_until};
+use support::{Agent, FeedServer, Hub, kernel_elements};
+
+const V1: &str = "\
+# FireHOL-style header
+# 198.51.100.0/24 is ours
+; Spamhaus-style comment
+198.51.100.7
+203.0.113.0/24
+1.10.16.0/20 ; SBL256894
+not-an-address
+192.0.2.5
+2001:db8:bad::/48
+";
+
+const V2: &str = "\
+203.0.113.0/24
+1.10.16.0/20 ; SBL256894
+198.51.100.9
+2001:db8:bad::/48
+";
+
+fn feed_cli(host: &Host, agent: &Agent, args: &[&str]) -> Output {
+    host.command(support::BIN)
+        .arg("--config")
+        .arg(agent.config_path())
+        .arg("--socket")
+        .arg(agent.socket())
+        .arg("feed")
+        .args(args)
+        .arg("--state-dir")
+        .arg(agent.state_dir())
+        .arg("--hub-socket")
+        .arg(agent.dir.path().join("no-hub.sock"))
+        .env_remove("PALISADE_CONFIG")
+        .output()
+        .expect("run palisade feed")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn has(host: &Host, element: &str) -> bool {
+    kernel_elements(host)
+        .iter()
+        .any(|e| e.starts_with("block") && e.ends_with(&format!(": {element}")))
+}
+
+#[test]
+fn a_local_agent_pulls_feeds_conditionally_atomically_and_keeps_the_last_good_list() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["feeds", "web1"]).build();
+    let addr = SocketAddr::new(lab.host("feeds").v4().into(), 8000);
+    let mut server = FeedServer::start(lab.host("feeds"), addr);
+    server.set(V1);
+    let config = format!(
+        "[[allow]]\nnet = \"192.0.2.0/24\"\ncomment = \"partners\"\n[[feed]]\nname = \"lvl1\"\nurl = \"http://{addr}/lvl1.netset\"\nevery = \"1h\"\n"
+    );
+    let host = lab.host("web1");
+    let agent = Agent::start(host, &config);
+
+    // Pulled at start: entries in the kernel, the allowed one refused.
+    assert!(
+        wait_until(Duration::from_secs(15), || has(host, "203.0.113.0/24")),
+        "the feed was not applied at start:\n{}",
+        agent.log()
+    );
+    for e in ["198.51.100.7", "1.10.16.0/20", "2001:db8:bad::/48"] {
+        assert!(has(host, e), "{e} missing: {:?}", kernel_elements(host));
+    }
+    assert!(!has(host, "192.0.2.5"), "an allowed address was banned");
+    let story = agent.ok(&["explain", "198.51.100.7"]);
+    assert!(story.contains("feed:lvl1"), "{story}");
+    let list = feed_cli(host, &agent, &["list"]);
+    assert!(
+        text(&list).contains("1 malformed line(s) skipped"),
+        "{}",
+        text(&list)
+    );
+
+    // By hand: the server is asked conditionally and answers 304.
+    let out = feed_cli(host, &agent, &["pull", "lvl1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not modified"), "{}", text(&out));
+    assert_eq!(server.last_status(), Some(304));
+
+    // A new list replaces the feed's entries at once: a watcher never sees
+    // the feed's lasting entries gone.
+    server.set(V2);
+    let gap = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (gap, stop) = (gap.clone(), stop.clone());
+        let ns = host.ns_name().to_string();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let out = std::process::Command::new("ip")
+                    .args([
+                        "netns", "exec", &ns, "nft", "list", "set", "inet", "palisade", "block4",
+                    ])
+                    .output()
+                    .unwrap();
+                let s = String::from_utf8_lossy(&out.stdout);
+                if out.status.success() && !s.contains("203.0.113.0/24") {
+                    gap.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let out = feed_cli(host, &agent, &["pull", "lvl1"]);
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("4 entries pulled"), "{shown}");
+    assert!(shown.contains("1 added, 1 removed"), "{shown}");
+    assert!(
+        !gap.load(Ordering::SeqCst),
+        "the feed's entries were briefly gone"
+    );
+    assert!(has(host, "198.51.100.9") && !has(host, "198.51.100.7"));
+
+    // A malformed line is reported, the rest applied.
+    server.set(format!("{V2}999.1.2.3\n198.51.100.11\n"));
+    let out = feed_cli(host, &agent, &["pull", "lvl1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("line 5: \"999.1.2.3\""),
+        "{}",
+        text(&out)
+    );
+    assert!(has(host, "198.51.100.11"));
+
+    // A broken feed keeps the last good list and says why.
+    server.fail(true);
+    let out = feed_cli(host, &agent, &["pull", "lvl1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("500"), "{}", text(&out));
+    assert!(
+        text(&out).contains("last good list (5 entries"),
+        "{}",
+        text(&out)
+    );
+    assert!(has(host, "198.51.100.11") && has(host, "203.0.113.0/24"));
+
+    // So does an unreachable one.
+    server.stop();
+    let out = feed_cli(host, &agent, &["pull", "lvl1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot reach"), "{}", text(&out));
+    assert!(has(host, "198.51.100.11") && has(host, "203.0.113.0/24"));
+    let list = text(&feed_cli(host, &agent, &["list"]));
+    assert!(
+        list.contains("LAST PULL FAILED") && list.contains("5 entries"),
+        "{list}"
+    );
+
+    // A feed removed from the configuration takes its entries with it.
+    drop(agent);
+    let agent = Agent::start(host, "");
+    assert!(
+        wait_until(Duration::from_secs(10), || !agent
+            .ok(&["list"])
+            .contains("203.0.113.0/24")),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_hub_pulls_feeds_for_the_whole_network() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["hub", "feeds", "web1", "web2"])
+        .build();
+    let addr = SocketAddr::new(lab.host("feeds").v4().into(), 8000);
+    let server = FeedServer::start(lab.host("feeds"), addr);
+    server.set("198.51.100.7\n203.0.113.0/24\n198.18.0.3\n");
+    let hub = Hub::start(
+        lab.host("hub"),
+        &format!("{}:7470", lab.host("hub").v4()),
+        &format!("[[feed]]\nname = \"drop\"\nurl = \"http://{addr}/drop.txt\"\nevery = \"1h\"\n"),
+    );
+    let join = hub.token("join", "lab");
+    let agents: Vec<Agent> = ["web1", "web2"]
+        .iter()
+        .map(|n| Agent::join(lab.host(n), "", &hub.url(), &join, n))
+        .collect();
+    for (i, name) in ["web1", "web2"].iter().enumerate() {
+        let host = lab.host(name);
+        assert!(
+            wait_until(Duration::from_secs(15), || has(host, "203.0.113.0/24")
+                && has(host, "198.51.100.7")),
+            "{name} did not get the hub's feed:\n{}\nhub:\n{}",
+            agents[i].log(),
+            hub.log()
+        );
+    }
+    // web1's own address (198.18.0.3) is a node's: never banned.
+    assert!(!has(lab.host("web2"), "198.18.0.3"));
+    let story = agents[1].ok(&["explain", "198.51.100.7"]);
+    assert!(story.contains("drop via feed on hub"), "{story}");
+}
+
+#[test]
+fn a_million_line_feed_is_read_with_bounded_memory() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["feeds", "web1"]).build();
+    let addr = SocketAddr::new(lab.host("feeds").v4().into(), 8000);
+    let server = FeedServer::start(lab.host("feeds"), addr);
+    let mut body = String::with_capacity(16 << 20);
+    body.push_str("# a million hosts\n");
+    for i in 0..1_000_000u32 {
+        let a = std::net::Ipv4Addr::from(0x6440_0000u32 + 2 * i);
+        body.push_str(&a.to_string());
+        body.push('\n');
+    }
+    let size = body.len();
+    server.set(body);
+    let host = lab.host("web1");
+    let config =
+        format!("[[feed]]\nname = \"big\"\nurl = \"http://{addr}/big.ipset\"\nevery = \"1w\"\n");
+    // An agent that is not running: the pull keeps the list for its start.
+    let mut agent = Agent::start(host, &config);
+    agent.stop();
+    std::fs::remove_dir_all(agent.state_dir().join("feeds")).unwrap();
+    let out = feed_cli(host, &agent, &["pull", "big"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1000000 entries pulled"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("is not running; the list is kept"),
+        "{}",
+        text(&out)
+    );
+    let kept = std::fs::read_to_string(agent.state_dir().join("feeds/big.list")).unwrap();
+    assert_eq!(kept.lines().count(), 1_000_000);
+    // The text is read as it streams: the pull's peak memory is about the
+    // entries (16 bytes each, sorted in place), not a copy of the body.
+    let peak_kb = children_peak_rss_kb();
+    assert!(
+        peak_kb < 80_000,
+        "palisade feed pull of {size} bytes peaked at {peak_kb} kB"
+    );
+}
+
+/// The largest peak RSS of this process's waited-for children.
+fn children_peak_rss_kb() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u.ru_maxrss
+    }
+}

@@ -1,0 +1,315 @@
+//! palisade on NATS JetStream: a 3-server cluster with R3 buckets, two
+//! stateless policy workers and agents on their own lab hosts, with
+//! Debian's nats-server (2.9: workers purge expired decisions) and a
+//! current one (per-key TTL).
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use palisade_lab::{Lab, LabBuilder, TcpServer, require_root_and, tcp_connect, wait_until};
+use support::{Agent, BusHub, NatsServer};
+
+const PORT: u16 = 8080;
+const SPREAD: Duration = Duration::from_secs(15);
+/// After a server is killed, a 2.9 cluster may take a while to serve new
+/// watches (its JetStream leaders move).
+const AFTER_KILL: Duration = Duration::from_secs(60);
+/// One cluster at a time: two would share two cores with the agents.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const WEBS: [&str; 3] = ["web1", "web2", "web3"];
+
+struct Net {
+    lab: Lab,
+    servers: Vec<NatsServer>,
+    workers: Vec<BusHub>,
+    agents: Vec<Agent>,
+    url: String,
+    config: String,
+    _tcp: Vec<TcpServer>,
+}
+
+impl Net {
+    fn start(bin: &str) -> Net {
+        let lab = LabBuilder::new()
+            .hosts([
+                "n1",
+                "n2",
+                "n3",
+                "web1",
+                "web2",
+                "web3",
+                "attacker",
+                "attacker2",
+            ])
+            .build();
+        let addrs: Vec<String> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|h| lab.host(h).v4().to_string())
+            .collect();
+        let mut servers = Vec::new();
+        for (i, h) in ["n1", "n2", "n3"].iter().enumerate() {
+            let peers: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.clone())
+                .collect();
+            servers.push(NatsServer::start(bin, lab.host(h), h, &addrs[i], &peers));
+        }
+        let url = format!(
+            "nats://{}",
+            addrs
+                .iter()
+                .map(|a| format!("{a}:4222"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        // Two workers, on two of the servers' hosts; the nodes' addresses
+        // are allowed automatically.
+        let config = format!(
+            "[nats]\nreplicas = 3\nbucket_prefix = \"lab\"\n[hub]\nnode_networks = [\"{}/32\", \"{}/32\", \"{}/32\"]\n",
+            lab.host("web1").v4(),
+            lab.host("web2").v4(),
+            lab.host("web3").v4()
+        );
+        let workers = vec![
+            BusHub::nats_worker(lab.host("n1"), &url, &config),
+            BusHub::nats_worker(lab.host("n2"), &url, &config),
+        ];
+        let mut agents = Vec::new();
+        let mut tcp = Vec::new();
+        for name in &WEBS[..2] {
+            let host = lab.host(name);
+            tcp.push(TcpServer::start(host, PORT));
+            agents.push(Agent::join_bus(host, &config, &url, name));
+        }
+        tcp.push(TcpServer::start(lab.host("web3"), PORT));
+        Net {
+            lab,
+            servers,
+            workers,
+            agents,
+            url,
+            config,
+            _tcp: tcp,
+        }
+    }
+
+    fn reaches(&self, from: &str, web: usize) -> bool {
+        let to = SocketAddr::new(IpAddr::V4(self.lab.host(WEBS[web]).v4()), PORT);
+        tcp_connect(self.lab.host(from), to, Duration::from_millis(600))
+    }
+
+    fn addr(&self, host: &str) -> String {
+        self.lab.host(host).v4().to_string()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            s.push_str(&format!("--- worker {i} ---\n{}\n", w.log()));
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
+        }
+        s
+    }
+}
+
+fn cluster_flow(flavour: &str, bin: &str) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = Net::start(bin);
+    let attacker = net.addr("attacker");
+    let attacker2 = net.addr("attacker2");
+
+    // A ban on web1 reaches web2 through the bucket.
+    net.agents[0].ok(&[
+        "ban",
+        &attacker,
+        "--for",
+        "1h",
+        "--reason",
+        "ssh brute force",
+    ]);
+    assert!(
+        wait_until(SPREAD, || !net.reaches("attacker", 0)
+            && !net.reaches("attacker", 1)),
+        "[{flavour}] the ban did not reach every agent\n{}",
+        net.logs()
+    );
+    let story = net.agents[1].ok(&["explain", &attacker]);
+    assert!(story.contains("via cli on web1"), "{story}");
+
+    // One server is killed: bans keep flowing.
+    net.servers[0].kill9();
+    net.agents[1].ok(&["report", "fail2ban", "sshd", &attacker2]);
+    assert!(
+        wait_until(AFTER_KILL, || !net.reaches("attacker2", 0)
+            && !net.reaches("attacker2", 1)),
+        "[{flavour}] with a server down, the report did not reach every agent\n{}",
+        net.logs()
+    );
+
+    // An agent started late gets the full state.
+    let late = Agent::join_bus(net.lab.host("web3"), &net.config, &net.url, "web3");
+    net.agents.push(late);
+    assert!(
+        wait_until(AFTER_KILL, || !net.reaches("attacker", 2)
+            && !net.reaches("attacker2", 2)),
+        "[{flavour}] the late agent did not get the full state\n{}",
+        net.logs()
+    );
+
+    // An unban opens everywhere; a node's own address cannot be banned.
+    net.agents[2].ok(&["unban", &attacker]);
+    assert!(
+        wait_until(AFTER_KILL, || (0..3).all(|i| net.reaches("attacker", i))),
+        "[{flavour}] the unban did not reach every agent\n{}",
+        net.logs()
+    );
+    let web2 = net.addr("web2");
+    assert!(
+        wait_until(AFTER_KILL, || net.agents[0].ok(&["list"]).contains(&web2)),
+        "[{flavour}] web2's address was not allowed automatically\n{}",
+        net.logs()
+    );
+    let out = net.agents[0].cli(&["ban", &web2, "--for", "1h"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("palisade node web2"),
+        "{out:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        net.reaches("web1", 1),
+        "[{flavour}] a node's address was banned"
+    );
+
+    // Expiry: a short ban leaves every kernel, and the bucket.
+    net.agents[0].ok(&["ban", "203.0.113.9", "--for", "3s"]);
+    assert!(wait_until(AFTER_KILL, || net.agents[2]
+        .ok(&["list"])
+        .contains("203.0.113.9")));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            !net.agents[2].ok(&["list"]).contains("203.0.113.9")
+                && bucket_lacks(&net, "ban.203-0-113-9")
+        }),
+        "[{flavour}] the expired ban stayed\n{}",
+        net.logs()
+    );
+}
+
+/// True when the decisions bucket has no live value for `key` (expired by
+/// its TTL, or purged by a worker).
+fn bucket_lacks(net: &Net, key: &str) -> bool {
+    // n1 was killed: ask n2.
+    let server = format!("nats://{}:4222", net.addr("n2"));
+    let key = key.to_string();
+    net.lab.host("n2").run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let Ok(client) = async_nats::connect(server).await else {
+                return false;
+            };
+            let js = async_nats::jetstream::new(client);
+            let Ok(kv) = js.get_key_value("lab_decisions").await else {
+                return false;
+            };
+            match kv.entry(key).await {
+                Ok(None) => true,
+                Ok(Some(e)) => e.operation != async_nats::jetstream::kv::Operation::Put,
+                Err(_) => false,
+            }
+        })
+    })
+}
+
+#[test]
+fn a_nats_cluster_carries_bans_with_debians_server() {
+    if !require_root_and(&["nft", "/usr/sbin/nats-server"]) {
+        return;
+    }
+    cluster_flow("debian", "/usr/sbin/nats-server");
+}
+
+#[test]
+fn a_nats_cluster_carries_bans_with_a_current_server() {
+    let bin = support::nats_servers()[1].1.clone();
+    if !require_root_and(&["nft", &bin]) {
+        return;
+    }
+    cluster_flow("current", &bin);
+}
+
+#[test]
+fn nats_with_tls_a_password_and_an_nkey() {
+    if !require_root_and(&["nft", "openssl", "/usr/sbin/nats-server"]) {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LabBuilder::new()
+        .hosts(["nats", "web1", "web2", "attacker"])
+        .build();
+    let ip = lab.host("nats").v4().to_string();
+    let (certs, ca, cert, key) = support::lab_certificates(&ip);
+    let nkey = nkeys::KeyPair::new_user();
+    let seed_file = certs.path().join("web1.nk");
+    std::fs::write(&seed_file, nkey.seed().unwrap()).unwrap();
+    let _server = NatsServer::with_config(
+        "/usr/sbin/nats-server",
+        lab.host("nats"),
+        &format!(
+            "listen: \"{ip}:4222\"\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\nauthorization {{ users = [ {{ user: palisade, password: s3cret }}, {{ nkey: {} }} ] }}\n",
+            cert.display(),
+            key.display(),
+            nkey.public_key()
+        ),
+    );
+    let url = format!("tls://{ip}:4222");
+    let password = format!(
+        "[nats]\nuser = \"palisade\"\npassword = \"s3cret\"\nca = \"{}\"\n",
+        ca.display()
+    );
+    let with_nkey = format!(
+        "[nats]\nnkey_seed_file = \"{}\"\nca = \"{}\"\n",
+        seed_file.display(),
+        ca.display()
+    );
+    let worker = BusHub::nats_worker(lab.host("nats"), &url, &password);
+    let _tcp: Vec<TcpServer> = ["web1", "web2"]
+        .iter()
+        .map(|h| TcpServer::start(lab.host(h), PORT))
+        .collect();
+    let web1 = Agent::join_bus(lab.host("web1"), &with_nkey, &url, "web1");
+    // The password in the address this time.
+    let web2 = Agent::join_bus(
+        lab.host("web2"),
+        &format!("[nats]\nca = \"{}\"\n", ca.display()),
+        &format!("tls://palisade:s3cret@{ip}:4222"),
+        "web2",
+    );
+    let attacker = lab.host("attacker").v4().to_string();
+    web1.ok(&["ban", &attacker, "--for", "1h"]);
+    let to = SocketAddr::new(IpAddr::V4(lab.host("web2").v4()), PORT);
+    assert!(
+        wait_until(SPREAD, || !tcp_connect(
+            lab.host("attacker"),
+            to,
+            Duration::from_millis(600)
+        )),
+        "the ban did not cross TLS\nworker:\n{}\nweb1:\n{}\nweb2:\n{}",
+        worker.log(),
+        web1.log(),
+        web2.log()
+    );
+    // Without the CA, the server's certificate is not trusted.
+    let stranger = Agent::start_bus(lab.host("attacker"), "", &url, "stranger");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(stranger.ok(&["status"]).contains("NOT CONNECTED"));
+}
