@@ -86,6 +86,8 @@ struct NodeLive {
 }
 
 impl Hub {
+    // Called once, by `start`, with the parts it has just made.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         pin: Option<[u8; 32]>,

@@ -213,7 +213,7 @@ impl std::str::FromStr for Position {
 
     fn from_str(s: &str) -> Result<Position> {
         let bad = || StoreError::Db(format!("{s:?} is not a listing position"));
-        if s.len() % 2 != 0 || s.len() > 80 {
+        if !s.len().is_multiple_of(2) || s.len() > 80 {
             return Err(bad());
         }
         (0..s.len())
