@@ -34,7 +34,14 @@ const V2: &str = "\
 ";
 
 fn feed_cli(host: &Host, agent: &Agent, args: &[&str]) -> Output {
-    host.command(support::BIN)
+    feed_command(host, agent, args)
+        .output()
+        .expect("run palisade feed")
+}
+
+fn feed_command(host: &Host, agent: &Agent, args: &[&str]) -> std::process::Command {
+    let mut command = host.command(support::BIN);
+    command
         .arg("--config")
         .arg(agent.config_path())
         .arg("--socket")
@@ -45,9 +52,35 @@ fn feed_cli(host: &Host, agent: &Agent, args: &[&str]) -> Output {
         .arg(agent.state_dir())
         .arg("--hub-socket")
         .arg(agent.dir.path().join("no-hub.sock"))
-        .env_remove("PALISADE_CONFIG")
-        .output()
-        .expect("run palisade feed")
+        .env_remove("PALISADE_CONFIG");
+    command
+}
+
+/// Runs `palisade feed ARGS` and returns its output and its own peak RSS
+/// in kB (from `wait4`, so other tests' processes do not count).
+fn feed_cli_peak(host: &Host, agent: &Agent, args: &[&str]) -> (Output, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let child = feed_command(host, agent, args)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("run palisade feed");
+    let mut status = 0;
+    // SAFETY: wait4 on our own child fills the status and rusage given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut u);
+        assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+        u
+    };
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    };
+    (output, usage.ru_maxrss)
 }
 
 fn text(o: &Output) -> String {
@@ -116,7 +149,15 @@ fn a_local_agent_pulls_feeds_conditionally_atomically_and_keeps_the_last_good_li
             while !stop.load(Ordering::SeqCst) {
                 let out = std::process::Command::new("ip")
                     .args([
-                        "netns", "exec", &ns, "nft", "list", "set", "inet", "palisade", "block4",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "nft",
+                        "list",
+                        "set",
+                        "inet",
+                        "palisade",
+                        "block4_net",
                     ])
                     .output()
                     .unwrap();
@@ -248,7 +289,7 @@ fn a_million_line_feed_is_read_with_bounded_memory() {
     let mut agent = Agent::start(host, &config);
     agent.stop();
     std::fs::remove_dir_all(agent.state_dir().join("feeds")).unwrap();
-    let out = feed_cli(host, &agent, &["pull", "big"]);
+    let (out, peak_kb) = feed_cli_peak(host, &agent, &["pull", "big"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("1000000 entries pulled"),
@@ -264,19 +305,8 @@ fn a_million_line_feed_is_read_with_bounded_memory() {
     assert_eq!(kept.lines().count(), 1_000_000);
     // The text is read as it streams: the pull's peak memory is about the
     // entries (16 bytes each, sorted in place), not a copy of the body.
-    let peak_kb = children_peak_rss_kb();
     assert!(
         peak_kb < 80_000,
         "palisade feed pull of {size} bytes peaked at {peak_kb} kB"
     );
-}
-
-/// The largest peak RSS of this process's waited-for children.
-fn children_peak_rss_kb() -> i64 {
-    // SAFETY: getrusage fills the struct it is given.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u.ru_maxrss
-    }
 }

@@ -31,6 +31,8 @@ use crate::worker::{Command, WorkerHandle};
 const SEND_BATCH: usize = 500;
 /// Stream items applied per worker command.
 const APPLY_BATCH: usize = 10_000;
+/// How long a batch inside a snapshot waits for the next item.
+const SNAPSHOT_WAIT: Duration = Duration::from_millis(100);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -93,44 +95,47 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
                 state.connected.store(true, Ordering::Relaxed);
                 *state.last_error.lock().unwrap() = None;
                 backoff.reset();
+                // One batch is applied by the worker while the next one is
+                // read: parsing and applying overlap.
+                let mut applying: Option<oneshot::Receiver<Result<(), String>>> = None;
+                let mut in_snapshot = false;
                 loop {
-                    let first = match stream.next().await {
-                        Some(Ok(item)) => item,
-                        Some(Err(e)) => {
-                            warn!(error = %e, "the network's stream stopped");
-                            state.failed(&e);
-                            break;
-                        }
-                        None => break,
-                    };
-                    let mut batch = vec![first];
-                    // Take whatever is already there, without waiting.
-                    while batch.len() < APPLY_BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(item))) => batch.push(item),
-                            _ => break,
+                    let (batch, stopped) = gather(&mut stream, &mut in_snapshot).await;
+                    if let Some(e) = &stopped {
+                        warn!(error = %e, "the network's stream stopped");
+                        state.failed(e);
+                    }
+                    if let Some(rx) = applying.take() {
+                        match applied(rx).await {
+                            Applied::Yes => {}
+                            Applied::No => break,
+                            Applied::WorkerGone => return,
                         }
                     }
-                    if let Some(StreamItem::Ping { seq, .. }) = batch.last() {
-                        state.latest.store(*seq, Ordering::Relaxed);
-                    }
-                    if let Some(seq) = batch.iter().rev().find_map(StreamItem::cursor) {
-                        state.latest.fetch_max(seq, Ordering::Relaxed);
-                    }
-                    tracing::debug!(items = batch.len(), "stream items received");
-                    let (tx, rx) = oneshot::channel();
-                    if worker.send(Command::Remote(batch, tx)).is_err() {
-                        return;
-                    }
-                    match rx.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            // Not stored: reconnect and get it again.
-                            warn!(error = %e, "could not apply the network's decisions; will fetch them again");
-                            break;
+                    if !batch.is_empty() {
+                        if let Some(StreamItem::Ping { seq, .. }) = batch.last() {
+                            state.latest.store(*seq, Ordering::Relaxed);
                         }
-                        Err(_) => return,
+                        if let Some(seq) = batch.iter().rev().find_map(StreamItem::cursor) {
+                            state.latest.fetch_max(seq, Ordering::Relaxed);
+                        }
+                        tracing::debug!(items = batch.len(), "stream items received");
+                        let (tx, rx) = oneshot::channel();
+                        if worker.send(Command::Remote(batch, tx)).is_err() {
+                            return;
+                        }
+                        applying = Some(rx);
                     }
+                    if stopped.is_some() {
+                        break;
+                    }
+                }
+                // What was read before the stream stopped is applied before
+                // the cursor is read again.
+                if let Some(rx) = applying.take()
+                    && let Applied::WorkerGone = applied(rx).await
+                {
+                    return;
                 }
                 state.connected.store(false, Ordering::Relaxed);
             }
@@ -147,6 +152,66 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
         }
         backoff.wait().await;
     }
+}
+
+enum Applied {
+    Yes,
+    /// Not stored: reconnect and get it again.
+    No,
+    WorkerGone,
+}
+
+async fn applied(rx: oneshot::Receiver<Result<(), String>>) -> Applied {
+    match rx.await {
+        Ok(Ok(())) => Applied::Yes,
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not apply the network's decisions; will fetch them again");
+            Applied::No
+        }
+        Err(_) => Applied::WorkerGone,
+    }
+}
+
+/// Reads the next batch of stream items: at least one (waiting for it),
+/// then whatever has already arrived, up to [`APPLY_BATCH`]. Inside a
+/// snapshot it waits for more (each for at most [`SNAPSHOT_WAIT`]) until
+/// the batch is full or the snapshot ends, so a large snapshot is applied
+/// in few large transactions. With the items, the error that stopped the
+/// stream, if it stopped.
+async fn gather(
+    stream: &mut palisade_wire::ItemStream,
+    in_snapshot: &mut bool,
+) -> (Vec<StreamItem>, Option<BusError>) {
+    let mut batch = Vec::new();
+    let ended = || BusError::Unreachable("the network closed the stream".into());
+    while batch.len() < APPLY_BATCH {
+        let next = if batch.is_empty() {
+            stream.next().await
+        } else if *in_snapshot {
+            match tokio::time::timeout(SNAPSHOT_WAIT, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            match stream.next().now_or_never() {
+                Some(next) => next,
+                None => break,
+            }
+        };
+        match next {
+            Some(Ok(item)) => {
+                match item {
+                    StreamItem::Snapshot { .. } => *in_snapshot = true,
+                    StreamItem::SnapshotEnd { .. } => *in_snapshot = false,
+                    _ => {}
+                }
+                batch.push(item);
+            }
+            Some(Err(e)) => return (batch, Some(e)),
+            None => return (batch, Some(ended())),
+        }
+    }
+    (batch, None)
 }
 
 async fn send(

@@ -7,7 +7,8 @@
 //! touches them. The stream's cursor is stored in the same transaction as
 //! the decisions it brought, so a crash can neither skip nor repeat them.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use palisade_enforce::Change;
 use palisade_model::{Action, Decision, Net, Scope, Source, Timestamp};
@@ -27,7 +28,71 @@ pub const ID_BASE: &str = "net.id_base";
 /// A snapshot being received: what it has brought so far.
 pub struct Snapshot {
     seq: u64,
-    seen: HashSet<(Action, Net)>,
+    /// Decisions it brought, to find the stale ones afterwards; `None` when
+    /// the store was empty as it began: then nothing can be stale (every
+    /// network decision stored since came from this snapshot).
+    seen: Option<HashSet<(Action, Net)>>,
+    /// Puts it brought.
+    count: u64,
+    /// While the store holds nothing but what this snapshot brought: how
+    /// many rows that is. A joining node's store starts empty, so its
+    /// snapshot needs no lookups and no sweep. Anything else in the store
+    /// makes the row count differ, and the snapshot goes the careful way.
+    only_ours: Option<u64>,
+}
+
+/// The decisions a batch of stream items will store, the last one for
+/// each (action, target) (found by hash: a snapshot's batches hold
+/// thousands).
+struct ToStore {
+    list: Vec<Decision>,
+    at: HashMap<(Action, Net), usize>,
+}
+
+impl ToStore {
+    fn with_capacity(n: usize) -> ToStore {
+        ToStore {
+            list: Vec::with_capacity(n),
+            at: HashMap::with_capacity(n),
+        }
+    }
+
+    fn put(&mut self, d: Decision) {
+        match self.at.entry((d.action, d.target)) {
+            Entry::Occupied(e) => self.list[*e.get()] = d,
+            Entry::Vacant(e) => {
+                e.insert(self.list.len());
+                self.list.push(d);
+            }
+        }
+    }
+
+    fn contains(&self, key: &(Action, Net)) -> bool {
+        self.at.contains_key(key)
+    }
+
+    /// An allow that arrives after a ban in the same batch wins.
+    fn drop_bans_within(&mut self, allowed: &Net) {
+        let before = self.list.len();
+        self.list
+            .retain(|p| !(p.action == Action::Ban && allowed.contains(&p.target)));
+        if self.list.len() != before {
+            self.at = self
+                .list
+                .iter()
+                .enumerate()
+                .map(|(i, d)| ((d.action, d.target), i))
+                .collect();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
 }
 
 /// An outbox record: when the intent was made, and the intent.
@@ -86,32 +151,53 @@ impl Core {
     ) -> Result<Vec<Net>, CoreError> {
         let started = std::time::Instant::now();
         let count = items.len();
-        let mut changes = Vec::new();
-        let mut to_store: Vec<Decision> = Vec::new();
+        // Sized for a batch of puts: growing vectors of decisions by
+        // copying showed up as a tenth of a snapshot's time.
+        let mut changes = Vec::with_capacity(count);
+        let mut to_store = ToStore::with_capacity(count);
         let mut to_remove: Vec<(Action, Net)> = Vec::new();
         let mut newly = Vec::new();
         let mut cursor = None;
         let mut sweep: Option<Snapshot> = None;
         let reader = self.store.read()?;
+        let rows = || -> Result<u64, CoreError> {
+            let c = reader.counts()?;
+            Ok(c.ban_hosts + c.ban_networks + c.allows)
+        };
+        if let Some(s) = &mut self.snapshot
+            && let Some(n) = s.only_ours
+            && rows()? != n
+        {
+            s.only_ours = None;
+        }
         for item in items {
             match item {
                 StreamItem::Snapshot { seq } => {
                     info!(seq, "receiving a snapshot of the network's decisions");
+                    let empty = rows()? == 0 && to_store.is_empty() && to_remove.is_empty();
                     self.snapshot = Some(Snapshot {
                         seq,
-                        seen: HashSet::new(),
+                        seen: (!empty).then(HashSet::new),
+                        count: 0,
+                        only_ours: empty.then_some(0),
                     });
                 }
                 StreamItem::Put { seq, decision } => {
+                    let mut lookup = true;
                     match &mut self.snapshot {
                         Some(s) => {
-                            s.seen.insert((decision.action, decision.target));
+                            s.count += 1;
+                            if let Some(seen) = &mut s.seen {
+                                seen.insert((decision.action, decision.target));
+                            }
+                            lookup = s.only_ours.is_none();
                         }
                         None => cursor = Some(seq),
                     }
                     self.remote_put(
                         decision,
                         &reader,
+                        lookup,
                         now,
                         &mut changes,
                         &mut to_store,
@@ -158,7 +244,14 @@ impl Core {
         drop(reader);
         // Network decisions the snapshot did not bring are gone from the
         // network; this node's own intents still on their way are kept.
-        if let Some(s) = sweep {
+        if let Some(s) = sweep.as_ref().filter(|s| s.seen.is_none()) {
+            info!(decisions = s.count, "snapshot applied");
+        } else if let Some(Snapshot {
+            seen: Some(seen),
+            count,
+            ..
+        }) = sweep
+        {
             let waiting: HashSet<Net> = pending(&self.store, usize::MAX)?
                 .iter()
                 .map(|e| e.intent.target())
@@ -169,9 +262,9 @@ impl Core {
                 let d = d?;
                 let key = (d.action, d.target);
                 if d.scope == Scope::Network
-                    && !s.seen.contains(&key)
+                    && !seen.contains(&key)
                     && !waiting.contains(&d.target)
-                    && !to_store.iter().any(|p| (p.action, p.target) == key)
+                    && !to_store.contains(&key)
                 {
                     to_remove.push(key);
                     changes.push(Change::Remove {
@@ -181,11 +274,7 @@ impl Core {
                     stale += 1;
                 }
             }
-            info!(
-                decisions = s.seen.len(),
-                removed_stale = stale,
-                "snapshot applied"
-            );
+            info!(decisions = count, removed_stale = stale, "snapshot applied");
         }
         if changes.is_empty() && to_store.is_empty() && to_remove.is_empty() && cursor.is_none() {
             return Ok(newly);
@@ -197,7 +286,7 @@ impl Core {
         // brought them are lost together and fetched again from the network.
         self.store
             .write_lazy(|w| {
-                for d in &to_store {
+                for d in &to_store.list {
                     w.put(d)?;
                 }
                 for (action, net) in &to_remove {
@@ -212,6 +301,11 @@ impl Core {
                 what: "decisions from the network".into(),
                 source,
             })?;
+        if let Some(s) = &mut self.snapshot
+            && let Some(n) = &mut s.only_ours
+        {
+            *n += to_store.len() as u64;
+        }
         debug!(
             items = count,
             decide_ms = decided.as_secs_f64() * 1e3,
@@ -219,7 +313,7 @@ impl Core {
             store_ms = (started.elapsed() - enforced).as_secs_f64() * 1e3,
             "applied stream items"
         );
-        for d in &to_store {
+        for d in &to_store.list {
             if d.action == Action::Allow {
                 self.allows.insert(
                     d.target,
@@ -236,7 +330,7 @@ impl Core {
             }
         }
         if to_store.len() + to_remove.len() <= 20 {
-            for d in &to_store {
+            for d in &to_store.list {
                 info!(action = %d.action, target = %d.target, origin = %d.origin, "from the network");
             }
             for (action, net) in &to_remove {
@@ -251,9 +345,11 @@ impl Core {
         &mut self,
         mut d: Decision,
         reader: &palisade_store::Reader,
+        // False: nothing for this target can be in the store.
+        lookup: bool,
         now: Timestamp,
         changes: &mut Vec<Change>,
-        to_store: &mut Vec<Decision>,
+        to_store: &mut ToStore,
         to_remove: &mut Vec<(Action, Net)>,
         newly: &mut Vec<Net>,
     ) -> Result<(), CoreError> {
@@ -261,7 +357,11 @@ impl Core {
             return Ok(());
         }
         d.scope = Scope::Network;
-        let existing = reader.get(d.action, &d.target)?;
+        let existing = if lookup {
+            reader.get(d.action, &d.target)?
+        } else {
+            None
+        };
         if existing
             .as_ref()
             .is_some_and(|e| e.scope == Scope::Local && e.is_active(now))
@@ -301,18 +401,11 @@ impl Core {
                     });
                 }
                 // An allow that arrives after a ban in the same batch wins.
-                to_store.retain(|p| !(p.action == Action::Ban && d.target.contains(&p.target)));
+                to_store.drop_bans_within(&d.target);
             }
         }
         changes.push(Change::Put(entry(&d)));
-        if let Some(p) = to_store
-            .iter_mut()
-            .find(|p| p.action == d.action && p.target == d.target)
-        {
-            *p = d;
-        } else {
-            to_store.push(d);
-        }
+        to_store.put(d);
         Ok(())
     }
 

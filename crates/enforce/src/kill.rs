@@ -59,11 +59,27 @@ impl Killer {
     /// and one conntrack dump per family, however many networks there are
     /// (a bulk ban of a million addresses must not dump a million times).
     pub fn kill_all(&mut self, nets: &[Net]) -> Result<KillReport, EnforceError> {
-        let mut targets = NetMap::new();
-        for n in nets {
-            targets.insert(*n, ());
-        }
-        let hit = |addr: std::net::IpAddr| targets.covering(&Net::host(addr)).next().is_some();
+        // Built on the first connection to check: a bulk ban (a joining
+        // node's snapshot) on a quiet host has few or none, and hosts go in
+        // a hash set, far cheaper to fill than the network map.
+        let targets = std::cell::OnceCell::new();
+        let hit = |addr: std::net::IpAddr| {
+            let (hosts, networks) = targets.get_or_init(|| {
+                let mut hosts = std::collections::HashSet::new();
+                let mut networks = NetMap::new();
+                for n in nets {
+                    if n.is_host() {
+                        hosts.insert(n.addr());
+                    } else {
+                        networks.insert(*n, ());
+                    }
+                }
+                (hosts, networks)
+            });
+            // Through the model, so a mapped IPv6 address is its IPv4 one.
+            let host = Net::host(addr);
+            hosts.contains(&host.addr()) || networks.covering(&host).next().is_some()
+        };
         let has = |f: Family| nets.iter().any(|n| n.family() == f);
         let mut report = KillReport::default();
         let sockets = self.kill_sockets(has(Family::V4), has(Family::V6), &hit);

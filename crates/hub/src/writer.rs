@@ -258,14 +258,15 @@ fn apply_job(
         )?)),
         Job::RetireFeeds(keep) => {
             let mut gone = std::collections::HashSet::new();
-            for d in ledger.w.all(Action::Ban)? {
+            ledger.w.each(Action::Ban, |d| {
                 if d.origin.source == Source::Feed
                     && let Some(name) = d.rule.as_deref().and_then(|r| r.strip_prefix("feed:"))
                     && !keep.iter().any(|k| k == name)
                 {
                     gone.insert(name.to_string());
                 }
-            }
+                Ok(())
+            })?;
             for name in gone {
                 info!(feed = %name, "the feed is no longer configured; removing its entries");
                 replace_feed(policy, ledger, &name, &[], now)?;
@@ -522,13 +523,13 @@ fn replace_feed(
     now: Timestamp,
 ) -> Result<palisade_control::FeedApplied, StoreError> {
     let rule = format!("feed:{name}");
-    let current: std::collections::HashSet<Net> = ledger
-        .w
-        .all(Action::Ban)?
-        .into_iter()
-        .filter(|d| d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()))
-        .map(|d| d.target)
-        .collect();
+    let mut current = std::collections::HashSet::new();
+    ledger.w.each(Action::Ban, |d| {
+        if d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()) {
+            current.insert(d.target);
+        }
+        Ok(())
+    })?;
     let wanted: std::collections::HashSet<Net> = entries.iter().copied().collect();
     let mut applied = palisade_control::FeedApplied {
         total: wanted.len() as u64,

@@ -74,8 +74,12 @@ impl<V> NetMap<V> {
     /// the widest to the narrowest.
     pub fn covering(&self, net: &Net) -> impl Iterator<Item = (Net, &V)> + '_ {
         let lengths = self.lengths(net.family());
-        net.supernets()
-            .filter(move |s| lengths[s.prefix() as usize] > 0)
+        let (addr, prefix) = (net.addr(), net.prefix());
+        // Lengths checked before a supernet is built: with no entries (the
+        // usual allowlist holds a few), a lookup costs next to nothing.
+        (0..=prefix)
+            .filter(move |&p| lengths[p as usize] > 0)
+            .map(move |p| Net::truncating(addr, p))
             .filter_map(move |s| self.entries.get(&s).map(|v| (s, v)))
     }
 

@@ -421,13 +421,23 @@ impl Writer<'_> {
 
     /// Every decision of `action` (for small sets such as allowlists).
     pub fn all(&self, action: Action) -> Result<Vec<Decision>> {
+        let mut out = Vec::new();
+        self.each(action, |d| {
+            out.push(d);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every decision of `action` in key order, one at a
+    /// time (for large sets: memory stays flat).
+    pub fn each(&self, action: Action, mut f: impl FnMut(Decision) -> Result<()>) -> Result<()> {
         let lo = [action_byte(action)];
         let hi = [action_byte(action) + 1];
-        let mut out = Vec::new();
         for item in self.decisions.range(lo.as_slice()..hi.as_slice())? {
-            out.push(decode(item?.1.value())?);
+            f(decode(item?.1.value())?)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Stores `d`, replacing any decision with the same action and target.
