@@ -16,7 +16,11 @@
 //! next new pair, so steady state allocates nothing); a hash table of slot
 //! numbers finds them; each slot keeps its times and its evidence lines in
 //! ring buffers; the least recently seen pair is found through a queue of
-//! (slot, touch) records, stale records being skipped and dropped.
+//! (slot, touch) records, stale records being skipped and dropped. Whether a
+//! record is stale, and where a forgotten slot's table entry is, are read
+//! from a small array beside the slots (8 bytes each), not from the slots:
+//! with many attackers most records are stale, and fetching a slot for each
+//! was a cache miss each.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -89,8 +93,6 @@ struct Slot {
     until: u64,
     /// The address (IPv4 as IPv4-mapped IPv6).
     addr: [u8; 16],
-    /// Low bits of the last touch.
-    seq: u32,
     /// The rule, or [`FREE`].
     rule: u32,
     /// The highest stage in force, or [`NONE_FIRED`].
@@ -107,6 +109,21 @@ struct Slot {
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 192);
+
+/// What the eviction order needs of a slot, kept apart from it in a small
+/// array (8 bytes a slot) so that looking past stale order records and
+/// finding a forgotten pair's table entry do not fetch the slot itself.
+#[derive(Clone, Copy)]
+struct Meta {
+    /// The last touch, as its order record has it (always even), or
+    /// [`FREE_STAMP`].
+    stamp: u32,
+    /// The slot's table tag (the low 32 bits of its key's hash).
+    tag: u32,
+}
+
+/// `Meta::stamp` of a free slot (odd: no order record has it).
+const FREE_STAMP: u32 = 1;
 
 /// The times of a slot whose rule counts more than [`INLINE_TIMES`]
 /// failures, or whose times span more than 32 bits of milliseconds.
@@ -553,6 +570,8 @@ pub struct Tracker {
     engine: Engine,
     limits: Limits,
     slots: Vec<Slot>,
+    /// Stamp and tag of each slot.
+    meta: Vec<Meta>,
     /// Evidence bytes: `region` bytes per slot, slot after slot.
     arena: Vec<u8>,
     region: usize,
@@ -562,10 +581,11 @@ pub struct Tracker {
     /// Slot numbers, by hash of (rule, address).
     table: SlotTable,
     keys: KeyHash,
-    /// (slot, low bits of the touch) per touch, oldest first; a record is
+    /// (slot, stamp of the touch) per touch, oldest first; a record is
     /// stale when the slot was touched again since (or freed).
     order: VecDeque<(u32, u32)>,
-    seq: u64,
+    /// The stamp of the last touch (advances by 2).
+    seq: u32,
     hits: Vec<Hit>,
     /// Per rule: the largest stage count, and the longest window in ms.
     max_count: Vec<usize>,
@@ -616,6 +636,7 @@ impl Tracker {
         // Reserved (not touched) up front, so that huge pages can back it.
         let reserve = limits.max_tracked.clamp(1, 1 << 16);
         let slots = Vec::with_capacity(reserve);
+        let meta = Vec::with_capacity(reserve);
         let table = SlotTable::with_capacity(reserve);
         // Zeroed by the allocator from fresh pages: touched (and counted)
         // only where evidence is written.
@@ -626,6 +647,7 @@ impl Tracker {
             engine,
             limits,
             slots,
+            meta,
             arena,
             region,
             wide: Default::default(),
@@ -659,6 +681,9 @@ impl Tracker {
         let step = (PAGE / std::mem::size_of::<Slot>()).max(1);
         for s in self.slots.spare_capacity_mut().iter_mut().step_by(step) {
             *s = std::mem::MaybeUninit::zeroed();
+        }
+        for m in self.meta.spare_capacity_mut().iter_mut().step_by(PAGE / 8) {
+            *m = std::mem::MaybeUninit::zeroed();
         }
         let step = PAGE / std::mem::size_of::<u64>();
         for e in self.table.entries.iter_mut().step_by(step) {
@@ -742,12 +767,14 @@ impl Tracker {
 
     /// Drops slot `i` from the table and frees it.
     fn release(&mut self, i: u32) {
-        let s = &self.slots[i as usize];
-        self.table.remove(self.keys.hash(s.rule, &s.addr), i);
+        let m = &mut self.meta[i as usize];
+        self.table.remove(u64::from(m.tag), i);
+        m.stamp = FREE_STAMP;
+        let s = &mut self.slots[i as usize];
         if s.is_wide() {
             self.wide.remove(&i);
         }
-        self.slots[i as usize].rule = FREE;
+        s.rule = FREE;
         self.free.push(i);
     }
 
@@ -779,7 +806,6 @@ impl Tracker {
                     base: 0,
                     until: 0,
                     addr,
-                    seq: 0,
                     rule: FREE,
                     fired: NONE_FIRED,
                     t_head: 0,
@@ -787,6 +813,10 @@ impl Tracker {
                     t_sorted: 0,
                     t_cap: 0,
                     ev: Ring::default(),
+                });
+                self.meta.push(Meta {
+                    stamp: FREE_STAMP,
+                    tag: 0,
                 });
                 if self.arena.len() < self.slots.len() * self.region {
                     self.arena.resize(self.slots.len() * self.region, 0);
@@ -818,7 +848,9 @@ impl Tracker {
             );
         }
         self.slots[i as usize].ev.clear();
-        self.table.insert(self.keys.hash(rule as u32, &addr), i);
+        let hash = self.keys.hash(rule as u32, &addr);
+        self.meta[i as usize].tag = hash as u32;
+        self.table.insert(hash, i);
         i
     }
 
@@ -845,7 +877,7 @@ impl Tracker {
                 self.staged.extend_from_slice("…".as_bytes());
             }
         }
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(2);
         let seq = self.seq;
         let i = match self.find_hashed(hash, rule as u32, &addr) {
             Some(i) => i,
@@ -857,9 +889,9 @@ impl Tracker {
             }
         };
         let iu = i as usize;
-        self.order.push_back((i, seq as u32));
+        self.order.push_back((i, seq));
+        self.meta[iu].stamp = seq;
         let s = &mut self.slots[iu];
-        s.seq = seq as u32;
         if !s.is_wide() && !s.push_time(t) {
             // Times more than 49 days apart: keep them in full.
             self.wide.insert(i, s.widen(usize::from(s.t_cap)));
@@ -935,8 +967,7 @@ impl Tracker {
     }
 
     fn live(&self, (i, seq): (u32, u32)) -> bool {
-        let s = &self.slots[i as usize];
-        s.rule != FREE && s.seq == seq
+        self.meta[i as usize].stamp == seq
     }
 
     fn evict_one(&mut self) {
@@ -944,9 +975,18 @@ impl Tracker {
             if self.live(rec) {
                 self.release(rec.0);
                 self.evicted += 1;
-                // The next ones to look at, for the next eviction.
-                for &(i, _) in self.order.iter().take(2) {
-                    prefetch(&self.slots[i as usize].addr);
+                // Drop the stale records now, and ask for the slot and
+                // table entry the next eviction will likely need.
+                while let Some(&rec) = self.order.front() {
+                    if self.live(rec) {
+                        let i = rec.0 as usize;
+                        prefetch(&self.slots[i]);
+                        prefetch(&self.slots[i].base);
+                        prefetch(&self.slots[i].ev);
+                        self.table.prefetch(u64::from(self.meta[i].tag));
+                        break;
+                    }
+                    self.order.pop_front();
                 }
                 return;
             }
