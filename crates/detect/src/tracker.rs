@@ -164,6 +164,31 @@ trait Times {
     }
 }
 
+/// The stage to fire now, if any: the highest whose threshold is reached,
+/// if higher than the stage in force (`fired`); and the failures within its
+/// window.
+fn to_fire<T: Times>(
+    times: &T,
+    stages: &[crate::config::StageConfig],
+    fired: Option<usize>,
+    t: u64,
+) -> (Option<usize>, usize) {
+    let mut fire = None;
+    for (n, stage) in stages.iter().enumerate() {
+        let since = t.saturating_sub(stage.within.as_millis() as u64);
+        if times.reached(since, stage.count as usize) {
+            fire = Some(n);
+        }
+    }
+    match fire {
+        Some(n) if fired.is_none_or(|f| n > f) => {
+            let since = t.saturating_sub(stages[n].within.as_millis() as u64);
+            (Some(n), times.recent(since))
+        }
+        _ => (None, 0),
+    }
+}
+
 fn ring_index(head: usize, k: usize, cap: usize) -> usize {
     let i = head + k;
     if i >= cap { i - cap } else { i }
@@ -797,7 +822,7 @@ impl Tracker {
     }
 
     /// A slot for a new pair, its buffers emptied.
-    fn new_slot(&mut self, rule: usize, addr: [u8; 16]) -> u32 {
+    fn new_slot(&mut self, rule: usize, addr: [u8; 16], hash: u64) -> u32 {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -848,7 +873,6 @@ impl Tracker {
             );
         }
         self.slots[i as usize].ev.clear();
-        let hash = self.keys.hash(rule as u32, &addr);
         self.meta[i as usize].tag = hash as u32;
         self.table.insert(hash, i);
         i
@@ -862,7 +886,8 @@ impl Tracker {
         let hash = self.keys.hash(rule as u32, &addr);
         self.table.prefetch(hash);
         self.flush();
-        if let Some(i) = self.table.find(hash, |_| true) {
+        let candidate = self.table.find(hash, |_| true);
+        if let Some(i) = candidate {
             let slot = &self.slots[i as usize];
             prefetch(slot);
             prefetch(&slot.base);
@@ -879,13 +904,24 @@ impl Tracker {
         }
         self.seq = self.seq.wrapping_add(2);
         let seq = self.seq;
-        let i = match self.find_hashed(hash, rule as u32, &addr) {
+        // The first slot with the hash's tag is almost always the pair's.
+        let found = match candidate {
+            None => None,
+            Some(i)
+                if self.slots[i as usize].rule == rule as u32
+                    && self.slots[i as usize].addr == addr =>
+            {
+                Some(i)
+            }
+            Some(_) => self.find_hashed(hash, rule as u32, &addr),
+        };
+        let i = match found {
             Some(i) => i,
             None => {
                 while self.table.len >= self.limits.max_tracked.max(1) {
                     self.evict_one();
                 }
-                self.new_slot(rule, addr)
+                self.new_slot(rule, addr, hash)
             }
         };
         let iu = i as usize;
@@ -905,24 +941,15 @@ impl Tracker {
         if s.fired != NONE_FIRED && s.until <= t {
             s.fired = NONE_FIRED;
         }
-        let times: &dyn Times = match self.wide.get(&i) {
-            Some(w) if s.is_wide() => w,
-            _ => &*s,
-        };
         let info = &self.engine.rules()[rule];
-        // The highest stage whose threshold is reached now.
-        let mut fire = None;
-        for (n, stage) in info.stages.iter().enumerate() {
-            let since = t.saturating_sub(stage.within.as_millis() as u64);
-            if times.reached(since, stage.count as usize) {
-                fire = Some(n);
-            }
-        }
-        let fire = fire.filter(|&n| s.fired == NONE_FIRED || n > usize::from(s.fired));
-        let count = fire.map(|n| {
-            let since = t.saturating_sub(info.stages[n].within.as_millis() as u64);
-            times.recent(since)
-        });
+        let fired = (s.fired != NONE_FIRED).then_some(usize::from(s.fired));
+        let (fire, count) = if s.is_wide()
+            && let Some(w) = self.wide.get(&i)
+        {
+            to_fire(w, &info.stages, fired, t)
+        } else {
+            to_fire(&*s, &info.stages, fired, t)
+        };
         let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
         let ring = &mut self.slots[iu].ev;
         if self.limits.evidence_lines > 0 {
@@ -933,8 +960,8 @@ impl Tracker {
                 self.staged_slot = Some(i);
             }
         }
-        let event = match (fire, count) {
-            (Some(n), Some(count)) => {
+        let event = match fire {
+            Some(n) => {
                 let stage = &info.stages[n];
                 let s = &mut self.slots[iu];
                 s.until = match stage.ban {
@@ -1056,13 +1083,14 @@ fn printable(b: &[u8]) -> bool {
         // c < 0x20 or c >= 0x7f, except tab
         u8::from(c.wrapping_sub(0x20) >= 0x5f) & u8::from(c != b'\t')
     }
-    let mut chunks = b.chunks_exact(16);
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0, |acc, &c| acc | bad(c)) != 0 {
-            return false;
-        }
+    fn all_good(chunk: &[u8]) -> bool {
+        chunk.iter().fold(0, |acc, &c| acc | bad(c)) == 0
     }
-    chunks.remainder().iter().all(|&c| bad(c) == 0)
+    if b.len() < 16 {
+        return b.iter().all(|&c| bad(c) == 0);
+    }
+    // Whole chunks, then the last 16 bytes (overlapping the last chunk).
+    b.chunks_exact(16).all(all_good) && all_good(&b[b.len() - 16..])
 }
 
 #[cfg(test)]
