@@ -16,7 +16,11 @@
 //! next new pair, so steady state allocates nothing); a hash table of slot
 //! numbers finds them; each slot keeps its times and its evidence lines in
 //! ring buffers; the least recently seen pair is found through a queue of
-//! (slot, touch) records, stale records being skipped and dropped.
+//! (slot, touch) records, stale records being skipped and dropped. Whether a
+//! record is stale, and where a forgotten slot's table entry is, are read
+//! from a small array beside the slots (8 bytes each), not from the slots:
+//! with many attackers most records are stale, and fetching a slot for each
+//! was a cache miss each.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -89,8 +93,6 @@ struct Slot {
     until: u64,
     /// The address (IPv4 as IPv4-mapped IPv6).
     addr: [u8; 16],
-    /// Low bits of the last touch.
-    seq: u32,
     /// The rule, or [`FREE`].
     rule: u32,
     /// The highest stage in force, or [`NONE_FIRED`].
@@ -107,6 +109,21 @@ struct Slot {
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 192);
+
+/// What the eviction order needs of a slot, kept apart from it in a small
+/// array (8 bytes a slot) so that looking past stale order records and
+/// finding a forgotten pair's table entry do not fetch the slot itself.
+#[derive(Clone, Copy)]
+struct Meta {
+    /// The last touch, as its order record has it (always even), or
+    /// [`FREE_STAMP`].
+    stamp: u32,
+    /// The slot's table tag (the low 32 bits of its key's hash).
+    tag: u32,
+}
+
+/// `Meta::stamp` of a free slot (odd: no order record has it).
+const FREE_STAMP: u32 = 1;
 
 /// The times of a slot whose rule counts more than [`INLINE_TIMES`]
 /// failures, or whose times span more than 32 bits of milliseconds.
@@ -144,6 +161,31 @@ trait Times {
             return self.time(count - 1) > since;
         }
         (0..count).all(|k| self.time(k) > since)
+    }
+}
+
+/// The stage to fire now, if any: the highest whose threshold is reached,
+/// if higher than the stage in force (`fired`); and the failures within its
+/// window.
+fn to_fire<T: Times>(
+    times: &T,
+    stages: &[crate::config::StageConfig],
+    fired: Option<usize>,
+    t: u64,
+) -> (Option<usize>, usize) {
+    let mut fire = None;
+    for (n, stage) in stages.iter().enumerate() {
+        let since = t.saturating_sub(stage.within.as_millis() as u64);
+        if times.reached(since, stage.count as usize) {
+            fire = Some(n);
+        }
+    }
+    match fire {
+        Some(n) if fired.is_none_or(|f| n > f) => {
+            let since = t.saturating_sub(stages[n].within.as_millis() as u64);
+            (Some(n), times.recent(since))
+        }
+        _ => (None, 0),
     }
 }
 
@@ -553,6 +595,8 @@ pub struct Tracker {
     engine: Engine,
     limits: Limits,
     slots: Vec<Slot>,
+    /// Stamp and tag of each slot.
+    meta: Vec<Meta>,
     /// Evidence bytes: `region` bytes per slot, slot after slot.
     arena: Vec<u8>,
     region: usize,
@@ -562,10 +606,11 @@ pub struct Tracker {
     /// Slot numbers, by hash of (rule, address).
     table: SlotTable,
     keys: KeyHash,
-    /// (slot, low bits of the touch) per touch, oldest first; a record is
+    /// (slot, stamp of the touch) per touch, oldest first; a record is
     /// stale when the slot was touched again since (or freed).
     order: VecDeque<(u32, u32)>,
-    seq: u64,
+    /// The stamp of the last touch (advances by 2).
+    seq: u32,
     hits: Vec<Hit>,
     /// Per rule: the largest stage count, and the longest window in ms.
     max_count: Vec<usize>,
@@ -616,6 +661,7 @@ impl Tracker {
         // Reserved (not touched) up front, so that huge pages can back it.
         let reserve = limits.max_tracked.clamp(1, 1 << 16);
         let slots = Vec::with_capacity(reserve);
+        let meta = Vec::with_capacity(reserve);
         let table = SlotTable::with_capacity(reserve);
         // Zeroed by the allocator from fresh pages: touched (and counted)
         // only where evidence is written.
@@ -626,6 +672,7 @@ impl Tracker {
             engine,
             limits,
             slots,
+            meta,
             arena,
             region,
             wide: Default::default(),
@@ -642,6 +689,34 @@ impl Tracker {
             staged_slot: None,
             evicted: 0,
         }
+    }
+
+    /// Touches the memory reserved up front (the slots, their table and
+    /// the evidence arena, for [`Limits::max_tracked`] pairs up to 65,536),
+    /// so that the kernel backs it now rather than page by page as the
+    /// first failures from new addresses need it. Optional: a tracker that
+    /// never calls it uses memory only as pairs arrive, and pays for the
+    /// pages then, once. The benchmark calls it before timing, so that every
+    /// run starts from the same warm state.
+    pub fn prefault(&mut self) {
+        const PAGE: usize = 4096;
+        for i in (0..self.arena.len()).step_by(PAGE) {
+            self.arena[i] = 0;
+        }
+        let step = (PAGE / std::mem::size_of::<Slot>()).max(1);
+        for s in self.slots.spare_capacity_mut().iter_mut().step_by(step) {
+            *s = std::mem::MaybeUninit::zeroed();
+        }
+        for m in self.meta.spare_capacity_mut().iter_mut().step_by(PAGE / 8) {
+            *m = std::mem::MaybeUninit::zeroed();
+        }
+        let step = PAGE / std::mem::size_of::<u64>();
+        for e in self.table.entries.iter_mut().step_by(step) {
+            *e = std::hint::black_box(*e);
+        }
+        let records = 2 * self.limits.max_tracked.max(1) + 1024 + 1;
+        self.order.reserve(records.min(2 * (1 << 16) + 1024 + 1));
+        std::hint::black_box(&mut self.arena);
     }
 
     pub fn engine(&self) -> &Engine {
@@ -717,12 +792,14 @@ impl Tracker {
 
     /// Drops slot `i` from the table and frees it.
     fn release(&mut self, i: u32) {
-        let s = &self.slots[i as usize];
-        self.table.remove(self.keys.hash(s.rule, &s.addr), i);
+        let m = &mut self.meta[i as usize];
+        self.table.remove(u64::from(m.tag), i);
+        m.stamp = FREE_STAMP;
+        let s = &mut self.slots[i as usize];
         if s.is_wide() {
             self.wide.remove(&i);
         }
-        self.slots[i as usize].rule = FREE;
+        s.rule = FREE;
         self.free.push(i);
     }
 
@@ -745,7 +822,7 @@ impl Tracker {
     }
 
     /// A slot for a new pair, its buffers emptied.
-    fn new_slot(&mut self, rule: usize, addr: [u8; 16]) -> u32 {
+    fn new_slot(&mut self, rule: usize, addr: [u8; 16], hash: u64) -> u32 {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -754,7 +831,6 @@ impl Tracker {
                     base: 0,
                     until: 0,
                     addr,
-                    seq: 0,
                     rule: FREE,
                     fired: NONE_FIRED,
                     t_head: 0,
@@ -762,6 +838,10 @@ impl Tracker {
                     t_sorted: 0,
                     t_cap: 0,
                     ev: Ring::default(),
+                });
+                self.meta.push(Meta {
+                    stamp: FREE_STAMP,
+                    tag: 0,
                 });
                 if self.arena.len() < self.slots.len() * self.region {
                     self.arena.resize(self.slots.len() * self.region, 0);
@@ -793,7 +873,8 @@ impl Tracker {
             );
         }
         self.slots[i as usize].ev.clear();
-        self.table.insert(self.keys.hash(rule as u32, &addr), i);
+        self.meta[i as usize].tag = hash as u32;
+        self.table.insert(hash, i);
         i
     }
 
@@ -805,7 +886,8 @@ impl Tracker {
         let hash = self.keys.hash(rule as u32, &addr);
         self.table.prefetch(hash);
         self.flush();
-        if let Some(i) = self.table.find(hash, |_| true) {
+        let candidate = self.table.find(hash, |_| true);
+        if let Some(i) = candidate {
             let slot = &self.slots[i as usize];
             prefetch(slot);
             prefetch(&slot.base);
@@ -820,21 +902,32 @@ impl Tracker {
                 self.staged.extend_from_slice("…".as_bytes());
             }
         }
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(2);
         let seq = self.seq;
-        let i = match self.find_hashed(hash, rule as u32, &addr) {
+        // The first slot with the hash's tag is almost always the pair's.
+        let found = match candidate {
+            None => None,
+            Some(i)
+                if self.slots[i as usize].rule == rule as u32
+                    && self.slots[i as usize].addr == addr =>
+            {
+                Some(i)
+            }
+            Some(_) => self.find_hashed(hash, rule as u32, &addr),
+        };
+        let i = match found {
             Some(i) => i,
             None => {
                 while self.table.len >= self.limits.max_tracked.max(1) {
                     self.evict_one();
                 }
-                self.new_slot(rule, addr)
+                self.new_slot(rule, addr, hash)
             }
         };
         let iu = i as usize;
-        self.order.push_back((i, seq as u32));
+        self.order.push_back((i, seq));
+        self.meta[iu].stamp = seq;
         let s = &mut self.slots[iu];
-        s.seq = seq as u32;
         if !s.is_wide() && !s.push_time(t) {
             // Times more than 49 days apart: keep them in full.
             self.wide.insert(i, s.widen(usize::from(s.t_cap)));
@@ -848,24 +941,15 @@ impl Tracker {
         if s.fired != NONE_FIRED && s.until <= t {
             s.fired = NONE_FIRED;
         }
-        let times: &dyn Times = match self.wide.get(&i) {
-            Some(w) if s.is_wide() => w,
-            _ => &*s,
-        };
         let info = &self.engine.rules()[rule];
-        // The highest stage whose threshold is reached now.
-        let mut fire = None;
-        for (n, stage) in info.stages.iter().enumerate() {
-            let since = t.saturating_sub(stage.within.as_millis() as u64);
-            if times.reached(since, stage.count as usize) {
-                fire = Some(n);
-            }
-        }
-        let fire = fire.filter(|&n| s.fired == NONE_FIRED || n > usize::from(s.fired));
-        let count = fire.map(|n| {
-            let since = t.saturating_sub(info.stages[n].within.as_millis() as u64);
-            times.recent(since)
-        });
+        let fired = (s.fired != NONE_FIRED).then_some(usize::from(s.fired));
+        let (fire, count) = if s.is_wide()
+            && let Some(w) = self.wide.get(&i)
+        {
+            to_fire(w, &info.stages, fired, t)
+        } else {
+            to_fire(&*s, &info.stages, fired, t)
+        };
         let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
         let ring = &mut self.slots[iu].ev;
         if self.limits.evidence_lines > 0 {
@@ -876,8 +960,8 @@ impl Tracker {
                 self.staged_slot = Some(i);
             }
         }
-        let event = match (fire, count) {
-            (Some(n), Some(count)) => {
+        let event = match fire {
+            Some(n) => {
                 let stage = &info.stages[n];
                 let s = &mut self.slots[iu];
                 s.until = match stage.ban {
@@ -910,8 +994,7 @@ impl Tracker {
     }
 
     fn live(&self, (i, seq): (u32, u32)) -> bool {
-        let s = &self.slots[i as usize];
-        s.rule != FREE && s.seq == seq
+        self.meta[i as usize].stamp == seq
     }
 
     fn evict_one(&mut self) {
@@ -919,9 +1002,18 @@ impl Tracker {
             if self.live(rec) {
                 self.release(rec.0);
                 self.evicted += 1;
-                // The next ones to look at, for the next eviction.
-                for &(i, _) in self.order.iter().take(2) {
-                    prefetch(&self.slots[i as usize].addr);
+                // Drop the stale records now, and ask for the slot and
+                // table entry the next eviction will likely need.
+                while let Some(&rec) = self.order.front() {
+                    if self.live(rec) {
+                        let i = rec.0 as usize;
+                        prefetch(&self.slots[i]);
+                        prefetch(&self.slots[i].base);
+                        prefetch(&self.slots[i].ev);
+                        self.table.prefetch(u64::from(self.meta[i].tag));
+                        break;
+                    }
+                    self.order.pop_front();
                 }
                 return;
             }
@@ -991,13 +1083,14 @@ fn printable(b: &[u8]) -> bool {
         // c < 0x20 or c >= 0x7f, except tab
         u8::from(c.wrapping_sub(0x20) >= 0x5f) & u8::from(c != b'\t')
     }
-    let mut chunks = b.chunks_exact(16);
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0, |acc, &c| acc | bad(c)) != 0 {
-            return false;
-        }
+    fn all_good(chunk: &[u8]) -> bool {
+        chunk.iter().fold(0, |acc, &c| acc | bad(c)) == 0
     }
-    chunks.remainder().iter().all(|&c| bad(c) == 0)
+    if b.len() < 16 {
+        return b.iter().all(|&c| bad(c) == 0);
+    }
+    // Whole chunks, then the last 16 bytes (overlapping the last chunk).
+    b.chunks_exact(16).all(all_good) && all_good(&b[b.len() - 16..])
 }
 
 #[cfg(test)]
@@ -1158,6 +1251,7 @@ mod tests {
             max_tracked: 100,
             ..Limits::default()
         });
+        t.prefault();
         for i in 0..10_000u32 {
             let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
             t.observe(&line(&format!("bad from {a}")), at(u64::from(i)));
