@@ -58,6 +58,8 @@ fn feed_command(host: &Host, agent: &Agent, args: &[&str]) -> std::process::Comm
 
 /// Runs `palisade feed ARGS` and returns its output and its own peak RSS
 /// in kB (from `wait4`, so other tests' processes do not count).
+// The child is reaped by wait4 below, which std does not know about.
+#[allow(clippy::zombie_processes)]
 fn feed_cli_peak(host: &Host, agent: &Agent, args: &[&str]) -> (Output, i64) {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();

@@ -1437,7 +1437,7 @@ mod tests {
                 _ => now + r.below(4_000),
             };
             let a = r.below(60);
-            let addr: IpAddr = if a % 3 == 0 {
+            let addr: IpAddr = if a.is_multiple_of(3) {
                 format!("2001:db8::{a:x}").parse().unwrap()
             } else {
                 format!("198.51.100.{a}").parse().unwrap()

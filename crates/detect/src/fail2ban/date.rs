@@ -202,11 +202,13 @@ fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Te
     // Fast form: drop the leading and trailing boundary guards.
     let mut core = translated.clone();
     let mut gf = String::new();
-    if core.starts_with("(?") && !core.starts_with("(?=") && !core.starts_with("(?:") {
-        if let Some(e) = core.find(')') {
-            gf = core[..=e].to_string();
-            core = core[e + 1..].to_string();
-        }
+    if core.starts_with("(?")
+        && !core.starts_with("(?=")
+        && !core.starts_with("(?:")
+        && let Some(e) = core.find(')')
+    {
+        gf = core[..=e].to_string();
+        core = core[e + 1..].to_string();
     }
     let sb = core.starts_with(r"(?=^|\b|\W)");
     if sb {

@@ -294,10 +294,11 @@ pub fn parse_messages(buf: &[u8]) -> Vec<Packet> {
         if mlen < 16 || off + mlen > buf.len() {
             break;
         }
-        if mty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && mlen >= 20 {
-            if let Some(p) = parse_packet(&buf[off + 20..off + mlen]) {
-                out.push(p);
-            }
+        if mty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+            && mlen >= 20
+            && let Some(p) = parse_packet(&buf[off + 20..off + mlen])
+        {
+            out.push(p);
         }
         off += (mlen + 3) & !3;
     }
