@@ -38,6 +38,11 @@ fn main() {
     }
     raise_open_files(200_000);
     let args: Vec<String> = std::env::args().collect();
+    // Agents and the hub log as in production (`info`), unless `LOGS` asks
+    // for their debug lines.
+    if !args.iter().any(|a| a == "LOGS") {
+        set_test_log("info");
+    }
     let quick = args.iter().any(|a| a == "QUICK");
     let parts = ["propagation", "ingest", "fanout", "snapshot"];
     let chosen: Vec<&str> = parts
@@ -124,6 +129,17 @@ fn propagation(n: usize, samples: usize) {
     println!("  {:<44} {:>9} {:>9} {:>9}", "", "p50", "p99", "max");
     row("report -> in the kernel of every other agent", &mut slowest);
     row("report -> in the kernel of one other agent", &mut each);
+    // `LOGS`: the hub's and the first two agents' logs, to see where the
+    // time goes.
+    if std::env::args().any(|a| a == "LOGS") {
+        let dir = std::env::temp_dir().join("palisade-bench-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hub.log"), hub.log()).unwrap();
+        for (name, agent) in names.iter().zip(&agents).take(2) {
+            std::fs::write(dir.join(format!("{name}.log")), agent.log()).unwrap();
+        }
+        println!("  logs in {}", dir.display());
+    }
     drop(agents);
     drop(hub);
 }
@@ -337,7 +353,17 @@ fn fanout(clients: usize) {
     );
 }
 
+/// The log filter of the palisade processes started from now on.
+fn set_test_log(filter: &str) {
+    // SAFETY: called between parts, while no other thread of this process
+    // reads the environment.
+    unsafe { std::env::set_var("PALISADE_TEST_LOG", filter) };
+}
+
 fn snapshot(total: usize) {
+    // The agent's debug lines per applied batch give the breakdown below
+    // (a few lines per 10,000 decisions).
+    set_test_log("info,palisade_agent=debug");
     let (lab, names) = hub_lab(1);
     let mut hub = Hub::stopped(
         lab.host("hub"),

@@ -41,6 +41,15 @@ pub struct HubArgs {
     #[arg(long, env = "PALISADE_HUB_JOIN", value_name = "URL")]
     join: Option<String>,
 
+    /// Log filter, e.g. `info`, `debug`, `palisade_hub=debug`
+    #[arg(
+        long,
+        env = "PALISADE_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+
     #[command(flatten)]
     place: HubPlace,
 }
@@ -133,7 +142,7 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     let config = ctx.load_config()?;
     match args.command {
         None => {
-            super::agent::init_logging("info")?;
+            super::agent::init_logging(&args.log)?;
             let options = options(&config, &args.place)?;
             match args.join.clone().or(config.hub.join.clone()) {
                 None => palisade_hub::run(options)?,

@@ -77,7 +77,7 @@ impl Agent {
             .arg(self.state_dir())
             .arg("--socket")
             .arg(self.socket())
-            .env("PALISADE_LOG", "info,palisade_agent=debug")
+            .env("PALISADE_LOG", log_filter("info,palisade_agent=debug"))
             .env_remove("PALISADE_CONFIG")
             .env_remove("PALISADE_JOIN")
             .env_remove("PALISADE_TOKEN");
@@ -205,7 +205,7 @@ impl Hub {
             .arg(self.dir.path().join("palisade.toml"))
             .args(["hub", "--listen", &self.listen])
             .args(self.place())
-            .env("PALISADE_LOG", "info,palisade_hub=debug")
+            .env("PALISADE_LOG", log_filter("info,palisade_hub=debug"))
             .env_remove("PALISADE_CONFIG");
         let proc = Proc::spawn(cmd).expect("start the hub");
         let ready = proc.wait_for_stderr("palisade hub running", Duration::from_secs(20));
@@ -835,4 +835,11 @@ pub fn lab_certificates(ip: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathB
         .arg(dir.path())
         .status();
     (dir, ca, cert, key)
+}
+
+/// The log filter for palisade processes: `default` (debug for the
+/// process's own crate, to explain failures), or `PALISADE_TEST_LOG`
+/// (benchmarks measure with production logging: `info`).
+pub fn log_filter(default: &str) -> String {
+    std::env::var("PALISADE_TEST_LOG").unwrap_or_else(|_| default.to_string())
 }

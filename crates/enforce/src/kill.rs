@@ -123,6 +123,12 @@ impl Killer {
         v6: bool,
         hit: &dyn Fn(std::net::IpAddr) -> bool,
     ) -> Result<usize, EnforceError> {
+        // The kernel keeps one conntrack table for all namespaces and a dump
+        // walks all of it (milliseconds on a busy host, for every ban); a
+        // namespace that tracks nothing has nothing to cut.
+        if tracked_here() == Some(0) {
+            return Ok(0);
+        }
         let mut killed = 0;
         for (wanted, family) in [(v4, ct::AF_INET), (v6, ct::AF_INET6)] {
             if !wanted {
@@ -136,6 +142,17 @@ impl Killer {
         }
         Ok(killed)
     }
+}
+
+/// How many connections conntrack tracks in this thread's network
+/// namespace (`None` when that cannot be read: conntrack not loaded, or
+/// an older kernel; the dump then decides).
+fn tracked_here() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Kills the connections of `net` in the calling thread's network
