@@ -105,12 +105,36 @@ fn monitor(tx: mpsc::Sender<(Instant, Vec<u8>)>, ready: mpsc::Sender<()>) {
             &big as *const _ as *const libc::c_void,
             4,
         );
+        // Wakes up now and then to see whether anyone still listens: a
+        // subscribed socket left behind makes the kernel build a
+        // notification for every element of later bulk loads.
+        let wake = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &wake as *const _ as *const libc::c_void,
+            std::mem::size_of_val(&wake) as u32,
+        );
         ready.send(()).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
             let now = Instant::now();
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                // An empty message matches no element; it fails once the
+                // receiver is gone.
+                if tx.send((now, Vec::new())).is_err() {
+                    libc::close(fd);
+                    return;
+                }
+                continue;
+            }
             if n <= 0 {
+                libc::close(fd);
                 return;
             }
             let mut off = 0usize;
