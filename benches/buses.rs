@@ -17,10 +17,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{committed_before, ms, observe};
 use palisade_control::{BanRequest, Client, Request, Response};
 use palisade_lab::{Lab, LabBuilder, require_root_and};
 use palisade_model::{Net, Scope, Source};
@@ -133,10 +135,6 @@ fn pct(v: &mut [Duration], q: f64) -> Duration {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Keeps whatever runs the bus alive for the run.
 #[allow(dead_code)]
 enum Carrier {
@@ -181,20 +179,7 @@ fn run(bus: &str, nats_bin: &str, n: usize, samples: usize, salt: u32) -> Figure
     // Observers in every agent's namespace but the reporter's.
     let mut observers = Vec::new();
     for name in &names[2..] {
-        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns = lab.host(name).ns_name().to_string();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            unsafe {
-                use std::os::fd::AsRawFd;
-                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0);
-            }
-            monitor(tx, ready_tx);
-        });
-        ready_rx.recv().unwrap();
-        observers.push(rx);
+        observers.push(observe(lab.host(name)));
     }
     let mut client = Client::connect(&agents[0].socket()).unwrap();
     let mut figures = Figures {
@@ -224,7 +209,7 @@ fn run(bus: &str, nats_bin: &str, n: usize, samples: usize, salt: u32) -> Figure
         let mut each = Vec::with_capacity(observers.len());
         let mut lost = false;
         for rx in &observers {
-            match committed(rx, a, t0 + Duration::from_secs(5)) {
+            match committed_before(rx, a, t0 + Duration::from_secs(5)) {
                 Some(t) => {
                     let d = t.saturating_duration_since(t0);
                     each.push(d);
@@ -251,91 +236,4 @@ fn run(bus: &str, nats_bin: &str, n: usize, samples: usize, salt: u32) -> Figure
     drop(agents);
     drop(carrier);
     figures
-}
-
-/// When the kernel announced the element `addr` in this namespace (None
-/// after `deadline`).
-fn committed(
-    rx: &mpsc::Receiver<(Instant, Vec<u8>)>,
-    addr: Ipv4Addr,
-    deadline: Instant,
-) -> Option<Instant> {
-    let mut key = vec![8, 0, 1, 0];
-    key.extend_from_slice(&addr.octets());
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (t, msg) = rx.recv_timeout(left).ok()?;
-        if msg.windows(key.len()).any(|w| w == key.as_slice()) {
-            return Some(t);
-        }
-    }
-}
-
-/// Subscribes to NFNLGRP_NFTABLES and sends every NEWSETELEM notification
-/// with its arrival time.
-fn monitor(tx: mpsc::Sender<(Instant, Vec<u8>)>, ready: mpsc::Sender<()>) {
-    const NFNLGRP_NFTABLES: libc::c_int = 7;
-    const NFT_MSG_NEWSETELEM: u16 = 12;
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
-    // SAFETY: plain socket calls with valid arguments; the buffer outlives recv.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        );
-        assert!(fd >= 0);
-        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        assert_eq!(
-            libc::bind(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&sa) as u32
-            ),
-            0
-        );
-        let g = NFNLGRP_NFTABLES;
-        assert_eq!(
-            libc::setsockopt(
-                fd,
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                &g as *const _ as *const libc::c_void,
-                4
-            ),
-            0
-        );
-        let big: libc::c_int = 16 << 20;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &big as *const _ as *const libc::c_void,
-            4,
-        );
-        ready.send(()).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
-            let now = Instant::now();
-            if n <= 0 {
-                return;
-            }
-            let mut off = 0usize;
-            while off + 16 <= n as usize {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                if len < 16 || off + len > n as usize {
-                    break;
-                }
-                if ty == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM)
-                    && tx.send((now, buf[off..off + len].to_vec())).is_err()
-                {
-                    return;
-                }
-                off += (len + 3) & !3;
-            }
-        }
-    }
 }

@@ -34,14 +34,23 @@ pub fn observe(ns: &Netns) -> mpsc::Receiver<(Instant, Vec<u8>)> {
 /// Other notifications (the interval's end element, earlier bans) are
 /// skipped.
 pub fn committed(rx: &mpsc::Receiver<(Instant, Vec<u8>)>, addr: Ipv4Addr) -> Instant {
+    committed_before(rx, addr, Instant::now() + Duration::from_secs(5))
+        .expect("kernel notification")
+}
+
+/// Like [`committed`], or `None` once `deadline` has passed.
+pub fn committed_before(
+    rx: &mpsc::Receiver<(Instant, Vec<u8>)>,
+    addr: Ipv4Addr,
+    deadline: Instant,
+) -> Option<Instant> {
     let mut key = vec![8, 0, 1, 0];
     key.extend_from_slice(&addr.octets());
     loop {
-        let (t, msg) = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("kernel notification");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (t, msg) = rx.recv_timeout(left).ok()?;
         if msg.windows(key.len()).any(|w| w == key.as_slice()) {
-            return t;
+            return Some(t);
         }
     }
 }
