@@ -534,13 +534,7 @@ impl Writer<'_> {
 
     /// Every record of `map`, in key order.
     pub fn map_entries(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>> {
-        let table = self.tx.open_table(map.table())?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        records(&self.tx.open_table(map.table())?)
     }
 
     /// A named number (e.g. a stream cursor), 0 if never set.
@@ -834,13 +828,7 @@ impl Reader {
 
     /// Every record of `map`, in key order.
     pub fn map_entries(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>> {
-        let table = self.tx.open_table(map.table())?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        records(&self.tx.open_table(map.table())?)
     }
 
     /// A named number (e.g. a stream cursor), 0 if never set.
@@ -990,6 +978,18 @@ fn expiry_upper_bound(now: Timestamp) -> Vec<u8> {
     let mut k = now.as_millis().to_be_bytes().to_vec();
     k.push(u8::MAX);
     k
+}
+
+/// Every record of a map table, in key order (for writers and readers).
+fn records(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in table.iter()? {
+        let (k, v) = item?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 fn encode(d: &Decision) -> Vec<u8> {
