@@ -81,6 +81,9 @@ struct Want {
     reason: Option<String>,
     evidence: Vec<String>,
     scope: Scope,
+    /// The detection could have been forged (a port probe): the network
+    /// bans it only when several nodes confirm it.
+    unverified: bool,
 }
 
 /// The result of a mutation: how targets ended, per-target outcomes (only
@@ -240,6 +243,7 @@ impl Core {
                 evidence: req.evidence.clone(),
                 scope: self.scope(req.scope),
                 list: None,
+                unverified: false,
             });
             self.ban_wanted(wants.collect(), now, &mut applied)?;
         }
@@ -275,6 +279,7 @@ impl Core {
                     evidence,
                     scope: self.scope(scope),
                     list: stage.list.clone(),
+                    unverified: false,
                 }),
                 Event::Forgive { rule, address } => forgiven.push((rule, address)),
             }
@@ -349,6 +354,7 @@ impl Core {
                     evidence: want.evidence.clone(),
                     source: want.source,
                     actor: want.actor.clone(),
+                    unverified: want.unverified,
                 });
             }
             let mut origin = Origin::new(self.settings.node.clone(), want.source);
