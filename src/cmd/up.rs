@@ -182,8 +182,19 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or(config.agent.state_dir.clone());
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let (options, enforcers) =
-        super::agent::agent_options(&config, node, state_dir, socket, Some(Arc::new(link)))?;
+    let infrastructure = super::addresses::hub_addresses(
+        ready.listen,
+        &config.hub.names,
+        config.hub.public_url.as_deref(),
+    );
+    let (options, enforcers) = super::agent::agent_options(
+        &config,
+        node,
+        state_dir,
+        socket,
+        Some(Arc::new(link)),
+        &infrastructure,
+    )?;
     let result = palisade_agent::run(options, enforcers);
     // The agent stopped on a signal, which also stops the hub.
     let _ = hub_thread.join();
