@@ -33,6 +33,7 @@ pub mod filter;
 mod hosts;
 pub mod ipset;
 pub mod kill;
+pub mod layout;
 pub mod nftables;
 mod partition;
 pub mod xt_recent;

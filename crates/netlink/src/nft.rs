@@ -78,6 +78,9 @@ pub enum Hook {
     Forward,
     Output,
     Postrouting,
+    /// The per-device ingress hook (inet family since Linux 5.10), before
+    /// any IP processing; a chain on it names its device.
+    Ingress,
 }
 
 impl Hook {
@@ -88,6 +91,7 @@ impl Hook {
             Hook::Forward => 2,
             Hook::Output => 3,
             Hook::Postrouting => 4,
+            Hook::Ingress => 5,
         }
     }
 }
@@ -127,6 +131,7 @@ const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_HOOK_DEV: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -463,6 +468,8 @@ pub struct ChainSpec<'a> {
     pub hook: Hook,
     pub priority: i32,
     pub policy: Verdict,
+    /// The interface of an [`Hook::Ingress`] chain; `None` for the others.
+    pub device: Option<&'a str>,
 }
 
 /// Adds `NEWCHAIN` for a base filter chain.
@@ -476,6 +483,9 @@ pub fn new_chain(b: &mut Batch, family: u8, table: &str, chain: &ChainSpec<'_>) 
     let hook = buf.nest(NFTA_CHAIN_HOOK);
     buf.put_u32_be(NFTA_HOOK_HOOKNUM, chain.hook.num());
     buf.put_u32_be(NFTA_HOOK_PRIORITY, chain.priority as u32);
+    if let Some(device) = chain.device {
+        buf.put_str(NFTA_HOOK_DEV, device);
+    }
     buf.nest_end(hook);
     b.end(m);
 }
