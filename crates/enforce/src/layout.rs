@@ -36,12 +36,21 @@
 //! with a warning instead of failing the whole transaction (which would
 //! leave the host unprotected).
 //!
-//! Every chain is created in the same transaction as the table, so a
-//! table in any earlier layout is replaced without a moment in which
-//! neither the old nor the new chains drop (see `Nftables::reload`).
+//! Every chain is created in the same transaction as the table, so the
+//! table is replaced without a moment in which neither the old nor the new
+//! chains drop (see `Nftables::reload`). A table in the earlier layout
+//! (drops in input and forward chains) needs one more step: a packet that
+//! crosses prerouting just before the transaction commits (the new chain
+//! is not active yet) and reaches input just after it (the old chain is
+//! empty by then) would meet no drop rule at all. So the transaction that
+//! upgrades also builds `upgrade_input` and `upgrade_forward`, copies of
+//! the old chains that catch such a packet, and a second, small
+//! transaction deletes them once the prerouting chain is active.
 
+use palisade_netlink::Socket;
 use palisade_netlink::nft::{self, Batch, ChainSpec, Hook, SetSpec, Verdict, family};
 
+use crate::NetlinkError;
 use crate::nftables::{NftConfig, SetName};
 
 /// Most connection attempts per second reported to the probe NFLOG group.
@@ -54,9 +63,41 @@ pub const INGRESS_PRIORITY: i32 = -500;
 /// run before it to spare the kernel the lookup and the allocation.
 pub const CONNTRACK_PRIORITY: i32 = -200;
 
+/// A chain only the earlier layout has.
+const OLD_LAYOUT_CHAIN: &str = "forward";
+
+/// The chains that keep the earlier layout's drops while it is replaced.
+const UPGRADE_CHAINS: [(&str, Hook); 2] = [
+    ("upgrade_input", Hook::Input),
+    ("upgrade_forward", Hook::Forward),
+];
+
+/// Whether `table` is in the earlier layout. When the kernel cannot say,
+/// the answer is yes: the extra chains cost a second transaction, a gap
+/// would cost protection.
+pub fn holds_old_layout(sock: &mut Socket, table: &str) -> bool {
+    nft::chain_exists(sock, family::INET, table, OLD_LAYOUT_CHAIN).unwrap_or(true)
+}
+
+/// Deletes the chains [`add_chains`] added for an upgrade, once the
+/// transaction that added them committed.
+pub fn finish_upgrade(sock: &mut Socket, table: &str) -> Result<(), NetlinkError> {
+    let mut b = Batch::new();
+    for (chain, _) in UPGRADE_CHAINS {
+        nft::del_chain(&mut b, family::INET, table, chain);
+    }
+    b.send(sock)
+}
+
 /// Adds the chains and their rules to a batch that creates `table` with
-/// the sets of `sets` (in rule order).
-pub fn add_chains(b: &mut Batch, config: &NftConfig, sets: &[(SetName, SetSpec<'_>)]) {
+/// the sets of `sets` (in rule order); with `upgrading`, also the chains
+/// that bridge the switch from the earlier layout.
+pub fn add_chains(
+    b: &mut Batch,
+    config: &NftConfig,
+    sets: &[(SetName, SetSpec<'_>)],
+    upgrading: bool,
+) {
     let table = config.table.as_str();
     let filter = |b: &mut Batch, name: &str, hook: Hook, priority: i32, device: Option<&str>| {
         nft::new_chain(
@@ -89,6 +130,12 @@ pub fn add_chains(b: &mut Batch, config: &NftConfig, sets: &[(SetName, SetSpec<'
         let chain = ingress_chain_name(device);
         filter(b, &chain, Hook::Ingress, INGRESS_PRIORITY, Some(device));
         decide(b, &chain);
+    }
+    if upgrading {
+        for (chain, hook) in UPGRADE_CHAINS {
+            filter(b, chain, hook, config.priority, None);
+            decide(b, chain);
+        }
     }
     if let Some(group) = config.probe_log_group {
         filter(b, "input", Hook::Input, config.priority, None);

@@ -606,6 +606,7 @@ impl Nftables {
         let elements = self.v4.elements_len() + self.v6.elements_len();
         let mut b = Batch::with_capacity(4096 + elements * 56);
         let table = self.config.table.as_str();
+        let upgrading = layout::holds_old_layout(&mut self.sock, table);
         // Create it so that the delete cannot fail, delete it with whatever
         // is in it (stale elements, foreign rules), and build it anew.
         nft::new_table(&mut b, family::INET, table);
@@ -622,7 +623,7 @@ impl Nftables {
             nft::new_set(&mut b, family::INET, table, &spec);
             specs.push((set, spec));
         }
-        layout::add_chains(&mut b, &self.config, &specs);
+        layout::add_chains(&mut b, &self.config, &specs, upgrading);
         for (set, spec) in &specs {
             let mut w = ElemWriter::new(
                 &mut b,
@@ -638,7 +639,10 @@ impl Nftables {
             }
             w.finish();
         }
-        let result = b.send(&mut self.sock);
+        let mut result = b.send(&mut self.sock);
+        if upgrading && result.is_ok() {
+            result = layout::finish_upgrade(&mut self.sock, &self.config.table);
+        }
         self.in_sync = result.is_ok();
         result
     }

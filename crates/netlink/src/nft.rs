@@ -29,6 +29,8 @@ pub mod msg {
     pub const GETTABLE: u8 = 1;
     pub const DELTABLE: u8 = 2;
     pub const NEWCHAIN: u8 = 3;
+    pub const GETCHAIN: u8 = 4;
+    pub const DELCHAIN: u8 = 5;
     pub const NEWRULE: u8 = 6;
     pub const NEWSET: u8 = 9;
     pub const NEWSETELEM: u8 = 12;
@@ -964,28 +966,70 @@ where
     })
 }
 
-/// True if the table exists.
+/// Whether `table` exists (`GETTABLE`).
 pub fn table_exists(sock: &mut Socket, family: u8, table: &str) -> Result<bool, Error> {
-    let mut req = MsgBuf::with_capacity(64);
+    exists(
+        sock,
+        msg::GETTABLE,
+        family,
+        &[(NFTA_TABLE_NAME, table)],
+        &format!("table {} {table}", family_name(family)),
+    )
+}
+
+/// Whether `chain` exists in `table` (`GETCHAIN`).
+pub fn chain_exists(
+    sock: &mut Socket,
+    family: u8,
+    table: &str,
+    chain: &str,
+) -> Result<bool, Error> {
+    exists(
+        sock,
+        msg::GETCHAIN,
+        family,
+        &[(NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, chain)],
+        &format!("chain {} {table} {chain}", family_name(family)),
+    )
+}
+
+/// Sends one `GET*` request for an object named by `attrs`: found, or
+/// ENOENT (a missing table answers ENOENT for its chains too).
+fn exists(
+    sock: &mut Socket,
+    ty: u8,
+    family: u8,
+    attrs: &[(u16, &str)],
+    what: &str,
+) -> Result<bool, Error> {
+    let mut req = MsgBuf::with_capacity(128);
     let seq = sock.take_seqs(1);
     let m = req.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | msg::GETTABLE as u16,
+        (NFNL_SUBSYS_NFTABLES << 8) | ty as u16,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
     );
     req.nfgenmsg(family, 0);
-    req.put_str(NFTA_TABLE_NAME, table);
+    for (attr, value) in attrs {
+        req.put_str(*attr, value);
+    }
     req.end(m);
     let nacks = sock.transact(req.as_bytes(), seq, 1)?;
     match nacks.first() {
         None => Ok(true),
         Some(n) if n.errno == libc::ENOENT => Ok(false),
-        Some(n) => Err(Error::new(
-            format!("looking up table {} {table}", family_name(family)),
-            n.errno,
-        )
-        .with_kernel_message(n.message.clone())),
+        Some(n) => Err(Error::new(format!("looking up {what}"), n.errno)
+            .with_kernel_message(n.message.clone())),
     }
+}
+
+/// Adds `DELCHAIN` (deletes the chain with its rules; fails with ENOENT if
+/// it does not exist).
+pub fn del_chain(b: &mut Batch, family: u8, table: &str, chain: &str) {
+    let m = b.begin(msg::DELCHAIN, family, 0);
+    b.buf().put_str(NFTA_CHAIN_TABLE, table);
+    b.buf().put_str(NFTA_CHAIN_NAME, chain);
+    b.end(m);
 }
 
 #[cfg(test)]
