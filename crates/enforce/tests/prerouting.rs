@@ -14,7 +14,7 @@ use std::time::Duration;
 use palisade_enforce::nftables::{NftConfig, Nftables};
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_lab::{
-    Lab, LabBuilder, Netns, TcpServer, ping, require_root_and, tcp_connect, wait_until,
+    Lab, LabBuilder, Netns, Proc, TcpServer, ping, require_root_and, tcp_connect, wait_until,
 };
 use palisade_model::{Action, Net};
 use serde_json::Value;
@@ -197,9 +197,31 @@ fn upgrading_from_the_input_layout_leaves_no_gap() {
     // The old layout, as an agent of an earlier version left it...
     let old = old_layout(&source.to_string());
     victim.exec("nft", &[&old]);
+    // The kernel's own account of the chain changes, for the first switch.
+    let mut monitor = Proc::spawn({
+        let mut c = victim.command("nft");
+        c.args(["monitor", "chains"]);
+        c
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     std::thread::scope(|s| {
         s.spawn(|| flood(attacker, to, &stop, &sent));
         for round in 0..switches {
+            if round == 1 {
+                // Bridged: the old chains' copies came with prerouting and
+                // went once it was active.
+                let changes = monitor.stdout();
+                for line in [
+                    "add chain inet palisade upgrade_input",
+                    "add chain inet palisade upgrade_forward",
+                    "delete chain inet palisade upgrade_input",
+                    "delete chain inet palisade upgrade_forward",
+                ] {
+                    assert!(changes.contains(line), "{line}: {changes}");
+                }
+                monitor.stop();
+            }
             if round > 0 {
                 victim.exec("nft", &[&old]);
             }
