@@ -19,16 +19,15 @@ use palisade_lab::{
 use palisade_model::{Action, Net};
 use serde_json::Value;
 
-/// Runs `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS` (split at spaces), which must succeed.
+fn ip(args: &str) {
     let out = std::process::Command::new("ip")
-        .args(args)
+        .args(args.split(' '))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
+        "ip {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -318,41 +317,20 @@ fn a_dnat_published_container_port_is_closed_to_banned_sources_only() {
         .build();
     let server = lab.host("server");
     let container = Netns::new();
-    ip(&[
-        "link",
-        "add",
-        "ctr0",
-        "netns",
-        server.ns_name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        container.name(),
-    ]);
-    for (ns, cmds) in [
-        (
-            server.ns_name(),
-            &["addr add 198.19.0.1/24 dev ctr0", "link set ctr0 up"][..],
-        ),
-        (
-            container.name(),
-            &[
-                "addr add 198.19.0.2/24 dev eth0",
-                "link set eth0 up",
-                "route add default via 198.19.0.1",
-            ][..],
-        ),
+    let (host, ctr) = (server.ns_name(), container.name());
+    for args in [
+        format!("link add ctr0 netns {host} type veth peer name eth0 netns {ctr}"),
+        format!("-n {host} addr add 198.19.0.1/24 dev ctr0"),
+        format!("-n {host} link set ctr0 up"),
+        format!("-n {ctr} addr add 198.19.0.2/24 dev eth0"),
+        format!("-n {ctr} link set eth0 up"),
+        format!("-n {ctr} route add default via 198.19.0.1"),
     ] {
-        for c in cmds {
-            let mut args = vec!["-n", ns];
-            args.extend(c.split(' '));
-            ip(&args);
-        }
+        ip(&args);
     }
-    server.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    server
+        .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .expect("enable forwarding in the server's namespace");
     server.exec(
         "nft",
         &["add table ip docker
