@@ -2,6 +2,8 @@
 //!
 //! - `prerouting`: palisade's table as it is now (drop at raw priority,
 //!   before conntrack);
+//! - `ingress`: the same with `ingress_devices = ["eth0"]` (drop at the
+//!   interface's ingress hook, before IP processing);
 //! - `input`: the same table and sets in the earlier layout (drop in
 //!   input and forward chains at -10, after conntrack);
 //! - `ipset`: a `hash:ip` set and `iptables -I INPUT -m set --match-set
@@ -19,15 +21,16 @@
 //! 10,000 spoofed sources in 198.19.0.0/18 over a veth with an AF_PACKET
 //! socket (`sendmmsg`, qdisc bypass), pinned to `TX_CPU`. The victim's
 //! receive path (what the softirq of a real NIC would do) runs in a
-//! threaded NAPI instance pinned to `RX_CPU`, so that thread's CPU time is
-//! the cost of handling the flood (`ethtool` turns on veth's NAPI). The
+//! threaded NAPI instance pinned to `RX_CPU` at real-time priority 1 (so
+//! that, like softirq work, it preempts ordinary tasks), and that thread's
+//! CPU time is the cost of handling the flood (`ethtool` turns on veth's NAPI). The
 //! victim has no route to the spoofed sources: nothing it sends leaves the
 //! lab.
 //!
 //! Reported per layout and protocol: frames sent per second, packets the
 //! victim's stack handled (and dropped: every source is banned) per second,
 //! receive CPU time per million packets (= ns per packet) and its
-//! ratio to the prerouting layout, conntrack entries created during a
+//! ratio to the first layout listed (prerouting by default), conntrack entries created during a
 //! separate second of flood (an observer rule `ct state new counter` right
 //! after conntrack, added only then so that its own cost stays out of the
 //! CPU figure), and the latency of a legitimate TCP connect from an
@@ -39,7 +42,7 @@
 //! Run as root: `cargo bench -p palisade-enforce --bench flood`.
 //! Environment: `FLOOD_SECS` (measured seconds per run, default 10),
 //! `FLOOD_BANS` (default 1000000), `FLOOD_LAYOUTS` (default
-//! `prerouting,input,ipset,fail2ban`), `FLOOD_PROTOS` (default `syn,udp`),
+//! `prerouting,ingress,input,ipset,fail2ban`), `FLOOD_PROTOS` (default `syn,udp`),
 //! `RX_CPU` (default 0), `TX_CPU` (default 1).
 
 use std::io::Write;
@@ -68,6 +71,7 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Prerouting,
+    Ingress,
     Input,
     Ipset,
     Fail2ban,
@@ -77,16 +81,18 @@ impl Layout {
     fn parse(s: &str) -> Layout {
         match s {
             "prerouting" => Layout::Prerouting,
+            "ingress" => Layout::Ingress,
             "input" => Layout::Input,
             "ipset" => Layout::Ipset,
             "fail2ban" => Layout::Fail2ban,
-            _ => panic!("unknown layout {s:?} (prerouting, input, ipset, fail2ban)"),
+            _ => panic!("unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban)"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Layout::Prerouting => "prerouting",
+            Layout::Ingress => "ingress",
             Layout::Input => "input",
             Layout::Ipset => "ipset",
             Layout::Fail2ban => "fail2ban",
@@ -150,7 +156,7 @@ fn main() {
     };
     let layouts: Vec<Layout> = env(
         "FLOOD_LAYOUTS",
-        "prerouting,input,ipset,fail2ban".to_string(),
+        "prerouting,ingress,input,ipset,fail2ban".to_string(),
     )
     .split(',')
     .map(|s| Layout::parse(s.trim()))
@@ -176,7 +182,7 @@ fn main() {
         "sent Mpps",
         "dropped Mpps",
         "rx CPU ms/Mp",
-        "vs prert.",
+        "vs first",
         "ct new in 1s",
         "connect med",
         "connect max",
@@ -209,7 +215,7 @@ fn main() {
     println!();
     println!(
         "rx CPU ms/Mp: CPU time of the victim's receive path per million packets handled (ns per \
-         packet); vs prert.: that cost relative to the first layout listed. ct new: packets that \
+         packet); vs first: that cost relative to the first layout listed. ct new: packets that \
          got a conntrack entry (observer `ct state new counter` after conntrack)."
     );
 }
@@ -316,16 +322,17 @@ fn prepare_victim(attacker: &Netns, victim: &Netns, rx_cpu: usize) -> i32 {
     let [pid] = new[..] else {
         panic!("expected one new NAPI thread for the victim's eth0, found {new:?}");
     };
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(rx_cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
+    pin(pid, rx_cpu);
+    // Softirq work preempts ordinary tasks; so does this thread, at the
+    // lowest real-time priority (the kernel's real-time throttling still
+    // leaves the core's other tasks 5%).
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: param is a valid sched_param for the call's duration.
+    let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
     assert_eq!(
         rc,
         0,
-        "pinning the NAPI thread: {}",
+        "NAPI thread priority: {}",
         std::io::Error::last_os_error()
     );
     pid
@@ -372,8 +379,15 @@ fn banned(total: u32) -> impl Iterator<Item = Ipv4Addr> {
 
 fn install(layout: Layout, victim: &Netns, bans: u32) {
     match layout {
-        Layout::Prerouting | Layout::Input => {
-            let mut nft = victim.run(|| Nftables::new(NftConfig::default()).expect("netlink"));
+        Layout::Prerouting | Layout::Ingress | Layout::Input => {
+            let config = NftConfig {
+                ingress_devices: match layout {
+                    Layout::Ingress => vec!["eth0".to_string()],
+                    _ => Vec::new(),
+                },
+                ..NftConfig::default()
+            };
+            let mut nft = victim.run(|| Nftables::new(config).expect("netlink"));
             let mut entries = banned(bans).map(|a| Entry {
                 action: Action::Ban,
                 net: Net::host(a.into()),
@@ -533,7 +547,7 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// Sends `frames` round and round from `ns`'s eth0 until `stop`.
 fn send(ns: &Netns, cpu: usize, frames: &[u8], stop: &AtomicBool, sent: &AtomicU64) {
     ns.run(|| {
-        pin(cpu);
+        pin(0, cpu);
         // SAFETY: plain socket calls on a socket this function owns; the
         // structures passed live across each call.
         unsafe {
@@ -591,13 +605,20 @@ fn send(ns: &Netns, cpu: usize, frames: &[u8], stop: &AtomicBool, sent: &AtomicU
     });
 }
 
-fn pin(cpu: usize) {
+/// Pins thread `pid` (0: the calling thread) to `cpu`.
+fn pin(pid: i32, cpu: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    unsafe {
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Packets the victim's eth0 took in (each then went through its stack).
