@@ -94,6 +94,7 @@ pub fn finish_upgrade(sock: &mut Socket, table: &str) -> Result<(), NetlinkError
 /// that bridge the switch from the earlier layout.
 pub fn add_chains(
     b: &mut Batch,
+    sock: &Socket,
     config: &NftConfig,
     sets: &[(SetName, SetSpec<'_>)],
     upgrading: bool,
@@ -126,7 +127,7 @@ pub fn add_chains(
         None,
     );
     decide(b, "prerouting");
-    for device in present(&config.ingress_devices) {
+    for device in present(sock, &config.ingress_devices) {
         let chain = ingress_chain_name(device);
         filter(b, &chain, Hook::Ingress, INGRESS_PRIORITY, Some(device));
         decide(b, &chain);
@@ -151,11 +152,12 @@ pub fn ingress_chain_name(device: &str) -> String {
     format!("ingress_{device}")
 }
 
-/// The configured interfaces that exist now; the kernel refuses an
-/// ingress chain on a missing one, and with it the whole transaction.
-fn present(devices: &[String]) -> impl Iterator<Item = &str> {
+/// The configured interfaces that exist now in the socket's namespace;
+/// the kernel refuses an ingress chain on a missing one, and with it the
+/// whole transaction.
+fn present<'a>(sock: &'a Socket, devices: &'a [String]) -> impl Iterator<Item = &'a str> {
     devices.iter().map(String::as_str).filter(|d| {
-        let exists = interface_index(d).is_some();
+        let exists = sock.interface_index(d).is_some();
         if !exists {
             tracing::warn!(
                 device = d,
@@ -165,13 +167,6 @@ fn present(devices: &[String]) -> impl Iterator<Item = &str> {
         }
         exists
     })
-}
-
-fn interface_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 /// Checks an interface name the way the kernel does (`dev_valid_name`):
@@ -212,7 +207,8 @@ mod tests {
 
     #[test]
     fn missing_interfaces_are_left_out() {
+        let sock = Socket::netfilter().unwrap();
         let devices = vec!["lo".to_string(), "pal-absent-0".to_string()];
-        assert_eq!(present(&devices).collect::<Vec<_>>(), ["lo"]);
+        assert_eq!(present(&sock, &devices).collect::<Vec<_>>(), ["lo"]);
     }
 }

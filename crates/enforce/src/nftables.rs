@@ -623,7 +623,7 @@ impl Nftables {
             nft::new_set(&mut b, family::INET, table, &spec);
             specs.push((set, spec));
         }
-        layout::add_chains(&mut b, &self.config, &specs, upgrading);
+        layout::add_chains(&mut b, &self.sock, &self.config, &specs, upgrading);
         for (set, spec) in &specs {
             let mut w = ElemWriter::new(
                 &mut b,

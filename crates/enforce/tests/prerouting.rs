@@ -264,8 +264,14 @@ fn ingress_chains_drop_before_prerouting_on_named_interfaces() {
     let (attacker, victim) = (lab.attacker(), lab.victim());
     let source = IpAddr::from(attacker.v6());
     observe(victim, source);
+    // An interface only the victim's namespace has: the enforcer looks
+    // interfaces up where its table lives, whichever thread loads it.
+    ip(&format!(
+        "-n {} link add palx0 type veth peer name palx1",
+        victim.ns_name()
+    ));
     let config = NftConfig {
-        ingress_devices: vec!["eth0".into(), "absent0".into()],
+        ingress_devices: vec!["eth0".into(), "absent0".into(), "palx0".into()],
         ..NftConfig::default()
     };
     let mut nft = load(
@@ -285,7 +291,9 @@ fn ingress_chains_drop_before_prerouting_on_named_interfaces() {
     // A missing interface is left out; the rest of the table is there.
     let table = victim.exec("nft", &["list", "table", "inet", "palisade"]);
     assert!(
-        !table.contains("absent0") && table.contains("chain prerouting"),
+        !table.contains("absent0")
+            && table.contains("chain ingress_palx0")
+            && table.contains("chain prerouting"),
         "{table}"
     );
     assert!(!ping(attacker, victim.v6().into()));
