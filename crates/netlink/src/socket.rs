@@ -123,8 +123,11 @@ impl Socket {
         // SAFETY: req is a valid ifreq with a NUL-terminated name; the
         // kernel writes the index into it.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
+        if rc != 0 {
+            return None;
+        }
         // SAFETY: on success the kernel filled ifru_ifindex.
-        (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+        Some(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
     }
 
     /// Reserves `n` consecutive sequence numbers and returns the first.
