@@ -125,6 +125,8 @@ struct Outcome {
     sent_per_sec: f64,
     handled_per_sec: f64,
     rx_ns_per_packet: f64,
+    /// Share of the wall-clock time the receive path was busy.
+    rx_busy: f64,
     conntrack_new: u64,
     connects: Vec<Duration>,
     failed: usize,
@@ -176,11 +178,12 @@ fn main() {
     );
     println!();
     println!(
-        "{:<4} {:<11} {:>10} {:>12} {:>14} {:>9} {:>12} {:>11} {:>11} {:>7}",
+        "{:<4} {:<11} {:>10} {:>12} {:>8} {:>14} {:>9} {:>12} {:>11} {:>11} {:>7}",
         "",
         "layout",
         "sent Mpps",
         "dropped Mpps",
+        "rx busy",
         "rx CPU ms/Mp",
         "vs first",
         "ct new in 1s",
@@ -195,7 +198,7 @@ fn main() {
             let base = *baseline.get_or_insert(o.rx_ns_per_packet);
             let (med, max) = percentiles(&o.connects);
             println!(
-                "{:<4} {:<11} {:>10.3} {:>12.3} {:>14.1} {:>8.2}x {:>12} {:>9.2}ms {:>9.2}ms {:>7}",
+                "{:<4} {:<11} {:>10.3} {:>12.3} {:>7.0}% {:>14.1} {:>8.2}x {:>12} {:>9.2}ms {:>9.2}ms {:>7}",
                 match proto {
                     Proto::Syn => "SYN",
                     Proto::Udp => "UDP",
@@ -203,6 +206,7 @@ fn main() {
                 layout.name(),
                 o.sent_per_sec / 1e6,
                 o.handled_per_sec / 1e6,
+                o.rx_busy * 100.0,
                 o.rx_ns_per_packet,
                 o.rx_ns_per_packet / base,
                 o.conntrack_new,
@@ -213,11 +217,15 @@ fn main() {
         }
     }
     println!();
-    println!(
-        "rx CPU ms/Mp: CPU time of the victim's receive path per million packets handled (ns per \
-         packet); vs first: that cost relative to the first layout listed. ct new: packets that \
-         got a conntrack entry (observer `ct state new counter` after conntrack)."
-    );
+    for line in [
+        "rx busy: share of the time the victim's receive path ran; below 100% the sender set the",
+        "  rate, and each wake-up of the receive path is shared by fewer packets.",
+        "rx CPU ms/Mp: CPU time of the victim's receive path per million packets handled (ns per",
+        "  packet); vs first: that cost relative to the first layout listed.",
+        "ct new: packets that got a conntrack entry (observer `ct state new counter` after conntrack).",
+    ] {
+        println!("{line}");
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -253,10 +261,10 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
     std::thread::scope(|s| {
         s.spawn(|| send(attacker, settings.tx_cpu, &frames, &stop, &sent));
         std::thread::sleep(Duration::from_secs(1)); // warm up
-        let (sent0, rx0, soft0) = (
+        let (sent0, rx0, rx_ns0) = (
             sent.load(Ordering::Relaxed),
             rx_packets(victim),
-            cpu_ticks(napi),
+            cpu_ns(napi),
         );
         let start = Instant::now();
         let mut connects = Vec::new();
@@ -272,14 +280,14 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
         let secs = start.elapsed().as_secs_f64();
         let sent_n = sent.load(Ordering::Relaxed) - sent0;
         let handled = rx_packets(victim) - rx0;
-        let soft = cpu_ticks(napi) - soft0;
+        let rx_ns = cpu_ns(napi) - rx_ns0;
         let conntrack_new = count_conntrack_new(victim);
         stop.store(true, Ordering::Relaxed);
-        let user_hz = 100.0; // USER_HZ, what /proc/stat counts in
         Outcome {
             sent_per_sec: sent_n as f64 / secs,
             handled_per_sec: handled as f64 / secs,
-            rx_ns_per_packet: soft as f64 / user_hz * 1e9 / handled.max(1) as f64,
+            rx_ns_per_packet: rx_ns as f64 / handled.max(1) as f64,
+            rx_busy: rx_ns as f64 / 1e9 / secs,
             conntrack_new,
             connects,
             failed,
@@ -350,16 +358,15 @@ fn napi_threads() -> Vec<i32> {
         .collect()
 }
 
-/// CPU time of thread `pid` so far (user + system), in USER_HZ ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("thread stat");
-    // Fields after the parenthesised name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    rest.split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse::<u64>().expect("ticks"))
-        .sum()
+/// Time thread `pid` has run so far, in ns (the scheduler's own account,
+/// `/proc/PID/schedstat`: exact, not sampled at clock ticks).
+fn cpu_ns(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .expect("thread schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("run time")
 }
 
 fn source(i: u32) -> Ipv4Addr {
