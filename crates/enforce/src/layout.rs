@@ -51,7 +51,7 @@ use palisade_netlink::Socket;
 use palisade_netlink::nft::{self, Batch, ChainSpec, Hook, SetSpec, Verdict, family};
 
 use crate::NetlinkError;
-use crate::nftables::{NftConfig, SetName};
+use crate::nftables::{NftConfig, SetName, kernel_version};
 
 /// Most connection attempts per second reported to the probe NFLOG group.
 const PROBE_LOG_PER_SECOND: u32 = 200;
@@ -154,19 +154,31 @@ pub fn ingress_chain_name(device: &str) -> String {
 
 /// The configured interfaces that exist now in the socket's namespace;
 /// the kernel refuses an ingress chain on a missing one, and with it the
-/// whole transaction.
+/// whole transaction. None before Linux 5.10, which has no inet ingress
+/// hook (the same failure).
 fn present<'a>(sock: &'a Socket, devices: &'a [String]) -> impl Iterator<Item = &'a str> {
-    devices.iter().map(String::as_str).filter(|d| {
-        let exists = sock.interface_index(d).is_some();
-        if !exists {
-            tracing::warn!(
-                device = d,
-                "no such interface: its ingress chain is left out until the next full load \
-                 (the prerouting chain still drops banned traffic arriving on it)"
-            );
-        }
-        exists
-    })
+    let supported = kernel_version().is_none_or(|v| v >= (5, 10));
+    if !supported && !devices.is_empty() {
+        tracing::warn!(
+            "ingress_devices needs Linux 5.10 or newer: no ingress chains \
+             (the prerouting chain still drops banned traffic)"
+        );
+    }
+    devices
+        .iter()
+        .map(String::as_str)
+        .filter(move |_| supported)
+        .filter(|d| {
+            let exists = sock.interface_index(d).is_some();
+            if !exists {
+                tracing::warn!(
+                    device = d,
+                    "no such interface: its ingress chain is left out until the next full load \
+                     (the prerouting chain still drops banned traffic arriving on it)"
+                );
+            }
+            exists
+        })
 }
 
 /// Checks an interface name the way the kernel does (`dev_valid_name`):

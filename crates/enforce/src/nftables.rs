@@ -40,8 +40,9 @@
 //! - [`Nftables::replace_all`](Enforcer::replace_all) rebuilds the table in
 //!   one transaction (`NEWTABLE`, `DELTABLE`, `NEWTABLE`, sets, chains,
 //!   rules, elements): packets see the old table or the new one, never an
-//!   empty one, and nothing stale survives. This is also how a table in an
-//!   earlier layout (input and forward chains) is upgraded at start.
+//!   empty one, and nothing stale survives. This is also how a table in the
+//!   earlier layout (input and forward chains) is upgraded at start, with
+//!   two chains bridging the switch (see `layout.rs`).
 //! - [`Nftables::apply`](Enforcer::apply) sends only the elements that
 //!   changed, in one transaction: `DESTROYSETELEM` for elements that went
 //!   away (missing elements are no error), `NEWSETELEM` for new ones, and

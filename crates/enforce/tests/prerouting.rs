@@ -307,7 +307,12 @@ fn ingress_chains_drop_before_prerouting_on_named_interfaces() {
         net: Net::host(source),
     }])
     .unwrap();
-    assert!(ping(attacker, victim.v6().into()));
+    // Neighbour discovery from the banned address was dropped too, so the
+    // first echo may wait for it to recover.
+    assert!(wait_until(Duration::from_secs(5), || ping(
+        attacker,
+        victim.v6().into()
+    )));
     assert!(counted(victim, "observe", "early") >= 1);
 }
 
