@@ -12,6 +12,7 @@ pub mod hubbus;
 pub mod install;
 pub mod report;
 pub mod show;
+pub mod sources;
 pub mod sshguard;
 pub mod up;
 
