@@ -62,6 +62,8 @@ enum Command {
     Install(cmd::install::InstallArgs),
     /// List the log sources the agent reads: configured, or found on this server
     Sources(cmd::sources::SourcesArgs),
+    /// Check what this server needs to run palisade, and say what to fix
+    Doctor(cmd::doctor::DoctorArgs),
     /// Pull external blocklists now, or show their state
     #[command(subcommand)]
     Feed(cmd::feed::FeedCommand),
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             .and_then(|socket| cmd::sshguard::run(a, &socket)),
         Command::Install(a) => cmd::install::run(&ctx, a, <Cli as clap::CommandFactory>::command()),
         Command::Sources(a) => cmd::sources::run(&ctx, a),
+        Command::Doctor(a) => cmd::doctor::run(&ctx, a),
         Command::Ban(a) => cmd::decide::ban(&ctx, a),
         Command::Unban(a) => cmd::decide::unban(&ctx, a),
         Command::Allow(a) => cmd::decide::allow(&ctx, a),

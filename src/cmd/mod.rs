@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod doctor;
 pub mod feed;
 pub mod hub;
 pub mod hubbus;

@@ -62,7 +62,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     super::agent::require_root()?;
     let config = match ctx.load_config() {
         Ok(c) => c,
-        Err(e) => return Ok(super::agent::config_error(e.into())),
+        Err(e) => return Ok(super::agent::config_error(e)),
     };
     let hub_options = super::hub::options(&config, &args.place)?;
     // With `[hub] join = "mqtt://…"` the hub is bridged to the broker too;
