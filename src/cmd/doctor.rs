@@ -364,7 +364,7 @@ fn check_hooks(ruleset: &Result<Value>, table: &str, priority: i32) -> Check {
             });
         let what = format!(
             "table {family} {t} chain {name} (hook {hook}, priority {prio}{})",
-            manager(t, name)
+            manager(ruleset, family, t)
                 .map(|m| format!(", {m}"))
                 .unwrap_or_default()
         );
@@ -403,15 +403,21 @@ fn check_hooks(ruleset: &Result<Value>, table: &str, priority: i32) -> Check {
     }
 }
 
-/// The firewall manager a table or chain belongs to, by its well-known names.
-fn manager(table: &str, chain: &str) -> Option<&'static str> {
+/// The firewall manager behind a table, by the names it gives its table or
+/// chains (ufw and docker add their chains to iptables' `filter` table).
+fn manager(ruleset: &Value, family: &str, table: &str) -> Option<&'static str> {
+    let chains: Vec<&str> = objects(ruleset, "chain")
+        .filter(|c| c["family"] == family && c["table"] == table)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let has = |prefix: &str| chains.iter().any(|c| c.starts_with(prefix));
     if table == "firewalld" {
         Some("firewalld")
-    } else if chain.starts_with("ufw") {
+    } else if has("ufw") {
         Some("ufw")
-    } else if chain.starts_with("DOCKER") {
+    } else if has("DOCKER") {
         Some("docker")
-    } else if table == "filter" && matches!(chain, "INPUT" | "FORWARD") {
+    } else if table == "filter" && has("INPUT") {
         Some("iptables")
     } else {
         None
