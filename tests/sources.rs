@@ -75,23 +75,26 @@ fn an_agent_without_configuration_follows_the_auth_log_and_bans_a_brute_force() 
     let me = attacker.v4().to_string();
     let target = SocketAddr::new(victim.v4().into(), PORT);
     assert!(tcp_connect(attacker, target, Duration::from_secs(1)));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    for i in 0..6 {
+    // A found log is followed from its end (its history is not judged):
+    // keep failing until the agent, once it is at the end, has seen five.
+    let listed = || String::from_utf8_lossy(&support::cli(&socket, &["list"]).stdout).contains(&me);
+    let mut i = 0;
+    let banned = wait_until(Duration::from_secs(15), || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         writeln!(
             f,
-            "Dec  4 19:00:{i:02} victim sshd[{}]: Failed password for invalid user admin{i} from {me} port {} ssh2",
+            "Dec  4 19:00:{:02} victim sshd[{}]: Failed password for invalid user admin{i} from {me} port {} ssh2",
+            i % 60,
             4000 + i,
             50000 + i
         )
         .unwrap();
-    }
-    drop(f);
-    let listed = || support::cli(&socket, &["list"]);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        listed()
+    });
     assert!(
-        wait_until(Duration::from_secs(10), || String::from_utf8_lossy(
-            &listed().stdout
-        )
-        .contains(&me)),
+        banned,
         "the brute force in the found auth.log was not banned:\n{}",
         agent.describe()
     );

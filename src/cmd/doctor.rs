@@ -424,24 +424,34 @@ fn manager(ruleset: &Value, family: &str, table: &str) -> Option<&'static str> {
     }
 }
 
+/// The set types the ipset enforcer uses, with timeouts, created in a
+/// throwaway network namespace (ipsets belong to one), gone when it exits.
 fn check_ipset() -> Check {
-    match Command::new("ipset")
-        .args(["list", "-n"])
+    let script = "ipset create t1 hash:ip timeout 1 && ipset create t2 hash:net timeout 1 && \
+                  ipset create t3 hash:net family inet6 timeout 1";
+    match Command::new("unshare")
+        .args(["--net", "sh", "-c", script])
         .stdin(Stdio::null())
         .output()
     {
-        Ok(o) if o.status.success() => ok("ipset", "ipset works"),
+        Ok(o) if o.status.success() => ok(
+            "ipset",
+            "the kernel has hash:ip and hash:net sets with timeouts",
+        ),
         Ok(o) => bad(
             Level::Fail,
             "ipset",
-            format!("ipset fails: {}", String::from_utf8_lossy(&o.stderr).trim()),
-            "modprobe ip_set ip_set_hash_ip ip_set_hash_net",
+            format!(
+                "the kernel refuses palisade's ipset types: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            "modprobe ip_set_hash_ip ip_set_hash_net (and apt install ipset)",
         ),
         Err(e) => bad(
             Level::Fail,
             "ipset",
-            format!("cannot run ipset: {e}"),
-            "apt install ipset",
+            format!("cannot run unshare: {e}"),
+            "apt install util-linux",
         ),
     }
 }
