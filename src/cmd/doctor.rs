@@ -862,6 +862,17 @@ mod tests {
             http_date("Fri, 04 Dec 2026 19:00:00 GMT"),
             Some(1_796_410_800)
         );
-        assert_eq!(http_date("yesterday"), None);
+        // What a hostile server may send instead.
+        for bad in [
+            "yesterday",
+            "",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 99999999999999999999 08:49:37 GMT",
+            "Sun, x Nov 1994 08:49 GMT",
+            "Sun, 06 Nov 1994 08:49:37:12 GMT",
+        ] {
+            assert_eq!(http_date(bad), None, "{bad:?}");
+        }
     }
 }
