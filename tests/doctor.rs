@@ -82,14 +82,14 @@ fn a_healthy_agent_passes_and_a_missing_table_or_a_foreign_drop_first_is_named()
     // Another table drops SSH before palisade's chains see it.
     support::nft_load(
         host,
-        "table ip foreign {\n chain early {\n  type filter hook input priority -100; policy accept;\n  tcp dport 22 drop\n }\n}\n",
+        "table ip foreign {\n chain early {\n  type filter hook prerouting priority -400; policy accept;\n  tcp dport 22 drop\n }\n}\n",
     );
     let (out, report) = doctor(host, &agent.config_path(), Some(&agent));
     assert_eq!(out.status.code(), Some(1), "{report:#}");
     let (status, message) = check(&report, "firewall");
     assert_eq!(status, "warn");
     assert!(
-        message.contains("table ip foreign chain early (hook input, priority -100)")
+        message.contains("table ip foreign chain early (hook prerouting, priority -400)")
             && message.contains("before palisade"),
         "{message}"
     );

@@ -133,7 +133,7 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<ExitCode> {
         match &e {
             EnforcerConfig::Nftables(c) => {
                 checks.push(check_table(&ruleset, &c.table));
-                checks.push(check_hooks(&ruleset, &c.table, c.priority));
+                checks.push(check_hooks(&ruleset, &c.table));
             }
             EnforcerConfig::Ipset(_) => checks.push(check_ipset()),
             EnforcerConfig::XtRecent(_) => checks.push(check_xt_recent()),
@@ -328,50 +328,119 @@ fn check_table(ruleset: &Result<Value>, table: &str) -> Check {
     }
 }
 
-/// Base chains of other tables on the hooks palisade uses, and whether they
-/// drop traffic before palisade's chains see it.
-fn check_hooks(ruleset: &Result<Value>, table: &str, priority: i32) -> Check {
+/// A base chain on a hook a packet from outside passes: where it sits on
+/// the packet's way in.
+struct BaseChain {
+    family: String,
+    table: String,
+    name: String,
+    hook: String,
+    prio: i64,
+}
+
+impl BaseChain {
+    /// Ingress, then prerouting, then input or forward.
+    fn stage(&self) -> u8 {
+        match self.hook.as_str() {
+            "ingress" => 0,
+            "prerouting" => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether one packet can meet both chains: input and forward are
+    /// different ways, everything before them is on both.
+    fn same_way(&self, other: &BaseChain) -> bool {
+        !(self.stage() == 2 && other.stage() == 2 && self.hook != other.hook)
+    }
+
+    /// Whether a packet meets this chain before `other` (on the same way).
+    fn before(&self, other: &BaseChain) -> bool {
+        (self.stage(), self.prio) < (other.stage(), other.prio)
+    }
+}
+
+fn base_chains(ruleset: &Value) -> Vec<BaseChain> {
+    objects(ruleset, "chain")
+        .filter_map(|c| {
+            let hook = c["hook"].as_str()?;
+            let family = c["family"].as_str()?;
+            let on_the_way_in = matches!(hook, "ingress" | "prerouting" | "input" | "forward")
+                && matches!(family, "ip" | "ip6" | "inet" | "netdev");
+            on_the_way_in.then(|| BaseChain {
+                family: family.to_string(),
+                table: c["table"].as_str().unwrap_or_default().to_string(),
+                name: c["name"].as_str().unwrap_or_default().to_string(),
+                hook: hook.to_string(),
+                prio: c["prio"].as_i64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Whether a chain drops or rejects anything (a rule or its policy).
+fn drops(ruleset: &Value, c: &BaseChain) -> bool {
+    let policy = objects(ruleset, "chain").any(|x| {
+        x["family"] == *c.family
+            && x["table"] == *c.table
+            && x["name"] == *c.name
+            && x["policy"] == "drop"
+    });
+    policy
+        || objects(ruleset, "rule").any(|r| {
+            r["family"] == *c.family
+                && r["table"] == *c.table
+                && r["chain"] == *c.name
+                && r["expr"].as_array().is_some_and(|e| {
+                    e.iter()
+                        .any(|x| x.get("drop").is_some() || x.get("reject").is_some())
+                })
+        })
+}
+
+/// Other firewalls' base chains on the way in, where they sit relative to
+/// palisade's, and whether one drops traffic before palisade's chains see
+/// it (then palisade's allowlist cannot save what it drops).
+fn check_hooks(ruleset: &Result<Value>, table: &str) -> Check {
     let Ok(ruleset) = ruleset else {
         return skip("firewall", "the ruleset cannot be read");
     };
-    let mut before_dropping = Vec::new();
-    let mut others = Vec::new();
-    for c in objects(ruleset, "chain") {
-        let (Some(hook), Some(family), Some(t), Some(name)) = (
-            c["hook"].as_str(),
-            c["family"].as_str(),
-            c["table"].as_str(),
-            c["name"].as_str(),
-        ) else {
-            continue;
-        };
-        if !matches!(hook, "input" | "forward")
-            || !matches!(family, "ip" | "ip6" | "inet")
-            || (family == "inet" && t == table)
-        {
-            continue;
-        }
-        let prio = c["prio"].as_i64().unwrap_or(0);
-        let drops = c["policy"] == "drop"
-            || objects(ruleset, "rule").any(|r| {
-                r["family"] == family
-                    && r["table"] == t
-                    && r["chain"] == name
-                    && r["expr"].as_array().is_some_and(|e| {
-                        e.iter()
-                            .any(|x| x.get("drop").is_some() || x.get("reject").is_some())
-                    })
-            });
-        let what = format!(
-            "table {family} {t} chain {name} (hook {hook}, priority {prio}{})",
-            manager(ruleset, family, t)
+    let (ours, theirs): (Vec<BaseChain>, Vec<BaseChain>) = base_chains(ruleset)
+        .into_iter()
+        .partition(|c| c.family == "inet" && c.table == table);
+    if ours.is_empty() {
+        return skip(
+            "firewall",
+            format!("table inet {table} has no chains to compare with"),
+        );
+    }
+    let describe = |c: &BaseChain| {
+        format!(
+            "table {} {} chain {} (hook {}, priority {}{})",
+            c.family,
+            c.table,
+            c.name,
+            c.hook,
+            c.prio,
+            manager(ruleset, &c.family, &c.table)
                 .map(|m| format!(", {m}"))
                 .unwrap_or_default()
-        );
-        if prio < i64::from(priority) && drops {
-            before_dropping.push(what);
+        )
+    };
+    let first: Vec<String> = ours
+        .iter()
+        .map(|c| format!("{} {}", c.hook, c.prio))
+        .collect();
+    let mut before_dropping = Vec::new();
+    let mut others = Vec::new();
+    for c in &theirs {
+        // palisade's chains on this packet's way (input and forward are
+        // different ways).
+        let on_its_way: Vec<&BaseChain> = ours.iter().filter(|p| c.same_way(p)).collect();
+        if !on_its_way.is_empty() && on_its_way.iter().all(|p| c.before(p)) && drops(ruleset, c) {
+            before_dropping.push(describe(c));
         } else {
-            others.push(what);
+            others.push(describe(c));
         }
     }
     if !before_dropping.is_empty() {
@@ -379,24 +448,21 @@ fn check_hooks(ruleset: &Result<Value>, table: &str, priority: i32) -> Check {
             Level::Warn,
             "firewall",
             format!(
-                "{} drops traffic before palisade's chains (priority {priority}): what palisade allows can be dropped there",
-                before_dropping.join("; ")
+                "{} drops traffic before palisade's chains ({}): what palisade allows can be dropped there",
+                before_dropping.join("; "),
+                first.join(", ")
             ),
-            format!(
-                "give palisade's chains an earlier priority ([[enforcer]] kind = \"nftables\", priority below theirs) or move those drop rules after priority {priority}"
-            ),
+            "move those drop rules after palisade's chains (a later hook or a higher priority), or give palisade's chains an earlier priority in its [[enforcer]]",
         );
     }
     if others.is_empty() {
-        ok(
-            "firewall",
-            "no other firewall on the input and forward hooks",
-        )
+        ok("firewall", "no other firewall on the way in")
     } else {
         ok(
             "firewall",
             format!(
-                "palisade's chains (priority {priority}) come before {}",
+                "palisade's chains ({}) come first; also there: {}",
+                first.join(", "),
                 others.join("; ")
             ),
         )
@@ -851,6 +917,67 @@ fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ruleset(chains: &[(&str, &str, &str, &str, i64, bool)]) -> Result<Value> {
+        let mut all = Vec::new();
+        for (family, table, name, hook, prio, drop) in chains {
+            all.push(
+                serde_json::json!({"chain": {"family": family, "table": table, "name": name,
+                "hook": hook, "prio": prio, "policy": "accept"}}),
+            );
+            if *drop {
+                all.push(
+                    serde_json::json!({"rule": {"family": family, "table": table, "chain": name,
+                    "expr": [{"match": {}}, {"drop": null}]}}),
+                );
+            }
+        }
+        Ok(serde_json::json!({ "nftables": all }))
+    }
+
+    #[test]
+    fn a_drop_is_named_only_where_packets_meet_it_before_palisades_chains() {
+        // palisade dropping in prerouting (raw), with an input chain too.
+        let ours = [
+            ("inet", "palisade", "prerouting", "prerouting", -300, true),
+            ("inet", "palisade", "input", "input", -10, false),
+        ];
+        let with = |theirs: (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            i64,
+            bool,
+        )| {
+            let mut all = ours.to_vec();
+            all.push(theirs);
+            check_hooks(&ruleset(&all), "palisade")
+        };
+        let early = with(("ip", "foreign", "early", "prerouting", -400, true));
+        assert_eq!(early.status, Level::Warn, "{}", early.message);
+        assert!(
+            early.message.contains("table ip foreign chain early"),
+            "{}",
+            early.message
+        );
+        for later in [
+            ("ip", "filter", "INPUT", "input", -100, true),
+            ("ip", "foreign", "late", "prerouting", -150, true),
+            ("inet", "firewalld", "filter_INPUT", "input", 10, true),
+        ] {
+            let c = with(later);
+            assert_eq!(c.status, Level::Ok, "{}", c.message);
+        }
+        let harmless = with(("ip", "nat", "PREROUTING", "prerouting", -400, false));
+        assert_eq!(harmless.status, Level::Ok, "{}", harmless.message);
+        // palisade only on input and forward: a forward drop is on another way.
+        let old = [
+            ("inet", "palisade", "input", "input", -10, true),
+            ("ip", "filter", "FORWARD", "forward", -100, true),
+        ];
+        assert_eq!(check_hooks(&ruleset(&old), "palisade").status, Level::Ok);
+    }
 
     #[test]
     fn http_dates_are_read() {
