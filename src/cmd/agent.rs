@@ -176,10 +176,7 @@ pub fn agent_options(
     let detect = palisade_agent::DetectOptions {
         rules,
         sources: config.source.clone(),
-        limits: palisade_detect::Limits {
-            max_tracked: config.detect.max_tracked,
-            ..Default::default()
-        },
+        limits: config.detect.limits(),
     };
     let options = AgentOptions {
         settings,

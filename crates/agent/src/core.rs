@@ -264,6 +264,7 @@ impl Core {
                     scope,
                     count,
                     evidence,
+                    trust: _,
                 } => wants.push(Want {
                     target: address,
                     span,

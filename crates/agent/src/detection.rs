@@ -91,6 +91,13 @@ impl Detection {
         let names: Vec<String> = options.sources.iter().map(|s| s.name()).collect();
         let rule_count = options.rules.iter().filter(|r| r.enabled).count();
         let mut tracker = Tracker::new(engine, options.limits);
+        tracker.set_forgeable_sources(
+            options
+                .sources
+                .iter()
+                .filter(|s| s.forgeable())
+                .map(|s| s.name()),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()

@@ -120,6 +120,8 @@ ban = "1d"
 name = "port-probe"
 program = "kernel"
 closed_ports_only = true
+# A SYN can carry any source address: these bans are forgeable.
+forgeable = true
 bad = [
   '^(?:\[\s*\d+\.\d+\]\s*)?(?:NFLOG )?.*?IN=\S* OUT=\S* (?:MAC=\S* )?SRC=<HOST> DST=\S+ (?:.* )?PROTO=(?:TCP|UDP|SCTP|tcp|udp|sctp) SPT=\d+ DPT=(?P<port>\d+)(?: .*)?$',
 ]

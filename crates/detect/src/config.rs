@@ -63,6 +63,18 @@ pub struct RuleConfig {
     /// whose patterns capture `(?P<port>\d+)`, such as `port-probe`).
     #[serde(default)]
     pub closed_ports_only: bool,
+    /// Count IPv4 attackers per network of this many bits (default: the
+    /// `[detect]` setting, 32: per address; 24 counts and bans a /24).
+    #[serde(default, deserialize_with = "de_prefix_v4")]
+    pub prefix_v4: Option<u8>,
+    /// Count IPv6 attackers per network of this many bits (default: the
+    /// `[detect]` setting, 64: an attacker rotating through its /64 is one).
+    #[serde(default, deserialize_with = "de_prefix_v6")]
+    pub prefix_v6: Option<u8>,
+    /// The rule counts packets whose source can be forged without a
+    /// handshake (port probes): its bans are marked forgeable.
+    #[serde(default)]
+    pub forgeable: bool,
     /// Share bans with the network (default) or act on this node only.
     #[serde(default)]
     pub scope: Scope,
@@ -160,6 +172,12 @@ pub enum StartAt {
 }
 
 impl SourceConfig {
+    /// Whether the source's lines can be caused by forged packets (it sees
+    /// packets, not sessions): NFLOG.
+    pub fn forgeable(&self) -> bool {
+        matches!(self, SourceConfig::Nflog { .. })
+    }
+
     /// The source's name: the configured one, or `kind:path`.
     pub fn name(&self) -> String {
         match self {
@@ -187,12 +205,19 @@ impl SourceConfig {
     }
 }
 
-/// Memory bounds of a [`crate::Tracker`].
+/// Memory bounds and counting defaults of a [`crate::Tracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Most (rule, address) pairs counted at once; the least recently seen
-    /// is forgotten first. Attackers choose how many addresses appear.
-    pub max_tracked: usize,
+    /// Bytes the counting state may use (pairs and evidence); attackers
+    /// choose how many addresses appear. The default, 100 MB, counts more
+    /// than a million (rule, attacker) pairs.
+    pub memory: usize,
+    /// At most this many pairs, whatever the memory allows.
+    pub max_tracked: Option<usize>,
+    /// Default network sizes attackers are counted by (a rule may set its
+    /// own): IPv4 per address, IPv6 per /64.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
     /// Evidence lines kept per address (at most
     /// [`palisade_model::decision::MAX_EVIDENCE_LINES`]).
     pub evidence_lines: usize,
@@ -203,11 +228,36 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_tracked: 65_536,
+            memory: DEFAULT_MEMORY,
+            max_tracked: None,
+            prefix_v4: 32,
+            prefix_v6: 64,
             evidence_lines: palisade_model::decision::MAX_EVIDENCE_LINES,
             evidence_len: 300,
         }
     }
+}
+
+/// The default memory budget of the counting state: 100 MB.
+pub const DEFAULT_MEMORY: usize = 100_000_000;
+
+fn de_prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    de_prefix(d, 8, 32).map(Some)
+}
+
+fn de_prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    de_prefix(d, 16, 128).map(Some)
+}
+
+/// A prefix length of `min` to `max` bits.
+pub fn de_prefix<'de, D: Deserializer<'de>>(d: D, min: u8, max: u8) -> Result<u8, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(i64::from(min)..=i64::from(max)).contains(&n) {
+        return Err(D::Error::custom(format!(
+            "prefix length {n} out of range: use {min} to {max} bits"
+        )));
+    }
+    Ok(n as u8)
 }
 
 fn yes() -> bool {

@@ -37,4 +37,4 @@ mod loggen;
 pub use config::{EXAMPLE_TOML, Limits, RuleConfig, SourceConfig, StageConfig};
 pub use engine::{CompileError, Engine, Hit, HitKind};
 pub use sources::{Line, SourceHandle, nflog_source, spawn};
-pub use tracker::{Event, StageRef, Tracker};
+pub use tracker::{Event, StageRef, Tracker, Trust};
