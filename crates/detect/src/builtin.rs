@@ -130,6 +130,18 @@ name = "ban"
 count = 3
 within = "10m"
 ban = "1d"
+
+# Honeyports: a completed handshake with a decoy port palisade listens on
+# (a `honeyport` source). The peer's address is verified by the handshake.
+[[rule]]
+name = "honeyport"
+sources = ["honeyport"]
+bad = ['^palisade-honeyport: handshake from <HOST> to port \d+$']
+[[rule.stages]]
+name = "ban"
+count = 1
+within = "10m"
+ban = "1d"
 "#####;
 
 /// `configured` followed by the built-in rules that no configured rule

@@ -160,6 +160,48 @@ pub enum SourceConfig {
         name: Option<String>,
         group: u16,
     },
+    /// Decoy TCP ports palisade listens on: a peer that completes a
+    /// handshake there is a verified prober (the built-in `honeyport` rule
+    /// counts the lines of the source named `honeyport`, the default name).
+    Honeyport {
+        #[serde(default)]
+        name: Option<String>,
+        /// The ports (nothing else may listen on them).
+        #[serde(deserialize_with = "de_ports")]
+        ports: Vec<u16>,
+        /// The address to listen on; `::` (the default) takes IPv4 too.
+        #[serde(default = "default_honeyport_bind")]
+        bind: std::net::IpAddr,
+        /// Most connections accepted a second (the rest wait in the
+        /// kernel's backlog).
+        #[serde(default = "default_honeyport_rate")]
+        max_per_second: u32,
+    },
+}
+
+fn default_honeyport_bind() -> std::net::IpAddr {
+    std::net::Ipv6Addr::UNSPECIFIED.into()
+}
+
+fn default_honeyport_rate() -> u32 {
+    100
+}
+
+fn de_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let ports = Vec::<u16>::deserialize(d)?;
+    if ports.is_empty() || ports.len() > 64 {
+        return Err(D::Error::custom("give 1 to 64 decoy ports"));
+    }
+    if ports.contains(&0) {
+        return Err(D::Error::custom("port 0 is not a port to listen on"));
+    }
+    let mut sorted = ports.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != ports.len() {
+        return Err(D::Error::custom("a port is listed twice"));
+    }
+    Ok(ports)
 }
 
 /// Where a file source starts reading when it has no saved position.
@@ -200,6 +242,9 @@ impl SourceConfig {
             SourceConfig::Stdin { name } => name.clone().unwrap_or_else(|| "stdin".into()),
             SourceConfig::Nflog { name, group } => {
                 name.clone().unwrap_or_else(|| format!("nflog:{group}"))
+            }
+            SourceConfig::Honeyport { name, .. } => {
+                name.clone().unwrap_or_else(|| "honeyport".into())
             }
         }
     }
@@ -395,9 +440,18 @@ path = "/var/log/auth.log"
 # units = ["ssh.service"]
 
 # Kernel NFLOG group for port probes (palisade adds `log group N` itself).
+# Bans from it are forgeable (a SYN can carry any source address).
 # [[source]]
 # kind = "nflog"
 # group = 5
+
+# Decoy TCP ports palisade listens on: a peer completing a handshake there is
+# banned by the built-in `honeyport` rule, and the ban is verified.
+# [[source]]
+# kind = "honeyport"
+# ports = [23, 2323, 3389]
+# bind = "::"             # "::" also takes IPv4
+# max_per_second = 100    # accepts a second; the rest wait in the backlog
 
 # A rule with palisade patterns: `<HOST>` is the attacker's address. Patterns
 # are matched against the syslog message (after "host prog[pid]: "), must
@@ -492,6 +546,35 @@ mod tests {
         assert!(err.contains("unknown field"), "{err}");
         let err = parse("[[source]]\nkind = \"carrier-pigeon\"\n").unwrap_err();
         assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn honeyport_sources() {
+        let doc = parse("[[source]]\nkind = \"honeyport\"\nports = [23, 2323]\n").unwrap();
+        assert_eq!(doc.source[0].name(), "honeyport");
+        assert!(!doc.source[0].forgeable());
+        let SourceConfig::Honeyport {
+            bind,
+            max_per_second,
+            ..
+        } = &doc.source[0]
+        else {
+            panic!()
+        };
+        assert_eq!((bind.to_string().as_str(), *max_per_second), ("::", 100));
+        // (Source tables are tagged by `kind`, so errors point at the table.)
+        for (bad, says) in [
+            ("ports = []", "1 to 64"),
+            ("ports = [0]", "port 0"),
+            ("ports = [23, 23]", "twice"),
+            ("ports = [70000]", "70000"),
+            ("ports = [23]\nbind = \"nowhere\"", "address"),
+        ] {
+            let err = parse(&format!("[[source]]\nkind = \"honeyport\"\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let doc = parse("[[source]]\nkind = \"nflog\"\ngroup = 5\n").unwrap();
+        assert!(doc.source[0].forgeable());
     }
 
     #[test]
