@@ -316,6 +316,16 @@ impl Engine {
         &self.rules
     }
 
+    /// The rules whose fail2ban filters run some regexes on the fallback
+    /// engine (fancy-regex, backtracking), with those regexes.
+    pub fn fallback_filters(&self) -> Vec<(String, Vec<String>)> {
+        self.f2b
+            .iter()
+            .map(|(rule, f)| (self.rules[*rule].name.clone(), f.fallback_regexes()))
+            .filter(|(_, regexes)| !regexes.is_empty())
+            .collect()
+    }
+
     /// Turns the open-ports check of `closed_ports_only` rules on or off
     /// (off for dry runs of logs from another machine).
     pub fn check_open_ports(&mut self, on: bool) {

@@ -509,6 +509,27 @@ impl Filter {
         })
     }
 
+    /// The regexes that run on fancy-regex (a backtracking engine) because
+    /// the `regex` crate cannot express them, as `failregex 2`,
+    /// `prefregex`, `ignoreregex 0`.
+    pub fn fallback_regexes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.prefregex.as_ref().is_some_and(|r| r.pat.is_fancy()) {
+            out.push("prefregex".to_string());
+        }
+        for (what, list) in [
+            ("failregex", &self.failregex),
+            ("ignoreregex", &self.ignoreregex),
+        ] {
+            for (i, r) in list.iter().enumerate() {
+                if r.pat.is_fancy() {
+                    out.push(format!("{what} {i}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Processes one log line (date found and cut out first).
     pub fn process_line(&mut self, line: &str) -> Vec<Failure> {
         let line = line.strip_suffix('\n').unwrap_or(line);
