@@ -104,6 +104,7 @@ impl Detection {
             .name("palisade-detect".into())
             .spawn(move || {
                 let mut last_prune = Instant::now();
+                let mut evicted = 0;
                 // Stopping is checked between lines, so a source stuck in a
                 // blocking read cannot hold up the agent's shutdown.
                 while !stopped.load(Ordering::Relaxed) {
@@ -125,6 +126,17 @@ impl Detection {
                     if last_prune.elapsed() >= PRUNE_EVERY {
                         tracker.prune(Timestamp::now());
                         last_prune = Instant::now();
+                        // Attackers forgotten for lack of room: worth a
+                        // warning (raise `[detect] memory`).
+                        if tracker.evicted() > evicted {
+                            warn!(
+                                forgotten = tracker.evicted() - evicted,
+                                total = tracker.evicted(),
+                                capacity = tracker.capacity(),
+                                "detection: attackers forgotten because the counting memory was full; raise [detect] memory"
+                            );
+                            evicted = tracker.evicted();
+                        }
                     }
                 }
             })

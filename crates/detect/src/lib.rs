@@ -31,6 +31,7 @@ pub mod tracker;
 
 /// The benchmark's log generator, for tests.
 #[cfg(test)]
+#[allow(dead_code)]
 #[path = "../benches/loggen/mod.rs"]
 mod loggen;
 
