@@ -96,7 +96,9 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::show::list(&ctx, a),
         Command::Explain(a) => cmd::show::explain(&ctx, a),
         Command::Status(a) => cmd::show::status(&ctx, a),
-        Command::Detect(a) => ctx.load_config().and_then(|c| cmd::detect::run(a, c.rule)),
+        Command::Detect(a) => ctx
+            .load_config()
+            .and_then(|c| cmd::detect::run(a, c.rule, c.detect.limits())),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Feed(c) => cmd::feed::run(&ctx, c),
     };

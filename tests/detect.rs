@@ -249,3 +249,39 @@ fn a_port_probe_from_the_attacker_gets_it_banned_on_the_victim() {
         Duration::from_secs(1)
     ));
 }
+
+#[test]
+fn a_connection_to_a_honeyport_gets_the_peer_banned() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["victim", "prober"]).build();
+    let (victim, prober) = (lab.host("victim"), lab.host("prober"));
+    let _server = TcpServer::start(victim, PORT);
+    let agent = Agent::start(victim, "[[source]]\nkind = \"honeyport\"\nports = [2323]\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || tcp_connect(
+            prober,
+            SocketAddr::new(victim.v6().into(), 2323),
+            Duration::from_millis(500)
+        )),
+        "the honeyport did not answer\n{}",
+        agent.log()
+    );
+    // Counted per /64: the ban is the prober's network.
+    let net = palisade_model::Net::truncating(prober.v6().into(), 64).to_string();
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .ok(&["list"])
+            .contains(&net)),
+        "the prober was not banned\n{}",
+        agent.log()
+    );
+    let story = agent.ok(&["explain", &prober.v6().to_string()]);
+    assert!(story.contains("rule     honeyport"), "{story}");
+    assert!(!tcp_connect(
+        prober,
+        SocketAddr::new(victim.v6().into(), PORT),
+        Duration::from_millis(800)
+    ));
+}

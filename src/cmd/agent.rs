@@ -205,10 +205,7 @@ pub fn agent_options(
     let detect = palisade_agent::DetectOptions {
         rules: rules(config),
         sources: found.into_iter().map(|f| f.source).collect(),
-        limits: palisade_detect::Limits {
-            max_tracked: config.detect.max_tracked,
-            ..Default::default()
-        },
+        limits: config.detect.limits(),
     };
     let options = AgentOptions {
         settings,

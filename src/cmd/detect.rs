@@ -7,17 +7,23 @@
 //! simulated with the log's own timestamps where a line has one (syslog,
 //! RFC 3339, web access logs), else the previous line's time. Probes of
 //! ports open on this machine are not filtered out (the log may come from
-//! elsewhere).
+//! elsewhere). The report says how fast the log was read, what each rule
+//! matched, the addresses and prefixes that would be banned, how many
+//! attackers the tracker forgot for lack of room, and which fail2ban
+//! filters run regexes on the fallback (backtracking) engine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use palisade_detect::{Engine, Event, HitKind, Limits, RuleConfig, Tracker, builtin, syslog};
-use palisade_model::Timestamp;
+use palisade_detect::{
+    Engine, Event, Hit, HitKind, Limits, RuleConfig, StageRef, Tracker, Trust, builtin, syslog,
+};
+use palisade_model::{Net, Scope, Span, Timestamp};
 
 /// Arguments of `palisade detect`.
 #[derive(Debug, Args)]
@@ -44,7 +50,8 @@ pub struct DetectArgs {
     pub show_matches: bool,
 
     /// Print one JSON object per matched line (line, rule, address, kind,
-    /// stage when a ban fires) instead of the report
+    /// stage when a ban fires, with its target and trust), then one
+    /// `{"summary": ...}` object, instead of the report
     #[arg(long)]
     pub json: bool,
 
@@ -58,13 +65,35 @@ struct RuleStats {
     bad: u64,
     good: u64,
     ignored: u64,
+    forgiven: u64,
+    bans: u64,
 }
 
-/// Runs `palisade detect` with the rules of the configuration file.
-pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Result<ExitCode> {
+/// A ban the log would cause (without its evidence: the report keeps
+/// every one).
+struct WouldBan {
+    line: usize,
+    rule: usize,
+    address: Net,
+    stage: String,
+    count: u32,
+    span: Span,
+    scope: Scope,
+    trust: Trust,
+    time: Timestamp,
+}
+
+/// Runs `palisade detect` with the rules and counting limits of the
+/// configuration file.
+pub fn run(
+    args: DetectArgs,
+    rules_from_config: Vec<RuleConfig>,
+    limits: Limits,
+) -> anyhow::Result<ExitCode> {
     let rules = collect_rules(&args, rules_from_config)?;
     let engine = Engine::compile(&rules).context("compiling the rules")?;
-    let mut tracker = Tracker::new(engine, Limits::default());
+    let fallback = engine.fallback_filters();
+    let mut tracker = Tracker::new(engine, limits);
     tracker.engine_mut().check_open_ports(false);
 
     let input: Box<dyn Read> = if args.log.as_os_str() == "-" {
@@ -83,15 +112,21 @@ pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Resu
         .iter()
         .map(|r| r.name.clone())
         .collect();
+    let rule_of: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     let mut stats: Vec<RuleStats> = names.iter().map(|_| RuleStats::default()).collect();
-    let mut bans: Vec<(usize, String, Event, Timestamp)> = Vec::new();
-    let mut forgiven: HashMap<String, u64> = HashMap::new();
+    let mut bans: Vec<WouldBan> = Vec::new();
     let out = std::io::stdout();
-    let mut out = std::io::BufWriter::new(out.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
+    let mut json = JsonLine::default();
     let mut buf = Vec::new();
     let mut lineno = 0usize;
     let mut last_time = Timestamp::now();
     let mut timed = 0u64;
+    let started = Instant::now();
     loop {
         buf.clear();
         let n = reader
@@ -108,8 +143,10 @@ pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Resu
             timed += 1;
         }
         let (events, hits) = tracker.observe_text("detect", text, last_time);
-        let hits = hits.to_vec();
-        for h in &hits {
+        if hits.is_empty() {
+            continue;
+        }
+        for h in hits {
             let s = &mut stats[h.rule];
             match h.kind {
                 HitKind::Bad => s.bad += 1,
@@ -117,54 +154,29 @@ pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Resu
                 HitKind::Ignored => s.ignored += 1,
             }
         }
-        for e in &events {
-            if let Event::Forgive { rule, .. } = e {
-                *forgiven.entry(rule.clone()).or_default() += 1;
-            }
-        }
         if args.json {
-            for h in &hits {
-                let rule = &names[h.rule];
-                let mut obj = serde_json::json!({
-                    "line": lineno,
-                    "rule": rule,
-                    "kind": match h.kind { HitKind::Bad => "bad", HitKind::Good => "good", HitKind::Ignored => "ignored" },
-                    "address": h.address.map(|a| a.to_string()),
-                    "time": last_time.rfc3339(),
-                });
-                if let Some(p) = h.port {
-                    obj["port"] = p.into();
-                }
-                for e in &events {
-                    if let Event::Ban {
-                        rule: r,
+            for h in hits {
+                let ban = events.iter().find_map(|e| match e {
+                    Event::Ban {
+                        rule,
                         address,
                         stage,
                         span,
                         count,
+                        trust,
                         ..
-                    } = e
-                        && r == rule
-                        && Some(*address) == h.address
+                    } if *rule == names[h.rule]
+                        && h.address.is_some_and(|a| address.contains(&a)) =>
                     {
-                        obj["stage"] = serde_json::json!({
-                            "index": stage.index,
-                            "name": stage.name,
-                            "list": stage.list,
-                            "ban": span.to_string(),
-                            "count": count,
-                        });
+                        Some((address, stage, span, count, trust))
                     }
-                }
-                writeln!(out, "{obj}")?;
+                    _ => None,
+                });
+                json.write(&mut out, lineno, &names[h.rule], h, last_time, ban)?;
             }
-        } else if args.show_matches && !hits.is_empty() {
-            for h in &hits {
-                let kind = match h.kind {
-                    HitKind::Bad => "bad",
-                    HitKind::Good => "good",
-                    HitKind::Ignored => "ignored",
-                };
+        } else if args.show_matches {
+            for h in hits {
+                let kind = kind_name(h.kind);
                 let addr = h
                     .address
                     .map(|a| a.to_string())
@@ -178,54 +190,236 @@ pub fn run(args: DetectArgs, rules_from_config: Vec<RuleConfig>) -> anyhow::Resu
             }
         }
         for e in events {
-            if let Event::Ban { rule, .. } = &e {
-                bans.push((lineno, rule.clone(), e.clone(), last_time));
+            match e {
+                Event::Ban {
+                    rule,
+                    address,
+                    stage,
+                    span,
+                    scope,
+                    count,
+                    trust,
+                    ..
+                } => {
+                    let rule = rule_of[rule.as_str()];
+                    stats[rule].bans += 1;
+                    bans.push(WouldBan {
+                        line: lineno,
+                        rule,
+                        address,
+                        stage: stage.name,
+                        count,
+                        span,
+                        scope,
+                        trust,
+                        time: last_time,
+                    });
+                }
+                Event::Forgive { rule, .. } => stats[rule_of[rule.as_str()]].forgiven += 1,
             }
         }
     }
+    let elapsed = started.elapsed();
+    let summary = Summary {
+        lines: lineno,
+        timed,
+        elapsed,
+        names: &names,
+        stats: &stats,
+        bans: &bans,
+        evicted: tracker.evicted(),
+        capacity: tracker.capacity(),
+        fallback: &fallback,
+    };
     if args.json {
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(out, "Lines: {lineno} ({timed} with a timestamp)")?;
-    writeln!(out, "Rules:")?;
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
-    for (name, s) in names.iter().zip(&stats) {
-        writeln!(
-            out,
-            "  {name:<width$}  matched {:>6}  ignored {:>6}  good {:>6}  forgiven {:>6}",
-            s.bad,
-            s.ignored,
-            s.good,
-            forgiven.get(name).copied().unwrap_or(0)
-        )?;
-    }
-    let total: u64 = stats.iter().map(|s| s.bad).sum();
-    writeln!(out, "Matched lines: {total}")?;
-    if bans.is_empty() {
-        writeln!(out, "Bans: none would be made")?;
+        summary.write_json(&mut out)?;
     } else {
-        writeln!(out, "Bans that would be made:")?;
-        for (line, rule, e, t) in &bans {
-            if let Event::Ban {
-                address,
-                stage,
-                span,
-                count,
-                scope,
-                ..
-            } = e
-            {
-                writeln!(
-                    out,
-                    "  {address:<39} {rule:<width$}  stage {} ({} failures) ban {span} {scope}  at line {line} ({t})",
-                    stage.name, count
-                )?;
-            }
-        }
+        summary.write_text(&mut out)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn kind_name(kind: HitKind) -> &'static str {
+    match kind {
+        HitKind::Bad => "bad",
+        HitKind::Good => "good",
+        HitKind::Ignored => "ignored",
+    }
+}
+
+/// Writes one JSON object per matched line by hand: the values are
+/// validated rule names, canonical addresses, numbers and times, so only
+/// names need escaping, and the time's text is reused while it stays the
+/// same (a `serde_json::Value` per line cost half the run).
+#[derive(Default)]
+struct JsonLine {
+    time: Option<(Timestamp, String)>,
+}
+
+impl JsonLine {
+    fn write(
+        &mut self,
+        out: &mut impl Write,
+        line: usize,
+        rule: &str,
+        hit: &Hit,
+        time: Timestamp,
+        ban: Option<(&Net, &StageRef, &Span, &u32, &Trust)>,
+    ) -> std::io::Result<()> {
+        if self.time.as_ref().is_none_or(|(t, _)| *t != time) {
+            self.time = Some((time, time.rfc3339()));
+        }
+        let time = &self.time.as_ref().expect("set").1;
+        write!(
+            out,
+            "{{\"line\":{line},\"rule\":{},\"kind\":\"{}\",\"address\":",
+            json_str(rule),
+            kind_name(hit.kind)
+        )?;
+        match hit.address {
+            Some(a) => write!(out, "\"{a}\"")?,
+            None => out.write_all(b"null")?,
+        }
+        write!(out, ",\"time\":\"{time}\"")?;
+        if let Some(p) = hit.port {
+            write!(out, ",\"port\":{p}")?;
+        }
+        if let Some((net, stage, span, count, trust)) = ban {
+            write!(
+                out,
+                ",\"stage\":{{\"index\":{},\"name\":{},\"list\":{},\"ban\":\"{span}\",\"count\":{count},\"target\":\"{net}\",\"trust\":\"{trust}\"}}",
+                stage.index,
+                json_str(&stage.name),
+                stage.list.as_deref().map_or("null".to_string(), json_str),
+            )?;
+        }
+        out.write_all(b"}\n")
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// What the run found, for the report and the `--json` summary object.
+struct Summary<'a> {
+    lines: usize,
+    timed: u64,
+    elapsed: Duration,
+    names: &'a [String],
+    stats: &'a [RuleStats],
+    bans: &'a [WouldBan],
+    evicted: u64,
+    capacity: usize,
+    fallback: &'a [(String, Vec<String>)],
+}
+
+impl Summary<'_> {
+    fn rate(&self) -> f64 {
+        self.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Distinct targets: hosts and networks (prefixes).
+    fn targets(&self) -> (usize, usize) {
+        let set: std::collections::HashSet<&Net> = self.bans.iter().map(|b| &b.address).collect();
+        let hosts = set.iter().filter(|n| n.is_host()).count();
+        (hosts, set.len() - hosts)
+    }
+
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let (hosts, prefixes) = self.targets();
+        let rules: Vec<serde_json::Value> = self
+            .names
+            .iter()
+            .zip(self.stats)
+            .map(|(n, s)| {
+                serde_json::json!({
+                    "rule": n, "matched": s.bad, "ignored": s.ignored, "good": s.good,
+                    "forgiven": s.forgiven, "bans": s.bans,
+                })
+            })
+            .collect();
+        let fallback: Vec<serde_json::Value> = self
+            .fallback
+            .iter()
+            .map(|(rule, regexes)| serde_json::json!({"rule": rule, "regexes": regexes}))
+            .collect();
+        let summary = serde_json::json!({"summary": {
+            "lines": self.lines,
+            "timed_lines": self.timed,
+            "seconds": self.elapsed.as_secs_f64(),
+            "lines_per_second": self.rate().round(),
+            "rules": rules,
+            "bans": self.bans.len(),
+            "banned_hosts": hosts,
+            "banned_prefixes": prefixes,
+            "evicted": self.evicted,
+            "tracker_capacity": self.capacity,
+            "fallback_filters": fallback,
+        }});
+        writeln!(out, "{summary}")
+    }
+
+    fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "Lines: {} ({} with a timestamp), {:.2} s, {:.0} lines/s",
+            self.lines,
+            self.timed,
+            self.elapsed.as_secs_f64(),
+            self.rate()
+        )?;
+        writeln!(out, "Rules:")?;
+        let width = self.names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+        for (name, s) in self.names.iter().zip(self.stats) {
+            writeln!(
+                out,
+                "  {name:<width$}  matched {:>6}  ignored {:>6}  good {:>6}  forgiven {:>6}  bans {:>6}",
+                s.bad, s.ignored, s.good, s.forgiven, s.bans
+            )?;
+        }
+        let total: u64 = self.stats.iter().map(|s| s.bad).sum();
+        writeln!(out, "Matched lines: {total}")?;
+        for (rule, regexes) in self.fallback {
+            writeln!(
+                out,
+                "Fallback engine (fancy-regex, backtracking): {rule}: {}",
+                regexes.join(", ")
+            )?;
+        }
+        writeln!(
+            out,
+            "Evicted: {} (attackers forgotten because the tracker was full; it holds {})",
+            self.evicted, self.capacity
+        )?;
+        if self.bans.is_empty() {
+            writeln!(out, "Bans: none would be made")?;
+            return Ok(());
+        }
+        let (hosts, prefixes) = self.targets();
+        writeln!(
+            out,
+            "Bans that would be made: {} ({hosts} addresses, {prefixes} prefixes):",
+            self.bans.len()
+        )?;
+        for b in self.bans {
+            writeln!(
+                out,
+                "  {:<43} {:<width$}  stage {} ({} failures) ban {} {} {}  at line {} ({})",
+                b.address.to_string(),
+                self.names[b.rule],
+                b.stage,
+                b.count,
+                b.span,
+                b.scope,
+                b.trust,
+                b.line,
+                b.time
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn collect_rules(

@@ -274,6 +274,7 @@ fn to_json(f: &Found) -> SourceJson<'_> {
         SourceConfig::Journal { matches, .. } => ("journal", None, matches),
         SourceConfig::Stdin { .. } => ("stdin", None, &[]),
         SourceConfig::Nflog { .. } => ("nflog", None, &[]),
+        SourceConfig::Honeyport { .. } => ("honeyport", None, &[]),
     };
     SourceJson {
         name: f.source.name(),

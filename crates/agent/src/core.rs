@@ -12,7 +12,7 @@ use std::sync::Arc;
 use palisade_control::{
     AllowRequest, BanRequest, EnforcerStatus, Outcome, OutcomeKind, Summary, TargetsRequest,
 };
-use palisade_detect::Event;
+use palisade_detect::{Event, Trust};
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
@@ -272,6 +272,7 @@ impl Core {
                     scope,
                     count,
                     evidence,
+                    trust,
                 } => wants.push(Want {
                     target: address,
                     span,
@@ -283,7 +284,9 @@ impl Core {
                     evidence,
                     scope: self.scope(scope),
                     list: stage.list.clone(),
-                    unverified: false,
+                    // Banned here at once; the network bans it only when
+                    // several servers saw it (a SYN can carry any source).
+                    unverified: trust == Trust::Forgeable,
                 }),
                 Event::Forgive { rule, address } => forgiven.push((rule, address)),
             }

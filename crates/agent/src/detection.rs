@@ -91,12 +91,20 @@ impl Detection {
         let names: Vec<String> = options.sources.iter().map(|s| s.name()).collect();
         let rule_count = options.rules.iter().filter(|r| r.enabled).count();
         let mut tracker = Tracker::new(engine, options.limits);
+        tracker.set_forgeable_sources(
+            options
+                .sources
+                .iter()
+                .filter(|s| s.forgeable())
+                .map(|s| s.name()),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("palisade-detect".into())
             .spawn(move || {
                 let mut last_prune = Instant::now();
+                let mut evicted = 0;
                 // Stopping is checked between lines, so a source stuck in a
                 // blocking read cannot hold up the agent's shutdown.
                 while !stopped.load(Ordering::Relaxed) {
@@ -118,6 +126,17 @@ impl Detection {
                     if last_prune.elapsed() >= PRUNE_EVERY {
                         tracker.prune(Timestamp::now());
                         last_prune = Instant::now();
+                        // Attackers forgotten for lack of room: worth a
+                        // warning (raise `[detect] memory`).
+                        if tracker.evicted() > evicted {
+                            warn!(
+                                forgotten = tracker.evicted() - evicted,
+                                total = tracker.evicted(),
+                                capacity = tracker.capacity(),
+                                "detection: attackers forgotten because the counting memory was full; raise [detect] memory"
+                            );
+                            evicted = tracker.evicted();
+                        }
                     }
                 }
             })

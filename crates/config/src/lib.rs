@@ -196,19 +196,105 @@ pub struct DetectConfig {
     /// With no `[[source]]` configured, follow the logs of the services the
     /// built-in rules know that are found on this server.
     pub detect_sources: bool,
-    /// Most addresses whose failures are being counted at once; the oldest
-    /// are forgotten first when attackers bring more.
-    pub max_tracked: usize,
+    /// Memory for counting failures (bytes, or a string such as "100MB" or
+    /// "1GiB"). The default, 100 MB, counts more than a million attackers;
+    /// beyond the budget those least likely to reach a threshold are
+    /// forgotten first.
+    #[serde(deserialize_with = "byte_size")]
+    pub memory: usize,
+    /// At most this many attackers counted at once, whatever `memory`
+    /// allows.
+    pub max_tracked: Option<usize>,
+    /// IPv4 attackers are counted (and banned) per network of this many
+    /// bits: 32 (per address, the default) or, say, 24.
+    #[serde(deserialize_with = "counted_prefix_v4")]
+    pub prefix_v4: u8,
+    /// IPv6 attackers are counted (and banned) per network of this many
+    /// bits: 64 by default (an attacker rotating through its /64 is one).
+    #[serde(deserialize_with = "counted_prefix_v6")]
+    pub prefix_v6: u8,
 }
 
 impl Default for DetectConfig {
     fn default() -> Self {
+        let limits = palisade_detect::Limits::default();
         DetectConfig {
             builtin: true,
             detect_sources: true,
-            max_tracked: palisade_detect::Limits::default().max_tracked,
+            memory: limits.memory,
+            max_tracked: None,
+            prefix_v4: limits.prefix_v4,
+            prefix_v6: limits.prefix_v6,
         }
     }
+}
+
+impl DetectConfig {
+    /// The tracker's limits from these settings.
+    pub fn limits(&self) -> palisade_detect::Limits {
+        palisade_detect::Limits {
+            memory: self.memory,
+            max_tracked: self.max_tracked,
+            prefix_v4: self.prefix_v4,
+            prefix_v6: self.prefix_v6,
+            ..Default::default()
+        }
+    }
+}
+
+fn counted_prefix_v4<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    palisade_detect::config::de_prefix(d, 8, 32)
+}
+
+fn counted_prefix_v6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    palisade_detect::config::de_prefix(d, 16, 128)
+}
+
+/// A size in bytes: a number, or a string with a unit (B, KB, MB, GB,
+/// KiB, MiB, GiB); at least 1 MB.
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Size::deserialize(d)? {
+        Size::Bytes(n) => n,
+        Size::Text(t) => parse_byte_size(&t).map_err(D::Error::custom)?,
+    };
+    if bytes < 1_000_000 {
+        return Err(D::Error::custom(format!(
+            "{bytes} bytes is too little: give at least 1MB"
+        )));
+    }
+    usize::try_from(bytes).map_err(|_| D::Error::custom("too large for this machine"))
+}
+
+fn parse_byte_size(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{t:?}: write a size such as \"100MB\" or \"1GiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{t:?}: unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{t:?} is too large"))
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -712,6 +798,33 @@ mod tests {
     }
 
     #[test]
+    fn detect_memory_and_prefixes() {
+        let c = parse("[detect]\nmemory = \"1GiB\"\nprefix_v4 = 24\nprefix_v6 = 48\n").unwrap();
+        let l = c.detect.limits();
+        assert_eq!((l.memory, l.prefix_v4, l.prefix_v6), (1 << 30, 24, 48));
+        assert_eq!(
+            parse("[detect]\nmemory = 5000000\n").unwrap().detect.memory,
+            5_000_000
+        );
+        for bad in [
+            "memory = \"100 parsecs\"",
+            "memory = \"lots\"",
+            "memory = 1000",
+            "prefix_v6 = 129",
+            "prefix_v4 = 4",
+        ] {
+            let err = parse(&format!("[detect]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(":2:"), "{bad}: {err}");
+        }
+        assert_eq!(
+            Config::default().detect.limits(),
+            palisade_detect::Limits::default()
+        );
+    }
+
+    #[test]
     fn template_documents_every_key() {
         // Each key of each section appears in the template, commented or not.
         for key in [
@@ -737,7 +850,10 @@ mod tests {
             "priority",
             "[detect]",
             "builtin",
+            "memory",
             "max_tracked",
+            "prefix_v4",
+            "prefix_v6",
             "[[source]]",
             "[[rule]]",
             "[hub]",

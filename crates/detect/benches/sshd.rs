@@ -1,48 +1,53 @@
-//! sshd auth.log throughput: palisade's engine (built-in sshd rule, and
-//! the imported fail2ban `sshd.conf`) against `fail2ban-regex` with the same
-//! filter on the same generated file, all pinned to one core.
+//! Detection throughput, same run, same files, pinned to one core:
+//! palisade against fail2ban-rs (a Rust peer) and fail2ban-regex.
 //!
-//! `cargo bench -p palisade-detect --bench sshd` (env `LINES` to change the
-//! size, default 1,000,000; `SKIP_FAIL2BAN=1` to skip fail2ban-regex;
-//! `ONLY=engine,builtin,pack,import` to run only some of palisade's runs;
-//! `RUNS` to change how many times each of palisade's runs is repeated,
-//! default 3).
+//! `cargo bench -p palisade-detect --bench sshd`. Environment: `LINES`
+//! (default 1,000,000 per log), `RUNS` (repetitions of palisade's
+//! in-process runs, default 3), `SKIP_FAIL2BAN=1` (no fail2ban-regex),
+//! `SKIP_FAIL2BAN_RS=1` (no fail2ban-rs), `KEEP_LOGS=DIR` (keep the logs).
 //!
-//! Each run reads the file itself (1 MiB reads, lines split and checked as
-//! UTF-8) and feeds every line through the whole pipeline: syslog header,
-//! rule matching, address extraction and parsing, then (except for the
-//! engine-only run) counting with stages, evidence and bounded memory. All
-//! lines are counted at one instant (the file is read as fast as it goes,
-//! as after a flood or a restart), so no window runs out and every attacking
-//! address competes for the tracker's room: with more distinct addresses
-//! than [`Limits::max_tracked`] (printed), the least recently seen are
-//! forgotten (the "evicted" figure). Each
-//! of palisade's runs is repeated from scratch (new engine, new tracker) and
-//! the fastest is shown with the median beside it: on a shared machine other
-//! work slows some repetitions down, never speeds one up (every repetition
-//! must count the same). The wall-clock time gives the rate; the thread's
-//! CPU time is printed beside it, as other work on a shared machine inflates
-//! the former, and so are the page faults taken during the run.
-//! fail2ban-regex runs once.
+//! Three generated logs ([`loggen`]): an sshd log under attack, a quiet
+//! server's syslog (2% attack lines, 28% ordinary sshd lines, 70% other
+//! daemons), and nginx/postfix/dovecot logs. On each:
 //!
-//! Every counting run starts equally warm: its tracker's reserved memory
-//! (slots, table, evidence arena) is touched before the clock starts
-//! ([`Tracker::prefault`]), and the time that took is printed on its own
-//! line. An agent pays that once, over its first attacking addresses; left
-//! in, it made whichever run came first look slower (touching took up to
-//! 0.12 s for the first tracker of the process, about 0.01 s for later ones).
+//! - **palisade detect --json**, the CLI path users run (this binary runs
+//!   it as a child process, built from `src/cmd/detect.rs` like the
+//!   `palisade detect` subcommand, its output to a file): the built-in pack
+//!   on the sshd logs, the imported fail2ban filters on the others; and on
+//!   the sshd logs the imported fail2ban `sshd.conf` as well.
+//! - **fail2ban-rs dry-run** (crates.io `fail2ban-rs` 1.5, installed by this
+//!   bench with `cargo install --locked` under `target/fail2ban-rs` the
+//!   first time), with jails whose patterns match the same line types as
+//!   palisade's rules, and the same threshold (5 within 10 minutes).
+//! - **fail2ban-regex** with the same fail2ban filters (once per filter).
+//!
+//! Child processes inherit the pinning; each is timed by the wall clock,
+//! and its CPU time and peak memory (`ru_maxrss`) are taken from `wait4`.
+//! The matches each tool counted are printed beside its time, so that the
+//! comparison can be checked to be like for like. Ratios are printed at the
+//! end of each log's table.
+//!
+//! In process, for reference: the engine alone and the built-in sshd rule
+//! alone (engine and tracker) on the attack log, best of `RUNS`.
 
 mod loggen;
 
+#[path = "../../../src/cmd/detect.rs"]
+#[allow(dead_code, unused_imports)]
+mod detect;
+
 use std::io::{BufWriter, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use palisade_detect::{Engine, Limits, RuleConfig, Tracker, builtin};
 use palisade_model::Timestamp;
 
-const SSHD_CONF: &str = "/etc/fail2ban/filter.d/sshd.conf";
+const FILTERS: &str = "/etc/fail2ban/filter.d";
+/// Set in the environment of this binary run as `palisade detect`.
+const CHILD: &str = "PALISADE_BENCH_DETECT";
 
 /// Pins this thread to the core it is running on.
 fn pin_to_one_core() {
@@ -121,12 +126,7 @@ fn for_each_line(path: &Path, mut f: impl FnMut(&str)) {
 fn run_palisade(path: &Path, rules: &[RuleConfig]) -> Run {
     let engine = Engine::compile(rules).expect("rules compile");
     let mut tracker = Tracker::new(engine, Limits::default());
-    // A running agent touches this memory once, over its first thousands
-    // of attacking addresses; every run here pays it up front instead, so
-    // that none starts colder than another.
-    let t = Instant::now();
-    tracker.prefault();
-    let startup = Some(t.elapsed());
+    let startup = None;
     let (mut lines, mut failures, mut bans) = (0u64, 0u64, 0u64);
     let now = Timestamp::now();
     let faults = thread_faults();
@@ -194,18 +194,6 @@ fn attackers(path: &Path, rules: &[RuleConfig]) -> (usize, usize) {
     (v4, seen.len() - v4)
 }
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Runs `run` `RUNS` times (each from scratch) and keeps the fastest;
 /// every time must count the same.
 fn best_of(mut run: impl FnMut() -> Run) -> (Run, f64) {
@@ -247,7 +235,7 @@ fn report(name: &str, (r, median): &(Run, f64)) -> f64 {
         .unwrap_or(3)
         .max(1);
     println!(
-        "{name:<36} {:>9} lines {:>6.2} s {:>10.0} lines/s  (best of {n}, median {median:.0}; cpu {:.2} s, {} faults; {} hits, {} ban events, {} evicted)",
+        "  {name:<44} {:>9} lines {:>6.2} s {:>10.0} lines/s  (best of {n}, median {median:.0}; cpu {:.2} s, {} faults; {} hits, {} ban events, {} evicted)",
         r.lines,
         r.elapsed.as_secs_f64(),
         rate,
@@ -259,7 +247,7 @@ fn report(name: &str, (r, median): &(Run, f64)) -> f64 {
     );
     if let Some(t) = r.startup {
         println!(
-            "{:<36} (tracker memory touched before the clock starts: at most {:.3} s, not counted)",
+            "  {:<44} (tracker memory touched before the clock starts: at most {:.3} s, not counted)",
             "",
             t.as_secs_f64()
         );
@@ -267,129 +255,441 @@ fn report(name: &str, (r, median): &(Run, f64)) -> f64 {
     rate
 }
 
-/// Whether `ONLY` (comma-separated) is unset or names `run`.
-fn wanted(run: &str) -> bool {
-    std::env::var("ONLY").map_or(true, |only| only.split(',').any(|r| r.trim() == run))
+/// `palisade detect`'s arguments, for the child.
+#[derive(Debug, Parser)]
+struct DetectCli {
+    #[command(flatten)]
+    args: detect::DetectArgs,
+}
+
+/// What one child process took.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+    /// Its standard output's summary: the lines that hold the figures (the
+    /// last line, fail2ban-rs's and fail2ban-regex's totals). Only these
+    /// are kept: the bench process stays small, since a child's peak
+    /// memory as `wait4` reports it starts from what it was forked from.
+    out: String,
+}
+
+/// The figure lines of a tool's output file, read as a stream.
+fn figures(path: &Path) -> String {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut last = String::new();
+    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+        let t = line.trim_start();
+        if t.starts_with("Matches:") || t.starts_with("Would ban:") || t.starts_with("Lines:") {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        last = line;
+    }
+    out.push_str(&last);
+    out
+}
+
+/// Runs `cmd` (stdout to `out_file`) and measures it with `wait4`.
+fn measure(mut cmd: Command, out_file: &Path) -> Result<Measured, String> {
+    let out = std::fs::File::create(out_file).map_err(|e| e.to_string())?;
+    cmd.stdout(out).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing one status and one rusage.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    if r < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Measured {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+        out: figures(out_file),
+    })
+}
+
+/// One row of a log's table: lines per second of wall-clock and of CPU
+/// time, and memory.
+struct Row {
+    name: String,
+    rate: f64,
+    cpu_rate: f64,
+    rss_mib: f64,
+}
+
+fn row(name: &str, lines: usize, m: &Measured, matched: &str) -> Row {
+    let rate = lines as f64 / m.wall.as_secs_f64();
+    println!(
+        "  {name:<44} {:>6.2} s {:>10.0} lines/s  cpu {:>5.2} s {:>10.0} lines/s  peak {:>6.1} MiB  ({matched})",
+        m.wall.as_secs_f64(),
+        rate,
+        m.cpu.as_secs_f64(),
+        lines as f64 / m.cpu.as_secs_f64().max(1e-6),
+        m.max_rss_kib as f64 / 1024.0
+    );
+    Row {
+        name: name.to_string(),
+        rate,
+        cpu_rate: lines as f64 / m.cpu.as_secs_f64().max(1e-6),
+        rss_mib: m.max_rss_kib as f64 / 1024.0,
+    }
+}
+
+/// `palisade detect --json ARGS LOG` as a child.
+fn palisade(dir: &Path, log: &Path, args: &[&str]) -> Result<(Measured, String), String> {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD, "1").arg("--json").args(args).arg(log);
+    let m = measure(cmd, &dir.join("palisade.json"))?;
+    let summary: serde_json::Value = m
+        .out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or("no summary")?;
+    let s = &summary["summary"];
+    let matched: Vec<String> = s["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["matched"].as_u64() > Some(0))
+        .map(|r| format!("{} {}", r["rule"].as_str().unwrap_or(""), r["matched"]))
+        .collect();
+    let fallback = s["fallback_filters"].as_array().map_or(0, Vec::len);
+    let text = format!(
+        "matched: {}; {} bans, {} evicted{}",
+        matched.join(", "),
+        s["bans"],
+        s["evicted"],
+        if fallback > 0 {
+            format!("; {fallback} filters partly on fancy-regex")
+        } else {
+            String::new()
+        }
+    );
+    Ok((m, text))
+}
+
+/// fail2ban-rs, installed under `target/fail2ban-rs` if it is not yet.
+fn fail2ban_rs() -> Result<PathBuf, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let root = target.join("fail2ban-rs");
+    let bin = root.join("bin/fail2ban-rs");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    println!("installing fail2ban-rs 1.5 under {} (once)", root.display());
+    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "--locked",
+            "fail2ban-rs",
+            "--version",
+            "^1.5",
+            "--root",
+        ])
+        .arg(&root)
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if ok && bin.exists() {
+        Ok(bin)
+    } else {
+        Err("cargo install fail2ban-rs failed".into())
+    }
+}
+
+/// A fail2ban-rs jail: its name and patterns.
+type Jail<'a> = (&'a str, &'a [&'a str]);
+
+/// `fail2ban-rs dry-run` of `log` with `jails` (5 failures within 10m).
+fn run_fail2ban_rs(
+    bin: &Path,
+    dir: &Path,
+    log: &Path,
+    jails: &[Jail],
+) -> Result<(Measured, String), String> {
+    let mut conf = format!(
+        "[global]\nstate_file = {:?}\nsocket_path = {:?}\n",
+        dir.join("f2brs.state").display().to_string(),
+        dir.join("f2brs.sock").display().to_string()
+    );
+    for (name, patterns) in jails {
+        conf.push_str(&format!(
+            "\n[jail.{name}]\nenabled = true\nlog_path = {:?}\ndate_format = \"syslog\"\nfilter = [\n",
+            log.display().to_string()
+        ));
+        for p in *patterns {
+            conf.push_str(&format!("  '{p}',\n"));
+        }
+        conf.push_str(
+            "]\nmax_retry = 5\nfind_time = \"10m\"\nban_time = \"1h\"\nbackend = \"nftables\"\n",
+        );
+    }
+    let path = dir.join("fail2ban-rs.toml");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(&path).arg("dry-run").arg(log);
+    let m = measure(cmd, &dir.join("fail2ban-rs.out"))?;
+    let pick = |key: &str| -> u64 {
+        m.out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let text = format!(
+        "matched {}, would ban {}",
+        pick("Matches:"),
+        pick("Would ban:")
+    );
+    Ok((m, text))
+}
+
+/// fail2ban-regex with each filter in turn, times added up.
+fn run_fail2ban_regex(
+    dir: &Path,
+    log: &Path,
+    filters: &[&str],
+) -> Result<(Measured, String), String> {
+    let mut total = Measured {
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+        max_rss_kib: 0,
+        out: String::new(),
+    };
+    let mut matched = Vec::new();
+    for f in filters {
+        let mut cmd = Command::new("fail2ban-regex");
+        cmd.arg(log)
+            .arg(Path::new(FILTERS).join(format!("{f}.conf")));
+        let m = measure(cmd, &dir.join("fail2ban-regex.out"))?;
+        total.wall += m.wall;
+        total.cpu += m.cpu;
+        total.max_rss_kib = total.max_rss_kib.max(m.max_rss_kib);
+        let lines = m
+            .out
+            .lines()
+            .find(|l| l.starts_with("Lines:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        matched.push(format!("{f}: {lines}"));
+    }
+    Ok((total, matched.join("; ")))
+}
+
+/// fail2ban-rs patterns for the sshd lines palisade's built-in rule counts
+/// in the generated logs.
+const SSHD_JAIL: &[&str] = &[
+    r"sshd\[\d+\]: Failed password for .* from <HOST> port \d+ ssh2$",
+    r"sshd\[\d+\]: Invalid user .* from <HOST> port \d+$",
+    r"sshd\[\d+\]: Connection closed by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]$",
+    r"sshd\[\d+\]: Connection closed by <HOST> port \d+ \[preauth\]$",
+    r"sshd\[\d+\]: Disconnected from (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]$",
+    r"sshd\[\d+\]: Unable to negotiate with <HOST> port \d+: no matching",
+    r"sshd\[\d+\]: banner exchange: Connection from <HOST> port \d+: invalid format$",
+];
+
+/// fail2ban-rs patterns for the failures of the nginx/postfix/dovecot log.
+const NGINX_JAIL: &[&str] =
+    &[r"\[error\] \d+#\d+: \*\d+ user .*: password mismatch, client: <HOST>,"];
+const POSTFIX_JAIL: &[&str] = &[
+    r"postfix/smtpd\[\d+\]: warning: [-._\w]+\[<HOST>\]: SASL \w+ authentication failed",
+    r"postfix/smtpd\[\d+\]: NOQUEUE: reject: RCPT from \S+\[<HOST>\]: 554 5\.7\.1 .*Relay access denied",
+];
+const DOVECOT_JAIL: &[&str] =
+    &[r"dovecot: \w+-login: Disconnected \(auth failed, \d+ attempts.*rip=<HOST>,"];
+
+/// Speed ratios by wall-clock and by CPU time (on a shared machine other
+/// work inflates the former), and memory ratios.
+fn ratios(rows: &[Row]) {
+    let find = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix));
+    let palisade = || rows.iter().filter(|r| r.name.starts_with("palisade"));
+    if let Some(f) = find("fail2ban-rs") {
+        for p in palisade() {
+            println!(
+                "  ratio {}: {:.2}x fail2ban-rs's speed (cpu {:.2}x), {:.2}x its memory",
+                p.name,
+                p.rate / f.rate,
+                p.cpu_rate / f.cpu_rate,
+                p.rss_mib / f.rss_mib
+            );
+        }
+    }
+    if let Some(f) = find("fail2ban-regex") {
+        for p in palisade() {
+            println!(
+                "  ratio {}: {:.0}x fail2ban-regex (cpu {:.0}x)",
+                p.name,
+                p.rate / f.rate,
+                p.cpu_rate / f.cpu_rate
+            );
+        }
+    }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; ignore arguments.
+    if std::env::var_os(CHILD).is_some() {
+        let cli = DetectCli::parse();
+        match detect::run(cli.args, Vec::new(), Limits::default()) {
+            Ok(_) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("palisade: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let lines: usize = std::env::var("LINES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     pin_to_one_core();
-    let dir = tempfile::tempdir().unwrap();
-    // KEEP_LOG=FILE keeps the generated log there.
-    let path = match std::env::var("KEEP_LOG") {
-        Ok(p) => std::path::PathBuf::from(p),
-        Err(_) => dir.path().join("auth.log"),
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var("KEEP_LOGS") {
+        Ok(p) => {
+            std::fs::create_dir_all(&p).unwrap();
+            PathBuf::from(p)
+        }
+        Err(_) => tmp.path().to_path_buf(),
     };
-    let t = Instant::now();
-    {
-        let mut w = BufWriter::new(std::fs::File::create(&path).unwrap());
-        loggen::write_auth_log(&mut w, lines, 0x5eed_0001).unwrap();
+    type Gen = fn(&mut BufWriter<std::fs::File>, usize, u64) -> std::io::Result<()>;
+    let logs: [(&str, Gen); 3] = [
+        ("attack.log", |w, n, s| loggen::write_auth_log(w, n, s)),
+        ("quiet.log", |w, n, s| loggen::write_quiet_log(w, n, s)),
+        ("mail-web.log", |w, n, s| {
+            loggen::write_mail_web_log(w, n, s)
+        }),
+    ];
+    for (name, generate) in logs {
+        let mut w = BufWriter::new(std::fs::File::create(dir.join(name)).unwrap());
+        generate(&mut w, lines, 0x5eed_0001).unwrap();
     }
-    let size = std::fs::metadata(&path).unwrap().len();
-    println!(
-        "generated {lines} lines ({:.1} MB) in {:.2} s: {}",
-        size as f64 / 1e6,
-        t.elapsed().as_secs_f64(),
-        path.display()
-    );
+    println!("generated 3 logs of {lines} lines in {}", dir.display());
+    let have_f2b = Path::new(FILTERS).join("sshd.conf").exists();
+    let f2b_rs = if std::env::var_os("SKIP_FAIL2BAN_RS").is_some() {
+        Err("skipped".to_string())
+    } else {
+        fail2ban_rs()
+    };
+    let f2b_regex = std::env::var_os("SKIP_FAIL2BAN").is_none() && have_f2b;
 
+    let sshd_conf = format!("{FILTERS}/sshd.conf");
+    let mail_filters = ["nginx-http-auth", "postfix", "dovecot"];
+    let mail_args: Vec<String> = mail_filters
+        .iter()
+        .flat_map(|f| {
+            [
+                "--fail2ban-filter".to_string(),
+                format!("{FILTERS}/{f}.conf"),
+            ]
+        })
+        .collect();
+    for (log, title) in [
+        ("attack.log", "sshd log under attack"),
+        (
+            "quiet.log",
+            "quiet syslog (2% attacks, 28% ordinary sshd, 70% other daemons)",
+        ),
+        (
+            "mail-web.log",
+            "nginx, postfix and dovecot (imported fail2ban filters)",
+        ),
+    ] {
+        let path = dir.join(log);
+        println!("\n{title}: {lines} lines");
+        let mut rows = Vec::new();
+        let mail = log == "mail-web.log";
+        let args: Vec<&str> = if mail {
+            mail_args.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        let name = if mail {
+            "palisade detect --json (imported filters)"
+        } else {
+            "palisade detect --json (built-in rules)"
+        };
+        match palisade(&dir, &path, &args) {
+            Ok((m, text)) => rows.push(row(name, lines, &m, &text)),
+            Err(e) => println!("  {name}: {e}"),
+        }
+        if !mail && have_f2b {
+            let name = "palisade detect --json (imported sshd.conf)";
+            match palisade(&dir, &path, &["--fail2ban-filter", &sshd_conf]) {
+                Ok((m, text)) => rows.push(row(name, lines, &m, &text)),
+                Err(e) => println!("  {name}: {e}"),
+            }
+        }
+        match &f2b_rs {
+            Ok(bin) => {
+                let jails: Vec<Jail> = if mail {
+                    vec![
+                        ("nginx", NGINX_JAIL),
+                        ("postfix", POSTFIX_JAIL),
+                        ("dovecot", DOVECOT_JAIL),
+                    ]
+                } else {
+                    vec![("sshd", SSHD_JAIL)]
+                };
+                match run_fail2ban_rs(bin, &dir, &path, &jails) {
+                    Ok((m, text)) => rows.push(row("fail2ban-rs dry-run", lines, &m, &text)),
+                    Err(e) => println!("  fail2ban-rs: {e}"),
+                }
+            }
+            Err(e) => println!("  fail2ban-rs: {e}"),
+        }
+        if f2b_regex {
+            let filters: Vec<&str> = if mail {
+                mail_filters.to_vec()
+            } else {
+                vec!["sshd"]
+            };
+            match run_fail2ban_regex(&dir, &path, &filters) {
+                Ok((m, text)) => rows.push(row("fail2ban-regex", lines, &m, &text)),
+                Err(e) => println!("  fail2ban-regex: {e}"),
+            }
+        } else {
+            println!("  fail2ban-regex: skipped");
+        }
+        ratios(&rows);
+    }
+
+    let attack = dir.join("attack.log");
     let sshd: Vec<RuleConfig> = builtin::rules()
         .into_iter()
         .filter(|r| r.name == "sshd")
         .collect();
-    if wanted("engine") {
-        report(
-            "palisade engine only, sshd rule",
-            &best_of(|| run_engine(&path, &sshd)),
-        );
-    }
-    let builtin_rate = wanted("builtin").then(|| {
-        report(
-            "palisade built-in sshd rule",
-            &best_of(|| run_palisade(&path, &sshd)),
-        )
-    });
-    let all_rate = wanted("pack").then(|| {
-        report(
-            "palisade whole built-in pack",
-            &best_of(|| run_palisade(&path, &builtin::rules())),
-        )
-    });
-    let have_f2b = Path::new(SSHD_CONF).exists();
-    let mut import_rate = None;
-    if have_f2b && wanted("import") {
-        let rule: RuleConfig = toml::from_str(&format!(
-            "name = \"f2b-sshd\"\nfail2ban_filter = \"{SSHD_CONF}\"\n"
-        ))
-        .unwrap();
-        import_rate = Some(report(
-            "palisade imported fail2ban sshd.conf",
-            &best_of(|| run_palisade(&path, std::slice::from_ref(&rule))),
-        ));
-    }
-    if wanted("builtin") {
-        let (v4, v6) = attackers(&path, &sshd);
-        println!(
-            "the built-in sshd rule counts failures from {} distinct addresses ({v4} IPv4, {v6} IPv6); the tracker keeps {} at once",
-            v4 + v6,
-            Limits::default().max_tracked
-        );
-    }
-    let rss = peak_rss_kib();
-    println!(
-        "palisade peak RSS (whole bench process): {:.1} MiB",
-        rss as f64 / 1024.0
+    println!("\nin process, attack log (best of RUNS):");
+    report(
+        "palisade engine only, sshd rule",
+        &best_of(|| run_engine(&attack, &sshd)),
     );
-
-    if std::env::var("SKIP_FAIL2BAN").is_ok() || !have_f2b {
-        println!("fail2ban-regex: skipped");
-        return;
-    }
-    let t = Instant::now();
-    let out = Command::new("fail2ban-regex")
-        .arg(&path)
-        .arg(SSHD_CONF)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output();
-    let elapsed = t.elapsed();
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let matched = text
-                .lines()
-                .find(|l| l.starts_with("Lines:"))
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let rate = lines as f64 / elapsed.as_secs_f64();
-            println!(
-                "{:<36} {:>9} lines {:>6.2} s {:>10.0} lines/s  ({matched})",
-                "fail2ban-regex sshd.conf",
-                lines,
-                elapsed.as_secs_f64(),
-                rate
-            );
-            let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.0}x", r / rate));
-            println!(
-                "ratio to fail2ban-regex: built-in {}, imported sshd.conf {}, whole pack {}",
-                ratio(builtin_rate),
-                ratio(import_rate),
-                ratio(all_rate)
-            );
-        }
-        Ok(o) => println!(
-            "fail2ban-regex failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) => println!("fail2ban-regex not run: {e}"),
-    }
+    report(
+        "palisade built-in sshd rule",
+        &best_of(|| run_palisade(&attack, &sshd)),
+    );
+    let (v4, v6) = attackers(&attack, &sshd);
+    println!(
+        "  the built-in sshd rule counts failures from {} distinct addresses ({v4} IPv4, {v6} IPv6); the tracker holds {} pairs in its default budget",
+        v4 + v6,
+        Tracker::new(Engine::compile(&sshd).unwrap(), Limits::default()).capacity()
+    );
 }

@@ -19,7 +19,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match detect::run(cli.args, Vec::new()) {
+    match detect::run(cli.args, Vec::new(), palisade_detect::Limits::default()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("palisade: {e:#}");

@@ -120,12 +120,26 @@ ban = "1d"
 name = "port-probe"
 program = "kernel"
 closed_ports_only = true
+# A SYN can carry any source address: these bans are forgeable.
+forgeable = true
 bad = [
   '^(?:\[\s*\d+\.\d+\]\s*)?(?:NFLOG )?.*?IN=\S* OUT=\S* (?:MAC=\S* )?SRC=<HOST> DST=\S+ (?:.* )?PROTO=(?:TCP|UDP|SCTP|tcp|udp|sctp) SPT=\d+ DPT=(?P<port>\d+)(?: .*)?$',
 ]
 [[rule.stages]]
 name = "ban"
 count = 3
+within = "10m"
+ban = "1d"
+
+# Honeyports: a completed handshake with a decoy port palisade listens on
+# (a `honeyport` source). The peer's address is verified by the handshake.
+[[rule]]
+name = "honeyport"
+sources = ["honeyport"]
+bad = ['^palisade-honeyport: handshake from <HOST> to port \d+$']
+[[rule.stages]]
+name = "ban"
+count = 1
 within = "10m"
 ban = "1d"
 "#####;

@@ -63,6 +63,18 @@ pub struct RuleConfig {
     /// whose patterns capture `(?P<port>\d+)`, such as `port-probe`).
     #[serde(default)]
     pub closed_ports_only: bool,
+    /// Count IPv4 attackers per network of this many bits (default: the
+    /// `[detect]` setting, 32: per address; 24 counts and bans a /24).
+    #[serde(default, deserialize_with = "de_prefix_v4")]
+    pub prefix_v4: Option<u8>,
+    /// Count IPv6 attackers per network of this many bits (default: the
+    /// `[detect]` setting, 64: an attacker rotating through its /64 is one).
+    #[serde(default, deserialize_with = "de_prefix_v6")]
+    pub prefix_v6: Option<u8>,
+    /// The rule counts packets whose source can be forged without a
+    /// handshake (port probes): its bans are marked forgeable.
+    #[serde(default)]
+    pub forgeable: bool,
     /// Share bans with the network (default) or act on this node only.
     #[serde(default)]
     pub scope: Scope,
@@ -148,6 +160,48 @@ pub enum SourceConfig {
         name: Option<String>,
         group: u16,
     },
+    /// Decoy TCP ports palisade listens on: a peer that completes a
+    /// handshake there is a verified prober (the built-in `honeyport` rule
+    /// counts the lines of the source named `honeyport`, the default name).
+    Honeyport {
+        #[serde(default)]
+        name: Option<String>,
+        /// The ports (nothing else may listen on them).
+        #[serde(deserialize_with = "de_ports")]
+        ports: Vec<u16>,
+        /// The address to listen on; `::` (the default) takes IPv4 too.
+        #[serde(default = "default_honeyport_bind")]
+        bind: std::net::IpAddr,
+        /// Most connections accepted a second (the rest wait in the
+        /// kernel's backlog).
+        #[serde(default = "default_honeyport_rate")]
+        max_per_second: u32,
+    },
+}
+
+fn default_honeyport_bind() -> std::net::IpAddr {
+    std::net::Ipv6Addr::UNSPECIFIED.into()
+}
+
+fn default_honeyport_rate() -> u32 {
+    100
+}
+
+fn de_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let ports = Vec::<u16>::deserialize(d)?;
+    if ports.is_empty() || ports.len() > 64 {
+        return Err(D::Error::custom("give 1 to 64 decoy ports"));
+    }
+    if ports.contains(&0) {
+        return Err(D::Error::custom("port 0 is not a port to listen on"));
+    }
+    let mut sorted = ports.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != ports.len() {
+        return Err(D::Error::custom("a port is listed twice"));
+    }
+    Ok(ports)
 }
 
 /// Where a file source starts reading when it has no saved position.
@@ -160,6 +214,12 @@ pub enum StartAt {
 }
 
 impl SourceConfig {
+    /// Whether the source's lines can be caused by forged packets (it sees
+    /// packets, not sessions): NFLOG.
+    pub fn forgeable(&self) -> bool {
+        matches!(self, SourceConfig::Nflog { .. })
+    }
+
     /// The source's name: the configured one, or `kind:path`.
     pub fn name(&self) -> String {
         match self {
@@ -183,16 +243,26 @@ impl SourceConfig {
             SourceConfig::Nflog { name, group } => {
                 name.clone().unwrap_or_else(|| format!("nflog:{group}"))
             }
+            SourceConfig::Honeyport { name, .. } => {
+                name.clone().unwrap_or_else(|| "honeyport".into())
+            }
         }
     }
 }
 
-/// Memory bounds of a [`crate::Tracker`].
+/// Memory bounds and counting defaults of a [`crate::Tracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Most (rule, address) pairs counted at once; the least recently seen
-    /// is forgotten first. Attackers choose how many addresses appear.
-    pub max_tracked: usize,
+    /// Bytes the counting state may use (pairs and evidence); attackers
+    /// choose how many addresses appear. The default, 100 MB, counts more
+    /// than a million (rule, attacker) pairs.
+    pub memory: usize,
+    /// At most this many pairs, whatever the memory allows.
+    pub max_tracked: Option<usize>,
+    /// Default network sizes attackers are counted by (a rule may set its
+    /// own): IPv4 per address, IPv6 per /64.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
     /// Evidence lines kept per address (at most
     /// [`palisade_model::decision::MAX_EVIDENCE_LINES`]).
     pub evidence_lines: usize,
@@ -203,11 +273,36 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_tracked: 65_536,
+            memory: DEFAULT_MEMORY,
+            max_tracked: None,
+            prefix_v4: 32,
+            prefix_v6: 64,
             evidence_lines: palisade_model::decision::MAX_EVIDENCE_LINES,
             evidence_len: 300,
         }
     }
+}
+
+/// The default memory budget of the counting state: 100 MB.
+pub const DEFAULT_MEMORY: usize = 100_000_000;
+
+fn de_prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    de_prefix(d, 8, 32).map(Some)
+}
+
+fn de_prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    de_prefix(d, 16, 128).map(Some)
+}
+
+/// A prefix length of `min` to `max` bits.
+pub fn de_prefix<'de, D: Deserializer<'de>>(d: D, min: u8, max: u8) -> Result<u8, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(i64::from(min)..=i64::from(max)).contains(&n) {
+        return Err(D::Error::custom(format!(
+            "prefix length {n} out of range: use {min} to {max} bits"
+        )));
+    }
+    Ok(n as u8)
 }
 
 fn yes() -> bool {
@@ -345,9 +440,18 @@ path = "/var/log/auth.log"
 # units = ["ssh.service"]
 
 # Kernel NFLOG group for port probes (palisade adds `log group N` itself).
+# Bans from it are forgeable (a SYN can carry any source address).
 # [[source]]
 # kind = "nflog"
 # group = 5
+
+# Decoy TCP ports palisade listens on: a peer completing a handshake there is
+# banned by the built-in `honeyport` rule, and the ban is verified.
+# [[source]]
+# kind = "honeyport"
+# ports = [23, 2323, 3389]
+# bind = "::"             # "::" also takes IPv4
+# max_per_second = 100    # accepts a second; the rest wait in the backlog
 
 # A rule with palisade patterns: `<HOST>` is the attacker's address. Patterns
 # are matched against the syslog message (after "host prog[pid]: "), must
@@ -442,6 +546,35 @@ mod tests {
         assert!(err.contains("unknown field"), "{err}");
         let err = parse("[[source]]\nkind = \"carrier-pigeon\"\n").unwrap_err();
         assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn honeyport_sources() {
+        let doc = parse("[[source]]\nkind = \"honeyport\"\nports = [23, 2323]\n").unwrap();
+        assert_eq!(doc.source[0].name(), "honeyport");
+        assert!(!doc.source[0].forgeable());
+        let SourceConfig::Honeyport {
+            bind,
+            max_per_second,
+            ..
+        } = &doc.source[0]
+        else {
+            panic!()
+        };
+        assert_eq!((bind.to_string().as_str(), *max_per_second), ("::", 100));
+        // (Source tables are tagged by `kind`, so errors point at the table.)
+        for (bad, says) in [
+            ("ports = []", "1 to 64"),
+            ("ports = [0]", "port 0"),
+            ("ports = [23, 23]", "twice"),
+            ("ports = [70000]", "70000"),
+            ("ports = [23]\nbind = \"nowhere\"", "address"),
+        ] {
+            let err = parse(&format!("[[source]]\nkind = \"honeyport\"\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let doc = parse("[[source]]\nkind = \"nflog\"\ngroup = 5\n").unwrap();
+        assert!(doc.source[0].forgeable());
     }
 
     #[test]

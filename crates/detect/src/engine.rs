@@ -85,6 +85,11 @@ pub struct RuleInfo {
     pub name: String,
     pub scope: Scope,
     pub stages: Vec<StageConfig>,
+    /// The rule's own network sizes to count by (else the tracker's).
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
+    /// Its failures can be forged (port probes).
+    pub forgeable: bool,
     sources: Vec<String>,
     program: Option<String>,
     closed_ports_only: bool,
@@ -191,6 +196,18 @@ impl Engine {
                     message: "has no `bad` or `good` patterns and no `fail2ban_filter`".into(),
                 });
             }
+            if infos.len() >= crate::tracker::MAX_RULES {
+                return Err(CompileError::Rule {
+                    rule: rc.name.clone(),
+                    message: format!("too many rules: at most {}", crate::tracker::MAX_RULES),
+                });
+            }
+            if rc.stages.len() > crate::tracker::MAX_STAGES {
+                return Err(CompileError::Rule {
+                    rule: rc.name.clone(),
+                    message: format!("too many stages: at most {}", crate::tracker::MAX_STAGES),
+                });
+            }
             if rc.stages.is_empty() {
                 return Err(CompileError::Rule {
                     rule: rc.name.clone(),
@@ -264,6 +281,9 @@ impl Engine {
                 name: rc.name.clone(),
                 scope: rc.scope,
                 stages: rc.stages.clone(),
+                prefix_v4: rc.prefix_v4,
+                prefix_v6: rc.prefix_v6,
+                forgeable: rc.forgeable,
                 sources: rc.sources.clone(),
                 program: rc.program.clone(),
                 closed_ports_only: rc.closed_ports_only,
@@ -294,6 +314,16 @@ impl Engine {
     /// The compiled rules, indexed by [`Hit::rule`].
     pub fn rules(&self) -> &[RuleInfo] {
         &self.rules
+    }
+
+    /// The rules whose fail2ban filters run some regexes on the fallback
+    /// engine (fancy-regex, backtracking), with those regexes.
+    pub fn fallback_filters(&self) -> Vec<(String, Vec<String>)> {
+        self.f2b
+            .iter()
+            .map(|(rule, f)| (self.rules[*rule].name.clone(), f.fallback_regexes()))
+            .filter(|(_, regexes)| !regexes.is_empty())
+            .collect()
     }
 
     /// Turns the open-ports check of `closed_ports_only` rules on or off

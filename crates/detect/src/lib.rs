@@ -31,10 +31,11 @@ pub mod tracker;
 
 /// The benchmark's log generator, for tests.
 #[cfg(test)]
+#[allow(dead_code)]
 #[path = "../benches/loggen/mod.rs"]
 mod loggen;
 
 pub use config::{EXAMPLE_TOML, Limits, RuleConfig, SourceConfig, StageConfig};
 pub use engine::{CompileError, Engine, Hit, HitKind};
 pub use sources::{Line, SourceHandle, nflog_source, spawn};
-pub use tracker::{Event, StageRef, Tracker};
+pub use tracker::{Event, StageRef, Tracker, Trust};

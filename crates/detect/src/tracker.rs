@@ -1,29 +1,41 @@
-//! Counting failures per (rule, address) and firing stages.
+//! Counting failures per (rule, attacker) and firing stages.
 //!
-//! For each failure the tracker keeps its time (at most as many as the
-//! rule's largest stage count) and the line as evidence (at most
-//! [`Limits::evidence_lines`], each capped). A stage fires when the failures
-//! within its window reach its count and no higher or equal stage of the
-//! rule is in force for the address; a stage is in force until its ban
-//! length has passed. A good pattern forgets the address and yields
-//! [`Event::Forgive`].
+//! An attacker is an address, or the network a rule counts by: IPv6
+//! addresses are counted per /64 by default (an attacker rotating through
+//! its /64 is one attacker), IPv4 per address (optionally per /24); see
+//! [`Limits::prefix_v4`], [`Limits::prefix_v6`] and the rules' own
+//! `prefix_v4`/`prefix_v6`. A stage's ban then targets that network.
 //!
-//! Memory is bounded: at most [`Limits::max_tracked`] (rule, address) pairs;
-//! when full, the least recently seen pair is forgotten.
+//! For each pair the tracker keeps the failure times (at most as many as
+//! the rule's largest stage count). A stage fires when the failures within
+//! its window reach its count and no higher or equal stage of the rule is in
+//! force for the pair; a stage is in force until its ban length has passed
+//! (kept to the second, rounded up). A good pattern forgets the pair and
+//! yields [`Event::Forgive`].
 //!
-//! Layout, for speed with many attackers: the pairs live in a slab whose
-//! slots are reused (a forgotten pair's slot, with its buffers, serves the
-//! next new pair, so steady state allocates nothing); a hash table of slot
-//! numbers finds them; each slot keeps its times and its evidence lines in
-//! ring buffers; the least recently seen pair is found through a queue of
-//! (slot, touch) records, stale records being skipped and dropped. Whether a
-//! record is stale, and where a forgotten slot's table entry is, are read
-//! from a small array beside the slots (8 bytes each), not from the slots:
-//! with many attackers most records are stale, and fetching a slot for each
-//! was a cache miss each.
+//! Memory is bounded by a budget ([`Limits::memory`]): the pairs (64 bytes
+//! each, plus their place in the hash table) and the evidence log share it,
+//! and the default of 100 MB holds more than a million pairs. When the
+//! budget is full, a new pair takes the place of the pair least likely to
+//! reach a threshold among a few picked at random: the
+//! lowest share of its next stage's count within that stage's window (a
+//! pair whose highest stage is in force has nothing left to reach), the
+//! longest silent on a tie. Evictions are counted ([`Tracker::evicted`]).
+//!
+//! Evidence (the matched lines) goes to one log of bytes shared by all
+//! pairs, each line linked to the pair's previous one; a ban carries the
+//! pair's last lines still in the log. The log is a fixed share of the
+//! budget, so under a flood the oldest lines of slow attackers may be gone
+//! when they are banned (the ban then shows fewer lines, never wrong ones).
+//!
+//! Each ban says whether it can be trusted ([`Trust`]): failures from a
+//! rule marked `forgeable` (port probes: a SYN can carry any source
+//! address) or from a source that cannot see handshakes (NFLOG) make the
+//! pair's bans [`Trust::Forgeable`].
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use palisade_model::decision::clean_text;
 use palisade_model::{Net, Scope, Span, Timestamp};
@@ -42,10 +54,38 @@ pub struct StageRef {
     pub list: Option<String>,
 }
 
+/// Whether a detection can have been caused by forged packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// The attacker completed a handshake: a daemon's log line about an
+    /// established session, or a connection to a honeyport.
+    Verified,
+    /// Seen in packets whose source address can be forged without a
+    /// handshake (port probes from NFLOG or kernel LOG lines).
+    Forgeable,
+}
+
+impl Trust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Verified => "verified",
+            Trust::Forgeable => "forgeable",
+        }
+    }
+}
+
+impl std::fmt::Display for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the agent should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Ban `address` for `span` (source: detector).
+    /// Ban `address` (a host, or the network the rule counts by) for
+    /// `span` (source: detector).
     Ban {
         rule: String,
         address: Net,
@@ -56,23 +96,32 @@ pub enum Event {
         count: u32,
         /// The last few matched lines, oldest first, cleaned and capped.
         evidence: Vec<String>,
+        /// Whether the failures could have been forged.
+        trust: Trust,
     },
     /// Lift the bans detectors made for `address` (a good pattern matched).
     Forgive { rule: String, address: Net },
 }
 
 /// No stage in force.
-const NONE_FIRED: u16 = u16::MAX;
+const NONE_FIRED: u8 = u8::MAX;
 
 /// `rule` of a free slot.
-const FREE: u32 = u32::MAX;
+const FREE: u16 = u16::MAX;
+
+/// Most rules and stages per rule a tracker counts (slot fields are small).
+pub const MAX_RULES: usize = FREE as usize;
+pub const MAX_STAGES: usize = NONE_FIRED as usize;
 
 /// Failure times kept in the slot itself (as offsets from its base time);
-/// rules with larger stage counts keep them in [`Wide`] rings.
-const INLINE_TIMES: usize = 20;
+/// a pair of a rule counting more moves its times to a [`Wide`] ring once
+/// it has more failures than that (most attackers never do).
+const INLINE_TIMES: usize = 5;
 
-/// `Slot::t_cap` flag: this slot's times are in `Tracker::wide`.
-const WIDE: u8 = 0x80;
+/// `Slot::flags`: the times are in `Tracker::wide`.
+const WIDE: u8 = 1;
+/// `Slot::flags`: a counted failure could have been forged.
+const FORGEABLE: u8 = 2;
 
 /// Most evidence lines kept per pair.
 const MAX_LINES: usize = palisade_model::decision::MAX_EVIDENCE_LINES;
@@ -80,50 +129,44 @@ const MAX_LINES: usize = palisade_model::decision::MAX_EVIDENCE_LINES;
 /// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
 const MAX_LINE_LEN: usize = 16 * 1024;
 
-/// One (rule, address) pair being counted, in three cache lines: the times
-/// and state a failure reads, then where its evidence lines are (their
-/// bytes are in `Tracker::arena`, or on the heap when they outgrow it).
+/// Bytes of memory per pair: its slot and, at most three quarters full,
+/// its entries of the hash table.
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// Pairs looked at for each eviction.
+const EVICTION_SAMPLE: usize = 8;
+
+/// One (rule, attacker) pair being counted, in one cache line.
 #[repr(C, align(64))]
 struct Slot {
-    /// Failure times: a ring of the rule's largest stage count, in ms after
-    /// `base`.
+    /// Failure times: a ring, in ms after `base`.
     times: [u32; INLINE_TIMES],
+    /// When the stage in force stops being in force, in seconds since the
+    /// epoch rounded up (`u32::MAX`: forever).
+    until: u32,
     base: u64,
-    /// When the stage in force stops being in force.
-    until: u64,
-    /// The address (IPv4 as IPv4-mapped IPv6).
+    /// The newest evidence line's position in the evidence log, plus one
+    /// (0: none).
+    evidence: u64,
+    /// The counted network's address (IPv4 as IPv4-mapped IPv6).
     addr: [u8; 16],
     /// The rule, or [`FREE`].
-    rule: u32,
+    rule: u16,
     /// The highest stage in force, or [`NONE_FIRED`].
-    fired: u16,
-    /// The times ring: index of the oldest, how many are kept, how many of
-    /// the newest are in order (for those, the n-th newest is also the
-    /// earliest of the n newest), capacity (with [`WIDE`]).
+    fired: u8,
+    /// The counted network's prefix length (of its family).
+    prefix: u8,
+    /// [`WIDE`], [`FORGEABLE`].
+    flags: u8,
+    /// The inline times ring: index of the oldest, how many are kept, how
+    /// many of the newest are in order (for those, the n-th newest is also
+    /// the earliest of the n newest).
     t_head: u8,
     t_len: u8,
     t_sorted: u8,
-    t_cap: u8,
-    /// The evidence ring (third cache line).
-    ev: Ring,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 192);
-
-/// What the eviction order needs of a slot, kept apart from it in a small
-/// array (8 bytes a slot) so that looking past stale order records and
-/// finding a forgotten pair's table entry do not fetch the slot itself.
-#[derive(Clone, Copy)]
-struct Meta {
-    /// The last touch, as its order record has it (always even), or
-    /// [`FREE_STAMP`].
-    stamp: u32,
-    /// The slot's table tag (the low 32 bits of its key's hash).
-    tag: u32,
-}
-
-/// `Meta::stamp` of a free slot (odd: no order record has it).
-const FREE_STAMP: u32 = 1;
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 /// The times of a slot whose rule counts more than [`INLINE_TIMES`]
 /// failures, or whose times span more than 32 bits of milliseconds.
@@ -134,6 +177,12 @@ struct Wide {
     sorted: usize,
 }
 
+impl Wide {
+    /// Heap bytes of a ring of `cap` times, with its map entry.
+    fn bytes(cap: usize) -> usize {
+        cap * 8 + 64
+    }
+}
 /// Read access to a ring of failure times, newest first.
 trait Times {
     fn len(&self) -> usize;
@@ -194,21 +243,27 @@ fn ring_index(head: usize, k: usize, cap: usize) -> usize {
     if i >= cap { i - cap } else { i }
 }
 
-impl Times for Slot {
+/// A slot's inline times, with the ring's capacity (its rule's).
+struct Inline<'a> {
+    slot: &'a Slot,
+    cap: usize,
+}
+
+impl Times for Inline<'_> {
     fn len(&self) -> usize {
-        usize::from(self.t_len)
+        usize::from(self.slot.t_len)
     }
     fn sorted(&self) -> usize {
-        usize::from(self.t_sorted)
+        usize::from(self.slot.t_sorted)
     }
     fn time(&self, back: usize) -> u64 {
-        let cap = usize::from(self.t_cap);
+        let s = self.slot;
         let i = ring_index(
-            usize::from(self.t_head),
-            usize::from(self.t_len) - 1 - back,
-            cap,
+            usize::from(s.t_head),
+            usize::from(s.t_len) - 1 - back,
+            self.cap,
         );
-        self.base + u64::from(self.times[i])
+        s.base + u64::from(s.times[i])
     }
 }
 
@@ -244,20 +299,24 @@ impl Wide {
 
 impl Slot {
     fn is_wide(&self) -> bool {
-        self.t_cap & WIDE != 0
+        self.flags & WIDE != 0
     }
 
-    /// Adds a failure time; `false` (nothing changed) if `t` and the kept
-    /// times do not fit 32-bit offsets from one base.
-    fn push_time(&mut self, t: u64) -> bool {
-        let cap = usize::from(self.t_cap);
+    fn inline(&self, cap: usize) -> Inline<'_> {
+        Inline { slot: self, cap }
+    }
+
+    /// Adds a failure time to the inline ring of capacity `cap`; `false`
+    /// (nothing changed) if `t` and the kept times do not fit 32-bit
+    /// offsets from one base.
+    fn push_time(&mut self, t: u64, cap: usize) -> bool {
         let len = usize::from(self.t_len);
         if len == 0 {
             self.base = t;
         } else if t < self.base || t - self.base > u64::from(u32::MAX) {
             let (mut lo, mut hi) = (t, t);
             for k in 0..len {
-                let x = self.time(k);
+                let x = self.inline(cap).time(k);
                 lo = lo.min(x);
                 hi = hi.max(x);
             }
@@ -270,8 +329,8 @@ impl Slot {
             }
             self.base = lo;
         }
-        self.t_sorted = if len > 0 && t >= self.time(0) {
-            (self.t_sorted + 1).min(self.t_cap)
+        self.t_sorted = if len > 0 && t >= self.inline(cap).time(0) {
+            (self.t_sorted + 1).min(cap as u8)
         } else {
             1
         };
@@ -287,12 +346,13 @@ impl Slot {
         true
     }
 
-    /// The times as a [`Wide`] ring of capacity `cap`.
-    fn widen(&self, cap: usize) -> Wide {
+    /// The inline times (a ring of capacity `cap`) as a [`Wide`] ring of
+    /// capacity `wide`.
+    fn widen(&self, cap: usize, wide: usize) -> Wide {
         let len = usize::from(self.t_len);
-        let mut times = vec![0; cap];
+        let mut times = vec![0; wide];
         for (k, x) in times.iter_mut().take(len).enumerate() {
-            *x = self.time(len - 1 - k);
+            *x = self.inline(cap).time(len - 1 - k);
         }
         Wide {
             times,
@@ -301,8 +361,19 @@ impl Slot {
             sorted: usize::from(self.t_sorted),
         }
     }
+
+    /// The counted network.
+    fn net(&self) -> Net {
+        let a = std::net::Ipv6Addr::from(self.addr);
+        let addr = match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(a),
+        };
+        Net::truncating(addr, self.prefix)
+    }
 }
 
+/// The 16 bytes of `addr` (IPv4 as IPv4-mapped IPv6).
 fn key(addr: &IpAddr) -> [u8; 16] {
     match addr {
         IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
@@ -310,170 +381,115 @@ fn key(addr: &IpAddr) -> [u8; 16] {
     }
 }
 
-/// Evidence lines in a ring of bytes, their lengths in a ring beside it.
-/// The bytes are the slot's region of the arena, or `heap` once the lines
-/// to keep do not fit there.
-#[derive(Default)]
-struct Ring {
-    heap: Option<Box<[u8]>>,
-    head: u32,
-    used: u32,
-    /// Lengths of the kept lines, oldest at `first`.
-    lens: [u16; MAX_LINES],
-    first: u8,
-    count: u8,
+/// Matched lines of all pairs, in one ring of bytes. Each record is the
+/// position of the pair's previous record plus one (8 bytes), the line's
+/// length (2 bytes) and the line; positions count every byte ever written,
+/// so a record is still there when its position is within the ring's size
+/// of the end.
+struct EvidenceLog {
+    buf: Vec<u8>,
+    written: u64,
 }
 
-fn ring_read(buf: &[u8], at: usize, out: &mut [u8]) {
-    let cap = buf.len();
-    let first = out.len().min(cap - at);
-    out[..first].copy_from_slice(&buf[at..at + first]);
-    let rest = out.len() - first;
-    out[first..].copy_from_slice(&buf[..rest]);
-}
+const RECORD_HEAD: usize = 10;
 
-fn ring_write(buf: &mut [u8], at: usize, data: &[u8]) {
-    let cap = buf.len();
-    let first = data.len().min(cap - at);
-    buf[at..at + first].copy_from_slice(&data[..first]);
-    let rest = data.len() - first;
-    buf[..rest].copy_from_slice(&data[first..]);
-}
-
-fn wrap(at: usize, cap: usize) -> usize {
-    if at >= cap { at - cap } else { at }
-}
-
-impl Ring {
-    fn clear(&mut self) {
-        self.head = 0;
-        self.used = 0;
-        self.first = 0;
-        self.count = 0;
-    }
-
-    fn len_at(&self, n: usize) -> usize {
-        usize::from(self.lens[(usize::from(self.first) + n) % MAX_LINES])
-    }
-
-    /// Appends `line` (at most [`MAX_LINE_LEN`] + 3 bytes), keeping at most
-    /// `max` lines (`max` <= [`MAX_LINES`]); `region` is the slot's room in
-    /// the arena.
-    fn push(&mut self, region: &mut [u8], line: &[u8], max: usize) {
-        let mut heap = self.heap.take();
-        let cap = heap.as_ref().map_or(region.len(), |h| h.len());
-        if usize::from(self.count) >= max {
-            let n = self.len_at(0);
-            self.head = wrap(self.head as usize + n, cap) as u32;
-            self.used -= n as u32;
-            self.first = ((usize::from(self.first) + 1) % MAX_LINES) as u8;
-            self.count -= 1;
-        }
-        let need = line.len();
-        let used = self.used as usize;
-        if used + need > cap {
-            let mut bigger =
-                vec![0u8; (used + need).max(cap + cap / 2).max(256)].into_boxed_slice();
-            let buf: &[u8] = heap.as_deref().unwrap_or(region);
-            ring_read(buf, self.head as usize, &mut bigger[..used]);
-            heap = Some(bigger);
-            self.head = 0;
-        }
-        let buf: &mut [u8] = match &mut heap {
-            Some(h) => h,
-            None => region,
-        };
-        let at = wrap(self.head as usize + used, buf.len());
-        ring_write(buf, at, line);
-        self.heap = heap;
-        self.used += need as u32;
-        self.lens[(usize::from(self.first) + usize::from(self.count)) % MAX_LINES] = need as u16;
-        self.count += 1;
-    }
-
-    /// Asks the processor to fetch the room the next `len` bytes will be
-    /// written to.
-    fn prefetch_next(&self, region: &[u8], len: usize) {
-        let buf: &[u8] = self.heap.as_deref().unwrap_or(region);
-        if self.used as usize + len > buf.len() {
-            return; // it will grow
-        }
-        let at = wrap(self.head as usize + self.used as usize, buf.len());
-        let mut off = 0;
-        while off < len + 64 {
-            prefetch(&buf[wrap(at + off.min(len), buf.len())]);
-            off += 64;
+impl EvidenceLog {
+    fn new(bytes: usize) -> EvidenceLog {
+        EvidenceLog {
+            buf: Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3)),
+            written: 0,
         }
     }
 
-    /// The lines, oldest first.
-    fn lines(&self, region: &[u8]) -> Vec<String> {
-        let buf: &[u8] = self.heap.as_deref().unwrap_or(region);
-        let mut out = Vec::with_capacity(usize::from(self.count));
-        let mut at = self.head as usize;
-        for n in 0..usize::from(self.count) {
-            let len = self.len_at(n);
-            let first = len.min(buf.len() - at);
-            let mut text = Vec::with_capacity(len);
-            text.extend_from_slice(&buf[at..at + first]);
-            text.extend_from_slice(&buf[..len - first]);
-            at = wrap(at + len, buf.len());
+    fn cap(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        let cap = self.cap();
+        let at = (self.written % cap as u64) as usize;
+        if self.buf.len() < cap {
+            // Filling for the first time (pages are touched as needed).
+            let room = cap - self.buf.len();
+            let first = data.len().min(room);
+            self.buf.extend_from_slice(&data[..first]);
+            if first < data.len() {
+                self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+            }
+        } else {
+            let first = data.len().min(cap - at);
+            self.buf[at..at + first].copy_from_slice(&data[..first]);
+            self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        }
+        self.written += data.len() as u64;
+    }
+
+    fn read(&self, pos: u64, out: &mut [u8]) {
+        let cap = self.cap();
+        let at = (pos % cap as u64) as usize;
+        let first = out.len().min(cap - at);
+        out[..first].copy_from_slice(&self.buf[at..at + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
+    }
+
+    /// Appends `line` after the record at `prev` (a position plus one, or
+    /// 0); returns the new record's position plus one.
+    fn push(&mut self, prev: u64, line: &[u8]) -> u64 {
+        let pos = self.written;
+        let mut head = [0u8; RECORD_HEAD];
+        head[..8].copy_from_slice(&prev.to_le_bytes());
+        head[8..].copy_from_slice(&(line.len() as u16).to_le_bytes());
+        self.write(&head);
+        self.write(line);
+        pos + 1
+    }
+
+    /// Whether the record at `pos` is still whole.
+    fn holds(&self, pos: u64) -> bool {
+        pos >= self.written.saturating_sub(self.cap() as u64)
+    }
+
+    /// Up to `max` lines of the chain ending at `last`, oldest first.
+    fn lines(&self, mut last: u64, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while last != 0 && out.len() < max && self.holds(last - 1) {
+            let pos = last - 1;
+            let mut head = [0u8; RECORD_HEAD];
+            self.read(pos, &mut head);
+            let prev = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+            let len = usize::from(u16::from_le_bytes([head[8], head[9]]));
+            let mut text = vec![0u8; len];
+            self.read(pos + RECORD_HEAD as u64, &mut text);
             // Written from whole `str`s.
             out.push(String::from_utf8(text).unwrap_or_default());
+            last = prev;
         }
+        out.reverse();
         out
     }
-}
-
-/// Asks the kernel to back `v`'s buffer with huge pages where it can (the
-/// slots and evidence are read at random: fewer TLB misses).
-fn advise_huge<T>(v: &Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = v.as_ptr() as usize;
-        let end = start + v.capacity() * std::mem::size_of::<T>();
-        let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-        if b > a {
-            // SAFETY: advice on whole pages inside the vector's own
-            // allocation; it changes how they are backed, not their contents.
-            unsafe {
-                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
-}
-
-/// Asks the processor to bring the cache line of `p` in (no effect on
-/// other targets).
-#[inline(always)]
-fn prefetch<T>(p: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints the cache; `p` is a valid reference.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Slot numbers by hash of (rule, address): open addressing with linear
 /// probing, each entry one word (32 bits of the hash, which also places it,
 /// and the slot number plus one; 0 is empty), so a lookup reads one cache
-/// line before the slot. At most half full; removal shifts the entries
-/// after the hole back (no tombstones).
+/// line before the slot. At most three quarters full (it doubles as pairs
+/// arrive); removal shifts the entries after the hole back (no
+/// tombstones).
 struct SlotTable {
     entries: Vec<u64>,
     len: usize,
 }
 
+/// Table entries for `n` pairs.
+fn table_size(n: usize) -> usize {
+    (n + n / 3 + 1).next_power_of_two().max(16)
+}
+
 impl SlotTable {
     fn with_capacity(n: usize) -> SlotTable {
         SlotTable {
-            entries: vec![0; (2 * n).next_power_of_two().max(16)],
+            entries: vec![0; table_size(n)],
             len: 0,
         }
     }
@@ -508,7 +524,7 @@ impl SlotTable {
     }
 
     fn insert(&mut self, hash: u64, slot: u32) {
-        if 2 * (self.len + 1) > self.entries.len() {
+        if 4 * (self.len + 1) > 3 * self.entries.len() {
             let bigger = vec![0; 2 * self.entries.len()];
             let old = std::mem::replace(&mut self.entries, bigger);
             self.len = 0;
@@ -590,133 +606,155 @@ fn random_seed() -> u64 {
     }
 }
 
+/// Asks the processor to bring the cache line of `p` in (no effect on
+/// other targets).
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; `p` is a valid reference.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// What a rule counts, resolved from it and the [`Limits`].
+struct RuleCounting {
+    /// The largest stage count (the times kept), and the inline ring's
+    /// capacity.
+    max_count: usize,
+    inline_cap: usize,
+    /// The longest window, in ms.
+    max_window: u64,
+    prefix_v4: u8,
+    prefix_v6: u8,
+    forgeable: bool,
+}
+
+/// How many pairs fit `memory` bytes beside an evidence log of `log` bytes.
+fn capacity(memory: usize, log: usize) -> usize {
+    let room = memory.saturating_sub(log);
+    // The table doubles: find the largest count whose slots and table fit.
+    let mut n = room / SLOT_BYTES;
+    while n > 0 && n * SLOT_BYTES + table_size(n) * 8 > room {
+        let table = table_size(n) * 8;
+        n = n.min(room.saturating_sub(table) / SLOT_BYTES);
+        if n * SLOT_BYTES + table_size(n) * 8 > room {
+            n = n.saturating_sub(n / 64 + 1);
+        }
+    }
+    n.max(1)
+}
+
+/// The evidence log's share of a memory budget.
+fn log_bytes(memory: usize) -> usize {
+    (memory / 32).clamp(64 << 10, 64 << 20)
+}
+
 /// Counting state over an [`Engine`].
 pub struct Tracker {
     engine: Engine,
     limits: Limits,
+    /// Most pairs at once (from the budget and [`Limits::max_tracked`]).
+    capacity: usize,
+    /// Bytes the slots and [`Wide`] rings may use.
+    pair_budget: usize,
+    rules: Vec<RuleCounting>,
     slots: Vec<Slot>,
-    /// Stamp and tag of each slot.
-    meta: Vec<Meta>,
-    /// Evidence bytes: `region` bytes per slot, slot after slot.
-    arena: Vec<u8>,
-    region: usize,
-    /// Times of the slots marked [`WIDE`].
-    wide: std::collections::HashMap<u32, Wide>,
+    /// Times of the slots marked [`WIDE`], and their bytes.
+    wide: HashMap<u32, Wide>,
+    wide_bytes: usize,
     free: Vec<u32>,
     /// Slot numbers, by hash of (rule, address).
     table: SlotTable,
     keys: KeyHash,
-    /// (slot, stamp of the touch) per touch, oldest first; a record is
-    /// stale when the slot was touched again since (or freed).
-    order: VecDeque<(u32, u32)>,
-    /// The stamp of the last touch (advances by 2).
-    seq: u32,
+    /// The state of the generator that picks eviction candidates.
+    hand: u64,
+    log: EvidenceLog,
+    forgeable_sources: Vec<Arc<str>>,
     hits: Vec<Hit>,
-    /// Per rule: the largest stage count, and the longest window in ms.
-    max_count: Vec<usize>,
-    max_window: Vec<u64>,
     /// A cleaned evidence line, when the line needs cleaning.
     line: String,
-    /// The evidence line of the last failure and its slot, written into
-    /// the slot's ring at the next failure (its room is prefetched in the
-    /// meantime), or sooner when a stage fires or slots are released.
     staged: Vec<u8>,
-    staged_slot: Option<u32>,
     evicted: u64,
 }
 
 impl Tracker {
-    /// A tracker over `engine`. Evidence is capped at
+    /// A tracker over `engine` within `limits`. Evidence is capped at
     /// [`palisade_model::decision::MAX_EVIDENCE_LINES`] lines (what a
     /// decision keeps) of at most 16 KiB (what a source passes on).
+    ///
+    /// # Panics
+    /// If the engine has more than [`MAX_RULES`] rules or a rule more than
+    /// [`MAX_STAGES`] stages ([`Engine::compile`] refuses those).
     pub fn new(engine: Engine, mut limits: Limits) -> Tracker {
         limits.evidence_lines = limits.evidence_lines.min(MAX_LINES);
         limits.evidence_len = limits.evidence_len.min(MAX_LINE_LEN);
-        let max_count = engine
+        assert!(engine.rules().len() <= MAX_RULES);
+        let rules = engine
             .rules()
             .iter()
             .map(|r| {
-                r.stages
+                assert!(r.stages.len() <= MAX_STAGES);
+                let max_count = r
+                    .stages
                     .iter()
                     .map(|s| s.count as usize)
                     .max()
                     .unwrap_or(1)
-                    .max(1)
+                    .max(1);
+                RuleCounting {
+                    max_count,
+                    inline_cap: max_count.min(INLINE_TIMES),
+                    max_window: r
+                        .stages
+                        .iter()
+                        .map(|s| s.within.as_millis() as u64)
+                        .max()
+                        .unwrap_or(0),
+                    prefix_v4: r.prefix_v4.unwrap_or(limits.prefix_v4).min(32),
+                    prefix_v6: r.prefix_v6.unwrap_or(limits.prefix_v6).min(128),
+                    forgeable: r.forgeable,
+                }
             })
             .collect();
-        let max_window = engine
-            .rules()
-            .iter()
-            .map(|r| {
-                r.stages
-                    .iter()
-                    .map(|s| s.within.as_millis() as u64)
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        // Room for evidence lines of 112 bytes on average in the arena; a slot
-        // whose lines need more moves them to the heap.
-        let region = (limits.evidence_lines * 112).next_multiple_of(64);
-        // Reserved (not touched) up front, so that huge pages can back it.
-        let reserve = limits.max_tracked.clamp(1, 1 << 16);
-        let slots = Vec::with_capacity(reserve);
-        let meta = Vec::with_capacity(reserve);
-        let table = SlotTable::with_capacity(reserve);
-        // Zeroed by the allocator from fresh pages: touched (and counted)
-        // only where evidence is written.
-        let arena = vec![0u8; reserve * region];
-        advise_huge(&slots);
-        advise_huge(&arena);
+        let log = log_bytes(limits.memory);
+        let capacity = capacity(limits.memory, log)
+            .min(limits.max_tracked.unwrap_or(usize::MAX))
+            .max(1);
+        let pair_budget = limits
+            .memory
+            .saturating_sub(log + table_size(capacity) * 8)
+            .max(SLOT_BYTES);
         Tracker {
             engine,
             limits,
-            slots,
-            meta,
-            arena,
-            region,
-            wide: Default::default(),
+            capacity,
+            pair_budget,
+            rules,
+            // Reserved, not touched: memory is used as pairs arrive.
+            slots: Vec::with_capacity(capacity),
+            wide: HashMap::new(),
+            wide_bytes: 0,
             free: Vec::new(),
-            table,
+            table: SlotTable::with_capacity(16),
             keys: KeyHash([random_seed(), random_seed(), random_seed() | 1]),
-            order: VecDeque::new(),
-            seq: 0,
+            hand: random_seed() | 1,
+            log: EvidenceLog::new(log),
+            forgeable_sources: Vec::new(),
             hits: Vec::new(),
-            max_count,
-            max_window,
             line: String::new(),
             staged: Vec::new(),
-            staged_slot: None,
             evicted: 0,
         }
     }
 
-    /// Touches the memory reserved up front (the slots, their table and
-    /// the evidence arena, for [`Limits::max_tracked`] pairs up to 65,536),
-    /// so that the kernel backs it now rather than page by page as the
-    /// first failures from new addresses need it. Optional: a tracker that
-    /// never calls it uses memory only as pairs arrive, and pays for the
-    /// pages then, once. The benchmark calls it before timing, so that every
-    /// run starts from the same warm state.
-    pub fn prefault(&mut self) {
-        const PAGE: usize = 4096;
-        for i in (0..self.arena.len()).step_by(PAGE) {
-            self.arena[i] = 0;
-        }
-        let step = (PAGE / std::mem::size_of::<Slot>()).max(1);
-        for s in self.slots.spare_capacity_mut().iter_mut().step_by(step) {
-            *s = std::mem::MaybeUninit::zeroed();
-        }
-        for m in self.meta.spare_capacity_mut().iter_mut().step_by(PAGE / 8) {
-            *m = std::mem::MaybeUninit::zeroed();
-        }
-        let step = PAGE / std::mem::size_of::<u64>();
-        for e in self.table.entries.iter_mut().step_by(step) {
-            *e = std::hint::black_box(*e);
-        }
-        let records = 2 * self.limits.max_tracked.max(1) + 1024 + 1;
-        self.order.reserve(records.min(2 * (1 << 16) + 1024 + 1));
-        std::hint::black_box(&mut self.arena);
+    /// Lines from these sources can be forged (NFLOG): every failure they
+    /// bring makes the pair's bans [`Trust::Forgeable`].
+    pub fn set_forgeable_sources(&mut self, names: impl IntoIterator<Item = String>) {
+        self.forgeable_sources = names.into_iter().map(Arc::from).collect();
     }
 
     pub fn engine(&self) -> &Engine {
@@ -727,19 +765,26 @@ impl Tracker {
         &mut self.engine
     }
 
-    /// Number of (rule, address) pairs being counted.
+    /// Number of (rule, attacker) pairs being counted.
     pub fn tracked(&self) -> usize {
         self.table.len
     }
 
-    /// Pairs forgotten because the tracker was full.
+    /// Most pairs counted at once within the memory budget.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Pairs forgotten because the budget was full.
     pub fn evicted(&self) -> u64 {
         self.evicted
     }
 
     /// Checks `line` and counts its failures at time `now`.
     pub fn observe(&mut self, line: &Line, now: Timestamp) -> Vec<Event> {
-        self.observe_text(&line.source, &line.text, now).0
+        let forgeable = self.forgeable_sources.contains(&line.source);
+        self.observe_inner(&line.source, &line.text, now, forgeable)
+            .0
     }
 
     /// Like [`Tracker::observe`], also returning the engine's verdicts (for
@@ -749,6 +794,17 @@ impl Tracker {
         source: &str,
         text: &str,
         now: Timestamp,
+    ) -> (Vec<Event>, &[Hit]) {
+        let forgeable = self.forgeable_sources.iter().any(|s| **s == *source);
+        self.observe_inner(source, text, now, forgeable)
+    }
+
+    fn observe_inner(
+        &mut self,
+        source: &str,
+        text: &str,
+        now: Timestamp,
+        forgeable: bool,
     ) -> (Vec<Event>, &[Hit]) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
@@ -761,14 +817,16 @@ impl Tracker {
             match hit.kind {
                 HitKind::Ignored => {}
                 HitKind::Good => {
-                    self.forget(hit.rule as u32, &key(&address.addr()));
+                    let net = self.counted(hit.rule, address);
+                    self.forget(hit.rule, &net);
                     events.push(Event::Forgive {
                         rule: self.engine.rules()[hit.rule].name.clone(),
-                        address,
+                        address: net,
                     });
                 }
                 HitKind::Bad => {
-                    if let Some(e) = self.failure(hit.rule, address, text, now) {
+                    let net = self.counted(hit.rule, address);
+                    if let Some(e) = self.failure(hit.rule, net, text, now, forgeable) {
                         events.push(e);
                     }
                 }
@@ -778,122 +836,113 @@ impl Tracker {
         (events, &self.hits)
     }
 
-    fn find(&self, rule: u32, addr: &[u8; 16]) -> Option<u32> {
-        self.find_hashed(self.keys.hash(rule, addr), rule, addr)
+    /// The network `rule` counts `address` in.
+    pub fn counted(&self, rule: usize, address: Net) -> Net {
+        let r = &self.rules[rule];
+        let prefix = match address.addr() {
+            IpAddr::V4(_) => r.prefix_v4,
+            IpAddr::V6(_) => r.prefix_v6,
+        };
+        if address.prefix() <= prefix {
+            address
+        } else {
+            Net::truncating(address.addr(), prefix)
+        }
     }
 
-    fn find_hashed(&self, hash: u64, rule: u32, addr: &[u8; 16]) -> Option<u32> {
+    fn hash(&self, rule: usize, net: &Net) -> u64 {
+        self.keys.hash(
+            rule as u32 | u32::from(net.prefix()) << 16,
+            &key(&net.addr()),
+        )
+    }
+
+    fn find_hashed(&self, hash: u64, rule: usize, net: &Net) -> Option<u32> {
+        let (addr, prefix) = (key(&net.addr()), net.prefix());
         let slots = &self.slots;
         self.table.find(hash, |i| {
             let s = &slots[i as usize];
-            s.rule == rule && s.addr == *addr
+            usize::from(s.rule) == rule && s.addr == addr && s.prefix == prefix
         })
     }
 
     /// Drops slot `i` from the table and frees it.
     fn release(&mut self, i: u32) {
-        let m = &mut self.meta[i as usize];
-        self.table.remove(u64::from(m.tag), i);
-        m.stamp = FREE_STAMP;
+        let s = &self.slots[i as usize];
+        let hash = self.hash(usize::from(s.rule), &s.net());
+        self.table.remove(hash, i);
         let s = &mut self.slots[i as usize];
-        if s.is_wide() {
-            self.wide.remove(&i);
+        if s.is_wide()
+            && let Some(w) = self.wide.remove(&i)
+        {
+            self.wide_bytes -= Wide::bytes(w.times.len());
         }
         s.rule = FREE;
+        s.flags = 0;
         self.free.push(i);
     }
 
-    /// Writes the staged evidence line into its slot's ring.
-    fn flush(&mut self) {
-        if let Some(i) = self.staged_slot.take() {
-            let i = i as usize;
-            let region = &mut self.arena[i * self.region..(i + 1) * self.region];
-            self.slots[i]
-                .ev
-                .push(region, &self.staged, self.limits.evidence_lines);
-        }
-    }
-
-    fn forget(&mut self, rule: u32, addr: &[u8; 16]) {
-        self.flush();
-        if let Some(i) = self.find(rule, addr) {
+    fn forget(&mut self, rule: usize, net: &Net) {
+        if let Some(i) = self.find_hashed(self.hash(rule, net), rule, net) {
             self.release(i);
         }
     }
 
+    /// Whether a new pair must first take an old pair's place.
+    fn full(&self) -> bool {
+        self.table.len >= self.capacity
+            || (self.table.len + 1) * SLOT_BYTES + self.wide_bytes > self.pair_budget
+    }
+
     /// A slot for a new pair, its buffers emptied.
-    fn new_slot(&mut self, rule: usize, addr: [u8; 16], hash: u64) -> u32 {
+    fn new_slot(&mut self, rule: usize, net: &Net, hash: u64) -> u32 {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
                 self.slots.push(Slot {
                     times: [0; INLINE_TIMES],
-                    base: 0,
                     until: 0,
-                    addr,
+                    base: 0,
+                    evidence: 0,
+                    addr: [0; 16],
                     rule: FREE,
                     fired: NONE_FIRED,
+                    prefix: 0,
+                    flags: 0,
                     t_head: 0,
                     t_len: 0,
                     t_sorted: 0,
-                    t_cap: 0,
-                    ev: Ring::default(),
                 });
-                self.meta.push(Meta {
-                    stamp: FREE_STAMP,
-                    tag: 0,
-                });
-                if self.arena.len() < self.slots.len() * self.region {
-                    self.arena.resize(self.slots.len() * self.region, 0);
-                }
                 (self.slots.len() - 1) as u32
             }
         };
-        let cap = self.max_count[rule];
         let s = &mut self.slots[i as usize];
-        s.rule = rule as u32;
-        s.addr = addr;
+        s.rule = rule as u16;
+        s.addr = key(&net.addr());
+        s.prefix = net.prefix();
         s.fired = NONE_FIRED;
+        s.flags = 0;
         s.until = 0;
+        s.evidence = 0;
         s.t_head = 0;
         s.t_len = 0;
         s.t_sorted = 0;
-        if cap <= INLINE_TIMES {
-            s.t_cap = cap as u8;
-        } else {
-            s.t_cap = WIDE;
-            self.wide.insert(
-                i,
-                Wide {
-                    times: vec![0; cap],
-                    head: 0,
-                    len: 0,
-                    sorted: 0,
-                },
-            );
-        }
-        self.slots[i as usize].ev.clear();
-        self.meta[i as usize].tag = hash as u32;
         self.table.insert(hash, i);
         i
     }
 
-    fn failure(&mut self, rule: usize, address: Net, text: &str, now: Timestamp) -> Option<Event> {
-        let addr = key(&address.addr());
+    fn failure(
+        &mut self,
+        rule: usize,
+        net: Net,
+        text: &str,
+        now: Timestamp,
+        forgeable: bool,
+    ) -> Option<Event> {
         let t = now.as_millis();
-        // Ask for the table entry before writing the last failure's
-        // evidence, then for the slot.
-        let hash = self.keys.hash(rule as u32, &addr);
+        let hash = self.hash(rule, &net);
         self.table.prefetch(hash);
-        self.flush();
-        let candidate = self.table.find(hash, |_| true);
-        if let Some(i) = candidate {
-            let slot = &self.slots[i as usize];
-            prefetch(slot);
-            prefetch(&slot.base);
-            prefetch(&slot.ev);
-        }
-        // Then this failure's evidence line, while the slot comes.
+        // This failure's evidence line, while the table entry comes.
         if self.limits.evidence_lines > 0 {
             let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
             self.staged.clear();
@@ -902,159 +951,180 @@ impl Tracker {
                 self.staged.extend_from_slice("…".as_bytes());
             }
         }
-        self.seq = self.seq.wrapping_add(2);
-        let seq = self.seq;
-        // The first slot with the hash's tag is almost always the pair's.
-        let found = match candidate {
-            None => None,
-            Some(i)
-                if self.slots[i as usize].rule == rule as u32
-                    && self.slots[i as usize].addr == addr =>
-            {
-                Some(i)
-            }
-            Some(_) => self.find_hashed(hash, rule as u32, &addr),
-        };
-        let i = match found {
+        let i = match self.find_hashed(hash, rule, &net) {
             Some(i) => i,
             None => {
-                while self.table.len >= self.limits.max_tracked.max(1) {
-                    self.evict_one();
+                while self.full() && self.table.len > 0 {
+                    self.evict_one(t);
                 }
-                self.new_slot(rule, addr, hash)
+                self.new_slot(rule, &net, hash)
             }
         };
         let iu = i as usize;
-        self.order.push_back((i, seq));
-        self.meta[iu].stamp = seq;
+        let counting = &self.rules[rule];
+        let (cap, max_count) = (counting.inline_cap, counting.max_count);
         let s = &mut self.slots[iu];
-        if !s.is_wide() && !s.push_time(t) {
-            // Times more than 49 days apart: keep them in full.
-            self.wide.insert(i, s.widen(usize::from(s.t_cap)));
-            s.t_cap = WIDE;
+        if forgeable || counting.forgeable {
+            s.flags |= FORGEABLE;
         }
-        if s.is_wide()
-            && let Some(w) = self.wide.get_mut(&i)
-        {
+        if !s.is_wide() {
+            let full = usize::from(s.t_len) == cap && max_count > cap;
+            if full || !s.push_time(t, cap) {
+                // More failures than the slot holds, or times more than 49
+                // days apart: keep them in full.
+                let mut w = s.widen(cap, max_count);
+                w.push(t);
+                s.flags |= WIDE;
+                self.wide_bytes += Wide::bytes(max_count);
+                self.wide.insert(i, w);
+            }
+        } else if let Some(w) = self.wide.get_mut(&i) {
             w.push(t);
         }
-        if s.fired != NONE_FIRED && s.until <= t {
+        if s.fired != NONE_FIRED && u64::from(s.until).saturating_mul(1000) <= t {
             s.fired = NONE_FIRED;
         }
         let info = &self.engine.rules()[rule];
         let fired = (s.fired != NONE_FIRED).then_some(usize::from(s.fired));
-        let (fire, count) = if s.is_wide()
-            && let Some(w) = self.wide.get(&i)
-        {
-            to_fire(w, &info.stages, fired, t)
-        } else {
-            to_fire(&*s, &info.stages, fired, t)
+        let (fire, count) = match self.wide.get(&i) {
+            Some(w) if s.is_wide() => to_fire(w, &info.stages, fired, t),
+            _ => to_fire(&s.inline(cap), &info.stages, fired, t),
         };
-        let region = &mut self.arena[iu * self.region..(iu + 1) * self.region];
-        let ring = &mut self.slots[iu].ev;
         if self.limits.evidence_lines > 0 {
-            if fire.is_some() {
-                ring.push(region, &self.staged, self.limits.evidence_lines);
-            } else {
-                ring.prefetch_next(region, self.staged.len());
-                self.staged_slot = Some(i);
-            }
+            s.evidence = self.log.push(s.evidence, &self.staged);
         }
-        let event = match fire {
-            Some(n) => {
-                let stage = &info.stages[n];
-                let s = &mut self.slots[iu];
-                s.until = match stage.ban {
-                    Span::For(d) => t.saturating_add(d.as_millis() as u64),
-                    Span::Forever => u64::MAX,
-                };
-                s.fired = n as u16;
-                Some(Event::Ban {
-                    rule: info.name.clone(),
-                    address,
-                    stage: StageRef {
-                        index: n,
-                        name: stage.name.clone(),
-                        list: stage.list.clone(),
-                    },
-                    span: stage.ban,
-                    scope: info.scope,
-                    count: count as u32,
-                    evidence: s
-                        .ev
-                        .lines(&self.arena[iu * self.region..(iu + 1) * self.region]),
-                })
+        let n = fire?;
+        let stage = &info.stages[n];
+        s.until = match stage.ban {
+            Span::For(d) => {
+                let end = t.saturating_add(d.as_millis() as u64);
+                u32::try_from(end.div_ceil(1000)).unwrap_or(u32::MAX - 1)
             }
-            _ => None,
+            Span::Forever => u32::MAX,
         };
-        if self.order.len() > 2 * self.limits.max_tracked.max(1) + 1024 {
-            self.compact();
+        s.fired = n as u8;
+        Some(Event::Ban {
+            rule: info.name.clone(),
+            address: net,
+            stage: StageRef {
+                index: n,
+                name: stage.name.clone(),
+                list: stage.list.clone(),
+            },
+            span: stage.ban,
+            scope: info.scope,
+            count: count as u32,
+            evidence: self.log.lines(s.evidence, self.limits.evidence_lines),
+            trust: if s.flags & FORGEABLE != 0 {
+                Trust::Forgeable
+            } else {
+                Trust::Verified
+            },
+        })
+    }
+
+    /// How likely slot `i` is to reach a threshold, as a fraction (failures
+    /// within the next stage's window, that stage's count), and when it
+    /// last failed. A pair whose highest stage is in force scores below 0.
+    fn outlook(&self, i: usize, t: u64) -> ((u64, u64), u64) {
+        let s = &self.slots[i];
+        let stages = &self.engine.rules()[usize::from(s.rule)].stages;
+        let cap = self.rules[usize::from(s.rule)].inline_cap;
+        let in_force = s.fired != NONE_FIRED && u64::from(s.until).saturating_mul(1000) > t;
+        let next = if in_force {
+            usize::from(s.fired) + 1
+        } else {
+            0
+        };
+        let since = stages
+            .get(next)
+            .map(|st| t.saturating_sub(st.within.as_millis() as u64));
+        let (recent, newest) = match self.wide.get(&(i as u32)) {
+            Some(w) if s.is_wide() => (
+                since.map_or(0, |x| w.recent(x)),
+                if w.len > 0 { w.time(0) } else { 0 },
+            ),
+            _ => {
+                let inline = s.inline(cap);
+                (
+                    since.map_or(0, |x| inline.recent(x)),
+                    if s.t_len > 0 { inline.time(0) } else { 0 },
+                )
+            }
+        };
+        match stages.get(next) {
+            // (recent + 1) / (count + 1): grows with the failures, and
+            // stays above the share of a pair with nothing left to reach.
+            Some(st) => ((recent as u64 + 1, u64::from(st.count) + 1), newest),
+            None => ((0, 1), newest),
         }
-        event
     }
 
-    fn live(&self, (i, seq): (u32, u32)) -> bool {
-        self.meta[i as usize].stamp == seq
-    }
-
-    fn evict_one(&mut self) {
-        while let Some(rec) = self.order.pop_front() {
-            if self.live(rec) {
-                self.release(rec.0);
-                self.evicted += 1;
-                // Drop the stale records now, and ask for the slot and
-                // table entry the next eviction will likely need.
-                while let Some(&rec) = self.order.front() {
-                    if self.live(rec) {
-                        let i = rec.0 as usize;
-                        prefetch(&self.slots[i]);
-                        prefetch(&self.slots[i].base);
-                        prefetch(&self.slots[i].ev);
-                        self.table.prefetch(u64::from(self.meta[i].tag));
-                        break;
-                    }
-                    self.order.pop_front();
+    /// Forgets the pair least likely to reach a threshold among
+    /// [`EVICTION_SAMPLE`] pairs picked at random (slots next to each other
+    /// arrived together, so a sample of neighbours would be alike).
+    fn evict_one(&mut self, t: u64) {
+        let n = self.slots.len() as u64;
+        let mut best: Option<(usize, (u64, u64), u64)> = None;
+        let mut seen = 0;
+        for _ in 0..4 * EVICTION_SAMPLE {
+            // xorshift64: cheap, and seeded at random.
+            let mut x = self.hand;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.hand = x;
+            let i = ((u128::from(x) * u128::from(n)) >> 64) as usize;
+            if self.slots[i].rule == FREE {
+                continue;
+            }
+            let (share, newest) = self.outlook(i, t);
+            let better = match best {
+                None => true,
+                // share < best share, or equal and silent for longer.
+                Some((_, b, bn)) => {
+                    let (l, r) = (share.0 * b.1, b.0 * share.1);
+                    l < r || (l == r && newest < bn)
                 }
-                return;
+            };
+            if better {
+                best = Some((i, share, newest));
+            }
+            seen += 1;
+            if seen == EVICTION_SAMPLE {
+                break;
             }
         }
-        // The order queue lost track (cannot happen); drop anything.
-        if let Some(i) = (0..self.slots.len() as u32).find(|&i| self.slots[i as usize].rule != FREE)
-        {
-            self.release(i);
+        // Free slots only (cannot happen while full): any pair.
+        let victim = best
+            .map(|b| b.0)
+            .or_else(|| (0..self.slots.len()).find(|&i| self.slots[i].rule != FREE));
+        if let Some(i) = victim {
+            self.release(i as u32);
             self.evicted += 1;
         }
-    }
-
-    /// Drops the stale records of the order queue (keeps the order).
-    fn compact(&mut self) {
-        let mut order = std::mem::take(&mut self.order);
-        order.retain(|&rec| self.live(rec));
-        self.order = order;
     }
 
     /// Forgets pairs with no failure inside their rule's largest window and
     /// no stage in force. Call now and then (e.g. every minute).
     pub fn prune(&mut self, now: Timestamp) {
-        self.flush();
         let t = now.as_millis();
         for i in 0..self.slots.len() as u32 {
             let s = &self.slots[i as usize];
             if s.rule == FREE {
                 continue;
             }
+            let counting = &self.rules[usize::from(s.rule)];
             let newest = match self.wide.get(&i) {
                 Some(w) if s.is_wide() => (w.len > 0).then(|| w.time(0)),
-                _ => (s.t_len > 0).then(|| s.time(0)),
+                _ => (s.t_len > 0).then(|| s.inline(counting.inline_cap).time(0)),
             };
-            let window = self.max_window[s.rule as usize];
-            let recent = newest.is_some_and(|x| x + window > t);
-            let in_force = s.fired != NONE_FIRED && s.until > t;
+            let recent = newest.is_some_and(|x| x + counting.max_window > t);
+            let in_force = s.fired != NONE_FIRED && u64::from(s.until).saturating_mul(1000) > t;
             if !(recent || in_force) {
                 self.release(i);
             }
         }
-        self.compact();
     }
 }
 
@@ -1108,6 +1178,7 @@ fn cap(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::config::RuleConfig;
+    use std::collections::VecDeque;
 
     fn tracker(limits: Limits) -> Tracker {
         let rule: RuleConfig = toml::from_str(
@@ -1248,18 +1319,16 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         let mut t = tracker(Limits {
-            max_tracked: 100,
+            max_tracked: Some(100),
             ..Limits::default()
         });
-        t.prefault();
         for i in 0..10_000u32 {
             let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
             t.observe(&line(&format!("bad from {a}")), at(u64::from(i)));
             assert!(t.tracked() <= 100);
         }
         assert_eq!(t.evicted(), 9_900);
-        assert!(t.order.len() <= 2 * 100 + 1024 + 1);
-        // The most recent are kept: 2 more failures of the last address ban it.
+        // The newest pair is kept: 2 more failures of the last address ban it.
         let a = std::net::Ipv4Addr::from(0x0a00_0000 + 9_999u32);
         t.observe(&line(&format!("bad from {a}")), at(10_000));
         assert_eq!(
@@ -1331,8 +1400,9 @@ mod tests {
         assert_eq!(cap("a\u{1b}[31mbcdef", 5), "a\\u{1b}[31…");
     }
 
-    /// The counting rules written plainly (a map, queues, a scan for the
-    /// least recently seen pair), to check the tracker against.
+    /// The counting rules written plainly (a map, queues), to check the
+    /// tracker against (with room for every pair: eviction is tested on
+    /// its own).
     struct Model {
         stages: Vec<crate::config::StageConfig>,
         max_count: usize,
@@ -1356,10 +1426,6 @@ mod tests {
             t: u64,
         ) -> Option<(usize, u32, Vec<String>)> {
             self.seq += 1;
-            if !self.entries.contains_key(&addr) && self.entries.len() >= self.limits.max_tracked {
-                let oldest = *self.entries.iter().min_by_key(|(_, e)| e.seq).unwrap().0;
-                self.entries.remove(&oldest);
-            }
             let e = self.entries.entry(addr).or_insert(ModelEntry {
                 times: VecDeque::new(),
                 evidence: VecDeque::new(),
@@ -1389,8 +1455,11 @@ mod tests {
             }
             match fire {
                 Some((i, n)) if e.fired.is_none_or(|(f, _)| i > f) => {
+                    // Kept to the second, rounded up.
                     let until = match self.stages[i].ban {
-                        Span::For(d) => t.saturating_add(d.as_millis() as u64),
+                        Span::For(d) => {
+                            t.saturating_add(d.as_millis() as u64).div_ceil(1000) * 1000
+                        }
                         Span::Forever => u64::MAX,
                     };
                     e.fired = Some((i, until));
@@ -1419,7 +1488,7 @@ mod tests {
     fn agree_with_model(t: &mut Tracker, limits: Limits, seed: u64, leaps: bool) {
         let mut model = Model {
             stages: t.engine().rules()[0].stages.clone(),
-            max_count: t.max_count[0],
+            max_count: t.rules[0].max_count,
             limits,
             entries: Default::default(),
             seq: 0,
@@ -1482,9 +1551,11 @@ mod tests {
     #[test]
     fn tracker_agrees_with_a_plain_model() {
         let limits = Limits {
-            max_tracked: 40,
             evidence_lines: 4,
             evidence_len: 17,
+            // Every address its own pair, as in the model.
+            prefix_v6: 128,
+            ..Limits::default()
         };
         agree_with_model(&mut tracker(limits), limits, 5, false);
         // Times months apart (kept in full), and a rule counting more
@@ -1510,5 +1581,139 @@ mod tests {
         .unwrap();
         let mut t = Tracker::new(Engine::compile(&[rule]).unwrap(), limits);
         agree_with_model(&mut t, limits, 7, true);
+    }
+
+    #[test]
+    fn eviction_keeps_the_pairs_closest_to_a_threshold() {
+        let mut t = tracker(Limits {
+            max_tracked: Some(256),
+            ..Limits::default()
+        });
+        // 16 addresses with 2 failures each (one short of the throttle).
+        for i in 0..16u32 {
+            let a = std::net::Ipv4Addr::from(0xc633_6400 + i);
+            t.observe(&line(&format!("bad from {a}")), at(0));
+            t.observe(&line(&format!("bad from {a}")), at(1));
+        }
+        // A flood of addresses failing once each.
+        for i in 0..100_000u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            t.observe(&line(&format!("bad from {a}")), at(2));
+            assert!(t.tracked() <= 256);
+        }
+        assert!(t.evicted() >= 100_000 - 256);
+        // Each of the 16 is banned by its third failure.
+        for i in 0..16u32 {
+            let a = std::net::Ipv4Addr::from(0xc633_6400 + i);
+            let ev = t.observe(&line(&format!("bad from {a}")), at(3));
+            assert_eq!(ev.len(), 1, "{a} was evicted");
+        }
+    }
+
+    #[test]
+    fn memory_budget_holds_a_million_pairs() {
+        let limits = Limits::default();
+        let t = tracker(limits);
+        assert!(t.capacity() >= 1_000_000, "{}", t.capacity());
+        let log = log_bytes(limits.memory);
+        assert!(t.capacity() * SLOT_BYTES + table_size(t.capacity()) * 8 + log <= limits.memory);
+    }
+
+    #[test]
+    fn ipv6_attackers_count_per_64_and_are_banned_as_it() {
+        let mut t = tracker(Limits::default());
+        let mut bans = Vec::new();
+        for i in 1..=3u32 {
+            bans.extend(t.observe(
+                &line(&format!("bad from 2001:db8:7:7::{i:x}")),
+                at(u64::from(i)),
+            ));
+        }
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        let Event::Ban { address, .. } = &bans[0] else {
+            panic!()
+        };
+        assert_eq!(address.to_string(), "2001:db8:7:7::/64");
+        // Another /64 is another attacker; IPv4 is counted per address.
+        assert!(
+            t.observe(&line("bad from 2001:db8:7:8::1"), at(4))
+                .is_empty()
+        );
+        assert!(t.observe(&line("bad from 198.51.100.1"), at(4)).is_empty());
+        assert!(t.observe(&line("bad from 198.51.100.2"), at(4)).is_empty());
+        assert!(t.observe(&line("bad from 198.51.100.3"), at(4)).is_empty());
+        // A success anywhere in the /64 forgives the /64.
+        let ev = t.observe(&line("good from 2001:db8:7:7::99"), at(5));
+        assert_eq!(
+            ev,
+            vec![Event::Forgive {
+                rule: "banban".into(),
+                address: "2001:db8:7:7::/64".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn prefixes_per_rule_and_globally() {
+        let rule: RuleConfig = toml::from_str(
+            r#"
+            name = "per24"
+            bad = ['^bad from <HOST>$']
+            prefix_v4 = 24
+            prefix_v6 = 128
+            [[stages]]
+            name = "ban"
+            count = 2
+            within = "1m"
+            ban = "1h"
+            "#,
+        )
+        .unwrap();
+        let mut t = Tracker::new(Engine::compile(&[rule]).unwrap(), Limits::default());
+        t.observe(&line("bad from 198.51.100.1"), at(0));
+        let ev = t.observe(&line("bad from 198.51.100.200"), at(1));
+        assert!(
+            matches!(&ev[..], [Event::Ban { address, .. }] if address.to_string() == "198.51.100.0/24")
+        );
+        t.observe(&line("bad from 2001:db8::1"), at(0));
+        assert!(t.observe(&line("bad from 2001:db8::2"), at(1)).is_empty());
+        // The global default applies where the rule says nothing.
+        let mut t = tracker(Limits {
+            prefix_v4: 24,
+            prefix_v6: 48,
+            ..Limits::default()
+        });
+        for i in 1..=3u32 {
+            t.observe(&line(&format!("bad from 2001:db8:1:{i:x}::1")), at(0));
+        }
+        let ev = t.observe(&line("bad from 198.51.100.1"), at(0));
+        assert!(ev.is_empty());
+        assert_eq!(t.tracked(), 2);
+    }
+
+    #[test]
+    fn forgeable_rules_and_sources_mark_their_bans() {
+        let ban_trust = |t: &mut Tracker, source: &str| {
+            let mut out = None;
+            for i in 0..3 {
+                let l = Line::new(source, "bad from 198.51.100.9", Timestamp::now());
+                for e in t.observe(&l, at(i)) {
+                    if let Event::Ban { trust, .. } = e {
+                        out = Some(trust);
+                    }
+                }
+            }
+            out.expect("a ban")
+        };
+        let mut t = tracker(Limits::default());
+        assert_eq!(ban_trust(&mut t, "auth"), Trust::Verified);
+        let mut t = tracker(Limits::default());
+        t.set_forgeable_sources(["nflog:5".to_string()]);
+        assert_eq!(ban_trust(&mut t, "nflog:5"), Trust::Forgeable);
+        let mut rule: RuleConfig =
+            toml::from_str("name = \"probe\"\nforgeable = true\nbad = ['^bad from <HOST>$']\n[[stages]]\nname = \"b\"\ncount = 3\nwithin = \"1m\"\nban = \"1h\"\n").unwrap();
+        rule.scope = Scope::Local;
+        let mut t = Tracker::new(Engine::compile(&[rule]).unwrap(), Limits::default());
+        assert_eq!(ban_trust(&mut t, "auth"), Trust::Forgeable);
     }
 }

@@ -42,6 +42,10 @@ fn report_and_json() {
     assert!(text.contains("198.51.100.7"), "{text}");
     assert!(text.contains("stage ban (5 failures) ban 1h"), "{text}");
     assert!(text.contains("at line 5"), "{text}");
+    assert!(text.contains("lines/s"), "{text}");
+    assert!(text.contains("Evicted: 0"), "{text}");
+    assert!(text.contains("1 addresses, 0 prefixes"), "{text}");
+    assert!(text.contains("verified"), "{text}");
 
     let out = Command::new(bin())
         .args(["--json"])
@@ -54,11 +58,26 @@ fn report_and_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(objs.len(), 7, "6 failures and 1 success");
+    assert_eq!(objs.len(), 8, "6 failures, 1 success and the summary");
+    let summary = &objs[7]["summary"];
+    assert_eq!(summary["lines"], 8);
+    assert_eq!(summary["bans"], 1);
+    assert_eq!(summary["banned_hosts"], 1);
+    assert_eq!(summary["evicted"], 0);
+    assert!(summary["lines_per_second"].as_f64().unwrap() > 0.0);
+    let sshd = summary["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "sshd")
+        .unwrap();
+    assert_eq!((&sshd["matched"], &sshd["good"]), (&6.into(), &1.into()));
     assert_eq!(objs[0]["line"], 1);
     assert_eq!(objs[0]["rule"], "sshd");
     assert_eq!(objs[0]["address"], "198.51.100.7");
     assert_eq!(objs[4]["stage"]["name"], "ban");
+    assert_eq!(objs[4]["stage"]["target"], "198.51.100.7");
+    assert_eq!(objs[4]["stage"]["trust"], "verified");
     assert!(objs[3].get("stage").is_none());
     assert_eq!(objs[6]["kind"], "good");
     assert_eq!(objs[6]["line"], 7);
@@ -93,7 +112,7 @@ fn stdin_and_fail2ban_filter() {
     let text = String::from_utf8(out.stdout).unwrap();
     let n = text
         .lines()
-        .filter(|l| l.contains("\"rule\":\"fail2ban/sshd\""))
+        .filter(|l| l.starts_with("{\"line\"") && l.contains("\"rule\":\"fail2ban/sshd\""))
         .count();
     assert_eq!(n, 6, "{text}");
 }

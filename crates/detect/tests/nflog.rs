@@ -8,9 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
-use palisade_detect::{Engine, Event, HitKind, Limits, Line, Tracker, builtin, nflog_source};
+use palisade_detect::{
+    Engine, Event, HitKind, Limits, Line, Tracker, Trust, builtin, nflog_source,
+};
 use palisade_lab::{Lab, TcpServer, tcp_connect};
-use palisade_model::Timestamp;
+use palisade_model::{Net, Timestamp};
 
 const GROUP: u16 = 7;
 
@@ -98,16 +100,27 @@ fn probes_of_closed_ports_ban_the_attacker() {
     let banned: Vec<(String, String)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Ban { rule, address, .. } => Some((rule.clone(), address.to_string())),
+            Event::Ban {
+                rule,
+                address,
+                trust,
+                ..
+            } => {
+                // A SYN can carry any source address.
+                assert_eq!(*trust, Trust::Forgeable);
+                Some((rule.clone(), address.to_string()))
+            }
             _ => None,
         })
         .collect();
+    // IPv6 attackers are counted, and banned, per /64.
+    let v6_net = Net::truncating(attacker.v6().into(), 64).to_string();
     assert!(
         banned.contains(&("port-probe".into(), attacker.v4().to_string())),
         "{banned:?}"
     );
     assert!(
-        banned.contains(&("port-probe".into(), attacker.v6().to_string())),
+        banned.contains(&("port-probe".into(), v6_net)),
         "{banned:?}"
     );
 }

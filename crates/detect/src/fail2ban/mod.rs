@@ -23,6 +23,7 @@
 
 pub mod date;
 pub mod ini;
+mod literals;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -60,7 +61,11 @@ pub struct Failure {
 }
 
 const IP4: &str = r"(?:\d{1,3}\.){3}\d{1,3}";
-const IP6: &str = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):)";
+/// fail2ban's IPv6 pattern ends with `(?:[0-9a-fA-F]{1,4}|(?<=:):)`; every
+/// repetition before it ends with `:`, so the look-behind always holds and
+/// is dropped here: the pattern stays within what the `regex` crate (a
+/// linear-time automaton) runs, and so do the filters that use `<HOST>`.
+const IP6: &str = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|:)";
 
 fn r_ip4() -> String {
     format!(r"(?:::f{{4,6}}:)?(?P<ip4>{IP4})")
@@ -336,6 +341,9 @@ pub struct Filter {
     failregex: Vec<Re>,
     ignoreregex: Vec<Re>,
     prefilter: Option<(regex::RegexSet, Vec<usize>, Vec<usize>)>,
+    /// One of these is in every line a failregex can match (single-line
+    /// filters only: a multi-line filter must see every line).
+    literals: Option<aho_corasick::AhoCorasick>,
     maxlines: usize,
     dates: DateDetector,
     buffer: Vec<String>,
@@ -489,6 +497,15 @@ impl Filter {
                 None => always.push(i),
             }
         }
+        let literals = (def.maxlines <= 1)
+            .then(|| {
+                let mut all = Vec::new();
+                for r in &relaxed_all(&failregex)? {
+                    all.extend(literals::required(r)?);
+                }
+                aho_corasick::AhoCorasick::new(all).ok()
+            })
+            .flatten();
         let prefilter = regex::RegexSetBuilder::new(&relaxed)
             .size_limit(64 << 20)
             .dfa_size_limit(64 << 20)
@@ -500,6 +517,7 @@ impl Filter {
             failregex,
             ignoreregex,
             prefilter,
+            literals,
             maxlines: def.maxlines,
             dates: DateDetector::new(def.datepattern.as_deref())?,
             buffer: Vec::new(),
@@ -509,9 +527,39 @@ impl Filter {
         })
     }
 
+    /// The regexes that run on fancy-regex (a backtracking engine) because
+    /// the `regex` crate cannot express them, as `failregex 2`,
+    /// `prefregex`, `ignoreregex 0`.
+    pub fn fallback_regexes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.prefregex.as_ref().is_some_and(|r| r.pat.is_fancy()) {
+            out.push("prefregex".to_string());
+        }
+        for (what, list) in [
+            ("failregex", &self.failregex),
+            ("ignoreregex", &self.ignoreregex),
+        ] {
+            for (i, r) in list.iter().enumerate() {
+                if r.pat.is_fancy() {
+                    out.push(format!("{what} {i}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the literal prefilter rules `line` out (no failregex can
+    /// match it).
+    fn ruled_out(&self, line: &str) -> bool {
+        self.literals.as_ref().is_some_and(|ac| !ac.is_match(line))
+    }
+
     /// Processes one log line (date found and cut out first).
     pub fn process_line(&mut self, line: &str) -> Vec<Failure> {
         let line = line.strip_suffix('\n').unwrap_or(line);
+        if self.ruled_out(line) {
+            return Vec::new();
+        }
         let text = match self.dates.find(line) {
             Some((s, e)) => {
                 let mut t = String::with_capacity(line.len());
@@ -527,6 +575,9 @@ impl Filter {
     /// Processes a line whose time is known (as fail2ban does for journal
     /// entries): nothing is cut out.
     pub fn process_line_nodate(&mut self, line: &str) -> Vec<Failure> {
+        if self.ruled_out(line) {
+            return Vec::new();
+        }
         self.find_failure(line.to_string())
     }
 
@@ -774,6 +825,12 @@ impl Filter {
         self.mlfid_order.push_back(id.to_string());
         self.mlfid.insert(id.to_string(), sh);
     }
+}
+
+/// Each failregex in a form the `regex` crate parses (look-around
+/// dropped: a superset), or `None` if one has none.
+fn relaxed_all(failregex: &[Re]) -> Option<Vec<String>> {
+    failregex.iter().map(|r| relax(&r.source)).collect()
 }
 
 fn update_users(f: &mut Fail, user: Option<&str>) -> Option<BTreeSet<String>> {

@@ -9,7 +9,8 @@
 //! | fifo | [`fifo`] | created if absent, reopened on EOF |
 //! | journal | [`journal`] | `journalctl -f -o json` (argv, no shell), resumed by cursor |
 //! | stdin | [`stdin`] | until EOF |
-//! | nflog | [`nflog`] | kernel NFLOG group; packets become LOG-style lines |
+//! | nflog | [`nflog`] | kernel NFLOG group; packets become LOG-style lines (forgeable) |
+//! | honeyport | [`honeyport`] | decoy TCP ports; each completed handshake becomes a line (verified) |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::config::SourceConfig;
 
 pub mod fifo;
 pub mod file;
+pub mod honeyport;
 pub mod journal;
 pub mod nflog;
 pub mod socket;
@@ -159,6 +161,12 @@ pub fn spawn(
         ),
         SourceConfig::Stdin { .. } => stdin::spawn(&name, tx),
         SourceConfig::Nflog { group, .. } => nflog_source(*group, &name, tx),
+        SourceConfig::Honeyport {
+            ports,
+            bind,
+            max_per_second,
+            ..
+        } => honeyport::spawn(&name, *bind, ports, *max_per_second, tx),
     }
 }
 

@@ -1,0 +1,86 @@
+//! Literal prefilter: the strings one of which every match of a filter
+//! must contain, so that a line with none of them (found at once for all
+//! of them by Aho-Corasick) is rejected without running any regex.
+//!
+//! For a pattern, [`required`] walks its syntax tree: a literal requires
+//! itself; a sequence requires what its most selective required part
+//! requires (the set whose shortest string is longest); an alternation
+//! requires one of what each branch requires (nothing, if one branch
+//! requires nothing); a repetition at least once requires what its body
+//! requires. Classes, optional parts and assertions require nothing.
+
+use regex_syntax::hir::{Hir, HirKind};
+
+/// Most strings in one set (beyond, the set is not worth it).
+const MAX_SET: usize = 64;
+/// Shortest string worth looking for.
+const MIN_LEN: usize = 3;
+
+/// Strings one of which every match of `pattern` (Rust regex syntax)
+/// contains, or `None` when no useful set is found.
+pub fn required(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let set = of(&hir)?;
+    (shortest(&set) >= MIN_LEN).then_some(set)
+}
+
+fn shortest(set: &[Vec<u8>]) -> usize {
+    set.iter().map(Vec::len).min().unwrap_or(0)
+}
+
+fn of(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+    match hir.kind() {
+        HirKind::Literal(l) => Some(vec![l.0.to_vec()]),
+        HirKind::Capture(c) => of(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => of(&r.sub),
+        HirKind::Concat(parts) => parts
+            .iter()
+            .filter_map(of)
+            .max_by_key(|s| (shortest(s), std::cmp::Reverse(s.len()))),
+        HirKind::Alternation(branches) => {
+            let mut all = Vec::new();
+            for b in branches {
+                all.extend(of(b)?);
+                if all.len() > MAX_SET {
+                    return None;
+                }
+            }
+            all.sort();
+            all.dedup();
+            Some(all)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(p: &str) -> Option<Vec<String>> {
+        required(p).map(|s| {
+            s.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn sets() {
+        assert_eq!(req(r"^Failed \S+ for"), Some(vec!["Failed ".into()]));
+        assert_eq!(
+            req(r"^(?:Connection (?:closed|reset)|Disconnected) by"),
+            Some(vec!["Connection ".into(), "Disconnected".into()])
+        );
+        assert_eq!(
+            req(r"^(?:Connection closed|Disconnected)x?"),
+            Some(vec!["Connection closed".into(), "Disconnected".into()])
+        );
+        assert_eq!(req(r"^(?:abc|\S+) "), None);
+        assert_eq!(req(r"^(?:foo)? \d+"), None);
+        assert_eq!(req(r"(?i)^failed"), None);
+    }
+}
