@@ -24,6 +24,7 @@ use crate::config::SourceConfig;
 pub mod fifo;
 pub mod file;
 pub mod journal;
+mod lines;
 pub mod nflog;
 pub mod socket;
 mod state;
