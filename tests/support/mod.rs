@@ -598,6 +598,10 @@ pub struct FeedServerState {
     pub version: u64,
     /// Answer 500 to everything.
     pub failing: bool,
+    /// Send the body without a length, then the same line again and again
+    /// after each of these pauses until the client hangs up (an endless or
+    /// trickled list).
+    pub endless: Option<Duration>,
     /// (path, If-None-Match) of each request, and the status answered.
     pub requests: Vec<(String, Option<String>, u16)>,
 }
@@ -653,6 +657,14 @@ impl FeedServer {
                         "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
                     );
                     304
+                } else if let Some(pause) = state.endless {
+                    let _ = write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let _ = conn.write_all(&state.body);
+                    let line = b"198.51.100.200\n".repeat(if pause.is_zero() { 4096 } else { 1 });
+                    while !st.load(Ordering::SeqCst) && conn.write_all(&line).is_ok() {
+                        std::thread::sleep(pause);
+                    }
+                    200
                 } else {
                     let _ = write!(
                         conn,
@@ -678,6 +690,10 @@ impl FeedServer {
         let mut s = self.state.lock().unwrap();
         s.body = body.into();
         s.version += 1;
+    }
+
+    pub fn endless(&self, pause: Option<Duration>) {
+        self.state.lock().unwrap().endless = pause;
     }
 
     pub fn fail(&self, failing: bool) {

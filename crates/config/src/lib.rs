@@ -169,6 +169,33 @@ pub struct FeedConfig {
     /// refused and the last good one kept).
     #[serde(default = "default_feed_max")]
     pub max_entries: usize,
+    /// The most bytes read from one answer (an endless list is cut off).
+    #[serde(default = "default_feed_max_bytes")]
+    pub max_bytes: u64,
+    /// The longest one pull may take, from the request to the last byte.
+    #[serde(default = "default_feed_timeout", deserialize_with = "finite_duration")]
+    pub timeout: std::time::Duration,
+    /// Take entries in private, CGNAT, unique-local and other non-public
+    /// ranges (refused by default: a third party's list naming them is
+    /// wrong or hostile).
+    #[serde(default)]
+    pub allow_non_public: bool,
+}
+
+/// Generous for real lists (two million entries of FireHOL's format are
+/// about 32 MB), bounded for an endless one.
+fn default_feed_max_bytes() -> u64 {
+    128 << 20
+}
+
+fn default_feed_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10 * 60)
+}
+
+fn finite_duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    Span::deserialize(d)?
+        .duration()
+        .ok_or_else(|| serde::de::Error::custom("a time limit cannot be forever"))
 }
 
 fn default_feed_every() -> Span {
@@ -722,6 +749,9 @@ mod tests {
             "url",
             "every",
             "max_entries",
+            "max_bytes",
+            "timeout",
+            "allow_non_public",
         ] {
             assert!(template().contains(key), "template lacks {key}");
         }
