@@ -19,7 +19,7 @@ pub struct Agent {
     pub proc: Option<Proc>,
     pub dir: tempfile::TempDir,
     ns: String,
-    /// How it runs: `--local-only`, or `--join URL --token T --node-name N`.
+    /// How it runs: `--local-only`, or `--join URL --token-file F --node-name N`.
     mode: Vec<String>,
 }
 
@@ -31,12 +31,31 @@ impl Agent {
     }
 
     /// Starts an agent that joins the hub at `url` with `token` as `name`,
-    /// and waits until it follows the hub's stream.
+    /// and waits until it follows the hub's stream. The token is passed in
+    /// a root-only file, as the printed join commands do.
     pub fn join(ns: &Netns, config: &str, url: &str, token: &str, name: &str) -> Agent {
-        let mode = ["--join", url, "--token", token, "--node-name", name]
-            .map(String::from)
-            .to_vec();
-        let agent = Agent::start_with(ns, config, mode);
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("join.token");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .expect("create the token file");
+        std::io::Write::write_all(&mut f, token.as_bytes()).expect("write the token file");
+        let token_file = token_file.to_str().expect("a UTF-8 path");
+        let mode = [
+            "--join",
+            url,
+            "--token-file",
+            token_file,
+            "--node-name",
+            name,
+        ]
+        .map(String::from)
+        .to_vec();
+        let agent = Agent::start_in(dir, ns, config, mode);
         let connected = palisade_lab::wait_until(Duration::from_secs(20), || {
             agent
                 .cli(&["status"])
@@ -53,7 +72,10 @@ impl Agent {
     }
 
     fn start_with(ns: &Netns, config: &str, mode: Vec<String>) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Agent::start_in(tempfile::tempdir().expect("tempdir"), ns, config, mode)
+    }
+
+    fn start_in(dir: tempfile::TempDir, ns: &Netns, config: &str, mode: Vec<String>) -> Agent {
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
         let mut agent = Agent {
             proc: None,

@@ -638,15 +638,12 @@ fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
 
 fn node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if palisade_model::name::is_plain(&s) {
         Ok(Some(s))
     } else {
         Err(serde::de::Error::custom(format!(
-            "{s:?} is not a valid node name (1 to 64 letters, digits, '-', '_' or '.')"
+            "{s:?} is not a valid node name ({})",
+            palisade_model::name::PLAIN
         )))
     }
 }

@@ -75,6 +75,14 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
         message: e.to_string(),
     };
     match req {
+        HubRequest::TokenCreate { name, .. } if !palisade_model::name::is_plain(&name) => {
+            HubResponse::Error {
+                message: format!(
+                    "{name:?} is not a valid token name ({})",
+                    palisade_model::name::PLAIN
+                ),
+            }
+        }
         HubRequest::TokenCreate { name, kind, group } => {
             let kind = match crate::tokens::parse_kind(&kind) {
                 Ok(k) => k,
