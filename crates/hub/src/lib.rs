@@ -112,7 +112,7 @@ impl RunningHub {
 
 /// Opens the hub's store (for token commands while the hub is stopped).
 pub fn open_store(state_dir: &Path) -> Result<Store> {
-    create_private_dir(state_dir)?;
+    palisade_store::private_dir(state_dir)?;
     Ok(Store::open(
         &state_dir.join(STORE_FILE),
         &Options {
@@ -293,16 +293,4 @@ pub async fn wait_for_signal() {
         _ = term.recv() => info!("SIGTERM received, stopping"),
         _ = int.recv() => info!("SIGINT received, stopping"),
     }
-}
-
-fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !path.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-    }
-    Ok(())
 }
