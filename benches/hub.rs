@@ -30,8 +30,9 @@ use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timesta
 use palisade_wire::{Bus, Envelope, Intent, StreamItem, Token};
 use support::{Agent, Hub};
 
-/// Rate limits out of the way: this measures the hub, not its brakes.
-const HUB_CONFIG: &str = "[hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
+/// Rate limits and connection caps out of the way (the fan-out opens 10k
+/// streams from one client): this measures the hub, not its brakes.
+const HUB_CONFIG: &str = "[hub]\nmax_connections = 20000\nmax_connections_per_client = 20000\n[hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
 
 fn main() {
     if !require_root_and(&["nft"]) {

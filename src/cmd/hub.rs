@@ -288,6 +288,10 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             .map(|a| (a.net, a.comment.clone(), a.group.clone()))
             .collect(),
         events_kept: h.events_kept.max(1),
+        connections: palisade_hub::limits::ConnectionCaps {
+            total: h.max_connections.max(1),
+            per_client: h.max_connections_per_client.max(1),
+        },
         feeds: config
             .feed
             .iter()

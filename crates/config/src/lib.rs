@@ -309,6 +309,12 @@ pub struct HubConfig {
     /// On a NATS or MQTT bus, where palisade nodes live: the address a node
     /// declares is allowed automatically only inside these networks.
     pub node_networks: Vec<Net>,
+    /// HTTPS connections open at once, from everyone (also bounded by the
+    /// limit of open files).
+    pub max_connections: usize,
+    /// HTTPS connections open at once from one client: an IPv4 address, or
+    /// an IPv6 /64.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for HubConfig {
@@ -331,6 +337,8 @@ impl Default for HubConfig {
             allow: Vec::new(),
             join: None,
             node_networks: Vec::new(),
+            max_connections: 8192,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -725,6 +733,8 @@ mod tests {
             "[[hub.allow]]",
             "group",
             "node_networks",
+            "max_connections",
+            "max_connections_per_client",
             "[nats]",
             "user",
             "password",

@@ -13,6 +13,8 @@
 //! - [`ledger`]: the policy's view of the store, with events;
 //! - [`writer`]: the single writer with group commit;
 //! - [`api`] and [`server`]: HTTPS routes and the TLS accept loop;
+//! - [`limits`]: connection caps and the client key (IPv4 address or
+//!   IPv6 /64) floods are counted by;
 //! - [`admin`]: the root-only control socket for `palisade hub …`;
 //! - [`metrics`]: Prometheus counters;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
@@ -25,6 +27,7 @@ pub mod api;
 pub mod dashboard;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod records;
 pub mod server;
@@ -73,6 +76,8 @@ pub struct HubOptions {
     pub events_kept: u64,
     /// Feeds the hub pulls for the whole network: (feed, how often).
     pub feeds: Vec<(palisade_feed::Feed, Duration)>,
+    /// Connections open at once, in all and per client.
+    pub connections: limits::ConnectionCaps,
 }
 
 /// A hub running on the current tokio runtime.
@@ -176,11 +181,20 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
         options.state_dir.clone(),
     )?);
 
+    let caps = options.connections.within_open_files();
+    if caps != options.connections {
+        tracing::warn!(
+            "connections capped at {} in all, {} per client: the limit of open files (LimitNOFILE) allows no more",
+            caps.total,
+            caps.per_client
+        );
+    }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(server::serve(
         listener,
         tls,
         api::router(hub.clone()),
+        limits::Connections::new(caps),
     )));
     tasks.push(tokio::spawn(admin::serve(admin_socket, hub.clone())));
     let h = hub.clone();

@@ -10,8 +10,10 @@
 //! Security:
 //! - administrators log in with a name and password (`palisade hub admin
 //!   create NAME`; argon2id hashes in the store, [`admins`]); a refusal
-//!   never says which part was wrong, takes at least [`REFUSAL_DELAY`], and
-//!   attempts are rate limited per client address and per name;
+//!   never says which part was wrong, takes at least [`REFUSAL_DELAY`],
+//!   attempts are rate limited per client (address, or IPv6 /64) and per
+//!   name (not for a client that logged in as that name before), and at
+//!   most a few passwords are hashed at once ([`Hashing`]: 429 past that);
 //! - sessions ([`sessions`]) are random 256-bit ids in a `__Host-` cookie
 //!   (`Secure; HttpOnly; SameSite=Strict`), kept server-side as hashes, with
 //!   idle and absolute expiry;
@@ -73,7 +75,21 @@ const ICON_SVG: &str = include_str!("assets/icon.svg");
 pub struct Dashboard {
     pub sessions: Sessions,
     pub login_limit: LoginLimit,
+    pub hashing: Hashing,
     pub activity: Arc<Activity>,
+}
+
+/// Password checks running at once. Each costs argon2id's 19 MiB and a
+/// core for a while; past this a login is answered 429 before hashing, so
+/// a flood of logins from many addresses costs the hub neither memory nor
+/// its cores.
+pub struct Hashing(Arc<tokio::sync::Semaphore>);
+
+impl Default for Hashing {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Hashing(Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))))
+    }
 }
 
 pub fn router(hub: Arc<Hub>) -> Router {
@@ -312,9 +328,21 @@ async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
+    let Ok(hashing) = hub.dashboard.hashing.0.clone().try_acquire_owned() else {
+        warn!(peer = %peer.0.ip(), name = %name, "dashboard login refused: too many at once");
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the hub is checking too many logins at once; try again in a few seconds",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(2));
+        return r;
+    };
     let store = hub.store.clone();
     let who = name.clone();
     let ok = tokio::task::spawn_blocking(move || {
+        // Held until the hash is done, even if the client goes away.
+        let _hashing = hashing;
         let record = admins::get(&store, &who).ok().flatten();
         // Unknown names cost the same as wrong passwords.
         let hash = record
@@ -334,6 +362,7 @@ async fn login(
         return json_error(StatusCode::UNAUTHORIZED, "wrong name or password");
     }
     info!(peer = %peer.0.ip(), admin = %name, "dashboard login");
+    hub.dashboard.login_limit.logged_in(peer.0.ip(), &name);
     let id = hub.dashboard.sessions.create(&name);
     let mut r = json(&serde_json::json!({ "ok": true }));
     r.headers_mut().insert(
