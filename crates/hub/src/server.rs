@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Extension;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -40,6 +39,13 @@ const H2_STREAMS: u32 = 64;
 /// The most a client's request head may take in memory (HTTP/1.1 buffer,
 /// HTTP/2 header list).
 const MAX_HEAD: usize = 16 * 1024;
+/// TLS handshakes in progress at once. A handshake is the costliest thing
+/// an unauthenticated client makes the hub do; thousands at once would fill
+/// the runtime's queues and delay the agents' streams by seconds. The rest
+/// wait their turn, up to [`HANDSHAKE_QUEUE`]; a client takes a turn only
+/// once it has sent something.
+const HANDSHAKES: usize = 64;
+const HANDSHAKE_QUEUE: Duration = Duration::from_secs(30);
 /// Refusals logged at most this often (a flood must not flood the log).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -51,6 +57,7 @@ pub async fn serve(
     connections: Arc<Connections>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     let mut refused = 0u64;
     let mut refusal_logged: Option<Instant> = None;
     loop {
@@ -79,9 +86,23 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone().layer(Extension(Peer(peer)));
+        let handshakes = handshakes.clone();
+        let router = WithPeer {
+            router: router.clone(),
+            peer: Peer(peer),
+        };
         tokio::spawn(async move {
             let _admitted = admitted;
+            let spoke = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.readable()).await;
+            if !matches!(spoke, Ok(Ok(()))) {
+                debug!(%peer, "the client sent nothing");
+                return;
+            }
+            let Ok(Ok(turn)) = tokio::time::timeout(HANDSHAKE_QUEUE, handshakes.acquire()).await
+            else {
+                debug!(%peer, "no turn for a TLS handshake");
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -93,6 +114,7 @@ pub async fn serve(
                     return;
                 }
             };
+            drop(turn);
             // The protocol is the one agreed in the handshake (ALPN), so the
             // server never waits for a silent client to show which it speaks.
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -115,6 +137,32 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// The router, telling each request which peer it came from. (Cheaper per
+/// connection than a layer, which would copy the whole router.)
+#[derive(Clone)]
+struct WithPeer {
+    router: Router,
+    peer: Peer,
+}
+
+impl<B> tower_service::Service<http::Request<B>> for WithPeer
+where
+    Router: tower_service::Service<http::Request<B>>,
+{
+    type Response = <Router as tower_service::Service<http::Request<B>>>::Response;
+    type Error = <Router as tower_service::Service<http::Request<B>>>::Error;
+    type Future = <Router as tower_service::Service<http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.router.call(req)
     }
 }
 

@@ -82,13 +82,52 @@ pub struct Dashboard {
 /// Password checks running at once. Each costs argon2id's 19 MiB and a
 /// core for a while; past this a login is answered 429 before hashing, so
 /// a flood of logins from many addresses costs the hub neither memory nor
-/// its cores.
-pub struct Hashing(Arc<tokio::sync::Semaphore>);
+/// its cores. The working memory is kept and reused, so the hub holds at
+/// most one copy per place, ever.
+pub struct Hashing {
+    turns: Arc<tokio::sync::Semaphore>,
+    memory: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
+}
+
+/// One place to hash a password; gives its memory back when dropped.
+pub struct HashTurn {
+    _turn: tokio::sync::OwnedSemaphorePermit,
+    pub memory: Vec<argon2::Block>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
+}
 
 impl Default for Hashing {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Hashing(Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))))
+        Hashing {
+            turns: Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))),
+            memory: Default::default(),
+        }
+    }
+}
+
+impl Hashing {
+    /// A place to hash now, if there is one.
+    pub fn try_start(&self) -> Option<HashTurn> {
+        let turn = self.turns.clone().try_acquire_owned().ok()?;
+        let memory = self
+            .memory
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(admins::hash_memory);
+        Some(HashTurn {
+            _turn: turn,
+            memory,
+            pool: self.memory.clone(),
+        })
+    }
+}
+
+impl Drop for HashTurn {
+    fn drop(&mut self) {
+        let memory = std::mem::take(&mut self.memory);
+        self.pool.lock().unwrap().push(memory);
     }
 }
 
@@ -328,7 +367,7 @@ async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
-    let Ok(hashing) = hub.dashboard.hashing.0.clone().try_acquire_owned() else {
+    let Some(mut turn) = hub.dashboard.hashing.try_start() else {
         warn!(peer = %peer.0.ip(), name = %name, "dashboard login refused: too many at once");
         let mut r = json_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -341,14 +380,14 @@ async fn login(
     let store = hub.store.clone();
     let who = name.clone();
     let ok = tokio::task::spawn_blocking(move || {
-        // Held until the hash is done, even if the client goes away.
-        let _hashing = hashing;
+        // `turn` is held until the hash is done, even if the client goes.
         let record = admins::get(&store, &who).ok().flatten();
         // Unknown names cost the same as wrong passwords.
         let hash = record
             .as_ref()
             .map_or(admins::decoy_hash(), |r| r.hash.as_str());
-        let good = admins::verify_password(hash, &form.password) && record.is_some();
+        let good =
+            admins::verify_password_in(hash, &form.password, &mut turn.memory) && record.is_some();
         if good {
             let _ = admins::logged_in(&store, &who);
         }
