@@ -24,35 +24,6 @@ fn crowd_addr(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xf00, i as u16, 0, 0, 0, 1)
 }
 
-/// Runs `f` on a tokio runtime whose threads live in `ns`.
-fn in_netns<F, T>(ns: &str, f: F) -> T
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let path = format!("/run/netns/{ns}");
-    let enter = move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on the calling thread with a valid namespace fd.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            assert_eq!(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET), 0);
-        }
-    };
-    std::thread::spawn(move || {
-        enter();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .on_thread_start(enter)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    })
-    .join()
-    .unwrap()
-}
-
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection to the hub from the crowd's address `i`.
@@ -163,7 +134,7 @@ fn the_hub_holds_a_login_and_connection_flood_and_bans_still_spread() {
         let go = go.clone();
         let crowd = crowd.ns_name().to_string();
         std::thread::spawn(move || {
-            in_netns(&crowd, async move {
+            support::in_netns(&crowd, 2, async move {
                 let mut tasks = Vec::new();
                 for i in 0..IDLE + SLOW {
                     let (tally, stop, tls) = (tally.clone(), stop.clone(), tls.clone());

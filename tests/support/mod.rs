@@ -881,3 +881,33 @@ pub fn lab_certificates(ip: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathB
 pub fn log_filter(default: &str) -> String {
     std::env::var("PALISADE_TEST_LOG").unwrap_or_else(|_| default.to_string())
 }
+
+/// Runs `f` on a tokio runtime whose threads all live in the namespace `ns` (sockets are
+/// created in the namespace of the thread that creates them).
+pub fn in_netns<F, T>(ns: &str, threads: usize, f: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let enter = move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on the calling thread, with a valid namespace fd.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            assert_eq!(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET), 0);
+        }
+    };
+    std::thread::spawn(move || {
+        enter();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .on_thread_start(enter)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f)
+    })
+    .join()
+    .unwrap()
+}

@@ -308,7 +308,7 @@ fn fail2ban_filter(input: &[u8]) -> bool {
 
 fn fail2ban_regex(input: &[u8]) -> bool {
     let s = text(input);
-    translate(&s, input.len() % 2 == 0, input)
+    translate(&s, input.len().is_multiple_of(2), input)
 }
 
 /// Translates a fail2ban (Python) regex, and one in 256 further: relaxed
