@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use common::{committed, observe, row, rss};
 use futures_util::StreamExt;
 use palisade_control::{BanRequest, Client, Request};
-use palisade_lab::{Lab, LabBuilder, Netns, require_root_and, wait_until};
+use palisade_lab::{Lab, LabBuilder, require_root_and, wait_until};
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use palisade_wire::{Bus, Envelope, Intent, StreamItem, Token};
 use support::{Agent, Hub};
 
-/// Rate limits out of the way: this measures the hub, not its brakes.
-const HUB_CONFIG: &str = "[hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
+/// Rate limits and connection caps out of the way (the fan-out opens 10k
+/// streams from one client): this measures the hub, not its brakes.
+const HUB_CONFIG: &str = "[hub]\nmax_connections = 20000\nmax_connections_per_client = 20000\n[hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
 
 fn main() {
     if !require_root_and(&["nft"]) {
@@ -154,36 +155,6 @@ fn propagation(n: usize, samples: usize) {
     drop(hub);
 }
 
-/// Runs `f` on a tokio runtime whose threads all live in `ns` (sockets are
-/// created in the namespace of the thread that creates them).
-fn in_netns<F, T>(ns: &Netns, threads: usize, f: F) -> T
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let path = format!("/run/netns/{}", ns.name());
-    let enter = move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on the calling thread, with a valid namespace fd.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            assert_eq!(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET), 0);
-        }
-    };
-    std::thread::spawn(move || {
-        enter();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .on_thread_start(enter)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f)
-    })
-    .join()
-    .unwrap()
-}
-
 fn ingest(total: usize) {
     let (lab, _) = hub_lab(0);
     let hub = Hub::start(
@@ -203,7 +174,7 @@ fn ingest(total: usize) {
             .collect();
         let u = url.clone();
         let offset = if batch == 1 { total } else { 0 };
-        let (elapsed, accepted) = in_netns(lab.host("clients"), 2, async move {
+        let (elapsed, accepted) = support::in_netns(lab.host("clients").ns_name(), 2, async move {
             let accepted = Arc::new(AtomicUsize::new(0));
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -273,86 +244,87 @@ fn fanout(clients: usize) {
     let url = hub.url();
     let hub_pid = hub.proc.as_ref().unwrap().pid();
     let target = Net::host(addr(7).into());
-    let (setup, mut latencies, hub_rss) = in_netns(lab.host("clients"), 2, async move {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, ()>>();
-        let ready = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now();
-        let link = palisade_link::HubLink::new(&url, &listener).unwrap();
-        let mut opening = Vec::new();
-        for _ in 0..clients {
-            let link = link.clone();
-            let tx = tx.clone();
-            let ready = ready.clone();
-            opening.push(tokio::spawn(async move {
-                let mut stream = match link.follow(0).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("a client could not connect: {e}");
-                        let _ = tx.send(Err(()));
-                        return;
-                    }
-                };
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(StreamItem::SnapshotEnd { .. }) => {
-                            ready.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(StreamItem::Put { decision, .. }) if decision.target == target => {
-                            let _ = tx.send(Ok(Instant::now()));
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
+    let (setup, mut latencies, hub_rss) =
+        support::in_netns(lab.host("clients").ns_name(), 2, async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, ()>>();
+            let ready = Arc::new(AtomicUsize::new(0));
+            let start = Instant::now();
+            let link = palisade_link::HubLink::new(&url, &listener).unwrap();
+            let mut opening = Vec::new();
+            for _ in 0..clients {
+                let link = link.clone();
+                let tx = tx.clone();
+                let ready = ready.clone();
+                opening.push(tokio::spawn(async move {
+                    let mut stream = match link.follow(0).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("a client could not connect: {e}");
                             let _ = tx.send(Err(()));
                             return;
                         }
+                    };
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(StreamItem::SnapshotEnd { .. }) => {
+                                ready.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(StreamItem::Put { decision, .. }) if decision.target == target => {
+                                let _ = tx.send(Ok(Instant::now()));
+                                return;
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                let _ = tx.send(Err(()));
+                                return;
+                            }
+                        }
                     }
+                }));
+                // Pace the handshakes a little so the hub's accept queue keeps up.
+                if opening.len() % 200 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            }));
-            // Pace the handshakes a little so the hub's accept queue keeps up.
-            if opening.len() % 200 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }
-        while ready.load(Ordering::Relaxed) < clients {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "only {} of {clients} connected",
-                ready.load(Ordering::Relaxed)
-            );
-        }
-        let setup = start.elapsed();
-        let hub_rss = rss(hub_pid);
-        let pubs = palisade_link::HubLink::new(&url, &publisher).unwrap();
-        let t0 = Instant::now();
-        let intent = Intent::Ban {
-            target,
-            span: Some("1h".parse().unwrap()),
-            rule: Some("bench/fanout".into()),
-            reason: None,
-            evidence: vec![],
-            source: Source::Cli,
-            actor: None,
-            list: None,
-            unverified: false,
-        };
-        pubs.send(&[Envelope {
-            id: 1,
-            at: Timestamp::now(),
-            intent,
-        }])
-        .await
-        .unwrap();
-        let mut latencies = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            match rx.recv().await {
-                Some(Ok(t)) => latencies.push(t - t0),
-                _ => panic!("a stream client failed"),
+            while ready.load(Ordering::Relaxed) < clients {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(
+                    start.elapsed() < Duration::from_secs(300),
+                    "only {} of {clients} connected",
+                    ready.load(Ordering::Relaxed)
+                );
             }
-        }
-        (setup, latencies, hub_rss)
-    });
+            let setup = start.elapsed();
+            let hub_rss = rss(hub_pid);
+            let pubs = palisade_link::HubLink::new(&url, &publisher).unwrap();
+            let t0 = Instant::now();
+            let intent = Intent::Ban {
+                target,
+                span: Some("1h".parse().unwrap()),
+                rule: Some("bench/fanout".into()),
+                reason: None,
+                evidence: vec![],
+                source: Source::Cli,
+                actor: None,
+                list: None,
+                unverified: false,
+            };
+            pubs.send(&[Envelope {
+                id: 1,
+                at: Timestamp::now(),
+                intent,
+            }])
+            .await
+            .unwrap();
+            let mut latencies = Vec::with_capacity(clients);
+            for _ in 0..clients {
+                match rx.recv().await {
+                    Some(Ok(t)) => latencies.push(t - t0),
+                    _ => panic!("a stream client failed"),
+                }
+            }
+            (setup, latencies, hub_rss)
+        });
     println!(
         "\nfan-out of one decision to {clients} stream clients (connected in {:.1} s)",
         setup.as_secs_f64()

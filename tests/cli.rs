@@ -203,3 +203,61 @@ fn sources_lists_configured_sources_or_none_when_finding_is_off() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn a_created_token_is_shown_once_and_joins_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let state = dir.path().join("hub");
+    let create = |args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "hub",
+            "token",
+            "create",
+            "--hub-state-dir",
+            state.to_str().unwrap(),
+            "--hub-socket",
+            dir.path().join("hub.sock").to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        all.extend(args.iter().map(|a| a.to_string()));
+        Command::new(BIN)
+            .args(&all)
+            .env_remove("PALISADE_CONFIG")
+            .output()
+            .expect("run palisade")
+    };
+    let out = create(&["web7"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(token.starts_with("palisade1.node."), "{token}");
+    // The secret is printed once, on stdout only; the advice joins from a
+    // root-only file.
+    let err = text(&out.stderr);
+    assert!(!err.contains(&token), "{err}");
+    assert!(
+        err.contains(
+            "palisade agent --join https://HUB:PORT --token-file /etc/palisade/join.token"
+        ),
+        "{err}"
+    );
+    // A read token cannot join: no join command.
+    let out = create(&["--kind", "read", "export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("--join") && err.contains("cannot join"),
+        "{err}"
+    );
+    // `.` and `..` are paths, not names.
+    for bad in [".", ".."] {
+        let out = create(&[bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(text(&out.stderr).contains("not a valid token name"));
+    }
+}

@@ -285,3 +285,48 @@ fn a_connection_to_a_honeyport_gets_the_peer_banned() {
         Duration::from_millis(800)
     ));
 }
+
+#[test]
+fn a_crafted_line_over_64_kib_bans_nobody_but_the_real_client() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let victim = lab.victim();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let rule = r#"
+[[rule]]
+name = "anchored"
+bad = ['^<HOST> bad request$']
+[[rule.stages]]
+name = "ban"
+count = 1
+within = "10m"
+ban = "1h"
+"#;
+    let agent = Agent::start(victim, &config_following(&log, rule));
+    // One line of 65 KiB whose text past 64 KiB reads like a line of its
+    // own naming an innocent address: a reader that splits long lines
+    // would start a "line" there, and the anchored rule would ban it.
+    let head = "198.18.9.9 sent a very long user agent: ";
+    let mut crafted = String::from(head);
+    crafted.push_str(&"A".repeat(64 * 1024 - head.len()));
+    crafted.push_str("203.0.113.99 bad request");
+    assert!(crafted.len() > 64 * 1024);
+    append(&log, &[crafted, "198.51.100.44 bad request".to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .ok(&["list"])
+            .contains("198.51.100.44")),
+        "the real client is banned\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let list = agent.ok(&["list"]);
+    assert!(
+        !list.contains("203.0.113.99") && !list.contains("198.18.9.9"),
+        "only the real client: {list}"
+    );
+}

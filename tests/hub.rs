@@ -590,7 +590,7 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
         .env_remove("PALISADE_CONFIG");
     let up = palisade_lab::Proc::spawn(up).unwrap();
     assert!(
-        up.wait_for_stdout("--token", Duration::from_secs(20)),
+        up.wait_for_stdout("--token-file", Duration::from_secs(20)),
         "{}",
         up.describe()
     );
@@ -599,6 +599,28 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
         .lines()
         .find(|l| l.trim_start().starts_with("palisade agent --join"))
         .expect("a join command");
+    // The token is put in a root-only file by the shell's own echo, never
+    // on a command line (`ps` shows those to every user).
+    let save = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("(umask 077;"))
+        .expect("a command that keeps the token in a file");
+    let token = save
+        .split_whitespace()
+        .skip_while(|w| *w != "echo")
+        .nth(1)
+        .expect("the token");
+    assert!(
+        line.contains(&format!(
+            "--token-file {}",
+            save.split_whitespace()
+                .last()
+                .unwrap()
+                .trim_end_matches(')')
+        )),
+        "{line}\n{save}"
+    );
+    assert!(!line.contains(token), "{line}");
     // The printed address is this server's address in the lab.
     assert!(
         line.contains(&format!("https://{}:7470", main.v4())),
@@ -606,7 +628,6 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
     );
     let args: Vec<&str> = line.split_whitespace().skip(1).collect();
     let join_url = args[2];
-    let token = args[4];
     let _s1 = TcpServer::start(main, PORT);
     let _s2 = TcpServer::start(second, PORT);
     let other = Agent::join(second, "", join_url, token, "second");

@@ -28,7 +28,7 @@ what it reports, and catches up when the hub is back.
 
 Examples:
   palisade agent --local-only
-  palisade agent --join https://198.51.100.1:7470 --token palisade1.join.…
+  palisade agent --join https://198.51.100.1:7470 --token-file /etc/palisade/join.token
   palisade agent --join nats://nats1:4222,nats2:4222,nats3:4222
   palisade agent --join mqtt://broker.example.com:1883
   palisade agent --remove-rules"
@@ -44,20 +44,27 @@ pub struct AgentArgs {
     #[arg(long, conflicts_with_all = ["join", "local_only"])]
     local_only_unless_joined: bool,
 
-    /// The network to join: https://HUB:PORT (a palisade hub, with --token),
+    /// The network to join: https://HUB:PORT (a palisade hub, with --token-file),
     /// nats://HOST:PORT[,HOST:PORT…] (NATS JetStream) or mqtt://HOST:PORT
     /// (an MQTT broker) [default: [agent] join]
     #[arg(long, env = "PALISADE_JOIN", value_name = "URL")]
     join: Option<String>,
 
-    /// The token `palisade hub token create` printed [default: [agent] token or token_file]
+    /// The token `palisade hub token create` printed (prefer --token-file:
+    /// a command line is visible to every user in `ps`) [default: [agent]
+    /// token or token_file]
     #[arg(
         long,
         env = "PALISADE_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "token_file"
     )]
     token: Option<String>,
+
+    /// A root-only file holding the token [default: [agent] token_file]
+    #[arg(long, env = "PALISADE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// Remove palisade's nftables table from the kernel and exit (stored
     /// decisions are kept; the next start puts them back)
@@ -125,12 +132,12 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         }
         None => {
             return Ok(config_error(anyhow::anyhow!(
-                "this agent has no network to join: run it with --join https://HUB:PORT --token TOKEN (from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
+                "this agent has no network to join: run it with --join https://HUB:PORT --token-file FILE (a token from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
             )));
         }
         Some(url) => Some(match super::bus::kind(&url)? {
             super::bus::Kind::Hub => {
-                let token = token_from(&args.token, &config)?;
+                let token = token_from(&args.token, args.token_file.as_deref(), &config)?;
                 Arc::new(link(&url, token, &state_dir, &node)?) as Arc<dyn Bus>
             }
             super::bus::Kind::Nats => Arc::new(palisade_nats::NatsBus::new(
@@ -247,14 +254,25 @@ pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Schedul
         .collect()
 }
 
-/// The token from the flag, the config or the config's token file.
-fn token_from(flag: &Option<String>, config: &Config) -> Result<Token> {
-    let text = match (flag, &config.agent.token, &config.agent.token_file) {
-        (Some(t), _, _) | (None, Some(t), _) => t.clone(),
-        (None, None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the token file {}", file.display()))?,
-        (None, None, None) => bail!(
-            "joining a hub needs a token: --token TOKEN (or [agent] token / token_file); create one on the hub with `palisade hub token create NAME`"
+/// The token from the flags (`--token`, `--token-file`), the config or the
+/// config's token file.
+fn token_from(flag: &Option<String>, file_flag: Option<&Path>, config: &Config) -> Result<Token> {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file {}", file.display()))
+    };
+    let text = match (
+        flag,
+        file_flag,
+        &config.agent.token,
+        &config.agent.token_file,
+    ) {
+        (Some(t), _, _, _) => t.clone(),
+        (None, Some(file), _, _) => read(file)?,
+        (None, None, Some(t), _) => t.clone(),
+        (None, None, None, Some(file)) => read(file)?,
+        (None, None, None, None) => bail!(
+            "joining a hub needs a token: --token-file FILE (or [agent] token_file); create one on the hub with `palisade hub token create NAME`"
         ),
     };
     Ok(text.trim().parse()?)

@@ -152,6 +152,9 @@ pub fn feed(config: &FeedConfig) -> Feed {
         name: config.name.clone(),
         url: config.url.clone(),
         max_entries: config.max_entries,
+        max_bytes: config.max_bytes,
+        deadline: config.timeout,
+        allow_non_public: config.allow_non_public,
     }
 }
 

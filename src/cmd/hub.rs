@@ -20,8 +20,8 @@ use crate::render;
 #[command(
     args_conflicts_with_subcommands = true,
     after_help = "Run without a subcommand, the hub serves in the foreground. Agents join it with
-  palisade agent --join https://HUB:7470 --token TOKEN
-where TOKEN comes from `palisade hub token create NAME`.
+  palisade agent --join https://HUB:7470 --token-file FILE
+where FILE (root only) holds a token from `palisade hub token create NAME`.
 
 Examples:
   palisade hub --listen 0.0.0.0:7470
@@ -354,6 +354,10 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             })
             .collect(),
         events_kept: h.events_kept.max(1),
+        connections: palisade_hub::limits::ConnectionCaps {
+            total: h.max_connections.max(1),
+            per_client: h.max_connections_per_client.max(1),
+        },
         feeds: config
             .feed
             .iter()
@@ -374,6 +378,12 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
         .clone()
         .unwrap_or(config.hub.socket.clone());
     let request = match &cmd {
+        TokenCommand::Create { name, .. } if !palisade_model::name::is_plain(name) => {
+            bail!(
+                "{name:?} is not a valid token name ({})",
+                palisade_model::name::PLAIN
+            )
+        }
         TokenCommand::Create {
             name,
             kind,
@@ -395,10 +405,20 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
     let answer = ask_or_offline(config, place, &socket, &request)?;
     match answer {
         HubResponse::Token { token, name } => {
+            // The secret goes to stdout once (so scripts can take it); the
+            // advice on stderr never repeats it.
             println!("{token}");
-            eprintln!(
-                "the token for {name:?} is shown only this once; join with:\n  palisade agent --join https://HUB:PORT --token {token}"
-            );
+            let read = matches!(&cmd, TokenCommand::Create { kind, .. } if kind == "read");
+            if read {
+                eprintln!(
+                    "the read token {name:?} is shown only this once; it reads /v1/export.txt, /v1/decisions and /metrics (header `Authorization: Bearer TOKEN`) and cannot join"
+                );
+            } else {
+                let file = super::JOIN_TOKEN_FILE;
+                eprintln!(
+                    "the token for {name:?} is shown only this once. On the server that joins, as root, keep it in a root-only file and join:\n  (umask 077; mkdir -p /etc/palisade; cat > {file})   # paste the token, then Ctrl-D\n  palisade agent --join https://HUB:PORT --token-file {file}"
+                );
+            }
         }
         HubResponse::Tokens { tokens } => {
             if matches!(cmd, TokenCommand::List { json: true }) {

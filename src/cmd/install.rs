@@ -181,6 +181,9 @@ RuntimeDirectoryPreserve=yes
 StateDirectory=palisade
 StateDirectoryMode=0700
 ConfigurationDirectory=palisade
+# The hub holds a connection per agent and dashboard client; it caps them
+# below this (systemd's default soft limit is 1024).
+LimitNOFILE=65536
 
 # Firewall, conntrack and socket kills need CAP_NET_ADMIN; reading logs
 # needs CAP_DAC_READ_SEARCH; a syslog socket for a group needs CAP_CHOWN.

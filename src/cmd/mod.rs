@@ -20,6 +20,10 @@ pub mod up;
 
 use std::path::{Path, PathBuf};
 
+/// Where the printed join commands keep a server's token: in a root-only
+/// file, so it never shows in `ps` or the shell's history of commands run.
+pub const JOIN_TOKEN_FILE: &str = "/etc/palisade/join.token";
+
 use anyhow::Result;
 use palisade_config::Config;
 use palisade_control::Client;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use palisade_control::{BanRequest, Request, Response};
 use palisade_model::{Net, Scope, Source, Span, Timestamp};
@@ -16,8 +16,8 @@ use super::decide::{parse_net, parse_span};
 #[command(
     after_help = "The report goes to this server's agent, which bans the address here at once
 and reports it to the network; the hub's policy decides the network-wide ban.
-Without a running agent, --hub and --token send it to the hub directly (use a
-token of its own, not an agent's).
+Without a running agent, --hub and --token-file (or --token) send it to the
+hub directly (use a token of its own, not an agent's).
 
 In a fail2ban action (action.d/palisade.conf, written by `palisade install`):
   actionban = palisade report fail2ban <name> <ip>
@@ -37,31 +37,38 @@ pub struct ReportArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_span)]
     span: Option<Span>,
     /// The hub to report to directly when no agent runs here
-    #[arg(long, value_name = "URL", requires = "token")]
+    #[arg(long, value_name = "URL", requires = "credential")]
     hub: Option<String>,
-    /// A token for --hub
+    /// A token for --hub (prefer --token-file: a command line is visible to
+    /// every user in `ps`)
     #[arg(
         long,
         env = "PALISADE_REPORT_TOKEN",
         hide_env_values = true,
-        requires = "hub"
+        requires = "hub",
+        group = "credential"
     )]
     token: Option<String>,
+    /// A root-only file holding the token for --hub
+    #[arg(long, value_name = "FILE", requires = "hub", group = "credential")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(ctx: &Context, args: ReportArgs) -> Result<ExitCode> {
     for (what, v) in [("program", &args.program), ("jail", &args.jail)] {
-        let ok = !v.is_empty()
-            && v.len() <= 64
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            bail!("the {what} {v:?} must be 1 to 64 letters, digits, '-', '_' or '.'");
+        if !palisade_model::name::is_plain(v) {
+            bail!("the {what} {v:?} must be {}", palisade_model::name::PLAIN);
         }
     }
     let rule = format!("{}/{}", args.program, args.jail);
     if let Some(url) = &args.hub {
-        return direct(url, args.token.as_deref().unwrap_or_default(), &args, rule);
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?,
+            (None, None) => bail!("--hub needs --token-file or --token"),
+        };
+        return direct(url, token.trim(), &args, rule);
     }
     let req = Request::Ban(BanRequest {
         targets: vec![args.address],

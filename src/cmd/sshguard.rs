@@ -112,16 +112,10 @@ fn parse_pause(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_rule(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if palisade_model::name::is_plain(s) {
         Ok(s.to_string())
     } else {
-        Err(format!(
-            "{s:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
-        ))
+        Err(format!("{s:?}: use {}", palisade_model::name::PLAIN))
     }
 }
 

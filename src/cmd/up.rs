@@ -174,7 +174,14 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     );
     println!("To protect another server too, run this there as root:");
     println!();
-    println!("  palisade agent --join {public} --token {}", ready.join);
+    // The token goes into a root-only file, never onto a command line.
+    let file = super::JOIN_TOKEN_FILE;
+    // `echo` is the shell's own: no process shows the token in `ps`.
+    println!(
+        "  (umask 077; mkdir -p /etc/palisade; echo {} > {file})",
+        ready.join
+    );
+    println!("  palisade agent --join {public} --token-file {file}");
     println!();
     use std::io::Write;
     let _ = std::io::stdout().flush();

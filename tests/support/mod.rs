@@ -19,7 +19,7 @@ pub struct Agent {
     pub proc: Option<Proc>,
     pub dir: tempfile::TempDir,
     ns: String,
-    /// How it runs: `--local-only`, or `--join URL --token T --node-name N`.
+    /// How it runs: `--local-only`, or `--join URL --token-file F --node-name N`.
     mode: Vec<String>,
 }
 
@@ -31,12 +31,31 @@ impl Agent {
     }
 
     /// Starts an agent that joins the hub at `url` with `token` as `name`,
-    /// and waits until it follows the hub's stream.
+    /// and waits until it follows the hub's stream. The token is passed in
+    /// a root-only file, as the printed join commands do.
     pub fn join(ns: &Netns, config: &str, url: &str, token: &str, name: &str) -> Agent {
-        let mode = ["--join", url, "--token", token, "--node-name", name]
-            .map(String::from)
-            .to_vec();
-        let agent = Agent::start_with(ns, config, mode);
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("join.token");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .expect("create the token file");
+        std::io::Write::write_all(&mut f, token.as_bytes()).expect("write the token file");
+        let token_file = token_file.to_str().expect("a UTF-8 path");
+        let mode = [
+            "--join",
+            url,
+            "--token-file",
+            token_file,
+            "--node-name",
+            name,
+        ]
+        .map(String::from)
+        .to_vec();
+        let agent = Agent::start_in(dir, ns, config, mode);
         let connected = palisade_lab::wait_until(Duration::from_secs(20), || {
             agent
                 .cli(&["status"])
@@ -53,7 +72,10 @@ impl Agent {
     }
 
     fn start_with(ns: &Netns, config: &str, mode: Vec<String>) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Agent::start_in(tempfile::tempdir().expect("tempdir"), ns, config, mode)
+    }
+
+    fn start_in(dir: tempfile::TempDir, ns: &Netns, config: &str, mode: Vec<String>) -> Agent {
         std::fs::write(dir.path().join("palisade.toml"), config).expect("write config");
         let mut agent = Agent {
             proc: None,
@@ -598,6 +620,10 @@ pub struct FeedServerState {
     pub version: u64,
     /// Answer 500 to everything.
     pub failing: bool,
+    /// Send the body without a length, then the same line again and again
+    /// after each of these pauses until the client hangs up (an endless or
+    /// trickled list).
+    pub endless: Option<Duration>,
     /// (path, If-None-Match) of each request, and the status answered.
     pub requests: Vec<(String, Option<String>, u16)>,
 }
@@ -653,6 +679,14 @@ impl FeedServer {
                         "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
                     );
                     304
+                } else if let Some(pause) = state.endless {
+                    let _ = write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let _ = conn.write_all(&state.body);
+                    let line = b"198.51.100.200\n".repeat(if pause.is_zero() { 4096 } else { 1 });
+                    while !st.load(Ordering::SeqCst) && conn.write_all(&line).is_ok() {
+                        std::thread::sleep(pause);
+                    }
+                    200
                 } else {
                     let _ = write!(
                         conn,
@@ -678,6 +712,10 @@ impl FeedServer {
         let mut s = self.state.lock().unwrap();
         s.body = body.into();
         s.version += 1;
+    }
+
+    pub fn endless(&self, pause: Option<Duration>) {
+        self.state.lock().unwrap().endless = pause;
     }
 
     pub fn fail(&self, failing: bool) {
@@ -842,4 +880,34 @@ pub fn lab_certificates(ip: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathB
 /// (benchmarks measure with production logging: `info`).
 pub fn log_filter(default: &str) -> String {
     std::env::var("PALISADE_TEST_LOG").unwrap_or_else(|_| default.to_string())
+}
+
+/// Runs `f` on a tokio runtime whose threads all live in the namespace `ns` (sockets are
+/// created in the namespace of the thread that creates them).
+pub fn in_netns<F, T>(ns: &str, threads: usize, f: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let enter = move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on the calling thread, with a valid namespace fd.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            assert_eq!(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET), 0);
+        }
+    };
+    std::thread::spawn(move || {
+        enter();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .on_thread_start(enter)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f)
+    })
+    .join()
+    .unwrap()
 }

@@ -56,12 +56,6 @@ pub struct AgentOptions {
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Store(#[from] palisade_store::StoreError),
     #[error(transparent)]
@@ -84,7 +78,7 @@ pub const STORE_FILE: &str = "decisions.redb";
 /// Runs the agent in the foreground until SIGINT or SIGTERM.
 pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(), AgentError> {
     let started = palisade_model::Timestamp::now();
-    create_private_dir(&options.state_dir)?;
+    palisade_store::private_dir(&options.state_dir)?;
     let store = Arc::new(Store::open(
         &options.state_dir.join(STORE_FILE),
         &Options::default(),
@@ -189,19 +183,4 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM received, stopping"),
         _ = int.recv() => info!("SIGINT received, stopping"),
     }
-}
-
-fn create_private_dir(path: &std::path::Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| AgentError::StateDir {
-            path: path.to_path_buf(),
-            source,
-        })
 }

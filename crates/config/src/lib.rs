@@ -177,6 +177,33 @@ pub struct FeedConfig {
     /// refused and the last good one kept).
     #[serde(default = "default_feed_max")]
     pub max_entries: usize,
+    /// The most bytes read from one answer (an endless list is cut off).
+    #[serde(default = "default_feed_max_bytes")]
+    pub max_bytes: u64,
+    /// The longest one pull may take, from the request to the last byte.
+    #[serde(default = "default_feed_timeout", deserialize_with = "finite_duration")]
+    pub timeout: std::time::Duration,
+    /// Take entries in private, CGNAT, unique-local and other non-public
+    /// ranges (refused by default: a third party's list naming them is
+    /// wrong or hostile).
+    #[serde(default)]
+    pub allow_non_public: bool,
+}
+
+/// Generous for real lists (two million entries of FireHOL's format are
+/// about 32 MB), bounded for an endless one.
+fn default_feed_max_bytes() -> u64 {
+    128 << 20
+}
+
+fn default_feed_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10 * 60)
+}
+
+fn finite_duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    Span::deserialize(d)?
+        .duration()
+        .ok_or_else(|| serde::de::Error::custom("a time limit cannot be forever"))
 }
 
 fn default_feed_every() -> Span {
@@ -388,6 +415,12 @@ pub struct HubConfig {
     /// On a NATS or MQTT bus, where palisade nodes live: the address a node
     /// declares is allowed automatically only inside these networks.
     pub node_networks: Vec<Net>,
+    /// HTTPS connections open at once, from everyone (also bounded by the
+    /// limit of open files).
+    pub max_connections: usize,
+    /// HTTPS connections open at once from one client: an IPv4 address, or
+    /// an IPv6 /64.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for HubConfig {
@@ -416,6 +449,8 @@ impl Default for HubConfig {
             allow: Vec::new(),
             join: None,
             node_networks: Vec::new(),
+            max_connections: 8192,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -756,15 +791,12 @@ fn group_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
 
 fn node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if palisade_model::name::is_plain(&s) {
         Ok(Some(s))
     } else {
         Err(serde::de::Error::custom(format!(
-            "{s:?} is not a valid node name (1 to 64 letters, digits, '-', '_' or '.')"
+            "{s:?} is not a valid node name ({})",
+            palisade_model::name::PLAIN
         )))
     }
 }
@@ -876,6 +908,8 @@ mod tests {
             "[[hub.allow]]",
             "group",
             "node_networks",
+            "max_connections",
+            "max_connections_per_client",
             "[nats]",
             "user",
             "password",
@@ -897,6 +931,9 @@ mod tests {
             "url",
             "every",
             "max_entries",
+            "max_bytes",
+            "timeout",
+            "allow_non_public",
         ] {
             assert!(template().contains(key), "template lacks {key}");
         }

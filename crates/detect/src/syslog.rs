@@ -257,6 +257,12 @@ fn time_len(s: &str) -> Option<usize> {
 /// The instant a header's time text names. BSD times carry no year or zone:
 /// they are taken in UTC in `year`.
 pub fn parse_time(text: &str, year: i64) -> Option<Timestamp> {
+    // Every time this reads is ASCII; anything else (an attacker's RFC 5424
+    // timestamp field) is not a time, and would make the byte offsets below
+    // fall inside a character.
+    if !text.is_ascii() {
+        return None;
+    }
     let b = text.as_bytes();
     if b.len() >= 15 && b[3] == b' ' {
         let month = MONTHS.iter().position(|m| text.starts_with(m))? as u32 + 1;
@@ -427,5 +433,21 @@ mod tests {
         assert_eq!(t.as_millis() % 1000, 250);
         assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
         assert!(current_year() >= 2024);
+    }
+
+    #[test]
+    fn a_time_with_other_characters_is_no_time() {
+        for text in [
+            "2024-03-03T12:00:0\u{e9}",
+            "2024-03-03T12:\u{e9}0:00Z",
+            "2024-03-03T12:00:00+0\u{e9}:00",
+            "Mar \u{e9}3 12:00:01",
+            "\u{e9}ar  3 12:00:01",
+        ] {
+            assert_eq!(parse_time(text, 2024), None, "{text}");
+        }
+        let h = parse("<34>1 2024-03-03T12:00:0\u{e9} host app - - - msg");
+        assert_eq!(h.time, Some("2024-03-03T12:00:0\u{e9}"));
+        assert_eq!(h.time.and_then(|t| parse_time(t, 2024)), None);
     }
 }

@@ -47,8 +47,6 @@ use tracing::{error, info, warn};
 use crate::filter::Filter;
 use crate::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 
-/// Longest rule or jail name passed to a command.
-pub const MAX_RULE_LEN: usize = 64;
 /// How much of a failed command's output is logged, per stream.
 const OUTPUT_LOG_BYTES: usize = 1000;
 /// Longest pause between retries.
@@ -379,17 +377,14 @@ impl<'de> Deserialize<'de> for Template {
 
 /// Checks a rule or jail name before it goes into a command.
 pub fn check_rule(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_RULE_LEN
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    // Not an option either: a leading `-` would be read as one.
+    let ok = palisade_model::name::is_plain(name) && !name.starts_with('-');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} cannot be passed to a command: a rule or jail name must be 1 to {MAX_RULE_LEN} of A-Z a-z 0-9 . _ - and not start with -"
+            "{name:?} cannot be passed to a command: a rule or jail name must be {}, not starting with -",
+            palisade_model::name::PLAIN
         ))
     }
 }
@@ -988,6 +983,8 @@ mod tests {
             "$(id)",
             "sshd\n",
             "é",
+            ".",
+            "..",
             &"x".repeat(65),
         ] {
             assert!(check_rule(bad).is_err(), "{bad:?}");

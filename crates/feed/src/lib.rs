@@ -42,6 +42,15 @@ pub struct Feed {
     pub name: String,
     pub url: String,
     pub max_entries: usize,
+    /// The most bytes read from one answer: an endless body is cut off.
+    pub max_bytes: u64,
+    /// The longest one pull may take: a body trickled byte by byte is cut
+    /// off.
+    pub deadline: Duration,
+    /// Take entries in private, shared (CGNAT), unique-local and other
+    /// non-public ranges (`palisade_model::guard::NON_PUBLIC`). Off by
+    /// default: a third party's list naming them is wrong or hostile.
+    pub allow_non_public: bool,
 }
 
 /// What is known about a feed, kept next to its last good list.
@@ -105,6 +114,10 @@ pub enum FeedError {
     Status { url: String, status: StatusCode },
     #[error("{url} went silent while sending the list")]
     Silent { url: String },
+    #[error("{url} sent more than {max} bytes; raise max_bytes if that is right")]
+    TooBig { url: String, max: u64 },
+    #[error("{url} took longer than {}s to send the list; raise timeout if that is right", .deadline.as_secs())]
+    TooSlow { url: String, deadline: Duration },
     #[error("{url} has more than {max} entries; raise max_entries if that is right")]
     TooMany { url: String, max: usize },
     #[error("{url} sent no address or network ({malformed} malformed line(s), e.g. {example:?})")]
@@ -168,6 +181,17 @@ pub fn parse_line(line: &str) -> Result<Option<Net>, String> {
     field.parse::<Net>().map(Some).map_err(|e| e.to_string())
 }
 
+/// Refuses an entry in a non-public range unless the feed allows them.
+pub fn check_entry(net: &Net, allow_non_public: bool) -> Result<(), String> {
+    match palisade_model::guard::non_public(net) {
+        Some((range, why)) if !allow_non_public => Err(format!(
+            "{net} is in {range} ({why}), not the public internet; \
+             set allow_non_public = true on the feed to take such entries"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Pulls `feed` into `dir`: a conditional request when a last good list
 /// exists, the body parsed line by line as it arrives.
 pub async fn pull(
@@ -179,6 +203,8 @@ pub async fn pull(
         path: dir.display().to_string(),
         detail: e.to_string(),
     })?;
+    let started = tokio::time::Instant::now();
+    let deadline = started + feed.deadline;
     let url = feed.url.clone();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(FeedError::BadUrl(url));
@@ -204,7 +230,8 @@ pub async fn pull(
         url: url.clone(),
         detail,
     };
-    let resp = tokio::time::timeout(CONNECT_TIMEOUT * 3, client()?.request(req))
+    let answer_by = deadline.min(started + CONNECT_TIMEOUT * 3);
+    let resp = tokio::time::timeout_at(answer_by, client()?.request(req))
         .await
         .map_err(|_| unreachable("no answer".into()))?
         .map_err(|e| unreachable(format!("{e:?}")))?;
@@ -245,6 +272,10 @@ pub async fn pull(
             std::str::from_utf8(line)
                 .map_err(|_| "not text".to_string())
                 .and_then(|l| parse_line(l.trim_end_matches('\r')))
+                .and_then(|n| match n {
+                    Some(n) => check_entry(&n, feed.allow_non_public).map(|()| Some(n)),
+                    None => Ok(None),
+                })
         };
         match parsed {
             Ok(Some(n)) => {
@@ -269,8 +300,15 @@ pub async fn pull(
         Ok(())
     };
     loop {
-        let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
-            Err(_) => return Err(FeedError::Silent { url }),
+        let silent_by = tokio::time::Instant::now() + READ_TIMEOUT;
+        let frame = match tokio::time::timeout_at(silent_by.min(deadline), body.frame()).await {
+            Err(_) if silent_by <= deadline => return Err(FeedError::Silent { url }),
+            Err(_) => {
+                return Err(FeedError::TooSlow {
+                    url,
+                    deadline: feed.deadline,
+                });
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(unreachable(format!("the list broke off: {e}"))),
             Ok(Some(Ok(f))) => f,
@@ -279,6 +317,12 @@ pub async fn pull(
             continue;
         };
         p.bytes += data.len() as u64;
+        if p.bytes > feed.max_bytes {
+            return Err(FeedError::TooBig {
+                url,
+                max: feed.max_bytes,
+            });
+        }
         for &b in data.iter() {
             if b == b'\n' {
                 take(&line, too_long, &mut p)?;
@@ -451,6 +495,24 @@ mod tests {
         assert_eq!(ok(""), None);
         assert!(parse_line("not-an-address").is_err());
         assert!(parse_line("198.51.100.7/24").is_err());
+    }
+
+    #[test]
+    fn non_public_entries_are_refused_unless_allowed() {
+        let n = |s: &str| s.parse::<Net>().unwrap();
+        for s in [
+            "10.0.0.0/8",
+            "192.168.1.1",
+            "100.64.0.7",
+            "fd12::1",
+            "0.0.0.0/0",
+        ] {
+            let e = check_entry(&n(s), false).unwrap_err();
+            assert!(e.contains("allow_non_public"), "{e}");
+            check_entry(&n(s), true).unwrap();
+        }
+        check_entry(&n("198.51.100.7"), false).unwrap();
+        check_entry(&n("2001:db8:bad::/48"), false).unwrap();
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`ledger`]: the policy's view of the store, with events;
 //! - [`writer`]: the single writer with group commit;
 //! - [`api`] and [`server`]: HTTPS routes and the TLS accept loop;
+//! - [`limits`]: connection caps and the client key (IPv4 address or
+//!   IPv6 /64) floods are counted by;
 //! - [`admin`]: the root-only control socket for `palisade hub …`;
 //! - [`metrics`]: Prometheus counters;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
@@ -25,6 +27,7 @@ pub mod api;
 pub mod dashboard;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod records;
 pub mod server;
@@ -72,6 +75,8 @@ pub struct HubOptions {
     pub events_kept: u64,
     /// Feeds the hub pulls for the whole network: (feed, how often).
     pub feeds: Vec<(palisade_feed::Feed, Duration)>,
+    /// Connections open at once, in all and per client.
+    pub connections: limits::ConnectionCaps,
 }
 
 /// A hub running on the current tokio runtime.
@@ -111,7 +116,7 @@ impl RunningHub {
 
 /// Opens the hub's store (for token commands while the hub is stopped).
 pub fn open_store(state_dir: &Path) -> Result<Store> {
-    create_private_dir(state_dir)?;
+    palisade_store::private_dir(state_dir)?;
     Ok(Store::open(
         &state_dir.join(STORE_FILE),
         &Options {
@@ -175,11 +180,20 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
         options.state_dir.clone(),
     )?);
 
+    let caps = options.connections.within_open_files();
+    if caps != options.connections {
+        tracing::warn!(
+            "connections capped at {} in all, {} per client: the limit of open files (LimitNOFILE) allows no more",
+            caps.total,
+            caps.per_client
+        );
+    }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(server::serve(
         listener,
         tls,
         api::router(hub.clone()),
+        limits::Connections::new(caps),
     )));
     tasks.push(tokio::spawn(admin::serve(admin_socket, hub.clone())));
     let h = hub.clone();
@@ -307,16 +321,4 @@ pub async fn wait_for_signal() {
         _ = term.recv() => info!("SIGTERM received, stopping"),
         _ = int.recv() => info!("SIGINT received, stopping"),
     }
-}
-
-fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !path.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-    }
-    Ok(())
 }

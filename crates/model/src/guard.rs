@@ -31,7 +31,46 @@ pub const PROTECTED: &[(&str, &str)] = &[
     ("::1", "loopback"),
     ("fe80::/10", "link-local (neighbour discovery)"),
     ("ff00::/8", "multicast"),
+    // Translation prefixes carry IPv4 hosts inside IPv6: a ban here would
+    // cut an IPv6-only server off the IPv4 internet (or some of it) rather
+    // than one attacker. Ban the IPv4 address instead.
+    (
+        "64:ff9b::/96",
+        "the NAT64 well-known prefix (IPv4 hosts seen through a translator; ban the IPv4 address)",
+    ),
+    (
+        "64:ff9b:1::/48",
+        "the local-use NAT64 prefix (IPv4 hosts seen through a translator; ban the IPv4 address)",
+    ),
+    (
+        "::ffff:0:0:0/96",
+        "the SIIT IPv4-translated prefix (ban the IPv4 address)",
+    ),
 ];
+
+/// Ranges that are not the public internet: where feeds (third parties)
+/// may not ban unless the operator says so. An attacker's address is never
+/// in them, and a list that names them is wrong or hostile.
+pub const NON_PUBLIC: &[(&str, &str)] = &[
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("100.64.0.0/10", "carrier-grade NAT shared space (RFC 6598)"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("240.0.0.0/4", "reserved"),
+    ("fc00::/7", "unique local (ULA)"),
+    ("fec0::/10", "site-local"),
+    ("100::/64", "discard-only"),
+];
+
+/// The non-public range that overlaps `target`, with its description.
+pub fn non_public(target: &Net) -> Option<(Net, &'static str)> {
+    NON_PUBLIC
+        .iter()
+        .map(|(net, why)| (net.parse::<Net>().expect("built-in range"), *why))
+        .find(|(r, _)| r.overlaps(target))
+}
 
 /// Why a ban was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,8 +285,34 @@ mod tests {
         ] {
             assert!(matches!(check(s), Err(Refusal::Protected { .. })), "{s}");
         }
+        for s in [
+            "64:ff9b::c612:7",
+            "64:ff9b::/96",
+            "64:ff9b:1::5",
+            "::ffff:0:c612:7",
+        ] {
+            let err = check(s).unwrap_err();
+            assert!(matches!(err, Refusal::Protected { .. }), "{s}");
+            assert!(err.to_string().contains("ban the IPv4 address"), "{err}");
+        }
         // A wide IPv6 net that contains ::1 is refused too.
         assert!(matches!(check("::/16"), Err(Refusal::Protected { .. })));
+    }
+
+    #[test]
+    fn non_public_ranges_are_known() {
+        for s in [
+            "10.1.2.3",
+            "172.20.0.0/16",
+            "100.64.1.1",
+            "fd00::1",
+            "0.0.0.0/0",
+        ] {
+            assert!(non_public(&n(s)).is_some(), "{s}");
+        }
+        for s in ["203.0.113.7", "2001:db9::1", "100.128.0.1", "172.32.0.1"] {
+            assert!(non_public(&n(s)).is_none(), "{s}");
+        }
     }
 
     #[test]

@@ -188,6 +188,21 @@ pub fn topic_level(name: &str) -> String {
         .collect()
 }
 
+/// The broker connection's TLS, built here with the workspace's rustls
+/// (its certificate checks are rustls-webpki 0.103) and handed to rumqttc
+/// whole as `TlsConfiguration::Rustls`.
+///
+/// rumqttc 0.25.1 (the newest) still depends on rustls-webpki 0.102.8 and
+/// rustls-pemfile 2.2.0, but only for what palisade never calls: pemfile
+/// parses PEM for `TlsConfiguration::Simple`, and webpki 0.102 appears only
+/// as an error type (`rumqttc::TlsError::WebPki`) of that path; no
+/// certificate is ever checked by 0.102. So RUSTSEC-2026-0049 (CRL
+/// distribution points), RUSTSEC-2026-0098 (URI name constraints) and
+/// RUSTSEC-2026-0099 (wildcard name constraints) concern code that does not
+/// run, and palisade uses no CRLs; RUSTSEC-2025-0134 (pemfile unmaintained)
+/// concerns a parser that does not run: PEM files are read with
+/// rustls-pki-types (`palisade_wire::tls::load_certs`, `PemObject`). Do not
+/// switch to `TlsConfiguration::Simple`.
 fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca {

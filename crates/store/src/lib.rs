@@ -121,6 +121,14 @@ pub enum StoreError {
         "the state database {path} was written by a newer palisade (format {found}, this one reads up to {FORMAT}); upgrade palisade"
     )]
     TooNew { path: PathBuf, found: u64 },
+    #[error(
+        "cannot keep {path} private (mode 0600 for a database, 0700 for its directory): {source}"
+    )]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database error: {0}")]
     Db(String),
     #[error("a stored decision could not be decoded (format {format}): {reason}")]
@@ -245,6 +253,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, options: &Options) -> Result<Store> {
+        create_private_file(path)?;
         let db = redb::Builder::new()
             .set_cache_size(options.cache_bytes)
             .create(path)
@@ -269,7 +278,66 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
+/// Makes `path` a directory only root reads (mode 0700), creating it and its
+/// parents if needed: a state directory holds token hashes, administrators'
+/// password hashes and credentials. An existing directory that others may
+/// read is made private and said so.
+pub fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let private = |source| StoreError::Private {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(private)?;
+    }
+    restrict(path, 0o700).map_err(private)
+}
+
+/// Creates the database file 0600 if it is missing (redb initializes an
+/// empty file), and makes an existing one 0600: never readable by others,
+/// whatever the umask or an older palisade left.
+fn create_private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let private = |source| StoreError::Private {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            restrict(path, 0o600).map_err(private)
+        }
+        Err(e) => Err(private(e)),
+    }
+}
+
+/// Sets `path`'s permission bits to `mode` if they allow more.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if now & !mode != 0 {
+        tracing::warn!(
+            "{} was mode {now:04o}, readable by others; made {mode:04o}",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+impl Store {
     fn init(&self) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
@@ -1039,6 +1107,30 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> Store {
         Store::open(&dir.path().join("state.redb"), &Options::default()).unwrap()
+    }
+
+    #[test]
+    fn databases_and_their_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory made 0755 and a database made 0644 by an older
+        // palisade or a careless umask are made private at start.
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let path = dir.join("state.redb");
+        drop(Store::open(&path, &Options::default()).unwrap());
+        assert_eq!(mode(&path), 0o600, "a new database");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&path, &Options::default()).unwrap();
+        assert_eq!(mode(&path), 0o600, "an existing database");
+        assert_eq!(s.read().unwrap().counts().unwrap(), Default::default());
+        let fresh = tmp.path().join("a/b");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use anyhow::{Context, bail};
 use crossbeam_channel::Sender;
 use palisade_model::Timestamp;
 
-use super::{Line, MAX_LINE, SourceHandle, line_from_bytes, stopped};
+use super::lines::LineSplitter;
+use super::{Line, SourceHandle, stopped};
 
 pub fn spawn(name: &str, path: &Path, tx: Sender<Line>) -> anyhow::Result<SourceHandle> {
     create(path)?;
@@ -35,7 +36,7 @@ pub fn spawn(name: &str, path: &Path, tx: Sender<Line>) -> anyhow::Result<Source
             let mut reader = reader;
             let mut _writer = writer;
             let mut buf = vec![0u8; 64 * 1024];
-            let mut partial: Vec<u8> = Vec::new();
+            let mut lines = LineSplitter::default();
             while !stopped(&flag) {
                 if !readable(&reader, 200) {
                     continue;
@@ -54,32 +55,18 @@ pub fn spawn(name: &str, path: &Path, tx: Sender<Line>) -> anyhow::Result<Source
                     }
                     Err(e) => return Err(e).context("reading the pipe"),
                 };
-                partial.extend_from_slice(&buf[..n]);
-                let mut start = 0;
-                while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
-                    let bytes = &partial[start..start + nl + 1];
-                    start += nl + 1;
-                    if bytes.len() <= 1 {
-                        continue;
-                    }
-                    let line = Line {
-                        source: src.clone(),
-                        text: line_from_bytes(bytes),
-                        received: Timestamp::now(),
-                    };
-                    if tx.send(line).is_err() {
-                        return Ok(());
-                    }
-                }
-                partial.drain(..start);
-                if partial.len() > MAX_LINE {
-                    let text = line_from_bytes(&partial);
-                    partial.clear();
-                    let _ = tx.send(Line {
-                        source: src.clone(),
-                        text,
-                        received: Timestamp::now(),
-                    });
+                let pushed = lines.push(&buf[..n], &mut |text| {
+                    text.is_empty()
+                        || tx
+                            .send(Line {
+                                source: src.clone(),
+                                text,
+                                received: Timestamp::now(),
+                            })
+                            .is_ok()
+                });
+                if pushed.closed {
+                    return Ok(());
                 }
             }
             Ok(())

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use palisade_model::Timestamp;
 
-use super::{Line, MAX_LINE, SourceHandle, line_from_bytes, state, stopped};
+use super::lines::LineSplitter;
+use super::{Line, SourceHandle, state, stopped};
 use crate::config::StartAt;
 
 const POLL: Duration = Duration::from_millis(100);
@@ -72,7 +73,7 @@ struct Open {
     /// Offset just after the last whole line sent.
     offset: u64,
     /// Bytes read after `offset` (an incomplete last line).
-    partial: Vec<u8>,
+    lines: LineSplitter,
     head: Vec<u8>,
 }
 
@@ -85,7 +86,7 @@ impl Open {
             dev: md.dev(),
             ino: md.ino(),
             offset: 0,
-            partial: Vec::new(),
+            lines: LineSplitter::default(),
             head: Vec::new(),
         };
         o.seek(offset)?;
@@ -96,12 +97,12 @@ impl Open {
         use std::io::Seek;
         self.file.seek(std::io::SeekFrom::Start(offset))?;
         self.offset = offset;
-        self.partial.clear();
+        self.lines.clear();
         Ok(())
     }
 
     fn pos(&self) -> u64 {
-        self.offset + self.partial.len() as u64
+        self.offset + self.lines.pending()
     }
 
     fn read_head(&self) -> Vec<u8> {
@@ -235,25 +236,11 @@ impl Follower {
                 Err(e) => return Err(e.into()),
             };
             total += n;
-            o.partial.extend_from_slice(&chunk[..n]);
-            let mut start = 0;
-            while let Some(nl) = memchr(&o.partial[start..]) {
-                let line = line_from_bytes(&o.partial[start..start + nl + 1]);
-                start += nl + 1;
-                if !self.send(line) {
-                    return Ok((total, Flow::Closed));
-                }
+            let pushed = o.lines.push(&chunk[..n], &mut |line| self.send(line));
+            o.offset += pushed.completed;
+            if pushed.closed {
+                return Ok((total, Flow::Closed));
             }
-            if o.partial.len() - start > MAX_LINE {
-                // An endless line: pass on what we have.
-                let line = line_from_bytes(&o.partial[start..]);
-                start = o.partial.len();
-                if !self.send(line) {
-                    return Ok((total, Flow::Closed));
-                }
-            }
-            o.offset += start as u64;
-            o.partial.drain(..start);
             if o.head.is_empty() && o.offset >= HEAD as u64 {
                 o.head = o.read_head();
             }
@@ -272,10 +259,8 @@ impl Follower {
     }
 
     fn flush_partial(&self, o: &mut Open) {
-        if !o.partial.is_empty() {
-            let line = line_from_bytes(&o.partial);
-            o.offset += o.partial.len() as u64;
-            o.partial.clear();
+        o.offset += o.lines.pending();
+        if let Some(line) = o.lines.take_rest() {
             self.send(line);
         }
     }
@@ -328,10 +313,6 @@ impl Follower {
             }
         }
     }
-}
-
-fn memchr(b: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', b)
 }
 
 fn parse_state(s: &str) -> Option<(u64, u64, u64, Vec<u8>)> {

@@ -26,6 +26,7 @@ pub mod fifo;
 pub mod file;
 pub mod honeyport;
 pub mod journal;
+mod lines;
 pub mod nflog;
 pub mod socket;
 mod state;

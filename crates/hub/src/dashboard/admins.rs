@@ -74,9 +74,22 @@ pub fn hash_password(password: &str) -> String {
     )
 }
 
+/// argon2's working memory for one hash at the cost [`hash_password`] uses,
+/// to be kept and reused: allocating 19 MiB per login leaves the allocator
+/// holding freed copies in every thread's arena.
+pub fn hash_memory() -> Vec<argon2::Block> {
+    vec![argon2::Block::default(); MEMORY_KIB as usize]
+}
+
 /// True if `password` matches `phc` (made by [`hash_password`], with the
 /// cost it was made with). Compares in constant time.
 pub fn verify_password(phc: &str, password: &str) -> bool {
+    verify_password_in(phc, password, &mut [])
+}
+
+/// [`verify_password`], working in `memory` when it is large enough (see
+/// [`hash_memory`]).
+pub fn verify_password_in(phc: &str, password: &str, memory: &mut [argon2::Block]) -> bool {
     let parts: Vec<&str> = phc.split('$').collect();
     let ["", "argon2id", "v=19", params, salt, hash] = parts.as_slice() else {
         return false;
@@ -99,10 +112,19 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
         return false;
     };
     let mut out = vec![0u8; expected.len()];
-    if Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(password.as_bytes(), &salt, &mut out)
-        .is_err()
-    {
+    let blocks = params.block_count();
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let hashed = if blocks <= memory.len() {
+        argon.hash_password_into_with_memory(
+            password.as_bytes(),
+            &salt,
+            &mut out,
+            &mut memory[..blocks],
+        )
+    } else {
+        argon.hash_password_into(password.as_bytes(), &salt, &mut out)
+    };
+    if hashed.is_err() {
         return false;
     }
     out.iter()

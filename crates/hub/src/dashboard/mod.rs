@@ -10,8 +10,10 @@
 //! Security:
 //! - administrators log in with a name and password (`palisade hub admin
 //!   create NAME`; argon2id hashes in the store, [`admins`]); a refusal
-//!   never says which part was wrong, takes at least [`REFUSAL_DELAY`], and
-//!   attempts are rate limited per client address and per name;
+//!   never says which part was wrong, takes at least [`REFUSAL_DELAY`],
+//!   attempts are rate limited per client (address, or IPv6 /64) and per
+//!   name (not for a client that logged in as that name before), and at
+//!   most a few passwords are hashed at once ([`Hashing`]: 429 past that);
 //! - sessions ([`sessions`]) are random 256-bit ids in a `__Host-` cookie
 //!   (`Secure; HttpOnly; SameSite=Strict`), kept server-side as hashes, with
 //!   idle and absolute expiry;
@@ -73,7 +75,60 @@ const ICON_SVG: &str = include_str!("assets/icon.svg");
 pub struct Dashboard {
     pub sessions: Sessions,
     pub login_limit: LoginLimit,
+    pub hashing: Hashing,
     pub activity: Arc<Activity>,
+}
+
+/// Password checks running at once. Each costs argon2id's 19 MiB and a
+/// core for a while; past this a login is answered 429 before hashing, so
+/// a flood of logins from many addresses costs the hub neither memory nor
+/// its cores. The working memory is kept and reused, so the hub holds at
+/// most one copy per place, ever.
+pub struct Hashing {
+    turns: Arc<tokio::sync::Semaphore>,
+    memory: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
+}
+
+/// One place to hash a password; gives its memory back when dropped.
+pub struct HashTurn {
+    _turn: tokio::sync::OwnedSemaphorePermit,
+    pub memory: Vec<argon2::Block>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
+}
+
+impl Default for Hashing {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Hashing {
+            turns: Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))),
+            memory: Default::default(),
+        }
+    }
+}
+
+impl Hashing {
+    /// A place to hash now, if there is one.
+    pub fn try_start(&self) -> Option<HashTurn> {
+        let turn = self.turns.clone().try_acquire_owned().ok()?;
+        let memory = self
+            .memory
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(admins::hash_memory);
+        Some(HashTurn {
+            _turn: turn,
+            memory,
+            pool: self.memory.clone(),
+        })
+    }
+}
+
+impl Drop for HashTurn {
+    fn drop(&mut self) {
+        let memory = std::mem::take(&mut self.memory);
+        self.pool.lock().unwrap().push(memory);
+    }
 }
 
 pub fn router(hub: Arc<Hub>) -> Router {
@@ -312,15 +367,27 @@ async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
+    let Some(mut turn) = hub.dashboard.hashing.try_start() else {
+        warn!(peer = %peer.0.ip(), name = %name, "dashboard login refused: too many at once");
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the hub is checking too many logins at once; try again in a few seconds",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(2));
+        return r;
+    };
     let store = hub.store.clone();
     let who = name.clone();
     let ok = tokio::task::spawn_blocking(move || {
+        // `turn` is held until the hash is done, even if the client goes.
         let record = admins::get(&store, &who).ok().flatten();
         // Unknown names cost the same as wrong passwords.
         let hash = record
             .as_ref()
             .map_or(admins::decoy_hash(), |r| r.hash.as_str());
-        let good = admins::verify_password(hash, &form.password) && record.is_some();
+        let good =
+            admins::verify_password_in(hash, &form.password, &mut turn.memory) && record.is_some();
         if good {
             let _ = admins::logged_in(&store, &who);
         }
@@ -334,6 +401,7 @@ async fn login(
         return json_error(StatusCode::UNAUTHORIZED, "wrong name or password");
     }
     info!(peer = %peer.0.ip(), admin = %name, "dashboard login");
+    hub.dashboard.login_limit.logged_in(peer.0.ip(), &name);
     let id = hub.dashboard.sessions.create(&name);
     let mut r = json(&serde_json::json!({ "ok": true }));
     r.headers_mut().insert(

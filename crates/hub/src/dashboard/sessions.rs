@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
+use crate::limits::{Lru, client_key};
+
 /// A session unused this long ends.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
 /// No session lasts longer than this.
@@ -138,34 +140,53 @@ pub fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Login attempts allowed per client address and per name: a burst, then
-/// one every [`REFILL`].
+/// Login attempts allowed per client (address, or IPv6 /64) and per name:
+/// a burst, then one every [`REFILL`].
 const BURST: f64 = 5.0;
 const REFILL: Duration = Duration::from_secs(12);
+/// Buckets kept; past it the least recently used are forgotten.
 const MAX_BUCKETS: usize = 10_000;
+/// (client, name) pairs that logged in, remembered for the exemption below.
+const MAX_KNOWN: usize = 10_000;
 
-/// Token buckets of login attempts, by client address and by name, so that
-/// neither one address nor many addresses guessing one name get far.
-#[derive(Default)]
+/// Token buckets of login attempts, by client and by name, so that neither
+/// one client nor many clients guessing one name get far. A client that
+/// logged in as a name before is not held back by that name's bucket: a
+/// flood of guesses at `alice` from elsewhere does not lock alice out of
+/// her usual place.
 pub struct LoginLimit {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    state: Mutex<LoginState>,
+}
+
+struct LoginState {
+    buckets: Lru<String, (f64, Instant)>,
+    known: Lru<(IpAddr, String), ()>,
+}
+
+impl Default for LoginLimit {
+    fn default() -> Self {
+        LoginLimit {
+            state: Mutex::new(LoginState {
+                buckets: Lru::new(MAX_BUCKETS),
+                known: Lru::new(MAX_KNOWN),
+            }),
+        }
+    }
 }
 
 impl LoginLimit {
     /// Takes one attempt for `peer` and `name`; on refusal, how long to wait.
     pub fn attempt(&self, peer: IpAddr, name: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut map = self.buckets.lock().unwrap();
-        if map.len() >= MAX_BUCKETS {
-            map.retain(|_, (tokens, at)| refill(*tokens, *at, now) < BURST);
-            if map.len() >= MAX_BUCKETS {
-                map.clear();
-            }
+        let client = client_key(peer);
+        let mut state = self.state.lock().unwrap();
+        let mut keys = vec![format!("ip {client}")];
+        if state.known.get(&(client, name.to_string())).is_none() {
+            keys.push(format!("name {name}"));
         }
-        let keys = [format!("ip {peer}"), format!("name {name}")];
         let mut wait = Duration::ZERO;
         for k in &keys {
-            let (tokens, at) = map.get(k).copied().unwrap_or((BURST, now));
+            let (tokens, at) = state.buckets.get(k).copied().unwrap_or((BURST, now));
             let t = refill(tokens, at, now);
             if t < 1.0 {
                 wait = wait.max(REFILL.mul_f64(1.0 - t));
@@ -175,10 +196,21 @@ impl LoginLimit {
             return Err(wait);
         }
         for k in keys {
-            let (tokens, at) = map.get(&k).copied().unwrap_or((BURST, now));
-            map.insert(k, (refill(tokens, at, now) - 1.0, now));
+            let (tokens, at) = state.buckets.get(&k).copied().unwrap_or((BURST, now));
+            state
+                .buckets
+                .put(k, (refill(tokens, at, now) - 1.0, now), now);
         }
         Ok(())
+    }
+
+    /// Remembers that `peer` logged in as `name`.
+    pub fn logged_in(&self, peer: IpAddr, name: &str) {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        state
+            .known
+            .put((client_key(peer), name.to_string()), (), now);
     }
 }
 
@@ -224,5 +256,52 @@ mod tests {
         // Another address guessing the same name is limited too.
         assert!(l.attempt("198.18.0.10".parse().unwrap(), "alice").is_err());
         l.attempt("198.18.0.10".parse().unwrap(), "carol").unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let l = LoginLimit::default();
+        for i in 0..5 {
+            let ip: IpAddr = format!("2001:db8:7:7::{i}").parse().unwrap();
+            l.attempt(ip, &format!("n{i}")).unwrap();
+        }
+        let same_64: IpAddr = "2001:db8:7:7:ffff::1".parse().unwrap();
+        assert!(l.attempt(same_64, "other").is_err());
+        let next_64: IpAddr = "2001:db8:7:8::1".parse().unwrap();
+        l.attempt(next_64, "other").unwrap();
+    }
+
+    #[test]
+    fn guesses_at_a_name_do_not_lock_out_where_it_logged_in_before() {
+        let l = LoginLimit::default();
+        let home: IpAddr = "198.18.0.9".parse().unwrap();
+        l.attempt(home, "alice").unwrap();
+        l.logged_in(home, "alice");
+        // A flood of guesses at alice from many addresses.
+        for i in 0..50u8 {
+            let _ = l.attempt(IpAddr::from([198, 18, 1, i]), "alice");
+        }
+        assert!(l.attempt(IpAddr::from([198, 18, 2, 1]), "alice").is_err());
+        l.attempt(home, "alice").unwrap();
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_oldest_not_everything() {
+        let l = LoginLimit::default();
+        let other = |i: u32| IpAddr::from((0xc612_0000u32 + 256 + i).to_be_bytes());
+        // An old crowd fills the table almost.
+        for i in 0..(MAX_BUCKETS as u32 - 10) {
+            let _ = l.attempt(other(i), "x");
+        }
+        let ip: IpAddr = "198.18.0.9".parse().unwrap();
+        for _ in 0..5 {
+            l.attempt(ip, "alice").unwrap();
+        }
+        // Newcomers overflow it: the oldest go, alice's spent buckets stay.
+        for i in 0..100 {
+            let _ = l.attempt(other(MAX_BUCKETS as u32 + i), "y");
+        }
+        assert!(l.state.lock().unwrap().buckets.len() <= MAX_BUCKETS);
+        assert!(l.attempt(ip, "alice").is_err());
     }
 }
