@@ -42,7 +42,8 @@
 //!   changed, in one transaction: `DESTROYSETELEM` for elements that went
 //!   away (missing elements are no error), `NEWSETELEM` for new ones, and
 //!   for a refreshed element either `NEWSETELEM` on the existing element
-//!   (kernel 6.10+ updates its timeout) or `DESTROYSETELEM` + `NEWSETELEM`
+//!   carrying both timeout and expiration (kernel 6.10+ updates them; a
+//!   timeout alone equal to the old one would not move the expiry) or `DESTROYSETELEM` + `NEWSETELEM`
 //!   (older kernels, changes to or from "forever", new comments). The mode
 //!   is chosen from the kernel version (`uname`). Elements that already
 //!   expired are left to the kernel, never deleted (see `encode_diff`). If
@@ -718,7 +719,12 @@ impl Nftables {
                 }
             }
         }
+        // The expiration goes with the timeout so that an in-place update
+        // always moves the expiry (see `ElemWriter::expiring`).
         let mut w = ElemWriter::new(b, ElemOp::Add, family::INET, table, set.as_str(), None);
+        if self.refresh == RefreshMode::Update {
+            w = w.expiring();
+        }
         for (s, e, op) in diff.ops() {
             let val = match op {
                 Op::Add(v) => v,

@@ -329,6 +329,56 @@ fn refreshed_ban_gets_the_new_timeout_in_both_modes() {
     }
 }
 
+/// Seconds until the kernel expires each element of `set`, as `nft` shows
+/// them (`expires`), by element.
+fn nft_expires(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
+    let mut out = Vec::new();
+    for obj in nft_json(ns, table) {
+        let Some(s) = obj.get("set") else { continue };
+        if s["name"] != set {
+            continue;
+        }
+        for e in s["elem"].as_array().cloned().unwrap_or_default() {
+            match e.get("elem") {
+                Some(inner) => out.push((show_val(&inner["val"]), inner["expires"].as_u64())),
+                None => out.push((show_val(&e), None)),
+            }
+        }
+    }
+    out
+}
+
+/// A repeat of a ban with the same length must move the kernel's expiry:
+/// on 6.10+ an in-place update that only carries a timeout equal to the
+/// element's old one leaves the expiry where it was.
+#[test]
+fn a_repeated_ban_of_the_same_length_moves_the_kernel_expiry_in_both_modes() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    for mode in [RefreshMode::Update, RefreshMode::Replace] {
+        let ns = Netns::new();
+        let mut nft = enforcer(&ns);
+        nft.set_refresh_mode(mode);
+        load(&mut nft, vec![]);
+        let (host, network) = ("198.18.0.9", "198.18.4.0/24");
+        nft.apply(&[ban(host, secs(20)), ban(network, secs(20))])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3100));
+        nft.apply(&[ban(host, secs(20)), ban(network, secs(20))])
+            .unwrap();
+        for set in ["block4", "block4_net"] {
+            let elems = nft_expires(&ns, "palisade", set);
+            assert_eq!(elems.len(), 1, "{mode:?} {set}: {elems:?}");
+            let left = elems[0].1.expect("an expiry");
+            assert!(
+                left >= 19,
+                "{mode:?} {set}: the repeat did not move the expiry ({left}s left)"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_kernel_expires_bans_without_palisade_running() {
     if !require_root_and(&["nft", "ping"]) {
