@@ -360,8 +360,10 @@ routes = [ { rule = "sshd-throttle", list = "THROTTLE" } ]
 filter = { actions = ["ban"], hosts_only = true }
 
 # A command per ban and unban, run without a shell. Placeholders: {ip}
-# (single addresses only), {net} (CIDR), {jail} and {rule} (the decision's
-# rule, else `jail`), {duration} (seconds left; `forever_duration`, -1 by
+# (single addresses only), {net} (CIDR), {jail} (`jail` when set, else the
+# jail the decision came from: `fail2ban/sshd` gives `sshd`), {rule} (the
+# decision's rule, such as `ban`, `sshd` or `fail2ban/sshd`, else `jail`),
+# {duration} (seconds left; `forever_duration`, -1 by
 # default, for permanent bans), {family} (4 or 6). Commands run on worker
 # threads with a timeout, failures are retried and logged with their output.
 [[enforcer]]
