@@ -11,7 +11,7 @@ use palisade_lab::{
     ConnState, Established, Lab, LabBuilder, TcpServer, ping, require_root_and, tcp_connect,
     wait_until,
 };
-use support::{Agent, kernel_elements, nft, nft_load};
+use support::{Agent, kernel_elements, kernel_expires, nft, nft_load};
 
 const TOOLS: &[&str] = &["nft", "ping"];
 const PORT: u16 = 8080;
@@ -567,4 +567,50 @@ fn a_bulk_ban_from_a_file_is_summarised_and_enforced() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), "5001 extended, 1 refused", "{stdout}");
     assert!(agent.ok(&["status"]).contains("bans       5001 addresses"));
+}
+
+/// A repeat of a ban with the same length moves the kernel's expiry, for an
+/// operator's ban and for a program's report alike; a program's withdrawal
+/// lifts only what it reported.
+#[test]
+fn a_repeated_ban_refreshes_the_kernel_and_a_withdrawal_lifts_only_its_own() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    let agent = Agent::start(victim, "");
+    let reporter = attacker.v4().to_string();
+    let operator = "198.18.200.7";
+    let out = agent.ok(&["report", "fail2ban", "sshd", &reporter, "--for", "20"]);
+    assert!(
+        out.starts_with(&format!("banned {reporter} until ")),
+        "{out}"
+    );
+    agent.ok(&["ban", operator, "--for", "20s"]);
+    std::thread::sleep(Duration::from_millis(3100));
+    let out = agent.ok(&["report", "fail2ban", "sshd", &reporter, "--for", "20"]);
+    assert!(out.contains("extended"), "{out}");
+    agent.ok(&["ban", operator, "--for", "20s"]);
+    for addr in [reporter.as_str(), operator] {
+        let left = kernel_expires(victim, addr).expect("an element with an expiry");
+        assert!(left >= 19, "{addr}: the repeat left {left}s in the kernel");
+    }
+    // Another jail's withdrawal, or one of an operator's ban: nothing lifted,
+    // and no failure for fail2ban to log.
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "nginx", &reporter]);
+    assert!(out.contains("stays banned"), "{out}");
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "sshd", operator]);
+    assert!(out.contains("stays banned"), "{out}");
+    assert!(!reachable(attacker, victim.v4().into()));
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "sshd", &reporter]);
+    assert_eq!(out.trim(), format!("unbanned {reporter}"));
+    assert!(reachable(attacker, victim.v4().into()));
+    assert!(kernel_expires(victim, operator).is_some());
+    // Hostile input: a rule with a path in it, a zero length.
+    let out = agent.cli(&["report", "fail2ban", "../x", &reporter]);
+    assert!(!out.status.success());
+    let out = agent.cli(&["report", "fail2ban", "sshd", &reporter, "--for", "0"]);
+    assert!(!out.status.success());
 }

@@ -492,6 +492,34 @@ fn a_real_fail2ban_with_the_shipped_action_bans_network_wide() {
     );
     let story = net.agents[2].ok(&["explain", &attacker]);
     assert!(story.contains("rule     fail2ban/lab"), "{story}");
+    // The ban lasts the jail's bantime (600 s), not the default day.
+    for agent in &net.agents {
+        let story = agent.ok(&["explain", &attacker]);
+        assert!(
+            story.contains("(in 9m") || story.contains("(in 10m"),
+            "{story}"
+        );
+    }
+    // fail2ban's unban withdraws what its jail reported on this server;
+    // the network's ban elsewhere runs its course.
+    let unban = net.web(0).output(
+        "fail2ban-client",
+        &[
+            "-s",
+            sock.to_str().unwrap(),
+            "set",
+            "lab",
+            "unbanip",
+            &attacker,
+        ],
+    );
+    assert!(unban.status.success(), "{unban:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || net.reaches(0)),
+        "fail2ban's unban did not lift web1's ban\nweb1:\n{}",
+        net.agents[0].log()
+    );
+    assert!(!net.reaches(1) && !net.reaches(2));
 }
 
 #[test]

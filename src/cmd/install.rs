@@ -54,9 +54,12 @@ const FAIL2BAN_ACTION: &str = "\
 actionstart =
 actionstop =
 actioncheck =
-actionban = /usr/local/bin/palisade report fail2ban <name> <ip>
-# Network bans expire by the hub's policy, not with this jail.
-actionunban =
+# The ban lasts the jail's bantime (the hub's policy may lengthen it for a
+# repeat offender). fail2ban's unban (bantime over, or `fail2ban-client set
+# JAIL unbanip IP`) lifts this server's ban if it is the one this jail
+# reported; an operator's ban stays, and the network's ban runs its course.
+actionban = /usr/local/bin/palisade report fail2ban <name> <ip> --for <bantime>
+actionunban = /usr/local/bin/palisade report --withdraw fail2ban <name> <ip>
 
 [Init]
 ";

@@ -342,6 +342,23 @@ pub fn kernel_elements(ns: &Netns) -> Vec<String> {
     found
 }
 
+/// Seconds until the kernel expires the element `addr` ("a", "a/len") of
+/// palisade's table, as `nft` reads it back (`None`: no such element or no
+/// timeout).
+pub fn kernel_expires(ns: &Netns, addr: &str) -> Option<u64> {
+    let out = ns.output("nft", &["-j", "list", "table", "inet", "palisade"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item.get("set") else { continue };
+        for e in set["elem"].as_array().into_iter().flatten() {
+            if element_text(e) == addr {
+                return e.get("elem").and_then(|x| x["expires"].as_u64());
+            }
+        }
+    }
+    None
+}
+
 fn element_text(e: &serde_json::Value) -> String {
     let inner = e.get("elem").map(|x| &x["val"]).unwrap_or(e);
     if let Some(p) = inner.get("prefix") {

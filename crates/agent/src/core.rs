@@ -418,7 +418,16 @@ impl Core {
                         actor: req.actor.clone(),
                     });
                 }
-                if reader.get(Action::Ban, &target)?.is_some() {
+                let found = reader.get(Action::Ban, &target)?;
+                if let (Some(d), Some(only)) = (&found, &req.only_rule)
+                    && d.rule.as_deref() != Some(only.as_str())
+                {
+                    let by = d.rule.as_deref().unwrap_or("no rule");
+                    let note = format!("{target} stays banned: the ban is from {by}, not {only}");
+                    applied.push(target, OutcomeKind::NotFound, Some(note), None);
+                    continue;
+                }
+                if found.is_some() {
                     removed.push(target);
                     applied.push(target, OutcomeKind::Removed, None, None);
                     continue;
@@ -1067,6 +1076,7 @@ mod tests {
             actor: None,
             brief: false,
             local: false,
+            only_rule: None,
         }
     }
 

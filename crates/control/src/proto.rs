@@ -113,6 +113,10 @@ pub struct TargetsRequest {
     /// On a joined node: act on this node only, not the network.
     #[serde(default)]
     pub local: bool,
+    /// Only a ban made by this rule is lifted (fail2ban's unban withdraws
+    /// what its jail reported, not an operator's ban of the same address).
+    #[serde(default)]
+    pub only_rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
