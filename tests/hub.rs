@@ -532,7 +532,7 @@ fn group_allows_apply_to_their_group_only() {
         .build();
     let attacker = lab.host("attacker").v4().to_string();
     let hub_config = format!(
-        "[[hub.allow]]\nnet = \"{attacker}\"\ncomment = \"partner\"\ngroup = \"partners\"\n"
+        "[[hub.allow]]\nnet = \"{attacker}\"\ncomment = \"partner\"\ngroup = \"partners\"\n\n[[hub.allow]]\nnet = \"198.18.250.0/24\"\ncomment = \"office\"\n"
     );
     let hub = Hub::start(
         lab.host("hub"),
@@ -568,6 +568,20 @@ fn group_allows_apply_to_their_group_only() {
     let story = agents[0].ok(&["explain", &attacker]);
     assert!(
         story.contains("ALLOWED") && story.contains("comment  partner"),
+        "{story}"
+    );
+    // The hub's allows survive an agent's restart (its resumed stream does
+    // not send them again): the group's on web1, the global one on web2.
+    for agent in &mut agents[..2] {
+        agent.stop();
+        agent.restart();
+    }
+    assert!(reaches("web1"), "the group allow is gone after a restart");
+    let story = agents[0].ok(&["explain", &attacker]);
+    assert!(story.contains("ALLOWED"), "{story}");
+    let story = agents[1].ok(&["explain", "198.18.250.9"]);
+    assert!(
+        story.contains("ALLOWED") && story.contains("office"),
         "{story}"
     );
 }

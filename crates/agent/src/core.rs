@@ -827,12 +827,20 @@ impl Core {
         let now = Timestamp::now();
         let wanted: HashMap<Net, Option<String>> =
             self.settings.static_allows.iter().cloned().collect();
+        // Only this agent's own configuration entries (local scope) can go
+        // stale here: the hub's `[[hub.allow]]` entries are also of source
+        // config, arrive over the stream, and a resumed stream never sends
+        // them again.
         let stale: Vec<Net> = self
             .store
             .read()?
             .iter(Some(Action::Allow))?
             .filter_map(|d| d.ok())
-            .filter(|d| d.origin.source == Source::Config && !wanted.contains_key(&d.target))
+            .filter(|d| {
+                d.origin.source == Source::Config
+                    && d.scope == Scope::Local
+                    && !wanted.contains_key(&d.target)
+            })
             .map(|d| d.target)
             .collect();
         let node = self.settings.node.clone();
