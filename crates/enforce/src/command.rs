@@ -473,6 +473,9 @@ pub struct CommandEnforcer {
     /// The rule each ban or allow was put with, for its removal's
     /// `{jail}`/`{rule}` (a removal carries no rule).
     rules: HashMap<Key, String>,
+    /// Decisions whose command was refused (an invalid rule name, a
+    /// network for an `{ip}` template), with their expiry and why.
+    refused: HashMap<Key, (Option<Timestamp>, String)>,
 }
 
 impl CommandEnforcer {
@@ -528,6 +531,7 @@ impl CommandEnforcer {
             shared,
             workers,
             rules: HashMap::new(),
+            refused: HashMap::new(),
         })
     }
 
@@ -681,10 +685,28 @@ impl CommandEnforcer {
         let mut jobs = Vec::with_capacity(changes.len());
         let mut refused: Vec<String> = Vec::new();
         for c in changes {
+            let (key, expires) = match c {
+                Change::Put(e) => ((e.action, e.net), Some(e.expires)),
+                Change::Remove { action, net } => ((*action, *net), None),
+            };
             match self.command_for(c, now) {
-                Ok(Some(job)) => jobs.push(job),
-                Ok(None) => {}
-                Err(why) => refused.push(why),
+                Ok(job) => {
+                    self.refused.remove(&key);
+                    jobs.extend(job);
+                }
+                Err(why) => {
+                    // A refused put stays a difference between palisade and
+                    // the program until the decision goes or is put again.
+                    match expires {
+                        Some(expires) => {
+                            self.refused.insert(key, (expires, why.clone()));
+                        }
+                        None => {
+                            self.refused.remove(&key);
+                        }
+                    }
+                    refused.push(why);
+                }
             }
         }
         let dropped = self.enqueue(jobs);
@@ -926,6 +948,9 @@ impl Enforcer for CommandEnforcer {
     }
 
     fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
+        let now = Timestamp::now();
+        self.refused
+            .retain(|_, (expires, _)| expires.is_none_or(|t| t > now));
         let q = self.shared.queue.lock().unwrap();
         let mut name = format!(
             "command {} ({} queued, {} run, {} failed",
@@ -937,6 +962,9 @@ impl Enforcer for CommandEnforcer {
         if let Some(e) = &q.last_error {
             name.push_str(&format!("; last failure: {e}"));
         }
+        if let Some((_, why)) = self.refused.values().next() {
+            name.push_str(&format!("; {} refused: {why}", self.refused.len()));
+        }
         name.push(')');
         Ok(Status {
             objects: vec![ObjectStatus {
@@ -945,7 +973,7 @@ impl Enforcer for CommandEnforcer {
                 expected: q.applied.len(),
                 in_kernel: None,
             }],
-            in_sync: q.failing == 0,
+            in_sync: q.failing == 0 && self.refused.is_empty(),
         })
     }
 }

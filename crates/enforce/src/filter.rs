@@ -22,7 +22,7 @@ use crate::command::{CommandConfig, CommandEnforcer};
 use crate::ipset::{IpsetConfig, IpsetEnforcer};
 use crate::nftables::{NftConfig, Nftables};
 use crate::xt_recent::{XtRecent, XtRecentConfig};
-use crate::{Change, EnforceError, Enforcer, Entry, Status};
+use crate::{Change, Drift, EnforceError, Enforcer, Entry, Status};
 
 /// An address family as the configuration spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -209,6 +209,10 @@ impl<E: Enforcer> Enforcer for Filtered<E> {
 
     fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
         self.inner.status(kernel)
+    }
+
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        self.inner.drift(repair)
     }
 }
 

@@ -50,6 +50,7 @@
 //!   a transaction fails, the whole table is reloaded from memory and the
 //!   error reported.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -61,7 +62,10 @@ use palisade_netlink::nft::{
 
 use crate::hosts::Hosts;
 use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
-use crate::{Change, EnforceError, Enforcer, Entry, NetlinkError, ObjectStatus, Status};
+use crate::{
+    Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, NetlinkError, ObjectDrift,
+    ObjectStatus, Status,
+};
 
 /// Longest timeout given to the kernel (about 100 years); the kernel
 /// rejects timeouts that overflow its clock with ERANGE.
@@ -853,6 +857,29 @@ impl Enforcer for Nftables {
         Ok(())
     }
 
+    /// Compares every set's elements (their ranges) with the kernel's; a
+    /// repair reloads the whole table in one transaction, which also puts
+    /// back a table or chains deleted behind palisade's back.
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        let mut drift = Drift::default();
+        for set in SetName::ALL {
+            let want = self.expected(set);
+            let have = match self.kernel_intervals(set) {
+                Ok(v) => v,
+                Err(EnforceError::Kernel(e)) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            let name = format!("inet {} {}", self.config.table, set.as_str());
+            if let Some(d) = compare_elements(name, &want, &have) {
+                drift.objects.push(d);
+            }
+        }
+        if repair && !drift.is_empty() {
+            self.reload(now_ms())?;
+        }
+        Ok(drift)
+    }
+
     fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
         let now = now_ms();
         let mut objects = Vec::new();
@@ -873,6 +900,51 @@ impl Enforcer for Nftables {
             in_sync: self.in_sync,
         })
     }
+}
+
+/// Elements this close to their expiry are left out of drift comparisons:
+/// the kernel expires them on its own clock.
+const DRIFT_SETTLE: Duration = Duration::from_secs(2);
+
+/// The drift of one set: ranges expected and not in the kernel, and ranges
+/// in the kernel and not expected (`None` if they agree).
+fn compare_elements(name: String, want: &[Interval], have: &[Interval]) -> Option<ObjectDrift> {
+    let settled = |i: &&Interval| i.expires_in.is_none_or(|t| t > DRIFT_SETTLE);
+    let range = |i: &Interval| (i.first, i.last);
+    let show = |i: &Interval| {
+        if i.first == i.last {
+            i.first.to_string()
+        } else {
+            format!("{}-{}", i.first, i.last)
+        }
+    };
+    let want_set: HashSet<(IpAddr, IpAddr)> = want.iter().map(range).collect();
+    let have_set: HashSet<(IpAddr, IpAddr)> = have.iter().map(range).collect();
+    let missing: Vec<&Interval> = want
+        .iter()
+        .filter(settled)
+        .filter(|i| !have_set.contains(&range(i)))
+        .collect();
+    let extra: Vec<&Interval> = have
+        .iter()
+        .filter(settled)
+        .filter(|i| !want_set.contains(&range(i)))
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return None;
+    }
+    let examples = missing
+        .iter()
+        .map(|i| format!("missing {}", show(i)))
+        .chain(extra.iter().map(|i| format!("extra {}", show(i))))
+        .take(DRIFT_EXAMPLES)
+        .collect();
+    Some(ObjectDrift {
+        name,
+        missing: missing.len(),
+        extra: extra.len(),
+        examples,
+    })
 }
 
 fn timeout(expiry: u64, now: u64) -> Option<u64> {

@@ -231,6 +231,19 @@ fn no_shell_sees_a_value_and_hostile_rules_are_refused() {
         .to_string();
     assert!(err.contains("takes single addresses"), "{err}");
     assert!(e.wait_idle(Duration::from_secs(10)));
+    // Refused decisions keep the enforcer out of sync until they go.
+    let st = e.status(false).unwrap();
+    assert!(
+        !st.in_sync && st.objects[0].name.contains("2 refused"),
+        "{st:?}"
+    );
+    let gone = |n: &str| Change::Remove {
+        action: Action::Ban,
+        net: n.parse().unwrap(),
+    };
+    e.apply(&[gone("198.18.1.0/24"), gone("198.18.0.9")])
+        .unwrap();
+    assert!(e.status(false).unwrap().in_sync);
     let mut files: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())

@@ -379,6 +379,66 @@ fn a_repeated_ban_of_the_same_length_moves_the_kernel_expiry_in_both_modes() {
     }
 }
 
+/// Elements removed or added behind palisade's back are found, named and
+/// put right; so is a table deleted whole.
+#[test]
+fn drift_behind_palisades_back_is_found_and_repaired() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new();
+    let mut nft = enforcer(&ns);
+    load(
+        &mut nft,
+        vec![
+            entry(Action::Ban, "198.18.0.7", secs(600), None),
+            entry(Action::Ban, "198.18.0.8", None, None),
+            entry(Action::Ban, "198.18.1.0/24", secs(600), None),
+            entry(Action::Allow, "198.18.2.0/24", None, None),
+        ],
+    );
+    assert!(nft.drift(false).unwrap().is_empty());
+    ns.exec("nft", &["flush", "set", "inet", "palisade", "block4"]);
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "element",
+            "inet",
+            "palisade",
+            "block4_net",
+            "{ 198.18.9.0/24 }",
+        ],
+    );
+    let drift = nft.drift(false).unwrap();
+    let text = drift.to_string();
+    assert_eq!(drift.elements(), 3, "{text}");
+    assert!(
+        text.contains(
+            "inet palisade block4: 2 missing, 0 extra (missing 198.18.0.7, missing 198.18.0.8)"
+        ) && text.contains(
+            "inet palisade block4_net: 0 missing, 1 extra (extra 198.18.9.0-198.18.9.255)"
+        ),
+        "{text}"
+    );
+    // Without `repair`, nothing changes.
+    assert!(nft_elements(&ns, "palisade", "block4").is_empty());
+    assert_eq!(nft.drift(true).unwrap(), drift);
+    assert!(nft.drift(false).unwrap().is_empty());
+    assert_eq!(
+        names(&nft_elements(&ns, "palisade", "block4")),
+        ["198.18.0.7", "198.18.0.8"]
+    );
+    assert_eq!(
+        names(&nft_elements(&ns, "palisade", "block4_net")),
+        ["198.18.1.0/24"]
+    );
+    ns.exec("nft", &["delete", "table", "inet", "palisade"]);
+    assert_eq!(nft.drift(true).unwrap().elements(), 4);
+    assert!(nft.drift(false).unwrap().is_empty());
+    assert_eq!(nft_elements(&ns, "palisade", "allow4").len(), 1);
+}
+
 #[test]
 fn the_kernel_expires_bans_without_palisade_running() {
     if !require_root_and(&["nft", "ping"]) {
