@@ -30,6 +30,12 @@ impl Agent {
         Agent::start_with(ns, config, vec!["--local-only".to_string()])
     }
 
+    /// Starts `palisade agent ARGS...` (e.g. `--local-only --metrics
+    /// 127.0.0.1:9477`) inside `ns`.
+    pub fn start_args(ns: &Netns, config: &str, args: &[&str]) -> Agent {
+        Agent::start_with(ns, config, args.iter().map(|a| a.to_string()).collect())
+    }
+
     /// Starts an agent that joins the hub at `url` with `token` as `name`,
     /// and waits until it follows the hub's stream.
     pub fn join(ns: &Netns, config: &str, url: &str, token: &str, name: &str) -> Agent {

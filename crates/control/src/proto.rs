@@ -270,6 +270,21 @@ pub struct EnforcerStatus {
     pub healthy: bool,
     /// What the enforcer holds or why it is unhealthy.
     pub detail: String,
+    /// Its kernel objects (sets, lists) and their elements.
+    #[serde(default)]
+    pub objects: Vec<EnforcerObject>,
+}
+
+/// One kernel object of an enforcer, for `status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcerObject {
+    /// E.g. `inet palisade block4`.
+    pub name: String,
+    /// Kernel elements palisade keeps there.
+    pub expected: usize,
+    /// Elements the kernel reports (`status --kernel` only).
+    #[serde(default)]
+    pub in_kernel: Option<usize>,
 }
 
 /// A request that failed as a whole.
