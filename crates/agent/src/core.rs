@@ -792,7 +792,7 @@ impl Core {
         }
     }
 
-    pub(crate) fn record_enforcer(&mut self, i: usize, result: Result<(), String>) {
+    fn record_enforcer(&mut self, i: usize, result: Result<(), String>) {
         match result {
             Ok(()) => self.enforcer_errors[i] = None,
             Err(e) => {

@@ -862,14 +862,28 @@ impl Enforcer for Nftables {
     /// back a table or chains deleted behind palisade's back.
     fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
         let mut drift = Drift::default();
+        let now = now_ms();
         for set in SetName::ALL {
+            let name = format!("inet {} {}", self.config.table, set.as_str());
+            if set.kind() == Kind::Block {
+                // Host sets hold nearly every ban (a million, maybe): the
+                // dump is checked against memory as it streams.
+                let table = self.config.table.clone();
+                let found = match set.family() {
+                    Family::V4 => host_drift(&mut self.sock, &table, set, &self.v4.block, now),
+                    Family::V6 => host_drift(&mut self.sock, &table, set, &self.v6.block, now),
+                };
+                if let Some(d) = found? {
+                    drift.objects.push(ObjectDrift { name, ..d });
+                }
+                continue;
+            }
             let want = self.expected(set);
             let have = match self.kernel_intervals(set) {
                 Ok(v) => v,
                 Err(EnforceError::Kernel(e)) if e.is_not_found() => Vec::new(),
                 Err(e) => return Err(e),
             };
-            let name = format!("inet {} {}", self.config.table, set.as_str());
             if let Some(d) = compare_elements(name, &want, &have) {
                 drift.objects.push(d);
             }
@@ -905,6 +919,104 @@ impl Enforcer for Nftables {
 /// Elements this close to their expiry are left out of drift comparisons:
 /// the kernel expires them on its own clock.
 const DRIFT_SETTLE: Duration = Duration::from_secs(2);
+
+/// Dumps a set's elements (key, time left) into `each`, retrying when the
+/// kernel interrupts the dump (the set changed meanwhile): `start` is called
+/// before every attempt, so the caller can start over. A missing table or
+/// set is an empty set.
+fn dump_elems<S: FnMut(), E: FnMut(u128, Option<u64>)>(
+    sock: &mut Socket,
+    table: &str,
+    set: SetName,
+    mut start: S,
+    mut each: E,
+) -> Result<(), EnforceError> {
+    let mut attempt = 0;
+    loop {
+        start();
+        let r = nft::dump_set_elems(sock, family::INET, table, set.as_str(), |e| {
+            if !e.is_interval_end() {
+                each(e.key.map_or(0, key_to_u128), e.expires_ms);
+            }
+        });
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.errno() == libc::EINTR && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The drift of a host set, compared as the kernel's dump streams (memory
+/// stays flat whatever the set's size); the missing hosts are named from a
+/// second dump, only when there are any.
+fn host_drift<K: Key>(
+    sock: &mut Socket,
+    table: &str,
+    set: SetName,
+    hosts: &Hosts<K>,
+    now: u64,
+) -> Result<Option<ObjectDrift>, EnforceError> {
+    let settle = DRIFT_SETTLE.as_millis() as u64;
+    let settled = |v: Val| v.expiry == FOREVER || v.expiry > now + settle;
+    let counts = std::cell::RefCell::new((0usize, 0usize, Vec::new()));
+    dump_elems(
+        sock,
+        table,
+        set,
+        || *counts.borrow_mut() = (0, 0, Vec::new()),
+        |key, expires| {
+            let (matched, extra, examples) = &mut *counts.borrow_mut();
+            match hosts.get(K::from_u128(key)) {
+                Some(v) if v.alive(now) => *matched += usize::from(settled(v)),
+                _ if expires.is_some_and(|t| t <= settle) => {}
+                _ => {
+                    *extra += 1;
+                    if examples.len() < DRIFT_EXAMPLES {
+                        examples.push(format!("extra {}", addr_of(set, key)));
+                    }
+                }
+            }
+        },
+    )?;
+    let (matched, extra, mut examples) = counts.into_inner();
+    let expected = hosts
+        .iter()
+        .filter(|&(_, v)| v.alive(now) && settled(v))
+        .count();
+    let missing = expected.saturating_sub(matched);
+    if missing == 0 && extra == 0 {
+        return Ok(None);
+    }
+    if missing > 0 {
+        let present = std::cell::RefCell::new(HashSet::new());
+        dump_elems(
+            sock,
+            table,
+            set,
+            || present.borrow_mut().clear(),
+            |key, _| {
+                present.borrow_mut().insert(key);
+            },
+        )?;
+        let present = present.into_inner();
+        let named: Vec<String> = hosts
+            .iter()
+            .filter(|&(k, v)| v.alive(now) && settled(v) && !present.contains(&k.to_u128()))
+            .take(DRIFT_EXAMPLES)
+            .map(|(k, _)| format!("missing {}", key_to_addr(k)))
+            .collect();
+        examples.splice(0..0, named);
+        examples.truncate(DRIFT_EXAMPLES);
+    }
+    Ok(Some(ObjectDrift {
+        name: String::new(),
+        missing,
+        extra,
+        examples,
+    }))
+}
 
 /// The drift of one set: ranges expected and not in the kernel, and ranges
 /// in the kernel and not expected (`None` if they agree).
