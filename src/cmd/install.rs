@@ -65,10 +65,14 @@ actionunban = /usr/local/bin/palisade report --withdraw fail2ban <name> <ip>
 ";
 
 const PSAD: &str = "\
-psad: report its blocks to palisade by adding to /etc/psad/psad.conf
+psad: report its blocks to palisade with, in /etc/psad/psad.conf,
+  ENABLE_AUTO_IDS               Y;
+  AUTO_IDS_DANGER_LEVEL         3;
+  IPTABLES_BLOCK_METHOD         Y;
   ENABLE_EXT_BLOCK_SCRIPT_EXEC  Y;
-  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad anything SRCIP;
-then `systemctl restart psad`.";
+  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad scan SRCIP;
+then `systemctl restart psad` (psad runs the script only when it auto-blocks,
+after its own iptables block, for IPv4 scanners).";
 
 /// A systemd unit for `role`, hardened: palisade needs CAP_NET_ADMIN (the
 /// firewall, conntrack, socket diag) and to read logs, nothing more.

@@ -26,9 +26,11 @@ the network's ban runs its course.
 In a fail2ban action (action.d/palisade.conf, written by `palisade install`):
   actionban   = palisade report fail2ban <name> <ip> --for <bantime>
   actionunban = palisade report --withdraw fail2ban <name> <ip>
-In psad.conf:
+In psad.conf (psad runs it only when it auto-blocks, after its own block):
+  ENABLE_AUTO_IDS               Y;
+  IPTABLES_BLOCK_METHOD         Y;
   ENABLE_EXT_BLOCK_SCRIPT_EXEC  Y;
-  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad anything SRCIP;"
+  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad scan SRCIP;"
 )]
 pub struct ReportArgs {
     /// The reporting program (fail2ban, psad, ...)
