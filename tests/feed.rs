@@ -334,7 +334,7 @@ fn a_failed_pull_is_retried_long_before_every() {
         "{}",
         agent.log()
     );
-    let mut server = FeedServer::start(lab.host("feeds"), addr);
+    let server = FeedServer::start(lab.host("feeds"), addr);
     server.set(V2);
     assert!(
         wait_until(Duration::from_secs(25), || has(host, "203.0.113.0/24")),
