@@ -64,9 +64,9 @@ fn nft_json(ns: &Netns, table: &str) -> Vec<Value> {
     v["nftables"].as_array().unwrap().clone()
 }
 
-/// Elements of a set as nft shows them: "a", "a/len" or "a-b", with the
-/// timeout (s) and comment.
-fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>, Option<String>)> {
+/// Elements of a set as `nft -j` gives them: the value, and the object
+/// with timeout, expires and comment (`Null` for an element without).
+fn nft_set_elems(ns: &Netns, table: &str, set: &str) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
     for obj in nft_json(ns, table) {
         let Some(s) = obj.get("set") else { continue };
@@ -74,18 +74,28 @@ fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>,
             continue;
         }
         for e in s["elem"].as_array().cloned().unwrap_or_default() {
-            let (val, timeout, comment) = match e.get("elem") {
-                Some(inner) => (
-                    inner["val"].clone(),
-                    inner["timeout"].as_u64(),
-                    inner["comment"].as_str().map(str::to_string),
-                ),
-                None => (e.clone(), None, None),
-            };
-            out.push((show_val(&val), timeout, comment));
+            out.push(match e.get("elem") {
+                Some(inner) => (inner["val"].clone(), inner.clone()),
+                None => (e.clone(), Value::Null),
+            });
         }
     }
     out
+}
+
+/// Elements of a set as nft shows them: "a", "a/len" or "a-b", with the
+/// timeout (s) and comment.
+fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>, Option<String>)> {
+    nft_set_elems(ns, table, set)
+        .into_iter()
+        .map(|(val, e)| {
+            (
+                show_val(&val),
+                e["timeout"].as_u64(),
+                e["comment"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
 }
 
 fn show_val(v: &Value) -> String {
@@ -332,20 +342,10 @@ fn refreshed_ban_gets_the_new_timeout_in_both_modes() {
 /// Seconds until the kernel expires each element of `set`, as `nft` shows
 /// them (`expires`), by element.
 fn nft_expires(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
-    let mut out = Vec::new();
-    for obj in nft_json(ns, table) {
-        let Some(s) = obj.get("set") else { continue };
-        if s["name"] != set {
-            continue;
-        }
-        for e in s["elem"].as_array().cloned().unwrap_or_default() {
-            match e.get("elem") {
-                Some(inner) => out.push((show_val(&inner["val"]), inner["expires"].as_u64())),
-                None => out.push((show_val(&e), None)),
-            }
-        }
-    }
-    out
+    nft_set_elems(ns, table, set)
+        .into_iter()
+        .map(|(val, e)| (show_val(&val), e["expires"].as_u64()))
+        .collect()
 }
 
 /// A repeat of a ban with the same length must move the kernel's expiry:
