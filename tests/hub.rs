@@ -522,6 +522,37 @@ fn a_real_fail2ban_with_the_shipped_action_bans_network_wide() {
     assert!(!net.reaches(1) && !net.reaches(2));
 }
 
+/// An agent catching up receives a ban and its unban in one batch: the
+/// unban wins (found by the model-based test, tests/model.rs).
+#[test]
+fn a_ban_and_its_unban_made_while_an_agent_was_down_both_reach_it() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let mut net = Net::start();
+    net.agents[2].stop();
+    net.agents[0].ok(&["ban", "198.19.5.0/24", "--for", "forever"]);
+    net.agents[0].ok(&["unban", "198.19.5.0/24"]);
+    net.agents[2].restart();
+    let caught_up = wait_until(SPREAD, || {
+        let out = net.agents[2].cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+            let n = &v["network"];
+            n["connected"] == true && n["cursor"].as_u64() >= n["latest"].as_u64()
+        })
+    });
+    assert!(caught_up, "{}", net.agents[2].log());
+    std::thread::sleep(Duration::from_millis(500));
+    let story = net.agents[2].ok(&["explain", "198.19.5.8"]);
+    assert!(story.contains("not blocked"), "{story}");
+    assert!(
+        !support::kernel_elements(net.web(2))
+            .iter()
+            .any(|e| e.contains("198.19.5.0/24")),
+        "the unbanned network stayed in web3's kernel"
+    );
+}
+
 #[test]
 fn group_allows_apply_to_their_group_only() {
     if !require_root_and(&["nft"]) {
