@@ -522,10 +522,11 @@ fn a_real_fail2ban_with_the_shipped_action_bans_network_wide() {
     assert!(!net.reaches(1) && !net.reaches(2));
 }
 
-/// An agent catching up receives a ban and its unban in one batch: the
-/// unban wins (found by the model-based test, tests/model.rs).
+/// An agent catching up receives a ban and its unban, or an unban and a new
+/// ban, in one batch: the last word wins, in the store as in the kernel
+/// (found by the model-based test, tests/model.rs).
 #[test]
-fn a_ban_and_its_unban_made_while_an_agent_was_down_both_reach_it() {
+fn bans_and_unbans_made_while_an_agent_was_down_reach_it_in_order() {
     if !require_root_and(&["nft"]) {
         return;
     }
@@ -533,6 +534,10 @@ fn a_ban_and_its_unban_made_while_an_agent_was_down_both_reach_it() {
     net.agents[2].stop();
     net.agents[0].ok(&["ban", "198.19.5.0/24", "--for", "forever"]);
     net.agents[0].ok(&["unban", "198.19.5.0/24"]);
+    // And a ban, its unban and a new ban of the same network.
+    net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "1h"]);
+    net.agents[0].ok(&["unban", "198.19.6.0/24"]);
+    net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "forever"]);
     net.agents[2].restart();
     let caught_up = wait_until(SPREAD, || {
         let out = net.agents[2].cli(&["status", "--json"]);
@@ -545,6 +550,14 @@ fn a_ban_and_its_unban_made_while_an_agent_was_down_both_reach_it() {
     std::thread::sleep(Duration::from_millis(500));
     let story = net.agents[2].ok(&["explain", "198.19.5.8"]);
     assert!(story.contains("not blocked"), "{story}");
+    let story = net.agents[2].ok(&["explain", "198.19.6.8"]);
+    assert!(
+        story.contains("BLOCKED") && story.contains("forever"),
+        "{story}"
+    );
+    assert!(
+        support::kernel_elements(net.web(2)).contains(&"block4_net: 198.19.6.0/24".to_string())
+    );
     assert!(
         !support::kernel_elements(net.web(2))
             .iter()

@@ -206,6 +206,12 @@ impl Core {
                         }
                         None => cursor = Some(seq),
                     }
+                    // A removal earlier in this batch is superseded (the
+                    // store applies a batch's puts before its removals).
+                    let key = (decision.action, decision.target);
+                    if to_remove.contains(&key) {
+                        to_remove.retain(|k| *k != key);
+                    }
                     self.remote_put(
                         decision,
                         &reader,
