@@ -22,7 +22,9 @@ struct Cli {
     #[arg(long, global = true, env = "PALISADE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The agent's control socket [default: from the config, else /run/palisade/palisade.sock]
+    /// The agent's control socket, for the commands that talk to the agent
+    /// (the hub's is --hub-socket) [default: from the config, else
+    /// /run/palisade/palisade.sock]
     #[arg(long, global = true, env = "PALISADE_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 

@@ -11,7 +11,7 @@ use palisade_lab::{
     ConnState, Established, Lab, LabBuilder, TcpServer, ping, require_root_and, tcp_connect,
     wait_until,
 };
-use support::{Agent, kernel_elements, nft, nft_load};
+use support::{Agent, kernel_elements, kernel_expires, nft, nft_load};
 
 const TOOLS: &[&str] = &["nft", "ping"];
 const PORT: u16 = 8080;
@@ -567,4 +567,230 @@ fn a_bulk_ban_from_a_file_is_summarised_and_enforced() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), "5001 extended, 1 refused", "{stdout}");
     assert!(agent.ok(&["status"]).contains("bans       5001 addresses"));
+}
+
+/// A repeat of a ban with the same length moves the kernel's expiry, for an
+/// operator's ban and for a program's report alike; a program's withdrawal
+/// lifts only what it reported.
+#[test]
+fn a_repeated_ban_refreshes_the_kernel_and_a_withdrawal_lifts_only_its_own() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    let agent = Agent::start(victim, "");
+    let reporter = attacker.v4().to_string();
+    let operator = "198.18.200.7";
+    let out = agent.ok(&["report", "fail2ban", "sshd", &reporter, "--for", "20"]);
+    assert!(
+        out.starts_with(&format!("banned {reporter} until ")),
+        "{out}"
+    );
+    agent.ok(&["ban", operator, "--for", "20s"]);
+    std::thread::sleep(Duration::from_millis(3100));
+    let out = agent.ok(&["report", "fail2ban", "sshd", &reporter, "--for", "20"]);
+    assert!(out.contains("extended"), "{out}");
+    agent.ok(&["ban", operator, "--for", "20s"]);
+    for addr in [reporter.as_str(), operator] {
+        let left = kernel_expires(victim, addr).expect("an element with an expiry");
+        assert!(left >= 19, "{addr}: the repeat left {left}s in the kernel");
+    }
+    // Another jail's withdrawal, or one of an operator's ban: nothing lifted,
+    // and no failure for fail2ban to log.
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "nginx", &reporter]);
+    assert!(out.contains("stays banned"), "{out}");
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "sshd", operator]);
+    assert!(out.contains("stays banned"), "{out}");
+    assert!(!reachable(attacker, victim.v4().into()));
+    let out = agent.ok(&["report", "--withdraw", "fail2ban", "sshd", &reporter]);
+    assert_eq!(out.trim(), format!("unbanned {reporter}"));
+    assert!(reachable(attacker, victim.v4().into()));
+    assert!(kernel_expires(victim, operator).is_some());
+    // Hostile input: a rule with a path in it, a zero length.
+    let out = agent.cli(&["report", "fail2ban", "../x", &reporter]);
+    assert!(!out.status.success());
+    let out = agent.cli(&["report", "fail2ban", "sshd", &reporter, "--for", "0"]);
+    assert!(!out.status.success());
+}
+
+/// `GET /metrics` from inside `ns`.
+fn scrape(ns: &palisade_lab::Netns, port: u16) -> String {
+    use std::io::{Read, Write};
+    ns.run(|| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    })
+}
+
+/// Elements removed or added behind palisade's back come back within
+/// seconds, logged and counted; `status --kernel` names what differs and
+/// exits non-zero while it does.
+#[test]
+fn drift_is_repaired_counted_and_named_by_status() {
+    if !require_root_and(&["nft", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    // An xt_recent list no iptables rule has made yet: a difference that
+    // cannot be repaired until the rule appears.
+    let config = "[[enforcer]]\nkind = \"nftables\"\n\n[[enforcer]]\nkind = \"xt-recent\"\ndefault_list = \"BLOCKER\"\nfilter = { actions = [\"ban\"], hosts_only = true }\n";
+    let agent = Agent::start_args(
+        victim,
+        config,
+        &["--local-only", "--metrics", "127.0.0.1:9477"],
+    );
+    let me = attacker.v4().to_string();
+    agent.ok(&["ban", &me, "--for", "1h"]);
+    agent.ok(&["ban", "198.18.77.0/24", "--for", "1h"]);
+    let to: IpAddr = victim.v4().into();
+    assert!(!reachable(attacker, to));
+
+    let out = agent.cli(&["status", "--kernel"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("xt_recent BLOCKER (missing: no iptables rule names it): 1 missing, 0 extra (missing {me})")),
+        "{text}"
+    );
+    // The rule appears: the ban reaches the list by itself. (It accepts,
+    // so that what blocks the attacker below is nftables alone; the list
+    // lives as long as a rule names it.)
+    victim.exec(
+        "iptables",
+        &[
+            "-A", "INPUT", "-m", "recent", "--name", "BLOCKER", "--rcheck", "-j", "ACCEPT",
+        ],
+    );
+    let list = || {
+        victim
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/xt_recent/BLOCKER"))
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || list()
+            .contains(&format!("src={me} "))),
+        "{}",
+        agent.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || agent
+        .cli(&["status", "--kernel"])
+        .status
+        .success()));
+
+    // Flushed behind palisade's back: status names it (if it asks before
+    // the repair), and the repair follows within seconds.
+    let mut named = false;
+    for _ in 0..10 {
+        nft(victim, &["flush", "set", "inet", "palisade", "block4"]);
+        let out = agent.cli(&["status", "--kernel"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            assert!(
+                text.contains(&format!(
+                    "inet palisade block4: 1 missing, 0 extra (missing {me})"
+                )),
+                "{text}"
+            );
+            named = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(named, "status --kernel never saw the flushed set");
+    let started = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || !reachable(
+        attacker, to
+    )));
+    assert!(kernel_elements(victim).contains(&format!("block4: {me}")));
+    println!("repaired {:?} after the flush was seen", started.elapsed());
+    // Another tool's element in palisade's set goes too; so does a deleted
+    // table.
+    nft(
+        victim,
+        &[
+            "add",
+            "element",
+            "inet",
+            "palisade",
+            "block4",
+            "{ 198.18.99.9 }",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || !kernel_elements(
+        victim
+    )
+    .contains(&"block4: 198.18.99.9".to_string())));
+    nft(victim, &["delete", "table", "inet", "palisade"]);
+    assert!(wait_until(Duration::from_secs(10), || !reachable(
+        attacker, to
+    )));
+    assert!(
+        agent
+            .log()
+            .contains("the kernel differed from palisade's decisions; repaired")
+    );
+    assert!(agent.ok(&["status", "--kernel"]).contains("nftables ok"));
+
+    let metrics = scrape(victim, 9477);
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    for want in [
+        "palisade_agent_decisions{kind=\"ban_host\"} 1",
+        "palisade_agent_decisions{kind=\"ban_network\"} 1",
+        "palisade_agent_kernel_elements{enforcer=\"nftables\",object=\"inet palisade block4\"} 1",
+        "palisade_agent_connections_killed_total 0",
+    ] {
+        assert!(metrics.contains(want), "{want}\n{metrics}");
+    }
+    let repaired = metrics
+        .lines()
+        .find(|l| l.starts_with("palisade_agent_drift_repaired_total{enforcer=\"nftables\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(repaired >= 3, "{metrics}");
+    // Hostile requests get an error, and the endpoint keeps serving.
+    let bad = victim.run(|| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", 9477)).unwrap();
+        c.write_all(&[b'A'; 10000]).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    });
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(scrape(victim, 9477).starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn metrics_are_served_on_loopback_only() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let victim = lab.victim();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("palisade.toml"), "").unwrap();
+    let out = victim
+        .command(support::BIN)
+        .args([
+            "agent",
+            "--local-only",
+            "--metrics",
+            &format!("{}:9477", victim.v4()),
+        ])
+        .env("PALISADE_CONFIG", dir.path().join("palisade.toml"))
+        .env("PALISADE_STATE_DIR", dir.path().join("state"))
+        .env("PALISADE_SOCKET", dir.path().join("palisade.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("metrics are served on loopback only"), "{err}");
 }

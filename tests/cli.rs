@@ -261,3 +261,47 @@ fn a_created_token_is_shown_once_and_joins_from_a_file() {
         assert!(text(&out.stderr).contains("not a valid token name"));
     }
 }
+
+#[test]
+fn hub_options_go_before_or_after_its_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("palisade.toml");
+    std::fs::write(&config, "").unwrap();
+    let state = dir.path().join("hub").display().to_string();
+    let socket = dir.path().join("hub.sock").display().to_string();
+    let config = config.display().to_string();
+    for args in [
+        vec![
+            "hub",
+            "--config",
+            &config,
+            "token",
+            "list",
+            "--hub-state-dir",
+            &state,
+        ],
+        vec![
+            "hub",
+            "--hub-state-dir",
+            &state,
+            "--hub-socket",
+            &socket,
+            "token",
+            "list",
+        ],
+        vec![
+            "--config",
+            &config,
+            "hub",
+            "token",
+            "list",
+            "--hub-state-dir",
+            &state,
+        ],
+    ] {
+        let out = palisade(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let help = text(&palisade(&["hub", "--help"]).stdout);
+    assert!(help.contains("the hub's is --hub-socket"), "{help}");
+}

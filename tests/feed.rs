@@ -382,3 +382,33 @@ fn a_million_line_feed_is_read_with_bounded_memory() {
         "palisade feed pull of {size} bytes peaked at {peak_kb} kB"
     );
 }
+
+/// A feed that fails at start (its server is not up yet, as at boot before
+/// the network) is retried within seconds, not at the next `every` (an
+/// hour here).
+#[test]
+fn a_failed_pull_is_retried_long_before_every() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["feeds", "web1"]).build();
+    let addr = SocketAddr::new(lab.host("feeds").v4().into(), 8000);
+    let config =
+        format!("[[feed]]\nname = \"late\"\nurl = \"http://{addr}/late.txt\"\nevery = \"1h\"\n");
+    let host = lab.host("web1");
+    let agent = Agent::start(host, &config);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("the feed failed; its last good list stays")),
+        "{}",
+        agent.log()
+    );
+    let server = FeedServer::start(lab.host("feeds"), addr);
+    server.set(V2);
+    assert!(
+        wait_until(Duration::from_secs(25), || has(host, "203.0.113.0/24")),
+        "the failed feed was not retried:\n{}",
+        agent.log()
+    );
+}

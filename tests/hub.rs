@@ -494,6 +494,78 @@ fn a_real_fail2ban_with_the_shipped_action_bans_network_wide() {
     );
     let story = net.agents[2].ok(&["explain", &attacker]);
     assert!(story.contains("rule     fail2ban/lab"), "{story}");
+    // The ban lasts the jail's bantime (600 s), not the default day.
+    for agent in &net.agents {
+        let story = agent.ok(&["explain", &attacker]);
+        assert!(
+            story.contains("(in 9m") || story.contains("(in 10m"),
+            "{story}"
+        );
+    }
+    // fail2ban's unban withdraws what its jail reported on this server;
+    // the network's ban elsewhere runs its course.
+    let unban = net.web(0).output(
+        "fail2ban-client",
+        &[
+            "-s",
+            sock.to_str().unwrap(),
+            "set",
+            "lab",
+            "unbanip",
+            &attacker,
+        ],
+    );
+    assert!(unban.status.success(), "{unban:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || net.reaches(0)),
+        "fail2ban's unban did not lift web1's ban\nweb1:\n{}",
+        net.agents[0].log()
+    );
+    assert!(!net.reaches(1) && !net.reaches(2));
+}
+
+/// An agent catching up receives a ban and its unban, or an unban and a new
+/// ban, in one batch: the last word wins, in the store as in the kernel
+/// (found by the model-based test, tests/model.rs).
+#[test]
+fn bans_and_unbans_made_while_an_agent_was_down_reach_it_in_order() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let mut net = Net::start();
+    net.agents[2].stop();
+    net.agents[0].ok(&["ban", "198.19.5.0/24", "--for", "forever"]);
+    net.agents[0].ok(&["unban", "198.19.5.0/24"]);
+    // And a ban, its unban and a new ban of the same network.
+    net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "1h"]);
+    net.agents[0].ok(&["unban", "198.19.6.0/24"]);
+    net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "forever"]);
+    net.agents[2].restart();
+    let caught_up = wait_until(SPREAD, || {
+        let out = net.agents[2].cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+            let n = &v["network"];
+            n["connected"] == true && n["cursor"].as_u64() >= n["latest"].as_u64()
+        })
+    });
+    assert!(caught_up, "{}", net.agents[2].log());
+    std::thread::sleep(Duration::from_millis(500));
+    let story = net.agents[2].ok(&["explain", "198.19.5.8"]);
+    assert!(story.contains("not blocked"), "{story}");
+    let story = net.agents[2].ok(&["explain", "198.19.6.8"]);
+    assert!(
+        story.contains("BLOCKED") && story.contains("forever"),
+        "{story}"
+    );
+    assert!(
+        support::kernel_elements(net.web(2)).contains(&"block4_net: 198.19.6.0/24".to_string())
+    );
+    assert!(
+        !support::kernel_elements(net.web(2))
+            .iter()
+            .any(|e| e.contains("198.19.5.0/24")),
+        "the unbanned network stayed in web3's kernel"
+    );
 }
 
 #[test]
@@ -506,7 +578,7 @@ fn group_allows_apply_to_their_group_only() {
         .build();
     let attacker = lab.host("attacker").v4().to_string();
     let hub_config = format!(
-        "[[hub.allow]]\nnet = \"{attacker}\"\ncomment = \"partner\"\ngroup = \"partners\"\n"
+        "[[hub.allow]]\nnet = \"{attacker}\"\ncomment = \"partner\"\ngroup = \"partners\"\n\n[[hub.allow]]\nnet = \"198.18.250.0/24\"\ncomment = \"office\"\n"
     );
     let hub = Hub::start(
         lab.host("hub"),
@@ -542,6 +614,20 @@ fn group_allows_apply_to_their_group_only() {
     let story = agents[0].ok(&["explain", &attacker]);
     assert!(
         story.contains("ALLOWED") && story.contains("comment  partner"),
+        "{story}"
+    );
+    // The hub's allows survive an agent's restart (its resumed stream does
+    // not send them again): the group's on web1, the global one on web2.
+    for agent in &mut agents[..2] {
+        agent.stop();
+        agent.restart();
+    }
+    assert!(reaches("web1"), "the group allow is gone after a restart");
+    let story = agents[0].ok(&["explain", &attacker]);
+    assert!(story.contains("ALLOWED"), "{story}");
+    let story = agents[1].ok(&["explain", "198.18.250.9"]);
+    assert!(
+        story.contains("ALLOWED") && story.contains("office"),
         "{story}"
     );
 }

@@ -79,6 +79,11 @@ pub struct AgentArgs {
     #[arg(long, env = "PALISADE_NODE", value_name = "NAME")]
     node_name: Option<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address,
+    /// e.g. 127.0.0.1:9477; off by default)
+    #[arg(long, env = "PALISADE_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+
     /// Log filter, e.g. `info`, `debug`, `palisade_agent=debug`
     #[arg(
         long,
@@ -157,6 +162,7 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         agent_options(&config, node, state_dir, socket, network, &infrastructure)?;
     // No hub runs in this process: the agent pulls the feeds itself.
     options.feeds = agent_feeds(&config)?;
+    options.metrics = args.metrics;
     palisade_agent::run(options, enforcers)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -223,6 +229,7 @@ pub fn agent_options(
         detect,
         network,
         feeds: Vec::new(),
+        metrics: None,
     };
     Ok((options, enforcers(config)?))
 }

@@ -127,6 +127,7 @@ pub fn unban(ctx: &Context, args: UnbanArgs) -> Result<ExitCode> {
             actor: actor(),
             brief: false,
             local: args.local,
+            only_rule: None,
         }),
         bad,
     )
@@ -154,6 +155,7 @@ pub fn unallow(ctx: &Context, args: UnallowArgs) -> Result<ExitCode> {
             actor: actor(),
             brief: false,
             local: args.local,
+            only_rule: None,
         }),
         bad,
     )
@@ -208,14 +210,14 @@ fn send(ctx: &Context, mut req: Request, bad_lines: usize) -> Result<ExitCode> {
 }
 
 #[derive(Clone, Copy)]
-enum Verb {
+pub(super) enum Verb {
     Ban,
     Unban,
     Allow,
     Unallow,
 }
 
-fn success(verb: Verb, o: &Outcome, now: Timestamp) -> String {
+pub(super) fn success(verb: Verb, o: &Outcome, now: Timestamp) -> String {
     let until = render::until(o.expires, now);
     let line = match (verb, o.result) {
         (Verb::Ban, OutcomeKind::Added) => format!("banned {} {until}", o.target),
@@ -235,7 +237,7 @@ fn success(verb: Verb, o: &Outcome, now: Timestamp) -> String {
     }
 }
 
-fn failure(o: &Outcome) -> String {
+pub(super) fn failure(o: &Outcome) -> String {
     match (&o.note, o.result) {
         (Some(note), _) => note.clone(),
         (None, OutcomeKind::Refused) => format!("{}: refused", o.target),

@@ -18,7 +18,6 @@ use crate::render;
 
 #[derive(Debug, Args)]
 #[command(
-    args_conflicts_with_subcommands = true,
     after_help = "Run without a subcommand, the hub serves in the foreground. Agents join it with
   palisade agent --join https://HUB:7470 --token-file FILE
 where FILE (root only) holds a token from `palisade hub token create NAME`.
@@ -155,6 +154,11 @@ enum AdminCommand {
 
 pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     let config = ctx.load_config()?;
+    // Options are accepted before or after a subcommand (`palisade hub
+    // --config F token create`); only --join means nothing to one.
+    if args.command.is_some() && args.join.is_some() {
+        bail!("--join runs the hub on a bus; it has no meaning with a subcommand");
+    }
     match args.command {
         None => {
             super::agent::init_logging(&args.log)?;

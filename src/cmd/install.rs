@@ -96,9 +96,12 @@ fn fail2ban_action(bin: &str) -> String {
 actionstart =
 actionstop =
 actioncheck =
-actionban = {bin} report fail2ban <name> <ip>
-# Network bans expire by the hub's policy, not with this jail.
-actionunban =
+# The ban lasts the jail's bantime (the hub's policy may lengthen it for a
+# repeat offender). fail2ban's unban (bantime over, or `fail2ban-client set
+# JAIL unbanip IP`) lifts this server's ban if it is the one this jail
+# reported; an operator's ban stays, and the network's ban runs its course.
+actionban = {bin} report fail2ban <name> <ip> --for <bantime>
+actionunban = {bin} report --withdraw fail2ban <name> <ip>
 
 [Init]
 "
@@ -109,10 +112,14 @@ actionunban =
 fn psad(bin: &str) -> String {
     format!(
         "\
-psad: report its blocks to palisade by adding to /etc/psad/psad.conf
+psad: report its blocks to palisade with, in /etc/psad/psad.conf,
+  ENABLE_AUTO_IDS               Y;
+  AUTO_IDS_DANGER_LEVEL         3;
+  IPTABLES_BLOCK_METHOD         Y;
   ENABLE_EXT_BLOCK_SCRIPT_EXEC  Y;
-  EXTERNAL_BLOCK_SCRIPT         {bin} report psad anything SRCIP;
-then `systemctl restart psad`."
+  EXTERNAL_BLOCK_SCRIPT         {bin} report psad scan SRCIP;
+then `systemctl restart psad` (psad runs the script only when it auto-blocks,
+after its own iptables block, for IPv4 scanners)."
     )
 }
 

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use palisade_control::{BanRequest, Request, Response};
+use palisade_control::{BanRequest, OutcomeKind, Request, Response, TargetsRequest};
 use palisade_model::{Net, Scope, Source, Span, Timestamp};
 use palisade_wire::{Bus, Envelope, Intent, IntentOutcome, Token};
 
 use super::Context;
-use super::decide::{parse_net, parse_span};
+use super::decide::{Verb, failure, parse_net, parse_span, success};
 
 #[derive(Debug, Args)]
 #[command(
@@ -19,11 +19,18 @@ and reports it to the network; the hub's policy decides the network-wide ban.
 Without a running agent, --hub and --token-file (or --token) send it to the
 hub directly (use a token of its own, not an agent's).
 
+With --withdraw, this server's ban of the address is lifted if it is the one
+this program and jail reported (an operator's or another jail's ban stays);
+the network's ban runs its course.
+
 In a fail2ban action (action.d/palisade.conf, written by `palisade install`):
-  actionban = palisade report fail2ban <name> <ip>
-In psad.conf:
+  actionban   = palisade report fail2ban <name> <ip> --for <bantime>
+  actionunban = palisade report --withdraw fail2ban <name> <ip>
+In psad.conf (psad runs it only when it auto-blocks, after its own block):
+  ENABLE_AUTO_IDS               Y;
+  IPTABLES_BLOCK_METHOD         Y;
   ENABLE_EXT_BLOCK_SCRIPT_EXEC  Y;
-  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad anything SRCIP;"
+  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad scan SRCIP;"
 )]
 pub struct ReportArgs {
     /// The reporting program (fail2ban, psad, ...)
@@ -33,9 +40,15 @@ pub struct ReportArgs {
     /// The attacker's address
     #[arg(value_parser = parse_net)]
     address: Net,
-    /// How long [default: the agent's or hub's default]
-    #[arg(long = "for", value_name = "DURATION", value_parser = parse_span)]
+    /// How long: 90s, 10m, 1h, forever, or whole seconds as fail2ban's
+    /// <bantime> gives them (a negative number is forever)
+    /// [default: the agent's or hub's default]
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_report_span, allow_hyphen_values = true)]
     span: Option<Span>,
+    /// Withdraw the report: lift this server's ban of the address if this
+    /// program and jail made it
+    #[arg(long, conflicts_with_all = ["span", "hub"])]
+    withdraw: bool,
     /// The hub to report to directly when no agent runs here
     #[arg(long, value_name = "URL", requires = "credential")]
     hub: Option<String>,
@@ -61,6 +74,16 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<ExitCode> {
         }
     }
     let rule = format!("{}/{}", args.program, args.jail);
+    if args.withdraw {
+        let req = Request::Unban(TargetsRequest {
+            targets: vec![args.address],
+            actor: Some(args.program.clone()),
+            brief: false,
+            local: true,
+            only_rule: Some(rule),
+        });
+        return send(ctx, &req, Verb::Unban, true);
+    }
     if let Some(url) = &args.hub {
         let token = match (&args.token, &args.token_file) {
             (Some(t), _) => t.clone(),
@@ -81,17 +104,44 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<ExitCode> {
         brief: false,
         source: Source::Report,
     });
-    let Response::Outcomes { summary, outcomes } = ctx.connect()?.call(&req)? else {
+    send(ctx, &req, Verb::Ban, false)
+}
+
+/// Sends `req` to the agent and prints what became of it, like `palisade
+/// ban` and `unban` do. With `missing_ok`, nothing to lift is no failure (a
+/// withdrawal of a ban that expired or was never this jail's).
+fn send(ctx: &Context, req: &Request, verb: Verb, missing_ok: bool) -> Result<ExitCode> {
+    let Response::Outcomes { outcomes, .. } = ctx.connect()?.call(req)? else {
         bail!("unexpected answer from the agent");
     };
-    for o in outcomes.iter().filter(|o| o.result.is_failure()) {
-        eprintln!("palisade: {}", o.note.as_deref().unwrap_or("refused"));
+    let now = Timestamp::now();
+    let mut failed = false;
+    for o in &outcomes {
+        if missing_ok && o.result == OutcomeKind::NotFound {
+            println!("{}", failure(o));
+        } else if o.result.is_failure() {
+            failed = true;
+            eprintln!("palisade: {}", failure(o));
+        } else {
+            println!("{}", success(verb, o, now));
+        }
     }
-    Ok(if summary.failures() > 0 {
+    Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A palisade duration, or whole seconds as fail2ban passes its
+/// `<bantime>` (negative: forever).
+fn parse_report_span(s: &str) -> Result<Span, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n < 0 => Ok(Span::Forever),
+        Ok(0) => Err("a ban of 0 seconds ends at once; give a positive length".into()),
+        Ok(n) => parse_span(&format!("{n}s")),
+        Err(_) => parse_span(s),
+    }
 }
 
 /// Reports straight to the hub.
@@ -125,7 +175,31 @@ fn direct(url: &str, token: &str, args: &ReportArgs, rule: String) -> Result<Exi
                 r.reason.as_deref().unwrap_or("no reason given")
             )
         }
-        Some(_) => Ok(ExitCode::SUCCESS),
+        Some(r) => {
+            let what = match r.outcome {
+                IntentOutcome::Accepted => "banned on the network",
+                IntentOutcome::Suppressed => "a repeat, recorded",
+                IntentOutcome::Pending => "recorded, waiting for a quorum",
+                _ => "recorded",
+            };
+            println!("reported {} to the hub: {what}", args.address);
+            Ok(ExitCode::SUCCESS)
+        }
         None => bail!("the hub took nothing (rate limited); try again later"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail2bans_bantime_is_understood() {
+        assert_eq!(parse_report_span("600"), parse_span("10m"));
+        assert_eq!(parse_report_span("-1"), Ok(Span::Forever));
+        assert_eq!(parse_report_span("1h"), parse_span("1h"));
+        assert!(parse_report_span("0").is_err());
+        assert!(parse_report_span("1e9").is_err());
+        assert!(parse_report_span("").is_err());
     }
 }

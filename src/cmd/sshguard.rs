@@ -463,6 +463,7 @@ impl Backend {
             actor: Some(ACTOR.into()),
             brief,
             local,
+            only_rule: None,
         }))?;
         Ok(())
     }

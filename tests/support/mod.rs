@@ -30,6 +30,12 @@ impl Agent {
         Agent::start_with(ns, config, vec!["--local-only".to_string()])
     }
 
+    /// Starts `palisade agent ARGS...` (e.g. `--local-only --metrics
+    /// 127.0.0.1:9477`) inside `ns`.
+    pub fn start_args(ns: &Netns, config: &str, args: &[&str]) -> Agent {
+        Agent::start_with(ns, config, args.iter().map(|a| a.to_string()).collect())
+    }
+
     /// Starts an agent that joins the hub at `url` with `token` as `name`,
     /// and waits until it follows the hub's stream. The token is passed in
     /// a root-only file, as the printed join commands do.
@@ -362,6 +368,23 @@ pub fn kernel_elements(ns: &Netns) -> Vec<String> {
         }
     }
     found
+}
+
+/// Seconds until the kernel expires the element `addr` ("a", "a/len") of
+/// palisade's table, as `nft` reads it back (`None`: no such element or no
+/// timeout).
+pub fn kernel_expires(ns: &Netns, addr: &str) -> Option<u64> {
+    let out = ns.output("nft", &["-j", "list", "table", "inet", "palisade"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item.get("set") else { continue };
+        for e in set["elem"].as_array().into_iter().flatten() {
+            if element_text(e) == addr {
+                return e.get("elem").and_then(|x| x["expires"].as_u64());
+            }
+        }
+    }
+    None
 }
 
 fn element_text(e: &serde_json::Value) -> String {

@@ -235,6 +235,15 @@ async fn list(
     Ok(())
 }
 
+/// The metrics text: the status (without reading the kernel back) and the
+/// counters.
+pub async fn metrics(shared: &Shared, counters: &crate::metrics::Counters) -> String {
+    match status(shared, false).await {
+        Response::Status(s) => crate::metrics::render(&s, counters),
+        other => format!("# the agent could not read its status: {other:?}\n"),
+    }
+}
+
 async fn status(shared: &Shared, kernel: bool) -> Response {
     let (tx, rx) = oneshot::channel();
     let enforcers = match shared.worker.send(Command::EnforcerStatus(kernel, tx)) {

@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use palisade_control::{
-    AllowRequest, BanRequest, EnforcerStatus, Outcome, OutcomeKind, Summary, TargetsRequest,
+    AllowRequest, BanRequest, EnforcerObject, EnforcerStatus, Outcome, OutcomeKind, Summary,
+    TargetsRequest,
 };
 use palisade_detect::{Event, Trust};
 use palisade_enforce::{Change, Enforcer, Entry};
@@ -146,6 +147,8 @@ pub struct Core {
     pub(crate) store: Arc<Store>,
     pub(crate) enforcers: Vec<Box<dyn Enforcer>>,
     enforcer_errors: Vec<Option<String>>,
+    /// Counted for the metrics endpoint.
+    pub counters: Arc<crate::metrics::Counters>,
     pub(crate) allows: NetMap<AllowInfo>,
     pub(crate) settings: Settings,
     /// Wakes the task that sends the outbox to the network.
@@ -168,6 +171,7 @@ impl Core {
             store,
             enforcers,
             enforcer_errors: vec![None; n],
+            counters: Arc::default(),
             allows: NetMap::new(),
             settings,
             outbox_ready: None,
@@ -431,7 +435,16 @@ impl Core {
                         actor: req.actor.clone(),
                     });
                 }
-                if reader.get(Action::Ban, &target)?.is_some() {
+                let found = reader.get(Action::Ban, &target)?;
+                if let (Some(d), Some(only)) = (&found, &req.only_rule)
+                    && d.rule.as_deref() != Some(only.as_str())
+                {
+                    let by = d.rule.as_deref().unwrap_or("no rule");
+                    let note = format!("{target} stays banned: the ban is from {by}, not {only}");
+                    applied.push(target, OutcomeKind::NotFound, Some(note), None);
+                    continue;
+                }
+                if found.is_some() {
                     removed.push(target);
                     applied.push(target, OutcomeKind::Removed, None, None);
                     continue;
@@ -669,34 +682,66 @@ impl Core {
         Ok(self.store.read()?.next_expiry()?)
     }
 
-    /// Each enforcer's health and what it holds (read back from the kernel).
+    /// Each enforcer's health and what it holds; with `kernel`, read back
+    /// from the kernel and compared element by element, so any difference
+    /// (and which elements) makes it unhealthy.
     pub fn enforcer_status(&mut self, kernel: bool) -> Vec<EnforcerStatus> {
         let mut out = Vec::with_capacity(self.enforcers.len());
         for (e, err) in self.enforcers.iter_mut().zip(&self.enforcer_errors) {
-            let (healthy, detail) = match (err, e.status(kernel)) {
+            let status = e.status(kernel);
+            let drift = if kernel { Some(e.drift(false)) } else { None };
+            let objects = match &status {
+                Ok(s) => s
+                    .objects
+                    .iter()
+                    .map(|o| EnforcerObject {
+                        name: o.name.clone(),
+                        expected: o.expected,
+                        in_kernel: o.in_kernel,
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let (healthy, detail) = match (err, status) {
                 (Some(err), _) => (false, err.clone()),
                 (None, Err(read)) => (false, format!("cannot read the kernel state: {read}")),
                 (None, Ok(s)) => {
-                    let objects: Vec<String> = s
+                    let counts_differ = s
                         .objects
                         .iter()
-                        .map(|o| match o.in_kernel {
-                            Some(k) => format!(
-                                "{} {} entries ({} kernel elements expected, {k} found)",
-                                o.name, o.entries, o.expected
-                            ),
-                            None => format!("{} {} entries", o.name, o.entries),
-                        })
-                        .collect();
-                    let summary = if objects.is_empty() {
+                        .any(|o| o.in_kernel.is_some_and(|k| k != o.expected));
+                    let summary = if s.objects.is_empty() {
                         "in sync".to_string()
                     } else {
-                        objects.join(", ")
+                        s.objects
+                            .iter()
+                            .map(|o| match o.in_kernel {
+                                Some(k) => format!(
+                                    "{} {} entries ({} kernel elements expected, {k} found)",
+                                    o.name, o.entries, o.expected
+                                ),
+                                None => format!("{} {} entries", o.name, o.entries),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     };
-                    if s.in_sync {
-                        (true, summary)
-                    } else {
-                        (false, format!("out of sync with the kernel: {summary}"))
+                    match drift {
+                        Some(Ok(d)) if !d.is_empty() => (
+                            false,
+                            format!("the kernel differs from palisade: {d}; {summary}"),
+                        ),
+                        Some(Err(read)) => (
+                            false,
+                            format!("cannot compare with the kernel: {read}; {summary}"),
+                        ),
+                        _ if !s.in_sync => {
+                            (false, format!("out of sync with the kernel: {summary}"))
+                        }
+                        _ if counts_differ => (
+                            false,
+                            format!("the kernel differs from palisade: {summary}"),
+                        ),
+                        _ => (true, summary),
                     }
                 }
             };
@@ -704,6 +749,7 @@ impl Core {
                 name: e.name().to_string(),
                 healthy,
                 detail,
+                objects,
             });
         }
         out
@@ -827,12 +873,20 @@ impl Core {
         let now = Timestamp::now();
         let wanted: HashMap<Net, Option<String>> =
             self.settings.static_allows.iter().cloned().collect();
+        // Only this agent's own configuration entries (local scope) can go
+        // stale here: the hub's `[[hub.allow]]` entries are also of source
+        // config, arrive over the stream, and a resumed stream never sends
+        // them again.
         let stale: Vec<Net> = self
             .store
             .read()?
             .iter(Some(Action::Allow))?
             .filter_map(|d| d.ok())
-            .filter(|d| d.origin.source == Source::Config && !wanted.contains_key(&d.target))
+            .filter(|d| {
+                d.origin.source == Source::Config
+                    && d.scope == Scope::Local
+                    && !wanted.contains_key(&d.target)
+            })
             .map(|d| d.target)
             .collect();
         let node = self.settings.node.clone();
@@ -1087,6 +1141,7 @@ mod tests {
             actor: None,
             brief: false,
             local: false,
+            only_rule: None,
         }
     }
 

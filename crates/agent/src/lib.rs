@@ -17,8 +17,10 @@
 pub mod control;
 pub mod core;
 pub mod detection;
+pub mod drift;
 pub mod feeds;
 pub mod killer;
+pub mod metrics;
 pub mod network;
 pub mod remote;
 pub mod worker;
@@ -51,6 +53,8 @@ pub struct AgentOptions {
     /// Feeds this agent pulls itself (bans for this node only); empty when
     /// a hub in the same process pulls them for the network.
     pub feeds: Vec<feeds::Scheduled>,
+    /// Where to serve Prometheus metrics (a loopback address); `None`: off.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -68,6 +72,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Detect(#[from] crate::detection::DetectError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{0}")]
     Runtime(std::io::Error),
 }
@@ -96,6 +102,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         remote::ensure_id_base(&store)?;
     }
     let mut core = core::Core::start(store.clone(), enforcers, options.settings)?;
+    let counters = core.counters.clone();
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
     core.outbox_ready = Some(outbox_ready.clone());
     let net_state = Arc::new(network::NetState::default());
@@ -155,6 +162,15 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             killed,
             network: network_desc.map(|d| (d, net_state.clone())),
         };
+        if let Some(addr) = options.metrics {
+            let listener = metrics::bind(addr).await?;
+            info!(address = %addr, "serving metrics at /metrics");
+            let shared = shared.clone();
+            tokio::spawn(metrics::serve(listener, move || {
+                let (shared, counters) = (shared.clone(), counters.clone());
+                async move { control::metrics(&shared, &counters).await }
+            }));
+        }
         tokio::select! {
             _ = control::serve(listener, shared) => {}
             _ = shutdown_signal() => {}

@@ -71,6 +71,18 @@ impl ToStore {
         self.at.contains_key(key)
     }
 
+    /// Takes back a pending decision (a removal later in the same batch).
+    fn take(&mut self, key: &(Action, Net)) -> Option<Decision> {
+        let i = self.at.remove(key)?;
+        let d = self.list.remove(i);
+        for at in self.at.values_mut() {
+            if *at > i {
+                *at -= 1;
+            }
+        }
+        Some(d)
+    }
+
     fn len(&self) -> usize {
         self.list.len()
     }
@@ -184,6 +196,12 @@ impl Core {
                         }
                         None => cursor = Some(seq),
                     }
+                    // A removal earlier in this batch is superseded (the
+                    // store applies a batch's puts before its removals).
+                    let key = (decision.action, decision.target);
+                    if to_remove.contains(&key) {
+                        to_remove.retain(|k| *k != key);
+                    }
                     self.remote_put(
                         decision,
                         &reader,
@@ -203,10 +221,17 @@ impl Core {
                     if self.snapshot.is_none() {
                         cursor = Some(seq);
                     }
-                    if let Some(d) = reader.get(action, &target)?
-                        && d.scope == Scope::Network
-                    {
+                    // The decision may have come earlier in this very batch
+                    // (an agent catching up receives a ban and its unban
+                    // together): it is not in the store yet.
+                    let pending = to_store.take(&(action, target));
+                    let stored = reader
+                        .get(action, &target)?
+                        .filter(|d| d.scope == Scope::Network);
+                    if stored.is_some() {
                         to_remove.push((action, target));
+                    }
+                    if stored.is_some() || pending.is_some() {
                         changes.push(Change::Remove {
                             action,
                             net: target,

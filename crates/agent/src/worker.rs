@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use crate::core::{Applied, Core, CoreError};
+use crate::drift::DriftWatch;
 
 /// Longest sleep between expiry checks, in case the clock jumps.
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -81,6 +82,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("palisade-worker".into())
         .spawn(move || {
+            let mut drift = DriftWatch::new();
             loop {
                 let wait = match core.next_expiry() {
                     Ok(Some(t)) => t.since(Timestamp::now()).min(MAX_IDLE),
@@ -90,11 +92,14 @@ pub fn spawn(
                         MAX_IDLE
                     }
                 };
-                match rx.recv_timeout(wait) {
+                match rx.recv_timeout(wait.min(drift.due_in())) {
                     Ok(cmd) => handle(&mut core, cmd, on_banned.as_ref()),
                     Err(RecvTimeoutError::Timeout) => core.tick(),
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
+                // Due even while commands keep coming: a busy agent is no
+                // reason to leave the kernel wrong.
+                drift.run_if_due(&mut core);
                 if let Err(e) = core.prune(Timestamp::now()) {
                     error!(error = %e, "pruning expired decisions failed");
                 }
@@ -108,6 +113,11 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
     let now = Timestamp::now();
     let (result, reply): (Result<Applied, CoreError>, Reply) = match cmd {
         Command::Detected(events) => {
+            for e in &events {
+                if let palisade_detect::Event::Ban { rule, .. } = e {
+                    core.counters.add_detection(rule);
+                }
+            }
             match core.detected(events, now) {
                 Ok(applied) => kill(on_banned, applied.newly_banned),
                 Err(e) => error!(error = %e, "acting on detections failed"),

@@ -113,6 +113,10 @@ pub struct TargetsRequest {
     /// On a joined node: act on this node only, not the network.
     #[serde(default)]
     pub local: bool,
+    /// Only a ban made by this rule is lifted (fail2ban's unban withdraws
+    /// what its jail reported, not an operator's ban of the same address).
+    #[serde(default)]
+    pub only_rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +273,21 @@ pub struct EnforcerStatus {
     pub healthy: bool,
     /// What the enforcer holds or why it is unhealthy.
     pub detail: String,
+    /// Its kernel objects (sets, lists) and their elements.
+    #[serde(default)]
+    pub objects: Vec<EnforcerObject>,
+}
+
+/// One kernel object of an enforcer, for `status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcerObject {
+    /// E.g. `inet palisade block4`.
+    pub name: String,
+    /// Kernel elements palisade keeps there.
+    pub expected: usize,
+    /// Elements the kernel reports (`status --kernel` only).
+    #[serde(default)]
+    pub in_kernel: Option<usize>,
 }
 
 /// A request that failed as a whole.

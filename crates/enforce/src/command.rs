@@ -11,9 +11,15 @@
 //!   interpreted, whatever it contains.
 //! - Only palisade's own canonical text reaches a command: `{ip}` and
 //!   `{net}` come from a parsed [`Net`], `{duration}` and `{family}` are
-//!   numbers, and `{jail}`/`{rule}` must match `[A-Za-z0-9._-]`, not start
-//!   with `-` (so it cannot pass as an option) and be at most 64 bytes; an
-//!   entry whose rule does not is refused.
+//!   numbers, `{jail}` must match `[A-Za-z0-9._-]` and `{rule}` may also
+//!   hold `/` and `:` (palisade's own rule names: `fail2ban/sshd`,
+//!   `feed:NAME`), but neither may start with `-` (so it cannot pass as an
+//!   option), `{rule}` has no empty, `.` or `..` path segment, and both are
+//!   at most 64 bytes; an entry whose rule does not is refused.
+//!
+//! `{jail}` is the configured `jail` when there is one (the jail that
+//! receives palisade's bans); otherwise the jail the decision came from:
+//! the last `/` segment of its rule (`fail2ban/sshd` gives `sshd`).
 //!
 //! Never blocking the agent: [`CommandEnforcer::apply`] only queues work.
 //! Worker threads run the commands, each with a timeout after which the
@@ -47,6 +53,8 @@ use tracing::{error, info, warn};
 use crate::filter::Filter;
 use crate::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 
+/// Longest rule or jail name passed to a command.
+pub const MAX_RULE_LEN: usize = 64;
 /// How much of a failed command's output is logged, per stream.
 const OUTPUT_LOG_BYTES: usize = 1000;
 /// Longest pause between retries.
@@ -71,8 +79,9 @@ pub struct CommandConfig {
     /// Run when an allow is lifted.
     #[serde(default)]
     pub unallow: Option<Template>,
-    /// `{jail}`/`{rule}` for decisions without a rule.
-    #[serde(default, deserialize_with = "opt_rule_name")]
+    /// `{jail}` for every decision, and `{rule}` for decisions without a
+    /// rule.
+    #[serde(default, deserialize_with = "opt_jail_name")]
     pub jail: Option<String>,
     /// How long a command may run before it is killed (default 30s).
     #[serde(default = "default_timeout", deserialize_with = "finite_span")]
@@ -126,9 +135,9 @@ fn finite_span<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
-fn opt_rule_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn opt_jail_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    check_rule(&s).map_err(serde::de::Error::custom)?;
+    check_jail(&s).map_err(serde::de::Error::custom)?;
     Ok(Some(s))
 }
 
@@ -160,9 +169,10 @@ pub enum Placeholder {
     Ip,
     /// `{net}`: the network in CIDR form (`198.18.0.7/32` for a host).
     Net,
-    /// `{jail}`: the decision's rule, else the configured `jail`.
+    /// `{jail}`: the configured `jail`, else the last `/` segment of the
+    /// decision's rule.
     Jail,
-    /// `{rule}`: the same as `{jail}`.
+    /// `{rule}`: the decision's rule, else the configured `jail`.
     Rule,
     /// `{duration}`: whole seconds left, or `forever_duration`.
     Duration,
@@ -202,6 +212,7 @@ pub struct Template {
 #[derive(Debug, Clone)]
 pub struct Values<'a> {
     pub net: Net,
+    pub jail: &'a str,
     pub rule: &'a str,
     pub duration: &'a str,
 }
@@ -354,7 +365,8 @@ impl Template {
                         Piece::Value(Placeholder::Net) => {
                             s.push_str(&format!("{}/{}", v.net.addr(), v.net.prefix()))
                         }
-                        Piece::Value(Placeholder::Jail | Placeholder::Rule) => s.push_str(v.rule),
+                        Piece::Value(Placeholder::Jail) => s.push_str(v.jail),
+                        Piece::Value(Placeholder::Rule) => s.push_str(v.rule),
                         Piece::Value(Placeholder::Duration) => s.push_str(v.duration),
                         Piece::Value(Placeholder::Family) => s.push_str(match v.net.family() {
                             Family::V4 => "4",
@@ -375,18 +387,46 @@ impl<'de> Deserialize<'de> for Template {
     }
 }
 
-/// Checks a rule or jail name before it goes into a command.
-pub fn check_rule(name: &str) -> Result<(), String> {
+/// Checks a jail name before it goes into a command.
+pub fn check_jail(name: &str) -> Result<(), String> {
     // Not an option either: a leading `-` would be read as one.
-    let ok = palisade_model::name::is_plain(name) && !name.starts_with('-');
+    let ok = palisade_model::name::is_plain(name)
+        && name.len() <= MAX_RULE_LEN
+        && !name.starts_with('-');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} cannot be passed to a command: a rule or jail name must be {}, not starting with -",
+            "{name:?} cannot be passed to a command: a jail name must be {}, not starting with -",
             palisade_model::name::PLAIN
         ))
     }
+}
+
+/// Checks a rule name before it goes into a command: a jail name's
+/// characters plus `/` and `:`, with no empty, `.` or `..` segment between
+/// slashes (so it cannot climb out of a directory a template puts it in).
+pub fn check_rule(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_RULE_LEN
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+        && name.split('/').all(|seg| !matches!(seg, "" | "." | ".."));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} cannot be passed to a command: a rule name must be 1 to {MAX_RULE_LEN} of A-Z a-z 0-9 . _ - : and / between non-empty segments other than . and .., and not start with -"
+        ))
+    }
+}
+
+/// The jail a rule names: its last `/` segment (`fail2ban/sshd` is jail
+/// `sshd`, a detector's rule `sshd` too).
+fn jail_of(rule: &str) -> &str {
+    rule.rsplit('/').next().unwrap_or(rule)
 }
 
 type Key = (Action, Net);
@@ -432,6 +472,9 @@ pub struct CommandEnforcer {
     /// The rule each ban or allow was put with, for its removal's
     /// `{jail}`/`{rule}` (a removal carries no rule).
     rules: HashMap<Key, String>,
+    /// Decisions whose command was refused (an invalid rule name, a
+    /// network for an `{ip}` template), with their expiry and why.
+    refused: HashMap<Key, (Option<Timestamp>, String)>,
 }
 
 impl CommandEnforcer {
@@ -458,7 +501,7 @@ impl CommandEnforcer {
             }
         }
         if let Some(j) = &config.jail {
-            check_rule(j).map_err(EnforceError::Config)?;
+            check_jail(j).map_err(EnforceError::Config)?;
         }
         if config.workers == 0 {
             return Err(EnforceError::Config(
@@ -487,6 +530,7 @@ impl CommandEnforcer {
             shared,
             workers,
             rules: HashMap::new(),
+            refused: HashMap::new(),
         })
     }
 
@@ -549,9 +593,11 @@ impl CommandEnforcer {
                 template.source()
             ));
         }
-        let rule = rule.or(self.config.jail.as_deref());
-        let needs_rule = template.uses(Placeholder::Jail) || template.uses(Placeholder::Rule);
-        if put && needs_rule {
+        let verb = if put { "ban" } else { "unban" };
+        let uses_jail = template.uses(Placeholder::Jail);
+        let uses_rule = template.uses(Placeholder::Rule);
+        if put && (uses_jail || uses_rule) {
+            // Remembered for the removal, which carries no rule.
             match rule {
                 Some(r) if check_rule(r).is_ok() => {
                     self.rules.insert(key, r.to_string());
@@ -561,19 +607,28 @@ impl CommandEnforcer {
                 }
             }
         }
-        let rule = match rule {
-            Some(r) if needs_rule => {
-                check_rule(r).map_err(|e| {
-                    format!(
-                        "{} for {net} refused: {e}",
-                        if put { "ban" } else { "unban" }
-                    )
-                })?;
-                r
+        let configured = self.config.jail.as_deref();
+        let jail = match configured.or(rule.map(jail_of)) {
+            Some(j) if uses_jail => {
+                check_jail(j).map_err(|e| format!("{verb} for {net} refused: {e}"))?;
+                j
             }
-            None if needs_rule => {
+            None if uses_jail => {
                 return Err(format!(
                     "the command {:?} needs {{jail}} but the decision for {net} has no rule and no `jail` is configured",
+                    template.source()
+                ));
+            }
+            _ => "",
+        };
+        let rule = match rule.or(configured) {
+            Some(r) if uses_rule => {
+                check_rule(r).map_err(|e| format!("{verb} for {net} refused: {e}"))?;
+                r
+            }
+            None if uses_rule => {
+                return Err(format!(
+                    "the command {:?} needs {{rule}} but the decision for {net} has no rule and no `jail` is configured",
                     template.source()
                 ));
             }
@@ -589,6 +644,7 @@ impl CommandEnforcer {
             put,
             argv: template.render(&Values {
                 net,
+                jail,
                 rule,
                 duration: &duration,
             }),
@@ -628,10 +684,28 @@ impl CommandEnforcer {
         let mut jobs = Vec::with_capacity(changes.len());
         let mut refused: Vec<String> = Vec::new();
         for c in changes {
+            let (key, expires) = match c {
+                Change::Put(e) => ((e.action, e.net), Some(e.expires)),
+                Change::Remove { action, net } => ((*action, *net), None),
+            };
             match self.command_for(c, now) {
-                Ok(Some(job)) => jobs.push(job),
-                Ok(None) => {}
-                Err(why) => refused.push(why),
+                Ok(job) => {
+                    self.refused.remove(&key);
+                    jobs.extend(job);
+                }
+                Err(why) => {
+                    // A refused put stays a difference between palisade and
+                    // the program until the decision goes or is put again.
+                    match expires {
+                        Some(expires) => {
+                            self.refused.insert(key, (expires, why.clone()));
+                        }
+                        None => {
+                            self.refused.remove(&key);
+                        }
+                    }
+                    refused.push(why);
+                }
             }
         }
         let dropped = self.enqueue(jobs);
@@ -873,6 +947,9 @@ impl Enforcer for CommandEnforcer {
     }
 
     fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
+        let now = Timestamp::now();
+        self.refused
+            .retain(|_, (expires, _)| expires.is_none_or(|t| t > now));
         let q = self.shared.queue.lock().unwrap();
         let mut name = format!(
             "command {} ({} queued, {} run, {} failed",
@@ -884,6 +961,9 @@ impl Enforcer for CommandEnforcer {
         if let Some(e) = &q.last_error {
             name.push_str(&format!("; last failure: {e}"));
         }
+        if let Some((_, why)) = self.refused.values().next() {
+            name.push_str(&format!("; {} refused: {why}", self.refused.len()));
+        }
         name.push(')');
         Ok(Status {
             objects: vec![ObjectStatus {
@@ -892,7 +972,7 @@ impl Enforcer for CommandEnforcer {
                 expected: q.applied.len(),
                 in_kernel: None,
             }],
-            in_sync: q.failing == 0,
+            in_sync: q.failing == 0 && self.refused.is_empty(),
         })
     }
 }
@@ -908,6 +988,7 @@ mod tests {
     fn values(net: &str) -> Values<'static> {
         Values {
             net: net.parse().unwrap(),
+            jail: "sshd",
             rule: "sshd",
             duration: "3600",
         }
@@ -965,6 +1046,7 @@ mod tests {
         let tpl = t("echo {rule}");
         let v = Values {
             net: "198.18.0.1".parse().unwrap(),
+            jail: "j",
             rule: "a b;$(x)",
             duration: "1",
         };
@@ -975,7 +1057,27 @@ mod tests {
     fn rule_names_are_checked() {
         assert!(check_rule("sshd").is_ok());
         assert!(check_rule("f2b-sshd_2.x").is_ok());
+        // palisade's own rule names.
+        for own in [
+            "fail2ban/sshd",
+            "psad/anything",
+            "feed:firehol_level1",
+            "ban",
+        ] {
+            assert!(check_rule(own).is_ok(), "{own}");
+        }
+        for bad in ["fail2ban/sshd", "a:b", "-x", ""] {
+            assert!(check_jail(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(jail_of("fail2ban/sshd"), "sshd");
+        assert_eq!(jail_of("sshd"), "sshd");
         for bad in [
+            "../etc",
+            "a/../../b",
+            "/abs",
+            "a//b",
+            "a/",
+            "./x",
             "",
             "-h",
             "sshd;reboot",

@@ -23,7 +23,7 @@ use crate::ipset::{IpsetConfig, IpsetEnforcer};
 use crate::layout::{CONNTRACK_PRIORITY, valid_interface_name};
 use crate::nftables::{NftConfig, Nftables};
 use crate::xt_recent::{XtRecent, XtRecentConfig};
-use crate::{Change, EnforceError, Enforcer, Entry, Status};
+use crate::{Change, Drift, EnforceError, Enforcer, Entry, Status};
 
 /// An address family as the configuration spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -210,6 +210,10 @@ impl<E: Enforcer> Enforcer for Filtered<E> {
 
     fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
         self.inner.status(kernel)
+    }
+
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        self.inner.drift(repair)
     }
 }
 
@@ -419,8 +423,10 @@ routes = [ { rule = "sshd-throttle", list = "THROTTLE" } ]
 filter = { actions = ["ban"], hosts_only = true }
 
 # A command per ban and unban, run without a shell. Placeholders: {ip}
-# (single addresses only), {net} (CIDR), {jail} and {rule} (the decision's
-# rule, else `jail`), {duration} (seconds left; `forever_duration`, -1 by
+# (single addresses only), {net} (CIDR), {jail} (`jail` when set, else the
+# jail the decision came from: `fail2ban/sshd` gives `sshd`), {rule} (the
+# decision's rule, such as `ban`, `sshd` or `fail2ban/sshd`, else `jail`),
+# {duration} (seconds left; `forever_duration`, -1 by
 # default, for permanent bans), {family} (4 or 6). Commands run on worker
 # threads with a timeout, failures are retried and logged with their output.
 [[enforcer]]

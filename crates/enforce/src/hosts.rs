@@ -38,6 +38,11 @@ impl<K: Key> Hosts<K> {
         self.comments.get(id)
     }
 
+    /// A host's expiry and comment, expired or not.
+    pub fn get(&self, addr: K) -> Option<Val> {
+        self.map.get(&addr).copied()
+    }
+
     /// The hosts in address order.
     pub fn iter(&self) -> impl Iterator<Item = (K, Val)> + '_ {
         self.map.iter().map(|(&k, &v)| (k, v))

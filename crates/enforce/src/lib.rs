@@ -178,6 +178,54 @@ pub struct ObjectStatus {
     pub in_kernel: Option<usize>,
 }
 
+/// How the kernel differs from what a backend holds: elements missing from
+/// the kernel and elements the kernel holds that palisade did not put there
+/// (another tool, `nft flush set`, a firewall service reloaded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub objects: Vec<ObjectDrift>,
+}
+
+/// The drift of one kernel object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectDrift {
+    /// E.g. `inet palisade block4`.
+    pub name: String,
+    pub missing: usize,
+    pub extra: usize,
+    /// A few of the elements concerned, e.g. `missing 198.18.0.7`.
+    pub examples: Vec<String>,
+}
+
+/// Elements named per object in a drift report.
+pub const DRIFT_EXAMPLES: usize = 3;
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Elements missing or extra, over every object.
+    pub fn elements(&self) -> usize {
+        self.objects.iter().map(|o| o.missing + o.extra).sum()
+    }
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, o) in self.objects.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {} missing, {} extra", o.name, o.missing, o.extra)?;
+            if !o.examples.is_empty() {
+                write!(f, " ({})", o.examples.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A backend that puts decisions into the kernel.
 pub trait Enforcer: Send {
     /// Short name for logs and `palisade status` (e.g. `nftables`).
@@ -205,5 +253,15 @@ pub trait Enforcer: Send {
             objects: Vec::new(),
             in_sync: true,
         })
+    }
+
+    /// Reads the kernel back and compares it with what the backend holds;
+    /// with `repair`, then makes the kernel match again. Returns what
+    /// differed (before the repair). Elements about to expire are left out
+    /// of the comparison, since the kernel expires them on its own clock.
+    /// Backends that cannot read the kernel back report no drift.
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        let _ = repair;
+        Ok(Drift::default())
     }
 }

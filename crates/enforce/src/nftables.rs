@@ -47,13 +47,15 @@
 //!   changed, in one transaction: `DESTROYSETELEM` for elements that went
 //!   away (missing elements are no error), `NEWSETELEM` for new ones, and
 //!   for a refreshed element either `NEWSETELEM` on the existing element
-//!   (kernel 6.10+ updates its timeout) or `DESTROYSETELEM` + `NEWSETELEM`
+//!   carrying both timeout and expiration (kernel 6.10+ updates them; a
+//!   timeout alone equal to the old one would not move the expiry) or `DESTROYSETELEM` + `NEWSETELEM`
 //!   (older kernels, changes to or from "forever", new comments). The mode
 //!   is chosen from the kernel version (`uname`). Elements that already
 //!   expired are left to the kernel, never deleted (see `encode_diff`). If
 //!   a transaction fails, the whole table is reloaded from memory and the
 //!   error reported.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -66,7 +68,10 @@ use palisade_netlink::nft::{
 use crate::hosts::Hosts;
 use crate::layout;
 use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
-use crate::{Change, EnforceError, Enforcer, Entry, NetlinkError, ObjectStatus, Status};
+use crate::{
+    Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, NetlinkError, ObjectDrift,
+    ObjectStatus, Status,
+};
 
 /// Longest timeout given to the kernel (about 100 years); the kernel
 /// rejects timeouts that overflow its clock with ERANGE.
@@ -715,7 +720,12 @@ impl Nftables {
                 }
             }
         }
+        // The expiration goes with the timeout so that an in-place update
+        // always moves the expiry (see `ElemWriter::expiring`).
         let mut w = ElemWriter::new(b, ElemOp::Add, family::INET, table, set.as_str(), None);
+        if self.refresh == RefreshMode::Update {
+            w = w.expiring();
+        }
         for (s, e, op) in diff.ops() {
             let val = match op {
                 Op::Add(v) => v,
@@ -844,6 +854,43 @@ impl Enforcer for Nftables {
         Ok(())
     }
 
+    /// Compares every set's elements (their ranges) with the kernel's; a
+    /// repair reloads the whole table in one transaction, which also puts
+    /// back a table or chains deleted behind palisade's back.
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        let mut drift = Drift::default();
+        let now = now_ms();
+        for set in SetName::ALL {
+            let name = format!("inet {} {}", self.config.table, set.as_str());
+            if set.kind() == Kind::Block {
+                // Host sets hold nearly every ban (a million, maybe): the
+                // dump is checked against memory as it streams.
+                let table = self.config.table.clone();
+                let found = match set.family() {
+                    Family::V4 => host_drift(&mut self.sock, &table, set, &self.v4.block, now),
+                    Family::V6 => host_drift(&mut self.sock, &table, set, &self.v6.block, now),
+                };
+                if let Some(d) = found? {
+                    drift.objects.push(ObjectDrift { name, ..d });
+                }
+                continue;
+            }
+            let want = self.expected(set);
+            let have = match self.kernel_intervals(set) {
+                Ok(v) => v,
+                Err(EnforceError::Kernel(e)) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            if let Some(d) = compare_elements(name, &want, &have) {
+                drift.objects.push(d);
+            }
+        }
+        if repair && !drift.is_empty() {
+            self.reload(now_ms())?;
+        }
+        Ok(drift)
+    }
+
     fn status(&mut self, kernel: bool) -> Result<Status, EnforceError> {
         let now = now_ms();
         let mut objects = Vec::new();
@@ -864,6 +911,149 @@ impl Enforcer for Nftables {
             in_sync: self.in_sync,
         })
     }
+}
+
+/// Elements this close to their expiry are left out of drift comparisons:
+/// the kernel expires them on its own clock.
+const DRIFT_SETTLE: Duration = Duration::from_secs(2);
+
+/// Dumps a set's elements (key, time left) into `each`, retrying when the
+/// kernel interrupts the dump (the set changed meanwhile): `start` is called
+/// before every attempt, so the caller can start over. A missing table or
+/// set is an empty set.
+fn dump_elems<S: FnMut(), E: FnMut(u128, Option<u64>)>(
+    sock: &mut Socket,
+    table: &str,
+    set: SetName,
+    mut start: S,
+    mut each: E,
+) -> Result<(), EnforceError> {
+    let mut attempt = 0;
+    loop {
+        start();
+        let r = nft::dump_set_elems(sock, family::INET, table, set.as_str(), |e| {
+            if !e.is_interval_end() {
+                each(e.key.map_or(0, key_to_u128), e.expires_ms);
+            }
+        });
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.errno() == libc::EINTR && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The drift of a host set, compared as the kernel's dump streams (memory
+/// stays flat whatever the set's size); the missing hosts are named from a
+/// second dump, only when there are any.
+fn host_drift<K: Key>(
+    sock: &mut Socket,
+    table: &str,
+    set: SetName,
+    hosts: &Hosts<K>,
+    now: u64,
+) -> Result<Option<ObjectDrift>, EnforceError> {
+    let settle = DRIFT_SETTLE.as_millis() as u64;
+    let settled = |v: Val| v.expiry == FOREVER || v.expiry > now + settle;
+    let counts = std::cell::RefCell::new((0usize, 0usize, Vec::new()));
+    dump_elems(
+        sock,
+        table,
+        set,
+        || *counts.borrow_mut() = (0, 0, Vec::new()),
+        |key, expires| {
+            let (matched, extra, examples) = &mut *counts.borrow_mut();
+            match hosts.get(K::from_u128(key)) {
+                Some(v) if v.alive(now) => *matched += usize::from(settled(v)),
+                _ if expires.is_some_and(|t| t <= settle) => {}
+                _ => {
+                    *extra += 1;
+                    if examples.len() < DRIFT_EXAMPLES {
+                        examples.push(format!("extra {}", addr_of(set, key)));
+                    }
+                }
+            }
+        },
+    )?;
+    let (matched, extra, mut examples) = counts.into_inner();
+    let expected = hosts
+        .iter()
+        .filter(|&(_, v)| v.alive(now) && settled(v))
+        .count();
+    let missing = expected.saturating_sub(matched);
+    if missing == 0 && extra == 0 {
+        return Ok(None);
+    }
+    if missing > 0 {
+        let present = std::cell::RefCell::new(HashSet::new());
+        dump_elems(
+            sock,
+            table,
+            set,
+            || present.borrow_mut().clear(),
+            |key, _| {
+                present.borrow_mut().insert(key);
+            },
+        )?;
+        let present = present.into_inner();
+        let named: Vec<String> = hosts
+            .iter()
+            .filter(|&(k, v)| v.alive(now) && settled(v) && !present.contains(&k.to_u128()))
+            .take(DRIFT_EXAMPLES)
+            .map(|(k, _)| format!("missing {}", key_to_addr(k)))
+            .collect();
+        examples.splice(0..0, named);
+        examples.truncate(DRIFT_EXAMPLES);
+    }
+    Ok(Some(ObjectDrift {
+        name: String::new(),
+        missing,
+        extra,
+        examples,
+    }))
+}
+
+/// The drift of one set: ranges expected and not in the kernel, and ranges
+/// in the kernel and not expected (`None` if they agree).
+fn compare_elements(name: String, want: &[Interval], have: &[Interval]) -> Option<ObjectDrift> {
+    let settled = |i: &&Interval| i.expires_in.is_none_or(|t| t > DRIFT_SETTLE);
+    let range = |i: &Interval| (i.first, i.last);
+    let show = |i: &Interval| {
+        if i.first == i.last {
+            i.first.to_string()
+        } else {
+            format!("{}-{}", i.first, i.last)
+        }
+    };
+    let want_set: HashSet<(IpAddr, IpAddr)> = want.iter().map(range).collect();
+    let have_set: HashSet<(IpAddr, IpAddr)> = have.iter().map(range).collect();
+    let missing: Vec<&Interval> = want
+        .iter()
+        .filter(settled)
+        .filter(|i| !have_set.contains(&range(i)))
+        .collect();
+    let extra: Vec<&Interval> = have
+        .iter()
+        .filter(settled)
+        .filter(|i| !want_set.contains(&range(i)))
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return None;
+    }
+    let examples = missing
+        .iter()
+        .map(|i| format!("missing {}", show(i)))
+        .chain(extra.iter().map(|i| format!("extra {}", show(i))))
+        .take(DRIFT_EXAMPLES)
+        .collect();
+    Some(ObjectDrift {
+        name,
+        missing: missing.len(),
+        extra: extra.len(),
+        examples,
+    })
 }
 
 fn timeout(expiry: u64, now: u64) -> Option<u64> {

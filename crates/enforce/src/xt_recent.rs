@@ -43,7 +43,9 @@ use serde::{Deserialize, Deserializer};
 use tracing::{debug, info, warn};
 
 use crate::filter::{Filter, glob};
-use crate::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
+use crate::{
+    Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, ObjectDrift, ObjectStatus, Status,
+};
 
 /// Where the lists of the calling thread's network namespace live.
 pub const PROC_DIR: &str = "/proc/thread-self/net/xt_recent";
@@ -118,7 +120,8 @@ pub struct XtRecent {
     dir_path: PathBuf,
     /// The lists' directory, opened in the creating thread's namespace.
     dir: Option<OwnedFd>,
-    /// What palisade put in each list (bans it still holds).
+    /// The bans palisade keeps in each list (written, or to be written
+    /// once the list exists).
     held: BTreeMap<String, HashSet<Net>>,
     ip_list_tot: Option<usize>,
     in_sync: bool,
@@ -335,11 +338,12 @@ impl XtRecent {
             debug!(net = %e.net, rule = ?e.rule, "no xt_recent list for this rule");
             return;
         };
-        match self.write(&list, &format!("+{}", e.net.addr())) {
-            Ok(()) => {
-                self.held.entry(list).or_default().insert(e.net);
-            }
-            Err(err) => push_once(errors, err),
+        // Held even if the write fails (a list no iptables rule has made
+        // yet): the drift check writes it once the list exists.
+        let written = self.write(&list, &format!("+{}", e.net.addr()));
+        self.held.entry(list).or_default().insert(e.net);
+        if let Err(err) = written {
+            push_once(errors, err);
         }
     }
 
@@ -466,7 +470,9 @@ impl Enforcer for XtRecent {
             let current = match self.kernel_list(&list) {
                 Ok(c) => c,
                 Err(e) => {
+                    // Written by the drift check once the list exists.
                     errors.push(e);
+                    self.held.insert(list.clone(), want);
                     continue;
                 }
             };
@@ -522,6 +528,63 @@ impl Enforcer for XtRecent {
         }
         self.in_sync = false;
         EnforceError::check(errors)
+    }
+
+    /// Only missing addresses count: the iptables rules add their own
+    /// entries (`--set`), so a list may hold more than palisade put there.
+    /// A repair writes the missing ones, which is how bans reach a list
+    /// whose iptables rule appeared after the agent started.
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        let mut drift = Drift::default();
+        let mut errors = Vec::new();
+        let mut unrepaired = false;
+        for list in self.lists.clone() {
+            let Some(want) = self.held.get(&list).filter(|h| !h.is_empty()).cloned() else {
+                continue;
+            };
+            let mut name = format!("xt_recent {list}");
+            let (have, have_list): (HashSet<Net>, bool) = match self.kernel_list(&list) {
+                Ok(v) => (v.into_iter().collect(), true),
+                Err(_) => {
+                    name.push_str(" (missing: no iptables rule names it)");
+                    (HashSet::new(), false)
+                }
+            };
+            let mut missing: Vec<Net> = want.difference(&have).copied().collect();
+            if missing.is_empty() {
+                continue;
+            }
+            missing.sort();
+            if self.ip_list_tot.is_some_and(|limit| want.len() > limit) {
+                // The kernel forgets the oldest beyond ip_list_tot; status
+                // says so, and rewriting would only churn the list.
+                continue;
+            }
+            drift.objects.push(ObjectDrift {
+                name,
+                missing: missing.len(),
+                extra: 0,
+                examples: missing
+                    .iter()
+                    .take(DRIFT_EXAMPLES)
+                    .map(|n| format!("missing {}", n.addr()))
+                    .collect(),
+            });
+            if repair && !have_list {
+                unrepaired = true;
+            } else if repair {
+                for net in &missing {
+                    if let Err(e) = self.write(&list, &format!("+{}", net.addr())) {
+                        push_once(&mut errors, e);
+                    }
+                }
+            }
+        }
+        if repair {
+            self.in_sync = errors.is_empty() && !unrepaired;
+            EnforceError::check(errors)?;
+        }
+        Ok(drift)
     }
 
     fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {

@@ -151,8 +151,9 @@ fn bans_and_unbans_go_through_a_real_fail2ban_jail() {
     let to: IpAddr = victim.v4().into();
     assert!(reachable(attacker, to));
 
+    // An operator's ban carries rule `ban`: the configured jail takes it.
     let started = Instant::now();
-    e.apply(&[Change::Put(entry(&me, None))]).unwrap();
+    e.apply(&[Change::Put(entry(&me, Some("ban")))]).unwrap();
     assert!(
         started.elapsed() < Duration::from_millis(200),
         "apply only queues"
@@ -169,14 +170,15 @@ fn bans_and_unbans_go_through_a_real_fail2ban_jail() {
     assert_eq!(f2b.banned(), "");
     assert!(reachable(attacker, to));
 
-    // The decision's rule names the jail; a wrong jail fails visibly after
-    // its retries, with fail2ban's own message.
+    // Without a configured jail, the decision's rule names the jail
+    // (`fail2ban/pal`: jail `pal`); a wrong jail fails visibly after its
+    // retries, with fail2ban's own message.
     let mut config = CommandConfig::new(tpl(&format!(
         "fail2ban-client -s {sock} set {{jail}} banip {{ip}}"
     )));
     config.retries = 1;
     let mut e = CommandEnforcer::new(config).unwrap();
-    e.apply(&[Change::Put(entry("203.0.113.5", Some("pal")))])
+    e.apply(&[Change::Put(entry("203.0.113.5", Some("fail2ban/pal")))])
         .unwrap();
     e.apply(&[Change::Put(entry("203.0.113.6", Some("nojail")))])
         .unwrap();
@@ -229,6 +231,19 @@ fn no_shell_sees_a_value_and_hostile_rules_are_refused() {
         .to_string();
     assert!(err.contains("takes single addresses"), "{err}");
     assert!(e.wait_idle(Duration::from_secs(10)));
+    // Refused decisions keep the enforcer out of sync until they go.
+    let st = e.status(false).unwrap();
+    assert!(
+        !st.in_sync && st.objects[0].name.contains("2 refused"),
+        "{st:?}"
+    );
+    let gone = |n: &str| Change::Remove {
+        action: Action::Ban,
+        net: n.parse().unwrap(),
+    };
+    e.apply(&[gone("198.18.1.0/24"), gone("198.18.0.9")])
+        .unwrap();
+    assert!(e.status(false).unwrap().in_sync);
     let mut files: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())

@@ -64,9 +64,9 @@ fn nft_json(ns: &Netns, table: &str) -> Vec<Value> {
     v["nftables"].as_array().unwrap().clone()
 }
 
-/// Elements of a set as nft shows them: "a", "a/len" or "a-b", with the
-/// timeout (s) and comment.
-fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>, Option<String>)> {
+/// Elements of a set as `nft -j` gives them: the value, and the object
+/// with timeout, expires and comment (`Null` for an element without).
+fn nft_set_elems(ns: &Netns, table: &str, set: &str) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
     for obj in nft_json(ns, table) {
         let Some(s) = obj.get("set") else { continue };
@@ -74,18 +74,28 @@ fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>,
             continue;
         }
         for e in s["elem"].as_array().cloned().unwrap_or_default() {
-            let (val, timeout, comment) = match e.get("elem") {
-                Some(inner) => (
-                    inner["val"].clone(),
-                    inner["timeout"].as_u64(),
-                    inner["comment"].as_str().map(str::to_string),
-                ),
-                None => (e.clone(), None, None),
-            };
-            out.push((show_val(&val), timeout, comment));
+            out.push(match e.get("elem") {
+                Some(inner) => (inner["val"].clone(), inner.clone()),
+                None => (e.clone(), Value::Null),
+            });
         }
     }
     out
+}
+
+/// Elements of a set as nft shows them: "a", "a/len" or "a-b", with the
+/// timeout (s) and comment.
+fn nft_elements(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>, Option<String>)> {
+    nft_set_elems(ns, table, set)
+        .into_iter()
+        .map(|(val, e)| {
+            (
+                show_val(&val),
+                e["timeout"].as_u64(),
+                e["comment"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
 }
 
 fn show_val(v: &Value) -> String {
@@ -319,6 +329,106 @@ fn refreshed_ban_gets_the_new_timeout_in_both_modes() {
             "{elems:?}"
         );
     }
+}
+
+/// Seconds until the kernel expires each element of `set`, as `nft` shows
+/// them (`expires`), by element.
+fn nft_expires(ns: &Netns, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
+    nft_set_elems(ns, table, set)
+        .into_iter()
+        .map(|(val, e)| (show_val(&val), e["expires"].as_u64()))
+        .collect()
+}
+
+/// A repeat of a ban with the same length must move the kernel's expiry:
+/// on 6.10+ an in-place update that only carries a timeout equal to the
+/// element's old one leaves the expiry where it was.
+#[test]
+fn a_repeated_ban_of_the_same_length_moves_the_kernel_expiry_in_both_modes() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    for mode in [RefreshMode::Update, RefreshMode::Replace] {
+        let ns = Netns::new();
+        let mut nft = enforcer(&ns);
+        nft.set_refresh_mode(mode);
+        load(&mut nft, vec![]);
+        let (host, network) = ("198.18.0.9", "198.18.4.0/24");
+        nft.apply(&[ban(host, secs(20)), ban(network, secs(20))])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3100));
+        nft.apply(&[ban(host, secs(20)), ban(network, secs(20))])
+            .unwrap();
+        for set in ["block4", "block4_net"] {
+            let elems = nft_expires(&ns, "palisade", set);
+            assert_eq!(elems.len(), 1, "{mode:?} {set}: {elems:?}");
+            let left = elems[0].1.expect("an expiry");
+            assert!(
+                left >= 19,
+                "{mode:?} {set}: the repeat did not move the expiry ({left}s left)"
+            );
+        }
+    }
+}
+
+/// Elements removed or added behind palisade's back are found, named and
+/// put right; so is a table deleted whole.
+#[test]
+fn drift_behind_palisades_back_is_found_and_repaired() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new();
+    let mut nft = enforcer(&ns);
+    load(
+        &mut nft,
+        vec![
+            entry(Action::Ban, "198.18.0.7", secs(600), None),
+            entry(Action::Ban, "198.18.0.8", None, None),
+            entry(Action::Ban, "198.18.1.0/24", secs(600), None),
+            entry(Action::Allow, "198.18.2.0/24", None, None),
+        ],
+    );
+    assert!(nft.drift(false).unwrap().is_empty());
+    ns.exec("nft", &["flush", "set", "inet", "palisade", "block4"]);
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "element",
+            "inet",
+            "palisade",
+            "block4_net",
+            "{ 198.18.9.0/24 }",
+        ],
+    );
+    let drift = nft.drift(false).unwrap();
+    let text = drift.to_string();
+    assert_eq!(drift.elements(), 3, "{text}");
+    assert!(
+        text.contains(
+            "inet palisade block4: 2 missing, 0 extra (missing 198.18.0.7, missing 198.18.0.8)"
+        ) && text.contains(
+            "inet palisade block4_net: 0 missing, 1 extra (extra 198.18.9.0-198.18.9.255)"
+        ),
+        "{text}"
+    );
+    // Without `repair`, nothing changes.
+    assert!(nft_elements(&ns, "palisade", "block4").is_empty());
+    assert_eq!(nft.drift(true).unwrap(), drift);
+    assert!(nft.drift(false).unwrap().is_empty());
+    assert_eq!(
+        names(&nft_elements(&ns, "palisade", "block4")),
+        ["198.18.0.7", "198.18.0.8"]
+    );
+    assert_eq!(
+        names(&nft_elements(&ns, "palisade", "block4_net")),
+        ["198.18.1.0/24"]
+    );
+    ns.exec("nft", &["delete", "table", "inet", "palisade"]);
+    assert_eq!(nft.drift(true).unwrap().elements(), 4);
+    assert!(nft.drift(false).unwrap().is_empty());
+    assert_eq!(nft_elements(&ns, "palisade", "allow4").len(), 1);
 }
 
 #[test]

@@ -186,7 +186,25 @@ fn missing_lists_networks_and_the_list_size_limit_are_explained() {
         err.contains("xt_recent list BLOCKER does not exist") && err.contains("add the rule first"),
         "{err}"
     );
+    let drift = ns.run(|| x.drift(true)).unwrap().to_string();
+    assert_eq!(
+        drift,
+        "xt_recent BLOCKER (missing: no iptables rule names it): 1 missing, 0 extra (missing 198.18.0.9)"
+    );
+    assert!(!ns.run(|| x.status(true)).unwrap().in_sync);
     rules(&ns);
+    // Once the rule exists, the drift check writes the ban it kept; an
+    // address the rule itself added is no drift.
+    ns.run(|| x.drift(true)).unwrap();
+    assert!(list(&ns, "BLOCKER").contains("src=198.18.0.9 "));
+    ns.run(|| std::fs::write("/proc/thread-self/net/xt_recent/BLOCKER", "+198.18.0.77"))
+        .unwrap();
+    assert!(ns.run(|| x.drift(false)).unwrap().is_empty());
+    ns.run(|| std::fs::write("/proc/thread-self/net/xt_recent/BLOCKER", "-198.18.0.9"))
+        .unwrap();
+    assert_eq!(ns.run(|| x.drift(true)).unwrap().elements(), 1);
+    assert!(list(&ns, "BLOCKER").contains("src=198.18.0.9 "));
+    assert!(ns.run(|| x.status(true)).unwrap().in_sync);
     // Networks cannot go into a recent list: skipped, not an error.
     ns.run(|| x.apply(&[ban("198.18.0.9", "sshd"), ban("198.18.1.0/24", "sshd")]))
         .unwrap();

@@ -405,10 +405,27 @@ fn client() -> Result<HttpClient, FeedError> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// The first retry after a failed pull; each further failure doubles the
+/// wait, up to the feed's own `every`.
+pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+
+/// How long to wait after a pull: `every` after a success, and after the
+/// `failures`-th failure in a row 10 s, 20 s, 40 s, ... up to `every` (a
+/// pull that failed at boot, before the network was up, is retried within
+/// seconds, not an hour later).
+pub fn next_pull_in(every: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return every;
+    }
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(factor).min(every)
+}
+
 /// Pulls `feed` every `every`, forever, handing each new list to `apply`.
 /// It starts by applying the last good list, so after a restart the
 /// feed's entries are right at once whatever the server says; a failure
-/// is recorded and logged, and the last good list stays.
+/// is recorded and logged, the last good list stays, and the pull is
+/// retried sooner ([`next_pull_in`]).
 pub async fn keep_pulling<F, Fut>(feed: Feed, every: Duration, dir: PathBuf, apply: F)
 where
     F: Fn(Vec<Net>) -> Fut,
@@ -421,6 +438,7 @@ where
     {
         tracing::warn!(feed = name, error = %e, "cannot apply the feed's last good list");
     }
+    let mut failures = 0u32;
     loop {
         match pull(&feed, &dir, |_| {}).await {
             Ok(Pulled::Updated {
@@ -431,20 +449,26 @@ where
                 if malformed > 0 {
                     tracing::warn!(feed = name, malformed, examples = ?examples, "lines that are not addresses or networks were skipped");
                 }
+                failures = 0;
                 let n = entries.len();
                 match apply(entries).await {
                     Ok(()) => tracing::info!(feed = name, entries = n, "feed pulled"),
                     Err(e) => tracing::warn!(feed = name, error = %e, "cannot apply the feed"),
                 }
             }
-            Ok(Pulled::NotModified) => tracing::debug!(feed = name, "feed not modified"),
+            Ok(Pulled::NotModified) => {
+                failures = 0;
+                tracing::debug!(feed = name, "feed not modified")
+            }
             Err(e) => {
+                failures = failures.saturating_add(1);
                 record_error(&dir, &feed, &e.to_string());
                 let kept = state(&dir, name).entries;
-                tracing::warn!(feed = name, error = %e, kept, "the feed failed; its last good list stays");
+                let retry = next_pull_in(every, failures);
+                tracing::warn!(feed = name, error = %e, kept, retry_in = ?retry, "the feed failed; its last good list stays");
             }
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(next_pull_in(every, failures)).await;
     }
 }
 
@@ -472,6 +496,18 @@ pub fn rule(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_pull_is_retried_sooner_then_less_often() {
+        let hour = Duration::from_secs(3600);
+        let waits: Vec<u64> = (0..12).map(|f| next_pull_in(hour, f).as_secs()).collect();
+        assert_eq!(
+            waits,
+            [3600, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+        );
+        assert_eq!(next_pull_in(Duration::from_secs(5), 1).as_secs(), 5);
+        assert_eq!(next_pull_in(hour, u32::MAX), hour);
+    }
 
     #[test]
     fn the_common_list_formats() {

@@ -710,6 +710,8 @@ pub struct ElemWriter<'b, 's> {
     set_id: Option<u32>,
     open: Option<(MsgStart, Nest)>,
     written: usize,
+    /// Also send each timeout as the element's expiration.
+    expiring: bool,
 }
 
 impl<'b, 's> ElemWriter<'b, 's> {
@@ -732,7 +734,18 @@ impl<'b, 's> ElemWriter<'b, 's> {
             set_id,
             open: None,
             written: 0,
+            expiring: false,
         }
+    }
+
+    /// Also sends each element's timeout as its expiration, so that adding
+    /// an element that exists moves its expiry. Kernels 6.10+ update an
+    /// existing element's timeout in place, but only when the timeout
+    /// differs from the element's old one: a repeat of the same length
+    /// would otherwise leave the expiry where it was (seen on 6.18).
+    pub fn expiring(mut self) -> Self {
+        self.expiring = true;
+        self
     }
 
     /// Number of elements written.
@@ -771,13 +784,20 @@ impl<'b, 's> ElemWriter<'b, 's> {
         let elem_len = 4
             + 8 + crate::msg::align(key.len()) // KEY { DATA_VALUE }
             + if flags != 0 { 8 } else { 0 }
-            + if timeout_ms.is_some() { 12 } else { 0 }
+            + match (timeout_ms, self.expiring) {
+                (None, _) => 0,
+                (Some(_), false) => 12,
+                (Some(_), true) => 24,
+            }
             + comment.map_or(0, |c| 4 + crate::msg::align(3 + c.len()));
         self.room_for(elem_len);
         let buf = &mut self.batch.buf;
         let elem = buf.nest(NFTA_LIST_ELEM);
         if let Some(t) = timeout_ms {
             buf.put_u64_be(NFTA_SET_ELEM_TIMEOUT, t);
+            if self.expiring {
+                buf.put_u64_be(NFTA_SET_ELEM_EXPIRATION, t);
+            }
         }
         if flags != 0 {
             buf.put_u32_be(NFTA_SET_ELEM_FLAGS, flags);
