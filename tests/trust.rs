@@ -441,15 +441,21 @@ struct Aims<'a> {
     canary: &'a Canary,
 }
 
+/// The target of the `i`th list attack.
+fn listed_target(i: usize) -> String {
+    format!("203.0.113.{}", 60 + i)
+}
+
 /// Items 1, 2, 3 and 5 of the issue as a node holding a stolen credential
 /// (no group): each is refused and, with the list attack, nothing is
 /// written anywhere.
 fn stolen_node_attacks(ch: &dyn Channel, aims: &Aims) {
-    // 1: the xt_recent list is a name, never a path.
-    for name in aims.canary.names() {
-        let json = serde_json::to_string(&name).unwrap();
+    // 1: the xt_recent list is a name, never a path. (A distinct target
+    // each, so that no attempt is a mere repeat of another.)
+    for (i, name) in aims.canary.names().iter().enumerate() {
+        let json = serde_json::to_string(name).unwrap();
         let v = ch.send(&ban(
-            "203.0.113.66",
+            &listed_target(i),
             "detector",
             &format!(r#","rule":"sshd","list":{json}"#),
         ));
@@ -457,8 +463,16 @@ fn stolen_node_attacks(ch: &dyn Channel, aims: &Aims) {
     }
     aims.canary.assert_untouched();
 
-    // 2: a node never allows (globally, or for a group not its own), never
-    // lifts another's ban.
+    // 2: a node never lifts another's ban, never allows (globally, or for
+    // a group not its own).
+    assert_refused(
+        "unbanning another node's ban",
+        &ch.send(&op("unban", aims.others_ban, "")),
+    );
+    assert_refused(
+        "unallowing another node's address",
+        &ch.send(&op("unallow", &aims.other_node.to_string(), "")),
+    );
     let attacker = aims.attacker.to_string();
     for target in ["0.0.0.0/0", "::/0", "198.18.0.0/15", &attacker] {
         assert_refused(
@@ -469,14 +483,6 @@ fn stolen_node_attacks(ch: &dyn Channel, aims: &Aims) {
     assert_refused(
         "an allow for another group",
         &ch.send(&op("allow", &attacker, r#","group":"partners""#)),
-    );
-    assert_refused(
-        "unbanning another node's ban",
-        &ch.send(&op("unban", aims.others_ban, "")),
-    );
-    assert_refused(
-        "unallowing another node's address",
-        &ch.send(&op("unallow", &aims.other_node.to_string(), "")),
     );
 
     // 3: the network's own infrastructure, and networks covering it.
@@ -722,7 +728,9 @@ fn a_stolen_node_token_can_not_turn_the_hub_against_the_network() {
         for src in old {
             assert!(list.contains(src), "{}: {src} left {LIST}", h.name());
         }
-        assert!(!list.contains("203.0.113.66"), "{}: {list}", h.name());
+        for i in 0..canary.names().len() {
+            assert!(!list.contains(&listed_target(i)), "{}: {list}", h.name());
+        }
     }
 
     // 7: web1's allow stayed at web1's address, though its token was used
@@ -1324,12 +1332,19 @@ impl BusNet {
         );
     }
 
-    /// The stolen-credential attacks on `ch`, then a legitimate ban
-    /// travels, nothing else changed, and the attacker's declared address
-    /// was not allowed.
-    fn attacked(&self, ch: &dyn Channel, infrastructure: Vec<Ipv4Addr>, logs: &dyn Fn() -> String) {
+    /// `more` (the attacks particular to a bus), then the stolen-credential
+    /// attacks on `ch`; then a legitimate ban travels, nothing else
+    /// changed, and the attacker's declared address was not allowed.
+    fn attacked(
+        &self,
+        ch: &dyn Channel,
+        infrastructure: Vec<Ipv4Addr>,
+        more: &dyn Fn(),
+        logs: &dyn Fn() -> String,
+    ) {
         let webs = self.webs();
         let before = kernels(&webs);
+        more();
         let canary = Canary::new();
         stolen_node_attacks(
             ch,
@@ -1351,7 +1366,10 @@ impl BusNet {
         );
         canary.assert_untouched();
         for h in &webs {
-            assert!(!xt_recent_list(h).contains("203.0.113.66"));
+            let list = xt_recent_list(h);
+            for i in 0..canary.names().len() {
+                assert!(!list.contains(&listed_target(i)), "{}: {list}", h.name());
+            }
         }
         let attacker = self.addr("attacker");
         for a in &self.agents {
@@ -1402,18 +1420,20 @@ fn forged_intents_on_nats_are_refused() {
     };
     net.settle(&logs);
     let attacker = net.lab.host("attacker");
-    nats_publish(
-        attacker,
-        &url,
-        "palisade.beat.web1",
-        forged_beat(&attacker.v4().to_string()),
-    );
+    let beat = || {
+        nats_publish(
+            attacker,
+            &url,
+            "palisade.beat.web1",
+            forged_beat(&attacker.v4().to_string()),
+        )
+    };
     let ch = NatsIntents {
         from: attacker,
         server: url.clone(),
         subject: "palisade.intents.web1".into(),
     };
-    net.attacked(&ch, vec![broker], &logs);
+    net.attacked(&ch, vec![broker], &beat, &logs);
     for a in &net.agents {
         assert_infrastructure_allowed(a, &broker.to_string());
     }
@@ -1456,24 +1476,27 @@ fn forged_intents_on_mqtt_are_refused() {
         );
         assert!(out.status.success(), "{out:?}");
     };
-    publish(
-        "palisade/beat/web1",
-        &forged_beat(&attacker.v4().to_string()),
-    );
-    // vallumd's topic takes bare addresses: never the broker's or the hub's.
-    for target in [
-        broker.to_string(),
-        hub_addr.to_string(),
-        "198.18.0.0/24".into(),
-    ] {
-        publish("vallumd", &target);
-    }
+    let more = || {
+        publish(
+            "palisade/beat/web1",
+            &forged_beat(&attacker.v4().to_string()),
+        );
+        // vallumd's topic takes bare addresses: never the broker's or the
+        // hub's.
+        for target in [
+            broker.to_string(),
+            hub_addr.to_string(),
+            "198.18.0.0/24".into(),
+        ] {
+            publish("vallumd", &target);
+        }
+    };
     let ch = MqttIntents {
         from: attacker,
         broker: broker.to_string(),
         topic: "palisade/intents/web1".into(),
     };
-    net.attacked(&ch, vec![broker, hub_addr], &logs);
+    net.attacked(&ch, vec![broker, hub_addr], &more, &logs);
     for a in &net.agents {
         assert_infrastructure_allowed(a, &broker.to_string());
     }
