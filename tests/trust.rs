@@ -659,8 +659,11 @@ fn a_stolen_node_token_can_not_turn_the_hub_against_the_network() {
     net.agents[1].ok(&["ban", "203.0.113.20", "--for", "1h"]);
     net.settle("203.0.113.1");
     assert!(
-        webs.iter()
-            .all(|h| xt_recent_list(h).contains("203.0.113.20"))
+        wait_until(SPREAD, || webs
+            .iter()
+            .all(|h| xt_recent_list(h).contains("203.0.113.20"))),
+        "web2's ban is not in every {LIST} list\n{}",
+        net.logs()
     );
     let lists_before: Vec<String> = webs.iter().map(|h| xt_recent_list(h)).collect();
     let before = kernels(&webs);
@@ -1265,16 +1268,17 @@ struct BusNet {
 impl BusNet {
     fn lab() -> Lab {
         LabBuilder::new()
-            .hosts(["broker", "hub", "web1", "web2", "web3", "attacker"])
+            .hosts(["broker", "hub", "web1", "web2", "web3", "attacker", "web4"])
             .build()
     }
 
     fn config(lab: &Lab, extra: &str) -> String {
         format!(
-            "{extra}[hub]\nnode_networks = [\"{}/32\", \"{}/32\", \"{}/32\"]\n",
+            "{extra}[hub]\nnode_networks = [\"{}/32\", \"{}/32\", \"{}/32\", \"{}/32\"]\n",
             lab.host("web1").v4(),
             lab.host("web2").v4(),
-            lab.host("web3").v4()
+            lab.host("web3").v4(),
+            lab.host("web4").v4()
         )
     }
 
@@ -1386,6 +1390,40 @@ impl BusNet {
     }
 }
 
+impl BusNet {
+    /// Item 7 on a bus: a node that joins is allowed before its first
+    /// intent is accepted (so nobody can ban it in between). web4 bans as
+    /// soon as it starts; when that ban reaches web1, web1 must already
+    /// know web4's address as a node's. (Without this, the allow comes
+    /// with web4's first heartbeat, seconds later.)
+    fn joining_node_is_allowed_before_its_first_intent(
+        &self,
+        url: &str,
+        config: &str,
+        logs: &dyn Fn() -> String,
+    ) {
+        let host = self.lab.host("web4");
+        let web4 = Agent::start_bus(host, config, url, "web4");
+        web4.ok(&["ban", "203.0.113.99", "--for", "1h"]);
+        assert!(
+            wait_until(SPREAD, || has_ban(self.lab.host("web1"), "203.0.113.99")),
+            "web4's first ban did not travel\nweb4:\n{}\n{}",
+            web4.log(),
+            logs()
+        );
+        let addr = host.v4().to_string();
+        assert!(
+            wait_until(Duration::from_millis(500), || explain(
+                &self.agents[0],
+                &addr
+            )
+            .contains("ALLOWED")),
+            "web4's first intent was accepted before its address was allowed: {}",
+            explain(&self.agents[0], &addr)
+        );
+    }
+}
+
 /// A node's beat declaring the attacker's address as the node's.
 fn forged_beat(address: &str) -> String {
     format!(r#"{{"cursor":0,"version":"0.1.0","bans":0,"group":null,"address":"{address}"}}"#)
@@ -1434,6 +1472,7 @@ fn forged_intents_on_nats_are_refused() {
         subject: "palisade.intents.web1".into(),
     };
     net.attacked(&ch, vec![broker], &beat, &logs);
+    net.joining_node_is_allowed_before_its_first_intent(&url, &config, &logs);
     for a in &net.agents {
         assert_infrastructure_allowed(a, &broker.to_string());
     }
@@ -1497,6 +1536,7 @@ fn forged_intents_on_mqtt_are_refused() {
         topic: "palisade/intents/web1".into(),
     };
     net.attacked(&ch, vec![broker, hub_addr], &more, &logs);
+    net.joining_node_is_allowed_before_its_first_intent(&url, &config, &logs);
     for a in &net.agents {
         assert_infrastructure_allowed(a, &broker.to_string());
     }
