@@ -18,7 +18,7 @@ use palisade_lab::{
     Host, Lab, LabBuilder, Netns, TcpServer, require_root_and, tcp_connect, wait_until,
 };
 use palisade_model::Timestamp;
-use support::{Agent, BusHub, FeedServer, Hub, Mosquitto, NatsServer, kernel_elements};
+use support::{Agent, BusHub, FeedServer, Hub, Mosquitto, NatsServer, Up, kernel_elements};
 
 const PORT: u16 = 8080;
 const SPREAD: Duration = Duration::from_secs(15);
@@ -537,22 +537,12 @@ impl HubNet {
                 "hub", "web1", "web2", "web3", "attacker", "innocent", "scanner",
             ])
             .build();
-        let hub = Hub::start(
-            lab.host("hub"),
-            &format!("{}:7470", lab.host("hub").v4()),
-            hub_config,
-        );
-        let join = hub.token("join", "lab");
-        let mut agents = Vec::new();
-        let mut tcp = Vec::new();
-        for (name, config) in WEBS.iter().zip(agent_configs) {
-            let host = lab.host(name);
+        let webs: Vec<(&str, &str)> = WEBS.into_iter().zip(agent_configs).collect();
+        let (hub, agents, tcp) = support::hub_and_agents(&lab, hub_config, &webs, PORT, |host| {
             if xt_recent {
                 xt_recent_rule(host);
             }
-            tcp.push(TcpServer::start(host, PORT));
-            agents.push(Agent::join(host, config, &hub.url(), &join, name));
-        }
+        });
         HubNet {
             lab,
             hub,
@@ -1015,38 +1005,12 @@ fn palisade_up_protects_its_own_host() {
         .build();
     let (main, second) = (lab.host("main"), lab.host("second"));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.toml"), "").unwrap();
-    let mut up = main.command(support::BIN);
-    up.arg("--config")
-        .arg(dir.path().join("p.toml"))
-        .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
-        .args(["up", "--node-name", "main", "--hub-state-dir"])
-        .arg(dir.path().join("hub"))
-        .arg("--hub-socket")
-        .arg(dir.path().join("hub.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("agent"))
-        .env_remove("PALISADE_CONFIG");
-    let up = palisade_lab::Proc::spawn(up).unwrap();
-    assert!(
-        up.wait_for_stdout("--token", Duration::from_secs(20)),
-        "{}",
-        up.describe()
-    );
-    let printed = up.stdout();
-    let line = printed
-        .lines()
-        .find(|l| l.trim_start().starts_with("palisade agent --join"))
-        .expect("a join command");
-    let args: Vec<&str> = line.split_whitespace().collect();
-    let (url, token) = (args[3], args[5]);
+    let up = Up::start(main, dir.path(), "main");
     let _s1 = TcpServer::start(main, PORT);
     let _s2 = TcpServer::start(second, PORT);
-    let other = Agent::join(second, "", url, token, "second");
+    let other = Agent::join(second, "", &up.url, &up.token, "second");
     let main_addr = main.v4().to_string();
-    let main_sock = dir.path().join("agent.sock");
-    let logs = || format!("up:\n{}\nsecond:\n{}", up.describe(), other.log());
+    let logs = || format!("up:\n{}\nsecond:\n{}", up.proc.describe(), other.log());
 
     // The node asks through its agent, and a thief with its token asks
     // the hub directly: both are refused.
@@ -1057,7 +1021,7 @@ fn palisade_up_protects_its_own_host() {
         .to_string();
     let thief = Api {
         from: lab.host("attacker"),
-        cert: dir.path().join("hub").join("hub.crt"),
+        cert: Up::hub_cert(dir.path()),
         hub: main_addr.clone(),
         token: stolen,
     };
@@ -1067,7 +1031,10 @@ fn palisade_up_protects_its_own_host() {
     );
     // The operator (the agent inside `palisade up`) still bans, and the ban
     // travels; the hub's host stayed reachable all along.
-    let out = support::cli(&main_sock, &["ban", "203.0.113.9", "--for", "1h"]);
+    let out = support::cli(
+        &Up::socket(dir.path()),
+        &["ban", "203.0.113.9", "--for", "1h"],
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(
         wait_until(SPREAD, || has_ban(second, "203.0.113.9")),
@@ -1311,6 +1278,16 @@ impl BusNet {
         self.lab.host(name).v4().to_string()
     }
 
+    /// The log of the palisade process that decides (`what`), then the
+    /// agents'.
+    fn logs(&self, what: &str, log: &str) -> String {
+        let mut s = format!("--- {what} ---\n{log}\n");
+        for (i, a) in self.agents.iter().enumerate() {
+            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
+        }
+        s
+    }
+
     /// The nodes' automatic allows are in every kernel, and a marker ban
     /// from web2 reached everyone.
     fn settle(&self, logs: &dyn Fn() -> String) {
@@ -1449,13 +1426,7 @@ fn forged_intents_on_nats_are_refused() {
     let config = BusNet::config(&lab, "");
     let worker = BusHub::nats_worker(lab.host("hub"), &url, &config);
     let net = BusNet::join(lab, &url, &config);
-    let logs = || {
-        let mut s = format!("--- worker ---\n{}\n", worker.log());
-        for (i, a) in net.agents.iter().enumerate() {
-            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
-        }
-        s
-    };
+    let logs = || net.logs("worker", &worker.log());
     net.settle(&logs);
     let attacker = net.lab.host("attacker");
     let beat = || {
@@ -1499,13 +1470,7 @@ fn forged_intents_on_mqtt_are_refused() {
     let config = BusNet::config(&lab, "[mqtt]\nvallumd_topic = \"vallumd\"\n");
     let hub = BusHub::mqtt_hub(lab.host("hub"), &url, &format!("{hub_addr}:7470"), &config);
     let net = BusNet::join(lab, &url, &config);
-    let logs = || {
-        let mut s = format!("--- hub ---\n{}\n", hub.log());
-        for (i, a) in net.agents.iter().enumerate() {
-            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
-        }
-        s
-    };
+    let logs = || net.logs("hub", &hub.log());
     net.settle(&logs);
     let attacker = net.lab.host("attacker");
     let publish = |topic: &str, message: &str| {
