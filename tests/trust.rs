@@ -752,6 +752,13 @@ fn a_stolen_node_token_can_not_turn_the_hub_against_the_network() {
         .unwrap_or_else(|| panic!("the node's ban is listed: {bans:?}"));
     assert_eq!(forged["origin"]["node"], "web1", "{forged}");
     assert_eq!(forged["origin"]["actor"], "web1:dashboard", "{forged}");
+    // A node lifts the bans it made itself (and only those: above).
+    let v = thief.send(&op("unban", "203.0.113.40", ""));
+    assert_eq!(
+        v.outcome, "accepted",
+        "a node's unban of its own ban: {}",
+        v.detail
+    );
     // Longer than node_longest_ban (7d): refused, or cut to the limit.
     for span in ["30d", "forever"] {
         let v = thief.send(&format!(
