@@ -230,6 +230,7 @@ fn ingest(total: usize) {
                                         source: Source::Report,
                                         actor: None,
                                         list: None,
+                                        unverified: false,
                                     },
                                 }
                             })
@@ -334,6 +335,7 @@ fn fanout(clients: usize) {
             source: Source::Cli,
             actor: None,
             list: None,
+            unverified: false,
         };
         pubs.send(&[Envelope {
             id: 1,

@@ -100,6 +100,12 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         .or(config.node.name.clone())
         .unwrap_or_else(host_name);
     let join = args.join.clone().or(config.agent.join.clone());
+    // The hub or brokers this agent joins: allowed here, whatever the
+    // network says, so it can never be cut off from the unban.
+    let infrastructure = join
+        .as_deref()
+        .map(super::addresses::url_addresses)
+        .unwrap_or_default();
     let network: Option<Arc<dyn Bus>> = match join {
         None if args.local_only || config.agent.local_only => None,
         None => bail!(
@@ -123,7 +129,8 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         }),
     };
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let (mut options, enforcers) = agent_options(&config, node, state_dir, socket, network)?;
+    let (mut options, enforcers) =
+        agent_options(&config, node, state_dir, socket, network, &infrastructure)?;
     // No hub runs in this process: the agent pulls the feeds itself.
     options.feeds = agent_feeds(&config)?;
     palisade_agent::run(options, enforcers)?;
@@ -137,6 +144,7 @@ pub fn agent_options(
     state_dir: PathBuf,
     socket: PathBuf,
     network: Option<Arc<dyn Bus>>,
+    infrastructure: &[std::net::IpAddr],
 ) -> Result<(AgentOptions, Vec<Box<dyn Enforcer>>)> {
     let mode = match &network {
         Some(bus) => format!("joined to {}", bus.describe()),
@@ -152,6 +160,10 @@ pub fn agent_options(
             .map(|a| (a.net, a.comment.clone()))
             .collect(),
         joined: network.is_some(),
+        infrastructure: super::addresses::protected(
+            infrastructure,
+            "the palisade network this server joins (its hub or brokers)",
+        ),
     };
     let kill: Option<palisade_agent::KillFn> = config.agent.kill_connections.then(|| {
         // Opened on first use, on the killer's own thread, and kept.

@@ -32,6 +32,7 @@ pub fn nats_options(url: &str, config: &Config) -> Result<palisade_nats::NatsOpt
     o.subject_prefix = c.subject_prefix.clone();
     o.bucket_prefix = c.bucket_prefix.clone();
     o.replicas = c.replicas.max(1);
+    o.role = c.role;
     if let Some(creds) = &c.creds {
         o.auth = Auth::Creds(creds.clone());
     } else if let Some(file) = &c.nkey_seed_file {
@@ -66,6 +67,7 @@ pub fn mqtt_options(url: &str, config: &Config) -> Result<palisade_mqtt::MqttOpt
     let c = &config.mqtt;
     let mut o = palisade_mqtt::MqttOptions::from_url(url)?;
     o.topic_prefix = c.topic_prefix.clone();
+    o.role = c.role;
     if let Some(u) = &c.username {
         o.username = Some(u.clone());
     }

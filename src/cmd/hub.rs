@@ -108,6 +108,21 @@ enum TokenCommand {
         /// The group of the node(s): group allow entries apply to them
         #[arg(long)]
         group: Option<String>,
+        /// What its holder (or, for a join token, each node it enrols) may
+        /// do: reporter (reports only, always subject to quorum and rate
+        /// limits), node (reports, and host bans within [hub.limits]; never
+        /// allows for the whole network, never lifts others' decisions), or
+        /// operator (everything the guard permits)
+        #[arg(long, default_value = "node", value_parser = ["reporter", "node", "operator"])]
+        role: String,
+        /// Join tokens: how many servers it may enrol (default: any number
+        /// until revoked)
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Join tokens: how long it works, like 1h or 2d (default: until
+        /// revoked)
+        #[arg(long)]
+        expires: Option<palisade_model::Span>,
     },
     /// List tokens (never the secrets)
     List {
@@ -187,11 +202,17 @@ fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
             "policy workers do not pull feeds (several would race); on a NATS bus each agent pulls the [[feed]]s of its own configuration"
         );
     }
+    // A worker has no listener of its own: what it protects is the
+    // brokers, never the host it happens to run on.
+    let mut policy = options.policy;
+    policy.protected = super::addresses::protected(
+        &super::addresses::url_addresses(url),
+        "a NATS server of the palisade network",
+    );
     let worker = palisade_nats::WorkerOptions {
         nats: super::bus::nats_options(url, config)?,
-        policy: options.policy,
+        policy,
         allows: options.allows,
-        node_networks: config.hub.node_networks.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,7 +232,6 @@ fn mqtt_hub(config: &Config, url: &str, options: HubOptions) -> Result<()> {
         mqtt: super::bus::mqtt_options(url, config)?,
         vallumd_topic: config.mqtt.vallumd_topic.clone(),
         vallumd_ban: config.mqtt.vallumd_ban,
-        node_networks: config.hub.node_networks.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -228,6 +248,27 @@ fn mqtt_hub(config: &Config, url: &str, options: HubOptions) -> Result<()> {
         hub.stop().await;
         Ok(())
     })
+}
+
+/// What the hub never bans and every node allows: its own addresses, and
+/// the broker's when it is bridged to one.
+fn protected_addresses(
+    config: &Config,
+    listen: std::net::SocketAddr,
+) -> Vec<(palisade_model::Net, String)> {
+    use super::addresses::{hub_addresses, protected, url_addresses};
+    let h = &config.hub;
+    let mut out = protected(
+        &hub_addresses(listen, &h.names, h.public_url.as_deref()),
+        "the palisade hub",
+    );
+    if let Some(url) = &h.join {
+        out.extend(protected(
+            &url_addresses(url),
+            "a broker of the palisade network",
+        ));
+    }
+    out
 }
 
 /// The hub's options from the configuration and flags.
@@ -250,13 +291,14 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
         };
         quorum.insert(s, *k);
     }
+    let listen = place.listen.unwrap_or(h.listen);
     let span = |s: palisade_model::Span, what: &str| -> Result<std::time::Duration> {
         s.duration()
             .with_context(|| format!("[hub] {what} cannot be forever"))
     };
     Ok(HubOptions {
         state_dir: place.hub_state_dir.clone().unwrap_or(h.state_dir.clone()),
-        listen: place.listen.unwrap_or(h.listen),
+        listen,
         socket: place.hub_socket.clone().unwrap_or(h.socket.clone()),
         certificate,
         names: h.names.clone(),
@@ -276,16 +318,32 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
                 .transpose()?,
             quorum,
             quorum_window: span(h.quorum_window, "quorum_window")?,
+            quorum_unverified: h.quorum_unverified.max(1),
             rate: RateLimit {
                 per_second: h.rate.per_second,
                 burst: h.rate.burst,
             },
+            node_rate: RateLimit {
+                per_second: h.node_rate.per_second,
+                burst: h.node_rate.burst,
+            },
+            limits: palisade_policy::NodeLimits {
+                longest_ban: span(h.limits.node_longest_ban, "limits.node_longest_ban")?,
+                widest_v4: h.limits.node_widest_v4,
+                widest_v6: h.limits.node_widest_v6,
+            },
             guard: config.guard(),
+            protected: protected_addresses(config, listen),
+            node_networks: h.node_networks.clone(),
         },
         allows: h
             .allow
             .iter()
-            .map(|a| (a.net, a.comment.clone(), a.group.clone()))
+            .map(|a| palisade_policy::StaticAllow {
+                target: a.net,
+                comment: a.comment.clone(),
+                group: a.group.clone(),
+            })
             .collect(),
         events_kept: h.events_kept.max(1),
         feeds: config
@@ -308,10 +366,20 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
         .clone()
         .unwrap_or(config.hub.socket.clone());
     let request = match &cmd {
-        TokenCommand::Create { name, kind, group } => HubRequest::TokenCreate {
+        TokenCommand::Create {
+            name,
+            kind,
+            group,
+            role,
+            uses,
+            expires,
+        } => HubRequest::TokenCreate {
             name: name.clone(),
             kind: kind.clone(),
             group: group.clone(),
+            role: Some(role.clone()),
+            uses: *uses,
+            expires_in: *expires,
         },
         TokenCommand::List { .. } => HubRequest::TokenList,
         TokenCommand::Revoke { name } => HubRequest::TokenRevoke { name: name.clone() },
@@ -444,7 +512,14 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
         message: e.to_string(),
     };
     Ok(match request {
-        HubRequest::TokenCreate { name, kind, group } => {
+        HubRequest::TokenCreate {
+            name,
+            kind,
+            group,
+            role,
+            uses,
+            expires_in,
+        } => {
             // Make the hub's certificate now if it has none, so the token
             // carries its pin.
             let identity = palisade_hub::identity::ensure(
@@ -452,15 +527,16 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 options.certificate.clone(),
                 &options.names,
             )?;
-            let kind = palisade_hub::tokens::parse_kind(kind)?;
-            match palisade_hub::tokens::create(
-                &store,
+            let made = palisade_hub::tokens::requested(
                 name,
                 kind,
                 group.clone(),
-                identity.pin,
-                None,
-            ) {
+                role.as_deref(),
+                *uses,
+                *expires_in,
+            )
+            .and_then(|spec| palisade_hub::tokens::create(&store, spec, identity.pin));
+            match made {
                 Ok((t, r)) => HubResponse::Token {
                     token: t.to_string(),
                     name: r.name,

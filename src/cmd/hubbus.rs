@@ -83,22 +83,13 @@ impl palisade_mqtt::Decider for HubDecider {
         rx
     }
 
-    fn node_address(&self, name: &str, _group: Option<String>, address: IpAddr) {
-        let old = self
-            .hub
-            .store
-            .read()
-            .ok()
-            .and_then(|r| r.map_get(Map::Nodes, name).ok().flatten())
-            .and_then(|b| serde_json::from_slice::<palisade_hub::records::NodeRecord>(&b).ok())
-            .and_then(|r| r.address);
-        if old == Some(address) {
-            return;
-        }
+    fn node_address(&self, name: &str, group: Option<String>, address: IpAddr) {
+        // The policy decides (pinning, node_networks); the writer keeps the
+        // order, so this lands before the node's next intents.
         let _ = self.hub.writer.send(Job::NodeAddress {
             name: name.to_string(),
+            group,
             address,
-            old,
         });
     }
 }

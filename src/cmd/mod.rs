@@ -1,6 +1,7 @@
 //! The subcommands. Each module parses its own arguments and prints its own
 //! output; they share [`Context`] for the config file and control socket.
 
+pub mod addresses;
 pub mod agent;
 pub mod bus;
 pub mod config;

@@ -103,6 +103,7 @@ fn direct(url: &str, token: &str, args: &ReportArgs, rule: String) -> Result<Exi
             evidence: Vec::new(),
             source: Source::Report,
             actor: Some(args.program.clone()),
+            unverified: false,
             list: None,
         },
     };

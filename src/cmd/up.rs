@@ -71,7 +71,6 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
                 mqtt: super::bus::mqtt_options(url, &config)?,
                 vallumd_topic: config.mqtt.vallumd_topic.clone(),
                 vallumd_ban: config.mqtt.vallumd_ban,
-                node_networks: config.hub.node_networks.clone(),
             }),
             _ => anyhow::bail!(
                 "palisade up runs the embedded hub; on a NATS bus run policy workers (`palisade hub --join {url}`) and agents (`palisade agent --join {url}`) instead"
@@ -183,8 +182,19 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or(config.agent.state_dir.clone());
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let (options, enforcers) =
-        super::agent::agent_options(&config, node, state_dir, socket, Some(Arc::new(link)))?;
+    let infrastructure = super::addresses::hub_addresses(
+        ready.listen,
+        &config.hub.names,
+        config.hub.public_url.as_deref(),
+    );
+    let (options, enforcers) = super::agent::agent_options(
+        &config,
+        node,
+        state_dir,
+        socket,
+        Some(Arc::new(link)),
+        &infrastructure,
+    )?;
     let result = palisade_agent::run(options, enforcers);
     // The agent stopped on a signal, which also stops the hub.
     let _ = hub_thread.join();
@@ -209,54 +219,16 @@ fn loopback_for(listen: SocketAddr) -> SocketAddr {
 /// if it is specific, else this host's first non-loopback address.
 fn public_for(listen: SocketAddr) -> String {
     let ip = if listen.ip().is_unspecified() {
-        host_addresses()
+        super::addresses::host_addresses()
             .into_iter()
-            .find(|a| !a.is_loopback() && !is_link_local(a) && a.is_ipv4() == listen.is_ipv4())
+            .find(|a| {
+                !a.is_loopback()
+                    && !super::addresses::is_link_local(a)
+                    && a.is_ipv4() == listen.is_ipv4()
+            })
             .unwrap_or(listen.ip())
     } else {
         listen.ip()
     };
     SocketAddr::new(ip, listen.port()).to_string()
-}
-
-fn is_link_local(a: &IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
-/// The addresses of this host's interfaces (getifaddrs).
-fn host_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs allocates a list we only read and then free; every
-    // pointer is checked before use and the family decides the sockaddr type.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut cur = list;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
 }

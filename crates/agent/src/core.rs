@@ -2,8 +2,8 @@
 //!
 //! [`Core`] owns the store, the enforcers and the in-memory allowlist, and
 //! turns requests into decisions: the guard refuses what must never be
-//! banned, repeats refresh instead of duplicating, an allow lifts the bans it
-//! covers. Every mutation goes to the kernel first (protection as early as
+//! banned, repeats refresh instead of duplicating, an allow shadows the bans
+//! it covers (they stay, and apply again when it goes). Every mutation goes to the kernel first (protection as early as
 //! possible), then to the store (durably) before it is acknowledged.
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +42,10 @@ pub struct Settings {
     /// Joined to a network: decisions of scope `network` are also sent to
     /// it (through the outbox), and its decision stream is applied here.
     pub joined: bool,
+    /// Addresses of the network itself (the hub or brokers this agent
+    /// joins), with why: allowed here whatever the network says, and never
+    /// removable, so a ban can never cut this server off from its unban.
+    pub infrastructure: Vec<(Net, String)>,
 }
 
 /// An allow entry as kept in memory for the guard.
@@ -81,6 +85,9 @@ struct Want {
     reason: Option<String>,
     evidence: Vec<String>,
     scope: Scope,
+    /// The detection could have been forged (a port probe): the network
+    /// bans it only when several nodes confirm it.
+    unverified: bool,
 }
 
 /// The result of a mutation: how targets ended, per-target outcomes (only
@@ -167,6 +174,7 @@ impl Core {
             snapshot: None,
         };
         core.sync_static_allows()?;
+        core.sync_infrastructure_allows()?;
         let now = Timestamp::now();
         while core
             .store
@@ -175,7 +183,6 @@ impl Core {
             == PRUNE_BATCH
         {}
         core.load_allows()?;
-        core.drop_bans_under_allows()?;
         core.reconcile()?;
         Ok(core)
     }
@@ -240,6 +247,7 @@ impl Core {
                 evidence: req.evidence.clone(),
                 scope: self.scope(req.scope),
                 list: None,
+                unverified: false,
             });
             self.ban_wanted(wants.collect(), now, &mut applied)?;
         }
@@ -275,6 +283,7 @@ impl Core {
                     evidence,
                     scope: self.scope(scope),
                     list: stage.list.clone(),
+                    unverified: false,
                 }),
                 Event::Forgive { rule, address } => forgiven.push((rule, address)),
             }
@@ -349,6 +358,7 @@ impl Core {
                     evidence: want.evidence.clone(),
                     source: want.source,
                     actor: want.actor.clone(),
+                    unverified: want.unverified,
                 });
             }
             let mut origin = Origin::new(self.settings.node.clone(), want.source);
@@ -461,7 +471,6 @@ impl Core {
         let reader = self.store.read()?;
         let mut changes = Vec::new();
         let mut to_store = Vec::new();
-        let mut lifted: Vec<Net> = Vec::new();
         let mut intents = Vec::new();
         let scope = self.scope(req.scope);
         for &target in targets {
@@ -500,42 +509,24 @@ impl Core {
                 }
                 _ => (fresh, OutcomeKind::Added),
             };
-            // The allowlist wins: bans inside the allowed network are lifted.
-            let mut inside: Vec<Net> = reader
-                .within(Action::Ban, &target)?
-                .into_iter()
-                .map(|d| d.target)
-                .collect();
+            // The allowlist wins without destroying anything: bans inside
+            // stay, shadowed (the kernel accepts allowed sources before it
+            // drops banned ones), and apply again if the allow goes.
+            let mut inside = reader.within(Action::Ban, &target)?.len();
             if reader.get(Action::Ban, &target)?.is_some() {
-                inside.insert(0, target);
+                inside += 1;
             }
-            let note = (!inside.is_empty()).then(|| {
-                let shown: Vec<String> = inside.iter().take(5).map(|n| n.to_string()).collect();
-                let more = inside.len().saturating_sub(5);
+            let note = (inside > 0).then(|| {
                 format!(
-                    "lifted {} ban{} it covers: {}{}",
-                    inside.len(),
-                    if inside.len() == 1 { "" } else { "s" },
-                    shown.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
+                    "shadows {inside} ban{} it covers (they apply again if this allow goes)",
+                    if inside == 1 { "" } else { "s" }
                 )
             });
-            lifted.extend(inside);
             changes.push(Change::Put(entry(&decision)));
             applied.push(target, kind, note, decision.expires);
             to_store.push(decision);
         }
         drop(reader);
-        lifted.sort();
-        lifted.dedup();
-        changes.extend(lifted.iter().map(|n| Change::Remove {
-            action: Action::Ban,
-            net: *n,
-        }));
         self.enforce_changes(&changes);
         self.save(
             &format!("the allow of {}", describe(&to_store)),
@@ -543,9 +534,6 @@ impl Core {
             |w| {
                 for d in &to_store {
                     w.put(d)?;
-                }
-                for n in &lifted {
-                    w.remove(Action::Ban, n)?;
                 }
                 Ok(())
             },
@@ -574,7 +562,7 @@ impl Core {
                     && self
                         .allows
                         .get(&target)
-                        .is_none_or(|a| a.source != Source::Config)
+                        .is_none_or(|a| !matches!(a.source, Source::Config | Source::Policy))
                 {
                     intents.push(Intent::Unallow {
                         target,
@@ -586,6 +574,15 @@ impl Core {
                     Some(info) if info.source == Source::Config => {
                         let note = format!(
                             "{target} is allowed by the configuration file; remove its [[allow]] entry there and restart the agent"
+                        );
+                        applied.push(target, OutcomeKind::Refused, Some(note), None);
+                    }
+                    Some(info) if info.source == Source::Policy => {
+                        let note = format!(
+                            "{target} is part of the palisade network ({}); it stays allowed",
+                            info.comment
+                                .as_deref()
+                                .unwrap_or("a node, the hub or a broker")
                         );
                         applied.push(target, OutcomeKind::Refused, Some(note), None);
                     }
@@ -856,6 +853,48 @@ impl Core {
         Ok(())
     }
 
+    /// The allow entries of the network's own addresses: local, source
+    /// `policy`, made at every start from the join address; those no longer
+    /// joined go.
+    fn sync_infrastructure_allows(&mut self) -> Result<(), CoreError> {
+        let now = Timestamp::now();
+        let node = self.settings.node.clone();
+        let wanted: HashMap<Net, String> = self.settings.infrastructure.iter().cloned().collect();
+        let ours = |d: &Decision| {
+            d.origin.source == Source::Policy && d.scope == Scope::Local && d.origin.node == node
+        };
+        let stale: Vec<Net> = self
+            .store
+            .read()?
+            .iter(Some(Action::Allow))?
+            .filter_map(|d| d.ok())
+            .filter(|d| ours(d) && !wanted.contains_key(&d.target))
+            .map(|d| d.target)
+            .collect();
+        self.store.write(|w| {
+            for n in &stale {
+                w.remove(Action::Allow, n)?;
+            }
+            for (net, why) in &wanted {
+                if w.get(Action::Allow, net)?.is_some_and(|d| ours(&d)) {
+                    continue;
+                }
+                let d = Decision::new(
+                    Action::Allow,
+                    *net,
+                    now,
+                    Span::Forever,
+                    Origin::new(node.clone(), Source::Policy),
+                )
+                .with_reason(why.clone())
+                .with_scope(Scope::Local);
+                w.put(&d)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     fn load_allows(&mut self) -> Result<(), CoreError> {
         self.allows = NetMap::new();
         for d in self.store.read()?.iter(Some(Action::Allow))? {
@@ -867,38 +906,6 @@ impl Core {
                     source: d.origin.source,
                 },
             );
-        }
-        Ok(())
-    }
-
-    /// Bans the allowlist forbids (an allow added to the configuration while
-    /// the agent was stopped) are dropped at start: the allowlist wins.
-    fn drop_bans_under_allows(&mut self) -> Result<(), CoreError> {
-        let reader = self.store.read()?;
-        let mut doomed = Vec::new();
-        for (allow, _) in self.allows.iter() {
-            if reader.get(Action::Ban, allow)?.is_some() {
-                doomed.push(*allow);
-            }
-            doomed.extend(
-                reader
-                    .within(Action::Ban, allow)?
-                    .into_iter()
-                    .map(|d| d.target),
-            );
-        }
-        drop(reader);
-        if !doomed.is_empty() {
-            warn!(
-                count = doomed.len(),
-                "dropping stored bans that the allowlist now covers"
-            );
-            self.store.write(|w| {
-                for n in &doomed {
-                    w.remove(Action::Ban, n)?;
-                }
-                Ok(())
-            })?;
         }
         Ok(())
     }
@@ -997,6 +1004,7 @@ mod tests {
                 .map(|(net, c)| (n(net), Some(c.to_string())))
                 .collect(),
             joined: false,
+            infrastructure: Vec::new(),
         }
     }
 
@@ -1183,7 +1191,7 @@ mod tests {
     }
 
     #[test]
-    fn an_allow_lifts_the_bans_it_covers() {
+    fn an_allow_shadows_the_bans_it_covers() {
         let f = Fixture::new();
         let mut core = f.core(&[]);
         let now = Timestamp::now();
@@ -1209,13 +1217,14 @@ mod tests {
                 .note
                 .as_deref()
                 .unwrap()
-                .starts_with("lifted 3 bans"),
+                .starts_with("shadows 3 bans"),
             "{:?}",
             a.outcomes[0].note
         );
-        assert_eq!(f.kernel(), ["ban 198.51.100.1", "allow 203.0.113.0/24"]);
+        // The bans stay, shadowed: the kernel accepts allowed sources first.
         let c = core.store().read().unwrap().counts().unwrap();
-        assert_eq!((c.ban_hosts, c.ban_networks, c.allows), (1, 0, 1));
+        assert_eq!((c.ban_hosts, c.ban_networks, c.allows), (3, 1, 1));
+        assert!(f.kernel().contains(&"allow 203.0.113.0/24".to_string()));
         // And later bans inside it are refused.
         let a = core.ban(ban(&["203.0.113.9"], None), now).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Refused]);
@@ -1224,6 +1233,28 @@ mod tests {
         assert_eq!(kinds(&a), [OutcomeKind::Removed]);
         let a = core.ban(ban(&["203.0.113.9"], None), now).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Added]);
+        // And the shadowed bans apply again.
+        assert!(f.kernel().contains(&"ban 203.0.113.5".to_string()));
+    }
+
+    #[test]
+    fn the_hub_this_agent_joins_stays_allowed_whatever_happens() {
+        let f = Fixture::new();
+        let mut settings = settings(&[]);
+        settings.infrastructure = vec![(n("198.18.0.1"), "the palisade hub".into())];
+        let store = Arc::new(Store::open(&f.path, &Default::default()).unwrap());
+        let mut core = Core::start(store, vec![Box::new(f.kernel.clone())], settings).unwrap();
+        assert!(f.kernel().contains(&"allow 198.18.0.1".to_string()));
+        let a = core
+            .ban(
+                ban(&["198.18.0.1", "198.18.0.0/24"], None),
+                Timestamp::now(),
+            )
+            .unwrap();
+        assert_eq!(kinds(&a)[0], OutcomeKind::Refused);
+        let a = core.unallow(targets(&["198.18.0.1"])).unwrap();
+        assert_eq!(kinds(&a), [OutcomeKind::Refused]);
+        assert!(f.kernel().contains(&"allow 198.18.0.1".to_string()));
     }
 
     #[test]
@@ -1268,11 +1299,12 @@ mod tests {
             core.ban(ban(&["192.0.2.1"], None), Timestamp::now())
                 .unwrap();
         }
-        // The entry leaves the config, and one arrives that covers a stored ban.
+        // The entry leaves the config, and one arrives that covers a stored
+        // ban: the ban stays, shadowed.
         let core = f.core(&[("192.0.2.0/24", "new")]);
-        assert_eq!(f.kernel(), ["allow 192.0.2.0/24"]);
+        assert_eq!(f.kernel(), ["ban 192.0.2.1", "allow 192.0.2.0/24"]);
         let c = core.store().read().unwrap().counts().unwrap();
-        assert_eq!((c.ban_hosts, c.allows), (0, 1));
+        assert_eq!((c.ban_hosts, c.allows), (1, 1));
     }
 
     #[test]

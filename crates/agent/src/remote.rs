@@ -174,12 +174,17 @@ impl Core {
             match item {
                 StreamItem::Snapshot { seq } => {
                     info!(seq, "receiving a snapshot of the network's decisions");
-                    let empty = rows()? == 0 && to_store.is_empty() && to_remove.is_empty();
+                    // The allows of the network's own addresses are made at
+                    // start and never replaced: a store holding only them
+                    // is as good as empty.
+                    let infrastructure = self.settings.infrastructure.len() as u64;
+                    let empty =
+                        rows()? == infrastructure && to_store.is_empty() && to_remove.is_empty();
                     self.snapshot = Some(Snapshot {
                         seq,
                         seen: (!empty).then(HashSet::new),
                         count: 0,
-                        only_ours: empty.then_some(0),
+                        only_ours: empty.then_some(infrastructure),
                     });
                 }
                 StreamItem::Put { seq, decision } => {
@@ -357,6 +362,17 @@ impl Core {
             return Ok(());
         }
         d.scope = Scope::Network;
+        if !lookup
+            && d.action == Action::Allow
+            && self
+                .settings
+                .infrastructure
+                .iter()
+                .any(|(n, _)| *n == d.target)
+        {
+            // Already allowed here, locally and for good.
+            return Ok(());
+        }
         let existing = if lookup {
             reader.get(d.action, &d.target)?
         } else {

@@ -91,6 +91,9 @@ pub struct NatsConfig {
     pub client_key: Option<PathBuf>,
     #[serde(deserialize_with = "bus_name")]
     pub subject_prefix: String,
+    /// The role this node's intents are decided with (`reporter`, `node`
+    /// or `operator`): the subject names it, so NATS permissions grant it.
+    pub role: palisade_wire::Role,
     #[serde(deserialize_with = "bus_name")]
     pub bucket_prefix: String,
     /// Replicas of the buckets the first worker creates.
@@ -109,6 +112,7 @@ impl Default for NatsConfig {
             client_cert: None,
             client_key: None,
             subject_prefix: "palisade".into(),
+            role: palisade_wire::Role::Node,
             bucket_prefix: "palisade".into(),
             replicas: 1,
         }
@@ -129,6 +133,9 @@ pub struct MqttConfig {
     /// First level of every topic palisade uses.
     #[serde(deserialize_with = "topic_prefix")]
     pub topic_prefix: String,
+    /// The role this node's intents are decided with (`reporter`, `node`
+    /// or `operator`): the topic names it, so broker ACLs grant it.
+    pub role: palisade_wire::Role,
     /// A topic on which every message is a bare address to ban network-wide
     /// (as vallumd read them: `mosquitto_pub -t vallumd -m 192.0.2.7`).
     #[serde(deserialize_with = "optional_topic")]
@@ -147,6 +154,7 @@ impl Default for MqttConfig {
             client_cert: None,
             client_key: None,
             topic_prefix: "palisade".into(),
+            role: palisade_wire::Role::Node,
             vallumd_topic: None,
             vallumd_ban: Span::For(std::time::Duration::from_secs(3600)),
         }
@@ -272,7 +280,15 @@ pub struct HubConfig {
     /// source (`detector`, `report`, `feed`). Operators' bans never wait.
     pub quorum: std::collections::BTreeMap<String, u32>,
     pub quorum_window: Span,
+    /// Distinct nodes that must report a detection that could be forged
+    /// (a port probe) before it bans network-wide.
+    pub quorum_unverified: u32,
+    /// Per-node limit on reports.
     pub rate: RateConfig,
+    /// Per-node limit on what a node does by hand.
+    pub node_rate: RateConfig,
+    /// What a node credential may ban.
+    pub limits: LimitsConfig,
     /// Allow entries for the whole network, or one group (`group = "dmz"`).
     pub allow: Vec<HubAllowEntry>,
     /// Run as a policy worker on this bus (`nats://…`, `mqtt://…`) instead
@@ -300,7 +316,13 @@ impl Default for HubConfig {
             escalation: EscalationConfig::default(),
             quorum: Default::default(),
             quorum_window: Span::For(std::time::Duration::from_secs(3600)),
+            quorum_unverified: 2,
             rate: RateConfig::default(),
+            node_rate: RateConfig {
+                per_second: 1000.0,
+                burst: 100_000,
+            },
+            limits: LimitsConfig::default(),
             allow: Vec::new(),
             join: None,
             node_networks: Vec::new(),
@@ -345,6 +367,27 @@ impl Default for RateConfig {
     }
 }
 
+/// What a node credential may ban (`[hub.limits]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub node_longest_ban: Span,
+    #[serde(deserialize_with = "prefix_v4")]
+    pub node_widest_v4: u8,
+    #[serde(deserialize_with = "prefix_v6")]
+    pub node_widest_v6: u8,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            node_longest_ban: Span::For(std::time::Duration::from_secs(7 * 86_400)),
+            node_widest_v4: 24,
+            node_widest_v6: 48,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubAllowEntry {
@@ -362,6 +405,12 @@ pub struct GuardConfig {
     pub min_prefix_v4: u8,
     #[serde(deserialize_with = "prefix_v6")]
     pub min_prefix_v6: u8,
+    /// The widest allow entries (an allow of 0.0.0.0/0 would open every
+    /// firewall of the network at once).
+    #[serde(deserialize_with = "prefix_v4")]
+    pub allow_min_prefix_v4: u8,
+    #[serde(deserialize_with = "prefix_v6")]
+    pub allow_min_prefix_v6: u8,
 }
 
 impl Default for GuardConfig {
@@ -370,6 +419,8 @@ impl Default for GuardConfig {
         GuardConfig {
             min_prefix_v4: g.min_prefix_v4,
             min_prefix_v6: g.min_prefix_v6,
+            allow_min_prefix_v4: g.allow_min_prefix_v4,
+            allow_min_prefix_v6: g.allow_min_prefix_v6,
         }
     }
 }
@@ -474,6 +525,10 @@ impl Config {
     /// The guard built from `[guard]`.
     pub fn guard(&self) -> palisade_model::Guard {
         palisade_model::Guard::new(self.guard.min_prefix_v4, self.guard.min_prefix_v6)
+            .with_allow_limits(
+                self.guard.allow_min_prefix_v4,
+                self.guard.allow_min_prefix_v6,
+            )
     }
 }
 

@@ -15,6 +15,15 @@ pub enum HubRequest {
         kind: String,
         #[serde(default)]
         group: Option<String>,
+        /// `reporter`, `node` (the default) or `operator`.
+        #[serde(default)]
+        role: Option<String>,
+        /// Join tokens: how many nodes it may enrol.
+        #[serde(default)]
+        uses: Option<u32>,
+        /// Join tokens: how long it works.
+        #[serde(default)]
+        expires_in: Option<palisade_model::Span>,
     },
     TokenList,
     /// Revoke every valid token with this name (and cut its streams).
@@ -74,6 +83,17 @@ pub struct TokenInfo {
     pub revoked: Option<Timestamp>,
     /// The first characters of the token's hash, to tell tokens apart.
     pub id: String,
+    /// What its holder may do (join tokens: what the nodes they enrol may).
+    #[serde(default)]
+    pub role: String,
+    /// Join tokens: nodes enrolled so far, and how many more it may enrol.
+    #[serde(default)]
+    pub used: u32,
+    #[serde(default)]
+    pub uses_left: Option<u32>,
+    /// Join tokens: when it stops working.
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
     /// Node tokens: the node's last contact and address, if it connected.
     #[serde(default)]
     pub last_seen: Option<Timestamp>,

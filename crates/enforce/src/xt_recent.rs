@@ -51,8 +51,6 @@ pub const PROC_DIR: &str = "/proc/thread-self/net/xt_recent";
 pub const IP_LIST_TOT: &str = "/sys/module/xt_recent/parameters/ip_list_tot";
 /// The kernel's default for `ip_list_tot`.
 pub const DEFAULT_IP_LIST_TOT: usize = 100;
-/// Longest list name the kernel accepts (`XT_RECENT_NAME_LEN` less the NUL).
-const MAX_LIST_NAME: usize = 199;
 
 /// `kind = "xt-recent"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -89,18 +87,7 @@ pub struct Route {
 }
 
 fn check_list_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_LIST_NAME
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not an xt_recent list name (1 to {MAX_LIST_NAME} printable characters, no '/')"
-        ))
-    }
+    palisade_model::decision::check_list_name(s).map_err(|e| e.to_string())
 }
 
 fn list_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -201,9 +188,15 @@ impl XtRecent {
     /// The list a ban with this rule goes to.
     /// The list an entry goes to: the one its detector stage named, else
     /// the route for its rule, else the default list.
+    ///
+    /// A decision may only name a list this enforcer was configured with
+    /// (in `routes`, `default_list` or `lists`): the name travels the
+    /// network, and an unknown one falls back to the routes, so no decision
+    /// can make palisade write anywhere the operator did not name.
     pub fn list_for_entry<'a>(&'a self, e: &'a Entry) -> Option<&'a str> {
         e.list
             .as_deref()
+            .filter(|l| self.lists.iter().any(|known| known == l))
             .or_else(|| self.list_for(e.rule.as_deref()))
     }
 
@@ -246,10 +239,18 @@ impl XtRecent {
     /// offset 0 and moves the offset past it, and the file cannot seek, so
     /// every command gets its own open file.
     fn open_list(&mut self, list: &str) -> Result<OwnedFd, EnforceError> {
+        // Checked again here, where a name becomes a file name.
+        check_list_name(list).map_err(EnforceError::Config)?;
         let dir = self.dir_fd()?;
         let c = CString::new(list).map_err(|_| self.missing(list))?;
         // SAFETY: dir is an open directory fd, c a NUL-terminated name.
-        let fd = unsafe { libc::openat(dir, c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
@@ -283,10 +284,17 @@ impl XtRecent {
     }
 
     fn read_list(&mut self, list: &str) -> Result<String, EnforceError> {
+        check_list_name(list).map_err(EnforceError::Config)?;
         let dir = self.dir_fd()?;
         let c = CString::new(list).map_err(|_| self.missing(list))?;
         // SAFETY: as in `file`.
-        let fd = unsafe { libc::openat(dir, c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
         if fd < 0 {
             return Err(self.missing(list));
         }

@@ -75,15 +75,21 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
         message: e.to_string(),
     };
     match req {
-        HubRequest::TokenCreate { name, kind, group } => {
-            let kind = match crate::tokens::parse_kind(&kind) {
-                Ok(k) => k,
-                Err(e) => return err(&e),
-            };
-            match crate::tokens::create(&hub.store, &name, kind, group, hub.pin, None) {
+        HubRequest::TokenCreate {
+            name,
+            kind,
+            group,
+            role,
+            uses,
+            expires_in,
+        } => {
+            let made =
+                crate::tokens::requested(&name, &kind, group, role.as_deref(), uses, expires_in)
+                    .and_then(|spec| crate::tokens::create(&hub.store, spec, hub.pin));
+            match made {
                 Ok((token, record)) => {
                     let _ = hub.reload_tokens();
-                    info!(name = %record.name, kind = %record.kind, "token created");
+                    info!(name = %record.name, kind = %record.kind, role = %record.role, "token created");
                     HubResponse::Token {
                         token: token.to_string(),
                         name: record.name,

@@ -83,16 +83,14 @@ async fn join(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
         Err(r) => return r,
     };
     let store = hub.store.clone();
-    let group = caller.record.group.clone();
-    let label = caller.record.name.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        crate::tokens::create(&store, &req.name, TokenKind::Node, group, None, Some(label))
-    })
-    .await;
+    let join_id = caller.id.clone();
+    let made =
+        tokio::task::spawn_blocking(move || crate::tokens::enrol(&store, &join_id, &req.name))
+            .await;
     match made {
         Ok(Ok((token, record))) => {
             let _ = hub.reload_tokens();
-            info!(node = %record.name, group = ?record.group, via = %caller.record.name, "a node joined");
+            info!(node = %record.name, group = ?record.group, role = %record.role, via = %caller.record.name, "a node joined");
             axum::Json(JoinResponse {
                 name: record.name,
                 group: record.group,
@@ -104,6 +102,10 @@ async fn join(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> R
             StatusCode::CONFLICT,
             format!("{e}; or start the agent with another --node-name"),
         ),
+        Ok(Err(e @ crate::tokens::TokenError::Spent)) => {
+            let _ = hub.reload_tokens();
+            error(StatusCode::UNAUTHORIZED, e.to_string())
+        }
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use palisade_model::{Action, Decision, Net, Timestamp};
-use palisade_policy::{Ledger, Offender, Report};
+use palisade_policy::{Ledger, NodeRecord, Offender, Report};
 use palisade_store::{Map, Queue, StoreError, Writer};
 use palisade_wire::StreamItem;
 
@@ -104,8 +104,14 @@ impl Ledger for StoreLedger<'_, '_> {
         Ok(out)
     }
 
-    fn bans_within(&self, target: &Net) -> Result<Vec<Decision>, StoreError> {
-        self.w.within(Action::Ban, target)
+    fn all_allows(&self) -> Result<Vec<Decision>, StoreError> {
+        let mut out = self.w.all(Action::Allow)?;
+        for (_, bytes) in self.w.map_entries(Map::GroupAllows)? {
+            if let Ok(d) = serde_json::from_slice::<Decision>(&bytes) {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     fn put(&mut self, d: &Decision) -> Result<(), StoreError> {
@@ -181,6 +187,17 @@ impl Ledger for StoreLedger<'_, '_> {
         } else {
             self.w.map_put(Map::Quorum, &target.to_string(), &json(&r))
         }
+    }
+
+    fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self
+            .w
+            .map_get(Map::Nodes, name)?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    fn set_node(&mut self, record: &NodeRecord) -> Result<(), StoreError> {
+        self.w.map_put(Map::Nodes, &record.name, &json(record))
     }
 }
 

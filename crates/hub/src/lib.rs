@@ -38,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use palisade_model::Net;
 use palisade_policy::{Policy, PolicyConfig};
 use palisade_store::{Options, Store};
 use palisade_wire::{Token, TokenKind};
@@ -67,8 +66,8 @@ pub struct HubOptions {
     /// Extra names and addresses for the hub's own certificate.
     pub names: Vec<String>,
     pub policy: PolicyConfig,
-    /// Allow entries from the configuration: (network, comment, group).
-    pub allows: Vec<(Net, Option<String>, Option<String>)>,
+    /// Allow entries from the configuration.
+    pub allows: Vec<palisade_policy::StaticAllow>,
     /// Stream events kept for nodes that reconnect.
     pub events_kept: u64,
     /// Feeds the hub pulls for the whole network: (feed, how often).
@@ -257,7 +256,12 @@ pub fn kept_token(
     let mut candidate = name.to_string();
     let mut n = 1;
     let token = loop {
-        match tokens::create(store, &candidate, kind, None, pin, None) {
+        // The hub's own agent (`palisade up`) acts for the operator.
+        let spec = tokens::NewToken {
+            role: palisade_wire::Role::Operator,
+            ..tokens::NewToken::new(candidate.clone(), kind)
+        };
+        match tokens::create(store, spec, pin) {
             Ok((t, _)) => break t,
             Err(tokens::TokenError::Taken(_)) => {
                 n += 1;

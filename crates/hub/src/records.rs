@@ -2,7 +2,7 @@
 //! maps.
 
 use palisade_model::Timestamp;
-use palisade_wire::TokenKind;
+use palisade_wire::{Role, TokenKind};
 use serde::{Deserialize, Serialize};
 
 /// A token as the hub stores it: never the secret, only its hash (the key).
@@ -19,41 +19,30 @@ pub struct TokenRecord {
     /// For node tokens minted by a join token: that token's name.
     #[serde(default)]
     pub joined_with: Option<String>,
+    /// What its holder may do (node tokens; join tokens pass it on to the
+    /// node tokens they mint).
+    #[serde(default)]
+    pub role: Role,
+    /// Join tokens: how many more nodes it may enrol (`None`: no limit).
+    #[serde(default)]
+    pub uses_left: Option<u32>,
+    /// Join tokens: when it stops working.
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+    /// Join tokens: how many nodes it enrolled.
+    #[serde(default)]
+    pub used: u32,
 }
 
 impl TokenRecord {
+    /// Not revoked, and (join tokens) neither used up nor expired.
     pub fn is_valid(&self) -> bool {
         self.revoked.is_none()
+            && self.uses_left != Some(0)
+            && self.expires.is_none_or(|e| Timestamp::now() < e)
     }
 }
 
-/// What the hub knows about a node, for status, metrics and the automatic
-/// allow entry of its address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    #[serde(default)]
-    pub group: Option<String>,
-    /// The address the node connects from (allowed automatically).
-    #[serde(default)]
-    pub address: Option<std::net::IpAddr>,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub last_seen: Option<Timestamp>,
-    /// The last stream number the node said it applied.
-    #[serde(default)]
-    pub cursor: u64,
-    /// Bans the node said it enforces.
-    #[serde(default)]
-    pub bans: u64,
-    /// The highest intent id applied from this node (retries are skipped).
-    #[serde(default)]
-    pub last_intent: u64,
-    /// Intents received from this node, all outcomes.
-    #[serde(default)]
-    pub intents: u64,
-    /// Ban reports (ban intents) received from this node, all outcomes.
-    #[serde(default)]
-    pub reported: u64,
-}
+/// What the hub knows about a node: the policy's record (one definition
+/// for the hub and the NATS workers).
+pub use palisade_policy::NodeRecord;

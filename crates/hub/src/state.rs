@@ -26,11 +26,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The node as the policy sees it: name, group and role from the
+    /// credential.
     pub fn node(&self) -> Node {
-        Node {
-            name: self.record.name.clone(),
-            group: self.record.group.clone(),
-        }
+        Node::member(
+            self.record.name.clone(),
+            self.record.group.clone(),
+            self.record.role,
+        )
     }
 }
 
@@ -40,7 +43,12 @@ pub enum AuthError {
     Missing,
     Invalid,
     Revoked,
-    WrongKind { have: TokenKind, need: &'static str },
+    /// A join token past its expiry or its number of uses.
+    Spent,
+    WrongKind {
+        have: TokenKind,
+        need: &'static str,
+    },
 }
 
 impl std::fmt::Display for AuthError {
@@ -54,6 +62,9 @@ impl std::fmt::Display for AuthError {
             ),
             AuthError::Revoked => f.write_str(
                 "this token was revoked; ask for a new one (`palisade hub token create`)",
+            ),
+            AuthError::Spent => f.write_str(
+                "this join token has expired or enrolled all the nodes it may; ask for a new one (`palisade hub token create --kind join`)",
             ),
             AuthError::WrongKind { have, need } => {
                 write!(f, "a {have} token cannot do this; it needs {need}")
@@ -80,6 +91,8 @@ pub struct Hub {
 #[derive(Debug, Clone, Default)]
 struct NodeLive {
     record: NodeRecord,
+    /// The address it last made contact from (sent to the writer once).
+    seen_from: Option<IpAddr>,
     streams: u32,
     /// Changed since last written to the store.
     dirty: bool,
@@ -161,8 +174,11 @@ impl Hub {
         if record.kind != token.kind {
             return Err(AuthError::Invalid);
         }
-        if !record.is_valid() {
+        if record.revoked.is_some() {
             return Err(AuthError::Revoked);
+        }
+        if !record.is_valid() {
+            return Err(AuthError::Spent);
         }
         if !kinds.contains(&record.kind) {
             let need = match kinds {
@@ -222,12 +238,17 @@ impl Hub {
             });
         live.record.last_seen = Some(Timestamp::now());
         live.dirty = true;
-        if live.record.address != Some(peer) && !peer.is_loopback() {
-            let old = live.record.address.replace(peer);
+        // The policy decides whether the address is allowed (a node's allow
+        // is pinned to its first address); the job goes before the
+        // request's own, so the allow is in place before its intents are
+        // decided.
+        if live.seen_from != Some(peer) && !peer.is_loopback() {
+            live.seen_from = Some(peer);
+            live.record.address = Some(peer);
             let _ = self.writer.send(Job::NodeAddress {
                 name: caller.record.name.clone(),
+                group: caller.record.group.clone(),
                 address: peer,
-                old,
             });
         }
     }

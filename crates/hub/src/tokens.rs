@@ -9,7 +9,7 @@
 use palisade_control::hub::TokenInfo;
 use palisade_model::Timestamp;
 use palisade_store::{Map, Store, StoreError};
-use palisade_wire::{Token, TokenKind};
+use palisade_wire::{Role, Token, TokenKind};
 
 use crate::ledger::json;
 use crate::records::{NodeRecord, TokenRecord};
@@ -19,8 +19,8 @@ use crate::records::{NodeRecord, TokenRecord};
 pub enum TokenError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] palisade_policy::NameError),
     #[error("{0:?} is not a token kind: use node, join or read")]
     BadKind(String),
     #[error(
@@ -29,6 +29,45 @@ pub enum TokenError {
     Taken(String),
     #[error("no valid token is named {0:?} (see `palisade hub token list`)")]
     Unknown(String),
+    #[error(transparent)]
+    BadRole(#[from] palisade_wire::RoleError),
+    #[error("--uses and --expires are for join tokens (a node or read token lasts until revoked)")]
+    NotJoin,
+    #[error(
+        "this join token has expired or enrolled all the nodes it may; ask for a new one (`palisade hub token create --kind join`)"
+    )]
+    Spent,
+}
+
+/// A token to make.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub name: String,
+    pub kind: TokenKind,
+    pub group: Option<String>,
+    /// What its holder (or, for a join token, the nodes it enrols) may do.
+    pub role: Role,
+    /// Join tokens: how many nodes it may enrol.
+    pub uses: Option<u32>,
+    /// Join tokens: when it stops working.
+    pub expires: Option<Timestamp>,
+    /// For node tokens minted by a join token: that token's name.
+    pub joined_with: Option<String>,
+}
+
+impl NewToken {
+    /// A token of `kind` named `name`, role `node`, no group, no limits.
+    pub fn new(name: impl Into<String>, kind: TokenKind) -> NewToken {
+        NewToken {
+            name: name.into(),
+            kind,
+            group: None,
+            role: Role::Node,
+            uses: None,
+            expires: None,
+            joined_with: None,
+        }
+    }
 }
 
 pub fn parse_kind(s: &str) -> Result<TokenKind, TokenError> {
@@ -40,55 +79,129 @@ pub fn parse_kind(s: &str) -> Result<TokenKind, TokenError> {
     }
 }
 
+/// The token a control request asks for (`palisade hub token create`).
+pub fn requested(
+    name: &str,
+    kind: &str,
+    group: Option<String>,
+    role: Option<&str>,
+    uses: Option<u32>,
+    expires_in: Option<palisade_model::Span>,
+) -> Result<NewToken, TokenError> {
+    let kind = parse_kind(kind)?;
+    let role = match role {
+        Some(r) => r.parse::<Role>()?,
+        None => Role::Node,
+    };
+    Ok(NewToken {
+        group,
+        role,
+        uses,
+        expires: expires_in.and_then(|s| s.expiry_from(Timestamp::now())),
+        ..NewToken::new(name, kind)
+    })
+}
+
+/// Checks a token's (or group's) name: the policy's rule, reserved names
+/// included.
 pub fn check_name(name: &str) -> Result<(), TokenError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(TokenError::BadName(name.to_string()))
-    }
+    Ok(palisade_policy::check_node_name(name)?)
 }
 
 /// Creates a token; returns it (to show once) and its record.
 pub fn create(
     store: &Store,
-    name: &str,
-    kind: TokenKind,
-    group: Option<String>,
+    spec: NewToken,
     pin: Option<[u8; 32]>,
-    joined_with: Option<String>,
 ) -> Result<(Token, TokenRecord), TokenError> {
-    check_name(name)?;
-    if let Some(g) = &group {
+    check_name(&spec.name)?;
+    if let Some(g) = &spec.group {
         check_name(g)?;
     }
-    let token = Token::generate(kind, pin);
+    if spec.kind != TokenKind::Join && (spec.uses.is_some() || spec.expires.is_some()) {
+        return Err(TokenError::NotJoin);
+    }
+    let token = Token::generate(spec.kind, pin);
     let record = TokenRecord {
-        name: name.to_string(),
-        kind,
-        group,
+        name: spec.name.clone(),
+        kind: spec.kind,
+        group: spec.group,
         created: Timestamp::now(),
         revoked: None,
-        joined_with,
+        joined_with: spec.joined_with,
+        role: spec.role,
+        uses_left: spec.uses,
+        expires: spec.expires,
+        used: 0,
     };
     store.write(|w| {
-        if kind == TokenKind::Node {
-            for (_, bytes) in w.map_entries(Map::Tokens)? {
-                if let Ok(r) = serde_json::from_slice::<TokenRecord>(&bytes)
-                    && r.kind == TokenKind::Node
-                    && r.name == name
-                    && r.is_valid()
-                {
-                    return Ok(Err(TokenError::Taken(name.to_string())));
-                }
-            }
+        if let Some(taken) = name_taken(w, &record)? {
+            return Ok(Err(taken));
         }
         w.map_put(Map::Tokens, &token.id(), &json(&record))?;
         Ok(Ok(()))
+    })??;
+    Ok((token, record))
+}
+
+/// A valid node token with the same name already exists.
+fn name_taken(
+    w: &palisade_store::Writer<'_>,
+    record: &TokenRecord,
+) -> Result<Option<TokenError>, StoreError> {
+    if record.kind != TokenKind::Node {
+        return Ok(None);
+    }
+    for (_, bytes) in w.map_entries(Map::Tokens)? {
+        if let Ok(r) = serde_json::from_slice::<TokenRecord>(&bytes)
+            && r.kind == TokenKind::Node
+            && r.name == record.name
+            && r.is_valid()
+        {
+            return Ok(Some(TokenError::Taken(record.name.clone())));
+        }
+    }
+    Ok(None)
+}
+
+/// Exchanges one use of the join token with id `join_id` for a node token
+/// named `name`, with the join token's group and role, in one transaction
+/// (two nodes racing for the last use cannot both win).
+pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRecord), TokenError> {
+    check_name(name)?;
+    let token = Token::generate(TokenKind::Node, None);
+    let now = Timestamp::now();
+    let record = store.write(|w| {
+        let Some(mut join) = w
+            .map_get(Map::Tokens, join_id)?
+            .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
+            .filter(|r| r.kind == TokenKind::Join)
+        else {
+            return Ok(Err(TokenError::Spent));
+        };
+        if !join.is_valid() {
+            return Ok(Err(TokenError::Spent));
+        }
+        let record = TokenRecord {
+            name: name.to_string(),
+            kind: TokenKind::Node,
+            group: join.group.clone(),
+            created: now,
+            revoked: None,
+            joined_with: Some(join.name.clone()),
+            role: join.role,
+            uses_left: None,
+            expires: None,
+            used: 0,
+        };
+        if let Some(taken) = name_taken(w, &record)? {
+            return Ok(Err(taken));
+        }
+        join.used = join.used.saturating_add(1);
+        join.uses_left = join.uses_left.map(|n| n.saturating_sub(1));
+        w.map_put(Map::Tokens, join_id, &json(&join))?;
+        w.map_put(Map::Tokens, &token.id(), &json(&record))?;
+        Ok(Ok(record))
     })??;
     Ok((token, record))
 }
@@ -124,6 +237,10 @@ pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
                 created: r.created,
                 revoked: r.revoked,
                 id: id.chars().take(8).collect(),
+                role: r.role.to_string(),
+                used: r.used,
+                uses_left: r.uses_left,
+                expires: r.expires,
                 last_seen: node.and_then(|n| n.last_seen),
                 address: node.and_then(|n| n.address).map(|a| a.to_string()),
                 connected: false,
@@ -173,11 +290,11 @@ mod tests {
         let s = store(&dir);
         let (t, rec) = create(
             &s,
-            "web1",
-            TokenKind::Node,
-            Some("dmz".into()),
+            NewToken {
+                group: Some("dmz".into()),
+                ..NewToken::new("web1", TokenKind::Node)
+            },
             Some([3; 32]),
-            None,
         )
         .unwrap();
         assert_eq!(rec.group.as_deref(), Some("dmz"));
@@ -193,19 +310,69 @@ mod tests {
             "the secret is not on disk"
         );
         assert!(matches!(
-            create(&s, "web1", TokenKind::Node, None, None, None),
+            create(&s, NewToken::new("web1", TokenKind::Node), None),
             Err(TokenError::Taken(_))
         ));
         assert!(matches!(
-            create(&s, "bad name", TokenKind::Node, None, None, None),
+            create(&s, NewToken::new("bad name", TokenKind::Node), None),
             Err(TokenError::BadName(_))
         ));
         assert_eq!(revoke(&s, "web1").unwrap().len(), 1);
         assert!(matches!(revoke(&s, "web1"), Err(TokenError::Unknown(_))));
         // Once revoked, the name can be given out again.
-        create(&s, "web1", TokenKind::Node, None, None, None).unwrap();
+        create(&s, NewToken::new("web1", TokenKind::Node), None).unwrap();
         let listed = list(&s).unwrap();
         assert_eq!(listed.len(), 2);
         assert!(listed[0].revoked.is_none() && listed[1].revoked.is_some());
+    }
+
+    #[test]
+    fn join_tokens_pass_on_their_role_and_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let (join, _) = create(
+            &s,
+            NewToken {
+                role: Role::Reporter,
+                uses: Some(1),
+                group: Some("dmz".into()),
+                ..NewToken::new("f2b-hosts", TokenKind::Join)
+            },
+            None,
+        )
+        .unwrap();
+        let (_, node) = enrol(&s, &join.id(), "mail1").unwrap();
+        assert_eq!(
+            (node.role, node.group.as_deref()),
+            (Role::Reporter, Some("dmz"))
+        );
+        assert!(matches!(
+            enrol(&s, &join.id(), "mail2"),
+            Err(TokenError::Spent)
+        ));
+        let listed = list(&s).unwrap();
+        let j = listed.iter().find(|t| t.kind == "join").unwrap();
+        assert_eq!(j.used, 1);
+        // Reserved names are refused, whatever makes them.
+        let (open, _) = create(&s, NewToken::new("open", TokenKind::Join), None).unwrap();
+        assert!(matches!(
+            enrol(&s, &open.id(), "dashboard"),
+            Err(TokenError::BadName(_))
+        ));
+        assert!(matches!(
+            create(&s, NewToken::new("hub", TokenKind::Node), None),
+            Err(TokenError::BadName(_))
+        ));
+        assert!(matches!(
+            create(
+                &s,
+                NewToken {
+                    uses: Some(2),
+                    ..NewToken::new("n", TokenKind::Node)
+                },
+                None
+            ),
+            Err(TokenError::NotJoin)
+        ));
     }
 }

@@ -13,16 +13,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
-use palisade_policy::{Ledger, Node, Policy};
-use palisade_store::{Map, Queue, Store, StoreError};
+use palisade_policy::{Ledger, Node, NodeRecord, Policy, Role, StaticAllow};
+use palisade_store::{Queue, Store, StoreError};
 use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
 
 use crate::dashboard::Activity;
-use crate::ledger::{LiveEvent, StoreLedger, json};
+use crate::ledger::{LiveEvent, StoreLedger};
 use crate::metrics::Metrics;
-use crate::records::NodeRecord;
 
 /// Most jobs applied in one transaction.
 const GROUP_COMMIT: usize = 256;
@@ -54,19 +53,20 @@ pub enum Job {
         envelopes: Vec<Envelope>,
         reply: IntentReply,
     },
-    /// A node was seen at a new address: allow it automatically, and drop
-    /// the allow of its old address.
+    /// A node was seen at an address: the policy allows it automatically
+    /// where that is safe (pinned to its first address).
     NodeAddress {
         name: String,
+        group: Option<String>,
         address: IpAddr,
-        old: Option<IpAddr>,
     },
     /// A node's credentials were revoked: its automatic allow goes.
     NodeGone { name: String },
     /// Live node status (heartbeats) to keep.
     PersistNodes(Vec<NodeRecord>),
-    /// The configuration's allow entries: (network, comment, group).
-    StaticAllows(Vec<(Net, Option<String>, Option<String>)>),
+    /// The configuration's allow entries (the hub's own addresses come
+    /// from the policy's configuration).
+    StaticAllows(Vec<StaticAllow>),
     /// An administrator's action from the dashboard.
     Operator {
         actor: String,
@@ -276,120 +276,48 @@ fn apply_job(
         Job::Intents {
             node, envelopes, ..
         } => {
-            let mut record: NodeRecord = ledger
-                .w
-                .map_get(Map::Nodes, &node.name)?
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_else(|| NodeRecord {
-                    name: node.name.clone(),
-                    group: node.group.clone(),
-                    ..NodeRecord::default()
-                });
-            let mut results = Vec::with_capacity(envelopes.len());
-            for env in envelopes {
-                if env.id <= record.last_intent {
-                    results.push(IntentResult {
-                        id: env.id,
-                        outcome: IntentOutcome::Duplicate,
-                        reason: None,
-                        expires: None,
-                    });
-                    continue;
-                }
-                if !policy.admit(&node.name) {
-                    metrics.rate_limited.inc();
-                    break;
-                }
-                let r = policy.decide(ledger, node, env, now)?;
-                metrics.intent(&env.intent, r.outcome);
-                record.last_intent = env.id;
-                record.intents += 1;
-                if matches!(env.intent, Intent::Ban { .. }) {
-                    record.reported += 1;
-                }
-                results.push(r);
+            let batch = policy.apply_intents(ledger, node, envelopes, now, &mut None)?;
+            if let Some(limit) = batch.held_back {
+                metrics.rate_limited.inc();
+                tracing::debug!(node = %node.name, limit, "a node is over its rate limit");
             }
-            ledger.w.map_put(Map::Nodes, &node.name, &json(&record))?;
-            Ok(Done::Intents(results))
-        }
-        Job::NodeAddress { name, address, old } => {
-            let (name, address) = (name.clone(), *address);
-            if let Some(old) = *old
-                && let Some(d) = ledger.get(Action::Allow, &Net::host(old), None)?
-                && d.origin.source == Source::Policy
-                && d.origin.node == name
+            for (env, r) in envelopes
+                .iter()
+                .zip(&batch.results)
+                .filter(|(_, r)| r.outcome != IntentOutcome::Duplicate)
             {
-                ledger.remove(Action::Allow, &Net::host(old), None)?;
+                metrics.intent(&env.intent, r.outcome);
             }
-            let target = Net::host(address);
-            let existing = ledger.get(Action::Allow, &target, None)?;
-            if existing.is_none_or(|d| d.origin.source == Source::Policy && d.origin.node != name) {
-                let d = Decision::new(
-                    Action::Allow,
-                    target,
-                    now,
-                    Span::Forever,
-                    Origin::new(name.clone(), Source::Policy),
-                )
-                .with_reason(format!("palisade node {name}"))
-                .with_scope(Scope::Network);
-                ledger.put(&d)?;
-                // A node's own address is never banned: lift a ban of it.
-                if ledger.get(Action::Ban, &target, None)?.is_some() {
-                    ledger.remove(Action::Ban, &target, None)?;
-                }
-                info!(node = %name, address = %address, "allowed a palisade node's address");
-            }
-            let mut record: NodeRecord = ledger
-                .w
-                .map_get(Map::Nodes, &name)?
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_else(|| NodeRecord {
-                    name: name.clone(),
-                    ..NodeRecord::default()
-                });
-            record.address = Some(address);
-            ledger.w.map_put(Map::Nodes, &name, &json(&record))?;
+            Ok(Done::Intents(batch.results))
+        }
+        Job::NodeAddress {
+            name,
+            group,
+            address,
+        } => {
+            policy.node_address(ledger, name, group.as_deref(), *address, now)?;
             Ok(Done::Nothing)
         }
         Job::NodeGone { name } => {
-            let record: Option<NodeRecord> = ledger
-                .w
-                .map_get(Map::Nodes, name)?
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(addr) = record.and_then(|r| r.address)
-                && let Some(d) = ledger.get(Action::Allow, &Net::host(addr), None)?
-                && d.origin.source == Source::Policy
-                && d.origin.node == *name
-            {
-                ledger.remove(Action::Allow, &Net::host(addr), None)?;
-                info!(node = %name, address = %addr, "removed the allow of a revoked node's address");
-            }
+            policy.node_gone(ledger, name)?;
             Ok(Done::Nothing)
         }
         Job::PersistNodes(records) => {
             for live in records.iter().cloned() {
-                let mut stored: NodeRecord = ledger
-                    .w
-                    .map_get(Map::Nodes, &live.name)?
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_else(|| live.clone());
+                let mut stored = ledger.node(&live.name)?.unwrap_or_else(|| live.clone());
                 stored.last_seen = live.last_seen;
                 stored.cursor = live.cursor;
                 stored.bans = live.bans;
                 stored.version = live.version.clone();
                 stored.group = live.group.clone();
-                ledger.w.map_put(Map::Nodes, &live.name, &json(&stored))?;
+                ledger.set_node(&stored)?;
             }
             Ok(Done::Nothing)
         }
         Job::Operator { actor, action, .. } => {
             let r = match action {
                 OperatorAction::Intent(intent) => {
-                    let node = Node {
-                        name: DASHBOARD_NODE.to_string(),
-                        group: None,
-                    };
+                    let node = Node::internal(DASHBOARD_NODE, Role::Operator);
                     let env = Envelope {
                         id: 0,
                         at: now,
@@ -405,64 +333,7 @@ fn apply_job(
         }
         Job::Stop => Ok(Done::Nothing),
         Job::StaticAllows(entries) => {
-            // Entries of the configuration are decisions of source config;
-            // ones no longer configured are removed.
-            let mut wanted = std::collections::HashSet::new();
-            for (net, comment, group) in entries {
-                wanted.insert((*net, group.clone()));
-                let existing = ledger.get(Action::Allow, net, group.as_deref())?;
-                if existing
-                    .as_ref()
-                    .is_some_and(|d| d.reason == *comment && d.origin.source == Source::Config)
-                {
-                    continue;
-                }
-                let mut d = Decision::new(
-                    Action::Allow,
-                    *net,
-                    now,
-                    Span::Forever,
-                    Origin::new("hub", Source::Config),
-                )
-                .with_scope(Scope::Network)
-                .with_group(group.clone());
-                if let Some(c) = comment {
-                    d = d.with_reason(c.clone());
-                }
-                ledger.put(&d)?;
-                if group.is_none() {
-                    let mut lifted: Vec<Net> = ledger
-                        .bans_within(net)?
-                        .into_iter()
-                        .map(|b| b.target)
-                        .collect();
-                    if ledger.get(Action::Ban, net, None)?.is_some() {
-                        lifted.push(*net);
-                    }
-                    for n in lifted {
-                        ledger.remove(Action::Ban, &n, None)?;
-                    }
-                }
-            }
-            let stale: Vec<Decision> = ledger
-                .w
-                .all(Action::Allow)?
-                .into_iter()
-                .filter(|d| {
-                    d.origin.source == Source::Config && !wanted.contains(&(d.target, None))
-                })
-                .collect();
-            for d in stale {
-                ledger.remove(Action::Allow, &d.target, None)?;
-            }
-            for (_, bytes) in ledger.w.map_entries(Map::GroupAllows)? {
-                if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
-                    && d.origin.source == Source::Config
-                    && !wanted.contains(&(d.target, d.group.clone()))
-                {
-                    ledger.remove(Action::Allow, &d.target, d.group.as_deref())?;
-                }
-            }
+            policy.sync_static_allows(ledger, entries, now)?;
             Ok(Done::Nothing)
         }
     }

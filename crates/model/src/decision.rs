@@ -160,8 +160,10 @@ pub struct Decision {
     #[serde(default)]
     pub group: Option<String>,
     /// The kernel list a detector's stage named (banban's THROTTLE or
-    /// BLOCKER), for enforcers with named lists such as xt_recent.
-    #[serde(default)]
+    /// BLOCKER), for enforcers with named lists such as xt_recent. Only
+    /// names [`check_list_name`] accepts get in: enforcers use them as file
+    /// names under `/proc`.
+    #[serde(default, deserialize_with = "list_name")]
     pub list: Option<String>,
 }
 
@@ -191,8 +193,10 @@ impl Decision {
         }
     }
 
+    /// Names the kernel list; a name [`check_list_name`] refuses is
+    /// dropped (callers check names where they enter, with a clear error).
     pub fn with_list(mut self, list: Option<String>) -> Decision {
-        self.list = list.map(|l| clean_name(&l));
+        self.list = list.filter(|l| check_list_name(l).is_ok());
         self
     }
 
@@ -277,6 +281,46 @@ impl Decision {
             self.evidence.drain(..excess);
         }
     }
+}
+
+/// The longest kernel list name palisade accepts (ipset's limit; xt_recent
+/// allows more).
+pub const MAX_LIST_NAME_LEN: usize = 31;
+
+/// Why a kernel list name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a kernel list name: use 1 to 31 letters, digits, '-' or '_' (like THROTTLE or BLOCKER)"
+)]
+pub struct ListNameError(pub String);
+
+/// Checks a kernel list name (an xt_recent list, an ipset): letters, digits,
+/// `-` and `_` only, so it can never be a path, an option or an escape.
+pub fn check_list_name(name: &str) -> Result<(), ListNameError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_LIST_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ListNameError(clean_name(name)))
+    }
+}
+
+/// Deserializes an optional kernel list name, refusing what
+/// [`check_list_name`] refuses: a list name arrives from the network and
+/// is checked where it enters.
+pub fn list_name<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v: Option<String> = serde::Deserialize::deserialize(d)?;
+    if let Some(name) = &v {
+        check_list_name(name).map_err(serde::de::Error::custom)?;
+    }
+    Ok(v)
 }
 
 /// Makes attacker-influenced text safe to store and print: control

@@ -56,6 +56,13 @@ pub enum Refusal {
         family: Family,
         min: u8,
     },
+    #[error("an allow entry of {target} is wider than /{min}, the widest {family} allow entry accepted (it would open every firewall to that range); allow narrower networks or lower allow_min_prefix_{} in [guard]",
+        if *family == Family::V4 { "v4" } else { "v6" })]
+    AllowTooBroad {
+        target: Net,
+        family: Family,
+        min: u8,
+    },
 }
 
 fn describe_allow(target: &Net, allow: &Net) -> String {
@@ -74,6 +81,11 @@ pub struct Guard {
     pub min_prefix_v4: u8,
     /// Widest IPv6 ban accepted (default /16).
     pub min_prefix_v6: u8,
+    /// Widest IPv4 allow entry accepted (default /8): an allow of
+    /// `0.0.0.0/0` would open every firewall at once.
+    pub allow_min_prefix_v4: u8,
+    /// Widest IPv6 allow entry accepted (default /16).
+    pub allow_min_prefix_v6: u8,
 }
 
 impl Default for Guard {
@@ -91,7 +103,32 @@ impl Guard {
                 .collect(),
             min_prefix_v4,
             min_prefix_v6,
+            allow_min_prefix_v4: 8,
+            allow_min_prefix_v6: 16,
         }
+    }
+
+    /// The same guard with other limits for allow entries.
+    pub fn with_allow_limits(mut self, v4: u8, v6: u8) -> Guard {
+        self.allow_min_prefix_v4 = v4;
+        self.allow_min_prefix_v6 = v6;
+        self
+    }
+
+    /// Refuses an allow entry wider than the configured limit.
+    pub fn check_allow(&self, target: &Net) -> Result<(), Refusal> {
+        let min = match target.family() {
+            Family::V4 => self.allow_min_prefix_v4,
+            Family::V6 => self.allow_min_prefix_v6,
+        };
+        if target.prefix() < min {
+            return Err(Refusal::AllowTooBroad {
+                target: *target,
+                family: target.family(),
+                min,
+            });
+        }
+        Ok(())
     }
 
     /// Refuses a ban of `target` if the allowlist or the safety rules forbid
@@ -172,6 +209,21 @@ mod tests {
         );
         assert!(check("198.18.0.0/25").is_err());
         assert!(check("2001:db8:1::7").is_err());
+    }
+
+    #[test]
+    fn allow_entries_are_width_limited() {
+        let g = Guard::default();
+        for s in ["0.0.0.0/0", "::/0", "10.0.0.0/7", "2000::/15"] {
+            assert!(
+                matches!(g.check_allow(&n(s)), Err(Refusal::AllowTooBroad { .. })),
+                "{s}"
+            );
+        }
+        assert!(g.check_allow(&n("10.0.0.0/8")).is_ok());
+        assert!(g.check_allow(&n("198.18.0.7")).is_ok());
+        let wide = Guard::default().with_allow_limits(0, 0);
+        assert!(wide.check_allow(&n("0.0.0.0/0")).is_ok());
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use palisade_model::{Decision, Net, Source, Span, Timestamp};
-use palisade_policy::Node;
+use palisade_policy::{Node, Role};
+
+/// Every role, each with its own intents topic.
+const ROLES: [Role; 3] = [Role::Reporter, Role::Node, Role::Operator];
 use palisade_wire::bus::BoxFuture;
 use palisade_wire::{
     BusReply, BusRequest, Envelope, Intent, IntentResult, NodeBeat, StreamItem, keys,
@@ -41,8 +44,8 @@ pub trait Decider: Send + Sync + 'static {
     /// The hub's decision stream from now on; `None` when the receiver fell
     /// behind and must start over from [`Decider::current`].
     fn changes(&self) -> mpsc::Receiver<Option<StreamItem>>;
-    /// A node declared the address the broker sees it at (already checked
-    /// against the networks where nodes may live).
+    /// A node declared the address the broker sees it at (the policy
+    /// decides whether it is allowed).
     fn node_address(&self, name: &str, group: Option<String>, address: IpAddr);
 }
 
@@ -53,8 +56,6 @@ pub struct BridgeOptions {
     /// A topic whose every message is a bare address to ban (vallumd).
     pub vallumd_topic: Option<String>,
     pub vallumd_ban: Span,
-    /// Where node addresses may be allowed automatically.
-    pub node_networks: Vec<Net>,
 }
 
 enum Cmd {
@@ -101,10 +102,13 @@ pub async fn run_bridge(options: BridgeOptions, decider: Arc<dyn Decider>) {
                 backoff = Duration::from_millis(100);
                 info!(broker = %o.describe(), "the hub is connected to the MQTT broker");
                 let prefix = &o.topic_prefix;
-                let mut filters = vec![
-                    Filter::new(format!("{prefix}/intents/+"), QoS::AtLeastOnce),
-                    Filter::new(format!("{prefix}/beat/+"), QoS::AtMostOnce),
-                ];
+                let mut filters = vec![Filter::new(format!("{prefix}/beat/+"), QoS::AtMostOnce)];
+                for role in ROLES {
+                    filters.push(Filter::new(
+                        format!("{prefix}/{}/+", crate::role_level(role)),
+                        QoS::AtLeastOnce,
+                    ));
+                }
                 if let Some(t) = &options.vallumd_topic {
                     filters.push(Filter::new(t.clone(), QoS::AtLeastOnce));
                 }
@@ -132,7 +136,12 @@ pub async fn run_bridge(options: BridgeOptions, decider: Arc<dyn Decider>) {
                     }
                 }
                 let prefix = &o.topic_prefix;
-                if let Some(node) = topic.strip_prefix(&format!("{prefix}/intents/")) {
+                let intents = ROLES.into_iter().find_map(|role| {
+                    topic
+                        .strip_prefix(&format!("{prefix}/{}/", crate::role_level(role)))
+                        .map(|node| (role, node))
+                });
+                if let Some((role, node)) = intents {
                     let reply = p.properties.as_ref().and_then(|pr| {
                         pr.response_topic
                             .clone()
@@ -141,14 +150,14 @@ pub async fn run_bridge(options: BridgeOptions, decider: Arc<dyn Decider>) {
                     tokio::spawn(answer(
                         client.clone(),
                         decider.clone(),
-                        node.to_string(),
+                        (node.to_string(), role),
                         p.payload.clone(),
                         reply,
                     ));
                 } else if let Some(node) = topic.strip_prefix(&format!("{prefix}/beat/")) {
                     if let Ok(beat) = serde_json::from_slice::<NodeBeat>(&p.payload)
                         && let Some(addr) = beat.address
-                        && options.node_networks.iter().any(|n| n.contains_addr(addr))
+                        && palisade_policy::check_node_name(node).is_ok()
                     {
                         decider.node_address(node, beat.group, addr);
                     }
@@ -203,22 +212,28 @@ async fn start_collecting(
 async fn answer(
     client: AsyncClient,
     decider: Arc<dyn Decider>,
-    node: String,
+    (name, role): (String, Role),
     payload: Bytes,
     reply: Option<(String, Option<Bytes>)>,
 ) {
-    let answer = match serde_json::from_slice::<BusRequest>(&payload) {
-        Ok(req) => {
-            let node = Node {
-                name: node,
-                group: req.group,
-            };
+    let answer = match (
+        palisade_policy::check_node_name(&name),
+        serde_json::from_slice::<BusRequest>(&payload),
+    ) {
+        (Err(e), _) => BusReply::Error(e.to_string()),
+        (Ok(()), Ok(req)) => {
+            // The declared address first: the node's allow is in place
+            // before its intents are decided (the hub's writer keeps order).
+            if let Some(addr) = req.address {
+                decider.node_address(&name, req.group.clone(), addr);
+            }
+            let node = Node::member(name, req.group, role);
             match decider.decide(node, req.envelopes).await {
                 Ok(r) => BusReply::Results(r),
                 Err(e) => BusReply::Error(e),
             }
         }
-        Err(e) => BusReply::Error(format!("an unreadable request: {e}")),
+        (Ok(()), Err(e)) => BusReply::Error(format!("an unreadable request: {e}")),
     };
     let Some((topic, corr)) = reply else { return };
     let props = PublishProperties {
@@ -258,12 +273,12 @@ async fn vallumd(decider: &Arc<dyn Decider>, payload: &[u8], span: Span, id: u64
             source: Source::Report,
             list: None,
             actor: Some("vallumd".into()),
+            unverified: false,
         },
     };
-    let node = Node {
-        name: "vallumd".into(),
-        group: None,
-    };
+    // The bridge's own reporter: whoever may publish on the topic reports,
+    // nothing more.
+    let node = Node::internal("vallumd", Role::Reporter);
     match decider.decide(node, vec![env]).await {
         Ok(r) => debug!(target = %target, outcome = ?r.first().map(|r| r.outcome), "vallumd ban"),
         Err(e) => warn!(target = %target, error = %e, "could not apply a vallumd ban"),

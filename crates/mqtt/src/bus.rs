@@ -244,6 +244,7 @@ impl Bus for MqttBus {
             let o = &self.inner.options;
             let body = serde_json::to_vec(&BusRequest {
                 group: self.inner.group.clone(),
+                address: self.local_address(),
                 envelopes: batch.to_vec(),
             })
             .expect("a request serializes");

@@ -39,6 +39,9 @@ pub struct MqttOptions {
     /// `mqtts://`: TLS, with these CA and client certificates.
     pub tls: Option<TlsOptions>,
     pub topic_prefix: String,
+    /// The role this node's intents are decided with (see
+    /// [`MqttOptions::intents_topic`]).
+    pub role: palisade_wire::Role,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -92,6 +95,7 @@ impl MqttOptions {
             password,
             tls: tls.then(TlsOptions::default),
             topic_prefix: "palisade".into(),
+            role: palisade_wire::Role::Node,
         })
     }
 
@@ -119,8 +123,16 @@ impl MqttOptions {
             .strip_prefix("/decisions/")
     }
 
+    /// Where this node's intents go: the topic names the role they are
+    /// decided with (`intents` for a node, `reports` for a reporter,
+    /// `operator` for an operator), so the broker's ACLs grant roles.
     pub fn intents_topic(&self, node: &str) -> String {
-        format!("{}/intents/{}", self.topic_prefix, topic_level(node))
+        format!(
+            "{}/{}/{}",
+            self.topic_prefix,
+            role_level(self.role),
+            topic_level(node)
+        )
     }
 
     pub fn results_topic(&self, node: &str) -> String {
@@ -161,6 +173,15 @@ impl MqttOptions {
 }
 
 /// A node name as one topic level.
+/// The topic level naming a role's intents.
+pub fn role_level(role: palisade_wire::Role) -> &'static str {
+    match role {
+        palisade_wire::Role::Reporter => "reports",
+        palisade_wire::Role::Node => "intents",
+        palisade_wire::Role::Operator => "operator",
+    }
+}
+
 pub fn topic_level(name: &str) -> String {
     name.chars()
         .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })

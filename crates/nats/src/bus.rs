@@ -96,6 +96,7 @@ impl Bus for NatsBus {
             let (client, _) = self.connection().await?;
             let body = serde_json::to_vec(&BusRequest {
                 group: self.group.clone(),
+                address: client_address(&client),
                 envelopes: batch.to_vec(),
             })
             .expect("a request serializes");
@@ -294,12 +295,7 @@ impl Bus for NatsBus {
     fn heartbeat<'a>(&'a self, beat: &'a Heartbeat) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let (client, _) = self.connection().await?;
-            let address = client
-                .server_info()
-                .client_ip
-                .parse::<IpAddr>()
-                .ok()
-                .map(palisade_model::net::canonical_addr);
+            let address = client_address(&client);
             let body = serde_json::to_vec(&NodeBeat {
                 beat: beat.clone(),
                 group: self.group.clone(),
@@ -312,4 +308,15 @@ impl Bus for NatsBus {
                 .map_err(|e| BusError::Unreachable(format!("sending a heartbeat: {e}")))
         })
     }
+}
+
+/// The address the NATS server sees this client at (it says so when the
+/// connection opens).
+fn client_address(client: &async_nats::Client) -> Option<IpAddr> {
+    client
+        .server_info()
+        .client_ip
+        .parse::<IpAddr>()
+        .ok()
+        .map(palisade_model::net::canonical_addr)
 }

@@ -12,9 +12,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use palisade_model::{Action, Decision, Net, Timestamp};
-use palisade_policy::{Ledger, Offender, Report};
+use palisade_policy::{Ledger, NodeRecord, Offender, Report};
 use palisade_wire::keys;
-use serde::{Deserialize, Serialize};
 
 /// A key's newest revision and value (None: removed, a tombstone).
 #[derive(Debug, Clone)]
@@ -84,30 +83,6 @@ pub fn node_key(name: &str) -> String {
     format!("node.{}", crate::subject_token(name))
 }
 
-/// What the workers remember about a node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    #[serde(default)]
-    pub group: Option<String>,
-    /// The highest intent id applied from this node (retries are skipped).
-    #[serde(default)]
-    pub last_intent: u64,
-    #[serde(default)]
-    pub intents: u64,
-    /// The address the node was seen at and allowed automatically.
-    #[serde(default)]
-    pub address: Option<std::net::IpAddr>,
-    #[serde(default)]
-    pub last_seen: Option<Timestamp>,
-    #[serde(default)]
-    pub cursor: u64,
-    #[serde(default)]
-    pub bans: u64,
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
 /// The policy's view: the mirror, with what this decision has changed
 /// so far laid over it.
 pub struct MirrorLedger<'m> {
@@ -170,18 +145,6 @@ impl<'m> MirrorLedger<'m> {
             self.state_order.push(key.clone());
         }
         self.state.insert(key, value);
-    }
-
-    pub fn node(&self, name: &str) -> Option<NodeRecord> {
-        self.get_state(&node_key(name))
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    }
-
-    pub fn set_node(&mut self, record: &NodeRecord) {
-        self.set_state(
-            node_key(&record.name),
-            Some(serde_json::to_vec(record).expect("a record serializes")),
-        );
     }
 
     /// Every global decision of `action` (mirror and staged).
@@ -256,12 +219,21 @@ impl Ledger for MirrorLedger<'_> {
         Ok(out)
     }
 
-    fn bans_within(&self, target: &Net) -> Result<Vec<Decision>, Infallible> {
-        Ok(self
-            .all(Action::Ban)
-            .into_iter()
-            .filter(|d| d.target != *target && target.contains(&d.target))
-            .collect())
+    fn all_allows(&self) -> Result<Vec<Decision>, Infallible> {
+        let mut out: Vec<Decision> = self
+            .mirror
+            .decisions
+            .iter()
+            .filter(|(k, _)| k.starts_with("allow") && !self.decisions.contains_key(*k))
+            .filter_map(|(_, s)| s.value.clone())
+            .collect();
+        out.extend(
+            self.decisions
+                .iter()
+                .filter(|(k, _)| k.starts_with("allow"))
+                .filter_map(|(_, v)| v.clone()),
+        );
+        Ok(out)
     }
 
     fn put(&mut self, d: &Decision) -> Result<(), Infallible> {
@@ -314,6 +286,20 @@ impl Ledger for MirrorLedger<'_> {
         self.set_state(quorum_key(target), v);
         Ok(())
     }
+
+    fn node(&self, name: &str) -> Result<Option<NodeRecord>, Infallible> {
+        Ok(self
+            .get_state(&node_key(name))
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    fn set_node(&mut self, record: &NodeRecord) -> Result<(), Infallible> {
+        self.set_state(
+            node_key(&record.name),
+            Some(serde_json::to_vec(record).expect("a record serializes")),
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +322,7 @@ mod tests {
                 source: Source::Detector,
                 list: None,
                 actor: None,
+                unverified: false,
             },
         }
     }
@@ -357,10 +344,7 @@ mod tests {
             Some(allow),
         );
         let policy = Policy::new(PolicyConfig::default());
-        let node = Node {
-            name: "web1".into(),
-            group: None,
-        };
+        let node = Node::member("web1", None, palisade_wire::Role::Node);
         let now = Timestamp::now();
 
         let mut l = MirrorLedger::new(&mirror, now);

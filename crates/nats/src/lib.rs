@@ -54,6 +54,11 @@ pub struct NatsOptions {
     /// Replicas of the buckets a worker creates (1 for a single server, 3
     /// for a cluster).
     pub replicas: usize,
+    /// The role this node's intents are decided with: the subject they go
+    /// to names it (`PREFIX.intents.NODE` for a node, `PREFIX.reports.NODE`
+    /// for a reporter, `PREFIX.operator.NODE` for an operator), so NATS
+    /// permissions on those subjects are what grant a role.
+    pub role: palisade_wire::Role,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -133,6 +138,7 @@ impl NatsOptions {
             subject_prefix: "palisade".into(),
             bucket_prefix: "palisade".into(),
             replicas: 1,
+            role: palisade_wire::Role::Node,
         })
     }
 
@@ -165,7 +171,12 @@ impl NatsOptions {
     }
 
     pub fn intents_subject(&self, node: &str) -> String {
-        format!("{}.intents.{}", self.subject_prefix, subject_token(node))
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            role_token(self.role),
+            subject_token(node)
+        )
     }
 
     pub fn beat_subject(&self, node: &str) -> String {
@@ -189,6 +200,15 @@ impl NatsOptions {
 }
 
 /// A node name as one subject token (dots would add tokens).
+/// The subject token naming a role's intents.
+pub fn role_token(role: palisade_wire::Role) -> &'static str {
+    match role {
+        palisade_wire::Role::Reporter => "reports",
+        palisade_wire::Role::Node => "intents",
+        palisade_wire::Role::Operator => "operator",
+    }
+}
+
 pub fn subject_token(name: &str) -> String {
     name.chars()
         .map(|c| {

@@ -20,12 +20,12 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{Entry, Operation, Store};
 use futures_util::StreamExt;
-use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
-use palisade_policy::{Ledger, Node, Policy, PolicyConfig};
-use palisade_wire::{BusReply, BusRequest, IntentOutcome, IntentResult, NodeBeat, keys};
+use palisade_model::{Decision, Timestamp};
+use palisade_policy::{Node, NodeRecord, Policy, PolicyConfig, Role, StaticAllow};
+use palisade_wire::{BusReply, BusRequest, IntentResult, NodeBeat};
 use tracing::{debug, info, warn};
 
-use crate::ledger::{Mirror, MirrorLedger, NodeRecord, Writes};
+use crate::ledger::{Mirror, MirrorLedger, Writes};
 use crate::{Buckets, NatsOptions};
 
 /// Attempts at one batch when other workers keep changing the same keys.
@@ -41,15 +41,14 @@ const NODE_WRITE_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub nats: NatsOptions,
+    /// The policy; its `node_networks` say where a node's declared
+    /// address may be allowed automatically (empty: nowhere, since on a bus
+    /// a node declares its own address), its `protected` the brokers'
+    /// addresses.
     pub policy: PolicyConfig,
-    /// Allow entries from the configuration: (network, comment, group).
-    /// Every worker should have the same.
-    pub allows: Vec<(Net, Option<String>, Option<String>)>,
-    /// Where palisade nodes live: a node's address (as the NATS server
-    /// sees it) is allowed automatically only inside these networks, so no
-    /// node can allowlist an arbitrary address network-wide. Empty: no
-    /// automatic allows.
-    pub node_networks: Vec<Net>,
+    /// Allow entries from the configuration. Every worker should have the
+    /// same.
+    pub allows: Vec<StaticAllow>,
 }
 
 /// Why a batch was not written.
@@ -120,10 +119,18 @@ pub async fn run_worker(
     }
     let prefix = &options.nats.subject_prefix;
     let group = format!("{prefix}-workers");
-    let mut intents = client
-        .queue_subscribe(format!("{prefix}.intents.*"), group.clone())
-        .await
-        .map_err(|e| format!("subscribing to intents: {e}"))?;
+    // One subject per role: NATS permissions on them are what grant a role.
+    let mut intents = futures_util::stream::select_all(Vec::new());
+    for role in [Role::Reporter, Role::Node, Role::Operator] {
+        let sub = client
+            .queue_subscribe(
+                format!("{prefix}.{}.*", crate::role_token(role)),
+                group.clone(),
+            )
+            .await
+            .map_err(|e| format!("subscribing to intents: {e}"))?;
+        intents.push(sub.map(move |m| (role, m)));
+    }
     let mut beats = client
         .queue_subscribe(format!("{prefix}.beat.*"), group)
         .await
@@ -150,7 +157,7 @@ pub async fn run_worker(
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
     loop {
         tokio::select! {
-            Some(msg) = intents.next() => w.intents(&client, msg).await,
+            Some((role, msg)) = intents.next() => w.intents(&client, role, msg).await,
             Some(msg) = beats.next() => w.beat(msg).await,
             _ = maintain.tick() => w.maintain().await,
             _ = &mut stop => break,
@@ -251,7 +258,7 @@ fn apply_entry(mirror: &Mutex<Mirror>, is_decisions: bool, e: &Entry) {
 }
 
 impl Worker {
-    async fn intents(&mut self, client: &async_nats::Client, msg: async_nats::Message) {
+    async fn intents(&mut self, client: &async_nats::Client, role: Role, msg: async_nats::Message) {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
@@ -261,12 +268,13 @@ impl Worker {
             .next()
             .unwrap_or_default()
             .to_string();
-        let answer = match serde_json::from_slice::<BusRequest>(&msg.payload) {
-            Ok(req) => {
-                let node = Node {
-                    name: name.clone(),
-                    group: req.group.clone(),
-                };
+        let answer = match (
+            palisade_policy::check_node_name(&name),
+            serde_json::from_slice::<BusRequest>(&msg.payload),
+        ) {
+            (Err(e), _) => BusReply::Error(e.to_string()),
+            (Ok(()), Ok(req)) => {
+                let node = Node::member(name.clone(), req.group.clone(), role);
                 match self.decide(&node, &req).await {
                     Ok(r) => BusReply::Results(r),
                     Err(e) => {
@@ -275,7 +283,7 @@ impl Worker {
                     }
                 }
             }
-            Err(e) => BusReply::Error(format!("an unreadable request: {e}")),
+            (Ok(()), Err(e)) => BusReply::Error(format!("an unreadable request: {e}")),
         };
         let body = serde_json::to_vec(&answer).expect("a reply serializes");
         if let Err(e) = client.publish(reply, body.into()).await {
@@ -283,8 +291,9 @@ impl Worker {
         }
     }
 
-    /// Applies one node's batch, deciding again when another worker
-    /// changed what it read.
+    /// Applies one node's batch (its declared address first, so its allow
+    /// is in place before its intents are decided), deciding again when
+    /// another worker changed what it read.
     async fn decide(&mut self, node: &Node, req: &BusRequest) -> Result<Vec<IntentResult>, String> {
         // Rate limits are counted once per batch, not once per attempt.
         let mut admitted = None;
@@ -293,38 +302,23 @@ impl Worker {
             let (results, writes) = {
                 let mirror = self.mirror.lock().unwrap();
                 let mut ledger = MirrorLedger::new(&mirror, now);
-                let mut record = ledger.node(&node.name).unwrap_or_else(|| NodeRecord {
-                    name: node.name.clone(),
-                    ..NodeRecord::default()
-                });
-                record.group = node.group.clone();
-                let mut results = Vec::with_capacity(req.envelopes.len());
-                for (i, env) in req.envelopes.iter().enumerate() {
-                    if env.id <= record.last_intent {
-                        results.push(IntentResult {
-                            id: env.id,
-                            outcome: IntentOutcome::Duplicate,
-                            reason: None,
-                            expires: None,
-                        });
-                        continue;
-                    }
-                    let over = match admitted {
-                        Some(n) => i >= n,
-                        None => !self.policy.admit(&node.name),
-                    };
-                    if over {
-                        admitted.get_or_insert(i);
-                        break;
-                    }
-                    let Ok(r) = self.policy.decide(&mut ledger, node, env, now);
-                    record.last_intent = env.id;
-                    record.intents += 1;
-                    results.push(r);
+                if let Some(addr) = req.address {
+                    let Ok(_) = self.policy.node_address(
+                        &mut ledger,
+                        &node.name,
+                        node.group.as_deref(),
+                        addr,
+                        now,
+                    );
                 }
-                admitted.get_or_insert(req.envelopes.len());
-                ledger.set_node(&record);
-                (results, ledger.into_writes())
+                let Ok(batch) = self.policy.apply_intents(
+                    &mut ledger,
+                    node,
+                    &req.envelopes,
+                    now,
+                    &mut admitted,
+                );
+                (batch.results, ledger.into_writes())
             };
             match self.commit(writes, now).await {
                 Ok(()) => {
@@ -528,7 +522,7 @@ impl Worker {
     }
 
     /// A node's heartbeat: its record, and the automatic allow of its
-    /// address when that lies where palisade nodes live.
+    /// address where the policy permits it.
     async fn beat(&mut self, msg: async_nats::Message) {
         let name = msg
             .subject
@@ -536,25 +530,23 @@ impl Worker {
             .next()
             .unwrap_or_default()
             .to_string();
+        if palisade_policy::check_node_name(&name).is_err() {
+            return;
+        }
         let Ok(beat) = serde_json::from_slice::<NodeBeat>(&msg.payload) else {
             return;
         };
-        let address = beat.address.filter(|a| {
-            self.options
-                .node_networks
-                .iter()
-                .any(|n| n.contains_addr(*a))
-        });
         for _ in 0..ATTEMPTS {
             let now = Timestamp::now();
             let writes = {
                 let mirror = self.mirror.lock().unwrap();
                 let mut ledger = MirrorLedger::new(&mirror, now);
-                let mut record = ledger.node(&name).unwrap_or_else(|| NodeRecord {
-                    name: name.clone(),
-                    ..NodeRecord::default()
+                let record = palisade_policy::Ledger::node(&ledger, &name)
+                    .unwrap_or_default()
+                    .unwrap_or_else(|| NodeRecord::new(&name, beat.group.clone()));
+                let moved = beat.address.is_some_and(|a| {
+                    record.address != Some(palisade_model::net::canonical_addr(a))
                 });
-                let moved = address.is_some() && record.address != address;
                 let due = self
                     .node_writes
                     .get(&name)
@@ -562,16 +554,24 @@ impl Worker {
                 if !moved && !due {
                     return;
                 }
+                if let Some(addr) = beat.address {
+                    let Ok(_) = self.policy.node_address(
+                        &mut ledger,
+                        &name,
+                        beat.group.as_deref(),
+                        addr,
+                        now,
+                    );
+                }
+                let mut record = palisade_policy::Ledger::node(&ledger, &name)
+                    .unwrap_or_default()
+                    .unwrap_or(record);
                 record.last_seen = Some(now);
                 record.cursor = beat.beat.cursor;
                 record.bans = beat.beat.bans;
                 record.version = Some(beat.beat.version.clone());
                 record.group = beat.group.clone();
-                if moved && let Some(addr) = address {
-                    allow_node(&mut ledger, &name, addr, record.address, now);
-                    record.address = Some(addr);
-                }
-                ledger.set_node(&record);
+                let Ok(()) = palisade_policy::Ledger::set_node(&mut ledger, &record);
                 ledger.into_writes()
             };
             match self.commit(writes, now).await {
@@ -588,15 +588,18 @@ impl Worker {
         }
     }
 
-    /// Writes the configuration's allow entries and removes those no longer
-    /// configured (every worker should have the same).
+    /// Writes the configuration's allow entries and the brokers' addresses,
+    /// and removes those no longer configured (every worker should have
+    /// the same).
     async fn static_allows(&mut self) {
         for _ in 0..ATTEMPTS {
             let now = Timestamp::now();
             let writes = {
                 let mirror = self.mirror.lock().unwrap();
                 let mut ledger = MirrorLedger::new(&mirror, now);
-                static_allows(&mut ledger, &self.options.allows, now);
+                let Ok(()) = self
+                    .policy
+                    .sync_static_allows(&mut ledger, &self.options.allows, now);
                 ledger.into_writes()
             };
             if writes.is_empty() {
@@ -709,100 +712,4 @@ fn write_headers(
         }
     }
     (format!("$KV.{bucket}.{key}"), headers)
-}
-
-/// Allows a node's new address (and drops the allow of its old one), and
-/// lifts a ban of it, as the embedded hub does.
-fn allow_node(
-    ledger: &mut MirrorLedger<'_>,
-    name: &str,
-    address: std::net::IpAddr,
-    old: Option<std::net::IpAddr>,
-    now: Timestamp,
-) {
-    if let Some(old) = old
-        && let Ok(Some(d)) = ledger.get(Action::Allow, &Net::host(old), None)
-        && d.origin.source == Source::Policy
-        && d.origin.node == name
-    {
-        let _ = ledger.remove(Action::Allow, &Net::host(old), None);
-    }
-    let target = Net::host(address);
-    let existing = ledger.get(Action::Allow, &target, None).ok().flatten();
-    if existing.is_none_or(|d| d.origin.source == Source::Policy && d.origin.node != name) {
-        let d = Decision::new(
-            Action::Allow,
-            target,
-            now,
-            Span::Forever,
-            Origin::new(name, Source::Policy),
-        )
-        .with_reason(format!("palisade node {name}"))
-        .with_scope(Scope::Network);
-        let _ = ledger.put(&d);
-        if let Ok(Some(_)) = ledger.get(Action::Ban, &target, None) {
-            let _ = ledger.remove(Action::Ban, &target, None);
-        }
-        info!(node = %name, address = %address, "allowed a palisade node's address");
-    }
-}
-
-/// The configuration's allow entries as decisions of source `config`.
-fn static_allows(
-    ledger: &mut MirrorLedger<'_>,
-    entries: &[(Net, Option<String>, Option<String>)],
-    now: Timestamp,
-) {
-    let mut wanted = std::collections::HashSet::new();
-    for (net, comment, group) in entries {
-        wanted.insert(keys::decision_key(Action::Allow, net, group.as_deref()));
-        let existing = ledger
-            .get(Action::Allow, net, group.as_deref())
-            .ok()
-            .flatten();
-        if existing
-            .as_ref()
-            .is_some_and(|d| d.reason == *comment && d.origin.source == Source::Config)
-        {
-            continue;
-        }
-        let mut d = Decision::new(
-            Action::Allow,
-            *net,
-            now,
-            Span::Forever,
-            Origin::new("hub", Source::Config),
-        )
-        .with_scope(Scope::Network)
-        .with_group(group.clone());
-        if let Some(c) = comment {
-            d = d.with_reason(c.clone());
-        }
-        let _ = ledger.put(&d);
-        if group.is_none() {
-            let mut lifted: Vec<Net> = ledger
-                .bans_within(net)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|b| b.target)
-                .collect();
-            if let Ok(Some(_)) = ledger.get(Action::Ban, net, None) {
-                lifted.push(*net);
-            }
-            for n in lifted {
-                let _ = ledger.remove(Action::Ban, &n, None);
-            }
-        }
-    }
-    let stale: Vec<Decision> = ledger
-        .all(Action::Allow)
-        .into_iter()
-        .filter(|d| {
-            d.origin.source == Source::Config
-                && !wanted.contains(&keys::decision_key(Action::Allow, &d.target, None))
-        })
-        .collect();
-    for d in stale {
-        let _ = ledger.remove(Action::Allow, &d.target, None);
-    }
 }

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 #[derive(Default)]
 struct Memory {
     decisions: BTreeMap<(Action, Net, Option<String>), Decision>,
+    nodes: BTreeMap<String, NodeRecord>,
     offenders: BTreeMap<Net, Offender>,
     reports: BTreeMap<Net, Vec<Report>>,
     broadcast: Vec<String>,
@@ -32,13 +33,11 @@ impl Ledger for Memory {
             .cloned()
             .collect())
     }
-    fn bans_within(&self, target: &Net) -> Result<Vec<Decision>, Infallible> {
+    fn all_allows(&self) -> Result<Vec<Decision>, Infallible> {
         Ok(self
             .decisions
             .values()
-            .filter(|d| {
-                d.action == Action::Ban && target.contains(&d.target) && d.target != *target
-            })
+            .filter(|d| d.action == Action::Allow)
             .cloned()
             .collect())
     }
@@ -85,17 +84,26 @@ impl Ledger for Memory {
         self.reports.insert(*target, r.to_vec());
         Ok(())
     }
+    fn node(&self, name: &str) -> Result<Option<NodeRecord>, Infallible> {
+        Ok(self.nodes.get(name).cloned())
+    }
+    fn set_node(&mut self, record: &NodeRecord) -> Result<(), Infallible> {
+        self.nodes.insert(record.name.clone(), record.clone());
+        Ok(())
+    }
 }
 
 fn n(s: &str) -> Net {
     s.parse().unwrap()
 }
 
+/// An operator's credential: everything the guard permits.
 fn node(name: &str) -> Node {
-    Node {
-        name: name.into(),
-        group: None,
-    }
+    Node::member(name, None, Role::Operator)
+}
+
+fn member(name: &str, group: Option<&str>, role: Role) -> Node {
+    Node::member(name, group.map(String::from), role)
 }
 
 fn at(secs: u64) -> Timestamp {
@@ -115,6 +123,7 @@ fn report(id: u64, target: &str, source: Source, span: Option<&str>) -> Envelope
             source,
             actor: None,
             list: None,
+            unverified: false,
         },
     }
 }
@@ -227,7 +236,7 @@ fn allowlists_and_node_addresses_always_win() {
 }
 
 #[test]
-fn an_allow_lifts_the_bans_it_covers_but_a_group_allow_does_not() {
+fn an_allow_shadows_the_bans_it_covers_and_they_return_when_it_goes() {
     let p = Policy::new(PolicyConfig::default());
     let mut l = Memory::default();
     for (i, t) in ["198.51.100.7", "198.51.100.8", "203.0.113.1"]
@@ -246,31 +255,47 @@ fn an_allow_lifts_the_bans_it_covers_but_a_group_allow_does_not() {
     p.decide(
         &mut l,
         &node("admin"),
-        &allow(9, "203.0.113.0/24", Some("dmz")),
-        at(0),
-    )
-    .unwrap();
-    assert_eq!(
-        l.broadcast,
-        ["put allow 203.0.113.0/24"],
-        "a group allow leaves the global ban alone"
-    );
-    l.broadcast.clear();
-    p.decide(
-        &mut l,
-        &node("admin"),
         &allow(10, "198.51.100.0/24", None),
         at(0),
     )
     .unwrap();
-    l.broadcast.sort();
     assert_eq!(
         l.broadcast,
-        [
-            "put allow 198.51.100.0/24",
-            "remove ban 198.51.100.7",
-            "remove ban 198.51.100.8"
-        ]
+        ["put allow 198.51.100.0/24"],
+        "the bans inside stay, shadowed"
+    );
+    assert!(
+        l.get(Action::Ban, &n("198.51.100.7"), None)
+            .unwrap()
+            .is_some()
+    );
+    // A new ban inside is refused while the allow holds...
+    let r = p
+        .decide(
+            &mut l,
+            &node("web1"),
+            &report(11, "198.51.100.9", Source::Cli, None),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Refused);
+    // ...and once it goes, the shadowed bans apply again.
+    let un = Envelope {
+        id: 12,
+        at: at(0),
+        intent: Intent::Unallow {
+            target: n("198.51.100.0/24"),
+            group: None,
+            actor: None,
+        },
+    };
+    l.broadcast.clear();
+    p.decide(&mut l, &node("admin"), &un, at(0)).unwrap();
+    assert_eq!(l.broadcast, ["remove allow 198.51.100.0/24"]);
+    assert!(
+        l.get(Action::Ban, &n("198.51.100.8"), None)
+            .unwrap()
+            .is_some()
     );
 }
 
@@ -446,7 +471,7 @@ fn a_quorum_waits_for_distinct_nodes() {
 }
 
 #[test]
-fn rate_limits_are_per_node() {
+fn rate_limits_are_per_node_and_spare_operators() {
     let p = &mut Policy::new(PolicyConfig {
         rate: RateLimit {
             per_second: 0.0001,
@@ -454,9 +479,39 @@ fn rate_limits_are_per_node() {
         },
         ..PolicyConfig::default()
     });
-    assert!((0..3).all(|_| p.admit("web1")));
-    assert!(!p.admit("web1"));
-    assert!(p.admit("web2"), "another node has its own bucket");
+    let mut l = Memory::default();
+    let batch: Vec<Envelope> = (1..=5)
+        .map(|i| report(i, &format!("198.51.100.{i}"), Source::Detector, None))
+        .collect();
+    let web1 = member("web1", None, Role::Node);
+    let r = p
+        .apply_intents(&mut l, &web1, &batch, at(0), &mut None)
+        .unwrap();
+    assert_eq!(r.results.len(), 3);
+    assert_eq!(r.held_back, Some("rate"));
+    let web2 = member("web2", None, Role::Node);
+    let r = p
+        .apply_intents(&mut l, &web2, &batch, at(0), &mut None)
+        .unwrap();
+    assert_eq!(r.results.len(), 3, "another node has its own bucket");
+    // A node's own bans by hand draw from node_rate: a `ban --file` on a
+    // node drains at bulk speed.
+    let by_hand: Vec<Envelope> = (10..=200)
+        .map(|i| report(i, &format!("203.0.113.{}", i % 250), Source::Cli, None))
+        .collect();
+    let r = p
+        .apply_intents(&mut l, &web1, &by_hand, at(0), &mut None)
+        .unwrap();
+    assert_eq!(r.results.len(), by_hand.len());
+    // Retries are recognised, not applied again or counted.
+    let r = p
+        .apply_intents(&mut l, &web1, &by_hand[..3], at(0), &mut None)
+        .unwrap();
+    assert!(
+        r.results
+            .iter()
+            .all(|r| r.outcome == IntentOutcome::Duplicate)
+    );
 }
 
 #[test]
@@ -486,4 +541,417 @@ fn unban_and_unallow_report_what_was_not_there() {
         p.decide(&mut l, &node("web1"), &ua, at(0)).unwrap().outcome,
         IntentOutcome::NotFound
     );
+}
+
+fn ban_by(
+    id: u64,
+    target: &str,
+    source: Source,
+    span: Option<&str>,
+    actor: Option<&str>,
+) -> Envelope {
+    let mut e = report(id, target, source, span);
+    if let Intent::Ban { actor: a, .. } = &mut e.intent {
+        *a = actor.map(String::from);
+    }
+    e
+}
+
+#[test]
+fn the_credential_decides_what_a_request_may_claim() {
+    let p = Policy::new(PolicyConfig {
+        quorum: [(Source::Report, 2), (Source::Detector, 2)].into(),
+        ..PolicyConfig::default()
+    });
+    let mut l = Memory::default();
+    let thief = member("web1", None, Role::Node);
+    // Claiming the hub's own sources is refused outright.
+    for s in [Source::Policy, Source::Config, Source::Feed] {
+        let r = p
+            .decide(&mut l, &thief, &report(1, "198.51.100.7", s, None), at(0))
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Refused, "{s}");
+    }
+    // A reporter's `cli` is a report: it waits for the quorum.
+    let reporter = member("f2b", None, Role::Reporter);
+    let r = p
+        .decide(
+            &mut l,
+            &reporter,
+            &report(2, "198.51.100.8", Source::Cli, None),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Pending);
+    // The actor names the node, so nobody passes for an administrator.
+    p.decide(
+        &mut l,
+        &thief,
+        &ban_by(3, "198.51.100.9", Source::Cli, Some("1h"), Some("alice")),
+        at(0),
+    )
+    .unwrap();
+    let d = l
+        .get(Action::Ban, &n("198.51.100.9"), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.origin.actor.as_deref(), Some("web1:alice"));
+    assert_eq!(d.origin.node, "web1");
+    // The hub's own actors are taken as given.
+    let dash = Node::internal("dashboard", Role::Operator);
+    p.decide(
+        &mut l,
+        &dash,
+        &ban_by(0, "198.51.100.10", Source::Cli, None, Some("alice")),
+        at(0),
+    )
+    .unwrap();
+    let d = l
+        .get(Action::Ban, &n("198.51.100.10"), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.origin.actor.as_deref(), Some("alice"));
+}
+
+#[test]
+fn a_node_bans_hosts_within_limits_and_lifts_only_its_own() {
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    let web1 = member("web1", Some("dmz"), Role::Node);
+    let web2 = member("web2", Some("dmz"), Role::Node);
+    let r = p
+        .decide(
+            &mut l,
+            &web1,
+            &report(1, "198.51.0.0/16", Source::Cli, None),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Refused, "wider than /24");
+    let r = p
+        .decide(
+            &mut l,
+            &web1,
+            &report(2, "198.51.100.7", Source::Cli, Some("forever")),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Accepted);
+    assert_eq!(
+        lasting(&r, at(0)),
+        7 * 86_400,
+        "forever is shortened to the node limit"
+    );
+    assert!(r.reason.unwrap().contains("shortened"));
+    let un = Envelope {
+        id: 3,
+        at: at(0),
+        intent: Intent::Unban {
+            target: n("198.51.100.7"),
+            actor: None,
+        },
+    };
+    assert_eq!(
+        p.decide(&mut l, &web2, &un, at(0)).unwrap().outcome,
+        IntentOutcome::Refused
+    );
+    assert_eq!(
+        p.decide(&mut l, &web1, &un, at(0)).unwrap().outcome,
+        IntentOutcome::Accepted
+    );
+    // An operator's ban is not a node's to lift.
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &report(4, "203.0.0.0/16", Source::Cli, None),
+        at(0),
+    )
+    .unwrap();
+    let un = Envelope {
+        id: 5,
+        at: at(0),
+        intent: Intent::Unban {
+            target: n("203.0.0.0/16"),
+            actor: None,
+        },
+    };
+    assert_eq!(
+        p.decide(&mut l, &web1, &un, at(0)).unwrap().outcome,
+        IntentOutcome::Refused
+    );
+    let reporter = member("f2b", None, Role::Reporter);
+    assert_eq!(
+        p.decide(&mut l, &reporter, &un, at(0)).unwrap().outcome,
+        IntentOutcome::Refused
+    );
+}
+
+#[test]
+fn only_operators_change_the_networks_allowlist() {
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    let web1 = member("web1", Some("dmz"), Role::Node);
+    for (i, (target, group)) in [
+        ("0.0.0.0/0", None),
+        ("198.51.100.0/24", None),
+        ("198.51.100.0/24", Some("web")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = p
+            .decide(&mut l, &web1, &allow(i as u64 + 1, target, *group), at(0))
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Refused, "{target} {group:?}");
+    }
+    let r = p
+        .decide(
+            &mut l,
+            &web1,
+            &allow(9, "198.51.100.0/24", Some("dmz")),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Accepted, "its own group");
+    let reporter = member("f2b", Some("dmz"), Role::Reporter);
+    let r = p
+        .decide(
+            &mut l,
+            &reporter,
+            &allow(10, "198.51.100.0/24", Some("dmz")),
+            at(0),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Refused);
+    // Even an operator cannot open everything at once.
+    for t in ["0.0.0.0/0", "::/0"] {
+        let r = p
+            .decide(&mut l, &node("admin"), &allow(11, t, None), at(0))
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Refused, "{t}");
+    }
+    // The operator's allow is not a node's to remove.
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &allow(12, "192.0.2.0/24", None),
+        at(0),
+    )
+    .unwrap();
+    let ua = Envelope {
+        id: 13,
+        at: at(0),
+        intent: Intent::Unallow {
+            target: n("192.0.2.0/24"),
+            group: None,
+            actor: None,
+        },
+    };
+    assert_eq!(
+        p.decide(&mut l, &web1, &ua, at(0)).unwrap().outcome,
+        IntentOutcome::Refused
+    );
+}
+
+#[test]
+fn the_hub_and_brokers_are_never_banned_and_allowed_everywhere() {
+    let p = Policy::new(PolicyConfig {
+        protected: vec![(n("198.18.0.1"), "palisade hub".into())],
+        ..PolicyConfig::default()
+    });
+    let mut l = Memory::default();
+    for t in ["198.18.0.1", "198.18.0.0/24", "198.18.0.0/16"] {
+        let r = p
+            .decide(
+                &mut l,
+                &node("admin"),
+                &report(1, t, Source::Cli, None),
+                at(0),
+            )
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Refused, "{t}");
+        assert!(r.reason.unwrap().contains("hub"));
+    }
+    p.sync_static_allows(&mut l, &[], at(0)).unwrap();
+    let d = l
+        .get(Action::Allow, &n("198.18.0.1"), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.origin.source, d.origin.node.as_str()),
+        (Source::Policy, HUB_NODE)
+    );
+    let ua = Envelope {
+        id: 2,
+        at: at(0),
+        intent: Intent::Unallow {
+            target: n("198.18.0.1"),
+            group: None,
+            actor: None,
+        },
+    };
+    assert_eq!(
+        p.decide(&mut l, &node("admin"), &ua, at(0))
+            .unwrap()
+            .outcome,
+        IntentOutcome::Refused
+    );
+    // Gone from the configuration: gone from the allowlist.
+    let p2 = Policy::new(PolicyConfig::default());
+    p2.sync_static_allows(&mut l, &[], at(0)).unwrap();
+    assert!(
+        l.get(Action::Allow, &n("198.18.0.1"), None)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn configured_allows_shadow_bans_instead_of_deleting_them() {
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &report(1, "198.51.100.7", Source::Cli, None),
+        at(0),
+    )
+    .unwrap();
+    let office = StaticAllow {
+        target: n("198.51.100.0/24"),
+        comment: Some("office".into()),
+        group: None,
+    };
+    p.sync_static_allows(&mut l, &[office], at(0)).unwrap();
+    assert!(
+        l.get(Action::Ban, &n("198.51.100.7"), None)
+            .unwrap()
+            .is_some()
+    );
+    p.sync_static_allows(&mut l, &[], at(0)).unwrap();
+    assert!(
+        l.get(Action::Allow, &n("198.51.100.0/24"), None)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        l.get(Action::Ban, &n("198.51.100.7"), None)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_nodes_allow_is_pinned_to_its_first_address() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    assert_eq!(
+        p.node_address(&mut l, "web1", None, ip("198.18.0.11"), at(0))
+            .unwrap(),
+        NodeAddress::Pinned
+    );
+    assert!(
+        l.get(Action::Allow, &n("198.18.0.11"), None)
+            .unwrap()
+            .is_some()
+    );
+    // A thief using web1's token from elsewhere moves nothing.
+    let r = p
+        .node_address(&mut l, "web1", None, ip("203.0.113.66"), at(0))
+        .unwrap();
+    assert!(matches!(r, NodeAddress::Refused(_)));
+    assert!(
+        l.get(Action::Allow, &n("203.0.113.66"), None)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        l.get(Action::Allow, &n("198.18.0.11"), None)
+            .unwrap()
+            .is_some()
+    );
+    // Revoked: the allow and the pin go; a new credential pins anew.
+    p.node_gone(&mut l, "web1").unwrap();
+    assert!(
+        l.get(Action::Allow, &n("198.18.0.11"), None)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        p.node_address(&mut l, "web1", None, ip("198.18.0.12"), at(0))
+            .unwrap(),
+        NodeAddress::Pinned
+    );
+    // Inside node_networks a node may move; outside it is never allowed.
+    let p = Policy::new(PolicyConfig {
+        node_networks: vec![n("198.18.0.0/24")],
+        ..PolicyConfig::default()
+    });
+    let r = p
+        .node_address(&mut l, "web1", None, ip("198.18.0.13"), at(0))
+        .unwrap();
+    assert_eq!(
+        r,
+        NodeAddress::Moved {
+            from: ip("198.18.0.12")
+        }
+    );
+    assert!(
+        l.get(Action::Allow, &n("198.18.0.12"), None)
+            .unwrap()
+            .is_none()
+    );
+    let r = p
+        .node_address(&mut l, "web2", None, ip("203.0.113.5"), at(0))
+        .unwrap();
+    assert!(matches!(r, NodeAddress::Refused(_)));
+}
+
+#[test]
+fn forgeable_detections_need_several_servers_and_the_ban_names_them() {
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    let probe = |id| {
+        let mut e = report(id, "198.51.100.7", Source::Detector, None);
+        if let Intent::Ban { unverified, .. } = &mut e.intent {
+            *unverified = true;
+        }
+        e
+    };
+    let r = p
+        .decide(&mut l, &member("web1", None, Role::Node), &probe(1), at(0))
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Pending);
+    let r = p
+        .decide(&mut l, &member("web1", None, Role::Node), &probe(2), at(1))
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        IntentOutcome::Pending,
+        "the same server twice is one"
+    );
+    let r = p
+        .decide(&mut l, &member("web2", None, Role::Node), &probe(3), at(2))
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Accepted);
+    let d = l
+        .get(Action::Ban, &n("198.51.100.7"), None)
+        .unwrap()
+        .unwrap();
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("web1") && e.contains("web2")),
+        "{:?}",
+        d.evidence
+    );
+}
+
+#[test]
+fn reserved_and_odd_names_are_refused() {
+    for bad in ["dashboard", "Hub", "vallumd", "..", ".", "a/b", ""] {
+        assert!(check_node_name(bad).is_err(), "{bad}");
+    }
+    assert!(check_node_name("web1.example").is_ok());
 }

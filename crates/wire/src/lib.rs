@@ -18,7 +18,7 @@ pub mod token;
 
 pub use bus::{Bus, BusError, ItemStream};
 pub use proto::*;
-pub use token::{Token, TokenKind};
+pub use token::{Role, RoleError, Token, TokenKind};
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -27,11 +27,17 @@ pub enum Intent {
         #[serde(default)]
         evidence: Vec<String>,
         source: Source,
-        /// The kernel list a detector's stage named (xt_recent).
-        #[serde(default)]
+        /// The kernel list a detector's stage named (xt_recent); checked
+        /// when the intent is read (see `palisade_model::decision::check_list_name`).
+        #[serde(default, deserialize_with = "palisade_model::decision::list_name")]
         list: Option<String>,
         #[serde(default)]
         actor: Option<String>,
+        /// The detection could have been forged (a port probe: a SYN can
+        /// carry any source address). The policy bans network-wide only
+        /// when several nodes confirm it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unverified: bool,
     },
     Unban {
         target: Net,
@@ -189,6 +195,10 @@ pub struct BusRequest {
     /// The sender's group, as configured on the node.
     #[serde(default)]
     pub group: Option<String>,
+    /// The address the bus sees the sender at, so its automatic allow is in
+    /// place before its first intent is decided.
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
     pub envelopes: Vec<Envelope>,
 }
 
@@ -244,6 +254,7 @@ mod tests {
                 source: Source::Report,
                 actor: Some("fail2ban".into()),
                 list: None,
+                unverified: false,
             },
         };
         let json = serde_json::to_string(&e).unwrap();

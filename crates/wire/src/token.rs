@@ -46,6 +46,68 @@ impl fmt::Display for TokenKind {
     }
 }
 
+/// What the holder of a node credential may do; the hub (or a policy
+/// worker) enforces it, whatever a request claims.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Only reports attackers: always subject to quorum and rate limits.
+    Reporter,
+    /// Reports, and makes host bans within the hub's limits; never allows
+    /// for the whole network, never lifts what others decided.
+    #[default]
+    Node,
+    /// Everything the guard permits (the hub's own CLI and dashboard act as
+    /// operators).
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reporter => "reporter",
+            Role::Node => "node",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a string is not a role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a role: use reporter, node or operator")]
+pub struct RoleError(pub String);
+
+impl FromStr for Role {
+    type Err = RoleError;
+
+    fn from_str(s: &str) -> Result<Role, RoleError> {
+        match s {
+            "reporter" => Ok(Role::Reporter),
+            "node" => Ok(Role::Node),
+            "operator" => Ok(Role::Operator),
+            other => Err(RoleError(other.to_string())),
+        }
+    }
+}
+
 /// A parsed token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
