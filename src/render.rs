@@ -234,6 +234,9 @@ pub fn status(s: &AgentStatus) -> String {
             latest - n.cursor,
             n.pending
         );
+        if let Some(why) = &n.held_back {
+            let _ = writeln!(out, "  held back  {why}");
+        }
         if let Some(e) = &n.last_error {
             let _ = writeln!(out, "  last error {e}");
         }
@@ -296,21 +299,29 @@ pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<5} {:<10} {:<9} {:<14} {:<16} CREATED",
-        "NAME", "KIND", "GROUP", "ID", "STATE", "ADDRESS"
+        "{:<20} {:<5} {:<9} {:<10} {:<9} {:<14} {:<16} CREATED",
+        "NAME", "KIND", "ROLE", "GROUP", "ID", "STATE", "ADDRESS"
     );
     for t in tokens {
+        let spent = t.uses_left == Some(0) || t.expires.is_some_and(|e| e <= now);
         let state = match (t.revoked, t.connected, t.last_seen) {
             (Some(_), _, _) => "revoked".to_string(),
+            _ if t.kind == "join" && spent => format!("spent ({} joined)", t.used),
+            _ if t.kind == "join" && t.used > 0 => match t.uses_left {
+                Some(left) => format!("{} joined, {left} left", t.used),
+                None => format!("{} joined", t.used),
+            },
             (None, true, _) => "connected".to_string(),
             (None, false, Some(seen)) => format!("seen {}", relative(seen, now)),
             (None, false, None) => "unused".to_string(),
         };
+        let role = if t.kind == "read" { "-" } else { t.role.as_str() };
         let _ = writeln!(
             out,
-            "{:<20} {:<5} {:<10} {:<9} {:<14} {:<16} {}",
+            "{:<20} {:<5} {:<9} {:<10} {:<9} {:<14} {:<16} {}",
             t.name,
             t.kind,
+            role,
             t.group.as_deref().unwrap_or("-"),
             t.id,
             state,

@@ -260,6 +260,7 @@ async fn status(shared: &Shared, kernel: bool) -> Response {
                     .map_err(internal)?
                     .map_or(0, |(a, b)| b - a + 1),
                 last_error: state.last_error.lock().unwrap().clone(),
+                held_back: state.held_back.lock().unwrap().clone(),
             }),
             None => None,
         };

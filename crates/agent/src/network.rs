@@ -34,6 +34,8 @@ const APPLY_BATCH: usize = 10_000;
 /// How long a batch inside a snapshot waits for the next item.
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(100);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// How long the stream waits for this node's queued intents to be sent.
+const OUTBOX_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,8 @@ pub struct NetState {
     pub connected: std::sync::atomic::AtomicBool,
     pub latest: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Why the outbox is draining slower than it could, while it is.
+    pub held_back: Mutex<Option<String>>,
 }
 
 impl NetState {
@@ -81,6 +85,11 @@ pub fn spawn(
 async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, state: Arc<NetState>) {
     let mut backoff = Backoff::new();
     loop {
+        // What this node asked for while away goes first: a replayed
+        // stream must not apply what its own queued intents undo (a ban
+        // then an unban made while the network was away ends unbanned,
+        // with no moment of the ban in between).
+        outbox_sent_first(&store).await;
         let cursor = match read_cursor(&store).await {
             Ok(c) => c,
             Err(e) => {
@@ -244,6 +253,13 @@ async fn send(
             Ok(results) => {
                 tracing::debug!(answered = results.len(), "the network answered");
                 let partial = results.len() < batch.len();
+                *state.held_back.lock().unwrap() = partial.then(|| {
+                    format!(
+                        "the network's rate limit took {} of {} queued requests; the rest follow as it allows (reports are limited by [hub.rate], a node's own bans by [hub.node_rate])",
+                        results.len(),
+                        batch.len()
+                    )
+                });
                 let (tx, rx) = oneshot::channel();
                 if worker.send(Command::Results(results, tx)).is_err() {
                     return;
@@ -290,6 +306,28 @@ async fn heartbeat(bus: Arc<dyn Bus>, store: Arc<Store>, state: Arc<NetState>) {
         if let Err(e) = bus.heartbeat(&beat).await {
             state.failed(&e);
         }
+    }
+}
+
+/// Waits (up to [`OUTBOX_FIRST`]) until the send task has emptied the
+/// outbox.
+async fn outbox_sent_first(store: &Arc<Store>) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let s = store.clone();
+        let empty = tokio::task::spawn_blocking(move || pending(&s, 1).map(|p| p.is_empty()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(true);
+        if empty {
+            return;
+        }
+        if started.elapsed() >= OUTBOX_FIRST {
+            tracing::debug!("the outbox is not empty yet; following the stream anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use palisade_enforce::Change;
 use palisade_model::{Action, Decision, Net, Scope, Source, Timestamp};
 use palisade_store::Queue;
-use palisade_wire::{Envelope, Intent, IntentResult, StreamItem};
+use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult, StreamItem};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -434,7 +434,18 @@ impl Core {
         };
         let sent = pending(&self.store, results.len().max(1) * 2 + 16)?;
         let mut take_back = Vec::new();
+        let mut realign = Vec::new();
         for r in results {
+            if r.outcome == IntentOutcome::Suppressed
+                && let Some(Intent::Ban { target, .. }) =
+                    sent.iter().find(|e| e.id == r.id).map(|e| &e.intent)
+            {
+                // A repeat the network recorded without broadcasting: its
+                // ban keeps the expiry the answer names, and so does this
+                // node's (it applied its own repeat provisionally).
+                realign.push((*target, r.expires));
+                continue;
+            }
             if !r.outcome.is_refusal() {
                 continue;
             }
@@ -468,6 +479,37 @@ impl Core {
         if !take_back.is_empty() {
             self.remove_all(Action::Ban, &take_back, &[])?;
         }
+        self.realign(&realign)?;
+        Ok(())
+    }
+
+    /// Sets this node's own network bans to the expiry the network holds
+    /// for them (kernel, then store).
+    fn realign(&mut self, bans: &[(Net, Option<Timestamp>)]) -> Result<(), CoreError> {
+        let reader = self.store.read()?;
+        let mut changed = Vec::new();
+        for (target, expires) in bans {
+            if let Some(mut d) = reader.get(Action::Ban, target)?
+                && d.scope == Scope::Network
+                && d.origin.node == self.settings.node
+                && d.expires != *expires
+            {
+                d.expires = *expires;
+                changed.push(d);
+            }
+        }
+        drop(reader);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<Change> = changed.iter().map(|d| Change::Put(entry(d))).collect();
+        self.enforce_changes(&changes);
+        self.store.write(|w| {
+            for d in &changed {
+                w.put(d)?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 }

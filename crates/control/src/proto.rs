@@ -258,6 +258,9 @@ pub struct NetworkStatus {
     /// Requests waiting in the outbox.
     pub pending: u64,
     pub last_error: Option<String>,
+    /// Why queued requests are being held back, while they are.
+    #[serde(default)]
+    pub held_back: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -249,6 +249,11 @@ pub fn kept_token(
             .iter()
             .any(|(i, r)| *i == id && r.is_valid())
         {
+            if kind == TokenKind::Node {
+                // Made before credentials had roles: the hub's own agent
+                // acts for the operator.
+                tokens::set_role(store, &id, palisade_wire::Role::Operator)?;
+            }
             return Ok(Token { pin, ..token });
         }
     }

@@ -253,6 +253,21 @@ pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
     Ok(out)
 }
 
+/// Gives the token with this id another role.
+pub fn set_role(store: &Store, id: &str, role: Role) -> Result<(), StoreError> {
+    store.write(|w| {
+        if let Some(mut r) = w
+            .map_get(Map::Tokens, id)?
+            .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
+            && r.role != role
+        {
+            r.role = role;
+            w.map_put(Map::Tokens, id, &json(&r))?;
+        }
+        Ok(())
+    })
+}
+
 /// Revokes every valid token named `name`; returns their ids.
 pub fn revoke(store: &Store, name: &str) -> Result<Vec<String>, TokenError> {
     let now = Timestamp::now();

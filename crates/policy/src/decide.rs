@@ -361,7 +361,7 @@ impl Policy {
                 "a node may change the allow entries of its own group only, not {g:?}"
             )),
             (Role::Node, None, _) => Err(
-                "a node credential cannot change the allowlist of the whole network; an operator can (on the hub: `palisade hub allow`, or with an operator token), or use --local for this server only"
+                "a node credential cannot change the allowlist of the whole network; an operator can (the dashboard, `palisade allow` where `palisade up` runs, or a server whose token was made with --role operator), or use --local for this server only"
                     .to_string(),
             ),
             _ => Err(format!(
