@@ -315,7 +315,11 @@ pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
             (None, false, Some(seen)) => format!("seen {}", relative(seen, now)),
             (None, false, None) => "unused".to_string(),
         };
-        let role = if t.kind == "read" { "-" } else { t.role.as_str() };
+        let role = if t.kind == "read" {
+            "-"
+        } else {
+            t.role.as_str()
+        };
         let _ = writeln!(
             out,
             "{:<20} {:<5} {:<9} {:<10} {:<9} {:<14} {:<16} {}",

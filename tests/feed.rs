@@ -261,8 +261,22 @@ fn a_hub_pulls_feeds_for_the_whole_network() {
             hub.log()
         );
     }
-    // web1's own address (198.18.0.3) is a node's: never banned.
-    assert!(!has(lab.host("web2"), "198.18.0.3"));
+    // web1's own address (198.18.0.3) is a node's: allowed everywhere, so
+    // the feed's entry for it (made before web1 joined) is only shadowed.
+    assert!(
+        wait_until(Duration::from_secs(10), || agents[1]
+            .ok(&["explain", "198.18.0.3"])
+            .contains("ALLOWED")),
+        "{}",
+        agents[1].ok(&["explain", "198.18.0.3"])
+    );
+    assert!(
+        kernel_elements(lab.host("web2"))
+            .iter()
+            .any(|e| e.starts_with("allow") && e.ends_with(": 198.18.0.3")),
+        "{:?}",
+        kernel_elements(lab.host("web2"))
+    );
     let story = agents[1].ok(&["explain", "198.51.100.7"]);
     assert!(story.contains("drop via feed on hub"), "{story}");
 }

@@ -705,3 +705,69 @@ fn which(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// The expiry of `target`'s ban on agent `i`, as its store holds it.
+fn expiry_on(agent: &Agent, target: &str) -> Option<String> {
+    let json = agent.ok(&["list", "--json", "--bans"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v.as_array()?
+        .iter()
+        .find(|d| d["target"].as_str() == Some(target))
+        .map(|d| d["expires"].to_string())
+}
+
+#[test]
+fn a_suppressed_repeat_leaves_the_reporter_with_the_networks_expiry() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(wait_until(SPREAD, || expiry_on(&net.agents[1], &attacker).is_some()));
+    // A longer repeat inside the suppression window: recorded by the hub,
+    // not broadcast, so the reporter must not keep its own longer ban.
+    net.agents[0].ok(&["ban", &attacker, "--for", "3h"]);
+    let network = expiry_on(&net.agents[1], &attacker);
+    assert!(
+        wait_until(SPREAD, || expiry_on(&net.agents[0], &attacker) == network),
+        "web1 {:?} and web2 {network:?} disagree\n{}",
+        expiry_on(&net.agents[0], &attacker),
+        net.agents[0].log()
+    );
+}
+
+#[test]
+fn a_nodes_own_bans_drain_at_bulk_speed_while_reports_are_rate_limited() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start_with("[hub.rate]\nper_second = 0.01\nburst = 2\n", "");
+    // 300 bans by hand on web1: its own actions draw from node_rate.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("list.txt");
+    let list: Vec<String> = (0..300)
+        .map(|i| format!("203.0.{}.{}", 113 + i / 250, 1 + i % 250))
+        .collect();
+    std::fs::write(&file, list.join("\n")).unwrap();
+    net.agents[0].ok(&["ban", "--file", file.to_str().unwrap(), "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || net.agents[1]
+            .ok(&["list", "--bans"])
+            .matches("203.0.")
+            .count()
+            >= 300),
+        "web2 did not get web1's 300 bans"
+    );
+    // Reports past the burst are held back, and status says so.
+    for i in 1..=5 {
+        net.agents[2].ok(&["report", "fail2ban", "sshd", &format!("198.51.100.{i}")]);
+    }
+    assert!(
+        wait_until(SPREAD, || net.agents[2]
+            .ok(&["status"])
+            .contains("held back")),
+        "{}",
+        net.agents[2].ok(&["status"])
+    );
+}

@@ -512,14 +512,7 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
         message: e.to_string(),
     };
     Ok(match request {
-        HubRequest::TokenCreate {
-            name,
-            kind,
-            group,
-            role,
-            uses,
-            expires_in,
-        } => {
+        HubRequest::TokenCreate { .. } => {
             // Make the hub's certificate now if it has none, so the token
             // carries its pin.
             let identity = palisade_hub::identity::ensure(
@@ -527,15 +520,8 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 options.certificate.clone(),
                 &options.names,
             )?;
-            let made = palisade_hub::tokens::requested(
-                name,
-                kind,
-                group.clone(),
-                role.as_deref(),
-                *uses,
-                *expires_in,
-            )
-            .and_then(|spec| palisade_hub::tokens::create(&store, spec, identity.pin));
+            let made = palisade_hub::tokens::create_requested(&store, request, identity.pin)
+                .expect("a token creation");
             match made {
                 Ok((t, r)) => HubResponse::Token {
                     token: t.to_string(),

@@ -474,6 +474,15 @@ impl Core {
         let mut intents = Vec::new();
         let scope = self.scope(req.scope);
         for &target in targets {
+            if let Err(refusal) = self.settings.guard.check_allow(&target) {
+                applied.push(
+                    target,
+                    OutcomeKind::Refused,
+                    Some(refusal.to_string()),
+                    None,
+                );
+                continue;
+            }
             if scope == Scope::Network {
                 intents.push(Intent::Allow {
                     target,

@@ -71,21 +71,6 @@ impl ToStore {
         self.at.contains_key(key)
     }
 
-    /// An allow that arrives after a ban in the same batch wins.
-    fn drop_bans_within(&mut self, allowed: &Net) {
-        let before = self.list.len();
-        self.list
-            .retain(|p| !(p.action == Action::Ban && allowed.contains(&p.target)));
-        if self.list.len() != before {
-            self.at = self
-                .list
-                .iter()
-                .enumerate()
-                .map(|(i, d)| ((d.action, d.target), i))
-                .collect();
-        }
-    }
-
     fn len(&self) -> usize {
         self.list.len()
     }
@@ -206,7 +191,6 @@ impl Core {
                         now,
                         &mut changes,
                         &mut to_store,
-                        &mut to_remove,
                         &mut newly,
                     )?;
                 }
@@ -355,7 +339,6 @@ impl Core {
         now: Timestamp,
         changes: &mut Vec<Change>,
         to_store: &mut ToStore,
-        to_remove: &mut Vec<(Action, Net)>,
         newly: &mut Vec<Net>,
     ) -> Result<(), CoreError> {
         if !d.is_active(now) {
@@ -400,24 +383,13 @@ impl Core {
                 }
             }
             Action::Allow => {
-                // The allowlist wins here too: bans inside it are lifted.
-                let mut inside: Vec<Net> = reader
-                    .within(Action::Ban, &d.target)?
-                    .into_iter()
-                    .map(|b| b.target)
-                    .collect();
-                if reader.get(Action::Ban, &d.target)?.is_some() {
-                    inside.push(d.target);
+                // Bans inside stay, shadowed (the kernel accepts allowed
+                // sources first). An allow no hub should send is refused
+                // here too.
+                if let Err(refusal) = self.settings.guard.check_allow(&d.target) {
+                    warn!(target = %d.target, reason = %refusal, "an allow entry from the network does not apply here");
+                    return Ok(());
                 }
-                for n in inside {
-                    to_remove.push((Action::Ban, n));
-                    changes.push(Change::Remove {
-                        action: Action::Ban,
-                        net: n,
-                    });
-                }
-                // An allow that arrives after a ban in the same batch wins.
-                to_store.drop_bans_within(&d.target);
             }
         }
         changes.push(Change::Put(entry(&d)));

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::command::{CommandConfig, CommandEnforcer};
 use crate::ipset::{IpsetConfig, IpsetEnforcer};
+use crate::layout::{CONNTRACK_PRIORITY, valid_interface_name};
 use crate::nftables::{NftConfig, Nftables};
 use crate::xt_recent::{XtRecent, XtRecentConfig};
 use crate::{Change, EnforceError, Enforcer, Entry, Status};
@@ -246,8 +247,15 @@ pub struct NftablesConfig {
     /// The `inet` table palisade owns.
     #[serde(deserialize_with = "nft_name")]
     pub table: String,
-    /// Priority of its input and forward chains.
+    /// Priority of its input chain (port-probe logging only).
     pub priority: i32,
+    /// Priority of its prerouting chain, where banned sources are dropped;
+    /// must be below conntrack's -200 (default -300, `raw`).
+    #[serde(deserialize_with = "before_conntrack")]
+    pub prerouting_priority: i32,
+    /// Interfaces that also drop banned sources in an ingress chain.
+    #[serde(deserialize_with = "interface_names")]
+    pub ingress_devices: Vec<String>,
     pub filter: Filter,
     /// Set by the agent, not the operator: the NFLOG group of a configured
     /// port-probe source, reported to by the table's input chain.
@@ -271,12 +279,55 @@ fn nft_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     }
 }
 
+/// A prerouting priority at or after conntrack's would let every banned
+/// packet cost a conntrack entry again: refused.
+fn before_conntrack<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let p = i32::deserialize(d)?;
+    if p < CONNTRACK_PRIORITY {
+        Ok(p)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "prerouting_priority {p} runs after connection tracking ({CONNTRACK_PRIORITY}): \
+             use -300 (raw) or another value below {CONNTRACK_PRIORITY}"
+        )))
+    }
+}
+
+/// Most ingress chains one table gets.
+const MAX_INGRESS_DEVICES: usize = 64;
+
+fn interface_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    if names.len() > MAX_INGRESS_DEVICES {
+        return Err(serde::de::Error::custom(format!(
+            "{} ingress_devices: at most {MAX_INGRESS_DEVICES}",
+            names.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for n in &names {
+        if !valid_interface_name(n) {
+            return Err(serde::de::Error::custom(format!(
+                "{n:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"
+            )));
+        }
+        if !seen.insert(n) {
+            return Err(serde::de::Error::custom(format!(
+                "interface {n:?} is listed twice in ingress_devices"
+            )));
+        }
+    }
+    Ok(names)
+}
+
 impl Default for NftablesConfig {
     fn default() -> Self {
         let d = NftConfig::default();
         NftablesConfig {
             table: d.table,
             priority: d.priority,
+            prerouting_priority: d.prerouting_priority,
+            ingress_devices: d.ingress_devices,
             filter: Filter::default(),
             probe_log_group: None,
         }
@@ -300,6 +351,8 @@ pub fn build(config: &EnforcerConfig) -> Result<Box<dyn Enforcer>, EnforceError>
             Nftables::new(NftConfig {
                 table: c.table.clone(),
                 priority: c.priority,
+                prerouting_priority: c.prerouting_priority,
+                ingress_devices: c.ingress_devices.clone(),
                 probe_log_group: c.probe_log_group,
             })?,
             &c.filter,
@@ -320,6 +373,12 @@ pub const EXAMPLE_TOML: &str = r#"
 [[enforcer]]
 kind = "nftables"
 table = "palisade"
+# Banned sources are dropped in a prerouting chain before connection
+# tracking and DNAT (priority -300, raw); the input chain at `priority` only
+# logs port probes. Interfaces listed here also drop banned sources at
+# their ingress, the earliest point nftables offers.
+prerouting_priority = -300
+ingress_devices = []
 priority = -10
 
 # ipsets for firewalls built on `-m set --match-set NAME src -j DROP`
@@ -519,5 +578,62 @@ mod tests {
         assert!(bad.is_err());
         let bad = toml::from_str::<Doc>("[[enforcer]]\nkind = \"iptables\"\n");
         assert!(bad.unwrap_err().to_string().contains("unknown variant"));
+    }
+
+    #[test]
+    fn ingress_devices_and_prerouting_priority_are_read() {
+        #[derive(Debug, Deserialize)]
+        struct Doc {
+            enforcer: Vec<EnforcerConfig>,
+        }
+        let parse = |body: &str| {
+            toml::from_str::<Doc>(&format!("[[enforcer]]\nkind = \"nftables\"\n{body}"))
+                .map(|d| match d.enforcer.into_iter().next() {
+                    Some(EnforcerConfig::Nftables(c)) => c,
+                    other => panic!("nftables expected: {other:?}"),
+                })
+                .map_err(|e| e.to_string())
+        };
+        let c = parse("ingress_devices = [\"eth0\", \"br-1a2b3c\"]\nprerouting_priority = -350\n")
+            .unwrap();
+        assert_eq!(c.ingress_devices, ["eth0", "br-1a2b3c"]);
+        assert_eq!(c.prerouting_priority, -350);
+        let d = parse("").unwrap();
+        assert_eq!((d.prerouting_priority, d.ingress_devices.len()), (-300, 0));
+    }
+
+    #[test]
+    fn hostile_ingress_devices_and_late_priorities_are_refused() {
+        #[derive(Debug, Deserialize)]
+        struct Doc {
+            #[allow(dead_code)]
+            enforcer: Vec<EnforcerConfig>,
+        }
+        let err = |body: &str| {
+            toml::from_str::<Doc>(&format!("[[enforcer]]\nkind = \"nftables\"\n{body}"))
+                .unwrap_err()
+                .to_string()
+        };
+        for name in [
+            "\"\"",
+            "\"..\"",
+            "\"eth0/../x\"",
+            "\"eth0 drop\"",
+            "\"eth0\\n\"",
+            "\"a-name-longer-than-15\"",
+        ] {
+            let e = err(&format!("ingress_devices = [{name}]\n"));
+            assert!(e.contains("not a valid interface name"), "{name}: {e}");
+        }
+        let e = err("ingress_devices = [\"eth0\", \"eth0\"]\n");
+        assert!(e.contains("listed twice"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"e{i}\"")).collect();
+        let e = err(&format!("ingress_devices = [{}]\n", many.join(",")));
+        assert!(e.contains("at most 64"), "{e}");
+        // After conntrack, or after DNAT: refused, with the value to use.
+        for p in ["-200", "-10", "0", "2147483647"] {
+            let e = err(&format!("prerouting_priority = {p}\n"));
+            assert!(e.contains("use -300 (raw)"), "{p}: {e}");
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! keep expiring on time while the agent is stopped.
 //!
 //! - [`nftables::Nftables`]: the default backend. It owns `table inet
-//!   palisade` (allow and block sets per family, input and forward chains)
+//!   palisade` (allow and block sets per family, a prerouting chain that
+//!   drops before conntrack, see `layout`)
 //!   and talks raw netlink: a whole list is swapped in one transaction, and
 //!   changes go in batches. Overlapping hosts and networks are kept as a
 //!   disjoint partition in memory, because the kernel's interval sets reject
@@ -33,6 +34,7 @@ pub mod filter;
 mod hosts;
 pub mod ipset;
 pub mod kill;
+pub mod layout;
 pub mod nftables;
 mod partition;
 pub mod xt_recent;

@@ -1,6 +1,7 @@
 //! The nftables enforcer: palisade's own table, driven over raw netlink.
 //!
-//! Kernel layout (table name and priority configurable):
+//! Kernel layout (table name and priorities configurable; the chains are
+//! built by `layout.rs`, which says why they sit where they do):
 //!
 //! ```text
 //! table inet palisade {
@@ -10,11 +11,13 @@
 //!   set block6     { type ipv6_addr; flags timeout; }
 //!   set block4_net { type ipv4_addr; flags interval,timeout; }  # banned networks
 //!   set block6_net { type ipv6_addr; flags interval,timeout; }
-//!   chain input   { type filter hook input   priority -10; policy accept;
-//!                   ip saddr @allow4 accept;     ip6 saddr @allow6 accept;
-//!                   ip saddr @block4 drop;       ip6 saddr @block6 drop;
-//!                   ip saddr @block4_net drop;   ip6 saddr @block6_net drop; }
-//!   chain forward { type filter hook forward priority -10; policy accept; (same) }
+//!   chain prerouting { type filter hook prerouting priority raw; policy accept;
+//!                      ip saddr @allow4 accept;     ip6 saddr @allow6 accept;
+//!                      ip saddr @block4 drop;       ip6 saddr @block6 drop;
+//!                      ip saddr @block4_net drop;   ip6 saddr @block6_net drop; }
+//!   chain ingress_DEV { type filter hook ingress device DEV priority -500; (same) }
+//!   chain input { type filter hook input priority -10;      # with probe logging
+//!                 allowed sources accepted, then the probe logging rules }
 //! }
 //! ```
 //!
@@ -37,7 +40,9 @@
 //! - [`Nftables::replace_all`](Enforcer::replace_all) rebuilds the table in
 //!   one transaction (`NEWTABLE`, `DELTABLE`, `NEWTABLE`, sets, chains,
 //!   rules, elements): packets see the old table or the new one, never an
-//!   empty one, and nothing stale survives.
+//!   empty one, and nothing stale survives. This is also how a table in the
+//!   earlier layout (input and forward chains) is upgraded at start, with
+//!   two chains bridging the switch (see `layout.rs`).
 //! - [`Nftables::apply`](Enforcer::apply) sends only the elements that
 //!   changed, in one transaction: `DESTROYSETELEM` for elements that went
 //!   away (missing elements are no error), `NEWSETELEM` for new ones, and
@@ -55,10 +60,11 @@ use std::time::Duration;
 use palisade_model::{Action, Family, Net, Timestamp};
 use palisade_netlink::Socket;
 use palisade_netlink::nft::{
-    self, AddrType, Batch, ChainSpec, ElemOp, ElemWriter, Hook, SetSpec, Verdict, family, set_flags,
+    self, AddrType, Batch, ElemOp, ElemWriter, SetSpec, Verdict, family, set_flags,
 };
 
 use crate::hosts::Hosts;
+use crate::layout;
 use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
 use crate::{Change, EnforceError, Enforcer, Entry, NetlinkError, ObjectStatus, Status};
 
@@ -71,20 +77,23 @@ const PRUNE_EVERY_MS: u64 = 60_000;
 /// the kernel expires a little late is still deleted explicitly if replaced.
 const PRUNE_GRACE_MS: u64 = 10_000;
 
-/// Most connection attempts per second reported to the probe NFLOG group.
-const PROBE_LOG_PER_SECOND: u32 = 200;
-
 /// Where the enforcer puts its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftConfig {
     /// Name of the `inet` table palisade owns (default `palisade`).
     pub table: String,
-    /// Priority of the input and forward chains (default -10, before the
-    /// usual `filter` chains at 0).
+    /// Priority of the input chain that logs port probes (default -10,
+    /// before the usual `filter` chains at 0).
     pub priority: i32,
-    /// When set, the input chain also reports connection attempts (TCP SYN,
-    /// new UDP flows; not from loopback, not from allowed or banned
-    /// sources) to this NFLOG group, for port-probe detection.
+    /// Priority of the prerouting chain that accepts allowed sources and
+    /// drops banned ones (default -300, `raw`: before conntrack and DNAT).
+    pub prerouting_priority: i32,
+    /// Interfaces that also get an ingress chain with the same rules, the
+    /// earliest drop nftables offers.
+    pub ingress_devices: Vec<String>,
+    /// When set, an input chain reports connection attempts (TCP SYN, new
+    /// UDP flows; not from loopback, not from allowed or banned sources) to
+    /// this NFLOG group, for port-probe detection.
     pub probe_log_group: Option<u16>,
 }
 
@@ -93,6 +102,8 @@ impl Default for NftConfig {
         NftConfig {
             table: "palisade".to_string(),
             priority: -10,
+            prerouting_priority: -300,
+            ingress_devices: Vec::new(),
             probe_log_group: None,
         }
     }
@@ -211,7 +222,7 @@ impl SetName {
         }
     }
 
-    fn verdict(self) -> Verdict {
+    pub(crate) fn verdict(self) -> Verdict {
         match self.kind() {
             Kind::Allow => Verdict::Accept,
             Kind::Block | Kind::BlockNet => Verdict::Drop,
@@ -596,6 +607,7 @@ impl Nftables {
         let elements = self.v4.elements_len() + self.v6.elements_len();
         let mut b = Batch::with_capacity(4096 + elements * 56);
         let table = self.config.table.as_str();
+        let upgrading = layout::holds_old_layout(&mut self.sock, table);
         // Create it so that the delete cannot fail, delete it with whatever
         // is in it (stale elements, foreign rules), and build it anew.
         nft::new_table(&mut b, family::INET, table);
@@ -612,25 +624,7 @@ impl Nftables {
             nft::new_set(&mut b, family::INET, table, &spec);
             specs.push((set, spec));
         }
-        for (chain, hook) in [("input", Hook::Input), ("forward", Hook::Forward)] {
-            nft::new_chain(
-                &mut b,
-                family::INET,
-                table,
-                &ChainSpec {
-                    name: chain,
-                    hook,
-                    priority: self.config.priority,
-                    policy: Verdict::Accept,
-                },
-            );
-            for (set, spec) in &specs {
-                nft::new_saddr_rule(&mut b, table, chain, spec, set.verdict());
-            }
-            if let (Hook::Input, Some(group)) = (hook, self.config.probe_log_group) {
-                nft::new_probe_log_rules(&mut b, table, chain, group, PROBE_LOG_PER_SECOND);
-            }
-        }
+        layout::add_chains(&mut b, &self.sock, &self.config, &specs, upgrading);
         for (set, spec) in &specs {
             let mut w = ElemWriter::new(
                 &mut b,
@@ -646,7 +640,10 @@ impl Nftables {
             }
             w.finish();
         }
-        let result = b.send(&mut self.sock);
+        let mut result = b.send(&mut self.sock);
+        if upgrading && result.is_ok() {
+            result = layout::finish_upgrade(&mut self.sock, &self.config.table);
+        }
         self.in_sync = result.is_ok();
         result
     }

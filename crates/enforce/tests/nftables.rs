@@ -161,18 +161,8 @@ fn layout_matches_the_specification() {
 		flags interval,timeout
 	}
 
-	chain input {
-		type filter hook input priority filter - 10; policy accept;
-		ip saddr @allow4 accept
-		ip6 saddr @allow6 accept
-		ip saddr @block4 drop
-		ip6 saddr @block6 drop
-		ip saddr @block4_net drop
-		ip6 saddr @block6_net drop
-	}
-
-	chain forward {
-		type filter hook forward priority filter - 10; policy accept;
+	chain prerouting {
+		type filter hook prerouting priority raw; policy accept;
 		ip saddr @allow4 accept
 		ip6 saddr @allow6 accept
 		ip saddr @block4 drop
@@ -186,32 +176,35 @@ fn layout_matches_the_specification() {
     // The same through the JSON view: chain hooks, priorities, policies.
     let json = nft_json(&ns, "palisade");
     let chains: Vec<&Value> = json.iter().filter_map(|o| o.get("chain")).collect();
-    assert_eq!(chains.len(), 2);
-    for c in chains {
-        assert_eq!(c["type"], "filter");
-        assert_eq!(c["prio"], -10);
-        assert_eq!(c["policy"], "accept");
-        assert!(c["hook"] == "input" || c["hook"] == "forward");
-    }
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0]["type"], "filter");
+    assert_eq!(chains[0]["hook"], "prerouting");
+    assert_eq!(chains[0]["prio"], -300);
+    assert_eq!(chains[0]["policy"], "accept");
     let rules = json.iter().filter(|o| o.get("rule").is_some()).count();
-    assert_eq!(rules, 12);
-    // A configured table name and priority are honoured.
+    assert_eq!(rules, 6);
+    // A configured table name and priorities are honoured.
     let ns2 = Netns::new();
     let mut other = ns2.run(|| {
         Nftables::new(NftConfig {
             table: "pal2".into(),
             priority: 5,
+            prerouting_priority: -350,
+            probe_log_group: Some(7405),
             ..NftConfig::default()
         })
         .unwrap()
     });
     load(&mut other, vec![]);
-    let json = nft_json(&ns2, "pal2");
-    assert!(
-        json.iter()
+    let prio = |hook: &str| {
+        nft_json(&ns2, "pal2")
+            .iter()
             .filter_map(|o| o.get("chain"))
-            .all(|c| c["prio"] == 5)
-    );
+            .find(|c| c["hook"] == hook)
+            .map(|c| c["prio"].clone())
+    };
+    assert_eq!(prio("prerouting"), Some(Value::from(-350)));
+    assert_eq!(prio("input"), Some(Value::from(5)));
 }
 
 #[test]
@@ -229,30 +222,29 @@ fn probe_logging_rules_read_back_as_written() {
     });
     load(&mut nft, vec![]);
     let input = ns.exec("nft", &["list", "chain", "inet", "palisade", "input"]);
-    let forward = ns.exec("nft", &["list", "chain", "inet", "palisade", "forward"]);
+    let prerouting = ns.exec("nft", &["list", "chain", "inet", "palisade", "prerouting"]);
     let rules: Vec<&str> = input
         .lines()
         .map(str::trim)
-        .filter(|l| l.contains("saddr") || l.contains("log group"))
+        .filter(|l| l.contains("saddr") || l.contains("log group") || l.contains("hook"))
         .collect();
-    // After the allow and block rules, the two logging rules, in that order.
+    // After conntrack (the UDP rule needs `ct state new`): allowed sources
+    // are accepted, then the two logging rules, in that order. Banned
+    // sources never get here, prerouting dropped them.
     assert_eq!(
         rules,
         [
+            "type filter hook input priority filter - 10; policy accept;",
             "ip saddr @allow4 accept",
             "ip6 saddr @allow6 accept",
-            "ip saddr @block4 drop",
-            "ip6 saddr @block6 drop",
-            "ip saddr @block4_net drop",
-            "ip6 saddr @block6_net drop",
             "iifname != \"lo\" tcp flags syn / fin,syn,rst,ack limit rate 200/second burst 400 packets log group 7405",
             "iifname != \"lo\" meta l4proto udp ct state new limit rate 200/second burst 400 packets log group 7405",
         ],
         "{input}"
     );
     assert!(
-        !forward.contains("log group"),
-        "only the input chain logs probes: {forward}"
+        !prerouting.contains("log group") && prerouting.contains("@block4 drop"),
+        "prerouting drops and does not log: {prerouting}"
     );
 }
 
@@ -589,7 +581,7 @@ fn replace_all_drops_stale_elements_and_foreign_rules() {
     let mut nft = enforcer(&ns);
     load(&mut nft, vec![entry(Action::Ban, "198.18.0.1", None, None)]);
     // Someone adds to palisade's table behind its back.
-    ns.exec("nft", &["add element inet palisade block4 { 198.18.9.9 }; add rule inet palisade input tcp dport 22 accept; add element inet palisade allow6 { 2001:db8::99 }"]);
+    ns.exec("nft", &["add element inet palisade block4 { 198.18.9.9 }; add rule inet palisade prerouting tcp dport 22 accept; add element inet palisade allow6 { 2001:db8::99 }"]);
     assert_eq!(
         names(&nft_elements(&ns, "palisade", "block4")),
         ["198.18.0.1", "198.18.9.9"]
@@ -616,13 +608,13 @@ fn replace_all_drops_stale_elements_and_foreign_rules() {
         ["198.18.7.7"]
     );
     assert!(nft_elements(&ns, "palisade", "allow6").is_empty());
-    let text = ns.exec("nft", &["list", "chain", "inet", "palisade", "input"]);
+    let text = ns.exec("nft", &["list", "chain", "inet", "palisade", "prerouting"]);
     assert!(!text.contains("dport 22"), "{text}");
     let rules = nft_json(&ns, "palisade")
         .iter()
         .filter(|o| o.get("rule").is_some())
         .count();
-    assert_eq!(rules, 12);
+    assert_eq!(rules, 6);
     // Entries already expired are skipped.
     load(
         &mut nft,
@@ -705,7 +697,10 @@ fn a_failed_transaction_is_repaired_by_a_full_reload() {
     let mut nft = enforcer(&ns);
     load(&mut nft, vec![entry(Action::Ban, "198.18.0.1", None, None)]);
     // Someone deletes our set: the next incremental change fails...
-    ns.exec("nft", &["flush chain inet palisade input; flush chain inet palisade forward; delete set inet palisade block4"]);
+    ns.exec(
+        "nft",
+        &["flush chain inet palisade prerouting; delete set inet palisade block4"],
+    );
     let err = nft.apply(&[ban("198.18.0.2", secs(60))]).unwrap_err();
     assert!(matches!(err, EnforceError::Recovered { .. }), "{err}");
     assert!(err.to_string().contains("block4"), "{err}");
@@ -718,7 +713,7 @@ fn a_failed_transaction_is_repaired_by_a_full_reload() {
         .iter()
         .filter(|o| o.get("rule").is_some())
         .count();
-    assert_eq!(rules, 12);
+    assert_eq!(rules, 6);
     let status = nft.status(true).unwrap();
     assert!(status.in_sync);
 }

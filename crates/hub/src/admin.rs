@@ -75,17 +75,9 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
         message: e.to_string(),
     };
     match req {
-        HubRequest::TokenCreate {
-            name,
-            kind,
-            group,
-            role,
-            uses,
-            expires_in,
-        } => {
-            let made =
-                crate::tokens::requested(&name, &kind, group, role.as_deref(), uses, expires_in)
-                    .and_then(|spec| crate::tokens::create(&hub.store, spec, hub.pin));
+        HubRequest::TokenCreate { .. } => {
+            let made = crate::tokens::create_requested(&hub.store, &req, hub.pin)
+                .expect("a token creation");
             match made {
                 Ok((token, record)) => {
                     let _ = hub.reload_tokens();

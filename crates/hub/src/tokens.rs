@@ -79,27 +79,37 @@ pub fn parse_kind(s: &str) -> Result<TokenKind, TokenError> {
     }
 }
 
-/// The token a control request asks for (`palisade hub token create`).
-pub fn requested(
-    name: &str,
-    kind: &str,
-    group: Option<String>,
-    role: Option<&str>,
-    uses: Option<u32>,
-    expires_in: Option<palisade_model::Span>,
-) -> Result<NewToken, TokenError> {
-    let kind = parse_kind(kind)?;
-    let role = match role {
-        Some(r) => r.parse::<Role>()?,
-        None => Role::Node,
-    };
-    Ok(NewToken {
+/// Makes the token a control request asks for (`palisade hub token
+/// create`); `None` when the request is not a token creation.
+pub fn create_requested(
+    store: &Store,
+    request: &palisade_control::hub::HubRequest,
+    pin: Option<[u8; 32]>,
+) -> Option<Result<(Token, TokenRecord), TokenError>> {
+    let palisade_control::hub::HubRequest::TokenCreate {
+        name,
+        kind,
         group,
         role,
         uses,
-        expires: expires_in.and_then(|s| s.expiry_from(Timestamp::now())),
-        ..NewToken::new(name, kind)
-    })
+        expires_in,
+    } = request
+    else {
+        return None;
+    };
+    let spec = || -> Result<NewToken, TokenError> {
+        Ok(NewToken {
+            group: group.clone(),
+            role: match role {
+                Some(r) => r.parse::<Role>()?,
+                None => Role::Node,
+            },
+            uses: *uses,
+            expires: expires_in.and_then(|s| s.expiry_from(Timestamp::now())),
+            ..NewToken::new(name.clone(), parse_kind(kind)?)
+        })
+    };
+    Some(spec().and_then(|spec| create(store, spec, pin)))
 }
 
 /// Checks a token's (or group's) name: the policy's rule, reserved names

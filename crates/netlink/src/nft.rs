@@ -29,6 +29,8 @@ pub mod msg {
     pub const GETTABLE: u8 = 1;
     pub const DELTABLE: u8 = 2;
     pub const NEWCHAIN: u8 = 3;
+    pub const GETCHAIN: u8 = 4;
+    pub const DELCHAIN: u8 = 5;
     pub const NEWRULE: u8 = 6;
     pub const NEWSET: u8 = 9;
     pub const NEWSETELEM: u8 = 12;
@@ -78,6 +80,9 @@ pub enum Hook {
     Forward,
     Output,
     Postrouting,
+    /// The per-device ingress hook (inet family since Linux 5.10), before
+    /// any IP processing; a chain on it names its device.
+    Ingress,
 }
 
 impl Hook {
@@ -88,6 +93,7 @@ impl Hook {
             Hook::Forward => 2,
             Hook::Output => 3,
             Hook::Postrouting => 4,
+            Hook::Ingress => 5,
         }
     }
 }
@@ -127,6 +133,7 @@ const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_HOOK_DEV: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -463,6 +470,8 @@ pub struct ChainSpec<'a> {
     pub hook: Hook,
     pub priority: i32,
     pub policy: Verdict,
+    /// The interface of an [`Hook::Ingress`] chain; `None` for the others.
+    pub device: Option<&'a str>,
 }
 
 /// Adds `NEWCHAIN` for a base filter chain.
@@ -476,6 +485,9 @@ pub fn new_chain(b: &mut Batch, family: u8, table: &str, chain: &ChainSpec<'_>) 
     let hook = buf.nest(NFTA_CHAIN_HOOK);
     buf.put_u32_be(NFTA_HOOK_HOOKNUM, chain.hook.num());
     buf.put_u32_be(NFTA_HOOK_PRIORITY, chain.priority as u32);
+    if let Some(device) = chain.device {
+        buf.put_str(NFTA_HOOK_DEV, device);
+    }
     buf.nest_end(hook);
     b.end(m);
 }
@@ -954,28 +966,70 @@ where
     })
 }
 
-/// True if the table exists.
+/// Whether `table` exists (`GETTABLE`).
 pub fn table_exists(sock: &mut Socket, family: u8, table: &str) -> Result<bool, Error> {
-    let mut req = MsgBuf::with_capacity(64);
+    exists(
+        sock,
+        msg::GETTABLE,
+        family,
+        &[(NFTA_TABLE_NAME, table)],
+        &format!("table {} {table}", family_name(family)),
+    )
+}
+
+/// Whether `chain` exists in `table` (`GETCHAIN`).
+pub fn chain_exists(
+    sock: &mut Socket,
+    family: u8,
+    table: &str,
+    chain: &str,
+) -> Result<bool, Error> {
+    exists(
+        sock,
+        msg::GETCHAIN,
+        family,
+        &[(NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, chain)],
+        &format!("chain {} {table} {chain}", family_name(family)),
+    )
+}
+
+/// Sends one `GET*` request for an object named by `attrs`: found, or
+/// ENOENT (a missing table answers ENOENT for its chains too).
+fn exists(
+    sock: &mut Socket,
+    ty: u8,
+    family: u8,
+    attrs: &[(u16, &str)],
+    what: &str,
+) -> Result<bool, Error> {
+    let mut req = MsgBuf::with_capacity(128);
     let seq = sock.take_seqs(1);
     let m = req.begin(
-        (NFNL_SUBSYS_NFTABLES << 8) | msg::GETTABLE as u16,
+        (NFNL_SUBSYS_NFTABLES << 8) | ty as u16,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
     );
     req.nfgenmsg(family, 0);
-    req.put_str(NFTA_TABLE_NAME, table);
+    for (attr, value) in attrs {
+        req.put_str(*attr, value);
+    }
     req.end(m);
     let nacks = sock.transact(req.as_bytes(), seq, 1)?;
     match nacks.first() {
         None => Ok(true),
         Some(n) if n.errno == libc::ENOENT => Ok(false),
-        Some(n) => Err(Error::new(
-            format!("looking up table {} {table}", family_name(family)),
-            n.errno,
-        )
-        .with_kernel_message(n.message.clone())),
+        Some(n) => Err(Error::new(format!("looking up {what}"), n.errno)
+            .with_kernel_message(n.message.clone())),
     }
+}
+
+/// Adds `DELCHAIN` (deletes the chain with its rules; fails with ENOENT if
+/// it does not exist).
+pub fn del_chain(b: &mut Batch, family: u8, table: &str, chain: &str) {
+    let m = b.begin(msg::DELCHAIN, family, 0);
+    b.buf().put_str(NFTA_CHAIN_TABLE, table);
+    b.buf().put_str(NFTA_CHAIN_NAME, chain);
+    b.end(m);
 }
 
 #[cfg(test)]

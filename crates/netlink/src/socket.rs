@@ -107,6 +107,29 @@ impl Socket {
         Socket::open(libc::NETLINK_SOCK_DIAG)
     }
 
+    /// The index of interface `name` in the socket's network namespace
+    /// (which may differ from the calling thread's), or `None` if there is
+    /// no such interface. `SIOCGIFINDEX` on any socket answers for the
+    /// socket's namespace.
+    pub fn interface_index(&self, name: &str) -> Option<u32> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return None;
+        }
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: req is a valid ifreq with a NUL-terminated name; the
+        // kernel writes the index into it.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: on success the kernel filled ifru_ifindex.
+        Some(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+    }
+
     /// Reserves `n` consecutive sequence numbers and returns the first.
     pub fn take_seqs(&mut self, n: u32) -> u32 {
         let first = self.seq;

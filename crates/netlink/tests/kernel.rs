@@ -46,6 +46,7 @@ fn build_table(sock: &mut Socket, elements: impl FnOnce(&mut Batch, &SetSpec, &S
             hook: Hook::Input,
             priority: -10,
             policy: Verdict::Accept,
+            device: None,
         },
     );
     nft::new_saddr_rule(&mut b, TABLE, "input", &b4, Verdict::Drop);
