@@ -227,7 +227,15 @@ fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
 }
 
 /// `palisade hub --join mqtt://…`: the hub, bridged to an MQTT broker.
-fn mqtt_hub(config: &Config, url: &str, options: HubOptions) -> Result<()> {
+fn mqtt_hub(config: &Config, url: &str, mut options: HubOptions) -> Result<()> {
+    // The broker carries every node's reports: never banned, allowed on
+    // every node (the URL may come from --join rather than [hub] join).
+    options.policy.protected.extend(super::addresses::protected(
+        &super::addresses::url_addresses(url),
+        "a broker of the palisade network",
+    ));
+    options.policy.protected.sort();
+    options.policy.protected.dedup();
     let bridge = palisade_mqtt::BridgeOptions {
         mqtt: super::bus::mqtt_options(url, config)?,
         vallumd_topic: config.mqtt.vallumd_topic.clone(),
