@@ -594,6 +594,13 @@ impl HubNet {
     }
 }
 
+/// A new token: `palisade hub token create ARGS`.
+fn token(hub: &Hub, args: &[&str]) -> String {
+    let mut all = vec!["token", "create"];
+    all.extend(args);
+    hub.ok(&all).trim().to_string()
+}
+
 /// `palisade hub ARGS` against `hub`, successful or not.
 fn hub_cli(hub: &Hub, args: &[&str]) -> Output {
     Command::new(support::BIN)
@@ -638,21 +645,13 @@ fn a_stolen_node_token_can_not_turn_the_hub_against_the_network() {
     let canary = Canary::new();
     // What the network holds before the attack: a ban web2 made, an
     // operator's allow, the configured allow, the nodes' own allows.
-    let operator = net
-        .hub
-        .ok(&["token", "create", "--role", "operator", "ops"])
-        .trim()
-        .to_string();
+    let operator = token(&net.hub, &["--role", "operator", "ops"]);
     let ops = Api::new(net.host("hub"), &net.hub, &net.addr("hub"), &operator);
     let v = ops.send(&op("allow", "198.51.100.0/24", r#","comment":"partner""#));
     assert_eq!(v.outcome, "accepted", "{}", v.detail);
     net.agents[1].ok(&["ban", "203.0.113.20", "--for", "1h"]);
     // A reporter (a cron job on web3) reports through the API.
-    let reporter = net
-        .hub
-        .ok(&["token", "create", "--role", "reporter", "fail2ban-cron"])
-        .trim()
-        .to_string();
+    let reporter = token(&net.hub, &["--role", "reporter", "fail2ban-cron"]);
     let cron = Api::new(net.host("web3"), &net.hub, &net.addr("hub"), &reporter);
     let v = cron.send(&ban("203.0.113.32", "report", ""));
     assert_eq!(v.outcome, "pending", "a reporter's report: {}", v.detail);
@@ -849,18 +848,7 @@ fn join_tokens_are_limited_and_reserved_names_refused() {
     }
 
     // A single-use token joins one server; taken later, it mints nothing.
-    let once = hub
-        .ok(&[
-            "token",
-            "create",
-            "--kind",
-            "join",
-            "--uses",
-            "1",
-            "web1-once",
-        ])
-        .trim()
-        .to_string();
+    let once = token(&hub, &["--kind", "join", "--uses", "1", "web1-once"]);
     let _tcp = TcpServer::start(lab.host("web1"), PORT);
     let web1 = Agent::join(lab.host("web1"), "", &hub.url(), &once, "web1");
     let join = |token: &str, name: &str| {
@@ -880,35 +868,13 @@ fn join_tokens_are_limited_and_reserved_names_refused() {
         );
     }
     // An expired join token is refused.
-    let brief = hub
-        .ok(&[
-            "token",
-            "create",
-            "--kind",
-            "join",
-            "--expires",
-            "1s",
-            "brief",
-        ])
-        .trim()
-        .to_string();
+    let brief = token(&hub, &["--kind", "join", "--expires", "1s", "brief"]);
     std::thread::sleep(Duration::from_millis(2500));
     let (status, body) = join(&brief, "late");
     assert!(status >= 400, "an expired join token minted: {body}");
 
     // A reporter join token mints reporters.
-    let reporters = hub
-        .ok(&[
-            "token",
-            "create",
-            "--kind",
-            "join",
-            "--role",
-            "reporter",
-            "reporters",
-        ])
-        .trim()
-        .to_string();
+    let reporters = token(&hub, &["--kind", "join", "--role", "reporter", "reporters"]);
     let (status, body) = join(&reporters, "sensor1");
     assert_eq!(status, 200, "{body}");
     let minted: serde_json::Value = serde_json::from_str(&body).unwrap();
