@@ -272,6 +272,11 @@ pub fn kept_token(
                 n += 1;
                 candidate = format!("{name}-{n}");
             }
+            // A host named like one of palisade's own actors (`hub`).
+            Err(tokens::TokenError::BadName(palisade_policy::NameError::Reserved(_))) if n == 1 => {
+                n += 1;
+                candidate = format!("{name}-{n}");
+            }
             Err(e) => return Err(e.into()),
         }
     };
