@@ -58,8 +58,12 @@ enum Command {
     Report(cmd::report::ReportArgs),
     /// Be sshguard's firewall backend: its blocks become bans shared with the network
     SshguardBackend(cmd::sshguard::SshguardArgs),
-    /// Install the binary, a hardened systemd unit and the fail2ban action
+    /// Install the binary, a hardened systemd unit, the manual, completions and the fail2ban action
     Install(cmd::install::InstallArgs),
+    /// List the log sources the agent reads: configured, or found on this server
+    Sources(cmd::sources::SourcesArgs),
+    /// Check what this server needs to run palisade, and say what to fix
+    Doctor(cmd::doctor::DoctorArgs),
     /// Pull external blocklists now, or show their state
     #[command(subcommand)]
     Feed(cmd::feed::FeedCommand),
@@ -82,7 +86,9 @@ fn main() -> ExitCode {
         Command::SshguardBackend(a) => ctx
             .socket_path()
             .and_then(|socket| cmd::sshguard::run(a, &socket)),
-        Command::Install(a) => cmd::install::run(&ctx, a),
+        Command::Install(a) => cmd::install::run(&ctx, a, <Cli as clap::CommandFactory>::command()),
+        Command::Sources(a) => cmd::sources::run(&ctx, a),
+        Command::Doctor(a) => cmd::doctor::run(&ctx, a),
         Command::Ban(a) => cmd::decide::ban(&ctx, a),
         Command::Unban(a) => cmd::decide::unban(&ctx, a),
         Command::Allow(a) => cmd::decide::allow(&ctx, a),

@@ -94,7 +94,8 @@ fn the_agent_needs_a_mode() {
     let cfg = dir.path().join("p.toml");
     std::fs::write(&cfg, "").unwrap();
     let out = palisade(&["--config", cfg.to_str().unwrap(), "agent"]);
-    assert_eq!(out.status.code(), Some(1));
+    // EX_CONFIG: the systemd unit does not restart on it.
+    assert_eq!(out.status.code(), Some(78));
     assert!(
         text(&out.stderr).contains("--local-only"),
         "{}",
@@ -117,5 +118,88 @@ fn help_teaches() {
     assert!(
         agent.contains("PALISADE_STATE_DIR") && agent.contains("--remove-rules"),
         "{agent}"
+    );
+}
+
+#[test]
+fn install_lays_out_the_package_and_its_units_start_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let out = palisade(&["install", "--package", "--root", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/palisade.service")).unwrap();
+    // With no network configured the agent protects this server alone
+    // instead of failing and looping on Restart=on-failure.
+    assert!(
+        unit.contains("ExecStart=/usr/bin/palisade agent --local-only-unless-joined"),
+        "{unit}"
+    );
+    assert!(unit.contains("RestartPreventExitStatus=78"), "{unit}");
+    assert!(unit.contains("LimitNOFILE="), "{unit}");
+    assert!(unit.contains("Documentation=man:palisade(8)"), "{unit}");
+    let up = std::fs::read_to_string(root.join("lib/systemd/system/palisade-up.service")).unwrap();
+    assert!(
+        up.contains("Conflicts=palisade.service palisade-hub.service"),
+        "{up}"
+    );
+    for page in [
+        "palisade.8",
+        "palisade-agent.8",
+        "palisade-hub-token-create.8",
+        "palisade-sources.8",
+    ] {
+        let text = std::fs::read_to_string(root.join("usr/share/man/man8").join(page)).unwrap();
+        assert!(text.starts_with(".ie"), "{page} is not roff");
+    }
+    for completion in [
+        "usr/share/bash-completion/completions/palisade",
+        "usr/share/zsh/vendor-completions/_palisade",
+        "usr/share/fish/vendor_completions.d/palisade.fish",
+    ] {
+        let text = std::fs::read_to_string(root.join(completion)).unwrap();
+        assert!(text.contains("local-only-unless-joined"), "{completion}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.join("etc/palisade/palisade.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let action = std::fs::read_to_string(root.join("etc/fail2ban/action.d/palisade.conf")).unwrap();
+    assert!(
+        action.contains("actionban = /usr/bin/palisade report fail2ban"),
+        "{action}"
+    );
+}
+
+#[test]
+fn sources_lists_configured_sources_or_none_when_finding_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[[source]]\nkind = \"file\"\npath = \"/srv/app.log\"\n",
+    )
+    .unwrap();
+    let out = palisade(&["--config", cfg.to_str().unwrap(), "sources", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["origin"], "configured");
+    assert_eq!(listing["sources"][0]["path"], "/srv/app.log");
+    assert!(
+        listing["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "sshd")
+    );
+
+    std::fs::write(&cfg, "[detect]\ndetect_sources = false\n").unwrap();
+    let out = palisade(&["--config", cfg.to_str().unwrap(), "sources"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("detect_sources = false"),
+        "{}",
+        text(&out.stdout)
     );
 }

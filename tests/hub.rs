@@ -771,3 +771,32 @@ fn a_nodes_own_bans_drain_at_bulk_speed_while_reports_are_rate_limited() {
         net.agents[2].ok(&["status"])
     );
 }
+
+#[test]
+fn a_node_can_not_lift_another_nodes_ban_and_its_own_kernel_follows_the_network() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || net.all_block()),
+        "the ban did not spread"
+    );
+    // web2 lifts it on its own; the hub refuses to lift web1's ban for
+    // everyone, and web2 reads the network's state again: blocked again.
+    let _ = net.agents[1].cli(&["unban", &attacker]);
+    assert!(
+        wait_until(SPREAD, || net.agents[1].log().contains("refused")),
+        "{}",
+        net.agents[1].log()
+    );
+    assert!(
+        wait_until(SPREAD, || !net.reaches(1)
+            && !net.reaches(0)
+            && !net.reaches(2)),
+        "web2 kept its own unban of a ban the network keeps\n{}",
+        net.agents[1].log()
+    );
+}

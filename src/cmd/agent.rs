@@ -38,6 +38,12 @@ pub struct AgentArgs {
     #[arg(long, conflicts_with = "join")]
     local_only: bool,
 
+    /// Join the network configured in [agent] if there is one, else protect
+    /// this server on its own (what the systemd unit runs, so a fresh
+    /// install protects at once)
+    #[arg(long, conflicts_with_all = ["join", "local_only"])]
+    local_only_unless_joined: bool,
+
     /// The network to join: https://HUB:PORT (a palisade hub, with --token),
     /// nats://HOST:PORT[,HOST:PORT…] (NATS JetStream) or mqtt://HOST:PORT
     /// (an MQTT broker) [default: [agent] join]
@@ -78,7 +84,10 @@ pub struct AgentArgs {
 
 pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     init_logging(&args.log)?;
-    let config = ctx.load_config()?;
+    let config = match ctx.load_config() {
+        Ok(c) => c,
+        Err(e) => return Ok(config_error(e)),
+    };
     if args.remove_rules {
         for mut e in enforcers(&config)? {
             e.remove()?;
@@ -108,9 +117,17 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     let network: Option<Arc<dyn Bus>> = match join {
         None if args.local_only || config.agent.local_only => None,
-        None => bail!(
-            "this agent has no network to join: run it with --join https://HUB:PORT --token TOKEN (from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
-        ),
+        None if args.local_only_unless_joined => {
+            tracing::info!(
+                "no network to join in the configuration ([agent] join and token): protecting this server on its own; set them and restart to join a network"
+            );
+            None
+        }
+        None => {
+            return Ok(config_error(anyhow::anyhow!(
+                "this agent has no network to join: run it with --join https://HUB:PORT --token TOKEN (from `palisade hub token create`), or with --local-only (or local_only = true in [agent]) to protect this server on its own"
+            )));
+        }
         Some(url) => Some(match super::bus::kind(&url)? {
             super::bus::Kind::Hub => {
                 let token = token_from(&args.token, &config)?;
@@ -180,14 +197,14 @@ pub fn agent_options(
                 .map_err(|e| e.to_string())
         }) as palisade_agent::KillFn
     });
-    let rules = if config.detect.builtin {
-        palisade_detect::builtin::with_builtin(config.rule.clone())
-    } else {
-        config.rule.clone()
-    };
+    let (origin, found) = super::sources::for_agent(config);
+    tracing::info!(
+        "{}",
+        super::sources::summary(origin, &found, &super::sources::rule_names(config))
+    );
     let detect = palisade_agent::DetectOptions {
-        rules,
-        sources: config.source.clone(),
+        rules: rules(config),
+        sources: found.into_iter().map(|f| f.source).collect(),
         limits: palisade_detect::Limits {
             max_tracked: config.detect.max_tracked,
             ..Default::default()
@@ -204,6 +221,16 @@ pub fn agent_options(
         feeds: Vec::new(),
     };
     Ok((options, enforcers(config)?))
+}
+
+/// The detection rules: the configured ones, with the built-in pack merged
+/// in unless `[detect] builtin = false`.
+pub fn rules(config: &Config) -> Vec<palisade_detect::RuleConfig> {
+    if config.detect.builtin {
+        palisade_detect::builtin::with_builtin(config.rule.clone())
+    } else {
+        config.rule.clone()
+    }
 }
 
 /// The configured feeds, for an agent that pulls them itself.
@@ -283,6 +310,13 @@ pub fn link(
             ..mine
         },
     )?)
+}
+
+/// Says why the configuration cannot work and gives the exit status that
+/// tells systemd not to restart (a restart would not fix it).
+pub fn config_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("palisade: {e:#}");
+    ExitCode::from(super::install::EX_CONFIG)
 }
 
 pub fn init_logging(filter: &str) -> Result<()> {

@@ -26,12 +26,19 @@ pub enum Role {
   /etc/systemd/system/palisade.service        a hardened unit for the chosen role
   /etc/palisade/palisade.toml                 the commented default, if absent
   /etc/fail2ban/action.d/palisade.conf        when fail2ban is installed
+  /usr/local/share/man/man8/palisade*.8       the manual, one page per command
+  /usr/local/share/{bash-completion,zsh,fish}/…  shell completions
 and prints how to hook psad in. Then:
-  systemctl daemon-reload && systemctl enable --now palisade"
+  systemctl daemon-reload && systemctl enable --now palisade
+
+With --package, lays out the Debian package's files under --root instead:
+the binary in /usr/bin, a unit for every role in /lib/systemd/system
+(palisade, palisade-hub, palisade-up), the manual and completions under
+/usr/share, the default configuration and the fail2ban action."
 )]
 pub struct InstallArgs {
     /// What the service runs
-    #[arg(long, value_enum, default_value = "agent")]
+    #[arg(long, value_enum, default_value = "agent", conflicts_with = "package")]
     role: Role,
     /// Install under this directory instead of / (to inspect, or to build an image)
     #[arg(long, default_value = "/", value_name = "DIR")]
@@ -39,9 +46,44 @@ pub struct InstallArgs {
     /// Also write the fail2ban action when fail2ban does not seem installed
     #[arg(long)]
     fail2ban: bool,
+    /// Lay out a distribution package's files under --root (see below)
+    #[arg(long)]
+    package: bool,
 }
 
-const FAIL2BAN_ACTION: &str = "\
+/// Where things go: a local install from the binary, or a distribution
+/// package.
+struct Layout {
+    bin: &'static str,
+    units: &'static str,
+    man8: &'static str,
+    bash: &'static str,
+    zsh: &'static str,
+    fish: &'static str,
+}
+
+const LOCAL: Layout = Layout {
+    bin: "/usr/local/bin/palisade",
+    units: "/etc/systemd/system",
+    man8: "/usr/local/share/man/man8",
+    bash: "/usr/local/share/bash-completion/completions/palisade",
+    zsh: "/usr/local/share/zsh/site-functions/_palisade",
+    fish: "/usr/local/share/fish/vendor_completions.d/palisade.fish",
+};
+
+const PACKAGE: Layout = Layout {
+    bin: "/usr/bin/palisade",
+    units: "/lib/systemd/system",
+    man8: "/usr/share/man/man8",
+    bash: "/usr/share/bash-completion/completions/palisade",
+    zsh: "/usr/share/zsh/vendor-completions/_palisade",
+    fish: "/usr/share/fish/vendor_completions.d/palisade.fish",
+};
+
+/// The fail2ban action, calling palisade at `bin`.
+fn fail2ban_action(bin: &str) -> String {
+    format!(
+        "\
 # palisade: share fail2ban's bans with every server of the palisade network.
 # Written by `palisade install`. Use it in a jail next to your usual action:
 #   action = %(action_)s
@@ -54,45 +96,88 @@ const FAIL2BAN_ACTION: &str = "\
 actionstart =
 actionstop =
 actioncheck =
-actionban = /usr/local/bin/palisade report fail2ban <name> <ip>
+actionban = {bin} report fail2ban <name> <ip>
 # Network bans expire by the hub's policy, not with this jail.
 actionunban =
 
 [Init]
-";
+"
+    )
+}
 
-const PSAD: &str = "\
+/// How to hook psad in, calling palisade at `bin`.
+fn psad(bin: &str) -> String {
+    format!(
+        "\
 psad: report its blocks to palisade by adding to /etc/psad/psad.conf
   ENABLE_EXT_BLOCK_SCRIPT_EXEC  Y;
-  EXTERNAL_BLOCK_SCRIPT         /usr/local/bin/palisade report psad anything SRCIP;
-then `systemctl restart psad`.";
+  EXTERNAL_BLOCK_SCRIPT         {bin} report psad anything SRCIP;
+then `systemctl restart psad`."
+    )
+}
 
-/// A systemd unit for `role`, hardened: palisade needs CAP_NET_ADMIN (the
-/// firewall, conntrack, socket diag) and to read logs, nothing more.
-pub fn unit(role: Role) -> String {
+/// Exit status of `palisade agent`, `up` and `hub` when their configuration
+/// cannot work (sysexits' EX_CONFIG): the units do not restart on it, since
+/// a restart cannot fix it.
+pub const EX_CONFIG: u8 = 78;
+
+/// The unit's file name for `role` in a package (a local install has one
+/// unit, `palisade.service`, for the role chosen).
+fn unit_name(role: Role) -> &'static str {
+    match role {
+        Role::Agent => "palisade.service",
+        Role::Hub => "palisade-hub.service",
+        Role::Up => "palisade-up.service",
+    }
+}
+
+/// A systemd unit for `role` running palisade at `bin`, hardened: palisade
+/// needs CAP_NET_ADMIN (the firewall, conntrack, socket diag) and to read
+/// logs, nothing more. `packaged`: the package ships a unit for every role,
+/// and `palisade-up` (hub and agent) excludes the other two.
+pub fn unit(role: Role, bin: &str, packaged: bool) -> String {
     let (what, exec) = match role {
-        Role::Agent => ("agent", "/usr/local/bin/palisade agent"),
-        Role::Up => ("hub and agent", "/usr/local/bin/palisade up"),
-        Role::Hub => ("hub", "/usr/local/bin/palisade hub"),
+        // With no network configured the agent protects this server on its
+        // own rather than failing: a fresh install is protected at once.
+        Role::Agent => ("agent", format!("{bin} agent --local-only-unless-joined")),
+        Role::Up => ("hub and agent", format!("{bin} up")),
+        Role::Hub => ("hub", format!("{bin} hub")),
+    };
+    let conflicts = if packaged && role == Role::Up {
+        "Conflicts=palisade.service palisade-hub.service\n"
+    } else {
+        ""
+    };
+    let man = match role {
+        Role::Agent => "man:palisade-agent(8)",
+        Role::Up => "man:palisade-up(8)",
+        Role::Hub => "man:palisade-hub(8)",
     };
     format!(
         "\
 [Unit]
 Description=palisade distributed firewall ({what})
-Documentation=man:palisade(8)
+Documentation=man:palisade(8) {man}
 After=network-online.target
 Wants=network-online.target
-
+{conflicts}
 [Service]
 Type=simple
 ExecStart={exec}
 Restart=on-failure
 RestartSec=2s
+# A configuration that cannot work exits with EX_CONFIG and says why in the
+# journal; restarting would not help.
+RestartPreventExitStatus={EX_CONFIG}
 # Bans stay in the kernel while palisade is stopped; stopping is quick.
 TimeoutStopSec=20s
+# The hub keeps a stream (a socket) per joined server.
+LimitNOFILE=65536
 
 RuntimeDirectory=palisade
 RuntimeDirectoryMode=0700
+# The agent and the hub share /run/palisade: one stopping keeps the other's socket.
+RuntimeDirectoryPreserve=yes
 StateDirectory=palisade
 StateDirectoryMode=0700
 ConfigurationDirectory=palisade
@@ -129,24 +214,72 @@ WantedBy=multi-user.target
     )
 }
 
-pub fn run(_ctx: &Context, args: InstallArgs) -> Result<ExitCode> {
+/// The manual pages, `palisade.8` and one per subcommand
+/// (`palisade-hub-token-create.8`), as (file name, roff text).
+pub fn man_pages(cli: clap::Command) -> Result<Vec<(String, Vec<u8>)>> {
+    fn walk(cmd: clap::Command, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            walk(sub, out)?;
+        }
+        let man = clap_mangen::Man::new(cmd)
+            .section("8")
+            .manual("palisade manual")
+            .source(format!("palisade {}", env!("CARGO_PKG_VERSION")));
+        let mut text = Vec::new();
+        man.render(&mut text)?;
+        out.push((man.get_filename(), text));
+        Ok(())
+    }
+    let mut cli = cli.disable_help_subcommand(true);
+    cli.build();
+    let mut out = Vec::new();
+    walk(cli, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The completion script of `shell` for `cli`.
+pub fn completion(cli: &clap::Command, shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cli.clone(), "palisade", &mut out);
+    out
+}
+
+pub fn run(_ctx: &Context, args: InstallArgs, cli: clap::Command) -> Result<ExitCode> {
     let root = &args.root;
     let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let layout = if args.package { &PACKAGE } else { &LOCAL };
     let mut done = Vec::new();
 
-    let bin = at("/usr/local/bin/palisade");
+    let bin = at(layout.bin);
     let me = std::env::current_exe().context("finding this binary")?;
     if std::fs::canonicalize(&me).ok() != std::fs::canonicalize(&bin).ok() {
         write_file(&bin, &std::fs::read(&me)?, 0o755)?;
         done.push(format!("installed {}", bin.display()));
     }
 
-    let unit_path = at("/etc/systemd/system/palisade.service");
-    write_file(&unit_path, unit(args.role).as_bytes(), 0o644)?;
-    done.push(format!("wrote {} ({:?})", unit_path.display(), args.role));
+    let roles: &[Role] = if args.package {
+        &[Role::Agent, Role::Hub, Role::Up]
+    } else {
+        std::slice::from_ref(&args.role)
+    };
+    for &role in roles {
+        let name = if args.package {
+            unit_name(role)
+        } else {
+            "palisade.service"
+        };
+        let unit_path = at(layout.units).join(name);
+        write_file(
+            &unit_path,
+            unit(role, layout.bin, args.package).as_bytes(),
+            0o644,
+        )?;
+        done.push(format!("wrote {} ({role:?})", unit_path.display()));
+    }
 
     let config = at(palisade_config::DEFAULT_PATH);
-    if config.exists() {
+    if config.exists() && !args.package {
         done.push(format!("kept your {}", config.display()));
     } else {
         write_file(&config, palisade_config::template().as_bytes(), 0o600)?;
@@ -157,23 +290,45 @@ pub fn run(_ctx: &Context, args: InstallArgs) -> Result<ExitCode> {
     }
 
     let f2b = at("/etc/fail2ban");
-    if f2b.is_dir() || args.fail2ban {
+    if f2b.is_dir() || args.fail2ban || args.package {
         let action = at("/etc/fail2ban/action.d/palisade.conf");
-        write_file(&action, FAIL2BAN_ACTION.as_bytes(), 0o644)?;
+        write_file(&action, fail2ban_action(layout.bin).as_bytes(), 0o644)?;
         done.push(format!(
             "wrote {} (add `palisade` to a jail's actions)",
             action.display()
         ));
     }
 
+    let pages = man_pages(cli.clone())?;
+    for (name, text) in &pages {
+        write_file(&at(layout.man8).join(name), text, 0o644)?;
+    }
+    done.push(format!(
+        "wrote {} manual pages to {} (man palisade)",
+        pages.len(),
+        at(layout.man8).display()
+    ));
+    use clap_complete::Shell;
+    for (shell, path) in [
+        (Shell::Bash, layout.bash),
+        (Shell::Zsh, layout.zsh),
+        (Shell::Fish, layout.fish),
+    ] {
+        write_file(&at(path), &completion(&cli, shell), 0o644)?;
+        done.push(format!("wrote {} ({shell} completion)", at(path).display()));
+    }
+
     for line in &done {
         println!("{line}");
     }
+    if args.package {
+        return Ok(ExitCode::SUCCESS);
+    }
     println!();
-    println!("{PSAD}");
+    println!("{}", psad(layout.bin));
     println!();
     println!(
-        "Next: edit {} (for an agent: [agent] join and token), then",
+        "Next: edit {} (for an agent: [agent] join and token; without them it protects this server on its own), then",
         palisade_config::DEFAULT_PATH
     );
     println!("  systemctl daemon-reload && systemctl enable --now palisade");

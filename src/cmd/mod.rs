@@ -7,12 +7,14 @@ pub mod bus;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod doctor;
 pub mod feed;
 pub mod hub;
 pub mod hubbus;
 pub mod install;
 pub mod report;
 pub mod show;
+pub mod sources;
 pub mod sshguard;
 pub mod up;
 

@@ -60,7 +60,10 @@ struct Ready {
 pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     super::agent::init_logging(&args.log)?;
     super::agent::require_root()?;
-    let config = ctx.load_config()?;
+    let config = match ctx.load_config() {
+        Ok(c) => c,
+        Err(e) => return Ok(super::agent::config_error(e)),
+    };
     let hub_options = super::hub::options(&config, &args.place)?;
     // With `[hub] join = "mqtt://…"` the hub is bridged to the broker too;
     // a NATS network has no embedded hub to run.

@@ -47,6 +47,9 @@ pub struct NetState {
     pub last_error: Mutex<Option<String>>,
     /// Why the outbox is draining slower than it could, while it is.
     pub held_back: Mutex<Option<String>>,
+    /// Woken when the stream must start over from the stored cursor (it
+    /// was reset to read the network's whole state again).
+    pub resync: Notify,
 }
 
 impl NetState {
@@ -84,6 +87,8 @@ pub fn spawn(
 
 async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, state: Arc<NetState>) {
     let mut backoff = Backoff::new();
+    // Set when the stream must start over with the network's whole state.
+    let mut from_scratch = false;
     loop {
         // What this node asked for while away goes first: a replayed
         // stream must not apply what its own queued intents undo (a ban
@@ -91,6 +96,7 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
         // with no moment of the ban in between).
         outbox_sent_first(&store).await;
         let cursor = match read_cursor(&store).await {
+            Ok(_) if std::mem::take(&mut from_scratch) => 0,
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot read the stream cursor");
@@ -109,7 +115,18 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
                 let mut applying: Option<oneshot::Receiver<Result<(), String>>> = None;
                 let mut in_snapshot = false;
                 loop {
-                    let (batch, stopped) = gather(&mut stream, &mut in_snapshot).await;
+                    let (batch, stopped) = tokio::select! {
+                        got = gather(&mut stream, &mut in_snapshot) => got,
+                        _ = state.resync.notified() => {
+                            from_scratch = true;
+                            (
+                                Vec::new(),
+                                Some(BusError::Unreachable(
+                                    "starting over to read the network's whole state".into(),
+                                )),
+                            )
+                        }
+                    };
                     if let Some(e) = &stopped {
                         warn!(error = %e, "the network's stream stopped");
                         state.failed(e);
@@ -264,7 +281,9 @@ async fn send(
                 if worker.send(Command::Results(results, tx)).is_err() {
                     return;
                 }
-                let _ = rx.await;
+                if let Ok(Ok(true)) = rx.await {
+                    state.resync.notify_one();
+                }
                 if partial {
                     // Over the network's rate limit: the rest later.
                     backoff.wait().await;

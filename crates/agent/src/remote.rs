@@ -400,10 +400,16 @@ impl Core {
     /// What the network answered about intents sent from the outbox: they
     /// leave the outbox, and a refused one takes back what this node did
     /// on its own in the meantime.
-    pub fn results(&mut self, results: &[IntentResult]) -> Result<(), CoreError> {
+    ///
+    /// Returns true when this node lifted something on its own that the
+    /// network refused to lift (an unban or unallow of what another node
+    /// or the operator decided): its stream cursor is reset, so the next
+    /// connection brings the whole state again and puts it back.
+    pub fn results(&mut self, results: &[IntentResult]) -> Result<bool, CoreError> {
         let Some(last) = results.iter().map(|r| r.id).max() else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut resync = false;
         let sent = pending(&self.store, results.len().max(1) * 2 + 16)?;
         let mut take_back = Vec::new();
         let mut realign = Vec::new();
@@ -429,6 +435,9 @@ impl Core {
                 reason = r.reason.as_deref().unwrap_or("no reason given"),
                 "the network refused this node's request"
             );
+            if matches!(env.intent, Intent::Unban { .. } | Intent::Unallow { .. }) {
+                resync = true;
+            }
             if let Intent::Ban { target, source, .. } = &env.intent
                 && let Some(d) = self.store.read()?.get(Action::Ban, target)?
                 && d.scope == Scope::Network
@@ -446,13 +455,23 @@ impl Core {
         let through = last.saturating_sub(base);
         // Not flushed: intents answered but still in the outbox after a
         // crash are sent again, and the network skips them by their ids.
-        self.store
-            .write_lazy(|w| w.drop_through(Queue::Outbox, through))?;
+        self.store.write_lazy(|w| {
+            w.drop_through(Queue::Outbox, through)?;
+            if resync {
+                w.set_meta(CURSOR, 0)?;
+            }
+            Ok(())
+        })?;
+        if resync {
+            warn!(
+                "this node lifted something the network keeps; reading the network's state again"
+            );
+        }
         if !take_back.is_empty() {
             self.remove_all(Action::Ban, &take_back, &[])?;
         }
         self.realign(&realign)?;
-        Ok(())
+        Ok(resync)
     }
 
     /// Sets this node's own network bans to the expiry the network holds

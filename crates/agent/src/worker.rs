@@ -38,9 +38,11 @@ pub enum Command {
         oneshot::Sender<Result<(), String>>,
     ),
     /// The network's answers to intents sent from the outbox.
+    /// The answer says whether this node must read the network's whole
+    /// state again (it lifted something locally that the network kept).
     Results(
         Vec<palisade_wire::IntentResult>,
-        oneshot::Sender<Result<(), String>>,
+        oneshot::Sender<Result<bool, String>>,
     ),
     /// Each enforcer's status; with `true`, read back from the kernel.
     EnforcerStatus(bool, oneshot::Sender<Vec<EnforcerStatus>>),

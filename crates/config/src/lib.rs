@@ -193,6 +193,9 @@ pub struct DetectConfig {
     /// Use the built-in rule pack (a `[[rule]]` with the same name as a
     /// built-in rule replaces it).
     pub builtin: bool,
+    /// With no `[[source]]` configured, follow the logs of the services the
+    /// built-in rules know that are found on this server.
+    pub detect_sources: bool,
     /// Most addresses whose failures are being counted at once; the oldest
     /// are forgotten first when attackers bring more.
     pub max_tracked: usize,
@@ -202,6 +205,7 @@ impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
             builtin: true,
+            detect_sources: true,
             max_tracked: palisade_detect::Limits::default().max_tracked,
         }
     }
