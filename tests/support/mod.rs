@@ -934,3 +934,91 @@ where
     .join()
     .unwrap()
 }
+
+/// `palisade up` (a hub and this server's agent) in a namespace, its
+/// paths in `dir`, and the join command it printed for other servers.
+pub struct Up {
+    pub proc: Proc,
+    /// The printed `--join` URL.
+    pub url: String,
+    /// The printed join token.
+    pub token: String,
+}
+
+impl Up {
+    /// Starts `palisade up --node-name NAME` in `ns` and waits for its
+    /// join command.
+    pub fn start(ns: &Netns, dir: &Path, name: &str) -> Up {
+        std::fs::write(dir.join("p.toml"), "").expect("write config");
+        let mut up = ns.command(BIN);
+        up.arg("--config")
+            .arg(dir.join("p.toml"))
+            .arg("--socket")
+            .arg(Up::socket(dir))
+            .args(["up", "--node-name", name, "--hub-state-dir"])
+            .arg(dir.join("hub"))
+            .arg("--hub-socket")
+            .arg(dir.join("hub.sock"))
+            .arg("--state-dir")
+            .arg(dir.join("agent"))
+            .env_remove("PALISADE_CONFIG");
+        let proc = Proc::spawn(up).expect("start palisade up");
+        assert!(
+            proc.wait_for_stdout("--token-file", Duration::from_secs(20)),
+            "{}",
+            proc.describe()
+        );
+        let printed = proc.stdout();
+        let line = printed
+            .lines()
+            .find(|l| l.trim_start().starts_with("palisade agent --join"))
+            .expect("a join command");
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let url = args[3].to_string();
+        // The token is printed inside the command that saves it to a file.
+        let token = printed
+            .lines()
+            .find(|l| l.trim_start().starts_with("(umask 077;"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "echo").nth(1))
+            .expect("the token")
+            .to_string();
+        Up { proc, url, token }
+    }
+
+    /// The control socket of the agent inside `palisade up`.
+    pub fn socket(dir: &Path) -> PathBuf {
+        dir.join("agent.sock")
+    }
+
+    /// The hub's certificate, which the join token pins.
+    pub fn hub_cert(dir: &Path) -> PathBuf {
+        dir.join("hub").join("hub.crt")
+    }
+}
+
+/// A hub on the lab host `hub` (port 7470) and, on each of `webs` (host
+/// name, configuration), an echo server on `port` and an agent joined with
+/// one join token; `prepare` runs on each web host before its agent starts.
+pub fn hub_and_agents(
+    lab: &palisade_lab::Lab,
+    hub_config: &str,
+    webs: &[(&str, &str)],
+    port: u16,
+    prepare: impl Fn(&palisade_lab::Host),
+) -> (Hub, Vec<Agent>, Vec<palisade_lab::TcpServer>) {
+    let hub = Hub::start(
+        lab.host("hub"),
+        &format!("{}:7470", lab.host("hub").v4()),
+        hub_config,
+    );
+    let join = hub.token("join", "lab");
+    let mut agents = Vec::new();
+    let mut servers = Vec::new();
+    for (name, config) in webs {
+        let host = lab.host(name);
+        prepare(host);
+        servers.push(palisade_lab::TcpServer::start(host, port));
+        agents.push(Agent::join(host, config, &hub.url(), &join, name));
+    }
+    (hub, agents, servers)
+}
