@@ -242,7 +242,13 @@ impl Hub {
         // is pinned to its first address); the job goes before the
         // request's own, so the allow is in place before its intents are
         // decided.
-        if live.seen_from != Some(peer) && !peer.is_loopback() {
+        // A reporter's address is not allowed automatically: a reporting
+        // program's stolen token must not allowlist its thief (list real
+        // servers in [[hub.allow]]).
+        if live.seen_from != Some(peer)
+            && !peer.is_loopback()
+            && caller.record.role != palisade_wire::Role::Reporter
+        {
             live.seen_from = Some(peer);
             live.record.address = Some(peer);
             let _ = self.writer.send(Job::NodeAddress {

@@ -224,7 +224,7 @@ async fn answer(
         (Ok(()), Ok(req)) => {
             // The declared address first: the node's allow is in place
             // before its intents are decided (the hub's writer keeps order).
-            if let Some(addr) = req.address {
+            if let Some(addr) = req.address.filter(|_| role != Role::Reporter) {
                 decider.node_address(&name, req.group.clone(), addr);
             }
             let node = Node::member(name, req.group, role);

@@ -302,7 +302,7 @@ impl Worker {
             let (results, writes) = {
                 let mirror = self.mirror.lock().unwrap();
                 let mut ledger = MirrorLedger::new(&mirror, now);
-                if let Some(addr) = req.address {
+                if let Some(addr) = req.address.filter(|_| node.role != Role::Reporter) {
                     let Ok(_) = self.policy.node_address(
                         &mut ledger,
                         &node.name,

@@ -145,11 +145,14 @@ impl Policy {
     }
 
     /// A node's credential was revoked: its automatic allow goes, and its
-    /// pin with it (a new credential pins anew).
+    /// pin with it (a new credential pins anew). Its intent numbering
+    /// starts over too, so a thief who sent a huge intent id with the old
+    /// credential cannot mute the node's new one.
     pub fn node_gone<L: Ledger>(&self, ledger: &mut L, name: &str) -> Result<(), L::Error> {
         let Some(mut record) = ledger.node(name)? else {
             return Ok(());
         };
+        record.last_intent = 0;
         if let Some(addr) = record.address.take() {
             self.drop_node_allow(ledger, name, addr)?;
             info!(node = %name, address = %addr, "removed the allow of a revoked node's address");

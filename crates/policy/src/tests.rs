@@ -955,3 +955,41 @@ fn reserved_and_odd_names_are_refused() {
     }
     assert!(check_node_name("web1.example").is_ok());
 }
+
+#[test]
+fn a_revoked_node_starts_its_numbering_over() {
+    let p = &mut Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    let web1 = member("web1", None, Role::Node);
+    // A thief with web1's token sends a huge id...
+    p.apply_intents(
+        &mut l,
+        &web1,
+        &[report(u64::MAX - 1, "198.51.100.7", Source::Cli, None)],
+        at(0),
+        &mut None,
+    )
+    .unwrap();
+    let r = p
+        .apply_intents(
+            &mut l,
+            &web1,
+            &[report(5, "198.51.100.8", Source::Cli, None)],
+            at(0),
+            &mut None,
+        )
+        .unwrap();
+    assert_eq!(r.results[0].outcome, IntentOutcome::Duplicate);
+    // ...until the operator revokes the token: the new one is heard.
+    p.node_gone(&mut l, "web1").unwrap();
+    let r = p
+        .apply_intents(
+            &mut l,
+            &web1,
+            &[report(5, "198.51.100.8", Source::Cli, None)],
+            at(0),
+            &mut None,
+        )
+        .unwrap();
+    assert_eq!(r.results[0].outcome, IntentOutcome::Accepted);
+}
