@@ -907,3 +907,40 @@ fn a_node_can_not_lift_another_nodes_ban_and_its_own_kernel_follows_the_network(
         net.agents[1].log()
     );
 }
+
+#[test]
+fn what_a_node_queued_while_the_hub_was_away_goes_before_what_it_missed() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let mut net = Net::start();
+    let attacker = net.attacker();
+    // While the hub is away, web1 bans the attacker and then lifts the ban.
+    net.hub.stop();
+    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    net.agents[0].ok(&["unban", &attacker]);
+    assert!(net.reaches(0));
+    net.hub.restart();
+    // web1 sends both before it applies the stream they changed: it never
+    // blocks the attacker again, and nobody ends up blocking.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        assert!(
+            net.reaches(0),
+            "web1 applied its own replayed ban\n{}",
+            net.agents[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        wait_until(SPREAD, || net.agents[0]
+            .ok(&["status"])
+            .contains(" 0 request(s) queued")),
+        "{}",
+        net.agents[0].ok(&["status"])
+    );
+    assert!(
+        wait_until(SPREAD, || net.none_block()),
+        "a server kept the ban"
+    );
+}

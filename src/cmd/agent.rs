@@ -123,10 +123,14 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     let join = args.join.clone().or(config.agent.join.clone());
     // The hub or brokers this agent joins: allowed here, whatever the
     // network says, so it can never be cut off from the unban.
-    let infrastructure = join
-        .as_deref()
-        .map(super::addresses::url_addresses)
-        .unwrap_or_default();
+    let infrastructure = join.clone().map(|url| {
+        Arc::new(move || {
+            super::addresses::protected(
+                &super::addresses::url_addresses(&url),
+                "the palisade network this server joins (its hub or brokers)",
+            )
+        }) as palisade_agent::Resolver
+    });
     let network: Option<Arc<dyn Bus>> = match join {
         None if args.local_only || config.agent.local_only => None,
         None if args.local_only_unless_joined => {
@@ -159,7 +163,7 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
     };
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
     let (mut options, enforcers) =
-        agent_options(&config, node, state_dir, socket, network, &infrastructure)?;
+        agent_options(&config, node, state_dir, socket, network, infrastructure)?;
     // No hub runs in this process: the agent pulls the feeds itself.
     options.feeds = agent_feeds(&config)?;
     options.metrics = args.metrics;
@@ -174,7 +178,7 @@ pub fn agent_options(
     state_dir: PathBuf,
     socket: PathBuf,
     network: Option<Arc<dyn Bus>>,
-    infrastructure: &[std::net::IpAddr],
+    infrastructure: Option<palisade_agent::Resolver>,
 ) -> Result<(AgentOptions, Vec<Box<dyn Enforcer>>)> {
     let mode = match &network {
         Some(bus) => format!("joined to {}", bus.describe()),
@@ -190,10 +194,7 @@ pub fn agent_options(
             .map(|a| (a.net, a.comment.clone()))
             .collect(),
         joined: network.is_some(),
-        infrastructure: super::addresses::protected(
-            infrastructure,
-            "the palisade network this server joins (its hub or brokers)",
-        ),
+        infrastructure: infrastructure.as_ref().map(|r| r()).unwrap_or_default(),
     };
     let kill: Option<palisade_agent::KillFn> = config.agent.kill_connections.then(|| {
         // Opened on first use, on the killer's own thread, and kept.
@@ -230,6 +231,7 @@ pub fn agent_options(
         network,
         feeds: Vec::new(),
         metrics: None,
+        infrastructure,
     };
     Ok((options, enforcers(config)?))
 }

@@ -192,18 +192,24 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or(config.agent.state_dir.clone());
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
-    let infrastructure = super::addresses::hub_addresses(
+    let (listen, names, public_url) = (
         ready.listen,
-        &config.hub.names,
-        config.hub.public_url.as_deref(),
+        config.hub.names.clone(),
+        config.hub.public_url.clone(),
     );
+    let infrastructure: palisade_agent::Resolver = Arc::new(move || {
+        super::addresses::protected(
+            &super::addresses::hub_addresses(listen, &names, public_url.as_deref()),
+            "the palisade hub on this server",
+        )
+    });
     let (options, enforcers) = super::agent::agent_options(
         &config,
         node,
         state_dir,
         socket,
         Some(Arc::new(link)),
-        &infrastructure,
+        Some(infrastructure),
     )?;
     let result = palisade_agent::run(options, enforcers);
     // The agent stopped on a signal, which also stops the hub.

@@ -961,6 +961,43 @@ impl Core {
         Ok(())
     }
 
+    /// The network's own addresses as resolved again (each connection):
+    /// new ones are allowed, kernel first; ones no longer there stop being.
+    pub fn set_infrastructure(&mut self, list: Vec<(Net, String)>) -> Result<(), CoreError> {
+        if list.is_empty() || list == self.settings.infrastructure {
+            // An empty answer is a failed lookup: keep what holds.
+            return Ok(());
+        }
+        let before: HashSet<Net> = self
+            .settings
+            .infrastructure
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let after: HashSet<Net> = list.iter().map(|(n, _)| *n).collect();
+        info!(addresses = ?after, "the network's own addresses changed; allowing them here");
+        self.settings.infrastructure = list;
+        self.sync_infrastructure_allows()?;
+        let reader = self.store.read()?;
+        let mut changes = Vec::new();
+        for n in after.difference(&before) {
+            if let Some(d) = reader.get(Action::Allow, n)? {
+                changes.push(Change::Put(entry(&d)));
+            }
+        }
+        for n in before.difference(&after) {
+            if reader.get(Action::Allow, n)?.is_none() {
+                changes.push(Change::Remove {
+                    action: Action::Allow,
+                    net: *n,
+                });
+            }
+        }
+        drop(reader);
+        self.enforce_changes(&changes);
+        self.load_allows()
+    }
+
     fn load_allows(&mut self) -> Result<(), CoreError> {
         self.allows = NetMap::new();
         for d in self.store.read()?.iter(Some(Action::Allow))? {
@@ -1322,6 +1359,15 @@ mod tests {
         let a = core.unallow(targets(&["198.18.0.1"])).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Refused]);
         assert!(f.kernel().contains(&"allow 198.18.0.1".to_string()));
+        // The hub moved (looked up again on a connection): the new address
+        // is allowed, the old one no longer; a failed lookup changes nothing.
+        core.set_infrastructure(vec![(n("198.18.0.9"), "the palisade hub".into())])
+            .unwrap();
+        let k = f.kernel();
+        assert!(k.contains(&"allow 198.18.0.9".to_string()), "{k:?}");
+        assert!(!k.contains(&"allow 198.18.0.1".to_string()), "{k:?}");
+        core.set_infrastructure(Vec::new()).unwrap();
+        assert!(f.kernel().contains(&"allow 198.18.0.9".to_string()));
     }
 
     #[test]

@@ -55,7 +55,14 @@ pub struct AgentOptions {
     pub feeds: Vec<feeds::Scheduled>,
     /// Where to serve Prometheus metrics (a loopback address); `None`: off.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Looks up the network's own addresses (the hub or brokers joined)
+    /// again; called on every connection, so they stay allowed here when
+    /// their addresses change. `None`: only those in the settings.
+    pub infrastructure: Option<Resolver>,
 }
+
+/// Resolves the network's own addresses, with why they are allowed.
+pub type Resolver = std::sync::Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +143,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
                 worker.clone(),
                 outbox_ready,
                 net_state.clone(),
+                options.infrastructure.clone(),
             );
         }
         feeds::spawn(

@@ -65,6 +65,7 @@ pub fn spawn(
     worker: WorkerHandle,
     outbox_ready: Arc<Notify>,
     state: Arc<NetState>,
+    infrastructure: Option<crate::Resolver>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     info!(network = %bus.describe(), "joining the network");
     vec![
@@ -73,6 +74,7 @@ pub fn spawn(
             store.clone(),
             worker.clone(),
             state.clone(),
+            infrastructure,
         )),
         tokio::spawn(send(
             bus.clone(),
@@ -85,7 +87,13 @@ pub fn spawn(
     ]
 }
 
-async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, state: Arc<NetState>) {
+async fn follow(
+    bus: Arc<dyn Bus>,
+    store: Arc<Store>,
+    worker: WorkerHandle,
+    state: Arc<NetState>,
+    infrastructure: Option<crate::Resolver>,
+) {
     let mut backoff = Backoff::new();
     // Set when the stream must start over with the network's whole state.
     let mut from_scratch = false;
@@ -107,6 +115,14 @@ async fn follow(bus: Arc<dyn Bus>, store: Arc<Store>, worker: WorkerHandle, stat
         match bus.follow(cursor).await {
             Ok(mut stream) => {
                 info!(cursor, "following the network's decisions");
+                // The hub's or brokers' addresses, looked up again on every
+                // connection, stay allowed here.
+                if let Some(resolve) = infrastructure.clone()
+                    && let Ok(list) = tokio::task::spawn_blocking(move || resolve()).await
+                    && worker.send(Command::Infrastructure(list)).is_err()
+                {
+                    return;
+                }
                 state.connected.store(true, Ordering::Relaxed);
                 *state.last_error.lock().unwrap() = None;
                 backoff.reset();

@@ -32,6 +32,9 @@ pub enum Command {
     Unallow(TargetsRequest, Reply),
     /// What the detectors found (no one waits for an answer).
     Detected(Vec<palisade_detect::Event>),
+    /// The network's own addresses as resolved now (on every connection):
+    /// they stay allowed here.
+    Infrastructure(Vec<(palisade_model::Net, String)>),
     /// Items of the network's decision stream; answered once applied (and
     /// stored, with the cursor).
     Remote(
@@ -154,6 +157,12 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
                 error!(feed = %name, error = %e, "applying a feed failed");
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
+            return;
+        }
+        Command::Infrastructure(list) => {
+            if let Err(e) = core.set_infrastructure(list) {
+                error!(error = %e, "updating the allow entries of the network's own addresses failed");
+            }
             return;
         }
         Command::RetireFeeds(keep) => {
