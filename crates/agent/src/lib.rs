@@ -51,7 +51,14 @@ pub struct AgentOptions {
     /// Feeds this agent pulls itself (bans for this node only); empty when
     /// a hub in the same process pulls them for the network.
     pub feeds: Vec<feeds::Scheduled>,
+    /// Services that read the agent's decisions (never write them), such as
+    /// CrowdSec's bouncer API; started on the agent's runtime.
+    pub services: Vec<StoreService>,
 }
+
+/// A service started with the agent's store once it is open; it runs on
+/// the agent's tokio runtime (it may `tokio::spawn`) and must only read.
+pub type StoreService = Box<dyn FnOnce(Arc<Store>) + Send>;
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +149,9 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             palisade_feed::dir(&options.state_dir),
             worker.clone(),
         );
+        for service in options.services {
+            service(store.clone());
+        }
         let listener = control::bind(&socket).map_err(|source| AgentError::Socket {
             path: socket.clone(),
             source,

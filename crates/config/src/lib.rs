@@ -70,8 +70,18 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The MQTT bus (`mqtt://` and `mqtts://` join addresses).
     pub mqtt: MqttConfig,
+    /// CrowdSec's bouncer API on this agent (`[crowdsec]`).
+    pub crowdsec: CrowdsecConfig,
     /// External blocklists pulled over HTTP(S) (`[[feed]]`).
     pub feed: Vec<FeedConfig>,
+}
+
+/// CrowdSec's Local API for its bouncers, answered by the agent.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrowdsecConfig {
+    /// Where to answer bouncers (plain HTTP); off when unset.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Credentials, TLS and names on a NATS server.

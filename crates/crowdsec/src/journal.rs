@@ -62,12 +62,17 @@ pub fn origin(d: &Decision) -> String {
     }
 }
 
-/// The scenario a CrowdSec bouncer sees: palisade's rule.
+/// The scenario a CrowdSec bouncer sees: palisade's rule; an operator's
+/// ban without one reads as `cscli`'s do.
 pub fn scenario(d: &Decision) -> String {
-    d.rule
-        .clone()
-        .or_else(|| d.reason.clone())
-        .unwrap_or_else(|| format!("palisade {} ban", d.origin.source))
+    match (&d.rule, d.origin.source) {
+        (Some(rule), _) => rule.clone(),
+        (None, Source::Cli) => format!(
+            "manual 'ban' from '{}'",
+            d.origin.actor.as_deref().unwrap_or(&d.origin.node)
+        ),
+        (None, source) => format!("palisade {source} ban"),
+    }
 }
 
 /// The bans of a snapshot that a bouncer may enforce: active, and neither

@@ -166,10 +166,17 @@ struct WireDecision<'a> {
     value: String,
 }
 
-fn wire(e: &Entry, now: Timestamp) -> WireDecision<'_> {
+/// `deleted` ones carry a negative duration, as CrowdSec's do (the time
+/// since they ended, at least a millisecond).
+fn wire(e: &Entry, now: Timestamp, deleted: bool) -> WireDecision<'_> {
     let remaining = match e.until {
         Some(u) => u.as_millis() as i64 - now.as_millis() as i64,
         None => FOREVER_MS,
+    };
+    let remaining = if deleted {
+        remaining.min(-1)
+    } else {
+        remaining
     };
     WireDecision {
         duration: go_duration(remaining),
@@ -246,17 +253,18 @@ async fn stream(
                 list: &'a [Entry],
                 filter: &Filter,
                 now: Timestamp,
+                deleted: bool,
             ) -> Option<Vec<WireDecision<'a>>> {
                 let v: Vec<_> = list
                     .iter()
                     .filter(|e| admitted(filter, e))
-                    .map(|e| wire(e, now))
+                    .map(|e| wire(e, now, deleted))
                     .collect();
                 (!v.is_empty()).then_some(v)
             }
             let body = serde_json::to_vec(&StreamAnswer {
-                deleted: pick(&changes.deleted, &q.filter, now),
-                new: pick(&changes.new, &q.filter, now),
+                deleted: pick(&changes.deleted, &q.filter, now, true),
+                new: pick(&changes.new, &q.filter, now, false),
             })
             .expect("json");
             (body, changes.through)
@@ -278,7 +286,6 @@ async fn stream(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-        .header(header::CONTENT_LENGTH, body.len())
         .body(Body::new(Completion {
             data: Some(Bytes::from(body)),
             done: Some(done),
@@ -320,7 +327,7 @@ async fn decisions(
                     .collect()
             };
             found.sort_by_key(|e| e.id);
-            let list: Vec<_> = found.into_iter().map(|e| wire(e, now)).collect();
+            let list: Vec<_> = found.into_iter().map(|e| wire(e, now, false)).collect();
             if list.is_empty() {
                 b"null".to_vec()
             } else {
@@ -406,8 +413,8 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
     }
 }
 
-/// A one-chunk body that runs `done` once its end has been handed to the
-/// connection, that is, after the whole answer was written.
+/// A one-chunk body that runs `done` when the connection asks for its end,
+/// that is, after the whole answer was written to it.
 struct Completion {
     data: Option<Bytes>,
     done: Option<Box<dyn FnOnce() + Send>>,
@@ -430,12 +437,9 @@ impl http_body::Body for Completion {
         Poll::Ready(None)
     }
 
+    // No exact size: the answer goes chunked, so the connection asks for
+    // the end only after writing the data, and a broken one never does.
     fn is_end_stream(&self) -> bool {
         false
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
-        http_body::SizeHint::with_exact(len)
     }
 }
