@@ -117,7 +117,7 @@ impl Api {
         entry.version = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(|v| palisade_model::decision::clean_name(v));
+            .map(palisade_model::decision::clean_name);
         entry.address = Some(peer.ip().to_string());
         if seen.1.is_none_or(|t| t.elapsed() >= SEEN_EVERY) {
             seen.1 = Some(Instant::now());

@@ -1,0 +1,209 @@
+//! CrowdSec's own firewall bouncer (Debian's crowdsec-firewall-bouncer
+//! 0.0.25, nftables mode, polling every second) pulling a palisade agent's
+//! loopback endpoint: bans made elsewhere in the network reach its nftables
+//! set and block real traffic, unbans lift them, a restarted bouncer gets
+//! the whole state, a wrong key is refused.
+//!
+//! The agent on the bouncer's host enforces through a no-op command, so
+//! whatever blocks traffic there is the bouncer's own table.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use palisade_lab::{LabBuilder, Netns, Proc, TcpServer, require_root_and, tcp_connect, wait_until};
+use support::{Agent, BIN, Hub};
+
+const BOUNCER: &str = "crowdsec-firewall-bouncer";
+const PORT: u16 = 9090;
+
+const BOUNCER_HOST_CONFIG: &str = r#"
+[crowdsec]
+listen = "127.0.0.1:8080"
+
+[[enforcer]]
+kind = "command"
+ban = "true {ip}"
+unban = "true {ip}"
+"#;
+
+/// Starts the bouncer in `ns` with `key`; its files live in `dir`.
+fn bouncer(ns: &Netns, dir: &std::path::Path, key: &str) -> Proc {
+    let config = dir.join("bouncer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"mode: nftables
+pid_dir: {dir}
+update_frequency: 1s
+daemonize: false
+log_mode: file
+log_dir: {dir}
+log_level: info
+api_url: http://127.0.0.1:8080/
+api_key: {key}
+disable_ipv6: true
+deny_action: DROP
+deny_log: false
+supported_decisions_types:
+  - ban
+nftables:
+  ipv4:
+    enabled: true
+    set-only: false
+    table: crowdsec
+    chain: crowdsec-chain
+  ipv6:
+    enabled: false
+    set-only: false
+    table: crowdsec6
+    chain: crowdsec6-chain
+prometheus:
+  enabled: false
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name(), BOUNCER, "-c"])
+        .arg(&config);
+    Proc::spawn(cmd).expect("start crowdsec-firewall-bouncer")
+}
+
+fn bouncer_log(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("crowdsec-firewall-bouncer.log")).unwrap_or_default()
+}
+
+/// The addresses in the bouncer's nftables set.
+fn bouncer_set(ns: &Netns) -> String {
+    ns.output(
+        "nft",
+        &["list", "set", "ip", "crowdsec", "crowdsec-blacklists"],
+    )
+    .stdout
+    .iter()
+    .map(|&b| b as char)
+    .collect()
+}
+
+#[test]
+fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
+    if !require_root_and(&["nft", BOUNCER]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["hub", "web1", "web2", "attacker"])
+        .build();
+    let hub = Hub::start(
+        lab.host("hub"),
+        &format!("{}:7470", lab.host("hub").v4()),
+        "",
+    );
+    let join = hub.token("join", "lab");
+    let web1 = Agent::join(lab.host("web1"), "", &hub.url(), &join, "web1");
+    let web2 = Agent::join(
+        lab.host("web2"),
+        BOUNCER_HOST_CONFIG,
+        &hub.url(),
+        &join,
+        "web2",
+    );
+    let ns2 = lab.host("web2").netns();
+    let _server = TcpServer::start(ns2, PORT);
+    let attacker = lab.host("attacker");
+    let me = attacker.v4().to_string();
+    let target = SocketAddr::new(lab.host("web2").v4().into(), PORT);
+    let reaches = || tcp_connect(attacker.netns(), target, Duration::from_millis(800));
+
+    let add = |name: &str| {
+        let out = Command::new(BIN)
+            .args(["bouncer", "add", name, "--state-dir"])
+            .arg(web2.state_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let key = add("fw");
+    let dir = tempfile::tempdir().unwrap();
+
+    // A wrong key: refused at start-up, and the bouncer gives up.
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let mut wrong = bouncer(ns2, wrong_dir.path(), "0000000000000000000000000000dead");
+    assert!(
+        wrong.wait_timeout(Duration::from_secs(15)).is_some(),
+        "the bouncer with a wrong key keeps running"
+    );
+    assert!(
+        bouncer_log(wrong_dir.path()).contains("access forbidden"),
+        "{}",
+        bouncer_log(wrong_dir.path())
+    );
+
+    let mut fw = bouncer(ns2, dir.path(), &key);
+    assert!(
+        wait_until(Duration::from_secs(15), || bouncer_log(dir.path())
+            .contains("Processing new and deleted decisions")),
+        "the bouncer did not start:\n{}\n{}",
+        bouncer_log(dir.path()),
+        fw.describe()
+    );
+    assert!(reaches(), "the attacker reaches web2 before any ban");
+
+    // A ban on another agent is in the bouncer's set within 2 s.
+    web1.ok(&["ban", &me, "--for", "1h", "--reason", "crowdsec lab"]);
+    let banned = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || bouncer_set(ns2).contains(&me)),
+        "the ban never reached the bouncer's set:\n{}\n{}",
+        bouncer_set(ns2),
+        bouncer_log(dir.path())
+    );
+    let took = banned.elapsed();
+    println!("ban on web1 to crowdsec-firewall-bouncer's set on web2: {took:?}");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    assert!(!reaches(), "the bouncer's table drops the attacker");
+
+    // The unban lifts it.
+    web1.ok(&["unban", &me]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !bouncer_set(ns2).contains(&me)),
+        "the unban never reached the bouncer"
+    );
+    assert!(reaches(), "the attacker reaches web2 after the unban");
+
+    // A restarted bouncer (it removes its tables when it stops) gets the
+    // whole state back.
+    web1.ok(&["ban", &me, "--for", "1h"]);
+    assert!(wait_until(Duration::from_secs(5), || bouncer_set(ns2).contains(&me)));
+    fw.stop();
+    let mut fw = bouncer(ns2, dir.path(), &key);
+    assert!(
+        wait_until(Duration::from_secs(10), || bouncer_set(ns2).contains(&me)),
+        "the restarted bouncer did not get the ban:\n{}",
+        bouncer_log(dir.path())
+    );
+    assert!(!reaches());
+
+    // What it reported shows in `palisade bouncer list`.
+    let out = Command::new(BIN)
+        .args(["bouncer", "list", "--state-dir"])
+        .arg(web2.state_dir())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("fw") && list.contains("crowdsec-firewall-bouncer"),
+        "{list}"
+    );
+    fw.stop();
+    drop(web2);
+    drop(web1);
+}
