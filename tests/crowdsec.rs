@@ -118,20 +118,19 @@ fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
     let target = SocketAddr::new(lab.host("web2").v4().into(), PORT);
     let reaches = || tcp_connect(attacker.netns(), target, Duration::from_millis(800));
 
-    let add = |name: &str| {
+    let bouncer_cli = |args: &[&str]| {
         let out = Command::new(BIN)
-            .args(["bouncer", "add", name, "--state-dir"])
+            .arg("bouncer")
+            .args(args)
+            .arg("--state-dir")
             .arg(web2.state_dir())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "palisade bouncer {args:?}: {err}");
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    let key = add("fw");
+    let key = bouncer_cli(&["add", "fw"]);
     let dir = tempfile::tempdir().unwrap();
 
     // A wrong key: refused at start-up, and the bouncer gives up.
@@ -193,12 +192,7 @@ fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
     assert!(!reaches());
 
     // What it reported shows in `palisade bouncer list`.
-    let out = Command::new(BIN)
-        .args(["bouncer", "list", "--state-dir"])
-        .arg(web2.state_dir())
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&out.stdout);
+    let list = bouncer_cli(&["list"]);
     assert!(
         list.contains("fw") && list.contains("crowdsec-firewall-bouncer"),
         "{list}"

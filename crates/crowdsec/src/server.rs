@@ -217,10 +217,21 @@ fn message(status: StatusCode, text: &str) -> Response {
     )
 }
 
-/// The bouncer learns only that something failed; the log has what.
-fn internal_error(e: &str) -> Response {
-    warn!(error = %e, "cannot read the decisions for a bouncer");
-    message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+/// Runs `f` on the journal off the async threads (a refresh reads the
+/// store). The bouncer learns only that something failed; the log has what.
+async fn read<T: Send + 'static>(
+    api: &Arc<Api>,
+    f: impl FnOnce(&Journal) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let api = api.clone();
+    let answer = tokio::task::spawn_blocking(move || api.with_journal(f)).await;
+    answer
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| {
+            warn!(error = %e, "cannot read the decisions for a bouncer");
+            message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })
 }
 
 #[derive(Clone, Copy)]
@@ -244,36 +255,33 @@ async fn stream(
     } else {
         api.positions.lock().expect("positions").get(&name).copied()
     };
-    let api2 = api.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        api2.with_journal(|j| {
-            let changes = j.since(position);
-            let now = Timestamp::now();
-            fn pick<'a>(
-                list: &'a [Entry],
-                filter: &Filter,
-                now: Timestamp,
-                deleted: bool,
-            ) -> Option<Vec<WireDecision<'a>>> {
-                let v: Vec<_> = list
-                    .iter()
-                    .filter(|e| admitted(filter, e))
-                    .map(|e| wire(e, now, deleted))
-                    .collect();
-                (!v.is_empty()).then_some(v)
-            }
-            let body = serde_json::to_vec(&StreamAnswer {
-                deleted: pick(&changes.deleted, &q.filter, now, true),
-                new: pick(&changes.new, &q.filter, now, false),
-            })
-            .expect("json");
-            (body, changes.through)
+    let answer = read(&api, move |j| {
+        let changes = j.since(position);
+        let now = Timestamp::now();
+        fn pick<'a>(
+            list: &'a [Entry],
+            filter: &Filter,
+            now: Timestamp,
+            deleted: bool,
+        ) -> Option<Vec<WireDecision<'a>>> {
+            let v: Vec<_> = list
+                .iter()
+                .filter(|e| admitted(filter, e))
+                .map(|e| wire(e, now, deleted))
+                .collect();
+            (!v.is_empty()).then_some(v)
+        }
+        let body = serde_json::to_vec(&StreamAnswer {
+            deleted: pick(&changes.deleted, &q.filter, now, true),
+            new: pick(&changes.new, &q.filter, now, false),
         })
+        .expect("json");
+        (body, changes.through)
     })
     .await;
-    let (body, through) = match answer.map_err(|e| e.to_string()).and_then(|r| r) {
+    let (body, through) = match answer {
         Ok(a) => a,
-        Err(e) => return internal_error(&e),
+        Err(response) => return response,
     };
     api.note(&name, &headers, peer, true, false);
     // The position moves only once the whole answer went out.
@@ -310,36 +318,33 @@ async fn decisions(
         Ok(q) => q,
         Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let api2 = api.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        api2.with_journal(|j| {
-            let now = Timestamp::now();
-            let mut found: Vec<&Entry> = if q.only_other_types {
-                Vec::new()
-            } else {
-                j.live()
-                    .filter(|e| match &q.target {
-                        None => true,
-                        Some(t) if q.contains => e.target.contains(t),
-                        Some(t) => t.contains(&e.target),
-                    })
-                    .filter(|e| admitted(&q.filter, e))
-                    .collect()
-            };
-            found.sort_by_key(|e| e.id);
-            let list: Vec<_> = found.into_iter().map(|e| wire(e, now, false)).collect();
-            if list.is_empty() {
-                b"null".to_vec()
-            } else {
-                serde_json::to_vec(&list).expect("json")
-            }
-        })
+    let answer = read(&api, move |j| {
+        let now = Timestamp::now();
+        let mut found: Vec<&Entry> = if q.only_other_types {
+            Vec::new()
+        } else {
+            j.live()
+                .filter(|e| match &q.target {
+                    None => true,
+                    Some(t) if q.contains => e.target.contains(t),
+                    Some(t) => t.contains(&e.target),
+                })
+                .filter(|e| admitted(&q.filter, e))
+                .collect()
+        };
+        found.sort_by_key(|e| e.id);
+        let list: Vec<_> = found.into_iter().map(|e| wire(e, now, false)).collect();
+        if list.is_empty() {
+            b"null".to_vec()
+        } else {
+            serde_json::to_vec(&list).expect("json")
+        }
     })
     .await;
     api.note(&name, &headers, peer, false, false);
-    match answer.map_err(|e| e.to_string()).and_then(|r| r) {
+    match answer {
         Ok(body) => json(StatusCode::OK, body),
-        Err(e) => internal_error(&e),
+        Err(response) => response,
     }
 }
 

@@ -122,6 +122,12 @@ impl Lab {
         self.store.write(|w| w.put(&d).map(|_| ())).unwrap();
     }
 
+    /// Every stored decision.
+    fn decisions(&self) -> Vec<Decision> {
+        let reader = self.store.read().unwrap();
+        reader.iter(None).unwrap().map(Result::unwrap).collect()
+    }
+
     fn unban(&self, net: &str) {
         let net: Net = net.parse().unwrap();
         self.store
@@ -404,14 +410,7 @@ fn hostile_bouncers_are_refused_and_change_nothing() {
     let old = lab.keys.add("old").unwrap();
     lab.ban("198.18.0.9", Duration::from_secs(3600));
     lab.ban("198.18.5.0/24", Duration::from_secs(3600));
-    let before: Vec<Decision> = lab
-        .store
-        .read()
-        .unwrap()
-        .iter(None)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let before = lab.decisions();
     let forbidden = r#"{"message":"access forbidden"}"#;
     let stream = "/v1/decisions/stream?startup=true";
     assert_eq!(get(lab.addr, stream, None), (403, forbidden.into()));
@@ -516,14 +515,7 @@ fn hostile_bouncers_are_refused_and_change_nothing() {
     let (status, body) = get(lab.addr, "/v1/decisions?ip=198.18.0.9", k);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("198.18.0.9"));
-    let after: Vec<Decision> = lab
-        .store
-        .read()
-        .unwrap()
-        .iter(None)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let after = lab.decisions();
     assert_eq!(before, after);
     drop(lab.runtime);
 }
