@@ -201,3 +201,102 @@ fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
     drop(web2);
     drop(web1);
 }
+
+/// `curl` from `ns` to the hub's HTTPS port, trusting its certificate.
+fn curl_hub(ns: &Netns, hub: &Hub, ip: &str, path: &str, key: &str) -> (String, String) {
+    let cert = hub.dir.path().join("state").join("hub.crt");
+    let out = ns.output(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &cert.display().to_string(),
+            "--resolve",
+            &format!("palisade-hub:7470:{ip}"),
+            "-H",
+            &format!("X-Api-Key: {key}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("https://palisade-hub:7470{path}"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn the_hub_serves_bouncers_that_are_not_on_a_palisade_server() {
+    if !require_root_and(&["curl"]) {
+        return;
+    }
+    let lab = LabBuilder::new()
+        .hosts(["hub", "web1", "cdn", "attacker"])
+        .build();
+    let hub_ip = lab.host("hub").v4().to_string();
+    let hub = Hub::start(lab.host("hub"), &format!("{hub_ip}:7470"), "");
+    let join = hub.token("join", "lab");
+    let web1 = Agent::join(lab.host("web1"), "", &hub.url(), &join, "web1");
+    let out = Command::new(BIN)
+        .args(["bouncer", "add", "cdn-worker", "--state-dir"])
+        .arg(hub.dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let me = lab.host("attacker").v4().to_string();
+    web1.ok(&["ban", &me, "--for", "1h"]);
+    let cdn = lab.host("cdn").netns();
+    let stream = "/v1/decisions/stream?startup=true";
+    assert!(
+        wait_until(Duration::from_secs(5), || curl_hub(
+            cdn, &hub, &hub_ip, stream, &key
+        )
+        .1
+        .contains(&me)),
+        "{:?}",
+        curl_hub(cdn, &hub, &hub_ip, stream, &key)
+    );
+    let (code, body) = curl_hub(cdn, &hub, &hub_ip, &format!("/v1/decisions?ip={me}"), &key);
+    assert_eq!(code, "200");
+    assert!(
+        body.contains(&me) && body.contains("\"scope\":\"Ip\""),
+        "{body}"
+    );
+    let (code, body) = curl_hub(
+        cdn,
+        &hub,
+        &hub_ip,
+        stream,
+        "0000000000000000000000000000dead",
+    );
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("403", r#"{"message":"access forbidden"}"#)
+    );
+    // Without CrowdSec's key header, /v1/decisions is still the hub's own
+    // listing (which wants a token).
+    let cert = hub.dir.path().join("state").join("hub.crt");
+    let out = cdn.output(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            &cert.display().to_string(),
+            "--resolve",
+            &format!("palisade-hub:7470:{hub_ip}"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://palisade-hub:7470/v1/decisions",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}

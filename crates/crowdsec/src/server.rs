@@ -248,8 +248,20 @@ fn admit<Q>(
     Ok((name, q))
 }
 
-#[derive(Clone, Copy)]
-struct Peer(SocketAddr);
+/// The address a request came from; whoever serves the router inserts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Whether a request is for CrowdSec's API, on a port that serves other
+/// things too: its paths, and `/v1/decisions` only with CrowdSec's key
+/// header.
+pub fn claims(path: &str, headers: &HeaderMap) -> bool {
+    match path {
+        "/v1/decisions/stream" | "/v1/usage-metrics" | "/health" => true,
+        "/v1/decisions" => headers.contains_key("x-api-key"),
+        _ => false,
+    }
+}
 
 async fn stream(
     State(api): State<Arc<Api>>,
