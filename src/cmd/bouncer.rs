@@ -20,7 +20,7 @@ pub enum BouncerCommand {
         #[command(flatten)]
         place: Place,
     },
-    /// Show the bouncers: last pull, version and address as they reported them
+    /// Show the bouncers: last pull, address, usage reports and version as they reported them
     List {
         #[command(flatten)]
         place: Place,
@@ -63,17 +63,18 @@ pub fn run(ctx: &Context, cmd: BouncerCommand) -> Result<ExitCode> {
             let keys = place.keys(ctx)?;
             let seen = keys.seen()?;
             println!(
-                "{:<24} {:<22} {:<22} {:<16} VERSION",
-                "NAME", "CREATED", "LAST PULL", "ADDRESS"
+                "{:<24} {:<22} {:<22} {:<16} {:>7} VERSION",
+                "NAME", "CREATED", "LAST PULL", "ADDRESS", "REPORTS"
             );
             for b in keys.list()? {
                 let s = seen.get(&b.name).cloned().unwrap_or_default();
                 println!(
-                    "{:<24} {:<22} {:<22} {:<16} {}",
+                    "{:<24} {:<22} {:<22} {:<16} {:>7} {}",
                     b.name,
                     b.created.rfc3339(),
                     s.last_pull.map_or("never".into(), |t| t.rfc3339()),
                     s.address.as_deref().unwrap_or("-"),
+                    s.usage_reports,
                     s.version.as_deref().unwrap_or("-"),
                 );
             }
