@@ -300,3 +300,58 @@ fn the_hub_serves_bouncers_that_are_not_on_a_palisade_server() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+/// A CrowdSec Local API as a feed. CrowdSec itself is not installed here,
+/// so the LAPI is a palisade agent's CrowdSec endpoint, which answers as
+/// CrowdSec 1.4.6 does (see crates/crowdsec/tests/transcript.rs).
+#[test]
+fn a_crowdsec_lapi_is_a_feed_and_its_deletions_are_lifted() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["lapi", "web", "attacker"]).build();
+    let lapi_ip = lab.host("lapi").v4().to_string();
+    let lapi = Agent::start(
+        lab.host("lapi"),
+        &format!("[crowdsec]\nlisten = \"{lapi_ip}:8080\"\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["bouncer", "add", "palisade-web", "--state-dir"])
+        .arg(lapi.state_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let me = lab.host("attacker").v4().to_string();
+    let friend = "198.18.200.1";
+    lapi.ok(&["ban", &me, "--for", "1h"]);
+    lapi.ok(&["ban", friend, "--for", "1h"]);
+    let web = Agent::start(
+        lab.host("web"),
+        &format!(
+            "[[allow]]\nnet = \"{friend}\"\n\n[[feed]]\nname = \"crowdsec\"\nurl = \"http://{lapi_ip}:8080/\"\nkind = \"crowdsec\"\napi_key = \"{key}\"\nevery = \"1s\"\n"
+        ),
+    );
+    let banned_on_web = |addr: &str| {
+        web.ok(&["list"])
+            .lines()
+            .any(|l| l.contains(addr) && l.contains("ban"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || banned_on_web(&me)),
+        "the LAPI's ban never reached the feed:\n{}\n{}",
+        web.ok(&["list"]),
+        web.log()
+    );
+    assert!(!banned_on_web(friend), "the allowlist wins over the feed");
+    lapi.ok(&["unban", &me]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !banned_on_web(&me)),
+        "the LAPI's deletion was not lifted:\n{}",
+        web.ok(&["list"])
+    );
+}

@@ -152,6 +152,10 @@ pub fn feed(config: &FeedConfig) -> Feed {
         name: config.name.clone(),
         url: config.url.clone(),
         max_entries: config.max_entries,
+        crowdsec_key: match config.kind {
+            palisade_config::FeedKind::Crowdsec => config.api_key.clone(),
+            palisade_config::FeedKind::List => None,
+        },
     }
 }
 

@@ -187,6 +187,45 @@ pub struct FeedConfig {
     /// refused and the last good one kept).
     #[serde(default = "default_feed_max")]
     pub max_entries: usize,
+    /// `list` (one address or network per line) or `crowdsec` (a CrowdSec
+    /// Local API's decision stream, `url` its base address).
+    #[serde(default)]
+    pub kind: FeedKind,
+    /// The bouncer key for a `crowdsec` feed (`cscli bouncers add NAME`).
+    pub api_key: Option<String>,
+}
+
+impl FeedConfig {
+    /// A `crowdsec` feed needs its key, which goes into a request header:
+    /// visible ASCII only. A list feed has no key.
+    fn check_kind(&self) -> Result<(), String> {
+        let name = &self.name;
+        match (self.kind, &self.api_key) {
+            (FeedKind::Crowdsec, None) => Err(format!(
+                "[[feed]] {name}: a crowdsec feed needs api_key (make one on the LAPI with `cscli bouncers add palisade`)"
+            )),
+            (FeedKind::Crowdsec, Some(k))
+                if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Err(format!(
+                    "[[feed]] {name}: api_key must be 1 to 128 visible ASCII characters"
+                ))
+            }
+            (FeedKind::List, Some(_)) => Err(format!(
+                "[[feed]] {name}: api_key is only for kind = \"crowdsec\""
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a feed's address serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    #[default]
+    List,
+    Crowdsec,
 }
 
 fn default_feed_every() -> Span {
@@ -489,6 +528,15 @@ impl Config {
                 excerpt,
             }
         })?;
+        for feed in &config.feed {
+            feed.check_kind().map_err(|message| ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                column: None,
+                message,
+                excerpt: None,
+            })?;
+        }
         Ok(config)
     }
 
@@ -903,6 +951,12 @@ every = "30m"
         assert_eq!(c.mqtt.vallumd_topic.as_deref(), Some("vallumd"));
         assert_eq!(c.feed[0].every.to_string(), "30m");
         assert_eq!(c.feed[0].max_entries, 2_000_000);
+        let parse = |t: &str| Config::parse(t, Path::new("t.toml"));
+        let cs = "[[feed]]\nname = \"cs\"\nurl = \"http://127.0.0.1:8080\"\nkind = \"crowdsec\"\n";
+        assert!(parse(cs).unwrap_err().message.contains("needs api_key"));
+        assert!(parse(&format!("{cs}api_key = \"a\\r\\nX: y\"\n")).is_err());
+        let ok = parse(&format!("{cs}api_key = \"abc\"\n")).unwrap();
+        assert_eq!(ok.feed[0].kind, FeedKind::Crowdsec);
         for bad in [
             "[hub]\njoin = \"https://h:1\"\n",
             "[nats]\nbucket_prefix = \"a.b\"\n",

@@ -16,6 +16,8 @@
 //! transaction (removals and additions together), never leaving a moment
 //! without them.
 
+mod crowdsec;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +44,8 @@ pub struct Feed {
     pub name: String,
     pub url: String,
     pub max_entries: usize,
+    /// Set for a CrowdSec Local API (`kind = "crowdsec"`): its bouncer key.
+    pub crowdsec_key: Option<String>,
 }
 
 /// What is known about a feed, kept next to its last good list.
@@ -179,6 +183,9 @@ pub async fn pull(
         path: dir.display().to_string(),
         detail: e.to_string(),
     })?;
+    if let Some(key) = &feed.crowdsec_key {
+        return crowdsec::pull(feed, key, dir, &mut progress).await;
+    }
     let url = feed.url.clone();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(FeedError::BadUrl(url));
