@@ -73,6 +73,20 @@ prometheus:
     Proc::spawn(cmd).expect("start crowdsec-firewall-bouncer")
 }
 
+/// Runs `palisade bouncer ARGS --state-dir DIR`; panics unless it succeeds.
+fn bouncer_cli(state_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("bouncer")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "palisade bouncer {args:?}: {err}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn bouncer_log(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("crowdsec-firewall-bouncer.log")).unwrap_or_default()
 }
@@ -118,19 +132,7 @@ fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
     let target = SocketAddr::new(lab.host("web2").v4().into(), PORT);
     let reaches = || tcp_connect(attacker.netns(), target, Duration::from_millis(800));
 
-    let bouncer_cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("bouncer")
-            .args(args)
-            .arg("--state-dir")
-            .arg(web2.state_dir())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "palisade bouncer {args:?}: {err}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let key = bouncer_cli(&["add", "fw"]);
+    let key = bouncer_cli(&web2.state_dir(), &["add", "fw"]);
     let dir = tempfile::tempdir().unwrap();
 
     // A wrong key: refused at start-up, and the bouncer gives up.
@@ -192,7 +194,7 @@ fn crowdsecs_firewall_bouncer_enforces_the_networks_bans() {
     assert!(!reaches());
 
     // What it reported shows in `palisade bouncer list`.
-    let list = bouncer_cli(&["list"]);
+    let list = bouncer_cli(&web2.state_dir(), &["list"]);
     assert!(
         list.contains("fw") && list.contains("crowdsec-firewall-bouncer"),
         "{list}"
@@ -239,17 +241,7 @@ fn the_hub_serves_bouncers_that_are_not_on_a_palisade_server() {
     let hub = Hub::start(lab.host("hub"), &format!("{hub_ip}:7470"), "");
     let join = hub.token("join", "lab");
     let web1 = Agent::join(lab.host("web1"), "", &hub.url(), &join, "web1");
-    let out = Command::new(BIN)
-        .args(["bouncer", "add", "cdn-worker", "--state-dir"])
-        .arg(hub.dir.path().join("state"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = bouncer_cli(&hub.dir.path().join("state"), &["add", "cdn-worker"]);
     let me = lab.host("attacker").v4().to_string();
     web1.ok(&["ban", &me, "--for", "1h"]);
     let cdn = lab.host("cdn").netns();
@@ -315,17 +307,7 @@ fn a_crowdsec_lapi_is_a_feed_and_its_deletions_are_lifted() {
         lab.host("lapi"),
         &format!("[crowdsec]\nlisten = \"{lapi_ip}:8080\"\n"),
     );
-    let out = Command::new(BIN)
-        .args(["bouncer", "add", "palisade-web", "--state-dir"])
-        .arg(lapi.state_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = bouncer_cli(&lapi.state_dir(), &["add", "palisade-web"]);
     let me = lab.host("attacker").v4().to_string();
     let friend = "198.18.200.1";
     lapi.ok(&["ban", &me, "--for", "1h"]);
