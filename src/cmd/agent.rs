@@ -242,7 +242,7 @@ pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Schedul
             Ok(palisade_agent::feeds::Scheduled {
                 feed: super::feed::feed(f),
                 every: f
-                    .every
+                    .every()
                     .duration()
                     .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?,
             })

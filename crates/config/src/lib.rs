@@ -180,9 +180,9 @@ pub struct FeedConfig {
     /// `http://` or `https://`.
     #[serde(deserialize_with = "feed_url")]
     pub url: String,
-    /// How often to pull it.
-    #[serde(default = "default_feed_every")]
-    pub every: Span,
+    /// How often to pull it; see [`FeedConfig::every`] for the default.
+    #[serde(default)]
+    pub every: Option<Span>,
     /// The most entries taken from it (a list that grows past this is
     /// refused and the last good one kept).
     #[serde(default = "default_feed_max")]
@@ -228,8 +228,16 @@ pub enum FeedKind {
     Crowdsec,
 }
 
-fn default_feed_every() -> Span {
-    Span::For(std::time::Duration::from_secs(3600))
+impl FeedConfig {
+    /// How often to pull: as configured, else hourly for a list and every
+    /// 10 s for a CrowdSec LAPI (its bouncers' own default poll).
+    pub fn every(&self) -> Span {
+        self.every
+            .unwrap_or(Span::For(std::time::Duration::from_secs(match self.kind {
+                FeedKind::List => 3600,
+                FeedKind::Crowdsec => 10,
+            })))
+    }
 }
 
 fn default_feed_max() -> usize {
@@ -949,7 +957,7 @@ every = "30m"
         assert_eq!(c.hub.join.as_deref(), Some("mqtt://broker:1883"));
         assert_eq!(c.nats.bucket_prefix, "lab_2");
         assert_eq!(c.mqtt.vallumd_topic.as_deref(), Some("vallumd"));
-        assert_eq!(c.feed[0].every.to_string(), "30m");
+        assert_eq!(c.feed[0].every().to_string(), "30m");
         assert_eq!(c.feed[0].max_entries, 2_000_000);
         let parse = |t: &str| Config::parse(t, Path::new("t.toml"));
         let cs = "[[feed]]\nname = \"cs\"\nurl = \"http://127.0.0.1:8080\"\nkind = \"crowdsec\"\n";
@@ -957,6 +965,7 @@ every = "30m"
         assert!(parse(&format!("{cs}api_key = \"a\\r\\nX: y\"\n")).is_err());
         let ok = parse(&format!("{cs}api_key = \"abc\"\n")).unwrap();
         assert_eq!(ok.feed[0].kind, FeedKind::Crowdsec);
+        assert_eq!(ok.feed[0].every().to_string(), "10s");
         for bad in [
             "[hub]\njoin = \"https://h:1\"\n",
             "[nats]\nbucket_prefix = \"a.b\"\n",
