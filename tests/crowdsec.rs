@@ -337,3 +337,39 @@ fn a_crowdsec_lapi_is_a_feed_and_its_deletions_are_lifted() {
         web.ok(&["list"])
     );
 }
+
+/// 100,000 bans from an agent's endpoint into crowdsec-firewall-bouncer's
+/// set: the time is printed (CrowdSec's own LAPI is not installed here to
+/// run beside it). Run with `cargo test --release --test crowdsec
+/// hundred_thousand -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it on its own"]
+fn hundred_thousand_bans_reach_the_bouncer() {
+    if !require_root_and(&["nft", BOUNCER]) {
+        return;
+    }
+    let lab = LabBuilder::new().hosts(["web", "attacker"]).build();
+    let ns = lab.host("web").netns();
+    let agent = Agent::start(lab.host("web"), "[crowdsec]\nlisten = \"127.0.0.1:8080\"\n");
+    let lines: Vec<String> = (0..100_000u32)
+        .map(|i| std::net::Ipv4Addr::from(0xC613_0000u32 + i).to_string())
+        .collect();
+    let file = agent.dir.path().join("bulk.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    agent.ok(&["ban", "--file", file.to_str().unwrap(), "--for", "1h"]);
+    let key = bouncer_cli(&agent.state_dir(), &["add", "fw"]);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut fw = bouncer(ns, dir.path(), &key);
+    let last = lines.last().unwrap().clone();
+    let first = lines.first().unwrap().clone();
+    let loaded = wait_until(Duration::from_secs(600), || {
+        let set = bouncer_set(ns);
+        set.contains(&first) && set.contains(&last)
+    });
+    let took = started.elapsed();
+    println!(
+        "100,000 bans into crowdsec-firewall-bouncer's set from palisade's endpoint: {took:?} (loaded: {loaded})"
+    );
+    fw.stop();
+}
