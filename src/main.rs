@@ -69,6 +69,9 @@ enum Command {
     /// Pull external blocklists now, or show their state
     #[command(subcommand)]
     Feed(cmd::feed::FeedCommand),
+    /// Keys for CrowdSec bouncers that pull this agent's decisions ([crowdsec] listen)
+    #[command(subcommand)]
+    Bouncer(cmd::bouncer::BouncerCommand),
     /// Print the default configuration, or check a configuration file
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             .and_then(|c| cmd::detect::run(a, c.rule, c.detect.limits())),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Feed(c) => cmd::feed::run(&ctx, c),
+        Command::Bouncer(c) => cmd::bouncer::run(&ctx, c),
     };
     match result {
         Ok(code) => code,

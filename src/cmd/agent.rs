@@ -223,11 +223,12 @@ pub fn agent_options(
     };
     let options = AgentOptions {
         settings,
-        state_dir,
         socket,
         mode,
         kill,
         detect,
+        services: crowdsec_endpoint(config, &state_dir)?.into_iter().collect(),
+        state_dir,
         network,
         feeds: Vec::new(),
         metrics: None,
@@ -246,6 +247,32 @@ pub fn rules(config: &Config) -> Vec<palisade_detect::RuleConfig> {
     }
 }
 
+/// CrowdSec's bouncer API, when `[crowdsec] listen` is set: bound now, so
+/// a taken port stops the start with a clear error, served once the store
+/// is open.
+fn crowdsec_endpoint(
+    config: &Config,
+    state_dir: &Path,
+) -> Result<Option<palisade_agent::StoreService>> {
+    let Some(addr) = config.crowdsec.listen else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("[crowdsec] listen: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let keys = palisade_crowdsec::Keys::new(state_dir);
+    Ok(Some(Box::new(move |store| {
+        let api = palisade_crowdsec::Api::new(store, keys);
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                tracing::info!(%addr, "answering CrowdSec bouncers");
+                tokio::spawn(palisade_crowdsec::serve(listener, api));
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot serve CrowdSec bouncers"),
+        }
+    })))
+}
+
 /// The configured feeds, for an agent that pulls them itself.
 pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Scheduled>> {
     config
@@ -255,7 +282,7 @@ pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Schedul
             Ok(palisade_agent::feeds::Scheduled {
                 feed: super::feed::feed(f),
                 every: f
-                    .every
+                    .every()
                     .duration()
                     .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?,
             })

@@ -155,6 +155,10 @@ pub fn feed(config: &FeedConfig) -> Feed {
         max_bytes: config.max_bytes,
         deadline: config.timeout,
         allow_non_public: config.allow_non_public,
+        crowdsec_key: match config.kind {
+            palisade_config::FeedKind::Crowdsec => config.api_key.clone(),
+            palisade_config::FeedKind::List => None,
+        },
     }
 }
 

@@ -367,7 +367,7 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             .iter()
             .map(|f| -> Result<_> {
                 let every = f
-                    .every
+                    .every()
                     .duration()
                     .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?;
                 Ok((super::feed::feed(f), every))

@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod agent;
+pub mod bouncer;
 pub mod bus;
 pub mod config;
 pub mod decide;

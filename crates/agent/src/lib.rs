@@ -59,10 +59,17 @@ pub struct AgentOptions {
     /// again; called on every connection, so they stay allowed here when
     /// their addresses change. `None`: only those in the settings.
     pub infrastructure: Option<Resolver>,
+    /// Services that read the agent's decisions (never write them), such as
+    /// CrowdSec's bouncer API; started on the agent's runtime.
+    pub services: Vec<StoreService>,
 }
 
 /// Resolves the network's own addresses, with why they are allowed.
 pub type Resolver = std::sync::Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
+
+/// A service started with the agent's store once it is open; it runs on
+/// the agent's tokio runtime (it may `tokio::spawn`) and must only read.
+pub type StoreService = Box<dyn FnOnce(Arc<Store>) + Send>;
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +158,9 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             palisade_feed::dir(&options.state_dir),
             worker.clone(),
         );
+        for service in options.services {
+            service(store.clone());
+        }
         let listener = control::bind(&socket).map_err(|source| AgentError::Socket {
             path: socket.clone(),
             source,

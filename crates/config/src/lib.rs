@@ -70,8 +70,18 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The MQTT bus (`mqtt://` and `mqtts://` join addresses).
     pub mqtt: MqttConfig,
+    /// CrowdSec's bouncer API on this agent (`[crowdsec]`).
+    pub crowdsec: CrowdsecConfig,
     /// External blocklists pulled over HTTP(S) (`[[feed]]`).
     pub feed: Vec<FeedConfig>,
+}
+
+/// CrowdSec's Local API for its bouncers, answered by the agent.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrowdsecConfig {
+    /// Where to answer bouncers (plain HTTP); off when unset.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Credentials, TLS and names on a NATS server.
@@ -170,9 +180,9 @@ pub struct FeedConfig {
     /// `http://` or `https://`.
     #[serde(deserialize_with = "feed_url")]
     pub url: String,
-    /// How often to pull it.
-    #[serde(default = "default_feed_every")]
-    pub every: Span,
+    /// How often to pull it; see [`FeedConfig::every`] for the default.
+    #[serde(default)]
+    pub every: Option<Span>,
     /// The most entries taken from it (a list that grows past this is
     /// refused and the last good one kept).
     #[serde(default = "default_feed_max")]
@@ -188,6 +198,12 @@ pub struct FeedConfig {
     /// wrong or hostile).
     #[serde(default)]
     pub allow_non_public: bool,
+    /// `list` (one address or network per line) or `crowdsec` (a CrowdSec
+    /// Local API's decision stream, `url` its base address).
+    #[serde(default)]
+    pub kind: FeedKind,
+    /// The bouncer key for a `crowdsec` feed (`cscli bouncers add NAME`).
+    pub api_key: Option<String>,
 }
 
 /// Generous for real lists (two million entries of FireHOL's format are
@@ -206,8 +222,49 @@ fn finite_duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duratio
         .ok_or_else(|| serde::de::Error::custom("a time limit cannot be forever"))
 }
 
-fn default_feed_every() -> Span {
-    Span::For(std::time::Duration::from_secs(3600))
+impl FeedConfig {
+    /// A `crowdsec` feed needs its key, which goes into a request header:
+    /// visible ASCII only. A list feed has no key.
+    fn check_kind(&self) -> Result<(), String> {
+        let name = &self.name;
+        match (self.kind, &self.api_key) {
+            (FeedKind::Crowdsec, None) => Err(format!(
+                "[[feed]] {name}: a crowdsec feed needs api_key (make one on the LAPI with `cscli bouncers add palisade`)"
+            )),
+            (FeedKind::Crowdsec, Some(k))
+                if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Err(format!(
+                    "[[feed]] {name}: api_key must be 1 to 128 visible ASCII characters"
+                ))
+            }
+            (FeedKind::List, Some(_)) => Err(format!(
+                "[[feed]] {name}: api_key is only for kind = \"crowdsec\""
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a feed's address serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    #[default]
+    List,
+    Crowdsec,
+}
+
+impl FeedConfig {
+    /// How often to pull: as configured, else hourly for a list and every
+    /// 10 s for a CrowdSec LAPI (its bouncers' own default poll).
+    pub fn every(&self) -> Span {
+        self.every
+            .unwrap_or(Span::For(std::time::Duration::from_secs(match self.kind {
+                FeedKind::List => 3600,
+                FeedKind::Crowdsec => 10,
+            })))
+    }
 }
 
 fn default_feed_max() -> usize {
@@ -604,6 +661,15 @@ impl Config {
                 excerpt,
             }
         })?;
+        for feed in &config.feed {
+            feed.check_kind().map_err(|message| ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                column: None,
+                message,
+                excerpt: None,
+            })?;
+        }
         Ok(config)
     }
 
@@ -1048,8 +1114,15 @@ every = "30m"
         assert_eq!(c.hub.join.as_deref(), Some("mqtt://broker:1883"));
         assert_eq!(c.nats.bucket_prefix, "lab_2");
         assert_eq!(c.mqtt.vallumd_topic.as_deref(), Some("vallumd"));
-        assert_eq!(c.feed[0].every.to_string(), "30m");
+        assert_eq!(c.feed[0].every().to_string(), "30m");
         assert_eq!(c.feed[0].max_entries, 2_000_000);
+        let parse = |t: &str| Config::parse(t, Path::new("t.toml"));
+        let cs = "[[feed]]\nname = \"cs\"\nurl = \"http://127.0.0.1:8080\"\nkind = \"crowdsec\"\n";
+        assert!(parse(cs).unwrap_err().message.contains("needs api_key"));
+        assert!(parse(&format!("{cs}api_key = \"a\\r\\nX: y\"\n")).is_err());
+        let ok = parse(&format!("{cs}api_key = \"abc\"\n")).unwrap();
+        assert_eq!(ok.feed[0].kind, FeedKind::Crowdsec);
+        assert_eq!(ok.feed[0].every().to_string(), "10s");
         for bad in [
             "[hub]\njoin = \"https://h:1\"\n",
             "[nats]\nbucket_prefix = \"a.b\"\n",

@@ -16,6 +16,8 @@
 //! transaction (removals and additions together), never leaving a moment
 //! without them.
 
+mod crowdsec;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,6 +53,8 @@ pub struct Feed {
     /// non-public ranges (`palisade_model::guard::NON_PUBLIC`). Off by
     /// default: a third party's list naming them is wrong or hostile.
     pub allow_non_public: bool,
+    /// Set for a CrowdSec Local API (`kind = "crowdsec"`): its bouncer key.
+    pub crowdsec_key: Option<String>,
 }
 
 /// What is known about a feed, kept next to its last good list.
@@ -203,6 +207,9 @@ pub async fn pull(
         path: dir.display().to_string(),
         detail: e.to_string(),
     })?;
+    if let Some(key) = &feed.crowdsec_key {
+        return crowdsec::pull(feed, key, dir, &mut progress).await;
+    }
     let started = tokio::time::Instant::now();
     let deadline = started + feed.deadline;
     let url = feed.url.clone();

@@ -42,7 +42,42 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(paths::EXPORT, get(export))
         .route(paths::METRICS, get(metrics))
         .with_state(hub.clone())
-        .merge(crate::dashboard::router(hub))
+        .merge(crate::dashboard::router(hub.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            crowdsec_router(&hub),
+            crowdsec_first,
+        ))
+}
+
+/// CrowdSec's bouncer API on the hub's port, for bouncers that are not on
+/// a palisade server; keys are the hub's (`palisade bouncer add NAME
+/// --state-dir HUB_STATE_DIR`).
+fn crowdsec_router(hub: &Hub) -> Router {
+    palisade_crowdsec::router(palisade_crowdsec::Api::new(
+        hub.store.clone(),
+        palisade_crowdsec::Keys::new(&hub.state_dir),
+    ))
+}
+
+/// Hands CrowdSec's requests to its API: `/v1/decisions` is the hub's own
+/// listing too, so there only requests carrying CrowdSec's `X-Api-Key`.
+async fn crowdsec_first(
+    State(crowdsec): State<Router>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tower::ServiceExt as _;
+    if !palisade_crowdsec::server::claims(req.uri().path(), req.headers()) {
+        return next.run(req).await;
+    }
+    if let Some(Peer(addr)) = req.extensions().get::<Peer>().copied() {
+        req.extensions_mut()
+            .insert(palisade_crowdsec::server::Peer(addr));
+    }
+    match crowdsec.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

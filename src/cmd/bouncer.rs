@@ -1,0 +1,88 @@
+//! `palisade bouncer`: keys for CrowdSec bouncers that pull this agent's
+//! decisions (`[crowdsec] listen`). A key is printed once; the agent keeps
+//! only its hash, and a running agent picks up changes within a second.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use palisade_crowdsec::Keys;
+
+use super::Context;
+
+#[derive(Debug, Subcommand)]
+pub enum BouncerCommand {
+    /// Make a key for a CrowdSec bouncer; it is printed once, only its hash is kept
+    Add {
+        /// A name for the bouncer (letters, digits, '.', '_', '-')
+        name: String,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Show the bouncers: last pull, address, usage reports and version as they reported them
+    List {
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Remove a bouncer; its key stops working at once
+    Delete {
+        name: String,
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Place {
+    /// The agent's state directory [default: from the config, else /var/lib/palisade]
+    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl Place {
+    fn keys(&self, ctx: &Context) -> Result<Keys> {
+        let dir = match &self.state_dir {
+            Some(d) => d.clone(),
+            None => ctx.load_config()?.agent.state_dir,
+        };
+        Ok(Keys::new(&dir))
+    }
+}
+
+pub fn run(ctx: &Context, cmd: BouncerCommand) -> Result<ExitCode> {
+    match cmd {
+        BouncerCommand::Add { name, place } => {
+            let key = place.keys(ctx)?.add(&name)?;
+            eprintln!(
+                "bouncer {name:?} added; its API key (shown only now, put it in the bouncer's api_key):"
+            );
+            println!("{key}");
+        }
+        BouncerCommand::List { place } => {
+            let keys = place.keys(ctx)?;
+            let seen = keys.seen()?;
+            println!(
+                "{:<24} {:<22} {:<22} {:<16} {:>7} VERSION",
+                "NAME", "CREATED", "LAST PULL", "ADDRESS", "REPORTS"
+            );
+            for b in keys.list()? {
+                let s = seen.get(&b.name).cloned().unwrap_or_default();
+                println!(
+                    "{:<24} {:<22} {:<22} {:<16} {:>7} {}",
+                    b.name,
+                    b.created.rfc3339(),
+                    s.last_pull.map_or("never".into(), |t| t.rfc3339()),
+                    s.address.as_deref().unwrap_or("-"),
+                    s.usage_reports,
+                    s.version.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        BouncerCommand::Delete { name, place } => {
+            place.keys(ctx)?.delete(&name)?;
+            println!("bouncer {name:?} deleted; its key no longer works");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
