@@ -944,3 +944,26 @@ fn what_a_node_queued_while_the_hub_was_away_goes_before_what_it_missed() {
         "a server kept the ban"
     );
 }
+
+#[test]
+fn a_nodes_allow_for_the_whole_network_is_refused_and_taken_back() {
+    if !require_root_and(&["nft"]) {
+        return;
+    }
+    let net = Net::start();
+    let attacker = net.attacker();
+    let _ = net.agents[1].cli(&["allow", &attacker, "--comment", "mine"]);
+    assert!(
+        wait_until(SPREAD, || !net.agents[1]
+            .ok(&["list", "--allows"])
+            .contains(&attacker)),
+        "web2 kept an allow the network refused\n{}",
+        net.agents[1].log()
+    );
+    for i in [0, 2] {
+        assert!(!net.agents[i].ok(&["list", "--allows"]).contains(&attacker));
+    }
+    // On this server alone it may.
+    net.agents[1].ok(&["allow", &attacker, "--local"]);
+    assert!(net.agents[1].ok(&["list", "--allows"]).contains(&attacker));
+}

@@ -437,6 +437,7 @@ impl Core {
         let mut resync = false;
         let sent = pending(&self.store, results.len().max(1) * 2 + 16)?;
         let mut take_back = Vec::new();
+        let mut take_back_allows = Vec::new();
         let mut realign = Vec::new();
         for r in results {
             if r.outcome == IntentOutcome::Suppressed
@@ -475,6 +476,20 @@ impl Core {
                 // for the network is taken back.
                 take_back.push(*target);
             }
+            if let Intent::Allow {
+                target,
+                group: None,
+                ..
+            } = &env.intent
+                && let Some(d) = self.store.read()?.get(Action::Allow, target)?
+                && d.scope == Scope::Network
+                && d.origin.node == self.settings.node
+                && d.origin.source == Source::Cli
+            {
+                // An allow the network refused (a node may not allow for
+                // everyone) is not kept here as if it were the network's.
+                take_back_allows.push(*target);
+            }
         }
         let base = self.store.read()?.meta(ID_BASE)?;
         let through = last.saturating_sub(base);
@@ -494,6 +509,9 @@ impl Core {
         }
         if !take_back.is_empty() {
             self.remove_all(Action::Ban, &take_back, &[])?;
+        }
+        if !take_back_allows.is_empty() {
+            self.remove_all(Action::Allow, &take_back_allows, &[])?;
         }
         self.realign(&realign)?;
         Ok(resync)
