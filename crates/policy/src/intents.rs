@@ -97,6 +97,11 @@ impl Policy {
     /// The bucket an intent draws from; `None`: not rate limited (an
     /// operator's or the hub's own).
     fn class(&self, node: &Node, intent: &Intent) -> Option<Class> {
+        // The hub's own reporters (the vallumd topic, open to whoever may
+        // publish on it) are limited like any reporter.
+        if node.internal && node.role == Role::Reporter {
+            return Some(Class::Report);
+        }
         if node.internal || node.role == Role::Operator {
             return match intent {
                 // An operator's detectors still report like anyone's.

@@ -993,3 +993,28 @@ fn a_revoked_node_starts_its_numbering_over() {
         .unwrap();
     assert_eq!(r.results[0].outcome, IntentOutcome::Accepted);
 }
+
+#[test]
+fn the_hubs_own_reporters_are_rate_limited_too() {
+    let p = &mut Policy::new(PolicyConfig {
+        rate: RateLimit {
+            per_second: 0.0001,
+            burst: 2,
+        },
+        ..PolicyConfig::default()
+    });
+    let mut l = Memory::default();
+    let vallumd = Node::internal("vallumd", Role::Reporter);
+    let batch: Vec<Envelope> = (1..=4)
+        .map(|i| report(i, &format!("198.51.100.{i}"), Source::Report, None))
+        .collect();
+    let r = p
+        .apply_intents(&mut l, &vallumd, &batch, at(0), &mut None)
+        .unwrap();
+    assert_eq!(r.results.len(), 2);
+    let dash = Node::internal("dashboard", Role::Operator);
+    let r = p
+        .apply_intents(&mut l, &dash, &batch, at(0), &mut None)
+        .unwrap();
+    assert_eq!(r.results.len(), 4, "operators are not limited");
+}
