@@ -17,8 +17,6 @@ use bytes::Bytes;
 use palisade_model::{Decision, Net, Source, Span, Timestamp};
 use palisade_policy::{Node, Role};
 
-/// Every role, each with its own intents topic.
-const ROLES: [Role; 3] = [Role::Reporter, Role::Node, Role::Operator];
 use palisade_wire::bus::BoxFuture;
 use palisade_wire::{
     BusReply, BusRequest, Envelope, Intent, IntentResult, NodeBeat, StreamItem, keys,
@@ -103,9 +101,9 @@ pub async fn run_bridge(options: BridgeOptions, decider: Arc<dyn Decider>) {
                 info!(broker = %o.describe(), "the hub is connected to the MQTT broker");
                 let prefix = &o.topic_prefix;
                 let mut filters = vec![Filter::new(format!("{prefix}/beat/+"), QoS::AtMostOnce)];
-                for role in ROLES {
+                for role in Role::ALL {
                     filters.push(Filter::new(
-                        format!("{prefix}/{}/+", crate::role_level(role)),
+                        format!("{prefix}/{}/+", role.intents_word()),
                         QoS::AtLeastOnce,
                     ));
                 }
@@ -136,9 +134,9 @@ pub async fn run_bridge(options: BridgeOptions, decider: Arc<dyn Decider>) {
                     }
                 }
                 let prefix = &o.topic_prefix;
-                let intents = ROLES.into_iter().find_map(|role| {
+                let intents = Role::ALL.into_iter().find_map(|role| {
                     topic
-                        .strip_prefix(&format!("{prefix}/{}/", crate::role_level(role)))
+                        .strip_prefix(&format!("{prefix}/{}/", role.intents_word()))
                         .map(|node| (role, node))
                 });
                 if let Some((role, node)) = intents {

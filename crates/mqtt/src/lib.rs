@@ -130,7 +130,7 @@ impl MqttOptions {
         format!(
             "{}/{}/{}",
             self.topic_prefix,
-            role_level(self.role),
+            self.role.intents_word(),
             topic_level(node)
         )
     }
@@ -173,15 +173,6 @@ impl MqttOptions {
 }
 
 /// A node name as one topic level.
-/// The topic level naming a role's intents.
-pub fn role_level(role: palisade_wire::Role) -> &'static str {
-    match role {
-        palisade_wire::Role::Reporter => "reports",
-        palisade_wire::Role::Node => "intents",
-        palisade_wire::Role::Operator => "operator",
-    }
-}
-
 pub fn topic_level(name: &str) -> String {
     name.chars()
         .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })

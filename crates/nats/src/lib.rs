@@ -174,7 +174,7 @@ impl NatsOptions {
         format!(
             "{}.{}.{}",
             self.subject_prefix,
-            role_token(self.role),
+            self.role.intents_word(),
             subject_token(node)
         )
     }
@@ -200,15 +200,6 @@ impl NatsOptions {
 }
 
 /// A node name as one subject token (dots would add tokens).
-/// The subject token naming a role's intents.
-pub fn role_token(role: palisade_wire::Role) -> &'static str {
-    match role {
-        palisade_wire::Role::Reporter => "reports",
-        palisade_wire::Role::Node => "intents",
-        palisade_wire::Role::Operator => "operator",
-    }
-}
-
 pub fn subject_token(name: &str) -> String {
     name.chars()
         .map(|c| {

@@ -121,12 +121,9 @@ pub async fn run_worker(
     let group = format!("{prefix}-workers");
     // One subject per role: NATS permissions on them are what grant a role.
     let mut intents = futures_util::stream::select_all(Vec::new());
-    for role in [Role::Reporter, Role::Node, Role::Operator] {
+    for role in Role::ALL {
         let sub = client
-            .queue_subscribe(
-                format!("{prefix}.{}.*", crate::role_token(role)),
-                group.clone(),
-            )
+            .queue_subscribe(format!("{prefix}.{}.*", role.intents_word()), group.clone())
             .await
             .map_err(|e| format!("subscribing to intents: {e}"))?;
         intents.push(sub.map(move |m| (role, m)));

@@ -75,6 +75,21 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Reporter, Role::Node, Role::Operator];
+
+    /// The word naming this role's intents on a bus (NATS subject token,
+    /// MQTT topic level): `PREFIX.intents.NODE` for a node,
+    /// `PREFIX.reports.NODE` for a reporter, `PREFIX.operator.NODE` for an
+    /// operator, so the broker's permissions on those are what grant a role.
+    pub fn intents_word(self) -> &'static str {
+        match self {
+            Role::Reporter => "reports",
+            Role::Node => "intents",
+            Role::Operator => "operator",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Reporter => "reporter",
