@@ -128,9 +128,25 @@ impl Proc {
     }
 }
 
+/// Lines of a process's stderr shown when a test fails while it runs.
+const TAIL_ON_FAILURE: usize = 40;
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
+        // A failing test says what its daemons said last: CI keeps only the
+        // test's output, and the cause is often in theirs.
+        if std::thread::panicking() {
+            let err = self.stderr();
+            let lines: Vec<&str> = err.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(TAIL_ON_FAILURE)..];
+            eprintln!(
+                "--- last {} lines of stderr of {} ---\n{}",
+                tail.len(),
+                self.what,
+                tail.join("\n")
+            );
+        }
         // The readers end when the pipes close; they are not joined, since a
         // grandchild that inherited the pipes could keep them open.
         self.readers.clear();

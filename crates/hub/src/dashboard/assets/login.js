@@ -7,16 +7,26 @@ document.getElementById("login-form").addEventListener("submit", async (ev) => {
   const error = document.getElementById("login-error");
   error.textContent = "";
   button.disabled = true;
+  const send = () => fetch("/dashboard/login", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    credentials: "same-origin",
+    body: JSON.stringify({
+      name: document.getElementById("name").value,
+      password: document.getElementById("password").value,
+    }),
+  });
   try {
-    const res = await fetch("/dashboard/login", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      credentials: "same-origin",
-      body: JSON.stringify({
-        name: document.getElementById("name").value,
-        password: document.getElementById("password").value,
-      }),
-    });
+    let res;
+    try {
+      res = await send();
+    } catch (_) {
+      // A browser does not resend a POST whose connection was lost (a
+      // kept-alive connection the hub had closed, a hub restarting): the
+      // login is safe to send once more, and the hub's own limits count it.
+      await new Promise((r) => setTimeout(r, 500));
+      res = await send();
+    }
     if (res.ok) {
       location.assign("/dashboard/");
       return;
