@@ -320,6 +320,7 @@ pub struct Groups<'t> {
 impl Pattern {
     /// Compiles an already translated pattern.
     pub fn compile(translated: &str) -> Result<Pattern, String> {
+        check_shape(translated)?;
         match regex::RegexBuilder::new(translated)
             .size_limit(32 << 20)
             .build()
@@ -373,6 +374,96 @@ impl Pattern {
     }
 }
 
+/// Groups nested deeper than this are refused. The regex crates compile
+/// by recursion, one frame set per level: hundreds of levels overflow a
+/// thread's stack and abort the process. fail2ban's filters nest a few.
+const MAX_DEPTH: usize = 64;
+
+/// Refuses what Python's `re` refuses and the regex crates would take down
+/// the process with: a repetition of a repetition (`a**`, `a{2}+*`, Python's
+/// "multiple repeat"; a lazy `?` or possessive `+` after one is its
+/// modifier) and groups nested over [`MAX_DEPTH`].
+pub fn check_shape(t: &str) -> Result<(), String> {
+    let b = t.as_bytes();
+    let mut depth = 0usize;
+    let mut in_class = false;
+    // The previous item was a repetition (and its modifier, if any).
+    let mut repeated = false;
+    let mut modified = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_class {
+            match c {
+                b'\\' => i += 1,
+                b']' => in_class = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let quantifier = match c {
+            b'*' | b'+' | b'?' => Some(1),
+            b'{' => repetition_len(&b[i..]),
+            _ => None,
+        };
+        if let Some(len) = quantifier {
+            if repeated && !modified && (c == b'?' || c == b'+') {
+                modified = true;
+            } else if repeated {
+                return Err(format!(
+                    "a repetition of a repetition at byte {i} (\"multiple repeat\" in Python)"
+                ));
+            } else {
+                repeated = true;
+                modified = false;
+            }
+            i += len;
+            continue;
+        }
+        repeated = false;
+        match c {
+            b'\\' => i += 1,
+            b'[' => {
+                in_class = true;
+                // A `]` right after `[` or `[^` is a literal.
+                if b.get(i + 1) == Some(&b'^') {
+                    i += 1;
+                }
+                if b.get(i + 1) == Some(&b']') {
+                    i += 1;
+                }
+            }
+            b'(' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!("groups nested deeper than {MAX_DEPTH}"));
+                }
+                // `(?` opens flags or a group kind: its `?` is no repetition.
+                if b.get(i + 1) == Some(&b'?') {
+                    i += 1;
+                }
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The length of a counted repetition (`{n}`, `{n,}`, `{n,m}`) at the start
+/// of `b`, if it is one.
+fn repetition_len(b: &[u8]) -> Option<usize> {
+    let end = b.iter().position(|&c| c == b'}')?;
+    let inner = &b[1..end];
+    let ok = !inner.is_empty()
+        && inner[0].is_ascii_digit()
+        && inner.iter().all(|c| c.is_ascii_digit() || *c == b',')
+        && inner.iter().filter(|&&c| c == b',').count() <= 1;
+    ok.then_some(end + 1)
+}
+
 fn first_line(s: &str) -> String {
     s.lines().last().unwrap_or("").trim().to_string()
 }
@@ -419,6 +510,45 @@ mod tests {
             p.is_match("foo\n"),
             "Python's $ matches before the final newline"
         );
+    }
+
+    /// Shapes that would overflow the stack of a thread (2 MiB, a debug
+    /// build) are refused with an error; real filters' shapes are not.
+    #[test]
+    fn deep_or_stacked_patterns_are_refused_not_fatal() {
+        let results = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let bad = [
+                    format!("a{}", "*".repeat(1000)),
+                    "a**".to_string(),
+                    "a{2}{3}".to_string(),
+                    "a+?*".to_string(),
+                    format!("{}a{}", "(".repeat(1000), ")".repeat(1000)),
+                    format!("{}a{}", "(?=".repeat(1000), ")".repeat(1000)),
+                ];
+                let good = [
+                    format!("{}a{}", "(?:".repeat(MAX_DEPTH), ")*".repeat(MAX_DEPTH)),
+                    r"a*?b+?c??d{2,3}?e*+[*+?{]{2}\*\+(?:x)?".to_string(),
+                    r"^\s*(?P<user>\S+)\{1}x{,2}".to_string(),
+                ];
+                let bad: Vec<bool> = bad
+                    .iter()
+                    .map(|p| Pattern::compile(&translate(p, false)).is_err())
+                    .collect();
+                let good: Vec<Result<(), String>> = good
+                    .iter()
+                    .map(|p| Pattern::compile(&translate(p, false)).map(|_| ()))
+                    .collect();
+                (bad, good)
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(results.0.iter().all(|&refused| refused), "{:?}", results.0);
+        for r in results.1 {
+            r.unwrap();
+        }
     }
 
     #[test]

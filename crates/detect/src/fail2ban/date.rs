@@ -8,6 +8,8 @@
 //! template that matched last is tried first; otherwise the first
 //! line-anchored match wins, else the leftmost.
 
+use std::sync::LazyLock;
+
 use super::Error;
 use crate::pyre::{Pattern, translate};
 
@@ -238,8 +240,9 @@ fn epoch(pattern: Option<&str>, line_begin_only: bool, long: bool) -> Result<Tem
         r"\d{10,11}\b(?:\.\d{3,6})?"
     };
     if let Some(p) = pattern {
-        let re = regex::Regex::new(r"(?i)\{L?EPOCH\}").expect("static");
-        let body = re
+        static EPOCH: LazyLock<regex::Regex> =
+            LazyLock::new(|| regex::Regex::new(r"(?i)\{L?EPOCH\}").expect("static"));
+        let body = EPOCH
             .replace_all(p, format!("({epoch_re})").as_str())
             .into_owned();
         let (r, lb) = set_regex(&format!("({body})"), Wb::Yes, true);
@@ -274,8 +277,9 @@ fn pattern_template(pattern: &str) -> Result<Template, Error> {
         pattern.to_uppercase()
     };
     if key.contains("EPOCH") {
-        let re = regex::Regex::new(r"(?i)(?:^|[^\\])\{L?EPOCH\}").expect("static");
-        if re.is_match(pattern) {
+        static EPOCH: LazyLock<regex::Regex> =
+            LazyLock::new(|| regex::Regex::new(r"(?i)(?:^|[^\\])\{L?EPOCH\}").expect("static"));
+        if EPOCH.is_match(pattern) {
             return epoch(Some(pattern), false, key.contains("LEPOCH"));
         }
         match key.as_str() {

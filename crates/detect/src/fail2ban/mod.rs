@@ -27,9 +27,10 @@ mod literals;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use palisade_model::Net;
+use regex::Regex;
 
 use crate::host::parse_addr;
 use crate::pyre::{Pattern, name_index, relax, translate};
@@ -82,64 +83,66 @@ fn r_addr() -> String {
 
 /// `Regex._resolveHostTag`: `<HOST>`, `<ADDR>`, `<IP4>`, `<F-USER>` ...
 pub fn resolve_tags(regex: &str, use_dns: bool) -> String {
-    let tag_re = regex::Regex::new(r"</?[\w\-]+/?>").expect("static");
+    static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"</?[\w\-]+/?>").expect("static"));
+    static CUSTOM: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^(/?)F-([A-Z0-9_\-]+)$").expect("static"));
     let mut open: BTreeSet<String> = BTreeSet::new();
     let mut skiplines = 0;
-    tag_re
-        .replace_all(regex, |c: &regex::Captures| {
-            let tag = &c[0];
-            let tn = &tag[1..tag.len() - 1];
-            match tn {
-                "HOST" => {
-                    if use_dns {
-                        format!("(?:{}|{})", r_addr(), r_dns())
-                    } else {
-                        r_addr()
-                    }
-                }
-                "SKIPLINES" => {
-                    skiplines += 1;
-                    format!(r"\n(?P<skiplines{}>(?:(?:.*\n)*?))", skiplines - 1)
-                }
-                "IP4" | "F-IP4/" => r_ip4(),
-                "IP6" | "F-IP6/" => r_ip6(),
-                "ADDR" | "F-ADDR/" => r_addr(),
-                "CIDR" | "F-CIDR/" => r"(?P<cidr>\d+)".into(),
-                "SUBNET" | "F-SUBNET/" => {
-                    format!(r"\[?(?:{}|{})(?:/(?P<cidr>\d+))?\]?", r_ip4(), r_ip6())
-                }
-                "DNS" | "F-DNS/" => r_dns().into(),
-                "F-ID/" => r"(?P<fid>\S+)".into(),
-                "F-PORT/" => r"(?P<fport>\w+)".into(),
-                _ => {
-                    let custom = regex::Regex::new(r"^(/?)F-([A-Z0-9_\-]+)$").expect("static");
-                    if let Some(m) = custom.captures(tn) {
-                        let name = m[2].to_string();
-                        if !m[1].is_empty() {
-                            if open.contains(&name) {
-                                return ")".into();
-                            }
-                            return tag.to_string();
-                        }
-                        open.insert(name.clone());
-                        let lower = name.to_lowercase();
-                        let mapped = match lower.as_str() {
-                            "id" => "fid".to_string(),
-                            "port" => "fport".to_string(),
-                            _ => lower,
-                        };
-                        return format!("(?P<{mapped}>");
-                    }
-                    tag.to_string()
+    TAG.replace_all(regex, |c: &regex::Captures| {
+        let tag = &c[0];
+        let tn = &tag[1..tag.len() - 1];
+        match tn {
+            "HOST" => {
+                if use_dns {
+                    format!("(?:{}|{})", r_addr(), r_dns())
+                } else {
+                    r_addr()
                 }
             }
-        })
-        .into_owned()
+            "SKIPLINES" => {
+                skiplines += 1;
+                format!(r"\n(?P<skiplines{}>(?:(?:.*\n)*?))", skiplines - 1)
+            }
+            "IP4" | "F-IP4/" => r_ip4(),
+            "IP6" | "F-IP6/" => r_ip6(),
+            "ADDR" | "F-ADDR/" => r_addr(),
+            "CIDR" | "F-CIDR/" => r"(?P<cidr>\d+)".into(),
+            "SUBNET" | "F-SUBNET/" => {
+                format!(r"\[?(?:{}|{})(?:/(?P<cidr>\d+))?\]?", r_ip4(), r_ip6())
+            }
+            "DNS" | "F-DNS/" => r_dns().into(),
+            "F-ID/" => r"(?P<fid>\S+)".into(),
+            "F-PORT/" => r"(?P<fport>\w+)".into(),
+            _ => {
+                if let Some(m) = CUSTOM.captures(tn) {
+                    let name = m[2].to_string();
+                    if !m[1].is_empty() {
+                        if open.contains(&name) {
+                            return ")".into();
+                        }
+                        return tag.to_string();
+                    }
+                    open.insert(name.clone());
+                    let lower = name.to_lowercase();
+                    let mapped = match lower.as_str() {
+                        "id" => "fid".to_string(),
+                        "port" => "fport".to_string(),
+                        _ => lower,
+                    };
+                    return format!("(?P<{mapped}>");
+                }
+                tag.to_string()
+            }
+        }
+    })
+    .into_owned()
 }
 
 /// Maps `((?i)x)` to `(?i:x)` as fail2ban does.
 fn glob_to_local_flags(r: &str) -> String {
-    let re = regex::Regex::new(r"\((?:\?:)?(\(\?[a-z]+)\)").expect("static");
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\((?:\?:)?(\(\?[a-z]+)\)").expect("static"));
+    let re = &*RE;
     // Skip matches preceded by a backslash.
     let mut out = String::new();
     let mut last = 0;
@@ -878,7 +881,8 @@ fn substitute(
     combined: &Map,
     get_comb: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Error> {
-    let tag = regex::Regex::new(r"<([^ <>]+)>").expect("static");
+    static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"<([^ <>]+)>").expect("static"));
+    let tag = &*TAG;
     let mut v = value.to_string();
     let mut counts: HashMap<String, usize> = HashMap::new();
     // Passes over the value until nothing changes (a replacement can
