@@ -177,7 +177,7 @@ fn agents_catch_up_after_downtime_and_reports_wait_for_the_hub() {
     assert!(net.reaches(1), "the others do not know yet");
     let status = net.agents[0].ok(&["status"]);
     assert!(
-        status.contains("NOT CONNECTED") && status.contains("1 request(s) queued"),
+        status.contains("NOT CONNECTED") && status.contains("1 request queued"),
         "{status}"
     );
     // Even across a restart of the agent itself.
@@ -935,7 +935,7 @@ fn what_a_node_queued_while_the_hub_was_away_goes_before_what_it_missed() {
     assert!(
         wait_until(SPREAD, || net.agents[0]
             .ok(&["status"])
-            .contains(" 0 request(s) queued")),
+            .contains(" 0 requests queued")),
         "{}",
         net.agents[0].ok(&["status"])
     );

@@ -562,7 +562,7 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 Err(e) => err(&e),
             }
         }
-        HubRequest::Status | HubRequest::FeedLoad { .. } => {
+        HubRequest::Status | HubRequest::FeedPull { .. } => {
             bail!("the hub is not running")
         }
         HubRequest::TokenList => HubResponse::Tokens {
