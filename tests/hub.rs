@@ -389,10 +389,30 @@ fn the_export_lists_bans_one_per_line_for_read_tokens() {
         metrics.contains("palisade_hub_intents_total{outcome=\"accepted\"}"),
         "{metrics}"
     );
+    // A node's lag is shown once its heartbeat (every 10 s) says where it
+    // is, never the whole stream before that: caught up, it is about 0.
+    let sample = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut metrics = String::new();
     assert!(
-        metrics.contains("palisade_hub_stream_lag{node=\"web1\"}"),
+        wait_until(Duration::from_secs(15), || {
+            metrics = get("/metrics", &read).1;
+            sample(&metrics, "palisade_hub_stream_lag{node=\"web1\"}").is_some()
+        }),
         "{metrics}"
     );
+    let seq = sample(&metrics, "palisade_hub_stream_seq").unwrap();
+    assert!(seq >= 4, "{metrics}");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("palisade_hub_stream_lag{"))
+    {
+        let lag: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(lag < seq && lag <= 2, "{line} (stream at {seq})");
+    }
     // Without a token, or with a read token where a node's is needed: refused.
     let (ok, body) = get("/v1/export.txt", "nothing");
     assert!(!ok && body.contains("not known to this hub"), "{body}");
