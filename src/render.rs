@@ -340,3 +340,51 @@ pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_control::hub::HubStatus;
+
+    #[test]
+    fn counts_agree_with_their_words() {
+        assert_eq!(
+            count(1, "banned network", "banned networks"),
+            "1 banned network"
+        );
+        assert_eq!(
+            count(0, "banned network", "banned networks"),
+            "0 banned networks"
+        );
+        assert_eq!(count(2, "entry", "entries"), "2 entries");
+        let now = Timestamp::now();
+        let hub = HubStatus {
+            version: "0.1.0".into(),
+            listen: "198.18.0.2:7470".into(),
+            pin: None,
+            started: now,
+            now,
+            bans: 1,
+            ban_networks: 1,
+            allows: 1,
+            seq: 3,
+            nodes: 1,
+            connected: 1,
+        };
+        let shown = hub_status(&hub);
+        assert!(
+            shown.contains("decisions  1 banned address, 1 network, 1 allow\n"),
+            "{shown}"
+        );
+        let shown = hub_status(&HubStatus {
+            bans: 2,
+            ban_networks: 0,
+            allows: 3,
+            ..hub
+        });
+        assert!(
+            shown.contains("decisions  2 banned addresses, 0 networks, 3 allows\n"),
+            "{shown}"
+        );
+    }
+}

@@ -326,6 +326,12 @@ fn bad_and_revoked_tokens_are_refused() {
         net.agents[2].ok(&["status"])
     );
     let list = net.hub.ok(&["token", "list"]);
+    // The join token the three servers used says so.
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("lab ") && l.contains(" join ") && l.contains("3 joined")),
+        "{list}"
+    );
     assert!(
         list.lines()
             .any(|l| l.starts_with("web3") && l.contains("revoked")),

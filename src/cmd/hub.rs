@@ -431,7 +431,10 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
                 print!("{}", render::tokens(&tokens));
             }
         }
-        HubResponse::Revoked { name, count } => println!("revoked {count} token(s) named {name}"),
+        HubResponse::Revoked { name, count } => println!(
+            "revoked {} named {name}",
+            render::count(count, "token", "tokens")
+        ),
         HubResponse::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the hub: {other:?}"),
     }
