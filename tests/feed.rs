@@ -538,7 +538,7 @@ fn a_failed_pull_is_retried_long_before_every() {
     // Then it works: the next retry (20 s later) applies the list.
     server.fail(false);
     assert!(
-        wait_until(Duration::from_secs(25), || has(host, "203.0.113.0/24")),
+        wait_until(Duration::from_secs(30), || has(host, "203.0.113.0/24")),
         "the failing feed was not retried:\n{}",
         agent.log()
     );
