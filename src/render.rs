@@ -14,6 +14,11 @@ pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
     }
 }
 
+/// `1 entry`, `2 entries`: a count and the word that agrees with it.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `1000 added, 3 refused` for bulk requests.
 pub fn summary(s: &Summary) -> String {
     let parts: Vec<String> = [
@@ -198,11 +203,9 @@ pub fn status(s: &AgentStatus) -> String {
     };
     let _ = writeln!(
         out,
-        "  bans       {} address{}, {} network{}{next}",
-        s.bans,
-        if s.bans == 1 { "" } else { "es" },
-        s.ban_networks,
-        if s.ban_networks == 1 { "" } else { "s" }
+        "  bans       {}, {}{next}",
+        count(s.bans, "address", "addresses"),
+        count(s.ban_networks, "network", "networks"),
     );
     let _ = writeln!(out, "  allows     {}", s.allows);
     let _ = writeln!(
@@ -216,8 +219,8 @@ pub fn status(s: &AgentStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "  killed     {} open connection(s) of banned addresses",
-        s.connections_killed
+        "  killed     {} of banned addresses",
+        count(s.connections_killed, "open connection", "open connections")
     );
     if let Some(n) = &s.network {
         let state = if n.connected {
@@ -229,10 +232,10 @@ pub fn status(s: &AgentStatus) -> String {
         let latest = n.latest.max(n.cursor);
         let _ = writeln!(
             out,
-            "  stream     at {} of {latest} ({} behind), {} request(s) queued",
+            "  stream     at {} of {latest} ({} behind), {} queued",
             n.cursor,
             latest - n.cursor,
-            n.pending
+            count(n.pending, "request", "requests")
         );
         if let Some(why) = &n.held_back {
             let _ = writeln!(out, "  held back  {why}");
@@ -257,13 +260,15 @@ pub fn hub_status(s: &palisade_control::hub::HubStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "  decisions  {} banned addresses, {} networks, {} allows",
-        s.bans, s.ban_networks, s.allows
+        "  decisions  {}, {}, {}",
+        count(s.bans, "banned address", "banned addresses"),
+        count(s.ban_networks, "network", "networks"),
+        count(s.allows, "allow", "allows")
     );
     let _ = writeln!(out, "  stream     at {}", s.seq);
     let _ = writeln!(
         out,
-        "  nodes      {} with valid tokens, {} connected now",
+        "  nodes      {} with a valid token, {} connected now",
         s.nodes, s.connected
     );
     out
@@ -334,4 +339,52 @@ pub fn tokens(tokens: &[palisade_control::hub::TokenInfo]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_control::hub::HubStatus;
+
+    #[test]
+    fn counts_agree_with_their_words() {
+        assert_eq!(
+            count(1, "banned network", "banned networks"),
+            "1 banned network"
+        );
+        assert_eq!(
+            count(0, "banned network", "banned networks"),
+            "0 banned networks"
+        );
+        assert_eq!(count(2, "entry", "entries"), "2 entries");
+        let now = Timestamp::now();
+        let hub = HubStatus {
+            version: "0.1.0".into(),
+            listen: "198.18.0.2:7470".into(),
+            pin: None,
+            started: now,
+            now,
+            bans: 1,
+            ban_networks: 1,
+            allows: 1,
+            seq: 3,
+            nodes: 1,
+            connected: 1,
+        };
+        let shown = hub_status(&hub);
+        assert!(
+            shown.contains("decisions  1 banned address, 1 network, 1 allow\n"),
+            "{shown}"
+        );
+        let shown = hub_status(&HubStatus {
+            bans: 2,
+            ban_networks: 0,
+            allows: 3,
+            ..hub
+        });
+        assert!(
+            shown.contains("decisions  2 banned addresses, 0 networks, 3 allows\n"),
+            "{shown}"
+        );
+    }
 }

@@ -302,6 +302,24 @@ fn hub_options_go_before_or_after_its_subcommand() {
         let out = palisade(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     }
+    // The hub's options before `token create` too; the secret is printed
+    // once, on stdout.
+    let out = palisade(&[
+        "hub",
+        "--config",
+        &config,
+        "--hub-state-dir",
+        &state,
+        "--hub-socket",
+        &socket,
+        "token",
+        "create",
+        "web9",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(token.starts_with("palisade1.node."), "{token}");
+    assert!(!text(&out.stderr).contains(&token));
     let help = text(&palisade(&["hub", "--help"]).stdout);
     assert!(help.contains("the hub's is --hub-socket"), "{help}");
 }

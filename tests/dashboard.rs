@@ -42,6 +42,23 @@ fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
 }
 
 /// Waits until the page has drawn `view` once more than `before` times.
+/// True if every "N thing(s)" of a `#counts` line has the word that
+/// agrees with N ("1 banned network", "3 allows").
+fn counts_agree(text: &str) -> bool {
+    text.split(", ").all(|part| {
+        let part = part.trim_end_matches(" open");
+        let Some((n, words)) = part.split_once(' ') else {
+            return false;
+        };
+        let Ok(n) = n.replace(',', "").parse::<u64>() else {
+            return false;
+        };
+        let last = words.rsplit(' ').next().unwrap_or("");
+        let plural = matches!(last, "addresses" | "networks" | "allows" | "streams");
+        (n == 1) != plural
+    })
+}
+
 fn drawn(b: &Browser, view: &str, before: u64) -> Value {
     let script = format!(
         "return !!window.palisadeTiming && window.palisadeTiming.view === '{view}' && window.palisadeTiming.renders > {before};"
@@ -135,9 +152,15 @@ fn an_admin_finds_explains_unbans_and_allows_in_a_real_browser() {
     assert!(b.url().ends_with("/dashboard/login"));
     b.screenshot("login-refused");
 
-    // The right password: the decisions page, newest first.
+    // The right password: the decisions page, newest first, under counts
+    // whose words agree with them (one network, two networks).
     log_in(&b, &base, "alice", PASSWORD);
     drawn(&b, "decisions", 0);
+    let counts = b.text(&b.wait("#counts"));
+    assert!(
+        counts.starts_with("2 banned addresses, 0 banned networks, ") && counts_agree(&counts),
+        "{counts}"
+    );
     b.wait(&format!("#decisions tr[data-target=\"{attacker}\"]"));
     b.wait("#decisions tr[data-target=\"203.0.113.50\"]");
     let session = b.cookie("__Host-palisade").expect("a session cookie");
@@ -231,6 +254,11 @@ fn an_admin_finds_explains_unbans_and_allows_in_a_real_browser() {
     b.goto(&format!("{base}/dashboard/live"));
     drawn(&b, "live", 0);
     b.wait("#chart-svg polyline");
+    let counts = b.text(&b.wait("#counts"));
+    assert!(
+        counts.contains("node streams open") && counts_agree(&counts),
+        "{counts}"
+    );
     web1.ok(&["report", "fail2ban", "nginx-http-auth", "203.0.113.77"]);
     b.wait("#feed tr[data-target=\"203.0.113.77\"]");
     b.wait("#top-v4 a");

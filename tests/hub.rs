@@ -177,7 +177,7 @@ fn agents_catch_up_after_downtime_and_reports_wait_for_the_hub() {
     assert!(net.reaches(1), "the others do not know yet");
     let status = net.agents[0].ok(&["status"]);
     assert!(
-        status.contains("NOT CONNECTED") && status.contains("1 request(s) queued"),
+        status.contains("NOT CONNECTED") && status.contains("1 request queued"),
         "{status}"
     );
     // Even across a restart of the agent itself.
@@ -326,6 +326,12 @@ fn bad_and_revoked_tokens_are_refused() {
         net.agents[2].ok(&["status"])
     );
     let list = net.hub.ok(&["token", "list"]);
+    // The join token the three servers used says so.
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("lab ") && l.contains(" join ") && l.contains("3 joined")),
+        "{list}"
+    );
     assert!(
         list.lines()
             .any(|l| l.starts_with("web3") && l.contains("revoked")),
@@ -389,10 +395,30 @@ fn the_export_lists_bans_one_per_line_for_read_tokens() {
         metrics.contains("palisade_hub_intents_total{outcome=\"accepted\"}"),
         "{metrics}"
     );
+    // A node's lag is shown once its heartbeat (every 10 s) says where it
+    // is, never the whole stream before that: caught up, it is about 0.
+    let sample = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut metrics = String::new();
     assert!(
-        metrics.contains("palisade_hub_stream_lag{node=\"web1\"}"),
+        wait_until(Duration::from_secs(15), || {
+            metrics = get("/metrics", &read).1;
+            sample(&metrics, "palisade_hub_stream_lag{node=\"web1\"}").is_some()
+        }),
         "{metrics}"
     );
+    let seq = sample(&metrics, "palisade_hub_stream_seq").unwrap();
+    assert!(seq >= 4, "{metrics}");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("palisade_hub_stream_lag{"))
+    {
+        let lag: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(lag < seq && lag <= 2, "{line} (stream at {seq})");
+    }
     // Without a token, or with a read token where a node's is needed: refused.
     let (ok, body) = get("/v1/export.txt", "nothing");
     assert!(!ok && body.contains("not known to this hub"), "{body}");
@@ -935,7 +961,7 @@ fn what_a_node_queued_while_the_hub_was_away_goes_before_what_it_missed() {
     assert!(
         wait_until(SPREAD, || net.agents[0]
             .ok(&["status"])
-            .contains(" 0 request(s) queued")),
+            .contains(" 0 requests queued")),
         "{}",
         net.agents[0].ok(&["status"])
     );

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use palisade_config::{Config, DEFAULT_PATH};
 
 use super::Context;
+use crate::render::count;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -32,17 +33,25 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
             let path = file
                 .or_else(|| ctx.config.clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-            match Config::load(&path, true) {
+            let checked = match std::fs::read_to_string(&path) {
+                Ok(text) => Config::check(&text, &path),
+                // Unreadable: the same error as every command gives.
+                Err(_) => Config::load(&path, true).map_err(|e| vec![e]),
+            };
+            match checked {
                 Ok(c) => {
                     println!("{}: ok", path.display());
                     println!(
-                        "  state_dir {}, socket {}, default ban {}, {} static allow entr{}, {} enforcer(s)",
+                        "  state_dir {}, socket {}, default ban {}, {}, {}",
                         c.agent.state_dir.display(),
                         c.agent.socket.display(),
                         c.agent.default_ban,
-                        c.allow.len(),
-                        if c.allow.len() == 1 { "y" } else { "ies" },
-                        c.enforcers().len()
+                        count(
+                            c.allow.len() as u64,
+                            "static allow entry",
+                            "static allow entries"
+                        ),
+                        count(c.enforcers().len() as u64, "enforcer", "enforcers")
                     );
                     // Rules are only fully checked (fail2ban filters read,
                     // patterns compiled) by compiling them.
@@ -56,16 +65,23 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> Result<ExitCode> {
                         return Ok(ExitCode::FAILURE);
                     }
                     println!(
-                        "  detection: {} source{}, {} rule{}",
-                        c.source.len(),
-                        if c.source.len() == 1 { "" } else { "s" },
-                        rules.iter().filter(|r| r.enabled).count(),
-                        if rules.len() == 1 { "" } else { "s" }
+                        "  detection: {}, {}",
+                        count(c.source.len() as u64, "source", "sources"),
+                        count(
+                            rules.iter().filter(|r| r.enabled).count() as u64,
+                            "rule",
+                            "rules"
+                        )
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => {
-                    eprintln!("{e}");
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    if errors.len() > 1 {
+                        eprintln!("{}", count(errors.len() as u64, "error", "errors"));
+                    }
                     Ok(ExitCode::FAILURE)
                 }
             }

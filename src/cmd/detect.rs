@@ -400,17 +400,20 @@ impl Summary<'_> {
         let (hosts, prefixes) = self.targets();
         writeln!(
             out,
-            "Bans that would be made: {} ({hosts} addresses, {prefixes} prefixes):",
-            self.bans.len()
+            "Bans that would be made: {} ({hosts} address{}, {prefixes} prefix{}):",
+            self.bans.len(),
+            if hosts == 1 { "" } else { "es" },
+            if prefixes == 1 { "" } else { "es" },
         )?;
         for b in self.bans {
             writeln!(
                 out,
-                "  {:<43} {:<width$}  stage {} ({} failures) ban {} {} {}  at line {} ({})",
+                "  {:<43} {:<width$}  stage {} ({} failure{}) ban {} {} {}  at line {} ({})",
                 b.address.to_string(),
                 self.names[b.rule],
                 b.stage,
                 b.count,
+                if b.count == 1 { "" } else { "s" },
                 b.span,
                 b.scope,
                 b.trust,

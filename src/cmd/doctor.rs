@@ -253,10 +253,10 @@ fn check_agent(socket: &Path) -> Check {
                 ok(
                     "agent",
                     format!(
-                        "running ({}, {} bans, {} allows)",
+                        "running ({}, {}, {})",
                         s.mode,
-                        s.bans + s.ban_networks,
-                        s.allows
+                        crate::render::count(s.bans + s.ban_networks, "ban", "bans"),
+                        crate::render::count(s.allows, "allow", "allows")
                     ),
                 )
             } else {

@@ -1,32 +1,33 @@
-//! `palisade feed`: pull a blocklist now (with progress), or show the
-//! feeds' state.
+//! `palisade feed`: have the running hub or agent pull a blocklist now,
+//! or show the feeds' state.
 //!
 //! Feeds run where the hub runs when this host runs one (bans for the
 //! whole network), else on the agent (bans for this server only). A pull
-//! by hand keeps the list in that process's state directory and asks it
-//! to apply it.
+//! by hand is done by that process, not by the CLI: the download uses the
+//! daemon's network namespace, routes and environment, and the feed must
+//! be one of the daemon's own configuration (only its name is sent).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use palisade_config::{Config, FeedConfig};
 use palisade_control::hub::{HubRequest, HubResponse};
-use palisade_control::{Client, ClientError, FeedApplied, Request, Response};
-use palisade_feed::{Feed, Progress, Pulled};
+use palisade_control::{Client, ClientError, FeedPulled, Request, Response};
+use palisade_feed::Feed;
 use palisade_model::Timestamp;
 
 use super::Context;
 use super::hub::HubPlace;
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum FeedCommand {
-    /// Pull a feed now and apply it (the running hub's, else the agent's)
+    /// Have the running hub (else the agent) pull one of its feeds now and apply it
     Pull {
-        /// The feed's name, from a [[feed]] table of the configuration
+        /// The feed's name, from a [[feed]] table of the hub's or agent's configuration
         name: String,
         #[command(flatten)]
         place: Place,
@@ -97,20 +98,24 @@ impl Target {
         }
     }
 
-    /// Asks the running hub or agent to apply the feed's last good list.
-    fn load(&self, name: &str) -> Result<Option<FeedApplied>, anyhow::Error> {
+    /// Asks the running hub or agent to pull the feed now and apply it.
+    fn pull(&self, name: &str) -> Result<FeedPulled> {
+        let not_running = || {
+            anyhow!(
+                "{} is not running, so nothing pulled the feed {name}; it pulls its feeds when it starts",
+                self.who()
+            )
+        };
+        let request_name = name.to_string();
         match self {
             Target::Hub { socket, .. } => {
-                match super::hub::ask(
-                    socket,
-                    &HubRequest::FeedLoad {
-                        name: name.to_string(),
-                    },
-                ) {
-                    Ok(HubResponse::Feed(a)) => Ok(Some(a)),
+                match super::hub::ask(socket, &HubRequest::FeedPull { name: request_name }) {
+                    Ok(HubResponse::FeedPulled(p)) => Ok(p),
                     Ok(HubResponse::Error { message }) => Err(anyhow!(message)),
                     Ok(other) => Err(anyhow!("unexpected answer from the hub: {other:?}")),
-                    Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => Ok(None),
+                    Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => {
+                        Err(not_running())
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -118,33 +123,19 @@ impl Target {
                 let mut client = match Client::connect(socket) {
                     Ok(c) => c,
                     Err(ClientError::NotRunning { .. } | ClientError::Stale { .. }) => {
-                        return Ok(None);
+                        return Err(not_running());
                     }
                     Err(e) => return Err(e.into()),
                 };
-                match client.call(&Request::FeedLoad {
-                    name: name.to_string(),
-                })? {
-                    Response::Feed(a) => Ok(Some(a)),
-                    other => Err(anyhow!("unexpected answer from the agent: {other:?}")),
+                match client.call(&Request::FeedPull { name: request_name }) {
+                    Ok(Response::FeedPulled(p)) => Ok(p),
+                    Ok(other) => Err(anyhow!("unexpected answer from the agent: {other:?}")),
+                    Err(ClientError::Agent(e)) => Err(anyhow!(e.message)),
+                    Err(e) => Err(e.into()),
                 }
             }
         }
     }
-}
-
-fn configured<'c>(config: &'c Config, name: &str) -> Result<&'c FeedConfig> {
-    config.feed.iter().find(|f| f.name == name).ok_or_else(|| {
-        let known: Vec<&str> = config.feed.iter().map(|f| f.name.as_str()).collect();
-        if known.is_empty() {
-            anyhow!("no feed is configured: add a [[feed]] table with name and url")
-        } else {
-            anyhow!(
-                "no feed is named {name:?}; configured: {}",
-                known.join(", ")
-            )
-        }
-    })
 }
 
 pub fn feed(config: &FeedConfig) -> Feed {
@@ -171,98 +162,46 @@ pub fn run(ctx: &Context, cmd: FeedCommand) -> Result<ExitCode> {
 }
 
 fn pull(ctx: &Context, config: &Config, name: &str, place: &Place) -> Result<ExitCode> {
-    let fc = configured(config, name)?;
     let target = Target::find(ctx, config, place)?;
-    let feed = feed(fc);
-    let bar = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut last_draw = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(palisade_feed::pull(&feed, target.dir(), |p: &Progress| {
-        if bar && last_draw.elapsed().as_millis() >= 100 {
-            last_draw = Instant::now();
-            draw(name, p);
-        }
-    }));
-    if bar {
-        eprint!("\r\x1b[2K");
+    if std::io::stderr().is_terminal() {
+        eprintln!("asking {} to pull {name} now…", target.who());
     }
-    match result {
-        Ok(Pulled::NotModified) => {
-            println!("{name}: not modified since the last pull");
-        }
-        Ok(Pulled::Updated {
-            entries,
-            malformed,
-            examples,
-        }) => {
-            println!(
-                "{name}: {} entries pulled in {:.1}s",
-                entries.len(),
-                started.elapsed().as_secs_f64()
-            );
-            if malformed > 0 {
-                println!("  {malformed} line(s) were not addresses or networks and were skipped:");
-                for e in examples {
-                    println!("    {e}");
-                }
-            }
-        }
-        Err(e) => {
-            palisade_feed::record_error(target.dir(), &feed, &e.to_string());
-            let st = palisade_feed::state(target.dir(), name);
-            let kept = match st.fetched {
-                Some(t) => format!(
-                    "its last good list ({} entries, pulled {}) stays",
-                    st.entries,
-                    palisade_model::time::relative(t, Timestamp::now())
-                ),
-                None => "there is no earlier list".to_string(),
-            };
-            bail!("the feed {name} failed: {e}; {kept}");
-        }
-    }
-    match target.load(name)? {
-        Some(a) => println!(
-            "applied by {}: {} added, {} removed, {} refused (allowed or protected), {} already banned otherwise; {} in all",
-            target.who(),
-            a.added,
-            a.removed,
-            a.refused,
-            a.kept,
-            a.total
-        ),
-        None => println!(
-            "{} is not running; the list is kept and applied when it starts",
-            target.who()
-        ),
-    }
+    let pulled = target.pull(name)?;
+    print!("{}", show_pulled(&pulled, target.who()));
     Ok(ExitCode::SUCCESS)
 }
 
-fn draw(name: &str, p: &Progress) {
-    let mb = p.bytes as f64 / 1e6;
-    let line = match p.total {
-        Some(t) if t > 0 => {
-            let pct = (p.bytes as f64 / t as f64 * 100.0).min(100.0);
-            let filled = (pct / 5.0) as usize;
-            format!(
-                "{name} [{}{}] {pct:5.1}%  {mb:.1} MB  {} lines  {} entries",
-                "#".repeat(filled),
-                " ".repeat(20 - filled.min(20)),
-                p.lines,
-                p.entries
-            )
+/// What a pull by hand did, for the operator.
+fn show_pulled(p: &FeedPulled, who: &str) -> String {
+    let mut out = String::new();
+    let seconds = p.millis as f64 / 1000.0;
+    match p.entries {
+        None => out.push_str(&format!(
+            "{}: not modified since the last pull ({seconds:.1}s)\n",
+            p.name
+        )),
+        Some(n) => out.push_str(&format!(
+            "{}: {} pulled in {seconds:.1}s\n",
+            p.name,
+            render::count(n, "entry", "entries")
+        )),
+    }
+    if p.malformed > 0 {
+        out.push_str(&format!(
+            "  {} skipped (neither an address nor a network):\n",
+            render::count(p.malformed, "line", "lines")
+        ));
+        for e in &p.examples {
+            out.push_str(&format!("    {e}\n"));
         }
-        _ => format!(
-            "{name}  {mb:.1} MB  {} lines  {} entries",
-            p.lines, p.entries
-        ),
-    };
-    eprint!("\r\x1b[2K{line}");
-    let _ = std::io::stderr().flush();
+    }
+    if let Some(a) = p.applied {
+        out.push_str(&format!(
+            "applied by {who}: {} added, {} removed, {} refused (allowed or protected), {} already banned otherwise; {} in all\n",
+            a.added, a.removed, a.refused, a.kept, a.total
+        ));
+    }
+    out
 }
 
 fn list(ctx: &Context, config: &Config, place: &Place, json: bool) -> Result<ExitCode> {
@@ -298,13 +237,63 @@ fn list(ctx: &Context, config: &Config, place: &Place, json: bool) -> Result<Exi
             .map(|t| palisade_model::time::relative(t, now))
             .unwrap_or_else(|| "never".into());
         println!("  {name}  {url}");
-        println!("    {} entries, pulled {fetched}", s.entries);
+        println!(
+            "    {}, pulled {fetched}",
+            render::count(s.entries, "entry", "entries")
+        );
         if s.malformed > 0 {
-            println!("    {} malformed line(s) skipped", s.malformed);
+            println!(
+                "    {} skipped",
+                render::count(s.malformed, "malformed line", "malformed lines")
+            );
         }
         if let Some(e) = s.last_error {
             println!("    LAST PULL FAILED: {e} (the last good list stays)");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_control::FeedApplied;
+
+    #[test]
+    fn a_pull_by_hand_is_told_in_words_that_agree_with_its_counts() {
+        let one = FeedPulled {
+            name: "lvl1".into(),
+            entries: Some(1),
+            malformed: 1,
+            examples: vec!["line 2: \"x\": not an address".into()],
+            millis: 1500,
+            applied: Some(FeedApplied {
+                total: 1,
+                added: 1,
+                ..FeedApplied::default()
+            }),
+        };
+        assert_eq!(
+            show_pulled(&one, "this server's agent"),
+            "lvl1: 1 entry pulled in 1.5s\n  1 line skipped (neither an address nor a network):\n    line 2: \"x\": not an address\napplied by this server's agent: 1 added, 0 removed, 0 refused (allowed or protected), 0 already banned otherwise; 1 in all\n"
+        );
+        let many = FeedPulled {
+            entries: Some(3),
+            malformed: 2,
+            examples: vec![],
+            applied: None,
+            ..one.clone()
+        };
+        assert!(show_pulled(&many, "x").starts_with("lvl1: 3 entries pulled"));
+        assert!(show_pulled(&many, "x").contains("  2 lines skipped"));
+        let same = FeedPulled {
+            entries: None,
+            malformed: 0,
+            ..many
+        };
+        assert_eq!(
+            show_pulled(&same, "x"),
+            "lvl1: not modified since the last pull (1.5s)\n"
+        );
+    }
 }

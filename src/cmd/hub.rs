@@ -431,7 +431,10 @@ fn token(config: &Config, place: &HubPlace, cmd: TokenCommand) -> Result<ExitCod
                 print!("{}", render::tokens(&tokens));
             }
         }
-        HubResponse::Revoked { name, count } => println!("revoked {count} token(s) named {name}"),
+        HubResponse::Revoked { name, count } => println!(
+            "revoked {} named {name}",
+            render::count(count, "token", "tokens")
+        ),
         HubResponse::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the hub: {other:?}"),
     }
@@ -562,7 +565,7 @@ fn offline(config: &Config, place: &HubPlace, request: &HubRequest) -> Result<Hu
                 Err(e) => err(&e),
             }
         }
-        HubRequest::Status | HubRequest::FeedLoad { .. } => {
+        HubRequest::Status | HubRequest::FeedPull { .. } => {
             bail!("the hub is not running")
         }
         HubRequest::TokenList => HubResponse::Tokens {

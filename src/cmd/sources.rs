@@ -224,8 +224,8 @@ pub fn summary(origin: Origin, found: &[Found], rules: &[String]) -> String {
         Origin::Off => "no log sources configured and detect_sources = false: detection is off".into(),
         _ if found.is_empty() => "no log sources configured and none found on this server (sshd, postfix, dovecot, nginx, apache): detection is off; add a [[source]]".into(),
         _ => format!(
-            "detection on: {} source(s) {} ({}), rules {}",
-            found.len(),
+            "detection on: {} {} ({}), rules {}",
+            crate::render::count(found.len() as u64, "source", "sources"),
             match origin {
                 Origin::Configured => "configured",
                 _ => "found on this server",

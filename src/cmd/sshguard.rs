@@ -50,6 +50,8 @@ use palisade_control::{
 };
 use palisade_model::{Action, Decision, Net, Scope, Source, Span};
 
+use crate::render::count;
+
 /// Most commands kept while the agent cannot be reached; older ones are
 /// dropped beyond this (with a message).
 const MAX_PENDING: usize = 10_000;
@@ -276,8 +278,8 @@ pub fn run(args: SshguardArgs, socket: &Path) -> Result<ExitCode> {
     }
     if !b.pending.is_empty() {
         say(format!(
-            "stopping with {} command(s) the agent never received",
-            b.pending.len()
+            "stopping with {} the agent never received",
+            count(b.pending.len() as u64, "command", "commands")
         ));
     }
     Ok(ExitCode::SUCCESS)
@@ -345,8 +347,8 @@ impl Backend {
                     let text = e.to_string();
                     if self.shown.as_deref() != Some(text.as_str()) {
                         say(format!(
-                            "{text}; keeping {} command(s) and retrying every {}",
-                            self.pending.len(),
+                            "{text}; keeping {} and retrying every {}",
+                            count(self.pending.len() as u64, "command", "commands"),
                             describe_pause(retry)
                         ));
                         self.shown = Some(text);
@@ -447,8 +449,8 @@ impl Backend {
                     return Ok(());
                 }
                 say(format!(
-                    "flush: lifting {} ban(s) sshguard made",
-                    ours.len()
+                    "flush: lifting {} sshguard made",
+                    count(ours.len() as u64, "ban", "bans")
                 ));
                 self.unban(ours)
             }

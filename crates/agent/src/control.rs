@@ -41,6 +41,8 @@ pub struct Shared {
     pub killed: Arc<AtomicU64>,
     /// What the agent is joined to, and how that goes.
     pub network: Option<(String, Arc<crate::network::NetState>)>,
+    /// Asks the feeds' tasks to pull now (`palisade feed pull`).
+    pub feeds: Arc<palisade_feed::PullNow>,
 }
 
 /// Creates the agent's root-only control socket.
@@ -142,34 +144,27 @@ async fn respond(
             .await
         }
         Request::Status { kernel } => status(shared, kernel).await,
-        Request::FeedLoad { name } => feed_load(shared, name).await,
+        Request::FeedPull { name } => feed_pull(shared, &name).await,
     };
     send(write, &response).await
 }
 
-/// Applies a feed's last good list (written by `palisade feed pull`).
-async fn feed_load(shared: &Shared, name: String) -> Response {
-    let dir = palisade_feed::dir(&shared.identity.state_dir);
-    let n = name.clone();
-    let Ok(Some(entries)) =
-        tokio::task::spawn_blocking(move || palisade_feed::last_good(&dir, &n)).await
-    else {
-        return Response::Error(ControlError::new(
-            ErrorCode::BadRequest,
-            format!("there is no list of the feed {name} here; pull it first"),
-        ));
-    };
-    let (tx, rx) = oneshot::channel();
-    if let Err(e) = shared.worker.send(Command::Feed(name, entries, tx)) {
-        return Response::Error(ControlError::new(ErrorCode::Internal, e));
-    }
-    match rx.await {
-        Ok(Ok(applied)) => Response::Feed(applied),
-        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
-        Err(_) => Response::Error(ControlError::new(
-            ErrorCode::Internal,
-            "the agent stopped before answering",
-        )),
+/// Pulls a configured feed now, in the agent, and applies it.
+async fn feed_pull(shared: &Shared, name: &str) -> Response {
+    use palisade_feed::PullNowError;
+    match shared.feeds.pull(name).await {
+        Ok(pulled) => Response::FeedPulled(pulled),
+        Err(e) => {
+            let code = match e {
+                PullNowError::NoneConfigured | PullNowError::Unknown { .. } => {
+                    ErrorCode::BadRequest
+                }
+                PullNowError::Busy { .. }
+                | PullNowError::Stopped { .. }
+                | PullNowError::Failed(_) => ErrorCode::Internal,
+            };
+            Response::Error(ControlError::new(code, e.to_string()))
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use palisade_control::FeedApplied;
 use palisade_enforce::Change;
+use palisade_feed::PullNow;
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -150,24 +151,17 @@ pub struct Scheduled {
 
 /// Pulls every feed on its schedule and applies each new list; starts by
 /// applying the last good lists (and removing feeds no longer configured).
-pub fn spawn(feeds: Vec<Scheduled>, dir: PathBuf, worker: WorkerHandle) {
+/// The answer is how `palisade feed pull` asks for a pull now.
+pub fn spawn(feeds: Vec<Scheduled>, dir: PathBuf, worker: WorkerHandle) -> PullNow {
     let keep: Vec<String> = feeds.iter().map(|f| f.feed.name.clone()).collect();
     let _ = worker.send(Command::RetireFeeds(keep));
-    for s in feeds {
-        let (dir, worker) = (dir.clone(), worker.clone());
-        tokio::spawn(async move {
-            let apply = |entries: Vec<Net>| {
-                let worker = worker.clone();
-                let name = s.feed.name.clone();
-                async move {
-                    let (tx, rx) = oneshot::channel();
-                    worker.send(Command::Feed(name, entries, tx))?;
-                    rx.await
-                        .map_err(|_| "the agent is stopping".to_string())?
-                        .map(|_| ())
-                }
-            };
-            palisade_feed::keep_pulling(s.feed.clone(), s.every, dir, apply).await;
-        });
-    }
+    let feeds = feeds.into_iter().map(|s| (s.feed, s.every)).collect();
+    palisade_feed::spawn_all(feeds, dir, move |name, entries| {
+        let worker = worker.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            worker.send(Command::Feed(name, entries, tx))?;
+            rx.await.map_err(|_| "the agent is stopping".to_string())?
+        }
+    })
 }

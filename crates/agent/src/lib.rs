@@ -153,7 +153,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
                 options.infrastructure.clone(),
             );
         }
-        feeds::spawn(
+        let feeds = feeds::spawn(
             options.feeds,
             palisade_feed::dir(&options.state_dir),
             worker.clone(),
@@ -179,6 +179,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             identity: Arc::new(identity),
             killed,
             network: network_desc.map(|d| (d, net_state.clone())),
+            feeds: Arc::new(feeds),
         };
         if let Some(addr) = options.metrics {
             let listener = metrics::bind(addr).await?;

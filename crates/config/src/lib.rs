@@ -10,6 +10,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod narrow;
+
 use palisade_detect::{RuleConfig, SourceConfig};
 use palisade_enforce::EnforcerConfig;
 use palisade_model::{Net, Span};
@@ -644,9 +646,17 @@ impl fmt::Display for ConfigError {
 
 impl Config {
     /// Parses configuration text; `path` is only used in error messages.
+    /// The error is the first in the file ([`Config::check`] has them all).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column, excerpt) = match e.span() {
+        Config::check(text, path).map_err(|mut all| all.remove(0))
+    }
+
+    /// Parses configuration text, or says everything wrong with it that
+    /// can be found, in the order of the file, each at its line and column
+    /// (never empty on error).
+    pub fn check(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let error = |found: narrow::Found| {
+            let (line, column, excerpt) = match found.span {
                 Some(span) => {
                     let (l, c, t) = locate(text, span.start);
                     (Some(l), Some(c), Some(t))
@@ -657,20 +667,37 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim_end().to_string(),
+                message: found.message,
                 excerpt,
             }
-        })?;
-        for feed in &config.feed {
-            feed.check_kind().map_err(|message| ConfigError {
-                path: path.to_path_buf(),
-                line: None,
-                column: None,
-                message,
-                excerpt: None,
-            })?;
+        };
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(first) => {
+                let mut all = narrow::errors::<Config>(text);
+                if all.is_empty() {
+                    all.push(first.into());
+                }
+                return Err(all.into_iter().map(error).collect());
+            }
+        };
+        let wrong: Vec<ConfigError> = config
+            .feed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, feed)| {
+                let message = feed.check_kind().err()?;
+                Some(error(narrow::Found {
+                    message,
+                    span: narrow::element_span(text, "feed", i),
+                }))
+            })
+            .collect();
+        if wrong.is_empty() {
+            Ok(config)
+        } else {
+            Err(wrong)
         }
-        Ok(config)
     }
 
     /// Loads `path`. When `required` is false a missing file means "all
@@ -1083,6 +1110,63 @@ group = 9
 
         let err = parse("[agent\n").unwrap_err();
         assert_eq!(err.line, Some(1));
+    }
+
+    /// Inside a table whose `kind` says what it is, serde loses the place
+    /// of a mistake; the check finds it again, and finds every mistake of
+    /// the file, not only the first.
+    #[test]
+    fn every_error_is_reported_at_its_value() {
+        let text = "\
+[agent]
+default_ban = \"xx\"
+[[enforcer]]
+kind = \"command\"
+ban = [\"x\"]
+family = 3
+[[enforcer]]
+kind = \"nftables\"
+[enforcer.filter]
+actions = [\"bogus\"]
+[[enforcer]]
+kind = \"bogus\"
+[[feed]]
+name = \"x\"
+url = \"https://example.org/\"
+kind = \"bogus\"
+[detect]
+prefix_v4 = 99
+";
+        let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
+        let places: Vec<(usize, usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line.unwrap(), e.column.unwrap(), e.message.as_str()))
+            .collect();
+        let expected = [
+            (2, 15, "is not a duration"),
+            (5, 7, "invalid type: sequence, expected a string"),
+            (6, 10, "unknown field `family`"),
+            (10, 11, "unknown variant `bogus`, expected `ban` or `allow`"),
+            (12, 8, "unknown variant `bogus`, expected one of `nftables`"),
+            (
+                16,
+                8,
+                "unknown variant `bogus`, expected `list` or `crowdsec`",
+            ),
+            (18, 13, "prefix length 99 out of range"),
+        ];
+        assert_eq!(places.len(), expected.len(), "{places:?}");
+        for ((line, column, message), (l, c, m)) in places.iter().zip(expected) {
+            assert_eq!((*line, *column), (l, c), "{message}");
+            assert!(message.contains(m), "{message} lacks {m}");
+        }
+        // `parse` gives the first.
+        assert_eq!(parse(text).unwrap_err(), errors[0]);
+        // A mistake only the whole file has is still reported.
+        let err = parse("[[feed]]\nname = \"cs\"\nurl = \"http://h/\"\nkind = \"crowdsec\"\n")
+            .unwrap_err();
+        assert_eq!(err.line, Some(1));
+        assert!(err.message.contains("api_key"), "{}", err.message);
     }
 
     #[test]

@@ -42,9 +42,10 @@ pub enum HubRequest {
     AdminDelete {
         name: String,
     },
-    /// Replace a feed's entries with its last good list (kept in the hub's
-    /// state directory by `palisade feed pull`).
-    FeedLoad {
+    /// Pull one of the hub's configured feeds now, in the hub, and apply
+    /// it for the whole network (only a name travels; see
+    /// [`crate::Request::FeedPull`]).
+    FeedPull {
         name: String,
     },
 }
@@ -60,7 +61,7 @@ pub enum HubResponse {
     AdminCreated { name: String },
     Admins { admins: Vec<AdminInfo> },
     AdminDeleted { name: String },
-    Feed(crate::proto::FeedApplied),
+    FeedPulled(crate::proto::FeedPulled),
     Error { message: String },
 }
 

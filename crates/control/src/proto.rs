@@ -31,9 +31,11 @@ pub enum Request {
         #[serde(default)]
         kernel: bool,
     },
-    /// Replace a feed's entries with its last good list (kept in the
-    /// agent's state directory by `palisade feed pull`).
-    FeedLoad {
+    /// Pull one of the agent's configured feeds now, in the agent (its
+    /// namespace, routes and environment), and apply it. Only a name
+    /// travels: the URL and everything else come from the agent's own
+    /// configuration.
+    FeedPull {
         name: String,
     },
 }
@@ -49,6 +51,25 @@ pub struct FeedApplied {
     pub refused: u64,
     /// Already banned for another reason: left as they are.
     pub kept: u64,
+}
+
+/// What pulling a feed by hand did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPulled {
+    pub name: String,
+    /// Entries in the new list; `None` when the server said the list had
+    /// not changed (the last good list was applied again).
+    pub entries: Option<u64>,
+    /// Lines that were not addresses or networks, skipped.
+    pub malformed: u64,
+    /// A few of them, with their line numbers.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// How long the pull took.
+    pub millis: u64,
+    /// What applying the list did (`None`: there was nothing to apply).
+    #[serde(default)]
+    pub applied: Option<FeedApplied>,
 }
 
 /// Ban one or more targets.
@@ -147,7 +168,7 @@ pub enum Response {
     },
     Explanation(Explanation),
     Status(Box<AgentStatus>),
-    Feed(FeedApplied),
+    FeedPulled(FeedPulled),
     Error(ControlError),
 }
 

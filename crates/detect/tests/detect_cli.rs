@@ -44,7 +44,7 @@ fn report_and_json() {
     assert!(text.contains("at line 5"), "{text}");
     assert!(text.contains("lines/s"), "{text}");
     assert!(text.contains("Evicted: 0"), "{text}");
-    assert!(text.contains("1 addresses, 0 prefixes"), "{text}");
+    assert!(text.contains("1 address, 0 prefixes"), "{text}");
     assert!(text.contains("verified"), "{text}");
 
     let out = Command::new(bin())

@@ -11,12 +11,19 @@
 //! A feed that fails (unreachable, an HTTP error, too many or no usable
 //! entries) leaves the last good list as it was and says why.
 //!
+//! [`spawn_all`] runs each feed's pulling task in the agent or the hub,
+//! and [`PullNow`] asks one of them to pull at once (`palisade feed pull`
+//! over the control socket).
+//!
 //! Applying a list is the caller's: the agent and the hub replace a feed's
 //! entries with a new list in one store transaction and one kernel
 //! transaction (removals and additions together), never leaving a moment
 //! without them.
 
 mod crowdsec;
+mod schedule;
+
+pub use schedule::{PullNow, PullNowError, spawn_all};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -426,57 +433,6 @@ pub fn next_pull_in(every: Duration, failures: u32) -> Duration {
     }
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     RETRY_FIRST.saturating_mul(factor).min(every)
-}
-
-/// Pulls `feed` every `every`, forever, handing each new list to `apply`.
-/// It starts by applying the last good list, so after a restart the
-/// feed's entries are right at once whatever the server says; a failure
-/// is recorded and logged, the last good list stays, and the pull is
-/// retried sooner ([`next_pull_in`]).
-pub async fn keep_pulling<F, Fut>(feed: Feed, every: Duration, dir: PathBuf, apply: F)
-where
-    F: Fn(Vec<Net>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let name = feed.name.as_str();
-    if state(&dir, name).url == feed.url
-        && let Some(list) = last_good(&dir, name)
-        && let Err(e) = apply(list).await
-    {
-        tracing::warn!(feed = name, error = %e, "cannot apply the feed's last good list");
-    }
-    let mut failures = 0u32;
-    loop {
-        match pull(&feed, &dir, |_| {}).await {
-            Ok(Pulled::Updated {
-                entries,
-                malformed,
-                examples,
-            }) => {
-                if malformed > 0 {
-                    tracing::warn!(feed = name, malformed, examples = ?examples, "lines that are not addresses or networks were skipped");
-                }
-                failures = 0;
-                let n = entries.len();
-                match apply(entries).await {
-                    Ok(()) => tracing::info!(feed = name, entries = n, "feed pulled"),
-                    Err(e) => tracing::warn!(feed = name, error = %e, "cannot apply the feed"),
-                }
-            }
-            Ok(Pulled::NotModified) => {
-                failures = 0;
-                tracing::debug!(feed = name, "feed not modified")
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                record_error(&dir, &feed, &e.to_string());
-                let kept = state(&dir, name).entries;
-                let retry = next_pull_in(every, failures);
-                tracing::warn!(feed = name, error = %e, kept, retry_in = ?retry, "the feed failed; its last good list stays");
-            }
-        }
-        tokio::time::sleep(next_pull_in(every, failures)).await;
-    }
 }
 
 /// The difference between a feed's current entries and a new list: what

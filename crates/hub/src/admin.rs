@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use palisade_control::hub::{HubRequest, HubResponse, HubStatus};
+use palisade_feed::PullNow;
 use palisade_model::Timestamp;
 use palisade_store::Queue;
 use palisade_wire::token::show_pin;
@@ -14,13 +15,13 @@ use tracing::{info, warn};
 
 use crate::state::Hub;
 
-pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
+pub async fn serve(listener: UnixListener, hub: Arc<Hub>, feeds: Arc<PullNow>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let hub = hub.clone();
+                let (hub, feeds) = (hub.clone(), feeds.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, hub).await {
+                    if let Err(e) = connection(stream, hub, feeds).await {
                         warn!(error = %e, "hub control connection failed");
                     }
                 });
@@ -33,7 +34,7 @@ pub async fn serve(listener: UnixListener, hub: Arc<Hub>) {
     }
 }
 
-async fn connection(stream: UnixStream, hub: Arc<Hub>) -> io::Result<()> {
+async fn connection(stream: UnixStream, hub: Arc<Hub>, feeds: Arc<PullNow>) -> io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -51,6 +52,13 @@ async fn connection(stream: UnixStream, hub: Arc<Hub>) -> io::Result<()> {
             }
         } else {
             match serde_json::from_str::<HubRequest>(&line) {
+                // A pull waits on the network, not on the store.
+                Ok(HubRequest::FeedPull { name }) => match feeds.pull(&name).await {
+                    Ok(pulled) => HubResponse::FeedPulled(pulled),
+                    Err(e) => HubResponse::Error {
+                        message: e.to_string(),
+                    },
+                },
                 Ok(req) => {
                     let h = hub.clone();
                     tokio::task::spawn_blocking(move || handle(&h, req))
@@ -134,27 +142,7 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
                 Err(e) => err(&e),
             }
         }
-        HubRequest::FeedLoad { name } => {
-            let dir = palisade_feed::dir(&hub.state_dir);
-            let Some(entries) = palisade_feed::last_good(&dir, &name) else {
-                return err(&format!(
-                    "there is no list of the feed {name} here; pull it first"
-                ));
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if let Err(e) = hub.writer.send(crate::writer::Job::Feed {
-                name,
-                entries,
-                reply: tx,
-            }) {
-                return err(&e);
-            }
-            match rx.blocking_recv() {
-                Ok(Ok(applied)) => HubResponse::Feed(applied),
-                Ok(Err(e)) => err(&e),
-                Err(_) => err(&"the hub stopped before answering"),
-            }
-        }
+        HubRequest::FeedPull { .. } => err(&"a feed is pulled by the connection, not here"),
         HubRequest::Status => {
             let r = match hub.store.read() {
                 Ok(r) => r,

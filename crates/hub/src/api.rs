@@ -565,7 +565,7 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         let lag = h
             .node_status()
             .into_iter()
-            .map(|(n, _)| (n.name, seq.saturating_sub(n.cursor)))
+            .filter_map(|(n, _)| Some((n.name.clone(), crate::metrics::stream_lag(&n, seq)?)))
             .collect();
         let g = crate::metrics::Gauges {
             bans: counts.ban_hosts,

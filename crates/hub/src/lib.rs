@@ -195,7 +195,30 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
         api::router(hub.clone()),
         limits::Connections::new(caps),
     )));
-    tasks.push(tokio::spawn(admin::serve(admin_socket, hub.clone())));
+    let keep = options.feeds.iter().map(|(f, _)| f.name.clone()).collect();
+    let _ = hub.writer.send(writer::Job::RetireFeeds(keep));
+    let h = hub.clone();
+    let feeds = palisade_feed::spawn_all(
+        options.feeds.clone(),
+        palisade_feed::dir(&options.state_dir),
+        move |name, entries| {
+            let h = h.clone();
+            async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                h.writer.send(writer::Job::Feed {
+                    name,
+                    entries,
+                    reply: tx,
+                })?;
+                rx.await.map_err(|_| "the hub is stopping".to_string())?
+            }
+        },
+    );
+    tasks.push(tokio::spawn(admin::serve(
+        admin_socket,
+        hub.clone(),
+        Arc::new(feeds),
+    )));
     let h = hub.clone();
     tasks.push(tokio::spawn(async move {
         let mut every = tokio::time::interval(PERSIST_NODES_EVERY);
@@ -207,30 +230,6 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
             }
         }
     }));
-    let keep = options.feeds.iter().map(|(f, _)| f.name.clone()).collect();
-    let _ = hub.writer.send(writer::Job::RetireFeeds(keep));
-    for (feed, every) in options.feeds.clone() {
-        let h = hub.clone();
-        let dir = palisade_feed::dir(&options.state_dir);
-        tasks.push(tokio::spawn(async move {
-            let apply = |entries| {
-                let h = h.clone();
-                let name = feed.name.clone();
-                async move {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    h.writer.send(writer::Job::Feed {
-                        name,
-                        entries,
-                        reply: tx,
-                    })?;
-                    rx.await
-                        .map_err(|_| "the hub is stopping".to_string())?
-                        .map(|_| ())
-                }
-            };
-            palisade_feed::keep_pulling(feed.clone(), every, dir, apply).await;
-        }));
-    }
     info!(
         listen = %listen,
         pin = ?identity.pin.as_ref().map(palisade_wire::token::show_pin),

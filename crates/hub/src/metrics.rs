@@ -77,6 +77,16 @@ impl Metrics {
     }
 }
 
+/// How many stream events `node` has not confirmed applying: unknown
+/// (`None`) until a heartbeat says where it is. Before that its record
+/// holds no cursor of its own (0 for a node that just joined), and
+/// counting from it would show the whole stream as lag.
+pub fn stream_lag(node: &crate::records::NodeRecord, seq: u64) -> Option<u64> {
+    node.version
+        .as_ref()
+        .map(|_| seq.saturating_sub(node.cursor))
+}
+
 /// Gauges read at scrape time.
 pub struct Gauges {
     pub bans: u64,
@@ -84,7 +94,8 @@ pub struct Gauges {
     pub allows: u64,
     pub seq: u64,
     pub nodes: u64,
-    /// (node, stream lag in events).
+    /// (node, stream lag in events), for nodes whose lag is known
+    /// ([`stream_lag`]).
     pub lag: Vec<(String, u64)>,
 }
 
@@ -200,4 +211,23 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         &[(String::new(), m.store_errors.get())],
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_lag_is_unknown_until_its_heartbeat() {
+        let mut node = crate::records::NodeRecord {
+            name: "web1".into(),
+            ..Default::default()
+        };
+        assert_eq!(stream_lag(&node, 5000), None);
+        node.version = Some("0.1.0".into());
+        node.cursor = 4998;
+        assert_eq!(stream_lag(&node, 5000), Some(2));
+        node.cursor = 5003;
+        assert_eq!(stream_lag(&node, 5000), Some(0));
+    }
 }

@@ -667,12 +667,8 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
                 streams: if t.is_valid() { streams } else { 0 },
                 last_seen: rec.last_seen,
                 cursor: rec.cursor,
-                // Known from heartbeats only (the node's applied cursor).
-                lag: if rec.version.is_some() {
-                    seq.saturating_sub(rec.cursor)
-                } else {
-                    0
-                },
+                // Shown only with a version (after a heartbeat).
+                lag: crate::metrics::stream_lag(&rec, seq).unwrap_or(0),
                 bans: rec.bans,
                 reported: st.map_or(0, |s| s.reported),
                 intents: st.map_or(0, |s| s.intents),

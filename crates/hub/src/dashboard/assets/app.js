@@ -49,6 +49,11 @@ async function api(path, body) {
   return data;
 }
 
+// "1 banned network", "2 banned networks": a count and the word that agrees with it.
+function count(n, one, many) {
+  return `${n.toLocaleString()} ${n === 1 ? one : many}`;
+}
+
 function when(ts) {
   if (!ts) return "never";
   const d = new Date(ts);
@@ -298,7 +303,7 @@ async function loadDecisions(after) {
   const fetched = performance.now();
   const c = page.counts;
   document.getElementById("counts").textContent =
-    `${c.ban_hosts.toLocaleString()} banned addresses, ${c.ban_networks.toLocaleString()} banned networks, ${c.allows.toLocaleString()} allows`;
+    `${count(c.ban_hosts, "banned address", "banned addresses")}, ${count(c.ban_networks, "banned network", "banned networks")}, ${count(c.allows, "allow", "allows")}`;
   const refresh = () => loadDecisions(after);
   const parts = [];
   if (page.mode !== "ordered") {
@@ -318,8 +323,8 @@ async function loadDecisions(after) {
     if (after) nav.append(el("a", { href: location.pathname + location.search, class: "button quiet" }, "First page"), " ");
     if (page.stopped) {
       nav.append(el("span", { class: "note", id: "examined-note" },
-        `Examined ${page.examined.toLocaleString()} decisions and found ${page.rows.length} matching. ` +
-        `To answer fast whatever the hub holds, one page examines no more than ${page.limit_examined.toLocaleString()} decisions. `));
+        `Examined ${count(page.examined, "decision", "decisions")} and found ${page.rows.length} matching. ` +
+        `To answer fast whatever the hub holds, one page examines no more than ${count(page.limit_examined, "decision", "decisions")}. `));
     }
     if (page.next) {
       nav.append(el("button", { type: "button", id: "next", class: "quiet", onclick: () => loadDecisions(page.next) },
@@ -418,7 +423,7 @@ async function loadExplain() {
     open: "No ban or allow covers " + x.address + ".",
   };
   const parts = [el("p", { id: "verdict", class: "verdict " + x.verdict }, el("strong", {}, verdicts[x.verdict]), " ", says[x.verdict])];
-  if (x.bans_inside) parts.push(el("p", {}, `${x.bans_inside} bans lie inside ${x.address}. `,
+  if (x.bans_inside) parts.push(el("p", {}, `${count(x.bans_inside, "ban lies", "bans lie")} inside ${x.address}. `,
     el("a", { href: "/dashboard/?q=" + encodeURIComponent(x.address) }, "List them")));
   if (x.banned_by.length) {
     parts.push(el("h2", {}, "The ban in force"));
@@ -429,7 +434,7 @@ async function loadExplain() {
     x.allowed_by.forEach((d) => parts.push(decisionCard(d, "allow", refresh)));
     s.group_allows.forEach((d) => parts.push(decisionCard(d, "group allow (" + d.group + " only)", refresh)));
   }
-  const esc = s.offenders.map(([net, o]) => el("li", {}, `${net}: banned ${o.bans} time(s) by detectors and reports, last at ${when(o.last)}; each new automatic ban lasts longer.`));
+  const esc = s.offenders.map(([net, o]) => el("li", {}, `${net}: banned ${count(o.bans, "time", "times")} by detectors and reports, last at ${when(o.last)}; each new automatic ban lasts longer.`));
   parts.push(el("h2", {}, "Escalation history"), esc.length ? el("ul", { id: "escalation" }, esc)
     : el("p", { class: "muted", id: "escalation" }, "No automatic bans on record (an unban forgets them)."));
   if (s.pending.length) parts.push(el("h2", {}, "Reports waiting for a quorum"),
@@ -444,7 +449,7 @@ async function loadExplain() {
   parts.push(el("h2", {}, "Recent changes"),
     hist.length ? el("table", { id: "history" }, el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "change"), el("th", {}, "at"))), el("tbody", {}, hist))
       : el("p", { class: "muted" }, "None."),
-    el("p", { class: "muted small" }, `From the newest ${s.history_examined.toLocaleString()} stream events.`));
+    el("p", { class: "muted small" }, `From the newest ${count(s.history_examined, "stream event", "stream events")}.`));
   if (x.verdict !== "allowed" && !x.banned_by.length) parts.push(el("p", { class: "actions" }, allowButton(x.address, refresh)));
   else if (x.verdict === "blocked") parts.push(el("p", { class: "actions" }, allowButton(x.address, refresh)));
   box.replaceChildren(...parts);
@@ -570,7 +575,7 @@ async function loadActivity() {
   const c = a.counts;
   const counts = document.getElementById("counts");
   if (!counts) return;
-  counts.textContent = `${c.ban_hosts.toLocaleString()} banned addresses, ${c.ban_networks.toLocaleString()} banned networks, ${c.allows.toLocaleString()} allows, ${a.streams} node streams open`;
+  counts.textContent = `${count(c.ban_hosts, "banned address", "banned addresses")}, ${count(c.ban_networks, "banned network", "banned networks")}, ${count(c.allows, "allow", "allows")}, ${count(a.streams, "node stream", "node streams")} open`;
   document.getElementById("chart-box").replaceChildren(chart(a.activity));
   document.getElementById("top24").replaceChildren(topList("top-v4", "Most active /24 (last hour)", a.activity.top24));
   document.getElementById("top48").replaceChildren(topList("top-v6", "Most active /48 (last hour)", a.activity.top48));
