@@ -636,12 +636,52 @@ impl fmt::Display for ConfigError {
         if let (Some(l), Some(c)) = (self.line, self.column) {
             write!(f, ":{l}:{c}")?;
         }
-        write!(f, ": {}", self.message)?;
+        write!(f, ": {}", shorten(&self.message, MESSAGE_CHARS))?;
         if let (Some(text), Some(c)) = (&self.excerpt, self.column) {
-            write!(f, "\n    {text}\n    {}^", " ".repeat(c.saturating_sub(1)))?;
+            let (shown, caret) = window(text, c.saturating_sub(1), EXCERPT_CHARS);
+            write!(f, "\n    {shown}\n    {}^", " ".repeat(caret))?;
         }
         Ok(())
     }
+}
+
+/// The most of a message shown (a parser quotes the offending value, which
+/// may be a whole long line).
+const MESSAGE_CHARS: usize = 300;
+/// The most of the offending line shown under the message.
+const EXCERPT_CHARS: usize = 100;
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
+/// At most `max` characters of `line` around character `at`, and where
+/// `at` is in what is shown.
+fn window(line: &str, at: usize, max: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= max {
+        return (line.to_string(), at);
+    }
+    let start = at
+        .saturating_sub(max / 2)
+        .min(chars.len().saturating_sub(max));
+    let end = (start + max).min(chars.len());
+    let mut shown = String::new();
+    let mut caret = at - start.min(at);
+    if start > 0 {
+        shown.push('…');
+        caret += 1;
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    (shown, caret)
 }
 
 impl Config {
@@ -900,6 +940,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/palisade/palisade.toml"))
+    }
+
+    /// A huge line or value in the file is shown cut, around the error.
+    #[test]
+    fn errors_in_long_lines_are_shown_cut() {
+        let text = format!("[agent]\nlocal_only = \"{}\"\n", "x".repeat(10_000));
+        let e = Config::parse(&text, Path::new("p.toml")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.len() < 1_000, "{} bytes", shown.len());
+        assert!(shown.starts_with("p.toml:2:"), "{shown}");
+        assert!(shown.contains('…'), "{shown}");
+        assert_eq!(window("abcdef", 2, 100), ("abcdef".to_string(), 2));
+        let long: String = ('a'..='z').cycle().take(1000).collect();
+        let (w, caret) = window(&long, 500, 10);
+        assert_eq!(w.chars().nth(caret), long.chars().nth(500));
+        let (w, caret) = window(&long, 3, 10);
+        assert_eq!(w.chars().nth(caret), long.chars().nth(3));
+        let (w, caret) = window(&long, 998, 10);
+        assert_eq!(w.chars().nth(caret), long.chars().nth(998));
     }
 
     #[test]
