@@ -12,7 +12,7 @@
 //!   changes go in batches. Overlapping hosts and networks are kept as a
 //!   disjoint partition in memory, because the kernel's interval sets reject
 //!   overlaps.
-//! - [`ipset::Ipset`]: puts decisions into ipsets the operator made or
+//! - [`ipset::IpsetEnforcer`]: puts decisions into ipsets the operator made or
 //!   palisade creates (`hash:ip`, `hash:net`, `bitmap:ip`; IPv4 and IPv6),
 //!   for firewalls built around `-m set --match-set` (vallumd, diswall,
 //!   maltrail); a whole list is replaced with `ipset swap`.
