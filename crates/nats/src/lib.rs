@@ -37,6 +37,7 @@ use async_nats::jetstream;
 use serde::Deserialize;
 
 pub use bus::NatsBus;
+pub use palisade_wire::tls::TlsOptions;
 pub use worker::{WorkerOptions, run_worker};
 
 /// How a node or worker reaches NATS, and which palisade network on it.
@@ -74,14 +75,6 @@ pub enum Auth {
     Nkey(String),
     /// A `.creds` file (JWT and nkey seed).
     Creds(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TlsOptions {
-    /// CA certificates (PEM) to trust instead of the system's.
-    pub ca: Option<PathBuf>,
-    /// A client certificate and key (PEM), for servers that verify clients.
-    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why NATS options are not usable.
@@ -252,48 +245,12 @@ pub async fn connect(
             .map_err(|e| format!("cannot read the NATS credentials {}: {e}", path.display()))?,
     };
     if let Some(tls) = &options.tls {
-        co = co.require_tls(true).tls_client_config(tls_config(tls)?);
+        let config = tls.client_config().map_err(|e| e.to_string())?;
+        co = co.require_tls(true).tls_client_config(config);
     }
     co.connect(options.urls())
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", options.describe()))
-}
-
-/// rustls (ring) trusting the configured CA, else the system's CAs.
-fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, String> {
-    let provider = palisade_wire::tls::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(ca) => {
-            for cert in palisade_wire::tls::load_certs(ca).map_err(|e| e.to_string())? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match &tls.client {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            use rustls::pki_types::PrivateKeyDer;
-            use rustls::pki_types::pem::PemObject;
-            let chain = palisade_wire::tls::load_certs(cert).map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())
-        }
-    }
 }
 
 /// The buckets of one palisade network, opened.
