@@ -500,10 +500,8 @@ impl Writer<'_> {
     /// Calls `f` with every decision of `action` in key order, one at a
     /// time (for large sets: memory stays flat).
     pub fn each(&self, action: Action, mut f: impl FnMut(Decision) -> Result<()>) -> Result<()> {
-        let lo = [action_byte(action)];
-        let hi = [action_byte(action) + 1];
-        for item in self.decisions.range(lo.as_slice()..hi.as_slice())? {
-            f(decode(item?.1.value())?)?;
+        for d in values(range_of(&self.decisions, action)?) {
+            f(d?)?;
         }
         Ok(())
     }
@@ -562,7 +560,7 @@ impl Writer<'_> {
     /// Appends the record `make` builds from its number (for records that
     /// carry their own number); returns the number.
     pub fn push_with(&mut self, queue: Queue, make: impl FnOnce(u64) -> Vec<u8>) -> Result<u64> {
-        let seq = self.meta.get(queue.next_key())?.map_or(1, |v| v.value());
+        let seq = next_number(&self.meta, queue)?;
         self.tx
             .open_table(queue.table())?
             .insert(seq, make(seq).as_slice())?;
@@ -585,11 +583,7 @@ impl Writer<'_> {
     }
 
     pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tx
-            .open_table(map.table())?
-            .get(key)?
-            .map(|v| v.value().to_vec()))
+        record(&self.tx.open_table(map.table())?, key)
     }
 
     pub fn map_remove(&mut self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
@@ -607,7 +601,7 @@ impl Writer<'_> {
 
     /// A named number (e.g. a stream cursor), 0 if never set.
     pub fn meta(&self, name: &str) -> Result<u64> {
-        Ok(self.meta.get(name)?.map_or(0, |v| v.value()))
+        meta_in(&self.meta, name)
     }
 
     pub fn set_meta(&mut self, name: &str, value: u64) -> Result<()> {
@@ -624,7 +618,7 @@ impl Writer<'_> {
     fn flush_counts(&mut self) -> Result<()> {
         for (i, name) in COUNTERS.iter().enumerate() {
             if self.deltas[i] != 0 {
-                let cur = self.meta.get(*name)?.map_or(0, |v| v.value());
+                let cur = meta_in(&self.meta, name)?;
                 self.meta
                     .insert(*name, cur.saturating_add_signed(self.deltas[i]))?;
             }
@@ -805,22 +799,15 @@ impl Reader {
     ) -> Result<impl Iterator<Item = Result<Decision>> + '_> {
         let range = match action {
             None => self.decisions.range::<&[u8]>(..)?,
-            Some(a) => {
-                let lo = [action_byte(a)];
-                let hi = [action_byte(a) + 1];
-                self.decisions.range(lo.as_slice()..hi.as_slice())?
-            }
+            Some(a) => range_of(&self.decisions, a)?,
         };
-        Ok(range.map(|item| {
-            let (_, v) = item?;
-            decode(v.value())
-        }))
+        Ok(values(range))
     }
 
     /// How many decisions of each kind are stored (kept exact in every
     /// write transaction, so this never scans).
     pub fn counts(&self) -> Result<Counts> {
-        let get = |name: &str| -> Result<u64> { Ok(self.meta.get(name)?.map_or(0, |v| v.value())) };
+        let get = |name: &str| meta_in(&self.meta, name);
         Ok(Counts {
             ban_hosts: get(COUNT_BAN_HOSTS)?,
             ban_networks: get(COUNT_BAN_NETWORKS)?,
@@ -883,15 +870,11 @@ impl Reader {
 
     /// The number the next record of `queue` will get (1 for a new queue).
     pub fn queue_next(&self, queue: Queue) -> Result<u64> {
-        Ok(self.meta.get(queue.next_key())?.map_or(1, |v| v.value()))
+        next_number(&self.meta, queue)
     }
 
     pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tx
-            .open_table(map.table())?
-            .get(key)?
-            .map(|v| v.value().to_vec()))
+        record(&self.tx.open_table(map.table())?, key)
     }
 
     /// Every record of `map`, in key order.
@@ -901,7 +884,7 @@ impl Reader {
 
     /// A named number (e.g. a stream cursor), 0 if never set.
     pub fn meta(&self, name: &str) -> Result<u64> {
-        Ok(self.meta.get(name)?.map_or(0, |v| v.value()))
+        meta_in(&self.meta, name)
     }
 
     /// The earliest expiry of any stored decision.
@@ -922,6 +905,44 @@ fn start_after_end(start: &std::ops::Bound<&[u8]>, end: &std::ops::Bound<&[u8]>)
         (Included(s), Included(e)) => s > e,
         (Included(s) | Excluded(s), Excluded(e)) | (Excluded(s), Included(e)) => s >= e,
     }
+}
+
+// The lookups a `Writer` and a `Reader` both answer, over either kind of
+// table (one written in the transaction, or read from a snapshot).
+
+/// The part of the decisions table holding the decisions of `action`.
+fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    action: Action,
+) -> Result<redb::Range<'_, &'static [u8], &'static [u8]>> {
+    let lo = [action_byte(action)];
+    let hi = [action_byte(action) + 1];
+    Ok(table.range(lo.as_slice()..hi.as_slice())?)
+}
+
+/// The decisions of a range of the decisions table.
+fn values<'a>(
+    range: redb::Range<'a, &'static [u8], &'static [u8]>,
+) -> impl Iterator<Item = Result<Decision>> + 'a {
+    range.map(|item| decode(item?.1.value()))
+}
+
+/// A named number, 0 if never set.
+fn meta_in<T: ReadableTable<&'static str, u64>>(table: &T, name: &str) -> Result<u64> {
+    Ok(table.get(name)?.map_or(0, |v| v.value()))
+}
+
+/// The number the next record of `queue` gets (1 for a new queue).
+fn next_number<T: ReadableTable<&'static str, u64>>(table: &T, queue: Queue) -> Result<u64> {
+    Ok(table.get(queue.next_key())?.map_or(1, |v| v.value()))
+}
+
+/// The record under `key` of a map table.
+fn record<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    key: &str,
+) -> Result<Option<Vec<u8>>> {
+    Ok(table.get(key)?.map(|v| v.value().to_vec()))
 }
 
 fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
