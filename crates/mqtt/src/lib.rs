@@ -48,6 +48,15 @@ pub struct MqttOptions {
 #[error("{0:?} is not an MQTT address: use mqtt://[USER:PASSWORD@]HOST:PORT or mqtts://…")]
 pub struct UrlError(String);
 
+/// Why a connection to the broker cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "the MQTT TLS settings cannot be used: {0}; check [mqtt] ca, client_cert and client_key"
+    )]
+    Tls(#[from] palisade_wire::tls::TlsError),
+}
+
 impl MqttOptions {
     pub fn from_url(url: &str) -> Result<MqttOptions, UrlError> {
         let bad = || UrlError(url.to_string());
@@ -142,7 +151,7 @@ impl MqttOptions {
     }
 
     /// rumqttc's options for a client with this id.
-    fn client_options(&self, client_id: &str) -> Result<rumqttc::v5::MqttOptions, String> {
+    fn client_options(&self, client_id: &str) -> Result<rumqttc::v5::MqttOptions, SetupError> {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_start(true);
@@ -174,7 +183,7 @@ impl MqttOptions {
         // (`palisade_wire::tls`, `PemObject`). Do not switch to
         // `TlsConfiguration::Simple`.
         if let Some(tls) = &self.tls {
-            let config = tls.client_config().map_err(|e| e.to_string())?;
+            let config = tls.client_config()?;
             o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
                 Arc::new(config),
             )));
