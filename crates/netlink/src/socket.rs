@@ -21,7 +21,7 @@ const RECV_BUF: usize = 256 * 1024;
 /// Estimated kernel memory per queued ack (skb overhead included).
 const ACK_TRUESIZE: usize = 2048;
 /// How long a dump waits for the next reply before giving up.
-const DUMP_TIMEOUT_SECS: i64 = 10;
+const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One failed message of a transaction, as reported by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,13 +245,7 @@ impl Socket {
         if self.rcvbuf >= want {
             return;
         }
-        let v = i32::try_from(want / 2 + 1).unwrap_or(i32::MAX / 2);
-        let _ = self
-            .setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
-            .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, v));
-        self.rcvbuf = self
-            .getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF)
-            .unwrap_or(0) as usize;
+        self.force_rcvbuf(i32::try_from(want / 2 + 1).unwrap_or(i32::MAX / 2));
     }
 
     /// Sends `data` (one or more messages) in one `sendmsg`.
@@ -361,20 +355,7 @@ impl Socket {
     where
         F: FnMut(&Msg<'_>) -> Result<(), Error>,
     {
-        let tv = libc::timeval {
-            tv_sec: DUMP_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: tv is a valid timeval of the given size.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
+        let _ = self.set_receive_timeout(DUMP_TIMEOUT);
         self.send(data)?;
         let mut interrupted = false;
         let mut failure: Option<Error> = None;
