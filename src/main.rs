@@ -1,5 +1,10 @@
 //! `palisade`: one binary for the agent and every command that talks to it.
 
+// The doc comments of the clap definitions are the commands' help text,
+// written for a terminal (`[agent] join` names a configuration table,
+// `<bantime>` an argument), not rustdoc markup.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod cmd;
 mod render;
 

@@ -6,7 +6,7 @@
 //! are compiled into one lazy DFA searched anchored at the start of the
 //! message, which says which pattern matches first (ignore, then bad, then
 //! good patterns, in the rule's order) and where its match ends; the
-//! address is then found with reverse DFAs ([`crate::dfa`]), exactly where
+//! address is then found with reverse DFAs (the `dfa` module), exactly where
 //! the `regex` crate's capture group would put it, without its backtracking
 //! engine. The `regex` crate is asked only when that cannot tell (an
 //! ambiguous or unusual pattern, an address that does not parse, a `port`

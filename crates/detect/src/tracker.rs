@@ -37,12 +37,21 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use palisade_model::decision::clean_text;
 use palisade_model::{Net, Scope, Span, Timestamp};
 
 use crate::config::Limits;
 use crate::engine::{Engine, Hit, HitKind};
 use crate::sources::Line;
+
+mod evidence;
+mod slots;
+mod table;
+
+use evidence::{EvidenceLog, MAX_LINE_LEN, capped};
+use slots::{
+    FORGEABLE, FREE, INLINE_TIMES, NONE_FIRED, SLOT_BYTES, Slot, Times, WIDE, Wide, key, to_fire,
+};
+use table::{KeyHash, SlotTable, random_seed, table_size};
 
 /// A stage of a rule, as carried in [`Event::Ban`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,522 +112,15 @@ pub enum Event {
     Forgive { rule: String, address: Net },
 }
 
-/// No stage in force.
-const NONE_FIRED: u8 = u8::MAX;
-
-/// `rule` of a free slot.
-const FREE: u16 = u16::MAX;
-
 /// Most rules and stages per rule a tracker counts (slot fields are small).
 pub const MAX_RULES: usize = FREE as usize;
 pub const MAX_STAGES: usize = NONE_FIRED as usize;
 
-/// Failure times kept in the slot itself (as offsets from its base time);
-/// a pair of a rule counting more moves its times to a [`Wide`] ring once
-/// it has more failures than that (most attackers never do).
-const INLINE_TIMES: usize = 5;
-
-/// `Slot::flags`: the times are in `Tracker::wide`.
-const WIDE: u8 = 1;
-/// `Slot::flags`: a counted failure could have been forged.
-const FORGEABLE: u8 = 2;
-
 /// Most evidence lines kept per pair.
 const MAX_LINES: usize = palisade_model::decision::MAX_EVIDENCE_LINES;
 
-/// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
-const MAX_LINE_LEN: usize = 16 * 1024;
-
-/// Bytes of memory per pair: its slot and, at most three quarters full,
-/// its entries of the hash table.
-const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
-
 /// Pairs looked at for each eviction.
 const EVICTION_SAMPLE: usize = 8;
-
-/// One (rule, attacker) pair being counted, in one cache line.
-#[repr(C, align(64))]
-struct Slot {
-    /// Failure times: a ring, in ms after `base`.
-    times: [u32; INLINE_TIMES],
-    /// When the stage in force stops being in force, in seconds since the
-    /// epoch rounded up (`u32::MAX`: forever).
-    until: u32,
-    base: u64,
-    /// The newest evidence line's position in the evidence log, plus one
-    /// (0: none).
-    evidence: u64,
-    /// The counted network's address (IPv4 as IPv4-mapped IPv6).
-    addr: [u8; 16],
-    /// The rule, or [`FREE`].
-    rule: u16,
-    /// The highest stage in force, or [`NONE_FIRED`].
-    fired: u8,
-    /// The counted network's prefix length (of its family).
-    prefix: u8,
-    /// [`WIDE`], [`FORGEABLE`].
-    flags: u8,
-    /// The inline times ring: index of the oldest, how many are kept, how
-    /// many of the newest are in order (for those, the n-th newest is also
-    /// the earliest of the n newest).
-    t_head: u8,
-    t_len: u8,
-    t_sorted: u8,
-}
-
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
-
-/// The times of a slot whose rule counts more than [`INLINE_TIMES`]
-/// failures, or whose times span more than 32 bits of milliseconds.
-struct Wide {
-    times: Vec<u64>,
-    head: usize,
-    len: usize,
-    sorted: usize,
-}
-
-impl Wide {
-    /// Heap bytes of a ring of `cap` times, with its map entry.
-    fn bytes(cap: usize) -> usize {
-        cap * 8 + 64
-    }
-}
-/// Read access to a ring of failure times, newest first.
-trait Times {
-    fn len(&self) -> usize;
-    fn sorted(&self) -> usize;
-    /// The time `back` failures before the newest (0 = the newest).
-    fn time(&self, back: usize) -> u64;
-
-    /// How many of the newest failures in a row are later than `since`.
-    fn recent(&self, since: u64) -> usize {
-        (0..self.len())
-            .take_while(|&k| self.time(k) > since)
-            .count()
-    }
-
-    /// Whether the `count` newest failures are all later than `since`
-    /// (`recent(since) >= count`).
-    fn reached(&self, since: u64, count: usize) -> bool {
-        if count == 0 {
-            return true;
-        }
-        if count > self.len() {
-            return false;
-        }
-        if count <= self.sorted() {
-            return self.time(count - 1) > since;
-        }
-        (0..count).all(|k| self.time(k) > since)
-    }
-}
-
-/// The stage to fire now, if any: the highest whose threshold is reached,
-/// if higher than the stage in force (`fired`); and the failures within its
-/// window.
-fn to_fire<T: Times>(
-    times: &T,
-    stages: &[crate::config::StageConfig],
-    fired: Option<usize>,
-    t: u64,
-) -> (Option<usize>, usize) {
-    let mut fire = None;
-    for (n, stage) in stages.iter().enumerate() {
-        let since = t.saturating_sub(stage.within.as_millis() as u64);
-        if times.reached(since, stage.count as usize) {
-            fire = Some(n);
-        }
-    }
-    match fire {
-        Some(n) if fired.is_none_or(|f| n > f) => {
-            let since = t.saturating_sub(stages[n].within.as_millis() as u64);
-            (Some(n), times.recent(since))
-        }
-        _ => (None, 0),
-    }
-}
-
-fn ring_index(head: usize, k: usize, cap: usize) -> usize {
-    let i = head + k;
-    if i >= cap { i - cap } else { i }
-}
-
-/// A slot's inline times, with the ring's capacity (its rule's).
-struct Inline<'a> {
-    slot: &'a Slot,
-    cap: usize,
-}
-
-impl Times for Inline<'_> {
-    fn len(&self) -> usize {
-        usize::from(self.slot.t_len)
-    }
-    fn sorted(&self) -> usize {
-        usize::from(self.slot.t_sorted)
-    }
-    fn time(&self, back: usize) -> u64 {
-        let s = self.slot;
-        let i = ring_index(
-            usize::from(s.t_head),
-            usize::from(s.t_len) - 1 - back,
-            self.cap,
-        );
-        s.base + u64::from(s.times[i])
-    }
-}
-
-impl Times for Wide {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn sorted(&self) -> usize {
-        self.sorted
-    }
-    fn time(&self, back: usize) -> u64 {
-        self.times[ring_index(self.head, self.len - 1 - back, self.times.len())]
-    }
-}
-
-impl Wide {
-    fn push(&mut self, t: u64) {
-        let cap = self.times.len();
-        self.sorted = if self.len > 0 && t >= self.time(0) {
-            (self.sorted + 1).min(cap)
-        } else {
-            1
-        };
-        if self.len == cap {
-            self.times[self.head] = t;
-            self.head = ring_index(self.head, 1, cap);
-        } else {
-            self.times[ring_index(self.head, self.len, cap)] = t;
-            self.len += 1;
-        }
-    }
-}
-
-impl Slot {
-    fn is_wide(&self) -> bool {
-        self.flags & WIDE != 0
-    }
-
-    fn inline(&self, cap: usize) -> Inline<'_> {
-        Inline { slot: self, cap }
-    }
-
-    /// Adds a failure time to the inline ring of capacity `cap`; `false`
-    /// (nothing changed) if `t` and the kept times do not fit 32-bit
-    /// offsets from one base.
-    fn push_time(&mut self, t: u64, cap: usize) -> bool {
-        let len = usize::from(self.t_len);
-        if len == 0 {
-            self.base = t;
-        } else if t < self.base || t - self.base > u64::from(u32::MAX) {
-            let (mut lo, mut hi) = (t, t);
-            for k in 0..len {
-                let x = self.inline(cap).time(k);
-                lo = lo.min(x);
-                hi = hi.max(x);
-            }
-            if hi - lo > u64::from(u32::MAX) {
-                return false;
-            }
-            let shift = (self.base - lo) as u32;
-            for x in &mut self.times[..cap] {
-                *x = x.wrapping_add(shift);
-            }
-            self.base = lo;
-        }
-        self.t_sorted = if len > 0 && t >= self.inline(cap).time(0) {
-            (self.t_sorted + 1).min(cap as u8)
-        } else {
-            1
-        };
-        let head = usize::from(self.t_head);
-        let at = if len == cap {
-            self.t_head = ring_index(head, 1, cap) as u8;
-            head
-        } else {
-            self.t_len += 1;
-            ring_index(head, len, cap)
-        };
-        self.times[at] = (t - self.base) as u32;
-        true
-    }
-
-    /// The inline times (a ring of capacity `cap`) as a [`Wide`] ring of
-    /// capacity `wide`.
-    fn widen(&self, cap: usize, wide: usize) -> Wide {
-        let len = usize::from(self.t_len);
-        let mut times = vec![0; wide];
-        for (k, x) in times.iter_mut().take(len).enumerate() {
-            *x = self.inline(cap).time(len - 1 - k);
-        }
-        Wide {
-            times,
-            head: 0,
-            len,
-            sorted: usize::from(self.t_sorted),
-        }
-    }
-
-    /// The counted network.
-    fn net(&self) -> Net {
-        let a = std::net::Ipv6Addr::from(self.addr);
-        let addr = match a.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(a),
-        };
-        Net::truncating(addr, self.prefix)
-    }
-}
-
-/// The 16 bytes of `addr` (IPv4 as IPv4-mapped IPv6).
-fn key(addr: &IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
-        IpAddr::V6(v) => v.octets(),
-    }
-}
-
-/// Matched lines of all pairs, in one ring of bytes. Each record is the
-/// position of the pair's previous record plus one (8 bytes), the line's
-/// length (2 bytes) and the line; positions count every byte ever written,
-/// so a record is still there when its position is within the ring's size
-/// of the end.
-struct EvidenceLog {
-    buf: Vec<u8>,
-    written: u64,
-}
-
-const RECORD_HEAD: usize = 10;
-
-impl EvidenceLog {
-    fn new(bytes: usize) -> EvidenceLog {
-        EvidenceLog {
-            buf: Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3)),
-            written: 0,
-        }
-    }
-
-    fn cap(&self) -> usize {
-        self.buf.capacity()
-    }
-
-    fn write(&mut self, data: &[u8]) {
-        let cap = self.cap();
-        let at = (self.written % cap as u64) as usize;
-        if self.buf.len() < cap {
-            // Filling for the first time (pages are touched as needed).
-            let room = cap - self.buf.len();
-            let first = data.len().min(room);
-            self.buf.extend_from_slice(&data[..first]);
-            if first < data.len() {
-                self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-            }
-        } else {
-            let first = data.len().min(cap - at);
-            self.buf[at..at + first].copy_from_slice(&data[..first]);
-            self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-        }
-        self.written += data.len() as u64;
-    }
-
-    fn read(&self, pos: u64, out: &mut [u8]) {
-        let cap = self.cap();
-        let at = (pos % cap as u64) as usize;
-        let first = out.len().min(cap - at);
-        out[..first].copy_from_slice(&self.buf[at..at + first]);
-        let rest = out.len() - first;
-        out[first..].copy_from_slice(&self.buf[..rest]);
-    }
-
-    /// Appends `line` after the record at `prev` (a position plus one, or
-    /// 0); returns the new record's position plus one.
-    fn push(&mut self, prev: u64, line: &[u8]) -> u64 {
-        let pos = self.written;
-        let mut head = [0u8; RECORD_HEAD];
-        head[..8].copy_from_slice(&prev.to_le_bytes());
-        head[8..].copy_from_slice(&(line.len() as u16).to_le_bytes());
-        self.write(&head);
-        self.write(line);
-        pos + 1
-    }
-
-    /// Whether the record at `pos` is still whole.
-    fn holds(&self, pos: u64) -> bool {
-        pos >= self.written.saturating_sub(self.cap() as u64)
-    }
-
-    /// Up to `max` lines of the chain ending at `last`, oldest first.
-    fn lines(&self, mut last: u64, max: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        while last != 0 && out.len() < max && self.holds(last - 1) {
-            let pos = last - 1;
-            let mut head = [0u8; RECORD_HEAD];
-            self.read(pos, &mut head);
-            let prev = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-            let len = usize::from(u16::from_le_bytes([head[8], head[9]]));
-            let mut text = vec![0u8; len];
-            self.read(pos + RECORD_HEAD as u64, &mut text);
-            // Written from whole `str`s.
-            out.push(String::from_utf8(text).unwrap_or_default());
-            last = prev;
-        }
-        out.reverse();
-        out
-    }
-}
-
-/// Slot numbers by hash of (rule, address): open addressing with linear
-/// probing, each entry one word (32 bits of the hash, which also places it,
-/// and the slot number plus one; 0 is empty), so a lookup reads one cache
-/// line before the slot. At most three quarters full (it doubles as pairs
-/// arrive); removal shifts the entries after the hole back (no
-/// tombstones).
-struct SlotTable {
-    entries: Vec<u64>,
-    len: usize,
-}
-
-/// Table entries for `n` pairs.
-fn table_size(n: usize) -> usize {
-    (n + n / 3 + 1).next_power_of_two().max(16)
-}
-
-impl SlotTable {
-    fn with_capacity(n: usize) -> SlotTable {
-        SlotTable {
-            entries: vec![0; table_size(n)],
-            len: 0,
-        }
-    }
-
-    fn mask(&self) -> usize {
-        self.entries.len() - 1
-    }
-
-    /// The first place to look for `hash`.
-    fn home(&self, hash: u64) -> usize {
-        hash as u32 as usize & self.mask()
-    }
-
-    fn prefetch(&self, hash: u64) {
-        prefetch(&self.entries[self.home(hash)]);
-    }
-
-    /// The slot whose entry has `hash`'s bits and for which `eq` holds.
-    fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        let (mask, tag) = (self.mask(), hash as u32);
-        let mut at = self.home(hash);
-        loop {
-            let e = self.entries[at];
-            if e == 0 {
-                return None;
-            }
-            if (e >> 32) as u32 == tag && eq(e as u32 - 1) {
-                return Some(e as u32 - 1);
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    fn insert(&mut self, hash: u64, slot: u32) {
-        if 4 * (self.len + 1) > 3 * self.entries.len() {
-            let bigger = vec![0; 2 * self.entries.len()];
-            let old = std::mem::replace(&mut self.entries, bigger);
-            self.len = 0;
-            for e in old.into_iter().filter(|&e| e != 0) {
-                self.place(e);
-            }
-        }
-        self.place(u64::from(hash as u32) << 32 | u64::from(slot + 1));
-    }
-
-    fn place(&mut self, e: u64) {
-        let mask = self.mask();
-        let mut at = (e >> 32) as usize & mask;
-        while self.entries[at] != 0 {
-            at = (at + 1) & mask;
-        }
-        self.entries[at] = e;
-        self.len += 1;
-    }
-
-    fn remove(&mut self, hash: u64, slot: u32) {
-        let mask = self.mask();
-        let want = u64::from(hash as u32) << 32 | u64::from(slot + 1);
-        let mut hole = self.home(hash);
-        loop {
-            match self.entries[hole] {
-                0 => return,
-                e if e == want => break,
-                _ => hole = (hole + 1) & mask,
-            }
-        }
-        let mut at = (hole + 1) & mask;
-        loop {
-            let e = self.entries[at];
-            if e == 0 {
-                break;
-            }
-            // Move back an entry whose home is not between the hole and it.
-            let home = (e >> 32) as usize & mask;
-            if at.wrapping_sub(home) & mask >= at.wrapping_sub(hole) & mask {
-                self.entries[hole] = e;
-                hole = at;
-            }
-            at = (at + 1) & mask;
-        }
-        self.entries[hole] = 0;
-        self.len -= 1;
-    }
-}
-
-/// Hashes (rule, address) keys. Addresses are chosen by attackers, so the
-/// keys are random per tracker (no precomputed collisions), mixed by
-/// folded multiplications.
-#[derive(Clone, Copy)]
-struct KeyHash([u64; 3]);
-
-fn folded_mul(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl KeyHash {
-    fn hash(&self, rule: u32, addr: &[u8; 16]) -> u64 {
-        let x = u128::from_le_bytes(*addr);
-        let (a, b) = (x as u64, (x >> 64) as u64);
-        let h = folded_mul(a ^ self.0[0], b ^ self.0[1] ^ u64::from(rule));
-        folded_mul(h, self.0[2])
-    }
-}
-
-fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 8 {
-        u64::from_ne_bytes(b)
-    } else {
-        Timestamp::now().as_millis() ^ u64::from(std::process::id())
-    }
-}
-
-/// Asks the processor to bring the cache line of `p` in (no effect on
-/// other targets).
-#[inline(always)]
-fn prefetch<T>(p: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints the cache; `p` is a valid reference.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>((p as *const T).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// What a rule counts, resolved from it and the [`Limits`].
 struct RuleCounting {
@@ -816,14 +318,7 @@ impl Tracker {
             };
             match hit.kind {
                 HitKind::Ignored => {}
-                HitKind::Good => {
-                    let net = self.counted(hit.rule, address);
-                    self.forget(hit.rule, &net);
-                    events.push(Event::Forgive {
-                        rule: self.engine.rules()[hit.rule].name.clone(),
-                        address: net,
-                    });
-                }
+                HitKind::Good => events.push(self.forgive(hit.rule, address)),
                 HitKind::Bad => {
                     let net = self.counted(hit.rule, address);
                     if let Some(e) = self.failure(hit.rule, net, text, now, forgeable) {
@@ -931,6 +426,19 @@ impl Tracker {
         i
     }
 
+    /// A good pattern matched `address` for `rule`: the pair is forgotten,
+    /// and the bans its failures made are to be lifted.
+    fn forgive(&mut self, rule: usize, address: Net) -> Event {
+        let net = self.counted(rule, address);
+        self.forget(rule, &net);
+        Event::Forgive {
+            rule: self.engine.rules()[rule].name.clone(),
+            address: net,
+        }
+    }
+
+    /// A failure of `net` for `rule` in line `text`: counted, its line kept
+    /// as evidence, and the ban of the stage it makes fire, if any.
     fn failure(
         &mut self,
         rule: usize,
@@ -944,22 +452,9 @@ impl Tracker {
         self.table.prefetch(hash);
         // This failure's evidence line, while the table entry comes.
         if self.limits.evidence_lines > 0 {
-            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
-            self.staged.clear();
-            self.staged.extend_from_slice(line.as_bytes());
-            if more {
-                self.staged.extend_from_slice("…".as_bytes());
-            }
+            self.stage_evidence(text);
         }
-        let i = match self.find_hashed(hash, rule, &net) {
-            Some(i) => i,
-            None => {
-                while self.full() && self.table.len > 0 {
-                    self.evict_one(t);
-                }
-                self.new_slot(rule, &net, hash)
-            }
-        };
+        let i = self.slot_for(rule, &net, hash, t);
         let iu = i as usize;
         let counting = &self.rules[rule];
         let (cap, max_count) = (counting.inline_cap, counting.max_count);
@@ -993,7 +488,39 @@ impl Tracker {
         if self.limits.evidence_lines > 0 {
             s.evidence = self.log.push(s.evidence, &self.staged);
         }
-        let n = fire?;
+        Some(self.fire(iu, rule, fire?, net, count, t))
+    }
+
+    /// The cleaned and capped evidence line of a failure, into `staged`.
+    fn stage_evidence(&mut self, text: &str) {
+        let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+        self.staged.clear();
+        self.staged.extend_from_slice(line.as_bytes());
+        if more {
+            self.staged.extend_from_slice("…".as_bytes());
+        }
+    }
+
+    /// The slot of (rule, net), made (taking the place of the pair least
+    /// likely to reach a threshold when the budget is full) if it is new.
+    fn slot_for(&mut self, rule: usize, net: &Net, hash: u64, t: u64) -> u32 {
+        match self.find_hashed(hash, rule, net) {
+            Some(i) => i,
+            None => {
+                while self.full() && self.table.len > 0 {
+                    self.evict_one(t);
+                }
+                self.new_slot(rule, net, hash)
+            }
+        }
+    }
+
+    /// Stage `n` of `rule` fires at `t` for slot `i` (counting `net`),
+    /// after `count` failures within its window: in force until its ban
+    /// ends.
+    fn fire(&mut self, i: usize, rule: usize, n: usize, net: Net, count: usize, t: u64) -> Event {
+        let info = &self.engine.rules()[rule];
+        let s = &mut self.slots[i];
         let stage = &info.stages[n];
         s.until = match stage.ban {
             Span::For(d) => {
@@ -1003,7 +530,7 @@ impl Tracker {
             Span::Forever => u32::MAX,
         };
         s.fired = n as u8;
-        Some(Event::Ban {
+        Event::Ban {
             rule: info.name.clone(),
             address: net,
             stage: StageRef {
@@ -1020,7 +547,7 @@ impl Tracker {
             } else {
                 Trust::Verified
             },
-        })
+        }
     }
 
     /// How likely slot `i` is to reach a threshold, as a fraction (failures
@@ -1128,54 +655,9 @@ impl Tracker {
     }
 }
 
-/// `s` cleaned (no control characters, so no newline either) and capped at
-/// `max` bytes, and whether it was cut (then `…` follows). Cleaning, when
-/// needed, happens in `scratch`.
-fn capped<'a>(s: &'a str, max: usize, scratch: &'a mut String) -> (&'a str, bool) {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let head = &s[..end];
-    let cut = end < s.len();
-    if printable(head.as_bytes()) {
-        (head, cut)
-    } else {
-        *scratch = clean_text(head);
-        (scratch.as_str(), cut)
-    }
-}
-
-/// Only printable ASCII and tabs (16 bytes at a time, written so that it
-/// compiles to vector instructions).
-fn printable(b: &[u8]) -> bool {
-    fn bad(c: u8) -> u8 {
-        // c < 0x20 or c >= 0x7f, except tab
-        u8::from(c.wrapping_sub(0x20) >= 0x5f) & u8::from(c != b'\t')
-    }
-    fn all_good(chunk: &[u8]) -> bool {
-        chunk.iter().fold(0, |acc, &c| acc | bad(c)) == 0
-    }
-    if b.len() < 16 {
-        return b.iter().all(|&c| bad(c) == 0);
-    }
-    // Whole chunks, then the last 16 bytes (overlapping the last chunk).
-    b.chunks_exact(16).all(all_good) && all_good(&b[b.len() - 16..])
-}
-
-#[cfg(test)]
-fn cap(s: &str, max: usize) -> String {
-    let mut scratch = String::new();
-    let (head, cut) = capped(s, max, &mut scratch);
-    let mut out = head.to_string();
-    if cut {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::evidence::cap;
     use super::*;
     use crate::config::RuleConfig;
     use std::collections::VecDeque;
@@ -1339,46 +821,6 @@ mod tests {
         assert_eq!(t.tracked(), 1, "only the address failing within the hour");
         t.prune(at(1_000_000));
         assert_eq!(t.tracked(), 0);
-    }
-
-    #[test]
-    fn slot_table_finds_what_it_holds() {
-        let mut t = SlotTable::with_capacity(4);
-        let mut model = std::collections::HashMap::new();
-        let mut r = crate::loggen::Rng::new(9);
-        for step in 0..50_000u32 {
-            // Few distinct hash bits: long runs, wrapping, shifts.
-            let hash = r.below(64) | (r.below(4) << 40);
-            let slot = r.below(300) as u32;
-            match model.entry(slot) {
-                std::collections::hash_map::Entry::Occupied(e) => t.remove(e.remove(), slot),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    t.insert(hash, slot);
-                    e.insert(hash);
-                }
-            }
-            assert_eq!(t.len, model.len(), "{step}");
-            if step % 97 == 0 {
-                for (&slot, &hash) in &model {
-                    assert_eq!(t.find(hash, |s| s == slot), Some(slot), "{step}");
-                }
-                assert_eq!(t.find(12345, |_| true), None);
-            }
-        }
-    }
-
-    #[test]
-    fn printable_is_printable_ascii_and_tabs() {
-        for len in 0..40 {
-            for c in 0..=255u8 {
-                let mut b = vec![b'a'; len];
-                if len > 0 {
-                    b[len / 2] = c;
-                }
-                let want = b.iter().all(|&c| (0x20..0x7f).contains(&c) || c == b'\t');
-                assert_eq!(printable(&b), want, "{len} {c}");
-            }
-        }
     }
 
     #[test]

@@ -50,8 +50,8 @@ use palisade_model::{Action, Family, Net, Span, Timestamp};
 use serde::{Deserialize, Deserializer};
 use tracing::{error, info, warn};
 
+use crate::enforcer::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 use crate::filter::Filter;
-use crate::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 
 /// Longest rule or jail name passed to a command.
 pub const MAX_RULE_LEN: usize = 64;

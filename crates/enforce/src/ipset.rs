@@ -49,8 +49,8 @@ use palisade_netlink::ipset::{
 use serde::{Deserialize, Deserializer};
 use tracing::{info, warn};
 
+use crate::enforcer::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 use crate::filter::{FamilyName, Filter};
-use crate::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 
 pub use palisade_netlink::ipset::MAX_TIMEOUT_SECS;
 

@@ -17,7 +17,7 @@
 use palisade_model::{Family, Net, NetMap};
 use palisade_netlink::{Socket, ct, diag};
 
-use crate::EnforceError;
+use crate::enforcer::EnforceError;
 
 /// What [`Killer::kill`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

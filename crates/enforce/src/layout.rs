@@ -50,8 +50,40 @@
 use palisade_netlink::Socket;
 use palisade_netlink::nft::{self, Batch, ChainSpec, Hook, SetSpec, Verdict, family};
 
-use crate::NetlinkError;
-use crate::nftables::{NftConfig, SetName, kernel_version};
+use crate::enforcer::NetlinkError;
+use crate::kernel::kernel_version;
+
+/// Where the enforcer puts its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftConfig {
+    /// Name of the `inet` table palisade owns (default `palisade`).
+    pub table: String,
+    /// Priority of the input chain that logs port probes (default -10,
+    /// before the usual `filter` chains at 0).
+    pub priority: i32,
+    /// Priority of the prerouting chain that accepts allowed sources and
+    /// drops banned ones (default -300, `raw`: before conntrack and DNAT).
+    pub prerouting_priority: i32,
+    /// Interfaces that also get an ingress chain with the same rules, the
+    /// earliest drop nftables offers.
+    pub ingress_devices: Vec<String>,
+    /// When set, an input chain reports connection attempts (TCP SYN, new
+    /// UDP flows; not from loopback, not from allowed or banned sources) to
+    /// this NFLOG group, for port-probe detection.
+    pub probe_log_group: Option<u16>,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            table: "palisade".to_string(),
+            priority: -10,
+            prerouting_priority: -300,
+            ingress_devices: Vec::new(),
+            probe_log_group: None,
+        }
+    }
+}
 
 /// Most connection attempts per second reported to the probe NFLOG group.
 const PROBE_LOG_PER_SECOND: u32 = 200;
@@ -90,13 +122,14 @@ pub fn finish_upgrade(sock: &mut Socket, table: &str) -> Result<(), NetlinkError
 }
 
 /// Adds the chains and their rules to a batch that creates `table` with
-/// the sets of `sets` (in rule order); with `upgrading`, also the chains
+/// the sets of `sets`, each with what its rule does to a source it holds
+/// (in rule order); with `upgrading`, also the chains
 /// that bridge the switch from the earlier layout.
 pub fn add_chains(
     b: &mut Batch,
     sock: &Socket,
     config: &NftConfig,
-    sets: &[(SetName, SetSpec<'_>)],
+    sets: &[(Verdict, SetSpec<'_>)],
     upgrading: bool,
 ) {
     let table = config.table.as_str();
@@ -115,8 +148,8 @@ pub fn add_chains(
         );
     };
     let decide = |b: &mut Batch, chain: &str| {
-        for (set, spec) in sets {
-            nft::new_saddr_rule(b, table, chain, spec, set.verdict());
+        for (verdict, spec) in sets {
+            nft::new_saddr_rule(b, table, chain, spec, *verdict);
         }
     };
     filter(
@@ -140,8 +173,8 @@ pub fn add_chains(
     }
     if let Some(group) = config.probe_log_group {
         filter(b, "input", Hook::Input, config.priority, None);
-        for (set, spec) in sets.iter().filter(|(s, _)| s.verdict() == Verdict::Accept) {
-            nft::new_saddr_rule(b, table, "input", spec, set.verdict());
+        for (verdict, spec) in sets.iter().filter(|(v, _)| *v == Verdict::Accept) {
+            nft::new_saddr_rule(b, table, "input", spec, *verdict);
         }
         nft::new_probe_log_rules(b, table, "input", group, PROBE_LOG_PER_SECOND);
     }

@@ -65,13 +65,14 @@ use palisade_netlink::nft::{
     self, AddrType, Batch, ElemOp, ElemWriter, SetSpec, Verdict, family, set_flags,
 };
 
-use crate::hosts::Hosts;
-use crate::layout;
-use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
-use crate::{
+use crate::enforcer::{
     Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, NetlinkError, ObjectDrift,
     ObjectStatus, Status,
 };
+use crate::hosts::Hosts;
+use crate::kernel::kernel_version;
+use crate::layout;
+use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
 
 /// Longest timeout given to the kernel (about 100 years); the kernel
 /// rejects timeouts that overflow its clock with ERANGE.
@@ -82,37 +83,7 @@ const PRUNE_EVERY_MS: u64 = 60_000;
 /// the kernel expires a little late is still deleted explicitly if replaced.
 const PRUNE_GRACE_MS: u64 = 10_000;
 
-/// Where the enforcer puts its objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NftConfig {
-    /// Name of the `inet` table palisade owns (default `palisade`).
-    pub table: String,
-    /// Priority of the input chain that logs port probes (default -10,
-    /// before the usual `filter` chains at 0).
-    pub priority: i32,
-    /// Priority of the prerouting chain that accepts allowed sources and
-    /// drops banned ones (default -300, `raw`: before conntrack and DNAT).
-    pub prerouting_priority: i32,
-    /// Interfaces that also get an ingress chain with the same rules, the
-    /// earliest drop nftables offers.
-    pub ingress_devices: Vec<String>,
-    /// When set, an input chain reports connection attempts (TCP SYN, new
-    /// UDP flows; not from loopback, not from allowed or banned sources) to
-    /// this NFLOG group, for port-probe detection.
-    pub probe_log_group: Option<u16>,
-}
-
-impl Default for NftConfig {
-    fn default() -> Self {
-        NftConfig {
-            table: "palisade".to_string(),
-            priority: -10,
-            prerouting_priority: -300,
-            ingress_devices: Vec::new(),
-            probe_log_group: None,
-        }
-    }
-}
+pub use crate::layout::NftConfig;
 
 /// How an element whose expiry changed is refreshed in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,7 +600,11 @@ impl Nftables {
             nft::new_set(&mut b, family::INET, table, &spec);
             specs.push((set, spec));
         }
-        layout::add_chains(&mut b, &self.sock, &self.config, &specs, upgrading);
+        let rules: Vec<(Verdict, SetSpec<'_>)> = specs
+            .iter()
+            .map(|(set, spec)| (set.verdict(), *spec))
+            .collect();
+        layout::add_chains(&mut b, &self.sock, &self.config, &rules, upgrading);
         for (set, spec) in &specs {
             let mut w = ElemWriter::new(
                 &mut b,
@@ -1098,42 +1073,9 @@ fn now_ms() -> u64 {
     Timestamp::now().as_millis()
 }
 
-/// (major, minor) of the running kernel, from `uname`.
-pub fn kernel_version() -> Option<(u32, u32)> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: u is a valid utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    let release: String = u
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8 as char)
-        .collect();
-    parse_version(&release)
-}
-
-fn parse_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_versions() {
-        assert_eq!(parse_version("6.18.44-fc-v669"), Some((6, 18)));
-        assert_eq!(parse_version("5.10.0-28-amd64"), Some((5, 10)));
-        assert_eq!(parse_version("6.1"), Some((6, 1)));
-        assert_eq!(parse_version("garbage"), None);
-        assert!(kernel_version().is_some());
-    }
 
     #[test]
     fn timeouts_are_never_zero_and_bounded() {

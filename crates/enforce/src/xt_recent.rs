@@ -42,10 +42,10 @@ use palisade_model::{Action, Net};
 use serde::{Deserialize, Deserializer};
 use tracing::{debug, info, warn};
 
-use crate::filter::{Filter, glob};
-use crate::{
+use crate::enforcer::{
     Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, ObjectDrift, ObjectStatus, Status,
 };
+use crate::filter::{Filter, glob};
 
 /// Where the lists of the calling thread's network namespace live.
 pub const PROC_DIR: &str = "/proc/thread-self/net/xt_recent";

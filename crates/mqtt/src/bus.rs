@@ -99,7 +99,7 @@ impl MqttBus {
         let o = &self.inner.options;
         let mqtt = o
             .client_options(&self.inner.client_id)
-            .map_err(BusError::Unreachable)?;
+            .map_err(|e| BusError::Unreachable(e.to_string()))?;
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
         let shared = Arc::new(Shared::default());
         let (s, c, bus) = (shared.clone(), client.clone(), self.clone());

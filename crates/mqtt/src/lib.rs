@@ -19,12 +19,12 @@
 pub mod bridge;
 pub mod bus;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bridge::{BridgeOptions, Decider, run_bridge};
 pub use bus::MqttBus;
+pub use palisade_wire::tls::TlsOptions;
 
 /// Largest packet either side accepts (a batch of intents with evidence).
 const MAX_PACKET: u32 = 8 << 20;
@@ -44,15 +44,18 @@ pub struct MqttOptions {
     pub role: palisade_wire::Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TlsOptions {
-    pub ca: Option<PathBuf>,
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not an MQTT address: use mqtt://[USER:PASSWORD@]HOST:PORT or mqtts://…")]
 pub struct UrlError(String);
+
+/// Why a connection to the broker cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "the MQTT TLS settings cannot be used: {0}; check [mqtt] ca, client_cert and client_key"
+    )]
+    Tls(#[from] palisade_wire::tls::TlsError),
+}
 
 impl MqttOptions {
     pub fn from_url(url: &str) -> Result<MqttOptions, UrlError> {
@@ -148,7 +151,7 @@ impl MqttOptions {
     }
 
     /// rumqttc's options for a client with this id.
-    fn client_options(&self, client_id: &str) -> Result<rumqttc::v5::MqttOptions, String> {
+    fn client_options(&self, client_id: &str) -> Result<rumqttc::v5::MqttOptions, SetupError> {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_start(true);
@@ -163,9 +166,26 @@ impl MqttOptions {
         if let Some(u) = &self.username {
             o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
         }
+        // The TLS configuration is built with the workspace's rustls (its
+        // certificate checks are rustls-webpki 0.103) and handed to rumqttc
+        // whole as `TlsConfiguration::Rustls`.
+        //
+        // rumqttc 0.25.1 (the newest) still depends on rustls-webpki 0.102.8
+        // and rustls-pemfile 2.2.0, but only for what palisade never calls:
+        // pemfile parses PEM for `TlsConfiguration::Simple`, and webpki 0.102
+        // appears only as an error type (`rumqttc::TlsError::WebPki`) of that
+        // path; no certificate is ever checked by 0.102. So
+        // RUSTSEC-2026-0049 (CRL distribution points), RUSTSEC-2026-0098 (URI
+        // name constraints) and RUSTSEC-2026-0099 (wildcard name
+        // constraints) concern code that does not run, and palisade uses no
+        // CRLs; RUSTSEC-2025-0134 (pemfile unmaintained) concerns a parser
+        // that does not run: PEM files are read with rustls-pki-types
+        // (`palisade_wire::tls`, `PemObject`). Do not switch to
+        // `TlsConfiguration::Simple`.
         if let Some(tls) = &self.tls {
+            let config = tls.client_config()?;
             o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-                Arc::new(tls_config(tls)?),
+                Arc::new(config),
             )));
         }
         Ok(o)
@@ -177,56 +197,6 @@ pub fn topic_level(name: &str) -> String {
     name.chars()
         .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
         .collect()
-}
-
-/// The broker connection's TLS, built here with the workspace's rustls
-/// (its certificate checks are rustls-webpki 0.103) and handed to rumqttc
-/// whole as `TlsConfiguration::Rustls`.
-///
-/// rumqttc 0.25.1 (the newest) still depends on rustls-webpki 0.102.8 and
-/// rustls-pemfile 2.2.0, but only for what palisade never calls: pemfile
-/// parses PEM for `TlsConfiguration::Simple`, and webpki 0.102 appears only
-/// as an error type (`rumqttc::TlsError::WebPki`) of that path; no
-/// certificate is ever checked by 0.102. So RUSTSEC-2026-0049 (CRL
-/// distribution points), RUSTSEC-2026-0098 (URI name constraints) and
-/// RUSTSEC-2026-0099 (wildcard name constraints) concern code that does not
-/// run, and palisade uses no CRLs; RUSTSEC-2025-0134 (pemfile unmaintained)
-/// concerns a parser that does not run: PEM files are read with
-/// rustls-pki-types (`palisade_wire::tls::load_certs`, `PemObject`). Do not
-/// switch to `TlsConfiguration::Simple`.
-fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(ca) => {
-            for cert in palisade_wire::tls::load_certs(ca).map_err(|e| e.to_string())? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(palisade_wire::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match &tls.client {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            use rustls::pki_types::PrivateKeyDer;
-            use rustls::pki_types::pem::PemObject;
-            let chain = palisade_wire::tls::load_certs(cert).map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())
-        }
-    }
 }
 
 /// Seconds until `expires` as an MQTT message expiry interval (at least

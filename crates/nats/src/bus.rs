@@ -46,7 +46,10 @@ impl NatsBus {
     }
 
     async fn connection(&self) -> Result<(async_nats::Client, crate::Buckets), BusError> {
-        self.lazy.get().await.map_err(BusError::Unreachable)
+        self.lazy
+            .get()
+            .await
+            .map_err(|e| BusError::Unreachable(e.to_string()))
     }
 
     /// Maps one watched entry to a stream item (None: not for this node).

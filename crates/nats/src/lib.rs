@@ -25,6 +25,7 @@
 //! understands.
 
 pub mod bus;
+mod error;
 pub mod ledger;
 pub mod worker;
 
@@ -37,6 +38,8 @@ use async_nats::jetstream;
 use serde::Deserialize;
 
 pub use bus::NatsBus;
+pub use error::{NatsError, OptionsError};
+pub use palisade_wire::tls::TlsOptions;
 pub use worker::{WorkerOptions, run_worker};
 
 /// How a node or worker reaches NATS, and which palisade network on it.
@@ -74,23 +77,6 @@ pub enum Auth {
     Nkey(String),
     /// A `.creds` file (JWT and nkey seed).
     Creds(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TlsOptions {
-    /// CA certificates (PEM) to trust instead of the system's.
-    pub ca: Option<PathBuf>,
-    /// A client certificate and key (PEM), for servers that verify clients.
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
-/// Why NATS options are not usable.
-#[derive(Debug, thiserror::Error)]
-pub enum OptionsError {
-    #[error("{0:?} is not a NATS address: use nats://HOST:PORT[,HOST:PORT…] (or tls://… for TLS)")]
-    BadUrl(String),
-    #[error("{what} {value:?} may hold only letters, digits, '-' and '_'")]
-    BadName { what: &'static str, value: String },
 }
 
 impl NatsOptions {
@@ -220,7 +206,7 @@ pub async fn connect(
     options: &NatsOptions,
     name: &str,
     connections: Arc<AtomicU64>,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, NatsError> {
     let mut co = async_nats::ConnectOptions::new()
         .event_callback(move |event| {
             let connections = connections.clone();
@@ -246,54 +232,25 @@ pub async fn connect(
         }
         Auth::Token(t) => co.token(t.clone()),
         Auth::Nkey(seed) => co.nkey(seed.clone()),
-        Auth::Creds(path) => co
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("cannot read the NATS credentials {}: {e}", path.display()))?,
+        Auth::Creds(path) => {
+            co.credentials_file(path)
+                .await
+                .map_err(|e| NatsError::Credentials {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?
+        }
     };
     if let Some(tls) = &options.tls {
-        co = co.require_tls(true).tls_client_config(tls_config(tls)?);
+        let config = tls.client_config()?;
+        co = co.require_tls(true).tls_client_config(config);
     }
     co.connect(options.urls())
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", options.describe()))
-}
-
-/// rustls (ring) trusting the configured CA, else the system's CAs.
-fn tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, String> {
-    let provider = palisade_wire::tls::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(ca) => {
-            for cert in palisade_wire::tls::load_certs(ca).map_err(|e| e.to_string())? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match &tls.client {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            use rustls::pki_types::PrivateKeyDer;
-            use rustls::pki_types::pem::PemObject;
-            let chain = palisade_wire::tls::load_certs(cert).map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())
-        }
-    }
+        .map_err(|e| NatsError::Connect {
+            servers: options.describe(),
+            detail: e.to_string(),
+        })
 }
 
 /// The buckets of one palisade network, opened.
@@ -342,19 +299,19 @@ pub async fn ensure_bucket(
     bucket: &str,
     replicas: usize,
     ttl: bool,
-) -> Result<(), String> {
+) -> Result<(), NatsError> {
     let stream = format!("KV_{bucket}");
     let info = client
         .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
         .await
-        .map_err(|e| format!("asking NATS about {stream}: {e} (is JetStream enabled?)"))?;
-    let answer: ApiError = serde_json::from_slice(&info.payload)
-        .map_err(|e| format!("NATS's answer about {stream}: {e}"))?;
+        .map_err(|e| jetstream_error(&stream, e))?;
+    let answer: ApiError =
+        serde_json::from_slice(&info.payload).map_err(|e| jetstream_error(&stream, e))?;
     match answer.error {
         None => return Ok(()),
         // 10059: stream not found.
         Some(e) if e.err_code == 10059 || e.code == 404 => {}
-        Some(e) => return Err(format!("NATS about {stream}: {}", e.description)),
+        Some(e) => return Err(jetstream_error(&stream, e.description)),
     }
     let mut config = serde_json::json!({
         "name": stream,
@@ -385,9 +342,9 @@ pub async fn ensure_bucket(
             serde_json::to_vec(&config).expect("json").into(),
         )
         .await
-        .map_err(|e| format!("creating {stream}: {e}"))?;
-    let answer: ApiError = serde_json::from_slice(&created.payload)
-        .map_err(|e| format!("NATS's answer creating {stream}: {e}"))?;
+        .map_err(|e| create_error(&stream, e))?;
+    let answer: ApiError =
+        serde_json::from_slice(&created.payload).map_err(|e| create_error(&stream, e))?;
     match answer.error {
         None => {
             tracing::info!(bucket, replicas, ttl, "created a KV bucket");
@@ -395,10 +352,21 @@ pub async fn ensure_bucket(
         }
         // 10058: already exists (another worker was faster).
         Some(e) if e.err_code == 10058 => Ok(()),
-        Some(e) => Err(format!(
-            "NATS refused to create {stream}: {}",
-            e.description
-        )),
+        Some(e) => Err(create_error(&stream, e.description)),
+    }
+}
+
+fn jetstream_error(stream: &str, detail: impl std::fmt::Display) -> NatsError {
+    NatsError::JetStream {
+        stream: stream.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn create_error(stream: &str, detail: impl std::fmt::Display) -> NatsError {
+    NatsError::Create {
+        stream: stream.to_string(),
+        detail: detail.to_string(),
     }
 }
 
@@ -408,7 +376,7 @@ pub async fn open_buckets(
     client: &async_nats::Client,
     options: &NatsOptions,
     create: bool,
-) -> Result<Buckets, String> {
+) -> Result<Buckets, NatsError> {
     let decisions_name = options.decisions_bucket();
     let state_name = options.state_bucket();
     if create {
@@ -420,11 +388,12 @@ pub async fn open_buckets(
     let open = |name: String| {
         let js = js.clone();
         async move {
-            js.get_key_value(name.clone()).await.map_err(|e| {
-                format!(
-                    "cannot open the NATS bucket {name}: {e}; it is made by the first `palisade hub --join nats://…` worker"
-                )
-            })
+            js.get_key_value(name.clone())
+                .await
+                .map_err(|e| NatsError::Bucket {
+                    bucket: name,
+                    detail: e.to_string(),
+                })
         }
     };
     let decisions = open(decisions_name.clone()).await?;
@@ -474,7 +443,7 @@ impl Lazy {
         &self.options
     }
 
-    pub(crate) async fn get(&self) -> Result<(async_nats::Client, Buckets), String> {
+    pub(crate) async fn get(&self) -> Result<(async_nats::Client, Buckets), NatsError> {
         let mut cell = self.cell.lock().await;
         if let Some(c) = &*cell {
             return Ok(c.clone());

@@ -26,7 +26,7 @@ use palisade_wire::{BusReply, BusRequest, IntentResult, NodeBeat};
 use tracing::{debug, info, warn};
 
 use crate::ledger::{Mirror, MirrorLedger, Writes};
-use crate::{Buckets, NatsOptions};
+use crate::{Buckets, NatsError, NatsOptions};
 
 /// Attempts at one batch when other workers keep changing the same keys.
 const ATTEMPTS: usize = 8;
@@ -55,7 +55,7 @@ pub struct WorkerOptions {
 enum Failed {
     /// Another worker changed a key first: read again, decide again.
     Conflict(String),
-    Fatal(String),
+    Fatal(NatsError),
 }
 
 struct Worker {
@@ -70,8 +70,8 @@ struct Worker {
 pub async fn run_worker(
     options: WorkerOptions,
     stop: impl Future<Output = ()>,
-) -> Result<(), String> {
-    options.nats.validate().map_err(|e| e.to_string())?;
+) -> Result<(), NatsError> {
+    options.nats.validate()?;
     tokio::pin!(stop);
     // A cluster that is starting (or has no JetStream leader yet) is waited
     // for.
@@ -81,7 +81,7 @@ pub async fn run_worker(
             let client =
                 crate::connect(&options.nats, "policy worker", connections.clone()).await?;
             let buckets = crate::open_buckets(&client, &options.nats, true).await?;
-            Ok::<_, String>((client, buckets))
+            Ok::<_, NatsError>((client, buckets))
         };
         match opened.await {
             Ok(c) => break c,
@@ -113,9 +113,7 @@ pub async fn run_worker(
             ready_tx,
             connections.clone(),
         )));
-        ready_rx
-            .await
-            .map_err(|_| "the bucket watch stopped while reading the buckets".to_string())?;
+        ready_rx.await.map_err(|_| NatsError::WatchStopped)?;
     }
     let prefix = &options.nats.subject_prefix;
     let group = format!("{prefix}-workers");
@@ -125,13 +123,19 @@ pub async fn run_worker(
         let sub = client
             .queue_subscribe(format!("{prefix}.{}.*", role.intents_word()), group.clone())
             .await
-            .map_err(|e| format!("subscribing to intents: {e}"))?;
+            .map_err(|e| NatsError::Subscribe {
+                what: "intents",
+                detail: e.to_string(),
+            })?;
         intents.push(sub.map(move |m| (role, m)));
     }
     let mut beats = client
         .queue_subscribe(format!("{prefix}.beat.*"), group)
         .await
-        .map_err(|e| format!("subscribing to heartbeats: {e}"))?;
+        .map_err(|e| NatsError::Subscribe {
+            what: "heartbeats",
+            detail: e.to_string(),
+        })?;
     let (count, ttl) = {
         let m = mirror.lock().unwrap();
         (m.decisions.len(), buckets.ttl)
@@ -276,7 +280,7 @@ impl Worker {
                     Ok(r) => BusReply::Results(r),
                     Err(e) => {
                         warn!(node = %name, error = %e, "could not apply a node's intents");
-                        BusReply::Error(e)
+                        BusReply::Error(e.to_string())
                     }
                 }
             }
@@ -291,7 +295,11 @@ impl Worker {
     /// Applies one node's batch (its declared address first, so its allow
     /// is in place before its intents are decided), deciding again when
     /// another worker changed what it read.
-    async fn decide(&mut self, node: &Node, req: &BusRequest) -> Result<Vec<IntentResult>, String> {
+    async fn decide(
+        &mut self,
+        node: &Node,
+        req: &BusRequest,
+    ) -> Result<Vec<IntentResult>, NatsError> {
         // Rate limits are counted once per batch, not once per attempt.
         let mut admitted = None;
         for attempt in 0..ATTEMPTS {
@@ -333,7 +341,7 @@ impl Worker {
                 Err(Failed::Fatal(e)) => return Err(e),
             }
         }
-        Err("the buckets kept changing under this worker; try again".into())
+        Err(NatsError::KeptChanging)
     }
 
     /// Writes staged changes, each conditional on the revision read.
@@ -492,7 +500,13 @@ impl Worker {
                     debug!(key, error = %e, "the bucket is not writable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(Failed::Fatal(format!("writing {key} to {bucket}: {e}"))),
+                Err(e) => {
+                    return Err(Failed::Fatal(NatsError::Write {
+                        key: key.to_string(),
+                        bucket: bucket.to_string(),
+                        detail: e.to_string(),
+                    }));
+                }
             }
         }
     }

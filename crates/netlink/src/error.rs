@@ -39,6 +39,12 @@ impl Error {
         self
     }
 
+    /// The same failure, said of `context` (what the caller was doing).
+    pub(crate) fn with_context(mut self, context: impl Into<String>) -> Error {
+        self.0.context = context.into();
+        self
+    }
+
     pub(crate) fn with_more(mut self, more: usize) -> Error {
         self.0.more = more;
         self

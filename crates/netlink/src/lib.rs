@@ -17,6 +17,8 @@
 //! - [`ipset`]: ipset sets (create, header, swap, destroy, test, list) and
 //!   bulk element changes in an [`ipset::Batch`] (many messages in one
 //!   `sendmsg`, each acked: ipset has no transactions).
+//! - [`nflog`]: nfnetlink_log, a socket bound to an NFLOG group and the
+//!   packets it receives (the detector's NFLOG source).
 //!
 //! Errors ([`Error`]) say what was being done, the errno in words, and the
 //! kernel's extended-ack message.
@@ -36,6 +38,7 @@ pub mod diag;
 mod error;
 pub mod ipset;
 pub mod msg;
+pub mod nflog;
 pub mod nft;
 mod socket;
 

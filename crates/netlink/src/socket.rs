@@ -21,7 +21,7 @@ const RECV_BUF: usize = 256 * 1024;
 /// Estimated kernel memory per queued ack (skb overhead included).
 const ACK_TRUESIZE: usize = 2048;
 /// How long a dump waits for the next reply before giving up.
-const DUMP_TIMEOUT_SECS: i64 = 10;
+const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One failed message of a transaction, as reported by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,19 +195,57 @@ impl Socket {
         Ok(())
     }
 
+    /// Sets the receive buffer to `bytes` (doubled by the kernel), past the
+    /// system's limit where allowed (`SO_RCVBUFFORCE`, root only).
+    pub(crate) fn force_rcvbuf(&mut self, bytes: i32) {
+        let _ = self
+            .setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+            .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes));
+        self.rcvbuf = self
+            .getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF)
+            .unwrap_or(0) as usize;
+    }
+
+    /// How long a blocking receive waits for a datagram.
+    pub(crate) fn set_receive_timeout(&self, timeout: std::time::Duration) -> Result<(), Error> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: tv is a valid timeval of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::last_os("setting the netlink receive timeout"));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next datagram, up to the receive timeout: `Ok(None)`
+    /// when none came.
+    pub(crate) fn recv_datagram(&mut self) -> Result<Option<&[u8]>, Error> {
+        match self.recv(false) {
+            Ok(Some(n)) => Ok(Some(&self.buf[..n])),
+            Ok(None) => Ok(None),
+            Err(e) if e.errno() == libc::EAGAIN => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Grows the receive buffer so that `acks` acks fit without loss.
     fn ensure_rcvbuf(&mut self, acks: usize) {
         let want = acks * ACK_TRUESIZE + 256 * 1024;
         if self.rcvbuf >= want {
             return;
         }
-        let v = i32::try_from(want / 2 + 1).unwrap_or(i32::MAX / 2);
-        let _ = self
-            .setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
-            .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, v));
-        self.rcvbuf = self
-            .getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF)
-            .unwrap_or(0) as usize;
+        self.force_rcvbuf(i32::try_from(want / 2 + 1).unwrap_or(i32::MAX / 2));
     }
 
     /// Sends `data` (one or more messages) in one `sendmsg`.
@@ -317,20 +355,7 @@ impl Socket {
     where
         F: FnMut(&Msg<'_>) -> Result<(), Error>,
     {
-        let tv = libc::timeval {
-            tv_sec: DUMP_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: tv is a valid timeval of the given size.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
+        let _ = self.set_receive_timeout(DUMP_TIMEOUT);
         self.send(data)?;
         let mut interrupted = false;
         let mut failure: Option<Error> = None;

@@ -2,7 +2,7 @@
 //! lives here once, and the embedded hub's writer, the NATS policy workers
 //! and the MQTT bridge (through the hub) all apply it.
 //!
-//! [`Policy::apply_intents`] takes one node's batch of [`Envelope`]s
+//! [`Policy::apply_intents`] takes one node's batch of [`Envelope`](palisade_wire::Envelope)s
 //! (retries recognised, rate limits applied) and [`Policy::decide`]s each,
 //! reading and writing through a [`Ledger`] (the hub's store, a worker's
 //! mirror of the buckets, or a map in tests). The rules, in order:

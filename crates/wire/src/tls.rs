@@ -1,11 +1,14 @@
-//! TLS for agent-to-hub connections (rustls, ring).
+//! TLS for agent-to-hub and broker connections (rustls, ring).
 //!
 //! The client trusts either exactly the certificate whose SHA-256 is pinned
 //! in its token (a self-signed hub: no CA needed, and no other certificate
 //! is accepted, whoever signed it), or, without a pin, the system's CA
 //! store (a hub with a certificate from a real CA).
+//!
+//! A broker (NATS, MQTT) is reached with [`TlsOptions`]: the configured CA
+//! or the system's, and optionally a client certificate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,6 +24,10 @@ pub enum TlsError {
     Read { path: String, detail: String },
     #[error("{path} holds no {what}")]
     Empty { path: String, what: &'static str },
+    #[error(
+        "{path}: a certificate that cannot be trusted as a CA ({detail}); give a PEM file of CA certificates"
+    )]
+    BadCa { path: String, detail: String },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -57,19 +64,68 @@ pub fn client_config(pin: Option<[u8; 32]>) -> Result<rustls::ClientConfig, TlsE
     Ok(config)
 }
 
+/// How to reach a broker over TLS: which CAs to trust and which client
+/// certificate to present.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) to trust instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (PEM), for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsOptions {
+    /// A client configuration trusting the configured CA, else the system's
+    /// CAs, and presenting the client certificate if there is one.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in load_certs(ca)? {
+                    roots.add(cert).map_err(|e| TlsError::BadCa {
+                        path: ca.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        match &self.client {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain = load_certs(cert)?;
+                let key = load_key(key)?;
+                Ok(builder.with_client_auth_cert(chain, key)?)
+            }
+        }
+    }
+}
+
 /// A server configuration from PEM files (certificate chain, private key).
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let chain = load_certs(cert_pem)?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| TlsError::Read {
-        path: key_pem.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    let key = load_key(key_pem)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The private key of a PEM file.
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// The certificates of a PEM file, leaf first.

@@ -4,7 +4,7 @@
 //!
 //! | kind | module | notes |
 //! |---|---|---|
-//! | file | [`file`] | `tail -F`: rotation by rename or truncation, late files, position saved under the state directory |
+//! | file | [`file`](mod@file) | `tail -F`: rotation by rename or truncation, late files, position saved under the state directory |
 //! | syslog-socket | [`socket`] | UNIX datagram socket, mode 0600 (0660 with a group), several lines per datagram |
 //! | fifo | [`fifo`] | created if absent, reopened on EOF |
 //! | journal | [`journal`] | `journalctl -f -o json` (argv, no shell), resumed by cursor |

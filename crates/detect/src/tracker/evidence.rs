@@ -1,0 +1,166 @@
+//! The evidence of the [`Tracker`](super::Tracker)'s bans: every pair's
+//! matched lines in one ring of bytes ([`EvidenceLog`]), each cleaned and
+//! capped first ([`capped`]).
+
+use palisade_model::decision::clean_text;
+
+/// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
+pub(super) const MAX_LINE_LEN: usize = 16 * 1024;
+
+/// Matched lines of all pairs, in one ring of bytes. Each record is the
+/// position of the pair's previous record plus one (8 bytes), the line's
+/// length (2 bytes) and the line; positions count every byte ever written,
+/// so a record is still there when its position is within the ring's size
+/// of the end.
+pub(super) struct EvidenceLog {
+    buf: Vec<u8>,
+    written: u64,
+}
+
+const RECORD_HEAD: usize = 10;
+
+impl EvidenceLog {
+    pub(super) fn new(bytes: usize) -> EvidenceLog {
+        EvidenceLog {
+            buf: Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3)),
+            written: 0,
+        }
+    }
+
+    fn cap(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    #[inline]
+    fn write(&mut self, data: &[u8]) {
+        let cap = self.cap();
+        let at = (self.written % cap as u64) as usize;
+        if self.buf.len() < cap {
+            // Filling for the first time (pages are touched as needed).
+            let room = cap - self.buf.len();
+            let first = data.len().min(room);
+            self.buf.extend_from_slice(&data[..first]);
+            if first < data.len() {
+                self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+            }
+        } else {
+            let first = data.len().min(cap - at);
+            self.buf[at..at + first].copy_from_slice(&data[..first]);
+            self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        }
+        self.written += data.len() as u64;
+    }
+
+    fn read(&self, pos: u64, out: &mut [u8]) {
+        let cap = self.cap();
+        let at = (pos % cap as u64) as usize;
+        let first = out.len().min(cap - at);
+        out[..first].copy_from_slice(&self.buf[at..at + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
+    }
+
+    /// Appends `line` after the record at `prev` (a position plus one, or
+    /// 0); returns the new record's position plus one.
+    #[inline]
+    pub(super) fn push(&mut self, prev: u64, line: &[u8]) -> u64 {
+        let pos = self.written;
+        let mut head = [0u8; RECORD_HEAD];
+        head[..8].copy_from_slice(&prev.to_le_bytes());
+        head[8..].copy_from_slice(&(line.len() as u16).to_le_bytes());
+        self.write(&head);
+        self.write(line);
+        pos + 1
+    }
+
+    /// Whether the record at `pos` is still whole.
+    fn holds(&self, pos: u64) -> bool {
+        pos >= self.written.saturating_sub(self.cap() as u64)
+    }
+
+    /// Up to `max` lines of the chain ending at `last`, oldest first.
+    pub(super) fn lines(&self, mut last: u64, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while last != 0 && out.len() < max && self.holds(last - 1) {
+            let pos = last - 1;
+            let mut head = [0u8; RECORD_HEAD];
+            self.read(pos, &mut head);
+            let prev = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+            let len = usize::from(u16::from_le_bytes([head[8], head[9]]));
+            let mut text = vec![0u8; len];
+            self.read(pos + RECORD_HEAD as u64, &mut text);
+            // Written from whole `str`s.
+            out.push(String::from_utf8(text).unwrap_or_default());
+            last = prev;
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// `s` cleaned (no control characters, so no newline either) and capped at
+/// `max` bytes, and whether it was cut (then `…` follows). Cleaning, when
+/// needed, happens in `scratch`.
+#[inline]
+pub(super) fn capped<'a>(s: &'a str, max: usize, scratch: &'a mut String) -> (&'a str, bool) {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &s[..end];
+    let cut = end < s.len();
+    if printable(head.as_bytes()) {
+        (head, cut)
+    } else {
+        *scratch = clean_text(head);
+        (scratch.as_str(), cut)
+    }
+}
+
+/// Only printable ASCII and tabs (16 bytes at a time, written so that it
+/// compiles to vector instructions).
+#[inline]
+fn printable(b: &[u8]) -> bool {
+    fn bad(c: u8) -> u8 {
+        // c < 0x20 or c >= 0x7f, except tab
+        u8::from(c.wrapping_sub(0x20) >= 0x5f) & u8::from(c != b'\t')
+    }
+    fn all_good(chunk: &[u8]) -> bool {
+        chunk.iter().fold(0, |acc, &c| acc | bad(c)) == 0
+    }
+    if b.len() < 16 {
+        return b.iter().all(|&c| bad(c) == 0);
+    }
+    // Whole chunks, then the last 16 bytes (overlapping the last chunk).
+    b.chunks_exact(16).all(all_good) && all_good(&b[b.len() - 16..])
+}
+
+#[cfg(test)]
+pub(super) fn cap(s: &str, max: usize) -> String {
+    let mut scratch = String::new();
+    let (head, cut) = capped(s, max, &mut scratch);
+    let mut out = head.to_string();
+    if cut {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_is_printable_ascii_and_tabs() {
+        for len in 0..40 {
+            for c in 0..=255u8 {
+                let mut b = vec![b'a'; len];
+                if len > 0 {
+                    b[len / 2] = c;
+                }
+                let want = b.iter().all(|&c| (0x20..0x7f).contains(&c) || c == b'\t');
+                assert_eq!(printable(&b), want, "{len} {c}");
+            }
+        }
+    }
+}
