@@ -382,7 +382,7 @@ const MAX_DEPTH: usize = 64;
 /// Refuses what Python's `re` refuses and the regex crates would take down
 /// the process with: a repetition of a repetition (`a**`, `a{2}+*`, Python's
 /// "multiple repeat"; a lazy `?` or possessive `+` after one is its
-/// modifier) and groups nested over [`MAX_DEPTH`].
+/// modifier) and groups nested over 64 (`MAX_DEPTH`).
 pub fn check_shape(t: &str) -> Result<(), String> {
     let b = t.as_bytes();
     let mut depth = 0usize;
