@@ -2,7 +2,6 @@
 //! token; errors are JSON `{"error": "..."}` that say what to do.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,9 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::server::Peer;
 use crate::state::{AuthError, Caller, Hub};
 use crate::writer::Job;
-
-/// The peer address of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
 
 /// How often an idle stream gets a ping (and its token is re-checked).
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -366,7 +362,7 @@ async fn catch_up(
                 );
                 return snapshot(hub, group, tx).await;
             }
-            let (event_group, json) = crate::ledger::split_record(&record);
+            let (event_group, json) = crate::records::split_record(&record);
             if event_group.is_none_or(|g| Some(g) == group.as_deref()) {
                 send(hub, tx, Bytes::copy_from_slice(json)).await?;
             }

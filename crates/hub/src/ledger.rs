@@ -13,6 +13,8 @@ use palisade_policy::{Ledger, NodeRecord, Offender, Report};
 use palisade_store::{Map, Queue, StoreError, Writer};
 use palisade_wire::StreamItem;
 
+use crate::records::{group_key, json, record};
+
 /// An event to hand to live stream readers once its transaction commits.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
@@ -199,34 +201,4 @@ impl Ledger for StoreLedger<'_, '_> {
     fn set_node(&mut self, record: &NodeRecord) -> Result<(), StoreError> {
         self.w.map_put(Map::Nodes, &record.name, &json(record))
     }
-}
-
-/// A stored stream event: the group it is for (empty: every node), a
-/// newline, then the JSON line sent to nodes. Catch-up can filter by group
-/// without parsing the JSON.
-fn record(group: Option<&str>, line: &[u8]) -> Vec<u8> {
-    let g = group.unwrap_or("");
-    let mut r = Vec::with_capacity(g.len() + 1 + line.len());
-    r.extend_from_slice(g.as_bytes());
-    r.push(b'\n');
-    r.extend_from_slice(line);
-    r
-}
-
-/// The group (if any) and JSON line of a stored stream event.
-pub fn split_record(record: &[u8]) -> (Option<&str>, &[u8]) {
-    match record.iter().position(|&b| b == b'\n') {
-        Some(0) => (None, &record[1..]),
-        Some(i) => (std::str::from_utf8(&record[..i]).ok(), &record[i + 1..]),
-        None => (None, record),
-    }
-}
-
-/// `GROUP NUL TARGET`: group allows sorted by group.
-pub fn group_key(group: &str, target: &Net) -> String {
-    format!("{group}\u{0}{target}")
-}
-
-pub fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("a record serializes")
 }

@@ -3,35 +3,42 @@
 //!
 //! Nodes send intents (bans, reports, unbans, allows); the [`writer`]
 //! applies the hub's policy (`palisade-policy`) and commits each decision
-//! together with its stream event; [`api`] streams the events to every
+//! together with its stream event; `api` streams the events to every
 //! connected node with a resume cursor, or a snapshot when the cursor is
 //! too old. The hub's certificate is made on first start and pinned by
 //! tokens ([`identity`]); tokens are kept hashed ([`tokens`]).
 //!
-//! Module map:
-//! - [`state`]: what handlers share (token cache, live node status);
-//! - [`ledger`]: the policy's view of the store, with events;
+//! Module map (the public ones are what the binary uses; the rest are the
+//! crate's own; imports point one way: `api` builds the router from its
+//! routes and `dashboard`'s, both take `Peer` from `server`, and `state`
+//! holds the dashboard's share without knowing its routes):
+//! - `state`: what handlers share (token cache, live node status);
+//! - `ledger`: the policy's view of the store, with events; [`records`]:
+//!   how the hub's records are laid out;
 //! - [`writer`]: the single writer with group commit;
-//! - [`api`] and [`server`]: HTTPS routes and the TLS accept loop;
+//! - `api` and `server`: HTTPS routes and the TLS accept loop (`server`
+//!   gives each request its `Peer`);
 //! - [`limits`]: connection caps and the client key (IPv4 address or
 //!   IPv6 /64) floods are counted by;
-//! - [`admin`]: the root-only control socket for `palisade hub …`;
-//! - [`metrics`]: Prometheus counters;
+//! - `admin`: the root-only control socket for `palisade hub …`;
+//! - `metrics`: Prometheus counters; `activity`: new bans per minute, for
+//!   the dashboard's chart;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
 
 // Handlers return ready HTTP responses as their errors.
 #![allow(clippy::result_large_err)]
 
-pub mod admin;
-pub mod api;
+mod activity;
+pub(crate) mod admin;
+pub(crate) mod api;
 pub mod dashboard;
 pub mod identity;
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod limits;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod records;
-pub mod server;
-pub mod state;
+pub(crate) mod server;
+pub(crate) mod state;
 pub mod tokens;
 pub mod writer;
 
@@ -157,7 +164,7 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
 
     let metrics = Arc::new(metrics::Metrics::default());
     let (live, _) = tokio::sync::broadcast::channel(LIVE_CHANNEL);
-    let activity = Arc::new(dashboard::Activity::default());
+    let activity = Arc::new(activity::Activity::default());
     let (writer_handle, writer_thread) = writer::spawn(writer::WriterSetup {
         store: store.clone(),
         policy: Policy::new(options.policy.clone()),

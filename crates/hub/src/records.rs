@@ -1,7 +1,8 @@
 //! What the hub keeps about tokens and nodes, stored as JSON in the store's
-//! maps.
+//! maps, and how the hub's records are laid out (JSON values, stream
+//! events with their group, group allow keys).
 
-use palisade_model::Timestamp;
+use palisade_model::{Net, Timestamp};
 use palisade_wire::{Role, TokenKind};
 use serde::{Deserialize, Serialize};
 
@@ -46,3 +47,34 @@ impl TokenRecord {
 /// What the hub knows about a node: the policy's record (one definition
 /// for the hub and the NATS workers).
 pub use palisade_policy::NodeRecord;
+
+/// A stored stream event: the group it is for (empty: every node), a
+/// newline, then the JSON line sent to nodes. Catch-up can filter by group
+/// without parsing the JSON.
+pub fn record(group: Option<&str>, line: &[u8]) -> Vec<u8> {
+    let g = group.unwrap_or("");
+    let mut r = Vec::with_capacity(g.len() + 1 + line.len());
+    r.extend_from_slice(g.as_bytes());
+    r.push(b'\n');
+    r.extend_from_slice(line);
+    r
+}
+
+/// The group (if any) and JSON line of a stored stream event.
+pub fn split_record(record: &[u8]) -> (Option<&str>, &[u8]) {
+    match record.iter().position(|&b| b == b'\n') {
+        Some(0) => (None, &record[1..]),
+        Some(i) => (std::str::from_utf8(&record[..i]).ok(), &record[i + 1..]),
+        None => (None, record),
+    }
+}
+
+/// `GROUP NUL TARGET`: group allows sorted by group.
+pub fn group_key(group: &str, target: &Net) -> String {
+    format!("{group}\u{0}{target}")
+}
+
+/// A record's JSON.
+pub fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a record serializes")
+}

@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::api::Peer;
 use crate::limits::Connections;
 
 /// Longest a client may take to finish the TLS handshake.
@@ -48,6 +47,11 @@ const HANDSHAKES: usize = 64;
 const HANDSHAKE_QUEUE: Duration = Duration::from_secs(30);
 /// Refusals logged at most this often (a flood must not flood the log).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The peer address of the connection a request came on (each request
+/// carries it as an extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Serves `router` on `listener` until the task is dropped.
 pub async fn serve(

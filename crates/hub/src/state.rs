@@ -81,7 +81,7 @@ pub struct Hub {
     pub live: broadcast::Sender<LiveEvent>,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
-    pub dashboard: crate::dashboard::Dashboard,
+    pub dashboard: crate::dashboard::state::Dashboard,
     /// Where the hub keeps its files (feeds' last good lists too).
     pub state_dir: std::path::PathBuf,
     tokens: RwLock<HashMap<String, TokenRecord>>,
@@ -108,7 +108,7 @@ impl Hub {
         live: broadcast::Sender<LiveEvent>,
         writer: WriterHandle,
         metrics: Arc<Metrics>,
-        activity: Arc<crate::dashboard::Activity>,
+        activity: Arc<crate::activity::Activity>,
         state_dir: std::path::PathBuf,
     ) -> anyhow::Result<Hub> {
         let hub = Hub {
@@ -119,7 +119,7 @@ impl Hub {
             live,
             writer,
             metrics,
-            dashboard: crate::dashboard::Dashboard {
+            dashboard: crate::dashboard::state::Dashboard {
                 activity,
                 ..Default::default()
             },

@@ -11,7 +11,7 @@ use palisade_model::Timestamp;
 use palisade_store::{Map, Store, StoreError};
 use palisade_wire::{Role, Token, TokenKind};
 
-use crate::ledger::json;
+use crate::records::json;
 use crate::records::{NodeRecord, TokenRecord};
 
 /// Why a token operation failed.

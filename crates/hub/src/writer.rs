@@ -19,7 +19,7 @@ use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
 
-use crate::dashboard::Activity;
+use crate::activity::Activity;
 use crate::ledger::{LiveEvent, StoreLedger};
 use crate::metrics::Metrics;
 

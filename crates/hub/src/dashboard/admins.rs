@@ -13,7 +13,7 @@ use palisade_model::Timestamp;
 use palisade_store::{Map, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::json;
+use crate::records::json;
 
 /// argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane);
 /// about 50 ms a guess on one core.

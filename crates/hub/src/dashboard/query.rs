@@ -306,7 +306,7 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
         .map_err(e)?
     {
         examined += 1;
-        let (_, line) = crate::ledger::split_record(&record);
+        let (_, line) = crate::records::split_record(&record);
         let text = String::from_utf8_lossy(line);
         if needles.iter().any(|n| text.contains(n.as_str()))
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
