@@ -1457,4 +1457,56 @@ mod tests {
         let a = core.ban(ban(&["198.51.100.1"], Some("1m")), later).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Added]);
     }
+
+    #[test]
+    fn an_unban_caught_up_with_an_expired_ban_after_it_is_not_undone() {
+        use palisade_wire::StreamItem;
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let t0 = Timestamp::now();
+        let x = n("198.51.100.7");
+        let network_ban = |at: Timestamp, span: &str| {
+            Decision::new(
+                Action::Ban,
+                x,
+                at,
+                span.parse().unwrap(),
+                Origin::new("web3", Source::Cli),
+            )
+        };
+        core.remote(
+            vec![StreamItem::Put {
+                seq: 1,
+                decision: network_ban(t0, "1h"),
+            }],
+            t0,
+        )
+        .unwrap();
+        assert_eq!(f.kernel(), ["ban 198.51.100.7"]);
+        // Back after a while away: the ban was lifted, then banned again
+        // for 6 s, which has expired by now.
+        let now = t0.saturating_add(Duration::from_secs(60));
+        core.remote(
+            vec![
+                StreamItem::Remove {
+                    seq: 2,
+                    action: Action::Ban,
+                    target: x,
+                    group: None,
+                },
+                StreamItem::Put {
+                    seq: 3,
+                    decision: network_ban(t0.saturating_add(Duration::from_secs(30)), "6s"),
+                },
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(f.kernel(), Vec::<String>::new());
+        let reader = core.store().read().unwrap();
+        assert!(
+            reader.get(Action::Ban, &x).unwrap().is_none(),
+            "the unbanned decision stays in the store"
+        );
+    }
 }

@@ -196,13 +196,8 @@ impl Core {
                         }
                         None => cursor = Some(seq),
                     }
-                    // A removal earlier in this batch is superseded (the
-                    // store applies a batch's puts before its removals).
                     let key = (decision.action, decision.target);
-                    if to_remove.contains(&key) {
-                        to_remove.retain(|k| *k != key);
-                    }
-                    self.remote_put(
+                    let kept = self.remote_put(
                         decision,
                         &reader,
                         lookup,
@@ -211,6 +206,16 @@ impl Core {
                         &mut to_store,
                         &mut newly,
                     )?;
+                    // A removal earlier in this batch is superseded by a
+                    // put that is kept (the store applies a batch's puts
+                    // before its removals). A put that is not (expired
+                    // already, as when a node catches up on a ban, its
+                    // unban and a short ban since; or not for this node)
+                    // leaves the removal standing, or the old decision
+                    // would outlive its unban in the store.
+                    if kept {
+                        to_remove.retain(|k| *k != key);
+                    }
                 }
                 StreamItem::Remove {
                     seq,
@@ -354,6 +359,8 @@ impl Core {
         Ok(newly)
     }
 
+    /// Applies one put of the stream through this node's guard; true when
+    /// it is kept (stored and enforced).
     #[allow(clippy::too_many_arguments)]
     fn remote_put(
         &mut self,
@@ -365,9 +372,9 @@ impl Core {
         changes: &mut Vec<Change>,
         to_store: &mut ToStore,
         newly: &mut Vec<Net>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         if !d.is_active(now) {
-            return Ok(());
+            return Ok(false);
         }
         d.scope = Scope::Network;
         if !lookup
@@ -379,7 +386,7 @@ impl Core {
                 .any(|(n, _)| *n == d.target)
         {
             // Already allowed here, locally and for good.
-            return Ok(());
+            return Ok(false);
         }
         let existing = if lookup {
             reader.get(d.action, &d.target)?
@@ -391,7 +398,7 @@ impl Core {
             .is_some_and(|e| e.scope == Scope::Local && e.is_active(now))
         {
             // This node's own decision stays as it is.
-            return Ok(());
+            return Ok(false);
         }
         match d.action {
             Action::Ban => {
@@ -401,7 +408,7 @@ impl Core {
                     .check_ban(&d.target, &self.allows, |a| a.comment.clone())
                 {
                     debug!(target = %d.target, reason = %refusal, "a ban from the network does not apply here");
-                    return Ok(());
+                    return Ok(false);
                 }
                 if existing.is_none_or(|e| !e.is_active(now)) {
                     newly.push(d.target);
@@ -413,13 +420,13 @@ impl Core {
                 // here too.
                 if let Err(refusal) = self.settings.guard.check_allow(&d.target) {
                     warn!(target = %d.target, reason = %refusal, "an allow entry from the network does not apply here");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         changes.push(Change::Put(entry(&d)));
         to_store.put(d);
-        Ok(())
+        Ok(true)
     }
 
     /// What the network answered about intents sent from the outbox: they
