@@ -1509,4 +1509,76 @@ mod tests {
             "the unbanned decision stays in the store"
         );
     }
+
+    #[test]
+    fn a_network_ban_under_an_allow_is_kept_shadowed_whatever_the_batch_order() {
+        use palisade_wire::StreamItem;
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let now = Timestamp::now();
+        let network = |action, target: &str| {
+            Decision::new(
+                action,
+                n(target),
+                now,
+                Span::Forever,
+                Origin::new("web3", Source::Cli),
+            )
+        };
+        let put = |seq, action, target| StreamItem::Put {
+            seq,
+            decision: network(action, target),
+        };
+        core.remote(vec![put(1, Action::Allow, "198.51.100.0/29")], now)
+            .unwrap();
+        // Caught up in one batch: a ban under the allow (kept, shadowed),
+        // the allow lifted, a ban made after that. Both apply now.
+        let newly = core
+            .remote(
+                vec![
+                    put(2, Action::Ban, "198.51.100.6"),
+                    StreamItem::Remove {
+                        seq: 3,
+                        action: Action::Allow,
+                        target: n("198.51.100.0/29"),
+                        group: None,
+                    },
+                    put(4, Action::Ban, "198.51.100.7"),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(newly, [n("198.51.100.6"), n("198.51.100.7")]);
+        assert_eq!(f.kernel(), ["ban 198.51.100.6", "ban 198.51.100.7"]);
+        let reader = core.store().read().unwrap();
+        for blocked in ["198.51.100.6", "198.51.100.7"] {
+            let e = reader.explain(n(blocked), now).unwrap();
+            assert_eq!(e.verdict, Verdict::Blocked, "{blocked}");
+        }
+        drop(reader);
+        // Allowed again: the bans stay, shadowed, and a new one under the
+        // allow is kept too, without cutting connections.
+        core.remote(vec![put(5, Action::Allow, "198.51.100.0/29")], now)
+            .unwrap();
+        let newly = core
+            .remote(vec![put(6, Action::Ban, "198.51.100.5")], now)
+            .unwrap();
+        assert!(newly.is_empty(), "{newly:?}");
+        let e = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("198.51.100.7"), now)
+            .unwrap();
+        assert_eq!(e.verdict, Verdict::Allowed);
+        assert_eq!(
+            f.kernel(),
+            [
+                "ban 198.51.100.5",
+                "ban 198.51.100.6",
+                "ban 198.51.100.7",
+                "allow 198.51.100.0/29"
+            ]
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! The network's side of the core: applying the decision stream, and what
 //! the network answered about this node's intents.
 //!
-//! Decisions from the network are applied through the same guard as local
-//! ones (this node's allowlist wins here too) and keep their provenance.
+//! Decisions from the network are applied through the same safety rules as
+//! local ones and keep their provenance; this node's allowlist wins here
+//! too, by shadowing (a network ban it covers is kept and enforced behind
+//! the allow, and applies again when the allow goes).
 //! Decisions of scope `local` are this node's own and the network never
 //! touches them. The stream's cursor is stored in the same transaction as
 //! the decisions it brought, so a crash can neither skip nor repeat them.
@@ -348,6 +350,8 @@ impl Core {
                 self.allows.remove(net);
             }
         }
+        // Connections are cut only where the new ban is not shadowed.
+        newly.retain(|net| self.allows.covering(net).next().is_none());
         if to_store.len() + to_remove.len() <= 20 {
             for d in &to_store.list {
                 info!(action = %d.action, target = %d.target, origin = %d.origin, "from the network");
@@ -402,10 +406,19 @@ impl Core {
         }
         match d.action {
             Action::Ban => {
+                // The safety rules refuse (loopback, too broad, ...); an
+                // allow entry does not: the ban is kept, shadowed (the
+                // kernel accepts allowed sources first), and applies again
+                // if the allow goes, as everywhere else. So a ban and an
+                // unallow caught up in one batch, or a snapshot bringing
+                // a ban with the allow that shadows it, end as the
+                // network has them whatever this node's allowlist held
+                // when the batch began.
+                let no_allows = palisade_model::NetMap::<()>::new();
                 if let Err(refusal) = self
                     .settings
                     .guard
-                    .check_ban(&d.target, &self.allows, |a| a.comment.clone())
+                    .check_ban(&d.target, &no_allows, |_| None)
                 {
                     debug!(target = %d.target, reason = %refusal, "a ban from the network does not apply here");
                     return Ok(false);
