@@ -915,7 +915,7 @@ impl Enforcer for Nftables {
 
 /// Elements this close to their expiry are left out of drift comparisons:
 /// the kernel expires them on its own clock.
-const DRIFT_SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const DRIFT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Dumps a set's elements (key, time left) into `each`, retrying when the
 /// kernel interrupts the dump (the set changed meanwhile): `start` is called
