@@ -628,6 +628,72 @@ fn scrape(ns: &palisade_lab::Netns, port: u16) -> String {
     })
 }
 
+/// An ipset enforcer's sets are compared too: `status --kernel` names the
+/// elements flushed behind palisade's back and exits non-zero until the
+/// repair, which follows within seconds and brings back real blocking.
+#[test]
+fn an_ipset_flushed_behind_palisades_back_is_named_and_repaired() {
+    if !require_root_and(&["ipset", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    // The ipset alone blocks: an operator's iptables rule matches it.
+    let config = "[[enforcer]]\nkind = \"ipset\"\n[[enforcer.set]]\nname = \"pal_bl\"\naction = \"ban\"\ncreate = { type = \"hash:net\", timeout = 0 }\n";
+    let agent = Agent::start(victim, config);
+    victim.exec(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-m",
+            "set",
+            "--match-set",
+            "pal_bl",
+            "src",
+            "-j",
+            "DROP",
+        ],
+    );
+    let me = attacker.v4().to_string();
+    agent.ok(&["ban", &me, "--for", "1h"]);
+    let to: IpAddr = victim.v4().into();
+    assert!(!reachable(attacker, to));
+    assert!(agent.cli(&["status", "--kernel"]).status.success());
+
+    let mut named = false;
+    for _ in 0..10 {
+        victim.exec("ipset", &["flush", "pal_bl"]);
+        let out = agent.cli(&["status", "--kernel"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            assert!(
+                text.contains(&format!("ipset pal_bl: 1 missing, 0 extra (missing {me})")),
+                "{text}"
+            );
+            named = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(named, "status --kernel never saw the flushed set");
+    assert!(
+        wait_until(Duration::from_secs(10), || !reachable(attacker, to)),
+        "{}",
+        agent.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || agent
+        .cli(&["status", "--kernel"])
+        .status
+        .success()));
+    assert!(
+        agent
+            .log()
+            .contains("the kernel differed from palisade's decisions; repaired")
+    );
+}
+
 /// Elements removed or added behind palisade's back come back within
 /// seconds, logged and counted; `status --kernel` names what differs and
 /// exits non-zero while it does.
