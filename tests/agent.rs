@@ -628,6 +628,23 @@ fn scrape(ns: &palisade_lab::Netns, port: u16) -> String {
     })
 }
 
+/// Changes the kernel behind the agent's back with `tamper` until `status
+/// --kernel` asks before the repair does (it runs every few seconds), and
+/// checks that it then exits non-zero naming `want`.
+fn status_names_drift<T>(agent: &Agent, tamper: impl Fn() -> T, want: &str) {
+    for _ in 0..10 {
+        tamper();
+        let out = agent.cli(&["status", "--kernel"]);
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(want), "{text}");
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("status --kernel never saw the kernel changed behind palisade's back");
+}
+
 /// An ipset enforcer's sets are compared too: `status --kernel` names the
 /// elements flushed behind palisade's back and exits non-zero until the
 /// repair, which follows within seconds and brings back real blocking.
@@ -662,22 +679,11 @@ fn an_ipset_flushed_behind_palisades_back_is_named_and_repaired() {
     assert!(!reachable(attacker, to));
     assert!(agent.cli(&["status", "--kernel"]).status.success());
 
-    let mut named = false;
-    for _ in 0..10 {
-        victim.exec("ipset", &["flush", "pal_bl"]);
-        let out = agent.cli(&["status", "--kernel"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            assert!(
-                text.contains(&format!("ipset pal_bl: 1 missing, 0 extra (missing {me})")),
-                "{text}"
-            );
-            named = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    assert!(named, "status --kernel never saw the flushed set");
+    status_names_drift(
+        &agent,
+        || victim.exec("ipset", &["flush", "pal_bl"]),
+        &format!("ipset pal_bl: 1 missing, 0 extra (missing {me})"),
+    );
     assert!(
         wait_until(Duration::from_secs(10), || !reachable(attacker, to)),
         "{}",
@@ -753,24 +759,13 @@ fn drift_is_repaired_counted_and_named_by_status() {
 
     // Flushed behind palisade's back: status names it (if it asks before
     // the repair), and the repair follows within seconds.
-    let mut named = false;
-    for _ in 0..10 {
-        nft(victim, &["flush", "set", "inet", "palisade", "block4"]);
-        let out = agent.cli(&["status", "--kernel"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            assert!(
-                text.contains(&format!(
-                    "inet palisade block4: 1 missing, 0 extra (missing {me})"
-                )),
-                "{text}"
-            );
-            named = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    assert!(named, "status --kernel never saw the flushed set");
+    status_names_drift(
+        &agent,
+        || {
+            nft(victim, &["flush", "set", "inet", "palisade", "block4"]);
+        },
+        &format!("inet palisade block4: 1 missing, 0 extra (missing {me})"),
+    );
     let started = std::time::Instant::now();
     assert!(wait_until(Duration::from_secs(10), || !reachable(
         attacker, to

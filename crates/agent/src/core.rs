@@ -1550,12 +1550,13 @@ mod tests {
             .unwrap();
         assert_eq!(newly, [n("198.51.100.6"), n("198.51.100.7")]);
         assert_eq!(f.kernel(), ["ban 198.51.100.6", "ban 198.51.100.7"]);
-        let reader = core.store().read().unwrap();
+        let verdict = |core: &Core, addr| {
+            let reader = core.store().read().unwrap();
+            reader.explain(n(addr), now).unwrap().verdict
+        };
         for blocked in ["198.51.100.6", "198.51.100.7"] {
-            let e = reader.explain(n(blocked), now).unwrap();
-            assert_eq!(e.verdict, Verdict::Blocked, "{blocked}");
+            assert_eq!(verdict(&core, blocked), Verdict::Blocked, "{blocked}");
         }
-        drop(reader);
         // Allowed again: the bans stay, shadowed, and a new one under the
         // allow is kept too, without cutting connections.
         core.remote(vec![put(5, Action::Allow, "198.51.100.0/29")], now)
@@ -1564,13 +1565,7 @@ mod tests {
             .remote(vec![put(6, Action::Ban, "198.51.100.5")], now)
             .unwrap();
         assert!(newly.is_empty(), "{newly:?}");
-        let e = core
-            .store()
-            .read()
-            .unwrap()
-            .explain(n("198.51.100.7"), now)
-            .unwrap();
-        assert_eq!(e.verdict, Verdict::Allowed);
+        assert_eq!(verdict(&core, "198.51.100.7"), Verdict::Allowed);
         assert_eq!(
             f.kernel(),
             [
