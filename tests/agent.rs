@@ -659,20 +659,10 @@ fn an_ipset_flushed_behind_palisades_back_is_named_and_repaired() {
     // The ipset alone blocks: an operator's iptables rule matches it.
     let config = "[[enforcer]]\nkind = \"ipset\"\n[[enforcer.set]]\nname = \"pal_bl\"\naction = \"ban\"\ncreate = { type = \"hash:net\", timeout = 0 }\n";
     let agent = Agent::start(victim, config);
-    victim.exec(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-m",
-            "set",
-            "--match-set",
-            "pal_bl",
-            "src",
-            "-j",
-            "DROP",
-        ],
-    );
+    let rule: Vec<&str> = "-A INPUT -m set --match-set pal_bl src -j DROP"
+        .split(' ')
+        .collect();
+    victim.exec("iptables", &rule);
     let me = attacker.v4().to_string();
     agent.ok(&["ban", &me, "--for", "1h"]);
     let to: IpAddr = victim.v4().into();
