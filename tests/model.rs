@@ -6,13 +6,20 @@
 //! settles, every agent's kernel sets, its store (through `explain`) and
 //! real traffic are checked against a small model of what should hold.
 //!
-//! CI runs the fixed seeds of [`CI_SEEDS`]. A longer run:
+//! CI runs the fixed seeds of [`CI_SEEDS`]. A longer run (10,200
+//! operations; labs are independent, so shards run side by side):
 //!
-//!     PALISADE_MODEL_SEEDS=1000..1250 PALISADE_MODEL_OPS=40 \
-//!         cargo test --release --test model -- --nocapture
+//!     for s in 5000 5075 5150 5225; do
+//!       PALISADE_MODEL_SHRINK=0 PALISADE_MODEL_LOGS=/tmp/model-logs \
+//!       PALISADE_MODEL_SEEDS=$s..$((s+75)) PALISADE_MODEL_OPS=34 CI=true \
+//!         cargo test --test model random -- --nocapture > shard.$s 2>&1 &
+//!     done; wait
 //!
 //! A failing case prints its seed and the shortest sequence found that
-//! still fails (each candidate replayed on a fresh lab).
+//! still fails (each candidate replayed on a fresh lab); with
+//! `PALISADE_MODEL_SHRINK=0` every seed runs and failures are listed at
+//! the end. `PALISADE_MODEL_LOGS=DIR` keeps every process's log and the
+//! timeline of a failing case in `DIR/seed-SEED`.
 
 mod support;
 
