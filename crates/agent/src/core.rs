@@ -1359,6 +1359,24 @@ mod tests {
         let a = core.unallow(targets(&["198.18.0.1"])).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Refused]);
         assert!(f.kernel().contains(&"allow 198.18.0.1".to_string()));
+        // Nor from the network: a ban covering the hub is not applied
+        // here, not even shadowed (an enforcer may have no allow entries).
+        let hub = Decision::new(
+            Action::Ban,
+            n("198.18.0.1"),
+            Timestamp::now(),
+            Span::Forever,
+            Origin::new("web3", Source::Cli),
+        );
+        core.remote(
+            vec![palisade_wire::StreamItem::Put {
+                seq: 1,
+                decision: hub,
+            }],
+            Timestamp::now(),
+        )
+        .unwrap();
+        assert!(!f.kernel().contains(&"ban 198.18.0.1".to_string()));
         // The hub moved (looked up again on a connection): the new address
         // is allowed, the old one no longer; a failed lookup changes nothing.
         core.set_infrastructure(vec![(n("198.18.0.9"), "the palisade hub".into())])

@@ -423,6 +423,18 @@ impl Core {
                     debug!(target = %d.target, reason = %refusal, "a ban from the network does not apply here");
                     return Ok(false);
                 }
+                // Nor does one covering the hub or a broker this node
+                // joins: not even an enforcer without allow entries (a
+                // command) may cut it off from the network.
+                if let Some((net, why)) = self
+                    .settings
+                    .infrastructure
+                    .iter()
+                    .find(|(n, _)| n.overlaps(&d.target))
+                {
+                    warn!(target = %d.target, covers = %net, why = %why, "a ban from the network covers the network itself; not applied here");
+                    return Ok(false);
+                }
                 if existing.is_none_or(|e| !e.is_active(now)) {
                     newly.push(d.target);
                 }
