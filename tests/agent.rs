@@ -628,6 +628,68 @@ fn scrape(ns: &palisade_lab::Netns, port: u16) -> String {
     })
 }
 
+/// Changes the kernel behind the agent's back with `tamper` until `status
+/// --kernel` asks before the repair does (it runs every few seconds), and
+/// checks that it then exits non-zero naming `want`.
+fn status_names_drift<T>(agent: &Agent, tamper: impl Fn() -> T, want: &str) {
+    for _ in 0..10 {
+        tamper();
+        let out = agent.cli(&["status", "--kernel"]);
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(want), "{text}");
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("status --kernel never saw the kernel changed behind palisade's back");
+}
+
+/// An ipset enforcer's sets are compared too: `status --kernel` names the
+/// elements flushed behind palisade's back and exits non-zero until the
+/// repair, which follows within seconds and brings back real blocking.
+#[test]
+fn an_ipset_flushed_behind_palisades_back_is_named_and_repaired() {
+    if !require_root_and(&["ipset", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    // The ipset alone blocks: an operator's iptables rule matches it.
+    let config = "[[enforcer]]\nkind = \"ipset\"\n[[enforcer.set]]\nname = \"pal_bl\"\naction = \"ban\"\ncreate = { type = \"hash:net\", timeout = 0 }\n";
+    let agent = Agent::start(victim, config);
+    let rule: Vec<&str> = "-A INPUT -m set --match-set pal_bl src -j DROP"
+        .split(' ')
+        .collect();
+    victim.exec("iptables", &rule);
+    let me = attacker.v4().to_string();
+    agent.ok(&["ban", &me, "--for", "1h"]);
+    let to: IpAddr = victim.v4().into();
+    assert!(!reachable(attacker, to));
+    assert!(agent.cli(&["status", "--kernel"]).status.success());
+
+    status_names_drift(
+        &agent,
+        || victim.exec("ipset", &["flush", "pal_bl"]),
+        &format!("ipset pal_bl: 1 missing, 0 extra (missing {me})"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !reachable(attacker, to)),
+        "{}",
+        agent.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || agent
+        .cli(&["status", "--kernel"])
+        .status
+        .success()));
+    assert!(
+        agent
+            .log()
+            .contains("the kernel differed from palisade's decisions; repaired")
+    );
+}
+
 /// Elements removed or added behind palisade's back come back within
 /// seconds, logged and counted; `status --kernel` names what differs and
 /// exits non-zero while it does.
@@ -687,24 +749,13 @@ fn drift_is_repaired_counted_and_named_by_status() {
 
     // Flushed behind palisade's back: status names it (if it asks before
     // the repair), and the repair follows within seconds.
-    let mut named = false;
-    for _ in 0..10 {
-        nft(victim, &["flush", "set", "inet", "palisade", "block4"]);
-        let out = agent.cli(&["status", "--kernel"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            assert!(
-                text.contains(&format!(
-                    "inet palisade block4: 1 missing, 0 extra (missing {me})"
-                )),
-                "{text}"
-            );
-            named = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    assert!(named, "status --kernel never saw the flushed set");
+    status_names_drift(
+        &agent,
+        || {
+            nft(victim, &["flush", "set", "inet", "palisade", "block4"]);
+        },
+        &format!("inet palisade block4: 1 missing, 0 extra (missing {me})"),
+    );
     let started = std::time::Instant::now();
     assert!(wait_until(Duration::from_secs(10), || !reachable(
         attacker, to

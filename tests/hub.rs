@@ -856,11 +856,13 @@ fn a_suppressed_repeat_leaves_the_reporter_with_the_networks_expiry() {
     }
     let net = Net::start();
     let attacker = net.attacker();
-    net.agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    let report = |span| ["report", "fail2ban", "sshd", &attacker, "--for", span];
+    net.agents[0].ok(&report("1h"));
     assert!(wait_until(SPREAD, || expiry_on(&net.agents[1], &attacker).is_some()));
-    // A longer repeat inside the suppression window: recorded by the hub,
-    // not broadcast, so the reporter must not keep its own longer ban.
-    net.agents[0].ok(&["ban", &attacker, "--for", "3h"]);
+    // A longer repeated report inside the suppression window: recorded by
+    // the hub, not broadcast, so the reporter must not keep its own longer
+    // ban. (A ban by hand is never suppressed: it extends everywhere.)
+    net.agents[0].ok(&report("3h"));
     let network = expiry_on(&net.agents[1], &attacker);
     assert!(
         wait_until(SPREAD, || expiry_on(&net.agents[0], &attacker) == network),

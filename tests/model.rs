@@ -6,13 +6,20 @@
 //! settles, every agent's kernel sets, its store (through `explain`) and
 //! real traffic are checked against a small model of what should hold.
 //!
-//! CI runs the fixed seeds of [`CI_SEEDS`]. A longer run:
+//! CI runs the fixed seeds of [`CI_SEEDS`]. A longer run (10,200
+//! operations; labs are independent, so shards run side by side):
 //!
-//!     PALISADE_MODEL_SEEDS=1000..1250 PALISADE_MODEL_OPS=40 \
-//!         cargo test --release --test model -- --nocapture
+//!     for s in 5000 5075 5150 5225; do
+//!       PALISADE_MODEL_SHRINK=0 PALISADE_MODEL_LOGS=/tmp/model-logs \
+//!       PALISADE_MODEL_SEEDS=$s..$((s+75)) PALISADE_MODEL_OPS=34 CI=true \
+//!         cargo test --test model random -- --nocapture > shard.$s 2>&1 &
+//!     done; wait
 //!
 //! A failing case prints its seed and the shortest sequence found that
-//! still fails (each candidate replayed on a fresh lab).
+//! still fails (each candidate replayed on a fresh lab); with
+//! `PALISADE_MODEL_SHRINK=0` every seed runs and failures are listed at
+//! the end. `PALISADE_MODEL_LOGS=DIR` keeps every process's log and the
+//! timeline of a failing case in `DIR/seed-SEED`.
 
 mod support;
 
@@ -319,6 +326,12 @@ struct World {
     /// otherwise an agent's CLI stands in for the operator.
     hub_acts: bool,
     _servers: Vec<TcpServer>,
+    /// What each process logged before it was stopped (agents, then the
+    /// hub), and the operations with when they began: written out for a
+    /// failing case when `PALISADE_MODEL_LOGS` names a directory.
+    earlier_logs: [String; 4],
+    timeline: Vec<String>,
+    started: Instant,
 }
 
 impl World {
@@ -357,7 +370,36 @@ impl World {
             up: [true; 3],
             hub_acts,
             _servers: servers,
+            earlier_logs: Default::default(),
+            timeline: Vec::new(),
+            started: Instant::now(),
         }
+    }
+
+    /// Stops agent `a`, keeping what it logged.
+    fn stop_agent(&mut self, a: usize) {
+        self.earlier_logs[a].push_str(&self.agents[a].log());
+        self.earlier_logs[a].push_str("--- stopped ---\n");
+        self.agents[a].stop();
+    }
+
+    /// Writes every process's log and the timeline of operations to
+    /// `dir/NAME.log`, for a failing case.
+    fn write_logs(&self, dir: &std::path::Path, why: &str) {
+        std::fs::create_dir_all(dir).expect("create the log directory");
+        for (a, agent) in self.agents.iter().enumerate() {
+            let text = format!("{}{}", self.earlier_logs[a], agent.log());
+            std::fs::write(dir.join(format!("web{}.log", a + 1)), text).expect("write a log");
+        }
+        let hub = format!("{}{}", self.earlier_logs[3], self.hub.log());
+        std::fs::write(dir.join("hub.log"), hub).expect("write a log");
+        let ops = format!(
+            "{}\n{:.1?} {why}\n",
+            self.timeline.join("\n"),
+            self.started.elapsed()
+        );
+        std::fs::write(dir.join("ops.log"), ops).expect("write a log");
+        println!("logs of the failing case in {}", dir.display());
     }
 
     fn attacker(&self) -> String {
@@ -439,6 +481,8 @@ impl World {
 
     fn apply(&mut self, op: &Op, model: &mut Model) -> Result<(), String> {
         let now = Instant::now();
+        self.timeline
+            .push(format!("{:.1?} {op:?}", now.duration_since(self.started)));
         let len = |secs: &Option<u64>| secs.map_or("forever".to_string(), |s| format!("{s}s"));
         match op {
             Op::OperatorBan { target, secs } => {
@@ -480,15 +524,17 @@ impl World {
             }
             Op::Wait { secs } => std::thread::sleep(Duration::from_secs(*secs)),
             Op::RestartAgent { agent } => {
-                self.agents[*agent].stop();
+                self.stop_agent(*agent);
                 self.agents[*agent].restart();
             }
             Op::RestartHub => {
+                self.earlier_logs[3].push_str(&self.hub.log());
+                self.earlier_logs[3].push_str("--- stopped ---\n");
                 self.hub.stop();
                 self.hub.restart();
             }
             Op::AgentDown { agent } => {
-                self.agents[*agent].stop();
+                self.stop_agent(*agent);
                 self.up[*agent] = false;
             }
             Op::AgentUp { agent } => {
@@ -608,9 +654,22 @@ fn outcome(out: std::process::Output) -> Result<String, String> {
     }
 }
 
-/// Runs `ops` on a fresh lab; the first divergence from the model.
-fn run_case(ops: &[Op]) -> Result<(), String> {
+/// Runs `ops` on a fresh lab; the first divergence from the model. With
+/// `PALISADE_MODEL_LOGS=DIR`, a failing case leaves its logs in
+/// `DIR/seed-SEED` (the last failing replay of a seed wins).
+fn run_case(seed: u64, ops: &[Op]) -> Result<(), String> {
     let mut world = World::start();
+    let result = run_in(&mut world, ops);
+    if let (Err(why), Ok(dir)) = (&result, std::env::var("PALISADE_MODEL_LOGS")) {
+        world.write_logs(
+            &std::path::Path::new(&dir).join(format!("seed-{seed}")),
+            why,
+        );
+    }
+    result
+}
+
+fn run_in(world: &mut World, ops: &[Op]) -> Result<(), String> {
     let mut model = Model::default();
     for (i, op) in ops.iter().enumerate() {
         world
@@ -628,7 +687,7 @@ fn run_case(ops: &[Op]) -> Result<(), String> {
 
 /// The shortest failing sequence found by removing operations one at a
 /// time (each candidate replayed on a fresh lab), and how it fails.
-fn shrink(ops: Vec<Op>, error: String) -> (Vec<Op>, String) {
+fn shrink(seed: u64, ops: Vec<Op>, error: String) -> (Vec<Op>, String) {
     let (mut best, mut why) = (ops, error);
     let mut budget = SHRINK_BUDGET;
     let mut i = best.len();
@@ -638,7 +697,7 @@ fn shrink(ops: Vec<Op>, error: String) -> (Vec<Op>, String) {
         candidate.remove(i);
         let candidate = well_formed(&candidate);
         budget -= 1;
-        if let Err(e) = run_case(&candidate) {
+        if let Err(e) = run_case(seed, &candidate) {
             (best, why) = (candidate, e);
             i = i.min(best.len());
         }
@@ -674,14 +733,14 @@ fn random_sequences_keep_every_kernel_equal_to_the_model() {
     for seed in seeds() {
         let ops = well_formed(&generate(seed, len));
         total += ops.len();
-        match run_case(&ops) {
+        match run_case(seed, &ops) {
             Ok(()) => println!("seed {seed}: {} ops agree with the model", ops.len()),
             Err(e) if !shrinking => {
                 println!("seed {seed}: DIVERGED: {e}");
                 failed.push(seed);
             }
             Err(e) => {
-                let (shortest, why) = shrink(ops, e);
+                let (shortest, why) = shrink(seed, ops, e);
                 panic!(
                     "seed {seed} diverged from the model\nshortest failing sequence ({} ops), which fails with: {why}\n{}",
                     shortest.len(),

@@ -1359,6 +1359,24 @@ mod tests {
         let a = core.unallow(targets(&["198.18.0.1"])).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Refused]);
         assert!(f.kernel().contains(&"allow 198.18.0.1".to_string()));
+        // Nor from the network: a ban covering the hub is not applied
+        // here, not even shadowed (an enforcer may have no allow entries).
+        let hub = Decision::new(
+            Action::Ban,
+            n("198.18.0.1"),
+            Timestamp::now(),
+            Span::Forever,
+            Origin::new("web3", Source::Cli),
+        );
+        core.remote(
+            vec![palisade_wire::StreamItem::Put {
+                seq: 1,
+                decision: hub,
+            }],
+            Timestamp::now(),
+        )
+        .unwrap();
+        assert!(!f.kernel().contains(&"ban 198.18.0.1".to_string()));
         // The hub moved (looked up again on a connection): the new address
         // is allowed, the old one no longer; a failed lookup changes nothing.
         core.set_infrastructure(vec![(n("198.18.0.9"), "the palisade hub".into())])
@@ -1456,5 +1474,124 @@ mod tests {
         // An expired ban that is asked for again starts afresh.
         let a = core.ban(ban(&["198.51.100.1"], Some("1m")), later).unwrap();
         assert_eq!(kinds(&a), [OutcomeKind::Added]);
+    }
+
+    #[test]
+    fn an_unban_caught_up_with_an_expired_ban_after_it_is_not_undone() {
+        use palisade_wire::StreamItem;
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let t0 = Timestamp::now();
+        let x = n("198.51.100.7");
+        let network_ban = |at: Timestamp, span: &str| {
+            Decision::new(
+                Action::Ban,
+                x,
+                at,
+                span.parse().unwrap(),
+                Origin::new("web3", Source::Cli),
+            )
+        };
+        core.remote(
+            vec![StreamItem::Put {
+                seq: 1,
+                decision: network_ban(t0, "1h"),
+            }],
+            t0,
+        )
+        .unwrap();
+        assert_eq!(f.kernel(), ["ban 198.51.100.7"]);
+        // Back after a while away: the ban was lifted, then banned again
+        // for 6 s, which has expired by now.
+        let now = t0.saturating_add(Duration::from_secs(60));
+        core.remote(
+            vec![
+                StreamItem::Remove {
+                    seq: 2,
+                    action: Action::Ban,
+                    target: x,
+                    group: None,
+                },
+                StreamItem::Put {
+                    seq: 3,
+                    decision: network_ban(t0.saturating_add(Duration::from_secs(30)), "6s"),
+                },
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(f.kernel(), Vec::<String>::new());
+        let reader = core.store().read().unwrap();
+        assert!(
+            reader.get(Action::Ban, &x).unwrap().is_none(),
+            "the unbanned decision stays in the store"
+        );
+    }
+
+    #[test]
+    fn a_network_ban_under_an_allow_is_kept_shadowed_whatever_the_batch_order() {
+        use palisade_wire::StreamItem;
+        let f = Fixture::new();
+        let mut core = f.core(&[]);
+        let now = Timestamp::now();
+        let network = |action, target: &str| {
+            Decision::new(
+                action,
+                n(target),
+                now,
+                Span::Forever,
+                Origin::new("web3", Source::Cli),
+            )
+        };
+        let put = |seq, action, target| StreamItem::Put {
+            seq,
+            decision: network(action, target),
+        };
+        core.remote(vec![put(1, Action::Allow, "198.51.100.0/29")], now)
+            .unwrap();
+        // Caught up in one batch: a ban under the allow (kept, shadowed),
+        // the allow lifted, a ban made after that. Both apply now.
+        let newly = core
+            .remote(
+                vec![
+                    put(2, Action::Ban, "198.51.100.6"),
+                    StreamItem::Remove {
+                        seq: 3,
+                        action: Action::Allow,
+                        target: n("198.51.100.0/29"),
+                        group: None,
+                    },
+                    put(4, Action::Ban, "198.51.100.7"),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(newly, [n("198.51.100.6"), n("198.51.100.7")]);
+        assert_eq!(f.kernel(), ["ban 198.51.100.6", "ban 198.51.100.7"]);
+        let verdict = |core: &Core, addr| {
+            let reader = core.store().read().unwrap();
+            reader.explain(n(addr), now).unwrap().verdict
+        };
+        for blocked in ["198.51.100.6", "198.51.100.7"] {
+            assert_eq!(verdict(&core, blocked), Verdict::Blocked, "{blocked}");
+        }
+        // Allowed again: the bans stay, shadowed, and a new one under the
+        // allow is kept too, without cutting connections.
+        core.remote(vec![put(5, Action::Allow, "198.51.100.0/29")], now)
+            .unwrap();
+        let newly = core
+            .remote(vec![put(6, Action::Ban, "198.51.100.5")], now)
+            .unwrap();
+        assert!(newly.is_empty(), "{newly:?}");
+        assert_eq!(verdict(&core, "198.51.100.7"), Verdict::Allowed);
+        assert_eq!(
+            f.kernel(),
+            [
+                "ban 198.51.100.5",
+                "ban 198.51.100.6",
+                "ban 198.51.100.7",
+                "allow 198.51.100.0/29"
+            ]
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The network's side of the core: applying the decision stream, and what
 //! the network answered about this node's intents.
 //!
-//! Decisions from the network are applied through the same guard as local
-//! ones (this node's allowlist wins here too) and keep their provenance.
+//! Decisions from the network are applied through the same safety rules as
+//! local ones and keep their provenance; this node's allowlist wins here
+//! too, by shadowing (a network ban it covers is kept and enforced behind
+//! the allow, and applies again when the allow goes).
 //! Decisions of scope `local` are this node's own and the network never
 //! touches them. The stream's cursor is stored in the same transaction as
 //! the decisions it brought, so a crash can neither skip nor repeat them.
@@ -196,13 +198,8 @@ impl Core {
                         }
                         None => cursor = Some(seq),
                     }
-                    // A removal earlier in this batch is superseded (the
-                    // store applies a batch's puts before its removals).
                     let key = (decision.action, decision.target);
-                    if to_remove.contains(&key) {
-                        to_remove.retain(|k| *k != key);
-                    }
-                    self.remote_put(
+                    let kept = self.remote_put(
                         decision,
                         &reader,
                         lookup,
@@ -211,6 +208,16 @@ impl Core {
                         &mut to_store,
                         &mut newly,
                     )?;
+                    // A removal earlier in this batch is superseded by a
+                    // put that is kept (the store applies a batch's puts
+                    // before its removals). A put that is not (expired
+                    // already, as when a node catches up on a ban, its
+                    // unban and a short ban since; or not for this node)
+                    // leaves the removal standing, or the old decision
+                    // would outlive its unban in the store.
+                    if kept {
+                        to_remove.retain(|k| *k != key);
+                    }
                 }
                 StreamItem::Remove {
                     seq,
@@ -343,6 +350,8 @@ impl Core {
                 self.allows.remove(net);
             }
         }
+        // Connections are cut only where the new ban is not shadowed.
+        newly.retain(|net| self.allows.covering(net).next().is_none());
         if to_store.len() + to_remove.len() <= 20 {
             for d in &to_store.list {
                 info!(action = %d.action, target = %d.target, origin = %d.origin, "from the network");
@@ -354,6 +363,8 @@ impl Core {
         Ok(newly)
     }
 
+    /// Applies one put of the stream through this node's guard; true when
+    /// it is kept (stored and enforced).
     #[allow(clippy::too_many_arguments)]
     fn remote_put(
         &mut self,
@@ -365,9 +376,9 @@ impl Core {
         changes: &mut Vec<Change>,
         to_store: &mut ToStore,
         newly: &mut Vec<Net>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         if !d.is_active(now) {
-            return Ok(());
+            return Ok(false);
         }
         d.scope = Scope::Network;
         if !lookup
@@ -379,7 +390,7 @@ impl Core {
                 .any(|(n, _)| *n == d.target)
         {
             // Already allowed here, locally and for good.
-            return Ok(());
+            return Ok(false);
         }
         let existing = if lookup {
             reader.get(d.action, &d.target)?
@@ -391,17 +402,38 @@ impl Core {
             .is_some_and(|e| e.scope == Scope::Local && e.is_active(now))
         {
             // This node's own decision stays as it is.
-            return Ok(());
+            return Ok(false);
         }
         match d.action {
             Action::Ban => {
+                // The safety rules refuse (loopback, too broad, ...); an
+                // allow entry does not: the ban is kept, shadowed (the
+                // kernel accepts allowed sources first), and applies again
+                // if the allow goes, as everywhere else. So a ban and an
+                // unallow caught up in one batch, or a snapshot bringing
+                // a ban with the allow that shadows it, end as the
+                // network has them whatever this node's allowlist held
+                // when the batch began.
+                let no_allows = palisade_model::NetMap::<()>::new();
                 if let Err(refusal) = self
                     .settings
                     .guard
-                    .check_ban(&d.target, &self.allows, |a| a.comment.clone())
+                    .check_ban(&d.target, &no_allows, |_| None)
                 {
                     debug!(target = %d.target, reason = %refusal, "a ban from the network does not apply here");
-                    return Ok(());
+                    return Ok(false);
+                }
+                // Nor does one covering the hub or a broker this node
+                // joins: not even an enforcer without allow entries (a
+                // command) may cut it off from the network.
+                if let Some((net, why)) = self
+                    .settings
+                    .infrastructure
+                    .iter()
+                    .find(|(n, _)| n.overlaps(&d.target))
+                {
+                    warn!(target = %d.target, covers = %net, why = %why, "a ban from the network covers the network itself; not applied here");
+                    return Ok(false);
                 }
                 if existing.is_none_or(|e| !e.is_active(now)) {
                     newly.push(d.target);
@@ -413,13 +445,13 @@ impl Core {
                 // here too.
                 if let Err(refusal) = self.settings.guard.check_allow(&d.target) {
                     warn!(target = %d.target, reason = %refusal, "an allow entry from the network does not apply here");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         changes.push(Change::Put(entry(&d)));
         to_store.put(d);
-        Ok(())
+        Ok(true)
     }
 
     /// What the network answered about intents sent from the outbox: they

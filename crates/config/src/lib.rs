@@ -448,8 +448,9 @@ pub struct HubConfig {
     pub events_kept: u64,
     /// How long a ban lasts when the report does not say.
     pub default_ban: Span,
-    /// A repeat of an active ban within this long is recorded, not
-    /// broadcast again (banshare's 5 minutes).
+    /// An automatic repeat (detection, report, feed) of an active ban
+    /// within this long is recorded, not broadcast again (banshare's 5
+    /// minutes); a ban by hand always extends at once.
     pub suppress_window: Span,
     pub escalation: EscalationConfig,
     /// Distinct nodes that must report an address before it is banned, per

@@ -163,6 +163,10 @@ pub struct ObjectDrift {
 /// Elements named per object in a drift report.
 pub const DRIFT_EXAMPLES: usize = 3;
 
+/// Elements this close to their expiry are left out of drift comparisons:
+/// the kernel expires them on its own clock.
+pub(crate) const DRIFT_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drift {
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()

@@ -38,7 +38,7 @@
 //! when it is missing and `remove` destroys it. A set without one belongs
 //! to the operator and is never created or destroyed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use palisade_model::{Action, Family, Net, Timestamp};
@@ -49,7 +49,10 @@ use palisade_netlink::ipset::{
 use serde::{Deserialize, Deserializer};
 use tracing::{info, warn};
 
-use crate::enforcer::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
+use crate::enforcer::{
+    Change, DRIFT_EXAMPLES, DRIFT_SETTLE, Drift, EnforceError, Enforcer, Entry, ObjectDrift,
+    ObjectStatus, Status,
+};
 use crate::filter::{FamilyName, Filter};
 
 pub use palisade_netlink::ipset::MAX_TIMEOUT_SECS;
@@ -202,6 +205,9 @@ struct SetState {
     /// For bitmap sets: every entry put there, so that overlapping entries
     /// can be restored when one of them goes.
     held: Option<BTreeMap<Net, Val>>,
+    /// For hash sets: every element put there, to compare with the
+    /// kernel's (drift) and to put back what went missing.
+    put: HashMap<Net, Val>,
     /// Entries whose timeout was capped: true expiry, when last refreshed.
     capped: HashMap<Net, (Val, u64)>,
     warned_no_timeout: bool,
@@ -389,6 +395,7 @@ impl IpsetEnforcer {
                     cfg,
                     header: None,
                     held: None,
+                    put: HashMap::new(),
                     capped: HashMap::new(),
                     warned_no_timeout: false,
                     skipped: 0,
@@ -517,12 +524,16 @@ impl IpsetEnforcer {
                             s.capped.insert(net, (v.clone(), now));
                         }
                         batch.push(Op::Add, &s.cfg.name, &elem);
+                        s.put.insert(net, v.clone());
                     }
-                    None => batch.push(
-                        Op::Del,
-                        &s.cfg.name,
-                        &Elem::addr(elem.addr).with_cidr(elem.cidr),
-                    ),
+                    None => {
+                        batch.push(
+                            Op::Del,
+                            &s.cfg.name,
+                            &Elem::addr(elem.addr).with_cidr(elem.cidr),
+                        );
+                        s.put.remove(&net);
+                    }
                 }
             }
             Some(held) => {
@@ -669,6 +680,7 @@ impl IpsetEnforcer {
             };
             let s = &mut self.sets[i];
             s.capped.clear();
+            s.put.clear();
             if let Some(h) = s.held.as_mut() {
                 h.clear();
             }
@@ -721,6 +733,7 @@ impl IpsetEnforcer {
                     s.capped.insert(e.net, (v.clone(), now));
                 }
                 batch.push(Op::Add, to, &elem);
+                s.put.insert(e.net, v.clone());
             }
             if batch.len() >= FLUSH_BYTES {
                 self.send(&mut batch, errors)?;
@@ -932,6 +945,108 @@ impl Enforcer for IpsetEnforcer {
         EnforceError::check(errors)
     }
 
+    /// Compares every hash set's elements with what palisade put there; a
+    /// repair adds the missing ones (recreating a set destroyed behind
+    /// palisade's back when it may) and, in sets palisade created, deletes
+    /// the others. Bitmap sets
+    /// hold addresses, not entries, and are compared by count in
+    /// [`Enforcer::status`].
+    fn drift(&mut self, repair: bool) -> Result<Drift, EnforceError> {
+        let now = now_ms();
+        let settle = DRIFT_SETTLE.as_millis() as u64;
+        let mut drift = Drift::default();
+        let mut batch = Batch::new();
+        let mut errors = Vec::new();
+        for i in 0..self.sets.len() {
+            let s = &self.sets[i];
+            // Bitmap sets fill `held`, never `put`; a set never found
+            // holds nothing of palisade's yet.
+            if s.held.is_some() || s.put.is_empty() && s.header.is_none() {
+                continue;
+            }
+            let name = s.cfg.name.clone();
+            let members = match ipset::members(&mut self.sock, &name) {
+                Ok(m) => m,
+                Err(e) if e.errno() == libc::ENOENT => {
+                    self.forget(&name);
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let s = &self.sets[i];
+            // Elements about to expire are left out of what counts as
+            // extra: the kernel expires them on its own clock.
+            let kernel: Vec<(Net, bool)> = members
+                .iter()
+                .filter_map(|m| {
+                    let full = if m.addr.is_ipv4() { 32 } else { 128 };
+                    let settled = m
+                        .timeout
+                        .is_none_or(|t| t == 0 || u64::from(t) * 1000 > settle);
+                    Net::new(m.addr, m.cidr.unwrap_or(full))
+                        .ok()
+                        .map(|n| (n, settled))
+                })
+                .collect();
+            let have: HashSet<Net> = kernel.iter().map(|(n, _)| *n).collect();
+            // A set the operator made (no `create` table) may hold other
+            // tools' elements too: only what is missing counts there.
+            let owned = s.cfg.create.is_some();
+            let extra: Vec<Net> = kernel
+                .iter()
+                .filter(|(n, settled)| owned && *settled && !s.put.contains_key(n))
+                .map(|(n, _)| *n)
+                .collect();
+            let mut missing: Vec<(Net, Val)> = s
+                .put
+                .iter()
+                .filter(|(n, v)| {
+                    (v.expiry == FOREVER || v.expiry > now + settle) && !have.contains(n)
+                })
+                .map(|(n, v)| (*n, v.clone()))
+                .collect();
+            if missing.is_empty() && extra.is_empty() {
+                continue;
+            }
+            missing.sort_by_key(|(n, _)| *n);
+            drift.objects.push(ObjectDrift {
+                name: format!("ipset {name}"),
+                missing: missing.len(),
+                extra: extra.len(),
+                examples: missing
+                    .iter()
+                    .map(|(n, _)| format!("missing {n}"))
+                    .chain(extra.iter().map(|n| format!("extra {n}")))
+                    .take(DRIFT_EXAMPLES)
+                    .collect(),
+            });
+            if !repair {
+                continue;
+            }
+            // A set destroyed behind palisade's back is looked up (or
+            // created) again first.
+            if let Err(e) = self.resolve(i) {
+                errors.push(e);
+                continue;
+            }
+            let s = &self.sets[i];
+            for (net, v) in &missing {
+                let (elem, _) = s.elem(net, Some(v), now);
+                batch.push(Op::Add, &name, &elem);
+            }
+            for net in &extra {
+                let (elem, _) = s.elem(net, None, now);
+                batch.push(Op::Del, &name, &elem);
+            }
+        }
+        if repair && !drift.is_empty() {
+            self.send(&mut batch, &mut errors)?;
+            self.in_sync = errors.is_empty();
+            EnforceError::check(errors)?;
+        }
+        Ok(drift)
+    }
+
     fn status(&mut self, _kernel: bool) -> Result<Status, EnforceError> {
         let now = now_ms();
         let mut batch = Batch::new();
@@ -960,14 +1075,14 @@ impl Enforcer for IpsetEnforcer {
                 }
                 None => format!("ipset {} (missing)", s.cfg.name),
             };
-            let held = s
-                .held
-                .as_ref()
-                .map(|h| h.values().filter(|v| v.expiry > now).count());
+            let expected = match &s.held {
+                Some(h) => h.values().filter(|v| v.expiry > now).count(),
+                None => s.put.values().filter(|v| v.expiry > now).count(),
+            };
             objects.push(ObjectStatus {
                 name,
-                entries: held.or(in_kernel).unwrap_or(0),
-                expected: held.or(in_kernel).unwrap_or(0),
+                entries: expected,
+                expected,
                 in_kernel,
             });
         }

@@ -66,8 +66,8 @@ use palisade_netlink::nft::{
 };
 
 use crate::enforcer::{
-    Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, NetlinkError, ObjectDrift,
-    ObjectStatus, Status,
+    Change, DRIFT_EXAMPLES, DRIFT_SETTLE, Drift, EnforceError, Enforcer, Entry, NetlinkError,
+    ObjectDrift, ObjectStatus, Status,
 };
 use crate::hosts::Hosts;
 use crate::kernel::kernel_version;
@@ -887,10 +887,6 @@ impl Enforcer for Nftables {
         })
     }
 }
-
-/// Elements this close to their expiry are left out of drift comparisons:
-/// the kernel expires them on its own clock.
-const DRIFT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Dumps a set's elements (key, time left) into `each`, retrying when the
 /// kernel interrupts the dump (the set changed meanwhile): `start` is called

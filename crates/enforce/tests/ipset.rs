@@ -528,3 +528,64 @@ fn replace_all_swaps_with_no_moment_without_the_bans() {
     let rules = victim.exec("iptables", &["-S", "INPUT"]);
     assert!(rules.contains("--match-set bl src"), "{rules}");
 }
+
+/// Elements removed or added behind palisade's back, or the whole set
+/// destroyed: `drift` names what differs, a repair puts it right, and
+/// `status` counts differ meanwhile. A set the operator made keeps other
+/// tools' elements.
+#[test]
+fn drift_behind_palisades_back_is_found_and_repaired() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let mut owned = set("pal_net", Action::Ban);
+    owned.create = Some(create(SetType::HashNet));
+    ns.exec("ipset", &["create", "ops_ip", "hash:ip", "timeout", "0"]);
+    let mut e = enforcer(&ns, vec![owned, set("ops_ip", Action::Ban)]);
+    let bans = [
+        ban("198.18.0.7", HOUR),
+        ban("198.18.1.0/24", None),
+        ban("198.18.0.9", HOUR),
+    ];
+    apply(&ns, &mut e, &bans).unwrap();
+    let drift = |e: &mut IpsetEnforcer, repair| ns.run(|| e.drift(repair)).unwrap().to_string();
+    assert_eq!(drift(&mut e, false), "");
+
+    ns.exec("ipset", &["flush", "pal_net"]);
+    ns.exec("ipset", &["add", "pal_net", "198.18.99.0/24"]);
+    ns.exec("ipset", &["del", "ops_ip", "198.18.0.9"]);
+    ns.exec("ipset", &["add", "ops_ip", "198.18.99.9"]);
+    let status = ns.run(|| e.status(true)).unwrap();
+    let counts: Vec<(usize, Option<usize>)> = status
+        .objects
+        .iter()
+        .map(|o| (o.expected, o.in_kernel))
+        .collect();
+    assert_eq!(counts, [(3, Some(1)), (2, Some(2))], "{status:?}");
+    assert_eq!(
+        drift(&mut e, false),
+        "ipset pal_net: 3 missing, 1 extra (missing 198.18.0.7, missing 198.18.0.9, missing 198.18.1.0/24); \
+         ipset ops_ip: 1 missing, 0 extra (missing 198.18.0.9)"
+    );
+    assert_ne!(drift(&mut e, true), "");
+    assert_eq!(drift(&mut e, false), "");
+    assert_eq!(
+        members(&ns, "pal_net"),
+        ["198.18.0.7", "198.18.0.9", "198.18.1.0/24"]
+    );
+    assert_eq!(
+        members(&ns, "ops_ip"),
+        ["198.18.0.7", "198.18.0.9", "198.18.99.9"],
+        "the operator's own element stays in the operator's set"
+    );
+
+    // Destroyed: made again, with everything in it.
+    ns.exec("ipset", &["destroy", "pal_net"]);
+    assert!(drift(&mut e, true).starts_with("ipset pal_net: 3 missing, 0 extra"));
+    assert_eq!(
+        members(&ns, "pal_net"),
+        ["198.18.0.7", "198.18.0.9", "198.18.1.0/24"]
+    );
+    assert_eq!(drift(&mut e, false), "");
+}

@@ -36,8 +36,8 @@ pub enum OperatorAction {
     /// Unban, allow or unallow, decided by the policy like a node's intent.
     Intent(Intent),
     /// Make an active ban last `by` longer (from now if it would already
-    /// have ended), broadcast at once: unlike a repeated ban, never
-    /// suppressed.
+    /// have ended), broadcast at once (like a repeated ban by hand, never
+    /// suppressed).
     Extend { target: Net, by: Span },
 }
 

@@ -223,7 +223,11 @@ impl Policy {
             if let Some(r) = reason {
                 fresh = fresh.with_reason(r.clone());
             }
-            if now.since(old.updated) < self.config().suppress_window {
+            // Only automatic repeats (detectors, reports, feeds) are
+            // suppressed, to damp a flood of the same report. A ban by
+            // hand is an operator's (or a server's operator's) word: its
+            // repeat extends the ban everywhere at once, as the CLI says.
+            if automatic && now.since(old.updated) < self.config().suppress_window {
                 // A repeat: recorded, not re-broadcast; the answer carries
                 // the expiry that holds, so the reporter's own kernel
                 // keeps the network's.

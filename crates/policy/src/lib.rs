@@ -28,10 +28,11 @@
 //!    `quorum_unverified` for detections that could be forged): a report
 //!    bans only once that many distinct nodes reported the address within
 //!    a window; bans by hand never wait. The ban names every reporter.
-//! 5. **Repeats**: a repeat of an active ban inside the suppression window
-//!    (banshare's 5 minutes) is recorded but not re-broadcast, and the
-//!    answer carries the expiry that holds; after it, a repeat extends the
-//!    ban and is broadcast as an update.
+//! 5. **Repeats**: an automatic repeat (a detection, report or feed) of
+//!    an active ban inside the suppression window (banshare's 5 minutes)
+//!    is recorded but not re-broadcast, and the answer carries the expiry
+//!    that holds; after it, a repeat extends the ban and is broadcast as an
+//!    update. A repeated ban by hand always extends at once.
 //! 6. **Escalation**: each new ban of a repeat offender from a detector or
 //!    program lasts `factor` times longer than the last, up to `max`, like
 //!    fail2ban's `bantime.increment`. History older than `forget_after` is
@@ -70,8 +71,9 @@ use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 pub struct PolicyConfig {
     /// Ban length when an intent does not say.
     pub default_ban: Span,
-    /// A repeat of an active ban within this long of its last broadcast is
-    /// recorded but not broadcast again.
+    /// An automatic repeat of an active ban within this long of its last
+    /// broadcast is recorded but not broadcast again (bans by hand always
+    /// extend).
     pub suppress_window: Duration,
     pub escalation: Option<Escalation>,
     /// Distinct reporting nodes needed before a ban, per source. Missing or

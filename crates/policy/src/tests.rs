@@ -343,6 +343,51 @@ fn repeats_inside_the_window_are_suppressed_then_extend() {
 }
 
 #[test]
+fn a_ban_by_hand_repeated_inside_the_window_extends_at_once() {
+    let p = Policy::new(PolicyConfig::default());
+    let mut l = Memory::default();
+    let t = "198.51.100.7";
+    for (who, source) in [("admin", Source::Cli), ("web1", Source::Detector)] {
+        l.decisions.clear();
+        p.decide(
+            &mut l,
+            &node(who),
+            &report(1, t, source, Some("20s")),
+            at(0),
+        )
+        .unwrap();
+        l.broadcast.clear();
+        // Ten seconds later, a longer ban by hand: the operator is told
+        // "extended", so every kernel must hold the new expiry.
+        let r = p
+            .decide(
+                &mut l,
+                &node(who),
+                &report(2, t, Source::Cli, Some("1h")),
+                at(10),
+            )
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Accepted, "after a {source} ban");
+        assert_eq!(
+            l.broadcast,
+            ["put ban 198.51.100.7"],
+            "after a {source} ban"
+        );
+        assert_eq!(lasting(&r, at(10)), 3600, "after a {source} ban");
+    }
+    // An automatic repeat of a ban by hand is still only recorded.
+    let r = p
+        .decide(
+            &mut l,
+            &node("web2"),
+            &report(3, t, Source::Report, Some("2h")),
+            at(20),
+        )
+        .unwrap();
+    assert_eq!(r.outcome, IntentOutcome::Suppressed);
+}
+
+#[test]
 fn repeat_offenders_get_longer_bans_up_to_the_cap() {
     let config = PolicyConfig {
         escalation: Some(Escalation {
