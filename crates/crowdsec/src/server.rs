@@ -29,6 +29,7 @@ use crate::duration::go_duration;
 use crate::journal::{self, Entry, Journal};
 use crate::keys::{self, Keys, Seen};
 use crate::query::{self, Filter};
+use crate::usage::{self, Usage};
 
 /// Largest usage-metrics body accepted.
 pub const MAX_BODY: usize = 64 << 10;
@@ -55,6 +56,7 @@ pub struct Api {
     /// Each bouncer's stream number: the last answer it received in full.
     positions: Mutex<HashMap<String, u64>>,
     seen: Mutex<(BTreeMap<String, Seen>, Option<Instant>)>,
+    usage: Arc<Usage>,
 }
 
 #[derive(Default)]
@@ -66,6 +68,12 @@ struct KnownKeys {
 
 impl Api {
     pub fn new(store: Arc<Store>, keys: Keys) -> Arc<Api> {
+        Api::with_usage(store, keys, Arc::default())
+    }
+
+    /// An endpoint that counts the bouncers' usage reports into `usage`
+    /// (which the agent's metrics render).
+    pub fn with_usage(store: Arc<Store>, keys: Keys, usage: Arc<Usage>) -> Arc<Api> {
         let seen = keys.seen().unwrap_or_default();
         Arc::new(Api {
             store,
@@ -74,6 +82,7 @@ impl Api {
             known: Mutex::new(KnownKeys::default()),
             positions: Mutex::new(HashMap::new()),
             seen: Mutex::new((seen, None)),
+            usage,
         })
     }
 
@@ -131,6 +140,7 @@ impl Api {
                 .cloned()
                 .collect();
             seen.0.retain(|n, _| names.contains(n));
+            self.usage.retain(|n| names.iter().any(|k| k == n));
             if let Err(e) = self.keys.write_seen(&seen.0) {
                 warn!(error = %e, "cannot record what the bouncers reported");
             }
@@ -377,9 +387,11 @@ async fn usage_metrics(
     let Some(name) = api.bouncer(&headers) else {
         return forbidden();
     };
-    if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-        return message(StatusCode::BAD_REQUEST, "the body is not JSON");
-    }
+    let values = match usage::parse(&body) {
+        Ok(v) => v,
+        Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    api.usage.record(&name, values);
     api.note(&name, &headers, peer, false, true);
     json(StatusCode::CREATED, b"{}".to_vec())
 }
