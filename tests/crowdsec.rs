@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use palisade_lab::{LabBuilder, Netns, Proc, TcpServer, require_root_and, tcp_connect, wait_until};
-use support::{Agent, BIN, FeedServer, Hub, kernel_elements};
+use support::{Agent, BIN, FeedServer, Hub, kernel_blocks};
 
 const BOUNCER: &str = "crowdsec-firewall-bouncer";
 const PORT: u16 = 9090;
@@ -121,6 +121,20 @@ prometheus:
     fn cscli(&mut self, args: &[&str]) -> String {
         cscli(&self.ns, &self.config, args)
             .unwrap_or_else(|e| panic!("{e}\ncrowdsec:\n{}", self.proc.stdout()))
+    }
+
+    /// `cscli decisions add -i ADDR -d DURATION -R SCENARIO`.
+    fn ban(&mut self, addr: &str, duration: &str, scenario: &str) {
+        self.cscli(&[
+            "decisions",
+            "add",
+            "-i",
+            addr,
+            "-d",
+            duration,
+            "-R",
+            scenario,
+        ]);
     }
 
     /// A bouncer key made with `cscli bouncers add NAME -k KEY`.
@@ -489,13 +503,6 @@ fn a_crowdsec_lapi_is_a_feed_and_its_deletions_are_lifted() {
     );
 }
 
-/// Whether `addr` is in the agent's kernel block sets on `ns`.
-fn blocked(ns: &Netns, addr: &str) -> bool {
-    kernel_elements(ns)
-        .iter()
-        .any(|e| e.starts_with("block") && e.ends_with(&format!(": {addr}")))
-}
-
 /// CrowdSec's own LAPI as the feed of a palisade network: a decision made
 /// with `cscli decisions add` is enforced by every agent within the feed's
 /// interval plus a second, and blocks real traffic; `cscli decisions
@@ -553,22 +560,13 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
 
     // The clock starts once cscli has made the decision.
     let limit = every + Duration::from_secs(1);
-    lapi.cscli(&["decisions", "add", "-i", friend, "-d", "1h"]);
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "-i",
-        &me,
-        "-d",
-        "1h",
-        "-R",
-        "lab-scenario",
-    ]);
+    lapi.ban(friend, "1h", "lab-scenario");
+    lapi.ban(&me, "1h", "lab-scenario");
     let added = Instant::now();
     for (web, agent) in webs.iter().zip(&agents) {
         let ns = lab.host(web).netns();
         assert!(
-            wait_until(Duration::from_secs(15), || blocked(ns, &me)),
+            wait_until(Duration::from_secs(15), || kernel_blocks(ns, &me)),
             "{web} never enforced the LAPI's decision:\n{}\nhub:\n{}",
             agent.log(),
             hub.log()
@@ -585,7 +583,7 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
     assert!(story.contains("feed"), "{story}");
     // A newer decision on the same address: the ban stays, under the
     // newer scenario.
-    lapi.cscli(&["decisions", "add", "-i", &me, "-d", "2h", "-R", "later-scenario"]);
+    lapi.ban(&me, "2h", "later-scenario");
     assert!(
         wait_until(limit, || agents[1]
             .ok(&["explain", &me])
@@ -593,10 +591,10 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
         "{}",
         agents[1].ok(&["explain", &me])
     );
-    assert!(blocked(lab.host("web1").netns(), &me));
+    assert!(kernel_blocks(lab.host("web1").netns(), &me));
     for (web, agent) in webs.iter().zip(&agents) {
         assert!(
-            !blocked(lab.host(web).netns(), friend),
+            !kernel_blocks(lab.host(web).netns(), friend),
             "the hub's allow lost to the feed on {web}:\n{}",
             agent.ok(&["explain", friend])
         );
@@ -607,7 +605,7 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
     for web in webs {
         let ns = lab.host(web).netns();
         assert!(
-            wait_until(Duration::from_secs(15), || !blocked(ns, &me)),
+            wait_until(Duration::from_secs(15), || !kernel_blocks(ns, &me)),
             "{web} kept the deleted decision"
         );
     }
@@ -655,7 +653,10 @@ fn a_hostile_lapi_gets_no_more_than_a_feed() {
         ),
     );
     assert!(
-        wait_until(Duration::from_secs(15), || blocked(host, "198.51.100.7")),
+        wait_until(Duration::from_secs(15), || kernel_blocks(
+            host,
+            "198.51.100.7"
+        )),
         "{}",
         web.log()
     );
@@ -675,14 +676,14 @@ fn a_hostile_lapi_gets_no_more_than_a_feed() {
         "203.0.113.9",
         "0.0.0.0/0",
     ] {
-        assert!(!blocked(host, refused), "{refused} was banned");
+        assert!(!kernel_blocks(host, refused), "{refused} was banned");
     }
     let state = std::fs::read_to_string(web.state_dir().join("feeds/evil.json")).unwrap();
     assert!(state.contains("allow_non_public"), "{state}");
     // Garbage in place of a stream: the last good list stays.
     server.set("{\"new\": 5}");
     std::thread::sleep(Duration::from_secs(3));
-    assert!(blocked(host, "198.51.100.7"));
+    assert!(kernel_blocks(host, "198.51.100.7"));
     assert!(web.ok(&["list"]).contains("198.51.100.7"));
 }
 
