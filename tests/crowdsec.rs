@@ -530,7 +530,7 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
     );
     let join = hub.token("join", "lab");
     let webs = ["web1", "web2"];
-    let agents: Vec<Agent> = webs
+    let mut agents: Vec<Agent> = webs
         .iter()
         .map(|n| Agent::join(lab.host(n), "", &hub.url(), &join, n))
         .collect();
@@ -592,6 +592,16 @@ fn crowdsecs_own_lapi_feeds_every_agent() {
         agents[1].ok(&["explain", &me])
     );
     assert!(kernel_blocks(lab.host("web1").netns(), &me));
+    // A restarted agent keeps the network's feed bans (it pulls no feed of
+    // its own, and retires none of the hub's).
+    agents[0].stop();
+    agents[0].restart();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        kernel_blocks(lab.host("web1").netns(), &me),
+        "web1 lost the feed's ban when it restarted:\n{}",
+        agents[0].log()
+    );
     for (web, agent) in webs.iter().zip(&agents) {
         assert!(
             !kernel_blocks(lab.host(web).netns(), friend),

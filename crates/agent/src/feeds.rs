@@ -37,7 +37,7 @@ impl Core {
         let mut current: HashMap<Net, bool> = HashMap::new();
         for d in reader.iter(Some(Action::Ban))? {
             let d = d?;
-            if palisade_feed::owner(&d) == Some(name) {
+            if own_feed(&d) == Some(name) {
                 let same = d.rule.as_deref() == Some(list.rule_of(&d.target, &feed_rule));
                 current.insert(d.target, same);
             }
@@ -132,7 +132,7 @@ impl Core {
         let mut gone = HashSet::new();
         for d in self.store.read()?.iter(Some(Action::Ban))? {
             let d = d?;
-            if let Some(name) = palisade_feed::owner(&d)
+            if let Some(name) = own_feed(&d)
                 && !keep.iter().any(|k| k == name)
             {
                 gone.insert(name.to_string());
@@ -144,6 +144,16 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The feed of this agent that made `d`: only its own (scope local)
+/// count; the network's feed bans, which the hub pulled, are the hub's
+/// to change, and survive a restart of an agent that pulls no feed.
+fn own_feed(d: &Decision) -> Option<&str> {
+    if d.scope != Scope::Local {
+        return None;
+    }
+    palisade_feed::owner(d)
 }
 
 /// A feed and how often to pull it.
