@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palisade_lab::{Host, LabBuilder, Netns, require_root_and, wait_until};
-use support::{Agent, FeedServer, Hub, kernel_elements};
+use support::{Agent, FeedServer, Hub, kernel_blocks, kernel_elements};
 
 const V1: &str = "\
 # FireHOL-style header
@@ -156,9 +156,7 @@ fn text(o: &Output) -> String {
 }
 
 fn has(host: &Host, element: &str) -> bool {
-    kernel_elements(host)
-        .iter()
-        .any(|e| e.starts_with("block") && e.ends_with(&format!(": {element}")))
+    kernel_blocks(host, element)
 }
 
 #[test]

@@ -221,13 +221,18 @@ pub fn agent_options(
         sources: found.into_iter().map(|f| f.source).collect(),
         limits: config.detect.limits(),
     };
+    let (services, metrics_sources) = match crowdsec_endpoint(config, &state_dir)? {
+        Some((service, usage)) => (vec![service], vec![usage]),
+        None => (Vec::new(), Vec::new()),
+    };
     let options = AgentOptions {
         settings,
         socket,
         mode,
         kill,
         detect,
-        services: crowdsec_endpoint(config, &state_dir)?.into_iter().collect(),
+        services,
+        metrics_sources,
         state_dir,
         network,
         feeds: Vec::new(),
@@ -249,11 +254,11 @@ pub fn rules(config: &Config) -> Vec<palisade_detect::RuleConfig> {
 
 /// CrowdSec's bouncer API, when `[crowdsec] listen` is set: bound now, so
 /// a taken port stops the start with a clear error, served once the store
-/// is open.
+/// is open; with the metrics of the bouncers' usage reports.
 fn crowdsec_endpoint(
     config: &Config,
     state_dir: &Path,
-) -> Result<Option<palisade_agent::StoreService>> {
+) -> Result<Option<(palisade_agent::StoreService, palisade_agent::MetricsSource)>> {
     let Some(addr) = config.crowdsec.listen else {
         return Ok(None);
     };
@@ -261,8 +266,10 @@ fn crowdsec_endpoint(
         .with_context(|| format!("[crowdsec] listen: cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     let keys = palisade_crowdsec::Keys::new(state_dir);
-    Ok(Some(Box::new(move |store| {
-        let api = palisade_crowdsec::Api::new(store, keys);
+    let usage = Arc::new(palisade_crowdsec::Usage::default());
+    let metrics = usage.clone();
+    let service: palisade_agent::StoreService = Box::new(move |store| {
+        let api = palisade_crowdsec::Api::with_usage(store, keys, usage);
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => {
                 tracing::info!(%addr, "answering CrowdSec bouncers");
@@ -270,7 +277,8 @@ fn crowdsec_endpoint(
             }
             Err(e) => tracing::error!(%addr, error = %e, "cannot serve CrowdSec bouncers"),
         }
-    })))
+    });
+    Ok(Some((service, Arc::new(move || metrics.render()))))
 }
 
 /// The configured feeds, for an agent that pulls them itself.

@@ -370,6 +370,14 @@ pub fn kernel_elements(ns: &Netns) -> Vec<String> {
     found
 }
 
+/// Whether `element` ("a", "a/len") is in one of palisade's block sets.
+pub fn kernel_blocks(ns: &Netns, element: &str) -> bool {
+    let suffix = format!(": {element}");
+    kernel_elements(ns)
+        .iter()
+        .any(|e| e.starts_with("block") && e.ends_with(&suffix))
+}
+
 /// Seconds until the kernel expires the element `addr` ("a", "a/len") of
 /// palisade's table, as `nft` reads it back (`None`: no such element or no
 /// timeout).

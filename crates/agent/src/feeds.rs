@@ -1,15 +1,16 @@
 //! External blocklists on an agent that runs no hub: each feed's entries
-//! are this node's own decisions (scope `local`, source `feed`, rule
-//! `feed:NAME`), replaced by each new list in one kernel transaction and
-//! one store transaction.
+//! are this node's own decisions (scope `local`, source `feed`, actor the
+//! feed's name, rule `feed:NAME` or the entry's own, as a CrowdSec
+//! decision's `crowdsec:<scenario>`), replaced by each new list in one
+//! kernel transaction and one store transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade_control::FeedApplied;
 use palisade_enforce::Change;
-use palisade_feed::PullNow;
+use palisade_feed::{List, PullNow};
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -17,44 +18,48 @@ use tracing::info;
 use crate::core::{Core, CoreError, entry};
 use crate::worker::{Command, WorkerHandle};
 
-/// The rule of a feed's decisions.
-pub fn rule(name: &str) -> String {
-    format!("feed:{name}")
-}
-
 impl Core {
-    /// Makes `entries` the feed's whole set of bans: removes those it no
+    /// Makes `list` the feed's whole set of bans: removes those it no
     /// longer lists and adds the new ones, in one kernel transaction and
-    /// one store transaction. The allowlist and the guard still win; an
+    /// one store transaction; an entry whose rule changed keeps its ban
+    /// under the new rule. The allowlist and the guard still win; an
     /// address already banned for another reason is left as it is.
     pub fn replace_feed(
         &mut self,
         name: &str,
-        entries: &[Net],
+        list: &List,
         now: Timestamp,
     ) -> Result<FeedApplied, CoreError> {
-        let rule = rule(name);
+        let feed_rule = palisade_feed::rule(name);
         let reader = self.store.read()?;
-        let mut current = HashSet::new();
+        // The feed's bans, each with whether its rule is still the one
+        // the list gives it (a rule per entry, not a copy of each).
+        let mut current: HashMap<Net, bool> = HashMap::new();
         for d in reader.iter(Some(Action::Ban))? {
             let d = d?;
-            if d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()) {
-                current.insert(d.target);
+            if own_feed(&d) == Some(name) {
+                let same = d.rule.as_deref() == Some(list.rule_of(&d.target, &feed_rule));
+                current.insert(d.target, same);
             }
         }
-        let wanted: HashSet<Net> = entries.iter().copied().collect();
+        let wanted: HashSet<Net> = list.nets.iter().copied().collect();
         let mut applied = FeedApplied {
             total: wanted.len() as u64,
             ..FeedApplied::default()
         };
         let removed: Vec<Net> = current
-            .iter()
+            .keys()
             .filter(|n| !wanted.contains(n))
             .copied()
             .collect();
         let mut added = Vec::new();
+        let mut renamed = Vec::new();
         for n in &wanted {
-            if current.contains(n) {
+            let rule = list.rule_of(n, &feed_rule);
+            if let Some(&same) = current.get(n) {
+                if !same && let Some(d) = reader.get(Action::Ban, n)? {
+                    renamed.push(d.with_rule(rule));
+                }
                 continue;
             }
             if self
@@ -81,7 +86,7 @@ impl Core {
                     Span::Forever,
                     Origin::new(self.settings.node.clone(), Source::Feed).with_actor(name),
                 )
-                .with_rule(rule.clone())
+                .with_rule(rule)
                 .with_reason(format!("listed by the feed {name}"))
                 .with_scope(Scope::Local),
             );
@@ -89,7 +94,7 @@ impl Core {
         drop(reader);
         applied.added = added.len() as u64;
         applied.removed = removed.len() as u64;
-        if removed.is_empty() && added.is_empty() {
+        if removed.is_empty() && added.is_empty() && renamed.is_empty() {
             return Ok(applied);
         }
         let mut changes: Vec<Change> = removed
@@ -105,7 +110,7 @@ impl Core {
             for n in &removed {
                 w.remove(Action::Ban, n)?;
             }
-            for d in &added {
+            for d in added.iter().chain(&renamed) {
                 w.put(d)?;
             }
             Ok(())
@@ -127,8 +132,7 @@ impl Core {
         let mut gone = HashSet::new();
         for d in self.store.read()?.iter(Some(Action::Ban))? {
             let d = d?;
-            if d.origin.source == Source::Feed
-                && let Some(name) = d.rule.as_deref().and_then(|r| r.strip_prefix("feed:"))
+            if let Some(name) = own_feed(&d)
                 && !keep.iter().any(|k| k == name)
             {
                 gone.insert(name.to_string());
@@ -136,10 +140,20 @@ impl Core {
         }
         for name in gone {
             info!(feed = %name, "the feed is no longer configured; removing its entries");
-            self.replace_feed(&name, &[], now)?;
+            self.replace_feed(&name, &List::default(), now)?;
         }
         Ok(())
     }
+}
+
+/// The feed of this agent that made `d`: only its own (scope local)
+/// count; the network's feed bans, which the hub pulled, are the hub's
+/// to change, and survive a restart of an agent that pulls no feed.
+fn own_feed(d: &Decision) -> Option<&str> {
+    if d.scope != Scope::Local {
+        return None;
+    }
+    palisade_feed::owner(d)
 }
 
 /// A feed and how often to pull it.

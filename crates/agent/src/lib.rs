@@ -62,7 +62,12 @@ pub struct AgentOptions {
     /// Services that read the agent's decisions (never write them), such as
     /// CrowdSec's bouncer API; started on the agent's runtime.
     pub services: Vec<StoreService>,
+    /// Metrics of those services, served after the agent's own.
+    pub metrics_sources: Vec<MetricsSource>,
 }
+
+/// Renders a service's metrics (Prometheus exposition text) at each scrape.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Resolves the network's own addresses, with why they are allowed.
 pub type Resolver = std::sync::Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
@@ -185,9 +190,17 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
             let listener = metrics::bind(addr).await?;
             info!(address = %addr, "serving metrics at /metrics");
             let shared = shared.clone();
+            let sources = options.metrics_sources.clone();
             tokio::spawn(metrics::serve(listener, move || {
                 let (shared, counters) = (shared.clone(), counters.clone());
-                async move { control::metrics(&shared, &counters).await }
+                let sources = sources.clone();
+                async move {
+                    let mut text = control::metrics(&shared, &counters).await;
+                    for source in &sources {
+                        text.push_str(&source());
+                    }
+                    text
+                }
             }));
         }
         tokio::select! {

@@ -53,7 +53,7 @@ pub enum Command {
     /// A feed's new list: it replaces the feed's entries at once.
     Feed(
         String,
-        Vec<Net>,
+        palisade_feed::List,
         oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
     ),
     /// The feeds still configured: the others' entries go.

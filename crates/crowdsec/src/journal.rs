@@ -49,6 +49,9 @@ pub struct Journal {
     next_id: u64,
     /// Positions at or below this may have missed a deletion.
     forgotten: u64,
+    /// The earliest end of a live ban: past it, the snapshot is stale even
+    /// if the store did not change.
+    next_end: Option<Timestamp>,
 }
 
 /// The origin a CrowdSec bouncer expects for a palisade decision.
@@ -153,6 +156,12 @@ impl Journal {
             self.tombstone_of.remove(&entry.target);
             self.forgotten = seq;
         }
+        self.next_end = self.live.values().filter_map(|(_, e)| e.until).min();
+    }
+
+    /// The earliest end of a ban held (`None`: none ends).
+    pub fn next_end(&self) -> Option<Timestamp> {
+        self.next_end
     }
 
     /// What a reader at `position` has not seen; `None` (or a position
@@ -222,6 +231,7 @@ mod tests {
         assert_eq!(next.new[0].until, Some(Timestamp::from_millis(300)));
         assert_eq!(next.new[0].id, first.new[0].id);
         assert!(j.since(Some(next.through)).new.is_empty());
+        assert_eq!(j.next_end(), Some(Timestamp::from_millis(300)));
     }
 
     #[test]

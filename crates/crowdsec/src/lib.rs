@@ -7,6 +7,8 @@
 //! - [`query`]: the bouncers' query strings, parsed strictly;
 //! - [`keys`]: bouncer keys, stored as hashes;
 //! - [`server`]: the HTTP endpoint (read-only for bouncers);
+//! - [`usage`]: the bouncers' usage reports, counted for the agent's
+//!   metrics;
 //! - [`duration`]: Go's duration syntax.
 
 pub mod duration;
@@ -14,6 +16,8 @@ pub mod journal;
 pub mod keys;
 pub mod query;
 pub mod server;
+pub mod usage;
 
 pub use keys::{Bouncer, KeyError, Keys, Seen};
 pub use server::{Api, router, serve};
+pub use usage::Usage;

@@ -29,13 +29,17 @@ use crate::duration::go_duration;
 use crate::journal::{self, Entry, Journal};
 use crate::keys::{self, Keys, Seen};
 use crate::query::{self, Filter};
+use crate::usage::{self, Usage};
 
 /// Largest usage-metrics body accepted.
 pub const MAX_BODY: usize = 64 << 10;
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// How long a snapshot's numbering is reused before the store is read
-/// again: many bouncers polling at once cost one read.
+/// The shortest time between two reads of the store: many bouncers polling
+/// at once, or a storm of writes, cost one read per period. The store is
+/// read again only when it changed or a ban's end came (a read is a scan
+/// of every ban: tens of milliseconds at 100,000), so bouncers polling a
+/// quiet store cost no scan at all.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 /// How often the key file is checked for changes.
 const KEYS_EVERY: Duration = Duration::from_secs(1);
@@ -50,11 +54,19 @@ const FOREVER_MS: i64 = 365 * 24 * 3_600_000;
 pub struct Api {
     store: Arc<Store>,
     keys: Keys,
-    journal: Mutex<(Journal, Option<Instant>)>,
+    journal: Mutex<(Journal, Option<Refreshed>)>,
     known: Mutex<KnownKeys>,
     /// Each bouncer's stream number: the last answer it received in full.
     positions: Mutex<HashMap<String, u64>>,
     seen: Mutex<(BTreeMap<String, Seen>, Option<Instant>)>,
+    usage: Arc<Usage>,
+}
+
+/// When the journal was last renumbered, and from what.
+struct Refreshed {
+    at: Instant,
+    /// The store's commits then ([`Store::commits`]).
+    commits: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +78,12 @@ struct KnownKeys {
 
 impl Api {
     pub fn new(store: Arc<Store>, keys: Keys) -> Arc<Api> {
+        Api::with_usage(store, keys, Arc::default())
+    }
+
+    /// An endpoint that counts the bouncers' usage reports into `usage`
+    /// (which the agent's metrics render).
+    pub fn with_usage(store: Arc<Store>, keys: Keys, usage: Arc<Usage>) -> Arc<Api> {
         let seen = keys.seen().unwrap_or_default();
         Arc::new(Api {
             store,
@@ -74,6 +92,7 @@ impl Api {
             known: Mutex::new(KnownKeys::default()),
             positions: Mutex::new(HashMap::new()),
             seen: Mutex::new((seen, None)),
+            usage,
         })
     }
 
@@ -131,23 +150,39 @@ impl Api {
                 .cloned()
                 .collect();
             seen.0.retain(|n, _| names.contains(n));
+            self.usage.retain(|n| names.iter().any(|k| k == n));
             if let Err(e) = self.keys.write_seen(&seen.0) {
                 warn!(error = %e, "cannot record what the bouncers reported");
             }
         }
     }
 
-    /// Renumbers from a fresh snapshot if the last one is old, then runs
-    /// `f` on the journal.
+    /// Renumbers from a fresh snapshot if the store changed or a ban ended
+    /// since the last one (at most every [`REFRESH_EVERY`]), then runs `f`
+    /// on the journal.
     fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> T) -> Result<T, String> {
         let mut guard = self.journal.lock().expect("journal lock");
         let (journal, refreshed) = &mut *guard;
-        if refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
-            let now = Timestamp::now();
+        let now = Timestamp::now();
+        let stale = match refreshed {
+            None => true,
+            Some(r) => {
+                r.at.elapsed() >= REFRESH_EVERY
+                    && (self.store.commits() != r.commits
+                        || journal.next_end().is_some_and(|end| end <= now))
+            }
+        };
+        if stale {
+            // Counted before the snapshot: a commit after it moves the
+            // count again, and the next request reads again.
+            let commits = self.store.commits();
             let reader = self.store.read().map_err(|e| e.to_string())?;
             let bans = journal::visible(&reader, now).map_err(|e| e.to_string())?;
             journal.refresh(&bans, now);
-            *refreshed = Some(Instant::now());
+            *refreshed = Some(Refreshed {
+                at: Instant::now(),
+                commits,
+            });
         }
         Ok(f(journal))
     }
@@ -377,9 +412,11 @@ async fn usage_metrics(
     let Some(name) = api.bouncer(&headers) else {
         return forbidden();
     };
-    if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-        return message(StatusCode::BAD_REQUEST, "the body is not JSON");
-    }
+    let values = match usage::parse(&body) {
+        Ok(v) => v,
+        Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    api.usage.record(&name, values);
     api.note(&name, &headers, peer, false, true);
     json(StatusCode::CREATED, b"{}".to_vec())
 }

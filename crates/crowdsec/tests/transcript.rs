@@ -556,3 +556,46 @@ fn allowed_addresses_never_reach_a_bouncer() {
     let (_, body) = get(lab.addr, "/v1/decisions?ip=198.18.0.9", Some(&key));
     assert_eq!(body, "null");
 }
+
+/// The endpoint reads the store again only when it changed or a ban
+/// ended: a ban that ends with nothing written (no sweep here) still
+/// reaches the bouncer as deleted, and a new one as new.
+#[test]
+fn a_ban_that_ends_without_a_write_is_delivered_as_deleted() {
+    let lab = lab();
+    let key = lab.keys.add("fw").unwrap();
+    let stream = |startup: bool| {
+        let q = if startup { "?startup=true" } else { "" };
+        let (status, body) = get(lab.addr, &format!("/v1/decisions/stream{q}"), Some(&key));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let values = |v: &Value, field: &str| -> Vec<String> {
+        v[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| d["value"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    lab.ban("198.18.0.5", Duration::from_millis(1500));
+    let first = stream(true);
+    assert_eq!(values(&first, "new"), ["198.18.0.5"]);
+    // Quiet store, nothing ended: nothing new.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stream(false),
+        serde_json::json!({"deleted": null, "new": null})
+    );
+    // A write is seen at the next poll after the shortest period.
+    lab.ban("198.18.0.6", Duration::from_secs(3600));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(values(&stream(false), "new"), ["198.18.0.6"]);
+    // The first ban ends; nothing is written.
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = stream(false);
+    assert_eq!(values(&later, "deleted"), ["198.18.0.5"], "{later}");
+    assert!(values(&later, "new").is_empty(), "{later}");
+}

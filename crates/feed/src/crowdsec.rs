@@ -1,8 +1,11 @@
 //! A CrowdSec Local API as a feed: its decision stream (start-up, then
 //! deltas) kept as the feed's list, so applying it is a feed's replace like
 //! any other, allows still win, and a decision deleted there is lifted here.
+//! Each ban carries the rule `crowdsec:<scenario>`; the trust rules of
+//! every feed apply (no non-public range unless `allow_non_public`, at most
+//! `max_entries`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +16,8 @@ use palisade_model::{Net, Timestamp};
 use serde::Deserialize;
 
 use crate::{
-    Feed, FeedError, Progress, Pulled, client, last_good, save_state, state, write_atomic,
+    EXAMPLES, Feed, FeedError, List, Progress, Pulled, check_entry, client, last_good, list_text,
+    save_state, state, write_atomic,
 };
 
 /// Largest stream answer read (a start-up of two million decisions is
@@ -33,6 +37,14 @@ struct Decision {
     kind: String,
     scope: String,
     value: String,
+    #[serde(default)]
+    scenario: String,
+}
+
+/// The rule of a CrowdSec decision's ban: its scenario, cleaned of control
+/// characters and capped (the LAPI is a third party).
+fn rule(d: &Decision) -> String {
+    palisade_model::decision::clean_name(&format!("crowdsec:{}", d.scenario))
 }
 
 /// The ban a CrowdSec decision stands for, if palisade can enforce it
@@ -98,20 +110,36 @@ pub async fn pull(
         .to_bytes();
     let stream: Stream = serde_json::from_slice(&body)
         .map_err(|e| unreachable(format!("the answer is not a CrowdSec decision stream: {e}")))?;
-    let mut entries: BTreeSet<Net> = kept.clone().unwrap_or_default().into_iter().collect();
+    let mut entries: BTreeMap<Net, Option<String>> = match kept.clone() {
+        Some(mut list) => list
+            .nets
+            .iter()
+            .map(|n| (*n, list.rules.remove(n)))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     for d in stream.deleted.iter().flatten() {
         if let Some(net) = target(d) {
             entries.remove(&net);
         }
     }
+    // Decisions palisade cannot enforce (captchas, other scopes) are
+    // skipped quietly; refused ones are counted with examples.
     let mut skipped = 0u64;
+    let mut examples = Vec::new();
     for d in stream.new.iter().flatten() {
-        match target(d) {
-            Some(net) => {
-                entries.insert(net);
+        let Some(net) = target(d) else {
+            skipped += 1;
+            continue;
+        };
+        if let Err(e) = check_entry(&net, feed.allow_non_public) {
+            skipped += 1;
+            if examples.len() < EXAMPLES {
+                examples.push(e);
             }
-            None => skipped += 1,
+            continue;
         }
+        entries.insert(net, Some(rule(d)));
     }
     if entries.len() > feed.max_entries {
         return Err(FeedError::TooMany {
@@ -119,7 +147,14 @@ pub async fn pull(
             max: feed.max_entries,
         });
     }
-    let entries: Vec<Net> = entries.into_iter().collect();
+    let mut list = List::default();
+    for (net, rule) in entries {
+        list.nets.push(net);
+        if let Some(rule) = rule {
+            list.rules.insert(net, rule);
+        }
+    }
+    let entries = list;
     progress(&Progress {
         bytes: body.len() as u64,
         total: Some(body.len() as u64),
@@ -131,17 +166,20 @@ pub async fn pull(
         save_state(dir, &feed.name, &st)?;
         return Ok(Pulled::NotModified);
     }
-    let text: String = entries.iter().map(|n| format!("{n}\n")).collect();
-    write_atomic(&crate::list_path(dir, &feed.name), text.as_bytes())?;
+    write_atomic(
+        &crate::list_path(dir, &feed.name),
+        list_text(&entries).as_bytes(),
+    )?;
     st.fetched = st.checked;
     st.entries = entries.len() as u64;
     st.malformed = skipped;
+    st.malformed_examples = examples.clone();
     st.last_error = None;
     save_state(dir, &feed.name, &st)?;
     Ok(Pulled::Updated {
         entries,
         malformed: skipped,
-        examples: Vec::new(),
+        examples,
     })
 }
 
@@ -154,6 +192,7 @@ mod tests {
             kind: kind.into(),
             scope: scope.into(),
             value: value.into(),
+            scenario: "crowdsecurity/ssh-bf".into(),
         }
     }
 
@@ -184,5 +223,32 @@ mod tests {
                 "{garbage}"
             );
         }
+    }
+
+    #[test]
+    fn the_rule_is_the_scenario_kept_on_one_line_and_short() {
+        let mut hostile = d("ban", "Ip", "198.51.100.7");
+        assert_eq!(rule(&hostile), "crowdsec:crowdsecurity/ssh-bf");
+        hostile.scenario = format!("x\n198.51.100.8 y\r{}", "z".repeat(10_000));
+        let r = rule(&hostile);
+        assert!(!r.contains(['\n', '\r']), "{r}");
+        assert!(
+            r.len() <= palisade_model::decision::MAX_NAME_LEN + 3,
+            "{}",
+            r.len()
+        );
+        // Written and read back, it is still one entry.
+        let dir = tempfile::tempdir().unwrap();
+        let net = "198.51.100.7".parse().unwrap();
+        let listed = List {
+            nets: vec![net],
+            rules: [(net, r)].into(),
+        };
+        write_atomic(
+            &crate::list_path(dir.path(), "cs"),
+            list_text(&listed).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(last_good(dir.path(), "cs"), Some(listed));
     }
 }

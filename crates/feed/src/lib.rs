@@ -25,6 +25,7 @@ mod schedule;
 
 pub use schedule::{PullNow, PullNowError, spawn_all};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,6 +102,41 @@ pub struct Progress {
     pub entries: u64,
 }
 
+/// A feed's list: what to ban, and the rules of the entries that name
+/// their own (a CrowdSec decision's `crowdsec:<scenario>`); the others'
+/// bans carry the feed's rule, [`rule`]. Plain lists name none, so a
+/// million entries cost a million networks, nothing more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct List {
+    /// Sorted, each once.
+    pub nets: Vec<Net>,
+    pub rules: HashMap<Net, String>,
+}
+
+impl List {
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The rule the ban of `net` carries: its own, else `feed_rule`.
+    pub fn rule_of<'a>(&'a self, net: &Net, feed_rule: &'a str) -> &'a str {
+        self.rules.get(net).map_or(feed_rule, String::as_str)
+    }
+}
+
+impl From<Vec<Net>> for List {
+    fn from(nets: Vec<Net>) -> List {
+        List {
+            nets,
+            rules: HashMap::new(),
+        }
+    }
+}
+
 /// What a pull brought.
 #[derive(Debug)]
 pub enum Pulled {
@@ -108,7 +144,7 @@ pub enum Pulled {
     NotModified,
     /// A new list, stored as the last good one.
     Updated {
-        entries: Vec<Net>,
+        entries: List,
         malformed: u64,
         examples: Vec<String>,
     },
@@ -162,10 +198,38 @@ pub fn state(dir: &Path, name: &str) -> FeedState {
         .unwrap_or_default()
 }
 
-/// The last good list, if there is one.
-pub fn last_good(dir: &Path, name: &str) -> Option<Vec<Net>> {
+/// The last good list, if there is one. Each line is a canonical network,
+/// then, for entries with a rule of their own, a space and the rule (kept
+/// clean of control characters when written, so it is one line).
+pub fn last_good(dir: &Path, name: &str) -> Option<List> {
     let text = std::fs::read_to_string(list_path(dir, name)).ok()?;
-    Some(text.lines().filter_map(|l| l.parse().ok()).collect())
+    let mut list = List::default();
+    for line in text.lines() {
+        let (net, rule) = match line.split_once(' ') {
+            Some((net, rule)) => (net, Some(rule)),
+            None => (line, None),
+        };
+        let Ok(net) = net.parse() else { continue };
+        list.nets.push(net);
+        if let Some(rule) = rule {
+            list.rules.insert(net, rule.to_string());
+        }
+    }
+    Some(list)
+}
+
+/// A list as [`last_good`] reads it back.
+fn list_text(list: &List) -> String {
+    let mut text = String::with_capacity(list.len() * 16);
+    for net in &list.nets {
+        text.push_str(&net.to_string());
+        if let Some(rule) = list.rules.get(net) {
+            text.push(' ');
+            text.push_str(rule);
+        }
+        text.push('\n');
+    }
+    text
 }
 
 /// Records a failure in the feed's state (its last good list stays).
@@ -363,12 +427,8 @@ pub async fn pull(
     }
     entries.sort_unstable();
     entries.dedup();
-    let mut text = String::with_capacity(entries.len() * 16);
-    for n in &entries {
-        text.push_str(&n.to_string());
-        text.push('\n');
-    }
-    write_atomic(&list_path(dir, &feed.name), text.as_bytes())?;
+    let entries = List::from(entries);
+    write_atomic(&list_path(dir, &feed.name), list_text(&entries).as_bytes())?;
     st.etag = etag;
     st.last_modified = last_modified;
     st.fetched = st.checked;
@@ -451,9 +511,22 @@ pub fn diff(current: &[Net], new: &[Net]) -> (Vec<Net>, Vec<Net>) {
     (removed, added)
 }
 
-/// The rule a feed's decisions carry.
+/// The rule a feed's decisions carry unless an entry names its own.
 pub fn rule(name: &str) -> String {
     format!("feed:{name}")
+}
+
+/// The feed a decision came from: its actor, for decisions of source
+/// `feed` (whatever their rule). Decisions stored before entries carried
+/// rules of their own have rule `feed:NAME` and the same actor.
+pub fn owner(d: &palisade_model::Decision) -> Option<&str> {
+    if d.origin.source != palisade_model::Source::Feed {
+        return None;
+    }
+    d.origin
+        .actor
+        .as_deref()
+        .or_else(|| d.rule.as_deref().and_then(|r| r.strip_prefix("feed:")))
 }
 
 #[cfg(test)]

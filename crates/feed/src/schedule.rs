@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_control::{FeedApplied, FeedPulled};
-use palisade_model::{Net, Timestamp};
+use palisade_model::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Feed, Pulled, last_good, next_pull_in, pull, record_error, state};
+use crate::{Feed, List, Pulled, last_good, next_pull_in, pull, record_error, state};
 
 /// Pulls asked for by hand that may wait while one runs: more are refused
 /// at once rather than queued without bound.
@@ -86,7 +86,7 @@ impl PullNow {
 /// and returns the way to ask them for a pull now.
 pub fn spawn_all<F, Fut>(feeds: Vec<(Feed, Duration)>, dir: PathBuf, apply: F) -> PullNow
 where
-    F: Fn(String, Vec<Net>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(String, List) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<FeedApplied, String>> + Send,
 {
     let mut now = PullNow::default();
@@ -120,7 +120,7 @@ async fn keep_pulling<F, Fut>(
     apply: F,
     mut asked: mpsc::Receiver<Asked>,
 ) where
-    F: Fn(Vec<Net>) -> Fut,
+    F: Fn(List) -> Fut,
     Fut: Future<Output = Result<FeedApplied, String>>,
 {
     let name = feed.name.as_str();
@@ -163,7 +163,7 @@ async fn pull_and_apply<F, Fut>(
     by_hand: bool,
 ) -> Result<FeedPulled, String>
 where
-    F: Fn(Vec<Net>) -> Fut,
+    F: Fn(List) -> Fut,
     Fut: Future<Output = Result<FeedApplied, String>>,
 {
     let name = feed.name.as_str();

@@ -76,7 +76,7 @@ pub enum Job {
     /// A feed's new list: it replaces the feed's entries, network-wide.
     Feed {
         name: String,
-        entries: Vec<Net>,
+        entries: palisade_feed::List,
         reply: oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
     },
     /// The feeds still configured: the others' entries go.
@@ -259,8 +259,7 @@ fn apply_job(
         Job::RetireFeeds(keep) => {
             let mut gone = std::collections::HashSet::new();
             ledger.w.each(Action::Ban, |d| {
-                if d.origin.source == Source::Feed
-                    && let Some(name) = d.rule.as_deref().and_then(|r| r.strip_prefix("feed:"))
+                if let Some(name) = palisade_feed::owner(&d)
                     && !keep.iter().any(|k| k == name)
                 {
                     gone.insert(name.to_string());
@@ -269,7 +268,7 @@ fn apply_job(
             })?;
             for name in gone {
                 info!(feed = %name, "the feed is no longer configured; removing its entries");
-                replace_feed(policy, ledger, &name, &[], now)?;
+                replace_feed(policy, ledger, &name, &palisade_feed::List::default(), now)?;
             }
             Ok(Done::Nothing)
         }
@@ -382,35 +381,45 @@ fn extend(
     Ok(answer(IntentOutcome::Accepted, None, d.expires))
 }
 
-/// Makes `entries` the feed's whole set of bans, network-wide: removes
+/// Makes `list` the feed's whole set of bans, network-wide: removes
 /// what it no longer lists, adds the new entries (allow entries and the
 /// guard still win; an address banned for another reason is left as it
-/// is), all in the writer's one transaction.
+/// is), gives an entry whose rule changed its new rule, all in the
+/// writer's one transaction.
 fn replace_feed(
     policy: &Policy,
     ledger: &mut StoreLedger<'_, '_>,
     name: &str,
-    entries: &[Net],
+    list: &palisade_feed::List,
     now: Timestamp,
 ) -> Result<palisade_control::FeedApplied, StoreError> {
-    let rule = format!("feed:{name}");
-    let mut current = std::collections::HashSet::new();
+    let feed_rule = palisade_feed::rule(name);
+    // The feed's bans, each with whether its rule is still the list's.
+    let mut current = std::collections::HashMap::new();
     ledger.w.each(Action::Ban, |d| {
-        if d.origin.source == Source::Feed && d.rule.as_deref() == Some(rule.as_str()) {
-            current.insert(d.target);
+        if palisade_feed::owner(&d) == Some(name) {
+            let same = d.rule.as_deref() == Some(list.rule_of(&d.target, &feed_rule));
+            current.insert(d.target, same);
         }
         Ok(())
     })?;
-    let wanted: std::collections::HashSet<Net> = entries.iter().copied().collect();
+    let wanted: std::collections::HashSet<Net> = list.nets.iter().copied().collect();
     let mut applied = palisade_control::FeedApplied {
         total: wanted.len() as u64,
         ..Default::default()
     };
-    for n in current.iter().filter(|n| !wanted.contains(n)) {
+    for n in current.keys().filter(|n| !wanted.contains(n)) {
         ledger.remove(Action::Ban, n, None)?;
         applied.removed += 1;
     }
-    for n in wanted.iter().filter(|n| !current.contains(n)) {
+    for n in &wanted {
+        let rule = list.rule_of(n, &feed_rule);
+        if let Some(&same) = current.get(n) {
+            if !same && let Some(d) = ledger.get(Action::Ban, n, None)? {
+                ledger.put(&d.with_rule(rule))?;
+            }
+            continue;
+        }
         if policy.refusal(ledger, n)?.is_some() {
             applied.refused += 1;
             continue;
@@ -429,7 +438,7 @@ fn replace_feed(
             Span::Forever,
             Origin::new("hub", Source::Feed).with_actor(name),
         )
-        .with_rule(rule.clone())
+        .with_rule(rule)
         .with_reason(format!("listed by the feed {name}"))
         .with_scope(Scope::Network);
         ledger.put(&d)?;

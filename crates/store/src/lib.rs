@@ -69,6 +69,9 @@ pub struct Store {
     db: redb::Database,
     path: PathBuf,
     ordered: bool,
+    /// Write transactions committed since it was opened (see
+    /// [`Store::commits`]).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -91,6 +94,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             ordered: options.ordered,
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.init()?;
         Ok(store)
@@ -98,6 +102,13 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many write transactions were committed since the store was
+    /// opened: a reader that derives state from snapshots reads again only
+    /// when this moved (or time made a decision expire).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -251,6 +262,8 @@ impl Store {
             out
         };
         tx.commit()?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(out)
     }
 
