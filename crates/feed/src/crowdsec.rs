@@ -16,8 +16,8 @@ use palisade_model::{Net, Timestamp};
 use serde::Deserialize;
 
 use crate::{
-    EXAMPLES, Feed, FeedError, List, Progress, Pulled, check_entry, client, last_good, list_text,
-    save_state, state, write_atomic,
+    EXAMPLES, Feed, FeedError, List, Progress, Pulled, check_entry, client, keep_as_last_good,
+    last_good, save_state, state,
 };
 
 /// Largest stream answer read (a start-up of two million decisions is
@@ -166,26 +166,13 @@ pub async fn pull(
         save_state(dir, &feed.name, &st)?;
         return Ok(Pulled::NotModified);
     }
-    write_atomic(
-        &crate::list_path(dir, &feed.name),
-        list_text(&entries).as_bytes(),
-    )?;
-    st.fetched = st.checked;
-    st.entries = entries.len() as u64;
-    st.malformed = skipped;
-    st.malformed_examples = examples.clone();
-    st.last_error = None;
-    save_state(dir, &feed.name, &st)?;
-    Ok(Pulled::Updated {
-        entries,
-        malformed: skipped,
-        examples,
-    })
+    keep_as_last_good(dir, feed, st, entries, skipped, examples)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{list_text, write_atomic};
 
     fn d(kind: &str, scope: &str, value: &str) -> Decision {
         Decision {

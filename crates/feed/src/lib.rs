@@ -427,10 +427,22 @@ pub async fn pull(
     }
     entries.sort_unstable();
     entries.dedup();
-    let entries = List::from(entries);
-    write_atomic(&list_path(dir, &feed.name), list_text(&entries).as_bytes())?;
     st.etag = etag;
     st.last_modified = last_modified;
+    keep_as_last_good(dir, feed, st, List::from(entries), malformed, examples)
+}
+
+/// Stores a newly pulled list as the feed's last good one, with its state
+/// (when it was fetched, its size, what was skipped), and hands it on.
+fn keep_as_last_good(
+    dir: &Path,
+    feed: &Feed,
+    mut st: FeedState,
+    entries: List,
+    malformed: u64,
+    examples: Vec<String>,
+) -> Result<Pulled, FeedError> {
+    write_atomic(&list_path(dir, &feed.name), list_text(&entries).as_bytes())?;
     st.fetched = st.checked;
     st.entries = entries.len() as u64;
     st.malformed = malformed;
