@@ -734,6 +734,7 @@ fn bouncer_usage_reports_show_in_the_agents_metrics() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let report = r#"{"remediation_components":[{"version":"v0.0.31","type":"crowdsec-firewall-bouncer","name":"fw","metrics":[{"meta":{"window_size_seconds":1800,"utc_now_timestamp":1700001800},"items":[{"name":"dropped","value":12,"unit":"packet","labels":{"origin":"cscli","ip_type":"ipv4"}},{"name":"dropped","value":3,"unit":"packet","labels":{"origin":"lists","ip_type":"ipv4"}},{"name":"active_decisions","value":5,"unit":"ip","labels":{"origin":"cscli","ip_type":"ipv4"}}]}]}]}"#;
+    let decisions = agent.ok(&["list"]);
     assert_eq!(post(&key, report), "201");
     assert_eq!(post(&key, report), "201");
     assert_eq!(post("0000000000000000000000000000dead", report), "403");
@@ -758,6 +759,8 @@ fn bouncer_usage_reports_show_in_the_agents_metrics() {
         "{text}"
     );
     assert!(text.contains("palisade_agent_decisions"), "{text}");
+    // Reports, refused or counted, change nothing the agent decides.
+    assert_eq!(agent.ok(&["list"]), decisions);
 }
 
 /// How many addresses the bouncer's set holds.

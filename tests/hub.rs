@@ -687,26 +687,8 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
         .build();
     let (main, second) = (lab.host("main"), lab.host("second"));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.toml"), "").unwrap();
-    let mut up = main.command(support::BIN);
-    up.arg("--config")
-        .arg(dir.path().join("p.toml"))
-        .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
-        .args(["up", "--node-name", "main", "--hub-state-dir"])
-        .arg(dir.path().join("hub"))
-        .arg("--hub-socket")
-        .arg(dir.path().join("hub.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("agent"))
-        .env_remove("PALISADE_CONFIG");
-    let up = palisade_lab::Proc::spawn(up).unwrap();
-    assert!(
-        up.wait_for_stdout("--token-file", Duration::from_secs(20)),
-        "{}",
-        up.describe()
-    );
-    let printed = up.stdout();
+    let up = support::Up::start(main, dir.path(), "main");
+    let printed = up.proc.stdout();
     let line = printed
         .lines()
         .find(|l| l.trim_start().starts_with("palisade agent --join"))
@@ -717,11 +699,7 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
         .lines()
         .find(|l| l.trim_start().starts_with("(umask 077;"))
         .expect("a command that keeps the token in a file");
-    let token = save
-        .split_whitespace()
-        .skip_while(|w| *w != "echo")
-        .nth(1)
-        .expect("the token");
+    let token = up.token.as_str();
     assert!(
         line.contains(&format!(
             "--token-file {}",
@@ -738,12 +716,10 @@ fn palisade_up_prints_the_command_that_joins_another_server() {
         line.contains(&format!("https://{}:7470", main.v4())),
         "{line}"
     );
-    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
-    let join_url = args[2];
     let _s1 = TcpServer::start(main, PORT);
     let _s2 = TcpServer::start(second, PORT);
-    let other = Agent::join(second, "", join_url, token, "second");
-    let main_sock = dir.path().join("agent.sock");
+    let other = Agent::join(second, "", &up.url, token, "second");
+    let main_sock = support::Up::socket(dir.path());
     assert!(wait_until(Duration::from_secs(10), || support::cli(
         &main_sock,
         &["status"]
