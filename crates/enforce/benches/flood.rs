@@ -19,13 +19,16 @@
 //!
 //! The attacker namespace sends 64-byte frames (TCP SYN, then UDP) from
 //! 10,000 spoofed sources in 198.19.0.0/18 over a veth with an AF_PACKET
-//! socket (`sendmmsg`, qdisc bypass), pinned to `TX_CPU`. The victim's
-//! receive path (what the softirq of a real NIC would do) runs in a
-//! threaded NAPI instance pinned to `RX_CPU` at real-time priority 1 (so
-//! that, like softirq work, it preempts ordinary tasks), and that thread's
-//! CPU time is the cost of handling the flood (`ethtool` turns on veth's NAPI). The
-//! victim has no route to the spoofed sources: nothing it sends leaves the
-//! lab.
+//! socket (`sendmmsg`, qdisc bypass), pinned to `TX_CPU` at real-time
+//! priority 1 (so the flood's rate does not depend on other work on that
+//! core). The victim's receive path (what the softirq of a real NIC would
+//! do) runs in a threaded NAPI instance pinned to `RX_CPU`, also at
+//! real-time priority 1 (so that, like softirq work, it preempts ordinary
+//! tasks), and that thread's CPU time is the cost of handling the flood
+//! (`ethtool` turns on veth's NAPI). Like a NIC's interrupt coalescing,
+//! NAPI deferral (`RX_COALESCE_US`) lets one wake-up of the receive path
+//! handle a batch of packets. The victim has no route to the spoofed
+//! sources: nothing it sends leaves the lab.
 //!
 //! Reported per layout and protocol: frames sent per second, packets the
 //! victim's stack handled (and dropped: every source is banned) per second,
@@ -43,7 +46,10 @@
 //! Environment: `FLOOD_SECS` (measured seconds per run, default 10),
 //! `FLOOD_BANS` (default 1000000), `FLOOD_LAYOUTS` (default
 //! `prerouting,ingress,input,ipset,fail2ban`), `FLOOD_PROTOS` (default `syn,udp`),
-//! `RX_CPU` (default 0), `TX_CPU` (default 1).
+//! `RX_CPU` (default 0), `TX_CPU` (default 1), `RX_COALESCE_US` (NAPI
+//! deferral on the victim's veth, default 50; 0 turns it off),
+//! `FLOOD_REPEAT` (runs per layout and protocol, in rounds over the
+//! layouts; the median run by CPU per packet is reported; default 3).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -118,6 +124,10 @@ struct Settings {
     secs: u64,
     bans: u32,
     rx_cpu: usize,
+    /// NAPI deferral on the victim's veth, in µs (0: off).
+    coalesce_us: u64,
+    /// Runs per layout and protocol; the median is reported.
+    repeat: usize,
     tx_cpu: usize,
 }
 
@@ -155,6 +165,8 @@ fn main() {
         bans: env("FLOOD_BANS", 1_000_000),
         rx_cpu: env("RX_CPU", 0),
         tx_cpu: env("TX_CPU", 1),
+        coalesce_us: env("RX_COALESCE_US", 50),
+        repeat: env("FLOOD_REPEAT", 3).max(1),
     };
     let layouts: Vec<Layout> = env(
         "FLOOD_LAYOUTS",
@@ -173,8 +185,14 @@ fn main() {
         .collect();
     println!(
         "flood: 64-byte frames from {SOURCES} banned sources over veth, {} bans loaded, \
-         {} s per run; sender on CPU {}, victim's receive path on CPU {} (threaded NAPI)",
-        settings.bans, settings.secs, settings.tx_cpu, settings.rx_cpu
+         {} s per run, median of {} runs; sender on CPU {}, victim's receive path on CPU {} \
+         (threaded NAPI, {} µs deferral)",
+        settings.bans,
+        settings.secs,
+        settings.repeat,
+        settings.tx_cpu,
+        settings.rx_cpu,
+        settings.coalesce_us
     );
     println!();
     println!(
@@ -192,9 +210,18 @@ fn main() {
         "failed"
     );
     for proto in protos {
+        // Rounds over all layouts, so that whatever else the machine does
+        // falls on every layout alike; each layout's median run counts.
+        let mut runs: Vec<Vec<Outcome>> = layouts.iter().map(|_| Vec::new()).collect();
+        for _ in 0..settings.repeat {
+            for (i, &layout) in layouts.iter().enumerate() {
+                runs[i].push(run(layout, proto, &settings));
+            }
+        }
         let mut baseline = None;
-        for &layout in &layouts {
-            let o = run(layout, proto, &settings);
+        for (&layout, mut outcomes) in layouts.iter().zip(runs) {
+            outcomes.sort_by(|a, b| a.rx_ns_per_packet.total_cmp(&b.rx_ns_per_packet));
+            let o = outcomes.swap_remove(outcomes.len() / 2);
             let base = *baseline.get_or_insert(o.rx_ns_per_packet);
             let (med, max) = percentiles(&o.connects);
             println!(
@@ -245,7 +272,7 @@ fn percentiles(samples: &[Duration]) -> (Duration, Duration) {
 fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
     let lab = Lab::new();
     let (attacker, victim) = (lab.attacker(), lab.victim());
-    let napi = prepare_victim(attacker, victim, settings.rx_cpu);
+    let napi = prepare_victim(attacker, victim, settings.rx_cpu, settings.coalesce_us);
     install(layout, victim, settings.bans);
     let server = TcpServer::start(victim, 0);
     let legit = SocketAddr::new(victim.v4().into(), server.port());
@@ -261,11 +288,13 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
     std::thread::scope(|s| {
         s.spawn(|| send(attacker, settings.tx_cpu, &frames, &stop, &sent));
         std::thread::sleep(Duration::from_secs(1)); // warm up
-        let (sent0, rx0, rx_ns0) = (
-            sent.load(Ordering::Relaxed),
-            rx_packets(victim),
-            cpu_ns(napi),
-        );
+        // The sender and the receive path keep both cores busy at
+        // real-time priority; the measuring thread (and the connects it
+        // starts, which inherit this) runs above them, so that neither its
+        // readings nor the legitimate connections wait for a time slice.
+        schedule(0, libc::SCHED_FIFO, 2);
+        let sent0 = sent.load(Ordering::Relaxed);
+        let (rx0, rx_ns0) = receive_counters(victim, napi);
         let start = Instant::now();
         let mut connects = Vec::new();
         let mut failed = 0;
@@ -279,10 +308,11 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
         }
         let secs = start.elapsed().as_secs_f64();
         let sent_n = sent.load(Ordering::Relaxed) - sent0;
-        let handled = rx_packets(victim) - rx0;
-        let rx_ns = cpu_ns(napi) - rx_ns0;
+        let (rx1, rx_ns1) = receive_counters(victim, napi);
+        let (handled, rx_ns) = (rx1 - rx0, rx_ns1 - rx_ns0);
         let conntrack_new = count_conntrack_new(victim);
         stop.store(true, Ordering::Relaxed);
+        schedule(0, libc::SCHED_OTHER, 0);
         Outcome {
             sent_per_sec: sent_n as f64 / secs,
             handled_per_sec: handled as f64 / secs,
@@ -304,7 +334,7 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
 /// TSO; a threaded NAPI instance runs as a kernel thread, whose CPU time is
 /// then exactly the cost of receiving and dropping the flood, whatever else
 /// runs on that core.
-fn prepare_victim(attacker: &Netns, victim: &Netns, rx_cpu: usize) -> i32 {
+fn prepare_victim(attacker: &Netns, victim: &Netns, rx_cpu: usize, coalesce_us: u64) -> i32 {
     victim.exec(
         "sysctl",
         &[
@@ -323,6 +353,21 @@ fn prepare_victim(attacker: &Netns, victim: &Netns, rx_cpu: usize) -> i32 {
     victim.exec("ethtool", &["-K", "eth0", "gro", "on"]);
     let before = napi_threads();
     victim.exec("sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"]);
+    // A NIC coalesces its interrupts (ethtool's rx-usecs): under a flood
+    // one wake-up of the receive path handles a batch of packets. veth has
+    // no interrupts to coalesce; NAPI's deferral (a timer instead of an
+    // immediate reschedule when a poll ends) is the kernel's software
+    // equivalent. Without it each wake-up's fixed cost is shared by a few
+    // packets only, and that cost, the same in every layout, would hide
+    // the differences between them.
+    if coalesce_us > 0 {
+        let settings = format!(
+            "echo 1000 > /sys/class/net/eth0/napi_defer_hard_irqs && \
+             echo {} > /sys/class/net/eth0/gro_flush_timeout",
+            coalesce_us * 1000
+        );
+        victim.exec("sh", &["-c", &settings]);
+    }
     let new: Vec<i32> = napi_threads()
         .into_iter()
         .filter(|p| !before.contains(p))
@@ -331,19 +376,31 @@ fn prepare_victim(attacker: &Netns, victim: &Netns, rx_cpu: usize) -> i32 {
         panic!("expected one new NAPI thread for the victim's eth0, found {new:?}");
     };
     pin(pid, rx_cpu);
-    // Softirq work preempts ordinary tasks; so does this thread, at the
-    // lowest real-time priority (the kernel's real-time throttling still
-    // leaves the core's other tasks 5%).
-    let param = libc::sched_param { sched_priority: 1 };
+    // Softirq work preempts ordinary tasks; so does this thread.
+    realtime(pid);
+    pid
+}
+
+/// Runs thread `pid` (0: the calling thread) at the lowest real-time
+/// priority, ahead of every ordinary task on its core (the kernel's
+/// real-time throttling still leaves those 5%).
+fn realtime(pid: i32) {
+    schedule(pid, libc::SCHED_FIFO, 1);
+}
+
+/// Sets thread `pid`'s (0: the calling thread's) scheduling policy.
+fn schedule(pid: i32, policy: libc::c_int, priority: libc::c_int) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: param is a valid sched_param for the call's duration.
-    let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+    let rc = unsafe { libc::sched_setscheduler(pid, policy, &param) };
     assert_eq!(
         rc,
         0,
-        "NAPI thread priority: {}",
+        "real-time priority: {}",
         std::io::Error::last_os_error()
     );
-    pid
 }
 
 /// Pids of the kernel's `napi/eth0-*` threads.
@@ -555,6 +612,8 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 fn send(ns: &Netns, cpu: usize, frames: &[u8], stop: &AtomicBool, sent: &AtomicU64) {
     ns.run(|| {
         pin(0, cpu);
+        // The flood's rate must not depend on what else runs on this core.
+        realtime(0);
         // SAFETY: plain socket calls on a socket this function owns; the
         // structures passed live across each call.
         unsafe {
@@ -629,12 +688,21 @@ fn pin(pid: i32, cpu: usize) {
 }
 
 /// Packets the victim's eth0 took in (each then went through its stack).
-fn rx_packets(victim: &Netns) -> u64 {
-    victim
-        .exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"])
-        .trim()
-        .parse()
-        .expect("rx_packets")
+/// Packets the victim's eth0 has received and its receive path's CPU
+/// time so far, read together (within microseconds, from a thread in the
+/// victim's namespace, so both cover the same stretch of the flood).
+fn receive_counters(victim: &Netns, napi: i32) -> (u64, u64) {
+    victim.run(|| {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
+        let cpu = cpu_ns(napi);
+        let packets = dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+            .and_then(|counters| counters.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .expect("eth0's received packets in /proc/net/dev");
+        (packets, cpu)
+    })
 }
 
 /// Packets that got a conntrack entry during one second of the flood,
