@@ -270,7 +270,68 @@ impl Policy {
         if needed > 1 {
             ledger.set_reports(target, &[])?;
         }
-        Ok(Ok((IntentOutcome::Accepted, shortened, fresh.expires)))
+        let note = match self.roll_up(ledger, target, now)? {
+            Some(rolled) => Some(match shortened {
+                Some(s) => format!("{s}; {rolled}"),
+                None => rolled,
+            }),
+            None => shortened,
+        };
+        Ok(Ok((IntentOutcome::Accepted, note, fresh.expires)))
+    }
+
+    /// After a new ban of `host`: when enough hosts of its network were
+    /// banned within the window, bans the network in their place (see
+    /// [`crate::rollup`]) and says so. The network ban is the policy's own,
+    /// but bounded like a node's: never wider than `[hub.limits]`, never
+    /// over the hub, an allow entry covering it or what the guard forbids.
+    fn roll_up<L: Ledger>(
+        &self,
+        ledger: &mut L,
+        host: &Net,
+        now: Timestamp,
+    ) -> Result<Option<String>, L::Error> {
+        let rollup = &self.config().rollup;
+        let Some(network) = rollup.network_of(host) else {
+            return Ok(None);
+        };
+        if ledger
+            .get(Action::Ban, &network, None)?
+            .is_some_and(|d| d.is_active(now))
+        {
+            return Ok(None);
+        }
+        // Cheap refusals before the members are read: a flood of hosts in
+        // a protected network costs a lookup each, not a scan.
+        let limits = &self.config().limits;
+        let widest = match network.family() {
+            Family::V4 => limits.widest_v4,
+            Family::V6 => limits.widest_v6,
+        };
+        if network.prefix() < widest || self.refusal(ledger, &network)?.is_some() {
+            return Ok(None);
+        }
+        let inside = ledger.bans_within(&network)?;
+        let Some(members) = rollup.members(&inside, now) else {
+            return Ok(None);
+        };
+        let base = self.config().default_ban;
+        let lasting = self.escalate(ledger, &network, base, now)?;
+        let mut ban = rollup.network_ban(network, &members, crate::HUB_NODE, lasting, now);
+        if lasting != base {
+            let offence = ledger.offender(&network)?.map_or(0, |o| o.bans);
+            ban.reason = ban.reason.map(|r| {
+                format!("{r}; offence {offence} of this network: {base} escalated to {lasting}")
+            });
+        }
+        ledger.put(&ban)?;
+        for m in members.iter().filter(|m| crate::Rollup::replaces(&ban, m)) {
+            ledger.remove(Action::Ban, &m.target, None)?;
+        }
+        Ok(Some(format!(
+            "{} hosts of {network} are banned: rolled up into a ban of {network}",
+            members.len()
+        )))
     }
 
     fn unban<L: Ledger>(
