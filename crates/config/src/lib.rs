@@ -129,11 +129,31 @@ impl RollupConfig {
 
     /// A roll-up is a ban like any other: no wider than `[guard]` permits
     /// and than a node may ban (`[hub.limits]`). The key at fault and why.
-    fn check_widths(&self, guard: &GuardConfig, limits: &LimitsConfig) -> Vec<(&'static str, String)> {
+    fn check_widths(
+        &self,
+        guard: &GuardConfig,
+        limits: &LimitsConfig,
+    ) -> Vec<(&'static str, String)> {
         let mut wrong = Vec::new();
         let families = [
-            (self.ipv4, "ipv4_prefix", self.ipv4_prefix, guard.min_prefix_v4, "min_prefix_v4", limits.node_widest_v4, "node_widest_v4"),
-            (self.ipv6, "ipv6_prefix", self.ipv6_prefix, guard.min_prefix_v6, "min_prefix_v6", limits.node_widest_v6, "node_widest_v6"),
+            (
+                self.ipv4,
+                "ipv4_prefix",
+                self.ipv4_prefix,
+                guard.min_prefix_v4,
+                "min_prefix_v4",
+                limits.node_widest_v4,
+                "node_widest_v4",
+            ),
+            (
+                self.ipv6,
+                "ipv6_prefix",
+                self.ipv6_prefix,
+                guard.min_prefix_v6,
+                "min_prefix_v6",
+                limits.node_widest_v6,
+                "node_widest_v6",
+            ),
         ];
         for (on, key, prefix, guard_min, guard_key, widest, widest_key) in families {
             if !on {
@@ -1253,20 +1273,44 @@ mod tests {
             .map(|e| (e.line.unwrap(), e.message.as_str()))
             .collect();
         assert_eq!(places.len(), 4, "{places:?}");
-        assert!(places[0].0 == 2 && places[0].1.contains("between 2 and"), "{places:?}");
-        assert!(places[1].0 == 3 && places[1].1.contains("not forever"), "{places:?}");
-        assert!(places[2].0 == 4 && places[2].1.contains("between 8 and 31"), "{places:?}");
-        assert!(places[3].0 == 5 && places[3].1.contains("between 16 and 127"), "{places:?}");
+        assert!(
+            places[0].0 == 2 && places[0].1.contains("between 2 and"),
+            "{places:?}"
+        );
+        assert!(
+            places[1].0 == 3 && places[1].1.contains("not forever"),
+            "{places:?}"
+        );
+        assert!(
+            places[2].0 == 4 && places[2].1.contains("between 8 and 31"),
+            "{places:?}"
+        );
+        assert!(
+            places[3].0 == 5 && places[3].1.contains("between 16 and 127"),
+            "{places:?}"
+        );
         // Wider than a node may ban, or than the guard permits: refused at
         // the key, naming the limit.
         let text = "[hub.limits]\nnode_widest_v4 = 24\n[rollup]\nipv4 = true\nipv4_prefix = 16\n";
         let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
         assert_eq!((errors[0].line, errors[0].column), (Some(5), Some(15)));
-        assert!(errors[0].message.contains("node_widest_v4 = 24"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("node_widest_v4 = 24"),
+            "{}",
+            errors[0]
+        );
         let text = "[guard]\nmin_prefix_v6 = 72\n[rollup]\nhosts = 5\n";
         let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
-        assert!(errors[0].message.contains("min_prefix_v6 = 72"), "{}", errors[0]);
-        assert_eq!(errors[0].line, Some(3), "at the [rollup] table when the key is not written");
+        assert!(
+            errors[0].message.contains("min_prefix_v6 = 72"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(
+            errors[0].line,
+            Some(3),
+            "at the [rollup] table when the key is not written"
+        );
         // Not written: an older file keeps loading.
         parse("[guard]\nmin_prefix_v6 = 72\n").unwrap();
         // Off: its width does not matter.

@@ -87,7 +87,8 @@ impl Rollup {
         bans: impl IntoIterator<Item = &'a Decision>,
         now: Timestamp,
     ) -> Option<Vec<&'a Decision>> {
-        let mut members: Vec<&Decision> = bans.into_iter().filter(|d| self.counts(d, now)).collect();
+        let mut members: Vec<&Decision> =
+            bans.into_iter().filter(|d| self.counts(d, now)).collect();
         members.sort_by_key(|d| d.target);
         members.dedup_by_key(|d| d.target);
         (members.len() as u64 >= u64::from(self.hosts.max(1))).then_some(members)

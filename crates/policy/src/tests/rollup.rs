@@ -43,7 +43,11 @@ fn enough_hosts_of_a_network_become_one_network_ban_listing_them() {
     assert!(banned(&l, "203.0.113.0/24").is_none(), "4 of 5: not yet");
     let r = reported(&p, &mut l, 5, "203.0.113.5", at(5));
     assert_eq!(r.outcome, IntentOutcome::Accepted);
-    assert!(r.reason.unwrap().contains("rolled up into a ban of 203.0.113.0/24"));
+    assert!(
+        r.reason
+            .unwrap()
+            .contains("rolled up into a ban of 203.0.113.0/24")
+    );
     let net = banned(&l, "203.0.113.0/24").expect("the /24 is banned");
     assert_eq!(net.origin.source, Source::Policy);
     assert_eq!(net.origin.node, HUB_NODE);
@@ -51,9 +55,16 @@ fn enough_hosts_of_a_network_become_one_network_ban_listing_them() {
     assert_eq!(net.scope, Scope::Network);
     let evidence = net.evidence.join("\n");
     for i in 1..=5 {
-        assert!(evidence.contains(&format!("203.0.113.{i} (sshd, report on web1)")), "{evidence}");
+        assert!(
+            evidence.contains(&format!("203.0.113.{i} (sshd, report on web1)")),
+            "{evidence}"
+        );
     }
-    assert!(net.reason.unwrap().contains("5 hosts of 203.0.113.0/24 banned within 10m"));
+    assert!(
+        net.reason
+            .unwrap()
+            .contains("5 hosts of 203.0.113.0/24 banned within 10m")
+    );
     // The members are replaced, and every node hears of it.
     for i in 1..=5 {
         assert!(banned(&l, &format!("203.0.113.{i}")).is_none());
@@ -76,9 +87,16 @@ fn ipv4_is_off_and_ipv6_on_by_default() {
         reported(&p, &mut l, 100 + i, &format!("2001:db8:7::{i:x}"), at(i));
     }
     assert!(banned(&l, "203.0.113.0/24").is_none());
-    assert_eq!(banned(&l, "203.0.113.12").unwrap().target, n("203.0.113.12"));
+    assert_eq!(
+        banned(&l, "203.0.113.12").unwrap().target,
+        n("203.0.113.12")
+    );
     let net = banned(&l, "2001:db8:7::/64").expect("IPv6 rolls up by default");
-    assert!(net.reason.unwrap().starts_with("10 hosts of 2001:db8:7::/64"));
+    assert!(
+        net.reason
+            .unwrap()
+            .starts_with("10 hosts of 2001:db8:7::/64")
+    );
     // Hosts banned after the roll-up stay as they are (the network
     // already covers them).
     assert!(banned(&l, "2001:db8:7::c").is_some());
@@ -121,13 +139,22 @@ fn a_network_rolled_up_again_gets_a_longer_ban() {
     for round in 0..3u64 {
         let start = round * 3 * 86_400;
         for i in 1..=5u64 {
-            reported(&p, &mut l, round * 10 + i, &format!("203.0.113.{i}"), at(start + i));
+            reported(
+                &p,
+                &mut l,
+                round * 10 + i,
+                &format!("203.0.113.{i}"),
+                at(start + i),
+            );
         }
         let net = banned(&l, "203.0.113.0/24").expect("rolled up");
         lengths.push(net.expires.unwrap().since(net.created).as_secs() / 86_400);
         if round == 1 {
             assert!(
-                net.reason.as_deref().unwrap().contains("offence 2 of this network"),
+                net.reason
+                    .as_deref()
+                    .unwrap()
+                    .contains("offence 2 of this network"),
                 "{:?}",
                 net.reason
             );
@@ -153,7 +180,10 @@ fn members_that_outlast_the_network_ban_stay() {
         reported(&p, &mut l, i, &format!("203.0.113.{i}"), at(i));
     }
     assert!(banned(&l, "203.0.113.0/24").is_some());
-    assert!(banned(&l, "203.0.113.1").is_some(), "a forever ban is not shortened");
+    assert!(
+        banned(&l, "203.0.113.1").is_some(),
+        "a forever ban is not shortened"
+    );
     assert!(banned(&l, "203.0.113.2").is_none());
 }
 
@@ -163,18 +193,37 @@ fn allowed_hosts_inside_stay_allowed_and_covering_allows_forbid_the_roll_up() {
     let mut l = Memory::default();
     // An allowed host inside: the network is banned, the allow stays and
     // wins (the kernel accepts allowed sources first).
-    p.decide(&mut l, &node("admin"), &allow(1, "203.0.113.200", None), at(0))
-        .unwrap();
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &allow(1, "203.0.113.200", None),
+        at(0),
+    )
+    .unwrap();
     for i in 1..=5u64 {
         reported(&p, &mut l, 10 + i, &format!("203.0.113.{i}"), at(i));
     }
     assert!(banned(&l, "203.0.113.0/24").is_some());
-    assert!(l.get(Action::Allow, &n("203.0.113.200"), None).unwrap().is_some());
+    assert!(
+        l.get(Action::Allow, &n("203.0.113.200"), None)
+            .unwrap()
+            .is_some()
+    );
     // An allow covering the whole network: no roll-up, the hosts stay.
-    p.decide(&mut l, &node("admin"), &allow(2, "198.51.100.0/24", None), at(0))
-        .unwrap();
-    p.decide(&mut l, &node("admin"), &allow(3, "192.0.2.0/23", None), at(0))
-        .unwrap();
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &allow(2, "198.51.100.0/24", None),
+        at(0),
+    )
+    .unwrap();
+    p.decide(
+        &mut l,
+        &node("admin"),
+        &allow(3, "192.0.2.0/23", None),
+        at(0),
+    )
+    .unwrap();
     for i in 1..=6u64 {
         // Refused: each host is allowed.
         let r = reported(&p, &mut l, 20 + i, &format!("198.51.100.{i}"), at(i));
@@ -197,7 +246,10 @@ fn the_hub_is_never_inside_a_roll_up() {
         assert_eq!(r.outcome, IntentOutcome::Accepted);
     }
     assert!(banned(&l, "198.18.0.0/24").is_none());
-    assert!(banned(&l, "198.18.0.60").is_some(), "the hosts themselves stay banned");
+    assert!(
+        banned(&l, "198.18.0.60").is_some(),
+        "the hosts themselves stay banned"
+    );
 }
 
 #[test]
