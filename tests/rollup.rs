@@ -81,6 +81,18 @@ impl Net {
         connect_from(self.lab.host("attacker"), from, to)
     }
 
+    /// Waits until `element` ("a", "a/len") is in every agent's block set.
+    fn wait_blocked_everywhere(&self, element: &str, what: &str) {
+        assert!(
+            wait_until(SPREAD, || self
+                .webs()
+                .iter()
+                .all(|h| kernel_blocks(h, element))),
+            "{what} did not reach every agent\n{}",
+            self.logs()
+        );
+    }
+
     fn reaches_all(&self, from: IpAddr) -> bool {
         (0..3).all(|i| self.reaches(from, i))
     }
@@ -151,25 +163,11 @@ fn twenty_banned_hosts_of_a_24_roll_up_into_the_24_on_every_agent() {
         );
     }
     let last = members[18].to_string();
-    assert!(
-        wait_until(SPREAD, || net
-            .webs()
-            .iter()
-            .all(|h| kernel_blocks(h, &last))),
-        "the reports did not reach every agent\n{}",
-        net.logs()
-    );
+    net.wait_blocked_everywhere(&last, "the reports");
     assert!(net.reaches_all(never_banned), "19 hosts: not yet rolled up");
     // The twentieth.
     net.agents[0].ok(&["report", "fail2ban", "sshd", &members[19].to_string()]);
-    assert!(
-        wait_until(SPREAD, || net
-            .webs()
-            .iter()
-            .all(|h| kernel_blocks(h, V4_NET))),
-        "the /24 did not reach every agent\n{}",
-        net.logs()
-    );
+    net.wait_blocked_everywhere(V4_NET, "the /24");
     // The members are replaced by the network ban.
     assert!(
         wait_until(SPREAD, || net
@@ -247,14 +245,7 @@ fn an_ipv6_attacker_rotating_through_its_64_is_banned_as_the_64_on_every_agent()
         writeln!(f, "{}", sshd_failure(a, i)).unwrap();
     }
     drop(f);
-    assert!(
-        wait_until(SPREAD, || net
-            .webs()
-            .iter()
-            .all(|h| kernel_blocks(h, V6_NET))),
-        "the /64 did not reach every agent\n{}",
-        net.logs()
-    );
+    net.wait_blocked_everywhere(V6_NET, "the /64");
     // An address of the /64 it has not used yet is blocked everywhere.
     assert!(net.reaches_none(next), "{}", net.logs());
     for agent in &net.agents {
