@@ -1645,6 +1645,29 @@ mod tests {
             "{:?}",
             by.evidence
         );
+        assert_eq!(by.expires.unwrap().since(by.created).as_secs(), 3600);
+        // Rolled up again after the first ended: twice as long.
+        core.unban(targets(&["203.0.113.0/24"])).unwrap();
+        for host in ["203.0.113.11", "203.0.113.12", "203.0.113.13"] {
+            core.ban(ban(&[host], Some("1h")), now).unwrap();
+        }
+        let again = core
+            .store()
+            .read()
+            .unwrap()
+            .get(Action::Ban, &n("203.0.113.0/24"))
+            .unwrap()
+            .expect("rolled up again");
+        assert_eq!(again.expires.unwrap().since(again.created).as_secs(), 7200);
+        assert!(
+            again
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("offence 2 of this network"),
+            "{:?}",
+            again.reason
+        );
         // A network holding infrastructure is never rolled up.
         core.settings.infrastructure = vec![(n("198.51.100.1"), "the hub".into())];
         for host in ["198.51.100.2", "198.51.100.3", "198.51.100.4"] {

@@ -1,8 +1,6 @@
 //! One intent, decided: what the sender's role permits, then the
 //! allowlists, quorums, repeats and escalation (see the crate docs).
 
-use std::time::Duration;
-
 use palisade_model::net::Family;
 use palisade_model::{Action, Decision, Net, NetMap, Origin, Scope, Source, Span, Timestamp};
 use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult, Role};
@@ -318,12 +316,8 @@ impl Policy {
         let base = self.config().default_ban;
         let lasting = self.escalate(ledger, &network, base, now)?;
         let mut ban = rollup.network_ban(network, &members, crate::HUB_NODE, lasting, now);
-        if lasting != base {
-            let offence = ledger.offender(&network)?.map_or(0, |o| o.bans);
-            ban.reason = ban.reason.map(|r| {
-                format!("{r}; offence {offence} of this network: {base} escalated to {lasting}")
-            });
-        }
+        let offence = ledger.offender(&network)?.map_or(0, |o| o.bans);
+        crate::rollup::note_escalation(&mut ban, offence, base);
         ledger.put(&ban)?;
         for m in members.iter().filter(|m| crate::Rollup::replaces(&ban, m)) {
             ledger.remove(Action::Ban, &m.target, None)?;
@@ -515,10 +509,7 @@ impl Policy {
         let Some(esc) = &self.config().escalation else {
             return Ok(base);
         };
-        let previous = ledger
-            .offender(target)?
-            .filter(|o| now.since(o.last) < esc.forget_after)
-            .map_or(0, |o| o.bans);
+        let previous = esc.counted(ledger.offender(target)?, now);
         ledger.set_offender(
             target,
             Some(crate::Offender {
@@ -526,12 +517,7 @@ impl Policy {
                 last: now,
             }),
         )?;
-        let Span::For(d) = base else {
-            return Ok(base);
-        };
-        let factor = esc.factor.max(1.0).powi(previous.min(64) as i32);
-        let secs = (d.as_secs_f64() * factor).min(esc.max.as_secs_f64().max(d.as_secs_f64()));
-        Ok(Span::For(Duration::from_secs(secs.round() as u64)))
+        Ok(esc.lasting(base, previous))
     }
 }
 

@@ -178,6 +178,27 @@ impl Default for Escalation {
     }
 }
 
+impl Escalation {
+    /// How many past bans of `record` still count at `now`.
+    pub fn counted(&self, record: Option<Offender>, now: palisade_model::Timestamp) -> u32 {
+        record
+            .filter(|o| now.since(o.last) < self.forget_after)
+            .map_or(0, |o| o.bans)
+    }
+
+    /// The length of a new ban of `base` after `previous` counted bans:
+    /// `factor` times longer each time, up to `max` (never shorter than
+    /// `base`); `forever` stays forever.
+    pub fn lasting(&self, base: Span, previous: u32) -> Span {
+        let Span::For(d) = base else {
+            return base;
+        };
+        let factor = self.factor.max(1.0).powi(previous.min(64) as i32);
+        let secs = (d.as_secs_f64() * factor).min(self.max.as_secs_f64().max(d.as_secs_f64()));
+        Span::For(Duration::from_secs(secs.round() as u64))
+    }
+}
+
 /// A token bucket per node.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {

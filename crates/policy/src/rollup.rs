@@ -140,6 +140,19 @@ impl Rollup {
     }
 }
 
+/// Says in `ban`'s reason that it was escalated, when it lasts longer than
+/// `base`: the network's `offence`-th roll-up.
+pub fn note_escalation(ban: &mut Decision, offence: u32, base: Span) {
+    let lasting = ban
+        .expires
+        .map_or(Span::Forever, |e| Span::For(e.since(ban.created)));
+    if lasting != base {
+        ban.reason = ban.reason.take().map(|r| {
+            format!("{r}; offence {offence} of this network: {base} escalated to {lasting}")
+        });
+    }
+}
+
 /// Evidence lines listing the members, each `address (rule, by)`, packed
 /// into lines the model keeps whole; the last line says how many did not
 /// fit.
