@@ -7,8 +7,9 @@
 //! [`Rollup::members`] and [`Rollup::network_ban`]), so both count, name and
 //! explain a roll-up the same way.
 //!
-//! Members are the active bans of single hosts inside the network made
-//! within the window by a detector, a report or by hand; feeds and the
+//! Members are the active bans inside the network (hosts, or narrower
+//! networks: a detector's /64 bans count towards a /48) made within the
+//! window by a detector, a report or by hand; feeds and the
 //! configuration keep their own lists, and decisions of the policy itself
 //! (an earlier roll-up) never count. The network ban is the policy's own
 //! (source `policy`, rule [`RULE`]); it lists its members in its evidence
@@ -54,12 +55,10 @@ impl Default for Rollup {
 }
 
 impl Rollup {
-    /// The network `host` would be rolled up into: `None` when `host` is
-    /// not a single host or its family is not rolled up.
+    /// The network a ban of `host` (a host, or a narrower network) would
+    /// be rolled up into: `None` when it is not narrower than the roll-up's
+    /// network or its family is not rolled up.
     pub fn network_of(&self, host: &Net) -> Option<Net> {
-        if !host.is_host() {
-            return None;
-        }
         let prefix = match host.family() {
             Family::V4 => self.prefix_v4?,
             Family::V6 => self.prefix_v6?,
@@ -71,7 +70,7 @@ impl Rollup {
     pub fn counts(&self, d: &Decision, now: Timestamp) -> bool {
         d.action == Action::Ban
             && d.group.is_none()
-            && d.target.is_host()
+            && self.network_of(&d.target).is_some()
             && d.is_active(now)
             && now.since(d.created) < self.window
             && matches!(
@@ -105,8 +104,13 @@ impl Rollup {
         span: Span,
         now: Timestamp,
     ) -> Decision {
+        let what = if members.iter().all(|m| m.target.is_host()) {
+            "hosts"
+        } else {
+            "hosts and networks"
+        };
         let reason = format!(
-            "{} hosts of {network} banned within {} (roll-up: [rollup] hosts = {}, {} = {})",
+            "{} {what} of {network} banned within {} (roll-up: [rollup] hosts = {}, {} = {})",
             members.len(),
             palisade_model::time::compact_duration(self.window),
             self.hosts,
@@ -209,6 +213,14 @@ mod tests {
             Some("2001:db8:1::/64".parse().unwrap())
         );
         assert_eq!(r.network_of(&"2001:db8:1::/64".parse().unwrap()), None);
+        let site = Rollup {
+            prefix_v6: Some(48),
+            ..Rollup::default()
+        };
+        assert_eq!(
+            site.network_of(&"2001:db8:1:2::/64".parse().unwrap()),
+            Some("2001:db8:1::/48".parse().unwrap())
+        );
         let v4 = Rollup {
             prefix_v4: Some(24),
             ..Rollup::default()
@@ -220,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn only_recent_active_host_bans_by_detectors_reports_and_hand_count() {
+    fn only_recent_active_narrower_bans_by_detectors_reports_and_hand_count() {
         let r = Rollup::default();
         let now = Timestamp::from_millis(10_000_000);
         let old = Timestamp::from_millis(10_000_000 - 3_600_001);
@@ -229,7 +241,9 @@ mod tests {
         assert!(r.counts(&ban("2001:db8::1", Source::Cli, now), now));
         assert!(!r.counts(&ban("2001:db8::1", Source::Feed, now), now));
         assert!(!r.counts(&ban("2001:db8::1", Source::Policy, now), now));
-        assert!(!r.counts(&ban("2001:db8::/120", Source::Cli, now), now));
+        // A narrower network counts; the roll-up's own width does not.
+        assert!(r.counts(&ban("2001:db8::/120", Source::Cli, now), now));
+        assert!(!r.counts(&ban("2001:db8::/64", Source::Cli, now), now));
         // Made before the window.
         let mut stale = ban("2001:db8::1", Source::Report, old);
         stale.expires = None;

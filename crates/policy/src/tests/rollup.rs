@@ -314,3 +314,41 @@ fn a_node_cannot_name_the_wider_network_itself_nor_forge_a_roll_up() {
     }
     assert!(banned(&l, "203.0.113.0/24").is_none());
 }
+
+#[test]
+fn a_48_rolls_up_the_64s_a_detector_banned() {
+    let p = Policy::new(PolicyConfig {
+        rollup: Rollup {
+            prefix_v6: Some(48),
+            ..rolling().rollup
+        },
+        ..PolicyConfig::default()
+    });
+    let mut l = Memory::default();
+    for i in 1..=5u64 {
+        let r = p
+            .decide(
+                &mut l,
+                &member("web1", None, Role::Node),
+                &report(
+                    i,
+                    &format!("2001:db8:5:{i:x}::/64"),
+                    Source::Detector,
+                    Some("1h"),
+                ),
+                at(i),
+            )
+            .unwrap();
+        assert_eq!(r.outcome, IntentOutcome::Accepted);
+    }
+    let net = banned(&l, "2001:db8:5::/48").expect("the /48 is rolled up");
+    assert!(
+        net.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("5 hosts and networks of 2001:db8:5::/48"),
+        "{:?}",
+        net.reason
+    );
+    assert!(banned(&l, "2001:db8:5:1::/64").is_none());
+}
