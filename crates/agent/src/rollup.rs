@@ -15,8 +15,8 @@ use tracing::info;
 use crate::core::{Core, CoreError, entry};
 
 impl Core {
-    /// After new bans of `hosts`: bans each of their networks in which
-    /// enough hosts were banned within the window, in place of the member
+    /// After new bans of `hosts` (or narrower networks): bans each of their
+    /// networks in which enough bans were made within the window, in place of the member
     /// bans it covers. The network ban passes the guard like any other (an
     /// allow entry covering it, or an address of the network's
     /// infrastructure inside it, forbids it; allowed hosts inside stay

@@ -278,19 +278,20 @@ impl Policy {
         Ok(Ok((IntentOutcome::Accepted, note, fresh.expires)))
     }
 
-    /// After a new ban of `host`: when enough hosts of its network were
-    /// banned within the window, bans the network in their place (see
+    /// After a new ban of `banned` (a host, or a network narrower than the
+    /// roll-up's): when enough bans inside its network were made within
+    /// the window, bans the network in their place (see
     /// [`crate::rollup`]) and says so. The network ban is the policy's own,
     /// but bounded like a node's: never wider than `[hub.limits]`, never
     /// over the hub, an allow entry covering it or what the guard forbids.
     fn roll_up<L: Ledger>(
         &self,
         ledger: &mut L,
-        host: &Net,
+        banned: &Net,
         now: Timestamp,
     ) -> Result<Option<String>, L::Error> {
         let rollup = &self.config().rollup;
-        let Some(network) = rollup.network_of(host) else {
+        let Some(network) = rollup.network_of(banned) else {
             return Ok(None);
         };
         if ledger
@@ -323,7 +324,7 @@ impl Policy {
             ledger.remove(Action::Ban, &m.target, None)?;
         }
         Ok(Some(format!(
-            "{} hosts of {network} are banned: rolled up into a ban of {network}",
+            "{} bans inside {network} within the roll-up's window: rolled up into a ban of {network}",
             members.len()
         )))
     }
