@@ -4,7 +4,8 @@
 //! on every agent (an allowed host inside still gets through, a host never
 //! banned is now blocked, `explain` lists the members); an IPv6 attacker
 //! rotating through fifty addresses of its /64 is banned as the /64 on
-//! every agent (counted per /64 by the detector that saw it).
+//! every agent (counted per /64 by the detector that saw it); an agent on
+//! its own rolls up its own bans with the same rule.
 
 mod support;
 
@@ -253,6 +254,54 @@ fn an_ipv6_attacker_rotating_through_its_64_is_banned_as_the_64_on_every_agent()
         assert!(
             story.contains("BLOCKED") && story.contains(V6_NET),
             "{story}"
+        );
+    }
+}
+
+#[test]
+fn an_agent_on_its_own_rolls_up_its_bans_with_the_same_rule() {
+    if !require_root_and(&["nft", "ip"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let allowed = v4(50);
+    let never_banned = v4(100);
+    let members: Vec<IpAddr> = (1..=5).map(v4).collect();
+    for a in members.iter().chain([&allowed, &never_banned]) {
+        attacker.exec("ip", &["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+    }
+    victim.exec("ip", &["route", "add", V4_NET, "dev", "eth0"]);
+    let _server = TcpServer::start(victim, PORT);
+    let agent = Agent::start(
+        victim,
+        "[rollup]\nhosts = 5\nwindow = \"10m\"\nipv4 = true\n[[allow]]\nnet = \"198.18.1.50\"\ncomment = \"partner\"\n",
+    );
+    let to = SocketAddr::new(victim.v4().into(), PORT);
+    assert!(connect_from(attacker, never_banned, to));
+    for m in &members[..4] {
+        agent.ok(&["ban", &m.to_string(), "--for", "1h"]);
+    }
+    assert!(!kernel_blocks(victim, V4_NET), "4 of 5: not yet");
+    agent.ok(&["ban", &members[4].to_string(), "--for", "1h"]);
+    assert!(kernel_blocks(victim, V4_NET), "{}", agent.log());
+    assert!(!kernel_blocks(victim, &members[0].to_string()));
+    assert!(!connect_from(attacker, never_banned, to));
+    assert!(
+        connect_from(attacker, allowed, to),
+        "the allowed host inside lost access"
+    );
+    let story = agent.ok(&["explain", &never_banned.to_string()]);
+    assert!(
+        story.contains("rule     rollup")
+            && story.contains("5 hosts of 198.18.1.0/24 banned within 10m")
+            && story.contains("this server only"),
+        "{story}"
+    );
+    for m in &members {
+        assert!(
+            story.contains(&format!("{m} (ban, cli on ")),
+            "{m}: {story}"
         );
     }
 }
