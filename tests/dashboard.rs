@@ -1,7 +1,8 @@
 //! The hub's web dashboard in a real headless Chromium (Debian's chromium
 //! and chromium-driver, over WebDriver), against a hub and agents in lab
 //! namespaces: log in, find, explain, unban (and see the agent's kernel set
-//! lose the address), allow, revoke a node, live updates; refusals of wrong
+//! lose the address), allow, revoke a node, live updates, a rolled-up
+//! network marked and explained; refusals of wrong
 //! passwords and of requests without the CSRF token. Screenshots of the
 //! main pages go to `target/screenshots/`.
 //!
@@ -356,6 +357,35 @@ fn an_admin_finds_explains_unbans_and_allows_in_a_real_browser() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&scanner), "{body}");
+
+    // A rolled-up network: ten reported IPv6 hosts of one /64 (rolled up
+    // by default) become one ban of the /64, marked in the decisions view,
+    // its explanation listing the members.
+    for i in 1..=10 {
+        web1.ok(&["report", "fail2ban", "sshd", &format!("2001:db8:77::{i:x}")]);
+    }
+    assert!(
+        wait_until(SPREAD, || support::kernel_blocks(
+            lab.host("web1"),
+            "2001:db8:77::/64"
+        )),
+        "the /64 was not rolled up:\n{}",
+        hub.log()
+    );
+    b.goto(&format!("{base}/dashboard/?rule=rollup"));
+    drawn(&b, "decisions", 0);
+    let tag = b.wait("#decisions tr[data-target=\"2001:db8:77::/64\"] .tag.rollup");
+    assert_eq!(b.text(&tag), "rolled up");
+    b.screenshot("rollup");
+    b.goto(&format!("{base}/dashboard/explain?addr=2001:db8:77::99"));
+    drawn(&b, "explain", 0);
+    let story = b.text(&b.wait("#story"));
+    assert!(
+        story.contains("rolled up")
+            && story.contains("10 hosts of 2001:db8:77::/64")
+            && story.contains("2001:db8:77::a (fail2ban/sshd, report on web1)"),
+        "{story}"
+    );
 
     // Logging out ends the session on the hub, not only in the browser.
     b.goto(&format!("{base}/dashboard/"));

@@ -189,6 +189,29 @@ fn cluster_flow(flavour: &str, bin: &str) {
         "[{flavour}] a node's address was banned"
     );
 
+    // Reported IPv6 hosts of one /64 roll up into the /64 (on by default,
+    // at ten): decided by a worker's policy, written to the bucket, on
+    // every agent. (A worker's mirror may lag a report behind another
+    // worker's write, so reports go on until the /64 is there.)
+    let rolled =
+        |net: &Net| (0..3).all(|i| net.agents[i].ok(&["list"]).contains("2001:db8:66::/64"));
+    for i in 1..=30 {
+        net.agents[1].ok(&["report", "fail2ban", "sshd", &format!("2001:db8:66::{i:x}")]);
+        if i >= 10 && wait_until(Duration::from_secs(1), || rolled(&net)) {
+            break;
+        }
+    }
+    assert!(
+        wait_until(AFTER_KILL, || rolled(&net)),
+        "[{flavour}] the /64 was not rolled up on every agent\n{}",
+        net.logs()
+    );
+    let story = net.agents[2].ok(&["explain", "2001:db8:66::99"]);
+    assert!(
+        story.contains("rule     rollup") && story.contains("2001:db8:66::1 (fail2ban/sshd"),
+        "{story}"
+    );
+
     // Expiry: a short ban leaves every kernel, and the bucket.
     net.agents[0].ok(&["ban", "203.0.113.9", "--for", "3s"]);
     assert!(wait_until(AFTER_KILL, || net.agents[2]

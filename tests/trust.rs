@@ -816,6 +816,115 @@ fn a_stolen_node_token_can_not_turn_the_hub_against_the_network() {
     );
 }
 
+/// The roll-up (issue 15) through stolen node and reporter tokens: a
+/// network ban named `rollup` or claiming the policy's source is refused
+/// like any too-wide ban; distinct fake hosts flooded into the hub's /24
+/// or into a network an allow entry covers never roll up; where a flood
+/// does roll a network up, the ban is the hub's own and an allowed host
+/// inside stays allowed.
+#[test]
+fn a_stolen_token_can_not_steer_the_roll_up() {
+    if !require_root_and(&["nft", "curl"]) {
+        return;
+    }
+    let net = HubNet::start(
+        "[rollup]\nhosts = 5\nwindow = \"10m\"\nipv4 = true\n\
+         [[hub.allow]]\nnet = \"192.0.2.0/24\"\ncomment = \"office\"\n\
+         [[hub.allow]]\nnet = \"203.0.113.200\"\ncomment = \"partner\"\n",
+        [""; 3],
+        false,
+    );
+    let webs = net.webs();
+    net.settle("203.0.113.250");
+    let thief = net.api(&net.stolen_token());
+    let reporter = token(&net.hub, &["--role", "reporter", "fail2ban-cron"]);
+    let rep = net.api(&reporter);
+
+    // Naming the wider network itself: refused, whatever it claims.
+    for (target, source) in [
+        ("198.51.0.0/16", "cli"),
+        ("198.51.0.0/16", "report"),
+        ("198.51.100.0/24", "policy"),
+    ] {
+        assert_refused(
+            &format!("a {source} ban of {target} named rollup"),
+            &thief.send(&ban(target, source, r#","rule":"rollup""#)),
+        );
+    }
+    // Fake hosts of the hub's /24: each host is the node's to ban, the
+    // network never.
+    for i in 100..130 {
+        let v = rep.send(&ban(
+            &format!("198.18.0.{i}"),
+            "report",
+            r#","rule":"sshd""#,
+        ));
+        assert_eq!(v.outcome, "accepted", "{}", v.detail);
+    }
+    // Fake hosts of a network an allow entry covers: refused one by one.
+    for i in 1..=10 {
+        assert_refused(
+            "a host of an allowed network",
+            &thief.send(&ban(&format!("192.0.2.{i}"), "report", "")),
+        );
+    }
+    // Hosts of a network with an allowed host inside: rolled up by the hub.
+    for i in 1..=5 {
+        let v = thief.send(&ban(
+            &format!("203.0.113.{i}"),
+            "report",
+            r#","rule":"sshd""#,
+        ));
+        assert_eq!(v.outcome, "accepted", "{}", v.detail);
+    }
+    assert!(
+        wait_until(SPREAD, || webs.iter().all(|h| has_ban(h, "203.0.113.0/24"))),
+        "the hub did not roll up 203.0.113.0/24\n{}",
+        net.logs()
+    );
+    net.settle("203.0.113.251");
+    for h in &webs {
+        for wide in [
+            "198.18.0.0/24",
+            "192.0.2.0/24",
+            "198.51.0.0/16",
+            "198.51.100.0/24",
+        ] {
+            assert!(
+                !has_ban(h, wide),
+                "{}: {wide} is banned\n{}",
+                h.name(),
+                net.logs()
+            );
+        }
+        assert!(
+            has_ban(h, "198.18.0.129"),
+            "{}: the node's host bans hold",
+            h.name()
+        );
+        assert!(
+            reaches(net.host("innocent"), h),
+            "{}: the hub's /24 is open",
+            h.name()
+        );
+    }
+    for agent in &net.agents {
+        assert_allowed(
+            agent,
+            "203.0.113.200",
+            "the partner inside the rolled-up /24",
+        );
+        assert!(explain(agent, "198.18.0.1").contains("ALLOWED"));
+    }
+    let read = net.hub.token("read", "export");
+    let bans = hub_decisions(&net.api(&read), "ban");
+    let rolled: Vec<&serde_json::Value> = bans.iter().filter(|d| d["rule"] == "rollup").collect();
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert_eq!(rolled[0]["target"], "203.0.113.0/24");
+    assert_eq!(rolled[0]["origin"]["source"], "policy", "{}", rolled[0]);
+    assert_eq!(rolled[0]["origin"]["node"], "hub", "{}", rolled[0]);
+}
+
 /// Item 6: join tokens mint no reserved names, count their uses and
 /// expire; a token's role passes to the nodes it mints; reserved names are
 /// refused when tokens are made.

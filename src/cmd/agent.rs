@@ -195,6 +195,7 @@ pub fn agent_options(
             .collect(),
         joined: network.is_some(),
         infrastructure: infrastructure.as_ref().map(|r| r()).unwrap_or_default(),
+        rollup: network.is_none().then(|| config.rollup.rollup()),
     };
     let kill: Option<palisade_agent::KillFn> = config.agent.kill_connections.then(|| {
         // Opened on first use, on the killer's own thread, and kept.

@@ -347,6 +347,7 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
             guard: config.guard(),
             protected: protected_addresses(config, listen),
             node_networks: h.node_networks.clone(),
+            rollup: config.rollup.rollup(),
         },
         allows: h
             .allow

@@ -47,6 +47,9 @@ pub struct Settings {
     /// joins), with why: allowed here whatever the network says, and never
     /// removable, so a ban can never cut this server off from its unban.
     pub infrastructure: Vec<(Net, String)>,
+    /// The roll-up this agent applies to its own bans: only when it is
+    /// not joined (the hub rolls up a network's).
+    pub rollup: Option<palisade_policy::Rollup>,
 }
 
 /// An allow entry as kept in memory for the guard.
@@ -418,7 +421,10 @@ impl Core {
                 }
                 Ok(())
             },
-        )
+        )?;
+        let rolled = self.roll_up(&applied.newly_banned, now)?;
+        applied.newly_banned.extend(rolled);
+        Ok(())
     }
 
     pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
@@ -1108,6 +1114,7 @@ mod tests {
                 .collect(),
             joined: false,
             infrastructure: Vec::new(),
+            rollup: None,
         }
     }
 
@@ -1593,5 +1600,79 @@ mod tests {
                 "allow 198.51.100.0/29"
             ]
         );
+    }
+
+    #[test]
+    fn a_lone_agent_rolls_up_its_own_bans_and_allows_inside_win() {
+        let f = Fixture::new();
+        let mut core = f.core(&[("203.0.113.200", "office")]);
+        core.settings.rollup = Some(palisade_policy::Rollup {
+            hosts: 3,
+            prefix_v4: Some(24),
+            ..Default::default()
+        });
+        let now = Timestamp::now();
+        for host in ["203.0.113.1", "203.0.113.2"] {
+            core.ban(ban(&[host], Some("1h")), now).unwrap();
+        }
+        assert!(!f.kernel().contains(&"ban 203.0.113.0/24".to_string()));
+        let applied = core.ban(ban(&["203.0.113.3"], Some("1h")), now).unwrap();
+        assert!(applied.newly_banned.contains(&n("203.0.113.0/24")));
+        let kernel = f.kernel();
+        assert!(
+            kernel.contains(&"ban 203.0.113.0/24".to_string()),
+            "{kernel:?}"
+        );
+        assert!(
+            !kernel.contains(&"ban 203.0.113.1".to_string()),
+            "{kernel:?}"
+        );
+        assert!(
+            kernel.contains(&"allow 203.0.113.200".to_string()),
+            "{kernel:?}"
+        );
+        let story = core
+            .store()
+            .read()
+            .unwrap()
+            .explain(n("203.0.113.9"), now)
+            .unwrap();
+        let by = &story.banned_by[0];
+        assert_eq!(by.rule.as_deref(), Some(palisade_policy::rollup::RULE));
+        assert_eq!(by.scope, Scope::Local);
+        assert!(
+            by.evidence[0].contains("203.0.113.1 (ban, cli on web1)"),
+            "{:?}",
+            by.evidence
+        );
+        assert_eq!(by.expires.unwrap().since(by.created).as_secs(), 3600);
+        // Rolled up again after the first ended: twice as long.
+        core.unban(targets(&["203.0.113.0/24"])).unwrap();
+        for host in ["203.0.113.11", "203.0.113.12", "203.0.113.13"] {
+            core.ban(ban(&[host], Some("1h")), now).unwrap();
+        }
+        let again = core
+            .store()
+            .read()
+            .unwrap()
+            .get(Action::Ban, &n("203.0.113.0/24"))
+            .unwrap()
+            .expect("rolled up again");
+        assert_eq!(again.expires.unwrap().since(again.created).as_secs(), 7200);
+        assert!(
+            again
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("offence 2 of this network"),
+            "{:?}",
+            again.reason
+        );
+        // A network holding infrastructure is never rolled up.
+        core.settings.infrastructure = vec![(n("198.51.100.1"), "the hub".into())];
+        for host in ["198.51.100.2", "198.51.100.3", "198.51.100.4"] {
+            core.ban(ban(&[host], Some("1h")), now).unwrap();
+        }
+        assert!(!f.kernel().contains(&"ban 198.51.100.0/24".to_string()));
     }
 }

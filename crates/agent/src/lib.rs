@@ -23,6 +23,7 @@ pub mod killer;
 pub mod metrics;
 pub mod network;
 pub mod remote;
+mod rollup;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -76,6 +76,145 @@ pub struct Config {
     pub crowdsec: CrowdsecConfig,
     /// External blocklists pulled over HTTP(S) (`[[feed]]`).
     pub feed: Vec<FeedConfig>,
+    /// Many banned hosts of one network ban the network (`[rollup]`): on
+    /// the hub, and on an agent that is not joined to one.
+    pub rollup: RollupConfig,
+}
+
+/// When many banned hosts of one network become one network ban.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupConfig {
+    /// Distinct banned hosts of one network that ban it whole.
+    #[serde(deserialize_with = "rollup_hosts")]
+    pub hosts: u32,
+    /// Member bans count when made within this long.
+    #[serde(deserialize_with = "rollup_window")]
+    pub window: std::time::Duration,
+    /// Roll up IPv4 hosts (off by default: one /24 often holds unrelated
+    /// customers).
+    pub ipv4: bool,
+    #[serde(deserialize_with = "rollup_prefix_v4")]
+    pub ipv4_prefix: u8,
+    /// Roll up IPv6 hosts (on by default: a /64 is one subscriber).
+    pub ipv6: bool,
+    #[serde(deserialize_with = "rollup_prefix_v6")]
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        let r = palisade_policy::Rollup::default();
+        RollupConfig {
+            hosts: r.hosts,
+            window: r.window,
+            ipv4: r.prefix_v4.is_some(),
+            ipv4_prefix: r.prefix_v4.unwrap_or(24),
+            ipv6: r.prefix_v6.is_some(),
+            ipv6_prefix: r.prefix_v6.unwrap_or(64),
+        }
+    }
+}
+
+impl RollupConfig {
+    /// The policy's rule from these settings.
+    pub fn rollup(&self) -> palisade_policy::Rollup {
+        palisade_policy::Rollup {
+            hosts: self.hosts,
+            window: self.window,
+            prefix_v4: self.ipv4.then_some(self.ipv4_prefix),
+            prefix_v6: self.ipv6.then_some(self.ipv6_prefix),
+        }
+    }
+
+    /// A roll-up is a ban like any other: no wider than `[guard]` permits
+    /// and than a node may ban (`[hub.limits]`). The key at fault and why.
+    fn check_widths(
+        &self,
+        guard: &GuardConfig,
+        limits: &LimitsConfig,
+    ) -> Vec<(&'static str, String)> {
+        let mut wrong = Vec::new();
+        let families = [
+            (
+                self.ipv4,
+                "ipv4_prefix",
+                self.ipv4_prefix,
+                guard.min_prefix_v4,
+                "min_prefix_v4",
+                limits.node_widest_v4,
+                "node_widest_v4",
+            ),
+            (
+                self.ipv6,
+                "ipv6_prefix",
+                self.ipv6_prefix,
+                guard.min_prefix_v6,
+                "min_prefix_v6",
+                limits.node_widest_v6,
+                "node_widest_v6",
+            ),
+        ];
+        for (on, key, prefix, guard_min, guard_key, widest, widest_key) in families {
+            if !on {
+                continue;
+            }
+            if prefix < guard_min {
+                wrong.push((key, format!(
+                    "a roll-up into a /{prefix} is wider than [guard] {guard_key} = {guard_min} permits; use {guard_min} or more"
+                )));
+            } else if prefix < widest {
+                wrong.push((key, format!(
+                    "a roll-up into a /{prefix} is wider than [hub.limits] {widest_key} = {widest} lets a node's reports reach; use {widest} or more"
+                )));
+            }
+        }
+        wrong
+    }
+}
+
+fn rollup_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    u32::try_from(v)
+        .ok()
+        .filter(|h| (2..=1_000_000).contains(h))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "hosts must be between 2 and 1000000 (distinct banned hosts that ban their network), not {v}"
+            ))
+        })
+}
+
+fn rollup_window<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    Span::deserialize(d)?
+        .duration()
+        .filter(|w| !w.is_zero())
+        .ok_or_else(|| {
+            serde::de::Error::custom(
+                "the roll-up window must be a length of time such as \"1h\" (not forever, not zero)",
+            )
+        })
+}
+
+fn rollup_prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    rollup_prefix(d, 8, 31)
+}
+
+fn rollup_prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    rollup_prefix(d, 16, 127)
+}
+
+/// A roll-up's network: wider than a host, not absurdly wide.
+fn rollup_prefix<'de, D: Deserializer<'de>>(d: D, min: u8, max: u8) -> Result<u8, D::Error> {
+    let v = i64::deserialize(d)?;
+    u8::try_from(v)
+        .ok()
+        .filter(|p| (min..=max).contains(p))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "a roll-up's prefix length must be between {min} and {max}, not {v}"
+            ))
+        })
 }
 
 /// CrowdSec's Local API for its bouncers, answered by the agent.
@@ -722,7 +861,7 @@ impl Config {
                 return Err(all.into_iter().map(error).collect());
             }
         };
-        let wrong: Vec<ConfigError> = config
+        let mut wrong: Vec<ConfigError> = config
             .feed
             .iter()
             .enumerate()
@@ -734,6 +873,23 @@ impl Config {
                 }))
             })
             .collect();
+        // Only a [rollup] the file writes is checked: with the defaults, a
+        // guard narrower than a /64 simply never lets the roll-up happen
+        // (the policy checks every network ban), and an older file keeps
+        // loading.
+        let written = narrow::key_span(text, &["rollup"]).is_some();
+        for (key, message) in config
+            .rollup
+            .check_widths(&config.guard, &config.hub.limits)
+            .into_iter()
+            .filter(|_| written)
+        {
+            wrong.push(error(narrow::Found {
+                message,
+                span: narrow::key_span(text, &["rollup", key])
+                    .or_else(|| narrow::key_span(text, &["rollup"])),
+            }));
+        }
         if wrong.is_empty() {
             Ok(config)
         } else {
@@ -1087,9 +1243,78 @@ mod tests {
             "max_bytes",
             "timeout",
             "allow_non_public",
+            "[rollup]",
+            "hosts",
+            "window",
+            "ipv4_prefix",
+            "ipv6_prefix",
         ] {
             assert!(template().contains(key), "template lacks {key}");
         }
+    }
+
+    #[test]
+    fn rollup_keys_are_checked_each_at_its_place() {
+        let c = parse("[rollup]\nhosts = 20\nwindow = \"10m\"\nipv4 = true\nipv6_prefix = 48\n")
+            .unwrap();
+        let r = c.rollup.rollup();
+        assert_eq!(
+            (r.hosts, r.window, r.prefix_v4, r.prefix_v6),
+            (20, std::time::Duration::from_secs(600), Some(24), Some(48))
+        );
+        assert_eq!(
+            Config::default().rollup.rollup(),
+            palisade_policy::Rollup::default()
+        );
+        let text = "[rollup]\nhosts = 1\nwindow = \"forever\"\nipv4_prefix = 32\nipv6_prefix = 8\n";
+        let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
+        let places: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line.unwrap(), e.message.as_str()))
+            .collect();
+        assert_eq!(places.len(), 4, "{places:?}");
+        assert!(
+            places[0].0 == 2 && places[0].1.contains("between 2 and"),
+            "{places:?}"
+        );
+        assert!(
+            places[1].0 == 3 && places[1].1.contains("not forever"),
+            "{places:?}"
+        );
+        assert!(
+            places[2].0 == 4 && places[2].1.contains("between 8 and 31"),
+            "{places:?}"
+        );
+        assert!(
+            places[3].0 == 5 && places[3].1.contains("between 16 and 127"),
+            "{places:?}"
+        );
+        // Wider than a node may ban, or than the guard permits: refused at
+        // the key, naming the limit.
+        let text = "[hub.limits]\nnode_widest_v4 = 24\n[rollup]\nipv4 = true\nipv4_prefix = 16\n";
+        let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
+        assert_eq!((errors[0].line, errors[0].column), (Some(5), Some(15)));
+        assert!(
+            errors[0].message.contains("node_widest_v4 = 24"),
+            "{}",
+            errors[0]
+        );
+        let text = "[guard]\nmin_prefix_v6 = 72\n[rollup]\nhosts = 5\n";
+        let errors = Config::check(text, Path::new(DEFAULT_PATH)).unwrap_err();
+        assert!(
+            errors[0].message.contains("min_prefix_v6 = 72"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(
+            errors[0].line,
+            Some(3),
+            "at the [rollup] table when the key is not written"
+        );
+        // Not written: an older file keeps loading.
+        parse("[guard]\nmin_prefix_v6 = 72\n").unwrap();
+        // Off: its width does not matter.
+        parse("[rollup]\nipv4 = false\nipv4_prefix = 16\n").unwrap();
     }
 
     #[test]

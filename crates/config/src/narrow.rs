@@ -173,3 +173,18 @@ pub fn element_span(text: &str, key: &str, index: usize) -> Option<Range<usize>>
         _ => None,
     }
 }
+
+/// The place of the value at `path` (a key in nested tables, such as
+/// `["rollup", "ipv4_prefix"]`), when the file sets it.
+pub fn key_span(text: &str, path: &[&str]) -> Option<Range<usize>> {
+    let doc = DeTable::parse(text).ok()?;
+    let (first, rest) = path.split_first()?;
+    let (_, mut value) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == first)?;
+    for key in rest {
+        let DeValue::Table(table) = value.get_ref() else {
+            return None;
+        };
+        value = table.iter().find(|(k, _)| k.get_ref() == key)?.1;
+    }
+    Some(value.span())
+}

@@ -116,6 +116,10 @@ impl Ledger for StoreLedger<'_, '_> {
         Ok(out)
     }
 
+    fn bans_within(&self, network: &Net) -> Result<Vec<Decision>, StoreError> {
+        self.w.within(Action::Ban, network)
+    }
+
     fn put(&mut self, d: &Decision) -> Result<(), StoreError> {
         self.store(d)?;
         if d.action == Action::Ban && d.created == d.updated {

@@ -236,6 +236,14 @@ impl Ledger for MirrorLedger<'_> {
         Ok(out)
     }
 
+    fn bans_within(&self, network: &Net) -> Result<Vec<Decision>, Infallible> {
+        // The mirror is a hash map: a scan. The policy asks only after a
+        // new host ban whose network could be rolled up and is not refused.
+        let mut out = self.all(Action::Ban);
+        out.retain(|d| d.target != *network && network.contains(&d.target));
+        Ok(out)
+    }
+
     fn put(&mut self, d: &Decision) -> Result<(), Infallible> {
         let key = keys::decision_key(d.action, &d.target, d.group.as_deref());
         self.stage_decision(key, Some(d.clone()));

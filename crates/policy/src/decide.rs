@@ -1,8 +1,6 @@
 //! One intent, decided: what the sender's role permits, then the
 //! allowlists, quorums, repeats and escalation (see the crate docs).
 
-use std::time::Duration;
-
 use palisade_model::net::Family;
 use palisade_model::{Action, Decision, Net, NetMap, Origin, Scope, Source, Span, Timestamp};
 use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult, Role};
@@ -270,7 +268,65 @@ impl Policy {
         if needed > 1 {
             ledger.set_reports(target, &[])?;
         }
-        Ok(Ok((IntentOutcome::Accepted, shortened, fresh.expires)))
+        let note = match self.roll_up(ledger, target, now)? {
+            Some(rolled) => Some(match shortened {
+                Some(s) => format!("{s}; {rolled}"),
+                None => rolled,
+            }),
+            None => shortened,
+        };
+        Ok(Ok((IntentOutcome::Accepted, note, fresh.expires)))
+    }
+
+    /// After a new ban of `banned` (a host, or a network narrower than the
+    /// roll-up's): when enough bans inside its network were made within
+    /// the window, bans the network in their place (see
+    /// [`crate::rollup`]) and says so. The network ban is the policy's own,
+    /// but bounded like a node's: never wider than `[hub.limits]`, never
+    /// over the hub, an allow entry covering it or what the guard forbids.
+    fn roll_up<L: Ledger>(
+        &self,
+        ledger: &mut L,
+        banned: &Net,
+        now: Timestamp,
+    ) -> Result<Option<String>, L::Error> {
+        let rollup = &self.config().rollup;
+        let Some(network) = rollup.network_of(banned) else {
+            return Ok(None);
+        };
+        if ledger
+            .get(Action::Ban, &network, None)?
+            .is_some_and(|d| d.is_active(now))
+        {
+            return Ok(None);
+        }
+        // Cheap refusals before the members are read: a flood of hosts in
+        // a protected network costs a lookup each, not a scan.
+        let limits = &self.config().limits;
+        let widest = match network.family() {
+            Family::V4 => limits.widest_v4,
+            Family::V6 => limits.widest_v6,
+        };
+        if network.prefix() < widest || self.refusal(ledger, &network)?.is_some() {
+            return Ok(None);
+        }
+        let inside = ledger.bans_within(&network)?;
+        let Some(members) = rollup.members(&inside, now) else {
+            return Ok(None);
+        };
+        let base = self.config().default_ban;
+        let lasting = self.escalate(ledger, &network, base, now)?;
+        let mut ban = rollup.network_ban(network, &members, crate::HUB_NODE, lasting, now);
+        let offence = ledger.offender(&network)?.map_or(0, |o| o.bans);
+        crate::rollup::note_escalation(&mut ban, offence, base);
+        ledger.put(&ban)?;
+        for m in members.iter().filter(|m| crate::Rollup::replaces(&ban, m)) {
+            ledger.remove(Action::Ban, &m.target, None)?;
+        }
+        Ok(Some(format!(
+            "{} bans inside {network} within the roll-up's window: rolled up into a ban of {network}",
+            members.len()
+        )))
     }
 
     fn unban<L: Ledger>(
@@ -454,10 +510,7 @@ impl Policy {
         let Some(esc) = &self.config().escalation else {
             return Ok(base);
         };
-        let previous = ledger
-            .offender(target)?
-            .filter(|o| now.since(o.last) < esc.forget_after)
-            .map_or(0, |o| o.bans);
+        let previous = esc.counted(ledger.offender(target)?, now);
         ledger.set_offender(
             target,
             Some(crate::Offender {
@@ -465,12 +518,7 @@ impl Policy {
                 last: now,
             }),
         )?;
-        let Span::For(d) = base else {
-            return Ok(base);
-        };
-        let factor = esc.factor.max(1.0).powi(previous.min(64) as i32);
-        let secs = (d.as_secs_f64() * factor).min(esc.max.as_secs_f64().max(d.as_secs_f64()));
-        Ok(Span::For(Duration::from_secs(secs.round() as u64)))
+        Ok(esc.lasting(base, previous))
     }
 }
 

@@ -38,6 +38,9 @@ pub trait Ledger {
     fn allows_covering(&self, target: &Net) -> Result<Vec<Decision>, Self::Error>;
     /// Every global allow entry and every group's allow entries.
     fn all_allows(&self) -> Result<Vec<Decision>, Self::Error>;
+    /// The bans inside `network` (not `network` itself), active or not:
+    /// the members a roll-up counts.
+    fn bans_within(&self, network: &Net) -> Result<Vec<Decision>, Self::Error>;
     /// Stores and broadcasts a decision.
     fn put(&mut self, d: &Decision) -> Result<(), Self::Error>;
     /// Stores a decision without broadcasting it (a suppressed repeat).

@@ -37,6 +37,14 @@
 //!    program lasts `factor` times longer than the last, up to `max`, like
 //!    fail2ban's `bantime.increment`. History older than `forget_after` is
 //!    forgotten; an unban forgets it at once.
+//! 7. **Roll-up** ([`Rollup`]): when `hosts` distinct hosts of one IPv4 or
+//!    IPv6 network (a /24, a /64 or /48) have been banned within the
+//!    window, the policy bans the network itself in their place (source
+//!    `policy`, rule `rollup`, the members in its evidence), escalated
+//!    like any repeat offender. Only the policy widens a ban this way, and
+//!    the network ban passes the same checks as any other (2 and 3, and
+//!    `[hub.limits]`): it is never made over the hub or an allow entry
+//!    covering it, and allowed hosts inside it stay reachable.
 //!
 //! Rate limits: reports draw from `rate`, a node's own bans and allows
 //! from `node_rate` (sized for an operator's `ban --file` on that node);
@@ -48,6 +56,7 @@ mod intents;
 mod ledger;
 mod nodes;
 mod roles;
+pub mod rollup;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -60,6 +69,7 @@ pub use ledger::{Ledger, Offender, Report};
 pub use nodes::{NodeAddress, NodeRecord};
 pub use palisade_wire::Role;
 pub use roles::{NameError, Node, RESERVED_NAMES, check_node_name};
+pub use rollup::Rollup;
 
 #[cfg(test)]
 use palisade_model::{Action, Decision, Origin, Scope, Timestamp};
@@ -98,6 +108,8 @@ pub struct PolicyConfig {
     /// Where palisade nodes live: a node's automatic allow moves only
     /// inside these networks (and, when set, is made only inside them).
     pub node_networks: Vec<Net>,
+    /// When many banned hosts of one network ban the network.
+    pub rollup: Rollup,
 }
 
 impl Default for PolicyConfig {
@@ -118,6 +130,7 @@ impl Default for PolicyConfig {
             guard: Guard::default(),
             protected: Vec::new(),
             node_networks: Vec::new(),
+            rollup: Rollup::default(),
         }
     }
 }
@@ -162,6 +175,27 @@ impl Default for Escalation {
             max: Duration::from_secs(30 * 86_400),
             forget_after: Duration::from_secs(30 * 86_400),
         }
+    }
+}
+
+impl Escalation {
+    /// How many past bans of `record` still count at `now`.
+    pub fn counted(&self, record: Option<Offender>, now: palisade_model::Timestamp) -> u32 {
+        record
+            .filter(|o| now.since(o.last) < self.forget_after)
+            .map_or(0, |o| o.bans)
+    }
+
+    /// The length of a new ban of `base` after `previous` counted bans:
+    /// `factor` times longer each time, up to `max` (never shorter than
+    /// `base`); `forever` stays forever.
+    pub fn lasting(&self, base: Span, previous: u32) -> Span {
+        let Span::For(d) = base else {
+            return base;
+        };
+        let factor = self.factor.max(1.0).powi(previous.min(64) as i32);
+        let secs = (d.as_secs_f64() * factor).min(self.max.as_secs_f64().max(d.as_secs_f64()));
+        Span::For(Duration::from_secs(secs.round() as u64))
     }
 }
 

@@ -41,6 +41,19 @@ impl Ledger for Memory {
             .cloned()
             .collect())
     }
+    fn bans_within(&self, network: &Net) -> Result<Vec<Decision>, Infallible> {
+        Ok(self
+            .decisions
+            .values()
+            .filter(|d| {
+                d.action == Action::Ban
+                    && d.group.is_none()
+                    && d.target != *network
+                    && network.contains(&d.target)
+            })
+            .cloned()
+            .collect())
+    }
     fn put(&mut self, d: &Decision) -> Result<(), Infallible> {
         self.broadcast
             .push(format!("put {} {}", d.action, d.target));
@@ -1063,3 +1076,5 @@ fn the_hubs_own_reporters_are_rate_limited_too() {
         .unwrap();
     assert_eq!(r.results.len(), 4, "operators are not limited");
 }
+
+mod rollup;

@@ -216,6 +216,18 @@ const SORTS = {
   "expires-desc": "expiring last",
 };
 
+// A network ban the hub's policy made in place of many banned hosts of it
+// ([rollup]): its explanation lists the member bans.
+function rolledUp(d) {
+  return d.action === "ban" && d.origin.source === "policy" && d.rule === "rollup";
+}
+
+function rollupTag(d) {
+  return rolledUp(d)
+    ? el("span", { class: "tag rollup", title: "many banned hosts of this network, rolled up into one ban: Explain lists them" }, "rolled up")
+    : null;
+}
+
 function decisionRow(d, refresh) {
   const explain = el("a", { href: "/dashboard/explain?addr=" + encodeURIComponent(d.target), class: "explain" }, "Explain");
   const buttons = d.action === "ban"
@@ -224,7 +236,7 @@ function decisionRow(d, refresh) {
       : [explain, " ", unallowButton(d, refresh)];
   return el("tr", { "data-target": d.target, class: d.action },
     el("td", { class: "target" }, el("a", { href: "/dashboard/explain?addr=" + encodeURIComponent(d.target) }, d.target)),
-    el("td", {}, d.rule || ""),
+    el("td", {}, d.rule || "", rollupTag(d)),
     el("td", {}, origin(d), d.group ? el("span", { class: "tag" }, "group " + d.group) : null),
     el("td", { class: "reason" }, d.reason || ""),
     el("td", { title: when(d.updated) }, relative(d.updated)),
@@ -364,7 +376,7 @@ function decisionCard(d, kind, refresh) {
   const dl = el("dl", {},
     detail("target", d.target),
     detail("origin", origin(d)),
-    d.rule ? detail("rule", d.rule) : null,
+    d.rule ? detail("rule", d.rule, rollupTag(d)) : null,
     d.reason ? detail(d.action === "allow" ? "comment" : "reason", d.reason) : null,
     detail("since", when(d.created)),
     detail("updated", when(d.updated)),
