@@ -7,18 +7,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::TokioIo;
 use palisade_model::{Action, Net, Timestamp};
 use palisade_store::Queue;
-use palisade_wire::{
-    Envelope, Heartbeat, JoinRequest, JoinResponse, STREAM_UPGRADE, StreamItem, TokenKind, paths,
-};
+use palisade_wire::{Envelope, Heartbeat, JoinRequest, JoinResponse, StreamItem, TokenKind, paths};
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -30,9 +26,6 @@ use crate::writer::Job;
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// Stream records read from the store per batch when catching up.
 const CATCH_UP_BATCH: usize = 10_000;
-/// A switched stream whose node takes no bytes for this long is dropped
-/// (the idle limit of the hub's HTTP connections).
-const STALLED_WRITE: Duration = Duration::from_secs(60);
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
@@ -229,7 +222,6 @@ async fn stream(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
-    mut request: Request,
 ) -> Response {
     let caller = match auth(&hub, &headers, &[TokenKind::Node]) {
         Ok(c) => c,
@@ -242,32 +234,6 @@ async fn stream(
     let name = caller.record.name.clone();
     hub.stream_opened(&name);
     let h = hub.clone();
-    if wants_upgrade(&request) {
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            match upgrade.await {
-                Ok(io) => {
-                    let fed = async {
-                        let r = feed(&h, &caller, q.cursor, live, &tx).await;
-                        drop(tx);
-                        r
-                    };
-                    let (fed, ()) = tokio::join!(fed, write_lines(rx, TokioIo::new(io)));
-                    if let Err(e) = fed {
-                        debug!(node = %caller.record.name, reason = %e, "stream ended");
-                    }
-                }
-                Err(e) => debug!(node = %caller.record.name, error = %e, "stream upgrade failed"),
-            }
-            h.stream_closed(&caller.record.name);
-        });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, STREAM_UPGRADE)
-            .body(Body::empty())
-            .expect("a valid response");
-    }
     tokio::spawn(async move {
         if let Err(e) = feed(&h, &caller, q.cursor, live, &tx).await {
             debug!(node = %caller.record.name, reason = %e, "stream ended");
@@ -282,40 +248,6 @@ async fn stream(
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(body))
         .expect("a valid response")
-}
-
-/// Whether an HTTP/1.1 request asks to switch to [`STREAM_UPGRADE`].
-fn wants_upgrade(request: &Request) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        request.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    request.version() == axum::http::Version::HTTP_11
-        && has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, STREAM_UPGRADE)
-}
-
-/// Writes a switched stream's lines onto its connection, as many at once
-/// as are waiting, until the feed ends or the node stops taking them. A
-/// node that takes nothing for [`STALLED_WRITE`] is dropped, as its idle
-/// HTTP connection would be.
-async fn write_lines(mut rx: mpsc::Receiver<Bytes>, mut io: impl AsyncWrite + Unpin) {
-    while let Some(first) = rx.recv().await {
-        let written = tokio::time::timeout(STALLED_WRITE, async {
-            io.write_all(&first).await?;
-            while let Ok(more) = rx.try_recv() {
-                io.write_all(&more).await?;
-            }
-            io.flush().await
-        })
-        .await;
-        if !matches!(written, Ok(Ok(()))) {
-            return;
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
 }
 
 /// Writes the stream for one node until it goes away or loses its token.

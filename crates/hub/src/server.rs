@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::limits::{Admitted, Connections};
+use crate::limits::Connections;
 
 /// Longest a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +96,7 @@ pub async fn serve(
             peer: Peer(peer),
         };
         tokio::spawn(async move {
+            let _admitted = admitted;
             let spoke = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.readable()).await;
             if !matches!(spoke, Ok(Ok(()))) {
                 debug!(%peer, "the client sent nothing");
@@ -126,13 +127,9 @@ pub async fn serve(
             let io = TokioIo::new(Watched {
                 inner: tls,
                 activity: activity.clone(),
-                _admitted: admitted,
             });
             let service = TowerToHyperService::new(router);
-            // With upgrades: a stream that switches protocols (see
-            // `palisade_wire::STREAM_UPGRADE`) takes the connection over, and
-            // this task, with its HTTP buffers, ends.
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = builder.serve_connection(io, service);
             tokio::select! {
                 r = conn => {
                     if let Err(e) = r {
@@ -225,13 +222,10 @@ impl Activity {
     }
 }
 
-/// A stream that notes every byte read or written in its [`Activity`],
-/// and holds the connection's place under the caps for as long as it
-/// lives (also after a stream switched protocols and took it over).
+/// A stream that notes every byte read or written in its [`Activity`].
 struct Watched<T> {
     inner: T,
     activity: Activity,
-    _admitted: Admitted,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {

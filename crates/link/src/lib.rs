@@ -15,13 +15,12 @@ use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use palisade_wire::bus::{BoxFuture, ItemStream};
 use palisade_wire::{
-    Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, STREAM_UPGRADE,
-    StreamItem, Token, paths,
+    Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, StreamItem, Token,
+    paths,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::debug;
 
 /// Longest wait for an answer to a request (not the stream).
@@ -191,21 +190,10 @@ impl Bus for HubLink {
 
     fn follow(&self, cursor: u64) -> BoxFuture<'_, Result<ItemStream, BusError>> {
         Box::pin(async move {
-            let mut req = self.request(
+            let req = self.request(
                 Method::GET,
                 &format!("{}?cursor={cursor}", paths::STREAM),
                 Vec::new(),
-            );
-            // Ask for the switched stream (lighter on the hub); a hub that
-            // does not know it answers with the lines as a plain body.
-            let headers = req.headers_mut();
-            headers.insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("upgrade"),
-            );
-            headers.insert(
-                header::UPGRADE,
-                header::HeaderValue::from_static(STREAM_UPGRADE),
             );
             let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
                 .await
@@ -214,12 +202,7 @@ impl Bus for HubLink {
                 })?
                 .map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            let switched = status == StatusCode::SWITCHING_PROTOCOLS
-                && resp
-                    .headers()
-                    .get(header::UPGRADE)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(STREAM_UPGRADE.as_bytes()));
-            if !status.is_success() && !switched {
+            if !status.is_success() {
                 let body = resp
                     .into_body()
                     .collect()
@@ -232,18 +215,8 @@ impl Bus for HubLink {
             }
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<StreamItem, BusError>>(1024);
             let base = self.base.clone();
-            let mut body = if switched {
-                let io = hyper::upgrade::on(resp).await.map_err(|e| {
-                    BusError::Unreachable(format!("the stream from {} broke: {e}", self.base))
-                })?;
-                switched_chunks(TokioIo::new(io))
-            } else {
-                resp.into_body()
-                    .into_data_stream()
-                    .map(|c| c.map_err(|e| e.to_string()))
-                    .boxed()
-            };
             tokio::spawn(async move {
+                let mut body = resp.into_body().into_data_stream();
                 let mut buf = BytesMut::new();
                 loop {
                     let chunk = match tokio::time::timeout(STREAM_SILENCE, body.next()).await {
@@ -317,20 +290,4 @@ impl Bus for HubLink {
                 .map(|_| ())
         })
     }
-}
-
-/// The bytes of a switched stream as they arrive (its lines, with no HTTP
-/// framing around them).
-fn switched_chunks(
-    io: impl AsyncRead + Unpin + Send + 'static,
-) -> futures_util::stream::BoxStream<'static, Result<Bytes, String>> {
-    futures_util::stream::unfold(io, |mut io| async move {
-        let mut chunk = BytesMut::with_capacity(16 * 1024);
-        match io.read_buf(&mut chunk).await {
-            Ok(0) => None,
-            Ok(_) => Some((Ok(chunk.freeze()), io)),
-            Err(e) => Some((Err(e.to_string()), io)),
-        }
-    })
-    .boxed()
 }

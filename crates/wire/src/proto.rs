@@ -224,14 +224,6 @@ pub struct NodeBeat {
     pub address: Option<std::net::IpAddr>,
 }
 
-/// The protocol an agent asks to switch to (`Upgrade:`) on the stream
-/// path. The hub then answers `101 Switching Protocols` and writes the
-/// same lines straight onto the connection, without HTTP framing: the
-/// hub's HTTP/1.1 buffers (16 KB a connection) are freed for as long as
-/// the stream lasts, which is most of a node's life. A client that does not
-/// ask gets the lines as an ordinary streamed response body.
-pub const STREAM_UPGRADE: &str = "palisade-stream/1";
-
 /// Paths of the hub's HTTPS API.
 pub mod paths {
     pub const JOIN: &str = "/v1/join";
