@@ -54,15 +54,20 @@ pub fn template() -> String {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// This server's name and group (`[node]`).
     pub node: NodeConfig,
+    /// How the agent runs and where it joins (`[agent]`).
     pub agent: AgentConfig,
+    /// The widest bans and allow entries accepted (`[guard]`).
     pub guard: GuardConfig,
     /// Static allowlist: never banned, whoever asks.
     pub allow: Vec<AllowEntry>,
     /// Where decisions go (`[[enforcer]]`); none means palisade's own
     /// nftables table.
     pub enforcer: Vec<EnforcerConfig>,
+    /// Detection limits and built-in rules (`[detect]`).
     pub detect: DetectConfig,
+    /// The hub, for the server that runs one (`[hub]`).
     pub hub: HubConfig,
     /// Where log lines come from (`[[source]]`).
     pub source: Vec<SourceConfig>,
@@ -229,8 +234,12 @@ pub struct CrowdsecConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// User name, with `password` (or in the `nats://user:password@host`
+    /// address).
     pub user: Option<String>,
+    /// Password for `user`.
     pub password: Option<String>,
+    /// A token the server accepts instead of user and password.
     pub token: Option<String>,
     /// A file holding an nkey seed (`SU…`).
     pub nkey_seed_file: Option<PathBuf>,
@@ -238,13 +247,18 @@ pub struct NatsConfig {
     pub creds: Option<PathBuf>,
     /// CA certificates to trust (PEM) instead of the system's; implies TLS.
     pub ca: Option<PathBuf>,
+    /// A client certificate (PEM), for servers that verify clients.
     pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// First token of every subject (`PREFIX.intents.NODE`, `PREFIX.beat.NODE`),
+    /// so several palisade networks can share one NATS account.
     #[serde(deserialize_with = "bus_name")]
     pub subject_prefix: String,
     /// The role this node's intents are decided with (`reporter`, `node`
     /// or `operator`): the subject names it, so NATS permissions grant it.
     pub role: palisade_wire::Role,
+    /// Start of every bucket name (`PREFIX_decisions`, `PREFIX_state`).
     #[serde(deserialize_with = "bus_name")]
     pub bucket_prefix: String,
     /// Replicas of the buckets the first worker creates.
@@ -274,12 +288,18 @@ impl Default for NatsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// User name, with `password` or `password_file` (or in the
+    /// `mqtt://user:password@host` address).
     pub username: Option<String>,
+    /// Password for `username`.
     pub password: Option<String>,
+    /// A file holding the password, kept out of the configuration.
     pub password_file: Option<PathBuf>,
     /// CA certificates to trust (PEM) for `mqtts://` instead of the system's.
     pub ca: Option<PathBuf>,
+    /// A client certificate (PEM), for brokers that verify clients.
     pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
     pub client_key: Option<PathBuf>,
     /// First level of every topic palisade uses.
     #[serde(deserialize_with = "topic_prefix")]
@@ -316,6 +336,8 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
+    /// The feed's name: the rule of its bans (`feed/NAME`) and the argument of
+    /// `palisade feed pull`.
     #[serde(deserialize_with = "feed_name")]
     pub name: String,
     /// `http://` or `https://`.
@@ -391,8 +413,10 @@ impl FeedConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedKind {
+    /// Plain text, one address or network per line (`#` comments allowed).
     #[default]
     List,
+    /// A CrowdSec Local API's decision stream, read as a bouncer.
     Crowdsec,
 }
 
@@ -412,6 +436,7 @@ fn default_feed_max() -> usize {
     2_000_000
 }
 
+/// Detection on this agent (`[detect]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
@@ -522,6 +547,7 @@ fn parse_byte_size(t: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{t:?} is too large"))
 }
 
+/// This server's identity (`[node]`).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -534,13 +560,21 @@ pub struct NodeConfig {
     pub group: Option<String>,
 }
 
+/// The agent (`[agent]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
+    /// Where the agent keeps its decisions (a crash-safe database).
     pub state_dir: PathBuf,
+    /// The root-only control socket `palisade ban`, `list`, `status` use.
     pub socket: PathBuf,
+    /// Protect this server on its own, without joining a network
+    /// (`palisade agent --local-only`).
     pub local_only: bool,
+    /// How long `palisade ban` bans when no length is given (default one day).
     pub default_ban: Span,
+    /// When an address is banned, also cut its open connections (conntrack
+    /// entries and local TCP sockets).
     pub kill_connections: bool,
     /// The network to join: `https://host:port` (a hub), `nats://…`,
     /// `mqtt://…`.
@@ -548,6 +582,7 @@ pub struct AgentConfig {
     pub join: Option<String>,
     /// The token to join with (or `token_file`).
     pub token: Option<String>,
+    /// A file holding the token, kept out of the configuration.
     pub token_file: Option<PathBuf>,
 }
 
@@ -570,11 +605,15 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
+    /// Where agents connect (HTTPS); default `0.0.0.0:7470`.
     pub listen: std::net::SocketAddr,
+    /// Where the hub keeps its store, certificate and feed lists.
     pub state_dir: PathBuf,
+    /// The hub's root-only control socket (`palisade hub token …`).
     pub socket: PathBuf,
     /// An operator's certificate and key (PEM) instead of the hub's own.
     pub certificate: Option<PathBuf>,
+    /// The private key (PEM) of `certificate`.
     pub key: Option<PathBuf>,
     /// Names and addresses to put in the hub's own certificate.
     pub names: Vec<String>,
@@ -591,10 +630,12 @@ pub struct HubConfig {
     /// within this long is recorded, not broadcast again (banshare's 5
     /// minutes); a ban by hand always extends at once.
     pub suppress_window: Span,
+    /// Longer bans for repeat offenders (`[hub.escalation]`).
     pub escalation: EscalationConfig,
     /// Distinct nodes that must report an address before it is banned, per
     /// source (`detector`, `report`, `feed`). Operators' bans never wait.
     pub quorum: std::collections::BTreeMap<String, u32>,
+    /// How long reports count towards a quorum (default one hour).
     pub quorum_window: Span,
     /// Distinct nodes that must report a detection that could be forged
     /// (a port probe) before it bans network-wide.
@@ -658,9 +699,14 @@ impl Default for HubConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EscalationConfig {
+    /// Off: every ban lasts what it asks.
     pub enabled: bool,
+    /// Each new ban of an address lasts this many times the previous one
+    /// (default 2).
     pub factor: f64,
+    /// The longest an escalated ban lasts (default 30 days).
     pub max: Span,
+    /// Past bans older than this no longer count (default 30 days).
     pub forget_after: Span,
 }
 
@@ -675,10 +721,13 @@ impl Default for EscalationConfig {
     }
 }
 
+/// A per-node token bucket (`[hub.rate]`, `[hub.node_rate]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
+    /// Sustained rate, in requests per second.
     pub per_second: f64,
+    /// Requests allowed at once above the sustained rate (the bucket's size).
     pub burst: u32,
 }
 
@@ -695,9 +744,14 @@ impl Default for RateConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// Bans by a node credential are shortened to this (default 7 days).
     pub node_longest_ban: Span,
+    /// Shortest prefix length of an IPv4 ban by a node credential (default
+    /// 24); wider networks are refused.
     #[serde(deserialize_with = "prefix_v4")]
     pub node_widest_v4: u8,
+    /// Shortest prefix length of an IPv6 ban by a node credential (default
+    /// 48); wider networks are refused.
     #[serde(deserialize_with = "prefix_v6")]
     pub node_widest_v6: u8,
 }
@@ -712,27 +766,36 @@ impl Default for LimitsConfig {
     }
 }
 
+/// One `[[hub.allow]]` entry: never banned anywhere, or in one group.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubAllowEntry {
+    /// The address or network allowed.
     pub net: Net,
+    /// Why, shown by `list` and `explain`.
     #[serde(default)]
     pub comment: Option<String>,
+    /// The node group it applies to; unset: every node.
     #[serde(default, deserialize_with = "group_name")]
     pub group: Option<String>,
 }
 
+/// The widest networks a ban or allow entry may cover (`[guard]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
+    /// Shortest prefix length of an IPv4 ban (default 8: `10.0.0.0/7` is
+    /// refused).
     #[serde(deserialize_with = "prefix_v4")]
     pub min_prefix_v4: u8,
+    /// Shortest prefix length of an IPv6 ban (default 16).
     #[serde(deserialize_with = "prefix_v6")]
     pub min_prefix_v6: u8,
     /// The widest allow entries (an allow of 0.0.0.0/0 would open every
     /// firewall of the network at once).
     #[serde(deserialize_with = "prefix_v4")]
     pub allow_min_prefix_v4: u8,
+    /// Shortest prefix length of an IPv6 allow entry (default 16).
     #[serde(deserialize_with = "prefix_v6")]
     pub allow_min_prefix_v6: u8,
 }
@@ -753,7 +816,9 @@ impl Default for GuardConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowEntry {
+    /// The address or network allowed.
     pub net: Net,
+    /// Why, shown by `list` and `explain`.
     #[serde(default)]
     pub comment: Option<String>,
 }
@@ -761,10 +826,13 @@ pub struct AllowEntry {
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// The configuration file.
     pub path: PathBuf,
     /// 1-based line and column, when the error has a place.
     pub line: Option<usize>,
+    /// 1-based column, with `line`.
     pub column: Option<usize>,
+    /// What is wrong and how to fix it.
     pub message: String,
     /// The offending line, for display under the message.
     pub excerpt: Option<String>,

@@ -13,28 +13,51 @@ use crate::proto::{ControlError, Request, Response};
 /// Why talking to the agent failed, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No socket file exists: the agent is not running, or listens elsewhere.
     #[error(
         "the palisade agent is not running (no control socket at {path}); start it with `palisade agent --local-only` or `systemctl start palisade`, or point --socket / PALISADE_SOCKET at the right agent"
     )]
-    NotRunning { path: PathBuf },
+    NotRunning {
+        /// The socket path that was tried.
+        path: PathBuf,
+    },
+    /// The socket file exists but nothing listens on it.
     #[error(
         "no palisade agent is listening on {path} (the socket file is left over from an agent that stopped); start the agent again"
     )]
-    Stale { path: PathBuf },
+    Stale {
+        /// The socket path that was tried.
+        path: PathBuf,
+    },
+    /// The caller may not open the socket (it is root-only).
     #[error(
         "permission denied on {path}: the control socket is root-only; run this command as root (e.g. with sudo)"
     )]
-    PermissionDenied { path: PathBuf },
+    PermissionDenied {
+        /// The socket path that was tried.
+        path: PathBuf,
+    },
+    /// Reading or writing the connection failed (the agent may have stopped
+    /// mid-answer).
     #[error("talking to the agent on {path} failed: {source}")]
     Io {
+        /// The socket path.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
+    /// The answer could not be read as this version's protocol.
     #[error(
         "the agent on {path} sent something this palisade does not understand ({detail}); are the CLI and agent the same version?"
     )]
-    Protocol { path: PathBuf, detail: String },
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What could not be parsed.
+        detail: String,
+    },
+    /// The agent understood the request and refused it; the error says why.
     #[error("{0}")]
     Agent(ControlError),
 }
@@ -46,6 +69,8 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the control socket at `path`; the error tells the
+    /// operator whether the agent is down, gone, or out of reach.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let path_buf = path.to_path_buf();
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {

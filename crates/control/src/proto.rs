@@ -17,14 +17,23 @@ pub const MAX_REQUEST_BYTES: usize = 256 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// Ban addresses or networks (`palisade ban`, `palisade report`).
     Ban(BanRequest),
+    /// Lift bans (`palisade unban`).
     Unban(TargetsRequest),
+    /// Allow addresses or networks: never banned, and existing bans lifted
+    /// (`palisade allow`).
     Allow(AllowRequest),
+    /// Remove allows (`palisade unallow`).
     Unallow(TargetsRequest),
+    /// Stream every decision in force (`palisade list`).
     List(ListRequest),
+    /// Why an address is banned, allowed or neither (`palisade explain`).
     Explain {
+        /// The address or network asked about.
         address: Net,
     },
+    /// The agent's health and numbers (`palisade status`).
     Status {
         /// Also read each enforcer's state back from the kernel (a full
         /// dump of large sets: slower, and it holds up decisions meanwhile).
@@ -36,6 +45,7 @@ pub enum Request {
     /// travels: the URL and everything else come from the agent's own
     /// configuration.
     FeedPull {
+        /// The feed's name in the agent's configuration.
         name: String,
     },
 }
@@ -45,7 +55,9 @@ pub enum Request {
 pub struct FeedApplied {
     /// Entries in the list.
     pub total: u64,
+    /// Entries newly banned.
     pub added: u64,
+    /// Entries of the previous list that are no longer in it, unbanned.
     pub removed: u64,
     /// Refused: allowed, or forbidden by the guard (too broad, loopback).
     pub refused: u64,
@@ -56,6 +68,7 @@ pub struct FeedApplied {
 /// What pulling a feed by hand did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedPulled {
+    /// The feed's name in the configuration.
     pub name: String,
     /// Entries in the new list; `None` when the server said the list had
     /// not changed (the last good list was applied again).
@@ -75,20 +88,24 @@ pub struct FeedPulled {
 /// Ban one or more targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanRequest {
+    /// Addresses and networks to ban.
     pub targets: Vec<Net>,
     /// How long; `None` uses the agent's configured default.
     #[serde(default)]
     pub span: Option<Span>,
+    /// Free text for the operator, shown by `list` and `explain`.
     #[serde(default)]
     pub reason: Option<String>,
     /// The rule, jail or command behind the ban (defaults to `ban`).
     #[serde(default)]
     pub rule: Option<String>,
+    /// Log lines or other evidence, kept with the decision.
     #[serde(default)]
     pub evidence: Vec<String>,
     /// Who asks (user name, program).
     #[serde(default)]
     pub actor: Option<String>,
+    /// This node only, or the whole network (the default).
     #[serde(default)]
     pub scope: Scope,
     /// Answer with the summary and only the targets that failed (for bulk
@@ -107,14 +124,18 @@ fn cli() -> Source {
 /// Allow one or more targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowRequest {
+    /// Addresses and networks to allow.
     pub targets: Vec<Net>,
     /// How long; `None` means forever.
     #[serde(default)]
     pub span: Option<Span>,
+    /// Free text for the operator, shown by `list` and `explain`.
     #[serde(default)]
     pub comment: Option<String>,
+    /// Who asks (user name, program).
     #[serde(default)]
     pub actor: Option<String>,
+    /// This node only, or the whole network (the default).
     #[serde(default)]
     pub scope: Scope,
     /// See [`BanRequest::brief`].
@@ -125,7 +146,9 @@ pub struct AllowRequest {
 /// Unban or unallow one or more targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetsRequest {
+    /// Addresses and networks whose ban or allow is lifted.
     pub targets: Vec<Net>,
+    /// Who asks (user name, program).
     #[serde(default)]
     pub actor: Option<String>,
     /// See [`BanRequest::brief`].
@@ -140,6 +163,7 @@ pub struct TargetsRequest {
     pub only_rule: Option<String>,
 }
 
+/// Which decisions a `list` streams.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRequest {
     /// Only bans or only allows; `None` lists both.
@@ -155,20 +179,28 @@ pub enum Response {
     /// ended how, and one [`Outcome`] per target (only the failed ones for
     /// a brief request).
     Outcomes {
+        /// How many targets ended each way.
         summary: Summary,
+        /// One per target; only the failed ones for a brief request.
         outcomes: Vec<Outcome>,
     },
     /// One decision of a `list`; more follow until [`Response::End`].
     Item {
+        /// The decision.
         decision: Decision,
     },
     /// The end of a `list`.
     End {
+        /// How many items were sent.
         count: u64,
     },
+    /// The answer to [`Request::Explain`].
     Explanation(Explanation),
+    /// The answer to [`Request::Status`].
     Status(Box<AgentStatus>),
+    /// The answer to [`Request::FeedPull`].
     FeedPulled(FeedPulled),
+    /// The request failed as a whole; nothing was changed.
     Error(ControlError),
 }
 
@@ -182,7 +214,9 @@ impl Response {
 /// What happened to one target of a mutation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
+    /// The address or network, as given in the request.
     pub target: Net,
+    /// How it ended.
     pub result: OutcomeKind,
     /// Details for the operator: what a refusal means, which bans an allow
     /// lifted, which network ban covers a host that was not banned itself.
@@ -193,6 +227,7 @@ pub struct Outcome {
     pub expires: Option<Timestamp>,
 }
 
+/// How one target of a ban, unban, allow or unallow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
@@ -213,15 +248,22 @@ pub enum OutcomeKind {
 /// How many targets of a request ended each way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
+    /// New decisions.
     pub added: u64,
+    /// Existing decisions whose expiry moved later.
     pub extended: u64,
+    /// Existing decisions left as they were.
     pub unchanged: u64,
+    /// Decisions removed.
     pub removed: u64,
+    /// Removals of decisions that did not exist.
     pub not_found: u64,
+    /// Targets refused (allowlisted, protected, too broad).
     pub refused: u64,
 }
 
 impl Summary {
+    /// Counts one target that ended as `kind`.
     pub fn count(&mut self, kind: OutcomeKind) {
         let slot = match kind {
             OutcomeKind::Added => &mut self.added,
@@ -234,6 +276,7 @@ impl Summary {
         *slot += 1;
     }
 
+    /// Targets that did not do what was asked (not found or refused).
     pub fn failures(&self) -> u64 {
         self.not_found + self.refused
     }
@@ -249,20 +292,35 @@ impl OutcomeKind {
 /// The agent's health and numbers, for `palisade status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
+    /// This node's name.
     pub node: String,
+    /// The agent's palisade version.
     pub version: String,
+    /// The agent's process id.
     pub pid: u32,
+    /// When the agent started.
     pub started: Timestamp,
+    /// The agent's clock when it answered.
     pub now: Timestamp,
+    /// How the agent runs, e.g. `local-only`.
     pub mode: String,
+    /// Directory of the agent's state (store, feed lists).
     pub state_dir: String,
+    /// Path of this control socket.
     pub socket: String,
+    /// Banned single addresses in force.
     pub bans: u64,
+    /// Banned networks (prefixes) in force.
     pub ban_networks: u64,
+    /// Allow entries in force.
     pub allows: u64,
+    /// When the next decision expires (`None`: none expires).
     pub next_expiry: Option<Timestamp>,
+    /// How long a ban lasts when its request names no span.
     pub default_ban: Span,
+    /// One per configured enforcer.
     pub enforcers: Vec<EnforcerStatus>,
+    /// Open connections of banned addresses cut since the agent started.
     pub connections_killed: u64,
     /// The network this agent is joined to (`None`: local only).
     #[serde(default)]
@@ -282,15 +340,19 @@ pub struct NetworkStatus {
     pub latest: u64,
     /// Requests waiting in the outbox.
     pub pending: u64,
+    /// Why the link last failed; cleared when it connects again.
     pub last_error: Option<String>,
     /// Why queued requests are being held back, while they are.
     #[serde(default)]
     pub held_back: Option<String>,
 }
 
+/// How one enforcer (nftables, ipset, ...) is doing, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnforcerStatus {
+    /// The enforcer's name from the configuration.
     pub name: String,
+    /// False if its last kernel change or check failed.
     pub healthy: bool,
     /// What the enforcer holds or why it is unhealthy.
     pub detail: String,
@@ -315,10 +377,13 @@ pub struct EnforcerObject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ControlError {
+    /// What kind of failure, for programs.
     pub code: ErrorCode,
+    /// What went wrong and what to do, for the operator.
     pub message: String,
 }
 
+/// Why a request failed as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -331,6 +396,7 @@ pub enum ErrorCode {
 }
 
 impl ControlError {
+    /// An error of `code` with `message` for the operator.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ControlError {
         ControlError {
             code,

@@ -19,9 +19,13 @@ pub const MAX_TOMBSTONES: usize = 200_000;
 /// A ban as CrowdSec's bouncers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The decision id bouncers see, unique within this process.
     pub id: u64,
+    /// The banned address or network.
     pub target: Net,
+    /// The origin bouncers filter on ([`origin`]).
     pub origin: String,
+    /// The scenario bouncers filter on ([`scenario`]).
     pub scenario: String,
     /// When the ban ends (for a deleted one: when it was deleted or
     /// expired, whichever came first); `None` for a ban without end.
@@ -31,12 +35,17 @@ pub struct Entry {
 /// One change to send: the entry and whether it was deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
+    /// Bans made or changed since the reader's position.
     pub new: Vec<Entry>,
+    /// Bans lifted or expired since the reader's position.
     pub deleted: Vec<Entry>,
     /// The stream number this answer brings its reader to.
     pub through: u64,
 }
 
+/// The bans as a numbered stream of changes, so each bouncer's
+/// `/v1/decisions/stream` poll gets only what changed since its last one;
+/// deletions are remembered (up to [`MAX_TOMBSTONES`]) until pulled.
 #[derive(Debug, Default)]
 pub struct Journal {
     live: HashMap<Net, (u64, Entry)>,

@@ -26,22 +26,36 @@ pub const MAX_KEY_LEN: usize = 128;
 /// Why a key could not be managed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The name is empty, too long, or has other characters than letters,
+    /// digits, `.`, `_` and `-`.
     #[error(
         "{0:?} is not a bouncer name: use 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'"
     )]
     BadName(String),
+    /// A bouncer of that name exists.
     #[error("a bouncer named {0:?} exists already: delete it first, or pick another name")]
     Exists(String),
+    /// No bouncer has that name.
     #[error("no bouncer is named {0:?}: `palisade bouncer list` shows them")]
     Unknown(String),
+    /// The keys or seen file could not be read or written.
     #[error("cannot read or write {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The keys or seen file is not valid JSON of the expected shape.
     #[error("{path} is damaged ({reason}); remove it and add the bouncers again")]
-    Damaged { path: PathBuf, reason: String },
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// No random bytes for a new key could be had.
     #[error("the system's random source failed")]
     Random,
 }
@@ -49,19 +63,24 @@ pub enum KeyError {
 /// One bouncer's credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bouncer {
+    /// The name given with `palisade bouncer add`.
     pub name: String,
     /// Hex SHA-256 of the key.
     pub hash: String,
+    /// When it was added.
     pub created: Timestamp,
 }
 
 /// What a bouncer last told about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
+    /// When it last asked for decisions.
     pub last_pull: Option<Timestamp>,
     /// Its `User-Agent`, cleaned.
     pub version: Option<String>,
+    /// The address its last request came from.
     pub address: Option<String>,
+    /// Usage reports (`POST /v1/usage-metrics`) it has sent.
     pub usage_reports: u64,
 }
 
@@ -77,16 +96,19 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The keys kept in `state_dir` (the files need not exist yet).
     pub fn new(state_dir: &Path) -> Keys {
         Keys {
             dir: state_dir.to_path_buf(),
         }
     }
 
+    /// The file of bouncer names and key hashes.
     pub fn keys_path(&self) -> PathBuf {
         self.dir.join(KEYS_FILE)
     }
 
+    /// The file of what each bouncer last reported ([`Seen`]).
     pub fn seen_path(&self) -> PathBuf {
         self.dir.join(SEEN_FILE)
     }
@@ -132,6 +154,7 @@ impl Keys {
         Ok(read_json(&self.seen_path())?.unwrap_or_default())
     }
 
+    /// Replaces what is kept of each bouncer's last report.
     pub fn write_seen(&self, seen: &BTreeMap<String, Seen>) -> Result<(), KeyError> {
         write_json(&self.seen_path(), seen)
     }

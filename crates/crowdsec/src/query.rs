@@ -17,16 +17,22 @@ pub const MAX_ITEM_LEN: usize = 128;
 /// Why a query was refused (answered 400 with this text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
+    /// The query string is longer than [`MAX_QUERY_LEN`] bytes.
     #[error("the query is longer than {MAX_QUERY_LEN} bytes")]
     TooLong,
+    /// The query has more than [`MAX_PARAMS`] parameters.
     #[error("the query has more than {MAX_PARAMS} parameters")]
     TooMany,
+    /// The query does not decode to UTF-8.
     #[error("the query is not valid percent-encoded UTF-8")]
     Encoding,
+    /// A parameter the endpoint does not take (and the ones it does).
     #[error("unknown parameter {0:?}; this endpoint takes {1}")]
     Unknown(String, &'static str),
+    /// A parameter given twice.
     #[error("parameter {0:?} is given twice")]
     Repeated(String),
+    /// A parameter whose value is not valid (name, and why).
     #[error("parameter {0:?} has an invalid value: {1}")]
     Value(&'static str, String),
 }
@@ -34,17 +40,24 @@ pub enum QueryError {
 /// The filters of `GET /v1/decisions/stream`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamQuery {
+    /// `startup=true`: the bouncer starts afresh and gets every ban.
     pub startup: bool,
+    /// Which bans it wants.
     pub filter: Filter,
 }
 
 /// The filters both endpoints share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
+    /// Single addresses wanted (`scopes` includes `ip`; the default).
     pub ip: bool,
+    /// Networks wanted (`scopes` includes `range`; the default).
     pub range: bool,
+    /// Only bans of these origins; `None`: any.
     pub origins: Option<Vec<String>>,
+    /// Only scenarios containing one of these (lower case); empty: any.
     pub scenarios_containing: Vec<String>,
+    /// No scenario containing one of these (lower case).
     pub scenarios_not_containing: Vec<String>,
 }
 
@@ -69,6 +82,7 @@ pub struct LookupQuery {
     pub contains: bool,
     /// A `type` other than `ban` matches nothing palisade holds.
     pub only_other_types: bool,
+    /// Which bans are wanted.
     pub filter: Filter,
 }
 
@@ -76,6 +90,7 @@ const STREAM_KEYS: &str =
     "startup, scopes, origins, scenarios_containing, scenarios_not_containing";
 const LOOKUP_KEYS: &str = "ip, range, scope, value, type, contains, origins, scenarios_containing, scenarios_not_containing";
 
+/// Parses the query of `GET /v1/decisions/stream`.
 pub fn stream(query: Option<&str>) -> Result<StreamQuery, QueryError> {
     let mut q = StreamQuery::default();
     for (k, v) in pairs(query)? {
@@ -88,6 +103,8 @@ pub fn stream(query: Option<&str>) -> Result<StreamQuery, QueryError> {
     Ok(q)
 }
 
+/// Parses the query of `GET /v1/decisions`; without `ip`, `range` or
+/// `value` every ban is asked for.
 pub fn lookup(query: Option<&str>) -> Result<LookupQuery, QueryError> {
     let mut q = LookupQuery {
         contains: true,

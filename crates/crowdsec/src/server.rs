@@ -77,6 +77,7 @@ struct KnownKeys {
 }
 
 impl Api {
+    /// An endpoint answering from `store` for the bouncers of `keys`.
     pub fn new(store: Arc<Store>, keys: Keys) -> Arc<Api> {
         Api::with_usage(store, keys, Arc::default())
     }

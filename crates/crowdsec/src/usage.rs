@@ -46,6 +46,7 @@ struct Item {
 /// Why a report was refused (the bouncer gets it as a 400's message).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// The body is not JSON of a usage report's shape.
     #[error("the body is not a usage report: {0}")]
     NotAReport(String),
 }

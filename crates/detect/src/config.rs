@@ -87,12 +87,17 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
+    /// The stage's name (`throttle`, `block`), shown in decisions; 1 to 64
+    /// letters, digits and `- _ . / :`.
     #[serde(deserialize_with = "de_name")]
     pub name: String,
+    /// Failures from one attacker that fire the stage, 1 to 1000.
     #[serde(deserialize_with = "de_count")]
     pub count: u32,
+    /// The window the failures are counted in (never forever).
     #[serde(deserialize_with = "de_window")]
     pub within: Duration,
+    /// How long the attacker is banned when the stage fires.
     pub ban: Span,
     /// For the xt_recent enforcer: the `/proc/net/xt_recent` list this stage
     /// feeds (banban's `THROTTLE`, `BLOCKER`).
@@ -106,8 +111,10 @@ pub struct StageConfig {
 pub enum SourceConfig {
     /// A file followed like `tail -F`; the read position survives restarts.
     File {
+        /// The source's name in decisions and logs; `file:PATH` if unset.
         #[serde(default)]
         name: Option<String>,
+        /// The file to follow.
         path: PathBuf,
         /// Where to start the first time (no saved position): `end`
         /// (default, only new lines) or `beginning`.
@@ -118,21 +125,28 @@ pub enum SourceConfig {
     /// `omuxsock`, syslog-ng `unix-dgram`). Created mode 0600, or 0660 with
     /// `group`.
     SyslogSocket {
+        /// The source's name in decisions and logs; `syslog:PATH` if unset.
         #[serde(default)]
         name: Option<String>,
+        /// Where to create the socket.
         path: PathBuf,
+        /// A group allowed to write to the socket (mode 0660).
         #[serde(default)]
         group: Option<String>,
     },
     /// A named pipe (rsyslog `ompipe`, diswall); created if absent.
     Fifo {
+        /// The source's name in decisions and logs; `fifo:PATH` if unset.
         #[serde(default)]
         name: Option<String>,
+        /// The pipe's path.
         path: PathBuf,
     },
     /// The systemd journal through `journalctl -f -o json`, resumed by
     /// cursor.
     Journal {
+        /// The source's name in decisions and logs; `journal` or
+        /// `journal:UNITS` if unset.
         #[serde(default)]
         name: Option<String>,
         /// Only these units (`journalctl -u`); empty means all.
@@ -150,20 +164,24 @@ pub enum SourceConfig {
     },
     /// Standard input, line by line.
     Stdin {
+        /// The source's name in decisions and logs; `stdin` if unset.
         #[serde(default)]
         name: Option<String>,
     },
     /// Packets the kernel logs to an NFLOG group (`log group N`), turned into
     /// LOG-style lines for the `port-probe` rule.
     Nflog {
+        /// The source's name in decisions and logs; `nflog:GROUP` if unset.
         #[serde(default)]
         name: Option<String>,
+        /// The NFLOG group the firewall's `log group N` rules log to.
         group: u16,
     },
     /// Decoy TCP ports palisade listens on: a peer that completes a
     /// handshake there is a verified prober (the built-in `honeyport` rule
     /// counts the lines of the source named `honeyport`, the default name).
     Honeyport {
+        /// The source's name in decisions and logs; `honeyport` if unset.
         #[serde(default)]
         name: Option<String>,
         /// The ports (nothing else may listen on them).
@@ -208,7 +226,9 @@ fn de_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartAt {
+    /// From the start of the file: lines already there are counted too.
     Beginning,
+    /// From the end: only lines written from now on (the default).
     #[default]
     End,
 }
@@ -262,6 +282,7 @@ pub struct Limits {
     /// Default network sizes attackers are counted by (a rule may set its
     /// own): IPv4 per address, IPv6 per /64.
     pub prefix_v4: u8,
+    /// Default network size attackers are counted by for IPv6 (per /64).
     pub prefix_v6: u8,
     /// Evidence lines kept per address (at most
     /// [`palisade_model::decision::MAX_EVIDENCE_LINES`]).

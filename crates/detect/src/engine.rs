@@ -32,28 +32,46 @@ use crate::syslog;
 /// The role of a pattern in a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatternKind {
+    /// A failure pattern (`bad`): each match counts against the address.
     Bad,
+    /// A success pattern (`good`): a match forgives the address.
     Good,
+    /// An ignore pattern: a matching line is not counted by the rule.
     Ignore,
 }
 
 /// Why rules did not compile. Each error names the rule and the pattern.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
+    /// A pattern of the rule does not compile.
     #[error("rule {rule:?}: pattern {pattern:?}: {message}")]
     Pattern {
+        /// The rule's name.
         rule: String,
+        /// The pattern as written.
         pattern: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// The fail2ban filter a rule names could not be loaded.
     #[error("rule {rule:?}: fail2ban filter {}: {source}", path.display())]
     Fail2ban {
+        /// The rule's name.
         rule: String,
+        /// The filter file.
         path: PathBuf,
+        /// What is wrong with it.
         source: fail2ban::Error,
     },
+    /// The rule itself is unusable: a duplicate name, no patterns, no
+    /// stages, or more rules or stages than the tracker counts.
     #[error("rule {rule:?}: {message}")]
-    Rule { rule: String, message: String },
+    Rule {
+        /// The rule's name.
+        rule: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// What a rule made of a line.
@@ -72,6 +90,7 @@ pub enum HitKind {
 pub struct Hit {
     /// Index into [`Engine::rules`].
     pub rule: usize,
+    /// What the rule made of the line.
     pub kind: HitKind,
     /// Always set for `Bad` and `Good`.
     pub address: Option<Net>,
@@ -82,11 +101,15 @@ pub struct Hit {
 /// What the tracker needs to know about a compiled rule.
 #[derive(Debug, Clone)]
 pub struct RuleInfo {
+    /// The rule's name, the rule of its bans.
     pub name: String,
+    /// This node only, or the whole network.
     pub scope: Scope,
+    /// The rule's thresholds, ordered by count.
     pub stages: Vec<StageConfig>,
     /// The rule's own network sizes to count by (else the tracker's).
     pub prefix_v4: Option<u8>,
+    /// The rule's own IPv6 network size to count by (else the tracker's).
     pub prefix_v6: Option<u8>,
     /// Its failures can be forged (port probes).
     pub forgeable: bool,

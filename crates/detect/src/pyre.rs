@@ -304,16 +304,23 @@ fn group_end(b: &[char], open: usize) -> Option<usize> {
 /// A compiled pattern: the `regex` crate when possible, else fancy-regex.
 #[derive(Debug)]
 pub enum Pattern {
+    /// Compiled by the `regex` crate (linear time).
     Std(regex::Regex),
+    /// Compiled by fancy-regex, for look-around and back-references (bounded
+    /// backtracking).
     Fancy(Box<fancy_regex::Regex>),
 }
 
 /// Named groups of one match: name -> (start, end) or absent.
 #[derive(Debug, Default, Clone)]
 pub struct Groups<'t> {
+    /// The text matched against.
     pub text: &'t str,
+    /// Byte offset where the match starts.
     pub start: usize,
+    /// Byte offset where the match ends.
     pub end: usize,
+    /// Each group's index and byte span, `None` if it took no part.
     pub named: Vec<(usize, Option<(usize, usize)>)>,
 }
 
@@ -336,6 +343,7 @@ impl Pattern {
         }
     }
 
+    /// True if the pattern needed fancy-regex (look-around, back-references).
     pub fn is_fancy(&self) -> bool {
         matches!(self, Pattern::Fancy(_))
     }
@@ -348,6 +356,7 @@ impl Pattern {
         }
     }
 
+    /// True if the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
         match self {
             Pattern::Std(r) => r.is_match(text),
@@ -360,6 +369,7 @@ impl Pattern {
         self.captures_at(text, 0)
     }
 
+    /// The group spans of the first match starting at byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Vec<Option<(usize, usize)>>> {
         match self {
             Pattern::Std(r) => {

@@ -17,6 +17,7 @@ use palisade_model::Timestamp;
 pub struct Header<'a> {
     /// The time text, if the line starts with one.
     pub time: Option<&'a str>,
+    /// The host name, if the header has one.
     pub host: Option<&'a str>,
     /// The tag before `[pid]:` or `:`.
     pub program: Option<&'a str>,

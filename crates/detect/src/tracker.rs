@@ -58,6 +58,7 @@ use table::{KeyHash, SlotTable, random_seed, table_size};
 pub struct StageRef {
     /// Position in the rule's stages, ordered by count (0 = first to fire).
     pub index: usize,
+    /// The stage's name from the rule.
     pub name: String,
     /// The xt_recent list the stage feeds, if configured.
     pub list: Option<String>,
@@ -76,6 +77,7 @@ pub enum Trust {
 }
 
 impl Trust {
+    /// `verified` or `forgeable`, as logged and stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Trust::Verified => "verified",
@@ -96,10 +98,15 @@ pub enum Event {
     /// Ban `address` (a host, or the network the rule counts by) for
     /// `span` (source: detector).
     Ban {
+        /// The rule that fired.
         rule: String,
+        /// The attacker: a host, or the network the rule counts by.
         address: Net,
+        /// The stage that fired.
         stage: StageRef,
+        /// How long to ban.
         span: Span,
+        /// This node only, or the whole network.
         scope: Scope,
         /// Failures counted within the stage's window.
         count: u32,
@@ -109,11 +116,17 @@ pub enum Event {
         trust: Trust,
     },
     /// Lift the bans detectors made for `address` (a good pattern matched).
-    Forgive { rule: String, address: Net },
+    Forgive {
+        /// The rule whose good pattern matched.
+        rule: String,
+        /// The address forgiven.
+        address: Net,
+    },
 }
 
 /// Most rules and stages per rule a tracker counts (slot fields are small).
 pub const MAX_RULES: usize = FREE as usize;
+/// Most stages a rule may have.
 pub const MAX_STAGES: usize = NONE_FIRED as usize;
 
 /// Most evidence lines kept per pair.
@@ -259,10 +272,12 @@ impl Tracker {
         self.forgeable_sources = names.into_iter().map(Arc::from).collect();
     }
 
+    /// The compiled rules.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The compiled rules, to change them in place.
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
     }

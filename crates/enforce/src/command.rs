@@ -103,6 +103,7 @@ pub struct CommandConfig {
     /// "permanent").
     #[serde(default = "default_forever")]
     pub forever_duration: String,
+    /// Which decisions the commands are run for.
     #[serde(default)]
     pub filter: Filter,
 }
@@ -211,9 +212,13 @@ pub struct Template {
 /// What a template is filled with.
 #[derive(Debug, Clone)]
 pub struct Values<'a> {
+    /// The decision's address or network (`{ip}`, `{net}`, `{family}`).
     pub net: Net,
+    /// `{jail}`.
     pub jail: &'a str,
+    /// `{rule}`.
     pub rule: &'a str,
+    /// `{duration}`: whole seconds left, or the configured forever value.
     pub duration: &'a str,
 }
 
@@ -348,6 +353,7 @@ impl Template {
             .collect()
     }
 
+    /// True if the template has placeholder `p` in any argument.
     pub fn uses(&self, p: Placeholder) -> bool {
         self.args.iter().flatten().any(|x| *x == Piece::Value(p))
     }

@@ -57,6 +57,7 @@ pub struct NftablesConfig {
     /// Interfaces that also drop banned sources in an ingress chain.
     #[serde(deserialize_with = "interface_names")]
     pub ingress_devices: Vec<String>,
+    /// Which decisions the table receives.
     pub filter: Filter,
     /// Set by the agent, not the operator: the NFLOG group of a configured
     /// port-probe source, reported to by the table's input chain.

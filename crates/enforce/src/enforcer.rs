@@ -9,7 +9,9 @@ pub use palisade_netlink::Error as NetlinkError;
 /// One decision as an enforcer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Ban or allow.
     pub action: Action,
+    /// The address or network.
     pub net: Net,
     /// Absolute expiry; `None` means forever. Entries already expired are
     /// ignored by `put` and `replace_all`.
@@ -29,7 +31,12 @@ pub enum Change {
     /// Add the entry, or refresh its expiry if it is already there.
     Put(Entry),
     /// Remove the entry with this action and network, if present.
-    Remove { action: Action, net: Net },
+    Remove {
+        /// Ban or allow.
+        action: Action,
+        /// The address or network.
+        net: Net,
+    },
 }
 
 /// Why an enforcer could not do what it was asked.
@@ -41,12 +48,17 @@ pub enum EnforceError {
     /// An incremental change failed; the backend then reloaded everything it
     /// holds in one transaction, so the kernel matches again.
     #[error("{error}; recovered by reloading the whole table from memory")]
-    Recovered { error: NetlinkError },
+    Recovered {
+        /// The incremental change's error.
+        error: NetlinkError,
+    },
     /// An incremental change failed and so did the full reload: the kernel
     /// may be out of date until the next successful `replace_all`.
     #[error("{error}; reloading the whole table failed too: {reload}")]
     Unrecovered {
+        /// The incremental change's error.
         error: NetlinkError,
+        /// The full reload's error.
         reload: NetlinkError,
     },
     /// The configuration cannot work (an unknown placeholder in a command
@@ -63,15 +75,21 @@ pub enum EnforceError {
         "ipset {set} is full (maxelem {maxelem}): {failed} element(s) were not added (first: {first}); the other changes were applied. Raise maxelem (recreate the set with a larger `maxelem`, or give palisade's `maxelem` for a set it creates) or ban fewer addresses"
     )]
     SetFull {
+        /// The set's name.
         set: String,
+        /// The set's `maxelem`.
         maxelem: u32,
+        /// How many elements were not added.
         failed: usize,
+        /// The first of them.
         first: String,
     },
     /// Several independent failures (different sets or lists); everything
     /// else was applied.
     #[error("{}", join_errors(.0))]
     Several(Vec<EnforceError>),
+    /// Anything else (a command that could not run or failed), with what to
+    /// do in the text.
     #[error("{0}")]
     Other(String),
 }
@@ -146,6 +164,7 @@ pub struct ObjectStatus {
 /// (another tool, `nft flush set`, a firewall service reloaded).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drift {
+    /// One entry per object that differs.
     pub objects: Vec<ObjectDrift>,
 }
 
@@ -154,7 +173,9 @@ pub struct Drift {
 pub struct ObjectDrift {
     /// E.g. `inet palisade block4`.
     pub name: String,
+    /// Elements palisade holds that the kernel lacks.
     pub missing: usize,
+    /// Elements the kernel holds that palisade did not put there.
     pub extra: usize,
     /// A few of the elements concerned, e.g. `missing 198.18.0.7`.
     pub examples: Vec<String>,
@@ -168,6 +189,7 @@ pub const DRIFT_EXAMPLES: usize = 3;
 pub(crate) const DRIFT_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Drift {
+    /// True if the kernel matches.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }

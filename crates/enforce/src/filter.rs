@@ -24,11 +24,14 @@ use crate::enforcer::{Change, Drift, EnforceError, Enforcer, Entry, Status};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FamilyName {
+    /// `ipv4`.
     Ipv4,
+    /// `ipv6`.
     Ipv6,
 }
 
 impl FamilyName {
+    /// The model's family for this name.
     pub fn family(self) -> Family {
         match self {
             FamilyName::Ipv4 => Family::V4,
@@ -86,6 +89,7 @@ impl Filter {
             && !self.exclude_rules.iter().any(|p| glob(p, r))
     }
 
+    /// True if the decision `e` goes to the enforcer.
     pub fn matches(&self, e: &Entry) -> bool {
         self.matches_net(e.action, &e.net) && self.matches_rule(e.rule.as_deref())
     }
@@ -126,6 +130,7 @@ pub struct Filtered<E: Enforcer> {
 }
 
 impl<E: Enforcer> Filtered<E> {
+    /// `inner`, given only what `filter` lets through.
     pub fn new(inner: E, filter: Filter) -> Filtered<E> {
         Filtered {
             inner,
@@ -134,14 +139,17 @@ impl<E: Enforcer> Filtered<E> {
         }
     }
 
+    /// The wrapped enforcer.
     pub fn inner(&self) -> &E {
         &self.inner
     }
 
+    /// The wrapped enforcer, to change it.
     pub fn inner_mut(&mut self) -> &mut E {
         &mut self.inner
     }
 
+    /// The filter in front of it.
     pub fn filter(&self) -> &Filter {
         &self.filter
     }

@@ -72,6 +72,7 @@ pub struct IpsetConfig {
     /// `[[enforcer.set]]` tables.
     #[serde(rename = "set")]
     pub sets: Vec<SetConfig>,
+    /// Which decisions the sets receive.
     #[serde(default)]
     pub filter: Filter,
 }
@@ -99,10 +100,13 @@ pub struct SetConfig {
     pub create: Option<CreateConfig>,
 }
 
+/// Which decisions a set takes by size: single addresses or networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Only {
+    /// Single addresses only (/32, /128).
     Hosts,
+    /// Networks only.
     Networks,
 }
 
@@ -117,8 +121,10 @@ pub struct CreateConfig {
     /// forever). palisade gives every element its own timeout anyway.
     #[serde(default)]
     pub timeout: Option<u32>,
+    /// `maxelem`: most elements the set holds (the kernel's default 65536).
     #[serde(default)]
     pub maxelem: Option<u32>,
+    /// `hashsize`: initial hash table size, in buckets (hash types).
     #[serde(default)]
     pub hashsize: Option<u32>,
     /// Keep the decision's reason as the element's comment.
@@ -136,12 +142,16 @@ pub struct CreateConfig {
 /// The set types palisade fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetType {
+    /// `hash:ip`: single addresses (or `netmask`-sized networks).
     HashIp,
+    /// `hash:net`: networks of any prefix length.
     HashNet,
+    /// `bitmap:ip`: addresses of one IPv4 range of at most 65536.
     BitmapIp,
 }
 
 impl SetType {
+    /// The type's name as ipset spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             SetType::HashIp => "hash:ip",

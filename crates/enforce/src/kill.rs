@@ -29,6 +29,7 @@ pub struct KillReport {
 }
 
 impl KillReport {
+    /// Sockets and conntrack entries removed.
     pub fn total(&self) -> usize {
         self.sockets + self.conntrack
     }
@@ -42,6 +43,8 @@ pub struct Killer {
 }
 
 impl Killer {
+    /// Opens the sock_diag and conntrack sockets in the calling thread's
+    /// network namespace (needs `CAP_NET_ADMIN`).
     pub fn new() -> Result<Killer, EnforceError> {
         Ok(Killer {
             diag: Socket::sock_diag()?,

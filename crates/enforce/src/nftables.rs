@@ -97,7 +97,9 @@ pub enum RefreshMode {
 /// One of the six sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SetName {
+    /// Allowed IPv4 addresses and networks (an interval set).
     Allow4,
+    /// Allowed IPv6 addresses and networks (an interval set).
     Allow6,
     /// Banned IPv4 hosts (a hash set).
     Block4,
@@ -128,6 +130,7 @@ impl SetName {
         SetName::Block6Net,
     ];
 
+    /// The set's name in the table (`allow4`, `block4net`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             SetName::Allow4 => "allow4",
@@ -210,10 +213,13 @@ impl SetName {
 /// an interval whose first and last address are the same).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interval {
+    /// First address of the interval.
     pub first: IpAddr,
+    /// Last address of the interval (the same as `first` for a host).
     pub last: IpAddr,
     /// Time left; `None` for elements without a timeout.
     pub expires_in: Option<Duration>,
+    /// The element's comment, if it has one.
     pub comment: Option<String>,
 }
 
@@ -477,10 +483,12 @@ impl Nftables {
         })
     }
 
+    /// Where the enforcer puts its objects.
     pub fn config(&self) -> &NftConfig {
         &self.config
     }
 
+    /// How refreshed expiries are written to the kernel.
     pub fn refresh_mode(&self) -> RefreshMode {
         self.refresh
     }

@@ -75,6 +75,7 @@ pub struct XtRecentConfig {
     /// Where the lists are (for tests; default [`PROC_DIR`]).
     #[serde(default)]
     pub proc_dir: Option<PathBuf>,
+    /// Which decisions the lists receive.
     #[serde(default)]
     pub filter: Filter,
 }
@@ -83,7 +84,9 @@ pub struct XtRecentConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Glob pattern (`*`, `?`) on the decision's rule or jail.
     pub rule: String,
+    /// The list those bans go to.
     #[serde(deserialize_with = "list_name")]
     pub list: String,
 }
@@ -203,6 +206,8 @@ impl XtRecent {
             .or_else(|| self.list_for(e.rule.as_deref()))
     }
 
+    /// The list a ban of `rule` goes to: the first route that matches, else
+    /// the default list.
     pub fn list_for(&self, rule: Option<&str>) -> Option<&str> {
         let r = rule.unwrap_or("");
         self.config

@@ -49,8 +49,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// One feed, as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Feed {
+    /// The feed's name: its files are `NAME.list` and `NAME.json`.
     pub name: String,
+    /// `http://` or `https://` address of the list (a CrowdSec LAPI's base
+    /// address for a CrowdSec feed).
     pub url: String,
+    /// The most entries taken: a list with more is refused and the last
+    /// good one kept.
     pub max_entries: usize,
     /// The most bytes read from one answer: an endless body is cut off.
     pub max_bytes: u64,
@@ -68,9 +73,15 @@ pub struct Feed {
 /// What is known about a feed, kept next to its last good list.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedState {
+    /// The address the state is for: after a change of address the list
+    /// is pulled without validators.
     pub url: String,
+    /// The server's `ETag` for the last good list, sent back as
+    /// `If-None-Match`.
     #[serde(default)]
     pub etag: Option<String>,
+    /// The server's `Last-Modified` for the last good list, sent back as
+    /// `If-Modified-Since`.
     #[serde(default)]
     pub last_modified: Option<String>,
     /// When the last good list was fetched.
@@ -85,6 +96,7 @@ pub struct FeedState {
     /// Lines of the last good list that were not addresses or networks.
     #[serde(default)]
     pub malformed: u64,
+    /// A few of them, with their line numbers.
     #[serde(default)]
     pub malformed_examples: Vec<String>,
     /// Why the last pull failed (the last good list was kept).
@@ -95,10 +107,13 @@ pub struct FeedState {
 /// How far a pull has come (for progress bars).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {
+    /// Body bytes read so far.
     pub bytes: u64,
     /// The body's length, when the server said.
     pub total: Option<u64>,
+    /// Lines read so far.
     pub lines: u64,
+    /// Addresses and networks taken so far.
     pub entries: u64,
 }
 
@@ -110,14 +125,17 @@ pub struct Progress {
 pub struct List {
     /// Sorted, each once.
     pub nets: Vec<Net>,
+    /// The entries that name their own rule; most lists have none.
     pub rules: HashMap<Net, String>,
 }
 
 impl List {
+    /// Number of networks in the list.
     pub fn len(&self) -> usize {
         self.nets.len()
     }
 
+    /// True if the list has no network.
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
     }
@@ -144,8 +162,11 @@ pub enum Pulled {
     NotModified,
     /// A new list, stored as the last good one.
     Updated {
+        /// What to ban.
         entries: List,
+        /// Lines that were not addresses or networks, skipped.
         malformed: u64,
+        /// A few of them, with their line numbers.
         examples: Vec<String>,
     },
 }
@@ -153,28 +174,73 @@ pub enum Pulled {
 /// Why a pull failed; the last good list is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
+    /// The configured address is not `http://` or `https://`.
     #[error("{0:?} is not an http:// or https:// address")]
     BadUrl(String),
+    /// No connection: DNS, routing, refused, TLS or a timeout.
     #[error("cannot reach {url}: {detail}")]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        /// The feed's address.
+        url: String,
+        /// The connection error.
+        detail: String,
+    },
+    /// The server answered with an HTTP error.
     #[error("{url} answered {status}")]
-    Status { url: String, status: StatusCode },
+    Status {
+        /// The feed's address.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+    },
+    /// The body stopped arriving for a minute.
     #[error("{url} went silent while sending the list")]
-    Silent { url: String },
+    Silent {
+        /// The feed's address.
+        url: String,
+    },
+    /// The body was longer than `max_bytes`.
     #[error("{url} sent more than {max} bytes; raise max_bytes if that is right")]
-    TooBig { url: String, max: u64 },
+    TooBig {
+        /// The feed's address.
+        url: String,
+        /// The configured `max_bytes`.
+        max: u64,
+    },
+    /// The whole pull took longer than `timeout`.
     #[error("{url} took longer than {}s to send the list; raise timeout if that is right", .deadline.as_secs())]
-    TooSlow { url: String, deadline: Duration },
+    TooSlow {
+        /// The feed's address.
+        url: String,
+        /// The configured `timeout`.
+        deadline: Duration,
+    },
+    /// The list had more than `max_entries` entries.
     #[error("{url} has more than {max} entries; raise max_entries if that is right")]
-    TooMany { url: String, max: usize },
+    TooMany {
+        /// The feed's address.
+        url: String,
+        /// The configured `max_entries`.
+        max: usize,
+    },
+    /// The list had no usable entry (an error page, the wrong file).
     #[error("{url} sent no address or network ({malformed} malformed line(s), e.g. {example:?})")]
     Empty {
+        /// The feed's address.
         url: String,
+        /// Lines that were not addresses or networks.
         malformed: u64,
+        /// The first of them.
         example: Option<String>,
     },
+    /// The list or its state could not be written to the feed directory.
     #[error("cannot keep the list in {path}: {detail}")]
-    Io { path: String, detail: String },
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        detail: String,
+    },
 }
 
 /// The feeds' directory inside a state directory.
@@ -182,10 +248,12 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("feeds")
 }
 
+/// The feed's last good list: one canonical network per line.
 pub fn list_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.list"))
 }
 
+/// The feed's [`FeedState`], as JSON.
 pub fn state_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.json"))
 }

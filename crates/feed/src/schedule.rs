@@ -28,14 +28,29 @@ type Asked = oneshot::Sender<Result<FeedPulled, String>>;
 /// Why a pull asked for by hand did not happen or failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PullNowError {
+    /// The configuration has no `[[feed]]`.
     #[error("no feed is configured here: add a [[feed]] table with name and url and restart")]
     NoneConfigured,
+    /// No configured feed has that name.
     #[error("no feed is named {name:?} here; configured: {configured}")]
-    Unknown { name: String, configured: String },
+    Unknown {
+        /// The name asked for (cut to 64 characters).
+        name: String,
+        /// The configured names, comma separated.
+        configured: String,
+    },
+    /// A pull asked for by hand is already waiting for that feed.
     #[error("a pull of the feed {name} is already waiting; try again when it is done")]
-    Busy { name: String },
+    Busy {
+        /// The feed's name.
+        name: String,
+    },
+    /// The feed's task has ended: the process is stopping.
     #[error("the feed {name} is not being pulled any more (the process is stopping)")]
-    Stopped { name: String },
+    Stopped {
+        /// The feed's name.
+        name: String,
+    },
     /// The pull or applying its list failed; the message says why and what
     /// was kept.
     #[error("{0}")]

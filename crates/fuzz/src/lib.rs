@@ -28,10 +28,13 @@ pub use targets::{TARGETS, Target};
 /// What one run did.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The target's name.
     pub target: &'static str,
+    /// Inputs fed to the target.
     pub inputs: u64,
     /// Inputs the parser accepted (a measure of how deep the run went).
     pub accepted: u64,
+    /// How long the run took.
     pub elapsed: Duration,
 }
 
@@ -53,10 +56,15 @@ impl std::fmt::Display for Report {
 /// The input that made a target panic.
 #[derive(Debug)]
 pub struct Failure {
+    /// The target's name.
     pub target: &'static str,
+    /// The run's seed (`PALISADE_FUZZ_SEED` reproduces it).
     pub seed: u64,
+    /// Which input of the run it was, counting from 0.
     pub index: u64,
+    /// The input itself.
     pub input: Vec<u8>,
+    /// The panic's message.
     pub message: String,
 }
 

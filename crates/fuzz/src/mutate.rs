@@ -15,10 +15,12 @@ const INTERESTING: &[u8] =
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator started from `seed`: the same seed gives the same numbers.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -43,6 +45,8 @@ pub struct Mutator {
 }
 
 impl Mutator {
+    /// A mutator whose inputs start from `seeds` and splice in `dictionary`
+    /// words, reproducible from `seed`.
     pub fn new(seed: u64, seeds: &[&str], dictionary: &'static [&'static str]) -> Mutator {
         let seeds: Vec<Vec<u8>> = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
         Mutator {

@@ -12,9 +12,14 @@ use palisade_wire::Token;
 
 /// One fuzz target.
 pub struct Target {
+    /// The target's name, as the fuzz test names it.
     pub name: &'static str,
+    /// Valid inputs the mutations start from.
     pub seeds: &'static [&'static str],
+    /// Words of the input's grammar, spliced into inputs.
     pub dictionary: &'static [&'static str],
+    /// Feeds one input to the parser: `true` if it was accepted; a panic is a
+    /// bug.
     pub check: fn(&[u8]) -> bool,
 }
 

@@ -22,6 +22,7 @@ impl Host {
         &self.name
     }
 
+    /// The host's network namespace.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }
@@ -107,10 +108,12 @@ impl Lab {
         b.build()
     }
 
+    /// The host named `attacker`.
     pub fn attacker(&self) -> &Host {
         self.host("attacker")
     }
 
+    /// The host named `victim`.
     pub fn victim(&self) -> &Host {
         self.host("victim")
     }
@@ -166,6 +169,7 @@ pub struct LabBuilder {
 }
 
 impl LabBuilder {
+    /// A builder with no host yet.
     pub fn new() -> LabBuilder {
         LabBuilder::default()
     }
@@ -180,6 +184,7 @@ impl LabBuilder {
         self
     }
 
+    /// Adds several hosts, in order; names must be unique.
     pub fn hosts<I, S>(mut self, names: I) -> LabBuilder
     where
         I: IntoIterator<Item = S>,

@@ -112,6 +112,7 @@ impl TcpServer {
         }
     }
 
+    /// The port the listener got.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

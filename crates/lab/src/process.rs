@@ -53,6 +53,7 @@ impl Proc {
         })
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

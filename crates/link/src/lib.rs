@@ -43,10 +43,12 @@ pub struct HubLink {
 /// Why a hub address or token is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The address is not `https://HOST:PORT`.
     #[error(
         "{0:?} is not a hub address: use https://HOST:PORT (the command `palisade up` printed)"
     )]
     BadUrl(String),
+    /// The token's pin or the system's CA store could not make a TLS client.
     #[error(transparent)]
     Tls(#[from] palisade_wire::tls::TlsError),
 }

@@ -99,6 +99,7 @@ impl fmt::Display for Scope {
 pub struct Origin {
     /// The node (server) where the decision was made or first reported.
     pub node: String,
+    /// The kind of input that asked (CLI, detector, report, feed...).
     pub source: Source,
     /// The person or program behind the source: a user name for the CLI,
     /// `fail2ban` or `psad` for reports.
@@ -107,6 +108,8 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// An origin at `node` from `source`, without an actor; the node name is
+    /// cleaned with [`clean_name`].
     pub fn new(node: impl Into<String>, source: Source) -> Origin {
         Origin {
             node: clean_name(&node.into()),
@@ -115,6 +118,8 @@ impl Origin {
         }
     }
 
+    /// The same origin naming the person or program behind it (cleaned with
+    /// [`clean_name`]).
     pub fn with_actor(mut self, actor: impl Into<String>) -> Origin {
         self.actor = Some(clean_name(&actor.into()));
         self
@@ -133,7 +138,9 @@ impl fmt::Display for Origin {
 /// A ban or allow of one network, with its expiry and provenance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
+    /// Ban or allow.
     pub action: Action,
+    /// The address or network it applies to.
     pub target: Net,
     /// When the decision was first made.
     pub created: Timestamp,
@@ -141,6 +148,7 @@ pub struct Decision {
     pub updated: Timestamp,
     /// When it stops applying; `None` means forever.
     pub expires: Option<Timestamp>,
+    /// Who asked for it.
     pub origin: Origin,
     /// The rule, jail or command that produced it (`sshd`, `fail2ban/sshd`,
     /// `ban`).
@@ -154,6 +162,7 @@ pub struct Decision {
     pub evidence: Vec<String>,
     /// How many times it was asked for (1 on creation).
     pub hits: u32,
+    /// This node only, or the whole network.
     pub scope: Scope,
     /// When set, the decision applies only to the nodes of this group (a
     /// per-group allowlist, like diswall's per-client allow list).
@@ -200,21 +209,28 @@ impl Decision {
         self
     }
 
+    /// Limits the decision to the nodes of `group` (`None`: every node); the
+    /// name is cleaned with [`clean_name`].
     pub fn with_group(mut self, group: Option<String>) -> Decision {
         self.group = group.map(|g| clean_name(&g));
         self
     }
 
+    /// Names the rule, jail or command that produced it (cleaned with
+    /// [`clean_name`]).
     pub fn with_rule(mut self, rule: impl Into<String>) -> Decision {
         self.rule = Some(clean_name(&rule.into()));
         self
     }
 
+    /// Sets the free-text reason (cleaned with [`clean_text`]).
     pub fn with_reason(mut self, reason: impl Into<String>) -> Decision {
         self.reason = Some(clean_text(&reason.into()));
         self
     }
 
+    /// Adds log lines or facts as evidence (cleaned with [`clean_text`]; only
+    /// the newest [`MAX_EVIDENCE_LINES`] are kept).
     pub fn with_evidence<I, S>(mut self, lines: I) -> Decision
     where
         I: IntoIterator<Item = S>,
@@ -224,6 +240,7 @@ impl Decision {
         self
     }
 
+    /// Sets whether it applies to this node only or to the network.
     pub fn with_scope(mut self, scope: Scope) -> Decision {
         self.scope = scope;
         self

@@ -8,7 +8,9 @@ use crate::{Decision, Net, Timestamp};
 /// Why an address is, or is not, blocked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
+    /// The address or network asked about.
     pub address: Net,
+    /// What happens to its traffic.
     pub verdict: Verdict,
     /// Allow entries covering the address, widest first.
     pub allowed_by: Vec<Decision>,
@@ -17,9 +19,11 @@ pub struct Explanation {
     /// Bans strictly inside the queried network (only for network queries).
     #[serde(default)]
     pub bans_inside: u64,
+    /// The clock of the agent or hub that answered.
     pub now: Timestamp,
 }
 
+/// What happens to traffic from an address, in short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {

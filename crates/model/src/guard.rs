@@ -75,31 +75,48 @@ pub fn non_public(target: &Net) -> Option<(Net, &'static str)> {
 /// Why a ban was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// An allow entry covers the target.
     #[error("{target} is allowed by {}{}; unallow that entry first if it really must be banned",
         describe_allow(target, allow), comment.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Allowed {
+        /// The ban's target.
         target: Net,
+        /// The allow entry that covers it (possibly the target itself).
         allow: Net,
+        /// The allow entry's comment.
         comment: Option<String>,
     },
+    /// The target overlaps a range palisade never bans ([`PROTECTED`]:
+    /// loopback, link-local, multicast, translation prefixes...).
     #[error("{target} overlaps {range}, which is {why}; palisade never bans it")]
     Protected {
+        /// The ban's target.
         target: Net,
+        /// The protected range it overlaps.
         range: Net,
+        /// Why the range is protected.
         why: &'static str,
     },
+    /// The ban is wider than the guard's prefix limit for its family.
     #[error("{target} is wider than /{min}, the widest {family} ban allowed; ban narrower networks or lower min_prefix_{} in the config",
         if *family == Family::V4 { "v4" } else { "v6" })]
     TooBroad {
+        /// The ban's target.
         target: Net,
+        /// Its address family.
         family: Family,
+        /// The shortest prefix length accepted for a ban of that family.
         min: u8,
     },
+    /// An allow entry is wider than the guard's prefix limit for allows.
     #[error("an allow entry of {target} is wider than /{min}, the widest {family} allow entry accepted (it would open every firewall to that range); allow narrower networks or lower allow_min_prefix_{} in [guard]",
         if *family == Family::V4 { "v4" } else { "v6" })]
     AllowTooBroad {
+        /// The allow entry's target.
         target: Net,
+        /// Its address family.
         family: Family,
+        /// The shortest prefix length accepted for an allow entry of that family.
         min: u8,
     },
 }
@@ -134,6 +151,9 @@ impl Default for Guard {
 }
 
 impl Guard {
+    /// A guard with the built-in protected ranges, refusing bans shorter than
+    /// `/min_prefix_v4` (IPv4) and `/min_prefix_v6` (IPv6); allow entries keep
+    /// the default limits (/8 and /16).
     pub fn new(min_prefix_v4: u8, min_prefix_v6: u8) -> Guard {
         Guard {
             protected: PROTECTED

@@ -20,7 +20,9 @@ use std::str::FromStr;
 /// The address family of a [`Net`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
@@ -53,21 +55,35 @@ pub struct Net {
 /// Why a string is not a valid address or network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
+    /// The text is neither an address nor `ADDR/PREFIX`.
     #[error(
         "{input:?} is not an IP address or network (expected e.g. 198.51.100.7, 2001:db8::1 or 203.0.113.0/24)"
     )]
-    Syntax { input: String },
+    Syntax {
+        /// The text as given.
+        input: String,
+    },
+    /// The prefix length is longer than the family's address.
     #[error("{input:?}: prefix length {prefix} is too long for {family} (at most /{max})")]
     PrefixTooLong {
+        /// The text as given.
         input: String,
+        /// The prefix length given.
         prefix: u32,
+        /// The address's family.
         family: Family,
+        /// The longest prefix length of that family (32 or 128).
         max: u8,
     },
+    /// The address has bits set beyond the prefix (`10.0.0.1/8`); palisade
+    /// asks rather than guesses.
     #[error("{input:?} has host bits set below the /{prefix} prefix; did you mean {suggestion}?")]
     HostBits {
+        /// The text as given.
         input: String,
+        /// The prefix length given.
         prefix: u8,
+        /// The network with the host bits cleared, suggested to the operator.
         suggestion: Net,
     },
 }
@@ -126,10 +142,12 @@ impl Net {
         self.addr
     }
 
+    /// Prefix length in bits: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
 
+    /// IPv4 or IPv6.
     pub fn family(&self) -> Family {
         family_of(&self.addr)
     }

@@ -30,18 +30,22 @@ impl<V> Default for NetMap<V> {
 }
 
 impl<V> NetMap<V> {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Number of networks in the map.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True if the map holds no network.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Stores `value` for `net`, returning the value it replaces.
     pub fn insert(&mut self, net: Net, value: V) -> Option<V> {
         let old = self.entries.insert(net, value);
         if old.is_none() {
@@ -50,6 +54,8 @@ impl<V> NetMap<V> {
         old
     }
 
+    /// Removes `net` (exactly that network, not the ones inside it), returning
+    /// its value.
     pub fn remove(&mut self, net: &Net) -> Option<V> {
         let old = self.entries.remove(net);
         if old.is_some() {
@@ -58,14 +64,17 @@ impl<V> NetMap<V> {
         old
     }
 
+    /// The value stored for exactly `net`.
     pub fn get(&self, net: &Net) -> Option<&V> {
         self.entries.get(net)
     }
 
+    /// The value stored for exactly `net`, to change it.
     pub fn get_mut(&mut self, net: &Net) -> Option<&mut V> {
         self.entries.get_mut(net)
     }
 
+    /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Net, &V)> {
         self.entries.iter()
     }

@@ -14,8 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(u64);
 
 impl Timestamp {
+    /// 1970-01-01T00:00:00Z, the earliest timestamp.
     pub const EPOCH: Timestamp = Timestamp(0);
 
+    /// The current wall-clock time (the epoch if the clock is before 1970).
     pub fn now() -> Timestamp {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -23,14 +25,18 @@ impl Timestamp {
         Timestamp(since.as_millis().min(u64::MAX as u128) as u64)
     }
 
+    /// The instant `ms` milliseconds after the epoch.
     pub const fn from_millis(ms: u64) -> Timestamp {
         Timestamp(ms)
     }
 
+    /// Milliseconds since the epoch.
     pub const fn as_millis(self) -> u64 {
         self.0
     }
 
+    /// The instant `d` later, saturating at the end of time rather than
+    /// wrapping.
     pub fn saturating_add(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
@@ -43,6 +49,7 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 
+    /// The same instant as a [`SystemTime`].
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }
@@ -88,7 +95,9 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
 /// How long a decision lasts: a length of time, or forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Span {
+    /// For this long.
     For(Duration),
+    /// Until removed.
     Forever,
 }
 
@@ -98,6 +107,7 @@ pub enum Span {
     "{input:?} is not a duration: use a number with a unit (s, m, h, d, w), such as 90s, 10m, 1h, 2d or 1h30m, or \"forever\""
 )]
 pub struct SpanError {
+    /// The text that could not be parsed.
     pub input: String,
 }
 
@@ -110,6 +120,7 @@ impl Span {
         }
     }
 
+    /// The length, or `None` for [`Span::Forever`].
     pub fn duration(self) -> Option<Duration> {
         match self {
             Span::For(d) => Some(d),

@@ -23,6 +23,7 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 
 /// Address families as ctnetlink takes them (`AF_INET`, `AF_INET6`).
 pub const AF_INET: u8 = libc::AF_INET as u8;
+/// `AF_INET6`: the IPv6 family (see [`AF_INET`]).
 pub const AF_INET6: u8 = libc::AF_INET6 as u8;
 
 /// One conntrack entry, by its original direction.
@@ -32,11 +33,17 @@ pub struct CtEntry {
     pub family: u8,
     /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, ...).
     pub proto: u8,
+    /// Source address of the original direction (the connection's initiator).
     pub src: IpAddr,
+    /// Destination address of the original direction.
     pub dst: IpAddr,
     /// Ports, for protocols that have them.
     pub sport: Option<u16>,
+    /// Destination port of the original direction, for protocols that have
+    /// ports.
     pub dport: Option<u16>,
+    /// Conntrack zone (`CTA_ZONE`), if the entry is in a zone other than the
+    /// default.
     pub zone: Option<u16>,
     /// The original tuple as the kernel sent it, echoed back on delete so
     /// that every protocol's identifying fields (ICMP ids too) match.

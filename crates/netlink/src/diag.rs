@@ -14,17 +14,30 @@ const DIAG_MSG_LEN: usize = 72;
 
 /// TCP states (`TCP_ESTABLISHED` = 1 ... `TCP_NEW_SYN_RECV` = 12).
 pub mod state {
+    /// `TCP_ESTABLISHED`: the connection is open both ways.
     pub const ESTABLISHED: u8 = 1;
+    /// `TCP_SYN_SENT`: a connect is waiting for the peer's SYN-ACK.
     pub const SYN_SENT: u8 = 2;
+    /// `TCP_SYN_RECV`: a SYN was answered, the handshake's last ACK is awaited.
     pub const SYN_RECV: u8 = 3;
+    /// `TCP_FIN_WAIT1`: closed locally, the FIN not yet acknowledged.
     pub const FIN_WAIT1: u8 = 4;
+    /// `TCP_FIN_WAIT2`: closed locally and acknowledged, waiting for the peer's
+    /// FIN.
     pub const FIN_WAIT2: u8 = 5;
+    /// `TCP_TIME_WAIT`: closed both ways, lingering to absorb late segments.
     pub const TIME_WAIT: u8 = 6;
+    /// `TCP_CLOSE`: not connected.
     pub const CLOSE: u8 = 7;
+    /// `TCP_CLOSE_WAIT`: the peer closed, the local side has not yet.
     pub const CLOSE_WAIT: u8 = 8;
+    /// `TCP_LAST_ACK`: both closed, waiting for the ACK of the local FIN.
     pub const LAST_ACK: u8 = 9;
+    /// `TCP_LISTEN`: a listening socket.
     pub const LISTEN: u8 = 10;
+    /// `TCP_CLOSING`: both sides sent FIN at once.
     pub const CLOSING: u8 = 11;
+    /// `TCP_NEW_SYN_RECV`: a request socket for a SYN not yet accepted.
     pub const NEW_SYN_RECV: u8 = 12;
 }
 
@@ -46,9 +59,15 @@ pub struct TcpSocket {
     /// `AF_INET` or `AF_INET6` (an IPv6 socket may carry IPv4-mapped
     /// addresses).
     pub family: u8,
+    /// TCP state, one of the [`state`] values.
     pub state: u8,
+    /// Local address and port.
     pub local: SocketAddr,
+    /// Peer address and port (IPv4-mapped for an IPv4 peer of an IPv6 socket;
+    /// [`TcpSocket::remote_ip`] unmaps it).
     pub remote: SocketAddr,
+    /// Inode of the socket (as in `/proc/PID/fd`), 0 for sockets without one
+    /// (time-wait and request sockets).
     pub inode: u32,
     /// `inet_diag_sockid` as reported (cookie included), for destroying.
     id: [u8; SOCKID_LEN],

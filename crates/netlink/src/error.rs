@@ -71,10 +71,14 @@ impl Error {
         self.0.more
     }
 
+    /// True if the kernel answered `ENOENT`: the table, chain, set or element
+    /// does not exist.
     pub fn is_not_found(&self) -> bool {
         self.0.errno == libc::ENOENT
     }
 
+    /// True if the kernel answered `EPERM` or `EACCES`: the process lacks
+    /// `CAP_NET_ADMIN` in the socket's network namespace.
     pub fn is_permission_denied(&self) -> bool {
         self.0.errno == libc::EPERM || self.0.errno == libc::EACCES
     }

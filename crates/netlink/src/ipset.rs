@@ -60,90 +60,183 @@ const MAX_ADT_NEST: usize = 32 * 1024;
 
 /// Commands (`enum ipset_cmd`).
 pub mod cmd {
+    /// `IPSET_CMD_PROTOCOL`: asks for the protocol versions the kernel speaks.
     pub const PROTOCOL: u8 = 1;
+    /// `IPSET_CMD_CREATE`: creates a set.
     pub const CREATE: u8 = 2;
+    /// `IPSET_CMD_DESTROY`: destroys a set.
     pub const DESTROY: u8 = 3;
+    /// `IPSET_CMD_FLUSH`: removes every element of a set.
     pub const FLUSH: u8 = 4;
+    /// `IPSET_CMD_RENAME`: renames a set.
     pub const RENAME: u8 = 5;
+    /// `IPSET_CMD_SWAP`: exchanges two sets under their names.
     pub const SWAP: u8 = 6;
+    /// `IPSET_CMD_LIST`: dumps sets with their elements (or only headers).
     pub const LIST: u8 = 7;
+    /// `IPSET_CMD_SAVE`: dumps sets in `ipset save` form.
     pub const SAVE: u8 = 8;
+    /// `IPSET_CMD_ADD`: adds elements.
     pub const ADD: u8 = 9;
+    /// `IPSET_CMD_DEL`: deletes elements.
     pub const DEL: u8 = 10;
+    /// `IPSET_CMD_TEST`: tests whether an element is in a set.
     pub const TEST: u8 = 11;
+    /// `IPSET_CMD_HEADER`: reads the header of one set.
     pub const HEADER: u8 = 12;
+    /// `IPSET_CMD_TYPE`: asks for the revisions of a set type.
     pub const TYPE: u8 = 13;
 }
 
 /// Attribute numbers (uapi `linux/netfilter/ipset/ip_set.h`).
 pub mod attr {
     // Command level.
+    /// `IPSET_ATTR_PROTOCOL`: protocol version, in every request (u8).
     pub const PROTOCOL: u16 = 1;
+    /// `IPSET_ATTR_SETNAME`: the set's name (string).
     pub const SETNAME: u16 = 2;
+    /// `IPSET_ATTR_TYPENAME`: set type such as `hash:ip` (string; create and
+    /// type requests).
     pub const TYPENAME: u16 = 3;
+    /// `IPSET_ATTR_SETNAME2`: the second set of a swap or the new name of a
+    /// rename (same number as [`TYPENAME`]).
     pub const SETNAME2: u16 = 3;
+    /// `IPSET_ATTR_REVISION`: set type revision (u8).
     pub const REVISION: u16 = 4;
+    /// `IPSET_ATTR_FAMILY`: `NFPROTO_IPV4` or `NFPROTO_IPV6` (u8).
     pub const FAMILY: u16 = 5;
+    /// `IPSET_ATTR_FLAGS`: command flags such as "list headers only" (u32, big
+    /// endian).
     pub const FLAGS: u16 = 6;
+    /// `IPSET_ATTR_DATA`: nest of a set's create options, or of one element.
     pub const DATA: u16 = 7;
+    /// `IPSET_ATTR_ADT`: nest of many [`DATA`] elements in one add or delete.
     pub const ADT: u16 = 8;
+    /// `IPSET_ATTR_LINENO`: restore line number, which the kernel requires
+    /// beside an [`ADT`] nest (u32, big endian).
     pub const LINENO: u16 = 9;
+    /// `IPSET_ATTR_PROTOCOL_MIN`: oldest protocol version the kernel speaks
+    /// (u8).
     pub const PROTOCOL_MIN: u16 = 10;
+    /// `IPSET_ATTR_REVISION_MIN`: oldest revision of a set type (same number as
+    /// [`PROTOCOL_MIN`]).
     pub const REVISION_MIN: u16 = 10;
+    /// `IPSET_ATTR_INDEX`: a set's index in the kernel's table.
     pub const INDEX: u16 = 11;
     // CADT (inside DATA).
+    /// `IPSET_ATTR_IP`: nest holding an element's address, or the first address
+    /// of a bitmap set's range.
     pub const IP: u16 = 1;
+    /// `IPSET_ATTR_IP_TO`: nest holding the last address of a range.
     pub const IP_TO: u16 = 2;
+    /// `IPSET_ATTR_CIDR`: prefix length of an element (u8).
     pub const CIDR: u16 = 3;
+    /// `IPSET_ATTR_TIMEOUT`: timeout in seconds (u32, big endian; 0: never
+    /// expires).
     pub const TIMEOUT: u16 = 6;
+    /// `IPSET_ATTR_CADT_FLAGS`: a set's element extensions, [`cadt_flags`](super::cadt_flags)
+    /// bits (u32, big endian).
     pub const CADT_FLAGS: u16 = 8;
     // Create only.
+    /// `IPSET_ATTR_INITVAL`: hash seed of a hash set.
     pub const INITVAL: u16 = 17;
+    /// `IPSET_ATTR_HASHSIZE`: initial hash table size, in buckets (u32, big
+    /// endian).
     pub const HASHSIZE: u16 = 18;
+    /// `IPSET_ATTR_MAXELEM`: most elements the set holds (u32, big endian).
     pub const MAXELEM: u16 = 19;
+    /// `IPSET_ATTR_NETMASK`: prefix length every address is masked to (u8).
     pub const NETMASK: u16 = 20;
+    /// `IPSET_ATTR_BUCKETSIZE`: most elements per hash bucket (u8).
     pub const BUCKETSIZE: u16 = 21;
+    /// `IPSET_ATTR_RESIZE`: growth step of a hash set, in percent (obsolete).
     pub const RESIZE: u16 = 22;
+    /// `IPSET_ATTR_SIZE`: size of a list set.
     pub const SIZE: u16 = 23;
+    /// `IPSET_ATTR_ELEMENTS`: elements in the set (u32, big endian; in list
+    /// replies).
     pub const ELEMENTS: u16 = 24;
+    /// `IPSET_ATTR_REFERENCES`: how many rules and list sets use the set (u32,
+    /// big endian; in list replies).
     pub const REFERENCES: u16 = 25;
+    /// `IPSET_ATTR_MEMSIZE`: kernel memory the set takes, in bytes (u32, big
+    /// endian; in list replies).
     pub const MEMSIZE: u16 = 26;
     // ADT only.
+    /// `IPSET_ATTR_COMMENT`: an element's comment (string, at most
+    /// [`MAX_COMMENT_LEN`](super::MAX_COMMENT_LEN) bytes; same number as
+    /// [`MEMSIZE`], which only appears in set headers).
     pub const COMMENT: u16 = 26;
     // Inside IP / IP_TO.
+    /// `IPSET_ATTR_IPADDR_IPV4`: four address bytes, network order.
     pub const IPADDR_IPV4: u16 = 1;
+    /// `IPSET_ATTR_IPADDR_IPV6`: sixteen address bytes, network order.
     pub const IPADDR_IPV6: u16 = 2;
 }
 
 /// ipset's own error codes, returned where an errno would be.
 pub mod err {
+    /// `IPSET_ERR_PROTOCOL`: the kernel does not speak the message's protocol
+    /// version or could not parse it.
     pub const PROTOCOL: i32 = 4097;
+    /// `IPSET_ERR_FIND_TYPE`: no such set type (its `ip_set_*` module is not
+    /// loaded or not built).
     pub const FIND_TYPE: i32 = 4098;
+    /// `IPSET_ERR_MAX_SETS`: the kernel's limit of sets is reached.
     pub const MAX_SETS: i32 = 4099;
+    /// `IPSET_ERR_BUSY`: the set is in use by a rule or a list set.
     pub const BUSY: i32 = 4100;
+    /// `IPSET_ERR_EXIST_SETNAME2`: the new name of a rename is taken.
     pub const EXIST_SETNAME2: i32 = 4101;
+    /// `IPSET_ERR_TYPE_MISMATCH`: the two sets of a swap have incompatible
+    /// types.
     pub const TYPE_MISMATCH: i32 = 4102;
+    /// `IPSET_ERR_EXIST`: the set or element exists (create or add with
+    /// `NLM_F_EXCL`) or is missing (delete, test).
     pub const EXIST: i32 = 4103;
+    /// `IPSET_ERR_INVALID_CIDR`: the prefix length is not valid for the set.
     pub const INVALID_CIDR: i32 = 4104;
+    /// `IPSET_ERR_INVALID_NETMASK`: the netmask is not valid.
     pub const INVALID_NETMASK: i32 = 4105;
+    /// `IPSET_ERR_INVALID_FAMILY`: the address family is not the set's.
     pub const INVALID_FAMILY: i32 = 4106;
+    /// `IPSET_ERR_TIMEOUT`: a timeout was given for a set without timeout
+    /// support.
     pub const TIMEOUT: i32 = 4107;
+    /// `IPSET_ERR_REFERENCED`: the set is still referenced and cannot be
+    /// destroyed.
     pub const REFERENCED: i32 = 4108;
+    /// `IPSET_ERR_IPADDR_IPV4`: an IPv4 address was expected.
     pub const IPADDR_IPV4: i32 = 4109;
+    /// `IPSET_ERR_IPADDR_IPV6`: an IPv6 address was expected.
     pub const IPADDR_IPV6: i32 = 4110;
+    /// `IPSET_ERR_COUNTER`: counters were given for a set without counter
+    /// support.
     pub const COUNTER: i32 = 4111;
+    /// `IPSET_ERR_COMMENT`: a comment was given for a set without comment
+    /// support.
     pub const COMMENT: i32 = 4112;
+    /// `IPSET_ERR_INVALID_MARKMASK`: the markmask is not valid.
     pub const INVALID_MARKMASK: i32 = 4113;
+    /// `IPSET_ERR_SKBINFO`: skbinfo was given for a set without skbinfo
+    /// support.
     pub const SKBINFO: i32 = 4114;
     /// First type-specific code: its meaning depends on the set type.
     pub const TYPE_SPECIFIC: i32 = 4352;
     /// hash types: the set holds `maxelem` elements.
     pub const HASH_FULL: i32 = 4352;
+    /// hash types (`IPSET_ERR_HASH_ELEM`): the element cannot be stored in
+    /// this hash type.
     pub const HASH_ELEM: i32 = 4353;
+    /// hash types (`IPSET_ERR_HASH_RANGE_UNSUPPORTED`): the type takes no
+    /// ranges or networks.
     pub const HASH_RANGE_UNSUPPORTED: i32 = 4356;
+    /// hash types (`IPSET_ERR_HASH_RANGE`): the range is invalid.
     pub const HASH_RANGE: i32 = 4357;
     /// bitmap types: the address is outside the set's range.
     pub const BITMAP_RANGE: i32 = 4352;
+    /// bitmap types (`IPSET_ERR_BITMAP_RANGE_SIZE`): the range is too large
+    /// for a bitmap.
     pub const BITMAP_RANGE_SIZE: i32 = 4353;
 }
 
@@ -152,31 +245,43 @@ const IPSET_FLAG_LIST_HEADER: u32 = 1 << 2;
 
 /// Element extension flags of a set (`IPSET_ATTR_CADT_FLAGS` at create).
 pub mod cadt_flags {
+    /// `IPSET_FLAG_WITH_COUNTERS`: elements carry packet and byte counters.
     pub const WITH_COUNTERS: u32 = 1 << 3;
+    /// `IPSET_FLAG_WITH_COMMENT`: elements carry a comment.
     pub const WITH_COMMENT: u32 = 1 << 4;
+    /// `IPSET_FLAG_WITH_FORCEADD`: a full set evicts a random element instead
+    /// of refusing an add.
     pub const WITH_FORCEADD: u32 = 1 << 5;
+    /// `IPSET_FLAG_WITH_SKBINFO`: elements carry mark, priority and queue.
     pub const WITH_SKBINFO: u32 = 1 << 6;
 }
-
+/// `NFPROTO_IPV4`: the family of an IPv4 set.
 /// `NFPROTO_IPV4` / `NFPROTO_IPV6`: the family of a set.
 pub const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV6`: the family of an IPv6 set.
 pub const NFPROTO_IPV6: u8 = 10;
 
 /// What the kernel says about a set (`ipset list -t`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Header {
+    /// The set's name.
     pub name: String,
     /// `hash:ip`, `hash:net`, `bitmap:ip`, ...
     pub type_name: String,
     /// [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`].
     pub family: u8,
+    /// Type revision the set was created with.
     pub revision: u8,
     /// Default timeout in seconds, if the set supports timeouts (0: elements
     /// without an explicit timeout never expire).
     pub timeout: Option<u32>,
+    /// Most elements the set holds (hash types).
     pub maxelem: Option<u32>,
+    /// Initial hash table size, in buckets (hash types).
     pub hashsize: Option<u32>,
+    /// Most elements per hash bucket (hash types, revisions that have it).
     pub bucketsize: Option<u8>,
+    /// Prefix length every address is masked to, if the set has a netmask.
     pub netmask: Option<u8>,
     /// First and last address of a bitmap set.
     pub range: Option<(IpAddr, IpAddr)>,
@@ -186,22 +291,27 @@ pub struct Header {
     pub elements: Option<u32>,
     /// How many iptables rules and list sets use the set.
     pub references: Option<u32>,
+    /// Kernel memory the set takes, in bytes.
     pub memsize: Option<u32>,
 }
 
 impl Header {
+    /// True if the set supports element timeouts (created with `timeout`).
     pub fn has_timeout(&self) -> bool {
         self.timeout.is_some()
     }
 
+    /// True if elements carry a comment (created with `comment`).
     pub fn has_comment(&self) -> bool {
         self.cadt_flags & cadt_flags::WITH_COMMENT != 0
     }
 
+    /// True for an IPv6 (`inet6`) set.
     pub fn is_ipv6(&self) -> bool {
         self.family == NFPROTO_IPV6
     }
 
+    /// True for a `bitmap:*` set, whose elements must lie in its `range`.
     pub fn is_bitmap(&self) -> bool {
         self.type_name.starts_with("bitmap:")
     }
@@ -224,7 +334,9 @@ pub fn family_name(family: u8) -> &'static str {
 /// A set to create (`ipset create NAME TYPE family F ...`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateSpec {
+    /// Name of the set, at most [`MAX_NAME_LEN`] bytes.
     pub name: String,
+    /// Set type, such as `hash:ip` or `hash:net`.
     pub type_name: String,
     /// [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`].
     pub family: u8,
@@ -233,9 +345,16 @@ pub struct CreateSpec {
     /// `timeout N`: enables timeouts; elements added without one get N
     /// seconds (0: forever).
     pub timeout: Option<u32>,
+    /// `maxelem N`: most elements the set holds; `None` keeps the kernel's
+    /// default (65536).
     pub maxelem: Option<u32>,
+    /// `hashsize N`: initial hash table size, in buckets; `None` keeps the
+    /// kernel's default (1024).
     pub hashsize: Option<u32>,
+    /// `bucketsize N`: most elements per hash bucket; `None` keeps the
+    /// kernel's default.
     pub bucketsize: Option<u8>,
+    /// `netmask N`: prefix length every address is masked to.
     pub netmask: Option<u8>,
     /// `range FIRST-LAST` of a bitmap set.
     pub range: Option<(IpAddr, IpAddr)>,
@@ -266,7 +385,9 @@ impl CreateSpec {
 /// Add or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// Add the element (`ipset add -exist`).
     Add,
+    /// Delete the element (`ipset del -exist`).
     Del,
 }
 
@@ -278,6 +399,7 @@ impl Op {
         }
     }
 
+    /// `add` or `del`, as `ipset` spells the command.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Add => "add",
@@ -290,6 +412,7 @@ impl Op {
 /// in `hash:ip`/`bitmap:ip`), timeout and comment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elem<'a> {
+    /// The address (the network address for a prefix).
     pub addr: IpAddr,
     /// Prefix length; `None` for a single address.
     pub cidr: Option<u8>,
@@ -316,10 +439,13 @@ impl Elem<'_> {
 /// An element of a set as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The address (the network address for a prefix).
     pub addr: IpAddr,
+    /// Prefix length, for a network element of a `hash:net` set.
     pub cidr: Option<u8>,
     /// Seconds left; `None` without timeout, `Some(0)` for "never".
     pub timeout: Option<u32>,
+    /// The element's comment, in sets with `comment`.
     pub comment: Option<String>,
 }
 
@@ -335,9 +461,13 @@ impl std::fmt::Display for Member {
 /// An element the kernel refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// Whether it was an add or a delete.
     pub op: Op,
+    /// The set it was meant for.
     pub set: String,
+    /// The element's address.
     pub addr: IpAddr,
+    /// The element's prefix length, if it was a network.
     pub cidr: Option<u8>,
     /// A positive errno or ipset error code ([`err`]).
     pub code: i32,
@@ -805,10 +935,13 @@ impl Default for Batch {
 }
 
 impl Batch {
+    /// An empty batch with a 4 KiB buffer.
     pub fn new() -> Batch {
         Batch::with_capacity(4096)
     }
 
+    /// An empty batch whose buffer starts with room for `bytes` bytes (it grows
+    /// as needed).
     pub fn with_capacity(bytes: usize) -> Batch {
         Batch {
             buf: MsgBuf::with_capacity(bytes),
@@ -828,6 +961,7 @@ impl Batch {
         self.buf.len()
     }
 
+    /// True if no element is queued.
     pub fn is_empty(&self) -> bool {
         self.elements == 0
     }

@@ -15,26 +15,47 @@ pub const NLA_HDRLEN: usize = 4;
 /// Size of `struct nfgenmsg`.
 pub const NFGENMSG_LEN: usize = 4;
 
+/// Header flag: a request (set on everything sent to the kernel).
 pub const NLM_F_REQUEST: u16 = 0x1;
+/// Header flag: one part of a multipart reply, ended by [`NLMSG_DONE`].
 pub const NLM_F_MULTI: u16 = 0x2;
+/// Header flag: ask for an ack (an [`NLMSG_ERROR`] with errno 0) on success
+/// too.
 pub const NLM_F_ACK: u16 = 0x4;
+/// Header flag on dump replies: the dump was interrupted by a change and
+/// is inconsistent; repeat it.
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Header flag of get requests: from the root (all objects).
 pub const NLM_F_ROOT: u16 = 0x100;
+/// Header flag of get requests: all objects that match.
 pub const NLM_F_MATCH: u16 = 0x200;
+/// Header flags of a dump request: every object ([`NLM_F_ROOT`] |
+/// [`NLM_F_MATCH`]).
 pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+/// Header flag of new requests: replace an existing object.
 pub const NLM_F_REPLACE: u16 = 0x100;
+/// Header flag of new requests: fail with `EEXIST` if the object exists.
 pub const NLM_F_EXCL: u16 = 0x200;
+/// Header flag of new requests: create the object if it is missing.
 pub const NLM_F_CREATE: u16 = 0x400;
+/// Header flag of new requests: add at the end of a list.
 pub const NLM_F_APPEND: u16 = 0x800;
 /// In an error message: extended ack TLVs follow.
 pub const NLM_F_ACK_TLVS: u16 = 0x200;
 
+/// Message type: no operation (ignored).
 pub const NLMSG_NOOP: u16 = 1;
+/// Message type: an error or, with errno 0, an ack.
 pub const NLMSG_ERROR: u16 = 2;
+/// Message type: the end of a multipart (dump) reply.
 pub const NLMSG_DONE: u16 = 3;
 
+/// Attribute type flag: the payload is nested attributes.
 pub const NLA_F_NESTED: u16 = 0x8000;
+/// Attribute type flag: the payload is in network byte order.
 pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+/// Mask that removes [`NLA_F_NESTED`] and [`NLA_F_NET_BYTEORDER`] from an
+/// attribute type.
 pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 /// Rounds up to the 4-byte netlink alignment.
@@ -74,28 +95,34 @@ pub struct MsgBuf {
 }
 
 impl MsgBuf {
+    /// An empty buffer.
     pub fn new() -> MsgBuf {
         MsgBuf::default()
     }
 
+    /// An empty buffer with room for `bytes` bytes before it grows.
     pub fn with_capacity(bytes: usize) -> MsgBuf {
         MsgBuf {
             buf: Vec::with_capacity(bytes),
         }
     }
 
+    /// Everything written so far, ready for `sendmsg`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }
 
+    /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    /// True if nothing has been written.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
+    /// Empties the buffer, keeping its allocation for the next batch.
     pub fn clear(&mut self) {
         self.buf.clear();
     }
@@ -157,21 +184,25 @@ impl MsgBuf {
         self.pad();
     }
 
+    /// Appends an attribute holding one byte.
     #[inline]
     pub fn put_u8(&mut self, ty: u16, v: u8) {
         self.put(ty, &[v]);
     }
 
+    /// Appends an attribute holding a 16-bit value in network byte order.
     #[inline]
     pub fn put_u16_be(&mut self, ty: u16, v: u16) {
         self.put(ty, &v.to_be_bytes());
     }
 
+    /// Appends an attribute holding a 32-bit value in network byte order.
     #[inline]
     pub fn put_u32_be(&mut self, ty: u16, v: u32) {
         self.put(ty, &v.to_be_bytes());
     }
 
+    /// Appends an attribute holding a 64-bit value in network byte order.
     #[inline]
     pub fn put_u64_be(&mut self, ty: u16, v: u64) {
         self.put(ty, &v.to_be_bytes());
@@ -235,9 +266,13 @@ impl MsgBuf {
 /// One received netlink message.
 #[derive(Debug, Clone, Copy)]
 pub struct Msg<'a> {
+    /// Message type (for nfnetlink: subsystem << 8 | command).
     pub ty: u16,
+    /// Header flags (`NLM_F_*`).
     pub flags: u16,
+    /// Sequence number, which matches a reply to its request.
     pub seq: u32,
+    /// Port id of the sender (0 for the kernel).
     pub pid: u32,
     /// Everything after the 16-byte header.
     pub payload: &'a [u8],
@@ -264,6 +299,7 @@ pub struct Msgs<'a> {
 }
 
 impl<'a> Msgs<'a> {
+    /// Iterates over the messages in `data`.
     pub fn new(data: &'a [u8]) -> Msgs<'a> {
         Msgs { data }
     }
@@ -297,8 +333,12 @@ impl<'a> Iterator for Msgs<'a> {
 /// One attribute: its type (flags masked off) and payload.
 #[derive(Debug, Clone, Copy)]
 pub struct Attr<'a> {
+    /// Attribute type, with [`NLA_F_NESTED`] and [`NLA_F_NET_BYTEORDER`]
+    /// masked off.
     pub ty: u16,
+    /// True if [`NLA_F_NESTED`] was set: the payload is attributes.
     pub nested: bool,
+    /// The payload, without padding.
     pub data: &'a [u8],
     /// Offset of the attribute header from the start of the slice that
     /// [`Attrs`] was created on.
@@ -311,26 +351,34 @@ impl<'a> Attr<'a> {
         Attrs::new(self.data)
     }
 
+    /// The first payload byte, or `None` if the payload is empty.
     pub fn u8(&self) -> Option<u8> {
         self.data.first().copied()
     }
 
+    /// A 16-bit payload in network byte order (ports, for example).
     pub fn u16_be(&self) -> Option<u16> {
         Some(u16::from_be_bytes(self.data.get(..2)?.try_into().ok()?))
     }
 
+    /// A 16-bit payload in host byte order.
     pub fn u16_ne(&self) -> Option<u16> {
         Some(u16::from_ne_bytes(self.data.get(..2)?.try_into().ok()?))
     }
 
+    /// A 32-bit payload in network byte order (most nf_tables and ipset
+    /// values).
     pub fn u32_be(&self) -> Option<u32> {
         Some(u32::from_be_bytes(self.data.get(..4)?.try_into().ok()?))
     }
 
+    /// A 32-bit payload in host byte order.
     pub fn u32_ne(&self) -> Option<u32> {
         Some(u32::from_ne_bytes(self.data.get(..4)?.try_into().ok()?))
     }
 
+    /// A 64-bit payload in network byte order (nf_tables handles, for
+    /// example).
     pub fn u64_be(&self) -> Option<u64> {
         Some(u64::from_be_bytes(self.data.get(..8)?.try_into().ok()?))
     }
@@ -369,6 +417,8 @@ pub struct Attrs<'a> {
 }
 
 impl<'a> Attrs<'a> {
+    /// Iterates over the attributes in `data` (a payload after its fixed
+    /// header, or a nest's payload).
     pub fn new(data: &'a [u8]) -> Attrs<'a> {
         Attrs { data, pos: 0 }
     }

@@ -13,19 +13,37 @@ use crate::error::Error;
 use crate::msg::{MsgBuf, Msgs, NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST};
 use crate::socket::Socket;
 
+/// nfnetlink subsystem of nfnetlink_log.
 pub const NFNL_SUBSYS_ULOG: u16 = 4;
+/// Message type of a logged packet (kernel to user).
 pub const NFULNL_MSG_PACKET: u16 = 0;
+/// Message type of a configuration request (bind, unbind, copy mode).
 pub const NFULNL_MSG_CONFIG: u16 = 1;
+/// Configuration attribute: a command ([`NFULNL_CFG_CMD_BIND`] or
+/// [`NFULNL_CFG_CMD_UNBIND`]).
 pub const NFULA_CFG_CMD: u16 = 1;
+/// Configuration attribute: copy mode and how many bytes of each packet to
+/// copy.
 pub const NFULA_CFG_MODE: u16 = 2;
+/// Configuration attribute: how long the kernel may hold packets to batch
+/// them, in hundredths of a second.
 pub const NFULA_CFG_TIMEOUT: u16 = 4;
+/// Configuration attribute: how many packets the kernel may batch into one
+/// datagram.
 pub const NFULA_CFG_QTHRESH: u16 = 5;
+/// Configuration command: bind the socket to the group.
 pub const NFULNL_CFG_CMD_BIND: u8 = 1;
+/// Configuration command: unbind the group.
 pub const NFULNL_CFG_CMD_UNBIND: u8 = 2;
+/// Copy mode: copy (the start of) the packet itself.
 pub const NFULNL_COPY_PACKET: u8 = 2;
+/// Packet attribute: hardware protocol (ethertype) and hook.
 pub const NFULA_PACKET_HDR: u16 = 1;
+/// Packet attribute: index of the interface the packet came in on.
 pub const NFULA_IFINDEX_INDEV: u16 = 4;
+/// Packet attribute: the copied bytes of the packet, from its IP header on.
 pub const NFULA_PAYLOAD: u16 = 9;
+/// Packet attribute: the rule's `log prefix`, NUL-terminated.
 pub const NFULA_PREFIX: u16 = 10;
 
 /// How many bytes of each packet the kernel copies: enough for IPv4 or

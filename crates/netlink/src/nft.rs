@@ -19,37 +19,61 @@ use crate::socket::Socket;
 
 /// nfnetlink subsystem of nf_tables.
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// Message type that opens a batch (one nf_tables transaction).
 pub const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+/// Message type that closes a batch; the kernel commits on it.
 pub const NFNL_MSG_BATCH_END: u16 = 17;
 
 /// nf_tables message types (uapi `enum nf_tables_msg_types`, kernel 6.x;
 /// the `DESTROY*` messages exist since 6.3).
 pub mod msg {
+    /// `NFT_MSG_NEWTABLE`: creates a table (no error if it exists without
+    /// `NLM_F_EXCL`).
     pub const NEWTABLE: u8 = 0;
+    /// `NFT_MSG_GETTABLE`: reads or dumps tables.
     pub const GETTABLE: u8 = 1;
+    /// `NFT_MSG_DELTABLE`: deletes a table and everything in it.
     pub const DELTABLE: u8 = 2;
+    /// `NFT_MSG_NEWCHAIN`: creates a chain.
     pub const NEWCHAIN: u8 = 3;
+    /// `NFT_MSG_GETCHAIN`: reads or dumps chains.
     pub const GETCHAIN: u8 = 4;
+    /// `NFT_MSG_DELCHAIN`: deletes a chain.
     pub const DELCHAIN: u8 = 5;
+    /// `NFT_MSG_NEWRULE`: adds a rule.
     pub const NEWRULE: u8 = 6;
+    /// `NFT_MSG_NEWSET`: creates a set.
     pub const NEWSET: u8 = 9;
+    /// `NFT_MSG_NEWSETELEM`: adds set elements.
     pub const NEWSETELEM: u8 = 12;
+    /// `NFT_MSG_GETSETELEM`: dumps a set's elements.
     pub const GETSETELEM: u8 = 13;
+    /// `NFT_MSG_DELSETELEM`: deletes set elements (`ENOENT` for a missing one).
     pub const DELSETELEM: u8 = 14;
+    /// `NFT_MSG_DESTROYTABLE`: deletes a table if it exists (Linux 6.3 and
+    /// later).
     pub const DESTROYTABLE: u8 = 26;
+    /// `NFT_MSG_DESTROYSETELEM`: deletes set elements, a missing one being no
+    /// error (Linux 6.3 and later).
     pub const DESTROYSETELEM: u8 = 30;
 }
 
 /// Netfilter protocol families (`NFPROTO_*`), used as the nfgenmsg family.
 pub mod family {
+    /// `NFPROTO_INET`: tables that see IPv4 and IPv6 alike.
     pub const INET: u8 = 1;
+    /// `NFPROTO_IPV4`: `ip` tables.
     pub const IPV4: u8 = 2;
+    /// `NFPROTO_IPV6`: `ip6` tables.
     pub const IPV6: u8 = 10;
 }
 
 /// Set flags (`enum nft_set_flags`).
 pub mod set_flags {
+    /// `NFT_SET_INTERVAL`: elements are ranges (prefixes); every range is two
+    /// elements, its start and its end with [`ELEM_INTERVAL_END`](super::ELEM_INTERVAL_END).
     pub const INTERVAL: u32 = 0x4;
+    /// `NFT_SET_TIMEOUT`: elements may carry a timeout and expire.
     pub const TIMEOUT: u32 = 0x10;
 }
 
@@ -59,7 +83,9 @@ pub const ELEM_INTERVAL_END: u32 = 0x1;
 /// Netfilter verdicts for chain policies and rule actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// `NF_DROP`: discard the packet.
     Drop,
+    /// `NF_ACCEPT`: let the packet through (to the next chain or hook).
     Accept,
 }
 
@@ -75,10 +101,16 @@ impl Verdict {
 /// Netfilter hooks of the inet family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    /// `NF_INET_PRE_ROUTING`: every incoming packet, before the routing
+    /// decision.
     Prerouting,
+    /// `NF_INET_LOCAL_IN`: packets for this host.
     Input,
+    /// `NF_INET_FORWARD`: packets routed through this host.
     Forward,
+    /// `NF_INET_LOCAL_OUT`: packets this host sends.
     Output,
+    /// `NF_INET_POST_ROUTING`: every outgoing packet, after routing.
     Postrouting,
     /// The per-device ingress hook (inet family since Linux 5.10), before
     /// any IP processing; a chain on it names its device.
@@ -108,6 +140,7 @@ pub enum AddrType {
 }
 
 impl AddrType {
+    /// Length of a key in bytes: 4 for IPv4, 16 for IPv6.
     pub fn key_len(self) -> usize {
         match self {
             AddrType::V4 => 4,
@@ -240,6 +273,7 @@ impl Batch {
         self.buf.len()
     }
 
+    /// True if the batch holds no nf_tables message yet.
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }
@@ -271,6 +305,7 @@ impl Batch {
         &mut self.buf
     }
 
+    /// Ends the message started with [`Batch::begin`], setting its length.
     pub fn end(&mut self, m: MsgStart) {
         self.buf.end(m);
     }
@@ -435,9 +470,11 @@ pub fn del_table(b: &mut Batch, family: u8, table: &str) {
 /// An address set.
 #[derive(Debug, Clone, Copy)]
 pub struct SetSpec<'a> {
+    /// The set's name, unique in its table.
     pub name: &'a str,
     /// From [`Batch::new_set_id`].
     pub id: u32,
+    /// Key type: IPv4 or IPv6 addresses.
     pub key: AddrType,
     /// [`set_flags`] bits.
     pub flags: u32,
@@ -466,9 +503,14 @@ pub fn new_set(b: &mut Batch, family: u8, table: &str, set: &SetSpec<'_>) {
 /// A base chain of type `filter`.
 #[derive(Debug, Clone, Copy)]
 pub struct ChainSpec<'a> {
+    /// The chain's name, unique in its table.
     pub name: &'a str,
+    /// The hook the chain is attached to.
     pub hook: Hook,
+    /// Priority among the chains of the same hook: lower runs first (`filter`
+    /// is 0, `raw` -300).
     pub priority: i32,
+    /// What happens to a packet that no rule of the chain decided on.
     pub policy: Verdict,
     /// The interface of an [`Hook::Ingress`] chain; `None` for the others.
     pub device: Option<&'a str>,
@@ -890,16 +932,20 @@ fn put_comment(buf: &mut MsgBuf, comment: &str) {
 /// A set element as the kernel reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ElemRef<'a> {
+    /// The key bytes (an address, network order), if the element has one.
     pub key: Option<&'a [u8]>,
+    /// `NFT_SET_ELEM_*` flags, such as [`ELEM_INTERVAL_END`].
     pub flags: u32,
     /// The timeout it was given, in ms.
     pub timeout_ms: Option<u64>,
     /// Time left before it expires, in ms.
     pub expires_ms: Option<u64>,
+    /// The comment stored in the element's userdata, if any.
     pub comment: Option<&'a str>,
 }
 
 impl ElemRef<'_> {
+    /// True if the element closes an interval rather than opening one.
     pub fn is_interval_end(&self) -> bool {
         self.flags & ELEM_INTERVAL_END != 0
     }

@@ -26,6 +26,7 @@ const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// One failed message of a transaction, as reported by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nack {
+    /// Sequence number of the failed message.
     pub seq: u32,
     /// Positive errno.
     pub errno: i32,

@@ -11,8 +11,11 @@ use crate::{Ledger, Policy};
 /// One `[[hub.allow]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticAllow {
+    /// The address or network allowed.
     pub target: Net,
+    /// Why, shown by `list` and `explain`.
     pub comment: Option<String>,
+    /// The node group it applies to; `None`: every node.
     pub group: Option<String>,
 }
 

@@ -11,19 +11,24 @@ use crate::nodes::NodeRecord;
 pub struct Offender {
     /// Bans made so far (that still count).
     pub bans: u32,
+    /// When the last of those bans was made; escalation forgets the count once
+    /// this is older than its `forget_after`.
     pub last: Timestamp,
 }
 
 /// One node's report of an address, towards a quorum.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
+    /// The reporting node's name.
     pub node: String,
+    /// When it reported.
     pub at: Timestamp,
 }
 
 /// What the policy reads and writes. `put` and `remove` are broadcast to
 /// the nodes; `touch` is not.
 pub trait Ledger {
+    /// What a failed read or write of the backing store is.
     type Error: std::error::Error;
 
     /// The decision with this action and target (in `group`'s namespace for
@@ -52,11 +57,16 @@ pub trait Ledger {
         target: &Net,
         group: Option<&str>,
     ) -> Result<Option<Decision>, Self::Error>;
+    /// An address's past bans, for escalation.
     fn offender(&self, target: &Net) -> Result<Option<Offender>, Self::Error>;
+    /// Records (`Some`) or forgets (`None`) an address's past bans.
     fn set_offender(&mut self, target: &Net, o: Option<Offender>) -> Result<(), Self::Error>;
+    /// Reports of an address still waiting for a quorum.
     fn reports(&self, target: &Net) -> Result<Vec<Report>, Self::Error>;
+    /// Replaces the reports of an address (empty: none left).
     fn set_reports(&mut self, target: &Net, r: &[Report]) -> Result<(), Self::Error>;
     /// What is known about a node (not broadcast).
     fn node(&self, name: &str) -> Result<Option<NodeRecord>, Self::Error>;
+    /// Stores what is known about a node (not broadcast).
     fn set_node(&mut self, record: &NodeRecord) -> Result<(), Self::Error>;
 }

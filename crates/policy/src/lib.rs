@@ -85,6 +85,8 @@ pub struct PolicyConfig {
     /// broadcast is recorded but not broadcast again (bans by hand always
     /// extend).
     pub suppress_window: Duration,
+    /// Longer bans for repeat offenders; `None`: every ban lasts what it
+    /// asks.
     pub escalation: Option<Escalation>,
     /// Distinct reporting nodes needed before a ban, per source. Missing or
     /// 1: no quorum. Bans by hand (`cli`) never wait.
@@ -101,6 +103,8 @@ pub struct PolicyConfig {
     pub node_rate: RateLimit,
     /// What a node (not an operator) may ban.
     pub limits: NodeLimits,
+    /// Refuses bans of protected ranges, of allowed addresses, and wider than
+    /// its prefix limits.
     pub guard: Guard,
     /// Addresses of the palisade network itself (the hub's, the brokers'),
     /// with why: never banned, allowed on every node.
@@ -224,6 +228,7 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy with `config` and empty rate limiters.
     pub fn new(config: PolicyConfig) -> Policy {
         Policy {
             config,
@@ -231,6 +236,7 @@ impl Policy {
         }
     }
 
+    /// The tunables it was made with.
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }

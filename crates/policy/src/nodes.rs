@@ -20,14 +20,18 @@ use crate::{Ledger, Policy};
 /// address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
+    /// The node's name, from its credential.
     pub name: String,
+    /// The node's group, from its credential; `None`: in no group.
     #[serde(default)]
     pub group: Option<String>,
     /// The address the node's automatic allow is pinned to.
     #[serde(default)]
     pub address: Option<IpAddr>,
+    /// The palisade version the node last announced.
     #[serde(default)]
     pub version: Option<String>,
+    /// When the node was last heard from.
     #[serde(default)]
     pub last_seen: Option<Timestamp>,
     /// The last stream number the node said it applied.
@@ -48,6 +52,7 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// A record of a node seen for the first time.
     pub fn new(name: &str, group: Option<String>) -> NodeRecord {
         NodeRecord {
             name: name.to_string(),
@@ -65,7 +70,10 @@ pub enum NodeAddress {
     /// Its first address: allowed and pinned.
     Pinned,
     /// Moved inside `node_networks`: the old allow went, the new one came.
-    Moved { from: IpAddr },
+    Moved {
+        /// The address the allow was pinned to before.
+        from: IpAddr,
+    },
     /// Not allowed: why (logged; the node keeps working, its address is
     /// just not protected).
     Refused(String),

@@ -21,10 +21,14 @@ pub const RESERVED_NAMES: &[&str] = &[
 /// Why a node name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The name is empty, longer than 64 bytes, or has characters other than
+    /// letters, digits, `-`, `_` and `.`, or
+    /// is only dots.
     #[error(
         "{0:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.' (not only dots)"
     )]
     Invalid(String),
+    /// The name is one of [`RESERVED_NAMES`].
     #[error("{0:?} is a name palisade uses itself ({all}); choose another", all = RESERVED_NAMES.join(", "))]
     Reserved(String),
 }
@@ -49,8 +53,11 @@ pub fn check_node_name(name: &str) -> Result<(), NameError> {
 /// A node as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// The node's name, from its credential.
     pub name: String,
+    /// The node's group, from its credential; `None`: in no group.
     pub group: Option<String>,
+    /// What the node may do (report, ban, operate).
     pub role: Role,
     /// The hub itself (its CLI, its dashboard, its bridges): the actor it
     /// names is taken as given. A token holder's actor is recorded as

@@ -13,7 +13,9 @@ use futures_core::Stream;
 
 use crate::proto::{Envelope, Heartbeat, IntentResult, StreamItem};
 
+/// A boxed future, as [`Bus`] methods return (the trait stays object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The decision stream a [`Bus`] follows: items, or the error that ended it.
 pub type ItemStream = Pin<Box<dyn Stream<Item = Result<StreamItem, BusError>> + Send>>;
 
 /// Why talking to the network failed.

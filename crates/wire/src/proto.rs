@@ -16,21 +16,27 @@ pub enum Intent {
     /// Ban an address: an operator's ban, or a report from a detector or
     /// another program (the source says which; policy treats them apart).
     Ban {
+        /// The address or network to ban.
         target: Net,
         /// `None`: the policy's default for this source.
         #[serde(default)]
         span: Option<Span>,
+        /// The rule, jail or command behind it (`sshd`, `fail2ban/sshd`).
         #[serde(default)]
         rule: Option<String>,
+        /// Free text for the operator.
         #[serde(default)]
         reason: Option<String>,
+        /// Log lines or facts that triggered it.
         #[serde(default)]
         evidence: Vec<String>,
+        /// What kind of input asked (CLI, detector, report, feed).
         source: Source,
         /// The kernel list a detector's stage named (xt_recent); checked
         /// when the intent is read (see `palisade_model::decision::check_list_name`).
         #[serde(default, deserialize_with = "palisade_model::decision::list_name")]
         list: Option<String>,
+        /// The person or program behind it on the node.
         #[serde(default)]
         actor: Option<String>,
         /// The detection could have been forged (a port probe: a SYN can
@@ -39,33 +45,46 @@ pub enum Intent {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unverified: bool,
     },
+    /// Lift the ban of an address or network.
     Unban {
+        /// The banned address or network, exactly as banned.
         target: Net,
+        /// The person or program behind it on the node.
         #[serde(default)]
         actor: Option<String>,
     },
+    /// Allow an address or network: never banned, existing bans lifted.
     Allow {
+        /// The address or network to allow.
         target: Net,
+        /// How long; `None`: forever.
         #[serde(default)]
         span: Option<Span>,
+        /// Why, shown by `list` and `explain`.
         #[serde(default)]
         comment: Option<String>,
         /// Only for the nodes of this group.
         #[serde(default)]
         group: Option<String>,
+        /// The person or program behind it on the node.
         #[serde(default)]
         actor: Option<String>,
     },
+    /// Remove an allow entry.
     Unallow {
+        /// The allowed address or network, exactly as allowed.
         target: Net,
+        /// The group of a group allow entry; `None`: the global entry.
         #[serde(default)]
         group: Option<String>,
+        /// The person or program behind it on the node.
         #[serde(default)]
         actor: Option<String>,
     },
 }
 
 impl Intent {
+    /// The address or network the intent is about.
     pub fn target(&self) -> Net {
         match self {
             Intent::Ban { target, .. }
@@ -79,16 +98,20 @@ impl Intent {
 /// An intent as sent: numbered by the node (increasing, never reused).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The node's number for the intent; a retry carries the same one.
     pub id: u64,
     /// When the node made it.
     pub at: Timestamp,
+    /// What is asked.
     pub intent: Intent,
 }
 
 /// What became of one intent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntentResult {
+    /// The [`Envelope::id`] it answers.
     pub id: u64,
+    /// What the policy did.
     pub outcome: IntentOutcome,
     /// Why, for refusals and pending reports.
     #[serde(default)]
@@ -98,6 +121,7 @@ pub struct IntentResult {
     pub expires: Option<Timestamp>,
 }
 
+/// What the policy did with an intent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntentOutcome {
@@ -129,23 +153,43 @@ impl IntentOutcome {
 pub enum StreamItem {
     /// A full snapshot follows: what the receiver had from the network is
     /// replaced by the decisions up to [`StreamItem::SnapshotEnd`].
-    Snapshot { seq: u64 },
+    Snapshot {
+        /// The stream position the snapshot brings the receiver to.
+        seq: u64,
+    },
     /// A decision made or changed (inside a snapshot: `seq` is the
     /// snapshot's).
-    Put { seq: u64, decision: Decision },
+    Put {
+        /// The item's stream position.
+        seq: u64,
+        /// The decision as it now is.
+        decision: Decision,
+    },
     /// A decision lifted.
     Remove {
+        /// The item's stream position.
         seq: u64,
+        /// Ban or allow.
         action: Action,
+        /// The decision's address or network.
         target: Net,
+        /// The group of a group allow entry; `None` for everything else.
         #[serde(default)]
         group: Option<String>,
     },
     /// The end of a snapshot; the stream continues live after `seq`.
-    SnapshotEnd { seq: u64 },
+    SnapshotEnd {
+        /// The position to resume from.
+        seq: u64,
+    },
     /// Sent when idle: the newest number, so the receiver can tell it is
     /// current and how far behind it is.
-    Ping { seq: u64, time: Timestamp },
+    Ping {
+        /// The newest stream position.
+        seq: u64,
+        /// The hub's clock.
+        time: Timestamp,
+    },
 }
 
 impl StreamItem {
@@ -171,7 +215,9 @@ pub struct JoinRequest {
 /// The node credential the hub issues in exchange for a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinResponse {
+    /// The node's name, as the credential carries it.
     pub name: String,
+    /// The node's group, from the join token.
     pub group: Option<String>,
     /// A `node` token (without pin: the node keeps the join token's pin).
     pub token: String,
@@ -183,6 +229,7 @@ pub struct JoinResponse {
 pub struct Heartbeat {
     /// The last stream number the node applied.
     pub cursor: u64,
+    /// The node's palisade version.
     pub version: String,
     /// Bans the node enforces (hosts and networks).
     pub bans: u64,
@@ -199,6 +246,7 @@ pub struct BusRequest {
     /// place before its first intent is decided.
     #[serde(default)]
     pub address: Option<std::net::IpAddr>,
+    /// The intents, oldest first.
     pub envelopes: Vec<Envelope>,
 }
 
@@ -207,7 +255,9 @@ pub struct BusRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BusReply {
+    /// One result per intent applied, in order.
     Results(Vec<IntentResult>),
+    /// Why no intent was applied (for the node's log).
     Error(String),
 }
 
@@ -216,23 +266,38 @@ pub enum BusReply {
 /// when it lies inside the networks configured for palisade nodes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeBeat {
+    /// The heartbeat itself.
     #[serde(flatten)]
     pub beat: Heartbeat,
+    /// The node's group, as configured on the node.
     #[serde(default)]
     pub group: Option<String>,
+    /// The address the bus sees the node at.
     #[serde(default)]
     pub address: Option<std::net::IpAddr>,
 }
 
 /// Paths of the hub's HTTPS API.
 pub mod paths {
+    /// POST a [`JoinRequest`](super::JoinRequest) with a join token; the
+    /// answer is a [`JoinResponse`](super::JoinResponse).
     pub const JOIN: &str = "/v1/join";
+    /// POST [`Envelope`](super::Envelope)s; the answer is their
+    /// [`IntentResult`](super::IntentResult)s.
     pub const INTENTS: &str = "/v1/intents";
+    /// GET the decision stream ([`StreamItem`](super::StreamItem)s) from a
+    /// cursor.
     pub const STREAM: &str = "/v1/stream";
+    /// POST a [`Heartbeat`](super::Heartbeat).
     pub const HEARTBEAT: &str = "/v1/heartbeat";
+    /// GET the decisions in force, as JSON.
     pub const DECISIONS: &str = "/v1/decisions";
+    /// GET `/v1/explain/ADDRESS`: why an address is or is not blocked.
     pub const EXPLAIN: &str = "/v1/explain";
+    /// GET active bans as plain text, one address or network per line, for
+    /// scripts.
     pub const EXPORT: &str = "/v1/export.txt";
+    /// GET Prometheus metrics.
     pub const METRICS: &str = "/metrics";
 }
 

@@ -20,14 +20,34 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read.
     #[error("cannot read {path}: {detail}")]
-    Read { path: String, detail: String },
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O or parse error.
+        detail: String,
+    },
+    /// A file holds no PEM object of the kind it should.
     #[error("{path} holds no {what}")]
-    Empty { path: String, what: &'static str },
+    Empty {
+        /// The file.
+        path: String,
+        /// What was looked for, such as `certificate`.
+        what: &'static str,
+    },
+    /// A CA file holds a certificate that cannot serve as a trust anchor.
     #[error(
         "{path}: a certificate that cannot be trusted as a CA ({detail}); give a PEM file of CA certificates"
     )]
-    BadCa { path: String, detail: String },
+    BadCa {
+        /// The CA file.
+        path: String,
+        /// Why the certificate was refused.
+        detail: String,
+    },
+    /// rustls refused the configuration (a key that does not match its
+    /// certificate, for example).
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
 }

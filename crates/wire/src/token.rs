@@ -90,6 +90,7 @@ impl Role {
         }
     }
 
+    /// `reporter`, `node` or `operator`, as configured and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Reporter => "reporter",
@@ -126,7 +127,9 @@ impl FromStr for Role {
 /// A parsed token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
+    /// What the token is for: a node credential, a join token, or read only.
     pub kind: TokenKind,
+    /// The random secret; the hub stores only its hash.
     pub secret: [u8; 32],
     /// SHA-256 of the hub certificate's DER encoding.
     pub pin: Option<[u8; 32]>,

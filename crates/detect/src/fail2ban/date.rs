@@ -472,6 +472,7 @@ impl DateDetector {
         Some((s, e))
     }
 
+    /// Names of the date templates in use, for `palisade detect` to show.
     pub fn template_names(&self) -> Vec<&str> {
         self.templates.iter().map(|t| t.name.as_str()).collect()
     }

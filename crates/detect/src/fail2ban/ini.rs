@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 
 use super::Error;
 
+/// The options of one section: name to value.
 pub type Map = HashMap<String, String>;
 
 /// The merged sections of a file and its includes.
 #[derive(Debug, Default, Clone)]
 pub struct Config {
+    /// The `[DEFAULT]` section's options, seen by every section.
     pub defaults: Map,
+    /// Every other section's own options, by section name.
     pub sections: HashMap<String, Map>,
     /// Own option names per section, in file order.
     order: HashMap<String, Vec<String>>,
@@ -250,6 +253,7 @@ impl Config {
         Ok(cfg)
     }
 
+    /// True if the file or its includes have section `s`.
     pub fn has_section(&self, s: &str) -> bool {
         self.sections.contains_key(s)
     }

@@ -40,8 +40,10 @@ use ini::{Config, Map};
 /// Why a filter could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The filter file or its includes could not be read or parsed.
     #[error("{0}")]
     Config(String),
+    /// A regular expression of the filter does not compile.
     #[error("{0}")]
     Regex(String),
 }
@@ -360,10 +362,16 @@ pub struct Filter {
 /// What the resolved definition of a filter says (for `palisade detect`).
 #[derive(Debug, Clone, Default)]
 pub struct Definition {
+    /// `prefregex`: what every line must match before the failregexes are
+    /// tried.
     pub prefregex: Option<String>,
+    /// `failregex`: patterns of a failure, with `<HOST>` where the address is.
     pub failregex: Vec<String>,
+    /// `ignoreregex`: lines these match are never failures.
     pub ignoreregex: Vec<String>,
+    /// `maxlines`: how many lines a multi-line failregex spans.
     pub maxlines: usize,
+    /// `datepattern`: how the filter finds the time in a line, if it sets one.
     pub datepattern: Option<String>,
 }
 

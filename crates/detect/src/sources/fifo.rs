@@ -23,6 +23,8 @@ use palisade_model::Timestamp;
 use super::lines::LineSplitter;
 use super::{Line, SourceHandle, stopped};
 
+/// Starts reading the named pipe at `path` (created if absent) on a thread
+/// of its own, sending each line to `tx`.
 pub fn spawn(name: &str, path: &Path, tx: Sender<Line>) -> anyhow::Result<SourceHandle> {
     create(path)?;
     let (reader, writer) = open(path)?;

@@ -39,6 +39,9 @@ const POLL: Duration = Duration::from_millis(100);
 const KEEP_ROTATED: Duration = Duration::from_secs(5);
 const HEAD: usize = 32;
 
+/// Starts following the file at `path` like `tail -F` on a thread of its
+/// own, sending each line to `tx`; the read position is kept under
+/// `state_dir`, so a restart resumes where it stopped.
 pub fn spawn(
     name: &str,
     path: &Path,

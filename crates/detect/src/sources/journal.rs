@@ -29,12 +29,19 @@ use super::{Line, SourceHandle, cap_line, state, stopped};
 /// What to read.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// Only these units (`journalctl -u`); empty: all.
     pub units: Vec<String>,
+    /// Extra journal matches such as `_COMM=sshd`.
     pub matches: Vec<String>,
+    /// The journalctl binary.
     pub journalctl: PathBuf,
+    /// A journal directory to read instead of the system journal.
     pub directory: Option<PathBuf>,
 }
 
+/// Starts `journalctl -f -o json` and sends each entry's message to `tx`;
+/// the journal cursor is kept under `state_dir`, so a restart resumes
+/// where it stopped.
 pub fn spawn(
     name: &str,
     opts: &Options,
@@ -192,7 +199,9 @@ fn pump(
 
 /// The lines and cursor of one journal entry in JSON.
 pub struct Entry {
+    /// The entry's message lines.
     pub lines: Vec<String>,
+    /// The entry's journal cursor, to resume after it.
     pub cursor: Option<String>,
 }
 

@@ -35,12 +35,16 @@ pub mod stdin;
 /// One log line (without its line terminator) from a named source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
+    /// The name of the source it came from.
     pub source: Arc<str>,
+    /// The line, at most [`MAX_LINE`] bytes.
     pub text: String,
+    /// When palisade read it.
     pub received: Timestamp,
 }
 
 impl Line {
+    /// A line from `source`, read at `received`.
     pub fn new(source: &str, text: impl Into<String>, received: Timestamp) -> Line {
         Line {
             source: source.into(),
@@ -90,6 +94,7 @@ impl SourceHandle {
         self
     }
 
+    /// The source's name.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -25,13 +25,19 @@ use super::{Line, SourceHandle, stopped};
 /// What the source learned from one logged packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
+    /// The packet's source address: the suspected prober.
     pub src: IpAddr,
+    /// The packet's destination address.
     pub dst: IpAddr,
     /// `TCP`, `UDP`, or the protocol number.
     pub proto: String,
+    /// Source port, for TCP and UDP.
     pub sport: Option<u16>,
+    /// Destination port (the probed one), for TCP and UDP.
     pub dport: Option<u16>,
+    /// The logging rule's prefix (`log prefix`), empty if it has none.
     pub prefix: String,
+    /// The interface the packet came in on, if the kernel said.
     pub indev: Option<String>,
 }
 
@@ -57,6 +63,8 @@ impl Packet {
     }
 }
 
+/// Binds NFLOG group `group` and turns each logged packet into a
+/// `LOG`-style line sent to `tx`, on a thread of its own.
 pub fn spawn(group: u16, name: &str, tx: Sender<Line>) -> anyhow::Result<SourceHandle> {
     let mut sock = NflogSocket::bind(group)?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -29,6 +29,8 @@ use palisade_model::Timestamp;
 
 use super::{Line, SourceHandle, line_from_bytes, stopped};
 
+/// Creates a syslog datagram socket at `path` (mode 0600, or 0660 for
+/// `group`) and sends each message to `tx`, on a thread of its own.
 pub fn spawn(
     name: &str,
     path: &Path,

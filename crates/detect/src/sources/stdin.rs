@@ -12,6 +12,8 @@ use palisade_model::Timestamp;
 
 use super::{Line, SourceHandle, line_from_bytes, stopped};
 
+/// Reads standard input line by line and sends each line to `tx`, on a
+/// thread of its own.
 pub fn spawn(name: &str, tx: Sender<Line>) -> anyhow::Result<SourceHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
