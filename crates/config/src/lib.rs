@@ -99,10 +99,14 @@ pub struct RollupConfig {
     /// Roll up IPv4 hosts (off by default: one /24 often holds unrelated
     /// customers).
     pub ipv4: bool,
+    /// Prefix length of the IPv4 network hosts are rolled up into (default
+    /// 24).
     #[serde(deserialize_with = "rollup_prefix_v4")]
     pub ipv4_prefix: u8,
     /// Roll up IPv6 hosts (on by default: a /64 is one subscriber).
     pub ipv6: bool,
+    /// Prefix length of the IPv6 network hosts are rolled up into (default
+    /// 64; 48 rolls up a site).
     #[serde(deserialize_with = "rollup_prefix_v6")]
     pub ipv6_prefix: u8,
 }
