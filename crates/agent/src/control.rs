@@ -257,7 +257,7 @@ async fn status(shared: &Shared, kernel: bool) -> Response {
             Some((bus, state)) => Some(palisade_control::NetworkStatus {
                 bus,
                 connected: state.connected.load(Ordering::Relaxed),
-                cursor: reader.meta(crate::remote::CURSOR).map_err(internal)?,
+                cursor: reader.meta(crate::cursor::CURSOR).map_err(internal)?,
                 latest: state.latest.load(Ordering::Relaxed),
                 pending: reader
                     .queue_bounds(palisade_store::Queue::Outbox)

@@ -154,7 +154,7 @@ pub struct Core {
     /// Wakes the task that sends the outbox to the network.
     pub(crate) outbox_ready: Option<Arc<tokio::sync::Notify>>,
     /// A snapshot from the network being received.
-    pub(crate) snapshot: Option<crate::remote::Snapshot>,
+    pub(crate) snapshot: Option<crate::cursor::Snapshot>,
 }
 
 impl Core {
@@ -825,7 +825,7 @@ impl Core {
             .write(|w| {
                 f(w)?;
                 for intent in intents {
-                    w.push(Queue::Outbox, &crate::remote::outbox_record(now, intent))?;
+                    w.push(Queue::Outbox, &crate::outbox::outbox_record(now, intent))?;
                 }
                 Ok(())
             })
@@ -869,65 +869,43 @@ impl Core {
         })
     }
 
+    /// The configuration's allow entries (`[[allow]]`): local, source
+    /// `config`, rewritten at every start (their comments may have changed);
+    /// those no longer configured go.
     fn sync_static_allows(&mut self) -> Result<(), CoreError> {
-        let now = Timestamp::now();
-        let wanted: HashMap<Net, Option<String>> =
-            self.settings.static_allows.iter().cloned().collect();
-        // Only this agent's own configuration entries (local scope) can go
-        // stale here: the hub's `[[hub.allow]]` entries are also of source
-        // config, arrive over the stream, and a resumed stream never sends
-        // them again.
-        let stale: Vec<Net> = self
-            .store
-            .read()?
-            .iter(Some(Action::Allow))?
-            .filter_map(|d| d.ok())
-            .filter(|d| {
-                d.origin.source == Source::Config
-                    && d.scope == Scope::Local
-                    && !wanted.contains_key(&d.target)
-            })
-            .map(|d| d.target)
-            .collect();
-        let node = self.settings.node.clone();
-        self.store.write(|w| {
-            for n in &stale {
-                w.remove(Action::Allow, n)?;
-            }
-            for (net, comment) in &wanted {
-                let existing = w.get(Action::Allow, net)?;
-                let mut d = Decision::new(
-                    Action::Allow,
-                    *net,
-                    now,
-                    Span::Forever,
-                    Origin::new(node.clone(), Source::Config),
-                )
-                .with_scope(Scope::Local);
-                if let Some(c) = comment {
-                    d = d.with_reason(c.clone());
-                }
-                if let Some(old) = existing
-                    && old.origin.source == Source::Config
-                {
-                    d.created = old.created;
-                }
-                w.put(&d)?;
-            }
-            Ok(())
-        })?;
-        Ok(())
+        let wanted = self.settings.static_allows.clone();
+        self.sync_own_allows(&CONFIGURED_ALLOWS, wanted)
     }
 
     /// The allow entries of the network's own addresses: local, source
-    /// `policy`, made at every start from the join address; those no longer
-    /// joined go.
+    /// `policy`, made from the join address; those no longer joined go.
     fn sync_infrastructure_allows(&mut self) -> Result<(), CoreError> {
+        let wanted = self
+            .settings
+            .infrastructure
+            .iter()
+            .map(|(net, why)| (*net, Some(why.clone())))
+            .collect();
+        self.sync_own_allows(&INFRASTRUCTURE_ALLOWS, wanted)
+    }
+
+    /// Makes the store's allow entries of one `kind` exactly `wanted`
+    /// (network, reason): stale ones go, missing ones are made.
+    fn sync_own_allows(
+        &mut self,
+        kind: &OwnAllows,
+        wanted: Vec<(Net, Option<String>)>,
+    ) -> Result<(), CoreError> {
         let now = Timestamp::now();
         let node = self.settings.node.clone();
-        let wanted: HashMap<Net, String> = self.settings.infrastructure.iter().cloned().collect();
+        let wanted: HashMap<Net, Option<String>> = wanted.into_iter().collect();
+        // Local scope only: the hub's `[[hub.allow]]` entries are also of
+        // source config, arrive over the stream, and a resumed stream never
+        // sends them again.
         let ours = |d: &Decision| {
-            d.origin.source == Source::Policy && d.scope == Scope::Local && d.origin.node == node
+            d.origin.source == kind.source
+                && d.scope == Scope::Local
+                && (kind.any_node || d.origin.node == node)
         };
         let stale: Vec<Net> = self
             .store
@@ -941,19 +919,26 @@ impl Core {
             for n in &stale {
                 w.remove(Action::Allow, n)?;
             }
-            for (net, why) in &wanted {
-                if w.get(Action::Allow, net)?.is_some_and(|d| ours(&d)) {
-                    continue;
-                }
-                let d = Decision::new(
+            for (net, reason) in &wanted {
+                let mut d = Decision::new(
                     Action::Allow,
                     *net,
                     now,
                     Span::Forever,
-                    Origin::new(node.clone(), Source::Policy),
+                    Origin::new(node.clone(), kind.source),
                 )
-                .with_reason(why.clone())
                 .with_scope(Scope::Local);
+                if let Some(r) = reason {
+                    d = d.with_reason(r.clone());
+                }
+                match (w.get(Action::Allow, net)?, kind.rewrite) {
+                    (Some(old), false) if ours(&old) => continue,
+                    // Rewritten, but made when it was first configured.
+                    (Some(old), true) if old.origin.source == kind.source => {
+                        d.created = old.created;
+                    }
+                    _ => {}
+                }
                 w.put(&d)?;
             }
             Ok(())
@@ -1013,6 +998,32 @@ impl Core {
         Ok(())
     }
 }
+
+/// An allow list the agent makes itself from its settings, at every start.
+struct OwnAllows {
+    /// The source its entries carry, which tells them from all others.
+    source: Source,
+    /// Whether entries of this source made under another node name are
+    /// ours too (a renamed node's configuration replaces the old one's).
+    any_node: bool,
+    /// Whether an entry already stored is written again (its reason and
+    /// `updated` move) or left as it is.
+    rewrite: bool,
+}
+
+/// `[[allow]]` of the agent's configuration.
+const CONFIGURED_ALLOWS: OwnAllows = OwnAllows {
+    source: Source::Config,
+    any_node: true,
+    rewrite: true,
+};
+
+/// The network's own addresses (hub or brokers joined).
+const INFRASTRUCTURE_ALLOWS: OwnAllows = OwnAllows {
+    source: Source::Policy,
+    any_node: false,
+    rewrite: false,
+};
 
 pub(crate) fn entry(d: &Decision) -> Entry {
     Entry {

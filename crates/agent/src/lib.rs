@@ -16,12 +16,14 @@
 
 pub mod control;
 pub mod core;
+pub mod cursor;
 pub mod detection;
 pub mod drift;
 pub mod feeds;
 pub mod killer;
 pub mod metrics;
 pub mod network;
+pub mod outbox;
 pub mod remote;
 pub mod worker;
 
@@ -36,6 +38,7 @@ use tracing::info;
 pub use crate::core::Settings;
 pub use crate::detection::DetectOptions;
 pub use crate::killer::KillFn;
+pub use crate::network::Resolver;
 
 /// Where the agent lives and how it behaves.
 pub struct AgentOptions {
@@ -68,9 +71,6 @@ pub struct AgentOptions {
 
 /// Renders a service's metrics (Prometheus exposition text) at each scrape.
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Resolves the network's own addresses, with why they are allowed.
-pub type Resolver = std::sync::Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
 
 /// A service started with the agent's store once it is open; it runs on
 /// the agent's tokio runtime (it may `tokio::spawn`) and must only read.
@@ -118,7 +118,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         default_ban: options.settings.default_ban,
     };
     if options.network.is_some() {
-        remote::ensure_id_base(&store)?;
+        outbox::ensure_id_base(&store)?;
     }
     let mut core = core::Core::start(store.clone(), enforcers, options.settings)?;
     let counters = core.counters.clone();

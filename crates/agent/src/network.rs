@@ -24,8 +24,12 @@ use palisade_wire::{Bus, BusError, Heartbeat, StreamItem};
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
 
-use crate::remote::{CURSOR, pending};
+use crate::cursor::CURSOR;
+use crate::outbox::pending;
 use crate::worker::{Command, WorkerHandle};
+
+/// Resolves the network's own addresses, with why they are allowed.
+pub type Resolver = Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
 
 /// Intents sent per request.
 const SEND_BATCH: usize = 500;
@@ -65,7 +69,7 @@ pub fn spawn(
     worker: WorkerHandle,
     outbox_ready: Arc<Notify>,
     state: Arc<NetState>,
-    infrastructure: Option<crate::Resolver>,
+    infrastructure: Option<Resolver>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     info!(network = %bus.describe(), "joining the network");
     vec![
@@ -92,7 +96,7 @@ async fn follow(
     store: Arc<Store>,
     worker: WorkerHandle,
     state: Arc<NetState>,
-    infrastructure: Option<crate::Resolver>,
+    infrastructure: Option<Resolver>,
 ) {
     let mut backoff = Backoff::new();
     // Set when the stream must start over with the network's whole state.
