@@ -9,7 +9,6 @@ use palisade_hub::Hub;
 use palisade_hub::writer::Job;
 use palisade_model::{Action, Decision, Timestamp};
 use palisade_policy::Node;
-use palisade_store::Map;
 use palisade_wire::bus::BoxFuture;
 use palisade_wire::{Envelope, IntentResult, StreamItem};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -44,7 +43,10 @@ impl palisade_mqtt::Decider for HubDecider {
                 let now = Timestamp::now();
                 let r = store.read().map_err(|e| e.to_string())?;
                 let mut out = Vec::new();
-                for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(|e| e.to_string())? {
+                for (_, bytes) in r
+                    .map_entries(palisade_hub::tables::GROUP_ALLOWS)
+                    .map_err(|e| e.to_string())?
+                {
                     if let Ok(d) = serde_json::from_slice::<Decision>(&bytes) {
                         out.push(d);
                     }

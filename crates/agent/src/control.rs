@@ -260,7 +260,7 @@ async fn status(shared: &Shared, kernel: bool) -> Response {
                 cursor: reader.meta(crate::cursor::CURSOR).map_err(internal)?,
                 latest: state.latest.load(Ordering::Relaxed),
                 pending: reader
-                    .queue_bounds(palisade_store::Queue::Outbox)
+                    .queue_bounds(crate::outbox::OUTBOX)
                     .map_err(internal)?
                     .map_or(0, |(a, b)| b - a + 1),
                 last_error: state.last_error.lock().unwrap().clone(),

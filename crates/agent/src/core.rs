@@ -18,7 +18,7 @@ use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
 };
-use palisade_store::{Queue, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::Intent;
 use tracing::{info, warn};
 
@@ -825,7 +825,10 @@ impl Core {
             .write(|w| {
                 f(w)?;
                 for intent in intents {
-                    w.push(Queue::Outbox, &crate::outbox::outbox_record(now, intent))?;
+                    w.push(
+                        crate::outbox::OUTBOX,
+                        &crate::outbox::outbox_record(now, intent),
+                    )?;
                 }
                 Ok(())
             })

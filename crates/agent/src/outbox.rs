@@ -9,6 +9,9 @@ use palisade_store::Queue;
 use palisade_wire::{Envelope, Intent};
 use serde::{Deserialize, Serialize};
 
+/// The outbox's queue in the store.
+pub const OUTBOX: Queue = Queue::new("queue.outbox", "queue.outbox.next");
+
 /// Added to outbox numbers to make intent ids, so a node whose state was
 /// wiped never reuses ids the hub has seen (it would skip them as retries).
 pub const ID_BASE: &str = "net.id_base";
@@ -36,7 +39,7 @@ pub fn pending(
 ) -> Result<Vec<Envelope>, palisade_store::StoreError> {
     let r = store.read()?;
     let base = r.meta(ID_BASE)?;
-    Ok(r.queue(Queue::Outbox, 0, limit)?
+    Ok(r.queue(OUTBOX, 0, limit)?
         .into_iter()
         .filter_map(|(seq, bytes)| {
             let rec: OutboxRecord = serde_json::from_slice(&bytes).ok()?;

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 
 use palisade_enforce::Change;
 use palisade_model::{Action, Decision, Net, Scope, Source, Timestamp};
-use palisade_store::Queue;
 use palisade_wire::{Intent, IntentOutcome, IntentResult, StreamItem};
 use tracing::{debug, info, warn};
 
@@ -461,7 +460,7 @@ impl Core {
         // Not flushed: intents answered but still in the outbox after a
         // crash are sent again, and the network skips them by their ids.
         self.store.write_lazy(|w| {
-            w.drop_through(Queue::Outbox, through)?;
+            w.drop_through(crate::outbox::OUTBOX, through)?;
             if resync {
                 w.set_meta(CURSOR, 0)?;
             }

@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Action, Net, Timestamp};
-use palisade_store::Queue;
 use palisade_wire::{Envelope, Heartbeat, JoinRequest, JoinResponse, StreamItem, TokenKind, paths};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -20,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::server::Peer;
 use crate::state::{AuthError, Caller, Hub};
+use crate::tables;
 use crate::writer::Job;
 
 /// How often an idle stream gets a ping (and its token is re-checked).
@@ -313,9 +313,9 @@ async fn start(
     let store = hub.store.clone();
     let (oldest, next) = tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
         let r = store.read().map_err(|e| e.to_string())?;
-        let next = r.queue_next(Queue::Events).map_err(|e| e.to_string())?;
+        let next = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())?;
         let oldest = r
-            .queue_bounds(Queue::Events)
+            .queue_bounds(tables::EVENTS)
             .map_err(|e| e.to_string())?
             .map_or(next, |(o, _)| o);
         Ok((oldest, next))
@@ -346,7 +346,7 @@ async fn catch_up(
         let batch = tokio::task::spawn_blocking(move || {
             store
                 .read()
-                .and_then(|r| r.queue(Queue::Events, last, CATCH_UP_BATCH))
+                .and_then(|r| r.queue(tables::EVENTS, last, CATCH_UP_BATCH))
                 .map_err(|e| e.to_string())
         })
         .await
@@ -388,7 +388,7 @@ async fn snapshot(
     tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let now = Timestamp::now();
         let r = store.read().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
         let mut chunk = Vec::with_capacity(64 << 10);
         let flush = |chunk: &mut Vec<u8>, force: bool| -> Result<(), String> {
             if !chunk.is_empty() && (force || chunk.len() >= 60 << 10) {
@@ -404,7 +404,7 @@ async fn snapshot(
         let mut group_allows = Vec::new();
         if let Some(g) = &group {
             for (key, bytes) in r
-                .map_entries(palisade_store::Map::GroupAllows)
+                .map_entries(tables::GROUP_ALLOWS)
                 .map_err(|e| e.to_string())?
             {
                 if key.split('\u{0}').next() == Some(g.as_str())
@@ -557,7 +557,7 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let r = h.store.read().map_err(|e| e.to_string())?;
         let counts = r.counts().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
         let lag = h
             .node_status()
             .into_iter()

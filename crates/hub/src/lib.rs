@@ -39,6 +39,7 @@ pub(crate) mod metrics;
 pub mod records;
 pub(crate) mod server;
 pub(crate) mod state;
+pub mod tables;
 pub mod tokens;
 pub mod writer;
 

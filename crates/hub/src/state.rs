@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::ledger::LiveEvent;
 use crate::metrics::Metrics;
 use crate::records::{NodeRecord, TokenRecord};
+use crate::tables;
 use crate::writer::{Job, WriterHandle};
 
 /// Who is calling, once its token checked out.
@@ -130,7 +131,7 @@ impl Hub {
         hub.reload_tokens()?;
         let reader = hub.store.read()?;
         let mut nodes = hub.nodes.lock().unwrap();
-        for (name, bytes) in reader.map_entries(palisade_store::Map::Nodes)? {
+        for (name, bytes) in reader.map_entries(tables::NODES)? {
             if let Ok(record) = serde_json::from_slice::<NodeRecord>(&bytes) {
                 nodes.insert(
                     name,

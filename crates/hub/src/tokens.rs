@@ -8,11 +8,12 @@
 
 use palisade_control::hub::TokenInfo;
 use palisade_model::Timestamp;
-use palisade_store::{Map, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::{Role, Token, TokenKind};
 
 use crate::records::json;
 use crate::records::{NodeRecord, TokenRecord};
+use crate::tables;
 
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +149,7 @@ pub fn create(
         if let Some(taken) = name_taken(w, &record)? {
             return Ok(Err(taken));
         }
-        w.map_put(Map::Tokens, &token.id(), &json(&record))?;
+        w.map_put(tables::TOKENS, &token.id(), &json(&record))?;
         Ok(Ok(()))
     })??;
     Ok((token, record))
@@ -162,7 +163,7 @@ fn name_taken(
     if record.kind != TokenKind::Node {
         return Ok(None);
     }
-    for (_, bytes) in w.map_entries(Map::Tokens)? {
+    for (_, bytes) in w.map_entries(tables::TOKENS)? {
         if let Ok(r) = serde_json::from_slice::<TokenRecord>(&bytes)
             && r.kind == TokenKind::Node
             && r.name == record.name
@@ -183,7 +184,7 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
     let now = Timestamp::now();
     let record = store.write(|w| {
         let Some(mut join) = w
-            .map_get(Map::Tokens, join_id)?
+            .map_get(tables::TOKENS, join_id)?
             .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
             .filter(|r| r.kind == TokenKind::Join)
         else {
@@ -209,8 +210,8 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
         }
         join.used = join.used.saturating_add(1);
         join.uses_left = join.uses_left.map(|n| n.saturating_sub(1));
-        w.map_put(Map::Tokens, join_id, &json(&join))?;
-        w.map_put(Map::Tokens, &token.id(), &json(&record))?;
+        w.map_put(tables::TOKENS, join_id, &json(&join))?;
+        w.map_put(tables::TOKENS, &token.id(), &json(&record))?;
         Ok(Ok(record))
     })??;
     Ok((token, record))
@@ -220,7 +221,7 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
 pub fn all(store: &Store) -> Result<Vec<(String, TokenRecord)>, StoreError> {
     Ok(store
         .read()?
-        .map_entries(Map::Tokens)?
+        .map_entries(tables::TOKENS)?
         .into_iter()
         .filter_map(|(id, b)| serde_json::from_slice(&b).ok().map(|r| (id, r)))
         .collect())
@@ -230,7 +231,7 @@ pub fn all(store: &Store) -> Result<Vec<(String, TokenRecord)>, StoreError> {
 pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
     let reader = store.read()?;
     let nodes: Vec<NodeRecord> = reader
-        .map_entries(Map::Nodes)?
+        .map_entries(tables::NODES)?
         .into_iter()
         .filter_map(|(_, b)| serde_json::from_slice(&b).ok())
         .collect();
@@ -267,12 +268,12 @@ pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
 pub fn set_role(store: &Store, id: &str, role: Role) -> Result<(), StoreError> {
     store.write(|w| {
         if let Some(mut r) = w
-            .map_get(Map::Tokens, id)?
+            .map_get(tables::TOKENS, id)?
             .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
             && r.role != role
         {
             r.role = role;
-            w.map_put(Map::Tokens, id, &json(&r))?;
+            w.map_put(tables::TOKENS, id, &json(&r))?;
         }
         Ok(())
     })
@@ -283,13 +284,13 @@ pub fn revoke(store: &Store, name: &str) -> Result<Vec<String>, TokenError> {
     let now = Timestamp::now();
     let ids = store.write(|w| {
         let mut ids = Vec::new();
-        for (id, bytes) in w.map_entries(Map::Tokens)? {
+        for (id, bytes) in w.map_entries(tables::TOKENS)? {
             if let Ok(mut r) = serde_json::from_slice::<TokenRecord>(&bytes)
                 && r.name == name
                 && r.is_valid()
             {
                 r.revoked = Some(now);
-                w.map_put(Map::Tokens, &id, &json(&r))?;
+                w.map_put(tables::TOKENS, &id, &json(&r))?;
                 ids.push(id);
             }
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use palisade_policy::{Ledger, Node, NodeRecord, Policy, Role, StaticAllow};
-use palisade_store::{Queue, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::activity::Activity;
 use crate::ledger::{LiveEvent, StoreLedger};
 use crate::metrics::Metrics;
+use crate::tables;
 
 /// Most jobs applied in one transaction.
 const GROUP_COMMIT: usize = 256;
@@ -231,7 +232,7 @@ impl Writer {
             }
             let next = w.meta("queue.events.next")?.max(1);
             if next > kept + 1 {
-                w.drop_through(Queue::Events, next - kept - 1)?;
+                w.drop_through(tables::EVENTS, next - kept - 1)?;
             }
             Ok(pruned)
         });

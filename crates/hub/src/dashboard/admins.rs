@@ -1,5 +1,5 @@
 //! The dashboard's administrators: a name and an argon2id hash of the
-//! password, in the store's [`Map::Admins`]. Never the password itself.
+//! password, in the hub's map [`ADMINS`](crate::tables::ADMINS). Never the password itself.
 //!
 //! Like tokens, these work on the store directly, so `palisade hub admin …`
 //! works the same with the hub running (through its control socket) or
@@ -10,10 +10,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use palisade_control::hub::AdminInfo;
 use palisade_model::Timestamp;
-use palisade_store::{Map, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::records::json;
+use crate::tables;
 
 /// argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane);
 /// about 50 ms a guess on one core.
@@ -161,10 +162,10 @@ pub fn create(store: &Store, name: &str, password: &str) -> Result<AdminRecord, 
         last_login: None,
     };
     store.write(|w| {
-        if w.map_get(Map::Admins, name)?.is_some() {
+        if w.map_get(tables::ADMINS, name)?.is_some() {
             return Ok(Err(AdminError::Taken(name.to_string())));
         }
-        w.map_put(Map::Admins, name, &json(&record))?;
+        w.map_put(tables::ADMINS, name, &json(&record))?;
         Ok(Ok(()))
     })??;
     Ok(record)
@@ -173,14 +174,14 @@ pub fn create(store: &Store, name: &str, password: &str) -> Result<AdminRecord, 
 pub fn get(store: &Store, name: &str) -> Result<Option<AdminRecord>, StoreError> {
     Ok(store
         .read()?
-        .map_get(Map::Admins, name)?
+        .map_get(tables::ADMINS, name)?
         .and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
 pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
     Ok(store
         .read()?
-        .map_entries(Map::Admins)?
+        .map_entries(crate::tables::ADMINS)?
         .into_iter()
         .filter_map(|(_, b)| serde_json::from_slice::<AdminRecord>(&b).ok())
         .map(|r| AdminInfo {
@@ -192,7 +193,7 @@ pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
 }
 
 pub fn delete(store: &Store, name: &str) -> Result<(), AdminError> {
-    match store.write(|w| w.map_remove(Map::Admins, name))? {
+    match store.write(|w| w.map_remove(tables::ADMINS, name))? {
         Some(_) => Ok(()),
         None => Err(AdminError::Unknown(name.to_string())),
     }
@@ -202,11 +203,11 @@ pub fn delete(store: &Store, name: &str) -> Result<(), AdminError> {
 pub fn logged_in(store: &Store, name: &str) -> Result<(), StoreError> {
     store.write(|w| {
         if let Some(mut r) = w
-            .map_get(Map::Admins, name)?
+            .map_get(tables::ADMINS, name)?
             .and_then(|b| serde_json::from_slice::<AdminRecord>(&b).ok())
         {
             r.last_login = Some(Timestamp::now());
-            w.map_put(Map::Admins, name, &json(&r))?;
+            w.map_put(tables::ADMINS, name, &json(&r))?;
         }
         Ok(())
     })

@@ -43,7 +43,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Net, Span, Timestamp};
-use palisade_store::{Map, Queue};
 use palisade_wire::{Intent, IntentOutcome, TokenKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
@@ -52,6 +51,7 @@ use tracing::{info, warn};
 use crate::records::NodeRecord;
 use crate::server::Peer;
 use crate::state::Hub;
+use crate::tables;
 use crate::writer::{Job, OperatorAction};
 
 pub use sessions::{LoginLimit, Sessions};
@@ -568,9 +568,9 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
     let h = hub.clone();
     let nodes = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let r = h.store.read().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
         let stored: HashMap<String, NodeRecord> = r
-            .map_entries(Map::Nodes)
+            .map_entries(tables::NODES)
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter_map(|(k, b)| serde_json::from_slice(&b).ok().map(|n| (k, n)))

@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use palisade_model::explain::Explanation;
 use palisade_model::{Action, Decision, Net, Source, Timestamp};
 use palisade_policy::{Offender, Report};
-use palisade_store::{Map, Order, Position, Queue, Reader, StoreError};
+use palisade_store::{Order, Position, Reader, StoreError};
 use serde::{Deserialize, Serialize};
+
+use crate::tables;
 
 /// Most decisions one listing request examines when filtering.
 pub const EXAMINE: usize = 10_000;
@@ -195,7 +197,7 @@ pub fn list(
         }
         None => {
             if action == Action::Allow && after.is_none() {
-                for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(e)? {
+                for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS).map_err(e)? {
                     if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
                         && filter.keeps(&d)
                     {
@@ -260,7 +262,7 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
     let e = |e: StoreError| e.to_string();
     let explanation = r.explain(net, now).map_err(e)?;
     let mut group_allows = Vec::new();
-    for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(e)? {
+    for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS).map_err(e)? {
         if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
             && d.is_active(now)
             && d.target.contains(&net)
@@ -277,14 +279,14 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
     let mut pending = Vec::new();
     for t in &targets {
         if let Some(o) = r
-            .map_get(Map::Offenders, &t.to_string())
+            .map_get(tables::OFFENDERS, &t.to_string())
             .map_err(e)?
             .and_then(|b| serde_json::from_slice::<Offender>(&b).ok())
         {
             offenders.push((*t, o));
         }
         if let Some(rs) = r
-            .map_get(Map::Quorum, &t.to_string())
+            .map_get(tables::QUORUM, &t.to_string())
             .map_err(e)?
             .and_then(|b| serde_json::from_slice::<Vec<Report>>(&b).ok())
         {
@@ -297,12 +299,12 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
         .iter()
         .map(|t| format!("\"target\":\"{t}\""))
         .collect();
-    let next = r.queue_next(Queue::Events).map_err(e)?;
+    let next = r.queue_next(tables::EVENTS).map_err(e)?;
     let from = next.saturating_sub(HISTORY_EVENTS + 1);
     let mut history = Vec::new();
     let mut examined = 0;
     for (_, record) in r
-        .queue(Queue::Events, from, HISTORY_EVENTS as usize)
+        .queue(tables::EVENTS, from, HISTORY_EVENTS as usize)
         .map_err(e)?
     {
         examined += 1;
