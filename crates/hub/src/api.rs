@@ -166,7 +166,7 @@ async fn intents(
         reply: tx,
     };
     if let Err(e) = hub.writer.send(job) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, e);
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     match rx.await {
         Ok(Ok(results)) => {
@@ -179,7 +179,7 @@ async fn intents(
             };
             (status, axum::Json(results)).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub stopped before answering",
@@ -492,7 +492,7 @@ async fn decisions(
     .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -520,7 +520,7 @@ async fn export(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -576,7 +576,7 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     .await;
     match text {
         Ok(Ok(t)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -22,7 +22,7 @@ pub mod bus;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bridge::{BridgeOptions, Decider, run_bridge};
+pub use bridge::{BridgeOptions, Decider, DeciderError, run_bridge};
 pub use bus::MqttBus;
 pub use palisade_wire::tls::TlsOptions;
 

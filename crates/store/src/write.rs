@@ -137,6 +137,11 @@ impl<'tx> Writer<'tx> {
         Ok(seq)
     }
 
+    /// The number the next record of `queue` will get (1 for a new queue).
+    pub fn queue_next(&self, queue: Queue) -> Result<u64> {
+        next_number(&self.meta, queue)
+    }
+
     /// Removes the records of `queue` numbered `through` or lower.
     pub fn drop_through(&mut self, queue: Queue, through: u64) -> Result<()> {
         self.tx

@@ -426,7 +426,7 @@ async fn api_explain(
     .await;
     match story {
         Ok(Ok(s)) => json(&s),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -519,7 +519,7 @@ async fn api_act(
         action,
         reply: tx,
     }) {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, e);
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     match rx.await {
         Ok(Ok(r)) => {
@@ -530,7 +530,7 @@ async fn api_act(
             };
             secure((status, axum::Json(r)).into_response())
         }
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub stopped before answering",
@@ -621,7 +621,7 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
     .await;
     match nodes {
         Ok(Ok(v)) => json(&v),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
