@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use palisade_agent::{AgentOptions, Settings};
+use palisade_agent::{AgentOptions, CoreOptions};
 use palisade_config::Config;
 use palisade_enforce::Enforcer;
 use palisade_wire::{Bus, Token, TokenKind};
@@ -171,7 +171,7 @@ pub fn agent_options(
         Some(bus) => format!("joined to {}", bus.describe()),
         None => "local-only".into(),
     };
-    let settings = Settings {
+    let settings = CoreOptions {
         node,
         default_ban: config.agent.default_ban,
         guard: config.guard(),

@@ -32,7 +32,7 @@ const LOG_EACH_UP_TO: usize = 100;
 
 /// What the agent needs to know to make decisions.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct CoreOptions {
     /// This node's name, recorded in every decision it makes.
     pub node: String,
     /// How long a ban lasts when the request does not say.
@@ -150,7 +150,7 @@ pub struct Core {
     /// Counted for the metrics endpoint.
     pub counters: Arc<crate::metrics::Counters>,
     pub(crate) allows: NetMap<AllowInfo>,
-    pub(crate) settings: Settings,
+    pub(crate) settings: CoreOptions,
     /// Wakes the task that sends the outbox to the network.
     pub(crate) outbox_ready: Option<Arc<tokio::sync::Notify>>,
     /// A snapshot from the network being received.
@@ -164,7 +164,7 @@ impl Core {
     pub fn start(
         store: Arc<Store>,
         enforcers: Vec<Box<dyn Enforcer>>,
-        settings: Settings,
+        settings: CoreOptions,
     ) -> Result<Core, CoreError> {
         let n = enforcers.len();
         let mut core = Core {
@@ -1111,8 +1111,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn settings(static_allows: &[(&str, &str)]) -> Settings {
-        Settings {
+    fn settings(static_allows: &[(&str, &str)]) -> CoreOptions {
+        CoreOptions {
             node: "web1".into(),
             default_ban: Span::For(Duration::from_secs(3600)),
             guard: Guard::default(),

@@ -35,14 +35,14 @@ use palisade_enforce::Enforcer;
 use palisade_store::{Options, Store};
 use tracing::info;
 
-pub use crate::core::Settings;
+pub use crate::core::CoreOptions;
 pub use crate::detection::DetectOptions;
 pub use crate::killer::KillFn;
 pub use crate::network::Resolver;
 
 /// Where the agent lives and how it behaves.
 pub struct AgentOptions {
-    pub settings: Settings,
+    pub settings: CoreOptions,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     /// Shown by `palisade status` (e.g. `local-only`).
@@ -50,7 +50,7 @@ pub struct AgentOptions {
     /// Cuts open connections of new bans; `None` disables killing.
     pub kill: Option<KillFn>,
     pub detect: DetectOptions,
-    /// The network to join (`Settings::joined` must be true); `None` for a
+    /// The network to join (`CoreOptions::joined` must be true); `None` for a
     /// local-only agent.
     pub network: Option<std::sync::Arc<dyn palisade_wire::Bus>>,
     /// Feeds this agent pulls itself (bans for this node only); empty when

@@ -166,7 +166,7 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (live, _) = tokio::sync::broadcast::channel(LIVE_CHANNEL);
     let activity = Arc::new(activity::Activity::default());
-    let (writer_handle, writer_thread) = writer::spawn(writer::WriterSetup {
+    let (writer_handle, writer_thread) = writer::spawn(writer::WriterOptions {
         store: store.clone(),
         policy: Policy::new(options.policy.clone()),
         live: live.clone(),

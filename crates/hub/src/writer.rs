@@ -123,7 +123,7 @@ impl WriterHandle {
     }
 }
 
-pub struct WriterSetup {
+pub struct WriterOptions {
     pub store: Arc<Store>,
     pub policy: Policy,
     pub live: broadcast::Sender<LiveEvent>,
@@ -134,7 +134,7 @@ pub struct WriterSetup {
     pub activity: Arc<Activity>,
 }
 
-pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
+pub fn spawn(setup: WriterOptions) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Job>();
     let thread = std::thread::Builder::new()
         .name("palisade-hub-writer".into())
@@ -169,7 +169,7 @@ pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
 }
 
 struct Writer {
-    setup: WriterSetup,
+    setup: WriterOptions,
 }
 
 impl Writer {
