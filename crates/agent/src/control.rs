@@ -171,11 +171,11 @@ async fn feed_pull(shared: &Shared, name: &str) -> Response {
 async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Command) -> Response {
     let (tx, rx) = oneshot::channel();
     if let Err(e) = shared.worker.send(make(tx)) {
-        return Response::Error(ControlError::new(ErrorCode::Internal, e));
+        return Response::Error(ControlError::new(ErrorCode::Internal, e.to_string()));
     }
     match rx.await {
         Ok(Ok((summary, outcomes))) => Response::Outcomes { summary, outcomes },
-        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e.to_string())),
         Err(_) => Response::Error(ControlError::new(
             ErrorCode::Internal,
             "the agent stopped before answering",

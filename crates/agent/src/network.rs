@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::cursor::CURSOR;
 use crate::outbox::pending;
-use crate::worker::{Command, WorkerHandle};
+use crate::worker::{Command, WorkerError, WorkerHandle};
 
 /// Resolves the network's own addresses, with why they are allowed.
 pub type Resolver = Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
@@ -132,7 +132,7 @@ async fn follow(
                 backoff.reset();
                 // One batch is applied by the worker while the next one is
                 // read: parsing and applying overlap.
-                let mut applying: Option<oneshot::Receiver<Result<(), String>>> = None;
+                let mut applying: Option<oneshot::Receiver<Result<(), WorkerError>>> = None;
                 let mut in_snapshot = false;
                 loop {
                     let (batch, stopped) = tokio::select! {
@@ -207,7 +207,7 @@ enum Applied {
     WorkerGone,
 }
 
-async fn applied(rx: oneshot::Receiver<Result<(), String>>) -> Applied {
+async fn applied(rx: oneshot::Receiver<Result<(), WorkerError>>) -> Applied {
     match rx.await {
         Ok(Ok(())) => Applied::Yes,
         Ok(Err(e)) => {
