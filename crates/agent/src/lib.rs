@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The palisade agent: one per server.
 //!
 //! It keeps the server's decisions in a crash-safe store, enforces them in

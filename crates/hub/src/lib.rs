@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The palisade hub: one process with an embedded crash-safe store that
 //! nodes join over HTTPS.
 //!

@@ -62,9 +62,11 @@ pub trait Decider: Send + Sync + 'static {
 /// How the bridge runs.
 #[derive(Debug, Clone)]
 pub struct BridgeOptions {
+    /// The broker, and the palisade network on it.
     pub mqtt: MqttOptions,
     /// A topic whose every message is a bare address to ban (vallumd).
     pub vallumd_topic: Option<String>,
+    /// How long a vallumd-style ban lasts.
     pub vallumd_ban: Span,
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! palisade over NATS JetStream.
 //!
 //! - A replicated KV bucket, `<bucket_prefix>_decisions`, holds the current

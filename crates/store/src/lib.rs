@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! palisade's crash-safe embedded store of decisions.
 //!
 //! One [redb] file holds every active decision, indexed two ways:
@@ -102,6 +103,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

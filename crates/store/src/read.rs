@@ -133,6 +133,7 @@ impl Reader {
         }))
     }
 
+    /// The decision of `action` for exactly `net`.
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
         get_in(&self.decisions, action, net)
     }
@@ -291,7 +292,10 @@ fn start_after_end(start: &std::ops::Bound<&[u8]>, end: &std::ops::Bound<&[u8]>)
 /// Numbers of stored decisions, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Bans of single addresses (/32, /128).
     pub ban_hosts: u64,
+    /// Bans of wider networks.
     pub ban_networks: u64,
+    /// Allow entries.
     pub allows: u64,
 }
