@@ -24,20 +24,30 @@ use crate::worker::{Command, WorkerHandle};
 /// Facts about the agent shown by `palisade status`.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// This node's name.
     pub node: String,
+    /// How it runs: `local-only`, or `joined to` the network.
     pub mode: String,
+    /// Where its decisions are stored.
     pub state_dir: PathBuf,
+    /// Its control socket.
     pub socket: PathBuf,
+    /// When it started.
     pub started: Timestamp,
+    /// The ban length when a request names none.
     pub default_ban: Span,
 }
 
 /// Everything a connection handler needs.
 #[derive(Clone)]
 pub struct Shared {
+    /// The agent's store, read from snapshots.
     pub store: Arc<Store>,
+    /// Where changes go (the one writer).
     pub worker: WorkerHandle,
+    /// What `palisade status` shows about the agent.
     pub identity: Arc<Identity>,
+    /// Connections cut so far.
     pub killed: Arc<AtomicU64>,
     /// What the agent is joined to, and how that goes.
     pub network: Option<(String, Arc<crate::network::NetState>)>,

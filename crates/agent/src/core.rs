@@ -37,6 +37,7 @@ pub struct CoreOptions {
     pub node: String,
     /// How long a ban lasts when the request does not say.
     pub default_ban: Span,
+    /// The ranges no ban may cover (checked with the allowlist).
     pub guard: Guard,
     /// Allow entries from the configuration file (re-applied at every start).
     pub static_allows: Vec<(Net, Option<String>)>,
@@ -59,13 +60,17 @@ pub(crate) struct AllowInfo {
 /// A failure that affects a whole request.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
         "{what} is enforced in the kernel now but could not be saved ({source}); it will be lost when the agent restarts"
     )]
+    /// A change is in the kernel but not on disk.
     NotSaved {
+        /// What was changed.
         what: String,
+        /// Why it could not be stored.
         #[source]
         source: StoreError,
     },
@@ -95,8 +100,11 @@ struct Want {
 /// the failed ones for a brief request), and the bans that were newly
 /// enforced (so their open connections can be killed).
 pub struct Applied {
+    /// How many targets ended how.
     pub summary: Summary,
+    /// Each target's outcome (only the failed ones for a brief request).
     pub outcomes: Vec<Outcome>,
+    /// Bans newly enforced, whose open connections are cut.
     pub newly_banned: Vec<Net>,
     brief: bool,
     /// Individual decisions are logged for small requests, a summary for
@@ -143,6 +151,8 @@ impl Applied {
     }
 }
 
+/// The agent's decision logic: every change of its decisions goes through
+/// here, on the worker thread (kernel first, then the store).
 pub struct Core {
     pub(crate) store: Arc<Store>,
     pub(crate) enforcers: Vec<Box<dyn Enforcer>>,
@@ -191,6 +201,7 @@ impl Core {
         Ok(core)
     }
 
+    /// The agent's store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -234,6 +245,8 @@ impl Core {
         Ok(())
     }
 
+    /// Bans the request's targets (kernel, then store; network-scoped ones
+    /// are also queued for the network in the same transaction).
     pub fn ban(&mut self, mut req: BanRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(self.settings.default_ban);
         let targets = dedup(std::mem::take(&mut req.targets));
@@ -421,6 +434,7 @@ impl Core {
         )
     }
 
+    /// Lifts the bans of the request's targets.
     pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
         let targets = dedup(req.targets);
         let mut applied = Applied::new(req.brief, targets.len());
@@ -465,6 +479,7 @@ impl Core {
         Ok(applied)
     }
 
+    /// Allows the request's targets: they can never be banned while allowed.
     pub fn allow(&mut self, mut req: AllowRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(Span::Forever);
         let targets = dedup(std::mem::take(&mut req.targets));
@@ -575,6 +590,7 @@ impl Core {
         Ok(())
     }
 
+    /// Removes the allow entries of the request's targets.
     pub fn unallow(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
         let targets = dedup(req.targets);
         let mut applied = Applied::new(req.brief, targets.len());

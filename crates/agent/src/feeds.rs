@@ -159,7 +159,9 @@ fn own_feed(d: &Decision) -> Option<&str> {
 /// A feed and how often to pull it.
 #[derive(Debug, Clone)]
 pub struct Scheduled {
+    /// What to pull, and where from.
     pub feed: palisade_feed::Feed,
+    /// How often.
     pub every: Duration,
 }
 

@@ -43,13 +43,17 @@ pub use crate::network::Resolver;
 
 /// Where the agent lives and how it behaves.
 pub struct AgentOptions {
+    /// How the core decides.
     pub settings: CoreOptions,
+    /// Where decisions are stored.
     pub state_dir: PathBuf,
+    /// The root-only control socket.
     pub socket: PathBuf,
     /// Shown by `palisade status` (e.g. `local-only`).
     pub mode: String,
     /// Cuts open connections of new bans; `None` disables killing.
     pub kill: Option<KillFn>,
+    /// What detection reads and how.
     pub detect: DetectOptions,
     /// The network to join (`CoreOptions::joined` must be true); `None` for a
     /// local-only agent.
@@ -80,20 +84,28 @@ pub type StoreService = Box<dyn FnOnce(Arc<Store>) + Send>;
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] palisade_store::StoreError),
+    /// The core could not start.
     #[error(transparent)]
     Core(#[from] crate::core::CoreError),
+    /// The control socket could not be created.
     #[error("cannot create the control socket {path}: {source}")]
     Socket {
+        /// The socket's path.
         path: PathBuf,
+        /// Why it could not be created.
         #[source]
         source: std::io::Error,
     },
+    /// Detection could not start.
     #[error(transparent)]
     Detect(#[from] crate::detection::DetectError),
+    /// Metrics could not be served.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The async runtime could not start.
     #[error("{0}")]
     Runtime(std::io::Error),
 }

@@ -46,8 +46,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// What `palisade status` shows about the network.
 #[derive(Debug, Default)]
 pub struct NetState {
+    /// Whether the stream is connected now.
     pub connected: std::sync::atomic::AtomicBool,
+    /// The newest stream position seen.
     pub latest: AtomicU64,
+    /// The last error talking to the network, until it works again.
     pub last_error: Mutex<Option<String>>,
     /// Why the outbox is draining slower than it could, while it is.
     pub held_back: Mutex<Option<String>>,

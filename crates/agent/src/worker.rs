@@ -22,6 +22,7 @@ use crate::drift::DriftWatch;
 /// Longest sleep between expiry checks, in case the clock jumps.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
+/// Where a mutation's answer goes.
 pub type Reply = oneshot::Sender<Result<(Summary, Vec<Outcome>), WorkerError>>;
 
 /// Why the worker did not do what it was asked.
@@ -37,9 +38,13 @@ pub enum WorkerError {
 
 /// A request for the worker.
 pub enum Command {
+    /// Ban targets.
     Ban(BanRequest, Reply),
+    /// Lift bans.
     Unban(TargetsRequest, Reply),
+    /// Allow targets.
     Allow(AllowRequest, Reply),
+    /// Remove allow entries.
     Unallow(TargetsRequest, Reply),
     /// What the detectors found (no one waits for an answer).
     Detected(Vec<palisade_detect::Event>),
