@@ -69,7 +69,9 @@ const PERSIST_NODES_EVERY: Duration = Duration::from_secs(30);
 /// Where the hub lives and how it decides.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
+    /// Where the hub keeps its store, certificate and feeds.
     pub state_dir: PathBuf,
+    /// Where agents connect (HTTPS).
     pub listen: SocketAddr,
     /// The root-only control socket.
     pub socket: PathBuf,
@@ -77,6 +79,7 @@ pub struct HubOptions {
     pub certificate: Option<(PathBuf, PathBuf)>,
     /// Extra names and addresses for the hub's own certificate.
     pub names: Vec<String>,
+    /// How the policy decides.
     pub policy: PolicyConfig,
     /// Allow entries from the configuration.
     pub allows: Vec<palisade_policy::StaticAllow>,
@@ -90,6 +93,7 @@ pub struct HubOptions {
 
 /// A hub running on the current tokio runtime.
 pub struct RunningHub {
+    /// The hub's shared state.
     pub hub: Arc<Hub>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -97,10 +101,12 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
+    /// The address it listens at.
     pub fn listen(&self) -> SocketAddr {
         self.hub.listen
     }
 
+    /// Its certificate's pin (`None` for an operator's certificate).
     pub fn pin(&self) -> Option<[u8; 32]> {
         self.hub.pin
     }

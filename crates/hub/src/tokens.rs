@@ -18,33 +18,44 @@ use crate::tables;
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The name is not a valid node name.
     #[error(transparent)]
     BadName(#[from] palisade_policy::NameError),
+    /// Not a token kind.
     #[error("{0:?} is not a token kind: use node, join or read")]
     BadKind(String),
     #[error(
         "a node named {0:?} already has a valid token; revoke it first (`palisade hub token revoke {0}`) or choose another name"
     )]
+    /// A node of that name has a valid token.
     Taken(String),
+    /// No valid token has that name.
     #[error("no valid token is named {0:?} (see `palisade hub token list`)")]
     Unknown(String),
+    /// Not a role.
     #[error(transparent)]
     BadRole(#[from] palisade_wire::RoleError),
+    /// Limits given for a token that is not a join token.
     #[error("--uses and --expires are for join tokens (a node or read token lasts until revoked)")]
     NotJoin,
     #[error(
         "this join token has expired or enrolled all the nodes it may; ask for a new one (`palisade hub token create --kind join`)"
     )]
+    /// The join token can enrol no more nodes.
     Spent,
 }
 
 /// A token to make.
 #[derive(Debug, Clone)]
 pub struct NewToken {
+    /// The node's name, or the token's label.
     pub name: String,
+    /// Node, join or read.
     pub kind: TokenKind,
+    /// The group of the nodes it stands for.
     pub group: Option<String>,
     /// What its holder (or, for a join token, the nodes it enrols) may do.
     pub role: Role,
@@ -71,6 +82,7 @@ impl NewToken {
     }
 }
 
+/// Reads `node`, `join` or `read`.
 pub fn parse_kind(s: &str) -> Result<TokenKind, TokenError> {
     match s {
         "node" => Ok(TokenKind::Node),

@@ -57,7 +57,12 @@ pub enum OperatorAction {
     /// Make an active ban last `by` longer (from now if it would already
     /// have ended), broadcast at once (like a repeated ban by hand, never
     /// suppressed).
-    Extend { target: Net, by: Span },
+    Extend {
+        /// The banned network.
+        target: Net,
+        /// How much longer.
+        by: Span,
+    },
 }
 
 /// The node name dashboard actions are made on.
@@ -68,19 +73,28 @@ pub enum Job {
     /// Intents from a node, in order; the answer has one result per intent
     /// applied (fewer than sent when the node is over its rate limit).
     Intents {
+        /// Who sent them (name, group, role).
         node: Node,
+        /// The intents.
         envelopes: Vec<Envelope>,
+        /// Where the results go.
         reply: IntentReply,
     },
     /// A node was seen at an address: the policy allows it automatically
     /// where that is safe (pinned to its first address).
     NodeAddress {
+        /// The node's name.
         name: String,
+        /// Its group.
         group: Option<String>,
+        /// The address it was seen at.
         address: IpAddr,
     },
     /// A node's credentials were revoked: its automatic allow goes.
-    NodeGone { name: String },
+    NodeGone {
+        /// The node's name.
+        name: String,
+    },
     /// Live node status (heartbeats) to keep.
     PersistNodes(Vec<NodeRecord>),
     /// The configuration's allow entries (the hub's own addresses come
@@ -88,14 +102,20 @@ pub enum Job {
     StaticAllows(Vec<StaticAllow>),
     /// An administrator's action from the dashboard.
     Operator {
+        /// The administrator.
         actor: String,
+        /// What they asked.
         action: OperatorAction,
+        /// Where the result goes.
         reply: oneshot::Sender<Result<IntentResult, WriterError>>,
     },
     /// A feed's new list: it replaces the feed's entries, network-wide.
     Feed {
+        /// The feed's name.
         name: String,
+        /// Its new list.
         entries: palisade_feed::List,
+        /// Where the counts of what changed go.
         reply: oneshot::Sender<Result<palisade_control::FeedApplied, WriterError>>,
     },
     /// The feeds still configured: the others' entries go.
@@ -111,6 +131,7 @@ enum Done {
     Feed(palisade_control::FeedApplied),
 }
 
+/// Sends jobs to the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
@@ -123,10 +144,15 @@ impl WriterHandle {
     }
 }
 
+/// What the writer is started with.
 pub struct WriterOptions {
+    /// The hub's store.
     pub store: Arc<Store>,
+    /// The policy every intent goes through.
     pub policy: Policy,
+    /// Where committed stream events go to the open streams.
     pub live: broadcast::Sender<LiveEvent>,
+    /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
     /// Events kept for agents that reconnect; older ones mean a snapshot.
     pub events_kept: u64,
@@ -134,6 +160,7 @@ pub struct WriterOptions {
     pub activity: Arc<Activity>,
 }
 
+/// Starts the writer thread.
 pub fn spawn(setup: WriterOptions) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Job>();
     let thread = std::thread::Builder::new()

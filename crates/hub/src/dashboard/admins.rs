@@ -30,28 +30,38 @@ pub const MAX_PASSWORD: usize = 1024;
 /// An administrator as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminRecord {
+    /// The administrator's login name.
     pub name: String,
     /// `$argon2id$v=19$m=…,t=…,p=…$SALT$HASH` (PHC string format).
     pub hash: String,
+    /// When it was made.
     pub created: Timestamp,
+    /// The last successful login.
     #[serde(default)]
     pub last_login: Option<Timestamp>,
 }
 
+/// Why an administrator could not be made, changed or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The name is not a valid administrator name.
     #[error("{0:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'")]
     BadName(String),
+    /// The password is shorter than [`MIN_PASSWORD`].
     #[error("the password is too short: use at least {MIN_PASSWORD} characters")]
     ShortPassword,
+    /// The password is longer than [`MAX_PASSWORD`].
     #[error("the password is too long: use at most {MAX_PASSWORD} bytes")]
     LongPassword,
     #[error(
         "an administrator named {0:?} already exists; delete it first (`palisade hub admin delete {0}`)"
     )]
+    /// An administrator of that name exists.
     Taken(String),
+    /// No administrator has that name.
     #[error("no administrator is named {0:?} (see `palisade hub admin list`)")]
     Unknown(String),
 }
@@ -141,6 +151,7 @@ pub fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password(&B64.encode(palisade_wire::random_bytes())))
 }
 
+/// Refuses a password too short or too long.
 pub fn check_password(password: &str) -> Result<(), AdminError> {
     if password.chars().count() < MIN_PASSWORD {
         return Err(AdminError::ShortPassword);
@@ -171,6 +182,7 @@ pub fn create(store: &Store, name: &str, password: &str) -> Result<AdminRecord, 
     Ok(record)
 }
 
+/// The administrator named `name`.
 pub fn get(store: &Store, name: &str) -> Result<Option<AdminRecord>, StoreError> {
     Ok(store
         .read()?
@@ -178,6 +190,7 @@ pub fn get(store: &Store, name: &str) -> Result<Option<AdminRecord>, StoreError>
         .and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
+/// Every administrator, without the hashes.
 pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
     Ok(store
         .read()?
@@ -192,6 +205,7 @@ pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
         .collect())
 }
 
+/// Deletes an administrator; its sessions end.
 pub fn delete(store: &Store, name: &str) -> Result<(), AdminError> {
     match store.write(|w| w.map_remove(tables::ADMINS, name))? {
         Some(_) => Ok(()),

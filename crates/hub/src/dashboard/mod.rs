@@ -70,6 +70,7 @@ const LOGIN_JS: &str = include_str!("assets/login.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
+/// The dashboard's routes (under `/dashboard/`).
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(to_dashboard))

@@ -23,6 +23,7 @@ pub const MAX_LIMIT: usize = 200;
 /// Newest stream events searched for an address's history.
 pub const HISTORY_EVENTS: u64 = 20_000;
 
+/// What the listing asks: filters, order and page (the query string).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListQuery {
     /// `ban` (default) or `allow`.
@@ -31,12 +32,16 @@ pub struct ListQuery {
     /// An address or network to look for.
     #[serde(default)]
     pub q: Option<String>,
+    /// Only decisions of this rule.
     #[serde(default)]
     pub rule: Option<String>,
+    /// Only decisions made by this node.
     #[serde(default)]
     pub node: Option<String>,
+    /// Only decisions of this group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Only decisions of this source.
     #[serde(default)]
     pub source: Option<Source>,
     /// `updated` (default) or `expires`.
@@ -48,15 +53,18 @@ pub struct ListQuery {
     /// Where the previous page ended.
     #[serde(default)]
     pub after: Option<String>,
+    /// Rows per page.
     #[serde(default)]
     pub limit: Option<usize>,
 }
 
+/// One page of the listing.
 #[derive(Debug, Serialize)]
 pub struct ListPage {
     /// `ordered` (the whole list), `address` (what covers one address) or
     /// `network` (what covers a network, then what lies inside it).
     pub mode: &'static str,
+    /// The decisions of this page.
     pub rows: Vec<Decision>,
     /// Decisions that cover the searched network or address.
     pub covering: Vec<Decision>,
@@ -69,16 +77,22 @@ pub struct ListPage {
     pub examined: usize,
     /// True when the page stopped at [`EXAMINE`] before filling up.
     pub stopped: bool,
+    /// The most decisions examined for one page ([`EXAMINE`]).
     pub limit_examined: usize,
+    /// How many decisions the hub holds.
     pub counts: Counts,
     /// Milliseconds spent in the store.
     pub took_ms: f64,
 }
 
+/// The numbers of decisions the hub holds, by kind.
 #[derive(Debug, Serialize)]
 pub struct Counts {
+    /// Bans of single addresses.
     pub ban_hosts: u64,
+    /// Bans of wider networks.
     pub ban_networks: u64,
+    /// Allow entries.
     pub allows: u64,
 }
 
@@ -246,6 +260,7 @@ pub fn list(
 /// An address's whole story, for the explain page.
 #[derive(Debug, Serialize)]
 pub struct Story {
+    /// What the policy says about it now.
     pub explanation: Explanation,
     /// Group allow entries covering it (these apply to one group's nodes).
     pub group_allows: Vec<Decision>,
@@ -255,9 +270,11 @@ pub struct Story {
     pub pending: Vec<Report>,
     /// Recent stream events about it or the bans covering it, newest first.
     pub history: Vec<serde_json::Value>,
+    /// Stream events read to find the history (at most [`HISTORY_EVENTS`]).
     pub history_examined: u64,
 }
 
+/// Reads an address's story from one snapshot.
 pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
     let e = |e: StoreError| e.to_string();
     let explanation = r.explain(net, now).map_err(e)?;
