@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! The palisade agent: one per server.
 //!
 //! It keeps the server's decisions in a crash-safe store, enforces them in
@@ -14,6 +13,8 @@
 //!
 //! When the agent stops, the kernel keeps every ban and expires each on
 //! time by itself; the next start reconciles the kernel with the store.
+
+#![warn(missing_docs)]
 
 pub mod control;
 pub mod core;

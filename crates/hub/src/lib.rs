@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! The palisade hub: one process with an embedded crash-safe store that
 //! nodes join over HTTPS.
 //!
@@ -26,6 +25,7 @@
 //!   the dashboard's chart;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
 
+#![warn(missing_docs)]
 // Handlers return ready HTTP responses as their errors.
 #![allow(clippy::result_large_err)]
 

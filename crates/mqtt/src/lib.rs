@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! palisade over an MQTT 5 broker (mosquitto, EMQX, HiveMQ).
 //!
 //! Topics, under a configurable first level (`palisade`):
@@ -16,6 +15,8 @@
 //!   it marks the end of the snapshot.
 //!
 //! [`MqttBus`] is a node's side; [`bridge`] is the hub's.
+
+#![warn(missing_docs)]
 
 pub mod bridge;
 pub mod bus;

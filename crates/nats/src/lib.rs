@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! palisade over NATS JetStream.
 //!
 //! - A replicated KV bucket, `<bucket_prefix>_decisions`, holds the current
@@ -24,6 +23,8 @@
 //! The buckets' streams are created by workers with plain JetStream API
 //! requests holding exactly the KV settings, which every server since 2.9
 //! understands.
+
+#![warn(missing_docs)]
 
 pub mod bus;
 mod error;

@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! palisade's crash-safe embedded store of decisions.
 //!
 //! One [redb] file holds every active decision, indexed two ways:
@@ -22,6 +21,8 @@
 //! A store opened with [`Options::ordered`] also keeps decisions ordered by
 //! last update and by expiry ([`Reader::ordered`]): what the hub's dashboard
 //! pages through with a million decisions, one short range scan per page.
+
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
