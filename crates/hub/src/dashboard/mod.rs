@@ -391,13 +391,16 @@ async fn api_decisions(
         } else {
             HashMap::new()
         };
-        let r = h.store.read().map_err(|e| e.to_string())?;
+        let r = h.store.read()?;
         query::list(&r, &q, &groups, Timestamp::now())
     })
     .await;
     match page {
         Ok(Ok(p)) => json(&p),
-        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e @ query::QueryError::Store(_))) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -421,7 +424,7 @@ async fn api_explain(
     };
     let store = hub.store.clone();
     let story = tokio::task::spawn_blocking(move || {
-        let r = store.read().map_err(|e| e.to_string())?;
+        let r = store.read()?;
         query::story(&r, net, Timestamp::now())
     })
     .await;

@@ -23,6 +23,20 @@ pub const MAX_LIMIT: usize = 200;
 /// Newest stream events searched for an address's history.
 pub const HISTORY_EVENTS: u64 = 20_000;
 
+/// Why a listing could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The search text is not an address or a network.
+    #[error("{0}; search for an address or a network, such as 198.51.100.7 or 198.51.100.0/24")]
+    Search(#[from] palisade_model::NetError),
+    /// The page position is not one the hub gave.
+    #[error("{0:?} is not a position; start again from the first page")]
+    Position(String),
+}
+
 /// What the listing asks: filters, order and page (the query string).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListQuery {
@@ -137,7 +151,7 @@ pub fn list(
     q: &ListQuery,
     groups: &HashMap<String, Option<String>>,
     now: Timestamp,
-) -> Result<ListPage, String> {
+) -> Result<ListPage, QueryError> {
     let started = std::time::Instant::now();
     let action = q.action.unwrap_or(Action::Ban);
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIMIT);
@@ -149,7 +163,6 @@ pub fn list(
         groups,
         now,
     };
-    let e = |e: StoreError| e.to_string();
     let mut page = ListPage {
         mode: "ordered",
         rows: Vec::new(),
@@ -160,7 +173,7 @@ pub fn list(
         stopped: false,
         limit_examined: EXAMINE,
         counts: {
-            let c = r.counts().map_err(e)?;
+            let c = r.counts()?;
             Counts {
                 ban_hosts: c.ban_hosts,
                 ban_networks: c.ban_networks,
@@ -172,15 +185,12 @@ pub fn list(
     let after = blank(&q.after);
     match blank(&q.q) {
         Some(text) => {
-            let net: Net = text
-                .parse()
-                .map_err(|e: palisade_model::NetError| e.to_string())?;
+            let net: Net = text.parse()?;
             // What covers it (both actions: an allow explains a missing ban).
             if after.is_none() {
                 for a in [Action::Allow, Action::Ban] {
                     page.covering.extend(
-                        r.covering(a, &net)
-                            .map_err(e)?
+                        r.covering(a, &net)?
                             .into_iter()
                             .filter(|d| d.is_active(now)),
                     );
@@ -191,11 +201,11 @@ pub fn list(
             } else {
                 page.mode = "network";
                 let after: Option<Net> = match after {
-                    Some(a) => Some(a.parse().map_err(|_| format!("{a:?} is not a position"))?),
+                    Some(a) => Some(a.parse().map_err(|_| QueryError::Position(a.to_string()))?),
                     None => Some(net),
                 };
-                for d in r.inside(action, &net, after.as_ref()).map_err(e)? {
-                    let d = d.map_err(e)?;
+                for d in r.inside(action, &net, after.as_ref())? {
+                    let d = d?;
                     page.examined += 1;
                     let target = d.target;
                     if filter.keeps(&d) {
@@ -211,7 +221,7 @@ pub fn list(
         }
         None => {
             if action == Action::Allow && after.is_none() {
-                for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS).map_err(e)? {
+                for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
                     if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
                         && filter.keeps(&d)
                     {
@@ -225,7 +235,10 @@ pub fn list(
             };
             let descending = q.dir.as_deref() != Some("asc");
             let after: Option<Position> = match after {
-                Some(a) => Some(a.parse().map_err(e)?),
+                Some(a) => Some(
+                    a.parse()
+                        .map_err(|_: StoreError| QueryError::Position(a.to_string()))?,
+                ),
                 None => None,
             };
             let budget = if filter.is_empty() {
@@ -236,11 +249,8 @@ pub fn list(
                 EXAMINE
             };
             page.limit_examined = budget;
-            for item in r
-                .ordered(action, order, descending, after.as_ref())
-                .map_err(e)?
-            {
-                let (pos, d) = item.map_err(e)?;
+            for item in r.ordered(action, order, descending, after.as_ref())? {
+                let (pos, d) = item?;
                 page.examined += 1;
                 if filter.keeps(&d) {
                     page.rows.push(d);
@@ -275,11 +285,10 @@ pub struct Story {
 }
 
 /// Reads an address's story from one snapshot.
-pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
-    let e = |e: StoreError| e.to_string();
-    let explanation = r.explain(net, now).map_err(e)?;
+pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, StoreError> {
+    let explanation = r.explain(net, now)?;
     let mut group_allows = Vec::new();
-    for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS).map_err(e)? {
+    for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
         if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
             && d.is_active(now)
             && d.target.contains(&net)
@@ -296,15 +305,13 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
     let mut pending = Vec::new();
     for t in &targets {
         if let Some(o) = r
-            .map_get(tables::OFFENDERS, &t.to_string())
-            .map_err(e)?
+            .map_get(tables::OFFENDERS, &t.to_string())?
             .and_then(|b| serde_json::from_slice::<Offender>(&b).ok())
         {
             offenders.push((*t, o));
         }
         if let Some(rs) = r
-            .map_get(tables::QUORUM, &t.to_string())
-            .map_err(e)?
+            .map_get(tables::QUORUM, &t.to_string())?
             .and_then(|b| serde_json::from_slice::<Vec<Report>>(&b).ok())
         {
             pending.extend(rs);
@@ -316,14 +323,11 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
         .iter()
         .map(|t| format!("\"target\":\"{t}\""))
         .collect();
-    let next = r.queue_next(tables::EVENTS).map_err(e)?;
+    let next = r.queue_next(tables::EVENTS)?;
     let from = next.saturating_sub(HISTORY_EVENTS + 1);
     let mut history = Vec::new();
     let mut examined = 0;
-    for (_, record) in r
-        .queue(tables::EVENTS, from, HISTORY_EVENTS as usize)
-        .map_err(e)?
-    {
+    for (_, record) in r.queue(tables::EVENTS, from, HISTORY_EVENTS as usize)? {
         examined += 1;
         let (_, line) = crate::records::split_record(&record);
         let text = String::from_utf8_lossy(line);
