@@ -189,13 +189,9 @@ pub fn agent_options(
         Box::new(move |nets: &[palisade_model::Net]| {
             let k = match &mut killer {
                 Some(k) => k,
-                None => {
-                    killer.insert(palisade_enforce::kill::Killer::new().map_err(|e| e.to_string())?)
-                }
+                None => killer.insert(palisade_enforce::kill::Killer::new()?),
             };
-            k.kill_all(nets)
-                .map(|r| r.total() as u64)
-                .map_err(|e| e.to_string())
+            k.kill_all(nets).map(|r| r.total() as u64)
         }) as palisade_agent::KillFn
     });
     let (origin, found) = super::sources::for_agent(config);
