@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use palisade_agent::{AgentOptions, Settings};
+use palisade_agent::{AgentOptions, CoreOptions};
 use palisade_config::Config;
 use palisade_enforce::Enforcer;
 use palisade_wire::{Bus, Token, TokenKind};
 
 use super::Context;
+use super::daemon::{LogArg, NodeNameArg, StateDirArg, config_error, require_root};
 
 #[derive(Debug, Args)]
 #[command(
@@ -31,7 +32,8 @@ Examples:
   palisade agent --join https://198.51.100.1:7470 --token-file /etc/palisade/join.token
   palisade agent --join nats://nats1:4222,nats2:4222,nats3:4222
   palisade agent --join mqtt://broker.example.com:1883
-  palisade agent --remove-rules"
+  palisade agent --remove-rules",
+    mut_arg("state_dir", |a| a.help("Where decisions are stored [default: from the config, else /var/lib/palisade]"))
 )]
 pub struct AgentArgs {
     /// Protect this server on its own, without joining a network of agents
@@ -71,31 +73,23 @@ pub struct AgentArgs {
     #[arg(long)]
     remove_rules: bool,
 
-    /// Where decisions are stored [default: from the config, else /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
-    /// This server's name in decisions [default: from the config, else the host name]
-    #[arg(long, env = "PALISADE_NODE", value_name = "NAME")]
-    node_name: Option<String>,
+    #[command(flatten)]
+    node_name: NodeNameArg,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address,
     /// e.g. 127.0.0.1:9477; off by default)
     #[arg(long, env = "PALISADE_METRICS", value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
 
-    /// Log filter, e.g. `info`, `debug`, `palisade_agent=debug`
-    #[arg(
-        long,
-        env = "PALISADE_LOG",
-        default_value = "info",
-        value_name = "FILTER"
-    )]
-    log: String,
+    #[command(flatten)]
+    log: LogArg,
 }
 
 pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
-    init_logging(&args.log)?;
+    args.log.init()?;
     let config = match ctx.load_config() {
         Ok(c) => c,
         Err(e) => return Ok(config_error(e)),
@@ -111,15 +105,8 @@ pub fn run(ctx: &Context, args: AgentArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     require_root()?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or(config.agent.state_dir.clone());
-    let node = args
-        .node_name
-        .clone()
-        .or(config.node.name.clone())
-        .unwrap_or_else(host_name);
+    let state_dir = args.state_dir.resolve(&config);
+    let node = args.node_name.resolve(&config);
     let join = args.join.clone().or(config.agent.join.clone());
     // The hub or brokers this agent joins: allowed here, whatever the
     // network says, so it can never be cut off from the unban.
@@ -184,7 +171,7 @@ pub fn agent_options(
         Some(bus) => format!("joined to {}", bus.describe()),
         None => "local-only".into(),
     };
-    let settings = Settings {
+    let settings = CoreOptions {
         node,
         default_ban: config.agent.default_ban,
         guard: config.guard(),
@@ -203,13 +190,9 @@ pub fn agent_options(
         Box::new(move |nets: &[palisade_model::Net]| {
             let k = match &mut killer {
                 Some(k) => k,
-                None => {
-                    killer.insert(palisade_enforce::kill::Killer::new().map_err(|e| e.to_string())?)
-                }
+                None => killer.insert(palisade_enforce::kill::Killer::new()?),
             };
-            k.kill_all(nets)
-                .map(|r| r.total() as u64)
-                .map_err(|e| e.to_string())
+            k.kill_all(nets).map(|r| r.total() as u64)
         }) as palisade_agent::KillFn
     });
     let (origin, found) = super::sources::for_agent(config);
@@ -218,7 +201,7 @@ pub fn agent_options(
         super::sources::summary(origin, &found, &super::sources::rule_names(config))
     );
     let detect = palisade_agent::DetectOptions {
-        rules: rules(config),
+        rules: super::sources::rules(config),
         sources: found.into_iter().map(|f| f.source).collect(),
         limits: config.detect.limits(),
     };
@@ -241,16 +224,6 @@ pub fn agent_options(
         infrastructure,
     };
     Ok((options, enforcers(config)?))
-}
-
-/// The detection rules: the configured ones, with the built-in pack merged
-/// in unless `[detect] builtin = false`.
-pub fn rules(config: &Config) -> Vec<palisade_detect::RuleConfig> {
-    if config.detect.builtin {
-        palisade_detect::builtin::with_builtin(config.rule.clone())
-    } else {
-        config.rule.clone()
-    }
 }
 
 /// CrowdSec's bouncer API, when `[crowdsec] listen` is set: bound now, so
@@ -289,7 +262,7 @@ pub fn agent_feeds(config: &Config) -> Result<Vec<palisade_agent::feeds::Schedul
         .iter()
         .map(|f| {
             Ok(palisade_agent::feeds::Scheduled {
-                feed: super::feed::feed(f),
+                feed: super::daemon::feed(f),
                 every: f
                     .every()
                     .duration()
@@ -372,34 +345,6 @@ pub fn link(
     )?)
 }
 
-/// Says why the configuration cannot work and gives the exit status that
-/// tells systemd not to restart (a restart would not fix it).
-pub fn config_error(e: anyhow::Error) -> ExitCode {
-    eprintln!("palisade: {e:#}");
-    ExitCode::from(super::install::EX_CONFIG)
-}
-
-pub fn init_logging(filter: &str) -> Result<()> {
-    use std::io::IsTerminal;
-    // Colours only on a terminal: the journal and log files get plain text.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
-    Ok(())
-}
-
-pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "palisade must run as root: it changes the kernel's firewall and owns root-only control sockets"
-        );
-    }
-    Ok(())
-}
-
 /// The configured enforcers (palisade's nftables table when none is).
 fn enforcers(config: &Config) -> Result<Vec<Box<dyn Enforcer>>> {
     config
@@ -420,13 +365,4 @@ fn kind(e: &palisade_enforce::EnforcerConfig) -> &'static str {
         XtRecent(_) => "xt-recent",
         Command(_) => "command",
     }
-}
-
-/// The kernel's host name (of this UTS namespace).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }

@@ -2,7 +2,6 @@
 //! decisions (`[crowdsec] listen`). A key is printed once; the agent keeps
 //! only its hash, and a running agent picks up changes within a second.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -10,6 +9,7 @@ use clap::{Args, Subcommand};
 use palisade_crowdsec::Keys;
 
 use super::Context;
+use super::daemon::StateDirArg;
 
 #[derive(Debug, Subcommand)]
 pub enum BouncerCommand {
@@ -35,16 +35,16 @@ pub enum BouncerCommand {
 
 #[derive(Debug, Args)]
 pub struct Place {
-    /// The agent's state directory [default: from the config, else /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 }
 
 impl Place {
     fn keys(&self, ctx: &Context) -> Result<Keys> {
-        let dir = match &self.state_dir {
+        // The configuration is read only when no directory is given.
+        let dir = match &self.state_dir.state_dir {
             Some(d) => d.clone(),
-            None => ctx.load_config()?.agent.state_dir,
+            None => self.state_dir.resolve(&ctx.load_config()?),
         };
         Ok(Keys::new(&dir))
     }

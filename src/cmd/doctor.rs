@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Context;
+use super::daemon::StateDirArg;
 
 #[derive(Debug, Args)]
 #[command(
@@ -40,9 +41,8 @@ pub struct DoctorArgs {
     /// Skip the ban probe (it creates two network namespaces for a second)
     #[arg(long)]
     no_probe: bool,
-    /// The agent's state directory [default: from the config, else /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,10 +121,7 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<ExitCode> {
             Config::default()
         }
     };
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or(config.agent.state_dir.clone());
+    let state_dir = args.state_dir.resolve(&config);
     checks.push(check_state_dir(&state_dir));
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
     checks.push(check_agent(&socket));

@@ -13,13 +13,13 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
-use palisade_config::{Config, FeedConfig};
+use palisade_config::Config;
 use palisade_control::hub::{HubRequest, HubResponse};
 use palisade_control::{Client, ClientError, FeedPulled, Request, Response};
-use palisade_feed::Feed;
 use palisade_model::Timestamp;
 
 use super::Context;
+use super::daemon::StateDirArg;
 use super::hub::HubPlace;
 use crate::render;
 
@@ -45,9 +45,8 @@ pub enum FeedCommand {
 pub struct Place {
     #[command(flatten)]
     hub: HubPlace,
-    /// The agent's state directory [default: from the config, else /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 }
 
 /// Where feeds live on this host: the hub's place when a hub runs here,
@@ -75,10 +74,7 @@ impl Target {
                 socket: hub_socket,
             });
         }
-        let state = place
-            .state_dir
-            .clone()
-            .unwrap_or(config.agent.state_dir.clone());
+        let state = place.state_dir.resolve(config);
         Ok(Target::Agent {
             dir: palisade_feed::dir(&state),
             socket: ctx.socket.clone().unwrap_or(config.agent.socket.clone()),
@@ -135,21 +131,6 @@ impl Target {
                 }
             }
         }
-    }
-}
-
-pub fn feed(config: &FeedConfig) -> Feed {
-    Feed {
-        name: config.name.clone(),
-        url: config.url.clone(),
-        max_entries: config.max_entries,
-        max_bytes: config.max_bytes,
-        deadline: config.timeout,
-        allow_non_public: config.allow_non_public,
-        crowdsec_key: match config.kind {
-            palisade_config::FeedKind::Crowdsec => config.api_key.clone(),
-            palisade_config::FeedKind::List => None,
-        },
     }
 }
 

@@ -14,6 +14,7 @@ use palisade_model::Source;
 use palisade_policy::{Escalation, PolicyConfig, RateLimit};
 
 use super::Context;
+use super::daemon::LogArg;
 use crate::render;
 
 #[derive(Debug, Args)]
@@ -28,7 +29,8 @@ Examples:
   palisade hub token create --kind join --group dmz dmz-servers
   palisade hub token list
   palisade hub token revoke web1
-  palisade hub admin create alice      # a dashboard login: https://HUB:7470/dashboard/"
+  palisade hub admin create alice      # a dashboard login: https://HUB:7470/dashboard/",
+    mut_arg("log", |a| a.help("Log filter, e.g. `info`, `debug`, `palisade_hub=debug`"))
 )]
 pub struct HubArgs {
     #[command(subcommand)]
@@ -40,14 +42,8 @@ pub struct HubArgs {
     #[arg(long, env = "PALISADE_HUB_JOIN", value_name = "URL")]
     join: Option<String>,
 
-    /// Log filter, e.g. `info`, `debug`, `palisade_hub=debug`
-    #[arg(
-        long,
-        env = "PALISADE_LOG",
-        default_value = "info",
-        value_name = "FILTER"
-    )]
-    log: String,
+    #[command(flatten)]
+    log: LogArg,
 
     #[command(flatten)]
     place: HubPlace,
@@ -161,7 +157,7 @@ pub fn run(ctx: &Context, args: HubArgs) -> Result<ExitCode> {
     }
     match args.command {
         None => {
-            super::agent::init_logging(&args.log)?;
+            args.log.init()?;
             let options = options(&config, &args.place)?;
             match args.join.clone().or(config.hub.join.clone()) {
                 None => palisade_hub::run(options)?,
@@ -371,7 +367,7 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
                     .every()
                     .duration()
                     .with_context(|| format!("[[feed]] {}: every cannot be forever", f.name))?;
-                Ok((super::feed::feed(f), every))
+                Ok((super::daemon::feed(f), every))
             })
             .collect::<Result<_>>()?,
     })

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use palisade_hub::Hub;
-use palisade_hub::writer::Job;
+use palisade_hub::writer::{Job, WriterError};
 use palisade_model::{Action, Decision, Timestamp};
+use palisade_mqtt::DeciderError;
 use palisade_policy::Node;
-use palisade_store::Map;
+use palisade_store::StoreError;
 use palisade_wire::bus::BoxFuture;
 use palisade_wire::{Envelope, IntentResult, StreamItem};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -23,42 +24,46 @@ impl palisade_mqtt::Decider for HubDecider {
         &self,
         node: Node,
         envelopes: Vec<Envelope>,
-    ) -> BoxFuture<'static, Result<Vec<IntentResult>, String>> {
+    ) -> BoxFuture<'static, Result<Vec<IntentResult>, DeciderError>> {
         let hub = self.hub.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            hub.writer.send(Job::Intents {
-                node,
-                envelopes,
-                reply: tx,
-            })?;
+            hub.writer
+                .send(Job::Intents {
+                    node,
+                    envelopes,
+                    reply: tx,
+                })
+                .map_err(decider_error)?;
             rx.await
-                .map_err(|_| "the hub stopped before answering".to_string())?
+                .unwrap_or(Err(WriterError::Stopping))
+                .map_err(decider_error)
         })
     }
 
-    fn current(&self) -> BoxFuture<'static, Result<Vec<Decision>, String>> {
+    fn current(&self) -> BoxFuture<'static, Result<Vec<Decision>, DeciderError>> {
         let store = self.hub.store.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || -> Result<Vec<Decision>, String> {
+            tokio::task::spawn_blocking(move || -> Result<Vec<Decision>, StoreError> {
                 let now = Timestamp::now();
-                let r = store.read().map_err(|e| e.to_string())?;
+                let r = store.read()?;
                 let mut out = Vec::new();
-                for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(|e| e.to_string())? {
+                for (_, bytes) in r.map_entries(palisade_hub::tables::GROUP_ALLOWS)? {
                     if let Ok(d) = serde_json::from_slice::<Decision>(&bytes) {
                         out.push(d);
                     }
                 }
                 for action in [Action::Allow, Action::Ban] {
-                    for d in r.iter(Some(action)).map_err(|e| e.to_string())? {
-                        out.push(d.map_err(|e| e.to_string())?);
+                    for d in r.iter(Some(action))? {
+                        out.push(d?);
                     }
                 }
                 out.retain(|d| d.is_active(now));
                 Ok(out)
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|_| DeciderError::Stopping)?
+            .map_err(|e| DeciderError::Failed(Box::new(e)))
         })
     }
 
@@ -91,5 +96,13 @@ impl palisade_mqtt::Decider for HubDecider {
             group,
             address,
         });
+    }
+}
+
+/// The writer's refusal as the bridge reports it.
+fn decider_error(e: WriterError) -> DeciderError {
+    match e {
+        WriterError::Stopping => DeciderError::Stopping,
+        other => DeciderError::Failed(Box::new(other)),
     }
 }

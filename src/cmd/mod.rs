@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bouncer;
 pub mod bus;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod detect;
 pub mod doctor;

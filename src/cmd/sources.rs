@@ -209,9 +209,19 @@ fn journal_source(service: &Service) -> SourceConfig {
     }
 }
 
+/// The detection rules: the configured ones, with the built-in pack merged
+/// in unless `[detect] builtin = false`.
+pub fn rules(config: &Config) -> Vec<palisade_detect::RuleConfig> {
+    if config.detect.builtin {
+        palisade_detect::builtin::with_builtin(config.rule.clone())
+    } else {
+        config.rule.clone()
+    }
+}
+
 /// The enabled rules' names, built-in ones merged in.
 pub fn rule_names(config: &Config) -> Vec<String> {
-    super::agent::rules(config)
+    rules(config)
         .into_iter()
         .filter(|r| r.enabled)
         .map(|r| r.name)

@@ -3,7 +3,6 @@
 //! server.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use clap::Args;
 use palisade_wire::{Token, TokenKind};
 
 use super::Context;
+use super::daemon::{LogArg, NodeNameArg, StateDirArg, config_error, require_root};
 use super::hub::HubPlace;
 
 #[derive(Debug, Args)]
@@ -27,27 +27,22 @@ Examples:
   palisade up --listen 198.51.100.1:7470
 
 With [hub] join = \"mqtt://BROKER:1883\" in the configuration, the hub also takes
-reports from that MQTT broker and publishes its decisions there."
+reports from that MQTT broker and publishes its decisions there.",
+    mut_arg("state_dir", |a| a.help("Where this server's agent stores its decisions [default: from the config, else /var/lib/palisade]")),
+    mut_arg("node_name", |a| a.help("This server's name [default: from the config, else the host name]"))
 )]
 pub struct UpArgs {
     #[command(flatten)]
     place: HubPlace,
 
-    /// Where this server's agent stores its decisions [default: from the config, else /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    state_dir: StateDirArg,
 
-    /// This server's name [default: from the config, else the host name]
-    #[arg(long, env = "PALISADE_NODE", value_name = "NAME")]
-    node_name: Option<String>,
+    #[command(flatten)]
+    node_name: NodeNameArg,
 
-    #[arg(
-        long,
-        env = "PALISADE_LOG",
-        default_value = "info",
-        value_name = "FILTER"
-    )]
-    log: String,
+    #[command(flatten)]
+    log: LogArg,
 }
 
 /// What the hub thread hands to the agent once it listens.
@@ -58,11 +53,11 @@ struct Ready {
 }
 
 pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
-    super::agent::init_logging(&args.log)?;
-    super::agent::require_root()?;
+    args.log.init()?;
+    require_root()?;
     let config = match ctx.load_config() {
         Ok(c) => c,
-        Err(e) => return Ok(super::agent::config_error(e)),
+        Err(e) => return Ok(config_error(e)),
     };
     let hub_options = super::hub::options(&config, &args.place)?;
     // With `[hub] join = "mqtt://…"` the hub is bridged to the broker too;
@@ -80,11 +75,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
             ),
         },
     };
-    let node = args
-        .node_name
-        .clone()
-        .or(config.node.name.clone())
-        .unwrap_or_else(super::agent::host_name);
+    let node = args.node_name.resolve(&config);
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
     let hub_dir = hub_options.state_dir.clone();
@@ -187,10 +178,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     let _ = std::io::stdout().flush();
 
     let link = palisade_link::HubLink::new(&local_url, &ready.local)?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or(config.agent.state_dir.clone());
+    let state_dir = args.state_dir.resolve(&config);
     let socket = ctx.socket.clone().unwrap_or(config.agent.socket.clone());
     let (listen, names, public_url) = (
         ready.listen,

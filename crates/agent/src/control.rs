@@ -24,20 +24,30 @@ use crate::worker::{Command, WorkerHandle};
 /// Facts about the agent shown by `palisade status`.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// This node's name.
     pub node: String,
+    /// How it runs: `local-only`, or `joined to` the network.
     pub mode: String,
+    /// Where its decisions are stored.
     pub state_dir: PathBuf,
+    /// Its control socket.
     pub socket: PathBuf,
+    /// When it started.
     pub started: Timestamp,
+    /// The ban length when a request names none.
     pub default_ban: Span,
 }
 
 /// Everything a connection handler needs.
 #[derive(Clone)]
 pub struct Shared {
+    /// The agent's store, read from snapshots.
     pub store: Arc<Store>,
+    /// Where changes go (the one writer).
     pub worker: WorkerHandle,
+    /// What `palisade status` shows about the agent.
     pub identity: Arc<Identity>,
+    /// Connections cut so far.
     pub killed: Arc<AtomicU64>,
     /// What the agent is joined to, and how that goes.
     pub network: Option<(String, Arc<crate::network::NetState>)>,
@@ -171,11 +181,11 @@ async fn feed_pull(shared: &Shared, name: &str) -> Response {
 async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Command) -> Response {
     let (tx, rx) = oneshot::channel();
     if let Err(e) = shared.worker.send(make(tx)) {
-        return Response::Error(ControlError::new(ErrorCode::Internal, e));
+        return Response::Error(ControlError::new(ErrorCode::Internal, e.to_string()));
     }
     match rx.await {
         Ok(Ok((summary, outcomes))) => Response::Outcomes { summary, outcomes },
-        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+        Ok(Err(e)) => Response::Error(ControlError::new(ErrorCode::Internal, e.to_string())),
         Err(_) => Response::Error(ControlError::new(
             ErrorCode::Internal,
             "the agent stopped before answering",
@@ -257,10 +267,10 @@ async fn status(shared: &Shared, kernel: bool) -> Response {
             Some((bus, state)) => Some(palisade_control::NetworkStatus {
                 bus,
                 connected: state.connected.load(Ordering::Relaxed),
-                cursor: reader.meta(crate::remote::CURSOR).map_err(internal)?,
+                cursor: reader.meta(crate::cursor::CURSOR).map_err(internal)?,
                 latest: state.latest.load(Ordering::Relaxed),
                 pending: reader
-                    .queue_bounds(palisade_store::Queue::Outbox)
+                    .queue_bounds(crate::outbox::OUTBOX)
                     .map_err(internal)?
                     .map_or(0, |(a, b)| b - a + 1),
                 last_error: state.last_error.lock().unwrap().clone(),

@@ -18,7 +18,7 @@ use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
 };
-use palisade_store::{Queue, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::Intent;
 use tracing::{info, warn};
 
@@ -32,11 +32,12 @@ const LOG_EACH_UP_TO: usize = 100;
 
 /// What the agent needs to know to make decisions.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct CoreOptions {
     /// This node's name, recorded in every decision it makes.
     pub node: String,
     /// How long a ban lasts when the request does not say.
     pub default_ban: Span,
+    /// The ranges no ban may cover (checked with the allowlist).
     pub guard: Guard,
     /// Allow entries from the configuration file (re-applied at every start).
     pub static_allows: Vec<(Net, Option<String>)>,
@@ -62,13 +63,17 @@ pub(crate) struct AllowInfo {
 /// A failure that affects a whole request.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
         "{what} is enforced in the kernel now but could not be saved ({source}); it will be lost when the agent restarts"
     )]
+    /// A change is in the kernel but not on disk.
     NotSaved {
+        /// What was changed.
         what: String,
+        /// Why it could not be stored.
         #[source]
         source: StoreError,
     },
@@ -98,8 +103,11 @@ struct Want {
 /// the failed ones for a brief request), and the bans that were newly
 /// enforced (so their open connections can be killed).
 pub struct Applied {
+    /// How many targets ended how.
     pub summary: Summary,
+    /// Each target's outcome (only the failed ones for a brief request).
     pub outcomes: Vec<Outcome>,
+    /// Bans newly enforced, whose open connections are cut.
     pub newly_banned: Vec<Net>,
     brief: bool,
     /// Individual decisions are logged for small requests, a summary for
@@ -146,6 +154,8 @@ impl Applied {
     }
 }
 
+/// The agent's decision logic: every change of its decisions goes through
+/// here, on the worker thread (kernel first, then the store).
 pub struct Core {
     pub(crate) store: Arc<Store>,
     pub(crate) enforcers: Vec<Box<dyn Enforcer>>,
@@ -153,11 +163,11 @@ pub struct Core {
     /// Counted for the metrics endpoint.
     pub counters: Arc<crate::metrics::Counters>,
     pub(crate) allows: NetMap<AllowInfo>,
-    pub(crate) settings: Settings,
+    pub(crate) settings: CoreOptions,
     /// Wakes the task that sends the outbox to the network.
     pub(crate) outbox_ready: Option<Arc<tokio::sync::Notify>>,
     /// A snapshot from the network being received.
-    pub(crate) snapshot: Option<crate::remote::Snapshot>,
+    pub(crate) snapshot: Option<crate::cursor::Snapshot>,
 }
 
 impl Core {
@@ -167,7 +177,7 @@ impl Core {
     pub fn start(
         store: Arc<Store>,
         enforcers: Vec<Box<dyn Enforcer>>,
-        settings: Settings,
+        settings: CoreOptions,
     ) -> Result<Core, CoreError> {
         let n = enforcers.len();
         let mut core = Core {
@@ -194,6 +204,7 @@ impl Core {
         Ok(core)
     }
 
+    /// The agent's store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -237,6 +248,8 @@ impl Core {
         Ok(())
     }
 
+    /// Bans the request's targets (kernel, then store; network-scoped ones
+    /// are also queued for the network in the same transaction).
     pub fn ban(&mut self, mut req: BanRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(self.settings.default_ban);
         let targets = dedup(std::mem::take(&mut req.targets));
@@ -427,6 +440,7 @@ impl Core {
         Ok(())
     }
 
+    /// Lifts the bans of the request's targets.
     pub fn unban(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
         let targets = dedup(req.targets);
         let mut applied = Applied::new(req.brief, targets.len());
@@ -471,6 +485,7 @@ impl Core {
         Ok(applied)
     }
 
+    /// Allows the request's targets: they can never be banned while allowed.
     pub fn allow(&mut self, mut req: AllowRequest, now: Timestamp) -> Result<Applied, CoreError> {
         let span = req.span.unwrap_or(Span::Forever);
         let targets = dedup(std::mem::take(&mut req.targets));
@@ -581,6 +596,7 @@ impl Core {
         Ok(())
     }
 
+    /// Removes the allow entries of the request's targets.
     pub fn unallow(&mut self, req: TargetsRequest) -> Result<Applied, CoreError> {
         let targets = dedup(req.targets);
         let mut applied = Applied::new(req.brief, targets.len());
@@ -831,7 +847,10 @@ impl Core {
             .write(|w| {
                 f(w)?;
                 for intent in intents {
-                    w.push(Queue::Outbox, &crate::remote::outbox_record(now, intent))?;
+                    w.push(
+                        crate::outbox::OUTBOX,
+                        &crate::outbox::outbox_record(now, intent),
+                    )?;
                 }
                 Ok(())
             })
@@ -875,65 +894,43 @@ impl Core {
         })
     }
 
+    /// The configuration's allow entries (`[[allow]]`): local, source
+    /// `config`, rewritten at every start (their comments may have changed);
+    /// those no longer configured go.
     fn sync_static_allows(&mut self) -> Result<(), CoreError> {
-        let now = Timestamp::now();
-        let wanted: HashMap<Net, Option<String>> =
-            self.settings.static_allows.iter().cloned().collect();
-        // Only this agent's own configuration entries (local scope) can go
-        // stale here: the hub's `[[hub.allow]]` entries are also of source
-        // config, arrive over the stream, and a resumed stream never sends
-        // them again.
-        let stale: Vec<Net> = self
-            .store
-            .read()?
-            .iter(Some(Action::Allow))?
-            .filter_map(|d| d.ok())
-            .filter(|d| {
-                d.origin.source == Source::Config
-                    && d.scope == Scope::Local
-                    && !wanted.contains_key(&d.target)
-            })
-            .map(|d| d.target)
-            .collect();
-        let node = self.settings.node.clone();
-        self.store.write(|w| {
-            for n in &stale {
-                w.remove(Action::Allow, n)?;
-            }
-            for (net, comment) in &wanted {
-                let existing = w.get(Action::Allow, net)?;
-                let mut d = Decision::new(
-                    Action::Allow,
-                    *net,
-                    now,
-                    Span::Forever,
-                    Origin::new(node.clone(), Source::Config),
-                )
-                .with_scope(Scope::Local);
-                if let Some(c) = comment {
-                    d = d.with_reason(c.clone());
-                }
-                if let Some(old) = existing
-                    && old.origin.source == Source::Config
-                {
-                    d.created = old.created;
-                }
-                w.put(&d)?;
-            }
-            Ok(())
-        })?;
-        Ok(())
+        let wanted = self.settings.static_allows.clone();
+        self.sync_own_allows(&CONFIGURED_ALLOWS, wanted)
     }
 
     /// The allow entries of the network's own addresses: local, source
-    /// `policy`, made at every start from the join address; those no longer
-    /// joined go.
+    /// `policy`, made from the join address; those no longer joined go.
     fn sync_infrastructure_allows(&mut self) -> Result<(), CoreError> {
+        let wanted = self
+            .settings
+            .infrastructure
+            .iter()
+            .map(|(net, why)| (*net, Some(why.clone())))
+            .collect();
+        self.sync_own_allows(&INFRASTRUCTURE_ALLOWS, wanted)
+    }
+
+    /// Makes the store's allow entries of one `kind` exactly `wanted`
+    /// (network, reason): stale ones go, missing ones are made.
+    fn sync_own_allows(
+        &mut self,
+        kind: &OwnAllows,
+        wanted: Vec<(Net, Option<String>)>,
+    ) -> Result<(), CoreError> {
         let now = Timestamp::now();
         let node = self.settings.node.clone();
-        let wanted: HashMap<Net, String> = self.settings.infrastructure.iter().cloned().collect();
+        let wanted: HashMap<Net, Option<String>> = wanted.into_iter().collect();
+        // Local scope only: the hub's `[[hub.allow]]` entries are also of
+        // source config, arrive over the stream, and a resumed stream never
+        // sends them again.
         let ours = |d: &Decision| {
-            d.origin.source == Source::Policy && d.scope == Scope::Local && d.origin.node == node
+            d.origin.source == kind.source
+                && d.scope == Scope::Local
+                && (kind.any_node || d.origin.node == node)
         };
         let stale: Vec<Net> = self
             .store
@@ -947,19 +944,26 @@ impl Core {
             for n in &stale {
                 w.remove(Action::Allow, n)?;
             }
-            for (net, why) in &wanted {
-                if w.get(Action::Allow, net)?.is_some_and(|d| ours(&d)) {
-                    continue;
-                }
-                let d = Decision::new(
+            for (net, reason) in &wanted {
+                let mut d = Decision::new(
                     Action::Allow,
                     *net,
                     now,
                     Span::Forever,
-                    Origin::new(node.clone(), Source::Policy),
+                    Origin::new(node.clone(), kind.source),
                 )
-                .with_reason(why.clone())
                 .with_scope(Scope::Local);
+                if let Some(r) = reason {
+                    d = d.with_reason(r.clone());
+                }
+                match (w.get(Action::Allow, net)?, kind.rewrite) {
+                    (Some(old), false) if ours(&old) => continue,
+                    // Rewritten, but made when it was first configured.
+                    (Some(old), true) if old.origin.source == kind.source => {
+                        d.created = old.created;
+                    }
+                    _ => {}
+                }
                 w.put(&d)?;
             }
             Ok(())
@@ -1019,6 +1023,32 @@ impl Core {
         Ok(())
     }
 }
+
+/// An allow list the agent makes itself from its settings, at every start.
+struct OwnAllows {
+    /// The source its entries carry, which tells them from all others.
+    source: Source,
+    /// Whether entries of this source made under another node name are
+    /// ours too (a renamed node's configuration replaces the old one's).
+    any_node: bool,
+    /// Whether an entry already stored is written again (its reason and
+    /// `updated` move) or left as it is.
+    rewrite: bool,
+}
+
+/// `[[allow]]` of the agent's configuration.
+const CONFIGURED_ALLOWS: OwnAllows = OwnAllows {
+    source: Source::Config,
+    any_node: true,
+    rewrite: true,
+};
+
+/// The network's own addresses (hub or brokers joined).
+const INFRASTRUCTURE_ALLOWS: OwnAllows = OwnAllows {
+    source: Source::Policy,
+    any_node: false,
+    rewrite: false,
+};
 
 pub(crate) fn entry(d: &Decision) -> Entry {
     Entry {
@@ -1103,8 +1133,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn settings(static_allows: &[(&str, &str)]) -> Settings {
-        Settings {
+    fn settings(static_allows: &[(&str, &str)]) -> CoreOptions {
+        CoreOptions {
             node: "web1".into(),
             default_ban: Span::For(Duration::from_secs(3600)),
             guard: Guard::default(),

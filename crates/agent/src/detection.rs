@@ -31,20 +31,32 @@ const STOP_CHECK: Duration = Duration::from_millis(500);
 pub struct DetectOptions {
     /// The rules, built-in ones already merged in.
     pub rules: Vec<RuleConfig>,
+    /// The log sources to read.
     pub sources: Vec<SourceConfig>,
+    /// The tracker's memory budget and thresholds.
     pub limits: Limits,
 }
 
 /// Why detection could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
+    /// A rule's pattern is invalid.
     #[error("the detection rules do not compile: {0}")]
     Rules(#[from] palisade_detect::CompileError),
+    /// A log source could not start.
     #[error("cannot start the log source {name:?}: {error:#}")]
-    Source { name: String, error: anyhow::Error },
+    Source {
+        /// The source's name.
+        name: String,
+        /// Why it could not start.
+        error: anyhow::Error,
+    },
+    /// The detection state directory could not be created.
     #[error("cannot create {path}: {source}")]
     StateDir {
+        /// The directory.
         path: PathBuf,
+        /// Why it could not be created.
         #[source]
         source: std::io::Error,
     },

@@ -27,6 +27,7 @@ pub struct DriftWatch {
 }
 
 impl DriftWatch {
+    /// A watch whose first comparison is [`CHECK_EVERY`] from now.
     pub fn new() -> DriftWatch {
         DriftWatch {
             next: Instant::now() + CHECK_EVERY,

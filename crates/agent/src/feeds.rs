@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::core::{Core, CoreError, entry};
-use crate::worker::{Command, WorkerHandle};
+use crate::worker::{Command, WorkerError, WorkerHandle};
 
 impl Core {
     /// Makes `list` the feed's whole set of bans: removes those it no
@@ -159,7 +159,9 @@ fn own_feed(d: &Decision) -> Option<&str> {
 /// A feed and how often to pull it.
 #[derive(Debug, Clone)]
 pub struct Scheduled {
+    /// What to pull, and where from.
     pub feed: palisade_feed::Feed,
+    /// How often.
     pub every: Duration,
 }
 
@@ -174,8 +176,12 @@ pub fn spawn(feeds: Vec<Scheduled>, dir: PathBuf, worker: WorkerHandle) -> PullN
         let worker = worker.clone();
         async move {
             let (tx, rx) = oneshot::channel();
-            worker.send(Command::Feed(name, entries, tx))?;
-            rx.await.map_err(|_| "the agent is stopping".to_string())?
+            worker
+                .send(Command::Feed(name, entries, tx))
+                .map_err(|e| e.to_string())?;
+            rx.await
+                .unwrap_or(Err(WorkerError::Stopping))
+                .map_err(|e| e.to_string())
         }
     })
 }

@@ -16,7 +16,7 @@ use palisade_model::Net;
 use tracing::{info, warn};
 
 /// Kills the connections of these networks; returns how many it cut.
-pub type KillFn = Box<dyn FnMut(&[Net]) -> Result<u64, String> + Send>;
+pub type KillFn = Box<dyn FnMut(&[Net]) -> Result<u64, palisade_enforce::EnforceError> + Send>;
 
 /// Most networks handed to one walk.
 const BATCH: usize = 100_000;

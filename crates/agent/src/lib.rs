@@ -14,14 +14,18 @@
 //! When the agent stops, the kernel keeps every ban and expires each on
 //! time by itself; the next start reconciles the kernel with the store.
 
+#![warn(missing_docs)]
+
 pub mod control;
 pub mod core;
+pub mod cursor;
 pub mod detection;
 pub mod drift;
 pub mod feeds;
 pub mod killer;
 pub mod metrics;
 pub mod network;
+pub mod outbox;
 pub mod remote;
 mod rollup;
 pub mod worker;
@@ -34,21 +38,26 @@ use palisade_enforce::Enforcer;
 use palisade_store::{Options, Store};
 use tracing::info;
 
-pub use crate::core::Settings;
+pub use crate::core::CoreOptions;
 pub use crate::detection::DetectOptions;
 pub use crate::killer::KillFn;
+pub use crate::network::Resolver;
 
 /// Where the agent lives and how it behaves.
 pub struct AgentOptions {
-    pub settings: Settings,
+    /// How the core decides.
+    pub settings: CoreOptions,
+    /// Where decisions are stored.
     pub state_dir: PathBuf,
+    /// The root-only control socket.
     pub socket: PathBuf,
     /// Shown by `palisade status` (e.g. `local-only`).
     pub mode: String,
     /// Cuts open connections of new bans; `None` disables killing.
     pub kill: Option<KillFn>,
+    /// What detection reads and how.
     pub detect: DetectOptions,
-    /// The network to join (`Settings::joined` must be true); `None` for a
+    /// The network to join (`CoreOptions::joined` must be true); `None` for a
     /// local-only agent.
     pub network: Option<std::sync::Arc<dyn palisade_wire::Bus>>,
     /// Feeds this agent pulls itself (bans for this node only); empty when
@@ -70,9 +79,6 @@ pub struct AgentOptions {
 /// Renders a service's metrics (Prometheus exposition text) at each scrape.
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Resolves the network's own addresses, with why they are allowed.
-pub type Resolver = std::sync::Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
-
 /// A service started with the agent's store once it is open; it runs on
 /// the agent's tokio runtime (it may `tokio::spawn`) and must only read.
 pub type StoreService = Box<dyn FnOnce(Arc<Store>) + Send>;
@@ -80,20 +86,28 @@ pub type StoreService = Box<dyn FnOnce(Arc<Store>) + Send>;
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] palisade_store::StoreError),
+    /// The core could not start.
     #[error(transparent)]
     Core(#[from] crate::core::CoreError),
+    /// The control socket could not be created.
     #[error("cannot create the control socket {path}: {source}")]
     Socket {
+        /// The socket's path.
         path: PathBuf,
+        /// Why it could not be created.
         #[source]
         source: std::io::Error,
     },
+    /// Detection could not start.
     #[error(transparent)]
     Detect(#[from] crate::detection::DetectError),
+    /// Metrics could not be served.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The async runtime could not start.
     #[error("{0}")]
     Runtime(std::io::Error),
 }
@@ -119,7 +133,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         default_ban: options.settings.default_ban,
     };
     if options.network.is_some() {
-        remote::ensure_id_base(&store)?;
+        outbox::ensure_id_base(&store)?;
     }
     let mut core = core::Core::start(store.clone(), enforcers, options.settings)?;
     let counters = core.counters.clone();

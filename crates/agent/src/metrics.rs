@@ -29,6 +29,7 @@ pub struct Counters {
 const MAX_RULES: usize = 1000;
 
 impl Counters {
+    /// Counts `elements` repaired in `enforcer`'s kernel state.
     pub fn add_drift(&self, enforcer: &str, elements: u64) {
         *self
             .drift
@@ -38,6 +39,7 @@ impl Counters {
             .or_default() += elements;
     }
 
+    /// Counts a ban a detection rule fired.
     pub fn add_detection(&self, rule: &str) {
         let mut m = self.detections.lock().unwrap();
         let key = if m.len() >= MAX_RULES && !m.contains_key(rule) {
@@ -48,6 +50,7 @@ impl Counters {
         *m.entry(key.to_string()).or_default() += 1;
     }
 
+    /// Kernel elements repaired so far.
     pub fn drift_repaired(&self) -> u64 {
         self.drift.lock().unwrap().values().sum()
     }
@@ -170,10 +173,14 @@ pub enum MetricsError {
     #[error(
         "metrics are served on loopback only (they have no authentication): use 127.0.0.1:PORT or [::1]:PORT, not {0}"
     )]
+    /// The address is not a loopback one.
     NotLoopback(SocketAddr),
+    /// The address could not be bound.
     #[error("cannot listen on {addr} for metrics: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why it could not be bound.
         #[source]
         source: std::io::Error,
     },

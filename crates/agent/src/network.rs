@@ -24,8 +24,12 @@ use palisade_wire::{Bus, BusError, Heartbeat, StreamItem};
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
 
-use crate::remote::{CURSOR, pending};
-use crate::worker::{Command, WorkerHandle};
+use crate::cursor::CURSOR;
+use crate::outbox::pending;
+use crate::worker::{Command, WorkerError, WorkerHandle};
+
+/// Resolves the network's own addresses, with why they are allowed.
+pub type Resolver = Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + Sync>;
 
 /// Intents sent per request.
 const SEND_BATCH: usize = 500;
@@ -42,8 +46,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// What `palisade status` shows about the network.
 #[derive(Debug, Default)]
 pub struct NetState {
+    /// Whether the stream is connected now.
     pub connected: std::sync::atomic::AtomicBool,
+    /// The newest stream position seen.
     pub latest: AtomicU64,
+    /// The last error talking to the network, until it works again.
     pub last_error: Mutex<Option<String>>,
     /// Why the outbox is draining slower than it could, while it is.
     pub held_back: Mutex<Option<String>>,
@@ -65,7 +72,7 @@ pub fn spawn(
     worker: WorkerHandle,
     outbox_ready: Arc<Notify>,
     state: Arc<NetState>,
-    infrastructure: Option<crate::Resolver>,
+    infrastructure: Option<Resolver>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     info!(network = %bus.describe(), "joining the network");
     vec![
@@ -92,7 +99,7 @@ async fn follow(
     store: Arc<Store>,
     worker: WorkerHandle,
     state: Arc<NetState>,
-    infrastructure: Option<crate::Resolver>,
+    infrastructure: Option<Resolver>,
 ) {
     let mut backoff = Backoff::new();
     // Set when the stream must start over with the network's whole state.
@@ -128,7 +135,7 @@ async fn follow(
                 backoff.reset();
                 // One batch is applied by the worker while the next one is
                 // read: parsing and applying overlap.
-                let mut applying: Option<oneshot::Receiver<Result<(), String>>> = None;
+                let mut applying: Option<oneshot::Receiver<Result<(), WorkerError>>> = None;
                 let mut in_snapshot = false;
                 loop {
                     let (batch, stopped) = tokio::select! {
@@ -203,7 +210,7 @@ enum Applied {
     WorkerGone,
 }
 
-async fn applied(rx: oneshot::Receiver<Result<(), String>>) -> Applied {
+async fn applied(rx: oneshot::Receiver<Result<(), WorkerError>>) -> Applied {
     match rx.await {
         Ok(Ok(())) => Applied::Yes,
         Ok(Err(e)) => {

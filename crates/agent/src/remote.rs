@@ -14,34 +14,12 @@ use std::collections::{HashMap, HashSet};
 
 use palisade_enforce::Change;
 use palisade_model::{Action, Decision, Net, Scope, Source, Timestamp};
-use palisade_store::Queue;
-use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult, StreamItem};
-use serde::{Deserialize, Serialize};
+use palisade_wire::{Intent, IntentOutcome, IntentResult, StreamItem};
 use tracing::{debug, info, warn};
 
 use crate::core::{AllowInfo, Core, CoreError, entry};
-
-/// Where the stream position is kept (store meta).
-pub const CURSOR: &str = "net.cursor";
-/// Added to outbox numbers to make intent ids, so a node whose state was
-/// wiped never reuses ids the hub has seen (it would skip them as retries).
-pub const ID_BASE: &str = "net.id_base";
-
-/// A snapshot being received: what it has brought so far.
-pub struct Snapshot {
-    seq: u64,
-    /// Decisions it brought, to find the stale ones afterwards; `None` when
-    /// the store was empty as it began: then nothing can be stale (every
-    /// network decision stored since came from this snapshot).
-    seen: Option<HashSet<(Action, Net)>>,
-    /// Puts it brought.
-    count: u64,
-    /// While the store holds nothing but what this snapshot brought: how
-    /// many rows that is. A joining node's store starts empty, so its
-    /// snapshot needs no lookups and no sweep. Anything else in the store
-    /// makes the row count differ, and the snapshot goes the careful way.
-    only_ours: Option<u64>,
-}
+use crate::cursor::{CURSOR, Snapshot};
+use crate::outbox::{ID_BASE, pending};
 
 /// The decisions a batch of stream items will store, the last one for
 /// each (action, target) (found by hash: a snapshot's batches hold
@@ -92,52 +70,6 @@ impl ToStore {
     fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
-}
-
-/// An outbox record: when the intent was made, and the intent.
-#[derive(Debug, Serialize, Deserialize)]
-struct OutboxRecord {
-    at: Timestamp,
-    intent: Intent,
-}
-
-pub fn outbox_record(at: Timestamp, intent: &Intent) -> Vec<u8> {
-    serde_json::to_vec(&OutboxRecord {
-        at,
-        intent: intent.clone(),
-    })
-    .expect("an intent serializes")
-}
-
-/// The outbox as envelopes, oldest first, at most `limit`.
-pub fn pending(
-    store: &palisade_store::Store,
-    limit: usize,
-) -> Result<Vec<Envelope>, palisade_store::StoreError> {
-    let r = store.read()?;
-    let base = r.meta(ID_BASE)?;
-    Ok(r.queue(Queue::Outbox, 0, limit)?
-        .into_iter()
-        .filter_map(|(seq, bytes)| {
-            let rec: OutboxRecord = serde_json::from_slice(&bytes).ok()?;
-            Some(Envelope {
-                id: base + seq,
-                at: rec.at,
-                intent: rec.intent,
-            })
-        })
-        .collect())
-}
-
-/// Gives intent ids a base larger than any a previous incarnation of this
-/// node used (milliseconds since the epoch times a thousand).
-pub fn ensure_id_base(store: &palisade_store::Store) -> Result<(), palisade_store::StoreError> {
-    store.write(|w| {
-        if w.meta(ID_BASE)? == 0 {
-            w.set_meta(ID_BASE, Timestamp::now().as_millis() * 1000)?;
-        }
-        Ok(())
-    })
 }
 
 impl Core {
@@ -528,7 +460,7 @@ impl Core {
         // Not flushed: intents answered but still in the outbox after a
         // crash are sent again, and the network skips them by their ids.
         self.store.write_lazy(|w| {
-            w.drop_through(Queue::Outbox, through)?;
+            w.drop_through(crate::outbox::OUTBOX, through)?;
             if resync {
                 w.set_meta(CURSOR, 0)?;
             }

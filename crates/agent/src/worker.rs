@@ -22,13 +22,29 @@ use crate::drift::DriftWatch;
 /// Longest sleep between expiry checks, in case the clock jumps.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
-pub type Reply = oneshot::Sender<Result<(Summary, Vec<Outcome>), String>>;
+/// Where a mutation's answer goes.
+pub type Reply = oneshot::Sender<Result<(Summary, Vec<Outcome>), WorkerError>>;
+
+/// Why the worker did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker has stopped (the agent is shutting down); nothing was done.
+    #[error("the agent is shutting down; ask again once it is back")]
+    Stopping,
+    /// The core refused or failed; its error says what to do.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
 
 /// A request for the worker.
 pub enum Command {
+    /// Ban targets.
     Ban(BanRequest, Reply),
+    /// Lift bans.
     Unban(TargetsRequest, Reply),
+    /// Allow targets.
     Allow(AllowRequest, Reply),
+    /// Remove allow entries.
     Unallow(TargetsRequest, Reply),
     /// What the detectors found (no one waits for an answer).
     Detected(Vec<palisade_detect::Event>),
@@ -39,14 +55,14 @@ pub enum Command {
     /// stored, with the cursor).
     Remote(
         Vec<palisade_wire::StreamItem>,
-        oneshot::Sender<Result<(), String>>,
+        oneshot::Sender<Result<(), WorkerError>>,
     ),
     /// The network's answers to intents sent from the outbox.
     /// The answer says whether this node must read the network's whole
     /// state again (it lifted something locally that the network kept).
     Results(
         Vec<palisade_wire::IntentResult>,
-        oneshot::Sender<Result<bool, String>>,
+        oneshot::Sender<Result<bool, WorkerError>>,
     ),
     /// Each enforcer's status; with `true`, read back from the kernel.
     EnforcerStatus(bool, oneshot::Sender<Vec<EnforcerStatus>>),
@@ -54,7 +70,7 @@ pub enum Command {
     Feed(
         String,
         palisade_feed::List,
-        oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
+        oneshot::Sender<Result<palisade_control::FeedApplied, WorkerError>>,
     ),
     /// The feeds still configured: the others' entries go.
     RetireFeeds(Vec<String>),
@@ -68,10 +84,9 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn send(&self, cmd: Command) -> Result<(), String> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| "the agent is shutting down".to_string())
+    /// Queues `cmd` for the worker.
+    pub fn send(&self, cmd: Command) -> Result<(), WorkerError> {
+        self.tx.send(cmd).map_err(|_| WorkerError::Stopping)
     }
 }
 
@@ -132,7 +147,7 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
             if let Err(e) = &r {
                 error!(error = %e, "applying the network's decisions failed");
             }
-            let _ = reply.send(r.map_err(|e| e.to_string()));
+            let _ = reply.send(r.map_err(WorkerError::from));
             return;
         }
         Command::Results(results, reply) => {
@@ -140,7 +155,7 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
             if let Err(e) = &r {
                 error!(error = %e, "handling the network's answers failed");
             }
-            let _ = reply.send(r.map_err(|e| e.to_string()));
+            let _ = reply.send(r.map_err(WorkerError::from));
             return;
         }
         Command::Ban(req, reply) => (core.ban(req, now), reply),
@@ -156,7 +171,7 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
             if let Err(e) = &r {
                 error!(feed = %name, error = %e, "applying a feed failed");
             }
-            let _ = reply.send(r.map_err(|e| e.to_string()));
+            let _ = reply.send(r.map_err(WorkerError::from));
             return;
         }
         Command::Infrastructure(list) => {
@@ -177,7 +192,7 @@ fn handle(core: &mut Core, cmd: Command, on_banned: Option<&mpsc::Sender<Net>>) 
         (applied.summary, applied.outcomes)
     });
     // The client may have gone away; the decision stands either way.
-    let _ = reply.send(result.map_err(|e| e.to_string()));
+    let _ = reply.send(result.map_err(WorkerError::from));
 }
 
 /// Hands newly banned networks to the connection killer, if there is one.

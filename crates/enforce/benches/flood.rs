@@ -57,7 +57,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use palisade_enforce::nftables::{NftConfig, Nftables};
+use palisade_enforce::nftables::{NftablesEnforcer, NftablesOptions};
 use palisade_enforce::{Enforcer, Entry};
 use palisade_lab::{Lab, Netns, TcpServer};
 use palisade_model::{Action, Net};
@@ -444,14 +444,14 @@ fn banned(total: u32) -> impl Iterator<Item = Ipv4Addr> {
 fn install(layout: Layout, victim: &Netns, bans: u32) {
     match layout {
         Layout::Prerouting | Layout::Ingress | Layout::Input => {
-            let config = NftConfig {
+            let config = NftablesOptions {
                 ingress_devices: match layout {
                     Layout::Ingress => vec!["eth0".to_string()],
                     _ => Vec::new(),
                 },
-                ..NftConfig::default()
+                ..NftablesOptions::default()
             };
-            let mut nft = victim.run(|| Nftables::new(config).expect("netlink"));
+            let mut nft = victim.run(|| NftablesEnforcer::new(config).expect("netlink"));
             let mut entries = banned(bans).map(|a| Entry {
                 action: Action::Ban,
                 net: Net::host(a.into()),

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_enforce::nftables::{NftConfig, Nftables};
+use palisade_enforce::nftables::{NftablesEnforcer, NftablesOptions};
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_lab::Netns;
 use palisade_model::{Action, Net, Timestamp};
@@ -154,7 +154,7 @@ fn child(side: &str, n: u32) {
     });
     // Every side must have loaded every host, and the extra ones.
     let in_kernel = ns.run(|| {
-        let mut nft = Nftables::new(NftConfig::default()).expect("netlink");
+        let mut nft = NftablesEnforcer::new(NftablesOptions::default()).expect("netlink");
         let status = nft.status(true).expect("status");
         status
             .objects
@@ -182,7 +182,7 @@ fn median_ms(mut samples: Vec<Duration>) -> f64 {
 /// Times `replace_all` with entries generated on the fly, and keeps the
 /// enforcer alive until the memory was read.
 fn load_palisade(n: u32) -> (f64, f64) {
-    let mut nft = Nftables::new(NftConfig::default()).expect("netlink");
+    let mut nft = NftablesEnforcer::new(NftablesOptions::default()).expect("netlink");
     let expires = Some(Timestamp::now().saturating_add(Duration::from_secs(TIMEOUT_SECS)));
     let entry = |i: u32| Entry {
         action: Action::Ban,

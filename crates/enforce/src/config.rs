@@ -10,9 +10,9 @@ use crate::command::{CommandConfig, CommandEnforcer};
 use crate::enforcer::{EnforceError, Enforcer};
 use crate::filter::{Filter, Filtered};
 use crate::ipset::{IpsetConfig, IpsetEnforcer};
-use crate::layout::{CONNTRACK_PRIORITY, NftConfig, valid_interface_name};
-use crate::nftables::Nftables;
-use crate::xt_recent::{XtRecent, XtRecentConfig};
+use crate::layout::{CONNTRACK_PRIORITY, NftablesOptions, valid_interface_name};
+use crate::nftables::NftablesEnforcer;
+use crate::xt_recent::{XtRecentConfig, XtRecentEnforcer};
 
 /// One `[[enforcer]]` table of the configuration; `kind` selects the
 /// variant. See [`EXAMPLE_TOML`].
@@ -124,7 +124,7 @@ fn interface_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>
 
 impl Default for NftablesConfig {
     fn default() -> Self {
-        let d = NftConfig::default();
+        let d = NftablesOptions::default();
         NftablesConfig {
             table: d.table,
             priority: d.priority,
@@ -150,7 +150,7 @@ pub fn build(config: &EnforcerConfig) -> Result<Box<dyn Enforcer>, EnforceError>
     }
     Ok(match config {
         EnforcerConfig::Nftables(c) => boxed(
-            Nftables::new(NftConfig {
+            NftablesEnforcer::new(NftablesOptions {
                 table: c.table.clone(),
                 priority: c.priority,
                 prerouting_priority: c.prerouting_priority,
@@ -160,7 +160,7 @@ pub fn build(config: &EnforcerConfig) -> Result<Box<dyn Enforcer>, EnforceError>
             &c.filter,
         ),
         EnforcerConfig::Ipset(c) => boxed(IpsetEnforcer::new(c.clone())?, &c.filter),
-        EnforcerConfig::XtRecent(c) => boxed(XtRecent::new(c.clone())?, &c.filter),
+        EnforcerConfig::XtRecent(c) => boxed(XtRecentEnforcer::new(c.clone())?, &c.filter),
         EnforcerConfig::Command(c) => boxed(CommandEnforcer::new(c.clone())?, &c.filter),
     })
 }

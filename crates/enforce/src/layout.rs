@@ -38,7 +38,7 @@
 //!
 //! Every chain is created in the same transaction as the table, so the
 //! table is replaced without a moment in which neither the old nor the new
-//! chains drop (see `Nftables::reload`). A table in the earlier layout
+//! chains drop (see `NftablesEnforcer::reload`). A table in the earlier layout
 //! (drops in input and forward chains) needs one more step: a packet that
 //! crosses prerouting just before the transaction commits (the new chain
 //! is not active yet) and reaches input just after it (the old chain is
@@ -55,7 +55,7 @@ use crate::kernel::kernel_version;
 
 /// Where the enforcer puts its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NftConfig {
+pub struct NftablesOptions {
     /// Name of the `inet` table palisade owns (default `palisade`).
     pub table: String,
     /// Priority of the input chain that logs port probes (default -10,
@@ -73,9 +73,9 @@ pub struct NftConfig {
     pub probe_log_group: Option<u16>,
 }
 
-impl Default for NftConfig {
+impl Default for NftablesOptions {
     fn default() -> Self {
-        NftConfig {
+        NftablesOptions {
             table: "palisade".to_string(),
             priority: -10,
             prerouting_priority: -300,
@@ -128,7 +128,7 @@ pub fn finish_upgrade(sock: &mut Socket, table: &str) -> Result<(), NetlinkError
 pub fn add_chains(
     b: &mut Batch,
     sock: &Socket,
-    config: &NftConfig,
+    config: &NftablesOptions,
     sets: &[(Verdict, SetSpec<'_>)],
     upgrading: bool,
 ) {

@@ -5,7 +5,7 @@
 //! Expiry is the kernel's job: elements carry their own timeouts, so bans
 //! keep expiring on time while the agent is stopped.
 //!
-//! - [`nftables::Nftables`]: the default backend. It owns `table inet
+//! - [`nftables::NftablesEnforcer`]: the default backend. It owns `table inet
 //!   palisade` (allow and block sets per family, a prerouting chain that
 //!   drops before conntrack, see `layout`)
 //!   and talks raw netlink: a whole list is swapped in one transaction, and
@@ -16,7 +16,7 @@
 //!   palisade creates (`hash:ip`, `hash:net`, `bitmap:ip`; IPv4 and IPv6),
 //!   for firewalls built around `-m set --match-set` (vallumd, diswall,
 //!   maltrail); a whole list is replaced with `ipset swap`.
-//! - [`xt_recent::XtRecent`]: primes iptables' `recent` match lists under
+//! - [`xt_recent::XtRecentEnforcer`]: primes iptables' `recent` match lists under
 //!   `/proc/net/xt_recent/` (banban's `THROTTLE` and `BLOCKER`).
 //! - [`command::CommandEnforcer`]: runs a ban and an unban command per
 //!   address (`fail2ban-client set {jail} banip {ip}`, `psad

@@ -37,13 +37,13 @@
 //! mirrored by a map of hosts (see `hosts.rs`), one element per host with
 //! its own timeout.
 //!
-//! - [`Nftables::replace_all`](Enforcer::replace_all) rebuilds the table in
+//! - [`NftablesEnforcer::replace_all`](Enforcer::replace_all) rebuilds the table in
 //!   one transaction (`NEWTABLE`, `DELTABLE`, `NEWTABLE`, sets, chains,
 //!   rules, elements): packets see the old table or the new one, never an
 //!   empty one, and nothing stale survives. This is also how a table in the
 //!   earlier layout (input and forward chains) is upgraded at start, with
 //!   two chains bridging the switch (see `layout.rs`).
-//! - [`Nftables::apply`](Enforcer::apply) sends only the elements that
+//! - [`NftablesEnforcer::apply`](Enforcer::apply) sends only the elements that
 //!   changed, in one transaction: `DESTROYSETELEM` for elements that went
 //!   away (missing elements are no error), `NEWSETELEM` for new ones, and
 //!   for a refreshed element either `NEWSETELEM` on the existing element
@@ -83,7 +83,7 @@ const PRUNE_EVERY_MS: u64 = 60_000;
 /// the kernel expires a little late is still deleted explicitly if replaced.
 const PRUNE_GRACE_MS: u64 = 10_000;
 
-pub use crate::layout::NftConfig;
+pub use crate::layout::NftablesOptions;
 
 /// How an element whose expiry changed is refreshed in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,8 +441,8 @@ impl<K: Key> SetsBuilder<K> {
 
 /// The nftables enforcer (see the module docs).
 #[derive(Debug)]
-pub struct Nftables {
-    config: NftConfig,
+pub struct NftablesEnforcer {
+    config: NftablesOptions,
     sock: Socket,
     v4: Sets<u32>,
     v6: Sets<u128>,
@@ -454,16 +454,16 @@ pub struct Nftables {
     next_prune: u64,
 }
 
-impl Nftables {
+impl NftablesEnforcer {
     /// An enforcer for the network namespace of the calling thread. Nothing
     /// is sent to the kernel until the first `replace_all` or `apply`.
-    pub fn new(config: NftConfig) -> Result<Nftables, EnforceError> {
+    pub fn new(config: NftablesOptions) -> Result<NftablesEnforcer, EnforceError> {
         let sock = Socket::netfilter()?;
         let version = kernel_version();
         // NFT_MSG_DESTROYSETELEM exists since 6.3, element timeout updates
         // since 6.10. Unknown versions are assumed recent.
         let at_least = |maj: u32, min: u32| version.is_none_or(|v| v >= (maj, min));
-        Ok(Nftables {
+        Ok(NftablesEnforcer {
             config,
             sock,
             v4: Sets::default(),
@@ -484,7 +484,7 @@ impl Nftables {
     }
 
     /// Where the enforcer puts its objects.
-    pub fn config(&self) -> &NftConfig {
+    pub fn config(&self) -> &NftablesOptions {
         &self.config
     }
 
@@ -752,7 +752,7 @@ impl Nftables {
     }
 }
 
-impl Enforcer for Nftables {
+impl Enforcer for NftablesEnforcer {
     fn name(&self) -> &str {
         "nftables"
     }

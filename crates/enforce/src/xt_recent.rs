@@ -115,7 +115,7 @@ fn list_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
 
 /// The xt_recent enforcer (see the module docs).
 #[derive(Debug)]
-pub struct XtRecent {
+pub struct XtRecentEnforcer {
     name: String,
     config: XtRecentConfig,
     /// Every list palisade writes to or removes from, in a stable order.
@@ -130,9 +130,9 @@ pub struct XtRecent {
     in_sync: bool,
 }
 
-impl XtRecent {
+impl XtRecentEnforcer {
     /// An enforcer for the network namespace of the calling thread.
-    pub fn new(config: XtRecentConfig) -> Result<XtRecent, EnforceError> {
+    pub fn new(config: XtRecentConfig) -> Result<XtRecentEnforcer, EnforceError> {
         let mut lists: Vec<String> = Vec::new();
         for l in config
             .routes
@@ -169,7 +169,7 @@ impl XtRecent {
             ),
             None => {}
         }
-        Ok(XtRecent {
+        Ok(XtRecentEnforcer {
             name: config.name.clone().unwrap_or_else(|| "xt_recent".into()),
             config,
             lists,
@@ -435,7 +435,7 @@ pub fn parse_list(text: &str) -> Vec<Net> {
         .collect()
 }
 
-impl Enforcer for XtRecent {
+impl Enforcer for XtRecentEnforcer {
     fn name(&self) -> &str {
         &self.name
     }
@@ -643,7 +643,7 @@ mod tests {
 
     #[test]
     fn routes_pick_lists_first_match_then_default() {
-        let x = XtRecent::new(XtRecentConfig {
+        let x = XtRecentEnforcer::new(XtRecentConfig {
             name: None,
             default_list: Some("BLOCKER".into()),
             routes: vec![
@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn no_lists_is_a_config_error() {
-        let e = XtRecent::new(XtRecentConfig {
+        let e = XtRecentEnforcer::new(XtRecentConfig {
             name: None,
             default_list: None,
             routes: vec![],

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use palisade_enforce::kill::kill_connections;
-use palisade_enforce::nftables::{NftConfig, Nftables, RefreshMode, SetName};
+use palisade_enforce::nftables::{NftablesEnforcer, NftablesOptions, RefreshMode, SetName};
 use palisade_enforce::{Change, EnforceError, Enforcer, Entry};
 use palisade_lab::{
     ConnState, Established, Lab, LabBuilder, Netns, TcpServer, ping, require_root_and, tcp_connect,
@@ -48,11 +48,11 @@ fn secs(s: u64) -> Option<Duration> {
     Some(Duration::from_secs(s))
 }
 
-fn enforcer(ns: &Netns) -> Nftables {
-    ns.run(|| Nftables::new(NftConfig::default()).expect("open netlink"))
+fn enforcer(ns: &Netns) -> NftablesEnforcer {
+    ns.run(|| NftablesEnforcer::new(NftablesOptions::default()).expect("open netlink"))
 }
 
-fn load(nft: &mut Nftables, entries: Vec<Entry>) {
+fn load(nft: &mut NftablesEnforcer, entries: Vec<Entry>) {
     nft.replace_all(&mut entries.into_iter())
         .expect("replace_all");
 }
@@ -196,12 +196,12 @@ fn layout_matches_the_specification() {
     // A configured table name and priorities are honoured.
     let ns2 = Netns::new();
     let mut other = ns2.run(|| {
-        Nftables::new(NftConfig {
+        NftablesEnforcer::new(NftablesOptions {
             table: "pal2".into(),
             priority: 5,
             prerouting_priority: -350,
             probe_log_group: Some(7405),
-            ..NftConfig::default()
+            ..NftablesOptions::default()
         })
         .unwrap()
     });
@@ -224,9 +224,9 @@ fn probe_logging_rules_read_back_as_written() {
     }
     let ns = Netns::new();
     let mut nft = ns.run(|| {
-        Nftables::new(NftConfig {
+        NftablesEnforcer::new(NftablesOptions {
             probe_log_group: Some(7405),
-            ..NftConfig::default()
+            ..NftablesOptions::default()
         })
         .unwrap()
     });
@@ -508,7 +508,7 @@ fn network_ban_lets_an_allowed_host_through() {
 }
 
 /// The kernel's intervals must equal the enforcer's expected pieces.
-fn assert_kernel_matches(nft: &mut Nftables, set: SetName) -> Vec<String> {
+fn assert_kernel_matches(nft: &mut NftablesEnforcer, set: SetName) -> Vec<String> {
     let kernel = nft.kernel_intervals(set).unwrap();
     let expected = nft.expected(set);
     let show = |v: &[palisade_enforce::nftables::Interval]| -> Vec<String> {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use palisade_enforce::nftables::{NftConfig, Nftables};
+use palisade_enforce::nftables::{NftablesEnforcer, NftablesOptions};
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_lab::{
     Lab, LabBuilder, Netns, Proc, TcpServer, ping, require_root_and, tcp_connect, wait_until,
@@ -44,8 +44,8 @@ fn decision(action: Action, net: &str) -> Entry {
     }
 }
 
-fn load(ns: &Netns, config: NftConfig, entries: Vec<Entry>) -> Nftables {
-    let mut nft = ns.run(|| Nftables::new(config).expect("open netlink"));
+fn load(ns: &Netns, config: NftablesOptions, entries: Vec<Entry>) -> NftablesEnforcer {
+    let mut nft = ns.run(|| NftablesEnforcer::new(config).expect("open netlink"));
     nft.replace_all(&mut entries.into_iter())
         .expect("replace_all");
     nft
@@ -126,7 +126,7 @@ fn a_banned_flood_never_reaches_conntrack() {
     let to = SocketAddr::new(victim.v4().into(), server.port());
     let mut nft = load(
         victim,
-        NftConfig::default(),
+        NftablesOptions::default(),
         vec![decision(Action::Ban, &source.to_string())],
     );
     let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
@@ -228,7 +228,7 @@ fn upgrading_from_the_input_layout_leaves_no_gap() {
             // ...and the start of this one, under the flood.
             let nft = load(
                 victim,
-                NftConfig::default(),
+                NftablesOptions::default(),
                 vec![decision(Action::Ban, &source.to_string())],
             );
             drop(nft);
@@ -270,9 +270,9 @@ fn ingress_chains_drop_before_prerouting_on_named_interfaces() {
         "-n {} link add palx0 type veth peer name palx1",
         victim.ns_name()
     ));
-    let config = NftConfig {
+    let config = NftablesOptions {
         ingress_devices: vec!["eth0".into(), "absent0".into(), "palx0".into()],
-        ..NftConfig::default()
+        ..NftablesOptions::default()
     };
     let mut nft = load(
         victim,
@@ -364,7 +364,7 @@ fn a_dnat_published_container_port_is_closed_to_banned_sources_only() {
     );
     let _nft = load(
         server,
-        NftConfig::default(),
+        NftablesOptions::default(),
         vec![
             // The banned host's network, and the allowed host itself.
             decision(Action::Ban, "198.18.0.0/31"),

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use palisade_enforce::xt_recent::{Route, XtRecent, XtRecentConfig, read_ip_list_tot};
+use palisade_enforce::xt_recent::{Route, XtRecentConfig, XtRecentEnforcer, read_ip_list_tot};
 use palisade_enforce::{Change, Enforcer, Entry};
 use palisade_lab::{Lab, Netns, TcpServer, require_root_and, tcp_connect, wait_until};
 use palisade_model::{Action, Net, Timestamp};
@@ -103,7 +103,7 @@ fn throttle_then_block_then_unblock_from_every_list() {
     let (attacker, victim) = (lab.attacker(), lab.victim());
     let _server = TcpServer::start(victim, PORT);
     rules(victim);
-    let mut x = victim.run(|| XtRecent::new(config())).unwrap();
+    let mut x = victim.run(|| XtRecentEnforcer::new(config())).unwrap();
     let me4 = attacker.v4().to_string();
     let me6 = attacker.v6().to_string();
     let to4: IpAddr = victim.v4().into();
@@ -177,7 +177,7 @@ fn missing_lists_networks_and_the_list_size_limit_are_explained() {
     }
     let ns = Netns::new();
     // No rule names the lists yet.
-    let mut x = ns.run(|| XtRecent::new(config())).unwrap();
+    let mut x = ns.run(|| XtRecentEnforcer::new(config())).unwrap();
     let err = ns
         .run(|| x.apply(&[ban("198.18.0.9", "sshd")]))
         .unwrap_err()

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use palisade_control::hub::{HubRequest, HubResponse, HubStatus};
 use palisade_feed::PullNow;
 use palisade_model::Timestamp;
-use palisade_store::Queue;
 use palisade_wire::token::show_pin;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use crate::state::Hub;
+use crate::tables;
 
 pub async fn serve(listener: UnixListener, hub: Arc<Hub>, feeds: Arc<PullNow>) {
     loop {
@@ -149,7 +149,7 @@ fn handle(hub: &Hub, req: HubRequest) -> HubResponse {
                 Err(e) => return err(&e),
             };
             let counts = r.counts().unwrap_or_default();
-            let seq = r.queue_next(Queue::Events).unwrap_or(1) - 1;
+            let seq = r.queue_next(tables::EVENTS).unwrap_or(1) - 1;
             HubResponse::Status(Box::new(HubStatus {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 listen: hub.listen.to_string(),

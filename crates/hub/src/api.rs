@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Action, Net, Timestamp};
-use palisade_store::Queue;
 use palisade_wire::{Envelope, Heartbeat, JoinRequest, JoinResponse, StreamItem, TokenKind, paths};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -20,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::server::Peer;
 use crate::state::{AuthError, Caller, Hub};
+use crate::tables;
 use crate::writer::Job;
 
 /// How often an idle stream gets a ping (and its token is re-checked).
@@ -166,7 +166,7 @@ async fn intents(
         reply: tx,
     };
     if let Err(e) = hub.writer.send(job) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, e);
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     match rx.await {
         Ok(Ok(results)) => {
@@ -179,7 +179,7 @@ async fn intents(
             };
             (status, axum::Json(results)).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub stopped before answering",
@@ -250,6 +250,23 @@ async fn stream(
         .expect("a valid response")
 }
 
+/// Why a node's stream ended early.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    /// Its token was revoked.
+    #[error("the node's token was revoked")]
+    Revoked,
+    /// It closed the connection.
+    #[error("the node went away")]
+    NodeGone,
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    /// The task reading the store did not finish.
+    #[error("reading the store for a stream stopped: {0}")]
+    Reader(#[from] tokio::task::JoinError),
+}
+
 /// Writes the stream for one node until it goes away or loses its token.
 async fn feed(
     hub: &Arc<Hub>,
@@ -257,7 +274,7 @@ async fn feed(
     cursor: u64,
     mut live: broadcast::Receiver<crate::ledger::LiveEvent>,
     tx: &mpsc::Sender<Bytes>,
-) -> Result<(), String> {
+) -> Result<(), StreamEnd> {
     let group = caller.record.group.clone();
     let mut last = start(hub, group.clone(), cursor, tx).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -276,7 +293,7 @@ async fn feed(
                         }
                     }
                     if !hub.still_valid(&caller.id) {
-                        return Err("token revoked".into());
+                        return Err(StreamEnd::Revoked);
                     }
                     if e.group.as_deref().is_none_or(|g| Some(g) == group.as_deref()) {
                         send(hub, tx, e.line.clone()).await?;
@@ -292,7 +309,7 @@ async fn feed(
             },
             _ = ping.tick() => {
                 if !hub.still_valid(&caller.id) {
-                    return Err("token revoked".into());
+                    return Err(StreamEnd::Revoked);
                 }
                 let item = StreamItem::Ping { seq: last, time: Timestamp::now() };
                 send(hub, tx, line(&item)).await?;
@@ -309,19 +326,15 @@ async fn start(
     group: Option<String>,
     cursor: u64,
     tx: &mpsc::Sender<Bytes>,
-) -> Result<u64, String> {
+) -> Result<u64, StreamEnd> {
     let store = hub.store.clone();
-    let (oldest, next) = tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
-        let r = store.read().map_err(|e| e.to_string())?;
-        let next = r.queue_next(Queue::Events).map_err(|e| e.to_string())?;
-        let oldest = r
-            .queue_bounds(Queue::Events)
-            .map_err(|e| e.to_string())?
-            .map_or(next, |(o, _)| o);
+    let (oldest, next) = tokio::task::spawn_blocking(move || -> Result<(u64, u64), StreamEnd> {
+        let r = store.read()?;
+        let next = r.queue_next(tables::EVENTS)?;
+        let oldest = r.queue_bounds(tables::EVENTS)?.map_or(next, |(o, _)| o);
         Ok((oldest, next))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     // Resumable: the cursor is from this history and nothing it needs was
     // trimmed.
     if cursor > 0 && cursor < next && cursor + 1 >= oldest {
@@ -340,17 +353,15 @@ async fn catch_up(
     group: Option<String>,
     mut last: u64,
     tx: &mpsc::Sender<Bytes>,
-) -> Result<u64, String> {
+) -> Result<u64, StreamEnd> {
     loop {
         let store = hub.store.clone();
         let batch = tokio::task::spawn_blocking(move || {
             store
                 .read()
-                .and_then(|r| r.queue(Queue::Events, last, CATCH_UP_BATCH))
-                .map_err(|e| e.to_string())
+                .and_then(|r| r.queue(tables::EVENTS, last, CATCH_UP_BATCH))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         let done = batch.len() < CATCH_UP_BATCH;
         for (seq, record) in batch {
             if seq != last + 1 {
@@ -380,21 +391,21 @@ async fn snapshot(
     hub: &Arc<Hub>,
     group: Option<String>,
     tx: &mpsc::Sender<Bytes>,
-) -> Result<u64, String> {
+) -> Result<u64, StreamEnd> {
     hub.metrics.snapshots.inc();
     let store = hub.store.clone();
     let out = tx.clone();
     let metrics = hub.metrics.clone();
-    tokio::task::spawn_blocking(move || -> Result<u64, String> {
+    tokio::task::spawn_blocking(move || -> Result<u64, StreamEnd> {
         let now = Timestamp::now();
-        let r = store.read().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let r = store.read()?;
+        let seq = r.queue_next(tables::EVENTS)? - 1;
         let mut chunk = Vec::with_capacity(64 << 10);
-        let flush = |chunk: &mut Vec<u8>, force: bool| -> Result<(), String> {
+        let flush = |chunk: &mut Vec<u8>, force: bool| -> Result<(), StreamEnd> {
             if !chunk.is_empty() && (force || chunk.len() >= 60 << 10) {
                 let full = std::mem::replace(chunk, Vec::with_capacity(64 << 10));
                 out.blocking_send(Bytes::from(full))
-                    .map_err(|_| "the node went away".to_string())?;
+                    .map_err(|_| StreamEnd::NodeGone)?;
             }
             Ok(())
         };
@@ -403,10 +414,7 @@ async fn snapshot(
         // Allows first, so the receiver never briefly bans what is allowed.
         let mut group_allows = Vec::new();
         if let Some(g) = &group {
-            for (key, bytes) in r
-                .map_entries(palisade_store::Map::GroupAllows)
-                .map_err(|e| e.to_string())?
-            {
+            for (key, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
                 if key.split('\u{0}').next() == Some(g.as_str())
                     && let Ok(d) = serde_json::from_slice::<palisade_model::Decision>(&bytes)
                 {
@@ -415,11 +423,10 @@ async fn snapshot(
             }
         }
         let globals = r
-            .iter(Some(Action::Allow))
-            .map_err(|e| e.to_string())?
-            .chain(r.iter(Some(Action::Ban)).map_err(|e| e.to_string())?);
+            .iter(Some(Action::Allow))?
+            .chain(r.iter(Some(Action::Ban))?);
         for d in group_allows.into_iter().map(Ok).chain(globals) {
-            let d = d.map_err(|e| e.to_string())?;
+            let d = d?;
             if !d.is_active(now) {
                 continue;
             }
@@ -432,8 +439,7 @@ async fn snapshot(
         metrics.stream_items.add(count + 2);
         Ok(seq)
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 fn write_line(out: &mut Vec<u8>, item: &StreamItem) {
@@ -447,11 +453,9 @@ fn line(item: &StreamItem) -> Bytes {
     Bytes::from(v)
 }
 
-async fn send(hub: &Hub, tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), String> {
+async fn send(hub: &Hub, tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), StreamEnd> {
     hub.metrics.stream_items.inc();
-    tx.send(bytes)
-        .await
-        .map_err(|_| "the node went away".to_string())
+    tx.send(bytes).await.map_err(|_| StreamEnd::NodeGone)
 }
 
 #[derive(Debug, Deserialize)]
@@ -492,7 +496,7 @@ async fn decisions(
     .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -520,7 +524,7 @@ async fn export(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -557,7 +561,7 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let r = h.store.read().map_err(|e| e.to_string())?;
         let counts = r.counts().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
         let lag = h
             .node_status()
             .into_iter()
@@ -576,7 +580,7 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     .await;
     match text {
         Ok(Ok(t)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -10,7 +10,9 @@ use palisade_wire::tls;
 /// Where the hub's certificate and key are, and the pin tokens carry.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The certificate (PEM).
     pub cert: PathBuf,
+    /// Its private key (PEM).
     pub key: PathBuf,
     /// SHA-256 of the certificate; `None` for an operator's certificate from
     /// a real CA (agents then check it against the system's CAs, so it can

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use palisade_model::{Action, Decision, Net, Timestamp};
 use palisade_policy::{Ledger, NodeRecord, Offender, Report};
-use palisade_store::{Map, Queue, StoreError, Writer};
+use palisade_store::{StoreError, Writer};
 use palisade_wire::StreamItem;
 
 use crate::records::{group_key, json, record};
+use crate::tables;
 
 /// An event to hand to live stream readers once its transaction commits.
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ impl<'w, 'tx> StoreLedger<'w, 'tx> {
         item: impl FnOnce(u64) -> StreamItem,
     ) -> Result<(), StoreError> {
         let mut line = Vec::new();
-        let seq = self.w.push_with(Queue::Events, |seq| {
+        let seq = self.w.push_with(tables::EVENTS, |seq| {
             serde_json::to_writer(&mut line, &item(seq)).expect("a stream item serializes");
             line.push(b'\n');
             record(group, &line)
@@ -69,7 +70,7 @@ impl<'w, 'tx> StoreLedger<'w, 'tx> {
             None => self.w.put(d).map(|_| ()),
             Some(g) => self
                 .w
-                .map_put(Map::GroupAllows, &group_key(g, &d.target), &json(d)),
+                .map_put(tables::GROUP_ALLOWS, &group_key(g, &d.target), &json(d)),
         }
     }
 }
@@ -87,7 +88,7 @@ impl Ledger for StoreLedger<'_, '_> {
             None => self.w.get(action, target),
             Some(g) if action == Action::Allow => Ok(self
                 .w
-                .map_get(Map::GroupAllows, &group_key(g, target))?
+                .map_get(tables::GROUP_ALLOWS, &group_key(g, target))?
                 .and_then(|b| serde_json::from_slice(&b).ok())),
             Some(_) => Ok(None),
         }
@@ -108,7 +109,7 @@ impl Ledger for StoreLedger<'_, '_> {
 
     fn all_allows(&self) -> Result<Vec<Decision>, StoreError> {
         let mut out = self.w.all(Action::Allow)?;
-        for (_, bytes) in self.w.map_entries(Map::GroupAllows)? {
+        for (_, bytes) in self.w.map_entries(tables::GROUP_ALLOWS)? {
             if let Ok(d) = serde_json::from_slice::<Decision>(&bytes) {
                 out.push(d);
             }
@@ -143,7 +144,7 @@ impl Ledger for StoreLedger<'_, '_> {
             None => self.w.remove(action, target)?,
             Some(g) => self
                 .w
-                .map_remove(Map::GroupAllows, &group_key(g, target))?
+                .map_remove(tables::GROUP_ALLOWS, &group_key(g, target))?
                 .and_then(|b| serde_json::from_slice(&b).ok()),
         };
         if old.is_some() {
@@ -161,7 +162,7 @@ impl Ledger for StoreLedger<'_, '_> {
     fn offender(&self, target: &Net) -> Result<Option<Offender>, StoreError> {
         Ok(self
             .w
-            .map_get(Map::Offenders, &target.to_string())?
+            .map_get(tables::OFFENDERS, &target.to_string())?
             .and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
@@ -169,10 +170,10 @@ impl Ledger for StoreLedger<'_, '_> {
         match o {
             Some(o) => self
                 .w
-                .map_put(Map::Offenders, &target.to_string(), &json(&o)),
+                .map_put(tables::OFFENDERS, &target.to_string(), &json(&o)),
             None => self
                 .w
-                .map_remove(Map::Offenders, &target.to_string())
+                .map_remove(tables::OFFENDERS, &target.to_string())
                 .map(|_| ()),
         }
     }
@@ -180,7 +181,7 @@ impl Ledger for StoreLedger<'_, '_> {
     fn reports(&self, target: &Net) -> Result<Vec<Report>, StoreError> {
         Ok(self
             .w
-            .map_get(Map::Quorum, &target.to_string())?
+            .map_get(tables::QUORUM, &target.to_string())?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default())
     }
@@ -188,21 +189,22 @@ impl Ledger for StoreLedger<'_, '_> {
     fn set_reports(&mut self, target: &Net, r: &[Report]) -> Result<(), StoreError> {
         if r.is_empty() {
             self.w
-                .map_remove(Map::Quorum, &target.to_string())
+                .map_remove(tables::QUORUM, &target.to_string())
                 .map(|_| ())
         } else {
-            self.w.map_put(Map::Quorum, &target.to_string(), &json(&r))
+            self.w
+                .map_put(tables::QUORUM, &target.to_string(), &json(&r))
         }
     }
 
     fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         Ok(self
             .w
-            .map_get(Map::Nodes, name)?
+            .map_get(tables::NODES, name)?
             .and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
     fn set_node(&mut self, record: &NodeRecord) -> Result<(), StoreError> {
-        self.w.map_put(Map::Nodes, &record.name, &json(record))
+        self.w.map_put(tables::NODES, &record.name, &json(record))
     }
 }

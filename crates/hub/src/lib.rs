@@ -25,6 +25,7 @@
 //!   the dashboard's chart;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
 
+#![warn(missing_docs)]
 // Handlers return ready HTTP responses as their errors.
 #![allow(clippy::result_large_err)]
 
@@ -39,6 +40,7 @@ pub(crate) mod metrics;
 pub mod records;
 pub(crate) mod server;
 pub(crate) mod state;
+pub mod tables;
 pub mod tokens;
 pub mod writer;
 
@@ -67,7 +69,9 @@ const PERSIST_NODES_EVERY: Duration = Duration::from_secs(30);
 /// Where the hub lives and how it decides.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
+    /// Where the hub keeps its store, certificate and feeds.
     pub state_dir: PathBuf,
+    /// Where agents connect (HTTPS).
     pub listen: SocketAddr,
     /// The root-only control socket.
     pub socket: PathBuf,
@@ -75,6 +79,7 @@ pub struct HubOptions {
     pub certificate: Option<(PathBuf, PathBuf)>,
     /// Extra names and addresses for the hub's own certificate.
     pub names: Vec<String>,
+    /// How the policy decides.
     pub policy: PolicyConfig,
     /// Allow entries from the configuration.
     pub allows: Vec<palisade_policy::StaticAllow>,
@@ -88,6 +93,7 @@ pub struct HubOptions {
 
 /// A hub running on the current tokio runtime.
 pub struct RunningHub {
+    /// The hub's shared state.
     pub hub: Arc<Hub>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -95,10 +101,12 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
+    /// The address it listens at.
     pub fn listen(&self) -> SocketAddr {
         self.hub.listen
     }
 
+    /// Its certificate's pin (`None` for an operator's certificate).
     pub fn pin(&self) -> Option<[u8; 32]> {
         self.hub.pin
     }
@@ -165,7 +173,7 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (live, _) = tokio::sync::broadcast::channel(LIVE_CHANNEL);
     let activity = Arc::new(activity::Activity::default());
-    let (writer_handle, writer_thread) = writer::spawn(writer::WriterSetup {
+    let (writer_handle, writer_thread) = writer::spawn(writer::WriterOptions {
         store: store.clone(),
         policy: Policy::new(options.policy.clone()),
         live: live.clone(),
@@ -212,12 +220,16 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
             let h = h.clone();
             async move {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                h.writer.send(writer::Job::Feed {
-                    name,
-                    entries,
-                    reply: tx,
-                })?;
-                rx.await.map_err(|_| "the hub is stopping".to_string())?
+                h.writer
+                    .send(writer::Job::Feed {
+                        name,
+                        entries,
+                        reply: tx,
+                    })
+                    .map_err(|e| e.to_string())?;
+                rx.await
+                    .unwrap_or(Err(writer::WriterError::Stopping))
+                    .map_err(|e| e.to_string())
             }
         },
     );

@@ -78,8 +78,10 @@ impl ConnectionCaps {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// The hub's limit is reached.
     #[error("the hub has {0} connections open, its limit (max_connections)")]
     Full(usize),
+    /// This client's limit is reached.
     #[error("this client has {0} connections open, its limit (max_connections_per_client)")]
     Client(usize),
 }
@@ -99,6 +101,7 @@ pub struct Admitted {
 }
 
 impl Connections {
+    /// Counts connections against `caps`.
     pub fn new(caps: ConnectionCaps) -> Arc<Connections> {
         Arc::new(Connections {
             caps,
@@ -107,6 +110,7 @@ impl Connections {
         })
     }
 
+    /// The limits.
     pub fn caps(&self) -> ConnectionCaps {
         self.caps
     }
@@ -159,6 +163,7 @@ pub struct Lru<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+    /// An empty map holding at most `capacity` entries.
     pub fn new(capacity: usize) -> Lru<K, V> {
         Lru {
             capacity: capacity.max(1),
@@ -166,6 +171,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         }
     }
 
+    /// The value of `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|(v, _)| v)
     }
@@ -178,10 +184,12 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.entries.insert(key, (value, now));
     }
 
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -11,10 +11,14 @@ use serde::{Deserialize, Serialize};
 pub struct TokenRecord {
     /// The node's name (node tokens), or a label (join and read tokens).
     pub name: String,
+    /// Node, join or read.
     pub kind: TokenKind,
+    /// The group of the nodes it stands for.
     #[serde(default)]
     pub group: Option<String>,
+    /// When it was made.
     pub created: Timestamp,
+    /// When it was revoked; it no longer works.
     #[serde(default)]
     pub revoked: Option<Timestamp>,
     /// For node tokens minted by a join token: that token's name.

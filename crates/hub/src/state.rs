@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::ledger::LiveEvent;
 use crate::metrics::Metrics;
 use crate::records::{NodeRecord, TokenRecord};
+use crate::tables;
 use crate::writer::{Job, WriterHandle};
 
 /// Who is calling, once its token checked out.
@@ -73,14 +74,23 @@ impl std::fmt::Display for AuthError {
     }
 }
 
+/// What every part of the hub shares.
 pub struct Hub {
+    /// The hub's store (decisions, stream events, tokens, nodes).
     pub store: Arc<Store>,
+    /// The pin of its certificate (`None` for an operator's certificate).
     pub pin: Option<[u8; 32]>,
+    /// Where agents connect.
     pub listen: SocketAddr,
+    /// When it started.
     pub started: Timestamp,
+    /// Stream events as they are committed, to every open stream.
     pub live: broadcast::Sender<LiveEvent>,
+    /// The one writer.
     pub writer: WriterHandle,
+    /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
+    /// The dashboard's sessions, logins and activity.
     pub dashboard: crate::dashboard::state::Dashboard,
     /// Where the hub keeps its files (feeds' last good lists too).
     pub state_dir: std::path::PathBuf,
@@ -100,6 +110,7 @@ struct NodeLive {
 
 impl Hub {
     // Called once, by `start`, with the parts it has just made.
+    /// Puts together the parts `start` made.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
@@ -130,7 +141,7 @@ impl Hub {
         hub.reload_tokens()?;
         let reader = hub.store.read()?;
         let mut nodes = hub.nodes.lock().unwrap();
-        for (name, bytes) in reader.map_entries(palisade_store::Map::Nodes)? {
+        for (name, bytes) in reader.map_entries(tables::NODES)? {
             if let Ok(record) = serde_json::from_slice::<NodeRecord>(&bytes) {
                 nodes.insert(
                     name,
@@ -259,6 +270,7 @@ impl Hub {
         }
     }
 
+    /// Keeps a node's heartbeat (cursor, bans, version, last seen).
     pub fn heartbeat(&self, caller: &Caller, beat: &Heartbeat) {
         let mut nodes = self.nodes.lock().unwrap();
         if let Some(live) = nodes.get_mut(&caller.record.name) {
@@ -270,6 +282,7 @@ impl Hub {
         }
     }
 
+    /// Counts a stream a node opened.
     pub fn stream_opened(&self, name: &str) {
         self.metrics.streams.fetch_add(1, Ordering::Relaxed);
         if let Some(live) = self.nodes.lock().unwrap().get_mut(name) {
@@ -277,6 +290,7 @@ impl Hub {
         }
     }
 
+    /// Counts a stream a node closed.
     pub fn stream_closed(&self, name: &str) {
         self.metrics.streams.fetch_sub(1, Ordering::Relaxed);
         if let Some(live) = self.nodes.lock().unwrap().get_mut(name) {

@@ -8,42 +8,54 @@
 
 use palisade_control::hub::TokenInfo;
 use palisade_model::Timestamp;
-use palisade_store::{Map, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::{Role, Token, TokenKind};
 
 use crate::records::json;
 use crate::records::{NodeRecord, TokenRecord};
+use crate::tables;
 
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The name is not a valid node name.
     #[error(transparent)]
     BadName(#[from] palisade_policy::NameError),
+    /// Not a token kind.
     #[error("{0:?} is not a token kind: use node, join or read")]
     BadKind(String),
     #[error(
         "a node named {0:?} already has a valid token; revoke it first (`palisade hub token revoke {0}`) or choose another name"
     )]
+    /// A node of that name has a valid token.
     Taken(String),
+    /// No valid token has that name.
     #[error("no valid token is named {0:?} (see `palisade hub token list`)")]
     Unknown(String),
+    /// Not a role.
     #[error(transparent)]
     BadRole(#[from] palisade_wire::RoleError),
+    /// Limits given for a token that is not a join token.
     #[error("--uses and --expires are for join tokens (a node or read token lasts until revoked)")]
     NotJoin,
     #[error(
         "this join token has expired or enrolled all the nodes it may; ask for a new one (`palisade hub token create --kind join`)"
     )]
+    /// The join token can enrol no more nodes.
     Spent,
 }
 
 /// A token to make.
 #[derive(Debug, Clone)]
 pub struct NewToken {
+    /// The node's name, or the token's label.
     pub name: String,
+    /// Node, join or read.
     pub kind: TokenKind,
+    /// The group of the nodes it stands for.
     pub group: Option<String>,
     /// What its holder (or, for a join token, the nodes it enrols) may do.
     pub role: Role,
@@ -70,6 +82,7 @@ impl NewToken {
     }
 }
 
+/// Reads `node`, `join` or `read`.
 pub fn parse_kind(s: &str) -> Result<TokenKind, TokenError> {
     match s {
         "node" => Ok(TokenKind::Node),
@@ -148,7 +161,7 @@ pub fn create(
         if let Some(taken) = name_taken(w, &record)? {
             return Ok(Err(taken));
         }
-        w.map_put(Map::Tokens, &token.id(), &json(&record))?;
+        w.map_put(tables::TOKENS, &token.id(), &json(&record))?;
         Ok(Ok(()))
     })??;
     Ok((token, record))
@@ -162,7 +175,7 @@ fn name_taken(
     if record.kind != TokenKind::Node {
         return Ok(None);
     }
-    for (_, bytes) in w.map_entries(Map::Tokens)? {
+    for (_, bytes) in w.map_entries(tables::TOKENS)? {
         if let Ok(r) = serde_json::from_slice::<TokenRecord>(&bytes)
             && r.kind == TokenKind::Node
             && r.name == record.name
@@ -183,7 +196,7 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
     let now = Timestamp::now();
     let record = store.write(|w| {
         let Some(mut join) = w
-            .map_get(Map::Tokens, join_id)?
+            .map_get(tables::TOKENS, join_id)?
             .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
             .filter(|r| r.kind == TokenKind::Join)
         else {
@@ -209,8 +222,8 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
         }
         join.used = join.used.saturating_add(1);
         join.uses_left = join.uses_left.map(|n| n.saturating_sub(1));
-        w.map_put(Map::Tokens, join_id, &json(&join))?;
-        w.map_put(Map::Tokens, &token.id(), &json(&record))?;
+        w.map_put(tables::TOKENS, join_id, &json(&join))?;
+        w.map_put(tables::TOKENS, &token.id(), &json(&record))?;
         Ok(Ok(record))
     })??;
     Ok((token, record))
@@ -220,7 +233,7 @@ pub fn enrol(store: &Store, join_id: &str, name: &str) -> Result<(Token, TokenRe
 pub fn all(store: &Store) -> Result<Vec<(String, TokenRecord)>, StoreError> {
     Ok(store
         .read()?
-        .map_entries(Map::Tokens)?
+        .map_entries(tables::TOKENS)?
         .into_iter()
         .filter_map(|(id, b)| serde_json::from_slice(&b).ok().map(|r| (id, r)))
         .collect())
@@ -230,7 +243,7 @@ pub fn all(store: &Store) -> Result<Vec<(String, TokenRecord)>, StoreError> {
 pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
     let reader = store.read()?;
     let nodes: Vec<NodeRecord> = reader
-        .map_entries(Map::Nodes)?
+        .map_entries(tables::NODES)?
         .into_iter()
         .filter_map(|(_, b)| serde_json::from_slice(&b).ok())
         .collect();
@@ -267,12 +280,12 @@ pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
 pub fn set_role(store: &Store, id: &str, role: Role) -> Result<(), StoreError> {
     store.write(|w| {
         if let Some(mut r) = w
-            .map_get(Map::Tokens, id)?
+            .map_get(tables::TOKENS, id)?
             .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).ok())
             && r.role != role
         {
             r.role = role;
-            w.map_put(Map::Tokens, id, &json(&r))?;
+            w.map_put(tables::TOKENS, id, &json(&r))?;
         }
         Ok(())
     })
@@ -283,13 +296,13 @@ pub fn revoke(store: &Store, name: &str) -> Result<Vec<String>, TokenError> {
     let now = Timestamp::now();
     let ids = store.write(|w| {
         let mut ids = Vec::new();
-        for (id, bytes) in w.map_entries(Map::Tokens)? {
+        for (id, bytes) in w.map_entries(tables::TOKENS)? {
             if let Ok(mut r) = serde_json::from_slice::<TokenRecord>(&bytes)
                 && r.name == name
                 && r.is_valid()
             {
                 r.revoked = Some(now);
-                w.map_put(Map::Tokens, &id, &json(&r))?;
+                w.map_put(tables::TOKENS, &id, &json(&r))?;
                 ids.push(id);
             }
         }

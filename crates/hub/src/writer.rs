@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use palisade_policy::{Ledger, Node, NodeRecord, Policy, Role, StaticAllow};
-use palisade_store::{Queue, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
@@ -22,13 +22,32 @@ use tracing::{error, info, warn};
 use crate::activity::Activity;
 use crate::ledger::{LiveEvent, StoreLedger};
 use crate::metrics::Metrics;
+use crate::tables;
 
 /// Most jobs applied in one transaction.
 const GROUP_COMMIT: usize = 256;
 /// How often expired decisions and old events are cleaned up.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 
-pub type IntentReply = oneshot::Sender<Result<Vec<IntentResult>, String>>;
+/// Why the writer could not answer a job.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriterError {
+    /// The writer has stopped (the hub is shutting down).
+    #[error("the hub is shutting down; send this again once it is back")]
+    Stopping,
+    /// The store refused the transaction the job was part of; nothing of it
+    /// was kept.
+    #[error(
+        "the hub could not store this ({0}); nothing of it was kept: check the hub's log and the disk under its state directory, then send it again"
+    )]
+    Store(Arc<StoreError>),
+    /// The job was applied but produced no answer (a bug).
+    #[error("the hub applied this but gave no answer; report this with the hub's log")]
+    NoAnswer,
+}
+
+/// Where the writer answers a node's intents.
+pub type IntentReply = oneshot::Sender<Result<Vec<IntentResult>, WriterError>>;
 
 /// What an administrator asks from the dashboard.
 #[derive(Debug, Clone)]
@@ -38,7 +57,12 @@ pub enum OperatorAction {
     /// Make an active ban last `by` longer (from now if it would already
     /// have ended), broadcast at once (like a repeated ban by hand, never
     /// suppressed).
-    Extend { target: Net, by: Span },
+    Extend {
+        /// The banned network.
+        target: Net,
+        /// How much longer.
+        by: Span,
+    },
 }
 
 /// The node name dashboard actions are made on.
@@ -49,19 +73,28 @@ pub enum Job {
     /// Intents from a node, in order; the answer has one result per intent
     /// applied (fewer than sent when the node is over its rate limit).
     Intents {
+        /// Who sent them (name, group, role).
         node: Node,
+        /// The intents.
         envelopes: Vec<Envelope>,
+        /// Where the results go.
         reply: IntentReply,
     },
     /// A node was seen at an address: the policy allows it automatically
     /// where that is safe (pinned to its first address).
     NodeAddress {
+        /// The node's name.
         name: String,
+        /// Its group.
         group: Option<String>,
+        /// The address it was seen at.
         address: IpAddr,
     },
     /// A node's credentials were revoked: its automatic allow goes.
-    NodeGone { name: String },
+    NodeGone {
+        /// The node's name.
+        name: String,
+    },
     /// Live node status (heartbeats) to keep.
     PersistNodes(Vec<NodeRecord>),
     /// The configuration's allow entries (the hub's own addresses come
@@ -69,15 +102,21 @@ pub enum Job {
     StaticAllows(Vec<StaticAllow>),
     /// An administrator's action from the dashboard.
     Operator {
+        /// The administrator.
         actor: String,
+        /// What they asked.
         action: OperatorAction,
-        reply: oneshot::Sender<Result<IntentResult, String>>,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<IntentResult, WriterError>>,
     },
     /// A feed's new list: it replaces the feed's entries, network-wide.
     Feed {
+        /// The feed's name.
         name: String,
+        /// Its new list.
         entries: palisade_feed::List,
-        reply: oneshot::Sender<Result<palisade_control::FeedApplied, String>>,
+        /// Where the counts of what changed go.
+        reply: oneshot::Sender<Result<palisade_control::FeedApplied, WriterError>>,
     },
     /// The feeds still configured: the others' entries go.
     RetireFeeds(Vec<String>),
@@ -92,23 +131,28 @@ enum Done {
     Feed(palisade_control::FeedApplied),
 }
 
+/// Sends jobs to the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
 }
 
 impl WriterHandle {
-    pub fn send(&self, job: Job) -> Result<(), String> {
-        self.tx
-            .send(job)
-            .map_err(|_| "the hub is shutting down".to_string())
+    /// Queues `job` for the writer.
+    pub fn send(&self, job: Job) -> Result<(), WriterError> {
+        self.tx.send(job).map_err(|_| WriterError::Stopping)
     }
 }
 
-pub struct WriterSetup {
+/// What the writer is started with.
+pub struct WriterOptions {
+    /// The hub's store.
     pub store: Arc<Store>,
+    /// The policy every intent goes through.
     pub policy: Policy,
+    /// Where committed stream events go to the open streams.
     pub live: broadcast::Sender<LiveEvent>,
+    /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
     /// Events kept for agents that reconnect; older ones mean a snapshot.
     pub events_kept: u64,
@@ -116,7 +160,8 @@ pub struct WriterSetup {
     pub activity: Arc<Activity>,
 }
 
-pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
+/// Starts the writer thread.
+pub fn spawn(setup: WriterOptions) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Job>();
     let thread = std::thread::Builder::new()
         .name("palisade-hub-writer".into())
@@ -151,7 +196,7 @@ pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
 }
 
 struct Writer {
-    setup: WriterSetup,
+    setup: WriterOptions,
 }
 
 impl Writer {
@@ -183,7 +228,7 @@ impl Writer {
                             let _ = reply.send(Ok(r));
                         }
                         (Job::Operator { reply, .. }, Done::Intents(mut r)) => {
-                            let _ = reply.send(r.pop().ok_or_else(|| "no answer".to_string()));
+                            let _ = reply.send(r.pop().ok_or(WriterError::NoAnswer));
                         }
                         (Job::Feed { reply, name, .. }, Done::Feed(a)) => {
                             info!(feed = %name, total = a.total, added = a.added, removed = a.removed, refused = a.refused, kept = a.kept, "feed applied");
@@ -196,8 +241,9 @@ impl Writer {
             Err(e) => {
                 error!(error = %e, "the hub could not store a change");
                 metrics.store_errors.inc();
+                let e = Arc::new(e);
                 for job in jobs {
-                    let why = format!("the hub could not store this: {e}");
+                    let why = WriterError::Store(e.clone());
                     match job {
                         Job::Intents { reply, .. } => {
                             let _ = reply.send(Err(why));
@@ -229,9 +275,9 @@ impl Writer {
                     break;
                 }
             }
-            let next = w.meta("queue.events.next")?.max(1);
+            let next = w.queue_next(tables::EVENTS)?;
             if next > kept + 1 {
-                w.drop_through(Queue::Events, next - kept - 1)?;
+                w.drop_through(tables::EVENTS, next - kept - 1)?;
             }
             Ok(pruned)
         });
@@ -252,90 +298,134 @@ fn apply_job(
     job: &Job,
     now: Timestamp,
 ) -> Result<Done, StoreError> {
-    match job {
-        Job::Feed { name, entries, .. } => Ok(Done::Feed(replace_feed(
-            policy, ledger, name, entries, now,
-        )?)),
+    Ok(match job {
+        Job::Feed { name, entries, .. } => {
+            Done::Feed(replace_feed(policy, ledger, name, entries, now)?)
+        }
         Job::RetireFeeds(keep) => {
-            let mut gone = std::collections::HashSet::new();
-            ledger.w.each(Action::Ban, |d| {
-                if let Some(name) = palisade_feed::owner(&d)
-                    && !keep.iter().any(|k| k == name)
-                {
-                    gone.insert(name.to_string());
-                }
-                Ok(())
-            })?;
-            for name in gone {
-                info!(feed = %name, "the feed is no longer configured; removing its entries");
-                replace_feed(policy, ledger, &name, &palisade_feed::List::default(), now)?;
-            }
-            Ok(Done::Nothing)
+            retire_feeds(policy, ledger, keep, now)?;
+            Done::Nothing
         }
         Job::Intents {
             node, envelopes, ..
-        } => {
-            let batch = policy.apply_intents(ledger, node, envelopes, now, &mut None)?;
-            if let Some(limit) = batch.held_back {
-                metrics.rate_limited.inc();
-                tracing::debug!(node = %node.name, limit, "a node is over its rate limit");
-            }
-            for (env, r) in envelopes
-                .iter()
-                .zip(&batch.results)
-                .filter(|(_, r)| r.outcome != IntentOutcome::Duplicate)
-            {
-                metrics.intent(&env.intent, r.outcome);
-            }
-            Ok(Done::Intents(batch.results))
-        }
+        } => Done::Intents(intents(policy, metrics, ledger, node, envelopes, now)?),
         Job::NodeAddress {
             name,
             group,
             address,
         } => {
             policy.node_address(ledger, name, group.as_deref(), *address, now)?;
-            Ok(Done::Nothing)
+            Done::Nothing
         }
         Job::NodeGone { name } => {
             policy.node_gone(ledger, name)?;
-            Ok(Done::Nothing)
+            Done::Nothing
         }
         Job::PersistNodes(records) => {
-            for live in records.iter().cloned() {
-                let mut stored = ledger.node(&live.name)?.unwrap_or_else(|| live.clone());
-                stored.last_seen = live.last_seen;
-                stored.cursor = live.cursor;
-                stored.bans = live.bans;
-                stored.version = live.version.clone();
-                stored.group = live.group.clone();
-                ledger.set_node(&stored)?;
-            }
-            Ok(Done::Nothing)
+            persist_nodes(ledger, records)?;
+            Done::Nothing
         }
         Job::Operator { actor, action, .. } => {
-            let r = match action {
-                OperatorAction::Intent(intent) => {
-                    let node = Node::internal(DASHBOARD_NODE, Role::Operator);
-                    let env = Envelope {
-                        id: 0,
-                        at: now,
-                        intent: intent.clone(),
-                    };
-                    let r = policy.decide(ledger, &node, &env, now)?;
-                    metrics.intent(&env.intent, r.outcome);
-                    r
-                }
-                OperatorAction::Extend { target, by } => extend(ledger, actor, target, *by, now)?,
-            };
-            Ok(Done::Intents(vec![r]))
+            Done::Intents(vec![operator(policy, metrics, ledger, actor, action, now)?])
         }
-        Job::Stop => Ok(Done::Nothing),
         Job::StaticAllows(entries) => {
             policy.sync_static_allows(ledger, entries, now)?;
-            Ok(Done::Nothing)
+            Done::Nothing
         }
+        Job::Stop => Done::Nothing,
+    })
+}
+
+/// A node's intents, through the policy; counted for the metrics.
+fn intents(
+    policy: &mut Policy,
+    metrics: &Metrics,
+    ledger: &mut StoreLedger<'_, '_>,
+    node: &Node,
+    envelopes: &[Envelope],
+    now: Timestamp,
+) -> Result<Vec<IntentResult>, StoreError> {
+    let batch = policy.apply_intents(ledger, node, envelopes, now, &mut None)?;
+    if let Some(limit) = batch.held_back {
+        metrics.rate_limited.inc();
+        tracing::debug!(node = %node.name, limit, "a node is over its rate limit");
     }
+    for (env, r) in envelopes
+        .iter()
+        .zip(&batch.results)
+        .filter(|(_, r)| r.outcome != IntentOutcome::Duplicate)
+    {
+        metrics.intent(&env.intent, r.outcome);
+    }
+    Ok(batch.results)
+}
+
+/// An administrator's action: an intent decided by the policy as the
+/// dashboard's node, or an extension of a ban.
+fn operator(
+    policy: &mut Policy,
+    metrics: &Metrics,
+    ledger: &mut StoreLedger<'_, '_>,
+    actor: &str,
+    action: &OperatorAction,
+    now: Timestamp,
+) -> Result<IntentResult, StoreError> {
+    match action {
+        OperatorAction::Intent(intent) => {
+            let node = Node::internal(DASHBOARD_NODE, Role::Operator);
+            let env = Envelope {
+                id: 0,
+                at: now,
+                intent: intent.clone(),
+            };
+            let r = policy.decide(ledger, &node, &env, now)?;
+            metrics.intent(&env.intent, r.outcome);
+            Ok(r)
+        }
+        OperatorAction::Extend { target, by } => extend(ledger, actor, target, *by, now),
+    }
+}
+
+/// Keeps the nodes' live status (last seen, cursor, bans, version, group)
+/// in their stored records.
+fn persist_nodes(
+    ledger: &mut StoreLedger<'_, '_>,
+    records: &[NodeRecord],
+) -> Result<(), StoreError> {
+    for live in records {
+        let mut stored = ledger.node(&live.name)?.unwrap_or_else(|| live.clone());
+        stored.last_seen = live.last_seen;
+        stored.cursor = live.cursor;
+        stored.bans = live.bans;
+        stored.version = live.version.clone();
+        stored.group = live.group.clone();
+        ledger.set_node(&stored)?;
+    }
+    Ok(())
+}
+
+/// Removes the entries of every feed no longer configured (`keep` lists
+/// those that are).
+fn retire_feeds(
+    policy: &Policy,
+    ledger: &mut StoreLedger<'_, '_>,
+    keep: &[String],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut gone = std::collections::HashSet::new();
+    ledger.w.each(Action::Ban, |d| {
+        if let Some(name) = palisade_feed::owner(&d)
+            && !keep.iter().any(|k| k == name)
+        {
+            gone.insert(name.to_string());
+        }
+        Ok(())
+    })?;
+    for name in gone {
+        info!(feed = %name, "the feed is no longer configured; removing its entries");
+        replace_feed(policy, ledger, &name, &palisade_feed::List::default(), now)?;
+    }
+    Ok(())
 }
 
 /// Extends an active ban by `by`, keeping who made it and noting who

@@ -29,6 +29,18 @@ use tracing::{debug, info, warn};
 
 use crate::MqttOptions;
 
+/// Why a [`Decider`] could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DeciderError {
+    /// The hub is stopping; nodes send their intents again (they keep them
+    /// queued) once it is back.
+    #[error("the hub is shutting down; nodes send their intents again once it is back")]
+    Stopping,
+    /// The hub failed; its own error says what to do.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// What the bridge needs from the hub.
 pub trait Decider: Send + Sync + 'static {
     /// Applies a node's intents with the hub's policy.
@@ -36,9 +48,9 @@ pub trait Decider: Send + Sync + 'static {
         &self,
         node: Node,
         envelopes: Vec<Envelope>,
-    ) -> BoxFuture<'static, Result<Vec<IntentResult>, String>>;
+    ) -> BoxFuture<'static, Result<Vec<IntentResult>, DeciderError>>;
     /// Every active decision: global ones and every group's allows.
-    fn current(&self) -> BoxFuture<'static, Result<Vec<Decision>, String>>;
+    fn current(&self) -> BoxFuture<'static, Result<Vec<Decision>, DeciderError>>;
     /// The hub's decision stream from now on; `None` when the receiver fell
     /// behind and must start over from [`Decider::current`].
     fn changes(&self) -> mpsc::Receiver<Option<StreamItem>>;
@@ -50,9 +62,11 @@ pub trait Decider: Send + Sync + 'static {
 /// How the bridge runs.
 #[derive(Debug, Clone)]
 pub struct BridgeOptions {
+    /// The broker, and the palisade network on it.
     pub mqtt: MqttOptions,
     /// A topic whose every message is a bare address to ban (vallumd).
     pub vallumd_topic: Option<String>,
+    /// How long a vallumd-style ban lasts.
     pub vallumd_ban: Span,
 }
 
@@ -228,7 +242,7 @@ async fn answer(
             let node = Node::member(name, req.group, role);
             match decider.decide(node, req.envelopes).await {
                 Ok(r) => BusReply::Results(r),
-                Err(e) => BusReply::Error(e),
+                Err(e) => BusReply::Error(e.to_string()),
             }
         }
         (Ok(()), Err(e)) => BusReply::Error(format!("an unreadable request: {e}")),
@@ -327,7 +341,7 @@ async fn reconcile(
     client: &AsyncClient,
     decider: &Arc<dyn Decider>,
     mut retained: HashMap<String, Bytes>,
-) -> Result<(), String> {
+) -> Result<(), DeciderError> {
     let now = Timestamp::now();
     let current = decider.current().await?;
     let (mut published, mut cleared) = (0u64, 0u64);

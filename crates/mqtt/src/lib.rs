@@ -16,13 +16,15 @@
 //!
 //! [`MqttBus`] is a node's side; [`bridge`] is the hub's.
 
+#![warn(missing_docs)]
+
 pub mod bridge;
 pub mod bus;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bridge::{BridgeOptions, Decider, run_bridge};
+pub use bridge::{BridgeOptions, Decider, DeciderError, run_bridge};
 pub use bus::MqttBus;
 pub use palisade_wire::tls::TlsOptions;
 
@@ -32,18 +34,25 @@ const MAX_PACKET: u32 = 8 << 20;
 /// How to reach the broker, and which palisade network on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttOptions {
+    /// The broker's host name or address.
     pub host: String,
+    /// The broker's port (1883, 8883 for TLS, unless the URL says).
     pub port: u16,
+    /// The broker user, from the URL or `[mqtt] username`.
     pub username: Option<String>,
+    /// The broker password, from the URL or `[mqtt] password`.
     pub password: Option<String>,
     /// `mqtts://`: TLS, with these CA and client certificates.
     pub tls: Option<TlsOptions>,
+    /// The first level of every palisade topic (`palisade`), so several
+    /// networks can share a broker.
     pub topic_prefix: String,
     /// The role this node's intents are decided with (see
     /// [`MqttOptions::intents_topic`]).
     pub role: palisade_wire::Role,
 }
 
+/// An MQTT URL that cannot be used: its text, and the forms that can.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not an MQTT address: use mqtt://[USER:PASSWORD@]HOST:PORT or mqtts://…")]
 pub struct UrlError(String);
@@ -54,10 +63,12 @@ pub enum SetupError {
     #[error(
         "the MQTT TLS settings cannot be used: {0}; check [mqtt] ca, client_cert and client_key"
     )]
+    /// The TLS settings could not be loaded.
     Tls(#[from] palisade_wire::tls::TlsError),
 }
 
 impl MqttOptions {
+    /// Reads `mqtt://[USER:PASSWORD@]HOST[:PORT]` or `mqtts://…`.
     pub fn from_url(url: &str) -> Result<MqttOptions, UrlError> {
         let bad = || UrlError(url.to_string());
         let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
@@ -102,6 +113,7 @@ impl MqttOptions {
         })
     }
 
+    /// The broker as logs and status show it (never the password).
     pub fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
@@ -111,10 +123,12 @@ impl MqttOptions {
         }
     }
 
+    /// The subscription that receives every retained decision.
     pub fn decisions_filter(&self) -> String {
         format!("{}/decisions/#", self.topic_prefix)
     }
 
+    /// The topic a decision is retained under, by its key.
     pub fn decision_topic(&self, key: &str) -> String {
         format!("{}/decisions/{key}", self.topic_prefix)
     }
@@ -138,14 +152,18 @@ impl MqttOptions {
         )
     }
 
+    /// Where the answers to `node`'s intents go.
     pub fn results_topic(&self, node: &str) -> String {
         format!("{}/results/{}", self.topic_prefix, topic_level(node))
     }
 
+    /// Where `node`'s heartbeats go.
     pub fn beat_topic(&self, node: &str) -> String {
         format!("{}/beat/{}", self.topic_prefix, topic_level(node))
     }
 
+    /// The self-addressed topic that marks the end of `client`'s snapshot of
+    /// retained decisions.
     pub fn sync_topic(&self, client: &str) -> String {
         format!("{}/sync/{}", self.topic_prefix, topic_level(client))
     }

@@ -18,14 +18,18 @@ use palisade_wire::keys;
 /// A key's newest revision and value (None: removed, a tombstone).
 #[derive(Debug, Clone)]
 pub struct Slot<T> {
+    /// The key's revision in its bucket.
     pub rev: u64,
+    /// Its value; `None` once removed.
     pub value: Option<T>,
 }
 
 /// What a worker knows of the buckets.
 #[derive(Debug, Default)]
 pub struct Mirror {
+    /// The decisions bucket, by key.
     pub decisions: HashMap<String, Slot<Decision>>,
+    /// The state bucket (what the policy keeps besides decisions), by key.
     pub state: HashMap<String, Slot<Vec<u8>>>,
 }
 
@@ -35,14 +39,17 @@ impl Mirror {
         set(&mut self.decisions, key, rev, value)
     }
 
+    /// Takes a state key's newer value (older revisions are ignored).
     pub fn set_state(&mut self, key: &str, rev: u64, value: Option<Vec<u8>>) {
         set(&mut self.state, key, rev, value)
     }
 
+    /// The decision under `key`, unless removed.
     pub fn decision(&self, key: &str) -> Option<&Decision> {
         self.decisions.get(key).and_then(|s| s.value.as_ref())
     }
 
+    /// The state record under `key`, unless removed.
     pub fn state(&self, key: &str) -> Option<&[u8]> {
         self.state.get(key).and_then(|s| s.value.as_deref())
     }
@@ -53,6 +60,7 @@ impl Mirror {
         self.decisions.get(key).map_or(0, |s| s.rev)
     }
 
+    /// The revision a write of state `key` must find (0: never held a value).
     pub fn state_rev(&self, key: &str) -> u64 {
         self.state.get(key).map_or(0, |s| s.rev)
     }
@@ -97,17 +105,21 @@ pub struct MirrorLedger<'m> {
 /// Staged writes: decisions first (what every node waits for), then state.
 #[derive(Debug, Default)]
 pub struct Writes {
+    /// Decision keys and their new values (`None`: remove).
     pub decisions: Vec<(String, Option<Decision>)>,
+    /// State keys and their new values (`None`: remove).
     pub state: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Writes {
+    /// True when nothing is staged.
     pub fn is_empty(&self) -> bool {
         self.decisions.is_empty() && self.state.is_empty()
     }
 }
 
 impl<'m> MirrorLedger<'m> {
+    /// A ledger over `mirror` at `now`, with nothing staged.
     pub fn new(mirror: &'m Mirror, now: Timestamp) -> Self {
         MirrorLedger {
             mirror,
@@ -133,6 +145,7 @@ impl<'m> MirrorLedger<'m> {
         self.decisions.insert(key, value);
     }
 
+    /// The state record under `key`: staged, else the mirror's.
     pub fn get_state(&self, key: &str) -> Option<Vec<u8>> {
         match self.state.get(key) {
             Some(staged) => staged.clone(),
@@ -140,6 +153,7 @@ impl<'m> MirrorLedger<'m> {
         }
     }
 
+    /// Stages a state record (`None`: remove).
     pub fn set_state(&mut self, key: String, value: Option<Vec<u8>>) {
         if !self.state.contains_key(&key) {
             self.state_order.push(key.clone());

@@ -24,6 +24,8 @@
 //! requests holding exactly the KV settings, which every server since 2.9
 //! understands.
 
+#![warn(missing_docs)]
+
 pub mod bus;
 mod error;
 pub mod ledger;
@@ -47,6 +49,7 @@ pub use worker::{WorkerOptions, run_worker};
 pub struct NatsOptions {
     /// `host:port` of each server to try.
     pub servers: Vec<String>,
+    /// How to authenticate.
     pub auth: Auth,
     /// TLS (the `tls://` scheme, or a CA or client certificate configured).
     pub tls: Option<TlsOptions>,
@@ -64,14 +67,20 @@ pub struct NatsOptions {
     pub role: palisade_wire::Role,
 }
 
+/// How a client authenticates to NATS.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Auth {
+    /// No authentication.
     #[default]
     None,
+    /// A user and password.
     UserPassword {
+        /// The user.
         user: String,
+        /// The password.
         password: String,
     },
+    /// A token.
     Token(String),
     /// An nkey seed (`SU…`).
     Nkey(String),
@@ -148,14 +157,17 @@ impl NatsOptions {
         Ok(())
     }
 
+    /// The decisions bucket's name.
     pub fn decisions_bucket(&self) -> String {
         format!("{}_decisions", self.bucket_prefix)
     }
 
+    /// The state bucket's name.
     pub fn state_bucket(&self) -> String {
         format!("{}_state", self.bucket_prefix)
     }
 
+    /// The subject this node's intents go to (it names the role).
     pub fn intents_subject(&self, node: &str) -> String {
         format!(
             "{}.{}.{}",
@@ -165,6 +177,7 @@ impl NatsOptions {
         )
     }
 
+    /// The subject of this node's heartbeats.
     pub fn beat_subject(&self, node: &str) -> String {
         format!("{}.beat.{}", self.subject_prefix, subject_token(node))
     }
@@ -256,11 +269,15 @@ pub async fn connect(
 /// The buckets of one palisade network, opened.
 #[derive(Clone)]
 pub struct Buckets {
+    /// The JetStream context.
     pub js: jetstream::Context,
+    /// The decisions bucket.
     pub decisions: jetstream::kv::Store,
     /// Opened by workers only.
     pub state: Option<jetstream::kv::Store>,
+    /// The decisions bucket's name.
     pub decisions_name: String,
+    /// The state bucket's name.
     pub state_name: String,
     /// The server keeps per-message TTLs (2.11+) and the decisions bucket
     /// was made for them.

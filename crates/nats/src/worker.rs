@@ -40,6 +40,7 @@ const NODE_WRITE_EVERY: Duration = Duration::from_secs(60);
 /// What a worker decides with.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
+    /// The servers, and the palisade network on them.
     pub nats: NatsOptions,
     /// The policy; its `node_networks` say where a node's declared
     /// address may be allowed automatically (empty: nowhere, since on a bus

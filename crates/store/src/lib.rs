@@ -12,13 +12,17 @@
 //! fsync before it returns: a decision acknowledged is a decision kept.
 //!
 //! Beside decisions, the same transactions can touch [`Queue`]s (append-only
-//! sequences: the agent's outbox of reports for the hub, the hub's stream of
-//! decision events) and [`Map`]s (small named tables: tokens, offender
-//! history), so that a decision and what follows from it commit together.
+//! sequences) and [`Map`]s (small tables of records by text key), so that a
+//! decision and what follows from it commit together. The store knows none
+//! of them by name: its users name their own (the agent its outbox of
+//! intents for the network, the hub its stream of decision events, its
+//! tokens and offender history).
 //!
 //! A store opened with [`Options::ordered`] also keeps decisions ordered by
 //! last update and by expiry ([`Reader::ordered`]): what the hub's dashboard
 //! pages through with a million decisions, one short range scan per page.
+
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -100,6 +104,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -175,19 +180,6 @@ impl Store {
         {
             tx.open_table(DECISIONS)?;
             tx.open_table(EXPIRY)?;
-            for q in [Queue::Outbox, Queue::Events] {
-                tx.open_table(q.table())?;
-            }
-            for m in [
-                Map::Tokens,
-                Map::Nodes,
-                Map::Offenders,
-                Map::Quorum,
-                Map::GroupAllows,
-                Map::Admins,
-            ] {
-                tx.open_table(m.table())?;
-            }
             let mut meta = tx.open_table(META)?;
             let found = meta.get("format")?.map(|v| v.value());
             match found {
@@ -446,45 +438,50 @@ mod tests {
         let seqs = s
             .write(|w| {
                 Ok([
-                    w.push(Queue::Outbox, b"a")?,
-                    w.push(Queue::Outbox, b"b")?,
-                    w.push(Queue::Outbox, b"c")?,
+                    w.push(OUTBOX, b"a")?,
+                    w.push(OUTBOX, b"b")?,
+                    w.push(OUTBOX, b"c")?,
                 ])
             })
             .unwrap();
         assert_eq!(seqs, [1, 2, 3]);
-        s.write(|w| w.drop_through(Queue::Outbox, 2)).unwrap();
+        s.write(|w| w.drop_through(OUTBOX, 2)).unwrap();
         let r = s.read().unwrap();
-        assert_eq!(
-            r.queue(Queue::Outbox, 0, 10).unwrap(),
-            vec![(3, b"c".to_vec())]
-        );
-        assert_eq!(r.queue_bounds(Queue::Outbox).unwrap(), Some((3, 3)));
+        assert_eq!(r.queue(OUTBOX, 0, 10).unwrap(), vec![(3, b"c".to_vec())]);
+        assert_eq!(r.queue_bounds(OUTBOX).unwrap(), Some((3, 3)));
         drop(r);
-        s.write(|w| w.drop_through(Queue::Outbox, 3)).unwrap();
+        s.write(|w| w.drop_through(OUTBOX, 3)).unwrap();
         // Numbers are not reused once the queue is empty.
-        assert_eq!(s.write(|w| w.push(Queue::Outbox, b"d")).unwrap(), 4);
+        assert_eq!(s.write(|w| w.push(OUTBOX, b"d")).unwrap(), 4);
         let r = s.read().unwrap();
-        assert_eq!(r.queue_next(Queue::Outbox).unwrap(), 5);
-        assert_eq!(r.queue(Queue::Outbox, 3, 10).unwrap().len(), 1);
-        assert!(r.queue(Queue::Events, 0, 10).unwrap().is_empty());
+        assert_eq!(r.queue_next(OUTBOX).unwrap(), 5);
+        assert_eq!(r.queue(OUTBOX, 3, 10).unwrap().len(), 1);
+        assert!(r.queue(EVENTS, 0, 10).unwrap().is_empty());
     }
+
+    /// A map and queues as users of the store name them.
+    const NAMES: Map = Map::new("map.names");
+    const OUTBOX: Queue = Queue::new("queue.outbox", "queue.outbox.next");
+    const EVENTS: Queue = Queue::new("queue.events", "queue.events.next");
 
     #[test]
     fn maps_and_meta() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(&dir);
+        // Never written: reads as empty.
+        assert!(s.read().unwrap().map_entries(NAMES).unwrap().is_empty());
+        assert!(s.read().unwrap().map_get(NAMES, "a").unwrap().is_none());
         s.write(|w| {
-            w.map_put(Map::Tokens, "b", b"2")?;
-            w.map_put(Map::Tokens, "a", b"1")?;
+            w.map_put(NAMES, "b", b"2")?;
+            w.map_put(NAMES, "a", b"1")?;
             w.set_meta("hub.cursor", 42)?;
-            assert_eq!(w.map_get(Map::Tokens, "a")?, Some(b"1".to_vec()));
+            assert_eq!(w.map_get(NAMES, "a")?, Some(b"1".to_vec()));
             Ok(())
         })
         .unwrap();
         let r = s.read().unwrap();
         let all: Vec<String> = r
-            .map_entries(Map::Tokens)
+            .map_entries(NAMES)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
@@ -493,15 +490,8 @@ mod tests {
         assert_eq!(r.meta("hub.cursor").unwrap(), 42);
         assert_eq!(r.meta("never.set").unwrap(), 0);
         drop(r);
-        s.write(|w| w.map_remove(Map::Tokens, "a").map(|_| ()))
-            .unwrap();
-        assert!(
-            s.read()
-                .unwrap()
-                .map_get(Map::Tokens, "a")
-                .unwrap()
-                .is_none()
-        );
+        s.write(|w| w.map_remove(NAMES, "a").map(|_| ())).unwrap();
+        assert!(s.read().unwrap().map_get(NAMES, "a").unwrap().is_none());
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Reader {
         }))
     }
 
+    /// The decision of `action` for exactly `net`.
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
         get_in(&self.decisions, action, net)
     }
@@ -206,7 +207,9 @@ impl Reader {
 
     /// Up to `limit` records of `queue` numbered after `after`, in order.
     pub fn queue(&self, queue: Queue, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        let table = self.tx.open_table(queue.table())?;
+        let Some(table) = self.queue_table(queue)? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for item in table.range(after.saturating_add(1)..)? {
             let (k, v) = item?;
@@ -220,7 +223,9 @@ impl Reader {
 
     /// The numbers of the oldest and newest records still in `queue`.
     pub fn queue_bounds(&self, queue: Queue) -> Result<Option<(u64, u64)>> {
-        let table = self.tx.open_table(queue.table())?;
+        let Some(table) = self.queue_table(queue)? else {
+            return Ok(None);
+        };
         let first = table.first()?.map(|(k, _)| k.value());
         let last = table.last()?.map(|(k, _)| k.value());
         Ok(first.zip(last))
@@ -231,13 +236,32 @@ impl Reader {
         next_number(&self.meta, queue)
     }
 
+    /// The table of `queue`; `None` before its first push.
+    fn queue_table(&self, queue: Queue) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>> {
+        match self.tx.open_table(queue.table()) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The record under `key` in `map`.
     pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
-        record(&self.tx.open_table(map.table())?, key)
+        match self.tx.open_table(map.table()) {
+            Ok(table) => record(&table, key),
+            // Never written: empty.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every record of `map`, in key order.
     pub fn map_entries(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>> {
-        records(&self.tx.open_table(map.table())?)
+        match self.tx.open_table(map.table()) {
+            Ok(table) => records(&table),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A named number (e.g. a stream cursor), 0 if never set.
@@ -268,7 +292,10 @@ fn start_after_end(start: &std::ops::Bound<&[u8]>, end: &std::ops::Bound<&[u8]>)
 /// Numbers of stored decisions, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Bans of single addresses (/32, /128).
     pub ban_hosts: u64,
+    /// Bans of wider networks.
     pub ban_networks: u64,
+    /// Allow entries.
     pub allows: u64,
 }

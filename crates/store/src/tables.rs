@@ -1,20 +1,11 @@
 //! The redb tables of a store: decisions, their indexes, named numbers,
-//! [`Queue`]s and [`Map`]s.
+//! [`Queue`]s, and the [`Map`]s its users name.
 
 use redb::TableDefinition;
 
 pub(crate) const DECISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("decisions");
 pub(crate) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("queue.outbox");
-pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("queue.events");
-pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.tokens");
-pub(crate) const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("map.nodes");
-pub(crate) const OFFENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.offenders");
-pub(crate) const QUORUM: TableDefinition<&str, &[u8]> = TableDefinition::new("map.quorum");
-pub(crate) const GROUP_ALLOWS: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("map.group_allows");
-pub(crate) const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("map.admins");
 /// `[order][action][time, 8 bytes BE][decision key]`, see [`Order`].
 pub(crate) const ORDERED: TableDefinition<&[u8], ()> = TableDefinition::new("index.ordered");
 /// Meta key set while [`ORDERED`] is kept (its layout version).
@@ -22,57 +13,91 @@ pub(crate) const ORDERED_META: &str = "index.ordered";
 pub(crate) const ORDERED_VERSION: u64 = 1;
 
 /// An append-only sequence of opaque records, numbered from 1. Numbers are
-/// never reused, also after the oldest records are removed.
+/// never reused, also after the oldest records are removed. Named by its
+/// user like a [`Map`]: `const OUTBOX: Queue = Queue::new("queue.outbox",
+/// "queue.outbox.next");`, the redb table and the meta key holding the next
+/// number (the table's name and `.next`; both checked when the constant is
+/// built). A queue is created by its first push; until then it is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queue {
-    /// The agent's reports and requests waiting for the hub.
-    Outbox,
-    /// The hub's stream of decision events.
-    Events,
+pub struct Queue {
+    name: &'static str,
+    next: &'static str,
 }
 
 impl Queue {
+    /// A queue stored in the redb table `name` (`queue.` and the queue's
+    /// name), its next number in the meta key `next` (`name` and `.next`).
+    pub const fn new(name: &'static str, next: &'static str) -> Queue {
+        assert!(
+            starts_with(name, "queue.") && name.len() > 6,
+            "a queue's table name starts with `queue.`"
+        );
+        assert!(
+            starts_with(next, name)
+                && next.len() == name.len() + 5
+                && starts_with(next.split_at(name.len()).1, ".next"),
+            "a queue's next number is kept under its name and `.next`"
+        );
+        Queue { name, next }
+    }
+
+    /// The redb table's name.
+    pub const fn name(self) -> &'static str {
+        self.name
+    }
+
     pub(crate) fn table(self) -> TableDefinition<'static, u64, &'static [u8]> {
-        match self {
-            Queue::Outbox => OUTBOX,
-            Queue::Events => EVENTS,
-        }
+        TableDefinition::new(self.name)
     }
 
     pub(crate) fn next_key(self) -> &'static str {
-        match self {
-            Queue::Outbox => "queue.outbox.next",
-            Queue::Events => "queue.events.next",
-        }
+        self.next
     }
 }
 
-/// A small named table of opaque records keyed by text.
+/// A small named table of opaque records keyed by text, named by its user
+/// (the store knows no map by name): `const TOKENS: Map =
+/// Map::new("map.tokens");`. The name is the redb table's, so it must stay
+/// the same across versions; it must start with `map.`, which keeps maps
+/// clear of the store's own tables (checked when the constant is built).
+/// A map is created by its first write; until then it reads as empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Map {
-    /// Hub: join tokens and node credentials, by token id.
-    Tokens,
-    /// Hub: what is known about each node (address, last seen, cursor).
-    Nodes,
-    /// Hub: past bans of an address, for escalation.
-    Offenders,
-    /// Hub: distinct reporters of an address, for quorums.
-    Quorum,
-    /// Hub: allow entries that apply to one group of nodes only.
-    GroupAllows,
-    /// Hub: the dashboard's administrators (password hashes), by name.
-    Admins,
+pub struct Map {
+    name: &'static str,
 }
 
 impl Map {
-    pub(crate) fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
-        match self {
-            Map::Tokens => TOKENS,
-            Map::Nodes => NODES,
-            Map::Offenders => OFFENDERS,
-            Map::Quorum => QUORUM,
-            Map::GroupAllows => GROUP_ALLOWS,
-            Map::Admins => ADMINS,
-        }
+    /// A map stored in the redb table `name` (`map.` and the map's name).
+    pub const fn new(name: &'static str) -> Map {
+        assert!(
+            starts_with(name, "map.") && name.len() > 4,
+            "a map's table name starts with `map.`"
+        );
+        Map { name }
     }
+
+    /// The redb table's name.
+    pub const fn name(self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+/// `text` starts with `prefix` (usable in constants).
+const fn starts_with(text: &str, prefix: &str) -> bool {
+    let (t, p) = (text.as_bytes(), prefix.as_bytes());
+    if t.len() < p.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < p.len() {
+        if t[i] != p[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }

@@ -42,6 +42,7 @@ impl<'tx> Writer<'tx> {
         })
     }
 
+    /// The decision of `action` for exactly `net`.
     pub fn get(&self, action: Action, net: &Net) -> Result<Option<Decision>> {
         get_in(&self.decisions, action, net)
     }
@@ -137,6 +138,11 @@ impl<'tx> Writer<'tx> {
         Ok(seq)
     }
 
+    /// The number the next record of `queue` will get (1 for a new queue).
+    pub fn queue_next(&self, queue: Queue) -> Result<u64> {
+        next_number(&self.meta, queue)
+    }
+
     /// Removes the records of `queue` numbered `through` or lower.
     pub fn drop_through(&mut self, queue: Queue, through: u64) -> Result<()> {
         self.tx
@@ -151,10 +157,12 @@ impl<'tx> Writer<'tx> {
         Ok(())
     }
 
+    /// The record under `key` in `map`.
     pub fn map_get(&self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
         record(&self.tx.open_table(map.table())?, key)
     }
 
+    /// Removes the record under `key` in `map`; returns it.
     pub fn map_remove(&mut self, map: Map, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .tx
@@ -173,6 +181,7 @@ impl<'tx> Writer<'tx> {
         meta_in(&self.meta, name)
     }
 
+    /// Sets the named number `name`.
     pub fn set_meta(&mut self, name: &str, value: u64) -> Result<()> {
         self.meta.insert(name, value)?;
         Ok(())

@@ -1,5 +1,5 @@
 //! The dashboard's administrators: a name and an argon2id hash of the
-//! password, in the store's [`Map::Admins`]. Never the password itself.
+//! password, in the hub's map [`ADMINS`](crate::tables::ADMINS). Never the password itself.
 //!
 //! Like tokens, these work on the store directly, so `palisade hub admin …`
 //! works the same with the hub running (through its control socket) or
@@ -10,10 +10,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use palisade_control::hub::AdminInfo;
 use palisade_model::Timestamp;
-use palisade_store::{Map, Store, StoreError};
+use palisade_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::records::json;
+use crate::tables;
 
 /// argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane);
 /// about 50 ms a guess on one core.
@@ -29,28 +30,38 @@ pub const MAX_PASSWORD: usize = 1024;
 /// An administrator as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminRecord {
+    /// The administrator's login name.
     pub name: String,
     /// `$argon2id$v=19$m=…,t=…,p=…$SALT$HASH` (PHC string format).
     pub hash: String,
+    /// When it was made.
     pub created: Timestamp,
+    /// The last successful login.
     #[serde(default)]
     pub last_login: Option<Timestamp>,
 }
 
+/// Why an administrator could not be made, changed or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The name is not a valid administrator name.
     #[error("{0:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'")]
     BadName(String),
+    /// The password is shorter than [`MIN_PASSWORD`].
     #[error("the password is too short: use at least {MIN_PASSWORD} characters")]
     ShortPassword,
+    /// The password is longer than [`MAX_PASSWORD`].
     #[error("the password is too long: use at most {MAX_PASSWORD} bytes")]
     LongPassword,
     #[error(
         "an administrator named {0:?} already exists; delete it first (`palisade hub admin delete {0}`)"
     )]
+    /// An administrator of that name exists.
     Taken(String),
+    /// No administrator has that name.
     #[error("no administrator is named {0:?} (see `palisade hub admin list`)")]
     Unknown(String),
 }
@@ -140,6 +151,7 @@ pub fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password(&B64.encode(palisade_wire::random_bytes())))
 }
 
+/// Refuses a password too short or too long.
 pub fn check_password(password: &str) -> Result<(), AdminError> {
     if password.chars().count() < MIN_PASSWORD {
         return Err(AdminError::ShortPassword);
@@ -161,26 +173,28 @@ pub fn create(store: &Store, name: &str, password: &str) -> Result<AdminRecord, 
         last_login: None,
     };
     store.write(|w| {
-        if w.map_get(Map::Admins, name)?.is_some() {
+        if w.map_get(tables::ADMINS, name)?.is_some() {
             return Ok(Err(AdminError::Taken(name.to_string())));
         }
-        w.map_put(Map::Admins, name, &json(&record))?;
+        w.map_put(tables::ADMINS, name, &json(&record))?;
         Ok(Ok(()))
     })??;
     Ok(record)
 }
 
+/// The administrator named `name`.
 pub fn get(store: &Store, name: &str) -> Result<Option<AdminRecord>, StoreError> {
     Ok(store
         .read()?
-        .map_get(Map::Admins, name)?
+        .map_get(tables::ADMINS, name)?
         .and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
+/// Every administrator, without the hashes.
 pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
     Ok(store
         .read()?
-        .map_entries(Map::Admins)?
+        .map_entries(crate::tables::ADMINS)?
         .into_iter()
         .filter_map(|(_, b)| serde_json::from_slice::<AdminRecord>(&b).ok())
         .map(|r| AdminInfo {
@@ -191,8 +205,9 @@ pub fn list(store: &Store) -> Result<Vec<AdminInfo>, StoreError> {
         .collect())
 }
 
+/// Deletes an administrator; its sessions end.
 pub fn delete(store: &Store, name: &str) -> Result<(), AdminError> {
-    match store.write(|w| w.map_remove(Map::Admins, name))? {
+    match store.write(|w| w.map_remove(tables::ADMINS, name))? {
         Some(_) => Ok(()),
         None => Err(AdminError::Unknown(name.to_string())),
     }
@@ -202,11 +217,11 @@ pub fn delete(store: &Store, name: &str) -> Result<(), AdminError> {
 pub fn logged_in(store: &Store, name: &str) -> Result<(), StoreError> {
     store.write(|w| {
         if let Some(mut r) = w
-            .map_get(Map::Admins, name)?
+            .map_get(tables::ADMINS, name)?
             .and_then(|b| serde_json::from_slice::<AdminRecord>(&b).ok())
         {
             r.last_login = Some(Timestamp::now());
-            w.map_put(Map::Admins, name, &json(&r))?;
+            w.map_put(tables::ADMINS, name, &json(&r))?;
         }
         Ok(())
     })

@@ -43,7 +43,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Net, Span, Timestamp};
-use palisade_store::{Map, Queue};
 use palisade_wire::{Intent, IntentOutcome, TokenKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
@@ -52,6 +51,7 @@ use tracing::{info, warn};
 use crate::records::NodeRecord;
 use crate::server::Peer;
 use crate::state::Hub;
+use crate::tables;
 use crate::writer::{Job, OperatorAction};
 
 pub use sessions::{LoginLimit, Sessions};
@@ -70,6 +70,7 @@ const LOGIN_JS: &str = include_str!("assets/login.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
+/// The dashboard's routes (under `/dashboard/`).
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(to_dashboard))
@@ -390,13 +391,16 @@ async fn api_decisions(
         } else {
             HashMap::new()
         };
-        let r = h.store.read().map_err(|e| e.to_string())?;
+        let r = h.store.read()?;
         query::list(&r, &q, &groups, Timestamp::now())
     })
     .await;
     match page {
         Ok(Ok(p)) => json(&p),
-        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e @ query::QueryError::Store(_))) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -420,13 +424,13 @@ async fn api_explain(
     };
     let store = hub.store.clone();
     let story = tokio::task::spawn_blocking(move || {
-        let r = store.read().map_err(|e| e.to_string())?;
+        let r = store.read()?;
         query::story(&r, net, Timestamp::now())
     })
     .await;
     match story {
         Ok(Ok(s)) => json(&s),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -519,7 +523,7 @@ async fn api_act(
         action,
         reply: tx,
     }) {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, e);
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     match rx.await {
         Ok(Ok(r)) => {
@@ -530,7 +534,7 @@ async fn api_act(
             };
             secure((status, axum::Json(r)).into_response())
         }
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub stopped before answering",
@@ -568,9 +572,9 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
     let h = hub.clone();
     let nodes = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let r = h.store.read().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(Queue::Events).map_err(|e| e.to_string())? - 1;
+        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
         let stored: HashMap<String, NodeRecord> = r
-            .map_entries(Map::Nodes)
+            .map_entries(tables::NODES)
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter_map(|(k, b)| serde_json::from_slice(&b).ok().map(|n| (k, n)))
@@ -621,7 +625,7 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
     .await;
     match nodes {
         Ok(Ok(v)) => json(&v),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use palisade_model::explain::Explanation;
 use palisade_model::{Action, Decision, Net, Source, Timestamp};
 use palisade_policy::{Offender, Report};
-use palisade_store::{Map, Order, Position, Queue, Reader, StoreError};
+use palisade_store::{Order, Position, Reader, StoreError};
 use serde::{Deserialize, Serialize};
+
+use crate::tables;
 
 /// Most decisions one listing request examines when filtering.
 pub const EXAMINE: usize = 10_000;
@@ -21,6 +23,21 @@ pub const MAX_LIMIT: usize = 200;
 /// Newest stream events searched for an address's history.
 pub const HISTORY_EVENTS: u64 = 20_000;
 
+/// Why a listing could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The search text is not an address or a network.
+    #[error("{0}; search for an address or a network, such as 198.51.100.7 or 198.51.100.0/24")]
+    Search(#[from] palisade_model::NetError),
+    /// The page position is not one the hub gave.
+    #[error("{0:?} is not a position; start again from the first page")]
+    Position(String),
+}
+
+/// What the listing asks: filters, order and page (the query string).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListQuery {
     /// `ban` (default) or `allow`.
@@ -29,12 +46,16 @@ pub struct ListQuery {
     /// An address or network to look for.
     #[serde(default)]
     pub q: Option<String>,
+    /// Only decisions of this rule.
     #[serde(default)]
     pub rule: Option<String>,
+    /// Only decisions made by this node.
     #[serde(default)]
     pub node: Option<String>,
+    /// Only decisions of this group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Only decisions of this source.
     #[serde(default)]
     pub source: Option<Source>,
     /// `updated` (default) or `expires`.
@@ -46,15 +67,18 @@ pub struct ListQuery {
     /// Where the previous page ended.
     #[serde(default)]
     pub after: Option<String>,
+    /// Rows per page.
     #[serde(default)]
     pub limit: Option<usize>,
 }
 
+/// One page of the listing.
 #[derive(Debug, Serialize)]
 pub struct ListPage {
     /// `ordered` (the whole list), `address` (what covers one address) or
     /// `network` (what covers a network, then what lies inside it).
     pub mode: &'static str,
+    /// The decisions of this page.
     pub rows: Vec<Decision>,
     /// Decisions that cover the searched network or address.
     pub covering: Vec<Decision>,
@@ -67,16 +91,22 @@ pub struct ListPage {
     pub examined: usize,
     /// True when the page stopped at [`EXAMINE`] before filling up.
     pub stopped: bool,
+    /// The most decisions examined for one page ([`EXAMINE`]).
     pub limit_examined: usize,
+    /// How many decisions the hub holds.
     pub counts: Counts,
     /// Milliseconds spent in the store.
     pub took_ms: f64,
 }
 
+/// The numbers of decisions the hub holds, by kind.
 #[derive(Debug, Serialize)]
 pub struct Counts {
+    /// Bans of single addresses.
     pub ban_hosts: u64,
+    /// Bans of wider networks.
     pub ban_networks: u64,
+    /// Allow entries.
     pub allows: u64,
 }
 
@@ -121,7 +151,7 @@ pub fn list(
     q: &ListQuery,
     groups: &HashMap<String, Option<String>>,
     now: Timestamp,
-) -> Result<ListPage, String> {
+) -> Result<ListPage, QueryError> {
     let started = std::time::Instant::now();
     let action = q.action.unwrap_or(Action::Ban);
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIMIT);
@@ -133,7 +163,6 @@ pub fn list(
         groups,
         now,
     };
-    let e = |e: StoreError| e.to_string();
     let mut page = ListPage {
         mode: "ordered",
         rows: Vec::new(),
@@ -144,7 +173,7 @@ pub fn list(
         stopped: false,
         limit_examined: EXAMINE,
         counts: {
-            let c = r.counts().map_err(e)?;
+            let c = r.counts()?;
             Counts {
                 ban_hosts: c.ban_hosts,
                 ban_networks: c.ban_networks,
@@ -156,15 +185,12 @@ pub fn list(
     let after = blank(&q.after);
     match blank(&q.q) {
         Some(text) => {
-            let net: Net = text
-                .parse()
-                .map_err(|e: palisade_model::NetError| e.to_string())?;
+            let net: Net = text.parse()?;
             // What covers it (both actions: an allow explains a missing ban).
             if after.is_none() {
                 for a in [Action::Allow, Action::Ban] {
                     page.covering.extend(
-                        r.covering(a, &net)
-                            .map_err(e)?
+                        r.covering(a, &net)?
                             .into_iter()
                             .filter(|d| d.is_active(now)),
                     );
@@ -175,11 +201,11 @@ pub fn list(
             } else {
                 page.mode = "network";
                 let after: Option<Net> = match after {
-                    Some(a) => Some(a.parse().map_err(|_| format!("{a:?} is not a position"))?),
+                    Some(a) => Some(a.parse().map_err(|_| QueryError::Position(a.to_string()))?),
                     None => Some(net),
                 };
-                for d in r.inside(action, &net, after.as_ref()).map_err(e)? {
-                    let d = d.map_err(e)?;
+                for d in r.inside(action, &net, after.as_ref())? {
+                    let d = d?;
                     page.examined += 1;
                     let target = d.target;
                     if filter.keeps(&d) {
@@ -195,7 +221,7 @@ pub fn list(
         }
         None => {
             if action == Action::Allow && after.is_none() {
-                for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(e)? {
+                for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
                     if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
                         && filter.keeps(&d)
                     {
@@ -209,7 +235,10 @@ pub fn list(
             };
             let descending = q.dir.as_deref() != Some("asc");
             let after: Option<Position> = match after {
-                Some(a) => Some(a.parse().map_err(e)?),
+                Some(a) => Some(
+                    a.parse()
+                        .map_err(|_: StoreError| QueryError::Position(a.to_string()))?,
+                ),
                 None => None,
             };
             let budget = if filter.is_empty() {
@@ -220,11 +249,8 @@ pub fn list(
                 EXAMINE
             };
             page.limit_examined = budget;
-            for item in r
-                .ordered(action, order, descending, after.as_ref())
-                .map_err(e)?
-            {
-                let (pos, d) = item.map_err(e)?;
+            for item in r.ordered(action, order, descending, after.as_ref())? {
+                let (pos, d) = item?;
                 page.examined += 1;
                 if filter.keeps(&d) {
                     page.rows.push(d);
@@ -244,6 +270,7 @@ pub fn list(
 /// An address's whole story, for the explain page.
 #[derive(Debug, Serialize)]
 pub struct Story {
+    /// What the policy says about it now.
     pub explanation: Explanation,
     /// Group allow entries covering it (these apply to one group's nodes).
     pub group_allows: Vec<Decision>,
@@ -253,14 +280,15 @@ pub struct Story {
     pub pending: Vec<Report>,
     /// Recent stream events about it or the bans covering it, newest first.
     pub history: Vec<serde_json::Value>,
+    /// Stream events read to find the history (at most [`HISTORY_EVENTS`]).
     pub history_examined: u64,
 }
 
-pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
-    let e = |e: StoreError| e.to_string();
-    let explanation = r.explain(net, now).map_err(e)?;
+/// Reads an address's story from one snapshot.
+pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, StoreError> {
+    let explanation = r.explain(net, now)?;
     let mut group_allows = Vec::new();
-    for (_, bytes) in r.map_entries(Map::GroupAllows).map_err(e)? {
+    for (_, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
         if let Ok(d) = serde_json::from_slice::<Decision>(&bytes)
             && d.is_active(now)
             && d.target.contains(&net)
@@ -277,15 +305,13 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
     let mut pending = Vec::new();
     for t in &targets {
         if let Some(o) = r
-            .map_get(Map::Offenders, &t.to_string())
-            .map_err(e)?
+            .map_get(tables::OFFENDERS, &t.to_string())?
             .and_then(|b| serde_json::from_slice::<Offender>(&b).ok())
         {
             offenders.push((*t, o));
         }
         if let Some(rs) = r
-            .map_get(Map::Quorum, &t.to_string())
-            .map_err(e)?
+            .map_get(tables::QUORUM, &t.to_string())?
             .and_then(|b| serde_json::from_slice::<Vec<Report>>(&b).ok())
         {
             pending.extend(rs);
@@ -297,14 +323,11 @@ pub fn story(r: &Reader, net: Net, now: Timestamp) -> Result<Story, String> {
         .iter()
         .map(|t| format!("\"target\":\"{t}\""))
         .collect();
-    let next = r.queue_next(Queue::Events).map_err(e)?;
+    let next = r.queue_next(tables::EVENTS)?;
     let from = next.saturating_sub(HISTORY_EVENTS + 1);
     let mut history = Vec::new();
     let mut examined = 0;
-    for (_, record) in r
-        .queue(Queue::Events, from, HISTORY_EVENTS as usize)
-        .map_err(e)?
-    {
+    for (_, record) in r.queue(tables::EVENTS, from, HISTORY_EVENTS as usize)? {
         examined += 1;
         let (_, line) = crate::records::split_record(&record);
         let text = String::from_utf8_lossy(line);

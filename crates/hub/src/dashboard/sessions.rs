@@ -28,14 +28,18 @@ const MAX_SESSIONS: usize = 10_000;
 /// every path, over HTTPS).
 pub const COOKIE: &str = "__Host-palisade";
 
+/// A logged-in administrator's session.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// Who is logged in.
     pub admin: String,
+    /// The token every form of this session carries.
     pub csrf: String,
     created: Instant,
     used: Instant,
 }
 
+/// The open sessions, kept by the hash of their id.
 #[derive(Default)]
 pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
@@ -94,6 +98,7 @@ impl Sessions {
             .is_some_and(|s| live(s, Instant::now()))
     }
 
+    /// Ends the session `id` (logout).
     pub fn end(&self, id: &str) {
         self.by_hash
             .lock()
@@ -120,6 +125,7 @@ pub fn cookie_value(header: &str) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
+/// The header that sets the session cookie.
 pub fn set_cookie(id: &str) -> String {
     format!(
         "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
@@ -127,6 +133,7 @@ pub fn set_cookie(id: &str) -> String {
     )
 }
 
+/// The header that removes the session cookie.
 pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }

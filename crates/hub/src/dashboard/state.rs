@@ -30,6 +30,7 @@ pub struct Hashing {
 /// One place to hash a password; gives its memory back when dropped.
 pub struct HashTurn {
     _turn: tokio::sync::OwnedSemaphorePermit,
+    /// The memory the hash works in.
     pub memory: Vec<argon2::Block>,
     pool: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
 }
