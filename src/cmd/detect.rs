@@ -264,7 +264,7 @@ impl LineClock {
             self.timed += 1;
             return self.last;
         }
-        if let Some(t) = syslog::parse(text).time
+        if let Some(t) = syslog::time(text)
             && let Some(ts) = syslog::parse_time(t, self.year)
         {
             self.last = ts;
