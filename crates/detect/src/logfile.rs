@@ -95,7 +95,7 @@ fn trim(line: &str) -> &str {
 }
 
 /// `line` cut to [`MAX_LINE`] bytes at a character boundary.
-fn cap(line: &str) -> &str {
+pub(crate) fn cap(line: &str) -> &str {
     if line.len() <= MAX_LINE {
         return line;
     }
