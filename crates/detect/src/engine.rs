@@ -184,8 +184,10 @@ pub struct Engine {
     groups: Vec<Group>,
     group_of_rules: HashMap<Vec<usize>, usize>,
     group_of_program: HashMap<String, (usize, bool)>,
-    /// The last program seen and its group (lines come in runs).
-    last_program: Option<(String, (usize, bool))>,
+    /// The last programs seen and their groups (a log interleaves a few
+    /// programs), looked up before the map; `next_recent` is replaced next.
+    recent: Vec<(String, (usize, bool))>,
+    next_recent: usize,
     /// The group of all rules (for lines without a header).
     all_group: usize,
     f2b: Vec<(usize, fail2ban::Filter)>,
@@ -194,6 +196,8 @@ pub struct Engine {
 
 const MAX_GROUPS: usize = 64;
 const MAX_PROGRAMS_CACHED: usize = 4096;
+/// Programs whose groups are looked up without hashing.
+const RECENT_PROGRAMS: usize = 8;
 
 impl Engine {
     /// Compiles `rules` (disabled ones are skipped). Errors name the rule and
@@ -320,7 +324,8 @@ impl Engine {
             groups: Vec::new(),
             group_of_rules: HashMap::new(),
             group_of_program: HashMap::new(),
-            last_program: None,
+            recent: Vec::new(),
+            next_recent: 0,
             all_group: 0,
             f2b,
             open_ports: Some(OpenPorts::new()),
@@ -379,9 +384,7 @@ impl Engine {
         let Some(program) = program else {
             return (self.all_group, false);
         };
-        if let Some((last, g)) = &self.last_program
-            && last == program
-        {
+        if let Some((_, g)) = self.recent.iter().find(|(p, _)| p == program) {
             return *g;
         }
         let g = match self.group_of_program.get(program) {
@@ -402,13 +405,14 @@ impl Engine {
                 g
             }
         };
-        match &mut self.last_program {
-            Some((last, lg)) => {
-                last.clear();
-                last.push_str(program);
-                *lg = g;
-            }
-            None => self.last_program = Some((program.to_string(), g)),
+        if self.recent.len() < RECENT_PROGRAMS {
+            self.recent.push((program.to_string(), g));
+        } else {
+            let (p, rg) = &mut self.recent[self.next_recent];
+            p.clear();
+            p.push_str(program);
+            *rg = g;
+            self.next_recent = (self.next_recent + 1) % RECENT_PROGRAMS;
         }
         g
     }

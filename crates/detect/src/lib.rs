@@ -23,6 +23,7 @@ mod dfa;
 pub mod engine;
 pub mod fail2ban;
 pub mod host;
+pub mod logfile;
 pub mod ports;
 pub mod pyre;
 pub mod sources;

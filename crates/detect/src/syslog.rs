@@ -29,6 +29,45 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+/// Where a line's header starts: after `<PRI>`, and whether it is RFC
+/// 5424's (`<PRI>1 `), with the rest of the line.
+fn after_pri(line: &str) -> (&str, bool) {
+    if let Some(r) = line.strip_prefix('<') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if (1..=3).contains(&digits) && r.as_bytes().get(digits) == Some(&b'>') {
+            let rest = &r[digits + 1..];
+            return match rest.strip_prefix("1 ") {
+                Some(r5) => (r5, true),
+                None => (rest, false),
+            };
+        }
+    }
+    (line, false)
+}
+
+/// The time text of `line` and the text after it (spaces skipped), if the
+/// line has a BSD or RFC 3339 time; for RFC 5424, the time and the rest.
+/// What [`parse`] gives as [`Header::time`], without finding the host and
+/// program: `palisade detect` reads every line's time.
+pub fn time(line: &str) -> Option<&str> {
+    time_and_rest(line).map(|(t, _, _)| t)
+}
+
+/// The time, the text after it, and whether the header is RFC 5424's.
+fn time_and_rest(line: &str) -> Option<(&str, &str, bool)> {
+    let (rest, rfc5424) = after_pri(line);
+    if rfc5424 {
+        let (time, after) = split_word(rest);
+        return Some((time, after, true));
+    }
+    let tlen = time_len(rest)?;
+    let after = skip_spaces(&rest[tlen..]);
+    if after.len() == rest.len() - tlen {
+        return None; // no space after the time
+    }
+    Some((&rest[..tlen], after, false))
+}
+
 /// Splits `line` (see the module docs).
 pub fn parse(line: &str) -> Header<'_> {
     let none = Header {
@@ -37,25 +76,11 @@ pub fn parse(line: &str) -> Header<'_> {
         program: None,
         message: line,
     };
-    let mut rest = line;
-    // <PRI>
-    if let Some(r) = rest.strip_prefix('<') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if (1..=3).contains(&digits) && r.as_bytes().get(digits) == Some(&b'>') {
-            rest = &r[digits + 1..];
-            // RFC 5424: version "1 " then fields.
-            if let Some(r5) = rest.strip_prefix("1 ") {
-                return parse_5424(r5).unwrap_or(none);
-            }
-        }
-    }
-    let Some(tlen) = time_len(rest) else {
+    let Some((time, after, rfc5424)) = time_and_rest(line) else {
         return none;
     };
-    let time = &rest[..tlen];
-    let after = skip_spaces(&rest[tlen..]);
-    if after.len() == rest.len() - tlen {
-        return none; // no space after the time
+    if rfc5424 {
+        return parse_5424(after_pri(line).0).unwrap_or(none);
     }
     let (first, tail) = split_word(after);
     if let Some((prog, msg)) = tag(first, tail) {
@@ -395,6 +420,33 @@ mod tests {
         let h =
             parse("<38>1 2024-03-03T12:00:00Z web1 sshd 123 ID [a b=\"\\]\\]\"][c d=\"e\"] msg");
         assert_eq!(h.message, "msg");
+    }
+
+    /// `time` finds what `parse` finds, on every shape of header and on
+    /// broken ones.
+    #[test]
+    fn time_alone_agrees_with_parse() {
+        let lines = [
+            "Mar  3 12:00:01 web1 sshd[123]: Failed password for root",
+            "<38>Mar 13 12:00:01 sshd[123]: hello",
+            "<38>1 2024-03-03T12:00:00Z web1 sshd 123 - - message",
+            "<38>1 2024-03-03T12:00:00Z",
+            "<38>1 ",
+            "2024-03-03T12:00:00.123456+01:00 web1 postfix/smtpd[9]: warning: x",
+            "Mar  3 12:00:01.123456 h x",
+            "Mar  3 12:00:01",
+            "Mar  3 12:00:01x",
+            "Mar 33 12:00:01 h x",
+            "<999>Mar  3 12:00:01 h x",
+            "<1>",
+            "<>Mar  3 12:00:01 h x",
+            "203.0.113.9 - - [03/Mar/2024:12:00:00 +0000] \"GET / HTTP/1.1\" 401 0",
+            "",
+            "Mär  3 12:00:01 h x",
+        ];
+        for l in lines {
+            assert_eq!(time(l), parse(l).time, "{l:?}");
+        }
     }
 
     #[test]

@@ -270,9 +270,11 @@ fn wire(input: &[u8]) -> bool {
 }
 
 fn syslog(input: &[u8]) -> bool {
-    use palisade_detect::syslog::{parse, parse_time};
+    use palisade_detect::syslog::{parse, parse_time, time};
     let line = text(input);
     let header = parse(&line);
+    // `palisade detect` reads times with `time` alone: it must agree.
+    assert_eq!(time(&line), header.time, "{line:?}");
     let _ = parse_time(&line, 2024);
     match header.time {
         Some(t) => {

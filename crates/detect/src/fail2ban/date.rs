@@ -119,6 +119,9 @@ struct Template {
     full: Pattern,
     group: usize,
     line_begin: bool,
+    /// The date can only start the line, or follow at most two non-word
+    /// characters at its start (`^(?:\W{0,2})?(date)`).
+    at_start: bool,
 }
 
 fn has_plain_group(r: &str) -> bool {
@@ -230,7 +233,30 @@ fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Te
         full,
         group,
         line_begin,
+        at_start: group == 1 && date_group_first(&translated),
     })
+}
+
+/// Whether a translated template is `^`, then optionally `(?:\W{0,2})?`,
+/// then its first (date) group: whatever it matches starts the line or
+/// follows non-word characters there.
+fn date_group_first(t: &str) -> bool {
+    let mut rest = t;
+    // Global flags such as (?i).
+    if let Some(r) = rest.strip_prefix("(?")
+        && let Some(end) = r.find(')')
+        && r[..end].bytes().all(|b| b.is_ascii_alphabetic())
+    {
+        rest = &r[end + 1..];
+    }
+    let Some(r) = rest.strip_prefix('^') else {
+        return false;
+    };
+    rest = r.strip_prefix(r"(?:\W{0,2})?").unwrap_or(r);
+    while let Some(r) = rest.strip_prefix('^') {
+        rest = r;
+    }
+    rest.starts_with('(') && !rest.starts_with("(?")
 }
 
 fn epoch(pattern: Option<&str>, line_begin_only: bool, long: bool) -> Result<Template, Error> {
@@ -470,6 +496,13 @@ impl DateDetector {
         let (i, s, e) = best?;
         self.last = Some(i);
         Some((s, e))
+    }
+
+    /// Whether every template finds dates only at the start of a line, after
+    /// at most two non-word characters: then on a line that starts with a
+    /// word character, cutting the date out joins no text together.
+    pub fn dates_start_lines(&self) -> bool {
+        self.templates.iter().all(|t| t.at_start)
     }
 
     /// Names of the date templates in use, for `palisade detect` to show.

@@ -9,7 +9,39 @@
 //! requires nothing); a repetition at least once requires what its body
 //! requires. Classes, optional parts and assertions require nothing.
 
+use memchr::memmem;
 use regex_syntax::hir::{Hir, HirKind};
+
+/// Most strings searched one by one with `memmem` (SIMD, a few bytes per
+/// cycle); larger sets use Aho-Corasick, whose rare-byte prefilter stops
+/// often on ordinary log text.
+const MAX_MEMMEM: usize = 12;
+
+/// A compiled set of strings: does a line hold one of them?
+pub enum AnyOf {
+    Few(Vec<memmem::Finder<'static>>),
+    Many(aho_corasick::AhoCorasick),
+}
+
+impl AnyOf {
+    pub fn new(set: Vec<Vec<u8>>) -> Option<AnyOf> {
+        if set.len() <= MAX_MEMMEM {
+            let finders = set
+                .iter()
+                .map(|s| memmem::Finder::new(s).into_owned())
+                .collect();
+            return Some(AnyOf::Few(finders));
+        }
+        aho_corasick::AhoCorasick::new(set).ok().map(AnyOf::Many)
+    }
+
+    pub fn is_match(&self, line: &str) -> bool {
+        match self {
+            AnyOf::Few(finders) => finders.iter().any(|f| f.find(line.as_bytes()).is_some()),
+            AnyOf::Many(ac) => ac.is_match(line),
+        }
+    }
+}
 
 /// Most strings in one set (beyond, the set is not worth it).
 const MAX_SET: usize = 64;
@@ -66,6 +98,20 @@ mod tests {
                 .map(|b| String::from_utf8(b).unwrap())
                 .collect()
         })
+    }
+
+    #[test]
+    fn any_of_small_and_large_sets() {
+        let few = AnyOf::new(vec![b"reject:".to_vec(), b"too many errors".to_vec()]).unwrap();
+        assert!(matches!(few, AnyOf::Few(_)));
+        assert!(few.is_match("x: NOQUEUE: reject: RCPT"));
+        assert!(few.is_match("too many errors after DATA"));
+        assert!(!few.is_match("connect from x[1.2.3.4]"));
+        let set: Vec<Vec<u8>> = (0..20).map(|i| format!("word{i}").into_bytes()).collect();
+        let many = AnyOf::new(set).unwrap();
+        assert!(matches!(many, AnyOf::Many(_)));
+        assert!(many.is_match("a word7 b"));
+        assert!(!many.is_match("a word b"));
     }
 
     #[test]

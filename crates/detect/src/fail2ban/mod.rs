@@ -346,11 +346,14 @@ pub struct Filter {
     failregex: Vec<Re>,
     ignoreregex: Vec<Re>,
     prefilter: Option<(regex::RegexSet, Vec<usize>, Vec<usize>)>,
-    /// One of these is in every line a failregex can match (single-line
-    /// filters only: a multi-line filter must see every line).
-    literals: Option<aho_corasick::AhoCorasick>,
+    /// Sets of strings: every line a failregex can match holds one string
+    /// of each set (single-line filters only: a multi-line filter must see
+    /// every line).
+    literals: Vec<literals::AnyOf>,
     maxlines: usize,
     dates: DateDetector,
+    /// `dates.dates_start_lines()`.
+    dates_start_lines: bool,
     buffer: Vec<String>,
     mlfid: HashMap<String, Shared>,
     mlfid_order: std::collections::VecDeque<String>,
@@ -508,21 +511,35 @@ impl Filter {
                 None => always.push(i),
             }
         }
-        let literals = (def.maxlines <= 1)
-            .then(|| {
-                let mut all = Vec::new();
-                for r in &relaxed_all(&failregex)? {
-                    all.extend(literals::required(r)?);
+        let mut literals = Vec::new();
+        if def.maxlines <= 1 {
+            // A line must hold one of the prefregex's strings (it must
+            // match first), and one of some failregex's; the prefregex's are
+            // often the rarer (postfix's `reject:`), so they come first.
+            let pref = prefregex
+                .as_ref()
+                .and_then(|p| relax(&p.source))
+                .and_then(|r| literals::required(&r));
+            let fail = relaxed_all(&failregex).and_then(|all| {
+                let mut set = Vec::new();
+                for r in &all {
+                    set.extend(literals::required(r)?);
                 }
-                aho_corasick::AhoCorasick::new(all).ok()
-            })
-            .flatten();
+                Some(set)
+            });
+            literals = [pref, fail]
+                .into_iter()
+                .flatten()
+                .filter_map(literals::AnyOf::new)
+                .collect();
+        }
         let prefilter = regex::RegexSetBuilder::new(&relaxed)
             .size_limit(64 << 20)
             .dfa_size_limit(64 << 20)
             .build()
             .ok()
             .map(|s| (s, in_set, always));
+        let dates = DateDetector::new(def.datepattern.as_deref())?;
         Ok(Filter {
             prefregex,
             failregex,
@@ -530,7 +547,8 @@ impl Filter {
             prefilter,
             literals,
             maxlines: def.maxlines,
-            dates: DateDetector::new(def.datepattern.as_deref())?,
+            dates_start_lines: dates.dates_start_lines(),
+            dates,
             buffer: Vec::new(),
             mlfid: HashMap::new(),
             mlfid_order: std::collections::VecDeque::new(),
@@ -562,13 +580,24 @@ impl Filter {
     /// Whether the literal prefilter rules `line` out (no failregex can
     /// match it).
     fn ruled_out(&self, line: &str) -> bool {
-        self.literals.as_ref().is_some_and(|ac| !ac.is_match(line))
+        self.literals.iter().any(|ac| !ac.is_match(line))
     }
 
     /// Processes one log line (date found and cut out first).
     pub fn process_line(&mut self, line: &str) -> Vec<Failure> {
         let line = line.strip_suffix('\n').unwrap_or(line);
-        if self.ruled_out(line) {
+        // The literals are looked for in the line as it is, but the
+        // regexes see it with its date cut out, which joins the text around
+        // the date (`[` + `]LOGIN` is `[]LOGIN`): a line without them is
+        // only ruled out at once when no date can be cut from inside it.
+        let ruled_out = self.ruled_out(line);
+        if ruled_out
+            && self.dates_start_lines
+            && line
+                .bytes()
+                .next()
+                .is_none_or(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return Vec::new();
         }
         let text = match self.dates.find(line) {
@@ -578,8 +607,12 @@ impl Filter {
                 t.push_str(&line[e..]);
                 t
             }
+            None if ruled_out => return Vec::new(),
             None => line.to_string(),
         };
+        if ruled_out && self.ruled_out(&text) {
+            return Vec::new();
+        }
         self.find_failure(text)
     }
 
@@ -967,6 +1000,33 @@ mod tests {
         println!("{d:#?}");
         let f = Filter::from_definition(&d).unwrap();
         println!("pref: {}", f.prefregex.as_ref().unwrap().source);
+    }
+
+    /// The literal prefilter looks at the line as written, the regexes at
+    /// the line with its date cut out: text joined around the date (`[` +
+    /// `]LOGIN`) still matches, wherever the date may be found.
+    #[test]
+    fn literals_joined_by_the_date_cut() {
+        for datepattern in [None, Some("{^LN-BEG}".to_string())] {
+            let def = Definition {
+                prefregex: None,
+                failregex: vec![r#"^\[\]LOGIN FAILED for user: "[^"]*" from IP: <HOST>$"#.into()],
+                ignoreregex: Vec::new(),
+                maxlines: 1,
+                datepattern: datepattern.clone(),
+            };
+            let mut f = Filter::from_definition(&def).unwrap();
+            let r = f.process_line(
+                r#"[2014-01-06 10:59:38]LOGIN FAILED for user: "x" from IP: 192.0.2.7"#,
+            );
+            assert_eq!(r.len(), 1, "{datepattern:?}");
+            assert_eq!(r[0].address.unwrap().to_string(), "192.0.2.7");
+            // Without the date, nothing is joined: no match.
+            assert!(
+                f.process_line("no LOGIN FAILED here from IP: 192.0.2.7")
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

@@ -186,13 +186,8 @@ pub fn nflog_source(group: u16, name: &str, tx: Sender<Line>) -> anyhow::Result<
 
 /// Cuts `s` to [`MAX_LINE`] bytes at a character boundary.
 pub(crate) fn cap_line(mut s: String) -> String {
-    if s.len() > MAX_LINE {
-        let mut end = MAX_LINE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    let end = crate::logfile::cap(&s).len();
+    s.truncate(end);
     s
 }
 
