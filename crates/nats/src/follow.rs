@@ -139,11 +139,16 @@ impl Reader {
         Ok(out)
     }
 
-    /// Sends what came after `cursor`; returns the new cursor.
+    /// Sends what came after `cursor`; returns the new cursor. Only the
+    /// reading counts against [`CONCURRENT_CATCH_UPS`], not the agent's
+    /// applying.
     async fn catch_up(&self, tx: &Tx, cursor: u64) -> Result<u64, BusError> {
-        let _permit = CATCH_UPS.acquire().await.expect("never closed");
+        let missed = {
+            let _permit = CATCH_UPS.acquire().await.expect("never closed");
+            self.walk(cursor + 1).await?
+        };
         let mut cursor = cursor;
-        for m in self.walk(cursor + 1).await? {
+        for m in missed {
             cursor = cursor.max(m.seq);
             if let Some(item) = self.item(&m, false) {
                 send(tx, Ok(item)).await?;
@@ -155,8 +160,10 @@ impl Reader {
     /// Sends the whole state (the snapshot, or the bucket read whole when
     /// there is no usable snapshot); returns the revision it reflects.
     async fn full_state(&self, tx: &Tx, newest: u64) -> Result<u64, BusError> {
-        let _permit = CATCH_UPS.acquire().await.expect("never closed");
-        match snapshot::read(&self.client, &self.options, newest).await {
+        let permit = CATCH_UPS.acquire().await.expect("never closed");
+        let read = snapshot::read(&self.client, &self.options, newest).await;
+        drop(permit);
+        match read {
             Ok(Some(s)) => {
                 debug!(rev = s.rev, bytes = s.bytes, "read the decisions snapshot");
                 send(tx, Ok(StreamItem::Snapshot { seq: s.rev })).await?;
@@ -171,7 +178,10 @@ impl Reader {
             Ok(None) => debug!("no decisions snapshot yet; reading the bucket whole"),
             Err(e) => warn!(error = %e, "reading the bucket whole instead of its snapshot"),
         }
-        let all = self.walk(1).await?;
+        let all = {
+            let _permit = CATCH_UPS.acquire().await.expect("never closed");
+            self.walk(1).await?
+        };
         let rev = all.last().map_or(0, |m| m.seq).max(newest);
         send(tx, Ok(StreamItem::Snapshot { seq: rev })).await?;
         for m in &all {
@@ -190,7 +200,10 @@ impl Reader {
 
     /// Follows the bucket from after `cursor` (0: the whole state first),
     /// sending items on `tx` until the receiver is gone or reading fails.
-    pub async fn follow(self, cursor: u64) -> Result<mpsc::Receiver<Result<StreamItem, BusError>>, BusError> {
+    pub async fn follow(
+        self,
+        cursor: u64,
+    ) -> Result<mpsc::Receiver<Result<StreamItem, BusError>>, BusError> {
         let unreachable = |e: &dyn std::fmt::Display| BusError::Unreachable(e.to_string());
         // Subscribed first, so that nothing falls between the catch-up
         // and the live changes.

@@ -310,8 +310,14 @@ pub async fn open_buckets(
     if create {
         let ttl = server_has_ttl(&client.server_info().version);
         let changes = options.changes_subject();
-        streams::ensure_bucket(client, &decisions_name, options.replicas, ttl, Some(&changes))
-            .await?;
+        streams::ensure_bucket(
+            client,
+            &decisions_name,
+            options.replicas,
+            ttl,
+            Some(&changes),
+        )
+        .await?;
         streams::ensure_bucket(client, &state_name, options.replicas, false, None).await?;
         streams::ensure_snapshot_stream(client, options).await?;
     }

@@ -99,7 +99,9 @@ pub async fn head(
     let head: Head = serde_json::from_slice(&m.payload)
         .map_err(|e| SnapshotError::Invalid(format!("an unreadable head: {e}")))?;
     if head.writer.is_empty() || !head.writer.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(SnapshotError::Invalid("a head naming no valid writer".into()));
+        return Err(SnapshotError::Invalid(
+            "a head naming no valid writer".into(),
+        ));
     }
     if head.parts > MAX_PARTS {
         return Err(SnapshotError::Invalid(format!(
@@ -180,7 +182,10 @@ pub async fn write(
             size = 0;
         }
         size += one;
-        parts.last_mut().expect("one part at least").push((key, decision));
+        parts
+            .last_mut()
+            .expect("one part at least")
+            .push((key, decision));
     }
     let count = parts.len() as u32;
     let mut acks = Vec::with_capacity(parts.len());

@@ -61,7 +61,9 @@ pub async fn stream_state(
     client: &async_nats::Client,
     stream: &str,
 ) -> Result<Option<StreamState>, NatsError> {
-    Ok(stream_info(client, stream).await?.map(|a| a.state.unwrap_or_default()))
+    Ok(stream_info(client, stream)
+        .await?
+        .map(|a| a.state.unwrap_or_default()))
 }
 
 async fn stream_info(
