@@ -657,11 +657,29 @@ impl Worker {
                 None
             }
         };
+        // A head claiming a revision the bucket has not reached is not
+        // one a worker wrote: replace it (agents refuse it meanwhile).
+        let bucket_at = crate::streams::stream_state(
+            &self.client,
+            &format!("KV_{}", self.buckets.decisions_name),
+        )
+        .await
+        .ok()
+        .flatten()
+        .map_or(u64::MAX, |s| s.last_seq);
         let now = Timestamp::now();
         let due = head.as_ref().is_none_or(|h| {
             h.rev < rev
+                || h.rev > bucket_at
                 || now.as_millis().saturating_sub(h.written) >= snapshot::REFRESH.as_millis() as u64
         });
+        if let Some(h) = head.as_ref().filter(|h| h.rev > bucket_at) {
+            warn!(
+                claimed = h.rev,
+                bucket_at,
+                "the decisions snapshot claims a revision the bucket has not reached; writing a true one"
+            );
+        }
         if !due {
             return;
         }
