@@ -316,6 +316,9 @@ fn nats_with_tls_a_password_and_an_nkey() {
     assert!(stranger.ok(&["status"]).contains("NOT CONNECTED"));
 }
 
+/// A message to publish: subject, headers, body.
+type Forged = (String, Vec<(&'static str, String)>, String);
+
 /// Publishes `body` with `headers` on `subject` as NATS user `user`, from
 /// `from`; true when the server accepted the connection (a publish the
 /// user may not make is dropped by the server, which says so only to the
@@ -324,7 +327,7 @@ fn forge(
     from: &palisade_lab::Host,
     server: &str,
     (user, password): (&str, &str),
-    messages: Vec<(String, Vec<(&'static str, String)>, String)>,
+    messages: Vec<Forged>,
 ) {
     let server = format!("nats://{server}:4222");
     let (user, password) = (user.to_string(), password.to_string());
@@ -359,7 +362,7 @@ fn forged_change(
     seq: u64,
     delete: bool,
     body: String,
-) -> (String, Vec<(&'static str, String)>, String) {
+) -> Forged {
     let mut headers = vec![
         ("Nats-Stream", format!("KV_{bucket}")),
         ("Nats-Subject", format!("$KV.{bucket}.{key}")),
