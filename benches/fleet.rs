@@ -545,17 +545,84 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
         max_consumers.load(Ordering::Relaxed),
         settling.elapsed().as_secs_f64()
     );
+    // The peer: the same fan-out with nothing of palisade's, a plain
+    // message of a change's size to as many plain subscribers, one
+    // connection each, in this same process.
+    for t in tasks {
+        t.abort();
+    }
+    stop.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut peer = peer_fanout(cluster, agents).await;
+    peer.sort();
+    let pq = |f: f64| peer[((peer.len() as f64 * f).ceil() as usize).clamp(1, peer.len()) - 1];
+    println!(
+        "  peer: a plain {PEER_BYTES}-byte core-NATS message -> {agents} plain subscribers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; palisade's p99 is {:.2}x the peer's",
+        ms(pq(0.5)),
+        ms(pq(0.99)),
+        ms(*peer.last().unwrap()),
+        ms(p99) / ms(pq(0.99)).max(0.001)
+    );
     println!(
         "fleet: AGENTS={agents} p99={:.0} ms storm={:.1} s consumers_after={}",
         ms(p99),
         storm.as_secs_f64(),
         after.saturating_sub(before)
     );
-    for t in tasks {
-        t.abort();
+}
+
+/// About the size of a republished change (headers and a decision).
+const PEER_BYTES: usize = 600;
+
+/// One plain message to `n` plain subscribers, [`PROBES`] times: each
+/// receipt's delay after the send.
+async fn peer_fanout(cluster: &Cluster, n: usize) -> Vec<Duration> {
+    let sent = Arc::new(Mutex::new(Instant::now()));
+    let got = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n * PROBES as usize)));
+    let mut clients = Vec::with_capacity(n);
+    for k in 0..n {
+        let server = format!("nats://{}", cluster.servers(k)[0]);
+        let client = loop {
+            match async_nats::connect(&server).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let mut sub = client.subscribe("fleet.peer").await.unwrap();
+        let (sent, got, latencies) = (sent.clone(), got.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while sub.next().await.is_some() {
+                let at = *sent.lock().unwrap();
+                latencies.lock().unwrap().push(at.elapsed());
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        clients.push(client);
     }
-    stop.notify_one();
-    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    for c in &clients {
+        let _ = c.flush().await;
+    }
+    let publisher = async_nats::connect(format!("nats://{}", cluster.servers(0)[0]))
+        .await
+        .unwrap();
+    for p in 1..=PROBES as usize {
+        *sent.lock().unwrap() = Instant::now();
+        publisher
+            .publish("fleet.peer", vec![b'x'; PEER_BYTES].into())
+            .await
+            .unwrap();
+        let _ = publisher.flush().await;
+        wait_for(
+            "peer",
+            || got.load(Ordering::Relaxed) >= n * p,
+            || format!("{} of {n}", got.load(Ordering::Relaxed) - n * (p - 1)),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::mem::take(&mut *latencies.lock().unwrap())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -563,12 +630,20 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn raise_open_files(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid struct; root may raise the hard limit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        eprintln!("warning: cannot raise the open files limit to {n}");
+    // SAFETY: getrlimit and setrlimit with a valid struct; root may raise
+    // the hard limit where the container lets it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur >= n {
+            return;
+        }
+        lim.rlim_cur = n;
+        lim.rlim_max = lim.rlim_max.max(n);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            eprintln!("warning: cannot raise the open files limit to {n}");
+        }
     }
 }

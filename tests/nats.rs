@@ -356,13 +356,7 @@ fn forge(
 
 /// A forged decision change in the republished form: what an agent would
 /// apply if it trusted the fan-out subject.
-fn forged_change(
-    bucket: &str,
-    key: &str,
-    seq: u64,
-    delete: bool,
-    body: String,
-) -> Forged {
+fn forged_change(bucket: &str, key: &str, seq: u64, delete: bool, body: String) -> Forged {
     let mut headers = vec![
         ("Nats-Stream", format!("KV_{bucket}")),
         ("Nats-Subject", format!("$KV.{bucket}.{key}")),
