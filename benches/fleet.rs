@@ -15,6 +15,9 @@
 //!   is made at once, and the time until all N hold it;
 //! - the servers' RSS and CPU time per phase, and the JetStream consumers
 //!   before, during (the most seen) and after;
+//! - the peer: a plain core-NATS message of a change's size to as many
+//!   plain subscribers in this process (what any fan-out over this server
+//!   and this client process costs), and palisade's p99 as a ratio of it;
 //!
 //! and ends with `fleet: AGENTS=N p99=X ms storm=Y s consumers_after=Z`,
 //! Z counting the consumers beyond the policy worker's own bucket watches.
