@@ -94,17 +94,25 @@ struct Cluster {
     bin: String,
     procs: Vec<Option<Proc>>,
     dirs: Vec<tempfile::TempDir>,
-    base: u16,
+    /// Client and cluster port of each server.
+    ports: Vec<(u16, u16)>,
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl Cluster {
     fn start(bin: &str, n: usize) -> Cluster {
-        let base = 20_000 + (std::process::id() % 2000) as u16 * 10;
         let mut c = Cluster {
             bin: bin.to_string(),
             procs: Vec::new(),
             dirs: Vec::new(),
-            base,
+            ports: (0..n).map(|_| (free_port(), free_port())).collect(),
         };
         for i in 0..n {
             c.dirs.push(tempfile::tempdir().unwrap());
@@ -119,7 +127,11 @@ impl Cluster {
     }
 
     fn port(&self, i: usize) -> u16 {
-        self.base + i as u16
+        self.ports[i].0
+    }
+
+    fn cluster_port(&self, i: usize) -> u16 {
+        self.ports[i].1
     }
 
     fn spawn(&mut self, i: usize) {
@@ -132,7 +144,7 @@ impl Cluster {
         if self.n() > 1 {
             let routes: Vec<String> = (0..self.n())
                 .filter(|j| *j != i)
-                .map(|j| format!("nats://127.0.0.1:{}", self.port(j) + 5))
+                .map(|j| format!("nats://127.0.0.1:{}", self.cluster_port(j)))
                 .collect();
             cmd.args(["--cluster_name", "fleet"])
                 .args([

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::StatusCode;
 use bytes::Bytes;
 
@@ -12,12 +11,13 @@ use bytes::Bytes;
 const GET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One stored message, as a direct get (or the server's republish) gives
-/// it: the subject it was stored under, its stream sequence, its headers.
+/// it: the subject it was stored under, its stream sequence, its KV
+/// operation (`DEL`, `PURGE`; None for a value).
 #[derive(Debug, Clone)]
 pub struct StoredMsg {
     pub subject: String,
     pub seq: u64,
-    pub headers: HeaderMap,
+    pub operation: Option<String>,
     pub payload: Bytes,
 }
 
@@ -32,16 +32,15 @@ impl StoredMsg {
         }
         let seq = headers.get("Nats-Sequence")?.as_str().parse().ok()?;
         let subject = headers.get("Nats-Subject")?.as_str().to_string();
+        // Only what is read later is kept: this runs once per agent and
+        // change.
+        let operation = headers.get("KV-Operation").map(|v| v.as_str().to_string());
         Some(StoredMsg {
             subject,
             seq,
-            headers: headers.clone(),
+            operation,
             payload: m.payload.clone(),
         })
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.as_str())
     }
 }
 

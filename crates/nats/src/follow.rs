@@ -91,7 +91,7 @@ impl Reader {
     /// are left out.
     fn item(&self, m: &StoredMsg, in_snapshot: bool) -> Option<StreamItem> {
         let key = self.key(&m.subject)?;
-        match m.header("KV-Operation") {
+        match m.operation.as_deref() {
             Some("DEL") | Some("PURGE") => {
                 if in_snapshot {
                     return None;
