@@ -2,9 +2,13 @@
 //!
 //! - A replicated KV bucket, `<bucket_prefix>_decisions`, holds the current
 //!   decisions, one key per decision (`palisade_wire::keys`), the value the
-//!   decision's JSON. Agents watch it ([`NatsBus`]): the full state first,
-//!   then live changes, numbered by the KV revision, so an agent that
-//!   reconnects resumes from the revision it stored.
+//!   decision's JSON. Its stream republishes every change on
+//!   `<subject_prefix>.changes.<key>`, stamped with the revision; agents
+//!   ([`NatsBus`], [`follow`]) read a [`snapshot`] the workers keep, then
+//!   the changes after it with direct gets ([`direct`]), then the
+//!   republished changes, with no JetStream consumer of their own; an
+//!   agent that reconnects asks for what came after the revision it
+//!   stored.
 //! - Nodes send intents as requests on `<subject_prefix>.intents.<node>`
 //!   and heartbeats on `<subject_prefix>.beat.<node>`. Stateless policy
 //!   workers ([`worker`], `palisade hub --join nats://…`) consume them as a
@@ -20,14 +24,14 @@
 //! 2.9) workers purge expired keys. Agents ignore expired values either
 //! way, and the kernel expires bans by itself.
 //!
-//! The buckets' streams are created by workers with plain JetStream API
-//! requests holding exactly the KV settings, which every server since 2.9
-//! understands.
+//! The streams are created by workers with plain JetStream API requests
+//! holding exactly the settings wanted ([`streams`]), which every server
+//! since 2.9 understands.
 
 pub mod bus;
 pub mod direct;
 mod error;
-mod follow;
+pub mod follow;
 pub mod jitter;
 pub mod ledger;
 pub mod snapshot;

@@ -3,11 +3,11 @@
 //! gets (the same stored object for every agent) instead of replaying the
 //! bucket through a consumer of its own.
 //!
-//! Policy workers keep it current ([`write`]): each writes its parts on
+//! Policy workers keep it current ([`write()`]): each writes its parts on
 //! `<snapshot_subject>.part.<writer>.<index>`, then the head on
 //! `<snapshot_subject>.head`, naming the writer, the number of parts and
 //! the bucket revision the snapshot reflects (every change up to it is in,
-//! some later ones may be too). An agent ([`read`]) reads the head, then
+//! some later ones may be too). An agent ([`read()`]) reads the head, then
 //! the parts, checks each names the head's writer and revision (a worker
 //! may rewrite its parts meanwhile: then it reads again), and then reads
 //! the bucket's changes after that revision.
