@@ -338,3 +338,243 @@ fn nats_with_tls_a_password_and_an_nkey() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(stranger.ok(&["status"]).contains("NOT CONNECTED"));
 }
+
+/// A message to publish: subject, headers, body.
+type Forged = (String, Vec<(&'static str, String)>, String);
+
+/// Publishes `body` with `headers` on `subject` as NATS user `user`, from
+/// `from`; true when the server accepted the connection (a publish the
+/// user may not make is dropped by the server, which says so only to the
+/// publisher).
+fn forge(
+    from: &palisade_lab::Host,
+    server: &str,
+    (user, password): (&str, &str),
+    messages: Vec<Forged>,
+) {
+    let server = format!("nats://{server}:4222");
+    let (user, password) = (user.to_string(), password.to_string());
+    from.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = async_nats::ConnectOptions::with_user_and_password(user, password)
+                .connect(server)
+                .await
+                .expect("connect to NATS");
+            for (subject, headers, body) in messages {
+                let mut h = async_nats::HeaderMap::new();
+                for (k, v) in headers {
+                    h.insert(k, v.as_str());
+                }
+                let _ = client.publish_with_headers(subject, h, body.into()).await;
+            }
+            let _ = client.flush().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        })
+    });
+}
+
+/// A forged decision change in the republished form: what an agent would
+/// apply if it trusted the fan-out subject.
+fn forged_change(bucket: &str, key: &str, seq: u64, delete: bool, body: String) -> Forged {
+    let mut headers = vec![
+        ("Nats-Stream", format!("KV_{bucket}")),
+        ("Nats-Subject", format!("$KV.{bucket}.{key}")),
+        ("Nats-Sequence", seq.to_string()),
+        ("Nats-Last-Sequence", seq.saturating_sub(1).to_string()),
+    ];
+    if delete {
+        headers.push(("KV-Operation", "DEL".into()));
+    }
+    (format!("palisade.changes.{key}"), headers, body)
+}
+
+/// The fan-out subject and the snapshot accept nothing from a client:
+/// agents' NATS users may not publish there (the server republishes the
+/// changes itself; no user needs to), and what a careless deployment lets
+/// through is checked against the bucket: a change announced past the
+/// bucket's end is read from the bucket instead of believed, and a
+/// snapshot claiming a revision the bucket has not reached is refused.
+/// Neither forged bans nor forged unbans change what any agent enforces,
+/// a real ban still arrives afterwards, and a late agent gets the true
+/// state.
+#[test]
+fn forged_changes_snapshots_and_sequences_change_nothing() {
+    if !require_root_and(&["nft", "/usr/sbin/nats-server"]) {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LabBuilder::new()
+        .hosts([
+            "nats",
+            "web1",
+            "web2",
+            "web3",
+            "attacker",
+            "attacker2",
+            "mallory",
+        ])
+        .build();
+    let ip = lab.host("nats").v4().to_string();
+    let bucket = "lab_decisions";
+    // Agents may ask the workers, read the buckets with direct gets and
+    // hear the changes: nothing else.
+    let agent_permissions = format!(
+        "permissions: {{ publish: {{ allow: [\"palisade.intents.*\", \"palisade.beat.*\", \"$JS.API.STREAM.INFO.KV_{bucket}\", \"$JS.API.DIRECT.GET.KV_{bucket}\", \"$JS.API.DIRECT.GET.SNAP_{bucket}\"] }}, subscribe: {{ allow: [\"palisade.changes.>\", \"_INBOX.>\"] }} }}"
+    );
+    let _server = NatsServer::with_config(
+        "/usr/sbin/nats-server",
+        lab.host("nats"),
+        &format!(
+            "listen: \"{ip}:4222\"\nauthorization {{ users = [ {{ user: worker, password: w0rker, permissions: {{ publish: {{ deny: [\"palisade.changes.>\"] }} }} }}, {{ user: agent, password: ag3nt, {agent_permissions} }}, {{ user: careless, password: c4reless }} ] }}\n"
+        ),
+    );
+    let config = format!(
+        "[nats]\nbucket_prefix = \"lab\"\n[hub]\nnode_networks = [\"{}/32\", \"{}/32\", \"{}/32\"]\n",
+        lab.host("web1").v4(),
+        lab.host("web2").v4(),
+        lab.host("web3").v4()
+    );
+    let worker = BusHub::nats_worker(
+        lab.host("nats"),
+        &format!("nats://worker:w0rker@{ip}:4222"),
+        &config,
+    );
+    let url = format!("nats://agent:ag3nt@{ip}:4222");
+    let _tcp: Vec<TcpServer> = WEBS
+        .iter()
+        .map(|h| TcpServer::start(lab.host(h), PORT))
+        .collect();
+    let mut agents = vec![
+        Agent::join_bus(lab.host("web1"), &config, &url, "web1"),
+        Agent::join_bus(lab.host("web2"), &config, &url, "web2"),
+    ];
+    let reaches = |from: &str, web: usize| {
+        let to = SocketAddr::new(IpAddr::V4(lab.host(WEBS[web]).v4()), PORT);
+        tcp_connect(lab.host(from), to, Duration::from_millis(600))
+    };
+    let logs = |agents: &[Agent]| {
+        let mut s = format!("--- worker ---\n{}\n", worker.log());
+        for (i, a) in agents.iter().enumerate() {
+            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
+        }
+        s
+    };
+    let attacker = lab.host("attacker").v4().to_string();
+    agents[0].ok(&["ban", &attacker, "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || !reaches("attacker", 1)),
+        "the real ban did not arrive\n{}",
+        logs(&agents)
+    );
+
+    // Forgeries: a ban of web1's own address, and an unban of the real
+    // ban, at every sequence an agent could be expecting; a snapshot
+    // holding the forged ban.
+    let web1 = lab.host("web1").v4();
+    // A well-formed decision, so that only the checks on where it came
+    // from can stop it.
+    let forged_ban = |target: &str| {
+        let d = palisade_model::Decision::new(
+            palisade_model::Action::Ban,
+            target.parse().unwrap(),
+            palisade_model::Timestamp::now(),
+            "1h".parse().unwrap(),
+            palisade_model::Origin::new("web1", palisade_model::Source::Cli),
+        );
+        serde_json::to_string(&d).unwrap()
+    };
+    let ban_key = |addr: &str| format!("ban.{}", addr.replace('.', "-"));
+    let mut forgeries = Vec::new();
+    for seq in 1..=40 {
+        forgeries.push(forged_change(
+            bucket,
+            &ban_key(&web1.to_string()),
+            seq,
+            false,
+            forged_ban(&web1.to_string()),
+        ));
+        forgeries.push(forged_change(
+            bucket,
+            &ban_key(&attacker),
+            seq,
+            true,
+            String::new(),
+        ));
+    }
+    let head = serde_json::json!({
+        "rev": 1_000_000_000u64, "writer": "evil", "parts": 1, "decisions": 1,
+        "written": 4_000_000_000_000u64,
+    })
+    .to_string();
+    let part = serde_json::json!({
+        "rev": 1_000_000_000u64, "writer": "evil", "index": 0,
+        "entries": [[ban_key(&web1.to_string()), serde_json::from_str::<serde_json::Value>(&forged_ban(&web1.to_string())).unwrap()]],
+    })
+    .to_string();
+    let snapshot = vec![
+        ("palisade.snapshot.part.evil.0".to_string(), vec![], part),
+        ("palisade.snapshot.head".to_string(), vec![], head),
+    ];
+    // With a node's stolen credentials: the server drops all of it.
+    let mut all = forgeries.clone();
+    all.extend(snapshot.clone());
+    forge(lab.host("mallory"), &ip, ("agent", "ag3nt"), all);
+    // Where a deployment let a client publish there anyway: a change
+    // announced far past the bucket's end, and the snapshot.
+    let mut lies = vec![forged_change(
+        bucket,
+        &ban_key(&web1.to_string()),
+        1_000_000_000,
+        false,
+        forged_ban(&web1.to_string()),
+    )];
+    lies.push(forged_change(
+        bucket,
+        &ban_key(&attacker),
+        1_000_000_001,
+        true,
+        String::new(),
+    ));
+    lies.extend(snapshot);
+    forge(lab.host("mallory"), &ip, ("careless", "c4reless"), lies);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        reaches("web1", 1) && !reaches("attacker", 1) && !reaches("attacker", 0),
+        "a forgery changed what an agent enforces\n{}",
+        logs(&agents)
+    );
+
+    // A real ban still arrives: no agent's position was moved by a lie.
+    let attacker2 = lab.host("attacker2").v4().to_string();
+    agents[0].ok(&["ban", &attacker2, "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || !reaches("attacker2", 1)),
+        "a real ban did not arrive after the forgeries\n{}",
+        logs(&agents)
+    );
+    // A late agent joins past the forged snapshot with the true state.
+    agents.push(Agent::join_bus(lab.host("web3"), &config, &url, "web3"));
+    assert!(
+        wait_until(SPREAD, || !reaches("attacker", 2)
+            && !reaches("attacker2", 2)),
+        "the late agent did not get the true state\n{}",
+        logs(&agents)
+    );
+    assert!(
+        reaches("web1", 2),
+        "the late agent took the forged snapshot\n{}",
+        logs(&agents)
+    );
+    // The worker replaces the lying snapshot with a true one.
+    assert!(
+        wait_until(SPREAD, || worker
+            .log()
+            .contains("claims a revision the bucket has not reached")),
+        "the forged snapshot was not noticed\n{}",
+        logs(&agents)
+    );
+}

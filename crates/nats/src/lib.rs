@@ -2,9 +2,13 @@
 //!
 //! - A replicated KV bucket, `<bucket_prefix>_decisions`, holds the current
 //!   decisions, one key per decision (`palisade_wire::keys`), the value the
-//!   decision's JSON. Agents watch it ([`NatsBus`]): the full state first,
-//!   then live changes, numbered by the KV revision, so an agent that
-//!   reconnects resumes from the revision it stored.
+//!   decision's JSON. Its stream republishes every change on
+//!   `<subject_prefix>.changes.<key>`, stamped with the revision; agents
+//!   ([`NatsBus`], [`follow`]) read a [`snapshot`] the workers keep, then
+//!   the changes after it with direct gets ([`direct`]), then the
+//!   republished changes, with no JetStream consumer of their own; an
+//!   agent that reconnects asks for what came after the revision it
+//!   stored.
 //! - Nodes send intents as requests on `<subject_prefix>.intents.<node>`
 //!   and heartbeats on `<subject_prefix>.beat.<node>`. Stateless policy
 //!   workers ([`worker`], `palisade hub --join nats://…`) consume them as a
@@ -20,15 +24,20 @@
 //! 2.9) workers purge expired keys. Agents ignore expired values either
 //! way, and the kernel expires bans by itself.
 //!
-//! The buckets' streams are created by workers with plain JetStream API
-//! requests holding exactly the KV settings, which every server since 2.9
-//! understands.
+//! The streams are created by workers with plain JetStream API requests
+//! holding exactly the settings wanted ([`streams`]), which every server
+//! since 2.9 understands.
 
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod direct;
 mod error;
+pub mod follow;
+pub mod jitter;
 pub mod ledger;
+pub mod snapshot;
+pub mod streams;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -37,7 +46,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use serde::Deserialize;
 
 pub use bus::NatsBus;
 pub use error::{NatsError, OptionsError};
@@ -167,6 +175,23 @@ impl NatsOptions {
         format!("{}_state", self.bucket_prefix)
     }
 
+    /// Where the server republishes every change of the decisions bucket
+    /// (`<subject_prefix>.changes.<key>`): agents subscribe to it. Only
+    /// the server publishes there; no user needs to.
+    pub fn changes_subject(&self) -> String {
+        format!("{}.changes", self.subject_prefix)
+    }
+
+    /// The stream holding the decisions snapshot ([`snapshot`]).
+    pub fn snapshot_stream(&self) -> String {
+        format!("SNAP_{}", self.decisions_bucket())
+    }
+
+    /// The subjects of the snapshot stream (`<subject_prefix>.snapshot.…`).
+    pub fn snapshot_subject(&self) -> String {
+        format!("{}.snapshot", self.subject_prefix)
+    }
+
     /// The subject this node's intents go to (it names the role).
     pub fn intents_subject(&self, node: &str) -> String {
         format!(
@@ -234,9 +259,11 @@ pub async fn connect(
         .request_timeout(Some(Duration::from_secs(15)))
         .ping_interval(Duration::from_secs(10))
         .retain_servers_order()
-        // Reconnect quickly: bans must keep flowing when a server dies.
+        // Reconnect quickly (bans must keep flowing when a server dies),
+        // but spread: a fleet reconnecting to a restarted server at once
+        // would meet it all in the same instant.
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
+            jitter::spread(Duration::from_millis((50u64 << attempts.min(6)).min(2_000)))
         });
     co = match &options.auth {
         Auth::None => co,
@@ -292,101 +319,6 @@ pub fn server_has_ttl(version: &str) -> bool {
     (major, minor) >= (2, 11)
 }
 
-#[derive(Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    error: Option<ApiErrorBody>,
-}
-
-#[derive(Deserialize)]
-struct ApiErrorBody {
-    #[serde(default)]
-    code: u32,
-    #[serde(default)]
-    err_code: u32,
-    #[serde(default)]
-    description: String,
-}
-
-/// Creates the stream of KV bucket `bucket` if it does not exist, with the
-/// settings of a KV bucket holding one value per key; with `ttl`, made for
-/// per-message TTLs.
-pub async fn ensure_bucket(
-    client: &async_nats::Client,
-    bucket: &str,
-    replicas: usize,
-    ttl: bool,
-) -> Result<(), NatsError> {
-    let stream = format!("KV_{bucket}");
-    let info = client
-        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
-        .await
-        .map_err(|e| jetstream_error(&stream, e))?;
-    let answer: ApiError =
-        serde_json::from_slice(&info.payload).map_err(|e| jetstream_error(&stream, e))?;
-    match answer.error {
-        None => return Ok(()),
-        // 10059: stream not found.
-        Some(e) if e.err_code == 10059 || e.code == 404 => {}
-        Some(e) => return Err(jetstream_error(&stream, e.description)),
-    }
-    let mut config = serde_json::json!({
-        "name": stream,
-        "subjects": [format!("$KV.{bucket}.>")],
-        "retention": "limits",
-        "max_consumers": -1,
-        "max_msgs": -1,
-        "max_bytes": -1,
-        "max_age": 0,
-        "max_msgs_per_subject": 1,
-        "max_msg_size": -1,
-        "storage": "file",
-        "discard": "new",
-        "num_replicas": replicas.max(1),
-        "duplicate_window": 120_000_000_000u64,
-        "allow_rollup_hdrs": true,
-        "deny_delete": true,
-        "deny_purge": false,
-        "allow_direct": true,
-        "mirror_direct": false,
-    });
-    if ttl {
-        config["allow_msg_ttl"] = serde_json::Value::Bool(true);
-    }
-    let created = client
-        .request(
-            format!("$JS.API.STREAM.CREATE.{stream}"),
-            serde_json::to_vec(&config).expect("json").into(),
-        )
-        .await
-        .map_err(|e| create_error(&stream, e))?;
-    let answer: ApiError =
-        serde_json::from_slice(&created.payload).map_err(|e| create_error(&stream, e))?;
-    match answer.error {
-        None => {
-            tracing::info!(bucket, replicas, ttl, "created a KV bucket");
-            Ok(())
-        }
-        // 10058: already exists (another worker was faster).
-        Some(e) if e.err_code == 10058 => Ok(()),
-        Some(e) => Err(create_error(&stream, e.description)),
-    }
-}
-
-fn jetstream_error(stream: &str, detail: impl std::fmt::Display) -> NatsError {
-    NatsError::JetStream {
-        stream: stream.to_string(),
-        detail: detail.to_string(),
-    }
-}
-
-fn create_error(stream: &str, detail: impl std::fmt::Display) -> NatsError {
-    NatsError::Create {
-        stream: stream.to_string(),
-        detail: detail.to_string(),
-    }
-}
-
 /// Opens the buckets; with `create`, makes them first when missing (workers
 /// do, nodes do not).
 pub async fn open_buckets(
@@ -398,8 +330,17 @@ pub async fn open_buckets(
     let state_name = options.state_bucket();
     if create {
         let ttl = server_has_ttl(&client.server_info().version);
-        ensure_bucket(client, &decisions_name, options.replicas, ttl).await?;
-        ensure_bucket(client, &state_name, options.replicas, false).await?;
+        let changes = options.changes_subject();
+        streams::ensure_bucket(
+            client,
+            &decisions_name,
+            options.replicas,
+            ttl,
+            Some(&changes),
+        )
+        .await?;
+        streams::ensure_bucket(client, &state_name, options.replicas, false, None).await?;
+        streams::ensure_snapshot_stream(client, options).await?;
     }
     let js = jetstream::new(client.clone());
     let open = |name: String| {
@@ -458,6 +399,10 @@ impl Lazy {
 
     pub(crate) fn options(&self) -> &NatsOptions {
         &self.options
+    }
+
+    pub(crate) fn shared_options(&self) -> Arc<NatsOptions> {
+        self.options.clone()
     }
 
     pub(crate) async fn get(&self) -> Result<(async_nats::Client, Buckets), NatsError> {

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use palisade_wire::{BusReply, BusRequest, IntentResult, NodeBeat};
 use tracing::{debug, info, warn};
 
 use crate::ledger::{Mirror, MirrorLedger, Writes};
-use crate::{Buckets, NatsError, NatsOptions};
+use crate::{Buckets, NatsError, NatsOptions, jitter, snapshot};
 
 /// Attempts at one batch when other workers keep changing the same keys.
 const ATTEMPTS: usize = 8;
@@ -61,7 +62,13 @@ enum Failed {
 
 struct Worker {
     options: WorkerOptions,
+    client: async_nats::Client,
     buckets: Buckets,
+    /// The newest decisions revision the bucket watch brought: the mirror
+    /// holds every change up to it.
+    watched: Arc<AtomicU64>,
+    /// Names this worker's snapshot parts.
+    writer: String,
     mirror: Arc<Mutex<Mirror>>,
     policy: Policy,
     node_writes: HashMap<String, Instant>,
@@ -94,6 +101,7 @@ pub async fn run_worker(
         }
     };
     let mirror = Arc::new(Mutex::new(Mirror::default()));
+    let watched = Arc::new(AtomicU64::new(0));
     let mut watchers = Vec::new();
     for (kv, is_decisions) in [
         (buckets.decisions.clone(), true),
@@ -113,6 +121,7 @@ pub async fn run_worker(
             mirror.clone(),
             ready_tx,
             connections.clone(),
+            is_decisions.then(|| watched.clone()),
         )));
         ready_rx.await.map_err(|_| NatsError::WatchStopped)?;
     }
@@ -144,7 +153,10 @@ pub async fn run_worker(
     let mut w = Worker {
         policy: Policy::new(options.policy.clone()),
         options,
+        client: client.clone(),
         buckets,
+        watched,
+        writer: format!("{:016x}", jitter::random()),
         mirror,
         node_writes: HashMap::new(),
     };
@@ -161,7 +173,10 @@ pub async fn run_worker(
         tokio::select! {
             Some((role, msg)) = intents.next() => w.intents(&client, role, msg).await,
             Some(msg) = beats.next() => w.beat(msg).await,
-            _ = maintain.tick() => w.maintain().await,
+            _ = maintain.tick() => {
+                w.maintain().await;
+                w.snapshot().await;
+            }
             _ = &mut stop => break,
         }
     }
@@ -182,6 +197,7 @@ async fn mirror_bucket(
     mirror: Arc<Mutex<Mirror>>,
     ready: tokio::sync::oneshot::Sender<()>,
     connections: Arc<std::sync::atomic::AtomicU64>,
+    watched: Option<Arc<AtomicU64>>,
 ) {
     let mut ready = Some(ready);
     let stream_name = format!("KV_{}", kv.name);
@@ -235,6 +251,9 @@ async fn mirror_bucket(
             };
             let Some(Ok(e)) = next else { break };
             apply_entry(&mirror, is_decisions, &e);
+            if let Some(w) = &watched {
+                w.fetch_max(e.revision, Ordering::SeqCst);
+            }
             if e.delta == 0
                 && let Some(r) = ready.take()
             {
@@ -625,6 +644,77 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Writes a new decisions snapshot when the current one is behind the
+    /// bucket (or old: its parts must not age out of their stream).
+    async fn snapshot(&mut self) {
+        let rev = self.watched.load(Ordering::SeqCst);
+        let head = match snapshot::head(&self.client, &self.options.nats).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "cannot read the decisions snapshot's head; writing a new one");
+                None
+            }
+        };
+        // A head claiming a revision the bucket has not reached is not
+        // one a worker wrote: replace it (agents refuse it meanwhile).
+        let bucket_at = crate::streams::stream_state(
+            &self.client,
+            &format!("KV_{}", self.buckets.decisions_name),
+        )
+        .await
+        .ok()
+        .flatten()
+        .map_or(u64::MAX, |s| s.last_seq);
+        let now = Timestamp::now();
+        let due = head.as_ref().is_none_or(|h| {
+            h.rev < rev
+                || h.rev > bucket_at
+                || now.as_millis().saturating_sub(h.written) >= snapshot::REFRESH.as_millis() as u64
+        });
+        if let Some(h) = head.as_ref().filter(|h| h.rev > bucket_at) {
+            warn!(
+                claimed = h.rev,
+                bucket_at,
+                "the decisions snapshot claims a revision the bucket has not reached; writing a true one"
+            );
+        }
+        if !due {
+            return;
+        }
+        let mut entries: Vec<(String, Decision)> = {
+            let m = self.mirror.lock().unwrap();
+            m.decisions
+                .iter()
+                .filter_map(|(k, s)| {
+                    s.value
+                        .as_ref()
+                        .filter(|d| d.is_active(now))
+                        .map(|d| (k.clone(), d.clone()))
+                })
+                .collect()
+        };
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let started = Instant::now();
+        match snapshot::write(
+            &self.buckets.js,
+            &self.options.nats,
+            &self.writer,
+            rev,
+            entries,
+        )
+        .await
+        {
+            Ok(h) => debug!(
+                rev,
+                decisions = h.decisions,
+                parts = h.parts,
+                took_ms = started.elapsed().as_millis() as u64,
+                "wrote the decisions snapshot"
+            ),
+            Err(e) => warn!(error = %e, "cannot write the decisions snapshot"),
         }
     }
 

@@ -1,0 +1,108 @@
+//! Reading a stream's messages with JetStream direct gets (2.9+, streams
+//! made with `allow_direct`): a plain request answered by any replica, with
+//! no consumer made and nothing left behind on the server.
+
+use std::time::Duration;
+
+use async_nats::StatusCode;
+use bytes::Bytes;
+
+/// Longest wait for one direct get.
+const GET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One stored message, as a direct get (or the server's republish) gives
+/// it: the subject it was stored under, its stream sequence, its KV
+/// operation (`DEL`, `PURGE`; None for a value).
+#[derive(Debug, Clone)]
+pub struct StoredMsg {
+    pub subject: String,
+    pub seq: u64,
+    pub operation: Option<String>,
+    pub payload: Bytes,
+}
+
+impl StoredMsg {
+    /// Reads the stream's stamp from a message's headers (direct get
+    /// answers and republished messages carry the same ones); None when
+    /// they are missing or name another stream.
+    pub fn from_message(stream: &str, m: &async_nats::Message) -> Option<StoredMsg> {
+        let headers = m.headers.as_ref()?;
+        if headers.get("Nats-Stream")?.as_str() != stream {
+            return None;
+        }
+        let seq = headers.get("Nats-Sequence")?.as_str().parse().ok()?;
+        let subject = headers.get("Nats-Subject")?.as_str().to_string();
+        // Only what is read later is kept: this runs once per agent and
+        // change.
+        let operation = headers.get("KV-Operation").map(|v| v.as_str().to_string());
+        Some(StoredMsg {
+            subject,
+            seq,
+            operation,
+            payload: m.payload.clone(),
+        })
+    }
+}
+
+/// Why a direct get gave no message.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("direct get from {stream}: {detail}")]
+    Failed { stream: String, detail: String },
+    #[error("direct get from {stream} timed out")]
+    TimedOut { stream: String },
+}
+
+/// The first message of `stream` at or after `seq` whose subject matches
+/// `filter`; None when there is none.
+pub async fn next(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    seq: u64,
+) -> Result<Option<StoredMsg>, DirectError> {
+    let body = serde_json::json!({ "seq": seq.max(1), "next_by_subj": filter });
+    get(client, stream, format!("$JS.API.DIRECT.GET.{stream}"), body).await
+}
+
+/// The newest message of `stream` stored under `subject`.
+pub async fn last(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<Option<StoredMsg>, DirectError> {
+    let body = serde_json::json!({ "last_by_subj": subject });
+    get(client, stream, format!("$JS.API.DIRECT.GET.{stream}"), body).await
+}
+
+async fn get(
+    client: &async_nats::Client,
+    stream: &str,
+    api: String,
+    body: serde_json::Value,
+) -> Result<Option<StoredMsg>, DirectError> {
+    let failed = |detail: String| DirectError::Failed {
+        stream: stream.to_string(),
+        detail,
+    };
+    let request = client.request(api, serde_json::to_vec(&body).expect("json").into());
+    let answer = tokio::time::timeout(GET_TIMEOUT, request)
+        .await
+        .map_err(|_| DirectError::TimedOut {
+            stream: stream.to_string(),
+        })?
+        .map_err(|e| failed(e.to_string()))?;
+    match answer.status {
+        Some(StatusCode::NOT_FOUND) => return Ok(None),
+        Some(s) if s != StatusCode::OK => {
+            return Err(failed(format!(
+                "status {s} {}",
+                answer.description.as_deref().unwrap_or_default()
+            )));
+        }
+        _ => {}
+    }
+    StoredMsg::from_message(stream, &answer)
+        .map(Some)
+        .ok_or_else(|| failed("an answer without its stream's headers".into()))
+}

@@ -1,0 +1,303 @@
+//! How an agent follows the decisions bucket without holding any
+//! JetStream state of its own:
+//!
+//! 1. it subscribes to the changes the server republishes (core NATS, one
+//!    subscription, through the interest graph);
+//! 2. a joining agent reads the snapshot (a few direct gets of the same
+//!    stored messages every agent reads), an agent that was here before
+//!    starts from the revision it stored;
+//! 3. it reads the bucket's messages after that revision with direct gets
+//!    by sequence (none when it missed nothing);
+//! 4. then it applies the live changes. Each carries its stream sequence:
+//!    the next one is applied, a jump means something was missed, and the
+//!    bucket itself is read from the last applied revision on (the change
+//!    that announced the gap is never taken on its word). After a
+//!    reconnection, and when nothing came for a while, it asks the bucket
+//!    whether anything came after its revision.
+//!
+//! Catch-ups are bounded per process ([`CONCURRENT_CATCH_UPS`]) and spread
+//! in time after a reconnection ([`RECONNECT_SPREAD`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use palisade_model::{Decision, Timestamp};
+use palisade_wire::{BusError, StreamItem, keys};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+use crate::direct::{self, StoredMsg};
+use crate::{NatsOptions, jitter, snapshot, streams};
+
+/// Catch-ups (snapshot reads and gap fills) running at once in one
+/// process: a process simulating many agents, or many buses, must not send
+/// the server thousands of reads at once.
+pub const CONCURRENT_CATCH_UPS: usize = 16;
+/// After a reconnection, the check for missed changes waits a random time
+/// below this: a fleet reconnecting at once asks over a spread of time.
+pub const RECONNECT_SPREAD: Duration = Duration::from_secs(3);
+/// With no change for this long (spread), ask the bucket whether one was
+/// missed (a republished message is lost when its server dies at once).
+const PROBE_EVERY: Duration = Duration::from_secs(60);
+/// A live change announced past what the bucket's replica serves is read
+/// again after this (replicas may lag the leader a little).
+const LAG_WAIT: Duration = Duration::from_millis(250);
+
+static CATCH_UPS: Semaphore = Semaphore::const_new(CONCURRENT_CATCH_UPS);
+
+/// Reads the decisions bucket for one agent.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    pub client: async_nats::Client,
+    pub options: Arc<NatsOptions>,
+    pub group: Option<String>,
+    /// Connections made so far by this client (a change means it
+    /// reconnected).
+    pub connections: Arc<AtomicU64>,
+}
+
+type Tx = mpsc::Sender<Result<StreamItem, BusError>>;
+
+impl Reader {
+    fn stream(&self) -> String {
+        format!("KV_{}", self.options.decisions_bucket())
+    }
+
+    fn key<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix("$KV.")?
+            .strip_prefix(self.options.decisions_bucket().as_str())?
+            .strip_prefix('.')
+    }
+
+    /// A decision stored under `key`, checked as anything read from the
+    /// network is: None when it is not for this node or does not match
+    /// its key.
+    fn put(&self, key: &str, seq: u64, decision: Decision) -> Option<StreamItem> {
+        let (action, target, group) = keys::parse_decision_key(key)?;
+        if group.is_some() && group != self.group {
+            return None;
+        }
+        if (decision.action, decision.target) != (action, target) {
+            debug!(key, "a decision that does not match its key; skipped");
+            return None;
+        }
+        Some(StreamItem::Put { seq, decision })
+    }
+
+    /// One stored message as a stream item; inside a snapshot, removals
+    /// are left out.
+    fn item(&self, m: &StoredMsg, in_snapshot: bool) -> Option<StreamItem> {
+        let key = self.key(&m.subject)?;
+        match m.operation.as_deref() {
+            Some("DEL") | Some("PURGE") => {
+                if in_snapshot {
+                    return None;
+                }
+                let (action, target, group) = keys::parse_decision_key(key)?;
+                if group.is_some() && group != self.group {
+                    return None;
+                }
+                Some(StreamItem::Remove {
+                    seq: m.seq,
+                    action,
+                    target,
+                    group,
+                })
+            }
+            _ => match serde_json::from_slice::<Decision>(&m.payload) {
+                Ok(d) => self.put(key, m.seq, d),
+                Err(e) => {
+                    debug!(key, error = %e, "an unreadable decision in the bucket; skipped");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Every message of the bucket from `from` on, by direct gets.
+    async fn walk(&self, from: u64) -> Result<Vec<StoredMsg>, BusError> {
+        let stream = self.stream();
+        let filter = format!("$KV.{}.>", self.options.decisions_bucket());
+        let mut out = Vec::new();
+        let mut seq = from.max(1);
+        while let Some(m) = direct::next(&self.client, &stream, &filter, seq)
+            .await
+            .map_err(|e| BusError::Unreachable(e.to_string()))?
+        {
+            if m.seq < seq {
+                return Err(BusError::Protocol(format!(
+                    "asked {stream} for a message from {seq} on, got {}",
+                    m.seq
+                )));
+            }
+            seq = m.seq + 1;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Sends what came after `cursor`; returns the new cursor. Only the
+    /// reading counts against [`CONCURRENT_CATCH_UPS`], not the agent's
+    /// applying.
+    async fn catch_up(&self, tx: &Tx, cursor: u64) -> Result<u64, BusError> {
+        let missed = {
+            let _permit = CATCH_UPS.acquire().await.expect("never closed");
+            self.walk(cursor + 1).await?
+        };
+        let mut cursor = cursor;
+        for m in missed {
+            cursor = cursor.max(m.seq);
+            if let Some(item) = self.item(&m, false) {
+                send(tx, Ok(item)).await?;
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Sends the whole state (the snapshot, or the bucket read whole when
+    /// there is no usable snapshot); returns the revision it reflects.
+    async fn full_state(&self, tx: &Tx, newest: u64) -> Result<u64, BusError> {
+        let permit = CATCH_UPS.acquire().await.expect("never closed");
+        let read = snapshot::read(&self.client, &self.options, newest).await;
+        drop(permit);
+        match read {
+            Ok(Some(s)) => {
+                debug!(rev = s.rev, bytes = s.bytes, "read the decisions snapshot");
+                send(tx, Ok(StreamItem::Snapshot { seq: s.rev })).await?;
+                for (key, decision) in s.entries {
+                    if let Some(item) = self.put(&key, s.rev, decision) {
+                        send(tx, Ok(item)).await?;
+                    }
+                }
+                send(tx, Ok(StreamItem::SnapshotEnd { seq: s.rev })).await?;
+                return Ok(s.rev);
+            }
+            Ok(None) => debug!("no decisions snapshot yet; reading the bucket whole"),
+            Err(e) => warn!(error = %e, "reading the bucket whole instead of its snapshot"),
+        }
+        let all = {
+            let _permit = CATCH_UPS.acquire().await.expect("never closed");
+            self.walk(1).await?
+        };
+        let rev = all.last().map_or(0, |m| m.seq).max(newest);
+        send(tx, Ok(StreamItem::Snapshot { seq: rev })).await?;
+        for m in &all {
+            if let Some(item) = self.item(m, true) {
+                // Inside a snapshot every put carries its number.
+                let item = match item {
+                    StreamItem::Put { decision, .. } => StreamItem::Put { seq: rev, decision },
+                    other => other,
+                };
+                send(tx, Ok(item)).await?;
+            }
+        }
+        send(tx, Ok(StreamItem::SnapshotEnd { seq: rev })).await?;
+        Ok(rev)
+    }
+
+    /// Follows the bucket from after `cursor` (0: the whole state first),
+    /// sending items on `tx` until the receiver is gone or reading fails.
+    pub async fn follow(
+        self,
+        cursor: u64,
+    ) -> Result<mpsc::Receiver<Result<StreamItem, BusError>>, BusError> {
+        let unreachable = |e: &dyn std::fmt::Display| BusError::Unreachable(e.to_string());
+        // Subscribed first, so that nothing falls between the catch-up
+        // and the live changes.
+        let mut live = self
+            .client
+            .subscribe(format!("{}.>", self.options.changes_subject()))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let stream = self.stream();
+        let state = streams::stream_state(&self.client, &stream)
+            .await
+            .map_err(|e| unreachable(&e))?
+            .ok_or_else(|| {
+                BusError::Unreachable(format!(
+                    "the bucket {} does not exist yet; it is made by the first `palisade hub --join nats://…` worker",
+                    self.options.decisions_bucket()
+                ))
+            })?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            let run = async {
+                // A cursor past the bucket's end belongs to another bucket
+                // (made again since) or was never true: start over.
+                let mut cursor = if cursor == 0 || cursor > state.last_seq {
+                    self.full_state(&tx, state.last_seq).await?
+                } else {
+                    cursor
+                };
+                cursor = self.catch_up(&tx, cursor).await?;
+                let mut connected = self.connections.load(Ordering::SeqCst);
+                let mut probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                let mut check = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        m = live.next() => {
+                            let Some(m) = m else {
+                                return Err(BusError::Unreachable("the NATS subscription ended".into()));
+                            };
+                            let Some(m) = StoredMsg::from_message(&stream, &m) else {
+                                debug!(subject = %m.subject, "a change without its bucket's stamp; ignored");
+                                continue;
+                            };
+                            if m.seq <= cursor {
+                                continue;
+                            }
+                            if m.seq == cursor + 1 {
+                                cursor = m.seq;
+                                if let Some(item) = self.item(&m, false) {
+                                    send(&tx, Ok(item)).await?;
+                                }
+                            } else {
+                                // A gap: read the bucket itself, never the
+                                // announcement.
+                                cursor = self.catch_up(&tx, cursor).await?;
+                                if cursor < m.seq {
+                                    tokio::time::sleep(LAG_WAIT).await;
+                                    cursor = self.catch_up(&tx, cursor).await?;
+                                }
+                                if cursor < m.seq {
+                                    warn!(announced = m.seq, bucket_at = cursor, "a change was announced that the bucket does not hold; ignored");
+                                }
+                            }
+                            probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                        }
+                        _ = tokio::time::sleep_until(probe) => {
+                            cursor = self.catch_up(&tx, cursor).await?;
+                            send(&tx, Ok(StreamItem::Ping { seq: cursor, time: Timestamp::now() })).await?;
+                            probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                        }
+                        _ = check.tick() => {
+                            let now = self.connections.load(Ordering::SeqCst);
+                            if now != connected {
+                                connected = now;
+                                tokio::time::sleep(jitter::below(RECONNECT_SPREAD)).await;
+                                debug!(cursor, "reconnected; asking for what was missed");
+                                cursor = self.catch_up(&tx, cursor).await?;
+                            }
+                        }
+                        _ = tx.closed() => return Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Sends one item; fails when the receiver is gone (the agent stopped
+/// following this stream).
+async fn send(tx: &Tx, item: Result<StreamItem, BusError>) -> Result<(), BusError> {
+    tx.send(item)
+        .await
+        .map_err(|_| BusError::Unreachable("the stream's reader is gone".into()))
+}

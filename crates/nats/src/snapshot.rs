@@ -1,0 +1,229 @@
+//! The decisions snapshot: the whole decisions bucket in a few large
+//! messages, so a joining agent reads the state with a handful of direct
+//! gets (the same stored object for every agent) instead of replaying the
+//! bucket through a consumer of its own.
+//!
+//! Policy workers keep it current ([`write()`]): each writes its parts on
+//! `<snapshot_subject>.part.<writer>.<index>`, then the head on
+//! `<snapshot_subject>.head`, naming the writer, the number of parts and
+//! the bucket revision the snapshot reflects (every change up to it is in,
+//! some later ones may be too). An agent ([`read()`]) reads the head, then
+//! the parts, checks each names the head's writer and revision (a worker
+//! may rewrite its parts meanwhile: then it reads again), and then reads
+//! the bucket's changes after that revision.
+//!
+//! Nothing in it is trusted beyond what the bucket could say: a head
+//! claiming a revision the bucket has not reached is refused, and every
+//! entry is checked like a change from the bucket.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use palisade_model::{Decision, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::NatsOptions;
+use crate::direct::{self, DirectError};
+
+/// Largest part written (servers refuse messages over 1 MiB by default).
+const PART_BYTES: usize = 512 * 1024;
+/// Most parts a head may name: 2 GiB of decisions, far beyond any bucket.
+const MAX_PARTS: u32 = 4096;
+/// How often a reader starts over when the parts changed under it.
+const READ_ATTEMPTS: usize = 4;
+/// A worker rewrites a snapshot this old even when nothing changed, so its
+/// parts never age out of the stream while they are the current ones.
+pub const REFRESH: Duration = Duration::from_secs(600);
+
+/// What the head says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Head {
+    /// The bucket revision the snapshot reflects.
+    pub rev: u64,
+    /// Which worker wrote the parts (a token of letters and digits).
+    pub writer: String,
+    pub parts: u32,
+    pub decisions: u64,
+    /// When it was written, in milliseconds since the epoch.
+    pub written: u64,
+}
+
+/// One part: a run of decisions with the bucket keys they are stored under.
+#[derive(Debug, Serialize, Deserialize)]
+struct Part {
+    rev: u64,
+    writer: String,
+    index: u32,
+    entries: Vec<(String, Decision)>,
+}
+
+/// A snapshot read whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub rev: u64,
+    pub entries: Vec<(String, Decision)>,
+    /// Bytes read, head and parts.
+    pub bytes: usize,
+}
+
+/// Why no usable snapshot was read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Direct(#[from] DirectError),
+    #[error("the snapshot is not usable: {0}")]
+    Invalid(String),
+    #[error("the snapshot kept changing while it was read")]
+    KeptChanging,
+    #[error("writing the snapshot: {0}")]
+    Write(String),
+}
+
+fn head_subject(options: &NatsOptions) -> String {
+    format!("{}.head", options.snapshot_subject())
+}
+
+fn part_subject(options: &NatsOptions, writer: &str, index: u32) -> String {
+    format!("{}.part.{writer}.{index}", options.snapshot_subject())
+}
+
+/// The current head; None when no snapshot was written yet.
+pub async fn head(
+    client: &async_nats::Client,
+    options: &NatsOptions,
+) -> Result<Option<Head>, SnapshotError> {
+    let stream = options.snapshot_stream();
+    let Some(m) = direct::last(client, &stream, &head_subject(options)).await? else {
+        return Ok(None);
+    };
+    let head: Head = serde_json::from_slice(&m.payload)
+        .map_err(|e| SnapshotError::Invalid(format!("an unreadable head: {e}")))?;
+    if head.writer.is_empty() || !head.writer.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(SnapshotError::Invalid(
+            "a head naming no valid writer".into(),
+        ));
+    }
+    if head.parts > MAX_PARTS {
+        return Err(SnapshotError::Invalid(format!(
+            "a head naming {} parts",
+            head.parts
+        )));
+    }
+    Ok(Some(head))
+}
+
+/// Reads the current snapshot whole. `newest` is the bucket's last
+/// revision: a snapshot claiming a later one is refused. None when there
+/// is no snapshot yet.
+pub async fn read(
+    client: &async_nats::Client,
+    options: &NatsOptions,
+    newest: u64,
+) -> Result<Option<Snapshot>, SnapshotError> {
+    let stream = options.snapshot_stream();
+    for _ in 0..READ_ATTEMPTS {
+        let Some(head) = head(client, options).await? else {
+            return Ok(None);
+        };
+        if head.rev > newest {
+            return Err(SnapshotError::Invalid(format!(
+                "it claims revision {} but the bucket is at {newest}",
+                head.rev
+            )));
+        }
+        let mut entries = Vec::with_capacity(head.decisions.min(1 << 20) as usize);
+        let mut bytes = 0;
+        let mut changed = false;
+        for index in 0..head.parts {
+            let subject = part_subject(options, &head.writer, index);
+            let Some(m) = direct::last(client, &stream, &subject).await? else {
+                changed = true;
+                break;
+            };
+            bytes += m.payload.len();
+            let part: Part = serde_json::from_slice(&m.payload)
+                .map_err(|e| SnapshotError::Invalid(format!("an unreadable part: {e}")))?;
+            if part.rev != head.rev || part.writer != head.writer || part.index != index {
+                changed = true;
+                break;
+            }
+            entries.extend(part.entries);
+        }
+        if !changed {
+            return Ok(Some(Snapshot {
+                rev: head.rev,
+                entries,
+                bytes,
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(SnapshotError::KeptChanging)
+}
+
+/// Writes a snapshot of `entries` (decisions by bucket key) reflecting
+/// bucket revision `rev`, as `writer`; returns its head.
+pub async fn write(
+    js: &async_nats::jetstream::Context,
+    options: &NatsOptions,
+    writer: &str,
+    rev: u64,
+    entries: Vec<(String, Decision)>,
+) -> Result<Head, SnapshotError> {
+    let failed = |e: &dyn std::fmt::Display| SnapshotError::Write(e.to_string());
+    let decisions = entries.len() as u64;
+    let mut parts: Vec<Vec<(String, Decision)>> = vec![Vec::new()];
+    let mut size = 0;
+    for (key, decision) in entries {
+        // An estimate good enough to keep parts under the server's limit.
+        let one = key.len() + 64 + serde_json::to_vec(&decision).map_or(0, |v| v.len());
+        if size + one > PART_BYTES && !parts.last().is_some_and(Vec::is_empty) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += one;
+        parts
+            .last_mut()
+            .expect("one part at least")
+            .push((key, decision));
+    }
+    let count = parts.len() as u32;
+    let mut acks = Vec::with_capacity(parts.len());
+    for (index, entries) in parts.into_iter().enumerate() {
+        let part = Part {
+            rev,
+            writer: writer.to_string(),
+            index: index as u32,
+            entries,
+        };
+        let body = serde_json::to_vec(&part).expect("a part serializes");
+        let ack = js
+            .publish_with_headers(
+                part_subject(options, writer, index as u32),
+                HeaderMap::new(),
+                body.into(),
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.map_err(|e| failed(&e))?;
+    }
+    let head = Head {
+        rev,
+        writer: writer.to_string(),
+        parts: count,
+        decisions,
+        written: Timestamp::now().as_millis(),
+    };
+    js.publish(
+        head_subject(options),
+        serde_json::to_vec(&head).expect("a head serializes").into(),
+    )
+    .await
+    .map_err(|e| failed(&e))?
+    .await
+    .map_err(|e| failed(&e))?;
+    Ok(head)
+}
