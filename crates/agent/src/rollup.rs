@@ -14,6 +14,10 @@ use tracing::info;
 
 use crate::core::{Core, CoreError, entry};
 
+/// Past roll-ups of a network, for escalation: the agent's own table, under
+/// the name the hub gives its table of offenders.
+const OFFENDERS: Map = Map::new("map.offenders");
+
 impl Core {
     /// After new bans of `hosts` (or narrower networks): bans each of their
     /// networks in which enough bans were made within the window, in place of the member
@@ -72,7 +76,7 @@ impl Core {
         };
         let escalation = Escalation::default();
         let past = reader
-            .map_get(Map::Offenders, &network.to_string())?
+            .map_get(OFFENDERS, &network.to_string())?
             .and_then(|b| serde_json::from_slice::<Offender>(&b).ok());
         let previous = escalation.counted(past, now);
         let base = self.settings.default_ban;
@@ -118,7 +122,7 @@ impl Core {
         self.save(&format!("the roll-up into {}", ban.target), &[], |w| {
             w.put(&ban)?;
             let record = serde_json::to_vec(&offence).expect("a record serializes");
-            w.map_put(Map::Offenders, &ban.target.to_string(), &record)?;
+            w.map_put(OFFENDERS, &ban.target.to_string(), &record)?;
             for net in &replaced {
                 w.remove(Action::Ban, net)?;
             }

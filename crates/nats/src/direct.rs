@@ -15,9 +15,13 @@ const GET_TIMEOUT: Duration = Duration::from_secs(5);
 /// operation (`DEL`, `PURGE`; None for a value).
 #[derive(Debug, Clone)]
 pub struct StoredMsg {
+    /// The subject it was stored under (the bucket's `$KV.<bucket>.<key>`).
     pub subject: String,
+    /// Its sequence in the stream: the bucket revision it made.
     pub seq: u64,
+    /// Its KV operation (`DEL`, `PURGE`); None for a value.
     pub operation: Option<String>,
+    /// The stored value.
     pub payload: Bytes,
 }
 
@@ -47,10 +51,21 @@ impl StoredMsg {
 /// Why a direct get gave no message.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
+    /// The server answered with an error (is the stream there, and does
+    /// it allow direct gets?).
     #[error("direct get from {stream}: {detail}")]
-    Failed { stream: String, detail: String },
+    Failed {
+        /// The stream asked.
+        stream: String,
+        /// What the server or the client said.
+        detail: String,
+    },
+    /// No answer in time: the server is unreachable or overloaded.
     #[error("direct get from {stream} timed out")]
-    TimedOut { stream: String },
+    TimedOut {
+        /// The stream asked.
+        stream: String,
+    },
 }
 
 /// The first message of `stream` at or after `seq` whose subject matches

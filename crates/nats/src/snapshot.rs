@@ -42,7 +42,9 @@ pub struct Head {
     pub rev: u64,
     /// Which worker wrote the parts (a token of letters and digits).
     pub writer: String,
+    /// How many parts follow the head.
     pub parts: u32,
+    /// How many decisions the parts hold together.
     pub decisions: u64,
     /// When it was written, in milliseconds since the epoch.
     pub written: u64,
@@ -60,7 +62,9 @@ struct Part {
 /// A snapshot read whole.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The bucket revision it reflects: changes after it are read next.
     pub rev: u64,
+    /// The decisions with the bucket keys they are stored under.
     pub entries: Vec<(String, Decision)>,
     /// Bytes read, head and parts.
     pub bytes: usize,
@@ -69,12 +73,17 @@ pub struct Snapshot {
 /// Why no usable snapshot was read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// Reading a head or a part failed.
     #[error(transparent)]
     Direct(#[from] DirectError),
+    /// A head or part did not parse or did not fit the head (a stale or
+    /// forged part): the agent reads the bucket instead.
     #[error("the snapshot is not usable: {0}")]
     Invalid(String),
+    /// Workers replaced it faster than it could be read.
     #[error("the snapshot kept changing while it was read")]
     KeptChanging,
+    /// A worker could not store it (is the snapshot stream there?).
     #[error("writing the snapshot: {0}")]
     Write(String),
 }

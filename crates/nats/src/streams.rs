@@ -50,8 +50,10 @@ struct ApiErrorBody {
 /// What `STREAM.INFO` says of a stream's contents.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct StreamState {
+    /// Messages it holds.
     #[serde(default)]
     pub messages: u64,
+    /// The sequence of its last message (0 when empty).
     #[serde(default)]
     pub last_seq: u64,
 }
