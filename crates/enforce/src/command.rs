@@ -52,6 +52,7 @@ use tracing::{error, info, warn};
 
 use crate::enforcer::{Change, EnforceError, Enforcer, Entry, ObjectStatus, Status};
 use crate::filter::Filter;
+use crate::name::NameError;
 
 /// Longest rule or jail name passed to a command.
 pub const MAX_RULE_LEN: usize = 64;
@@ -222,12 +223,51 @@ pub struct Values<'a> {
     pub duration: &'a str,
 }
 
+/// Why a command template cannot be used; each message quotes the
+/// template as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The template ends with `\` outside quotes.
+    #[error("{0:?} ends with a lone backslash")]
+    LoneBackslash(String),
+    /// A `{` with no `}` after it.
+    #[error("{template:?}: unclosed {{{name}")]
+    UnclosedPlaceholder {
+        /// The template as written.
+        template: String,
+        /// What follows the `{`.
+        name: String,
+    },
+    /// A placeholder palisade does not fill.
+    #[error(
+        "{template:?}: unknown placeholder {{{name}}}; use {{ip}}, {{net}}, {{jail}}, {{rule}}, {{duration}} or {{family}} ({{{{ and }}}} for literal braces)"
+    )]
+    UnknownPlaceholder {
+        /// The template as written.
+        template: String,
+        /// The placeholder's name, between the braces.
+        name: String,
+    },
+    /// A `}` that closes nothing.
+    #[error("{0:?}: a lone }} (write }}}} for a literal brace)")]
+    LoneBrace(String),
+    /// A quote that is never closed.
+    #[error("{0:?} has an unclosed quote")]
+    UnclosedQuote(String),
+    /// Nothing but whitespace.
+    #[error("an empty command")]
+    Empty,
+    /// The first word, the program, has a placeholder in it.
+    #[error("{0:?}: the program itself cannot be a placeholder")]
+    PlaceholderProgram(String),
+}
+
 impl Template {
     /// Splits `source` like a POSIX shell would split words (whitespace;
     /// `'...'`; `"..."` with `\"` and `\\`; `\x` outside quotes), without
     /// any expansion, and finds the placeholders (`{ip}`, `{net}`, `{jail}`,
     /// `{rule}`, `{duration}`, `{family}`; `{{` and `}}` for literal braces).
-    pub fn parse(source: &str) -> Result<Template, String> {
+    pub fn parse(source: &str) -> Result<Template, TemplateError> {
         let mut args: Vec<Vec<Piece>> = Vec::new();
         let mut cur: Option<Vec<Piece>> = None;
         let mut text = String::new();
@@ -262,7 +302,7 @@ impl Template {
                         text.push(n);
                         cur.get_or_insert_with(Vec::new);
                     }
-                    None => return Err(format!("{source:?} ends with a lone backslash")),
+                    None => return Err(TemplateError::LoneBackslash(source.to_string())),
                 },
                 ('\\', Q::Double) => match chars.peek() {
                     Some(&n) if n == '"' || n == '\\' => {
@@ -287,21 +327,25 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(n) => name.push(n),
-                            None => return Err(format!("{source:?}: unclosed {{{name}")),
+                            None => {
+                                return Err(TemplateError::UnclosedPlaceholder {
+                                    template: source.to_string(),
+                                    name,
+                                });
+                            }
                         }
                     }
-                    let p = Placeholder::parse(&name).ok_or_else(|| {
-                        format!(
-                            "{source:?}: unknown placeholder {{{name}}}; use {{ip}}, {{net}}, {{jail}}, {{rule}}, {{duration}} or {{family}} ({{{{ and }}}} for literal braces)"
-                        )
-                    })?;
+                    let Some(p) = Placeholder::parse(&name) else {
+                        return Err(TemplateError::UnknownPlaceholder {
+                            template: source.to_string(),
+                            name,
+                        });
+                    };
                     flush_text(&mut cur, &mut text);
                     cur.get_or_insert_with(Vec::new).push(Piece::Value(p));
                 }
                 ('}', _) => {
-                    return Err(format!(
-                        "{source:?}: a lone }} (write }}}} for a literal brace)"
-                    ));
+                    return Err(TemplateError::LoneBrace(source.to_string()));
                 }
                 (c, Q::None) if c.is_whitespace() => {
                     flush_text(&mut cur, &mut text);
@@ -316,18 +360,16 @@ impl Template {
             }
         }
         if q != Q::None {
-            return Err(format!("{source:?} has an unclosed quote"));
+            return Err(TemplateError::UnclosedQuote(source.to_string()));
         }
         flush_text(&mut cur, &mut text);
         if let Some(a) = cur.take() {
             args.push(a);
         }
         match args.first() {
-            None => return Err("an empty command".into()),
+            None => return Err(TemplateError::Empty),
             Some(first) if first.iter().any(|p| matches!(p, Piece::Value(_))) => {
-                return Err(format!(
-                    "{source:?}: the program itself cannot be a placeholder"
-                ));
+                return Err(TemplateError::PlaceholderProgram(source.to_string()));
             }
             _ => {}
         }
@@ -394,7 +436,7 @@ impl<'de> Deserialize<'de> for Template {
 }
 
 /// Checks a jail name before it goes into a command.
-pub fn check_jail(name: &str) -> Result<(), String> {
+pub fn check_jail(name: &str) -> Result<(), NameError> {
     // Not an option either: a leading `-` would be read as one.
     let ok = palisade_model::name::is_plain(name)
         && name.len() <= MAX_RULE_LEN
@@ -402,17 +444,14 @@ pub fn check_jail(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} cannot be passed to a command: a jail name must be {}, not starting with -",
-            palisade_model::name::PLAIN
-        ))
+        Err(NameError::Jail(name.to_string()))
     }
 }
 
 /// Checks a rule name before it goes into a command: a jail name's
 /// characters plus `/` and `:`, with no empty, `.` or `..` segment between
 /// slashes (so it cannot climb out of a directory a template puts it in).
-pub fn check_rule(name: &str) -> Result<(), String> {
+pub fn check_rule(name: &str) -> Result<(), NameError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_RULE_LEN
         && !name.starts_with('-')
@@ -423,9 +462,7 @@ pub fn check_rule(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} cannot be passed to a command: a rule name must be 1 to {MAX_RULE_LEN} of A-Z a-z 0-9 . _ - : and / between non-empty segments other than . and .., and not start with -"
-        ))
+        Err(NameError::Rule(name.to_string()))
     }
 }
 
@@ -507,7 +544,7 @@ impl CommandEnforcer {
             }
         }
         if let Some(j) = &config.jail {
-            check_jail(j).map_err(EnforceError::Config)?;
+            check_jail(j)?;
         }
         if config.workers == 0 {
             return Err(EnforceError::Config(
@@ -1031,16 +1068,24 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused_at_config_time() {
-        let e = Template::parse("fail2ban-client set {jial} banip {ip}").unwrap_err();
+        let e = Template::parse("fail2ban-client set {jial} banip {ip}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown placeholder {jial}"), "{e}");
         assert!(
             Template::parse("echo 'open")
                 .unwrap_err()
+                .to_string()
                 .contains("unclosed quote")
         );
         assert!(Template::parse("").is_err());
         assert!(Template::parse("   ").is_err());
-        assert!(Template::parse("{ip} x").unwrap_err().contains("program"));
+        assert!(
+            Template::parse("{ip} x")
+                .unwrap_err()
+                .to_string()
+                .contains("program")
+        );
         assert!(Template::parse("echo {ip").is_err());
         assert!(Template::parse("echo }").is_err());
     }

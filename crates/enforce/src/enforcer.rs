@@ -6,6 +6,8 @@ use palisade_model::{Action, Net, Timestamp};
 
 pub use palisade_netlink::Error as NetlinkError;
 
+use crate::name::NameError;
+
 /// One decision as an enforcer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -65,6 +67,9 @@ pub enum EnforceError {
     /// template, a set type palisade cannot fill, ...).
     #[error("{0}")]
     Config(String),
+    /// A configured name cannot be used where the enforcer would put it.
+    #[error(transparent)]
+    Name(#[from] NameError),
     /// A kernel object the configuration names does not exist (an ipset
     /// palisade may not create, an xt_recent list no rule has made).
     #[error("{0}")]
@@ -128,6 +133,7 @@ impl EnforceError {
             EnforceError::Unrecovered { error, .. } => error.is_permission_denied(),
             EnforceError::Several(v) => v.iter().any(EnforceError::is_permission_denied),
             EnforceError::Config(_)
+            | EnforceError::Name(_)
             | EnforceError::Missing(_)
             | EnforceError::SetFull { .. }
             | EnforceError::Other(_) => false,

@@ -54,6 +54,7 @@ use crate::enforcer::{
     ObjectStatus, Status,
 };
 use crate::filter::{FamilyName, Filter};
+use crate::name::NameError;
 
 pub use palisade_netlink::ipset::MAX_TIMEOUT_SECS;
 
@@ -160,20 +161,30 @@ impl SetType {
         }
     }
 
-    fn parse(s: &str) -> Result<SetType, String> {
+    fn parse(s: &str) -> Result<SetType, SetTypeError> {
         match s {
             "hash:ip" => Ok(SetType::HashIp),
             "hash:net" => Ok(SetType::HashNet),
             "bitmap:ip" => Ok(SetType::BitmapIp),
-            "bitmap:net" => Err(
-                "there is no bitmap:net set type in the kernel: use \"bitmap:ip\" with a `range` and a `netmask` (it then holds networks of that size), or \"hash:net\""
-                    .into(),
-            ),
-            other => Err(format!(
-                "palisade cannot fill ipsets of type {other:?}: use \"hash:ip\", \"hash:net\" or \"bitmap:ip\""
-            )),
+            "bitmap:net" => Err(SetTypeError::BitmapNet),
+            other => Err(SetTypeError::Unsupported(other.to_string())),
         }
     }
+}
+
+/// Why a configured set type cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SetTypeError {
+    /// `bitmap:net`, which people expect but the kernel does not have.
+    #[error(
+        "there is no bitmap:net set type in the kernel: use \"bitmap:ip\" with a `range` and a `netmask` (it then holds networks of that size), or \"hash:net\""
+    )]
+    BitmapNet,
+    /// A type palisade does not fill (`list:set`, `hash:ip,port`, ...).
+    #[error(
+        "palisade cannot fill ipsets of type {0:?}: use \"hash:ip\", \"hash:net\" or \"bitmap:ip\""
+    )]
+    Unsupported(String),
 }
 
 impl<'de> Deserialize<'de> for SetType {
@@ -189,12 +200,9 @@ fn set_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-fn check_set_name(s: &str) -> Result<(), String> {
+fn check_set_name(s: &str) -> Result<(), NameError> {
     if s.is_empty() || s.len() > ipset::MAX_NAME_LEN || s.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "{s:?} is not an ipset name (1 to {} bytes, no control characters)",
-            ipset::MAX_NAME_LEN
-        ));
+        return Err(NameError::Set(s.to_string()));
     }
     Ok(())
 }
@@ -389,7 +397,7 @@ impl IpsetEnforcer {
             ));
         }
         for s in &config.sets {
-            check_set_name(&s.name).map_err(EnforceError::Config)?;
+            check_set_name(&s.name)?;
             if let Some(c) = &s.create {
                 check_create(s, c)?;
             }
@@ -1113,9 +1121,14 @@ mod tests {
 
     #[test]
     fn bitmap_net_is_explained() {
-        let e = SetType::parse("bitmap:net").unwrap_err();
+        let e = SetType::parse("bitmap:net").unwrap_err().to_string();
         assert!(e.contains("no bitmap:net") && e.contains("netmask"), "{e}");
-        assert!(SetType::parse("list:set").unwrap_err().contains("hash:ip"));
+        assert!(
+            SetType::parse("list:set")
+                .unwrap_err()
+                .to_string()
+                .contains("hash:ip")
+        );
     }
 
     #[test]

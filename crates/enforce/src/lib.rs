@@ -39,6 +39,7 @@ pub mod ipset;
 mod kernel;
 pub mod kill;
 pub mod layout;
+mod name;
 pub mod nftables;
 mod partition;
 pub mod xt_recent;
@@ -49,3 +50,4 @@ pub use enforcer::{
     ObjectStatus, Status,
 };
 pub use filter::{Filter, Filtered};
+pub use name::NameError;

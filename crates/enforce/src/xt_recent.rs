@@ -46,6 +46,7 @@ use crate::enforcer::{
     Change, DRIFT_EXAMPLES, Drift, EnforceError, Enforcer, Entry, ObjectDrift, ObjectStatus, Status,
 };
 use crate::filter::{Filter, glob};
+use crate::name::NameError;
 
 /// Where the lists of the calling thread's network namespace live.
 pub const PROC_DIR: &str = "/proc/thread-self/net/xt_recent";
@@ -91,8 +92,8 @@ pub struct Route {
     pub list: String,
 }
 
-fn check_list_name(s: &str) -> Result<(), String> {
-    palisade_model::decision::check_list_name(s).map_err(|e| e.to_string())
+fn check_list_name(s: &str) -> Result<(), NameError> {
+    Ok(palisade_model::decision::check_list_name(s)?)
 }
 
 fn list_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -141,7 +142,7 @@ impl XtRecentEnforcer {
             .chain(config.default_list.iter())
             .chain(config.also_unblock.iter())
         {
-            check_list_name(l).map_err(EnforceError::Config)?;
+            check_list_name(l)?;
             if !lists.contains(l) {
                 lists.push(l.clone());
             }
@@ -248,7 +249,7 @@ impl XtRecentEnforcer {
     /// every command gets its own open file.
     fn open_list(&mut self, list: &str) -> Result<OwnedFd, EnforceError> {
         // Checked again here, where a name becomes a file name.
-        check_list_name(list).map_err(EnforceError::Config)?;
+        check_list_name(list)?;
         let dir = self.dir_fd()?;
         let c = CString::new(list).map_err(|_| self.missing(list))?;
         // SAFETY: dir is an open directory fd, c a NUL-terminated name.
@@ -292,7 +293,7 @@ impl XtRecentEnforcer {
     }
 
     fn read_list(&mut self, list: &str) -> Result<String, EnforceError> {
-        check_list_name(list).map_err(EnforceError::Config)?;
+        check_list_name(list)?;
         let dir = self.dir_fd()?;
         let c = CString::new(list).map_err(|_| self.missing(list))?;
         // SAFETY: as in `file`.
