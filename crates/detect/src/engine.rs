@@ -40,18 +40,60 @@ pub enum PatternKind {
     Ignore,
 }
 
+/// Why a pattern as written in a rule cannot be used; each says what to
+/// write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum RulePatternError {
+    /// A bad or good pattern without exactly one `<HOST>`.
+    #[error(
+        "{} pattern needs exactly one <HOST> (the attacker's address), found {found}",
+        if *.kind == PatternKind::Bad { "a bad" } else { "a good" }
+    )]
+    HostCount {
+        /// Bad or good.
+        kind: PatternKind,
+        /// How many `<HOST>` it has.
+        found: usize,
+    },
+    /// A bad or good pattern that does not start with `^`.
+    #[error(
+        "must start with ^ (the start of the message) so the address cannot come from text an attacker controls"
+    )]
+    Unanchored,
+    /// An unbounded repeat before `<HOST>` in a pattern that does not end
+    /// with `$`.
+    #[error(
+        "has an unbounded repeat (*, + or {{n,}}) before <HOST>, so it must end with $: otherwise a user name or URL containing an address could supply <HOST>"
+    )]
+    OpenEnded,
+    /// An ignore pattern with several `<HOST>`.
+    #[error("has more than one <HOST>")]
+    IgnoreHosts,
+    /// A bad pattern of a `closed_ports_only` rule without a port group.
+    #[error("closed_ports_only needs a (?P<port>\\d+) group")]
+    NoPortGroup,
+    /// Not a regular expression (the regex crate's explanation, on one
+    /// line).
+    #[error("not a valid regex: {0}")]
+    Syntax(String),
+    /// A regular expression too large to compile.
+    #[error(transparent)]
+    Regex(regex::Error),
+}
+
 /// Why rules did not compile. Each error names the rule and the pattern.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// A pattern of the rule does not compile.
-    #[error("rule {rule:?}: pattern {pattern:?}: {message}")]
+    #[error("rule {rule:?}: pattern {pattern:?}: {error}")]
     Pattern {
         /// The rule's name.
         rule: String,
         /// The pattern as written.
         pattern: String,
         /// What is wrong with it.
-        message: String,
+        #[source]
+        error: RulePatternError,
     },
     /// The fail2ban filter a rule names could not be loaded.
     #[error("rule {rule:?}: fail2ban filter {}: {source}", path.display())]
@@ -249,10 +291,10 @@ impl Engine {
                 (&rc.good, PatternKind::Good),
             ] {
                 for p in list {
-                    let re = compile_native(p, kind).map_err(|message| CompileError::Pattern {
+                    let re = compile_native(p, kind).map_err(|error| CompileError::Pattern {
                         rule: rc.name.clone(),
                         pattern: p.clone(),
-                        message,
+                        error,
                     })?;
                     let host = group_index(&re, "host");
                     let port = group_index(&re, "port");
@@ -260,7 +302,7 @@ impl Engine {
                         return Err(CompileError::Pattern {
                             rule: rc.name.clone(),
                             pattern: p.clone(),
-                            message: "closed_ports_only needs a (?P<port>\\d+) group".into(),
+                            error: RulePatternError::NoPortGroup,
                         });
                     }
                     let locs = re.capture_locations();
@@ -599,38 +641,25 @@ fn group_index(re: &Regex, name: &str) -> Option<usize> {
 }
 
 /// Checks a pattern as written in a rule: syntax, `<HOST>` and anchoring.
-pub fn check_native_pattern(p: &str, kind: PatternKind) -> Result<(), String> {
+pub fn check_native_pattern(p: &str, kind: PatternKind) -> Result<(), RulePatternError> {
     compile_native(p, kind).map(|_| ())
 }
 
-fn compile_native(p: &str, kind: PatternKind) -> Result<Regex, String> {
+fn compile_native(p: &str, kind: PatternKind) -> Result<Regex, RulePatternError> {
     let hosts = p.matches("<HOST>").count();
     if kind != PatternKind::Ignore {
         if hosts != 1 {
-            return Err(format!(
-                "{} pattern needs exactly one <HOST> (the attacker's address), found {hosts}",
-                if kind == PatternKind::Bad {
-                    "a bad"
-                } else {
-                    "a good"
-                }
-            ));
+            return Err(RulePatternError::HostCount { kind, found: hosts });
         }
         if !p.starts_with('^') {
-            return Err(
-                "must start with ^ (the start of the message) so the address cannot come from text an attacker controls"
-                    .into(),
-            );
+            return Err(RulePatternError::Unanchored);
         }
         let before = &p[..p.find("<HOST>").unwrap_or(0)];
         if has_unbounded_repeat(before) && !ends_anchored(p) {
-            return Err(
-                "has an unbounded repeat (*, + or {n,}) before <HOST>, so it must end with $: otherwise a user name or URL containing an address could supply <HOST>"
-                    .into(),
-            );
+            return Err(RulePatternError::OpenEnded);
         }
     } else if hosts > 1 {
-        return Err("has more than one <HOST>".into());
+        return Err(RulePatternError::IgnoreHosts);
     }
     let expanded = p.replace("<HOST>", HOST_RE);
     // ASCII classes: \d \w \s mean ASCII digits, word characters and
@@ -640,8 +669,8 @@ fn compile_native(p: &str, kind: PatternKind) -> Result<Regex, String> {
         .size_limit(10 << 20)
         .build()
         .map_err(|e| match e {
-            regex::Error::Syntax(s) => format!("not a valid regex: {}", s.replace('\n', " ")),
-            other => other.to_string(),
+            regex::Error::Syntax(s) => RulePatternError::Syntax(s.replace('\n', " ")),
+            other => RulePatternError::Regex(other),
         })
 }
 

@@ -37,6 +37,6 @@ pub mod tracker;
 mod loggen;
 
 pub use config::{EXAMPLE_TOML, Limits, RuleConfig, SourceConfig, StageConfig};
-pub use engine::{CompileError, Engine, Hit, HitKind};
+pub use engine::{CompileError, Engine, Hit, HitKind, RulePatternError};
 pub use sources::{Line, SourceHandle, nflog_source, spawn};
 pub use tracker::{Event, StageRef, Tracker, Trust};

@@ -326,7 +326,7 @@ pub struct Groups<'t> {
 
 impl Pattern {
     /// Compiles an already translated pattern.
-    pub fn compile(translated: &str) -> Result<Pattern, String> {
+    pub fn compile(translated: &str) -> Result<Pattern, PatternError> {
         check_shape(translated)?;
         match regex::RegexBuilder::new(translated)
             .size_limit(32 << 20)
@@ -338,7 +338,10 @@ impl Pattern {
                 .build()
             {
                 Ok(r) => Ok(Pattern::Fancy(Box::new(r))),
-                Err(e) => Err(format!("{e} ({})", first_line(&std_err.to_string()))),
+                Err(error) => Err(PatternError::Invalid {
+                    error: Box::new(error),
+                    regex: first_line(&std_err.to_string()),
+                }),
             },
         }
     }
@@ -384,6 +387,32 @@ impl Pattern {
     }
 }
 
+/// Why a (translated) Python pattern cannot be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    /// A repetition of a repetition, which Python refuses too.
+    #[error(
+        "a repetition of a repetition at byte {at} (\"multiple repeat\" in Python): put the first in a group, as in (?:a+)*, or drop one"
+    )]
+    RepeatedRepeat {
+        /// Where the second repetition starts, in the translated pattern.
+        at: usize,
+    },
+    /// Groups nested so deep that compiling them would overflow the stack.
+    #[error("groups nested deeper than {MAX_DEPTH}: flatten the pattern")]
+    TooDeep,
+    /// Neither regex crate takes the pattern: fancy-regex's explanation,
+    /// then the `regex` crate's.
+    #[error("{error} ({regex})")]
+    Invalid {
+        /// fancy-regex's error.
+        #[source]
+        error: Box<fancy_regex::Error>,
+        /// The last line of the `regex` crate's error.
+        regex: String,
+    },
+}
+
 /// Groups nested deeper than this are refused. The regex crates compile
 /// by recursion, one frame set per level: hundreds of levels overflow a
 /// thread's stack and abort the process. fail2ban's filters nest a few.
@@ -393,7 +422,7 @@ const MAX_DEPTH: usize = 64;
 /// the process with: a repetition of a repetition (`a**`, `a{2}+*`, Python's
 /// "multiple repeat"; a lazy `?` or possessive `+` after one is its
 /// modifier) and groups nested over 64 (`MAX_DEPTH`).
-pub fn check_shape(t: &str) -> Result<(), String> {
+pub fn check_shape(t: &str) -> Result<(), PatternError> {
     let b = t.as_bytes();
     let mut depth = 0usize;
     let mut in_class = false;
@@ -421,9 +450,7 @@ pub fn check_shape(t: &str) -> Result<(), String> {
             if repeated && !modified && (c == b'?' || c == b'+') {
                 modified = true;
             } else if repeated {
-                return Err(format!(
-                    "a repetition of a repetition at byte {i} (\"multiple repeat\" in Python)"
-                ));
+                return Err(PatternError::RepeatedRepeat { at: i });
             } else {
                 repeated = true;
                 modified = false;
@@ -447,7 +474,7 @@ pub fn check_shape(t: &str) -> Result<(), String> {
             b'(' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return Err(format!("groups nested deeper than {MAX_DEPTH}"));
+                    return Err(PatternError::TooDeep);
                 }
                 // `(?` opens flags or a group kind: its `?` is no repetition.
                 if b.get(i + 1) == Some(&b'?') {
@@ -546,7 +573,7 @@ mod tests {
                     .iter()
                     .map(|p| Pattern::compile(&translate(p, false)).is_err())
                     .collect();
-                let good: Vec<Result<(), String>> = good
+                let good: Vec<Result<(), PatternError>> = good
                     .iter()
                     .map(|p| Pattern::compile(&translate(p, false)).map(|_| ()))
                     .collect();

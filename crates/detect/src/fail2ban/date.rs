@@ -78,8 +78,8 @@ fn directive(key: &str) -> Option<String> {
     Some(v)
 }
 
-/// Replaces `%X` directives; `None` on an unknown directive.
-fn expand_directives(p: &str) -> Result<(String, bool), String> {
+/// Replaces `%X` directives; an error names an unknown one.
+fn expand_directives(p: &str) -> Result<(String, bool), Error> {
     let mut out = String::new();
     let mut alpha = false;
     let mut rest = p;
@@ -98,7 +98,10 @@ fn expand_directives(p: &str) -> Result<(String, bool), String> {
             out.push_str(&v);
             rest = &rest[key1.len()..];
         } else {
-            return Err(format!("unknown date directive %{key1} in {p:?}"));
+            return Err(Error::DateDirective {
+                directive: key1,
+                pattern: p.to_string(),
+            });
         }
     }
     out.push_str(rest);
@@ -202,8 +205,10 @@ fn set_regex(regex: &str, wb: Wb, we: bool) -> (String, bool) {
 
 fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Template, Error> {
     let translated = translate(&regex, false);
-    let full = Pattern::compile(&translated)
-        .map_err(|e| Error::Regex(format!("date pattern {name:?}: {e}")))?;
+    let full = Pattern::compile(&translated).map_err(|error| Error::Pattern {
+        what: format!("date pattern {name:?}"),
+        error,
+    })?;
     // Fast form: drop the leading and trailing boundary guards.
     let mut core = translated.clone();
     let mut gf = String::new();
@@ -334,7 +339,7 @@ fn pattern_template(pattern: &str) -> Result<Template, Error> {
         p = r;
         wb = Wb::Start;
     }
-    let (fmt, alpha) = expand_directives(p).map_err(Error::Regex)?;
+    let (fmt, alpha) = expand_directives(p)?;
     let regex = if alpha { format!("(?iu){fmt}") } else { fmt };
     let (r, lb) = set_regex(&regex, wb, we);
     build(pattern, r, 1, lb)

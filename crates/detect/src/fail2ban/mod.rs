@@ -43,9 +43,28 @@ pub enum Error {
     /// The filter file or its includes could not be read or parsed.
     #[error("{0}")]
     Config(String),
-    /// A regular expression of the filter does not compile.
+    /// A regular expression of the filter is unusable (empty, or without
+    /// a failure id).
     #[error("{0}")]
     Regex(String),
+    /// A regular expression of the filter does not compile.
+    #[error("{what}: {error}")]
+    Pattern {
+        /// Which expression, as written (`failregex "..."`, `date pattern
+        /// "..."`).
+        what: String,
+        /// Why it does not compile.
+        #[source]
+        error: crate::pyre::PatternError,
+    },
+    /// A date pattern uses a `%` directive fail2ban does not have.
+    #[error("unknown date directive %{directive} in {pattern:?}")]
+    DateDirective {
+        /// The letter after `%`.
+        directive: String,
+        /// The date pattern as written.
+        pattern: String,
+    },
 }
 
 /// A failure found by a filter in a line.
@@ -179,7 +198,10 @@ impl Re {
             return Err(Error::Regex(format!("{what}: empty regex")));
         }
         let t = translate(&resolved, multiline);
-        let pat = Pattern::compile(&t).map_err(|e| Error::Regex(format!("{what} {raw:?}: {e}")))?;
+        let pat = Pattern::compile(&t).map_err(|error| Error::Pattern {
+            what: format!("{what} {raw:?}"),
+            error,
+        })?;
         let names: Vec<(Arc<str>, usize)> = name_index(&pat)
             .into_iter()
             .map(|(n, i)| (Arc::from(n), i))
