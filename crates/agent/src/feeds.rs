@@ -176,12 +176,8 @@ pub fn spawn(feeds: Vec<Scheduled>, dir: PathBuf, worker: WorkerHandle) -> PullN
         let worker = worker.clone();
         async move {
             let (tx, rx) = oneshot::channel();
-            worker
-                .send(Command::Feed(name, entries, tx))
-                .map_err(|e| e.to_string())?;
-            rx.await
-                .unwrap_or(Err(WorkerError::Stopping))
-                .map_err(|e| e.to_string())
+            worker.send(Command::Feed(name, entries, tx))?;
+            rx.await.unwrap_or(Err(WorkerError::Stopping))
         }
     })
 }

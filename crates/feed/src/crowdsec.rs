@@ -135,7 +135,7 @@ pub async fn pull(
         if let Err(e) = check_entry(&net, feed.allow_non_public) {
             skipped += 1;
             if examples.len() < EXAMPLES {
-                examples.push(e);
+                examples.push(e.to_string());
             }
             continue;
         }

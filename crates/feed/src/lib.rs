@@ -23,7 +23,7 @@
 mod crowdsec;
 mod schedule;
 
-pub use schedule::{PullNow, PullNowError, spawn_all};
+pub use schedule::{ApplyError, PullFailed, PullNow, PullNowError, spawn_all};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade_model::{Net, Timestamp};
+use palisade_model::{Net, NetError, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// Longest line read (longer ones are malformed and skipped).
@@ -316,23 +316,56 @@ pub fn record_error(dir: &Path, feed: &Feed, error: &str) {
 /// blank or comment line, `Err` for anything else. Comments start with `#`
 /// or `;` (Spamhaus), anywhere on the line; text after the first field is
 /// ignored.
-pub fn parse_line(line: &str) -> Result<Option<Net>, String> {
+pub fn parse_line(line: &str) -> Result<Option<Net>, NetError> {
     let content = line.split(['#', ';']).next().unwrap_or_default().trim();
     let Some(field) = content.split_whitespace().next() else {
         return Ok(None);
     };
-    field.parse::<Net>().map(Some).map_err(|e| e.to_string())
+    field.parse::<Net>().map(Some)
+}
+
+/// Why a line of a list was skipped.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("the line is too long")]
+    TooLong,
+    #[error("not text")]
+    NotText,
+    #[error(transparent)]
+    Address(#[from] NetError),
+    #[error(transparent)]
+    Refused(#[from] FeedEntryError),
 }
 
 /// Refuses an entry in a non-public range unless the feed allows them.
-pub fn check_entry(net: &Net, allow_non_public: bool) -> Result<(), String> {
+pub fn check_entry(net: &Net, allow_non_public: bool) -> Result<(), FeedEntryError> {
     match palisade_model::guard::non_public(net) {
-        Some((range, why)) if !allow_non_public => Err(format!(
-            "{net} is in {range} ({why}), not the public internet; \
-             set allow_non_public = true on the feed to take such entries"
-        )),
+        Some((range, why)) if !allow_non_public => Err(FeedEntryError::NonPublic {
+            net: *net,
+            range,
+            why,
+        }),
         _ => Ok(()),
     }
+}
+
+/// Why a feed's entry was refused (and skipped, counted with the lines
+/// that are not addresses).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedEntryError {
+    /// The entry overlaps a range that is not the public internet, and
+    /// the feed does not allow those.
+    #[error(
+        "{net} is in {range} ({why}), not the public internet; set allow_non_public = true on the feed to take such entries"
+    )]
+    NonPublic {
+        /// The entry.
+        net: Net,
+        /// The non-public range it overlaps.
+        range: Net,
+        /// What that range is for.
+        why: &'static str,
+    },
 }
 
 /// Pulls `feed` into `dir`: a conditional request when a last good list
@@ -413,13 +446,13 @@ pub async fn pull(
     let mut take = |line: &[u8], too_long: bool, p: &mut Progress| -> Result<(), FeedError> {
         p.lines += 1;
         let parsed = if too_long {
-            Err("the line is too long".to_string())
+            Err(LineError::TooLong)
         } else {
             std::str::from_utf8(line)
-                .map_err(|_| "not text".to_string())
-                .and_then(|l| parse_line(l.trim_end_matches('\r')))
+                .map_err(|_| LineError::NotText)
+                .and_then(|l| Ok(parse_line(l.trim_end_matches('\r'))?))
                 .and_then(|n| match n {
-                    Some(n) => check_entry(&n, feed.allow_non_public).map(|()| Some(n)),
+                    Some(n) => Ok(check_entry(&n, feed.allow_non_public).map(|()| Some(n))?),
                     None => Ok(None),
                 })
         };
@@ -659,7 +692,7 @@ mod tests {
             "fd12::1",
             "0.0.0.0/0",
         ] {
-            let e = check_entry(&n(s), false).unwrap_err();
+            let e = check_entry(&n(s), false).unwrap_err().to_string();
             assert!(e.contains("allow_non_public"), "{e}");
             check_entry(&n(s), true).unwrap();
         }

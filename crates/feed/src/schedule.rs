@@ -13,7 +13,7 @@ use palisade_control::{FeedApplied, FeedPulled};
 use palisade_model::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Feed, List, Pulled, last_good, next_pull_in, pull, record_error, state};
+use crate::{Feed, FeedError, List, Pulled, last_good, next_pull_in, pull, record_error, state};
 
 /// Pulls asked for by hand that may wait while one runs: more are refused
 /// at once rather than queued without bound.
@@ -23,10 +23,41 @@ const WAITING: usize = 1;
 /// is the asker's text).
 const NAME_SHOWN: usize = 64;
 
-type Asked = oneshot::Sender<Result<FeedPulled, String>>;
+type Asked = oneshot::Sender<Result<FeedPulled, PullFailed>>;
+
+/// Why applying a list failed, as the agent or the hub says it.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why one pull of a feed came to nothing; the feed's last good list
+/// stays.
+#[derive(Debug, thiserror::Error)]
+pub enum PullFailed {
+    /// The pull failed; the feed's state records why.
+    #[error("the feed {name} failed: {error}; {kept}")]
+    Pull {
+        /// The feed's name.
+        name: String,
+        /// Why the pull failed.
+        #[source]
+        error: FeedError,
+        /// What stays of the feed (its last good list, or nothing).
+        kept: String,
+    },
+    /// The list arrived but could not be applied.
+    #[error("the feed {name} was pulled ({entries} entries) but cannot be applied: {error}")]
+    Apply {
+        /// The feed's name.
+        name: String,
+        /// How many entries the list has.
+        entries: usize,
+        /// Why the agent or the hub could not apply it.
+        #[source]
+        error: ApplyError,
+    },
+}
 
 /// Why a pull asked for by hand did not happen or failed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum PullNowError {
     /// The configuration has no `[[feed]]`.
     #[error("no feed is configured here: add a [[feed]] table with name and url and restart")]
@@ -53,8 +84,8 @@ pub enum PullNowError {
     },
     /// The pull or applying its list failed; the message says why and what
     /// was kept.
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Failed(#[from] PullFailed),
 }
 
 /// The way into every feed's pulling task, by the feed's name.
@@ -99,10 +130,11 @@ impl PullNow {
 /// Spawns one pulling task per feed on the current tokio runtime (each
 /// `(feed, every)`), handing every new list to `apply(name, entries)`,
 /// and returns the way to ask them for a pull now.
-pub fn spawn_all<F, Fut>(feeds: Vec<(Feed, Duration)>, dir: PathBuf, apply: F) -> PullNow
+pub fn spawn_all<F, Fut, E>(feeds: Vec<(Feed, Duration)>, dir: PathBuf, apply: F) -> PullNow
 where
     F: Fn(String, List) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<FeedApplied, String>> + Send,
+    Fut: Future<Output = Result<FeedApplied, E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let mut now = PullNow::default();
     for (feed, every) in feeds {
@@ -128,7 +160,7 @@ where
 /// last good list, so after a restart the feed's entries are right at once
 /// whatever the server says; a failure is recorded and logged, the last
 /// good list stays, and the pull is retried sooner ([`next_pull_in`]).
-async fn keep_pulling<F, Fut>(
+async fn keep_pulling<F, Fut, E>(
     feed: Feed,
     every: Duration,
     dir: PathBuf,
@@ -136,7 +168,8 @@ async fn keep_pulling<F, Fut>(
     mut asked: mpsc::Receiver<Asked>,
 ) where
     F: Fn(List) -> Fut,
-    Fut: Future<Output = Result<FeedApplied, String>>,
+    Fut: Future<Output = Result<FeedApplied, E>>,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let name = feed.name.as_str();
     if state(&dir, name).url == feed.url
@@ -171,15 +204,16 @@ async fn keep_pulling<F, Fut>(
 /// says has not changed is applied again (the operator asked for the
 /// feed's entries to be right now). A failure is recorded in the feed's
 /// state; its message says what was kept.
-async fn pull_and_apply<F, Fut>(
+async fn pull_and_apply<F, Fut, E>(
     feed: &Feed,
     dir: &Path,
     apply: &F,
     by_hand: bool,
-) -> Result<FeedPulled, String>
+) -> Result<FeedPulled, PullFailed>
 where
     F: Fn(List) -> Fut,
-    Fut: Future<Output = Result<FeedApplied, String>>,
+    Fut: Future<Output = Result<FeedApplied, E>>,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let name = feed.name.as_str();
     let started = tokio::time::Instant::now();
@@ -207,7 +241,11 @@ where
         }
         Err(e) => {
             record_error(dir, feed, &e.to_string());
-            return Err(format!("the feed {name} failed: {e}; {}", kept(dir, name)));
+            return Err(PullFailed::Pull {
+                name: name.to_string(),
+                error: e,
+                kept: kept(dir, name),
+            });
         }
     };
     done.millis = started.elapsed().as_millis() as u64;
@@ -220,9 +258,11 @@ where
             }
             Err(e) => {
                 tracing::warn!(feed = name, error = %e, "cannot apply the feed");
-                return Err(format!(
-                    "the feed {name} was pulled ({n} entries) but cannot be applied: {e}"
-                ));
+                return Err(PullFailed::Apply {
+                    name: name.to_string(),
+                    entries: n,
+                    error: Box::new(e),
+                });
             }
         }
     }
@@ -249,10 +289,8 @@ mod tests {
     #[tokio::test]
     async fn pulls_by_hand_are_bounded_and_only_for_configured_feeds() {
         let none = PullNow::default();
-        assert_eq!(
-            none.pull("x").await.unwrap_err(),
-            PullNowError::NoneConfigured
-        );
+        let e = none.pull("x").await.unwrap_err();
+        assert!(matches!(e, PullNowError::NoneConfigured), "{e:?}");
 
         let mut now = PullNow::default();
         let mut waiting = now.add("lvl1");
@@ -275,26 +313,32 @@ mod tests {
         while waiting.is_empty() {
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            now.pull("lvl1").await.unwrap_err(),
-            PullNowError::Busy {
-                name: "lvl1".into()
-            }
+        let e = now.pull("lvl1").await.unwrap_err();
+        assert!(
+            matches!(&e, PullNowError::Busy { name } if name == "lvl1"),
+            "{e:?}"
         );
         // The task answers the one that waited.
         let reply = waiting.recv().await.unwrap();
-        reply.send(Err("the feed lvl1 failed: no".into())).unwrap();
+        reply
+            .send(Err(PullFailed::Pull {
+                name: "lvl1".into(),
+                error: FeedError::BadUrl("ftp://x".into()),
+                kept: "there is no earlier list".into(),
+            }))
+            .unwrap();
+        let e = first.await.unwrap().unwrap_err();
+        assert!(matches!(e, PullNowError::Failed(_)), "{e:?}");
         assert_eq!(
-            first.await.unwrap().unwrap_err(),
-            PullNowError::Failed("the feed lvl1 failed: no".into())
+            e.to_string(),
+            "the feed lvl1 failed: \"ftp://x\" is not an http:// or https:// address; there is no earlier list"
         );
         // A task that is gone says so.
         drop(waiting);
-        assert_eq!(
-            now.pull("lvl1").await.unwrap_err(),
-            PullNowError::Stopped {
-                name: "lvl1".into()
-            }
+        let e = now.pull("lvl1").await.unwrap_err();
+        assert!(
+            matches!(&e, PullNowError::Stopped { name } if name == "lvl1"),
+            "{e:?}"
         );
     }
 }

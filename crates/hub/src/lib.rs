@@ -220,16 +220,12 @@ pub async fn start(options: HubOptions) -> Result<RunningHub> {
             let h = h.clone();
             async move {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                h.writer
-                    .send(writer::Job::Feed {
-                        name,
-                        entries,
-                        reply: tx,
-                    })
-                    .map_err(|e| e.to_string())?;
-                rx.await
-                    .unwrap_or(Err(writer::WriterError::Stopping))
-                    .map_err(|e| e.to_string())
+                h.writer.send(writer::Job::Feed {
+                    name,
+                    entries,
+                    reply: tx,
+                })?;
+                rx.await.unwrap_or(Err(writer::WriterError::Stopping))
             }
         },
     );
