@@ -392,25 +392,32 @@ fn finite_duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duratio
 impl FeedConfig {
     /// A `crowdsec` feed needs its key, which goes into a request header:
     /// visible ASCII only. A list feed has no key.
-    fn check_kind(&self) -> Result<(), String> {
-        let name = &self.name;
+    fn check_kind(&self) -> Result<(), FeedKeyError> {
+        let feed = self.name.clone();
         match (self.kind, &self.api_key) {
-            (FeedKind::Crowdsec, None) => Err(format!(
-                "[[feed]] {name}: a crowdsec feed needs api_key (make one on the LAPI with `cscli bouncers add palisade`)"
-            )),
+            (FeedKind::Crowdsec, None) => Err(FeedKeyError::Missing { feed }),
             (FeedKind::Crowdsec, Some(k))
                 if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) =>
             {
-                Err(format!(
-                    "[[feed]] {name}: api_key must be 1 to 128 visible ASCII characters"
-                ))
+                Err(FeedKeyError::Unusable { feed })
             }
-            (FeedKind::List, Some(_)) => Err(format!(
-                "[[feed]] {name}: api_key is only for kind = \"crowdsec\""
-            )),
+            (FeedKind::List, Some(_)) => Err(FeedKeyError::NotCrowdsec { feed }),
             _ => Ok(()),
         }
     }
+}
+
+/// A feed's `api_key` that does not fit its `kind`.
+#[derive(Debug, thiserror::Error)]
+enum FeedKeyError {
+    #[error(
+        "[[feed]] {feed}: a crowdsec feed needs api_key (make one on the LAPI with `cscli bouncers add palisade`)"
+    )]
+    Missing { feed: String },
+    #[error("[[feed]] {feed}: api_key must be 1 to 128 visible ASCII characters")]
+    Unusable { feed: String },
+    #[error("[[feed]] {feed}: api_key is only for kind = \"crowdsec\"")]
+    NotCrowdsec { feed: String },
 }
 
 /// What a feed's address serves.
@@ -526,13 +533,24 @@ fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
     usize::try_from(bytes).map_err(|_| D::Error::custom("too large for this machine"))
 }
 
-fn parse_byte_size(t: &str) -> Result<u64, String> {
+/// A size the configuration cannot read.
+#[derive(Debug, thiserror::Error)]
+enum ByteSizeError {
+    #[error("{0:?}: write a size such as \"100MB\" or \"1GiB\"")]
+    NotASize(String),
+    #[error("{text:?}: unknown unit {unit:?} (use B, KB, MB, GB, KiB, MiB or GiB)")]
+    Unit { text: String, unit: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
+fn parse_byte_size(t: &str) -> Result<u64, ByteSizeError> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{t:?}: write a size such as \"100MB\" or \"1GiB\""))?;
+        .map_err(|_| ByteSizeError::NotASize(t.to_string()))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1_000,
@@ -542,13 +560,14 @@ fn parse_byte_size(t: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         other => {
-            return Err(format!(
-                "{t:?}: unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
-            ));
+            return Err(ByteSizeError::Unit {
+                text: t.to_string(),
+                unit: other.to_string(),
+            });
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("{t:?} is too large"))
+        .ok_or_else(|| ByteSizeError::TooLarge(t.to_string()))
 }
 
 /// This server's identity (`[node]`).
@@ -938,7 +957,7 @@ impl Config {
             .iter()
             .enumerate()
             .filter_map(|(i, feed)| {
-                let message = feed.check_kind().err()?;
+                let message = feed.check_kind().err()?.to_string();
                 Some(error(narrow::Found {
                     message,
                     span: narrow::element_span(text, "feed", i),
