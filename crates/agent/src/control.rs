@@ -193,6 +193,15 @@ async fn mutate(shared: &Shared, make: impl FnOnce(crate::worker::Reply) -> Comm
     }
 }
 
+/// Why a listing stopped before its end.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Streams every decision, one line each, from a store snapshot.
 async fn list(
     shared: &Shared,
@@ -205,15 +214,14 @@ async fn list(
         let now = Timestamp::now();
         let mut count = 0u64;
         let mut chunk = Vec::with_capacity(64 << 10);
-        let result: Result<(), String> = (|| {
-            let reader = store.read().map_err(|e| e.to_string())?;
-            for d in reader.iter(req.action).map_err(|e| e.to_string())? {
-                let d = d.map_err(|e| e.to_string())?;
+        let result: Result<(), ListError> = (|| {
+            let reader = store.read()?;
+            for d in reader.iter(req.action)? {
+                let d = d?;
                 if !d.is_active(now) {
                     continue;
                 }
-                serde_json::to_writer(&mut chunk, &Response::Item { decision: d })
-                    .map_err(|e| e.to_string())?;
+                serde_json::to_writer(&mut chunk, &Response::Item { decision: d })?;
                 chunk.push(b'\n');
                 count += 1;
                 if chunk.len() >= 60 << 10 {
@@ -227,7 +235,7 @@ async fn list(
         })();
         let last = match result {
             Ok(()) => Response::End { count },
-            Err(e) => Response::Error(ControlError::new(ErrorCode::Internal, e)),
+            Err(e) => Response::Error(ControlError::new(ErrorCode::Internal, e.to_string())),
         };
         serde_json::to_writer(&mut chunk, &last).expect("serialize a response");
         chunk.push(b'\n');

@@ -14,7 +14,7 @@ use palisade_control::{
     TargetsRequest,
 };
 use palisade_detect::{Event, Trust};
-use palisade_enforce::{Change, Enforcer, Entry};
+use palisade_enforce::{Change, EnforceError, Enforcer, Entry};
 use palisade_model::{
     Action, Decision, Guard, Net, NetMap, Origin, Scope, Source, Span, Timestamp,
 };
@@ -231,7 +231,7 @@ impl Core {
                 Some(next)
             });
             let result = self.enforcers[i].replace_all(&mut entries);
-            self.record_enforcer(i, result.map_err(|e| e.to_string()));
+            self.record_enforcer(i, result);
             if let Some(e) = failed {
                 return Err(e.into());
             }
@@ -694,7 +694,7 @@ impl Core {
             warn!(error = %e, "could not flush the store");
         }
         for i in 0..self.enforcers.len() {
-            let result = self.enforcers[i].apply(&[]).map_err(|e| e.to_string());
+            let result = self.enforcers[i].apply(&[]);
             self.record_enforcer(i, result);
         }
     }
@@ -818,17 +818,17 @@ impl Core {
             return;
         }
         for i in 0..self.enforcers.len() {
-            let result = self.enforcers[i].apply(changes).map_err(|e| e.to_string());
+            let result = self.enforcers[i].apply(changes);
             self.record_enforcer(i, result);
         }
     }
 
-    fn record_enforcer(&mut self, i: usize, result: Result<(), String>) {
+    fn record_enforcer(&mut self, i: usize, result: Result<(), EnforceError>) {
         match result {
             Ok(()) => self.enforcer_errors[i] = None,
             Err(e) => {
                 warn!(enforcer = self.enforcers[i].name(), error = %e, "enforcer failed");
-                self.enforcer_errors[i] = Some(e);
+                self.enforcer_errors[i] = Some(e.to_string());
             }
         }
     }

@@ -373,15 +373,18 @@ async fn outbox_sent_first(store: &Arc<Store>) {
     }
 }
 
-async fn read_cursor(store: &Arc<Store>) -> Result<u64, String> {
+async fn read_cursor(store: &Arc<Store>) -> Result<u64, CursorError> {
     let s = store.clone();
-    tokio::task::spawn_blocking(move || {
-        s.read()
-            .and_then(|r| r.meta(CURSOR))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    Ok(tokio::task::spawn_blocking(move || s.read().and_then(|r| r.meta(CURSOR))).await??)
+}
+
+/// Why the stream cursor could not be read (the stream is then retried).
+#[derive(Debug, thiserror::Error)]
+enum CursorError {
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Capped exponential backoff with jitter, so many agents coming back at

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use palisade_model::Timestamp;
-use palisade_store::Store;
+use palisade_store::{Store, StoreError};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -161,7 +161,7 @@ impl Api {
     /// Renumbers from a fresh snapshot if the store changed or a ban ended
     /// since the last one (at most every [`REFRESH_EVERY`]), then runs `f`
     /// on the journal.
-    fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> T) -> Result<T, String> {
+    fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> T) -> Result<T, StoreError> {
         let mut guard = self.journal.lock().expect("journal lock");
         let (journal, refreshed) = &mut *guard;
         let now = Timestamp::now();
@@ -177,8 +177,8 @@ impl Api {
             // Counted before the snapshot: a commit after it moves the
             // count again, and the next request reads again.
             let commits = self.store.commits();
-            let reader = self.store.read().map_err(|e| e.to_string())?;
-            let bans = journal::visible(&reader, now).map_err(|e| e.to_string())?;
+            let reader = self.store.read()?;
+            let bans = journal::visible(&reader, now)?;
             journal.refresh(&bans, now);
             *refreshed = Some(Refreshed {
                 at: Instant::now(),
@@ -261,13 +261,15 @@ async fn read<T: Send + 'static>(
 ) -> Result<T, Response> {
     let api = api.clone();
     let answer = tokio::task::spawn_blocking(move || api.with_journal(f)).await;
-    answer
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
-        .map_err(|e| {
-            warn!(error = %e, "cannot read the decisions for a bouncer");
-            message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        })
+    let failed = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "cannot read the decisions for a bouncer");
+        message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    };
+    match answer {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(e) => Err(failed(&e)),
+    }
 }
 
 /// The bouncer and its parsed query, or the answer refusing them: 403

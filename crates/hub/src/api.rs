@@ -473,13 +473,13 @@ async fn decisions(
         return r;
     }
     let store = hub.store.clone();
-    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ListError> {
         let now = Timestamp::now();
-        let r = store.read().map_err(|e| e.to_string())?;
+        let r = store.read()?;
         let mut out = b"[".to_vec();
         let mut first = true;
-        for d in r.iter(q.action).map_err(|e| e.to_string())? {
-            let d = d.map_err(|e| e.to_string())?;
+        for d in r.iter(q.action)? {
+            let d = d?;
             if !d.is_active(now) {
                 continue;
             }
@@ -488,7 +488,7 @@ async fn decisions(
             }
             first = false;
             out.extend_from_slice(b"\n  ");
-            serde_json::to_writer(&mut out, &d).map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut out, &d)?;
         }
         out.extend_from_slice(b"\n]\n");
         Ok(out)
@@ -501,6 +501,15 @@ async fn decisions(
     }
 }
 
+/// Why a listing of decisions stopped before its end.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Active bans, one address or network per line (what maltrail's
 /// `/fail2ban` served to cron scripts).
 async fn export(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
@@ -508,20 +517,21 @@ async fn export(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         return r;
     }
     let store = hub.store.clone();
-    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        use std::io::Write;
-        let now = Timestamp::now();
-        let r = store.read().map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for d in r.iter(Some(Action::Ban)).map_err(|e| e.to_string())? {
-            let d = d.map_err(|e| e.to_string())?;
-            if d.is_active(now) {
-                let _ = writeln!(out, "{}", d.target);
+    let body =
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, palisade_store::StoreError> {
+            use std::io::Write;
+            let now = Timestamp::now();
+            let r = store.read()?;
+            let mut out = Vec::new();
+            for d in r.iter(Some(Action::Ban))? {
+                let d = d?;
+                if d.is_active(now) {
+                    let _ = writeln!(out, "{}", d.target);
+                }
             }
-        }
-        Ok(out)
-    })
-    .await;
+            Ok(out)
+        })
+        .await;
     match body {
         Ok(Ok(b)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -558,26 +568,27 @@ async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
         return r;
     }
     let h = hub.clone();
-    let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
-        let r = h.store.read().map_err(|e| e.to_string())?;
-        let counts = r.counts().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
-        let lag = h
-            .node_status()
-            .into_iter()
-            .filter_map(|(n, _)| Some((n.name.clone(), crate::metrics::stream_lag(&n, seq)?)))
-            .collect();
-        let g = crate::metrics::Gauges {
-            bans: counts.ban_hosts,
-            ban_networks: counts.ban_networks,
-            allows: counts.allows,
-            seq,
-            nodes: h.node_count(),
-            lag,
-        };
-        Ok(crate::metrics::render(&h.metrics, &g))
-    })
-    .await;
+    let text =
+        tokio::task::spawn_blocking(move || -> Result<String, palisade_store::StoreError> {
+            let r = h.store.read()?;
+            let counts = r.counts()?;
+            let seq = r.queue_next(tables::EVENTS)? - 1;
+            let lag = h
+                .node_status()
+                .into_iter()
+                .filter_map(|(n, _)| Some((n.name.clone(), crate::metrics::stream_lag(&n, seq)?)))
+                .collect();
+            let g = crate::metrics::Gauges {
+                bans: counts.ban_hosts,
+                ban_networks: counts.ban_networks,
+                allows: counts.allows,
+                seq,
+                nodes: h.node_count(),
+                lag,
+            };
+            Ok(crate::metrics::render(&h.metrics, &g))
+        })
+        .await;
     match text {
         Ok(Ok(t)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -570,12 +570,11 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
         return r;
     }
     let h = hub.clone();
-    let nodes = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let r = h.store.read().map_err(|e| e.to_string())?;
-        let seq = r.queue_next(tables::EVENTS).map_err(|e| e.to_string())? - 1;
+    let nodes = tokio::task::spawn_blocking(move || -> Result<_, palisade_store::StoreError> {
+        let r = h.store.read()?;
+        let seq = r.queue_next(tables::EVENTS)? - 1;
         let stored: HashMap<String, NodeRecord> = r
-            .map_entries(tables::NODES)
-            .map_err(|e| e.to_string())?
+            .map_entries(tables::NODES)?
             .into_iter()
             .filter_map(|(k, b)| serde_json::from_slice(&b).ok().map(|n| (k, n)))
             .collect();
@@ -584,8 +583,7 @@ async fn api_nodes(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response 
             .into_iter()
             .map(|(n, s)| (n.name.clone(), (n, s)))
             .collect();
-        let mut tokens: Vec<_> = crate::tokens::all(&h.store)
-            .map_err(|e| e.to_string())?
+        let mut tokens: Vec<_> = crate::tokens::all(&h.store)?
             .into_iter()
             .map(|(_, r)| r)
             .filter(|r| r.kind == TokenKind::Node)
