@@ -19,44 +19,65 @@ const AFTER_KILL: Duration = Duration::from_secs(60);
 /// One cluster at a time: two would share two cores with the agents.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const WEBS: [&str; 3] = ["web1", "web2", "web3"];
+const CLUSTER: [&str; 3] = ["n1", "n2", "n3"];
 
+/// A 3-server cluster with R3 buckets, two policy workers on two of its
+/// servers' hosts, and hosts for agents (`webs`, each serving a TCP port
+/// to probe bans with) and for whatever else a test needs.
 struct Net {
     lab: Lab,
     servers: Vec<NatsServer>,
+    /// Leaf-node servers, for the tests that have them.
+    leaves: Vec<NatsServer>,
     workers: Vec<BusHub>,
+    /// Agents, in the order of `webs` (the first `agents.len()` of them).
     agents: Vec<Agent>,
+    webs: Vec<&'static str>,
+    /// The cluster's URL (the workers' join URL).
     url: String,
     config: String,
     _tcp: Vec<TcpServer>,
 }
 
 impl Net {
+    /// The cluster test's net: agents on web1 and web2 joined to the
+    /// cluster itself (web3 joins later).
     fn start(bin: &str) -> Net {
+        let mut net = Net::cluster(bin, &["attacker", "attacker2"], &WEBS, "");
+        for name in &WEBS[..2] {
+            let agent = Agent::join_bus(net.lab.host(name), &net.config, &net.url, name);
+            net.agents.push(agent);
+        }
+        net
+    }
+
+    /// The cluster, its workers and the lab's hosts, with no agent yet;
+    /// `conf` is a configuration file each cluster server reads besides
+    /// its flags.
+    fn cluster(bin: &str, others: &[&str], webs: &[&'static str], conf: &str) -> Net {
         let lab = LabBuilder::new()
-            .hosts([
-                "n1",
-                "n2",
-                "n3",
-                "web1",
-                "web2",
-                "web3",
-                "attacker",
-                "attacker2",
-            ])
+            .hosts(CLUSTER.iter().chain(others).chain(webs))
             .build();
-        let addrs: Vec<String> = ["n1", "n2", "n3"]
+        let addrs: Vec<String> = CLUSTER
             .iter()
             .map(|h| lab.host(h).v4().to_string())
             .collect();
         let mut servers = Vec::new();
-        for (i, h) in ["n1", "n2", "n3"].iter().enumerate() {
+        for (i, h) in CLUSTER.iter().enumerate() {
             let peers: Vec<String> = addrs
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
                 .map(|(_, a)| a.clone())
                 .collect();
-            servers.push(NatsServer::start(bin, lab.host(h), h, &addrs[i], &peers));
+            servers.push(NatsServer::start_with(
+                bin,
+                lab.host(h),
+                h,
+                &addrs[i],
+                &peers,
+                conf,
+            ));
         }
         let url = format!(
             "nats://{}",
@@ -68,29 +89,29 @@ impl Net {
         );
         // Two workers, on two of the servers' hosts; the nodes' addresses
         // are allowed automatically.
+        let networks: Vec<String> = webs
+            .iter()
+            .map(|w| format!("\"{}/32\"", lab.host(w).v4()))
+            .collect();
         let config = format!(
-            "[nats]\nreplicas = 3\nbucket_prefix = \"lab\"\n[hub]\nnode_networks = [\"{}/32\", \"{}/32\", \"{}/32\"]\n",
-            lab.host("web1").v4(),
-            lab.host("web2").v4(),
-            lab.host("web3").v4()
+            "[nats]\nreplicas = 3\nbucket_prefix = \"lab\"\n[hub]\nnode_networks = [{}]\n",
+            networks.join(", ")
         );
         let workers = vec![
             BusHub::nats_worker(lab.host("n1"), &url, &config),
             BusHub::nats_worker(lab.host("n2"), &url, &config),
         ];
-        let mut agents = Vec::new();
-        let mut tcp = Vec::new();
-        for name in &WEBS[..2] {
-            let host = lab.host(name);
-            tcp.push(TcpServer::start(host, PORT));
-            agents.push(Agent::join_bus(host, &config, &url, name));
-        }
-        tcp.push(TcpServer::start(lab.host("web3"), PORT));
+        let tcp = webs
+            .iter()
+            .map(|w| TcpServer::start(lab.host(w), PORT))
+            .collect();
         Net {
             lab,
             servers,
+            leaves: Vec::new(),
             workers,
-            agents,
+            agents: Vec::new(),
+            webs: webs.to_vec(),
             url,
             config,
             _tcp: tcp,
@@ -98,8 +119,13 @@ impl Net {
     }
 
     fn reaches(&self, from: &str, web: usize) -> bool {
-        let to = SocketAddr::new(IpAddr::V4(self.lab.host(WEBS[web]).v4()), PORT);
+        let to = SocketAddr::new(IpAddr::V4(self.lab.host(self.webs[web]).v4()), PORT);
         tcp_connect(self.lab.host(from), to, Duration::from_millis(600))
+    }
+
+    /// True when every agent in `webs` (indices) blocks `attacker`.
+    fn blocked_at(&self, attacker: &str, webs: &[usize]) -> bool {
+        webs.iter().all(|&i| !self.reaches(attacker, i))
     }
 
     fn addr(&self, host: &str) -> String {
@@ -111,8 +137,13 @@ impl Net {
         for (i, w) in self.workers.iter().enumerate() {
             s.push_str(&format!("--- worker {i} ---\n{}\n", w.log()));
         }
+        for (i, l) in self.leaves.iter().enumerate() {
+            if let Some(p) = &l.proc {
+                s.push_str(&format!("--- leaf node {i} ---\n{}\n", p.describe()));
+            }
+        }
         for (i, a) in self.agents.iter().enumerate() {
-            s.push_str(&format!("--- {} ---\n{}\n", WEBS[i], a.log()));
+            s.push_str(&format!("--- {} ---\n{}\n", self.webs[i], a.log()));
         }
         s
     }
@@ -272,6 +303,196 @@ fn a_nats_cluster_carries_bans_with_a_current_server() {
     cluster_flow("current", &bin);
 }
 
+/// The agents of the leaf-node test: two sites, each behind its own leaf
+/// node (`west3` joins late).
+const SITE_WEBS: [&str; 5] = ["east1", "east2", "west1", "west2", "west3"];
+const EAST: [usize; 2] = [0, 1];
+const WEST: [usize; 2] = [2, 3];
+const LEAVES: [&str; 2] = ["leaf-east", "leaf-west"];
+/// Leaf connections are pinged often, so that a cut uplink is noticed in
+/// seconds on both ends (until the cluster's end notices, it refuses the
+/// leaf node's new connection as a duplicate). The default, two minutes
+/// twice, would make the test wait minutes.
+const LEAF_PINGS: &str = "ping_interval: \"2s\"\nping_max: 3\n";
+/// An agent that stayed connected to its leaf node while the leaf node's
+/// uplink was cut learns of what it missed at its next check (the next
+/// change, or its periodic probe, within 90 s).
+const CATCH_UP: Duration = Duration::from_secs(120);
+/// Drops a leaf node's traffic to and from the cluster (its uplink), in
+/// the leaf node's namespace; the agents of its site still reach it.
+const UPLINK_CUT: &str = "lab_uplink_cut";
+/// The cluster's JetStream domain: a leaf node's clients address the
+/// cluster's JetStream as `$JS.<domain>.API.…` (a server passes plain
+/// `$JS.API.…` requests over a leaf connection only when both share a
+/// system account).
+const DOMAIN: &str = "lab-cluster";
+
+/// The leaf-node layout: agents of a site connect to their site's leaf
+/// node only; leaf nodes (no JetStream of their own) connect to a 3-server
+/// cluster holding the R3 buckets, where the workers run. The agents'
+/// JetStream requests (stream info, direct gets), addressed to the
+/// cluster's domain (`jetstream_domain`), and the republished changes
+/// cross the leaf connection; agents have the permissions
+/// `agent_permissions` lists, given on the leaf nodes.
+fn leaf_flow(flavour: &str, bin: &str) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let attackers = [
+        "attacker",
+        "attacker2",
+        "attacker3",
+        "attacker4",
+        "attacker5",
+    ];
+    let others: Vec<&str> = LEAVES.iter().chain(&attackers).copied().collect();
+    let mut net = Net::cluster(
+        bin,
+        &others,
+        &SITE_WEBS,
+        &format!("{LEAF_PINGS}leafnodes {{ port: 7422 }}\njetstream {{ domain: {DOMAIN} }}\n"),
+    );
+    // Both leaf nodes try the cluster's servers in order (no_randomize),
+    // so that killing n1 below takes both uplinks down; deployments let
+    // the order be random.
+    let remotes: Vec<String> = CLUSTER
+        .iter()
+        .map(|h| format!("\"nats-leaf://{}:7422\"", net.addr(h)))
+        .collect();
+    for leaf in LEAVES {
+        let conf = format!(
+            "server_name: {leaf}\nlisten: \"{}:4222\"\n{LEAF_PINGS}authorization {{ users = [ {{ user: agent, password: ag3nt, {} }} ] }}\nleafnodes {{ remotes = [ {{ urls: [{}], no_randomize: true }} ] }}\n",
+            net.addr(leaf),
+            agent_permissions("lab_decisions", &format!("$JS.{DOMAIN}.API")),
+            remotes.join(", ")
+        );
+        let server = NatsServer::without_jetstream(bin, net.lab.host(leaf), &conf);
+        net.leaves.push(server);
+    }
+    // The agents name the cluster's domain; the workers, on the cluster,
+    // need not.
+    let site_config = net.config.replacen(
+        "[nats]\n",
+        &format!("[nats]\njetstream_domain = \"{DOMAIN}\"\n"),
+        1,
+    );
+    let site_url = |net: &Net, web: usize| {
+        let leaf = if web < 2 { LEAVES[0] } else { LEAVES[1] };
+        format!("nats://agent:ag3nt@{}:4222", net.addr(leaf))
+    };
+    for web in EAST.iter().chain(&WEST) {
+        let name = SITE_WEBS[*web];
+        let url = site_url(&net, *web);
+        let agent = Agent::join_bus(net.lab.host(name), &site_config, &url, name);
+        net.agents.push(agent);
+    }
+    let both_sites: Vec<usize> = EAST.iter().chain(&WEST).copied().collect();
+    let attacker: Vec<String> = attackers.iter().map(|a| net.addr(a)).collect();
+
+    // A ban made at one site reaches the agents of both.
+    net.agents[0].ok(&["ban", &attacker[0], "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || net.blocked_at("attacker", &both_sites)),
+        "[{flavour}] the ban did not reach both sites\n{}",
+        net.logs()
+    );
+    let story = net.agents[2].ok(&["explain", &attacker[0]]);
+    assert!(story.contains("via cli on east1"), "{story}");
+
+    // The cluster server both leaf nodes are connected to is killed: they
+    // connect to another, and bans keep arriving at both sites.
+    net.servers[0].kill9();
+    net.agents[3].ok(&["report", "fail2ban", "sshd", &attacker[1]]);
+    assert!(
+        wait_until(AFTER_KILL, || net.blocked_at("attacker2", &both_sites)),
+        "[{flavour}] with a cluster server down, the report did not reach both sites\n{}",
+        net.logs()
+    );
+
+    // The east site's uplink is cut while the west site bans: the east
+    // agents cannot hear of it.
+    cut_uplink(&net, LEAVES[0], true);
+    std::thread::sleep(Duration::from_secs(10));
+    net.agents[2].ok(&["ban", &attacker[2], "--for", "1h"]);
+    net.agents[3].ok(&["report", "fail2ban", "sshd", &attacker[3]]);
+    assert!(
+        wait_until(AFTER_KILL, || net.blocked_at("attacker3", &WEST)
+            && net.blocked_at("attacker4", &WEST)),
+        "[{flavour}] with the east uplink cut, the west site did not get its bans\n{}",
+        net.logs()
+    );
+    assert!(
+        EAST.iter()
+            .all(|&i| net.reaches("attacker3", i) && net.reaches("attacker4", i)),
+        "[{flavour}] the east site heard of bans through a cut uplink\n{}",
+        net.logs()
+    );
+
+    // The uplink is back: the east agents catch up on what they missed,
+    // with no new change to tell them, and live bans arrive again.
+    cut_uplink(&net, LEAVES[0], false);
+    assert!(
+        wait_until(CATCH_UP, || net.blocked_at("attacker3", &EAST)
+            && net.blocked_at("attacker4", &EAST)),
+        "[{flavour}] the east site did not catch up after its uplink came back\n{}",
+        net.logs()
+    );
+    net.agents[1].ok(&["ban", &attacker[4], "--for", "1h"]);
+    assert!(
+        wait_until(SPREAD, || net.blocked_at("attacker5", &both_sites)),
+        "[{flavour}] after the uplink came back, a live ban did not reach both sites\n{}",
+        net.logs()
+    );
+
+    // An agent joining a site late gets the full state through its leaf
+    // node.
+    let url = site_url(&net, 4);
+    let late = Agent::join_bus(net.lab.host(SITE_WEBS[4]), &site_config, &url, SITE_WEBS[4]);
+    net.agents.push(late);
+    assert!(
+        wait_until(AFTER_KILL, || attackers
+            .iter()
+            .all(|a| net.blocked_at(a, &[4]))),
+        "[{flavour}] the late agent did not get the full state\n{}",
+        net.logs()
+    );
+}
+
+/// Cuts (or restores) `leaf`'s traffic to and from the cluster's servers,
+/// in the leaf node's own namespace: packets are dropped, as on a failed
+/// WAN link, so the connection dies by its pings.
+fn cut_uplink(net: &Net, leaf: &str, cut: bool) {
+    let host = net.lab.host(leaf);
+    if !cut {
+        host.exec("nft", &["delete", "table", "inet", UPLINK_CUT]);
+        return;
+    }
+    let cluster: Vec<String> = CLUSTER.iter().map(|h| net.addr(h)).collect();
+    let set = cluster.join(", ");
+    let rules = format!(
+        "table inet {UPLINK_CUT} {{\n  chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n  chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n}}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cut.nft");
+    std::fs::write(&file, rules).unwrap();
+    host.exec("nft", &["-f", &file.display().to_string()]);
+}
+
+#[test]
+fn leaf_nodes_carry_bans_to_their_sites_with_debians_server() {
+    if !require_root_and(&["nft", "/usr/sbin/nats-server"]) {
+        return;
+    }
+    leaf_flow("debian", "/usr/sbin/nats-server");
+}
+
+#[test]
+fn leaf_nodes_carry_bans_to_their_sites_with_a_current_server() {
+    let bin = support::nats_servers()[1].1.clone();
+    if !require_root_and(&["nft", &bin]) {
+        return;
+    }
+    leaf_flow("current", &bin);
+}
+
 #[test]
 fn nats_with_tls_a_password_and_an_nkey() {
     if !require_root_and(&["nft", "openssl", "/usr/sbin/nats-server"]) {
@@ -337,6 +558,17 @@ fn nats_with_tls_a_password_and_an_nkey() {
     let stranger = Agent::start_bus(lab.host("attacker"), "", &url, "stranger");
     std::thread::sleep(Duration::from_secs(3));
     assert!(stranger.ok(&["status"]).contains("NOT CONNECTED"));
+}
+
+/// What an agent's NATS user needs, as a nats-server `permissions` block:
+/// it may ask the workers, read the decisions bucket and its snapshot with
+/// direct gets and hear the changes; nothing else.
+/// `api` is the JetStream API prefix the agents use (`$JS.API`, or
+/// `$JS.<domain>.API` with `jetstream_domain`).
+fn agent_permissions(bucket: &str, api: &str) -> String {
+    format!(
+        "permissions: {{ publish: {{ allow: [\"palisade.intents.*\", \"palisade.beat.*\", \"{api}.STREAM.INFO.KV_{bucket}\", \"{api}.DIRECT.GET.KV_{bucket}\", \"{api}.DIRECT.GET.SNAP_{bucket}\"] }}, subscribe: {{ allow: [\"palisade.changes.>\", \"_INBOX.>\"] }} }}"
+    )
 }
 
 /// A message to publish: subject, headers, body.
@@ -420,11 +652,7 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
         .build();
     let ip = lab.host("nats").v4().to_string();
     let bucket = "lab_decisions";
-    // Agents may ask the workers, read the buckets with direct gets and
-    // hear the changes: nothing else.
-    let agent_permissions = format!(
-        "permissions: {{ publish: {{ allow: [\"palisade.intents.*\", \"palisade.beat.*\", \"$JS.API.STREAM.INFO.KV_{bucket}\", \"$JS.API.DIRECT.GET.KV_{bucket}\", \"$JS.API.DIRECT.GET.SNAP_{bucket}\"] }}, subscribe: {{ allow: [\"palisade.changes.>\", \"_INBOX.>\"] }} }}"
-    );
+    let agent_permissions = agent_permissions(bucket, "$JS.API");
     let _server = NatsServer::with_config(
         "/usr/sbin/nats-server",
         lab.host("nats"),

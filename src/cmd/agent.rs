@@ -31,6 +31,8 @@ Examples:
   palisade agent --local-only
   palisade agent --join https://198.51.100.1:7470 --token-file /etc/palisade/join.token
   palisade agent --join nats://nats1:4222,nats2:4222,nats3:4222
+  palisade agent --join nats://leaf1:4222  (a site's leaf node; [nats] jetstream_domain
+                                            names the cluster's JetStream domain)
   palisade agent --join mqtt://broker.example.com:1883
   palisade agent --remove-rules",
     mut_arg("state_dir", |a| a.help("Where decisions are stored [default: from the config, else /var/lib/palisade]"))

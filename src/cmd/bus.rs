@@ -32,6 +32,7 @@ pub fn nats_options(url: &str, config: &Config) -> Result<palisade_nats::NatsOpt
     o.subject_prefix = c.subject_prefix.clone();
     o.bucket_prefix = c.bucket_prefix.clone();
     o.replicas = c.replicas.max(1);
+    o.jetstream_domain = c.jetstream_domain.clone();
     o.role = c.role;
     if let Some(creds) = &c.creds {
         o.auth = Auth::Creds(creds.clone());

@@ -555,6 +555,19 @@ impl NatsServer {
     /// Starts `bin` in `ns` as `name`, listening on `addr`:4222 and routing
     /// to `peers` (addresses) on port 6222.
     pub fn start(bin: &str, ns: &Netns, name: &str, addr: &str, peers: &[String]) -> NatsServer {
+        NatsServer::start_with(bin, ns, name, addr, peers, "")
+    }
+
+    /// [`NatsServer::start`] with `conf` as a configuration file besides
+    /// (a `leafnodes` block, ping settings: what has no command-line flag).
+    pub fn start_with(
+        bin: &str,
+        ns: &Netns,
+        name: &str,
+        addr: &str,
+        peers: &[String],
+        conf: &str,
+    ) -> NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let routes: Vec<String> = peers.iter().map(|p| format!("nats://{p}:6222")).collect();
         let mut cmd = ns.command(bin);
@@ -566,6 +579,17 @@ impl NatsServer {
                 .args(["--cluster", &format!("nats://{addr}:6222")])
                 .args(["--routes", &routes.join(",")]);
         }
+        if !conf.is_empty() {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, conf).unwrap();
+            cmd.arg("-c").arg(&path);
+        }
+        NatsServer::spawn(cmd, dir)
+    }
+
+    /// Runs `cmd` until the server says it is ready; `dir` (its store and
+    /// configuration) lives as long as the server.
+    fn spawn(cmd: Command, dir: tempfile::TempDir) -> NatsServer {
         let proc = Proc::spawn(cmd).expect("start nats-server");
         assert!(
             proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
@@ -776,25 +800,30 @@ impl NatsServer {
     /// Starts `bin` in `ns` with a configuration file holding `conf` (a
     /// JetStream store directory is added).
     pub fn with_config(bin: &str, ns: &Netns, conf: &str) -> NatsServer {
+        NatsServer::from_file(bin, ns, conf, true)
+    }
+
+    /// Starts `bin` in `ns` with exactly `conf` and no JetStream of its
+    /// own: a leaf node, whose clients' JetStream requests go over its
+    /// leaf connection to the cluster's JetStream.
+    pub fn without_jetstream(bin: &str, ns: &Netns, conf: &str) -> NatsServer {
+        NatsServer::from_file(bin, ns, conf, false)
+    }
+
+    fn from_file(bin: &str, ns: &Netns, conf: &str, jetstream: bool) -> NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = format!(
-            "{conf}\njetstream {{ store_dir: \"{}\" }}\n",
-            dir.path().join("js").display()
-        );
+        let mut text = conf.to_string();
+        if jetstream {
+            text.push_str(&format!(
+                "\njetstream {{ store_dir: \"{}\" }}\n",
+                dir.path().join("js").display()
+            ));
+        }
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, text).unwrap();
         let mut cmd = ns.command(bin);
         cmd.arg("-c").arg(&path);
-        let proc = Proc::spawn(cmd).expect("start nats-server");
-        assert!(
-            proc.wait_for_stderr("Server is ready", Duration::from_secs(20)),
-            "nats-server did not start:\n{}",
-            proc.describe()
-        );
-        NatsServer {
-            proc: Some(proc),
-            _dir: dir,
-        }
+        NatsServer::spawn(cmd, dir)
     }
 }
 

@@ -267,6 +267,11 @@ pub struct NatsConfig {
     pub bucket_prefix: String,
     /// Replicas of the buckets the first worker creates.
     pub replicas: usize,
+    /// The JetStream domain of the cluster holding the buckets, for nodes
+    /// joined through a leaf node with no JetStream of its own (the
+    /// cluster's `jetstream { domain: … }`).
+    #[serde(deserialize_with = "optional_bus_name")]
+    pub jetstream_domain: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -284,6 +289,7 @@ impl Default for NatsConfig {
             role: palisade_wire::Role::Node,
             bucket_prefix: "palisade".into(),
             replicas: 1,
+            jetstream_domain: None,
         }
     }
 }
@@ -1140,6 +1146,10 @@ fn bus_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
+fn optional_bus_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    bus_name(d).map(Some)
+}
+
 fn topic_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     if valid_topic(&s) && !s.contains('/') {
@@ -1321,6 +1331,7 @@ mod tests {
             "subject_prefix",
             "bucket_prefix",
             "replicas",
+            "jetstream_domain",
             "[mqtt]",
             "username",
             "password_file",
@@ -1559,6 +1570,7 @@ node_networks = ["198.18.0.0/24"]
 [nats]
 creds = "/etc/palisade/nats.creds"
 bucket_prefix = "lab_2"
+jetstream_domain = "hub"
 [mqtt]
 vallumd_topic = "vallumd"
 vallumd_ban = "2h"
@@ -1573,6 +1585,7 @@ every = "30m"
         assert_eq!(c.agent.join.as_deref(), Some("nats://a:4222,b:4222"));
         assert_eq!(c.hub.join.as_deref(), Some("mqtt://broker:1883"));
         assert_eq!(c.nats.bucket_prefix, "lab_2");
+        assert_eq!(c.nats.jetstream_domain.as_deref(), Some("hub"));
         assert_eq!(c.mqtt.vallumd_topic.as_deref(), Some("vallumd"));
         assert_eq!(c.feed[0].every().to_string(), "30m");
         assert_eq!(c.feed[0].max_entries, 2_000_000);
@@ -1586,6 +1599,7 @@ every = "30m"
         for bad in [
             "[hub]\njoin = \"https://h:1\"\n",
             "[nats]\nbucket_prefix = \"a.b\"\n",
+            "[nats]\njetstream_domain = \"a.b\"\n",
             "[mqtt]\ntopic_prefix = \"a/#\"\n",
             "[[feed]]\nname = \"x y\"\nurl = \"https://h/\"\n",
             "[[feed]]\nname = \"x\"\nurl = \"ftp://h/\"\n",

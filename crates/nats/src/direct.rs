@@ -69,25 +69,29 @@ pub enum DirectError {
 }
 
 /// The first message of `stream` at or after `seq` whose subject matches
-/// `filter`; None when there is none.
+/// `filter`; None when there is none. `api` is the JetStream API prefix
+/// ([`crate::NatsOptions::api_prefix`]).
 pub async fn next(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
     filter: &str,
     seq: u64,
 ) -> Result<Option<StoredMsg>, DirectError> {
     let body = serde_json::json!({ "seq": seq.max(1), "next_by_subj": filter });
-    get(client, stream, format!("$JS.API.DIRECT.GET.{stream}"), body).await
+    get(client, stream, format!("{api}.DIRECT.GET.{stream}"), body).await
 }
 
-/// The newest message of `stream` stored under `subject`.
+/// The newest message of `stream` stored under `subject`; `api` as for
+/// [`next`].
 pub async fn last(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
     subject: &str,
 ) -> Result<Option<StoredMsg>, DirectError> {
     let body = serde_json::json!({ "last_by_subj": subject });
-    get(client, stream, format!("$JS.API.DIRECT.GET.{stream}"), body).await
+    get(client, stream, format!("{api}.DIRECT.GET.{stream}"), body).await
 }
 
 async fn get(

@@ -120,10 +120,11 @@ impl Reader {
     /// Every message of the bucket from `from` on, by direct gets.
     async fn walk(&self, from: u64) -> Result<Vec<StoredMsg>, BusError> {
         let stream = self.stream();
+        let api = self.options.api_prefix();
         let filter = format!("$KV.{}.>", self.options.decisions_bucket());
         let mut out = Vec::new();
         let mut seq = from.max(1);
-        while let Some(m) = direct::next(&self.client, &stream, &filter, seq)
+        while let Some(m) = direct::next(&self.client, &api, &stream, &filter, seq)
             .await
             .map_err(|e| BusError::Unreachable(e.to_string()))?
         {
@@ -213,7 +214,7 @@ impl Reader {
             .await
             .map_err(|e| unreachable(&e))?;
         let stream = self.stream();
-        let state = streams::stream_state(&self.client, &stream)
+        let state = streams::stream_state(&self.client, &self.options.api_prefix(), &stream)
             .await
             .map_err(|e| unreachable(&e))?
             .ok_or_else(|| {

@@ -73,6 +73,12 @@ pub struct NatsOptions {
     /// for a reporter, `PREFIX.operator.NODE` for an operator), so NATS
     /// permissions on those subjects are what grant a role.
     pub role: palisade_wire::Role,
+    /// The JetStream domain holding the buckets, for clients of a server
+    /// in another domain or with no JetStream of its own (a site's leaf
+    /// node): their JetStream requests then go to `$JS.<domain>.API.…`,
+    /// which the cluster answers across the leaf connection. None: the
+    /// connected server's own JetStream (`$JS.API.…`).
+    pub jetstream_domain: Option<String>,
 }
 
 /// How a client authenticates to NATS.
@@ -142,6 +148,7 @@ impl NatsOptions {
             bucket_prefix: "palisade".into(),
             replicas: 1,
             role: palisade_wire::Role::Node,
+            jetstream_domain: None,
         })
     }
 
@@ -162,7 +169,27 @@ impl NatsOptions {
                 });
             }
         }
+        if let Some(domain) = &self.jetstream_domain
+            && (domain.is_empty()
+                || !domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(OptionsError::BadName {
+                what: "the JetStream domain",
+                value: domain.clone(),
+            });
+        }
         Ok(())
+    }
+
+    /// The prefix of the JetStream API subjects: `$JS.API`, or
+    /// `$JS.<domain>.API` with a JetStream domain.
+    pub fn api_prefix(&self) -> String {
+        match &self.jetstream_domain {
+            Some(domain) => format!("$JS.{domain}.API"),
+            None => "$JS.API".into(),
+        }
     }
 
     /// The decisions bucket's name.
@@ -331,18 +358,23 @@ pub async fn open_buckets(
     if create {
         let ttl = server_has_ttl(&client.server_info().version);
         let changes = options.changes_subject();
+        let api = options.api_prefix();
         streams::ensure_bucket(
             client,
+            &api,
             &decisions_name,
             options.replicas,
             ttl,
             Some(&changes),
         )
         .await?;
-        streams::ensure_bucket(client, &state_name, options.replicas, false, None).await?;
+        streams::ensure_bucket(client, &api, &state_name, options.replicas, false, None).await?;
         streams::ensure_snapshot_stream(client, options).await?;
     }
-    let js = jetstream::new(client.clone());
+    let js = match &options.jetstream_domain {
+        Some(domain) => jetstream::with_domain(client.clone(), domain),
+        None => jetstream::new(client.clone()),
+    };
     let open = |name: String| {
         let js = js.clone();
         async move {
@@ -441,6 +473,13 @@ mod tests {
             assert!(NatsOptions::from_url(bad).is_err(), "{bad}");
         }
         assert_eq!(o.intents_subject("web.1"), "palisade.intents.web_1");
+        assert_eq!(o.api_prefix(), "$JS.API");
+        let mut o = o;
+        o.jetstream_domain = Some("hub".into());
+        assert_eq!(o.api_prefix(), "$JS.hub.API");
+        assert!(o.validate().is_ok());
+        o.jetstream_domain = Some("a.b".into());
+        assert!(o.validate().is_err());
         assert!(server_has_ttl("2.11.0") && server_has_ttl("2.15.1"));
         assert!(!server_has_ttl("2.9.10") && !server_has_ttl("2.10.22"));
     }

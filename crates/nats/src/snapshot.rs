@@ -102,7 +102,14 @@ pub async fn head(
     options: &NatsOptions,
 ) -> Result<Option<Head>, SnapshotError> {
     let stream = options.snapshot_stream();
-    let Some(m) = direct::last(client, &stream, &head_subject(options)).await? else {
+    let Some(m) = direct::last(
+        client,
+        &options.api_prefix(),
+        &stream,
+        &head_subject(options),
+    )
+    .await?
+    else {
         return Ok(None);
     };
     let head: Head = serde_json::from_slice(&m.payload)
@@ -145,7 +152,8 @@ pub async fn read(
         let mut changed = false;
         for index in 0..head.parts {
             let subject = part_subject(options, &head.writer, index);
-            let Some(m) = direct::last(client, &stream, &subject).await? else {
+            let Some(m) = direct::last(client, &options.api_prefix(), &stream, &subject).await?
+            else {
                 changed = true;
                 break;
             };

@@ -58,22 +58,25 @@ pub struct StreamState {
     pub last_seq: u64,
 }
 
-/// A stream's current state; None when it does not exist.
+/// A stream's current state; None when it does not exist. `api` is the
+/// JetStream API prefix ([`NatsOptions::api_prefix`]).
 pub async fn stream_state(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
 ) -> Result<Option<StreamState>, NatsError> {
-    Ok(stream_info(client, stream)
+    Ok(stream_info(client, api, stream)
         .await?
         .map(|a| a.state.unwrap_or_default()))
 }
 
 async fn stream_info(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
 ) -> Result<Option<ApiAnswer>, NatsError> {
     let info = client
-        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
+        .request(format!("{api}.STREAM.INFO.{stream}"), "".into())
         .await
         .map_err(|e| jetstream_error(stream, e))?;
     let answer: ApiAnswer =
@@ -90,9 +93,10 @@ async fn stream_info(
 /// settings of a KV bucket holding one value per key; with `ttl`, made for
 /// per-message TTLs; with `republish`, every message stored is also
 /// published on `<republish>.<key>`. An existing stream is given the
-/// republish setting when it lacks it.
+/// republish setting when it lacks it. `api` as for [`stream_state`].
 pub async fn ensure_bucket(
     client: &async_nats::Client,
+    api: &str,
     bucket: &str,
     replicas: usize,
     ttl: bool,
@@ -107,13 +111,13 @@ pub async fn ensure_bucket(
             "headers_only": false,
         })
     });
-    if let Some(existing) = stream_info(client, &stream).await? {
+    if let Some(existing) = stream_info(client, api, &stream).await? {
         // A bucket made before changes were republished: add it.
         if let (Some(want), Some(mut config)) = (republish, existing.config)
             && config.get("republish") != Some(&want)
         {
             config["republish"] = want;
-            request(client, &stream, "UPDATE", &config)
+            request(client, api, &stream, "UPDATE", &config)
                 .await
                 .map_err(|e| create_error(&stream, e))?;
             tracing::info!(bucket, "the bucket now republishes its changes");
@@ -146,7 +150,7 @@ pub async fn ensure_bucket(
     if let Some(r) = republish {
         config["republish"] = r;
     }
-    create(client, &stream, &config).await?;
+    create(client, api, &stream, &config).await?;
     tracing::info!(bucket, replicas, ttl, "created a KV bucket");
     Ok(())
 }
@@ -157,7 +161,8 @@ pub async fn ensure_snapshot_stream(
     options: &NatsOptions,
 ) -> Result<(), NatsError> {
     let stream = options.snapshot_stream();
-    if stream_info(client, &stream).await?.is_some() {
+    let api = options.api_prefix();
+    if stream_info(client, &api, &stream).await?.is_some() {
         return Ok(());
     }
     let config = serde_json::json!({
@@ -180,17 +185,18 @@ pub async fn ensure_snapshot_stream(
         "allow_direct": true,
         "mirror_direct": false,
     });
-    create(client, &stream, &config).await?;
+    create(client, &api, &stream, &config).await?;
     tracing::info!(stream, "created the snapshot stream");
     Ok(())
 }
 
 async fn create(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
     config: &serde_json::Value,
 ) -> Result<(), NatsError> {
-    match request(client, stream, "CREATE", config).await {
+    match request(client, api, stream, "CREATE", config).await {
         Ok(()) => Ok(()),
         // 10058: already exists (another worker was faster).
         Err(Refused::Api(e)) if e.err_code == 10058 => Ok(()),
@@ -214,13 +220,14 @@ impl std::fmt::Display for Refused {
 
 async fn request(
     client: &async_nats::Client,
+    api: &str,
     stream: &str,
     verb: &str,
     config: &serde_json::Value,
 ) -> Result<(), Refused> {
     let answer = client
         .request(
-            format!("$JS.API.STREAM.{verb}.{stream}"),
+            format!("{api}.STREAM.{verb}.{stream}"),
             serde_json::to_vec(config).expect("json").into(),
         )
         .await

@@ -662,6 +662,7 @@ impl Worker {
         // one a worker wrote: replace it (agents refuse it meanwhile).
         let bucket_at = crate::streams::stream_state(
             &self.client,
+            &self.options.nats.api_prefix(),
             &format!("KV_{}", self.buckets.decisions_name),
         )
         .await
