@@ -11,7 +11,7 @@ use palisade_control::hub::{HubRequest, HubResponse};
 use palisade_control::{Client, ClientError};
 use palisade_hub::HubOptions;
 use palisade_model::Source;
-use palisade_policy::{Escalation, PolicyConfig, RateLimit};
+use palisade_policy::{Escalation, PolicyOptions, RateLimit};
 
 use super::Context;
 use super::daemon::LogArg;
@@ -310,7 +310,7 @@ pub fn options(config: &Config, place: &HubPlace) -> Result<HubOptions> {
         socket: place.hub_socket.clone().unwrap_or(h.socket.clone()),
         certificate,
         names: h.names.clone(),
-        policy: PolicyConfig {
+        policy: PolicyOptions {
             default_ban: h.default_ban,
             suppress_window: span(h.suppress_window, "suppress_window")?,
             escalation: h

@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use palisade_policy::{Policy, PolicyConfig};
+use palisade_policy::{Policy, PolicyOptions};
 use palisade_store::{Options, Store};
 use palisade_wire::{Token, TokenKind};
 use tokio::net::TcpListener;
@@ -80,7 +80,7 @@ pub struct HubOptions {
     /// Extra names and addresses for the hub's own certificate.
     pub names: Vec<String>,
     /// How the policy decides.
-    pub policy: PolicyConfig,
+    pub policy: PolicyOptions,
     /// Allow entries from the configuration.
     pub allows: Vec<palisade_policy::StaticAllow>,
     /// Stream events kept for nodes that reconnect.

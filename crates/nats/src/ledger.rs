@@ -328,7 +328,7 @@ impl Ledger for MirrorLedger<'_> {
 mod tests {
     use super::*;
     use palisade_model::{Origin, Source, Span};
-    use palisade_policy::{Node, Policy, PolicyConfig};
+    use palisade_policy::{Node, Policy, PolicyOptions};
     use palisade_wire::{Envelope, Intent, IntentOutcome};
 
     fn ban(target: &str) -> Envelope {
@@ -365,7 +365,7 @@ mod tests {
             3,
             Some(allow),
         );
-        let policy = Policy::new(PolicyConfig::default());
+        let policy = Policy::new(PolicyOptions::default());
         let node = Node::member("web1", None, palisade_wire::Role::Node);
         let now = Timestamp::now();
 

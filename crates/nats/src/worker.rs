@@ -22,7 +22,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{Entry, Operation, Store};
 use futures_util::StreamExt;
 use palisade_model::{Decision, Timestamp};
-use palisade_policy::{Node, NodeRecord, Policy, PolicyConfig, Role, StaticAllow};
+use palisade_policy::{Node, NodeRecord, Policy, PolicyOptions, Role, StaticAllow};
 use palisade_wire::{BusReply, BusRequest, IntentResult, NodeBeat};
 use tracing::{debug, info, warn};
 
@@ -47,7 +47,7 @@ pub struct WorkerOptions {
     /// address may be allowed automatically (empty: nowhere, since on a bus
     /// a node declares its own address), its `protected` the brokers'
     /// addresses.
-    pub policy: PolicyConfig,
+    pub policy: PolicyOptions,
     /// Allow entries from the configuration. Every worker should have the
     /// same.
     pub allows: Vec<StaticAllow>,

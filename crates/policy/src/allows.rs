@@ -24,7 +24,7 @@ pub const HUB_NODE: &str = "hub";
 
 impl Policy {
     /// Makes the configuration's allow entries and the hub's own addresses
-    /// ([`PolicyConfig::protected`](crate::PolicyConfig)) decisions, and
+    /// ([`PolicyOptions::protected`](crate::PolicyOptions)) decisions, and
     /// removes those no longer configured. Bans they cover are shadowed,
     /// not removed: if the entry goes, they apply again.
     pub fn sync_static_allows<L: Ledger>(

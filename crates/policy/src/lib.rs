@@ -16,7 +16,7 @@
 //!    `policy`, `config` and `feed` decisions; a reporter's `cli` is a
 //!    report), and a token holder's `actor` is recorded as `NODE:actor`.
 //! 2. **The network never cuts itself off**: a ban covering an address of
-//!    the hub or the brokers ([`PolicyConfig::protected`]) is refused, and
+//!    the hub or the brokers ([`PolicyOptions::protected`]) is refused, and
 //!    those addresses are allow entries every node enforces
 //!    ([`Policy::sync_static_allows`]); every node's own address is
 //!    allowed too, pinned to where it was first seen ([`Policy::node_address`]).
@@ -78,7 +78,7 @@ use palisade_wire::{Envelope, Intent, IntentOutcome, IntentResult};
 
 /// Tunables, from the hub's configuration.
 #[derive(Debug, Clone)]
-pub struct PolicyConfig {
+pub struct PolicyOptions {
     /// Ban length when an intent does not say.
     pub default_ban: Span,
     /// An automatic repeat of an active ban within this long of its last
@@ -116,9 +116,9 @@ pub struct PolicyConfig {
     pub rollup: Rollup,
 }
 
-impl Default for PolicyConfig {
+impl Default for PolicyOptions {
     fn default() -> Self {
-        PolicyConfig {
+        PolicyOptions {
             default_ban: Span::For(Duration::from_secs(86_400)),
             suppress_window: Duration::from_secs(300),
             escalation: Some(Escalation::default()),
@@ -223,13 +223,13 @@ impl Default for RateLimit {
 
 /// The policy, with its per-node rate limiters.
 pub struct Policy {
-    config: PolicyConfig,
+    config: PolicyOptions,
     buckets: HashMap<(String, intents::Class), intents::Bucket>,
 }
 
 impl Policy {
     /// A policy with `config` and empty rate limiters.
-    pub fn new(config: PolicyConfig) -> Policy {
+    pub fn new(config: PolicyOptions) -> Policy {
         Policy {
             config,
             buckets: HashMap::new(),
@@ -237,7 +237,7 @@ impl Policy {
     }
 
     /// The tunables it was made with.
-    pub fn config(&self) -> &PolicyConfig {
+    pub fn config(&self) -> &PolicyOptions {
         &self.config
     }
 }

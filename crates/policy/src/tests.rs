@@ -161,7 +161,7 @@ fn lasting(r: &IntentResult, from: Timestamp) -> u64 {
 
 #[test]
 fn a_report_becomes_a_broadcast_decision_with_its_provenance() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let r = p
         .decide(
@@ -187,7 +187,7 @@ fn a_report_becomes_a_broadcast_decision_with_its_provenance() {
 
 #[test]
 fn allowlists_and_node_addresses_always_win() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     p.decide(
         &mut l,
@@ -250,7 +250,7 @@ fn allowlists_and_node_addresses_always_win() {
 
 #[test]
 fn an_allow_shadows_the_bans_it_covers_and_they_return_when_it_goes() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     for (i, t) in ["198.51.100.7", "198.51.100.8", "203.0.113.1"]
         .iter()
@@ -314,7 +314,7 @@ fn an_allow_shadows_the_bans_it_covers_and_they_return_when_it_goes() {
 
 #[test]
 fn repeats_inside_the_window_are_suppressed_then_extend() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let t = "198.51.100.7";
     p.decide(
@@ -357,7 +357,7 @@ fn repeats_inside_the_window_are_suppressed_then_extend() {
 
 #[test]
 fn a_ban_by_hand_repeated_inside_the_window_extends_at_once() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let t = "198.51.100.7";
     for (who, source) in [("admin", Source::Cli), ("web1", Source::Detector)] {
@@ -402,13 +402,13 @@ fn a_ban_by_hand_repeated_inside_the_window_extends_at_once() {
 
 #[test]
 fn repeat_offenders_get_longer_bans_up_to_the_cap() {
-    let config = PolicyConfig {
+    let config = PolicyOptions {
         escalation: Some(Escalation {
             factor: 2.0,
             max: Duration::from_secs(6 * 3600),
             forget_after: Duration::from_secs(30 * 86_400),
         }),
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     };
     let p = Policy::new(config);
     let mut l = Memory::default();
@@ -470,7 +470,7 @@ fn repeat_offenders_get_longer_bans_up_to_the_cap() {
 
 #[test]
 fn a_quorum_waits_for_distinct_nodes() {
-    let mut config = PolicyConfig::default();
+    let mut config = PolicyOptions::default();
     config.quorum.insert(Source::Detector, 2);
     let p = Policy::new(config);
     let mut l = Memory::default();
@@ -530,12 +530,12 @@ fn a_quorum_waits_for_distinct_nodes() {
 
 #[test]
 fn rate_limits_are_per_node_and_spare_operators() {
-    let p = &mut Policy::new(PolicyConfig {
+    let p = &mut Policy::new(PolicyOptions {
         rate: RateLimit {
             per_second: 0.0001,
             burst: 3,
         },
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     let batch: Vec<Envelope> = (1..=5)
@@ -574,7 +574,7 @@ fn rate_limits_are_per_node_and_spare_operators() {
 
 #[test]
 fn unban_and_unallow_report_what_was_not_there() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let un = Envelope {
         id: 1,
@@ -617,9 +617,9 @@ fn ban_by(
 
 #[test]
 fn the_credential_decides_what_a_request_may_claim() {
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         quorum: [(Source::Report, 2), (Source::Detector, 2)].into(),
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     let thief = member("web1", None, Role::Node);
@@ -673,7 +673,7 @@ fn the_credential_decides_what_a_request_may_claim() {
 
 #[test]
 fn a_node_bans_hosts_within_limits_and_lifts_only_its_own() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let web1 = member("web1", Some("dmz"), Role::Node);
     let web2 = member("web2", Some("dmz"), Role::Node);
@@ -746,7 +746,7 @@ fn a_node_bans_hosts_within_limits_and_lifts_only_its_own() {
 
 #[test]
 fn only_operators_change_the_networks_allowlist() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let web1 = member("web1", Some("dmz"), Role::Node);
     for (i, (target, group)) in [
@@ -813,9 +813,9 @@ fn only_operators_change_the_networks_allowlist() {
 
 #[test]
 fn the_hub_and_brokers_are_never_banned_and_allowed_everywhere() {
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         protected: vec![(n("198.18.0.1"), "palisade hub".into())],
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     for t in ["198.18.0.1", "198.18.0.0/24", "198.18.0.0/16"] {
@@ -855,7 +855,7 @@ fn the_hub_and_brokers_are_never_banned_and_allowed_everywhere() {
         IntentOutcome::Refused
     );
     // Gone from the configuration: gone from the allowlist.
-    let p2 = Policy::new(PolicyConfig::default());
+    let p2 = Policy::new(PolicyOptions::default());
     p2.sync_static_allows(&mut l, &[], at(0)).unwrap();
     assert!(
         l.get(Action::Allow, &n("198.18.0.1"), None)
@@ -866,7 +866,7 @@ fn the_hub_and_brokers_are_never_banned_and_allowed_everywhere() {
 
 #[test]
 fn configured_allows_shadow_bans_instead_of_deleting_them() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     p.decide(
         &mut l,
@@ -902,7 +902,7 @@ fn configured_allows_shadow_bans_instead_of_deleting_them() {
 #[test]
 fn a_nodes_allow_is_pinned_to_its_first_address() {
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     assert_eq!(
         p.node_address(&mut l, "web1", None, ip("198.18.0.11"), at(0))
@@ -942,9 +942,9 @@ fn a_nodes_allow_is_pinned_to_its_first_address() {
         NodeAddress::Pinned
     );
     // Inside node_networks a node may move; outside it is never allowed.
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         node_networks: vec![n("198.18.0.0/24")],
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let r = p
         .node_address(&mut l, "web1", None, ip("198.18.0.13"), at(0))
@@ -968,7 +968,7 @@ fn a_nodes_allow_is_pinned_to_its_first_address() {
 
 #[test]
 fn forgeable_detections_need_several_servers_and_the_ban_names_them() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let probe = |id| {
         let mut e = report(id, "198.51.100.7", Source::Detector, None);
@@ -1016,7 +1016,7 @@ fn reserved_and_odd_names_are_refused() {
 
 #[test]
 fn a_revoked_node_starts_its_numbering_over() {
-    let p = &mut Policy::new(PolicyConfig::default());
+    let p = &mut Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     let web1 = member("web1", None, Role::Node);
     // A thief with web1's token sends a huge id...
@@ -1054,12 +1054,12 @@ fn a_revoked_node_starts_its_numbering_over() {
 
 #[test]
 fn the_hubs_own_reporters_are_rate_limited_too() {
-    let p = &mut Policy::new(PolicyConfig {
+    let p = &mut Policy::new(PolicyOptions {
         rate: RateLimit {
             per_second: 0.0001,
             burst: 2,
         },
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     let vallumd = Node::internal("vallumd", Role::Reporter);

@@ -5,15 +5,15 @@ use super::*;
 use crate::Rollup;
 
 /// IPv4 /24 and IPv6 /64 roll-ups of 5 hosts within 10 minutes.
-fn rolling() -> PolicyConfig {
-    PolicyConfig {
+fn rolling() -> PolicyOptions {
+    PolicyOptions {
         rollup: Rollup {
             hosts: 5,
             window: Duration::from_secs(600),
             prefix_v4: Some(24),
             prefix_v6: Some(64),
         },
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     }
 }
 
@@ -80,7 +80,7 @@ fn enough_hosts_of_a_network_become_one_network_ban_listing_them() {
 
 #[test]
 fn ipv4_is_off_and_ipv6_on_by_default() {
-    let p = Policy::new(PolicyConfig::default());
+    let p = Policy::new(PolicyOptions::default());
     let mut l = Memory::default();
     for i in 1..=12u64 {
         reported(&p, &mut l, i, &format!("203.0.113.{i}"), at(i));
@@ -235,7 +235,7 @@ fn allowed_hosts_inside_stay_allowed_and_covering_allows_forbid_the_roll_up() {
 
 #[test]
 fn the_hub_is_never_inside_a_roll_up() {
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         protected: vec![(n("198.18.0.1"), "palisade hub".into())],
         ..rolling()
     });
@@ -255,12 +255,12 @@ fn the_hub_is_never_inside_a_roll_up() {
 #[test]
 fn a_roll_up_is_never_wider_than_the_hubs_limits_or_the_guard() {
     // A /16 roll-up where nodes may ban at most /24: never made.
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         rollup: Rollup {
             prefix_v4: Some(16),
             ..rolling().rollup
         },
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     for i in 1..=20u64 {
@@ -268,7 +268,7 @@ fn a_roll_up_is_never_wider_than_the_hubs_limits_or_the_guard() {
     }
     assert!(banned(&l, "203.0.0.0/16").is_none());
     // The guard's widest ban holds too.
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         guard: palisade_model::Guard::new(28, 64),
         ..rolling()
     });
@@ -303,7 +303,7 @@ fn a_node_cannot_name_the_wider_network_itself_nor_forge_a_roll_up() {
         IntentOutcome::Refused
     );
     // Pending reports (a quorum not yet reached) are not bans: no roll-up.
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         quorum: [(Source::Report, 2)].into(),
         ..rolling()
     });
@@ -317,12 +317,12 @@ fn a_node_cannot_name_the_wider_network_itself_nor_forge_a_roll_up() {
 
 #[test]
 fn a_48_rolls_up_the_64s_a_detector_banned() {
-    let p = Policy::new(PolicyConfig {
+    let p = Policy::new(PolicyOptions {
         rollup: Rollup {
             prefix_v6: Some(48),
             ..rolling().rollup
         },
-        ..PolicyConfig::default()
+        ..PolicyOptions::default()
     });
     let mut l = Memory::default();
     for i in 1..=5u64 {
