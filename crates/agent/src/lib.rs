@@ -14,8 +14,6 @@
 //! When the agent stops, the kernel keeps every ban and expires each on
 //! time by itself; the next start reconciles the kernel with the store.
 
-#![warn(missing_docs)]
-
 pub mod control;
 pub mod core;
 pub mod cursor;

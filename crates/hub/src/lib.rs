@@ -25,7 +25,6 @@
 //!   the dashboard's chart;
 //! - [`dashboard`]: the web dashboard (sessions, pages, live activity).
 
-#![warn(missing_docs)]
 // Handlers return ready HTTP responses as their errors.
 #![allow(clippy::result_large_err)]
 

@@ -28,8 +28,6 @@
 //! holding exactly the settings wanted ([`streams`]), which every server
 //! since 2.9 understands.
 
-#![warn(missing_docs)]
-
 pub mod bus;
 pub mod direct;
 mod error;

@@ -22,8 +22,6 @@
 //! last update and by expiry ([`Reader::ordered`]): what the hub's dashboard
 //! pages through with a million decisions, one short range scan per page.
 
-#![warn(missing_docs)]
-
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable};
