@@ -315,9 +315,10 @@ const LEAVES: [&str; 2] = ["leaf-east", "leaf-west"];
 /// twice, would make the test wait minutes.
 const LEAF_PINGS: &str = "ping_interval: \"2s\"\nping_max: 3\n";
 /// An agent that stayed connected to its leaf node while the leaf node's
-/// uplink was cut learns of what it missed at its next check (the next
-/// change, or its periodic probe, within 90 s).
-const CATCH_UP: Duration = Duration::from_secs(120);
+/// uplink was cut learns of what it missed from the workers' next head
+/// announcement once the uplink is back (the leaf node reconnects within
+/// seconds; heads come every 10 s; agents wait up to 3 s more, spread).
+const CATCH_UP: Duration = Duration::from_secs(40);
 /// Drops a leaf node's traffic to and from the cluster (its uplink), in
 /// the leaf node's namespace; the agents of its site still reach it.
 const UPLINK_CUT: &str = "lab_uplink_cut";
@@ -562,12 +563,12 @@ fn nats_with_tls_a_password_and_an_nkey() {
 
 /// What an agent's NATS user needs, as a nats-server `permissions` block:
 /// it may ask the workers, read the decisions bucket and its snapshot with
-/// direct gets and hear the changes; nothing else.
+/// direct gets and hear the changes and the workers' heads; nothing else.
 /// `api` is the JetStream API prefix the agents use (`$JS.API`, or
 /// `$JS.<domain>.API` with `jetstream_domain`).
 fn agent_permissions(bucket: &str, api: &str) -> String {
     format!(
-        "permissions: {{ publish: {{ allow: [\"palisade.intents.*\", \"palisade.beat.*\", \"{api}.STREAM.INFO.KV_{bucket}\", \"{api}.DIRECT.GET.KV_{bucket}\", \"{api}.DIRECT.GET.SNAP_{bucket}\"] }}, subscribe: {{ allow: [\"palisade.changes.>\", \"_INBOX.>\"] }} }}"
+        "permissions: {{ publish: {{ allow: [\"palisade.intents.*\", \"palisade.beat.*\", \"{api}.STREAM.INFO.KV_{bucket}\", \"{api}.DIRECT.GET.KV_{bucket}\", \"{api}.DIRECT.GET.SNAP_{bucket}\"] }}, subscribe: {{ allow: [\"palisade.changes.>\", \"palisade.head\", \"_INBOX.>\"] }} }}"
     )
 }
 
@@ -628,8 +629,9 @@ fn forged_change(bucket: &str, key: &str, seq: u64, delete: bool, body: String) 
 /// agents' NATS users may not publish there (the server republishes the
 /// changes itself; no user needs to), and what a careless deployment lets
 /// through is checked against the bucket: a change announced past the
-/// bucket's end is read from the bucket instead of believed, and a
-/// snapshot claiming a revision the bucket has not reached is refused.
+/// bucket's end is read from the bucket instead of believed, as is a
+/// workers' head announcement, and a snapshot claiming a revision the
+/// bucket has not reached is refused.
 /// Neither forged bans nor forged unbans change what any agent enforces,
 /// a real ban still arrives afterwards, and a late agent gets the true
 /// state.
@@ -747,9 +749,24 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
         ("palisade.snapshot.part.evil.0".to_string(), vec![], part),
         ("palisade.snapshot.head".to_string(), vec![], head),
     ];
+    // Head announcements far past the bucket's end, and one that is no
+    // number: an agent reads the bucket (and finds nothing) or ignores it.
+    let heads = vec![
+        (
+            "palisade.head".to_string(),
+            vec![],
+            "1000000002".to_string(),
+        ),
+        (
+            "palisade.head".to_string(),
+            vec![],
+            "all of them".to_string(),
+        ),
+    ];
     // With a node's stolen credentials: the server drops all of it.
     let mut all = forgeries.clone();
     all.extend(snapshot.clone());
+    all.extend(heads.clone());
     forge(lab.host("mallory"), &ip, ("agent", "ag3nt"), all);
     // Where a deployment let a client publish there anyway: a change
     // announced far past the bucket's end, and the snapshot.
@@ -768,6 +785,7 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
         String::new(),
     ));
     lies.extend(snapshot);
+    lies.extend(heads);
     forge(lab.host("mallory"), &ip, ("careless", "c4reless"), lies);
     std::thread::sleep(Duration::from_secs(3));
     assert!(

@@ -41,6 +41,10 @@ pub const RECONNECT_SPREAD: Duration = Duration::from_secs(3);
 /// With no change for this long (spread), ask the bucket whether one was
 /// missed (a republished message is lost when its server dies at once).
 const PROBE_EVERY: Duration = Duration::from_secs(60);
+/// An agent acts on the workers' head announcements at most this often
+/// (they come every ten seconds from each worker; anyone else allowed to
+/// publish there must not make agents read the bucket without pause).
+const HEAD_EVERY: Duration = Duration::from_secs(5);
 /// A live change announced past what the bucket's replica serves is read
 /// again after this (replicas may lag the leader a little).
 const LAG_WAIT: Duration = Duration::from_millis(250);
@@ -213,6 +217,13 @@ impl Reader {
             .subscribe(format!("{}.>", self.options.changes_subject()))
             .await
             .map_err(|e| unreachable(&e))?;
+        // The workers' head announcements (a node's user needs permission
+        // to subscribe to them, as to the changes).
+        let mut heads = self
+            .client
+            .subscribe(self.options.head_subject())
+            .await
+            .map_err(|e| unreachable(&e))?;
         let stream = self.stream();
         let state = streams::stream_state(&self.client, &self.options.api_prefix(), &stream)
             .await
@@ -237,6 +248,7 @@ impl Reader {
                 let mut connected = self.connections.load(Ordering::SeqCst);
                 let mut probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
                 let mut check = tokio::time::interval(Duration::from_secs(1));
+                let mut head_acted = tokio::time::Instant::now();
                 loop {
                     tokio::select! {
                         m = live.next() => {
@@ -268,6 +280,23 @@ impl Reader {
                                 }
                             }
                             probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                        }
+                        Some(h) = heads.next() => {
+                            // A worker's word that the bucket is past us:
+                            // read the bucket itself, never the number, and
+                            // not more often than HEAD_EVERY (spread, as
+                            // after a reconnection: a site's agents all
+                            // hear it at once).
+                            let behind = std::str::from_utf8(&h.payload)
+                                .ok()
+                                .and_then(|t| t.trim().parse::<u64>().ok())
+                                .is_some_and(|head| head > cursor);
+                            if behind && head_acted.elapsed() >= HEAD_EVERY {
+                                head_acted = tokio::time::Instant::now();
+                                tokio::time::sleep(jitter::below(RECONNECT_SPREAD)).await;
+                                debug!(cursor, "behind the workers' head; asking for what was missed");
+                                cursor = self.catch_up(&tx, cursor).await?;
+                            }
                         }
                         _ = tokio::time::sleep_until(probe) => {
                             cursor = self.catch_up(&tx, cursor).await?;

@@ -207,6 +207,14 @@ impl NatsOptions {
         format!("{}.changes", self.subject_prefix)
     }
 
+    /// Where workers announce the bucket revision they have seen
+    /// (`<subject_prefix>.head`): an agent behind it asks the bucket for
+    /// what it missed at once, rather than at its next probe. Agents
+    /// subscribe to it; only workers publish there.
+    pub fn head_subject(&self) -> String {
+        format!("{}.head", self.subject_prefix)
+    }
+
     /// The stream holding the decisions snapshot ([`snapshot`]).
     pub fn snapshot_stream(&self) -> String {
         format!("SNAP_{}", self.decisions_bucket())

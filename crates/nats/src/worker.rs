@@ -176,6 +176,7 @@ pub async fn run_worker(
             _ = maintain.tick() => {
                 w.maintain().await;
                 w.snapshot().await;
+                w.announce_head().await;
             }
             _ = &mut stop => break,
         }
@@ -716,6 +717,23 @@ impl Worker {
                 "wrote the decisions snapshot"
             ),
             Err(e) => warn!(error = %e, "cannot write the decisions snapshot"),
+        }
+    }
+
+    /// Announces the decisions bucket's revision this worker's watch has
+    /// reached. A republished change can be lost without the agent's
+    /// connection dropping (a leaf node's uplink was cut, the server that
+    /// republished it died): an agent behind this revision then reads what
+    /// it missed from the bucket within one `MAINTAIN_EVERY` instead of at
+    /// its next probe.
+    async fn announce_head(&self) {
+        let rev = self.watched.load(Ordering::SeqCst);
+        if rev == 0 {
+            return;
+        }
+        let subject = self.options.nats.head_subject();
+        if let Err(e) = self.client.publish(subject, rev.to_string().into()).await {
+            debug!(error = %e, "cannot announce the decisions bucket's revision");
         }
     }
 
