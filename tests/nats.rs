@@ -655,11 +655,15 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
     let ip = lab.host("nats").v4().to_string();
     let bucket = "lab_decisions";
     let agent_permissions = agent_permissions(bucket, "$JS.API");
+    // A node user written before the workers announced their head: it may
+    // not follow `palisade.head`, and its agent still follows the changes.
+    let older_permissions = agent_permissions.replace(", \"palisade.head\"", "");
+    assert_ne!(older_permissions, agent_permissions);
     let _server = NatsServer::with_config(
         "/usr/sbin/nats-server",
         lab.host("nats"),
         &format!(
-            "listen: \"{ip}:4222\"\nauthorization {{ users = [ {{ user: worker, password: w0rker, permissions: {{ publish: {{ deny: [\"palisade.changes.>\"] }} }} }}, {{ user: agent, password: ag3nt, {agent_permissions} }}, {{ user: careless, password: c4reless }} ] }}\n"
+            "listen: \"{ip}:4222\"\nauthorization {{ users = [ {{ user: worker, password: w0rker, permissions: {{ publish: {{ deny: [\"palisade.changes.>\"] }} }} }}, {{ user: agent, password: ag3nt, {agent_permissions} }}, {{ user: older, password: 0lder, {older_permissions} }}, {{ user: careless, password: c4reless }} ] }}\n"
         ),
     );
     let config = format!(
@@ -802,8 +806,14 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
         "a real ban did not arrive after the forgeries\n{}",
         logs(&agents)
     );
-    // A late agent joins past the forged snapshot with the true state.
-    agents.push(Agent::join_bus(lab.host("web3"), &config, &url, "web3"));
+    // A late agent joins past the forged snapshot with the true state (as
+    // a node user that may not follow the workers' head).
+    agents.push(Agent::join_bus(
+        lab.host("web3"),
+        &config,
+        &format!("nats://older:0lder@{ip}:4222"),
+        "web3",
+    ));
     assert!(
         wait_until(SPREAD, || !reaches("attacker", 2)
             && !reaches("attacker2", 2)),
@@ -821,6 +831,13 @@ fn forged_changes_snapshots_and_sequences_change_nothing() {
             .log()
             .contains("claims a revision the bucket has not reached")),
         "the forged snapshot was not noticed\n{}",
+        logs(&agents)
+    );
+    // Live changes reach the agent whose user may not follow the head.
+    agents[0].ok(&["unban", &attacker2]);
+    assert!(
+        wait_until(SPREAD, || reaches("attacker2", 2)),
+        "a live change did not reach the agent without the head permission\n{}",
         logs(&agents)
     );
 }
