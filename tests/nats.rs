@@ -237,9 +237,16 @@ fn cluster_flow(flavour: &str, bin: &str) {
         "[{flavour}] the /64 was not rolled up on every agent\n{}",
         net.logs()
     );
+    // Which reported hosts are members depends on which bans the deciding
+    // worker's mirror held at that moment (reports go to either worker,
+    // and a mirror may lag the other worker's writes after a server was
+    // killed); that there are members, and what they were banned for,
+    // does not.
     let story = net.agents[2].ok(&["explain", "2001:db8:66::99"]);
     assert!(
-        story.contains("rule     rollup") && story.contains("2001:db8:66::1 (fail2ban/sshd"),
+        story.contains("rule     rollup")
+            && story.contains("members: 2001:db8:66::")
+            && story.contains("(fail2ban/sshd, report on web2)"),
         "{story}"
     );
 
