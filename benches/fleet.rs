@@ -25,6 +25,8 @@
 //! Everything runs on loopback. The machine it runs on is usually shared:
 //! pin it (`taskset -c 0,1`) and say so with the figures.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use palisade_lab::Proc;
-use palisade_model::{Net, Source, Timestamp};
+use palisade_model::Net;
 use palisade_nats::{NatsBus, NatsOptions, WorkerOptions};
-use palisade_wire::{Bus, Envelope, Intent, Role, StreamItem};
+use palisade_wire::{Bus, Envelope, Role, StreamItem};
 
 /// The simulated fleet's decisions are addresses of 198.18.0.0/15 (data
 /// only: nothing is ever sent to them).
@@ -240,21 +242,7 @@ fn target(i: u32) -> Net {
 }
 
 fn ban(id: u64, i: u32) -> Envelope {
-    Envelope {
-        id,
-        at: Timestamp::now(),
-        intent: Intent::Ban {
-            target: target(i),
-            span: Some("1d".parse().unwrap()),
-            rule: Some("fleet".into()),
-            reason: None,
-            evidence: vec![],
-            source: Source::Cli,
-            actor: None,
-            list: None,
-            unverified: false,
-        },
-    }
+    common::cli_ban(id, target(i), "1d", "fleet")
 }
 
 /// What the simulated agents share with the run.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{committed, observe, row, rss};
+use common::{cli_ban, committed, observe, row, rss};
 use futures_util::StreamExt;
 use palisade_control::{BanRequest, Client, Request};
 use palisade_lab::{Lab, LabBuilder, require_root_and, wait_until};
@@ -298,24 +298,9 @@ fn fanout(clients: usize) {
             let hub_rss = rss(hub_pid);
             let pubs = palisade_link::HubLink::new(&url, &publisher).unwrap();
             let t0 = Instant::now();
-            let intent = Intent::Ban {
-                target,
-                span: Some("1h".parse().unwrap()),
-                rule: Some("bench/fanout".into()),
-                reason: None,
-                evidence: vec![],
-                source: Source::Cli,
-                actor: None,
-                list: None,
-                unverified: false,
-            };
-            pubs.send(&[Envelope {
-                id: 1,
-                at: Timestamp::now(),
-                intent,
-            }])
-            .await
-            .unwrap();
+            pubs.send(&[cli_ban(1, target, "1h", "bench/fanout")])
+                .await
+                .unwrap();
             let mut latencies = Vec::with_capacity(clients);
             for _ in 0..clients {
                 match rx.recv().await {

@@ -29,19 +29,8 @@ impl Net {
         let lab = LabBuilder::new()
             .hosts(["hub", "web1", "web2", "web3", "attacker"])
             .build();
-        let hub = Hub::start(
-            lab.host("hub"),
-            &format!("{}:7470", lab.host("hub").v4()),
-            hub_config,
-        );
-        let join = hub.token("join", "lab");
-        let mut agents = Vec::new();
-        let mut servers = Vec::new();
-        for name in ["web1", "web2", "web3"] {
-            let host = lab.host(name);
-            servers.push(TcpServer::start(host, PORT));
-            agents.push(Agent::join(host, agent_config, &hub.url(), &join, name));
-        }
+        let webs = ["web1", "web2", "web3"].map(|name| (name, agent_config));
+        let (hub, agents, servers) = support::hub_and_agents(&lab, hub_config, &webs, PORT, |_| {});
         Net {
             lab,
             hub,

@@ -1,6 +1,6 @@
 //! Shared by the benchmarks: an independent observer of the kernel (the
 //! nftables netlink notifications of committed set elements), percentile
-//! rows, process memory.
+//! rows, process memory, the ban a benchmark sends.
 
 #![allow(dead_code)] // each benchmark uses a different subset
 
@@ -190,4 +190,29 @@ pub fn kernel_count(ns: &Netns) -> usize {
         .find_map(|i| i.get("set"))
         .and_then(|s| s["elem"].as_array().map(|a| a.len()))
         .unwrap_or(0)
+}
+
+/// A ban of `target` for `span` under `rule`, as `palisade ban` sends it
+/// (no evidence): envelope `id` of a node's batch.
+pub fn cli_ban(
+    id: u64,
+    target: palisade_model::Net,
+    span: &str,
+    rule: &str,
+) -> palisade_wire::Envelope {
+    palisade_wire::Envelope {
+        id,
+        at: palisade_model::Timestamp::now(),
+        intent: palisade_wire::Intent::Ban {
+            target,
+            span: Some(span.parse().expect("a valid span")),
+            rule: Some(rule.into()),
+            reason: None,
+            evidence: vec![],
+            source: palisade_model::Source::Cli,
+            actor: None,
+            list: None,
+            unverified: false,
+        },
+    }
 }
