@@ -10,7 +10,13 @@
 //!   SET src -j DROP` (CrowdSec's bouncer, diswall);
 //! - `fail2ban`: a `f2b-` chain of 1,000 `-s ADDR -j REJECT
 //!   --reject-with icmp-port-unreachable` rules jumped to from INPUT
-//!   (fail2ban's default iptables action, all ports).
+//!   (fail2ban's default iptables action, all ports);
+//! - `floor`: no firewall at all, but an XDP program on the victim's eth0
+//!   that drops every IPv4 packet from 198.19.0.0/16 by comparing two
+//!   bytes, before the kernel builds anything for it. No layout can drop
+//!   for less in this lab, so this row is its physical limit: what the
+//!   veth and the receive path cost before any firewall runs. (It is not
+//!   a layout palisade offers: it looks nothing up and never expires.)
 //!
 //! The nftables and ipset layouts hold 1M bans (the 10,000 flood sources
 //! among them); fail2ban holds 1,000 rules, so its flood comes from those
@@ -33,7 +39,8 @@
 //! Reported per layout and protocol: frames sent per second, packets the
 //! victim's stack handled (and dropped: every source is banned) per second,
 //! receive CPU time per million packets (= ns per packet) and its
-//! ratio to the first layout listed (prerouting by default), conntrack entries created during a
+//! ratio to the first layout listed (prerouting by default) and, when the
+//! floor ran, the nanoseconds per packet above it, conntrack entries created during a
 //! separate second of flood (an observer rule `ct state new counter` right
 //! after conntrack, added only then so that its own cost stays out of the
 //! CPU figure), and the latency of a legitimate TCP connect from an
@@ -45,7 +52,7 @@
 //! Run as root: `cargo bench -p palisade-enforce --bench flood`.
 //! Environment: `FLOOD_SECS` (measured seconds per run, default 10),
 //! `FLOOD_BANS` (default 1000000), `FLOOD_LAYOUTS` (default
-//! `prerouting,ingress,input,ipset,fail2ban`), `FLOOD_PROTOS` (default `syn,udp`),
+//! `prerouting,ingress,input,ipset,fail2ban,floor`), `FLOOD_PROTOS` (default `syn,udp`),
 //! `RX_CPU` (default 0), `TX_CPU` (default 1), `RX_COALESCE_US` (NAPI
 //! deferral on the victim's veth, default 50; 0 turns it off),
 //! `FLOOD_REPEAT` (runs per layout and protocol, in rounds over the
@@ -81,6 +88,7 @@ enum Layout {
     Input,
     Ipset,
     Fail2ban,
+    Floor,
 }
 
 impl Layout {
@@ -91,7 +99,10 @@ impl Layout {
             "input" => Layout::Input,
             "ipset" => Layout::Ipset,
             "fail2ban" => Layout::Fail2ban,
-            _ => panic!("unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban)"),
+            "floor" => Layout::Floor,
+            _ => {
+                panic!("unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban, floor)")
+            }
         }
     }
 
@@ -102,6 +113,7 @@ impl Layout {
             Layout::Input => "input",
             Layout::Ipset => "ipset",
             Layout::Fail2ban => "fail2ban",
+            Layout::Floor => "floor",
         }
     }
 
@@ -170,7 +182,7 @@ fn main() {
     };
     let layouts: Vec<Layout> = env(
         "FLOOD_LAYOUTS",
-        "prerouting,ingress,input,ipset,fail2ban".to_string(),
+        "prerouting,ingress,input,ipset,fail2ban,floor".to_string(),
     )
     .split(',')
     .map(|s| Layout::parse(s.trim()))
@@ -196,7 +208,7 @@ fn main() {
     );
     println!();
     println!(
-        "{:<4} {:<11} {:>10} {:>12} {:>8} {:>14} {:>9} {:>12} {:>11} {:>11} {:>7}",
+        "{:<4} {:<11} {:>10} {:>12} {:>8} {:>14} {:>9} {:>11} {:>12} {:>11} {:>11} {:>7}",
         "",
         "layout",
         "sent Mpps",
@@ -204,6 +216,7 @@ fn main() {
         "rx busy",
         "rx CPU ms/Mp",
         "vs first",
+        "over floor",
         "ct new in 1s",
         "connect med",
         "connect max",
@@ -218,14 +231,26 @@ fn main() {
                 runs[i].push(run(layout, proto, &settings));
             }
         }
-        let mut baseline = None;
-        for (&layout, mut outcomes) in layouts.iter().zip(runs) {
-            outcomes.sort_by(|a, b| a.rx_ns_per_packet.total_cmp(&b.rx_ns_per_packet));
-            let o = outcomes.swap_remove(outcomes.len() / 2);
-            let base = *baseline.get_or_insert(o.rx_ns_per_packet);
+        let medians: Vec<Outcome> = runs
+            .into_iter()
+            .map(|mut outcomes| {
+                outcomes.sort_by(|a, b| a.rx_ns_per_packet.total_cmp(&b.rx_ns_per_packet));
+                outcomes.swap_remove(outcomes.len() / 2)
+            })
+            .collect();
+        let base = medians[0].rx_ns_per_packet;
+        let floor = layouts
+            .iter()
+            .position(|&l| l == Layout::Floor)
+            .map(|i| medians[i].rx_ns_per_packet);
+        for (&layout, o) in layouts.iter().zip(medians) {
             let (med, max) = percentiles(&o.connects);
+            let over_floor = match floor {
+                Some(f) if layout != Layout::Floor => format!("{:.0}", o.rx_ns_per_packet - f),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:<4} {:<11} {:>10.3} {:>12.3} {:>7.0}% {:>14.1} {:>8.2}x {:>12} {:>9.2}ms {:>9.2}ms {:>7}",
+                "{:<4} {:<11} {:>10.3} {:>12.3} {:>7.0}% {:>14.1} {:>8.2}x {:>11} {:>12} {:>9.2}ms {:>9.2}ms {:>7}",
                 match proto {
                     Proto::Syn => "SYN",
                     Proto::Udp => "UDP",
@@ -236,6 +261,7 @@ fn main() {
                 o.rx_busy * 100.0,
                 o.rx_ns_per_packet,
                 o.rx_ns_per_packet / base,
+                over_floor,
                 o.conntrack_new,
                 ms(med),
                 ms(max),
@@ -248,7 +274,8 @@ fn main() {
         "rx busy: share of the time the victim's receive path ran; below 100% the sender set the",
         "  rate, and each wake-up of the receive path is shared by fewer packets.",
         "rx CPU ms/Mp: CPU time of the victim's receive path per million packets handled (ns per",
-        "  packet); vs first: that cost relative to the first layout listed.",
+        "  packet); vs first: that cost relative to the first layout listed; over floor: ns per",
+        "  packet above the floor's (what the layout itself costs), when the floor ran.",
         "ct new: packets that got a conntrack entry (observer `ct state new counter` after conntrack).",
     ] {
         println!("{line}");
@@ -512,7 +539,133 @@ fn install(layout: Layout, victim: &Netns, bans: u32) {
             script.push_str("-A f2b-bench -j RETURN\nCOMMIT\n");
             feed(victim, "iptables-restore", &["--noflush"], &script);
         }
+        Layout::Floor => attach_floor_xdp(victim),
     }
+}
+
+/// One eBPF instruction: opcode, destination and source register, offset,
+/// immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut i = [0u8; 8];
+    i[0] = code;
+    i[1] = src << 4 | dst;
+    i[2..4].copy_from_slice(&off.to_le_bytes());
+    i[4..8].copy_from_slice(&imm.to_le_bytes());
+    i
+}
+
+/// Loads the `floor` XDP program and attaches it to the victim's eth0 in
+/// native mode (veth runs it in its NAPI poll, before any skb processing).
+/// The program, by instruction:
+///
+/// ```text
+///  0 r2 = ctx->data             1 r3 = ctx->data_end
+///  2 r4 = r2                    3 r4 += 34 (Ethernet + IPv4 header)
+///  4 if r4 > r3 goto pass       5 r5 = ethertype (u16 at 12)
+///  6 if r5 != IPv4 goto pass    7 r5 = source address (u32 at 26)
+///  8 r5 &= 0xffff (198.19.)     9 if r5 != 198.19. goto pass
+/// 10 r0 = XDP_DROP             11 exit
+/// 12 pass: r0 = XDP_PASS       13 exit
+/// ```
+///
+/// Loaded with the `bpf` system call, pinned in a bpf file system mounted
+/// for the purpose (so that `ip link` can attach it by path), and the file
+/// system unmounted again: the attachment keeps the program alive until
+/// the lab's namespace goes.
+fn attach_floor_xdp(victim: &Netns) {
+    const LDX_W: u8 = 0x61;
+    const LDX_H: u8 = 0x69;
+    const MOV_X: u8 = 0xbf;
+    const MOV_K: u8 = 0xb7;
+    const ADD_K: u8 = 0x07;
+    const AND_K: u8 = 0x57;
+    const JGT_X: u8 = 0x2d;
+    const JNE_K: u8 = 0x55;
+    const EXIT: u8 = 0x95;
+    // Network-order fields read as little-endian words.
+    const IPV4: i32 = 0x0008;
+    const FROM_198_19: i32 = 0x13c6;
+    let program: Vec<u8> = [
+        insn(LDX_W, 2, 1, 0, 0),
+        insn(LDX_W, 3, 1, 4, 0),
+        insn(MOV_X, 4, 2, 0, 0),
+        insn(ADD_K, 4, 0, 0, 34),
+        insn(JGT_X, 4, 3, 7, 0),
+        insn(LDX_H, 5, 2, 12, 0),
+        insn(JNE_K, 5, 0, 5, IPV4),
+        insn(LDX_W, 5, 2, 26, 0),
+        insn(AND_K, 5, 0, 0, 0xffff),
+        insn(JNE_K, 5, 0, 2, FROM_198_19),
+        insn(MOV_K, 0, 0, 0, 1),
+        insn(EXIT, 0, 0, 0, 0),
+        insn(MOV_K, 0, 0, 0, 2),
+        insn(EXIT, 0, 0, 0, 0),
+    ]
+    .concat();
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let license = c"GPL";
+    let mut log = vec![0u8; 1 << 16];
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
+    // log_level, log_size, log_buf; the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&((program.len() / 8) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(program.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD whose pointers
+    // (program, license, log) outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "loading the floor XDP program: {}; verifier: {}",
+        std::io::Error::last_os_error(),
+        String::from_utf8_lossy(&log).trim_end_matches('\0')
+    );
+    let dir = tempfile::tempdir().expect("a directory for a bpf file system");
+    let mount = |args: &[&std::ffi::OsStr]| {
+        let ok = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{args:?} failed");
+    };
+    mount(&[
+        "mount".as_ref(),
+        "-t".as_ref(),
+        "bpf".as_ref(),
+        "bpf".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let pin = dir.path().join("floor");
+    let path = std::ffi::CString::new(pin.to_str().expect("a UTF-8 path")).expect("no NUL");
+    let mut attr = [0u8; 16];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_PIN; path outlives it.
+    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is the program's descriptor, owned here; the pin (or the
+    // failure) no longer needs it.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(pinned, 0, "pinning the floor XDP program: {error}");
+    victim.exec(
+        "ip",
+        &[
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "xdpdrv",
+            "pinned",
+            pin.to_str().unwrap(),
+        ],
+    );
+    mount(&["umount".as_ref(), dir.path().as_os_str()]);
 }
 
 /// Runs `program args` in `ns` with `input` on its stdin.
