@@ -960,3 +960,160 @@ fn a_nodes_allow_for_the_whole_network_is_refused_and_taken_back() {
     net.agents[1].ok(&["allow", &attacker, "--local"]);
     assert!(net.agents[1].ok(&["list", "--allows"]).contains(&attacker));
 }
+
+/// A ban as `palisade ban` sends it, envelope `id` of a batch.
+fn ban_envelope(id: u64, target: std::net::Ipv4Addr) -> palisade_wire::Envelope {
+    palisade_wire::Envelope {
+        id,
+        at: palisade_model::Timestamp::now(),
+        intent: palisade_wire::Intent::Ban {
+            target: palisade_model::Net::host(target.into()),
+            span: Some("1h".parse().unwrap()),
+            rule: Some("test".into()),
+            reason: None,
+            evidence: vec![],
+            source: palisade_model::Source::Cli,
+            actor: None,
+            list: None,
+            unverified: false,
+        },
+    }
+}
+
+/// Follows the hub's stream from the start until the snapshot and what
+/// followed it hold `want` bans (or 20 s pass); returns the banned
+/// targets and the snapshot's stream number.
+async fn join_and_count(
+    link: palisade_link::HubLink,
+    want: usize,
+) -> (std::collections::HashSet<palisade_model::Net>, u64) {
+    use futures_util::StreamExt;
+    use palisade_wire::{Bus, StreamItem};
+    let mut held = std::collections::HashSet::new();
+    let mut snapshot_seq = 0;
+    let mut stream = link.follow(0).await.expect("the stream opens");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held.len() < want {
+        let Ok(Some(item)) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            break;
+        };
+        match item.expect("a stream item") {
+            StreamItem::Snapshot { seq } => snapshot_seq = seq,
+            StreamItem::Put { decision, .. } if decision.action == palisade_model::Action::Ban => {
+                held.insert(decision.target);
+            }
+            StreamItem::Put { .. } => {}
+            StreamItem::Remove { .. }
+            | StreamItem::SnapshotEnd { .. }
+            | StreamItem::Ping { .. } => {}
+        }
+    }
+    (held, snapshot_seq)
+}
+
+#[test]
+fn nodes_joining_together_share_one_snapshot_and_miss_nothing_made_after_it() {
+    if !require_root_and(&["ip"]) {
+        return;
+    }
+    let lab = LabBuilder::new().host("hub").host("nodes").build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = Hub::start(lab.host("hub"), &listen, "");
+    let url = hub.url();
+    let node: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
+    let operator: palisade_wire::Token = hub.token("node", "operator").parse().unwrap();
+    let nodes = lab.host("nodes").ns_name().to_string();
+    support::in_netns(&nodes, 2, async move {
+        use palisade_wire::Bus;
+        let operator = palisade_link::HubLink::new(&url, &operator).unwrap();
+        let batch: Vec<_> = (0..500u32)
+            .map(|i| ban_envelope(u64::from(i) + 1, std::net::Ipv4Addr::from(0xC612_1000 + i)))
+            .collect();
+        operator.send(&batch).await.expect("the hub takes the bans");
+        // Twenty nodes join at once: each gets every ban, from one snapshot.
+        let link = palisade_link::HubLink::new(&url, &node).unwrap();
+        let joins: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(join_and_count(link.clone(), 500)))
+            .collect();
+        let mut seqs = std::collections::HashSet::new();
+        for j in joins {
+            let (held, seq) = j.await.unwrap();
+            assert_eq!(held.len(), 500, "a node that joined with the others");
+            seqs.insert(seq);
+        }
+        assert_eq!(seqs.len(), 1, "one snapshot for all: {seqs:?}");
+        // A ban made now, and a node joining at once: the shared snapshot
+        // may be the one before it, and the ban must follow it without
+        // waiting for any later change.
+        operator
+            .send(&[ban_envelope(501, std::net::Ipv4Addr::new(198, 19, 0, 1))])
+            .await
+            .expect("the hub takes the ban");
+        let first = *seqs.iter().next().unwrap();
+        let (held, seq) = join_and_count(link.clone(), 501).await;
+        // Built well under REUSE_FOR (2 s) ago, the shared snapshot is
+        // still handed out: the ban comes after it, as a catch-up.
+        assert_eq!(seq, first, "the snapshot the others shared");
+        assert_eq!(held.len(), 501, "the node that joined after the ban");
+        assert!(held.contains(&palisade_model::Net::host(
+            std::net::Ipv4Addr::new(198, 19, 0, 1).into()
+        )));
+    });
+    drop(hub);
+}
+
+/// Attack: nodes that open the stream and never read it. Each holds one
+/// of the hub's turns to send a snapshot for at most two seconds, so a
+/// node joining after forty of them still gets the whole state at once.
+#[test]
+fn nodes_that_stop_reading_their_snapshot_do_not_hold_up_others_joining() {
+    if !require_root_and(&["ip"]) {
+        return;
+    }
+    const BANS: u32 = 40_000;
+    let lab = LabBuilder::new().host("hub").host("nodes").build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = Hub::start(
+        lab.host("hub"),
+        &listen,
+        "[hub]\nmax_connections_per_client = 100\n",
+    );
+    let url = hub.url();
+    let node: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
+    let stalled: palisade_wire::Token = hub.token("node", "stalled").parse().unwrap();
+    let operator: palisade_wire::Token = hub.token("node", "operator").parse().unwrap();
+    let nodes = lab.host("nodes").ns_name().to_string();
+    support::in_netns(&nodes, 2, async move {
+        use palisade_wire::Bus;
+        let operator = palisade_link::HubLink::new(&url, &operator).unwrap();
+        for start in (0..BANS).step_by(500) {
+            let batch: Vec<_> = (start..start + 500)
+                .map(|i| ban_envelope(u64::from(i) + 1, std::net::Ipv4Addr::from(0x6440_0000 + i)))
+                .collect();
+            operator.send(&batch).await.expect("the hub takes the bans");
+        }
+        // Forty streams (more than there are turns) opened and never read:
+        // the snapshot (about 12 MB each) stops in their connections.
+        let stalled = palisade_link::HubLink::new(&url, &stalled).unwrap();
+        let mut unread = Vec::new();
+        for _ in 0..40 {
+            unread.push(stalled.follow(0).await.expect("the stream opens"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let link = palisade_link::HubLink::new(&url, &node).unwrap();
+        let (held, _) = join_and_count(link, BANS as usize).await;
+        assert_eq!(
+            held.len(),
+            BANS as usize,
+            "the node joining after the stalled ones"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "joining took {:?}",
+            started.elapsed()
+        );
+        drop(unread);
+    });
+    drop(hub);
+}

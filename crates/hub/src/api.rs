@@ -265,6 +265,9 @@ enum StreamEnd {
     /// The task reading the store did not finish.
     #[error("reading the store for a stream stopped: {0}")]
     Reader(#[from] tokio::task::JoinError),
+    /// No snapshot could be read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Writes the stream for one node until it goes away or loses its token.
@@ -343,7 +346,10 @@ async fn start(
     if cursor > 0 && cursor + 1 == next {
         return Ok(cursor);
     }
-    snapshot(hub, group, tx).await
+    // The shared snapshot may be a little older than the queue's head:
+    // what came after it follows as a catch-up.
+    let seq = snapshot(hub, group.clone(), tx).await?;
+    catch_up(hub, group, seq, tx).await
 }
 
 /// Sends every stored event after `last` (for this node's group); returns
@@ -354,7 +360,7 @@ async fn catch_up(
     mut last: u64,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<u64, StreamEnd> {
-    loop {
+    'batches: loop {
         let store = hub.store.clone();
         let batch = tokio::task::spawn_blocking(move || {
             store
@@ -371,7 +377,8 @@ async fn catch_up(
                     found = seq,
                     "stream events were trimmed during catch-up; sending a snapshot"
                 );
-                return snapshot(hub, group, tx).await;
+                last = snapshot(hub, group.clone(), tx).await?;
+                continue 'batches;
             }
             let (event_group, json) = crate::records::split_record(&record);
             if event_group.is_none_or(|g| Some(g) == group.as_deref()) {
@@ -385,66 +392,83 @@ async fn catch_up(
     }
 }
 
-/// Sends every active decision for this node (global ones and its group's
-/// allows) as one snapshot; returns its stream number.
+/// Sends every active decision for this node: its group's allows, then the
+/// shared snapshot of global allows and bans (see `snapshot.rs`); returns
+/// the stream number the snapshot reflects, which may be a little behind
+/// the queue's head (the caller catches up from it).
 async fn snapshot(
     hub: &Arc<Hub>,
     group: Option<String>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<u64, StreamEnd> {
     hub.metrics.snapshots.inc();
-    let store = hub.store.clone();
-    let out = tx.clone();
-    let metrics = hub.metrics.clone();
-    tokio::task::spawn_blocking(move || -> Result<u64, StreamEnd> {
-        let now = Timestamp::now();
-        let r = store.read()?;
-        let seq = r.queue_next(tables::EVENTS)? - 1;
-        let mut chunk = Vec::with_capacity(64 << 10);
-        let flush = |chunk: &mut Vec<u8>, force: bool| -> Result<(), StreamEnd> {
-            if !chunk.is_empty() && (force || chunk.len() >= 60 << 10) {
-                let full = std::mem::replace(chunk, Vec::with_capacity(64 << 10));
-                out.blocking_send(Bytes::from(full))
-                    .map_err(|_| StreamEnd::NodeGone)?;
-            }
-            Ok(())
-        };
-        write_line(&mut chunk, &StreamItem::Snapshot { seq });
-        let mut count = 0u64;
-        // Allows first, so the receiver never briefly bans what is allowed.
-        let mut group_allows = Vec::new();
-        if let Some(g) = &group {
-            for (key, bytes) in r.map_entries(tables::GROUP_ALLOWS)? {
-                if key.split('\u{0}').next() == Some(g.as_str())
-                    && let Ok(d) = serde_json::from_slice::<palisade_model::Decision>(&bytes)
-                {
-                    group_allows.push(d);
-                }
-            }
-        }
-        let globals = r
-            .iter(Some(Action::Allow))?
-            .chain(r.iter(Some(Action::Ban))?);
-        for d in group_allows.into_iter().map(Ok).chain(globals) {
-            let d = d?;
-            if !d.is_active(now) {
-                continue;
-            }
-            write_line(&mut chunk, &StreamItem::Put { seq, decision: d });
+    let shared = hub.snapshots.get(&hub.store).await?;
+    let seq = shared.seq;
+    let mut head = Vec::new();
+    write_line(&mut head, &StreamItem::Snapshot { seq });
+    let mut count = shared.count;
+    if let Some(g) = group {
+        let store = hub.store.clone();
+        let allows = tokio::task::spawn_blocking(
+            move || -> Result<Vec<palisade_model::Decision>, StreamEnd> {
+                let now = Timestamp::now();
+                let r = store.read()?;
+                Ok(r.map_entries(tables::GROUP_ALLOWS)?
+                    .into_iter()
+                    .filter(|(key, _)| key.split('\u{0}').next() == Some(g.as_str()))
+                    .filter_map(|(_, bytes)| {
+                        serde_json::from_slice::<palisade_model::Decision>(&bytes).ok()
+                    })
+                    .filter(|d| d.is_active(now))
+                    .collect())
+            },
+        )
+        .await??;
+        for decision in allows {
+            write_line(&mut head, &StreamItem::Put { seq, decision });
             count += 1;
-            flush(&mut chunk, false)?;
         }
-        write_line(&mut chunk, &StreamItem::SnapshotEnd { seq });
-        flush(&mut chunk, true)?;
-        metrics.stream_items.add(count + 2);
-        Ok(seq)
+    }
+    let mut parts = Vec::with_capacity(shared.chunks.len() + 2);
+    parts.push(Bytes::from(head));
+    parts.extend(shared.chunks.iter().cloned());
+    parts.push(line(&StreamItem::SnapshotEnd { seq }));
+    // A turn lasts until the connection has taken the whole snapshot from
+    // the channel (handed it to the kernel), or at most TURN_AT_MOST: then
+    // the rest is sent without one.
+    let turn = hub.snapshots.turn().await;
+    let mut sent = 0;
+    let within_turn = tokio::time::timeout(crate::snapshot::TURN_AT_MOST, async {
+        for part in &parts {
+            send_chunk(tx, part.clone()).await?;
+            sent += 1;
+        }
+        while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<(), StreamEnd>(())
     })
-    .await?
+    .await;
+    drop(turn);
+    match within_turn {
+        Ok(r) => r?,
+        Err(_) => {
+            for part in &parts[sent..] {
+                send_chunk(tx, part.clone()).await?;
+            }
+        }
+    }
+    hub.metrics.stream_items.add(count + 2);
+    Ok(seq)
+}
+
+/// Queues bytes for the node's connection (counted by the caller).
+async fn send_chunk(tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), StreamEnd> {
+    tx.send(bytes).await.map_err(|_| StreamEnd::NodeGone)
 }
 
 fn write_line(out: &mut Vec<u8>, item: &StreamItem) {
-    serde_json::to_writer(&mut *out, item).expect("a stream item serializes");
-    out.push(b'\n');
+    crate::snapshot::put_line(out, item);
 }
 
 fn line(item: &StreamItem) -> Bytes {

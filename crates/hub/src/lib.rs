@@ -38,6 +38,7 @@ pub mod limits;
 pub(crate) mod metrics;
 pub mod records;
 pub(crate) mod server;
+mod snapshot;
 pub(crate) mod state;
 pub mod tables;
 pub mod tokens;

@@ -94,6 +94,8 @@ pub struct Hub {
     pub dashboard: crate::dashboard::state::Dashboard,
     /// Where the hub keeps its files (feeds' last good lists too).
     pub state_dir: std::path::PathBuf,
+    /// The snapshot joining nodes share.
+    pub(crate) snapshots: crate::snapshot::SnapshotCache,
     tokens: RwLock<HashMap<String, TokenRecord>>,
     nodes: Mutex<HashMap<String, NodeLive>>,
 }
@@ -135,6 +137,7 @@ impl Hub {
                 ..Default::default()
             },
             state_dir,
+            snapshots: Default::default(),
             tokens: RwLock::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         };
