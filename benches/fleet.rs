@@ -1,11 +1,20 @@
-//! The fleet simulator: `AGENTS=N BUS=nats SERVERS=1|3 [DECISIONS=M]
+//! The fleet simulator: `AGENTS=N BUS=nats|hub SERVERS=1|3 [DECISIONS=M]
 //! [NATS_SERVER=path] cargo bench --bench fleet`.
 //!
 //! N simulated agents in this one process, each with its own connection
 //! and palisade's own bus client (the code an agent follows the network's
 //! decisions with), its decisions recorded in a bitmap instead of a
-//! kernel. One policy worker (palisade's own) in this process too; the
-//! nats-servers are child processes on loopback. It prints:
+//! kernel.
+//!
+//! - `BUS=nats`: one policy worker (palisade's own) in this process too;
+//!   the nats-servers are child processes on loopback.
+//! - `BUS=hub`: the embedded hub (`palisade hub`, its own store) is a child
+//!   process in a lab namespace, the agents' connections come from another
+//!   (as root); each agent has its own TLS connection and stream. The storm
+//!   kills the hub (SIGKILL) and starts it again on the same store.
+//!   `SERVERS` does not apply, and no JetStream exists (0 consumers).
+//!
+//! It prints:
 //!
 //! - the time until all N hold the full state (DECISIONS decisions, a
 //!   snapshot and the changes after it);
@@ -26,6 +35,8 @@
 //! pin it (`taskset -c 0,1`) and say so with the figures.
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -37,7 +48,7 @@ use futures_util::StreamExt;
 use palisade_lab::Proc;
 use palisade_model::Net;
 use palisade_nats::{NatsBus, NatsOptions, WorkerOptions};
-use palisade_wire::{Bus, Envelope, Role, StreamItem};
+use palisade_wire::{Bus, Envelope, Role, StreamItem, Token};
 
 /// The simulated fleet's decisions are addresses of 198.18.0.0/15 (data
 /// only: nothing is ever sent to them).
@@ -59,11 +70,13 @@ fn main() {
     let decisions = env("DECISIONS", 10_000).min(100_000) as u32;
     let servers = env("SERVERS", 1).clamp(1, 3);
     let bus = std::env::var("BUS").unwrap_or_else(|_| "nats".into());
-    if bus != "nats" {
-        eprintln!(
-            "BUS={bus}: the embedded hub's figures come from `cargo bench --bench hub fanout`; this simulator drives NATS"
-        );
-        std::process::exit(2);
+    match bus.as_str() {
+        "nats" => {}
+        "hub" => return run_hub(agents, decisions),
+        other => {
+            eprintln!("BUS={other}: the simulator drives `nats` or `hub`");
+            std::process::exit(2);
+        }
     }
     let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| {
         let current = "/opt/palisade-test/venv/bin/nats-server";
@@ -259,7 +272,7 @@ struct Fleet {
 
 /// One simulated agent: follows the bus like an agent (from its cursor,
 /// again after every stop) and records what it would enforce.
-async fn agent(bus: NatsBus, fleet: Arc<Fleet>) {
+async fn agent<B: Bus>(bus: B, fleet: Arc<Fleet>) {
     let words = (fleet.decisions as usize + 64 + PROBES as usize * 4).div_ceil(64);
     let mut held = vec![0u64; words];
     let mut count = 0u32;
@@ -365,36 +378,8 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
     let mut operator_options = options(cluster, 0);
     operator_options.role = Role::Operator;
     let operator = NatsBus::new(operator_options, "operator", None);
-    let send = |envelopes: Vec<Envelope>| {
-        let operator = operator.clone();
-        async move {
-            loop {
-                match operator.send(&envelopes).await {
-                    Ok(r) => return r,
-                    Err(e) => {
-                        eprintln!("  (sending again: {e})");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        }
-    };
     let mut id = 0u64;
-    let seeded = Instant::now();
-    for chunk in (0..decisions).collect::<Vec<_>>().chunks(500) {
-        let batch: Vec<Envelope> = chunk
-            .iter()
-            .map(|i| {
-                id += 1;
-                ban(id, *i)
-            })
-            .collect();
-        send(batch).await;
-    }
-    println!(
-        "  seeded {decisions} decisions in {:.1} s",
-        seeded.elapsed().as_secs_f64()
-    );
+    seed(&operator, decisions, &mut id).await;
     let probe_client = async_nats::connect(format!("nats://{}", cluster.servers(0)[0]))
         .await
         .unwrap();
@@ -471,27 +456,11 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
 
     // One decision to all, a few times.
     let cpu0 = cluster.cpu();
-    for p in 0..PROBES {
-        let i = decisions + p;
-        fleet.got_probe.store(0, Ordering::Relaxed);
-        *fleet.probe.lock().unwrap() = Some((i, Instant::now()));
-        id += 1;
-        send(vec![ban(id, i)]).await;
-        wait_for(
-            "one decision",
-            || fleet.got_probe.load(Ordering::Relaxed) >= agents,
-            || format!("{} of {agents}", fleet.got_probe.load(Ordering::Relaxed)),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let mut lat = std::mem::take(&mut *fleet.latencies.lock().unwrap());
-    lat.sort();
-    let q = |f: f64| lat[((lat.len() as f64 * f).ceil() as usize).clamp(1, lat.len()) - 1];
-    let p99 = q(0.99);
+    let lat = time_probes(&operator, &fleet, agents, &mut id).await;
+    let p99 = quantile(&lat, 0.99);
     println!(
         "  one decision -> all {agents}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} receipts); servers {:.2} CPU s for {PROBES} decisions",
-        ms(q(0.5)),
+        ms(quantile(&lat, 0.5)),
         ms(p99),
         ms(*lat.last().unwrap()),
         lat.len(),
@@ -508,22 +477,7 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restarted = Instant::now();
     cluster.spawn(0);
-    let i = decisions + PROBES;
-    fleet.got_probe.store(0, Ordering::Relaxed);
-    *fleet.probe.lock().unwrap() = Some((i, Instant::now()));
-    id += 1;
-    send(vec![ban(id, i)]).await;
-    let _ = wait_for(
-        "storm",
-        || fleet.got_probe.load(Ordering::Relaxed) >= agents,
-        || {
-            format!(
-                "{} of {agents} current",
-                fleet.got_probe.load(Ordering::Relaxed)
-            )
-        },
-    )
-    .await;
+    all_current(&operator, &fleet, agents, &mut id).await;
     let storm = restarted.elapsed();
     println!(
         "  reconnect storm: all {agents} current {:.2} s after the server restarted; servers {:.1} CPU s, RSS {:.0} MB",
@@ -573,6 +527,186 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
         storm.as_secs_f64(),
         after.saturating_sub(before)
     );
+}
+
+/// Sends `envelopes` until the bus takes them (through a restart too).
+async fn send_until_taken<B: Bus>(bus: &B, envelopes: &[Envelope]) {
+    loop {
+        match bus.send(envelopes).await {
+            Ok(_) => return,
+            Err(e) => {
+                eprintln!("  (sending again: {e})");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Bans the fleet's first `decisions` addresses, 500 per send.
+async fn seed<B: Bus>(bus: &B, decisions: u32, id: &mut u64) {
+    let seeded = Instant::now();
+    for chunk in (0..decisions).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Envelope> = chunk
+            .iter()
+            .map(|i| {
+                *id += 1;
+                ban(*id, *i)
+            })
+            .collect();
+        send_until_taken(bus, &batch).await;
+    }
+    println!(
+        "  seeded {decisions} decisions in {:.1} s",
+        seeded.elapsed().as_secs_f64()
+    );
+}
+
+/// Times [`PROBES`] single decisions, each until every agent holds it;
+/// returns each receipt's delay after the send, sorted.
+async fn time_probes<B: Bus>(bus: &B, fleet: &Fleet, agents: usize, id: &mut u64) -> Vec<Duration> {
+    for p in 0..PROBES {
+        let i = fleet.decisions + p;
+        fleet.got_probe.store(0, Ordering::Relaxed);
+        *fleet.probe.lock().unwrap() = Some((i, Instant::now()));
+        *id += 1;
+        send_until_taken(bus, &[ban(*id, i)]).await;
+        wait_for(
+            "one decision",
+            || fleet.got_probe.load(Ordering::Relaxed) >= agents,
+            || format!("{} of {agents}", fleet.got_probe.load(Ordering::Relaxed)),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut lat = std::mem::take(&mut *fleet.latencies.lock().unwrap());
+    lat.sort();
+    lat
+}
+
+/// The `f` quantile of sorted `samples`.
+fn quantile(samples: &[Duration], f: f64) -> Duration {
+    samples[((samples.len() as f64 * f).ceil() as usize).clamp(1, samples.len()) - 1]
+}
+
+/// Makes one more decision at once and waits until every agent holds it
+/// (after a restart: until all are current again).
+async fn all_current<B: Bus>(bus: &B, fleet: &Fleet, agents: usize, id: &mut u64) {
+    let i = fleet.decisions + PROBES;
+    fleet.got_probe.store(0, Ordering::Relaxed);
+    *fleet.probe.lock().unwrap() = Some((i, Instant::now()));
+    *id += 1;
+    send_until_taken(bus, &[ban(*id, i)]).await;
+    let _ = wait_for(
+        "storm",
+        || fleet.got_probe.load(Ordering::Relaxed) >= agents,
+        || {
+            format!(
+                "{} of {agents} current",
+                fleet.got_probe.load(Ordering::Relaxed)
+            )
+        },
+    )
+    .await;
+}
+
+/// The hub's limits for a fleet in one process: connections from one
+/// address, and no rate limit on the operator's sends.
+const HUB_CONFIG: &str = "[hub]\nmax_connections = 40000\nmax_connections_per_client = 40000\n\
+                          [hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
+
+/// `BUS=hub`: the same phases against the embedded hub.
+fn run_hub(agents: usize, decisions: u32) {
+    if !palisade_lab::require_root_and(&["ip"]) {
+        return;
+    }
+    raise_open_files(agents as u64 * 2 + 10_000);
+    let lab = palisade_lab::LabBuilder::new()
+        .host("hub")
+        .host("clients")
+        .build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = support::Hub::start(lab.host("hub"), &listen, HUB_CONFIG);
+    println!(
+        "fleet simulator: AGENTS={agents} BUS=hub DECISIONS={decisions} (palisade hub, embedded store)"
+    );
+    let clients = lab.host("clients").ns_name().to_string();
+    let hub = support::in_netns(&clients, 2, hub_phases(hub, agents, decisions));
+    drop(hub);
+}
+
+async fn hub_phases(mut hub: support::Hub, agents: usize, decisions: u32) -> support::Hub {
+    let url = hub.url();
+    let listener: Token = hub.token("node", "fleet").parse().unwrap();
+    let operator: Token = hub.token("node", "operator").parse().unwrap();
+    let operator = palisade_link::HubLink::new(&url, &operator).unwrap();
+    let pid = |hub: &support::Hub| hub.proc.as_ref().unwrap().pid();
+    let mut id = 0u64;
+    seed(&operator, decisions, &mut id).await;
+    let fleet = Arc::new(Fleet {
+        decisions,
+        full: AtomicUsize::new(0),
+        probe: Mutex::new(None),
+        got_probe: AtomicUsize::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let cpu0 = cpu_seconds(pid(&hub));
+    let link = palisade_link::HubLink::new(&url, &listener).unwrap();
+    let mut tasks = Vec::with_capacity(agents);
+    for _ in 0..agents {
+        tasks.push(tokio::spawn(agent(link.clone(), fleet.clone())));
+    }
+    let join = wait_for(
+        "join",
+        || fleet.full.load(Ordering::Relaxed) >= agents,
+        || {
+            format!(
+                "{} of {agents} hold the full state",
+                fleet.full.load(Ordering::Relaxed)
+            )
+        },
+    )
+    .await;
+    let (rss, peak) = common::rss(pid(&hub));
+    println!(
+        "  time to full state: {:.2} s for {agents} agents ({} decisions each); hub: {:.1} CPU s, RSS {rss:.0} MB (peak {peak:.0} MB)",
+        join.as_secs_f64(),
+        decisions,
+        cpu_seconds(pid(&hub)) - cpu0,
+    );
+    let cpu0 = cpu_seconds(pid(&hub));
+    let lat = time_probes(&operator, &fleet, agents, &mut id).await;
+    let p99 = quantile(&lat, 0.99);
+    println!(
+        "  one decision -> all {agents}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} receipts); hub {:.2} CPU s for {PROBES} decisions",
+        ms(quantile(&lat, 0.5)),
+        ms(p99),
+        ms(*lat.last().unwrap()),
+        lat.len(),
+        cpu_seconds(pid(&hub)) - cpu0
+    );
+    // The storm: the hub dies without warning and starts again on its store.
+    tokio::task::block_in_place(|| hub.kill9());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted = Instant::now();
+    tokio::task::block_in_place(|| hub.restart());
+    let cpu0 = cpu_seconds(pid(&hub));
+    all_current(&operator, &fleet, agents, &mut id).await;
+    let storm = restarted.elapsed();
+    let (rss, _) = common::rss(pid(&hub));
+    println!(
+        "  reconnect storm: all {agents} current {:.2} s after the hub restarted; hub {:.1} CPU s, RSS {rss:.0} MB",
+        storm.as_secs_f64(),
+        cpu_seconds(pid(&hub)) - cpu0,
+    );
+    for t in tasks {
+        t.abort();
+    }
+    println!(
+        "fleet: AGENTS={agents} p99={:.0} ms storm={:.1} s consumers_after=0",
+        ms(p99),
+        storm.as_secs_f64()
+    );
+    hub
 }
 
 /// About the size of a republished change (headers and a decision).
