@@ -625,6 +625,12 @@ fn run_hub(agents: usize, decisions: u32) {
         .host("clients")
         .build();
     let listen = format!("{}:7470", lab.host("hub").v4());
+    // Production logging (`info`), not the tests' debug default: a debug
+    // line per streamed event would be the hub's main work here.
+    if std::env::var_os("PALISADE_TEST_LOG").is_none() {
+        // SAFETY: no other thread of this process runs yet.
+        unsafe { std::env::set_var("PALISADE_TEST_LOG", "info") };
+    }
     let hub = support::Hub::start(lab.host("hub"), &listen, HUB_CONFIG);
     println!(
         "fleet simulator: AGENTS={agents} BUS=hub DECISIONS={decisions} (palisade hub, embedded store)"
