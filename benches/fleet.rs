@@ -270,6 +270,33 @@ struct Fleet {
     latencies: Mutex<Vec<Duration>>,
 }
 
+impl Fleet {
+    fn new(decisions: u32) -> Fleet {
+        Fleet {
+            decisions,
+            full: AtomicUsize::new(0),
+            probe: Mutex::new(None),
+            got_probe: AtomicUsize::new(0),
+            latencies: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Waits until all `agents` hold the full state; returns how long it took.
+async fn all_full(fleet: &Fleet, agents: usize) -> Duration {
+    wait_for(
+        "join",
+        || fleet.full.load(Ordering::Relaxed) >= agents,
+        || {
+            format!(
+                "{} of {agents} hold the full state",
+                fleet.full.load(Ordering::Relaxed)
+            )
+        },
+    )
+    .await
+}
+
 /// One simulated agent: follows the bus like an agent (from its cursor,
 /// again after every stop) and records what it would enforce.
 async fn agent<B: Bus>(bus: B, fleet: Arc<Fleet>) {
@@ -418,32 +445,14 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
     };
 
     // Join: all agents at once.
-    let fleet = Arc::new(Fleet {
-        decisions,
-        full: AtomicUsize::new(0),
-        probe: Mutex::new(None),
-        got_probe: AtomicUsize::new(0),
-        latencies: Mutex::new(Vec::new()),
-    });
+    let fleet = Arc::new(Fleet::new(decisions));
     let cpu0 = cluster.cpu();
-    let joined_at = Instant::now();
     let mut tasks = Vec::with_capacity(agents);
     for k in 0..agents {
         let bus = NatsBus::new(options(cluster, k), &format!("sim{k}"), None);
         tasks.push(tokio::spawn(agent(bus, fleet.clone())));
     }
-    let join = wait_for(
-        "join",
-        || fleet.full.load(Ordering::Relaxed) >= agents,
-        || {
-            format!(
-                "{} of {agents} hold the full state",
-                fleet.full.load(Ordering::Relaxed)
-            )
-        },
-    )
-    .await;
-    let _ = joined_at;
+    let join = all_full(&fleet, agents).await;
     let cpu_join = cluster.cpu() - cpu0;
     println!(
         "  time to full state: {:.2} s for {agents} agents ({} decisions each); servers: {:.1} CPU s, RSS {:.0} MB (peak {:.0} MB)",
@@ -648,30 +657,14 @@ async fn hub_phases(mut hub: support::Hub, agents: usize, decisions: u32) -> sup
     let pid = |hub: &support::Hub| hub.proc.as_ref().unwrap().pid();
     let mut id = 0u64;
     seed(&operator, decisions, &mut id).await;
-    let fleet = Arc::new(Fleet {
-        decisions,
-        full: AtomicUsize::new(0),
-        probe: Mutex::new(None),
-        got_probe: AtomicUsize::new(0),
-        latencies: Mutex::new(Vec::new()),
-    });
+    let fleet = Arc::new(Fleet::new(decisions));
     let cpu0 = cpu_seconds(pid(&hub));
     let link = palisade_link::HubLink::new(&url, &listener).unwrap();
     let mut tasks = Vec::with_capacity(agents);
     for _ in 0..agents {
         tasks.push(tokio::spawn(agent(link.clone(), fleet.clone())));
     }
-    let join = wait_for(
-        "join",
-        || fleet.full.load(Ordering::Relaxed) >= agents,
-        || {
-            format!(
-                "{} of {agents} hold the full state",
-                fleet.full.load(Ordering::Relaxed)
-            )
-        },
-    )
-    .await;
+    let join = all_full(&fleet, agents).await;
     let (rss, peak) = common::rss(pid(&hub));
     println!(
         "  time to full state: {:.2} s for {agents} agents ({} decisions each); hub: {:.1} CPU s, RSS {rss:.0} MB (peak {peak:.0} MB)",
