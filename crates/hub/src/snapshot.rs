@@ -13,7 +13,7 @@
 //! Streams that start while one is being built wait for it instead of
 //! building their own.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -44,8 +44,11 @@ pub(crate) struct SharedSnapshot {
 /// The latest shared snapshot, and the turns to send one.
 pub(crate) struct SnapshotCache {
     /// Building one holds the lock, so that streams starting meanwhile
-    /// wait for it rather than build their own.
-    latest: tokio::sync::Mutex<Option<Arc<SharedSnapshot>>>,
+    /// wait for it rather than build their own. Held weakly: a snapshot
+    /// lives for [`REUSE_FOR`] after it was built and while streams send
+    /// it, and its memory (a million decisions are about 300 MB of lines)
+    /// goes with the last of them.
+    latest: tokio::sync::Mutex<Weak<SharedSnapshot>>,
     /// Streams sending a snapshot at once. Without a bound, a fleet that
     /// joins at once asks the kernel to buffer every snapshot for every
     /// connection at the same moment; past the host's TCP memory limit it
@@ -63,7 +66,7 @@ pub(crate) const TURN_AT_MOST: Duration = Duration::from_secs(2);
 impl Default for SnapshotCache {
     fn default() -> Self {
         SnapshotCache {
-            latest: tokio::sync::Mutex::new(None),
+            latest: tokio::sync::Mutex::new(Weak::new()),
             turns: tokio::sync::Semaphore::new(SENDING),
         }
     }
@@ -88,7 +91,8 @@ impl SnapshotCache {
     ) -> Result<Arc<SharedSnapshot>, SnapshotError> {
         let mut cached = self.latest.lock().await;
         let store = store.clone();
-        let previous = cached.clone();
+        let previous = cached.upgrade();
+        let reused = previous.clone();
         let fresh = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let r = store.read()?;
             let next = r.queue_next(tables::EVENTS)?;
@@ -101,12 +105,20 @@ impl SnapshotCache {
             build(&r, next - 1).map(Some)
         })
         .await??;
-        if let Some(s) = fresh {
-            *cached = Some(Arc::new(s));
+        match (fresh, reused) {
+            (Some(s), _) => {
+                let s = Arc::new(s);
+                *cached = Arc::downgrade(&s);
+                let keep = s.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REUSE_FOR).await;
+                    drop(keep);
+                });
+                Ok(s)
+            }
+            (None, Some(p)) => Ok(p),
+            (None, None) => unreachable!("without one to reuse, a snapshot is built"),
         }
-        Ok(cached
-            .clone()
-            .expect("a snapshot was just cached or reused"))
     }
 }
 
