@@ -9,7 +9,8 @@
 //! then bans: everything but a group's own allows) is encoded once, as
 //! chunks every stream sends by reference, and reused while it is current
 //! or young enough that what came after it is still in the event queue
-//! (each stream then sends those events after it, as any catch-up).
+//! (each stream then sends those events after it, as any catch-up), for as
+//! long as it is kept: 2 s after it was built and while streams send it.
 //! Streams that start while one is being built wait for it instead of
 //! building their own.
 
