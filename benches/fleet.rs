@@ -255,7 +255,7 @@ fn target(i: u32) -> Net {
 }
 
 fn ban(id: u64, i: u32) -> Envelope {
-    common::cli_ban(id, target(i), "1d", "fleet")
+    support::cli_ban(id, target(i), "1d", "fleet")
 }
 
 /// What the simulated agents share with the run.
@@ -618,11 +618,6 @@ async fn all_current<B: Bus>(bus: &B, fleet: &Fleet, agents: usize, id: &mut u64
     .await;
 }
 
-/// The hub's limits for a fleet in one process: connections from one
-/// address, and no rate limit on the operator's sends.
-const HUB_CONFIG: &str = "[hub]\nmax_connections = 40000\nmax_connections_per_client = 40000\n\
-                          [hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
-
 /// `BUS=hub`: the same phases against the embedded hub.
 fn run_hub(agents: usize, decisions: u32) {
     if !palisade_lab::require_root_and(&["ip"]) {
@@ -640,7 +635,7 @@ fn run_hub(agents: usize, decisions: u32) {
         // SAFETY: no other thread of this process runs yet.
         unsafe { std::env::set_var("PALISADE_TEST_LOG", "info") };
     }
-    let hub = support::Hub::start(lab.host("hub"), &listen, HUB_CONFIG);
+    let hub = support::Hub::start(lab.host("hub"), &listen, common::HUB_CONFIG);
     println!(
         "fleet simulator: AGENTS={agents} BUS=hub DECISIONS={decisions} (palisade hub, embedded store)"
     );

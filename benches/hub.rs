@@ -22,17 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{cli_ban, committed, observe, row, rss};
+use common::{HUB_CONFIG, committed, observe, row, rss};
 use futures_util::StreamExt;
 use palisade_control::{BanRequest, Client, Request};
 use palisade_lab::{Lab, LabBuilder, require_root_and, wait_until};
 use palisade_model::{Action, Decision, Net, Origin, Scope, Source, Span, Timestamp};
 use palisade_wire::{Bus, Envelope, Intent, StreamItem, Token};
-use support::{Agent, Hub};
-
-/// Rate limits and connection caps out of the way (the fan-out opens 10k
-/// streams from one client): this measures the hub, not its brakes.
-const HUB_CONFIG: &str = "[hub]\nmax_connections = 20000\nmax_connections_per_client = 20000\n[hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";
+use support::{Agent, Hub, cli_ban};
 
 fn main() {
     if !require_root_and(&["nft"]) {

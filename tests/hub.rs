@@ -961,23 +961,9 @@ fn a_nodes_allow_for_the_whole_network_is_refused_and_taken_back() {
     assert!(net.agents[1].ok(&["list", "--allows"]).contains(&attacker));
 }
 
-/// A ban as `palisade ban` sends it, envelope `id` of a batch.
+/// A ban of `target` for an hour, as `palisade ban` sends it.
 fn ban_envelope(id: u64, target: std::net::Ipv4Addr) -> palisade_wire::Envelope {
-    palisade_wire::Envelope {
-        id,
-        at: palisade_model::Timestamp::now(),
-        intent: palisade_wire::Intent::Ban {
-            target: palisade_model::Net::host(target.into()),
-            span: Some("1h".parse().unwrap()),
-            rule: Some("test".into()),
-            reason: None,
-            evidence: vec![],
-            source: palisade_model::Source::Cli,
-            actor: None,
-            list: None,
-            unverified: false,
-        },
-    }
+    support::cli_ban(id, palisade_model::Net::host(target.into()), "1h", "test")
 }
 
 /// Follows the hub's stream from the start until the snapshot and what

@@ -1,6 +1,6 @@
 //! Shared by the benchmarks: an independent observer of the kernel (the
 //! nftables netlink notifications of committed set elements), percentile
-//! rows, process memory, the ban a benchmark sends.
+//! rows, process memory, the hub's configuration for benchmarks.
 
 #![allow(dead_code)] // each benchmark uses a different subset
 
@@ -192,27 +192,8 @@ pub fn kernel_count(ns: &Netns) -> usize {
         .unwrap_or(0)
 }
 
-/// A ban of `target` for `span` under `rule`, as `palisade ban` sends it
-/// (no evidence): envelope `id` of a node's batch.
-pub fn cli_ban(
-    id: u64,
-    target: palisade_model::Net,
-    span: &str,
-    rule: &str,
-) -> palisade_wire::Envelope {
-    palisade_wire::Envelope {
-        id,
-        at: palisade_model::Timestamp::now(),
-        intent: palisade_wire::Intent::Ban {
-            target,
-            span: Some(span.parse().expect("a valid span")),
-            rule: Some(rule.into()),
-            reason: None,
-            evidence: vec![],
-            source: palisade_model::Source::Cli,
-            actor: None,
-            list: None,
-            unverified: false,
-        },
-    }
-}
+/// The hub's configuration for benchmarks: rate limits and connection caps
+/// out of the way (the fan-out and the fleet open tens of thousands of
+/// streams from one client), so that they measure the hub, not its brakes.
+pub const HUB_CONFIG: &str = "[hub]\nmax_connections = 40000\nmax_connections_per_client = 40000\n\
+                              [hub.rate]\nper_second = 1000000000.0\nburst = 1000000000\n";

@@ -1059,3 +1059,28 @@ pub fn hub_and_agents(
     }
     (hub, agents, servers)
 }
+
+/// A ban of `target` for `span` under `rule`, as `palisade ban` sends it
+/// (no evidence): envelope `id` of a node's batch.
+pub fn cli_ban(
+    id: u64,
+    target: palisade_model::Net,
+    span: &str,
+    rule: &str,
+) -> palisade_wire::Envelope {
+    palisade_wire::Envelope {
+        id,
+        at: palisade_model::Timestamp::now(),
+        intent: palisade_wire::Intent::Ban {
+            target,
+            span: Some(span.parse().expect("a valid span")),
+            rule: Some(rule.into()),
+            reason: None,
+            evidence: vec![],
+            source: palisade_model::Source::Cli,
+            actor: None,
+            list: None,
+            unverified: false,
+        },
+    }
+}

@@ -627,14 +627,14 @@ fn attach_floor_xdp(victim: &Netns) {
         String::from_utf8_lossy(&log).trim_end_matches('\0')
     );
     let dir = tempfile::tempdir().expect("a directory for a bpf file system");
-    let mount = |args: &[&std::ffi::OsStr]| {
+    let run = |args: &[&std::ffi::OsStr]| {
         let ok = std::process::Command::new(args[0])
             .args(&args[1..])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "{args:?} failed");
     };
-    mount(&[
+    run(&[
         "mount".as_ref(),
         "-t".as_ref(),
         "bpf".as_ref(),
@@ -665,7 +665,7 @@ fn attach_floor_xdp(victim: &Netns) {
             pin.to_str().unwrap(),
         ],
     );
-    mount(&["umount".as_ref(), dir.path().as_os_str()]);
+    run(&["umount".as_ref(), dir.path().as_os_str()]);
 }
 
 /// Runs `program args` in `ns` with `input` on its stdin.

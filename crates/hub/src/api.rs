@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::server::Peer;
+use crate::snapshot::put_line;
 use crate::state::{AuthError, Caller, Hub};
 use crate::tables;
 use crate::writer::Job;
@@ -405,7 +406,7 @@ async fn snapshot(
     let shared = hub.snapshots.get(&hub.store).await?;
     let seq = shared.seq;
     let mut head = Vec::new();
-    write_line(&mut head, &StreamItem::Snapshot { seq });
+    put_line(&mut head, &StreamItem::Snapshot { seq });
     let mut count = shared.count;
     if let Some(g) = group {
         let store = hub.store.clone();
@@ -425,7 +426,7 @@ async fn snapshot(
         )
         .await??;
         for decision in allows {
-            write_line(&mut head, &StreamItem::Put { seq, decision });
+            put_line(&mut head, &StreamItem::Put { seq, decision });
             count += 1;
         }
     }
@@ -467,13 +468,9 @@ async fn send_chunk(tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), Stream
     tx.send(bytes).await.map_err(|_| StreamEnd::NodeGone)
 }
 
-fn write_line(out: &mut Vec<u8>, item: &StreamItem) {
-    crate::snapshot::put_line(out, item);
-}
-
 fn line(item: &StreamItem) -> Bytes {
     let mut v = Vec::new();
-    write_line(&mut v, item);
+    put_line(&mut v, item);
     Bytes::from(v)
 }
 
