@@ -26,6 +26,7 @@ pub mod host;
 pub mod logfile;
 pub mod ports;
 pub mod pyre;
+mod segments;
 pub mod sources;
 pub mod syslog;
 pub mod tracker;

@@ -305,11 +305,51 @@ fn group_end(b: &[char], open: usize) -> Option<usize> {
 #[derive(Debug)]
 pub enum Pattern {
     /// Compiled by the `regex` crate (linear time).
-    Std(regex::Regex),
+    Std(Box<Linear>),
     /// Compiled by fancy-regex, for look-around and back-references (bounded
     /// backtracking).
     Fancy(Box<fancy_regex::Regex>),
 }
+
+/// A pattern the `regex` crate compiled twice: as written, with Unicode
+/// classes (Python's `re` on text is Unicode-aware), and with Unicode off,
+/// for lines that are all ASCII.
+///
+/// Why the second is exact: on ASCII text every Unicode class (`\w`, `\S`,
+/// `\d`, a negated class, `.`) matches exactly its ASCII members, `\b` sees
+/// the same word characters, and case folding cannot reach the non-ASCII
+/// letters it would add (the Kelvin sign, the long s) because the text holds
+/// none. Why it is worth it: a Unicode `\S` or `\w` is hundreds of NFA
+/// states of UTF-8 sequences, an ASCII one a single byte class, and finding
+/// groups (a bounded backtracker that clears a visited set of states times
+/// line length per search) costs in proportion.
+#[derive(Debug)]
+pub struct Linear {
+    unicode: regex::Regex,
+    /// `None` when Unicode cannot be turned off (a non-ASCII class).
+    ascii: Option<regex::bytes::Regex>,
+}
+
+impl Linear {
+    fn build(translated: &str) -> Result<Linear, regex::Error> {
+        let unicode = regex::RegexBuilder::new(translated)
+            .size_limit(SIZE_LIMIT)
+            .build()?;
+        let ascii = regex::bytes::RegexBuilder::new(&format!("(?-u){translated}"))
+            .size_limit(SIZE_LIMIT)
+            .build()
+            .ok();
+        Ok(Linear { unicode, ascii })
+    }
+
+    /// The twin for `text`: the ASCII one when `text` is ASCII.
+    fn ascii_for(&self, text: &str) -> Option<&regex::bytes::Regex> {
+        self.ascii.as_ref().filter(|_| text.is_ascii())
+    }
+}
+
+/// The most memory one compiled regex may take.
+const SIZE_LIMIT: usize = 32 << 20;
 
 /// Named groups of one match: name -> (start, end) or absent.
 #[derive(Debug, Default, Clone)]
@@ -328,11 +368,8 @@ impl Pattern {
     /// Compiles an already translated pattern.
     pub fn compile(translated: &str) -> Result<Pattern, PatternError> {
         check_shape(translated)?;
-        match regex::RegexBuilder::new(translated)
-            .size_limit(32 << 20)
-            .build()
-        {
-            Ok(r) => Ok(Pattern::Std(r)),
+        match Linear::build(translated) {
+            Ok(r) => Ok(Pattern::Std(Box::new(r))),
             Err(std_err) => match fancy_regex::RegexBuilder::new(translated)
                 .backtrack_limit(200_000)
                 .build()
@@ -354,7 +391,11 @@ impl Pattern {
     /// Group names in index order (index 0 is the whole match).
     pub fn names(&self) -> Vec<Option<String>> {
         match self {
-            Pattern::Std(r) => r.capture_names().map(|n| n.map(String::from)).collect(),
+            Pattern::Std(r) => r
+                .unicode
+                .capture_names()
+                .map(|n| n.map(String::from))
+                .collect(),
             Pattern::Fancy(r) => r.capture_names().map(|n| n.map(String::from)).collect(),
         }
     }
@@ -362,7 +403,10 @@ impl Pattern {
     /// True if the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
         match self {
-            Pattern::Std(r) => r.is_match(text),
+            Pattern::Std(r) => match r.ascii_for(text) {
+                Some(a) => a.is_match(text.as_bytes()),
+                None => r.unicode.is_match(text),
+            },
             Pattern::Fancy(r) => r.is_match(text).unwrap_or(false),
         }
     }
@@ -375,10 +419,16 @@ impl Pattern {
     /// The group spans of the first match starting at byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Vec<Option<(usize, usize)>>> {
         match self {
-            Pattern::Std(r) => {
-                let c = r.captures_at(text, at)?;
-                Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
-            }
+            Pattern::Std(r) => match r.ascii_for(text) {
+                Some(a) => {
+                    let c = a.captures_at(text.as_bytes(), at)?;
+                    Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+                }
+                None => {
+                    let c = r.unicode.captures_at(text, at)?;
+                    Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+                }
+            },
             Pattern::Fancy(r) => {
                 let c = r.captures_from_pos(text, at).ok()??;
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())

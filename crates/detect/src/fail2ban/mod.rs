@@ -34,6 +34,7 @@ use regex::Regex;
 
 use crate::host::parse_addr;
 use crate::pyre::{Pattern, name_index, relax, translate};
+use crate::segments::Segments;
 use date::DateDetector;
 use ini::{Config, Map};
 
@@ -185,6 +186,8 @@ fn glob_to_local_flags(r: &str) -> String {
 struct Re {
     source: String,
     pat: Pattern,
+    /// The prefregex shape matched piece by piece with DFAs, when it has it.
+    segments: Option<Segments>,
     /// Named groups and their indexes.
     names: Vec<(Arc<str>, usize)>,
     /// `alt_` groups and the group each stands in for, sorted.
@@ -215,9 +218,12 @@ impl Re {
             })
             .collect();
         alts.sort();
+        let groups = pat.names().len();
+        let segments = Segments::new(&t).filter(|s| s.groups() == groups);
         Ok(Re {
             source: t,
             pat,
+            segments,
             names,
             alts,
         })
@@ -228,7 +234,10 @@ impl Re {
     }
 
     fn search<'t>(&'t self, buf: &'t str) -> Option<Match<'t>> {
-        let caps = self.pat.captures(buf)?;
+        let caps = match self.segments.as_ref().and_then(|s| s.captures(buf)) {
+            Some(caps) => caps,
+            None => self.pat.captures(buf)?,
+        };
         Some(Match {
             text: buf,
             caps,
@@ -1022,6 +1031,96 @@ mod tests {
         println!("{d:#?}");
         let f = Filter::from_definition(&d).unwrap();
         println!("pref: {}", f.prefregex.as_ref().unwrap().source);
+    }
+
+    /// Every shipped filter whose prefregex is matched piece by piece
+    /// (`segments.rs`) finds the groups the whole pattern finds, on every
+    /// line of fail2ban's sample logs, with its date cut out or not, and on
+    /// each line cut short, padded or stripped of its newline: where the
+    /// pieces answer, they answer as the whole pattern does.
+    #[test]
+    fn segmented_prefregexes_agree_with_the_whole_pattern() {
+        let filters = Path::new("/etc/fail2ban/filter.d");
+        let logs = Path::new("/usr/lib/python3/dist-packages/fail2ban/tests/files/logs");
+        if !filters.exists() || !logs.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "fail2ban is not installed (apt-get install fail2ban)"
+            );
+            println!("SKIPPED: fail2ban is not installed");
+            return;
+        }
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(logs).unwrap() {
+            let Ok(text) = std::fs::read(entry.unwrap().path()) else {
+                continue; // a directory
+            };
+            for line in String::from_utf8_lossy(&text).lines() {
+                if !line.starts_with('#') {
+                    lines.push(line.to_string());
+                }
+            }
+        }
+        let mut texts = Vec::new();
+        for line in &lines {
+            let cut = line.char_indices().nth(16).map_or("", |(i, _)| &line[i..]);
+            for t in [line.as_str(), cut] {
+                texts.push(format!("{t}\n"));
+                texts.push(t.to_string());
+                texts.push(format!("{t} \n"));
+                let short = t
+                    .char_indices()
+                    .nth(t.chars().count() / 2)
+                    .map_or(0, |(i, _)| i);
+                texts.push(format!("{}\n", &t[..short]));
+            }
+        }
+        let mut segmented = Vec::new();
+        let mut answered = 0;
+        for entry in std::fs::read_dir(filters).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "conf") {
+                continue;
+            }
+            let Ok(filter) = Filter::load(&path, &BTreeMap::new()) else {
+                continue;
+            };
+            let Some(pre) = &filter.prefregex else {
+                continue;
+            };
+            let Some(seg) = &pre.segments else {
+                continue;
+            };
+            segmented.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            // Unnamed groups are read by no one, and left out.
+            let named = |caps: Vec<Option<(usize, usize)>>| {
+                let mut v = vec![caps[0]];
+                v.extend(pre.names.iter().map(|(_, i)| caps[*i]));
+                v
+            };
+            for t in &texts {
+                if let Some(fast) = seg.captures(t) {
+                    answered += 1;
+                    assert_eq!(
+                        Some(named(fast)),
+                        pre.pat.captures(t).map(named),
+                        "{}: {t:?} with {}",
+                        path.display(),
+                        pre.source
+                    );
+                }
+            }
+        }
+        println!("segmented: {segmented:?}; {answered} answers checked");
+        for f in [
+            "sshd.conf",
+            "postfix.conf",
+            "dovecot.conf",
+            "pam-generic.conf",
+        ] {
+            assert!(segmented.iter().any(|s| s == f), "{f} is not segmented");
+        }
+        assert!(answered > 10_000, "{answered}");
     }
 
     /// The literal prefilter looks at the line as written, the regexes at

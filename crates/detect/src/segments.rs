@@ -1,0 +1,309 @@
+//! A prefregex's groups found with DFAs alone.
+//!
+//! fail2ban's prefregexes have one shape: `^`, a run of text, some named
+//! groups at the top level (`<F-MLFID>`), and last `<F-CONTENT>.+</F-CONTENT>$`,
+//! the rest of the line handed to the failregexes. Every line of a log is
+//! matched against it, and finding its groups with a general engine (the
+//! `regex` crate's bounded backtracker over a prefix of hundreds of NFA
+//! states) is where imported filters spend most of their time.
+//!
+//! [`Segments`] cuts such a pattern at its top-level groups and matches the
+//! pieces one after the other, each with an anchored DFA search that
+//! reports only where the piece ends. Why this finds the very groups that
+//! the whole pattern finds (Python's backtracking order, which the `regex`
+//! crate reproduces as "leftmost-first"): the whole pattern's match is the
+//! first combination of the pieces' paths, in the order of the pieces, for
+//! which `.+$` still matches what is left. Taking each piece's first path
+//! from where the previous one ended gives the first combination of all;
+//! if `.+$` then matches (at least one character is left, and no line
+//! break but a final one), that combination is the whole pattern's match.
+//! If not, or if a piece finds no match from there (an earlier piece's
+//! later path might have let it), [`Segments::captures`] says so and the
+//! caller asks the whole pattern.
+
+use regex_automata::meta::Regex;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
+
+/// Each group's byte span, by group index; `None` when it took no part.
+pub type Spans = Vec<Option<(usize, usize)>>;
+
+/// A prefregex cut at its top-level groups (see the module docs).
+#[derive(Debug)]
+pub struct Segments {
+    /// The pieces in order, each with the index of the group it is, if it
+    /// is one.
+    pieces: Vec<(Option<usize>, Twin)>,
+    /// The index of the `.+` group that takes the rest of the line.
+    rest: usize,
+    /// How many groups the whole pattern has, with group 0.
+    groups: usize,
+}
+
+/// A piece compiled as written and with Unicode off, for ASCII lines (see
+/// `pyre::Linear` for why that is exact).
+#[derive(Debug)]
+struct Twin {
+    unicode: Regex,
+    ascii: Option<Regex>,
+}
+
+impl Twin {
+    fn new(piece: &str) -> Option<Twin> {
+        let unicode = Regex::builder().build(piece).ok()?;
+        let ascii = Regex::builder()
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .build(piece)
+            .ok();
+        Some(Twin { unicode, ascii })
+    }
+
+    /// Where the piece's first match starting exactly at `at` ends.
+    fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
+        let input = Input::new(text).range(at..).anchored(Anchored::Yes);
+        match self.ascii.as_ref().filter(|_| ascii) {
+            Some(a) => a.search(&input).map(|m| m.end()),
+            None => self.unicode.search(&input).map(|m| m.end()),
+        }
+    }
+}
+
+/// What comes after the last group: Python's `$` as `pyre::translate`
+/// writes it outside multi-line mode.
+const END: &str = r"(?:\n?\z)";
+
+impl Segments {
+    /// Cuts `translated` (a pattern `pyre::translate` wrote), or `None`
+    /// when it does not have the shape: `^` first, no alternation, flag or
+    /// named group outside the top-level groups, no quantifier on them,
+    /// and `(?P<NAME>.+)` then `$` last.
+    pub fn new(translated: &str) -> Option<Segments> {
+        let body = translated.strip_prefix('^')?;
+        let b = body.as_bytes();
+        let mut pieces = Vec::new();
+        let mut groups = 1;
+        let mut text_start = 0;
+        let mut i = 0;
+        let mut rest = None;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 2,
+                b'[' => i = class_end(b, i)? + 1,
+                b'|' => return None,
+                b'(' => {
+                    let end = group_end(b, i)?;
+                    let inner = &body[i..=end];
+                    let named = inner.starts_with("(?P<") || inner.starts_with("(?<");
+                    if inner[1..].starts_with('?') && !named {
+                        // A non-capturing group or a look-around: part of
+                        // the text, unless it holds a named group, or
+                        // sets flags for what follows (`(?i)`).
+                        if inner.contains("(?P<") || inner.contains("(?<") || sets_flags(inner) {
+                            return None;
+                        }
+                        groups += count_captures(inner);
+                        i = end + 1;
+                        continue;
+                    }
+                    if !named {
+                        // An unnamed group: no one reads it.
+                        groups += count_captures(inner);
+                        i = end + 1;
+                        continue;
+                    }
+                    if matches!(b.get(end + 1), Some(b'?' | b'*' | b'+' | b'{')) {
+                        return None;
+                    }
+                    let open = inner.find('>')? + 1;
+                    let group_body = &inner[open..inner.len() - 1];
+                    if group_body.contains("(?P<") || group_body.contains("(?<") {
+                        return None;
+                    }
+                    let index = groups;
+                    groups += count_captures(inner);
+                    let text = &body[text_start..i];
+                    if !text.is_empty() {
+                        pieces.push((None, Twin::new(text)?));
+                    }
+                    if group_body == ".+" {
+                        if &body[end + 1..] != END {
+                            return None;
+                        }
+                        rest = Some(index);
+                        break;
+                    }
+                    pieces.push((Some(index), Twin::new(group_body)?));
+                    i = end + 1;
+                    text_start = i;
+                }
+                _ => i += 1,
+            }
+        }
+        Some(Segments {
+            pieces,
+            rest: rest?,
+            groups,
+        })
+    }
+
+    /// How many groups the whole pattern has, with group 0.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The spans of the pattern's groups in `text` (with `None` for the
+    /// groups no one reads), or `None` when the pieces cannot tell and the
+    /// whole pattern must be asked.
+    pub fn captures(&self, text: &str) -> Option<Spans> {
+        let ascii = text.is_ascii();
+        let mut caps = vec![None; self.groups];
+        let mut at = 0;
+        for (group, piece) in &self.pieces {
+            let end = piece.end_from(text, ascii, at)?;
+            if let Some(g) = group {
+                caps[*g] = Some((at, end));
+            }
+            at = end;
+        }
+        let rest_end = text.strip_suffix('\n').unwrap_or(text).len();
+        if rest_end <= at || text[at..rest_end].contains('\n') {
+            return None;
+        }
+        caps[self.rest] = Some((at, rest_end));
+        caps[0] = Some((0, text.len()));
+        Some(caps)
+    }
+}
+
+/// Whether `group` is a bare flag group such as `(?i)` or `(?-u)`, which
+/// sets flags for the rest of the pattern, not only inside itself.
+fn sets_flags(group: &str) -> bool {
+    group
+        .strip_prefix("(?")
+        .and_then(|g| g.strip_suffix(')'))
+        .is_some_and(|flags| flags.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-'))
+}
+
+/// Index of the `]` closing the class opened at `open`.
+fn class_end(b: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    if b.get(i) == Some(&b'^') {
+        i += 1;
+    }
+    if b.get(i) == Some(&b']') {
+        i += 1;
+    }
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b']' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Index of the `)` closing the group opened at `open`.
+fn group_end(b: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => i = class_end(b, i)?,
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// How many capturing groups `group` (a whole group, parentheses included)
+/// opens, itself included.
+fn count_captures(group: &str) -> usize {
+    let b = group.as_bytes();
+    let mut n = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => match class_end(b, i) {
+                Some(e) => i = e,
+                None => return n,
+            },
+            b'(' => {
+                let named = group[i..].starts_with("(?P<") || group[i..].starts_with("(?<");
+                let plain = b.get(i + 1) != Some(&b'?');
+                if (named && !group[i..].starts_with("(?<=") && !group[i..].starts_with("(?<!"))
+                    || plain
+                {
+                    n += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pyre::{Pattern, translate};
+
+    fn both(p: &str, text: &str) -> (Option<Spans>, Spans) {
+        let t = translate(p, false);
+        let s = Segments::new(&t).expect("the prefregex shape");
+        let full = Pattern::compile(&t).unwrap();
+        (s.captures(text), full.captures(text).unwrap_or_default())
+    }
+
+    #[test]
+    fn groups_are_the_whole_patterns() {
+        let p =
+            r"^(?P<mlfid>\S+ (?:\S+ )?sshd(?:\[\d+\])?: )(?:(?:error|fatal): )?(?P<content>.+)$";
+        for line in [
+            "host sshd[1]: Failed password\n",
+            "host x sshd: error: Failed\n",
+            "host sshd[12]: fatal: x",
+        ] {
+            let (fast, full) = both(p, line);
+            assert_eq!(fast.as_ref(), Some(&full), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn asks_the_whole_pattern_when_the_pieces_cannot_tell() {
+        // The optional part takes all there is: the whole pattern would
+        // give it back to `.+`.
+        let (fast, full) = both(r"^a(?: b)?(?P<content>.+)$", "a b\n");
+        assert_eq!(fast, None);
+        assert_eq!(full[1], Some((1, 3)));
+        // No match from the first path of the piece before.
+        let (fast, _) = both(r"^(?P<x>a|ab)c(?P<content>.+)$", "abcd");
+        assert_eq!(fast, None);
+    }
+
+    #[test]
+    fn other_shapes_are_left_to_the_whole_pattern() {
+        for p in [
+            r"a(?P<content>.+)$",
+            r"^a|b(?P<content>.+)$",
+            r"^(?i)a(?P<content>.+)$",
+            r"^(?P<x>a)?(?P<content>.+)$",
+            r"^(?:(?P<x>a))(?P<content>.+)$",
+            r"^a(?P<content>x.+)$",
+            r"^a(?P<content>.+)b$",
+        ] {
+            assert!(Segments::new(&translate(p, false)).is_none(), "{p}");
+        }
+    }
+}
