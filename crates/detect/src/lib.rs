@@ -17,15 +17,18 @@
 //! Nothing here resolves DNS names: a fail2ban `<HOST>` that matched only a
 //! name counts as no address at all.
 
+mod backrefs;
 pub mod builtin;
 pub mod config;
 mod dfa;
 pub mod engine;
 pub mod fail2ban;
 pub mod host;
+mod linear;
 pub mod logfile;
 pub mod ports;
 pub mod pyre;
+mod scan;
 mod segments;
 pub mod sources;
 pub mod syslog;

@@ -22,6 +22,9 @@
 
 use std::collections::HashMap;
 
+use crate::backrefs::Checked;
+use crate::linear::{Linear, Spans};
+
 /// Rewrites Python regex syntax into Rust regex syntax (see module docs).
 pub fn translate(p: &str, multiline: bool) -> String {
     let b: Vec<char> = p.chars().collect();
@@ -306,50 +309,13 @@ fn group_end(b: &[char], open: usize) -> Option<usize> {
 pub enum Pattern {
     /// Compiled by the `regex` crate (linear time).
     Std(Box<Linear>),
+    /// Back references: a linear relaxed form, checked, with fancy-regex
+    /// for the lines the checks reject (see `backrefs.rs`).
+    Checked(Box<Checked>),
     /// Compiled by fancy-regex, for look-around and back-references (bounded
     /// backtracking).
     Fancy(Box<fancy_regex::Regex>),
 }
-
-/// A pattern the `regex` crate compiled twice: as written, with Unicode
-/// classes (Python's `re` on text is Unicode-aware), and with Unicode off,
-/// for lines that are all ASCII.
-///
-/// Why the second is exact: on ASCII text every Unicode class (`\w`, `\S`,
-/// `\d`, a negated class, `.`) matches exactly its ASCII members, `\b` sees
-/// the same word characters, and case folding cannot reach the non-ASCII
-/// letters it would add (the Kelvin sign, the long s) because the text holds
-/// none. Why it is worth it: a Unicode `\S` or `\w` is hundreds of NFA
-/// states of UTF-8 sequences, an ASCII one a single byte class, and finding
-/// groups (a bounded backtracker that clears a visited set of states times
-/// line length per search) costs in proportion.
-#[derive(Debug)]
-pub struct Linear {
-    unicode: regex::Regex,
-    /// `None` when Unicode cannot be turned off (a non-ASCII class).
-    ascii: Option<regex::bytes::Regex>,
-}
-
-impl Linear {
-    fn build(translated: &str) -> Result<Linear, regex::Error> {
-        let unicode = regex::RegexBuilder::new(translated)
-            .size_limit(SIZE_LIMIT)
-            .build()?;
-        let ascii = regex::bytes::RegexBuilder::new(&format!("(?-u){translated}"))
-            .size_limit(SIZE_LIMIT)
-            .build()
-            .ok();
-        Ok(Linear { unicode, ascii })
-    }
-
-    /// The twin for `text`: the ASCII one when `text` is ASCII.
-    fn ascii_for(&self, text: &str) -> Option<&regex::bytes::Regex> {
-        self.ascii.as_ref().filter(|_| text.is_ascii())
-    }
-}
-
-/// The most memory one compiled regex may take.
-const SIZE_LIMIT: usize = 32 << 20;
 
 /// Named groups of one match: name -> (start, end) or absent.
 #[derive(Debug, Default, Clone)]
@@ -374,7 +340,10 @@ impl Pattern {
                 .backtrack_limit(200_000)
                 .build()
             {
-                Ok(r) => Ok(Pattern::Fancy(Box::new(r))),
+                Ok(r) => match Checked::build(translated, Box::new(r)) {
+                    Ok(c) => Ok(Pattern::Checked(Box::new(c))),
+                    Err(r) => Ok(Pattern::Fancy(r)),
+                },
                 Err(error) => Err(PatternError::Invalid {
                     error: Box::new(error),
                     regex: first_line(&std_err.to_string()),
@@ -391,11 +360,8 @@ impl Pattern {
     /// Group names in index order (index 0 is the whole match).
     pub fn names(&self) -> Vec<Option<String>> {
         match self {
-            Pattern::Std(r) => r
-                .unicode
-                .capture_names()
-                .map(|n| n.map(String::from))
-                .collect(),
+            Pattern::Std(r) => r.names(),
+            Pattern::Checked(r) => r.names(),
             Pattern::Fancy(r) => r.capture_names().map(|n| n.map(String::from)).collect(),
         }
     }
@@ -403,32 +369,22 @@ impl Pattern {
     /// True if the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
         match self {
-            Pattern::Std(r) => match r.ascii_for(text) {
-                Some(a) => a.is_match(text.as_bytes()),
-                None => r.unicode.is_match(text),
-            },
+            Pattern::Std(r) => r.is_match(text),
+            Pattern::Checked(r) => r.captures_at(text, 0).is_some(),
             Pattern::Fancy(r) => r.is_match(text).unwrap_or(false),
         }
     }
 
     /// The first match's group spans, by index.
-    pub fn captures(&self, text: &str) -> Option<Vec<Option<(usize, usize)>>> {
+    pub fn captures(&self, text: &str) -> Option<Spans> {
         self.captures_at(text, 0)
     }
 
     /// The group spans of the first match starting at byte `at` or later.
-    pub fn captures_at(&self, text: &str, at: usize) -> Option<Vec<Option<(usize, usize)>>> {
+    pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
         match self {
-            Pattern::Std(r) => match r.ascii_for(text) {
-                Some(a) => {
-                    let c = a.captures_at(text.as_bytes(), at)?;
-                    Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
-                }
-                None => {
-                    let c = r.unicode.captures_at(text, at)?;
-                    Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
-                }
-            },
+            Pattern::Std(r) => r.captures_at(text, at),
+            Pattern::Checked(r) => r.captures_at(text, at),
             Pattern::Fancy(r) => {
                 let c = r.captures_from_pos(text, at).ok()??;
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
@@ -585,7 +541,7 @@ mod tests {
     #[test]
     fn compiles_python_features() {
         let p = Pattern::compile(&translate(r"^(?P<a>x)(?P=a)$", false)).unwrap();
-        assert!(p.is_fancy());
+        assert!(matches!(p, Pattern::Checked(_)));
         assert!(p.is_match("xx\n"));
         let p = Pattern::compile(&translate(r"^(?P<c>i )?u(?(c)1|2)$", false)).unwrap();
         assert!(p.is_match("i u1"));

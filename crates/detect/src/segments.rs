@@ -25,8 +25,8 @@ use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
-/// Each group's byte span, by group index; `None` when it took no part.
-pub type Spans = Vec<Option<(usize, usize)>>;
+use crate::linear::Spans;
+use crate::scan::{class_end, count_captures, group_end, opens_capture};
 
 /// A prefregex cut at its top-level groups (see the module docs).
 #[derive(Debug)]
@@ -93,7 +93,7 @@ impl Segments {
                 b'(' => {
                     let end = group_end(b, i)?;
                     let inner = &body[i..=end];
-                    let named = inner.starts_with("(?P<") || inner.starts_with("(?<");
+                    let named = inner.starts_with("(?") && opens_capture(inner, 0);
                     if inner[1..].starts_with('?') && !named {
                         // A non-capturing group or a look-around: part of
                         // the text, unless it holds a named group, or
@@ -182,76 +182,6 @@ fn sets_flags(group: &str) -> bool {
         .strip_prefix("(?")
         .and_then(|g| g.strip_suffix(')'))
         .is_some_and(|flags| flags.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-'))
-}
-
-/// Index of the `]` closing the class opened at `open`.
-fn class_end(b: &[u8], open: usize) -> Option<usize> {
-    let mut i = open + 1;
-    if b.get(i) == Some(&b'^') {
-        i += 1;
-    }
-    if b.get(i) == Some(&b']') {
-        i += 1;
-    }
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b']' => return Some(i),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// Index of the `)` closing the group opened at `open`.
-fn group_end(b: &[u8], open: usize) -> Option<usize> {
-    let mut depth = 0;
-    let mut i = open;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(b, i)?,
-            b'(' => depth += 1,
-            b')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// How many capturing groups `group` (a whole group, parentheses included)
-/// opens, itself included.
-fn count_captures(group: &str) -> usize {
-    let b = group.as_bytes();
-    let mut n = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => match class_end(b, i) {
-                Some(e) => i = e,
-                None => return n,
-            },
-            b'(' => {
-                let named = group[i..].starts_with("(?P<") || group[i..].starts_with("(?<");
-                let plain = b.get(i + 1) != Some(&b'?');
-                if (named && !group[i..].starts_with("(?<=") && !group[i..].starts_with("(?<!"))
-                    || plain
-                {
-                    n += 1;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    n
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ enum Wb {
 struct Template {
     name: String,
     /// Fast form: without the boundary look-aheads, checked by hand.
-    fast: Option<(regex::Regex, bool, bool)>,
+    fast: Option<(Pattern, bool, bool)>,
     full: Pattern,
     group: usize,
     line_begin: bool,
@@ -229,8 +229,11 @@ fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Te
     if se {
         core.truncate(core.len() - translated_end.len());
     }
-    let fast = regex::Regex::new(&format!("{gf}{core}"))
+    // Linear (back references included, checked: see `backrefs.rs`), or
+    // not worth trying before the full pattern.
+    let fast = Pattern::compile(&format!("{gf}{core}"))
         .ok()
+        .filter(|p| !p.is_fancy())
         .map(|r| (r, sb, se));
     Ok(Template {
         name: name.to_string(),
@@ -435,33 +438,30 @@ impl DateDetector {
         Ok(first)
     }
 
+    /// Where template `i` matches in `line`: the match's start and the
+    /// date's span. The fast form answers when its match passes the
+    /// boundary checks (then it is the full pattern's match: see `build`).
     fn try_template(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
-        let caps = match &t.fast {
-            Some((re, sb, se)) => {
-                let c = re.captures(line)?;
-                let m = c.get(0)?;
-                let ok_begin = !*sb || boundary_begin_ok(line, m.start());
-                let ok_end = !*se || boundary_end_ok(line, m.end());
-                if ok_begin && ok_end {
-                    let g = c.get(t.group)?;
-                    (m.start(), g.start(), g.end())
-                } else {
-                    // Rare: let the full pattern decide (it may backtrack).
-                    let c = t.full.captures(line)?;
-                    let whole = c[0]?;
-                    let g = c.get(t.group).copied().flatten()?;
-                    (whole.0, g.0, g.1)
-                }
-            }
-            None => {
-                let c = t.full.captures(line)?;
-                let whole = c[0]?;
+        if let Some((re, sb, se)) = &t.fast {
+            let c = re.captures(line)?;
+            let (start, end) = c[0]?;
+            if (!*sb || boundary_begin_ok(line, start)) && (!*se || boundary_end_ok(line, end)) {
                 let g = c.get(t.group).copied().flatten()?;
-                (whole.0, g.0, g.1)
+                return Some((start, g.0, g.1));
             }
-        };
-        Some(caps)
+        }
+        // Rare: let the full pattern decide (it may backtrack).
+        self.try_full(i, line)
+    }
+
+    /// [`try_template`](Self::try_template) with the full pattern only.
+    fn try_full(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
+        let t = &self.templates[i];
+        let c = t.full.captures(line)?;
+        let whole = c[0]?;
+        let g = c.get(t.group).copied().flatten()?;
+        Some((whole.0, g.0, g.1))
     }
 
     /// The span of the date in `line` (possibly empty), if a template
@@ -540,6 +540,32 @@ fn boundary_end_ok(line: &str, at: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every default template finds, through its fast form (linear, with
+    /// back references checked), what its full pattern finds, on every line
+    /// of fail2ban's sample logs and variants of them.
+    #[test]
+    fn fast_forms_agree_with_the_full_patterns() {
+        let Some(texts) = crate::fail2ban::samples::texts() else {
+            return;
+        };
+        let d = DateDetector::new(None).unwrap();
+        let fast = d.templates.iter().filter(|t| t.fast.is_some()).count();
+        assert!(
+            fast >= d.templates.len() - 4,
+            "{fast} of {}",
+            d.templates.len()
+        );
+        let mut found = 0;
+        for t in &texts {
+            for i in 0..d.templates.len() {
+                let got = d.try_template(i, t);
+                found += usize::from(got.is_some());
+                assert_eq!(got, d.try_full(i, t), "{} on {t:?}", d.templates[i].name);
+            }
+        }
+        assert!(found > 10_000, "{found}");
+    }
 
     fn cut(d: &mut DateDetector, line: &str) -> String {
         match d.find(line) {

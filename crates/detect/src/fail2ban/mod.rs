@@ -14,8 +14,10 @@
 //! lines (`<F-NOFAIL>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`).
 //!
 //! Python regex syntax is translated ([`crate::pyre`]); patterns that need
-//! look-around, back references or conditionals run on fancy-regex, and a
-//! `RegexSet` of relaxed forms skips the failregexes that cannot match.
+//! look-around or conditionals run on fancy-regex, back references on a
+//! linear relaxed form checked afterwards, and a `RegexSet` of relaxed
+//! forms skips the failregexes that cannot match. A prefregex of the usual
+//! shape is matched piece by piece (`segments.rs`).
 //!
 //! `<HOST>` also matches DNS names in fail2ban. palisade never resolves
 //! names: a failure whose host is a name (or a `<F-ID>` that is not an
@@ -588,7 +590,8 @@ impl Filter {
     }
 
     /// The regexes that run on fancy-regex (a backtracking engine) because
-    /// the `regex` crate cannot express them, as `failregex 2`,
+    /// the `regex` crate cannot express them (back references can, checked:
+    /// they are not listed), as `failregex 2`,
     /// `prefregex`, `ignoreregex 0`.
     pub fn fallback_regexes(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -991,6 +994,7 @@ fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linear::Spans;
 
     fn sshd(mode: &str) -> Filter {
         let mut o = BTreeMap::new();
@@ -1033,51 +1037,26 @@ mod tests {
         println!("pref: {}", f.prefregex.as_ref().unwrap().source);
     }
 
-    /// Every shipped filter whose prefregex is matched piece by piece
-    /// (`segments.rs`) finds the groups the whole pattern finds, on every
-    /// line of fail2ban's sample logs, with its date cut out or not, and on
-    /// each line cut short, padded or stripped of its newline: where the
-    /// pieces answer, they answer as the whole pattern does.
+    /// Every shipped filter's regexes that do not run on fancy-regex alone
+    /// find what fancy-regex finds with the same pattern, on every line of
+    /// fail2ban's sample logs and variants of them (see
+    /// `samples::texts`): prefregexes matched piece by piece (`segments.rs`),
+    /// and back references checked after a linear match (`backrefs.rs`).
     #[test]
-    fn segmented_prefregexes_agree_with_the_whole_pattern() {
-        let filters = Path::new("/etc/fail2ban/filter.d");
-        let logs = Path::new("/usr/lib/python3/dist-packages/fail2ban/tests/files/logs");
-        if !filters.exists() || !logs.exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "fail2ban is not installed (apt-get install fail2ban)"
-            );
-            println!("SKIPPED: fail2ban is not installed");
+    fn linear_forms_agree_with_fancy_regex() {
+        let Some(texts) = samples::texts() else {
             return;
-        }
-        let mut lines = Vec::new();
-        for entry in std::fs::read_dir(logs).unwrap() {
-            let Ok(text) = std::fs::read(entry.unwrap().path()) else {
-                continue; // a directory
-            };
-            for line in String::from_utf8_lossy(&text).lines() {
-                if !line.starts_with('#') {
-                    lines.push(line.to_string());
-                }
-            }
-        }
-        let mut texts = Vec::new();
-        for line in &lines {
-            let cut = line.char_indices().nth(16).map_or("", |(i, _)| &line[i..]);
-            for t in [line.as_str(), cut] {
-                texts.push(format!("{t}\n"));
-                texts.push(t.to_string());
-                texts.push(format!("{t} \n"));
-                let short = t
-                    .char_indices()
-                    .nth(t.chars().count() / 2)
-                    .map_or(0, |(i, _)| i);
-                texts.push(format!("{}\n", &t[..short]));
-            }
-        }
+        };
+        let fancy = |source: &str| {
+            fancy_regex::RegexBuilder::new(source)
+                .backtrack_limit(200_000)
+                .build()
+                .unwrap()
+        };
         let mut segmented = Vec::new();
+        let mut checked = Vec::new();
         let mut answered = 0;
-        for entry in std::fs::read_dir(filters).unwrap() {
+        for entry in std::fs::read_dir(samples::FILTERS).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "conf") {
                 continue;
@@ -1085,33 +1064,57 @@ mod tests {
             let Ok(filter) = Filter::load(&path, &BTreeMap::new()) else {
                 continue;
             };
-            let Some(pre) = &filter.prefregex else {
-                continue;
-            };
-            let Some(seg) = &pre.segments else {
-                continue;
-            };
-            segmented.push(path.file_name().unwrap().to_string_lossy().into_owned());
-            // Unnamed groups are read by no one, and left out.
-            let named = |caps: Vec<Option<(usize, usize)>>| {
-                let mut v = vec![caps[0]];
-                v.extend(pre.names.iter().map(|(_, i)| caps[*i]));
-                v
-            };
-            for t in &texts {
-                if let Some(fast) = seg.captures(t) {
-                    answered += 1;
-                    assert_eq!(
-                        Some(named(fast)),
-                        pre.pat.captures(t).map(named),
-                        "{}: {t:?} with {}",
-                        path.display(),
-                        pre.source
-                    );
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let regexes = filter
+                .prefregex
+                .iter()
+                .chain(&filter.failregex)
+                .chain(&filter.ignoreregex);
+            for re in regexes {
+                // Unnamed groups are read by no one, and left out.
+                let named = |caps: Spans| {
+                    let mut v = vec![caps[0]];
+                    v.extend(re.names.iter().map(|(_, i)| caps[*i]));
+                    v
+                };
+                let truth = fancy(&re.source);
+                let spans = |t: &str| {
+                    let c = truth.captures(t).unwrap()?;
+                    Some(
+                        c.iter()
+                            .map(|m| m.map(|m| (m.start(), m.end())))
+                            .collect::<Spans>(),
+                    )
+                };
+                if let Some(seg) = &re.segments {
+                    segmented.push(name.clone());
+                    for t in &texts {
+                        if let Some(fast) = seg.captures(t) {
+                            answered += 1;
+                            assert_eq!(
+                                Some(named(fast)),
+                                spans(t).map(named),
+                                "{name}: {t:?} with {}",
+                                re.source
+                            );
+                        }
+                    }
+                }
+                if matches!(re.pat, Pattern::Checked(_)) {
+                    checked.push(name.clone());
+                    for t in &texts {
+                        answered += 1;
+                        assert_eq!(
+                            re.pat.captures(t),
+                            spans(t),
+                            "{name}: {t:?} with {}",
+                            re.source
+                        );
+                    }
                 }
             }
         }
-        println!("segmented: {segmented:?}; {answered} answers checked");
+        println!("segmented: {segmented:?}; checked: {checked:?}; {answered} answers compared");
         for f in [
             "sshd.conf",
             "postfix.conf",
@@ -1119,6 +1122,9 @@ mod tests {
             "pam-generic.conf",
         ] {
             assert!(segmented.iter().any(|s| s == f), "{f} is not segmented");
+        }
+        for f in ["openwebmail.conf", "stunnel.conf", "selinux-ssh.conf"] {
+            assert!(checked.iter().any(|s| s == f), "{f} is not checked");
         }
         assert!(answered > 10_000, "{answered}");
     }
@@ -1155,5 +1161,53 @@ mod tests {
         let r = resolve_tags("^x <F-USER>.*</F-USER> from <HOST> </F-NOPE>", false);
         assert!(r.starts_with("^x (?P<user>.*) from "), "{r}");
         assert!(r.ends_with("</F-NOPE>"), "{r}");
+    }
+}
+
+/// fail2ban's sample logs, for tests that compare engines line by line.
+#[cfg(test)]
+pub(crate) mod samples {
+    use std::path::Path;
+
+    /// Debian's fail2ban filters.
+    pub const FILTERS: &str = "/etc/fail2ban/filter.d";
+    const LOGS: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";
+
+    /// Every line of every sample log, as it is and with its first 16
+    /// characters (where a date would be) cut off, each also with a final
+    /// newline, with a space and a newline, and cut in half: `None` (and
+    /// a note) when fail2ban is not installed, which fails under CI.
+    pub fn texts() -> Option<Vec<String>> {
+        if !Path::new(FILTERS).exists() || !Path::new(LOGS).exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "fail2ban is not installed (apt-get install fail2ban)"
+            );
+            println!("SKIPPED: fail2ban is not installed");
+            return None;
+        }
+        let mut texts = Vec::new();
+        for entry in std::fs::read_dir(LOGS).unwrap() {
+            let Ok(bytes) = std::fs::read(entry.unwrap().path()) else {
+                continue; // a directory
+            };
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let cut = line.char_indices().nth(16).map_or("", |(i, _)| &line[i..]);
+                for t in [line, cut] {
+                    let half = t
+                        .char_indices()
+                        .nth(t.chars().count() / 2)
+                        .map_or(0, |(i, _)| i);
+                    texts.push(format!("{t}\n"));
+                    texts.push(t.to_string());
+                    texts.push(format!("{t} \n"));
+                    texts.push(format!("{}\n", &t[..half]));
+                }
+            }
+        }
+        Some(texts)
     }
 }

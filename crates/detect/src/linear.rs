@@ -1,0 +1,75 @@
+//! A pattern the `regex` crate runs, with its ASCII twin.
+
+/// A pattern the `regex` crate compiled twice: as written, with Unicode
+/// classes (Python's `re` on text is Unicode-aware), and with Unicode off,
+/// for lines that are all ASCII.
+///
+/// Why the second is exact: on ASCII text every Unicode class (`\w`, `\S`,
+/// `\d`, a negated class, `.`) matches exactly its ASCII members, `\b` sees
+/// the same word characters, and case folding cannot reach the non-ASCII
+/// letters it would add (the Kelvin sign, the long s) because the text holds
+/// none. Why it is worth it: a Unicode `\S` or `\w` is hundreds of NFA
+/// states of UTF-8 sequences, an ASCII one a single byte class, and finding
+/// groups (a bounded backtracker that clears a visited set of states times
+/// line length per search) costs in proportion.
+#[derive(Debug)]
+pub struct Linear {
+    unicode: regex::Regex,
+    /// `None` when Unicode cannot be turned off (a non-ASCII class).
+    ascii: Option<regex::bytes::Regex>,
+}
+
+/// Each group's byte span, by group index; `None` when it took no part.
+pub type Spans = Vec<Option<(usize, usize)>>;
+
+impl Linear {
+    /// Compiles a translated pattern (see `pyre::translate`).
+    pub fn build(translated: &str) -> Result<Linear, regex::Error> {
+        let unicode = regex::RegexBuilder::new(translated)
+            .size_limit(SIZE_LIMIT)
+            .build()?;
+        let ascii = regex::bytes::RegexBuilder::new(&format!("(?-u){translated}"))
+            .size_limit(SIZE_LIMIT)
+            .build()
+            .ok();
+        Ok(Linear { unicode, ascii })
+    }
+
+    /// The twin for `text`: the ASCII one when `text` is ASCII.
+    fn ascii_for(&self, text: &str) -> Option<&regex::bytes::Regex> {
+        self.ascii.as_ref().filter(|_| text.is_ascii())
+    }
+
+    /// Group names in index order (index 0 is the whole match).
+    pub fn names(&self) -> Vec<Option<String>> {
+        self.unicode
+            .capture_names()
+            .map(|n| n.map(String::from))
+            .collect()
+    }
+
+    /// True if the pattern matches anywhere in `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        match self.ascii_for(text) {
+            Some(a) => a.is_match(text.as_bytes()),
+            None => self.unicode.is_match(text),
+        }
+    }
+
+    /// The group spans of the first match starting at byte `at` or later.
+    pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
+        match self.ascii_for(text) {
+            Some(a) => {
+                let c = a.captures_at(text.as_bytes(), at)?;
+                Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+            }
+            None => {
+                let c = self.unicode.captures_at(text, at)?;
+                Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+            }
+        }
+    }
+}
+
+/// The most memory one compiled regex may take.
+const SIZE_LIMIT: usize = 32 << 20;
