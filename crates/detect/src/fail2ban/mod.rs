@@ -1175,8 +1175,10 @@ pub(crate) mod samples {
 
     /// Every line of every sample log, as it is and with its first 16
     /// characters (where a date would be) cut off, each also with a final
-    /// newline, with a space and a newline, and cut in half: `None` (and
-    /// a note) when fail2ban is not installed, which fails under CI.
+    /// newline, with a space and a newline, cut in half, and mutated as a
+    /// crafted line would be (a part repeated, a character inserted that
+    /// regexes care about, non-ASCII included): `None` (and a note) when
+    /// fail2ban is not installed, which fails under CI.
     pub fn texts() -> Option<Vec<String>> {
         if !Path::new(FILTERS).exists() || !Path::new(LOGS).exists() {
             assert!(
@@ -1187,6 +1189,7 @@ pub(crate) mod samples {
             return None;
         }
         let mut texts = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for entry in std::fs::read_dir(LOGS).unwrap() {
             let Ok(bytes) = std::fs::read(entry.unwrap().path()) else {
                 continue; // a directory
@@ -1205,9 +1208,34 @@ pub(crate) mod samples {
                     texts.push(t.to_string());
                     texts.push(format!("{t} \n"));
                     texts.push(format!("{}\n", &t[..half]));
+                    texts.extend(mutations(t, &mut seed));
                 }
             }
         }
         Some(texts)
+    }
+
+    /// Three crafted variants of `t`, from a seeded generator.
+    fn mutations(t: &str, seed: &mut u64) -> Vec<String> {
+        const INSERTS: [&str; 10] = [
+            " ", ":", " from ", "[", "]", "=", "-", "/", "\u{e9}", "1.2.3.4",
+        ];
+        let mut next = |n: usize| {
+            *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (*seed >> 33) as usize % n.max(1)
+        };
+        let bounds: Vec<usize> = t.char_indices().map(|(i, _)| i).chain([t.len()]).collect();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let a = bounds[next(bounds.len())];
+            let b = bounds[next(bounds.len())];
+            let (a, b) = (a.min(b), a.max(b));
+            out.push(match next(3) {
+                0 => format!("{}{}{}\n", &t[..b], &t[a..b], &t[b..]),
+                1 => format!("{}{}{}\n", &t[..a], INSERTS[next(INSERTS.len())], &t[a..]),
+                _ => format!("{}{}\n", &t[..a], &t[b..]),
+            });
+        }
+        out
     }
 }
