@@ -300,4 +300,21 @@ mod tests {
             assert!(pat.is_fancy(), "{p}");
         }
     }
+
+    /// Broken references are refused by the compiler, never a panic.
+    #[test]
+    fn broken_references_are_refused() {
+        for p in [
+            r"(?P=",
+            r"(a)\99",
+            r"(a)\1(",
+            r"(?P<a>[)(?P=a)",
+            r"(?P<é>x)(?P=é)é",
+            r"\",
+        ] {
+            if let Ok(pat) = Pattern::compile(p) {
+                let _ = pat.captures("aa é x");
+            }
+        }
+    }
 }

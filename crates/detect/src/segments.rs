@@ -236,4 +236,26 @@ mod tests {
             assert!(Segments::new(&translate(p, false)).is_none(), "{p}");
         }
     }
+
+    /// Patterns are written by whoever writes filters: broken ones are
+    /// refused, never a panic.
+    #[test]
+    fn broken_patterns_are_refused() {
+        for p in [
+            "^(",
+            "^\\",
+            "^(?P<a",
+            "^[",
+            "^[]",
+            "^(?P<content>.+)",
+            "^\\é(?P<content>.+)(?:\\n?\\z)",
+            "^(?P<x>a)(?P<content>.+)(?:\\n?\\z)x",
+            "^(?P<content>.+)(?:\\n?\\z",
+            "^é[(](?P<content>.+)(?:\\n?\\z)",
+        ] {
+            if let Some(s) = Segments::new(p) {
+                let _ = s.captures("é x (\n");
+            }
+        }
+    }
 }
