@@ -17,8 +17,8 @@
 //! Nothing here resolves DNS names: a fail2ban `<HOST>` that matched only a
 //! name counts as no address at all.
 
-mod backrefs;
 pub mod builtin;
+mod checked;
 pub mod config;
 mod dfa;
 pub mod engine;

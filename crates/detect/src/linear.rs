@@ -73,3 +73,41 @@ impl Linear {
 
 /// The most memory one compiled regex may take.
 const SIZE_LIMIT: usize = 32 << 20;
+
+/// A pattern asked only where its match starts at a given position, and
+/// only where that match ends (anchored DFA searches), with its ASCII twin
+/// (see [`Linear`]).
+#[derive(Debug)]
+pub struct StartingAt {
+    unicode: regex_automata::meta::Regex,
+    ascii: Option<regex_automata::meta::Regex>,
+}
+
+impl StartingAt {
+    /// Compiles a translated pattern, or `None` if the `regex` crate
+    /// cannot.
+    pub fn new(translated: &str) -> Option<StartingAt> {
+        use regex_automata::meta::Regex;
+        let unicode = Regex::builder().build(translated).ok()?;
+        let ascii = Regex::builder()
+            .syntax(
+                regex_automata::util::syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false),
+            )
+            .build(translated)
+            .ok();
+        Some(StartingAt { unicode, ascii })
+    }
+
+    /// Where the first match starting exactly at byte `at` of `text` ends;
+    /// `ascii` says whether `text` is all ASCII.
+    pub fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
+        use regex_automata::{Anchored, Input};
+        let input = Input::new(text).range(at..).anchored(Anchored::Yes);
+        match self.ascii.as_ref().filter(|_| ascii) {
+            Some(a) => a.search(&input).map(|m| m.end()),
+            None => self.unicode.search(&input).map(|m| m.end()),
+        }
+    }
+}

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use crate::backrefs::Checked;
+use crate::checked::Checked;
 use crate::linear::{Linear, Spans};
 
 /// Rewrites Python regex syntax into Rust regex syntax (see module docs).
@@ -309,8 +309,8 @@ fn group_end(b: &[char], open: usize) -> Option<usize> {
 pub enum Pattern {
     /// Compiled by the `regex` crate (linear time).
     Std(Box<Linear>),
-    /// Back references: a linear relaxed form, checked, with fancy-regex
-    /// for the lines the checks reject (see `backrefs.rs`).
+    /// Back references and look-aheads: a linear relaxed form, checked,
+    /// with fancy-regex for the lines the checks reject (see `checked.rs`).
     Checked(Box<Checked>),
     /// Compiled by fancy-regex, for look-around and back-references (bounded
     /// backtracking).

@@ -21,11 +21,7 @@
 //! later path might have let it), [`Segments::captures`] says so and the
 //! caller asks the whole pattern.
 
-use regex_automata::meta::Regex;
-use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input};
-
-use crate::linear::Spans;
+use crate::linear::{Spans, StartingAt};
 use crate::scan::{class_end, count_captures, group_end, opens_capture};
 
 /// A prefregex cut at its top-level groups (see the module docs).
@@ -33,39 +29,11 @@ use crate::scan::{class_end, count_captures, group_end, opens_capture};
 pub struct Segments {
     /// The pieces in order, each with the index of the group it is, if it
     /// is one.
-    pieces: Vec<(Option<usize>, Twin)>,
+    pieces: Vec<(Option<usize>, StartingAt)>,
     /// The index of the `.+` group that takes the rest of the line.
     rest: usize,
     /// How many groups the whole pattern has, with group 0.
     groups: usize,
-}
-
-/// A piece compiled as written and with Unicode off, for ASCII lines (see
-/// `pyre::Linear` for why that is exact).
-#[derive(Debug)]
-struct Twin {
-    unicode: Regex,
-    ascii: Option<Regex>,
-}
-
-impl Twin {
-    fn new(piece: &str) -> Option<Twin> {
-        let unicode = Regex::builder().build(piece).ok()?;
-        let ascii = Regex::builder()
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
-            .build(piece)
-            .ok();
-        Some(Twin { unicode, ascii })
-    }
-
-    /// Where the piece's first match starting exactly at `at` ends.
-    fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
-        let input = Input::new(text).range(at..).anchored(Anchored::Yes);
-        match self.ascii.as_ref().filter(|_| ascii) {
-            Some(a) => a.search(&input).map(|m| m.end()),
-            None => self.unicode.search(&input).map(|m| m.end()),
-        }
-    }
 }
 
 /// What comes after the last group: Python's `$` as `pyre::translate`
@@ -123,7 +91,7 @@ impl Segments {
                     groups += count_captures(inner);
                     let text = &body[text_start..i];
                     if !text.is_empty() {
-                        pieces.push((None, Twin::new(text)?));
+                        pieces.push((None, StartingAt::new(text)?));
                     }
                     if group_body == ".+" {
                         if &body[end + 1..] != END {
@@ -132,7 +100,7 @@ impl Segments {
                         rest = Some(index);
                         break;
                     }
-                    pieces.push((Some(index), Twin::new(group_body)?));
+                    pieces.push((Some(index), StartingAt::new(group_body)?));
                     i = end + 1;
                     text_start = i;
                 }

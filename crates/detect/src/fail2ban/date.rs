@@ -229,7 +229,7 @@ fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Te
     if se {
         core.truncate(core.len() - translated_end.len());
     }
-    // Linear (back references included, checked: see `backrefs.rs`), or
+    // Linear (back references included, checked: see `checked.rs`), or
     // not worth trying before the full pattern.
     let fast = Pattern::compile(&format!("{gf}{core}"))
         .ok()

@@ -14,8 +14,9 @@
 //! lines (`<F-NOFAIL>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`).
 //!
 //! Python regex syntax is translated ([`crate::pyre`]); patterns that need
-//! look-around or conditionals run on fancy-regex, back references on a
-//! linear relaxed form checked afterwards, and a `RegexSet` of relaxed
+//! look-behinds, conditionals, or look-aheads and back references inside
+//! repetitions run on fancy-regex, other back references and look-aheads
+//! on a linear relaxed form checked afterwards, and a `RegexSet` of relaxed
 //! forms skips the failregexes that cannot match. A prefregex of the usual
 //! shape is matched piece by piece (`segments.rs`).
 //!
@@ -590,8 +591,8 @@ impl Filter {
     }
 
     /// The regexes that run on fancy-regex (a backtracking engine) because
-    /// the `regex` crate cannot express them (back references can, checked:
-    /// they are not listed), as `failregex 2`,
+    /// the `regex` crate cannot express them (back references and
+    /// look-aheads that `checked.rs` checks are not listed), as `failregex 2`,
     /// `prefregex`, `ignoreregex 0`.
     pub fn fallback_regexes(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -1041,7 +1042,8 @@ mod tests {
     /// find what fancy-regex finds with the same pattern, on every line of
     /// fail2ban's sample logs and variants of them (see
     /// `samples::texts`): prefregexes matched piece by piece (`segments.rs`),
-    /// and back references checked after a linear match (`backrefs.rs`).
+    /// and back references and look-aheads checked after a linear match
+    /// (`checked.rs`).
     #[test]
     fn linear_forms_agree_with_fancy_regex() {
         let Some(texts) = samples::texts() else {
@@ -1123,7 +1125,13 @@ mod tests {
         ] {
             assert!(segmented.iter().any(|s| s == f), "{f} is not segmented");
         }
-        for f in ["openwebmail.conf", "stunnel.conf", "selinux-ssh.conf"] {
+        for f in [
+            "openwebmail.conf",
+            "stunnel.conf",
+            "recidive.conf",
+            "traefik-auth.conf",
+            "roundcube-auth.conf",
+        ] {
             assert!(checked.iter().any(|s| s == f), "{f} is not checked");
         }
         assert!(answered > 10_000, "{answered}");

@@ -1,44 +1,90 @@
-//! Back references matched in linear time and checked afterwards.
+//! Back references and look-aheads matched in linear time and checked
+//! afterwards.
 //!
-//! The `regex` crate has no back references (`(?P=sep)`, `\1`), so a
-//! pattern with one used to run on fancy-regex's backtracking engine for
-//! every line. fail2ban's default date templates have them
-//! (`%ExY(?P<_sep>[-/.])%m(?P=_sep)%d ...`), so every filter whose log
-//! carries such dates paid that on each line, and so did filters such as
-//! openwebmail's and stunnel's.
+//! The `regex` crate has neither back references (`(?P=sep)`, `\1`) nor
+//! look-aheads (`(?!evasive)`, and the "tempered" `(?:(?! from ).)*` that
+//! reads up to a word), so a pattern with one used to run on fancy-regex's
+//! backtracking engine for every line. fail2ban's default date templates
+//! have back references (`%ExY(?P<_sep>[-/.])%m(?P=_sep)%d ...`), so every
+//! filter whose log carries such dates paid that on each line.
 //!
-//! [`Checked`] compiles a relaxed form instead: each back reference is
-//! replaced by a copy of the referenced group's pattern, captured. A match
-//! of the relaxed form is accepted when every copy that took part matched
-//! the same text as its group; the line goes to fancy-regex only when a
-//! copy matched something else. Why an accepted match is the one Python
-//! would find: a copy accepts every text the reference accepts (the
-//! group's own text matched the group's pattern), and in the same place
-//! of the same paths, so the relaxed form accepts every path the original
-//! accepts, in the same order, and more. The first path it accepts, once
-//! checked valid for the original, therefore has no valid path of the
-//! original before it. And a line the relaxed form does not match, the
-//! original cannot match either.
+//! [`Checked`] compiles a relaxed form instead, and checks its match:
+//! - a back reference becomes a captured copy of the referenced group's
+//!   pattern, whose text must equal the group's;
+//! - a look-ahead becomes an empty capture (a marker), at whose position
+//!   the look-ahead's pattern must match (`(?=X)`) or not (`(?!X)`);
+//! - a tempered repetition `(?:(?!X).)*` (also `*?`, `+`, `+?`) becomes a
+//!   captured `(?:.)*`, in whose text `X` must match nowhere.
 //!
-//! Refused (left to fancy-regex): a reference to a group not closed
-//! before it, and a reference inside a repeated group, where only the
-//! last repetition's copy would be checked.
+//! A match whose checks hold is accepted; the line goes to fancy-regex only
+//! when one fails. Why an accepted match is the one Python would find: the
+//! relaxed form takes the same paths in the same order, each step only as
+//! permissive or more (a copy accepts what the reference accepts, an
+//! assertion dropped accepts everything), so it accepts every path the
+//! original accepts, in the same order, and more. The first path it
+//! accepts, once checked valid for the original, therefore has no valid
+//! path of the original before it. And a line the relaxed form does not
+//! match, the original cannot match either.
+//!
+//! Refused (left to fancy-regex): look-behinds, conditionals, atomic
+//! groups; a reference to a group not closed before it; a reference or
+//! look-ahead inside a repeated group (only the last repetition would be
+//! checked).
 
-use crate::linear::{Linear, Spans};
+use crate::linear::{Linear, Spans, StartingAt};
 use crate::scan::{class_end, group_end, opens_capture};
 
-/// A pattern with back references, run as a relaxed linear pattern plus
-/// equality checks, with fancy-regex for the lines the checks reject.
+/// A pattern with back references or look-aheads, run as a relaxed linear
+/// pattern plus checks, with fancy-regex for the lines the checks reject.
 #[derive(Debug)]
 pub struct Checked {
     relaxed: Linear,
-    /// `(group, copy)` in the relaxed form's numbering: the copy's text
-    /// must equal the group's when the copy took part.
-    checks: Vec<(usize, usize)>,
+    /// What must hold of the relaxed form's match, in its numbering.
+    checks: Vec<Check>,
     /// Each group of the original pattern, by index: its index in the
     /// relaxed form.
     map: Vec<usize>,
     fancy: Box<fancy_regex::Regex>,
+}
+
+/// What must hold of a relaxed match for the original to match the same
+/// way. Each names a group of the relaxed form; a check whose group took
+/// no part holds (the path did not pass there).
+#[derive(Debug)]
+enum Check {
+    /// The copy's text equals the group's (a back reference).
+    Same { group: usize, copy: usize },
+    /// At the marker, the pattern matches, or with `negated` does not (a
+    /// look-ahead).
+    Ahead {
+        marker: usize,
+        pattern: StartingAt,
+        negated: bool,
+    },
+    /// The pattern starts at no character of the span (a tempered
+    /// repetition).
+    Nowhere { span: usize, pattern: StartingAt },
+}
+
+impl Check {
+    fn holds(&self, text: &str, ascii: bool, c: &Spans) -> bool {
+        match self {
+            Check::Same { group, copy } => c[*copy].is_none_or(|(cs, ce)| {
+                c[*group].is_some_and(|(gs, ge)| ge <= cs && text[gs..ge] == text[cs..ce])
+            }),
+            Check::Ahead {
+                marker,
+                pattern,
+                negated,
+            } => c[*marker]
+                .is_none_or(|(at, _)| pattern.end_from(text, ascii, at).is_some() != *negated),
+            Check::Nowhere { span, pattern } => c[*span].is_none_or(|(s, e)| {
+                text[s..e]
+                    .char_indices()
+                    .all(|(k, _)| pattern.end_from(text, ascii, s + k).is_none())
+            }),
+        }
+    }
 }
 
 /// A capturing group of the original pattern.
@@ -81,11 +127,8 @@ impl Checked {
     /// byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
         let c = self.relaxed.captures_at(text, at)?;
-        let agrees = self.checks.iter().all(|&(g, copy)| match c[copy] {
-            None => true,
-            Some((cs, ce)) => c[g].is_some_and(|(gs, ge)| ge <= cs && text[gs..ge] == text[cs..ce]),
-        });
-        if agrees {
+        let ascii = text.is_ascii();
+        if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
             return Some(self.map.iter().map(|&i| c[i]).collect());
         }
         let c = self.fancy.captures_from_pos(text, at).ok()??;
@@ -95,8 +138,7 @@ impl Checked {
 
 /// The relaxed form of `translated` with its checks and group map (see
 /// [`Checked`]).
-#[allow(clippy::type_complexity)] // used once, just below
-fn relax(translated: &str) -> Option<(Linear, Vec<(usize, usize)>, Vec<usize>)> {
+fn relax(translated: &str) -> Option<(Linear, Vec<Check>, Vec<usize>)> {
     let groups = capturing_groups(translated)?;
     let b = translated.as_bytes();
     let mut out = String::with_capacity(translated.len() + 32);
@@ -117,7 +159,42 @@ fn relax(translated: &str) -> Option<(Linear, Vec<(usize, usize)>, Vec<usize>)> 
             out.push_str(&without_captures(&translated[g.body.0..g.body.1]));
             out.push(')');
             opened += 1;
-            checks.push((map[target], opened));
+            checks.push(Check::Same {
+                group: map[target],
+                copy: opened,
+            });
+            i += len;
+            continue;
+        }
+        let in_repetition = || open.iter().any(|&o| repeated(b, o));
+        let rest = &translated[i..];
+        if rest.starts_with("(?=") || rest.starts_with("(?!") {
+            let end = group_end(b, i)?;
+            if in_repetition() || quantified(b, end) {
+                return None;
+            }
+            out.push_str("()");
+            opened += 1;
+            checks.push(Check::Ahead {
+                marker: opened,
+                pattern: StartingAt::new(&translated[i + 3..end])?,
+                negated: rest.starts_with("(?!"),
+            });
+            i = end + 1;
+            continue;
+        }
+        if let Some((x, quantifier, len)) = tempered(translated, i) {
+            if in_repetition() {
+                return None;
+            }
+            out.push_str("((?:.)");
+            out.push_str(quantifier);
+            out.push(')');
+            opened += 1;
+            checks.push(Check::Nowhere {
+                span: opened,
+                pattern: StartingAt::new(x)?,
+            });
             i += len;
             continue;
         }
@@ -208,9 +285,38 @@ fn back_reference(p: &str, i: usize, groups: &[Group]) -> Option<(usize, usize)>
     Some((n.parse().ok()?, 1 + n.len()))
 }
 
-/// Whether the group opened at `open` is followed by a quantifier.
+/// Whether the group opened at `open` may match more than once (`?` is
+/// no repetition: a group it follows takes part once or not at all).
 fn repeated(b: &[u8], open: usize) -> bool {
-    group_end(b, open).is_none_or(|e| matches!(b.get(e + 1), Some(b'?' | b'*' | b'+' | b'{')))
+    group_end(b, open).is_none_or(|e| matches!(b.get(e + 1), Some(b'*' | b'+' | b'{')))
+}
+
+/// Whether a quantifier follows the `)` at `close`.
+fn quantified(b: &[u8], close: usize) -> bool {
+    matches!(b.get(close + 1), Some(b'?' | b'*' | b'+' | b'{'))
+}
+
+/// A tempered repetition at `i`, `(?:(?!X).)` then `*`, `*?`, `+` or
+/// `+?`: `X`, the quantifier and the whole length in bytes.
+fn tempered(p: &str, i: usize) -> Option<(&str, &str, usize)> {
+    let rest = &p[i..];
+    if !rest.starts_with("(?:(?!") {
+        return None;
+    }
+    let b = p.as_bytes();
+    let ahead_end = group_end(b, i + 3)?;
+    if !p[ahead_end + 1..].starts_with(".)") {
+        return None;
+    }
+    let after = ahead_end + 3;
+    let quantifier = ["*?", "+?", "*", "+"]
+        .into_iter()
+        .find(|q| p[after..].starts_with(q))?;
+    Some((
+        &p[i + 6..ahead_end],
+        quantifier,
+        after + quantifier.len() - i,
+    ))
 }
 
 /// `p` with every capturing group made non-capturing (a copy must not add
@@ -266,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn back_references_find_what_fancy_regex_finds() {
+    fn checked_patterns_find_what_fancy_regex_finds() {
         for (p, texts) in [
             (
                 r"^(?P<u>\S+) - (?P=u)$",
@@ -281,6 +387,26 @@ mod tests {
                 &["2024-03-01", "2024/03/01", "2024-03/01"],
             ),
             (r"^(?:(?P<q>a)|b)c(?P=q)?d", &["acad", "bcd", "acd"]),
+            // Look-aheads, at one place.
+            (
+                r"^(?!evasive)(?P<w>\w+) x",
+                &["client x", "evasive x", "evasivex x"],
+            ),
+            (r"^a(?=b|c\d)(?P<r>.+)", &["ab", "ac1", "ac", "ad"]),
+            // Tempered repetitions: a user name can not carry " from ".
+            (
+                r"^User (?P<user>(?:(?! from ).)*?) from (?P<host>\S+)$",
+                &[
+                    "User bob from 1.2.3.4",
+                    "User a from b from 5.6.7.8",
+                    "User  from x",
+                ],
+            ),
+            (
+                r"^x(?:(?! from ).)*$",
+                &["x port 22", "x from 1.2.3.4 from", "x  from", "x fro m"],
+            ),
+            (r"^(?:(?!ab).)+b", &["aab", "cab", "ccb", "b"]),
         ] {
             for text in texts {
                 let (pat, got, truth) = both(p, text);
@@ -291,17 +417,20 @@ mod tests {
     }
 
     #[test]
-    fn references_it_cannot_check_are_left_to_fancy_regex() {
+    fn what_it_cannot_check_is_left_to_fancy_regex() {
         for p in [
-            r"^(?:(?P<a>x)(?P=a))*$", // inside a repetition
-            r"^(?P<a>x)(?=y)(?P=a)",  // a look-ahead besides
+            r"^(?:(?P<a>x)(?P=a))*$", // a reference inside a repetition
+            r"^(?:,(?!R=)\w+)*$",     // a look-ahead inside a repetition
+            r"^(?P<a>x)(?<=x)(?P=a)", // a look-behind
+            r"^(?P<c>i )?u(?(c)1|2)", // a conditional
+            r"^(?:(?=a)b)+c",         // a look-ahead repeated
         ] {
             let pat = Pattern::compile(&translate(p, false)).unwrap();
             assert!(pat.is_fancy(), "{p}");
         }
     }
 
-    /// Broken references are refused by the compiler, never a panic.
+    /// Broken patterns are refused by the compiler, never a panic.
     #[test]
     fn broken_references_are_refused() {
         for p in [
