@@ -78,11 +78,11 @@ impl Check {
                 negated,
             } => c[*marker]
                 .is_none_or(|(at, _)| pattern.end_from(text, ascii, at).is_some() != *negated),
-            Check::Nowhere { span, pattern } => c[*span].is_none_or(|(s, e)| {
-                text[s..e]
-                    .char_indices()
-                    .all(|(k, _)| pattern.end_from(text, ascii, s + k).is_none())
-            }),
+            // The leftmost place a match starts is the first place the
+            // look-ahead would fail: one search, not one per character (a
+            // crafted line of 16 KiB would make that quadratic).
+            Check::Nowhere { span, pattern } => c[*span]
+                .is_none_or(|(s, e)| pattern.first_start(text, ascii, s).is_none_or(|p| p >= e)),
         }
     }
 }
@@ -445,5 +445,29 @@ mod tests {
                 let _ = pat.captures("aa é x");
             }
         }
+    }
+
+    /// Attack: a crafted line of 16 KiB (the most a source passes on)
+    /// against a tempered repetition whose look-ahead reads to the end of
+    /// the line. Checked at each character, that is 16K searches of 16K
+    /// each; checked as it is, one search. The line with the word the
+    /// look-ahead looks for goes to fancy-regex, whose backtracking limit
+    /// bounds it. The bound asserted is two orders above what it takes.
+    #[test]
+    fn a_long_crafted_line_is_checked_in_one_pass() {
+        let pat = Pattern::compile(&translate(r"^x(?:(?!.*z).)*$", false)).unwrap();
+        assert!(matches!(pat, Pattern::Checked(_)));
+        let plain = format!("x{}", "a".repeat(16 << 10));
+        let with_word = format!("{plain}z");
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(pat.captures(&plain).is_some());
+            assert!(pat.captures(&with_word).is_none());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

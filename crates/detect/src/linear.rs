@@ -1,5 +1,7 @@
 //! A pattern the `regex` crate runs, with its ASCII twin.
 
+use std::sync::OnceLock;
+
 /// A pattern the `regex` crate compiled twice: as written, with Unicode
 /// classes (Python's `re` on text is Unicode-aware), and with Unicode off,
 /// for lines that are all ASCII.
@@ -15,8 +17,11 @@
 #[derive(Debug)]
 pub struct Linear {
     unicode: regex::Regex,
-    /// `None` when Unicode cannot be turned off (a non-ASCII class).
-    ascii: Option<regex::bytes::Regex>,
+    /// Compiled at the first ASCII text (most regexes of a filter, and most
+    /// date templates, never see one, and compiling costs time and memory
+    /// at start); `None` inside when Unicode cannot be turned off (a
+    /// non-ASCII class).
+    ascii: OnceLock<Option<regex::bytes::Regex>>,
 }
 
 /// Each group's byte span, by group index; `None` when it took no part.
@@ -28,16 +33,25 @@ impl Linear {
         let unicode = regex::RegexBuilder::new(translated)
             .size_limit(SIZE_LIMIT)
             .build()?;
-        let ascii = regex::bytes::RegexBuilder::new(&format!("(?-u){translated}"))
-            .size_limit(SIZE_LIMIT)
-            .build()
-            .ok();
-        Ok(Linear { unicode, ascii })
+        Ok(Linear {
+            unicode,
+            ascii: OnceLock::new(),
+        })
     }
 
     /// The twin for `text`: the ASCII one when `text` is ASCII.
     fn ascii_for(&self, text: &str) -> Option<&regex::bytes::Regex> {
-        self.ascii.as_ref().filter(|_| text.is_ascii())
+        if !text.is_ascii() {
+            return None;
+        }
+        self.ascii
+            .get_or_init(|| {
+                regex::bytes::RegexBuilder::new(&format!("(?-u){}", self.unicode.as_str()))
+                    .size_limit(SIZE_LIMIT)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Group names in index order (index 0 is the whole match).
@@ -79,35 +93,64 @@ const SIZE_LIMIT: usize = 32 << 20;
 /// (see [`Linear`]).
 #[derive(Debug)]
 pub struct StartingAt {
+    pattern: Box<str>,
     unicode: regex_automata::meta::Regex,
-    ascii: Option<regex_automata::meta::Regex>,
+    /// Compiled at the first ASCII text, as [`Linear`]'s.
+    ascii: OnceLock<Option<regex_automata::meta::Regex>>,
 }
 
 impl StartingAt {
     /// Compiles a translated pattern, or `None` if the `regex` crate
     /// cannot.
     pub fn new(translated: &str) -> Option<StartingAt> {
-        use regex_automata::meta::Regex;
-        let unicode = Regex::builder().build(translated).ok()?;
-        let ascii = Regex::builder()
-            .syntax(
-                regex_automata::util::syntax::Config::new()
-                    .unicode(false)
-                    .utf8(false),
-            )
+        let unicode = regex_automata::meta::Regex::builder()
             .build(translated)
-            .ok();
-        Some(StartingAt { unicode, ascii })
+            .ok()?;
+        Some(StartingAt {
+            pattern: translated.into(),
+            unicode,
+            ascii: OnceLock::new(),
+        })
     }
 
     /// Where the first match starting exactly at byte `at` of `text` ends;
     /// `ascii` says whether `text` is all ASCII.
     pub fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
-        use regex_automata::{Anchored, Input};
-        let input = Input::new(text).range(at..).anchored(Anchored::Yes);
-        match self.ascii.as_ref().filter(|_| ascii) {
-            Some(a) => a.search(&input).map(|m| m.end()),
-            None => self.unicode.search(&input).map(|m| m.end()),
+        self.search(text, ascii, at, regex_automata::Anchored::Yes)
+            .map(|m| m.end())
+    }
+
+    /// The first position from byte `at` on where a match starts (one
+    /// search, linear in the text, however many positions it rules out).
+    pub fn first_start(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
+        self.search(text, ascii, at, regex_automata::Anchored::No)
+            .map(|m| m.start())
+    }
+
+    fn search(
+        &self,
+        text: &str,
+        ascii: bool,
+        at: usize,
+        anchored: regex_automata::Anchored,
+    ) -> Option<regex_automata::Match> {
+        let input = regex_automata::Input::new(text)
+            .range(at..)
+            .anchored(anchored);
+        let twin = ascii.then(|| {
+            self.ascii.get_or_init(|| {
+                let syntax = regex_automata::util::syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false);
+                regex_automata::meta::Regex::builder()
+                    .syntax(syntax)
+                    .build(&self.pattern)
+                    .ok()
+            })
+        });
+        match twin.and_then(Option::as_ref) {
+            Some(a) => a.search(&input),
+            None => self.unicode.search(&input),
         }
     }
 }

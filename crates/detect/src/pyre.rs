@@ -333,6 +333,18 @@ pub struct Groups<'t> {
 impl Pattern {
     /// Compiles an already translated pattern.
     pub fn compile(translated: &str) -> Result<Pattern, PatternError> {
+        Self::compile_with(translated, true)
+    }
+
+    /// Like [`compile`](Self::compile), but what the `regex` crate refuses
+    /// goes to fancy-regex alone, unchecked: for a pattern asked only when
+    /// a faster form of it could not decide, where a checked form would be
+    /// one more regex to compile at start for nothing.
+    pub fn compile_for_rare_use(translated: &str) -> Result<Pattern, PatternError> {
+        Self::compile_with(translated, false)
+    }
+
+    fn compile_with(translated: &str, checked: bool) -> Result<Pattern, PatternError> {
         check_shape(translated)?;
         match Linear::build(translated) {
             Ok(r) => Ok(Pattern::Std(Box::new(r))),
@@ -340,6 +352,7 @@ impl Pattern {
                 .backtrack_limit(200_000)
                 .build()
             {
+                Ok(r) if !checked => Ok(Pattern::Fancy(Box::new(r))),
                 Ok(r) => match Checked::build(translated, Box::new(r)) {
                     Ok(c) => Ok(Pattern::Checked(Box::new(c))),
                     Err(r) => Ok(Pattern::Fancy(r)),

@@ -205,10 +205,6 @@ fn set_regex(regex: &str, wb: Wb, we: bool) -> (String, bool) {
 
 fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Template, Error> {
     let translated = translate(&regex, false);
-    let full = Pattern::compile(&translated).map_err(|error| Error::Pattern {
-        what: format!("date pattern {name:?}"),
-        error,
-    })?;
     // Fast form: drop the leading and trailing boundary guards.
     let mut core = translated.clone();
     let mut gf = String::new();
@@ -235,6 +231,17 @@ fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Te
         .ok()
         .filter(|p| !p.is_fancy())
         .map(|r| (r, sb, se));
+    // With a fast form, the full pattern only decides the rare match the
+    // boundary checks reject.
+    let full = if fast.is_some() {
+        Pattern::compile_for_rare_use(&translated)
+    } else {
+        Pattern::compile(&translated)
+    }
+    .map_err(|error| Error::Pattern {
+        what: format!("date pattern {name:?}"),
+        error,
+    })?;
     Ok(Template {
         name: name.to_string(),
         fast,
