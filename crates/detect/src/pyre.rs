@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use crate::checked::Checked;
 use crate::linear::{Linear, Spans};
+use crate::scan;
 
 /// Rewrites Python regex syntax into Rust regex syntax (see module docs).
 pub fn translate(p: &str, multiline: bool) -> String {
@@ -237,9 +238,11 @@ pub fn relax(t: &str) -> Option<String> {
                     || rest.starts_with("<=")
                     || rest.starts_with("<!")
                 {
-                    // Drop the whole look-around group.
-                    let end = group_end(&b, i)?;
-                    i = end + 1;
+                    // Drop the whole look-around group (found in the text by
+                    // its byte offset, counted back into characters).
+                    let at: usize = b[..i].iter().map(|c| c.len_utf8()).sum();
+                    let end = scan::group_end(t.as_bytes(), at)?;
+                    i = t[..end].chars().count() + 1;
                     // A quantifier on a look-around is meaningless; drop it.
                     while i < b.len() && "*+?".contains(b[i]) {
                         i += 1;
@@ -278,30 +281,6 @@ pub fn relax(t: &str) -> Option<String> {
         }
     }
     regex::Regex::new(&out).ok().map(|_| out)
-}
-
-/// Index of the `)` closing the group opened at `open`.
-fn group_end(b: &[char], open: usize) -> Option<usize> {
-    let mut depth = 0;
-    let mut i = open;
-    let mut in_class = false;
-    while i < b.len() {
-        match b[i] {
-            '\\' => i += 1,
-            '[' if !in_class => in_class = true,
-            ']' if in_class => in_class = false,
-            '(' if !in_class => depth += 1,
-            ')' if !in_class => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 /// A compiled pattern: the `regex` crate when possible, else fancy-regex.
