@@ -344,7 +344,8 @@ impl Pattern {
         }
     }
 
-    /// True if the pattern needed fancy-regex (look-around, back-references).
+    /// True if the pattern runs on fancy-regex alone: conditionals,
+    /// look-behinds, or what `checked.rs` cannot check.
     pub fn is_fancy(&self) -> bool {
         matches!(self, Pattern::Fancy(_))
     }
