@@ -464,17 +464,10 @@ async fn run(cluster: &mut Cluster, agents: usize, decisions: u32) {
     );
 
     // One decision to all, a few times.
-    let cpu0 = cluster.cpu();
-    let lat = time_probes(&operator, &fleet, agents, &mut id).await;
-    let p99 = quantile(&lat, 0.99);
-    println!(
-        "  one decision -> all {agents}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} receipts); servers {:.2} CPU s for {PROBES} decisions",
-        ms(quantile(&lat, 0.5)),
-        ms(p99),
-        ms(*lat.last().unwrap()),
-        lat.len(),
-        cluster.cpu() - cpu0
-    );
+    let p99 = time_probes(&operator, &fleet, agents, &mut id, "servers", || {
+        cluster.cpu()
+    })
+    .await;
 
     // The storm: the first server (every agent's first choice rotates,
     // but with one server it is everyone's) is killed and started again,
@@ -570,9 +563,18 @@ async fn seed<B: Bus>(bus: &B, decisions: u32, id: &mut u64) {
     );
 }
 
-/// Times [`PROBES`] single decisions, each until every agent holds it;
-/// returns each receipt's delay after the send, sorted.
-async fn time_probes<B: Bus>(bus: &B, fleet: &Fleet, agents: usize, id: &mut u64) -> Vec<Duration> {
+/// Times [`PROBES`] single decisions, each until every agent holds it,
+/// and prints the receipts' delays after the send and what the probes cost
+/// the servers (`who`, whose CPU seconds `cpu` reads); returns the p99.
+async fn time_probes<B: Bus>(
+    bus: &B,
+    fleet: &Fleet,
+    agents: usize,
+    id: &mut u64,
+    who: &str,
+    cpu: impl Fn() -> f64,
+) -> Duration {
+    let cpu0 = cpu();
     for p in 0..PROBES {
         let i = fleet.decisions + p;
         fleet.got_probe.store(0, Ordering::Relaxed);
@@ -589,7 +591,16 @@ async fn time_probes<B: Bus>(bus: &B, fleet: &Fleet, agents: usize, id: &mut u64
     }
     let mut lat = std::mem::take(&mut *fleet.latencies.lock().unwrap());
     lat.sort();
-    lat
+    let p99 = quantile(&lat, 0.99);
+    println!(
+        "  one decision -> all {agents}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} receipts); {who} {:.2} CPU s for {PROBES} decisions",
+        ms(quantile(&lat, 0.5)),
+        ms(p99),
+        ms(*lat.last().unwrap()),
+        lat.len(),
+        cpu() - cpu0
+    );
+    p99
 }
 
 /// The `f` quantile of sorted `samples`.
@@ -667,17 +678,10 @@ async fn hub_phases(mut hub: support::Hub, agents: usize, decisions: u32) -> sup
         decisions,
         cpu_seconds(pid(&hub)) - cpu0,
     );
-    let cpu0 = cpu_seconds(pid(&hub));
-    let lat = time_probes(&operator, &fleet, agents, &mut id).await;
-    let p99 = quantile(&lat, 0.99);
-    println!(
-        "  one decision -> all {agents}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} receipts); hub {:.2} CPU s for {PROBES} decisions",
-        ms(quantile(&lat, 0.5)),
-        ms(p99),
-        ms(*lat.last().unwrap()),
-        lat.len(),
-        cpu_seconds(pid(&hub)) - cpu0
-    );
+    let p99 = time_probes(&operator, &fleet, agents, &mut id, "hub", || {
+        cpu_seconds(pid(&hub))
+    })
+    .await;
     // The storm: the hub dies without warning and starts again on its store.
     tokio::task::block_in_place(|| hub.kill9());
     tokio::time::sleep(Duration::from_secs(2)).await;
