@@ -62,19 +62,14 @@ impl Segments {
                     let end = group_end(b, i)?;
                     let inner = &body[i..=end];
                     let named = inner.starts_with("(?") && opens_capture(inner, 0);
-                    if inner[1..].starts_with('?') && !named {
-                        // A non-capturing group or a look-around: part of
-                        // the text, unless it holds a named group, or
-                        // sets flags for what follows (`(?i)`).
+                    if !named {
+                        // A plain or non-capturing group, or a look-around:
+                        // part of the text (no one reads an unnamed group),
+                        // unless it holds a named group, or sets flags for
+                        // what follows (`(?i)`).
                         if inner.contains("(?P<") || inner.contains("(?<") || sets_flags(inner) {
                             return None;
                         }
-                        groups += count_captures(inner);
-                        i = end + 1;
-                        continue;
-                    }
-                    if !named {
-                        // An unnamed group: no one reads it.
                         groups += count_captures(inner);
                         i = end + 1;
                         continue;
@@ -198,6 +193,7 @@ mod tests {
             r"^(?i)a(?P<content>.+)$",
             r"^(?P<x>a)?(?P<content>.+)$",
             r"^(?:(?P<x>a))(?P<content>.+)$",
+            r"^(a(?P<x>b))(?P<content>.+)$",
             r"^a(?P<content>x.+)$",
             r"^a(?P<content>.+)b$",
         ] {
