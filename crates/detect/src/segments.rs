@@ -86,7 +86,7 @@ impl Segments {
                     groups += count_captures(inner);
                     let text = &body[text_start..i];
                     if !text.is_empty() {
-                        pieces.push((None, StartingAt::new(text)?));
+                        pieces.push((None, text));
                     }
                     if group_body == ".+" {
                         if &body[end + 1..] != END {
@@ -95,16 +95,23 @@ impl Segments {
                         rest = Some(index);
                         break;
                     }
-                    pieces.push((Some(index), StartingAt::new(group_body)?));
+                    pieces.push((Some(index), group_body));
                     i = end + 1;
                     text_start = i;
                 }
                 _ => i += 1,
             }
         }
+        let rest = rest?;
+        // Compiled only now that the shape is known: most patterns tried
+        // (failregexes, ignoreregexes) turn out not to have it.
+        let pieces = pieces
+            .into_iter()
+            .map(|(group, piece)| Some((group, StartingAt::new(piece)?)))
+            .collect::<Option<_>>()?;
         Some(Segments {
             pieces,
-            rest: rest?,
+            rest,
             groups,
         })
     }
