@@ -26,11 +26,16 @@
 //! path of the original before it. And a line the relaxed form does not
 //! match, the original cannot match either.
 //!
-//! Refused (left to fancy-regex): look-behinds, conditionals, atomic
-//! groups; a reference to a group not closed before it; a reference or
-//! look-ahead inside a repeated group (only the last repetition would be
-//! checked).
+//! A pattern with conditionals is first rewritten without them
+//! (`conditional.rs`); the rewritten form copies some groups, and a group's
+//! span is that of its copy which took part.
+//!
+//! Refused (left to fancy-regex): look-behinds, conditionals that cannot
+//! be rewritten, atomic groups; a reference to a group not closed before
+//! it; a reference or look-ahead inside a repeated group (only the last
+//! repetition would be checked).
 
+use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
 use crate::scan::{class_end, group_end, opens_capture};
 
@@ -42,8 +47,12 @@ pub struct Checked {
     /// What must hold of the relaxed form's match, in its numbering.
     checks: Vec<Check>,
     /// Each group of the original pattern, by index: its index in the
-    /// relaxed form.
-    map: Vec<usize>,
+    /// relaxed form (its first copy's, when the pattern had conditionals;
+    /// none when no copy of it is left).
+    map: Vec<Option<usize>>,
+    /// The other copies of groups: (original index, index in the relaxed
+    /// form).
+    copies: Vec<(usize, usize)>,
     fancy: Box<fancy_regex::Regex>,
 }
 
@@ -99,19 +108,46 @@ struct Group {
 impl Checked {
     /// The relaxed form of `translated` (which `fancy` compiled), or
     /// `fancy` back when the pattern has other features the `regex` crate
-    /// lacks, no back reference, or one refused (see the module docs).
+    /// lacks, nothing to check, or something refused (see the module docs).
     pub fn build(
         translated: &str,
         fancy: Box<fancy_regex::Regex>,
     ) -> Result<Checked, Box<fancy_regex::Regex>> {
-        match relax(translated) {
-            Some((relaxed, checks, map)) => Ok(Checked {
+        let groups = fancy.captures_len();
+        let built = match unconditional(translated) {
+            Some((rewritten, copied)) => {
+                relax(&rewritten, true).and_then(|(relaxed, checks, map)| {
+                    // `map` is in the rewritten pattern's numbering, whose
+                    // group `j` copies the original's `copied[j]`.
+                    let mut first = vec![None; groups];
+                    let mut copies = Vec::new();
+                    for (&orig, &at) in copied.iter().zip(&map) {
+                        match first.get_mut(orig)? {
+                            slot @ None => *slot = Some(at),
+                            Some(_) => copies.push((orig, at)),
+                        }
+                    }
+                    Some((relaxed, checks, first, copies))
+                })
+            }
+            None => relax(translated, false).map(|(relaxed, checks, map)| {
+                (
+                    relaxed,
+                    checks,
+                    map.into_iter().map(Some).collect(),
+                    Vec::new(),
+                )
+            }),
+        };
+        match built {
+            Some((relaxed, checks, map, copies)) if map.len() == groups => Ok(Checked {
                 relaxed,
                 checks,
                 map,
+                copies,
                 fancy,
             }),
-            None => Err(fancy),
+            _ => Err(fancy),
         }
     }
 
@@ -129,7 +165,11 @@ impl Checked {
         let c = self.relaxed.captures_at(text, at)?;
         let ascii = text.is_ascii();
         if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
-            return Some(self.map.iter().map(|&i| c[i]).collect());
+            let mut spans: Spans = self.map.iter().map(|&i| i.and_then(|i| c[i])).collect();
+            for &(orig, at) in &self.copies {
+                spans[orig] = spans[orig].or(c[at]);
+            }
+            return Some(spans);
         }
         let c = self.fancy.captures_from_pos(text, at).ok()??;
         Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
@@ -137,8 +177,8 @@ impl Checked {
 }
 
 /// The relaxed form of `translated` with its checks and group map (see
-/// [`Checked`]).
-fn relax(translated: &str) -> Option<(Linear, Vec<Check>, Vec<usize>)> {
+/// [`Checked`]); `None` if it has nothing to check, unless `unchecked_too`.
+fn relax(translated: &str, unchecked_too: bool) -> Option<(Linear, Vec<Check>, Vec<usize>)> {
     let groups = capturing_groups(translated)?;
     let b = translated.as_bytes();
     let mut out = String::with_capacity(translated.len() + 32);
@@ -227,7 +267,7 @@ fn relax(translated: &str) -> Option<(Linear, Vec<Check>, Vec<usize>)> {
         out.push_str(&translated[i..i + len]);
         i += len;
     }
-    if checks.is_empty() || map.len() != groups.len() + 1 {
+    if (checks.is_empty() && !unchecked_too) || map.len() != groups.len() + 1 {
         return None;
     }
     Some((Linear::build(&out).ok()?, checks, map))
@@ -407,6 +447,16 @@ mod tests {
                 &["x port 22", "x from 1.2.3.4 from", "x  from", "x fro m"],
             ),
             (r"^(?:(?!ab).)+b", &["aab", "cab", "ccb", "b"]),
+            // A conditional, rewritten, with a tempered repetition in it.
+            (
+                r"^(?P<u>(?P<w>\S+)|(?:(?! from ).)*?) from (?P<h>\S+)(?(w): |(?:(?:(?! from ).)*)$)",
+                &[
+                    "bob from 1.2.3.4: x",
+                    "a b from 1.2.3.4",
+                    "a from b from c",
+                    "bob from 1.2.3.4 from x",
+                ],
+            ),
         ] {
             for text in texts {
                 let (pat, got, truth) = both(p, text);
@@ -419,11 +469,11 @@ mod tests {
     #[test]
     fn what_it_cannot_check_is_left_to_fancy_regex() {
         for p in [
-            r"^(?:(?P<a>x)(?P=a))*$", // a reference inside a repetition
-            r"^(?:,(?!R=)\w+)*$",     // a look-ahead inside a repetition
-            r"^(?P<a>x)(?<=x)(?P=a)", // a look-behind
-            r"^(?P<c>i )?u(?(c)1|2)", // a conditional
-            r"^(?:(?=a)b)+c",         // a look-ahead repeated
+            r"^(?:(?P<a>x)(?P=a))*$",      // a reference inside a repetition
+            r"^(?:,(?!R=)\w+)*$",          // a look-ahead inside a repetition
+            r"^(?P<a>x)(?<=x)(?P=a)",      // a look-behind
+            r"^(?:(?P<c>i )?u(?(c)1|2))+", // a conditional repeated
+            r"^(?:(?=a)b)+c",              // a look-ahead repeated
         ] {
             let pat = Pattern::compile(&translate(p, false)).unwrap();
             assert!(pat.is_fancy(), "{p}");

@@ -19,6 +19,7 @@
 
 pub mod builtin;
 mod checked;
+mod conditional;
 pub mod config;
 mod dfa;
 pub mod engine;

@@ -15,8 +15,10 @@
 //! - `(?#...)` comments are dropped.
 //!
 //! [`Pattern::compile`] then uses the `regex` crate when it accepts the
-//! result (linear time), and `fancy-regex` for look-around, back
-//! references, conditionals and atomic groups. [`relax`] gives a pattern
+//! result (linear time); else a checked linear form (`checked.rs`: back
+//! references, look-aheads and conditionals rewritten, checked after the
+//! match), and `fancy-regex` for what that refuses (look-behinds, atomic
+//! groups, and the others inside repetitions). [`relax`] gives a pattern
 //! that matches a superset (look-around dropped, conditionals and back
 //! references widened) for a `RegexSet` prefilter.
 
@@ -288,7 +290,7 @@ pub fn relax(t: &str) -> Option<String> {
 pub enum Pattern {
     /// Compiled by the `regex` crate (linear time).
     Std(Box<Linear>),
-    /// Back references and look-aheads: a linear relaxed form, checked,
+    /// Back references, look-aheads and conditionals: a linear relaxed form, checked,
     /// with fancy-regex for the lines the checks reject (see `checked.rs`).
     Checked(Box<Checked>),
     /// Compiled by fancy-regex, for look-around and back-references (bounded
@@ -344,8 +346,8 @@ impl Pattern {
         }
     }
 
-    /// True if the pattern runs on fancy-regex alone: conditionals,
-    /// look-behinds, or what `checked.rs` cannot check.
+    /// True if the pattern runs on fancy-regex alone: look-behinds, or
+    /// what `checked.rs` cannot check or rewrite.
     pub fn is_fancy(&self) -> bool {
         matches!(self, Pattern::Fancy(_))
     }

@@ -14,9 +14,10 @@
 //! lines (`<F-NOFAIL>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`).
 //!
 //! Python regex syntax is translated ([`crate::pyre`]); patterns that need
-//! look-behinds, conditionals, or look-aheads and back references inside
-//! repetitions run on fancy-regex, other back references and look-aheads
-//! on a linear relaxed form checked afterwards, and a `RegexSet` of relaxed
+//! look-behinds, or look-aheads, back references or conditionals inside
+//! repetitions run on fancy-regex; other conditionals are rewritten away
+//! (`conditional.rs`), other back references and look-aheads run on a
+//! linear relaxed form checked afterwards, and a `RegexSet` of relaxed
 //! forms skips the failregexes that cannot match. A prefregex of the usual
 //! shape is matched piece by piece (`segments.rs`).
 //!
