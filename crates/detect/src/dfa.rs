@@ -23,6 +23,10 @@
 //!   pattern matches the same text, so when exactly one passes it is the
 //!   span any regex engine reports: nothing is approximated. When several
 //!   pass (contrived patterns or lines), the caller asks the `regex` crate.
+//!   Where `S` can read far (`(?:: .*)?$` after sshd's "Accepted ... port
+//!   N") and `P` cannot, the host's start is found forwards instead: the
+//!   ends of `P` from the start of the message (one, usually, before its
+//!   DFA dies), and the host is the run of its bytes from there.
 //!
 //! Every search can fail (a cache that gives up, a quit byte for a Unicode
 //! word boundary); the caller then asks the `regex` crate too.
@@ -183,6 +187,49 @@ pub(crate) struct HostSplit {
     /// ending at a given place starts where the run of such bytes before
     /// it starts (a later start would follow a byte `P` cannot end with).
     h_bytes: Option<[u64; 4]>,
+    /// A forward DFA of `P`, and the bytes `H` can match, when none of them
+    /// can begin `S` and `P` cannot read far while `S` can: then, given the
+    /// only place `P` can end, the host ends where the run of its bytes
+    /// from there ends.
+    forward: Option<(usize, [u64; 4])>,
+}
+
+/// Whether `hir` can read far on an ordinary line: an unbounded repetition
+/// of something that can match a space (`.*`, `[^:]+`), or that is not
+/// simple to tell.
+fn reads_far(hir: &Hir) -> bool {
+    match hir.kind() {
+        HirKind::Repetition(r) => {
+            (r.max.is_none() && byte_set(&r.sub).is_none_or(|set| has(&set, b' ')))
+                || reads_far(&r.sub)
+        }
+        HirKind::Capture(c) => reads_far(&c.sub),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => subs.iter().any(reads_far),
+        _ => false,
+    }
+}
+
+/// The bytes `dfa` (anchored) can begin a match with, whatever precedes.
+fn first_bytes(dfa: &DFA) -> [u64; 4] {
+    let mut cache = dfa.create_cache();
+    let mut set = [0u64; 4];
+    for before in (0..=255u8).map(Some).chain([None]) {
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(before);
+        let Ok(start) = dfa.start_state(&mut cache, &config) else {
+            return [u64::MAX; 4];
+        };
+        for b in 0..=255u8 {
+            if !dfa
+                .next_state(&mut cache, start, b)
+                .is_ok_and(|n| n.is_dead())
+            {
+                set[usize::from(b >> 6)] |= 1u64 << (b & 63);
+            }
+        }
+    }
+    set
 }
 
 /// The bytes `hir` can match (`None` if that is not simple to tell).
@@ -317,18 +364,23 @@ impl Dfas {
         })
     }
 
+    /// A DFA of `hir`, read backwards if `reverse`.
+    fn build(&self, hir: &Hir, reverse: bool, kind: MatchKind) -> Option<DFA> {
+        let nfa = thompson::Compiler::new()
+            .configure(nfa_config(reverse))
+            .build_from_hir(hir)
+            .ok()?;
+        DFA::builder()
+            .configure(dfa_config(kind, self.cache_capacity))
+            .build_from_nfa(nfa)
+            .ok()
+    }
+
     fn reverse(&mut self, hir: Hir) -> Option<usize> {
         if let Some((_, id)) = self.reverse.iter().find(|(h, _)| *h == hir) {
             return Some(*id);
         }
-        let nfa = thompson::Compiler::new()
-            .configure(nfa_config(true))
-            .build_from_hir(&hir)
-            .ok()?;
-        let dfa = DFA::builder()
-            .configure(dfa_config(MatchKind::All, self.cache_capacity))
-            .build_from_nfa(nfa)
-            .ok()?;
+        let dfa = self.build(&hir, true, MatchKind::All)?;
         let id = self.add(dfa);
         self.reverse.push((hir, id));
         Some(id)
@@ -351,33 +403,32 @@ impl Dfas {
         let s = self.reverse(Hir::concat(parts[k + 1..].to_vec()))?;
         // Every start state (one per byte after the end of P, or none),
         // every first byte read backwards.
-        let dfa = &self.dfas[p];
-        let mut cache = dfa.create_cache();
-        let mut p_last = [0u64; 4];
-        for after in (0..=255u8).map(Some).chain([None]) {
-            let config = start::Config::new()
-                .anchored(Anchored::Yes)
-                .look_behind(after);
-            let Ok(start) = dfa.start_state(&mut cache, &config) else {
-                p_last = [u64::MAX; 4];
-                break;
-            };
-            for b in 0..=255u8 {
-                if !dfa
-                    .next_state(&mut cache, start, b)
-                    .is_ok_and(|n| n.is_dead())
-                {
-                    p_last[usize::from(b >> 6)] |= 1u64 << (b & 63);
+        let p_last = first_bytes(&self.dfas[p]);
+        let h_set = byte_set(&host.sub);
+        let h_bytes = h_set.filter(|h| (0..4).all(|k| h[k] & p_last[k] == 0));
+        let (before, after) = (
+            Hir::concat(parts[..k].to_vec()),
+            Hir::concat(parts[k + 1..].to_vec()),
+        );
+        let forward = match h_set {
+            Some(h) if reads_far(&after) && !reads_far(&before) => {
+                let s_first = first_bytes(&self.build(&after, false, MatchKind::All)?);
+                if (0..4).all(|k| h[k] & s_first[k] == 0) {
+                    let p_forward = self.build(&before, false, MatchKind::All)?;
+                    Some((self.add(p_forward), h))
+                } else {
+                    None
                 }
             }
-        }
-        let h_bytes = byte_set(&host.sub).filter(|h| (0..4).all(|k| h[k] & p_last[k] == 0));
+            _ => None,
+        };
         Some(HostSplit {
             p,
             h,
             s,
             p_last,
             h_bytes,
+            forward,
         })
     }
 
@@ -488,6 +539,20 @@ impl Dfas {
     ) -> Result<Option<(usize, usize)>, ()> {
         ends.clear();
         pairs.clear();
+        if let Some((p, h_bytes)) = split.forward {
+            // More than one end (an error past the first): the general way.
+            let found = fwd_ends(&self.dfas[p], &mut self.caches[p], hay, end, ends, 1);
+            if let (Ok(()), &[i]) = (found, ends.as_slice()) {
+                // The only place the host can start: it ends where the run
+                // of its bytes does (the next byte, if any, begins `S`).
+                let j = i + hay[i..end]
+                    .iter()
+                    .take_while(|&&b| has(&h_bytes, b))
+                    .count();
+                return Ok((i < j).then_some((i, j)));
+            }
+            ends.clear();
+        }
         let (s, h) = (split.s, split.h);
         rev_starts(&self.dfas[s], &mut self.caches[s], hay, end, ends, MAX_ENDS)?;
         if let (Some(h_bytes), &[j]) = (&split.h_bytes, ends.as_slice()) {
@@ -607,6 +672,54 @@ fn rev_ordinary(
     sid
 }
 
+/// Pushes onto `out` the end of every match of the forward DFA `dfa` that
+/// starts at 0 and ends at `hi` or before (first end first). `Err` past
+/// `max` matches or if the search fails.
+fn fwd_ends(
+    dfa: &DFA,
+    cache: &mut Cache,
+    hay: &[u8],
+    hi: usize,
+    out: &mut Vec<usize>,
+    max: usize,
+) -> Result<(), ()> {
+    let hi = hi.min(hay.len());
+    let config = start::Config::new().anchored(Anchored::Yes);
+    let mut sid = dfa.start_state(cache, &config).map_err(drop)?;
+    let mut at = 0;
+    while at <= hi {
+        // Through ordinary states without the checks.
+        if !sid.is_tagged() {
+            while at < hi {
+                let next = dfa.next_state_untagged(cache, sid, hay[at]);
+                if next.is_tagged() {
+                    break;
+                }
+                sid = next;
+                at += 1;
+            }
+        }
+        sid = match hay.get(at) {
+            Some(&b) => dfa.next_state(cache, sid, b),
+            None => dfa.next_eoi_state(cache, sid),
+        }
+        .map_err(drop)?;
+        if sid.is_match() {
+            // Matches are reported one byte late.
+            out.push(at);
+            if out.len() > max {
+                return Err(());
+            }
+        } else if sid.is_dead() {
+            return Ok(());
+        } else if sid.is_quit() {
+            return Err(());
+        }
+        at += 1;
+    }
+    Ok(())
+}
+
 /// Pushes onto `out` the start of every match of the reverse DFA `dfa`
 /// that ends at `hi` (latest start first). `Err` past `max` matches or if
 /// the search fails.
@@ -723,6 +836,27 @@ mod tests {
         // A host that can end in several places.
         let p = format!(r"^x {host}:?\d*$");
         assert_eq!(agree(&p, "x 2001:db8::1:80"), None, "ambiguous: ask regex");
+        // Found forwards: the rest after the host can read far, what is
+        // before it cannot.
+        let p = format!(
+            r"^Accepted (?:password|publickey) for \S+ from {host} port \d+(?: ssh\d*)?(?:: .*)?$"
+        );
+        let d = &mut Dfas::default();
+        let hir = anchored_form(parse(&p).unwrap());
+        assert!(d.split(&hir).unwrap().forward.is_some());
+        for line in [
+            "Accepted publickey for deploy from 198.51.100.7 port 22 ssh2: ED25519 SHA256:x from 1.2.3.4",
+            "Accepted password for a from 2001:db8::1 port 22",
+            "Accepted password for a from [2001:db8::1] port 22: x",
+            "Accepted password for from from 1.2.3.4 port 22",
+        ] {
+            assert!(agree(&p, line).is_some(), "{line}");
+        }
+        assert!(agree(&p, "Accepted password for a from x port 22").is_none());
+        // Where `P` ends in two places, the general way decides.
+        let p = format!(r"^a (?:b )?(?:b )?{host} .*$");
+        assert!(agree(&p, "a b 1.2.3.4 x").is_some());
+        assert!(agree(&p, "a b b 1.2.3.4 x").is_some());
     }
 
     /// The search resumed from remembered message starts finds what a
