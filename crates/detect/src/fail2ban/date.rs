@@ -8,7 +8,7 @@
 //! template that matched last is tried first; otherwise the first
 //! line-anchored match wins, else the leftmost.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use super::Error;
 use crate::pyre::{Pattern, translate};
@@ -117,14 +117,81 @@ enum Wb {
 
 struct Template {
     name: String,
-    /// Fast form: without the boundary look-aheads, checked by hand.
-    fast: Option<(Pattern, bool, bool)>,
-    full: Pattern,
+    /// The translated pattern, compiled at its first use: of fail2ban's
+    /// forty-odd default templates, a log meets one or two, and compiling
+    /// them all cost each filter about 40 ms and 10 MB at start.
+    translated: String,
+    forms: OnceLock<Option<Forms>>,
     group: usize,
     line_begin: bool,
     /// The date can only start the line, or follow at most two non-word
     /// characters at its start (`^(?:\W{0,2})?(date)`).
     at_start: bool,
+}
+
+/// A template's compiled patterns.
+struct Forms {
+    /// Fast form: without the boundary look-aheads, checked by hand.
+    fast: Option<(Pattern, bool, bool)>,
+    full: Pattern,
+}
+
+impl Template {
+    fn compile(&self) -> Result<Forms, Error> {
+        let translated = &self.translated;
+        // Fast form: drop the leading and trailing boundary guards.
+        let mut core = translated.clone();
+        let mut gf = String::new();
+        if core.starts_with("(?")
+            && !core.starts_with("(?=")
+            && !core.starts_with("(?:")
+            && let Some(e) = core.find(')')
+        {
+            gf = core[..=e].to_string();
+            core = core[e + 1..].to_string();
+        }
+        let sb = core.starts_with(r"(?=^|\b|\W)");
+        if sb {
+            core = core[r"(?=^|\b|\W)".len()..].to_string();
+        }
+        let translated_end = r"(?=\b|\W|(?:\n?\z))";
+        let se = core.ends_with(translated_end);
+        if se {
+            core.truncate(core.len() - translated_end.len());
+        }
+        // Linear (back references included, checked: see `checked.rs`), or
+        // not worth trying before the full pattern.
+        let fast = Pattern::compile(&format!("{gf}{core}"))
+            .ok()
+            .filter(|p| !p.is_fancy())
+            .map(|r| (r, sb, se));
+        // With a fast form, the full pattern only decides the rare match the
+        // boundary checks reject.
+        let full = if fast.is_some() {
+            Pattern::compile_for_rare_use(translated)
+        } else {
+            Pattern::compile(translated)
+        }
+        .map_err(|error| Error::Pattern {
+            what: format!("date pattern {:?}", self.name),
+            error,
+        })?;
+        Ok(Forms { fast, full })
+    }
+
+    /// The compiled patterns, compiled now if this is their first use;
+    /// `None` if they do not compile (never for the defaults, which the
+    /// tests compile; a filter's own templates are compiled when it loads).
+    fn forms(&self) -> Option<&Forms> {
+        self.forms.get_or_init(|| self.compile().ok()).as_ref()
+    }
+
+    /// Compiles the template now, for its errors.
+    fn compiled(self) -> Result<Template, Error> {
+        let forms = self.compile()?;
+        let _ = self.forms.set(Some(forms));
+        Ok(self)
+    }
 }
 
 fn has_plain_group(r: &str) -> bool {
@@ -203,52 +270,16 @@ fn set_regex(regex: &str, wb: Wb, we: bool) -> (String, bool) {
     (format!("{gf}{regex}"), line_begin)
 }
 
+/// A template, not compiled yet (see [`Template::forms`]).
 fn build(name: &str, regex: String, group: usize, line_begin: bool) -> Result<Template, Error> {
     let translated = translate(&regex, false);
-    // Fast form: drop the leading and trailing boundary guards.
-    let mut core = translated.clone();
-    let mut gf = String::new();
-    if core.starts_with("(?")
-        && !core.starts_with("(?=")
-        && !core.starts_with("(?:")
-        && let Some(e) = core.find(')')
-    {
-        gf = core[..=e].to_string();
-        core = core[e + 1..].to_string();
-    }
-    let sb = core.starts_with(r"(?=^|\b|\W)");
-    if sb {
-        core = core[r"(?=^|\b|\W)".len()..].to_string();
-    }
-    let translated_end = r"(?=\b|\W|(?:\n?\z))";
-    let se = core.ends_with(translated_end);
-    if se {
-        core.truncate(core.len() - translated_end.len());
-    }
-    // Linear (back references included, checked: see `checked.rs`), or
-    // not worth trying before the full pattern.
-    let fast = Pattern::compile(&format!("{gf}{core}"))
-        .ok()
-        .filter(|p| !p.is_fancy())
-        .map(|r| (r, sb, se));
-    // With a fast form, the full pattern only decides the rare match the
-    // boundary checks reject.
-    let full = if fast.is_some() {
-        Pattern::compile_for_rare_use(&translated)
-    } else {
-        Pattern::compile(&translated)
-    }
-    .map_err(|error| Error::Pattern {
-        what: format!("date pattern {name:?}"),
-        error,
-    })?;
     Ok(Template {
         name: name.to_string(),
-        fast,
-        full,
+        at_start: group == 1 && date_group_first(&translated),
+        translated,
+        forms: OnceLock::new(),
         group,
         line_begin,
-        at_start: group == 1 && date_group_first(&translated),
     })
 }
 
@@ -374,9 +405,29 @@ fn unbound(p: &str) -> String {
     p.strip_suffix(r"(?=\b|\W|$)").unwrap_or(p).to_string()
 }
 
+/// fail2ban's default templates (anchored forms first), made once and
+/// shared by every filter that uses them.
+fn defaults() -> Result<&'static [Arc<Template>], Error> {
+    static DEFAULTS: OnceLock<Vec<Arc<Template>>> = OnceLock::new();
+    if let Some(d) = DEFAULTS.get() {
+        return Ok(d);
+    }
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for d in DEFAULT_TEMPLATES {
+        if !d.starts_with("{^LN-BEG}") && !d.starts_with('^') {
+            first.push(Arc::new(pattern_template(&anchored(d))?));
+        }
+        second.push(Arc::new(pattern_template(d)?));
+    }
+    first.extend(second);
+    Ok(DEFAULTS.get_or_init(|| first))
+}
+
 /// Finds dates the way a fail2ban filter with a given `datepattern` does.
 pub struct DateDetector {
-    templates: Vec<Template>,
+    /// The default templates are shared by every filter (see [`defaults`]).
+    templates: Vec<Arc<Template>>,
     last: Option<usize>,
 }
 
@@ -386,11 +437,14 @@ impl DateDetector {
     pub fn new(datepattern: Option<&str>) -> Result<DateDetector, Error> {
         let mut templates = Vec::new();
         let mut names = std::collections::HashSet::new();
-        let mut add = |t: Template, templates: &mut Vec<Template>| {
+        let mut add = |t: Arc<Template>, templates: &mut Vec<Arc<Template>>| {
             if names.insert(t.name.clone()) {
                 templates.push(t);
             }
         };
+        // A filter's own templates are compiled now, so that a broken one
+        // fails the filter's loading.
+        let own = |t: Result<Template, Error>| t?.compiled().map(Arc::new);
         let lines: Vec<&str> = match datepattern {
             None => vec!["{DEFAULT}"],
             Some(d) => d
@@ -406,9 +460,9 @@ impl DateDetector {
                 line.to_uppercase()
             };
             if key == "{^LN-BEG}" || key == "{DEFAULT}" {
-                for t in Self::defaults()? {
+                for t in defaults()? {
                     if key == "{DEFAULT}" || t.line_begin {
-                        add(t, &mut templates);
+                        add(t.clone(), &mut templates);
                     }
                 }
             } else if key.contains("{DATE}") {
@@ -417,12 +471,12 @@ impl DateDetector {
                         continue;
                     }
                     let wrapped = line.replace("{DATE}", &unbound(d));
-                    add(pattern_template(&wrapped)?, &mut templates);
+                    add(own(pattern_template(&wrapped))?, &mut templates);
                 }
             } else if key == "{NONE}" {
-                add(pattern_template("{UNB}^")?, &mut templates);
+                add(own(pattern_template("{UNB}^"))?, &mut templates);
             } else {
-                add(pattern_template(line)?, &mut templates);
+                add(own(pattern_template(line))?, &mut templates);
             }
         }
         Ok(DateDetector {
@@ -431,26 +485,12 @@ impl DateDetector {
         })
     }
 
-    fn defaults() -> Result<Vec<Template>, Error> {
-        let mut first = Vec::new();
-        let mut second = Vec::new();
-        for d in DEFAULT_TEMPLATES {
-            if !d.starts_with("{^LN-BEG}") && !d.starts_with('^') {
-                let a = anchored(d);
-                first.push(pattern_template(&a)?);
-            }
-            second.push(pattern_template(d)?);
-        }
-        first.extend(second);
-        Ok(first)
-    }
-
     /// Where template `i` matches in `line`: the match's start and the
     /// date's span. The fast form answers when its match passes the
     /// boundary checks (then it is the full pattern's match: see `build`).
     fn try_template(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
-        if let Some((re, sb, se)) = &t.fast {
+        if let Some((re, sb, se)) = &t.forms()?.fast {
             let c = re.captures(line)?;
             let (start, end) = c[0]?;
             if (!*sb || boundary_begin_ok(line, start)) && (!*se || boundary_end_ok(line, end)) {
@@ -465,7 +505,7 @@ impl DateDetector {
     /// [`try_template`](Self::try_template) with the full pattern only.
     fn try_full(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
-        let c = t.full.captures(line)?;
+        let c = t.forms()?.full.captures(line)?;
         let whole = c[0]?;
         let g = c.get(t.group).copied().flatten()?;
         Some((whole.0, g.0, g.1))
@@ -557,7 +597,11 @@ mod tests {
             return;
         };
         let d = DateDetector::new(None).unwrap();
-        let fast = d.templates.iter().filter(|t| t.fast.is_some()).count();
+        let fast = d
+            .templates
+            .iter()
+            .filter(|t| t.forms().is_some_and(|f| f.fast.is_some()))
+            .count();
         assert!(
             fast >= d.templates.len() - 4,
             "{fast} of {}",
@@ -572,6 +616,26 @@ mod tests {
             }
         }
         assert!(found > 10_000, "{found}");
+    }
+
+    /// The defaults are compiled at their first use, where a failure
+    /// would only make a template never match: all 31 compile.
+    #[test]
+    fn every_default_template_compiles() {
+        let d = DateDetector::new(None).unwrap();
+        assert_eq!(d.template_names().len(), 14 + 17);
+        for t in &d.templates {
+            assert!(t.forms().is_some(), "{}", t.name);
+        }
+        // Shared, not made again for the next filter.
+        let e = DateDetector::new(None).unwrap();
+        assert!(Arc::ptr_eq(&d.templates[0], &e.templates[0]));
+    }
+
+    /// A filter's own broken template fails its loading at once.
+    #[test]
+    fn a_broken_own_template_is_refused() {
+        assert!(DateDetector::new(Some("(?P<x>%Y")).is_err());
     }
 
     fn cut(d: &mut DateDetector, line: &str) -> String {
@@ -621,11 +685,5 @@ mod tests {
         assert_eq!(cut(&mut d, "1700000000.123 x"), " x");
         let mut d = DateDetector::new(Some("{NONE}")).unwrap();
         assert_eq!(cut(&mut d, "Mar  3 12:00:01 x"), "Mar  3 12:00:01 x");
-    }
-
-    #[test]
-    fn all_defaults_compile() {
-        let d = DateDetector::new(None).unwrap();
-        assert_eq!(d.template_names().len(), 14 + 17);
     }
 }
