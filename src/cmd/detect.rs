@@ -585,8 +585,31 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-/// The time of a line as web servers write it: `[03/Mar/2024:12:00:00 +0000]`.
+/// The time of a line as web servers write it: an access log's
+/// `[03/Mar/2024:12:00:00 +0000]`, or the `2024/03/03 12:00:00` that starts
+/// a line of nginx's error log (local time without a zone, read as UTC as
+/// syslog's times are).
 fn web_time(text: &str) -> Option<Timestamp> {
+    let b = text.as_bytes();
+    if b.len() >= 19
+        && b[4] == b'/'
+        && b[7] == b'/'
+        && b[10] == b' '
+        && b[13] == b':'
+        && b[16] == b':'
+        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit())
+    {
+        let iso = format!(
+            "{}-{}-{}T{}",
+            &text[0..4],
+            &text[5..7],
+            &text[8..10],
+            &text[11..19]
+        );
+        return syslog::parse_time(&iso, 0);
+    }
     let open = text.find('[')?;
     let s = text.get(open + 1..open + 27)?;
     // 03/Mar/2024:12:00:00 +0000
@@ -648,6 +671,11 @@ mod tests {
     fn times() {
         let t = web_time(r#"1.2.3.4 - - [03/Mar/2024:12:00:00 +0100] "GET /""#).unwrap();
         assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
+        let t = web_time("2024/03/01 00:00:02 [error] 2865#0: *47249 user").unwrap();
+        assert_eq!(t.rfc3339(), "2024-03-01T00:00:02Z");
+        assert!(web_time("2024/03/01 00:0x:02 [error]").is_none());
+        assert!(web_time("2024/03/01 00 00:02 [error]").is_none());
+        assert!(web_time("2024/13/01 00:00:02 [error]").is_none());
         let mut clock = LineClock::new(2023);
         let t = clock.time_of("Mar  3 12:00:00 h sshd[1]: x");
         assert_eq!(t.rfc3339(), "2023-03-03T12:00:00Z");
