@@ -412,6 +412,16 @@ fn outcomes(node: &Node, g: usize) -> Option<Vec<Outcome>> {
     if !open.is_empty() && !open.starts_with("(?:") && !open.ends_with(':') {
         return None;
     }
+    // A condition on `g` inside the choice itself may come before `g`
+    // (`(?:(?(<g>)x)(?P<g>a))?`), where what the outcome tells is not yet
+    // true.
+    let mut asked = Vec::new();
+    for seq in body {
+        conditions_in(seq, &mut asked);
+    }
+    if asked.contains(&g) {
+        return None;
+    }
     match quantifier.as_str() {
         "?" | "??" if body.len() == 1 && (*capture == Some(g) || always_in(&body[0], g)) => {
             let present = Outcome {
@@ -668,13 +678,14 @@ mod tests {
     #[test]
     fn what_cannot_be_rewritten_is_refused() {
         for p in [
-            r"^(?:(?P<a>x)?(?(<a>)y|z))+$", // inside a repetition
-            r"^(?P<a>x)?(?(<a>)y|z|w)",     // three branches
-            r"^(?P<a>x)?\1(?(<a>)y|z)",     // a back reference
-            r"^(?:(?P<a>x)|y)*(?(<a>)y|z)", // decided by a repetition
-            r"^(?(<a>)y|z)(?P<a>x)",        // asked before it is decided
-            r"^(?(<zz>)y|z)",               // no such group
-            r"^plain",                      // nothing to do
+            r"^(?:(?P<a>x)?(?(<a>)y|z))+$",        // inside a repetition
+            r"^(?P<a>x)?(?(<a>)y|z|w)",            // three branches
+            r"^(?P<a>x)?\1(?(<a>)y|z)",            // a back reference
+            r"^(?:(?P<a>x)|y)*(?(<a>)y|z)",        // decided by a repetition
+            r"^(?(<a>)y|z)(?P<a>x)",               // asked before it is decided
+            r"^(?(<zz>)y|z)",                      // no such group
+            r"^(?:(?(<a>)x)(?P<a>a))?(?(<a>)y|z)", // asked inside its own choice
+            r"^plain",                             // nothing to do
         ] {
             assert!(unconditional(p).is_none(), "{p}");
         }
