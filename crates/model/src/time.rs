@@ -17,6 +17,11 @@ impl Timestamp {
     /// 1970-01-01T00:00:00Z, the earliest timestamp.
     pub const EPOCH: Timestamp = Timestamp(0);
 
+    /// 9999-12-31T23:59:59.999Z, the latest time RFC 3339 can write (four
+    /// digits of year); later ones (a ban that saturated at the end of
+    /// time) are written as this one.
+    pub const RFC3339_MAX: Timestamp = Timestamp(253_402_300_799_999);
+
     /// The current wall-clock time (the epoch if the clock is before 1970).
     pub fn now() -> Timestamp {
         let since = SystemTime::now()
@@ -56,7 +61,7 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with second precision, e.g. `2026-11-21T10:00:00Z`.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_seconds(self.to_system_time()).to_string()
+        humantime::format_rfc3339_seconds(self.min(Self::RFC3339_MAX).to_system_time()).to_string()
     }
 }
 
@@ -69,7 +74,9 @@ impl fmt::Display for Timestamp {
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            s.collect_str(&humantime::format_rfc3339_millis(self.to_system_time()))
+            s.collect_str(&humantime::format_rfc3339_millis(
+                (*self).min(Self::RFC3339_MAX).to_system_time(),
+            ))
         } else {
             s.serialize_u64(self.0)
         }
@@ -288,6 +295,15 @@ mod tests {
         let bin = postcard::to_stdvec(&t).unwrap();
         assert_eq!(postcard::from_bytes::<Timestamp>(&bin).unwrap(), t);
         assert_eq!(t.rfc3339(), "2026-09-21T14:13:20Z");
+        // Past year 9999 (a time that saturated): the latest writable time,
+        // not a panic (humantime cannot write a fifth digit of year).
+        let end = Timestamp::from_millis(u64::MAX);
+        assert_eq!(end.rfc3339(), "9999-12-31T23:59:59Z");
+        assert_eq!(end.to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            serde_json::to_string(&end).unwrap(),
+            "\"9999-12-31T23:59:59.999Z\""
+        );
     }
 
     #[test]
