@@ -126,11 +126,12 @@ pub fn run(
     let started = Instant::now();
     palisade_detect::logfile::for_each_line(input, |text| -> anyhow::Result<()> {
         lineno += 1;
-        let last_time = clock.time_of(text);
-        let (events, hits) = tracker.observe_text("detect", text, last_time);
+        clock.note(text);
+        let (events, hits) = tracker.observe_text("detect", text, || clock.now());
         if hits.is_empty() {
             return Ok(());
         }
+        let last_time = clock.now();
         for h in hits {
             let s = &mut stats[h.rule];
             match h.kind {
@@ -237,12 +238,17 @@ fn kind_name(kind: HitKind) -> &'static str {
 
 /// The time of each line: its own timestamp where it has one, else the
 /// previous line's (the time of the run for lines before the first).
+/// [`note`](Self::note) is told every line, [`now`](Self::now) asked for
+/// the time of the last one when it is needed: a syslog time sure to read
+/// is read then (most lines of a quiet log never need theirs).
 struct LineClock {
     year: i64,
     last: Timestamp,
-    /// The syslog time text `last` was read from: the lines of one second
-    /// share it, and compare cheaper than they parse.
+    /// The syslog time text `last` was read from, or with `pending`, the
+    /// newer one not read yet: the lines of one second share it, and
+    /// compare cheaper than they parse.
     last_text: String,
+    pending: bool,
     /// Lines that had a timestamp.
     timed: u64,
 }
@@ -253,33 +259,80 @@ impl LineClock {
             year,
             last: Timestamp::now(),
             last_text: String::new(),
+            pending: false,
             timed: 0,
         }
     }
 
-    fn time_of(&mut self, text: &str) -> Timestamp {
+    /// Takes in the next line's time, if it has one.
+    fn note(&mut self, text: &str) {
         let n = self.last_text.len();
         // A syslog time ends at a space: the same text then is the same time.
         if n > 0 && text.as_bytes().get(n) == Some(&b' ') && text.starts_with(&self.last_text) {
             self.timed += 1;
-            return self.last;
+            return;
         }
-        if let Some(t) = syslog::time(text)
-            && let Some(ts) = syslog::parse_time(t, self.year)
-        {
-            self.last = ts;
-            self.last_text.clear();
-            if text.starts_with(t) {
+        if let Some(t) = syslog::time(text) {
+            if text.starts_with(t) && self.year >= 1970 && bsd_time_reads(t) {
+                self.last_text.clear();
                 self.last_text.push_str(t);
+                self.pending = true;
+                self.timed += 1;
+                return;
             }
-            self.timed += 1;
-        } else if let Some(ts) = web_time(text) {
+            if let Some(ts) = syslog::parse_time(t, self.year) {
+                self.last = ts;
+                self.last_text.clear();
+                if text.starts_with(t) {
+                    self.last_text.push_str(t);
+                }
+                self.pending = false;
+                self.timed += 1;
+                return;
+            }
+        }
+        if let Some(ts) = web_time(text) {
             self.last = ts;
             self.last_text.clear();
+            self.pending = false;
             self.timed += 1;
+        }
+    }
+
+    /// The time of the last line noted.
+    fn now(&mut self) -> Timestamp {
+        if self.pending {
+            self.pending = false;
+            if let Some(ts) = syslog::parse_time(&self.last_text, self.year) {
+                self.last = ts;
+            }
         }
         self.last
     }
+}
+
+/// Whether `syslog::parse_time` reads the BSD time `t` (`Mar  3 12:00:00`,
+/// whose shape `syslog::time` checked): its day, hour, minute and second
+/// are in range (a year from 1970 on is the caller's to check).
+fn bsd_time_reads(t: &str) -> bool {
+    let b = t.as_bytes();
+    let two = |i: usize| {
+        let hi = if b[i] == b' ' {
+            0
+        } else {
+            b[i].wrapping_sub(b'0')
+        };
+        u32::from(hi) * 10 + u32::from(b[i + 1].wrapping_sub(b'0'))
+    };
+    b.len() >= 15
+        && b[3] == b' '
+        && b[6] == b' '
+        && b[9] == b':'
+        && b[12] == b':'
+        && (1..=31).contains(&two(4))
+        && two(7) <= 23
+        && two(10) <= 59
+        && two(13) <= 60
 }
 
 /// Writes one JSON object per matched line by hand, into one buffer per
@@ -740,17 +793,40 @@ mod tests {
         assert!(web_time("2024/03/01 00 00:02 [error]").is_none());
         assert!(web_time("2024/13/01 00:00:02 [error]").is_none());
         let mut clock = LineClock::new(2023);
-        let t = clock.time_of("Mar  3 12:00:00 h sshd[1]: x");
+        let t = time_of(&mut clock, "Mar  3 12:00:00 h sshd[1]: x");
         assert_eq!(t.rfc3339(), "2023-03-03T12:00:00Z");
         // The same second again, then a line without a time, then the next.
-        assert_eq!(clock.time_of("Mar  3 12:00:00 h sshd[1]: y"), t);
-        assert_eq!(clock.time_of("no time here"), t);
+        assert_eq!(time_of(&mut clock, "Mar  3 12:00:00 h sshd[1]: y"), t);
+        assert_eq!(time_of(&mut clock, "no time here"), t);
         assert_eq!(
-            clock.time_of("Mar  3 12:00:00.5 h x").as_millis(),
+            time_of(&mut clock, "Mar  3 12:00:00.5 h x").as_millis(),
             t.as_millis() + 500
         );
-        let t = clock.time_of("Mar  3 12:00:01 h sshd[1]: z");
+        let t = time_of(&mut clock, "Mar  3 12:00:01 h sshd[1]: z");
         assert_eq!(t.rfc3339(), "2023-03-03T12:00:01Z");
         assert_eq!(clock.timed, 4);
+        // Read only when asked: a line's time not asked for is still the
+        // time of the lines without one after it.
+        clock.note("Mar  3 12:00:07 h cron[1]: x");
+        clock.note("continued");
+        assert_eq!(clock.now().rfc3339(), "2023-03-03T12:00:07Z");
+        // A syslog time out of range is no time: the line's web time then,
+        // else the previous time.
+        let t = time_of(&mut clock, "Mar  3 29:00:00 h x");
+        assert_eq!(t.rfc3339(), "2023-03-03T12:00:07Z");
+        let t = time_of(
+            &mut clock,
+            "Mar 32 12:00:00 h x [03/Mar/2024:12:00:00 +0000]",
+        );
+        assert_eq!(t.rfc3339(), "2024-03-03T12:00:00Z");
+        let t = time_of(&mut clock, "Mar  0 12:00:00 h x");
+        assert_eq!(t.rfc3339(), "2024-03-03T12:00:00Z");
+        assert!(!bsd_time_reads("Mar  3 12:60:00"));
+        assert!(bsd_time_reads("Dec 31 23:59:60.5"));
+    }
+
+    fn time_of(clock: &mut LineClock, text: &str) -> Timestamp {
+        clock.note(text);
+        clock.now()
     }
 }

@@ -300,30 +300,33 @@ impl Tracker {
     /// Checks `line` and counts its failures at time `now`.
     pub fn observe(&mut self, line: &Line, now: Timestamp) -> Vec<Event> {
         let forgeable = self.forgeable_sources.contains(&line.source);
-        self.observe_inner(&line.source, &line.text, now, forgeable)
+        self.observe_inner(&line.source, &line.text, &mut || now, forgeable)
             .0
     }
 
     /// Like [`Tracker::observe`], also returning the engine's verdicts (for
-    /// dry runs that report every match).
+    /// dry runs that report every match); `now` is asked only when the line
+    /// holds a failure (reading a log's times costs, and most lines need
+    /// none).
     pub fn observe_text(
         &mut self,
         source: &str,
         text: &str,
-        now: Timestamp,
+        mut now: impl FnMut() -> Timestamp,
     ) -> (Vec<Event>, &[Hit]) {
         let forgeable = self.forgeable_sources.iter().any(|s| **s == *source);
-        self.observe_inner(source, text, now, forgeable)
+        self.observe_inner(source, text, &mut now, forgeable)
     }
 
     fn observe_inner(
         &mut self,
         source: &str,
         text: &str,
-        now: Timestamp,
+        now: &mut dyn FnMut() -> Timestamp,
         forgeable: bool,
     ) -> (Vec<Event>, &[Hit]) {
         let mut hits = std::mem::take(&mut self.hits);
+        let mut at = None;
         hits.clear();
         self.engine.check(source, text, &mut hits);
         let mut events = Vec::new();
@@ -336,6 +339,7 @@ impl Tracker {
                 HitKind::Good => events.push(self.forgive(hit.rule, address)),
                 HitKind::Bad => {
                     let net = self.counted(hit.rule, address);
+                    let now = *at.get_or_insert_with(&mut *now);
                     if let Some(e) = self.failure(hit.rule, net, text, now, forgeable) {
                         events.push(e);
                     }

@@ -74,7 +74,7 @@ fn probes_of_closed_ports_ban_the_attacker() {
             let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
                 continue;
             };
-            let (ev, hits) = tracker.observe_text(&line.source, &line.text, Timestamp::now());
+            let (ev, hits) = tracker.observe_text(&line.source, &line.text, Timestamp::now);
             let hits = hits.to_vec();
             for h in hits {
                 if tracker.engine().rules()[h.rule].name == "port-probe" {
