@@ -26,14 +26,19 @@
 //! path of the original before it. And a line the relaxed form does not
 //! match, the original cannot match either.
 //!
+//! A look-ahead in a group repeated a few times (sshd.conf's
+//! `(?:\w+ (?!found\b)){0,2}`) is checked at each place once the
+//! repetition is written out: `X{0,2}` as `(?:X(?:X)?)?`, which tries the
+//! same counts in the same order (see [`unrolled`]).
+//!
 //! A pattern with conditionals is first rewritten without them
 //! (`conditional.rs`); the rewritten form copies some groups, and a group's
 //! span is that of its copy which took part.
 //!
 //! Refused (left to fancy-regex): look-behinds, conditionals that cannot
 //! be rewritten, atomic groups; a reference to a group not closed before
-//! it; a reference or look-ahead inside a repeated group (only the last
-//! repetition would be checked).
+//! it; a reference or look-ahead inside a group repeated without bound or
+//! more than four times (only the last repetition would be checked).
 
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
@@ -114,6 +119,8 @@ impl Checked {
         fancy: Box<fancy_regex::Regex>,
     ) -> Result<Checked, Box<fancy_regex::Regex>> {
         let groups = fancy.captures_len();
+        let unrolled = unrolled(translated);
+        let translated = unrolled.as_deref().unwrap_or(translated);
         let built = match unconditional(translated) {
             Some((rewritten, copied)) => {
                 relax(&rewritten, true).and_then(|(relaxed, checks, map)| {
@@ -271,6 +278,114 @@ fn relax(translated: &str, unchecked_too: bool) -> Option<(Linear, Vec<Check>, V
         return None;
     }
     Some((Linear::build(&out).ok()?, checks, map))
+}
+
+/// Most repetitions of a group written out by [`unrolled`].
+const MAX_UNROLLED: usize = 4;
+
+/// `p` with each non-capturing group that holds a look-ahead and is
+/// repeated at most [`MAX_UNROLLED`] times (`(?:X){m,n}`, greedy or lazy)
+/// written out: `m` copies of `X`, then `n - m` nested optional ones,
+/// `X{0,2}` as `(?:X(?:X)?)?` (`??` for a lazy one). A greedy repetition
+/// tries the most copies first, the nested optionals too; a lazy one the
+/// fewest, the lazy optionals too. Groups holding captures are left as
+/// they are (copies would add groups). `None` if nothing was written out.
+fn unrolled(p: &str) -> Option<String> {
+    let b = p.as_bytes();
+    let mut out = String::with_capacity(p.len() * 2);
+    let mut changed = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                let len = 1 + p[i + 1..].chars().next().map_or(0, char::len_utf8);
+                out.push_str(&p[i..i + len]);
+                i += len;
+                continue;
+            }
+            b'[' => {
+                let end = class_end(b, i)?;
+                out.push_str(&p[i..=end]);
+                i = end + 1;
+                continue;
+            }
+            b'(' if p[i..].starts_with("(?:") => {
+                let end = group_end(b, i)?;
+                let body = &p[i + 3..end];
+                if let Some((m, n, lazy, len)) = bounded(p, end + 1)
+                    && n <= MAX_UNROLLED
+                    && (body.contains("(?=") || body.contains("(?!"))
+                    && !has_capture(body)
+                {
+                    let q = if lazy { "??" } else { "?" };
+                    for _ in 0..m {
+                        out.push_str("(?:");
+                        out.push_str(body);
+                        out.push(')');
+                    }
+                    for _ in m..n {
+                        out.push_str("(?:(?:");
+                        out.push_str(body);
+                        out.push(')');
+                    }
+                    for _ in m..n {
+                        out.push(')');
+                        out.push_str(q);
+                    }
+                    changed = true;
+                    i = end + 1 + len;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        let len = p[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&p[i..i + len]);
+        i += len;
+    }
+    changed.then_some(out)
+}
+
+/// The bounded repetition `{m,n}` or `{m}` (maybe followed by `?`) at
+/// `at`: its bounds, whether it is lazy, and its length.
+fn bounded(p: &str, at: usize) -> Option<(usize, usize, bool, usize)> {
+    let rest = p.get(at..)?.strip_prefix('{')?;
+    let close = rest.find('}')?;
+    let inner = &rest[..close];
+    let (m, n) = match inner.split_once(',') {
+        Some((m, n)) => (m.parse().ok()?, n.parse().ok()?),
+        None => {
+            let m = inner.parse().ok()?;
+            (m, m)
+        }
+    };
+    if m > n {
+        return None;
+    }
+    let lazy = rest[close + 1..].starts_with('?');
+    if rest[close + 1..].starts_with('+') {
+        return None;
+    }
+    Some((m, n, lazy, close + 2 + usize::from(lazy)))
+}
+
+/// Whether `p` holds a capturing group.
+fn has_capture(p: &str) -> bool {
+    let b = p.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => match class_end(b, i) {
+                Some(e) => i = e,
+                None => return true,
+            },
+            b'(' if opens_capture(p, i) => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The capturing groups of `p` in order (group 1 first), or `None` if
@@ -447,6 +562,18 @@ mod tests {
                 &["x port 22", "x from 1.2.3.4 from", "x  from", "x fro m"],
             ),
             (r"^(?:(?!ab).)+b", &["aab", "cab", "ccb", "b"]),
+            // A look-ahead in a group repeated a few times: written out.
+            (
+                r"^no matching (?:(?:\w+ (?!found\b)){0,2}\w+) found\.",
+                &[
+                    "no matching key exchange method found.",
+                    "no matching cipher found.",
+                    "no matching a b found found.",
+                    "no matching found x found.",
+                    "no matching a b c found.",
+                ],
+            ),
+            (r"^(?:a(?!b)){1,3}?a", &["aaaa", "aab", "aa", "aaab"]),
             // A conditional, rewritten, with a tempered repetition in it.
             (
                 r"^(?P<u>(?P<w>\S+)|(?:(?! from ).)*?) from (?P<h>\S+)(?(w): |(?:(?:(?! from ).)*)$)",
