@@ -596,11 +596,13 @@ mod tests {
     #[test]
     fn what_it_cannot_check_is_left_to_fancy_regex() {
         for p in [
-            r"^(?:(?P<a>x)(?P=a))*$",      // a reference inside a repetition
-            r"^(?:,(?!R=)\w+)*$",          // a look-ahead inside a repetition
-            r"^(?P<a>x)(?<=x)(?P=a)",      // a look-behind
-            r"^(?:(?P<c>i )?u(?(c)1|2))+", // a conditional repeated
-            r"^(?:(?=a)b)+c",              // a look-ahead repeated
+            r"^(?:(?P<a>x)(?P=a))*$",         // a reference inside a repetition
+            r"^(?:,(?!R=)\w+)*$",             // a look-ahead inside a repetition
+            r"^(?P<a>x)(?<=x)(?P=a)",         // a look-behind
+            r"^(?:(?P<c>i )?u(?(c)1|2))+",    // a conditional repeated
+            r"^(?:(?=a)b)+c",                 // a look-ahead repeated
+            r"^(?:(?:(?:a(?!b)){4}){4}){4}$", // only the outer group written out
+            r"^(?:a(?!b)){5}",                // more than four times
         ] {
             let pat = Pattern::compile(&translate(p, false)).unwrap();
             assert!(pat.is_fancy(), "{p}");
