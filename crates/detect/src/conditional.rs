@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 
-use crate::scan::{class_end, group_end, opens_capture};
+use crate::scan::{class_end, opens_capture};
 
 /// The longest rewritten pattern, in bytes: sshd.conf's longest is under
 /// 1 KiB; a pattern of many conditionals would otherwise grow
@@ -84,7 +84,8 @@ enum Node {
     Text(String),
     Group {
         /// What opens it (`(?:`, `(?=`, `(?i:`, ...); for a capturing group,
-        /// empty: the emitter writes a fresh name.
+        /// empty: the emitter writes a plain `(` (copies are told apart by
+        /// their index).
         open: String,
         /// The original index of a capturing group.
         capture: Option<usize>,
@@ -229,7 +230,6 @@ impl Parser<'_> {
         } else {
             return None;
         };
-        debug_assert!(group_end(b, i).is_some());
         let (body, end) = self.alternation(body_start, true)?;
         let q = quantifier_len(p, end + 1);
         Some((
@@ -311,6 +311,8 @@ fn resolve_seq(seq: Vec<Node>, names: &HashMap<String, usize>) -> Option<Vec<Nod
         .collect()
 }
 
+/// The group a condition asks about (0, the whole match, which no
+/// condition can be decided on, for a name not resolved).
 fn condition(group: &Condition) -> usize {
     match group {
         Condition::Index(i) => *i,
