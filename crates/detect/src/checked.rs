@@ -42,7 +42,7 @@
 
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
-use crate::scan::{class_end, group_end, opens_capture};
+use crate::scan::{class_end, count_captures, escape_or_class, group_end, opens_capture};
 
 /// A pattern with back references or look-aheads, run as a relaxed linear
 /// pattern plus checks, with fancy-regex for the lines the checks reject.
@@ -245,19 +245,12 @@ fn relax(translated: &str, unchecked_too: bool) -> Option<(Linear, Vec<Check>, V
             i += len;
             continue;
         }
+        if let Some(len) = escape_or_class(translated, i) {
+            out.push_str(&translated[i..i + len]);
+            i += len;
+            continue;
+        }
         match b[i] {
-            b'\\' => {
-                let len = 1 + translated[i + 1..].chars().next().map_or(0, char::len_utf8);
-                out.push_str(&translated[i..i + len]);
-                i += len;
-                continue;
-            }
-            b'[' => {
-                let end = class_end(b, i)?;
-                out.push_str(&translated[i..=end]);
-                i = end + 1;
-                continue;
-            }
             b'(' => {
                 if opens_capture(translated, i) {
                     opened += 1;
@@ -296,26 +289,19 @@ fn unrolled(p: &str) -> Option<String> {
     let mut changed = false;
     let mut i = 0;
     while i < b.len() {
+        if let Some(len) = escape_or_class(p, i) {
+            out.push_str(&p[i..i + len]);
+            i += len;
+            continue;
+        }
         match b[i] {
-            b'\\' => {
-                let len = 1 + p[i + 1..].chars().next().map_or(0, char::len_utf8);
-                out.push_str(&p[i..i + len]);
-                i += len;
-                continue;
-            }
-            b'[' => {
-                let end = class_end(b, i)?;
-                out.push_str(&p[i..=end]);
-                i = end + 1;
-                continue;
-            }
             b'(' if p[i..].starts_with("(?:") => {
                 let end = group_end(b, i)?;
                 let body = &p[i + 3..end];
                 if let Some((m, n, lazy, len)) = bounded(p, end + 1)
                     && n <= MAX_UNROLLED
                     && (body.contains("(?=") || body.contains("(?!"))
-                    && !has_capture(body)
+                    && count_captures(body) == 0
                 {
                     let q = if lazy { "??" } else { "?" };
                     for _ in 0..m {
@@ -367,25 +353,6 @@ fn bounded(p: &str, at: usize) -> Option<(usize, usize, bool, usize)> {
         return None;
     }
     Some((m, n, lazy, close + 2 + usize::from(lazy)))
-}
-
-/// Whether `p` holds a capturing group.
-fn has_capture(p: &str) -> bool {
-    let b = p.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => match class_end(b, i) {
-                Some(e) => i = e,
-                None => return true,
-            },
-            b'(' if opens_capture(p, i) => return true,
-            _ => {}
-        }
-        i += 1;
-    }
-    false
 }
 
 /// The capturing groups of `p` in order (group 1 first), or `None` if
@@ -481,17 +448,12 @@ fn without_captures(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
     let mut i = 0;
     while i < b.len() {
+        if let Some(len) = escape_or_class(p, i) {
+            out.push_str(&p[i..i + len]);
+            i += len;
+            continue;
+        }
         match b[i] {
-            b'\\' => {
-                let len = 1 + p[i + 1..].chars().next().map_or(0, char::len_utf8);
-                out.push_str(&p[i..i + len]);
-                i += len;
-            }
-            b'[' => {
-                let end = class_end(b, i).unwrap_or(b.len() - 1);
-                out.push_str(&p[i..=end]);
-                i = end + 1;
-            }
             b'(' if opens_capture(p, i) => {
                 out.push_str("(?:");
                 i += match p[i..].find('>') {

@@ -808,21 +808,28 @@ mod tests {
         got
     }
 
+    fn all_found(p: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(agree(p, line).is_some(), "{line}");
+        }
+    }
+
     #[test]
     fn host_spans_agree_with_captures() {
         let host = crate::host::HOST_RE;
         let p = format!(
             r"^Failed password for (?:invalid user )?.*? from {host} port \d+(?: ssh\d*)?$"
         );
-        for line in [
-            "Failed password for root from 198.51.100.7 port 22 ssh2",
-            "Failed password for invalid user x from 2001:db8::1 port 22 ssh2",
-            "Failed password for invalid user x from [2001:db8::1] port 22 ssh2",
-            "Failed password for x from 6.6.6.6 port 22 ssh2 from 198.51.100.7 port 22 ssh2",
-            "Failed password for invalid user from 1.2.3.4 from 5.6.7.8 port 1",
-        ] {
-            assert!(agree(&p, line).is_some(), "{line}");
-        }
+        all_found(
+            &p,
+            &[
+                "Failed password for root from 198.51.100.7 port 22 ssh2",
+                "Failed password for invalid user x from 2001:db8::1 port 22 ssh2",
+                "Failed password for invalid user x from [2001:db8::1] port 22 ssh2",
+                "Failed password for x from 6.6.6.6 port 22 ssh2 from 198.51.100.7 port 22 ssh2",
+                "Failed password for invalid user from 1.2.3.4 from 5.6.7.8 port 1",
+            ],
+        );
         assert!(agree(&p, "Failed password for root from x port 22 ssh2").is_none());
         // Greedy, lazy and unanchored ends. Two ways to match: ask regex.
         let p = format!(r"^a .* b {host}(?: .*)?$");
@@ -844,14 +851,15 @@ mod tests {
         let d = &mut Dfas::default();
         let hir = anchored_form(parse(&p).unwrap());
         assert!(d.split(&hir).unwrap().forward.is_some());
-        for line in [
-            "Accepted publickey for deploy from 198.51.100.7 port 22 ssh2: ED25519 SHA256:x from 1.2.3.4",
-            "Accepted password for a from 2001:db8::1 port 22",
-            "Accepted password for a from [2001:db8::1] port 22: x",
-            "Accepted password for from from 1.2.3.4 port 22",
-        ] {
-            assert!(agree(&p, line).is_some(), "{line}");
-        }
+        all_found(
+            &p,
+            &[
+                "Accepted publickey for deploy from 198.51.100.7 port 22 ssh2: ED25519 SHA256:x from 1.2.3.4",
+                "Accepted password for a from 2001:db8::1 port 22",
+                "Accepted password for a from [2001:db8::1] port 22: x",
+                "Accepted password for from from 1.2.3.4 port 22",
+            ],
+        );
         assert!(agree(&p, "Accepted password for a from x port 22").is_none());
         // Where `P` ends in two places, the general way decides.
         let p = format!(r"^a (?:b )?(?:b )?{host} .*$");

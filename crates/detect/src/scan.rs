@@ -20,6 +20,18 @@ pub fn class_end(b: &[u8], open: usize) -> Option<usize> {
     None
 }
 
+/// The length of the escape (`\\x`) or class (`[...]`) at byte `i` of
+/// `p`, which a rewrite copies as it is (for a class that does not close,
+/// the rest of `p`: the rewritten pattern then fails to compile, as the
+/// original would); `None` at anything else.
+pub fn escape_or_class(p: &str, i: usize) -> Option<usize> {
+    match p.as_bytes().get(i)? {
+        b'\\' => Some(1 + p[i + 1..].chars().next().map_or(0, char::len_utf8)),
+        b'[' => Some(class_end(p.as_bytes(), i).map_or(p.len() - i, |e| e + 1 - i)),
+        _ => None,
+    }
+}
+
 /// Index of the `)` closing the group opened at `open`.
 pub fn group_end(b: &[u8], open: usize) -> Option<usize> {
     let mut depth = 0;
