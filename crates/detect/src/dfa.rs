@@ -410,16 +410,14 @@ impl Dfas {
             Hir::concat(parts[..k].to_vec()),
             Hir::concat(parts[k + 1..].to_vec()),
         );
+        // Without it (a DFA that cannot be built), the reverse way serves.
         let forward = match h_set {
-            Some(h) if reads_far(&after) && !reads_far(&before) => {
-                let s_first = first_bytes(&self.build(&after, false, MatchKind::All)?);
-                if (0..4).all(|k| h[k] & s_first[k] == 0) {
-                    let p_forward = self.build(&before, false, MatchKind::All)?;
-                    Some((self.add(p_forward), h))
-                } else {
-                    None
-                }
-            }
+            Some(h) if reads_far(&after) && !reads_far(&before) => self
+                .build(&after, false, MatchKind::All)
+                .map(|s| first_bytes(&s))
+                .filter(|s_first| (0..4).all(|k| h[k] & s_first[k] == 0))
+                .and_then(|_| self.build(&before, false, MatchKind::All))
+                .map(|p_forward| (self.add(p_forward), h)),
             _ => None,
         };
         Some(HostSplit {

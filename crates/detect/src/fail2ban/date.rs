@@ -117,9 +117,9 @@ enum Wb {
 
 struct Template {
     name: String,
-    /// The translated pattern, compiled at its first use: of fail2ban's
-    /// forty-odd default templates, a log meets one or two, and compiling
-    /// them all cost each filter about 40 ms and 10 MB at start.
+    /// The translated pattern, compiled at its first use: of fail2ban's 31
+    /// default templates, a log meets one or two, and compiling them all
+    /// cost each filter about 40 ms and 10 MB at start.
     translated: String,
     forms: OnceLock<Option<Forms>>,
     group: usize,
