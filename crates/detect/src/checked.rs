@@ -42,7 +42,10 @@
 
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
-use crate::scan::{class_end, count_captures, escape_or_class, group_end, opens_capture};
+use crate::scan::{
+    class_end, count_captures, escape_or_class, group_end, opens_capture, quantifier,
+    rewrite_groups,
+};
 
 /// A pattern with back references or look-aheads, run as a relaxed linear
 /// pattern plus checks, with fancy-regex for the lines the checks reject.
@@ -284,75 +287,47 @@ const MAX_UNROLLED: usize = 4;
 /// fewest, the lazy optionals too. Groups holding captures are left as
 /// they are (copies would add groups). `None` if nothing was written out.
 fn unrolled(p: &str) -> Option<String> {
-    let b = p.as_bytes();
-    let mut out = String::with_capacity(p.len() * 2);
     let mut changed = false;
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(len) = escape_or_class(p, i) {
-            out.push_str(&p[i..i + len]);
-            i += len;
-            continue;
+    let out = rewrite_groups(p, |i, out| {
+        if !p[i..].starts_with("(?:") {
+            return None;
         }
-        match b[i] {
-            b'(' if p[i..].starts_with("(?:") => {
-                let end = group_end(b, i)?;
-                let body = &p[i + 3..end];
-                if let Some((m, n, lazy, len)) = bounded(p, end + 1)
-                    && n <= MAX_UNROLLED
-                    && (body.contains("(?=") || body.contains("(?!"))
-                    && count_captures(body) == 0
-                {
-                    let q = if lazy { "??" } else { "?" };
-                    for _ in 0..m {
-                        out.push_str("(?:");
-                        out.push_str(body);
-                        out.push(')');
-                    }
-                    for _ in m..n {
-                        out.push_str("(?:(?:");
-                        out.push_str(body);
-                        out.push(')');
-                    }
-                    for _ in m..n {
-                        out.push(')');
-                        out.push_str(q);
-                    }
-                    changed = true;
-                    i = end + 1 + len;
-                    continue;
-                }
-            }
-            _ => {}
+        let end = group_end(p.as_bytes(), i)?;
+        let body = &p[i + 3..end];
+        let (m, n, lazy, len) = bounded(p, end + 1)?;
+        if n > MAX_UNROLLED
+            || !(body.contains("(?=") || body.contains("(?!"))
+            || count_captures(body) > 0
+        {
+            return None;
         }
-        let len = p[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&p[i..i + len]);
-        i += len;
-    }
+        let q = if lazy { "??" } else { "?" };
+        for _ in 0..m {
+            out.push_str("(?:");
+            out.push_str(body);
+            out.push(')');
+        }
+        for _ in m..n {
+            out.push_str("(?:(?:");
+            out.push_str(body);
+            out.push(')');
+        }
+        for _ in m..n {
+            out.push(')');
+            out.push_str(q);
+        }
+        changed = true;
+        Some(end + 1 + len - i)
+    });
     changed.then_some(out)
 }
 
-/// The bounded repetition `{m,n}` or `{m}` (maybe followed by `?`) at
-/// `at`: its bounds, whether it is lazy, and its length.
+/// The bounded repetition `{m,n}` or `{m}` (maybe lazy, not possessive)
+/// at `at`: its bounds, whether it is lazy, and its length.
 fn bounded(p: &str, at: usize) -> Option<(usize, usize, bool, usize)> {
-    let rest = p.get(at..)?.strip_prefix('{')?;
-    let close = rest.find('}')?;
-    let inner = &rest[..close];
-    let (m, n) = match inner.split_once(',') {
-        Some((m, n)) => (m.parse().ok()?, n.parse().ok()?),
-        None => {
-            let m = inner.parse().ok()?;
-            (m, m)
-        }
-    };
-    if m > n {
-        return None;
-    }
-    let lazy = rest[close + 1..].starts_with('?');
-    if rest[close + 1..].starts_with('+') {
-        return None;
-    }
-    Some((m, n, lazy, close + 2 + usize::from(lazy)))
+    let q = quantifier(p, at).filter(|q| q.braces && !q.possessive)?;
+    let max = q.max.filter(|&n| q.min <= n)?;
+    Some((q.min, max, q.lazy, q.len))
 }
 
 /// The capturing groups of `p` in order (group 1 first), or `None` if
@@ -444,31 +419,16 @@ fn tempered(p: &str, i: usize) -> Option<(&str, &str, usize)> {
 /// `p` with every capturing group made non-capturing (a copy must not add
 /// names or shift numbers).
 fn without_captures(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = String::with_capacity(p.len());
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(len) = escape_or_class(p, i) {
-            out.push_str(&p[i..i + len]);
-            i += len;
-            continue;
+    rewrite_groups(p, |i, out| {
+        if !opens_capture(p, i) {
+            return None;
         }
-        match b[i] {
-            b'(' if opens_capture(p, i) => {
-                out.push_str("(?:");
-                i += match p[i..].find('>') {
-                    Some(e) if p[i..].starts_with("(?") => e + 1,
-                    _ => 1,
-                };
-            }
-            _ => {
-                let len = p[i..].chars().next().map_or(1, char::len_utf8);
-                out.push_str(&p[i..i + len]);
-                i += len;
-            }
-        }
-    }
-    out
+        out.push_str("(?:");
+        Some(match p[i..].find('>') {
+            Some(e) if p[i..].starts_with("(?") => e + 1,
+            _ => 1,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 
-use crate::scan::{class_end, opens_capture};
+use crate::scan::{class_end, opens_capture, quantifier};
 
 /// The longest rewritten pattern, in bytes: sshd.conf's longest is under
 /// 1 KiB; a pattern of many conditionals would otherwise grow
@@ -244,29 +244,9 @@ impl Parser<'_> {
     }
 }
 
-/// The length of the quantifier at `i` (`*`, `+`, `?`, `{n,m}`, each
-/// maybe followed by `?` or `+`), 0 if none.
+/// The length of the quantifier at `i`, 0 if none.
 fn quantifier_len(p: &str, i: usize) -> usize {
-    let b = p.as_bytes();
-    let n = match b.get(i) {
-        Some(b'*' | b'+' | b'?') => 1,
-        Some(b'{') => match p[i..].find('}') {
-            Some(e)
-                if p[i + 1..i + e]
-                    .bytes()
-                    .all(|c| c.is_ascii_digit() || c == b',') =>
-            {
-                e + 1
-            }
-            _ => 0,
-        },
-        _ => 0,
-    };
-    if n > 0 && matches!(b.get(i + n), Some(b'?' | b'+')) {
-        n + 1
-    } else {
-        n
-    }
+    quantifier(p, i).map_or(0, |q| q.len)
 }
 
 /// Conditions by name turned into group indexes.

@@ -293,8 +293,8 @@ pub enum Pattern {
     /// Back references, look-aheads and conditionals: a linear relaxed form, checked,
     /// with fancy-regex for the lines the checks reject (see `checked.rs`).
     Checked(Box<Checked>),
-    /// Compiled by fancy-regex, for look-around and back-references (bounded
-    /// backtracking).
+    /// Compiled by fancy-regex, for what `checked.rs` cannot check or
+    /// rewrite (bounded backtracking).
     Fancy(Box<fancy_regex::Regex>),
 }
 

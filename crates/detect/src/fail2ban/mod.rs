@@ -15,9 +15,10 @@
 //!
 //! Python regex syntax is translated ([`crate::pyre`]); patterns that need
 //! look-behinds, or look-aheads, back references or conditionals inside
-//! repetitions (beyond a few written out) run on fancy-regex; other conditionals are rewritten away
-//! (`conditional.rs`), other back references and look-aheads run on a
-//! linear relaxed form checked afterwards, and a `RegexSet` of relaxed
+//! repetitions (beyond a few written out) run on fancy-regex; other
+//! conditionals are rewritten away (`conditional.rs`), other back
+//! references and look-aheads run on a linear relaxed form checked
+//! afterwards, and a `RegexSet` of relaxed
 //! forms skips the failregexes that cannot match. A prefregex of the usual
 //! shape is matched piece by piece (`segments.rs`).
 //!
@@ -592,9 +593,9 @@ impl Filter {
     }
 
     /// The regexes that run on fancy-regex (a backtracking engine) because
-    /// the `regex` crate cannot express them (back references and
-    /// look-aheads that `checked.rs` checks are not listed), as `failregex 2`,
-    /// `prefregex`, `ignoreregex 0`.
+    /// the `regex` crate cannot express them (back references, look-aheads
+    /// and conditionals that `checked.rs` checks or rewrites are not
+    /// listed), as `failregex 2`, `prefregex`, `ignoreregex 0`.
     pub fn fallback_regexes(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.prefregex.as_ref().is_some_and(|r| r.pat.is_fancy()) {
