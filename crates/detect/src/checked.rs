@@ -172,8 +172,8 @@ impl Checked {
     /// The original pattern's group spans for its first match starting at
     /// byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
-        let c = self.relaxed.captures_at(text, at)?;
         let ascii = text.is_ascii();
+        let c = self.relaxed.captures_known(text, ascii, at)?;
         if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
             let mut spans: Spans = self.map.iter().map(|&i| i.and_then(|i| c[i])).collect();
             for &(orig, at) in &self.copies {

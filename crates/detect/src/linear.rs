@@ -39,9 +39,9 @@ impl Linear {
         })
     }
 
-    /// The twin for `text`: the ASCII one when `text` is ASCII.
-    fn ascii_for(&self, text: &str) -> Option<&regex::bytes::Regex> {
-        if !text.is_ascii() {
+    /// The twin for `text`: the ASCII one when `text` is ASCII (`ascii`).
+    fn ascii_for(&self, ascii: bool) -> Option<&regex::bytes::Regex> {
+        if !ascii {
             return None;
         }
         self.ascii
@@ -64,7 +64,7 @@ impl Linear {
 
     /// True if the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
-        match self.ascii_for(text) {
+        match self.ascii_for(text.is_ascii()) {
             Some(a) => a.is_match(text.as_bytes()),
             None => self.unicode.is_match(text),
         }
@@ -72,7 +72,13 @@ impl Linear {
 
     /// The group spans of the first match starting at byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
-        match self.ascii_for(text) {
+        self.captures_known(text, text.is_ascii(), at)
+    }
+
+    /// [`captures_at`](Self::captures_at) for a caller that already knows
+    /// whether `text` is all ASCII.
+    pub fn captures_known(&self, text: &str, ascii: bool, at: usize) -> Option<Spans> {
+        match self.ascii_for(ascii) {
             Some(a) => {
                 let c = a.captures_at(text.as_bytes(), at)?;
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
