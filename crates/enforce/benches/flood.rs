@@ -11,6 +11,11 @@
 //! - `fail2ban`: a `f2b-` chain of 1,000 `-s ADDR -j REJECT
 //!   --reject-with icmp-port-unreachable` rules jumped to from INPUT
 //!   (fail2ban's default iptables action, all ports);
+//! - `hook`: no palisade, but a chain on the same hook at the same priority
+//!   as `prerouting` with one rule, `ip saddr 198.19.0.0/16 drop`: no set,
+//!   no lookup. Nothing dropped on that hook can cost less, so this row
+//!   splits the prerouting layout's cost into the kernel's path to the
+//!   hook and palisade's rules.
 //! - `floor`: no firewall at all, but an XDP program on the victim's eth0
 //!   that drops every IPv4 packet from 198.19.0.0/16 by comparing two
 //!   bytes, before the kernel builds anything for it. No layout can drop
@@ -23,18 +28,33 @@
 //! 1,000 addresses. The victim's own firewall tracks connections (`ct state
 //! established,related accept`), as a server's does, so conntrack is on.
 //!
-//! The attacker namespace sends 64-byte frames (TCP SYN, then UDP) from
-//! 10,000 spoofed sources in 198.19.0.0/18 over a veth with an AF_PACKET
-//! socket (`sendmmsg`, qdisc bypass), pinned to `TX_CPU` at real-time
-//! priority 1 (so the flood's rate does not depend on other work on that
-//! core). The victim's receive path (what the softirq of a real NIC would
-//! do) runs in a threaded NAPI instance pinned to `RX_CPU`, also at
-//! real-time priority 1 (so that, like softirq work, it preempts ordinary
-//! tasks), and that thread's CPU time is the cost of handling the flood
-//! (`ethtool` turns on veth's NAPI). Like a NIC's interrupt coalescing,
-//! NAPI deferral (`RX_COALESCE_US`) lets one wake-up of the receive path
-//! handle a batch of packets. The victim has no route to the spoofed
-//! sources: nothing it sends leaves the lab.
+//! The attacker namespace floods the victim over a veth with 64-byte frames
+//! (TCP SYN, then UDP) from 10,000 spoofed sources in 198.19.0.0/18. By
+//! default the kernel makes the flood (`FLOOD_SENDER=kernel`): an XDP
+//! program run by `BPF_PROG_TEST_RUN` in live-frame mode, the kernel's
+//! packet generator since pktgen (which this kernel lacks), pinned to
+//! `TX_CPU` at real-time priority 1. It offers several times what any
+//! layout can drop, so every layout runs flat out and the packets dropped
+//! per second are what that layout can take on one core. Its frames reach
+//! the victim's side of the veth as pages, around which the victim builds
+//! its own socket buffers, as a NIC's driver does. One cost of the lab
+//! remains: each page goes back to the generator's pool on the other core,
+//! about a tenth of the receive path's time (more where the victim drops
+//! less and the generator, finding the ring full, returns more pages
+//! itself). `FLOOD_SENDER=packet` sends from user space instead, with an
+//! AF_PACKET socket (`sendmmsg`, qdisc bypass): the victim then gets
+//! buffers built on the sending core and charged to its socket, and the
+//! sender, not the victim, sets the rate of the cheaper layouts (see `rx
+//! busy`).
+//!
+//! The victim's receive path (what the softirq of a real NIC would do)
+//! runs in a threaded NAPI instance pinned to `RX_CPU`, also at real-time
+//! priority 1 (so that, like softirq work, it preempts ordinary tasks),
+//! and that thread's CPU time is the cost of handling the flood (`ethtool`
+//! turns on veth's NAPI). Like a NIC's interrupt coalescing, NAPI deferral
+//! (`RX_COALESCE_US`) lets one wake-up of the receive path handle a batch
+//! of packets. The victim has no route to the spoofed sources: nothing it
+//! sends leaves the lab.
 //!
 //! Reported per layout and protocol: frames sent per second, packets the
 //! victim's stack handled (and dropped: every source is banned) per second,
@@ -52,14 +72,16 @@
 //! Run as root: `cargo bench -p palisade-enforce --bench flood`.
 //! Environment: `FLOOD_SECS` (measured seconds per run, default 10),
 //! `FLOOD_BANS` (default 1000000), `FLOOD_LAYOUTS` (default
-//! `prerouting,ingress,input,ipset,fail2ban,floor`), `FLOOD_PROTOS` (default `syn,udp`),
+//! `prerouting,ingress,input,ipset,fail2ban,hook,floor`), `FLOOD_PROTOS` (default `syn,udp`),
 //! `RX_CPU` (default 0), `TX_CPU` (default 1), `RX_COALESCE_US` (NAPI
 //! deferral on the victim's veth, default 50; 0 turns it off),
 //! `FLOOD_REPEAT` (runs per layout and protocol, in rounds over the
-//! layouts; the median run by CPU per packet is reported; default 3).
+//! layouts; the median run by CPU per packet is reported; default 3),
+//! `FLOOD_SENDER` (`kernel` or `packet`, default `kernel`).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -88,6 +110,7 @@ enum Layout {
     Input,
     Ipset,
     Fail2ban,
+    Hook,
     Floor,
 }
 
@@ -99,9 +122,12 @@ impl Layout {
             "input" => Layout::Input,
             "ipset" => Layout::Ipset,
             "fail2ban" => Layout::Fail2ban,
+            "hook" => Layout::Hook,
             "floor" => Layout::Floor,
             _ => {
-                panic!("unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban, floor)")
+                panic!(
+                    "unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban, hook, floor)"
+                )
             }
         }
     }
@@ -113,6 +139,7 @@ impl Layout {
             Layout::Input => "input",
             Layout::Ipset => "ipset",
             Layout::Fail2ban => "fail2ban",
+            Layout::Hook => "hook",
             Layout::Floor => "floor",
         }
     }
@@ -141,6 +168,16 @@ struct Settings {
     /// Runs per layout and protocol; the median is reported.
     repeat: usize,
     tx_cpu: usize,
+    sender: Sender,
+}
+
+/// What makes the flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// The kernel, from an XDP program (see [`generate`]).
+    Kernel,
+    /// A user-space AF_PACKET socket (see [`send`]).
+    Packet,
 }
 
 struct Outcome {
@@ -179,10 +216,15 @@ fn main() {
         tx_cpu: env("TX_CPU", 1),
         coalesce_us: env("RX_COALESCE_US", 50),
         repeat: env("FLOOD_REPEAT", 3).max(1),
+        sender: match env("FLOOD_SENDER", "kernel".to_string()).as_str() {
+            "kernel" => Sender::Kernel,
+            "packet" => Sender::Packet,
+            other => panic!("unknown FLOOD_SENDER {other:?} (kernel, packet)"),
+        },
     };
     let layouts: Vec<Layout> = env(
         "FLOOD_LAYOUTS",
-        "prerouting,ingress,input,ipset,fail2ban,floor".to_string(),
+        "prerouting,ingress,input,ipset,fail2ban,hook,floor".to_string(),
     )
     .split(',')
     .map(|s| Layout::parse(s.trim()))
@@ -271,8 +313,10 @@ fn main() {
     }
     println!();
     for line in [
-        "rx busy: share of the time the victim's receive path ran; below 100% the sender set the",
-        "  rate, and each wake-up of the receive path is shared by fewer packets.",
+        "sent: frames made; more than dropped: the victim's receive ring overflowed and the layout",
+        "  set the rate; as many as dropped: the sender set it (rx busy then lower, and each wake-up",
+        "  of the receive path shared by fewer packets).",
+        "rx busy: share of the time the victim's receive path ran.",
         "rx CPU ms/Mp: CPU time of the victim's receive path per million packets handled (ns per",
         "  packet); vs first: that cost relative to the first layout listed; over floor: ns per",
         "  packet above the floor's (what the layout itself costs), when the floor ran.",
@@ -303,17 +347,26 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
     install(layout, victim, settings.bans);
     let server = TcpServer::start(victim, 0);
     let legit = SocketAddr::new(victim.v4().into(), server.port());
-    let frames = frames(
-        proto,
-        layout.sources(),
-        mac(attacker),
-        mac(victim),
-        victim.v4(),
-    );
+    let macs = Macs {
+        from: mac(attacker),
+        to: mac(victim),
+    };
+    let frames = frames(proto, layout.sources(), macs, victim.v4());
+    let template = generator_template(proto, macs, victim.v4());
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
     std::thread::scope(|s| {
-        s.spawn(|| send(attacker, settings.tx_cpu, &frames, &stop, &sent));
+        s.spawn(|| match settings.sender {
+            Sender::Packet => send(attacker, settings.tx_cpu, &frames, &stop, &sent),
+            Sender::Kernel => generate(
+                attacker,
+                settings.tx_cpu,
+                &template,
+                layout.sources(),
+                &stop,
+                &sent,
+            ),
+        });
         std::thread::sleep(Duration::from_secs(1)); // warm up
         // The sender and the receive path keep both cores busy at
         // real-time priority; the measuring thread (and the connects it
@@ -539,6 +592,17 @@ fn install(layout: Layout, victim: &Netns, bans: u32) {
             script.push_str("-A f2b-bench -j RETURN\nCOMMIT\n");
             feed(victim, "iptables-restore", &["--noflush"], &script);
         }
+        Layout::Hook => {
+            victim.exec(
+                "nft",
+                &[&format!(
+                    "add table inet bare
+                     add chain inet bare prerouting {{ type filter hook prerouting priority {}; }}
+                     add rule inet bare prerouting ip saddr 198.19.0.0/16 drop",
+                    NftablesOptions::default().prerouting_priority
+                )],
+            );
+        }
         Layout::Floor => attach_floor_xdp(victim),
     }
 }
@@ -602,30 +666,8 @@ fn attach_floor_xdp(victim: &Netns) {
         insn(EXIT, 0, 0, 0, 0),
     ]
     .concat();
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    let license = c"GPL";
-    let mut log = vec![0u8; 1 << 16];
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
-    // log_level, log_size, log_buf; the rest zero.
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-    attr[4..8].copy_from_slice(&((program.len() / 8) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(program.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD whose pointers
-    // (program, license, log) outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
-    assert!(
-        fd >= 0,
-        "loading the floor XDP program: {}; verifier: {}",
-        std::io::Error::last_os_error(),
-        String::from_utf8_lossy(&log).trim_end_matches('\0')
-    );
+    let fd = load_xdp(&program, "the floor XDP program");
     let dir = tempfile::tempdir().expect("a directory for a bpf file system");
     let run = |args: &[&std::ffi::OsStr]| {
         let ok = std::process::Command::new(args[0])
@@ -645,13 +687,11 @@ fn attach_floor_xdp(victim: &Netns) {
     let path = std::ffi::CString::new(pin.to_str().expect("a UTF-8 path")).expect("no NUL");
     let mut attr = [0u8; 16];
     attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     // SAFETY: attr is a valid bpf_attr for BPF_OBJ_PIN; path outlives it.
     let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
     let error = std::io::Error::last_os_error();
-    // SAFETY: fd is the program's descriptor, owned here; the pin (or the
-    // failure) no longer needs it.
-    unsafe { libc::close(fd as i32) };
+    drop(fd);
     assert_eq!(pinned, 0, "pinning the floor XDP program: {error}");
     victim.exec(
         "ip",
@@ -666,6 +706,37 @@ fn attach_floor_xdp(victim: &Netns) {
         ],
     );
     run(&["umount".as_ref(), dir.path().as_os_str()]);
+}
+
+/// Loads an XDP program (`program`: eBPF instructions, see [`insn`]) with
+/// the `bpf` system call; the verifier's log is in the panic message if it
+/// refuses it.
+fn load_xdp(program: &[u8], what: &str) -> OwnedFd {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let license = c"GPL";
+    let mut log = vec![0u8; 1 << 16];
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
+    // log_level, log_size, log_buf; the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&((program.len() / 8) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(program.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD whose pointers
+    // (program, license, log) outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "loading {what}: {}; verifier: {}",
+        std::io::Error::last_os_error(),
+        String::from_utf8_lossy(&log).trim_end_matches('\0')
+    );
+    // SAFETY: the call returned a new descriptor, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
 /// Runs `program args` in `ns` with `input` on its stdin.
@@ -697,54 +768,214 @@ fn mac(ns: &Netns) -> [u8; 6] {
 }
 
 /// One 60-byte frame (64 on the wire with the FCS) per source.
-fn frames(proto: Proto, sources: u32, src_mac: [u8; 6], dst_mac: [u8; 6], to: Ipv4Addr) -> Vec<u8> {
+fn frames(proto: Proto, sources: u32, macs: Macs, to: Ipv4Addr) -> Vec<u8> {
     let mut all = Vec::with_capacity(sources as usize * FRAME_LEN);
     for i in 0..sources {
-        let mut f = [0u8; FRAME_LEN];
-        f[0..6].copy_from_slice(&dst_mac);
-        f[6..12].copy_from_slice(&src_mac);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let (proto_num, l4_len) = match proto {
-            Proto::Syn => (6u8, 20usize),
-            Proto::Udp => (17u8, FRAME_LEN - 14 - 20),
+        let fields = Fields {
+            source: source(i),
+            id: i as u16,
+            sport: 1024 + (i % 60_000) as u16,
+            seq: i.wrapping_mul(2_654_435_761),
         };
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&(i as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64;
-        ip[9] = proto_num;
-        ip[12..16].copy_from_slice(&source(i).octets());
-        ip[16..20].copy_from_slice(&to.octets());
-        let c = checksum(&[ip]);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let sport = 1024 + (i % 60_000) as u16;
-        let l4 = &mut f[34..34 + l4_len];
-        l4[0..2].copy_from_slice(&sport.to_be_bytes());
-        l4[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
-        match proto {
-            Proto::Udp => {
-                l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-                // checksum 0: none (IPv4)
-            }
-            Proto::Syn => {
-                l4[4..8].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
-                l4[12] = 0x50; // data offset 5
-                l4[13] = 0x02; // SYN
-                l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
-                let mut pseudo = [0u8; 12];
-                pseudo[0..4].copy_from_slice(&source(i).octets());
-                pseudo[4..8].copy_from_slice(&to.octets());
-                pseudo[9] = 6;
-                pseudo[10..12].copy_from_slice(&(l4_len as u16).to_be_bytes());
-                let c = checksum(&[&pseudo, l4]);
-                l4[16..18].copy_from_slice(&c.to_be_bytes());
-            }
-        }
-        all.extend_from_slice(&f);
+        all.extend_from_slice(&frame(proto, fields, macs, to));
     }
     all
+}
+
+/// The source MAC address (the attacker's) and the destination's.
+#[derive(Clone, Copy)]
+struct Macs {
+    from: [u8; 6],
+    to: [u8; 6],
+}
+
+/// What differs between the flood's frames.
+#[derive(Clone, Copy)]
+struct Fields {
+    source: Ipv4Addr,
+    id: u16,
+    sport: u16,
+    seq: u32,
+}
+
+/// One frame with valid IPv4 (and TCP) checksums.
+fn frame(proto: Proto, fields: Fields, macs: Macs, to: Ipv4Addr) -> [u8; FRAME_LEN] {
+    let mut f = [0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&macs.to);
+    f[6..12].copy_from_slice(&macs.from);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let (proto_num, l4_len) = match proto {
+        Proto::Syn => (6u8, 20usize),
+        Proto::Udp => (17u8, FRAME_LEN - 14 - 20),
+    };
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&fields.id.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = proto_num;
+    ip[12..16].copy_from_slice(&fields.source.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let c = checksum(&[ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = &mut f[34..34 + l4_len];
+    l4[0..2].copy_from_slice(&fields.sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
+    match proto {
+        Proto::Udp => {
+            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            // checksum 0: none (IPv4)
+        }
+        Proto::Syn => {
+            l4[4..8].copy_from_slice(&fields.seq.to_be_bytes());
+            l4[12] = 0x50; // data offset 5
+            l4[13] = 0x02; // SYN
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            let mut pseudo = [0u8; 12];
+            pseudo[0..4].copy_from_slice(&fields.source.octets());
+            pseudo[4..8].copy_from_slice(&to.octets());
+            pseudo[9] = 6;
+            pseudo[10..12].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            let c = checksum(&[&pseudo, l4]);
+            l4[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+    f
+}
+
+/// The frame the kernel's generator starts from: source 198.19.0.0, IP
+/// identification and source port 0xffff. [`generator_program`] turns it
+/// into the frame of source `i` by adding `i` to the source address and
+/// taking it from both the identification and the source port: the sums
+/// behind the IPv4 and TCP checksums stay the same (the address is in
+/// both, the identification only in the first, the port only in the
+/// second), so the checksums stay valid and conntrack, which checks them,
+/// treats these frames like any others.
+fn generator_template(proto: Proto, macs: Macs, to: Ipv4Addr) -> [u8; FRAME_LEN] {
+    let fields = Fields {
+        source: source(0),
+        id: 0xffff,
+        sport: 0xffff,
+        seq: 2_654_435_761,
+    };
+    frame(proto, fields, macs, to)
+}
+
+/// The XDP program that makes the flood in the kernel (see [`generate`]),
+/// by instruction:
+///
+/// ```text
+///  0 r6 = ctx                   1 r0 = random()
+///  2 w0 %= sources (i)          3 r2 = ctx->data
+///  4 r3 = ctx->data_end         5 r4 = r2
+///  6 r4 += 36 (to the port)     7 if r4 > r3 goto drop
+///  8 r5 = r0                    9 r5 = htons(r5)
+/// 10 source address's low half = r5
+/// 11 r5 = 0xffff               12 r5 -= r0
+/// 13 r5 = htons(r5)            14 identification = r5
+/// 15 source port = r5          16 r0 = XDP_TX
+/// 17 exit                      18 drop: r0 = XDP_DROP
+/// 19 exit
+/// ```
+fn generator_program(sources: u32) -> Vec<u8> {
+    const MOV_X: u8 = 0xbf;
+    const MOV_K: u8 = 0xb7;
+    const CALL: u8 = 0x85;
+    const MOD32_K: u8 = 0x94;
+    const LDX_W: u8 = 0x61;
+    const ADD_K: u8 = 0x07;
+    const SUB_X: u8 = 0x1f;
+    const JGT_X: u8 = 0x2d;
+    const TO_BE: u8 = 0xdc;
+    const STX_H: u8 = 0x6b;
+    const EXIT: u8 = 0x95;
+    const GET_PRANDOM_U32: i32 = 7;
+    const XDP_DROP: i32 = 1;
+    const XDP_TX: i32 = 3;
+    assert!(sources > 0 && sources <= 0xffff - 1024);
+    [
+        insn(MOV_X, 6, 1, 0, 0),
+        insn(CALL, 0, 0, 0, GET_PRANDOM_U32),
+        insn(MOD32_K, 0, 0, 0, sources as i32),
+        insn(LDX_W, 2, 6, 0, 0),
+        insn(LDX_W, 3, 6, 4, 0),
+        insn(MOV_X, 4, 2, 0, 0),
+        insn(ADD_K, 4, 0, 0, 36),
+        insn(JGT_X, 4, 3, 10, 0),
+        insn(MOV_X, 5, 0, 0, 0),
+        insn(TO_BE, 5, 0, 0, 16),
+        insn(STX_H, 2, 5, 28, 0),
+        insn(MOV_K, 5, 0, 0, 0xffff),
+        insn(SUB_X, 5, 0, 0, 0),
+        insn(TO_BE, 5, 0, 0, 16),
+        insn(STX_H, 2, 5, 18, 0),
+        insn(STX_H, 2, 5, 34, 0),
+        insn(MOV_K, 0, 0, 0, XDP_TX),
+        insn(EXIT, 0, 0, 0, 0),
+        insn(MOV_K, 0, 0, 0, XDP_DROP),
+        insn(EXIT, 0, 0, 0, 0),
+    ]
+    .concat()
+}
+
+/// Floods from `ns`'s eth0 with the kernel's own packet generator until
+/// `stop`: [`generator_program`] run by `BPF_PROG_TEST_RUN` in live-frame
+/// mode, which builds each frame from `template` in a page of its own,
+/// lets the program make it the frame of a random source, and sends it
+/// out of eth0 with `XDP_TX` (veth's `ndo_xdp_xmit`). The victim's side
+/// then builds its own socket buffer around the page, as a NIC's driver
+/// does; frames its receive ring has no room for are dropped there, so the
+/// receive path runs flat out in every layout.
+fn generate(
+    ns: &Netns,
+    cpu: usize,
+    template: &[u8; FRAME_LEN],
+    sources: u32,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    /// Frames per system call (a few milliseconds' worth).
+    const REPEAT: u32 = 1 << 20;
+    let program = generator_program(sources);
+    ns.run(|| {
+        pin(0, cpu);
+        realtime(0);
+        let prog = load_xdp(&program, "the flood generator");
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        assert!(ifindex > 0, "no eth0 in the attacker's namespace");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let ctx: [u32; 6] = [0, FRAME_LEN as u32, 0, ifindex, 0, 0];
+        // union bpf_attr, BPF_PROG_TEST_RUN: prog_fd, retval, data_size_in,
+        // data_size_out, data_in, data_out, repeat, duration, ctx_size_in,
+        // ctx_size_out, ctx_in, ctx_out, flags, cpu, batch_size.
+        let mut attr = [0u8; 80];
+        attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(FRAME_LEN as u32).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(template.as_ptr() as u64).to_ne_bytes());
+        attr[32..36].copy_from_slice(&REPEAT.to_ne_bytes());
+        attr[40..44].copy_from_slice(&(std::mem::size_of_val(&ctx) as u32).to_ne_bytes());
+        attr[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+        attr[64..68].copy_from_slice(&BPF_F_TEST_XDP_LIVE_FRAMES.to_ne_bytes());
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: attr is a valid bpf_attr for BPF_PROG_TEST_RUN whose
+            // pointers (template, ctx) outlive the call.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_ptr(), attr.len())
+            };
+            assert_eq!(
+                rc,
+                0,
+                "running the flood generator: {}",
+                std::io::Error::last_os_error()
+            );
+            sent.fetch_add(u64::from(REPEAT), Ordering::Relaxed);
+        }
+    });
 }
 
 /// The Internet checksum of the concatenated parts (each of even length).

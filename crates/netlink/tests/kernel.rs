@@ -26,6 +26,7 @@ fn spec(name: &str, id: u32, key: AddrType) -> SetSpec<'_> {
         id,
         key,
         flags: set_flags::INTERVAL | set_flags::TIMEOUT,
+        gc_interval_ms: None,
     }
 }
 
