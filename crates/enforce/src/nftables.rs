@@ -11,6 +11,7 @@
 //!   set block6     { type ipv6_addr; flags timeout; }
 //!   set block4_net { type ipv4_addr; flags interval,timeout; }  # banned networks
 //!   set block6_net { type ipv6_addr; flags interval,timeout; }
+//!   (every set: gc-interval 30s)
 //!   chain prerouting { type filter hook prerouting priority raw; policy accept;
 //!                      ip saddr @allow4 accept;     ip6 saddr @allow6 accept;
 //!                      ip saddr @block4 drop;       ip6 saddr @block6 drop;
