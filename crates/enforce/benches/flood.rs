@@ -607,6 +607,26 @@ fn install(layout: Layout, victim: &Netns, bans: u32) {
     }
 }
 
+/// The eBPF opcodes the two programs use (class | operation | source).
+mod op {
+    pub const LDX_W: u8 = 0x61;
+    pub const LDX_H: u8 = 0x69;
+    pub const STX_H: u8 = 0x6b;
+    pub const MOV_X: u8 = 0xbf;
+    pub const MOV_K: u8 = 0xb7;
+    pub const ADD_K: u8 = 0x07;
+    pub const SUB_X: u8 = 0x1f;
+    pub const AND_K: u8 = 0x57;
+    /// 32-bit modulo by an immediate.
+    pub const MOD32_K: u8 = 0x94;
+    /// Byte swap to big-endian (width in the immediate).
+    pub const TO_BE: u8 = 0xdc;
+    pub const JGT_X: u8 = 0x2d;
+    pub const JNE_K: u8 = 0x55;
+    pub const CALL: u8 = 0x85;
+    pub const EXIT: u8 = 0x95;
+}
+
 /// One eBPF instruction: opcode, destination and source register, offset,
 /// immediate.
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
@@ -637,15 +657,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// system unmounted again: the attachment keeps the program alive until
 /// the lab's namespace goes.
 fn attach_floor_xdp(victim: &Netns) {
-    const LDX_W: u8 = 0x61;
-    const LDX_H: u8 = 0x69;
-    const MOV_X: u8 = 0xbf;
-    const MOV_K: u8 = 0xb7;
-    const ADD_K: u8 = 0x07;
-    const AND_K: u8 = 0x57;
-    const JGT_X: u8 = 0x2d;
-    const JNE_K: u8 = 0x55;
-    const EXIT: u8 = 0x95;
+    use op::*;
     // Network-order fields read as little-endian words.
     const IPV4: i32 = 0x0008;
     const FROM_198_19: i32 = 0x13c6;
@@ -879,17 +891,7 @@ fn generator_template(proto: Proto, macs: Macs, to: Ipv4Addr) -> [u8; FRAME_LEN]
 /// 19 exit
 /// ```
 fn generator_program(sources: u32) -> Vec<u8> {
-    const MOV_X: u8 = 0xbf;
-    const MOV_K: u8 = 0xb7;
-    const CALL: u8 = 0x85;
-    const MOD32_K: u8 = 0x94;
-    const LDX_W: u8 = 0x61;
-    const ADD_K: u8 = 0x07;
-    const SUB_X: u8 = 0x1f;
-    const JGT_X: u8 = 0x2d;
-    const TO_BE: u8 = 0xdc;
-    const STX_H: u8 = 0x6b;
-    const EXIT: u8 = 0x95;
+    use op::*;
     const GET_PRANDOM_U32: i32 = 7;
     const XDP_DROP: i32 = 1;
     const XDP_TX: i32 = 3;
