@@ -1,4 +1,5 @@
-//! A flood from banned sources against four ways of dropping it, in one run:
+//! A flood from banned sources against five ways of dropping it and two
+//! references, in one run:
 //!
 //! - `prerouting`: palisade's table as it is now (drop at raw priority,
 //!   before conntrack);
@@ -972,7 +973,8 @@ fn generate(
             assert_eq!(
                 rc,
                 0,
-                "running the flood generator: {}",
+                "running the flood generator: {} (live frames need Linux 5.18 or later; \
+                 FLOOD_SENDER=packet sends from user space instead)",
                 std::io::Error::last_os_error()
             );
             sent.fetch_add(u64::from(REPEAT), Ordering::Relaxed);
