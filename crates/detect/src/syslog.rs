@@ -280,6 +280,28 @@ fn time_len(s: &str) -> Option<usize> {
     None
 }
 
+/// Whether [`parse_time`] reads `t`, a BSD time (`Mar  3 12:00:00`) that
+/// [`time`] found (so of the right shape: month, digits, separators), in
+/// `year`; told without computing the instant, so that a caller that
+/// needs the time of only a few lines can keep the text and read it later,
+/// knowing now whether there is a time at all.
+#[inline]
+pub fn bsd_time_reads(t: &str, year: i64) -> bool {
+    let b = t.as_bytes();
+    if b.len() < 15 || b[3] != b' ' {
+        return false;
+    }
+    if year < 1970 {
+        // Before the epoch but for a leap second at its very edge: no
+        // shortcut worth its own rule.
+        return parse_time(t, year).is_some();
+    }
+    let d = |i: usize| u32::from(b[i].wrapping_sub(b'0'));
+    let two = |i: usize| d(i) * 10 + d(i + 1);
+    let day = if b[4] == b' ' { d(5) } else { two(4) };
+    time_in_range(day, two(7), two(10), two(13))
+}
+
 /// The instant a header's time text names. BSD times carry no year or zone:
 /// they are taken in UTC in `year`.
 pub fn parse_time(text: &str, year: i64) -> Option<Timestamp> {
@@ -349,7 +371,7 @@ pub(crate) fn civil(
     ms: u64,
     offset: i64,
 ) -> Option<Timestamp> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    if !(1..=12).contains(&mo) || !time_in_range(d, h, mi, s) {
         return None;
     }
     let days = days_from_civil(y, mo, d);
@@ -358,6 +380,12 @@ pub(crate) fn civil(
         return None;
     }
     Some(Timestamp::from_millis(secs as u64 * 1000 + ms))
+}
+
+/// Whether a day of the month and a time of day are in range (a leap
+/// second's 60 included).
+fn time_in_range(d: u32, h: u32, mi: u32, s: u32) -> bool {
+    (1..=31).contains(&d) && h <= 23 && mi <= 59 && s <= 60
 }
 
 /// Days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -388,6 +416,48 @@ pub fn current_year() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bsd_time_reads` says yes exactly where `parse_time` reads a time.
+    #[test]
+    fn bsd_time_reads_agrees_with_parse_time() {
+        let mut n = 0;
+        for month in ["Jan", "Feb", "Dec", "Foo"] {
+            for day in [" 0", " 3", "03", "31", "32", "x3", " x"] {
+                for (h, mi, s) in [
+                    ("00", "00", "00"),
+                    ("23", "59", "60"),
+                    ("24", "00", "00"),
+                    ("12", "60", "00"),
+                    ("12", "00", "61"),
+                    ("1x", "00", "00"),
+                ] {
+                    for frac in ["", ".5", ".123456"] {
+                        let t = format!("{month} {day} {h}:{mi}:{s}{frac}");
+                        // What `time` finds in a line (other texts are
+                        // never asked about).
+                        let line = format!("{t} host prog: x");
+                        if time(&line) != Some(t.as_str()) {
+                            continue;
+                        }
+                        for year in [1969, 1970, 2026] {
+                            assert_eq!(
+                                bsd_time_reads(&t, year),
+                                parse_time(&t, year).is_some(),
+                                "{t} in {year}"
+                            );
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Months Jan, Feb, Dec; days " 0", " 3", "03", "31", "32"; five
+        // times of digits; three fractions; three years.
+        assert_eq!(n, 3 * 5 * 5 * 3 * 3);
+        assert!(!bsd_time_reads("2024-03-03T12:00:00Z", 2026));
+        assert!(!bsd_time_reads("Mar  3 12:60:00", 2026));
+        assert!(bsd_time_reads("Dec 31 23:59:60.5", 2026));
+    }
 
     #[test]
     fn bsd_with_host() {
