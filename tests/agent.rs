@@ -307,6 +307,26 @@ fn a_restart_keeps_every_decision_and_repairs_the_kernel() {
     assert_eq!(tables.matches("table inet palisade").count(), 1, "{tables}");
 }
 
+/// A SIGTERM right after the agent reports it runs stops it cleanly (exit
+/// status 0, its socket removed): the signal handlers are in place before
+/// it binds its socket or reports, not only once it waits for them.
+#[test]
+fn a_stop_right_after_start_is_clean() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut agent = Agent::start(lab.victim(), "");
+    agent.stop();
+    // The window was short: the suite under load met it once; three busy
+    // loops beside this test made it fail at once before the fix.
+    for _ in 0..30 {
+        agent.restart();
+        agent.stop();
+        assert!(!agent.socket().exists());
+    }
+}
+
 #[test]
 fn other_tables_are_never_touched_and_remove_rules_takes_ours_away() {
     if !require_root_and(TOOLS) {

@@ -161,6 +161,10 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
     let socket = options.socket.clone();
     let network_desc = options.network.as_ref().map(|b| b.describe());
     let result = runtime.block_on(async {
+        // Before anything is bound or reported running: a SIGTERM from then
+        // on stops the agent cleanly (socket removed, queue finished), not
+        // by the signal's default action.
+        let shutdown = shutdown_signal();
         if let Some(bus) = options.network.clone() {
             network::spawn(
                 bus,
@@ -218,7 +222,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         }
         tokio::select! {
             _ = control::serve(listener, shared) => {}
-            _ = shutdown_signal() => {}
+            _ = shutdown => {}
         }
         Ok(())
     });
@@ -236,12 +240,17 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
     result
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers at once (a signal that comes
+/// before the returned future is first polled is kept, not lost to the
+/// default action) and returns what completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, stopping"),
-        _ = int.recv() => info!("SIGINT received, stopping"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received, stopping"),
+            _ = int.recv() => info!("SIGINT received, stopping"),
+        }
     }
 }
