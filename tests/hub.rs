@@ -936,6 +936,13 @@ fn what_a_node_queued_while_the_hub_was_away_goes_before_what_it_missed() {
         wait_until(SPREAD, || net.none_block()),
         "a server kept the ban"
     );
+    // Not even for a moment too short for a ping to meet: the stream's
+    // ban and unban were applied together.
+    let log = net.agents[0].log();
+    assert!(
+        !log.contains(&format!("from the network action=ban target={attacker}")),
+        "web1 enforced the replayed ban on its own\n{log}"
+    );
 }
 
 #[test]

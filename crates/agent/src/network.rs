@@ -35,7 +35,8 @@ pub type Resolver = Arc<dyn Fn() -> Vec<(palisade_model::Net, String)> + Send + 
 const SEND_BATCH: usize = 500;
 /// Stream items applied per worker command.
 const APPLY_BATCH: usize = 10_000;
-/// How long a batch inside a snapshot waits for the next item.
+/// How long a batch inside a snapshot or a catch-up waits for the next
+/// item.
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(100);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How long the stream waits for this node's queued intents to be sent.
@@ -136,10 +137,10 @@ async fn follow(
                 // One batch is applied by the worker while the next one is
                 // read: parsing and applying overlap.
                 let mut applying: Option<oneshot::Receiver<Result<(), WorkerError>>> = None;
-                let mut in_snapshot = false;
+                let mut reading = Reading::new(cursor);
                 loop {
                     let (batch, stopped) = tokio::select! {
-                        got = gather(&mut stream, &mut in_snapshot) => got,
+                        got = gather(&mut stream, &mut reading) => got,
                         _ = state.resync.notified() => {
                             from_scratch = true;
                             (
@@ -221,25 +222,80 @@ async fn applied(rx: oneshot::Receiver<Result<(), WorkerError>>) -> Applied {
     }
 }
 
+/// Where a stream is, for [`gather`]: whether inside a snapshot, and how
+/// far what was missed goes.
+struct Reading {
+    /// The newest stream position received.
+    at: u64,
+    in_snapshot: bool,
+    /// The head the stream announced first (a [`StreamItem::Ping`] ahead of
+    /// the cursor), while what was missed up to it is still arriving.
+    catching_up_to: Option<u64>,
+    /// No item read yet on this connection.
+    first: bool,
+}
+
+impl Reading {
+    fn new(cursor: u64) -> Reading {
+        Reading {
+            at: cursor,
+            in_snapshot: false,
+            catching_up_to: None,
+            first: true,
+        }
+    }
+
+    /// Whether more of the same catch-up or snapshot is still coming.
+    fn mid_way(&self) -> bool {
+        self.in_snapshot || self.catching_up_to.is_some_and(|head| head > self.at)
+    }
+
+    fn saw(&mut self, item: &StreamItem) {
+        match item {
+            StreamItem::Snapshot { .. } => self.in_snapshot = true,
+            StreamItem::SnapshotEnd { .. } => self.in_snapshot = false,
+            StreamItem::Ping { seq, .. } if self.first && *seq > self.at => {
+                self.catching_up_to = Some(*seq);
+            }
+            _ => {}
+        }
+        if let Some(seq) = item.cursor() {
+            self.at = self.at.max(seq);
+        }
+        self.first = false;
+    }
+}
+
 /// Reads the next batch of stream items: at least one (waiting for it),
 /// then whatever has already arrived, up to [`APPLY_BATCH`]. Inside a
-/// snapshot it waits for more (each for at most [`SNAPSHOT_WAIT`]) until
-/// the batch is full or the snapshot ends, so a large snapshot is applied
-/// in few large transactions. With the items, the error that stopped the
+/// snapshot, or while catching up to the head the stream announced when
+/// it opened, it waits for more (each for at most [`SNAPSHOT_WAIT`]) until
+/// the batch is full or the snapshot or catch-up ends. So a large snapshot
+/// is applied in few large transactions, and what was missed is applied
+/// whole: a ban and its unban made while this node was away (by this node,
+/// queued, or by another) never reach its kernel one at a time, with the
+/// ban enforced in between. With the items, the error that stopped the
 /// stream, if it stopped.
 async fn gather(
     stream: &mut palisade_wire::ItemStream,
-    in_snapshot: &mut bool,
+    reading: &mut Reading,
 ) -> (Vec<StreamItem>, Option<BusError>) {
     let mut batch = Vec::new();
     let ended = || BusError::Unreachable("the network closed the stream".into());
     while batch.len() < APPLY_BATCH {
         let next = if batch.is_empty() {
             stream.next().await
-        } else if *in_snapshot {
+        } else if reading.mid_way() {
             match tokio::time::timeout(SNAPSHOT_WAIT, stream.next()).await {
                 Ok(next) => next,
-                Err(_) => break,
+                Err(_) => {
+                    // The rest of the catch-up is another group's items
+                    // (not sent here) or slow: stop waiting for it.
+                    if !reading.in_snapshot {
+                        reading.catching_up_to = None;
+                    }
+                    break;
+                }
             }
         } else {
             match stream.next().now_or_never() {
@@ -249,11 +305,7 @@ async fn gather(
         };
         match next {
             Some(Ok(item)) => {
-                match item {
-                    StreamItem::Snapshot { .. } => *in_snapshot = true,
-                    StreamItem::SnapshotEnd { .. } => *in_snapshot = false,
-                    _ => {}
-                }
+                reading.saw(&item);
                 batch.push(item);
             }
             Some(Err(e)) => return (batch, Some(e)),
@@ -406,5 +458,75 @@ impl Backoff {
         let jitter = 0.5 + (Timestamp::now().as_millis() % 1000) as f64 / 1000.0;
         tokio::time::sleep(self.next.mul_f64(jitter)).await;
         self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Action, Net};
+
+    fn remove(seq: u64) -> StreamItem {
+        StreamItem::Remove {
+            seq,
+            action: Action::Ban,
+            target: "198.18.0.9".parse::<Net>().unwrap(),
+            group: None,
+        }
+    }
+
+    fn ping(seq: u64) -> StreamItem {
+        StreamItem::Ping {
+            seq,
+            time: Timestamp::from_millis(0),
+        }
+    }
+
+    /// A stream whose items come `gap` apart, after the first.
+    fn paced(items: Vec<StreamItem>, gap: Duration) -> palisade_wire::ItemStream {
+        Box::pin(
+            futures_util::stream::iter(items)
+                .enumerate()
+                .then(move |(i, item)| async move {
+                    if i > 0 {
+                        tokio::time::sleep(gap).await;
+                    }
+                    Ok(item)
+                }),
+        )
+    }
+
+    #[tokio::test]
+    async fn what_was_missed_up_to_the_announced_head_is_one_batch() {
+        let gap = SNAPSHOT_WAIT / 4;
+        let mut stream = paced(vec![ping(7), remove(6), remove(7), remove(8)], gap);
+        let mut reading = Reading::new(5);
+        let (batch, stopped) = gather(&mut stream, &mut reading).await;
+        assert!(stopped.is_none());
+        // Up to the head together; what comes after it, live, on its own.
+        assert_eq!(batch, vec![ping(7), remove(6), remove(7)]);
+        let (batch, _) = gather(&mut stream, &mut reading).await;
+        assert_eq!(batch, vec![remove(8)]);
+    }
+
+    #[tokio::test]
+    async fn only_the_first_ping_announces_a_catch_up() {
+        let gap = SNAPSHOT_WAIT / 4;
+        // An idle ping later in the stream (its number may count another
+        // group's items) does not hold live items back.
+        let mut stream = paced(vec![remove(6), ping(9), remove(7)], gap);
+        let mut reading = Reading::new(5);
+        for expected in [remove(6), ping(9), remove(7)] {
+            let (batch, _) = gather(&mut stream, &mut reading).await;
+            assert_eq!(batch, vec![expected]);
+        }
+        // A catch-up whose last items are not for this node ends when
+        // nothing more comes.
+        let mut stream = paced(vec![ping(9), remove(6), remove(10)], SNAPSHOT_WAIT * 3);
+        let mut reading = Reading::new(5);
+        let (batch, _) = gather(&mut stream, &mut reading).await;
+        assert_eq!(batch, vec![ping(9)]);
+        let (batch, _) = gather(&mut stream, &mut reading).await;
+        assert_eq!(batch, vec![remove(6)]);
     }
 }

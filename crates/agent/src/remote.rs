@@ -170,6 +170,11 @@ impl Core {
                     if stored.is_some() {
                         to_remove.push((action, target));
                     }
+                    if pending.is_some() && action == Action::Ban {
+                        // Lifted before it was enforced: no connection of
+                        // its to cut.
+                        newly.retain(|n| *n != target);
+                    }
                     if stored.is_some() || pending.is_some() {
                         changes.push(Change::Remove {
                             action,

@@ -339,6 +339,17 @@ async fn start(
         Ok((oldest, next))
     })
     .await??;
+    // The head first, so the node applies what it missed up to there in
+    // one batch (a ban and its unban both missed never reach its kernel
+    // one at a time).
+    let head = next.saturating_sub(1);
+    if head > cursor {
+        let item = StreamItem::Ping {
+            seq: head,
+            time: Timestamp::now(),
+        };
+        send(hub, tx, line(&item)).await?;
+    }
     // Resumable: the cursor is from this history and nothing it needs was
     // trimmed.
     if cursor > 0 && cursor < next && cursor + 1 >= oldest {

@@ -237,6 +237,15 @@ impl Reader {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
             let run = async {
+                // The head first, so the agent applies what it missed up
+                // to there in one batch.
+                if state.last_seq > cursor {
+                    let head = StreamItem::Ping {
+                        seq: state.last_seq,
+                        time: Timestamp::now(),
+                    };
+                    send(&tx, Ok(head)).await?;
+                }
                 // A cursor past the bucket's end belongs to another bucket
                 // (made again since) or was never true: start over.
                 let mut cursor = if cursor == 0 || cursor > state.last_seq {

@@ -183,7 +183,8 @@ pub enum StreamItem {
         seq: u64,
     },
     /// Sent when idle: the newest number, so the receiver can tell it is
-    /// current and how far behind it is.
+    /// current and how far behind it is. Sent first on a stream that
+    /// resumes behind the head: how far what it catches up goes.
     Ping {
         /// The newest stream position.
         seq: u64,
