@@ -219,10 +219,11 @@ fn nats_worker(config: &Config, url: &str, options: HubOptions) -> Result<()> {
         .thread_name("palisade-worker")
         .build()?;
     runtime
-        .block_on(palisade_nats::run_worker(
-            worker,
-            palisade_hub::wait_for_signal(),
-        ))
+        .block_on(async {
+            // Before the worker connects or says it runs.
+            let stop = palisade_control::signal::shutdown();
+            palisade_nats::run_worker(worker, stop).await
+        })
         .map_err(anyhow::Error::msg)
 }
 
@@ -246,12 +247,14 @@ fn mqtt_hub(config: &Config, url: &str, mut options: HubOptions) -> Result<()> {
         .thread_name("palisade-hub")
         .build()?;
     runtime.block_on(async {
+        // Before the hub listens or says it runs.
+        let stop = palisade_control::signal::shutdown();
         let hub = palisade_hub::start(options).await?;
         let decider = std::sync::Arc::new(super::hubbus::HubDecider {
             hub: hub.hub.clone(),
         });
         let task = tokio::spawn(palisade_mqtt::run_bridge(bridge, decider));
-        palisade_hub::wait_for_signal().await;
+        stop.await;
         task.abort();
         hub.stop().await;
         Ok(())

@@ -95,6 +95,8 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
                 }
             };
             runtime.block_on(async move {
+                // Before the hub listens or says it runs.
+                let stop = palisade_control::signal::shutdown();
                 let hub = match palisade_hub::start(hub_options).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -141,7 +143,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
                     });
                     tokio::spawn(palisade_mqtt::run_bridge(b, decider))
                 });
-                palisade_hub::wait_for_signal().await;
+                stop.await;
                 if let Some(t) = bridged {
                     t.abort();
                 }

@@ -164,7 +164,7 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
         // Before anything is bound or reported running: a SIGTERM from then
         // on stops the agent cleanly (socket removed, queue finished), not
         // by the signal's default action.
-        let shutdown = shutdown_signal();
+        let shutdown = palisade_control::signal::shutdown();
         if let Some(bus) = options.network.clone() {
             network::spawn(
                 bus,
@@ -238,19 +238,4 @@ pub fn run(options: AgentOptions, enforcers: Vec<Box<dyn Enforcer>>) -> Result<(
     drop(killer);
     info!("palisade agent stopped; bans stay in the kernel and expire on time");
     result
-}
-
-/// Installs the SIGTERM and SIGINT handlers at once (a signal that comes
-/// before the returned future is first polled is kept, not lost to the
-/// default action) and returns what completes on the first of them.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received, stopping"),
-            _ = int.recv() => info!("SIGINT received, stopping"),
-        }
-    }
 }

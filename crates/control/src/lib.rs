@@ -5,10 +5,13 @@
 //! creates it mode 0600 in a root-only directory and also checks each peer's
 //! credentials (`SO_PEERCRED`). The protocol is line-delimited JSON
 //! ([`proto`]); [`client`] is the blocking client the CLI uses.
+//!
+//! A daemon also stops on SIGTERM or SIGINT ([`signal`]).
 
 pub mod client;
 pub mod hub;
 pub mod proto;
+pub mod signal;
 pub mod socket;
 
 pub use client::{Client, ClientError};

@@ -319,20 +319,11 @@ pub fn run(options: HubOptions) -> Result<()> {
         .thread_name("palisade-hub")
         .build()?;
     runtime.block_on(async {
+        // Before the hub listens or says it runs (see the function).
+        let stop = palisade_control::signal::shutdown();
         let hub = start(options).await?;
-        wait_for_signal().await;
+        stop.await;
         hub.stop().await;
         Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, stopping"),
-        _ = int.recv() => info!("SIGINT received, stopping"),
-    }
 }
