@@ -40,13 +40,19 @@
 //! the victim's side of the veth as pages, around which the victim builds
 //! its own socket buffers, as a NIC's driver does. One cost of the lab
 //! remains: each page goes back to the generator's pool on the other core,
-//! about a tenth of the receive path's time (more where the victim drops
-//! less and the generator, finding the ring full, returns more pages
-//! itself). `FLOOD_SENDER=packet` sends from user space instead, with an
-//! AF_PACKET socket (`sendmmsg`, qdisc bypass): the victim then gets
-//! buffers built on the sending core and charged to its socket, and the
-//! sender, not the victim, sets the rate of the cheaper layouts (see `rx
-//! busy`).
+//! through a ring whose lock the generator takes too (for the frames the
+//! full receive ring refused). It weighs most on the layouts that drop
+//! fastest: `perf record -C 0` found 30% of the receive core's time in that
+//! return (`page_pool_put_unrefed_netmem` and the ring's lock) with
+//! `prerouting`, 10% with `input`. So the ratios between layouts understate
+//! what a NIC would show, whose driver recycles its pages on its own core.
+//! (Sending less than a layout can take, by dropping a share of the frames
+//! in the generator, did not take that cost away and made each wake-up of
+//! the receive path handle fewer packets.) `FLOOD_SENDER=packet` sends
+//! from user space instead, with an AF_PACKET socket (`sendmmsg`, qdisc
+//! bypass): the victim then gets buffers built on the sending core and
+//! charged to its socket, and the sender, not the victim, sets the rate of
+//! the cheaper layouts (see `rx busy`).
 //!
 //! The victim's receive path (what the softirq of a real NIC would do)
 //! runs in a threaded NAPI instance pinned to `RX_CPU`, also at real-time
