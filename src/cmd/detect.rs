@@ -291,7 +291,7 @@ impl LineClock {
                 return;
             }
         }
-        if let Some(ts) = web_time(text) {
+        if let Some(ts) = syslog::web_time(text) {
             self.last = ts;
             self.last_text.clear();
             self.pending = false;
@@ -651,54 +651,6 @@ fn parse_filter_spec(spec: &str) -> anyhow::Result<(PathBuf, BTreeMap<String, St
     Ok((PathBuf::from(&spec[..open]), opts))
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// The time of a line as web servers write it: an access log's
-/// `[03/Mar/2024:12:00:00 +0000]`, or the `2024/03/03 12:00:00` that starts
-/// a line of nginx's error log (local time without a zone, read as UTC as
-/// syslog's times are).
-fn web_time(text: &str) -> Option<Timestamp> {
-    let b = text.as_bytes();
-    if b.len() >= 19
-        && b[4] == b'/'
-        && b[7] == b'/'
-        && b[10] == b' '
-        && b[13] == b':'
-        && b[16] == b':'
-        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
-            .iter()
-            .all(|&i| b[i].is_ascii_digit())
-    {
-        let iso = format!(
-            "{}-{}-{}T{}",
-            &text[0..4],
-            &text[5..7],
-            &text[8..10],
-            &text[11..19]
-        );
-        return syslog::parse_time(&iso, 0);
-    }
-    let open = text.find('[')?;
-    let s = text.get(open + 1..open + 27)?;
-    // 03/Mar/2024:12:00:00 +0000
-    let b = s.as_bytes();
-    if b.len() < 26 || b[2] != b'/' || b[6] != b'/' || b[11] != b':' || b[20] != b' ' {
-        return None;
-    }
-    let day: u32 = s[0..2].parse().ok()?;
-    let month = MONTHS.iter().position(|m| *m == &s[3..6])? as u32 + 1;
-    let y: i64 = s[7..11].parse().ok()?;
-    let iso = format!(
-        "{y:04}-{month:02}-{day:02}T{}{}:{}",
-        &s[12..20],
-        &s[21..24],
-        &s[24..26]
-    );
-    syslog::parse_time(&iso, y)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,13 +713,6 @@ mod tests {
 
     #[test]
     fn times() {
-        let t = web_time(r#"1.2.3.4 - - [03/Mar/2024:12:00:00 +0100] "GET /""#).unwrap();
-        assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
-        let t = web_time("2024/03/01 00:00:02 [error] 2865#0: *47249 user").unwrap();
-        assert_eq!(t.rfc3339(), "2024-03-01T00:00:02Z");
-        assert!(web_time("2024/03/01 00:0x:02 [error]").is_none());
-        assert!(web_time("2024/03/01 00 00:02 [error]").is_none());
-        assert!(web_time("2024/13/01 00:00:02 [error]").is_none());
         let mut clock = LineClock::new(2023);
         let t = time_of(&mut clock, "Mar  3 12:00:00 h sshd[1]: x");
         assert_eq!(t.rfc3339(), "2023-03-03T12:00:00Z");

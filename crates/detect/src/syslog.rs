@@ -346,6 +346,64 @@ pub fn parse_time(text: &str, year: i64) -> Option<Timestamp> {
     None
 }
 
+/// The time of a line as web servers write it: an access log's
+/// `[03/Mar/2024:12:00:00 +0000]` (at the line's first `[`), or the
+/// `2024/03/03 12:00:00` that starts a line of nginx's error log (local
+/// time without a zone, read as UTC as BSD times are).
+pub fn web_time(text: &str) -> Option<Timestamp> {
+    let b = text.as_bytes();
+    if b.len() >= 19
+        && b[4] == b'/'
+        && b[7] == b'/'
+        && b[10] == b' '
+        && b[13] == b':'
+        && b[16] == b':'
+    {
+        return civil(
+            i64::from(digits(b, 0..4)?),
+            digits(b, 5..7)?,
+            digits(b, 8..10)?,
+            digits(b, 11..13)?,
+            digits(b, 14..16)?,
+            digits(b, 17..19)?,
+            0,
+            0,
+        );
+    }
+    let open = text.find('[')?;
+    let s = b.get(open + 1..open + 27)?;
+    if s[2] != b'/'
+        || s[6] != b'/'
+        || s[11] != b':'
+        || s[14] != b':'
+        || s[17] != b':'
+        || s[20] != b' '
+        || !matches!(s[21], b'+' | b'-')
+    {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| m.as_bytes() == &s[3..6])? as u32 + 1;
+    let sign = if s[21] == b'-' { -1 } else { 1 };
+    let offset = sign * i64::from(digits(s, 22..24)? * 3600 + digits(s, 24..26)? * 60);
+    civil(
+        i64::from(digits(s, 7..11)?),
+        month,
+        digits(s, 0..2)?,
+        digits(s, 12..14)?,
+        digits(s, 15..17)?,
+        digits(s, 18..20)?,
+        0,
+        offset,
+    )
+}
+
+/// The number `b[range]` writes in decimal digits, if it is only digits.
+fn digits(b: &[u8], range: std::ops::Range<usize>) -> Option<u32> {
+    b.get(range)?.iter().try_fold(0u32, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    })
+}
+
 fn frac_ms(s: &str) -> u64 {
     let Some(f) = s.strip_prefix('.') else {
         return 0;
@@ -418,6 +476,36 @@ mod tests {
     use super::*;
 
     /// `bsd_time_reads` says yes exactly where `parse_time` reads a time.
+    #[test]
+    fn web_times() {
+        let t = web_time(r#"1.2.3.4 - - [03/Mar/2024:12:00:00 +0100] "GET /""#).unwrap();
+        assert_eq!(t.rfc3339(), "2024-03-03T11:00:00Z");
+        let t = web_time(r#"1.2.3.4 - - [31/Dec/2023:23:30:00 -0045] "GET /""#).unwrap();
+        assert_eq!(t.rfc3339(), "2024-01-01T00:15:00Z");
+        let t = web_time("2024/03/01 00:00:02 [error] 2865#0: *47249 user").unwrap();
+        assert_eq!(t.rfc3339(), "2024-03-01T00:00:02Z");
+        for not_a_time in [
+            "2024/03/01 00:0x:02 [error]",
+            "2024/03/01 00 00:02 [error]",
+            "2024/13/01 00:00:02 [error]",
+            "2024/03/01 24:00:00 [error]",
+            "2024/+3/01 00:00:02 [error]",
+            "x [03/Mar/2024:12:00:00 0100]",
+            "x [03/Xyz/2024:12:00:00 +0000]",
+            "x [+3/Mar/2024:12:00:00 +0000]",
+            "x [03/Mar/2024:12:00:00 +01",
+            // A character of several bytes where a digit belongs.
+            "x [03/Mar/2024:12:\u{e9}0:00 +0000]",
+            "x [0\u{e9}Mar/2024:12:00:00 +0000]",
+            "x [1969/Mar/2024",
+            "",
+        ] {
+            assert_eq!(web_time(not_a_time), None, "{not_a_time:?}");
+        }
+        // Before the epoch.
+        assert_eq!(web_time("x [31/Dec/1969:23:59:59 +0000]"), None);
+    }
+
     #[test]
     fn bsd_time_reads_agrees_with_parse_time() {
         let mut n = 0;
