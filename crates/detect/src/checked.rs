@@ -43,7 +43,7 @@
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
 use crate::scan::{
-    class_end, count_captures, escape_or_class, group_end, opens_capture, quantifier,
+    Piece, count_captures, escape_or_class, group_end, opens_capture, pieces, quantifier,
     rewrite_groups,
 };
 
@@ -202,7 +202,7 @@ fn relax(translated: &str, unchecked_too: bool) -> Option<(Linear, Vec<Check>, V
     while i < b.len() {
         if let Some((target, len)) = back_reference(translated, i, &groups) {
             let g = groups.get(target.checked_sub(1)?)?;
-            if g.close >= i || open.iter().any(|&o| repeated(b, o)) {
+            if g.close >= i || open.iter().any(|&o| repeated(translated, o)) {
                 return None;
             }
             out.push('(');
@@ -216,10 +216,10 @@ fn relax(translated: &str, unchecked_too: bool) -> Option<(Linear, Vec<Check>, V
             i += len;
             continue;
         }
-        let in_repetition = || open.iter().any(|&o| repeated(b, o));
+        let in_repetition = || open.iter().any(|&o| repeated(translated, o));
         let rest = &translated[i..];
         if rest.starts_with("(?=") || rest.starts_with("(?!") {
-            let end = group_end(b, i)?;
+            let end = group_end(translated, i)?;
             if in_repetition() || quantified(b, end) {
                 return None;
             }
@@ -292,7 +292,7 @@ fn unrolled(p: &str) -> Option<String> {
         if !p[i..].starts_with("(?:") {
             return None;
         }
-        let end = group_end(p.as_bytes(), i)?;
+        let end = group_end(p, i)?;
         let body = &p[i + 3..end];
         let (m, n, lazy, len) = bounded(p, end + 1)?;
         if n > MAX_UNROLLED
@@ -333,15 +333,12 @@ fn bounded(p: &str, at: usize) -> Option<(usize, usize, bool, usize)> {
 /// The capturing groups of `p` in order (group 1 first), or `None` if
 /// its parentheses do not balance.
 fn capturing_groups(p: &str) -> Option<Vec<Group>> {
-    let b = p.as_bytes();
     let mut groups = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(b, i)?,
-            b'(' if opens_capture(p, i) => {
-                let close = group_end(b, i)?;
+    for (i, piece) in pieces(p, 0) {
+        match piece {
+            Piece::Unclosed => return None,
+            Piece::Byte(b'(') if opens_capture(p, i) => {
+                let close = group_end(p, i)?;
                 let (name, body_start) = if p[i..].starts_with("(?") {
                     let end = i + p[i..].find('>')?;
                     let name_start = i + if p[i..].starts_with("(?P<") { 4 } else { 3 };
@@ -357,7 +354,6 @@ fn capturing_groups(p: &str) -> Option<Vec<Group>> {
             }
             _ => {}
         }
-        i += 1;
     }
     Some(groups)
 }
@@ -384,8 +380,8 @@ fn back_reference(p: &str, i: usize, groups: &[Group]) -> Option<(usize, usize)>
 
 /// Whether the group opened at `open` may match more than once (`?` is
 /// no repetition: a group it follows takes part once or not at all).
-fn repeated(b: &[u8], open: usize) -> bool {
-    group_end(b, open).is_none_or(|e| matches!(b.get(e + 1), Some(b'*' | b'+' | b'{')))
+fn repeated(p: &str, open: usize) -> bool {
+    group_end(p, open).is_none_or(|e| matches!(p.as_bytes().get(e + 1), Some(b'*' | b'+' | b'{')))
 }
 
 /// Whether a quantifier follows the `)` at `close`.
@@ -400,8 +396,7 @@ fn tempered(p: &str, i: usize) -> Option<(&str, &str, usize)> {
     if !rest.starts_with("(?:(?!") {
         return None;
     }
-    let b = p.as_bytes();
-    let ahead_end = group_end(b, i + 3)?;
+    let ahead_end = group_end(p, i + 3)?;
     if !p[ahead_end + 1..].starts_with(".)") {
         return None;
     }

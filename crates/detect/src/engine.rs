@@ -676,27 +676,13 @@ fn compile_native(p: &str, kind: PatternKind) -> Result<Regex, RulePatternError>
 
 /// True if `s` (a regex prefix) contains `*`, `+` or `{n,}` as a quantifier.
 fn has_unbounded_repeat(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut in_class = false;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' if !in_class => in_class = true,
-            b']' if in_class => in_class = false,
-            b'*' | b'+' if !in_class => return true,
-            b'{' if !in_class => {
-                if let Some(end) = s[i..].find('}')
-                    && s[i + 1..i + end].ends_with(',')
-                {
-                    return true;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    false
+    crate::scan::pieces(s, 0).any(|(i, piece)| match piece {
+        crate::scan::Piece::Byte(b'*' | b'+') => true,
+        crate::scan::Piece::Byte(b'{') => s[i..]
+            .find('}')
+            .is_some_and(|end| s[i + 1..i + end].ends_with(',')),
+        _ => false,
+    })
 }
 
 fn ends_anchored(p: &str) -> bool {
@@ -706,6 +692,22 @@ fn ends_anchored(p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbounded_repeats_are_found_outside_escapes_and_classes() {
+        for (p, unbounded) in [
+            (r"from [^ ]+ ", true),
+            (r"a{3,}", true),
+            (r"x*?", true),
+            (r"from \S{1,15} ", false),
+            (r"[*+]{2} x", false),
+            (r"[]*+] x", false),
+            (r"\+ \* \{1,\}", false),
+            (r"(?:a|b)? c", false),
+        ] {
+            assert_eq!(has_unbounded_repeat(p), unbounded, "{p}");
+        }
+    }
 
     fn rule(toml_text: &str) -> RuleConfig {
         toml::from_str(toml_text).unwrap()

@@ -243,7 +243,7 @@ pub fn relax(t: &str) -> Option<String> {
                     // Drop the whole look-around group (found in the text by
                     // its byte offset, counted back into characters).
                     let at: usize = b[..i].iter().map(|c| c.len_utf8()).sum();
-                    let end = scan::group_end(t.as_bytes(), at)?;
+                    let end = scan::group_end(t, at)?;
                     i = t[..end].chars().count() + 1;
                     // A quantifier on a look-around is meaningless; drop it.
                     while i < b.len() && "*+?".contains(b[i]) {

@@ -33,6 +33,48 @@ pub fn escape_or_class(p: &str, i: usize) -> Option<usize> {
     }
 }
 
+/// One piece of a pattern as the scanners here read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// A byte outside escapes and classes: where groups, alternations and
+    /// quantifiers are.
+    Byte(u8),
+    /// An escape (`\` and the character after it) or a class (`[` to its
+    /// `]`), taken whole.
+    Atom,
+    /// A class that does not close: the rest of the pattern (a regex
+    /// engine refuses it; the pieces end there).
+    Unclosed,
+}
+
+/// The pieces of `p` from byte `from` on, each with the byte it starts at:
+/// the one walk over escapes and classes that finding groups, captures and
+/// quantifiers shares.
+pub fn pieces(p: &str, from: usize) -> impl Iterator<Item = (usize, Piece)> + '_ {
+    let mut i = from;
+    std::iter::from_fn(move || {
+        let &c = p.as_bytes().get(i)?;
+        let at = i;
+        let piece = match c {
+            b'[' if class_end(p.as_bytes(), i).is_none() => {
+                i = p.len();
+                Piece::Unclosed
+            }
+            _ => match escape_or_class(p, i) {
+                Some(len) => {
+                    i += len;
+                    Piece::Atom
+                }
+                None => {
+                    i += p[i..].chars().next().map_or(1, char::len_utf8);
+                    Piece::Byte(c)
+                }
+            },
+        };
+        Some((at, piece))
+    })
+}
+
 /// A quantifier: `*`, `+`, `?`, `{m}`, `{m,}` or `{m,n}`, maybe followed by
 /// `?` (lazy) or `+` (possessive).
 pub struct Quantifier {
@@ -113,23 +155,20 @@ pub fn rewrite_groups(
 }
 
 /// Index of the `)` closing the group opened at `open`.
-pub fn group_end(b: &[u8], open: usize) -> Option<usize> {
+pub fn group_end(p: &str, open: usize) -> Option<usize> {
     let mut depth = 0;
-    let mut i = open;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => i = class_end(b, i)?,
-            b'(' => depth += 1,
-            b')' => {
+    for (i, piece) in pieces(p, open) {
+        match piece {
+            Piece::Byte(b'(') => depth += 1,
+            Piece::Byte(b')') => {
                 depth -= 1;
                 if depth == 0 {
                     return Some(i);
                 }
             }
+            Piece::Unclosed => return None,
             _ => {}
         }
-        i += 1;
     }
     None
 }
@@ -145,27 +184,60 @@ pub fn opens_capture(p: &str, i: usize) -> bool {
 
 /// How many capturing groups open in `p`.
 pub fn count_captures(p: &str) -> usize {
-    let b = p.as_bytes();
-    let mut n = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 1,
-            b'[' => match class_end(b, i) {
-                Some(e) => i = e,
-                None => return n,
-            },
-            b'(' if opens_capture(p, i) => n += 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    n
+    pieces(p, 0)
+        .filter(|&(i, piece)| piece == Piece::Byte(b'(') && opens_capture(p, i))
+        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_take_escapes_and_classes_whole() {
+        use Piece::*;
+        let all = |p: &str| pieces(p, 0).collect::<Vec<_>>();
+        assert_eq!(
+            all(r"a\(é[(]x"),
+            [
+                (0, Byte(b'a')),
+                (1, Atom),
+                (3, Byte(0xc3)),
+                (5, Atom),
+                (8, Byte(b'x'))
+            ]
+        );
+        // A `]` first in a class is one of its members; an escaped one too.
+        assert_eq!(
+            all(r"[]a]*[^]]+[\]]?"),
+            [
+                (0, Atom),
+                (4, Byte(b'*')),
+                (5, Atom),
+                (9, Byte(b'+')),
+                (10, Atom),
+                (14, Byte(b'?'))
+            ]
+        );
+        assert_eq!(all(r"a[b(c"), [(0, Byte(b'a')), (1, Unclosed)]);
+        assert_eq!(all("\\"), [(0, Atom)]);
+        assert_eq!(all("\\é"), [(0, Atom)]);
+        assert_eq!(pieces("ab(c)", 2).count(), 3);
+    }
+
+    #[test]
+    fn groups_end_where_they_close() {
+        let p = r"(a(b)[)]\)c)d";
+        assert_eq!(group_end(p, 0), Some(11));
+        assert_eq!(group_end(p, 2), Some(4));
+        assert_eq!(group_end("(a[)", 0), None);
+        assert_eq!(group_end("(a(b)", 0), None);
+        assert_eq!(
+            count_captures(r"(a)(?:b)(?P<x>c)(?<y>d)(?<=e)(?<!f)[(]\(g"),
+            3
+        );
+        assert_eq!(count_captures("(a)[(b"), 1);
+    }
 
     #[test]
     fn quantifiers() {

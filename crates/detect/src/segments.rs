@@ -59,7 +59,7 @@ impl Segments {
                 b'[' => i = class_end(b, i)? + 1,
                 b'|' => return None,
                 b'(' => {
-                    let end = group_end(b, i)?;
+                    let end = group_end(body, i)?;
                     let inner = &body[i..=end];
                     let named = inner.starts_with("(?") && opens_capture(inner, 0);
                     if !named {
