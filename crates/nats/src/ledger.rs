@@ -31,11 +31,17 @@ pub struct Mirror {
     pub decisions: HashMap<String, Slot<Decision>>,
     /// The state bucket (what the policy keeps besides decisions), by key.
     pub state: HashMap<String, Slot<Vec<u8>>>,
+    /// The newest decisions revision seen, from the watch or from this
+    /// worker's own acknowledged writes: the bucket holds at least that
+    /// much (unlike the watch's position, it moves while the watch is
+    /// broken and the writes go through).
+    pub decisions_seen: u64,
 }
 
 impl Mirror {
     /// Takes a decision key's newer value (older revisions are ignored).
     pub fn set_decision(&mut self, key: &str, rev: u64, value: Option<Decision>) {
+        self.decisions_seen = self.decisions_seen.max(rev);
         set(&mut self.decisions, key, rev, value)
     }
 

@@ -67,6 +67,8 @@ struct Worker {
     /// The newest decisions revision the bucket watch brought: the mirror
     /// holds every change up to it.
     watched: Arc<AtomicU64>,
+    /// The bucket's last sequence as read for the latest snapshot check.
+    bucket_at: Option<u64>,
     /// Names this worker's snapshot parts.
     writer: String,
     mirror: Arc<Mutex<Mirror>>,
@@ -156,6 +158,7 @@ pub async fn run_worker(
         client: client.clone(),
         buckets,
         watched,
+        bucket_at: None,
         writer: format!("{:016x}", jitter::random()),
         mirror,
         node_writes: HashMap::new(),
@@ -669,7 +672,9 @@ impl Worker {
         .await
         .ok()
         .flatten()
-        .map_or(u64::MAX, |s| s.last_seq);
+        .map(|s| s.last_seq);
+        self.bucket_at = bucket_at;
+        let bucket_at = bucket_at.unwrap_or(u64::MAX);
         let now = Timestamp::now();
         let due = head.as_ref().is_none_or(|h| {
             h.rev < rev
@@ -720,14 +725,23 @@ impl Worker {
         }
     }
 
-    /// Announces the decisions bucket's revision this worker's watch has
-    /// reached. A republished change can be lost without the agent's
+    /// Announces the newest decisions revision this worker knows the
+    /// bucket holds (its watch's, its own writes', the bucket's last
+    /// sequence). A republished change can be lost without the agent's
     /// connection dropping (a leaf node's uplink was cut, the server that
     /// republished it died): an agent behind this revision then reads what
     /// it missed from the bucket within one `MAINTAIN_EVERY` instead of at
     /// its next probe.
     async fn announce_head(&self) {
-        let rev = self.watched.load(Ordering::SeqCst);
+        // Not only the watch's position: after a cluster server died the
+        // watch may stay broken for a while (its consumer cannot be made
+        // again) while writes go through, and agents that missed those
+        // writes would then wait for their probe.
+        let rev = self
+            .watched
+            .load(Ordering::SeqCst)
+            .max(self.mirror.lock().unwrap().decisions_seen)
+            .max(self.bucket_at.unwrap_or(0));
         if rev == 0 {
             return;
         }
