@@ -1,6 +1,7 @@
-//! Finding the parts of a translated pattern (see `pyre::translate`)
-//! without parsing it: where a class or group ends, which groups capture,
-//! what a quantifier says; and copying one with some groups rewritten.
+//! Finding the parts of a pattern (one `pyre::translate` wrote, or one of
+//! palisade's own rules) without parsing it: where a class or group ends,
+//! which groups capture, what a quantifier says; and copying one with some
+//! groups rewritten.
 
 /// Index of the `]` closing the class opened at `open`.
 pub fn class_end(b: &[u8], open: usize) -> Option<usize> {
