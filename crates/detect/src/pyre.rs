@@ -426,22 +426,21 @@ const MAX_DEPTH: usize = 64;
 pub fn check_shape(t: &str) -> Result<(), PatternError> {
     let b = t.as_bytes();
     let mut depth = 0usize;
-    let mut in_class = false;
     // The previous item was a repetition (and its modifier, if any).
     let mut repeated = false;
     let mut modified = false;
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if in_class {
-            match c {
-                b'\\' => i += 1,
-                b']' => in_class = false,
-                _ => {}
-            }
-            i += 1;
+    // Pieces before this byte belong to the item already read (the rest
+    // of a counted repetition, the `?` of `(?`).
+    let mut skip_to = 0;
+    for (i, piece) in scan::pieces(t, 0) {
+        if i < skip_to {
             continue;
         }
+        let scan::Piece::Byte(c) = piece else {
+            // An escape or a class: an item of its own.
+            repeated = false;
+            continue;
+        };
         let quantifier = match c {
             b'*' | b'+' | b'?' => Some(1),
             b'{' => repetition_len(&b[i..]),
@@ -456,22 +455,11 @@ pub fn check_shape(t: &str) -> Result<(), PatternError> {
                 repeated = true;
                 modified = false;
             }
-            i += len;
+            skip_to = i + len;
             continue;
         }
         repeated = false;
         match c {
-            b'\\' => i += 1,
-            b'[' => {
-                in_class = true;
-                // A `]` right after `[` or `[^` is a literal.
-                if b.get(i + 1) == Some(&b'^') {
-                    i += 1;
-                }
-                if b.get(i + 1) == Some(&b']') {
-                    i += 1;
-                }
-            }
             b'(' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -479,13 +467,12 @@ pub fn check_shape(t: &str) -> Result<(), PatternError> {
                 }
                 // `(?` opens flags or a group kind: its `?` is no repetition.
                 if b.get(i + 1) == Some(&b'?') {
-                    i += 1;
+                    skip_to = i + 2;
                 }
             }
             b')' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        i += 1;
     }
     Ok(())
 }
@@ -518,6 +505,47 @@ pub fn name_index(p: &Pattern) -> HashMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_python_refuses_are_refused() {
+        for p in [
+            "a*",
+            "a*?",
+            "a++",
+            "a{2}?",
+            "(?:a)*",
+            "(?i)x",
+            "(?P<x>a)?",
+            "[*+]*",
+            r"\**",
+            r"[\]*]+",
+            "a[**",
+            "é*",
+            "(a|b)+c{1,3}",
+        ] {
+            assert!(check_shape(p).is_ok(), "{p}");
+        }
+        for (p, at) in [
+            ("a**", 2),
+            ("a{2}+*", 5),
+            ("a*??", 3),
+            ("[a]+{2}", 4),
+            (r"\d?*", 3),
+        ] {
+            assert!(
+                matches!(check_shape(p), Err(PatternError::RepeatedRepeat { at: a }) if a == at),
+                "{p}"
+            );
+        }
+        let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
+        assert!(check_shape(&nested(MAX_DEPTH)).is_ok());
+        assert!(matches!(
+            check_shape(&nested(MAX_DEPTH + 1)),
+            Err(PatternError::TooDeep)
+        ));
+        // Parentheses in a class or escaped do not nest.
+        assert!(check_shape(&format!("{}a", r"[(]\(".repeat(100))).is_ok());
+    }
 
     #[test]
     fn translations() {
