@@ -22,7 +22,7 @@
 //! caller asks the whole pattern.
 
 use crate::linear::{Spans, StartingAt};
-use crate::scan::{class_end, count_captures, group_end, opens_capture};
+use crate::scan::{Piece, count_captures, group_end, opens_capture, pieces};
 
 /// A prefregex cut at its top-level groups (see the module docs).
 #[derive(Debug)]
@@ -48,18 +48,21 @@ impl Segments {
     pub fn new(translated: &str) -> Option<Segments> {
         let body = translated.strip_prefix('^')?;
         let b = body.as_bytes();
-        let mut pieces = Vec::new();
+        let mut parts = Vec::new();
         let mut groups = 1;
         let mut text_start = 0;
-        let mut i = 0;
         let mut rest = None;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'[' => i = class_end(b, i)? + 1,
-                b'|' => return None,
-                b'(' => {
+        // Pieces before this byte are inside a group already read.
+        let mut skip_to = 0;
+        for (i, piece) in pieces(body, 0) {
+            if i < skip_to {
+                continue;
+            }
+            match piece {
+                Piece::Unclosed | Piece::Byte(b'|') => return None,
+                Piece::Byte(b'(') => {
                     let end = group_end(body, i)?;
+                    skip_to = end + 1;
                     let inner = &body[i..=end];
                     let named = inner.starts_with("(?") && opens_capture(inner, 0);
                     if !named {
@@ -71,7 +74,6 @@ impl Segments {
                             return None;
                         }
                         groups += count_captures(inner);
-                        i = end + 1;
                         continue;
                     }
                     if matches!(b.get(end + 1), Some(b'?' | b'*' | b'+' | b'{')) {
@@ -86,7 +88,7 @@ impl Segments {
                     groups += count_captures(inner);
                     let text = &body[text_start..i];
                     if !text.is_empty() {
-                        pieces.push((None, text));
+                        parts.push((None, text));
                     }
                     if group_body == ".+" {
                         if &body[end + 1..] != END {
@@ -95,17 +97,16 @@ impl Segments {
                         rest = Some(index);
                         break;
                     }
-                    pieces.push((Some(index), group_body));
-                    i = end + 1;
-                    text_start = i;
+                    parts.push((Some(index), group_body));
+                    text_start = end + 1;
                 }
-                _ => i += 1,
+                _ => {}
             }
         }
         let rest = rest?;
         // Compiled only now that the shape is known: most patterns tried
         // (failregexes, ignoreregexes) turn out not to have it.
-        let pieces = pieces
+        let pieces = parts
             .into_iter()
             .map(|(group, piece)| Some((group, StartingAt::new(piece)?)))
             .collect::<Option<_>>()?;
