@@ -555,6 +555,11 @@ fn bans_and_unbans_made_while_an_agent_was_down_reach_it_in_order() {
     net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "1h"]);
     net.agents[0].ok(&["unban", "198.19.6.0/24"]);
     net.agents[0].ok(&["ban", "198.19.6.0/24", "--for", "forever"]);
+    // All of it is at the hub (web2 has the last) before web3 starts:
+    // arriving live, one by one, it would be applied one by one.
+    assert!(wait_until(SPREAD, || net.agents[1]
+        .ok(&["explain", "198.19.6.8"])
+        .contains("forever")));
     net.agents[2].restart();
     let caught_up = wait_until(SPREAD, || {
         let out = net.agents[2].cli(&["status", "--json"]);
@@ -580,6 +585,13 @@ fn bans_and_unbans_made_while_an_agent_was_down_reach_it_in_order() {
             .iter()
             .any(|e| e.contains("198.19.5.0/24")),
         "the unbanned network stayed in web3's kernel"
+    );
+    // What it missed came as one batch: the ban and its unban cancelled
+    // there, and web3 never enforced the ban on its own.
+    let log = net.agents[2].log();
+    assert!(
+        !log.contains("from the network action=ban target=198.19.5.0/24"),
+        "{log}"
     );
 }
 

@@ -263,6 +263,36 @@ fn cluster_flow(flavour: &str, bin: &str) {
         "[{flavour}] the expired ban stayed\n{}",
         net.logs()
     );
+
+    // What an agent missed while it was stopped comes as one batch: a ban
+    // and its unban made meanwhile cancel there, never enforced one at a
+    // time.
+    net.agents[2].stop();
+    net.agents[0].ok(&["ban", "198.19.7.0/24", "--for", "1h"]);
+    net.agents[0].ok(&["unban", "198.19.7.0/24"]);
+    net.agents[0].ok(&["ban", "198.19.8.0/24", "--for", "1h"]);
+    // All three are in the bucket (web2 has the last) before web3 starts:
+    // arriving live, one by one, they would be applied one by one.
+    assert!(
+        wait_until(AFTER_KILL, || net.agents[1]
+            .ok(&["list"])
+            .contains("198.19.8.0/24")),
+        "[{flavour}] the bans did not spread\n{}",
+        net.logs()
+    );
+    net.agents[2].restart();
+    assert!(
+        wait_until(AFTER_KILL, || net.agents[2]
+            .ok(&["list"])
+            .contains("198.19.8.0/24")),
+        "[{flavour}] the restarted agent did not catch up\n{}",
+        net.logs()
+    );
+    let log = net.agents[2].log();
+    assert!(
+        !log.contains("from the network action=ban target=198.19.7.0/24"),
+        "[{flavour}] the restarted agent enforced a ban lifted while it was away\n{log}"
+    );
 }
 
 /// True when the decisions bucket has no live value for `key` (expired by
