@@ -11,7 +11,7 @@
 //! decisions from the bucket (each purge is conditional on the revision,
 //! so a ban extended meanwhile is never purged).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{Entry, Operation, Store};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures_util::StreamExt;
-use palisade_model::{Decision, Timestamp};
+use palisade_model::{Action, Decision, Timestamp};
 use palisade_policy::{Node, NodeRecord, Policy, PolicyOptions, Role, StaticAllow};
-use palisade_wire::{BusReply, BusRequest, IntentResult, NodeBeat};
+use palisade_wire::{BusReply, BusRequest, Intent, IntentOutcome, IntentResult, NodeBeat, keys};
 use tracing::{debug, info, warn};
 
 use crate::ledger::{Mirror, MirrorLedger, Writes};
@@ -326,6 +327,8 @@ impl Worker {
     ) -> Result<Vec<IntentResult>, NatsError> {
         // Rate limits are counted once per batch, not once per attempt.
         let mut admitted = None;
+        // Keys of lifts already read from the bucket's leader.
+        let mut verified = HashSet::new();
         for attempt in 0..ATTEMPTS {
             let now = Timestamp::now();
             let (results, writes) = {
@@ -349,6 +352,16 @@ impl Worker {
                 );
                 (batch.results, ledger.into_writes())
             };
+            if self
+                .nothing_to_lift_was_stale(&req.envelopes, &results, &mut verified)
+                .await
+            {
+                debug!(
+                    attempt,
+                    "a lift found nothing another worker had just written; deciding again"
+                );
+                continue;
+            }
             match self.commit(writes, now).await {
                 Ok(()) => {
                     for (env, r) in req.envelopes.iter().zip(&results) {
@@ -366,6 +379,73 @@ impl Worker {
             }
         }
         Err(NatsError::KeptChanging)
+    }
+
+    /// Whether an unban or unallow the policy answered "nothing to lift"
+    /// lifts a decision the bucket holds after all. A decision another
+    /// worker wrote a moment ago may not have reached this worker's mirror
+    /// (its watch lags, or is broken for a while after a server died), and
+    /// such an answer writes nothing, so no conditional write would catch
+    /// the stale read: the ban would stay in the network while the node
+    /// that lifted it dropped it. Each such key is read from the bucket's
+    /// leader once per batch, and only for intents the rate limits
+    /// admitted: a batch of lifts of nothing costs one read each, once.
+    async fn nothing_to_lift_was_stale(
+        &self,
+        envelopes: &[palisade_wire::Envelope],
+        results: &[IntentResult],
+        verified: &mut HashSet<String>,
+    ) -> bool {
+        let mut stale = false;
+        for (env, r) in envelopes.iter().zip(results) {
+            if r.outcome != IntentOutcome::NotFound {
+                continue;
+            }
+            let key = match &env.intent {
+                Intent::Unban { target, .. } => keys::decision_key(Action::Ban, target, None),
+                Intent::Unallow { target, group, .. } => {
+                    keys::decision_key(Action::Allow, target, group.as_deref())
+                }
+                _ => continue,
+            };
+            if !verified.insert(key.clone()) {
+                continue;
+            }
+            self.read_from_leader(&key).await;
+            stale |= self.mirror.lock().unwrap().decision(&key).is_some();
+        }
+        stale
+    }
+
+    /// Takes a decision key's newest message into the mirror, read from the
+    /// bucket's leader: a direct get may be answered by a replica that has
+    /// not stored the write yet.
+    async fn read_from_leader(&self, key: &str) {
+        let subject = format!("$KV.{}.{key}", self.buckets.decisions_name);
+        match self
+            .buckets
+            .decisions
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) => {
+                let removed = m
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                let value = (!removed)
+                    .then(|| serde_json::from_slice::<Decision>(&m.payload).ok())
+                    .flatten();
+                self.mirror
+                    .lock()
+                    .unwrap()
+                    .set_decision(key, m.sequence, value);
+            }
+            // Never written: there is nothing to lift.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => warn!(key, error = %e, "cannot read a decision from the bucket's leader"),
+        }
     }
 
     /// Writes staged changes, each conditional on the revision read.
