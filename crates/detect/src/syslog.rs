@@ -475,7 +475,6 @@ pub fn current_year() -> i64 {
 mod tests {
     use super::*;
 
-    /// `bsd_time_reads` says yes exactly where `parse_time` reads a time.
     #[test]
     fn web_times() {
         let t = web_time(r#"1.2.3.4 - - [03/Mar/2024:12:00:00 +0100] "GET /""#).unwrap();
@@ -506,6 +505,7 @@ mod tests {
         assert_eq!(web_time("x [31/Dec/1969:23:59:59 +0000]"), None);
     }
 
+    /// `bsd_time_reads` says yes exactly where `parse_time` reads a time.
     #[test]
     fn bsd_time_reads_agrees_with_parse_time() {
         let mut n = 0;
