@@ -272,14 +272,27 @@ async fn mirror_bucket(
 
 fn apply_entry(mirror: &Mutex<Mirror>, is_decisions: bool, e: &Entry) {
     let live = e.operation == Operation::Put;
+    apply_value(mirror, is_decisions, &e.key, e.revision, live, &e.value);
+}
+
+/// Takes a key's message at revision `rev` into the mirror: its value, or
+/// its removal when it is not `live` (a delete or purge marker).
+fn apply_value(
+    mirror: &Mutex<Mirror>,
+    is_decisions: bool,
+    key: &str,
+    rev: u64,
+    live: bool,
+    value: &[u8],
+) {
     let mut m = mirror.lock().unwrap();
     if is_decisions {
         let value = live
-            .then(|| serde_json::from_slice::<Decision>(&e.value).ok())
+            .then(|| serde_json::from_slice::<Decision>(value).ok())
             .flatten();
-        m.set_decision(&e.key, e.revision, value);
+        m.set_decision(key, rev, value);
     } else {
-        m.set_state(&e.key, e.revision, live.then(|| e.value.to_vec()));
+        m.set_state(key, rev, live.then(|| value.to_vec()));
     }
 }
 
@@ -411,41 +424,10 @@ impl Worker {
             if !verified.insert(key.clone()) {
                 continue;
             }
-            self.read_from_leader(&key).await;
+            self.refresh(&self.buckets.decisions_name, &key).await;
             stale |= self.mirror.lock().unwrap().decision(&key).is_some();
         }
         stale
-    }
-
-    /// Takes a decision key's newest message into the mirror, read from the
-    /// bucket's leader: a direct get may be answered by a replica that has
-    /// not stored the write yet.
-    async fn read_from_leader(&self, key: &str) {
-        let subject = format!("$KV.{}.{key}", self.buckets.decisions_name);
-        match self
-            .buckets
-            .decisions
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(m) => {
-                let removed = m
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-                let value = (!removed)
-                    .then(|| serde_json::from_slice::<Decision>(&m.payload).ok())
-                    .flatten();
-                self.mirror
-                    .lock()
-                    .unwrap()
-                    .set_decision(key, m.sequence, value);
-            }
-            // Never written: there is nothing to lift.
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
-            Err(e) => warn!(key, error = %e, "cannot read a decision from the bucket's leader"),
-        }
     }
 
     /// Writes staged changes, each conditional on the revision read.
@@ -615,16 +597,32 @@ impl Worker {
         }
     }
 
-    /// Reads a key again after a conflict.
+    /// Reads a key again (after a conflict, or to check a lift of
+    /// nothing), from its bucket's leader: a direct get may be answered by
+    /// a replica that has not stored the latest write yet.
     async fn refresh(&self, bucket: &str, key: &str) {
         let is_decisions = bucket == self.buckets.decisions_name;
         let kv = match (&self.buckets.state, is_decisions) {
             (Some(state), false) => state,
             _ => &self.buckets.decisions,
         };
-        match kv.entry(key).await {
-            Ok(Some(e)) => apply_entry(&self.mirror, is_decisions, &e),
-            Ok(None) => {
+        let subject = format!("$KV.{bucket}.{key}");
+        match kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let removed = m
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                apply_value(
+                    &self.mirror,
+                    is_decisions,
+                    key,
+                    m.sequence,
+                    !removed,
+                    &m.payload,
+                );
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 let mut m = self.mirror.lock().unwrap();
                 if is_decisions {
                     m.decisions.remove(key);
@@ -817,11 +815,9 @@ impl Worker {
         // watch may stay broken for a while (its consumer cannot be made
         // again) while writes go through, and agents that missed those
         // writes would then wait for their probe.
-        let rev = self
-            .watched
-            .load(Ordering::SeqCst)
-            .max(self.mirror.lock().unwrap().decisions_seen)
-            .max(self.bucket_at.unwrap_or(0));
+        // (The mirror has seen every revision the watch brought.)
+        let seen = self.mirror.lock().unwrap().decisions_seen;
+        let rev = seen.max(self.bucket_at.unwrap_or(0));
         if rev == 0 {
             return;
         }
