@@ -1,8 +1,11 @@
-//! A flood from banned sources against five ways of dropping it and two
+//! A flood from banned sources against six ways of dropping it and two
 //! references, in one run:
 //!
-//! - `prerouting`: palisade's table as it is now (drop at raw priority,
-//!   before conntrack);
+//! - `prerouting`: palisade's table as it is by default (drop at raw
+//!   priority, before conntrack);
+//! - `xdp`: the same with `xdp_devices = ["eth0"]` (palisade's XDP drop in
+//!   the victim's driver, before the kernel builds a socket buffer; its
+//!   maps a copy of the same 1M bans);
 //! - `ingress`: the same with `ingress_devices = ["eth0"]` (drop at the
 //!   interface's ingress hook, before IP processing);
 //! - `input`: the same table and sets in the earlier layout (drop in
@@ -22,7 +25,8 @@
 //!   bytes, before the kernel builds anything for it. No layout can drop
 //!   for less in this lab, so this row is its physical limit: what the
 //!   veth and the receive path cost before any firewall runs. (It is not
-//!   a layout palisade offers: it looks nothing up and never expires.)
+//!   a layout palisade offers: it looks nothing up and never expires.
+//!   `xdp` minus `floor` is what palisade's lookups cost.)
 //!
 //! The nftables and ipset layouts hold 1M bans (the 10,000 flood sources
 //! among them); fail2ban holds 1,000 rules, so its flood comes from those
@@ -79,7 +83,7 @@
 //! Run as root: `cargo bench -p palisade-enforce --bench flood`.
 //! Environment: `FLOOD_SECS` (measured seconds per run, default 10),
 //! `FLOOD_BANS` (default 1000000), `FLOOD_LAYOUTS` (default
-//! `prerouting,ingress,input,ipset,fail2ban,hook,floor`), `FLOOD_PROTOS` (default `syn,udp`),
+//! `prerouting,xdp,ingress,input,ipset,fail2ban,hook,floor`), `FLOOD_PROTOS` (default `syn,udp`),
 //! `RX_CPU` (default 0), `TX_CPU` (default 1), `RX_COALESCE_US` (NAPI
 //! deferral on the victim's veth, default 50; 0 turns it off),
 //! `FLOOD_REPEAT` (runs per layout and protocol, in rounds over the
@@ -88,7 +92,7 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,6 +101,8 @@ use palisade_enforce::nftables::{NftablesEnforcer, NftablesOptions};
 use palisade_enforce::{Enforcer, Entry};
 use palisade_lab::{Lab, Netns, TcpServer};
 use palisade_model::{Action, Net};
+use palisade_xdp::asm::{insn, op};
+use palisade_xdp::sys;
 
 /// Flood sources: 198.19.0.0 + i.
 const FIRST_SOURCE: u32 = 0xC613_0000;
@@ -113,6 +119,7 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Prerouting,
+    Xdp,
     Ingress,
     Input,
     Ipset,
@@ -125,6 +132,7 @@ impl Layout {
     fn parse(s: &str) -> Layout {
         match s {
             "prerouting" => Layout::Prerouting,
+            "xdp" => Layout::Xdp,
             "ingress" => Layout::Ingress,
             "input" => Layout::Input,
             "ipset" => Layout::Ipset,
@@ -133,7 +141,7 @@ impl Layout {
             "floor" => Layout::Floor,
             _ => {
                 panic!(
-                    "unknown layout {s:?} (prerouting, ingress, input, ipset, fail2ban, hook, floor)"
+                    "unknown layout {s:?} (prerouting, xdp, ingress, input, ipset, fail2ban, hook, floor)"
                 )
             }
         }
@@ -142,6 +150,7 @@ impl Layout {
     fn name(self) -> &'static str {
         match self {
             Layout::Prerouting => "prerouting",
+            Layout::Xdp => "xdp",
             Layout::Ingress => "ingress",
             Layout::Input => "input",
             Layout::Ipset => "ipset",
@@ -231,7 +240,7 @@ fn main() {
     };
     let layouts: Vec<Layout> = env(
         "FLOOD_LAYOUTS",
-        "prerouting,ingress,input,ipset,fail2ban,hook,floor".to_string(),
+        "prerouting,xdp,ingress,input,ipset,fail2ban,hook,floor".to_string(),
     )
     .split(',')
     .map(|s| Layout::parse(s.trim()))
@@ -351,7 +360,7 @@ fn run(layout: Layout, proto: Proto, settings: &Settings) -> Outcome {
     let lab = Lab::new();
     let (attacker, victim) = (lab.attacker(), lab.victim());
     let napi = prepare_victim(attacker, victim, settings.rx_cpu, settings.coalesce_us);
-    install(layout, victim, settings.bans);
+    let _enforcer = install(layout, victim, settings.bans);
     let server = TcpServer::start(victim, 0);
     let legit = SocketAddr::new(victim.v4().into(), server.port());
     let macs = Macs {
@@ -528,12 +537,19 @@ fn banned(total: u32) -> impl Iterator<Item = Ipv4Addr> {
     })
 }
 
-fn install(layout: Layout, victim: &Netns, bans: u32) {
+/// Sets a layout up; what it returns must live as long as the flood (an
+/// XDP program ends with its link, palisade's with its enforcer).
+fn install(layout: Layout, victim: &Netns, bans: u32) -> Option<Box<dyn std::any::Any>> {
     match layout {
-        Layout::Prerouting | Layout::Ingress | Layout::Input => {
+        Layout::Prerouting | Layout::Xdp | Layout::Ingress | Layout::Input => {
+            let eth0 = || vec!["eth0".to_string()];
             let config = NftablesOptions {
                 ingress_devices: match layout {
-                    Layout::Ingress => vec!["eth0".to_string()],
+                    Layout::Ingress => eth0(),
+                    _ => Vec::new(),
+                },
+                xdp_devices: match layout {
+                    Layout::Xdp => eth0(),
                     _ => Vec::new(),
                 },
                 ..NftablesOptions::default()
@@ -561,6 +577,7 @@ fn install(layout: Layout, victim: &Netns, bans: u32) {
                     )],
                 );
             }
+            return Some(Box::new(nft));
         }
         Layout::Ipset => {
             let mut script = format!(
@@ -610,44 +627,14 @@ fn install(layout: Layout, victim: &Netns, bans: u32) {
                 )],
             );
         }
-        Layout::Floor => attach_floor_xdp(victim),
+        Layout::Floor => return Some(Box::new(attach_floor_xdp(victim))),
     }
-}
-
-/// The eBPF opcodes the two programs use (class | operation | source).
-mod op {
-    pub const LDX_W: u8 = 0x61;
-    pub const LDX_H: u8 = 0x69;
-    pub const STX_H: u8 = 0x6b;
-    pub const MOV_X: u8 = 0xbf;
-    pub const MOV_K: u8 = 0xb7;
-    pub const ADD_K: u8 = 0x07;
-    pub const SUB_X: u8 = 0x1f;
-    pub const AND_K: u8 = 0x57;
-    /// 32-bit modulo by an immediate.
-    pub const MOD32_K: u8 = 0x94;
-    /// Byte swap to big-endian (width in the immediate).
-    pub const TO_BE: u8 = 0xdc;
-    pub const JGT_X: u8 = 0x2d;
-    pub const JNE_K: u8 = 0x55;
-    pub const CALL: u8 = 0x85;
-    pub const EXIT: u8 = 0x95;
-}
-
-/// One eBPF instruction: opcode, destination and source register, offset,
-/// immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut i = [0u8; 8];
-    i[0] = code;
-    i[1] = src << 4 | dst;
-    i[2..4].copy_from_slice(&off.to_le_bytes());
-    i[4..8].copy_from_slice(&imm.to_le_bytes());
-    i
+    None
 }
 
 /// Loads the `floor` XDP program and attaches it to the victim's eth0 in
-/// native mode (veth runs it in its NAPI poll, before any skb processing).
-/// The program, by instruction:
+/// native mode (veth runs it in its NAPI poll, before any skb processing),
+/// for as long as the returned link lives. The program, by instruction:
 ///
 /// ```text
 ///  0 r2 = ctx->data             1 r3 = ctx->data_end
@@ -658,12 +645,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// 10 r0 = XDP_DROP             11 exit
 /// 12 pass: r0 = XDP_PASS       13 exit
 /// ```
-///
-/// Loaded with the `bpf` system call, pinned in a bpf file system mounted
-/// for the purpose (so that `ip link` can attach it by path), and the file
-/// system unmounted again: the attachment keeps the program alive until
-/// the lab's namespace goes.
-fn attach_floor_xdp(victim: &Netns) {
+fn attach_floor_xdp(victim: &Netns) -> OwnedFd {
     use op::*;
     // Network-order fields read as little-endian words.
     const IPV4: i32 = 0x0008;
@@ -685,77 +667,19 @@ fn attach_floor_xdp(victim: &Netns) {
         insn(EXIT, 0, 0, 0, 0),
     ]
     .concat();
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let fd = load_xdp(&program, "the floor XDP program");
-    let dir = tempfile::tempdir().expect("a directory for a bpf file system");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let ok = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "{args:?} failed");
-    };
-    run(&[
-        "mount".as_ref(),
-        "-t".as_ref(),
-        "bpf".as_ref(),
-        "bpf".as_ref(),
-        dir.path().as_os_str(),
-    ]);
-    let pin = dir.path().join("floor");
-    let path = std::ffi::CString::new(pin.to_str().expect("a UTF-8 path")).expect("no NUL");
-    let mut attr = [0u8; 16];
-    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_PIN; path outlives it.
-    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
-    let error = std::io::Error::last_os_error();
-    drop(fd);
-    assert_eq!(pinned, 0, "pinning the floor XDP program: {error}");
-    victim.exec(
-        "ip",
-        &[
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "xdpdrv",
-            "pinned",
-            pin.to_str().unwrap(),
-        ],
-    );
-    run(&["umount".as_ref(), dir.path().as_os_str()]);
+    let prog = load_xdp(&program, "the floor XDP program");
+    victim.run(|| {
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        sys::link_create_xdp(&prog, ifindex).expect("attaching the floor XDP program to eth0")
+    })
 }
 
-/// Loads an XDP program (`program`: eBPF instructions, see [`insn`]) with
-/// the `bpf` system call; the verifier's log is in the panic message if it
-/// refuses it.
+/// Loads an XDP program (`program`: eBPF instructions, see [`insn`]); the
+/// verifier's log is in the panic message if it refuses it.
 fn load_xdp(program: &[u8], what: &str) -> OwnedFd {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    let license = c"GPL";
-    let mut log = vec![0u8; 1 << 16];
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
-    // log_level, log_size, log_buf; the rest zero.
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-    attr[4..8].copy_from_slice(&((program.len() / 8) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(program.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-    attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD whose pointers
-    // (program, license, log) outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
-    assert!(
-        fd >= 0,
-        "loading {what}: {}; verifier: {}",
-        std::io::Error::last_os_error(),
-        String::from_utf8_lossy(&log).trim_end_matches('\0')
-    );
-    // SAFETY: the call returned a new descriptor, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    sys::prog_load_xdp(program, "palisade_bench")
+        .unwrap_or_else(|(error, log)| panic!("loading {what}: {error}; verifier: {log}"))
 }
 
 /// Runs `program args` in `ns` with `input` on its stdin.

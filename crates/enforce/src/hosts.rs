@@ -72,12 +72,13 @@ impl<K: Key> Hosts<K> {
     }
 
     /// Forgets hosts that expired before `before` (the kernel removed them
-    /// by itself).
-    pub fn prune(&mut self, before: u64) {
+    /// by itself), telling `gone` each one.
+    pub fn prune(&mut self, before: u64, gone: &mut impl FnMut(K)) {
         let comments = &mut self.comments;
-        self.map.retain(|_, v| {
+        self.map.retain(|&k, v| {
             let keep = v.alive(before);
             if !keep {
+                gone(k);
                 comments.release(v.comment);
             }
             keep
@@ -188,7 +189,7 @@ mod tests {
         assert_eq!(all, [(1, 50), (5, 400)]);
         assert_eq!(h.comment(h.iter().nth(1).unwrap().1.comment), Some("b"));
         let mut h = h;
-        h.prune(60);
+        h.prune(60, &mut |_| {});
         assert_eq!(h.len(), 1);
     }
 }

@@ -67,6 +67,10 @@ pub struct NftablesOptions {
     /// Interfaces that also get an ingress chain with the same rules, the
     /// earliest drop nftables offers.
     pub ingress_devices: Vec<String>,
+    /// Interfaces that also get palisade's XDP drop, which drops banned
+    /// sources in the driver before the kernel builds a socket buffer (a
+    /// copy of the sets, see `xdp.rs`).
+    pub xdp_devices: Vec<String>,
     /// When set, an input chain reports connection attempts (TCP SYN, new
     /// UDP flows; not from loopback, not from allowed or banned sources) to
     /// this NFLOG group, for port-probe detection.
@@ -80,6 +84,7 @@ impl Default for NftablesOptions {
             priority: -10,
             prerouting_priority: -300,
             ingress_devices: Vec::new(),
+            xdp_devices: Vec::new(),
             probe_log_group: None,
         }
     }

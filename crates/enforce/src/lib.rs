@@ -42,6 +42,7 @@ pub mod layout;
 mod name;
 pub mod nftables;
 mod partition;
+mod xdp;
 pub mod xt_recent;
 
 pub use config::{EXAMPLE_TOML, EnforcerConfig, build};

@@ -74,6 +74,7 @@ use crate::hosts::Hosts;
 use crate::kernel::kernel_version;
 use crate::layout;
 use crate::partition::{Builder, Diff, FOREVER, Key, Op, Partition, Val};
+use crate::xdp::{Expected, Mirror, Plan};
 
 /// Longest timeout given to the kernel (about 100 years); the kernel
 /// rejects timeouts that overflow its clock with ERANGE.
@@ -273,6 +274,25 @@ impl<K: Key> Diffs<K> {
         self.allow.is_empty() && self.block.is_empty() && self.block_net.is_empty()
     }
 
+    /// What these operations do to the XDP drop's copy.
+    fn plan(&self, now: u64, plan: &mut Plan) {
+        let bits = K::BITS;
+        for (diff, ban) in [
+            (&self.allow, false),
+            (&self.block, true),
+            (&self.block_net, true),
+        ] {
+            for (s, e, op) in diff.ops() {
+                let (before, after) = match op {
+                    Op::Add(a) => (None, Some(a.expiry)),
+                    Op::Update { before, after } => (Some(before.expiry), Some(after.expiry)),
+                    Op::Delete { before } => (Some(before.expiry), None),
+                };
+                plan.change(ban, (s.to_u128(), e.to_u128(), bits), before, after, now);
+            }
+        }
+    }
+
     fn of(&self, kind: Kind) -> &Diff<K> {
         match kind {
             Kind::Allow => &self.allow,
@@ -317,10 +337,80 @@ impl<K: Key> Sets<K> {
         };
     }
 
-    fn prune(&mut self, now: u64, before: u64) {
-        self.allow.prune(now, before);
-        self.block.prune(before);
-        self.block_net.prune(now, before);
+    /// Forgets what expired; what the kernel forgot goes to `plan` too.
+    fn prune(&mut self, now: u64, before: u64, plan: &mut Option<Plan>) {
+        let bits = K::BITS;
+        let mut gone = |ban: bool, s: K, e: K| {
+            if let Some(p) = plan.as_mut() {
+                p.change(ban, (s.to_u128(), e.to_u128(), bits), Some(0), None, now);
+            }
+        };
+        self.allow.prune(now, before, &mut |s, e| gone(false, s, e));
+        self.block.prune(before, &mut |k| gone(true, k, k));
+        self.block_net
+            .prune(now, before, &mut |s, e| gone(true, s, e));
+    }
+
+    /// Every live element of the three sets (`hosts`: of the host set
+    /// too), as changes from nothing.
+    fn plan_all(&self, now: u64, hosts: bool, plan: &mut Plan) {
+        let bits = K::BITS;
+        for (s, e, v) in self.allow.pieces().filter(|(_, _, v)| v.alive(now)) {
+            plan.change(
+                false,
+                (s.to_u128(), e.to_u128(), bits),
+                None,
+                Some(v.expiry),
+                now,
+            );
+        }
+        if hosts {
+            for (a, v) in self.block.iter().filter(|(_, v)| v.alive(now)) {
+                plan.change(
+                    true,
+                    (a.to_u128(), a.to_u128(), bits),
+                    None,
+                    Some(v.expiry),
+                    now,
+                );
+            }
+        }
+        for (s, e, v) in self.block_net.pieces().filter(|(_, _, v)| v.alive(now)) {
+            plan.change(
+                true,
+                (s.to_u128(), e.to_u128(), bits),
+                None,
+                Some(v.expiry),
+                now,
+            );
+        }
+    }
+
+    /// How the XDP drop's maps of this family differ from these sets.
+    fn xdp_drift(&self, xdp: &Mirror, now: u64) -> Result<Vec<ObjectDrift>, EnforceError> {
+        let mut rest = Plan::default();
+        self.plan_all(now, false, &mut rest);
+        let host = |a: u128| {
+            self.block
+                .get(K::from_u128(a))
+                .filter(|v| v.alive(now))
+                .map(|v| v.expiry)
+        };
+        let mut hosts = self
+            .block
+            .iter()
+            .filter(|(_, v)| v.alive(now))
+            .map(|(_, v)| v.expiry);
+        xdp.drift(
+            Expected {
+                bits: K::BITS,
+                host: &host,
+                hosts: &mut hosts,
+                rest,
+            },
+            now,
+        )
+        .map_err(|e| EnforceError::Other(e.to_string()))
     }
 
     /// The live elements of one set, as intervals.
@@ -461,6 +551,8 @@ pub struct NftablesEnforcer {
     /// not be repaired: the next change then reloads everything.
     in_sync: bool,
     next_prune: u64,
+    /// The XDP drop's copy of the sets, on `xdp_devices`.
+    xdp: Mirror,
 }
 
 impl NftablesEnforcer {
@@ -473,7 +565,6 @@ impl NftablesEnforcer {
         // since 6.10. Unknown versions are assumed recent.
         let at_least = |maj: u32, min: u32| version.is_none_or(|v| v >= (maj, min));
         Ok(NftablesEnforcer {
-            config,
             sock,
             v4: Sets::default(),
             v6: Sets::default(),
@@ -489,6 +580,8 @@ impl NftablesEnforcer {
             },
             in_sync: false,
             next_prune: 0,
+            xdp: Mirror::new(config.xdp_devices.clone()),
+            config,
         })
     }
 
@@ -591,8 +684,12 @@ impl NftablesEnforcer {
         }
         self.next_prune = now + PRUNE_EVERY_MS;
         let before = now.saturating_sub(PRUNE_GRACE_MS);
-        self.v4.prune(now, before);
-        self.v6.prune(now, before);
+        let mut plan = self.xdp.is_active().then(Plan::default);
+        self.v4.prune(now, before, &mut plan);
+        self.v6.prune(now, before, &mut plan);
+        if let Some(plan) = &mut plan {
+            self.xdp.both(plan);
+        }
     }
 
     /// Sends the whole table in one transaction.
@@ -601,6 +698,8 @@ impl NftablesEnforcer {
         let mut b = Batch::with_capacity(4096 + elements * 56);
         let table = self.config.table.as_str();
         let upgrading = layout::holds_old_layout(&mut self.sock, table);
+        // The XDP drop drops nothing from here until the table is in.
+        self.xdp.start_load();
         // Create it so that the delete cannot fail, delete it with whatever
         // is in it (stale elements, foreign rules), and build it anew.
         nft::new_table(&mut b, family::INET, table);
@@ -643,6 +742,12 @@ impl NftablesEnforcer {
             result = layout::finish_upgrade(&mut self.sock, &self.config.table);
         }
         self.in_sync = result.is_ok();
+        if result.is_ok() && self.xdp.is_active() {
+            let mut plan = Plan::default();
+            self.v4.plan_all(now, true, &mut plan);
+            self.v6.plan_all(now, true, &mut plan);
+            self.xdp.both(&mut plan);
+        }
         result
     }
 
@@ -828,8 +933,17 @@ impl Enforcer for NftablesEnforcer {
             return Ok(());
         }
         let batch = self.encode_diffs(&d4, &d6, now);
+        let mut plan = Plan::default();
+        if self.xdp.is_active() {
+            d4.plan(now, &mut plan);
+            d6.plan(now, &mut plan);
+            self.xdp.first(&mut plan);
+        }
         match batch.send(&mut self.sock) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.xdp.then(&mut plan);
+                Ok(())
+            }
             Err(error) => match self.reload(now_ms()) {
                 Ok(()) => Err(EnforceError::Recovered { error }),
                 Err(reload) => Err(EnforceError::Unrecovered { error, reload }),
@@ -877,6 +991,10 @@ impl Enforcer for NftablesEnforcer {
             if let Some(d) = compare_elements(name, &want, &have) {
                 drift.objects.push(d);
             }
+        }
+        if self.xdp.is_active() {
+            drift.objects.extend(self.v4.xdp_drift(&self.xdp, now)?);
+            drift.objects.extend(self.v6.xdp_drift(&self.xdp, now)?);
         }
         if repair && !drift.is_empty() {
             self.reload(now_ms())?;

@@ -393,8 +393,9 @@ impl<K: Key> Partition<K> {
     }
 
     /// Forgets entries that expired at `now` and pieces that expired before
-    /// `pieces_before` (the kernel removed those by itself).
-    pub fn prune(&mut self, now: u64, pieces_before: u64) {
+    /// `pieces_before` (the kernel removed those by itself), telling `gone`
+    /// each piece's first and last address.
+    pub fn prune(&mut self, now: u64, pieces_before: u64, gone: &mut impl FnMut(K, K)) {
         let comments = &mut self.comments;
         let prefixes = &mut self.prefixes;
         self.entries.retain(|&(_, prefix), v| {
@@ -405,7 +406,13 @@ impl<K: Key> Partition<K> {
             }
             keep
         });
-        self.pieces.retain(|_, p| p.val().alive(pieces_before));
+        self.pieces.retain(|&s, p| {
+            let keep = p.val().alive(pieces_before);
+            if !keep {
+                gone(s, p.end);
+            }
+            keep
+        });
     }
 
     /// Recomputes the pieces around `[s, e]` after the entry there changed,
@@ -799,7 +806,7 @@ mod tests {
             ops.iter().any(|o| matches!(o.2, Op::Delete { .. })),
             "{ops:?}"
         );
-        p.prune(later, later);
+        p.prune(later, later, &mut |_, _| {});
         assert_eq!(p.len(), 1);
         assert_eq!(p.comments_len(), 1);
         p.check_invariants();
@@ -997,7 +1004,7 @@ mod tests {
                 // when nothing expired in between.
                 if rng.below(4) == 0 {
                     now += 10;
-                    p.prune(now, now);
+                    p.prune(now, now, &mut |_, _| {});
                     kernel.retain(|_, (_, v)| v.expiry > now);
                     entries.retain(|_, (e, _)| *e > now);
                     p.check_invariants();
@@ -1005,7 +1012,7 @@ mod tests {
             }
             // Rebuilding from the entries gives the same pieces as the
             // incremental path, once expired leftovers are pruned.
-            p.prune(now, now);
+            p.prune(now, now, &mut |_, _| {});
             let rebuilt = Partition::<u32>::build(
                 entries.iter().map(|(&(s, pr), &(e, c))| (s, pr, e, c)),
                 now,

@@ -1,5 +1,6 @@
 //! Where the nftables enforcer drops: before connection tracking and DNAT
-//! (the prerouting chain), optionally at an interface's ingress, and the
+//! (the prerouting chain), optionally at an interface's ingress or in its
+//! driver (the XDP drop), and the
 //! upgrade from the earlier input/forward layout without a gap. Real
 //! kernel, real traffic, lab namespaces; root only.
 //!
@@ -314,6 +315,155 @@ fn ingress_chains_drop_before_prerouting_on_named_interfaces() {
         victim.v6().into()
     )));
     assert!(counted(victim, "observe", "early") >= 1);
+}
+
+/// Whether `dev` in `ns` runs an XDP program, as `ip link` reports it.
+fn runs_xdp(ns: &Netns, dev: &str) -> bool {
+    ns.exec("ip", &["-d", "link", "show", "dev", dev])
+        .contains("prog/xdp")
+}
+
+/// The id of the map called `name` of the XDP program on `dev` in `ns`.
+fn xdp_map(ns: &Netns, dev: &str, name: &str) -> String {
+    let link = ns.exec("ip", &["-d", "link", "show", "dev", dev]);
+    let prog = link
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no XDP program on {dev}: {link}"));
+    let bpftool = |args: &[&str]| -> Value {
+        let out = std::process::Command::new("bpftool")
+            .args(["--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool {args:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let info = bpftool(&["prog", "show", "id", prog]);
+    info["map_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .find(|id| bpftool(&["map", "show", "id", id])["name"] == name)
+        .unwrap_or_else(|| panic!("no map {name} in {info}"))
+}
+
+#[test]
+fn the_xdp_drop_drops_banned_sources_before_the_kernel_sees_them_and_never_more_than_the_table() {
+    if !require_root_and(&["nft", "ping", "bpftool"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let (a4, a6) = (IpAddr::from(attacker.v4()), IpAddr::from(attacker.v6()));
+    let to4: IpAddr = victim.v4().into();
+    let to6: IpAddr = victim.v6().into();
+    observe(victim, a4);
+    let config = NftablesOptions {
+        xdp_devices: vec!["eth0".into(), "absent0".into()],
+        ..NftablesOptions::default()
+    };
+    let mut nft = load(victim, config, vec![decision(Action::Ban, &a4.to_string())]);
+    assert!(
+        runs_xdp(victim, "eth0"),
+        "attached to eth0; the missing interface is left out"
+    );
+    // The table holds the ban too: it is the authority, XDP a copy.
+    let table = victim.exec("nft", &["list", "set", "inet", "palisade", "block4"]);
+    assert!(table.contains(&a4.to_string()), "{table}");
+    assert!(!ping(attacker, to4));
+    assert_eq!(
+        counted(victim, "observe", "early"),
+        0,
+        "dropped in the driver, before any hook of the kernel's stack"
+    );
+    assert!(
+        nft.drift(false).unwrap().is_empty(),
+        "the maps agree with the table"
+    );
+
+    // Another root tool writes a ban the table does not hold into the
+    // drop's map, and tries to detach the drop: the drift check names the
+    // element and its repair removes it; the detach is refused.
+    let map = xdp_map(victim, "eth0", "pal_host4");
+    let forever = ["255"; 8];
+    let mut args = vec![
+        "map", "update", "id", &map, "key", "198", "19", "0", "99", "value",
+    ];
+    args.extend(forever);
+    let out = std::process::Command::new("bpftool")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drift = nft.drift(true).unwrap();
+    assert_eq!(
+        drift.to_string(),
+        "xdp host4: 0 missing, 1 extra (extra 198.19.0.99)"
+    );
+    assert!(nft.drift(false).unwrap().is_empty(), "repaired");
+    let off = victim.output("ip", &["link", "set", "dev", "eth0", "xdp", "off"]);
+    assert!(!off.status.success() && runs_xdp(victim, "eth0"));
+    assert!(!ping(attacker, to4), "still dropped after the repair");
+
+    let host4 = Net::host(a4);
+    let put = |action, net: Net, expires| {
+        Change::Put(Entry {
+            expires,
+            ..decision(action, &net.to_string())
+        })
+    };
+    // An allow wins at once, and its removal brings the drop back.
+    nft.apply(&[put(Action::Allow, host4, None)]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || ping(attacker, to4)));
+    nft.apply(&[Change::Remove {
+        action: Action::Allow,
+        net: host4,
+    }])
+    .unwrap();
+    assert!(!ping(attacker, to4));
+    // An unban passes at once.
+    nft.apply(&[Change::Remove {
+        action: Action::Ban,
+        net: host4,
+    }])
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || ping(attacker, to4)));
+    // A ban that ends: XDP lets go no later than the table does.
+    let soon = palisade_model::Timestamp::now().saturating_add(Duration::from_secs(3));
+    nft.apply(&[put(Action::Ban, host4, Some(soon))]).unwrap();
+    assert!(!ping(attacker, to4));
+    assert!(
+        wait_until(Duration::from_secs(8), || ping(attacker, to4)),
+        "the ban ended"
+    );
+
+    // IPv6 attackers by their /64, in the trie of networks.
+    let net6 = Net::truncating(a6, 64);
+    assert!(ping(attacker, to6));
+    nft.apply(&[put(Action::Ban, net6, None)]).unwrap();
+    assert!(!ping(attacker, to6));
+    assert!(nft.drift(false).unwrap().is_empty());
+    // A full load keeps the drop and its contents.
+    nft.replace_all(&mut vec![decision(Action::Ban, &net6.to_string())].into_iter())
+        .unwrap();
+    assert!(runs_xdp(victim, "eth0"));
+    assert!(!ping(attacker, to6));
+    assert!(
+        ping(attacker, to4),
+        "only what the full load holds is dropped"
+    );
+
+    // The drop ends with the enforcer (the agent's process): nothing of
+    // palisade stays in the driver.
+    drop(nft);
+    assert!(!runs_xdp(victim, "eth0"));
 }
 
 #[test]
