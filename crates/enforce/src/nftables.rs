@@ -699,7 +699,8 @@ impl NftablesEnforcer {
         let table = self.config.table.as_str();
         let upgrading = layout::holds_old_layout(&mut self.sock, table);
         // The XDP drop drops nothing from here until the table is in.
-        self.xdp.start_load();
+        self.xdp
+            .start_load([self.v4.block.len(), self.v6.block.len()]);
         // Create it so that the delete cannot fail, delete it with whatever
         // is in it (stale elements, foreign rules), and build it anew.
         nft::new_table(&mut b, family::INET, table);
@@ -742,13 +743,22 @@ impl NftablesEnforcer {
             result = layout::finish_upgrade(&mut self.sock, &self.config.table);
         }
         self.in_sync = result.is_ok();
-        if result.is_ok() && self.xdp.is_active() {
-            let mut plan = Plan::default();
-            self.v4.plan_all(now, true, &mut plan);
-            self.v6.plan_all(now, true, &mut plan);
-            self.xdp.both(&mut plan);
+        if result.is_ok() {
+            self.fill_xdp(now);
         }
         result
+    }
+
+    /// Puts every live element into the XDP drop's (empty) maps, allows
+    /// first.
+    fn fill_xdp(&mut self, now: u64) {
+        if !self.xdp.is_active() {
+            return;
+        }
+        let mut plan = Plan::default();
+        self.v4.plan_all(now, true, &mut plan);
+        self.v6.plan_all(now, true, &mut plan);
+        self.xdp.both(&mut plan);
     }
 
     fn encode_diffs(&self, d4: &Diffs<u32>, d6: &Diffs<u128>, now: u64) -> Batch {
@@ -942,6 +952,11 @@ impl Enforcer for NftablesEnforcer {
         match batch.send(&mut self.sock) {
             Ok(()) => {
                 self.xdp.then(&mut plan);
+                if self.xdp.wants_room() {
+                    self.xdp
+                        .start_load([self.v4.block.len(), self.v6.block.len()]);
+                    self.fill_xdp(now);
+                }
                 Ok(())
             }
             Err(error) => match self.reload(now_ms()) {

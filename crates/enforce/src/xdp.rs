@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use palisade_xdp::{FOREVER, List, XdpDrop, XdpError, boot_ns};
+use palisade_xdp::{FOREVER, List, Room, XdpDrop, XdpError, boot_ns};
 
 use crate::enforcer::{DRIFT_EXAMPLES, DRIFT_SETTLE, ObjectDrift};
 
@@ -32,9 +32,19 @@ use crate::enforcer::{DRIFT_EXAMPLES, DRIFT_SETTLE, ObjectDrift};
 /// clocks.
 pub const MARGIN_MS: u64 = 1_000;
 
-/// Banned hosts per family the maps take (more are dropped by the table
-/// only, with a warning).
-const MAX_HOSTS: u32 = 16 * 1024 * 1024;
+/// Least room for banned hosts per family: what the maps start with.
+const MIN_ROOM: u32 = 4096;
+/// Most room for banned hosts per family (64M: 1 GiB of buckets); more
+/// are dropped by the table only.
+const MAX_ROOM: u32 = 1 << 26;
+
+/// Room for twice `hosts` banned hosts: the buckets cost 16 bytes per
+/// entry of room up front, so the room follows what the table holds, and
+/// grows when a map fills (see [`Mirror::wants_room`]).
+fn room_for(hosts: usize) -> u32 {
+    let want = u32::try_from(hosts.saturating_mul(2)).unwrap_or(MAX_ROOM);
+    want.max(MIN_ROOM).next_power_of_two().min(MAX_ROOM)
+}
 
 /// Banned hosts per batch call.
 const HOST_BATCH: usize = 4096;
@@ -172,13 +182,17 @@ fn deadline(expiry: u64, now: u64) -> Option<u64> {
 }
 
 /// The drop, if configured and attached.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Mirror {
     devices: Vec<String>,
     drop: Option<XdpDrop>,
     /// The network namespace the enforcer was made for: interfaces are
     /// looked up in the calling thread's, so they are attached only there.
     netns: Option<u64>,
+    /// The maps' room for banned hosts.
+    room: Room,
+    /// A map of banned hosts was full.
+    full: bool,
 }
 
 impl Mirror {
@@ -189,6 +203,11 @@ impl Mirror {
             devices,
             drop: None,
             netns: netns(),
+            room: Room {
+                hosts4: MIN_ROOM,
+                hosts6: MIN_ROOM,
+            },
+            full: false,
         };
         if !m.devices.is_empty() {
             m.attach(true);
@@ -200,18 +219,24 @@ impl Mirror {
         self.drop.is_some()
     }
 
-    /// Starts a full load: empty maps on every interface (attaching first
-    /// if needed, or again to interfaces that were missing, when this runs
-    /// in the namespace the enforcer was made for).
-    pub fn start_load(&mut self) {
+    /// Starts a full load of `hosts` banned hosts per family (and the
+    /// rest): empty maps with room for them on every interface (attaching
+    /// first if needed, or again to interfaces that were missing, when
+    /// this runs in the namespace the enforcer was made for).
+    pub fn start_load(&mut self, hosts: [usize; 2]) {
         if self.devices.is_empty() {
             return;
         }
+        self.full = false;
+        self.room = Room {
+            hosts4: room_for(hosts[0]),
+            hosts6: room_for(hosts[1]),
+        };
         let attached = self.drop.as_ref().map_or(0, |d| d.devices().count());
         let missing = attached < self.devices.len();
         if !missing || netns() != self.netns {
             if let Some(d) = &mut self.drop
-                && let Err(e) = d.reset()
+                && let Err(e) = d.reset(self.room)
             {
                 self.detach(&e);
             }
@@ -223,7 +248,7 @@ impl Mirror {
     }
 
     fn attach(&mut self, first: bool) {
-        match XdpDrop::attach(&self.devices, MAX_HOSTS) {
+        match XdpDrop::attach(&self.devices, self.room) {
             Ok((d, errors)) => {
                 for e in errors {
                     tracing::warn!("{e}");
@@ -253,10 +278,26 @@ impl Mirror {
     /// The second phase, once the table's transaction committed.
     pub fn then(&mut self, plan: &mut Plan) {
         let steps = std::mem::take(&mut plan.then);
-        if let Err(e) = self.run(&steps) {
-            // The table drops what the maps could not take.
-            tracing::warn!("{e}; the nftables table still drops it");
+        match self.run(&steps) {
+            Ok(()) => {}
+            // The table drops what the maps could not take until they are
+            // loaded again with more room.
+            Err(XdpError::Full { map }) => {
+                tracing::info!(
+                    map,
+                    "an XDP drop map is full; loading the maps again with more room"
+                );
+                self.full = true;
+            }
+            Err(e) => tracing::warn!("{e}; the nftables table still drops it"),
         }
+    }
+
+    /// True once after a map of banned hosts was full: the caller then
+    /// loads the maps again ([`Mirror::start_load`]), with room for twice
+    /// what the table holds.
+    pub fn wants_room(&mut self) -> bool {
+        std::mem::take(&mut self.full) && self.room.hosts4.max(self.room.hosts6) < MAX_ROOM
     }
 
     /// Both phases at once, for what no transaction separates (elements

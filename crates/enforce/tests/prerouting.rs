@@ -412,6 +412,33 @@ fn the_xdp_drop_drops_banned_sources_before_the_kernel_sees_them_and_never_more_
     assert!(!off.status.success() && runs_xdp(victim, "eth0"));
     assert!(!ping(attacker, to4), "still dropped after the repair");
 
+    // More bans than the maps have room for (they start with 4,096 per
+    // family): a full map is loaded again with more room, and the drift
+    // check finds every ban there.
+    let many: Vec<Change> = (0..6000u32)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0xC613_8000 + i);
+            Change::Put(decision(Action::Ban, &a.to_string()))
+        })
+        .collect();
+    nft.apply(&many).unwrap();
+    assert!(
+        nft.drift(false).unwrap().is_empty(),
+        "all 6,001 bans in the maps"
+    );
+    let lifted: Vec<Change> = many
+        .iter()
+        .map(|c| match c {
+            Change::Put(e) => Change::Remove {
+                action: e.action,
+                net: e.net,
+            },
+            Change::Remove { .. } => unreachable!(),
+        })
+        .collect();
+    nft.apply(&lifted).unwrap();
+    assert!(nft.drift(false).unwrap().is_empty());
+
     let host4 = Net::host(a4);
     let put = |action, net: Net, expires| {
         Change::Put(Entry {

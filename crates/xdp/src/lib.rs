@@ -93,6 +93,12 @@ pub enum XdpError {
         /// The kernel's answer.
         error: io::Error,
     },
+    /// A map of banned hosts is full (see [`Room`]).
+    #[error("the XDP drop's {map} map is full")]
+    Full {
+        /// The map.
+        map: &'static str,
+    },
     /// A map refused a change.
     #[error("the XDP drop's {map} map refused a change: {error}")]
     Map {
@@ -101,6 +107,18 @@ pub enum XdpError {
         /// The kernel's answer.
         error: io::Error,
     },
+}
+
+/// How many banned hosts per family the maps take. The kernel sizes a hash
+/// map's table of buckets from it up front (16 bytes per entry of room,
+/// rounded up to a power of two), whatever it holds; networks and allows
+/// take memory only as they are added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// IPv4 hosts.
+    pub hosts4: u32,
+    /// IPv6 hosts.
+    pub hosts6: u32,
 }
 
 /// Which of the program's lists an element belongs to.
@@ -125,7 +143,7 @@ struct Maps {
 }
 
 impl Maps {
-    fn new(max_hosts: u32) -> Result<Maps, XdpError> {
+    fn new(room: Room) -> Result<Maps, XdpError> {
         use sys::{MapType::*, NO_PREALLOC};
         let make = |kind, key, value, max, name: &'static str| {
             sys::map_create(kind, key, value, max, NO_PREALLOC, name).map_err(|error| {
@@ -139,8 +157,8 @@ impl Maps {
         Ok(Maps {
             allow4: make(LpmTrie, 8, 8, MAX_ALLOWS, "pal_allow4")?,
             allow6: make(LpmTrie, 20, 8, MAX_ALLOWS, "pal_allow6")?,
-            host4: make(Hash, 4, 8, max_hosts, "pal_host4")?,
-            host6: make(Hash, 16, 8, max_hosts, "pal_host6")?,
+            host4: make(Hash, 4, 8, room.hosts4.max(1), "pal_host4")?,
+            host6: make(Hash, 16, 8, room.hosts6.max(1), "pal_host6")?,
             net4: make(LpmTrie, 8, 8, MAX_NETS, "pal_net4")?,
             net6: make(LpmTrie, 20, 8, MAX_NETS, "pal_net6")?,
             dropped: sys::map_create(PercpuArray, 4, 8, 1, 0, "pal_dropped").map_err(|error| {
@@ -225,7 +243,6 @@ impl Key {
 /// The XDP drop on a set of interfaces, and the maps its program reads.
 #[derive(Debug)]
 pub struct XdpDrop {
-    max_hosts: u32,
     maps: Maps,
     program: OwnedFd,
     /// The interfaces it is attached to, each with its link.
@@ -235,15 +252,12 @@ pub struct XdpDrop {
 }
 
 impl XdpDrop {
-    /// Loads the program with empty maps (room for `max_hosts` banned
-    /// hosts per family) and attaches it to each of `devices` that exists.
+    /// Loads the program with empty maps (with `room`) and attaches it to
+    /// each of `devices` that exists.
     /// Returns the drop and, for each interface it could not attach to,
     /// why: the caller reports those and goes on.
-    pub fn attach(
-        devices: &[String],
-        max_hosts: u32,
-    ) -> Result<(XdpDrop, Vec<XdpError>), XdpError> {
-        let maps = Maps::new(max_hosts)?;
+    pub fn attach(devices: &[String], room: Room) -> Result<(XdpDrop, Vec<XdpError>), XdpError> {
+        let maps = Maps::new(room)?;
         let program = load(&maps)?;
         let mut links = Vec::new();
         let mut errors = Vec::new();
@@ -255,7 +269,6 @@ impl XdpDrop {
         }
         Ok((
             XdpDrop {
-                max_hosts,
                 maps,
                 program,
                 links,
@@ -271,11 +284,11 @@ impl XdpDrop {
     }
 
     /// Switches every interface, atomically, to a new program with empty
-    /// maps: from then on it drops nothing until elements are put again.
-    /// This is how a full load starts (the table still drops everything
-    /// meanwhile).
-    pub fn reset(&mut self) -> Result<(), XdpError> {
-        let maps = Maps::new(self.max_hosts)?;
+    /// maps (with `room`): from then on it drops nothing until elements
+    /// are put again. This is how a full load starts (the table still
+    /// drops everything meanwhile).
+    pub fn reset(&mut self, room: Room) -> Result<(), XdpError> {
+        let maps = Maps::new(room)?;
         let program = load(&maps)?;
         for (device, l) in &self.links {
             sys::link_update(l, &program).map_err(|error| XdpError::Attach {
@@ -295,7 +308,7 @@ impl XdpDrop {
     pub fn put(&self, list: List, addr: &[u8], len: u8, deadline: u64) -> Result<(), XdpError> {
         let (map, name, key) = self.maps.place(list, addr, len);
         sys::map_update(map, key.as_bytes(), &deadline.to_ne_bytes())
-            .map_err(|error| XdpError::Map { map: name, error })
+            .map_err(|error| map_error(name, error))
     }
 
     /// Removes one element; an element that is not there is no error.
@@ -320,7 +333,7 @@ impl XdpDrop {
         };
         let values: Vec<u8> = deadlines.iter().flat_map(|d| d.to_ne_bytes()).collect();
         sys::map_update_batch(map, addrs, &values, deadlines.len() as u32)
-            .map_err(|(done, error)| (done as usize, XdpError::Map { map: name, error }))
+            .map_err(|(done, error)| (done as usize, map_error(name, error)))
     }
 
     /// Every element of one list and family (`v6`): its address (network
@@ -380,6 +393,13 @@ impl XdpDrop {
     /// The loaded program, for [`sys::prog_test_run`].
     pub fn program(&self) -> &OwnedFd {
         &self.program
+    }
+}
+
+fn map_error(map: &'static str, error: io::Error) -> XdpError {
+    match error.raw_os_error() {
+        Some(libc::E2BIG) => XdpError::Full { map },
+        _ => XdpError::Map { map, error },
     }
 }
 

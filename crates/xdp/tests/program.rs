@@ -2,13 +2,18 @@
 //! (`BPF_PROG_TEST_RUN`): bans, allows that win, deadlines, and frames an
 //! attacker shapes to get past it or to make it read out of bounds.
 
-use palisade_xdp::{DROP, FOREVER, List, PASS, XdpDrop, boot_ns, sys};
+use palisade_xdp::{DROP, FOREVER, List, PASS, Room, XdpDrop, boot_ns, sys};
+
+const ROOM: Room = Room {
+    hosts4: 1024,
+    hosts6: 16,
+};
 
 fn drop_only() -> Option<XdpDrop> {
     if !palisade_lab::require_root_and(&[]) {
         return None;
     }
-    let (x, errors) = XdpDrop::attach(&[], 1024).expect("the program loads");
+    let (x, errors) = XdpDrop::attach(&[], ROOM).expect("the program loads");
     assert!(errors.is_empty());
     Some(x)
 }
@@ -94,6 +99,40 @@ fn banned_hosts_and_networks_drop_until_their_deadline_and_allows_win() {
     x.put_hosts(&hosts, &[FOREVER; 100]).unwrap();
     assert_eq!(verdict(&x, &v4([198, 19, 9, 50], 0)), drop);
     assert!(x.dropped() >= 7, "drops are counted: {}", x.dropped());
+
+    // What the maps hold, read back.
+    let mut held = Vec::new();
+    x.read(List::Ban, false, |a, len, _| held.push((a.to_vec(), len)))
+        .unwrap();
+    assert_eq!(held.len(), 102, "100 hosts, B and the /24");
+    assert!(held.contains(&(vec![198, 19, 5, 0], 24)));
+    let mut allows = 0;
+    x.read(List::Allow, false, |_, _, _| allows += 1).unwrap();
+    assert_eq!(allows, 0);
+}
+
+#[test]
+fn a_full_map_says_so() {
+    let Some(mut x) = drop_only() else { return };
+    x.reset(Room {
+        hosts4: 4,
+        hosts6: 1,
+    })
+    .unwrap();
+    let hosts: Vec<u8> = (1..=5u8).flat_map(|i| [198, 19, 9, i]).collect();
+    let (done, e) = x.put_hosts(&hosts, &[FOREVER; 5]).unwrap_err();
+    assert_eq!(done, 4);
+    assert!(
+        matches!(e, palisade_xdp::XdpError::Full { map: "host4" }),
+        "{e}"
+    );
+    let e = x
+        .put(List::Ban, &V6, 128, FOREVER)
+        .and_then(|()| x.put(List::Ban, &[0x20; 16], 128, FOREVER));
+    assert!(
+        matches!(e, Err(palisade_xdp::XdpError::Full { map: "host6" })),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -102,7 +141,7 @@ fn a_reset_empties_the_maps() {
     x.put(List::Ban, &A, 32, FOREVER).unwrap();
     assert_eq!(verdict(&x, &v4(A, 0)), DROP as u32);
     let before = x.dropped();
-    x.reset().unwrap();
+    x.reset(ROOM).unwrap();
     assert_eq!(verdict(&x, &v4(A, 0)), PASS as u32);
     assert_eq!(x.dropped(), before, "the count survives a reset");
 }
@@ -163,14 +202,14 @@ fn attaching_says_why_it_cannot() {
     );
     ns.run(|| {
         let devices = ["palx0", "lo", "absent0"].map(String::from);
-        let (first, errors) = XdpDrop::attach(&devices, 16).expect("the program loads");
+        let (first, errors) = XdpDrop::attach(&devices, ROOM).expect("the program loads");
         assert_eq!(first.devices().collect::<Vec<_>>(), ["palx0"]);
         let said: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(said[0].contains("no XDP support in its driver"), "{said:?}");
         assert!(said[1].contains("no interface absent0"), "{said:?}");
         // Another program on the same interface is refused while the first
         // holds it, and it ends with its owner.
-        let (_, errors) = XdpDrop::attach(&devices[..1], 16).unwrap();
+        let (_, errors) = XdpDrop::attach(&devices[..1], ROOM).unwrap();
         assert!(
             errors[0]
                 .to_string()
@@ -178,7 +217,7 @@ fn attaching_says_why_it_cannot() {
             "{errors:?}"
         );
         drop(first);
-        let (again, errors) = XdpDrop::attach(&devices[..1], 16).unwrap();
+        let (again, errors) = XdpDrop::attach(&devices[..1], ROOM).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(again.devices().count(), 1);
     });
