@@ -11,7 +11,9 @@
 //!   and talks raw netlink: a whole list is swapped in one transaction, and
 //!   changes go in batches. Overlapping hosts and networks are kept as a
 //!   disjoint partition in memory, because the kernel's interval sets reject
-//!   overlaps.
+//!   overlaps. On `xdp_devices` it also keeps a copy of its sets in the
+//!   maps of palisade's XDP drop (`xdp`, over `palisade-xdp`), which drops
+//!   in the driver, and only ever what the table would.
 //! - [`ipset::IpsetEnforcer`]: puts decisions into ipsets the operator made or
 //!   palisade creates (`hash:ip`, `hash:net`, `bitmap:ip`; IPv4 and IPv6),
 //!   for firewalls built around `-m set --match-set` (vallumd, diswall,
