@@ -355,9 +355,9 @@ impl<K: Key> Sets<K> {
             .prune(now, before, &mut |s, e| gone(true, s, e));
     }
 
-    /// Every live element of the three sets (`hosts`: of the host set
-    /// too), as changes from nothing.
-    fn plan_all(&self, now: u64, hosts: bool, plan: &mut Plan) {
+    /// Every live element of the interval sets (allows and banned
+    /// networks), as changes from nothing.
+    fn plan_intervals(&self, now: u64, plan: &mut Plan) {
         let bits = K::BITS;
         for (s, e, v) in self.allow.pieces().filter(|(_, _, v)| v.alive(now)) {
             plan.change(
@@ -367,17 +367,6 @@ impl<K: Key> Sets<K> {
                 Some(v.expiry),
                 now,
             );
-        }
-        if hosts {
-            for (a, v) in self.block.iter().filter(|(_, v)| v.alive(now)) {
-                plan.change(
-                    true,
-                    (a.to_u128(), a.to_u128(), bits),
-                    None,
-                    Some(v.expiry),
-                    now,
-                );
-            }
         }
         for (s, e, v) in self.block_net.pieces().filter(|(_, _, v)| v.alive(now)) {
             plan.change(
@@ -393,7 +382,7 @@ impl<K: Key> Sets<K> {
     /// How the XDP drop's maps of this family differ from these sets.
     fn xdp_drift(&self, xdp: &Mirror, now: u64) -> Result<Vec<ObjectDrift>, EnforceError> {
         let mut rest = Plan::default();
-        self.plan_all(now, false, &mut rest);
+        self.plan_intervals(now, &mut rest);
         let host = |a: u128| {
             self.block
                 .get(K::from_u128(a))
@@ -759,10 +748,18 @@ impl NftablesEnforcer {
         if !self.xdp.is_active() {
             return;
         }
+        // Allows first (the plan's first phase), then banned networks and
+        // hosts; the hosts, nearly all of it, streamed in batches.
         let mut plan = Plan::default();
-        self.v4.plan_all(now, true, &mut plan);
-        self.v6.plan_all(now, true, &mut plan);
+        self.v4.plan_intervals(now, &mut plan);
+        self.v6.plan_intervals(now, &mut plan);
         self.xdp.both(&mut plan);
+        let live = move |(k, v): (u32, Val)| v.alive(now).then(|| (k.to_u128(), v.expiry));
+        self.xdp
+            .fill_hosts(32, self.v4.block.iter().filter_map(live), now);
+        let live = move |(k, v): (u128, Val)| v.alive(now).then_some((k, v.expiry));
+        self.xdp
+            .fill_hosts(128, self.v6.block.iter().filter_map(live), now);
     }
 
     fn encode_diffs(&self, d4: &Diffs<u32>, d6: &Diffs<u128>, now: u64) -> Batch {
@@ -1015,6 +1012,7 @@ impl Enforcer for NftablesEnforcer {
             drift.objects.extend(self.v4.xdp_drift(&self.xdp, now)?);
             drift.objects.extend(self.v6.xdp_drift(&self.xdp, now)?);
         }
+        drift.objects.extend(self.xdp.detached());
         if repair && !drift.is_empty() {
             self.reload(now_ms())?;
         }

@@ -193,6 +193,9 @@ pub(crate) struct Mirror {
     room: Room,
     /// A map of banned hosts was full.
     full: bool,
+    /// Detached after a change failed: the drift check reports it, so
+    /// that its repair (a full load) attaches again.
+    failed: bool,
 }
 
 impl Mirror {
@@ -208,9 +211,10 @@ impl Mirror {
                 hosts6: MIN_ROOM,
             },
             full: false,
+            failed: false,
         };
         if !m.devices.is_empty() {
-            m.attach(true);
+            m.attach();
         }
         m
     }
@@ -220,9 +224,9 @@ impl Mirror {
     }
 
     /// Starts a full load of `hosts` banned hosts per family (and the
-    /// rest): empty maps with room for them on every interface (attaching
-    /// first if needed, or again to interfaces that were missing, when
-    /// this runs in the namespace the enforcer was made for).
+    /// rest): empty maps with room for them on every interface, attaching
+    /// first if needed (again after a failure, or to interfaces that were
+    /// missing) when this runs in the namespace the enforcer was made for.
     pub fn start_load(&mut self, hosts: [usize; 2]) {
         if self.devices.is_empty() {
             return;
@@ -232,29 +236,33 @@ impl Mirror {
             hosts4: room_for(hosts[0]),
             hosts6: room_for(hosts[1]),
         };
-        let attached = self.drop.as_ref().map_or(0, |d| d.devices().count());
-        let missing = attached < self.devices.len();
-        if !missing || netns() != self.netns {
-            if let Some(d) = &mut self.drop
-                && let Err(e) = d.reset(self.room)
-            {
-                self.detach(&e);
+        let here = netns() == self.netns;
+        match &mut self.drop {
+            Some(d) => {
+                if let Err(e) = d.reset(self.room) {
+                    self.detach(&e);
+                    return;
+                }
+                if here && d.devices().count() < self.devices.len() {
+                    for e in d.attach_more(&self.devices) {
+                        tracing::warn!("{e}");
+                    }
+                }
             }
-            return;
+            None if here => self.attach(),
+            None => {}
         }
-        // Missing interfaces may exist now: attach anew (the old links end
-        // with the old drop, once the new ones are in place).
-        self.attach(attached == 0);
     }
 
-    fn attach(&mut self, first: bool) {
+    fn attach(&mut self) {
+        self.failed = false;
         match XdpDrop::attach(&self.devices, self.room) {
             Ok((d, errors)) => {
                 for e in errors {
                     tracing::warn!("{e}");
                 }
                 let on: Vec<&str> = d.devices().collect();
-                if first && !on.is_empty() {
+                if !on.is_empty() {
                     tracing::info!(devices = ?on, "XDP drop attached");
                 }
                 self.drop = (!on.is_empty()).then_some(d);
@@ -278,18 +286,55 @@ impl Mirror {
     /// The second phase, once the table's transaction committed.
     pub fn then(&mut self, plan: &mut Plan) {
         let steps = std::mem::take(&mut plan.then);
-        match self.run(&steps) {
-            Ok(()) => {}
-            // The table drops what the maps could not take until they are
-            // loaded again with more room.
-            Err(XdpError::Full { map }) => {
+        if let Err(e) = self.run(&steps) {
+            self.not_put(e);
+        }
+    }
+
+    /// A ban could not be put: the table drops it alone until the maps
+    /// are loaded again (with more room, if that was the cause).
+    fn not_put(&mut self, e: XdpError) {
+        match e {
+            XdpError::Full { map } => {
                 tracing::info!(
                     map,
                     "an XDP drop map is full; loading the maps again with more room"
                 );
                 self.full = true;
             }
-            Err(e) => tracing::warn!("{e}; the nftables table still drops it"),
+            e => tracing::warn!("{e}; the nftables table still drops it"),
+        }
+    }
+
+    /// Puts the banned hosts of a full load into the (empty) maps, in
+    /// batches as `hosts` streams them: each address (a number of `bits`
+    /// bits) and its expiry in ms since the epoch.
+    pub fn fill_hosts(&mut self, bits: u8, hosts: impl Iterator<Item = (u128, u64)>, now: u64) {
+        let Some(d) = &self.drop else { return };
+        let size = usize::from(bits / 8);
+        let mut addrs = Vec::with_capacity(HOST_BATCH * size);
+        let mut deadlines = Vec::with_capacity(HOST_BATCH);
+        let mut result = Ok(());
+        for (a, expiry) in hosts {
+            let Some(dl) = deadline(expiry, now) else {
+                continue;
+            };
+            addrs.extend_from_slice(Prefix::new(a, bits, bits).addr());
+            deadlines.push(dl);
+            if deadlines.len() == HOST_BATCH {
+                result = d.put_hosts(&addrs, &deadlines);
+                if result.is_err() {
+                    break;
+                }
+                addrs.clear();
+                deadlines.clear();
+            }
+        }
+        if result.is_ok() {
+            result = d.put_hosts(&addrs, &deadlines);
+        }
+        if let Err((_, e)) = result {
+            self.not_put(e);
         }
     }
 
@@ -338,6 +383,17 @@ impl Mirror {
             "{e}; the XDP drop is detached until the next full load (the nftables table still drops banned traffic)"
         );
         self.drop = None;
+        self.failed = true;
+    }
+
+    /// Drift of the drop itself: detached after a failure.
+    pub fn detached(&self) -> Option<ObjectDrift> {
+        self.failed.then(|| ObjectDrift {
+            name: "xdp".to_string(),
+            missing: self.devices.len(),
+            extra: 0,
+            examples: vec!["detached after an error".to_string()],
+        })
     }
 }
 

@@ -477,10 +477,18 @@ fn the_xdp_drop_drops_banned_sources_before_the_kernel_sees_them_and_never_more_
     nft.apply(&[put(Action::Ban, net6, None)]).unwrap();
     assert!(!ping(attacker, to6));
     assert!(nft.drift(false).unwrap().is_empty());
-    // A full load keeps the drop and its contents.
-    nft.replace_all(&mut vec![decision(Action::Ban, &net6.to_string())].into_iter())
-        .unwrap();
-    assert!(runs_xdp(victim, "eth0"));
+    // A full load keeps the drop and its contents; run where the agent runs
+    // it (in the namespace the enforcer was made for), it also tries the
+    // missing interface again, and one that appeared gets the drop too.
+    ip(&format!(
+        "-n {} link add absent0 type veth peer name absent1",
+        victim.ns_name()
+    ));
+    victim.run(|| {
+        nft.replace_all(&mut vec![decision(Action::Ban, &net6.to_string())].into_iter())
+            .unwrap()
+    });
+    assert!(runs_xdp(victim, "eth0") && runs_xdp(victim, "absent0"));
     assert!(!ping(attacker, to6));
     assert!(
         ping(attacker, to4),

@@ -278,6 +278,23 @@ impl XdpDrop {
         ))
     }
 
+    /// Attaches the program to those of `devices` it does not run on yet
+    /// (interfaces that were missing may exist now); returns why it could
+    /// not, for each it could not.
+    pub fn attach_more(&mut self, devices: &[String]) -> Vec<XdpError> {
+        let mut errors = Vec::new();
+        for device in devices {
+            if self.links.iter().any(|(d, _)| d == device) {
+                continue;
+            }
+            match link(&self.program, device) {
+                Ok(l) => self.links.push((device.clone(), l)),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
     /// The interfaces the program runs on.
     pub fn devices(&self) -> impl Iterator<Item = &str> {
         self.links.iter().map(|(d, _)| d.as_str())
