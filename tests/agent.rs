@@ -865,3 +865,39 @@ fn metrics_are_served_on_loopback_only() {
     assert!(!out.status.success());
     assert!(err.contains("metrics are served on loopback only"), "{err}");
 }
+
+/// `xdp_devices`: the agent's bans reach the XDP drop in the driver as
+/// well as the table, `status --kernel` finds both agreeing, an unban
+/// passes at once, and the drop ends with the agent.
+#[test]
+fn the_xdp_drop_follows_the_agent_and_ends_with_it() {
+    if !require_root_and(TOOLS) {
+        return;
+    }
+    let lab = Lab::new();
+    let (attacker, victim) = (lab.attacker(), lab.victim());
+    let _server = TcpServer::start(victim, PORT);
+    let config = "[[enforcer]]\nkind = \"nftables\"\nxdp_devices = [\"eth0\"]\n";
+    let mut agent = Agent::start_args(victim, config, &["--local-only"]);
+    let xdp = || {
+        victim
+            .exec("ip", &["-d", "link", "show", "dev", "eth0"])
+            .contains("prog/xdp")
+    };
+    assert!(xdp(), "{}", agent.log());
+    assert!(agent.log().contains("XDP drop attached"), "{}", agent.log());
+    let me = attacker.v4().to_string();
+    let to: IpAddr = victim.v4().into();
+    agent.ok(&["ban", &me, "--for", "1h"]);
+    assert!(!reachable(attacker, to));
+    let out = agent.cli(&["status", "--kernel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    agent.ok(&["unban", &me]);
+    assert!(reachable(attacker, to));
+    agent.stop();
+    assert!(!xdp(), "nothing of palisade stays in the driver");
+}
