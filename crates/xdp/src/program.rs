@@ -60,10 +60,7 @@ pub fn instructions(m: MapFds) -> Vec<u8> {
         .i(LDX_W, R5, R2, 26, 0)
         .i(ST_W, FP, 0, -8, 32)
         .i(STX_W, FP, R5, -4, 0);
-    lookup(&mut a, m.allow4, -8).jump(JNE_K, R0, 0, 0, "pass");
-    lookup(&mut a, m.host4, -4).jump(JNE_K, R0, 0, 0, "banned");
-    lookup(&mut a, m.net4, -8).jump(JNE_K, R0, 0, 0, "banned");
-    a.jump(JA, 0, 0, 0, "pass");
+    decide(&mut a, [m.allow4, m.host4, m.net4], -8, -4);
 
     // IPv6: source address at 14 + 8, 16 bytes copied as four words.
     a.label("v6")
@@ -75,10 +72,7 @@ pub fn instructions(m: MapFds) -> Vec<u8> {
         a.i(LDX_W, R5, R2, 22 + 4 * word, 0)
             .i(STX_W, FP, R5, -20 + 4 * word, 0);
     }
-    lookup(&mut a, m.allow6, -24).jump(JNE_K, R0, 0, 0, "pass");
-    lookup(&mut a, m.host6, -20).jump(JNE_K, R0, 0, 0, "banned");
-    lookup(&mut a, m.net6, -24).jump(JNE_K, R0, 0, 0, "banned");
-    a.jump(JA, 0, 0, 0, "pass");
+    decide(&mut a, [m.allow6, m.host6, m.net6], -24, -20);
 
     // A ban holds until its deadline (boot time, ns; u64::MAX forever).
     a.label("banned")
@@ -94,6 +88,17 @@ pub fn instructions(m: MapFds) -> Vec<u8> {
     a.label("drop").i(MOV_K, R0, 0, 0, DROP).i(EXIT, 0, 0, 0, 0);
     a.label("pass").i(MOV_K, R0, 0, 0, PASS).i(EXIT, 0, 0, 0, 0);
     a.finish()
+}
+
+/// One family's decision, its keys on the stack (the trie key at `trie`,
+/// the bare address at `host_key`): an allowed source passes, a banned host or
+/// network goes to `banned` with r0 pointing at its deadline, anything
+/// else passes.
+fn decide(a: &mut Asm, [allow, host, net]: [i32; 3], trie: i32, host_key: i32) {
+    lookup(a, allow, trie).jump(JNE_K, R0, 0, 0, "pass");
+    lookup(a, host, host_key).jump(JNE_K, R0, 0, 0, "banned");
+    lookup(a, net, trie).jump(JNE_K, R0, 0, 0, "banned");
+    a.jump(JA, 0, 0, 0, "pass");
 }
 
 /// `r0 = lookup(map, fp + key)`; r1 to r5 are clobbered.
