@@ -159,3 +159,36 @@ fn an_unreachable_hub_and_a_pin_mismatch_are_named() {
     assert_eq!(status, "fail");
     assert!(message.contains("is unreachable"), "{message}");
 }
+
+/// `xdp_devices`: each interface's XDP hook is named: palisade's drop
+/// running, an interface that does not exist, and (once the agent stopped)
+/// the drop not attached.
+#[test]
+fn the_xdp_drop_is_checked_on_each_interface() {
+    if !require_root_and(&["nft", "ip"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let host = lab.victim();
+    let config = format!(
+        "{CONFIG}[[enforcer]]\nkind = \"nftables\"\nxdp_devices = [\"eth0\", \"absent0\"]\n"
+    );
+    let mut agent = Agent::start(host, &config);
+    secure(&agent);
+    let (out, report) = doctor(host, &agent.config_path(), Some(&agent));
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let (status, message) = check(&report, "xdp");
+    assert_eq!(status, "warn");
+    assert_eq!(
+        message,
+        "eth0: palisade's XDP drop runs; absent0: no such interface"
+    );
+    agent.stop();
+    let (_, report) = doctor(host, &agent.config_path(), Some(&agent));
+    let (status, message) = check(&report, "xdp");
+    assert_eq!(status, "warn");
+    assert!(
+        message.starts_with("eth0: palisade's XDP drop is not attached"),
+        "{message}"
+    );
+}

@@ -26,7 +26,7 @@ use super::daemon::StateDirArg;
     after_help = "Checks, in order: root, the configuration, the state directory, the
 running agent and its enforcers, palisade's nftables table, other firewalls
 and where their chains sit relative to palisade's (a drop before palisade's
-chain overrides its allowlist), kernel support for the configured enforcers
+chain overrides its allowlist), the XDP drop on each of `xdp_devices`, kernel support for the configured enforcers
 (ipset, xt_recent's ip_list_tot), the hub or bus (reachable, certificate
 matching the token's pin, clock skew), the log sources (readable), and that
 a ban really drops traffic (a probe between two network namespaces of its
@@ -131,6 +131,9 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<ExitCode> {
             EnforcerConfig::Nftables(c) => {
                 checks.push(check_table(&ruleset, &c.table));
                 checks.push(check_hooks(&ruleset, &c.table));
+                if !c.xdp_devices.is_empty() {
+                    checks.push(check_xdp(&c.xdp_devices));
+                }
             }
             EnforcerConfig::Ipset(_) => checks.push(check_ipset()),
             EnforcerConfig::XtRecent(_) => checks.push(check_xt_recent()),
@@ -540,6 +543,62 @@ fn check_xt_recent() -> Check {
             "xt_recent is not loaded".to_string(),
             "add the iptables rule with -m recent (it loads the module)",
         ),
+    }
+}
+
+/// The program name palisade's XDP drop is loaded with (`palisade-xdp`).
+const XDP_PROGRAM: &str = "palisade_drop";
+
+/// What runs on the XDP hook of each of `xdp_devices`, as `ip link` says:
+/// palisade's drop (the agent attaches it at start and it ends with the
+/// agent), nothing, another program, or no such interface.
+fn check_xdp(devices: &[String]) -> Check {
+    let mut lines = Vec::new();
+    let mut all_ok = true;
+    for d in devices {
+        let out = std::process::Command::new("ip")
+            .args(["-d", "link", "show", "dev", d])
+            .output();
+        let text = match &out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+            _ => {
+                all_ok = false;
+                lines.push(format!("{d}: no such interface"));
+                continue;
+            }
+        };
+        let program = text.split("prog/xdp ").nth(1).map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            words
+                .windows(2)
+                .find(|w| w[0] == "name")
+                .map_or("an unnamed program", |w| w[1])
+                .to_string()
+        });
+        match program {
+            Some(p) if p == XDP_PROGRAM => lines.push(format!("{d}: palisade's XDP drop runs")),
+            Some(p) => {
+                all_ok = false;
+                lines.push(format!(
+                    "{d}: another XDP program runs ({p}), so palisade's cannot"
+                ));
+            }
+            None => {
+                all_ok = false;
+                lines.push(format!("{d}: palisade's XDP drop is not attached"));
+            }
+        }
+    }
+    let message = lines.join("; ");
+    if all_ok {
+        ok("xdp", message)
+    } else {
+        bad(
+            Level::Warn,
+            "xdp",
+            message,
+            "the agent attaches its XDP drop at start and logs why it cannot (no such interface, no XDP in the driver, another program); the nftables table still drops banned traffic there",
+        )
     }
 }
 
