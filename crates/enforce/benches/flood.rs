@@ -554,16 +554,21 @@ fn install(layout: Layout, victim: &Netns, bans: u32) -> Option<Box<dyn std::any
                 },
                 ..NftablesOptions::default()
             };
-            let mut nft = victim.run(|| NftablesEnforcer::new(config).expect("netlink"));
-            let mut entries = banned(bans).map(|a| Entry {
-                action: Action::Ban,
-                net: Net::host(a.into()),
-                expires: None,
-                comment: None,
-                rule: None,
-                list: None,
+            // Made and loaded in the victim's namespace, as the agent does
+            // in its own (the XDP drop attaches to the interfaces there).
+            let nft = victim.run(|| {
+                let mut nft = NftablesEnforcer::new(config).expect("netlink");
+                let mut entries = banned(bans).map(|a| Entry {
+                    action: Action::Ban,
+                    net: Net::host(a.into()),
+                    expires: None,
+                    comment: None,
+                    rule: None,
+                    list: None,
+                });
+                nft.replace_all(&mut entries).expect("load the bans");
+                nft
             });
-            nft.replace_all(&mut entries).expect("load the bans");
             if layout == Layout::Input {
                 let rules = "ip saddr @allow4 accept; ip6 saddr @allow6 accept; \
                              ip saddr @block4 drop; ip6 saddr @block6 drop; \

@@ -968,6 +968,8 @@ impl Enforcer for NftablesEnforcer {
     }
 
     fn remove(&mut self) -> Result<(), EnforceError> {
+        // The drop goes first: it must never drop what the table does not.
+        self.xdp.remove();
         let mut b = Batch::new();
         nft::new_table(&mut b, family::INET, &self.config.table);
         nft::del_table(&mut b, family::INET, &self.config.table);

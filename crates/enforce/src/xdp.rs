@@ -199,10 +199,11 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    /// Attaches to `devices` in the calling thread's network namespace,
-    /// with empty maps (nothing is dropped before the first full load).
+    /// A drop for `devices` in the calling thread's network namespace,
+    /// attached at the first full load (so that building an enforcer, as
+    /// `palisade agent --remove-rules` does, attaches nothing).
     pub fn new(devices: Vec<String>) -> Mirror {
-        let mut m = Mirror {
+        Mirror {
             devices,
             drop: None,
             netns: netns(),
@@ -212,11 +213,14 @@ impl Mirror {
             },
             full: false,
             failed: false,
-        };
-        if !m.devices.is_empty() {
-            m.attach();
         }
-        m
+    }
+
+    /// Detaches the drop (the table is going away); a later full load
+    /// attaches it again.
+    pub fn remove(&mut self) {
+        self.drop = None;
+        self.failed = false;
     }
 
     pub fn is_active(&self) -> bool {

@@ -45,11 +45,15 @@ fn decision(action: Action, net: &str) -> Entry {
     }
 }
 
+/// An enforcer for `ns` that loaded `entries`, both in `ns` (as the agent
+/// does: an XDP drop attaches to the interfaces of its namespace).
 fn load(ns: &Netns, config: NftablesOptions, entries: Vec<Entry>) -> NftablesEnforcer {
-    let mut nft = ns.run(|| NftablesEnforcer::new(config).expect("open netlink"));
-    nft.replace_all(&mut entries.into_iter())
-        .expect("replace_all");
-    nft
+    ns.run(|| {
+        let mut nft = NftablesEnforcer::new(config).expect("open netlink");
+        nft.replace_all(&mut entries.into_iter())
+            .expect("replace_all");
+        nft
+    })
 }
 
 /// Packets counted by the first counter of `chain` in `table inet TABLE`.
@@ -497,8 +501,16 @@ fn the_xdp_drop_drops_banned_sources_before_the_kernel_sees_them_and_never_more_
         "only what the full load holds is dropped"
     );
 
-    // The drop ends with the enforcer (the agent's process): nothing of
-    // palisade stays in the driver.
+    // Removing the table removes the drop first; the next full load
+    // attaches it again. The drop ends with the enforcer (the agent's
+    // process): nothing of palisade stays in the driver.
+    nft.remove().unwrap();
+    assert!(!runs_xdp(victim, "eth0"));
+    assert!(wait_until(Duration::from_secs(5), || ping(attacker, to6)));
+    victim
+        .run(|| nft.replace_all(&mut vec![decision(Action::Ban, &net6.to_string())].into_iter()))
+        .unwrap();
+    assert!(runs_xdp(victim, "eth0") && !ping(attacker, to6));
     drop(nft);
     assert!(!runs_xdp(victim, "eth0"));
 }
