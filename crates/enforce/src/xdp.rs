@@ -13,7 +13,10 @@
 //! - a full load starts by switching to empty maps and fills them once the
 //!   table is in (allows first);
 //! - if a step that makes it drop less fails, the drop is detached: the
-//!   table alone drops until the next full load attaches it again.
+//!   table alone drops until the next full load attaches it again;
+//! - the drift check reads the maps back ([`Mirror::drift`]): an element
+//!   the table does not hold, or holds for less time, is drift, and the
+//!   repair (a full load) puts the maps right.
 //!
 //! Interval elements (networks, merged or split by the partition) are put
 //! into the tries as the prefixes that cover them exactly. Allows are kept
