@@ -52,6 +52,32 @@ fn room_for(hosts: usize) -> u32 {
 /// Banned hosts per batch call.
 const HOST_BATCH: usize = 4096;
 
+/// Banned hosts of one family on their way into the maps, put
+/// [`HOST_BATCH`] at a time.
+#[derive(Default)]
+struct HostBatch {
+    addrs: Vec<u8>,
+    deadlines: Vec<u64>,
+}
+
+impl HostBatch {
+    fn push(&mut self, d: &XdpDrop, host: &Prefix, deadline: u64) -> Result<(), XdpError> {
+        self.addrs.extend_from_slice(host.addr());
+        self.deadlines.push(deadline);
+        if self.deadlines.len() == HOST_BATCH {
+            self.flush(d)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, d: &XdpDrop) -> Result<(), XdpError> {
+        let result = d.put_hosts(&self.addrs, &self.deadlines);
+        self.addrs.clear();
+        self.deadlines.clear();
+        result.map_err(|(_, e)| e)
+    }
+}
+
 /// One prefix of an element: its address (network order) and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Prefix {
@@ -318,29 +344,12 @@ impl Mirror {
     /// bits) and its expiry in ms since the epoch.
     pub fn fill_hosts(&mut self, bits: u8, hosts: impl Iterator<Item = (u128, u64)>, now: u64) {
         let Some(d) = &self.drop else { return };
-        let size = usize::from(bits / 8);
-        let mut addrs = Vec::with_capacity(HOST_BATCH * size);
-        let mut deadlines = Vec::with_capacity(HOST_BATCH);
-        let mut result = Ok(());
-        for (a, expiry) in hosts {
-            let Some(dl) = deadline(expiry, now) else {
-                continue;
-            };
-            addrs.extend_from_slice(Prefix::new(a, bits, bits).addr());
-            deadlines.push(dl);
-            if deadlines.len() == HOST_BATCH {
-                result = d.put_hosts(&addrs, &deadlines);
-                if result.is_err() {
-                    break;
-                }
-                addrs.clear();
-                deadlines.clear();
-            }
-        }
-        if result.is_ok() {
-            result = d.put_hosts(&addrs, &deadlines);
-        }
-        if let Err((_, e)) = result {
+        let mut batch = HostBatch::default();
+        let result = hosts
+            .filter_map(|(a, expiry)| Some((Prefix::new(a, bits, bits), deadline(expiry, now)?)))
+            .try_for_each(|(p, dl)| batch.push(d, &p, dl))
+            .and_then(|()| batch.flush(d));
+        if let Err(e) = result {
             self.not_put(e);
         }
     }
@@ -362,27 +371,17 @@ impl Mirror {
     fn run(&self, steps: &[(List, Prefix, Option<u64>)]) -> Result<(), XdpError> {
         let Some(d) = &self.drop else { return Ok(()) };
         // Banned hosts, most of a full load, go in batches per family.
-        let mut hosts: [(Vec<u8>, Vec<u64>); 2] = Default::default();
+        let mut hosts: [HostBatch; 2] = Default::default();
         for (list, p, deadline) in steps {
             match (list, deadline) {
                 (List::Ban, Some(dl)) if p.is_host() => {
-                    let h = &mut hosts[usize::from(p.bytes == 16)];
-                    h.0.extend_from_slice(p.addr());
-                    h.1.push(*dl);
+                    hosts[usize::from(p.bytes == 16)].push(d, p, *dl)?
                 }
                 (_, Some(dl)) => d.put(*list, p.addr(), p.len, *dl)?,
                 (_, None) => d.delete(*list, p.addr(), p.len)?,
             }
         }
-        for (size, (addrs, deadlines)) in [4, 16].into_iter().zip(&hosts) {
-            for (a, dl) in addrs
-                .chunks(HOST_BATCH * size)
-                .zip(deadlines.chunks(HOST_BATCH))
-            {
-                d.put_hosts(a, dl).map_err(|(_, e)| e)?;
-            }
-        }
-        Ok(())
+        hosts.iter_mut().try_for_each(|h| h.flush(d))
     }
 
     fn detach(&mut self, e: &XdpError) {

@@ -20,17 +20,24 @@ use palisade_lab::{
 use palisade_model::{Action, Net};
 use serde_json::Value;
 
-/// Runs `ip ARGS` (split at spaces), which must succeed.
-fn ip(args: &str) {
-    let out = std::process::Command::new("ip")
-        .args(args.split(' '))
+/// Runs `program ARGS` here (not in a lab namespace), which must succeed;
+/// returns its output.
+fn run(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(program)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "ip {args}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
+}
+
+/// Runs `ip ARGS` (split at spaces), which must succeed.
+fn ip(args: &str) {
+    run("ip", &args.split(' ').collect::<Vec<_>>());
 }
 
 /// A decision without expiry.
@@ -336,13 +343,8 @@ fn xdp_map(ns: &Netns, dev: &str, name: &str) -> String {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no XDP program on {dev}: {link}"));
     let bpftool = |args: &[&str]| -> Value {
-        let out = std::process::Command::new("bpftool")
-            .args(["--json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bpftool {args:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
+        let json = run("bpftool", &[&["--json"], args].concat());
+        serde_json::from_slice(&json).unwrap()
     };
     let info = bpftool(&["prog", "show", "id", prog]);
     info["map_ids"]
@@ -397,15 +399,7 @@ fn the_xdp_drop_drops_banned_sources_before_the_kernel_sees_them_and_never_more_
         "map", "update", "id", &map, "key", "198", "19", "0", "99", "value",
     ];
     args.extend(forever);
-    let out = std::process::Command::new("bpftool")
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run("bpftool", &args);
     let drift = nft.drift(true).unwrap();
     assert_eq!(
         drift.to_string(),

@@ -145,8 +145,8 @@ struct Maps {
 impl Maps {
     fn new(room: Room) -> Result<Maps, XdpError> {
         use sys::{MapType::*, NO_PREALLOC};
-        let make = |kind, key, value, max, name: &'static str| {
-            sys::map_create(kind, key, value, max, NO_PREALLOC, name).map_err(|error| {
+        let make = |kind, key, value, max, flags, name: &'static str| {
+            sys::map_create(kind, key, value, max, flags, name).map_err(|error| {
                 XdpError::Unsupported {
                     what: "creating a map",
                     error,
@@ -155,19 +155,15 @@ impl Maps {
             })
         };
         Ok(Maps {
-            allow4: make(LpmTrie, 8, 8, MAX_ALLOWS, "pal_allow4")?,
-            allow6: make(LpmTrie, 20, 8, MAX_ALLOWS, "pal_allow6")?,
-            host4: make(Hash, 4, 8, room.hosts4.max(1), "pal_host4")?,
-            host6: make(Hash, 16, 8, room.hosts6.max(1), "pal_host6")?,
-            net4: make(LpmTrie, 8, 8, MAX_NETS, "pal_net4")?,
-            net6: make(LpmTrie, 20, 8, MAX_NETS, "pal_net6")?,
-            dropped: sys::map_create(PercpuArray, 4, 8, 1, 0, "pal_dropped").map_err(|error| {
-                XdpError::Unsupported {
-                    what: "creating a map",
-                    error,
-                    log: String::new(),
-                }
-            })?,
+            allow4: make(LpmTrie, 8, 8, MAX_ALLOWS, NO_PREALLOC, "pal_allow4")?,
+            allow6: make(LpmTrie, 20, 8, MAX_ALLOWS, NO_PREALLOC, "pal_allow6")?,
+            host4: make(Hash, 4, 8, room.hosts4.max(1), NO_PREALLOC, "pal_host4")?,
+            host6: make(Hash, 16, 8, room.hosts6.max(1), NO_PREALLOC, "pal_host6")?,
+            net4: make(LpmTrie, 8, 8, MAX_NETS, NO_PREALLOC, "pal_net4")?,
+            net6: make(LpmTrie, 20, 8, MAX_NETS, NO_PREALLOC, "pal_net6")?,
+            // One counter per CPU, allocated up front (a per-CPU array
+            // takes no other flag).
+            dropped: make(PercpuArray, 4, 8, 1, 0, "pal_dropped")?,
         })
     }
 
