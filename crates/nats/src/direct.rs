@@ -38,7 +38,7 @@ impl StoredMsg {
         let subject = headers.get("Nats-Subject")?.as_str().to_string();
         // Only what is read later is kept: this runs once per agent and
         // change.
-        let operation = headers.get("KV-Operation").map(|v| v.as_str().to_string());
+        let operation = headers.get(KV_OPERATION).map(|v| v.as_str().to_string());
         Some(StoredMsg {
             subject,
             seq,
@@ -46,6 +46,20 @@ impl StoredMsg {
             payload: m.payload.clone(),
         })
     }
+}
+
+/// The KV header naming a message's operation.
+pub const KV_OPERATION: &str = "KV-Operation";
+
+/// Whether a message's KV operation (its [`KV_OPERATION`] header) removes
+/// the key: a delete or purge marker rather than a value.
+pub fn is_removal(operation: Option<&str>) -> bool {
+    matches!(operation, Some("DEL" | "PURGE"))
+}
+
+/// The subject a bucket stores `key` under.
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
 }
 
 /// Why a direct get gave no message.

@@ -95,30 +95,28 @@ impl Reader {
     /// are left out.
     fn item(&self, m: &StoredMsg, in_snapshot: bool) -> Option<StreamItem> {
         let key = self.key(&m.subject)?;
-        match m.operation.as_deref() {
-            Some("DEL") | Some("PURGE") => {
-                if in_snapshot {
-                    return None;
-                }
-                let (action, target, group) = keys::parse_decision_key(key)?;
-                if group.is_some() && group != self.group {
-                    return None;
-                }
-                Some(StreamItem::Remove {
-                    seq: m.seq,
-                    action,
-                    target,
-                    group,
-                })
-            }
-            _ => match serde_json::from_slice::<Decision>(&m.payload) {
+        if !direct::is_removal(m.operation.as_deref()) {
+            return match serde_json::from_slice::<Decision>(&m.payload) {
                 Ok(d) => self.put(key, m.seq, d),
                 Err(e) => {
                     debug!(key, error = %e, "an unreadable decision in the bucket; skipped");
                     None
                 }
-            },
+            };
         }
+        if in_snapshot {
+            return None;
+        }
+        let (action, target, group) = keys::parse_decision_key(key)?;
+        if group.is_some() && group != self.group {
+            return None;
+        }
+        Some(StreamItem::Remove {
+            seq: m.seq,
+            action,
+            target,
+            group,
+        })
     }
 
     /// Every message of the bucket from `from` on, by direct gets.

@@ -28,7 +28,7 @@ use palisade_wire::{BusReply, BusRequest, Intent, IntentOutcome, IntentResult, N
 use tracing::{debug, info, warn};
 
 use crate::ledger::{Mirror, MirrorLedger, Writes};
-use crate::{Buckets, NatsError, NatsOptions, jitter, snapshot};
+use crate::{Buckets, NatsError, NatsOptions, direct, jitter, snapshot};
 
 /// Attempts at one batch when other workers keep changing the same keys.
 const ATTEMPTS: usize = 8;
@@ -606,13 +606,11 @@ impl Worker {
             (Some(state), false) => state,
             _ => &self.buckets.decisions,
         };
-        let subject = format!("$KV.{bucket}.{key}");
+        let subject = direct::kv_subject(bucket, key);
         match kv.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => {
-                let removed = m
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                let removed =
+                    direct::is_removal(m.headers.get(direct::KV_OPERATION).map(|v| v.as_str()));
                 apply_value(
                     &self.mirror,
                     is_decisions,
@@ -916,11 +914,11 @@ fn write_headers(
     }
     if remove {
         if purge {
-            headers.insert("KV-Operation", "PURGE");
+            headers.insert(direct::KV_OPERATION, "PURGE");
             headers.insert("Nats-Rollup", "sub");
         } else {
-            headers.insert("KV-Operation", "DEL");
+            headers.insert(direct::KV_OPERATION, "DEL");
         }
     }
-    (format!("$KV.{bucket}.{key}"), headers)
+    (direct::kv_subject(bucket, key), headers)
 }
