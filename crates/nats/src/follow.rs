@@ -13,7 +13,10 @@
 //!    bucket itself is read from the last applied revision on (the change
 //!    that announced the gap is never taken on its word). After a
 //!    reconnection, and when nothing came for a while, it asks the bucket
-//!    whether anything came after its revision.
+//!    whether anything came after its revision. Those waits (spread in
+//!    time) never hold up the live changes: a change that arrives
+//!    meanwhile is applied, and the bucket is read only if the cursor is
+//!    still behind when the wait ends.
 //!
 //! Catch-ups are bounded per process ([`CONCURRENT_CATCH_UPS`]) and spread
 //! in time after a reconnection ([`RECONNECT_SPREAD`]).
@@ -251,12 +254,25 @@ impl Reader {
                 } else {
                     cursor
                 };
-                cursor = self.catch_up(&tx, cursor).await?;
+                // What the bucket held when the live changes were already
+                // subscribed to and the state not yet read; anything later
+                // comes live. A fleet joining at once on a current snapshot
+                // then reads nothing more, and no agent's live changes wait
+                // behind the others' catch-ups.
+                if cursor < state.last_seq {
+                    cursor = self.catch_up(&tx, cursor).await?;
+                }
                 let mut connected = self.connections.load(Ordering::SeqCst);
                 let mut probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
                 let mut check = tokio::time::interval(Duration::from_secs(1));
                 let mut head_acted = tokio::time::Instant::now();
+                // A catch-up waiting for its turn in a spread (after a head
+                // announcement or a reconnection): live changes go on
+                // being applied meanwhile, and it reads only if the cursor
+                // is still short of what it waits for.
+                let mut pending: Option<Pending> = None;
                 loop {
+                    let due = pending.as_ref().map(|p| p.at);
                     tokio::select! {
                         m = live.next() => {
                             let Some(m) = m else {
@@ -293,15 +309,25 @@ impl Reader {
                             // read the bucket itself, never the number, and
                             // not more often than HEAD_EVERY (spread, as
                             // after a reconnection: a site's agents all
-                            // hear it at once).
-                            let behind = std::str::from_utf8(&h.payload)
+                            // hear it at once). The change itself usually
+                            // arrives live meanwhile, and then nothing is
+                            // read.
+                            let head = std::str::from_utf8(&h.payload)
                                 .ok()
                                 .and_then(|t| t.trim().parse::<u64>().ok())
-                                .is_some_and(|head| head > cursor);
-                            if behind && head_acted.elapsed() >= HEAD_EVERY {
+                                .filter(|&head| head > cursor);
+                            if let Some(head) = head
+                                && pending.is_none()
+                                && head_acted.elapsed() >= HEAD_EVERY
+                            {
                                 head_acted = tokio::time::Instant::now();
-                                tokio::time::sleep(jitter::below(RECONNECT_SPREAD)).await;
-                                debug!(cursor, "behind the workers' head; asking for what was missed");
+                                pending = Some(Pending::until(head));
+                            }
+                        }
+                        _ = tokio::time::sleep_until(due.unwrap_or(probe)), if due.is_some() => {
+                            let wanted = pending.take().map_or(0, |p| p.wanted);
+                            if cursor < wanted {
+                                debug!(cursor, wanted, "asking for what was missed");
                                 cursor = self.catch_up(&tx, cursor).await?;
                             }
                         }
@@ -314,9 +340,13 @@ impl Reader {
                             let now = self.connections.load(Ordering::SeqCst);
                             if now != connected {
                                 connected = now;
-                                tokio::time::sleep(jitter::below(RECONNECT_SPREAD)).await;
-                                debug!(cursor, "reconnected; asking for what was missed");
-                                cursor = self.catch_up(&tx, cursor).await?;
+                                // Whatever it waited for before, it now
+                                // asks the bucket whatever the cursor.
+                                let mut after = Pending::until(u64::MAX);
+                                if let Some(p) = &pending {
+                                    after.at = after.at.min(p.at);
+                                }
+                                pending = Some(after);
                             }
                         }
                         _ = tx.closed() => return Ok(()),
@@ -328,6 +358,23 @@ impl Reader {
             }
         });
         Ok(rx)
+    }
+}
+
+/// A catch-up to make at `at` unless the cursor has reached `wanted`
+/// by then.
+struct Pending {
+    at: tokio::time::Instant,
+    wanted: u64,
+}
+
+impl Pending {
+    /// Due after a random wait below [`RECONNECT_SPREAD`].
+    fn until(wanted: u64) -> Pending {
+        Pending {
+            at: tokio::time::Instant::now() + jitter::below(RECONNECT_SPREAD),
+            wanted,
+        }
     }
 }
 
