@@ -338,7 +338,13 @@ async fn agent<B: Bus>(bus: B, fleet: Arc<Fleet>) {
                         if i / 64 < held.len() && held[i / 64] & (1 << (i % 64)) == 0 {
                             held[i / 64] |= 1 << (i % 64);
                             count += 1;
-                            let probe = *fleet.probe.lock().unwrap();
+                            // Probes come after the seeded decisions: the
+                            // snapshot's entries pass without the lock.
+                            let probe = if i >= fleet.decisions as usize {
+                                *fleet.probe.lock().unwrap()
+                            } else {
+                                None
+                            };
                             if let Some((p, sent)) = probe
                                 && p as usize == i
                             {

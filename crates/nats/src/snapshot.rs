@@ -48,7 +48,44 @@ pub struct Head {
     pub decisions: u64,
     /// When it was written, in milliseconds since the epoch.
     pub written: u64,
+    /// How the parts are encoded (heads written before this field existed
+    /// name JSON parts).
+    #[serde(default)]
+    pub encoding: Encoding,
 }
+
+/// How a snapshot's parts are encoded.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// JSON, as the first workers wrote them.
+    #[default]
+    Json,
+    /// postcard: about a quarter of JSON's bytes for a decision, and several
+    /// times quicker to read. Every joining agent reads every part, so both
+    /// count once per agent: 10,000 agents joining on 10,000 decisions read
+    /// 35 GB of JSON.
+    Postcard,
+}
+
+impl Encoding {
+    fn encode(self, part: &Part) -> Vec<u8> {
+        match self {
+            Encoding::Json => serde_json::to_vec(part).expect("a part serializes"),
+            Encoding::Postcard => postcard::to_stdvec(part).expect("a part serializes"),
+        }
+    }
+
+    fn decode(self, bytes: &[u8]) -> Result<Part, String> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Encoding::Postcard => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The encoding workers write.
+const WRITTEN: Encoding = Encoding::Postcard;
 
 /// One part: a run of decisions with the bucket keys they are stored under.
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,7 +195,9 @@ pub async fn read(
                 break;
             };
             bytes += m.payload.len();
-            let part: Part = serde_json::from_slice(&m.payload)
+            let part = head
+                .encoding
+                .decode(&m.payload)
                 .map_err(|e| SnapshotError::Invalid(format!("an unreadable part: {e}")))?;
             if part.rev != head.rev || part.writer != head.writer || part.index != index {
                 changed = true;
@@ -193,7 +232,7 @@ pub async fn write(
     let mut size = 0;
     for (key, decision) in entries {
         // An estimate good enough to keep parts under the server's limit.
-        let one = key.len() + 64 + serde_json::to_vec(&decision).map_or(0, |v| v.len());
+        let one = key.len() + 16 + postcard::to_stdvec(&decision).map_or(0, |v| v.len());
         if size + one > PART_BYTES && !parts.last().is_some_and(Vec::is_empty) {
             parts.push(Vec::new());
             size = 0;
@@ -213,7 +252,7 @@ pub async fn write(
             index: index as u32,
             entries,
         };
-        let body = serde_json::to_vec(&part).expect("a part serializes");
+        let body = WRITTEN.encode(&part);
         let ack = js
             .publish_with_headers(
                 part_subject(options, writer, index as u32),
@@ -233,6 +272,7 @@ pub async fn write(
         parts: count,
         decisions,
         written: Timestamp::now().as_millis(),
+        encoding: WRITTEN,
     };
     js.publish(
         head_subject(options),
@@ -243,4 +283,69 @@ pub async fn write(
     .await
     .map_err(|e| failed(&e))?;
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Action, Net, Origin, Source, Span};
+    use palisade_wire::keys;
+
+    fn part(n: u32) -> Part {
+        let entries = (0..n)
+            .map(|i| {
+                let net = Net::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into());
+                let mut d = Decision::new(
+                    Action::Ban,
+                    net,
+                    Timestamp::now(),
+                    "1d".parse::<Span>().unwrap(),
+                    Origin::new("web-17", Source::Detector),
+                );
+                d.rule = Some("sshd".into());
+                d.reason = Some("5 failures within 10m".into());
+                (keys::decision_key(Action::Ban, &net, None), d)
+            })
+            .collect();
+        Part {
+            rev: 7,
+            writer: "w1".into(),
+            index: 0,
+            entries,
+        }
+    }
+
+    #[test]
+    fn parts_read_back_in_either_encoding() {
+        let p = part(1000);
+        let mut sizes = Vec::new();
+        for encoding in [Encoding::Json, Encoding::Postcard] {
+            let bytes = encoding.encode(&p);
+            sizes.push(bytes.len());
+            let back = encoding.decode(&bytes).unwrap();
+            assert_eq!((back.rev, back.writer.as_str(), back.index), (7, "w1", 0));
+            assert_eq!(back.entries.len(), p.entries.len());
+            for (a, b) in back.entries.iter().zip(&p.entries) {
+                assert_eq!(a, b);
+            }
+        }
+        eprintln!(
+            "1000 decisions: JSON {} bytes, postcard {} bytes",
+            sizes[0], sizes[1]
+        );
+        assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
+    }
+
+    #[test]
+    fn heads_without_an_encoding_name_json_parts() {
+        let head: Head =
+            serde_json::from_str(r#"{"rev":1,"writer":"w1","parts":1,"decisions":1,"written":0}"#)
+                .unwrap();
+        assert_eq!(head.encoding, Encoding::Json);
+        let head: Head = serde_json::from_str(
+            r#"{"rev":1,"writer":"w1","parts":1,"decisions":1,"written":0,"encoding":"postcard"}"#,
+        )
+        .unwrap();
+        assert_eq!(head.encoding, Encoding::Postcard);
+    }
 }
