@@ -41,8 +41,10 @@ pub const CONCURRENT_CATCH_UPS: usize = 16;
 /// After a reconnection, the check for missed changes waits a random time
 /// below this: a fleet reconnecting at once asks over a spread of time.
 pub const RECONNECT_SPREAD: Duration = Duration::from_secs(3);
-/// With no change for this long (spread), ask the bucket whether one was
-/// missed (a republished message is lost when its server dies at once).
+/// With no change and no head announcement for this long (spread), ask the
+/// bucket whether a change was missed (a republished message is lost when
+/// its server dies at once). A head announcement says as much for free, so
+/// where workers announce and the agent may hear them, it never asks.
 const PROBE_EVERY: Duration = Duration::from_secs(60);
 /// An agent acts on the workers' head announcements at most this often
 /// (they come every ten seconds from each worker; anyone else allowed to
@@ -314,9 +316,14 @@ impl Reader {
                             // read.
                             let head = std::str::from_utf8(&h.payload)
                                 .ok()
-                                .and_then(|t| t.trim().parse::<u64>().ok())
-                                .filter(|&head| head > cursor);
-                            if let Some(head) = head
+                                .and_then(|t| t.trim().parse::<u64>().ok());
+                            if head.is_some() {
+                                // A forged head that stops the probes
+                                // stops nothing: the workers' own heads
+                                // still come, and say when it is behind.
+                                probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                            }
+                            if let Some(head) = head.filter(|&head| head > cursor)
                                 && pending.is_none()
                                 && head_acted.elapsed() >= HEAD_EVERY
                             {
