@@ -336,6 +336,34 @@ mod tests {
         assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
     }
 
+    /// A part that is not what a worker wrote (cut short, flipped bytes, a
+    /// count far beyond its bytes) is an error, never a panic or a large
+    /// allocation: the agent then reads the bucket itself.
+    #[test]
+    fn broken_parts_are_refused() {
+        let bytes = Encoding::Postcard.encode(&part(50));
+        for cut in 0..bytes.len() {
+            assert!(Encoding::Postcard.decode(&bytes[..cut]).is_err(), "{cut}");
+        }
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            let mut b = bytes.clone();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let at = (seed >> 33) as usize % b.len();
+            b[at] ^= (seed >> 20) as u8 | 1;
+            if let Ok(p) = Encoding::Postcard.decode(&b) {
+                assert!(p.entries.len() <= 50);
+            }
+        }
+        // rev 1, writer "w", index 0, then ten bytes claiming 2^63 entries.
+        let mut huge = vec![1, 1, b'w', 0];
+        huge.extend([0xff; 9]);
+        huge.push(0x01);
+        assert!(Encoding::Postcard.decode(&huge).is_err());
+    }
+
     #[test]
     fn heads_without_an_encoding_name_json_parts() {
         let head: Head =
