@@ -26,6 +26,7 @@ use crate::config::{RuleConfig, StageConfig};
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
 use crate::fail2ban;
 use crate::host::{HOST_RE, parse_addr};
+use crate::literals;
 use crate::ports::OpenPorts;
 use crate::syslog;
 
@@ -206,6 +207,59 @@ impl NativePattern {
 struct NativeRule {
     patterns: std::ops::Range<usize>,
     dfa: Option<RuleDfa>,
+    /// Strings one of which every match of the rule holds, when one of its
+    /// patterns would read far into lines it does not match (the port-probe
+    /// rule's `.*?IN=` reads every kernel line to its end): a message
+    /// without any is not the rule's.
+    needles: Option<literals::AnyOf>,
+}
+
+/// The rule's [`NativeRule::needles`]: every pattern must require some
+/// string, and one of them must read far first.
+fn needles(patterns: &[&str]) -> Option<literals::AnyOf> {
+    if !patterns.iter().any(|p| literals::reads_far_first(p)) {
+        return None;
+    }
+    let mut set = Vec::new();
+    for p in patterns {
+        set.extend(literals::required(p)?);
+    }
+    set.sort();
+    set.dedup();
+    literals::AnyOf::new(set)
+}
+
+/// A program seen lately and its group.
+struct Recent {
+    key: ShortKey,
+    program: String,
+    group: (usize, bool),
+}
+
+/// A program name's length and first eight bytes: comparing two is one
+/// comparison of integers, and for names of at most eight bytes (`sshd`,
+/// `CRON`, `kernel`) it is the whole comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey {
+    len: usize,
+    head: u64,
+}
+
+impl ShortKey {
+    fn of(name: &str) -> ShortKey {
+        let mut head = [0u8; 8];
+        let n = name.len().min(8);
+        head[..n].copy_from_slice(&name.as_bytes()[..n]);
+        ShortKey {
+            len: name.len(),
+            head: u64::from_le_bytes(head),
+        }
+    }
+
+    /// Equal keys mean equal names.
+    fn exact(self) -> bool {
+        self.len <= 8
+    }
 }
 
 /// The rules that can apply to lines of one program.
@@ -228,7 +282,7 @@ pub struct Engine {
     group_of_program: HashMap<String, (usize, bool)>,
     /// The last programs seen and their groups (a log interleaves a few
     /// programs), looked up before the map; `next_recent` is replaced next.
-    recent: Vec<(String, (usize, bool))>,
+    recent: Vec<Recent>,
     next_recent: usize,
     /// The group of all rules (for lines without a header).
     all_group: usize,
@@ -324,7 +378,9 @@ impl Engine {
                 }
             }
             let all_parsed = hirs.len() == patterns.len() - first;
+            let sources: Vec<&str> = patterns[first..].iter().map(|p| p.re.as_str()).collect();
             native.push(NativeRule {
+                needles: needles(&sources),
                 patterns: first..patterns.len(),
                 dfa: if all_parsed && !hirs.is_empty() {
                     dfas.rule(&hirs)
@@ -426,8 +482,13 @@ impl Engine {
         let Some(program) = program else {
             return (self.all_group, false);
         };
-        if let Some((_, g)) = self.recent.iter().find(|(p, _)| p == program) {
-            return *g;
+        let key = ShortKey::of(program);
+        if let Some(r) = self
+            .recent
+            .iter()
+            .find(|r| r.key == key && (key.exact() || r.program == program))
+        {
+            return r.group;
         }
         let g = match self.group_of_program.get(program) {
             Some(&g) => g,
@@ -448,12 +509,17 @@ impl Engine {
             }
         };
         if self.recent.len() < RECENT_PROGRAMS {
-            self.recent.push((program.to_string(), g));
+            self.recent.push(Recent {
+                key,
+                program: program.to_string(),
+                group: g,
+            });
         } else {
-            let (p, rg) = &mut self.recent[self.next_recent];
-            p.clear();
-            p.push_str(program);
-            *rg = g;
+            let r = &mut self.recent[self.next_recent];
+            r.key = key;
+            r.program.clear();
+            r.program.push_str(program);
+            r.group = g;
             self.next_recent = (self.next_recent + 1) % RECENT_PROGRAMS;
         }
         g
@@ -473,7 +539,16 @@ impl Engine {
                 let info = &self.rules[rule];
                 let applies = (!filter || info.program_matches(header.program))
                     && (info.sources.is_empty() || info.sources.iter().any(|s| s == source));
-                if applies && let Some(hit) = self.rule_hit(rule, msg) {
+                let wanted = || {
+                    self.native[rule]
+                        .needles
+                        .as_ref()
+                        .is_none_or(|n| n.is_match(msg))
+                };
+                if applies
+                    && wanted()
+                    && let Some(hit) = self.rule_hit(rule, msg)
+                {
                     out.push(hit);
                 }
             }
@@ -895,6 +970,97 @@ mod tests {
             fast += a.iter().filter(|h| h.address.is_some()).count();
         }
         assert!(hits > 20_000 && fast > 20_000, "{hits} {fast}");
+    }
+
+    /// A rule with a pattern that reads far first is asked only about
+    /// messages holding one of its required strings, and its verdicts stay
+    /// the `regex` crate's; rules anchored on a literal get no such check.
+    #[test]
+    fn needles_skip_only_what_cannot_match() {
+        let mut rules = crate::builtin::rules();
+        rules.push(rule(
+            r#"name = "far"
+            ignore = ['debug']
+            bad = ['^.*? refused connect from <HOST>$', '^\s*blocked <HOST>$']"#,
+        ));
+        let mut e = Engine::compile(&rules).unwrap();
+        e.check_open_ports(false);
+        let named = |e: &Engine, n: &str| e.rules().iter().position(|r| r.name == n).unwrap();
+        let expected = [
+            ("far", true),
+            ("port-probe", true),
+            ("sshd", false),
+            ("http-auth", false),
+        ];
+        for (name, has) in expected {
+            let r = named(&e, name);
+            assert_eq!(e.native[r].needles.is_some(), has, "{name}");
+        }
+        let h = "Mar  3 12:00:01 web1";
+        let lines = [
+            format!("{h} kernel: [572389.971485] EXT4-fs (sda1): re-mounted."),
+            format!(
+                "{h} kernel: [ 1.5] IN=eth0 OUT= MAC=aa SRC=198.51.100.7 DST=10.0.0.1 LEN=60 PROTO=TCP SPT=4444 DPT=23 WINDOW=1 SYN"
+            ),
+            format!(
+                "{h} kernel: IN=eth0 OUT= SRC=198.51.100.8 DST=10.0.0.1 PROTO=UDP SPT=1 DPT=53"
+            ),
+            format!("{h} kernel: IN=eth0 OUT= SRC=198.51.100.8 DST=10.0.0.1 PROTO=ICMP"),
+            format!("{h} app: x refused connect from 198.51.100.9"),
+            format!("{h} app:   blocked 198.51.100.10"),
+            format!("{h} app: debug x refused connect from 198.51.100.9"),
+            format!("{h} app: refused connect"),
+            format!("{h} app: blocked"),
+            "x refused connect from 198.51.100.11".to_string(),
+            "blocked".to_string(),
+        ];
+        let (mut probes, mut far) = (0, 0);
+        for l in &lines {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            e.check("test", l, &mut a);
+            e.check_with_regex("test", l, &mut b);
+            assert_eq!(a, b, "{l}");
+            probes += a
+                .iter()
+                .filter(|h| h.rule == named(&e, "port-probe"))
+                .count();
+            far += a.iter().filter(|h| h.rule == named(&e, "far")).count();
+        }
+        assert_eq!((probes, far), (2, 4));
+    }
+
+    /// Programs told apart by the recent-programs cache: names sharing
+    /// their first eight bytes, names of eight bytes or fewer, one a prefix
+    /// of another.
+    #[test]
+    fn recent_programs_are_told_apart() {
+        let mut e = Engine::compile(&[
+            rule(
+                r#"name = "a"
+                program = "systemd-logind"
+                bad = ['^x <HOST>$']"#,
+            ),
+            rule(
+                r#"name = "b"
+                program = "sshd"
+                bad = ['^x <HOST>$']"#,
+            ),
+        ])
+        .unwrap();
+        let h = "Mar  3 12:00:01 web1";
+        for _ in 0..3 {
+            for (program, rule) in [
+                ("systemd-logind", Some(0)),
+                ("systemd-resolved", None),
+                ("sshd", Some(1)),
+                ("sshd2", None),
+                ("ssh", None),
+                ("systemd-", None),
+            ] {
+                let hits = check(&mut e, &format!("{h} {program}[1]: x 198.51.100.7"));
+                assert_eq!(hits.first().map(|h| h.rule), rule, "{program}");
+            }
+        }
     }
 
     #[test]

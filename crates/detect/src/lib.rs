@@ -26,6 +26,7 @@ pub mod engine;
 pub mod fail2ban;
 pub mod host;
 mod linear;
+mod literals;
 pub mod logfile;
 pub mod ports;
 pub mod pyre;

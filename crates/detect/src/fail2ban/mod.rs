@@ -28,7 +28,6 @@
 
 pub mod date;
 pub mod ini;
-mod literals;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -38,6 +37,7 @@ use palisade_model::Net;
 use regex::Regex;
 
 use crate::host::parse_addr;
+use crate::literals;
 use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
 use date::DateDetector;

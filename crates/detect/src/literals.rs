@@ -1,6 +1,6 @@
 //! Literal prefilter: the strings one of which every match of a filter
-//! must contain, so that a line with none of them (found at once for all
-//! of them by Aho-Corasick) is rejected without running any regex.
+//! or rule must contain, so that a line with none of them (found at once
+//! for all of them by Aho-Corasick) is rejected without running any regex.
 //!
 //! For a pattern, [`required`] walks its syntax tree: a literal requires
 //! itself; a sequence requires what its most selective required part
@@ -10,7 +10,7 @@
 //! requires. Classes, optional parts and assertions require nothing.
 
 use memchr::memmem;
-use regex_syntax::hir::{Hir, HirKind};
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// Most strings searched one by one with `memmem` (SIMD, a few bytes per
 /// cycle); larger sets use Aho-Corasick, whose rare-byte prefilter stops
@@ -57,6 +57,57 @@ pub fn required(pattern: &str) -> Option<Vec<Vec<u8>>> {
         .ok()?;
     let set = of(&hir)?;
     (shortest(&set) >= MIN_LEN).then_some(set)
+}
+
+/// Whether a search for `pattern` from the start of a line may read
+/// arbitrarily far through any text before it meets a literal (a leading
+/// `.*?` or `\S+`, not `\d+`, whose first byte already rules most lines
+/// out): a DFA then reads most of every line it does not match, and
+/// looking for the pattern's [`required`] strings first costs less.
+pub fn reads_far_first(pattern: &str) -> bool {
+    let Ok(hir) = regex_syntax::ParserBuilder::new().build().parse(pattern) else {
+        return false;
+    };
+    // Searched from every position: as good as a leading `.*?`.
+    if !hir
+        .properties()
+        .look_set_prefix()
+        .contains(regex_syntax::hir::Look::Start)
+    {
+        return true;
+    }
+    let parts = match hir.kind() {
+        HirKind::Concat(parts) => parts.as_slice(),
+        _ => std::slice::from_ref(&hir),
+    };
+    for part in parts {
+        match part.kind() {
+            HirKind::Literal(_) => return false,
+            HirKind::Repetition(r) if r.max.is_none() && wide(&r.sub) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A class holding at least half of ASCII (`.`, `\S`, `[^"]`; not `\d`,
+/// however many digits Unicode has).
+fn wide(hir: &Hir) -> bool {
+    let ascii = |start: u32, end: u32| (end.min(127) + 1).saturating_sub(start) as usize;
+    let covered: usize = match hir.kind() {
+        HirKind::Class(Class::Bytes(c)) => c
+            .ranges()
+            .iter()
+            .map(|r| ascii(u32::from(r.start()), u32::from(r.end())))
+            .sum(),
+        HirKind::Class(Class::Unicode(c)) => c
+            .ranges()
+            .iter()
+            .map(|r| ascii(u32::from(r.start()), u32::from(r.end())))
+            .sum(),
+        _ => 0,
+    };
+    covered >= 64
 }
 
 fn shortest(set: &[Vec<u8>]) -> usize {
@@ -128,5 +179,21 @@ mod tests {
         assert_eq!(req(r"^(?:abc|\S+) "), None);
         assert_eq!(req(r"^(?:foo)? \d+"), None);
         assert_eq!(req(r"(?i)^failed"), None);
+    }
+
+    #[test]
+    fn patterns_that_read_far_first() {
+        assert!(reads_far_first(r"^(?:\[\s*\d+\.\d+\]\s*)?.*?IN=\S* OUT="));
+        assert!(reads_far_first(r"^.*? from \S+$"));
+        assert!(reads_far_first(r"^\S+ y"));
+        assert!(reads_far_first(r"^[^\]]* y"));
+        assert!(!reads_far_first(r"^x+ y"));
+        assert!(!reads_far_first(r"^\d+ y"));
+        assert!(!reads_far_first(r"^(?:[0-9a-f:.]+) \S+ \[[^\]]+\] 401"));
+        assert!(reads_far_first(r"Failed password"));
+        assert!(!reads_far_first(r"^(?:error: )?Failed .* for"));
+        assert!(!reads_far_first(r"^Accepted \S+ for"));
+        assert!(!reads_far_first(r"^\d{1,3} \S+ "));
+        assert!(!reads_far_first(r"^(?:a|b"));
     }
 }
