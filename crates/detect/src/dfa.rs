@@ -213,6 +213,10 @@ fn reads_far(hir: &Hir) -> bool {
 fn first_bytes(dfa: &DFA) -> [u64; 4] {
     let mut cache = dfa.create_cache();
     let mut set = [0u64; 4];
+    // The 257 look-behinds lead to a handful of start states (word byte,
+    // other byte, line end, none): each is stepped once.
+    let mut done: Vec<LazyStateID> = Vec::new();
+    let mut clears = cache.clear_count();
     for before in (0..=255u8).map(Some).chain([None]) {
         let config = start::Config::new()
             .anchored(Anchored::Yes)
@@ -220,6 +224,15 @@ fn first_bytes(dfa: &DFA) -> [u64; 4] {
         let Ok(start) = dfa.start_state(&mut cache, &config) else {
             return [u64::MAX; 4];
         };
+        if cache.clear_count() != clears {
+            // State ids from before a clear name other states now.
+            clears = cache.clear_count();
+            done.clear();
+        }
+        if done.contains(&start) {
+            continue;
+        }
+        done.push(start);
         for b in 0..=255u8 {
             if !dfa
                 .next_state(&mut cache, start, b)

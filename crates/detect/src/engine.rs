@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 use palisade_model::{Net, Scope};
 use regex::bytes::Regex;
+use regex_syntax::hir::Hir;
 
 use crate::config::{RuleConfig, StageConfig};
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
@@ -214,15 +215,15 @@ struct NativeRule {
     needles: Option<literals::AnyOf>,
 }
 
-/// The rule's [`NativeRule::needles`]: every pattern must require some
-/// string, and one of them must read far first.
-fn needles(patterns: &[&str]) -> Option<literals::AnyOf> {
-    if !patterns.iter().any(|p| literals::reads_far_first(p)) {
+/// The rule's [`NativeRule::needles`]: every pattern (as its DFA searches
+/// it) must require some string, and one of them must read far first.
+fn needles(patterns: &[Hir]) -> Option<literals::AnyOf> {
+    if !patterns.iter().any(literals::reads_far_first) {
         return None;
     }
     let mut set = Vec::new();
     for p in patterns {
-        set.extend(literals::required(p)?);
+        set.extend(literals::required_in(p)?);
     }
     set.sort();
     set.dedup();
@@ -378,9 +379,8 @@ impl Engine {
                 }
             }
             let all_parsed = hirs.len() == patterns.len() - first;
-            let sources: Vec<&str> = patterns[first..].iter().map(|p| p.re.as_str()).collect();
             native.push(NativeRule {
-                needles: needles(&sources),
+                needles: if all_parsed { needles(&hirs) } else { None },
                 patterns: first..patterns.len(),
                 dfa: if all_parsed && !hirs.is_empty() {
                     dfas.rule(&hirs)

@@ -55,7 +55,12 @@ pub fn required(pattern: &str) -> Option<Vec<Vec<u8>>> {
         .build()
         .parse(pattern)
         .ok()?;
-    let set = of(&hir)?;
+    required_in(&hir)
+}
+
+/// [`required`] of a parsed pattern.
+pub fn required_in(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+    let set = of(hir)?;
     (shortest(&set) >= MIN_LEN).then_some(set)
 }
 
@@ -64,10 +69,7 @@ pub fn required(pattern: &str) -> Option<Vec<Vec<u8>>> {
 /// `.*?` or `\S+`, not `\d+`, whose first byte already rules most lines
 /// out): a DFA then reads most of every line it does not match, and
 /// looking for the pattern's [`required`] strings first costs less.
-pub fn reads_far_first(pattern: &str) -> bool {
-    let Ok(hir) = regex_syntax::ParserBuilder::new().build().parse(pattern) else {
-        return false;
-    };
+pub fn reads_far_first(hir: &Hir) -> bool {
     // Searched from every position: as good as a leading `.*?`.
     if !hir
         .properties()
@@ -78,7 +80,7 @@ pub fn reads_far_first(pattern: &str) -> bool {
     }
     let parts = match hir.kind() {
         HirKind::Concat(parts) => parts.as_slice(),
-        _ => std::slice::from_ref(&hir),
+        _ => std::slice::from_ref(hir),
     };
     for part in parts {
         match part.kind() {
@@ -179,6 +181,13 @@ mod tests {
         assert_eq!(req(r"^(?:abc|\S+) "), None);
         assert_eq!(req(r"^(?:foo)? \d+"), None);
         assert_eq!(req(r"(?i)^failed"), None);
+    }
+
+    fn reads_far_first(pattern: &str) -> bool {
+        regex_syntax::ParserBuilder::new()
+            .build()
+            .parse(pattern)
+            .is_ok_and(|hir| super::reads_far_first(&hir))
     }
 
     #[test]
