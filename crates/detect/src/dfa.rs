@@ -283,7 +283,15 @@ fn byte_set(hir: &Hir) -> Option<[u64; 4]> {
     Some(set)
 }
 
-fn has(set: &[u64; 4], b: u8) -> bool {
+impl RuleDfa {
+    /// The bytes a match can begin with, as four 64-bit masks.
+    pub(crate) fn first(&self) -> [u64; 4] {
+        self.first
+    }
+}
+
+/// Whether `b` is in the 256-bit `set`.
+pub(crate) fn has(set: &[u64; 4], b: u8) -> bool {
     set[usize::from(b >> 6)] & (1u64 << (b & 63)) != 0
 }
 

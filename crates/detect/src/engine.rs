@@ -266,6 +266,10 @@ impl ShortKey {
 /// The rules that can apply to lines of one program.
 struct Group {
     rules: Vec<usize>,
+    /// Bytes a message any of them matches can begin with: most lines of
+    /// other programs pass the rules without a program (web logs) with
+    /// one look at their first byte.
+    first: [u64; 4],
 }
 
 /// The compiled rules. Stateful (fail2ban multi-line buffers, date-template
@@ -462,13 +466,25 @@ impl Engine {
         if let Some(&g) = self.group_of_rules.get(&rules) {
             return g;
         }
-        let with_patterns = rules
+        let with_patterns: Vec<usize> = rules
             .iter()
             .copied()
             .filter(|&r| !self.native[r].patterns.is_empty())
             .collect();
+        let mut first = [0u64; 4];
+        for &r in &with_patterns {
+            // A rule without its DFA is asked about every message.
+            let mine = self.native[r]
+                .dfa
+                .as_ref()
+                .map_or([u64::MAX; 4], RuleDfa::first);
+            for (f, m) in first.iter_mut().zip(mine) {
+                *f |= m;
+            }
+        }
         self.groups.push(Group {
             rules: with_patterns,
+            first,
         });
         let g = self.groups.len() - 1;
         self.group_of_rules.insert(rules, g);
@@ -534,7 +550,16 @@ impl Engine {
             let header = syslog::parse(line);
             let (g, filter) = self.group_of(header.program);
             let msg = header.message;
-            for n in 0..self.groups[g].rules.len() {
+            let none_starts = msg
+                .as_bytes()
+                .first()
+                .is_some_and(|&b| !dfa::has(&self.groups[g].first, b));
+            let rules = if none_starts {
+                0
+            } else {
+                self.groups[g].rules.len()
+            };
+            for n in 0..rules {
                 let rule = self.groups[g].rules[n];
                 let info = &self.rules[rule];
                 let applies = (!filter || info.program_matches(header.program))
