@@ -221,13 +221,7 @@ fn needles(patterns: &[Hir]) -> Option<literals::AnyOf> {
     if !patterns.iter().any(literals::reads_far_first) {
         return None;
     }
-    let mut set = Vec::new();
-    for p in patterns {
-        set.extend(literals::required_in(p)?);
-    }
-    set.sort();
-    set.dedup();
-    literals::AnyOf::new(set)
+    literals::AnyOf::new(literals::union(patterns.iter().map(literals::required_in))?)
 }
 
 /// A program seen lately and its group.
@@ -886,6 +880,15 @@ mod tests {
 
     use crate::loggen;
 
+    /// The engine's verdicts on `line`, asserted to be the `regex` crate's.
+    fn agreed(e: &mut Engine, line: &str) -> Vec<Hit> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        e.check("test", line, &mut a);
+        e.check_with_regex("test", line, &mut b);
+        assert_eq!(a, b, "{line}");
+        a
+    }
+
     /// The DFAs find the same verdicts and addresses as the `regex` crate's
     /// captures, on generated sshd lines, on lines whose user names and
     /// addresses are made to confuse them, and on random edits of both.
@@ -987,10 +990,7 @@ mod tests {
         }
         let (mut hits, mut fast) = (0, 0);
         for l in &lines {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            e.check("test", l, &mut a);
-            e.check_with_regex("test", l, &mut b);
-            assert_eq!(a, b, "{l}");
+            let a = agreed(&mut e, l);
             hits += a.len();
             fast += a.iter().filter(|h| h.address.is_some()).count();
         }
@@ -1041,10 +1041,7 @@ mod tests {
         ];
         let (mut probes, mut far) = (0, 0);
         for l in &lines {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            e.check("test", l, &mut a);
-            e.check_with_regex("test", l, &mut b);
-            assert_eq!(a, b, "{l}");
+            let a = agreed(&mut e, l);
             probes += a
                 .iter()
                 .filter(|h| h.rule == named(&e, "port-probe"))

@@ -64,6 +64,19 @@ pub fn required_in(hir: &Hir) -> Option<Vec<Vec<u8>>> {
     (shortest(&set) >= MIN_LEN).then_some(set)
 }
 
+/// Strings one of which every match of any of several patterns contains,
+/// from each pattern's [`required`] set: `None` when one of them requires
+/// nothing.
+pub fn union(sets: impl IntoIterator<Item = Option<Vec<Vec<u8>>>>) -> Option<Vec<Vec<u8>>> {
+    let mut all = Vec::new();
+    for set in sets {
+        all.extend(set?);
+    }
+    all.sort();
+    all.dedup();
+    Some(all)
+}
+
 /// Whether a search for `pattern` from the start of a line may read
 /// arbitrarily far through any text before it meets a literal (a leading
 /// `.*?` or `\S+`, not `\d+`, whose first byte already rules most lines
@@ -181,6 +194,12 @@ mod tests {
         assert_eq!(req(r"^(?:abc|\S+) "), None);
         assert_eq!(req(r"^(?:foo)? \d+"), None);
         assert_eq!(req(r"(?i)^failed"), None);
+        let (a, b) = (b"abc".to_vec(), b"xyz".to_vec());
+        assert_eq!(
+            union([Some(vec![b.clone(), a.clone()]), Some(vec![a.clone()])]),
+            Some(vec![a.clone(), b])
+        );
+        assert_eq!(union([Some(vec![a]), None]), None);
     }
 
     fn reads_far_first(pattern: &str) -> bool {

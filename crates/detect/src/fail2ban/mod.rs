@@ -556,13 +556,8 @@ impl Filter {
                 .as_ref()
                 .and_then(|p| relax(&p.source))
                 .and_then(|r| literals::required(&r));
-            let fail = relaxed_all(&failregex).and_then(|all| {
-                let mut set = Vec::new();
-                for r in &all {
-                    set.extend(literals::required(r)?);
-                }
-                Some(set)
-            });
+            let fail = relaxed_all(&failregex)
+                .and_then(|all| literals::union(all.iter().map(|r| literals::required(r))));
             literals = [pref, fail]
                 .into_iter()
                 .flatten()
