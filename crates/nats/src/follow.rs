@@ -265,7 +265,7 @@ impl Reader {
                     cursor = self.catch_up(&tx, cursor).await?;
                 }
                 let mut connected = self.connections.load(Ordering::SeqCst);
-                let mut probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                let mut probe = next_probe();
                 let mut check = tokio::time::interval(Duration::from_secs(1));
                 let mut head_acted = tokio::time::Instant::now();
                 // A catch-up waiting for its turn in a spread (after a head
@@ -304,7 +304,7 @@ impl Reader {
                                     warn!(announced = m.seq, bucket_at = cursor, "a change was announced that the bucket does not hold; ignored");
                                 }
                             }
-                            probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                            probe = next_probe();
                         }
                         Some(h) = heads.next() => {
                             // A worker's word that the bucket is past us:
@@ -321,7 +321,7 @@ impl Reader {
                                 // A forged head that stops the probes
                                 // stops nothing: the workers' own heads
                                 // still come, and say when it is behind.
-                                probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                                probe = next_probe();
                             }
                             if let Some(head) = head.filter(|&head| head > cursor)
                                 && pending.is_none()
@@ -341,7 +341,7 @@ impl Reader {
                         _ = tokio::time::sleep_until(probe) => {
                             cursor = self.catch_up(&tx, cursor).await?;
                             send(&tx, Ok(StreamItem::Ping { seq: cursor, time: Timestamp::now() })).await?;
-                            probe = tokio::time::Instant::now() + jitter::spread(PROBE_EVERY);
+                            probe = next_probe();
                         }
                         _ = check.tick() => {
                             let now = self.connections.load(Ordering::SeqCst);
@@ -366,6 +366,11 @@ impl Reader {
         });
         Ok(rx)
     }
+}
+
+/// When to check the bucket if nothing comes meanwhile.
+fn next_probe() -> tokio::time::Instant {
+    tokio::time::Instant::now() + jitter::spread(PROBE_EVERY)
 }
 
 /// A catch-up to make at `at` unless the cursor has reached `wanted`
