@@ -23,6 +23,8 @@
 //!   pattern matches the same text, so when exactly one passes it is the
 //!   span any regex engine reports: nothing is approximated. When several
 //!   pass (contrived patterns or lines), the caller asks the `regex` crate.
+//!   The same split places any part of a sequence (`split_at`): `split.rs`
+//!   places the parts of a fail2ban failregex that hold its groups.
 //!   Where `S` can read far (`(?:: .*)?$` after sshd's "Accepted ... port
 //!   N") and `P` cannot, the host's start is found forwards instead: the
 //!   ends of `P` from the start of the message (one, usually, before its
@@ -419,18 +421,26 @@ impl Dfas {
         let HirKind::Capture(host) = parts[k].kind() else {
             return None;
         };
-        let p = self.reverse(Hir::concat(parts[..k].to_vec()))?;
-        let h = self.reverse((*host.sub).clone())?;
-        let s = self.reverse(Hir::concat(parts[k + 1..].to_vec()))?;
+        self.split_at(&parts[..k], &host.sub, &parts[k + 1..])
+    }
+
+    /// Splits a sequence `before inner after` so that the span of `inner`
+    /// can be found in a match of it that starts at 0.
+    pub(crate) fn split_at(
+        &mut self,
+        before: &[Hir],
+        inner: &Hir,
+        after: &[Hir],
+    ) -> Option<HostSplit> {
+        let p = self.reverse(Hir::concat(before.to_vec()))?;
+        let h = self.reverse(inner.clone())?;
+        let s = self.reverse(Hir::concat(after.to_vec()))?;
         // Every start state (one per byte after the end of P, or none),
         // every first byte read backwards.
         let p_last = first_bytes(&self.dfas[p]);
-        let h_set = byte_set(&host.sub);
+        let h_set = byte_set(inner);
         let h_bytes = h_set.filter(|h| (0..4).all(|k| h[k] & p_last[k] == 0));
-        let (before, after) = (
-            Hir::concat(parts[..k].to_vec()),
-            Hir::concat(parts[k + 1..].to_vec()),
-        );
+        let (before, after) = (Hir::concat(before.to_vec()), Hir::concat(after.to_vec()));
         // Without it (a DFA that cannot be built), the reverse way serves.
         let forward = match h_set {
             Some(h) if reads_far(&after) && !reads_far(&before) => self

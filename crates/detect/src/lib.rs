@@ -33,6 +33,7 @@ pub mod pyre;
 mod scan;
 mod segments;
 pub mod sources;
+mod split;
 pub mod syslog;
 pub mod tracker;
 

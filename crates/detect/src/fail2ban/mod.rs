@@ -36,10 +36,12 @@ use std::sync::{Arc, LazyLock, Mutex};
 use palisade_model::Net;
 use regex::Regex;
 
+use crate::dfa::{self, Dfas, RuleDfa};
 use crate::host::parse_addr;
 use crate::literals;
 use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
+use crate::split::{Found, GroupSplit};
 use date::DateDetector;
 use ini::{Config, Map};
 
@@ -193,8 +195,15 @@ struct Re {
     pat: Pattern,
     /// The prefregex shape matched piece by piece with DFAs, when it has it.
     segments: Option<Segments>,
+    /// Groups found by splitting the pattern with DFAs (single-line
+    /// patterns the `regex` crate runs): made at the first search of an
+    /// ASCII text, since most failregexes of a filter never match; `Some(None)`
+    /// when the pattern does not split (or the split gave up).
+    split: Option<Option<GroupSplit>>,
     /// Named groups and their indexes.
     names: Vec<(Arc<str>, usize)>,
+    /// Groups, named or not, group 0 included.
+    groups: usize,
     /// `alt_` groups and the group each stands in for, sorted.
     alts: Vec<(Arc<str>, Arc<str>)>,
 }
@@ -225,11 +234,17 @@ impl Re {
         alts.sort();
         let groups = pat.names().len();
         let segments = Segments::new(&t).filter(|s| s.groups() == groups);
+        let split = match (&pat, &segments) {
+            (Pattern::Std(_), None) if !multiline => None,
+            _ => Some(None),
+        };
         Ok(Re {
             source: t,
             pat,
             segments,
+            split,
             names,
+            groups,
             alts,
         })
     }
@@ -238,10 +253,33 @@ impl Re {
         self.names.iter().any(|(n, _)| &**n == name)
     }
 
-    fn search<'t>(&'t self, buf: &'t str) -> Option<Match<'t>> {
-        let caps = match self.segments.as_ref().and_then(|s| s.captures(buf)) {
-            Some(caps) => caps,
-            None => self.pat.captures(buf)?,
+    fn search<'t>(&'t mut self, dfas: &mut Dfas, buf: &'t str) -> Option<Match<'t>> {
+        let ascii = buf.is_ascii();
+        let groups = self.groups;
+        let split = match &mut self.split {
+            Some(split) => split.as_mut(),
+            slot @ None if ascii => slot
+                .insert(GroupSplit::new(dfas, &self.source).filter(|s| s.groups() == groups))
+                .as_mut(),
+            None => None,
+        };
+        let split = match split {
+            Some(split) if ascii => {
+                let found = split.captures(dfas, buf);
+                if split.gave_up() {
+                    self.split = Some(None);
+                }
+                found
+            }
+            _ => Found::Unsure,
+        };
+        let caps = match split {
+            Found::Spans(caps) => caps,
+            Found::NoMatch => return None,
+            Found::Unsure => match self.segments.as_ref().and_then(|s| s.captures(buf)) {
+                Some(caps) => caps,
+                None => self.pat.captures(buf)?,
+            },
         };
         Some(Match {
             text: buf,
@@ -382,6 +420,13 @@ pub struct Filter {
     failregex: Vec<Re>,
     ignoreregex: Vec<Re>,
     prefilter: Option<(regex::RegexSet, Vec<usize>, Vec<usize>)>,
+    /// The failregexes' relaxed forms (look-arounds dropped: each matches
+    /// at least what its failregex matches) as the patterns of one
+    /// leftmost-first DFA, anchored at the start. fail2ban tries the
+    /// failregexes in order and takes the first that matches; the DFA's
+    /// match is the relaxed form of lowest index that matches, so no
+    /// failregex before it can match.
+    first: Option<RuleDfa>,
     /// Sets of strings: every line a failregex can match holds one string
     /// of each set (single-line filters only: a multi-line filter must see
     /// every line).
@@ -391,6 +436,8 @@ pub struct Filter {
     /// `dates.dates_start_lines()`.
     dates_start_lines: bool,
     buffer: Vec<String>,
+    /// The DFAs and search caches of the regexes that split.
+    dfas: Dfas,
     mlfid: HashMap<String, Shared>,
     mlfid_order: std::collections::VecDeque<String>,
     /// Evaluate every failregex (fail2ban's sample tests do); the default
@@ -504,6 +551,7 @@ impl Filter {
     /// Compiles a resolved definition.
     pub fn from_definition(def: &Definition) -> Result<Filter, Error> {
         let ml = def.maxlines > 1;
+        let mut dfas = Dfas::default();
         let prefregex = def
             .prefregex
             .as_deref()
@@ -564,6 +612,16 @@ impl Filter {
                 .filter_map(literals::AnyOf::new)
                 .collect();
         }
+        // The first failregex a line can match, in one DFA search, when
+        // every failregex has a relaxed form the DFAs can run.
+        let first = match (always.is_empty(), def.maxlines <= 1) {
+            (true, true) => relaxed
+                .iter()
+                .map(|r| dfa::parse(r).map(dfa::anchored_form))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|hirs| dfas.rule(&hirs)),
+            _ => None,
+        };
         let prefilter = regex::RegexSetBuilder::new(&relaxed)
             .size_limit(64 << 20)
             .dfa_size_limit(64 << 20)
@@ -576,11 +634,13 @@ impl Filter {
             failregex,
             ignoreregex,
             prefilter,
+            first,
             literals,
             maxlines: def.maxlines,
             dates_start_lines: dates.dates_start_lines(),
             dates,
             buffer: Vec::new(),
+            dfas,
             mlfid: HashMap::new(),
             mlfid_order: std::collections::VecDeque::new(),
             check_all: false,
@@ -686,9 +746,9 @@ impl Filter {
             return out;
         }
         let mut pre: Fail = Fail::new();
-        if let Some(p) = &self.prefregex {
+        if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
-            let Some(m) = p.search(b) else {
+            let Some(m) = p.search(&mut self.dfas, b) else {
                 return out;
             };
             pre = m.groups();
@@ -703,22 +763,35 @@ impl Filter {
             Some(b) => b,
             None => Self::buf(&self.buffer),
         };
-        let candidates: Vec<usize> = match &self.prefilter {
-            Some((set, in_set, always)) => {
-                let mut c: Vec<usize> = set.matches(&b).into_iter().map(|i| in_set[i]).collect();
-                c.extend(always.iter().copied());
-                c.sort_unstable();
-                c
+        let first = match &mut self.first {
+            Some(first) if !self.check_all && b.is_ascii() => {
+                match self.dfas.search(first, b.as_bytes()) {
+                    Ok(None) => return out,
+                    Ok(Some((k, _))) => Some(k),
+                    Err(()) => None,
+                }
             }
-            None => (0..self.failregex.len()).collect(),
+            _ => None,
+        };
+        // The failregexes to try, in order. With the DFA's answer, the one
+        // it names, and only if that one does not match after all (its
+        // relaxed form matches more), the prefilter's after it.
+        let (mut candidates, mut rest_after) = match first {
+            Some(k) => (vec![k], Some(k)),
+            None => (self.candidates(&b), None),
         };
         let mut b = Some(b);
-        for i in candidates {
+        let mut next = 0;
+        while let Some(&i) = candidates.get(next) {
+            next += 1;
             if b.is_none() {
                 b = Some(Self::buf(&self.buffer));
             }
             let bs = b.as_deref().unwrap();
-            let Some(m) = self.failregex[i].search(bs) else {
+            let Some(m) = self.failregex[i].search(&mut self.dfas, bs) else {
+                if let Some(k) = rest_after.take() {
+                    candidates.extend(self.candidates(bs).into_iter().filter(|&c| c > k));
+                }
                 continue;
             };
             let mut fail = m.groups();
@@ -811,6 +884,19 @@ impl Filter {
             }
         }
         out
+    }
+
+    /// The failregexes that may match `b`, in order (the prefilter's).
+    fn candidates(&self, b: &str) -> Vec<usize> {
+        match &self.prefilter {
+            Some((set, in_set, always)) => {
+                let mut c: Vec<usize> = set.matches(b).into_iter().map(|i| in_set[i]).collect();
+                c.extend(always.iter().copied());
+                c.sort_unstable();
+                c
+            }
+            None => (0..self.failregex.len()).collect(),
+        }
     }
 
     fn remove_matched(&mut self, (a, b): (usize, usize)) {
@@ -1054,7 +1140,8 @@ mod tests {
         };
         let mut segmented = Vec::new();
         let mut checked = Vec::new();
-        let mut answered = 0;
+        let mut split_by_dfas = Vec::new();
+        let (mut answered, mut split_answered) = (0, 0);
         // Every filter as shipped, and sshd's aggressive mode (its extra
         // regexes hold a look-ahead in a repeated group).
         let mut filters = Vec::new();
@@ -1109,6 +1196,27 @@ mod tests {
                         }
                     }
                 }
+                let mut dfas = Dfas::default();
+                let split = match (&re.pat, &re.segments, filter.maxlines) {
+                    (Pattern::Std(_), None, 1) => GroupSplit::new(&mut dfas, &re.source),
+                    _ => None,
+                };
+                if let Some(mut split) = split {
+                    split_by_dfas.push(name.clone());
+                    for t in texts.iter().filter(|t| t.is_ascii()) {
+                        let truth = spans(t);
+                        match split.captures(&mut dfas, t) {
+                            Found::Spans(got) => {
+                                split_answered += 1;
+                                assert_eq!(Some(got), truth, "{name}: {t:?} with {}", re.source);
+                            }
+                            Found::NoMatch => {
+                                assert_eq!(truth, None, "{name}: {t:?} with {}", re.source);
+                            }
+                            Found::Unsure => {}
+                        }
+                    }
+                }
                 if matches!(re.pat, Pattern::Checked(_)) {
                     checked.push(name.clone());
                     for t in &texts {
@@ -1123,7 +1231,14 @@ mod tests {
                 }
             }
         }
-        println!("segmented: {segmented:?}; checked: {checked:?}; {answered} answers compared");
+        println!(
+            "segmented: {segmented:?}; checked: {checked:?}; split: {split_by_dfas:?}; \
+             {answered} answers and {split_answered} split matches compared"
+        );
+        for f in ["nginx-http-auth.conf", "postfix.conf", "apache-auth.conf"] {
+            assert!(split_by_dfas.iter().any(|s| s == f), "{f} is not split");
+        }
+        assert!(split_answered > 500, "{split_answered}");
         for f in [
             "sshd.conf",
             "postfix.conf",
@@ -1142,6 +1257,41 @@ mod tests {
             assert!(checked.iter().any(|s| s == f), "{f} is not checked");
         }
         assert!(answered > 10_000, "{answered}");
+    }
+
+    /// The first failregex a line can match, named by one DFA search,
+    /// changes nothing: every shipped filter finds the same failures in
+    /// fail2ban's sample logs (and variants) with it and without it.
+    #[test]
+    fn first_failregex_by_dfa_changes_nothing() {
+        let Some(texts) = samples::texts() else {
+            return;
+        };
+        let mut with_dfa = 0;
+        for entry in std::fs::read_dir(samples::FILTERS).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "conf") {
+                continue;
+            }
+            let Ok(mut fast) = Filter::load(&path, &BTreeMap::new()) else {
+                continue;
+            };
+            if fast.first.is_none() {
+                continue;
+            }
+            with_dfa += 1;
+            let mut plain = Filter::load(&path, &BTreeMap::new()).unwrap();
+            plain.first = None;
+            for t in &texts {
+                assert_eq!(
+                    fast.process_line(t),
+                    plain.process_line(t),
+                    "{}: {t:?}",
+                    path.display()
+                );
+            }
+        }
+        assert!(with_dfa > 50, "{with_dfa} filters have the DFA");
     }
 
     /// The literal prefilter looks at the line as written, the regexes at

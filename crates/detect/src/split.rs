@@ -1,0 +1,367 @@
+//! The groups of a match found with DFAs instead of a backtracking search.
+//!
+//! Finding where each group of a match lies takes the `regex` crate a
+//! bounded backtracking search over the match, which on a log line costs
+//! several times the DFA search that found the match (fail2ban's `<HOST>`
+//! alone is an alternation of three address forms). Most fail2ban
+//! failregexes are a sequence whose groups sit in a few of its top-level
+//! parts: `^... client: <HOST>, server: ...` has one such part, the host.
+//!
+//! For such a pattern, given the end of its match (one forward DFA search),
+//! each part holding groups is placed as the engine's `HostSplit` places a
+//! rule's host: with reverse DFAs of what comes before it, of it, and of
+//! what comes after. When every such part has exactly one place, that is
+//! the place any regex engine reports, and the groups inside the part are
+//! found by the part alone, anchored at both ends of its place: a search
+//! over a few bytes of a small pattern. Anything less certain (two places,
+//! an empty part, a DFA that gives up) answers [`Found::Unsure`], and the
+//! caller asks the `regex` crate.
+//!
+//! Why the part alone finds the same groups: with every group-holding
+//! part's place fixed, the parts match independently of each other (no
+//! back references; a part with look-around assertions is not split, since
+//! cutting the text at its end would change what they see), and the
+//! leftmost-first choice within a part is its highest-priority way of
+//! matching exactly its place, which is what a search of the part anchored
+//! at both ends of that place returns.
+
+use regex_automata::meta;
+use regex_automata::util::captures::Captures;
+use regex_automata::{Anchored, Input};
+use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
+
+use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
+use crate::linear::Spans;
+
+/// A pattern whose groups are found by splitting it (see the module docs).
+pub(crate) struct GroupSplit {
+    rule: RuleDfa,
+    parts: Vec<Part>,
+    /// Groups of the whole pattern, group 0 included.
+    groups: usize,
+    /// Searches so far, and how many of them were unsure (see
+    /// [`gave_up`](Self::gave_up)).
+    tries: u32,
+    unsure: u32,
+}
+
+/// Searches after which a split that is often unsure gives up.
+const TRIAL: u32 = 1024;
+
+/// One top-level part holding groups.
+struct Part {
+    split: HostSplit,
+    groups: PartGroups,
+}
+
+/// How the groups inside a placed part are found.
+enum PartGroups {
+    /// The part is one group with none inside: its place is the group's.
+    Whole(usize),
+    /// The part alone, its groups numbered from 1, followed by `\z`, with
+    /// the pattern's group index of each of the part's groups (its group
+    /// `n` is `map[n - 1]`).
+    Alone {
+        re: meta::Regex,
+        map: Vec<usize>,
+        caps: Captures,
+    },
+}
+
+/// What a split search found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Found {
+    /// The pattern does not match.
+    NoMatch,
+    /// The pattern matches with these group spans.
+    Spans(Spans),
+    /// The DFAs could not tell: ask the `regex` crate.
+    Unsure,
+}
+
+impl GroupSplit {
+    /// Splits a translated pattern (see `pyre::translate`), if it is a
+    /// sequence anchored at the start of the text whose groups sit in
+    /// top-level parts without look-around assertions. The DFAs go into
+    /// `dfas`, which every search must be given.
+    pub(crate) fn new(dfas: &mut Dfas, translated: &str) -> Option<GroupSplit> {
+        let hir = dfa::parse(translated)?;
+        if !hir.properties().look_set_prefix().contains(Look::Start) {
+            return None;
+        }
+        let groups = hir.properties().explicit_captures_len() + 1;
+        let HirKind::Concat(parts) = hir.kind() else {
+            return None;
+        };
+        let holding: Vec<usize> = (0..parts.len())
+            .filter(|&k| parts[k].properties().explicit_captures_len() > 0)
+            .collect();
+        let mut found = Vec::new();
+        for (n, &k) in holding.iter().enumerate() {
+            let part = &parts[k];
+            // A group with none inside: its place is the group's, and the
+            // DFAs see the text around it (assertions inside are no
+            // obstacle).
+            let whole = match part.kind() {
+                HirKind::Capture(c) if c.sub.properties().explicit_captures_len() == 0 => {
+                    Some(c.index as usize)
+                }
+                _ => None,
+            };
+            if whole.is_none() && !part.properties().look_set().is_empty() {
+                return None;
+            }
+            // What follows the part up to the next part holding groups:
+            // that one is placed first (see `captures`).
+            let next = holding.get(n + 1).copied().unwrap_or(parts.len());
+            let split = dfas.split_at(&parts[..k], part, &parts[k + 1..next])?;
+            let groups = match whole {
+                Some(g) => PartGroups::Whole(g),
+                None => {
+                    let mut map = Vec::new();
+                    let numbered = renumber(part, &mut map);
+                    let re = meta::Regex::builder()
+                        .configure(meta::Config::new().utf8_empty(false))
+                        .build_from_hir(&Hir::concat(vec![numbered, Hir::look(Look::End)]))
+                        .ok()?;
+                    let caps = re.create_captures();
+                    PartGroups::Alone { re, map, caps }
+                }
+            };
+            found.push(Part { split, groups });
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let rule = dfas.rule(std::slice::from_ref(&hir))?;
+        Some(GroupSplit {
+            rule,
+            parts: found,
+            groups,
+            tries: 0,
+            unsure: 0,
+        })
+    }
+
+    /// Groups of the whole pattern, group 0 included.
+    pub(crate) fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Whether the split was unsure of more than a quarter of its first
+    /// [`TRIAL`] searches (a pattern whose parts the text seldom places
+    /// alone, such as one where `[^>]*` follows the host): each unsure
+    /// search costs more than asking the `regex` crate at once.
+    pub(crate) fn gave_up(&self) -> bool {
+        self.tries >= TRIAL && self.unsure > self.tries / 4
+    }
+
+    /// The group spans of the pattern's match in `text` (which must be all
+    /// ASCII: the DFAs read classes as ASCII).
+    pub(crate) fn captures(&mut self, dfas: &mut Dfas, text: &str) -> Found {
+        let found = self.find(dfas, text);
+        if self.tries < TRIAL {
+            self.tries += 1;
+            self.unsure += u32::from(found == Found::Unsure);
+        }
+        found
+    }
+
+    fn find(&mut self, dfas: &mut Dfas, text: &str) -> Found {
+        let hay = text.as_bytes();
+        let end = match dfas.search(&mut self.rule, hay) {
+            Ok(Some((_, end))) => end,
+            Ok(None) => return Found::NoMatch,
+            Err(()) => return Found::Unsure,
+        };
+        let mut spans: Spans = vec![None; self.groups];
+        spans[0] = Some((0, end));
+        // The last part first: each part's place then bounds what follows
+        // the part before it (the place of a part is the same in every way
+        // the pattern matches, so the parts between two of them must fill
+        // exactly the gap).
+        let mut next = end;
+        for part in self.parts.iter_mut().rev() {
+            let Some((i, j)) = dfas.host(&part.split, hay, next) else {
+                return Found::Unsure;
+            };
+            next = i;
+            match &mut part.groups {
+                PartGroups::Whole(g) => spans[*g] = Some((i, j)),
+                PartGroups::Alone { re, map, caps } => {
+                    let input = Input::new(&hay[..j]).span(i..j).anchored(Anchored::Yes);
+                    re.search_captures(&input, caps);
+                    if !caps.is_match() {
+                        return Found::Unsure;
+                    }
+                    for (n, &g) in map.iter().enumerate() {
+                        spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
+                    }
+                }
+            }
+        }
+        Found::Spans(spans)
+    }
+}
+
+/// `hir` with its groups numbered from 1 in order, the pattern's index of
+/// each pushed onto `map`.
+fn renumber(hir: &Hir, map: &mut Vec<usize>) -> Hir {
+    match hir.kind() {
+        HirKind::Capture(c) => {
+            map.push(c.index as usize);
+            let index = map.len() as u32;
+            Hir::capture(Capture {
+                index,
+                name: c.name.clone(),
+                sub: Box::new(renumber(&c.sub, map)),
+            })
+        }
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            sub: Box::new(renumber(&r.sub, map)),
+            ..r.clone()
+        }),
+        HirKind::Concat(subs) => Hir::concat(subs.iter().map(|s| renumber(s, map)).collect()),
+        HirKind::Alternation(subs) => {
+            Hir::alternation(subs.iter().map(|s| renumber(s, map)).collect())
+        }
+        _ => hir.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pattern's split and the `regex` crate's form of it.
+    struct Both {
+        dfas: Dfas,
+        split: GroupSplit,
+        re: regex::bytes::Regex,
+    }
+
+    fn both(p: &str) -> Both {
+        let mut dfas = Dfas::default();
+        let split = GroupSplit::new(&mut dfas, p).expect("splits");
+        let re = regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .build()
+            .unwrap();
+        Both { dfas, split, re }
+    }
+
+    impl Both {
+        /// The split's answer on `line`, checked against the `regex`
+        /// crate's groups when it is sure.
+        fn agreed(&mut self, line: &str) -> Found {
+            let found = self.split.captures(&mut self.dfas, line);
+            let want = self.re.captures(line.as_bytes()).map(|c| {
+                c.iter()
+                    .map(|m| m.map(|m| (m.start(), m.end())))
+                    .collect::<Spans>()
+            });
+            match (&found, want) {
+                (Found::Spans(got), Some(want)) => assert_eq!(*got, want, "on {line:?}"),
+                (Found::NoMatch, None) | (Found::Unsure, _) => {}
+                (got, want) => panic!("on {line:?}: {got:?}, the regex crate {want:?}"),
+            }
+            found
+        }
+    }
+
+    const HOST: &str = r"(?:\[?(?:(?:::f{4,6}:)?(?P<ip4>(?:\d{1,3}\.){3}\d{1,3})|(?P<ip6>(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|:)))\]?|(?P<dns>[\w\-.^_]*\w))";
+
+    #[test]
+    fn groups_of_one_part() {
+        let p = format!(
+            r"^\s*\[error\] \d+#\d+: \*\d+ user (?:[^ ]+|.*?):? password mismatch, client: {HOST}, server: \S*(?:\n?\z)"
+        );
+        let mut b = both(&p);
+        for line in [
+            "[error] 1#0: *5 user git: password mismatch, client: 198.51.100.7, server: a\n",
+            "[error] 1#0: *5 user git: password mismatch, client: 2001:db8::1, server: a\n",
+            "[error] 1#0: *5 user git: password mismatch, client: [::ffff:198.51.100.7], server: \n",
+            "[error] 1#0: *5 user git: password mismatch, client: 1.2.3.4.example, server: a\n",
+            "[error] 1#0: *5 user g, client: x: password mismatch, client: host-1, server: a\n",
+        ] {
+            assert!(matches!(b.agreed(line), Found::Spans(_)), "{line:?}");
+        }
+        assert_eq!(
+            b.agreed("[error] 1#0: *5 user git: password ok, client: 1.2.3.4\n"),
+            Found::NoMatch
+        );
+    }
+
+    #[test]
+    fn groups_of_several_parts() {
+        let p = format!(
+            r"^(?P<nofail>Connection closed|Disconnected) (?:by|from) (?:user (?P<user>\S+) )?{HOST} port \d+(?:\n?\z)"
+        );
+        let mut b = both(&p);
+        for line in [
+            "Disconnected from user root 198.51.100.7 port 22\n",
+            "Connection closed by 2001:db8::7 port 22\n",
+            "Connection closed by user user 2001:db8::7 port 22\n",
+        ] {
+            b.agreed(line);
+        }
+        assert!(matches!(
+            b.agreed("Disconnected from user root 198.51.100.7 port 22\n"),
+            Found::Spans(_)
+        ));
+    }
+
+    #[test]
+    fn what_is_not_split() {
+        let mut dfas = Dfas::default();
+        // Not anchored at the start, a look-around inside a part whose
+        // groups the part alone must find, no groups.
+        for p in [
+            r"user (?P<user>\S+)",
+            r"^user (?:\b(?P<user>\S+)|-)",
+            r"^user \S+",
+        ] {
+            assert!(GroupSplit::new(&mut dfas, p).is_none(), "{p}");
+        }
+    }
+
+    /// Lines edited at random against the `regex` crate: whatever the split
+    /// is sure of, it agrees with.
+    #[test]
+    fn edited_lines_agree() {
+        let p = format!(
+            r"^\s*\[error\] \d+#\d+: \*\d+ user (?:[^ ]+|.*?):? password mismatch, client: {HOST}, server: \S*(?:\n?\z)"
+        );
+        let base = "[error] 1#0: *5 user git: password mismatch, client: 198.51.100.7, server: a\n";
+        let alphabet = b" :.,[]*#0123456789abcdefx-_\n";
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut b = both(&p);
+        let (mut sure, mut total) = (0, 0);
+        for _ in 0..5000 {
+            let mut line = base.as_bytes().to_vec();
+            for _ in 0..(next() % 3 + 1) {
+                let at = (next() as usize) % line.len();
+                let b = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 => line[at] = b,
+                    1 => line.insert(at, b),
+                    _ => {
+                        line.remove(at);
+                    }
+                }
+            }
+            let line = String::from_utf8(line).unwrap();
+            total += 1;
+            if !matches!(b.agreed(&line), Found::Unsure) {
+                sure += 1;
+            }
+        }
+        assert!(sure * 2 > total, "sure of {sure} of {total}");
+    }
+}
