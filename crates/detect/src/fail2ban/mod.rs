@@ -414,6 +414,9 @@ impl IntoIterator for Fail {
 }
 type Shared = Arc<Mutex<Fail>>;
 
+/// Most multi-line failure ids a filter remembers.
+const MLFID_CACHE: usize = 1000;
+
 /// A loaded fail2ban filter with its matching state.
 pub struct Filter {
     prefregex: Option<Re>,
@@ -438,8 +441,16 @@ pub struct Filter {
     buffer: Vec<String>,
     /// The DFAs and search caches of the regexes that split.
     dfas: Dfas,
-    mlfid: HashMap<String, Shared>,
-    mlfid_order: std::collections::VecDeque<String>,
+    /// Failures by multi-line failure id, at most [`MLFID_CACHE`], each
+    /// with the number it was cached under.
+    mlfid: HashMap<String, (Shared, u64)>,
+    /// Ids in the order they were cached, oldest first, with their numbers:
+    /// an id forgotten (or cached again) since leaves a stale entry, which
+    /// the oldest-first eviction skips and which is swept out before stale
+    /// entries outnumber live ones, so that ids an attacker opens and
+    /// closes cannot grow it.
+    mlfid_order: std::collections::VecDeque<(String, u64)>,
+    mlfid_next: u64,
     /// Evaluate every failregex (fail2ban's sample tests do); the default
     /// stops at the first, as fail2ban does in operation.
     pub check_all: bool,
@@ -643,6 +654,7 @@ impl Filter {
             dfas,
             mlfid: HashMap::new(),
             mlfid_order: std::collections::VecDeque::new(),
+            mlfid_next: 0,
             check_all: false,
         })
     }
@@ -912,7 +924,7 @@ impl Filter {
 
     /// fail2ban's `_mergeFailure` (multi-line failure ids).
     fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Shared {
-        let cached = self.mlfid.get(mlfid).cloned();
+        let cached = self.mlfid.get(mlfid).map(|(sh, _)| sh.clone());
         let mut users: Option<BTreeSet<String>> = None;
         let mut fl = 0u8;
         if fail.get("mlfgained").is_some_and(Val::truthy) {
@@ -979,13 +991,26 @@ impl Filter {
     }
 
     fn cache_mlfid(&mut self, id: &str, sh: Shared) {
-        if self.mlfid.len() >= 1000
-            && let Some(old) = self.mlfid_order.pop_front()
-        {
-            self.mlfid.remove(&old);
+        let live = |map: &HashMap<String, (Shared, u64)>, (id, n): &(String, u64)| {
+            map.get(id).is_some_and(|(_, m)| m == n)
+        };
+        if self.mlfid.len() >= MLFID_CACHE {
+            // The oldest live id goes.
+            while let Some(old) = self.mlfid_order.pop_front() {
+                if live(&self.mlfid, &old) {
+                    self.mlfid.remove(&old.0);
+                    break;
+                }
+            }
         }
-        self.mlfid_order.push_back(id.to_string());
-        self.mlfid.insert(id.to_string(), sh);
+        if self.mlfid_order.len() >= 2 * MLFID_CACHE {
+            let map = &self.mlfid;
+            self.mlfid_order.retain(|e| live(map, e));
+        }
+        let n = self.mlfid_next;
+        self.mlfid_next += 1;
+        self.mlfid_order.push_back((id.to_string(), n));
+        self.mlfid.insert(id.to_string(), (sh, n));
     }
 }
 
@@ -1257,6 +1282,50 @@ mod tests {
             assert!(checked.iter().any(|s| s == f), "{f} is not checked");
         }
         assert!(answered > 10_000, "{answered}");
+    }
+
+    /// Connections an attacker opens and closes (sshd's `Disconnected`
+    /// forgets the connection's id) leave the filter's memory of ids
+    /// bounded, and the oldest live id is the one evicted.
+    #[test]
+    fn forgotten_ids_do_not_grow_the_cache() {
+        let def = Definition {
+            prefregex: Some(r"^<F-MLFID>sshd\[\d+\]:</F-MLFID> <F-CONTENT>.+</F-CONTENT>$".into()),
+            failregex: vec![
+                r"^Failed password for \S+ from <HOST>".into(),
+                r"^<F-NOFAIL><F-MLFFORGET>Disconnected</F-MLFFORGET></F-NOFAIL> from <HOST>".into(),
+            ],
+            ignoreregex: Vec::new(),
+            maxlines: 1,
+            datepattern: Some("{NONE}".into()),
+        };
+        let mut f = Filter::from_definition(&def).unwrap();
+        for pid in 0..50_000 {
+            f.process_line(&format!(
+                "sshd[{pid}]: Failed password for root from 198.51.100.7"
+            ));
+            f.process_line(&format!("sshd[{pid}]: Disconnected from 198.51.100.7"));
+        }
+        assert!(f.mlfid.is_empty(), "{}", f.mlfid.len());
+        assert!(
+            f.mlfid_order.len() <= 2 * MLFID_CACHE,
+            "{}",
+            f.mlfid_order.len()
+        );
+        // Full: each new id evicts the oldest live one.
+        for pid in 0..MLFID_CACHE + 10 {
+            f.process_line(&format!(
+                "sshd[{pid}]: Failed password for root from 198.51.100.7"
+            ));
+        }
+        assert_eq!(f.mlfid.len(), MLFID_CACHE);
+        assert!(!f.mlfid.contains_key("sshd[9]:"));
+        assert!(f.mlfid.contains_key("sshd[10]:"));
+        assert!(
+            f.mlfid_order.len() <= 2 * MLFID_CACHE,
+            "{}",
+            f.mlfid_order.len()
+        );
     }
 
     /// The first failregex a line can match, named by one DFA search,
