@@ -17,13 +17,20 @@
 //! an empty part, a DFA that gives up) answers [`Found::Unsure`], and the
 //! caller asks the `regex` crate.
 //!
-//! Why the part alone finds the same groups: with every group-holding
-//! part's place fixed, the parts match independently of each other (no
-//! back references; a part with look-around assertions is not split, since
-//! cutting the text at its end would change what they see), and the
-//! leftmost-first choice within a part is its highest-priority way of
-//! matching exactly its place, which is what a search of the part anchored
-//! at both ends of that place returns.
+//! A part that is one group with none inside needs no search: its place is
+//! the group. For the others, why the part alone finds the same groups:
+//! with every group-holding part's place fixed, the parts match
+//! independently of each other (no back references; such a part with
+//! look-around assertions is not split, since cutting the text at its end
+//! would change what they see), and the leftmost-first choice within a part
+//! is its highest-priority way of matching exactly its place, which is what
+//! a search of the part anchored at both ends of that place returns.
+//!
+//! The parts are placed last first: a part's place is the same in every
+//! way the pattern matches, so what lies between a part and the next one
+//! holding groups must fill exactly the gap up to that one's place, which
+//! keeps the candidate places few (an address after a user name would
+//! otherwise offer one candidate end per character).
 
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
@@ -176,10 +183,7 @@ impl GroupSplit {
         };
         let mut spans: Spans = vec![None; self.groups];
         spans[0] = Some((0, end));
-        // The last part first: each part's place then bounds what follows
-        // the part before it (the place of a part is the same in every way
-        // the pattern matches, so the parts between two of them must fill
-        // exactly the gap).
+        // The last part first (see the module docs).
         let mut next = end;
         for part in self.parts.iter_mut().rev() {
             let Some((i, j)) = dfas.host(&part.split, hay, next) else {
