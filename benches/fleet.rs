@@ -66,6 +66,14 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    // `RUST_LOG=palisade_nats=debug` shows what the worker and the agents'
+    // clients do.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let agents = env("AGENTS", 1000);
     let decisions = env("DECISIONS", 10_000).min(100_000) as u32;
     let servers = env("SERVERS", 1).clamp(1, 3);
@@ -137,8 +145,10 @@ impl Cluster {
         c
     }
 
+    /// Servers in the cluster (all of them have their ports from the start,
+    /// while they are started one by one).
     fn n(&self) -> usize {
-        self.dirs.len()
+        self.ports.len()
     }
 
     fn port(&self, i: usize) -> u16 {
@@ -164,7 +174,7 @@ impl Cluster {
             cmd.args(["--cluster_name", "fleet"])
                 .args([
                     "--cluster",
-                    &format!("nats://127.0.0.1:{}", self.port(i) + 5),
+                    &format!("nats://127.0.0.1:{}", self.cluster_port(i)),
                 ])
                 .args(["--routes", &routes.join(",")]);
         }
