@@ -417,7 +417,7 @@ type Shared = Arc<Mutex<Fail>>;
 /// Most multi-line failure ids a filter remembers: fail2ban's own
 /// (`Utils.Cache(maxCount=100)` in its `Filter`). With it, imported
 /// `sshd.conf` matches exactly the lines `fail2ban-regex` matches on the
-/// benchmark's logs; with 1,000, a few thousand more of 1M (failures of
+/// benchmark's logs; with 1,000, about 2,000 more of 1M (failures of
 /// connections fail2ban has already forgotten).
 const MLFID_CACHE: usize = 100;
 
