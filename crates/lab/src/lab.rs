@@ -280,10 +280,18 @@ fn configure(host: &Host) {
     let v6 = format!("{}/64", host.v6);
     ip(&["-n", ns, "addr", "add", &v4, "dev", "eth0"]);
     ip(&["-n", ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
+    // The link-local address the kernel adds at `up` would otherwise go
+    // through duplicate address detection and change state a second later:
+    // programs that watch for network changes (Chromium aborts its page
+    // loads with ERR_NETWORK_CHANGED) would see the lab change under them.
+    host.run(|| std::fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"))
+        .unwrap_or_else(|e| panic!("cannot turn off IPv6 DAD on {}: {e}", host.name));
     ip(&["-n", ns, "link", "set", "eth0", "up"]);
 }
 
-/// Waits until IPv6 works on the host's `eth0`.
+/// Waits until IPv6 works on the host's `eth0`: its link-local address
+/// is there and final (not tentative), so the lab's addresses no longer
+/// change.
 ///
 /// The kernel configures IPv6 on a link (multicast routes, which neighbour
 /// discovery needs, and the link-local address) only once the carrier is
@@ -291,12 +299,17 @@ fn configure(host: &Host) {
 /// when many links change at once. Until then neighbour solicitations are
 /// dropped, so the first IPv6 pings of a fresh lab would fail.
 fn wait_ipv6_ready(host: &Host) {
+    /// `IFA_F_TENTATIVE` in `if_inet6`'s flags column.
+    const TENTATIVE: u32 = 0x40;
     let ready = || {
         host.run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
             .is_ok_and(|s| {
                 s.lines().any(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() == 6 && f[5] == "eth0" && f[0].starts_with("fe80")
+                    f.len() == 6
+                        && f[5] == "eth0"
+                        && f[0].starts_with("fe80")
+                        && u32::from_str_radix(f[4], 16).is_ok_and(|flags| flags & TENTATIVE == 0)
                 })
             })
     };
