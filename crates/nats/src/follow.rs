@@ -169,16 +169,17 @@ impl Reader {
     /// there is no usable snapshot); returns the revision it reflects.
     async fn full_state(&self, tx: &Tx, newest: u64) -> Result<u64, BusError> {
         let permit = CATCH_UPS.acquire().await.expect("never closed");
-        let read = snapshot::read(&self.client, &self.options, newest).await;
+        let read = snapshot::read(&self.client, &self.options, newest, |key, rev, decision| {
+            self.put(key, rev, decision)
+        })
+        .await;
         drop(permit);
         match read {
             Ok(Some(s)) => {
                 debug!(rev = s.rev, bytes = s.bytes, "read the decisions snapshot");
                 send(tx, Ok(StreamItem::Snapshot { seq: s.rev })).await?;
-                for (key, decision) in s.entries {
-                    if let Some(item) = self.put(&key, s.rev, decision) {
-                        send(tx, Ok(item)).await?;
-                    }
+                for item in s.entries {
+                    send(tx, Ok(item)).await?;
                 }
                 send(tx, Ok(StreamItem::SnapshotEnd { seq: s.rev })).await?;
                 return Ok(s.rev);

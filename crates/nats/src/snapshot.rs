@@ -69,14 +69,16 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn encode(self, part: &Part) -> Vec<u8> {
+    fn encode(self, part: &Part<String>) -> Vec<u8> {
         match self {
             Encoding::Json => serde_json::to_vec(part).expect("a part serializes"),
             Encoding::Postcard => postcard::to_stdvec(part).expect("a part serializes"),
         }
     }
 
-    fn decode(self, bytes: &[u8]) -> Result<Part, String> {
+    /// Reads a part, its keys borrowed from `bytes`: a joining agent reads
+    /// every decision, and a key's allocation was a tenth of its cost.
+    fn decode(self, bytes: &[u8]) -> Result<Part<&str>, String> {
         match self {
             Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Encoding::Postcard => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
@@ -87,22 +89,23 @@ impl Encoding {
 /// The encoding workers write.
 const WRITTEN: Encoding = Encoding::Postcard;
 
-/// One part: a run of decisions with the bucket keys they are stored under.
+/// One part: a run of decisions with the bucket keys they are stored under
+/// (owned when written, borrowed from the message when read).
 #[derive(Debug, Serialize, Deserialize)]
-struct Part {
+struct Part<K> {
     rev: u64,
     writer: String,
     index: u32,
-    entries: Vec<(String, Decision)>,
+    entries: Vec<(K, Decision)>,
 }
 
 /// A snapshot read whole.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Snapshot<T> {
     /// The bucket revision it reflects: changes after it are read next.
     pub rev: u64,
-    /// The decisions with the bucket keys they are stored under.
-    pub entries: Vec<(String, Decision)>,
+    /// What the reader kept of the decisions.
+    pub entries: Vec<T>,
     /// Bytes read, head and parts.
     pub bytes: usize,
 }
@@ -167,12 +170,14 @@ pub async fn head(
 
 /// Reads the current snapshot whole. `newest` is the bucket's last
 /// revision: a snapshot claiming a later one is refused. None when there
-/// is no snapshot yet.
-pub async fn read(
+/// is no snapshot yet. `keep` is given each decision with its bucket key
+/// and the snapshot's revision, and says what to keep of it.
+pub async fn read<T>(
     client: &async_nats::Client,
     options: &NatsOptions,
     newest: u64,
-) -> Result<Option<Snapshot>, SnapshotError> {
+    mut keep: impl FnMut(&str, u64, Decision) -> Option<T>,
+) -> Result<Option<Snapshot<T>>, SnapshotError> {
     let stream = options.snapshot_stream();
     for _ in 0..READ_ATTEMPTS {
         let Some(head) = head(client, options).await? else {
@@ -203,7 +208,11 @@ pub async fn read(
                 changed = true;
                 break;
             }
-            entries.extend(part.entries);
+            entries.extend(
+                part.entries
+                    .into_iter()
+                    .filter_map(|(key, decision)| keep(key, head.rev, decision)),
+            );
         }
         if !changed {
             return Ok(Some(Snapshot {
@@ -291,7 +300,7 @@ mod tests {
     use palisade_model::{Action, Net, Origin, Source, Span};
     use palisade_wire::keys;
 
-    fn part(n: u32) -> Part {
+    fn part(n: u32) -> Part<String> {
         let entries = (0..n)
             .map(|i| {
                 let net = Net::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into());
@@ -325,8 +334,8 @@ mod tests {
             let back = encoding.decode(&bytes).unwrap();
             assert_eq!((back.rev, back.writer.as_str(), back.index), (7, "w1", 0));
             assert_eq!(back.entries.len(), p.entries.len());
-            for (a, b) in back.entries.iter().zip(&p.entries) {
-                assert_eq!(a, b);
+            for ((ka, da), (kb, db)) in back.entries.iter().zip(&p.entries) {
+                assert_eq!((*ka, da), (kb.as_str(), db));
             }
         }
         eprintln!(

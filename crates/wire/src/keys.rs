@@ -13,31 +13,84 @@ use palisade_model::{Action, Net};
 
 /// A network as a key token.
 pub fn net_token(net: &Net) -> String {
-    net.to_string()
-        .chars()
-        .map(|c| match c {
-            '.' => '-',
-            ':' => '_',
-            '/' => '=',
-            c => c,
-        })
-        .collect()
+    let mut text = NetText::default();
+    text.write_token(net);
+    text.as_str().to_string()
 }
 
 /// The network of a key token.
+///
+/// Every decision a joining agent reads comes with its key, so this runs
+/// once per decision per agent: it works on the stack.
 pub fn parse_net_token(token: &str) -> Option<Net> {
-    let text: String = token
-        .chars()
-        .map(|c| match c {
-            '-' => '.',
-            '_' => ':',
-            '=' => '/',
-            c => c,
-        })
-        .collect();
-    let net: Net = text.parse().ok()?;
+    let mut text = NetText::default();
+    let bytes = text.buf.get_mut(..token.len())?;
+    for (b, t) in bytes.iter_mut().zip(token.bytes()) {
+        *b = match t {
+            b'-' => b'.',
+            b'_' => b':',
+            b'=' => b'/',
+            t => t,
+        };
+    }
+    text.len = token.len();
+    let net: Net = text.as_str().parse().ok()?;
     // Only the canonical spelling is a key (no two keys for one decision).
-    (net_token(&net) == token).then_some(net)
+    let mut canonical = NetText::default();
+    canonical.write_token(&net);
+    (canonical.as_str() == token).then_some(net)
+}
+
+/// A network's text in a buffer on the stack: the longest is a full IPv6
+/// address with a prefix (`ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128`,
+/// 43 bytes).
+struct NetText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for NetText {
+    fn default() -> NetText {
+        NetText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl NetText {
+    /// Writes `net` as a key token.
+    fn write_token(&mut self, net: &Net) {
+        use std::fmt::Write as _;
+        self.len = 0;
+        write!(self, "{net}").expect("a network's text fits 48 bytes");
+        for b in &mut self.buf[..self.len] {
+            *b = match *b {
+                b'.' => b'-',
+                b':' => b'_',
+                b'/' => b'=',
+                b => b,
+            };
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole UTF-8 strings are ever put in, and ASCII bytes swapped
+        // for ASCII bytes.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for NetText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The key of a decision.
@@ -110,5 +163,41 @@ mod tests {
         assert_eq!(parse_decision_key("ban.198-51-100-7.x"), None);
         assert_eq!(parse_decision_key("ban.nonsense"), None);
         assert_eq!(parse_decision_key("kick.198-51-100-7"), None);
+    }
+
+    /// Only the one spelling a key is written with is read back: not the
+    /// network's own text, not a padded, bracketed or zero-led variant, and
+    /// nothing too long for any network.
+    #[test]
+    fn only_canonical_tokens_are_networks() {
+        for token in [
+            "198.51.100.7",
+            "198-51-100-07",
+            " 198-51-100-7",
+            "198-51-100-7=32",
+            "198-51-100-0=024",
+            "[2001_db8__1]",
+            "2001_0db8__1",
+            "2001_DB8__1",
+            "198-51-100-7=33",
+            "",
+            "ü",
+            &"1".repeat(49),
+            "ffff_ffff_ffff_ffff_ffff_ffff_ffff_ffff=128",
+            "ffff_ffff_ffff_ffff_ffff_ffff_ffff_ffff==128",
+        ] {
+            assert_eq!(parse_net_token(token), None, "{token:?}");
+        }
+        for net in [
+            "198.51.100.7",
+            "2001:db8::1",
+            "::ffff:198.51.100.7",
+            "::/0",
+            "198.51.100.0/24",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/127",
+        ] {
+            let net: Net = net.parse().unwrap();
+            assert_eq!(parse_net_token(&net_token(&net)), Some(net));
+        }
     }
 }
