@@ -86,14 +86,13 @@ impl Reader {
     /// its key.
     fn put(&self, key: &str, seq: u64, decision: Decision) -> Option<StreamItem> {
         let (action, target, group) = keys::parse_decision_key(key)?;
-        if group.is_some() && group != self.group {
-            return None;
-        }
-        if (decision.action, decision.target) != (action, target) {
+        if (decision.action, decision.target, decision.group.as_deref())
+            != (action, target, group.as_deref())
+        {
             debug!(key, "a decision that does not match its key; skipped");
             return None;
         }
-        Some(StreamItem::Put { seq, decision })
+        for_node(self.group.as_deref(), seq, decision)
     }
 
     /// One stored message as a stream item; inside a snapshot, removals
@@ -169,10 +168,17 @@ impl Reader {
     /// there is no usable snapshot); returns the revision it reflects.
     async fn full_state(&self, tx: &Tx, newest: u64) -> Result<u64, BusError> {
         let permit = CATCH_UPS.acquire().await.expect("never closed");
-        let read = snapshot::read(&self.client, &self.options, newest, |key, rev, decision| {
-            self.put(key, rev, decision)
-        })
-        .await;
+        let read =
+            snapshot::read(
+                &self.client,
+                &self.options,
+                newest,
+                |key, rev, decision| match key {
+                    Some(key) => self.put(key, rev, decision),
+                    None => for_node(self.group.as_deref(), rev, decision),
+                },
+            )
+            .await;
         drop(permit);
         match read {
             Ok(Some(s)) => {
@@ -369,6 +375,16 @@ impl Reader {
     }
 }
 
+/// A decision as a stream item for a node of `group`: None when it names
+/// another group, or is a ban naming one (no key can name that).
+fn for_node(group: Option<&str>, seq: u64, decision: Decision) -> Option<StreamItem> {
+    let named = decision.group.as_deref();
+    if named.is_some() && (named != group || !keys::may_have_group(decision.action)) {
+        return None;
+    }
+    Some(StreamItem::Put { seq, decision })
+}
+
 /// When to check the bucket if nothing comes meanwhile.
 fn next_probe() -> tokio::time::Instant {
     tokio::time::Instant::now() + jitter::spread(PROBE_EVERY)
@@ -397,4 +413,37 @@ async fn send(tx: &Tx, item: Result<StreamItem, BusError>) -> Result<(), BusErro
     tx.send(item)
         .await
         .map_err(|_| BusError::Unreachable("the stream's reader is gone".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Action, Origin, Source};
+
+    fn decision(action: Action, group: Option<&str>) -> Decision {
+        let mut d = Decision::new(
+            action,
+            "198.51.100.7".parse().unwrap(),
+            Timestamp::now(),
+            "1h".parse().unwrap(),
+            Origin::new("web1", Source::Cli),
+        );
+        d.group = group.map(String::from);
+        d
+    }
+
+    /// A snapshot part names no keys: a group's allow reaches that group's
+    /// nodes only, and a ban naming a group (which a forged or broken part
+    /// could hold) reaches no one.
+    #[test]
+    fn group_decisions_reach_their_group_only() {
+        let kept = |node: Option<&str>, d: Decision| for_node(node, 1, d).is_some();
+        assert!(kept(None, decision(Action::Ban, None)));
+        assert!(kept(Some("dmz"), decision(Action::Ban, None)));
+        assert!(kept(Some("dmz"), decision(Action::Allow, Some("dmz"))));
+        assert!(!kept(Some("dmz"), decision(Action::Allow, Some("office"))));
+        assert!(!kept(None, decision(Action::Allow, Some("dmz"))));
+        assert!(!kept(Some("dmz"), decision(Action::Ban, Some("dmz"))));
+        assert!(!kept(None, decision(Action::Ban, Some("dmz"))));
+    }
 }

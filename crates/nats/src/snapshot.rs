@@ -56,48 +56,105 @@ pub struct Head {
 
 /// How a snapshot's parts are encoded.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Encoding {
-    /// JSON, as the first workers wrote them.
+    /// JSON with each decision's bucket key, as the first workers wrote
+    /// them.
     #[default]
     Json,
-    /// postcard: about a quarter of JSON's bytes for a decision, and several
-    /// times quicker to read. Every joining agent reads every part, so both
-    /// count once per agent: 10,000 agents joining on 10,000 decisions read
-    /// 35 GB of JSON.
+    /// postcard with each decision's bucket key: about a quarter of JSON's
+    /// bytes, and several times quicker to read.
     Postcard,
+    /// postcard without keys, compressed with LZ4 (its size first, 4 bytes
+    /// little-endian). Every joining agent reads every part, so bytes and
+    /// reading count once per agent: 10,000 agents joining on 10,000
+    /// decisions read 35 GB of JSON, 8.6 GB of keyed postcard. The keys
+    /// only repeated what each decision says, and checking them was a
+    /// third of an agent's reading.
+    PostcardLz4,
 }
 
+/// One part as written: a run of decisions.
+#[derive(Serialize)]
+struct Part<'a> {
+    rev: u64,
+    writer: &'a str,
+    index: u32,
+    decisions: &'a [Decision],
+}
+
+/// One part as read. Parts of the older encodings carry each decision's
+/// bucket key, borrowed from the message.
+#[derive(Deserialize)]
+struct PartRead<E> {
+    rev: u64,
+    writer: String,
+    index: u32,
+    entries: Vec<E>,
+}
+
+/// Largest part a reader decompresses: twice what a worker writes.
+const MAX_DECOMPRESSED: usize = 2 * PART_BYTES;
+
 impl Encoding {
-    fn encode(self, part: &Part<String>) -> Vec<u8> {
+    fn encode(self, part: &Part) -> Vec<u8> {
         match self {
-            Encoding::Json => serde_json::to_vec(part).expect("a part serializes"),
-            Encoding::Postcard => postcard::to_stdvec(part).expect("a part serializes"),
+            Encoding::PostcardLz4 => {
+                let plain = postcard::to_stdvec(part).expect("a part serializes");
+                lz4_flex::block::compress_prepend_size(&plain)
+            }
+            Encoding::Json | Encoding::Postcard => {
+                unreachable!("workers write {WRITTEN:?} parts only")
+            }
         }
     }
 
-    /// Reads a part, its keys borrowed from `bytes`: a joining agent reads
-    /// every decision, and a key's allocation was a tenth of its cost.
-    fn decode(self, bytes: &[u8]) -> Result<Part<&str>, String> {
+    /// Reads a part, handing each decision (with its key where the part
+    /// has keys) to `keep`.
+    fn decode<T>(
+        self,
+        bytes: &[u8],
+        mut keep: impl FnMut(Option<&str>, Decision) -> Option<T>,
+        into: &mut Vec<T>,
+    ) -> Result<(u64, String, u32), String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut keyed = |p: PartRead<(&str, Decision)>, into: &mut Vec<T>| {
+            into.extend(p.entries.into_iter().filter_map(|(k, d)| keep(Some(k), d)));
+            (p.rev, p.writer, p.index)
+        };
         match self {
-            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Encoding::Postcard => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+            Encoding::Json => Ok(keyed(
+                serde_json::from_slice(bytes).map_err(|e| err(&e))?,
+                into,
+            )),
+            Encoding::Postcard => Ok(keyed(
+                postcard::from_bytes(bytes).map_err(|e| err(&e))?,
+                into,
+            )),
+            Encoding::PostcardLz4 => {
+                let (size, compressed) = bytes
+                    .split_first_chunk::<4>()
+                    .ok_or("a part shorter than its size")?;
+                let size = u32::from_le_bytes(*size) as usize;
+                if size > MAX_DECOMPRESSED {
+                    return Err(format!("a part claiming {size} bytes"));
+                }
+                let mut plain = vec![0; size];
+                let n = lz4_flex::block::decompress_into(compressed, &mut plain)
+                    .map_err(|e| err(&e))?;
+                if n != size {
+                    return Err(format!("a part of {n} bytes claiming {size}"));
+                }
+                let p: PartRead<Decision> = postcard::from_bytes(&plain).map_err(|e| err(&e))?;
+                into.extend(p.entries.into_iter().filter_map(|d| keep(None, d)));
+                Ok((p.rev, p.writer, p.index))
+            }
         }
     }
 }
 
 /// The encoding workers write.
-const WRITTEN: Encoding = Encoding::Postcard;
-
-/// One part: a run of decisions with the bucket keys they are stored under
-/// (owned when written, borrowed from the message when read).
-#[derive(Debug, Serialize, Deserialize)]
-struct Part<K> {
-    rev: u64,
-    writer: String,
-    index: u32,
-    entries: Vec<(K, Decision)>,
-}
+const WRITTEN: Encoding = Encoding::PostcardLz4;
 
 /// A snapshot read whole.
 #[derive(Debug)]
@@ -170,13 +227,14 @@ pub async fn head(
 
 /// Reads the current snapshot whole. `newest` is the bucket's last
 /// revision: a snapshot claiming a later one is refused. None when there
-/// is no snapshot yet. `keep` is given each decision with its bucket key
-/// and the snapshot's revision, and says what to keep of it.
+/// is no snapshot yet. `keep` is given each decision with the snapshot's
+/// revision (and its bucket key, in parts of the older encodings that
+/// carry one), and says what to keep of it.
 pub async fn read<T>(
     client: &async_nats::Client,
     options: &NatsOptions,
     newest: u64,
-    mut keep: impl FnMut(&str, u64, Decision) -> Option<T>,
+    mut keep: impl FnMut(Option<&str>, u64, Decision) -> Option<T>,
 ) -> Result<Option<Snapshot<T>>, SnapshotError> {
     let stream = options.snapshot_stream();
     for _ in 0..READ_ATTEMPTS {
@@ -200,19 +258,14 @@ pub async fn read<T>(
                 break;
             };
             bytes += m.payload.len();
-            let part = head
+            let (rev, writer, at) = head
                 .encoding
-                .decode(&m.payload)
+                .decode(&m.payload, |key, d| keep(key, head.rev, d), &mut entries)
                 .map_err(|e| SnapshotError::Invalid(format!("an unreadable part: {e}")))?;
-            if part.rev != head.rev || part.writer != head.writer || part.index != index {
+            if rev != head.rev || writer != head.writer || at != index {
                 changed = true;
                 break;
             }
-            entries.extend(
-                part.entries
-                    .into_iter()
-                    .filter_map(|(key, decision)| keep(key, head.rev, decision)),
-            );
         }
         if !changed {
             return Ok(Some(Snapshot {
@@ -226,6 +279,27 @@ pub async fn read<T>(
     Err(SnapshotError::KeptChanging)
 }
 
+/// Where the parts of a snapshot of `decisions` end: each holds at most
+/// PART_BYTES of them before compression (one decision at least), so even
+/// an incompressible part stays under the server's limit.
+fn part_ends(decisions: &[Decision]) -> Vec<usize> {
+    // What a part holds besides its decisions: its revision, writer and
+    // index, and the count of decisions.
+    const FRAME: usize = 64;
+    let mut ends = Vec::new();
+    let mut size = FRAME;
+    for (i, decision) in decisions.iter().enumerate() {
+        let one = postcard::experimental::serialized_size(decision).expect("a decision serializes");
+        if size + one > PART_BYTES && i > ends.last().copied().unwrap_or(0) {
+            ends.push(i);
+            size = FRAME;
+        }
+        size += one;
+    }
+    ends.push(decisions.len());
+    ends
+}
+
 /// Writes a snapshot of `entries` (decisions by bucket key) reflecting
 /// bucket revision `rev`, as `writer`; returns its head.
 pub async fn write(
@@ -236,31 +310,19 @@ pub async fn write(
     entries: Vec<(String, Decision)>,
 ) -> Result<Head, SnapshotError> {
     let failed = |e: &dyn std::fmt::Display| SnapshotError::Write(e.to_string());
-    let decisions = entries.len() as u64;
-    let mut parts: Vec<Vec<(String, Decision)>> = vec![Vec::new()];
-    let mut size = 0;
-    for (key, decision) in entries {
-        // An estimate good enough to keep parts under the server's limit.
-        let one = key.len() + 16 + postcard::to_stdvec(&decision).map_or(0, |v| v.len());
-        if size + one > PART_BYTES && !parts.last().is_some_and(Vec::is_empty) {
-            parts.push(Vec::new());
-            size = 0;
-        }
-        size += one;
-        parts
-            .last_mut()
-            .expect("one part at least")
-            .push((key, decision));
-    }
-    let count = parts.len() as u32;
-    let mut acks = Vec::with_capacity(parts.len());
-    for (index, entries) in parts.into_iter().enumerate() {
+    let decisions: Vec<Decision> = entries.into_iter().map(|(_, d)| d).collect();
+    let ends = part_ends(&decisions);
+    let count = ends.len() as u32;
+    let mut acks = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for (index, end) in ends.into_iter().enumerate() {
         let part = Part {
             rev,
-            writer: writer.to_string(),
+            writer,
             index: index as u32,
-            entries,
+            decisions: &decisions[start..end],
         };
+        start = end;
         let body = WRITTEN.encode(&part);
         let ack = js
             .publish_with_headers(
@@ -279,7 +341,7 @@ pub async fn write(
         rev,
         writer: writer.to_string(),
         parts: count,
-        decisions,
+        decisions: decisions.len() as u64,
         written: Timestamp::now().as_millis(),
         encoding: WRITTEN,
     };
@@ -300,8 +362,8 @@ mod tests {
     use palisade_model::{Action, Net, Origin, Source, Span};
     use palisade_wire::keys;
 
-    fn part(n: u32) -> Part<String> {
-        let entries = (0..n)
+    fn decisions(n: u32) -> Vec<Decision> {
+        (0..n)
             .map(|i| {
                 let net = Net::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into());
                 let mut d = Decision::new(
@@ -313,76 +375,172 @@ mod tests {
                 );
                 d.rule = Some("sshd".into());
                 d.reason = Some("5 failures within 10m".into());
-                (keys::decision_key(Action::Ban, &net, None), d)
+                d
             })
-            .collect();
-        Part {
+            .collect()
+    }
+
+    /// A part as the older workers wrote it, with each decision's key.
+    #[derive(Serialize)]
+    struct Keyed {
+        rev: u64,
+        writer: String,
+        index: u32,
+        entries: Vec<(String, Decision)>,
+    }
+
+    fn keyed(decisions: &[Decision]) -> Keyed {
+        Keyed {
             rev: 7,
             writer: "w1".into(),
             index: 0,
-            entries,
+            entries: decisions
+                .iter()
+                .map(|d| (keys::decision_key(d.action, &d.target, None), d.clone()))
+                .collect(),
         }
     }
 
+    fn written(decisions: &[Decision]) -> Vec<u8> {
+        WRITTEN.encode(&Part {
+            rev: 7,
+            writer: "w1",
+            index: 0,
+            decisions,
+        })
+    }
+
+    /// Reads a part back; keys, where the part has them, must be the
+    /// decisions' own.
+    fn read_back(
+        encoding: Encoding,
+        bytes: &[u8],
+    ) -> Result<(u64, String, u32, Vec<Decision>), String> {
+        let mut out = Vec::new();
+        let (rev, writer, index) = encoding.decode(
+            bytes,
+            |key, d| {
+                key.is_none_or(|key| key == keys::decision_key(d.action, &d.target, None))
+                    .then_some(d)
+            },
+            &mut out,
+        )?;
+        Ok((rev, writer, index, out))
+    }
+
     #[test]
-    fn parts_read_back_in_either_encoding() {
-        let p = part(1000);
+    fn parts_read_back_in_every_encoding() {
+        let d = decisions(1000);
+        let old = keyed(&d);
         let mut sizes = Vec::new();
-        for encoding in [Encoding::Json, Encoding::Postcard] {
-            let bytes = encoding.encode(&p);
+        for (encoding, bytes) in [
+            (Encoding::Json, serde_json::to_vec(&old).unwrap()),
+            (Encoding::Postcard, postcard::to_stdvec(&old).unwrap()),
+            (Encoding::PostcardLz4, written(&d)),
+        ] {
             sizes.push(bytes.len());
-            let back = encoding.decode(&bytes).unwrap();
-            assert_eq!((back.rev, back.writer.as_str(), back.index), (7, "w1", 0));
-            assert_eq!(back.entries.len(), p.entries.len());
-            for ((ka, da), (kb, db)) in back.entries.iter().zip(&p.entries) {
-                assert_eq!((*ka, da), (kb.as_str(), db));
-            }
+            let (rev, writer, index, back) = read_back(encoding, &bytes).unwrap();
+            assert_eq!((rev, writer.as_str(), index), (7, "w1", 0));
+            assert_eq!(back, d);
         }
         eprintln!(
-            "1000 decisions: JSON {} bytes, postcard {} bytes",
-            sizes[0], sizes[1]
+            "1000 decisions: JSON {} bytes, keyed postcard {} bytes, postcard-lz4 {} bytes",
+            sizes[0], sizes[1], sizes[2]
         );
         assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
+        assert!(sizes[2] * 2 < sizes[1], "{sizes:?}");
     }
 
     /// A part that is not what a worker wrote (cut short, flipped bytes, a
-    /// count far beyond its bytes) is an error, never a panic or a large
-    /// allocation: the agent then reads the bucket itself.
+    /// count far beyond its bytes, a size far beyond the limit) is an
+    /// error, never a panic or a large allocation: the agent then reads
+    /// the bucket itself.
     #[test]
     fn broken_parts_are_refused() {
-        let bytes = Encoding::Postcard.encode(&part(50));
-        for cut in 0..bytes.len() {
-            assert!(Encoding::Postcard.decode(&bytes[..cut]).is_err(), "{cut}");
-        }
-        let mut seed = 7u64;
-        for _ in 0..2000 {
-            let mut b = bytes.clone();
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let at = (seed >> 33) as usize % b.len();
-            b[at] ^= (seed >> 20) as u8 | 1;
-            if let Ok(p) = Encoding::Postcard.decode(&b) {
-                assert!(p.entries.len() <= 50);
+        let d = decisions(50);
+        for (encoding, bytes) in [
+            (Encoding::Postcard, postcard::to_stdvec(&keyed(&d)).unwrap()),
+            (Encoding::PostcardLz4, written(&d)),
+        ] {
+            for cut in 0..bytes.len() {
+                assert!(
+                    read_back(encoding, &bytes[..cut]).is_err(),
+                    "{encoding:?} {cut}"
+                );
+            }
+            let mut seed = 7u64;
+            for _ in 0..2000 {
+                let mut b = bytes.clone();
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (seed >> 33) as usize % b.len();
+                b[at] ^= (seed >> 20) as u8 | 1;
+                if let Ok((.., back)) = read_back(encoding, &b) {
+                    assert!(back.len() <= 50);
+                }
             }
         }
         // rev 1, writer "w", index 0, then ten bytes claiming 2^63 entries.
         let mut huge = vec![1, 1, b'w', 0];
         huge.extend([0xff; 9]);
         huge.push(0x01);
-        assert!(Encoding::Postcard.decode(&huge).is_err());
+        assert!(read_back(Encoding::Postcard, &huge).is_err());
+        let mut compressed = lz4_flex::block::compress_prepend_size(&huge);
+        assert!(read_back(Encoding::PostcardLz4, &compressed).is_err());
+        // A size beyond what any worker writes is refused before anything
+        // is allocated for it.
+        compressed[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = read_back(Encoding::PostcardLz4, &compressed).unwrap_err();
+        assert!(e.contains("claiming 4294967295 bytes"), "{e}");
+    }
+
+    /// However long a bucket's decisions are, every part stays under
+    /// PART_BYTES before compression and holds at least one decision.
+    #[test]
+    fn parts_stay_under_the_limit() {
+        let mut d = decisions(20_000);
+        for (i, d) in d.iter_mut().enumerate().step_by(7) {
+            d.evidence = vec!["x".repeat(i % 3000)];
+        }
+        let ends = part_ends(&d);
+        assert!(ends.len() > 3, "{ends:?}");
+        let mut start = 0;
+        for (index, &end) in ends.iter().enumerate() {
+            assert!(end > start);
+            let plain = postcard::to_stdvec(&Part {
+                rev: u64::MAX,
+                writer: "w".repeat(32).as_str(),
+                index: index as u32,
+                decisions: &d[start..end],
+            })
+            .unwrap();
+            assert!(
+                plain.len() <= PART_BYTES,
+                "part {index}: {} bytes",
+                plain.len()
+            );
+            start = end;
+        }
+        assert_eq!(start, d.len());
+        assert_eq!(part_ends(&[]), vec![0]);
     }
 
     #[test]
-    fn heads_without_an_encoding_name_json_parts() {
+    fn heads_name_their_encoding() {
         let head: Head =
             serde_json::from_str(r#"{"rev":1,"writer":"w1","parts":1,"decisions":1,"written":0}"#)
                 .unwrap();
         assert_eq!(head.encoding, Encoding::Json);
-        let head: Head = serde_json::from_str(
-            r#"{"rev":1,"writer":"w1","parts":1,"decisions":1,"written":0,"encoding":"postcard"}"#,
-        )
-        .unwrap();
-        assert_eq!(head.encoding, Encoding::Postcard);
+        for (name, encoding) in [
+            ("postcard", Encoding::Postcard),
+            ("postcard-lz4", Encoding::PostcardLz4),
+        ] {
+            let head: Head = serde_json::from_str(&format!(
+                r#"{{"rev":1,"writer":"w1","parts":1,"decisions":1,"written":0,"encoding":"{name}"}}"#
+            ))
+            .unwrap();
+            assert_eq!(head.encoding, encoding);
+        }
     }
 }

@@ -105,6 +105,12 @@ pub fn decision_key(action: Action, net: &Net, group: Option<&str>) -> String {
     }
 }
 
+/// Whether decisions of `action` may name a group: only allows do (a
+/// group's own allowlist); bans are for the whole network.
+pub fn may_have_group(action: Action) -> bool {
+    action == Action::Allow
+}
+
 /// The action, network and group of a decision key.
 pub fn parse_decision_key(key: &str) -> Option<(Action, Net, Option<String>)> {
     let mut parts = key.split('.');
@@ -115,7 +121,7 @@ pub fn parse_decision_key(key: &str) -> Option<(Action, Net, Option<String>)> {
     };
     let net = parse_net_token(parts.next()?)?;
     let group = parts.next().map(|g| g.replace('/', "."));
-    if parts.next().is_some() || (group.is_some() && action == Action::Ban) {
+    if parts.next().is_some() || (group.is_some() && !may_have_group(action)) {
         return None;
     }
     Some((action, net, group))
