@@ -67,7 +67,10 @@ pub(crate) struct Reader {
     pub connections: Arc<AtomicU64>,
 }
 
-type Tx = mpsc::Sender<Result<StreamItem, BusError>>;
+/// Items go to the agent in batches: a joining agent's snapshot is tens of
+/// thousands of them, and handing each over alone was a sixth of its
+/// reading.
+type Tx = mpsc::Sender<Result<Vec<StreamItem>, BusError>>;
 
 impl Reader {
     fn stream(&self) -> String {
@@ -155,12 +158,12 @@ impl Reader {
             self.walk(cursor + 1).await?
         };
         let mut cursor = cursor;
+        let mut items = Vec::with_capacity(missed.len());
         for m in missed {
             cursor = cursor.max(m.seq);
-            if let Some(item) = self.item(&m, false) {
-                send(tx, Ok(item)).await?;
-            }
+            items.extend(self.item(&m, false));
         }
+        send_all(tx, items).await?;
         Ok(cursor)
     }
 
@@ -184,9 +187,7 @@ impl Reader {
             Ok(Some(s)) => {
                 debug!(rev = s.rev, bytes = s.bytes, "read the decisions snapshot");
                 send(tx, Ok(StreamItem::Snapshot { seq: s.rev })).await?;
-                for item in s.entries {
-                    send(tx, Ok(item)).await?;
-                }
+                send_all(tx, s.entries).await?;
                 send(tx, Ok(StreamItem::SnapshotEnd { seq: s.rev })).await?;
                 return Ok(s.rev);
             }
@@ -198,18 +199,19 @@ impl Reader {
             self.walk(1).await?
         };
         let rev = all.last().map_or(0, |m| m.seq).max(newest);
-        send(tx, Ok(StreamItem::Snapshot { seq: rev })).await?;
+        let mut items = Vec::with_capacity(all.len() + 2);
+        items.push(StreamItem::Snapshot { seq: rev });
         for m in &all {
             if let Some(item) = self.item(m, true) {
                 // Inside a snapshot every put carries its number.
-                let item = match item {
+                items.push(match item {
                     StreamItem::Put { decision, .. } => StreamItem::Put { seq: rev, decision },
                     other => other,
-                };
-                send(tx, Ok(item)).await?;
+                });
             }
         }
-        send(tx, Ok(StreamItem::SnapshotEnd { seq: rev })).await?;
+        items.push(StreamItem::SnapshotEnd { seq: rev });
+        send_all(tx, items).await?;
         Ok(rev)
     }
 
@@ -218,7 +220,7 @@ impl Reader {
     pub async fn follow(
         self,
         cursor: u64,
-    ) -> Result<mpsc::Receiver<Result<StreamItem, BusError>>, BusError> {
+    ) -> Result<mpsc::Receiver<Result<Vec<StreamItem>, BusError>>, BusError> {
         let unreachable = |e: &dyn std::fmt::Display| BusError::Unreachable(e.to_string());
         // Subscribed first, so that nothing falls between the catch-up
         // and the live changes.
@@ -410,7 +412,17 @@ impl Pending {
 /// Sends one item; fails when the receiver is gone (the agent stopped
 /// following this stream).
 async fn send(tx: &Tx, item: Result<StreamItem, BusError>) -> Result<(), BusError> {
-    tx.send(item)
+    tx.send(item.map(|i| vec![i]))
+        .await
+        .map_err(|_| BusError::Unreachable("the stream's reader is gone".into()))
+}
+
+/// Sends a batch of items (nothing when it is empty).
+async fn send_all(tx: &Tx, items: Vec<StreamItem>) -> Result<(), BusError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    tx.send(Ok(items))
         .await
         .map_err(|_| BusError::Unreachable("the stream's reader is gone".into()))
 }
