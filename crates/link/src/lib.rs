@@ -215,7 +215,7 @@ impl Bus for HubLink {
                     BusError::Protocol(format!("the hub answered the stream with {status}"))
                 }));
             }
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<StreamItem, BusError>>(1024);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<StreamItem>, BusError>>(1024);
             let base = self.base.clone();
             tokio::spawn(async move {
                 let mut body = resp.into_body().into_data_stream();
@@ -249,16 +249,29 @@ impl Bus for HubLink {
                         }
                     };
                     buf.extend_from_slice(&chunk);
+                    // The chunk's whole lines go over as one batch; a line
+                    // that does not parse ends the stream after the ones
+                    // before it.
+                    let mut items = Vec::new();
+                    let mut broken = None;
                     while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                         let line = buf.split_to(pos + 1);
-                        let item =
-                            serde_json::from_slice::<StreamItem>(&line[..pos]).map_err(|e| {
-                                BusError::Protocol(format!("a stream line from the hub: {e}"))
-                            });
-                        let fatal = item.is_err();
-                        if tx.send(item).await.is_err() || fatal {
-                            return;
+                        match serde_json::from_slice::<StreamItem>(&line[..pos]) {
+                            Ok(item) => items.push(item),
+                            Err(e) => {
+                                broken = Some(BusError::Protocol(format!(
+                                    "a stream line from the hub: {e}"
+                                )));
+                                break;
+                            }
                         }
+                    }
+                    if !items.is_empty() && tx.send(Ok(items)).await.is_err() {
+                        return;
+                    }
+                    if let Some(e) = broken {
+                        let _ = tx.send(Err(e)).await;
+                        return;
                     }
                     if buf.len() > MAX_LINE {
                         let _ = tx
@@ -277,10 +290,10 @@ impl Bus for HubLink {
                 }
             });
             debug!(cursor, "following the hub's stream");
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|i| (i, rx))
-            });
-            Ok(Box::pin(stream) as ItemStream)
+            Ok(palisade_wire::batched(futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+            )))
         })
     }
 

@@ -93,22 +93,10 @@ impl Bus for NatsBus {
                 connections: self.lazy.connections.clone(),
             };
             let rx = reader.follow(cursor).await?;
-            // The reader hands over batches; the agent takes items.
-            let stream = futures_util::stream::unfold(
-                (rx, Vec::new().into_iter()),
-                |(mut rx, mut batch)| async move {
-                    loop {
-                        if let Some(item) = batch.next() {
-                            return Some((Ok(item), (rx, batch)));
-                        }
-                        match rx.recv().await? {
-                            Ok(items) => batch = items.into_iter(),
-                            Err(e) => return Some((Err(e), (rx, batch))),
-                        }
-                    }
-                },
-            );
-            Ok(Box::pin(stream) as ItemStream)
+            Ok(palisade_wire::batched(futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+            )))
         })
     }
 

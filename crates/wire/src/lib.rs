@@ -16,7 +16,7 @@ pub mod proto;
 pub mod tls;
 pub mod token;
 
-pub use bus::{Bus, BusError, ItemStream};
+pub use bus::{Bus, BusError, ItemStream, batched};
 pub use proto::*;
 pub use token::{Role, RoleError, Token, TokenKind};
 
