@@ -254,7 +254,7 @@ impl Bus for HubLink {
                     // before it.
                     let mut items = Vec::new();
                     let mut broken = None;
-                    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    while let Some(pos) = memchr::memchr(b'\n', &buf) {
                         let line = buf.split_to(pos + 1);
                         match serde_json::from_slice::<StreamItem>(&line[..pos]) {
                             Ok(item) => items.push(item),
