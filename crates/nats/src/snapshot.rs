@@ -83,8 +83,8 @@ struct Part<'a> {
     decisions: &'a [Decision],
 }
 
-/// One part as read. Parts of the older encodings carry each decision's
-/// bucket key, borrowed from the message.
+/// One part of the older encodings as read: each decision with its bucket
+/// key, borrowed from the message.
 #[derive(Deserialize)]
 struct PartRead<E> {
     rev: u64,
@@ -139,17 +139,105 @@ impl Encoding {
                 if size > MAX_DECOMPRESSED {
                     return Err(format!("a part claiming {size} bytes"));
                 }
-                let mut plain = vec![0; size];
-                let n = lz4_flex::block::decompress_into(compressed, &mut plain)
-                    .map_err(|e| err(&e))?;
-                if n != size {
-                    return Err(format!("a part of {n} bytes claiming {size}"));
-                }
-                let p: PartRead<Decision> = postcard::from_bytes(&plain).map_err(|e| err(&e))?;
-                into.extend(p.entries.into_iter().filter_map(|d| keep(None, d)));
-                Ok((p.rev, p.writer, p.index))
+                PLAIN.with_borrow_mut(|plain| {
+                    plain.clear();
+                    plain.resize(size, 0);
+                    let n =
+                        lz4_flex::block::decompress_into(compressed, plain).map_err(|e| err(&e))?;
+                    if n != size {
+                        return Err(format!("a part of {n} bytes claiming {size}"));
+                    }
+                    let mut de = postcard::Deserializer::from_bytes(plain);
+                    serde::de::DeserializeSeed::deserialize(
+                        KeptPart {
+                            keep: &mut |d| keep(None, d),
+                            into,
+                        },
+                        &mut de,
+                    )
+                    .map_err(|e| err(&e))
+                })
             }
         }
+    }
+}
+
+thread_local! {
+    /// A decompressed part, kept for the next: a buffer of hundreds of
+    /// kilobytes per join was a large share of a joining fleet's
+    /// allocations.
+    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads a part without keys, handing each decision to `keep` as it is
+/// read (no list of the part's decisions in between); the value is the
+/// part's revision, writer and index.
+struct KeptPart<'a, T, F> {
+    keep: &'a mut F,
+    into: &'a mut Vec<T>,
+}
+
+impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::DeserializeSeed<'de>
+    for KeptPart<'_, T, F>
+{
+    type Value = (u64, String, u32);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_struct("Part", &["rev", "writer", "index", "decisions"], self)
+    }
+}
+
+impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::Visitor<'de> for KeptPart<'_, T, F> {
+    type Value = (u64, String, u32);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a snapshot part")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let missing = || serde::de::Error::custom("a part cut short");
+        let rev = seq.next_element()?.ok_or_else(missing)?;
+        let writer = seq.next_element()?.ok_or_else(missing)?;
+        let index = seq.next_element()?.ok_or_else(missing)?;
+        seq.next_element_seed(Kept {
+            keep: self.keep,
+            into: self.into,
+        })?
+        .ok_or_else(missing)?;
+        Ok((rev, writer, index))
+    }
+}
+
+/// A part's decisions, each handed to `keep` as it is read.
+struct Kept<'a, T, F> {
+    keep: &'a mut F,
+    into: &'a mut Vec<T>,
+}
+
+impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::DeserializeSeed<'de> for Kept<'_, T, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::Visitor<'de> for Kept<'_, T, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a part's decisions")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            // Bounded: a forged count must not reserve memory for it.
+            self.into.reserve(n.min(1 << 14));
+        }
+        while let Some(d) = seq.next_element::<Decision>()? {
+            self.into.extend((self.keep)(d));
+        }
+        Ok(())
     }
 }
 
