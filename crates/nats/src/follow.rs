@@ -186,9 +186,9 @@ impl Reader {
         match read {
             Ok(Some(s)) => {
                 debug!(rev = s.rev, bytes = s.bytes, "read the decisions snapshot");
-                send(tx, Ok(StreamItem::Snapshot { seq: s.rev })).await?;
+                send(tx, StreamItem::Snapshot { seq: s.rev }).await?;
                 send_all(tx, s.entries).await?;
-                send(tx, Ok(StreamItem::SnapshotEnd { seq: s.rev })).await?;
+                send(tx, StreamItem::SnapshotEnd { seq: s.rev }).await?;
                 return Ok(s.rev);
             }
             Ok(None) => debug!("no decisions snapshot yet; reading the bucket whole"),
@@ -256,7 +256,7 @@ impl Reader {
                         seq: state.last_seq,
                         time: Timestamp::now(),
                     };
-                    send(&tx, Ok(head)).await?;
+                    send(&tx, head).await?;
                 }
                 // A cursor past the bucket's end belongs to another bucket
                 // (made again since) or was never true: start over.
@@ -299,7 +299,7 @@ impl Reader {
                             if m.seq == cursor + 1 {
                                 cursor = m.seq;
                                 if let Some(item) = self.item(&m, false) {
-                                    send(&tx, Ok(item)).await?;
+                                    send(&tx, item).await?;
                                 }
                             } else {
                                 // A gap: read the bucket itself, never the
@@ -349,7 +349,7 @@ impl Reader {
                         }
                         _ = tokio::time::sleep_until(probe) => {
                             cursor = self.catch_up(&tx, cursor).await?;
-                            send(&tx, Ok(StreamItem::Ping { seq: cursor, time: Timestamp::now() })).await?;
+                            send(&tx, StreamItem::Ping { seq: cursor, time: Timestamp::now() }).await?;
                             probe = next_probe();
                         }
                         _ = check.tick() => {
@@ -409,15 +409,13 @@ impl Pending {
     }
 }
 
-/// Sends one item; fails when the receiver is gone (the agent stopped
-/// following this stream).
-async fn send(tx: &Tx, item: Result<StreamItem, BusError>) -> Result<(), BusError> {
-    tx.send(item.map(|i| vec![i]))
-        .await
-        .map_err(|_| BusError::Unreachable("the stream's reader is gone".into()))
+/// Sends one item.
+async fn send(tx: &Tx, item: StreamItem) -> Result<(), BusError> {
+    send_all(tx, vec![item]).await
 }
 
-/// Sends a batch of items (nothing when it is empty).
+/// Sends a batch of items (nothing when it is empty); fails when the
+/// receiver is gone (the agent stopped following this stream).
 async fn send_all(tx: &Tx, items: Vec<StreamItem>) -> Result<(), BusError> {
     if items.is_empty() {
         return Ok(());

@@ -70,7 +70,7 @@ pub enum Encoding {
     /// reading count once per agent: 10,000 agents joining on 10,000
     /// decisions read 35 GB of JSON, 8.6 GB of keyed postcard. The keys
     /// only repeated what each decision says, and checking them was a
-    /// third of an agent's reading.
+    /// tenth to a fifth of an agent's reading.
     PostcardLz4,
 }
 
@@ -96,19 +96,13 @@ struct PartRead<E> {
 /// Largest part a reader decompresses: twice what a worker writes.
 const MAX_DECOMPRESSED: usize = 2 * PART_BYTES;
 
-impl Encoding {
-    fn encode(self, part: &Part) -> Vec<u8> {
-        match self {
-            Encoding::PostcardLz4 => {
-                let plain = postcard::to_stdvec(part).expect("a part serializes");
-                lz4_flex::block::compress_prepend_size(&plain)
-            }
-            Encoding::Json | Encoding::Postcard => {
-                unreachable!("workers write {WRITTEN:?} parts only")
-            }
-        }
-    }
+/// A part in the encoding workers write ([`WRITTEN`]).
+fn encode(part: &Part) -> Vec<u8> {
+    let plain = postcard::to_stdvec(part).expect("a part serializes");
+    lz4_flex::block::compress_prepend_size(&plain)
+}
 
+impl Encoding {
     /// Reads a part, handing each decision (with its key where the part
     /// has keys) to `keep`.
     fn decode<T>(
@@ -241,7 +235,7 @@ impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::Visitor<'de> for Kept<'
     }
 }
 
-/// The encoding workers write.
+/// The encoding workers write ([`encode`]).
 const WRITTEN: Encoding = Encoding::PostcardLz4;
 
 /// A snapshot read whole.
@@ -411,7 +405,7 @@ pub async fn write(
             decisions: &decisions[start..end],
         };
         start = end;
-        let body = WRITTEN.encode(&part);
+        let body = encode(&part);
         let ack = js
             .publish_with_headers(
                 part_subject(options, writer, index as u32),
@@ -490,7 +484,7 @@ mod tests {
     }
 
     fn written(decisions: &[Decision]) -> Vec<u8> {
-        WRITTEN.encode(&Part {
+        encode(&Part {
             rev: 7,
             writer: "w1",
             index: 0,
