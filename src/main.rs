@@ -8,6 +8,13 @@
 mod cmd;
 mod render;
 
+// glibc's malloc spends up to 40% of a busy agent's CPU on the short strings
+// of decisions (a joining agent decodes a whole snapshot of them); mimalloc
+// halves the time 10,000 simulated agents take to join (docs/capacity.md).
+// The benchmarks declare the same allocator, so they measure this binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use palisade_lab::Netns;
 
+/// The allocator the `palisade` binary runs on (src/main.rs), so that code
+/// run in a benchmark's own process is measured as the binary runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Starts an observer in `ns`: every committed NEWSETELEM notification is
 /// sent with its arrival time. Returns once it is subscribed.
 pub fn observe(ns: &Netns) -> mpsc::Receiver<(Instant, Vec<u8>)> {
