@@ -1067,6 +1067,121 @@ fn nodes_joining_together_share_one_snapshot_and_miss_nothing_made_after_it() {
     drop(hub);
 }
 
+/// Reads a stream as far as its snapshot's end with curl, as `token`,
+/// with `query` after the cursor; returns what it holds (allows and bans
+/// by target) and how many part lines carried it.
+fn snapshot_with_curl(
+    hub: &Hub,
+    ns: &palisade_lab::Host,
+    token: &str,
+    query: &str,
+) -> (std::collections::BTreeSet<(String, String)>, usize) {
+    use palisade_wire::{PartLine, SnapshotPart, StreamItem};
+    let cert = hub.dir.path().join("state").join("hub.crt");
+    let (addr, port) = hub.listen.split_once(':').unwrap();
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-N", "--max-time", "3", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("palisade-hub:{port}:{addr}")])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!(
+            "https://palisade-hub:{port}/v1/stream?cursor=0{query}"
+        ))
+        .output()
+        .unwrap();
+    let mut items = Vec::new();
+    let mut part_lines = 0;
+    for line in out.stdout.split(|b| *b == b'\n') {
+        if line.starts_with(SnapshotPart::LINE_START) {
+            let line: PartLine = serde_json::from_slice(line).expect("a part line");
+            line.part.puts(&mut items).expect("a readable part");
+            part_lines += 1;
+        } else if !line.is_empty() {
+            items.push(serde_json::from_slice(line).expect("a stream line"));
+        }
+        if matches!(items.last(), Some(StreamItem::SnapshotEnd { .. })) {
+            break;
+        }
+    }
+    assert!(
+        matches!(items.last(), Some(StreamItem::SnapshotEnd { .. })),
+        "the snapshot ended ({query}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = items
+        .iter()
+        .filter_map(|item| match item {
+            StreamItem::Put { decision, .. } => Some((
+                format!("{:?}", decision.action),
+                decision.target.to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    (held, part_lines)
+}
+
+/// A node that asks for part lines (this version's) and one that does not
+/// (an older one, or one asking for an encoding this hub does not know)
+/// read the same snapshot: the group's allows, the global allows (the
+/// configured ones and the nodes' own addresses), every ban.
+#[test]
+fn nodes_of_either_version_read_the_same_snapshot() {
+    if !require_root_and(&["ip", "curl"]) {
+        return;
+    }
+    let lab = LabBuilder::new().host("hub").host("nodes").build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = Hub::start(
+        lab.host("hub"),
+        &listen,
+        "[[hub.allow]]\nnet = \"198.18.250.7\"\ngroup = \"partners\"\n\n[[hub.allow]]\nnet = \"198.18.251.0/24\"\n",
+    );
+    let partner = hub
+        .ok(&[
+            "token", "create", "--kind", "node", "--group", "partners", "p1",
+        ])
+        .trim()
+        .to_string();
+    let operator: palisade_wire::Token = hub.token("node", "operator").parse().unwrap();
+    let url = hub.url();
+    support::in_netns(lab.host("nodes").ns_name(), 1, async move {
+        use palisade_wire::Bus;
+        let operator = palisade_link::HubLink::new(&url, &operator).unwrap();
+        for start in (0..3000u32).step_by(500) {
+            let batch: Vec<_> = (start..start + 500)
+                .map(|i| ban_envelope(u64::from(i) + 1, std::net::Ipv4Addr::from(0xC612_2000 + i)))
+                .collect();
+            operator.send(&batch).await.expect("the hub takes the bans");
+        }
+    });
+    let nodes = lab.host("nodes");
+    let (new, parts) = snapshot_with_curl(&hub, nodes, &partner, "&parts=postcard-lz4");
+    let (old, none) = snapshot_with_curl(&hub, nodes, &partner, "");
+    let (later, unknown) = snapshot_with_curl(&hub, nodes, &partner, "&parts=zstd-9");
+    let bans = |held: &std::collections::BTreeSet<(String, String)>| {
+        held.iter().filter(|(action, _)| action == "Ban").count()
+    };
+    assert_eq!(bans(&new), 3000);
+    assert!(new.contains(&("Allow".into(), "198.18.250.7".into())));
+    assert!(new.contains(&("Allow".into(), "198.18.251.0/24".into())));
+    assert_eq!(new, old);
+    assert_eq!(new, later);
+    assert!(parts > 0, "the bans came as part lines");
+    assert_eq!(
+        (none, unknown),
+        (0, 0),
+        "only a node that asks gets part lines"
+    );
+    // A node of no group does not get the group's allow, in parts either.
+    let plain = hub.token("node", "plain");
+    let (held, _) = snapshot_with_curl(&hub, nodes, &plain, "&parts=postcard-lz4");
+    assert_eq!(bans(&held), 3000);
+    assert!(held.contains(&("Allow".into(), "198.18.251.0/24".into())));
+    assert!(!held.contains(&("Allow".into(), "198.18.250.7".into())));
+}
+
 /// Attack: nodes that open the stream and never read it. Each holds one
 /// of the hub's turns to send a snapshot for at most two seconds, so a
 /// node joining after forty of them still gets the whole state at once.

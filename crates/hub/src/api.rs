@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Action, Net, Timestamp};
-use palisade_wire::{Envelope, Heartbeat, JoinRequest, JoinResponse, StreamItem, TokenKind, paths};
+use palisade_wire::{
+    Envelope, Heartbeat, JoinRequest, JoinResponse, SnapshotPart, StreamItem, TokenKind, paths,
+};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -212,6 +214,19 @@ async fn heartbeat(
 struct StreamQuery {
     #[serde(default)]
     cursor: u64,
+    /// How the receiver reads a snapshot's decisions: in part lines when it
+    /// names [`SnapshotPart::ENCODING`]; anything else (an encoding of a
+    /// later version) gets `Put` lines, which every version reads.
+    #[serde(default)]
+    parts: Option<String>,
+}
+
+/// Who a stream is for.
+struct StreamFor {
+    /// The node's group: its allows are sent, other groups' are not.
+    group: Option<String>,
+    /// It reads a snapshot's decisions as [`SnapshotPart`] lines.
+    parts: bool,
 }
 
 /// The decision stream: what came after `cursor`, or a snapshot when the
@@ -236,7 +251,11 @@ async fn stream(
     hub.stream_opened(&name);
     let h = hub.clone();
     tokio::spawn(async move {
-        if let Err(e) = feed(&h, &caller, q.cursor, live, &tx).await {
+        let to = StreamFor {
+            group: caller.record.group.clone(),
+            parts: q.parts.as_deref() == Some(SnapshotPart::ENCODING),
+        };
+        if let Err(e) = feed(&h, &caller, &to, q.cursor, live, &tx).await {
             debug!(node = %caller.record.name, reason = %e, "stream ended");
         }
         h.stream_closed(&caller.record.name);
@@ -275,12 +294,12 @@ enum StreamEnd {
 async fn feed(
     hub: &Arc<Hub>,
     caller: &Caller,
+    to: &StreamFor,
     cursor: u64,
     mut live: broadcast::Receiver<crate::ledger::LiveEvent>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), StreamEnd> {
-    let group = caller.record.group.clone();
-    let mut last = start(hub, group.clone(), cursor, tx).await?;
+    let mut last = start(hub, to, cursor, tx).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -291,7 +310,7 @@ async fn feed(
                         continue;
                     }
                     if e.seq > last + 1 {
-                        last = catch_up(hub, group.clone(), last, tx).await?;
+                        last = catch_up(hub, to, last, tx).await?;
                         if e.seq <= last {
                             continue;
                         }
@@ -299,7 +318,7 @@ async fn feed(
                     if !hub.still_valid(&caller.id) {
                         return Err(StreamEnd::Revoked);
                     }
-                    if e.group.as_deref().is_none_or(|g| Some(g) == group.as_deref()) {
+                    if e.group.as_deref().is_none_or(|g| Some(g) == to.group.as_deref()) {
                         send(hub, tx, e.line.clone()).await?;
                         debug!(node = %caller.record.name, seq = e.seq, "event streamed");
                     }
@@ -307,7 +326,7 @@ async fn feed(
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Too slow for the live channel: read from the store.
-                    last = catch_up(hub, group.clone(), last, tx).await?;
+                    last = catch_up(hub, to, last, tx).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -327,7 +346,7 @@ async fn feed(
 /// stream number sent.
 async fn start(
     hub: &Arc<Hub>,
-    group: Option<String>,
+    to: &StreamFor,
     cursor: u64,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<u64, StreamEnd> {
@@ -353,22 +372,22 @@ async fn start(
     // Resumable: the cursor is from this history and nothing it needs was
     // trimmed.
     if cursor > 0 && cursor < next && cursor + 1 >= oldest {
-        return catch_up(hub, group, cursor, tx).await;
+        return catch_up(hub, to, cursor, tx).await;
     }
     if cursor > 0 && cursor + 1 == next {
         return Ok(cursor);
     }
     // The shared snapshot may be a little older than the queue's head:
     // what came after it follows as a catch-up.
-    let seq = snapshot(hub, group.clone(), tx).await?;
-    catch_up(hub, group, seq, tx).await
+    let seq = snapshot(hub, to, tx).await?;
+    catch_up(hub, to, seq, tx).await
 }
 
 /// Sends every stored event after `last` (for this node's group); returns
 /// the last number read.
 async fn catch_up(
     hub: &Arc<Hub>,
-    group: Option<String>,
+    to: &StreamFor,
     mut last: u64,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<u64, StreamEnd> {
@@ -389,11 +408,11 @@ async fn catch_up(
                     found = seq,
                     "stream events were trimmed during catch-up; sending a snapshot"
                 );
-                last = snapshot(hub, group.clone(), tx).await?;
+                last = snapshot(hub, to, tx).await?;
                 continue 'batches;
             }
             let (event_group, json) = crate::records::split_record(&record);
-            if event_group.is_none_or(|g| Some(g) == group.as_deref()) {
+            if event_group.is_none_or(|g| Some(g) == to.group.as_deref()) {
                 send(hub, tx, Bytes::copy_from_slice(json)).await?;
             }
             last = seq;
@@ -410,7 +429,7 @@ async fn catch_up(
 /// the queue's head (the caller catches up from it).
 async fn snapshot(
     hub: &Arc<Hub>,
-    group: Option<String>,
+    to: &StreamFor,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<u64, StreamEnd> {
     hub.metrics.snapshots.inc();
@@ -419,7 +438,7 @@ async fn snapshot(
     let mut head = Vec::new();
     put_line(&mut head, &StreamItem::Snapshot { seq });
     let mut count = shared.count;
-    if let Some(g) = group {
+    if let Some(g) = to.group.clone() {
         let store = hub.store.clone();
         let allows = tokio::task::spawn_blocking(
             move || -> Result<Vec<palisade_model::Decision>, StreamEnd> {
@@ -441,9 +460,14 @@ async fn snapshot(
             count += 1;
         }
     }
-    let mut parts = Vec::with_capacity(shared.chunks.len() + 2);
+    let chunks = if to.parts {
+        &shared.parts
+    } else {
+        &shared.chunks
+    };
+    let mut parts = Vec::with_capacity(chunks.len() + 2);
     parts.push(Bytes::from(head));
-    parts.extend(shared.chunks.iter().cloned());
+    parts.extend(chunks.iter().cloned());
     parts.push(line(&StreamItem::SnapshotEnd { seq }));
     // A turn lasts until the connection has taken the whole snapshot from
     // the channel (handed it to the kernel), or at most TURN_AT_MOST: then

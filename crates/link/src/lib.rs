@@ -18,8 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use palisade_wire::bus::{BoxFuture, ItemStream};
 use palisade_wire::{
-    Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, StreamItem, Token,
-    paths,
+    Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, PartLine,
+    SnapshotPart, StreamItem, Token, paths,
 };
 use tracing::debug;
 
@@ -194,7 +194,11 @@ impl Bus for HubLink {
         Box::pin(async move {
             let req = self.request(
                 Method::GET,
-                &format!("{}?cursor={cursor}", paths::STREAM),
+                &format!(
+                    "{}?cursor={cursor}&parts={}",
+                    paths::STREAM,
+                    SnapshotPart::ENCODING
+                ),
                 Vec::new(),
             );
             let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
@@ -256,14 +260,9 @@ impl Bus for HubLink {
                     let mut broken = None;
                     while let Some(pos) = memchr::memchr(b'\n', &buf) {
                         let line = buf.split_to(pos + 1);
-                        match serde_json::from_slice::<StreamItem>(&line[..pos]) {
-                            Ok(item) => items.push(item),
-                            Err(e) => {
-                                broken = Some(BusError::Protocol(format!(
-                                    "a stream line from the hub: {e}"
-                                )));
-                                break;
-                            }
+                        if let Err(e) = read_line(&line[..pos], &mut items) {
+                            broken = Some(e);
+                            break;
                         }
                     }
                     if !items.is_empty() && tx.send(Ok(items)).await.is_err() {
@@ -304,5 +303,98 @@ impl Bus for HubLink {
                 .await
                 .map(|_| ())
         })
+    }
+}
+
+/// Adds what one stream line says to `items`: a [`StreamItem`], or the
+/// `Put`s of a snapshot part.
+fn read_line(line: &[u8], items: &mut Vec<StreamItem>) -> Result<(), BusError> {
+    let broken =
+        |e: &dyn std::fmt::Display| BusError::Protocol(format!("a stream line from the hub: {e}"));
+    if line.starts_with(SnapshotPart::LINE_START) {
+        let part = serde_json::from_slice::<PartLine>(line).map_err(|e| broken(&e))?;
+        part.part.puts(items).map_err(|e| broken(&e))
+    } else {
+        let item = serde_json::from_slice::<StreamItem>(line).map_err(|e| broken(&e))?;
+        items.push(item);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::{Action, Decision, Net, Origin, Source, Span, Timestamp};
+
+    fn bans(n: u32) -> Vec<Decision> {
+        (0..n)
+            .map(|i| {
+                Decision::new(
+                    Action::Ban,
+                    Net::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into()),
+                    Timestamp::now(),
+                    "1h".parse::<Span>().unwrap(),
+                    Origin::new("web-1", Source::Detector),
+                )
+            })
+            .collect()
+    }
+
+    fn line(part: &SnapshotPart) -> Vec<u8> {
+        serde_json::to_vec(&PartLine { part: part.clone() }).unwrap()
+    }
+
+    #[test]
+    fn part_lines_become_puts_of_the_snapshot() {
+        let d = bans(300);
+        let mut items = vec![StreamItem::Snapshot { seq: 9 }];
+        let part = SnapshotPart::new(9, &d);
+        read_line(&line(&part), &mut items).unwrap();
+        read_line(br#"{"snapshot_end":{"seq":9}}"#, &mut items).unwrap();
+        assert_eq!(items.len(), 302);
+        for (item, d) in items[1..301].iter().zip(&d) {
+            assert_eq!(
+                item,
+                &StreamItem::Put {
+                    seq: 9,
+                    decision: d.clone()
+                }
+            );
+        }
+    }
+
+    /// Attack: part lines that are not what a hub writes (a count that
+    /// does not match, bytes that are not base64, a blob cut short or
+    /// claiming a huge size, a line that only starts like one) end the
+    /// stream with an error, and none of their decisions is added.
+    #[test]
+    fn broken_part_lines_add_nothing() {
+        let good = SnapshotPart::new(9, &bans(50));
+        let mut miscounted = good.clone();
+        miscounted.count = 49;
+        let mut not_base64 = good.clone();
+        not_base64.data.insert(3, '!');
+        let mut cut = good.clone();
+        cut.data.truncate(cut.data.len() / 2 / 4 * 4);
+        let mut huge = good.clone();
+        {
+            use base64::Engine;
+            let engine = base64::engine::general_purpose::STANDARD;
+            let mut blob = engine.decode(&huge.data).unwrap();
+            blob[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+            huge.data = engine.encode(blob);
+        }
+        let mut lines: Vec<Vec<u8>> = [miscounted, not_base64, cut, huge]
+            .iter()
+            .map(line)
+            .collect();
+        lines.push(br#"{"part":{"seq":9}}"#.to_vec());
+        lines.push(br#"{"part": 5, "put": {}}"#.to_vec());
+        for l in &lines {
+            let mut items = vec![StreamItem::Snapshot { seq: 9 }];
+            let e = read_line(l, &mut items).unwrap_err();
+            assert!(matches!(e, BusError::Protocol(_)), "{e}");
+            assert_eq!(items.len(), 1, "{e}");
+        }
     }
 }

@@ -20,13 +20,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use palisade_model::{Decision, Timestamp};
+use palisade_wire::parts;
 use serde::{Deserialize, Serialize};
 
 use crate::NatsOptions;
 use crate::direct::{self, DirectError};
 
-/// Largest part written (servers refuse messages over 1 MiB by default).
-const PART_BYTES: usize = 512 * 1024;
 /// Most parts a head may name: 2 GiB of decisions, far beyond any bucket.
 const MAX_PARTS: u32 = 4096;
 /// How often a reader starts over when the parts changed under it.
@@ -93,13 +92,9 @@ struct PartRead<E> {
     entries: Vec<E>,
 }
 
-/// Largest part a reader decompresses: twice what a worker writes.
-const MAX_DECOMPRESSED: usize = 2 * PART_BYTES;
-
 /// A part in the encoding workers write ([`WRITTEN`]).
 fn encode(part: &Part) -> Vec<u8> {
-    let plain = postcard::to_stdvec(part).expect("a part serializes");
-    lz4_flex::block::compress_prepend_size(&plain)
+    parts::compress(part)
 }
 
 impl Encoding {
@@ -125,42 +120,18 @@ impl Encoding {
                 postcard::from_bytes(bytes).map_err(|e| err(&e))?,
                 into,
             )),
-            Encoding::PostcardLz4 => {
-                let (size, compressed) = bytes
-                    .split_first_chunk::<4>()
-                    .ok_or("a part shorter than its size")?;
-                let size = u32::from_le_bytes(*size) as usize;
-                if size > MAX_DECOMPRESSED {
-                    return Err(format!("a part claiming {size} bytes"));
-                }
-                PLAIN.with_borrow_mut(|plain| {
-                    plain.clear();
-                    plain.resize(size, 0);
-                    let n =
-                        lz4_flex::block::decompress_into(compressed, plain).map_err(|e| err(&e))?;
-                    if n != size {
-                        return Err(format!("a part of {n} bytes claiming {size}"));
-                    }
-                    let mut de = postcard::Deserializer::from_bytes(plain);
-                    serde::de::DeserializeSeed::deserialize(
-                        KeptPart {
-                            keep: &mut |d| keep(None, d),
-                            into,
-                        },
-                        &mut de,
-                    )
-                    .map_err(|e| err(&e))
-                })
-            }
+            Encoding::PostcardLz4 => parts::read_compressed(bytes, |de| {
+                serde::de::DeserializeSeed::deserialize(
+                    KeptPart {
+                        keep: &mut |d| keep(None, d),
+                        into,
+                    },
+                    de,
+                )
+            })
+            .map_err(|e| err(&e)),
         }
     }
-}
-
-thread_local! {
-    /// A decompressed part, kept for the next: a buffer of hundreds of
-    /// kilobytes per join was a large share of a joining fleet's
-    /// allocations.
-    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Reads a part without keys, handing each decision to `keep` as it is
@@ -193,45 +164,12 @@ impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::Visitor<'de> for KeptPa
         let rev = seq.next_element()?.ok_or_else(missing)?;
         let writer = seq.next_element()?.ok_or_else(missing)?;
         let index = seq.next_element()?.ok_or_else(missing)?;
-        seq.next_element_seed(Kept {
+        seq.next_element_seed(parts::Kept {
             keep: self.keep,
             into: self.into,
         })?
         .ok_or_else(missing)?;
         Ok((rev, writer, index))
-    }
-}
-
-/// A part's decisions, each handed to `keep` as it is read.
-struct Kept<'a, T, F> {
-    keep: &'a mut F,
-    into: &'a mut Vec<T>,
-}
-
-impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::DeserializeSeed<'de> for Kept<'_, T, F> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, T, F: FnMut(Decision) -> Option<T>> serde::de::Visitor<'de> for Kept<'_, T, F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a part's decisions")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if let Some(n) = seq.size_hint() {
-            // Bounded: a forged count must not reserve memory for it.
-            self.into.reserve(n.min(1 << 14));
-        }
-        while let Some(d) = seq.next_element::<Decision>()? {
-            self.into.extend((self.keep)(d));
-        }
-        Ok(())
     }
 }
 
@@ -361,25 +299,14 @@ pub async fn read<T>(
     Err(SnapshotError::KeptChanging)
 }
 
-/// Where the parts of a snapshot of `decisions` end: each holds at most
-/// PART_BYTES of them before compression (one decision at least), so even
-/// an incompressible part stays under the server's limit.
+/// Where the parts of a snapshot of `decisions` end (see
+/// [`parts::run_ends`]): even an incompressible part stays under the
+/// server's limit.
 fn part_ends(decisions: &[Decision]) -> Vec<usize> {
-    // What a part holds besides its decisions: its revision, writer and
-    // index, and the count of decisions.
+    // What a part holds besides its decisions: its revision, writer (16
+    // hex digits) and index.
     const FRAME: usize = 64;
-    let mut ends = Vec::new();
-    let mut size = FRAME;
-    for (i, decision) in decisions.iter().enumerate() {
-        let one = postcard::experimental::serialized_size(decision).expect("a decision serializes");
-        if size + one > PART_BYTES && i > ends.last().copied().unwrap_or(0) {
-            ends.push(i);
-            size = FRAME;
-        }
-        size += one;
-    }
-    ends.push(decisions.len());
-    ends
+    parts::run_ends(decisions, FRAME)
 }
 
 /// Writes a snapshot of `entries` (decisions by bucket key) reflecting
@@ -578,7 +505,7 @@ mod tests {
     }
 
     /// However long a bucket's decisions are, every part stays under
-    /// PART_BYTES before compression and holds at least one decision.
+    /// parts::PLAIN_BYTES before compression and holds at least one decision.
     #[test]
     fn parts_stay_under_the_limit() {
         let mut d = decisions(20_000);
@@ -598,7 +525,7 @@ mod tests {
             })
             .unwrap();
             assert!(
-                plain.len() <= PART_BYTES,
+                plain.len() <= parts::PLAIN_BYTES,
                 "part {index}: {} bytes",
                 plain.len()
             );

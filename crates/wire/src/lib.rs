@@ -3,6 +3,8 @@
 //! - [`proto`]: intents from nodes, results, the numbered decision stream;
 //! - [`keys`]: decision keys for buses that store decisions by key (NATS
 //!   KV, MQTT retained topics);
+//! - [`parts`]: runs of decisions as compact blobs (postcard and LZ4),
+//!   for snapshots;
 //! - [`bus`]: the [`Bus`] trait every transport (hub, NATS, MQTT)
 //!   implements, so agents behave the same whichever carries them;
 //! - [`token`]: node credentials and join tokens, with the hub
@@ -12,6 +14,7 @@
 
 pub mod bus;
 pub mod keys;
+pub mod parts;
 pub mod proto;
 pub mod tls;
 pub mod token;

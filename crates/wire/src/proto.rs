@@ -9,6 +9,8 @@
 use palisade_model::{Action, Decision, Net, Source, Span, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::parts::{self, PartError};
+
 /// What a node asks the network to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -206,6 +208,78 @@ impl StreamItem {
     }
 }
 
+/// A run of a snapshot's decisions in one line of the hub's stream, sent
+/// in place of their [`StreamItem::Put`] lines to a receiver that asks
+/// for it with `parts=`[`SnapshotPart::ENCODING`] on [`paths::STREAM`].
+/// Receivers that do not ask get `Put` lines, so agents and hubs of
+/// either age work together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLine {
+    /// The run.
+    pub part: SnapshotPart,
+}
+
+/// A run of a snapshot's decisions (see [`PartLine`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPart {
+    /// The snapshot's stream position, which each decision's `Put` would
+    /// carry.
+    pub seq: u64,
+    /// How many decisions it holds.
+    pub count: u32,
+    /// The decisions as a [`parts::encode_run`] blob, in base64.
+    pub data: String,
+}
+
+impl SnapshotPart {
+    /// The `parts=` value that asks the hub for part lines.
+    pub const ENCODING: &str = "postcard-lz4";
+    /// How the hub's part lines start (it writes compact JSON): a receiver
+    /// tells them from [`StreamItem`] lines by it.
+    pub const LINE_START: &[u8] = b"{\"part\":";
+
+    /// A run of `decisions` in a snapshot at `seq`.
+    pub fn new(seq: u64, decisions: &[Decision]) -> SnapshotPart {
+        use base64::Engine;
+        SnapshotPart {
+            seq,
+            count: u32::try_from(decisions.len()).expect("a run fits in a line"),
+            data: base64::engine::general_purpose::STANDARD.encode(parts::encode_run(decisions)),
+        }
+    }
+
+    /// Appends its decisions to `into` as `Put` items; a run that does
+    /// not hold the decisions it counts is refused whole.
+    pub fn puts(&self, into: &mut Vec<StreamItem>) -> Result<(), PartError> {
+        use base64::Engine;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(&self.data)
+            .map_err(|e| PartError::Unreadable(format!("not base64: {e}")))?;
+        let before = into.len();
+        let seq = self.seq;
+        let read = parts::decode_run(
+            &blob,
+            |decision| Some(StreamItem::Put { seq, decision }),
+            into,
+        )
+        .and_then(|()| {
+            let got = into.len() - before;
+            if got == self.count as usize {
+                Ok(())
+            } else {
+                Err(PartError::Unreadable(format!(
+                    "{got} decisions in a part counting {}",
+                    self.count
+                )))
+            }
+        });
+        if read.is_err() {
+            into.truncate(before);
+        }
+        read
+    }
+}
+
 /// Sent with a join token to become a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -287,7 +361,8 @@ pub mod paths {
     /// [`IntentResult`](super::IntentResult)s.
     pub const INTENTS: &str = "/v1/intents";
     /// GET the decision stream ([`StreamItem`](super::StreamItem)s) from a
-    /// cursor.
+    /// cursor (`?cursor=N`); with `&parts=postcard-lz4`, a snapshot's
+    /// decisions come as [`PartLine`](super::PartLine)s.
     pub const STREAM: &str = "/v1/stream";
     /// POST a [`Heartbeat`](super::Heartbeat).
     pub const HEARTBEAT: &str = "/v1/heartbeat";
