@@ -240,6 +240,7 @@ fn fanout(clients: usize) {
     let url = hub.url();
     let hub_pid = hub.proc.as_ref().unwrap().pid();
     let target = Net::host(addr(7).into());
+    let idle_rss = rss(hub_pid);
     let (setup, mut latencies, hub_rss) =
         support::in_netns(lab.host("clients").ns_name(), 2, async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, ()>>();
@@ -313,8 +314,11 @@ fn fanout(clients: usize) {
     println!("  {:<44} {:>9} {:>9} {:>9}", "", "p50", "p99", "max");
     row("decision sent -> received by a client", &mut latencies);
     println!(
-        "  hub RSS with {clients} streams open: {:.1} MB (peak {:.1} MB)",
-        hub_rss.0, hub_rss.1
+        "  hub RSS with {clients} streams open: {:.1} MB (peak {:.1} MB); {:.1} MB before: {:.1} KB per stream",
+        hub_rss.0,
+        hub_rss.1,
+        idle_rss.0,
+        (hub_rss.0 - idle_rss.0) * 1024.0 / clients as f64
     );
 }
 

@@ -1182,6 +1182,115 @@ fn nodes_of_either_version_read_the_same_snapshot() {
     assert!(!held.contains(&("Allow".into(), "198.18.250.7".into())));
 }
 
+/// Opens a TLS connection to the hub at `addr` and asks for the stream
+/// with `bearer`, taking the connection over; returns the connection and
+/// the answer's status, or None when the hub refused the connection.
+async fn raw_stream(
+    addr: SocketAddr,
+    pin: Option<[u8; 32]>,
+    bearer: &str,
+) -> Option<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = palisade_wire::tls::client_config(pin).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("palisade-hub").unwrap();
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let ask = format!(
+        "GET /v1/stream?cursor=0&parts=postcard-lz4 HTTP/1.1\r\nHost: palisade-hub\r\nAuthorization: Bearer {bearer}\r\nConnection: upgrade\r\nUpgrade: palisade-stream\r\n\r\n"
+    );
+    s.write_all(ask.as_bytes()).await.ok()?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
+    Some((s, status))
+}
+
+/// Attack: a node's stream that took its connection over from HTTP is
+/// still one of the node's connections (the hub's cap per client holds,
+/// and a closed stream gives its place back), and a node that sends
+/// anything on it (it has nothing to say there) loses that stream only.
+#[test]
+fn taken_over_streams_count_as_connections_and_end_on_anything_sent() {
+    if !require_root_and(&["ip"]) {
+        return;
+    }
+    let lab = LabBuilder::new().host("hub").host("nodes").build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = Hub::start(
+        lab.host("hub"),
+        &listen,
+        "[hub]\nmax_connections_per_client = 4\n",
+    );
+    let token: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
+    let addr: SocketAddr = listen.parse().unwrap();
+    support::in_netns(lab.host("nodes").ns_name(), 1, async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bearer = token.bearer();
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let (mut s, status) = raw_stream(addr, token.pin, &bearer)
+                .await
+                .expect("a stream within the cap");
+            assert_eq!(status, 101);
+            let mut lines = [0u8; 64];
+            let n = s.read(&mut lines).await.unwrap();
+            assert!(n > 0 && lines.starts_with(b"{\""), "stream lines follow");
+            open.push(s);
+        }
+        assert!(
+            raw_stream(addr, token.pin, &bearer).await.is_none(),
+            "a fifth connection while four streams are open"
+        );
+        // Anything sent on a stream ends it, and only it.
+        let mut talker = open.pop().unwrap();
+        talker.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut sink = vec![0u8; 64 * 1024];
+            loop {
+                match talker.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the hub ended the stream it was sent bytes on"
+        );
+        // Its place is free again; the other three still stream (pings).
+        let mut again = None;
+        for _ in 0..50 {
+            again = raw_stream(addr, token.pin, &bearer).await;
+            if again.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(again.map(|(_, status)| status), Some(101));
+        for s in &mut open {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "a stream still open");
+        }
+    });
+    drop(hub);
+}
+
 /// Attack: nodes that open the stream and never read it. Each holds one
 /// of the hub's turns to send a snapshot for at most two seconds, so a
 /// node joining after forty of them still gets the whole state at once.

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use palisade_model::{Action, Net, Timestamp};
 use palisade_wire::{
-    Envelope, Heartbeat, JoinRequest, JoinResponse, SnapshotPart, StreamItem, TokenKind, paths,
+    Envelope, Heartbeat, JoinRequest, JoinResponse, STREAM_UPGRADE, SnapshotPart, StreamItem,
+    TokenKind, paths,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -236,10 +237,10 @@ struct StreamFor {
 async fn stream(
     State(hub): State<Arc<Hub>>,
     Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
     Query(q): Query<StreamQuery>,
+    mut req: axum::extract::Request,
 ) -> Response {
-    let caller = match auth(&hub, &headers, &[TokenKind::Node]) {
+    let caller = match auth(&hub, req.headers(), &[TokenKind::Node]) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -260,6 +261,21 @@ async fn stream(
         }
         h.stream_closed(&caller.record.name);
     });
+    if asks_upgrade(req.headers()) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(io) => crate::upgraded::write(io, rx).await,
+                Err(e) => debug!(error = %e, "a stream's upgrade failed"),
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, STREAM_UPGRADE)
+            .body(Body::empty())
+            .expect("a valid response");
+    }
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -268,6 +284,18 @@ async fn stream(
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(body))
         .expect("a valid response")
+}
+
+/// Whether a request asks to take its connection over for the stream
+/// ([`STREAM_UPGRADE`]; HTTP/1.1 only: HTTP/2 has no such upgrade).
+fn asks_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, STREAM_UPGRADE)
 }
 
 /// Why a node's stream ended early.

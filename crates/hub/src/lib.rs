@@ -42,6 +42,7 @@ mod snapshot;
 pub(crate) mod state;
 pub mod tables;
 pub mod tokens;
+mod upgraded;
 pub mod writer;
 
 use std::net::SocketAddr;

@@ -96,7 +96,6 @@ pub async fn serve(
             peer: Peer(peer),
         };
         tokio::spawn(async move {
-            let _admitted = admitted;
             let spoke = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.readable()).await;
             if !matches!(spoke, Ok(Ok(()))) {
                 debug!(%peer, "the client sent nothing");
@@ -127,9 +126,13 @@ pub async fn serve(
             let io = TokioIo::new(Watched {
                 inner: tls,
                 activity: activity.clone(),
+                _admitted: admitted,
             });
             let service = TowerToHyperService::new(router);
-            let conn = builder.serve_connection(io, service);
+            // Upgrades: a node's decision stream takes the connection over
+            // (see `api::stream`); the connection then ends here, and the
+            // stream keeps the socket (and its admission) until it ends.
+            let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::select! {
                 r = conn => {
                     if let Err(e) = r {
@@ -222,10 +225,13 @@ impl Activity {
     }
 }
 
-/// A stream that notes every byte read or written in its [`Activity`].
+/// A stream that notes every byte read or written in its [`Activity`], and
+/// holds the connection's admission for as long as the socket lives (also
+/// when a stream took it over from HTTP).
 struct Watched<T> {
     inner: T,
     activity: Activity,
+    _admitted: crate::limits::Admitted,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {

@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{Method, Request, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use palisade_wire::bus::{BoxFuture, ItemStream};
 use palisade_wire::{
     Bus, BusError, Envelope, Heartbeat, IntentResult, JoinRequest, JoinResponse, PartLine,
-    SnapshotPart, StreamItem, Token, paths,
+    STREAM_UPGRADE, SnapshotPart, StreamItem, Token, paths,
 };
 use tracing::debug;
 
@@ -192,7 +192,7 @@ impl Bus for HubLink {
 
     fn follow(&self, cursor: u64) -> BoxFuture<'_, Result<ItemStream, BusError>> {
         Box::pin(async move {
-            let req = self.request(
+            let mut req = self.request(
                 Method::GET,
                 &format!(
                     "{}?cursor={cursor}&parts={}",
@@ -201,6 +201,11 @@ impl Bus for HubLink {
                 ),
                 Vec::new(),
             );
+            // The stream takes the connection over when the hub knows how
+            // (101); an older hub sends it as the body (200).
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
             let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
                 .await
                 .map_err(|_| {
@@ -208,7 +213,17 @@ impl Bus for HubLink {
                 })?
                 .map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            if !status.is_success() {
+            let mut source = if status == StatusCode::SWITCHING_PROTOCOLS {
+                let io = hyper::upgrade::on(resp).await.map_err(|e| {
+                    BusError::Unreachable(format!(
+                        "the stream from {} could not start: {e}",
+                        self.base
+                    ))
+                })?;
+                Source::Upgraded(TokioIo::new(io))
+            } else if status.is_success() {
+                Source::Body(resp.into_body().into_data_stream())
+            } else {
                 let body = resp
                     .into_body()
                     .collect()
@@ -218,16 +233,15 @@ impl Bus for HubLink {
                 return Err(check(status, &body).err().unwrap_or_else(|| {
                     BusError::Protocol(format!("the hub answered the stream with {status}"))
                 }));
-            }
+            };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<StreamItem>, BusError>>(1024);
             let base = self.base.clone();
             tokio::spawn(async move {
-                let mut body = resp.into_body().into_data_stream();
                 let mut buf = BytesMut::new();
                 loop {
-                    let chunk = match tokio::time::timeout(STREAM_SILENCE, body.next()).await {
-                        Ok(Some(Ok(c))) => c,
-                        Ok(Some(Err(e))) => {
+                    match tokio::time::timeout(STREAM_SILENCE, source.read(&mut buf)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Err(e)) => {
                             let _ = tx
                                 .send(Err(BusError::Unreachable(format!(
                                     "the stream from {base} broke: {e}"
@@ -235,7 +249,7 @@ impl Bus for HubLink {
                                 .await;
                             return;
                         }
-                        Ok(None) => {
+                        Ok(Ok(false)) => {
                             let _ = tx
                                 .send(Err(BusError::Unreachable(format!(
                                     "the hub at {base} closed the stream"
@@ -251,8 +265,7 @@ impl Bus for HubLink {
                                 .await;
                             return;
                         }
-                    };
-                    buf.extend_from_slice(&chunk);
+                    }
                     // The chunk's whole lines go over as one batch; a line
                     // that does not parse ends the stream after the ones
                     // before it.
@@ -303,6 +316,40 @@ impl Bus for HubLink {
                 .await
                 .map(|_| ())
         })
+    }
+}
+
+/// Where a stream's bytes come from.
+enum Source {
+    /// The connection, taken over from HTTP.
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+    /// The body of a `200` (a hub without the upgrade).
+    Body(http_body_util::BodyDataStream<hyper::body::Incoming>),
+}
+
+/// How much the stream reads from a connection at once.
+const READ_SIZE: usize = 16 * 1024;
+
+impl Source {
+    /// Adds the next bytes to `buf`; false once the hub closed the stream.
+    async fn read(&mut self, buf: &mut BytesMut) -> Result<bool, String> {
+        match self {
+            Source::Upgraded(io) => {
+                buf.reserve(READ_SIZE);
+                let n = tokio::io::AsyncReadExt::read_buf(io, buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(n > 0)
+            }
+            Source::Body(body) => match body.next().await {
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    Ok(true)
+                }
+                Some(Err(e)) => Err(e.to_string()),
+                None => Ok(false),
+            },
+        }
     }
 }
 

@@ -208,6 +208,12 @@ impl StreamItem {
     }
 }
 
+/// The protocol a node names (`Upgrade:`) to take its stream's connection
+/// over from HTTP/1.1: after the hub's `101 Switching Protocols`, the
+/// connection carries the stream's lines and nothing else. A hub that does
+/// not know it answers `200` with the lines as the body, as before.
+pub const STREAM_UPGRADE: &str = "palisade-stream";
+
 /// A run of a snapshot's decisions in one line of the hub's stream, sent
 /// in place of their [`StreamItem::Put`] lines to a receiver that asks
 /// for it with `parts=`[`SnapshotPart::ENCODING`] on [`paths::STREAM`].
