@@ -985,6 +985,15 @@ fn ban_envelope(id: u64, target: std::net::Ipv4Addr) -> palisade_wire::Envelope 
     support::cli_ban(id, palisade_model::Net::host(target.into()), "1h", "test")
 }
 
+/// A lab of a hub (started with `config`) and a host for nodes; the hub
+/// listens on the address returned.
+fn hub_and_nodes(config: &str) -> (Lab, Hub, SocketAddr) {
+    let lab = LabBuilder::new().host("hub").host("nodes").build();
+    let listen = format!("{}:7470", lab.host("hub").v4());
+    let hub = Hub::start(lab.host("hub"), &listen, config);
+    (lab, hub, listen.parse().unwrap())
+}
+
 /// Follows the hub's stream from the start until the snapshot and what
 /// followed it hold `want` bans (or 20 s pass); returns the banned
 /// targets and the snapshot's stream number.
@@ -1021,9 +1030,7 @@ fn nodes_joining_together_share_one_snapshot_and_miss_nothing_made_after_it() {
     if !require_root_and(&["ip"]) {
         return;
     }
-    let lab = LabBuilder::new().host("hub").host("nodes").build();
-    let listen = format!("{}:7470", lab.host("hub").v4());
-    let hub = Hub::start(lab.host("hub"), &listen, "");
+    let (lab, hub, _) = hub_and_nodes("");
     let url = hub.url();
     let node: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
     let operator: palisade_wire::Token = hub.token("node", "operator").parse().unwrap();
@@ -1131,11 +1138,7 @@ fn nodes_of_either_version_read_the_same_snapshot() {
     if !require_root_and(&["ip", "curl"]) {
         return;
     }
-    let lab = LabBuilder::new().host("hub").host("nodes").build();
-    let listen = format!("{}:7470", lab.host("hub").v4());
-    let hub = Hub::start(
-        lab.host("hub"),
-        &listen,
+    let (lab, hub, _) = hub_and_nodes(
         "[[hub.allow]]\nnet = \"198.18.250.7\"\ngroup = \"partners\"\n\n[[hub.allow]]\nnet = \"198.18.251.0/24\"\n",
     );
     let partner = hub
@@ -1182,13 +1185,18 @@ fn nodes_of_either_version_read_the_same_snapshot() {
     assert!(!held.contains(&("Allow".into(), "198.18.250.7".into())));
 }
 
+/// The query that asks for part lines.
+const PARTS: &str = "&parts=postcard-lz4";
+
 /// Opens a TLS connection to the hub at `addr` and asks for the stream
-/// with `bearer`, taking the connection over; returns the connection and
-/// the answer's status, or None when the hub refused the connection.
+/// with `bearer`, taking the connection over, with `query` after the
+/// cursor; returns the connection and the answer's status, or None when
+/// the hub refused the connection.
 async fn raw_stream(
     addr: SocketAddr,
     pin: Option<[u8; 32]>,
     bearer: &str,
+    query: &str,
 ) -> Option<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = palisade_wire::tls::client_config(pin).unwrap();
@@ -1201,7 +1209,7 @@ async fn raw_stream(
         .ok()?
         .ok()?;
     let ask = format!(
-        "GET /v1/stream?cursor=0&parts=postcard-lz4 HTTP/1.1\r\nHost: palisade-hub\r\nAuthorization: Bearer {bearer}\r\nConnection: upgrade\r\nUpgrade: palisade-stream\r\n\r\n"
+        "GET /v1/stream?cursor=0{query} HTTP/1.1\r\nHost: palisade-hub\r\nAuthorization: Bearer {bearer}\r\nConnection: upgrade\r\nUpgrade: palisade-stream\r\n\r\n"
     );
     s.write_all(ask.as_bytes()).await.ok()?;
     let mut head = Vec::new();
@@ -1229,21 +1237,14 @@ fn taken_over_streams_count_as_connections_and_end_on_anything_sent() {
     if !require_root_and(&["ip"]) {
         return;
     }
-    let lab = LabBuilder::new().host("hub").host("nodes").build();
-    let listen = format!("{}:7470", lab.host("hub").v4());
-    let hub = Hub::start(
-        lab.host("hub"),
-        &listen,
-        "[hub]\nmax_connections_per_client = 4\n",
-    );
+    let (lab, hub, addr) = hub_and_nodes("[hub]\nmax_connections_per_client = 4\n");
     let token: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
-    let addr: SocketAddr = listen.parse().unwrap();
     support::in_netns(lab.host("nodes").ns_name(), 1, async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let bearer = token.bearer();
         let mut open = Vec::new();
         for _ in 0..4 {
-            let (mut s, status) = raw_stream(addr, token.pin, &bearer)
+            let (mut s, status) = raw_stream(addr, token.pin, &bearer, PARTS)
                 .await
                 .expect("a stream within the cap");
             assert_eq!(status, 101);
@@ -1253,7 +1254,7 @@ fn taken_over_streams_count_as_connections_and_end_on_anything_sent() {
             open.push(s);
         }
         assert!(
-            raw_stream(addr, token.pin, &bearer).await.is_none(),
+            raw_stream(addr, token.pin, &bearer, PARTS).await.is_none(),
             "a fifth connection while four streams are open"
         );
         // Anything sent on a stream ends it, and only it.
@@ -1276,7 +1277,7 @@ fn taken_over_streams_count_as_connections_and_end_on_anything_sent() {
         // Its place is free again; the other three still stream (pings).
         let mut again = None;
         for _ in 0..50 {
-            again = raw_stream(addr, token.pin, &bearer).await;
+            again = raw_stream(addr, token.pin, &bearer, PARTS).await;
             if again.is_some() {
                 break;
             }
@@ -1300,13 +1301,7 @@ fn nodes_that_stop_reading_their_snapshot_do_not_hold_up_others_joining() {
         return;
     }
     const BANS: u32 = 40_000;
-    let lab = LabBuilder::new().host("hub").host("nodes").build();
-    let listen = format!("{}:7470", lab.host("hub").v4());
-    let hub = Hub::start(
-        lab.host("hub"),
-        &listen,
-        "[hub]\nmax_connections_per_client = 100\n",
-    );
+    let (lab, hub, addr) = hub_and_nodes("[hub]\nmax_connections_per_client = 100\n");
     let url = hub.url();
     let node: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
     let stalled: palisade_wire::Token = hub.token("node", "stalled").parse().unwrap();
@@ -1323,10 +1318,16 @@ fn nodes_that_stop_reading_their_snapshot_do_not_hold_up_others_joining() {
         }
         // Forty streams (more than there are turns) opened and never read:
         // the snapshot (about 12 MB each) stops in their connections.
-        let stalled = palisade_link::HubLink::new(&url, &stalled).unwrap();
+        // They ask for `Put` lines, as older nodes do: part lines would be
+        // small enough for the kernel to take whole at once.
+        let bearer = stalled.bearer();
         let mut unread = Vec::new();
         for _ in 0..40 {
-            unread.push(stalled.follow(0).await.expect("the stream opens"));
+            let (s, status) = raw_stream(addr, stalled.pin, &bearer, "")
+                .await
+                .expect("the stream opens");
+            assert_eq!(status, 101);
+            unread.push(s);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = std::time::Instant::now();
