@@ -1228,8 +1228,9 @@ async fn raw_stream(
     Some((s, status))
 }
 
-/// Attack: a node's stream that took its connection over from HTTP is
-/// still one of the node's connections (the hub's cap per client holds,
+/// Attack: only a node's token takes a connection over for a stream; a
+/// node's stream that took its connection over from HTTP is still one of
+/// the node's connections (the hub's cap per client holds,
 /// and a closed stream gives its place back), and a node that sends
 /// anything on it (it has nothing to say there) loses that stream only.
 #[test]
@@ -1239,9 +1240,18 @@ fn taken_over_streams_count_as_connections_and_end_on_anything_sent() {
     }
     let (lab, hub, addr) = hub_and_nodes("[hub]\nmax_connections_per_client = 4\n");
     let token: palisade_wire::Token = hub.token("node", "web").parse().unwrap();
+    let read: palisade_wire::Token = hub.token("read", "stolen").parse().unwrap();
     support::in_netns(lab.host("nodes").ns_name(), 1, async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let bearer = token.bearer();
+        // A read token (or none) cannot take a connection over for a
+        // stream either: it is refused before any upgrade.
+        for other in [read.bearer(), "nothing".to_string()] {
+            let (_, status) = raw_stream(addr, token.pin, &other, PARTS)
+                .await
+                .expect("an answer");
+            assert!(status == 401 || status == 403, "{status}");
+        }
         let mut open = Vec::new();
         for _ in 0..4 {
             let (mut s, status) = raw_stream(addr, token.pin, &bearer, PARTS)

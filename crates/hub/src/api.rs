@@ -493,18 +493,18 @@ async fn snapshot(
     } else {
         &shared.chunks
     };
-    let mut parts = Vec::with_capacity(chunks.len() + 2);
-    parts.push(Bytes::from(head));
-    parts.extend(chunks.iter().cloned());
-    parts.push(line(&StreamItem::SnapshotEnd { seq }));
+    let mut pieces = Vec::with_capacity(chunks.len() + 2);
+    pieces.push(Bytes::from(head));
+    pieces.extend(chunks.iter().cloned());
+    pieces.push(line(&StreamItem::SnapshotEnd { seq }));
     // A turn lasts until the connection has taken the whole snapshot from
     // the channel (handed it to the kernel), or at most TURN_AT_MOST: then
     // the rest is sent without one.
     let turn = hub.snapshots.turn().await;
     let mut sent = 0;
     let within_turn = tokio::time::timeout(crate::snapshot::TURN_AT_MOST, async {
-        for part in &parts {
-            send_chunk(tx, part.clone()).await?;
+        for piece in &pieces {
+            send_chunk(tx, piece.clone()).await?;
             sent += 1;
         }
         while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
@@ -517,8 +517,8 @@ async fn snapshot(
     match within_turn {
         Ok(r) => r?,
         Err(_) => {
-            for part in &parts[sent..] {
-                send_chunk(tx, part.clone()).await?;
+            for piece in &pieces[sent..] {
+                send_chunk(tx, piece.clone()).await?;
             }
         }
     }

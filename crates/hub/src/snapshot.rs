@@ -144,7 +144,7 @@ fn build(r: &Reader, seq: u64) -> Result<SharedSnapshot, StoreError> {
     let now = Timestamp::now();
     let mut chunks = Vec::new();
     let mut chunk = Vec::with_capacity(CHUNK + 1024);
-    let mut parts = Chunks::default();
+    let mut parts = PartChunks::default();
     // The decisions of the chunk being filled: a run is at most one
     // chunk's, far under what a part may hold.
     let mut run = Vec::new();
@@ -189,12 +189,12 @@ fn build(r: &Reader, seq: u64) -> Result<SharedSnapshot, StoreError> {
 
 /// Part lines, gathered into chunks of about [`CHUNK`] bytes.
 #[derive(Default)]
-struct Chunks {
+struct PartChunks {
     done: Vec<Bytes>,
     chunk: Vec<u8>,
 }
 
-impl Chunks {
+impl PartChunks {
     /// Adds the decisions of `run` as one part line, and empties it.
     fn add_run(&mut self, seq: u64, run: &mut Vec<palisade_model::Decision>) {
         let line = PartLine {
