@@ -633,6 +633,11 @@ impl NftablesEnforcer {
         // End elements sort before start elements with the same key: that
         // key closes one interval and opens the next.
         raw.sort_by_key(|(k, end, ..)| (*k, !*end));
+        if !set.is_interval() {
+            // A dump taken while the kernel resizes a hash set can send an
+            // element twice (and miss another): a host is listed once.
+            raw.dedup_by_key(|(k, ..)| *k);
+        }
         let max = match set.addr_type() {
             AddrType::V4 => u128::from(u32::MAX),
             AddrType::V6 => u128::MAX,

@@ -521,17 +521,21 @@ fn network_ban_lets_an_allowed_host_through() {
 
 /// The kernel's intervals must equal the enforcer's expected pieces. A
 /// dump can miss elements of a hash set while the kernel resizes its table
-/// (each part of a dump skips by count what the earlier parts sent), as it
-/// does after many additions: a dump that differs is taken again, up to
-/// three times.
+/// (each part of a dump skips by count what the earlier parts sent, and a
+/// resize can send some twice, so the count alone can look right), as it
+/// does after many additions: a dump whose ranges differ is taken again,
+/// up to five times.
 fn assert_kernel_matches(nft: &mut NftablesEnforcer, set: SetName) -> Vec<String> {
     let expected = nft.expected(set);
+    let ranges = |v: &[palisade_enforce::nftables::Interval]| -> Vec<_> {
+        v.iter().map(|i| (i.first, i.last)).collect()
+    };
     let mut kernel = nft.kernel_intervals(set).unwrap();
-    for _ in 0..2 {
-        if kernel.len() == expected.len() {
+    for _ in 0..4 {
+        if ranges(&kernel) == ranges(&expected) {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(100));
         kernel = nft.kernel_intervals(set).unwrap();
     }
     let show = |v: &[palisade_enforce::nftables::Interval]| -> Vec<String> {
