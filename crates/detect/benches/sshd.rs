@@ -49,6 +49,11 @@ const FILTERS: &str = "/etc/fail2ban/filter.d";
 /// Set in the environment of this binary run as `palisade detect`.
 const CHILD: &str = "PALISADE_BENCH_DETECT";
 
+/// The allocator the `palisade` binary runs on (src/main.rs), so that this
+/// binary run as `palisade detect` runs as the subcommand does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pins this thread to the core it is running on.
 fn pin_to_one_core() {
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
