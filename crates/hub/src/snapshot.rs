@@ -98,21 +98,20 @@ impl SnapshotCache {
         let mut cached = self.latest.lock().await;
         let store = store.clone();
         let previous = cached.upgrade();
-        let reused = previous.clone();
-        let fresh = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let got = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let r = store.read()?;
             let next = r.queue_next(tables::EVENTS)?;
             let oldest = r.queue_bounds(tables::EVENTS)?.map_or(next, |(o, _)| o);
             if let Some(p) = previous
                 && (p.seq + 1 == next || (p.built.elapsed() < REUSE_FOR && p.seq + 1 >= oldest))
             {
-                return Ok(None);
+                return Ok(Got::Reused(p));
             }
-            build(&r, next - 1).map(Some)
+            build(&r, next - 1).map(Got::Built)
         })
         .await??;
-        match (fresh, reused) {
-            (Some(s), _) => {
+        match got {
+            Got::Built(s) => {
                 let s = Arc::new(s);
                 *cached = Arc::downgrade(&s);
                 let keep = s.clone();
@@ -122,10 +121,16 @@ impl SnapshotCache {
                 });
                 Ok(s)
             }
-            (None, Some(p)) => Ok(p),
-            (None, None) => unreachable!("without one to reuse, a snapshot is built"),
+            Got::Reused(s) => Ok(s),
         }
     }
+}
+
+/// A snapshot built anew, or the previous one, still current enough to
+/// reuse.
+enum Got {
+    Built(SharedSnapshot),
+    Reused(Arc<SharedSnapshot>),
 }
 
 /// Why no snapshot could be had.
@@ -160,10 +165,9 @@ fn build(r: &Reader, seq: u64) -> Result<SharedSnapshot, StoreError> {
         }
         let item = StreamItem::Put { seq, decision: d };
         put_line(&mut chunk, &item);
-        let StreamItem::Put { decision, .. } = item else {
-            unreachable!("built as a Put")
-        };
-        run.push(decision);
+        if let StreamItem::Put { decision, .. } = item {
+            run.push(decision);
+        }
         count += 1;
         if chunk.len() >= CHUNK {
             chunks.push(Bytes::from(std::mem::replace(
