@@ -146,6 +146,11 @@ fn bridge_lab_with_named_hosts() {
         assert!(ping(h, hub.v6().into()), "{} -> hub v6", h.name());
     }
     assert!(ping(lab.host("a1"), lab.host("a3").v4().into()));
+    // The switch hands frames on without passing them to netfilter.
+    let knob = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if Path::new(knob).exists() {
+        assert_eq!(lab.switch().unwrap().exec("cat", &[knob]).trim(), "0");
+    }
     let switch = lab.switch().unwrap().name().to_string();
     drop(lab);
     assert!(!netns_exists(&switch));
