@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p palisade-detect --bench sshd`. Environment: `LINES`
 //! (default 1,000,000 per log), `RUNS` (repetitions of each palisade and
-//! fail2ban-rs run, in process or not, default 3; the fastest is shown), `SKIP_FAIL2BAN=1` (no fail2ban-regex),
-//! `SKIP_FAIL2BAN_RS=1` (no fail2ban-rs), `KEEP_LOGS=DIR` (keep the logs).
+//! fail2ban-rs run, in process or not, default 3; the fastest is shown),
+//! `SKIP_FAIL2BAN=1` (no fail2ban-regex), `SKIP_FAIL2BAN_RS=1` (no
+//! fail2ban-rs), `KEEP_LOGS=DIR` (keep the logs).
 //!
 //! Three generated logs ([`loggen`]): an sshd log under attack, a quiet
 //! server's syslog (2% attack lines, 28% ordinary sshd lines, 70% other
