@@ -42,6 +42,7 @@
 
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
+use crate::outcomes::Outcomes;
 use crate::scan::{
     Piece, count_captures, escape_or_class, group_end, opens_capture, pieces, quantifier,
     rewrite_groups,
@@ -61,6 +62,10 @@ pub struct Checked {
     /// The other copies of groups: (original index, index in the relaxed
     /// form).
     copies: Vec<(usize, usize)>,
+    /// The relaxed form searched as its outcomes, for ASCII text (a pattern
+    /// whose conditionals were rewritten away ends in the choice that
+    /// decided them: see `outcomes.rs`).
+    outcomes: Option<Outcomes>,
     fancy: Box<fancy_regex::Regex>,
 }
 
@@ -137,7 +142,7 @@ impl Checked {
                             Some(_) => copies.push((orig, at)),
                         }
                     }
-                    Some((relaxed, checks, first, copies))
+                    Some((relaxed, checks, first, copies, true))
                 })
             }
             None => relax(translated, false).map(|(relaxed, checks, map)| {
@@ -146,11 +151,13 @@ impl Checked {
                     checks,
                     map.into_iter().map(Some).collect(),
                     Vec::new(),
+                    false,
                 )
             }),
         };
         match built {
-            Some((relaxed, checks, map, copies)) if map.len() == groups => Ok(Checked {
+            Some((relaxed, checks, map, copies, rewritten)) if map.len() == groups => Ok(Checked {
+                outcomes: rewritten.then(|| Outcomes::new(relaxed.as_str())).flatten(),
                 relaxed,
                 checks,
                 map,
@@ -159,6 +166,12 @@ impl Checked {
             }),
             _ => Err(fancy),
         }
+    }
+
+    /// Whether the relaxed form is searched as its outcomes (ASCII text).
+    #[cfg(test)]
+    pub(crate) fn has_outcomes(&self) -> bool {
+        self.outcomes.is_some()
     }
 
     /// Group names in the original pattern's order.
@@ -173,7 +186,10 @@ impl Checked {
     /// byte `at` or later.
     pub fn captures_at(&self, text: &str, at: usize) -> Option<Spans> {
         let ascii = text.is_ascii();
-        let c = self.relaxed.captures_known(text, ascii, at)?;
+        let c = match &self.outcomes {
+            Some(outcomes) if ascii => outcomes.captures_at(text, at)?,
+            _ => self.relaxed.captures_known(text, ascii, at)?,
+        };
         if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
             let mut spans: Spans = self.map.iter().map(|&i| i.and_then(|i| c[i])).collect();
             for &(orig, at) in &self.copies {

@@ -28,6 +28,7 @@ pub mod host;
 mod linear;
 mod literals;
 pub mod logfile;
+mod outcomes;
 pub mod ports;
 pub mod pyre;
 mod scan;

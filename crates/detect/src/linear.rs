@@ -54,6 +54,11 @@ impl Linear {
             .as_ref()
     }
 
+    /// The pattern as compiled.
+    pub fn as_str(&self) -> &str {
+        self.unicode.as_str()
+    }
+
     /// Group names in index order (index 0 is the whole match).
     pub fn names(&self) -> Vec<Option<String>> {
         self.unicode

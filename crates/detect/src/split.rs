@@ -217,7 +217,7 @@ impl GroupSplit {
 
 /// `hir` with its groups numbered from 1 in order, the pattern's index of
 /// each pushed onto `map`.
-fn renumber(hir: &Hir, map: &mut Vec<usize>) -> Hir {
+pub(crate) fn renumber(hir: &Hir, map: &mut Vec<usize>) -> Hir {
     match hir.kind() {
         HirKind::Capture(c) => {
             map.push(c.index as usize);

@@ -1191,6 +1191,7 @@ mod tests {
         let mut segmented = Vec::new();
         let mut checked = Vec::new();
         let mut split_by_dfas = Vec::new();
+        let mut by_outcomes = Vec::new();
         let (mut answered, mut split_answered) = (0, 0);
         // Every filter as shipped, and sshd's aggressive mode (its extra
         // regexes hold a look-ahead in a repeated group).
@@ -1211,6 +1212,19 @@ mod tests {
                 continue;
             };
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            // Failregexes read what the prefregex leaves of a line: the
+            // texts' contents are compared too.
+            let mut texts = texts.clone();
+            if let Some(pre) = &filter.prefregex {
+                let pre = fancy(&pre.source);
+                let contents: Vec<String> = texts
+                    .iter()
+                    .filter_map(|t| {
+                        Some(pre.captures(t).ok()??.name("content")?.as_str().to_string())
+                    })
+                    .collect();
+                texts.extend(contents);
+            }
             let regexes = filter
                 .prefregex
                 .iter()
@@ -1267,8 +1281,11 @@ mod tests {
                         }
                     }
                 }
-                if matches!(re.pat, Pattern::Checked(_)) {
+                if let Pattern::Checked(c) = &re.pat {
                     checked.push(name.clone());
+                    if c.has_outcomes() {
+                        by_outcomes.push(name.clone());
+                    }
                     for t in &texts {
                         answered += 1;
                         assert_eq!(
@@ -1283,7 +1300,12 @@ mod tests {
         }
         println!(
             "segmented: {segmented:?}; checked: {checked:?}; split: {split_by_dfas:?}; \
-             {answered} answers and {split_answered} split matches compared"
+             by outcomes: {by_outcomes:?}; {answered} answers and {split_answered} split \
+             matches compared"
+        );
+        assert!(
+            by_outcomes.iter().any(|s| s == "sshd.conf"),
+            "{by_outcomes:?}"
         );
         for f in ["nginx-http-auth.conf", "postfix.conf", "apache-auth.conf"] {
             assert!(split_by_dfas.iter().any(|s| s == f), "{f} is not split");
