@@ -10,8 +10,11 @@
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
+use regex_automata::{Anchored, Input, meta};
+
 use super::Error;
 use crate::pyre::{Pattern, translate};
+use crate::scan::group_end;
 
 /// fail2ban's default date templates (`datedetector.py`).
 const DEFAULT_TEMPLATES: &[&str] = &[
@@ -131,9 +134,45 @@ struct Template {
 
 /// A template's compiled patterns.
 struct Forms {
-    /// Fast form: without the boundary look-aheads, checked by hand.
-    fast: Option<(Pattern, bool, bool)>,
+    fast: Option<Fast>,
     full: Pattern,
+}
+
+/// A template's fast form: without the boundary look-aheads, which are
+/// checked by hand.
+struct Fast {
+    pattern: Pattern,
+    /// For a form that is `^(?:\W{0,2})?(DATE)` and nothing more (most
+    /// templates that start lines), DATE alone, searched anchored (see
+    /// [`Fast::leading_date`]).
+    leading: Option<meta::Regex>,
+    /// Whether the boundary before the date, and the one after it, must be
+    /// checked.
+    check_begin: bool,
+    check_end: bool,
+}
+
+/// The start of a line-starting template's fast form.
+const LEADING: &str = r"^(?:\W{0,2})?(";
+
+impl Fast {
+    /// The match of `^(?:\W{0,2})?(DATE)` in an ASCII `line`, as (start,
+    /// date's start, date's end), found without finding groups: a
+    /// backtracking search takes as many of the at most two leading
+    /// non-word characters as it can and then DATE's first way of
+    /// matching, so the first of 2, 1, 0 leading characters after which
+    /// DATE matches (anchored) is the place, and DATE's end the match's.
+    fn leading_date(leading: &meta::Regex, line: &str) -> Option<(usize, usize, usize)> {
+        let lead = line
+            .bytes()
+            .take(2)
+            .take_while(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+            .count();
+        (0..=lead).rev().find_map(|k| {
+            let input = Input::new(line).range(k..).anchored(Anchored::Yes);
+            leading.search(&input).map(|m| (0, k, m.end()))
+        })
+    }
 }
 
 impl Template {
@@ -161,10 +200,24 @@ impl Template {
         }
         // Linear (back references included, checked: see `checked.rs`), or
         // not worth trying before the full pattern.
+        let leading = core
+            .strip_prefix(LEADING)
+            .filter(|date| {
+                // A plain group, the date's, closed at the very end.
+                self.group == 1
+                    && !date.starts_with('?')
+                    && group_end(&core, LEADING.len() - 1) == Some(core.len() - 1)
+            })
+            .and_then(|date| meta::Regex::new(&format!("{gf}{}", &date[..date.len() - 1])).ok());
         let fast = Pattern::compile(&format!("{gf}{core}"))
             .ok()
             .filter(|p| !p.is_fancy())
-            .map(|r| (r, sb, se));
+            .map(|pattern| Fast {
+                pattern,
+                leading,
+                check_begin: sb,
+                check_end: se,
+            });
         // With a fast form, the full pattern only decides the rare match the
         // boundary checks reject.
         let full = if fast.is_some() {
@@ -490,12 +543,23 @@ impl DateDetector {
     /// boundary checks (then it is the full pattern's match: see `build`).
     fn try_template(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
-        if let Some((re, sb, se)) = &t.forms()?.fast {
-            let c = re.captures(line)?;
-            let (start, end) = c[0]?;
-            if (!*sb || boundary_begin_ok(line, start)) && (!*se || boundary_end_ok(line, end)) {
-                let g = c.get(t.group).copied().flatten()?;
-                return Some((start, g.0, g.1));
+        if let Some(fast) = &t.forms()?.fast {
+            // The match's span and the date's.
+            let ((start, end), date) = match &fast.leading {
+                Some(leading) if line.is_ascii() => {
+                    let (start, s, e) = Fast::leading_date(leading, line)?;
+                    // The date's group ends the fast form.
+                    ((start, e), (s, e))
+                }
+                _ => {
+                    let c = fast.pattern.captures(line)?;
+                    (c[0]?, c.get(t.group).copied().flatten()?)
+                }
+            };
+            if (!fast.check_begin || boundary_begin_ok(line, start))
+                && (!fast.check_end || boundary_end_ok(line, end))
+            {
+                return Some((start, date.0, date.1));
             }
         }
         // Rare: let the full pattern decide (it may backtrack).
@@ -643,6 +707,46 @@ mod tests {
             Some((s, e)) => format!("{}{}", &line[..s], &line[e..]),
             None => line.to_string(),
         }
+    }
+
+    /// A line-starting template's date found without its groups is the
+    /// one its fast form's groups give, whatever leads the line.
+    #[test]
+    fn leading_dates_as_the_groups_give_them() {
+        let d = DateDetector::new(None).unwrap();
+        let mut leading = 0;
+        for t in &d.templates {
+            let Some(fast) = t.forms().and_then(|f| f.fast.as_ref()) else {
+                continue;
+            };
+            let Some(date) = &fast.leading else {
+                continue;
+            };
+            leading += 1;
+            for lead in ["", " ", "[", "((", "(((", " [", "a", "_", "-x"] {
+                for rest in [
+                    "Jan  1 00:00:02 web1 sshd[1]: x",
+                    "Mon Jan  1 00:00:02.123 2024 x",
+                    "2024-01-01 00:00:02,5 x",
+                    "01/Jan/2024:00:00:02 +0000 x",
+                    "Jan 1 0:0:2",
+                    "x Jan  1 00:00:02",
+                ] {
+                    let line = format!("{lead}{rest}");
+                    let want = fast.pattern.captures(&line).map(|c| {
+                        let (s, e) = c[t.group].unwrap();
+                        (c[0].unwrap().0, s, e)
+                    });
+                    assert_eq!(
+                        Fast::leading_date(date, &line),
+                        want,
+                        "{} on {line:?}",
+                        t.name
+                    );
+                }
+            }
+        }
+        assert!(leading >= 5, "{leading} templates");
     }
 
     #[test]
