@@ -198,8 +198,6 @@ impl Template {
         if se {
             core.truncate(core.len() - translated_end.len());
         }
-        // Linear (back references included, checked: see `checked.rs`), or
-        // not worth trying before the full pattern.
         let leading = core
             .strip_prefix(LEADING)
             .filter(|date| {
@@ -209,6 +207,8 @@ impl Template {
                     && group_end(&core, LEADING.len() - 1) == Some(core.len() - 1)
             })
             .and_then(|date| meta::Regex::new(&format!("{gf}{}", &date[..date.len() - 1])).ok());
+        // Linear (back references included, checked: see `checked.rs`), or
+        // not worth trying before the full pattern.
         let fast = Pattern::compile(&format!("{gf}{core}"))
             .ok()
             .filter(|p| !p.is_fancy())
