@@ -317,7 +317,9 @@ pub(crate) struct Dfas {
 const MAX_ENDS: usize = 8;
 const MAX_PAIRS: usize = 96;
 
-fn nfa_config(reverse: bool) -> thompson::Config {
+/// The NFA every DFA here is built from: over bytes (classes read as
+/// ASCII), without groups; reversed, and shrunk, for reverse searches.
+pub(crate) fn nfa_config(reverse: bool) -> thompson::Config {
     thompson::Config::new()
         .utf8(false)
         .reverse(reverse)

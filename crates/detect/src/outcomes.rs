@@ -147,13 +147,9 @@ fn split(mut seq: Vec<Hir>, out: &mut Vec<Vec<Hir>>) -> Option<()> {
 /// Whether no text `hir` matches from the start of a text is the start of
 /// a longer one it matches there, read off its DFA (see the module docs);
 /// `false` when the DFA cannot be built small.
-pub(crate) fn prefix_free(hir: &Hir) -> bool {
+fn prefix_free(hir: &Hir) -> bool {
     let built = thompson::Compiler::new()
-        .configure(
-            thompson::Config::new()
-                .utf8(false)
-                .which_captures(thompson::WhichCaptures::None),
-        )
+        .configure(crate::dfa::nfa_config(false))
         .build_from_hir(hir)
         .ok()
         .and_then(|nfa| {
