@@ -255,6 +255,32 @@ mod tests {
         }
     }
 
+    /// A crafted line (64 KiB of what each outcome reads, so every one of
+    /// them gets far before it fails) is answered as the whole pattern
+    /// answers it: the outcomes are searched in linear time, like any
+    /// `regex-automata` search.
+    #[test]
+    fn crafted_lines_are_answered_as_the_whole_pattern() {
+        let p = r"^F (?:(pk)|\S+) for (?:((\S+)) from (\S+): |([^:]+) from (\S+)(.*)$)";
+        let o = Outcomes::new(p).expect("splits");
+        let whole = regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .build()
+            .unwrap();
+        for t in [
+            format!("F pw for {}", "a from b ".repeat(7_000)),
+            format!("F pw for x from {}:", "y".repeat(65_000)),
+            format!("F pw for {}", " from".repeat(13_000)),
+        ] {
+            let want = whole.captures(t.as_bytes()).map(|c| {
+                c.iter()
+                    .map(|m| m.map(|m| (m.start(), m.end())))
+                    .collect::<Spans>()
+            });
+            assert_eq!(o.captures_at(&t, 0), want, "{} bytes", t.len());
+        }
+    }
+
     #[test]
     fn not_split() {
         // Not anchored, no choice at the end, a prefix that is not
