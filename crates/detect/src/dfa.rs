@@ -401,6 +401,48 @@ impl Dfas {
             .ok()
     }
 
+    /// A forward DFA reporting every match of `hir`, or `None` if it
+    /// cannot be built.
+    pub(crate) fn forward_all(&mut self, hir: &Hir) -> Option<usize> {
+        let dfa = self.build(hir, false, MatchKind::All)?;
+        Some(self.add(dfa))
+    }
+
+    /// Where the only match of the forward DFA `dfa` (from
+    /// [`forward_all`](Self::forward_all)) that starts at 0 and ends at `hi`
+    /// or before ends; `None` if there is none or more than one, or the
+    /// search failed.
+    pub(crate) fn only_end(&mut self, dfa: usize, hay: &[u8], hi: usize) -> Option<usize> {
+        let mut ends = std::mem::take(&mut self.ends);
+        ends.clear();
+        let found = fwd_ends(
+            &self.dfas[dfa],
+            &mut self.caches[dfa],
+            hay,
+            hi,
+            &mut ends,
+            1,
+        );
+        let only = match (found, ends.as_slice()) {
+            (Ok(()), &[end]) => Some(end),
+            _ => None,
+        };
+        self.ends = ends;
+        only
+    }
+
+    /// Whether what follows the part of `split` matches exactly
+    /// `hay[lo..hi]`; `None` if the search failed.
+    pub(crate) fn after_matches(
+        &mut self,
+        split: &HostSplit,
+        hay: &[u8],
+        lo: usize,
+        hi: usize,
+    ) -> Option<bool> {
+        rev_span(&self.dfas[split.s], &mut self.caches[split.s], hay, lo, hi).ok()
+    }
+
     fn reverse(&mut self, hir: Hir) -> Option<usize> {
         if let Some((_, id)) = self.reverse.iter().find(|(h, _)| *h == hir) {
             return Some(*id);
@@ -792,22 +834,38 @@ fn rev_starts(
 
 /// Whether the reverse DFA `dfa` matches exactly `hay[..hi]`.
 fn rev_whole(dfa: &DFA, cache: &mut Cache, hay: &[u8], hi: usize) -> Result<bool, ()> {
-    let mut at = hi.min(hay.len());
-    let mut sid = rev_start(dfa, cache, hay, at)?;
+    rev_span(dfa, cache, hay, 0, hi)
+}
+
+/// Whether the reverse DFA `dfa` matches exactly `hay[lo..hi]` (the bytes
+/// around it seen by its assertions).
+fn rev_span(dfa: &DFA, cache: &mut Cache, hay: &[u8], lo: usize, hi: usize) -> Result<bool, ()> {
+    let hi = hi.min(hay.len());
+    let lo = lo.min(hi);
+    // Read from `hi` down to `lo`: the slice starts at `lo`, so that the
+    // steps stop there; the byte after `hi` is still in it.
+    let from = &hay[lo..];
+    let mut at = hi - lo;
+    let mut sid = rev_start(dfa, cache, from, at)?;
     loop {
-        sid = rev_ordinary(dfa, cache, hay, &mut at, sid);
+        sid = rev_ordinary(dfa, cache, from, &mut at, sid);
         if at == 0 {
             break;
         }
         at -= 1;
-        sid = dfa.next_state(cache, sid, hay[at]).map_err(drop)?;
+        sid = dfa.next_state(cache, sid, from[at]).map_err(drop)?;
         if sid.is_dead() {
             return Ok(false);
         } else if sid.is_quit() {
             return Err(());
         }
     }
-    sid = dfa.next_eoi_state(cache, sid).map_err(drop)?;
+    // The byte before `lo` (matches are reported one byte late).
+    sid = match lo.checked_sub(1) {
+        Some(before) => dfa.next_state(cache, sid, hay[before]),
+        None => dfa.next_eoi_state(cache, sid),
+    }
+    .map_err(drop)?;
     Ok(sid.is_match())
 }
 

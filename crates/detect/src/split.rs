@@ -31,6 +31,21 @@
 //! holding groups must fill exactly the gap up to that one's place, which
 //! keeps the candidate places few (an address after a user name would
 //! otherwise offer one candidate end per character).
+//!
+//! A part followed by something that can take part of it (dovecot's
+//! `rip=<HOST>(?:[^>]*…)`: every shorter host name leaves a tail that
+//! `[^>]*` takes) has several places, and which one a regex engine reports
+//! is a matter of priority. Such a part, without look-around assertions, is
+//! placed by the first way it matches, when what comes before it ends in
+//! one place only (a forward DFA reporting every match tells): that place
+//! `i` is the part's start in every way the pattern matches. A backtracking
+//! search tries the part's ways of matching at `i` in priority order, and
+//! for each the rest of the pattern; the first of them, which the part
+//! alone searched anchored at `i` returns, is the one it reports if the
+//! rest matches after it. The rest is what follows the part up to the
+//! place of the next part holding groups, which is fixed, so a reverse DFA
+//! of it over exactly that gap decides. If it does not match, the answer
+//! is [`Found::Unsure`].
 
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
@@ -59,6 +74,21 @@ const TRIAL: u32 = 1024;
 struct Part {
     split: HostSplit,
     groups: PartGroups,
+    /// The way to place it when the DFAs find several places, if the part
+    /// has no look-around assertions.
+    first: Option<FirstPath>,
+}
+
+/// A part placed by the first way it matches (see the module docs): what
+/// comes before it must end in one place, the part's start.
+struct FirstPath {
+    /// A forward DFA of what comes before the part, reporting every match.
+    before: usize,
+    /// The part alone, its groups numbered from 1 (its group `n` is the
+    /// pattern's `map[n - 1]`), anchored at its start only.
+    re: meta::Regex,
+    map: Vec<usize>,
+    caps: Captures,
 }
 
 /// How the groups inside a placed part are found.
@@ -135,7 +165,16 @@ impl GroupSplit {
                     PartGroups::Alone { re, map, caps }
                 }
             };
-            found.push(Part { split, groups });
+            let first = if part.properties().look_set().is_empty() {
+                first_path(dfas, &parts[..k], part)
+            } else {
+                None
+            };
+            found.push(Part {
+                split,
+                groups,
+                first,
+            });
         }
         if found.is_empty() {
             return None;
@@ -194,7 +233,15 @@ impl GroupSplit {
         let mut next = end;
         for part in self.parts.iter_mut().rev() {
             let Some((i, j)) = dfas.host(&part.split, hay, next) else {
-                return Found::Unsure;
+                let Some(i) = part
+                    .first
+                    .as_mut()
+                    .and_then(|f| f.place(dfas, &part.split, hay, next, &mut spans))
+                else {
+                    return Found::Unsure;
+                };
+                next = i;
+                continue;
             };
             next = i;
             match &mut part.groups {
@@ -212,6 +259,54 @@ impl GroupSplit {
             }
         }
         Found::Spans(spans)
+    }
+}
+
+/// The first-path placing of `part`, which follows `before`, if its DFA
+/// and regex can be built.
+fn first_path(dfas: &mut Dfas, before: &[Hir], part: &Hir) -> Option<FirstPath> {
+    let before = dfas.forward_all(&Hir::concat(before.to_vec()))?;
+    let mut map = Vec::new();
+    let re = meta::Regex::builder()
+        .configure(meta::Config::new().utf8_empty(false))
+        .build_from_hir(&renumber(part, &mut map))
+        .ok()?;
+    let caps = re.create_captures();
+    Some(FirstPath {
+        before,
+        re,
+        map,
+        caps,
+    })
+}
+
+impl FirstPath {
+    /// Places the part in a match whose rest after the part starts at
+    /// `next`, by the first way the part matches at its only start, and
+    /// sets its groups in `spans`; the part's start, or `None` if that way
+    /// does not hold (see the module docs).
+    fn place(
+        &mut self,
+        dfas: &mut Dfas,
+        split: &HostSplit,
+        hay: &[u8],
+        next: usize,
+        spans: &mut Spans,
+    ) -> Option<usize> {
+        let i = dfas.only_end(self.before, hay, next)?;
+        let input = Input::new(&hay[..next])
+            .span(i..next)
+            .anchored(Anchored::Yes);
+        self.re.search_captures(&input, &mut self.caps);
+        let j = self.caps.get_match()?.end();
+        if dfas.after_matches(split, hay, j, next)? {
+            for (n, &g) in self.map.iter().enumerate() {
+                spans[g] = self.caps.get_group(n + 1).map(|s| (s.start, s.end));
+            }
+            Some(i)
+        } else {
+            None
+        }
     }
 }
 
@@ -320,6 +415,122 @@ mod tests {
             b.agreed("Disconnected from user root 198.51.100.7 port 22\n"),
             Found::Spans(_)
         ));
+    }
+
+    #[test]
+    fn parts_with_several_places_by_their_first_way() {
+        // dovecot's failregex: every shorter host name leaves a tail that
+        // `[^>]*` takes.
+        let p = format!(
+            r"^(?:Aborted login|Disconnected)(?:: (?:\w+\([^\):]*\) \w+|[^\(]+))* \((?:auth failed, \d+ attempts(?: in \d+ secs)?)\):(?: user=<(?P<user>[^>]*)>,)?(?: method=\S+,)? rip={HOST}(?:[^>]*(?:, session=<\S+>)?)\s*$"
+        );
+        let mut b = both(&p);
+        for line in [
+            "Disconnected (auth failed, 1 attempts in 2 secs): user=<git>, method=PLAIN, rip=198.51.100.7, lip=192.0.2.1, TLS, session=<LgDI>",
+            "Aborted login (auth failed, 3 attempts): user=<>, rip=2001:db8::7, lip=2001:db8::1",
+            "Aborted login: x(y) z (auth failed, 3 attempts): rip=[::ffff:198.51.100.7], session=<a>",
+            "Disconnected (auth failed, 1 attempts): user=<a b>, rip=mail-1.example, lip=1",
+            "Disconnected (auth failed, 1 attempts): rip=198.51.100.7.example",
+            "Disconnected (auth failed, 1 attempts): rip=1.2.3.4.5.6",
+        ] {
+            assert!(matches!(b.agreed(line), Found::Spans(_)), "{line:?}");
+        }
+        // The first `rip=` is the only place what comes before the host
+        // can end; the second is taken by `[^>]*`.
+        assert!(matches!(
+            b.agreed("Disconnected (auth failed, 1 attempts): rip=1.2.3.4 rip=5.6.7.8"),
+            Found::Spans(_)
+        ));
+        assert_eq!(
+            b.agreed("Disconnected (auth failed): rip=1.2.3.4"),
+            Found::NoMatch
+        );
+    }
+
+    /// Lines an attacker shapes so that the part's first way reads far, or
+    /// what comes before it ends in many places: answered as the `regex`
+    /// crate answers them (each search is a DFA's or the `regex` crate's,
+    /// linear in the line).
+    #[test]
+    fn crafted_lines_are_answered_as_the_regex_crate_does() {
+        let p = format!(r"^a(?: u=(?P<user>[^>]*)>)? h={HOST}(?:[^>]*(?:, s=<\S+>)?)\s*$");
+        let mut b = both(&p);
+        let n = 16 * 1024;
+        for line in [
+            format!("a h={}1", "1.".repeat(n)),
+            format!("a h={}", "a-".repeat(n) + "b"),
+            format!("a h=1.2.3.4{}", " h=".repeat(n)),
+            format!("a u={} h=1.2.3.4", " h=".repeat(n)),
+            format!("a h={}:1", "1:".repeat(n)),
+            format!("a h=1.2.3.4{}>", ", s=<q".repeat(n)),
+        ] {
+            b.agreed(&line);
+        }
+    }
+
+    /// Random lines over the pattern's own words, through patterns whose
+    /// parts have several places: every sure answer is the `regex` crate's.
+    #[test]
+    fn first_ways_agree_on_random_lines() {
+        // Each pattern with the starts of lines it matches.
+        let patterns = [
+            (
+                format!(r"^a(?: u=(?P<user>[^>]*)>)? h={HOST}(?:[^>]*(?:, s=<\S+>)?)\s*$"),
+                &["a h=", "a u=x> h=", "a u=> h="][..],
+            ),
+            (
+                r"^a h=(?P<h>\w+|\w+\.\w+)[^>]*x(?P<tail>\d*)\d*$".to_string(),
+                &["a h="][..],
+            ),
+            (
+                r"^a h=(?P<h>(?:\d+\.)*\d+|\w+)(?:\.\w*)*$".to_string(),
+                &["a h="][..],
+            ),
+            (
+                r"^a (?P<x>b+|b+c)\w* (?P<y>c|cc)c*$".to_string(),
+                &["a b", "a bc"][..],
+            ),
+        ];
+        let words = [
+            " ",
+            "x",
+            "b",
+            "c",
+            "1",
+            ".",
+            "2001:db8::1",
+            "198.51.100.7",
+            ", s=<q>",
+            ":",
+            "-",
+            "ffff",
+            "[",
+            "]",
+            "9",
+            ">",
+            "h=",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut sure = 0;
+        for (p, starts) in &patterns {
+            let mut b = both(p);
+            for _ in 0..4000 {
+                let mut line = starts[(next() % starts.len() as u64) as usize].to_string();
+                for _ in 0..(next() % 6) {
+                    line.push_str(words[(next() % words.len() as u64) as usize]);
+                }
+                if matches!(b.agreed(&line), Found::Spans(_)) {
+                    sure += 1;
+                }
+            }
+        }
+        assert!(sure > 2000, "{sure} sure answers");
     }
 
     #[test]
