@@ -144,8 +144,9 @@ struct Fast {
     pattern: Pattern,
     /// For a form that is `^(?:\W{0,2})?(DATE)` and nothing more (most
     /// templates that start lines), DATE alone, searched anchored (see
-    /// [`Fast::leading_date`]).
-    leading: Option<meta::Regex>,
+    /// [`Fast::leading_date`]): one regex, or one per separator character
+    /// when DATE repeats its separator with a back reference.
+    leading: Option<Vec<meta::Regex>>,
     /// Whether the boundary before the date, and the one after it, must be
     /// checked.
     check_begin: bool,
@@ -162,17 +163,68 @@ impl Fast {
     /// non-word characters as it can and then DATE's first way of
     /// matching, so the first of 2, 1, 0 leading characters after which
     /// DATE matches (anchored) is the place, and DATE's end the match's.
-    fn leading_date(leading: &meta::Regex, line: &str) -> Option<(usize, usize, usize)> {
+    ///
+    /// DATE given as one regex per separator character (see
+    /// [`separator_branches`]) matches where one of them does. If only one
+    /// does, its match is DATE's: DATE's first way of matching uses some
+    /// separator, and that one's regex has the same ways with that
+    /// separator in the same order. If several do, `Err`: the groups must
+    /// tell.
+    fn leading_date(
+        leading: &[meta::Regex],
+        line: &str,
+    ) -> Result<Option<(usize, usize, usize)>, ()> {
         let lead = line
             .bytes()
             .take(2)
             .take_while(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
             .count();
-        (0..=lead).rev().find_map(|k| {
+        for k in (0..=lead).rev() {
             let input = Input::new(line).range(k..).anchored(Anchored::Yes);
-            leading.search(&input).map(|m| (0, k, m.end()))
-        })
+            let mut found = leading.iter().filter_map(|re| re.search(&input));
+            if let Some(m) = found.next() {
+                if found.next().is_some() {
+                    return Err(());
+                }
+                return Ok(Some((0, k, m.end())));
+            }
+        }
+        Ok(None)
     }
+}
+
+/// `date` with its one back reference to a group of one character of a
+/// short set (`(?P<_sep>[-/.])…(?P=_sep)`, how fail2ban's templates repeat
+/// a separator) written out: one pattern per character, that character in
+/// place of the group and of the reference. `None` for any other shape.
+fn separator_branches(date: &str) -> Option<Vec<String>> {
+    let at = date.find("(?P=")?;
+    let name = &date[at + 4..at + date[at..].find(')')?];
+    let reference = format!("(?P={name})");
+    let head = format!("(?P<{name}>[");
+    let open = date.find(&head)? + head.len();
+    let chars = &date[open..open + date[open..].find("])")?];
+    let group = format!("{head}{chars}])");
+    let simple = |c: char| c.is_ascii_punctuation() && !"\\[]^".contains(c);
+    if chars.is_empty()
+        || chars.len() > 4
+        || !chars.chars().all(simple)
+        || chars[1..].contains('-')
+        || date.matches(&group).count() != 1
+        || date.matches(&reference).count() != 1
+        || date.matches("(?P=").count() != 1
+    {
+        return None;
+    }
+    Some(
+        chars
+            .chars()
+            .map(|c| {
+                let c = regex_syntax::escape(&c.to_string());
+                date.replacen(&group, &c, 1).replacen(&reference, &c, 1)
+            })
+            .collect(),
+    )
 }
 
 impl Template {
@@ -206,7 +258,16 @@ impl Template {
                     && !date.starts_with('?')
                     && group_end(&core, LEADING.len() - 1) == Some(core.len() - 1)
             })
-            .and_then(|date| meta::Regex::new(&format!("{gf}{}", &date[..date.len() - 1])).ok());
+            .and_then(|date| {
+                let date = &date[..date.len() - 1];
+                match meta::Regex::new(&format!("{gf}{date}")) {
+                    Ok(re) => Some(vec![re]),
+                    Err(_) => separator_branches(date)?
+                        .iter()
+                        .map(|d| meta::Regex::new(&format!("{gf}{d}")).ok())
+                        .collect(),
+                }
+            });
         // Linear (back references included, checked: see `checked.rs`), or
         // not worth trying before the full pattern.
         let fast = Pattern::compile(&format!("{gf}{core}"))
@@ -545,13 +606,17 @@ impl DateDetector {
         let t = &self.templates[i];
         if let Some(fast) = &t.forms()?.fast {
             // The match's span and the date's.
-            let ((start, end), date) = match &fast.leading {
-                Some(leading) if line.is_ascii() => {
-                    let (start, s, e) = Fast::leading_date(leading, line)?;
-                    // The date's group ends the fast form.
+            let leading = match &fast.leading {
+                Some(leading) if line.is_ascii() => Fast::leading_date(leading, line).ok(),
+                _ => None,
+            };
+            let ((start, end), date) = match leading {
+                // The date's group ends the fast form.
+                Some(found) => {
+                    let (start, s, e) = found?;
                     ((start, e), (s, e))
                 }
-                _ => {
+                None => {
                     let c = fast.pattern.captures(line)?;
                     (c[0]?, c.get(t.group).copied().flatten()?)
                 }
@@ -714,7 +779,7 @@ mod tests {
     #[test]
     fn leading_dates_as_the_groups_give_them() {
         let d = DateDetector::new(None).unwrap();
-        let mut leading = 0;
+        let (mut leading, mut separators) = (0, 0);
         for t in &d.templates {
             let Some(fast) = t.forms().and_then(|f| f.fast.as_ref()) else {
                 continue;
@@ -723,6 +788,7 @@ mod tests {
                 continue;
             };
             leading += 1;
+            separators += usize::from(date.len() > 1);
             for lead in ["", " ", "[", "((", "(((", " [", "a", "_", "-x"] {
                 for rest in [
                     "Jan  1 00:00:02 web1 sshd[1]: x",
@@ -731,6 +797,14 @@ mod tests {
                     "01/Jan/2024:00:00:02 +0000 x",
                     "Jan 1 0:0:2",
                     "x Jan  1 00:00:02",
+                    "2024/03/01 00:00:02 [error] x",
+                    "2024.03.01T00:00:02.5 +0100",
+                    "2024-03/01 00:00:02",
+                    "1/02/2024 0:00:02",
+                    "01-2-24 00:00:02",
+                    "1-2/24 00:00:02",
+                    "01/Jan/2024:00:00:02 +0000",
+                    "01-Jan/2024 00:00:02",
                 ] {
                     let line = format!("{lead}{rest}");
                     let want = fast.pattern.captures(&line).map(|c| {
@@ -738,7 +812,7 @@ mod tests {
                         (c[0].unwrap().0, s, e)
                     });
                     assert_eq!(
-                        Fast::leading_date(date, &line),
+                        Fast::leading_date(date, &line).unwrap(),
                         want,
                         "{} on {line:?}",
                         t.name
@@ -747,6 +821,7 @@ mod tests {
             }
         }
         assert!(leading >= 5, "{leading} templates");
+        assert!(separators >= 3, "{separators} templates with separators");
     }
 
     #[test]
