@@ -1,6 +1,6 @@
 //! Literal prefilter: the strings one of which every match of a filter
 //! or rule must contain, so that a line with none of them (found at once
-//! for all of them by Aho-Corasick) is rejected without running any regex.
+//! for all of them by SIMD searches) is rejected without running any regex.
 //!
 //! For a pattern, [`required`] walks its syntax tree: a literal requires
 //! itself; a sequence requires what its most selective required part
@@ -13,13 +13,17 @@ use memchr::memmem;
 use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// Most strings searched one by one with `memmem` (SIMD, a few bytes per
-/// cycle); larger sets use Aho-Corasick, whose rare-byte prefilter stops
-/// often on ordinary log text.
-const MAX_MEMMEM: usize = 12;
+/// cycle): a third string costs as much as one SIMD search of all of them.
+const MAX_MEMMEM: usize = 2;
 
 /// A compiled set of strings: does a line hold one of them?
 pub enum AnyOf {
     Few(Vec<memmem::Finder<'static>>),
+    /// Teddy, which looks for up to 64 strings at once with SIMD: on the
+    /// bench's logs 4 to 6 times faster than Aho-Corasick's automaton for
+    /// 3 to 23 strings, and than as many `memmem` searches for 8 or more.
+    Packed(aho_corasick::packed::Searcher),
+    /// Where Teddy cannot run.
     Many(aho_corasick::AhoCorasick),
 }
 
@@ -32,12 +36,16 @@ impl AnyOf {
                 .collect();
             return Some(AnyOf::Few(finders));
         }
+        if let Some(packed) = aho_corasick::packed::Searcher::new(set.iter()) {
+            return Some(AnyOf::Packed(packed));
+        }
         aho_corasick::AhoCorasick::new(set).ok().map(AnyOf::Many)
     }
 
     pub fn is_match(&self, line: &str) -> bool {
         match self {
             AnyOf::Few(finders) => finders.iter().any(|f| f.find(line.as_bytes()).is_some()),
+            AnyOf::Packed(packed) => packed.find(line).is_some(),
             AnyOf::Many(ac) => ac.is_match(line),
         }
     }
@@ -175,9 +183,50 @@ mod tests {
         assert!(!few.is_match("connect from x[1.2.3.4]"));
         let set: Vec<Vec<u8>> = (0..20).map(|i| format!("word{i}").into_bytes()).collect();
         let many = AnyOf::new(set).unwrap();
-        assert!(matches!(many, AnyOf::Many(_)));
+        assert!(matches!(many, AnyOf::Packed(_) | AnyOf::Many(_)));
         assert!(many.is_match("a word7 b"));
         assert!(!many.is_match("a word b"));
+    }
+
+    /// Every way of searching answers as `contains` does, on lines of every
+    /// length (Teddy needs a few bytes; shorter lines are searched another
+    /// way).
+    #[test]
+    fn every_search_agrees_with_contains() {
+        let words = [
+            "auth failed, ",
+            "reject:",
+            "nknown user",
+            "from ",
+            "Failed ",
+            "x",
+        ];
+        let set: Vec<Vec<u8>> = words[..5].iter().map(|w| w.as_bytes().to_vec()).collect();
+        let ways = [
+            AnyOf::Few(
+                set.iter()
+                    .map(|s| memmem::Finder::new(s).into_owned())
+                    .collect(),
+            ),
+            AnyOf::new(set.clone()).unwrap(),
+            AnyOf::Many(aho_corasick::AhoCorasick::new(&set).unwrap()),
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut line = String::new();
+            for k in 0..(x % 7) {
+                let w = words[((x >> (8 * k)) % words.len() as u64) as usize];
+                // Whole words, and their tails (a string cut short).
+                line.push_str(&w[((x >> (4 * k)) % 3) as usize % w.len()..]);
+            }
+            let want = words[..5].iter().any(|w| line.contains(w));
+            for way in &ways {
+                assert_eq!(way.is_match(&line), want, "{line:?}");
+            }
+        }
     }
 
     #[test]
