@@ -31,7 +31,7 @@ pub mod ini;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use palisade_model::Net;
 use regex::Regex;
@@ -437,12 +437,23 @@ type Shared = Arc<Mutex<Fail>>;
 /// connections fail2ban has already forgotten).
 const MLFID_CACHE: usize = 100;
 
+/// The failregexes a text may match, by one search of their relaxed forms
+/// (see [`relax`]) together; the others are always tried. Built at its
+/// first use: with the first-match DFA, most filters never need it.
+struct Prefilter {
+    relaxed: Vec<String>,
+    /// The failregex of each relaxed form.
+    in_set: Vec<usize>,
+    always: Vec<usize>,
+    set: OnceLock<Option<regex::RegexSet>>,
+}
+
 /// A loaded fail2ban filter with its matching state.
 pub struct Filter {
     prefregex: Option<Re>,
     failregex: Vec<Re>,
     ignoreregex: Vec<Re>,
-    prefilter: Option<(regex::RegexSet, Vec<usize>, Vec<usize>)>,
+    prefilter: Prefilter,
     /// The failregexes' relaxed forms (look-arounds dropped: each matches
     /// at least what its failregex matches) as the patterns of one
     /// leftmost-first DFA, anchored at the start. fail2ban tries the
@@ -653,12 +664,12 @@ impl Filter {
                 .and_then(|hirs| dfas.rule(&hirs)),
             _ => None,
         };
-        let prefilter = regex::RegexSetBuilder::new(&relaxed)
-            .size_limit(64 << 20)
-            .dfa_size_limit(64 << 20)
-            .build()
-            .ok()
-            .map(|s| (s, in_set, always));
+        let prefilter = Prefilter {
+            relaxed,
+            in_set,
+            always,
+            set: OnceLock::new(),
+        };
         let dates = DateDetector::new(def.datepattern.as_deref())?;
         Ok(Filter {
             prefregex,
@@ -925,10 +936,18 @@ impl Filter {
 
     /// The failregexes that may match `b`, in order (the prefilter's).
     fn candidates(&self, b: &str) -> Vec<usize> {
-        match &self.prefilter {
-            Some((set, in_set, always)) => {
-                let mut c: Vec<usize> = set.matches(b).into_iter().map(|i| in_set[i]).collect();
-                c.extend(always.iter().copied());
+        let p = &self.prefilter;
+        let set = p.set.get_or_init(|| {
+            regex::RegexSetBuilder::new(&p.relaxed)
+                .size_limit(64 << 20)
+                .dfa_size_limit(64 << 20)
+                .build()
+                .ok()
+        });
+        match set {
+            Some(set) => {
+                let mut c: Vec<usize> = set.matches(b).into_iter().map(|i| p.in_set[i]).collect();
+                c.extend(p.always.iter().copied());
                 c.sort_unstable();
                 c
             }
