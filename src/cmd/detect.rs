@@ -12,6 +12,7 @@
 //! attackers the tracker forgot for lack of room, and which fail2ban
 //! filters run regexes on the fallback (backtracking) engine.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -121,96 +122,105 @@ pub fn run(
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
     let mut json = JsonLine::new(&names);
-    let mut clock = LineClock::new(year);
+    let clock = RefCell::new(BatchClock {
+        clock: LineClock::new(year),
+        noted: 0,
+    });
     let mut lineno = 0usize;
     let started = Instant::now();
-    palisade_detect::logfile::for_each_line(input, |text| -> anyhow::Result<()> {
-        lineno += 1;
-        clock.note(text);
-        let (events, hits) = tracker.observe_text("detect", text, || clock.now());
-        if hits.is_empty() {
-            return Ok(());
-        }
-        let last_time = clock.now();
-        for h in hits {
-            let s = &mut stats[h.rule];
-            match h.kind {
-                HitKind::Bad => s.bad += 1,
-                HitKind::Good => s.good += 1,
-                HitKind::Ignored => s.ignored += 1,
+    let read = palisade_detect::logfile::for_each_batch(input, BATCH, |lines| {
+        clock.borrow_mut().noted = 0;
+        let now = |k: usize| clock.borrow_mut().upto(lines, k).now();
+        tracker.observe_lines("detect", lines, now, |k, events, hits| {
+            lineno += 1;
+            if hits.is_empty() {
+                return Ok(());
             }
-        }
-        if args.json {
+            let last_time = clock.borrow_mut().upto(lines, k).now();
+            let text = lines[k];
             for h in hits {
-                let ban = events.iter().find_map(|e| match e {
+                let s = &mut stats[h.rule];
+                match h.kind {
+                    HitKind::Bad => s.bad += 1,
+                    HitKind::Good => s.good += 1,
+                    HitKind::Ignored => s.ignored += 1,
+                }
+            }
+            if args.json {
+                for h in hits {
+                    let ban = events.iter().find_map(|e| match e {
+                        Event::Ban {
+                            rule,
+                            address,
+                            stage,
+                            span,
+                            count,
+                            trust,
+                            ..
+                        } if *rule == names[h.rule]
+                            && h.address.is_some_and(|a| address.contains(&a)) =>
+                        {
+                            Some((address, stage, span, count, trust))
+                        }
+                        _ => None,
+                    });
+                    json.write(&mut out, lineno, h, last_time, ban)?;
+                }
+            } else if args.show_matches {
+                for h in hits {
+                    let kind = kind_name(h.kind);
+                    let addr = h
+                        .address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    writeln!(
+                        out,
+                        "{lineno}: {} {kind} {addr}: {}",
+                        names[h.rule],
+                        palisade_model::decision::clean_text(text)
+                    )?;
+                }
+            }
+            for e in events {
+                match e {
                     Event::Ban {
                         rule,
                         address,
                         stage,
                         span,
+                        scope,
                         count,
                         trust,
                         ..
-                    } if *rule == names[h.rule]
-                        && h.address.is_some_and(|a| address.contains(&a)) =>
-                    {
-                        Some((address, stage, span, count, trust))
+                    } => {
+                        let rule = rule_of[rule.as_str()];
+                        stats[rule].bans += 1;
+                        bans.push(WouldBan {
+                            line: lineno,
+                            rule,
+                            address,
+                            stage: stage.name,
+                            count,
+                            span,
+                            scope,
+                            trust,
+                            time: last_time,
+                        });
                     }
-                    _ => None,
-                });
-                json.write(&mut out, lineno, h, last_time, ban)?;
-            }
-        } else if args.show_matches {
-            for h in hits {
-                let kind = kind_name(h.kind);
-                let addr = h
-                    .address
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "-".into());
-                writeln!(
-                    out,
-                    "{lineno}: {} {kind} {addr}: {}",
-                    names[h.rule],
-                    palisade_model::decision::clean_text(text)
-                )?;
-            }
-        }
-        for e in events {
-            match e {
-                Event::Ban {
-                    rule,
-                    address,
-                    stage,
-                    span,
-                    scope,
-                    count,
-                    trust,
-                    ..
-                } => {
-                    let rule = rule_of[rule.as_str()];
-                    stats[rule].bans += 1;
-                    bans.push(WouldBan {
-                        line: lineno,
-                        rule,
-                        address,
-                        stage: stage.name,
-                        count,
-                        span,
-                        scope,
-                        trust,
-                        time: last_time,
-                    });
+                    Event::Forgive { rule, .. } => stats[rule_of[rule.as_str()]].forgiven += 1,
                 }
-                Event::Forgive { rule, .. } => stats[rule_of[rule.as_str()]].forgiven += 1,
             }
-        }
-        Ok(())
-    })
-    .with_context(|| format!("reading {}", args.log.display()))?;
+            Ok::<(), anyhow::Error>(())
+        })?;
+        // The lines after the last that needed its time.
+        clock.borrow_mut().upto(lines, lines.len());
+        Ok::<(), anyhow::Error>(())
+    });
+    read.with_context(|| format!("reading {}", args.log.display()))?;
     let elapsed = started.elapsed();
     let summary = Summary {
         lines: lineno,
-        timed: clock.timed,
+        timed: clock.borrow().clock.timed,
         elapsed,
         names: &names,
         stats: &stats,
@@ -233,6 +243,29 @@ fn kind_name(kind: HitKind) -> &'static str {
         HitKind::Bad => "bad",
         HitKind::Good => "good",
         HitKind::Ignored => "ignored",
+    }
+}
+
+/// Lines read and counted at a time: enough for the tracker to ask for
+/// the memory of the pairs they count well before it reads it.
+const BATCH: usize = 64;
+
+/// A [`LineClock`] told the lines of a batch as far as one is asked for.
+struct BatchClock {
+    clock: LineClock,
+    /// Lines of the batch told so far.
+    noted: usize,
+}
+
+impl BatchClock {
+    /// The clock, told every line of `lines` up to line `k` (included).
+    fn upto(&mut self, lines: &[&str], k: usize) -> &mut LineClock {
+        let end = (k + 1).min(lines.len());
+        for line in &lines[self.noted.min(end)..end] {
+            self.clock.note(line);
+        }
+        self.noted = self.noted.max(end);
+        &mut self.clock
     }
 }
 

@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, bounded};
-use palisade_detect::{Engine, Limits, RuleConfig, SourceConfig, SourceHandle, Tracker};
+use palisade_detect::{
+    Engine, Event, Limits, Line, RuleConfig, SourceConfig, SourceHandle, Tracker,
+};
 use palisade_model::Timestamp;
 use tracing::{info, warn};
 
@@ -122,11 +124,10 @@ impl Detection {
                 while !stopped.load(Ordering::Relaxed) {
                     match rx.recv_timeout(STOP_CHECK) {
                         Ok(line) => {
-                            let mut events = tracker.observe(&line, Timestamp::now());
                             // Drain what is already queued into the same batch.
-                            for line in rx.try_iter().take(1023) {
-                                events.extend(tracker.observe(&line, Timestamp::now()));
-                            }
+                            let mut lines = vec![line];
+                            lines.extend(rx.try_iter().take(1023));
+                            let events = observe(&mut tracker, &lines);
                             if !events.is_empty() && worker.send(Command::Detected(events)).is_err()
                             {
                                 return;
@@ -175,4 +176,25 @@ impl Drop for Detection {
             let _ = t.join();
         }
     }
+}
+
+/// Counts `lines` in order, each run of lines from one source at once (the
+/// tracker asks for the memory of the pairs a run counts before it reads
+/// it); the events they make.
+fn observe(tracker: &mut Tracker, lines: &[Line]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for run in lines.chunk_by(|a, b| a.source == b.source) {
+        let texts: Vec<&str> = run.iter().map(|l| l.text.as_str()).collect();
+        let counted = tracker.observe_lines(
+            &run[0].source,
+            &texts,
+            |_| Timestamp::now(),
+            |_, made, _| {
+                events.extend(made);
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        counted.unwrap_or_else(|never| match never {});
+    }
+    events
 }

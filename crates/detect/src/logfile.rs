@@ -16,9 +16,22 @@ const BLOCK: usize = 1 << 20;
 /// Calls `f` with each line of `input` (without `\n` or `\r\n`), in order,
 /// until the input ends or `f` fails.
 pub fn for_each_line<E: From<std::io::Error>>(
-    mut input: impl Read,
+    input: impl Read,
     mut f: impl FnMut(&str) -> Result<(), E>,
 ) -> Result<(), E> {
+    for_each_batch(input, 1, |lines| lines.iter().try_for_each(|l| f(l)))
+}
+
+/// Calls `f` with the lines of `input` (as [`for_each_line`] gives them),
+/// at most `max` at a time, in order, until the input ends or `f` fails:
+/// for a reader that does better with several lines at once
+/// ([`Tracker::observe_lines`](crate::Tracker::observe_lines)).
+pub fn for_each_batch<E: From<std::io::Error>>(
+    mut input: impl Read,
+    max: usize,
+    mut f: impl FnMut(&[&str]) -> Result<(), E>,
+) -> Result<(), E> {
+    let max = max.max(1);
     let mut buf = vec![0u8; BLOCK];
     let mut len = 0;
     // Discarding the rest of a line cut at MAX_LINE, until its newline.
@@ -51,6 +64,7 @@ pub fn for_each_line<E: From<std::io::Error>>(
         };
         let block = &buf[..end];
         let text = std::str::from_utf8(block).ok();
+        let mut batch: Vec<&str> = Vec::with_capacity(max);
         let mut start = 0;
         while start < end {
             let stop = memchr::memchr(b'\n', &block[start..]).map_or(end, |i| start + i + 1);
@@ -58,12 +72,22 @@ pub fn for_each_line<E: From<std::io::Error>>(
                 cutting = false;
             } else {
                 match text {
-                    Some(t) => f(cap(trim(&t[start..stop])))?,
+                    Some(t) => {
+                        batch.push(cap(trim(&t[start..stop])));
+                        if batch.len() == max {
+                            f(&batch)?;
+                            batch.clear();
+                        }
+                    }
                     None => emit(&block[start..stop], &mut lossy, &mut f)?,
                 }
             }
             start = stop;
         }
+        if !batch.is_empty() {
+            f(&batch)?;
+        }
+        drop(batch);
         if n == 0 {
             return Ok(());
         }
@@ -76,15 +100,15 @@ pub fn for_each_line<E: From<std::io::Error>>(
 fn emit<E>(
     line: &[u8],
     lossy: &mut String,
-    f: &mut impl FnMut(&str) -> Result<(), E>,
+    f: &mut impl FnMut(&[&str]) -> Result<(), E>,
 ) -> Result<(), E> {
     let line = &line[..line.len().min(MAX_LINE)];
     match std::str::from_utf8(line) {
-        Ok(t) => f(trim(t)),
+        Ok(t) => f(&[trim(t)]),
         Err(_) => {
             lossy.clear();
             lossy.push_str(&String::from_utf8_lossy(line));
-            f(cap(trim(lossy)))
+            f(&[cap(trim(lossy))])
         }
     }
 }
@@ -146,6 +170,38 @@ mod tests {
             })
             .unwrap();
             assert_eq!(out, ["one", "two", "thr\u{e9}e", "four"], "{step}");
+        }
+    }
+
+    /// Batches hold the lines one by one gives, in order, at most `max`.
+    #[test]
+    fn batches_are_the_lines_in_order() {
+        let mut input = Vec::new();
+        for n in 0..1000 {
+            input.extend(format!("line {n}\n").as_bytes());
+            if n % 97 == 0 {
+                input.extend(b"bad \xff byte\n");
+            }
+        }
+        input.extend(std::iter::repeat_n(b'a', BLOCK + 5));
+        input.extend(b"\nend");
+        // A few bytes at a time (each read looks for the block's last
+        // newline again) only through the start.
+        for (max, step, len) in [
+            (3, 7, 3000),
+            (1, 4096, input.len()),
+            (64, 1 << 16, input.len()),
+        ] {
+            let input = &input[..len];
+            let want = lines(input);
+            let mut got = Vec::new();
+            for_each_batch::<std::io::Error>(Trickle(input, step), max, |batch| {
+                assert!((1..=max).contains(&batch.len()));
+                got.extend(batch.iter().map(|l| l.to_string()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "{max} {step}");
         }
     }
 

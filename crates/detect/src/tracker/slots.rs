@@ -1,7 +1,7 @@
 //! The per-pair state of the [`Tracker`](super::Tracker): one cache line
 //! per (rule, attacker) pair ([`Slot`]) holding its failure times in a
-//! small ring, moved to a [`Wide`] ring when the rule counts more, and which
-//! stage those times reach ([`to_fire`]).
+//! small ring, moved to a wider ring (`rings.rs`) when the rule counts
+//! more, and which stage those times reach ([`to_fire`]).
 
 use std::net::IpAddr;
 
@@ -14,11 +14,12 @@ pub(super) const NONE_FIRED: u8 = u8::MAX;
 pub(super) const FREE: u16 = u16::MAX;
 
 /// Failure times kept in the slot itself (as offsets from its base time);
-/// a pair of a rule counting more moves its times to a [`Wide`] ring once
+/// a pair of a rule counting more moves its times to a wider ring once
 /// it has more failures than that (most attackers never do).
 pub(super) const INLINE_TIMES: usize = 5;
 
-/// `Slot::flags`: the times are in `Tracker::wide`.
+/// `Slot::flags`: the times are in a ring of `Tracker::rings` (see
+/// [`Slot::ring`]).
 pub(super) const WIDE: u8 = 1;
 /// `Slot::flags`: a counted failure could have been forged.
 pub(super) const FORGEABLE: u8 = 2;
@@ -59,21 +60,6 @@ pub(super) struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
-/// The times of a slot whose rule counts more than [`INLINE_TIMES`]
-/// failures, or whose times span more than 32 bits of milliseconds.
-pub(super) struct Wide {
-    pub(super) times: Vec<u64>,
-    pub(super) head: usize,
-    pub(super) len: usize,
-    pub(super) sorted: usize,
-}
-
-impl Wide {
-    /// Heap bytes of a ring of `cap` times, with its map entry.
-    pub(super) fn bytes(cap: usize) -> usize {
-        cap * 8 + 64
-    }
-}
 /// Read access to a ring of failure times, newest first.
 pub(super) trait Times {
     fn len(&self) -> usize;
@@ -160,38 +146,6 @@ impl Times for Inline<'_> {
     }
 }
 
-impl Times for Wide {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn sorted(&self) -> usize {
-        self.sorted
-    }
-    #[inline]
-    fn time(&self, back: usize) -> u64 {
-        self.times[ring_index(self.head, self.len - 1 - back, self.times.len())]
-    }
-}
-
-impl Wide {
-    #[inline]
-    pub(super) fn push(&mut self, t: u64) {
-        let cap = self.times.len();
-        self.sorted = if self.len > 0 && t >= self.time(0) {
-            (self.sorted + 1).min(cap)
-        } else {
-            1
-        };
-        if self.len == cap {
-            self.times[self.head] = t;
-            self.head = ring_index(self.head, 1, cap);
-        } else {
-            self.times[ring_index(self.head, self.len, cap)] = t;
-            self.len += 1;
-        }
-    }
-}
-
 impl Slot {
     #[inline]
     pub(super) fn is_wide(&self) -> bool {
@@ -244,20 +198,30 @@ impl Slot {
         true
     }
 
-    /// The inline times (a ring of capacity `cap`) as a [`Wide`] ring of
-    /// capacity `wide`.
-    pub(super) fn widen(&self, cap: usize, wide: usize) -> Wide {
+    /// The inline times (a ring of capacity `cap`), oldest first, and how
+    /// many of the newest are in order: to move them to a wider ring.
+    pub(super) fn oldest_first(&self, cap: usize) -> ([u64; INLINE_TIMES], usize, usize) {
         let len = usize::from(self.t_len);
-        let mut times = vec![0; wide];
+        let mut times = [0; INLINE_TIMES];
         for (k, x) in times.iter_mut().take(len).enumerate() {
             *x = self.inline(cap).time(len - 1 - k);
         }
-        Wide {
-            times,
-            head: 0,
-            len,
-            sorted: usize::from(self.t_sorted),
-        }
+        (times, len, usize::from(self.t_sorted))
+    }
+
+    /// The offset of the slot's ring in the tracker's [`Rings`], when it is
+    /// [`WIDE`] (its inline times are then unused: the first holds it).
+    ///
+    /// [`Rings`]: super::rings::Rings
+    #[inline]
+    pub(super) fn ring(&self) -> u32 {
+        self.times[0]
+    }
+
+    /// Moves the slot's times to the ring at `at`.
+    pub(super) fn set_ring(&mut self, at: u32) {
+        self.times[0] = at;
+        self.flags |= WIDE;
     }
 
     /// The counted network.

@@ -43,6 +43,24 @@ impl SlotTable {
         prefetch(&self.entries[self.home(hash)]);
     }
 
+    /// The slot of the first entry with `hash`'s bits, if any: most likely
+    /// the pair's, to ask the processor for before it is needed.
+    #[inline]
+    pub(super) fn likely(&self, hash: u64) -> Option<u32> {
+        let (mask, tag) = (self.mask(), hash as u32);
+        let mut at = self.home(hash);
+        loop {
+            let e = self.entries[at];
+            if e == 0 {
+                return None;
+            }
+            if (e >> 32) as u32 == tag {
+                return Some(e as u32 - 1);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
     /// The slot whose entry has `hash`'s bits and for which `eq` holds.
     #[inline]
     pub(super) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
@@ -148,7 +166,7 @@ pub(super) fn random_seed() -> u64 {
 /// Asks the processor to bring the cache line of `p` in (no effect on
 /// other targets).
 #[inline(always)]
-fn prefetch<T>(p: &T) {
+pub(super) fn prefetch<T>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch only hints the cache; `p` is a valid reference.
     unsafe {
