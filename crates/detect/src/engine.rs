@@ -241,13 +241,21 @@ struct ShortKey {
 }
 
 impl ShortKey {
+    #[inline]
     fn of(name: &str) -> ShortKey {
-        let mut head = [0u8; 8];
-        let n = name.len().min(8);
-        head[..n].copy_from_slice(&name.as_bytes()[..n]);
+        let b = name.as_bytes();
+        // Byte by byte below eight: a copy of a length not known until now
+        // is a call to `memcpy`, which costs more than the whole key.
+        let head = match b.first_chunk::<8>() {
+            Some(head) => u64::from_le_bytes(*head),
+            None => b
+                .iter()
+                .enumerate()
+                .fold(0, |h, (i, &c)| h | u64::from(c) << (8 * i)),
+        };
         ShortKey {
             len: name.len(),
-            head: u64::from_le_bytes(head),
+            head,
         }
     }
 

@@ -218,12 +218,11 @@ pub struct Tracker {
     forgeable_sources: Vec<Arc<str>>,
     hits: Vec<Hit>,
     /// For [`Tracker::observe_lines`]: where each line's verdicts end, and
-    /// the hashes of the pairs they count.
+    /// the counted network and hash of each failure.
     batch_ends: Vec<usize>,
-    batch_hashes: Vec<u64>,
+    batch_keys: Vec<(Net, u64)>,
     /// A cleaned evidence line, when the line needs cleaning.
     line: String,
-    staged: Vec<u8>,
     evicted: u64,
 }
 
@@ -291,9 +290,8 @@ impl Tracker {
             forgeable_sources: Vec::new(),
             hits: Vec::new(),
             batch_ends: Vec::new(),
-            batch_hashes: Vec::new(),
+            batch_keys: Vec::new(),
             line: String::new(),
-            staged: Vec::new(),
             evicted: 0,
         }
     }
@@ -366,10 +364,10 @@ impl Tracker {
         let forgeable = self.forgeable_sources.iter().any(|s| **s == *source);
         let mut hits = std::mem::take(&mut self.hits);
         let mut ends = std::mem::take(&mut self.batch_ends);
-        let mut hashes = std::mem::take(&mut self.batch_hashes);
+        let mut keys = std::mem::take(&mut self.batch_keys);
         hits.clear();
         ends.clear();
-        hashes.clear();
+        keys.clear();
         for text in lines {
             self.engine.check(source, text, &mut hits);
             ends.push(hits.len());
@@ -379,17 +377,17 @@ impl Tracker {
                 let net = self.counted(hit.rule, address);
                 let hash = self.hash(hit.rule, &net);
                 self.table.prefetch(hash);
-                hashes.push(hash);
+                keys.push((net, hash));
             }
         }
-        for &hash in &hashes {
+        for &(_, hash) in &keys {
             if let Some(i) = self.table.likely(hash) {
                 table::prefetch(&self.slots[i as usize]);
             }
         }
         // The rings of those with many failures (the slots have come by
         // now, most of them).
-        for &hash in &hashes {
+        for &(_, hash) in &keys {
             if let Some(i) = self.table.likely(hash) {
                 let s = &self.slots[i as usize];
                 if s.is_wide() {
@@ -397,20 +395,26 @@ impl Tracker {
                 }
             }
         }
-        let mut from = 0;
+        let (mut from, mut key) = (0, 0);
         let mut done = Ok(());
         for (k, text) in lines.iter().enumerate() {
             let to = ends[k];
-            let events = self.count(text, &hits[from..to], &mut || now(k), forgeable);
-            done = each(k, events, &hits[from..to]);
+            let line = &hits[from..to];
+            let failures = line
+                .iter()
+                .filter(|h| h.kind == HitKind::Bad && h.address.is_some())
+                .count();
+            let line_keys = &keys[key..key + failures];
+            let events = self.count(text, line, line_keys, &mut || now(k), forgeable);
+            done = each(k, events, line);
             if done.is_err() {
                 break;
             }
-            from = to;
+            (from, key) = (to, key + failures);
         }
         self.hits = hits;
         self.batch_ends = ends;
-        self.batch_hashes = hashes;
+        self.batch_keys = keys;
         done
     }
 
@@ -424,21 +428,26 @@ impl Tracker {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         self.engine.check(source, text, &mut hits);
-        let events = self.count(text, &hits, now, forgeable);
+        let events = self.count(text, &hits, &[], now, forgeable);
         self.hits = hits;
         (events, &self.hits)
     }
 
     /// Counts the verdicts `hits` of line `text`.
+    /// Counts the verdicts `hits` of line `text`; `keys` are the counted
+    /// network and hash of each failure with an address among them, in
+    /// order, if they were worked out already.
     fn count(
         &mut self,
         text: &str,
         hits: &[Hit],
+        keys: &[(Net, u64)],
         now: &mut dyn FnMut() -> Timestamp,
         forgeable: bool,
     ) -> Vec<Event> {
         let mut at = None;
         let mut events = Vec::new();
+        let mut keys = keys.iter();
         for hit in hits {
             let Some(address) = hit.address else {
                 continue;
@@ -447,9 +456,12 @@ impl Tracker {
                 HitKind::Ignored => {}
                 HitKind::Good => events.push(self.forgive(hit.rule, address)),
                 HitKind::Bad => {
-                    let net = self.counted(hit.rule, address);
+                    let (net, hash) = keys.next().copied().unwrap_or_else(|| {
+                        let net = self.counted(hit.rule, address);
+                        (net, self.hash(hit.rule, &net))
+                    });
                     let now = *at.get_or_insert_with(&mut *now);
-                    if let Some(e) = self.failure(hit.rule, net, text, now, forgeable) {
+                    if let Some(e) = self.failure(hit.rule, net, hash, text, now, forgeable) {
                         events.push(e);
                     }
                 }
@@ -568,17 +580,12 @@ impl Tracker {
         &mut self,
         rule: usize,
         net: Net,
+        hash: u64,
         text: &str,
         now: Timestamp,
         forgeable: bool,
     ) -> Option<Event> {
         let t = now.as_millis();
-        let hash = self.hash(rule, &net);
-        self.table.prefetch(hash);
-        // This failure's evidence line, while the table entry comes.
-        if self.limits.evidence_lines > 0 {
-            self.stage_evidence(text);
-        }
         let i = self.slot_for(rule, &net, hash, t);
         let iu = i as usize;
         let counting = &self.rules[rule];
@@ -611,19 +618,10 @@ impl Tracker {
             to_fire(&s.inline(cap), &info.stages, fired, t)
         };
         if self.limits.evidence_lines > 0 {
-            s.evidence = self.log.push(s.evidence, &self.staged);
+            let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
+            s.evidence = self.log.push(s.evidence, line.as_bytes(), more);
         }
         Some(self.fire(iu, rule, fire?, net, count, t))
-    }
-
-    /// The cleaned and capped evidence line of a failure, into `staged`.
-    fn stage_evidence(&mut self, text: &str) {
-        let (line, more) = capped(text.trim_end(), self.limits.evidence_len, &mut self.line);
-        self.staged.clear();
-        self.staged.extend_from_slice(line.as_bytes());
-        if more {
-            self.staged.extend_from_slice("…".as_bytes());
-        }
     }
 
     /// The slot of (rule, net), made (taking the place of the pair least

@@ -60,16 +60,22 @@ impl EvidenceLog {
         out[first..].copy_from_slice(&self.buf[..rest]);
     }
 
-    /// Appends `line` after the record at `prev` (a position plus one, or
-    /// 0); returns the new record's position plus one.
+    /// Appends `line`, followed by "…" if it was `cut`, after the record
+    /// at `prev` (a position plus one, or 0); returns the new record's
+    /// position plus one.
     #[inline]
-    pub(super) fn push(&mut self, prev: u64, line: &[u8]) -> u64 {
+    pub(super) fn push(&mut self, prev: u64, line: &[u8], cut: bool) -> u64 {
+        const MORE: &[u8] = "…".as_bytes();
         let pos = self.written;
+        let len = line.len() + if cut { MORE.len() } else { 0 };
         let mut head = [0u8; RECORD_HEAD];
         head[..8].copy_from_slice(&prev.to_le_bytes());
-        head[8..].copy_from_slice(&(line.len() as u16).to_le_bytes());
+        head[8..].copy_from_slice(&(len as u16).to_le_bytes());
         self.write(&head);
         self.write(line);
+        if cut {
+            self.write(MORE);
+        }
         pos + 1
     }
 
