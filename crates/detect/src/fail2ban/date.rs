@@ -824,6 +824,35 @@ mod tests {
         assert!(separators >= 3, "{separators} templates with separators");
     }
 
+    /// Lines an attacker shapes after the separators of the templates that
+    /// repeat one (long runs of separators and digits, two separators
+    /// that differ): answered as the groups answer them.
+    #[test]
+    fn crafted_separators_are_answered_as_the_groups_give_them() {
+        let d = DateDetector::new(None).unwrap();
+        let crafted = [
+            format!("2024{}01 00:00:02", "/03".repeat(8 * 1024)),
+            format!("2024-03/01 00:00:02{}", "-".repeat(64 * 1024)),
+            format!("{}2024.03.01 00:00:02", "1.".repeat(16 * 1024)),
+            format!("01/{}/2024 0:00:02", "Jan/".repeat(8 * 1024)),
+        ];
+        for t in &d.templates {
+            let Some(fast) = t.forms().and_then(|f| f.fast.as_ref()) else {
+                continue;
+            };
+            let Some(date) = fast.leading.as_ref().filter(|d| d.len() > 1) else {
+                continue;
+            };
+            for line in &crafted {
+                let want = fast.pattern.captures(line).map(|c| {
+                    let (s, e) = c[t.group].unwrap();
+                    (c[0].unwrap().0, s, e)
+                });
+                assert_eq!(Fast::leading_date(date, line).unwrap(), want, "{}", t.name);
+            }
+        }
+    }
+
     #[test]
     fn line_begin_defaults() {
         let mut d = DateDetector::new(Some("{^LN-BEG}")).unwrap();
