@@ -84,6 +84,107 @@ struct WouldBan {
     time: Timestamp,
 }
 
+/// What `palisade detect` gathers and writes as it reads.
+struct Report<'a, W> {
+    names: &'a [String],
+    rule_of: HashMap<&'a str, usize>,
+    stats: Vec<RuleStats>,
+    bans: Vec<WouldBan>,
+    /// With `--json`.
+    json: Option<JsonLine>,
+    show_matches: bool,
+    out: W,
+}
+
+impl<W: Write> Report<'_, W> {
+    /// Line `lineno` (`text`, of time `time`), its verdicts and the events
+    /// they made.
+    fn line(
+        &mut self,
+        lineno: usize,
+        text: &str,
+        time: Timestamp,
+        events: Vec<Event>,
+        hits: &[Hit],
+    ) -> std::io::Result<()> {
+        for h in hits {
+            let s = &mut self.stats[h.rule];
+            match h.kind {
+                HitKind::Bad => s.bad += 1,
+                HitKind::Good => s.good += 1,
+                HitKind::Ignored => s.ignored += 1,
+            }
+        }
+        if let Some(json) = &mut self.json {
+            for h in hits {
+                let ban = events.iter().find_map(|e| match e {
+                    Event::Ban {
+                        rule,
+                        address,
+                        stage,
+                        span,
+                        count,
+                        trust,
+                        ..
+                    } if *rule == self.names[h.rule]
+                        && h.address.is_some_and(|a| address.contains(&a)) =>
+                    {
+                        Some((address, stage, span, count, trust))
+                    }
+                    _ => None,
+                });
+                json.write(&mut self.out, lineno, h, time, ban)?;
+            }
+        } else if self.show_matches {
+            for h in hits {
+                let kind = kind_name(h.kind);
+                let addr = h
+                    .address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    self.out,
+                    "{lineno}: {} {kind} {addr}: {}",
+                    self.names[h.rule],
+                    palisade_model::decision::clean_text(text)
+                )?;
+            }
+        }
+        for e in events {
+            match e {
+                Event::Ban {
+                    rule,
+                    address,
+                    stage,
+                    span,
+                    scope,
+                    count,
+                    trust,
+                    ..
+                } => {
+                    let rule = self.rule_of[rule.as_str()];
+                    self.stats[rule].bans += 1;
+                    self.bans.push(WouldBan {
+                        line: lineno,
+                        rule,
+                        address,
+                        stage: stage.name,
+                        count,
+                        span,
+                        scope,
+                        trust,
+                        time,
+                    });
+                }
+                Event::Forgive { rule, .. } => {
+                    self.stats[self.rule_of[rule.as_str()]].forgiven += 1
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs `palisade detect` with the rules and counting limits of the
 /// configuration file.
 pub fn run(
@@ -117,11 +218,16 @@ pub fn run(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let mut stats: Vec<RuleStats> = names.iter().map(|_| RuleStats::default()).collect();
-    let mut bans: Vec<WouldBan> = Vec::new();
     let out = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
-    let mut json = JsonLine::new(&names);
+    let mut report = Report {
+        names: &names,
+        rule_of,
+        stats: names.iter().map(|_| RuleStats::default()).collect(),
+        bans: Vec::new(),
+        json: args.json.then(|| JsonLine::new(&names)),
+        show_matches: args.show_matches,
+        out: std::io::BufWriter::with_capacity(1 << 16, out.lock()),
+    };
     let clock = RefCell::new(BatchClock {
         clock: LineClock::new(year),
         noted: 0,
@@ -136,88 +242,21 @@ pub fn run(
             if hits.is_empty() {
                 return Ok(());
             }
-            let last_time = clock.borrow_mut().upto(lines, k).now();
-            let text = lines[k];
-            for h in hits {
-                let s = &mut stats[h.rule];
-                match h.kind {
-                    HitKind::Bad => s.bad += 1,
-                    HitKind::Good => s.good += 1,
-                    HitKind::Ignored => s.ignored += 1,
-                }
-            }
-            if args.json {
-                for h in hits {
-                    let ban = events.iter().find_map(|e| match e {
-                        Event::Ban {
-                            rule,
-                            address,
-                            stage,
-                            span,
-                            count,
-                            trust,
-                            ..
-                        } if *rule == names[h.rule]
-                            && h.address.is_some_and(|a| address.contains(&a)) =>
-                        {
-                            Some((address, stage, span, count, trust))
-                        }
-                        _ => None,
-                    });
-                    json.write(&mut out, lineno, h, last_time, ban)?;
-                }
-            } else if args.show_matches {
-                for h in hits {
-                    let kind = kind_name(h.kind);
-                    let addr = h
-                        .address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "-".into());
-                    writeln!(
-                        out,
-                        "{lineno}: {} {kind} {addr}: {}",
-                        names[h.rule],
-                        palisade_model::decision::clean_text(text)
-                    )?;
-                }
-            }
-            for e in events {
-                match e {
-                    Event::Ban {
-                        rule,
-                        address,
-                        stage,
-                        span,
-                        scope,
-                        count,
-                        trust,
-                        ..
-                    } => {
-                        let rule = rule_of[rule.as_str()];
-                        stats[rule].bans += 1;
-                        bans.push(WouldBan {
-                            line: lineno,
-                            rule,
-                            address,
-                            stage: stage.name,
-                            count,
-                            span,
-                            scope,
-                            trust,
-                            time: last_time,
-                        });
-                    }
-                    Event::Forgive { rule, .. } => stats[rule_of[rule.as_str()]].forgiven += 1,
-                }
-            }
-            Ok::<(), anyhow::Error>(())
+            let time = clock.borrow_mut().upto(lines, k).now();
+            report.line(lineno, lines[k], time, events, hits)
         })?;
         // The lines after the last that needed its time.
         clock.borrow_mut().upto(lines, lines.len());
-        Ok::<(), anyhow::Error>(())
+        Ok::<(), std::io::Error>(())
     });
     read.with_context(|| format!("reading {}", args.log.display()))?;
     let elapsed = started.elapsed();
+    let Report {
+        stats,
+        bans,
+        mut out,
+        ..
+    } = report;
     let summary = Summary {
         lines: lineno,
         timed: clock.borrow().clock.timed,
