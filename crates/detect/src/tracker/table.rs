@@ -47,18 +47,7 @@ impl SlotTable {
     /// the pair's, to ask the processor for before it is needed.
     #[inline]
     pub(super) fn likely(&self, hash: u64) -> Option<u32> {
-        let (mask, tag) = (self.mask(), hash as u32);
-        let mut at = self.home(hash);
-        loop {
-            let e = self.entries[at];
-            if e == 0 {
-                return None;
-            }
-            if (e >> 32) as u32 == tag {
-                return Some(e as u32 - 1);
-            }
-            at = (at + 1) & mask;
-        }
+        self.find(hash, |_| true)
     }
 
     /// The slot whose entry has `hash`'s bits and for which `eq` holds.
