@@ -600,9 +600,15 @@ impl Tracker {
                 // More failures than the slot holds, or times more than 49
                 // days apart: keep them in full.
                 let (times, len, sorted) = s.oldest_first(cap);
-                let at = self.rings.add(max_count, &times[..len], sorted);
-                self.rings.push(at, t);
-                s.set_ring(at);
+                match self.rings.add(max_count, &times[..len], sorted) {
+                    Some(at) => {
+                        self.rings.push(at, t);
+                        s.set_ring(at);
+                    }
+                    // No room for more rings (tens of GiB of them): the
+                    // slot keeps the newest it holds.
+                    None => s.keep_time(t, cap),
+                }
             }
         } else {
             self.rings.push(s.ring(), t);
@@ -1207,6 +1213,29 @@ mod tests {
         for event in ["Ban", "Forgive", "BLOCKER"] {
             assert!(want.iter().any(|w| w.contains(event)), "no {event}");
         }
+    }
+
+    /// Without room for a wider ring, a pair keeps counting its newest
+    /// inline failures: the stages within them still fire.
+    #[test]
+    fn without_room_for_rings_the_newest_failures_count() {
+        let (mut full, mut room) = (tracker(Limits::default()), tracker(Limits::default()));
+        full.rings = Rings::at_most(0);
+        let (mut stages_full, mut stages_room) = (Vec::new(), Vec::new());
+        for s in 0..12 {
+            for (t, stages) in [(&mut full, &mut stages_full), (&mut room, &mut stages_room)] {
+                for e in t.observe(&line("bad from 198.51.100.7"), at(s)) {
+                    if let Event::Ban { stage, .. } = e {
+                        stages.push(stage.name);
+                    }
+                }
+            }
+        }
+        // The throttle (3 within a minute) fires either way; the block (10
+        // within an hour) needs more times than a slot holds.
+        assert_eq!(stages_room, ["throttle", "block"]);
+        assert_eq!(stages_full, ["throttle"]);
+        assert_eq!(full.rings.bytes(), 0);
     }
 
     #[test]

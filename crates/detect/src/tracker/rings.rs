@@ -15,10 +15,18 @@ pub(super) struct Rings {
     used: usize,
     /// Offsets of freed rings, by capacity, for the next ring of that size.
     free: Vec<(usize, Vec<u32>)>,
+    /// Most chunks ([`MAX_CHUNKS`], fewer in tests).
+    most: usize,
 }
 
-/// Words in a chunk (512 KiB): the largest ring and its header fit.
-const CHUNK: usize = 1 << 16;
+/// Bits of an offset that give the place in a chunk; the others give the
+/// chunk.
+const POS_BITS: u32 = 13;
+/// Words in a chunk (64 KiB, as little of a small budget as the evidence
+/// log's least): the largest ring and its header fit.
+const CHUNK: usize = 1 << POS_BITS;
+/// Most chunks (32 GiB).
+const MAX_CHUNKS: usize = 1 << (32 - POS_BITS);
 
 /// A ring's header: where its oldest time is, how many times it holds, how
 /// many of the newest are in order (for those, the n-th newest is also the
@@ -59,6 +67,16 @@ impl Rings {
             chunks: Vec::new(),
             used: CHUNK,
             free: Vec::new(),
+            most: MAX_CHUNKS,
+        }
+    }
+
+    /// An arena of at most `most` chunks.
+    #[cfg(test)]
+    pub(super) fn at_most(most: usize) -> Rings {
+        Rings {
+            most,
+            ..Rings::new()
         }
     }
 
@@ -70,22 +88,23 @@ impl Rings {
     /// A ring's words: its header, then its times.
     #[inline]
     fn words(&self, at: u32) -> &[u64] {
-        let (chunk, pos) = ((at >> 16) as usize, (at & 0xffff) as usize);
+        let (chunk, pos) = place(at);
         let words = &self.chunks[chunk][pos..];
         &words[..1 + Header::read(words[0]).cap]
     }
 
     #[inline]
     fn words_mut(&mut self, at: u32) -> &mut [u64] {
-        let (chunk, pos) = ((at >> 16) as usize, (at & 0xffff) as usize);
+        let (chunk, pos) = place(at);
         let words = &mut self.chunks[chunk][pos..];
         let cap = Header::read(words[0]).cap;
         &mut words[..1 + cap]
     }
 
     /// A new ring of capacity `cap` holding `times` (oldest first, at most
-    /// `cap` of them), with its newest `sorted` in order; its offset.
-    pub(super) fn add(&mut self, cap: usize, times: &[u64], sorted: usize) -> u32 {
+    /// `cap` of them), with its newest `sorted` in order; its offset, or
+    /// `None` if the arena is at its most chunks.
+    pub(super) fn add(&mut self, cap: usize, times: &[u64], sorted: usize) -> Option<u32> {
         assert!((1..=MAX_RING).contains(&cap) && times.len() <= cap);
         let reused = self
             .free
@@ -96,19 +115,18 @@ impl Rings {
             Some(at) => at,
             None => {
                 if self.used + 1 + cap > CHUNK {
+                    if self.chunks.len() == self.most {
+                        return None;
+                    }
                     self.chunks.push(vec![0; CHUNK].into_boxed_slice());
                     self.used = 0;
                 }
-                let chunk = u32::try_from(self.chunks.len() - 1)
-                    .ok()
-                    .filter(|&c| c <= 0xffff)
-                    .expect("the memory budget keeps the arena under 32 GiB");
-                let at = chunk << 16 | self.used as u32;
+                let at = ((self.chunks.len() - 1) << POS_BITS | self.used) as u32;
                 self.used += 1 + cap;
                 at
             }
         };
-        let (chunk, pos) = ((at >> 16) as usize, (at & 0xffff) as usize);
+        let (chunk, pos) = place(at);
         let words = &mut self.chunks[chunk][pos..pos + 1 + cap];
         words[0] = Header {
             head: 0,
@@ -118,7 +136,7 @@ impl Rings {
         }
         .word();
         words[1..1 + times.len()].copy_from_slice(times);
-        at
+        Some(at)
     }
 
     /// Frees the ring at `at` for a later one of its size.
@@ -169,11 +187,17 @@ impl Rings {
     /// Asks the processor for the ring at `at` before it is read.
     #[inline]
     pub(super) fn prefetch(&self, at: u32) {
-        let (chunk, pos) = ((at >> 16) as usize, (at & 0xffff) as usize);
+        let (chunk, pos) = place(at);
         if let Some(w) = self.chunks.get(chunk).and_then(|c| c.get(pos)) {
             super::table::prefetch(w);
         }
     }
+}
+
+/// The chunk and the place in it of the ring at `at`.
+#[inline]
+fn place(at: u32) -> (usize, usize) {
+    ((at >> POS_BITS) as usize, at as usize & (CHUNK - 1))
 }
 
 /// A ring of failure times, read newest first.
@@ -209,8 +233,8 @@ mod tests {
     #[test]
     fn rings_keep_their_newest_times_and_are_reused() {
         let mut r = Rings::new();
-        let a = r.add(3, &[1, 2], 2);
-        let b = r.add(5, &[7], 1);
+        let a = r.add(3, &[1, 2], 2).unwrap();
+        let b = r.add(5, &[7], 1).unwrap();
         r.push(a, 3);
         r.push(a, 4);
         assert_eq!(newest(&r, a), [4, 3, 2]);
@@ -221,10 +245,21 @@ mod tests {
         assert_eq!(newest(&r, b), [7]);
         r.remove(a);
         let bytes = r.bytes();
-        let c = r.add(3, &[9], 1);
+        let c = r.add(3, &[9], 1).unwrap();
         assert_eq!(c, a, "a freed ring of the same size is reused");
         assert_eq!(newest(&r, c), [9]);
         assert_eq!(r.bytes(), bytes);
         assert_eq!(newest(&r, b), [7]);
+    }
+
+    #[test]
+    fn a_full_arena_refuses_rings() {
+        let mut r = Rings::at_most(1);
+        let rings = CHUNK / 21;
+        for _ in 0..rings {
+            assert!(r.add(20, &[1], 1).is_some());
+        }
+        assert!(r.add(20, &[1], 1).is_none());
+        assert_eq!(r.bytes(), CHUNK * 8);
     }
 }

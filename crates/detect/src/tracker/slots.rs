@@ -198,6 +198,16 @@ impl Slot {
         true
     }
 
+    /// Adds a failure time to the inline ring of capacity `cap`, dropping
+    /// the oldest when it is full, and every other one if the times do not
+    /// fit 32-bit offsets from one base.
+    pub(super) fn keep_time(&mut self, t: u64, cap: usize) {
+        if !self.push_time(t, cap) {
+            (self.t_head, self.t_len, self.t_sorted) = (0, 0, 0);
+            self.push_time(t, cap);
+        }
+    }
+
     /// The inline times (a ring of capacity `cap`), oldest first, and how
     /// many of the newest are in order: to move them to a wider ring.
     pub(super) fn oldest_first(&self, cap: usize) -> ([u64; INLINE_TIMES], usize, usize) {
