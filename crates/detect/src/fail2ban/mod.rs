@@ -243,7 +243,8 @@ impl Re {
             _ => Some(None),
         };
         Ok(Re {
-            relaxed_is_itself: relax(&t).as_deref() == Some(t.as_str()),
+            // Known for failregexes once the filter relaxes them.
+            relaxed_is_itself: false,
             source: t,
             pat,
             segments,
@@ -599,7 +600,7 @@ impl Filter {
             .as_deref()
             .map(|p| Re::new(p, ml, "prefregex"))
             .transpose()?;
-        let failregex = def
+        let mut failregex = def
             .failregex
             .iter()
             .map(|r| Re::new(r, ml, "failregex"))
@@ -628,9 +629,10 @@ impl Filter {
         let mut in_set = Vec::new();
         let mut always = Vec::new();
         let mut relaxed = Vec::new();
-        for (i, r) in failregex.iter().enumerate() {
+        for (i, r) in failregex.iter_mut().enumerate() {
             match relax(&r.source) {
                 Some(x) => {
+                    r.relaxed_is_itself = x == r.source;
                     in_set.push(i);
                     relaxed.push(x);
                 }
@@ -646,8 +648,11 @@ impl Filter {
                 .as_ref()
                 .and_then(|p| relax(&p.source))
                 .and_then(|r| literals::required(&r));
-            let fail = relaxed_all(&failregex)
-                .and_then(|all| literals::union(all.iter().map(|r| literals::required(r))));
+            // Every failregex must have a relaxed form.
+            let fail = always
+                .is_empty()
+                .then(|| literals::union(relaxed.iter().map(|r| literals::required(r))))
+                .flatten();
             literals = [pref, fail]
                 .into_iter()
                 .flatten()
@@ -1056,12 +1061,6 @@ impl Filter {
         self.mlfid_order.push_back((id.to_string(), n));
         self.mlfid.insert(id.to_string(), (sh, n));
     }
-}
-
-/// Each failregex in a form the `regex` crate parses (look-around
-/// dropped: a superset), or `None` if one has none.
-fn relaxed_all(failregex: &[Re]) -> Option<Vec<String>> {
-    failregex.iter().map(|r| relax(&r.source)).collect()
 }
 
 fn update_users(f: &mut Fail, user: Option<&str>) -> Option<BTreeSet<String>> {
