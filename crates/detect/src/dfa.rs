@@ -302,9 +302,12 @@ pub(crate) fn has(set: &[u64; 4], b: u8) -> bool {
 pub(crate) struct Dfas {
     dfas: Vec<DFA>,
     caches: Vec<Cache>,
-    /// Reverse DFAs already built, by the expression they match (the host
-    /// expression is shared by every pattern).
+    /// Reverse DFAs, and forward ones reporting every match, already
+    /// built, by the expression they match (the host expression is shared
+    /// by every pattern; what comes before a part, by its split's two ways
+    /// of placing it).
     reverse: Vec<(Hir, usize)>,
+    forward: Vec<(Hir, usize)>,
     ends: Vec<usize>,
     starts: Vec<usize>,
     pairs: Vec<(usize, usize)>,
@@ -404,8 +407,13 @@ impl Dfas {
     /// A forward DFA reporting every match of `hir`, or `None` if it
     /// cannot be built.
     pub(crate) fn forward_all(&mut self, hir: &Hir) -> Option<usize> {
+        if let Some((_, id)) = self.forward.iter().find(|(h, _)| h == hir) {
+            return Some(*id);
+        }
         let dfa = self.build(hir, false, MatchKind::All)?;
-        Some(self.add(dfa))
+        let id = self.add(dfa);
+        self.forward.push((hir.clone(), id));
+        Some(id)
     }
 
     /// Where the only match of the forward DFA `dfa` (from
@@ -491,8 +499,8 @@ impl Dfas {
                 .build(&after, false, MatchKind::All)
                 .map(|s| first_bytes(&s))
                 .filter(|s_first| (0..4).all(|k| h[k] & s_first[k] == 0))
-                .and_then(|_| self.build(&before, false, MatchKind::All))
-                .map(|p_forward| (self.add(p_forward), h)),
+                .and_then(|_| self.forward_all(&before))
+                .map(|p_forward| (p_forward, h)),
             _ => None,
         };
         Some(HostSplit {
