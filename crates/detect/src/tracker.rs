@@ -206,7 +206,7 @@ pub struct Tracker {
     pair_budget: usize,
     rules: Vec<RuleCounting>,
     slots: Vec<Slot>,
-    /// Times of the slots marked [`WIDE`], and their bytes.
+    /// Failure times of the slots whose rule counts more than they hold.
     rings: Rings,
     free: Vec<u32>,
     /// Slot numbers, by hash of (rule, address).
@@ -217,9 +217,9 @@ pub struct Tracker {
     log: EvidenceLog,
     forgeable_sources: Vec<Arc<str>>,
     hits: Vec<Hit>,
-    /// For [`Tracker::observe_lines`]: where each line's verdicts end, and
-    /// the counted network and hash of each failure.
-    batch_ends: Vec<usize>,
+    /// For [`Tracker::observe_lines`]: where each line's verdicts and
+    /// failures end, and the counted network and hash of each failure.
+    batch_ends: Vec<(usize, usize)>,
     batch_keys: Vec<(Net, u64)>,
     /// A cleaned evidence line, when the line needs cleaning.
     line: String,
@@ -370,15 +370,19 @@ impl Tracker {
         keys.clear();
         for text in lines {
             self.engine.check(source, text, &mut hits);
-            ends.push(hits.len());
+            ends.push((hits.len(), 0));
         }
-        for hit in &hits {
-            if let (HitKind::Bad, Some(address)) = (hit.kind, hit.address) {
-                let net = self.counted(hit.rule, address);
-                let hash = self.hash(hit.rule, &net);
-                self.table.prefetch(hash);
-                keys.push((net, hash));
+        let mut from = 0;
+        for end in &mut ends {
+            for hit in &hits[from..end.0] {
+                if let (HitKind::Bad, Some(address)) = (hit.kind, hit.address) {
+                    let net = self.counted(hit.rule, address);
+                    let hash = self.hash(hit.rule, &net);
+                    self.table.prefetch(hash);
+                    keys.push((net, hash));
+                }
             }
+            (from, end.1) = (end.0, keys.len());
         }
         for &(_, hash) in &keys {
             if let Some(i) = self.table.likely(hash) {
@@ -398,19 +402,14 @@ impl Tracker {
         let (mut from, mut key) = (0, 0);
         let mut done = Ok(());
         for (k, text) in lines.iter().enumerate() {
-            let to = ends[k];
+            let (to, key_to) = ends[k];
             let line = &hits[from..to];
-            let failures = line
-                .iter()
-                .filter(|h| h.kind == HitKind::Bad && h.address.is_some())
-                .count();
-            let line_keys = &keys[key..key + failures];
-            let events = self.count(text, line, line_keys, &mut || now(k), forgeable);
+            let events = self.count(text, line, &keys[key..key_to], &mut || now(k), forgeable);
             done = each(k, events, line);
             if done.is_err() {
                 break;
             }
-            (from, key) = (to, key + failures);
+            (from, key) = (to, key_to);
         }
         self.hits = hits;
         self.batch_ends = ends;
@@ -433,7 +432,6 @@ impl Tracker {
         (events, &self.hits)
     }
 
-    /// Counts the verdicts `hits` of line `text`.
     /// Counts the verdicts `hits` of line `text`; `keys` are the counted
     /// network and hash of each failure with an address among them, in
     /// order, if they were worked out already.
