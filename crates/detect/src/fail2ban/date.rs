@@ -780,13 +780,7 @@ mod tests {
     fn leading_dates_as_the_groups_give_them() {
         let d = DateDetector::new(None).unwrap();
         let (mut leading, mut separators) = (0, 0);
-        for t in &d.templates {
-            let Some(fast) = t.forms().and_then(|f| f.fast.as_ref()) else {
-                continue;
-            };
-            let Some(date) = &fast.leading else {
-                continue;
-            };
+        for (t, fast, date) in leading_forms(&d) {
             leading += 1;
             separators += usize::from(date.len() > 1);
             for lead in ["", " ", "[", "((", "(((", " [", "a", "_", "-x"] {
@@ -806,17 +800,7 @@ mod tests {
                     "01/Jan/2024:00:00:02 +0000",
                     "01-Jan/2024 00:00:02",
                 ] {
-                    let line = format!("{lead}{rest}");
-                    let want = fast.pattern.captures(&line).map(|c| {
-                        let (s, e) = c[t.group].unwrap();
-                        (c[0].unwrap().0, s, e)
-                    });
-                    assert_eq!(
-                        Fast::leading_date(date, &line).unwrap(),
-                        want,
-                        "{} on {line:?}",
-                        t.name
-                    );
+                    assert_leading_date(t, fast, date, &format!("{lead}{rest}"));
                 }
             }
         }
@@ -836,21 +820,36 @@ mod tests {
             format!("{}2024.03.01 00:00:02", "1.".repeat(16 * 1024)),
             format!("01/{}/2024 0:00:02", "Jan/".repeat(8 * 1024)),
         ];
-        for t in &d.templates {
-            let Some(fast) = t.forms().and_then(|f| f.fast.as_ref()) else {
-                continue;
-            };
-            let Some(date) = fast.leading.as_ref().filter(|d| d.len() > 1) else {
-                continue;
-            };
+        for (t, fast, date) in leading_forms(&d).filter(|(.., date)| date.len() > 1) {
             for line in &crafted {
-                let want = fast.pattern.captures(line).map(|c| {
-                    let (s, e) = c[t.group].unwrap();
-                    (c[0].unwrap().0, s, e)
-                });
-                assert_eq!(Fast::leading_date(date, line).unwrap(), want, "{}", t.name);
+                assert_leading_date(t, fast, date, line);
             }
         }
+    }
+
+    /// The templates of `d` with a leading form: each with its fast form
+    /// and DATE's regexes.
+    fn leading_forms(d: &DateDetector) -> impl Iterator<Item = (&Template, &Fast, &[meta::Regex])> {
+        d.templates.iter().filter_map(|t| {
+            let fast = t.forms()?.fast.as_ref()?;
+            Some((&**t, fast, fast.leading.as_deref()?))
+        })
+    }
+
+    /// The date found without groups on `line` is the one the fast form's
+    /// groups give.
+    fn assert_leading_date(t: &Template, fast: &Fast, date: &[meta::Regex], line: &str) {
+        let want = fast.pattern.captures(line).map(|c| {
+            let (s, e) = c[t.group].unwrap();
+            (c[0].unwrap().0, s, e)
+        });
+        assert_eq!(
+            Fast::leading_date(date, line).unwrap(),
+            want,
+            "{} on {:?}",
+            t.name,
+            &line[..line.len().min(80)]
+        );
     }
 
     #[test]
