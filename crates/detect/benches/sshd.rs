@@ -99,37 +99,15 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Calls `f` with each line of the file (with its newline), read in 1 MiB
-/// pieces, each piece's whole lines checked as UTF-8 at once.
+/// Calls `f` with each line of the file, read as `palisade detect` reads
+/// (`logfile`).
 fn for_each_line(path: &Path, mut f: impl FnMut(&str)) {
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(2 * buf.len(), 0);
-        }
-        let n = file.read(&mut buf[len..]).unwrap();
-        if n == 0 {
-            if len > 0 {
-                f(std::str::from_utf8(&buf[..len]).expect("UTF-8"));
-            }
-            return;
-        }
-        len += n;
-        let Some(last) = memchr::memrchr(b'\n', &buf[..len]) else {
-            continue;
-        };
-        let text = std::str::from_utf8(&buf[..=last]).expect("UTF-8");
-        let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &text.as_bytes()[start..]) {
-            let end = start + nl + 1;
-            f(&text[start..end]);
-            start = end;
-        }
-        buf.copy_within(last + 1..len, 0);
-        len -= last + 1;
-    }
+    let file = std::fs::File::open(path).unwrap();
+    palisade_detect::logfile::for_each_line(file, |line| {
+        f(line);
+        Ok::<(), std::io::Error>(())
+    })
+    .unwrap();
 }
 
 fn run_palisade(path: &Path, rules: &[RuleConfig]) -> Run {
@@ -352,14 +330,14 @@ fn fastest(make: impl Fn() -> Command, out_file: &Path) -> Result<Measured, Stri
     for _ in 0..runs() {
         let m = measure(make(), out_file)?;
         best = Some(match best {
-            Some(b) if b.wall <= m.wall => Measured {
-                max_rss_kib: b.max_rss_kib.max(m.max_rss_kib),
-                ..b
-            },
-            Some(b) => Measured {
-                max_rss_kib: b.max_rss_kib.max(m.max_rss_kib),
-                ..m
-            },
+            Some(b) => {
+                let max_rss_kib = b.max_rss_kib.max(m.max_rss_kib);
+                let fastest = if b.wall <= m.wall { b } else { m };
+                Measured {
+                    max_rss_kib,
+                    ..fastest
+                }
+            }
             None => m,
         });
     }
