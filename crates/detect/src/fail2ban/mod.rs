@@ -205,11 +205,39 @@ struct Re {
     /// pattern's ends (see [`Re::search`]).
     relaxed_is_itself: bool,
     /// Named groups and their indexes.
-    names: Vec<(Arc<str>, usize)>,
+    names: Vec<(String, usize)>,
+    /// The named groups a failure is read by ([`READ`]), with their indexes:
+    /// the only ones [`Match::groups`] gives.
+    read: Vec<(&'static str, usize)>,
     /// Groups, named or not, group 0 included.
     groups: usize,
-    /// `alt_` groups and the group each stands in for, sorted.
-    alts: Vec<(Arc<str>, Arc<str>)>,
+    /// The index of each `alt_` group and the group of [`READ`] it stands
+    /// in for, sorted by the `alt_` group's name.
+    alts: Vec<(usize, &'static str)>,
+}
+
+/// The groups a failure is read by: what it reports (host, address, no
+/// failure), the multi-line failure id and the flags that merge failures
+/// under it, and the prefregex's content. No other group changes what a
+/// filter finds, so no other group is copied out of a match.
+const READ: [&str; 12] = [
+    "mlfid",
+    "content",
+    "nofail",
+    "mlfgained",
+    "mlfforget",
+    "mlfpending",
+    "user",
+    "fid",
+    "ip4",
+    "ip6",
+    "dns",
+    "cidr",
+];
+
+/// `name` as it is in [`READ`], if it is there.
+fn read_name(name: &str) -> Option<&'static str> {
+    READ.iter().copied().find(|&r| r == name)
 }
 
 impl Re {
@@ -223,19 +251,24 @@ impl Re {
             what: format!("{what} {raw:?}"),
             error,
         })?;
-        let names: Vec<(Arc<str>, usize)> = name_index(&pat)
+        let names: Vec<(String, usize)> = name_index(&pat)
             .into_iter()
-            .map(|(n, i)| (Arc::from(n), i))
+            .map(|(n, i)| (n.to_string(), i))
+            .collect();
+        let read = names
+            .iter()
+            .filter_map(|(n, i)| Some((read_name(n)?, *i)))
             .collect();
         // alt_ names merge into their base name, tuple_ names are ignored.
-        let mut alts: Vec<(Arc<str>, Arc<str>)> = names
+        let mut alts: Vec<(&str, usize, &'static str)> = names
             .iter()
-            .filter_map(|(k, _)| {
+            .filter_map(|(k, i)| {
                 let rest = k.strip_prefix("alt_")?;
-                Some((k.clone(), Arc::from(map_tag(strip_num_suffix(rest)))))
+                Some((k.as_str(), *i, read_name(&map_tag(strip_num_suffix(rest)))?))
             })
             .collect();
         alts.sort();
+        let alts = alts.into_iter().map(|(_, i, n)| (i, n)).collect();
         let groups = pat.names().len();
         let segments = Segments::new(&t).filter(|s| s.groups() == groups);
         let split = match (&pat, &segments) {
@@ -250,13 +283,14 @@ impl Re {
             segments,
             split,
             names,
+            read,
             groups,
             alts,
         })
     }
 
     fn has(&self, name: &str) -> bool {
-        self.names.iter().any(|(n, _)| &**n == name)
+        self.names.iter().any(|(n, _)| n == name)
     }
 
     /// The first match in `buf`. `end` is where the failregexes'
@@ -317,25 +351,26 @@ impl Match<'_> {
         self.caps[0].expect("group 0")
     }
 
-    /// Named groups (all of them, `None` when not participating).
+    /// The named groups a failure is read by ([`READ`]; `None` when not
+    /// participating), with `alt_` groups merged into theirs.
     fn groups(&self) -> Fail {
-        let mut f = Fail(Vec::with_capacity(self.re.names.len() + self.re.alts.len()));
+        let text = |i: usize| {
+            let (s, e) = self.caps.get(i).copied().flatten()?;
+            Some(&self.text[s..e])
+        };
+        let mut f = Fail(Vec::with_capacity(self.re.read.len() + self.re.alts.len()));
         // Names are unique within a regex.
-        for (name, i) in &self.re.names {
-            let v = self
-                .caps
-                .get(*i)
-                .copied()
-                .flatten()
-                .map(|(s, e)| self.text[s..e].to_string());
-            f.0.push((name.clone(), v.map(Val::Str).unwrap_or(Val::None)));
+        for &(name, i) in &self.re.read {
+            // The prefregex's content becomes the text, with a newline.
+            let v = text(i).map_or(Val::None, |t| Val::Str(with_room(t)));
+            f.0.push((name, v));
         }
-        for (k, n) in &self.re.alts {
-            if let Some(Val::Str(v)) = f.get(k).cloned()
+        for &(i, n) in &self.re.alts {
+            if let Some(v) = text(i)
                 && !v.is_empty()
                 && !f.get(n).is_some_and(Val::truthy)
             {
-                f.insert(n.clone(), Val::Str(v));
+                f.insert(n, Val::Str(v.to_string()));
             }
         }
         f
@@ -382,10 +417,10 @@ impl Val {
     }
 }
 
-/// A failure's named values (a few dozen at most), found by name in a
+/// A failure's named values (those of [`READ`] and `users`), found by name in a
 /// vector: cheaper to fill, copy and drop than a map.
 #[derive(Debug, Clone, Default)]
-struct Fail(Vec<(Arc<str>, Val)>);
+struct Fail(Vec<(&'static str, Val)>);
 
 impl Fail {
     fn new() -> Fail {
@@ -395,7 +430,7 @@ impl Fail {
     fn position(&self, name: &str) -> Option<usize> {
         self.0
             .iter()
-            .position(|(n, _)| n.len() == name.len() && **n == *name)
+            .position(|(n, _)| n.len() == name.len() && *n == name)
     }
 
     fn get(&self, name: &str) -> Option<&Val> {
@@ -406,8 +441,8 @@ impl Fail {
         self.position(name).map(|i| &mut self.0[i].1)
     }
 
-    fn insert(&mut self, name: Arc<str>, v: Val) {
-        match self.position(&name) {
+    fn insert(&mut self, name: &'static str, v: Val) {
+        match self.position(name) {
             Some(i) => self.0[i].1 = v,
             None => self.0.push((name, v)),
         }
@@ -423,8 +458,8 @@ impl Fail {
 }
 
 impl IntoIterator for Fail {
-    type Item = (Arc<str>, Val);
-    type IntoIter = std::vec::IntoIter<(Arc<str>, Val)>;
+    type Item = (&'static str, Val);
+    type IntoIter = std::vec::IntoIter<(&'static str, Val)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
@@ -475,13 +510,13 @@ pub struct Filter {
     dfas: Dfas,
     /// Failures by multi-line failure id, at most [`MLFID_CACHE`], each
     /// with the number it was cached under.
-    mlfid: HashMap<String, (Shared, u64)>,
+    mlfid: HashMap<Arc<str>, (Shared, u64)>,
     /// Ids in the order they were cached, oldest first, with their numbers:
     /// an id forgotten (or cached again) since leaves a stale entry, which
     /// the oldest-first eviction skips and which is swept out before stale
     /// entries outnumber live ones, so that ids an attacker opens and
     /// closes cannot grow it.
-    mlfid_order: std::collections::VecDeque<(String, u64)>,
+    mlfid_order: std::collections::VecDeque<(Arc<str>, u64)>,
     mlfid_next: u64,
     /// Evaluate every failregex (fail2ban's sample tests do); the default
     /// stops at the first, as fail2ban does in operation.
@@ -742,13 +777,14 @@ impl Filter {
         }
         let text = match self.dates.find(line) {
             Some((s, e)) => {
-                let mut t = String::with_capacity(line.len());
+                // Room for the newline the regexes see after it.
+                let mut t = String::with_capacity(line.len() + 1);
                 t.push_str(&line[..s]);
                 t.push_str(&line[e..]);
                 t
             }
             None if ruled_out => return Vec::new(),
-            None => line.to_string(),
+            None => with_room(line),
         };
         if ruled_out && self.ruled_out(&text) {
             return Vec::new();
@@ -762,28 +798,41 @@ impl Filter {
         if self.ruled_out(line) {
             return Vec::new();
         }
-        self.find_failure(line.to_string())
+        self.find_failure(with_room(line))
     }
 
     fn buf(lines: &[String]) -> String {
-        let mut b = lines.join("\n");
-        b.push('\n');
+        let mut b = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            b.push_str(line);
+            b.push('\n');
+        }
         b
     }
 
+    /// `text` and its newline, as the text the regexes see when it is the
+    /// only line (a filter of one line keeps no buffer: what they see is
+    /// `text` alone, until the prefregex's content replaces it).
+    fn alone(mut text: String) -> String {
+        text.push('\n');
+        text
+    }
+
+    /// `text` is a line without its newline; in a filter of one line, it
+    /// may have room for it (see [`Filter::process_line`]).
     fn find_failure(&mut self, text: String) -> Vec<Failure> {
         let mut out = Vec::new();
-        if self.maxlines > 1 {
+        let single = self.maxlines <= 1;
+        let mut buf = if single {
+            Some(Self::alone(text))
+        } else {
             self.buffer.push(text);
             let n = self.buffer.len();
             if n > self.maxlines {
                 self.buffer.drain(..n - self.maxlines);
             }
-        } else {
-            self.buffer.clear();
-            self.buffer.push(text);
-        }
-        let mut buf = Some(Self::buf(&self.buffer));
+            Some(Self::buf(&self.buffer))
+        };
         if !self.ignoreregex.is_empty()
             && self.ignoreregex.len() + 2 < self.failregex.len()
             && self
@@ -803,8 +852,13 @@ impl Filter {
             if let Some(Val::Str(content)) = pre.remove("content")
                 && !content.is_empty()
             {
-                self.buffer = vec![content];
-                buf = None;
+                buf = if single {
+                    Some(Self::alone(content))
+                } else {
+                    self.buffer.clear();
+                    self.buffer.push(content);
+                    None
+                };
             }
         }
         let b = match buf {
@@ -848,82 +902,91 @@ impl Filter {
                 continue;
             };
             let mut fail = m.groups();
-            let (ms, me) = m.whole();
-            let matched_lines = (bs[..ms].matches('\n').count(), {
+            // The lines the match spans, in a buffer of several (a filter of
+            // one line keeps none: its text stays what it is).
+            let matched_lines = (!single).then(|| {
+                let (ms, me) = m.whole();
                 let end = bs[me.saturating_sub(1)..]
                     .find('\n')
                     .map_or(bs.len(), |x| me.saturating_sub(1) + x + 1);
-                bs[..end].matches('\n').count()
+                (
+                    bs[..ms].matches('\n').count(),
+                    bs[..end].matches('\n').count(),
+                )
             });
             // ignoreregex on the matched text.
             if !self.ignoreregex.is_empty() {
-                let ib = if self.maxlines > 1 {
-                    Self::buf(&self.buffer[matched_lines.0..matched_lines.1.min(self.buffer.len())])
-                } else {
-                    bs.to_string()
-                };
-                if self.ignoreregex.iter().any(|r| r.pat.is_match(&ib)) {
-                    if self.maxlines > 1 {
-                        self.remove_matched(matched_lines);
+                let ignored = match matched_lines {
+                    Some((from, to)) => {
+                        let ib = Self::buf(&self.buffer[from..to.min(self.buffer.len())]);
+                        self.ignoreregex.iter().any(|r| r.pat.is_match(&ib))
                     }
-                    b = None;
+                    None => self.ignoreregex.iter().any(|r| r.pat.is_match(bs)),
+                };
+                if ignored {
+                    if let Some(lines) = matched_lines {
+                        self.remove_matched(lines);
+                        b = None;
+                    }
                     if !self.check_all {
                         break;
                     }
                     continue;
                 }
             }
-            if !self.check_all || self.maxlines > 1 {
-                self.remove_matched(matched_lines);
+            if let Some(lines) = matched_lines {
+                self.remove_matched(lines);
                 b = None;
             }
             if !pre.is_empty() {
-                let mut merged = pre.clone();
+                // The prefregex's groups, updated by the failregex's (kept
+                // for the next failregex only when every one is tried).
+                let mut merged = if self.check_all {
+                    pre.clone()
+                } else {
+                    std::mem::take(&mut pre)
+                };
                 for (k, v) in fail {
                     merged.insert(k, v);
                 }
                 fail = merged;
             }
-            let mlfid = fail.get("mlfid").and_then(|v| v.as_str().map(String::from));
+            // No one reads the id from the failure itself.
+            let mlfid = match fail.remove("mlfid") {
+                Some(Val::Str(id)) => Some(id),
+                _ => None,
+            };
             let shared: Shared = match &mlfid {
                 Some(id) => self.merge_failure(id, fail),
                 None => Arc::new(Mutex::new(fail)),
             };
-            let nofail;
-            let host;
-            {
+            let (nofail, host, is_ip) = {
                 let f = shared.lock().unwrap();
-                nofail = f.get("nofail").is_some_and(Val::truthy);
-                let fid = f.get("fid").and_then(|v| v.as_str().map(String::from));
-                let ip = ["ip4", "ip6", "dns"]
-                    .iter()
-                    .find_map(|k| f.get(k).and_then(|v| v.as_str().map(String::from)));
-                let cidr = f
-                    .get("cidr")
-                    .and_then(|v| v.as_str())
-                    .and_then(|c| c.parse::<u8>().ok());
-                host = match (&ip, &fid) {
-                    (Some(ip), Some(fid)) if fid != ip => Some(fid.clone()),
+                let text = |k| f.get(k).and_then(Val::as_str);
+                let fid = text("fid");
+                let ip = ["ip4", "ip6", "dns"].into_iter().find_map(text);
+                let cidr = text("cidr").and_then(|c| c.parse::<u8>().ok());
+                let host = match (ip, fid) {
+                    (Some(ip), Some(fid)) if fid != ip => Some(fid.to_string()),
                     (Some(ip), _) => Some(match cidr {
                         Some(c) => with_cidr(ip, c),
-                        None => ip.clone(),
+                        None => ip.to_string(),
                     }),
-                    (None, Some(fid)) => Some(fid.clone()),
+                    (None, Some(fid)) => Some(fid.to_string()),
                     (None, None) => None,
                 };
-            }
+                (
+                    f.get("nofail").is_some_and(Val::truthy),
+                    host,
+                    // Only ip4/ip6 groups give an address, never a DNS name.
+                    f.get("ip4").is_some_and(Val::truthy) || f.get("ip6").is_some_and(Val::truthy),
+                )
+            };
             if host.is_none() && mlfid.is_some() {
-                shared
-                    .lock()
-                    .unwrap()
-                    .insert("mlfpending".into(), Val::Int(1));
+                shared.lock().unwrap().insert("mlfpending", Val::Int(1));
             }
             if !nofail || self.check_all {
-                let address = host.as_deref().and_then(parse_addr).filter(|_| {
-                    // Only ip4/ip6 groups give an address, never a DNS name.
-                    let f = shared.lock().unwrap();
-                    f.get("ip4").is_some_and(Val::truthy) || f.get("ip6").is_some_and(Val::truthy)
-                });
+                let address = host.as_deref().and_then(parse_addr).filter(|_| is_ip);
                 let nofail = nofail || host.is_none();
                 out.push(Failure {
                     regex: i,
@@ -961,10 +1024,6 @@ impl Filter {
     }
 
     fn remove_matched(&mut self, (a, b): (usize, usize)) {
-        if self.maxlines <= 1 {
-            self.buffer.clear();
-            return;
-        }
         let b = b.min(self.buffer.len());
         if a < b {
             self.buffer.drain(a..b);
@@ -974,13 +1033,14 @@ impl Filter {
     /// fail2ban's `_mergeFailure` (multi-line failure ids).
     fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Shared {
         let cached = self.mlfid.get(mlfid).map(|(sh, _)| sh.clone());
-        let mut users: Option<BTreeSet<String>> = None;
+        // How many users the id has failed as, when it has any.
+        let mut users: Option<usize> = None;
         let mut fl = 0u8;
         if fail.get("mlfgained").is_some_and(Val::truthy) {
             fl |= 8 | 1;
             if !fail.get("nofail").is_some_and(Val::truthy) {
                 let g = fail.get("mlfgained").cloned().unwrap_or(Val::None);
-                fail.insert("nofail".into(), g);
+                fail.insert("nofail", g);
             }
         } else if fail.get("nofail").is_some_and(Val::truthy) {
             fl |= 1;
@@ -1031,7 +1091,7 @@ impl Filter {
         {
             let mut g = shared.lock().unwrap();
             let pending = g.remove("mlfpending").is_some_and(|v| v.truthy());
-            if pending || users.as_ref().is_some_and(|u| u.len() > 1) {
+            if pending || users.is_some_and(|n| n > 1) {
                 g.remove("nofail");
                 g.remove("mlfgained");
             }
@@ -1040,7 +1100,7 @@ impl Filter {
     }
 
     fn cache_mlfid(&mut self, id: &str, sh: Shared) {
-        let live = |map: &HashMap<String, (Shared, u64)>, (id, n): &(String, u64)| {
+        let live = |map: &HashMap<Arc<str>, (Shared, u64)>, (id, n): &(Arc<str>, u64)| {
             map.get(id).is_some_and(|(_, m)| m == n)
         };
         if self.mlfid.len() >= MLFID_CACHE {
@@ -1058,29 +1118,41 @@ impl Filter {
         }
         let n = self.mlfid_next;
         self.mlfid_next += 1;
-        self.mlfid_order.push_back((id.to_string(), n));
-        self.mlfid.insert(id.to_string(), (sh, n));
+        let id: Arc<str> = Arc::from(id);
+        self.mlfid_order.push_back((id.clone(), n));
+        self.mlfid.insert(id, (sh, n));
     }
 }
 
-fn update_users(f: &mut Fail, user: Option<&str>) -> Option<BTreeSet<String>> {
+/// `line` with room for the newline the regexes see after it.
+fn with_room(line: &str) -> String {
+    let mut t = String::with_capacity(line.len() + 1);
+    t.push_str(line);
+    t
+}
+
+/// Adds `user` to the users `f` has failed as; how many there are now, if
+/// any.
+fn update_users(f: &mut Fail, user: Option<&str>) -> Option<usize> {
     match user {
         Some(u) => {
             let set = match f.get_mut("users") {
                 Some(Val::Users(s)) => s,
                 _ => {
-                    f.insert("users".into(), Val::Users(BTreeSet::new()));
+                    f.insert("users", Val::Users(BTreeSet::new()));
                     match f.get_mut("users") {
                         Some(Val::Users(s)) => s,
                         _ => unreachable!(),
                     }
                 }
             };
-            set.insert(u.to_string());
-            Some(set.clone())
+            if !set.contains(u) {
+                set.insert(u.to_string());
+            }
+            Some(set.len())
         }
         None => match f.get("users") {
-            Some(Val::Users(s)) => Some(s.clone()),
+            Some(Val::Users(s)) => Some(s.len()),
             _ => None,
         },
     }
