@@ -16,7 +16,15 @@ use std::sync::OnceLock;
 /// line length per search) costs in proportion.
 #[derive(Debug)]
 pub struct Linear {
-    unicode: regex::Regex,
+    /// The translated pattern.
+    pattern: Box<str>,
+    /// Group names in index order.
+    names: Vec<Option<String>>,
+    /// Compiled at the first text that is not all ASCII (logs seldom hold
+    /// one, and a Unicode class costs most of a pattern's compile time);
+    /// `None` inside if it then exceeds the size limit (see
+    /// [`Linear::build`]).
+    unicode: OnceLock<Option<regex::Regex>>,
     /// Compiled at the first ASCII text (most regexes of a filter, and most
     /// date templates, never see one, and compiling costs time and memory
     /// at start); `None` inside when Unicode cannot be turned off (a
@@ -29,13 +37,34 @@ pub type Spans = Vec<Option<(usize, usize)>>;
 
 impl Linear {
     /// Compiles a translated pattern (see `pyre::translate`).
+    ///
+    /// Only its ASCII twin is compiled now, when it has one: the pattern as
+    /// written is parsed (which rejects what the `regex` crate rejects as
+    /// syntax) and compiled at the first text that needs it. Were it then
+    /// to exceed the size limit where its twin did not (a Unicode class
+    /// repeated hundreds of times), texts that are not all ASCII would find
+    /// no match, and a warning says so.
     pub fn build(translated: &str) -> Result<Linear, regex::Error> {
-        let unicode = regex::RegexBuilder::new(translated)
-            .size_limit(SIZE_LIMIT)
-            .build()?;
+        let ascii = compile_ascii(translated);
+        let unicode = OnceLock::new();
+        let names = match &ascii {
+            Some(a) if regex_syntax::Parser::new().parse(translated).is_ok() => {
+                a.capture_names().map(|n| n.map(String::from)).collect()
+            }
+            _ => {
+                let u = compile_unicode(translated)?;
+                let names = u.capture_names().map(|n| n.map(String::from)).collect();
+                let _ = unicode.set(Some(u));
+                names
+            }
+        };
+        let ascii_cell = OnceLock::new();
+        let _ = ascii_cell.set(ascii);
         Ok(Linear {
+            pattern: translated.into(),
+            names,
             unicode,
-            ascii: OnceLock::new(),
+            ascii: ascii_cell,
         })
     }
 
@@ -45,33 +74,42 @@ impl Linear {
             return None;
         }
         self.ascii
-            .get_or_init(|| {
-                regex::bytes::RegexBuilder::new(&format!("(?-u){}", self.unicode.as_str()))
-                    .size_limit(SIZE_LIMIT)
-                    .build()
-                    .ok()
+            .get_or_init(|| compile_ascii(&self.pattern))
+            .as_ref()
+    }
+
+    /// The pattern as written, compiled.
+    fn unicode(&self) -> Option<&regex::Regex> {
+        self.unicode
+            .get_or_init(|| match compile_unicode(&self.pattern) {
+                Ok(u) => Some(u),
+                Err(error) => {
+                    tracing::warn!(
+                        pattern = %self.pattern,
+                        %error,
+                        "this pattern finds no match in lines that are not all ASCII"
+                    );
+                    None
+                }
             })
             .as_ref()
     }
 
     /// The pattern as compiled.
     pub fn as_str(&self) -> &str {
-        self.unicode.as_str()
+        &self.pattern
     }
 
     /// Group names in index order (index 0 is the whole match).
     pub fn names(&self) -> Vec<Option<String>> {
-        self.unicode
-            .capture_names()
-            .map(|n| n.map(String::from))
-            .collect()
+        self.names.clone()
     }
 
     /// True if the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
         match self.ascii_for(text.is_ascii()) {
             Some(a) => a.is_match(text.as_bytes()),
-            None => self.unicode.is_match(text),
+            None => self.unicode().is_some_and(|u| u.is_match(text)),
         }
     }
 
@@ -89,7 +127,7 @@ impl Linear {
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
             }
             None => {
-                let c = self.unicode.captures_at(text, at)?;
+                let c = self.unicode()?.captures_at(text, at)?;
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
             }
         }
@@ -98,6 +136,21 @@ impl Linear {
 
 /// The most memory one compiled regex may take.
 const SIZE_LIMIT: usize = 32 << 20;
+
+fn compile_unicode(translated: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(translated)
+        .size_limit(SIZE_LIMIT)
+        .build()
+}
+
+/// `translated` with Unicode off, or `None` if that is not allowed (a
+/// non-ASCII class) or too big.
+fn compile_ascii(translated: &str) -> Option<regex::bytes::Regex> {
+    regex::bytes::RegexBuilder::new(&format!("(?-u){translated}"))
+        .size_limit(SIZE_LIMIT)
+        .build()
+        .ok()
+}
 
 /// A pattern asked only where its match starts at a given position, and
 /// only where that match ends (anchored DFA searches), with its ASCII twin
@@ -163,5 +216,48 @@ impl StartingAt {
             Some(a) => a.search(&input),
             None => self.unicode.search(&input),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_as_written_answers_texts_that_are_not_ascii() {
+        let l = Linear::build(r"^user (?P<user>\w+) from (?P<host>\S+)$").unwrap();
+        assert_eq!(l.names(), [None, Some("user".into()), Some("host".into())]);
+        // Only the ASCII twin exists until a text needs the other.
+        assert!(l.unicode.get().is_none());
+        assert_eq!(
+            l.captures_at("user bob from 198.51.100.7", 0),
+            Some(vec![Some((0, 26)), Some((5, 8)), Some((14, 26))])
+        );
+        assert!(l.unicode.get().is_none());
+        // `\w` takes `é` only as Unicode does.
+        let t = "user josé from 198.51.100.7";
+        assert_eq!(
+            l.captures_at(t, 0),
+            Some(vec![Some((0, t.len())), Some((5, 10)), Some((16, t.len()))])
+        );
+        assert!(l.is_match(t));
+        assert!(l.unicode.get().is_some());
+    }
+
+    #[test]
+    fn what_the_regex_crate_rejects_as_syntax_is_rejected_at_once() {
+        // A look-ahead: syntax the `regex` crate has not.
+        assert!(Linear::build(r"^a(?=b)").is_err());
+        // A class only Unicode has: no ASCII twin, so compiled now.
+        let l = Linear::build(r"^\p{Greek}+$").unwrap();
+        assert!(l.unicode.get().is_some());
+        assert!(l.is_match("αβγ"));
+        assert!(!l.is_match("abc"));
+        // Too big as written, where the twin is small: ASCII lines are
+        // still answered, the others find no match (with a warning).
+        let l = Linear::build(r"^\w{5000}$").unwrap();
+        assert!(l.is_match(&"a".repeat(5000)));
+        assert!(!l.is_match(&"é".repeat(5000)));
+        assert!(l.unicode.get().is_some_and(Option::is_none));
     }
 }
