@@ -18,7 +18,12 @@
 //! caller asks the `regex` crate.
 //!
 //! A part that is one group with none inside needs no search: its place is
-//! the group. For the others, why the part alone finds the same groups:
+//! the group. Nor does a part whose groups are reached through sequences
+//! whose other members each match a fixed number of bytes
+//! (`(?P<nofail>Received (?P<mlfforget>disconnect))`): in every way the
+//! part matches its place, each group starts and ends the same number of
+//! bytes from the place's ends. For the others, why the part alone finds
+//! the same groups:
 //! with every group-holding part's place fixed, the parts match
 //! independently of each other (no back references; such a part with
 //! look-around assertions is not split, since cutting the text at its end
@@ -93,8 +98,11 @@ struct FirstPath {
 
 /// How the groups inside a placed part are found.
 enum PartGroups {
-    /// The part is one group with none inside: its place is the group's.
-    Whole(usize),
+    /// Each group sits a fixed number of bytes after the part's start and
+    /// before its end (the part is one group with none inside, or its
+    /// groups are reached through sequences whose other members each
+    /// match a fixed length): by group index, those two numbers.
+    Fixed(Vec<(usize, usize, usize)>),
     /// The part alone, its groups numbered from 1, followed by `\z`, with
     /// the pattern's group index of each of the part's groups (its group
     /// `n` is `map[n - 1]`).
@@ -152,8 +160,11 @@ impl GroupSplit {
             // that one is placed first (see `captures`).
             let next = holding.get(n + 1).copied().unwrap_or(parts.len());
             let split = dfas.split_at(&parts[..k], part, &parts[k + 1..next])?;
-            let groups = match whole {
-                Some(g) => PartGroups::Whole(g),
+            let groups = match whole
+                .map(|g| vec![(g, 0, 0)])
+                .or_else(|| fixed_layout(part))
+            {
+                Some(layout) => PartGroups::Fixed(layout),
                 None => {
                     let mut map = Vec::new();
                     let numbered = renumber(part, &mut map);
@@ -245,7 +256,11 @@ impl GroupSplit {
             };
             next = i;
             match &mut part.groups {
-                PartGroups::Whole(g) => spans[*g] = Some((i, j)),
+                PartGroups::Fixed(layout) => {
+                    for &(g, from_start, to_end) in layout.iter() {
+                        spans[g] = Some((i + from_start, j - to_end));
+                    }
+                }
                 PartGroups::Alone { re, map, caps } => {
                     let input = Input::new(&hay[..j]).span(i..j).anchored(Anchored::Yes);
                     re.search_captures(&input, caps);
@@ -260,6 +275,45 @@ impl GroupSplit {
         }
         Found::Spans(spans)
     }
+}
+
+/// Where each group of `part` sits in any text `part` matches, when that
+/// is a fixed number of bytes from the text's start and from its end (see
+/// [`PartGroups::Fixed`]): as in `(?P<nofail>Received (?P<mlfforget>disconnect))`.
+fn fixed_layout(part: &Hir) -> Option<Vec<(usize, usize, usize)>> {
+    fn fixed_len(h: &Hir) -> Option<usize> {
+        let p = h.properties();
+        p.maximum_len().filter(|&max| Some(max) == p.minimum_len())
+    }
+    fn place(
+        h: &Hir,
+        from_start: usize,
+        to_end: usize,
+        out: &mut Vec<(usize, usize, usize)>,
+    ) -> Option<()> {
+        match h.kind() {
+            _ if h.properties().explicit_captures_len() == 0 => Some(()),
+            HirKind::Capture(c) => {
+                out.push((c.index as usize, from_start, to_end));
+                place(&c.sub, from_start, to_end, out)
+            }
+            HirKind::Concat(subs) => {
+                for (k, sub) in subs.iter().enumerate() {
+                    if sub.properties().explicit_captures_len() == 0 {
+                        continue;
+                    }
+                    let before = subs[..k].iter().map(fixed_len).sum::<Option<usize>>()?;
+                    let after = subs[k + 1..].iter().map(fixed_len).sum::<Option<usize>>()?;
+                    place(sub, from_start + before, to_end + after, out)?;
+                }
+                Some(())
+            }
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    place(part, 0, 0, &mut out)?;
+    Some(out)
 }
 
 /// The first-path placing of `part`, which follows `before`, if its DFA
@@ -418,6 +472,52 @@ mod tests {
     }
 
     #[test]
+    fn groups_at_fixed_distances_from_their_parts_ends() {
+        let patterns = [
+            // sshd.conf's: nested groups, and a group after a fixed text.
+            format!(
+                r"^(?P<mlfforget>(?P<mlfgained>Accepted \w+)) for (?P<user>\S+) from {HOST}(?:\s|$)"
+            ),
+            format!(
+                r"^(?P<nofail>Received (?P<mlfforget>disconnect)) from {HOST}(?: port \d+)?:\s*11:"
+            ),
+            // A group between pieces of fixed lengths, inside another.
+            r"^x (?P<a>a\d(?P<b>\w+)c{2}f) (?P<z>\S+)$".to_string(),
+        ];
+        for p in &patterns {
+            let mut dfas = Dfas::default();
+            let split = GroupSplit::new(&mut dfas, p).expect("splits");
+            let fixed = split
+                .parts
+                .iter()
+                .filter(|part| matches!(&part.groups, PartGroups::Fixed(l) if l.len() > 1))
+                .count();
+            assert_eq!(fixed, 1, "{p}");
+        }
+        let lines = [
+            "Accepted publickey for git from 198.51.100.7 port 22 ssh2",
+            "Accepted password for r from 2001:db8::7",
+            "Accepted password for r from host-1.example ",
+            "Received disconnect from 198.51.100.7 port 22:11: Bye",
+            "Received disconnect from 2001:db8::7: 11: x",
+            "x a1bbbccf y",
+            "x a1ccccf y",
+            "x a1ccf y",
+            "x a1bccf",
+        ];
+        let mut sure = 0;
+        for p in &patterns {
+            let mut b = both(p);
+            for line in lines {
+                if matches!(b.agreed(line), Found::Spans(_)) {
+                    sure += 1;
+                }
+            }
+        }
+        assert_eq!(sure, 7);
+    }
+
+    #[test]
     fn parts_with_several_places_by_their_first_way() {
         // dovecot's failregex: every shorter host name leaves a tail that
         // `[^>]*` takes.
@@ -490,6 +590,10 @@ mod tests {
                 r"^a (?P<x>b+|b+c)\w* (?P<y>c|cc)c*$".to_string(),
                 &["a b", "a bc"][..],
             ),
+            (
+                r"^x (?P<a>a\d(?P<b>\w+)c{2}f) (?P<z>\S+)$".to_string(),
+                &["x a1", "x a1b", "x a1bccf ", "x a1ccccf "][..],
+            ),
         ];
         let words = [
             " ",
@@ -509,6 +613,7 @@ mod tests {
             "9",
             ">",
             "h=",
+            "ccf",
         ];
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
@@ -530,7 +635,7 @@ mod tests {
                 }
             }
         }
-        assert!(sure > 2000, "{sure} sure answers");
+        assert!(sure > 3000, "{sure} sure answers");
     }
 
     #[test]
