@@ -52,7 +52,7 @@
 //! of it over exactly that gap decides. If it does not match, the answer
 //! is [`Found::Unsure`].
 
-use regex_automata::meta;
+use regex_automata::nfa::thompson::{self, backtrack, backtrack::BoundedBacktracker};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
@@ -89,11 +89,8 @@ struct Part {
 struct FirstPath {
     /// A forward DFA of what comes before the part, reporting every match.
     before: usize,
-    /// The part alone, its groups numbered from 1 (its group `n` is the
-    /// pattern's `map[n - 1]`), anchored at its start only.
-    re: meta::Regex,
-    map: Vec<usize>,
-    caps: Captures,
+    /// The part alone, anchored at its start only.
+    re: PartRe,
 }
 
 /// How the groups inside a placed part are found.
@@ -103,14 +100,58 @@ enum PartGroups {
     /// groups are reached through sequences whose other members each
     /// match a fixed length): by group index, those two numbers.
     Fixed(Vec<(usize, usize, usize)>),
-    /// The part alone, its groups numbered from 1, followed by `\z`, with
-    /// the pattern's group index of each of the part's groups (its group
-    /// `n` is `map[n - 1]`).
-    Alone {
-        re: meta::Regex,
-        map: Vec<usize>,
-        caps: Captures,
-    },
+    /// The part alone, followed by `\z`.
+    Alone(PartRe),
+}
+
+/// A part alone, its groups numbered from 1, with the pattern's group
+/// index of each of them (its group `n` is `map[n - 1]`); searched
+/// anchored at the part's start by a bounded backtracker: the part is
+/// small and its place a few bytes, where the `regex` crate's usual way
+/// (a DFA search for the match, then the backtracker over it) costs half
+/// as much again.
+struct PartRe {
+    re: BoundedBacktracker,
+    cache: backtrack::Cache,
+    caps: Captures,
+    map: Vec<usize>,
+}
+
+impl PartRe {
+    /// `part` alone, followed by `\z` if `to_end`.
+    fn new(part: &Hir, to_end: bool) -> Option<PartRe> {
+        let mut map = Vec::new();
+        let mut numbered = renumber(part, &mut map);
+        if to_end {
+            numbered = Hir::concat(vec![numbered, Hir::look(Look::End)]);
+        }
+        let nfa = thompson::Compiler::new()
+            .configure(thompson::Config::new().utf8(false))
+            .build_from_hir(&numbered)
+            .ok()?;
+        let re = BoundedBacktracker::builder().build_from_nfa(nfa).ok()?;
+        Some(PartRe {
+            cache: re.create_cache(),
+            caps: re.create_captures(),
+            re,
+            map,
+        })
+    }
+
+    /// Sets in `spans` the groups of the part's first match in `hay[..end]`
+    /// that starts at `i`, and returns where that match ends; `None` if
+    /// there is none or the place is too long for the backtracker.
+    fn captures(&mut self, hay: &[u8], i: usize, end: usize, spans: &mut Spans) -> Option<usize> {
+        let input = Input::new(&hay[..end]).span(i..end).anchored(Anchored::Yes);
+        self.re
+            .try_search(&mut self.cache, &input, &mut self.caps)
+            .ok()?;
+        let j = self.caps.get_match()?.end();
+        for (n, &g) in self.map.iter().enumerate() {
+            spans[g] = self.caps.get_group(n + 1).map(|s| (s.start, s.end));
+        }
+        Some(j)
+    }
 }
 
 /// What a split search found.
@@ -165,16 +206,7 @@ impl GroupSplit {
                 .or_else(|| fixed_layout(part))
             {
                 Some(layout) => PartGroups::Fixed(layout),
-                None => {
-                    let mut map = Vec::new();
-                    let numbered = renumber(part, &mut map);
-                    let re = meta::Regex::builder()
-                        .configure(meta::Config::new().utf8_empty(false))
-                        .build_from_hir(&Hir::concat(vec![numbered, Hir::look(Look::End)]))
-                        .ok()?;
-                    let caps = re.create_captures();
-                    PartGroups::Alone { re, map, caps }
-                }
+                None => PartGroups::Alone(PartRe::new(part, true)?),
             };
             let first = if part.properties().look_set().is_empty() {
                 first_path(dfas, &parts[..k], part)
@@ -261,14 +293,9 @@ impl GroupSplit {
                         spans[g] = Some((i + from_start, j - to_end));
                     }
                 }
-                PartGroups::Alone { re, map, caps } => {
-                    let input = Input::new(&hay[..j]).span(i..j).anchored(Anchored::Yes);
-                    re.search_captures(&input, caps);
-                    if !caps.is_match() {
+                PartGroups::Alone(re) => {
+                    if re.captures(hay, i, j, &mut spans).is_none() {
                         return Found::Unsure;
-                    }
-                    for (n, &g) in map.iter().enumerate() {
-                        spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
                     }
                 }
             }
@@ -320,17 +347,9 @@ fn fixed_layout(part: &Hir) -> Option<Vec<(usize, usize, usize)>> {
 /// and regex can be built.
 fn first_path(dfas: &mut Dfas, before: &[Hir], part: &Hir) -> Option<FirstPath> {
     let before = dfas.forward_all(&Hir::concat(before.to_vec()))?;
-    let mut map = Vec::new();
-    let re = meta::Regex::builder()
-        .configure(meta::Config::new().utf8_empty(false))
-        .build_from_hir(&renumber(part, &mut map))
-        .ok()?;
-    let caps = re.create_captures();
     Some(FirstPath {
         before,
-        re,
-        map,
-        caps,
+        re: PartRe::new(part, false)?,
     })
 }
 
@@ -348,19 +367,9 @@ impl FirstPath {
         spans: &mut Spans,
     ) -> Option<usize> {
         let i = dfas.only_end(self.before, hay, next)?;
-        let input = Input::new(&hay[..next])
-            .span(i..next)
-            .anchored(Anchored::Yes);
-        self.re.search_captures(&input, &mut self.caps);
-        let j = self.caps.get_match()?.end();
-        if dfas.after_matches(split, hay, j, next)? {
-            for (n, &g) in self.map.iter().enumerate() {
-                spans[g] = self.caps.get_group(n + 1).map(|s| (s.start, s.end));
-            }
-            Some(i)
-        } else {
-            None
-        }
+        // Where the way does not hold, the caller drops `spans`.
+        let j = self.re.captures(hay, i, next, spans)?;
+        dfas.after_matches(split, hay, j, next)?.then_some(i)
     }
 }
 
