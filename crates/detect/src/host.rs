@@ -1,4 +1,6 @@
-//! The `<HOST>` placeholder and turning matched text into an address.
+//! The `<HOST>` placeholder and turning matched text into an address;
+//! also fail2ban's `<HOST>`, which imported filters expand, and which of its
+//! groups an address fills, where its bytes tell.
 //!
 //! `<HOST>` matches an IPv4 address, an IPv6 address (optionally in
 //! brackets) or an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, which becomes
@@ -14,6 +16,92 @@ use palisade_model::Net;
 /// match): what it captures must then parse as an address.
 pub const HOST_RE: &str =
     r"\[?(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)\]?";
+
+/// fail2ban's IPv4 pattern.
+const IP4: &str = r"(?:\d{1,3}\.){3}\d{1,3}";
+/// fail2ban's IPv6 pattern ends with `(?:[0-9a-fA-F]{1,4}|(?<=:):)`; every
+/// repetition before it ends with `:`, so the look-behind always holds and
+/// is dropped here: the pattern stays within what the `regex` crate (a
+/// linear-time automaton) runs, and so do the filters that use `<HOST>`.
+const IP6: &str = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|:)";
+
+pub(crate) fn r_ip4() -> String {
+    format!(r"(?:::f{{4,6}}:)?(?P<ip4>{IP4})")
+}
+pub(crate) fn r_ip6() -> String {
+    format!(r"(?P<ip6>{IP6})")
+}
+pub(crate) fn r_dns() -> &'static str {
+    r"(?P<dns>[\w\-.^_]*\w)"
+}
+pub(crate) fn r_addr() -> String {
+    format!(r"\[?(?:{}|{})\]?", r_ip4(), r_ip6())
+}
+
+/// fail2ban's `<HOST>` (with `usedns`, as palisade reads filters): its
+/// groups are `ip4`, `ip6` and `dns`, in that order.
+pub(crate) fn f2b_host() -> String {
+    format!("(?:{}|{})", r_addr(), r_dns())
+}
+
+/// Which group of fail2ban's [`f2b_host`] holds the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostGroup {
+    Ip4,
+    Ip6,
+}
+
+/// For a text that [`f2b_host`] matches from its start to its end, which
+/// of its groups spans the whole text (the other two take no part), when
+/// the text's bytes show it; `None` when a search must tell.
+///
+/// Why: digits and dots alone cannot begin a bracket or the `::ffff:`
+/// prefix, so the pattern's first way, a bare IPv4 address, is tried first;
+/// in the shape `\d{1,3}(\.\d{1,3}){3}` its greedy runs of digits take the
+/// whole text at once. Hex digits and colons without a dot rule out every
+/// way through `ip4` (which needs dots) and through `dns` (which has no
+/// colon), and leave no bracket: only `ip6`, which must then match the
+/// whole text, as a DFA checks.
+pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
+    if ip4_shape(text) {
+        return Some(HostGroup::Ip4);
+    }
+    let hex_or_colon = |&b: &u8| b.is_ascii_hexdigit() || b == b':';
+    if text.contains(&b':') && text.iter().all(hex_or_colon) && ip6_whole(text) {
+        return Some(HostGroup::Ip6);
+    }
+    None
+}
+
+/// `\d{1,3}(\.\d{1,3}){3}`, the whole of `text`.
+fn ip4_shape(text: &[u8]) -> bool {
+    let mut parts = 0;
+    for part in text.split(|&b| b == b'.') {
+        parts += 1;
+        if parts > 4 || part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+    }
+    parts == 4
+}
+
+/// Whether fail2ban's IPv6 pattern matches the whole of `text`.
+fn ip6_whole(text: &[u8]) -> bool {
+    use regex_automata::dfa::{Automaton, dense};
+    use regex_automata::{Anchored, Input};
+    static DFA: std::sync::LazyLock<Option<dense::DFA<Vec<u32>>>> =
+        std::sync::LazyLock::new(|| {
+            dense::Builder::new()
+                .syntax(regex_automata::util::syntax::Config::new().unicode(false))
+                .build(&format!(r"(?:{IP6})\z"))
+                .ok()
+        });
+    let Some(dfa) = DFA.as_ref() else {
+        return false;
+    };
+    dfa.try_search_fwd(&Input::new(text).anchored(Anchored::Yes))
+        .is_ok_and(|m| m.is_some())
+}
 
 /// The address in `text` (a matched `<HOST>`), as a host [`Net`].
 /// Brackets are accepted; unspecified addresses (`0.0.0.0`, `::`) and
@@ -147,6 +235,100 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_groups_are_the_regex_crates() {
+        let re = regex::bytes::RegexBuilder::new(&format!(r"\A{}\z", f2b_host()))
+            .unicode(false)
+            .build()
+            .unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut texts: Vec<Vec<u8>> = [
+            "198.51.100.7",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:9",
+            "::",
+            ":",
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect();
+        let hex = b"0123456789abcdefABCDEF";
+        for n in 0..60_000 {
+            let mut t = Vec::new();
+            match n % 3 {
+                // Runs of digits between dots.
+                0 => {
+                    for k in 0..3 + next() % 3 {
+                        if k > 0 {
+                            t.push(b'.');
+                        }
+                        let len = match next() % 10 {
+                            0 => 0,
+                            1 => 4,
+                            r => 1 + r % 3,
+                        };
+                        t.extend((0..len).map(|_| b'0' + (next() % 10) as u8));
+                    }
+                }
+                // Runs of hex digits between one or two colons.
+                1 => {
+                    for k in 0..1 + next() % 10 {
+                        if k > 0 || next() % 4 == 0 {
+                            t.extend(std::iter::repeat_n(b':', 1 + (next() % 3 == 0) as usize));
+                        }
+                        t.extend((0..next() % 6).map(|_| hex[(next() % 22) as usize]));
+                    }
+                }
+                // Anything of those bytes.
+                _ => {
+                    let alphabet = b"0123456789abcdefABCDEF:.[]-_xf";
+                    t.extend((0..1 + next() % 24).map(|_| alphabet[(next() % 30) as usize]));
+                }
+            }
+            texts.push(t);
+        }
+        let (mut told, mut v4, mut v6) = (0, 0, 0);
+        for t in &texts {
+            let Some(caps) = re.captures(t) else {
+                continue;
+            };
+            let Some(group) = f2b_host_group(t) else {
+                continue;
+            };
+            told += 1;
+            let whole = Some((0, t.len()));
+            let span = |n: &str| caps.name(n).map(|m| (m.start(), m.end()));
+            let want = match group {
+                HostGroup::Ip4 => {
+                    v4 += 1;
+                    [whole, None, None]
+                }
+                HostGroup::Ip6 => {
+                    v6 += 1;
+                    [None, whole, None]
+                }
+            };
+            assert_eq!(
+                [span("ip4"), span("ip6"), span("dns")],
+                want,
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+        }
+        assert!(
+            v4 > 2_000 && v6 > 3_000,
+            "{told} told: {v4} IPv4, {v6} IPv6"
+        );
+    }
 
     #[test]
     fn parses() {

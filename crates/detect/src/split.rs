@@ -52,12 +52,15 @@
 //! of it over exactly that gap decides. If it does not match, the answer
 //! is [`Found::Unsure`].
 
+use std::sync::LazyLock;
+
 use regex_automata::nfa::thompson::{self, backtrack, backtrack::BoundedBacktracker};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
 
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
+use crate::host::{HostGroup, f2b_host, f2b_host_group};
 use crate::linear::Spans;
 
 /// A pattern whose groups are found by splitting it (see the module docs).
@@ -115,13 +118,20 @@ struct PartRe {
     cache: backtrack::Cache,
     caps: Captures,
     map: Vec<usize>,
+    /// Whether the part is fail2ban's `<HOST>` followed by `\z`: then
+    /// which of its groups the address fills is mostly plain from its
+    /// bytes (see [`f2b_host_group`]).
+    host: bool,
 }
 
 impl PartRe {
     /// `part` alone, followed by `\z` if `to_end`.
     fn new(part: &Hir, to_end: bool) -> Option<PartRe> {
+        static HOST: LazyLock<Option<Hir>> =
+            LazyLock::new(|| Some(renumber(&dfa::parse(&f2b_host())?, &mut Vec::new())));
         let mut map = Vec::new();
         let mut numbered = renumber(part, &mut map);
+        let host = to_end && HOST.as_ref() == Some(&numbered);
         if to_end {
             numbered = Hir::concat(vec![numbered, Hir::look(Look::End)]);
         }
@@ -135,6 +145,7 @@ impl PartRe {
             caps: re.create_captures(),
             re,
             map,
+            host,
         })
     }
 
@@ -142,6 +153,16 @@ impl PartRe {
     /// that starts at `i`, and returns where that match ends; `None` if
     /// there is none or the place is too long for the backtracker.
     fn captures(&mut self, hay: &[u8], i: usize, end: usize, spans: &mut Spans) -> Option<usize> {
+        if self.host
+            && let Some(group) = f2b_host_group(&hay[i..end])
+        {
+            // `ip4`, `ip6`, `dns`: the whole place is the address's group.
+            let whole = [group == HostGroup::Ip4, group == HostGroup::Ip6, false];
+            for (&g, whole) in self.map.iter().zip(whole) {
+                spans[g] = whole.then_some((i, end));
+            }
+            return Some(end);
+        }
         let input = Input::new(&hay[..end]).span(i..end).anchored(Anchored::Yes);
         self.re
             .try_search(&mut self.cache, &input, &mut self.caps)
@@ -438,7 +459,46 @@ mod tests {
         }
     }
 
+    /// fail2ban's `<HOST>`, as its filters are translated.
     const HOST: &str = r"(?:\[?(?:(?:::f{4,6}:)?(?P<ip4>(?:\d{1,3}\.){3}\d{1,3})|(?P<ip6>(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|:)))\]?|(?P<dns>[\w\-.^_]*\w))";
+
+    #[test]
+    fn the_host_is_fail2bans() {
+        assert_eq!(HOST, crate::host::f2b_host());
+        // Its part is known as the host, and its groups are the regex
+        // crate's for every kind of host text.
+        let p = format!(r"^a (?P<user>\S+) from {HOST} port \d+$");
+        let mut b = both(&p);
+        let hosts = b
+            .split
+            .parts
+            .iter()
+            .filter(|part| matches!(&part.groups, PartGroups::Alone(re) if re.host))
+            .count();
+        assert_eq!(hosts, 1);
+        for host in [
+            "198.51.100.7",
+            "1.2.3.4",
+            "999.999.999.999",
+            "2001:db8::7",
+            "::1",
+            "::",
+            "fe80::1:2:3:4:5:6",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:9",
+            "::ffff:198.51.100.7",
+            "[2001:db8::7]",
+            "[198.51.100.7]",
+            "1.2.3.4.5",
+            "1.2.3",
+            "host-1.example",
+            "abc",
+            "a:b",
+            "12345::",
+        ] {
+            b.agreed(&format!("a u from {host} port 22"));
+        }
+    }
 
     #[test]
     fn groups_of_one_part() {

@@ -37,7 +37,7 @@ use palisade_model::Net;
 use regex::Regex;
 
 use crate::dfa::{self, Dfas, RuleDfa};
-use crate::host::parse_addr;
+use crate::host::{f2b_host, parse_addr, r_addr, r_dns, r_ip4, r_ip6};
 use crate::literals;
 use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
@@ -90,26 +90,6 @@ pub struct Failure {
     pub nofail: bool,
 }
 
-const IP4: &str = r"(?:\d{1,3}\.){3}\d{1,3}";
-/// fail2ban's IPv6 pattern ends with `(?:[0-9a-fA-F]{1,4}|(?<=:):)`; every
-/// repetition before it ends with `:`, so the look-behind always holds and
-/// is dropped here: the pattern stays within what the `regex` crate (a
-/// linear-time automaton) runs, and so do the filters that use `<HOST>`.
-const IP6: &str = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|:)";
-
-fn r_ip4() -> String {
-    format!(r"(?:::f{{4,6}}:)?(?P<ip4>{IP4})")
-}
-fn r_ip6() -> String {
-    format!(r"(?P<ip6>{IP6})")
-}
-fn r_dns() -> &'static str {
-    r"(?P<dns>[\w\-.^_]*\w)"
-}
-fn r_addr() -> String {
-    format!(r"\[?(?:{}|{})\]?", r_ip4(), r_ip6())
-}
-
 /// `Regex._resolveHostTag`: `<HOST>`, `<ADDR>`, `<IP4>`, `<F-USER>` ...
 pub fn resolve_tags(regex: &str, use_dns: bool) -> String {
     static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"</?[\w\-]+/?>").expect("static"));
@@ -123,7 +103,7 @@ pub fn resolve_tags(regex: &str, use_dns: bool) -> String {
         match tn {
             "HOST" => {
                 if use_dns {
-                    format!("(?:{}|{})", r_addr(), r_dns())
+                    f2b_host()
                 } else {
                     r_addr()
                 }
