@@ -311,7 +311,16 @@ impl GroupSplit {
             match &mut part.groups {
                 PartGroups::Fixed(layout) => {
                     for &(g, from_start, to_end) in layout.iter() {
-                        spans[g] = Some((i + from_start, j - to_end));
+                        // A place the part matches is never too short; if
+                        // one were, the `regex` crate would answer.
+                        let (Some(s), Some(e)) = (i.checked_add(from_start), j.checked_sub(to_end))
+                        else {
+                            return Found::Unsure;
+                        };
+                        if s > e {
+                            return Found::Unsure;
+                        }
+                        spans[g] = Some((s, e));
                     }
                 }
                 PartGroups::Alone(re) => {
