@@ -25,11 +25,9 @@ pub struct Linear {
     /// `None` inside if it then exceeds the size limit (see
     /// [`Linear::build`]).
     unicode: OnceLock<Option<regex::Regex>>,
-    /// Compiled at the first ASCII text (most regexes of a filter, and most
-    /// date templates, never see one, and compiling costs time and memory
-    /// at start); `None` inside when Unicode cannot be turned off (a
-    /// non-ASCII class).
-    ascii: OnceLock<Option<regex::bytes::Regex>>,
+    /// The ASCII twin, compiled at once (it is small); `None` when Unicode
+    /// cannot be turned off (a non-ASCII class).
+    ascii: Option<regex::bytes::Regex>,
 }
 
 /// Each group's byte span, by group index; `None` when it took no part.
@@ -58,24 +56,17 @@ impl Linear {
                 names
             }
         };
-        let ascii_cell = OnceLock::new();
-        let _ = ascii_cell.set(ascii);
         Ok(Linear {
             pattern: translated.into(),
             names,
             unicode,
-            ascii: ascii_cell,
+            ascii,
         })
     }
 
     /// The twin for `text`: the ASCII one when `text` is ASCII (`ascii`).
     fn ascii_for(&self, ascii: bool) -> Option<&regex::bytes::Regex> {
-        if !ascii {
-            return None;
-        }
-        self.ascii
-            .get_or_init(|| compile_ascii(&self.pattern))
-            .as_ref()
+        self.ascii.as_ref().filter(|_| ascii)
     }
 
     /// The pattern as written, compiled.
@@ -159,7 +150,7 @@ fn compile_ascii(translated: &str) -> Option<regex::bytes::Regex> {
 pub struct StartingAt {
     pattern: Box<str>,
     unicode: regex_automata::meta::Regex,
-    /// Compiled at the first ASCII text, as [`Linear`]'s.
+    /// Compiled at the first ASCII text.
     ascii: OnceLock<Option<regex_automata::meta::Regex>>,
 }
 
