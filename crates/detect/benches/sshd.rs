@@ -31,7 +31,7 @@
 //! end of each log's table.
 //!
 //! In process, for reference: the engine alone and the built-in sshd rule
-//! alone (engine and tracker, fed 64 lines at a time as `palisade detect`
+//! alone (engine and tracker, fed a batch of lines at a time as `palisade detect`
 //! feeds them) on the attack log, best of `RUNS`.
 
 mod loggen;
@@ -121,7 +121,7 @@ fn run_palisade(path: &Path, rules: &[RuleConfig]) -> Run {
     let start = Instant::now();
     // As `palisade detect` reads: a batch of lines at a time.
     let file = std::fs::File::open(path).unwrap();
-    palisade_detect::logfile::for_each_batch(file, 64, |batch| {
+    palisade_detect::logfile::for_each_batch(file, detect::BATCH, |batch| {
         tracker.observe_lines(
             "bench",
             batch,
