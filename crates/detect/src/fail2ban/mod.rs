@@ -485,6 +485,8 @@ pub struct Filter {
     dates: DateDetector,
     /// `dates.dates_start_lines()`.
     dates_start_lines: bool,
+    /// The last lines, without their newlines, for a filter of several
+    /// (`maxlines` above 1); a filter of one line keeps none.
     buffer: Vec<String>,
     /// The DFAs and search caches of the regexes that split.
     dfas: Dfas,
