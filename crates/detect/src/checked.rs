@@ -47,6 +47,7 @@ use crate::scan::{
     Piece, count_captures, escape_or_class, group_end, opens_capture, pieces, quantifier,
     rewrite_groups,
 };
+use regex_syntax::hir::Hir;
 
 /// A pattern with back references or look-aheads, run as a relaxed linear
 /// pattern plus checks, with fancy-regex for the lines the checks reject.
@@ -190,6 +191,41 @@ impl Checked {
             Some(outcomes) if ascii => outcomes.captures_at(text, at)?,
             _ => self.relaxed.captures_known(text, ascii, at)?,
         };
+        self.checked(text, ascii, at, c)
+    }
+
+    /// The relaxed form's outcomes (see `outcomes.rs`), each a pattern
+    /// with its own groups, when it is searched as them.
+    pub(crate) fn outcomes(&self) -> Option<&[Hir]> {
+        self.outcomes.as_ref().map(Outcomes::hirs)
+    }
+
+    /// What [`captures_at`](Self::captures_at) finds at byte 0 of `text`
+    /// (all ASCII), when a leftmost-first DFA anchored at the start named
+    /// `outcome` of [`outcomes`](Self::outcomes) and found its match to end
+    /// at `end` (see [`Outcomes::captures_placed`]).
+    pub(crate) fn captures_placed(
+        &mut self,
+        text: &str,
+        outcome: usize,
+        end: usize,
+    ) -> Option<Spans> {
+        let found = match &mut self.outcomes {
+            Some(outcomes) => outcomes.captures_placed(text, outcome, end),
+            None => return self.captures_at(text, 0),
+        };
+        let spans = self.checked(text, true, 0, found?);
+        debug_assert_eq!(
+            spans,
+            self.captures_at(text, 0),
+            "the outcome and end given are what this pattern's DFA finds"
+        );
+        spans
+    }
+
+    /// The original pattern's spans, from the relaxed form's match `c` at
+    /// byte `at` or later: mapped if every check holds, else fancy-regex's.
+    fn checked(&self, text: &str, ascii: bool, at: usize, c: Spans) -> Option<Spans> {
         if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
             let mut spans: Spans = self.map.iter().map(|&i| i.and_then(|i| c[i])).collect();
             for &(orig, at) in &self.copies {

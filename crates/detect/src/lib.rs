@@ -17,6 +17,7 @@
 //! Nothing here resolves DNS names: a fail2ban `<HOST>` that matched only a
 //! name counts as no address at all.
 
+mod backtrack;
 pub mod builtin;
 mod checked;
 mod conditional;

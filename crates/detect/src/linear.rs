@@ -2,6 +2,9 @@
 
 use std::sync::OnceLock;
 
+use crate::backtrack::Backtrack;
+use crate::dfa;
+
 /// A pattern the `regex` crate compiled twice: as written, with Unicode
 /// classes (Python's `re` on text is Unicode-aware), and with Unicode off,
 /// for lines that are all ASCII.
@@ -28,6 +31,10 @@ pub struct Linear {
     /// The ASCII twin, compiled at once (it is small); `None` when Unicode
     /// cannot be turned off (a non-ASCII class).
     ascii: Option<regex::bytes::Regex>,
+    /// The ASCII twin for a backtracking search of a match already placed
+    /// (see [`Linear::captures_placed`]), built at the first such search;
+    /// `None` inside if it cannot be.
+    placed: Option<Option<Backtrack>>,
 }
 
 /// Each group's byte span, by group index; `None` when it took no part.
@@ -61,6 +68,7 @@ impl Linear {
             names,
             unicode,
             ascii,
+            placed: None,
         })
     }
 
@@ -121,6 +129,36 @@ impl Linear {
                 let c = self.unicode()?.captures_at(text, at)?;
                 Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
             }
+        }
+    }
+
+    /// What [`captures_at`](Self::captures_at) finds at byte 0 of `text`
+    /// (all ASCII), when a leftmost-first DFA anchored at the start, of
+    /// this pattern among others before and after it, named it and found
+    /// its match to end at `end`: the groups come from a backtracking
+    /// search of `text[..end]` alone (see `backtrack.rs`).
+    pub(crate) fn captures_placed(&mut self, text: &str, end: usize) -> Option<Spans> {
+        let pattern = &self.pattern;
+        let placed = self
+            .placed
+            .get_or_insert_with(|| Backtrack::new(&[dfa::parse(pattern)?]))
+            .as_mut()
+            .and_then(|p| p.captures(text.as_bytes(), 0..end, 0))
+            .map(|caps| {
+                (0..caps.group_len())
+                    .map(|g| caps.get_group(g).map(|s| (s.start, s.end)))
+                    .collect::<Spans>()
+            });
+        match placed {
+            Some(spans) => {
+                debug_assert_eq!(
+                    Some(&spans),
+                    self.captures_known(text, true, 0).as_ref(),
+                    "the end given is where this pattern's DFA finds its match to end"
+                );
+                Some(spans)
+            }
+            None => self.captures_known(text, true, 0),
         }
     }
 }
@@ -233,6 +271,31 @@ mod tests {
         );
         assert!(l.is_match(t));
         assert!(l.unicode.get().is_some());
+    }
+
+    /// A match placed by a DFA has the groups the `regex` crate finds,
+    /// also where the text is longer than the backtracker takes (a crafted
+    /// line of 1.2 MB).
+    #[test]
+    fn a_placed_match_has_the_regex_crates_groups() {
+        let p = r"^(?:Connection closed|Disconnected) (?:by|from)(?: user (?P<user>\S+|.*?))? (?P<host>\S+)(?: port \d+)?\s*$";
+        let mut l = Linear::build(p).unwrap();
+        let whole = regex::bytes::Regex::new(&format!("(?-u){p}")).unwrap();
+        for t in [
+            "Disconnected from user root 198.51.100.7 port 22".to_string(),
+            "Disconnected from user a b 198.51.100.7".to_string(),
+            "Connection closed by 198.51.100.7 port 22 ".to_string(),
+            format!(
+                "Disconnected from user {} 198.51.100.7",
+                "x ".repeat(600_000)
+            ),
+        ] {
+            let end = whole.find(t.as_bytes()).unwrap().end();
+            let placed = l.captures_placed(&t, end);
+            assert_eq!(placed, l.captures_at(&t, 0), "{} bytes", t.len());
+            assert!(placed.is_some());
+        }
+        assert!(l.placed.as_ref().is_some_and(Option::is_some));
     }
 
     #[test]

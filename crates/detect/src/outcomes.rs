@@ -39,6 +39,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, meta};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
+use crate::backtrack::Backtrack;
 use crate::linear::Spans;
 use crate::split::renumber;
 
@@ -56,6 +57,14 @@ pub(crate) struct Outcomes {
     maps: Vec<Vec<usize>>,
     /// Groups of the whole pattern, group 0 included.
     groups: usize,
+    /// The outcomes' patterns, each with its own groups numbered from 1:
+    /// a DFA of them can name the outcome and where its match ends (see
+    /// [`Outcomes::captures_placed`]).
+    hirs: Vec<Hir>,
+    /// The same patterns, for the groups of a match already placed: one
+    /// backtracker each, since each search clears a visited set as large
+    /// as its patterns' states times the text's length.
+    placed: Option<Vec<Backtrack>>,
 }
 
 impl Outcomes {
@@ -98,7 +107,45 @@ impl Outcomes {
             set,
             maps,
             groups: hir.properties().explicit_captures_len() + 1,
+            placed: hirs
+                .iter()
+                .map(|h| Backtrack::new(std::slice::from_ref(h)))
+                .collect(),
+            hirs,
         })
+    }
+
+    /// The outcomes' patterns, in order, each with its own groups.
+    pub(crate) fn hirs(&self) -> &[Hir] {
+        &self.hirs
+    }
+
+    /// What [`captures_at`](Self::captures_at) finds at byte 0 of `text`
+    /// (all ASCII), when a leftmost-first DFA anchored at the start, of
+    /// [`hirs`](Self::hirs) among other patterns before and after them,
+    /// named `outcome` and found its match to end at `end`: that is this
+    /// set's match, whose groups a backtracking search of `text[..end]`
+    /// finds (see `backtrack.rs`) without the set's own DFA search.
+    pub(crate) fn captures_placed(
+        &mut self,
+        text: &str,
+        outcome: usize,
+        end: usize,
+    ) -> Option<Spans> {
+        let Some(caps) = self
+            .placed
+            .as_mut()
+            .and_then(|p| p.get_mut(outcome))
+            .and_then(|p| p.captures(text.as_bytes(), 0..end, 0))
+        else {
+            return self.captures_at(text, 0);
+        };
+        let mut spans: Spans = vec![None; self.groups];
+        spans[0] = caps.get_match().map(|m| (m.start(), m.end()));
+        for (j, &g) in self.maps[outcome].iter().enumerate() {
+            spans[g] = caps.get_group(j + 1).map(|s| (s.start, s.end));
+        }
+        Some(spans)
     }
 
     /// The whole pattern's group spans for its first match starting at
@@ -230,7 +277,7 @@ mod tests {
     #[test]
     fn outcomes_find_the_groups_of_the_whole() {
         let p = r"^F (?:(pk)|\S+) for (?:(inv )(?:((\S+)) from (\S+): |((?:.)*?) from (\S+)(.*)$)|(?:((\S+)) from (\S+): |([^:]+) from (\S+)(.*)$))";
-        let o = Outcomes::new(p).expect("splits");
+        let mut o = Outcomes::new(p).expect("splits");
         assert_eq!(o.maps.len(), 4);
         let whole = regex::bytes::RegexBuilder::new(p)
             .unicode(false)
@@ -252,17 +299,26 @@ mod tests {
                     .collect::<Spans>()
             });
             assert_eq!(o.captures_at(t, 0), want, "{t:?}");
+            assert_eq!(placed(&mut o, t), want, "{t:?}");
         }
+    }
+
+    /// The groups of a match the set's DFA placed, found by
+    /// [`Outcomes::captures_placed`] with the outcome and end it gave.
+    fn placed(o: &mut Outcomes, t: &str) -> Option<Spans> {
+        let m = o.set.search(&Input::new(t).anchored(Anchored::Yes))?;
+        o.captures_placed(t, m.pattern().as_usize(), m.end())
     }
 
     /// A crafted line (64 KiB of what each outcome reads, so every one of
     /// them gets far before it fails) is answered as the whole pattern
     /// answers it: the outcomes are searched in linear time, like any
-    /// `regex-automata` search.
+    /// `regex-automata` search, and a placed match longer than the
+    /// backtracker takes is found by the set.
     #[test]
     fn crafted_lines_are_answered_as_the_whole_pattern() {
         let p = r"^F (?:(pk)|\S+) for (?:((\S+)) from (\S+): |([^:]+) from (\S+)(.*)$)";
-        let o = Outcomes::new(p).expect("splits");
+        let mut o = Outcomes::new(p).expect("splits");
         let whole = regex::bytes::RegexBuilder::new(p)
             .unicode(false)
             .build()
@@ -278,6 +334,9 @@ mod tests {
                     .collect::<Spans>()
             });
             assert_eq!(o.captures_at(&t, 0), want, "{} bytes", t.len());
+            let longer = o.placed.iter().flatten().all(|b| b.max_len() < t.len());
+            assert!(longer, "the backtracker takes {} bytes", t.len());
+            assert_eq!(placed(&mut o, &t), want, "{} bytes", t.len());
         }
     }
 

@@ -24,6 +24,8 @@
 
 use std::collections::HashMap;
 
+use regex_syntax::hir::Hir;
+
 use crate::checked::Checked;
 use crate::linear::{Linear, Spans};
 use crate::scan;
@@ -376,6 +378,36 @@ impl Pattern {
     /// The first match's group spans, by index.
     pub fn captures(&self, text: &str) -> Option<Spans> {
         self.captures_at(text, 0)
+    }
+
+    /// The patterns a checked pattern is searched as, one per outcome of
+    /// the choice its conditionals were rewritten into (see
+    /// `outcomes.rs`), each with its own groups.
+    pub(crate) fn outcomes(&self) -> Option<&[Hir]> {
+        match self {
+            Pattern::Checked(r) => r.outcomes(),
+            _ => None,
+        }
+    }
+
+    /// What [`captures`](Self::captures) finds in `text` (all ASCII), when
+    /// a leftmost-first DFA anchored at the start, of this pattern among
+    /// others before and after it, named it and found its match to end at
+    /// `end`: its groups, without a search for where the match lies (see
+    /// `backtrack.rs`). The DFA's pattern is this one as written, or the
+    /// `outcome`'s of its [`outcomes`](Self::outcomes); any other answer
+    /// is found by [`captures`](Self::captures).
+    pub(crate) fn captures_placed(
+        &mut self,
+        text: &str,
+        outcome: Option<usize>,
+        end: usize,
+    ) -> Option<Spans> {
+        match (self, outcome) {
+            (Pattern::Std(r), None) => r.captures_placed(text, end),
+            (Pattern::Checked(r), Some(k)) => r.captures_placed(text, k, end),
+            (p, _) => p.captures(text),
+        }
     }
 
     /// The group spans of the first match starting at byte `at` or later.

@@ -54,11 +54,9 @@
 
 use std::sync::LazyLock;
 
-use regex_automata::nfa::thompson::{self, backtrack, backtrack::BoundedBacktracker};
-use regex_automata::util::captures::Captures;
-use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
 
+use crate::backtrack::Backtrack;
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
 use crate::host::{HostGroup, f2b_host, f2b_host_group};
 use crate::linear::Spans;
@@ -114,9 +112,7 @@ enum PartGroups {
 /// (a DFA search for the match, then the backtracker over it) costs half
 /// as much again.
 struct PartRe {
-    re: BoundedBacktracker,
-    cache: backtrack::Cache,
-    caps: Captures,
+    re: Backtrack,
     map: Vec<usize>,
     /// Whether the part is fail2ban's `<HOST>` followed by `\z`: then
     /// which of its groups the address fills is mostly plain from its
@@ -135,15 +131,8 @@ impl PartRe {
         if to_end {
             numbered = Hir::concat(vec![numbered, Hir::look(Look::End)]);
         }
-        let nfa = thompson::Compiler::new()
-            .configure(thompson::Config::new().utf8(false))
-            .build_from_hir(&numbered)
-            .ok()?;
-        let re = BoundedBacktracker::builder().build_from_nfa(nfa).ok()?;
         Some(PartRe {
-            cache: re.create_cache(),
-            caps: re.create_captures(),
-            re,
+            re: Backtrack::new(std::slice::from_ref(&numbered))?,
             map,
             host,
         })
@@ -163,15 +152,11 @@ impl PartRe {
             }
             return Some(end);
         }
-        let input = Input::new(&hay[..end]).span(i..end).anchored(Anchored::Yes);
-        self.re
-            .try_search(&mut self.cache, &input, &mut self.caps)
-            .ok()?;
-        let j = self.caps.get_match()?.end();
+        let caps = self.re.captures(&hay[..end], i..end, 0)?;
         for (n, &g) in self.map.iter().enumerate() {
-            spans[g] = self.caps.get_group(n + 1).map(|s| (s.start, s.end));
+            spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
         }
-        Some(j)
+        caps.get_match().map(|m| m.end())
     }
 }
 

@@ -273,18 +273,25 @@ impl Re {
         self.names.iter().any(|(n, _)| n == name)
     }
 
-    /// The first match in `buf`. `end` is where the failregexes'
-    /// first-match DFA found this one's match to end, if it named this one:
-    /// anchored and leftmost-first, its match of this pattern, which no
-    /// failregex before it matched, ends where this pattern's own search
-    /// would end, so the split need not search again.
+    /// The first match in `buf`. `placed` is what the failregexes'
+    /// first-match DFA found, if it named this one: which of the pattern's
+    /// outcomes it named, if it ran them (see [`FirstDfa`]), and where the
+    /// match ends. Anchored and leftmost-first, its match of this pattern
+    /// (or outcome), which no failregex before it matched, ends where this
+    /// pattern's own search would end, so neither the split nor the
+    /// search for groups need search for it again.
     fn search<'t>(
         &'t mut self,
         dfas: &mut Dfas,
         buf: &'t str,
-        end: Option<usize>,
+        placed: Option<(Option<usize>, usize)>,
     ) -> Option<Match<'t>> {
-        let end = end.filter(|_| self.relaxed_is_itself);
+        // The DFA ran a relaxed form of a pattern as written: its end is
+        // this pattern's only if the two are the same.
+        let placed = placed.filter(|&(outcome, _)| outcome.is_some() || self.relaxed_is_itself);
+        let end = placed
+            .filter(|&(outcome, _)| outcome.is_none())
+            .map(|(_, end)| end);
         let ascii = buf.is_ascii();
         let groups = self.groups;
         let split = match &mut self.split {
@@ -307,9 +314,10 @@ impl Re {
         let caps = match split {
             Found::Spans(caps) => caps,
             Found::NoMatch => return None,
-            Found::Unsure => match self.segments.as_ref().and_then(|s| s.captures(buf)) {
-                Some(caps) => caps,
-                None => self.pat.captures(buf)?,
+            Found::Unsure => match (self.segments.as_ref().and_then(|s| s.captures(buf)), placed) {
+                (Some(caps), _) => caps,
+                (None, Some((outcome, end))) => self.pat.captures_placed(buf, outcome, end)?,
+                (None, None) => self.pat.captures(buf)?,
             },
         };
         Some(Match {
@@ -464,19 +472,30 @@ struct Prefilter {
     set: OnceLock<Option<regex::RegexSet>>,
 }
 
+/// The failregexes' relaxed forms (look-arounds dropped: each matches at
+/// least what its failregex matches) as the patterns of one leftmost-first
+/// DFA, anchored at the start. fail2ban tries the failregexes in order and
+/// takes the first that matches; the DFA's match is the relaxed form of
+/// lowest index that matches, so no failregex before it can match.
+///
+/// A failregex searched as its outcomes (see `outcomes.rs`) is there as
+/// them, in order: the DFA names the outcome too, and ends where that
+/// outcome's match ends.
+struct FirstDfa {
+    dfa: RuleDfa,
+    /// The failregex each of the DFA's patterns is, and which of its
+    /// outcomes.
+    names: Vec<(usize, Option<usize>)>,
+}
+
 /// A loaded fail2ban filter with its matching state.
 pub struct Filter {
     prefregex: Option<Re>,
     failregex: Vec<Re>,
     ignoreregex: Vec<Re>,
     prefilter: Prefilter,
-    /// The failregexes' relaxed forms (look-arounds dropped: each matches
-    /// at least what its failregex matches) as the patterns of one
-    /// leftmost-first DFA, anchored at the start. fail2ban tries the
-    /// failregexes in order and takes the first that matches; the DFA's
-    /// match is the relaxed form of lowest index that matches, so no
-    /// failregex before it can match.
-    first: Option<RuleDfa>,
+    /// The failregexes' relaxed forms in one DFA (see [`FirstDfa`]).
+    first: Option<FirstDfa>,
     /// Sets of strings: every line a failregex can match holds one string
     /// of each set (single-line filters only: a multi-line filter must see
     /// every line).
@@ -679,11 +698,7 @@ impl Filter {
         // The first failregex a line can match, in one DFA search, when
         // every failregex has a relaxed form the DFAs can run.
         let first = match (always.is_empty(), def.maxlines <= 1) {
-            (true, true) => relaxed
-                .iter()
-                .map(|r| dfa::parse(r).map(dfa::anchored_form))
-                .collect::<Option<Vec<_>>>()
-                .and_then(|hirs| dfas.rule(&hirs)),
+            (true, true) => first_dfa(&mut dfas, &failregex, &relaxed),
             _ => None,
         };
         let prefilter = Prefilter {
@@ -849,18 +864,19 @@ impl Filter {
         };
         let first = match &mut self.first {
             Some(first) if !self.check_all && b.is_ascii() => {
-                match self.dfas.search(first, b.as_bytes()) {
+                match self.dfas.search(&mut first.dfa, b.as_bytes()) {
                     Ok(None) => return out,
-                    Ok(Some(found)) => Some(found),
+                    Ok(Some((k, end))) => Some((first.names[k], end)),
                     Err(()) => None,
                 }
             }
             _ => None,
         };
-        // Where the match of the failregex the DFA names ends, for its
-        // first search (the text is the one the DFA read).
+        // The outcome the DFA names of the failregex it names, and where
+        // their match ends, for that failregex's first search (the text is
+        // the one the DFA read).
         let mut first_end = first;
-        let first = first.map(|(k, _)| k);
+        let first = first.map(|((i, _), _)| i);
         // The failregexes to try, in order. With the DFA's answer, the one
         // it names, and only if that one does not match after all (its
         // relaxed form matches more), the prefilter's after it.
@@ -876,8 +892,11 @@ impl Filter {
                 b = Some(Self::buf(&self.buffer));
             }
             let bs = b.as_deref().unwrap();
-            let end = first_end.take().filter(|&(k, _)| k == i).map(|(_, e)| e);
-            let Some(m) = self.failregex[i].search(&mut self.dfas, bs, end) else {
+            let placed = first_end
+                .take()
+                .filter(|&((k, _), _)| k == i)
+                .map(|((_, outcome), end)| (outcome, end));
+            let Some(m) = self.failregex[i].search(&mut self.dfas, bs, placed) else {
                 if let Some(k) = rest_after.take() {
                     candidates.extend(self.candidates(bs).into_iter().filter(|&c| c > k));
                 }
@@ -1104,6 +1123,32 @@ impl Filter {
         self.mlfid_order.push_back((id.clone(), n));
         self.mlfid.insert(id, (sh, n));
     }
+}
+
+/// The failregexes' first-match DFA (see [`FirstDfa`]), from each one's
+/// outcomes or else its relaxed form (`relaxed[i]` is `failregex[i]`'s);
+/// `None` if one does not parse or the DFA cannot be built.
+fn first_dfa(dfas: &mut Dfas, failregex: &[Re], relaxed: &[String]) -> Option<FirstDfa> {
+    let mut hirs = Vec::new();
+    let mut names = Vec::new();
+    for (i, (re, relaxed)) in failregex.iter().zip(relaxed).enumerate() {
+        match re.pat.outcomes() {
+            Some(outcomes) => {
+                for (k, hir) in outcomes.iter().enumerate() {
+                    hirs.push(dfa::anchored_form(hir.clone()));
+                    names.push((i, Some(k)));
+                }
+            }
+            None => {
+                hirs.push(dfa::anchored_form(dfa::parse(relaxed)?));
+                names.push((i, None));
+            }
+        }
+    }
+    Some(FirstDfa {
+        dfa: dfas.rule(&hirs)?,
+        names,
+    })
 }
 
 /// `line` with room for the newline the regexes see after it.
