@@ -1496,8 +1496,8 @@ mod tests {
     /// changes nothing: every shipped filter finds the same failures with
     /// it and without it, in its own sample log (and variants) and in a
     /// seventh of the texts of all sample logs. (Where the DFA's match
-    /// ends is handed to the named failregex's split, which checks it in a
-    /// debug build.)
+    /// ends, and which outcome it named, is handed to the named failregex's
+    /// split or its search for groups, which check it in a debug build.)
     #[test]
     fn first_failregex_by_dfa_changes_nothing() {
         let Some(all) = samples::texts_of(|_| true) else {
