@@ -40,6 +40,8 @@
 //! it; a reference or look-ahead inside a group repeated without bound or
 //! more than four times (only the last repetition would be checked).
 
+use regex_syntax::hir::Hir;
+
 use crate::conditional::unconditional;
 use crate::linear::{Linear, Spans, StartingAt};
 use crate::outcomes::Outcomes;
@@ -47,7 +49,6 @@ use crate::scan::{
     Piece, count_captures, escape_or_class, group_end, opens_capture, pieces, quantifier,
     rewrite_groups,
 };
-use regex_syntax::hir::Hir;
 
 /// A pattern with back references or look-aheads, run as a relaxed linear
 /// pattern plus checks, with fancy-regex for the lines the checks reject.
