@@ -25,7 +25,9 @@
 //! Child processes inherit the pinning; each is timed by the wall clock,
 //! and its CPU time and peak memory (`ru_maxrss`) are taken from `wait4`
 //! (palisade and fail2ban-rs: the fastest of `RUNS`, with the highest peak
-//! of them; fail2ban-regex, which takes a minute, once).
+//! of them, their runs taken in turns so that a slower spell of a shared
+//! machine falls on each alike; fail2ban-regex, which takes a minute,
+//! once).
 //! The matches each tool counted are printed beside its time, so that the
 //! comparison can be checked to be like for like. Ratios are printed at the
 //! end of each log's table.
@@ -323,25 +325,43 @@ fn measure(mut cmd: Command, out_file: &Path) -> Result<Measured, String> {
     })
 }
 
-/// [`measure`] of the command `make` builds, [`runs`] times: the fastest
-/// run, with the highest peak memory of all.
-fn fastest(make: impl Fn() -> Command, out_file: &Path) -> Result<Measured, String> {
-    let mut best: Option<Measured> = None;
+/// A command the bench times, with the file its output goes to and what
+/// reads the counts off that output.
+struct Tool {
+    name: String,
+    make: Box<dyn Fn() -> Command>,
+    out_file: PathBuf,
+    counted: fn(&Measured) -> Result<String, String>,
+}
+
+/// [`measure`] of each tool, [`runs`] times, in turns (the first tool,
+/// the second, ..., then the first again), so that a slower spell of the
+/// machine falls on every tool alike rather than on one: for each, the
+/// fastest run, with the highest peak memory of all its runs.
+fn in_turns(tools: &[Tool]) -> Vec<Result<Measured, String>> {
+    let mut best: Vec<Result<Option<Measured>, String>> = tools.iter().map(|_| Ok(None)).collect();
     for _ in 0..runs() {
-        let m = measure(make(), out_file)?;
-        best = Some(match best {
-            Some(b) => {
-                let max_rss_kib = b.max_rss_kib.max(m.max_rss_kib);
-                let fastest = if b.wall <= m.wall { b } else { m };
-                Measured {
-                    max_rss_kib,
-                    ..fastest
+        for (tool, best) in tools.iter().zip(&mut best) {
+            let Ok(kept) = best else {
+                continue;
+            };
+            *best = match (measure((tool.make)(), &tool.out_file), kept.take()) {
+                (Err(e), _) => Err(e),
+                (Ok(m), None) => Ok(Some(m)),
+                (Ok(m), Some(b)) => {
+                    let max_rss_kib = b.max_rss_kib.max(m.max_rss_kib);
+                    let fastest = if b.wall <= m.wall { b } else { m };
+                    Ok(Some(Measured {
+                        max_rss_kib,
+                        ..fastest
+                    }))
                 }
-            }
-            None => m,
-        });
+            };
+        }
     }
-    Ok(best.expect("at least one run"))
+    best.into_iter()
+        .map(|b| b.and_then(|m| m.ok_or_else(|| "not run".to_string())))
+        .collect()
 }
 
 /// One row of a log's table: lines per second of wall-clock and of CPU
@@ -372,13 +392,26 @@ fn row(name: &str, lines: usize, m: &Measured, matched: &str) -> Row {
 }
 
 /// `palisade detect --json ARGS LOG` as a child.
-fn palisade(dir: &Path, log: &Path, args: &[&str]) -> Result<(Measured, String), String> {
-    let make = || {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.env(CHILD, "1").arg("--json").args(args).arg(log);
-        cmd
-    };
-    let m = fastest(make, &dir.join("palisade.json"))?;
+fn palisade(name: &str, dir: &Path, log: &Path, args: &[&str]) -> Tool {
+    let (log, args) = (
+        log.to_path_buf(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    );
+    Tool {
+        name: name.to_string(),
+        make: Box::new(move || {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.env(CHILD, "1").arg("--json").args(&args).arg(&log);
+            cmd
+        }),
+        // Read after each run, so the two palisade rows can share it.
+        out_file: dir.join("palisade.json"),
+        counted: palisade_counted,
+    }
+}
+
+/// What a `palisade detect --json` run counted, from its summary line.
+fn palisade_counted(m: &Measured) -> Result<String, String> {
     let summary: serde_json::Value = m
         .out
         .lines()
@@ -394,7 +427,7 @@ fn palisade(dir: &Path, log: &Path, args: &[&str]) -> Result<(Measured, String),
         .map(|r| format!("{} {}", r["rule"].as_str().unwrap_or(""), r["matched"]))
         .collect();
     let fallback = s["fallback_filters"].as_array().map_or(0, Vec::len);
-    let text = format!(
+    Ok(format!(
         "matched: {}; {} bans, {} evicted{}",
         matched.join(", "),
         s["bans"],
@@ -404,8 +437,7 @@ fn palisade(dir: &Path, log: &Path, args: &[&str]) -> Result<(Measured, String),
         } else {
             String::new()
         }
-    );
-    Ok((m, text))
+    ))
 }
 
 /// fail2ban-rs, installed under `target/fail2ban-rs` if it is not yet.
@@ -443,12 +475,7 @@ fn fail2ban_rs() -> Result<PathBuf, String> {
 type Jail<'a> = (&'a str, &'a [&'a str]);
 
 /// `fail2ban-rs dry-run` of `log` with `jails` (5 failures within 10m).
-fn run_fail2ban_rs(
-    bin: &Path,
-    dir: &Path,
-    log: &Path,
-    jails: &[Jail],
-) -> Result<(Measured, String), String> {
+fn fail2ban_rs_tool(bin: &Path, dir: &Path, log: &Path, jails: &[Jail]) -> Result<Tool, String> {
     let mut conf = format!(
         "[global]\nstate_file = {:?}\nsocket_path = {:?}\n",
         dir.join("f2brs.state").display().to_string(),
@@ -468,12 +495,21 @@ fn run_fail2ban_rs(
     }
     let path = dir.join("fail2ban-rs.toml");
     std::fs::write(&path, conf).map_err(|e| e.to_string())?;
-    let make = || {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&path).arg("dry-run").arg(log);
-        cmd
-    };
-    let m = fastest(make, &dir.join("fail2ban-rs.out"))?;
+    let (bin, log) = (bin.to_path_buf(), log.to_path_buf());
+    Ok(Tool {
+        name: "fail2ban-rs dry-run".to_string(),
+        make: Box::new(move || {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--config").arg(&path).arg("dry-run").arg(&log);
+            cmd
+        }),
+        out_file: dir.join("fail2ban-rs.out"),
+        counted: fail2ban_rs_counted,
+    })
+}
+
+/// What a `fail2ban-rs dry-run` counted, from its totals.
+fn fail2ban_rs_counted(m: &Measured) -> Result<String, String> {
     let pick = |key: &str| -> u64 {
         m.out
             .lines()
@@ -481,12 +517,11 @@ fn run_fail2ban_rs(
             .filter_map(|v| v.trim().parse::<u64>().ok())
             .sum()
     };
-    let text = format!(
+    Ok(format!(
         "matched {}, would ban {}",
         pick("Matches:"),
         pick("Would ban:")
-    );
-    Ok((m, text))
+    ))
 }
 
 /// fail2ban-regex with each filter in turn, times added up.
@@ -653,16 +688,15 @@ fn main() {
         } else {
             "palisade detect --json (built-in rules)"
         };
-        match palisade(&dir, &path, &args) {
-            Ok((m, text)) => rows.push(row(name, lines, &m, &text)),
-            Err(e) => println!("  {name}: {e}"),
-        }
+        let mut tools = vec![palisade(name, &dir, &path, &args)];
         if !mail && have_f2b {
             let name = "palisade detect --json (imported sshd.conf)";
-            match palisade(&dir, &path, &["--fail2ban-filter", &sshd_conf]) {
-                Ok((m, text)) => rows.push(row(name, lines, &m, &text)),
-                Err(e) => println!("  {name}: {e}"),
-            }
+            tools.push(palisade(
+                name,
+                &dir,
+                &path,
+                &["--fail2ban-filter", &sshd_conf],
+            ));
         }
         match &f2b_rs {
             Ok(bin) => {
@@ -675,12 +709,18 @@ fn main() {
                 } else {
                     vec![("sshd", SSHD_JAIL)]
                 };
-                match run_fail2ban_rs(bin, &dir, &path, &jails) {
-                    Ok((m, text)) => rows.push(row("fail2ban-rs dry-run", lines, &m, &text)),
+                match fail2ban_rs_tool(bin, &dir, &path, &jails) {
+                    Ok(tool) => tools.push(tool),
                     Err(e) => println!("  fail2ban-rs: {e}"),
                 }
             }
             Err(e) => println!("  fail2ban-rs: {e}"),
+        }
+        for (tool, m) in tools.iter().zip(in_turns(&tools)) {
+            match m.and_then(|m| Ok(((tool.counted)(&m)?, m))) {
+                Ok((text, m)) => rows.push(row(&tool.name, lines, &m, &text)),
+                Err(e) => println!("  {}: {e}", tool.name),
+            }
         }
         if f2b_regex {
             let filters: Vec<&str> = if mail {
