@@ -34,6 +34,7 @@ use std::collections::HashSet;
 
 use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::nfa::thompson;
+use regex_automata::util::captures::Captures;
 use regex_automata::util::start;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, meta};
@@ -41,7 +42,7 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::backtrack::Backtrack;
 use crate::linear::Spans;
-use crate::split::renumber;
+use crate::split::{renumber, spread};
 
 /// Most outcomes a pattern is split into.
 const MAX_OUTCOMES: usize = 16;
@@ -140,12 +141,7 @@ impl Outcomes {
         else {
             return self.captures_at(text, 0);
         };
-        let mut spans: Spans = vec![None; self.groups];
-        spans[0] = caps.get_match().map(|m| (m.start(), m.end()));
-        for (j, &g) in self.maps[outcome].iter().enumerate() {
-            spans[g] = caps.get_group(j + 1).map(|s| (s.start, s.end));
-        }
-        Some(spans)
+        Some(whole(self.groups, &self.maps[outcome], caps))
     }
 
     /// The whole pattern's group spans for its first match starting at
@@ -155,13 +151,17 @@ impl Outcomes {
         self.set
             .search_captures(&Input::new(text).range(at..), &mut caps);
         let outcome = caps.pattern()?.as_usize();
-        let mut spans: Spans = vec![None; self.groups];
-        spans[0] = caps.get_match().map(|m| (m.start(), m.end()));
-        for (j, &g) in self.maps[outcome].iter().enumerate() {
-            spans[g] = caps.get_group(j + 1).map(|s| (s.start, s.end));
-        }
-        Some(spans)
+        Some(whole(self.groups, &self.maps[outcome], &caps))
     }
+}
+
+/// The whole pattern's spans (`groups` of them) from an outcome's match,
+/// whose groups `map` gives the whole pattern's index of.
+fn whole(groups: usize, map: &[usize], caps: &Captures) -> Spans {
+    let mut spans: Spans = vec![None; groups];
+    spans[0] = caps.get_match().map(|m| (m.start(), m.end()));
+    spread(caps, map, &mut spans);
+    spans
 }
 
 /// The outcomes of the sequence `seq`, pushed onto `out` in order: itself

@@ -54,6 +54,7 @@
 
 use std::sync::LazyLock;
 
+use regex_automata::util::captures::Captures;
 use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
 
 use crate::backtrack::Backtrack;
@@ -153,9 +154,7 @@ impl PartRe {
             return Some(end);
         }
         let caps = self.re.captures(&hay[..end], i..end, 0)?;
-        for (n, &g) in self.map.iter().enumerate() {
-            spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
-        }
+        spread(caps, &self.map, spans);
         caps.get_match().map(|m| m.end())
     }
 }
@@ -385,6 +384,14 @@ impl FirstPath {
         // Where the way does not hold, the caller drops `spans`.
         let j = self.re.captures(hay, i, next, spans)?;
         dfas.after_matches(split, hay, j, next)?.then_some(i)
+    }
+}
+
+/// Sets in `spans` (the pattern's groups) those of a match of a part
+/// [`renumber`]ed with `map`.
+pub(crate) fn spread(caps: &Captures, map: &[usize], spans: &mut Spans) {
+    for (n, &g) in map.iter().enumerate() {
+        spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
     }
 }
 
