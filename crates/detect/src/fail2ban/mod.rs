@@ -188,36 +188,58 @@ struct Re {
     names: Vec<(String, usize)>,
     /// The named groups a failure is read by ([`READ`]), with their indexes:
     /// the only ones [`Match::groups`] gives.
-    read: Vec<(&'static str, usize)>,
+    read: Vec<(Key, usize)>,
     /// Groups, named or not, group 0 included.
     groups: usize,
     /// The index of each `alt_` group and the group of [`READ`] it stands
     /// in for, sorted by the `alt_` group's name.
-    alts: Vec<(usize, &'static str)>,
+    alts: Vec<(usize, Key)>,
 }
 
 /// The groups a failure is read by: what it reports (host, address, no
 /// failure), the multi-line failure id and the flags that merge failures
 /// under it, and the prefregex's content. No other group changes what a
 /// filter finds, so no other group is copied out of a match.
-const READ: [&str; 12] = [
-    "mlfid",
-    "content",
-    "nofail",
-    "mlfgained",
-    "mlfforget",
-    "mlfpending",
-    "user",
-    "fid",
-    "ip4",
-    "ip6",
-    "dns",
-    "cidr",
+const READ: [(&str, Key); 12] = [
+    ("mlfid", Key::Mlfid),
+    ("content", Key::Content),
+    ("nofail", Key::Nofail),
+    ("mlfgained", Key::Mlfgained),
+    ("mlfforget", Key::Mlfforget),
+    ("mlfpending", Key::Mlfpending),
+    ("user", Key::User),
+    ("fid", Key::Fid),
+    ("ip4", Key::Ip4),
+    ("ip6", Key::Ip6),
+    ("dns", Key::Dns),
+    ("cidr", Key::Cidr),
 ];
 
-/// `name` as it is in [`READ`], if it is there.
-fn read_name(name: &str) -> Option<&'static str> {
-    READ.iter().copied().find(|&r| r == name)
+/// A value a failure is read by: a group of [`READ`], or the users an id
+/// has failed as. Its number is its place in [`Fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Mlfid,
+    Content,
+    Nofail,
+    Mlfgained,
+    Mlfforget,
+    Mlfpending,
+    User,
+    Fid,
+    Ip4,
+    Ip6,
+    Dns,
+    Cidr,
+    Users,
+}
+
+/// How many [`Key`]s there are.
+const KEYS: usize = Key::Users as usize + 1;
+
+/// The key of group `name`, if a failure is read by it.
+fn read_name(name: &str) -> Option<Key> {
+    READ.iter().find(|(r, _)| *r == name).map(|&(_, k)| k)
 }
 
 impl Re {
@@ -240,7 +262,7 @@ impl Re {
             .filter_map(|(n, i)| Some((read_name(n)?, *i)))
             .collect();
         // alt_ names merge into their base name, tuple_ names are ignored.
-        let mut alts: Vec<(&str, usize, &'static str)> = names
+        let mut alts: Vec<(&str, usize, Key)> = names
             .iter()
             .filter_map(|(k, i)| {
                 let rest = k.strip_prefix("alt_")?;
@@ -340,28 +362,35 @@ impl Match<'_> {
     }
 
     /// The named groups a failure is read by ([`READ`]; `None` when not
-    /// participating), with `alt_` groups merged into theirs.
+    /// participating), with `alt_` groups merged into theirs; the
+    /// prefregex's content is not copied (see [`Match::span`]).
     fn groups(&self) -> Fail {
         let text = |i: usize| {
             let (s, e) = self.caps.get(i).copied().flatten()?;
             Some(&self.text[s..e])
         };
-        let mut f = Fail(Vec::with_capacity(self.re.read.len() + self.re.alts.len()));
+        let mut f = Fail::default();
         // Names are unique within a regex.
-        for &(name, i) in &self.re.read {
-            // The prefregex's content becomes the text, with a newline.
-            let v = text(i).map_or(Val::None, |t| Val::Str(with_room(t)));
-            f.0.push((name, v));
+        for &(key, i) in &self.re.read {
+            if key != Key::Content {
+                f.insert(key, text(i).map_or(Val::None, |t| Val::Str(t.to_string())));
+            }
         }
-        for &(i, n) in &self.re.alts {
+        for &(i, key) in &self.re.alts {
             if let Some(v) = text(i)
                 && !v.is_empty()
-                && !f.get(n).is_some_and(Val::truthy)
+                && !f.get(key).is_some_and(Val::truthy)
             {
-                f.insert(n, Val::Str(v.to_string()));
+                f.insert(key, Val::Str(v.to_string()));
             }
         }
         f
+    }
+
+    /// Where group `key` of [`READ`] matched, if it took part.
+    fn span(&self, key: Key) -> Option<(usize, usize)> {
+        let &(_, i) = self.re.read.iter().find(|&&(k, _)| k == key)?;
+        self.caps.get(i).copied().flatten()
     }
 }
 
@@ -380,8 +409,9 @@ fn map_tag(s: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 enum Val {
+    #[default]
     None,
     Str(String),
     Users(BTreeSet<String>),
@@ -405,53 +435,60 @@ impl Val {
     }
 }
 
-/// A failure's named values (those of [`READ`] and `users`), found by name in a
-/// vector: cheaper to fill, copy and drop than a map.
+/// A failure's values, each in its [`Key`]'s place. A key is set when its
+/// group is in the regex, even if the group took no part in the match
+/// ([`Val::None`]): merged into another failure, it clears that one's.
 #[derive(Debug, Clone, Default)]
-struct Fail(Vec<(&'static str, Val)>);
+struct Fail {
+    /// The keys set, a bit each.
+    set: u16,
+    vals: [Val; KEYS],
+}
 
 impl Fail {
-    fn new() -> Fail {
-        Fail(Vec::new())
+    fn has(&self, key: Key) -> bool {
+        self.set & 1 << key as u16 != 0
     }
 
-    fn position(&self, name: &str) -> Option<usize> {
-        self.0
-            .iter()
-            .position(|(n, _)| n.len() == name.len() && *n == name)
+    fn get(&self, key: Key) -> Option<&Val> {
+        self.has(key).then(|| &self.vals[key as usize])
     }
 
-    fn get(&self, name: &str) -> Option<&Val> {
-        self.position(name).map(|i| &self.0[i].1)
+    fn get_mut(&mut self, key: Key) -> Option<&mut Val> {
+        self.has(key).then(|| &mut self.vals[key as usize])
     }
 
-    fn get_mut(&mut self, name: &str) -> Option<&mut Val> {
-        self.position(name).map(|i| &mut self.0[i].1)
+    fn insert(&mut self, key: Key, v: Val) {
+        self.set |= 1 << key as u16;
+        self.vals[key as usize] = v;
     }
 
-    fn insert(&mut self, name: &'static str, v: Val) {
-        match self.position(name) {
-            Some(i) => self.0[i].1 = v,
-            None => self.0.push((name, v)),
-        }
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Val> {
-        self.position(name).map(|i| self.0.swap_remove(i).1)
+    fn remove(&mut self, key: Key) -> Option<Val> {
+        let had = self.has(key);
+        self.set &= !(1 << key as u16);
+        had.then(|| std::mem::take(&mut self.vals[key as usize]))
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.set == 0
+    }
+
+    /// Sets every key `other` sets to its value there; with `skip_none`,
+    /// only those whose value is not [`Val::None`].
+    fn update(&mut self, mut other: Fail, skip_none: bool) {
+        let mut set = other.set;
+        while set != 0 {
+            let k = set.trailing_zeros() as usize;
+            set &= set - 1;
+            let v = std::mem::take(&mut other.vals[k]);
+            if !(skip_none && v == Val::None) {
+                self.set |= 1 << k;
+                self.vals[k] = v;
+            }
+        }
     }
 }
 
-impl IntoIterator for Fail {
-    type Item = (&'static str, Val);
-    type IntoIter = std::vec::IntoIter<(&'static str, Val)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
 type Shared = Arc<Mutex<Fail>>;
 
 /// Most multi-line failure ids a filter remembers: fail2ban's own
@@ -839,19 +876,25 @@ impl Filter {
         {
             return out;
         }
-        let mut pre: Fail = Fail::new();
+        let mut pre = Fail::default();
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
             let Some(m) = p.search(&mut self.dfas, b, None) else {
                 return out;
             };
             pre = m.groups();
-            if let Some(Val::Str(content)) = pre.remove("content")
-                && !content.is_empty()
+            if let Some((s, e)) = m.span(Key::Content)
+                && s < e
             {
                 buf = if single {
-                    Some(Self::alone(content))
+                    // The content and its newline, in the line's own room.
+                    let mut b = buf.take().unwrap();
+                    b.truncate(e);
+                    b.push('\n');
+                    b.replace_range(..s, "");
+                    Some(b)
                 } else {
+                    let content = b[s..e].to_string();
                     self.buffer.clear();
                     self.buffer.push(content);
                     None
@@ -879,15 +922,26 @@ impl Filter {
         let first = first.map(|((i, _), _)| i);
         // The failregexes to try, in order. With the DFA's answer, the one
         // it names, and only if that one does not match after all (its
-        // relaxed form matches more), the prefilter's after it.
-        let (mut candidates, mut rest_after) = match first {
-            Some(k) => (vec![k], Some(k)),
-            None => (self.candidates(&b), None),
+        // relaxed form matches more), the prefilter's after it: the one
+        // it names is not put in a list.
+        let (mut named, mut rest_after) = (first, first);
+        let mut candidates = match first {
+            Some(_) => Vec::new(),
+            None => self.candidates(&b),
         };
         let mut b = Some(b);
         let mut next = 0;
-        while let Some(&i) = candidates.get(next) {
-            next += 1;
+        loop {
+            let i = match named.take() {
+                Some(i) => i,
+                None => {
+                    let Some(&i) = candidates.get(next) else {
+                        break;
+                    };
+                    next += 1;
+                    i
+                }
+            };
             if b.is_none() {
                 b = Some(Self::buf(&self.buffer));
             }
@@ -947,13 +1001,11 @@ impl Filter {
                 } else {
                     std::mem::take(&mut pre)
                 };
-                for (k, v) in fail {
-                    merged.insert(k, v);
-                }
+                merged.update(fail, false);
                 fail = merged;
             }
             // No one reads the id from the failure itself.
-            let mlfid = match fail.remove("mlfid") {
+            let mlfid = match fail.remove(Key::Mlfid) {
                 Some(Val::Str(id)) => Some(id),
                 _ => None,
             };
@@ -964,9 +1016,9 @@ impl Filter {
             let (nofail, host, is_ip) = {
                 let f = shared.lock().unwrap();
                 let text = |k| f.get(k).and_then(Val::as_str);
-                let fid = text("fid");
-                let ip = ["ip4", "ip6", "dns"].into_iter().find_map(text);
-                let cidr = text("cidr").and_then(|c| c.parse::<u8>().ok());
+                let fid = text(Key::Fid);
+                let ip = [Key::Ip4, Key::Ip6, Key::Dns].into_iter().find_map(text);
+                let cidr = text(Key::Cidr).and_then(|c| c.parse::<u8>().ok());
                 let host = match (ip, fid) {
                     (Some(ip), Some(fid)) if fid != ip => Some(fid.to_string()),
                     (Some(ip), _) => Some(match cidr {
@@ -977,14 +1029,15 @@ impl Filter {
                     (None, None) => None,
                 };
                 (
-                    f.get("nofail").is_some_and(Val::truthy),
+                    f.get(Key::Nofail).is_some_and(Val::truthy),
                     host,
                     // Only ip4/ip6 groups give an address, never a DNS name.
-                    f.get("ip4").is_some_and(Val::truthy) || f.get("ip6").is_some_and(Val::truthy),
+                    f.get(Key::Ip4).is_some_and(Val::truthy)
+                        || f.get(Key::Ip6).is_some_and(Val::truthy),
                 )
             };
             if host.is_none() && mlfid.is_some() {
-                shared.lock().unwrap().insert("mlfpending", Val::Int(1));
+                shared.lock().unwrap().insert(Key::Mlfpending, Val::Int(1));
             }
             if !nofail || self.check_all {
                 let address = host.as_deref().and_then(parse_addr).filter(|_| is_ip);
@@ -1037,20 +1090,20 @@ impl Filter {
         // How many users the id has failed as, when it has any.
         let mut users: Option<usize> = None;
         let mut fl = 0u8;
-        if fail.get("mlfgained").is_some_and(Val::truthy) {
+        if fail.get(Key::Mlfgained).is_some_and(Val::truthy) {
             fl |= 8 | 1;
-            if !fail.get("nofail").is_some_and(Val::truthy) {
-                let g = fail.get("mlfgained").cloned().unwrap_or(Val::None);
-                fail.insert("nofail", g);
+            if !fail.get(Key::Nofail).is_some_and(Val::truthy) {
+                let g = fail.get(Key::Mlfgained).cloned().unwrap_or(Val::None);
+                fail.insert(Key::Nofail, g);
             }
-        } else if fail.get("nofail").is_some_and(Val::truthy) {
+        } else if fail.get(Key::Nofail).is_some_and(Val::truthy) {
             fl |= 1;
         }
-        if fail.remove("mlfforget").is_some_and(|v| v.truthy()) {
+        if fail.remove(Key::Mlfforget).is_some_and(|v| v.truthy()) {
             fl |= 2;
         }
         let user = fail
-            .get("user")
+            .get(Key::User)
             .and_then(|v| v.as_str().map(String::from))
             .filter(|u| !u.is_empty());
         let shared = match cached {
@@ -1058,20 +1111,16 @@ impl Filter {
                 {
                     let mut g = sh.lock().unwrap();
                     users = update_users(&mut g, user.as_deref());
-                    if g.remove("nofail").is_some_and(|v| v.truthy()) {
+                    if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
                         fl |= 4;
                     }
-                    if g.remove("mlfgained").is_some_and(|v| v.truthy()) {
+                    if g.remove(Key::Mlfgained).is_some_and(|v| v.truthy()) {
                         fl |= 4;
                     }
                     if fl & 8 != 0 {
-                        g.remove("mlfpending");
+                        g.remove(Key::Mlfpending);
                     }
-                    for (k, v) in fail {
-                        if v != Val::None {
-                            g.insert(k, v);
-                        }
-                    }
+                    g.update(fail, true);
                 }
                 if fl & 2 != 0 {
                     self.mlfid.remove(mlfid);
@@ -1091,10 +1140,10 @@ impl Filter {
         };
         {
             let mut g = shared.lock().unwrap();
-            let pending = g.remove("mlfpending").is_some_and(|v| v.truthy());
+            let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
             if pending || users.is_some_and(|n| n > 1) {
-                g.remove("nofail");
-                g.remove("mlfgained");
+                g.remove(Key::Nofail);
+                g.remove(Key::Mlfgained);
             }
         }
         shared
@@ -1163,11 +1212,11 @@ fn with_room(line: &str) -> String {
 fn update_users(f: &mut Fail, user: Option<&str>) -> Option<usize> {
     match user {
         Some(u) => {
-            let set = match f.get_mut("users") {
+            let set = match f.get_mut(Key::Users) {
                 Some(Val::Users(s)) => s,
                 _ => {
-                    f.insert("users", Val::Users(BTreeSet::new()));
-                    match f.get_mut("users") {
+                    f.insert(Key::Users, Val::Users(BTreeSet::new()));
+                    match f.get_mut(Key::Users) {
                         Some(Val::Users(s)) => s,
                         _ => unreachable!(),
                     }
@@ -1178,7 +1227,7 @@ fn update_users(f: &mut Fail, user: Option<&str>) -> Option<usize> {
             }
             Some(set.len())
         }
-        None => match f.get("users") {
+        None => match f.get(Key::Users) {
             Some(Val::Users(s)) => Some(s.len()),
             _ => None,
         },
