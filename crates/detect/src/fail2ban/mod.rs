@@ -361,30 +361,34 @@ impl Match<'_> {
         self.caps[0].expect("group 0")
     }
 
-    /// The named groups a failure is read by ([`READ`]; `None` when not
-    /// participating), with `alt_` groups merged into theirs; the
-    /// prefregex's content is not copied (see [`Match::span`]).
-    fn groups(&self) -> Fail {
+    /// Sets in `f` the named groups a failure is read by ([`READ`];
+    /// `None` when not participating), with `alt_` groups merged into
+    /// theirs; the prefregex's content is not copied (see
+    /// [`Match::span`]).
+    fn groups_into(&self, f: &mut Fail) {
         let text = |i: usize| {
             let (s, e) = self.caps.get(i).copied().flatten()?;
             Some(&self.text[s..e])
         };
-        let mut f = Fail::default();
+        // The keys this match has set: an `alt_` group fills its key only
+        // where this match left it empty, whatever `f` held before.
+        let mut mine = 0u16;
         // Names are unique within a regex.
         for &(key, i) in &self.re.read {
             if key != Key::Content {
                 f.insert(key, text(i).map_or(Val::None, |t| Val::Str(t.to_string())));
+                mine |= key.bit();
             }
         }
         for &(i, key) in &self.re.alts {
             if let Some(v) = text(i)
                 && !v.is_empty()
-                && !f.get(key).is_some_and(Val::truthy)
+                && !(mine & key.bit() != 0 && f.get(key).is_some_and(Val::truthy))
             {
                 f.insert(key, Val::Str(v.to_string()));
+                mine |= key.bit();
             }
         }
-        f
     }
 
     /// Where group `key` of [`READ`] matched, if it took part.
@@ -445,9 +449,16 @@ struct Fail {
     vals: [Val; KEYS],
 }
 
+impl Key {
+    /// The key's bit in a set of keys.
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
 impl Fail {
     fn has(&self, key: Key) -> bool {
-        self.set & 1 << key as u16 != 0
+        self.set & key.bit() != 0
     }
 
     fn get(&self, key: Key) -> Option<&Val> {
@@ -459,29 +470,25 @@ impl Fail {
     }
 
     fn insert(&mut self, key: Key, v: Val) {
-        self.set |= 1 << key as u16;
+        self.set |= key.bit();
         self.vals[key as usize] = v;
     }
 
     fn remove(&mut self, key: Key) -> Option<Val> {
         let had = self.has(key);
-        self.set &= !(1 << key as u16);
+        self.set &= !key.bit();
         had.then(|| std::mem::take(&mut self.vals[key as usize]))
     }
 
-    fn is_empty(&self) -> bool {
-        self.set == 0
-    }
-
-    /// Sets every key `other` sets to its value there; with `skip_none`,
-    /// only those whose value is not [`Val::None`].
-    fn update(&mut self, mut other: Fail, skip_none: bool) {
+    /// Sets every key `other` sets to its value there, where that is not
+    /// [`Val::None`].
+    fn update(&mut self, mut other: Fail) {
         let mut set = other.set;
         while set != 0 {
             let k = set.trailing_zeros() as usize;
             set &= set - 1;
             let v = std::mem::take(&mut other.vals[k]);
-            if !(skip_none && v == Val::None) {
+            if v != Val::None {
                 self.set |= 1 << k;
                 self.vals[k] = v;
             }
@@ -490,6 +497,10 @@ impl Fail {
 }
 
 type Shared = Arc<Mutex<Fail>>;
+
+/// Failures by multi-line failure id, each with the number it was cached
+/// under (see [`Filter::cache_mlfid`]).
+type IdCache = HashMap<Arc<str>, (Shared, u64), foldhash::fast::RandomState>;
 
 /// Most multi-line failure ids a filter remembers: fail2ban's own
 /// (`Utils.Cache(maxCount=100)` in its `Filter`). With it, imported
@@ -544,11 +555,14 @@ pub struct Filter {
     /// The last lines, without their newlines, for a filter of several
     /// (`maxlines` above 1); a filter of one line keeps none.
     buffer: Vec<String>,
+    /// The room of the last line's text, for the next line's (a filter of
+    /// one line).
+    spare: String,
     /// The DFAs and search caches of the regexes that split.
     dfas: Dfas,
     /// Failures by multi-line failure id, at most [`MLFID_CACHE`], each
     /// with the number it was cached under.
-    mlfid: HashMap<Arc<str>, (Shared, u64)>,
+    mlfid: IdCache,
     /// Ids in the order they were cached, oldest first, with their numbers:
     /// an id forgotten (or cached again) since leaves a stale entry, which
     /// the oldest-first eviction skips and which is swept out before stale
@@ -757,7 +771,8 @@ impl Filter {
             dates,
             buffer: Vec::new(),
             dfas,
-            mlfid: HashMap::new(),
+            spare: String::new(),
+            mlfid: IdCache::default(),
             mlfid_order: std::collections::VecDeque::new(),
             mlfid_next: 0,
             check_all: false,
@@ -809,21 +824,29 @@ impl Filter {
         {
             return Vec::new();
         }
-        let text = match self.dates.find(line) {
+        // The last line's room, with room for the newline the regexes see
+        // after it.
+        let mut text = std::mem::take(&mut self.spare);
+        text.clear();
+        text.reserve(line.len() + 1);
+        match self.dates.find(line) {
             Some((s, e)) => {
-                // Room for the newline the regexes see after it.
-                let mut t = String::with_capacity(line.len() + 1);
-                t.push_str(&line[..s]);
-                t.push_str(&line[e..]);
-                t
+                text.push_str(&line[..s]);
+                text.push_str(&line[e..]);
             }
-            None if ruled_out => return Vec::new(),
-            None => with_room(line),
-        };
+            None if ruled_out => return self.done(text, Vec::new()),
+            None => text.push_str(line),
+        }
         if ruled_out && self.ruled_out(&text) {
-            return Vec::new();
+            return self.done(text, Vec::new());
         }
         self.find_failure(text)
+    }
+
+    /// `out`, keeping `text`'s room for the next line.
+    fn done(&mut self, text: String, out: Vec<Failure>) -> Vec<Failure> {
+        self.spare = text;
+        out
     }
 
     /// Processes a line whose time is known (as fail2ban does for journal
@@ -880,9 +903,12 @@ impl Filter {
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
             let Some(m) = p.search(&mut self.dfas, b, None) else {
-                return out;
+                return match buf {
+                    Some(b) if single => self.done(b, out),
+                    _ => out,
+                };
             };
-            pre = m.groups();
+            m.groups_into(&mut pre);
             if let Some((s, e)) = m.span(Key::Content)
                 && s < e
             {
@@ -908,6 +934,7 @@ impl Filter {
         let first = match &mut self.first {
             Some(first) if !self.check_all && b.is_ascii() => {
                 match self.dfas.search(&mut first.dfa, b.as_bytes()) {
+                    Ok(None) if single => return self.done(b, out),
                     Ok(None) => return out,
                     Ok(Some((k, end))) => Some((first.names[k], end)),
                     Err(()) => None,
@@ -956,7 +983,14 @@ impl Filter {
                 }
                 continue;
             };
-            let mut fail = m.groups();
+            // The prefregex's groups, updated by the failregex's (kept for
+            // the next failregex only when every one is tried).
+            let mut fail = if self.check_all {
+                pre.clone()
+            } else {
+                std::mem::take(&mut pre)
+            };
+            m.groups_into(&mut fail);
             // The lines the match spans, in a buffer of several (a filter of
             // one line keeps none: its text stays what it is).
             let matched_lines = (!single).then(|| {
@@ -992,17 +1026,6 @@ impl Filter {
             if let Some(lines) = matched_lines {
                 self.remove_matched(lines);
                 b = None;
-            }
-            if !pre.is_empty() {
-                // The prefregex's groups, updated by the failregex's (kept
-                // for the next failregex only when every one is tried).
-                let mut merged = if self.check_all {
-                    pre.clone()
-                } else {
-                    std::mem::take(&mut pre)
-                };
-                merged.update(fail, false);
-                fail = merged;
             }
             // No one reads the id from the failure itself.
             let mlfid = match fail.remove(Key::Mlfid) {
@@ -1053,7 +1076,10 @@ impl Filter {
                 break;
             }
         }
-        out
+        match b {
+            Some(b) if single => self.done(b, out),
+            _ => out,
+        }
     }
 
     /// The failregexes that may match `b`, in order (the prefilter's).
@@ -1120,7 +1146,7 @@ impl Filter {
                     if fl & 8 != 0 {
                         g.remove(Key::Mlfpending);
                     }
-                    g.update(fail, true);
+                    g.update(fail);
                 }
                 if fl & 2 != 0 {
                     self.mlfid.remove(mlfid);
@@ -1150,9 +1176,8 @@ impl Filter {
     }
 
     fn cache_mlfid(&mut self, id: &str, sh: Shared) {
-        let live = |map: &HashMap<Arc<str>, (Shared, u64)>, (id, n): &(Arc<str>, u64)| {
-            map.get(id).is_some_and(|(_, m)| m == n)
-        };
+        let live =
+            |map: &IdCache, (id, n): &(Arc<str>, u64)| map.get(id).is_some_and(|(_, m)| m == n);
         if self.mlfid.len() >= MLFID_CACHE {
             // The oldest live id goes.
             while let Some(old) = self.mlfid_order.pop_front() {
