@@ -78,6 +78,15 @@ pub(crate) struct RuleDfa {
     memo: Box<[Memo]>,
 }
 
+impl std::fmt::Debug for RuleDfa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Its memo is scratch space.
+        f.debug_struct("RuleDfa")
+            .field("dfa", &self.dfa)
+            .finish_non_exhaustive()
+    }
+}
+
 const MEMO_LONG: usize = 32;
 const MEMO_SHORT: usize = 16;
 const MEMO_SLOTS: usize = 128;

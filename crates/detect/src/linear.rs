@@ -206,6 +206,11 @@ impl StartingAt {
         })
     }
 
+    /// The translated pattern.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
     /// Where the first match starting exactly at byte `at` of `text` ends;
     /// `ascii` says whether `text` is all ASCII.
     pub fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {

@@ -21,6 +21,7 @@
 //! later path might have let it), [`Segments::captures`] says so and the
 //! caller asks the whole pattern.
 
+use crate::dfa::{self, Dfas, RuleDfa};
 use crate::linear::{Spans, StartingAt};
 use crate::scan::{Piece, count_captures, group_end, opens_capture, pieces};
 
@@ -30,6 +31,13 @@ pub struct Segments {
     /// The pieces in order, each with the index of the group it is, if it
     /// is one.
     pieces: Vec<(Option<usize>, StartingAt)>,
+    /// The pieces as patterns of their own DFAs, for ASCII text: searched
+    /// without the `regex` crate's own DFA search and its cache pool (every
+    /// line of a log is matched against a prefregex). Built at the first
+    /// ASCII text; `Some(None)` when a piece has a look-around (its DFA
+    /// starts where the piece does, with nothing before in view) or its DFA
+    /// cannot be built.
+    dfas: Option<Option<Vec<RuleDfa>>>,
     /// The index of the `.+` group that takes the rest of the line.
     rest: usize,
     /// How many groups the whole pattern has, with group 0.
@@ -112,6 +120,7 @@ impl Segments {
             .collect::<Option<_>>()?;
         Some(Segments {
             pieces,
+            dfas: None,
             rest,
             groups,
         })
@@ -125,12 +134,27 @@ impl Segments {
     /// The spans of the pattern's groups in `text` (with `None` for the
     /// groups no one reads), or `None` when the pieces cannot tell and the
     /// whole pattern must be asked.
-    pub fn captures(&self, text: &str) -> Option<Spans> {
+    pub fn captures(&mut self, dfas: &mut Dfas, text: &str) -> Option<Spans> {
         let ascii = text.is_ascii();
+        if ascii && self.dfas.is_none() {
+            self.dfas = Some(self.build_dfas(dfas));
+        }
+        let mut piece_dfas = match &mut self.dfas {
+            Some(Some(d)) if ascii => Some(d.iter_mut()),
+            _ => None,
+        };
         let mut caps = vec![None; self.groups];
         let mut at = 0;
         for (group, piece) in &self.pieces {
-            let end = piece.end_from(text, ascii, at)?;
+            let by_dfa = piece_dfas
+                .as_mut()
+                .and_then(Iterator::next)
+                .map(|d| dfas.search(d, &text.as_bytes()[at..]));
+            let end = match by_dfa {
+                Some(Ok(found)) => at + found?.1,
+                // No DFA, or its search failed: the `regex` crate's.
+                _ => piece.end_from(text, ascii, at)?,
+            };
             if let Some(g) = group {
                 caps[*g] = Some((at, end));
             }
@@ -143,6 +167,20 @@ impl Segments {
         caps[self.rest] = Some((at, rest_end));
         caps[0] = Some((0, text.len()));
         Some(caps)
+    }
+
+    /// Each piece's DFA (see [`Segments::dfas`]).
+    fn build_dfas(&self, dfas: &mut Dfas) -> Option<Vec<RuleDfa>> {
+        self.pieces
+            .iter()
+            .map(|(_, piece)| {
+                let hir = dfa::parse(piece.pattern())?;
+                if !hir.properties().look_set().is_empty() {
+                    return None;
+                }
+                dfas.rule(&[hir])
+            })
+            .collect()
     }
 }
 
@@ -160,11 +198,22 @@ mod tests {
     use super::*;
     use crate::pyre::{Pattern, translate};
 
+    /// The pieces' answer for `text` (their DFAs' for ASCII text, checked
+    /// against the `regex` crate's searches of the same pieces), and the
+    /// whole pattern's groups.
     fn both(p: &str, text: &str) -> (Option<Spans>, Spans) {
         let t = translate(p, false);
-        let s = Segments::new(&t).expect("the prefregex shape");
+        let mut s = Segments::new(&t).expect("the prefregex shape");
         let full = Pattern::compile(&t).unwrap();
-        (s.captures(text), full.captures(text).unwrap_or_default())
+        let fast = s.captures(&mut Dfas::default(), text);
+        let mut by_regex = Segments::new(&t).unwrap();
+        by_regex.dfas = Some(None);
+        assert_eq!(
+            fast,
+            by_regex.captures(&mut Dfas::default(), text),
+            "{p} {text:?}"
+        );
+        (fast, full.captures(text).unwrap_or_default())
     }
 
     #[test]
@@ -179,6 +228,40 @@ mod tests {
             let (fast, full) = both(p, line);
             assert_eq!(fast.as_ref(), Some(&full), "{line:?}");
         }
+    }
+
+    /// A piece that may match nothing, and one with a look-around (searched
+    /// by the `regex` crate: its DFA would not see the byte before it).
+    #[test]
+    fn pieces_by_dfa_end_where_the_regex_crate_ends_them() {
+        let p = r"^(?P<mlfid>(?:\S+ )?)(?:x: )?(?P<id>\b\w+ )(?P<content>.+)$";
+        for line in [
+            "host word rest\n",
+            "word rest",
+            "x: a b\n",
+            "host x: a b",
+            " a b\n",
+        ] {
+            let (fast, full) = both(p, line);
+            if let Some(fast) = fast {
+                assert_eq!(fast, full, "{line:?}");
+            }
+        }
+        let mut s = Segments::new(&translate(p, false)).unwrap();
+        assert!(
+            s.captures(&mut Dfas::default(), "host word rest\n")
+                .is_some()
+        );
+        // Built, and the look-around leaves every piece to the regex crate.
+        assert!(matches!(s.dfas, Some(None)));
+        let mut s = Segments::new(&translate(
+            r"^(?P<mlfid>(?:\S+ )?)(?:x: )?(?P<content>.+)$",
+            false,
+        ))
+        .unwrap();
+        let caps = s.captures(&mut Dfas::default(), "x: rest\n").unwrap();
+        assert!(matches!(s.dfas, Some(Some(_))));
+        assert_eq!(caps[1], Some((0, 3)));
     }
 
     #[test]
@@ -225,8 +308,9 @@ mod tests {
             "^(?P<content>.+)(?:\\n?\\z",
             "^é[(](?P<content>.+)(?:\\n?\\z)",
         ] {
-            if let Some(s) = Segments::new(p) {
-                let _ = s.captures("é x (\n");
+            if let Some(mut s) = Segments::new(p) {
+                let _ = s.captures(&mut Dfas::default(), "é x (\n");
+                let _ = s.captures(&mut Dfas::default(), "x (\n");
             }
         }
     }

@@ -336,7 +336,10 @@ impl Re {
         let caps = match split {
             Found::Spans(caps) => caps,
             Found::NoMatch => return None,
-            Found::Unsure => match (self.segments.as_ref().and_then(|s| s.captures(buf)), placed) {
+            Found::Unsure => match (
+                self.segments.as_mut().and_then(|s| s.captures(dfas, buf)),
+                placed,
+            ) {
                 (Some(caps), _) => caps,
                 (None, Some((outcome, end))) => self.pat.captures_placed(buf, outcome, end)?,
                 (None, None) => self.pat.captures(buf)?,
@@ -1399,7 +1402,7 @@ mod tests {
             filters.push((path, BTreeMap::new()));
         }
         for (path, opts) in filters {
-            let Ok(filter) = Filter::load(&path, &opts) else {
+            let Ok(mut filter) = Filter::load(&path, &opts) else {
                 continue;
             };
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -1418,9 +1421,9 @@ mod tests {
             }
             let regexes = filter
                 .prefregex
-                .iter()
-                .chain(&filter.failregex)
-                .chain(&filter.ignoreregex);
+                .iter_mut()
+                .chain(&mut filter.failregex)
+                .chain(&mut filter.ignoreregex);
             for re in regexes {
                 // Unnamed groups are read by no one, and left out.
                 let named = |caps: Spans| {
@@ -1437,10 +1440,11 @@ mod tests {
                             .collect::<Spans>(),
                     )
                 };
-                if let Some(seg) = &re.segments {
+                if let Some(seg) = &mut re.segments {
                     segmented.push(name.clone());
+                    let mut dfas = Dfas::default();
                     for t in &texts {
-                        if let Some(fast) = seg.captures(t) {
+                        if let Some(fast) = seg.captures(&mut dfas, t) {
                             answered += 1;
                             assert_eq!(
                                 Some(named(fast)),
