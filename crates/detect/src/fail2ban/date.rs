@@ -13,6 +13,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use regex_automata::{Anchored, Input, meta};
 
 use super::Error;
+use crate::dfa::{self, Dfas, RuleDfa};
 use crate::pyre::{Pattern, translate};
 use crate::scan::group_end;
 
@@ -147,6 +148,8 @@ struct Fast {
     /// [`Fast::leading_date`]): one regex, or one per separator character
     /// when DATE repeats its separator with a back reference.
     leading: Option<Vec<meta::Regex>>,
+    /// Their patterns, for the DFAs a [`DateDetector`] searches them with.
+    leading_patterns: Vec<String>,
     /// Whether the boundary before the date, and the one after it, must be
     /// checked.
     check_begin: bool,
@@ -174,22 +177,55 @@ impl Fast {
         leading: &[meta::Regex],
         line: &str,
     ) -> Result<Option<(usize, usize, usize)>, ()> {
+        Self::leading_date_by(leading.len(), line, |j, k| {
+            let input = Input::new(line).range(k..).anchored(Anchored::Yes);
+            Ok(leading[j].search(&input).map(|m| m.end()))
+        })
+    }
+
+    /// [`leading_date`](Self::leading_date) with `end(j, k)`, where the
+    /// match of DATE's regex `j` anchored at byte `k` ends (`Err` if the
+    /// search failed).
+    fn leading_date_by(
+        regexes: usize,
+        line: &str,
+        mut end: impl FnMut(usize, usize) -> Result<Option<usize>, ()>,
+    ) -> Result<Option<(usize, usize, usize)>, ()> {
         let lead = line
             .bytes()
             .take(2)
             .take_while(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
             .count();
         for k in (0..=lead).rev() {
-            let input = Input::new(line).range(k..).anchored(Anchored::Yes);
-            let mut found = leading.iter().filter_map(|re| re.search(&input));
-            if let Some(m) = found.next() {
-                if found.next().is_some() {
-                    return Err(());
+            let mut found = None;
+            for j in 0..regexes {
+                if let Some(e) = end(j, k)? {
+                    if found.is_some() {
+                        return Err(());
+                    }
+                    found = Some(e);
                 }
-                return Ok(Some((0, k, m.end())));
+            }
+            if let Some(e) = found {
+                return Ok(Some((0, k, e)));
             }
         }
         Ok(None)
+    }
+
+    /// The leading DATE regexes as DFAs of `dfas` (see
+    /// [`DateDetector::leading_dfas`]).
+    fn leading_dfas(&self, dfas: &mut Dfas) -> Option<Vec<RuleDfa>> {
+        self.leading_patterns
+            .iter()
+            .map(|p| {
+                let hir = dfa::parse(p)?;
+                if !hir.properties().look_set().is_empty() {
+                    return None;
+                }
+                dfas.rule(&[hir])
+            })
+            .collect()
     }
 }
 
@@ -250,6 +286,7 @@ impl Template {
         if se {
             core.truncate(core.len() - translated_end.len());
         }
+        let mut leading_patterns = Vec::new();
         let leading = core
             .strip_prefix(LEADING)
             .filter(|date| {
@@ -260,13 +297,23 @@ impl Template {
             })
             .and_then(|date| {
                 let date = &date[..date.len() - 1];
-                match meta::Regex::new(&format!("{gf}{date}")) {
-                    Ok(re) => Some(vec![re]),
-                    Err(_) => separator_branches(date)?
-                        .iter()
-                        .map(|d| meta::Regex::new(&format!("{gf}{d}")).ok())
-                        .collect(),
-                }
+                let whole = format!("{gf}{date}");
+                let (patterns, res) = match meta::Regex::new(&whole) {
+                    Ok(re) => (vec![whole], vec![re]),
+                    Err(_) => {
+                        let patterns: Vec<String> = separator_branches(date)?
+                            .iter()
+                            .map(|d| format!("{gf}{d}"))
+                            .collect();
+                        let res = patterns
+                            .iter()
+                            .map(|d| meta::Regex::new(d).ok())
+                            .collect::<Option<_>>()?;
+                        (patterns, res)
+                    }
+                };
+                leading_patterns = patterns;
+                Some(res)
             });
         // Linear (back references included, checked: see `checked.rs`), or
         // not worth trying before the full pattern.
@@ -276,6 +323,7 @@ impl Template {
             .map(|pattern| Fast {
                 pattern,
                 leading,
+                leading_patterns,
                 check_begin: sb,
                 check_end: se,
             });
@@ -543,6 +591,13 @@ pub struct DateDetector {
     /// The default templates are shared by every filter (see [`defaults`]).
     templates: Vec<Arc<Template>>,
     last: Option<usize>,
+    /// Each template's leading DATE regexes as DFAs of this detector's, for
+    /// ASCII lines (without the `regex` crate's search and cache pool on
+    /// every line): built at the template's first leading search; `None`
+    /// inside when one has a look-around (its DFA starts where DATE does,
+    /// with nothing before in view) or cannot be built.
+    leading_dfas: Vec<Option<Option<Vec<RuleDfa>>>>,
+    dfas: Dfas,
 }
 
 impl DateDetector {
@@ -594,20 +649,35 @@ impl DateDetector {
             }
         }
         Ok(DateDetector {
+            leading_dfas: templates.iter().map(|_| None).collect(),
             templates,
             last: None,
+            dfas: Dfas::default(),
         })
     }
 
     /// Where template `i` matches in `line`: the match's start and the
     /// date's span. The fast form answers when its match passes the
     /// boundary checks (then it is the full pattern's match: see `build`).
-    fn try_template(&self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
+    fn try_template(&mut self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
         if let Some(fast) = &t.forms()?.fast {
             // The match's span and the date's.
             let leading = match &fast.leading {
-                Some(leading) if line.is_ascii() => Fast::leading_date(leading, line).ok(),
+                Some(leading) if line.is_ascii() => {
+                    let dfas = &mut self.dfas;
+                    let built = self.leading_dfas[i]
+                        .get_or_insert_with(|| fast.leading_dfas(dfas))
+                        .as_mut();
+                    match built {
+                        Some(built) => Fast::leading_date_by(built.len(), line, |j, k| {
+                            let found = dfas.search(&mut built[j], &line.as_bytes()[k..])?;
+                            Ok(found.map(|(_, e)| k + e))
+                        }),
+                        None => Fast::leading_date(leading, line),
+                    }
+                    .ok()
+                }
                 _ => None,
             };
             let ((start, end), date) = match leading {
@@ -725,7 +795,7 @@ mod tests {
         let Some(texts) = crate::fail2ban::samples::texts() else {
             return;
         };
-        let d = DateDetector::new(None).unwrap();
+        let mut d = DateDetector::new(None).unwrap();
         let fast = d
             .templates
             .iter()
@@ -837,19 +907,23 @@ mod tests {
     }
 
     /// The date found without groups on `line` is the one the fast form's
-    /// groups give.
+    /// groups give, and DATE's DFAs (for ASCII lines) find what its
+    /// regexes find.
     fn assert_leading_date(t: &Template, fast: &Fast, date: &[meta::Regex], line: &str) {
         let want = fast.pattern.captures(line).map(|c| {
             let (s, e) = c[t.group].unwrap();
             (c[0].unwrap().0, s, e)
         });
-        assert_eq!(
-            Fast::leading_date(date, line).unwrap(),
-            want,
-            "{} on {:?}",
-            t.name,
-            &line[..line.len().min(80)]
-        );
+        let shown = &line[..line.len().min(80)];
+        let by_regex = Fast::leading_date(date, line);
+        assert_eq!(by_regex.unwrap(), want, "{} on {shown:?}", t.name);
+        let mut dfas = Dfas::default();
+        let mut built = fast.leading_dfas(&mut dfas).expect("DATE's DFAs");
+        let by_dfa = Fast::leading_date_by(built.len(), line, |j, k| {
+            let found = dfas.search(&mut built[j], &line.as_bytes()[k..])?;
+            Ok(found.map(|(_, e)| k + e))
+        });
+        assert_eq!(by_dfa, by_regex, "{} on {shown:?} by DFA", t.name);
     }
 
     #[test]
