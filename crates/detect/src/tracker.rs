@@ -196,6 +196,17 @@ impl Times for SlotTimes<'_> {
     }
 }
 
+/// A failure of a line of a batch, worked out before the batch is counted
+/// (see [`Tracker::observe_lines`]): the network it is counted in, its
+/// hash, and the slot the pair most likely has (the first with the hash's
+/// bits in the table, whose memory was asked for).
+#[derive(Clone, Copy)]
+struct Counted {
+    net: Net,
+    hash: u64,
+    likely: Option<u32>,
+}
+
 /// Counting state over an [`Engine`].
 pub struct Tracker {
     engine: Engine,
@@ -220,7 +231,7 @@ pub struct Tracker {
     /// For [`Tracker::observe_lines`]: where each line's verdicts and
     /// failures end, and the counted network and hash of each failure.
     batch_ends: Vec<(usize, usize)>,
-    batch_keys: Vec<(Net, u64)>,
+    batch_keys: Vec<Counted>,
     /// A cleaned evidence line, when the line needs cleaning.
     line: String,
     evicted: u64,
@@ -379,20 +390,25 @@ impl Tracker {
                     let net = self.counted(hit.rule, address);
                     let hash = self.hash(hit.rule, &net);
                     self.table.prefetch(hash);
-                    keys.push((net, hash));
+                    keys.push(Counted {
+                        net,
+                        hash,
+                        likely: None,
+                    });
                 }
             }
             (from, end.1) = (end.0, keys.len());
         }
-        for &(_, hash) in &keys {
-            if let Some(i) = self.table.likely(hash) {
+        for key in &mut keys {
+            key.likely = self.table.likely(key.hash);
+            if let Some(i) = key.likely {
                 table::prefetch(&self.slots[i as usize]);
             }
         }
         // The rings of those with many failures (the slots have come by
         // now, most of them).
-        for &(_, hash) in &keys {
-            if let Some(i) = self.table.likely(hash) {
+        for key in &keys {
+            if let Some(i) = key.likely {
                 let s = &self.slots[i as usize];
                 if s.is_wide() {
                     self.rings.prefetch(s.ring());
@@ -432,14 +448,14 @@ impl Tracker {
         (events, &self.hits)
     }
 
-    /// Counts the verdicts `hits` of line `text`; `keys` are the counted
-    /// network and hash of each failure with an address among them, in
-    /// order, if they were worked out already.
+    /// Counts the verdicts `hits` of line `text`; `keys` are each failure
+    /// with an address among them, in order, if they were worked out
+    /// already.
     fn count(
         &mut self,
         text: &str,
         hits: &[Hit],
-        keys: &[(Net, u64)],
+        keys: &[Counted],
         now: &mut dyn FnMut() -> Timestamp,
         forgeable: bool,
     ) -> Vec<Event> {
@@ -454,12 +470,16 @@ impl Tracker {
                 HitKind::Ignored => {}
                 HitKind::Good => events.push(self.forgive(hit.rule, address)),
                 HitKind::Bad => {
-                    let (net, hash) = keys.next().copied().unwrap_or_else(|| {
+                    let key = keys.next().copied().unwrap_or_else(|| {
                         let net = self.counted(hit.rule, address);
-                        (net, self.hash(hit.rule, &net))
+                        Counted {
+                            net,
+                            hash: self.hash(hit.rule, &net),
+                            likely: None,
+                        }
                     });
                     let now = *at.get_or_insert_with(&mut *now);
-                    if let Some(e) = self.failure(hit.rule, net, hash, text, now, forgeable) {
+                    if let Some(e) = self.failure(hit.rule, key, text, now, forgeable) {
                         events.push(e);
                     }
                 }
@@ -490,12 +510,13 @@ impl Tracker {
     }
 
     fn find_hashed(&self, hash: u64, rule: usize, net: &Net) -> Option<u32> {
-        let (addr, prefix) = (key(&net.addr()), net.prefix());
-        let slots = &self.slots;
-        self.table.find(hash, |i| {
-            let s = &slots[i as usize];
-            usize::from(s.rule) == rule && s.addr == addr && s.prefix == prefix
-        })
+        self.table.find(hash, |i| self.holds(i, rule, net))
+    }
+
+    /// Whether slot `i` is (rule, net)'s.
+    fn holds(&self, i: u32, rule: usize, net: &Net) -> bool {
+        let s = &self.slots[i as usize];
+        usize::from(s.rule) == rule && s.addr == key(&net.addr()) && s.prefix == net.prefix()
     }
 
     /// Drops slot `i` from the table and frees it.
@@ -577,14 +598,14 @@ impl Tracker {
     fn failure(
         &mut self,
         rule: usize,
-        net: Net,
-        hash: u64,
+        key: Counted,
         text: &str,
         now: Timestamp,
         forgeable: bool,
     ) -> Option<Event> {
         let t = now.as_millis();
-        let i = self.slot_for(rule, &net, hash, t);
+        let net = key.net;
+        let i = self.slot_for(rule, key, t);
         let iu = i as usize;
         let counting = &self.rules[rule];
         let (cap, max_count) = (counting.inline_cap, counting.max_count);
@@ -630,8 +651,15 @@ impl Tracker {
 
     /// The slot of (rule, net), made (taking the place of the pair least
     /// likely to reach a threshold when the budget is full) if it is new.
-    fn slot_for(&mut self, rule: usize, net: &Net, hash: u64, t: u64) -> u32 {
-        match self.find_hashed(hash, rule, net) {
+    fn slot_for(&mut self, rule: usize, key: Counted, t: u64) -> u32 {
+        let (net, hash) = (&key.net, key.hash);
+        // The slot the batch found likely is the pair's if it holds the
+        // pair now (a pair has one slot; one freed since holds no pair).
+        let found = key
+            .likely
+            .filter(|&i| self.holds(i, rule, net))
+            .or_else(|| self.find_hashed(hash, rule, net));
+        match found {
             Some(i) => i,
             None => {
                 while self.full() && self.table.len > 0 {

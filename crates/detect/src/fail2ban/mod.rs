@@ -187,7 +187,7 @@ struct Re {
     /// Named groups and their indexes.
     names: Vec<(String, usize)>,
     /// The named groups a failure is read by ([`READ`]), with their indexes:
-    /// the only ones [`Match::groups`] gives.
+    /// the only ones [`Match::groups_into`] sets.
     read: Vec<(Key, usize)>,
     /// Groups, named or not, group 0 included.
     groups: usize,
