@@ -401,6 +401,18 @@ impl Dfas {
         })
     }
 
+    /// A DFA of `pattern` alone, for the match that starts where the text
+    /// handed to [`search`](Self::search) starts (a piece of a longer
+    /// text): `None` if the pattern has a look-around (the bytes before
+    /// that place are not in view) or the DFA cannot be built.
+    pub(crate) fn starting_here(&mut self, pattern: &str) -> Option<RuleDfa> {
+        let hir = parse(pattern)?;
+        if !hir.properties().look_set().is_empty() {
+            return None;
+        }
+        self.rule(&[hir])
+    }
+
     /// A DFA of `hir`, read backwards if `reverse`.
     fn build(&self, hir: &Hir, reverse: bool, kind: MatchKind) -> Option<DFA> {
         let nfa = thompson::Compiler::new()

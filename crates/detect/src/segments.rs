@@ -21,7 +21,7 @@
 //! later path might have let it), [`Segments::captures`] says so and the
 //! caller asks the whole pattern.
 
-use crate::dfa::{self, Dfas, RuleDfa};
+use crate::dfa::{Dfas, RuleDfa};
 use crate::linear::{Spans, StartingAt};
 use crate::scan::{Piece, count_captures, group_end, opens_capture, pieces};
 
@@ -34,9 +34,8 @@ pub struct Segments {
     /// The pieces as patterns of their own DFAs, for ASCII text: searched
     /// without the `regex` crate's own DFA search and its cache pool (every
     /// line of a log is matched against a prefregex). Built at the first
-    /// ASCII text; `Some(None)` when a piece has a look-around (its DFA
-    /// starts where the piece does, with nothing before in view) or its DFA
-    /// cannot be built.
+    /// ASCII text; `Some(None)` when a piece has none (see
+    /// [`Dfas::starting_here`]).
     dfas: Option<Option<Vec<RuleDfa>>>,
     /// The index of the `.+` group that takes the rest of the line.
     rest: usize,
@@ -173,13 +172,7 @@ impl Segments {
     fn build_dfas(&self, dfas: &mut Dfas) -> Option<Vec<RuleDfa>> {
         self.pieces
             .iter()
-            .map(|(_, piece)| {
-                let hir = dfa::parse(piece.pattern())?;
-                if !hir.properties().look_set().is_empty() {
-                    return None;
-                }
-                dfas.rule(&[hir])
-            })
+            .map(|(_, piece)| dfas.starting_here(piece.pattern()))
             .collect()
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use regex_automata::{Anchored, Input, meta};
 
 use super::Error;
-use crate::dfa::{self, Dfas, RuleDfa};
+use crate::dfa::{Dfas, RuleDfa};
 use crate::pyre::{Pattern, translate};
 use crate::scan::group_end;
 
@@ -218,13 +218,7 @@ impl Fast {
     fn leading_dfas(&self, dfas: &mut Dfas) -> Option<Vec<RuleDfa>> {
         self.leading_patterns
             .iter()
-            .map(|p| {
-                let hir = dfa::parse(p)?;
-                if !hir.properties().look_set().is_empty() {
-                    return None;
-                }
-                dfas.rule(&[hir])
-            })
+            .map(|p| dfas.starting_here(p))
             .collect()
     }
 }
@@ -594,8 +588,7 @@ pub struct DateDetector {
     /// Each template's leading DATE regexes as DFAs of this detector's, for
     /// ASCII lines (without the `regex` crate's search and cache pool on
     /// every line): built at the template's first leading search; `None`
-    /// inside when one has a look-around (its DFA starts where DATE does,
-    /// with nothing before in view) or cannot be built.
+    /// inside when one has none (see [`Dfas::starting_here`]).
     leading_dfas: Vec<Option<Option<Vec<RuleDfa>>>>,
     dfas: Dfas,
 }
