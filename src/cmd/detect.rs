@@ -311,6 +311,15 @@ impl BatchClock {
     }
 }
 
+/// The length of a BSD syslog time without fractions (`Mar  3 12:00:00`).
+const BSD_TIME: usize = 15;
+
+/// Whether two digits are a second [`syslog::bsd_time_reads`] reads (a leap
+/// second included).
+fn seconds(tens: u8, ones: u8) -> bool {
+    tens.is_ascii_digit() && ones.is_ascii_digit() && (tens - b'0') * 10 + (ones - b'0') <= 60
+}
+
 /// The time of each line: its own timestamp where it has one, else the
 /// previous line's (the time of the run for lines before the first).
 /// [`note`](Self::note) is told every line, [`now`](Self::now) asked for
@@ -341,9 +350,26 @@ impl LineClock {
 
     /// Takes in the next line's time, if it has one.
     fn note(&mut self, text: &str) {
-        let n = self.last_text.len();
+        let (t, last) = (text.as_bytes(), self.last_text.as_bytes());
+        let n = last.len();
         // A syslog time ends at a space: the same text then is the same time.
-        if n > 0 && text.as_bytes().get(n) == Some(&b' ') && text.starts_with(&self.last_text) {
+        // A BSD time (15 bytes, compared without a call) differs from the
+        // last in its seconds alone most of the time: the line's time is
+        // then as sure to read as the last's if its seconds are.
+        if n == BSD_TIME && t.len() > BSD_TIME && t[BSD_TIME] == b' ' {
+            let (a, b) = (t.first_chunk::<13>(), last.first_chunk::<13>());
+            if a == b && t[13..15] == last[13..15] {
+                self.timed += 1;
+                return;
+            }
+            if a == b && self.year >= 1970 && seconds(t[13], t[14]) {
+                self.last_text.truncate(13);
+                self.last_text.push_str(&text[13..15]);
+                self.pending = true;
+                self.timed += 1;
+                return;
+            }
+        } else if n > 0 && t.get(n) == Some(&b' ') && text.starts_with(&self.last_text) {
             self.timed += 1;
             return;
         }
@@ -817,6 +843,36 @@ mod tests {
         assert_eq!(t.rfc3339(), "2024-03-03T12:00:00Z");
         let t = time_of(&mut clock, "Mar  0 12:00:00 h x");
         assert_eq!(t.rfc3339(), "2024-03-03T12:00:00Z");
+        // Seconds on in the same minute, a leap second, and seconds out of
+        // range (no time: the previous one).
+        let t = time_of(&mut clock, "Mar  4 12:00:00 h x");
+        assert_eq!(t.rfc3339(), "2023-03-04T12:00:00Z");
+        let timed = clock.timed;
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:59 h x").rfc3339(),
+            "2023-03-04T12:00:59Z"
+        );
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:59 h y").rfc3339(),
+            "2023-03-04T12:00:59Z"
+        );
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:60 h x").rfc3339(),
+            "2023-03-04T12:01:00Z"
+        );
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:61 h x").rfc3339(),
+            "2023-03-04T12:01:00Z"
+        );
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:7x h x").rfc3339(),
+            "2023-03-04T12:01:00Z"
+        );
+        assert_eq!(
+            time_of(&mut clock, "Mar  4 12:00:08.25 h x").as_millis(),
+            t.as_millis() + 8_250
+        );
+        assert_eq!(clock.timed, timed + 4);
     }
 
     fn time_of(clock: &mut LineClock, text: &str) -> Timestamp {
