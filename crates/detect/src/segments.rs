@@ -132,7 +132,8 @@ impl Segments {
 
     /// The spans of the pattern's groups in `text` (with `None` for the
     /// groups no one reads), or `None` when the pieces cannot tell and the
-    /// whole pattern must be asked.
+    /// whole pattern must be asked. `dfas` holds the pieces' DFAs once
+    /// built: the same one at every call.
     pub fn captures(&mut self, dfas: &mut Dfas, text: &str) -> Option<Spans> {
         let ascii = text.is_ascii();
         if ascii && self.dfas.is_none() {
@@ -247,13 +248,24 @@ mod tests {
         );
         // Built, and the look-around leaves every piece to the regex crate.
         assert!(matches!(s.dfas, Some(None)));
-        let mut s = Segments::new(&translate(
-            r"^(?P<mlfid>(?:\S+ )?)(?:x: )?(?P<content>.+)$",
-            false,
-        ))
-        .unwrap();
-        let caps = s.captures(&mut Dfas::default(), "x: rest\n").unwrap();
+        // Without the look-around, by DFA: pieces that match nothing at
+        // the line's start too.
+        let p = r"^(?P<mlfid>(?:\S+ )?)(?:x: )?(?P<content>.+)$";
+        for line in ["x: rest\n", " rest\n", "host x: a\n", "x: \n", ":x\n"] {
+            let (fast, full) = both(p, line);
+            if let Some(fast) = fast {
+                assert_eq!(fast, full, "{line:?}");
+            }
+        }
+        // (Its DFAs are the first `Dfas`'s: the same one each time.)
+        let (mut s, mut dfas) = (
+            Segments::new(&translate(p, false)).unwrap(),
+            Dfas::default(),
+        );
+        let caps = s.captures(&mut dfas, " rest\n").unwrap();
         assert!(matches!(s.dfas, Some(Some(_))));
+        assert_eq!((caps[1], caps[2]), (Some((0, 0)), Some((0, 5))));
+        let caps = s.captures(&mut dfas, "x: rest\n").unwrap();
         assert_eq!(caps[1], Some((0, 3)));
     }
 
@@ -302,8 +314,9 @@ mod tests {
             "^é[(](?P<content>.+)(?:\\n?\\z)",
         ] {
             if let Some(mut s) = Segments::new(p) {
-                let _ = s.captures(&mut Dfas::default(), "é x (\n");
-                let _ = s.captures(&mut Dfas::default(), "x (\n");
+                let mut dfas = Dfas::default();
+                let _ = s.captures(&mut dfas, "é x (\n");
+                let _ = s.captures(&mut dfas, "x (\n");
             }
         }
     }
