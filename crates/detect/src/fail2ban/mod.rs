@@ -837,18 +837,23 @@ impl Filter {
                 text.push_str(&line[..s]);
                 text.push_str(&line[e..]);
             }
-            None if ruled_out => return self.done(text, Vec::new()),
+            None if ruled_out => return self.done(Some(text), Vec::new()),
             None => text.push_str(line),
         }
         if ruled_out && self.ruled_out(&text) {
-            return self.done(text, Vec::new());
+            return self.done(Some(text), Vec::new());
         }
         self.find_failure(text)
     }
 
-    /// `out`, keeping `text`'s room for the next line.
-    fn done(&mut self, text: String, out: Vec<Failure>) -> Vec<Failure> {
-        self.spare = text;
+    /// `out`, keeping `text`'s room for the next line in a filter of one
+    /// line (a filter of several keeps its lines in its buffer).
+    fn done(&mut self, text: Option<String>, out: Vec<Failure>) -> Vec<Failure> {
+        if let Some(text) = text
+            && self.maxlines <= 1
+        {
+            self.spare = text;
+        }
         out
     }
 
@@ -906,10 +911,7 @@ impl Filter {
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
             let Some(m) = p.search(&mut self.dfas, b, None) else {
-                return match buf {
-                    Some(b) if single => self.done(b, out),
-                    _ => out,
-                };
+                return self.done(buf, out);
             };
             m.groups_into(&mut pre);
             if let Some((s, e)) = m.span(Key::Content)
@@ -937,8 +939,7 @@ impl Filter {
         let first = match &mut self.first {
             Some(first) if !self.check_all && b.is_ascii() => {
                 match self.dfas.search(&mut first.dfa, b.as_bytes()) {
-                    Ok(None) if single => return self.done(b, out),
-                    Ok(None) => return out,
+                    Ok(None) => return self.done(Some(b), out),
                     Ok(Some((k, end))) => Some((first.names[k], end)),
                     Err(()) => None,
                 }
@@ -1079,10 +1080,7 @@ impl Filter {
                 break;
             }
         }
-        match b {
-            Some(b) if single => self.done(b, out),
-            _ => out,
-        }
+        self.done(b, out)
     }
 
     /// The failregexes that may match `b`, in order (the prefilter's).
