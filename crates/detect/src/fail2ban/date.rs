@@ -213,6 +213,19 @@ impl Fast {
         Ok(None)
     }
 
+    /// [`leading_date`](Self::leading_date) with DATE's regexes as the
+    /// DFAs `built` of `dfas` (from [`leading_dfas`](Self::leading_dfas)).
+    fn leading_date_by_dfa(
+        dfas: &mut Dfas,
+        built: &mut [RuleDfa],
+        line: &str,
+    ) -> Result<Option<(usize, usize, usize)>, ()> {
+        Self::leading_date_by(built.len(), line, |j, k| {
+            let found = dfas.search(&mut built[j], &line.as_bytes()[k..])?;
+            Ok(found.map(|(_, e)| k + e))
+        })
+    }
+
     /// The leading DATE regexes as DFAs of `dfas` (see
     /// [`DateDetector::leading_dfas`]).
     fn leading_dfas(&self, dfas: &mut Dfas) -> Option<Vec<RuleDfa>> {
@@ -663,10 +676,7 @@ impl DateDetector {
                         .get_or_insert_with(|| fast.leading_dfas(dfas))
                         .as_mut();
                     match built {
-                        Some(built) => Fast::leading_date_by(built.len(), line, |j, k| {
-                            let found = dfas.search(&mut built[j], &line.as_bytes()[k..])?;
-                            Ok(found.map(|(_, e)| k + e))
-                        }),
+                        Some(built) => Fast::leading_date_by_dfa(dfas, built, line),
                         None => Fast::leading_date(leading, line),
                     }
                     .ok()
@@ -912,10 +922,7 @@ mod tests {
         assert_eq!(by_regex.unwrap(), want, "{} on {shown:?}", t.name);
         let mut dfas = Dfas::default();
         let mut built = fast.leading_dfas(&mut dfas).expect("DATE's DFAs");
-        let by_dfa = Fast::leading_date_by(built.len(), line, |j, k| {
-            let found = dfas.search(&mut built[j], &line.as_bytes()[k..])?;
-            Ok(found.map(|(_, e)| k + e))
-        });
+        let by_dfa = Fast::leading_date_by_dfa(&mut dfas, &mut built, line);
         assert_eq!(by_dfa, by_regex, "{} on {shown:?} by DFA", t.name);
     }
 
