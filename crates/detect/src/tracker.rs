@@ -196,10 +196,10 @@ impl Times for SlotTimes<'_> {
     }
 }
 
-/// A failure of a line of a batch, worked out before the batch is counted
-/// (see [`Tracker::observe_lines`]): the network it is counted in, its
-/// hash, and the slot the pair most likely has (the first with the hash's
-/// bits in the table, whose memory was asked for).
+/// A failure or a success of a line of a batch, worked out before the
+/// batch is counted (see [`Tracker::observe_lines`]): the network it is
+/// counted in, its hash, and the slot the pair most likely has (the first
+/// with the hash's bits in the table, whose memory was asked for).
 #[derive(Clone, Copy)]
 struct Counted {
     net: Net,
@@ -386,15 +386,10 @@ impl Tracker {
         let mut from = 0;
         for end in &mut ends {
             for hit in &hits[from..end.0] {
-                if let (HitKind::Bad, Some(address)) = (hit.kind, hit.address) {
-                    let net = self.counted(hit.rule, address);
-                    let hash = self.hash(hit.rule, &net);
-                    self.table.prefetch(hash);
-                    keys.push(Counted {
-                        net,
-                        hash,
-                        likely: None,
-                    });
+                if let (HitKind::Bad | HitKind::Good, Some(address)) = (hit.kind, hit.address) {
+                    let key = self.key(hit.rule, address);
+                    self.table.prefetch(key.hash);
+                    keys.push(key);
                 }
             }
             (from, end.1) = (end.0, keys.len());
@@ -449,8 +444,8 @@ impl Tracker {
     }
 
     /// Counts the verdicts `hits` of line `text`; `keys` are each failure
-    /// with an address among them, in order, if they were worked out
-    /// already.
+    /// and success with an address among them, in order, if they were
+    /// worked out already.
     fn count(
         &mut self,
         text: &str,
@@ -468,16 +463,14 @@ impl Tracker {
             };
             match hit.kind {
                 HitKind::Ignored => {}
-                HitKind::Good => events.push(self.forgive(hit.rule, address)),
+                HitKind::Good => {
+                    let key = keys.next().copied();
+                    let key = key.unwrap_or_else(|| self.key(hit.rule, address));
+                    events.push(self.forgive(hit.rule, key));
+                }
                 HitKind::Bad => {
-                    let key = keys.next().copied().unwrap_or_else(|| {
-                        let net = self.counted(hit.rule, address);
-                        Counted {
-                            net,
-                            hash: self.hash(hit.rule, &net),
-                            likely: None,
-                        }
-                    });
+                    let key = keys.next().copied();
+                    let key = key.unwrap_or_else(|| self.key(hit.rule, address));
                     let now = *at.get_or_insert_with(&mut *now);
                     if let Some(e) = self.failure(hit.rule, key, text, now, forgeable) {
                         events.push(e);
@@ -502,6 +495,16 @@ impl Tracker {
         }
     }
 
+    /// The pair `rule` counts `address` in, with its hash.
+    fn key(&self, rule: usize, address: Net) -> Counted {
+        let net = self.counted(rule, address);
+        Counted {
+            net,
+            hash: self.hash(rule, &net),
+            likely: None,
+        }
+    }
+
     fn hash(&self, rule: usize, net: &Net) -> u64 {
         self.keys.hash(
             rule as u32 | u32::from(net.prefix()) << 16,
@@ -511,6 +514,15 @@ impl Tracker {
 
     fn find_hashed(&self, hash: u64, rule: usize, net: &Net) -> Option<u32> {
         self.table.find(hash, |i| self.holds(i, rule, net))
+    }
+
+    /// The slot of `key`'s pair for `rule`, if it has one: the one the
+    /// batch found likely if it holds the pair now (a pair has one slot;
+    /// one freed since holds no pair), else searched.
+    fn find_key(&self, rule: usize, key: &Counted) -> Option<u32> {
+        key.likely
+            .filter(|&i| self.holds(i, rule, &key.net))
+            .or_else(|| self.find_hashed(key.hash, rule, &key.net))
     }
 
     /// Whether slot `i` is (rule, net)'s.
@@ -531,12 +543,6 @@ impl Tracker {
         s.rule = FREE;
         s.flags = 0;
         self.free.push(i);
-    }
-
-    fn forget(&mut self, rule: usize, net: &Net) {
-        if let Some(i) = self.find_hashed(self.hash(rule, net), rule, net) {
-            self.release(i);
-        }
     }
 
     /// Whether a new pair must first take an old pair's place.
@@ -584,12 +590,13 @@ impl Tracker {
 
     /// A good pattern matched `address` for `rule`: the pair is forgotten,
     /// and the bans its failures made are to be lifted.
-    fn forgive(&mut self, rule: usize, address: Net) -> Event {
-        let net = self.counted(rule, address);
-        self.forget(rule, &net);
+    fn forgive(&mut self, rule: usize, key: Counted) -> Event {
+        if let Some(i) = self.find_key(rule, &key) {
+            self.release(i);
+        }
         Event::Forgive {
             rule: self.engine.rules()[rule].name.clone(),
-            address: net,
+            address: key.net,
         }
     }
 
@@ -652,20 +659,13 @@ impl Tracker {
     /// The slot of (rule, net), made (taking the place of the pair least
     /// likely to reach a threshold when the budget is full) if it is new.
     fn slot_for(&mut self, rule: usize, key: Counted, t: u64) -> u32 {
-        let (net, hash) = (&key.net, key.hash);
-        // The slot the batch found likely is the pair's if it holds the
-        // pair now (a pair has one slot; one freed since holds no pair).
-        let found = key
-            .likely
-            .filter(|&i| self.holds(i, rule, net))
-            .or_else(|| self.find_hashed(hash, rule, net));
-        match found {
+        match self.find_key(rule, &key) {
             Some(i) => i,
             None => {
                 while self.full() && self.table.len > 0 {
                     self.evict_one(t);
                 }
-                self.new_slot(rule, net, hash)
+                self.new_slot(rule, &key.net, key.hash)
             }
         }
     }
