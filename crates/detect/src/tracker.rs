@@ -406,7 +406,8 @@ impl Tracker {
             if let Some(i) = key.likely {
                 let s = &self.slots[i as usize];
                 if s.is_wide() {
-                    self.rings.prefetch(s.ring());
+                    let cap = self.rules[usize::from(s.rule)].max_count;
+                    self.rings.prefetch(s.ring(), cap);
                 }
             }
         }

@@ -184,12 +184,20 @@ impl Rings {
         words[0] = h.word();
     }
 
-    /// Asks the processor for the ring at `at` before it is read.
+    /// Asks the processor for the ring at `at`, of capacity `cap` at most
+    /// (its header is not read: it is what is asked for), before it is
+    /// read.
     #[inline]
-    pub(super) fn prefetch(&self, at: u32) {
+    pub(super) fn prefetch(&self, at: u32, cap: usize) {
         let (chunk, pos) = place(at);
-        if let Some(w) = self.chunks.get(chunk).and_then(|c| c.get(pos)) {
-            super::table::prefetch(w);
+        let Some(words) = self.chunks.get(chunk) else {
+            return;
+        };
+        // One word in eight: one per cache line.
+        for w in (pos..=pos + cap).step_by(8) {
+            if let Some(w) = words.get(w) {
+                super::table::prefetch(w);
+            }
         }
     }
 }
