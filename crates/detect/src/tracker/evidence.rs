@@ -2,7 +2,7 @@
 //! matched lines in one ring of bytes ([`EvidenceLog`]), each cleaned and
 //! capped first ([`capped`]).
 
-use palisade_model::decision::clean_text;
+use palisade_model::decision::{MAX_EVIDENCE_LINES as MAX_LINES, clean_text};
 
 /// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
 pub(super) const MAX_LINE_LEN: usize = 16 * 1024;
@@ -51,13 +51,13 @@ impl EvidenceLog {
         self.written += data.len() as u64;
     }
 
-    fn read(&self, pos: u64, out: &mut [u8]) {
+    /// The `len` bytes written at `pos`, in the two pieces the ring's end
+    /// may cut them into.
+    fn pieces(&self, pos: u64, len: usize) -> (&[u8], &[u8]) {
         let cap = self.cap();
         let at = (pos % cap as u64) as usize;
-        let first = out.len().min(cap - at);
-        out[..first].copy_from_slice(&self.buf[at..at + first]);
-        let rest = out.len() - first;
-        out[first..].copy_from_slice(&self.buf[..rest]);
+        let first = len.min(cap - at);
+        (&self.buf[at..at + first], &self.buf[..len - first])
     }
 
     /// Appends `line`, followed by "…" if it was `cut`, after the record
@@ -86,15 +86,19 @@ impl EvidenceLog {
 
     /// Up to `max` lines of the chain ending at `last`, oldest first.
     pub(super) fn lines(&self, mut last: u64, max: usize) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(MAX_LINES));
         while last != 0 && out.len() < max && self.holds(last - 1) {
             let pos = last - 1;
             let mut head = [0u8; RECORD_HEAD];
-            self.read(pos, &mut head);
+            let (a, b) = self.pieces(pos, RECORD_HEAD);
+            head[..a.len()].copy_from_slice(a);
+            head[a.len()..].copy_from_slice(b);
             let prev = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
             let len = usize::from(u16::from_le_bytes([head[8], head[9]]));
-            let mut text = vec![0u8; len];
-            self.read(pos + RECORD_HEAD as u64, &mut text);
+            let (a, b) = self.pieces(pos + RECORD_HEAD as u64, len);
+            let mut text = Vec::with_capacity(len);
+            text.extend_from_slice(a);
+            text.extend_from_slice(b);
             // Written from whole `str`s.
             out.push(String::from_utf8(text).unwrap_or_default());
             last = prev;
