@@ -160,6 +160,36 @@ pub(super) fn cap(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Two pairs' chains through a ring that wraps many times: each read
+    /// gives the chain's newest lines whole, those cut by the ring's end
+    /// too, and none that was written over.
+    #[test]
+    fn chains_are_read_whole_across_the_end_of_the_ring() {
+        let mut log = EvidenceLog::new(0);
+        let cap = log.cap();
+        let (mut a, mut b) = (0, 0);
+        let mut a_lines = Vec::new();
+        for n in 0..2_000 {
+            let line = format!("{n} {}", "x".repeat(n % 97));
+            a = log.push(a, line.as_bytes(), false);
+            a_lines.push(line);
+            b = log.push(b, "b".repeat(n % 300).as_bytes(), n % 7 == 0);
+            let want = &a_lines[a_lines.len().saturating_sub(4)..];
+            assert_eq!(log.lines(a, 4), want, "after {n}");
+            let newest_b = log.lines(b, 1);
+            let mut b_line = "b".repeat(n % 300);
+            if n % 7 == 0 {
+                b_line.push('…');
+            }
+            assert_eq!(newest_b, [b_line], "after {n}");
+        }
+        assert!(log.written > 10 * cap as u64, "the ring wrapped");
+        // The oldest records are gone: a chain reads only what is left.
+        let all = log.lines(a, usize::MAX);
+        assert!(all.len() < a_lines.len());
+        assert_eq!(all, a_lines[a_lines.len() - all.len()..]);
+    }
+
     #[test]
     fn printable_is_printable_ascii_and_tabs() {
         for len in 0..40 {
