@@ -193,8 +193,9 @@ impl Rings {
         let Some(words) = self.chunks.get(chunk) else {
             return;
         };
-        // One word in eight: one per cache line.
-        for w in (pos..=pos + cap).step_by(8) {
+        // A word in each cache line the ring can span: one in eight, and
+        // its last (a ring need not start where a line does).
+        for w in (pos..=pos + cap).step_by(8).chain([pos + cap]) {
             if let Some(w) = words.get(w) {
                 super::table::prefetch(w);
             }
