@@ -2,7 +2,7 @@
 //! matched lines in one ring of bytes ([`EvidenceLog`]), each cleaned and
 //! capped first ([`capped`]).
 
-use palisade_model::decision::{MAX_EVIDENCE_LINES as MAX_LINES, clean_text};
+use palisade_model::decision::{MAX_EVIDENCE_LINES, clean_text};
 
 /// Longest evidence line kept before cutting (sources cut lines at 16 KiB).
 pub(super) const MAX_LINE_LEN: usize = 16 * 1024;
@@ -86,7 +86,7 @@ impl EvidenceLog {
 
     /// Up to `max` lines of the chain ending at `last`, oldest first.
     pub(super) fn lines(&self, mut last: u64, max: usize) -> Vec<String> {
-        let mut out = Vec::with_capacity(max.min(MAX_LINES));
+        let mut out = Vec::with_capacity(max.min(MAX_EVIDENCE_LINES));
         while last != 0 && out.len() < max && self.holds(last - 1) {
             let pos = last - 1;
             let mut head = [0u8; RECORD_HEAD];
