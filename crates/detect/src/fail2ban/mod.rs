@@ -827,11 +827,7 @@ impl Filter {
         {
             return Vec::new();
         }
-        // The last line's room, with room for the newline the regexes see
-        // after it.
-        let mut text = std::mem::take(&mut self.spare);
-        text.clear();
-        text.reserve(line.len() + 1);
+        let mut text = self.room(line.len());
         match self.dates.find(line) {
             Some((s, e)) => {
                 text.push_str(&line[..s]);
@@ -844,6 +840,15 @@ impl Filter {
             return self.done(Some(text), Vec::new());
         }
         self.find_failure(text)
+    }
+
+    /// An empty text with room for `len` bytes and the newline the regexes
+    /// see after them: the last line's room, kept by [`Filter::done`].
+    fn room(&mut self, len: usize) -> String {
+        let mut text = std::mem::take(&mut self.spare);
+        text.clear();
+        text.reserve(len + 1);
+        text
     }
 
     /// `out`, keeping `text`'s room for the next line in a filter of one
@@ -863,7 +868,9 @@ impl Filter {
         if self.ruled_out(line) {
             return Vec::new();
         }
-        self.find_failure(with_room(line))
+        let mut text = self.room(line.len());
+        text.push_str(line);
+        self.find_failure(text)
     }
 
     fn buf(lines: &[String]) -> String {
@@ -1224,13 +1231,6 @@ fn first_dfa(dfas: &mut Dfas, failregex: &[Re], relaxed: &[String]) -> Option<Fi
         dfa: dfas.rule(&hirs)?,
         names,
     })
-}
-
-/// `line` with room for the newline the regexes see after it.
-fn with_room(line: &str) -> String {
-    let mut t = String::with_capacity(line.len() + 1);
-    t.push_str(line);
-    t
 }
 
 /// Adds `user` to the users `f` has failed as; how many there are now, if
