@@ -229,7 +229,7 @@ pub struct Tracker {
     forgeable_sources: Vec<Arc<str>>,
     hits: Vec<Hit>,
     /// For [`Tracker::observe_lines`]: where each line's verdicts and
-    /// failures end, and the counted network and hash of each failure.
+    /// pairs end, and the pair of each failure and success ([`Counted`]).
     batch_ends: Vec<(usize, usize)>,
     batch_keys: Vec<Counted>,
     /// A cleaned evidence line, when the line needs cleaning.
