@@ -27,11 +27,12 @@
 //! address) has no [`Failure::address`] and is never counted.
 
 pub mod date;
+mod ids;
 pub mod ini;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{LazyLock, OnceLock};
 
 use palisade_model::Net;
 use regex::Regex;
@@ -43,6 +44,7 @@ use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
 use crate::split::{Found, GroupSplit};
 use date::DateDetector;
+use ids::Ids;
 use ini::{Config, Map};
 
 /// Why a filter could not be loaded.
@@ -499,11 +501,15 @@ impl Fail {
     }
 }
 
-type Shared = Arc<Mutex<Fail>>;
-
-/// Failures by multi-line failure id, each with the number it was cached
-/// under (see [`Filter::cache_mlfid`]).
-type IdCache = HashMap<Arc<str>, (Shared, u64), foldhash::fast::RandomState>;
+/// Where a failure merged under its multi-line id is: in the filter's
+/// cache of ids, or (an id forgotten, or none cached) its own. Held for
+/// one failure only: boxing the failure would cost the allocation the
+/// cache's reused slots save.
+#[allow(clippy::large_enum_variant)]
+enum Merged {
+    Cached(usize),
+    Alone(Fail),
+}
 
 /// Most multi-line failure ids a filter remembers: fail2ban's own
 /// (`Utils.Cache(maxCount=100)` in its `Filter`). With it, imported
@@ -563,16 +569,8 @@ pub struct Filter {
     spare: String,
     /// The DFAs and search caches of the regexes that split.
     dfas: Dfas,
-    /// Failures by multi-line failure id, at most [`MLFID_CACHE`], each
-    /// with the number it was cached under.
-    mlfid: IdCache,
-    /// Ids in the order they were cached, oldest first, with their numbers:
-    /// an id forgotten (or cached again) since leaves a stale entry, which
-    /// the oldest-first eviction skips and which is swept out before stale
-    /// entries outnumber live ones, so that ids an attacker opens and
-    /// closes cannot grow it.
-    mlfid_order: std::collections::VecDeque<(Arc<str>, u64)>,
-    mlfid_next: u64,
+    /// Failures by multi-line failure id, at most [`MLFID_CACHE`].
+    ids: Ids<Fail>,
     /// Evaluate every failregex (fail2ban's sample tests do); the default
     /// stops at the first, as fail2ban does in operation.
     pub check_all: bool,
@@ -775,9 +773,7 @@ impl Filter {
             buffer: Vec::new(),
             dfas,
             spare: String::new(),
-            mlfid: IdCache::default(),
-            mlfid_order: std::collections::VecDeque::new(),
-            mlfid_next: 0,
+            ids: Ids::new(MLFID_CACHE),
             check_all: false,
         })
     }
@@ -1043,12 +1039,15 @@ impl Filter {
                 Some(Val::Str(id)) => Some(id),
                 _ => None,
             };
-            let shared: Shared = match &mlfid {
+            let mut merged = match &mlfid {
                 Some(id) => self.merge_failure(id, fail),
-                None => Arc::new(Mutex::new(fail)),
+                None => Merged::Alone(fail),
+            };
+            let f = match &mut merged {
+                Merged::Cached(slot) => self.ids.get_mut(*slot),
+                Merged::Alone(f) => f,
             };
             let (nofail, host, is_ip) = {
-                let f = shared.lock().unwrap();
                 let text = |k| f.get(k).and_then(Val::as_str);
                 let fid = text(Key::Fid);
                 let ip = [Key::Ip4, Key::Ip6, Key::Dns].into_iter().find_map(text);
@@ -1071,7 +1070,7 @@ impl Filter {
                 )
             };
             if host.is_none() && mlfid.is_some() {
-                shared.lock().unwrap().insert(Key::Mlfpending, Val::Int(1));
+                f.insert(Key::Mlfpending, Val::Int(1));
             }
             if !nofail || self.check_all {
                 let address = host.as_deref().and_then(parse_addr).filter(|_| is_ip);
@@ -1119,8 +1118,8 @@ impl Filter {
     }
 
     /// fail2ban's `_mergeFailure` (multi-line failure ids).
-    fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Shared {
-        let cached = self.mlfid.get(mlfid).map(|(sh, _)| sh.clone());
+    fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Merged {
+        let cached = self.ids.find(mlfid);
         // How many users the id has failed as, when it has any.
         let mut users: Option<usize> = None;
         let mut fl = 0u8;
@@ -1136,74 +1135,43 @@ impl Filter {
         if fail.remove(Key::Mlfforget).is_some_and(|v| v.truthy()) {
             fl |= 2;
         }
-        let user = fail
-            .get(Key::User)
-            .and_then(|v| v.as_str().map(String::from))
-            .filter(|u| !u.is_empty());
-        let shared = match cached {
-            Some(sh) => {
-                {
-                    let mut g = sh.lock().unwrap();
-                    users = update_users(&mut g, user.as_deref());
-                    if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
-                        fl |= 4;
-                    }
-                    if g.remove(Key::Mlfgained).is_some_and(|v| v.truthy()) {
-                        fl |= 4;
-                    }
-                    if fl & 8 != 0 {
-                        g.remove(Key::Mlfpending);
-                    }
-                    g.update(fail);
+        let mut merged = match cached {
+            Some(slot) => {
+                let g = self.ids.get_mut(slot);
+                users = update_users(g, user_of(&fail));
+                if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
+                    fl |= 4;
                 }
+                if g.remove(Key::Mlfgained).is_some_and(|v| v.truthy()) {
+                    fl |= 4;
+                }
+                if fl & 8 != 0 {
+                    g.remove(Key::Mlfpending);
+                }
+                g.update(fail);
                 if fl & 2 != 0 {
-                    self.mlfid.remove(mlfid);
-                }
-                sh
-            }
-            None => {
-                if fl & 2 == 0 {
-                    users = update_users(&mut fail, user.as_deref());
-                    let sh = Arc::new(Mutex::new(fail));
-                    self.cache_mlfid(mlfid, sh.clone());
-                    sh
+                    Merged::Alone(self.ids.remove(slot))
                 } else {
-                    Arc::new(Mutex::new(fail))
+                    Merged::Cached(slot)
                 }
             }
+            None if fl & 2 == 0 => {
+                let own = user_of(&fail).map(String::from);
+                users = update_users(&mut fail, own.as_deref());
+                Merged::Cached(self.ids.insert(mlfid, fail))
+            }
+            None => Merged::Alone(fail),
         };
-        {
-            let mut g = shared.lock().unwrap();
-            let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
-            if pending || users.is_some_and(|n| n > 1) {
-                g.remove(Key::Nofail);
-                g.remove(Key::Mlfgained);
-            }
+        let g = match &mut merged {
+            Merged::Cached(slot) => self.ids.get_mut(*slot),
+            Merged::Alone(f) => f,
+        };
+        let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
+        if pending || users.is_some_and(|n| n > 1) {
+            g.remove(Key::Nofail);
+            g.remove(Key::Mlfgained);
         }
-        shared
-    }
-
-    fn cache_mlfid(&mut self, id: &str, sh: Shared) {
-        let live =
-            |map: &IdCache, (id, n): &(Arc<str>, u64)| map.get(id).is_some_and(|(_, m)| m == n);
-        if self.mlfid.len() >= MLFID_CACHE {
-            // The oldest live id goes.
-            while let Some(old) = self.mlfid_order.pop_front() {
-                if live(&self.mlfid, &old) {
-                    self.mlfid.remove(&old.0);
-                    break;
-                }
-            }
-        }
-        if self.mlfid_order.len() >= 2 * MLFID_CACHE {
-            let map = &self.mlfid;
-            self.mlfid_order.retain(|e| live(map, e));
-        }
-        let n = self.mlfid_next;
-        self.mlfid_next += 1;
-        let id: Arc<str> = Arc::from(id);
-        self.mlfid_order.push_back((id.clone(), n));
-        self.mlfid.insert(id, (sh, n));
+        merged
     }
 }
 
@@ -1231,6 +1199,13 @@ fn first_dfa(dfas: &mut Dfas, failregex: &[Re], relaxed: &[String]) -> Option<Fi
         dfa: dfas.rule(&hirs)?,
         names,
     })
+}
+
+/// The user `f` failed as, if it names one.
+fn user_of(f: &Fail) -> Option<&str> {
+    f.get(Key::User)
+        .and_then(Val::as_str)
+        .filter(|u| !u.is_empty())
 }
 
 /// Adds `user` to the users `f` has failed as; how many there are now, if
@@ -1546,26 +1521,16 @@ mod tests {
             ));
             f.process_line(&format!("sshd[{pid}]: Disconnected from 198.51.100.7"));
         }
-        assert!(f.mlfid.is_empty(), "{}", f.mlfid.len());
-        assert!(
-            f.mlfid_order.len() <= 2 * MLFID_CACHE,
-            "{}",
-            f.mlfid_order.len()
-        );
+        assert_eq!(f.ids.len(), 0);
         // Full: each new id evicts the oldest live one.
         for pid in 0..MLFID_CACHE + 10 {
             f.process_line(&format!(
                 "sshd[{pid}]: Failed password for root from 198.51.100.7"
             ));
         }
-        assert_eq!(f.mlfid.len(), MLFID_CACHE);
-        assert!(!f.mlfid.contains_key("sshd[9]:"));
-        assert!(f.mlfid.contains_key("sshd[10]:"));
-        assert!(
-            f.mlfid_order.len() <= 2 * MLFID_CACHE,
-            "{}",
-            f.mlfid_order.len()
-        );
+        assert_eq!(f.ids.len(), MLFID_CACHE);
+        assert!(f.ids.find("sshd[9]:").is_none());
+        assert!(f.ids.find("sshd[10]:").is_some());
     }
 
     /// The first failregex a line can match, named by one DFA search,
