@@ -20,10 +20,6 @@ use palisade_detect::fail2ban::Filter;
 
 const FAIL2BAN: &str = "/usr/lib/python3/dist-packages/fail2ban";
 const FILTERS: &str = "/etc/fail2ban/filter.d";
-/// Measured: 1627/1627 (100%) with fail2ban 1.0.2 (Debian 12). Overall
-/// agreement (annotated line evaluations, all filters with samples,
-/// unsupported filters counted as disagreeing) must stay at or above this.
-const FLOOR: f64 = 0.99;
 
 #[derive(Default)]
 struct Tally {
@@ -341,11 +337,14 @@ fn fail2ban_sample_logs_agree() {
     for f in &failures {
         println!("  {f}");
     }
+    // Every annotated line of every filter with samples agrees (1627 of
+    // 1627 with fail2ban 1.0.2, Debian 12): one line that no longer does,
+    // in a rule read on few lines (several users of one connection), is
+    // a regression the share alone would hide.
     assert!(
-        share >= FLOOR,
-        "agreement {:.2}% fell below the floor {:.2}%",
-        100.0 * share,
-        100.0 * FLOOR
+        unsupported.is_empty() && failures.is_empty() && agree == checks,
+        "{agree} of {checks} annotated line evaluations agree ({:.2}%); unsupported: {unsupported:?}; first disagreements: {failures:#?}",
+        100.0 * share
     );
 }
 
