@@ -423,7 +423,11 @@ enum Val {
     #[default]
     None,
     Str(String),
-    Users(BTreeSet<String>),
+    /// The users an id has failed as: the first, and whether another.
+    Users {
+        first: String,
+        several: bool,
+    },
     Int(i64),
 }
 
@@ -432,7 +436,7 @@ impl Val {
         match self {
             Val::None => false,
             Val::Str(s) => !s.is_empty(),
-            Val::Users(u) => !u.is_empty(),
+            Val::Users { .. } => true,
             Val::Int(i) => *i != 0,
         }
     }
@@ -1120,8 +1124,8 @@ impl Filter {
     /// fail2ban's `_mergeFailure` (multi-line failure ids).
     fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Merged {
         let cached = self.ids.find(mlfid);
-        // How many users the id has failed as, when it has any.
-        let mut users: Option<usize> = None;
+        // Whether the id has failed as several users.
+        let mut several = false;
         let mut fl = 0u8;
         if fail.get(Key::Mlfgained).is_some_and(Val::truthy) {
             fl |= 8 | 1;
@@ -1138,7 +1142,7 @@ impl Filter {
         let mut merged = match cached {
             Some(slot) => {
                 let g = self.ids.get_mut(slot);
-                users = update_users(g, user_of(&fail));
+                several = update_users(g, user_of(&fail));
                 if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
                     fl |= 4;
                 }
@@ -1156,8 +1160,10 @@ impl Filter {
                 }
             }
             None if fl & 2 == 0 => {
-                let own = user_of(&fail).map(String::from);
-                users = update_users(&mut fail, own.as_deref());
+                if let Some(first) = user_of(&fail).map(String::from) {
+                    let several = false;
+                    fail.insert(Key::Users, Val::Users { first, several });
+                }
                 Merged::Cached(self.ids.insert(mlfid, fail))
             }
             None => Merged::Alone(fail),
@@ -1167,7 +1173,7 @@ impl Filter {
             Merged::Alone(f) => f,
         };
         let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
-        if pending || users.is_some_and(|n| n > 1) {
+        if pending || several {
             g.remove(Key::Nofail);
             g.remove(Key::Mlfgained);
         }
@@ -1208,31 +1214,25 @@ fn user_of(f: &Fail) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
-/// Adds `user` to the users `f` has failed as; how many there are now, if
-/// any.
-fn update_users(f: &mut Fail, user: Option<&str>) -> Option<usize> {
-    match user {
-        Some(u) => {
-            let set = match f.get_mut(Key::Users) {
-                Some(Val::Users(s)) => s,
-                _ => {
-                    f.insert(Key::Users, Val::Users(BTreeSet::new()));
-                    match f.get_mut(Key::Users) {
-                        Some(Val::Users(s)) => s,
-                        _ => unreachable!(),
-                    }
-                }
-            };
-            if !set.contains(u) {
-                set.insert(u.to_string());
-            }
-            Some(set.len())
-        }
-        None => match f.get(Key::Users) {
-            Some(Val::Users(s)) => Some(s.len()),
-            _ => None,
-        },
+/// Notes that `f` failed as `user`: whether it has now failed as several
+/// users. fail2ban keeps the set of them, of which it only asks whether it
+/// holds more than one.
+fn update_users(f: &mut Fail, user: Option<&str>) -> bool {
+    if let Some(Val::Users { first, several }) = f.get_mut(Key::Users) {
+        *several |= user.is_some_and(|u| u != first);
+        return *several;
     }
+    if let Some(first) = user {
+        let first = first.to_string();
+        f.insert(
+            Key::Users,
+            Val::Users {
+                first,
+                several: false,
+            },
+        );
+    }
+    false
 }
 
 fn with_cidr(ip: &str, cidr: u8) -> String {
