@@ -6,67 +6,95 @@
 //! connection, so under an attack nearly every failure line brings a new
 //! id and evicts the oldest. The cache is therefore a fixed set of slots
 //! whose storage is reused (an id's text is copied into the room of the
-//! one it evicts), searched by the ids' hashes in one array: with at most
-//! a hundred ids, a scan of that array costs about what a hash table's
-//! look-up does, and inserting or evicting allocates nothing.
+//! one it evicts), found through a small index of slot numbers by the
+//! ids' hashes: caching, finding and evicting an id allocate nothing.
 //!
 //! The ids are chosen by whoever writes the log, so their hashes are
 //! randomly seeded, and an id is only found when its text is equal: a
 //! crafted id can neither take another's slot nor grow the cache.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
 /// Ids with a value each, at most `cap` of them; when full, caching a new
 /// id evicts the one cached longest ago.
 pub(crate) struct Ids<V> {
     cap: usize,
-    /// Each slot's id's hash (stale in a free slot).
-    hashes: Vec<u64>,
-    /// When each slot's id was cached ([`FREE`] for a free slot).
-    order: Vec<u64>,
     slots: Vec<Slot<V>>,
+    /// Slots whose id was forgotten.
+    free: Vec<u8>,
+    /// Live slots by their ids' hashes, open addressing with linear
+    /// probing: a slot's number, [`EMPTY`] or [`GONE`]. Kept at most two
+    /// thirds full, so that a probe always reaches an empty bucket.
+    index: Vec<u8>,
+    /// Buckets marked [`GONE`].
+    gone: usize,
+    /// Slots in the order their ids were cached, oldest first, with the
+    /// number each was cached under: an entry whose slot has been forgotten
+    /// or taken again since is stale, skipped by eviction and swept out
+    /// before stale entries outnumber live ones.
+    order: VecDeque<(u8, u64)>,
     hasher: foldhash::fast::RandomState,
     next: u64,
-    len: usize,
 }
 
-/// The order of a free slot: after every id cached.
-const FREE: u64 = u64::MAX;
+/// An empty bucket of the index, and one whose slot was let go (a probe
+/// goes on past it).
+const EMPTY: u8 = u8::MAX;
+const GONE: u8 = u8::MAX - 1;
 
 struct Slot<V> {
     id: String,
+    hash: u64,
+    /// The number the id was cached under.
+    cached: u64,
+    live: bool,
     value: V,
 }
 
 impl<V: Default> Ids<V> {
-    /// An empty cache of at most `cap` ids.
+    /// An empty cache of at most `cap` ids (fewer than 254).
     pub(crate) fn new(cap: usize) -> Ids<V> {
+        assert!(cap > 0 && cap < usize::from(GONE));
         Ids {
             cap,
-            hashes: Vec::with_capacity(cap),
-            order: Vec::with_capacity(cap),
             slots: Vec::with_capacity(cap),
+            free: Vec::new(),
+            index: vec![EMPTY; (cap * 3).next_power_of_two()],
+            gone: 0,
+            order: VecDeque::with_capacity(2 * cap),
             hasher: foldhash::fast::RandomState::default(),
             next: 0,
-            len: 0,
         }
     }
 
     /// How many ids are cached.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.slots.len() - self.free.len()
+    }
+
+    /// The buckets `hash` probes, in order.
+    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + use<V> {
+        probe(self.index.len(), hash)
     }
 
     /// The slot of `id`, if it is cached.
     pub(crate) fn find(&self, id: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(id);
-        self.hashes
-            .iter()
-            .enumerate()
-            .filter(|&(_, &h)| h == hash)
-            .map(|(i, _)| i)
-            .find(|&i| self.order[i] != FREE && self.slots[i].id == id)
+        for b in self.probe(hash) {
+            match self.index[b] {
+                EMPTY => return None,
+                GONE => {}
+                s => {
+                    let slot = &self.slots[usize::from(s)];
+                    if slot.hash == hash && slot.id == id {
+                        return Some(usize::from(s));
+                    }
+                }
+            }
+        }
+        unreachable!("the index always has an empty bucket")
     }
 
     /// The value in slot `slot` (one [`find`](Self::find) or
@@ -78,41 +106,99 @@ impl<V: Default> Ids<V> {
     /// Caches `id`, which is not cached, with `value`; evicts the id cached
     /// longest ago if the cache is full. Its slot.
     pub(crate) fn insert(&mut self, id: &str, value: V) -> usize {
-        let slot = if self.slots.len() < self.cap {
-            self.slots.push(Slot {
-                id: String::new(),
-                value: V::default(),
-            });
-            self.hashes.push(0);
-            self.order.push(FREE);
-            self.slots.len() - 1
-        } else {
-            // A free slot if there is one (its order is the greatest),
-            // else the oldest id's.
-            let oldest = (0..self.order.len()).min_by_key(|&i| self.order[i].wrapping_add(1));
-            oldest.expect("a cache of no ids")
+        let slot = match self.free.pop() {
+            Some(s) => usize::from(s),
+            None if self.slots.len() < self.cap => {
+                self.slots.push(Slot {
+                    id: String::new(),
+                    hash: 0,
+                    cached: 0,
+                    live: false,
+                    value: V::default(),
+                });
+                self.slots.len() - 1
+            }
+            None => {
+                let oldest = self.oldest();
+                self.unindex(oldest);
+                oldest
+            }
         };
-        if self.order[slot] == FREE {
-            self.len += 1;
+        let hash = self.hasher.hash_one(id);
+        let bucket = self
+            .probe(hash)
+            .find(|&b| matches!(self.index[b], EMPTY | GONE))
+            .expect("the index always has an empty bucket");
+        if self.index[bucket] == GONE {
+            self.gone -= 1;
         }
+        self.index[bucket] = slot as u8;
         let s = &mut self.slots[slot];
         s.id.clear();
         s.id.push_str(id);
+        s.hash = hash;
+        s.cached = self.next;
+        s.live = true;
         s.value = value;
-        self.hashes[slot] = self.hasher.hash_one(id);
-        self.order[slot] = self.next;
+        if self.order.len() >= 2 * self.cap {
+            let slots = &self.slots;
+            self.order
+                .retain(|&(s, n)| slots[usize::from(s)].live && slots[usize::from(s)].cached == n);
+        }
+        self.order.push_back((slot as u8, self.next));
         self.next += 1;
         slot
     }
 
     /// Forgets the id in slot `slot`; its value.
     pub(crate) fn remove(&mut self, slot: usize) -> V {
-        if self.order[slot] != FREE {
-            self.order[slot] = FREE;
-            self.len -= 1;
+        if self.slots[slot].live {
+            self.unindex(slot);
+            self.free.push(slot as u8);
         }
         std::mem::take(&mut self.slots[slot].value)
     }
+
+    /// The live slot cached longest ago (the cache is full).
+    fn oldest(&mut self) -> usize {
+        while let Some((s, n)) = self.order.pop_front() {
+            let slot = &self.slots[usize::from(s)];
+            if slot.live && slot.cached == n {
+                return usize::from(s);
+            }
+        }
+        unreachable!("a full cache has a live slot in its order")
+    }
+
+    /// Takes live slot `slot` out of the index; rebuilds the index when
+    /// buckets let go would leave it more than two thirds full.
+    fn unindex(&mut self, slot: usize) {
+        let hash = self.slots[slot].hash;
+        let bucket = self
+            .probe(hash)
+            .find(|&b| usize::from(self.index[b]) == slot)
+            .expect("a live slot is in the index");
+        self.index[bucket] = GONE;
+        self.slots[slot].live = false;
+        self.gone += 1;
+        if self.gone > self.cap {
+            self.index.fill(EMPTY);
+            self.gone = 0;
+            for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.live) {
+                let bucket = probe(self.index.len(), s.hash)
+                    .find(|&b| self.index[b] == EMPTY)
+                    .expect("the index always has an empty bucket");
+                self.index[bucket] = i as u8;
+            }
+        }
+    }
+}
+
+/// The buckets of an index of `len` (a power of two) that `hash` probes,
+/// in order.
+fn probe(len: usize, hash: u64) -> impl Iterator<Item = usize> {
+    let mask = len - 1;
+    (hash as usize & mask..).map(move |i| i & mask)
 }
 
 #[cfg(test)]
@@ -154,6 +240,7 @@ mod tests {
         }
         assert_eq!(ids.len(), 100);
         assert_eq!(ids.slots.len(), 100);
+        assert!(ids.order.len() <= 200 && ids.gone <= 100);
         // The 100 newest odd ids, and no other.
         for n in 0..50_000usize {
             let found = ids.find(&format!("sshd[{n}]:"));
