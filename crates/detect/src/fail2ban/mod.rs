@@ -515,6 +515,16 @@ enum Merged {
     Alone(Fail),
 }
 
+impl Merged {
+    /// The merged failure, in `ids` or its own.
+    fn fail<'a>(&'a mut self, ids: &'a mut Ids<Fail>) -> &'a mut Fail {
+        match self {
+            Merged::Cached(slot) => ids.get_mut(*slot),
+            Merged::Alone(f) => f,
+        }
+    }
+}
+
 /// Most multi-line failure ids a filter remembers: fail2ban's own
 /// (`Utils.Cache(maxCount=100)` in its `Filter`). With it, imported
 /// `sshd.conf` matches exactly the lines `fail2ban-regex` matches on the
@@ -1047,10 +1057,7 @@ impl Filter {
                 Some(id) => self.merge_failure(id, fail),
                 None => Merged::Alone(fail),
             };
-            let f = match &mut merged {
-                Merged::Cached(slot) => self.ids.get_mut(*slot),
-                Merged::Alone(f) => f,
-            };
+            let f = merged.fail(&mut self.ids);
             let (nofail, host, is_ip) = {
                 let text = |k| f.get(k).and_then(Val::as_str);
                 let fid = text(Key::Fid);
@@ -1168,10 +1175,7 @@ impl Filter {
             }
             None => Merged::Alone(fail),
         };
-        let g = match &mut merged {
-            Merged::Cached(slot) => self.ids.get_mut(*slot),
-            Merged::Alone(f) => f,
-        };
+        let g = merged.fail(&mut self.ids);
         let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
         if pending || several {
             g.remove(Key::Nofail);
