@@ -43,6 +43,7 @@ use crate::engine::{Engine, Hit, HitKind};
 use crate::sources::Line;
 
 mod evidence;
+mod pages;
 mod rings;
 mod slots;
 mod table;
@@ -284,14 +285,16 @@ impl Tracker {
             .memory
             .saturating_sub(log + table_size(capacity) * 8)
             .max(SLOT_BYTES);
+        // Reserved, not touched: memory is used as pairs arrive.
+        let slots = Vec::with_capacity(capacity);
+        pages::advise_huge(&slots);
         Tracker {
             engine,
             limits,
             capacity,
             pair_budget,
             rules,
-            // Reserved, not touched: memory is used as pairs arrive.
-            slots: Vec::with_capacity(capacity),
+            slots,
             rings: Rings::new(),
             free: Vec::new(),
             table: SlotTable::with_capacity(16),

@@ -21,10 +21,9 @@ const RECORD_HEAD: usize = 10;
 
 impl EvidenceLog {
     pub(super) fn new(bytes: usize) -> EvidenceLog {
-        EvidenceLog {
-            buf: Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3)),
-            written: 0,
-        }
+        let buf = Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3));
+        super::pages::advise_huge(&buf);
+        EvidenceLog { buf, written: 0 }
     }
 
     fn cap(&self) -> usize {

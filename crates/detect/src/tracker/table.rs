@@ -69,7 +69,10 @@ impl SlotTable {
 
     pub(super) fn insert(&mut self, hash: u64, slot: u32) {
         if 4 * (self.len + 1) > 3 * self.entries.len() {
-            let bigger = vec![0; 2 * self.entries.len()];
+            let n = 2 * self.entries.len();
+            let mut bigger = Vec::with_capacity(n);
+            super::pages::advise_huge(&bigger);
+            bigger.resize(n, 0);
             let old = std::mem::replace(&mut self.entries, bigger);
             self.len = 0;
             for e in old.into_iter().filter(|&e| e != 0) {
