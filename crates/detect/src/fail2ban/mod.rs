@@ -381,7 +381,7 @@ impl Match<'_> {
         // Names are unique within a regex.
         for &(key, i) in &self.re.read {
             if key != Key::Content {
-                f.insert(key, text(i).map_or(Val::None, |t| Val::Str(t.to_string())));
+                f.insert(key, text(i).map_or(Val::None, |t| Val::of(key, t)));
                 mine |= key.bit();
             }
         }
@@ -390,7 +390,7 @@ impl Match<'_> {
                 && !v.is_empty()
                 && !(mine & key.bit() != 0 && f.get(key).is_some_and(Val::truthy))
             {
-                f.insert(key, Val::Str(v.to_string()));
+                f.insert(key, Val::of(key, v));
                 mine |= key.bit();
             }
         }
@@ -432,6 +432,17 @@ enum Val {
 }
 
 impl Val {
+    /// A group's text as the value of `key`: of a flag, whether it is
+    /// empty, all that is ever asked of one (and no copy to make).
+    fn of(key: Key, text: &str) -> Val {
+        match key {
+            Key::Nofail | Key::Mlfgained | Key::Mlfforget | Key::Mlfpending => {
+                Val::Int(i64::from(!text.is_empty()))
+            }
+            _ => Val::Str(text.to_string()),
+        }
+    }
+
     fn truthy(&self) -> bool {
         match self {
             Val::None => false,
