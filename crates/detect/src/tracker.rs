@@ -465,16 +465,16 @@ impl Tracker {
             let Some(address) = hit.address else {
                 continue;
             };
+            if hit.kind == HitKind::Ignored {
+                continue;
+            }
+            // The batch worked out the pair of each failure and success.
+            let key = keys.next().copied();
+            let key = key.unwrap_or_else(|| self.key(hit.rule, address));
             match hit.kind {
                 HitKind::Ignored => {}
-                HitKind::Good => {
-                    let key = keys.next().copied();
-                    let key = key.unwrap_or_else(|| self.key(hit.rule, address));
-                    events.push(self.forgive(hit.rule, key));
-                }
+                HitKind::Good => events.push(self.forgive(hit.rule, key)),
                 HitKind::Bad => {
-                    let key = keys.next().copied();
-                    let key = key.unwrap_or_else(|| self.key(hit.rule, address));
                     let now = *at.get_or_insert_with(&mut *now);
                     if let Some(e) = self.failure(hit.rule, key, text, now, forgeable) {
                         events.push(e);
