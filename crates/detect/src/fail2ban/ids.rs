@@ -142,8 +142,7 @@ impl<V: Default> Ids<V> {
         s.value = value;
         if self.order.len() >= 2 * self.cap {
             let slots = &self.slots;
-            self.order
-                .retain(|&(s, n)| slots[usize::from(s)].live && slots[usize::from(s)].cached == n);
+            self.order.retain(|&entry| current(slots, entry));
         }
         self.order.push_back((slot as u8, self.next));
         self.next += 1;
@@ -161,10 +160,9 @@ impl<V: Default> Ids<V> {
 
     /// The live slot cached longest ago (the cache is full).
     fn oldest(&mut self) -> usize {
-        while let Some((s, n)) = self.order.pop_front() {
-            let slot = &self.slots[usize::from(s)];
-            if slot.live && slot.cached == n {
-                return usize::from(s);
+        while let Some(entry) = self.order.pop_front() {
+            if current(&self.slots, entry) {
+                return usize::from(entry.0);
             }
         }
         unreachable!("a full cache has a live slot in its order")
@@ -192,6 +190,13 @@ impl<V: Default> Ids<V> {
             }
         }
     }
+}
+
+/// Whether an entry of [`Ids::order`] still stands for its slot's id: the
+/// slot is live and was last cached under the entry's number.
+fn current<V>(slots: &[Slot<V>], (slot, n): (u8, u64)) -> bool {
+    let s = &slots[usize::from(slot)];
+    s.live && s.cached == n
 }
 
 /// The buckets of an index of `len` (a power of two) that `hash` probes,
