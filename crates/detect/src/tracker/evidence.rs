@@ -15,6 +15,10 @@ pub(super) const MAX_LINE_LEN: usize = 16 * 1024;
 pub(super) struct EvidenceLog {
     buf: Vec<u8>,
     written: u64,
+    /// Where the next byte goes in `buf`: `written` modulo the ring's size,
+    /// kept as bytes are written (a division for each write costs more
+    /// than the copy of a short line).
+    at: usize,
 }
 
 const RECORD_HEAD: usize = 10;
@@ -23,7 +27,11 @@ impl EvidenceLog {
     pub(super) fn new(bytes: usize) -> EvidenceLog {
         let buf = Vec::with_capacity(bytes.max(RECORD_HEAD + MAX_LINE_LEN + 3));
         super::pages::advise_huge(&buf);
-        EvidenceLog { buf, written: 0 }
+        EvidenceLog {
+            buf,
+            written: 0,
+            at: 0,
+        }
     }
 
     fn cap(&self) -> usize {
@@ -33,7 +41,7 @@ impl EvidenceLog {
     #[inline]
     fn write(&mut self, data: &[u8]) {
         let cap = self.cap();
-        let at = (self.written % cap as u64) as usize;
+        let at = self.at;
         if self.buf.len() < cap {
             // Filling for the first time (pages are touched as needed).
             let room = cap - self.buf.len();
@@ -48,13 +56,25 @@ impl EvidenceLog {
             self.buf[..data.len() - first].copy_from_slice(&data[first..]);
         }
         self.written += data.len() as u64;
+        // No write is longer than the ring.
+        self.at += data.len();
+        if self.at >= cap {
+            self.at -= cap;
+        }
     }
 
     /// The `len` bytes written at `pos`, in the two pieces the ring's end
     /// may cut them into.
     fn pieces(&self, pos: u64, len: usize) -> (&[u8], &[u8]) {
         let cap = self.cap();
-        let at = (pos % cap as u64) as usize;
+        // Whole records are within the ring's size of the end.
+        let back = (self.written - pos) as usize;
+        debug_assert!(back <= cap);
+        let at = if back <= self.at {
+            self.at - back
+        } else {
+            self.at + cap - back
+        };
         let first = len.min(cap - at);
         (&self.buf[at..at + first], &self.buf[..len - first])
     }
