@@ -285,7 +285,8 @@ pub struct Limits {
     /// Default network size attackers are counted by for IPv6 (per /64).
     pub prefix_v6: u8,
     /// Evidence lines kept per address (at most
-    /// [`palisade_model::decision::MAX_EVIDENCE_LINES`]).
+    /// [`palisade_model::decision::MAX_EVIDENCE_LINES`]; with none, the
+    /// evidence log's share of `memory` holds pairs instead).
     pub evidence_lines: usize,
     /// Longest evidence line kept, in bytes.
     pub evidence_len: usize,

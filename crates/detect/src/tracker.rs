@@ -165,9 +165,13 @@ fn capacity(memory: usize, log: usize) -> usize {
     n.max(1)
 }
 
-/// The evidence log's share of a memory budget.
-fn log_bytes(memory: usize) -> usize {
-    (memory / 32).clamp(64 << 10, 64 << 20)
+/// The evidence log's share of the memory budget: none when no evidence
+/// is kept, so that its share holds pairs.
+fn log_bytes(limits: &Limits) -> usize {
+    if limits.evidence_lines == 0 {
+        return 0;
+    }
+    (limits.memory / 32).clamp(64 << 10, 64 << 20)
 }
 
 /// A slot's failure times, wherever they are.
@@ -277,7 +281,7 @@ impl Tracker {
                 }
             })
             .collect();
-        let log = log_bytes(limits.memory);
+        let log = log_bytes(&limits);
         let capacity = capacity(limits.memory, log)
             .min(limits.max_tracked.unwrap_or(usize::MAX))
             .max(1);
@@ -1300,8 +1304,16 @@ mod tests {
         let limits = Limits::default();
         let t = tracker(limits);
         assert!(t.capacity() >= 1_000_000, "{}", t.capacity());
-        let log = log_bytes(limits.memory);
+        let log = log_bytes(&limits);
+        assert!(log > 0);
         assert!(t.capacity() * SLOT_BYTES + table_size(t.capacity()) * 8 + log <= limits.memory);
+        // Without evidence, the log's share holds pairs.
+        let without = tracker(Limits {
+            evidence_lines: 0,
+            ..limits
+        });
+        assert_eq!(without.capacity(), capacity(limits.memory, 0));
+        assert!(without.capacity() > t.capacity());
     }
 
     #[test]
