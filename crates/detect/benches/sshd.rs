@@ -54,7 +54,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use palisade_detect::{Engine, Event, HitKind, Limits, RuleConfig, Tracker, builtin};
+use palisade_detect::{Engine, Event, Hit, HitKind, Limits, RuleConfig, Tracker, builtin};
 use palisade_model::Timestamp;
 
 const FILTERS: &str = "/etc/fail2ban/filter.d";
@@ -118,6 +118,30 @@ fn for_each_line(path: &Path, mut f: impl FnMut(&str)) {
     .unwrap();
 }
 
+/// Feeds the log at `path` to `tracker` as `palisade detect` does, a batch
+/// of lines at a time, every line at `now`; `each` gets each line's events
+/// and verdicts.
+fn feed(
+    tracker: &mut Tracker,
+    path: &Path,
+    now: Timestamp,
+    mut each: impl FnMut(Vec<Event>, &[Hit]),
+) {
+    let file = std::fs::File::open(path).unwrap();
+    palisade_detect::logfile::for_each_batch(file, detect::BATCH, |batch| {
+        tracker.observe_lines(
+            "bench",
+            batch,
+            |_| now,
+            |_, events, hits| {
+                each(events, hits);
+                Ok::<(), std::io::Error>(())
+            },
+        )
+    })
+    .unwrap();
+}
+
 fn run_palisade(path: &Path, rules: &[RuleConfig]) -> Run {
     let engine = Engine::compile(rules).expect("rules compile");
     let mut tracker = Tracker::new(engine, Limits::default());
@@ -127,22 +151,11 @@ fn run_palisade(path: &Path, rules: &[RuleConfig]) -> Run {
     let faults = thread_faults();
     let cpu = thread_cpu();
     let start = Instant::now();
-    // As `palisade detect` reads: a batch of lines at a time.
-    let file = std::fs::File::open(path).unwrap();
-    palisade_detect::logfile::for_each_batch(file, detect::BATCH, |batch| {
-        tracker.observe_lines(
-            "bench",
-            batch,
-            |_| now,
-            |_, events, hits| {
-                lines += 1;
-                failures += hits.len() as u64;
-                bans += events.len() as u64;
-                Ok::<(), std::io::Error>(())
-            },
-        )
-    })
-    .unwrap();
+    feed(&mut tracker, path, now, |events, hits| {
+        lines += 1;
+        failures += hits.len() as u64;
+        bans += events.len() as u64;
+    });
     Run {
         lines,
         failures,
@@ -795,31 +808,20 @@ fn no_silent_loss(path: &Path) -> (usize, usize, u64) {
         Engine::compile(&[rule]).expect("sshd.conf compiles"),
         Limits::default(),
     );
-    let now = Timestamp::now();
     let mut failures = std::collections::HashMap::new();
     let mut bans = std::collections::HashSet::new();
-    let file = std::fs::File::open(path).unwrap();
-    palisade_detect::logfile::for_each_batch(file, detect::BATCH, |batch| {
-        tracker.observe_lines(
-            "bench",
-            batch,
-            |_| now,
-            |_, events, hits| {
-                for hit in hits {
-                    if let (HitKind::Bad, Some(a)) = (hit.kind, hit.address) {
-                        *failures.entry(a).or_insert(0u32) += 1;
-                    }
-                }
-                for e in events {
-                    if let Event::Ban { address, .. } = e {
-                        bans.insert(address);
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            },
-        )
-    })
-    .unwrap();
+    feed(&mut tracker, path, Timestamp::now(), |events, hits| {
+        for hit in hits {
+            if let (HitKind::Bad, Some(a)) = (hit.kind, hit.address) {
+                *failures.entry(a).or_insert(0u32) += 1;
+            }
+        }
+        for e in events {
+            if let Event::Ban { address, .. } = e {
+                bans.insert(address);
+            }
+        }
+    });
     let wanted: Vec<_> = failures
         .into_iter()
         .filter(|&(_, n)| n >= THRESHOLD)
