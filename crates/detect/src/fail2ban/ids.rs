@@ -38,6 +38,12 @@ pub(crate) struct Ids<V> {
     next: u64,
 }
 
+/// An id [`Ids::find`] did not find, with its hash (so that caching it
+/// does not hash it again).
+pub(crate) struct Absent {
+    hash: u64,
+}
+
 /// An empty bucket of the index, and one whose slot was let go (a probe
 /// goes on past it).
 const EMPTY: u8 = u8::MAX;
@@ -79,17 +85,18 @@ impl<V: Default> Ids<V> {
         probe(self.index.len(), hash)
     }
 
-    /// The slot of `id`, if it is cached.
-    pub(crate) fn find(&self, id: &str) -> Option<usize> {
+    /// The slot of `id` if it is cached, else what
+    /// [`insert`](Self::insert) needs to cache it.
+    pub(crate) fn find(&self, id: &str) -> Result<usize, Absent> {
         let hash = self.hasher.hash_one(id);
         for b in self.probe(hash) {
             match self.index[b] {
-                EMPTY => return None,
+                EMPTY => return Err(Absent { hash }),
                 GONE => {}
                 s => {
                     let slot = &self.slots[usize::from(s)];
                     if slot.hash == hash && slot.id == id {
-                        return Some(usize::from(s));
+                        return Ok(usize::from(s));
                     }
                 }
             }
@@ -103,9 +110,10 @@ impl<V: Default> Ids<V> {
         &mut self.slots[slot].value
     }
 
-    /// Caches `id`, which is not cached, with `value`; evicts the id cached
-    /// longest ago if the cache is full. Its slot.
-    pub(crate) fn insert(&mut self, id: &str, value: V) -> usize {
+    /// Caches `id`, which [`find`](Self::find) found `absent`, with
+    /// `value`; evicts the id cached longest ago if the cache is full. Its
+    /// slot.
+    pub(crate) fn insert(&mut self, id: &str, absent: Absent, value: V) -> usize {
         let slot = match self.free.pop() {
             Some(s) => usize::from(s),
             None if self.slots.len() < self.cap => {
@@ -124,7 +132,7 @@ impl<V: Default> Ids<V> {
                 oldest
             }
         };
-        let hash = self.hasher.hash_one(id);
+        let hash = absent.hash;
         let bucket = self
             .probe(hash)
             .find(|&b| matches!(self.index[b], EMPTY | GONE))
@@ -210,24 +218,30 @@ fn probe(len: usize, hash: u64) -> impl Iterator<Item = usize> {
 mod tests {
     use super::*;
 
+    /// Caches `id`, which is not cached; its slot.
+    fn put<V: Default>(ids: &mut Ids<V>, id: &str, value: V) -> usize {
+        let absent = ids.find(id).expect_err("not cached");
+        ids.insert(id, absent, value)
+    }
+
     #[test]
     fn the_oldest_id_is_evicted_and_a_forgotten_ones_slot_is_reused() {
         let mut ids: Ids<u32> = Ids::new(3);
-        let a = ids.insert("a", 1);
-        let b = ids.insert("b", 2);
-        ids.insert("c", 3);
+        let a = put(&mut ids, "a", 1);
+        let b = put(&mut ids, "b", 2);
+        put(&mut ids, "c", 3);
         assert_eq!(ids.len(), 3);
-        assert_eq!(ids.find("b"), Some(b));
+        assert_eq!(ids.find("b").ok(), Some(b));
         // Full: "d" takes the slot of "a", cached first.
-        assert_eq!(ids.insert("d", 4), a);
-        assert_eq!(ids.find("a"), None);
-        assert_eq!(*ids.get_mut(ids.find("d").unwrap()), 4);
+        assert_eq!(put(&mut ids, "d", 4), a);
+        assert_eq!(ids.find("a").ok(), None);
+        assert_eq!(*ids.get_mut(ids.find("d").ok().unwrap()), 4);
         // "b" forgotten: its slot is free, and the next id takes it, not
         // the oldest live one's ("c").
         assert_eq!(ids.remove(b), 2);
-        assert_eq!((ids.len(), ids.find("b")), (2, None));
-        assert_eq!(ids.insert("e", 5), b);
-        assert!(ids.find("c").is_some());
+        assert_eq!((ids.len(), ids.find("b").ok()), (2, None));
+        assert_eq!(put(&mut ids, "e", 5), b);
+        assert!(ids.find("c").is_ok());
         assert_eq!(ids.len(), 3);
     }
 
@@ -238,7 +252,7 @@ mod tests {
         let mut ids: Ids<usize> = Ids::new(100);
         for n in 0..50_000 {
             let id = format!("sshd[{n}]:");
-            let slot = ids.insert(&id, n);
+            let slot = put(&mut ids, &id, n);
             if n % 2 == 0 {
                 ids.remove(slot);
             }
@@ -248,13 +262,13 @@ mod tests {
         assert!(ids.order.len() <= 200 && ids.gone <= 100);
         // The 100 newest odd ids, and no other.
         for n in 0..50_000usize {
-            let found = ids.find(&format!("sshd[{n}]:"));
+            let found = ids.find(&format!("sshd[{n}]:")).ok();
             assert_eq!(found.is_some(), n % 2 == 1 && n >= 49_800, "{n}");
             if let Some(slot) = found {
                 assert_eq!(*ids.get_mut(slot), n);
             }
         }
-        assert_eq!(ids.find("sshd[49999]"), None);
-        assert_eq!(ids.find(""), None);
+        assert_eq!(ids.find("sshd[49999]").ok(), None);
+        assert_eq!(ids.find("").ok(), None);
     }
 }

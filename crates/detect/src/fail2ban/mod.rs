@@ -443,6 +443,14 @@ impl Val {
         }
     }
 
+    /// The users of an id that has failed as `first` alone so far.
+    fn first_user(first: &str) -> Val {
+        Val::Users {
+            first: first.to_string(),
+            several: false,
+        }
+    }
+
     fn truthy(&self) -> bool {
         match self {
             Val::None => false,
@@ -1158,7 +1166,7 @@ impl Filter {
             fl |= 2;
         }
         let mut merged = match cached {
-            Some(slot) => {
+            Ok(slot) => {
                 let g = self.ids.get_mut(slot);
                 several = update_users(g, user_of(&fail));
                 if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
@@ -1177,14 +1185,14 @@ impl Filter {
                     Merged::Cached(slot)
                 }
             }
-            None if fl & 2 == 0 => {
-                if let Some(first) = user_of(&fail).map(String::from) {
-                    let several = false;
-                    fail.insert(Key::Users, Val::Users { first, several });
+            Err(absent) if fl & 2 == 0 => {
+                if let Some(first) = user_of(&fail) {
+                    let users = Val::first_user(first);
+                    fail.insert(Key::Users, users);
                 }
-                Merged::Cached(self.ids.insert(mlfid, fail))
+                Merged::Cached(self.ids.insert(mlfid, absent, fail))
             }
-            None => Merged::Alone(fail),
+            Err(_) => Merged::Alone(fail),
         };
         let g = merged.fail(&mut self.ids);
         let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
@@ -1238,14 +1246,7 @@ fn update_users(f: &mut Fail, user: Option<&str>) -> bool {
         return *several;
     }
     if let Some(first) = user {
-        let first = first.to_string();
-        f.insert(
-            Key::Users,
-            Val::Users {
-                first,
-                several: false,
-            },
-        );
+        f.insert(Key::Users, Val::first_user(first));
     }
     false
 }
@@ -1544,8 +1545,8 @@ mod tests {
             ));
         }
         assert_eq!(f.ids.len(), MLFID_CACHE);
-        assert!(f.ids.find("sshd[9]:").is_none());
-        assert!(f.ids.find("sshd[10]:").is_some());
+        assert!(f.ids.find("sshd[9]:").is_err());
+        assert!(f.ids.find("sshd[10]:").is_ok());
     }
 
     /// The first failregex a line can match, named by one DFA search,
