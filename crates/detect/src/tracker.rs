@@ -469,20 +469,20 @@ impl Tracker {
             let Some(address) = hit.address else {
                 continue;
             };
-            if hit.kind == HitKind::Ignored {
-                continue;
-            }
+            let good = match hit.kind {
+                HitKind::Ignored => continue,
+                HitKind::Good => true,
+                HitKind::Bad => false,
+            };
             // The batch worked out the pair of each failure and success.
             let key = keys.next().copied();
             let key = key.unwrap_or_else(|| self.key(hit.rule, address));
-            match hit.kind {
-                HitKind::Ignored => {}
-                HitKind::Good => events.push(self.forgive(hit.rule, key)),
-                HitKind::Bad => {
-                    let now = *at.get_or_insert_with(&mut *now);
-                    if let Some(e) = self.failure(hit.rule, key, text, now, forgeable) {
-                        events.push(e);
-                    }
+            if good {
+                events.push(self.forgive(hit.rule, key));
+            } else {
+                let now = *at.get_or_insert_with(&mut *now);
+                if let Some(e) = self.failure(hit.rule, key, text, now, forgeable) {
+                    events.push(e);
                 }
             }
         }
