@@ -684,17 +684,19 @@ impl Dfas {
             // One candidate: the group must be it (the pattern matched).
             return Ok(pairs.first().copied());
         }
-        // Several: `P` must match the text before the group. One that is
-        // not checked (the longest host, usually the one) is the group if
-        // all the others fail.
-        let skip = (0..pairs.len()).min_by_key(|&n| pairs[n].0).unwrap_or(0);
+        // Several: `P` must match the text before the group, so the byte
+        // before it must be one `P` can end with (or there is none). Of
+        // those that pass, one that is not checked (the longest host,
+        // usually the one) is the group if all the others fail; when one
+        // alone passes, it is the group.
+        pairs.retain(|&(i, _)| i == 0 || has(&split.p_last, hay[i - 1]));
+        let Some(skip) = (0..pairs.len()).min_by_key(|&n| pairs[n].0) else {
+            return Ok(None);
+        };
         let p = split.p;
         let mut passed = None;
         for (n, &(i, j)) in pairs.iter().enumerate() {
-            if n != skip
-                && (i == 0 || has(&split.p_last, hay[i - 1]))
-                && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)?
-            {
+            if n != skip && rev_whole(&self.dfas[p], &mut self.caches[p], hay, i)? {
                 if passed.is_some() {
                     return Ok(None);
                 }
