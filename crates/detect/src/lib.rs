@@ -30,6 +30,7 @@ mod linear;
 mod literals;
 pub mod logfile;
 mod outcomes;
+mod part;
 pub mod ports;
 pub mod pyre;
 mod scan;

@@ -42,7 +42,7 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::backtrack::Backtrack;
 use crate::linear::Spans;
-use crate::split::{renumber, spread};
+use crate::part::{renumber, spread};
 
 /// Most outcomes a pattern is split into.
 const MAX_OUTCOMES: usize = 16;

@@ -52,15 +52,11 @@
 //! of it over exactly that gap decides. If it does not match, the answer
 //! is [`Found::Unsure`].
 
-use std::sync::LazyLock;
+use regex_syntax::hir::{Hir, HirKind, Look};
 
-use regex_automata::util::captures::Captures;
-use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
-
-use crate::backtrack::Backtrack;
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
-use crate::host::{HostGroup, f2b_host, f2b_host_group};
 use crate::linear::Spans;
+use crate::part::{PartRe, fixed_layout, place_fixed};
 
 /// A pattern whose groups are found by splitting it (see the module docs).
 pub(crate) struct GroupSplit {
@@ -104,59 +100,6 @@ enum PartGroups {
     Fixed(Vec<(usize, usize, usize)>),
     /// The part alone, followed by `\z`.
     Alone(PartRe),
-}
-
-/// A part alone, its groups numbered from 1, with the pattern's group
-/// index of each of them (its group `n` is `map[n - 1]`); searched
-/// anchored at the part's start by a bounded backtracker: the part is
-/// small and its place a few bytes, where the `regex` crate's usual way
-/// (a DFA search for the match, then the backtracker over it) costs half
-/// as much again.
-struct PartRe {
-    re: Backtrack,
-    map: Vec<usize>,
-    /// Whether the part is fail2ban's `<HOST>` followed by `\z`: then
-    /// which of its groups the address fills is mostly plain from its
-    /// bytes (see [`f2b_host_group`]).
-    host: bool,
-}
-
-impl PartRe {
-    /// `part` alone, followed by `\z` if `to_end`.
-    fn new(part: &Hir, to_end: bool) -> Option<PartRe> {
-        static HOST: LazyLock<Option<Hir>> =
-            LazyLock::new(|| Some(renumber(&dfa::parse(&f2b_host())?, &mut Vec::new())));
-        let mut map = Vec::new();
-        let mut numbered = renumber(part, &mut map);
-        let host = to_end && HOST.as_ref() == Some(&numbered);
-        if to_end {
-            numbered = Hir::concat(vec![numbered, Hir::look(Look::End)]);
-        }
-        Some(PartRe {
-            re: Backtrack::new(std::slice::from_ref(&numbered))?,
-            map,
-            host,
-        })
-    }
-
-    /// Sets in `spans` the groups of the part's first match in `hay[..end]`
-    /// that starts at `i`, and returns where that match ends; `None` if
-    /// there is none or the place is too long for the backtracker.
-    fn captures(&mut self, hay: &[u8], i: usize, end: usize, spans: &mut Spans) -> Option<usize> {
-        if self.host
-            && let Some(group) = f2b_host_group(&hay[i..end])
-        {
-            // `ip4`, `ip6`, `dns`: the whole place is the address's group.
-            let whole = [group == HostGroup::Ip4, group == HostGroup::Ip6, false];
-            for (&g, whole) in self.map.iter().zip(whole) {
-                spans[g] = whole.then_some((i, end));
-            }
-            return Some(end);
-        }
-        let caps = self.re.captures(&hay[..end], i..end, 0)?;
-        spread(caps, &self.map, spans);
-        caps.get_match().map(|m| m.end())
-    }
 }
 
 /// What a split search found.
@@ -294,17 +237,8 @@ impl GroupSplit {
             next = i;
             match &mut part.groups {
                 PartGroups::Fixed(layout) => {
-                    for &(g, from_start, to_end) in layout.iter() {
-                        // A place the part matches is never too short; if
-                        // one were, the `regex` crate would answer.
-                        let (Some(s), Some(e)) = (i.checked_add(from_start), j.checked_sub(to_end))
-                        else {
-                            return Found::Unsure;
-                        };
-                        if s > e {
-                            return Found::Unsure;
-                        }
-                        spans[g] = Some((s, e));
+                    if place_fixed(layout, i, j, &mut spans).is_none() {
+                        return Found::Unsure;
                     }
                 }
                 PartGroups::Alone(re) => {
@@ -316,45 +250,6 @@ impl GroupSplit {
         }
         Found::Spans(spans)
     }
-}
-
-/// Where each group of `part` sits in any text `part` matches, when that
-/// is a fixed number of bytes from the text's start and from its end (see
-/// [`PartGroups::Fixed`]): as in `(?P<nofail>Received (?P<mlfforget>disconnect))`.
-fn fixed_layout(part: &Hir) -> Option<Vec<(usize, usize, usize)>> {
-    fn fixed_len(h: &Hir) -> Option<usize> {
-        let p = h.properties();
-        p.maximum_len().filter(|&max| Some(max) == p.minimum_len())
-    }
-    fn place(
-        h: &Hir,
-        from_start: usize,
-        to_end: usize,
-        out: &mut Vec<(usize, usize, usize)>,
-    ) -> Option<()> {
-        match h.kind() {
-            _ if h.properties().explicit_captures_len() == 0 => Some(()),
-            HirKind::Capture(c) => {
-                out.push((c.index as usize, from_start, to_end));
-                place(&c.sub, from_start, to_end, out)
-            }
-            HirKind::Concat(subs) => {
-                for (k, sub) in subs.iter().enumerate() {
-                    if sub.properties().explicit_captures_len() == 0 {
-                        continue;
-                    }
-                    let before = subs[..k].iter().map(fixed_len).sum::<Option<usize>>()?;
-                    let after = subs[k + 1..].iter().map(fixed_len).sum::<Option<usize>>()?;
-                    place(sub, from_start + before, to_end + after, out)?;
-                }
-                Some(())
-            }
-            _ => None,
-        }
-    }
-    let mut out = Vec::new();
-    place(part, 0, 0, &mut out)?;
-    Some(out)
 }
 
 /// The first-path placing of `part`, which follows `before`, if its DFA
@@ -384,39 +279,6 @@ impl FirstPath {
         // Where the way does not hold, the caller drops `spans`.
         let j = self.re.captures(hay, i, next, spans)?;
         dfas.after_matches(split, hay, j, next)?.then_some(i)
-    }
-}
-
-/// Sets in `spans` (the pattern's groups) those of a match of a part
-/// [`renumber`]ed with `map`.
-pub(crate) fn spread(caps: &Captures, map: &[usize], spans: &mut Spans) {
-    for (n, &g) in map.iter().enumerate() {
-        spans[g] = caps.get_group(n + 1).map(|s| (s.start, s.end));
-    }
-}
-
-/// `hir` with its groups numbered from 1 in order, the pattern's index of
-/// each pushed onto `map`.
-pub(crate) fn renumber(hir: &Hir, map: &mut Vec<usize>) -> Hir {
-    match hir.kind() {
-        HirKind::Capture(c) => {
-            map.push(c.index as usize);
-            let index = map.len() as u32;
-            Hir::capture(Capture {
-                index,
-                name: c.name.clone(),
-                sub: Box::new(renumber(&c.sub, map)),
-            })
-        }
-        HirKind::Repetition(r) => Hir::repetition(Repetition {
-            sub: Box::new(renumber(&r.sub, map)),
-            ..r.clone()
-        }),
-        HirKind::Concat(subs) => Hir::concat(subs.iter().map(|s| renumber(s, map)).collect()),
-        HirKind::Alternation(subs) => {
-            Hir::alternation(subs.iter().map(|s| renumber(s, map)).collect())
-        }
-        _ => hir.clone(),
     }
 }
 
@@ -474,7 +336,7 @@ mod tests {
             .split
             .parts
             .iter()
-            .filter(|part| matches!(&part.groups, PartGroups::Alone(re) if re.host))
+            .filter(|part| matches!(&part.groups, PartGroups::Alone(re) if re.is_host()))
             .count();
         assert_eq!(hosts, 1);
         for host in [
