@@ -257,7 +257,7 @@ fn first_bytes(dfa: &DFA) -> [u64; 4] {
 }
 
 /// The bytes `hir` can match (`None` if that is not simple to tell).
-fn byte_set(hir: &Hir) -> Option<[u64; 4]> {
+pub(crate) fn byte_set(hir: &Hir) -> Option<[u64; 4]> {
     fn add(set: &mut [u64; 4], lo: u8, hi: u8) {
         for b in lo..=hi {
             set[usize::from(b >> 6)] |= 1u64 << (b & 63);

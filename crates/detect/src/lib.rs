@@ -39,6 +39,7 @@ pub mod sources;
 mod split;
 pub mod syslog;
 pub mod tracker;
+mod walk;
 
 /// The benchmark's log generator, for tests.
 #[cfg(test)]

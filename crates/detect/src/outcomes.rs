@@ -43,6 +43,7 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 use crate::backtrack::Backtrack;
 use crate::linear::Spans;
 use crate::part::{renumber, spread};
+use crate::walk::Walk;
 
 /// Most outcomes a pattern is split into.
 const MAX_OUTCOMES: usize = 16;
@@ -62,9 +63,11 @@ pub(crate) struct Outcomes {
     /// a DFA of them can name the outcome and where its match ends (see
     /// [`Outcomes::captures_placed`]).
     hirs: Vec<Hir>,
-    /// The same patterns, for the groups of a match already placed: one
+    /// The same patterns, for the groups of a match already placed: walked
+    /// part by part where they allow it (see `walk.rs`), else one
     /// backtracker each, since each search clears a visited set as large
     /// as its patterns' states times the text's length.
+    walks: Vec<Option<Walk>>,
     placed: Option<Vec<Backtrack>>,
 }
 
@@ -108,6 +111,7 @@ impl Outcomes {
             set,
             maps,
             groups: hir.properties().explicit_captures_len() + 1,
+            walks: hirs.iter().map(Walk::new).collect(),
             placed: hirs
                 .iter()
                 .map(|h| Backtrack::new(std::slice::from_ref(h)))
@@ -133,6 +137,19 @@ impl Outcomes {
         outcome: usize,
         end: usize,
     ) -> Option<Spans> {
+        if let Some(spans) = self
+            .walks
+            .get_mut(outcome)
+            .and_then(Option::as_mut)
+            .and_then(|w| w.captures(text.as_bytes(), end))
+        {
+            let mut whole: Spans = vec![None; self.groups];
+            whole[0] = spans[0];
+            for (n, &g) in self.maps[outcome].iter().enumerate() {
+                whole[g] = spans[n + 1];
+            }
+            return Some(whole);
+        }
         let Some(caps) = self
             .placed
             .as_mut()

@@ -57,9 +57,11 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 use crate::dfa::{self, Dfas, HostSplit, RuleDfa};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
+use crate::walk::Walk;
 
 /// A pattern whose groups are found by splitting it (see the module docs).
 pub(crate) struct GroupSplit {
+    walk: Option<Walk>,
     rule: RuleDfa,
     parts: Vec<Part>,
     /// Groups of the whole pattern, group 0 included.
@@ -172,6 +174,7 @@ impl GroupSplit {
         }
         let rule = dfas.rule(std::slice::from_ref(&hir))?;
         Some(GroupSplit {
+            walk: Walk::new(&hir),
             rule,
             parts: found,
             groups,
@@ -213,6 +216,25 @@ impl GroupSplit {
             end.is_none_or(|e| dfas.search(&mut self.rule, hay) == Ok(Some((0, e)))),
             "the end given is where this pattern's own search ends"
         );
+        // Placed from the start when the end is known and the parts allow
+        // it: cheaper than the reverse DFAs below.
+        if let (Some(e), Some(walk)) = (end, &mut self.walk)
+            && let Some(spans) = walk.captures(hay, e)
+        {
+            debug_assert!(
+                match self.placed(dfas, hay, end) {
+                    Found::Spans(placed) => placed == spans,
+                    found => found == Found::Unsure,
+                },
+                "the walk finds the groups the split finds in {text:?}"
+            );
+            return Found::Spans(spans);
+        }
+        self.placed(dfas, hay, end)
+    }
+
+    /// [`find`](Self::find) by the reverse DFAs (see the module docs).
+    fn placed(&mut self, dfas: &mut Dfas, hay: &[u8], end: Option<usize>) -> Found {
         let end = match end.map_or_else(|| dfas.search(&mut self.rule, hay), |e| Ok(Some((0, e)))) {
             Ok(Some((_, end))) => end,
             Ok(None) => return Found::NoMatch,

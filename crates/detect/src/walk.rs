@@ -1,0 +1,509 @@
+//! The groups of a match whose place is known, found by walking the
+//! pattern's top-level parts from left to right, each taking its first way.
+//!
+//! A bounded backtracker over a log line with fail2ban's `<HOST>` and a
+//! user name in it steps through hundreds of states, and on sshd's
+//! "Failed password" line that was most of what an imported `sshd.conf`
+//! spent. Most such patterns are a sequence of literals, runs of one class
+//! (`.*?`, `\S+`) and small parts, whose first ways are cheap to find one
+//! after the other: a literal is compared, a part is searched by an
+//! anchored leftmost-first DFA (its end is where its first way ends), and a
+//! run tries its ends in its own order (shortest first if lazy) until what
+//! follows it matches there.
+//!
+//! Why it is the match a backtracking search reports: that search tries
+//! the first part's ways in their order and, after each, the rest of the
+//! pattern; the first way of the whole is the first combination, in that
+//! order, that reaches the end. Each step here takes the part's first way
+//! (a run: its first end after which the next part can match at all, since
+//! no earlier end can be completed), so when the walk reaches the end the
+//! match is known to end at, no combination before it completes: it is the
+//! first. When it does not, the walk says nothing and the caller asks the
+//! backtracker, as before.
+//!
+//! Each step reads each byte a bounded number of times: a run followed by a
+//! literal compares the literal at each end it tries, and one followed by
+//! anything else tries at most [`MAX_TRIES`] ends. A crafted line costs the
+//! walk time in proportion to its length, then the backtracker's.
+
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
+use regex_syntax::hir::{Hir, HirKind, Look};
+
+use crate::dfa::{byte_set, has, nfa_config};
+use crate::linear::Spans;
+use crate::part::{PartRe, fixed_layout, place_fixed};
+
+/// Most ends a run tries when what follows it is not a literal.
+const MAX_TRIES: usize = 32;
+
+/// A pattern as its top-level parts, to be walked (see the module docs).
+pub(crate) struct Walk {
+    steps: Vec<Step>,
+    /// Groups of the pattern, group 0 included.
+    groups: usize,
+}
+
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Its DFAs and their caches are scratch space.
+        f.debug_struct("Walk")
+            .field("steps", &self.steps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One step of a walk.
+enum Step {
+    /// Bytes that must come next (parts without groups, all literal).
+    Literal(Box<[u8]>),
+    /// Parts without groups: their first way ends where an anchored
+    /// leftmost-first DFA of them ends.
+    Parts(Searched),
+    /// A choice whose branches are each one group with none inside, or
+    /// none: which branch its first way takes is the pattern its DFA (of
+    /// the branches, in order) names.
+    Choice {
+        part: Searched,
+        /// The group each branch is, if it is one.
+        branches: Vec<Option<usize>>,
+    },
+    /// A part holding groups: placed as [`Step::Parts`], its groups found
+    /// in its place alone (the whole place if the part is one group with
+    /// none inside).
+    Groups { part: Searched, inside: Inside },
+    /// A run of bytes of one class (`.*?`, `\S+`).
+    Run {
+        class: [u64; 4],
+        min: usize,
+        max: usize,
+        greedy: bool,
+        /// The groups around it (each spans the run).
+        groups: Vec<usize>,
+    },
+}
+
+/// How a placed part's groups are found.
+enum Inside {
+    /// Each at fixed distances from the place's ends (see
+    /// [`fixed_layout`]): the part is one group with none inside, say.
+    Fixed(Vec<(usize, usize, usize)>),
+    /// The part alone, anchored at both ends of its place.
+    Alone(PartRe),
+}
+
+/// A lazy DFA of one or more patterns, searched anchored and
+/// leftmost-first (as their alternation), with its cache.
+struct Searched {
+    dfa: DFA,
+    cache: Cache,
+}
+
+impl Searched {
+    fn new(hirs: &[Hir]) -> Option<Searched> {
+        let nfa = thompson::Compiler::new()
+            .configure(nfa_config(false))
+            .build_many_from_hir(hirs)
+            .ok()?;
+        let dfa = DFA::builder()
+            .configure(DFA::config().match_kind(MatchKind::LeftmostFirst))
+            .build_from_nfa(nfa)
+            .ok()?;
+        Some(Searched {
+            cache: dfa.create_cache(),
+            dfa,
+        })
+    }
+
+    /// Where the first way of matching from `at` ends, by `end` (the bytes
+    /// around in view of assertions), and which pattern it is.
+    fn first_end(&mut self, hay: &[u8], at: usize, end: usize) -> Option<(usize, usize)> {
+        let (dfa, cache) = (&self.dfa, &mut self.cache);
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(at.checked_sub(1).map(|i| hay[i]));
+        let mut sid = dfa.start_state(cache, &config).ok()?;
+        // The last match state and where the match it reports ends.
+        let mut found = None;
+        let mut i = at;
+        while i < end {
+            if !sid.is_tagged() {
+                let next = dfa.next_state_untagged(cache, sid, hay[i]);
+                if !next.is_tagged() {
+                    sid = next;
+                    i += 1;
+                    continue;
+                }
+            }
+            sid = dfa.next_state(cache, sid, hay[i]).ok()?;
+            if sid.is_match() {
+                // Matches are reported one byte late.
+                found = Some((sid, i));
+            } else if sid.is_dead() {
+                break;
+            } else if sid.is_quit() {
+                return None;
+            }
+            i += 1;
+        }
+        if i == end {
+            sid = match hay.get(end) {
+                Some(&b) => dfa.next_state(cache, sid, b),
+                None => dfa.next_eoi_state(cache, sid),
+            }
+            .ok()?;
+            if sid.is_match() {
+                found = Some((sid, end));
+            }
+        }
+        let (sid, e) = found?;
+        Some((dfa.match_pattern(cache, sid, 0).as_usize(), e))
+    }
+
+    /// [`first_end`](Self::first_end), the end alone.
+    fn end_of(&mut self, hay: &[u8], at: usize, end: usize) -> Option<usize> {
+        self.first_end(hay, at, end).map(|(_, e)| e)
+    }
+}
+
+impl Walk {
+    /// `hir` (groups numbered from 1 in order, as an outcome's are) as a
+    /// walk, if it is a sequence anchored at the start whose parts holding
+    /// groups have no look-around assertions, with no run right after
+    /// another.
+    pub(crate) fn new(hir: &Hir) -> Option<Walk> {
+        if !hir.properties().look_set_prefix().contains(Look::Start) {
+            return None;
+        }
+        let groups = hir.properties().explicit_captures_len() + 1;
+        let HirKind::Concat(parts) = hir.kind() else {
+            return None;
+        };
+        let mut steps = Vec::new();
+        // Parts without groups, gathered until the next part holding some.
+        let mut plain: Vec<Hir> = Vec::new();
+        for part in parts {
+            if part.properties().explicit_captures_len() == 0 {
+                plain.push(part.clone());
+                continue;
+            }
+            if !plain.is_empty() {
+                let first = steps.is_empty();
+                steps.push(plain_step(std::mem::take(&mut plain), first)?);
+            }
+            steps.push(holding_step(part)?);
+        }
+        if !plain.is_empty() {
+            let first = steps.is_empty();
+            steps.push(plain_step(plain, first)?);
+        }
+        // A run must be followed by something that can say whether it
+        // matches where the run would end.
+        let runs_end_well = steps
+            .windows(2)
+            .all(|w| !matches!((&w[0], &w[1]), (Step::Run { .. }, Step::Run { .. })));
+        (runs_end_well && !matches!(steps.last(), Some(Step::Run { .. })))
+            .then_some(Walk { steps, groups })
+    }
+
+    /// The groups (group 0 included) of the first way of matching `hay`
+    /// from its start that ends at `end`, where the pattern's first match
+    /// is known to end; `None` if the walk does not reach `end` that way
+    /// (the caller then asks the backtracker).
+    pub(crate) fn captures(&mut self, hay: &[u8], end: usize) -> Option<Spans> {
+        let mut spans: Spans = vec![None; self.groups];
+        let mut at = 0;
+        for k in 0..self.steps.len() {
+            let (step, after) = self.steps[k..].split_first_mut()?;
+            at = match step {
+                Step::Literal(bytes) => {
+                    if !hay[..end].get(at..)?.starts_with(bytes) {
+                        return None;
+                    }
+                    at + bytes.len()
+                }
+                Step::Parts(part) => part.end_of(hay, at, end)?,
+                Step::Choice { part, branches } => {
+                    let (k, e) = part.first_end(hay, at, end)?;
+                    if let Some(g) = branches[k] {
+                        spans[g] = Some((at, e));
+                    }
+                    e
+                }
+                Step::Groups { part, inside } => {
+                    let e = part.end_of(hay, at, end)?;
+                    match inside {
+                        Inside::Fixed(layout) => place_fixed(layout, at, e, &mut spans)?,
+                        Inside::Alone(re) => {
+                            if re.captures(hay, at, e, &mut spans)? != e {
+                                return None;
+                            }
+                        }
+                    }
+                    e
+                }
+                Step::Run {
+                    class,
+                    min,
+                    max,
+                    greedy,
+                    groups,
+                } => {
+                    let room = hay[at..end]
+                        .iter()
+                        .take(*max)
+                        .take_while(|&&b| has(class, b))
+                        .count();
+                    if room < *min {
+                        return None;
+                    }
+                    let next = after.first_mut()?;
+                    let e = run_end(next, hay, at + *min, at + room, end, *greedy)?;
+                    for &g in groups.iter() {
+                        spans[g] = Some((at, e));
+                    }
+                    e
+                }
+            };
+        }
+        if at != end {
+            return None;
+        }
+        spans[0] = Some((0, end));
+        Some(spans)
+    }
+}
+
+/// The first end of a run, from `lo` to `hi` (shortest first unless
+/// `greedy`), at which `next` matches.
+fn run_end(
+    next: &mut Step,
+    hay: &[u8],
+    lo: usize,
+    hi: usize,
+    end: usize,
+    greedy: bool,
+) -> Option<usize> {
+    let nth = |n: usize| if greedy { hi - n } else { lo + n };
+    let ends = hi - lo + 1;
+    match next {
+        Step::Literal(bytes) => (0..ends).map(nth).find(|&e| hay[e..end].starts_with(bytes)),
+        Step::Parts(part) | Step::Groups { part, .. } | Step::Choice { part, .. } => (0..ends
+            .min(MAX_TRIES))
+            .map(nth)
+            .find(|&e| part.first_end(hay, e, end).is_some()),
+        Step::Run { .. } => None,
+    }
+}
+
+/// Parts without groups as one step; `first`: the pattern's first, where
+/// the walk starts, at the start of the text.
+fn plain_step(parts: Vec<Hir>, first: bool) -> Option<Step> {
+    let mut bytes = Vec::new();
+    let literal = parts.iter().enumerate().all(|(n, p)| match p.kind() {
+        HirKind::Literal(lit) => {
+            bytes.extend_from_slice(&lit.0);
+            true
+        }
+        HirKind::Look(Look::Start) => first && n == 0,
+        _ => false,
+    });
+    if literal {
+        return Some(Step::Literal(bytes.into()));
+    }
+    Some(Step::Parts(Searched::new(&[Hir::concat(parts)])?))
+}
+
+/// A part holding groups as one step: a run if it is groups around a
+/// repetition of one class, else a part placed by its DFA.
+fn holding_step(part: &Hir) -> Option<Step> {
+    let mut groups = Vec::new();
+    let mut inner = part;
+    while let HirKind::Capture(c) = inner.kind() {
+        groups.push(c.index as usize);
+        inner = &c.sub;
+    }
+    if let HirKind::Repetition(r) = inner.kind()
+        && matches!(r.sub.kind(), HirKind::Class(_))
+    {
+        return Some(Step::Run {
+            class: byte_set(&r.sub)?,
+            min: r.min as usize,
+            max: r.max.map_or(usize::MAX, |m| m as usize),
+            greedy: r.greedy,
+            groups,
+        });
+    }
+    if let HirKind::Alternation(alts) = part.kind() {
+        let branches: Option<Vec<Option<usize>>> = alts
+            .iter()
+            .map(|b| match b.kind() {
+                _ if b.properties().explicit_captures_len() == 0 => Some(None),
+                HirKind::Capture(c) if c.sub.properties().explicit_captures_len() == 0 => {
+                    Some(Some(c.index as usize))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(branches) = branches {
+            return Some(Step::Choice {
+                part: Searched::new(alts)?,
+                branches,
+            });
+        }
+    }
+    let inside = match fixed_layout(part) {
+        Some(layout) => Inside::Fixed(layout),
+        // Searched alone, the part would not see the text after its place.
+        None if !part.properties().look_set().is_empty() => return None,
+        None => Inside::Alone(PartRe::new(part, true)?),
+    };
+    Some(Step::Groups {
+        part: Searched::new(std::slice::from_ref(part))?,
+        inside,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::f2b_host;
+
+    /// Patterns with every kind of step: literals, lazy and greedy runs
+    /// followed by a literal or by a part, choices, parts whose groups sit
+    /// at fixed distances, fail2ban's `<HOST>`, optional parts, `$`.
+    fn patterns() -> Vec<String> {
+        let host = f2b_host();
+        vec![
+            format!(
+                r"^Failed (?:(publickey)|\S+) for (invalid user )?(.*?) from {host}(?: port \d+)?(?: ssh\d*)?(.*)\n?\z"
+            ),
+            format!(r"^(?:Invalid|Illegal) user (.*?) from {host}(?: port \d+)?\s*$"),
+            format!(
+                r"^((Connection closed|Disconnected)) (?:by|from)(?: (?:invalid|authenticating) user (\S+|.*?))? {host}(?: port \d+)?(?: \[preauth\])?\s*$"
+            ),
+            format!(r"^(Accepted \w+) for (\S+) from {host}(?:\s|$)"),
+            r"^user (\S+?)x(\d*) at ([^:]+): (.*)$".to_string(),
+            r"^a(b*)(b+)c".to_string(),
+            r"^x(.*?)(y|yy)z".to_string(),
+        ]
+    }
+
+    fn texts() -> Vec<String> {
+        let mut out: Vec<String> = [
+            "Failed password for invalid user admin from 198.51.100.7 port 22 ssh2",
+            "Failed publickey for root from 2001:db8::7 port 22 ssh2: RSA x",
+            "Failed password for invalid user a from b from 1.2.3.4 port 2 ssh2",
+            "Failed none for invalid user  from 198.51.100.7 port 22 ssh2",
+            "Failed password for root from ::ffff:198.51.100.7 port 22",
+            "Failed password for root from host.example.org",
+            "Invalid user oracle from 198.51.100.7 port 4",
+            "Invalid user  from 198.51.100.7",
+            "Connection closed by authenticating user root 198.51.100.7 port 5 [preauth]",
+            "Disconnected from invalid user a b c 2001:db8::1 port 5 [preauth]",
+            "Connection closed by 198.51.100.7 port 5 [preauth]",
+            "Accepted publickey for deploy from 198.51.100.8 port 1 ssh2: ED25519",
+            "user bob42x7 at host: x: y",
+            "user xx at h:",
+            "abbbc",
+            "abc",
+            "xyyz",
+            "xyyyz",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Each with one byte dropped, and with one doubled.
+        for t in out.clone() {
+            for i in (0..t.len()).step_by(3) {
+                out.push(format!("{}{}", &t[..i], &t[i + 1..]));
+                out.push(format!("{}{}", &t[..=i], &t[i..]));
+            }
+        }
+        out.into_iter().map(|t| t + "\n").collect()
+    }
+
+    /// Wherever the walk answers, it gives the groups the `regex` crate
+    /// gives for the pattern's first match; and it answers for most lines
+    /// (not for those where a part's first way leads nowhere and a later
+    /// one is the match: a user name `\S+|.*?` followed by no address).
+    #[test]
+    fn walked_groups_are_the_regex_crates() {
+        let (mut answered, mut matched) = (0, 0);
+        for p in patterns() {
+            let re = regex::bytes::RegexBuilder::new(&p)
+                .unicode(false)
+                .build()
+                .unwrap();
+            let hir = crate::part::renumber(&crate::dfa::parse(&p).unwrap(), &mut Vec::new());
+            let mut walk = Walk::new(&hir).unwrap_or_else(|| panic!("{p} walks"));
+            for t in texts() {
+                let Some(c) = re.captures(t.as_bytes()) else {
+                    continue;
+                };
+                let want: Spans = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
+                let end = want[0].unwrap().1;
+                matched += 1;
+                if let Some(found) = walk.captures(t.as_bytes(), end) {
+                    assert_eq!(found, want, "{p} on {t:?}");
+                    answered += 1;
+                }
+            }
+        }
+        assert!(
+            answered * 4 > matched * 3,
+            "the walk answered {answered} of {matched} matches"
+        );
+    }
+
+    /// A crafted line (64 KiB of what a run would take, with the literal or
+    /// part after it at every other place) is walked in a time in
+    /// proportion to its length: a run before a literal compares it at
+    /// each end, one before a part tries a bounded number of ends. What it
+    /// answers is the regex crate's.
+    #[test]
+    fn crafted_lines_are_walked_in_linear_time() {
+        for (p, t) in [
+            (
+                r"^a(.*?) from (\S+) (.*)$",
+                format!("a{} from x y", " fro".repeat(16_000)),
+            ),
+            (
+                r"^a(.*?)(?:\d{1,3}\.){3}(x)",
+                format!("a{}1.2.3.x", "1.2.".repeat(13_000)),
+            ),
+            (
+                r"^a(\S+) (b+)$",
+                format!("a{} {}", "b".repeat(30_000), "b".repeat(30_000)),
+            ),
+        ] {
+            let re = regex::bytes::RegexBuilder::new(p)
+                .unicode(false)
+                .build()
+                .unwrap();
+            let hir = crate::part::renumber(&crate::dfa::parse(p).unwrap(), &mut Vec::new());
+            let mut walk = Walk::new(&hir).unwrap();
+            let Some(c) = re.captures(t.as_bytes()) else {
+                panic!("{p} matches");
+            };
+            let want: Spans = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
+            if let Some(found) = walk.captures(t.as_bytes(), want[0].unwrap().1) {
+                assert_eq!(found, want, "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn not_walked() {
+        let walk = |p: &str| Walk::new(&crate::dfa::parse(p).unwrap()).is_some();
+        // Not anchored at the start; a run last; two runs in a row; groups
+        // inside a part with a look-around assertion.
+        assert!(!walk(r"a(\S+)c"));
+        assert!(!walk(r"^a(\S+)"));
+        assert!(!walk(r"^a(\S+)(\d*)d"));
+        assert!(!walk(r"^a((b)\b|c)d"));
+        assert!(walk(r"^a(\S+)c"));
+        assert!(walk(r"^a(b+)"));
+    }
+}
