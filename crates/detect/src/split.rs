@@ -174,7 +174,7 @@ impl GroupSplit {
         }
         let rule = dfas.rule(std::slice::from_ref(&hir))?;
         Some(GroupSplit {
-            walk: Walk::new(&hir),
+            walk: Walk::new(&hir).filter(Walk::beats_placing_from_the_end),
             rule,
             parts: found,
             groups,

@@ -208,6 +208,24 @@ impl Walk {
             .then_some(Walk { steps, groups })
     }
 
+    /// Whether the walk reads less than placing the parts from the end
+    /// would (see `split.rs`): that reads a lone part's text and what
+    /// follows it, never what comes before it, but each further part holding
+    /// groups, and each run (every end of which it must try), costs it
+    /// reverse searches of their own.
+    pub(crate) fn beats_placing_from_the_end(&self) -> bool {
+        let holding = self
+            .steps
+            .iter()
+            .filter(|s| !matches!(s, Step::Literal(_) | Step::Parts(_)))
+            .count();
+        holding > 1
+            || self
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Run { .. } | Step::Choice { .. }))
+    }
+
     /// The groups (group 0 included) of the first way of matching `hay`
     /// from its start that ends at `end`, where the pattern's first match
     /// is known to end; `None` if the walk does not reach `end` that way
