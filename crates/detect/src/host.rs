@@ -73,6 +73,29 @@ pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
     None
 }
 
+/// Where the first way fail2ban's [`f2b_host`] matches from `at` ends, by
+/// `end`, when the text there begins with an IPv4 address; `None` when a
+/// search must tell.
+///
+/// Why: at a digit, `\[?` and the `::ffff:` prefix take nothing, and the
+/// first way through `ip4`, which comes before `ip6` and `dns`, is plain:
+/// each of its first three `\d{1,3}` takes every digit of its run (there
+/// is no way with fewer: the next byte would be a digit, not the dot that
+/// must follow), and the last takes up to three. When that way exists it
+/// is the pattern's first, and `\]?` then takes a `]` that follows.
+pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+    let text = &hay[at..end];
+    let mut i = 0;
+    for octet in 0..4 {
+        let digits = text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || (octet < 3 && (digits > 3 || text.get(i + digits) != Some(&b'.'))) {
+            return None;
+        }
+        i += digits.min(3) + usize::from(octet < 3);
+    }
+    Some(at + i + usize::from(text.get(i) == Some(&b']')))
+}
+
 /// `\d{1,3}(\.\d{1,3}){3}`, the whole of `text`.
 fn ip4_shape(text: &[u8]) -> bool {
     let mut parts = 0;
@@ -235,6 +258,50 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the first way of fail2ban's `<HOST>` ends, by the text's bytes
+    /// when they begin with an IPv4 address: where the `regex` crate's
+    /// leftmost-first search of it ends, every time.
+    #[test]
+    fn the_hosts_first_way_by_its_bytes() {
+        let re = regex::bytes::RegexBuilder::new(&format!("^(?:{})", f2b_host()))
+            .unicode(false)
+            .build()
+            .unwrap();
+        let mut answered = 0;
+        for t in [
+            "198.51.100.7 port 22",
+            "1.2.3.4",
+            "1.2.3.4567",
+            "1.2.3.4]:22",
+            "1.2.3.4] ",
+            "1234.1.1.1",
+            "1.2.3",
+            "1.2.3.",
+            "01.02.003.4x",
+            "1.2.3.4.5",
+            "999.999.999.999",
+            "1..2.3.4",
+            "12.34.56.78:80",
+            "1.2.3.4a",
+            "2001:db8::1",
+            "[1.2.3.4]",
+            "::ffff:1.2.3.4",
+            "host.example",
+        ] {
+            let want = re.find(t.as_bytes()).map(|m| m.end());
+            if let Some(end) = f2b_host_first_end(t.as_bytes(), 0, t.len()) {
+                assert_eq!(Some(end), want, "{t:?}");
+                answered += 1;
+            }
+            // Within a longer text, from where the host starts.
+            let longer = format!("from {t}");
+            if let Some(end) = f2b_host_first_end(longer.as_bytes(), 5, longer.len()) {
+                assert_eq!(Some(end - 5), want, "{longer:?}");
+            }
+        }
+        assert_eq!(answered, 10);
+    }
 
     #[test]
     fn host_groups_are_the_regex_crates() {

@@ -54,7 +54,6 @@ impl PartRe {
     }
 
     /// Whether the part is fail2ban's `<HOST>` (see [`PartRe::captures`]).
-    #[cfg(test)]
     pub(crate) fn is_host(&self) -> bool {
         self.host
     }

@@ -33,6 +33,7 @@ use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::dfa::{byte_set, has, nfa_config};
+use crate::host::f2b_host_first_end;
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
 
@@ -59,6 +60,9 @@ impl std::fmt::Debug for Walk {
 enum Step {
     /// Bytes that must come next (parts without groups, all literal).
     Literal(Box<[u8]>),
+    /// The end of the text, after a newline if one is left (Python's `$`
+    /// as `pyre::translate` writes it outside multi-line mode).
+    End,
     /// Parts without groups: their first way ends where an anchored
     /// leftmost-first DFA of them ends.
     Parts(Searched),
@@ -242,6 +246,13 @@ impl Walk {
                     }
                     at + bytes.len()
                 }
+                Step::End => {
+                    let e = text_end(hay, at)?;
+                    if e > end {
+                        return None;
+                    }
+                    e
+                }
                 Step::Parts(part) => part.end_of(hay, at, end)?,
                 Step::Choice { part, branches } => {
                     let (k, e) = part.first_end(hay, at, end)?;
@@ -251,7 +262,14 @@ impl Walk {
                     e
                 }
                 Step::Groups { part, inside } => {
-                    let e = part.end_of(hay, at, end)?;
+                    let e = match inside {
+                        Inside::Alone(re) if re.is_host() => f2b_host_first_end(hay, at, end),
+                        _ => None,
+                    };
+                    let e = match e {
+                        Some(e) => e,
+                        None => part.end_of(hay, at, end)?,
+                    };
                     match inside {
                         Inside::Fixed(layout) => place_fixed(layout, at, e, &mut spans)?,
                         Inside::Alone(re) => {
@@ -308,11 +326,23 @@ fn run_end(
     let ends = hi - lo + 1;
     match next {
         Step::Literal(bytes) => (0..ends).map(nth).find(|&e| hay[e..end].starts_with(bytes)),
+        Step::End => (0..ends)
+            .map(nth)
+            .find(|&e| text_end(hay, e).is_some_and(|t| t <= end)),
         Step::Parts(part) | Step::Groups { part, .. } | Step::Choice { part, .. } => (0..ends
             .min(MAX_TRIES))
             .map(nth)
             .find(|&e| part.first_end(hay, e, end).is_some()),
         Step::Run { .. } => None,
+    }
+}
+
+/// Where the text ends if only a newline, or nothing, is left after `at`.
+fn text_end(hay: &[u8], at: usize) -> Option<usize> {
+    match &hay[at..] {
+        [] => Some(at),
+        [b'\n'] => Some(at + 1),
+        _ => None,
     }
 }
 
@@ -330,6 +360,13 @@ fn plain_step(parts: Vec<Hir>, first: bool) -> Option<Step> {
     });
     if literal {
         return Some(Step::Literal(bytes.into()));
+    }
+    if let [newline, HirKind::Look(Look::End)] = parts.iter().map(Hir::kind).collect::<Vec<_>>()[..]
+        && let HirKind::Repetition(r) = newline
+        && (r.min, r.max, r.greedy) == (0, Some(1), true)
+        && matches!(r.sub.kind(), HirKind::Literal(l) if *l.0 == *b"\n")
+    {
+        return Some(Step::End);
     }
     Some(Step::Parts(Searched::new(&[Hir::concat(parts)])?))
 }
