@@ -40,6 +40,11 @@ use crate::part::{PartRe, fixed_layout, place_fixed};
 /// Most ends a run tries when what follows it is not a literal.
 const MAX_TRIES: usize = 32;
 
+/// The most memory each part's lazy DFA takes for its states: a part is
+/// small, and a filter has dozens of them, each of which crafted lines
+/// could otherwise grow to the default of 2 MiB.
+const CACHE_BYTES: usize = 256 << 10;
+
 /// A pattern as its top-level parts, to be walked (see the module docs).
 pub(crate) struct Walk {
     steps: Vec<Step>,
@@ -112,7 +117,11 @@ impl Searched {
             .build_many_from_hir(hirs)
             .ok()?;
         let dfa = DFA::builder()
-            .configure(DFA::config().match_kind(MatchKind::LeftmostFirst))
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .cache_capacity(CACHE_BYTES),
+            )
             .build_from_nfa(nfa)
             .ok()?;
         Some(Searched {
@@ -129,6 +138,8 @@ impl Searched {
             .anchored(Anchored::Yes)
             .look_behind(at.checked_sub(1).map(|i| hay[i]));
         let mut sid = dfa.start_state(cache, &config).ok()?;
+        // A state kept from before the cache was cleared names nothing.
+        let clears = cache.clear_count();
         // The last match state and where the match it reports ends.
         let mut found = None;
         let mut i = at;
@@ -163,6 +174,9 @@ impl Searched {
             }
         }
         let (sid, e) = found?;
+        if cache.clear_count() != clears {
+            return None;
+        }
         Some((dfa.match_pattern(cache, sid, 0).as_usize(), e))
     }
 
@@ -547,6 +561,52 @@ mod tests {
                 assert_eq!(found, want, "{p}");
             }
         }
+    }
+
+    /// Lines crafted to reach a new state of a part's DFA at almost every
+    /// byte (after `(?:a|b)*a(?:a|b){14}` a DFA must remember the last 15
+    /// letters: 32,768 states) leave the part's cache within its bound,
+    /// and what the walk answers is still the regex crate's.
+    #[test]
+    fn crafted_lines_keep_the_caches_bounded() {
+        let p = r"^x((?:a|b)*a(?:a|b){14}) (\S+)y";
+        let re = regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .build()
+            .unwrap();
+        let hir = crate::part::renumber(&crate::dfa::parse(p).unwrap(), &mut Vec::new());
+        let mut walk = Walk::new(&hir).unwrap();
+        let mut seed = 7u64;
+        let mut grew = 0;
+        for _ in 0..200 {
+            let letters: String = (0..2_000)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    if seed >> 63 == 0 { 'a' } else { 'b' }
+                })
+                .collect();
+            let t = format!("x{letters} zy");
+            let want = re.captures(t.as_bytes()).map(|c| {
+                c.iter()
+                    .map(|m| m.map(|m| (m.start(), m.end())))
+                    .collect::<Spans>()
+            });
+            let end = want.as_ref().and_then(|w| w[0]).map_or(t.len(), |w| w.1);
+            if let Some(found) = walk.captures(t.as_bytes(), end) {
+                assert_eq!(Some(found), want);
+            }
+            for step in &walk.steps {
+                if let Step::Groups { part, .. } = step {
+                    let used = part.cache.memory_usage();
+                    assert!(used <= 2 * CACHE_BYTES, "{used} bytes");
+                    grew = grew.max(used);
+                }
+            }
+        }
+        assert!(
+            grew > CACHE_BYTES / 2,
+            "the lines reached {grew} bytes of states"
+        );
     }
 
     #[test]
