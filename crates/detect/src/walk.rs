@@ -188,9 +188,11 @@ impl Searched {
 
 impl Walk {
     /// `hir` (groups numbered from 1 in order, as an outcome's are) as a
-    /// walk, if it is a sequence anchored at the start whose parts holding
-    /// groups have no look-around assertions, with no run right after
-    /// another.
+    /// walk, if it is a sequence anchored at the start each of whose parts
+    /// holding groups is a run, a choice of branches that are each one
+    /// group or none, or a part whose groups sit at fixed distances from
+    /// its ends or can be found in it alone (no look-around assertions),
+    /// and no run is last or right after another.
     pub(crate) fn new(hir: &Hir) -> Option<Walk> {
         if !hir.properties().look_set_prefix().contains(Look::Start) {
             return None;
@@ -440,6 +442,24 @@ mod tests {
     use super::*;
     use crate::host::f2b_host;
 
+    /// `p` as the `regex` crate compiles it (what the walk must agree
+    /// with) and as a walk.
+    fn both(p: &str) -> (regex::bytes::Regex, Walk) {
+        let re = regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .build()
+            .unwrap();
+        let hir = crate::part::renumber(&crate::dfa::parse(p).unwrap(), &mut Vec::new());
+        let walk = Walk::new(&hir).unwrap_or_else(|| panic!("{p} walks"));
+        (re, walk)
+    }
+
+    /// The groups of `re`'s first match in `t`.
+    fn regex_spans(re: &regex::bytes::Regex, t: &str) -> Option<Spans> {
+        let c = re.captures(t.as_bytes())?;
+        Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+    }
+
     /// Patterns with every kind of step: literals, lazy and greedy runs
     /// followed by a literal or by a part, choices, parts whose groups sit
     /// at fixed distances, fail2ban's `<HOST>`, optional parts, `$`.
@@ -501,17 +521,11 @@ mod tests {
     fn walked_groups_are_the_regex_crates() {
         let (mut answered, mut matched) = (0, 0);
         for p in patterns() {
-            let re = regex::bytes::RegexBuilder::new(&p)
-                .unicode(false)
-                .build()
-                .unwrap();
-            let hir = crate::part::renumber(&crate::dfa::parse(&p).unwrap(), &mut Vec::new());
-            let mut walk = Walk::new(&hir).unwrap_or_else(|| panic!("{p} walks"));
+            let (re, mut walk) = both(&p);
             for t in texts() {
-                let Some(c) = re.captures(t.as_bytes()) else {
+                let Some(want) = regex_spans(&re, &t) else {
                     continue;
                 };
-                let want: Spans = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
                 let end = want[0].unwrap().1;
                 matched += 1;
                 if let Some(found) = walk.captures(t.as_bytes(), end) {
@@ -547,16 +561,8 @@ mod tests {
                 format!("a{} {}", "b".repeat(30_000), "b".repeat(30_000)),
             ),
         ] {
-            let re = regex::bytes::RegexBuilder::new(p)
-                .unicode(false)
-                .build()
-                .unwrap();
-            let hir = crate::part::renumber(&crate::dfa::parse(p).unwrap(), &mut Vec::new());
-            let mut walk = Walk::new(&hir).unwrap();
-            let Some(c) = re.captures(t.as_bytes()) else {
-                panic!("{p} matches");
-            };
-            let want: Spans = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
+            let (re, mut walk) = both(p);
+            let want = regex_spans(&re, &t).unwrap_or_else(|| panic!("{p} matches"));
             if let Some(found) = walk.captures(t.as_bytes(), want[0].unwrap().1) {
                 assert_eq!(found, want, "{p}");
             }
@@ -570,12 +576,7 @@ mod tests {
     #[test]
     fn crafted_lines_keep_the_caches_bounded() {
         let p = r"^x((?:a|b)*a(?:a|b){14}) (\S+)y";
-        let re = regex::bytes::RegexBuilder::new(p)
-            .unicode(false)
-            .build()
-            .unwrap();
-        let hir = crate::part::renumber(&crate::dfa::parse(p).unwrap(), &mut Vec::new());
-        let mut walk = Walk::new(&hir).unwrap();
+        let (re, mut walk) = both(p);
         let mut seed = 7u64;
         let mut grew = 0;
         for _ in 0..200 {
@@ -586,11 +587,7 @@ mod tests {
                 })
                 .collect();
             let t = format!("x{letters} zy");
-            let want = re.captures(t.as_bytes()).map(|c| {
-                c.iter()
-                    .map(|m| m.map(|m| (m.start(), m.end())))
-                    .collect::<Spans>()
-            });
+            let want = regex_spans(&re, &t);
             let end = want.as_ref().and_then(|w| w[0]).map_or(t.len(), |w| w.1);
             if let Some(found) = walk.captures(t.as_bytes(), end) {
                 assert_eq!(Some(found), want);
