@@ -85,6 +85,15 @@ pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
 /// is the pattern's first, and `\]?` then takes a `]` that follows.
 pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<usize> {
     let text = &hay[at..end];
+    let i = ip4_first_way(text)?;
+    Some(at + i + usize::from(text.get(i) == Some(&b']')))
+}
+
+/// How much of `text`, from its start, the first way of
+/// `(?:\d{1,3}\.){3}\d{1,3}` takes, if there is one: each of the first three
+/// runs of digits whole (at most three, then a dot), and up to three of the
+/// last.
+fn ip4_first_way(text: &[u8]) -> Option<usize> {
     let mut i = 0;
     for octet in 0..4 {
         let digits = text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
@@ -93,19 +102,12 @@ pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<us
         }
         i += digits.min(3) + usize::from(octet < 3);
     }
-    Some(at + i + usize::from(text.get(i) == Some(&b']')))
+    Some(i)
 }
 
 /// `\d{1,3}(\.\d{1,3}){3}`, the whole of `text`.
 fn ip4_shape(text: &[u8]) -> bool {
-    let mut parts = 0;
-    for part in text.split(|&b| b == b'.') {
-        parts += 1;
-        if parts > 4 || part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
-            return false;
-        }
-    }
-    parts == 4
+    ip4_first_way(text) == Some(text.len())
 }
 
 /// Whether fail2ban's IPv6 pattern matches the whole of `text`.
