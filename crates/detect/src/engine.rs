@@ -294,6 +294,9 @@ pub struct Engine {
     /// The group of all rules (for lines without a header).
     all_group: usize,
     f2b: Vec<(usize, fail2ban::Filter)>,
+    /// The failures an imported filter found in the line read (kept for
+    /// its room).
+    failures: Vec<fail2ban::Failure>,
     open_ports: Option<OpenPorts>,
 }
 
@@ -399,13 +402,15 @@ impl Engine {
                 if let Some(mode) = &rc.mode {
                     opts.insert("mode".into(), mode.clone());
                 }
-                let filter = fail2ban::Filter::load(path, &opts).map_err(|source| {
+                let mut filter = fail2ban::Filter::load(path, &opts).map_err(|source| {
                     CompileError::Fail2ban {
                         rule: rc.name.clone(),
                         path: path.clone(),
                         source,
                     }
                 })?;
+                // Only addresses are counted.
+                filter.hosts = false;
                 f2b.push((idx, filter));
             }
             infos.push(RuleInfo {
@@ -432,6 +437,7 @@ impl Engine {
             next_recent: 0,
             all_group: 0,
             f2b,
+            failures: Vec::new(),
             open_ports: Some(OpenPorts::new()),
         };
         let no_program: Vec<usize> = (0..engine.rules.len())
@@ -585,7 +591,9 @@ impl Engine {
             if !info.sources.is_empty() && !info.sources.iter().any(|s| s == source) {
                 continue;
             }
-            for failure in filter.process_line(line) {
+            self.failures.clear();
+            filter.process_line_into(line, &mut self.failures);
+            for failure in &self.failures {
                 if let Some(address) = failure.address {
                     out.push(Hit {
                         rule: *rule,

@@ -112,8 +112,10 @@ impl<V: Default> Ids<V> {
 
     /// Caches `id`, which [`find`](Self::find) found `absent`, with
     /// `value`; evicts the id cached longest ago if the cache is full. Its
-    /// slot.
-    pub(crate) fn insert(&mut self, id: &str, absent: Absent, value: V) -> usize {
+    /// slot. `value` is swapped with what the slot held (the evicted or
+    /// forgotten id's value, or `V::default()`), whose room the caller can
+    /// reuse.
+    pub(crate) fn insert(&mut self, id: &str, absent: Absent, value: &mut V) -> usize {
         let slot = match self.free.pop() {
             Some(s) => usize::from(s),
             None if self.slots.len() < self.cap => {
@@ -147,7 +149,7 @@ impl<V: Default> Ids<V> {
         s.hash = hash;
         s.cached = self.next;
         s.live = true;
-        s.value = value;
+        std::mem::swap(&mut s.value, value);
         if self.order.len() >= 2 * self.cap {
             let slots = &self.slots;
             self.order.retain(|&entry| current(slots, entry));
@@ -157,13 +159,13 @@ impl<V: Default> Ids<V> {
         slot
     }
 
-    /// Forgets the id in slot `slot`; its value.
-    pub(crate) fn remove(&mut self, slot: usize) -> V {
+    /// Forgets the id in slot `slot`. Its value stays in the slot, unread,
+    /// until [`insert`](Self::insert) swaps it out.
+    pub(crate) fn forget(&mut self, slot: usize) {
         if self.slots[slot].live {
             self.unindex(slot);
             self.free.push(slot as u8);
         }
-        std::mem::take(&mut self.slots[slot].value)
     }
 
     /// The live slot cached longest ago (the cache is full).
@@ -219,9 +221,9 @@ mod tests {
     use super::*;
 
     /// Caches `id`, which is not cached; its slot.
-    fn put<V: Default>(ids: &mut Ids<V>, id: &str, value: V) -> usize {
+    fn put<V: Default>(ids: &mut Ids<V>, id: &str, mut value: V) -> usize {
         let absent = ids.find(id).expect_err("not cached");
-        ids.insert(id, absent, value)
+        ids.insert(id, absent, &mut value)
     }
 
     #[test]
@@ -238,9 +240,12 @@ mod tests {
         assert_eq!(*ids.get_mut(ids.find("d").ok().unwrap()), 4);
         // "b" forgotten: its slot is free, and the next id takes it, not
         // the oldest live one's ("c").
-        assert_eq!(ids.remove(b), 2);
+        ids.forget(b);
         assert_eq!((ids.len(), ids.find("b").ok()), (2, None));
-        assert_eq!(put(&mut ids, "e", 5), b);
+        // Its value was left in the slot, and comes back to be reused.
+        let (absent, mut value) = (ids.find("e").expect_err("not cached"), 5);
+        assert_eq!(ids.insert("e", absent, &mut value), b);
+        assert_eq!(value, 2);
         assert!(ids.find("c").is_ok());
         assert_eq!(ids.len(), 3);
     }
@@ -254,7 +259,7 @@ mod tests {
             let id = format!("sshd[{n}]:");
             let slot = put(&mut ids, &id, n);
             if n % 2 == 0 {
-                ids.remove(slot);
+                ids.forget(slot);
             }
         }
         assert_eq!(ids.len(), 100);

@@ -27,9 +27,11 @@
 //! address) has no [`Failure::address`] and is never counted.
 
 pub mod date;
+mod fail;
 mod ids;
 pub mod ini;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{LazyLock, OnceLock};
@@ -44,6 +46,7 @@ use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
 use crate::split::{Found, GroupSplit};
 use date::DateDetector;
+use fail::{Fail, Key, Merged, Val};
 use ids::Ids;
 use ini::{Config, Map};
 
@@ -83,7 +86,8 @@ pub struct Failure {
     /// Index of the failregex that matched.
     pub regex: usize,
     /// What fail2ban would report as the host (raw address, DNS name, or
-    /// failure id).
+    /// failure id); `None` too from a filter that gives no hosts (see
+    /// [`Filter::hosts`]).
     pub host: Option<String>,
     /// The address to count, if the host is an IP address.
     pub address: Option<Net>,
@@ -198,52 +202,6 @@ struct Re {
     alts: Vec<(usize, Key)>,
 }
 
-/// The groups a failure is read by: what it reports (host, address, no
-/// failure), the multi-line failure id and the flags that merge failures
-/// under it, and the prefregex's content. No other group changes what a
-/// filter finds, so no other group is copied out of a match.
-const READ: [(&str, Key); 12] = [
-    ("mlfid", Key::Mlfid),
-    ("content", Key::Content),
-    ("nofail", Key::Nofail),
-    ("mlfgained", Key::Mlfgained),
-    ("mlfforget", Key::Mlfforget),
-    ("mlfpending", Key::Mlfpending),
-    ("user", Key::User),
-    ("fid", Key::Fid),
-    ("ip4", Key::Ip4),
-    ("ip6", Key::Ip6),
-    ("dns", Key::Dns),
-    ("cidr", Key::Cidr),
-];
-
-/// A value a failure is read by: a group of [`READ`], or the users an id
-/// has failed as. Its number is its place in [`Fail`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
-    Mlfid,
-    Content,
-    Nofail,
-    Mlfgained,
-    Mlfforget,
-    Mlfpending,
-    User,
-    Fid,
-    Ip4,
-    Ip6,
-    Dns,
-    Cidr,
-    Users,
-}
-
-/// How many [`Key`]s there are.
-const KEYS: usize = Key::Users as usize + 1;
-
-/// The key of group `name`, if a failure is read by it.
-fn read_name(name: &str) -> Option<Key> {
-    READ.iter().find(|(r, _)| *r == name).map(|&(_, k)| k)
-}
-
 impl Re {
     fn new(raw: &str, multiline: bool, what: &str) -> Result<Re, Error> {
         let resolved = glob_to_local_flags(&resolve_tags(raw, true));
@@ -261,14 +219,14 @@ impl Re {
             .collect();
         let read = names
             .iter()
-            .filter_map(|(n, i)| Some((read_name(n)?, *i)))
+            .filter_map(|(n, i)| Some((Key::read(n)?, *i)))
             .collect();
         // alt_ names merge into their base name, tuple_ names are ignored.
         let mut alts: Vec<(&str, usize, Key)> = names
             .iter()
             .filter_map(|(k, i)| {
                 let rest = k.strip_prefix("alt_")?;
-                Some((k.as_str(), *i, read_name(&map_tag(strip_num_suffix(rest)))?))
+                Some((k.as_str(), *i, Key::read(&map_tag(strip_num_suffix(rest)))?))
             })
             .collect();
         alts.sort();
@@ -381,7 +339,10 @@ impl Match<'_> {
         // Names are unique within a regex.
         for &(key, i) in &self.re.read {
             if key != Key::Content {
-                f.insert(key, text(i).map_or(Val::None, |t| Val::of(key, t)));
+                match text(i) {
+                    Some(t) => f.set_text(key, t),
+                    None => f.set_none(key),
+                }
                 mine |= key.bit();
             }
         }
@@ -390,7 +351,7 @@ impl Match<'_> {
                 && !v.is_empty()
                 && !(mine & key.bit() != 0 && f.get(key).is_some_and(Val::truthy))
             {
-                f.insert(key, Val::of(key, v));
+                f.set_text(key, v);
                 mine |= key.bit();
             }
         }
@@ -415,132 +376,6 @@ fn map_tag(s: &str) -> String {
         "id" => "fid".into(),
         "port" => "fport".into(),
         other => other.into(),
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-enum Val {
-    #[default]
-    None,
-    Str(String),
-    /// The users an id has failed as: the first, and whether another.
-    Users {
-        first: String,
-        several: bool,
-    },
-    Int(i64),
-}
-
-impl Val {
-    /// A group's text as the value of `key`: of a flag, whether it is
-    /// empty, all that is ever asked of one (and no copy to make).
-    fn of(key: Key, text: &str) -> Val {
-        match key {
-            Key::Nofail | Key::Mlfgained | Key::Mlfforget | Key::Mlfpending => {
-                Val::Int(i64::from(!text.is_empty()))
-            }
-            _ => Val::Str(text.to_string()),
-        }
-    }
-
-    /// The users of an id that has failed as `first` alone so far.
-    fn first_user(first: &str) -> Val {
-        Val::Users {
-            first: first.to_string(),
-            several: false,
-        }
-    }
-
-    fn truthy(&self) -> bool {
-        match self {
-            Val::None => false,
-            Val::Str(s) => !s.is_empty(),
-            Val::Users { .. } => true,
-            Val::Int(i) => *i != 0,
-        }
-    }
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Val::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-/// A failure's values, each in its [`Key`]'s place. A key is set when its
-/// group is in the regex, even if the group took no part in the match
-/// ([`Val::None`]): merged into another failure, it clears that one's.
-#[derive(Debug, Clone, Default)]
-struct Fail {
-    /// The keys set, a bit each.
-    set: u16,
-    vals: [Val; KEYS],
-}
-
-impl Key {
-    /// The key's bit in a set of keys.
-    fn bit(self) -> u16 {
-        1 << self as u16
-    }
-}
-
-impl Fail {
-    fn has(&self, key: Key) -> bool {
-        self.set & key.bit() != 0
-    }
-
-    fn get(&self, key: Key) -> Option<&Val> {
-        self.has(key).then(|| &self.vals[key as usize])
-    }
-
-    fn get_mut(&mut self, key: Key) -> Option<&mut Val> {
-        self.has(key).then(|| &mut self.vals[key as usize])
-    }
-
-    fn insert(&mut self, key: Key, v: Val) {
-        self.set |= key.bit();
-        self.vals[key as usize] = v;
-    }
-
-    fn remove(&mut self, key: Key) -> Option<Val> {
-        let had = self.has(key);
-        self.set &= !key.bit();
-        had.then(|| std::mem::take(&mut self.vals[key as usize]))
-    }
-
-    /// Sets every key `other` sets to its value there, where that is not
-    /// [`Val::None`].
-    fn update(&mut self, mut other: Fail) {
-        let mut set = other.set;
-        while set != 0 {
-            let k = set.trailing_zeros() as usize;
-            set &= set - 1;
-            let v = std::mem::take(&mut other.vals[k]);
-            if v != Val::None {
-                self.set |= 1 << k;
-                self.vals[k] = v;
-            }
-        }
-    }
-}
-
-/// Where a failure merged under its multi-line id is: in the filter's
-/// cache of ids, or (an id forgotten, or none cached) its own. Held for
-/// one failure only: boxing the failure would cost the allocation the
-/// cache's reused slots save.
-#[allow(clippy::large_enum_variant)]
-enum Merged {
-    Cached(usize),
-    Alone(Fail),
-}
-
-impl Merged {
-    /// The merged failure, in `ids` or its own.
-    fn fail<'a>(&'a mut self, ids: &'a mut Ids<Fail>) -> &'a mut Fail {
-        match self {
-            Merged::Cached(slot) => ids.get_mut(*slot),
-            Merged::Alone(f) => f,
-        }
     }
 }
 
@@ -604,6 +439,17 @@ pub struct Filter {
     dfas: Dfas,
     /// Failures by multi-line failure id, at most [`MLFID_CACHE`].
     ids: Ids<Fail>,
+    /// The prefregex's groups of the line read, and the failure a
+    /// failregex finds in it: their values are written in the room of the
+    /// last line's (see `fail.rs`).
+    pre: Fail,
+    fail: Fail,
+    /// The room of the line's multi-line failure id.
+    mlfid: String,
+    /// Give each failure's host text ([`Failure::host`]), as
+    /// `fail2ban-regex` shows it; the default. The engine counts only
+    /// addresses, and reads no host.
+    pub hosts: bool,
     /// Evaluate every failregex (fail2ban's sample tests do); the default
     /// stops at the first, as fail2ban does in operation.
     pub check_all: bool,
@@ -807,6 +653,10 @@ impl Filter {
             dfas,
             spare: String::new(),
             ids: Ids::new(MLFID_CACHE),
+            pre: Fail::default(),
+            fail: Fail::default(),
+            mlfid: String::new(),
+            hosts: true,
             check_all: false,
         })
     }
@@ -839,8 +689,16 @@ impl Filter {
         self.literals.iter().any(|ac| !ac.is_match(line))
     }
 
-    /// Processes one log line (date found and cut out first).
+    /// Processes one log line (date found and cut out first): the failures
+    /// found in it.
     pub fn process_line(&mut self, line: &str) -> Vec<Failure> {
+        let mut out = Vec::new();
+        self.process_line_into(line, &mut out);
+        out
+    }
+
+    /// [`process_line`](Self::process_line), adding the failures to `out`.
+    pub fn process_line_into(&mut self, line: &str, out: &mut Vec<Failure>) {
         let line = line.strip_suffix('\n').unwrap_or(line);
         // The literals are looked for in the line as it is, but the
         // regexes see it with its date cut out, which joins the text around
@@ -854,7 +712,7 @@ impl Filter {
                 .next()
                 .is_none_or(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Vec::new();
+            return;
         }
         let mut text = self.room(line.len());
         match self.dates.find(line) {
@@ -862,13 +720,13 @@ impl Filter {
                 text.push_str(&line[..s]);
                 text.push_str(&line[e..]);
             }
-            None if ruled_out => return self.done(Some(text), Vec::new()),
+            None if ruled_out => return self.done(Some(text)),
             None => text.push_str(line),
         }
         if ruled_out && self.ruled_out(&text) {
-            return self.done(Some(text), Vec::new());
+            return self.done(Some(text));
         }
-        self.find_failure(text)
+        self.find_failure(text, out)
     }
 
     /// An empty text with room for `len` bytes and the newline the regexes
@@ -880,26 +738,26 @@ impl Filter {
         text
     }
 
-    /// `out`, keeping `text`'s room for the next line in a filter of one
-    /// line (a filter of several keeps its lines in its buffer).
-    fn done(&mut self, text: Option<String>, out: Vec<Failure>) -> Vec<Failure> {
+    /// Keeps `text`'s room for the next line in a filter of one line (a
+    /// filter of several keeps its lines in its buffer).
+    fn done(&mut self, text: Option<String>) {
         if let Some(text) = text
             && self.maxlines <= 1
         {
             self.spare = text;
         }
-        out
     }
 
     /// Processes a line whose time is known (as fail2ban does for journal
     /// entries): nothing is cut out.
     pub fn process_line_nodate(&mut self, line: &str) -> Vec<Failure> {
-        if self.ruled_out(line) {
-            return Vec::new();
+        let mut out = Vec::new();
+        if !self.ruled_out(line) {
+            let mut text = self.room(line.len());
+            text.push_str(line);
+            self.find_failure(text, &mut out);
         }
-        let mut text = self.room(line.len());
-        text.push_str(line);
-        self.find_failure(text)
+        out
     }
 
     fn buf(lines: &[String]) -> String {
@@ -921,8 +779,7 @@ impl Filter {
 
     /// `text` is a line without its newline; in a filter of one line, it
     /// may have room for it (see [`Filter::process_line`]).
-    fn find_failure(&mut self, text: String) -> Vec<Failure> {
-        let mut out = Vec::new();
+    fn find_failure(&mut self, text: String, out: &mut Vec<Failure>) {
         let single = self.maxlines <= 1;
         let mut buf = if single {
             Some(Self::alone(text))
@@ -941,15 +798,15 @@ impl Filter {
                 .iter()
                 .any(|r| r.pat.is_match(buf.as_deref().unwrap()))
         {
-            return out;
+            return;
         }
-        let mut pre = Fail::default();
+        self.pre.clear();
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
             let Some(m) = p.search(&mut self.dfas, b, None) else {
-                return self.done(buf, out);
+                return self.done(buf);
             };
-            m.groups_into(&mut pre);
+            m.groups_into(&mut self.pre);
             if let Some((s, e)) = m.span(Key::Content)
                 && s < e
             {
@@ -975,7 +832,7 @@ impl Filter {
         let first = match &mut self.first {
             Some(first) if !self.check_all && b.is_ascii() => {
                 match self.dfas.search(&mut first.dfa, b.as_bytes()) {
-                    Ok(None) => return self.done(Some(b), out),
+                    Ok(None) => return self.done(Some(b)),
                     Ok(Some((k, end))) => Some((first.names[k], end)),
                     Err(()) => None,
                 }
@@ -1025,12 +882,11 @@ impl Filter {
             };
             // The prefregex's groups, updated by the failregex's (kept for
             // the next failregex only when every one is tried).
-            let mut fail = if self.check_all {
-                pre.clone()
-            } else {
-                std::mem::take(&mut pre)
-            };
-            m.groups_into(&mut fail);
+            // The prefregex's groups, updated by the failregex's (the
+            // prefregex's are kept for the next failregex when every one is
+            // tried).
+            self.fail.set_to(&self.pre);
+            m.groups_into(&mut self.fail);
             // The lines the match spans, in a buffer of several (a filter of
             // one line keeps none: its text stays what it is).
             let matched_lines = (!single).then(|| {
@@ -1068,55 +924,62 @@ impl Filter {
                 b = None;
             }
             // No one reads the id from the failure itself.
-            let mlfid = match fail.remove(Key::Mlfid) {
-                Some(Val::Str(id)) => Some(id),
-                _ => None,
+            let has_mlfid = match self.fail.get(Key::Mlfid) {
+                Some(Val::Str(id)) => {
+                    self.mlfid.clone_from(id);
+                    true
+                }
+                _ => false,
             };
-            let mut merged = match &mlfid {
-                Some(id) => self.merge_failure(id, fail),
-                None => Merged::Alone(fail),
+            self.fail.unset(Key::Mlfid);
+            let merged = if has_mlfid {
+                fail::merge(&mut self.ids, &self.mlfid, &mut self.fail)
+            } else {
+                Merged::Line
             };
-            let f = merged.fail(&mut self.ids);
-            let (nofail, host, is_ip) = {
+            let f = merged.fail(&mut self.ids, &mut self.fail);
+            let has_host = {
                 let text = |k| f.get(k).and_then(Val::as_str);
                 let fid = text(Key::Fid);
                 let ip = [Key::Ip4, Key::Ip6, Key::Dns].into_iter().find_map(text);
                 let cidr = text(Key::Cidr).and_then(|c| c.parse::<u8>().ok());
-                let host = match (ip, fid) {
-                    (Some(ip), Some(fid)) if fid != ip => Some(fid.to_string()),
+                let host: Option<Cow<'_, str>> = match (ip, fid) {
+                    (Some(ip), Some(fid)) if fid != ip => Some(fid.into()),
                     (Some(ip), _) => Some(match cidr {
-                        Some(c) => with_cidr(ip, c),
-                        None => ip.to_string(),
+                        Some(c) => with_cidr(ip, c).into(),
+                        None => ip.into(),
                     }),
-                    (None, Some(fid)) => Some(fid.to_string()),
+                    (None, Some(fid)) => Some(fid.into()),
                     (None, None) => None,
                 };
-                (
-                    f.get(Key::Nofail).is_some_and(Val::truthy),
-                    host,
-                    // Only ip4/ip6 groups give an address, never a DNS name.
-                    f.get(Key::Ip4).is_some_and(Val::truthy)
-                        || f.get(Key::Ip6).is_some_and(Val::truthy),
-                )
+                let nofail = f.get(Key::Nofail).is_some_and(Val::truthy);
+                // Only ip4/ip6 groups give an address, never a DNS name.
+                let is_ip = f.get(Key::Ip4).is_some_and(Val::truthy)
+                    || f.get(Key::Ip6).is_some_and(Val::truthy);
+                let has_host = host.is_some();
+                if !nofail || self.check_all {
+                    let nofail = nofail || !has_host;
+                    let address = host
+                        .as_deref()
+                        .filter(|_| is_ip && !nofail)
+                        .and_then(parse_addr);
+                    out.push(Failure {
+                        regex: i,
+                        host: host.filter(|_| self.hosts).map(Cow::into_owned),
+                        address,
+                        nofail,
+                    });
+                }
+                has_host
             };
-            if host.is_none() && mlfid.is_some() {
+            if !has_host && has_mlfid {
                 f.insert(Key::Mlfpending, Val::Int(1));
-            }
-            if !nofail || self.check_all {
-                let address = host.as_deref().and_then(parse_addr).filter(|_| is_ip);
-                let nofail = nofail || host.is_none();
-                out.push(Failure {
-                    regex: i,
-                    host,
-                    address: if nofail { None } else { address },
-                    nofail,
-                });
             }
             if !self.check_all {
                 break;
             }
         }
-        self.done(b, out)
+        self.done(b)
     }
 
     /// The failregexes that may match `b`, in order (the prefilter's).
@@ -1146,62 +1009,6 @@ impl Filter {
             self.buffer.drain(a..b);
         }
     }
-
-    /// fail2ban's `_mergeFailure` (multi-line failure ids).
-    fn merge_failure(&mut self, mlfid: &str, mut fail: Fail) -> Merged {
-        let cached = self.ids.find(mlfid);
-        // Whether the id has failed as several users.
-        let mut several = false;
-        let mut fl = 0u8;
-        if fail.get(Key::Mlfgained).is_some_and(Val::truthy) {
-            fl |= 8 | 1;
-            if !fail.get(Key::Nofail).is_some_and(Val::truthy) {
-                let g = fail.get(Key::Mlfgained).cloned().unwrap_or(Val::None);
-                fail.insert(Key::Nofail, g);
-            }
-        } else if fail.get(Key::Nofail).is_some_and(Val::truthy) {
-            fl |= 1;
-        }
-        if fail.remove(Key::Mlfforget).is_some_and(|v| v.truthy()) {
-            fl |= 2;
-        }
-        let mut merged = match cached {
-            Ok(slot) => {
-                let g = self.ids.get_mut(slot);
-                several = update_users(g, user_of(&fail));
-                if g.remove(Key::Nofail).is_some_and(|v| v.truthy()) {
-                    fl |= 4;
-                }
-                if g.remove(Key::Mlfgained).is_some_and(|v| v.truthy()) {
-                    fl |= 4;
-                }
-                if fl & 8 != 0 {
-                    g.remove(Key::Mlfpending);
-                }
-                g.update(fail);
-                if fl & 2 != 0 {
-                    Merged::Alone(self.ids.remove(slot))
-                } else {
-                    Merged::Cached(slot)
-                }
-            }
-            Err(absent) if fl & 2 == 0 => {
-                if let Some(first) = user_of(&fail) {
-                    let users = Val::first_user(first);
-                    fail.insert(Key::Users, users);
-                }
-                Merged::Cached(self.ids.insert(mlfid, absent, fail))
-            }
-            Err(_) => Merged::Alone(fail),
-        };
-        let g = merged.fail(&mut self.ids);
-        let pending = g.remove(Key::Mlfpending).is_some_and(|v| v.truthy());
-        if pending || several {
-            g.remove(Key::Nofail);
-            g.remove(Key::Mlfgained);
-        }
-        merged
-    }
 }
 
 /// The failregexes' first-match DFA (see [`FirstDfa`]), from each one's
@@ -1228,27 +1035,6 @@ fn first_dfa(dfas: &mut Dfas, failregex: &[Re], relaxed: &[String]) -> Option<Fi
         dfa: dfas.rule(&hirs)?,
         names,
     })
-}
-
-/// The user `f` failed as, if it names one.
-fn user_of(f: &Fail) -> Option<&str> {
-    f.get(Key::User)
-        .and_then(Val::as_str)
-        .filter(|u| !u.is_empty())
-}
-
-/// Notes that `f` failed as `user`: whether it has now failed as several
-/// users. fail2ban keeps the set of them, of which it only asks whether it
-/// holds more than one.
-fn update_users(f: &mut Fail, user: Option<&str>) -> bool {
-    if let Some(Val::Users { first, several }) = f.get_mut(Key::Users) {
-        *several |= user.is_some_and(|u| u != first);
-        return *several;
-    }
-    if let Some(first) = user {
-        f.insert(Key::Users, Val::first_user(first));
-    }
-    false
 }
 
 fn with_cidr(ip: &str, cidr: u8) -> String {
