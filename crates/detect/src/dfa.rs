@@ -74,7 +74,8 @@ pub(crate) struct RuleDfa {
     first: [u64; 4],
     /// Where the search stood after the first [`MEMO_LONG`] or
     /// [`MEMO_SHORT`] bytes of recent messages (log lines of one kind start
-    /// alike), in two direct-mapped tables of [`MEMO_SLOTS`].
+    /// alike), in two direct-mapped tables of [`MEMO_SLOTS`]; empty for a
+    /// DFA that keeps none (see [`Dfas::starting_here`]).
     memo: Box<[Memo]>,
 }
 
@@ -364,6 +365,12 @@ impl Dfas {
     /// A leftmost-first DFA over `hirs` (already in [`anchored_form`]), or
     /// `None` if it cannot be built.
     pub(crate) fn rule(&mut self, hirs: &[Hir]) -> Option<RuleDfa> {
+        self.rule_memo(hirs, true)
+    }
+
+    /// [`rule`](Self::rule), with a memo of recent searches' first bytes
+    /// if `memo` (see [`RuleDfa::memo`]).
+    fn rule_memo(&mut self, hirs: &[Hir], memo: bool) -> Option<RuleDfa> {
         let nfa = thompson::Compiler::new()
             .configure(nfa_config(false))
             .build_many_from_hir(hirs)
@@ -383,6 +390,7 @@ impl Dfas {
             }
         }
         let dfa = self.add(dfa);
+        let slots = if memo { 2 * MEMO_SLOTS } else { 0 };
         Some(RuleDfa {
             dfa,
             first,
@@ -395,7 +403,7 @@ impl Dfas {
                     found: None,
                     done: false,
                 };
-                2 * MEMO_SLOTS
+                slots
             ]
             .into_boxed_slice(),
         })
@@ -405,12 +413,17 @@ impl Dfas {
     /// handed to [`search`](Self::search) starts (a piece of a longer
     /// text): `None` if the pattern has a look-around (the bytes before
     /// that place are not in view) or the DFA cannot be built.
+    ///
+    /// It keeps no memo: such a piece (a date, a prefregex's prefix)
+    /// begins where the line's bytes vary most and ends within a few of
+    /// them, so remembering where a search stood after the first 16 costs
+    /// more than it saves.
     pub(crate) fn starting_here(&mut self, pattern: &str) -> Option<RuleDfa> {
         let hir = parse(pattern)?;
         if !hir.properties().look_set().is_empty() {
             return None;
         }
-        self.rule(&[hir])
+        self.rule_memo(&[hir], false)
     }
 
     /// A DFA of `hir`, read backwards if `reverse`.
@@ -553,6 +566,17 @@ impl Dfas {
                 Ok(m) => Ok(m.map(|m| (m.pattern().as_usize(), m.offset()))),
                 Err(_) => Err(()),
             };
+        }
+        if rule.memo.is_empty() {
+            let config = start::Config::new().anchored(Anchored::Yes);
+            let sid = dfa.start_state(cache, &config).map_err(drop)?;
+            let mut fwd = Forward {
+                sid,
+                found: None,
+                done: false,
+            };
+            fwd.run(dfa, cache, hay, 0, hay.len())?;
+            return fwd.finish(dfa, cache, hay);
         }
         // Resume from where the search stood after this message's first 32
         // or 16 bytes, if a recent message started the same way.

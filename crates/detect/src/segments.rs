@@ -161,7 +161,7 @@ impl Segments {
             at = end;
         }
         let rest_end = text.strip_suffix('\n').unwrap_or(text).len();
-        if rest_end <= at || text[at..rest_end].contains('\n') {
+        if rest_end <= at || memchr::memchr(b'\n', &text.as_bytes()[at..rest_end]).is_some() {
             return None;
         }
         caps[self.rest] = Some((at, rest_end));

@@ -801,6 +801,8 @@ impl Filter {
             return;
         }
         self.pre.clear();
+        // Where the text the failregexes see starts in `buf`.
+        let mut from = 0;
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
             let Some(m) = p.search(&mut self.dfas, b, None) else {
@@ -811,11 +813,17 @@ impl Filter {
                 && s < e
             {
                 buf = if single {
-                    // The content and its newline, in the line's own room.
+                    // The content and its newline: the end of the line
+                    // when the content runs to its newline (as `.+$` does),
+                    // else copied in the line's own room.
                     let mut b = buf.take().unwrap();
-                    b.truncate(e);
-                    b.push('\n');
-                    b.replace_range(..s, "");
+                    if e + 1 == b.len() {
+                        from = s;
+                    } else {
+                        b.truncate(e);
+                        b.push('\n');
+                        b.replace_range(..s, "");
+                    }
                     Some(b)
                 } else {
                     let content = b[s..e].to_string();
@@ -830,8 +838,8 @@ impl Filter {
             None => Self::buf(&self.buffer),
         };
         let first = match &mut self.first {
-            Some(first) if !self.check_all && b.is_ascii() => {
-                match self.dfas.search(&mut first.dfa, b.as_bytes()) {
+            Some(first) if !self.check_all && b[from..].is_ascii() => {
+                match self.dfas.search(&mut first.dfa, &b.as_bytes()[from..]) {
                     Ok(None) => return self.done(Some(b)),
                     Ok(Some((k, end))) => Some((first.names[k], end)),
                     Err(()) => None,
@@ -851,7 +859,7 @@ impl Filter {
         let (mut named, mut rest_after) = (first, first);
         let mut candidates = match first {
             Some(_) => Vec::new(),
-            None => self.candidates(&b),
+            None => self.candidates(&b[from..]),
         };
         let mut b = Some(b);
         let mut next = 0;
@@ -869,7 +877,7 @@ impl Filter {
             if b.is_none() {
                 b = Some(Self::buf(&self.buffer));
             }
-            let bs = b.as_deref().unwrap();
+            let bs = &b.as_deref().unwrap()[from..];
             let placed = first_end
                 .take()
                 .filter(|&((k, _), _)| k == i)
