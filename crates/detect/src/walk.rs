@@ -79,6 +79,13 @@ enum Step {
         /// The group each branch is, if it is one.
         branches: Vec<Option<usize>>,
     },
+    /// Literal bytes holding groups, such as `(invalid user )`: compared
+    /// as [`Step::Literal`], the groups at fixed distances from their ends
+    /// (see [`fixed_layout`]).
+    LiteralGroups {
+        bytes: Box<[u8]>,
+        layout: Vec<(usize, usize, usize)>,
+    },
     /// A part holding groups: placed as [`Step::Parts`], its groups found
     /// in its place alone (the whole place if the part is one group with
     /// none inside).
@@ -269,6 +276,13 @@ impl Walk {
                     }
                     e
                 }
+                Step::LiteralGroups { bytes, layout } => {
+                    if !hay[..end].get(at..)?.starts_with(bytes) {
+                        return None;
+                    }
+                    place_fixed(layout, at, at + bytes.len(), &mut spans)?;
+                    at + bytes.len()
+                }
                 Step::Parts(part) => part.end_of(hay, at, end)?,
                 Step::Choice { part, branches } => {
                     let (k, e) = part.first_end(hay, at, end)?;
@@ -341,7 +355,9 @@ fn run_end(
     let nth = |n: usize| if greedy { hi - n } else { lo + n };
     let ends = hi - lo + 1;
     match next {
-        Step::Literal(bytes) => (0..ends).map(nth).find(|&e| hay[e..end].starts_with(bytes)),
+        Step::Literal(bytes) | Step::LiteralGroups { bytes, .. } => {
+            (0..ends).map(nth).find(|&e| hay[e..end].starts_with(bytes))
+        }
         Step::End => (0..ends)
             .map(nth)
             .find(|&e| text_end(hay, e).is_some_and(|t| t <= end)),
@@ -426,7 +442,15 @@ fn holding_step(part: &Hir) -> Option<Step> {
         }
     }
     let inside = match fixed_layout(part) {
-        Some(layout) => Inside::Fixed(layout),
+        Some(layout) => match literal_bytes(part) {
+            Some(bytes) => {
+                return Some(Step::LiteralGroups {
+                    bytes: bytes.into(),
+                    layout,
+                });
+            }
+            None => Inside::Fixed(layout),
+        },
         // Searched alone, the part would not see the text after its place.
         None if !part.properties().look_set().is_empty() => return None,
         None => Inside::Alone(PartRe::new(part, true)?),
@@ -435,6 +459,20 @@ fn holding_step(part: &Hir) -> Option<Step> {
         part: Searched::new(std::slice::from_ref(part))?,
         inside,
     })
+}
+
+/// The bytes `h` matches, if it is literal bytes and groups around them.
+fn literal_bytes(h: &Hir) -> Option<Vec<u8>> {
+    match h.kind() {
+        HirKind::Empty => Some(Vec::new()),
+        HirKind::Literal(lit) => Some(lit.0.to_vec()),
+        HirKind::Capture(c) => literal_bytes(&c.sub),
+        HirKind::Concat(subs) => subs.iter().try_fold(Vec::new(), |mut bytes, sub| {
+            bytes.extend(literal_bytes(sub)?);
+            Some(bytes)
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -462,7 +500,8 @@ mod tests {
 
     /// Patterns with every kind of step: literals, lazy and greedy runs
     /// followed by a literal or by a part, choices, parts whose groups sit
-    /// at fixed distances, fail2ban's `<HOST>`, optional parts, `$`.
+    /// at fixed distances, literals holding groups, fail2ban's `<HOST>`,
+    /// optional parts, `$`.
     fn patterns() -> Vec<String> {
         let host = f2b_host();
         vec![
@@ -474,7 +513,8 @@ mod tests {
                 r"^((Connection closed|Disconnected)) (?:by|from)(?: (?:invalid|authenticating) user (\S+|.*?))? {host}(?: port \d+)?(?: \[preauth\])?\s*$"
             ),
             format!(r"^(Accepted \w+) for (\S+) from {host}(?:\s|$)"),
-            r"^user (\S+?)x(\d*) at ([^:]+): (.*)$".to_string(),
+            format!(r"^((Received) (disconnect)) from {host}(?: port \d+)?:\s*11:"),
+            r"^user (\S+?)x(\d*)( at )([^:]+): (.*)$".to_string(),
             r"^a(b*)(b+)c".to_string(),
             r"^x(.*?)(y|yy)z".to_string(),
         ]
@@ -494,6 +534,7 @@ mod tests {
             "Disconnected from invalid user a b c 2001:db8::1 port 5 [preauth]",
             "Connection closed by 198.51.100.7 port 5 [preauth]",
             "Accepted publickey for deploy from 198.51.100.8 port 1 ssh2: ED25519",
+            "Received disconnect from 198.51.100.9 port 7:11: Bye Bye [preauth]",
             "user bob42x7 at host: x: y",
             "user xx at h:",
             "abbbc",
@@ -520,8 +561,14 @@ mod tests {
     #[test]
     fn walked_groups_are_the_regex_crates() {
         let (mut answered, mut matched) = (0, 0);
+        let mut literal_groups = 0;
         for p in patterns() {
             let (re, mut walk) = both(&p);
+            literal_groups += walk
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::LiteralGroups { .. }))
+                .count();
             for t in texts() {
                 let Some(want) = regex_spans(&re, &t) else {
                     continue;
@@ -538,6 +585,8 @@ mod tests {
             answered * 4 > matched * 3,
             "the walk answered {answered} of {matched} matches"
         );
+        // `((Received) (disconnect))` and `( at )` are compared as literals.
+        assert_eq!(literal_groups, 2);
     }
 
     /// A crafted line (64 KiB of what a run would take, with the literal or
