@@ -74,8 +74,9 @@ pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
 }
 
 /// Where the first way fail2ban's [`f2b_host`] matches from `at` ends, by
-/// `end`, when the text there begins with an IPv4 address; `None` when a
-/// search must tell.
+/// `end`, when the text there begins with an IPv4 address: where its `ip4`
+/// group, which starts at `at`, ends, and where the match does; `None`
+/// when a search must tell.
 ///
 /// Why: at a digit, `\[?` and the `::ffff:` prefix take nothing, and the
 /// first way through `ip4`, which comes before `ip6` and `dns`, is plain:
@@ -83,10 +84,10 @@ pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
 /// is no way with fewer: the next byte would be a digit, not the dot that
 /// must follow), and the last takes up to three. When that way exists it
 /// is the pattern's first, and `\]?` then takes a `]` that follows.
-pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<usize> {
+pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<(usize, usize)> {
     let text = &hay[at..end];
     let i = ip4_first_way(text)?;
-    Some(at + i + usize::from(text.get(i) == Some(&b']')))
+    Some((at + i, at + i + usize::from(text.get(i) == Some(&b']'))))
 }
 
 /// How much of `text`, from its start, the first way of
@@ -270,6 +271,11 @@ mod tests {
             .unicode(false)
             .build()
             .unwrap();
+        // The match's end and its `ip4` group's.
+        let want = |t: &str| {
+            let c = re.captures(t.as_bytes())?;
+            Some((c.name("ip4")?.end(), c[0].len()))
+        };
         let mut answered = 0;
         for t in [
             "198.51.100.7 port 22",
@@ -291,15 +297,14 @@ mod tests {
             "::ffff:1.2.3.4",
             "host.example",
         ] {
-            let want = re.find(t.as_bytes()).map(|m| m.end());
-            if let Some(end) = f2b_host_first_end(t.as_bytes(), 0, t.len()) {
-                assert_eq!(Some(end), want, "{t:?}");
+            if let Some(ends) = f2b_host_first_end(t.as_bytes(), 0, t.len()) {
+                assert_eq!(Some(ends), want(t), "{t:?}");
                 answered += 1;
             }
             // Within a longer text, from where the host starts.
             let longer = format!("from {t}");
-            if let Some(end) = f2b_host_first_end(longer.as_bytes(), 5, longer.len()) {
-                assert_eq!(Some(end - 5), want, "{longer:?}");
+            if let Some((a, e)) = f2b_host_first_end(longer.as_bytes(), 5, longer.len()) {
+                assert_eq!(Some((a - 5, e - 5)), want(t), "{longer:?}");
             }
         }
         assert_eq!(answered, 10);

@@ -58,6 +58,17 @@ impl PartRe {
         self.host
     }
 
+    /// Sets in `spans` the groups of fail2ban's `<HOST>` (a part that
+    /// [`is_host`](Self::is_host)) whose address, held by `group`, is at
+    /// `addr`: the other groups take no part.
+    pub(crate) fn place_host(&self, group: HostGroup, addr: (usize, usize), spans: &mut Spans) {
+        // `ip4`, `ip6`, `dns`.
+        let holds = [group == HostGroup::Ip4, group == HostGroup::Ip6, false];
+        for (&g, holds) in self.map.iter().zip(holds) {
+            spans[g] = holds.then_some(addr);
+        }
+    }
+
     /// Sets in `spans` the groups of the part's first match in `hay[..end]`
     /// that starts at `i`, and returns where that match ends; `None` if
     /// there is none or the place is too long for the backtracker.
@@ -71,11 +82,8 @@ impl PartRe {
         if self.host
             && let Some(group) = f2b_host_group(&hay[i..end])
         {
-            // `ip4`, `ip6`, `dns`: the whole place is the address's group.
-            let whole = [group == HostGroup::Ip4, group == HostGroup::Ip6, false];
-            for (&g, whole) in self.map.iter().zip(whole) {
-                spans[g] = whole.then_some((i, end));
-            }
+            // The whole place is the address's group.
+            self.place_host(group, (i, end), spans);
             return Some(end);
         }
         let caps = self.re.captures(&hay[..end], i..end, 0)?;

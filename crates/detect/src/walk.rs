@@ -33,7 +33,7 @@ use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look, Repetition};
 
 use crate::dfa::{byte_set, has, nfa_config};
-use crate::host::f2b_host_first_end;
+use crate::host::{HostGroup, f2b_host_first_end};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
 
@@ -374,15 +374,17 @@ impl Walk {
                     }
                     e
                 }
+                Step::Groups {
+                    inside: Inside::Alone(re),
+                    ..
+                } if re.is_host()
+                    && let Some((addr, e)) = f2b_host_first_end(hay, at, end) =>
+                {
+                    re.place_host(HostGroup::Ip4, (at, addr), &mut spans);
+                    e
+                }
                 Step::Groups { part, inside } => {
-                    let e = match inside {
-                        Inside::Alone(re) if re.is_host() => f2b_host_first_end(hay, at, end),
-                        _ => None,
-                    };
-                    let e = match e {
-                        Some(e) => e,
-                        None => part.end_of(hay, at, end)?,
-                    };
+                    let e = part.end_of(hay, at, end)?;
                     match inside {
                         Inside::Fixed(layout) => place_fixed(layout, at, e, &mut spans)?,
                         Inside::Alone(re) => {
