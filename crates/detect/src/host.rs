@@ -51,9 +51,9 @@ pub(crate) enum HostGroup {
     Ip6,
 }
 
-/// For a text that [`f2b_host`] matches from its start to its end, which
-/// of its groups spans the whole text (the other two take no part), when
-/// the text's bytes show it; `None` when a search must tell.
+/// Which of [`f2b_host`]'s groups spans the whole of `text` (the other two
+/// take no part) when the pattern matches all of it, if the text's bytes
+/// show it; `None` when a search must tell.
 ///
 /// Why: digits and dots alone cannot begin a bracket or the `::ffff:`
 /// prefix, so the pattern's first way, a bare IPv4 address, is tried first;
@@ -61,13 +61,14 @@ pub(crate) enum HostGroup {
 /// whole text at once. Hex digits and colons without a dot rule out every
 /// way through `ip4` (which needs dots) and through `dns` (which has no
 /// colon), and leave no bracket: only `ip6`, which must then match the
-/// whole text, as a DFA checks.
-pub(crate) fn f2b_host_group(text: &[u8]) -> Option<HostGroup> {
+/// whole text. That is checked by a DFA unless `matched`: the caller knows
+/// the pattern matches the whole text (its DFA found that place).
+pub(crate) fn f2b_host_group(text: &[u8], matched: bool) -> Option<HostGroup> {
     if ip4_shape(text) {
         return Some(HostGroup::Ip4);
     }
     let hex_or_colon = |&b: &u8| b.is_ascii_hexdigit() || b == b':';
-    if text.contains(&b':') && text.iter().all(hex_or_colon) && ip6_whole(text) {
+    if text.contains(&b':') && text.iter().all(hex_or_colon) && (matched || ip6_whole(text)) {
         return Some(HostGroup::Ip6);
     }
     None
@@ -373,9 +374,14 @@ mod tests {
         let (mut told, mut v4, mut v6) = (0, 0, 0);
         for t in &texts {
             let Some(caps) = re.captures(t) else {
+                // Not a host: never told to be one by its bytes alone.
+                assert_eq!(f2b_host_group(t, false), None, "{t:?}");
                 continue;
             };
-            let Some(group) = f2b_host_group(t) else {
+            // Known to be a host, the bytes tell the same.
+            let group = f2b_host_group(t, false);
+            assert_eq!(f2b_host_group(t, true), group);
+            let Some(group) = group else {
                 continue;
             };
             told += 1;

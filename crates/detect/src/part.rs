@@ -80,7 +80,7 @@ impl PartRe {
         spans: &mut Spans,
     ) -> Option<usize> {
         if self.host
-            && let Some(group) = f2b_host_group(&hay[i..end])
+            && let Some(group) = f2b_host_group(&hay[i..end], false)
         {
             // The whole place is the address's group.
             self.place_host(group, (i, end), spans);

@@ -33,7 +33,7 @@ use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look, Repetition};
 
 use crate::dfa::{byte_set, has, nfa_config};
-use crate::host::{HostGroup, f2b_host_first_end};
+use crate::host::{HostGroup, f2b_host_first_end, f2b_host_group};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
 
@@ -105,6 +105,9 @@ enum Step {
 /// A repetition of one class of bytes.
 struct ClassRun {
     class: [u64; 4],
+    /// The bytes not in the class, when there are at most three (`.`,
+    /// `[^:]`): a run ends at the first of them, which `memchr` finds.
+    stops: Option<Vec<u8>>,
     min: usize,
     max: usize,
     greedy: bool,
@@ -119,8 +122,11 @@ impl ClassRun {
             HirKind::Literal(lit) if lit.0.len() == 1 => {}
             _ => return None,
         }
+        let class = byte_set(&r.sub)?;
+        let stops: Vec<u8> = (0..=255u8).filter(|&b| !has(&class, b)).collect();
         Some(ClassRun {
-            class: byte_set(&r.sub)?,
+            class,
+            stops: (stops.len() <= 3).then_some(stops),
             min: r.min as usize,
             max: r.max.map_or(usize::MAX, |m| m as usize),
             greedy: r.greedy,
@@ -130,11 +136,15 @@ impl ClassRun {
     /// How many bytes from `at` (by `end`) the run can take, if at least
     /// its least.
     fn room(&self, hay: &[u8], at: usize, end: usize) -> Option<usize> {
-        let room = hay[at..end]
-            .iter()
-            .take(self.max)
-            .take_while(|&&b| has(&self.class, b))
-            .count();
+        let text = &hay[at..end.min(at.saturating_add(self.max))];
+        let stop = match self.stops.as_deref() {
+            Some([]) => None,
+            Some(&[a]) => memchr::memchr(a, text),
+            Some(&[a, b]) => memchr::memchr2(a, b, text),
+            Some(&[a, b, c]) => memchr::memchr3(a, b, c, text),
+            _ => text.iter().position(|&b| !has(&self.class, b)),
+        };
+        let room = stop.unwrap_or(text.len());
         (room >= self.min).then_some(room)
     }
 }
@@ -387,6 +397,13 @@ impl Walk {
                     let e = part.end_of(hay, at, end)?;
                     match inside {
                         Inside::Fixed(layout) => place_fixed(layout, at, e, &mut spans)?,
+                        // The DFA found where `<HOST>` matches.
+                        Inside::Alone(re)
+                            if re.is_host()
+                                && let Some(group) = f2b_host_group(&hay[at..e], true) =>
+                        {
+                            re.place_host(group, (at, e), &mut spans);
+                        }
                         Inside::Alone(re) => {
                             if re.captures(hay, at, e, &mut spans)? != e {
                                 return None;
@@ -428,7 +445,21 @@ fn run_end(
     let ends = hi - lo + 1;
     match next {
         Step::Literal(bytes) | Step::LiteralGroups { bytes, .. } => {
-            (0..ends).map(nth).find(|&e| hay[e..end].starts_with(bytes))
+            let Some(&first) = bytes.first() else {
+                return Some(nth(0));
+            };
+            // The ends in order where the literal's first byte is.
+            let window = &hay[lo..(hi + 1).min(end)];
+            let fits = |&e: &usize| hay[e..end].starts_with(bytes);
+            if greedy {
+                memchr::memrchr_iter(first, window)
+                    .map(|i| lo + i)
+                    .find(fits)
+            } else {
+                memchr::memchr_iter(first, window)
+                    .map(|i| lo + i)
+                    .find(fits)
+            }
         }
         Step::End => (0..ends)
             .map(nth)
