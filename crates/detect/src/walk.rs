@@ -11,6 +11,15 @@
 //! run tries its ends in its own order (shortest first if lazy) until what
 //! follows it matches there.
 //!
+//! Where bytes alone tell a part's first way, no DFA is run: a literal
+//! holding groups (`(invalid user )`) is compared; a choice whose branches
+//! are each a literal or a run (`(publickey)|\S+`) takes the first branch
+//! that matches at all, as its DFA would; fail2ban's `<HOST>` at an IPv4
+//! address is placed by the address's bytes, and its group read from them.
+//! A run whose class leaves out at most three bytes (`.`, `[^:]`) ends
+//! where `memchr` finds the first of them, and its ends before a literal
+//! are tried only where the literal's first byte is.
+//!
 //! Why it is the match a backtracking search reports: that search tries
 //! the first part's ways in their order and, after each, the rest of the
 //! pattern; the first way of the whole is the first combination, in that
