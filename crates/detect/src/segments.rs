@@ -133,9 +133,9 @@ impl Segments {
     /// The spans of the pattern's groups in `text` (with `None` for the
     /// groups no one reads), or `None` when the pieces cannot tell and the
     /// whole pattern must be asked. `dfas` holds the pieces' DFAs once
-    /// built: the same one at every call.
-    pub fn captures(&mut self, dfas: &mut Dfas, text: &str) -> Option<Spans> {
-        let ascii = text.is_ascii();
+    /// built: the same one at every call. `ascii`: whether `text` is all
+    /// ASCII (if not known, `false` is safe: the DFAs only read ASCII).
+    pub fn captures(&mut self, dfas: &mut Dfas, text: &str, ascii: bool) -> Option<Spans> {
         if ascii && self.dfas.is_none() {
             self.dfas = Some(self.build_dfas(dfas));
         }
@@ -199,12 +199,12 @@ mod tests {
         let t = translate(p, false);
         let mut s = Segments::new(&t).expect("the prefregex shape");
         let full = Pattern::compile(&t).unwrap();
-        let fast = s.captures(&mut Dfas::default(), text);
+        let fast = s.captures(&mut Dfas::default(), text, text.is_ascii());
         let mut by_regex = Segments::new(&t).unwrap();
         by_regex.dfas = Some(None);
         assert_eq!(
             fast,
-            by_regex.captures(&mut Dfas::default(), text),
+            by_regex.captures(&mut Dfas::default(), text, text.is_ascii()),
             "{p} {text:?}"
         );
         (fast, full.captures(text).unwrap_or_default())
@@ -243,7 +243,7 @@ mod tests {
         }
         let mut s = Segments::new(&translate(p, false)).unwrap();
         assert!(
-            s.captures(&mut Dfas::default(), "host word rest\n")
+            s.captures(&mut Dfas::default(), "host word rest\n", true)
                 .is_some()
         );
         // Built, and the look-around leaves every piece to the regex crate.
@@ -262,10 +262,10 @@ mod tests {
             Segments::new(&translate(p, false)).unwrap(),
             Dfas::default(),
         );
-        let caps = s.captures(&mut dfas, " rest\n").unwrap();
+        let caps = s.captures(&mut dfas, " rest\n", true).unwrap();
         assert!(matches!(s.dfas, Some(Some(_))));
         assert_eq!((caps[1], caps[2]), (Some((0, 0)), Some((0, 5))));
-        let caps = s.captures(&mut dfas, "x: rest\n").unwrap();
+        let caps = s.captures(&mut dfas, "x: rest\n", true).unwrap();
         assert_eq!(caps[1], Some((0, 3)));
     }
 
@@ -315,8 +315,8 @@ mod tests {
         ] {
             if let Some(mut s) = Segments::new(p) {
                 let mut dfas = Dfas::default();
-                let _ = s.captures(&mut dfas, "é x (\n");
-                let _ = s.captures(&mut dfas, "x (\n");
+                let _ = s.captures(&mut dfas, "é x (\n", false);
+                let _ = s.captures(&mut dfas, "x (\n", true);
             }
         }
     }

@@ -665,12 +665,12 @@ impl DateDetector {
     /// Where template `i` matches in `line`: the match's start and the
     /// date's span. The fast form answers when its match passes the
     /// boundary checks (then it is the full pattern's match: see `build`).
-    fn try_template(&mut self, i: usize, line: &str) -> Option<(usize, usize, usize)> {
+    fn try_template(&mut self, i: usize, line: &str, ascii: bool) -> Option<(usize, usize, usize)> {
         let t = &self.templates[i];
         if let Some(fast) = &t.forms()?.fast {
             // The match's span and the date's.
             let leading = match &fast.leading {
-                Some(leading) if line.is_ascii() => {
+                Some(leading) if ascii => {
                     let dfas = &mut self.dfas;
                     let built = self.leading_dfas[i]
                         .get_or_insert_with(|| fast.leading_dfas(dfas))
@@ -716,8 +716,13 @@ impl DateDetector {
     /// The span of the date in `line` (possibly empty), if a template
     /// matched.
     pub fn find(&mut self, line: &str) -> Option<(usize, usize)> {
+        self.find_in(line, line.is_ascii())
+    }
+
+    /// [`find`](Self::find) in a `line` known to be all ASCII, or not.
+    pub(crate) fn find_in(&mut self, line: &str, ascii: bool) -> Option<(usize, usize)> {
         if let Some(i) = self.last
-            && let Some((_, s, e)) = self.try_template(i, line)
+            && let Some((_, s, e)) = self.try_template(i, line, ascii)
         {
             return Some((s, e));
         }
@@ -726,7 +731,7 @@ impl DateDetector {
             if Some(i) == self.last {
                 continue;
             }
-            if let Some((start, s, e)) = self.try_template(i, line) {
+            if let Some((start, s, e)) = self.try_template(i, line, ascii) {
                 if self.templates[i].line_begin {
                     best = Some((i, s, e));
                     break;
@@ -735,7 +740,7 @@ impl DateDetector {
                     Some((bi, _, _))
                         if {
                             let bs = self
-                                .try_template(bi, line)
+                                .try_template(bi, line, ascii)
                                 .map(|x| x.0)
                                 .unwrap_or(usize::MAX);
                             bs <= start
@@ -812,7 +817,7 @@ mod tests {
         let mut found = 0;
         for t in &texts {
             for i in 0..d.templates.len() {
-                let got = d.try_template(i, t);
+                let got = d.try_template(i, t, t.is_ascii());
                 found += usize::from(got.is_some());
                 assert_eq!(got, d.try_full(i, t), "{} on {t:?}", d.templates[i].name);
             }

@@ -255,7 +255,8 @@ impl Re {
         self.names.iter().any(|(n, _)| n == name)
     }
 
-    /// The first match in `buf`. `placed` is what the failregexes'
+    /// The first match in `buf`, all ASCII if `ascii` (`false` when not
+    /// known). `placed` is what the failregexes'
     /// first-match DFA found, if it named this one: which of the pattern's
     /// outcomes it named, if it ran them (see [`FirstDfa`]), and where the
     /// match ends. Anchored and leftmost-first, its match of this pattern
@@ -266,6 +267,7 @@ impl Re {
         &'t mut self,
         dfas: &mut Dfas,
         buf: &'t str,
+        ascii: bool,
         placed: Option<(Option<usize>, usize)>,
     ) -> Option<Match<'t>> {
         // The DFA ran a relaxed form of a pattern as written: its end is
@@ -274,7 +276,6 @@ impl Re {
         let end = placed
             .filter(|&(outcome, _)| outcome.is_none())
             .map(|(_, end)| end);
-        let ascii = buf.is_ascii();
         let groups = self.groups;
         let split = match &mut self.split {
             Some(split) => split.as_mut(),
@@ -297,7 +298,9 @@ impl Re {
             Found::Spans(caps) => caps,
             Found::NoMatch => return None,
             Found::Unsure => match (
-                self.segments.as_mut().and_then(|s| s.captures(dfas, buf)),
+                self.segments
+                    .as_mut()
+                    .and_then(|s| s.captures(dfas, buf, ascii)),
                 placed,
             ) {
                 (Some(caps), _) => caps,
@@ -715,7 +718,9 @@ impl Filter {
             return;
         }
         let mut text = self.room(line.len());
-        match self.dates.find(line) {
+        // Whether the line is all ASCII, and so each text cut from it.
+        let ascii = line.is_ascii();
+        match self.dates.find_in(line, ascii) {
             Some((s, e)) => {
                 text.push_str(&line[..s]);
                 text.push_str(&line[e..]);
@@ -726,7 +731,7 @@ impl Filter {
         if ruled_out && self.ruled_out(&text) {
             return self.done(Some(text));
         }
-        self.find_failure(text, out)
+        self.find_failure(text, ascii, out)
     }
 
     /// An empty text with room for `len` bytes and the newline the regexes
@@ -755,7 +760,7 @@ impl Filter {
         if !self.ruled_out(line) {
             let mut text = self.room(line.len());
             text.push_str(line);
-            self.find_failure(text, &mut out);
+            self.find_failure(text, line.is_ascii(), &mut out);
         }
         out
     }
@@ -777,10 +782,14 @@ impl Filter {
         text
     }
 
-    /// `text` is a line without its newline; in a filter of one line, it
-    /// may have room for it (see [`Filter::process_line`]).
-    fn find_failure(&mut self, text: String, out: &mut Vec<Failure>) {
+    /// `text` is a line without its newline, all ASCII if `ascii`; in a
+    /// filter of one line, it may have room for its newline (see
+    /// [`Filter::process_line`]).
+    fn find_failure(&mut self, text: String, ascii: bool, out: &mut Vec<Failure>) {
         let single = self.maxlines <= 1;
+        // Whether the texts the regexes see are all ASCII (each is the
+        // line, or the buffer of lines, or a part of it).
+        let mut ascii = ascii;
         let mut buf = if single {
             Some(Self::alone(text))
         } else {
@@ -789,6 +798,7 @@ impl Filter {
             if n > self.maxlines {
                 self.buffer.drain(..n - self.maxlines);
             }
+            ascii = self.buffer.iter().all(|l| l.is_ascii());
             Some(Self::buf(&self.buffer))
         };
         if !self.ignoreregex.is_empty()
@@ -805,7 +815,7 @@ impl Filter {
         let mut from = 0;
         if let Some(p) = &mut self.prefregex {
             let b = buf.as_deref().unwrap();
-            let Some(m) = p.search(&mut self.dfas, b, None) else {
+            let Some(m) = p.search(&mut self.dfas, b, ascii, None) else {
                 return self.done(buf);
             };
             m.groups_into(&mut self.pre);
@@ -838,7 +848,7 @@ impl Filter {
             None => Self::buf(&self.buffer),
         };
         let first = match &mut self.first {
-            Some(first) if !self.check_all && b[from..].is_ascii() => {
+            Some(first) if !self.check_all && ascii => {
                 match self.dfas.search(&mut first.dfa, &b.as_bytes()[from..]) {
                     Ok(None) => return self.done(Some(b)),
                     Ok(Some((k, end))) => Some((first.names[k], end)),
@@ -882,7 +892,7 @@ impl Filter {
                 .take()
                 .filter(|&((k, _), _)| k == i)
                 .map(|((_, outcome), end)| (outcome, end));
-            let Some(m) = self.failregex[i].search(&mut self.dfas, bs, placed) else {
+            let Some(m) = self.failregex[i].search(&mut self.dfas, bs, ascii, placed) else {
                 if let Some(k) = rest_after.take() {
                     candidates.extend(self.candidates(bs).into_iter().filter(|&c| c > k));
                 }
@@ -1227,7 +1237,7 @@ mod tests {
                     segmented.push(name.clone());
                     let mut dfas = Dfas::default();
                     for t in &texts {
-                        if let Some(fast) = seg.captures(&mut dfas, t) {
+                        if let Some(fast) = seg.captures(&mut dfas, t, t.is_ascii()) {
                             answered += 1;
                             assert_eq!(
                                 Some(named(fast)),
