@@ -68,6 +68,9 @@ pub struct Checked {
     /// whose conditionals were rewritten away ends in the choice that
     /// decided them: see `outcomes.rs`).
     outcomes: Option<Outcomes>,
+    /// The groups the outcomes found, in the relaxed form's numbering
+    /// (kept for their room).
+    relaxed_spans: Spans,
     fancy: Box<fancy_regex::Regex>,
 }
 
@@ -160,6 +163,7 @@ impl Checked {
         match built {
             Some((relaxed, checks, map, copies, rewritten)) if map.len() == groups => Ok(Checked {
                 outcomes: rewritten.then(|| Outcomes::new(relaxed.as_str())).flatten(),
+                relaxed_spans: Spans::new(),
                 relaxed,
                 checks,
                 map,
@@ -192,7 +196,9 @@ impl Checked {
             Some(outcomes) if ascii => outcomes.captures_at(text, at)?,
             _ => self.relaxed.captures_known(text, ascii, at)?,
         };
-        self.checked(text, ascii, at, c)
+        let mut spans = Spans::new();
+        self.checked(text, ascii, at, &c, &mut spans)?;
+        Some(spans)
     }
 
     /// The relaxed form's outcomes (see `outcomes.rs`), each a pattern
@@ -205,37 +211,52 @@ impl Checked {
     /// (all ASCII), when a leftmost-first DFA anchored at the start named
     /// `outcome` of [`outcomes`](Self::outcomes) and found its match to end
     /// at `end` (see [`Outcomes::captures_placed`]).
+    /// The groups are set in `out`, whose room serves line after line;
+    /// `None` if there is no match (`out` then holds nothing to read).
     pub(crate) fn captures_placed(
         &mut self,
         text: &str,
         outcome: usize,
         end: usize,
-    ) -> Option<Spans> {
-        let found = match &mut self.outcomes {
-            Some(outcomes) => outcomes.captures_placed(text, outcome, end),
-            None => return self.captures_at(text, 0),
+        out: &mut Spans,
+    ) -> Option<()> {
+        let Some(outcomes) = &mut self.outcomes else {
+            *out = self.captures_at(text, 0)?;
+            return Some(());
         };
-        let spans = self.checked(text, true, 0, found?);
+        outcomes.captures_placed(text, outcome, end, &mut self.relaxed_spans)?;
+        let found = self.checked(text, true, 0, &self.relaxed_spans, out);
         debug_assert_eq!(
-            spans,
+            found.map(|()| out.clone()),
             self.captures_at(text, 0),
             "the outcome and end given are what this pattern's DFA finds"
         );
-        spans
+        found
     }
 
-    /// The original pattern's spans, from the relaxed form's match `c` at
-    /// byte `at` or later: mapped if every check holds, else fancy-regex's.
-    fn checked(&self, text: &str, ascii: bool, at: usize, c: Spans) -> Option<Spans> {
-        if self.checks.iter().all(|check| check.holds(text, ascii, &c)) {
-            let mut spans: Spans = self.map.iter().map(|&i| i.and_then(|i| c[i])).collect();
+    /// Sets `out` to the original pattern's spans, from the relaxed form's
+    /// match `c` at byte `at` or later: mapped if every check holds, else
+    /// fancy-regex's; `None` if fancy-regex finds no match.
+    fn checked(
+        &self,
+        text: &str,
+        ascii: bool,
+        at: usize,
+        c: &Spans,
+        out: &mut Spans,
+    ) -> Option<()> {
+        if self.checks.iter().all(|check| check.holds(text, ascii, c)) {
+            out.clear();
+            out.extend(self.map.iter().map(|&i| i.and_then(|i| c[i])));
             for &(orig, at) in &self.copies {
-                spans[orig] = spans[orig].or(c[at]);
+                out[orig] = out[orig].or(c[at]);
             }
-            return Some(spans);
+            return Some(());
         }
         let c = self.fancy.captures_from_pos(text, at).ok()??;
-        Some(c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect())
+        out.clear();
+        out.extend(c.iter().map(|m| m.map(|m| (m.start(), m.end()))));
+        Some(())
     }
 }
 

@@ -68,6 +68,9 @@ pub(crate) struct Outcomes {
     /// backtracker each, since each search clears a visited set as large
     /// as its patterns' states times the text's length.
     walks: Vec<Option<Walk>>,
+    /// The groups a walk found, in its outcome's numbering (kept for their
+    /// room).
+    walked: Spans,
     placed: Option<Vec<Backtrack>>,
 }
 
@@ -112,6 +115,7 @@ impl Outcomes {
             maps,
             groups: hir.properties().explicit_captures_len() + 1,
             walks: hirs.iter().map(Walk::new).collect(),
+            walked: Spans::new(),
             placed: hirs
                 .iter()
                 .map(|h| Backtrack::new(std::slice::from_ref(h)))
@@ -131,34 +135,38 @@ impl Outcomes {
     /// named `outcome` and found its match to end at `end`: that is this
     /// set's match, whose groups a backtracking search of `text[..end]`
     /// finds (see `backtrack.rs`) without the set's own DFA search.
+    /// The groups are set in `out`, whose room serves line after line;
+    /// `None` if there is no match (`out` then holds nothing to read).
     pub(crate) fn captures_placed(
         &mut self,
         text: &str,
         outcome: usize,
         end: usize,
-    ) -> Option<Spans> {
-        if let Some(spans) = self
-            .walks
-            .get_mut(outcome)
-            .and_then(Option::as_mut)
-            .and_then(|w| w.captures(text.as_bytes(), end))
+        out: &mut Spans,
+    ) -> Option<()> {
+        if let Some(walk) = self.walks.get_mut(outcome).and_then(Option::as_mut)
+            && walk
+                .captures(text.as_bytes(), end, &mut self.walked)
+                .is_some()
         {
-            let mut whole: Spans = vec![None; self.groups];
-            whole[0] = spans[0];
+            out.clear();
+            out.resize(self.groups, None);
+            out[0] = self.walked[0];
             for (n, &g) in self.maps[outcome].iter().enumerate() {
-                whole[g] = spans[n + 1];
+                out[g] = self.walked[n + 1];
             }
-            return Some(whole);
+            return Some(());
         }
-        let Some(caps) = self
+        *out = match self
             .placed
             .as_mut()
             .and_then(|p| p.get_mut(outcome))
             .and_then(|p| p.captures(text.as_bytes(), 0..end, 0))
-        else {
-            return self.captures_at(text, 0);
+        {
+            Some(caps) => whole(self.groups, &self.maps[outcome], caps),
+            None => self.captures_at(text, 0)?,
         };
-        Some(whole(self.groups, &self.maps[outcome], caps))
+        Some(())
     }
 
     /// The whole pattern's group spans for its first match starting at
@@ -324,7 +332,9 @@ mod tests {
     /// [`Outcomes::captures_placed`] with the outcome and end it gave.
     fn placed(o: &mut Outcomes, t: &str) -> Option<Spans> {
         let m = o.set.search(&Input::new(t).anchored(Anchored::Yes))?;
-        o.captures_placed(t, m.pattern().as_usize(), m.end())
+        let mut spans = Spans::new();
+        o.captures_placed(t, m.pattern().as_usize(), m.end(), &mut spans)?;
+        Some(spans)
     }
 
     /// A crafted line (64 KiB of what each outcome reads, so every one of

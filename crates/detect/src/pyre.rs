@@ -397,17 +397,22 @@ impl Pattern {
     /// `backtrack.rs`). The DFA's pattern is this one as written, or the
     /// `outcome`'s of its [`outcomes`](Self::outcomes); any other answer
     /// is found by [`captures`](Self::captures).
+    ///
+    /// The groups are set in `out`, whose room serves line after line;
+    /// `None` if there is no match (`out` then holds nothing to read).
     pub(crate) fn captures_placed(
         &mut self,
         text: &str,
         outcome: Option<usize>,
         end: usize,
-    ) -> Option<Spans> {
+        out: &mut Spans,
+    ) -> Option<()> {
         match (self, outcome) {
-            (Pattern::Std(r), None) => r.captures_placed(text, end),
-            (Pattern::Checked(r), Some(k)) => r.captures_placed(text, k, end),
-            (p, _) => p.captures(text),
+            (Pattern::Std(r), None) => *out = r.captures_placed(text, end)?,
+            (Pattern::Checked(r), Some(k)) => return r.captures_placed(text, k, end, out),
+            (p, _) => *out = p.captures(text)?,
         }
+        Some(())
     }
 
     /// The group spans of the first match starting at byte `at` or later.

@@ -130,12 +130,19 @@ impl Segments {
         self.groups
     }
 
-    /// The spans of the pattern's groups in `text` (with `None` for the
-    /// groups no one reads), or `None` when the pieces cannot tell and the
-    /// whole pattern must be asked. `dfas` holds the pieces' DFAs once
-    /// built: the same one at every call. `ascii`: whether `text` is all
-    /// ASCII (if not known, `false` is safe: the DFAs only read ASCII).
-    pub fn captures(&mut self, dfas: &mut Dfas, text: &str, ascii: bool) -> Option<Spans> {
+    /// Sets `caps` to the spans of the pattern's groups in `text` (with
+    /// `None` for the groups no one reads; their room serves line after
+    /// line), or `None` when the pieces cannot tell and the whole pattern
+    /// must be asked. `dfas` holds the pieces' DFAs once built: the same
+    /// one at every call. `ascii`: whether `text` is all ASCII (if not
+    /// known, `false` is safe: the DFAs only read ASCII).
+    pub fn captures(
+        &mut self,
+        dfas: &mut Dfas,
+        text: &str,
+        ascii: bool,
+        caps: &mut Spans,
+    ) -> Option<()> {
         if ascii && self.dfas.is_none() {
             self.dfas = Some(self.build_dfas(dfas));
         }
@@ -143,7 +150,8 @@ impl Segments {
             Some(Some(d)) if ascii => Some(d.iter_mut()),
             _ => None,
         };
-        let mut caps = vec![None; self.groups];
+        caps.clear();
+        caps.resize(self.groups, None);
         let mut at = 0;
         for (group, piece) in &self.pieces {
             let by_dfa = piece_dfas
@@ -166,7 +174,7 @@ impl Segments {
         }
         caps[self.rest] = Some((at, rest_end));
         caps[0] = Some((0, text.len()));
-        Some(caps)
+        Some(())
     }
 
     /// Each piece's DFA (see [`Segments::dfas`]).
@@ -192,6 +200,13 @@ mod tests {
     use super::*;
     use crate::pyre::{Pattern, translate};
 
+    /// What `s` finds in `text`, with DFAs of its own.
+    fn caps(s: &mut Segments, text: &str, ascii: bool) -> Option<Spans> {
+        let mut caps = Spans::new();
+        s.captures(&mut Dfas::default(), text, ascii, &mut caps)?;
+        Some(caps)
+    }
+
     /// The pieces' answer for `text` (their DFAs' for ASCII text, checked
     /// against the `regex` crate's searches of the same pieces), and the
     /// whole pattern's groups.
@@ -199,12 +214,12 @@ mod tests {
         let t = translate(p, false);
         let mut s = Segments::new(&t).expect("the prefregex shape");
         let full = Pattern::compile(&t).unwrap();
-        let fast = s.captures(&mut Dfas::default(), text, text.is_ascii());
+        let fast = caps(&mut s, text, text.is_ascii());
         let mut by_regex = Segments::new(&t).unwrap();
         by_regex.dfas = Some(None);
         assert_eq!(
             fast,
-            by_regex.captures(&mut Dfas::default(), text, text.is_ascii()),
+            caps(&mut by_regex, text, text.is_ascii()),
             "{p} {text:?}"
         );
         (fast, full.captures(text).unwrap_or_default())
@@ -242,10 +257,7 @@ mod tests {
             }
         }
         let mut s = Segments::new(&translate(p, false)).unwrap();
-        assert!(
-            s.captures(&mut Dfas::default(), "host word rest\n", true)
-                .is_some()
-        );
+        assert!(caps(&mut s, "host word rest\n", true).is_some());
         // Built, and the look-around leaves every piece to the regex crate.
         assert!(matches!(s.dfas, Some(None)));
         // Without the look-around, by DFA: pieces that match nothing at
@@ -262,10 +274,11 @@ mod tests {
             Segments::new(&translate(p, false)).unwrap(),
             Dfas::default(),
         );
-        let caps = s.captures(&mut dfas, " rest\n", true).unwrap();
+        let mut caps = Spans::new();
+        s.captures(&mut dfas, " rest\n", true, &mut caps).unwrap();
         assert!(matches!(s.dfas, Some(Some(_))));
         assert_eq!((caps[1], caps[2]), (Some((0, 0)), Some((0, 5))));
-        let caps = s.captures(&mut dfas, "x: rest\n", true).unwrap();
+        s.captures(&mut dfas, "x: rest\n", true, &mut caps).unwrap();
         assert_eq!(caps[1], Some((0, 3)));
     }
 
@@ -315,8 +328,9 @@ mod tests {
         ] {
             if let Some(mut s) = Segments::new(p) {
                 let mut dfas = Dfas::default();
-                let _ = s.captures(&mut dfas, "é x (\n", false);
-                let _ = s.captures(&mut dfas, "x (\n", true);
+                let mut caps = Spans::new();
+                let _ = s.captures(&mut dfas, "é x (\n", false, &mut caps);
+                let _ = s.captures(&mut dfas, "x (\n", true, &mut caps);
             }
         }
     }

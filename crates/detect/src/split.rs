@@ -109,8 +109,8 @@ enum PartGroups {
 pub(crate) enum Found {
     /// The pattern does not match.
     NoMatch,
-    /// The pattern matches with these group spans.
-    Spans(Spans),
+    /// The pattern matches, with the group spans set in the caller's.
+    Matched,
     /// The DFAs could not tell: ask the `regex` crate.
     Unsure,
 }
@@ -197,10 +197,18 @@ impl GroupSplit {
     }
 
     /// The group spans of the pattern's match in `text` (which must be all
-    /// ASCII: the DFAs read classes as ASCII); `end` is where the match
-    /// ends, when the caller's own DFA search found that already.
-    pub(crate) fn captures(&mut self, dfas: &mut Dfas, text: &str, end: Option<usize>) -> Found {
-        let found = self.find(dfas, text, end);
+    /// ASCII: the DFAs read classes as ASCII), set in `spans` when
+    /// [`Found::Matched`] (their room serves line after line); `end` is
+    /// where the match ends, when the caller's own DFA search found that
+    /// already.
+    pub(crate) fn captures(
+        &mut self,
+        dfas: &mut Dfas,
+        text: &str,
+        end: Option<usize>,
+        spans: &mut Spans,
+    ) -> Found {
+        let found = self.find(dfas, text, end, spans);
         if self.tries < TRIAL {
             self.tries += 1;
             self.unsure += u32::from(found == Found::Unsure);
@@ -208,7 +216,13 @@ impl GroupSplit {
         found
     }
 
-    fn find(&mut self, dfas: &mut Dfas, text: &str, end: Option<usize>) -> Found {
+    fn find(
+        &mut self,
+        dfas: &mut Dfas,
+        text: &str,
+        end: Option<usize>,
+        spans: &mut Spans,
+    ) -> Found {
         let hay = text.as_bytes();
         // Checked in every test that reaches here with an end given
         // (fail2ban's sample logs through every shipped filter).
@@ -219,28 +233,38 @@ impl GroupSplit {
         // Placed from the start when the end is known and the parts allow
         // it: cheaper than the reverse DFAs below.
         if let (Some(e), Some(walk)) = (end, &mut self.walk)
-            && let Some(spans) = walk.captures(hay, e)
+            && walk.captures(hay, e, spans).is_some()
         {
             debug_assert!(
-                match self.placed(dfas, hay, end) {
-                    Found::Spans(placed) => placed == spans,
-                    found => found == Found::Unsure,
+                {
+                    let mut placed = Spans::new();
+                    match self.placed(dfas, hay, end, &mut placed) {
+                        Found::Matched => placed == *spans,
+                        found => found == Found::Unsure,
+                    }
                 },
                 "the walk finds the groups the split finds in {text:?}"
             );
-            return Found::Spans(spans);
+            return Found::Matched;
         }
-        self.placed(dfas, hay, end)
+        self.placed(dfas, hay, end, spans)
     }
 
     /// [`find`](Self::find) by the reverse DFAs (see the module docs).
-    fn placed(&mut self, dfas: &mut Dfas, hay: &[u8], end: Option<usize>) -> Found {
+    fn placed(
+        &mut self,
+        dfas: &mut Dfas,
+        hay: &[u8],
+        end: Option<usize>,
+        spans: &mut Spans,
+    ) -> Found {
         let end = match end.map_or_else(|| dfas.search(&mut self.rule, hay), |e| Ok(Some((0, e)))) {
             Ok(Some((_, end))) => end,
             Ok(None) => return Found::NoMatch,
             Err(()) => return Found::Unsure,
         };
-        let mut spans: Spans = vec![None; self.groups];
+        spans.clear();
+        spans.resize(self.groups, None);
         spans[0] = Some((0, end));
         // The last part first (see the module docs).
         let mut next = end;
@@ -249,7 +273,7 @@ impl GroupSplit {
                 let Some(i) = part
                     .first
                     .as_mut()
-                    .and_then(|f| f.place(dfas, &part.split, hay, next, &mut spans))
+                    .and_then(|f| f.place(dfas, &part.split, hay, next, spans))
                 else {
                     return Found::Unsure;
                 };
@@ -259,18 +283,18 @@ impl GroupSplit {
             next = i;
             match &mut part.groups {
                 PartGroups::Fixed(layout) => {
-                    if place_fixed(layout, i, j, &mut spans).is_none() {
+                    if place_fixed(layout, i, j, spans).is_none() {
                         return Found::Unsure;
                     }
                 }
                 PartGroups::Alone(re) => {
-                    if re.captures(hay, i, j, &mut spans).is_none() {
+                    if re.captures(hay, i, j, spans).is_none() {
                         return Found::Unsure;
                     }
                 }
             }
         }
-        Found::Spans(spans)
+        Found::Matched
     }
 }
 
@@ -329,14 +353,15 @@ mod tests {
         /// The split's answer on `line`, checked against the `regex`
         /// crate's groups when it is sure.
         fn agreed(&mut self, line: &str) -> Found {
-            let found = self.split.captures(&mut self.dfas, line, None);
+            let mut spans = Spans::new();
+            let found = self.split.captures(&mut self.dfas, line, None, &mut spans);
             let want = self.re.captures(line.as_bytes()).map(|c| {
                 c.iter()
                     .map(|m| m.map(|m| (m.start(), m.end())))
                     .collect::<Spans>()
             });
             match (&found, want) {
-                (Found::Spans(got), Some(want)) => assert_eq!(*got, want, "on {line:?}"),
+                (Found::Matched, Some(want)) => assert_eq!(spans, want, "on {line:?}"),
                 (Found::NoMatch, None) | (Found::Unsure, _) => {}
                 (got, want) => panic!("on {line:?}: {got:?}, the regex crate {want:?}"),
             }
@@ -398,7 +423,7 @@ mod tests {
             "[error] 1#0: *5 user git: password mismatch, client: 1.2.3.4.example, server: a\n",
             "[error] 1#0: *5 user g, client: x: password mismatch, client: host-1, server: a\n",
         ] {
-            assert!(matches!(b.agreed(line), Found::Spans(_)), "{line:?}");
+            assert!(matches!(b.agreed(line), Found::Matched), "{line:?}");
         }
         assert_eq!(
             b.agreed("[error] 1#0: *5 user git: password ok, client: 1.2.3.4\n"),
@@ -421,7 +446,7 @@ mod tests {
         }
         assert!(matches!(
             b.agreed("Disconnected from user root 198.51.100.7 port 22\n"),
-            Found::Spans(_)
+            Found::Matched
         ));
     }
 
@@ -463,7 +488,7 @@ mod tests {
         for p in &patterns {
             let mut b = both(p);
             for line in lines {
-                if matches!(b.agreed(line), Found::Spans(_)) {
+                if matches!(b.agreed(line), Found::Matched) {
                     sure += 1;
                 }
             }
@@ -487,13 +512,13 @@ mod tests {
             "Disconnected (auth failed, 1 attempts): rip=198.51.100.7.example",
             "Disconnected (auth failed, 1 attempts): rip=1.2.3.4.5.6",
         ] {
-            assert!(matches!(b.agreed(line), Found::Spans(_)), "{line:?}");
+            assert!(matches!(b.agreed(line), Found::Matched), "{line:?}");
         }
         // The first `rip=` is the only place what comes before the host
         // can end; the second is taken by `[^>]*`.
         assert!(matches!(
             b.agreed("Disconnected (auth failed, 1 attempts): rip=1.2.3.4 rip=5.6.7.8"),
-            Found::Spans(_)
+            Found::Matched
         ));
         assert_eq!(
             b.agreed("Disconnected (auth failed): rip=1.2.3.4"),
@@ -584,7 +609,7 @@ mod tests {
                 for _ in 0..(next() % 6) {
                     line.push_str(words[(next() % words.len() as u64) as usize]);
                 }
-                if matches!(b.agreed(&line), Found::Spans(_)) {
+                if matches!(b.agreed(&line), Found::Matched) {
                     sure += 1;
                 }
             }

@@ -345,12 +345,15 @@ impl Walk {
                 .any(|s| matches!(s, Step::Run { .. } | Step::Choice { .. }))
     }
 
-    /// The groups (group 0 included) of the first way of matching `hay`
-    /// from its start that ends at `end`, where the pattern's first match
-    /// is known to end; `None` if the walk does not reach `end` that way
-    /// (the caller then asks the backtracker).
-    pub(crate) fn captures(&mut self, hay: &[u8], end: usize) -> Option<Spans> {
-        let mut spans: Spans = vec![None; self.groups];
+    /// Sets `spans` to the groups (group 0 included) of the first way of
+    /// matching `hay` from its start that ends at `end`, where the
+    /// pattern's first match is known to end; `None` if the walk does not
+    /// reach `end` that way (the caller then asks the backtracker, and
+    /// `spans` holds nothing to read). `spans` is the caller's, so that its
+    /// room serves line after line.
+    pub(crate) fn captures(&mut self, hay: &[u8], end: usize, spans: &mut Spans) -> Option<()> {
+        spans.clear();
+        spans.resize(self.groups, None);
         let mut at = 0;
         for k in 0..self.steps.len() {
             let (step, after) = self.steps[k..].split_first_mut()?;
@@ -372,7 +375,7 @@ impl Walk {
                     if !hay[..end].get(at..)?.starts_with(bytes) {
                         return None;
                     }
-                    place_fixed(layout, at, at + bytes.len(), &mut spans)?;
+                    place_fixed(layout, at, at + bytes.len(), spans)?;
                     at + bytes.len()
                 }
                 Step::Parts(part) => part.end_of(hay, at, end)?,
@@ -399,22 +402,22 @@ impl Walk {
                 } if re.is_host()
                     && let Some((addr, e)) = f2b_host_first_end(hay, at, end) =>
                 {
-                    re.place_host(HostGroup::Ip4, (at, addr), &mut spans);
+                    re.place_host(HostGroup::Ip4, (at, addr), spans);
                     e
                 }
                 Step::Groups { part, inside } => {
                     let e = part.end_of(hay, at, end)?;
                     match inside {
-                        Inside::Fixed(layout) => place_fixed(layout, at, e, &mut spans)?,
+                        Inside::Fixed(layout) => place_fixed(layout, at, e, spans)?,
                         // The DFA found where `<HOST>` matches.
                         Inside::Alone(re)
                             if re.is_host()
                                 && let Some(group) = f2b_host_group(&hay[at..e], true) =>
                         {
-                            re.place_host(group, (at, e), &mut spans);
+                            re.place_host(group, (at, e), spans);
                         }
                         Inside::Alone(re) => {
-                            if re.captures(hay, at, e, &mut spans)? != e {
+                            if re.captures(hay, at, e, spans)? != e {
                                 return None;
                             }
                         }
@@ -436,7 +439,7 @@ impl Walk {
             return None;
         }
         spans[0] = Some((0, end));
-        Some(spans)
+        Some(())
     }
 }
 
@@ -602,6 +605,13 @@ mod tests {
         (re, walk)
     }
 
+    /// The groups the walk finds in `t` for a match that ends at `end`.
+    fn walked(walk: &mut Walk, t: &str, end: usize) -> Option<Spans> {
+        let mut spans = Spans::new();
+        walk.captures(t.as_bytes(), end, &mut spans)?;
+        Some(spans)
+    }
+
     /// The groups of `re`'s first match in `t`.
     fn regex_spans(re: &regex::bytes::Regex, t: &str) -> Option<Spans> {
         let c = re.captures(t.as_bytes())?;
@@ -703,7 +713,7 @@ mod tests {
                 };
                 let end = want[0].unwrap().1;
                 matched += 1;
-                if let Some(found) = walk.captures(t.as_bytes(), end) {
+                if let Some(found) = walked(&mut walk, &t, end) {
                     assert_eq!(found, want, "{p} on {t:?}");
                     answered += 1;
                 }
@@ -741,7 +751,7 @@ mod tests {
         ] {
             let (re, mut walk) = both(p);
             let want = regex_spans(&re, &t).unwrap_or_else(|| panic!("{p} matches"));
-            if let Some(found) = walk.captures(t.as_bytes(), want[0].unwrap().1) {
+            if let Some(found) = walked(&mut walk, &t, want[0].unwrap().1) {
                 assert_eq!(found, want, "{p}");
             }
         }
@@ -767,7 +777,7 @@ mod tests {
             let t = format!("x{letters} zy");
             let want = regex_spans(&re, &t);
             let end = want.as_ref().and_then(|w| w[0]).map_or(t.len(), |w| w.1);
-            if let Some(found) = walk.captures(t.as_bytes(), end) {
+            if let Some(found) = walked(&mut walk, &t, end) {
                 assert_eq!(Some(found), want);
             }
             for step in &walk.steps {

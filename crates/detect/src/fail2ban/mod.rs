@@ -41,6 +41,7 @@ use regex::Regex;
 
 use crate::dfa::{self, Dfas, RuleDfa};
 use crate::host::{f2b_host, parse_addr, r_addr, r_dns, r_ip4, r_ip6};
+use crate::linear::Spans;
 use crate::literals;
 use crate::pyre::{Pattern, name_index, relax, translate};
 use crate::segments::Segments;
@@ -179,6 +180,9 @@ fn glob_to_local_flags(r: &str) -> String {
 struct Re {
     source: String,
     pat: Pattern,
+    /// The group spans of the last match (kept for their room: every line
+    /// is matched against a prefregex).
+    caps: Spans,
     /// The prefregex shape matched piece by piece with DFAs, when it has it.
     segments: Option<Segments>,
     /// Groups found by splitting the pattern with DFAs (single-line
@@ -242,6 +246,7 @@ impl Re {
             relaxed_is_itself: false,
             source: t,
             pat,
+            caps: Spans::new(),
             segments,
             split,
             names,
@@ -284,9 +289,10 @@ impl Re {
                 .as_mut(),
             None => None,
         };
+        let caps = &mut self.caps;
         let split = match split {
             Some(split) if ascii => {
-                let found = split.captures(dfas, buf, end);
+                let found = split.captures(dfas, buf, end, caps);
                 if split.gave_up() {
                     self.split = Some(None);
                 }
@@ -294,31 +300,35 @@ impl Re {
             }
             _ => Found::Unsure,
         };
-        let caps = match split {
-            Found::Spans(caps) => caps,
+        match split {
+            Found::Matched => {}
             Found::NoMatch => return None,
-            Found::Unsure => match (
-                self.segments
+            Found::Unsure => {
+                let by_segments = self
+                    .segments
                     .as_mut()
-                    .and_then(|s| s.captures(dfas, buf, ascii)),
-                placed,
-            ) {
-                (Some(caps), _) => caps,
-                (None, Some((outcome, end))) => self.pat.captures_placed(buf, outcome, end)?,
-                (None, None) => self.pat.captures(buf)?,
-            },
-        };
+                    .and_then(|s| s.captures(dfas, buf, ascii, caps));
+                match (by_segments, placed) {
+                    (Some(()), _) => {}
+                    (None, Some((outcome, end))) => {
+                        self.pat.captures_placed(buf, outcome, end, caps)?;
+                    }
+                    (None, None) => *caps = self.pat.captures(buf)?,
+                }
+            }
+        }
+        let re = &*self;
         Some(Match {
             text: buf,
-            caps,
-            re: self,
+            caps: &re.caps,
+            re,
         })
     }
 }
 
 struct Match<'a> {
     text: &'a str,
-    caps: Vec<Option<(usize, usize)>>,
+    caps: &'a Spans,
     re: &'a Re,
 }
 
@@ -1115,7 +1125,6 @@ fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linear::Spans;
 
     fn sshd(mode: &str) -> Filter {
         let mut o = BTreeMap::new();
@@ -1235,12 +1244,15 @@ mod tests {
                 };
                 if let Some(seg) = &mut re.segments {
                     segmented.push(name.clone());
-                    let mut dfas = Dfas::default();
+                    let (mut dfas, mut fast) = (Dfas::default(), Spans::new());
                     for t in &texts {
-                        if let Some(fast) = seg.captures(&mut dfas, t, t.is_ascii()) {
+                        if seg
+                            .captures(&mut dfas, t, t.is_ascii(), &mut fast)
+                            .is_some()
+                        {
                             answered += 1;
                             assert_eq!(
-                                Some(named(fast)),
+                                Some(named(fast.clone())),
                                 spans(t).map(named),
                                 "{name}: {t:?} with {}",
                                 re.source
@@ -1255,12 +1267,18 @@ mod tests {
                 };
                 if let Some(mut split) = split {
                     split_by_dfas.push(name.clone());
+                    let mut got = Spans::new();
                     for t in texts.iter().filter(|t| t.is_ascii()) {
                         let truth = spans(t);
-                        match split.captures(&mut dfas, t, None) {
-                            Found::Spans(got) => {
+                        match split.captures(&mut dfas, t, None, &mut got) {
+                            Found::Matched => {
                                 split_answered += 1;
-                                assert_eq!(Some(got), truth, "{name}: {t:?} with {}", re.source);
+                                assert_eq!(
+                                    Some(&got),
+                                    truth.as_ref(),
+                                    "{name}: {t:?} with {}",
+                                    re.source
+                                );
                             }
                             Found::NoMatch => {
                                 assert_eq!(truth, None, "{name}: {t:?} with {}", re.source);
