@@ -18,7 +18,9 @@
 //! address is placed by the address's bytes, and its group read from them.
 //! A run whose class leaves out at most three bytes (`.`, `[^:]`) ends
 //! where `memchr` finds the first of them, and its ends before a literal
-//! are tried only where the literal's first byte is.
+//! are tried only where the literal's first byte is. An optional sequence
+//! (`(?: (?:invalid|authenticating) user (\S+|.*?))?`) is placed by its
+//! DFA and then walked in its place, as a pattern of its own.
 //!
 //! Why it is the match a backtracking search reports: that search tries
 //! the first part's ways in their order and, after each, the rest of the
@@ -85,6 +87,8 @@ enum Step {
     /// the branches, in order) names.
     Choice {
         part: Searched,
+        /// The groups around the choice, each spanning the branch taken.
+        around: Vec<usize>,
         /// The group each branch is, if it is one.
         branches: Vec<Option<usize>>,
         /// The branches as literals and runs, when each is one: then the
@@ -99,6 +103,10 @@ enum Step {
         bytes: Box<[u8]>,
         layout: Vec<(usize, usize, usize)>,
     },
+    /// An optional sequence holding groups (`(?: user (\S+))?`), which
+    /// cannot match nothing: placed as [`Step::Parts`], then walked in its
+    /// place when it took part, else its groups took none.
+    Optional { part: Searched, inner: Vec<Step> },
     /// A part holding groups: placed as [`Step::Parts`], its groups found
     /// in its place alone (the whole place if the part is one group with
     /// none inside).
@@ -300,31 +308,10 @@ impl Walk {
         let HirKind::Concat(parts) = hir.kind() else {
             return None;
         };
-        let mut steps = Vec::new();
-        // Parts without groups, gathered until the next part holding some.
-        let mut plain: Vec<Hir> = Vec::new();
-        for part in parts {
-            if part.properties().explicit_captures_len() == 0 {
-                plain.push(part.clone());
-                continue;
-            }
-            if !plain.is_empty() {
-                let first = steps.is_empty();
-                steps.push(plain_step(std::mem::take(&mut plain), first)?);
-            }
-            steps.push(holding_step(part)?);
-        }
-        if !plain.is_empty() {
-            let first = steps.is_empty();
-            steps.push(plain_step(plain, first)?);
-        }
-        // A run must be followed by something that can say whether it
-        // matches where the run would end.
-        let runs_end_well = steps
-            .windows(2)
-            .all(|w| !matches!((&w[0], &w[1]), (Step::Run { .. }, Step::Run { .. })));
-        (runs_end_well && !matches!(steps.last(), Some(Step::Run { .. })))
-            .then_some(Walk { steps, groups })
+        Some(Walk {
+            steps: steps(parts, true)?,
+            groups,
+        })
     }
 
     /// Whether the walk reads less than placing the parts from the end
@@ -354,93 +341,116 @@ impl Walk {
     pub(crate) fn captures(&mut self, hay: &[u8], end: usize, spans: &mut Spans) -> Option<()> {
         spans.clear();
         spans.resize(self.groups, None);
-        let mut at = 0;
-        for k in 0..self.steps.len() {
-            let (step, after) = self.steps[k..].split_first_mut()?;
-            at = match step {
-                Step::Literal(bytes) => {
-                    if !hay[..end].get(at..)?.starts_with(bytes) {
-                        return None;
-                    }
-                    at + bytes.len()
-                }
-                Step::End => {
-                    let e = text_end(hay, at)?;
-                    if e > end {
-                        return None;
-                    }
-                    e
-                }
-                Step::LiteralGroups { bytes, layout } => {
-                    if !hay[..end].get(at..)?.starts_with(bytes) {
-                        return None;
-                    }
-                    place_fixed(layout, at, at + bytes.len(), spans)?;
-                    at + bytes.len()
-                }
-                Step::Parts(part) => part.end_of(hay, at, end)?,
-                Step::Choice {
-                    part,
-                    branches,
-                    by_bytes,
-                } => {
-                    let (k, e) = match by_bytes {
-                        Some(by_bytes) => by_bytes
-                            .iter()
-                            .enumerate()
-                            .find_map(|(k, b)| Some((k, b.first_end(hay, at, end)?)))?,
-                        None => part.first_end(hay, at, end)?,
-                    };
-                    if let Some(g) = branches[k] {
-                        spans[g] = Some((at, e));
-                    }
-                    e
-                }
-                Step::Groups {
-                    inside: Inside::Alone(re),
-                    ..
-                } if re.is_host()
-                    && let Some((addr, e)) = f2b_host_first_end(hay, at, end) =>
-                {
-                    re.place_host(HostGroup::Ip4, (at, addr), spans);
-                    e
-                }
-                Step::Groups { part, inside } => {
-                    let e = part.end_of(hay, at, end)?;
-                    match inside {
-                        Inside::Fixed(layout) => place_fixed(layout, at, e, spans)?,
-                        // The DFA found where `<HOST>` matches.
-                        Inside::Alone(re)
-                            if re.is_host()
-                                && let Some(group) = f2b_host_group(&hay[at..e], true) =>
-                        {
-                            re.place_host(group, (at, e), spans);
-                        }
-                        Inside::Alone(re) => {
-                            if re.captures(hay, at, e, spans)? != e {
-                                return None;
-                            }
-                        }
-                    }
-                    e
-                }
-                Step::Run { run, groups } => {
-                    let room = run.room(hay, at, end)?;
-                    let next = after.first_mut()?;
-                    let e = run_end(next, hay, at + run.min, at + room, end, run.greedy)?;
-                    for &g in groups.iter() {
-                        spans[g] = Some((at, e));
-                    }
-                    e
-                }
-            };
-        }
-        if at != end {
+        if walk_steps(&mut self.steps, hay, 0, end, spans)? != end {
             return None;
         }
         spans[0] = Some((0, end));
         Some(())
     }
+}
+
+/// Walks `steps` from `at`, by `end`, setting the groups they hold in
+/// `spans`: where the last step's first way ends, or `None` if a step has
+/// no way there.
+fn walk_steps(
+    steps: &mut [Step],
+    hay: &[u8],
+    mut at: usize,
+    end: usize,
+    spans: &mut Spans,
+) -> Option<usize> {
+    for k in 0..steps.len() {
+        let (step, after) = steps[k..].split_first_mut()?;
+        at = match step {
+            Step::Literal(bytes) => {
+                if !hay[..end].get(at..)?.starts_with(bytes) {
+                    return None;
+                }
+                at + bytes.len()
+            }
+            Step::End => {
+                let e = text_end(hay, at)?;
+                if e > end {
+                    return None;
+                }
+                e
+            }
+            Step::LiteralGroups { bytes, layout } => {
+                if !hay[..end].get(at..)?.starts_with(bytes) {
+                    return None;
+                }
+                place_fixed(layout, at, at + bytes.len(), spans)?;
+                at + bytes.len()
+            }
+            Step::Parts(part) => part.end_of(hay, at, end)?,
+            Step::Choice {
+                part,
+                around,
+                branches,
+                by_bytes,
+            } => {
+                let (k, e) = match by_bytes {
+                    Some(by_bytes) => by_bytes
+                        .iter()
+                        .enumerate()
+                        .find_map(|(k, b)| Some((k, b.first_end(hay, at, end)?)))?,
+                    None => part.first_end(hay, at, end)?,
+                };
+                if let Some(g) = branches[k] {
+                    spans[g] = Some((at, e));
+                }
+                for &g in around.iter() {
+                    spans[g] = Some((at, e));
+                }
+                e
+            }
+            Step::Optional { part, inner } => {
+                let e = part.end_of(hay, at, end)?;
+                if e > at && walk_steps(inner, hay, at, e, spans)? != e {
+                    return None;
+                }
+                e
+            }
+            Step::Groups {
+                inside: Inside::Alone(re),
+                ..
+            } if re.is_host()
+                && let Some((addr, e)) = f2b_host_first_end(hay, at, end) =>
+            {
+                re.place_host(HostGroup::Ip4, (at, addr), spans);
+                e
+            }
+            Step::Groups { part, inside } => {
+                let e = part.end_of(hay, at, end)?;
+                match inside {
+                    Inside::Fixed(layout) => place_fixed(layout, at, e, spans)?,
+                    // The DFA found where `<HOST>` matches.
+                    Inside::Alone(re)
+                        if re.is_host()
+                            && let Some(group) = f2b_host_group(&hay[at..e], true) =>
+                    {
+                        re.place_host(group, (at, e), spans);
+                    }
+                    Inside::Alone(re) => {
+                        if re.captures(hay, at, e, spans)? != e {
+                            return None;
+                        }
+                    }
+                }
+                e
+            }
+            Step::Run { run, groups } => {
+                let room = run.room(hay, at, end)?;
+                let next = after.first_mut()?;
+                let e = run_end(next, hay, at + run.min, at + room, end, run.greedy)?;
+                for &g in groups.iter() {
+                    spans[g] = Some((at, e));
+                }
+                e
+            }
+        };
+    }
+    Some(at)
 }
 
 /// The first end of a run, from `lo` to `hi` (shortest first unless
@@ -476,8 +486,10 @@ fn run_end(
         Step::End => (0..ends)
             .map(nth)
             .find(|&e| text_end(hay, e).is_some_and(|t| t <= end)),
-        Step::Parts(part) | Step::Groups { part, .. } | Step::Choice { part, .. } => (0..ends
-            .min(MAX_TRIES))
+        Step::Parts(part)
+        | Step::Groups { part, .. }
+        | Step::Choice { part, .. }
+        | Step::Optional { part, .. } => (0..ends.min(MAX_TRIES))
             .map(nth)
             .find(|&e| part.first_end(hay, e, end).is_some()),
         Step::Run { .. } => None,
@@ -491,6 +503,39 @@ fn text_end(hay: &[u8], at: usize) -> Option<usize> {
         [b'\n'] => Some(at + 1),
         _ => None,
     }
+}
+
+/// `parts`, a sequence, as steps; `start`: they start the pattern, at the
+/// start of the text. `None` unless each part holding groups is a run, a
+/// choice of branches that are each one group or none, an optional
+/// sequence that is itself walked, or a part whose groups sit at fixed
+/// distances from its ends or can be found in it alone (no look-around
+/// assertions), and no run is last or right after another.
+fn steps(parts: &[Hir], start: bool) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    // Parts without groups, gathered until the next part holding some.
+    let mut plain: Vec<Hir> = Vec::new();
+    for part in parts {
+        if part.properties().explicit_captures_len() == 0 {
+            plain.push(part.clone());
+            continue;
+        }
+        if !plain.is_empty() {
+            let first = start && steps.is_empty();
+            steps.push(plain_step(std::mem::take(&mut plain), first)?);
+        }
+        steps.push(holding_step(part)?);
+    }
+    if !plain.is_empty() {
+        let first = start && steps.is_empty();
+        steps.push(plain_step(plain, first)?);
+    }
+    // A run must be followed by something that can say whether it
+    // matches where the run would end.
+    let runs_end_well = steps
+        .windows(2)
+        .all(|w| !matches!((&w[0], &w[1]), (Step::Run { .. }, Step::Run { .. })));
+    (runs_end_well && !matches!(steps.last(), Some(Step::Run { .. }))).then_some(steps)
 }
 
 /// Parts without groups as one step; `first`: the pattern's first, where
@@ -535,7 +580,18 @@ fn holding_step(part: &Hir) -> Option<Step> {
     {
         return Some(Step::Run { run, groups });
     }
-    if let HirKind::Alternation(alts) = part.kind() {
+    if let HirKind::Repetition(r) = part.kind()
+        && (r.min, r.max, r.greedy) == (0, Some(1), true)
+        && r.sub.properties().minimum_len().is_some_and(|len| len > 0)
+        && let HirKind::Concat(parts) = r.sub.kind()
+        && let Some(inner) = steps(parts, false)
+    {
+        return Some(Step::Optional {
+            part: Searched::new(std::slice::from_ref(part))?,
+            inner,
+        });
+    }
+    if let HirKind::Alternation(alts) = inner.kind() {
         let branches: Option<Vec<Option<usize>>> = alts
             .iter()
             .map(|b| match b.kind() {
@@ -549,6 +605,7 @@ fn holding_step(part: &Hir) -> Option<Step> {
         if let Some(branches) = branches {
             return Some(Step::Choice {
                 part: Searched::new(alts)?,
+                around: groups,
                 branches,
                 by_bytes: alts.iter().map(Branch::new).collect(),
             });
@@ -686,27 +743,21 @@ mod tests {
     #[test]
     fn walked_groups_are_the_regex_crates() {
         let (mut answered, mut matched) = (0, 0);
-        let (mut literal_groups, mut by_bytes) = (0, 0);
+        // Steps of the kinds told without a DFA: literals holding groups,
+        // choices by bytes, optional sequences walked inside.
+        let mut kinds = [0; 3];
         for p in patterns() {
             let (re, mut walk) = both(&p);
-            literal_groups += walk
-                .steps
-                .iter()
-                .filter(|s| matches!(s, Step::LiteralGroups { .. }))
-                .count();
-            by_bytes += walk
-                .steps
-                .iter()
-                .filter(|s| {
-                    matches!(
-                        s,
-                        Step::Choice {
-                            by_bytes: Some(_),
-                            ..
-                        }
-                    )
-                })
-                .count();
+            for step in &walk.steps {
+                match step {
+                    Step::LiteralGroups { .. } => kinds[0] += 1,
+                    Step::Choice {
+                        by_bytes: Some(_), ..
+                    } => kinds[1] += 1,
+                    Step::Optional { .. } => kinds[2] += 1,
+                    _ => {}
+                }
+            }
             for t in texts() {
                 let Some(want) = regex_spans(&re, &t) else {
                     continue;
@@ -724,8 +775,10 @@ mod tests {
             "the walk answered {answered} of {matched} matches"
         );
         // `((Received) (disconnect))` and `( at )` are compared as literals;
-        // `(?:(publickey)|\S+)` and `(?:(b+?)|(c*)|(bd))` are told by bytes.
-        assert_eq!((literal_groups, by_bytes), (2, 2));
+        // `(?:(publickey)|\S+)`, `((Connection closed|Disconnected))`,
+        // `(y|yy)` and `(?:(b+?)|(c*)|(bd))` are told by bytes;
+        // `(?: (?:invalid|authenticating) user (\S+|.*?))?` is walked inside.
+        assert_eq!(kinds, [2, 4, 1]);
     }
 
     /// A crafted line (64 KiB of what a run would take, with the literal or
