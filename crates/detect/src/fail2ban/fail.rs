@@ -8,9 +8,10 @@
 //! room of the last one's; caching a failure under its id swaps it with
 //! the cached one it evicts, whose room the next line then uses. So
 //! reading a failure allocates nothing once the room has grown to the
-//! longest values seen.
+//! longest values seen (bounded: see `room.rs`).
 
 use super::ids::Ids;
+use super::room;
 
 /// The groups a failure is read by: what it reports (host, address, no
 /// failure), the multi-line failure id and the flags that merge failures
@@ -110,10 +111,7 @@ impl Val {
     /// Makes this `Val::Str(text)`, in the room of the string it holds.
     fn set_str(&mut self, text: &str) {
         match self {
-            Val::Str(s) => {
-                s.clear();
-                s.push_str(text);
-            }
+            Val::Str(s) => room::write(s, text),
             _ => *self = Val::Str(text.to_string()),
         }
     }
@@ -121,7 +119,7 @@ impl Val {
     /// Makes this a copy of `other`, in the room of the string it holds.
     fn set_to(&mut self, other: &Val) {
         match (&mut *self, other) {
-            (Val::Str(s), Val::Str(t)) => s.clone_from(t),
+            (Val::Str(s), Val::Str(t)) => room::write(s, t),
             (
                 Val::Users { first, several },
                 Val::Users {
@@ -129,7 +127,7 @@ impl Val {
                     several: s,
                 },
             ) => {
-                first.clone_from(f);
+                room::write(first, f);
                 *several = *s;
             }
             _ => *self = other.clone(),
@@ -252,6 +250,18 @@ impl Fail {
         other.clear();
     }
 
+    /// The bytes its values' strings hold, read or not.
+    #[cfg(test)]
+    pub(super) fn room_bytes(&self) -> usize {
+        self.vals
+            .iter()
+            .map(|v| match v {
+                Val::Str(s) | Val::Users { first: s, .. } => s.capacity(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// The user this failure failed as, if it names one.
     fn user(&self) -> Option<&str> {
         self.get(Key::User)
@@ -265,8 +275,7 @@ impl Fail {
         if let Some(user) = self.user() {
             match &mut users {
                 Val::Users { first, several } => {
-                    first.clear();
-                    first.push_str(user);
+                    room::write(first, user);
                     *several = false;
                 }
                 other => {

@@ -16,6 +16,8 @@
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
+use super::room;
+
 /// Ids with a value each, at most `cap` of them; when full, caching a new
 /// id evicts the one cached longest ago.
 pub(crate) struct Ids<V> {
@@ -78,6 +80,16 @@ impl<V: Default> Ids<V> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// The bytes the slots' ids hold, and their values by `value_bytes`,
+    /// live or not.
+    #[cfg(test)]
+    pub(crate) fn room_bytes(&self, value_bytes: impl Fn(&V) -> usize) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.id.capacity() + value_bytes(&s.value))
+            .sum()
     }
 
     /// The buckets `hash` probes, in order.
@@ -144,8 +156,7 @@ impl<V: Default> Ids<V> {
         }
         self.index[bucket] = slot as u8;
         let s = &mut self.slots[slot];
-        s.id.clear();
-        s.id.push_str(id);
+        room::write(&mut s.id, id);
         s.hash = hash;
         s.cached = self.next;
         s.live = true;

@@ -30,6 +30,7 @@ pub mod date;
 mod fail;
 mod ids;
 pub mod ini;
+mod room;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -954,7 +955,7 @@ impl Filter {
             // No one reads the id from the failure itself.
             let has_mlfid = match self.fail.get(Key::Mlfid) {
                 Some(Val::Str(id)) => {
-                    self.mlfid.clone_from(id);
+                    room::write(&mut self.mlfid, id);
                     true
                 }
                 _ => false,
@@ -1369,6 +1370,43 @@ mod tests {
         assert_eq!(f.ids.len(), MLFID_CACHE);
         assert!(f.ids.find("sshd[9]:").is_err());
         assert!(f.ids.find("sshd[10]:").is_ok());
+    }
+
+    /// Lines crafted with long groups (a user of 16 KiB under each of the
+    /// ids the filter remembers) leave no long room behind once ordinary
+    /// lines follow: the values are written in the room of the last
+    /// line's, which is let go when it is long (see `room.rs`).
+    #[test]
+    fn crafted_long_groups_leave_no_long_room() {
+        let def = Definition {
+            prefregex: Some(r"^<F-MLFID>sshd\[\d+\]:</F-MLFID> <F-CONTENT>.+</F-CONTENT>$".into()),
+            failregex: vec![r"^Failed password for <F-USER>\S+</F-USER> from <HOST>".into()],
+            ignoreregex: Vec::new(),
+            maxlines: 1,
+            datepattern: Some("{NONE}".into()),
+        };
+        let mut f = Filter::from_definition(&def).unwrap();
+        let long = "u".repeat(16 << 10);
+        let line = |pid: usize, user: &str| {
+            format!("sshd[{pid}]: Failed password for {user} from 198.51.100.7")
+        };
+        let rooms = |f: &Filter| {
+            f.pre.room_bytes()
+                + f.fail.room_bytes()
+                + f.mlfid.capacity()
+                + f.ids.room_bytes(Fail::room_bytes)
+        };
+        for pid in 0..MLFID_CACHE + 10 {
+            assert_eq!(f.process_line(&line(pid, &long)).len(), 1);
+        }
+        let crafted = rooms(&f);
+        assert!(crafted > MLFID_CACHE * (16 << 10), "{crafted}");
+        for pid in 0..2 * MLFID_CACHE {
+            assert_eq!(f.process_line(&line(1_000 + pid, "root")).len(), 1);
+        }
+        let after = rooms(&f);
+        // At most a few hundred bytes a value, not 16 KiB.
+        assert!(after < 1 << 20, "{after} bytes kept");
     }
 
     /// The first failregex a line can match, named by one DFA search,
