@@ -801,6 +801,20 @@ mod tests {
                 r"^a(\S+) (b+)$",
                 format!("a{} {}", "b".repeat(30_000), "b".repeat(30_000)),
             ),
+            // A choice told by bytes, and an optional sequence walked
+            // inside, over runs as long as the line.
+            (
+                r"^a(?:(pub)|\S+) for (.*)$",
+                format!("a{} for z", "p".repeat(60_000)),
+            ),
+            (
+                r"^a(?: (?:x|y) user (\S+|.*?))? (b+)$",
+                format!("a x user {}b", "q ".repeat(30_000)),
+            ),
+            (
+                r"^a(?: (?:x|y) user (\S+|.*?))? (b+)$",
+                format!("a y user {} {}", "q".repeat(30_000), "b".repeat(30_000)),
+            ),
         ] {
             let (re, mut walk) = both(p);
             let want = regex_spans(&re, &t).unwrap_or_else(|| panic!("{p} matches"));
