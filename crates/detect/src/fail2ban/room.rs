@@ -13,6 +13,7 @@ pub(super) const KEPT: usize = 256;
 
 /// Makes `room` hold `text`, in its own room unless that is larger than
 /// [`KEPT`] and `text` would fit in less.
+#[inline]
 pub(super) fn write(room: &mut String, text: &str) {
     if room.capacity() > KEPT && text.len() <= KEPT {
         *room = text.to_string();
