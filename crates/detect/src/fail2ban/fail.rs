@@ -223,11 +223,12 @@ impl Fail {
         self.none = 0;
     }
 
-    /// Makes this failure a copy of `other`, in the room of its values.
-    pub(super) fn set_to(&mut self, other: &Fail) {
-        self.set = other.set;
-        self.none = other.none;
-        let mut set = other.set & !other.none;
+    /// Makes this failure a copy of `other` but for its `except` key (left
+    /// unset), in the room of its values.
+    pub(super) fn set_to(&mut self, other: &Fail, except: Key) {
+        self.set = other.set & !except.bit();
+        self.none = other.none & !except.bit();
+        let mut set = self.set & !self.none;
         while set != 0 {
             let k = set.trailing_zeros() as usize;
             set &= set - 1;
@@ -423,8 +424,8 @@ mod tests {
         assert_eq!(cached.get(Key::Ip4), Some(&Val::Str("198.18.0.2".into())));
         assert!(!line.has(Key::User) && !line.has(Key::Ip4));
         let mut copy = Fail::default();
-        copy.set_to(&cached);
+        copy.set_to(&cached, Key::User);
         assert_eq!(copy.get(Key::Ip4), cached.get(Key::Ip4));
-        assert_eq!(copy.get(Key::Dns), None);
+        assert_eq!((copy.get(Key::User), copy.get(Key::Dns)), (None, None));
     }
 }

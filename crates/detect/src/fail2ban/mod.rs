@@ -909,12 +909,11 @@ impl Filter {
                 }
                 continue;
             };
-            // The prefregex's groups, updated by the failregex's (kept for
-            // the next failregex only when every one is tried).
             // The prefregex's groups, updated by the failregex's (the
             // prefregex's are kept for the next failregex when every one is
-            // tried).
-            self.fail.set_to(&self.pre);
+            // tried); all but the multi-line id, which no one reads from the
+            // failure itself.
+            self.fail.set_to(&self.pre, Key::Mlfid);
             m.groups_into(&mut self.fail);
             // The lines the match spans, in a buffer of several (a filter of
             // one line keeps none: its text stays what it is).
@@ -952,19 +951,23 @@ impl Filter {
                 self.remove_matched(lines);
                 b = None;
             }
-            // No one reads the id from the failure itself.
-            let has_mlfid = match self.fail.get(Key::Mlfid) {
-                Some(Val::Str(id)) => {
+            // The multi-line id: the failregex's, if it has the group, else
+            // the prefregex's.
+            let mlfid = if self.fail.has(Key::Mlfid) {
+                let id = self.fail.get(Key::Mlfid).and_then(Val::as_str);
+                let has = id.is_some();
+                if let Some(id) = id {
                     room::write(&mut self.mlfid, id);
-                    true
                 }
-                _ => false,
-            };
-            self.fail.unset(Key::Mlfid);
-            let merged = if has_mlfid {
-                fail::merge(&mut self.ids, &self.mlfid, &mut self.fail)
+                self.fail.unset(Key::Mlfid);
+                has.then_some(self.mlfid.as_str())
             } else {
-                Merged::Line
+                self.pre.get(Key::Mlfid).and_then(Val::as_str)
+            };
+            let has_mlfid = mlfid.is_some();
+            let merged = match mlfid {
+                Some(id) => fail::merge(&mut self.ids, id, &mut self.fail),
+                None => Merged::Line,
             };
             let f = merged.fail(&mut self.ids, &mut self.fail);
             let has_host = {
