@@ -125,6 +125,16 @@ struct Forward {
 }
 
 impl Forward {
+    /// A search anchored at the start of the text.
+    fn start(dfa: &DFA, cache: &mut Cache) -> Result<Forward, ()> {
+        let config = start::Config::new().anchored(Anchored::Yes);
+        Ok(Forward {
+            sid: dfa.start_state(cache, &config).map_err(drop)?,
+            found: None,
+            done: false,
+        })
+    }
+
     /// Steps over `hay[from..to]`.
     fn run(
         &mut self,
@@ -568,13 +578,7 @@ impl Dfas {
             };
         }
         if rule.memo.is_empty() {
-            let config = start::Config::new().anchored(Anchored::Yes);
-            let sid = dfa.start_state(cache, &config).map_err(drop)?;
-            let mut fwd = Forward {
-                sid,
-                found: None,
-                done: false,
-            };
+            let mut fwd = Forward::start(dfa, cache)?;
             fwd.run(dfa, cache, hay, 0, hay.len())?;
             return fwd.finish(dfa, cache, hay);
         }
@@ -610,13 +614,7 @@ impl Dfas {
                 MEMO_SHORT,
             )
         } else {
-            let config = start::Config::new().anchored(Anchored::Yes);
-            let sid = dfa.start_state(cache, &config).map_err(drop)?;
-            let mut fwd = Forward {
-                sid,
-                found: None,
-                done: false,
-            };
+            let mut fwd = Forward::start(dfa, cache)?;
             fwd.run(dfa, cache, hay, 0, MEMO_SHORT)?;
             if cache.clear_count() + 1 == current {
                 rule.memo[ss] = memo(hay, MEMO_SHORT, current, &fwd);
