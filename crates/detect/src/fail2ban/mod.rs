@@ -197,12 +197,12 @@ struct Re {
     relaxed_is_itself: bool,
     /// Named groups and their indexes.
     names: Vec<(String, usize)>,
-    /// The named groups a failure is read by ([`READ`]), with their indexes:
-    /// the only ones [`Match::groups_into`] sets.
+    /// The named groups a failure is read by (a [`Key`] each), with their
+    /// indexes: the only ones [`Match::groups_into`] sets.
     read: Vec<(Key, usize)>,
     /// Groups, named or not, group 0 included.
     groups: usize,
-    /// The index of each `alt_` group and the group of [`READ`] it stands
+    /// The index of each `alt_` group and the [`Key`] of the group it stands
     /// in for, sorted by the `alt_` group's name.
     alts: Vec<(usize, Key)>,
 }
@@ -338,7 +338,7 @@ impl Match<'_> {
         self.caps[0].expect("group 0")
     }
 
-    /// Sets in `f` the named groups a failure is read by ([`READ`];
+    /// Sets in `f` the named groups a failure is read by (a [`Key`] each;
     /// `None` when not participating), with `alt_` groups merged into
     /// theirs; the prefregex's content is not copied (see
     /// [`Match::span`]).
@@ -371,7 +371,7 @@ impl Match<'_> {
         }
     }
 
-    /// Where group `key` of [`READ`] matched, if it took part.
+    /// Where the group read as `key` matched, if it took part.
     fn span(&self, key: Key) -> Option<(usize, usize)> {
         let &(_, i) = self.re.read.iter().find(|&&(k, _)| k == key)?;
         self.caps.get(i).copied().flatten()
@@ -458,7 +458,8 @@ pub struct Filter {
     /// last line's (see `fail.rs`).
     pre: Fail,
     fail: Fail,
-    /// The room of the line's multi-line failure id.
+    /// The room of a multi-line failure id that a failregex sets (the
+    /// prefregex's is read where it set it).
     mlfid: String,
     /// Give each failure's host text ([`Failure::host`]), as
     /// `fail2ban-regex` shows it; the default. The engine counts only
