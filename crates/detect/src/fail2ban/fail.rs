@@ -116,6 +116,23 @@ impl Val {
         }
     }
 
+    /// Makes this the users of an id that has failed as `first` alone so
+    /// far, in the room of the string it holds.
+    fn set_first_user(&mut self, first: &str) {
+        match self {
+            Val::Users { first: f, several } => {
+                room::write(f, first);
+                *several = false;
+            }
+            _ => {
+                *self = Val::Users {
+                    first: first.to_string(),
+                    several: false,
+                }
+            }
+        }
+    }
+
     /// Makes this a copy of `other`, in the room of the string it holds.
     fn set_to(&mut self, other: &Val) {
         match (&mut *self, other) {
@@ -173,21 +190,25 @@ impl Fail {
         self.has(key).then(|| &mut self.vals[key as usize])
     }
 
-    pub(super) fn insert(&mut self, key: Key, v: Val) {
+    /// Marks `key` as set to the value in its place.
+    fn mark(&mut self, key: Key) {
         self.set |= key.bit();
+        self.none &= !key.bit();
+    }
+
+    pub(super) fn insert(&mut self, key: Key, v: Val) {
         if v == Val::None {
-            self.none |= key.bit();
+            self.set_none(key);
         } else {
-            self.none &= !key.bit();
             self.vals[key as usize] = v;
+            self.mark(key);
         }
     }
 
     /// Sets `key` to a group's `text`: of a flag, whether it is empty (see
     /// [`Key::is_flag`]); else the text, in the room of the last value.
     pub(super) fn set_text(&mut self, key: Key, text: &str) {
-        self.set |= key.bit();
-        self.none &= !key.bit();
+        self.mark(key);
         let v = &mut self.vals[key as usize];
         if key.is_flag() {
             *v = Val::Int(i64::from(!text.is_empty()));
@@ -273,23 +294,15 @@ impl Fail {
     /// Sets [`Key::Users`] to this failure's user alone, if it names one.
     fn set_first_user(&mut self) {
         let mut users = std::mem::take(&mut self.vals[Key::Users as usize]);
-        if let Some(user) = self.user() {
-            match &mut users {
-                Val::Users { first, several } => {
-                    room::write(first, user);
-                    *several = false;
-                }
-                other => {
-                    *other = Val::Users {
-                        first: user.to_string(),
-                        several: false,
-                    }
-                }
-            }
-            self.set |= Key::Users.bit();
-            self.none &= !Key::Users.bit();
+        let user = self.user();
+        if let Some(user) = user {
+            users.set_first_user(user);
         }
+        let named = user.is_some();
         self.vals[Key::Users as usize] = users;
+        if named {
+            self.mark(Key::Users);
+        }
     }
 
     /// Notes that this failure, cached under its id, failed again as
@@ -302,13 +315,8 @@ impl Fail {
             return *several;
         }
         if let Some(first) = user {
-            self.insert(
-                Key::Users,
-                Val::Users {
-                    first: first.to_string(),
-                    several: false,
-                },
-            );
+            self.vals[Key::Users as usize].set_first_user(first);
+            self.mark(Key::Users);
         }
         false
     }
