@@ -74,8 +74,13 @@ impl std::fmt::Debug for Walk {
 
 /// One step of a walk.
 enum Step {
-    /// Bytes that must come next (parts without groups, all literal).
-    Literal(Box<[u8]>),
+    /// Bytes that must come next (parts all literal), and the groups they
+    /// hold, such as `(invalid user )`, at fixed distances from their ends
+    /// (see [`fixed_layout`]); none for parts without groups.
+    Literal {
+        bytes: Box<[u8]>,
+        layout: Vec<(usize, usize, usize)>,
+    },
     /// The end of the text, after a newline if one is left (Python's `$`
     /// as `pyre::translate` writes it outside multi-line mode).
     End,
@@ -95,13 +100,6 @@ enum Step {
         /// first that matches at all is the choice's first way, told by
         /// its bytes without the DFA.
         by_bytes: Option<Vec<Branch>>,
-    },
-    /// Literal bytes holding groups, such as `(invalid user )`: compared
-    /// as [`Step::Literal`], the groups at fixed distances from their ends
-    /// (see [`fixed_layout`]).
-    LiteralGroups {
-        bytes: Box<[u8]>,
-        layout: Vec<(usize, usize, usize)>,
     },
     /// An optional sequence holding groups (`(?: user (\S+))?`), which
     /// cannot match nothing: placed as [`Step::Parts`], then walked in its
@@ -323,7 +321,11 @@ impl Walk {
         let holding = self
             .steps
             .iter()
-            .filter(|s| !matches!(s, Step::Literal(_) | Step::Parts(_)))
+            .filter(|s| match s {
+                Step::Literal { layout, .. } => !layout.is_empty(),
+                Step::Parts(_) => false,
+                _ => true,
+            })
             .count();
         holding > 1
             || self
@@ -362,12 +364,6 @@ fn walk_steps(
     for k in 0..steps.len() {
         let (step, after) = steps[k..].split_first_mut()?;
         at = match step {
-            Step::Literal(bytes) => {
-                if !hay[..end].get(at..)?.starts_with(bytes) {
-                    return None;
-                }
-                at + bytes.len()
-            }
             Step::End => {
                 let e = text_end(hay, at)?;
                 if e > end {
@@ -375,7 +371,7 @@ fn walk_steps(
                 }
                 e
             }
-            Step::LiteralGroups { bytes, layout } => {
+            Step::Literal { bytes, layout } => {
                 if !hay[..end].get(at..)?.starts_with(bytes) {
                     return None;
                 }
@@ -466,7 +462,7 @@ fn run_end(
     let nth = |n: usize| if greedy { hi - n } else { lo + n };
     let ends = hi - lo + 1;
     match next {
-        Step::Literal(bytes) | Step::LiteralGroups { bytes, .. } => {
+        Step::Literal { bytes, .. } => {
             let Some(&first) = bytes.first() else {
                 return Some(nth(0));
             };
@@ -551,7 +547,10 @@ fn plain_step(parts: Vec<Hir>, first: bool) -> Option<Step> {
         _ => false,
     });
     if literal {
-        return Some(Step::Literal(bytes.into()));
+        return Some(Step::Literal {
+            bytes: bytes.into(),
+            layout: Vec::new(),
+        });
     }
     if let [newline, HirKind::Look(Look::End)] = parts.iter().map(Hir::kind).collect::<Vec<_>>()[..]
         && let HirKind::Repetition(r) = newline
@@ -614,7 +613,7 @@ fn holding_step(part: &Hir) -> Option<Step> {
     let inside = match fixed_layout(part) {
         Some(layout) => match literal_bytes(part) {
             Some(bytes) => {
-                return Some(Step::LiteralGroups {
+                return Some(Step::Literal {
                     bytes: bytes.into(),
                     layout,
                 });
@@ -750,7 +749,7 @@ mod tests {
             let (re, mut walk) = both(&p);
             for step in &walk.steps {
                 match step {
-                    Step::LiteralGroups { .. } => kinds[0] += 1,
+                    Step::Literal { layout, .. } if !layout.is_empty() => kinds[0] += 1,
                     Step::Choice {
                         by_bytes: Some(_), ..
                     } => kinds[1] += 1,
