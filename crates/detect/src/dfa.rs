@@ -77,6 +77,9 @@ pub(crate) struct RuleDfa {
     /// alike), in two direct-mapped tables of [`MEMO_SLOTS`]; empty for a
     /// DFA that keeps none (see [`Dfas::starting_here`]).
     memo: Box<[Memo]>,
+    /// For a DFA without a memo, where its last search stood after each of
+    /// its first bytes.
+    trace: Option<Box<Trace>>,
 }
 
 impl std::fmt::Debug for RuleDfa {
@@ -116,6 +119,82 @@ fn memo_slot(key: &[u8]) -> usize {
     (h >> 32) as usize % MEMO_SLOTS
 }
 
+/// Most bytes at the start of a search that a [`Trace`] follows.
+const TRACE_LEN: usize = 48;
+
+/// Where the last search of a DFA without a memo stood after each of its
+/// first bytes. Such a DFA reads the first piece of a line (a date, a
+/// prefregex's prefix), and lines that follow one another mostly begin
+/// alike: a date a second later, the same host and daemon. The next search
+/// resumes where its bytes part from the last one's, so it steps over the
+/// bytes that differ, not over the whole piece.
+struct Trace {
+    /// The last search's first `len` bytes.
+    bytes: [u8; TRACE_LEN],
+    /// The search after `i` of them, for `i` from 0 to `len`.
+    after: [Stood; TRACE_LEN + 1],
+    len: usize,
+    /// Whether the DFA was dead after the `len` bytes.
+    done: bool,
+    /// The lazy DFA's cache generation the states belong to, plus one (0:
+    /// none): a cleared cache invalidates its states.
+    generation: usize,
+}
+
+/// A search's state and the last match it had seen.
+#[derive(Clone, Copy, Default)]
+struct Stood {
+    sid: LazyStateID,
+    found: Option<(u32, u32)>,
+}
+
+impl Trace {
+    fn new() -> Box<Trace> {
+        Box::new(Trace {
+            bytes: [0; TRACE_LEN],
+            after: [Stood::default(); TRACE_LEN + 1],
+            len: 0,
+            done: false,
+            generation: 0,
+        })
+    }
+
+    /// The search of `hay` as it stood after the bytes it shares with the
+    /// last one, and how many those are; `None` if the states are from
+    /// another cache generation.
+    fn resume(&self, hay: &[u8], generation: usize) -> Option<(Forward, usize)> {
+        if self.generation != generation {
+            return None;
+        }
+        let at = common_prefix(&self.bytes[..self.len], hay);
+        let stood = self.after[at];
+        let fwd = Forward {
+            sid: stood.sid,
+            found: stood.found,
+            done: self.done && at == self.len,
+        };
+        Some((fwd, at))
+    }
+}
+
+/// How many bytes `a` and `b` start with alike, eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
 /// A forward search in progress (leftmost-first: the last match seen
 /// before the DFA dies or the text ends is the match).
 struct Forward {
@@ -144,9 +223,48 @@ impl Forward {
         from: usize,
         to: usize,
     ) -> Result<(), ()> {
+        self.run_noting(dfa, cache, hay, from, to, |_, _| {})
+            .map(drop)
+    }
+
+    /// Steps over `hay[from..]` as far as a [`Trace`] follows, writing
+    /// down the bytes and where the search stood after each; returns where
+    /// it stopped.
+    fn run_traced(
+        &mut self,
+        dfa: &DFA,
+        cache: &mut Cache,
+        hay: &[u8],
+        from: usize,
+        trace: &mut Trace,
+    ) -> Result<usize, ()> {
+        let to = hay.len().min(TRACE_LEN);
+        let at = self.run_noting(dfa, cache, hay, from, to, |at, stood| {
+            trace.after[at] = stood;
+        })?;
+        trace.bytes[from..at].copy_from_slice(&hay[from..at]);
+        trace.len = at;
+        trace.done = self.done;
+        Ok(at)
+    }
+
+    /// Steps over `hay[from..to]`, telling `note` where the search stood
+    /// after each byte (after `at` bytes); returns where it stopped (`to`,
+    /// or the byte after which the DFA died).
+    #[inline(always)]
+    fn run_noting(
+        &mut self,
+        dfa: &DFA,
+        cache: &mut Cache,
+        hay: &[u8],
+        from: usize,
+        to: usize,
+        mut note: impl FnMut(usize, Stood),
+    ) -> Result<usize, ()> {
         let hay = &hay[..to];
         let mut at = from;
         let mut sid = self.sid;
+        let mut found = self.found;
         while at < hay.len() && !self.done {
             // Ordinary states, one after the other.
             if !sid.is_tagged() {
@@ -157,6 +275,7 @@ impl Forward {
                     }
                     sid = next;
                     at += 1;
+                    note(at, Stood { sid, found });
                 }
                 if at == hay.len() {
                     break;
@@ -167,19 +286,22 @@ impl Forward {
             if sid.is_match() {
                 // Matches are reported one byte late.
                 let pattern = dfa.match_pattern(cache, sid, 0).as_u32();
-                self.found = Some((pattern, at as u32));
+                found = Some((pattern, at as u32));
             } else if sid.is_dead() {
                 self.done = true;
             } else if sid.is_quit() {
                 return Err(());
             }
             at += 1;
+            note(at, Stood { sid, found });
         }
         self.sid = sid;
-        Ok(())
+        self.found = found;
+        Ok(at)
     }
 
     /// Ends the search at the end of `hay`.
+    #[inline]
     fn finish(
         mut self,
         dfa: &DFA,
@@ -404,6 +526,7 @@ impl Dfas {
         Some(RuleDfa {
             dfa,
             first,
+            trace: (!memo).then(Trace::new),
             memo: vec![
                 Memo {
                     key: [0; MEMO_LONG],
@@ -427,7 +550,7 @@ impl Dfas {
     /// It keeps no memo: such a piece (a date, a prefregex's prefix)
     /// begins where the line's bytes vary most and ends within a few of
     /// them, so remembering where a search stood after the first 16 costs
-    /// more than it saves.
+    /// more than it saves. It keeps a [`Trace`] of its last search instead.
     pub(crate) fn starting_here(&mut self, pattern: &str) -> Option<RuleDfa> {
         let hir = parse(pattern)?;
         if !hir.properties().look_set().is_empty() {
@@ -570,17 +693,36 @@ impl Dfas {
             return Ok(None);
         }
         let (dfa, cache) = (&self.dfas[rule.dfa], &mut self.caches[rule.dfa]);
+        if let Some(trace) = rule.trace.as_deref_mut() {
+            let generation = cache.clear_count() + 1;
+            let (mut fwd, at) = match trace.resume(hay, generation) {
+                Some(resumed) => resumed,
+                None => {
+                    let fwd = Forward::start(dfa, cache)?;
+                    trace.after[0] = Stood {
+                        sid: fwd.sid,
+                        found: None,
+                    };
+                    (fwd, 0)
+                }
+            };
+            // Until this search is written down whole, in one generation.
+            trace.generation = 0;
+            let at = fwd.run_traced(dfa, cache, hay, at, trace)?;
+            if cache.clear_count() + 1 == generation {
+                trace.generation = generation;
+            }
+            if at < hay.len() && !fwd.done {
+                fwd.run(dfa, cache, hay, at, hay.len())?;
+            }
+            return fwd.finish(dfa, cache, hay);
+        }
         if hay.len() < MEMO_SHORT {
             let input = Input::new(hay).anchored(Anchored::Yes);
             return match dfa.try_search_fwd(cache, &input) {
                 Ok(m) => Ok(m.map(|m| (m.pattern().as_usize(), m.offset()))),
                 Err(_) => Err(()),
             };
-        }
-        if rule.memo.is_empty() {
-            let mut fwd = Forward::start(dfa, cache)?;
-            fwd.run(dfa, cache, hay, 0, hay.len())?;
-            return fwd.finish(dfa, cache, hay);
         }
         // Resume from where the search stood after this message's first 32
         // or 16 bytes, if a recent message started the same way.
@@ -1058,6 +1200,67 @@ mod tests {
                         d.search(&mut rule, l.as_bytes()).unwrap(),
                         want,
                         "{round} {l}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A DFA without a memo (a date, a prefregex's pieces) that resumes
+    /// where the last search's bytes part from the text's finds what a
+    /// search from the start finds: lines alike for longer and shorter than
+    /// the trace follows, that end or die where the last one did, also
+    /// when the lazy DFA's cache is cleared all the time.
+    #[test]
+    fn traced_searches_agree_with_whole_searches() {
+        let patterns = [
+            r"(?:Mon |Tue )?(?:Jan|Feb) [ 0-3]\d \d\d:\d\d:\d\d(?:\.\d+)?(?: \d{4})?",
+            r"\s*(?:\S+ )?(?:(?:\[\d+\])?:\s+[\[\(]?sshd(?:\(\S+\))?[\]\)]?:?\s+)?",
+            r"(?:(?:error|fatal): (?:PAM: )?)?",
+            r"x{0,60}y?",
+        ];
+        let mut text = Vec::new();
+        crate::loggen::write_auth_log(&mut text, 2_000, 5).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.extend(
+            text.lines()
+                .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest.to_string())),
+        );
+        for n in [0, 1, 30, 47, 48, 49, 60, 61, 59, 48, 0, 100] {
+            lines.push("x".repeat(n));
+            lines.push(format!("{}y", "x".repeat(n)));
+        }
+        lines.extend(
+            [
+                "error: PAM: x",
+                "error: PAM",
+                "error: ",
+                "fatal: x",
+                "",
+                "error: PAM: x",
+            ]
+            .map(String::from),
+        );
+        for capacity in [None, Some(1)] {
+            let mut d = Dfas {
+                cache_capacity: capacity,
+                ..Dfas::default()
+            };
+            for p in patterns {
+                let mut rule = d.starting_here(p).unwrap();
+                for l in &lines {
+                    let want = d.dfas[rule.dfa]
+                        .try_search_fwd(
+                            &mut d.caches[rule.dfa],
+                            &Input::new(l.as_bytes()).anchored(Anchored::Yes),
+                        )
+                        .unwrap()
+                        .map(|m| (m.pattern().as_usize(), m.offset()));
+                    assert_eq!(
+                        d.search(&mut rule, l.as_bytes()).unwrap(),
+                        want,
+                        "{p} {l:?}"
                     );
                 }
             }
