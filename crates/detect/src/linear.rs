@@ -187,6 +187,10 @@ fn compile_ascii(translated: &str) -> Option<regex::bytes::Regex> {
 #[derive(Debug)]
 pub struct StartingAt {
     pattern: Box<str>,
+    /// The pattern's bytes when it is plain text (a look-ahead such as
+    /// `(?! from )`): compared or found with `memchr`, without a regex
+    /// search's setup on every line.
+    literal: Option<memchr::memmem::Finder<'static>>,
     unicode: regex_automata::meta::Regex,
     /// Compiled at the first ASCII text.
     ascii: OnceLock<Option<regex_automata::meta::Regex>>,
@@ -199,8 +203,17 @@ impl StartingAt {
         let unicode = regex_automata::meta::Regex::builder()
             .build(translated)
             .ok()?;
+        let literal = regex_syntax::parse(translated)
+            .ok()
+            .and_then(|hir| match hir.into_kind() {
+                regex_syntax::hir::HirKind::Literal(lit) => {
+                    Some(memchr::memmem::Finder::new(&lit.0).into_owned())
+                }
+                _ => None,
+            });
         Some(StartingAt {
             pattern: translated.into(),
+            literal,
             unicode,
             ascii: OnceLock::new(),
         })
@@ -214,6 +227,12 @@ impl StartingAt {
     /// Where the first match starting exactly at byte `at` of `text` ends;
     /// `ascii` says whether `text` is all ASCII.
     pub fn end_from(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
+        if let Some(lit) = &self.literal {
+            let needle = lit.needle();
+            return text.as_bytes()[at..]
+                .starts_with(needle)
+                .then_some(at + needle.len());
+        }
         self.search(text, ascii, at, regex_automata::Anchored::Yes)
             .map(|m| m.end())
     }
@@ -221,6 +240,9 @@ impl StartingAt {
     /// The first position from byte `at` on where a match starts (one
     /// search, linear in the text, however many positions it rules out).
     pub fn first_start(&self, text: &str, ascii: bool, at: usize) -> Option<usize> {
+        if let Some(lit) = &self.literal {
+            return lit.find(&text.as_bytes()[at..]).map(|p| at + p);
+        }
         self.search(text, ascii, at, regex_automata::Anchored::No)
             .map(|m| m.start())
     }
@@ -301,6 +323,50 @@ mod tests {
             assert!(placed.is_some());
         }
         assert!(l.placed.as_ref().is_some_and(Option::is_some));
+    }
+
+    /// A pattern of plain text (`(?! from )`'s) is compared and found
+    /// byte by byte, as the `regex` crate would: at every place of texts
+    /// with it, without it, and cut short inside it.
+    #[test]
+    fn plain_text_is_found_as_the_regex_crate_finds_it() {
+        for (p, plain) in [
+            (" from ", true),
+            ("é x", true),
+            (r"\.x", true),
+            (" (?i)from", false),
+            ("a+", false),
+        ] {
+            let s = StartingAt::new(p).unwrap();
+            assert_eq!(s.literal.is_some(), plain, "{p}");
+            let re = regex_automata::meta::Regex::new(p).unwrap();
+            for text in [
+                "user from x from ",
+                " fro",
+                "é x é x",
+                ".x",
+                "a FROM",
+                "aaa",
+                "",
+            ] {
+                for at in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                    let input = |a| regex_automata::Input::new(text).range(at..).anchored(a);
+                    let ascii = text.is_ascii();
+                    assert_eq!(
+                        s.end_from(text, ascii, at),
+                        re.search(&input(regex_automata::Anchored::Yes))
+                            .map(|m| m.end()),
+                        "{p} {text:?} {at}"
+                    );
+                    assert_eq!(
+                        s.first_start(text, ascii, at),
+                        re.search(&input(regex_automata::Anchored::No))
+                            .map(|m| m.start()),
+                        "{p} {text:?} {at}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
