@@ -25,6 +25,7 @@ pub mod config;
 mod dfa;
 pub mod engine;
 pub mod fail2ban;
+mod firstway;
 pub mod host;
 mod linear;
 mod literals;

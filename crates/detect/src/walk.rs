@@ -44,6 +44,7 @@ use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look, Repetition};
 
 use crate::dfa::{byte_set, has, nfa_config};
+use crate::firstway::FirstWay;
 use crate::host::{HostGroup, f2b_host_first_end, f2b_host_group};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
@@ -213,6 +214,10 @@ enum Inside {
 struct Searched {
     dfa: DFA,
     cache: Cache,
+    /// The same patterns read piece by piece, when each piece's way is the
+    /// only one that can lead on (see `firstway.rs`): then the DFA is not
+    /// asked.
+    firstway: Option<FirstWay>,
 }
 
 impl Searched {
@@ -232,12 +237,16 @@ impl Searched {
         Some(Searched {
             cache: dfa.create_cache(),
             dfa,
+            firstway: FirstWay::new(hirs),
         })
     }
 
     /// Where the first way of matching from `at` ends, by `end` (the bytes
     /// around in view of assertions), and which pattern it is.
     fn first_end(&mut self, hay: &[u8], at: usize, end: usize) -> Option<(usize, usize)> {
+        if let Some(f) = &self.firstway {
+            return f.first_end(hay, at, end);
+        }
         let (dfa, cache) = (&self.dfa, &mut self.cache);
         let config = start::Config::new()
             .anchored(Anchored::Yes)
