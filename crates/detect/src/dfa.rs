@@ -242,7 +242,12 @@ impl Forward {
         let at = self.run_noting(dfa, cache, hay, from, to, |at, stood| {
             trace.after[at] = stood;
         })?;
-        trace.bytes[from..at].copy_from_slice(&hay[from..at]);
+        // A whole trace's worth where the text has it (a copy of fixed
+        // length, without a call): bytes past `at` are not read back.
+        match hay.get(..TRACE_LEN) {
+            Some(all) => trace.bytes.copy_from_slice(all),
+            None => trace.bytes[from..at].copy_from_slice(&hay[from..at]),
+        }
         trace.len = at;
         trace.done = self.done;
         Ok(at)

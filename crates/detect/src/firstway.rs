@@ -34,6 +34,7 @@
 use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::dfa::{byte_set, has};
+use crate::wordcmp::Literal;
 
 /// Most nodes a pattern may have: beyond, its DFA answers.
 const MAX_NODES: usize = 64;
@@ -65,47 +66,6 @@ enum Node {
     Choice(Vec<(Option<[u64; 4]>, Node)>),
 }
 
-/// Literal bytes, the first eight of them also as a word: a literal here
-/// is a few bytes, compared in one step where the text has eight bytes
-/// left, without a call to `memcmp`.
-#[derive(Debug)]
-struct Literal {
-    bytes: Box<[u8]>,
-    word: u64,
-    mask: u64,
-}
-
-impl Literal {
-    fn new(bytes: &[u8]) -> Literal {
-        let n = bytes.len().min(8);
-        let mut w = [0u8; 8];
-        w[..n].copy_from_slice(&bytes[..n]);
-        Literal {
-            bytes: bytes.into(),
-            word: u64::from_le_bytes(w),
-            mask: if n == 8 {
-                u64::MAX
-            } else {
-                (1u64 << (8 * n)) - 1
-            },
-        }
-    }
-
-    /// Where the literal ends if `hay` holds it at `at`.
-    #[inline]
-    fn end(&self, hay: &[u8], at: usize) -> Option<usize> {
-        let b = &self.bytes;
-        let same = match hay.get(at..at + 8) {
-            Some(eight) if b.len() <= 8 => {
-                let w = u64::from_le_bytes(eight.try_into().unwrap_or([0; 8]));
-                w & self.mask == self.word
-            }
-            _ => hay[at..].starts_with(b),
-        };
-        same.then(|| at + b.len())
-    }
-}
-
 /// What can come after a piece: the bytes it can begin with, and whether
 /// it can be nothing.
 #[derive(Clone, Copy)]
@@ -133,7 +93,7 @@ impl Node {
                 empty: true,
             },
             Node::Literal(lit) => {
-                let b = lit.bytes[0];
+                let b = lit.bytes()[0];
                 let mut first = [0; 4];
                 first[usize::from(b >> 6)] |= 1 << (b & 63);
                 Follow {
@@ -332,7 +292,7 @@ fn node(hir: &Hir, nodes: &mut usize) -> Option<Node> {
             let (min, max) = (r.min as usize, r.max.map_or(usize::MAX, |m| m as usize));
             match node(&r.sub, nodes)? {
                 Node::Class(class) => Node::Run { class, min, max },
-                Node::Literal(lit) if lit.bytes.len() == 1 => Node::Run {
+                Node::Literal(lit) if lit.bytes().len() == 1 => Node::Run {
                     class: byte_set(&r.sub)?,
                     min,
                     max,

@@ -41,6 +41,7 @@ mod split;
 pub mod syslog;
 pub mod tracker;
 mod walk;
+mod wordcmp;
 
 /// The benchmark's log generator, for tests.
 #[cfg(test)]

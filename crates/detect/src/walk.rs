@@ -48,6 +48,7 @@ use crate::firstway::FirstWay;
 use crate::host::{HostGroup, f2b_host_first_end, f2b_host_group};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
+use crate::wordcmp::Literal;
 
 /// Most ends a run tries when what follows it is not a literal.
 const MAX_TRIES: usize = 32;
@@ -79,7 +80,7 @@ enum Step {
     /// hold, such as `(invalid user )`, at fixed distances from their ends
     /// (see [`fixed_layout`]); none for parts without groups.
     Literal {
-        bytes: Box<[u8]>,
+        bytes: Literal,
         layout: Vec<(usize, usize, usize)>,
     },
     /// The end of the text, after a newline if one is left (Python's `$`
@@ -381,11 +382,9 @@ fn walk_steps(
                 e
             }
             Step::Literal { bytes, layout } => {
-                if !hay[..end].get(at..)?.starts_with(bytes) {
-                    return None;
-                }
-                place_fixed(layout, at, at + bytes.len(), spans)?;
-                at + bytes.len()
+                let e = bytes.end(&hay[..end], at)?;
+                place_fixed(layout, at, e, spans)?;
+                e
             }
             Step::Parts(part) => part.end_of(hay, at, end)?,
             Step::Choice {
@@ -472,12 +471,12 @@ fn run_end(
     let ends = hi - lo + 1;
     match next {
         Step::Literal { bytes, .. } => {
-            let Some(&first) = bytes.first() else {
+            let Some(&first) = bytes.bytes().first() else {
                 return Some(nth(0));
             };
             // The ends in order where the literal's first byte is.
             let window = &hay[lo..(hi + 1).min(end)];
-            let fits = |&e: &usize| hay[e..end].starts_with(bytes);
+            let fits = |&e: &usize| bytes.end(&hay[..end], e).is_some();
             if greedy {
                 memchr::memrchr_iter(first, window)
                     .map(|i| lo + i)
@@ -557,7 +556,7 @@ fn plain_step(parts: Vec<Hir>, first: bool) -> Option<Step> {
     });
     if literal {
         return Some(Step::Literal {
-            bytes: bytes.into(),
+            bytes: Literal::new(&bytes),
             layout: Vec::new(),
         });
     }
@@ -623,7 +622,7 @@ fn holding_step(part: &Hir) -> Option<Step> {
         Some(layout) => match literal_bytes(part) {
             Some(bytes) => {
                 return Some(Step::Literal {
-                    bytes: bytes.into(),
+                    bytes: Literal::new(&bytes),
                     layout,
                 });
             }
