@@ -1194,13 +1194,7 @@ mod tests {
             let mut rule = d.rule(&hirs).unwrap();
             for round in 0..3 {
                 for l in &lines {
-                    let want = d.dfas[rule.dfa]
-                        .try_search_fwd(
-                            &mut d.caches[rule.dfa],
-                            &Input::new(l.as_bytes()).anchored(Anchored::Yes),
-                        )
-                        .unwrap()
-                        .map(|m| (m.pattern().as_usize(), m.offset()));
+                    let want = whole_search(&mut d, &rule, l.as_bytes());
                     assert_eq!(
                         d.search(&mut rule, l.as_bytes()).unwrap(),
                         want,
@@ -1209,6 +1203,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What `rule`'s DFA finds searching `hay` from its start, without a
+    /// memo or a trace.
+    fn whole_search(d: &mut Dfas, rule: &RuleDfa, hay: &[u8]) -> Option<(usize, usize)> {
+        d.dfas[rule.dfa]
+            .try_search_fwd(
+                &mut d.caches[rule.dfa],
+                &Input::new(hay).anchored(Anchored::Yes),
+            )
+            .unwrap()
+            .map(|m| (m.pattern().as_usize(), m.offset()))
     }
 
     /// A DFA without a memo (a date, a prefregex's pieces) that resumes
@@ -1255,13 +1261,7 @@ mod tests {
             for p in patterns {
                 let mut rule = d.starting_here(p).unwrap();
                 for l in &lines {
-                    let want = d.dfas[rule.dfa]
-                        .try_search_fwd(
-                            &mut d.caches[rule.dfa],
-                            &Input::new(l.as_bytes()).anchored(Anchored::Yes),
-                        )
-                        .unwrap()
-                        .map(|m| (m.pattern().as_usize(), m.offset()));
+                    let want = whole_search(&mut d, &rule, l.as_bytes());
                     assert_eq!(
                         d.search(&mut rule, l.as_bytes()).unwrap(),
                         want,
