@@ -210,19 +210,26 @@ enum Inside {
     Alone(PartRe),
 }
 
-/// A lazy DFA of one or more patterns, searched anchored and
-/// leftmost-first (as their alternation), with its cache.
-struct Searched {
+/// One or more patterns, searched anchored and leftmost-first (as their
+/// alternation) for where the first way of matching ends.
+enum Searched {
+    /// Read piece by piece, each piece's way being the only one that can
+    /// lead on (see `firstway.rs`): no DFA is built.
+    Pieces(FirstWay),
+    /// A lazy DFA, with its cache.
+    Dfa(Box<LazyDfa>),
+}
+
+struct LazyDfa {
     dfa: DFA,
     cache: Cache,
-    /// The same patterns read piece by piece, when each piece's way is the
-    /// only one that can lead on (see `firstway.rs`): then the DFA is not
-    /// asked.
-    firstway: Option<FirstWay>,
 }
 
 impl Searched {
     fn new(hirs: &[Hir]) -> Option<Searched> {
+        if let Some(pieces) = FirstWay::new(hirs) {
+            return Some(Searched::Pieces(pieces));
+        }
         let nfa = thompson::Compiler::new()
             .configure(nfa_config(false))
             .build_many_from_hir(hirs)
@@ -235,20 +242,19 @@ impl Searched {
             )
             .build_from_nfa(nfa)
             .ok()?;
-        Some(Searched {
+        Some(Searched::Dfa(Box::new(LazyDfa {
             cache: dfa.create_cache(),
             dfa,
-            firstway: FirstWay::new(hirs),
-        })
+        })))
     }
 
     /// Where the first way of matching from `at` ends, by `end` (the bytes
     /// around in view of assertions), and which pattern it is.
     fn first_end(&mut self, hay: &[u8], at: usize, end: usize) -> Option<(usize, usize)> {
-        if let Some(f) = &self.firstway {
-            return f.first_end(hay, at, end);
-        }
-        let (dfa, cache) = (&self.dfa, &mut self.cache);
+        let (dfa, cache) = match self {
+            Searched::Pieces(pieces) => return pieces.first_end(hay, at, end),
+            Searched::Dfa(lazy) => (&lazy.dfa, &mut lazy.cache),
+        };
         let config = start::Config::new()
             .anchored(Anchored::Yes)
             .look_behind(at.checked_sub(1).map(|i| hay[i]));
@@ -855,8 +861,12 @@ mod tests {
                 assert_eq!(Some(found), want);
             }
             for step in &walk.steps {
-                if let Step::Groups { part, .. } = step {
-                    let used = part.cache.memory_usage();
+                if let Step::Groups {
+                    part: Searched::Dfa(lazy),
+                    ..
+                } = step
+                {
+                    let used = lazy.cache.memory_usage();
                     assert!(used <= 2 * CACHE_BYTES, "{used} bytes");
                     grew = grew.max(used);
                 }
