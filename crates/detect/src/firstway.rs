@@ -410,6 +410,43 @@ mod tests {
         }
     }
 
+    /// Crafted lines of 60 KiB, a run or a repetition as long as the line
+    /// and cut short at its end, are read once and answered as the DFA
+    /// answers: no piece is tried again however long the line.
+    #[test]
+    fn crafted_lines_are_read_once() {
+        let sets: &[&[&str]] = &[
+            &[r"(?: (?:port \d+|on \S+)){0,2}(?: ssh\d*)?"],
+            &[r"(?: (?:port \d+|on \S+|\[preauth\])){0,3}\s*"],
+            &[r"pam_[a-z]+\(sshd:auth\):\s+authentication failure;"],
+            &[r"(?:ab){2,}x"],
+        ];
+        let texts = [
+            format!(" port {}", "1".repeat(60_000)),
+            format!(" on {} ssh2", "x".repeat(60_000)),
+            format!(" port 1{}", " port 1".repeat(9_000)),
+            " ".repeat(60_000),
+            format!(
+                "pam_{}(sshd:auth):{}x",
+                "u".repeat(30_000),
+                " ".repeat(30_000)
+            ),
+            format!("{}a", "ab".repeat(30_000)),
+        ];
+        for set in sets {
+            let hirs: Vec<Hir> = set.iter().map(|p| parse(p).unwrap()).collect();
+            let fw = FirstWay::new(&hirs).expect(set[0]);
+            for text in &texts {
+                let hay = text.as_bytes();
+                assert_eq!(
+                    fw.first_end(hay, 0, hay.len()),
+                    by_dfa(&hirs, hay, 0, hay.len()),
+                    "{set:?}"
+                );
+            }
+        }
+    }
+
     /// Patterns drawn at random from literals, classes, runs, choices and
     /// repetitions of a few bytes: each one kept answers as its DFA does on
     /// texts of those bytes, and enough are kept to tell.
