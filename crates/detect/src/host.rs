@@ -75,20 +75,98 @@ pub(crate) fn f2b_host_group(text: &[u8], matched: bool) -> Option<HostGroup> {
 }
 
 /// Where the first way fail2ban's [`f2b_host`] matches from `at` ends, by
-/// `end`, when the text there begins with an IPv4 address: where its `ip4`
-/// group, which starts at `at`, ends, and where the match does; `None`
-/// when a search must tell.
+/// `end`, when the text there begins with an IPv4 or an IPv6 address: the
+/// group the address is in, where that group, which starts at `at`, ends,
+/// and where the match does; `None` when a search must tell.
 ///
-/// Why: at a digit, `\[?` and the `::ffff:` prefix take nothing, and the
-/// first way through `ip4`, which comes before `ip6` and `dns`, is plain:
-/// each of its first three `\d{1,3}` takes every digit of its run (there
-/// is no way with fewer: the next byte would be a digit, not the dot that
-/// must follow), and the last takes up to three. When that way exists it
-/// is the pattern's first, and `\]?` then takes a `]` that follows.
-pub(crate) fn f2b_host_first_end(hay: &[u8], at: usize, end: usize) -> Option<(usize, usize)> {
+/// Why, at a digit that begins an IPv4 address: `\[?` and the `::ffff:`
+/// prefix take nothing, and the first way through `ip4`, which comes
+/// before `ip6` and `dns`, is plain: each of its first three `\d{1,3}`
+/// takes every digit of its run (there is no way with fewer: the next byte
+/// would be a digit, not the dot that must follow), and the last takes up
+/// to three. When that way exists it is the pattern's first, and `\]?`
+/// then takes a `]` that follows.
+///
+/// Why, at hex digits and colons with no dot among them nor right after
+/// them: `\[?` takes nothing, and no way through `ip4` exists (with or
+/// without its `::ffff:` prefix, its first dot would come within those
+/// bytes or right after them). So the first way through `ip6`, when there
+/// is one, is the pattern's ([`ip6_first_way`]), and `\]?` takes a `]`
+/// that follows; `dns` comes after both.
+pub(crate) fn f2b_host_first_end(
+    hay: &[u8],
+    at: usize,
+    end: usize,
+) -> Option<(HostGroup, usize, usize)> {
     let text = &hay[at..end];
-    let i = ip4_first_way(text)?;
-    Some((at + i, at + i + usize::from(text.get(i) == Some(&b']'))))
+    let (group, i) = match ip4_first_way(text) {
+        Some(i) => (HostGroup::Ip4, i),
+        None => {
+            let hex_or_colon = |b: &u8| b.is_ascii_hexdigit() || *b == b':';
+            let run = text.iter().take_while(|b| hex_or_colon(b)).count();
+            if run == 0 || text.get(run) == Some(&b'.') {
+                return None;
+            }
+            (HostGroup::Ip6, ip6_first_way(text)?)
+        }
+    };
+    Some((
+        group,
+        at + i,
+        at + i + usize::from(text.get(i) == Some(&b']')),
+    ))
+}
+
+/// How much of `text`, from its start, the first way of fail2ban's IPv6
+/// pattern [`IP6`] takes when nothing after it can fail, if it matches at
+/// all.
+///
+/// The pattern's ways are tried in its order: another round of the
+/// repetition before the last piece (up to seven), and in a round a group
+/// of hex digits before `::`, its second colon before none. A group takes
+/// the whole run of hex digits or none of it (only the whole run can be
+/// followed by the colon it needs), so a round has at most two ways, and
+/// the search tries at most 2^7 of them, each a few bytes long, whatever
+/// the text.
+fn ip6_first_way(text: &[u8]) -> Option<usize> {
+    /// Hex digits from `i`, counted up to five (more than four: no group).
+    fn hex(t: &[u8], i: usize) -> usize {
+        t[i..]
+            .iter()
+            .take(5)
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count()
+    }
+    /// The first way on from `i` after `rounds` rounds.
+    fn on(t: &[u8], i: usize, rounds: usize) -> Option<usize> {
+        if rounds < 7 {
+            let h = hex(t, i);
+            if (1..=4).contains(&h) && t.get(i + h) == Some(&b':') {
+                if t.get(i + h + 1) == Some(&b':')
+                    && let Some(e) = on(t, i + h + 2, rounds + 1)
+                {
+                    return Some(e);
+                }
+                if let Some(e) = on(t, i + h + 1, rounds + 1) {
+                    return Some(e);
+                }
+            } else if h == 0
+                && t[i..].starts_with(b"::")
+                && let Some(e) = on(t, i + 2, rounds + 1)
+            {
+                return Some(e);
+            }
+        }
+        if rounds == 0 {
+            return None;
+        }
+        // The last piece: up to four hex digits, else a colon.
+        match hex(t, i).min(4) {
+            0 => (t.get(i) == Some(&b':')).then_some(i + 1),
+            h => Some(i + h),
+        }
+    }
+    on(text, 0, 0)
 }
 
 /// How much of `text`, from its start, the first way of
@@ -263,20 +341,31 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
 mod tests {
     use super::*;
 
-    /// Where the first way of fail2ban's `<HOST>` ends, by the text's bytes
-    /// when they begin with an IPv4 address: where the `regex` crate's
-    /// leftmost-first search of it ends, every time.
-    #[test]
-    fn the_hosts_first_way_by_its_bytes() {
+    /// fail2ban's `<HOST>` searched by the `regex` crate, anchored and
+    /// leftmost-first: the group holding the address, where that group
+    /// ends and where the match does.
+    fn regex_first_way() -> impl Fn(&[u8]) -> Option<(HostGroup, usize, usize)> {
         let re = regex::bytes::RegexBuilder::new(&format!("^(?:{})", f2b_host()))
             .unicode(false)
             .build()
             .unwrap();
-        // The match's end and its `ip4` group's.
-        let want = |t: &str| {
-            let c = re.captures(t.as_bytes())?;
-            Some((c.name("ip4")?.end(), c[0].len()))
-        };
+        move |t: &[u8]| {
+            let c = re.captures(t)?;
+            let (group, addr) = match (c.name("ip4"), c.name("ip6")) {
+                (Some(a), _) => (HostGroup::Ip4, a),
+                (None, Some(a)) => (HostGroup::Ip6, a),
+                _ => return None,
+            };
+            Some((group, addr.end(), c[0].len()))
+        }
+    }
+
+    /// Where the first way of fail2ban's `<HOST>` ends, by the text's bytes
+    /// when they begin with an IPv4 or IPv6 address: where the `regex`
+    /// crate's leftmost-first search of it ends, every time.
+    #[test]
+    fn the_hosts_first_way_by_its_bytes() {
+        let want = regex_first_way();
         let mut answered = 0;
         for t in [
             "198.51.100.7 port 22",
@@ -293,22 +382,110 @@ mod tests {
             "1..2.3.4",
             "12.34.56.78:80",
             "1.2.3.4a",
-            "2001:db8::1",
             "[1.2.3.4]",
             "::ffff:1.2.3.4",
             "host.example",
+            // IPv6: whole, cut short by its rounds, by its groups, by
+            // what follows, or not placed by bytes.
+            "2001:db8::1",
+            "2001:db8:69:ee::4682 port 18558 ssh2",
+            "2001:db8::1]:22",
+            "::1",
+            "::",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:9:10",
+            "a::b::c",
+            "a:::b",
+            "2001:db8:",
+            "2001:db8::",
+            "12345::1",
+            "fe80::1%eth0",
+            "dead:beef:gg",
+            "2001:db8::1.2.3.4",
+            "abcd",
+            "[2001:db8::1]",
+            ":",
         ] {
             if let Some(ends) = f2b_host_first_end(t.as_bytes(), 0, t.len()) {
-                assert_eq!(Some(ends), want(t), "{t:?}");
+                assert_eq!(Some(ends), want(t.as_bytes()), "{t:?}");
                 answered += 1;
             }
             // Within a longer text, from where the host starts.
             let longer = format!("from {t}");
-            if let Some((a, e)) = f2b_host_first_end(longer.as_bytes(), 5, longer.len()) {
-                assert_eq!(Some((a - 5, e - 5)), want(t), "{longer:?}");
+            if let Some((g, a, e)) = f2b_host_first_end(longer.as_bytes(), 5, longer.len()) {
+                assert_eq!(Some((g, a - 5, e - 5)), want(t.as_bytes()), "{longer:?}");
             }
         }
-        assert_eq!(answered, 10);
+        assert_eq!(answered, 22);
+        // Crafted: rounds that can each take `::` or `:`, a last piece that
+        // fails after seven of them, and 60 KiB of rounds; each answered as
+        // the `regex` crate answers (the search tries at most 2^7 ways).
+        for t in [
+            "a::".repeat(7) + "g",
+            "a::".repeat(20_000),
+            "1:".repeat(30_000),
+            "a::".repeat(6) + ":",
+        ] {
+            let got = f2b_host_first_end(t.as_bytes(), 0, t.len());
+            assert_eq!(got, want(t.as_bytes()), "{}", &t[..t.len().min(40)]);
+        }
+    }
+
+    /// Texts of hex digits, colons, dots, brackets and other bytes, drawn
+    /// at random: every place told by bytes is the `regex` crate's, and
+    /// IPv6 addresses as logs write them are all told so.
+    #[test]
+    fn random_hosts_placed_by_bytes_are_the_regex_crates() {
+        let want = regex_first_way();
+        let mut r = crate::loggen::Rng::new(6);
+        let mut next = move |n: u64| r.below(n);
+        let alphabet = b"0123456789abcdefABCDEFg::::..[] x%";
+        let mut told = 0;
+        for _ in 0..200_000 {
+            let len = next(40) as usize;
+            let t: Vec<u8> = (0..len)
+                .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+                .collect();
+            let end = next(len as u64 + 1) as usize;
+            if let Some(got) = f2b_host_first_end(&t, 0, end) {
+                assert_eq!(
+                    Some(got),
+                    want(&t[..end]),
+                    "{:?}",
+                    String::from_utf8_lossy(&t[..end])
+                );
+                told += 1;
+            }
+        }
+        assert!(told > 10_000, "{told}");
+        // Addresses as written: each group without its leading zeros, the
+        // longest run of zero groups as `::`.
+        for _ in 0..20_000 {
+            let groups: Vec<u16> = (0..8)
+                .map(|_| {
+                    if next(3) == 0 {
+                        0
+                    } else {
+                        next(0x10000) as u16
+                    }
+                })
+                .collect();
+            let addr = std::net::Ipv6Addr::from(<[u16; 8]>::try_from(groups).unwrap());
+            for t in [
+                format!("{addr} port 22"),
+                format!("{addr}]:22"),
+                addr.to_string(),
+            ] {
+                // `::` is no match of fail2ban's pattern (nor an attacker);
+                // a mapped IPv4 address goes to `ip4`, by the DFA.
+                if addr.is_unspecified() || addr.to_ipv4_mapped().is_some() {
+                    continue;
+                }
+                let got = f2b_host_first_end(t.as_bytes(), 0, t.len());
+                assert!(got.is_some(), "{t}");
+                assert_eq!(got, want(t.as_bytes()), "{t}");
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! holding groups (`(invalid user )`) is compared; a choice whose branches
 //! are each a literal or a run (`(publickey)|\S+`) takes the first branch
 //! that matches at all, as its DFA would; fail2ban's `<HOST>` at an IPv4
-//! address is placed by the address's bytes, and its group read from them.
+//! or IPv6 address is placed by the address's bytes, and its group read
+//! from them.
 //! A run whose class leaves out at most three bytes (`.`, `[^:]`) ends
 //! where `memchr` finds the first of them, and its ends before a literal
 //! are tried only where the literal's first byte is. An optional sequence
@@ -45,7 +46,7 @@ use regex_syntax::hir::{Hir, HirKind, Look, Repetition};
 
 use crate::dfa::{byte_set, has, nfa_config};
 use crate::firstway::FirstWay;
-use crate::host::{HostGroup, f2b_host_first_end, f2b_host_group};
+use crate::host::{f2b_host_first_end, f2b_host_group};
 use crate::linear::Spans;
 use crate::part::{PartRe, fixed_layout, place_fixed};
 use crate::wordcmp::Literal;
@@ -425,9 +426,9 @@ fn walk_steps(
                 inside: Inside::Alone(re),
                 ..
             } if re.is_host()
-                && let Some((addr, e)) = f2b_host_first_end(hay, at, end) =>
+                && let Some((group, addr, e)) = f2b_host_first_end(hay, at, end) =>
             {
-                re.place_host(HostGroup::Ip4, (at, addr), spans);
+                re.place_host(group, (at, addr), spans);
                 e
             }
             Step::Groups { part, inside } => {
