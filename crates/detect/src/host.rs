@@ -269,16 +269,31 @@ fn dotted_quad(t: &[u8]) -> Option<std::net::Ipv4Addr> {
 /// embedded IPv4, no brackets or zone), as the standard parser reads it;
 /// `None` for anything else, which the standard parser then looks at.
 fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
+    /// Each byte's value as a hex digit; 16 for any other byte.
+    const HEX: [u8; 256] = {
+        let mut v = [16u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            v[b] = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => 16,
+            };
+            b += 1;
+        }
+        v
+    };
     if t.len() < 2 || t.len() > 39 {
         return None;
     }
-    let mut head = [0u16; 8];
-    let mut tail = [0u16; 8];
-    let (mut nh, mut nt) = (0, 0);
-    let mut gap = false;
+    // The groups in order, and how many came before the `::`, if any.
+    let mut groups = [0u16; 8];
+    let (mut n, mut gap) = (0, None);
     let mut i = 0;
     if t.starts_with(b"::") {
-        gap = true;
+        gap = Some(0);
         i = 2;
         if i == t.len() {
             return Some(std::net::Ipv6Addr::UNSPECIFIED);
@@ -286,25 +301,24 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
     }
     loop {
         let start = i;
-        let mut v: u32 = 0;
-        while i < t.len() && i - start < 4 && t[i].is_ascii_hexdigit() {
-            v = v * 16 + (t[i] as char).to_digit(16)?;
+        let mut v: u16 = 0;
+        while let Some(&c) = t.get(i) {
+            let d = HEX[usize::from(c)];
+            if d == 16 {
+                break;
+            }
+            if i - start == 4 {
+                return None;
+            }
+            v = v << 4 | u16::from(d);
             i += 1;
         }
-        if i == start || (i < t.len() && t[i].is_ascii_hexdigit()) {
+        // At most seven groups beside a `::`, eight without.
+        if i == start || n == 8 || (gap.is_some() && n == 7) {
             return None;
         }
-        let n = nh + nt;
-        if n == 8 || (gap && n == 7) {
-            return None;
-        }
-        if gap {
-            tail[nt] = v as u16;
-            nt += 1;
-        } else {
-            head[nh] = v as u16;
-            nh += 1;
-        }
+        groups[n] = v;
+        n += 1;
         if i == t.len() {
             break;
         }
@@ -313,10 +327,11 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
         }
         i += 1;
         if t.get(i) == Some(&b':') {
-            if gap {
+            // One `::` at most, standing for one group at least.
+            if gap.is_some() || n == 8 {
                 return None;
             }
-            gap = true;
+            gap = Some(n);
             i += 1;
             if i == t.len() {
                 break;
@@ -325,15 +340,20 @@ fn hex_groups(t: &[u8]) -> Option<std::net::Ipv6Addr> {
             return None;
         }
     }
-    if !gap && nh != 8 {
-        return None;
+    match gap {
+        None if n != 8 => return None,
+        None => {}
+        // The groups after the `::` move to the end (by 8 - n places);
+        // zeros fill the gap.
+        Some(g) => {
+            let shift = 8 - n;
+            groups = std::array::from_fn(|k| match k {
+                k if k < g => groups[k],
+                k if k < g + shift => 0,
+                k => groups[k - shift],
+            });
+        }
     }
-    if gap && nh + nt > 7 {
-        return None;
-    }
-    let mut groups = [0u16; 8];
-    groups[..nh].copy_from_slice(&head[..nh]);
-    groups[8 - nt..].copy_from_slice(&tail[..nt]);
     Some(std::net::Ipv6Addr::from(groups))
 }
 
@@ -663,6 +683,12 @@ mod tests {
             "1:2:3:4:5:6:7:8",
             "1:2:3:4:5:6:7::",
             "::2:3:4:5:6:7:8",
+            // Too many groups beside a `::`, which must stand for one.
+            "1:2:3:4:5:6:7:8::",
+            "::1:2:3:4:5:6:7:8",
+            "1:2:3:4::5:6:7:8",
+            "1:2:3:4:5:6:7:8:9",
+            "12345::",
         ] {
             assert_eq!(hex_groups(ok.as_bytes()), ok.parse().ok(), "{ok}");
         }
