@@ -67,8 +67,8 @@ pub(crate) fn f2b_host_group(text: &[u8], matched: bool) -> Option<HostGroup> {
     if ip4_shape(text) {
         return Some(HostGroup::Ip4);
     }
-    let hex_or_colon = |&b: &u8| b.is_ascii_hexdigit() || b == b':';
-    if text.contains(&b':') && text.iter().all(hex_or_colon) && (matched || ip6_whole(text)) {
+    if text.contains(&b':') && text.iter().all(|&b| hex_or_colon(b)) && (matched || ip6_whole(text))
+    {
         return Some(HostGroup::Ip6);
     }
     None
@@ -102,8 +102,7 @@ pub(crate) fn f2b_host_first_end(
     let (group, i) = match ip4_first_way(text) {
         Some(i) => (HostGroup::Ip4, i),
         None => {
-            let hex_or_colon = |b: &u8| b.is_ascii_hexdigit() || *b == b':';
-            let run = text.iter().take_while(|b| hex_or_colon(b)).count();
+            let run = text.iter().take_while(|&&b| hex_or_colon(b)).count();
             if run == 0 || text.get(run) == Some(&b'.') {
                 return None;
             }
@@ -115,6 +114,12 @@ pub(crate) fn f2b_host_first_end(
         at + i,
         at + i + usize::from(text.get(i) == Some(&b']')),
     ))
+}
+
+/// Whether `b` can be in an IPv6 address as fail2ban's pattern writes it
+/// (no embedded IPv4 address).
+fn hex_or_colon(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b':'
 }
 
 /// How much of `text`, from its start, the first way of fail2ban's IPv6
